@@ -1,0 +1,289 @@
+//! Cryptographic primitives: AES-256-GCM seal/open, randomness, SHA-256 and
+//! secret types that zeroize on drop. The only module that imports the AEAD crate.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+
+use aws_lc_rs::aead::{AES_128_GCM, AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use zeroize::{Zeroize, Zeroizing};
+
+/// Length of an AES-256 key in bytes.
+pub const KEY_LEN: usize = 32;
+/// Length of an AES-GCM nonce in bytes (96 bits).
+pub const NONCE_LEN: usize = 12;
+/// Length of an AES-GCM authentication tag in bytes.
+pub const TAG_LEN: usize = 16;
+/// Bytes that sealing adds to a plaintext: nonce in front, tag behind.
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+
+/// Errors of this layer. Any authentication failure is one opaque variant:
+/// callers must not learn why a ciphertext was refused.
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CryptoError {
+    /// The ciphertext, its tag, its nonce or its associated data was not what was sealed.
+    #[error("decryption failed: ciphertext or associated data was modified")]
+    Authentication,
+    /// The key had the wrong length for the algorithm.
+    #[error("invalid key length")]
+    KeyLength,
+    /// The system random generator failed.
+    #[error("random generator failed")]
+    Random,
+}
+
+/// Fills `buf` with cryptographically secure random bytes.
+pub fn random_fill(buf: &mut [u8]) -> Result<(), CryptoError> {
+    aws_lc_rs::rand::fill(buf).map_err(|_| CryptoError::Random)
+}
+
+/// Returns `N` random bytes.
+pub fn random_array<const N: usize>() -> Result<[u8; N], CryptoError> {
+    let mut out = [0u8; N];
+    random_fill(&mut out)?;
+    Ok(out)
+}
+
+/// SHA-256 of the concatenation of `parts`.
+pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for p in parts {
+        ctx.update(p);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// Compares two byte strings in constant time (for their common length).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
+/// Secret bytes of any length (data keys, key material, passphrases).
+/// Zeroized on drop; Debug prints only the length.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SecretBytes(Zeroizing<Vec<u8>>);
+
+impl SecretBytes {
+    /// Takes ownership of `bytes`; they are zeroized when this value drops.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+    /// `len` fresh random bytes.
+    pub fn random(len: usize) -> Result<Self, CryptoError> {
+        let mut v = Zeroizing::new(vec![0u8; len]);
+        random_fill(&mut v)?;
+        Ok(Self(v))
+    }
+    /// The secret bytes. Callers must not copy them into unzeroized storage.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// True when there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&[u8]> for SecretBytes {
+    fn from(b: &[u8]) -> Self {
+        Self::new(b.to_vec())
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretBytes(len={})", self.0.len())
+    }
+}
+
+/// A 256-bit symmetric key. Zeroized on drop; Debug is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Key256([u8; KEY_LEN]);
+
+impl Key256 {
+    /// A fresh random key.
+    pub fn random() -> Result<Self, CryptoError> {
+        Ok(Self(random_array()?))
+    }
+    /// Copies a key from `bytes`, which must be exactly 32 bytes long.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, CryptoError> {
+        let arr: [u8; KEY_LEN] = bytes.try_into().map_err(|_| CryptoError::KeyLength)?;
+        Ok(Self(arr))
+    }
+    /// The key bytes.
+    pub fn expose(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+}
+
+impl Drop for Key256 {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl fmt::Debug for Key256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Key256(len=32)")
+    }
+}
+
+/// An AES-GCM key ready for sealing and opening (AES-256, or AES-128 for
+/// 16-byte keys). aws-lc-rs keeps the expanded key schedule; build it once
+/// per key and reuse it.
+pub struct AeadKey(LessSafeKey);
+
+impl AeadKey {
+    /// Builds an AES-256-GCM key.
+    pub fn new(key: &Key256) -> Self {
+        // A 32-byte key is always valid for AES-256-GCM; the constructor cannot fail.
+        match UnboundKey::new(&AES_256_GCM, key.expose()) {
+            Ok(k) => Self(LessSafeKey::new(k)),
+            Err(_) => unreachable!("AES-256-GCM rejected a 32-byte key"),
+        }
+    }
+
+    /// Builds an AES-GCM key from 16 or 32 raw bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
+        let alg = match bytes.len() {
+            16 => &AES_128_GCM,
+            32 => &AES_256_GCM,
+            _ => return Err(CryptoError::KeyLength),
+        };
+        let k = UnboundKey::new(alg, bytes).map_err(|_| CryptoError::KeyLength)?;
+        Ok(Self(LessSafeKey::new(k)))
+    }
+
+    /// Seals `plaintext` with a fresh random nonce and appends
+    /// `nonce || ciphertext || tag` to `out`.
+    pub fn seal_append(
+        &self,
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        let nonce_bytes: [u8; NONCE_LEN] = random_array()?;
+        let start = out.len();
+        out.reserve(SEAL_OVERHEAD + plaintext.len());
+        out.extend_from_slice(&nonce_bytes);
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::from(aad),
+                &mut out[start + NONCE_LEN..],
+            )
+            .map_err(|_| CryptoError::Authentication)?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(())
+    }
+
+    /// Seals `plaintext` into a new `nonce || ciphertext || tag` vector.
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let mut out = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
+        self.seal_append(aad, plaintext, &mut out)?;
+        Ok(out)
+    }
+
+    /// Opens `sealed` (`nonce || ciphertext || tag`) in place and returns the
+    /// plaintext slice inside it. On failure the buffer holds garbage.
+    pub fn open_in_place<'a>(
+        &self,
+        aad: &[u8],
+        sealed: &'a mut [u8],
+    ) -> Result<&'a mut [u8], CryptoError> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(CryptoError::Authentication);
+        }
+        let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = (&*nonce)
+            .try_into()
+            .map_err(|_| CryptoError::Authentication)?;
+        self.0
+            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), rest)
+            .map_err(|_| CryptoError::Authentication)
+    }
+
+    /// Opens `sealed` into fresh secret bytes.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<SecretBytes, CryptoError> {
+        let mut buf = Zeroizing::new(sealed.to_vec());
+        let n = self.open_in_place(aad, &mut buf)?.len();
+        Ok(SecretBytes::new(buf[NONCE_LEN..NONCE_LEN + n].to_vec()))
+    }
+}
+
+impl fmt::Debug for AeadKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AeadKey(redacted)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_round_trip() {
+        let key = AeadKey::new(&Key256::random().unwrap());
+        let sealed = key.seal(b"aad", b"hello world").unwrap();
+        assert_eq!(sealed.len(), 11 + SEAL_OVERHEAD);
+        assert_ne!(&sealed[NONCE_LEN..NONCE_LEN + 11], b"hello world");
+        assert_eq!(key.open(b"aad", &sealed).unwrap().expose(), b"hello world");
+    }
+
+    #[test]
+    fn every_flipped_bit_is_refused() {
+        let key = AeadKey::new(&Key256::random().unwrap());
+        let sealed = key.seal(b"aad", b"0123456789").unwrap();
+        for i in 0..sealed.len() * 8 {
+            let mut bad = sealed.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            assert_eq!(key.open(b"aad", &bad), Err(CryptoError::Authentication));
+        }
+    }
+
+    #[test]
+    fn wrong_aad_or_key_is_refused() {
+        let key = AeadKey::new(&Key256::random().unwrap());
+        let other = AeadKey::new(&Key256::random().unwrap());
+        let sealed = key.seal(b"aad", b"x").unwrap();
+        assert!(key.open(b"aae", &sealed).is_err());
+        assert!(other.open(b"aad", &sealed).is_err());
+        assert!(key.open(b"aad", &sealed[..SEAL_OVERHEAD - 1]).is_err());
+    }
+
+    #[test]
+    fn nonces_differ() {
+        let key = AeadKey::new(&Key256::random().unwrap());
+        let a = key.seal(b"", b"same").unwrap();
+        let b = key.seal(b"", b"same").unwrap();
+        assert_ne!(a[..NONCE_LEN], b[..NONCE_LEN]);
+    }
+
+    #[test]
+    fn aes128_keys_work_and_odd_lengths_do_not() {
+        let k = AeadKey::from_bytes(&[7u8; 16]).unwrap();
+        let s = k.seal(b"", b"abc").unwrap();
+        assert_eq!(k.open(b"", &s).unwrap().expose(), b"abc");
+        assert_eq!(
+            AeadKey::from_bytes(&[0u8; 24]).err(),
+            Some(CryptoError::KeyLength)
+        );
+    }
+
+    #[test]
+    fn debug_is_redacted() {
+        let s = SecretBytes::new(vec![0x41; 8]);
+        assert_eq!(format!("{s:?}"), "SecretBytes(len=8)");
+        let k = Key256::from_slice(&[0x41; 32]).unwrap();
+        assert!(!format!("{k:?}").contains("65"));
+    }
+}
