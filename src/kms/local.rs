@@ -1387,7 +1387,8 @@ mod tests {
 
     #[test]
     fn audit_sink_sees_every_use_and_refusal() {
-        struct Sink(Mutex<Vec<(Operation, String, Result<(), &'static str>)>>);
+        type Seen = (Operation, String, Result<(), &'static str>);
+        struct Sink(Mutex<Vec<Seen>>);
         impl AuditSink for Sink {
             fn record(&self, e: &AuditEvent<'_>) {
                 self.0
