@@ -136,9 +136,9 @@ impl From<KmsError> for CliError {
             KmsError::KeystoreNotFound(_) => {
                 Some("create one with `kmsfs init` (or pass --keystore DIR)")
             }
-            KmsError::WrongRootKey(_) => Some(
-                "check --passphrase-file / KMSFS_PASSPHRASE; the keystore was not changed",
-            ),
+            KmsError::WrongRootKey(_) => {
+                Some("check --passphrase-file / KMSFS_PASSPHRASE; the keystore was not changed")
+            }
             KmsError::CorruptKeystore(_) => Some(
                 "the keystore was not changed; restore it from a backup (keystore.prev is the previous generation)",
             ),

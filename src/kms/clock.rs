@@ -111,8 +111,14 @@ mod tests {
     fn parses_and_formats() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("2030-01-01T00:00:00Z"), Some(1_893_456_000));
-        assert_eq!(parse_rfc3339("2030-01-01T01:00:00+01:00"), Some(1_893_456_000));
-        assert_eq!(parse_rfc3339("2030-01-01T00:00:00.123Z"), Some(1_893_456_000));
+        assert_eq!(
+            parse_rfc3339("2030-01-01T01:00:00+01:00"),
+            Some(1_893_456_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2030-01-01T00:00:00.123Z"),
+            Some(1_893_456_000)
+        );
         assert_eq!(format_rfc3339(1_893_456_000), "2030-01-01T00:00:00Z");
         assert_eq!(format_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         for t in [0i64, 86_399, 951_782_400, 4_102_444_800, 1_234_567_890] {
@@ -122,7 +128,13 @@ mod tests {
 
     #[test]
     fn refuses_garbage() {
-        for s in ["", "yesterday", "2030-13-01T00:00:00Z", "2030-01-01 00:00", "2030-01-01T00:00:00"] {
+        for s in [
+            "",
+            "yesterday",
+            "2030-13-01T00:00:00Z",
+            "2030-01-01 00:00",
+            "2030-01-01T00:00:00",
+        ] {
             assert_eq!(parse_rfc3339(s), None, "{s}");
         }
     }

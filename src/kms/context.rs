@@ -114,6 +114,9 @@ mod tests {
         assert!(EncryptionContext::parse("a=1,a=2").is_err());
         assert!(EncryptionContext::parse("{not json").is_err());
         assert!(EncryptionContext::parse(r#"{"a":1}"#).is_err());
-        assert_eq!(EncryptionContext::parse("").unwrap(), EncryptionContext::new());
+        assert_eq!(
+            EncryptionContext::parse("").unwrap(),
+            EncryptionContext::new()
+        );
     }
 }
