@@ -1,13 +1,191 @@
 //! `kmsfs init` and opening the keystore for a command (directory choice,
 //! passphrase sources, zero-setup default).
 
-use super::{CliError, GlobalArgs};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{CliError, ErrorClass, GlobalArgs, OutputFormat, current_caller};
+use crate::crypto::SecretBytes;
+use crate::kms::{Argon2Params, CreateMode, KmsError, LocalKeyStore};
+
+/// Environment variable naming the keystore directory.
+pub const KEYSTORE_ENV: &str = "KMSFS_KEYSTORE";
+/// Environment variable holding the keystore passphrase.
+pub const PASSPHRASE_ENV: &str = "KMSFS_PASSPHRASE";
 
 /// Arguments of `kmsfs init`.
 #[derive(Debug, clap::Args)]
-pub struct InitArgs {}
+pub struct InitArgs {
+    /// Seal the keystore with a passphrase (Argon2id) instead of a root key file.
+    /// The passphrase comes from --passphrase-file, $KMSFS_PASSPHRASE or a prompt.
+    #[arg(long)]
+    pub with_passphrase: bool,
+}
+
+/// The keystore directory: --keystore, else $KMSFS_KEYSTORE, else
+/// $XDG_DATA_HOME/kmsfs, else ~/.local/share/kmsfs.
+pub fn keystore_dir(g: &GlobalArgs) -> PathBuf {
+    if let Some(d) = &g.keystore {
+        return d.clone();
+    }
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(d) = env(KEYSTORE_ENV) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = env("XDG_DATA_HOME") {
+        return PathBuf::from(d).join("kmsfs");
+    }
+    let home = env("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".local/share/kmsfs")
+}
+
+/// Reads the passphrase: --passphrase-file (one trailing newline stripped),
+/// else $KMSFS_PASSPHRASE, else a no-echo prompt on the terminal (twice when
+/// `confirm`), else an error saying how to give one.
+fn read_passphrase(g: &GlobalArgs, confirm: bool) -> Result<SecretBytes, KmsError> {
+    let check = |p: SecretBytes| {
+        if p.is_empty() {
+            Err(KmsError::Validation(
+                "the passphrase is empty; give a non-empty passphrase".into(),
+            ))
+        } else {
+            Ok(p)
+        }
+    };
+    if let Some(f) = &g.passphrase_file {
+        let mut bytes = std::fs::read(f).map_err(|e| {
+            KmsError::Io(format!("cannot read passphrase file {}: {e}", f.display()))
+        })?;
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+            if bytes.last() == Some(&b'\r') {
+                bytes.pop();
+            }
+        }
+        return check(SecretBytes::new(bytes));
+    }
+    if let Some(p) = std::env::var_os(PASSPHRASE_ENV) {
+        use std::os::unix::ffi::OsStringExt;
+        return check(SecretBytes::new(p.into_vec()));
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(KmsError::Validation(
+            "the keystore needs a passphrase and there is no terminal to ask on; pass \
+             --passphrase-file FILE or set KMSFS_PASSPHRASE"
+                .into(),
+        ));
+    }
+    let prompt = |msg: &str| {
+        rpassword::prompt_password(msg)
+            .map(|s| SecretBytes::new(s.into_bytes()))
+            .map_err(|e| KmsError::Io(format!("cannot read the passphrase from the terminal: {e}")))
+    };
+    let p = check(prompt("kmsfs keystore passphrase: ")?)?;
+    if confirm && prompt("again, to confirm: ")? != p {
+        return Err(KmsError::Validation(
+            "the two passphrases differ; run the command again".into(),
+        ));
+    }
+    Ok(p)
+}
+
+fn keystore_error(dir: &Path, e: KmsError) -> CliError {
+    let missing_root = matches!(&e, KmsError::WrongRootKey(m) if m.contains("root key file"));
+    let not_found = matches!(e, KmsError::KeystoreNotFound(_));
+    let err: CliError = e.into();
+    if not_found {
+        err.hint(format!(
+            "create one with `kmsfs init` (or pass --keystore DIR); looked in {}",
+            dir.display()
+        ))
+    } else if missing_root {
+        err.hint("the keystore was not changed; restore root.key from your backup")
+    } else {
+        err
+    }
+}
+
+/// Opens the keystore that `g` names, asking for the passphrase only if it is
+/// sealed with one. No keystore there: an error that says to run `kmsfs init`.
+pub fn open_key_service(g: &GlobalArgs) -> Result<Arc<LocalKeyStore>, CliError> {
+    let dir = keystore_dir(g);
+    LocalKeyStore::open(&dir, &|| read_passphrase(g, false))
+        .map(Arc::new)
+        .map_err(|e| keystore_error(&dir, e))
+}
+
+/// Zero setup: opens the keystore, creating it (root-key-file mode) when there
+/// is none, and returns it with the id of the key aliased `alias/kmsfs/default`,
+/// created when absent (as AWS creates `aws/ebs`).
+pub fn open_or_create_default(g: &GlobalArgs) -> Result<(Arc<LocalKeyStore>, String), CliError> {
+    let dir = keystore_dir(g);
+    let ks = match LocalKeyStore::open(&dir, &|| read_passphrase(g, false)) {
+        Ok(ks) => ks,
+        Err(KmsError::KeystoreNotFound(_)) => {
+            match LocalKeyStore::create(&dir, CreateMode::RootKeyFile) {
+                Ok(ks) => {
+                    log::warn!(
+                        "created a keystore in {} sealed with the root key file {}; back up both",
+                        dir.display(),
+                        dir.join(crate::kms::keystore::ROOT_KEY_FILE).display()
+                    );
+                    ks
+                }
+                // Another process created it meanwhile.
+                Err(KmsError::AlreadyExists(_)) => {
+                    LocalKeyStore::open(&dir, &|| read_passphrase(g, false))
+                        .map_err(|e| keystore_error(&dir, e))?
+                }
+                Err(e) => return Err(keystore_error(&dir, e)),
+            }
+        }
+        Err(e) => return Err(keystore_error(&dir, e)),
+    };
+    let id = ks
+        .ensure_default_key(&current_caller())
+        .map_err(|e| keystore_error(&dir, e))?;
+    Ok((Arc::new(ks), id))
+}
 
 /// `kmsfs init`.
-pub fn init(_g: &GlobalArgs, _a: InitArgs) -> Result<(), CliError> {
-    todo!()
+pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<(), CliError> {
+    let dir = keystore_dir(g);
+    let mode = if a.with_passphrase {
+        CreateMode::Passphrase {
+            passphrase: read_passphrase(g, true)?,
+            params: Argon2Params::default(),
+        }
+    } else {
+        CreateMode::RootKeyFile
+    };
+    let ks = LocalKeyStore::create(&dir, mode).map_err(|e| match e {
+        KmsError::AlreadyExists(m) => CliError::new(ErrorClass::Usage, m)
+            .hint("use it as it is, or pass --keystore DIR to create another one elsewhere"),
+        e => keystore_error(&dir, e),
+    })?;
+    match g.output {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::json!({
+                "KeystoreDirectory": dir.display().to_string(),
+                "KeystoreId": ks.keystore_id(),
+                "RootKeyMode": ks.root_mode(),
+            })
+        ),
+        OutputFormat::Text => {
+            println!("created keystore {}", ks.keystore_id());
+            println!("  directory: {}", dir.display());
+            println!("  sealed with: {}", ks.root_mode());
+            if !a.with_passphrase {
+                println!(
+                    "  back up {} with the keystore: without it nothing can be decrypted",
+                    dir.join(crate::kms::keystore::ROOT_KEY_FILE).display()
+                );
+            }
+        }
+    }
+    Ok(())
 }

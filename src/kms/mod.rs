@@ -5,10 +5,18 @@
 
 use crate::crypto::SecretBytes;
 
+pub mod blob;
 pub mod clock;
 pub mod context;
+pub mod hooks;
+pub mod keystore;
+pub mod local;
+pub mod model;
 
 pub use context::EncryptionContext;
+pub use hooks::{AuditEvent, AuditSink, Operation};
+pub use keystore::{Argon2Params, CreateMode};
+pub use local::{AliasListEntry, KeyListEntry, LocalKeyStore, ScheduledDeletion};
 
 /// Largest plaintext that `Encrypt` accepts, as in AWS KMS.
 pub const MAX_ENCRYPT_PLAINTEXT: usize = 4096;

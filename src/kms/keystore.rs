@@ -1,0 +1,768 @@
+//! Keystore persistence: the directory layout, the sealed file format (header,
+//! root-key verifier, sealed body, SHA-256 trailer), the root key (random key file
+//! or Argon2id passphrase), the exclusive lock, and atomic, durable writes that keep
+//! the previous generation. Knows the model only as a serializable `StoreState`.
+#![forbid(unsafe_code)]
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+use super::KmsError;
+use super::model::StoreState;
+use crate::crypto::{self, AeadKey, Key256, SEAL_OVERHEAD, SecretBytes};
+
+/// File name of the current generation.
+pub const CURRENT_FILE: &str = "keystore.kms";
+/// File name of the previous generation.
+pub const PREV_FILE: &str = "keystore.prev";
+/// File name of the root key (root-key-file mode).
+pub const ROOT_KEY_FILE: &str = "root.key";
+/// File name of the lock file.
+pub const LOCK_FILE: &str = "keystore.lock";
+const CURRENT_TMP: &str = "keystore.kms.tmp";
+const PREV_TMP: &str = "keystore.prev.tmp";
+
+/// First bytes of a keystore file.
+pub const KEYSTORE_MAGIC: [u8; 8] = *b"KMSFS-KS";
+/// The keystore format version this code writes and reads.
+pub const KEYSTORE_VERSION: u16 = 1;
+/// First bytes of the root key file; 32 key bytes follow.
+pub const ROOT_KEY_MAGIC: [u8; 8] = *b"KMSFSRK1";
+
+const MODE_KEY_FILE: u8 = 1;
+const MODE_PASSPHRASE: u8 = 2;
+/// Offsets of the fixed header (see docs/KEYSTORE.md).
+const OFF_VERSION: usize = 8;
+const OFF_ID: usize = 10;
+const OFF_MODE: usize = 26;
+const OFF_PARAMS: usize = 27;
+const OFF_SALT: usize = 39;
+const OFF_GENERATION: usize = 55;
+const OFF_VERIFIER: usize = 63;
+const VERIFIER_LEN: usize = SEAL_OVERHEAD;
+const OFF_BODY_LEN: usize = OFF_VERIFIER + VERIFIER_LEN; // 91
+const FIXED_LEN: usize = OFF_BODY_LEN + 4; // 95
+const CHECKSUM_LEN: usize = 32;
+const VERIFIER_LABEL: &[u8] = b"kmsfs keystore verifier v1\0";
+const BODY_LABEL: &[u8] = b"kmsfs keystore body v1\0";
+/// Largest body accepted (a corrupt length must not make us allocate wildly).
+const MAX_BODY_LEN: usize = 256 << 20;
+
+/// Argon2id cost parameters, stored in the keystore header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Argon2Params {
+    /// Memory in KiB.
+    pub m_kib: u32,
+    /// Passes.
+    pub t: u32,
+    /// Lanes.
+    pub p: u32,
+}
+
+impl Default for Argon2Params {
+    /// 64 MiB, 3 passes, 1 lane: a few hundred milliseconds, once per process.
+    fn default() -> Self {
+        Self {
+            m_kib: 64 * 1024,
+            t: 3,
+            p: 1,
+        }
+    }
+}
+
+impl Argon2Params {
+    fn validate(&self) -> Result<(), KmsError> {
+        if self.m_kib < 8 * self.p.max(1)
+            || self.m_kib > 4 << 20
+            || self.t == 0
+            || self.t > 64
+            || self.p == 0
+            || self.p > 16
+        {
+            return Err(KmsError::CorruptKeystore(format!(
+                "keystore header has implausible Argon2id parameters m={} KiB t={} p={}",
+                self.m_kib, self.t, self.p
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How the root key that seals the keystore is obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootMode {
+    /// A random 256-bit key in `root.key` (mode 0600) beside the keystore.
+    KeyFile,
+    /// Argon2id of a passphrase with the stored salt and parameters.
+    Passphrase {
+        /// Cost parameters.
+        params: Argon2Params,
+        /// Random salt.
+        salt: [u8; 16],
+    },
+}
+
+impl RootMode {
+    /// "root-key-file" or "passphrase".
+    pub fn name(&self) -> &'static str {
+        match self {
+            RootMode::KeyFile => "root-key-file",
+            RootMode::Passphrase { .. } => "passphrase",
+        }
+    }
+}
+
+/// The unsealed root key, and which mode/salt it belongs to.
+pub struct RootKey {
+    aead: AeadKey,
+    mode: RootMode,
+}
+
+impl std::fmt::Debug for RootKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RootKey({}, redacted)", self.mode.name())
+    }
+}
+
+impl RootKey {
+    /// The mode this key was obtained by.
+    pub fn mode(&self) -> RootMode {
+        self.mode
+    }
+
+    /// Obtains the root key for `mode`: reads `root.key`, or runs Argon2id over
+    /// the passphrase that `passphrase` supplies (only called in that mode).
+    pub fn obtain(
+        dir: &KeystoreDir,
+        mode: RootMode,
+        passphrase: &dyn Fn() -> Result<SecretBytes, KmsError>,
+    ) -> Result<Self, KmsError> {
+        let key = match mode {
+            RootMode::KeyFile => dir.read_root_key_file()?,
+            RootMode::Passphrase { params, salt } => {
+                params.validate()?;
+                let pass = passphrase()?;
+                derive_argon2id(pass.expose(), &salt, params)?
+            }
+        };
+        Ok(Self {
+            aead: AeadKey::new(&key),
+            mode,
+        })
+    }
+}
+
+/// Argon2id(passphrase, salt) into a 256-bit key.
+pub fn derive_argon2id(pass: &[u8], salt: &[u8; 16], p: Argon2Params) -> Result<Key256, KmsError> {
+    let params = argon2::Params::new(p.m_kib, p.t, p.p, Some(crypto::KEY_LEN))
+        .map_err(|e| KmsError::CorruptKeystore(format!("invalid Argon2id parameters: {e}")))?;
+    let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut out = Zeroizing::new([0u8; crypto::KEY_LEN]);
+    a.hash_password_into(pass, salt, &mut *out)
+        .map_err(|e| KmsError::Internal(format!("Argon2id failed: {e}")))?;
+    Key256::from_slice(&*out).map_err(|e| KmsError::Internal(e.to_string()))
+}
+
+/// Identity of a file version on disk: changes when the file is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl Fingerprint {
+    fn of(m: &fs::Metadata) -> Self {
+        Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        }
+    }
+}
+
+/// A keystore directory and the names of its files.
+#[derive(Debug, Clone)]
+pub struct KeystoreDir {
+    dir: PathBuf,
+}
+
+/// Holds the exclusive keystore lock until dropped.
+#[derive(Debug)]
+pub struct LockGuard(#[allow(dead_code)] File);
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> KmsError {
+    KmsError::Io(format!("cannot {what} {}: {e}", path.display()))
+}
+
+impl KeystoreDir {
+    /// The keystore at `dir` (which may not exist yet).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+    /// Path of a file in the directory.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+    /// True when a current or previous generation exists.
+    pub fn exists(&self) -> bool {
+        self.file(CURRENT_FILE).exists() || self.file(PREV_FILE).exists()
+    }
+
+    /// Creates the directory (mode 0700) if needed.
+    pub fn create_dir(&self) -> Result<(), KmsError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|e| io_err("create keystore directory", &self.dir, e))
+    }
+
+    /// Takes the exclusive lock that serialises writers (blocking).
+    pub fn lock(&self) -> Result<LockGuard, KmsError> {
+        let p = self.file(LOCK_FILE);
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&p)
+            .map_err(|e| io_err("open lock file", &p, e))?;
+        f.lock().map_err(|e| io_err("lock", &p, e))?;
+        Ok(LockGuard(f))
+    }
+
+    /// Stat of the current generation (None when absent).
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
+        fs::metadata(self.file(CURRENT_FILE))
+            .ok()
+            .map(|m| Fingerprint::of(&m))
+    }
+
+    /// Reads a whole file and the fingerprint of what was read.
+    /// `Ok(None)` when it does not exist.
+    pub fn read(&self, name: &str) -> Result<Option<(Vec<u8>, Fingerprint)>, KmsError> {
+        let p = self.file(name);
+        let mut f = match File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("open", &p, e)),
+        };
+        let meta = f.metadata().map_err(|e| io_err("stat", &p, e))?;
+        let mut buf = Vec::with_capacity(meta.len() as usize);
+        f.read_to_end(&mut buf).map_err(|e| io_err("read", &p, e))?;
+        Ok(Some((buf, Fingerprint::of(&meta))))
+    }
+
+    /// Reads `root.key`.
+    fn read_root_key_file(&self) -> Result<Key256, KmsError> {
+        let p = self.file(ROOT_KEY_FILE);
+        let bytes = match fs::read(&p) {
+            Ok(b) => Zeroizing::new(b),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(KmsError::WrongRootKey(format!(
+                    "the keystore is sealed with a root key file, and {} is missing; \
+                     restore root.key from your backup (without it the keystore cannot be opened)",
+                    p.display()
+                )));
+            }
+            Err(e) => return Err(io_err("read root key file", &p, e)),
+        };
+        if bytes.len() != ROOT_KEY_MAGIC.len() + crypto::KEY_LEN || bytes[..8] != ROOT_KEY_MAGIC {
+            return Err(KmsError::WrongRootKey(format!(
+                "{} is not a kmsfs root key file (wrong size or magic); restore it from your backup",
+                p.display()
+            )));
+        }
+        Key256::from_slice(&bytes[8..]).map_err(|e| KmsError::Internal(e.to_string()))
+    }
+
+    /// Creates `root.key` (mode 0600) with a fresh random key, unless a valid
+    /// one is already there (left by an interrupted init): then it is reused.
+    fn create_root_key_file(&self) -> Result<(), KmsError> {
+        let p = self.file(ROOT_KEY_FILE);
+        if p.exists() {
+            return self.read_root_key_file().map(|_| ());
+        }
+        let key = Key256::random().map_err(|e| KmsError::Internal(e.to_string()))?;
+        let mut buf = Zeroizing::new(Vec::with_capacity(40));
+        buf.extend_from_slice(&ROOT_KEY_MAGIC);
+        buf.extend_from_slice(key.expose());
+        let mut f = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(&p)
+            .map_err(|e| io_err("create root key file", &p, e))?;
+        f.write_all(&buf).map_err(|e| io_err("write", &p, e))?;
+        f.sync_all().map_err(|e| io_err("fsync", &p, e))?;
+        self.sync_dir()
+    }
+
+    fn sync_dir(&self) -> Result<(), KmsError> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err("fsync directory", &self.dir, e))
+    }
+
+    fn write_tmp(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, KmsError> {
+        let p = self.file(name);
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&p)
+            .map_err(|e| io_err("create", &p, e))?;
+        f.write_all(bytes).map_err(|e| io_err("write", &p, e))?;
+        f.sync_all().map_err(|e| io_err("fsync", &p, e))?;
+        Ok(p)
+    }
+
+    /// Replaces the previous generation with `prev` (when given) and the current
+    /// with `current`, each through a fsynced temporary file and a rename, then
+    /// fsyncs the directory. Both temporaries are written before either rename so
+    /// the new current never reuses the inode of the one it replaces. Caller holds
+    /// the lock. Returns the fingerprint of the new current generation.
+    pub fn write_generations(
+        &self,
+        prev: Option<&[u8]>,
+        current: &[u8],
+    ) -> Result<Fingerprint, KmsError> {
+        let prev_tmp = match prev {
+            Some(b) => Some(self.write_tmp(PREV_TMP, b)?),
+            None => None,
+        };
+        let cur_tmp = self.write_tmp(CURRENT_TMP, current)?;
+        if let Some(t) = prev_tmp {
+            let dst = self.file(PREV_FILE);
+            fs::rename(&t, &dst).map_err(|e| io_err("rename to", &dst, e))?;
+        }
+        let dst = self.file(CURRENT_FILE);
+        fs::rename(&cur_tmp, &dst).map_err(|e| io_err("rename to", &dst, e))?;
+        self.sync_dir()?;
+        fs::metadata(&dst)
+            .map(|m| Fingerprint::of(&m))
+            .map_err(|e| io_err("stat", &dst, e))
+    }
+
+    /// Removes temporaries a crashed writer may have left (caller holds the lock).
+    pub fn remove_stale_temporaries(&self) {
+        for t in [CURRENT_TMP, PREV_TMP] {
+            let _ = fs::remove_file(self.file(t));
+        }
+    }
+}
+
+/// The parts of a keystore file, after structure and checksum were checked
+/// (nothing authenticated yet).
+#[derive(Debug)]
+pub struct Frame<'a> {
+    /// Random id of the keystore.
+    pub keystore_id: [u8; 16],
+    /// How the root key is obtained.
+    pub mode: RootMode,
+    /// Write counter.
+    pub generation: u64,
+    header: &'a [u8],
+    verifier: &'a [u8],
+    body: &'a [u8],
+}
+
+fn corrupt(name: &str, why: &str) -> KmsError {
+    KmsError::CorruptKeystore(format!("keystore file {name} is damaged: {why}"))
+}
+
+impl<'a> Frame<'a> {
+    /// Checks magic, version, lengths and the SHA-256 trailer. An unknown version
+    /// is its own clear error; everything else is corruption.
+    pub fn parse(name: &str, b: &'a [u8]) -> Result<Self, KmsError> {
+        if b.len() < OFF_ID {
+            return Err(corrupt(
+                name,
+                &format!("it is truncated ({} bytes)", b.len()),
+            ));
+        }
+        if b[..8] != KEYSTORE_MAGIC {
+            return Err(corrupt(
+                name,
+                "it does not start with the kmsfs keystore magic",
+            ));
+        }
+        let version = u16::from_be_bytes([b[OFF_VERSION], b[OFF_VERSION + 1]]);
+        if version != KEYSTORE_VERSION {
+            return Err(KmsError::CorruptKeystore(format!(
+                "keystore file {name} has format version {version}, but this kmsfs reads only \
+                 version {KEYSTORE_VERSION}; use the kmsfs release that wrote it"
+            )));
+        }
+        if b.len() < FIXED_LEN + CHECKSUM_LEN {
+            return Err(corrupt(
+                name,
+                &format!("it is truncated ({} bytes)", b.len()),
+            ));
+        }
+        let body_len = u32::from_be_bytes(arr4(&b[OFF_BODY_LEN..FIXED_LEN])) as usize;
+        if body_len > MAX_BODY_LEN || b.len() != FIXED_LEN + body_len + CHECKSUM_LEN {
+            return Err(corrupt(
+                name,
+                &format!(
+                    "its length ({} bytes) does not match its header (truncated?)",
+                    b.len()
+                ),
+            ));
+        }
+        let (content, sum) = b.split_at(FIXED_LEN + body_len);
+        if !crypto::constant_time_eq(&crypto::sha256(&[content]), sum) {
+            return Err(corrupt(
+                name,
+                "its checksum does not match (bytes were changed)",
+            ));
+        }
+        let mut keystore_id = [0u8; 16];
+        keystore_id.copy_from_slice(&b[OFF_ID..OFF_ID + 16]);
+        let params = Argon2Params {
+            m_kib: u32::from_be_bytes(arr4(&b[OFF_PARAMS..])),
+            t: u32::from_be_bytes(arr4(&b[OFF_PARAMS + 4..])),
+            p: u32::from_be_bytes(arr4(&b[OFF_PARAMS + 8..])),
+        };
+        let mut salt = [0u8; 16];
+        salt.copy_from_slice(&b[OFF_SALT..OFF_SALT + 16]);
+        let mode = match b[OFF_MODE] {
+            MODE_KEY_FILE => RootMode::KeyFile,
+            MODE_PASSPHRASE => RootMode::Passphrase { params, salt },
+            m => return Err(corrupt(name, &format!("unknown root key mode {m}"))),
+        };
+        let mut g = [0u8; 8];
+        g.copy_from_slice(&b[OFF_GENERATION..OFF_GENERATION + 8]);
+        Ok(Self {
+            keystore_id,
+            mode,
+            generation: u64::from_be_bytes(g),
+            header: &b[..OFF_VERIFIER],
+            verifier: &b[OFF_VERIFIER..OFF_BODY_LEN],
+            body: &b[FIXED_LEN..FIXED_LEN + body_len],
+        })
+    }
+
+    /// Checks the verifier (wrong root key → `WrongRootKey`), then opens and
+    /// parses the body (failure → `CorruptKeystore`).
+    pub fn unseal(&self, name: &str, root: &RootKey) -> Result<StoreState, KmsError> {
+        if root.mode != self.mode {
+            return Err(KmsError::WrongRootKey(format!(
+                "keystore file {name} was sealed with another root key than the one this \
+                 process holds (was the keystore replaced?); restart the command"
+            )));
+        }
+        let vaad = [VERIFIER_LABEL, self.header].concat();
+        if root.aead.open(&vaad, self.verifier).is_err() {
+            return Err(KmsError::WrongRootKey(match self.mode {
+                RootMode::Passphrase { .. } => "wrong passphrase: it does not open this keystore".to_string(),
+                RootMode::KeyFile => "the root key file does not open this keystore (root.key belongs to another keystore?)".to_string(),
+            }));
+        }
+        let mut header_and_len = Vec::with_capacity(FIXED_LEN);
+        header_and_len.extend_from_slice(self.header);
+        header_and_len.extend_from_slice(self.verifier);
+        header_and_len.extend_from_slice(&(self.body.len() as u32).to_be_bytes());
+        let baad = [BODY_LABEL, &header_and_len].concat();
+        let json = root
+            .aead
+            .open(&baad, self.body)
+            .map_err(|_| corrupt(name, "its sealed body does not authenticate"))?;
+        StoreState::from_json(json.expose()).map_err(|e| corrupt(name, &e.to_string()))
+    }
+}
+
+/// True when `b` starts like a keystore file but of another format version
+/// (a newer kmsfs wrote it): reported as such, never treated as damage.
+pub fn unknown_version(b: &[u8]) -> bool {
+    b.len() >= OFF_ID
+        && b[..8] == KEYSTORE_MAGIC
+        && u16::from_be_bytes([b[OFF_VERSION], b[OFF_VERSION + 1]]) != KEYSTORE_VERSION
+}
+
+fn arr4(b: &[u8]) -> [u8; 4] {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    a
+}
+
+/// Encodes and seals `state` as a keystore file.
+pub fn encode(
+    keystore_id: &[u8; 16],
+    root: &RootKey,
+    generation: u64,
+    state: &StoreState,
+) -> Result<Vec<u8>, KmsError> {
+    let json = state.to_sealed_json()?;
+    let body_len = json.len() + SEAL_OVERHEAD;
+    if body_len > MAX_BODY_LEN {
+        return Err(KmsError::Internal("keystore body too large".into()));
+    }
+    let mut out = Vec::with_capacity(FIXED_LEN + body_len + CHECKSUM_LEN);
+    out.extend_from_slice(&KEYSTORE_MAGIC);
+    out.extend_from_slice(&KEYSTORE_VERSION.to_be_bytes());
+    out.extend_from_slice(keystore_id);
+    let (mode, params, salt) = match root.mode {
+        RootMode::KeyFile => (
+            MODE_KEY_FILE,
+            Argon2Params {
+                m_kib: 0,
+                t: 0,
+                p: 0,
+            },
+            [0u8; 16],
+        ),
+        RootMode::Passphrase { params, salt } => (MODE_PASSPHRASE, params, salt),
+    };
+    out.push(mode);
+    for v in [params.m_kib, params.t, params.p] {
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+    out.extend_from_slice(&salt);
+    out.extend_from_slice(&generation.to_be_bytes());
+    debug_assert_eq!(out.len(), OFF_VERIFIER);
+    let vaad = [VERIFIER_LABEL, &out[..]].concat();
+    let seal_err =
+        |e: crypto::CryptoError| KmsError::Internal(format!("sealing the keystore failed: {e}"));
+    root.aead
+        .seal_append(&vaad, &[], &mut out)
+        .map_err(seal_err)?;
+    out.extend_from_slice(&(body_len as u32).to_be_bytes());
+    let baad = [BODY_LABEL, &out[..]].concat();
+    root.aead
+        .seal_append(&baad, &json, &mut out)
+        .map_err(seal_err)?;
+    let sum = crypto::sha256(&[&out]);
+    out.extend_from_slice(&sum);
+    Ok(out)
+}
+
+/// Creates a new keystore in `dir`: refuses if one (current or previous
+/// generation) exists there; never overwrites anything.
+pub fn create(
+    dir: &KeystoreDir,
+    mode: CreateMode,
+) -> Result<([u8; 16], RootKey, StoreState, Fingerprint), KmsError> {
+    dir.create_dir()?;
+    let _lock = dir.lock()?;
+    if dir.exists() {
+        return Err(KmsError::AlreadyExists(format!(
+            "a keystore exists already in {}; it was left untouched",
+            dir.path().display()
+        )));
+    }
+    let root = match mode {
+        CreateMode::RootKeyFile => {
+            dir.create_root_key_file()?;
+            RootKey::obtain(dir, RootMode::KeyFile, &|| {
+                Err(KmsError::Internal("no passphrase in key-file mode".into()))
+            })?
+        }
+        CreateMode::Passphrase { passphrase, params } => {
+            let salt =
+                crypto::random_array::<16>().map_err(|e| KmsError::Internal(e.to_string()))?;
+            let mode = RootMode::Passphrase { params, salt };
+            params
+                .validate()
+                .map_err(|_| KmsError::Validation("Argon2id parameters out of range".into()))?;
+            RootKey::obtain(dir, mode, &|| Ok(passphrase.clone()))?
+        }
+    };
+    let id = crypto::random_array::<16>().map_err(|e| KmsError::Internal(e.to_string()))?;
+    let state = StoreState::default();
+    let bytes = encode(&id, &root, 1, &state)?;
+    dir.remove_stale_temporaries();
+    let fp = dir.write_generations(None, &bytes)?;
+    Ok((id, root, state, fp))
+}
+
+/// How `create` seals a new keystore.
+pub enum CreateMode {
+    /// Zero-setup: a random root key in `root.key`.
+    RootKeyFile,
+    /// Argon2id of a passphrase.
+    Passphrase {
+        /// The passphrase.
+        passphrase: SecretBytes,
+        /// Cost parameters ([`Argon2Params::default`] in production).
+        params: Argon2Params,
+    },
+}
+
+impl std::fmt::Debug for CreateMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CreateMode::RootKeyFile => f.write_str("RootKeyFile"),
+            CreateMode::Passphrase { params, .. } => write!(f, "Passphrase({params:?}, redacted)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kms::model::KeyRecord;
+
+    fn cheap() -> Argon2Params {
+        Argon2Params {
+            m_kib: 64,
+            t: 1,
+            p: 1,
+        }
+    }
+
+    fn sample(dir: &KeystoreDir) -> ([u8; 16], RootKey, Vec<u8>, String) {
+        let (id, root, mut state, _) = create(dir, CreateMode::RootKeyFile).unwrap();
+        let k = KeyRecord::generate("d", 1).unwrap();
+        let kid = k.key_id.clone();
+        state.keys.insert(kid.clone(), k);
+        let bytes = encode(&id, &root, 2, &state).unwrap();
+        (id, root, bytes, kid)
+    }
+
+    #[test]
+    fn encode_parse_unseal_round_trip() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = KeystoreDir::new(t.path());
+        let (id, root, bytes, kid) = sample(&dir);
+        let f = Frame::parse("x", &bytes).unwrap();
+        assert_eq!(f.keystore_id, id);
+        assert_eq!(f.generation, 2);
+        let s = f.unseal("x", &root).unwrap();
+        assert!(s.keys.contains_key(&kid));
+        // The material is not in the file in clear (hex or raw).
+        let m = s.keys[&kid].material(1).unwrap().material.clone();
+        assert!(!bytes.windows(32).any(|w| w == m.expose()));
+        let hex: String = m.expose().iter().map(|b| format!("{b:02x}")).collect();
+        assert!(!String::from_utf8_lossy(&bytes).contains(&hex));
+    }
+
+    #[test]
+    fn every_flipped_byte_and_truncation_is_detected() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = KeystoreDir::new(t.path());
+        let (_, root, bytes, _) = sample(&dir);
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            let r = Frame::parse("x", &bad).and_then(|f| f.unseal("x", &root));
+            assert!(matches!(r, Err(KmsError::CorruptKeystore(_))), "byte {i}");
+        }
+        for n in 0..bytes.len() {
+            assert!(
+                matches!(
+                    Frame::parse("x", &bytes[..n]),
+                    Err(KmsError::CorruptKeystore(_))
+                ),
+                "len {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_version_is_named() {
+        let t = tempfile::tempdir().unwrap();
+        let (_, _, mut bytes, _) = sample(&KeystoreDir::new(t.path()));
+        bytes[OFF_VERSION + 1] = 9;
+        let e = Frame::parse("x", &bytes).unwrap_err().to_string();
+        assert!(e.contains("format version 9"), "{e}");
+    }
+
+    #[test]
+    fn wrong_root_key_is_not_corruption() {
+        let t = tempfile::tempdir().unwrap();
+        let (_, _, bytes, _) = sample(&KeystoreDir::new(t.path()));
+        let t2 = tempfile::tempdir().unwrap();
+        let (_, other_root, _, _) = sample(&KeystoreDir::new(t2.path()));
+        let f = Frame::parse("x", &bytes).unwrap();
+        assert!(matches!(
+            f.unseal("x", &other_root),
+            Err(KmsError::WrongRootKey(_))
+        ));
+    }
+
+    #[test]
+    fn passphrase_mode_distinguishes_wrong_passphrase() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = KeystoreDir::new(t.path());
+        let mode = CreateMode::Passphrase {
+            passphrase: SecretBytes::from(&b"right"[..]),
+            params: cheap(),
+        };
+        let (_, root, state, _) = create(&dir, mode).unwrap();
+        let (bytes, _) = dir.read(CURRENT_FILE).unwrap().unwrap();
+        let f = Frame::parse("x", &bytes).unwrap();
+        assert_eq!(f.mode, root.mode());
+        assert!(!dir.file(ROOT_KEY_FILE).exists());
+        let good = RootKey::obtain(&dir, f.mode, &|| Ok(SecretBytes::from(&b"right"[..]))).unwrap();
+        assert_eq!(f.unseal("x", &good).unwrap().keys.len(), state.keys.len());
+        let bad = RootKey::obtain(&dir, f.mode, &|| Ok(SecretBytes::from(&b"wrong"[..]))).unwrap();
+        let e = f.unseal("x", &bad).unwrap_err();
+        assert!(matches!(e, KmsError::WrongRootKey(_)) && e.to_string().contains("passphrase"));
+    }
+
+    #[test]
+    fn create_refuses_existing_and_sets_modes() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let dir = KeystoreDir::new(t.path().join("ks"));
+        create(&dir, CreateMode::RootKeyFile).unwrap();
+        let before = fs::read(dir.file(CURRENT_FILE)).unwrap();
+        assert!(matches!(
+            create(&dir, CreateMode::RootKeyFile),
+            Err(KmsError::AlreadyExists(_))
+        ));
+        assert_eq!(fs::read(dir.file(CURRENT_FILE)).unwrap(), before);
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.file(ROOT_KEY_FILE)), 0o600);
+        assert_eq!(mode(&dir.file(CURRENT_FILE)), 0o600);
+        assert_eq!(mode(dir.path()), 0o700);
+        // A prev alone also counts as an existing keystore.
+        fs::rename(dir.file(CURRENT_FILE), dir.file(PREV_FILE)).unwrap();
+        assert!(matches!(
+            create(&dir, CreateMode::RootKeyFile),
+            Err(KmsError::AlreadyExists(_))
+        ));
+    }
+
+    #[test]
+    fn missing_or_bad_root_key_file_is_clear() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = KeystoreDir::new(t.path());
+        create(&dir, CreateMode::RootKeyFile).unwrap();
+        fs::write(dir.file(ROOT_KEY_FILE), b"short").unwrap();
+        let e = RootKey::obtain(&dir, RootMode::KeyFile, &|| unreachable!()).unwrap_err();
+        assert!(matches!(e, KmsError::WrongRootKey(_)));
+        fs::remove_file(dir.file(ROOT_KEY_FILE)).unwrap();
+        let e = RootKey::obtain(&dir, RootMode::KeyFile, &|| unreachable!()).unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn write_generations_keeps_previous_and_changes_fingerprint() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = KeystoreDir::new(t.path());
+        let (_, _, _, fp1) = create(&dir, CreateMode::RootKeyFile).unwrap();
+        let first = fs::read(dir.file(CURRENT_FILE)).unwrap();
+        let fp2 = dir.write_generations(Some(&first), b"second").unwrap();
+        assert_ne!(fp1, fp2);
+        assert_eq!(dir.fingerprint(), Some(fp2));
+        assert_eq!(fs::read(dir.file(PREV_FILE)).unwrap(), first);
+        assert_eq!(fs::read(dir.file(CURRENT_FILE)).unwrap(), b"second");
+        assert!(!dir.file(CURRENT_TMP).exists() && !dir.file(PREV_TMP).exists());
+    }
+}

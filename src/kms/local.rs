@@ -1,0 +1,1036 @@
+//! `LocalKeyStore`: the key service over a keystore directory. Holds the unsealed
+//! root key (Argon2id runs once, at open) and an immutable snapshot of the key model
+//! with ready AES key schedules; every cryptographic operation passes through one
+//! function (`use_key`) that checks state, authorizes and audits. Another process's
+//! changes are noticed by a rate-limited stat of the keystore file and reloaded;
+//! updates re-read the file under the exclusive lock and write both generations.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Instant;
+
+use super::blob::{self, BlobHeader};
+use super::hooks::{self, AuditEvent, AuditSink, Operation};
+use super::keystore::{
+    self, CURRENT_FILE, CreateMode, Fingerprint, Frame, KeystoreDir, PREV_FILE, RootKey,
+};
+use super::model::{self, KeyRecord, StoreState, Usage};
+use super::{
+    Caller, DataKey, DataKeySpec, Decrypted, Encrypted, EncryptionContext, KeyMetadata, KeyService,
+    KeyState, KmsError, MAX_ENCRYPT_PLAINTEXT, clock,
+};
+use crate::crypto::{AeadKey, SecretBytes};
+
+/// How often (at most) an operation stats the keystore file to notice another
+/// process's changes. `generation()` and `refresh()` share it; worst-case staleness
+/// is this interval (well under the mount's one-second requirement).
+pub const FRESHNESS_INTERVAL_MS: u64 = 20;
+
+/// One entry of ListKeys.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyListEntry {
+    /// The key id.
+    pub key_id: String,
+    /// The key ARN.
+    pub key_arn: String,
+}
+
+/// One entry of ListAliases.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AliasListEntry {
+    /// `alias/...`.
+    pub alias_name: String,
+    /// The alias ARN.
+    pub alias_arn: String,
+    /// The key it points at.
+    pub target_key_id: String,
+}
+
+/// Result of ScheduleKeyDeletion.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ScheduledDeletion {
+    /// The key ARN (as AWS returns it).
+    pub key_id: String,
+    /// When the key will be deleted (epoch seconds).
+    pub deletion_date: i64,
+    /// Always PendingDeletion.
+    pub key_state: KeyState,
+    /// The waiting period.
+    pub pending_window_in_days: u32,
+}
+
+/// An immutable view of the keystore, swapped whole on every change.
+struct Snapshot {
+    state: StoreState,
+    /// Ready AES-GCM keys: key id → (material version, key).
+    ciphers: HashMap<String, Vec<(u32, AeadKey)>>,
+    /// Stat of the current generation this snapshot matches.
+    fingerprint: Option<Fingerprint>,
+    /// Why we run from the previous generation (read-only), if we do.
+    fallback: Option<String>,
+    /// Why no state is usable at all (both generations unreadable on reload).
+    broken: Option<String>,
+    next_deletion: Option<i64>,
+}
+
+impl Snapshot {
+    fn new(
+        state: StoreState,
+        fingerprint: Option<Fingerprint>,
+        fallback: Option<String>,
+    ) -> Result<Self, KmsError> {
+        let mut ciphers = HashMap::with_capacity(state.keys.len());
+        for (id, k) in &state.keys {
+            let mut v = Vec::with_capacity(k.materials.len());
+            for m in &k.materials {
+                let aead = AeadKey::from_bytes(m.material.expose()).map_err(|_| {
+                    KmsError::CorruptKeystore(format!("key {id} has material of a wrong length"))
+                })?;
+                v.push((m.version, aead));
+            }
+            ciphers.insert(id.clone(), v);
+        }
+        let next_deletion = state.next_deletion();
+        Ok(Self {
+            state,
+            ciphers,
+            fingerprint,
+            fallback,
+            broken: None,
+            next_deletion,
+        })
+    }
+
+    fn broken(why: String, fingerprint: Option<Fingerprint>) -> Self {
+        Self {
+            state: StoreState::default(),
+            ciphers: HashMap::new(),
+            fingerprint,
+            fallback: None,
+            broken: Some(why),
+            next_deletion: None,
+        }
+    }
+}
+
+/// What reading the directory produced.
+struct Loaded {
+    state: StoreState,
+    keystore_id: [u8; 16],
+    fingerprint: Option<Fingerprint>,
+    fallback: Option<String>,
+}
+
+/// How a crypto operation names its key.
+enum KeyRef<'a> {
+    /// Key id, ARN or alias given by the caller.
+    Name(&'a str),
+    /// The key a ciphertext blob names.
+    Blob(&'a BlobHeader),
+}
+
+/// The local key service: a keystore directory, unsealed once.
+pub struct LocalKeyStore {
+    dir: KeystoreDir,
+    root: RootKey,
+    keystore_id: [u8; 16],
+    keystore_id_hex: String,
+    snap: RwLock<Arc<Snapshot>>,
+    generation: AtomicU64,
+    base: Instant,
+    last_check_ns: AtomicU64,
+    reload_lock: Mutex<()>,
+    audit: OnceLock<Arc<dyn AuditSink>>,
+}
+
+impl std::fmt::Debug for LocalKeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalKeyStore")
+            .field("dir", &self.dir.path())
+            .field("keystore_id", &self.keystore_id_hex)
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Reads the current generation, or the previous one (with a warning) when the
+/// current is unreadable. A wrong root key or an unknown format version is
+/// returned as is: the previous generation would not help.
+fn load(
+    dir: &KeystoreDir,
+    given: Option<&RootKey>,
+    obtained: &mut Option<RootKey>,
+    passphrase: &dyn Fn() -> Result<SecretBytes, KmsError>,
+) -> Result<Loaded, KmsError> {
+    let mut unseal = |name: &str, bytes: &[u8]| -> Result<(StoreState, [u8; 16]), KmsError> {
+        let frame = Frame::parse(name, bytes)?;
+        if given.is_none() && obtained.is_none() {
+            *obtained = Some(RootKey::obtain(dir, frame.mode, passphrase)?);
+        }
+        let r = given
+            .or(obtained.as_ref())
+            .ok_or_else(|| KmsError::Internal("root key missing".into()))?;
+        Ok((frame.unseal(name, r)?, frame.keystore_id))
+    };
+    let cur = dir.read(CURRENT_FILE)?;
+    let fingerprint = cur.as_ref().map(|c| c.1);
+    let primary = match &cur {
+        Some((bytes, _)) => {
+            if keystore::unknown_version(bytes) {
+                // A newer format is not damage: falling back would hide it.
+                Frame::parse(CURRENT_FILE, bytes)?;
+            }
+            match unseal(CURRENT_FILE, bytes) {
+                Ok((state, keystore_id)) => {
+                    return Ok(Loaded {
+                        state,
+                        keystore_id,
+                        fingerprint,
+                        fallback: None,
+                    });
+                }
+                Err(e @ (KmsError::WrongRootKey(_) | KmsError::Io(_))) => return Err(e),
+                Err(e) => e.to_string(),
+            }
+        }
+        None => format!("{CURRENT_FILE} is missing"),
+    };
+    let Some((pbytes, _)) = dir.read(PREV_FILE)? else {
+        return Err(match cur {
+            None => KmsError::KeystoreNotFound(format!(
+                "there is no keystore in {}",
+                dir.path().display()
+            )),
+            Some(_) => KmsError::CorruptKeystore(format!(
+                "{primary}; there is no previous generation ({PREV_FILE}) to fall back to, \
+                 and nothing was written"
+            )),
+        });
+    };
+    match unseal(PREV_FILE, &pbytes) {
+        Ok((state, keystore_id)) => {
+            log::warn!(
+                "{primary}; using the previous generation {} instead (read-only: changes are \
+                 refused until the current generation is repaired or restored)",
+                dir.file(PREV_FILE).display()
+            );
+            Ok(Loaded {
+                state,
+                keystore_id,
+                fingerprint,
+                fallback: Some(primary),
+            })
+        }
+        Err(e @ KmsError::WrongRootKey(_)) => Err(e),
+        Err(e) => Err(KmsError::CorruptKeystore(format!(
+            "{primary}; and the previous generation is unreadable too: {e}; nothing was written"
+        ))),
+    }
+}
+
+fn no_passphrase() -> Result<SecretBytes, KmsError> {
+    Err(KmsError::Internal(
+        "the root key is already unsealed; no passphrase is needed".into(),
+    ))
+}
+
+/// Finds a key by id, ARN or alias in `state`.
+fn resolve<'s>(
+    state: &'s StoreState,
+    keystore_id_hex: &str,
+    key_ref: &str,
+) -> Result<&'s KeyRecord, KmsError> {
+    let mut name = key_ref;
+    if key_ref.starts_with("arn:") {
+        let prefix = format!("arn:kmsfs:kms:local:{keystore_id_hex}:");
+        name = key_ref.strip_prefix(&prefix).ok_or_else(|| {
+            KmsError::NotFound(format!(
+                "ARN {key_ref} does not name a key of this keystore ({keystore_id_hex})"
+            ))
+        })?;
+        if let Some(id) = name.strip_prefix("key/") {
+            name = id;
+        } else if !name.starts_with(model::ALIAS_PREFIX) {
+            return Err(KmsError::NotFound(format!(
+                "ARN {key_ref} names no key or alias"
+            )));
+        }
+    }
+    let id = if name.starts_with(model::ALIAS_PREFIX) {
+        state
+            .aliases
+            .get(name)
+            .ok_or_else(|| KmsError::NotFound(format!("alias {name} does not exist")))?
+            .as_str()
+    } else {
+        let u = uuid::Uuid::parse_str(name).map_err(|_| {
+            KmsError::NotFound(format!(
+                "invalid key id {name:?}: give a key id (UUID), a key ARN or alias/NAME"
+            ))
+        })?;
+        return state
+            .keys
+            .get(&u.hyphenated().to_string())
+            .ok_or_else(|| KmsError::NotFound(format!("key {name} does not exist")));
+    };
+    state
+        .keys
+        .get(id)
+        .ok_or_else(|| KmsError::NotFound(format!("key {id} (alias {name}) does not exist")))
+}
+
+fn resolve_mut<'s>(
+    state: &'s mut StoreState,
+    keystore_id_hex: &str,
+    key_ref: &str,
+) -> Result<&'s mut KeyRecord, KmsError> {
+    let id = resolve(state, keystore_id_hex, key_ref)?.key_id.clone();
+    state
+        .keys
+        .get_mut(&id)
+        .ok_or_else(|| KmsError::Internal("key vanished".into()))
+}
+
+impl LocalKeyStore {
+    /// Opens the keystore in `dir`. `passphrase` is called (once) only if the
+    /// keystore is sealed with a passphrase. Keys whose deletion date has passed
+    /// are deleted for good before this returns.
+    pub fn open(
+        dir: &Path,
+        passphrase: &dyn Fn() -> Result<SecretBytes, KmsError>,
+    ) -> Result<Self, KmsError> {
+        let kdir = KeystoreDir::new(dir);
+        if !kdir.exists() {
+            return Err(KmsError::KeystoreNotFound(format!(
+                "there is no keystore in {}",
+                dir.display()
+            )));
+        }
+        let mut root = None;
+        let loaded = load(&kdir, None, &mut root, passphrase)?;
+        let root = root.ok_or_else(|| KmsError::Internal("root key not obtained".into()))?;
+        let ks = Self::assemble(kdir, root, loaded)?;
+        ks.purge_if_due()?;
+        Ok(ks)
+    }
+
+    /// Creates a new keystore in `dir` (refusing if one exists) and opens it.
+    pub fn create(dir: &Path, mode: CreateMode) -> Result<Self, KmsError> {
+        let kdir = KeystoreDir::new(dir);
+        let (keystore_id, root, state, fp) = keystore::create(&kdir, mode)?;
+        Self::assemble(
+            kdir,
+            root,
+            Loaded {
+                state,
+                keystore_id,
+                fingerprint: Some(fp),
+                fallback: None,
+            },
+        )
+    }
+
+    fn assemble(dir: KeystoreDir, root: RootKey, l: Loaded) -> Result<Self, KmsError> {
+        let snap = Snapshot::new(l.state, l.fingerprint, l.fallback)?;
+        Ok(Self {
+            dir,
+            root,
+            keystore_id: l.keystore_id,
+            keystore_id_hex: hex(&l.keystore_id),
+            snap: RwLock::new(Arc::new(snap)),
+            generation: AtomicU64::new(1),
+            base: Instant::now(),
+            last_check_ns: AtomicU64::new(0),
+            reload_lock: Mutex::new(()),
+            audit: OnceLock::new(),
+        })
+    }
+
+    /// The keystore's random id (32 hex digits), as it appears in ARNs and blobs.
+    pub fn keystore_id(&self) -> &str {
+        &self.keystore_id_hex
+    }
+
+    /// The keystore directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// "root-key-file" or "passphrase".
+    pub fn root_mode(&self) -> &'static str {
+        self.root.mode().name()
+    }
+
+    /// Why the keystore runs read-only from its previous generation, if it does.
+    pub fn fallback_reason(&self) -> Option<String> {
+        self.snapshot().fallback.clone()
+    }
+
+    /// Installs the audit sink that every key use is reported to (once).
+    pub fn set_audit_sink(&self, sink: Arc<dyn AuditSink>) -> Result<(), KmsError> {
+        self.audit
+            .set(sink)
+            .map_err(|_| KmsError::Internal("an audit sink is already installed".into()))
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        match self.snap.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    fn install(&self, snap: Snapshot) {
+        let mut g = match self.snap.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *g = Arc::new(snap);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Rate-limited freshness check: at most one stat per interval.
+    fn refresh_if_stale(&self) {
+        let now = self.base.elapsed().as_nanos() as u64 + 1;
+        let last = self.last_check_ns.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < FRESHNESS_INTERVAL_MS * 1_000_000 {
+            return;
+        }
+        if self
+            .last_check_ns
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return; // another thread is checking
+        }
+        if let Err(e) = self.refresh() {
+            log::warn!("keystore refresh failed: {e}");
+        }
+    }
+
+    /// Checks now (one stat) whether another process changed the keystore and
+    /// reloads it if so; deletes keys whose deletion date has passed.
+    pub fn refresh(&self) -> Result<(), KmsError> {
+        let fp = self.dir.fingerprint();
+        if fp != self.snapshot().fingerprint {
+            self.reload()?;
+        }
+        self.purge_if_due()
+    }
+
+    fn reload(&self) -> Result<(), KmsError> {
+        let _g = match self.reload_lock.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let fp = self.dir.fingerprint();
+        if fp == self.snapshot().fingerprint {
+            return Ok(()); // another thread reloaded meanwhile
+        }
+        let result = load(&self.dir, Some(&self.root), &mut None, &no_passphrase).and_then(|l| {
+            if l.keystore_id != self.keystore_id {
+                return Err(KmsError::CorruptKeystore(format!(
+                    "the keystore in {} was replaced by another one (id {}); restart to use it",
+                    self.dir.path().display(),
+                    hex(&l.keystore_id)
+                )));
+            }
+            Snapshot::new(l.state, l.fingerprint, l.fallback)
+        });
+        match result {
+            Ok(s) => {
+                self.install(s);
+                Ok(())
+            }
+            Err(e) => {
+                // Fail closed: a key disabled on disk must not stay usable here.
+                self.install(Snapshot::broken(e.to_string(), fp));
+                Err(e)
+            }
+        }
+    }
+
+    fn purge_if_due(&self) -> Result<(), KmsError> {
+        let snap = self.snapshot();
+        let Some(d) = snap.next_deletion else {
+            return Ok(());
+        };
+        if clock::now()? < d {
+            return Ok(());
+        }
+        if snap.fallback.is_some() {
+            log::warn!(
+                "a key's deletion date has passed but the keystore runs from its previous \
+                 generation; it is refused now and will be deleted once the keystore is repaired"
+            );
+            return Ok(());
+        }
+        self.update(|_, _| Ok(()))
+    }
+
+    /// Applies `f` to the current state under the exclusive lock and writes the
+    /// result durably, keeping the previous generation. Keys due for deletion are
+    /// purged from both generations on the way. Refuses (writing nothing) when the
+    /// current generation cannot be read.
+    fn update<T>(
+        &self,
+        f: impl FnOnce(&mut StoreState, i64) -> Result<T, KmsError>,
+    ) -> Result<T, KmsError> {
+        let now = clock::now()?;
+        let _lock = self.dir.lock()?;
+        let refuse = |e: KmsError| match e {
+            KmsError::CorruptKeystore(m) => KmsError::CorruptKeystore(format!(
+                "{m}; the change was refused and nothing was written"
+            )),
+            other => other,
+        };
+        let (bytes, _) = self.dir.read(CURRENT_FILE)?.ok_or_else(|| {
+            KmsError::CorruptKeystore(format!(
+                "{} is missing; the change was refused and nothing was written",
+                self.dir.file(CURRENT_FILE).display()
+            ))
+        })?;
+        let frame = Frame::parse(CURRENT_FILE, &bytes).map_err(refuse)?;
+        if frame.keystore_id != self.keystore_id {
+            return Err(KmsError::CorruptKeystore(format!(
+                "the keystore in {} was replaced by another one; nothing was written",
+                self.dir.path().display()
+            )));
+        }
+        let old = frame.unseal(CURRENT_FILE, &self.root).map_err(refuse)?;
+        let old_generation = frame.generation;
+        let mut state = old.clone();
+        let purged = state.purge_due(now);
+        let result = f(&mut state, now);
+        if result.is_err() && purged.is_empty() {
+            return result;
+        }
+        let prev_bytes = if purged.is_empty() {
+            bytes.clone()
+        } else {
+            // The kept generation must not keep the deleted material either.
+            let mut p = old;
+            p.purge_due(now);
+            keystore::encode(&self.keystore_id, &self.root, old_generation, &p)?
+        };
+        let new_bytes =
+            keystore::encode(&self.keystore_id, &self.root, old_generation + 1, &state)?;
+        self.dir.remove_stale_temporaries();
+        let fp = self.dir.write_generations(Some(&prev_bytes), &new_bytes)?;
+        for id in &purged {
+            log::info!("key {id} reached its deletion date and was deleted for good");
+        }
+        self.install(Snapshot::new(state, Some(fp), None)?);
+        result
+    }
+
+    /// The one path of every cryptographic operation: resolve the key, refuse
+    /// what its state forbids, authorize the caller, run `f`, audit the outcome.
+    fn use_key<T>(
+        &self,
+        caller: &Caller,
+        op: Operation,
+        key_ref: KeyRef<'_>,
+        usage: Usage,
+        f: impl FnOnce(&KeyRecord, &[(u32, AeadKey)]) -> Result<(T, u32), KmsError>,
+    ) -> Result<T, KmsError> {
+        self.refresh_if_stale();
+        let snap = self.snapshot();
+        let mut audit_key: Option<String> = None;
+        let mut version = None;
+        let result = (|| {
+            if let Some(why) = &snap.broken {
+                return Err(KmsError::CorruptKeystore(why.clone()));
+            }
+            let key = match key_ref {
+                KeyRef::Name(n) => resolve(&snap.state, &self.keystore_id_hex, n)?,
+                KeyRef::Blob(h) => {
+                    let id = h.key_id_string();
+                    let k = snap.state.keys.get(&id);
+                    audit_key = Some(id);
+                    k.ok_or_else(|| {
+                        KmsError::NotFound(format!(
+                            "the key this ciphertext was made with ({}) no longer exists; \
+                             it cannot be decrypted",
+                            h.key_id_string()
+                        ))
+                    })?
+                }
+            };
+            audit_key = Some(key.key_id.clone());
+            if key.state == KeyState::PendingDeletion && key.deletion_due(clock::now()?) {
+                self.purge_if_due()?;
+                return Err(KmsError::NotFound(format!(
+                    "key {} reached its deletion date and was deleted",
+                    key.key_id
+                )));
+            }
+            key.check_usable(usage)?;
+            hooks::authorize(caller, key, op)?;
+            let ciphers = snap
+                .ciphers
+                .get(&key.key_id)
+                .ok_or_else(|| KmsError::Internal("key schedule missing".into()))?;
+            let (out, v) = f(key, ciphers)?;
+            version = Some(v);
+            Ok(out)
+        })();
+        self.audit_event(caller, op, audit_key.as_deref(), &key_ref, version, &result);
+        result
+    }
+
+    fn audit_event<T>(
+        &self,
+        caller: &Caller,
+        op: Operation,
+        key: Option<&str>,
+        key_ref: &KeyRef<'_>,
+        material_version: Option<u32>,
+        result: &Result<T, KmsError>,
+    ) {
+        let named = match key_ref {
+            KeyRef::Name(n) => n,
+            KeyRef::Blob(_) => "(ciphertext blob)",
+        };
+        let key_id = key.unwrap_or(named);
+        let result = result.as_ref().map(|_| ()).map_err(|e| e.aws_code());
+        match self.audit.get() {
+            Some(sink) => sink.record(&AuditEvent {
+                caller,
+                operation: op,
+                key_id,
+                material_version,
+                result,
+                time: clock::now().unwrap_or(0),
+            }),
+            None => log::trace!(
+                "{} key={key_id} uid={} result={result:?}",
+                op.as_str(),
+                caller.uid
+            ),
+        }
+    }
+
+    fn seal_current(
+        &self,
+        key: &KeyRecord,
+        ciphers: &[(u32, AeadKey)],
+        plaintext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<(Vec<u8>, u32), KmsError> {
+        let v = key.current_version;
+        let aead = ciphers
+            .iter()
+            .find(|(ver, _)| *ver == v)
+            .map(|(_, a)| a)
+            .ok_or_else(|| {
+                KmsError::InvalidState(format!("key {} has no current key material", key.key_id))
+            })?;
+        let key_uuid = uuid::Uuid::parse_str(&key.key_id)
+            .map_err(|_| KmsError::Internal("stored key id is not a UUID".into()))?;
+        let header = BlobHeader {
+            keystore_id: self.keystore_id,
+            key_id: *key_uuid.as_bytes(),
+            material_version: v,
+        };
+        Ok((blob::seal(aead, &header, plaintext, context)?, v))
+    }
+
+    fn open_blob(
+        &self,
+        caller: &Caller,
+        op: Operation,
+        ciphertext_blob: &[u8],
+        context: &EncryptionContext,
+        key_id: Option<&str>,
+    ) -> Result<(String, u32, SecretBytes), KmsError> {
+        let header = BlobHeader::parse(ciphertext_blob)?;
+        if header.keystore_id != self.keystore_id {
+            return Err(KmsError::InvalidCiphertext(format!(
+                "the ciphertext blob was made by another keystore ({}), not this one ({})",
+                hex(&header.keystore_id),
+                self.keystore_id_hex
+            )));
+        }
+        self.use_key(
+            caller,
+            op,
+            KeyRef::Blob(&header),
+            Usage::Decrypt,
+            |key, ciphers| {
+                if let Some(want) = key_id {
+                    let snap = self.snapshot();
+                    let wanted = resolve(&snap.state, &self.keystore_id_hex, want)?;
+                    if wanted.key_id != key.key_id {
+                        return Err(KmsError::IncorrectKey(format!(
+                            "the ciphertext was made under key {}, not {}",
+                            key.key_id, wanted.key_id
+                        )));
+                    }
+                }
+                let v = header.material_version;
+                let aead = ciphers
+                    .iter()
+                    .find(|(ver, _)| *ver == v)
+                    .map(|(_, a)| a)
+                    .ok_or_else(|| {
+                        KmsError::InvalidCiphertext(format!(
+                            "the ciphertext names key material version {v} of key {}, which this \
+                         keystore does not hold",
+                            key.key_id
+                        ))
+                    })?;
+                let pt = blob::open(aead, ciphertext_blob, context)?;
+                Ok(((key.key_id.clone(), v, pt), v))
+            },
+        )
+    }
+
+    /// GenerateDataKeyWithoutPlaintext: only the wrapped data key.
+    pub fn generate_data_key_without_plaintext(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        spec: DataKeySpec,
+        context: &EncryptionContext,
+    ) -> Result<Encrypted, KmsError> {
+        let dk = self.gdk(
+            caller,
+            Operation::GenerateDataKeyWithoutPlaintext,
+            key_id,
+            spec,
+            context,
+        )?;
+        Ok(Encrypted {
+            key_id: dk.key_id,
+            ciphertext_blob: dk.ciphertext_blob,
+            source_key_id: None,
+        })
+    }
+
+    fn gdk(
+        &self,
+        caller: &Caller,
+        op: Operation,
+        key_id: &str,
+        spec: DataKeySpec,
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        let len = spec.len()?;
+        self.use_key(
+            caller,
+            op,
+            KeyRef::Name(key_id),
+            Usage::Encrypt,
+            |key, ciphers| {
+                let plaintext = SecretBytes::random(len)
+                    .map_err(|e| KmsError::Internal(format!("cannot generate a data key: {e}")))?;
+                let (ciphertext_blob, v) =
+                    self.seal_current(key, ciphers, plaintext.expose(), context)?;
+                Ok((
+                    DataKey {
+                        key_id: key.key_id.clone(),
+                        plaintext,
+                        ciphertext_blob,
+                    },
+                    v,
+                ))
+            },
+        )
+    }
+
+    // ---- administration (each takes the caller for the future policy/audit) ----
+
+    /// CreateKey: a new Enabled key with fresh material.
+    pub fn create_key(&self, _caller: &Caller, description: &str) -> Result<KeyMetadata, KmsError> {
+        self.update(|s, now| {
+            let k = KeyRecord::generate(description, now)?;
+            let meta = k.metadata(&self.keystore_id_hex);
+            s.keys.insert(k.key_id.clone(), k);
+            Ok(meta)
+        })
+    }
+
+    /// ListKeys, in creation order.
+    pub fn list_keys(&self, _caller: &Caller) -> Result<Vec<KeyListEntry>, KmsError> {
+        let snap = self.fresh_snapshot()?;
+        let mut keys: Vec<&KeyRecord> = snap.state.keys.values().collect();
+        keys.sort_by(|a, b| (a.creation_date, &a.key_id).cmp(&(b.creation_date, &b.key_id)));
+        Ok(keys
+            .into_iter()
+            .map(|k| KeyListEntry {
+                key_id: k.key_id.clone(),
+                key_arn: model::key_arn(&self.keystore_id_hex, &k.key_id),
+            })
+            .collect())
+    }
+
+    /// The metadata of every key, in creation order (for readable listings).
+    pub fn list_key_metadata(&self, caller: &Caller) -> Result<Vec<KeyMetadata>, KmsError> {
+        let snap = self.fresh_snapshot()?;
+        self.list_keys(caller)?
+            .iter()
+            .filter_map(|e| snap.state.keys.get(&e.key_id))
+            .map(|k| Ok(k.metadata(&self.keystore_id_hex)))
+            .collect()
+    }
+
+    /// EnableKey.
+    pub fn enable_key(&self, _caller: &Caller, key_id: &str) -> Result<(), KmsError> {
+        self.update(|s, _| resolve_mut(s, &self.keystore_id_hex, key_id)?.enable())
+    }
+
+    /// DisableKey.
+    pub fn disable_key(&self, _caller: &Caller, key_id: &str) -> Result<(), KmsError> {
+        self.update(|s, _| resolve_mut(s, &self.keystore_id_hex, key_id)?.disable())
+    }
+
+    /// ScheduleKeyDeletion with a waiting period of 7 to 30 days (default 30).
+    pub fn schedule_key_deletion(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+        pending_window_in_days: Option<u32>,
+    ) -> Result<ScheduledDeletion, KmsError> {
+        let days = pending_window_in_days.unwrap_or(model::MAX_PENDING_WINDOW_DAYS);
+        self.update(|s, now| {
+            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+            let deletion_date = k.schedule_deletion(days, now)?;
+            Ok(ScheduledDeletion {
+                key_id: model::key_arn(&self.keystore_id_hex, &k.key_id),
+                deletion_date,
+                key_state: k.state,
+                pending_window_in_days: days,
+            })
+        })
+    }
+
+    /// CancelKeyDeletion: the key becomes Disabled. Returns its ARN.
+    pub fn cancel_key_deletion(&self, _caller: &Caller, key_id: &str) -> Result<String, KmsError> {
+        self.update(|s, _| {
+            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+            k.cancel_deletion()?;
+            Ok(model::key_arn(&self.keystore_id_hex, &k.key_id))
+        })
+    }
+
+    /// CreateAlias (user aliases: the reserved prefixes are refused).
+    pub fn create_alias(
+        &self,
+        _caller: &Caller,
+        alias_name: &str,
+        target_key_id: &str,
+    ) -> Result<(), KmsError> {
+        model::validate_alias_name(alias_name, false)?;
+        self.update(|s, _| {
+            let id = resolve(s, &self.keystore_id_hex, target_key_id)?
+                .key_id
+                .clone();
+            s.create_alias(alias_name, &id, false)
+        })
+    }
+
+    /// UpdateAlias.
+    pub fn update_alias(
+        &self,
+        _caller: &Caller,
+        alias_name: &str,
+        target_key_id: &str,
+    ) -> Result<(), KmsError> {
+        model::validate_alias_name(alias_name, false)?;
+        self.update(|s, _| {
+            let id = resolve(s, &self.keystore_id_hex, target_key_id)?
+                .key_id
+                .clone();
+            s.update_alias(alias_name, &id)
+        })
+    }
+
+    /// DeleteAlias.
+    pub fn delete_alias(&self, _caller: &Caller, alias_name: &str) -> Result<(), KmsError> {
+        model::validate_alias_name(alias_name, false)?;
+        self.update(|s, _| s.delete_alias(alias_name))
+    }
+
+    /// ListAliases, optionally only those of one key.
+    pub fn list_aliases(
+        &self,
+        _caller: &Caller,
+        key_id: Option<&str>,
+    ) -> Result<Vec<AliasListEntry>, KmsError> {
+        let snap = self.fresh_snapshot()?;
+        let only = match key_id {
+            Some(k) => Some(
+                resolve(&snap.state, &self.keystore_id_hex, k)?
+                    .key_id
+                    .clone(),
+            ),
+            None => None,
+        };
+        Ok(snap
+            .state
+            .aliases
+            .iter()
+            .filter(|(_, t)| only.as_ref().is_none_or(|o| o == *t))
+            .map(|(name, t)| AliasListEntry {
+                alias_name: name.clone(),
+                alias_arn: model::alias_arn(&self.keystore_id_hex, name),
+                target_key_id: t.clone(),
+            })
+            .collect())
+    }
+
+    /// The key aliased `alias/kmsfs/default`, created (with its alias) if absent,
+    /// as AWS creates `aws/ebs` on first use. Returns its key id.
+    pub fn ensure_default_key(&self, _caller: &Caller) -> Result<String, KmsError> {
+        let snap = self.fresh_snapshot()?;
+        if let Some(id) = snap.state.aliases.get(model::DEFAULT_ALIAS) {
+            return Ok(id.clone());
+        }
+        self.update(|s, now| {
+            if let Some(id) = s.aliases.get(model::DEFAULT_ALIAS) {
+                return Ok(id.clone()); // another process made it meanwhile
+            }
+            let k =
+                KeyRecord::generate("Default key for kmsfs mounts (created automatically)", now)?;
+            let id = k.key_id.clone();
+            s.keys.insert(id.clone(), k);
+            s.create_alias(model::DEFAULT_ALIAS, &id, true)?;
+            Ok(id)
+        })
+    }
+
+    fn fresh_snapshot(&self) -> Result<Arc<Snapshot>, KmsError> {
+        self.refresh_if_stale();
+        let snap = self.snapshot();
+        match &snap.broken {
+            Some(why) => Err(KmsError::CorruptKeystore(why.clone())),
+            None => Ok(snap),
+        }
+    }
+}
+
+impl KeyService for LocalKeyStore {
+    fn generate_data_key(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        spec: DataKeySpec,
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        self.gdk(caller, Operation::GenerateDataKey, key_id, spec, context)
+    }
+
+    fn decrypt(
+        &self,
+        caller: &Caller,
+        ciphertext_blob: &[u8],
+        context: &EncryptionContext,
+        key_id: Option<&str>,
+    ) -> Result<Decrypted, KmsError> {
+        let (key_id, key_material_version, plaintext) =
+            self.open_blob(caller, Operation::Decrypt, ciphertext_blob, context, key_id)?;
+        Ok(Decrypted {
+            key_id,
+            key_material_version,
+            plaintext,
+        })
+    }
+
+    fn encrypt(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        plaintext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<Encrypted, KmsError> {
+        if plaintext.len() > MAX_ENCRYPT_PLAINTEXT {
+            return Err(KmsError::Validation(format!(
+                "plaintext is {} bytes, but Encrypt takes at most {MAX_ENCRYPT_PLAINTEXT}; for \
+                 larger data use generate-data-key and encrypt the data with the data key \
+                 (envelope encryption)",
+                plaintext.len()
+            )));
+        }
+        self.use_key(
+            caller,
+            Operation::Encrypt,
+            KeyRef::Name(key_id),
+            Usage::Encrypt,
+            |key, ciphers| {
+                let (ciphertext_blob, v) = self.seal_current(key, ciphers, plaintext, context)?;
+                Ok((
+                    Encrypted {
+                        key_id: key.key_id.clone(),
+                        ciphertext_blob,
+                        source_key_id: None,
+                    },
+                    v,
+                ))
+            },
+        )
+    }
+
+    fn re_encrypt(
+        &self,
+        caller: &Caller,
+        ciphertext_blob: &[u8],
+        source_context: &EncryptionContext,
+        destination_key_id: &str,
+        destination_context: &EncryptionContext,
+    ) -> Result<Encrypted, KmsError> {
+        let (source, _, plaintext) = self.open_blob(
+            caller,
+            Operation::ReEncryptFrom,
+            ciphertext_blob,
+            source_context,
+            None,
+        )?;
+        self.use_key(
+            caller,
+            Operation::ReEncryptTo,
+            KeyRef::Name(destination_key_id),
+            Usage::Encrypt,
+            |key, ciphers| {
+                let (blob, v) =
+                    self.seal_current(key, ciphers, plaintext.expose(), destination_context)?;
+                Ok((
+                    Encrypted {
+                        key_id: key.key_id.clone(),
+                        ciphertext_blob: blob,
+                        source_key_id: Some(source.clone()),
+                    },
+                    v,
+                ))
+            },
+        )
+    }
+
+    fn describe_key(&self, _caller: &Caller, key_id: &str) -> Result<KeyMetadata, KmsError> {
+        let snap = self.fresh_snapshot()?;
+        let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
+        if k.deletion_due(clock::now()?) {
+            self.purge_if_due()?;
+            return Err(KmsError::NotFound(format!(
+                "key {} reached its deletion date and was deleted",
+                k.key_id
+            )));
+        }
+        Ok(k.metadata(&self.keystore_id_hex))
+    }
+
+    fn generation(&self) -> u64 {
+        self.refresh_if_stale();
+        self.generation.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,678 @@
+//! The key model as it is persisted inside the sealed keystore body: keys, their
+//! key materials (one per version, for rotation), aliases, and the pure state
+//! transitions (enable, disable, schedule/cancel deletion, purge). No I/O, no clock:
+//! callers pass `now`.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::{KeyMetadata, KeyOrigin, KeyState, KmsError};
+use crate::crypto::SecretBytes;
+
+/// Shortest deletion waiting period, in days (as AWS KMS).
+pub const MIN_PENDING_WINDOW_DAYS: u32 = 7;
+/// Longest deletion waiting period, in days; also the default.
+pub const MAX_PENDING_WINDOW_DAYS: u32 = 30;
+/// Longest alias name, in bytes.
+pub const MAX_ALIAS_LEN: usize = 256;
+/// Every alias name starts with this.
+pub const ALIAS_PREFIX: &str = "alias/";
+/// Alias prefixes that users may not create: AWS's own and kmsfs's own.
+pub const RESERVED_ALIAS_PREFIXES: [&str; 2] = ["alias/aws/", "alias/kmsfs/"];
+/// The alias of the key that `open_or_create_default` makes (like `aws/ebs`).
+pub const DEFAULT_ALIAS: &str = "alias/kmsfs/default";
+/// Longest key description, in bytes (AWS: 8192 characters).
+pub const MAX_DESCRIPTION_LEN: usize = 8192;
+
+/// One version of a key's material. Rotation (later) appends versions; blobs name
+/// the version they were made with, so old versions stay to decrypt old blobs.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct KeyMaterial {
+    /// 1 for the material a key was created with, then 2, 3, ...
+    pub version: u32,
+    /// The 32 secret bytes (hex inside the sealed body; zeroized on drop).
+    #[serde(with = "secret_hex")]
+    pub material: SecretBytes,
+    /// When this material was generated or imported (epoch seconds).
+    pub created: i64,
+    /// For imported material: when it expires (epoch seconds). Reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<i64>,
+}
+
+impl std::fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyMaterial")
+            .field("version", &self.version)
+            .field("material", &"<redacted>")
+            .field("created", &self.created)
+            .field("expires", &self.expires)
+            .finish()
+    }
+}
+
+/// A customer master key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// UUID, lowercase, hyphenated.
+    pub key_id: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Epoch seconds.
+    pub creation_date: i64,
+    /// Current state.
+    pub state: KeyState,
+    /// Set while PendingDeletion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_date: Option<i64>,
+    /// Set while PendingDeletion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_window_days: Option<u32>,
+    /// AWS_KMS or EXTERNAL.
+    pub origin: KeyOrigin,
+    /// Version of material that new ciphertexts use (0 = none yet, PendingImport).
+    pub current_version: u32,
+    /// All material versions still held.
+    pub materials: Vec<KeyMaterial>,
+    /// Key policy document (reserved for the policy feature; None = default policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<serde_json::Value>,
+}
+
+/// Everything the sealed keystore body holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StoreState {
+    /// Keys by key id.
+    pub keys: BTreeMap<String, KeyRecord>,
+    /// Alias name (`alias/...`) to key id.
+    pub aliases: BTreeMap<String, String>,
+}
+
+/// What an operation needs the key's state to allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    /// Encrypt, GenerateDataKey*, ReEncrypt (destination).
+    Encrypt,
+    /// Decrypt, ReEncrypt (source).
+    Decrypt,
+}
+
+impl KeyRecord {
+    /// A new key with fresh material, state Enabled.
+    pub fn generate(description: &str, now: i64) -> Result<Self, KmsError> {
+        validate_description(description)?;
+        let material = SecretBytes::random(crate::crypto::KEY_LEN)
+            .map_err(|e| KmsError::Internal(format!("cannot generate key material: {e}")))?;
+        Ok(Self {
+            key_id: uuid::Uuid::new_v4().to_string(),
+            description: description.to_string(),
+            creation_date: now,
+            state: KeyState::Enabled,
+            deletion_date: None,
+            pending_window_days: None,
+            origin: KeyOrigin::Kms,
+            current_version: 1,
+            materials: vec![KeyMaterial {
+                version: 1,
+                material,
+                created: now,
+                expires: None,
+            }],
+            policy: None,
+        })
+    }
+
+    /// The public view of this key.
+    pub fn metadata(&self, keystore_id: &str) -> KeyMetadata {
+        KeyMetadata {
+            key_id: self.key_id.clone(),
+            arn: key_arn(keystore_id, &self.key_id),
+            description: self.description.clone(),
+            creation_date: self.creation_date,
+            key_state: self.state,
+            enabled: self.state == KeyState::Enabled,
+            deletion_date: self.deletion_date,
+            pending_deletion_window_in_days: self.pending_window_days,
+            origin: self.origin,
+            key_usage: "ENCRYPT_DECRYPT",
+            key_spec: "SYMMETRIC_DEFAULT",
+            current_key_material_version: self.current_version,
+        }
+    }
+
+    /// Refuses a cryptographic operation the key's state does not allow, with
+    /// the error AWS KMS gives for that state.
+    pub fn check_usable(&self, _usage: Usage) -> Result<(), KmsError> {
+        match self.state {
+            KeyState::Enabled => Ok(()),
+            KeyState::Disabled => Err(KmsError::Disabled(format!(
+                "key {} is disabled",
+                self.key_id
+            ))),
+            KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
+                "key {} is pending deletion (scheduled for {})",
+                self.key_id,
+                self.deletion_date
+                    .map(super::clock::format_rfc3339)
+                    .unwrap_or_else(|| "an unknown date".into())
+            ))),
+            KeyState::PendingImport => Err(KmsError::InvalidState(format!(
+                "key {} is pending import: it has no key material yet",
+                self.key_id
+            ))),
+        }
+    }
+
+    /// EnableKey: Disabled (or Enabled) becomes Enabled.
+    pub fn enable(&mut self) -> Result<(), KmsError> {
+        match self.state {
+            KeyState::Enabled | KeyState::Disabled => {
+                self.state = KeyState::Enabled;
+                Ok(())
+            }
+            s => Err(self.wrong_state("EnableKey", s)),
+        }
+    }
+
+    /// DisableKey: Enabled (or Disabled) becomes Disabled.
+    pub fn disable(&mut self) -> Result<(), KmsError> {
+        match self.state {
+            KeyState::Enabled | KeyState::Disabled => {
+                self.state = KeyState::Disabled;
+                Ok(())
+            }
+            s => Err(self.wrong_state("DisableKey", s)),
+        }
+    }
+
+    /// ScheduleKeyDeletion: any state but PendingDeletion becomes
+    /// PendingDeletion, due `days` (7 to 30) after `now`.
+    pub fn schedule_deletion(&mut self, days: u32, now: i64) -> Result<i64, KmsError> {
+        if !(MIN_PENDING_WINDOW_DAYS..=MAX_PENDING_WINDOW_DAYS).contains(&days) {
+            return Err(KmsError::Validation(format!(
+                "PendingWindowInDays must be between {MIN_PENDING_WINDOW_DAYS} and \
+                 {MAX_PENDING_WINDOW_DAYS}, got {days}"
+            )));
+        }
+        if self.state == KeyState::PendingDeletion {
+            return Err(self.wrong_state("ScheduleKeyDeletion", self.state));
+        }
+        let date = now + i64::from(days) * 86_400;
+        self.state = KeyState::PendingDeletion;
+        self.deletion_date = Some(date);
+        self.pending_window_days = Some(days);
+        Ok(date)
+    }
+
+    /// CancelKeyDeletion: PendingDeletion becomes Disabled (as in AWS KMS).
+    pub fn cancel_deletion(&mut self) -> Result<(), KmsError> {
+        if self.state != KeyState::PendingDeletion {
+            return Err(self.wrong_state("CancelKeyDeletion", self.state));
+        }
+        self.state = if self.current_version == 0 {
+            KeyState::PendingImport
+        } else {
+            KeyState::Disabled
+        };
+        self.deletion_date = None;
+        self.pending_window_days = None;
+        Ok(())
+    }
+
+    /// True when the key is pending deletion and its date has come.
+    pub fn deletion_due(&self, now: i64) -> bool {
+        self.state == KeyState::PendingDeletion && self.deletion_date.is_some_and(|d| d <= now)
+    }
+
+    /// The material of `version`, if held.
+    pub fn material(&self, version: u32) -> Option<&KeyMaterial> {
+        self.materials.iter().find(|m| m.version == version)
+    }
+
+    fn wrong_state(&self, op: &str, s: KeyState) -> KmsError {
+        KmsError::InvalidState(format!(
+            "{op} is not allowed for key {} in state {}",
+            self.key_id,
+            s.as_str()
+        ))
+    }
+}
+
+impl StoreState {
+    /// Deletes for good every key whose deletion date has passed, with its
+    /// material and its aliases. Returns the ids deleted.
+    pub fn purge_due(&mut self, now: i64) -> Vec<String> {
+        let due: Vec<String> = self
+            .keys
+            .values()
+            .filter(|k| k.deletion_due(now))
+            .map(|k| k.key_id.clone())
+            .collect();
+        for id in &due {
+            self.keys.remove(id);
+        }
+        self.aliases.retain(|_, target| !due.contains(target));
+        due
+    }
+
+    /// The earliest deletion date of any key pending deletion.
+    pub fn next_deletion(&self) -> Option<i64> {
+        self.keys
+            .values()
+            .filter(|k| k.state == KeyState::PendingDeletion)
+            .filter_map(|k| k.deletion_date)
+            .min()
+    }
+
+    /// CreateAlias (`internal` allows the reserved prefixes).
+    pub fn create_alias(
+        &mut self,
+        name: &str,
+        key_id: &str,
+        internal: bool,
+    ) -> Result<(), KmsError> {
+        validate_alias_name(name, internal)?;
+        self.check_alias_target(key_id)?;
+        if self.aliases.contains_key(name) {
+            return Err(KmsError::AlreadyExists(format!(
+                "alias {name} already exists; use update-alias to point it at another key"
+            )));
+        }
+        self.aliases.insert(name.to_string(), key_id.to_string());
+        Ok(())
+    }
+
+    /// UpdateAlias: points an existing alias at another key.
+    pub fn update_alias(&mut self, name: &str, key_id: &str) -> Result<(), KmsError> {
+        validate_alias_name(name, false)?;
+        self.check_alias_target(key_id)?;
+        match self.aliases.get_mut(name) {
+            Some(t) => {
+                *t = key_id.to_string();
+                Ok(())
+            }
+            None => Err(KmsError::NotFound(format!("alias {name} does not exist"))),
+        }
+    }
+
+    /// DeleteAlias.
+    pub fn delete_alias(&mut self, name: &str) -> Result<(), KmsError> {
+        validate_alias_name(name, false)?;
+        match self.aliases.remove(name) {
+            Some(_) => Ok(()),
+            None => Err(KmsError::NotFound(format!("alias {name} does not exist"))),
+        }
+    }
+
+    fn check_alias_target(&self, key_id: &str) -> Result<(), KmsError> {
+        match self.keys.get(key_id) {
+            None => Err(KmsError::NotFound(format!("key {key_id} does not exist"))),
+            Some(k) if k.state == KeyState::PendingDeletion => Err(KmsError::InvalidState(
+                format!("key {key_id} is pending deletion; an alias cannot point at it"),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Serializes to JSON into a buffer that is zeroized on drop. The size is
+    /// measured first so the buffer never reallocates (no stray copies of
+    /// key material in freed memory).
+    pub fn to_sealed_json(&self) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        let mut counter = CountingWriter(0);
+        serde_json::to_writer(&mut counter, self)
+            .map_err(|e| KmsError::Internal(format!("cannot serialize keystore: {e}")))?;
+        let mut buf = Zeroizing::new(Vec::with_capacity(counter.0));
+        serde_json::to_writer(&mut *buf, self)
+            .map_err(|e| KmsError::Internal(format!("cannot serialize keystore: {e}")))?;
+        Ok(buf)
+    }
+
+    /// Parses the JSON body (already authenticated by the AEAD).
+    pub fn from_json(bytes: &[u8]) -> Result<Self, KmsError> {
+        let state: StoreState = serde_json::from_slice(bytes)
+            .map_err(|e| KmsError::CorruptKeystore(format!("keystore body does not parse: {e}")))?;
+        for (id, k) in &state.keys {
+            if *id != k.key_id
+                || k.materials
+                    .iter()
+                    .any(|m| m.material.len() != crate::crypto::KEY_LEN)
+            {
+                return Err(KmsError::CorruptKeystore(format!(
+                    "keystore body is inconsistent for key {id}"
+                )));
+            }
+        }
+        Ok(state)
+    }
+}
+
+struct CountingWriter(usize);
+
+impl std::io::Write for CountingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `arn:kmsfs:kms:local:<keystore id>:key/<key id>`.
+pub fn key_arn(keystore_id: &str, key_id: &str) -> String {
+    format!("arn:kmsfs:kms:local:{keystore_id}:key/{key_id}")
+}
+
+/// `arn:kmsfs:kms:local:<keystore id>:alias/<name>`.
+pub fn alias_arn(keystore_id: &str, alias: &str) -> String {
+    format!("arn:kmsfs:kms:local:{keystore_id}:{alias}")
+}
+
+/// Checks an alias name: `alias/` then 1+ of `[a-zA-Z0-9:/_-]`, at most 256
+/// bytes; the reserved prefixes only when `internal`.
+pub fn validate_alias_name(name: &str, internal: bool) -> Result<(), KmsError> {
+    let rest = name.strip_prefix(ALIAS_PREFIX).unwrap_or("");
+    if rest.is_empty()
+        || name.len() > MAX_ALIAS_LEN
+        || !rest
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b':' | b'/' | b'_' | b'-'))
+    {
+        return Err(KmsError::Validation(format!(
+            "alias name {name:?} is invalid: it must be alias/ followed by letters, digits, \
+             ':', '/', '_' or '-', at most {MAX_ALIAS_LEN} characters in all"
+        )));
+    }
+    if !internal && RESERVED_ALIAS_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        return Err(KmsError::Validation(format!(
+            "alias name {name:?} is reserved (alias/aws/ and alias/kmsfs/ belong to the service); \
+             choose another name"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_description(d: &str) -> Result<(), KmsError> {
+    if d.len() > MAX_DESCRIPTION_LEN {
+        return Err(KmsError::Validation(format!(
+            "description is {} bytes; at most {MAX_DESCRIPTION_LEN} are allowed",
+            d.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Serde helper: secret bytes as a hex string, decoded straight into a
+/// zeroizing buffer of the right size.
+mod secret_hex {
+    use serde::{Deserializer, Serializer, de};
+    use zeroize::Zeroizing;
+
+    use crate::crypto::SecretBytes;
+
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+
+    pub fn serialize<S: Serializer>(s: &SecretBytes, ser: S) -> Result<S::Ok, S::Error> {
+        let mut out = Zeroizing::new(String::with_capacity(s.len() * 2));
+        for b in s.expose() {
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 15)] as char);
+        }
+        ser.serialize_str(&out)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SecretBytes, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = SecretBytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a hex string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SecretBytes, E> {
+                let b = v.as_bytes();
+                if b.len() % 2 != 0 {
+                    return Err(E::custom("odd-length hex"));
+                }
+                let mut out = Zeroizing::new(Vec::with_capacity(b.len() / 2));
+                for pair in b.chunks_exact(2) {
+                    let hi = nibble(pair[0]).ok_or_else(|| E::custom("bad hex"))?;
+                    let lo = nibble(pair[1]).ok_or_else(|| E::custom("bad hex"))?;
+                    out.push(hi << 4 | lo);
+                }
+                Ok(SecretBytes::new(std::mem::take(&mut *out)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn key() -> KeyRecord {
+        KeyRecord::generate("test", NOW).unwrap()
+    }
+
+    #[test]
+    fn new_key_is_enabled_with_version_1() {
+        let k = key();
+        assert_eq!(k.state, KeyState::Enabled);
+        assert_eq!(k.current_version, 1);
+        assert_eq!(k.material(1).unwrap().material.len(), 32);
+        assert!(uuid::Uuid::parse_str(&k.key_id).is_ok());
+        assert!(k.check_usable(Usage::Encrypt).is_ok());
+        assert!(k.metadata("ks").enabled);
+    }
+
+    #[test]
+    fn disable_refuses_and_enable_restores() {
+        let mut k = key();
+        k.disable().unwrap();
+        assert_eq!(k.state, KeyState::Disabled);
+        assert!(matches!(
+            k.check_usable(Usage::Encrypt),
+            Err(KmsError::Disabled(_))
+        ));
+        assert!(matches!(
+            k.check_usable(Usage::Decrypt),
+            Err(KmsError::Disabled(_))
+        ));
+        assert!(!k.metadata("ks").enabled);
+        k.disable().unwrap(); // idempotent, as in AWS
+        k.enable().unwrap();
+        assert!(k.check_usable(Usage::Decrypt).is_ok());
+        k.enable().unwrap();
+    }
+
+    #[test]
+    fn deletion_window_bounds() {
+        for bad in [0, 6, 31, 365] {
+            let mut k = key();
+            assert!(
+                matches!(k.schedule_deletion(bad, NOW), Err(KmsError::Validation(_))),
+                "{bad}"
+            );
+            assert_eq!(k.state, KeyState::Enabled);
+        }
+        for good in [7, 30] {
+            let mut k = key();
+            let d = k.schedule_deletion(good, NOW).unwrap();
+            assert_eq!(d, NOW + i64::from(good) * 86_400);
+            assert_eq!(k.state, KeyState::PendingDeletion);
+            assert_eq!(k.metadata("ks").deletion_date, Some(d));
+            assert_eq!(k.metadata("ks").pending_deletion_window_in_days, Some(good));
+        }
+    }
+
+    #[test]
+    fn pending_deletion_refuses_everything_but_cancel() {
+        let mut k = key();
+        k.schedule_deletion(7, NOW).unwrap();
+        assert!(matches!(
+            k.check_usable(Usage::Encrypt),
+            Err(KmsError::InvalidState(_))
+        ));
+        assert!(matches!(
+            k.check_usable(Usage::Decrypt),
+            Err(KmsError::InvalidState(_))
+        ));
+        assert!(matches!(k.enable(), Err(KmsError::InvalidState(_))));
+        assert!(matches!(k.disable(), Err(KmsError::InvalidState(_))));
+        assert!(matches!(
+            k.schedule_deletion(7, NOW),
+            Err(KmsError::InvalidState(_))
+        ));
+        k.cancel_deletion().unwrap();
+        assert_eq!(k.state, KeyState::Disabled);
+        assert_eq!(k.deletion_date, None);
+        assert!(matches!(
+            k.cancel_deletion(),
+            Err(KmsError::InvalidState(_))
+        ));
+        // A disabled key can be scheduled too.
+        k.schedule_deletion(30, NOW).unwrap();
+    }
+
+    #[test]
+    fn pending_import_refuses_crypto() {
+        let mut k = key();
+        k.state = KeyState::PendingImport;
+        k.current_version = 0;
+        k.materials.clear();
+        assert!(matches!(
+            k.check_usable(Usage::Encrypt),
+            Err(KmsError::InvalidState(_))
+        ));
+        assert!(matches!(k.enable(), Err(KmsError::InvalidState(_))));
+        k.schedule_deletion(7, NOW).unwrap();
+        k.cancel_deletion().unwrap();
+        assert_eq!(k.state, KeyState::PendingImport);
+    }
+
+    #[test]
+    fn purge_removes_due_keys_and_their_aliases_only() {
+        let mut s = StoreState::default();
+        let mut a = key();
+        let b = key();
+        let mut c = key();
+        a.schedule_deletion(7, NOW).unwrap();
+        c.schedule_deletion(30, NOW).unwrap();
+        let (ai, bi, ci) = (a.key_id.clone(), b.key_id.clone(), c.key_id.clone());
+        for k in [a, b, c] {
+            s.keys.insert(k.key_id.clone(), k);
+        }
+        s.create_alias("alias/b", &bi, false).unwrap();
+        s.aliases.insert("alias/a".into(), ai.clone());
+        assert_eq!(s.next_deletion(), Some(NOW + 7 * 86_400));
+        assert!(s.purge_due(NOW + 7 * 86_400 - 1).is_empty());
+        assert_eq!(s.purge_due(NOW + 7 * 86_400), vec![ai.clone()]);
+        assert!(!s.keys.contains_key(&ai));
+        assert!(s.keys.contains_key(&bi) && s.keys.contains_key(&ci));
+        assert_eq!(s.aliases.len(), 1);
+        assert_eq!(s.aliases.get("alias/b"), Some(&bi));
+    }
+
+    #[test]
+    fn alias_rules() {
+        let mut s = StoreState::default();
+        let k = key();
+        let id = k.key_id.clone();
+        s.keys.insert(id.clone(), k);
+        for bad in [
+            "",
+            "alias/",
+            "foo",
+            "alias/sp ace",
+            "alias/é",
+            "alias/aws/x",
+            "alias/kmsfs/x",
+        ] {
+            assert!(
+                matches!(
+                    s.create_alias(bad, &id, false),
+                    Err(KmsError::Validation(_))
+                ),
+                "{bad}"
+            );
+        }
+        let long = format!("alias/{}", "a".repeat(MAX_ALIAS_LEN - 6));
+        s.create_alias(&long, &id, false).unwrap();
+        let too_long = format!("alias/{}", "a".repeat(MAX_ALIAS_LEN - 5));
+        assert!(s.create_alias(&too_long, &id, false).is_err());
+        s.create_alias("alias/ok:a/b_c-D9", &id, false).unwrap();
+        assert!(matches!(
+            s.create_alias("alias/ok:a/b_c-D9", &id, false),
+            Err(KmsError::AlreadyExists(_))
+        ));
+        s.create_alias(DEFAULT_ALIAS, &id, true).unwrap();
+        assert!(matches!(
+            s.create_alias("alias/x", "nope", false),
+            Err(KmsError::NotFound(_))
+        ));
+        assert!(matches!(
+            s.update_alias("alias/none", &id),
+            Err(KmsError::NotFound(_))
+        ));
+        assert!(matches!(
+            s.delete_alias("alias/none"),
+            Err(KmsError::NotFound(_))
+        ));
+        s.delete_alias("alias/ok:a/b_c-D9").unwrap();
+        let mut k2 = key();
+        k2.schedule_deletion(7, NOW).unwrap();
+        let id2 = k2.key_id.clone();
+        s.keys.insert(id2.clone(), k2);
+        assert!(matches!(
+            s.create_alias("alias/y", &id2, false),
+            Err(KmsError::InvalidState(_))
+        ));
+    }
+
+    #[test]
+    fn json_round_trip_keeps_material_and_hides_it_from_debug() {
+        let mut s = StoreState::default();
+        let k = key();
+        let id = k.key_id.clone();
+        let m = k.material(1).unwrap().material.clone();
+        s.keys.insert(id.clone(), k);
+        let json = s.to_sealed_json().unwrap();
+        assert_eq!(json.len(), json.capacity());
+        let back = StoreState::from_json(&json).unwrap();
+        assert_eq!(back.keys[&id].material(1).unwrap().material, m);
+        let dbg = format!("{back:?}");
+        let hex: String = m.expose().iter().map(|b| format!("{b:02x}")).collect();
+        assert!(!dbg.contains(&hex));
+        assert!(dbg.contains("redacted"));
+    }
+
+    #[test]
+    fn inconsistent_body_is_corrupt() {
+        let mut s = StoreState::default();
+        let k = key();
+        s.keys.insert("other".into(), k);
+        let json = s.to_sealed_json().unwrap();
+        assert!(matches!(
+            StoreState::from_json(&json),
+            Err(KmsError::CorruptKeystore(_))
+        ));
+        assert!(matches!(
+            StoreState::from_json(b"{"),
+            Err(KmsError::CorruptKeystore(_))
+        ));
+    }
+}
