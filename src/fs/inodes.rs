@@ -64,6 +64,7 @@ impl InodeTable {
     }
 
     /// True when `ino` is known.
+    #[cfg(test)]
     pub fn contains(&self, ino: u64) -> bool {
         self.nodes.contains_key(&ino)
     }
@@ -183,14 +184,10 @@ impl InodeTable {
         }
     }
 
-    /// Number of nodes (for tests and statistics).
+    /// Number of nodes.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.nodes.len()
-    }
-
-    /// True when only the root is left.
-    pub fn is_empty(&self) -> bool {
-        self.nodes.len() <= 1
     }
 }
 

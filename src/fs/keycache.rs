@@ -123,9 +123,4 @@ impl KeyCache {
     pub fn len(&self) -> usize {
         self.lock().map.len()
     }
-
-    /// True when no key is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

@@ -160,14 +160,4 @@ impl OpenTable {
             }
         }
     }
-
-    /// Number of open inodes.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// True when nothing is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
