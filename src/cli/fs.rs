@@ -54,7 +54,8 @@ pub struct SealArgs {
     /// Plain input.
     pub input: PathBuf,
     /// Sealed output (must not exist).
-    pub output: PathBuf,
+    #[arg(value_name = "OUT")]
+    pub out: PathBuf,
     /// CMK that wraps the file's data key [default: alias/kmsfs/default].
     #[arg(long, value_name = "K")]
     pub key_id: Option<String>,
@@ -65,7 +66,8 @@ pub struct UnsealArgs {
     /// Sealed input (a sealed file or a backing file of a mount).
     pub input: PathBuf,
     /// Plain output (must not exist; `-` writes to stdout).
-    pub output: PathBuf,
+    #[arg(value_name = "OUT")]
+    pub out: PathBuf,
 }
 
 impl From<MountError> for CliError {
@@ -276,15 +278,15 @@ pub fn seal(g: &GlobalArgs, a: SealArgs) -> Result<(), CliError> {
     let mut input = File::open(&a.input)
         .map_err(|e| CliError::new(ErrorClass::NotFound, format!("{}: {e}", a.input.display())))?;
     let (ks, key_id) = service_and_key(g, a.key_id.as_deref())?;
-    let out = create_new(&a.output)?;
+    let out = create_new(&a.out)?;
     match envelope::seal(&mut input, out, &*ks, &current_caller(), &key_id) {
         Ok(n) => {
-            log::info!("sealed {n} bytes into {}", a.output.display());
+            log::info!("sealed {n} bytes into {}", a.out.display());
             Ok(())
         }
         Err(e) => {
-            let _ = std::fs::remove_file(&a.output);
-            Err(envelope_error(&a.output, e))
+            let _ = std::fs::remove_file(&a.out);
+            Err(envelope_error(&a.out, e))
         }
     }
 }
@@ -295,20 +297,20 @@ pub fn unseal(g: &GlobalArgs, a: UnsealArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::new(ErrorClass::NotFound, format!("{}: {e}", a.input.display())))?;
     let ks = keystore::open_key_service(g)?;
     let caller = current_caller();
-    if a.output.as_os_str() == "-" {
+    if a.out.as_os_str() == "-" {
         let stdout = std::io::stdout();
         let mut lock = stdout.lock();
         envelope::unseal(input, &mut lock, &*ks, &caller).map_err(|e| envelope_error(&a.input, e))?;
         lock.flush()?;
         return Ok(());
     }
-    let mut out = create_new(&a.output)?;
+    let mut out = create_new(&a.out)?;
     let r = envelope::unseal(input, &mut out, &*ks, &caller)
         .map_err(|e| envelope_error(&a.input, e))
         .and_then(|_| out.sync_all().map_err(CliError::from));
     if r.is_err() {
         // Never leave a partial plaintext behind.
-        let _ = std::fs::remove_file(&a.output);
+        let _ = std::fs::remove_file(&a.out);
     }
     r
 }
