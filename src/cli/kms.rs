@@ -1,15 +1,510 @@
-//! `kmsfs kms ...`: the key commands, named and shaped like `aws kms`.
+//! `kmsfs kms ...`: the key commands, named and shaped like `aws kms` (AWS CLI v2):
+//! same subcommand and option names, `fileb://PATH` or base64 for binary input,
+//! base64 for binary output, AWS API field names with `--output json`.
 
-use super::{CliError, GlobalArgs};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use super::keystore::open_key_service;
+use super::{CliError, ErrorClass, GlobalArgs, OutputFormat, current_caller};
+use crate::kms::model::key_arn;
+use crate::kms::{
+    DataKeySpec, EncryptionContext, KeyMetadata, KeyService, KmsError, LocalKeyStore, clock,
+};
+
+/// The encryption algorithm name AWS reports for symmetric keys.
+const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
 
 /// The key subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum KmsCommand {
-    /// List keys.
+    /// Create a symmetric key (AES-256-GCM) with fresh key material.
+    CreateKey {
+        /// Free text describing the key.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Show a key's metadata.
+    DescribeKey(KeyIdArg),
+    /// List the keys of the keystore.
     ListKeys,
+    /// Allow cryptographic operations with a disabled key again.
+    EnableKey(KeyIdArg),
+    /// Refuse every cryptographic operation with a key until it is enabled.
+    DisableKey(KeyIdArg),
+    /// Delete a key after a waiting period (7 to 30 days, default 30).
+    ScheduleKeyDeletion {
+        /// Key id, key ARN or alias/NAME.
+        #[arg(long)]
+        key_id: String,
+        /// Days to wait before the key and everything encrypted under it is gone.
+        #[arg(long)]
+        pending_window_in_days: Option<u32>,
+    },
+    /// Cancel a scheduled deletion; the key becomes Disabled.
+    CancelKeyDeletion(KeyIdArg),
+    /// Give a key a friendly name alias/NAME.
+    CreateAlias(AliasArgs),
+    /// Point an existing alias at another key.
+    UpdateAlias(AliasArgs),
+    /// Delete an alias (not its key).
+    DeleteAlias {
+        /// alias/NAME.
+        #[arg(long)]
+        alias_name: String,
+    },
+    /// List aliases, optionally only those of one key.
+    ListAliases {
+        /// Only aliases of this key.
+        #[arg(long)]
+        key_id: Option<String>,
+    },
+    /// Encrypt up to 4096 bytes directly under a key.
+    Encrypt {
+        /// Key id, key ARN or alias/NAME.
+        #[arg(long)]
+        key_id: String,
+        /// fileb://PATH (raw bytes) or base64.
+        #[arg(long)]
+        plaintext: String,
+        /// k=v,k2=v2 or a JSON object of strings; decrypt must give the same.
+        #[arg(long)]
+        encryption_context: Option<String>,
+    },
+    /// Decrypt a ciphertext blob (its key is named inside it).
+    Decrypt {
+        /// fileb://PATH (raw bytes) or base64.
+        #[arg(long)]
+        ciphertext_blob: String,
+        /// The encryption context the blob was made with.
+        #[arg(long)]
+        encryption_context: Option<String>,
+        /// Refuse unless the blob was made under this key.
+        #[arg(long)]
+        key_id: Option<String>,
+    },
+    /// A data key in plaintext and wrapped under a key (envelope encryption).
+    GenerateDataKey(DataKeyArgs),
+    /// A data key wrapped under a key, without its plaintext.
+    GenerateDataKeyWithoutPlaintext(DataKeyArgs),
+    /// Decrypt and encrypt again under another key, inside the service.
+    ReEncrypt {
+        /// fileb://PATH (raw bytes) or base64.
+        #[arg(long)]
+        ciphertext_blob: String,
+        /// The key to encrypt under.
+        #[arg(long)]
+        destination_key_id: String,
+        /// The context the blob was made with.
+        #[arg(long)]
+        source_encryption_context: Option<String>,
+        /// The context to bind the new blob to.
+        #[arg(long)]
+        destination_encryption_context: Option<String>,
+        /// Refuse unless the blob was made under this key.
+        #[arg(long)]
+        source_key_id: Option<String>,
+    },
+}
+
+/// `--key-id`.
+#[derive(Debug, clap::Args)]
+pub struct KeyIdArg {
+    /// Key id, key ARN or alias/NAME.
+    #[arg(long)]
+    pub key_id: String,
+}
+
+/// `--alias-name` and `--target-key-id`.
+#[derive(Debug, clap::Args)]
+pub struct AliasArgs {
+    /// alias/NAME: letters, digits, ':', '/', '_', '-'.
+    #[arg(long)]
+    pub alias_name: String,
+    /// Key id or key ARN.
+    #[arg(long)]
+    pub target_key_id: String,
+}
+
+/// Options of generate-data-key(-without-plaintext).
+#[derive(Debug, clap::Args)]
+pub struct DataKeyArgs {
+    /// Key id, key ARN or alias/NAME.
+    #[arg(long)]
+    pub key_id: String,
+    /// AES_256 (32 bytes, the default) or AES_128 (16 bytes).
+    #[arg(long, value_enum, conflicts_with = "number_of_bytes")]
+    pub key_spec: Option<KeySpecArg>,
+    /// Length of the data key, 1 to 1024 bytes.
+    #[arg(long)]
+    pub number_of_bytes: Option<usize>,
+    /// k=v,k2=v2 or a JSON object of strings.
+    #[arg(long)]
+    pub encryption_context: Option<String>,
+}
+
+/// `--key-spec` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum KeySpecArg {
+    /// 32 bytes.
+    #[value(name = "AES_256")]
+    Aes256,
+    /// 16 bytes.
+    #[value(name = "AES_128")]
+    Aes128,
+}
+
+/// Reads a binary argument: `fileb://PATH` is the file's bytes, `file://PATH`
+/// is a file holding base64, anything else is base64 itself (as AWS CLI v2).
+fn read_blob(arg: &str, what: &str) -> Result<Zeroizing<Vec<u8>>, CliError> {
+    if let Some(p) = arg.strip_prefix("fileb://") {
+        return std::fs::read(p)
+            .map(Zeroizing::new)
+            .map_err(|e| CliError::from(e).hint(format!("check the path given to --{what}")));
+    }
+    let text = match arg.strip_prefix("file://") {
+        Some(p) => Zeroizing::new(
+            std::fs::read_to_string(p)
+                .map_err(|e| CliError::from(e).hint(format!("check the path given to --{what}")))?,
+        ),
+        None => Zeroizing::new(arg.to_string()),
+    };
+    let cleaned: Zeroizing<String> =
+        Zeroizing::new(text.chars().filter(|c| !c.is_ascii_whitespace()).collect());
+    B64.decode(cleaned.as_bytes())
+        .map(Zeroizing::new)
+        .map_err(|_| {
+            CliError::new(ErrorClass::Usage, format!("--{what} is not valid base64"))
+                .hint("give base64, or fileb://PATH to read raw bytes from a file")
+        })
+}
+
+fn context(arg: &Option<String>) -> Result<EncryptionContext, CliError> {
+    match arg {
+        Some(s) => Ok(EncryptionContext::parse(s)?),
+        None => Ok(EncryptionContext::new()),
+    }
+}
+
+fn print_json(v: &Value) {
+    // serde_json cannot fail on a Value.
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Prints a JSON object whose values may be secret (base64 plaintext), through
+/// a zeroized buffer.
+fn print_json_secret(fields: &[(&str, &str)]) {
+    let mut out = Zeroizing::new(String::with_capacity(
+        fields
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 16)
+            .sum::<usize>()
+            + 4,
+    ));
+    out.push_str("{\n");
+    for (i, (k, v)) in fields.iter().enumerate() {
+        // Keys and values are base64, ARNs or fixed names: nothing to escape.
+        out.push_str(&format!("  \"{k}\": \"{v}\""));
+        out.push_str(if i + 1 < fields.len() { ",\n" } else { "\n" });
+    }
+    out.push('}');
+    println!("{}", *out);
+}
+
+fn metadata_json(m: &KeyMetadata) -> Value {
+    let mut v = serde_json::to_value(m).unwrap_or(Value::Null);
+    if let Value::Object(o) = &mut v {
+        o.insert("KeyManager".into(), json!("CUSTOMER"));
+        o.insert("EncryptionAlgorithms".into(), json!([SYMMETRIC_DEFAULT]));
+        o.insert("MultiRegion".into(), json!(false));
+    }
+    v
+}
+
+fn print_metadata(m: &KeyMetadata, aliases: &[String]) {
+    println!("KeyId:              {}", m.key_id);
+    println!("Arn:                {}", m.arn);
+    println!("KeyState:           {}", m.key_state.as_str());
+    println!("Description:        {}", m.description);
+    println!(
+        "CreationDate:       {}",
+        clock::format_rfc3339(m.creation_date)
+    );
+    if let Some(d) = m.deletion_date {
+        println!("DeletionDate:       {}", clock::format_rfc3339(d));
+    }
+    println!(
+        "Origin:             {}",
+        serde_json::to_value(m.origin)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    );
+    println!("KeyMaterialVersion: {}", m.current_key_material_version);
+    if !aliases.is_empty() {
+        println!("Aliases:            {}", aliases.join(", "));
+    }
+}
+
+fn aliases_of(ks: &LocalKeyStore, key_id: &str) -> Vec<String> {
+    ks.list_aliases(&current_caller(), Some(key_id))
+        .map(|v| v.into_iter().map(|a| a.alias_name).collect())
+        .unwrap_or_default()
+}
+
+fn data_key_spec(a: &DataKeyArgs) -> DataKeySpec {
+    match (a.number_of_bytes, a.key_spec) {
+        (Some(n), _) => DataKeySpec::Bytes(n),
+        (None, Some(KeySpecArg::Aes128)) => DataKeySpec::Aes128,
+        (None, _) => DataKeySpec::Aes256,
+    }
+}
+
+fn encrypt_hint(e: KmsError) -> CliError {
+    let too_big = matches!(&e, KmsError::Validation(m) if m.contains("at most"));
+    let err = CliError::from(e);
+    if too_big {
+        err.hint("use `kmsfs kms generate-data-key` and encrypt the data locally with the data key")
+    } else {
+        err
+    }
 }
 
 /// Runs one key subcommand.
-pub fn run(_g: &GlobalArgs, _c: KmsCommand) -> Result<(), CliError> {
-    todo!()
+pub fn run(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
+    run_command(g, c).map_err(with_remedy)
+}
+
+/// Gives every error a remedy: the ones `From<KmsError>` leaves without.
+fn with_remedy(e: CliError) -> CliError {
+    if e.hint.is_some() {
+        return e;
+    }
+    let hint = if e.message.starts_with("InvalidCiphertextException") {
+        "give the same --encryption-context as when it was made, an unmodified blob, and the \
+         --keystore that made it"
+    } else if e.message.starts_with("IncorrectKeyException") {
+        "omit --key-id, or give the key the ciphertext was made under"
+    } else if e.message.starts_with("AlreadyExistsException") {
+        "choose another alias name, or move it with `kmsfs kms update-alias`"
+    } else if e.class == ErrorClass::Usage {
+        "see `kmsfs kms <command> --help`"
+    } else if e.class == ErrorClass::Io {
+        "check the path, its permissions and free space, then retry"
+    } else {
+        return e;
+    };
+    e.hint(hint)
+}
+
+fn run_command(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
+    let ks = open_key_service(g)?;
+    let caller = current_caller();
+    let json_out = g.output == OutputFormat::Json;
+    let arn = |id: &str| key_arn(ks.keystore_id(), id);
+    match c {
+        KmsCommand::CreateKey { description } => {
+            let m = ks.create_key(&caller, &description)?;
+            if json_out {
+                print_json(&json!({ "KeyMetadata": metadata_json(&m) }));
+            } else {
+                print_metadata(&m, &[]);
+            }
+        }
+        KmsCommand::DescribeKey(a) => {
+            let m = ks.describe_key(&caller, &a.key_id)?;
+            if json_out {
+                print_json(&json!({ "KeyMetadata": metadata_json(&m) }));
+            } else {
+                print_metadata(&m, &aliases_of(&ks, &m.key_id));
+            }
+        }
+        KmsCommand::ListKeys => {
+            if json_out {
+                print_json(&json!({ "Keys": ks.list_keys(&caller)?, "Truncated": false }));
+            } else {
+                let keys = ks.list_key_metadata(&caller)?;
+                let aliases = ks.list_aliases(&caller, None)?;
+                println!(
+                    "{:<36}  {:<15}  {:<20}  {:<24}  DESCRIPTION",
+                    "KEY ID", "STATE", "CREATED", "ALIASES"
+                );
+                for m in keys {
+                    let names: Vec<&str> = aliases
+                        .iter()
+                        .filter(|a| a.target_key_id == m.key_id)
+                        .map(|a| a.alias_name.as_str())
+                        .collect();
+                    println!(
+                        "{:<36}  {:<15}  {:<20}  {:<24}  {}",
+                        m.key_id,
+                        m.key_state.as_str(),
+                        clock::format_rfc3339(m.creation_date),
+                        names.join(","),
+                        m.description
+                    );
+                }
+            }
+        }
+        KmsCommand::EnableKey(a) => ks.enable_key(&caller, &a.key_id)?,
+        KmsCommand::DisableKey(a) => ks.disable_key(&caller, &a.key_id)?,
+        KmsCommand::ScheduleKeyDeletion {
+            key_id,
+            pending_window_in_days,
+        } => {
+            let s = ks.schedule_key_deletion(&caller, &key_id, pending_window_in_days)?;
+            if json_out {
+                print_json(&serde_json::to_value(&s).unwrap_or(Value::Null));
+            } else {
+                println!(
+                    "key {} is pending deletion: it will be deleted for good on {} ({} days); \
+                     undo with cancel-key-deletion before then",
+                    s.key_id,
+                    clock::format_rfc3339(s.deletion_date),
+                    s.pending_window_in_days
+                );
+            }
+        }
+        KmsCommand::CancelKeyDeletion(a) => {
+            let key = ks.cancel_key_deletion(&caller, &a.key_id)?;
+            if json_out {
+                print_json(&json!({ "KeyId": key }));
+            } else {
+                println!(
+                    "deletion of {key} cancelled; the key is Disabled (use enable-key to use it again)"
+                );
+            }
+        }
+        KmsCommand::CreateAlias(a) => ks.create_alias(&caller, &a.alias_name, &a.target_key_id)?,
+        KmsCommand::UpdateAlias(a) => ks.update_alias(&caller, &a.alias_name, &a.target_key_id)?,
+        KmsCommand::DeleteAlias { alias_name } => ks.delete_alias(&caller, &alias_name)?,
+        KmsCommand::ListAliases { key_id } => {
+            let list = ks.list_aliases(&caller, key_id.as_deref())?;
+            if json_out {
+                print_json(&json!({ "Aliases": list, "Truncated": false }));
+            } else {
+                println!("{:<40}  TARGET KEY ID", "ALIAS NAME");
+                for a in list {
+                    println!("{:<40}  {}", a.alias_name, a.target_key_id);
+                }
+            }
+        }
+        KmsCommand::Encrypt {
+            key_id,
+            plaintext,
+            encryption_context,
+        } => {
+            let pt = read_blob(&plaintext, "plaintext")?;
+            let ctx = context(&encryption_context)?;
+            let e = ks
+                .encrypt(&caller, &key_id, &pt, &ctx)
+                .map_err(encrypt_hint)?;
+            let blob = B64.encode(&e.ciphertext_blob);
+            if json_out {
+                print_json(&json!({
+                    "CiphertextBlob": blob,
+                    "KeyId": arn(&e.key_id),
+                    "EncryptionAlgorithm": SYMMETRIC_DEFAULT,
+                }));
+            } else {
+                println!("{blob}");
+            }
+        }
+        KmsCommand::Decrypt {
+            ciphertext_blob,
+            encryption_context,
+            key_id,
+        } => {
+            let blob = read_blob(&ciphertext_blob, "ciphertext-blob")?;
+            let ctx = context(&encryption_context)?;
+            let d = ks.decrypt(&caller, &blob, &ctx, key_id.as_deref())?;
+            let pt = Zeroizing::new(B64.encode(d.plaintext.expose()));
+            if json_out {
+                print_json_secret(&[
+                    ("KeyId", &arn(&d.key_id)),
+                    ("Plaintext", &pt),
+                    ("EncryptionAlgorithm", SYMMETRIC_DEFAULT),
+                ]);
+            } else {
+                println!("{}", *pt);
+            }
+        }
+        KmsCommand::GenerateDataKey(a) => {
+            let ctx = context(&a.encryption_context)?;
+            let dk = ks.generate_data_key(&caller, &a.key_id, data_key_spec(&a), &ctx)?;
+            let pt = Zeroizing::new(B64.encode(dk.plaintext.expose()));
+            let blob = B64.encode(&dk.ciphertext_blob);
+            if json_out {
+                print_json_secret(&[
+                    ("CiphertextBlob", &blob),
+                    ("Plaintext", &pt),
+                    ("KeyId", &arn(&dk.key_id)),
+                ]);
+            } else {
+                println!("CiphertextBlob\t{blob}");
+                println!("Plaintext\t{}", *pt);
+                println!("KeyId\t{}", dk.key_id);
+            }
+        }
+        KmsCommand::GenerateDataKeyWithoutPlaintext(a) => {
+            let ctx = context(&a.encryption_context)?;
+            let e = ks.generate_data_key_without_plaintext(
+                &caller,
+                &a.key_id,
+                data_key_spec(&a),
+                &ctx,
+            )?;
+            let blob = B64.encode(&e.ciphertext_blob);
+            if json_out {
+                print_json(&json!({ "CiphertextBlob": blob, "KeyId": arn(&e.key_id) }));
+            } else {
+                println!("{blob}");
+            }
+        }
+        KmsCommand::ReEncrypt {
+            ciphertext_blob,
+            destination_key_id,
+            source_encryption_context,
+            destination_encryption_context,
+            source_key_id,
+        } => {
+            let blob = read_blob(&ciphertext_blob, "ciphertext-blob")?;
+            let sctx = context(&source_encryption_context)?;
+            let dctx = context(&destination_encryption_context)?;
+            if let Some(want) = &source_key_id {
+                // Checks the source key before anything is decrypted.
+                check_source_key(&ks, &blob, want)?;
+            }
+            let e = ks.re_encrypt(&caller, &blob, &sctx, &destination_key_id, &dctx)?;
+            let out = B64.encode(&e.ciphertext_blob);
+            if json_out {
+                print_json(&json!({
+                    "CiphertextBlob": out,
+                    "SourceKeyId": e.source_key_id.as_deref().map(arn),
+                    "KeyId": arn(&e.key_id),
+                    "SourceEncryptionAlgorithm": SYMMETRIC_DEFAULT,
+                    "DestinationEncryptionAlgorithm": SYMMETRIC_DEFAULT,
+                }));
+            } else {
+                println!("{out}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_source_key(ks: &LocalKeyStore, blob: &[u8], want: &str) -> Result<(), CliError> {
+    let header = crate::kms::blob::BlobHeader::parse(blob)?;
+    let wanted = ks.describe_key(&current_caller(), want)?;
+    if wanted.key_id != header.key_id_string() {
+        return Err(KmsError::IncorrectKey(format!(
+            "the ciphertext was made under key {}, not {}",
+            header.key_id_string(),
+            wanted.key_id
+        ))
+        .into());
+    }
+    Ok(())
 }

@@ -740,6 +740,7 @@ impl LocalKeyStore {
                 Ok((
                     DataKey {
                         key_id: key.key_id.clone(),
+                        key_material_version: v,
                         plaintext,
                         ciphertext_blob,
                     },
@@ -1032,5 +1033,404 @@ impl KeyService for LocalKeyStore {
     fn generation(&self) -> u64 {
         self.refresh_if_stale();
         self.generation.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kms::keystore::CURRENT_FILE;
+
+    const ME: Caller = Caller {
+        uid: 0,
+        gid: 0,
+        pid: 1,
+    };
+
+    fn new_store() -> (tempfile::TempDir, LocalKeyStore, String) {
+        let t = tempfile::tempdir().unwrap();
+        let ks = LocalKeyStore::create(&t.path().join("ks"), CreateMode::RootKeyFile).unwrap();
+        let id = ks.create_key(&ME, "test").unwrap().key_id;
+        (t, ks, id)
+    }
+
+    fn reopen(ks: &LocalKeyStore) -> LocalKeyStore {
+        LocalKeyStore::open(ks.dir(), &no_passphrase).unwrap()
+    }
+
+    fn ctx() -> EncryptionContext {
+        EncryptionContext::with("file", "f1")
+    }
+
+    #[test]
+    fn data_key_round_trip_and_refusals() {
+        let (_t, ks, id) = new_store();
+        let dk = ks
+            .generate_data_key(&ME, &id, DataKeySpec::Aes256, &ctx())
+            .unwrap();
+        assert_eq!(dk.plaintext.len(), 32);
+        assert_eq!(dk.ciphertext_blob.len(), 32 + blob::BLOB_OVERHEAD);
+        let d = ks.decrypt(&ME, &dk.ciphertext_blob, &ctx(), None).unwrap();
+        assert_eq!(d.plaintext, dk.plaintext);
+        assert_eq!(
+            (d.key_id.as_str(), d.key_material_version),
+            (id.as_str(), 1)
+        );
+        // Same key named by ARN: accepted. Another key: IncorrectKey.
+        let arn = model::key_arn(ks.keystore_id(), &id);
+        assert!(
+            ks.decrypt(&ME, &dk.ciphertext_blob, &ctx(), Some(&arn))
+                .is_ok()
+        );
+        let other = ks.create_key(&ME, "").unwrap().key_id;
+        let e = ks
+            .decrypt(&ME, &dk.ciphertext_blob, &ctx(), Some(&other))
+            .unwrap_err();
+        assert!(matches!(e, KmsError::IncorrectKey(_)), "{e}");
+        // Other context: refused.
+        let e = ks
+            .decrypt(&ME, &dk.ciphertext_blob, &EncryptionContext::new(), None)
+            .unwrap_err();
+        assert!(matches!(e, KmsError::InvalidCiphertext(_)), "{e}");
+        for (spec, n) in [
+            (DataKeySpec::Aes128, 16),
+            (DataKeySpec::Bytes(1), 1),
+            (DataKeySpec::Bytes(1024), 1024),
+        ] {
+            assert_eq!(
+                ks.generate_data_key(&ME, &id, spec, &ctx())
+                    .unwrap()
+                    .plaintext
+                    .len(),
+                n
+            );
+        }
+        for bad in [0, 1025] {
+            let e = ks
+                .generate_data_key(&ME, &id, DataKeySpec::Bytes(bad), &ctx())
+                .unwrap_err();
+            assert!(matches!(e, KmsError::Validation(_)));
+        }
+        let w = ks
+            .generate_data_key_without_plaintext(&ME, &id, DataKeySpec::Aes256, &ctx())
+            .unwrap();
+        assert_eq!(
+            ks.decrypt(&ME, &w.ciphertext_blob, &ctx(), None)
+                .unwrap()
+                .plaintext
+                .len(),
+            32
+        );
+    }
+
+    #[test]
+    fn encrypt_size_limit() {
+        let (_t, ks, id) = new_store();
+        let e = ks
+            .encrypt(&ME, &id, &[7u8; MAX_ENCRYPT_PLAINTEXT], &ctx())
+            .unwrap();
+        let d = ks.decrypt(&ME, &e.ciphertext_blob, &ctx(), None).unwrap();
+        assert_eq!(d.plaintext.expose(), &[7u8; MAX_ENCRYPT_PLAINTEXT][..]);
+        let err = ks
+            .encrypt(&ME, &id, &[7u8; MAX_ENCRYPT_PLAINTEXT + 1], &ctx())
+            .unwrap_err();
+        assert!(
+            matches!(err, KmsError::Validation(_)) && err.to_string().contains("generate-data-key")
+        );
+    }
+
+    #[test]
+    fn every_state_refuses_with_its_own_error() {
+        let (_t, ks, id) = new_store();
+        let blob = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
+        ks.disable_key(&ME, &id).unwrap();
+        assert!(matches!(
+            ks.encrypt(&ME, &id, b"x", &ctx()),
+            Err(KmsError::Disabled(_))
+        ));
+        assert!(matches!(
+            ks.decrypt(&ME, &blob, &ctx(), None),
+            Err(KmsError::Disabled(_))
+        ));
+        assert!(matches!(
+            ks.generate_data_key(&ME, &id, DataKeySpec::Aes256, &ctx()),
+            Err(KmsError::Disabled(_))
+        ));
+        assert!(matches!(
+            ks.re_encrypt(&ME, &blob, &ctx(), &id, &ctx()),
+            Err(KmsError::Disabled(_))
+        ));
+        assert_eq!(
+            ks.describe_key(&ME, &id).unwrap().key_state,
+            KeyState::Disabled
+        );
+        ks.enable_key(&ME, &id).unwrap();
+        assert!(ks.decrypt(&ME, &blob, &ctx(), None).is_ok());
+        let s = ks.schedule_key_deletion(&ME, &id, Some(7)).unwrap();
+        assert_eq!(s.key_state, KeyState::PendingDeletion);
+        assert!(matches!(
+            ks.decrypt(&ME, &blob, &ctx(), None),
+            Err(KmsError::InvalidState(_))
+        ));
+        assert!(matches!(
+            ks.encrypt(&ME, &id, b"x", &ctx()),
+            Err(KmsError::InvalidState(_))
+        ));
+        assert!(matches!(
+            ks.enable_key(&ME, &id),
+            Err(KmsError::InvalidState(_))
+        ));
+        ks.cancel_key_deletion(&ME, &id).unwrap();
+        assert_eq!(
+            ks.describe_key(&ME, &id).unwrap().key_state,
+            KeyState::Disabled
+        );
+        for bad in [6, 31] {
+            assert!(matches!(
+                ks.schedule_key_deletion(&ME, &id, Some(bad)),
+                Err(KmsError::Validation(_))
+            ));
+        }
+        assert_eq!(
+            ks.schedule_key_deletion(&ME, &id, None)
+                .unwrap()
+                .pending_window_in_days,
+            30
+        );
+        let missing = uuid::Uuid::new_v4().to_string();
+        assert!(matches!(
+            ks.disable_key(&ME, &missing),
+            Err(KmsError::NotFound(_))
+        ));
+        assert!(matches!(
+            ks.encrypt(&ME, "not-a-key", b"x", &ctx()),
+            Err(KmsError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn blob_from_another_keystore_is_refused() {
+        let (_t, a, ida) = new_store();
+        let (_t2, b, _) = new_store();
+        let blob = a.encrypt(&ME, &ida, b"x", &ctx()).unwrap().ciphertext_blob;
+        let e = b.decrypt(&ME, &blob, &ctx(), None).unwrap_err();
+        assert!(matches!(e, KmsError::InvalidCiphertext(_)), "{e}");
+        // Even with the keystore id forged, the wrong key cannot open it.
+        let mut forged = blob.clone();
+        let bid: Vec<u8> = (0..16)
+            .map(|i| u8::from_str_radix(&b.keystore_id()[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        forged[5..21].copy_from_slice(&bid);
+        assert!(b.decrypt(&ME, &forged, &ctx(), None).is_err());
+    }
+
+    #[test]
+    fn re_encrypt_moves_to_the_destination_key_and_context() {
+        let (_t, ks, a) = new_store();
+        let b = ks.create_key(&ME, "dest").unwrap().key_id;
+        let blob = ks
+            .encrypt(&ME, &a, b"secret", &ctx())
+            .unwrap()
+            .ciphertext_blob;
+        let dctx = EncryptionContext::with("file", "f2");
+        let r = ks.re_encrypt(&ME, &blob, &ctx(), &b, &dctx).unwrap();
+        assert_eq!(r.source_key_id.as_deref(), Some(a.as_str()));
+        assert_eq!(r.key_id, b);
+        let d = ks.decrypt(&ME, &r.ciphertext_blob, &dctx, None).unwrap();
+        assert_eq!(
+            (d.key_id.as_str(), d.plaintext.expose()),
+            (b.as_str(), &b"secret"[..])
+        );
+        assert!(ks.decrypt(&ME, &r.ciphertext_blob, &ctx(), None).is_err());
+        assert!(matches!(
+            ks.re_encrypt(&ME, &blob, &dctx, &b, &dctx),
+            Err(KmsError::InvalidCiphertext(_))
+        ));
+    }
+
+    #[test]
+    fn aliases_and_key_references() {
+        let (_t, ks, id) = new_store();
+        ks.create_alias(&ME, "alias/app", &id).unwrap();
+        assert!(matches!(
+            ks.create_alias(&ME, "alias/kmsfs/x", &id),
+            Err(KmsError::Validation(_))
+        ));
+        assert!(matches!(
+            ks.create_alias(&ME, "alias/aws/ebs", &id),
+            Err(KmsError::Validation(_))
+        ));
+        let alias_arn = model::alias_arn(ks.keystore_id(), "alias/app");
+        for r in ["alias/app", alias_arn.as_str(), &id.to_uppercase()] {
+            assert_eq!(ks.describe_key(&ME, r).unwrap().key_id, id, "{r}");
+        }
+        let foreign = format!("arn:kmsfs:kms:local:{}:key/{id}", "0".repeat(32));
+        assert!(matches!(
+            ks.describe_key(&ME, &foreign),
+            Err(KmsError::NotFound(_))
+        ));
+        let other = ks.create_key(&ME, "").unwrap().key_id;
+        ks.update_alias(&ME, "alias/app", &other).unwrap();
+        assert_eq!(ks.describe_key(&ME, "alias/app").unwrap().key_id, other);
+        assert_eq!(ks.list_aliases(&ME, Some(&id)).unwrap().len(), 0);
+        ks.delete_alias(&ME, "alias/app").unwrap();
+        assert!(matches!(
+            ks.describe_key(&ME, "alias/app"),
+            Err(KmsError::NotFound(_))
+        ));
+        let d1 = ks.ensure_default_key(&ME).unwrap();
+        assert_eq!(ks.ensure_default_key(&ME).unwrap(), d1);
+        assert_eq!(reopen(&ks).ensure_default_key(&ME).unwrap(), d1);
+        assert_eq!(
+            ks.describe_key(&ME, model::DEFAULT_ALIAS).unwrap().key_id,
+            d1
+        );
+    }
+
+    #[test]
+    fn another_instance_sees_changes_and_generation_moves() {
+        let (_t, a, id) = new_store();
+        let b = reopen(&a);
+        let blob = b.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
+        let g0 = b.generation();
+        a.disable_key(&ME, &id).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(FRESHNESS_INTERVAL_MS + 5));
+        assert_ne!(b.generation(), g0);
+        assert!(matches!(
+            b.decrypt(&ME, &blob, &ctx(), None),
+            Err(KmsError::Disabled(_))
+        ));
+        a.enable_key(&ME, &id).unwrap();
+        b.refresh().unwrap();
+        assert!(b.decrypt(&ME, &blob, &ctx(), None).is_ok());
+        // A key created elsewhere is usable here after a refresh.
+        let k2 = a.create_key(&ME, "").unwrap().key_id;
+        b.refresh().unwrap();
+        assert!(b.encrypt(&ME, &k2, b"y", &ctx()).is_ok());
+    }
+
+    #[test]
+    fn concurrent_writers_lose_nothing() {
+        let (_t, a, _) = new_store();
+        let stores: Vec<LocalKeyStore> = (0..4).map(|_| reopen(&a)).collect();
+        std::thread::scope(|s| {
+            for st in &stores {
+                s.spawn(move || {
+                    for _ in 0..5 {
+                        st.create_key(&ME, "c").unwrap();
+                    }
+                });
+            }
+        });
+        a.refresh().unwrap();
+        assert_eq!(a.list_keys(&ME).unwrap().len(), 21);
+    }
+
+    #[test]
+    fn corrupt_current_falls_back_read_only() {
+        let (_t, ks, id) = new_store();
+        let blob = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
+        ks.create_alias(&ME, "alias/later", &id).unwrap(); // current = prev + alias
+        let cur = ks.dir().join(CURRENT_FILE);
+        let mut bytes = std::fs::read(&cur).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&cur, &bytes).unwrap();
+        let fb = reopen(&ks);
+        assert!(fb.fallback_reason().unwrap().contains("checksum"));
+        assert!(fb.decrypt(&ME, &blob, &ctx(), None).is_ok());
+        assert!(fb.describe_key(&ME, "alias/later").is_err()); // prev generation's view
+        let e = fb.create_key(&ME, "").unwrap_err();
+        assert!(matches!(e, KmsError::CorruptKeystore(_)), "{e}");
+        assert_eq!(
+            std::fs::read(&cur).unwrap(),
+            bytes,
+            "a damaged keystore was overwritten"
+        );
+    }
+
+    #[test]
+    fn due_deletion_purges_both_generations_and_aliases() {
+        let (_t, ks, id) = new_store();
+        let keep = ks.create_key(&ME, "keep").unwrap().key_id;
+        ks.create_alias(&ME, "alias/doomed", &id).unwrap();
+        let blob = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
+        ks.schedule_key_deletion(&ME, &id, Some(7)).unwrap();
+        // Move the deletion date into the past (as if the window had elapsed).
+        ks.update(|s, _| {
+            s.keys.get_mut(&id).unwrap().deletion_date = Some(1);
+            Ok(())
+        })
+        .unwrap();
+        let fresh = reopen(&ks); // opening purges
+        assert!(matches!(
+            fresh.describe_key(&ME, &id),
+            Err(KmsError::NotFound(_))
+        ));
+        assert!(matches!(
+            fresh.decrypt(&ME, &blob, &ctx(), None),
+            Err(KmsError::NotFound(_))
+        ));
+        assert!(fresh.list_aliases(&ME, None).unwrap().is_empty());
+        assert!(fresh.describe_key(&ME, &keep).is_ok());
+        for name in [CURRENT_FILE, keystore::PREV_FILE] {
+            let bytes = std::fs::read(ks.dir().join(name)).unwrap();
+            let state = Frame::parse(name, &bytes)
+                .unwrap()
+                .unseal(name, &ks.root)
+                .unwrap();
+            assert!(!state.keys.contains_key(&id), "{name} still holds the key");
+            assert!(state.keys.contains_key(&keep));
+        }
+    }
+
+    #[test]
+    fn audit_sink_sees_every_use_and_refusal() {
+        struct Sink(Mutex<Vec<(Operation, String, Result<(), &'static str>)>>);
+        impl AuditSink for Sink {
+            fn record(&self, e: &AuditEvent<'_>) {
+                self.0
+                    .lock()
+                    .unwrap()
+                    .push((e.operation, e.key_id.to_string(), e.result));
+            }
+        }
+        let (_t, ks, id) = new_store();
+        let sink = Arc::new(Sink(Mutex::new(Vec::new())));
+        ks.set_audit_sink(sink.clone()).unwrap();
+        let blob = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
+        ks.disable_key(&ME, &id).unwrap();
+        let _ = ks.decrypt(&ME, &blob, &ctx(), None);
+        let _ = ks.encrypt(&ME, "alias/none", b"x", &ctx());
+        let ev = sink.0.lock().unwrap().clone();
+        assert_eq!(
+            ev,
+            vec![
+                (Operation::Encrypt, id.clone(), Ok(())),
+                (Operation::Decrypt, id.clone(), Err("DisabledException")),
+                (
+                    Operation::Encrypt,
+                    "alias/none".to_string(),
+                    Err("NotFoundException")
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn debug_shows_no_secrets() {
+        let (_t, ks, id) = new_store();
+        let dk = ks
+            .generate_data_key(&ME, &id, DataKeySpec::Aes256, &ctx())
+            .unwrap();
+        let s = format!("{ks:?} {dk:?}");
+        assert!(s.contains("redacted") && s.contains("SecretBytes(len=32)"));
+        let hex: String = dk
+            .plaintext
+            .expose()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(!s.contains(&hex));
     }
 }

@@ -434,7 +434,7 @@ mod secret_hex {
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<SecretBytes, E> {
                 let b = v.as_bytes();
-                if b.len() % 2 != 0 {
+                if !b.len().is_multiple_of(2) {
                     return Err(E::custom("odd-length hex"));
                 }
                 let mut out = Zeroizing::new(Vec::with_capacity(b.len() / 2));
