@@ -48,11 +48,17 @@ fn expect(m: &Mount, name: &str, salt: u8, bad: &[u64]) {
     for i in 0..BLOCKS {
         match read_block(m, name, i) {
             Ok(b) => {
-                assert!(!bad.contains(&i), "{name} block {i}: tampered block was returned");
+                assert!(
+                    !bad.contains(&i),
+                    "{name} block {i}: tampered block was returned"
+                );
                 assert!(b == block(i, salt), "{name} block {i}: wrong bytes");
             }
             Err(e) => {
-                assert!(bad.contains(&i), "{name} block {i}: intact block failed with errno {e}");
+                assert!(
+                    bad.contains(&i),
+                    "{name} block {i}: intact block failed with errno {e}"
+                );
                 assert_eq!(e, libc::EIO, "{name} block {i}");
             }
         }
@@ -61,7 +67,9 @@ fn expect(m: &Mount, name: &str, salt: u8, bad: &[u64]) {
 
 #[test]
 fn flipped_byte_fails_only_its_block() {
-    let Some(mut m) = Mount::new("flip") else { return };
+    let Some(mut m) = Mount::new("flip") else {
+        return;
+    };
     write_file(&m, "f", 0);
     m.unmount();
     let mut b = stored(&m.b("f"), 2);
@@ -78,7 +86,9 @@ fn flipped_byte_fails_only_its_block() {
 
 #[test]
 fn swapped_blocks_fail() {
-    let Some(mut m) = Mount::new("swap") else { return };
+    let Some(mut m) = Mount::new("swap") else {
+        return;
+    };
     write_file(&m, "f", 0);
     m.unmount();
     let (b1, b2) = (stored(&m.b("f"), 1), stored(&m.b("f"), 2));
@@ -90,7 +100,9 @@ fn swapped_blocks_fail() {
 
 #[test]
 fn blocks_moved_between_files_fail() {
-    let Some(mut m) = Mount::new("between") else { return };
+    let Some(mut m) = Mount::new("between") else {
+        return;
+    };
     write_file(&m, "a", 0);
     write_file(&m, "b", 5);
     m.unmount();
@@ -103,7 +115,9 @@ fn blocks_moved_between_files_fail() {
 
 #[test]
 fn cut_file_fails_at_its_end() {
-    let Some(mut m) = Mount::new("cut") else { return };
+    let Some(mut m) = Mount::new("cut") else {
+        return;
+    };
     write_file(&m, "f", 0);
     m.unmount();
     let len = std::fs::metadata(m.b("f")).unwrap().len();
@@ -130,10 +144,15 @@ fn expect_prefix_ok(m: &Mount) {
 
 #[test]
 fn corrupt_header_is_eio_and_stat_still_works() {
-    let Some(mut m) = Mount::new("header") else { return };
+    let Some(mut m) = Mount::new("header") else {
+        return;
+    };
     write_file(&m, "f", 0);
     m.unmount();
-    let f = std::fs::OpenOptions::new().write(true).open(m.b("f")).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.b("f"))
+        .unwrap();
     f.write_all_at(b"XXXXXX", 0).unwrap();
     m.mount();
     assert_eq!(std::fs::metadata(m.p("f")).unwrap().len(), BLOCKS * 4096);

@@ -29,10 +29,16 @@ fn wait_for_eacces(m: &Mount, name: &str) -> Duration {
 
 #[test]
 fn disabled_key_refuses_new_opens_but_not_open_handles() {
-    let Some(m) = Mount::new("disable") else { return };
+    let Some(m) = Mount::new("disable") else {
+        return;
+    };
     fs::write(m.p("open-me"), b"kept open").unwrap();
     fs::write(m.p("cold"), b"never opened again").unwrap();
-    let held = OpenOptions::new().read(true).write(true).open(m.p("open-me")).unwrap();
+    let held = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.p("open-me"))
+        .unwrap();
     m.ok(&["kms", "disable-key", "--key-id", KEY]);
     let took = wait_for_eacces(&m, "open-me");
     eprintln!("EACCES {took:?} after disable-key returned");
@@ -56,7 +62,10 @@ fn disabled_key_refuses_new_opens_but_not_open_handles() {
     m.ok(&["kms", "enable-key", "--key-id", KEY]);
     let t0 = Instant::now();
     while File::open(m.p("cold")).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(1), "still refused after enable-key");
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "still refused after enable-key"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(held);
@@ -66,11 +75,20 @@ fn disabled_key_refuses_new_opens_but_not_open_handles() {
 
 #[test]
 fn pending_deletion_refuses_and_cancel_plus_enable_restores() {
-    let Some(m) = Mount::new("pending") else { return };
+    let Some(m) = Mount::new("pending") else {
+        return;
+    };
     fs::write(m.p("f"), b"data").unwrap();
     // Read it so its data key is in the cache: the change must still win.
     assert_eq!(fs::read(m.p("f")).unwrap(), b"data");
-    m.ok(&["kms", "schedule-key-deletion", "--key-id", KEY, "--pending-window-in-days", "7"]);
+    m.ok(&[
+        "kms",
+        "schedule-key-deletion",
+        "--key-id",
+        KEY,
+        "--pending-window-in-days",
+        "7",
+    ]);
     wait_for_eacces(&m, "f");
     assert_eq!(fs::metadata(m.p("f")).unwrap().len(), 4);
     m.ok(&["kms", "cancel-key-deletion", "--key-id", KEY]);
@@ -81,11 +99,16 @@ fn pending_deletion_refuses_and_cancel_plus_enable_restores() {
 
 #[test]
 fn files_under_another_key_are_unaffected() {
-    let Some(mut m) = Mount::new("twokeys") else { return };
+    let Some(mut m) = Mount::new("twokeys") else {
+        return;
+    };
     fs::write(m.p("default"), b"d").unwrap();
     let created: serde_json::Value =
         serde_json::from_str(&m.ok(&["--output", "json", "kms", "create-key"])).unwrap();
-    let other = created["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    let other = created["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     m.set_args(&["--key-id", &other]);
     m.remount();
     fs::write(m.p("other"), b"o").unwrap();
@@ -97,7 +120,13 @@ fn files_under_another_key_are_unaffected() {
     m.ok(&["kms", "disable-key", "--key-id", &other]);
     let o = m
         .kmsfs()
-        .args(["mount", m.backing.to_str().unwrap(), m.mnt.to_str().unwrap(), "--key-id", &other])
+        .args([
+            "mount",
+            m.backing.to_str().unwrap(),
+            m.mnt.to_str().unwrap(),
+            "--key-id",
+            &other,
+        ])
         .output()
         .unwrap();
     assert!(!o.status.success());

@@ -14,28 +14,53 @@ use common::{BIN, Mount, is_mounted, process_alive};
 fn wait(what: &str, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 fn kill(sig: &str, pid: u32) {
-    let st = Command::new("kill").arg(sig).arg(pid.to_string()).status().unwrap();
+    let st = Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     assert!(st.success());
 }
 
 #[test]
 fn clear_errors_before_mounting() {
-    let Some(m) = Mount::new("errors") else { return };
+    let Some(m) = Mount::new("errors") else {
+        return;
+    };
     let nowhere = m.tmp.path().join("nowhere");
     let other = m.tmp.path().join("other");
     fs::create_dir(&other).unwrap();
     let bk = m.backing.to_str().unwrap();
     let cases: [(Vec<&str>, i32, &str); 4] = [
-        (vec!["mount", nowhere.to_str().unwrap(), other.to_str().unwrap()], 3, "backing directory"),
-        (vec!["mount", bk, nowhere.to_str().unwrap()], 3, "mount point"),
-        (vec!["mount", bk, m.mnt.to_str().unwrap()], 1, "already a mount point"),
-        (vec!["mount", bk, other.to_str().unwrap(), "-o", "bogus"], 2, "unknown mount option"),
+        (
+            vec!["mount", nowhere.to_str().unwrap(), other.to_str().unwrap()],
+            3,
+            "backing directory",
+        ),
+        (
+            vec!["mount", bk, nowhere.to_str().unwrap()],
+            3,
+            "mount point",
+        ),
+        (
+            vec!["mount", bk, m.mnt.to_str().unwrap()],
+            1,
+            "already a mount point",
+        ),
+        (
+            vec!["mount", bk, other.to_str().unwrap(), "-o", "bogus"],
+            2,
+            "unknown mount option",
+        ),
     ];
     for (args, code, text) in cases {
         let o = m.run(&args);
@@ -51,7 +76,9 @@ fn clear_errors_before_mounting() {
 
 #[test]
 fn sigterm_unmounts_cleanly_with_data_flushed() {
-    let Some(mut m) = Mount::new("sigterm") else { return };
+    let Some(mut m) = Mount::new("sigterm") else {
+        return;
+    };
     let data = vec![b'z'; 300_000];
     fs::write(m.p("f"), &data).unwrap();
     let pid = m.daemon_pid().expect("daemon pid");
@@ -66,11 +93,18 @@ fn sigterm_unmounts_cleanly_with_data_flushed() {
 
 #[test]
 fn foreground_mount_stops_on_sigint() {
-    let Some(mut m) = Mount::new("foreground") else { return };
+    let Some(mut m) = Mount::new("foreground") else {
+        return;
+    };
     m.unmount();
     let mut child = m
         .kmsfs()
-        .args(["mount", "--foreground", m.backing.to_str().unwrap(), m.mnt.to_str().unwrap()])
+        .args([
+            "mount",
+            "--foreground",
+            m.backing.to_str().unwrap(),
+            m.mnt.to_str().unwrap(),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -84,7 +118,10 @@ fn foreground_mount_stops_on_sigint() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "foreground mount did not stop");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "foreground mount did not stop"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "exit status {status}");
@@ -95,7 +132,9 @@ fn foreground_mount_stops_on_sigint() {
 
 #[test]
 fn stale_mount_of_a_dead_daemon_does_not_block_the_next_mount() {
-    let Some(mut m) = Mount::new("stale") else { return };
+    let Some(mut m) = Mount::new("stale") else {
+        return;
+    };
     fs::write(m.p("f"), b"survives").unwrap();
     let pid = m.daemon_pid().expect("daemon pid");
     kill("-KILL", pid);
@@ -109,7 +148,9 @@ fn stale_mount_of_a_dead_daemon_does_not_block_the_next_mount() {
 
 #[test]
 fn busy_unmount_says_what_to_do_and_plain_umount_works() {
-    let Some(mut m) = Mount::new("busy") else { return };
+    let Some(mut m) = Mount::new("busy") else {
+        return;
+    };
     fs::write(m.p("f"), b"x").unwrap();
     let held = fs::File::open(m.p("f")).unwrap();
     let o = m.run(&["unmount", m.mnt.to_str().unwrap()]);
@@ -128,23 +169,35 @@ fn busy_unmount_says_what_to_do_and_plain_umount_works() {
 
 #[test]
 fn read_only_mount() {
-    let Some(mut m) = Mount::new("ro") else { return };
+    let Some(mut m) = Mount::new("ro") else {
+        return;
+    };
     fs::write(m.p("f"), b"readable").unwrap();
     m.set_args(&["-o", "ro"]);
     m.remount();
     assert_eq!(fs::read(m.p("f")).unwrap(), b"readable");
     let e = fs::write(m.p("g"), b"no").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS));
-    let e = fs::OpenOptions::new().write(true).open(m.p("f")).unwrap_err();
+    let e = fs::OpenOptions::new()
+        .write(true)
+        .open(m.p("f"))
+        .unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS));
 }
 
 #[test]
 fn zero_setup_creates_keystore_and_default_key() {
-    let Some(m) = Mount::new("zerosetup") else { return };
+    let Some(m) = Mount::new("zerosetup") else {
+        return;
+    };
     assert!(m.keystore.is_dir());
     let d: serde_json::Value = serde_json::from_str(&m.ok(&[
-        "--output", "json", "kms", "describe-key", "--key-id", "alias/kmsfs/default",
+        "--output",
+        "json",
+        "kms",
+        "describe-key",
+        "--key-id",
+        "alias/kmsfs/default",
     ]))
     .unwrap();
     assert_eq!(d["KeyMetadata"]["KeyState"], "Enabled");
@@ -153,7 +206,13 @@ fn zero_setup_creates_keystore_and_default_key() {
     let mnt2 = m.tmp.path().join("mnt2");
     fs::create_dir(&mnt2).unwrap();
     let o = Command::new(BIN)
-        .args(["--keystore", empty.to_str().unwrap(), "mount", "--key-id", "alias/x"])
+        .args([
+            "--keystore",
+            empty.to_str().unwrap(),
+            "mount",
+            "--key-id",
+            "alias/x",
+        ])
         .arg(&m.backing)
         .arg(&mnt2)
         .output()

@@ -34,7 +34,9 @@ fn offset(rng: &mut Rng, size: u64) -> u64 {
 
 #[test]
 fn random_ops_match_a_model() {
-    let Some(mut m) = Mount::new("model") else { return };
+    let Some(mut m) = Mount::new("model") else {
+        return;
+    };
     let mut rng = Rng::new(0x5eed);
     let mut model: Vec<Vec<u8>> = vec![Vec::new(); FILES];
     // Two handles per file: writes through one must be seen through the other.
@@ -73,7 +75,10 @@ fn random_ops_match_a_model() {
                 }
                 let want = model[i].get(off as usize..).unwrap_or(&[]);
                 let want = &want[..want.len().min(len)];
-                assert!(&buf[..got] == want, "op {op}: read of file {i} at {off}+{len} differs");
+                assert!(
+                    &buf[..got] == want,
+                    "op {op}: read of file {i} at {off}+{len} differs"
+                );
             }
             8 => {
                 let new = offset(&mut rng, size).min(MAX_SIZE);
@@ -81,7 +86,11 @@ fn random_ops_match_a_model() {
                 model[i].resize(new as usize, 0);
             }
             _ => {
-                assert_eq!(h.metadata().unwrap().len(), size, "op {op}: size of file {i}");
+                assert_eq!(
+                    h.metadata().unwrap().len(),
+                    size,
+                    "op {op}: size of file {i}"
+                );
                 if rng.below(4) == 0 {
                     handles[i] = [open(&m, i), open(&m, i)];
                 }
@@ -99,7 +108,9 @@ fn random_ops_match_a_model() {
 
 #[test]
 fn threads_on_one_file_stay_consistent() {
-    let Some(m) = Mount::new("threads") else { return };
+    let Some(m) = Mount::new("threads") else {
+        return;
+    };
     let path = m.p("shared");
     std::fs::write(&path, vec![0u8; 64 * 4096]).unwrap();
     // Each thread owns every 8th block and rewrites it many times while the
@@ -108,10 +119,15 @@ fn threads_on_one_file_stay_consistent() {
         for t in 0..8u8 {
             let path = path.clone();
             s.spawn(move || {
-                let f = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .unwrap();
                 for round in 1..=40u8 {
                     for b in (t as u64..64).step_by(8) {
-                        f.write_all_at(&[round.wrapping_mul(t + 1); 4096], b * 4096).unwrap();
+                        f.write_all_at(&[round.wrapping_mul(t + 1); 4096], b * 4096)
+                            .unwrap();
                     }
                 }
             });
@@ -130,6 +146,10 @@ fn threads_on_one_file_stay_consistent() {
     for b in 0..64u64 {
         let t = (b % 8) as u8;
         let want = 40u8.wrapping_mul(t + 1);
-        assert!(all[(b * 4096) as usize..((b + 1) * 4096) as usize].iter().all(|&x| x == want));
+        assert!(
+            all[(b * 4096) as usize..((b + 1) * 4096) as usize]
+                .iter()
+                .all(|&x| x == want)
+        );
     }
 }

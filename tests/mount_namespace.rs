@@ -17,13 +17,27 @@ fn renameat2(from: &Path, to: &Path, flags: u32) -> std::io::Result<()> {
     let f = CString::new(from.to_str().unwrap()).unwrap();
     let t = CString::new(to.to_str().unwrap()).unwrap();
     // SAFETY: both strings are valid and NUL-terminated for the duration of the call.
-    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), flags) };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 #[test]
 fn rename_variants() {
-    let Some(mut m) = Mount::new("rename") else { return };
+    let Some(mut m) = Mount::new("rename") else {
+        return;
+    };
     fs::write(m.p("a"), b"A").unwrap();
     fs::write(m.p("b"), b"B").unwrap();
     // Plain rename over an existing file.
@@ -44,7 +58,11 @@ fn rename_variants() {
     assert_eq!(fs::read(m.p("d/sub/f")).unwrap(), b"deep");
     assert_eq!(fs::read(m.p("dir")).unwrap(), b"B");
     // A directory rename while a file under it is open.
-    let mut open = fs::OpenOptions::new().read(true).write(true).open(m.p("d/sub/f")).unwrap();
+    let mut open = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.p("d/sub/f"))
+        .unwrap();
     fs::rename(m.p("d"), m.p("moved")).unwrap();
     open.write_all(b"!!").unwrap();
     drop(open);
@@ -63,12 +81,17 @@ fn rename_variants() {
 
 #[test]
 fn hard_links_share_content_and_survive_unlink() {
-    let Some(mut m) = Mount::new("links") else { return };
+    let Some(mut m) = Mount::new("links") else {
+        return;
+    };
     fs::write(m.p("x"), b"first").unwrap();
     fs::create_dir(m.p("d")).unwrap();
     fs::hard_link(m.p("x"), m.p("d/y")).unwrap();
     assert_eq!(fs::metadata(m.p("x")).unwrap().nlink(), 2);
-    assert_eq!(fs::metadata(m.p("x")).unwrap().ino(), fs::metadata(m.p("d/y")).unwrap().ino());
+    assert_eq!(
+        fs::metadata(m.p("x")).unwrap().ino(),
+        fs::metadata(m.p("d/y")).unwrap().ino()
+    );
     // Writes through one name show through the other, with both open at once.
     let mut a = fs::OpenOptions::new().write(true).open(m.p("x")).unwrap();
     let mut b = fs::File::open(m.p("d/y")).unwrap();
@@ -88,23 +111,49 @@ fn hard_links_share_content_and_survive_unlink() {
 
 #[test]
 fn symlinks_fifos_sockets_and_unlinked_open_files() {
-    let Some(m) = Mount::new("special") else { return };
+    let Some(m) = Mount::new("special") else {
+        return;
+    };
     fs::write(m.p("target"), b"T").unwrap();
     std::os::unix::fs::symlink("target", m.p("link")).unwrap();
     std::os::unix::fs::symlink("/nonexistent/abs", m.p("dangling")).unwrap();
     assert_eq!(fs::read_link(m.p("link")).unwrap(), Path::new("target"));
     assert_eq!(fs::read(m.p("link")).unwrap(), b"T");
-    assert!(fs::symlink_metadata(m.p("dangling")).unwrap().file_type().is_symlink());
+    assert!(
+        fs::symlink_metadata(m.p("dangling"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     // A FIFO carries data between two processes through the mount.
-    common::sh(&m.mnt, "mkfifo fifo && (echo through-the-fifo > fifo &) && cat fifo > out");
-    assert!(fs::symlink_metadata(m.p("fifo")).unwrap().file_type().is_fifo());
+    common::sh(
+        &m.mnt,
+        "mkfifo fifo && (echo through-the-fifo > fifo &) && cat fifo > out",
+    );
+    assert!(
+        fs::symlink_metadata(m.p("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
     assert_eq!(fs::read(m.p("out")).unwrap(), b"through-the-fifo\n");
     // A Unix socket can be bound on the mount.
     let l = std::os::unix::net::UnixListener::bind(m.p("sock")).unwrap();
-    assert!(fs::symlink_metadata(m.p("sock")).unwrap().file_type().is_socket());
+    assert!(
+        fs::symlink_metadata(m.p("sock"))
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
     drop(l);
     // An open file survives its unlink.
-    let mut f = fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(m.p("tmp")).unwrap();
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.p("tmp"))
+        .unwrap();
     fs::remove_file(m.p("tmp")).unwrap();
     f.write_all(b"still here").unwrap();
     let mut s = String::new();
@@ -128,12 +177,23 @@ fn attributes_xattrs_and_statfs() {
     assert_eq!(fs::metadata(m.p("f")).unwrap().mtime(), 981_173_106);
     assert_eq!(fs::metadata(m.p("f")).unwrap().len(), 10);
     // Truncate through the path (no open handle).
-    fs::OpenOptions::new().write(true).open(m.p("f")).unwrap().set_len(4).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(m.p("f"))
+        .unwrap()
+        .set_len(4)
+        .unwrap();
     assert_eq!(fs::read(m.p("f")).unwrap(), b"0123");
     // xattrs pass through to the backing file; the reserved prefix is refused.
-    common::sh(&m.mnt, "setfattr -n user.color -v blue f 2>/dev/null || python3 -c \"import os; os.setxattr('f', 'user.color', b'blue')\"");
+    common::sh(
+        &m.mnt,
+        "setfattr -n user.color -v blue f 2>/dev/null || python3 -c \"import os; os.setxattr('f', 'user.color', b'blue')\"",
+    );
     let py = |code: &str| common::sh(&m.mnt, &format!("python3 -c \"{code}\""));
-    assert_eq!(py("import os; print(os.getxattr('f', 'user.color').decode())").trim(), "blue");
+    assert_eq!(
+        py("import os; print(os.getxattr('f', 'user.color').decode())").trim(),
+        "blue"
+    );
     assert!(py("import os; print(os.listxattr('f'))").contains("user.color"));
     let refused = py(
         "import os\ntry:\n    os.setxattr('f', 'user.kmsfs.x', b'v'); print('allowed')\nexcept OSError as e:\n    print('refused', e.errno)",

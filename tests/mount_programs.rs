@@ -30,7 +30,9 @@ fn sqlite3_transaction_and_integrity() {
     if !need("sqlite3", "sqlite3") {
         return;
     }
-    let Some(mut m) = Mount::new("sqlite") else { return };
+    let Some(mut m) = Mount::new("sqlite") else {
+        return;
+    };
     let sql = "PRAGMA journal_mode=WAL;\n\
                CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, b BLOB);\n\
                BEGIN;\n\
@@ -42,8 +44,15 @@ fn sqlite3_transaction_and_integrity() {
                VACUUM;\n";
     sh(&m.mnt, &format!("sqlite3 db.sqlite \"{sql}\""));
     let check = |m: &Mount| {
-        let out = sh(&m.mnt, "sqlite3 db.sqlite 'PRAGMA integrity_check; SELECT count(*) FROM t;'");
-        assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["ok", "6667"], "{out}");
+        let out = sh(
+            &m.mnt,
+            "sqlite3 db.sqlite 'PRAGMA integrity_check; SELECT count(*) FROM t;'",
+        );
+        assert_eq!(
+            out.split_whitespace().collect::<Vec<_>>(),
+            ["ok", "6667"],
+            "{out}"
+        );
     };
     check(&m);
     m.remount();
@@ -55,7 +64,9 @@ fn git_init_commit_fsck() {
     if !need("git", "git") {
         return;
     }
-    let Some(mut m) = Mount::new("git") else { return };
+    let Some(mut m) = Mount::new("git") else {
+        return;
+    };
     sh(
         &m.mnt,
         "set -e; git init -q repo; cd repo; git config user.email t@example.com; git config user.name t; \
@@ -63,7 +74,10 @@ fn git_init_commit_fsck() {
          git mv f1 moved; git commit -qm mv; git gc -q; git fsck --full --strict",
     );
     m.remount();
-    let log = sh(&m.p("repo"), "git fsck --full --strict && git log --oneline | wc -l && git status --porcelain");
+    let log = sh(
+        &m.p("repo"),
+        "git fsck --full --strict && git log --oneline | wc -l && git status --porcelain",
+    );
     assert_eq!(log.trim(), "6", "{log}");
 }
 
@@ -83,17 +97,43 @@ fn tar_cp_rsync_preserve_trees() {
     std::fs::create_dir(&src).unwrap();
     make_tree(&src);
     sh(&src, "tar -cf ../tree.tar src");
-    sh(&m.mnt, &format!("mkdir t && cd t && tar -xf {}/tree.tar", m.tmp.path().display()));
-    sh(&m.mnt, &format!("diff -r --no-dereference -x fifo {}/src t/src", src.display()));
+    sh(
+        &m.mnt,
+        &format!(
+            "mkdir t && cd t && tar -xf {}/tree.tar",
+            m.tmp.path().display()
+        ),
+    );
+    sh(
+        &m.mnt,
+        &format!(
+            "diff -r --no-dereference -x fifo {}/src t/src",
+            src.display()
+        ),
+    );
     sh(&m.mnt, "test -p t/src/fifo");
-    sh(&m.mnt, "cp -a t/src cpa && test -p cpa/fifo && diff -r --no-dereference -x fifo t/src cpa");
+    sh(
+        &m.mnt,
+        "cp -a t/src cpa && test -p cpa/fifo && diff -r --no-dereference -x fifo t/src cpa",
+    );
     let st = |p: &str| sh(&m.mnt, &format!("stat -c '%a %Y %h %F' {p}"));
     assert_eq!(st("cpa/a/b"), st("t/src/a/b"));
     assert_eq!(st("cpa/a/f1"), st("t/src/a/f1"));
     assert_eq!(st("cpa/hard").split(' ').nth(2), Some("2"));
     if need("rsync", "rsync") {
-        sh(&m.mnt, "rsync -aH t/src/ rs/ && diff -r --no-dereference -x fifo t/src rs");
-        sh(&m.mnt, &format!("rsync -aH rs/ {}/back/ && diff -r --no-dereference -x fifo {}/src {}/back", m.tmp.path().display(), src.display(), m.tmp.path().display()));
+        sh(
+            &m.mnt,
+            "rsync -aH t/src/ rs/ && diff -r --no-dereference -x fifo t/src rs",
+        );
+        sh(
+            &m.mnt,
+            &format!(
+                "rsync -aH rs/ {}/back/ && diff -r --no-dereference -x fifo {}/src {}/back",
+                m.tmp.path().display(),
+                src.display(),
+                m.tmp.path().display()
+            ),
+        );
     }
 }
 
@@ -102,7 +142,9 @@ fn shared_writable_mmap() {
     if !need("mmap", "python3") {
         return;
     }
-    let Some(mut m) = Mount::new("mmap") else { return };
+    let Some(mut m) = Mount::new("mmap") else {
+        return;
+    };
     std::fs::write(m.p("map"), vec![b'.'; 3 * 4096 + 100]).unwrap();
     let py = "import mmap, os\n\
               fd = os.open('map', os.O_RDWR)\n\
@@ -124,12 +166,23 @@ fn shared_writable_mmap() {
 
 #[test]
 fn append_and_o_trunc() {
-    let Some(mut m) = Mount::new("append") else { return };
-    sh(&m.mnt, "echo one > log; echo two >> log; echo three >> log; printf x > t; echo replaced > t");
-    assert_eq!(std::fs::read_to_string(m.p("log")).unwrap(), "one\ntwo\nthree\n");
+    let Some(mut m) = Mount::new("append") else {
+        return;
+    };
+    sh(
+        &m.mnt,
+        "echo one > log; echo two >> log; echo three >> log; printf x > t; echo replaced > t",
+    );
+    assert_eq!(
+        std::fs::read_to_string(m.p("log")).unwrap(),
+        "one\ntwo\nthree\n"
+    );
     assert_eq!(std::fs::read_to_string(m.p("t")).unwrap(), "replaced\n");
     // Two appenders interleave whole lines.
-    sh(&m.mnt, "for i in $(seq 1 200); do echo a$i >> two; done & for i in $(seq 1 200); do echo b$i >> two; done; wait");
+    sh(
+        &m.mnt,
+        "for i in $(seq 1 200); do echo a$i >> two; done & for i in $(seq 1 200); do echo b$i >> two; done; wait",
+    );
     m.remount();
     let two = std::fs::read_to_string(m.p("two")).unwrap();
     assert_eq!(two.lines().count(), 400);

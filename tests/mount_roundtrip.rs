@@ -26,7 +26,9 @@ fn content(size: usize, seed: u64) -> Vec<u8> {
 
 #[test]
 fn sizes_round_trip_in_random_chunks() {
-    let Some(mut m) = Mount::new("roundtrip") else { return };
+    let Some(mut m) = Mount::new("roundtrip") else {
+        return;
+    };
     let mut rng = Rng::new(7);
     for (i, &size) in SIZES.iter().enumerate() {
         let data = content(size, i as u64 + 1);
@@ -38,7 +40,10 @@ fn sizes_round_trip_in_random_chunks() {
             pos += n;
         }
         drop(f);
-        assert_eq!(std::fs::metadata(m.p(&format!("f{size}"))).unwrap().len(), size as u64);
+        assert_eq!(
+            std::fs::metadata(m.p(&format!("f{size}"))).unwrap().len(),
+            size as u64
+        );
         // Read back in random chunk sizes too.
         let mut f = std::fs::File::open(m.p(&format!("f{size}"))).unwrap();
         let mut back = Vec::new();
@@ -55,8 +60,14 @@ fn sizes_round_trip_in_random_chunks() {
     m.remount();
     for (i, &size) in SIZES.iter().enumerate() {
         let back = std::fs::read(m.p(&format!("f{size}"))).unwrap();
-        assert!(back == content(size, i as u64 + 1), "size {size}: differs after remount");
-        assert_eq!(std::fs::metadata(m.p(&format!("f{size}"))).unwrap().len(), size as u64);
+        assert!(
+            back == content(size, i as u64 + 1),
+            "size {size}: differs after remount"
+        );
+        assert_eq!(
+            std::fs::metadata(m.p(&format!("f{size}"))).unwrap().len(),
+            size as u64
+        );
     }
     for f in files_under(&m.backing) {
         let bytes = std::fs::read(&f).unwrap();
@@ -66,14 +77,26 @@ fn sizes_round_trip_in_random_chunks() {
 
 #[test]
 fn inspect_names_the_mounts_key_and_a_given_key() {
-    let Some(mut m) = Mount::new("inspect") else { return };
+    let Some(mut m) = Mount::new("inspect") else {
+        return;
+    };
     std::fs::write(m.p("a"), b"under the default key").unwrap();
     let j: serde_json::Value =
         serde_json::from_str(&m.ok(&["--output", "json", "inspect", m.b("a").to_str().unwrap()]))
             .unwrap();
-    let default_key = m.ok(&["--output", "json", "kms", "describe-key", "--key-id", "alias/kmsfs/default"]);
+    let default_key = m.ok(&[
+        "--output",
+        "json",
+        "kms",
+        "describe-key",
+        "--key-id",
+        "alias/kmsfs/default",
+    ]);
     let default_key: serde_json::Value = serde_json::from_str(&default_key).unwrap();
-    let default_id = default_key["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    let default_id = default_key["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(j["KeyId"], default_id.as_str());
     assert_eq!(j["PlaintextSize"], 21);
     assert_eq!(j["FormatVersion"], 1);
@@ -81,7 +104,10 @@ fn inspect_names_the_mounts_key_and_a_given_key() {
     // A second CMK: new files use it, old files keep theirs.
     let created: serde_json::Value =
         serde_json::from_str(&m.ok(&["--output", "json", "kms", "create-key"])).unwrap();
-    let other = created["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    let other = created["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     m.set_args(&["--key-id", &other]);
     m.remount();
     std::fs::write(m.p("b"), b"under the other key").unwrap();

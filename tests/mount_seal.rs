@@ -18,34 +18,59 @@ fn sealed_file_reads_through_the_mount_and_backing_files_unseal() {
     m.ok(&["seal", input.to_str().unwrap(), sealed.to_str().unwrap()]);
     assert_ne!(fs::read(&sealed).unwrap(), plain);
     fs::copy(&sealed, m.b("copied")).unwrap();
-    assert_eq!(fs::metadata(m.p("copied")).unwrap().len(), plain.len() as u64);
+    assert_eq!(
+        fs::metadata(m.p("copied")).unwrap().len(),
+        plain.len() as u64
+    );
     assert!(fs::read(m.p("copied")).unwrap() == plain);
     // A file written through the mount unseals with the keystore alone.
     fs::write(m.p("written"), &plain[..77_777]).unwrap();
     let out = m.tmp.path().join("out");
-    m.ok(&["unseal", m.b("written").to_str().unwrap(), out.to_str().unwrap()]);
+    m.ok(&[
+        "unseal",
+        m.b("written").to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
     assert!(fs::read(&out).unwrap() == plain[..77_777]);
     // To stdout as well.
     let o = m.run(&["unseal", m.b("copied").to_str().unwrap(), "-"]);
     assert!(o.status.success());
     assert!(o.stdout == plain);
     // An existing output is never overwritten.
-    let o = m.run(&["unseal", m.b("copied").to_str().unwrap(), out.to_str().unwrap()]);
+    let o = m.run(&[
+        "unseal",
+        m.b("copied").to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     assert!(fs::read(&out).unwrap() == plain[..77_777]);
 }
 
 #[test]
 fn seal_under_another_key_and_tamper() {
-    let Some(m) = Mount::new("sealkey") else { return };
+    let Some(m) = Mount::new("sealkey") else {
+        return;
+    };
     let created: serde_json::Value =
         serde_json::from_str(&m.ok(&["--output", "json", "kms", "create-key"])).unwrap();
-    let other = created["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    let other = created["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let input = m.tmp.path().join("in");
     fs::write(&input, b"a small secret").unwrap();
     let sealed = m.tmp.path().join("sealed");
-    m.ok(&["seal", input.to_str().unwrap(), sealed.to_str().unwrap(), "--key-id", &other]);
-    assert!(m.ok(&["inspect", sealed.to_str().unwrap()]).contains(&other));
+    m.ok(&[
+        "seal",
+        input.to_str().unwrap(),
+        sealed.to_str().unwrap(),
+        "--key-id",
+        &other,
+    ]);
+    assert!(
+        m.ok(&["inspect", sealed.to_str().unwrap()])
+            .contains(&other)
+    );
     // The mount (default key) still reads files under any key of its keystore.
     fs::copy(&sealed, m.b("s")).unwrap();
     assert_eq!(fs::read(m.p("s")).unwrap(), b"a small secret");
@@ -56,6 +81,11 @@ fn seal_under_another_key_and_tamper() {
     fs::write(&bad, bytes).unwrap();
     let out = m.tmp.path().join("out");
     let o = m.run(&["unseal", bad.to_str().unwrap(), out.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(5), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(!out.exists(), "a partial plaintext was left behind");
 }

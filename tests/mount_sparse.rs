@@ -21,7 +21,9 @@ fn seek(m: &Mount, name: &str, off: u64, whence: &str) -> String {
 
 #[test]
 fn punch_hole_zeroes_the_range_and_frees_backing_space() {
-    let Some(mut m) = Mount::new("punch") else { return };
+    let Some(mut m) = Mount::new("punch") else {
+        return;
+    };
     let size = 64 * 4096;
     fs::write(m.p("f"), vec![b'x'; size]).unwrap();
     sh(&m.mnt, "sync f");
@@ -32,18 +34,28 @@ fn punch_hole_zeroes_the_range_and_frees_backing_space() {
         let got = fs::read(m.p("f")).unwrap();
         assert_eq!(got.len(), size);
         for (i, &b) in got.iter().enumerate() {
-            let want = if (off..off + len).contains(&i) { 0 } else { b'x' };
+            let want = if (off..off + len).contains(&i) {
+                0
+            } else {
+                b'x'
+            };
             assert_eq!(b, want, "byte {i}");
         }
     };
     check(&m);
     let after = fs::metadata(m.b("f")).unwrap().blocks();
-    assert!(after < before, "backing blocks {before} -> {after}: nothing freed");
+    assert!(
+        after < before,
+        "backing blocks {before} -> {after}: nothing freed"
+    );
     m.remount();
     check(&m);
     // SEEK_HOLE finds the punched range (whole blocks only, conservatively).
     let hole: u64 = seek(&m, "f", 0, "SEEK_HOLE").parse().unwrap();
-    assert!((off as u64..(off + len) as u64).contains(&hole), "hole at {hole}");
+    assert!(
+        (off as u64..(off + len) as u64).contains(&hole),
+        "hole at {hole}"
+    );
     let data: u64 = seek(&m, "f", hole, "SEEK_DATA").parse().unwrap();
     assert!(data > hole && data <= (off + len) as u64, "data at {data}");
 }
@@ -51,18 +63,27 @@ fn punch_hole_zeroes_the_range_and_frees_backing_space() {
 #[test]
 fn seek_data_and_hole_on_a_file_with_a_gap() {
     let Some(m) = Mount::new("seek") else { return };
-    let f = fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(m.p("g")).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.p("g"))
+        .unwrap();
     f.write_all_at(&[1u8; 4096], 0).unwrap();
     f.write_all_at(&[2u8; 4096], 1 << 20).unwrap();
     drop(f);
     let size = (1u64 << 20) + 4096;
     assert_eq!(fs::metadata(m.p("g")).unwrap().len(), size);
     let hole: u64 = seek(&m, "g", 0, "SEEK_HOLE").parse().unwrap();
-    assert!(hole >= 4096 && hole < 1 << 20, "hole at {hole}");
+    assert!((4096..1 << 20).contains(&hole), "hole at {hole}");
     let data: u64 = seek(&m, "g", hole, "SEEK_DATA").parse().unwrap();
     assert!(data > hole && data <= 1 << 20, "data at {data}");
     assert_eq!(seek(&m, "g", 1 << 20, "SEEK_HOLE"), size.to_string());
-    assert_eq!(seek(&m, "g", size, "SEEK_DATA"), format!("errno {}", libc::ENXIO));
+    assert_eq!(
+        seek(&m, "g", size, "SEEK_DATA"),
+        format!("errno {}", libc::ENXIO)
+    );
     let got = fs::read(m.p("g")).unwrap();
     assert!(got[..4096].iter().all(|&b| b == 1));
     assert!(got[4096..1 << 20].iter().all(|&b| b == 0));
@@ -73,7 +94,9 @@ fn seek_data_and_hole_on_a_file_with_a_gap() {
 
 #[test]
 fn allocate_and_keep_size() {
-    let Some(mut m) = Mount::new("alloc") else { return };
+    let Some(mut m) = Mount::new("alloc") else {
+        return;
+    };
     fs::write(m.p("k"), b"0123456789").unwrap();
     sh(&m.mnt, "fallocate -n -o 0 -l 1000000 k");
     assert_eq!(fs::metadata(m.p("k")).unwrap().len(), 10);

@@ -107,11 +107,8 @@ fn envelope_error(what: &Path, e: EnvelopeError) -> CliError {
 
 fn existing_dir(p: &Path, what: &str) -> Result<PathBuf, CliError> {
     let abs = std::fs::canonicalize(p).map_err(|e| {
-        CliError::new(
-            ErrorClass::NotFound,
-            format!("{what} {}: {e}", p.display()),
-        )
-        .hint(format!("create it first: mkdir -p {}", p.display()))
+        CliError::new(ErrorClass::NotFound, format!("{what} {}: {e}", p.display()))
+            .hint(format!("create it first: mkdir -p {}", p.display()))
     })?;
     if !abs.is_dir() {
         return Err(CliError::new(
@@ -139,7 +136,10 @@ fn service_and_key(
             if meta.key_state != KeyState::Enabled {
                 return Err(CliError::new(
                     ErrorClass::Refused,
-                    format!("key {k} is {}: new files could not be encrypted under it", meta.key_state.as_str()),
+                    format!(
+                        "key {k} is {}: new files could not be encrypted under it",
+                        meta.key_state.as_str()
+                    ),
                 )
                 .hint("enable it with `kmsfs kms enable-key --key-id K`, or pick another key"));
             }
@@ -236,7 +236,9 @@ pub fn inspect(g: &GlobalArgs, a: InspectArgs) -> Result<(), CliError> {
             println!("plaintext size:       {plain}");
             println!("backing size:         {len}");
             if !crate::format::is_valid_backing_size(len) {
-                println!("warning:              the backing size is not one this format makes (truncated?)");
+                println!(
+                    "warning:              the backing size is not one this format makes (truncated?)"
+                );
             }
             for (i, s) in h.slots.iter().enumerate() {
                 match s {
@@ -300,7 +302,8 @@ pub fn unseal(g: &GlobalArgs, a: UnsealArgs) -> Result<(), CliError> {
     if a.out.as_os_str() == "-" {
         let stdout = std::io::stdout();
         let mut lock = stdout.lock();
-        envelope::unseal(input, &mut lock, &*ks, &caller).map_err(|e| envelope_error(&a.input, e))?;
+        envelope::unseal(input, &mut lock, &*ks, &caller)
+            .map_err(|e| envelope_error(&a.input, e))?;
         lock.flush()?;
         return Ok(());
     }

@@ -222,9 +222,17 @@ impl KmsFs {
     }
 
     /// The data key of a header for `caller`, from the cache or the key service.
-    fn file_key(&self, header: &Header, caller: &Caller, backing: &Path) -> Result<Arc<FileKey>, Errno> {
+    fn file_key(
+        &self,
+        header: &Header,
+        caller: &Caller,
+        backing: &Path,
+    ) -> Result<Arc<FileKey>, Errno> {
         let generation = self.cfg.ks.generation();
-        let wrapped = header.active().map(|s| s.wrapped_key.as_slice()).unwrap_or(&[]);
+        let wrapped = header
+            .active()
+            .map(|s| s.wrapped_key.as_slice())
+            .unwrap_or(&[]);
         if let Some(k) = self.keys.get(generation, &header.file_id, wrapped, caller) {
             return Ok(k);
         }
@@ -253,16 +261,19 @@ impl KmsFs {
             Some(existing) => self.reopen(ino, &existing, caller)?,
             None => self.open_fresh(ino, caller)?,
         };
-        if truncate {
-            if let Err(e) = f.set_len(0) {
-                self.opens.release(ino);
-                return Err(e);
-            }
+        if truncate && let Err(e) = f.set_len(0) {
+            self.opens.release(ino);
+            return Err(e);
         }
         Ok(f)
     }
 
-    fn reopen(&self, ino: u64, existing: &OpenFile, caller: &Caller) -> Result<Arc<OpenFile>, Errno> {
+    fn reopen(
+        &self,
+        ino: u64,
+        existing: &OpenFile,
+        caller: &Caller,
+    ) -> Result<Arc<OpenFile>, Errno> {
         let header = EncryptedFile::read_header(existing.read().file())
             .map_err(|e| envelope_errno(&e, existing.backing()))?;
         self.file_key(&header, caller, existing.backing())?;
@@ -473,6 +484,9 @@ mod tests {
     #[test]
     fn times_round() {
         assert_eq!(time(1, 5), UNIX_EPOCH + Duration::new(1, 5));
-        assert_eq!(time(-2, 500_000_000), UNIX_EPOCH - Duration::from_millis(1500));
+        assert_eq!(
+            time(-2, 500_000_000),
+            UNIX_EPOCH - Duration::from_millis(1500)
+        );
     }
 }

@@ -72,19 +72,19 @@ impl InodeTable {
     /// Finds or creates the node for the backing file `key` reached by `path`,
     /// without taking a lookup reference. `path` becomes its preferred name.
     pub fn resolve(&mut self, path: &Path, key: BackingKey, is_dir: bool) -> u64 {
-        if let Some(&ino) = self.by_key.get(&key) {
-            if let Some(n) = self.nodes.get_mut(&ino) {
-                if let Some(i) = n.paths.iter().position(|p| p == path) {
-                    if i != 0 {
-                        let p = n.paths.remove(i);
-                        n.paths.insert(0, p);
-                    }
-                } else {
-                    n.paths.insert(0, path.to_path_buf());
+        if let Some(&ino) = self.by_key.get(&key)
+            && let Some(n) = self.nodes.get_mut(&ino)
+        {
+            match n.paths.iter().position(|p| p == path) {
+                Some(0) => {}
+                Some(i) => {
+                    let p = n.paths.remove(i);
+                    n.paths.insert(0, p);
                 }
-                n.is_dir = is_dir;
-                return ino;
+                None => n.paths.insert(0, path.to_path_buf()),
             }
+            n.is_dir = is_dir;
+            return ino;
         }
         let ino = self.next;
         self.next += 1;
@@ -177,10 +177,10 @@ impl InodeTable {
 
     /// Adds another name of `ino` (a new hard link).
     pub fn add_path(&mut self, ino: u64, path: &Path) {
-        if let Some(n) = self.nodes.get_mut(&ino) {
-            if !n.paths.iter().any(|p| p == path) {
-                n.paths.push(path.to_path_buf());
-            }
+        if let Some(n) = self.nodes.get_mut(&ino)
+            && !n.paths.iter().any(|p| p == path)
+        {
+            n.paths.push(path.to_path_buf());
         }
     }
 

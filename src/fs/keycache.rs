@@ -104,11 +104,14 @@ impl KeyCache {
             g.generation = Some(generation);
         }
         g.map.retain(|_, (_, at)| at.elapsed() < MAX_AGE);
-        if g.map.len() >= MAX_ENTRIES {
-            if let Some(oldest) = g.map.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| k.clone())
-            {
-                g.map.remove(&oldest);
-            }
+        if g.map.len() >= MAX_ENTRIES
+            && let Some(oldest) = g
+                .map
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| k.clone())
+        {
+            g.map.remove(&oldest);
         }
         g.map
             .insert(Self::key(file_id, wrapped, caller), (key, Instant::now()));

@@ -79,7 +79,11 @@ pub struct Options {
 /// Parses `-o a,b,c` lists into fuser options; unknown options are refused.
 pub fn parse_options(raw: &[String]) -> Result<Options, MountError> {
     let mut o = Options::default();
-    for opt in raw.iter().flat_map(|s| s.split(',')).filter(|s| !s.is_empty()) {
+    for opt in raw
+        .iter()
+        .flat_map(|s| s.split(','))
+        .filter(|s| !s.is_empty())
+    {
         let m = match opt {
             "allow_other" => {
                 o.acl = SessionACL::All;
@@ -152,7 +156,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -184,8 +191,7 @@ pub fn mount_at(path: &Path) -> Option<MountInfo> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     parse_mountinfo(&text)
         .into_iter()
-        .filter(|m| m.mountpoint == path)
-        .next_back()
+        .rfind(|m| m.mountpoint == path)
 }
 
 fn is_enotconn(e: &std::io::Error) -> bool {
@@ -206,15 +212,24 @@ pub fn prepare_mountpoint(mp: &Path) -> Result<(), MountError> {
             )));
         }
         Err(e) if is_enotconn(&e) => {
-            log::warn!("{}: stale mount (its daemon died); detaching it", mp.display());
+            log::warn!(
+                "{}: stale mount (its daemon died); detaching it",
+                mp.display()
+            );
             eprintln!(
                 "kmsfs: {} held a dead mount (its daemon had exited); detached it",
                 mp.display()
             );
             return sys::umount2(mp, libc::MNT_DETACH).map_err(|e| {
                 MountError::State(
-                    format!("{} holds a dead mount that could not be detached: {e}", mp.display()),
-                    format!("run `fusermount3 -u -z {0}` (or as root `umount -l {0}`)", mp.display()),
+                    format!(
+                        "{} holds a dead mount that could not be detached: {e}",
+                        mp.display()
+                    ),
+                    format!(
+                        "run `fusermount3 -u -z {0}` (or as root `umount -l {0}`)",
+                        mp.display()
+                    ),
                 )
             });
         }
@@ -400,7 +415,10 @@ pub fn unmount(mp: &Path) -> Result<(), MountError> {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
             return Err(MountError::State(
-                format!("{} is busy: files or directories under it are in use", path.display()),
+                format!(
+                    "{} is busy: files or directories under it are in use",
+                    path.display()
+                ),
                 format!(
                     "close them (`fuser -vm {0}` lists the processes) or detach lazily with `umount -l {0}`",
                     path.display()
@@ -414,7 +432,10 @@ pub fn unmount(mp: &Path) -> Result<(), MountError> {
                 .status()
                 .map_err(|e| MountError::Io(format!("fusermount3: {e}")))?;
             if !st.success() {
-                return Err(MountError::Io(format!("fusermount3 -u {} failed", path.display())));
+                return Err(MountError::Io(format!(
+                    "fusermount3 -u {} failed",
+                    path.display()
+                )));
             }
         }
         Err(e) => return Err(MountError::Io(format!("umount {}: {e}", path.display()))),
@@ -437,7 +458,10 @@ mod tests {
         let o = parse_options(&["ro,allow_other".into(), "default_permissions".into()]).unwrap();
         assert!(o.read_only);
         assert_eq!(o.acl, SessionACL::All);
-        assert_eq!(o.mount, vec![MountOption::RO, MountOption::DefaultPermissions]);
+        assert_eq!(
+            o.mount,
+            vec![MountOption::RO, MountOption::DefaultPermissions]
+        );
         assert!(parse_options(&["bogus".into()]).is_err());
         assert!(parse_options(&["auto_unmount".into()]).is_err());
     }

@@ -54,7 +54,11 @@ impl KmsFs {
     }
 
     fn writable(&self) -> Result<(), Errno> {
-        if self.read_only() { Err(Errno::EROFS) } else { Ok(()) }
+        if self.read_only() {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
     }
 
     /// After making a node at `rel`: give it to the caller and register it.
@@ -121,7 +125,11 @@ impl KmsFs {
         let bits = if req.uid() == 0 {
             // Root may read and write anything; execute needs some x bit (or a directory).
             let x = a.kind == FileType::Directory || perm & 0o111 != 0;
-            return if mask & libc::X_OK != 0 && !x { Err(Errno::EACCES) } else { Ok(()) };
+            return if mask & libc::X_OK != 0 && !x {
+                Err(Errno::EACCES)
+            } else {
+                Ok(())
+            };
         } else if req.uid() == a.uid {
             (perm >> 6) & 7
         } else if req.gid() == a.gid {
@@ -129,7 +137,11 @@ impl KmsFs {
         } else {
             perm & 7
         };
-        if (mask as u32) & !bits & 7 != 0 { Err(Errno::EACCES) } else { Ok(()) }
+        if (mask as u32) & !bits & 7 != 0 {
+            Err(Errno::EACCES)
+        } else {
+            Ok(())
+        }
     }
 
     fn xattr_reply(&self, r: io::Result<usize>, size: u32, buf: &[u8], reply: ReplyXattr) {
@@ -157,7 +169,9 @@ impl Filesystem for KmsFs {
                 log::info!("kernel does not offer {missing:?}");
             }
         }
-        let _ = cfg.set_max_write(MAX_WRITE).or_else(|max| cfg.set_max_write(max));
+        let _ = cfg
+            .set_max_write(MAX_WRITE)
+            .or_else(|max| cfg.set_max_write(max));
         let _ = cfg.set_max_background(64);
         Ok(())
     }
@@ -442,10 +456,11 @@ impl Filesystem for KmsFs {
             Err(e) => return reply.error(e),
         };
         let dots = [(".", FileType::Directory), ("..", FileType::Directory)];
-        let all = dots
-            .iter()
-            .map(|(n, k)| (OsStr::new(n), *k, ino.0))
-            .chain(entries.iter().map(|e| (e.name.as_os_str(), e.kind, e.backing_ino)));
+        let all = dots.iter().map(|(n, k)| (OsStr::new(n), *k, ino.0)).chain(
+            entries
+                .iter()
+                .map(|e| (e.name.as_os_str(), e.kind, e.backing_ino)),
+        );
         for (i, (name, kind, eino)) in all.enumerate().skip(offset as usize) {
             if reply.add(INodeNo(eino), i as u64 + 1, kind, name) {
                 break;
@@ -478,13 +493,11 @@ impl Filesystem for KmsFs {
                 1 => reply.add(ino, next, "..", &ttl, &dir_attr, GENERATION),
                 _ => {
                     let e = &entries[i - 2];
-                    match self.dir_entry_plus(&dir, &e.name, |a| {
+                    // An entry gone since the snapshot is skipped (Err -> not full).
+                    self.dir_entry_plus(&dir, &e.name, |a| {
                         reply.add(a.ino, next, &e.name, &ttl, a, GENERATION)
-                    }) {
-                        Ok(full) => full,
-                        // Gone since the snapshot: skip it.
-                        Err(_) => false,
-                    }
+                    })
+                    .unwrap_or_default()
                 }
             };
             if full {
@@ -547,9 +560,10 @@ impl Filesystem for KmsFs {
         if reserved_xattr(name) {
             return reply.error(Errno::EPERM);
         }
-        let r = self.writable().and_then(|()| self.rel(ino.0)).and_then(|rel| {
-            sys::setxattr(&self.abs(&rel), name, value, flags).map_err(ioe)
-        });
+        let r = self
+            .writable()
+            .and_then(|()| self.rel(ino.0))
+            .and_then(|rel| sys::setxattr(&self.abs(&rel), name, value, flags).map_err(ioe));
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -591,9 +605,10 @@ impl Filesystem for KmsFs {
         if reserved_xattr(name) {
             return reply.error(Errno::EPERM);
         }
-        let r = self.writable().and_then(|()| self.rel(ino.0)).and_then(|rel| {
-            sys::removexattr(&self.abs(&rel), name).map_err(ioe)
-        });
+        let r = self
+            .writable()
+            .and_then(|()| self.rel(ino.0))
+            .and_then(|rel| sys::removexattr(&self.abs(&rel), name).map_err(ioe));
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),

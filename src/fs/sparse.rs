@@ -39,16 +39,21 @@ fn allocate(f: &OpenFile, offset: u64, end: u64, keep_size: bool) -> Result<(), 
         Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
         Err(e) => return Err(io_errno(&e)),
     }
-    let size = ef.plain_size().map_err(|e| envelope_errno(&e, f.backing()))?;
+    let size = ef
+        .plain_size()
+        .map_err(|e| envelope_errno(&e, f.backing()))?;
     if !keep_size && end > size {
-        ef.set_len(end).map_err(|e| envelope_errno(&e, f.backing()))?;
+        ef.set_len(end)
+            .map_err(|e| envelope_errno(&e, f.backing()))?;
     }
     Ok(())
 }
 
 fn punch_hole(f: &OpenFile, offset: u64, end: u64) -> Result<(), Errno> {
     let ef = f.write();
-    let size = ef.plain_size().map_err(|e| envelope_errno(&e, f.backing()))?;
+    let size = ef
+        .plain_size()
+        .map_err(|e| envelope_errno(&e, f.backing()))?;
     let end = end.min(size);
     if offset >= end {
         return Ok(());
@@ -86,14 +91,20 @@ fn enxio_or(e: std::io::Error) -> Errno {
 /// lseek SEEK_DATA: the first offset >= `offset` in a block holding data.
 pub fn seek_data(f: &OpenFile, offset: u64) -> Result<u64, Errno> {
     let ef = f.read();
-    let size = ef.plain_size().map_err(|e| envelope_errno(&e, f.backing()))?;
+    let size = ef
+        .plain_size()
+        .map_err(|e| envelope_errno(&e, f.backing()))?;
     if offset >= size {
         return Err(Errno::ENXIO);
     }
     let from = format::block_backing_offset(format::block_of(offset));
     let d = sys::lseek(ef.file(), from, libc::SEEK_DATA).map_err(enxio_or)?;
     let pos = offset.max(block_at(d) * BLOCK_SIZE);
-    if pos >= size { Err(Errno::ENXIO) } else { Ok(pos) }
+    if pos >= size {
+        Err(Errno::ENXIO)
+    } else {
+        Ok(pos)
+    }
 }
 
 /// lseek SEEK_HOLE: the first offset >= `offset` that starts a run of blocks
@@ -101,7 +112,9 @@ pub fn seek_data(f: &OpenFile, offset: u64) -> Result<u64, Errno> {
 /// only partly in a backing hole counts as data.
 pub fn seek_hole(f: &OpenFile, offset: u64) -> Result<u64, Errno> {
     let ef = f.read();
-    let size = ef.plain_size().map_err(|e| envelope_errno(&e, f.backing()))?;
+    let size = ef
+        .plain_size()
+        .map_err(|e| envelope_errno(&e, f.backing()))?;
     if offset >= size {
         return Err(Errno::ENXIO);
     }
@@ -114,7 +127,9 @@ pub fn seek_hole(f: &OpenFile, offset: u64) -> Result<u64, Errno> {
         let start = format::block_backing_offset(b);
         let stop = format::block_backing_offset(b + 1).min(backing_len);
         let d = match sys::lseek(ef.file(), start, libc::SEEK_DATA) {
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(offset.max(b * BLOCK_SIZE)),
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                return Ok(offset.max(b * BLOCK_SIZE));
+            }
             Err(e) => return Err(io_errno(&e)),
             Ok(d) => d,
         };

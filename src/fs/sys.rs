@@ -75,7 +75,11 @@ fn timespec(t: Utime) -> libc::timespec {
                 Err(e) => {
                     let d = e.duration();
                     let (s, n) = (d.as_secs() as i64, i64::from(d.subsec_nanos()));
-                    if n == 0 { (-s, 0) } else { (-s - 1, 1_000_000_000 - n) }
+                    if n == 0 {
+                        (-s, 0)
+                    } else {
+                        (-s - 1, 1_000_000_000 - n)
+                    }
                 }
             };
             libc::timespec {
@@ -343,7 +347,10 @@ pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name, which may contain spaces.
         Ok(s) => match s.rfind(')') {
-            Some(i) => !matches!(s[i + 1..].trim_start().chars().next(), Some('Z') | Some('X')),
+            Some(i) => !matches!(
+                s[i + 1..].trim_start().chars().next(),
+                Some('Z') | Some('X')
+            ),
             None => true,
         },
         Err(_) => false,

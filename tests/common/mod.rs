@@ -221,7 +221,12 @@ pub fn is_mounted(mnt: &Path) -> bool {
 /// The kmsfs daemon serving `mnt`.
 pub fn daemon_pid(mnt: &Path) -> Option<u32> {
     let (_, source) = mountinfo_line(mnt)?;
-    source.strip_prefix("kmsfs:")?.split(':').next()?.parse().ok()
+    source
+        .strip_prefix("kmsfs:")?
+        .split(':')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// True while `pid` runs (zombies count as gone).
