@@ -208,3 +208,35 @@ fn attributes_xattrs_and_statfs() {
     // access(2)
     assert!(py("import os; print(os.access('f', os.R_OK))").contains("True"));
 }
+
+#[test]
+fn other_users_get_kernel_permission_checks_and_own_their_files() {
+    let Some(mut m) = Mount::new("users") else { return };
+    if common::sh(&m.mnt, "command -v runuser || true").trim().is_empty() {
+        eprintln!("SKIPPED users: runuser is not installed");
+        return;
+    }
+    fs::set_permissions(m.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    m.set_args(&["-o", "allow_other"]);
+    m.remount();
+    fs::set_permissions(&m.mnt, fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::write(m.p("secret"), b"root only").unwrap();
+    fs::set_permissions(m.p("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(m.p("public"), b"everyone").unwrap();
+    fs::set_permissions(m.p("public"), fs::Permissions::from_mode(0o644)).unwrap();
+    let as_nobody = |cmd: &str| {
+        std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--", "sh", "-c", cmd])
+            .current_dir(&m.mnt)
+            .output()
+            .unwrap()
+    };
+    assert!(!as_nobody("cat secret").status.success());
+    assert_eq!(as_nobody("cat public").stdout, b"everyone");
+    assert!(as_nobody("echo mine > mine").status.success());
+    let md = fs::metadata(m.b("mine")).unwrap();
+    let nobody = fs::metadata(m.p("mine")).unwrap().uid();
+    assert_eq!(md.uid(), nobody);
+    assert_ne!(nobody, 0);
+    assert_eq!(fs::read(m.p("mine")).unwrap(), b"mine\n");
+}

@@ -75,6 +75,8 @@ pub struct KmsFs {
     keys: KeyCache,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_dir: AtomicU64,
+    /// Serialises giving headers to empty backing files.
+    init_lock: Mutex<()>,
 }
 
 fn backing_key(m: &Metadata) -> BackingKey {
@@ -144,6 +146,7 @@ impl KmsFs {
             keys: KeyCache::new(),
             dirs: Mutex::new(HashMap::new()),
             next_dir: AtomicU64::new(1),
+            init_lock: Mutex::new(()),
             cfg,
         })
     }
@@ -293,15 +296,26 @@ impl KmsFs {
         }
         let ef = if m.len() == 0 && !self.cfg.read_only {
             // An empty backing file holds nothing yet (a crash between create
-            // and header, or a file made beside the mount): give it a header.
-            EncryptedFile::create(file, &*self.cfg.ks, caller, &self.cfg.key_id)
-                .map_err(|e| envelope_errno(&e, &abs))?
+            // and header, or a file made beside the mount): give it a header,
+            // once, even if several opens race here.
+            let _one_at_a_time = lock(&self.init_lock);
+            if file.metadata().map_err(|e| io_errno(&e))?.len() == 0 {
+                EncryptedFile::create(file, &*self.cfg.ks, caller, &self.cfg.key_id)
+                    .map_err(|e| envelope_errno(&e, &abs))?
+            } else {
+                self.keyed(file, caller, &abs)?
+            }
         } else {
-            let header = EncryptedFile::read_header(&file).map_err(|e| envelope_errno(&e, &abs))?;
-            let key = self.file_key(&header, caller, &abs)?;
-            EncryptedFile::with_key(file, key)
+            self.keyed(file, caller, &abs)?
         };
         Ok(self.opens.attach(ino, || OpenFile::new(ef, abs)))
+    }
+
+    /// An existing encrypted file with its data key for `caller`.
+    fn keyed(&self, file: File, caller: &Caller, abs: &Path) -> Result<EncryptedFile, Errno> {
+        let header = EncryptedFile::read_header(&file).map_err(|e| envelope_errno(&e, abs))?;
+        let key = self.file_key(&header, caller, abs)?;
+        Ok(EncryptedFile::with_key(file, key))
     }
 
     /// Releases one handle of `ino`.

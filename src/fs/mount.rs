@@ -257,6 +257,11 @@ pub fn prepare_mountpoint(mp: &Path) -> Result<(), MountError> {
 fn session_config(req: &MountRequest, o: &Options) -> Config {
     let mut cfg = Config::default();
     cfg.mount_options = o.mount.clone();
+    // The daemon runs as root and opens every backing file itself: the kernel
+    // must check permissions against the attributes (gocryptfs does the same).
+    if !o.mount.contains(&MountOption::DefaultPermissions) {
+        cfg.mount_options.push(MountOption::DefaultPermissions);
+    }
     if !o.mount.iter().any(|m| matches!(m, MountOption::FSName(_))) {
         cfg.mount_options.push(MountOption::FSName(format!(
             "kmsfs:{}:{}",
