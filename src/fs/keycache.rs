@@ -37,15 +37,32 @@ struct Inner {
 }
 
 /// The cache; cheap to share behind `&`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct KeyCache {
     inner: Mutex<Inner>,
+    max_entries: usize,
+    max_age: Duration,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        Self::with_limits(MAX_ENTRIES, MAX_AGE)
+    }
 }
 
 impl KeyCache {
-    /// An empty cache.
+    /// An empty cache with the default limits.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty cache with other limits.
+    pub fn with_limits(max_entries: usize, max_age: Duration) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            max_entries: max_entries.max(1),
+            max_age,
+        }
     }
 
     fn key(file_id: &FileId, wrapped: &[u8], caller: &Caller) -> CacheKey {
@@ -79,7 +96,7 @@ impl KeyCache {
         }
         let k = Self::key(file_id, wrapped, caller);
         match g.map.get(&k) {
-            Some((key, at)) if at.elapsed() < MAX_AGE => Some(key.clone()),
+            Some((key, at)) if at.elapsed() < self.max_age => Some(key.clone()),
             Some(_) => {
                 g.map.remove(&k);
                 None
@@ -88,8 +105,9 @@ impl KeyCache {
         }
     }
 
-    /// Remembers a key unwrapped at `generation` (ignored if the generation has
-    /// moved on meanwhile); evicts the oldest entry when full.
+    /// Remembers a key unwrapped at `generation` (a different generation
+    /// empties the cache first, so a stale entry never outlives a change);
+    /// evicts the oldest entry when full.
     pub fn insert(
         &self,
         generation: u64,
@@ -103,8 +121,9 @@ impl KeyCache {
             g.map.clear();
             g.generation = Some(generation);
         }
-        g.map.retain(|_, (_, at)| at.elapsed() < MAX_AGE);
-        if g.map.len() >= MAX_ENTRIES
+        let max_age = self.max_age;
+        g.map.retain(|_, (_, at)| at.elapsed() < max_age);
+        if g.map.len() >= self.max_entries
             && let Some(oldest) = g
                 .map
                 .iter()
@@ -125,5 +144,72 @@ impl KeyCache {
     /// Number of cached keys.
     pub fn len(&self) -> usize {
         self.lock().map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::EncryptedFile;
+    use crate::envelope::tests::TestKeys;
+
+    fn key(ks: &TestKeys, caller: &Caller) -> (FileId, Vec<u8>, Arc<FileKey>) {
+        let f = tempfile::tempfile().unwrap();
+        let ef = EncryptedFile::create(f, ks, caller, "test").unwrap();
+        let h = EncryptedFile::read_header(ef.file()).unwrap();
+        let wrapped = h.active().unwrap().wrapped_key.clone();
+        (h.file_id, wrapped, ef.key().clone())
+    }
+
+    const ALICE: Caller = Caller {
+        uid: 1000,
+        gid: 1000,
+        pid: 1,
+    };
+    const BOB: Caller = Caller {
+        uid: 1001,
+        gid: 1001,
+        pid: 2,
+    };
+
+    #[test]
+    fn hit_miss_generation_and_caller() {
+        let ks = TestKeys::new();
+        let c = KeyCache::new();
+        let (id, w, k) = key(&ks, &ALICE);
+        assert!(c.get(1, &id, &w, &ALICE).is_none());
+        c.insert(1, &id, &w, &ALICE, k.clone());
+        assert!(Arc::ptr_eq(&c.get(1, &id, &w, &ALICE).unwrap(), &k));
+        // Another user never gets Alice's unwrap.
+        assert!(c.get(1, &id, &w, &BOB).is_none());
+        // Another wrapped key (a rewrap) is another entry.
+        assert!(c.get(1, &id, b"other blob", &ALICE).is_none());
+        // Any keystore change empties the cache.
+        assert!(c.get(2, &id, &w, &ALICE).is_none());
+        assert_eq!(c.len(), 0);
+        // An insert made at an old generation does not survive a newer one.
+        c.insert(2, &id, &w, &ALICE, k.clone());
+        c.insert(3, &id, &w, &BOB, k);
+        assert!(c.get(3, &id, &w, &ALICE).is_none());
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn bounded_in_entries_and_age() {
+        let ks = TestKeys::new();
+        let c = KeyCache::with_limits(3, Duration::from_secs(3600));
+        let keys: Vec<_> = (0..5).map(|_| key(&ks, &ALICE)).collect();
+        for (id, w, k) in &keys {
+            c.insert(7, id, w, &ALICE, k.clone());
+        }
+        assert_eq!(c.len(), 3);
+        // The newest stay.
+        let (id, w, _) = &keys[4];
+        assert!(c.get(7, id, w, &ALICE).is_some());
+        let aged = KeyCache::with_limits(3, Duration::ZERO);
+        aged.insert(7, id, w, &ALICE, keys[4].2.clone());
+        assert!(aged.get(7, id, w, &ALICE).is_none());
+        aged.clear();
+        assert_eq!(aged.len(), 0);
     }
 }
