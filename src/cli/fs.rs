@@ -1,8 +1,15 @@
-//! Filesystem commands: mount, unmount, inspect, seal, unseal.
+//! Filesystem commands: mount, unmount, inspect, seal, unseal. Thin: they
+//! open the keystore, then call `crate::fs` (mount) or `crate::envelope`.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use super::{CliError, GlobalArgs};
+use super::{CliError, ErrorClass, GlobalArgs, OutputFormat, current_caller, keystore};
+use crate::envelope::{self, EncryptedFile, EnvelopeError};
+use crate::fs::{MountError, MountRequest};
+use crate::kms::{KeyService, KeyState};
 
 /// Arguments of `kmsfs mount`.
 #[derive(Debug, clap::Args)]
@@ -11,6 +18,23 @@ pub struct MountArgs {
     pub backing: PathBuf,
     /// Where the plaintext view appears.
     pub mountpoint: PathBuf,
+    /// CMK for new files (key id, ARN or alias/NAME) [default: alias/kmsfs/default,
+    /// created with the keystore on first use].
+    #[arg(long, value_name = "K")]
+    pub key_id: Option<String>,
+    /// Serve in this process until unmounted (else a daemon serves and this
+    /// command returns once the mount is usable).
+    #[arg(long, short = 'f')]
+    pub foreground: bool,
+    /// Mount options, comma-separated: allow_other, allow_root,
+    /// default_permissions, ro, rw, auto_unmount, [no]dev, [no]suid, [no]exec,
+    /// [no]atime, sync, async, dirsync, fsname=NAME, subtype=NAME.
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+    /// Where the daemon writes its log (corruption warnings name the backing
+    /// file and block) [default: nowhere; with --foreground: stderr].
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
 }
 /// Arguments of `kmsfs unmount`.
 #[derive(Debug, clap::Args)]
@@ -29,35 +53,267 @@ pub struct InspectArgs {
 pub struct SealArgs {
     /// Plain input.
     pub input: PathBuf,
-    /// Sealed output.
-    pub output: PathBuf,
+    /// Sealed output (must not exist).
+    #[arg(value_name = "OUT")]
+    pub out: PathBuf,
+    /// CMK that wraps the file's data key [default: alias/kmsfs/default].
+    #[arg(long, value_name = "K")]
+    pub key_id: Option<String>,
 }
 /// Arguments of `kmsfs unseal`.
 #[derive(Debug, clap::Args)]
 pub struct UnsealArgs {
-    /// Sealed input.
+    /// Sealed input (a sealed file or a backing file of a mount).
     pub input: PathBuf,
-    /// Plain output.
-    pub output: PathBuf,
+    /// Plain output (must not exist; `-` writes to stdout).
+    #[arg(value_name = "OUT")]
+    pub out: PathBuf,
 }
 
-#[allow(missing_docs)]
-pub fn mount(_g: &GlobalArgs, _a: MountArgs) -> Result<(), CliError> {
-    todo!()
+impl From<MountError> for CliError {
+    fn from(e: MountError) -> Self {
+        let class = match &e {
+            MountError::Usage(_) => ErrorClass::Usage,
+            MountError::NotFound(_) => ErrorClass::NotFound,
+            MountError::State(..) => ErrorClass::General,
+            MountError::Io(_) => ErrorClass::Io,
+        };
+        let hint = e.hint().map(str::to_string);
+        let err = CliError::new(class, e.to_string());
+        match hint {
+            Some(h) => err.hint(h),
+            None => err,
+        }
+    }
 }
-#[allow(missing_docs)]
-pub fn unmount(_g: &GlobalArgs, _a: UnmountArgs) -> Result<(), CliError> {
-    todo!()
+
+fn envelope_error(what: &Path, e: EnvelopeError) -> CliError {
+    match e {
+        EnvelopeError::Kms(k) => {
+            let mut err = CliError::from(k);
+            err.message = format!("{}: {}", what.display(), err.message);
+            err
+        }
+        EnvelopeError::Io(io) => {
+            let mut err = CliError::from(io);
+            err.message = format!("{}: {}", what.display(), err.message);
+            err
+        }
+        other => CliError::new(ErrorClass::Corrupt, format!("{}: {other}", what.display())).hint(
+            "the file was modified, truncated, or is not a kmsfs file; restore it from a backup",
+        ),
+    }
 }
-#[allow(missing_docs)]
-pub fn inspect(_g: &GlobalArgs, _a: InspectArgs) -> Result<(), CliError> {
-    todo!()
+
+fn existing_dir(p: &Path, what: &str) -> Result<PathBuf, CliError> {
+    let abs = std::fs::canonicalize(p).map_err(|e| {
+        CliError::new(ErrorClass::NotFound, format!("{what} {}: {e}", p.display()))
+            .hint(format!("create it first: mkdir -p {}", p.display()))
+    })?;
+    if !abs.is_dir() {
+        return Err(CliError::new(
+            ErrorClass::NotFound,
+            format!("{what} {} is not a directory", p.display()),
+        ));
+    }
+    Ok(abs)
 }
-#[allow(missing_docs)]
-pub fn seal(_g: &GlobalArgs, _a: SealArgs) -> Result<(), CliError> {
-    todo!()
+
+/// The key service and the CMK for new files: `key_id` checked to be usable
+/// now, or the zero-setup default key (keystore and key created on first use).
+fn service_and_key(
+    g: &GlobalArgs,
+    key_id: Option<&str>,
+) -> Result<(Arc<dyn KeyService>, String), CliError> {
+    match key_id {
+        None => {
+            let (ks, id) = keystore::open_or_create_default(g)?;
+            Ok((ks, id))
+        }
+        Some(k) => {
+            let ks = keystore::open_key_service(g)?;
+            let meta = ks.describe_key(&current_caller(), k)?;
+            if meta.key_state != KeyState::Enabled {
+                return Err(CliError::new(
+                    ErrorClass::Refused,
+                    format!(
+                        "key {k} is {}: new files could not be encrypted under it",
+                        meta.key_state.as_str()
+                    ),
+                )
+                .hint("enable it with `kmsfs kms enable-key --key-id K`, or pick another key"));
+            }
+            Ok((ks, meta.key_id))
+        }
+    }
 }
-#[allow(missing_docs)]
-pub fn unseal(_g: &GlobalArgs, _a: UnsealArgs) -> Result<(), CliError> {
-    todo!()
+
+/// `kmsfs mount`.
+pub fn mount(g: &GlobalArgs, a: MountArgs) -> Result<(), CliError> {
+    let backing = existing_dir(&a.backing, "backing directory")?;
+    let mountpoint = match std::fs::canonicalize(&a.mountpoint) {
+        Ok(p) => p,
+        // A dead mount: `prepare_mountpoint` detaches it.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => std::path::absolute(&a.mountpoint)?,
+        Err(_) => existing_dir(&a.mountpoint, "mount point")?,
+    };
+    if backing.starts_with(&mountpoint) || mountpoint.starts_with(&backing) {
+        return Err(CliError::new(
+            ErrorClass::Usage,
+            "the backing directory and the mount point must not contain each other",
+        ));
+    }
+    // Unseal the keystore (a passphrase prompt needs the terminal) before the
+    // daemon leaves it.
+    let (ks, key_id) = service_and_key(g, a.key_id.as_deref())?;
+    let log_file = match a.log_file {
+        Some(p) => Some(std::path::absolute(p)?),
+        None => None,
+    };
+    crate::fs::mount(MountRequest {
+        backing,
+        mountpoint,
+        ks,
+        key_id,
+        options: a.options,
+        foreground: a.foreground,
+        log_file,
+    })?;
+    Ok(())
+}
+
+/// `kmsfs unmount`.
+pub fn unmount(_g: &GlobalArgs, a: UnmountArgs) -> Result<(), CliError> {
+    crate::fs::unmount(&a.mountpoint)?;
+    Ok(())
+}
+
+/// `kmsfs inspect`: the header, without unwrapping or decrypting anything.
+pub fn inspect(g: &GlobalArgs, a: InspectArgs) -> Result<(), CliError> {
+    let f = File::open(&a.file)?;
+    let len = f.metadata()?.len();
+    let h = EncryptedFile::read_header(&f).map_err(|e| envelope_error(&a.file, e))?;
+    let active = h.active_index();
+    let slot = active.and_then(|i| h.slots[i].as_ref());
+    let file_id: String = h.file_id.iter().map(|b| format!("{b:02x}")).collect();
+    let plain = crate::format::plain_size_from_backing(len);
+    let key_id = slot.map(|s| s.key_id.as_str()).unwrap_or("");
+    let version = slot.map(|s| s.key_material_version).unwrap_or(0);
+    match g.output {
+        OutputFormat::Json => {
+            let slots: Vec<_> = h
+                .slots
+                .iter()
+                .enumerate()
+                .map(|(i, s)| match s {
+                    Some(s) => serde_json::json!({
+                        "Slot": i, "Sequence": s.seq, "KeyId": s.key_id,
+                        "KeyMaterialVersion": s.key_material_version,
+                        "WrappedKeyLength": s.wrapped_key.len(), "Active": active == Some(i),
+                    }),
+                    None => serde_json::json!({ "Slot": i, "Empty": true }),
+                })
+                .collect();
+            let v = serde_json::json!({
+                "File": a.file.display().to_string(),
+                "FormatVersion": h.version,
+                "FileId": file_id,
+                "KeyId": key_id,
+                "KeyMaterialVersion": version,
+                "PlaintextSize": plain,
+                "BackingSize": len,
+                "ValidBackingSize": crate::format::is_valid_backing_size(len),
+                "Slots": slots,
+            });
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        OutputFormat::Text => {
+            println!("file:                 {}", a.file.display());
+            println!("format version:       {}", h.version);
+            println!("file id:              {file_id}");
+            println!("key id:               {key_id}");
+            println!("key material version: {version}");
+            println!("plaintext size:       {plain}");
+            println!("backing size:         {len}");
+            if !crate::format::is_valid_backing_size(len) {
+                println!(
+                    "warning:              the backing size is not one this format makes (truncated?)"
+                );
+            }
+            for (i, s) in h.slots.iter().enumerate() {
+                match s {
+                    Some(s) => println!(
+                        "slot {i}:               seq {} key {} v{}{}",
+                        s.seq,
+                        s.key_id,
+                        s.key_material_version,
+                        if active == Some(i) { " (active)" } else { "" }
+                    ),
+                    None => println!("slot {i}:               empty"),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn create_new(p: &Path) -> Result<File, CliError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(p)
+        .map_err(|e| {
+            let exists = e.kind() == std::io::ErrorKind::AlreadyExists;
+            let err = CliError::from(e);
+            let err = CliError::new(err.class, format!("{}: {}", p.display(), err.message));
+            if exists {
+                err.hint("choose another output name or remove the file first")
+            } else {
+                err
+            }
+        })
+}
+
+/// `kmsfs seal`.
+pub fn seal(g: &GlobalArgs, a: SealArgs) -> Result<(), CliError> {
+    let mut input = File::open(&a.input)
+        .map_err(|e| CliError::new(ErrorClass::NotFound, format!("{}: {e}", a.input.display())))?;
+    let (ks, key_id) = service_and_key(g, a.key_id.as_deref())?;
+    let out = create_new(&a.out)?;
+    match envelope::seal(&mut input, out, &*ks, &current_caller(), &key_id) {
+        Ok(n) => {
+            log::info!("sealed {n} bytes into {}", a.out.display());
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&a.out);
+            Err(envelope_error(&a.out, e))
+        }
+    }
+}
+
+/// `kmsfs unseal`.
+pub fn unseal(g: &GlobalArgs, a: UnsealArgs) -> Result<(), CliError> {
+    let input = File::open(&a.input)
+        .map_err(|e| CliError::new(ErrorClass::NotFound, format!("{}: {e}", a.input.display())))?;
+    let ks = keystore::open_key_service(g)?;
+    let caller = current_caller();
+    if a.out.as_os_str() == "-" {
+        let stdout = std::io::stdout();
+        let mut lock = stdout.lock();
+        envelope::unseal(input, &mut lock, &*ks, &caller)
+            .map_err(|e| envelope_error(&a.input, e))?;
+        lock.flush()?;
+        return Ok(());
+    }
+    let mut out = create_new(&a.out)?;
+    let r = envelope::unseal(input, &mut out, &*ks, &caller)
+        .map_err(|e| envelope_error(&a.input, e))
+        .and_then(|_| out.sync_all().map_err(CliError::from));
+    if r.is_err() {
+        // Never leave a partial plaintext behind.
+        let _ = std::fs::remove_file(&a.out);
+    }
+    r
 }

@@ -1,2 +1,18 @@
 //! The FUSE frontend: inodes, handles, locks, encrypted read/write through
-//! `envelope`, the data-key cache. The only module that imports fuser.
+//! `envelope`, the data-key cache, and the mount's lifecycle. The only module
+//! that imports fuser, and the only one with `unsafe` (all of it in `sys`).
+//! It talks to keys only through the `KeyService` trait.
+
+mod core;
+mod errno;
+mod inodes;
+mod keycache;
+pub mod mount;
+mod open;
+mod ops;
+mod sparse;
+mod sys;
+
+pub use self::core::{FsConfig, KmsFs};
+pub use self::keycache::{MAX_AGE as KEY_CACHE_MAX_AGE, MAX_ENTRIES as KEY_CACHE_MAX_ENTRIES};
+pub use self::mount::{MountError, MountRequest, mount, unmount};

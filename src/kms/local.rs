@@ -748,7 +748,7 @@ impl LocalKeyStore {
         spec: DataKeySpec,
         context: &EncryptionContext,
     ) -> Result<DataKey, KmsError> {
-        let len = spec.len()?;
+        let len = spec.byte_len()?;
         self.use_key(
             caller,
             op,
@@ -762,6 +762,7 @@ impl LocalKeyStore {
                 Ok((
                     DataKey {
                         key_id: key.key_id.clone(),
+                        key_material_version: v,
                         plaintext,
                         ciphertext_blob,
                     },

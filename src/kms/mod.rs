@@ -115,8 +115,7 @@ pub enum DataKeySpec {
 
 impl DataKeySpec {
     /// Length in bytes, validated.
-    #[allow(clippy::len_without_is_empty)] // a spec is never empty; len() validates
-    pub fn len(self) -> Result<usize, KmsError> {
+    pub fn byte_len(self) -> Result<usize, KmsError> {
         match self {
             DataKeySpec::Aes256 => Ok(32),
             DataKeySpec::Aes128 => Ok(16),
@@ -133,6 +132,8 @@ impl DataKeySpec {
 pub struct DataKey {
     /// The key id (UUID) of the CMK that wrapped it.
     pub key_id: String,
+    /// The version of that CMK's key material that wrapped it.
+    pub key_material_version: u32,
     /// The data key in plaintext: zeroized on drop.
     pub plaintext: SecretBytes,
     /// The data key wrapped under the CMK (a self-describing ciphertext blob).

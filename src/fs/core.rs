@@ -1,0 +1,506 @@
+//! The filesystem's state and its operations as plain methods returning
+//! `Result<_, Errno>`: inode and path resolution, attributes with plaintext
+//! sizes, opening files with the right data key (through the cache), creating
+//! files under the mount's key, directory snapshots, xattr filtering.
+//! `ops.rs` adapts these to fuser's callbacks.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::{File, Metadata, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{Errno, FileAttr, FileType, INodeNo};
+
+use super::errno::{envelope_errno, io_errno};
+use super::inodes::{BackingKey, InodeTable};
+use super::keycache::KeyCache;
+use super::open::{OpenFile, OpenTable};
+use crate::envelope::{EncryptedFile, FileKey};
+use crate::format::{self, Header};
+use crate::kms::{Caller, KeyService};
+
+/// Extended attribute names the mount reserves for itself: hidden from
+/// listings and refused to get, set and remove, so programs above cannot read
+/// or clobber internal data.
+pub const RESERVED_XATTR_PREFIXES: [&str; 2] = ["user.kmsfs.", "trusted.kmsfs."];
+
+/// How the mount is configured.
+#[derive(Clone)]
+pub struct FsConfig {
+    /// Absolute path of the backing directory.
+    pub backing: PathBuf,
+    /// The key service (the mount only uses the trait).
+    pub ks: Arc<dyn KeyService>,
+    /// The CMK that wraps data keys of new files.
+    pub key_id: String,
+    /// Mounted read-only: backing files are opened read-only.
+    pub read_only: bool,
+    /// Entry and attribute time-to-live given to the kernel.
+    pub ttl: Duration,
+}
+
+impl std::fmt::Debug for FsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsConfig")
+            .field("backing", &self.backing)
+            .field("key_id", &self.key_id)
+            .field("read_only", &self.read_only)
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+/// One entry of a directory snapshot.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    /// Name in the directory.
+    pub name: OsString,
+    /// File type.
+    pub kind: FileType,
+    /// Backing inode number (reported by plain readdir).
+    pub backing_ino: u64,
+}
+
+/// The mounted filesystem.
+#[derive(Debug)]
+pub struct KmsFs {
+    cfg: FsConfig,
+    inodes: Mutex<InodeTable>,
+    opens: OpenTable,
+    keys: KeyCache,
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_dir: AtomicU64,
+    /// Serialises giving headers to empty backing files.
+    init_lock: Mutex<()>,
+}
+
+fn backing_key(m: &Metadata) -> BackingKey {
+    (m.dev(), m.ino())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn time(secs: i64, nsecs: i64) -> SystemTime {
+    let n = nsecs.clamp(0, 999_999_999) as u32;
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, n)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::new(0, n)
+    }
+}
+
+/// The kind of a backing file.
+pub fn kind_of(m: &Metadata) -> FileType {
+    FileType::from_std(m.file_type()).unwrap_or(FileType::RegularFile)
+}
+
+/// Attributes of FUSE inode `ino` from its backing file's metadata: regular
+/// files report their plaintext size, computed from the backing size alone.
+pub fn attr_of(ino: u64, m: &Metadata) -> FileAttr {
+    let kind = kind_of(m);
+    let (size, blocks) = if kind == FileType::RegularFile {
+        let plain = format::plain_size_from_backing(m.len());
+        // Scale the allocated blocks by the plaintext share, so du stays sensible.
+        let blocks = if m.len() == 0 {
+            0
+        } else {
+            (u128::from(m.blocks()) * u128::from(plain) / u128::from(m.len())) as u64
+        };
+        (plain, blocks)
+    } else {
+        (m.len(), m.blocks())
+    };
+    FileAttr {
+        ino: INodeNo(ino),
+        size,
+        blocks,
+        atime: time(m.atime(), m.atime_nsec()),
+        mtime: time(m.mtime(), m.mtime_nsec()),
+        ctime: time(m.ctime(), m.ctime_nsec()),
+        crtime: time(m.ctime(), m.ctime_nsec()),
+        kind,
+        perm: (m.mode() & 0o7777) as u16,
+        nlink: m.nlink() as u32,
+        uid: m.uid(),
+        gid: m.gid(),
+        rdev: m.rdev() as u32,
+        blksize: format::BLOCK_SIZE as u32,
+        flags: 0,
+    }
+}
+
+impl KmsFs {
+    /// A filesystem over `cfg.backing`, which must be an existing directory.
+    pub fn new(cfg: FsConfig) -> std::io::Result<Self> {
+        let m = std::fs::metadata(&cfg.backing)?;
+        Ok(Self {
+            inodes: Mutex::new(InodeTable::new(backing_key(&m))),
+            opens: OpenTable::new(),
+            keys: KeyCache::new(),
+            dirs: Mutex::new(HashMap::new()),
+            next_dir: AtomicU64::new(1),
+            init_lock: Mutex::new(()),
+            cfg,
+        })
+    }
+
+    /// Entry and attribute time-to-live.
+    pub fn ttl(&self) -> Duration {
+        self.cfg.ttl
+    }
+
+    /// True for a read-only mount.
+    pub fn read_only(&self) -> bool {
+        self.cfg.read_only
+    }
+
+    /// The backing path for a path relative to the backing root.
+    pub fn abs(&self, rel: &Path) -> PathBuf {
+        if rel.as_os_str().is_empty() {
+            self.cfg.backing.clone()
+        } else {
+            self.cfg.backing.join(rel)
+        }
+    }
+
+    /// The relative backing path of `ino` (ENOENT when unknown or unlinked).
+    pub fn rel(&self, ino: u64) -> Result<PathBuf, Errno> {
+        lock(&self.inodes)
+            .path(ino)
+            .map(Path::to_path_buf)
+            .ok_or(Errno::ENOENT)
+    }
+
+    /// The relative path of `name` in directory `parent`.
+    pub fn child(&self, parent: u64, name: &OsStr) -> Result<PathBuf, Errno> {
+        if name.is_empty() || name == "." || name == ".." || name.as_encoded_bytes().contains(&b'/')
+        {
+            return Err(Errno::EINVAL);
+        }
+        Ok(self.rel(parent)?.join(name))
+    }
+
+    /// Registers `rel` (just looked up or created) with one lookup reference.
+    pub fn entry(&self, rel: &Path, m: &Metadata) -> FileAttr {
+        let ino = lock(&self.inodes).lookup(rel, backing_key(m), m.is_dir());
+        attr_of(ino, m)
+    }
+
+    /// Looks up `name` in `parent` for the kernel.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
+        let rel = self.child(parent, name)?;
+        let m = std::fs::symlink_metadata(self.abs(&rel)).map_err(|e| io_errno(&e))?;
+        Ok(self.entry(&rel, &m))
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        lock(&self.inodes).forget(ino, n);
+    }
+
+    /// Metadata of `ino`'s backing file (from the open fd when open: works
+    /// after unlink and never reads content).
+    pub fn metadata(&self, ino: u64) -> Result<Metadata, Errno> {
+        if let Some(f) = self.opens.get(ino) {
+            return f.metadata();
+        }
+        std::fs::symlink_metadata(self.abs(&self.rel(ino)?)).map_err(|e| io_errno(&e))
+    }
+
+    /// Attributes of `ino`.
+    pub fn getattr(&self, ino: u64) -> Result<FileAttr, Errno> {
+        Ok(attr_of(ino, &self.metadata(ino)?))
+    }
+
+    /// The open state of `ino` (EBADF when no handle is open).
+    pub fn open_state(&self, ino: u64) -> Result<Arc<OpenFile>, Errno> {
+        self.opens.get(ino).ok_or(Errno::EBADF)
+    }
+
+    /// The data key of a header for `caller`, from the cache or the key service.
+    fn file_key(
+        &self,
+        header: &Header,
+        caller: &Caller,
+        backing: &Path,
+    ) -> Result<Arc<FileKey>, Errno> {
+        let generation = self.cfg.ks.generation();
+        let wrapped = header
+            .active()
+            .map(|s| s.wrapped_key.as_slice())
+            .unwrap_or(&[]);
+        if let Some(k) = self.keys.get(generation, &header.file_id, wrapped, caller) {
+            return Ok(k);
+        }
+        let key = EncryptedFile::unwrap_key(header, &*self.cfg.ks, caller)
+            .map_err(|e| envelope_errno(&e, backing))?;
+        let key = Arc::new(key);
+        self.keys
+            .insert(generation, &header.file_id, wrapped, caller, key.clone());
+        Ok(key)
+    }
+
+    fn open_backing(&self, abs: &Path) -> Result<File, Errno> {
+        OpenOptions::new()
+            .read(true)
+            .write(!self.cfg.read_only)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(abs)
+            .map_err(|e| io_errno(&e))
+    }
+
+    /// Opens `ino` for `caller`: checks that the caller may use the file's key
+    /// now (EACCES when the key is disabled, pending deletion, deleted or the
+    /// policy refuses), then shares the inode's open state or makes it.
+    pub fn open(&self, ino: u64, caller: &Caller, truncate: bool) -> Result<Arc<OpenFile>, Errno> {
+        let f = match self.opens.get(ino) {
+            Some(existing) => self.reopen(ino, &existing, caller)?,
+            None => self.open_fresh(ino, caller)?,
+        };
+        if truncate && let Err(e) = f.set_len(0) {
+            self.opens.release(ino);
+            return Err(e);
+        }
+        Ok(f)
+    }
+
+    fn reopen(
+        &self,
+        ino: u64,
+        existing: &OpenFile,
+        caller: &Caller,
+    ) -> Result<Arc<OpenFile>, Errno> {
+        let header = EncryptedFile::read_header(existing.read().file())
+            .map_err(|e| envelope_errno(&e, existing.backing()))?;
+        self.file_key(&header, caller, existing.backing())?;
+        match self.opens.attach_existing(ino) {
+            Some(f) => Ok(f),
+            // The last handle went meanwhile: open afresh.
+            None => self.open_fresh(ino, caller),
+        }
+    }
+
+    fn open_fresh(&self, ino: u64, caller: &Caller) -> Result<Arc<OpenFile>, Errno> {
+        let abs = self.abs(&self.rel(ino)?);
+        let file = self.open_backing(&abs)?;
+        let m = file.metadata().map_err(|e| io_errno(&e))?;
+        if m.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        let ef = if m.len() == 0 && !self.cfg.read_only {
+            // An empty backing file holds nothing yet (a crash between create
+            // and header, or a file made beside the mount): give it a header,
+            // once, even if several opens race here.
+            let _one_at_a_time = lock(&self.init_lock);
+            if file.metadata().map_err(|e| io_errno(&e))?.len() == 0 {
+                EncryptedFile::create(file, &*self.cfg.ks, caller, &self.cfg.key_id)
+                    .map_err(|e| envelope_errno(&e, &abs))?
+            } else {
+                self.keyed(file, caller, &abs)?
+            }
+        } else {
+            self.keyed(file, caller, &abs)?
+        };
+        Ok(self.opens.attach(ino, || OpenFile::new(ef, abs)))
+    }
+
+    /// An existing encrypted file with its data key for `caller`.
+    fn keyed(&self, file: File, caller: &Caller, abs: &Path) -> Result<EncryptedFile, Errno> {
+        let header = EncryptedFile::read_header(&file).map_err(|e| envelope_errno(&e, abs))?;
+        let key = self.file_key(&header, caller, abs)?;
+        Ok(EncryptedFile::with_key(file, key))
+    }
+
+    /// Releases one handle of `ino`.
+    pub fn release(&self, ino: u64) {
+        self.opens.release(ino);
+    }
+
+    /// Creates `name` in `parent` under the mount's key and opens it.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        caller: &Caller,
+    ) -> Result<(FileAttr, Arc<OpenFile>), Errno> {
+        let rel = self.child(parent, name)?;
+        let abs = self.abs(&rel);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode & 0o7777)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&abs)
+            .map_err(|e| io_errno(&e))?;
+        let made = self.set_owner(&abs, caller).and_then(|()| {
+            EncryptedFile::create(file, &*self.cfg.ks, caller, &self.cfg.key_id)
+                .map_err(|e| envelope_errno(&e, &abs))
+        });
+        let ef = match made {
+            Ok(ef) => ef,
+            Err(e) => {
+                // Leave no headerless file behind.
+                let _ = std::fs::remove_file(&abs);
+                return Err(e);
+            }
+        };
+        let m = ef.file().metadata().map_err(|e| io_errno(&e))?;
+        let attr = self.entry(&rel, &m);
+        let f = self.opens.attach(attr.ino.0, || OpenFile::new(ef, abs));
+        Ok((attr, f))
+    }
+
+    /// New files belong to the caller (the daemon runs as root).
+    pub fn set_owner(&self, abs: &Path, caller: &Caller) -> Result<(), Errno> {
+        if !super::sys::is_root() {
+            return Ok(());
+        }
+        std::os::unix::fs::lchown(abs, Some(caller.uid), Some(caller.gid)).map_err(|e| io_errno(&e))
+    }
+
+    /// Truncates or extends `ino` to `size` plaintext bytes (opening it
+    /// briefly, with a key check, when no handle is open).
+    pub fn truncate(&self, ino: u64, size: u64, caller: &Caller) -> Result<(), Errno> {
+        if let Some(f) = self.opens.get(ino) {
+            return f.set_len(size);
+        }
+        let f = self.open(ino, caller, false)?;
+        let r = f.set_len(size);
+        self.opens.release(ino);
+        r
+    }
+
+    /// Takes a snapshot of directory `ino` for readdir; returns its handle.
+    pub fn opendir(&self, ino: u64) -> Result<u64, Errno> {
+        let abs = self.abs(&self.rel(ino)?);
+        let mut entries = Vec::new();
+        for e in std::fs::read_dir(&abs).map_err(|e| io_errno(&e))? {
+            let e = e.map_err(|e| io_errno(&e))?;
+            let Ok(ft) = e.file_type() else { continue };
+            entries.push(DirEntry {
+                name: e.file_name(),
+                kind: FileType::from_std(ft).unwrap_or(FileType::RegularFile),
+                backing_ino: std::os::unix::fs::DirEntryExt::ino(&e),
+            });
+        }
+        let fh = self.next_dir.fetch_add(1, Ordering::Relaxed);
+        lock(&self.dirs).insert(fh, Arc::new(entries));
+        Ok(fh)
+    }
+
+    /// The snapshot of directory handle `fh`.
+    pub fn dir_snapshot(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>, Errno> {
+        lock(&self.dirs).get(&fh).cloned().ok_or(Errno::EBADF)
+    }
+
+    /// Drops a directory snapshot.
+    pub fn releasedir(&self, fh: u64) {
+        lock(&self.dirs).remove(&fh);
+    }
+
+    /// For readdirplus: the attributes of `name` in directory `rel`, with the
+    /// node registered; `add` says whether the kernel took the entry (only
+    /// then does it count as a lookup).
+    pub fn dir_entry_plus(
+        &self,
+        dir_rel: &Path,
+        name: &OsStr,
+        add: impl FnOnce(&FileAttr) -> bool,
+    ) -> Result<bool, Errno> {
+        let rel = dir_rel.join(name);
+        let m = std::fs::symlink_metadata(self.abs(&rel)).map_err(|e| io_errno(&e))?;
+        let mut t = lock(&self.inodes);
+        let ino = t.resolve(&rel, backing_key(&m), m.is_dir());
+        let attr = attr_of(ino, &m);
+        let full = add(&attr);
+        if !full {
+            t.add_lookup(ino);
+        }
+        Ok(full)
+    }
+
+    /// A name went away.
+    pub fn forget_path(&self, rel: &Path) {
+        lock(&self.inodes).remove_path(rel);
+    }
+
+    /// A rename happened in the backing directory.
+    pub fn renamed(&self, from: &Path, to: &Path, exchange: bool) {
+        let mut t = lock(&self.inodes);
+        if exchange {
+            t.exchange(from, to);
+        } else {
+            t.rename(from, to);
+        }
+    }
+
+    /// A new hard link of `ino` named `rel`.
+    pub fn linked(&self, ino: u64, rel: &Path) {
+        let mut t = lock(&self.inodes);
+        t.add_path(ino, rel);
+        t.add_lookup(ino);
+    }
+
+    /// Unmount: sync and close every open file, drop every data key.
+    pub fn shutdown(&self) {
+        self.opens.close_all();
+        self.keys.clear();
+        lock(&self.dirs).clear();
+    }
+
+    /// Number of cached data keys (tests).
+    pub fn cached_keys(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+/// True when `name` is reserved for the mount's own use.
+pub fn reserved_xattr(name: &OsStr) -> bool {
+    let n = name.as_encoded_bytes();
+    RESERVED_XATTR_PREFIXES
+        .iter()
+        .any(|p| n.starts_with(p.as_bytes()))
+}
+
+/// Removes reserved names from a NUL-separated xattr name list.
+pub fn filter_xattr_list(list: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(list.len());
+    for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if !reserved_xattr(OsStr::from_bytes(name)) {
+            out.extend_from_slice(name);
+            out.push(0);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xattr_filter() {
+        assert!(reserved_xattr(OsStr::new("user.kmsfs.x")));
+        assert!(!reserved_xattr(OsStr::new("user.other")));
+        let l = b"user.a\0user.kmsfs.hdr\0security.selinux\0";
+        assert_eq!(filter_xattr_list(l), b"user.a\0security.selinux\0".to_vec());
+    }
+
+    #[test]
+    fn times_round() {
+        assert_eq!(time(1, 5), UNIX_EPOCH + Duration::new(1, 5));
+        assert_eq!(
+            time(-2, 500_000_000),
+            UNIX_EPOCH - Duration::from_millis(1500)
+        );
+    }
+}

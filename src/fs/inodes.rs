@@ -1,0 +1,273 @@
+//! The inode table: FUSE inode numbers to backing paths and back.
+//!
+//! A node is keyed by the backing file's (st_dev, st_ino), so hard links share
+//! one FUSE inode (and therefore one open state). A node remembers every name
+//! it was reached by, so unlinking one link leaves the others usable. Names are
+//! relative to the backing root; renames rewrite them (a directory rename
+//! rewrites every cached descendant). Nodes live while the kernel holds a
+//! lookup reference (`forget` drops them); the root lives forever.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The FUSE root inode number.
+pub const ROOT_INO: u64 = 1;
+
+/// Identity of a backing file.
+pub type BackingKey = (u64, u64);
+
+#[derive(Debug)]
+struct Node {
+    /// Names of this node relative to the backing root, most recently used first.
+    paths: Vec<PathBuf>,
+    lookups: u64,
+    key: BackingKey,
+    is_dir: bool,
+}
+
+/// The table. Not thread-safe by itself: the filesystem keeps it in a mutex.
+#[derive(Debug)]
+pub struct InodeTable {
+    nodes: HashMap<u64, Node>,
+    by_key: HashMap<BackingKey, u64>,
+    next: u64,
+}
+
+impl InodeTable {
+    /// A table with the root (relative path "") for a backing root with `key`.
+    pub fn new(root_key: BackingKey) -> Self {
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            ROOT_INO,
+            Node {
+                paths: vec![PathBuf::new()],
+                lookups: 1,
+                key: root_key,
+                is_dir: true,
+            },
+        );
+        let mut by_key = HashMap::new();
+        by_key.insert(root_key, ROOT_INO);
+        Self {
+            nodes,
+            by_key,
+            next: ROOT_INO + 1,
+        }
+    }
+
+    /// The current relative path of `ino`, if it still has a name.
+    pub fn path(&self, ino: u64) -> Option<&Path> {
+        self.nodes
+            .get(&ino)
+            .and_then(|n| n.paths.first())
+            .map(PathBuf::as_path)
+    }
+
+    /// True when `ino` is known.
+    #[cfg(test)]
+    pub fn contains(&self, ino: u64) -> bool {
+        self.nodes.contains_key(&ino)
+    }
+
+    /// Finds or creates the node for the backing file `key` reached by `path`,
+    /// without taking a lookup reference. `path` becomes its preferred name.
+    pub fn resolve(&mut self, path: &Path, key: BackingKey, is_dir: bool) -> u64 {
+        if let Some(&ino) = self.by_key.get(&key)
+            && let Some(n) = self.nodes.get_mut(&ino)
+        {
+            match n.paths.iter().position(|p| p == path) {
+                Some(0) => {}
+                Some(i) => {
+                    let p = n.paths.remove(i);
+                    n.paths.insert(0, p);
+                }
+                None => n.paths.insert(0, path.to_path_buf()),
+            }
+            n.is_dir = is_dir;
+            return ino;
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.nodes.insert(
+            ino,
+            Node {
+                paths: vec![path.to_path_buf()],
+                lookups: 0,
+                key,
+                is_dir,
+            },
+        );
+        self.by_key.insert(key, ino);
+        ino
+    }
+
+    /// Takes one lookup reference on `ino` (the kernel now knows it).
+    pub fn add_lookup(&mut self, ino: u64) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.lookups += 1;
+        }
+    }
+
+    /// `resolve` plus one lookup reference: what a reply with an entry needs.
+    pub fn lookup(&mut self, path: &Path, key: BackingKey, is_dir: bool) -> u64 {
+        let ino = self.resolve(path, key, is_dir);
+        self.add_lookup(ino);
+        ino
+    }
+
+    /// Drops `n` lookup references; the node goes when none are left.
+    /// Returns true when the node was removed.
+    pub fn forget(&mut self, ino: u64, n: u64) -> bool {
+        if ino == ROOT_INO {
+            return false;
+        }
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return false;
+        };
+        node.lookups = node.lookups.saturating_sub(n);
+        if node.lookups > 0 {
+            return false;
+        }
+        let key = node.key;
+        self.nodes.remove(&ino);
+        if self.by_key.get(&key) == Some(&ino) {
+            self.by_key.remove(&key);
+        }
+        true
+    }
+
+    /// The name `path` is gone (unlink, rmdir, or replaced by a rename).
+    pub fn remove_path(&mut self, path: &Path) {
+        for n in self.nodes.values_mut() {
+            n.paths.retain(|p| p != path);
+        }
+        // A removed directory's cached descendants lose their names too.
+        for n in self.nodes.values_mut() {
+            n.paths.retain(|p| !(p.starts_with(path) && p != path));
+        }
+    }
+
+    /// `from` was renamed to `to` (replacing whatever `to` was).
+    pub fn rename(&mut self, from: &Path, to: &Path) {
+        self.remove_path(to);
+        self.move_prefix(from, to);
+    }
+
+    /// `a` and `b` were exchanged (RENAME_EXCHANGE).
+    pub fn exchange(&mut self, a: &Path, b: &Path) {
+        let tmp = PathBuf::from("\0kmsfs-exchange");
+        self.move_prefix(a, &tmp);
+        self.move_prefix(b, a);
+        self.move_prefix(&tmp, b);
+    }
+
+    fn move_prefix(&mut self, from: &Path, to: &Path) {
+        for n in self.nodes.values_mut() {
+            for p in n.paths.iter_mut() {
+                if let Ok(rest) = p.strip_prefix(from) {
+                    *p = if rest.as_os_str().is_empty() {
+                        to.to_path_buf()
+                    } else {
+                        to.join(rest)
+                    };
+                }
+            }
+        }
+    }
+
+    /// Adds another name of `ino` (a new hard link).
+    pub fn add_path(&mut self, ino: u64, path: &Path) {
+        if let Some(n) = self.nodes.get_mut(&ino)
+            && !n.paths.iter().any(|p| p == path)
+        {
+            n.paths.push(path.to_path_buf());
+        }
+    }
+
+    /// Number of nodes.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> PathBuf {
+        PathBuf::from(s)
+    }
+
+    #[test]
+    fn lookup_forget_cycle() {
+        let mut t = InodeTable::new((1, 2));
+        let a = t.lookup(&p("a"), (1, 10), false);
+        assert_ne!(a, ROOT_INO);
+        assert_eq!(t.lookup(&p("a"), (1, 10), false), a);
+        assert_eq!(t.path(a), Some(Path::new("a")));
+        assert!(!t.forget(a, 1));
+        assert!(t.forget(a, 1));
+        assert!(!t.contains(a));
+        assert!(!t.forget(ROOT_INO, 5));
+        assert_eq!(t.path(ROOT_INO), Some(Path::new("")));
+    }
+
+    #[test]
+    fn hard_links_share_a_node_and_survive_unlink() {
+        let mut t = InodeTable::new((1, 2));
+        let a = t.lookup(&p("a"), (1, 10), false);
+        let b = t.lookup(&p("d/b"), (1, 10), false);
+        assert_eq!(a, b);
+        assert_eq!(t.path(a), Some(Path::new("d/b")));
+        t.remove_path(&p("d/b"));
+        assert_eq!(t.path(a), Some(Path::new("a")));
+        t.remove_path(&p("a"));
+        assert_eq!(t.path(a), None);
+        assert!(t.contains(a));
+    }
+
+    #[test]
+    fn directory_rename_moves_descendants() {
+        let mut t = InodeTable::new((1, 2));
+        let d = t.lookup(&p("d"), (1, 3), true);
+        let f = t.lookup(&p("d/e/f"), (1, 4), false);
+        let other = t.lookup(&p("dd"), (1, 5), false);
+        t.rename(&p("d"), &p("x/y"));
+        assert_eq!(t.path(d), Some(Path::new("x/y")));
+        assert_eq!(t.path(f), Some(Path::new("x/y/e/f")));
+        assert_eq!(t.path(other), Some(Path::new("dd")));
+    }
+
+    #[test]
+    fn rename_over_target_drops_its_name() {
+        let mut t = InodeTable::new((1, 2));
+        let a = t.lookup(&p("a"), (1, 10), false);
+        let b = t.lookup(&p("b"), (1, 11), false);
+        t.rename(&p("a"), &p("b"));
+        assert_eq!(t.path(a), Some(Path::new("b")));
+        assert_eq!(t.path(b), None);
+    }
+
+    #[test]
+    fn exchange_swaps_names() {
+        let mut t = InodeTable::new((1, 2));
+        let a = t.lookup(&p("a"), (1, 10), true);
+        let c = t.lookup(&p("a/c"), (1, 12), false);
+        let b = t.lookup(&p("b"), (1, 11), false);
+        t.exchange(&p("a"), &p("b"));
+        assert_eq!(t.path(a), Some(Path::new("b")));
+        assert_eq!(t.path(c), Some(Path::new("b/c")));
+        assert_eq!(t.path(b), Some(Path::new("a")));
+    }
+
+    #[test]
+    fn reused_backing_inode_after_forget_gets_a_new_number() {
+        let mut t = InodeTable::new((1, 2));
+        let a = t.lookup(&p("a"), (1, 10), false);
+        t.forget(a, 1);
+        let a2 = t.lookup(&p("a2"), (1, 10), false);
+        assert_ne!(a, a2);
+        assert_eq!(t.len(), 2);
+    }
+}

@@ -1,0 +1,485 @@
+//! The mount's lifecycle: checks before mounting (missing directories, an
+//! existing mount, a stale mount whose daemon died), `-o` options, serving in
+//! the foreground or as a daemon that reports readiness to its parent, clean
+//! unmount on SIGINT/SIGTERM/SIGHUP, and `unmount`.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fuser::{Config, MountOption, Session, SessionACL};
+
+use super::core::{FsConfig, KmsFs};
+use super::sys;
+use crate::kms::KeyService;
+
+/// Serving threads (each costs about 1 MiB of RSS).
+pub const SERVING_THREADS: usize = 4;
+/// Entry and attribute time-to-live: changes made beside the mount in the
+/// backing directory show within this time.
+pub const TTL: Duration = Duration::from_secs(1);
+
+/// Why a mount or unmount failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// A bad `-o` option or argument.
+    #[error("{0}")]
+    Usage(String),
+    /// A directory is missing or is not a directory.
+    #[error("{0}")]
+    NotFound(String),
+    /// Something is mounted there already (or nothing is, for unmount).
+    #[error("{0}")]
+    State(String, String),
+    /// A system call failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl MountError {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            MountError::State(_, h) => Some(h),
+            _ => None,
+        }
+    }
+}
+
+/// Everything `mount` needs.
+pub struct MountRequest {
+    /// The backing directory (absolute).
+    pub backing: PathBuf,
+    /// The mount point (absolute).
+    pub mountpoint: PathBuf,
+    /// The key service, already unsealed.
+    pub ks: Arc<dyn KeyService>,
+    /// The CMK for new files.
+    pub key_id: String,
+    /// Raw `-o` options (comma-separated lists).
+    pub options: Vec<String>,
+    /// Serve in this process instead of a daemon.
+    pub foreground: bool,
+    /// Where the daemon's log goes (else /dev/null).
+    pub log_file: Option<PathBuf>,
+}
+
+/// Parsed `-o` options.
+#[derive(Debug, Default, PartialEq)]
+pub struct Options {
+    /// Options for fuser.
+    pub mount: Vec<MountOption>,
+    /// allow_other / allow_root.
+    pub acl: SessionACL,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// Parses `-o a,b,c` lists into fuser options; unknown options are refused.
+pub fn parse_options(raw: &[String]) -> Result<Options, MountError> {
+    let mut o = Options::default();
+    for opt in raw
+        .iter()
+        .flat_map(|s| s.split(','))
+        .filter(|s| !s.is_empty())
+    {
+        let m = match opt {
+            "allow_other" => {
+                o.acl = SessionACL::All;
+                continue;
+            }
+            "allow_root" => {
+                o.acl = SessionACL::RootAndOwner;
+                continue;
+            }
+            "ro" => {
+                o.read_only = true;
+                MountOption::RO
+            }
+            "rw" => MountOption::RW,
+            "default_permissions" => MountOption::DefaultPermissions,
+            "auto_unmount" => MountOption::AutoUnmount,
+            "dev" => MountOption::Dev,
+            "nodev" => MountOption::NoDev,
+            "suid" => MountOption::Suid,
+            "nosuid" => MountOption::NoSuid,
+            "exec" => MountOption::Exec,
+            "noexec" => MountOption::NoExec,
+            "atime" => MountOption::Atime,
+            "noatime" => MountOption::NoAtime,
+            "sync" => MountOption::Sync,
+            "async" => MountOption::Async,
+            "dirsync" => MountOption::DirSync,
+            o if o.starts_with("fsname=") => MountOption::FSName(o[7..].to_string()),
+            o if o.starts_with("subtype=") => MountOption::Subtype(o[8..].to_string()),
+            other => {
+                return Err(MountError::Usage(format!(
+                    "unknown mount option {other:?} (known: allow_other, allow_root, \
+                     default_permissions, ro, rw, auto_unmount, [no]dev, [no]suid, [no]exec, \
+                     [no]atime, sync, async, dirsync, fsname=, subtype=)"
+                )));
+            }
+        };
+        o.mount.push(m);
+    }
+    if o.mount.contains(&MountOption::AutoUnmount) && o.acl == SessionACL::Owner {
+        return Err(MountError::Usage(
+            "auto_unmount needs allow_other or allow_root as well".into(),
+        ));
+    }
+    Ok(o)
+}
+
+/// One line of /proc/self/mountinfo.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MountInfo {
+    /// Mount point.
+    pub mountpoint: PathBuf,
+    /// File system type ("fuse", "fuse.x", ...).
+    pub fstype: String,
+    /// The source ("kmsfs:PID:BACKING" for our mounts).
+    pub source: String,
+}
+
+impl MountInfo {
+    /// The serving daemon's pid, for kmsfs mounts.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        let rest = self.source.strip_prefix("kmsfs:")?;
+        rest.split(':').next()?.parse().ok()
+    }
+}
+
+fn unescape(s: &str) -> String {
+    // mountinfo escapes space, tab, newline and backslash as \ooo.
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses mountinfo text.
+pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            Some(MountInfo {
+                mountpoint: PathBuf::from(unescape(f.get(4)?)),
+                fstype: f.get(sep + 1)?.to_string(),
+                source: unescape(f.get(sep + 2)?),
+            })
+        })
+        .collect()
+}
+
+/// The mount at exactly `path`, if any (the last one wins when stacked).
+pub fn mount_at(path: &Path) -> Option<MountInfo> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    parse_mountinfo(&text)
+        .into_iter()
+        .rfind(|m| m.mountpoint == path)
+}
+
+fn is_enotconn(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOTCONN)
+}
+
+/// Checks a mount point before mounting: it must be an existing directory
+/// with nothing live mounted on it. A dead FUSE mount (its daemon died: every
+/// access fails with ENOTCONN) is detached lazily; if that fails the error
+/// says what to run.
+pub fn prepare_mountpoint(mp: &Path) -> Result<(), MountError> {
+    match std::fs::metadata(mp) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(MountError::NotFound(format!(
+                "mount point {} is not a directory",
+                mp.display()
+            )));
+        }
+        Err(e) if is_enotconn(&e) => {
+            log::warn!(
+                "{}: stale mount (its daemon died); detaching it",
+                mp.display()
+            );
+            eprintln!(
+                "kmsfs: {} held a dead mount (its daemon had exited); detached it",
+                mp.display()
+            );
+            return sys::umount2(mp, libc::MNT_DETACH).map_err(|e| {
+                MountError::State(
+                    format!(
+                        "{} holds a dead mount that could not be detached: {e}",
+                        mp.display()
+                    ),
+                    format!(
+                        "run `fusermount3 -u -z {0}` (or as root `umount -l {0}`)",
+                        mp.display()
+                    ),
+                )
+            });
+        }
+        Err(e) => {
+            return Err(MountError::NotFound(format!(
+                "mount point {}: {e}",
+                mp.display()
+            )));
+        }
+    }
+    if let Some(m) = mount_at(mp) {
+        return Err(MountError::State(
+            format!(
+                "{} is already a mount point ({} from {})",
+                mp.display(),
+                m.fstype,
+                m.source
+            ),
+            format!("unmount it first: `kmsfs unmount {}`", mp.display()),
+        ));
+    }
+    Ok(())
+}
+
+fn session_config(req: &MountRequest, o: &Options) -> Config {
+    let mut cfg = Config::default();
+    cfg.mount_options = o.mount.clone();
+    // The daemon runs as root and opens every backing file itself: the kernel
+    // must check permissions against the attributes (gocryptfs does the same).
+    if !o.mount.contains(&MountOption::DefaultPermissions) {
+        cfg.mount_options.push(MountOption::DefaultPermissions);
+    }
+    if !o.mount.iter().any(|m| matches!(m, MountOption::FSName(_))) {
+        cfg.mount_options.push(MountOption::FSName(format!(
+            "kmsfs:{}:{}",
+            std::process::id(),
+            req.backing.display()
+        )));
+    }
+    cfg.mount_options.push(MountOption::Subtype("kmsfs".into()));
+    cfg.acl = o.acl;
+    cfg.n_threads = Some(SERVING_THREADS);
+    cfg.clone_fd = true;
+    cfg
+}
+
+/// Mounts and serves until unmounted. `ready` is told once the mount is usable
+/// (or why it failed).
+fn serve(req: &MountRequest, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), MountError> {
+    let o = parse_options(&req.options)?;
+    // Threads made from here on (fuser's) inherit the mask: only the signal
+    // thread below receives the stop signals.
+    sys::block_stop_signals().map_err(|e| MountError::Io(format!("signal setup: {e}")))?;
+    let fs = KmsFs::new(FsConfig {
+        backing: req.backing.clone(),
+        ks: req.ks.clone(),
+        key_id: req.key_id.clone(),
+        read_only: o.read_only,
+        ttl: TTL,
+    })
+    .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;
+    let session = match Session::new(fs, &req.mountpoint, &session_config(req, &o)) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("mounting {} failed: {e}", req.mountpoint.display());
+            ready(Err(msg.clone()));
+            return Err(MountError::Io(msg));
+        }
+    };
+    log::info!(
+        "mounted {} on {}",
+        req.backing.display(),
+        req.mountpoint.display()
+    );
+    ready(Ok(()));
+    let mp = req.mountpoint.clone();
+    std::thread::Builder::new()
+        .name("kmsfs-signals".into())
+        .spawn(move || stop_on_signal(&mp))
+        .map_err(|e| MountError::Io(format!("signal thread: {e}")))?;
+    let r = session.run();
+    log::info!("unmounted {}", req.mountpoint.display());
+    r.map_err(|e| MountError::Io(format!("serving {}: {e}", req.mountpoint.display())))
+}
+
+fn stop_on_signal(mp: &Path) {
+    loop {
+        match sys::wait_stop_signal() {
+            Ok(sig) => {
+                log::info!("signal {sig}: unmounting {}", mp.display());
+                // Unmounting writes back the kernel's dirty pages through us and
+                // then ends the session; with files still open, detach lazily.
+                if let Err(e) = sys::umount2(mp, 0) {
+                    log::info!("umount {}: {e}; detaching lazily", mp.display());
+                    if let Err(e) = sys::umount2(mp, libc::MNT_DETACH) {
+                        log::warn!("could not unmount {}: {e}", mp.display());
+                        continue;
+                    }
+                }
+                return;
+            }
+            Err(e) => {
+                log::warn!("waiting for signals failed: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// Mounts: in the foreground (returns after unmount) or as a daemon (returns
+/// once the mount is usable; the daemon serves until unmounted).
+pub fn mount(req: MountRequest) -> Result<(), MountError> {
+    prepare_mountpoint(&req.mountpoint)?;
+    parse_options(&req.options)?;
+    if req.foreground {
+        return serve(&req, &mut |_| {});
+    }
+    let (mut rx, tx) = std::io::pipe().map_err(|e| MountError::Io(format!("pipe: {e}")))?;
+    match sys::fork().map_err(|e| MountError::Io(e.to_string()))? {
+        sys::Forked::Parent(child) => {
+            drop(tx);
+            let mut msg = String::new();
+            let _ = rx.read_to_string(&mut msg);
+            match msg.strip_prefix("OK") {
+                Some(_) => {
+                    log::info!("mount daemon {child} is serving");
+                    Ok(())
+                }
+                None => match msg.strip_prefix("ERR ") {
+                    Some(m) => Err(MountError::Io(m.trim_end().to_string())),
+                    None => Err(MountError::Io(format!(
+                        "the mount daemon (pid {child}) exited before the mount was ready{}",
+                        req.log_file
+                            .as_ref()
+                            .map(|p| format!("; see {}", p.display()))
+                            .unwrap_or_default()
+                    ))),
+                },
+            }
+        }
+        sys::Forked::Child => {
+            drop(rx);
+            let code = daemon_main(&req, tx);
+            std::process::exit(code);
+        }
+    }
+}
+
+fn daemon_main(req: &MountRequest, mut tx: std::io::PipeWriter) -> i32 {
+    if let Err(e) = sys::setsid().and_then(|()| sys::redirect_stdio(req.log_file.as_deref())) {
+        let _ = write!(tx, "ERR cannot start the mount daemon: {e}");
+        return 1;
+    }
+    let mut tx = Some(tx);
+    let mut ready = |r: Result<(), String>| {
+        if let Some(mut t) = tx.take() {
+            let _ = match r {
+                Ok(()) => t.write_all(b"OK\n"),
+                Err(m) => write!(t, "ERR {m}"),
+            };
+        }
+    };
+    match serve(req, &mut ready) {
+        Ok(()) => 0,
+        Err(e) => {
+            ready(Err(e.to_string()));
+            log::error!("{e}");
+            1
+        }
+    }
+}
+
+/// Unmounts `mp` and waits (up to 10 s) for its kmsfs daemon to exit.
+pub fn unmount(mp: &Path) -> Result<(), MountError> {
+    let abs = std::path::absolute(mp).map_err(|e| MountError::Io(e.to_string()))?;
+    let path = match std::fs::canonicalize(&abs) {
+        Ok(p) => p,
+        Err(e) if is_enotconn(&e) => abs.clone(),
+        Err(e) => return Err(MountError::NotFound(format!("{}: {e}", abs.display()))),
+    };
+    let Some(info) = mount_at(&path) else {
+        return Err(MountError::State(
+            format!("{} is not mounted", path.display()),
+            "list mounts with `grep kmsfs /proc/self/mountinfo`".into(),
+        ));
+    };
+    match sys::umount2(&path, 0) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            return Err(MountError::State(
+                format!(
+                    "{} is busy: files or directories under it are in use",
+                    path.display()
+                ),
+                format!(
+                    "close them (`fuser -vm {0}` lists the processes) or detach lazily with `umount -l {0}`",
+                    path.display()
+                ),
+            ));
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let st = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg(&path)
+                .status()
+                .map_err(|e| MountError::Io(format!("fusermount3: {e}")))?;
+            if !st.success() {
+                return Err(MountError::Io(format!(
+                    "fusermount3 -u {} failed",
+                    path.display()
+                )));
+            }
+        }
+        Err(e) => return Err(MountError::Io(format!("umount {}: {e}", path.display()))),
+    }
+    if let Some(pid) = info.daemon_pid() {
+        let t0 = Instant::now();
+        while sys::process_alive(pid) && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parse_and_refuse() {
+        let o = parse_options(&["ro,allow_other".into(), "default_permissions".into()]).unwrap();
+        assert!(o.read_only);
+        assert_eq!(o.acl, SessionACL::All);
+        assert_eq!(
+            o.mount,
+            vec![MountOption::RO, MountOption::DefaultPermissions]
+        );
+        assert!(parse_options(&["bogus".into()]).is_err());
+        assert!(parse_options(&["auto_unmount".into()]).is_err());
+    }
+
+    #[test]
+    fn mountinfo_parsing() {
+        let t = "36 35 98:0 / /mnt/a\\040b rw,noatime master:1 - fuse kmsfs:123:/data/x rw,user_id=0\n\
+                 37 35 98:0 / /other rw - ext4 /dev/sda1 rw\n";
+        let m = parse_mountinfo(t);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].mountpoint, PathBuf::from("/mnt/a b"));
+        assert_eq!(m[0].fstype, "fuse");
+        assert_eq!(m[0].daemon_pid(), Some(123));
+        assert_eq!(m[1].daemon_pid(), None);
+    }
+}

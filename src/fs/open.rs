@@ -1,0 +1,163 @@
+//! Open files: one `EncryptedFile` per inode over one read-write backing fd,
+//! shared by every handle of that inode (and by its hard links), behind a
+//! read-write lock: reads run in parallel, writes and truncates are exclusive.
+//! The state, its fd and its data key go when the last handle is released.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use fuser::Errno;
+
+use super::errno::{envelope_errno, io_errno};
+use crate::envelope::EncryptedFile;
+
+/// The open state of one inode.
+#[derive(Debug)]
+pub struct OpenFile {
+    ef: RwLock<EncryptedFile>,
+    /// The backing path at open time, for log messages only.
+    backing: PathBuf,
+}
+
+impl OpenFile {
+    /// Wraps an opened encrypted file.
+    pub fn new(ef: EncryptedFile, backing: PathBuf) -> Self {
+        Self {
+            ef: RwLock::new(ef),
+            backing,
+        }
+    }
+
+    /// The backing path (for logs).
+    pub fn backing(&self) -> &Path {
+        &self.backing
+    }
+
+    /// Shared access (reads, stat, seek).
+    pub fn read(&self) -> RwLockReadGuard<'_, EncryptedFile> {
+        self.ef.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Exclusive access (writes, truncate, fallocate).
+    pub fn write(&self) -> RwLockWriteGuard<'_, EncryptedFile> {
+        self.ef.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads up to `size` bytes at `offset` (short only at end of file).
+    pub fn read_at(&self, offset: u64, size: usize) -> Result<Vec<u8>, Errno> {
+        let ef = self.read();
+        let mut buf = vec![0u8; size];
+        let mut done = 0;
+        while done < size {
+            let n = ef
+                .read_at(&mut buf[done..], offset + done as u64)
+                .map_err(|e| envelope_errno(&e, &self.backing))?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    /// Writes `data` at `offset`.
+    pub fn write_at(&self, data: &[u8], offset: u64) -> Result<(), Errno> {
+        self.write()
+            .write_at(data, offset)
+            .map_err(|e| envelope_errno(&e, &self.backing))
+    }
+
+    /// Truncates or extends to `size` plaintext bytes.
+    pub fn set_len(&self, size: u64) -> Result<(), Errno> {
+        self.write()
+            .set_len(size)
+            .map_err(|e| envelope_errno(&e, &self.backing))
+    }
+
+    /// fsync / fdatasync of the backing file.
+    pub fn sync(&self, data_only: bool) -> Result<(), Errno> {
+        let ef = self.read();
+        let r = if data_only {
+            ef.file().sync_data()
+        } else {
+            ef.file().sync_all()
+        };
+        r.map_err(|e| io_errno(&e))
+    }
+
+    /// fstat of the backing file (works after unlink).
+    pub fn metadata(&self) -> Result<std::fs::Metadata, Errno> {
+        self.read().file().metadata().map_err(|e| io_errno(&e))
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    file: Arc<OpenFile>,
+    handles: u64,
+}
+
+/// All open inodes.
+#[derive(Debug, Default)]
+pub struct OpenTable {
+    map: Mutex<HashMap<u64, Entry>>,
+}
+
+impl OpenTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The open state of `ino`, if any handle is open.
+    pub fn get(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        self.lock().get(&ino).map(|e| e.file.clone())
+    }
+
+    /// Adds a handle to `ino`: to its existing state if there is one (the
+    /// `fresh` state is then dropped), else `fresh` becomes the state.
+    pub fn attach(&self, ino: u64, fresh: impl FnOnce() -> OpenFile) -> Arc<OpenFile> {
+        let mut m = self.lock();
+        let e = m.entry(ino).or_insert_with(|| Entry {
+            file: Arc::new(fresh()),
+            handles: 0,
+        });
+        e.handles += 1;
+        e.file.clone()
+    }
+
+    /// Adds a handle to an inode that is already open; None if it is not.
+    pub fn attach_existing(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        let mut m = self.lock();
+        let e = m.get_mut(&ino)?;
+        e.handles += 1;
+        Some(e.file.clone())
+    }
+
+    /// Releases one handle; the state goes with the last one.
+    pub fn release(&self, ino: u64) {
+        let mut m = self.lock();
+        if let Some(e) = m.get_mut(&ino) {
+            e.handles = e.handles.saturating_sub(1);
+            if e.handles == 0 {
+                m.remove(&ino);
+            }
+        }
+    }
+
+    /// Syncs and drops every state (unmount).
+    pub fn close_all(&self) {
+        let all: Vec<Entry> = self.lock().drain().map(|(_, e)| e).collect();
+        for e in all {
+            if let Err(err) = e.file.sync(true) {
+                log::warn!("{}: final sync failed: {err:?}", e.file.backing().display());
+            }
+        }
+    }
+}

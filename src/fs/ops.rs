@@ -1,0 +1,692 @@
+//! fuser's `Filesystem` callbacks: each looks up what it needs, calls a
+//! `KmsFs` method or a system call on the backing path, and replies once.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::time::SystemTime;
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use super::core::{KmsFs, filter_xattr_list, reserved_xattr};
+use super::errno::io_errno;
+use super::sparse;
+use super::sys::{self, Utime};
+use crate::kms::Caller;
+
+/// Largest write the kernel may send (the kernel here caps it at 1 MiB).
+pub const MAX_WRITE: u32 = 1 << 20;
+const GENERATION: Generation = Generation(0);
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+fn ioe(e: io::Error) -> Errno {
+    io_errno(&e)
+}
+
+fn utime(t: Option<TimeOrNow>) -> Utime {
+    match t {
+        None => Utime::Omit,
+        Some(TimeOrNow::Now) => Utime::Now,
+        Some(TimeOrNow::SpecificTime(t)) => Utime::At(t),
+    }
+}
+
+impl KmsFs {
+    fn reply_entry(&self, r: Result<FileAttr, Errno>, reply: ReplyEntry) {
+        match r {
+            Ok(attr) => reply.entry(&self.ttl(), &attr, GENERATION),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn writable(&self) -> Result<(), Errno> {
+        if self.read_only() {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// After making a node at `rel`: give it to the caller and register it.
+    fn made(&self, rel: &Path, req: &Request) -> Result<FileAttr, Errno> {
+        let abs = self.abs(rel);
+        self.set_owner(&abs, &caller(req))?;
+        let m = std::fs::symlink_metadata(&abs).map_err(ioe)?;
+        Ok(self.entry(rel, &m))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn do_setattr(
+        &self,
+        req: &Request,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+    ) -> Result<FileAttr, Errno> {
+        if let Some(size) = size {
+            self.truncate(ino, size, &caller(req))?;
+        }
+        let abs = self.abs(&self.rel(ino)?);
+        if let Some(mode) = mode {
+            let p = std::fs::Permissions::from_mode(mode & 0o7777);
+            std::fs::set_permissions(&abs, p).map_err(ioe)?;
+        }
+        if uid.is_some() || gid.is_some() {
+            std::os::unix::fs::lchown(&abs, uid, gid).map_err(ioe)?;
+        }
+        if atime.is_some() || mtime.is_some() {
+            sys::utimens(&abs, utime(atime), utime(mtime)).map_err(ioe)?;
+        }
+        self.getattr(ino)
+    }
+
+    fn do_rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: RenameFlags,
+    ) -> Result<(), Errno> {
+        let from = self.child(parent, name)?;
+        let to = self.child(newparent, newname)?;
+        sys::renameat2(&self.abs(&from), &self.abs(&to), flags.bits()).map_err(ioe)?;
+        self.renamed(&from, &to, flags.contains(RenameFlags::RENAME_EXCHANGE));
+        Ok(())
+    }
+
+    fn do_access(&self, req: &Request, ino: u64, mask: i32) -> Result<(), Errno> {
+        let a = self.getattr(ino)?;
+        if mask == libc::F_OK {
+            return Ok(());
+        }
+        if mask & libc::W_OK != 0 && self.read_only() {
+            return Err(Errno::EROFS);
+        }
+        let perm = u32::from(a.perm);
+        let bits = if req.uid() == 0 {
+            // Root may read and write anything; execute needs some x bit (or a directory).
+            let x = a.kind == FileType::Directory || perm & 0o111 != 0;
+            return if mask & libc::X_OK != 0 && !x {
+                Err(Errno::EACCES)
+            } else {
+                Ok(())
+            };
+        } else if req.uid() == a.uid {
+            (perm >> 6) & 7
+        } else if req.gid() == a.gid {
+            (perm >> 3) & 7
+        } else {
+            perm & 7
+        };
+        if (mask as u32) & !bits & 7 != 0 {
+            Err(Errno::EACCES)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn xattr_reply(&self, r: io::Result<usize>, size: u32, buf: &[u8], reply: ReplyXattr) {
+        match r {
+            Err(e) => reply.error(ioe(e)),
+            Ok(n) if size == 0 => reply.size(n as u32),
+            Ok(n) if n > size as usize => reply.error(Errno::ERANGE),
+            Ok(n) => reply.data(&buf[..n]),
+        }
+    }
+}
+
+impl Filesystem for KmsFs {
+    fn init(&mut self, _req: &Request, cfg: &mut KernelConfig) -> io::Result<()> {
+        let wanted = [
+            InitFlags::FUSE_WRITEBACK_CACHE,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_ASYNC_DIO,
+        ];
+        for flag in wanted {
+            if let Err(missing) = cfg.add_capabilities(flag) {
+                log::info!("kernel does not offer {missing:?}");
+            }
+        }
+        let _ = cfg
+            .set_max_write(MAX_WRITE)
+            .or_else(|max| cfg.set_max_write(max));
+        let _ = cfg.set_max_background(64);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.shutdown();
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.reply_entry(KmsFs::lookup(self, parent.0, name), reply);
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        KmsFs::forget(self, ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match KmsFs::getattr(self, ino.0) {
+            Ok(a) => reply.attr(&self.ttl(), &a),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        match self.do_setattr(req, ino.0, mode, uid, gid, size, atime, mtime) {
+            Ok(a) => reply.attr(&self.ttl(), &a),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let r = self
+            .rel(ino.0)
+            .and_then(|rel| std::fs::read_link(self.abs(&rel)).map_err(ioe));
+        match r {
+            Ok(t) => reply.data(t.as_os_str().as_bytes()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self.writable().and_then(|()| {
+            if mode & libc::S_IFMT == libc::S_IFREG {
+                // A regular file made by mknod still gets a header and data key.
+                let (attr, _) = self.create(parent.0, name, mode, &caller(req))?;
+                self.release(attr.ino.0);
+                return Ok(attr);
+            }
+            let rel = self.child(parent.0, name)?;
+            sys::mknod(&self.abs(&rel), mode, rdev).map_err(ioe)?;
+            self.made(&rel, req)
+        });
+        self.reply_entry(r, reply);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self.writable().and_then(|()| {
+            let rel = self.child(parent.0, name)?;
+            std::fs::DirBuilder::new()
+                .mode(mode & 0o7777)
+                .create(self.abs(&rel))
+                .map_err(ioe)?;
+            self.made(&rel, req)
+        });
+        self.reply_entry(r, reply);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self.child(parent.0, name).and_then(|rel| {
+            std::fs::remove_file(self.abs(&rel)).map_err(ioe)?;
+            self.forget_path(&rel);
+            Ok(())
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self.child(parent.0, name).and_then(|rel| {
+            std::fs::remove_dir(self.abs(&rel)).map_err(ioe)?;
+            self.forget_path(&rel);
+            Ok(())
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self.writable().and_then(|()| {
+            let rel = self.child(parent.0, link_name)?;
+            std::os::unix::fs::symlink(target, self.abs(&rel)).map_err(ioe)?;
+            self.made(&rel, req)
+        });
+        self.reply_entry(r, reply);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.do_rename(parent.0, name, newparent.0, newname, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = (|| {
+            let from = self.abs(&self.rel(ino.0)?);
+            let rel = self.child(newparent.0, newname)?;
+            std::fs::hard_link(&from, self.abs(&rel)).map_err(ioe)?;
+            self.linked(ino.0, &rel);
+            KmsFs::getattr(self, ino.0)
+        })();
+        self.reply_entry(r, reply);
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let truncate = flags.0 & libc::O_TRUNC != 0;
+        match KmsFs::open(self, ino.0, &caller(req), truncate) {
+            Ok(_) => reply.opened(FileHandle(ino.0), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self
+            .open_state(ino.0)
+            .and_then(|f| f.read_at(offset, size as usize))
+        {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self
+            .open_state(ino.0)
+            .and_then(|f| f.write_at(data, offset))
+        {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is buffered here: every write already reached the backing file.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        KmsFs::release(self, ino.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.open_state(ino.0).and_then(|f| f.sync(datasync)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match KmsFs::opendir(self, ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.dir_snapshot(fh.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        let dots = [(".", FileType::Directory), ("..", FileType::Directory)];
+        let all = dots.iter().map(|(n, k)| (OsStr::new(n), *k, ino.0)).chain(
+            entries
+                .iter()
+                .map(|e| (e.name.as_os_str(), e.kind, e.backing_ino)),
+        );
+        for (i, (name, kind, eino)) in all.enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(eino), i as u64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let (entries, dir, dir_attr) = match self
+            .dir_snapshot(fh.0)
+            .and_then(|e| Ok((e, self.rel(ino.0)?, KmsFs::getattr(self, ino.0)?)))
+        {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
+        };
+        let ttl = self.ttl();
+        for i in (offset as usize)..entries.len() + 2 {
+            let next = i as u64 + 1;
+            let full = match i {
+                // "." and ".." take no lookup reference in the kernel.
+                0 => reply.add(ino, next, ".", &ttl, &dir_attr, GENERATION),
+                1 => reply.add(ino, next, "..", &ttl, &dir_attr, GENERATION),
+                _ => {
+                    let e = &entries[i - 2];
+                    // An entry gone since the snapshot is skipped (Err -> not full).
+                    self.dir_entry_plus(&dir, &e.name, |a| {
+                        reply.add(a.ino, next, &e.name, &ttl, a, GENERATION)
+                    })
+                    .unwrap_or_default()
+                }
+            };
+            if full {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        KmsFs::releasedir(self, fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.rel(ino.0).and_then(|rel| {
+            std::fs::File::open(self.abs(&rel))
+                .and_then(|d| d.sync_all())
+                .map_err(ioe)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match sys::statvfs(&self.abs(Path::new(""))) {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namemax, s.frsize,
+            ),
+            Err(e) => reply.error(ioe(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if reserved_xattr(name) {
+            return reply.error(Errno::EPERM);
+        }
+        let r = self
+            .writable()
+            .and_then(|()| self.rel(ino.0))
+            .and_then(|rel| sys::setxattr(&self.abs(&rel), name, value, flags).map_err(ioe));
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if reserved_xattr(name) {
+            return reply.error(Errno::NO_XATTR);
+        }
+        let rel = match self.rel(ino.0) {
+            Ok(r) => r,
+            Err(e) => return reply.error(e),
+        };
+        let mut buf = vec![0u8; size as usize];
+        let r = sys::getxattr(&self.abs(&rel), name, &mut buf);
+        self.xattr_reply(r, size, &buf, reply);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let rel = match self.rel(ino.0) {
+            Ok(r) => r,
+            Err(e) => return reply.error(e),
+        };
+        let abs = self.abs(&rel);
+        let r = sys::listxattr(&abs, &mut []).and_then(|n| {
+            let mut buf = vec![0u8; n];
+            let n = sys::listxattr(&abs, &mut buf)?;
+            buf.truncate(n);
+            Ok(filter_xattr_list(&buf))
+        });
+        match r {
+            Ok(list) => self.xattr_reply(Ok(list.len()), size, &list, reply),
+            Err(e) => reply.error(ioe(e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if reserved_xattr(name) {
+            return reply.error(Errno::EPERM);
+        }
+        let r = self
+            .writable()
+            .and_then(|()| self.rel(ino.0))
+            .and_then(|rel| sys::removexattr(&self.abs(&rel), name).map_err(ioe));
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        match self.do_access(req, ino.0, mask.bits()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = self
+            .writable()
+            .and_then(|()| KmsFs::create(self, parent.0, name, mode, &caller(req)));
+        match r {
+            Ok((attr, _)) => reply.created(
+                &self.ttl(),
+                &attr,
+                GENERATION,
+                FileHandle(attr.ino.0),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self
+            .open_state(ino.0)
+            .and_then(|f| sparse::fallocate(&f, offset, length, mode))
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let offset = match u64::try_from(offset) {
+            Ok(o) => o,
+            Err(_) => return reply.error(Errno::ENXIO),
+        };
+        let r = self.open_state(ino.0).and_then(|f| match whence {
+            libc::SEEK_DATA => sparse::seek_data(&f, offset),
+            libc::SEEK_HOLE => sparse::seek_hole(&f, offset),
+            _ => Err(Errno::EINVAL),
+        });
+        match r {
+            Ok(pos) => reply.offset(pos as i64),
+            Err(e) => reply.error(e),
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! Thin wrappers over the system calls that std does not offer (renameat2,
+//! mknod, utimensat, fallocate, lseek, xattrs, statvfs, umount2, signals,
+//! fork). Every `unsafe` block of the mount lives here, each with its reason.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::SystemTime;
+
+/// A path as a C string; a path with an interior NUL is refused with EINVAL.
+pub fn cstr(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn name_cstr(n: &OsStr) -> io::Result<CString> {
+    CString::new(n.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// renameat2(2) with `flags` (RENAME_NOREPLACE, RENAME_EXCHANGE).
+pub fn renameat2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
+    let (f, t) = (cstr(from)?, cstr(to)?);
+    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
+    check(unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            flags as libc::c_uint,
+        )
+    })
+}
+
+/// mknod(2): FIFOs, sockets and (as root, if the mount allows) devices.
+pub fn mknod(path: &Path, mode: u32, rdev: u32) -> io::Result<()> {
+    let p = cstr(path)?;
+    // SAFETY: `p` is a valid NUL-terminated string that outlives the call.
+    check(unsafe { libc::mknod(p.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) })
+}
+
+/// A time for `utimens`: unchanged, now, or a given time.
+#[derive(Debug, Clone, Copy)]
+pub enum Utime {
+    /// Leave unchanged.
+    Omit,
+    /// The current time.
+    Now,
+    /// This time.
+    At(SystemTime),
+}
+
+fn timespec(t: Utime) -> libc::timespec {
+    match t {
+        Utime::Omit => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Utime::Now => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Utime::At(t) => {
+            let (sec, nsec) = match t.duration_since(SystemTime::UNIX_EPOCH) {
+                Ok(d) => (d.as_secs() as i64, i64::from(d.subsec_nanos())),
+                Err(e) => {
+                    let d = e.duration();
+                    let (s, n) = (d.as_secs() as i64, i64::from(d.subsec_nanos()));
+                    if n == 0 {
+                        (-s, 0)
+                    } else {
+                        (-s - 1, 1_000_000_000 - n)
+                    }
+                }
+            };
+            libc::timespec {
+                tv_sec: sec as libc::time_t,
+                tv_nsec: nsec as _,
+            }
+        }
+    }
+}
+
+/// utimensat(2) without following a final symlink.
+pub fn utimens(path: &Path, atime: Utime, mtime: Utime) -> io::Result<()> {
+    let p = cstr(path)?;
+    let ts = [timespec(atime), timespec(mtime)];
+    // SAFETY: `p` is a valid C string and `ts` an array of two timespecs, both live
+    // for the duration of the call.
+    check(unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+}
+
+/// fallocate(2) on an open file.
+pub fn fallocate(fd: &impl AsRawFd, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+    let (o, l) = (to_off(offset)?, to_off(len)?);
+    // SAFETY: plain integer arguments; the fd is borrowed from a live File.
+    check(unsafe { libc::fallocate(fd.as_raw_fd(), mode, o, l) })
+}
+
+fn to_off(v: u64) -> io::Result<libc::off_t> {
+    libc::off_t::try_from(v).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))
+}
+
+/// lseek(2) on an open file (used for SEEK_DATA/SEEK_HOLE on the backing file).
+pub fn lseek(fd: &impl AsRawFd, offset: u64, whence: i32) -> io::Result<u64> {
+    let o = to_off(offset)?;
+    let raw: RawFd = fd.as_raw_fd();
+    // SAFETY: plain integer arguments; the fd is borrowed from a live File. SEEK_DATA
+    // and SEEK_HOLE only report a position, but they do move this fd's offset, which
+    // the mount never uses (all I/O is positioned).
+    let r = unsafe { libc::lseek(raw, o, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as u64)
+    }
+}
+
+/// lgetxattr(2); `buf` empty asks for the size.
+pub fn getxattr(path: &Path, name: &OsStr, buf: &mut [u8]) -> io::Result<usize> {
+    let (p, n) = (cstr(path)?, name_cstr(name)?);
+    // SAFETY: valid C strings; `buf` is writable for `buf.len()` bytes (a null
+    // pointer with size 0 asks only for the size).
+    let r = unsafe {
+        libc::lgetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len() as libc::size_t,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// lsetxattr(2).
+pub fn setxattr(path: &Path, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    let (p, n) = (cstr(path)?, name_cstr(name)?);
+    // SAFETY: valid C strings; `value` is readable for `value.len()` bytes.
+    check(unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len() as libc::size_t,
+            flags,
+        )
+    })
+}
+
+/// llistxattr(2): NUL-separated names; `buf` empty asks for the size.
+pub fn listxattr(path: &Path, buf: &mut [u8]) -> io::Result<usize> {
+    let p = cstr(path)?;
+    // SAFETY: valid C string; `buf` is writable for `buf.len()` bytes.
+    let r = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// lremovexattr(2).
+pub fn removexattr(path: &Path, name: &OsStr) -> io::Result<()> {
+    let (p, n) = (cstr(path)?, name_cstr(name)?);
+    // SAFETY: valid C strings that outlive the call.
+    check(unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) })
+}
+
+/// What statfs reports.
+#[derive(Debug, Clone, Copy)]
+pub struct FsStats {
+    /// Total blocks (in `frsize` units).
+    pub blocks: u64,
+    /// Free blocks.
+    pub bfree: u64,
+    /// Free blocks for unprivileged users.
+    pub bavail: u64,
+    /// Total inodes.
+    pub files: u64,
+    /// Free inodes.
+    pub ffree: u64,
+    /// Preferred block size.
+    pub bsize: u32,
+    /// Longest name.
+    pub namemax: u32,
+    /// Fragment size.
+    pub frsize: u32,
+}
+
+/// statvfs(3) of the backing file system.
+pub fn statvfs(path: &Path) -> io::Result<FsStats> {
+    let p = cstr(path)?;
+    // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `p` is a valid C string and `s` a writable statvfs.
+    check(unsafe { libc::statvfs(p.as_ptr(), &mut s) })?;
+    Ok(FsStats {
+        blocks: s.f_blocks,
+        bfree: s.f_bfree,
+        bavail: s.f_bavail,
+        files: s.f_files,
+        ffree: s.f_ffree,
+        bsize: s.f_bsize as u32,
+        namemax: s.f_namemax as u32,
+        frsize: s.f_frsize as u32,
+    })
+}
+
+/// umount2(2) with `flags` (0 or MNT_DETACH).
+pub fn umount2(path: &Path, flags: i32) -> io::Result<()> {
+    let p = cstr(path)?;
+    // SAFETY: `p` is a valid C string that outlives the call.
+    check(unsafe { libc::umount2(p.as_ptr(), flags) })
+}
+
+/// True when this process runs as root (the mount chowns new files to the caller).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The signals that end a mount cleanly.
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+fn stop_sigset() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set it is given; sigaddset adds valid
+    // signal numbers to that initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in STOP_SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread, so that threads it
+/// spawns afterwards inherit the mask and only `wait_stop_signal` sees them.
+pub fn block_stop_signals() -> io::Result<()> {
+    let set = stop_sigset();
+    // SAFETY: `set` is an initialised sigset; the old mask is not requested.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Waits for one of the blocked stop signals and returns its number.
+pub fn wait_stop_signal() -> io::Result<i32> {
+    let set = stop_sigset();
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `set` is an initialised sigset and `sig` a writable int.
+    let rc = unsafe { libc::sigwait(&set, &mut sig) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(sig)
+}
+
+/// Number of threads of this process (fork is only safe with one).
+pub fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Which side of a fork we are on.
+#[derive(Debug)]
+pub enum Forked {
+    /// The original process; the child has this pid.
+    Parent(u32),
+    /// The new process.
+    Child,
+}
+
+/// fork(2). Callers must be single-threaded (checked) so the child inherits no
+/// lock held by another thread.
+pub fn fork() -> io::Result<Forked> {
+    if thread_count() != 1 {
+        return Err(io::Error::other(
+            "cannot daemonize: the process already runs several threads",
+        ));
+    }
+    // SAFETY: the process is single-threaded (checked above), so the child starts
+    // in a consistent state; both sides continue with ordinary Rust code.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        p if p < 0 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        p => Ok(Forked::Parent(p as u32)),
+    }
+}
+
+/// setsid(2): a new session without a controlling terminal.
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: no arguments; fails only if already a process group leader.
+    check(unsafe { libc::setsid() })
+}
+
+/// Points stdin at /dev/null and stdout/stderr at `log` (or /dev/null).
+pub fn redirect_stdio(log: Option<&Path>) -> io::Result<()> {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    let out = match log {
+        Some(p) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)?,
+        None => null.try_clone()?,
+    };
+    // SAFETY: dup2 onto the standard descriptors from descriptors that stay open
+    // for the call; afterwards the standard descriptors refer to the new files.
+    unsafe {
+        check(libc::dup2(null.as_raw_fd(), 0))?;
+        check(libc::dup2(out.as_raw_fd(), 1))?;
+        check(libc::dup2(out.as_raw_fd(), 2))?;
+    }
+    Ok(())
+}
+
+/// True when a process with this pid exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may contain spaces.
+        Ok(s) => match s.rfind(')') {
+            Some(i) => !matches!(
+                s[i + 1..].trim_start().chars().next(),
+                Some('Z') | Some('X')
+            ),
+            None => true,
+        },
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utime_before_epoch_is_normalised() {
+        let t = SystemTime::UNIX_EPOCH - std::time::Duration::from_millis(1500);
+        let ts = timespec(Utime::At(t));
+        assert_eq!(ts.tv_sec, -2);
+        assert_eq!(ts.tv_nsec, 500_000_000);
+    }
+
+    #[test]
+    fn own_process_is_alive() {
+        assert!(process_alive(std::process::id()));
+        assert!(!process_alive(u32::MAX - 1));
+    }
+
+    #[test]
+    fn xattr_round_trip_on_tmp() {
+        let dir = std::env::temp_dir().join(format!("kmsfs-sys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("x");
+        std::fs::write(&f, b"").unwrap();
+        if setxattr(&f, OsStr::new("user.t"), b"v", 0).is_ok() {
+            let mut b = [0u8; 8];
+            assert_eq!(getxattr(&f, OsStr::new("user.t"), &mut b).unwrap(), 1);
+            assert_eq!(listxattr(&f, &mut []).unwrap(), 7);
+            removexattr(&f, OsStr::new("user.t")).unwrap();
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

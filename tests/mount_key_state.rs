@@ -1,0 +1,136 @@
+//! EBS semantics: when another process disables a file's key (or schedules
+//! its deletion), new opens fail with EACCES within a second, handles already
+//! open keep working, stat and readdir keep working; enabling restores access.
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use common::Mount;
+
+const KEY: &str = "alias/kmsfs/default";
+
+/// Waits (up to 1 s) until opening `name` fails with EACCES; returns how long it took.
+fn wait_for_eacces(m: &Mount, name: &str) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        match File::open(m.p(name)) {
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => return t0.elapsed(),
+            Err(e) => panic!("open {name}: expected EACCES, got {e}"),
+            Ok(_) if t0.elapsed() > Duration::from_secs(1) => {
+                panic!("open {name} still succeeds 1 s after the key was disabled")
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+#[test]
+fn disabled_key_refuses_new_opens_but_not_open_handles() {
+    let Some(m) = Mount::new("disable") else {
+        return;
+    };
+    fs::write(m.p("open-me"), b"kept open").unwrap();
+    fs::write(m.p("cold"), b"never opened again").unwrap();
+    let held = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.p("open-me"))
+        .unwrap();
+    m.ok(&["kms", "disable-key", "--key-id", KEY]);
+    let took = wait_for_eacces(&m, "open-me");
+    eprintln!("EACCES {took:?} after disable-key returned");
+    assert_eq!(
+        File::open(m.p("cold")).unwrap_err().raw_os_error(),
+        Some(libc::EACCES)
+    );
+    // New files cannot get a data key either, and leave nothing behind.
+    let e = File::create(m.p("new")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+    assert!(!m.b("new").exists());
+    // The open handle keeps working, for reads and writes.
+    let mut buf = [0u8; 9];
+    held.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"kept open");
+    held.write_all_at(b"KEPT", 0).unwrap();
+    // stat and readdir keep working.
+    assert_eq!(fs::metadata(m.p("cold")).unwrap().len(), 18);
+    assert_eq!(fs::read_dir(&m.mnt).unwrap().count(), 2);
+    // Enabling restores access.
+    m.ok(&["kms", "enable-key", "--key-id", KEY]);
+    let t0 = Instant::now();
+    while File::open(m.p("cold")).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "still refused after enable-key"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(held);
+    assert_eq!(fs::read(m.p("open-me")).unwrap(), b"KEPT open");
+    assert_eq!(fs::read(m.p("cold")).unwrap(), b"never opened again");
+}
+
+#[test]
+fn pending_deletion_refuses_and_cancel_plus_enable_restores() {
+    let Some(m) = Mount::new("pending") else {
+        return;
+    };
+    fs::write(m.p("f"), b"data").unwrap();
+    // Read it so its data key is in the cache: the change must still win.
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"data");
+    m.ok(&[
+        "kms",
+        "schedule-key-deletion",
+        "--key-id",
+        KEY,
+        "--pending-window-in-days",
+        "7",
+    ]);
+    wait_for_eacces(&m, "f");
+    assert_eq!(fs::metadata(m.p("f")).unwrap().len(), 4);
+    m.ok(&["kms", "cancel-key-deletion", "--key-id", KEY]);
+    wait_for_eacces(&m, "f");
+    m.ok(&["kms", "enable-key", "--key-id", KEY]);
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"data");
+}
+
+#[test]
+fn files_under_another_key_are_unaffected() {
+    let Some(mut m) = Mount::new("twokeys") else {
+        return;
+    };
+    fs::write(m.p("default"), b"d").unwrap();
+    let created: serde_json::Value =
+        serde_json::from_str(&m.ok(&["--output", "json", "kms", "create-key"])).unwrap();
+    let other = created["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    m.set_args(&["--key-id", &other]);
+    m.remount();
+    fs::write(m.p("other"), b"o").unwrap();
+    m.ok(&["kms", "disable-key", "--key-id", KEY]);
+    wait_for_eacces(&m, "default");
+    assert_eq!(fs::read(m.p("other")).unwrap(), b"o");
+    // Mounting with a disabled key for new files is refused up front.
+    m.unmount();
+    m.ok(&["kms", "disable-key", "--key-id", &other]);
+    let o = m
+        .kmsfs()
+        .args([
+            "mount",
+            m.backing.to_str().unwrap(),
+            m.mnt.to_str().unwrap(),
+            "--key-id",
+            &other,
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("Disabled"), "{err}");
+    assert!(!common::is_mounted(&m.mnt));
+}

@@ -1,0 +1,225 @@
+//! The mount's lifecycle: clear errors for missing directories, existing
+//! mounts and bad options; SIGTERM and SIGINT unmount cleanly with data
+//! flushed; a dead daemon's stale mount does not block the next mount;
+//! unmount of a busy mount says what to do; plain umount works; -o ro.
+
+mod common;
+
+use std::fs;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BIN, Mount, is_mounted, process_alive};
+
+fn wait(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kill(sig: &str, pid: u32) {
+    let st = Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn clear_errors_before_mounting() {
+    let Some(m) = Mount::new("errors") else {
+        return;
+    };
+    let nowhere = m.tmp.path().join("nowhere");
+    let other = m.tmp.path().join("other");
+    fs::create_dir(&other).unwrap();
+    let bk = m.backing.to_str().unwrap();
+    let cases: [(Vec<&str>, i32, &str); 4] = [
+        (
+            vec!["mount", nowhere.to_str().unwrap(), other.to_str().unwrap()],
+            3,
+            "backing directory",
+        ),
+        (
+            vec!["mount", bk, nowhere.to_str().unwrap()],
+            3,
+            "mount point",
+        ),
+        (
+            vec!["mount", bk, m.mnt.to_str().unwrap()],
+            1,
+            "already a mount point",
+        ),
+        (
+            vec!["mount", bk, other.to_str().unwrap(), "-o", "bogus"],
+            2,
+            "unknown mount option",
+        ),
+    ];
+    for (args, code, text) in cases {
+        let o = m.run(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(text), "{args:?}: {err}");
+    }
+    assert!(!is_mounted(&other));
+    let o = m.run(&["unmount", other.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not mounted"));
+}
+
+#[test]
+fn sigterm_unmounts_cleanly_with_data_flushed() {
+    let Some(mut m) = Mount::new("sigterm") else {
+        return;
+    };
+    let data = vec![b'z'; 300_000];
+    fs::write(m.p("f"), &data).unwrap();
+    let pid = m.daemon_pid().expect("daemon pid");
+    kill("-TERM", pid);
+    wait("the daemon to exit", || !process_alive(pid));
+    assert!(!is_mounted(&m.mnt));
+    m.forget_mounted();
+    let out = m.tmp.path().join("out");
+    m.ok(&["unseal", m.b("f").to_str().unwrap(), out.to_str().unwrap()]);
+    assert!(fs::read(out).unwrap() == data);
+}
+
+#[test]
+fn foreground_mount_stops_on_sigint() {
+    let Some(mut m) = Mount::new("foreground") else {
+        return;
+    };
+    m.unmount();
+    let mut child = m
+        .kmsfs()
+        .args([
+            "mount",
+            "--foreground",
+            m.backing.to_str().unwrap(),
+            m.mnt.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait("the foreground mount", || is_mounted(&m.mnt));
+    fs::write(m.p("g"), b"foreground").unwrap();
+    kill("-INT", child.id());
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "foreground mount did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+    assert!(!is_mounted(&m.mnt));
+    m.mount();
+    assert_eq!(fs::read(m.p("g")).unwrap(), b"foreground");
+}
+
+#[test]
+fn stale_mount_of_a_dead_daemon_does_not_block_the_next_mount() {
+    let Some(mut m) = Mount::new("stale") else {
+        return;
+    };
+    fs::write(m.p("f"), b"survives").unwrap();
+    let pid = m.daemon_pid().expect("daemon pid");
+    kill("-KILL", pid);
+    wait("the daemon to die", || !process_alive(pid));
+    let e = fs::metadata(m.p("f")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+    m.forget_mounted();
+    m.mount();
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"survives");
+}
+
+#[test]
+fn busy_unmount_says_what_to_do_and_plain_umount_works() {
+    let Some(mut m) = Mount::new("busy") else {
+        return;
+    };
+    fs::write(m.p("f"), b"x").unwrap();
+    let held = fs::File::open(m.p("f")).unwrap();
+    let o = m.run(&["unmount", m.mnt.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("busy") && err.contains("umount -l"), "{err}");
+    drop(held);
+    let pid = m.daemon_pid().expect("daemon pid");
+    let st = Command::new("umount").arg(&m.mnt).status().unwrap();
+    assert!(st.success());
+    m.forget_mounted();
+    wait("the daemon to exit after umount", || !process_alive(pid));
+    m.mount();
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"x");
+}
+
+#[test]
+fn read_only_mount() {
+    let Some(mut m) = Mount::new("ro") else {
+        return;
+    };
+    fs::write(m.p("f"), b"readable").unwrap();
+    m.set_args(&["-o", "ro"]);
+    m.remount();
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"readable");
+    let e = fs::write(m.p("g"), b"no").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    let e = fs::OpenOptions::new()
+        .write(true)
+        .open(m.p("f"))
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+}
+
+#[test]
+fn zero_setup_creates_keystore_and_default_key() {
+    let Some(m) = Mount::new("zerosetup") else {
+        return;
+    };
+    assert!(m.keystore.is_dir());
+    let d: serde_json::Value = serde_json::from_str(&m.ok(&[
+        "--output",
+        "json",
+        "kms",
+        "describe-key",
+        "--key-id",
+        "alias/kmsfs/default",
+    ]))
+    .unwrap();
+    assert_eq!(d["KeyMetadata"]["KeyState"], "Enabled");
+    // With an explicit key, a missing keystore is an error (exit 6), not created.
+    let empty = m.tmp.path().join("no-keystore");
+    let mnt2 = m.tmp.path().join("mnt2");
+    fs::create_dir(&mnt2).unwrap();
+    let o = Command::new(BIN)
+        .args([
+            "--keystore",
+            empty.to_str().unwrap(),
+            "mount",
+            "--key-id",
+            "alias/x",
+        ])
+        .arg(&m.backing)
+        .arg(&mnt2)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(6), "{err}");
+    assert!(err.contains("kmsfs init"), "{err}");
+    assert!(!empty.exists());
+    assert!(!is_mounted(&mnt2));
+}

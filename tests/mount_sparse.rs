@@ -1,0 +1,111 @@
+//! Sparse files: fallocate (allocate, KEEP_SIZE, PUNCH_HOLE) and
+//! lseek SEEK_DATA/SEEK_HOLE through the mount.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{FileExt, MetadataExt};
+
+use common::{Mount, sh};
+
+fn seek(m: &Mount, name: &str, off: u64, whence: &str) -> String {
+    sh(
+        &m.mnt,
+        &format!(
+            "python3 -c \"import os\nfd = os.open('{name}', os.O_RDONLY)\ntry:\n    print(os.lseek(fd, {off}, os.{whence}))\nexcept OSError as e:\n    print('errno', e.errno)\""
+        ),
+    )
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn punch_hole_zeroes_the_range_and_frees_backing_space() {
+    let Some(mut m) = Mount::new("punch") else {
+        return;
+    };
+    let size = 64 * 4096;
+    fs::write(m.p("f"), vec![b'x'; size]).unwrap();
+    sh(&m.mnt, "sync f");
+    let before = fs::metadata(m.b("f")).unwrap().blocks();
+    let (off, len) = (10_000usize, 100_000usize);
+    sh(&m.mnt, &format!("fallocate -p -o {off} -l {len} f"));
+    let check = |m: &Mount| {
+        let got = fs::read(m.p("f")).unwrap();
+        assert_eq!(got.len(), size);
+        for (i, &b) in got.iter().enumerate() {
+            let want = if (off..off + len).contains(&i) {
+                0
+            } else {
+                b'x'
+            };
+            assert_eq!(b, want, "byte {i}");
+        }
+    };
+    check(&m);
+    let after = fs::metadata(m.b("f")).unwrap().blocks();
+    assert!(
+        after < before,
+        "backing blocks {before} -> {after}: nothing freed"
+    );
+    m.remount();
+    check(&m);
+    // SEEK_HOLE finds the punched range (whole blocks only, conservatively).
+    let hole: u64 = seek(&m, "f", 0, "SEEK_HOLE").parse().unwrap();
+    assert!(
+        (off as u64..(off + len) as u64).contains(&hole),
+        "hole at {hole}"
+    );
+    let data: u64 = seek(&m, "f", hole, "SEEK_DATA").parse().unwrap();
+    assert!(data > hole && data <= (off + len) as u64, "data at {data}");
+}
+
+#[test]
+fn seek_data_and_hole_on_a_file_with_a_gap() {
+    let Some(m) = Mount::new("seek") else { return };
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.p("g"))
+        .unwrap();
+    f.write_all_at(&[1u8; 4096], 0).unwrap();
+    f.write_all_at(&[2u8; 4096], 1 << 20).unwrap();
+    drop(f);
+    let size = (1u64 << 20) + 4096;
+    assert_eq!(fs::metadata(m.p("g")).unwrap().len(), size);
+    let hole: u64 = seek(&m, "g", 0, "SEEK_HOLE").parse().unwrap();
+    assert!((4096..1 << 20).contains(&hole), "hole at {hole}");
+    let data: u64 = seek(&m, "g", hole, "SEEK_DATA").parse().unwrap();
+    assert!(data > hole && data <= 1 << 20, "data at {data}");
+    assert_eq!(seek(&m, "g", 1 << 20, "SEEK_HOLE"), size.to_string());
+    assert_eq!(
+        seek(&m, "g", size, "SEEK_DATA"),
+        format!("errno {}", libc::ENXIO)
+    );
+    let got = fs::read(m.p("g")).unwrap();
+    assert!(got[..4096].iter().all(|&b| b == 1));
+    assert!(got[4096..1 << 20].iter().all(|&b| b == 0));
+    assert!(got[1 << 20..].iter().all(|&b| b == 2));
+    // cp --sparse=always keeps the content.
+    sh(&m.mnt, "cp --sparse=always g g2 && cmp g g2");
+}
+
+#[test]
+fn allocate_and_keep_size() {
+    let Some(mut m) = Mount::new("alloc") else {
+        return;
+    };
+    fs::write(m.p("k"), b"0123456789").unwrap();
+    sh(&m.mnt, "fallocate -n -o 0 -l 1000000 k");
+    assert_eq!(fs::metadata(m.p("k")).unwrap().len(), 10);
+    assert_eq!(fs::read(m.p("k")).unwrap(), b"0123456789");
+    sh(&m.mnt, "fallocate -o 5 -l 100000 k");
+    assert_eq!(fs::metadata(m.p("k")).unwrap().len(), 100_005);
+    m.remount();
+    let got = fs::read(m.p("k")).unwrap();
+    assert_eq!(&got[..10], b"0123456789");
+    assert!(got[10..].iter().all(|&b| b == 0));
+    assert_eq!(got.len(), 100_005);
+}
