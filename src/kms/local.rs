@@ -153,6 +153,7 @@ pub struct LocalKeyStore {
     last_check_ns: AtomicU64,
     reload_lock: Mutex<()>,
     audit: OnceLock<Arc<dyn AuditSink>>,
+    purge_warned: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for LocalKeyStore {
@@ -364,6 +365,7 @@ impl LocalKeyStore {
             last_check_ns: AtomicU64::new(0),
             reload_lock: Mutex::new(()),
             audit: OnceLock::new(),
+            purge_warned: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -487,6 +489,9 @@ impl LocalKeyStore {
             return Ok(());
         }
         if snap.fallback.is_some() {
+            if self.purge_warned.swap(true, Ordering::Relaxed) {
+                return Ok(());
+            }
             log::warn!(
                 "a key's deletion date has passed but the keystore runs from its previous \
                  generation; it is refused now and will be deleted once the keystore is repaired"
@@ -580,14 +585,26 @@ impl LocalKeyStore {
                 KeyRef::Blob(h) => {
                     let id = h.key_id_string();
                     let k = snap.state.keys.get(&id);
+                    let deleted = snap.state.deleted.get(&id).copied();
                     audit_key = Some(id);
-                    k.ok_or_else(|| {
-                        KmsError::NotFound(format!(
-                            "the key this ciphertext was made with ({}) no longer exists; \
-                             it cannot be decrypted",
-                            h.key_id_string()
-                        ))
-                    })?
+                    match (k, deleted) {
+                        (Some(k), _) => k,
+                        (None, Some(when)) => {
+                            return Err(KmsError::NotFound(format!(
+                                "the key this ciphertext was made with ({}) was deleted on {}; \
+                                 it can no longer be decrypted",
+                                h.key_id_string(),
+                                clock::format_rfc3339(when)
+                            )));
+                        }
+                        (None, None) => {
+                            return Err(KmsError::InvalidCiphertext(
+                                "the ciphertext blob cannot be decrypted: it names a key this \
+                                 keystore never had (was it modified?)"
+                                    .into(),
+                            ));
+                        }
+                    }
                 }
             };
             audit_key = Some(key.key_id.clone());
@@ -1143,6 +1160,29 @@ mod tests {
                 .len(),
             32
         );
+    }
+
+    #[test]
+    fn every_modified_blob_is_invalid_ciphertext() {
+        let (_t, ks, id) = new_store();
+        let dk = ks
+            .generate_data_key(&ME, &id, DataKeySpec::Aes256, &ctx())
+            .unwrap();
+        let blob = dk.ciphertext_blob;
+        for i in 0..blob.len() * 8 {
+            let mut bad = blob.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            match ks.decrypt(&ME, &bad, &ctx(), None) {
+                Err(KmsError::InvalidCiphertext(_)) => {}
+                other => panic!("bit {i}: {other:?}"),
+            }
+        }
+        for n in 0..blob.len() {
+            assert!(matches!(
+                ks.decrypt(&ME, &blob[..n], &ctx(), None),
+                Err(KmsError::InvalidCiphertext(_))
+            ));
+        }
     }
 
     #[test]

@@ -90,6 +90,10 @@ pub struct StoreState {
     pub keys: BTreeMap<String, KeyRecord>,
     /// Alias name (`alias/...`) to key id.
     pub aliases: BTreeMap<String, String>,
+    /// Tombstones: key id → when it was deleted. No material, only so that a
+    /// blob under a deleted key is told apart from a blob with a forged key id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deleted: BTreeMap<String, i64>,
 }
 
 /// What an operation needs the key's state to allow.
@@ -253,7 +257,10 @@ impl StoreState {
             .map(|k| k.key_id.clone())
             .collect();
         for id in &due {
-            self.keys.remove(id);
+            if let Some(k) = self.keys.remove(id) {
+                self.deleted
+                    .insert(id.clone(), k.deletion_date.unwrap_or(now));
+            }
         }
         self.aliases.retain(|_, target| !due.contains(target));
         due
@@ -582,6 +589,7 @@ mod tests {
         assert!(s.purge_due(NOW + 7 * 86_400 - 1).is_empty());
         assert_eq!(s.purge_due(NOW + 7 * 86_400), vec![ai.clone()]);
         assert!(!s.keys.contains_key(&ai));
+        assert_eq!(s.deleted.get(&ai), Some(&(NOW + 7 * 86_400)));
         assert!(s.keys.contains_key(&bi) && s.keys.contains_key(&ci));
         assert_eq!(s.aliases.len(), 1);
         assert_eq!(s.aliases.get("alias/b"), Some(&bi));
