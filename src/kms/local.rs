@@ -185,6 +185,7 @@ pub struct LocalKeyStore {
     reload_lock: Mutex<()>,
     audit: OnceLock<Arc<dyn AuditSink>>,
     purge_warned: std::sync::atomic::AtomicBool,
+    last_warning: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for LocalKeyStore {
@@ -362,7 +363,12 @@ impl LocalKeyStore {
         let loaded = load(&kdir, None, &mut root, passphrase)?;
         let root = root.ok_or_else(|| KmsError::Internal("root key not obtained".into()))?;
         let ks = Self::assemble(kdir, root, loaded)?;
-        ks.apply_due()?;
+        // A reader without write access still opens: due keys are refused in memory.
+        if let Err(e) = ks.apply_due() {
+            ks.warn_once(&format!(
+                "a due key deletion or rotation could not be written: {e}"
+            ));
+        }
         Ok(ks)
     }
 
@@ -397,6 +403,7 @@ impl LocalKeyStore {
             reload_lock: Mutex::new(()),
             audit: OnceLock::new(),
             purge_warned: std::sync::atomic::AtomicBool::new(false),
+            last_warning: Mutex::new(None),
         })
     }
 
@@ -465,7 +472,17 @@ impl LocalKeyStore {
             return; // another thread is checking
         }
         if let Err(e) = self.refresh() {
-            log::warn!("keystore refresh failed: {e}");
+            self.warn_once(&format!("keystore refresh failed: {e}"));
+        }
+    }
+
+    /// Logs `msg` unless it is the same as the last warning (no repeats every
+    /// freshness interval while a problem persists).
+    fn warn_once(&self, msg: &str) {
+        let mut last = self.last_warning.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() != Some(msg) {
+            log::warn!("{msg}");
+            *last = Some(msg.to_string());
         }
     }
 
