@@ -62,6 +62,27 @@ pub enum KmsCommand {
     GetKeyRotationStatus(KeyIdArg),
     /// List the rotations a key has had.
     ListKeyRotations(KeyIdArg),
+    /// Attach a key policy (who may use the key, by uid/gid) to a key.
+    PutKeyPolicy {
+        /// Key id, key ARN or alias/NAME.
+        #[arg(long)]
+        key_id: String,
+        /// The policy document: JSON text, or file://PATH.
+        #[arg(long)]
+        policy: String,
+        /// Always "default".
+        #[arg(long, default_value = "default")]
+        policy_name: String,
+    },
+    /// Show a key's policy (the default one when none was put).
+    GetKeyPolicy {
+        /// Key id, key ARN or alias/NAME.
+        #[arg(long)]
+        key_id: String,
+        /// Always "default".
+        #[arg(long, default_value = "default")]
+        policy_name: String,
+    },
     /// Give a key a friendly name alias/NAME.
     CreateAlias(AliasArgs),
     /// Point an existing alias at another key.
@@ -313,6 +334,8 @@ fn with_remedy(e: CliError) -> CliError {
          --keystore that made it"
     } else if e.message.starts_with("IncorrectKeyException") {
         "omit --key-id, or give the key the ciphertext was made under"
+    } else if e.message.starts_with("AccessDeniedException") {
+        "the key's policy does not allow this user; see `kmsfs kms get-key-policy --key-id K`"
     } else if e.message.starts_with("AlreadyExistsException") {
         "choose another alias name, or move it with `kmsfs kms update-alias`"
     } else if e.class == ErrorClass::Usage {
@@ -445,6 +468,31 @@ fn run_command(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
                         t.as_str().unwrap_or("")
                     );
                 }
+            }
+        }
+        KmsCommand::PutKeyPolicy {
+            key_id,
+            policy,
+            policy_name,
+        } => {
+            let text = match policy.strip_prefix("file://") {
+                Some(p) => std::fs::read_to_string(p).map_err(|e| {
+                    CliError::from(e).hint("check the path given to --policy file://PATH")
+                })?,
+                None => policy,
+            };
+            ks.put_key_policy(&caller, &key_id, &policy_name, &text)?;
+        }
+        KmsCommand::GetKeyPolicy {
+            key_id,
+            policy_name,
+        } => {
+            let doc = ks.get_key_policy(&caller, &key_id, &policy_name)?;
+            let pretty = serde_json::to_string_pretty(&doc).unwrap_or_default();
+            if json_out {
+                print_json(&json!({ "Policy": pretty, "PolicyName": policy_name }));
+            } else {
+                println!("{pretty}");
             }
         }
         KmsCommand::CreateAlias(a) => ks.create_alias(&caller, &a.alias_name, &a.target_key_id)?,

@@ -18,6 +18,7 @@ use super::keystore::{
     self, CURRENT_FILE, CreateMode, Fingerprint, Frame, KeystoreDir, PREV_FILE, RootKey,
 };
 use super::model::{self, KeyRecord, StoreState, Usage};
+use super::policy::{self, KeyPolicy};
 use super::{
     Caller, DataKey, DataKeySpec, Decrypted, Encrypted, EncryptionContext, KeyMetadata, KeyService,
     KeyState, KmsError, MAX_ENCRYPT_PLAINTEXT, clock,
@@ -100,6 +101,8 @@ struct Snapshot {
     state: StoreState,
     /// Ready AES-GCM keys: key id → (material version, key).
     ciphers: HashMap<String, Vec<(u32, AeadKey)>>,
+    /// Parsed key policies of the keys that have one.
+    policies: HashMap<String, KeyPolicy>,
     /// Stat of the current generation this snapshot matches.
     fingerprint: Option<Fingerprint>,
     /// Why we run from the previous generation (read-only), if we do.
@@ -130,10 +133,22 @@ impl Snapshot {
             }
             ciphers.insert(id.clone(), v);
         }
+        let mut policies = HashMap::new();
+        for (id, k) in &state.keys {
+            if let Some(doc) = &k.policy {
+                let p = KeyPolicy::from_value(doc).map_err(|e| {
+                    KmsError::CorruptKeystore(format!(
+                        "the stored policy of key {id} is unusable: {e}"
+                    ))
+                })?;
+                policies.insert(id.clone(), p);
+            }
+        }
         let next_due = state.next_due();
         Ok(Self {
             state,
             ciphers,
+            policies,
             fingerprint,
             fallback,
             broken: None,
@@ -146,6 +161,7 @@ impl Snapshot {
         Self {
             state: StoreState::default(),
             ciphers: HashMap::new(),
+            policies: HashMap::new(),
             fingerprint,
             fallback: None,
             broken: Some(why),
@@ -278,6 +294,17 @@ fn load(
             "{primary}; and the previous generation is unreadable too: {e}; nothing was written"
         ))),
         Err(e) => Err(e),
+    }
+}
+
+fn check_policy_name(name: &str) -> Result<(), KmsError> {
+    if name == policy::POLICY_NAME {
+        Ok(())
+    } else {
+        Err(KmsError::NotFound(format!(
+            "no policy named {name:?}; the only key policy name is \"{}\"",
+            policy::POLICY_NAME
+        )))
     }
 }
 
@@ -671,7 +698,7 @@ impl LocalKeyStore {
                 )));
             }
             key.check_usable(usage)?;
-            hooks::authorize(caller, key, op)?;
+            hooks::authorize(caller, &key.key_id, snap.policies.get(&key.key_id), op)?;
             let ciphers = snap
                 .ciphers
                 .get(&key.key_id)
@@ -980,6 +1007,46 @@ impl LocalKeyStore {
             .collect();
         v.sort_by_key(|r| r.key_material_version);
         Ok(v)
+    }
+
+    /// PutKeyPolicy: validates and attaches a policy document (JSON text).
+    /// It governs the cryptographic operations; key administration is governed
+    /// by who can write the keystore.
+    pub fn put_key_policy(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+        policy_name: &str,
+        document: &str,
+    ) -> Result<(), KmsError> {
+        check_policy_name(policy_name)?;
+        let (_, value) = KeyPolicy::parse(document)?;
+        self.update(|s, _| {
+            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+            if k.state == KeyState::PendingDeletion {
+                return Err(KmsError::InvalidState(format!(
+                    "key {} is pending deletion; its policy cannot change",
+                    k.key_id
+                )));
+            }
+            k.policy = Some(value);
+            Ok(())
+        })
+    }
+
+    /// GetKeyPolicy: the attached document, or the default one.
+    pub fn get_key_policy(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+        policy_name: &str,
+    ) -> Result<serde_json::Value, KmsError> {
+        check_policy_name(policy_name)?;
+        let snap = self.fresh_snapshot()?;
+        let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
+        Ok(k.policy
+            .clone()
+            .unwrap_or_else(policy::default_policy_document))
     }
 
     /// CancelKeyDeletion: the key becomes Disabled. Returns its ARN.
@@ -1427,6 +1494,60 @@ mod tests {
                 .unwrap()
                 .key_rotation_enabled
         );
+    }
+
+    #[test]
+    fn key_policy_is_enforced_for_the_caller() {
+        let (_t, ks, id) = new_store();
+        let alice = Caller {
+            uid: 1000,
+            gid: 100,
+            pid: 2,
+        };
+        let mallory = Caller {
+            uid: 666,
+            gid: 100,
+            pid: 3,
+        };
+        let blob = ks
+            .encrypt(&mallory, &id, b"x", &ctx())
+            .unwrap()
+            .ciphertext_blob;
+        let doc = r#"{"Statement":[
+            {"Effect":"Allow","Principal":{"kmsfs":"gid:100"},"Action":"kms:*"},
+            {"Effect":"Deny","Principal":{"kmsfs":"uid:666"},"Action":"kms:Decrypt"}]}"#;
+        ks.put_key_policy(&ME, &id, "default", doc).unwrap();
+        assert!(ks.decrypt(&alice, &blob, &ctx(), None).is_ok());
+        let e = ks.decrypt(&mallory, &blob, &ctx(), None).unwrap_err();
+        assert!(
+            matches!(e, KmsError::AccessDenied(_)) && e.is_access_refusal(),
+            "{e}"
+        );
+        assert!(ks.encrypt(&mallory, &id, b"x", &ctx()).is_ok());
+        assert!(matches!(
+            ks.encrypt(&ME, &id, b"x", &ctx()),
+            Err(KmsError::AccessDenied(_))
+        ));
+        // Another process sees the policy too; the stored document round-trips.
+        let other = reopen(&ks);
+        assert!(matches!(
+            other.decrypt(&mallory, &blob, &ctx(), None),
+            Err(KmsError::AccessDenied(_))
+        ));
+        let stored = other.get_key_policy(&ME, &id, "default").unwrap();
+        assert_eq!(stored["Statement"][1]["Effect"], "Deny");
+        assert!(matches!(
+            ks.put_key_policy(&ME, &id, "default", "{}"),
+            Err(KmsError::Validation(_))
+        ));
+        assert!(matches!(
+            ks.get_key_policy(&ME, &id, "other"),
+            Err(KmsError::NotFound(_))
+        ));
+        // Putting the default document back allows everyone again.
+        let default = policy::default_policy_document().to_string();
+        ks.put_key_policy(&ME, &id, "default", &default).unwrap();
+        assert!(ks.decrypt(&mallory, &blob, &ctx(), None).is_ok());
     }
 
     #[test]

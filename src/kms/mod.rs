@@ -12,6 +12,7 @@ pub mod hooks;
 pub mod keystore;
 pub mod local;
 pub mod model;
+pub mod policy;
 
 pub use context::EncryptionContext;
 pub use hooks::{AuditEvent, AuditSink, Operation};
