@@ -61,21 +61,12 @@ pub struct KeyPolicy {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct RawPolicy {
-    #[serde(default)]
-    #[allow(dead_code)]
-    version: Option<String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    id: Option<String>,
     statement: OneOrMany<RawStatement>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct RawStatement {
-    #[serde(default)]
-    #[allow(dead_code)]
-    sid: Option<String>,
     effect: String,
     principal: Value,
     action: OneOrMany<String>,
@@ -196,7 +187,7 @@ impl KeyPolicy {
 
     /// Builds the evaluable form of a stored (already validated) document.
     pub fn from_value(value: &Value) -> Result<Self, KmsError> {
-        let raw: RawPolicy = serde_json::from_value(value.clone()).map_err(|e| invalid(e))?;
+        let raw: RawPolicy = serde_json::from_value(value.clone()).map_err(invalid)?;
         let mut statements = Vec::new();
         for st in raw.statement.into_vec() {
             let effect = match st.effect.as_str() {
@@ -207,12 +198,12 @@ impl KeyPolicy {
             if st.condition.is_some() {
                 return Err(invalid("Condition is not supported"));
             }
-            if let Some(r) = st.resource {
-                if r.into_vec().iter().any(|r| r != "*") {
-                    return Err(invalid(
-                        "Resource must be \"*\" (the key the policy is attached to)",
-                    ));
-                }
+            if let Some(r) = st.resource
+                && r.into_vec().iter().any(|r| r != "*")
+            {
+                return Err(invalid(
+                    "Resource must be \"*\" (the key the policy is attached to)",
+                ));
             }
             let actions = st.action.into_vec();
             for a in &actions {
