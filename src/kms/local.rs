@@ -66,6 +66,23 @@ pub struct ScheduledDeletion {
     pub pending_window_in_days: u32,
 }
 
+/// Result of GetParametersForImport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportParameters {
+    /// The key ARN.
+    pub key_id: String,
+    /// Opaque token to give back to ImportKeyMaterial.
+    pub import_token: Vec<u8>,
+    /// RSA public key (X.509 SubjectPublicKeyInfo DER) to wrap the material under.
+    pub public_key: Vec<u8>,
+    /// Until when the token and key are accepted (epoch seconds).
+    pub parameters_valid_to: i64,
+}
+
+/// First bytes of an import token (then version 1, keystore id, key id, token id).
+const IMPORT_TOKEN_MAGIC: [u8; 4] = *b"KMSt";
+const IMPORT_TOKEN_LEN: usize = 4 + 1 + 16 + 16 + 16;
+
 /// Result of GetKeyRotationStatus.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -613,8 +630,9 @@ impl LocalKeyStore {
         let mut state = old.clone();
         let purged = state.purge_due(now);
         let rotated = state.rotate_due(now)?;
+        let expired = state.expire_due(now);
         let result = f(&mut state, now);
-        if result.is_err() && purged.is_empty() && rotated.is_empty() {
+        if result.is_err() && purged.is_empty() && rotated.is_empty() && expired.is_empty() {
             return result;
         }
         let prev_bytes = if purged.is_empty() {
@@ -634,6 +652,9 @@ impl LocalKeyStore {
         }
         for id in &rotated {
             log::info!("key {id} was rotated automatically");
+        }
+        for id in &expired {
+            log::info!("the imported material of key {id} expired and was deleted");
         }
         let snap = Snapshot::new(state, Some(fp), None, old_generation + 1)?;
         let _reloads = match self.reload_lock.lock() {
@@ -934,6 +955,156 @@ impl LocalKeyStore {
                 key_state: k.state,
                 pending_window_in_days: days,
             })
+        })
+    }
+
+    /// CreateKey with an origin: AWS_KMS (fresh material, Enabled) or EXTERNAL
+    /// (no material, PendingImport until ImportKeyMaterial).
+    pub fn create_key_with_origin(
+        &self,
+        caller: &Caller,
+        description: &str,
+        origin: super::KeyOrigin,
+    ) -> Result<KeyMetadata, KmsError> {
+        if origin == super::KeyOrigin::Kms {
+            return self.create_key(caller, description);
+        }
+        self.update(|s, now| {
+            let k = KeyRecord::new_external(description, now)?;
+            let meta = k.metadata(&self.keystore_id_hex);
+            s.keys.insert(k.key_id.clone(), k);
+            Ok(meta)
+        })
+    }
+
+    /// GetParametersForImport: a fresh RSA wrapping key (RSA_2048, RSA_3072 or
+    /// RSA_4096, algorithm RSAES_OAEP_SHA_256) and token, valid for 24 hours.
+    /// Replaces earlier parameters of the key.
+    pub fn get_parameters_for_import(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+        wrapping_algorithm: &str,
+        wrapping_key_spec: &str,
+    ) -> Result<ImportParameters, KmsError> {
+        if wrapping_algorithm != "RSAES_OAEP_SHA_256" {
+            return Err(KmsError::Validation(format!(
+                "WrappingAlgorithm {wrapping_algorithm:?} is not supported; use RSAES_OAEP_SHA_256"
+            )));
+        }
+        let bits = match wrapping_key_spec {
+            "RSA_2048" => 2048,
+            "RSA_3072" => 3072,
+            "RSA_4096" => 4096,
+            other => {
+                return Err(KmsError::Validation(format!(
+                    "WrappingKeySpec {other:?} is not supported; use RSA_2048, RSA_3072 or RSA_4096"
+                )));
+            }
+        };
+        // Check the key first (no RSA key generation for nothing), then generate
+        // outside the keystore lock: it can take a second for RSA_4096.
+        {
+            let snap = self.fresh_snapshot()?;
+            let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
+            k.clone().set_import_params(model::ImportParams {
+                token_id: String::new(),
+                wrapping_key: SecretBytes::new(Vec::new()),
+                wrapping_key_spec: String::new(),
+                valid_to: 0,
+            })?;
+        }
+        let crypto_err = |e: crate::crypto::CryptoError| {
+            KmsError::Internal(format!("cannot make the import wrapping key: {e}"))
+        };
+        let rsa = crate::crypto::RsaUnwrapKey::generate(bits).map_err(crypto_err)?;
+        let public_key = rsa.public_key_der().map_err(crypto_err)?;
+        let wrapping_key = rsa.to_pkcs8().map_err(crypto_err)?;
+        let token_id = crate::crypto::random_array::<16>().map_err(crypto_err)?;
+        self.update(|s, now| {
+            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+            let valid_to = now + model::IMPORT_PARAMETERS_VALIDITY_SECS;
+            k.set_import_params(model::ImportParams {
+                token_id: hex(&token_id),
+                wrapping_key,
+                wrapping_key_spec: wrapping_key_spec.to_string(),
+                valid_to,
+            })?;
+            let key_uuid = uuid::Uuid::parse_str(&k.key_id)
+                .map_err(|_| KmsError::Internal("stored key id is not a UUID".into()))?;
+            let mut import_token = Vec::with_capacity(IMPORT_TOKEN_LEN);
+            import_token.extend_from_slice(&IMPORT_TOKEN_MAGIC);
+            import_token.push(1);
+            import_token.extend_from_slice(&self.keystore_id);
+            import_token.extend_from_slice(key_uuid.as_bytes());
+            import_token.extend_from_slice(&token_id);
+            Ok(ImportParameters {
+                key_id: model::key_arn(&self.keystore_id_hex, &k.key_id),
+                import_token,
+                public_key,
+                parameters_valid_to: valid_to,
+            })
+        })
+    }
+
+    /// ImportKeyMaterial: unwraps `encrypted_key_material` (RSAES-OAEP-SHA-256
+    /// under the public key of the parameters `import_token` names) and makes
+    /// it the key's material, expiring at `valid_to` when given.
+    pub fn import_key_material(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+        import_token: &[u8],
+        encrypted_key_material: &[u8],
+        valid_to: Option<i64>,
+    ) -> Result<(), KmsError> {
+        let bad_token = || {
+            KmsError::Validation(
+                "InvalidImportToken: the import token is malformed or was issued for another key \
+                 or keystore; use the token get-parameters-for-import returned for this key"
+                    .into(),
+            )
+        };
+        if import_token.len() != IMPORT_TOKEN_LEN
+            || import_token[..4] != IMPORT_TOKEN_MAGIC
+            || import_token[4] != 1
+            || import_token[5..21] != self.keystore_id
+        {
+            return Err(bad_token());
+        }
+        self.update(|s, now| {
+            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+            let key_uuid = uuid::Uuid::parse_str(&k.key_id)
+                .map_err(|_| KmsError::Internal("stored key id is not a UUID".into()))?;
+            if import_token[21..37] != key_uuid.as_bytes()[..] {
+                return Err(bad_token());
+            }
+            let params = k.import.as_ref().ok_or_else(bad_token)?;
+            let rsa = crate::crypto::RsaUnwrapKey::from_pkcs8(params.wrapping_key.expose())
+                .map_err(|_| {
+                    KmsError::CorruptKeystore("stored import wrapping key is unusable".into())
+                })?;
+            let material = rsa.unwrap(encrypted_key_material).map_err(|_| {
+                KmsError::InvalidCiphertext(
+                    "the encrypted key material does not decrypt with this token's wrapping key; \
+                     wrap it with RSAES_OAEP_SHA_256 under the PublicKey from the same \
+                     get-parameters-for-import"
+                        .into(),
+                )
+            })?;
+            k.import_material(&hex(&import_token[37..]), material, valid_to, now)
+        })
+    }
+
+    /// DeleteImportedKeyMaterial: the key becomes PendingImport; its
+    /// ciphertexts decrypt again once the same material is imported.
+    pub fn delete_imported_key_material(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+    ) -> Result<(), KmsError> {
+        self.update(|s, _| {
+            resolve_mut(s, &self.keystore_id_hex, key_id)?.delete_imported_material()
         })
     }
 
@@ -1548,6 +1719,97 @@ mod tests {
         let default = policy::default_policy_document().to_string();
         ks.put_key_policy(&ME, &id, "default", &default).unwrap();
         assert!(ks.decrypt(&mallory, &blob, &ctx(), None).is_ok());
+    }
+
+    #[test]
+    fn imported_material_round_trip_expiry_and_reimport() {
+        let (_t, ks, own) = new_store();
+        let meta = ks
+            .create_key_with_origin(&ME, "ext", crate::kms::KeyOrigin::External)
+            .unwrap();
+        let id = meta.key_id;
+        assert_eq!(meta.key_state, KeyState::PendingImport);
+        assert!(matches!(
+            ks.encrypt(&ME, &id, b"x", &ctx()),
+            Err(KmsError::InvalidState(_))
+        ));
+        assert!(
+            ks.get_parameters_for_import(&ME, &own, "RSAES_OAEP_SHA_256", "RSA_2048")
+                .is_err()
+        );
+        assert!(
+            ks.get_parameters_for_import(&ME, &id, "RSAES_PKCS1_V1_5", "RSA_2048")
+                .is_err()
+        );
+        let p = ks
+            .get_parameters_for_import(&ME, &id, "RSAES_OAEP_SHA_256", "RSA_2048")
+            .unwrap();
+        let material = [0x33u8; 32];
+        let wrapped = crate::crypto::rsa_oaep_sha256_wrap(&p.public_key, &material).unwrap();
+        // A token of another key, or garbage, or material wrapped elsewhere: refused.
+        let mut other_key = p.import_token.clone();
+        other_key[30] ^= 1;
+        assert!(matches!(
+            ks.import_key_material(&ME, &id, &other_key, &wrapped, None),
+            Err(KmsError::Validation(_))
+        ));
+        assert!(
+            ks.import_key_material(&ME, &id, b"junk", &wrapped, None)
+                .is_err()
+        );
+        let stranger = crate::crypto::RsaUnwrapKey::generate(2048).unwrap();
+        let bad =
+            crate::crypto::rsa_oaep_sha256_wrap(&stranger.public_key_der().unwrap(), &material)
+                .unwrap();
+        assert!(matches!(
+            ks.import_key_material(&ME, &id, &p.import_token, &bad, None),
+            Err(KmsError::InvalidCiphertext(_))
+        ));
+        let now = clock::now().unwrap();
+        ks.import_key_material(&ME, &id, &p.import_token, &wrapped, Some(now + 3600))
+            .unwrap();
+        let blob = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
+        // Material expires: as if ValidTo had passed.
+        ks.update(|s, _| {
+            s.keys.get_mut(&id).unwrap().materials[0].expires = Some(1);
+            Ok(())
+        })
+        .unwrap();
+        let fresh = reopen(&ks);
+        assert_eq!(
+            fresh.describe_key(&ME, &id).unwrap().key_state,
+            KeyState::PendingImport
+        );
+        assert!(matches!(
+            fresh.decrypt(&ME, &blob, &ctx(), None),
+            Err(KmsError::InvalidState(_))
+        ));
+        // The old token is spent; new parameters, same material: old blobs work again.
+        assert!(
+            fresh
+                .import_key_material(&ME, &id, &p.import_token, &wrapped, None)
+                .is_err()
+        );
+        let p2 = fresh
+            .get_parameters_for_import(&ME, &id, "RSAES_OAEP_SHA_256", "RSA_2048")
+            .unwrap();
+        let w2 = crate::crypto::rsa_oaep_sha256_wrap(&p2.public_key, &material).unwrap();
+        fresh
+            .import_key_material(&ME, &id, &p2.import_token, &w2, None)
+            .unwrap();
+        assert_eq!(
+            fresh
+                .decrypt(&ME, &blob, &ctx(), None)
+                .unwrap()
+                .plaintext
+                .expose(),
+            b"x"
+        );
+        fresh.delete_imported_key_material(&ME, &id).unwrap();
+        assert!(matches!(
+            fresh.decrypt(&ME, &blob, &ctx(), None),
+            Err(KmsError::InvalidState(_))
+        ));
     }
 
     #[test]

@@ -18,7 +18,8 @@ pub use context::EncryptionContext;
 pub use hooks::{AuditEvent, AuditSink, Operation};
 pub use keystore::{Argon2Params, CreateMode};
 pub use local::{
-    AliasListEntry, KeyListEntry, KeyRotation, KeyRotationStatus, LocalKeyStore, ScheduledDeletion,
+    AliasListEntry, ImportParameters, KeyListEntry, KeyRotation, KeyRotationStatus, LocalKeyStore,
+    ScheduledDeletion,
 };
 
 /// Largest plaintext that `Encrypt` accepts, as in AWS KMS.
