@@ -25,7 +25,43 @@ pub enum KmsCommand {
         /// Free text describing the key.
         #[arg(long, default_value = "")]
         description: String,
+        /// AWS_KMS (fresh material) or EXTERNAL (import your own material later).
+        #[arg(long, value_enum, default_value = "AWS_KMS")]
+        origin: OriginArg,
     },
+    /// A wrapping public key and import token for importing key material (valid 24 h).
+    GetParametersForImport {
+        /// An EXTERNAL key in state PendingImport.
+        #[arg(long)]
+        key_id: String,
+        /// Only RSAES_OAEP_SHA_256.
+        #[arg(long, default_value = "RSAES_OAEP_SHA_256")]
+        wrapping_algorithm: String,
+        /// RSA_2048, RSA_3072 or RSA_4096.
+        #[arg(long, default_value = "RSA_2048")]
+        wrapping_key_spec: String,
+    },
+    /// Import 32 bytes of key material wrapped under the import public key.
+    ImportKeyMaterial {
+        /// The EXTERNAL key.
+        #[arg(long)]
+        key_id: String,
+        /// fileb://PATH or base64: the material wrapped with RSAES_OAEP_SHA_256.
+        #[arg(long)]
+        encrypted_key_material: String,
+        /// fileb://PATH or base64: the ImportToken of the same parameters.
+        #[arg(long)]
+        import_token: String,
+        /// KEY_MATERIAL_EXPIRES (needs --valid-to) or KEY_MATERIAL_DOES_NOT_EXPIRE
+        /// [default: expires exactly when --valid-to is given].
+        #[arg(long)]
+        expiration_model: Option<String>,
+        /// When the material expires (RFC 3339).
+        #[arg(long)]
+        valid_to: Option<String>,
+    },
+    /// Delete a key's imported material; it waits for the same material again.
+    DeleteImportedKeyMaterial(KeyIdArg),
     /// Show a key's metadata.
     DescribeKey(KeyIdArg),
     /// List the keys of the keystore.
@@ -145,6 +181,17 @@ pub enum KmsCommand {
         #[arg(long)]
         source_key_id: Option<String>,
     },
+}
+
+/// `--origin` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OriginArg {
+    /// The keystore generates the material.
+    #[value(name = "AWS_KMS")]
+    AwsKms,
+    /// The material is imported.
+    #[value(name = "EXTERNAL")]
+    External,
 }
 
 /// `--key-id`.
@@ -354,13 +401,96 @@ fn run_command(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
     let json_out = g.output == OutputFormat::Json;
     let arn = |id: &str| key_arn(ks.keystore_id(), id);
     match c {
-        KmsCommand::CreateKey { description } => {
-            let m = ks.create_key(&caller, &description)?;
+        KmsCommand::CreateKey {
+            description,
+            origin,
+        } => {
+            let origin = match origin {
+                OriginArg::AwsKms => crate::kms::KeyOrigin::Kms,
+                OriginArg::External => crate::kms::KeyOrigin::External,
+            };
+            let m = ks.create_key_with_origin(&caller, &description, origin)?;
             if json_out {
                 print_json(&json!({ "KeyMetadata": metadata_json(&m) }));
             } else {
                 print_metadata(&m, &[]);
             }
+        }
+        KmsCommand::GetParametersForImport {
+            key_id,
+            wrapping_algorithm,
+            wrapping_key_spec,
+        } => {
+            let p = ks.get_parameters_for_import(
+                &caller,
+                &key_id,
+                &wrapping_algorithm,
+                &wrapping_key_spec,
+            )?;
+            let (token, public) = (B64.encode(&p.import_token), B64.encode(&p.public_key));
+            if json_out {
+                print_json(&json!({
+                    "KeyId": p.key_id,
+                    "ImportToken": token,
+                    "PublicKey": public,
+                    "ParametersValidTo": p.parameters_valid_to,
+                }));
+            } else {
+                println!("KeyId\t{}", p.key_id);
+                println!("ImportToken\t{token}");
+                println!("PublicKey\t{public}");
+                println!(
+                    "ParametersValidTo\t{}",
+                    clock::format_rfc3339(p.parameters_valid_to)
+                );
+            }
+        }
+        KmsCommand::ImportKeyMaterial {
+            key_id,
+            encrypted_key_material,
+            import_token,
+            expiration_model,
+            valid_to,
+        } => {
+            let valid_to = match (expiration_model.as_deref(), valid_to) {
+                (Some("KEY_MATERIAL_DOES_NOT_EXPIRE"), Some(_)) => {
+                    return Err(CliError::new(
+                        ErrorClass::Usage,
+                        "--valid-to contradicts --expiration-model KEY_MATERIAL_DOES_NOT_EXPIRE",
+                    )
+                    .hint("give one or the other"));
+                }
+                (Some("KEY_MATERIAL_EXPIRES"), None) => {
+                    return Err(CliError::new(
+                        ErrorClass::Usage,
+                        "--expiration-model KEY_MATERIAL_EXPIRES needs --valid-to",
+                    )
+                    .hint("add --valid-to 2030-01-01T00:00:00Z (RFC 3339)"));
+                }
+                (Some(m), _)
+                    if m != "KEY_MATERIAL_EXPIRES" && m != "KEY_MATERIAL_DOES_NOT_EXPIRE" =>
+                {
+                    return Err(CliError::new(
+                        ErrorClass::Usage,
+                        format!("unknown --expiration-model {m:?}"),
+                    )
+                    .hint("use KEY_MATERIAL_EXPIRES or KEY_MATERIAL_DOES_NOT_EXPIRE"));
+                }
+                (_, Some(t)) => Some(clock::parse_rfc3339(&t).ok_or_else(|| {
+                    CliError::new(
+                        ErrorClass::Usage,
+                        format!("--valid-to {t:?} is not RFC 3339"),
+                    )
+                    .hint("write it like 2030-01-01T00:00:00Z")
+                })?),
+                (_, None) => None,
+            };
+            let material = read_blob(&encrypted_key_material, "encrypted-key-material")?;
+            let token = read_blob(&import_token, "import-token")?;
+            ks.import_key_material(&caller, &key_id, &token, &material, valid_to)?;
+        }
+        KmsCommand::DeleteImportedKeyMaterial(a) => {
+            ks.delete_imported_key_material(&caller, &a.key_id)?
         }
         KmsCommand::DescribeKey(a) => {
             let m = ks.describe_key(&caller, &a.key_id)?;

@@ -104,6 +104,12 @@ pub struct KeyMetadata {
     pub key_spec: &'static str,
     /// The version of key material that new ciphertexts use.
     pub current_key_material_version: u32,
+    /// For EXTERNAL keys: KEY_MATERIAL_EXPIRES or KEY_MATERIAL_DOES_NOT_EXPIRE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiration_model: Option<&'static str>,
+    /// For imported material that expires: when (seconds since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_to: Option<i64>,
 }
 
 /// Size of a generated data key.

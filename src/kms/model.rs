@@ -339,6 +339,14 @@ impl KeyRecord {
             key_usage: "ENCRYPT_DECRYPT",
             key_spec: "SYMMETRIC_DEFAULT",
             current_key_material_version: self.current_version,
+            expiration_model: match (self.origin, self.materials.first()) {
+                (KeyOrigin::External, Some(m)) if m.expires.is_some() => {
+                    Some("KEY_MATERIAL_EXPIRES")
+                }
+                (KeyOrigin::External, Some(_)) => Some("KEY_MATERIAL_DOES_NOT_EXPIRE"),
+                _ => None,
+            },
+            valid_to: self.materials.first().and_then(|m| m.expires),
         }
     }
 
