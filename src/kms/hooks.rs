@@ -24,6 +24,18 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// The policy action name, `kms:` included.
+    pub fn action(self) -> &'static str {
+        match self {
+            Operation::Encrypt => "kms:Encrypt",
+            Operation::Decrypt => "kms:Decrypt",
+            Operation::GenerateDataKey => "kms:GenerateDataKey",
+            Operation::GenerateDataKeyWithoutPlaintext => "kms:GenerateDataKeyWithoutPlaintext",
+            Operation::ReEncryptFrom => "kms:ReEncryptFrom",
+            Operation::ReEncryptTo => "kms:ReEncryptTo",
+        }
+    }
+
     /// The AWS action name (`kms:Decrypt` without the prefix).
     pub fn as_str(self) -> &'static str {
         match self {

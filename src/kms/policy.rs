@@ -228,11 +228,11 @@ impl KeyPolicy {
 
     /// Explicit Deny wins, then any Allow; otherwise denied.
     pub fn allows(&self, caller: &Caller, op: Operation) -> bool {
-        let action = format!("kms:{}", op.as_str());
+        let action = op.action();
         let applies = |s: &&Statement| {
             s.actions
                 .iter()
-                .any(|a| a == "*" || pattern_matches(a, &action))
+                .any(|a| a == "*" || pattern_matches(a, action))
                 && s.principals.iter().any(|p| match p {
                     Principal::Anyone => true,
                     Principal::Uid(u) => *u == caller.uid,
@@ -265,6 +265,21 @@ mod tests {
         ))
         .unwrap()
         .0
+    }
+
+    #[test]
+    fn every_operation_is_a_known_action() {
+        for op in [
+            Operation::Encrypt,
+            Operation::Decrypt,
+            Operation::GenerateDataKey,
+            Operation::GenerateDataKeyWithoutPlaintext,
+            Operation::ReEncryptFrom,
+            Operation::ReEncryptTo,
+        ] {
+            assert!(ACTIONS.contains(&op.action()), "{op:?}");
+            assert_eq!(op.action(), format!("kms:{}", op.as_str()));
+        }
     }
 
     #[test]
