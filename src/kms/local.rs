@@ -428,8 +428,10 @@ impl LocalKeyStore {
         {
             return; // another thread is checking
         }
-        if let Err(e) = self.refresh() {
-            self.warn_once(&format!("keystore refresh failed: {e}"));
+        match self.refresh() {
+            Err(e) => self.warn_once(&format!("keystore refresh failed: {e}")),
+            // Healthy again: a recurrence of the same problem is worth a new warning.
+            Ok(()) => *self.last_warning.lock().unwrap_or_else(|p| p.into_inner()) = None,
         }
     }
 
@@ -624,10 +626,23 @@ impl LocalKeyStore {
                 }
             };
             audit_key = Some(key.key_id.clone());
+            // Dates are also applied lazily every freshness interval; these checks
+            // close the gap, and only keys with a date read the clock.
             if key.state == KeyState::PendingDeletion && key.deletion_due(clock::now()?) {
-                self.apply_due()?;
+                if let Err(e) = self.apply_due() {
+                    self.warn_once(&format!("a due key deletion could not be written: {e}"));
+                }
                 return Err(KmsError::NotFound(format!(
                     "key {} reached its deletion date and was deleted",
+                    key.key_id
+                )));
+            }
+            if key.origin == super::KeyOrigin::External && key.material_expired(clock::now()?) {
+                if let Err(e) = self.apply_due() {
+                    self.warn_once(&format!("an expiry could not be written: {e}"));
+                }
+                return Err(KmsError::InvalidState(format!(
+                    "key {} is pending import: its imported key material expired",
                     key.key_id
                 )));
             }
