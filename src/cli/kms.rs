@@ -20,7 +20,7 @@ const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
 /// The key subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum KmsCommand {
-    /// Create a symmetric key (AES-256-GCM) with fresh key material.
+    /// Create a symmetric key (AES-256-GCM); --origin EXTERNAL to import its material.
     CreateKey {
         /// Free text describing the key.
         #[arg(long, default_value = "")]
