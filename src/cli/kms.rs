@@ -361,21 +361,49 @@ fn encrypt_hint(e: KmsError) -> CliError {
 
 /// Runs one key subcommand.
 pub fn run(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
+    let name = command_name(&c);
     run_command(g, c).map_err(|e| {
         if e.class == ErrorClass::Keystore && e.message.contains("the change was refused") {
             let hint = super::keystore::repair_hint(&super::keystore::keystore_dir(g));
             e.hint(hint)
         } else {
-            with_remedy(e)
+            with_remedy(e, &name)
         }
     })
 }
 
-/// Gives every error a remedy: the ones `From<KmsError>` leaves without.
-fn with_remedy(e: CliError) -> CliError {
+/// The kebab-case subcommand name (`ScheduleKeyDeletion` → `schedule-key-deletion`).
+fn command_name(c: &KmsCommand) -> String {
+    let dbg = format!("{c:?}");
+    let variant = dbg.split(['(', ' ', '{']).next().unwrap_or_default();
+    let mut out = String::new();
+    for ch in variant.chars() {
+        if ch.is_ascii_uppercase() && !out.is_empty() {
+            out.push('-');
+        }
+        out.push(ch.to_ascii_lowercase());
+    }
+    out
+}
+
+/// Gives every error a remedy: the ones `From<KmsError>` leaves without, and
+/// better ones where the generic remedy does not fit.
+fn with_remedy(e: CliError, command: &str) -> CliError {
+    if e.message.starts_with("KMSInvalidStateException")
+        && e.message.contains("is not allowed for key")
+    {
+        return e.hint("see the key's state with `kmsfs kms describe-key --key-id K`");
+    }
+    if e.message.starts_with("KMSInvalidStateException") && e.message.contains("pending import") {
+        return e.hint(
+            "import its key material: `kmsfs kms get-parameters-for-import`, then \
+             `kmsfs kms import-key-material`",
+        );
+    }
     if e.hint.is_some() {
         return e;
     }
+    let help = format!("see `kmsfs kms {command} --help`");
     let hint = if e.message.starts_with("InvalidCiphertextException") {
         "give the same --encryption-context as when it was made, an unmodified blob, and the \
          --keystore that made it"
@@ -386,12 +414,13 @@ fn with_remedy(e: CliError) -> CliError {
     } else if e.message.starts_with("AlreadyExistsException") {
         "choose another alias name, or move it with `kmsfs kms update-alias`"
     } else if e.class == ErrorClass::Usage {
-        "see `kmsfs kms <command> --help`"
+        help.as_str()
     } else if e.class == ErrorClass::Io {
         "check the path, its permissions and free space, then retry"
     } else {
         return e;
     };
+    let hint = hint.to_string();
     e.hint(hint)
 }
 
@@ -755,4 +784,26 @@ fn check_source_key(ks: &LocalKeyStore, blob: &[u8], want: &str) -> Result<(), C
         .into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_names_are_the_aws_ones() {
+        let c = KmsCommand::ScheduleKeyDeletion {
+            key_id: "k".into(),
+            pending_window_in_days: None,
+        };
+        assert_eq!(command_name(&c), "schedule-key-deletion");
+        assert_eq!(command_name(&KmsCommand::ListKeys), "list-keys");
+        let c = KmsCommand::GenerateDataKeyWithoutPlaintext(DataKeyArgs {
+            key_id: "k".into(),
+            key_spec: None,
+            number_of_bytes: None,
+            encryption_context: None,
+        });
+        assert_eq!(command_name(&c), "generate-data-key-without-plaintext");
+    }
 }
