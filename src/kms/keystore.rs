@@ -370,6 +370,19 @@ impl KeystoreDir {
         prev: Option<&[u8]>,
         current: &[u8],
     ) -> Result<Fingerprint, KmsError> {
+        let r = self.write_generations_inner(prev, current);
+        if r.is_err() {
+            // Disk full or similar: leave no half-written temporaries behind.
+            self.remove_stale_temporaries();
+        }
+        r
+    }
+
+    fn write_generations_inner(
+        &self,
+        prev: Option<&[u8]>,
+        current: &[u8],
+    ) -> Result<Fingerprint, KmsError> {
         let prev_tmp = match prev {
             Some(b) => Some(self.write_tmp(PREV_TMP, b)?),
             None => None,
@@ -835,6 +848,34 @@ mod tests {
             assert_eq!((m.uid(), m.gid()), (65534, 65534), "{name}");
             assert_eq!(m.mode() & 0o777, 0o600, "{name}");
         }
+    }
+
+    #[test]
+    fn a_failed_write_changes_nothing_and_leaves_no_temporaries() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = KeystoreDir::new(t.path());
+        create(&dir, CreateMode::RootKeyFile).unwrap();
+        let first = fs::read(dir.file(CURRENT_FILE)).unwrap();
+        dir.write_generations(Some(&first), &first).unwrap();
+        let before = (
+            fs::read(dir.file(CURRENT_FILE)).unwrap(),
+            fs::read(dir.file(PREV_FILE)).unwrap(),
+        );
+        // The current temporary cannot be created (a directory is in the way).
+        fs::create_dir(dir.file(CURRENT_TMP)).unwrap();
+        assert!(matches!(
+            dir.write_generations(Some(b"new prev"), b"new"),
+            Err(KmsError::Io(_))
+        ));
+        assert!(
+            !dir.file(PREV_TMP).exists(),
+            "half-written temporary left behind"
+        );
+        let after = (
+            fs::read(dir.file(CURRENT_FILE)).unwrap(),
+            fs::read(dir.file(PREV_FILE)).unwrap(),
+        );
+        assert_eq!(after, before);
     }
 
     #[test]
