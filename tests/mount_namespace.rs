@@ -211,8 +211,13 @@ fn attributes_xattrs_and_statfs() {
 
 #[test]
 fn other_users_get_kernel_permission_checks_and_own_their_files() {
-    let Some(mut m) = Mount::new("users") else { return };
-    if common::sh(&m.mnt, "command -v runuser || true").trim().is_empty() {
+    let Some(mut m) = Mount::new("users") else {
+        return;
+    };
+    if common::sh(&m.mnt, "command -v runuser || true")
+        .trim()
+        .is_empty()
+    {
         eprintln!("SKIPPED users: runuser is not installed");
         return;
     }

@@ -18,6 +18,7 @@ use super::keystore::{
     self, CURRENT_FILE, CreateMode, Fingerprint, Frame, KeystoreDir, PREV_FILE, RootKey,
 };
 use super::model::{self, KeyRecord, StoreState, Usage};
+use super::policy::KeyPolicy;
 use super::{
     Caller, DataKey, DataKeySpec, Decrypted, Encrypted, EncryptionContext, KeyMetadata, KeyService,
     KeyState, KmsError, MAX_ENCRYPT_PLAINTEXT, clock,
@@ -29,54 +30,30 @@ use crate::crypto::{AeadKey, SecretBytes};
 /// is this interval (well under the mount's one-second requirement).
 pub const FRESHNESS_INTERVAL_MS: u64 = 20;
 
-/// One entry of ListKeys.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct KeyListEntry {
-    /// The key id.
-    pub key_id: String,
-    /// The key ARN.
-    pub key_arn: String,
-}
+mod admin;
 
-/// One entry of ListAliases.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct AliasListEntry {
-    /// `alias/...`.
-    pub alias_name: String,
-    /// The alias ARN.
-    pub alias_arn: String,
-    /// The key it points at.
-    pub target_key_id: String,
-}
-
-/// Result of ScheduleKeyDeletion.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct ScheduledDeletion {
-    /// The key ARN (as AWS returns it).
-    pub key_id: String,
-    /// When the key will be deleted (epoch seconds).
-    pub deletion_date: i64,
-    /// Always PendingDeletion.
-    pub key_state: KeyState,
-    /// The waiting period.
-    pub pending_window_in_days: u32,
-}
+pub use admin::{
+    AliasListEntry, ImportParameters, KeyListEntry, KeyRotation, KeyRotationStatus,
+    ScheduledDeletion,
+};
 
 /// An immutable view of the keystore, swapped whole on every change.
 struct Snapshot {
     state: StoreState,
     /// Ready AES-GCM keys: key id → (material version, key).
     ciphers: HashMap<String, Vec<(u32, AeadKey)>>,
+    /// Parsed key policies of the keys that have one.
+    policies: HashMap<String, KeyPolicy>,
     /// Stat of the current generation this snapshot matches.
     fingerprint: Option<Fingerprint>,
     /// Why we run from the previous generation (read-only), if we do.
     fallback: Option<String>,
     /// Why no state is usable at all (both generations unreadable on reload).
     broken: Option<String>,
-    next_deletion: Option<i64>,
+    /// When a deletion or an automatic rotation is next due.
+    next_due: Option<i64>,
+    /// The write counter of the file this snapshot was read from.
+    file_generation: u64,
 }
 
 impl Snapshot {
@@ -84,6 +61,7 @@ impl Snapshot {
         state: StoreState,
         fingerprint: Option<Fingerprint>,
         fallback: Option<String>,
+        file_generation: u64,
     ) -> Result<Self, KmsError> {
         let mut ciphers = HashMap::with_capacity(state.keys.len());
         for (id, k) in &state.keys {
@@ -96,14 +74,27 @@ impl Snapshot {
             }
             ciphers.insert(id.clone(), v);
         }
-        let next_deletion = state.next_deletion();
+        let mut policies = HashMap::new();
+        for (id, k) in &state.keys {
+            if let Some(doc) = &k.policy {
+                let p = KeyPolicy::from_value(doc).map_err(|e| {
+                    KmsError::CorruptKeystore(format!(
+                        "the stored policy of key {id} is unusable: {e}"
+                    ))
+                })?;
+                policies.insert(id.clone(), p);
+            }
+        }
+        let next_due = state.next_due();
         Ok(Self {
             state,
             ciphers,
+            policies,
             fingerprint,
             fallback,
             broken: None,
-            next_deletion,
+            next_due,
+            file_generation,
         })
     }
 
@@ -111,10 +102,12 @@ impl Snapshot {
         Self {
             state: StoreState::default(),
             ciphers: HashMap::new(),
+            policies: HashMap::new(),
             fingerprint,
             fallback: None,
             broken: Some(why),
-            next_deletion: None,
+            next_due: None,
+            file_generation: 0,
         }
     }
 }
@@ -122,6 +115,7 @@ impl Snapshot {
 /// What reading the directory produced.
 struct Loaded {
     state: StoreState,
+    file_generation: u64,
     keystore_id: [u8; 16],
     fingerprint: Option<Fingerprint>,
     fallback: Option<String>,
@@ -147,6 +141,8 @@ pub struct LocalKeyStore {
     last_check_ns: AtomicU64,
     reload_lock: Mutex<()>,
     audit: OnceLock<Arc<dyn AuditSink>>,
+    purge_warned: std::sync::atomic::AtomicBool,
+    last_warning: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for LocalKeyStore {
@@ -172,7 +168,7 @@ fn load(
     obtained: &mut Option<RootKey>,
     passphrase: &dyn Fn() -> Result<SecretBytes, KmsError>,
 ) -> Result<Loaded, KmsError> {
-    let mut unseal = |name: &str, bytes: &[u8]| -> Result<(StoreState, [u8; 16]), KmsError> {
+    let mut unseal = |name: &str, bytes: &[u8]| -> Result<(StoreState, [u8; 16], u64), KmsError> {
         let frame = Frame::parse(name, bytes)?;
         if given.is_none() && obtained.is_none() {
             *obtained = Some(RootKey::obtain(dir, frame.mode, passphrase)?);
@@ -180,7 +176,7 @@ fn load(
         let r = given
             .or(obtained.as_ref())
             .ok_or_else(|| KmsError::Internal("root key missing".into()))?;
-        Ok((frame.unseal(name, r)?, frame.keystore_id))
+        Ok((frame.unseal(name, r)?, frame.keystore_id, frame.generation))
     };
     let cur = dir.read(CURRENT_FILE)?;
     let fingerprint = cur.as_ref().map(|c| c.1);
@@ -191,9 +187,10 @@ fn load(
                 Frame::parse(CURRENT_FILE, bytes)?;
             }
             match unseal(CURRENT_FILE, bytes) {
-                Ok((state, keystore_id)) => {
+                Ok((state, keystore_id, file_generation)) => {
                     return Ok(Loaded {
                         state,
+                        file_generation,
                         keystore_id,
                         fingerprint,
                         fallback: None,
@@ -220,7 +217,7 @@ fn load(
         });
     };
     match unseal(PREV_FILE, &pbytes) {
-        Ok((state, keystore_id)) => {
+        Ok((state, keystore_id, file_generation)) => {
             log::warn!(
                 "{primary}; using the previous generation {} instead (read-only: changes are \
                  refused until the current generation is repaired or restored)",
@@ -228,6 +225,7 @@ fn load(
             );
             Ok(Loaded {
                 state,
+                file_generation,
                 keystore_id,
                 fingerprint,
                 fallback: Some(primary),
@@ -322,7 +320,12 @@ impl LocalKeyStore {
         let loaded = load(&kdir, None, &mut root, passphrase)?;
         let root = root.ok_or_else(|| KmsError::Internal("root key not obtained".into()))?;
         let ks = Self::assemble(kdir, root, loaded)?;
-        ks.purge_if_due()?;
+        // A reader without write access still opens: due keys are refused in memory.
+        if let Err(e) = ks.apply_due() {
+            ks.warn_once(&format!(
+                "a due key deletion or rotation could not be written: {e}"
+            ));
+        }
         Ok(ks)
     }
 
@@ -335,6 +338,7 @@ impl LocalKeyStore {
             root,
             Loaded {
                 state,
+                file_generation: 1,
                 keystore_id,
                 fingerprint: Some(fp),
                 fallback: None,
@@ -343,7 +347,7 @@ impl LocalKeyStore {
     }
 
     fn assemble(dir: KeystoreDir, root: RootKey, l: Loaded) -> Result<Self, KmsError> {
-        let snap = Snapshot::new(l.state, l.fingerprint, l.fallback)?;
+        let snap = Snapshot::new(l.state, l.fingerprint, l.fallback, l.file_generation)?;
         Ok(Self {
             dir,
             root,
@@ -355,6 +359,8 @@ impl LocalKeyStore {
             last_check_ns: AtomicU64::new(0),
             reload_lock: Mutex::new(()),
             audit: OnceLock::new(),
+            purge_warned: std::sync::atomic::AtomicBool::new(false),
+            last_warning: Mutex::new(None),
         })
     }
 
@@ -371,6 +377,11 @@ impl LocalKeyStore {
     /// "root-key-file" or "passphrase".
     pub fn root_mode(&self) -> &'static str {
         self.root.mode().name()
+    }
+
+    /// The write counter of the keystore file the service currently uses.
+    pub fn file_generation(&self) -> u64 {
+        self.snapshot().file_generation
     }
 
     /// Why the keystore runs read-only from its previous generation, if it does.
@@ -392,6 +403,8 @@ impl LocalKeyStore {
         }
     }
 
+    /// Swaps in a new snapshot. Callers hold `reload_lock`, so a reload that
+    /// read an older file cannot land after an update's newer snapshot.
     fn install(&self, snap: Snapshot) {
         let mut g = match self.snap.write() {
             Ok(g) => g,
@@ -415,8 +428,20 @@ impl LocalKeyStore {
         {
             return; // another thread is checking
         }
-        if let Err(e) = self.refresh() {
-            log::warn!("keystore refresh failed: {e}");
+        match self.refresh() {
+            Err(e) => self.warn_once(&format!("keystore refresh failed: {e}")),
+            // Healthy again: a recurrence of the same problem is worth a new warning.
+            Ok(()) => *self.last_warning.lock().unwrap_or_else(|p| p.into_inner()) = None,
+        }
+    }
+
+    /// Logs `msg` unless it is the same as the last warning (no repeats every
+    /// freshness interval while a problem persists).
+    fn warn_once(&self, msg: &str) {
+        let mut last = self.last_warning.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() != Some(msg) {
+            log::warn!("{msg}");
+            *last = Some(msg.to_string());
         }
     }
 
@@ -427,7 +452,7 @@ impl LocalKeyStore {
         if fp != self.snapshot().fingerprint {
             self.reload()?;
         }
-        self.purge_if_due()
+        self.apply_due()
     }
 
     fn reload(&self) -> Result<(), KmsError> {
@@ -447,7 +472,7 @@ impl LocalKeyStore {
                     hex(&l.keystore_id)
                 )));
             }
-            Snapshot::new(l.state, l.fingerprint, l.fallback)
+            Snapshot::new(l.state, l.fingerprint, l.fallback, l.file_generation)
         });
         match result {
             Ok(s) => {
@@ -462,18 +487,24 @@ impl LocalKeyStore {
         }
     }
 
-    fn purge_if_due(&self) -> Result<(), KmsError> {
+    /// Deletes keys whose deletion date has passed and rotates keys whose
+    /// automatic rotation is due (one update), when anything is due.
+    fn apply_due(&self) -> Result<(), KmsError> {
         let snap = self.snapshot();
-        let Some(d) = snap.next_deletion else {
+        let Some(d) = snap.next_due else {
             return Ok(());
         };
         if clock::now()? < d {
             return Ok(());
         }
         if snap.fallback.is_some() {
+            if self.purge_warned.swap(true, Ordering::Relaxed) {
+                return Ok(());
+            }
             log::warn!(
-                "a key's deletion date has passed but the keystore runs from its previous \
-                 generation; it is refused now and will be deleted once the keystore is repaired"
+                "a key deletion or rotation is due but the keystore runs from its previous \
+                 generation; a key past its deletion date is refused now, and both happen once \
+                 the keystore is repaired"
             );
             return Ok(());
         }
@@ -513,8 +544,10 @@ impl LocalKeyStore {
         let old_generation = frame.generation;
         let mut state = old.clone();
         let purged = state.purge_due(now);
+        let rotated = state.rotate_due(now)?;
+        let expired = state.expire_due(now);
         let result = f(&mut state, now);
-        if result.is_err() && purged.is_empty() {
+        if result.is_err() && purged.is_empty() && rotated.is_empty() && expired.is_empty() {
             return result;
         }
         let prev_bytes = if purged.is_empty() {
@@ -532,7 +565,18 @@ impl LocalKeyStore {
         for id in &purged {
             log::info!("key {id} reached its deletion date and was deleted for good");
         }
-        self.install(Snapshot::new(state, Some(fp), None)?);
+        for id in &rotated {
+            log::info!("key {id} was rotated automatically");
+        }
+        for id in &expired {
+            log::info!("the imported material of key {id} expired and was deleted");
+        }
+        let snap = Snapshot::new(state, Some(fp), None, old_generation + 1)?;
+        let _reloads = match self.reload_lock.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        self.install(snap);
         result
     }
 
@@ -544,7 +588,7 @@ impl LocalKeyStore {
         op: Operation,
         key_ref: KeyRef<'_>,
         usage: Usage,
-        f: impl FnOnce(&KeyRecord, &[(u32, AeadKey)]) -> Result<(T, u32), KmsError>,
+        f: impl FnOnce(&StoreState, &KeyRecord, &[(u32, AeadKey)]) -> Result<(T, u32), KmsError>,
     ) -> Result<T, KmsError> {
         self.refresh_if_stale();
         let snap = self.snapshot();
@@ -559,31 +603,56 @@ impl LocalKeyStore {
                 KeyRef::Blob(h) => {
                     let id = h.key_id_string();
                     let k = snap.state.keys.get(&id);
+                    let deleted = snap.state.deleted.get(&id).copied();
                     audit_key = Some(id);
-                    k.ok_or_else(|| {
-                        KmsError::NotFound(format!(
-                            "the key this ciphertext was made with ({}) no longer exists; \
-                             it cannot be decrypted",
-                            h.key_id_string()
-                        ))
-                    })?
+                    match (k, deleted) {
+                        (Some(k), _) => k,
+                        (None, Some(when)) => {
+                            return Err(KmsError::NotFound(format!(
+                                "the key this ciphertext was made with ({}) was deleted on {}; \
+                                 it can no longer be decrypted",
+                                h.key_id_string(),
+                                clock::format_rfc3339(when)
+                            )));
+                        }
+                        (None, None) => {
+                            return Err(KmsError::InvalidCiphertext(
+                                "the ciphertext blob cannot be decrypted: it names a key this \
+                                 keystore never had (was it modified?)"
+                                    .into(),
+                            ));
+                        }
+                    }
                 }
             };
             audit_key = Some(key.key_id.clone());
+            // Dates are also applied lazily every freshness interval; these checks
+            // close the gap, and only keys with a date read the clock.
             if key.state == KeyState::PendingDeletion && key.deletion_due(clock::now()?) {
-                self.purge_if_due()?;
+                if let Err(e) = self.apply_due() {
+                    self.warn_once(&format!("a due key deletion could not be written: {e}"));
+                }
                 return Err(KmsError::NotFound(format!(
                     "key {} reached its deletion date and was deleted",
                     key.key_id
                 )));
             }
+            if key.origin == super::KeyOrigin::External && key.material_expired(clock::now()?) {
+                if let Err(e) = self.apply_due() {
+                    self.warn_once(&format!("an expiry could not be written: {e}"));
+                }
+                return Err(KmsError::InvalidState(format!(
+                    "key {} is pending import: its imported key material expired",
+                    key.key_id
+                )));
+            }
             key.check_usable(usage)?;
-            hooks::authorize(caller, key, op)?;
+            hooks::authorize(caller, &key.key_id, snap.policies.get(&key.key_id), op)?;
             let ciphers = snap
                 .ciphers
                 .get(&key.key_id)
                 .ok_or_else(|| KmsError::Internal("key schedule missing".into()))?;
-            let (out, v) = f(key, ciphers)?;
+            let (out, v) = f(&snap.state, key, ciphers)?;
             version = Some(v);
             Ok(out)
         })();
@@ -669,10 +738,9 @@ impl LocalKeyStore {
             op,
             KeyRef::Blob(&header),
             Usage::Decrypt,
-            |key, ciphers| {
+            |state, key, ciphers| {
                 if let Some(want) = key_id {
-                    let snap = self.snapshot();
-                    let wanted = resolve(&snap.state, &self.keystore_id_hex, want)?;
+                    let wanted = resolve(state, &self.keystore_id_hex, want)?;
                     if wanted.key_id != key.key_id {
                         return Err(KmsError::IncorrectKey(format!(
                             "the ciphertext was made under key {}, not {}",
@@ -734,7 +802,7 @@ impl LocalKeyStore {
             op,
             KeyRef::Name(key_id),
             Usage::Encrypt,
-            |key, ciphers| {
+            |_, key, ciphers| {
                 let plaintext = SecretBytes::random(len)
                     .map_err(|e| KmsError::Internal(format!("cannot generate a data key: {e}")))?;
                 let (ciphertext_blob, v) =
@@ -750,167 +818,6 @@ impl LocalKeyStore {
                 ))
             },
         )
-    }
-
-    // ---- administration (each takes the caller for the future policy/audit) ----
-
-    /// CreateKey: a new Enabled key with fresh material.
-    pub fn create_key(&self, _caller: &Caller, description: &str) -> Result<KeyMetadata, KmsError> {
-        self.update(|s, now| {
-            let k = KeyRecord::generate(description, now)?;
-            let meta = k.metadata(&self.keystore_id_hex);
-            s.keys.insert(k.key_id.clone(), k);
-            Ok(meta)
-        })
-    }
-
-    /// ListKeys, in creation order.
-    pub fn list_keys(&self, _caller: &Caller) -> Result<Vec<KeyListEntry>, KmsError> {
-        let snap = self.fresh_snapshot()?;
-        let mut keys: Vec<&KeyRecord> = snap.state.keys.values().collect();
-        keys.sort_by(|a, b| (a.creation_date, &a.key_id).cmp(&(b.creation_date, &b.key_id)));
-        Ok(keys
-            .into_iter()
-            .map(|k| KeyListEntry {
-                key_id: k.key_id.clone(),
-                key_arn: model::key_arn(&self.keystore_id_hex, &k.key_id),
-            })
-            .collect())
-    }
-
-    /// The metadata of every key, in creation order (for readable listings).
-    pub fn list_key_metadata(&self, caller: &Caller) -> Result<Vec<KeyMetadata>, KmsError> {
-        let snap = self.fresh_snapshot()?;
-        self.list_keys(caller)?
-            .iter()
-            .filter_map(|e| snap.state.keys.get(&e.key_id))
-            .map(|k| Ok(k.metadata(&self.keystore_id_hex)))
-            .collect()
-    }
-
-    /// EnableKey.
-    pub fn enable_key(&self, _caller: &Caller, key_id: &str) -> Result<(), KmsError> {
-        self.update(|s, _| resolve_mut(s, &self.keystore_id_hex, key_id)?.enable())
-    }
-
-    /// DisableKey.
-    pub fn disable_key(&self, _caller: &Caller, key_id: &str) -> Result<(), KmsError> {
-        self.update(|s, _| resolve_mut(s, &self.keystore_id_hex, key_id)?.disable())
-    }
-
-    /// ScheduleKeyDeletion with a waiting period of 7 to 30 days (default 30).
-    pub fn schedule_key_deletion(
-        &self,
-        _caller: &Caller,
-        key_id: &str,
-        pending_window_in_days: Option<u32>,
-    ) -> Result<ScheduledDeletion, KmsError> {
-        let days = pending_window_in_days.unwrap_or(model::MAX_PENDING_WINDOW_DAYS);
-        self.update(|s, now| {
-            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
-            let deletion_date = k.schedule_deletion(days, now)?;
-            Ok(ScheduledDeletion {
-                key_id: model::key_arn(&self.keystore_id_hex, &k.key_id),
-                deletion_date,
-                key_state: k.state,
-                pending_window_in_days: days,
-            })
-        })
-    }
-
-    /// CancelKeyDeletion: the key becomes Disabled. Returns its ARN.
-    pub fn cancel_key_deletion(&self, _caller: &Caller, key_id: &str) -> Result<String, KmsError> {
-        self.update(|s, _| {
-            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
-            k.cancel_deletion()?;
-            Ok(model::key_arn(&self.keystore_id_hex, &k.key_id))
-        })
-    }
-
-    /// CreateAlias (user aliases: the reserved prefixes are refused).
-    pub fn create_alias(
-        &self,
-        _caller: &Caller,
-        alias_name: &str,
-        target_key_id: &str,
-    ) -> Result<(), KmsError> {
-        model::validate_alias_name(alias_name, false)?;
-        self.update(|s, _| {
-            let id = resolve(s, &self.keystore_id_hex, target_key_id)?
-                .key_id
-                .clone();
-            s.create_alias(alias_name, &id, false)
-        })
-    }
-
-    /// UpdateAlias.
-    pub fn update_alias(
-        &self,
-        _caller: &Caller,
-        alias_name: &str,
-        target_key_id: &str,
-    ) -> Result<(), KmsError> {
-        model::validate_alias_name(alias_name, false)?;
-        self.update(|s, _| {
-            let id = resolve(s, &self.keystore_id_hex, target_key_id)?
-                .key_id
-                .clone();
-            s.update_alias(alias_name, &id)
-        })
-    }
-
-    /// DeleteAlias.
-    pub fn delete_alias(&self, _caller: &Caller, alias_name: &str) -> Result<(), KmsError> {
-        model::validate_alias_name(alias_name, false)?;
-        self.update(|s, _| s.delete_alias(alias_name))
-    }
-
-    /// ListAliases, optionally only those of one key.
-    pub fn list_aliases(
-        &self,
-        _caller: &Caller,
-        key_id: Option<&str>,
-    ) -> Result<Vec<AliasListEntry>, KmsError> {
-        let snap = self.fresh_snapshot()?;
-        let only = match key_id {
-            Some(k) => Some(
-                resolve(&snap.state, &self.keystore_id_hex, k)?
-                    .key_id
-                    .clone(),
-            ),
-            None => None,
-        };
-        Ok(snap
-            .state
-            .aliases
-            .iter()
-            .filter(|(_, t)| only.as_ref().is_none_or(|o| o == *t))
-            .map(|(name, t)| AliasListEntry {
-                alias_name: name.clone(),
-                alias_arn: model::alias_arn(&self.keystore_id_hex, name),
-                target_key_id: t.clone(),
-            })
-            .collect())
-    }
-
-    /// The key aliased `alias/kmsfs/default`, created (with its alias) if absent,
-    /// as AWS creates `aws/ebs` on first use. Returns its key id.
-    pub fn ensure_default_key(&self, _caller: &Caller) -> Result<String, KmsError> {
-        let snap = self.fresh_snapshot()?;
-        if let Some(id) = snap.state.aliases.get(model::DEFAULT_ALIAS) {
-            return Ok(id.clone());
-        }
-        self.update(|s, now| {
-            if let Some(id) = s.aliases.get(model::DEFAULT_ALIAS) {
-                return Ok(id.clone()); // another process made it meanwhile
-            }
-            let k =
-                KeyRecord::generate("Default key for kmsfs mounts (created automatically)", now)?;
-            let id = k.key_id.clone();
-            s.keys.insert(id.clone(), k);
-            s.create_alias(model::DEFAULT_ALIAS, &id, true)?;
-            Ok(id)
-        })
     }
 
     fn fresh_snapshot(&self) -> Result<Arc<Snapshot>, KmsError> {
@@ -970,7 +877,7 @@ impl KeyService for LocalKeyStore {
             Operation::Encrypt,
             KeyRef::Name(key_id),
             Usage::Encrypt,
-            |key, ciphers| {
+            |_, key, ciphers| {
                 let (ciphertext_blob, v) = self.seal_current(key, ciphers, plaintext, context)?;
                 Ok((
                     Encrypted {
@@ -1004,7 +911,7 @@ impl KeyService for LocalKeyStore {
             Operation::ReEncryptTo,
             KeyRef::Name(destination_key_id),
             Usage::Encrypt,
-            |key, ciphers| {
+            |_, key, ciphers| {
                 let (blob, v) =
                     self.seal_current(key, ciphers, plaintext.expose(), destination_context)?;
                 Ok((
@@ -1023,7 +930,7 @@ impl KeyService for LocalKeyStore {
         let snap = self.fresh_snapshot()?;
         let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
         if k.deletion_due(clock::now()?) {
-            self.purge_if_due()?;
+            self.apply_due()?;
             return Err(KmsError::NotFound(format!(
                 "key {} reached its deletion date and was deleted",
                 k.key_id
@@ -1039,401 +946,4 @@ impl KeyService for LocalKeyStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::kms::keystore::CURRENT_FILE;
-
-    const ME: Caller = Caller {
-        uid: 0,
-        gid: 0,
-        pid: 1,
-    };
-
-    fn new_store() -> (tempfile::TempDir, LocalKeyStore, String) {
-        let t = tempfile::tempdir().unwrap();
-        let ks = LocalKeyStore::create(&t.path().join("ks"), CreateMode::RootKeyFile).unwrap();
-        let id = ks.create_key(&ME, "test").unwrap().key_id;
-        (t, ks, id)
-    }
-
-    fn reopen(ks: &LocalKeyStore) -> LocalKeyStore {
-        LocalKeyStore::open(ks.dir(), &no_passphrase).unwrap()
-    }
-
-    fn ctx() -> EncryptionContext {
-        EncryptionContext::with("file", "f1")
-    }
-
-    #[test]
-    fn data_key_round_trip_and_refusals() {
-        let (_t, ks, id) = new_store();
-        let dk = ks
-            .generate_data_key(&ME, &id, DataKeySpec::Aes256, &ctx())
-            .unwrap();
-        assert_eq!(dk.plaintext.len(), 32);
-        assert_eq!(dk.ciphertext_blob.len(), 32 + blob::BLOB_OVERHEAD);
-        let d = ks.decrypt(&ME, &dk.ciphertext_blob, &ctx(), None).unwrap();
-        assert_eq!(d.plaintext, dk.plaintext);
-        assert_eq!(
-            (d.key_id.as_str(), d.key_material_version),
-            (id.as_str(), 1)
-        );
-        // Same key named by ARN: accepted. Another key: IncorrectKey.
-        let arn = model::key_arn(ks.keystore_id(), &id);
-        assert!(
-            ks.decrypt(&ME, &dk.ciphertext_blob, &ctx(), Some(&arn))
-                .is_ok()
-        );
-        let other = ks.create_key(&ME, "").unwrap().key_id;
-        let e = ks
-            .decrypt(&ME, &dk.ciphertext_blob, &ctx(), Some(&other))
-            .unwrap_err();
-        assert!(matches!(e, KmsError::IncorrectKey(_)), "{e}");
-        // Other context: refused.
-        let e = ks
-            .decrypt(&ME, &dk.ciphertext_blob, &EncryptionContext::new(), None)
-            .unwrap_err();
-        assert!(matches!(e, KmsError::InvalidCiphertext(_)), "{e}");
-        for (spec, n) in [
-            (DataKeySpec::Aes128, 16),
-            (DataKeySpec::Bytes(1), 1),
-            (DataKeySpec::Bytes(1024), 1024),
-        ] {
-            assert_eq!(
-                ks.generate_data_key(&ME, &id, spec, &ctx())
-                    .unwrap()
-                    .plaintext
-                    .len(),
-                n
-            );
-        }
-        for bad in [0, 1025] {
-            let e = ks
-                .generate_data_key(&ME, &id, DataKeySpec::Bytes(bad), &ctx())
-                .unwrap_err();
-            assert!(matches!(e, KmsError::Validation(_)));
-        }
-        let w = ks
-            .generate_data_key_without_plaintext(&ME, &id, DataKeySpec::Aes256, &ctx())
-            .unwrap();
-        assert_eq!(
-            ks.decrypt(&ME, &w.ciphertext_blob, &ctx(), None)
-                .unwrap()
-                .plaintext
-                .len(),
-            32
-        );
-    }
-
-    #[test]
-    fn encrypt_size_limit() {
-        let (_t, ks, id) = new_store();
-        let e = ks
-            .encrypt(&ME, &id, &[7u8; MAX_ENCRYPT_PLAINTEXT], &ctx())
-            .unwrap();
-        let d = ks.decrypt(&ME, &e.ciphertext_blob, &ctx(), None).unwrap();
-        assert_eq!(d.plaintext.expose(), &[7u8; MAX_ENCRYPT_PLAINTEXT][..]);
-        let err = ks
-            .encrypt(&ME, &id, &[7u8; MAX_ENCRYPT_PLAINTEXT + 1], &ctx())
-            .unwrap_err();
-        assert!(
-            matches!(err, KmsError::Validation(_)) && err.to_string().contains("generate-data-key")
-        );
-    }
-
-    #[test]
-    fn every_state_refuses_with_its_own_error() {
-        let (_t, ks, id) = new_store();
-        let blob = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
-        ks.disable_key(&ME, &id).unwrap();
-        assert!(matches!(
-            ks.encrypt(&ME, &id, b"x", &ctx()),
-            Err(KmsError::Disabled(_))
-        ));
-        assert!(matches!(
-            ks.decrypt(&ME, &blob, &ctx(), None),
-            Err(KmsError::Disabled(_))
-        ));
-        assert!(matches!(
-            ks.generate_data_key(&ME, &id, DataKeySpec::Aes256, &ctx()),
-            Err(KmsError::Disabled(_))
-        ));
-        assert!(matches!(
-            ks.re_encrypt(&ME, &blob, &ctx(), &id, &ctx()),
-            Err(KmsError::Disabled(_))
-        ));
-        assert_eq!(
-            ks.describe_key(&ME, &id).unwrap().key_state,
-            KeyState::Disabled
-        );
-        ks.enable_key(&ME, &id).unwrap();
-        assert!(ks.decrypt(&ME, &blob, &ctx(), None).is_ok());
-        let s = ks.schedule_key_deletion(&ME, &id, Some(7)).unwrap();
-        assert_eq!(s.key_state, KeyState::PendingDeletion);
-        assert!(matches!(
-            ks.decrypt(&ME, &blob, &ctx(), None),
-            Err(KmsError::InvalidState(_))
-        ));
-        assert!(matches!(
-            ks.encrypt(&ME, &id, b"x", &ctx()),
-            Err(KmsError::InvalidState(_))
-        ));
-        assert!(matches!(
-            ks.enable_key(&ME, &id),
-            Err(KmsError::InvalidState(_))
-        ));
-        ks.cancel_key_deletion(&ME, &id).unwrap();
-        assert_eq!(
-            ks.describe_key(&ME, &id).unwrap().key_state,
-            KeyState::Disabled
-        );
-        for bad in [6, 31] {
-            assert!(matches!(
-                ks.schedule_key_deletion(&ME, &id, Some(bad)),
-                Err(KmsError::Validation(_))
-            ));
-        }
-        assert_eq!(
-            ks.schedule_key_deletion(&ME, &id, None)
-                .unwrap()
-                .pending_window_in_days,
-            30
-        );
-        let missing = uuid::Uuid::new_v4().to_string();
-        assert!(matches!(
-            ks.disable_key(&ME, &missing),
-            Err(KmsError::NotFound(_))
-        ));
-        assert!(matches!(
-            ks.encrypt(&ME, "not-a-key", b"x", &ctx()),
-            Err(KmsError::NotFound(_))
-        ));
-    }
-
-    #[test]
-    fn blob_from_another_keystore_is_refused() {
-        let (_t, a, ida) = new_store();
-        let (_t2, b, _) = new_store();
-        let blob = a.encrypt(&ME, &ida, b"x", &ctx()).unwrap().ciphertext_blob;
-        let e = b.decrypt(&ME, &blob, &ctx(), None).unwrap_err();
-        assert!(matches!(e, KmsError::InvalidCiphertext(_)), "{e}");
-        // Even with the keystore id forged, the wrong key cannot open it.
-        let mut forged = blob.clone();
-        let bid: Vec<u8> = (0..16)
-            .map(|i| u8::from_str_radix(&b.keystore_id()[2 * i..2 * i + 2], 16).unwrap())
-            .collect();
-        forged[5..21].copy_from_slice(&bid);
-        assert!(b.decrypt(&ME, &forged, &ctx(), None).is_err());
-    }
-
-    #[test]
-    fn re_encrypt_moves_to_the_destination_key_and_context() {
-        let (_t, ks, a) = new_store();
-        let b = ks.create_key(&ME, "dest").unwrap().key_id;
-        let blob = ks
-            .encrypt(&ME, &a, b"secret", &ctx())
-            .unwrap()
-            .ciphertext_blob;
-        let dctx = EncryptionContext::with("file", "f2");
-        let r = ks.re_encrypt(&ME, &blob, &ctx(), &b, &dctx).unwrap();
-        assert_eq!(r.source_key_id.as_deref(), Some(a.as_str()));
-        assert_eq!(r.key_id, b);
-        let d = ks.decrypt(&ME, &r.ciphertext_blob, &dctx, None).unwrap();
-        assert_eq!(
-            (d.key_id.as_str(), d.plaintext.expose()),
-            (b.as_str(), &b"secret"[..])
-        );
-        assert!(ks.decrypt(&ME, &r.ciphertext_blob, &ctx(), None).is_err());
-        assert!(matches!(
-            ks.re_encrypt(&ME, &blob, &dctx, &b, &dctx),
-            Err(KmsError::InvalidCiphertext(_))
-        ));
-    }
-
-    #[test]
-    fn aliases_and_key_references() {
-        let (_t, ks, id) = new_store();
-        ks.create_alias(&ME, "alias/app", &id).unwrap();
-        assert!(matches!(
-            ks.create_alias(&ME, "alias/kmsfs/x", &id),
-            Err(KmsError::Validation(_))
-        ));
-        assert!(matches!(
-            ks.create_alias(&ME, "alias/aws/ebs", &id),
-            Err(KmsError::Validation(_))
-        ));
-        let alias_arn = model::alias_arn(ks.keystore_id(), "alias/app");
-        for r in ["alias/app", alias_arn.as_str(), &id.to_uppercase()] {
-            assert_eq!(ks.describe_key(&ME, r).unwrap().key_id, id, "{r}");
-        }
-        let foreign = format!("arn:kmsfs:kms:local:{}:key/{id}", "0".repeat(32));
-        assert!(matches!(
-            ks.describe_key(&ME, &foreign),
-            Err(KmsError::NotFound(_))
-        ));
-        let other = ks.create_key(&ME, "").unwrap().key_id;
-        ks.update_alias(&ME, "alias/app", &other).unwrap();
-        assert_eq!(ks.describe_key(&ME, "alias/app").unwrap().key_id, other);
-        assert_eq!(ks.list_aliases(&ME, Some(&id)).unwrap().len(), 0);
-        ks.delete_alias(&ME, "alias/app").unwrap();
-        assert!(matches!(
-            ks.describe_key(&ME, "alias/app"),
-            Err(KmsError::NotFound(_))
-        ));
-        let d1 = ks.ensure_default_key(&ME).unwrap();
-        assert_eq!(ks.ensure_default_key(&ME).unwrap(), d1);
-        assert_eq!(reopen(&ks).ensure_default_key(&ME).unwrap(), d1);
-        assert_eq!(
-            ks.describe_key(&ME, model::DEFAULT_ALIAS).unwrap().key_id,
-            d1
-        );
-    }
-
-    #[test]
-    fn another_instance_sees_changes_and_generation_moves() {
-        let (_t, a, id) = new_store();
-        let b = reopen(&a);
-        let blob = b.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
-        let g0 = b.generation();
-        a.disable_key(&ME, &id).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(FRESHNESS_INTERVAL_MS + 5));
-        assert_ne!(b.generation(), g0);
-        assert!(matches!(
-            b.decrypt(&ME, &blob, &ctx(), None),
-            Err(KmsError::Disabled(_))
-        ));
-        a.enable_key(&ME, &id).unwrap();
-        b.refresh().unwrap();
-        assert!(b.decrypt(&ME, &blob, &ctx(), None).is_ok());
-        // A key created elsewhere is usable here after a refresh.
-        let k2 = a.create_key(&ME, "").unwrap().key_id;
-        b.refresh().unwrap();
-        assert!(b.encrypt(&ME, &k2, b"y", &ctx()).is_ok());
-    }
-
-    #[test]
-    fn concurrent_writers_lose_nothing() {
-        let (_t, a, _) = new_store();
-        let stores: Vec<LocalKeyStore> = (0..4).map(|_| reopen(&a)).collect();
-        std::thread::scope(|s| {
-            for st in &stores {
-                s.spawn(move || {
-                    for _ in 0..5 {
-                        st.create_key(&ME, "c").unwrap();
-                    }
-                });
-            }
-        });
-        a.refresh().unwrap();
-        assert_eq!(a.list_keys(&ME).unwrap().len(), 21);
-    }
-
-    #[test]
-    fn corrupt_current_falls_back_read_only() {
-        let (_t, ks, id) = new_store();
-        let blob = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
-        ks.create_alias(&ME, "alias/later", &id).unwrap(); // current = prev + alias
-        let cur = ks.dir().join(CURRENT_FILE);
-        let mut bytes = std::fs::read(&cur).unwrap();
-        let mid = bytes.len() / 2;
-        bytes[mid] ^= 0xff;
-        std::fs::write(&cur, &bytes).unwrap();
-        let fb = reopen(&ks);
-        assert!(fb.fallback_reason().unwrap().contains("checksum"));
-        assert!(fb.decrypt(&ME, &blob, &ctx(), None).is_ok());
-        assert!(fb.describe_key(&ME, "alias/later").is_err()); // prev generation's view
-        let e = fb.create_key(&ME, "").unwrap_err();
-        assert!(matches!(e, KmsError::CorruptKeystore(_)), "{e}");
-        assert_eq!(
-            std::fs::read(&cur).unwrap(),
-            bytes,
-            "a damaged keystore was overwritten"
-        );
-    }
-
-    #[test]
-    fn due_deletion_purges_both_generations_and_aliases() {
-        let (_t, ks, id) = new_store();
-        let keep = ks.create_key(&ME, "keep").unwrap().key_id;
-        ks.create_alias(&ME, "alias/doomed", &id).unwrap();
-        let blob = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
-        ks.schedule_key_deletion(&ME, &id, Some(7)).unwrap();
-        // Move the deletion date into the past (as if the window had elapsed).
-        ks.update(|s, _| {
-            s.keys.get_mut(&id).unwrap().deletion_date = Some(1);
-            Ok(())
-        })
-        .unwrap();
-        let fresh = reopen(&ks); // opening purges
-        assert!(matches!(
-            fresh.describe_key(&ME, &id),
-            Err(KmsError::NotFound(_))
-        ));
-        assert!(matches!(
-            fresh.decrypt(&ME, &blob, &ctx(), None),
-            Err(KmsError::NotFound(_))
-        ));
-        assert!(fresh.list_aliases(&ME, None).unwrap().is_empty());
-        assert!(fresh.describe_key(&ME, &keep).is_ok());
-        for name in [CURRENT_FILE, keystore::PREV_FILE] {
-            let bytes = std::fs::read(ks.dir().join(name)).unwrap();
-            let state = Frame::parse(name, &bytes)
-                .unwrap()
-                .unseal(name, &ks.root)
-                .unwrap();
-            assert!(!state.keys.contains_key(&id), "{name} still holds the key");
-            assert!(state.keys.contains_key(&keep));
-        }
-    }
-
-    #[test]
-    fn audit_sink_sees_every_use_and_refusal() {
-        type Seen = (Operation, String, Result<(), &'static str>);
-        struct Sink(Mutex<Vec<Seen>>);
-        impl AuditSink for Sink {
-            fn record(&self, e: &AuditEvent<'_>) {
-                self.0
-                    .lock()
-                    .unwrap()
-                    .push((e.operation, e.key_id.to_string(), e.result));
-            }
-        }
-        let (_t, ks, id) = new_store();
-        let sink = Arc::new(Sink(Mutex::new(Vec::new())));
-        ks.set_audit_sink(sink.clone()).unwrap();
-        let blob = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
-        ks.disable_key(&ME, &id).unwrap();
-        let _ = ks.decrypt(&ME, &blob, &ctx(), None);
-        let _ = ks.encrypt(&ME, "alias/none", b"x", &ctx());
-        let ev = sink.0.lock().unwrap().clone();
-        assert_eq!(
-            ev,
-            vec![
-                (Operation::Encrypt, id.clone(), Ok(())),
-                (Operation::Decrypt, id.clone(), Err("DisabledException")),
-                (
-                    Operation::Encrypt,
-                    "alias/none".to_string(),
-                    Err("NotFoundException")
-                ),
-            ]
-        );
-    }
-
-    #[test]
-    fn debug_shows_no_secrets() {
-        let (_t, ks, id) = new_store();
-        let dk = ks
-            .generate_data_key(&ME, &id, DataKeySpec::Aes256, &ctx())
-            .unwrap();
-        let s = format!("{ks:?} {dk:?}");
-        assert!(s.contains("redacted") && s.contains("SecretBytes(len=32)"));
-        let hex: String = dk
-            .plaintext
-            .expose()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert!(!s.contains(&hex));
-    }
-}
+mod tests;

@@ -24,6 +24,14 @@ pub const ALIAS_PREFIX: &str = "alias/";
 pub const RESERVED_ALIAS_PREFIXES: [&str; 2] = ["alias/aws/", "alias/kmsfs/"];
 /// The alias of the key that `open_or_create_default` makes (like `aws/ebs`).
 pub const DEFAULT_ALIAS: &str = "alias/kmsfs/default";
+/// Shortest automatic rotation period, in days (as AWS KMS).
+pub const MIN_ROTATION_PERIOD_DAYS: u32 = 90;
+/// Longest automatic rotation period, in days (as AWS KMS).
+pub const MAX_ROTATION_PERIOD_DAYS: u32 = 2560;
+/// Default automatic rotation period, in days.
+pub const DEFAULT_ROTATION_PERIOD_DAYS: u32 = 365;
+/// How long import parameters (wrapping key and token) stay valid: 24 hours.
+pub const IMPORT_PARAMETERS_VALIDITY_SECS: i64 = 24 * 3600;
 /// Longest key description, in bytes (AWS: 8192 characters).
 pub const MAX_DESCRIPTION_LEN: usize = 8192;
 
@@ -41,6 +49,45 @@ pub struct KeyMaterial {
     /// For imported material: when it expires (epoch seconds). Reserved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<i64>,
+    /// How this version came to be: None for the first, else a rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationType>,
+}
+
+/// The wrapping key and token handed out by GetParametersForImport.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ImportParams {
+    /// Random id that the import token carries (hex).
+    pub token_id: String,
+    /// The RSA private key, PKCS#8 DER (hex inside the sealed body).
+    #[serde(with = "secret_hex")]
+    pub wrapping_key: SecretBytes,
+    /// RSA_2048, RSA_3072 or RSA_4096.
+    pub wrapping_key_spec: String,
+    /// When these parameters stop being accepted (epoch seconds).
+    pub valid_to: i64,
+}
+
+impl std::fmt::Debug for ImportParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportParams")
+            .field("token_id", &self.token_id)
+            .field("wrapping_key", &"<redacted>")
+            .field("wrapping_key_spec", &self.wrapping_key_spec)
+            .field("valid_to", &self.valid_to)
+            .finish()
+    }
+}
+
+/// Why a key material version was added (ListKeyRotations' RotationType).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RotationType {
+    /// RotateKeyOnDemand.
+    #[serde(rename = "ON_DEMAND")]
+    OnDemand,
+    /// The automatic rotation period elapsed.
+    #[serde(rename = "AUTOMATIC")]
+    Automatic,
 }
 
 impl std::fmt::Debug for KeyMaterial {
@@ -81,6 +128,20 @@ pub struct KeyRecord {
     /// Key policy document (reserved for the policy feature; None = default policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<serde_json::Value>,
+    /// Pending import parameters (EXTERNAL keys between GetParametersForImport
+    /// and ImportKeyMaterial).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<ImportParams>,
+    /// For EXTERNAL keys once material was imported: a digest identifying that
+    /// material, so that a re-import must bring the same material (as AWS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_material_digest: Option<String>,
+    /// Automatic rotation period in days; None when automatic rotation is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_period_days: Option<u32>,
+    /// When automatic rotation is next due (epoch seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation: Option<i64>,
 }
 
 /// Everything the sealed keystore body holds.
@@ -90,6 +151,10 @@ pub struct StoreState {
     pub keys: BTreeMap<String, KeyRecord>,
     /// Alias name (`alias/...`) to key id.
     pub aliases: BTreeMap<String, String>,
+    /// Tombstones: key id → when it was deleted. No material, only so that a
+    /// blob under a deleted key is told apart from a blob with a forged key id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deleted: BTreeMap<String, i64>,
 }
 
 /// What an operation needs the key's state to allow.
@@ -121,9 +186,142 @@ impl KeyRecord {
                 material,
                 created: now,
                 expires: None,
+                rotation: None,
             }],
             policy: None,
+            import: None,
+            imported_material_digest: None,
+            rotation_period_days: None,
+            next_rotation: None,
         })
+    }
+
+    /// A new key with origin EXTERNAL: no material, state PendingImport.
+    pub fn new_external(description: &str, now: i64) -> Result<Self, KmsError> {
+        let mut k = Self::generate(description, now)?;
+        k.origin = KeyOrigin::External;
+        k.state = KeyState::PendingImport;
+        k.current_version = 0;
+        k.materials.clear();
+        Ok(k)
+    }
+
+    fn require_external(&self, op: &str) -> Result<(), KmsError> {
+        if self.origin != KeyOrigin::External {
+            return Err(KmsError::Validation(format!(
+                "UnsupportedOperation: {op} needs a key created with --origin EXTERNAL; key {} \
+                 has origin AWS_KMS",
+                self.key_id
+            )));
+        }
+        Ok(())
+    }
+
+    /// GetParametersForImport: records a wrapping key and token (valid 24 h).
+    pub fn set_import_params(&mut self, params: ImportParams) -> Result<(), KmsError> {
+        self.require_external("GetParametersForImport")?;
+        if self.state != KeyState::PendingImport {
+            return Err(self.wrong_state("GetParametersForImport", self.state));
+        }
+        self.import = Some(params);
+        Ok(())
+    }
+
+    /// ImportKeyMaterial: installs unwrapped material as version 1 and makes
+    /// the key Enabled. `token_id` must be the one the parameters carry, they
+    /// must not have expired, and a re-import must bring the same material.
+    pub fn import_material(
+        &mut self,
+        token_id: &str,
+        material: SecretBytes,
+        expires: Option<i64>,
+        now: i64,
+    ) -> Result<(), KmsError> {
+        self.require_external("ImportKeyMaterial")?;
+        if self.state != KeyState::PendingImport {
+            return Err(self.wrong_state("ImportKeyMaterial", self.state));
+        }
+        let params = self.import.as_ref().ok_or_else(|| {
+            KmsError::Validation(format!(
+                "InvalidImportToken: key {} has no import parameters; run \
+                 get-parameters-for-import first",
+                self.key_id
+            ))
+        })?;
+        if params.token_id != token_id {
+            return Err(KmsError::Validation(
+                "InvalidImportToken: the import token is not the latest one issued for this key; \
+                 use the token from the last get-parameters-for-import"
+                    .into(),
+            ));
+        }
+        if params.valid_to < now {
+            return Err(KmsError::Validation(
+                "ExpiredImportToken: the import parameters have expired; run \
+                 get-parameters-for-import again"
+                    .into(),
+            ));
+        }
+        if material.len() != crate::crypto::KEY_LEN {
+            return Err(KmsError::Validation(format!(
+                "IncorrectKeyMaterial: imported key material must be 32 bytes, got {}",
+                material.len()
+            )));
+        }
+        if let Some(t) = expires
+            && t <= now
+        {
+            return Err(KmsError::Validation("ValidTo must be in the future".into()));
+        }
+        let digest = material_digest(&self.key_id, &material);
+        if let Some(d) = &self.imported_material_digest
+            && !crate::crypto::constant_time_eq(d.as_bytes(), digest.as_bytes())
+        {
+            return Err(KmsError::Validation(format!(
+                "IncorrectKeyMaterial: key {} had other key material before; a key can only \
+                 ever hold the material first imported into it",
+                self.key_id
+            )));
+        }
+        self.materials = vec![KeyMaterial {
+            version: 1,
+            material,
+            created: now,
+            expires,
+            rotation: None,
+        }];
+        self.current_version = 1;
+        self.state = KeyState::Enabled;
+        self.import = None;
+        self.imported_material_digest = Some(digest);
+        Ok(())
+    }
+
+    /// DeleteImportedKeyMaterial: the material goes, the key waits for a
+    /// re-import of the same material (PendingImport).
+    pub fn delete_imported_material(&mut self) -> Result<(), KmsError> {
+        self.require_external("DeleteImportedKeyMaterial")?;
+        if self.state == KeyState::PendingDeletion {
+            return Err(self.wrong_state("DeleteImportedKeyMaterial", self.state));
+        }
+        self.drop_material();
+        Ok(())
+    }
+
+    fn drop_material(&mut self) {
+        self.materials.clear();
+        self.current_version = 0;
+        self.state = KeyState::PendingImport;
+    }
+
+    /// True when imported material has reached its ValidTo.
+    pub fn material_expired(&self, now: i64) -> bool {
+        self.origin == KeyOrigin::External
+            && self.state != KeyState::PendingDeletion
+            && self
+                .materials
+                .iter()
+                .any(|m| m.expires.is_some_and(|t| t <= now))
     }
 
     /// The public view of this key.
@@ -141,6 +339,14 @@ impl KeyRecord {
             key_usage: "ENCRYPT_DECRYPT",
             key_spec: "SYMMETRIC_DEFAULT",
             current_key_material_version: self.current_version,
+            expiration_model: match (self.origin, self.materials.first()) {
+                (KeyOrigin::External, Some(m)) if m.expires.is_some() => {
+                    Some("KEY_MATERIAL_EXPIRES")
+                }
+                (KeyOrigin::External, Some(_)) => Some("KEY_MATERIAL_DOES_NOT_EXPIRE"),
+                _ => None,
+            },
+            valid_to: self.materials.first().and_then(|m| m.expires),
         }
     }
 
@@ -228,6 +434,76 @@ impl KeyRecord {
         self.state == KeyState::PendingDeletion && self.deletion_date.is_some_and(|d| d <= now)
     }
 
+    /// Adds a new version of fresh material and makes it current. Old versions
+    /// stay, so ciphertexts made with them still decrypt.
+    pub fn rotate(&mut self, kind: RotationType, now: i64) -> Result<u32, KmsError> {
+        self.check_usable(Usage::Encrypt)?;
+        if self.origin == KeyOrigin::External {
+            return Err(KmsError::Validation(format!(
+                "UnsupportedOperation: key {} holds imported material, which kmsfs cannot rotate; \
+                 create a new EXTERNAL key and import new material into it",
+                self.key_id
+            )));
+        }
+        let version = self
+            .materials
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or_else(|| KmsError::Internal("key material version overflow".into()))?;
+        let material = SecretBytes::random(crate::crypto::KEY_LEN)
+            .map_err(|e| KmsError::Internal(format!("cannot generate key material: {e}")))?;
+        self.materials.push(KeyMaterial {
+            version,
+            material,
+            created: now,
+            expires: None,
+            rotation: Some(kind),
+        });
+        self.current_version = version;
+        if let Some(days) = self.rotation_period_days {
+            self.next_rotation = Some(now + i64::from(days) * 86_400);
+        }
+        Ok(version)
+    }
+
+    /// EnableKeyRotation: rotate automatically every `days` (90 to 2560).
+    pub fn enable_rotation(&mut self, days: u32, now: i64) -> Result<(), KmsError> {
+        if !(MIN_ROTATION_PERIOD_DAYS..=MAX_ROTATION_PERIOD_DAYS).contains(&days) {
+            return Err(KmsError::Validation(format!(
+                "RotationPeriodInDays must be between {MIN_ROTATION_PERIOD_DAYS} and \
+                 {MAX_ROTATION_PERIOD_DAYS}, got {days}"
+            )));
+        }
+        self.check_usable(Usage::Encrypt)?;
+        if self.origin == KeyOrigin::External {
+            return Err(KmsError::Validation(format!(
+                "UnsupportedOperation: key {} holds imported material, which cannot rotate \
+                 automatically",
+                self.key_id
+            )));
+        }
+        self.rotation_period_days = Some(days);
+        self.next_rotation = Some(now + i64::from(days) * 86_400);
+        Ok(())
+    }
+
+    /// DisableKeyRotation.
+    pub fn disable_rotation(&mut self) -> Result<(), KmsError> {
+        self.check_usable(Usage::Encrypt)?;
+        self.rotation_period_days = None;
+        self.next_rotation = None;
+        Ok(())
+    }
+
+    /// True when automatic rotation is on, due, and the key is Enabled
+    /// (a disabled key rotates once it is enabled again).
+    pub fn rotation_due(&self, now: i64) -> bool {
+        self.state == KeyState::Enabled && self.next_rotation.is_some_and(|d| d <= now)
+    }
+
     /// The material of `version`, if held.
     pub fn material(&self, version: u32) -> Option<&KeyMaterial> {
         self.materials.iter().find(|m| m.version == version)
@@ -253,7 +529,10 @@ impl StoreState {
             .map(|k| k.key_id.clone())
             .collect();
         for id in &due {
-            self.keys.remove(id);
+            if let Some(k) = self.keys.remove(id) {
+                self.deleted
+                    .insert(id.clone(), k.deletion_date.unwrap_or(now));
+            }
         }
         self.aliases.retain(|_, target| !due.contains(target));
         due
@@ -266,6 +545,48 @@ impl StoreState {
             .filter(|k| k.state == KeyState::PendingDeletion)
             .filter_map(|k| k.deletion_date)
             .min()
+    }
+
+    /// The earliest time at which something is due: a deletion or an
+    /// automatic rotation of an Enabled key.
+    pub fn next_due(&self) -> Option<i64> {
+        let rotation = self
+            .keys
+            .values()
+            .filter(|k| k.state == KeyState::Enabled)
+            .filter_map(|k| k.next_rotation)
+            .min();
+        let expiry = self
+            .keys
+            .values()
+            .filter(|k| k.origin == KeyOrigin::External && k.state != KeyState::PendingDeletion)
+            .flat_map(|k| k.materials.iter().filter_map(|m| m.expires))
+            .min();
+        [self.next_deletion(), rotation, expiry]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Deletes imported material that reached its ValidTo (the key becomes
+    /// PendingImport). Returns the ids.
+    pub fn expire_due(&mut self, now: i64) -> Vec<String> {
+        let mut done = Vec::new();
+        for k in self.keys.values_mut().filter(|k| k.material_expired(now)) {
+            k.drop_material();
+            done.push(k.key_id.clone());
+        }
+        done
+    }
+
+    /// Rotates every Enabled key whose automatic rotation is due. Returns the ids.
+    pub fn rotate_due(&mut self, now: i64) -> Result<Vec<String>, KmsError> {
+        let mut done = Vec::new();
+        for k in self.keys.values_mut().filter(|k| k.rotation_due(now)) {
+            k.rotate(RotationType::Automatic, now)?;
+            done.push(k.key_id.clone());
+        }
+        Ok(done)
     }
 
     /// CreateAlias (`internal` allows the reserved prefixes).
@@ -360,6 +681,19 @@ impl std::io::Write for CountingWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// Identifies imported material without revealing it: SHA-256 over a label,
+/// the key id and the material (hex).
+fn material_digest(key_id: &str, material: &SecretBytes) -> String {
+    crate::crypto::sha256(&[
+        b"kmsfs imported material v1\0",
+        key_id.as_bytes(),
+        material.expose(),
+    ])
+    .iter()
+    .map(|b| format!("{b:02x}"))
+    .collect()
 }
 
 /// `arn:kmsfs:kms:local:<keystore id>:key/<key id>`.
@@ -565,6 +899,146 @@ mod tests {
     }
 
     #[test]
+    fn rotation_adds_versions_and_keeps_old_ones() {
+        let mut k = key();
+        let m1 = k.material(1).unwrap().material.clone();
+        assert_eq!(k.rotate(RotationType::OnDemand, NOW).unwrap(), 2);
+        assert_eq!(k.current_version, 2);
+        assert_eq!(k.material(1).unwrap().material, m1);
+        assert_ne!(k.material(2).unwrap().material, m1);
+        assert_eq!(
+            k.material(2).unwrap().rotation,
+            Some(RotationType::OnDemand)
+        );
+        assert_eq!(k.next_rotation, None);
+        k.disable().unwrap();
+        assert!(matches!(
+            k.rotate(RotationType::OnDemand, NOW),
+            Err(KmsError::Disabled(_))
+        ));
+        assert!(matches!(
+            k.enable_rotation(365, NOW),
+            Err(KmsError::Disabled(_))
+        ));
+        k.enable().unwrap();
+        k.schedule_deletion(7, NOW).unwrap();
+        assert!(matches!(
+            k.rotate(RotationType::OnDemand, NOW),
+            Err(KmsError::InvalidState(_))
+        ));
+        assert_eq!(k.materials.len(), 2);
+    }
+
+    #[test]
+    fn automatic_rotation_period_bounds_and_due_dates() {
+        let mut k = key();
+        for bad in [0, 89, 2561] {
+            assert!(
+                matches!(k.enable_rotation(bad, NOW), Err(KmsError::Validation(_))),
+                "{bad}"
+            );
+        }
+        k.enable_rotation(90, NOW).unwrap();
+        let due = NOW + 90 * 86_400;
+        assert_eq!(k.next_rotation, Some(due));
+        assert!(!k.rotation_due(due - 1) && k.rotation_due(due));
+        let mut s = StoreState::default();
+        let id = k.key_id.clone();
+        s.keys.insert(id.clone(), k);
+        assert_eq!(s.next_due(), Some(due));
+        assert!(s.rotate_due(due - 1).unwrap().is_empty());
+        s.keys.get_mut(&id).unwrap().disable().unwrap();
+        assert!(
+            s.rotate_due(due).unwrap().is_empty(),
+            "a disabled key rotated"
+        );
+        assert_eq!(s.next_due(), None);
+        s.keys.get_mut(&id).unwrap().enable().unwrap();
+        assert_eq!(s.rotate_due(due + 5).unwrap(), vec![id.clone()]);
+        let k = &s.keys[&id];
+        assert_eq!(
+            (k.current_version, k.next_rotation),
+            (2, Some(due + 5 + 90 * 86_400))
+        );
+        assert_eq!(
+            k.material(2).unwrap().rotation,
+            Some(RotationType::Automatic)
+        );
+        let mut k = k.clone();
+        k.disable_rotation().unwrap();
+        assert_eq!((k.rotation_period_days, k.next_rotation), (None, None));
+    }
+
+    fn params(token: &str, valid_to: i64) -> ImportParams {
+        ImportParams {
+            token_id: token.into(),
+            wrapping_key: SecretBytes::from(&b"der"[..]),
+            wrapping_key_spec: "RSA_2048".into(),
+            valid_to,
+        }
+    }
+
+    #[test]
+    fn external_key_import_lifecycle() {
+        let mut k = KeyRecord::new_external("ext", NOW).unwrap();
+        assert_eq!(
+            (k.state, k.current_version, k.origin),
+            (KeyState::PendingImport, 0, KeyOrigin::External)
+        );
+        assert!(matches!(
+            k.check_usable(Usage::Encrypt),
+            Err(KmsError::InvalidState(_))
+        ));
+        let m = || SecretBytes::new(vec![5u8; 32]);
+        // No parameters yet.
+        assert!(k.import_material("t", m(), None, NOW).is_err());
+        k.set_import_params(params("t1", NOW + 100)).unwrap();
+        for (tok, mat, exp, now) in [
+            ("t0", m(), None, NOW),                           // wrong token
+            ("t1", m(), None, NOW + 101),                     // expired parameters
+            ("t1", SecretBytes::new(vec![5; 16]), None, NOW), // wrong length
+            ("t1", m(), Some(NOW), NOW),                      // ValidTo not in the future
+        ] {
+            assert!(matches!(
+                k.import_material(tok, mat, exp, now),
+                Err(KmsError::Validation(_))
+            ));
+            assert_eq!(k.state, KeyState::PendingImport);
+        }
+        k.import_material("t1", m(), Some(NOW + 50), NOW).unwrap();
+        assert_eq!((k.state, k.current_version), (KeyState::Enabled, 1));
+        assert!(k.import.is_none());
+        assert!(matches!(
+            k.rotate(RotationType::OnDemand, NOW),
+            Err(KmsError::Validation(_))
+        ));
+        assert!(!k.material_expired(NOW + 49) && k.material_expired(NOW + 50));
+        let mut s = StoreState::default();
+        let id = k.key_id.clone();
+        s.keys.insert(id.clone(), k);
+        assert_eq!(s.next_due(), Some(NOW + 50));
+        assert_eq!(s.expire_due(NOW + 50), vec![id.clone()]);
+        let k = s.keys.get_mut(&id).unwrap();
+        assert_eq!((k.state, k.materials.len()), (KeyState::PendingImport, 0));
+        // Re-import: only the same material.
+        k.set_import_params(params("t2", NOW + 200)).unwrap();
+        let other = SecretBytes::new(vec![6u8; 32]);
+        assert!(matches!(
+            k.import_material("t2", other, None, NOW + 60),
+            Err(KmsError::Validation(_))
+        ));
+        k.import_material("t2", m(), None, NOW + 60).unwrap();
+        k.delete_imported_material().unwrap();
+        assert_eq!(k.state, KeyState::PendingImport);
+        // AWS_KMS keys refuse all of it.
+        let mut own = key();
+        assert!(own.set_import_params(params("x", NOW)).is_err());
+        assert!(own.delete_imported_material().is_err());
+        let dbg = format!("{:?}", params("t", 0));
+        assert!(dbg.contains("redacted") && !dbg.contains("100, 101"));
+    }
+
+    #[test]
     fn purge_removes_due_keys_and_their_aliases_only() {
         let mut s = StoreState::default();
         let mut a = key();
@@ -582,6 +1056,7 @@ mod tests {
         assert!(s.purge_due(NOW + 7 * 86_400 - 1).is_empty());
         assert_eq!(s.purge_due(NOW + 7 * 86_400), vec![ai.clone()]);
         assert!(!s.keys.contains_key(&ai));
+        assert_eq!(s.deleted.get(&ai), Some(&(NOW + 7 * 86_400)));
         assert!(s.keys.contains_key(&bi) && s.keys.contains_key(&ci));
         assert_eq!(s.aliases.len(), 1);
         assert_eq!(s.aliases.get("alias/b"), Some(&bi));
