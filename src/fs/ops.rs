@@ -45,6 +45,53 @@ fn utime(t: Option<TimeOrNow>) -> Utime {
     }
 }
 
+/// The metadata part of a setattr.
+struct MetaChange {
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    atime: Option<TimeOrNow>,
+    mtime: Option<TimeOrNow>,
+}
+
+impl MetaChange {
+    fn apply_to_path(&self, abs: &Path) -> Result<(), Errno> {
+        if let Some(mode) = self.mode {
+            std::fs::set_permissions(abs, std::fs::Permissions::from_mode(mode & 0o7777))
+                .map_err(ioe)?;
+        }
+        if self.uid.is_some() || self.gid.is_some() {
+            std::os::unix::fs::lchown(abs, self.uid, self.gid).map_err(ioe)?;
+        }
+        if self.atime.is_some() || self.mtime.is_some() {
+            sys::utimens(abs, utime(self.atime), utime(self.mtime)).map_err(ioe)?;
+        }
+        Ok(())
+    }
+
+    fn apply_to_file(&self, file: &std::fs::File) -> Result<(), Errno> {
+        if let Some(mode) = self.mode {
+            file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+                .map_err(ioe)?;
+        }
+        if self.uid.is_some() || self.gid.is_some() {
+            std::os::unix::fs::fchown(file, self.uid, self.gid).map_err(ioe)?;
+        }
+        let at = |t: TimeOrNow| match t {
+            TimeOrNow::Now => SystemTime::now(),
+            TimeOrNow::SpecificTime(t) => t,
+        };
+        let mut times = std::fs::FileTimes::new();
+        if let Some(t) = self.atime {
+            times = times.set_accessed(at(t));
+        }
+        if let Some(t) = self.mtime {
+            times = times.set_modified(at(t));
+        }
+        file.set_times(times).map_err(ioe)
+    }
+}
+
 impl KmsFs {
     fn reply_entry(&self, r: Result<FileAttr, Errno>, reply: ReplyEntry) {
         match r {
@@ -84,16 +131,17 @@ impl KmsFs {
         if let Some(size) = size {
             self.truncate(ino, size, &caller(req))?;
         }
-        let abs = self.abs(&self.rel(ino)?);
-        if let Some(mode) = mode {
-            let p = std::fs::Permissions::from_mode(mode & 0o7777);
-            std::fs::set_permissions(&abs, p).map_err(ioe)?;
-        }
-        if uid.is_some() || gid.is_some() {
-            std::os::unix::fs::lchown(&abs, uid, gid).map_err(ioe)?;
-        }
-        if atime.is_some() || mtime.is_some() {
-            sys::utimens(&abs, utime(atime), utime(mtime)).map_err(ioe)?;
+        let change = MetaChange {
+            mode,
+            uid,
+            gid,
+            atime,
+            mtime,
+        };
+        match self.rel(ino) {
+            Ok(rel) => change.apply_to_path(&self.abs(&rel))?,
+            // Unlinked but open: change the file through its descriptor.
+            Err(e) => change.apply_to_file(self.open_state(ino).map_err(|_| e)?.read().file())?,
         }
         self.getattr(ino)
     }
