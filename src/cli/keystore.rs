@@ -92,6 +92,16 @@ fn read_passphrase(g: &GlobalArgs, confirm: bool) -> Result<SecretBytes, KmsErro
     Ok(p)
 }
 
+/// The remedy for a change refused because the current generation is unreadable.
+pub fn repair_hint(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "the keystore was not changed; keep the damaged file and continue from the previous \
+         generation with `mv {d}/keystore.kms {d}/keystore.kms.damaged && cp {d}/keystore.prev \
+         {d}/keystore.kms`, or restore both from a backup"
+    )
+}
+
 fn keystore_error(dir: &Path, e: KmsError) -> CliError {
     let missing_root = matches!(&e, KmsError::WrongRootKey(m) if m.contains("root key file"));
     let not_found = matches!(e, KmsError::KeystoreNotFound(_));
@@ -188,4 +198,59 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn globals(dir: &Path) -> GlobalArgs {
+        GlobalArgs {
+            keystore: Some(dir.to_path_buf()),
+            output: OutputFormat::Text,
+            passphrase_file: None,
+        }
+    }
+
+    #[test]
+    fn keystore_option_wins() {
+        let g = globals(Path::new("/x/y"));
+        assert_eq!(keystore_dir(&g), PathBuf::from("/x/y"));
+    }
+
+    #[test]
+    fn open_or_create_default_is_zero_setup_and_idempotent() {
+        let t = tempfile::tempdir().unwrap();
+        let g = globals(&t.path().join("ks"));
+        let e = open_key_service(&g).unwrap_err();
+        assert_eq!(e.class, ErrorClass::Keystore);
+        assert!(e.hint.unwrap().contains("kmsfs init"));
+        let (ks, id) = open_or_create_default(&g).unwrap();
+        assert_eq!(ks.root_mode(), "root-key-file");
+        let (ks2, id2) = open_or_create_default(&g).unwrap();
+        assert_eq!(
+            (id2.as_str(), ks2.keystore_id()),
+            (id.as_str(), ks.keystore_id())
+        );
+        let m =
+            crate::kms::KeyService::describe_key(&*ks, &current_caller(), "alias/kmsfs/default");
+        assert_eq!(m.unwrap().key_id, id);
+        assert_eq!(ks.list_keys(&current_caller()).unwrap().len(), 1);
+        assert!(open_key_service(&g).is_ok());
+    }
+
+    #[test]
+    fn passphrase_file_loses_one_trailing_newline_only() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("p");
+        std::fs::write(&f, "pass word\n\n").unwrap();
+        let mut g = globals(t.path());
+        g.passphrase_file = Some(f.clone());
+        assert_eq!(read_passphrase(&g, false).unwrap().expose(), b"pass word\n");
+        std::fs::write(&f, "\n").unwrap();
+        assert!(matches!(
+            read_passphrase(&g, false),
+            Err(KmsError::Validation(_))
+        ));
+    }
 }

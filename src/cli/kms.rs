@@ -274,7 +274,14 @@ fn encrypt_hint(e: KmsError) -> CliError {
 
 /// Runs one key subcommand.
 pub fn run(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
-    run_command(g, c).map_err(with_remedy)
+    run_command(g, c).map_err(|e| {
+        if e.class == ErrorClass::Keystore && e.message.contains("the change was refused") {
+            let hint = super::keystore::repair_hint(&super::keystore::keystore_dir(g));
+            e.hint(hint)
+        } else {
+            with_remedy(e)
+        }
+    })
 }
 
 /// Gives every error a remedy: the ones `From<KmsError>` leaves without.

@@ -674,6 +674,18 @@ mod tests {
     }
 
     #[test]
+    fn worked_size_of_an_empty_keystore() {
+        // docs/KEYSTORE.md: 95 fixed + (24-byte JSON + 28) body + 32 checksum.
+        let t = tempfile::tempdir().unwrap();
+        let dir = KeystoreDir::new(t.path());
+        create(&dir, CreateMode::RootKeyFile).unwrap();
+        assert_eq!(FIXED_LEN, 95);
+        assert_eq!(StoreState::default().to_sealed_json().unwrap().len(), 24);
+        assert_eq!(fs::read(dir.file(CURRENT_FILE)).unwrap().len(), 179);
+        assert_eq!(fs::read(dir.file(ROOT_KEY_FILE)).unwrap().len(), 40);
+    }
+
+    #[test]
     fn unknown_version_is_named() {
         let t = tempfile::tempdir().unwrap();
         let (_, _, mut bytes, _) = sample(&KeystoreDir::new(t.path()));

@@ -199,8 +199,10 @@ fn load(
                         fallback: None,
                     });
                 }
-                Err(e @ (KmsError::WrongRootKey(_) | KmsError::Io(_))) => return Err(e),
-                Err(e) => e.to_string(),
+                // Only damage falls back: a wrong root key, a missing passphrase
+                // or an I/O error would be the same for the previous generation.
+                Err(KmsError::CorruptKeystore(m)) => m,
+                Err(e) => return Err(e),
             }
         }
         None => format!("{CURRENT_FILE} is missing"),
@@ -231,10 +233,10 @@ fn load(
                 fallback: Some(primary),
             })
         }
-        Err(e @ KmsError::WrongRootKey(_)) => Err(e),
-        Err(e) => Err(KmsError::CorruptKeystore(format!(
+        Err(KmsError::CorruptKeystore(e)) => Err(KmsError::CorruptKeystore(format!(
             "{primary}; and the previous generation is unreadable too: {e}; nothing was written"
         ))),
+        Err(e) => Err(e),
     }
 }
 
@@ -726,7 +728,7 @@ impl LocalKeyStore {
         spec: DataKeySpec,
         context: &EncryptionContext,
     ) -> Result<DataKey, KmsError> {
-        let len = spec.len()?;
+        let len = spec.byte_len()?;
         self.use_key(
             caller,
             op,
@@ -1386,7 +1388,8 @@ mod tests {
 
     #[test]
     fn audit_sink_sees_every_use_and_refusal() {
-        struct Sink(Mutex<Vec<(Operation, String, Result<(), &'static str>)>>);
+        type Seen = (Operation, String, Result<(), &'static str>);
+        struct Sink(Mutex<Vec<Seen>>);
         impl AuditSink for Sink {
             fn record(&self, e: &AuditEvent<'_>) {
                 self.0

@@ -116,12 +116,6 @@ pub enum DataKeySpec {
 impl DataKeySpec {
     /// Length in bytes, validated.
     pub fn byte_len(self) -> Result<usize, KmsError> {
-        self.len()
-    }
-
-    /// Length in bytes, validated (the name the keystore uses).
-    #[allow(clippy::len_without_is_empty)] // a spec is never empty; len() validates
-    pub fn len(self) -> Result<usize, KmsError> {
         match self {
             DataKeySpec::Aes256 => Ok(32),
             DataKeySpec::Aes128 => Ok(16),

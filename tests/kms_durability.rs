@@ -1,0 +1,222 @@
+//! The keystore on disk: wrong passphrase, corruption with fallback to the
+//! previous generation, truncation, unknown versions, a missing root key, and
+//! twenty concurrent writers. Failures must leave every byte as it was.
+
+mod kms_support;
+
+use kms_support::*;
+
+fn flip_middle(path: &std::path::Path) {
+    let mut b = std::fs::read(path).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x5a;
+    b[mid + 1] ^= 0xa5;
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn wrong_passphrase_is_refused_and_nothing_changes() {
+    let ks = Ks::empty();
+    let right = [("KMSFS_PASSPHRASE", "correct horse")];
+    ok(
+        ks.run_env(&["init", "--with-passphrase"], &right),
+        &["init"],
+    );
+    assert!(!ks.path.join("root.key").exists());
+    let out = ks.run_env(&["--output", "json", "kms", "create-key"], &right);
+    let id = serde_json::from_str::<serde_json::Value>(&ok(out, &["create-key"])).unwrap()["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = snapshot(&ks.path);
+    for args in [
+        vec!["kms", "list-keys"],
+        vec!["kms", "create-key"],
+        vec!["kms", "disable-key", "--key-id", &id],
+    ] {
+        let out = ks.run_env(&args, &[("KMSFS_PASSPHRASE", "wrong horse")]);
+        let err = fails(&out, EXIT_KEYSTORE, "wrong passphrase");
+        assert!(err.contains("hint:"), "{err}");
+    }
+    // From a file (trailing newline ignored) the right one works.
+    let pf = ks.file("pass");
+    std::fs::write(&pf, "correct horse\n").unwrap();
+    let out = ks.run(&[
+        "kms",
+        "describe-key",
+        "--key-id",
+        &id,
+        "--passphrase-file",
+        pf.to_str().unwrap(),
+    ]);
+    ok(out, &["describe-key"]);
+    // No passphrase and no terminal: a clear error, not a hang.
+    let out = ks.run(&["kms", "list-keys"]);
+    fails(&out, EXIT_USAGE, "KMSFS_PASSPHRASE");
+    assert_eq!(
+        snapshot(&ks.path),
+        before,
+        "a refused open changed the keystore"
+    );
+}
+
+#[test]
+fn corrupt_keystore_falls_back_to_previous_generation_with_a_warning() {
+    let ks = Ks::new();
+    let k1 = ks.create_key();
+    let blob = ks.encrypt(&k1, b"still readable", "");
+    let k2 = ks.create_key(); // only in the current generation
+    flip_middle(&ks.keystore_file());
+    let before = snapshot(&ks.path);
+    let out = ks.run(&["kms", "list-keys"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("keystore.prev") && stderr.contains("damaged"),
+        "no warning: {stderr}"
+    );
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(listed.contains(&k1) && !listed.contains(&k2), "{listed}");
+    assert_eq!(
+        b64(&ok(ks.decrypt(&blob, "", &[]), &["decrypt"])),
+        b"still readable"
+    );
+    // Changes are refused: the damaged file is evidence, never overwritten.
+    let out = ks.run(&["kms", "create-key"]);
+    fails(&out, EXIT_KEYSTORE, "nothing was written");
+    assert_eq!(snapshot(&ks.path), before);
+}
+
+#[test]
+fn truncated_keystore_is_a_clear_error_without_a_backup() {
+    let ks = Ks::new();
+    ks.create_key();
+    let bytes = std::fs::read(ks.keystore_file()).unwrap();
+    std::fs::write(ks.keystore_file(), &bytes[..bytes.len() - 10]).unwrap();
+    std::fs::remove_file(ks.prev_file()).unwrap();
+    let before = snapshot(&ks.path);
+    for args in [
+        vec!["kms", "list-keys"],
+        vec!["kms", "create-key"],
+        vec!["init"],
+    ] {
+        let out = ks.run(&args);
+        let code = if args[0] == "init" {
+            EXIT_USAGE
+        } else {
+            EXIT_KEYSTORE
+        };
+        let err = fails(
+            &out,
+            code,
+            if code == EXIT_USAGE {
+                "exists already"
+            } else {
+                "truncated"
+            },
+        );
+        assert!(err.contains("hint:"), "{err}");
+    }
+    // Truncated to a few bytes, or emptied: still clear, still untouched.
+    for n in [0usize, 5, 40] {
+        std::fs::write(ks.keystore_file(), &bytes[..n]).unwrap();
+        let out = ks.run(&["kms", "list-keys"]);
+        fails(&out, EXIT_KEYSTORE, "KeystoreCorrupt");
+        assert_eq!(std::fs::read(ks.keystore_file()).unwrap(), &bytes[..n]);
+    }
+    std::fs::write(ks.keystore_file(), &bytes[..bytes.len() - 10]).unwrap();
+    assert_eq!(snapshot(&ks.path), before);
+}
+
+#[test]
+fn unknown_format_version_is_named_and_not_papered_over() {
+    let ks = Ks::new();
+    ks.create_key();
+    ks.create_key(); // so that keystore.prev exists and is valid
+    let mut b = std::fs::read(ks.keystore_file()).unwrap();
+    b[8] = 0;
+    b[9] = 7;
+    std::fs::write(ks.keystore_file(), &b).unwrap();
+    let before = snapshot(&ks.path);
+    let out = ks.run(&["kms", "list-keys"]);
+    fails(&out, EXIT_KEYSTORE, "format version 7");
+    let out = ks.run(&["kms", "create-key"]);
+    fails(&out, EXIT_KEYSTORE, "format version 7");
+    assert_eq!(snapshot(&ks.path), before);
+}
+
+#[test]
+fn missing_root_key_file_is_a_clear_error() {
+    let ks = Ks::new();
+    ks.create_key();
+    std::fs::rename(ks.path.join("root.key"), ks.file("root.key.bak")).unwrap();
+    let before = snapshot(&ks.path);
+    let out = ks.run(&["kms", "create-key"]);
+    let err = fails(&out, EXIT_KEYSTORE, "root.key");
+    assert!(err.contains("missing") && err.contains("backup"), "{err}");
+    assert_eq!(snapshot(&ks.path), before);
+    // A root key of another keystore does not open it either.
+    let other = Ks::new();
+    std::fs::copy(other.path.join("root.key"), ks.path.join("root.key")).unwrap();
+    let out = ks.run(&["kms", "list-keys"]);
+    fails(&out, EXIT_KEYSTORE, "KeystoreAccessDenied");
+}
+
+#[test]
+fn twenty_concurrent_create_key_processes_leave_twenty_keys() {
+    let ks = Ks::new();
+    let children: Vec<_> = (0..20)
+        .map(|_| {
+            kmsfs()
+                .arg("--keystore")
+                .arg(&ks.path)
+                .args(["--output", "json", "kms", "create-key"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        let s = ok(out, &["create-key"]);
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        ids.push(v["KeyMetadata"]["KeyId"].as_str().unwrap().to_string());
+    }
+    let listed = ks.json(&["kms", "list-keys"]);
+    let keys: Vec<&str> = listed["Keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["KeyId"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 20);
+    for id in &ids {
+        assert!(keys.contains(&id.as_str()), "key {id} was lost");
+    }
+    // No temporaries left behind.
+    let names: Vec<String> = snapshot(&ks.path).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        ["keystore.kms", "keystore.lock", "keystore.prev", "root.key"]
+    );
+}
+
+#[test]
+fn keystore_file_never_holds_key_material_in_clear() {
+    let ks = Ks::new();
+    let k = ks.create_key();
+    // A data key is not key material, but proves the file is sealed: search the
+    // files for the hex and raw forms of a plaintext that the service returned.
+    let v = ks.json(&["kms", "generate-data-key", "--key-id", &k]);
+    let pt = b64(v["Plaintext"].as_str().unwrap());
+    for (name, bytes) in snapshot(&ks.path) {
+        assert!(!bytes.windows(pt.len()).any(|w| w == pt), "{name}");
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("material") && !text.contains(&k),
+            "{name} is not sealed"
+        );
+    }
+}
