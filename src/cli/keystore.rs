@@ -1,9 +1,10 @@
 //! `kmsfs init` and opening the keystore for a command (directory choice,
 //! passphrase sources, zero-setup default).
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use super::{CliError, ErrorClass, GlobalArgs, OutputFormat, current_caller};
 use crate::crypto::SecretBytes;
@@ -71,7 +72,8 @@ fn read_passphrase(g: &GlobalArgs, confirm: bool) -> Result<SecretBytes, KmsErro
         use std::os::unix::ffi::OsStringExt;
         return check(SecretBytes::new(p.into_vec()));
     }
-    if !std::io::stdin().is_terminal() {
+    // rpassword reads from /dev/tty; ask only when a person is plausibly there.
+    if !std::io::stdin().is_terminal() && !std::io::stderr().is_terminal() {
         return Err(KmsError::Validation(
             "the keystore needs a passphrase and there is no terminal to ask on; pass \
              --passphrase-file FILE or set KMSFS_PASSPHRASE"
@@ -118,12 +120,39 @@ fn keystore_error(dir: &Path, e: KmsError) -> CliError {
     }
 }
 
+/// Keystores this process has opened, by directory: the root key is unsealed
+/// (Argon2id) once per process even when several commands or mounts ask.
+fn opened() -> &'static Mutex<HashMap<PathBuf, Weak<LocalKeyStore>>> {
+    static OPENED: OnceLock<Mutex<HashMap<PathBuf, Weak<LocalKeyStore>>>> = OnceLock::new();
+    OPENED.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn cache_key(dir: &Path) -> PathBuf {
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+fn cached(dir: &Path) -> Option<Arc<LocalKeyStore>> {
+    let map = opened().lock().unwrap_or_else(|p| p.into_inner());
+    map.get(&cache_key(dir)).and_then(Weak::upgrade)
+}
+
+fn remember(dir: &Path, ks: LocalKeyStore) -> Arc<LocalKeyStore> {
+    let ks = Arc::new(ks);
+    let mut map = opened().lock().unwrap_or_else(|p| p.into_inner());
+    map.insert(cache_key(dir), Arc::downgrade(&ks));
+    ks
+}
+
 /// Opens the keystore that `g` names, asking for the passphrase only if it is
 /// sealed with one. No keystore there: an error that says to run `kmsfs init`.
+/// Within one process the same directory yields the same service.
 pub fn open_key_service(g: &GlobalArgs) -> Result<Arc<LocalKeyStore>, CliError> {
     let dir = keystore_dir(g);
+    if let Some(ks) = cached(&dir) {
+        return Ok(ks);
+    }
     LocalKeyStore::open(&dir, &|| read_passphrase(g, false))
-        .map(Arc::new)
+        .map(|ks| remember(&dir, ks))
         .map_err(|e| keystore_error(&dir, e))
 }
 
@@ -132,9 +161,9 @@ pub fn open_key_service(g: &GlobalArgs) -> Result<Arc<LocalKeyStore>, CliError> 
 /// created when absent (as AWS creates `aws/ebs`).
 pub fn open_or_create_default(g: &GlobalArgs) -> Result<(Arc<LocalKeyStore>, String), CliError> {
     let dir = keystore_dir(g);
-    let ks = match LocalKeyStore::open(&dir, &|| read_passphrase(g, false)) {
+    let ks = match open_key_service(g) {
         Ok(ks) => ks,
-        Err(KmsError::KeystoreNotFound(_)) => {
+        Err(e) if e.message.starts_with("KeystoreNotFound") => {
             match LocalKeyStore::create(&dir, CreateMode::RootKeyFile) {
                 Ok(ks) => {
                     log::warn!(
@@ -142,22 +171,19 @@ pub fn open_or_create_default(g: &GlobalArgs) -> Result<(Arc<LocalKeyStore>, Str
                         dir.display(),
                         dir.join(crate::kms::keystore::ROOT_KEY_FILE).display()
                     );
-                    ks
+                    remember(&dir, ks)
                 }
                 // Another process created it meanwhile.
-                Err(KmsError::AlreadyExists(_)) => {
-                    LocalKeyStore::open(&dir, &|| read_passphrase(g, false))
-                        .map_err(|e| keystore_error(&dir, e))?
-                }
+                Err(KmsError::AlreadyExists(_)) => open_key_service(g)?,
                 Err(e) => return Err(keystore_error(&dir, e)),
             }
         }
-        Err(e) => return Err(keystore_error(&dir, e)),
+        Err(e) => return Err(e),
     };
     let id = ks
         .ensure_default_key(&current_caller())
         .map_err(|e| keystore_error(&dir, e))?;
-    Ok((Arc::new(ks), id))
+    Ok((ks, id))
 }
 
 /// `kmsfs init`.
@@ -232,6 +258,7 @@ mod tests {
             (id2.as_str(), ks2.keystore_id()),
             (id.as_str(), ks.keystore_id())
         );
+        assert!(Arc::ptr_eq(&ks, &ks2), "opened twice in one process");
         let m =
             crate::kms::KeyService::describe_key(&*ks, &current_caller(), "alias/kmsfs/default");
         assert_eq!(m.unwrap().key_id, id);

@@ -206,7 +206,9 @@ fn print_json_secret(fields: &[(&str, &str)]) {
     out.push_str("{\n");
     for (i, (k, v)) in fields.iter().enumerate() {
         // Keys and values are base64, ARNs or fixed names: nothing to escape.
-        out.push_str(&format!("  \"{k}\": \"{v}\""));
+        for part in ["  \"", k, "\": \"", v, "\""] {
+            out.push_str(part);
+        }
         out.push_str(if i + 1 < fields.len() { ",\n" } else { "\n" });
     }
     out.push('}');

@@ -686,6 +686,29 @@ mod tests {
     }
 
     #[test]
+    fn garbage_never_panics() {
+        let t = tempfile::tempdir().unwrap();
+        let (_, root, good, _) = sample(&KeystoreDir::new(t.path()));
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for len in (0..400usize).chain([good.len() - 1, good.len(), good.len() + 1]) {
+            let mut buf: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            // Half of them look like a keystore of the right version.
+            if len >= 10 && len % 2 == 0 {
+                buf[..10].copy_from_slice(&good[..10]);
+            }
+            let r = Frame::parse("x", &buf).and_then(|f| f.unseal("x", &root));
+            assert!(r.is_err(), "len {len}");
+        }
+    }
+
+    #[test]
     fn unknown_version_is_named() {
         let t = tempfile::tempdir().unwrap();
         let (_, _, mut bytes, _) = sample(&KeystoreDir::new(t.path()));

@@ -77,6 +77,8 @@ struct Snapshot {
     /// Why no state is usable at all (both generations unreadable on reload).
     broken: Option<String>,
     next_deletion: Option<i64>,
+    /// The write counter of the file this snapshot was read from.
+    file_generation: u64,
 }
 
 impl Snapshot {
@@ -84,6 +86,7 @@ impl Snapshot {
         state: StoreState,
         fingerprint: Option<Fingerprint>,
         fallback: Option<String>,
+        file_generation: u64,
     ) -> Result<Self, KmsError> {
         let mut ciphers = HashMap::with_capacity(state.keys.len());
         for (id, k) in &state.keys {
@@ -104,6 +107,7 @@ impl Snapshot {
             fallback,
             broken: None,
             next_deletion,
+            file_generation,
         })
     }
 
@@ -115,6 +119,7 @@ impl Snapshot {
             fallback: None,
             broken: Some(why),
             next_deletion: None,
+            file_generation: 0,
         }
     }
 }
@@ -122,6 +127,7 @@ impl Snapshot {
 /// What reading the directory produced.
 struct Loaded {
     state: StoreState,
+    file_generation: u64,
     keystore_id: [u8; 16],
     fingerprint: Option<Fingerprint>,
     fallback: Option<String>,
@@ -172,7 +178,7 @@ fn load(
     obtained: &mut Option<RootKey>,
     passphrase: &dyn Fn() -> Result<SecretBytes, KmsError>,
 ) -> Result<Loaded, KmsError> {
-    let mut unseal = |name: &str, bytes: &[u8]| -> Result<(StoreState, [u8; 16]), KmsError> {
+    let mut unseal = |name: &str, bytes: &[u8]| -> Result<(StoreState, [u8; 16], u64), KmsError> {
         let frame = Frame::parse(name, bytes)?;
         if given.is_none() && obtained.is_none() {
             *obtained = Some(RootKey::obtain(dir, frame.mode, passphrase)?);
@@ -180,7 +186,7 @@ fn load(
         let r = given
             .or(obtained.as_ref())
             .ok_or_else(|| KmsError::Internal("root key missing".into()))?;
-        Ok((frame.unseal(name, r)?, frame.keystore_id))
+        Ok((frame.unseal(name, r)?, frame.keystore_id, frame.generation))
     };
     let cur = dir.read(CURRENT_FILE)?;
     let fingerprint = cur.as_ref().map(|c| c.1);
@@ -191,9 +197,10 @@ fn load(
                 Frame::parse(CURRENT_FILE, bytes)?;
             }
             match unseal(CURRENT_FILE, bytes) {
-                Ok((state, keystore_id)) => {
+                Ok((state, keystore_id, file_generation)) => {
                     return Ok(Loaded {
                         state,
+                        file_generation,
                         keystore_id,
                         fingerprint,
                         fallback: None,
@@ -220,7 +227,7 @@ fn load(
         });
     };
     match unseal(PREV_FILE, &pbytes) {
-        Ok((state, keystore_id)) => {
+        Ok((state, keystore_id, file_generation)) => {
             log::warn!(
                 "{primary}; using the previous generation {} instead (read-only: changes are \
                  refused until the current generation is repaired or restored)",
@@ -228,6 +235,7 @@ fn load(
             );
             Ok(Loaded {
                 state,
+                file_generation,
                 keystore_id,
                 fingerprint,
                 fallback: Some(primary),
@@ -335,6 +343,7 @@ impl LocalKeyStore {
             root,
             Loaded {
                 state,
+                file_generation: 1,
                 keystore_id,
                 fingerprint: Some(fp),
                 fallback: None,
@@ -343,7 +352,7 @@ impl LocalKeyStore {
     }
 
     fn assemble(dir: KeystoreDir, root: RootKey, l: Loaded) -> Result<Self, KmsError> {
-        let snap = Snapshot::new(l.state, l.fingerprint, l.fallback)?;
+        let snap = Snapshot::new(l.state, l.fingerprint, l.fallback, l.file_generation)?;
         Ok(Self {
             dir,
             root,
@@ -373,6 +382,11 @@ impl LocalKeyStore {
         self.root.mode().name()
     }
 
+    /// The write counter of the keystore file the service currently uses.
+    pub fn file_generation(&self) -> u64 {
+        self.snapshot().file_generation
+    }
+
     /// Why the keystore runs read-only from its previous generation, if it does.
     pub fn fallback_reason(&self) -> Option<String> {
         self.snapshot().fallback.clone()
@@ -392,6 +406,8 @@ impl LocalKeyStore {
         }
     }
 
+    /// Swaps in a new snapshot. Callers hold `reload_lock`, so a reload that
+    /// read an older file cannot land after an update's newer snapshot.
     fn install(&self, snap: Snapshot) {
         let mut g = match self.snap.write() {
             Ok(g) => g,
@@ -447,7 +463,7 @@ impl LocalKeyStore {
                     hex(&l.keystore_id)
                 )));
             }
-            Snapshot::new(l.state, l.fingerprint, l.fallback)
+            Snapshot::new(l.state, l.fingerprint, l.fallback, l.file_generation)
         });
         match result {
             Ok(s) => {
@@ -532,7 +548,12 @@ impl LocalKeyStore {
         for id in &purged {
             log::info!("key {id} reached its deletion date and was deleted for good");
         }
-        self.install(Snapshot::new(state, Some(fp), None)?);
+        let snap = Snapshot::new(state, Some(fp), None, old_generation + 1)?;
+        let _reloads = match self.reload_lock.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        self.install(snap);
         result
     }
 
@@ -544,7 +565,7 @@ impl LocalKeyStore {
         op: Operation,
         key_ref: KeyRef<'_>,
         usage: Usage,
-        f: impl FnOnce(&KeyRecord, &[(u32, AeadKey)]) -> Result<(T, u32), KmsError>,
+        f: impl FnOnce(&StoreState, &KeyRecord, &[(u32, AeadKey)]) -> Result<(T, u32), KmsError>,
     ) -> Result<T, KmsError> {
         self.refresh_if_stale();
         let snap = self.snapshot();
@@ -583,7 +604,7 @@ impl LocalKeyStore {
                 .ciphers
                 .get(&key.key_id)
                 .ok_or_else(|| KmsError::Internal("key schedule missing".into()))?;
-            let (out, v) = f(key, ciphers)?;
+            let (out, v) = f(&snap.state, key, ciphers)?;
             version = Some(v);
             Ok(out)
         })();
@@ -669,10 +690,9 @@ impl LocalKeyStore {
             op,
             KeyRef::Blob(&header),
             Usage::Decrypt,
-            |key, ciphers| {
+            |state, key, ciphers| {
                 if let Some(want) = key_id {
-                    let snap = self.snapshot();
-                    let wanted = resolve(&snap.state, &self.keystore_id_hex, want)?;
+                    let wanted = resolve(state, &self.keystore_id_hex, want)?;
                     if wanted.key_id != key.key_id {
                         return Err(KmsError::IncorrectKey(format!(
                             "the ciphertext was made under key {}, not {}",
@@ -734,7 +754,7 @@ impl LocalKeyStore {
             op,
             KeyRef::Name(key_id),
             Usage::Encrypt,
-            |key, ciphers| {
+            |_, key, ciphers| {
                 let plaintext = SecretBytes::random(len)
                     .map_err(|e| KmsError::Internal(format!("cannot generate a data key: {e}")))?;
                 let (ciphertext_blob, v) =
@@ -970,7 +990,7 @@ impl KeyService for LocalKeyStore {
             Operation::Encrypt,
             KeyRef::Name(key_id),
             Usage::Encrypt,
-            |key, ciphers| {
+            |_, key, ciphers| {
                 let (ciphertext_blob, v) = self.seal_current(key, ciphers, plaintext, context)?;
                 Ok((
                     Encrypted {
@@ -1004,7 +1024,7 @@ impl KeyService for LocalKeyStore {
             Operation::ReEncryptTo,
             KeyRef::Name(destination_key_id),
             Usage::Encrypt,
-            |key, ciphers| {
+            |_, key, ciphers| {
                 let (blob, v) =
                     self.seal_current(key, ciphers, plaintext.expose(), destination_context)?;
                 Ok((
@@ -1326,6 +1346,8 @@ mod tests {
         });
         a.refresh().unwrap();
         assert_eq!(a.list_keys(&ME).unwrap().len(), 21);
+        // init wrote generation 1, then 21 creations.
+        assert_eq!(a.file_generation(), 22);
     }
 
     #[test]
