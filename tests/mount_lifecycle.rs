@@ -162,9 +162,19 @@ fn busy_unmount_says_what_to_do_and_plain_umount_works() {
     let st = Command::new("umount").arg(&m.mnt).status().unwrap();
     assert!(st.success());
     m.forget_mounted();
-    wait("the daemon to exit after umount", || !process_alive(pid));
+    // Mount again at once: the old daemon, still exiting, must not unmount it.
     m.mount();
+    wait("the old daemon to exit after umount", || {
+        !process_alive(pid)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(is_mounted(&m.mnt));
     assert_eq!(fs::read(m.p("f")).unwrap(), b"x");
+    assert!(
+        !m.log_text().contains("Failed to umount"),
+        "{}",
+        m.log_text()
+    );
 }
 
 #[test]

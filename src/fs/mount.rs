@@ -263,17 +263,88 @@ fn session_config(req: &MountRequest, o: &Options) -> Config {
         cfg.mount_options.push(MountOption::DefaultPermissions);
     }
     if !o.mount.iter().any(|m| matches!(m, MountOption::FSName(_))) {
-        cfg.mount_options.push(MountOption::FSName(format!(
-            "kmsfs:{}:{}",
-            std::process::id(),
-            req.backing.display()
-        )));
+        cfg.mount_options
+            .push(MountOption::FSName(source_name(req, o)));
     }
-    cfg.mount_options.push(MountOption::Subtype("kmsfs".into()));
+    if !o.mount.iter().any(|m| matches!(m, MountOption::Subtype(_))) {
+        cfg.mount_options.push(MountOption::Subtype("kmsfs".into()));
+    }
     cfg.acl = o.acl;
     cfg.n_threads = Some(SERVING_THREADS);
     cfg.clone_fd = true;
     cfg
+}
+
+/// The source name of the mount: names the daemon, so `unmount` can wait for it.
+fn source_name(req: &MountRequest, o: &Options) -> String {
+    o.mount
+        .iter()
+        .find_map(|m| match m {
+            MountOption::FSName(n) => Some(n.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| format!("kmsfs:{}:{}", std::process::id(), req.backing.display()))
+}
+
+/// mount(2) flags and fuse mount data for the options (as root).
+fn kernel_mount_args(o: &Options, fd: i32, rootmode: u32) -> (u64, String, String) {
+    let has = |m: MountOption| o.mount.contains(&m);
+    let mut flags = 0u64;
+    if !has(MountOption::Suid) {
+        flags |= libc::MS_NOSUID;
+    }
+    if !has(MountOption::Dev) {
+        flags |= libc::MS_NODEV;
+    }
+    for (opt, f) in [
+        (MountOption::RO, libc::MS_RDONLY),
+        (MountOption::NoSuid, libc::MS_NOSUID),
+        (MountOption::NoDev, libc::MS_NODEV),
+        (MountOption::NoExec, libc::MS_NOEXEC),
+        (MountOption::NoAtime, libc::MS_NOATIME),
+        (MountOption::Sync, libc::MS_SYNCHRONOUS),
+        (MountOption::DirSync, libc::MS_DIRSYNC),
+    ] {
+        if has(opt) {
+            flags |= f;
+        }
+    }
+    let (uid, gid) = sys::ids();
+    // The daemon opens every backing file as root: the kernel checks permissions.
+    let mut data =
+        format!("fd={fd},rootmode={rootmode:o},user_id={uid},group_id={gid},default_permissions");
+    if o.acl != SessionACL::Owner {
+        data.push_str(",allow_other");
+    }
+    let subtype = o
+        .mount
+        .iter()
+        .find_map(|m| match m {
+            MountOption::Subtype(s) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "kmsfs".into());
+    (flags, data, format!("fuse.{subtype}"))
+}
+
+/// Mounts and performs the FUSE handshake. As root we call mount(2) ourselves
+/// (type `fuse.kmsfs`) and hand fuser the connection, so that fuser never
+/// unmounts on its own: its drop-time unmount could hit a newer mount at the
+/// same place. Otherwise (or with auto_unmount) fuser mounts via fusermount3.
+fn new_session(fs: KmsFs, req: &MountRequest, o: &Options) -> std::io::Result<Session<KmsFs>> {
+    let cfg = session_config(req, o);
+    if !sys::is_root() || o.mount.contains(&MountOption::AutoUnmount) {
+        return Session::new(fs, &req.mountpoint, &cfg);
+    }
+    let fd = sys::open_dev_fuse()?;
+    let rootmode =
+        std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(&req.mountpoint)?) & libc::S_IFMT;
+    let (flags, data, fstype) =
+        kernel_mount_args(o, std::os::fd::AsRawFd::as_raw_fd(&fd), rootmode);
+    sys::mount(&source_name(req, o), &req.mountpoint, &fstype, flags, &data)?;
+    Session::from_fd(fs, fd, o.acl, cfg).inspect_err(|_| {
+        let _ = sys::umount2(&req.mountpoint, libc::MNT_DETACH);
+    })
 }
 
 /// Mounts and serves until unmounted. `ready` is told once the mount is usable
@@ -291,7 +362,7 @@ fn serve(req: &MountRequest, ready: &mut dyn FnMut(Result<(), String>)) -> Resul
         ttl: TTL,
     })
     .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;
-    let session = match Session::new(fs, &req.mountpoint, &session_config(req, &o)) {
+    let session = match new_session(fs, req, &o) {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("mounting {} failed: {e}", req.mountpoint.display());
@@ -469,6 +540,22 @@ mod tests {
         );
         assert!(parse_options(&["bogus".into()]).is_err());
         assert!(parse_options(&["auto_unmount".into()]).is_err());
+    }
+
+    #[test]
+    fn kernel_mount_arguments() {
+        let o = parse_options(&["ro,allow_other,noexec".into()]).unwrap();
+        let (flags, data, ty) = kernel_mount_args(&o, 7, 0o40000);
+        let want = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        assert_eq!(flags, want);
+        assert!(data.starts_with("fd=7,rootmode=40000,"), "{data}");
+        assert!(data.ends_with(",default_permissions,allow_other"), "{data}");
+        assert_eq!(ty, "fuse.kmsfs");
+        let o = parse_options(&["suid,dev,subtype=x".into()]).unwrap();
+        let (flags, data, ty) = kernel_mount_args(&o, 3, 0o40000);
+        assert_eq!(flags, 0);
+        assert!(!data.contains("allow_other"));
+        assert_eq!(ty, "fuse.x");
     }
 
     #[test]

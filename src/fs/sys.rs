@@ -226,11 +226,45 @@ pub fn statvfs(path: &Path) -> io::Result<FsStats> {
     })
 }
 
+/// Opens /dev/fuse for a new connection.
+pub fn open_dev_fuse() -> io::Result<std::os::fd::OwnedFd> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
+    Ok(f.into())
+}
+
+/// mount(2).
+pub fn mount(source: &str, target: &Path, fstype: &str, flags: u64, data: &str) -> io::Result<()> {
+    let src = CString::new(source).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let tgt = cstr(target)?;
+    let ty = CString::new(fstype).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let dat = CString::new(data).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: four valid NUL-terminated strings that outlive the call; the data
+    // string is what the fuse file system type expects.
+    check(unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            ty.as_ptr(),
+            flags as libc::c_ulong,
+            dat.as_ptr().cast(),
+        )
+    })
+}
+
 /// umount2(2) with `flags` (0 or MNT_DETACH).
 pub fn umount2(path: &Path, flags: i32) -> io::Result<()> {
     let p = cstr(path)?;
     // SAFETY: `p` is a valid C string that outlives the call.
     check(unsafe { libc::umount2(p.as_ptr(), flags) })
+}
+
+/// Real user and group id of this process.
+pub fn ids() -> (u32, u32) {
+    // SAFETY: getuid and getgid take no arguments and cannot fail.
+    unsafe { (libc::getuid(), libc::getgid()) }
 }
 
 /// True when this process runs as root (the mount chowns new files to the caller).
