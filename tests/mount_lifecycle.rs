@@ -75,6 +75,28 @@ fn clear_errors_before_mounting() {
 }
 
 #[test]
+fn daemon_runs_in_its_own_session_detached_from_the_caller() {
+    let Some(m) = Mount::new("daemon") else {
+        return;
+    };
+    let pid = m.daemon_pid().expect("daemon pid");
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    // Fields after the state: ppid, pgrp, session, tty_nr.
+    assert_eq!(f[3], pid.to_string(), "session leader: {stat}");
+    assert_eq!(f[4], "0", "no controlling terminal: {stat}");
+    for fd in 0..3 {
+        let target = fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+        assert!(
+            target == std::path::Path::new("/dev/null") || target == m.log,
+            "fd {fd} -> {}",
+            target.display()
+        );
+    }
+}
+
+#[test]
 fn sigterm_unmounts_cleanly_with_data_flushed() {
     let Some(mut m) = Mount::new("sigterm") else {
         return;
