@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,6 +77,8 @@ pub struct KmsFs {
     next_dir: AtomicU64,
     /// Serialises giving headers to empty backing files.
     init_lock: Mutex<()>,
+    /// The daemon's umask (new nodes get their exact mode despite it).
+    umask: u32,
 }
 
 fn backing_key(m: &Metadata) -> BackingKey {
@@ -138,8 +140,11 @@ pub fn attr_of(ino: u64, m: &Metadata) -> FileAttr {
 
 impl KmsFs {
     /// A filesystem over `cfg.backing`, which must be an existing directory.
+    /// Makes it the process's working directory: every backing path is
+    /// relative to it from then on.
     pub fn new(cfg: FsConfig) -> std::io::Result<Self> {
         let m = std::fs::metadata(&cfg.backing)?;
+        std::env::set_current_dir(&cfg.backing)?;
         Ok(Self {
             inodes: Mutex::new(InodeTable::new(backing_key(&m))),
             opens: OpenTable::new(),
@@ -147,6 +152,7 @@ impl KmsFs {
             dirs: Mutex::new(HashMap::new()),
             next_dir: AtomicU64::new(1),
             init_lock: Mutex::new(()),
+            umask: super::sys::umask(),
             cfg,
         })
     }
@@ -161,13 +167,20 @@ impl KmsFs {
         self.cfg.read_only
     }
 
-    /// The backing path for a path relative to the backing root.
-    pub fn abs(&self, rel: &Path) -> PathBuf {
+    /// The path to give system calls for `rel`: relative, because the
+    /// daemon's working directory is the backing root (so that a path as long
+    /// as the kernel allows on the mount still fits in PATH_MAX below it).
+    pub fn bpath(&self, rel: &Path) -> PathBuf {
         if rel.as_os_str().is_empty() {
-            self.cfg.backing.clone()
+            PathBuf::from(".")
         } else {
-            self.cfg.backing.join(rel)
+            rel.to_path_buf()
         }
+    }
+
+    /// The full backing path of `rel`, for log messages.
+    pub fn shown(&self, rel: &Path) -> PathBuf {
+        self.cfg.backing.join(rel)
     }
 
     /// The relative backing path of `ino` (ENOENT when unknown or unlinked).
@@ -196,7 +209,7 @@ impl KmsFs {
     /// Looks up `name` in `parent` for the kernel.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
         let rel = self.child(parent, name)?;
-        let m = std::fs::symlink_metadata(self.abs(&rel)).map_err(|e| io_errno(&e))?;
+        let m = std::fs::symlink_metadata(self.bpath(&rel)).map_err(|e| io_errno(&e))?;
         Ok(self.entry(&rel, &m))
     }
 
@@ -211,7 +224,7 @@ impl KmsFs {
         if let Some(f) = self.opens.get(ino) {
             return f.metadata();
         }
-        std::fs::symlink_metadata(self.abs(&self.rel(ino)?)).map_err(|e| io_errno(&e))
+        std::fs::symlink_metadata(self.bpath(&self.rel(ino)?)).map_err(|e| io_errno(&e))
     }
 
     /// Attributes of `ino`.
@@ -288,8 +301,9 @@ impl KmsFs {
     }
 
     fn open_fresh(&self, ino: u64, caller: &Caller) -> Result<Arc<OpenFile>, Errno> {
-        let abs = self.abs(&self.rel(ino)?);
-        let file = self.open_backing(&abs)?;
+        let rel = self.rel(ino)?;
+        let file = self.open_backing(&self.bpath(&rel))?;
+        let abs = self.shown(&rel);
         let m = file.metadata().map_err(|e| io_errno(&e))?;
         if m.is_dir() {
             return Err(Errno::EISDIR);
@@ -332,7 +346,7 @@ impl KmsFs {
         caller: &Caller,
     ) -> Result<(FileAttr, Arc<OpenFile>), Errno> {
         let rel = self.child(parent, name)?;
-        let abs = self.abs(&rel);
+        let (abs, shown) = (self.bpath(&rel), self.shown(&rel));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -342,8 +356,9 @@ impl KmsFs {
             .open(&abs)
             .map_err(|e| io_errno(&e))?;
         let made = self.set_owner(&abs, caller).and_then(|()| {
+            self.exact_mode(&file, mode)?;
             EncryptedFile::create(file, &*self.cfg.ks, caller, &self.cfg.key_id)
-                .map_err(|e| envelope_errno(&e, &abs))
+                .map_err(|e| envelope_errno(&e, &shown))
         });
         let ef = match made {
             Ok(ef) => ef,
@@ -355,8 +370,23 @@ impl KmsFs {
         };
         let m = ef.file().metadata().map_err(|e| io_errno(&e))?;
         let attr = self.entry(&rel, &m);
-        let f = self.opens.attach(attr.ino.0, || OpenFile::new(ef, abs));
+        let f = self.opens.attach(attr.ino.0, || OpenFile::new(ef, shown));
         Ok((attr, f))
+    }
+
+    /// The kernel already applied the caller's umask to `mode`; undo the
+    /// daemon's own umask where it removed bits.
+    pub fn exact_mode(&self, file: &File, mode: u32) -> Result<(), Errno> {
+        if !self.umask_strips(mode) {
+            return Ok(());
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+            .map_err(|e| io_errno(&e))
+    }
+
+    /// True when the daemon's umask removes bits of `mode`.
+    pub fn umask_strips(&self, mode: u32) -> bool {
+        mode & self.umask & 0o7777 != 0
     }
 
     /// New files belong to the caller (the daemon runs as root).
@@ -381,7 +411,7 @@ impl KmsFs {
 
     /// Takes a snapshot of directory `ino` for readdir; returns its handle.
     pub fn opendir(&self, ino: u64) -> Result<u64, Errno> {
-        let abs = self.abs(&self.rel(ino)?);
+        let abs = self.bpath(&self.rel(ino)?);
         let mut entries = Vec::new();
         for e in std::fs::read_dir(&abs).map_err(|e| io_errno(&e))? {
             let e = e.map_err(|e| io_errno(&e))?;
@@ -417,7 +447,7 @@ impl KmsFs {
         add: impl FnOnce(&FileAttr) -> bool,
     ) -> Result<bool, Errno> {
         let rel = dir_rel.join(name);
-        let m = std::fs::symlink_metadata(self.abs(&rel)).map_err(|e| io_errno(&e))?;
+        let m = std::fs::symlink_metadata(self.bpath(&rel)).map_err(|e| io_errno(&e))?;
         let mut t = lock(&self.inodes);
         let ino = t.resolve(&rel, backing_key(&m), m.is_dir());
         let attr = attr_of(ino, &m);

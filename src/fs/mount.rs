@@ -194,8 +194,9 @@ pub fn mount_at(path: &Path) -> Option<MountInfo> {
         .rfind(|m| m.mountpoint == path)
 }
 
+/// The error of any access to a FUSE mount whose daemon is gone.
 fn is_enotconn(e: &std::io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ENOTCONN)
+    matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
 }
 
 /// Checks a mount point before mounting: it must be an existing directory

@@ -109,9 +109,16 @@ impl KmsFs {
     }
 
     /// After making a node at `rel`: give it to the caller and register it.
-    fn made(&self, rel: &Path, req: &Request) -> Result<FileAttr, Errno> {
-        let abs = self.abs(rel);
+    /// `mode` (not for symlinks) is set exactly, despite the daemon's umask.
+    fn made(&self, rel: &Path, req: &Request, mode: Option<u32>) -> Result<FileAttr, Errno> {
+        let abs = self.bpath(rel);
         self.set_owner(&abs, &caller(req))?;
+        if let Some(mode) = mode
+            && self.umask_strips(mode)
+        {
+            std::fs::set_permissions(&abs, std::fs::Permissions::from_mode(mode & 0o7777))
+                .map_err(ioe)?;
+        }
         let m = std::fs::symlink_metadata(&abs).map_err(ioe)?;
         Ok(self.entry(rel, &m))
     }
@@ -139,7 +146,7 @@ impl KmsFs {
             mtime,
         };
         match self.rel(ino) {
-            Ok(rel) => change.apply_to_path(&self.abs(&rel))?,
+            Ok(rel) => change.apply_to_path(&self.bpath(&rel))?,
             // Unlinked but open: change the file through its descriptor.
             Err(e) => change.apply_to_file(self.open_state(ino).map_err(|_| e)?.read().file())?,
         }
@@ -156,7 +163,7 @@ impl KmsFs {
     ) -> Result<(), Errno> {
         let from = self.child(parent, name)?;
         let to = self.child(newparent, newname)?;
-        sys::renameat2(&self.abs(&from), &self.abs(&to), flags.bits()).map_err(ioe)?;
+        sys::renameat2(&self.bpath(&from), &self.bpath(&to), flags.bits()).map_err(ioe)?;
         self.renamed(&from, &to, flags.contains(RenameFlags::RENAME_EXCHANGE));
         Ok(())
     }
@@ -270,7 +277,7 @@ impl Filesystem for KmsFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let r = self
             .rel(ino.0)
-            .and_then(|rel| std::fs::read_link(self.abs(&rel)).map_err(ioe));
+            .and_then(|rel| std::fs::read_link(self.bpath(&rel)).map_err(ioe));
         match r {
             Ok(t) => reply.data(t.as_os_str().as_bytes()),
             Err(e) => reply.error(e),
@@ -295,8 +302,8 @@ impl Filesystem for KmsFs {
                 return Ok(attr);
             }
             let rel = self.child(parent.0, name)?;
-            sys::mknod(&self.abs(&rel), mode, rdev).map_err(ioe)?;
-            self.made(&rel, req)
+            sys::mknod(&self.bpath(&rel), mode, rdev).map_err(ioe)?;
+            self.made(&rel, req, Some(mode))
         });
         self.reply_entry(r, reply);
     }
@@ -314,16 +321,16 @@ impl Filesystem for KmsFs {
             let rel = self.child(parent.0, name)?;
             std::fs::DirBuilder::new()
                 .mode(mode & 0o7777)
-                .create(self.abs(&rel))
+                .create(self.bpath(&rel))
                 .map_err(ioe)?;
-            self.made(&rel, req)
+            self.made(&rel, req, Some(mode))
         });
         self.reply_entry(r, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let r = self.child(parent.0, name).and_then(|rel| {
-            std::fs::remove_file(self.abs(&rel)).map_err(ioe)?;
+            std::fs::remove_file(self.bpath(&rel)).map_err(ioe)?;
             self.forget_path(&rel);
             Ok(())
         });
@@ -335,7 +342,7 @@ impl Filesystem for KmsFs {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let r = self.child(parent.0, name).and_then(|rel| {
-            std::fs::remove_dir(self.abs(&rel)).map_err(ioe)?;
+            std::fs::remove_dir(self.bpath(&rel)).map_err(ioe)?;
             self.forget_path(&rel);
             Ok(())
         });
@@ -355,8 +362,8 @@ impl Filesystem for KmsFs {
     ) {
         let r = self.writable().and_then(|()| {
             let rel = self.child(parent.0, link_name)?;
-            std::os::unix::fs::symlink(target, self.abs(&rel)).map_err(ioe)?;
-            self.made(&rel, req)
+            std::os::unix::fs::symlink(target, self.bpath(&rel)).map_err(ioe)?;
+            self.made(&rel, req, None)
         });
         self.reply_entry(r, reply);
     }
@@ -386,9 +393,9 @@ impl Filesystem for KmsFs {
         reply: ReplyEntry,
     ) {
         let r = (|| {
-            let from = self.abs(&self.rel(ino.0)?);
+            let from = self.bpath(&self.rel(ino.0)?);
             let rel = self.child(newparent.0, newname)?;
-            std::fs::hard_link(&from, self.abs(&rel)).map_err(ioe)?;
+            std::fs::hard_link(&from, self.bpath(&rel)).map_err(ioe)?;
             self.linked(ino.0, &rel);
             KmsFs::getattr(self, ino.0)
         })();
@@ -576,7 +583,7 @@ impl Filesystem for KmsFs {
         reply: ReplyEmpty,
     ) {
         let r = self.rel(ino.0).and_then(|rel| {
-            std::fs::File::open(self.abs(&rel))
+            std::fs::File::open(self.bpath(&rel))
                 .and_then(|d| d.sync_all())
                 .map_err(ioe)
         });
@@ -587,7 +594,7 @@ impl Filesystem for KmsFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match sys::statvfs(&self.abs(Path::new(""))) {
+        match sys::statvfs(&self.bpath(Path::new(""))) {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namemax, s.frsize,
             ),
@@ -611,7 +618,7 @@ impl Filesystem for KmsFs {
         let r = self
             .writable()
             .and_then(|()| self.rel(ino.0))
-            .and_then(|rel| sys::setxattr(&self.abs(&rel), name, value, flags).map_err(ioe));
+            .and_then(|rel| sys::setxattr(&self.bpath(&rel), name, value, flags).map_err(ioe));
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -627,7 +634,7 @@ impl Filesystem for KmsFs {
             Err(e) => return reply.error(e),
         };
         let mut buf = vec![0u8; size as usize];
-        let r = sys::getxattr(&self.abs(&rel), name, &mut buf);
+        let r = sys::getxattr(&self.bpath(&rel), name, &mut buf);
         self.xattr_reply(r, size, &buf, reply);
     }
 
@@ -636,7 +643,7 @@ impl Filesystem for KmsFs {
             Ok(r) => r,
             Err(e) => return reply.error(e),
         };
-        let abs = self.abs(&rel);
+        let abs = self.bpath(&rel);
         let r = sys::listxattr(&abs, &mut []).and_then(|n| {
             let mut buf = vec![0u8; n];
             let n = sys::listxattr(&abs, &mut buf)?;
@@ -656,7 +663,7 @@ impl Filesystem for KmsFs {
         let r = self
             .writable()
             .and_then(|()| self.rel(ino.0))
-            .and_then(|rel| sys::removexattr(&self.abs(&rel), name).map_err(ioe));
+            .and_then(|rel| sys::removexattr(&self.bpath(&rel), name).map_err(ioe));
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),

@@ -267,6 +267,17 @@ pub fn ids() -> (u32, u32) {
     unsafe { (libc::getuid(), libc::getgid()) }
 }
 
+/// The process's umask (read by setting it and setting it back; call while
+/// no other thread creates files).
+pub fn umask() -> u32 {
+    // SAFETY: umask only swaps the process's file mode creation mask.
+    unsafe {
+        let old = libc::umask(0o022);
+        libc::umask(old);
+        old as u32
+    }
+}
+
 /// True when this process runs as root (the mount chowns new files to the caller).
 pub fn is_root() -> bool {
     // SAFETY: geteuid takes no arguments and cannot fail.
