@@ -6,6 +6,36 @@
 //! `kms` (the key service and the local keystore), `envelope` (an encrypted
 //! file over a backing file: the SDK-side API shared by the mount and
 //! `seal`/`unseal`), `fs` (the FUSE frontend), `cli` (the command line).
+//!
+//! # Client-side envelope encryption (the SDK side)
+//!
+//! [`envelope::seal`] writes a file in exactly the format the mount uses, so it
+//! can be copied into a backing directory and read through a mount of the same
+//! keystore; [`envelope::unseal`] reads a sealed file or a backing file without
+//! a mount. Both talk to any [`kms::KeyService`]; here the local keystore:
+//!
+//! ```
+//! use kmsfs::envelope::{seal, unseal};
+//! use kmsfs::kms::{Caller, CreateMode, LocalKeyStore};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let caller = Caller { uid: 1000, gid: 1000, pid: std::process::id() };
+//! let keystore = LocalKeyStore::create(&dir.path().join("keystore"), CreateMode::RootKeyFile)?;
+//! let key = keystore.create_key(&caller, "reports")?;
+//!
+//! let sealed_path = dir.path().join("report.txt");
+//! let sealed = std::fs::File::options().read(true).write(true).create_new(true).open(&sealed_path)?;
+//! let plaintext = b"revenue up, secrets kept";
+//! seal(&mut &plaintext[..], sealed, &keystore, &caller, &key.key_id)?;
+//! assert!(!std::fs::read(&sealed_path)?.windows(7).any(|w| w == b"revenue"));
+//!
+//! let mut out = Vec::new();
+//! unseal(std::fs::File::open(&sealed_path)?, &mut out, &keystore, &caller)?;
+//! assert_eq!(out, plaintext);
+//! # Ok(())
+//! # }
+//! ```
 #![warn(missing_docs)]
 
 pub mod cli;
