@@ -209,3 +209,78 @@ fn invalid_test_clock_is_a_clear_error() {
     fails(&out, EXIT_USAGE, "KMSFS_TEST_NOW");
     assert_eq!(state(&ks, &k), "Enabled");
 }
+
+#[test]
+fn rotation_on_demand_and_automatic_keeps_old_ciphertexts() {
+    let ks = Ks::new();
+    let k = ks.create_key();
+    let v1_blob = ks.encrypt(&k, b"before", "");
+    let v = ks.json(&["kms", "rotate-key-on-demand", "--key-id", &k]);
+    assert!(v["KeyId"].as_str().unwrap().ends_with(&k));
+    let m = ks.json(&["kms", "describe-key", "--key-id", &k]);
+    assert_eq!(m["KeyMetadata"]["CurrentKeyMaterialVersion"], 2);
+    assert_eq!(
+        b64(&ok(ks.decrypt(&v1_blob, "", &[]), &["decrypt"])),
+        b"before"
+    );
+    // The blob names its material version (byte 37..41 of the header).
+    let v2_blob = b64(&ks.encrypt(&k, b"after", ""));
+    assert_eq!(&v2_blob[37..41], &[0, 0, 0, 2]);
+
+    for bad in ["89", "2561"] {
+        let out = ks.run(&[
+            "kms",
+            "enable-key-rotation",
+            "--key-id",
+            &k,
+            "--rotation-period-in-days",
+            bad,
+        ]);
+        fails(&out, EXIT_USAGE, "RotationPeriodInDays");
+    }
+    ks.ok(&[
+        "kms",
+        "enable-key-rotation",
+        "--key-id",
+        &k,
+        "--rotation-period-in-days",
+        "90",
+    ]);
+    let st = ks.json(&["kms", "get-key-rotation-status", "--key-id", &k]);
+    assert_eq!(st["KeyRotationEnabled"], true);
+    assert_eq!(st["RotationPeriodInDays"], 90);
+    let next = st["NextRotationDate"].as_i64().unwrap();
+    let after = kmsfs::kms::clock::format_rfc3339(next + 1);
+    // The first use after the due date rotates.
+    let m = ks.run_env(
+        &["--output", "json", "kms", "describe-key", "--key-id", &k],
+        &[("KMSFS_TEST_NOW", &after)],
+    );
+    let m: serde_json::Value = serde_json::from_str(&ok(m, &["describe-key"])).unwrap();
+    assert_eq!(m["KeyMetadata"]["CurrentKeyMaterialVersion"], 3);
+    let r = ks.json(&["kms", "list-key-rotations", "--key-id", &k]);
+    let types: Vec<&str> = r["Rotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["RotationType"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["ON_DEMAND", "AUTOMATIC"]);
+    assert!(
+        r["Rotations"][0]["RotationDate"].is_number() && r["Rotations"][0]["KeyId"] == k.as_str()
+    );
+    assert_eq!(
+        b64(&ok(ks.decrypt(&v1_blob, "", &[]), &["decrypt"])),
+        b"before"
+    );
+    ks.ok(&["kms", "disable-key-rotation", "--key-id", &k]);
+    let st = ks.json(&["kms", "get-key-rotation-status", "--key-id", &k]);
+    assert_eq!(st["KeyRotationEnabled"], false);
+    // A disabled key refuses rotation.
+    ks.ok(&["kms", "disable-key", "--key-id", &k]);
+    fails(
+        &ks.run(&["kms", "rotate-key-on-demand", "--key-id", &k]),
+        EXIT_REFUSED,
+        "DisabledException",
+    );
+}

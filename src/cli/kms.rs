@@ -45,6 +45,23 @@ pub enum KmsCommand {
     },
     /// Cancel a scheduled deletion; the key becomes Disabled.
     CancelKeyDeletion(KeyIdArg),
+    /// Make new key material current now; old material keeps decrypting old ciphertexts.
+    RotateKeyOnDemand(KeyIdArg),
+    /// Rotate a key's material automatically every N days (90 to 2560, default 365).
+    EnableKeyRotation {
+        /// Key id, key ARN or alias/NAME.
+        #[arg(long)]
+        key_id: String,
+        /// Days between automatic rotations.
+        #[arg(long)]
+        rotation_period_in_days: Option<u32>,
+    },
+    /// Stop rotating a key automatically.
+    DisableKeyRotation(KeyIdArg),
+    /// Show whether and when a key rotates automatically.
+    GetKeyRotationStatus(KeyIdArg),
+    /// List the rotations a key has had.
+    ListKeyRotations(KeyIdArg),
     /// Give a key a friendly name alias/NAME.
     CreateAlias(AliasArgs),
     /// Point an existing alias at another key.
@@ -384,6 +401,50 @@ fn run_command(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
                 println!(
                     "deletion of {key} cancelled; the key is Disabled (use enable-key to use it again)"
                 );
+            }
+        }
+        KmsCommand::RotateKeyOnDemand(a) => {
+            let (key, version) = ks.rotate_key_on_demand(&caller, &a.key_id)?;
+            if json_out {
+                print_json(&json!({ "KeyId": arn(&key) }));
+            } else {
+                println!("key {key} rotated: key material version {version} is now current");
+            }
+        }
+        KmsCommand::EnableKeyRotation {
+            key_id,
+            rotation_period_in_days,
+        } => ks.enable_key_rotation(&caller, &key_id, rotation_period_in_days)?,
+        KmsCommand::DisableKeyRotation(a) => ks.disable_key_rotation(&caller, &a.key_id)?,
+        KmsCommand::GetKeyRotationStatus(a) => {
+            let st = ks.get_key_rotation_status(&caller, &a.key_id)?;
+            if json_out {
+                print_json(&serde_json::to_value(&st).unwrap_or(Value::Null));
+            } else {
+                println!("KeyRotationEnabled:   {}", st.key_rotation_enabled);
+                if let Some(d) = st.rotation_period_in_days {
+                    println!("RotationPeriodInDays: {d}");
+                }
+                if let Some(t) = st.next_rotation_date {
+                    println!("NextRotationDate:     {}", clock::format_rfc3339(t));
+                }
+            }
+        }
+        KmsCommand::ListKeyRotations(a) => {
+            let list = ks.list_key_rotations(&caller, &a.key_id)?;
+            if json_out {
+                print_json(&json!({ "Rotations": list, "Truncated": false }));
+            } else {
+                println!("{:<8}  {:<20}  TYPE", "VERSION", "ROTATED");
+                for r in list {
+                    let t = serde_json::to_value(r.rotation_type).unwrap_or(Value::Null);
+                    println!(
+                        "{:<8}  {:<20}  {}",
+                        r.key_material_version,
+                        clock::format_rfc3339(r.rotation_date),
+                        t.as_str().unwrap_or("")
+                    );
+                }
             }
         }
         KmsCommand::CreateAlias(a) => ks.create_alias(&caller, &a.alias_name, &a.target_key_id)?,

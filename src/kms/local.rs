@@ -65,6 +65,36 @@ pub struct ScheduledDeletion {
     pub pending_window_in_days: u32,
 }
 
+/// Result of GetKeyRotationStatus.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyRotationStatus {
+    /// The key ARN.
+    pub key_id: String,
+    /// Whether automatic rotation is on.
+    pub key_rotation_enabled: bool,
+    /// The automatic rotation period.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation_period_in_days: Option<u32>,
+    /// When the next automatic rotation is due (epoch seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_rotation_date: Option<i64>,
+}
+
+/// One entry of ListKeyRotations.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyRotation {
+    /// The key id.
+    pub key_id: String,
+    /// When the new material was made (epoch seconds).
+    pub rotation_date: i64,
+    /// ON_DEMAND or AUTOMATIC.
+    pub rotation_type: model::RotationType,
+    /// The material version the rotation created (kmsfs extension).
+    pub key_material_version: u32,
+}
+
 /// An immutable view of the keystore, swapped whole on every change.
 struct Snapshot {
     state: StoreState,
@@ -76,7 +106,8 @@ struct Snapshot {
     fallback: Option<String>,
     /// Why no state is usable at all (both generations unreadable on reload).
     broken: Option<String>,
-    next_deletion: Option<i64>,
+    /// When a deletion or an automatic rotation is next due.
+    next_due: Option<i64>,
     /// The write counter of the file this snapshot was read from.
     file_generation: u64,
 }
@@ -99,14 +130,14 @@ impl Snapshot {
             }
             ciphers.insert(id.clone(), v);
         }
-        let next_deletion = state.next_deletion();
+        let next_due = state.next_due();
         Ok(Self {
             state,
             ciphers,
             fingerprint,
             fallback,
             broken: None,
-            next_deletion,
+            next_due,
             file_generation,
         })
     }
@@ -118,7 +149,7 @@ impl Snapshot {
             fingerprint,
             fallback: None,
             broken: Some(why),
-            next_deletion: None,
+            next_due: None,
             file_generation: 0,
         }
     }
@@ -153,6 +184,8 @@ pub struct LocalKeyStore {
     last_check_ns: AtomicU64,
     reload_lock: Mutex<()>,
     audit: OnceLock<Arc<dyn AuditSink>>,
+    purge_warned: std::sync::atomic::AtomicBool,
+    last_warning: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for LocalKeyStore {
@@ -330,7 +363,12 @@ impl LocalKeyStore {
         let loaded = load(&kdir, None, &mut root, passphrase)?;
         let root = root.ok_or_else(|| KmsError::Internal("root key not obtained".into()))?;
         let ks = Self::assemble(kdir, root, loaded)?;
-        ks.purge_if_due()?;
+        // A reader without write access still opens: due keys are refused in memory.
+        if let Err(e) = ks.apply_due() {
+            ks.warn_once(&format!(
+                "a due key deletion or rotation could not be written: {e}"
+            ));
+        }
         Ok(ks)
     }
 
@@ -364,6 +402,8 @@ impl LocalKeyStore {
             last_check_ns: AtomicU64::new(0),
             reload_lock: Mutex::new(()),
             audit: OnceLock::new(),
+            purge_warned: std::sync::atomic::AtomicBool::new(false),
+            last_warning: Mutex::new(None),
         })
     }
 
@@ -432,7 +472,17 @@ impl LocalKeyStore {
             return; // another thread is checking
         }
         if let Err(e) = self.refresh() {
-            log::warn!("keystore refresh failed: {e}");
+            self.warn_once(&format!("keystore refresh failed: {e}"));
+        }
+    }
+
+    /// Logs `msg` unless it is the same as the last warning (no repeats every
+    /// freshness interval while a problem persists).
+    fn warn_once(&self, msg: &str) {
+        let mut last = self.last_warning.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() != Some(msg) {
+            log::warn!("{msg}");
+            *last = Some(msg.to_string());
         }
     }
 
@@ -443,7 +493,7 @@ impl LocalKeyStore {
         if fp != self.snapshot().fingerprint {
             self.reload()?;
         }
-        self.purge_if_due()
+        self.apply_due()
     }
 
     fn reload(&self) -> Result<(), KmsError> {
@@ -478,18 +528,24 @@ impl LocalKeyStore {
         }
     }
 
-    fn purge_if_due(&self) -> Result<(), KmsError> {
+    /// Deletes keys whose deletion date has passed and rotates keys whose
+    /// automatic rotation is due (one update), when anything is due.
+    fn apply_due(&self) -> Result<(), KmsError> {
         let snap = self.snapshot();
-        let Some(d) = snap.next_deletion else {
+        let Some(d) = snap.next_due else {
             return Ok(());
         };
         if clock::now()? < d {
             return Ok(());
         }
         if snap.fallback.is_some() {
+            if self.purge_warned.swap(true, Ordering::Relaxed) {
+                return Ok(());
+            }
             log::warn!(
-                "a key's deletion date has passed but the keystore runs from its previous \
-                 generation; it is refused now and will be deleted once the keystore is repaired"
+                "a key deletion or rotation is due but the keystore runs from its previous \
+                 generation; a key past its deletion date is refused now, and both happen once \
+                 the keystore is repaired"
             );
             return Ok(());
         }
@@ -529,8 +585,9 @@ impl LocalKeyStore {
         let old_generation = frame.generation;
         let mut state = old.clone();
         let purged = state.purge_due(now);
+        let rotated = state.rotate_due(now)?;
         let result = f(&mut state, now);
-        if result.is_err() && purged.is_empty() {
+        if result.is_err() && purged.is_empty() && rotated.is_empty() {
             return result;
         }
         let prev_bytes = if purged.is_empty() {
@@ -547,6 +604,9 @@ impl LocalKeyStore {
         let fp = self.dir.write_generations(Some(&prev_bytes), &new_bytes)?;
         for id in &purged {
             log::info!("key {id} reached its deletion date and was deleted for good");
+        }
+        for id in &rotated {
+            log::info!("key {id} was rotated automatically");
         }
         let snap = Snapshot::new(state, Some(fp), None, old_generation + 1)?;
         let _reloads = match self.reload_lock.lock() {
@@ -580,19 +640,31 @@ impl LocalKeyStore {
                 KeyRef::Blob(h) => {
                     let id = h.key_id_string();
                     let k = snap.state.keys.get(&id);
+                    let deleted = snap.state.deleted.get(&id).copied();
                     audit_key = Some(id);
-                    k.ok_or_else(|| {
-                        KmsError::NotFound(format!(
-                            "the key this ciphertext was made with ({}) no longer exists; \
-                             it cannot be decrypted",
-                            h.key_id_string()
-                        ))
-                    })?
+                    match (k, deleted) {
+                        (Some(k), _) => k,
+                        (None, Some(when)) => {
+                            return Err(KmsError::NotFound(format!(
+                                "the key this ciphertext was made with ({}) was deleted on {}; \
+                                 it can no longer be decrypted",
+                                h.key_id_string(),
+                                clock::format_rfc3339(when)
+                            )));
+                        }
+                        (None, None) => {
+                            return Err(KmsError::InvalidCiphertext(
+                                "the ciphertext blob cannot be decrypted: it names a key this \
+                                 keystore never had (was it modified?)"
+                                    .into(),
+                            ));
+                        }
+                    }
                 }
             };
             audit_key = Some(key.key_id.clone());
             if key.state == KeyState::PendingDeletion && key.deletion_due(clock::now()?) {
-                self.purge_if_due()?;
+                self.apply_due()?;
                 return Err(KmsError::NotFound(format!(
                     "key {} reached its deletion date and was deleted",
                     key.key_id
@@ -838,6 +910,78 @@ impl LocalKeyStore {
         })
     }
 
+    /// RotateKeyOnDemand: new key material becomes current; old versions stay
+    /// for decryption. Returns the key id and the new material version.
+    pub fn rotate_key_on_demand(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+    ) -> Result<(String, u32), KmsError> {
+        self.update(|s, now| {
+            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+            let v = k.rotate(model::RotationType::OnDemand, now)?;
+            Ok((k.key_id.clone(), v))
+        })
+    }
+
+    /// EnableKeyRotation: automatic rotation every 90 to 2560 days (default 365).
+    pub fn enable_key_rotation(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+        rotation_period_in_days: Option<u32>,
+    ) -> Result<(), KmsError> {
+        let days = rotation_period_in_days.unwrap_or(model::DEFAULT_ROTATION_PERIOD_DAYS);
+        self.update(|s, now| {
+            resolve_mut(s, &self.keystore_id_hex, key_id)?.enable_rotation(days, now)
+        })
+    }
+
+    /// DisableKeyRotation.
+    pub fn disable_key_rotation(&self, _caller: &Caller, key_id: &str) -> Result<(), KmsError> {
+        self.update(|s, _| resolve_mut(s, &self.keystore_id_hex, key_id)?.disable_rotation())
+    }
+
+    /// GetKeyRotationStatus.
+    pub fn get_key_rotation_status(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+    ) -> Result<KeyRotationStatus, KmsError> {
+        let snap = self.fresh_snapshot()?;
+        let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
+        Ok(KeyRotationStatus {
+            key_id: model::key_arn(&self.keystore_id_hex, &k.key_id),
+            key_rotation_enabled: k.rotation_period_days.is_some(),
+            rotation_period_in_days: k.rotation_period_days,
+            next_rotation_date: k.next_rotation,
+        })
+    }
+
+    /// ListKeyRotations: every rotation the key has had, oldest first.
+    pub fn list_key_rotations(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+    ) -> Result<Vec<KeyRotation>, KmsError> {
+        let snap = self.fresh_snapshot()?;
+        let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
+        let mut v: Vec<KeyRotation> = k
+            .materials
+            .iter()
+            .filter_map(|m| {
+                m.rotation.map(|t| KeyRotation {
+                    key_id: k.key_id.clone(),
+                    rotation_date: m.created,
+                    rotation_type: t,
+                    key_material_version: m.version,
+                })
+            })
+            .collect();
+        v.sort_by_key(|r| r.key_material_version);
+        Ok(v)
+    }
+
     /// CancelKeyDeletion: the key becomes Disabled. Returns its ARN.
     pub fn cancel_key_deletion(&self, _caller: &Caller, key_id: &str) -> Result<String, KmsError> {
         self.update(|s, _| {
@@ -1043,7 +1187,7 @@ impl KeyService for LocalKeyStore {
         let snap = self.fresh_snapshot()?;
         let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
         if k.deletion_due(clock::now()?) {
-            self.purge_if_due()?;
+            self.apply_due()?;
             return Err(KmsError::NotFound(format!(
                 "key {} reached its deletion date and was deleted",
                 k.key_id
@@ -1142,6 +1286,146 @@ mod tests {
                 .plaintext
                 .len(),
             32
+        );
+    }
+
+    #[test]
+    fn every_modified_blob_is_invalid_ciphertext() {
+        let (_t, ks, id) = new_store();
+        let dk = ks
+            .generate_data_key(&ME, &id, DataKeySpec::Aes256, &ctx())
+            .unwrap();
+        let blob = dk.ciphertext_blob;
+        for i in 0..blob.len() * 8 {
+            let mut bad = blob.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            match ks.decrypt(&ME, &bad, &ctx(), None) {
+                Err(KmsError::InvalidCiphertext(_)) => {}
+                other => panic!("bit {i}: {other:?}"),
+            }
+        }
+        for n in 0..blob.len() {
+            assert!(matches!(
+                ks.decrypt(&ME, &blob[..n], &ctx(), None),
+                Err(KmsError::InvalidCiphertext(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn rotation_keeps_old_blobs_decryptable_and_new_ones_use_the_new_version() {
+        let (_t, ks, id) = new_store();
+        let old = ks
+            .generate_data_key(&ME, &id, DataKeySpec::Aes256, &ctx())
+            .unwrap();
+        assert_eq!(old.key_material_version, 1);
+        let g = ks.generation();
+        assert_eq!(ks.rotate_key_on_demand(&ME, &id).unwrap(), (id.clone(), 2));
+        assert_ne!(ks.generation(), g);
+        let new = ks
+            .generate_data_key(&ME, &id, DataKeySpec::Aes256, &ctx())
+            .unwrap();
+        assert_eq!(new.key_material_version, 2);
+        assert_eq!(
+            BlobHeader::parse(&new.ciphertext_blob)
+                .unwrap()
+                .material_version,
+            2
+        );
+        let d_old = ks.decrypt(&ME, &old.ciphertext_blob, &ctx(), None).unwrap();
+        assert_eq!(
+            (d_old.key_material_version, &d_old.plaintext),
+            (1, &old.plaintext)
+        );
+        let d_new = ks.decrypt(&ME, &new.ciphertext_blob, &ctx(), None).unwrap();
+        assert_eq!(d_new.key_material_version, 2);
+        // Re-encrypting under the same key moves an old blob to the new version.
+        let r = ks
+            .re_encrypt(&ME, &old.ciphertext_blob, &ctx(), &id, &ctx())
+            .unwrap();
+        assert_eq!(
+            BlobHeader::parse(&r.ciphertext_blob)
+                .unwrap()
+                .material_version,
+            2
+        );
+        // A reopened store (another process) agrees.
+        let other = reopen(&ks);
+        assert!(
+            other
+                .decrypt(&ME, &old.ciphertext_blob, &ctx(), None)
+                .is_ok()
+        );
+        assert_eq!(
+            other
+                .describe_key(&ME, &id)
+                .unwrap()
+                .current_key_material_version,
+            2
+        );
+        let rot = other.list_key_rotations(&ME, &id).unwrap();
+        assert_eq!(rot.len(), 1);
+        assert_eq!(
+            (rot[0].rotation_type, rot[0].key_material_version),
+            (model::RotationType::OnDemand, 2)
+        );
+        ks.disable_key(&ME, &id).unwrap();
+        assert!(matches!(
+            ks.rotate_key_on_demand(&ME, &id),
+            Err(KmsError::Disabled(_))
+        ));
+    }
+
+    #[test]
+    fn automatic_rotation_happens_on_the_next_use_after_it_is_due() {
+        let (_t, ks, id) = new_store();
+        assert!(
+            !ks.get_key_rotation_status(&ME, &id)
+                .unwrap()
+                .key_rotation_enabled
+        );
+        assert!(matches!(
+            ks.enable_key_rotation(&ME, &id, Some(89)),
+            Err(KmsError::Validation(_))
+        ));
+        ks.enable_key_rotation(&ME, &id, None).unwrap();
+        let st = ks.get_key_rotation_status(&ME, &id).unwrap();
+        assert_eq!(
+            (st.key_rotation_enabled, st.rotation_period_in_days),
+            (true, Some(365))
+        );
+        let old = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
+        // Move the due date into the past, as if the period had elapsed.
+        ks.update(|s, _| {
+            s.keys.get_mut(&id).unwrap().next_rotation = Some(1);
+            Ok(())
+        })
+        .unwrap();
+        let fresh = reopen(&ks); // the next use rotates
+        assert_eq!(
+            fresh
+                .describe_key(&ME, &id)
+                .unwrap()
+                .current_key_material_version,
+            2
+        );
+        let rot = fresh.list_key_rotations(&ME, &id).unwrap();
+        assert_eq!(rot[0].rotation_type, model::RotationType::Automatic);
+        assert!(
+            fresh
+                .get_key_rotation_status(&ME, &id)
+                .unwrap()
+                .next_rotation_date
+                .unwrap()
+                > 1
+        );
+        assert!(fresh.decrypt(&ME, &old, &ctx(), None).is_ok());
+        fresh.disable_key_rotation(&ME, &id).unwrap();
+        assert!(
+            !fresh
+                .get_key_rotation_status(&ME, &id)
+                .unwrap()
+                .key_rotation_enabled
         );
     }
 

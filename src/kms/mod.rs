@@ -16,7 +16,9 @@ pub mod model;
 pub use context::EncryptionContext;
 pub use hooks::{AuditEvent, AuditSink, Operation};
 pub use keystore::{Argon2Params, CreateMode};
-pub use local::{AliasListEntry, KeyListEntry, LocalKeyStore, ScheduledDeletion};
+pub use local::{
+    AliasListEntry, KeyListEntry, KeyRotation, KeyRotationStatus, LocalKeyStore, ScheduledDeletion,
+};
 
 /// Largest plaintext that `Encrypt` accepts, as in AWS KMS.
 pub const MAX_ENCRYPT_PLAINTEXT: usize = 4096;

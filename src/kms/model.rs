@@ -24,6 +24,12 @@ pub const ALIAS_PREFIX: &str = "alias/";
 pub const RESERVED_ALIAS_PREFIXES: [&str; 2] = ["alias/aws/", "alias/kmsfs/"];
 /// The alias of the key that `open_or_create_default` makes (like `aws/ebs`).
 pub const DEFAULT_ALIAS: &str = "alias/kmsfs/default";
+/// Shortest automatic rotation period, in days (as AWS KMS).
+pub const MIN_ROTATION_PERIOD_DAYS: u32 = 90;
+/// Longest automatic rotation period, in days (as AWS KMS).
+pub const MAX_ROTATION_PERIOD_DAYS: u32 = 2560;
+/// Default automatic rotation period, in days.
+pub const DEFAULT_ROTATION_PERIOD_DAYS: u32 = 365;
 /// Longest key description, in bytes (AWS: 8192 characters).
 pub const MAX_DESCRIPTION_LEN: usize = 8192;
 
@@ -41,6 +47,20 @@ pub struct KeyMaterial {
     /// For imported material: when it expires (epoch seconds). Reserved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<i64>,
+    /// How this version came to be: None for the first, else a rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationType>,
+}
+
+/// Why a key material version was added (ListKeyRotations' RotationType).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RotationType {
+    /// RotateKeyOnDemand.
+    #[serde(rename = "ON_DEMAND")]
+    OnDemand,
+    /// The automatic rotation period elapsed.
+    #[serde(rename = "AUTOMATIC")]
+    Automatic,
 }
 
 impl std::fmt::Debug for KeyMaterial {
@@ -81,6 +101,12 @@ pub struct KeyRecord {
     /// Key policy document (reserved for the policy feature; None = default policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<serde_json::Value>,
+    /// Automatic rotation period in days; None when automatic rotation is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_period_days: Option<u32>,
+    /// When automatic rotation is next due (epoch seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation: Option<i64>,
 }
 
 /// Everything the sealed keystore body holds.
@@ -90,6 +116,10 @@ pub struct StoreState {
     pub keys: BTreeMap<String, KeyRecord>,
     /// Alias name (`alias/...`) to key id.
     pub aliases: BTreeMap<String, String>,
+    /// Tombstones: key id → when it was deleted. No material, only so that a
+    /// blob under a deleted key is told apart from a blob with a forged key id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deleted: BTreeMap<String, i64>,
 }
 
 /// What an operation needs the key's state to allow.
@@ -121,8 +151,11 @@ impl KeyRecord {
                 material,
                 created: now,
                 expires: None,
+                rotation: None,
             }],
             policy: None,
+            rotation_period_days: None,
+            next_rotation: None,
         })
     }
 
@@ -228,6 +261,62 @@ impl KeyRecord {
         self.state == KeyState::PendingDeletion && self.deletion_date.is_some_and(|d| d <= now)
     }
 
+    /// Adds a new version of fresh material and makes it current. Old versions
+    /// stay, so ciphertexts made with them still decrypt.
+    pub fn rotate(&mut self, kind: RotationType, now: i64) -> Result<u32, KmsError> {
+        self.check_usable(Usage::Encrypt)?;
+        let version = self
+            .materials
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or_else(|| KmsError::Internal("key material version overflow".into()))?;
+        let material = SecretBytes::random(crate::crypto::KEY_LEN)
+            .map_err(|e| KmsError::Internal(format!("cannot generate key material: {e}")))?;
+        self.materials.push(KeyMaterial {
+            version,
+            material,
+            created: now,
+            expires: None,
+            rotation: Some(kind),
+        });
+        self.current_version = version;
+        if let Some(days) = self.rotation_period_days {
+            self.next_rotation = Some(now + i64::from(days) * 86_400);
+        }
+        Ok(version)
+    }
+
+    /// EnableKeyRotation: rotate automatically every `days` (90 to 2560).
+    pub fn enable_rotation(&mut self, days: u32, now: i64) -> Result<(), KmsError> {
+        if !(MIN_ROTATION_PERIOD_DAYS..=MAX_ROTATION_PERIOD_DAYS).contains(&days) {
+            return Err(KmsError::Validation(format!(
+                "RotationPeriodInDays must be between {MIN_ROTATION_PERIOD_DAYS} and \
+                 {MAX_ROTATION_PERIOD_DAYS}, got {days}"
+            )));
+        }
+        self.check_usable(Usage::Encrypt)?;
+        self.rotation_period_days = Some(days);
+        self.next_rotation = Some(now + i64::from(days) * 86_400);
+        Ok(())
+    }
+
+    /// DisableKeyRotation.
+    pub fn disable_rotation(&mut self) -> Result<(), KmsError> {
+        self.check_usable(Usage::Encrypt)?;
+        self.rotation_period_days = None;
+        self.next_rotation = None;
+        Ok(())
+    }
+
+    /// True when automatic rotation is on, due, and the key is Enabled
+    /// (a disabled key rotates once it is enabled again).
+    pub fn rotation_due(&self, now: i64) -> bool {
+        self.state == KeyState::Enabled && self.next_rotation.is_some_and(|d| d <= now)
+    }
+
     /// The material of `version`, if held.
     pub fn material(&self, version: u32) -> Option<&KeyMaterial> {
         self.materials.iter().find(|m| m.version == version)
@@ -253,7 +342,10 @@ impl StoreState {
             .map(|k| k.key_id.clone())
             .collect();
         for id in &due {
-            self.keys.remove(id);
+            if let Some(k) = self.keys.remove(id) {
+                self.deleted
+                    .insert(id.clone(), k.deletion_date.unwrap_or(now));
+            }
         }
         self.aliases.retain(|_, target| !due.contains(target));
         due
@@ -266,6 +358,31 @@ impl StoreState {
             .filter(|k| k.state == KeyState::PendingDeletion)
             .filter_map(|k| k.deletion_date)
             .min()
+    }
+
+    /// The earliest time at which something is due: a deletion or an
+    /// automatic rotation of an Enabled key.
+    pub fn next_due(&self) -> Option<i64> {
+        let rotation = self
+            .keys
+            .values()
+            .filter(|k| k.state == KeyState::Enabled)
+            .filter_map(|k| k.next_rotation)
+            .min();
+        match (self.next_deletion(), rotation) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Rotates every Enabled key whose automatic rotation is due. Returns the ids.
+    pub fn rotate_due(&mut self, now: i64) -> Result<Vec<String>, KmsError> {
+        let mut done = Vec::new();
+        for k in self.keys.values_mut().filter(|k| k.rotation_due(now)) {
+            k.rotate(RotationType::Automatic, now)?;
+            done.push(k.key_id.clone());
+        }
+        Ok(done)
     }
 
     /// CreateAlias (`internal` allows the reserved prefixes).
@@ -565,6 +682,77 @@ mod tests {
     }
 
     #[test]
+    fn rotation_adds_versions_and_keeps_old_ones() {
+        let mut k = key();
+        let m1 = k.material(1).unwrap().material.clone();
+        assert_eq!(k.rotate(RotationType::OnDemand, NOW).unwrap(), 2);
+        assert_eq!(k.current_version, 2);
+        assert_eq!(k.material(1).unwrap().material, m1);
+        assert_ne!(k.material(2).unwrap().material, m1);
+        assert_eq!(
+            k.material(2).unwrap().rotation,
+            Some(RotationType::OnDemand)
+        );
+        assert_eq!(k.next_rotation, None);
+        k.disable().unwrap();
+        assert!(matches!(
+            k.rotate(RotationType::OnDemand, NOW),
+            Err(KmsError::Disabled(_))
+        ));
+        assert!(matches!(
+            k.enable_rotation(365, NOW),
+            Err(KmsError::Disabled(_))
+        ));
+        k.enable().unwrap();
+        k.schedule_deletion(7, NOW).unwrap();
+        assert!(matches!(
+            k.rotate(RotationType::OnDemand, NOW),
+            Err(KmsError::InvalidState(_))
+        ));
+        assert_eq!(k.materials.len(), 2);
+    }
+
+    #[test]
+    fn automatic_rotation_period_bounds_and_due_dates() {
+        let mut k = key();
+        for bad in [0, 89, 2561] {
+            assert!(
+                matches!(k.enable_rotation(bad, NOW), Err(KmsError::Validation(_))),
+                "{bad}"
+            );
+        }
+        k.enable_rotation(90, NOW).unwrap();
+        let due = NOW + 90 * 86_400;
+        assert_eq!(k.next_rotation, Some(due));
+        assert!(!k.rotation_due(due - 1) && k.rotation_due(due));
+        let mut s = StoreState::default();
+        let id = k.key_id.clone();
+        s.keys.insert(id.clone(), k);
+        assert_eq!(s.next_due(), Some(due));
+        assert!(s.rotate_due(due - 1).unwrap().is_empty());
+        s.keys.get_mut(&id).unwrap().disable().unwrap();
+        assert!(
+            s.rotate_due(due).unwrap().is_empty(),
+            "a disabled key rotated"
+        );
+        assert_eq!(s.next_due(), None);
+        s.keys.get_mut(&id).unwrap().enable().unwrap();
+        assert_eq!(s.rotate_due(due + 5).unwrap(), vec![id.clone()]);
+        let k = &s.keys[&id];
+        assert_eq!(
+            (k.current_version, k.next_rotation),
+            (2, Some(due + 5 + 90 * 86_400))
+        );
+        assert_eq!(
+            k.material(2).unwrap().rotation,
+            Some(RotationType::Automatic)
+        );
+        let mut k = k.clone();
+        k.disable_rotation().unwrap();
+        assert_eq!((k.rotation_period_days, k.next_rotation), (None, None));
+    }
+
+    #[test]
     fn purge_removes_due_keys_and_their_aliases_only() {
         let mut s = StoreState::default();
         let mut a = key();
@@ -582,6 +770,7 @@ mod tests {
         assert!(s.purge_due(NOW + 7 * 86_400 - 1).is_empty());
         assert_eq!(s.purge_due(NOW + 7 * 86_400), vec![ai.clone()]);
         assert!(!s.keys.contains_key(&ai));
+        assert_eq!(s.deleted.get(&ai), Some(&(NOW + 7 * 86_400)));
         assert!(s.keys.contains_key(&bi) && s.keys.contains_key(&ci));
         assert_eq!(s.aliases.len(), 1);
         assert_eq!(s.aliases.get("alias/b"), Some(&bi));
