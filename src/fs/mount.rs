@@ -352,6 +352,10 @@ fn new_session(fs: KmsFs, req: &MountRequest, o: &Options) -> std::io::Result<Se
 /// (or why it failed).
 fn serve(req: &MountRequest, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), MountError> {
     let o = parse_options(&req.options)?;
+    // Data keys and the unsealed keystore live in this process: no core dumps.
+    if let Err(e) = sys::forbid_core_dumps() {
+        log::warn!("could not disable core dumps: {e}");
+    }
     // Threads made from here on (fuser's) inherit the mask: only the signal
     // thread below receives the stop signals.
     sys::block_stop_signals().map_err(|e| MountError::Io(format!("signal setup: {e}")))?;

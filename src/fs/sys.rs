@@ -261,6 +261,13 @@ pub fn umount2(path: &Path, flags: i32) -> io::Result<()> {
     check(unsafe { libc::umount2(p.as_ptr(), flags) })
 }
 
+/// Marks the process non-dumpable: no core file (which would hold key
+/// material) and no ptrace by non-root users.
+pub fn forbid_core_dumps() -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })
+}
+
 /// Real user and group id of this process.
 pub fn ids() -> (u32, u32) {
     // SAFETY: getuid and getgid take no arguments and cannot fail.
