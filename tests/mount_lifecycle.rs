@@ -40,7 +40,12 @@ fn clear_errors_before_mounting() {
     let other = m.tmp.path().join("other");
     fs::create_dir(&other).unwrap();
     let bk = m.backing.to_str().unwrap();
-    let cases: [(Vec<&str>, i32, &str); 4] = [
+    let cases: [(Vec<&str>, i32, &str); 5] = [
+        (
+            vec!["mount", bk, other.to_str().unwrap()],
+            1,
+            "is already mounted at",
+        ),
         (
             vec!["mount", nowhere.to_str().unwrap(), other.to_str().unwrap()],
             3,

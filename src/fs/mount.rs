@@ -255,6 +255,32 @@ pub fn prepare_mountpoint(mp: &Path) -> Result<(), MountError> {
     Ok(())
 }
 
+/// Refuses a backing directory that another kmsfs mount serves: two daemons
+/// over one directory would each trust their own caches.
+fn check_backing_unused(backing: &Path) -> Result<(), MountError> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Ok(());
+    };
+    let suffix = format!(":{}", backing.display());
+    let other = parse_mountinfo(&text).into_iter().find(|m| {
+        m.daemon_pid().is_some() && m.source.ends_with(&suffix) && m.source.starts_with("kmsfs:")
+    });
+    match other {
+        Some(m) => Err(MountError::State(
+            format!(
+                "{} is already mounted at {}",
+                backing.display(),
+                m.mountpoint.display()
+            ),
+            format!(
+                "use that mount, or unmount it first: `kmsfs unmount {}`",
+                m.mountpoint.display()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn session_config(req: &MountRequest, o: &Options) -> Config {
     let mut cfg = Config::default();
     cfg.mount_options = o.mount.clone();
@@ -418,8 +444,9 @@ fn stop_on_signal(mp: &Path) {
 /// Mounts: in the foreground (returns after unmount) or as a daemon (returns
 /// once the mount is usable; the daemon serves until unmounted).
 pub fn mount(req: MountRequest) -> Result<(), MountError> {
-    prepare_mountpoint(&req.mountpoint)?;
     parse_options(&req.options)?;
+    prepare_mountpoint(&req.mountpoint)?;
+    check_backing_unused(&req.backing)?;
     if req.foreground {
         return serve(&req, &mut |_| {});
     }
