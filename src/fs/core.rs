@@ -6,9 +6,9 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::fs::{File, Metadata, OpenOptions};
+use std::fs::{File, Metadata};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,6 +79,8 @@ pub struct KmsFs {
     init_lock: Mutex<()>,
     /// The daemon's umask (new nodes get their exact mode despite it).
     umask: u32,
+    /// The backing directory, which file opens may not leave.
+    root: File,
 }
 
 fn backing_key(m: &Metadata) -> BackingKey {
@@ -145,6 +147,7 @@ impl KmsFs {
     pub fn new(cfg: FsConfig) -> std::io::Result<Self> {
         let m = std::fs::metadata(&cfg.backing)?;
         std::env::set_current_dir(&cfg.backing)?;
+        let root = File::open(&cfg.backing)?;
         Ok(Self {
             inodes: Mutex::new(InodeTable::new(backing_key(&m))),
             opens: OpenTable::new(),
@@ -153,6 +156,7 @@ impl KmsFs {
             next_dir: AtomicU64::new(1),
             init_lock: Mutex::new(()),
             umask: super::sys::umask(),
+            root,
             cfg,
         })
     }
@@ -261,12 +265,12 @@ impl KmsFs {
     }
 
     fn open_backing(&self, abs: &Path) -> Result<File, Errno> {
-        OpenOptions::new()
-            .read(true)
-            .write(!self.cfg.read_only)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(abs)
-            .map_err(|e| io_errno(&e))
+        let acc = if self.cfg.read_only {
+            libc::O_RDONLY
+        } else {
+            libc::O_RDWR
+        };
+        super::sys::open_beneath(&self.root, abs, acc, 0).map_err(|e| io_errno(&e))
     }
 
     /// Opens `ino` for `caller`: checks that the caller may use the file's key
@@ -347,13 +351,8 @@ impl KmsFs {
     ) -> Result<(FileAttr, Arc<OpenFile>), Errno> {
         let rel = self.child(parent, name)?;
         let (abs, shown) = (self.bpath(&rel), self.shown(&rel));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(mode & 0o7777)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&abs)
+        let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
+        let file = super::sys::open_beneath(&self.root, &abs, flags, mode & 0o7777)
             .map_err(|e| io_errno(&e))?;
         let made = self.set_owner(&abs, caller).and_then(|()| {
             self.exact_mode(&file, mode)?;

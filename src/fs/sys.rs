@@ -41,6 +41,50 @@ pub fn renameat2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
     })
 }
 
+/// Opens `rel` below the directory `root` with openat2(RESOLVE_BENEATH): even
+/// if a directory of the backing tree is swapped for a symlink while the mount
+/// runs, the daemon never opens or creates a file outside the backing
+/// directory. Falls back to openat on kernels without openat2.
+pub fn open_beneath(
+    root: &impl AsRawFd,
+    rel: &Path,
+    flags: i32,
+    mode: u32,
+) -> io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let p = cstr(rel)?;
+    let flags = flags | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    // SAFETY: an all-zero open_how is valid (no flags, no mode, no resolve).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = flags as u64;
+    how.mode = if flags & libc::O_CREAT != 0 {
+        u64::from(mode)
+    } else {
+        0
+    };
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: `p` is a valid C string and `how` a valid open_how of the size
+    // passed; the kernel only reads them.
+    let mut fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            p.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+        // SAFETY: `p` is a valid C string; mode is passed as the variadic third argument.
+        fd = unsafe { libc::c_long::from(libc::openat(root.as_raw_fd(), p.as_ptr(), flags, mode)) };
+    }
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd as RawFd) })
+}
+
 /// mknod(2): FIFOs, sockets and (as root, if the mount allows) devices.
 pub fn mknod(path: &Path, mode: u32, rdev: u32) -> io::Result<()> {
     let p = cstr(path)?;
@@ -419,6 +463,32 @@ mod tests {
         let ts = timespec(Utime::At(t));
         assert_eq!(ts.tv_sec, -2);
         assert_eq!(ts.tv_nsec, 500_000_000);
+    }
+
+    #[test]
+    fn open_beneath_refuses_to_leave_the_root() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let out = t.path().join("out");
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("f"), b"").unwrap();
+        std::fs::write(root.join("d/f"), b"in").unwrap();
+        std::os::unix::fs::symlink(&out, root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../out", root.join("rel")).unwrap();
+        let r = std::fs::File::open(&root).unwrap();
+        assert!(open_beneath(&r, Path::new("d/f"), libc::O_RDWR, 0).is_ok());
+        for p in ["abs/f", "rel/f", "../out/f", "/etc/passwd"] {
+            assert!(
+                open_beneath(&r, Path::new(p), libc::O_RDWR, 0).is_err(),
+                "{p}"
+            );
+        }
+        let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
+        assert!(open_beneath(&r, Path::new("abs/new"), flags, 0o600).is_err());
+        assert!(!out.join("new").exists());
+        let f = open_beneath(&r, Path::new("d/new"), flags, 0o600).unwrap();
+        assert!(f.metadata().unwrap().is_file());
     }
 
     #[test]
