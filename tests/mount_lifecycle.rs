@@ -132,6 +132,9 @@ fn foreground_mount_stops_on_sigint() {
             m.backing.to_str().unwrap(),
             m.mnt.to_str().unwrap(),
         ])
+        .arg("--log-file")
+        .arg(&m.log)
+        .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -153,6 +156,8 @@ fn foreground_mount_stops_on_sigint() {
     };
     assert!(status.success(), "exit status {status}");
     assert!(!is_mounted(&m.mnt));
+    let log = m.log_text();
+    assert!(log.contains("signal") && log.contains("unmounted"), "{log}");
     m.mount();
     assert_eq!(fs::read(m.p("g")).unwrap(), b"foreground");
 }

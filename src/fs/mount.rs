@@ -448,6 +448,10 @@ pub fn mount(req: MountRequest) -> Result<(), MountError> {
     prepare_mountpoint(&req.mountpoint)?;
     check_backing_unused(&req.backing)?;
     if req.foreground {
+        if let Some(log) = &req.log_file {
+            sys::redirect_stderr(log)
+                .map_err(|e| MountError::Io(format!("{}: {e}", log.display())))?;
+        }
         return serve(&req, &mut |_| {});
     }
     let (mut rx, tx) = std::io::pipe().map_err(|e| MountError::Io(format!("pipe: {e}")))?;

@@ -438,6 +438,16 @@ pub fn redirect_stdio(log: Option<&Path>) -> io::Result<()> {
     Ok(())
 }
 
+/// Points stderr (where the log goes) at `log`, appending.
+pub fn redirect_stderr(log: &Path) -> io::Result<()> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    // SAFETY: dup2 onto fd 2 from a descriptor that stays open for the call.
+    check(unsafe { libc::dup2(out.as_raw_fd(), 2) })
+}
+
 /// True when a process with this pid exists and is not a zombie.
 pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
