@@ -77,6 +77,11 @@ fn clear_errors_before_mounting() {
     let o = m.run(&["unmount", other.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("not mounted"));
+    // Other file systems are left alone.
+    let o = m.run(&["unmount", "/proc"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a kmsfs mount"));
+    assert!(std::path::Path::new("/proc/self").exists());
 }
 
 #[test]

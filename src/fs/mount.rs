@@ -143,6 +143,11 @@ pub struct MountInfo {
 }
 
 impl MountInfo {
+    /// True for mounts made by kmsfs (type fuse.kmsfs, or a kmsfs source name).
+    pub fn is_kmsfs(&self) -> bool {
+        self.fstype == "fuse.kmsfs" || self.source.starts_with("kmsfs:")
+    }
+
     /// The serving daemon's pid, for kmsfs mounts.
     pub fn daemon_pid(&self) -> Option<u32> {
         let rest = self.source.strip_prefix("kmsfs:")?;
@@ -523,6 +528,17 @@ pub fn unmount(mp: &Path) -> Result<(), MountError> {
             "list mounts with `grep kmsfs /proc/self/mountinfo`".into(),
         ));
     };
+    if !info.is_kmsfs() {
+        return Err(MountError::State(
+            format!(
+                "{} is not a kmsfs mount ({} from {})",
+                path.display(),
+                info.fstype,
+                info.source
+            ),
+            "unmount other file systems with umount".into(),
+        ));
+    }
     match sys::umount2(&path, 0) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
