@@ -81,6 +81,8 @@ pub struct KmsFs {
     umask: u32,
     /// The backing directory, which file opens may not leave.
     root: File,
+    /// Backing paths are relative to the working directory (`enter_backing`).
+    relative: bool,
 }
 
 fn backing_key(m: &Metadata) -> BackingKey {
@@ -142,11 +144,9 @@ pub fn attr_of(ino: u64, m: &Metadata) -> FileAttr {
 
 impl KmsFs {
     /// A filesystem over `cfg.backing`, which must be an existing directory.
-    /// Makes it the process's working directory: every backing path is
-    /// relative to it from then on.
+    /// Backing paths are absolute until `enter_backing`.
     pub fn new(cfg: FsConfig) -> std::io::Result<Self> {
         let m = std::fs::metadata(&cfg.backing)?;
-        std::env::set_current_dir(&cfg.backing)?;
         let root = File::open(&cfg.backing)?;
         Ok(Self {
             inodes: Mutex::new(InodeTable::new(backing_key(&m))),
@@ -157,8 +157,18 @@ impl KmsFs {
             init_lock: Mutex::new(()),
             umask: super::sys::umask(),
             root,
+            relative: false,
             cfg,
         })
+    }
+
+    /// Makes the backing directory the process's working directory and uses
+    /// paths relative to it from then on, so that a path as long as the kernel
+    /// allows on the mount still fits in PATH_MAX below it. For the daemon.
+    pub fn enter_backing(&mut self) -> std::io::Result<()> {
+        std::env::set_current_dir(&self.cfg.backing)?;
+        self.relative = true;
+        Ok(())
     }
 
     /// Entry and attribute time-to-live.
@@ -171,14 +181,12 @@ impl KmsFs {
         self.cfg.read_only
     }
 
-    /// The path to give system calls for `rel`: relative, because the
-    /// daemon's working directory is the backing root (so that a path as long
-    /// as the kernel allows on the mount still fits in PATH_MAX below it).
+    /// The path to give system calls for `rel`.
     pub fn bpath(&self, rel: &Path) -> PathBuf {
-        if rel.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            rel.to_path_buf()
+        match (self.relative, rel.as_os_str().is_empty()) {
+            (true, true) => PathBuf::from("."),
+            (true, false) => rel.to_path_buf(),
+            (false, _) => self.cfg.backing.join(rel),
         }
     }
 
@@ -264,13 +272,10 @@ impl KmsFs {
         Ok(key)
     }
 
-    fn open_backing(&self, abs: &Path) -> Result<File, Errno> {
-        let acc = if self.cfg.read_only {
-            libc::O_RDONLY
-        } else {
-            libc::O_RDWR
-        };
-        super::sys::open_beneath(&self.root, abs, acc, 0).map_err(|e| io_errno(&e))
+    /// Opens the backing file `rel` (relative to the backing root, which the
+    /// open may not leave).
+    fn open_backing(&self, rel: &Path, flags: i32, mode: u32) -> Result<File, Errno> {
+        super::sys::open_beneath(&self.root, rel, flags, mode).map_err(|e| io_errno(&e))
     }
 
     /// Opens `ino` for `caller`: checks that the caller may use the file's key
@@ -306,7 +311,12 @@ impl KmsFs {
 
     fn open_fresh(&self, ino: u64, caller: &Caller) -> Result<Arc<OpenFile>, Errno> {
         let rel = self.rel(ino)?;
-        let file = self.open_backing(&self.bpath(&rel))?;
+        let acc = if self.cfg.read_only {
+            libc::O_RDONLY
+        } else {
+            libc::O_RDWR
+        };
+        let file = self.open_backing(&rel, acc, 0)?;
         let abs = self.shown(&rel);
         let m = file.metadata().map_err(|e| io_errno(&e))?;
         if m.is_dir() {
@@ -352,8 +362,7 @@ impl KmsFs {
         let rel = self.child(parent, name)?;
         let (abs, shown) = (self.bpath(&rel), self.shown(&rel));
         let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
-        let file = super::sys::open_beneath(&self.root, &abs, flags, mode & 0o7777)
-            .map_err(|e| io_errno(&e))?;
+        let file = self.open_backing(&rel, flags, mode & 0o7777)?;
         let made = self.set_owner(&abs, caller).and_then(|()| {
             self.exact_mode(&file, mode)?;
             EncryptedFile::create(file, &*self.cfg.ks, caller, &self.cfg.key_id)
@@ -515,6 +524,151 @@ pub fn filter_xattr_list(list: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::tests::TestKeys;
+    use crate::kms::{
+        DataKey, DataKeySpec, Decrypted, Encrypted, EncryptionContext, KeyMetadata, KmsError,
+    };
+    use std::sync::atomic::AtomicUsize;
+
+    /// TestKeys that count Decrypt calls and whose generation tests can bump.
+    struct Counting {
+        inner: TestKeys,
+        decrypts: AtomicUsize,
+        generation: AtomicU64,
+    }
+
+    impl KeyService for Counting {
+        fn generate_data_key(
+            &self,
+            c: &Caller,
+            k: &str,
+            s: DataKeySpec,
+            x: &EncryptionContext,
+        ) -> Result<DataKey, KmsError> {
+            self.inner.generate_data_key(c, k, s, x)
+        }
+        fn decrypt(
+            &self,
+            c: &Caller,
+            b: &[u8],
+            x: &EncryptionContext,
+            k: Option<&str>,
+        ) -> Result<Decrypted, KmsError> {
+            self.decrypts.fetch_add(1, Ordering::SeqCst);
+            self.inner.decrypt(c, b, x, k)
+        }
+        fn encrypt(
+            &self,
+            c: &Caller,
+            k: &str,
+            p: &[u8],
+            x: &EncryptionContext,
+        ) -> Result<Encrypted, KmsError> {
+            self.inner.encrypt(c, k, p, x)
+        }
+        fn re_encrypt(
+            &self,
+            c: &Caller,
+            b: &[u8],
+            sx: &EncryptionContext,
+            d: &str,
+            dx: &EncryptionContext,
+        ) -> Result<Encrypted, KmsError> {
+            self.inner.re_encrypt(c, b, sx, d, dx)
+        }
+        fn describe_key(&self, c: &Caller, k: &str) -> Result<KeyMetadata, KmsError> {
+            self.inner.describe_key(c, k)
+        }
+        fn generation(&self) -> u64 {
+            self.generation.load(Ordering::SeqCst)
+        }
+    }
+
+    const ROOT: Caller = Caller {
+        uid: 0,
+        gid: 0,
+        pid: 1,
+    };
+    const ALICE: Caller = Caller {
+        uid: 1000,
+        gid: 1000,
+        pid: 2,
+    };
+
+    fn fs() -> (tempfile::TempDir, Arc<Counting>, KmsFs) {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = Arc::new(Counting {
+            inner: TestKeys::new(),
+            decrypts: AtomicUsize::new(0),
+            generation: AtomicU64::new(1),
+        });
+        let fs = KmsFs::new(FsConfig {
+            backing: dir.path().to_path_buf(),
+            ks: ks.clone(),
+            key_id: "test".into(),
+            read_only: false,
+            ttl: Duration::from_secs(1),
+        })
+        .unwrap();
+        (dir, ks, fs)
+    }
+
+    #[test]
+    fn reopening_a_hot_file_uses_the_cache_until_the_keystore_changes() {
+        let (_dir, ks, fs) = fs();
+        let (attr, f) = fs
+            .create(ROOT_INO_FOR_TESTS, OsStr::new("f"), 0o644, &ROOT)
+            .unwrap();
+        f.write_at(b"hello", 0).unwrap();
+        let ino = attr.ino.0;
+        fs.release(ino);
+        let decrypts = || ks.decrypts.load(Ordering::SeqCst);
+        // First open after create: unwrap once; then the cache serves.
+        for _ in 0..5 {
+            let f = fs.open(ino, &ROOT, false).unwrap();
+            assert_eq!(f.read_at(0, 10).unwrap(), b"hello");
+            fs.release(ino);
+        }
+        assert_eq!(decrypts(), 1);
+        // Another user never rides on root's unwrap.
+        fs.open(ino, &ALICE, false).unwrap();
+        fs.release(ino);
+        assert_eq!(decrypts(), 2);
+        // A keystore change empties the cache: the next open asks again.
+        ks.generation.fetch_add(1, Ordering::SeqCst);
+        fs.open(ino, &ROOT, false).unwrap();
+        assert_eq!(decrypts(), 3);
+        // A refusal now fails new opens, even with a handle open.
+        ks.inner.refuse.store(true, Ordering::SeqCst);
+        ks.generation.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(fs.open(ino, &ROOT, false).err(), Some(Errno::EACCES));
+        // ...while the open handle keeps reading.
+        assert_eq!(fs.open_state(ino).unwrap().read_at(0, 5).unwrap(), b"hello");
+        fs.release(ino);
+        assert!(fs.open_state(ino).is_err());
+        fs.shutdown();
+        assert_eq!(fs.cached_keys(), 0);
+    }
+
+    #[test]
+    fn plaintext_size_and_truncate_without_a_handle() {
+        let (dir, _ks, fs) = fs();
+        let (attr, f) = fs
+            .create(ROOT_INO_FOR_TESTS, OsStr::new("g"), 0o600, &ROOT)
+            .unwrap();
+        f.write_at(&[7u8; 5000], 0).unwrap();
+        let ino = attr.ino.0;
+        fs.release(ino);
+        assert_eq!(fs.getattr(ino).unwrap().size, 5000);
+        let backing = std::fs::metadata(dir.path().join("g")).unwrap().len();
+        assert_eq!(backing, format::backing_size_from_plain(5000));
+        fs.truncate(ino, 10, &ROOT).unwrap();
+        assert_eq!(fs.getattr(ino).unwrap().size, 10);
+        assert!(fs.open_state(ino).is_err(), "truncate left the file open");
+        assert_eq!(fs.getattr(ino).unwrap().perm, 0o600);
+    }
+
+    const ROOT_INO_FOR_TESTS: u64 = super::super::inodes::ROOT_INO;
 
     #[test]
     fn xattr_filter() {

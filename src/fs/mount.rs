@@ -390,7 +390,7 @@ fn serve(req: &MountRequest, ready: &mut dyn FnMut(Result<(), String>)) -> Resul
     // Threads made from here on (fuser's) inherit the mask: only the signal
     // thread below receives the stop signals.
     sys::block_stop_signals().map_err(|e| MountError::Io(format!("signal setup: {e}")))?;
-    let fs = KmsFs::new(FsConfig {
+    let mut fs = KmsFs::new(FsConfig {
         backing: req.backing.clone(),
         ks: req.ks.clone(),
         key_id: req.key_id.clone(),
@@ -398,6 +398,8 @@ fn serve(req: &MountRequest, ready: &mut dyn FnMut(Result<(), String>)) -> Resul
         ttl: TTL,
     })
     .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;
+    fs.enter_backing()
+        .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;
     let session = match new_session(fs, req, &o) {
         Ok(s) => s,
         Err(e) => {
