@@ -43,6 +43,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dk = ks.generate_data_key(&me, &key, DataKeySpec::Aes256, &ctx)?;
     let blob = dk.ciphertext_blob.clone();
     let small = [0x42u8; 64];
+    // A second key with a three-statement policy that allows this caller.
+    let key2 = ks.create_key(&me, "bench with policy")?.key_id;
+    let policy = format!(
+        r#"{{"Statement":[
+        {{"Effect":"Deny","Principal":{{"kmsfs":"uid:{}"}},"Action":"kms:Encrypt"}},
+        {{"Effect":"Allow","Principal":{{"kmsfs":["gid:12345","uid:{}"]}},"Action":"kms:*"}},
+        {{"Effect":"Allow","Principal":"*","Action":"kms:GenerateDataKey*"}}]}}"#,
+        me.uid.wrapping_add(1),
+        me.uid
+    );
+    ks.put_key_policy(&me, &key2, "default", &policy)?;
+    let blob2 = ks
+        .generate_data_key(&me, &key2, DataKeySpec::Aes256, &ctx)?
+        .ciphertext_blob;
     let mut failures = 0u64;
 
     let rows = vec![
@@ -61,6 +75,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }),
         measure("Encrypt (64 bytes)", secs, || {
             if ks.encrypt(&me, &key, &small, &ctx).is_err() {
+                failures += 1;
+            }
+        }),
+        measure("Decrypt, key with a policy", secs, || {
+            if ks.decrypt(&me, &blob2, &ctx, None).is_err() {
                 failures += 1;
             }
         }),

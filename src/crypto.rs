@@ -226,6 +226,88 @@ impl fmt::Debug for AeadKey {
     }
 }
 
+/// An RSA key pair that unwraps imported key material sent under its public
+/// key with RSAES-OAEP-SHA-256 (MGF1-SHA-256), as AWS KMS's
+/// `RSAES_OAEP_SHA_256` wrapping algorithm. Debug is redacted.
+pub struct RsaUnwrapKey(aws_lc_rs::rsa::PrivateDecryptingKey);
+
+impl RsaUnwrapKey {
+    /// A fresh key pair of 2048, 3072 or 4096 bits.
+    pub fn generate(bits: usize) -> Result<Self, CryptoError> {
+        use aws_lc_rs::rsa::KeySize;
+        let size = match bits {
+            2048 => KeySize::Rsa2048,
+            3072 => KeySize::Rsa3072,
+            4096 => KeySize::Rsa4096,
+            _ => return Err(CryptoError::KeyLength),
+        };
+        aws_lc_rs::rsa::PrivateDecryptingKey::generate(size)
+            .map(Self)
+            .map_err(|_| CryptoError::Random)
+    }
+
+    /// Loads a private key from PKCS#8 DER.
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self, CryptoError> {
+        aws_lc_rs::rsa::PrivateDecryptingKey::from_pkcs8(der)
+            .map(Self)
+            .map_err(|_| CryptoError::KeyLength)
+    }
+
+    /// The private key as PKCS#8 DER (secret).
+    pub fn to_pkcs8(&self) -> Result<SecretBytes, CryptoError> {
+        use aws_lc_rs::encoding::AsDer;
+        let der: aws_lc_rs::encoding::Pkcs8V1Der<'static> =
+            self.0.as_der().map_err(|_| CryptoError::KeyLength)?;
+        Ok(SecretBytes::from(der.as_ref()))
+    }
+
+    /// The public key as X.509 SubjectPublicKeyInfo DER (what `openssl pkeyutl
+    /// -pubin -keyform DER` takes).
+    pub fn public_key_der(&self) -> Result<Vec<u8>, CryptoError> {
+        use aws_lc_rs::encoding::AsDer;
+        let der: aws_lc_rs::encoding::PublicKeyX509Der<'static> = self
+            .0
+            .public_key()
+            .as_der()
+            .map_err(|_| CryptoError::KeyLength)?;
+        Ok(der.as_ref().to_vec())
+    }
+
+    /// Unwraps an RSAES-OAEP-SHA-256 ciphertext. Any failure is `Authentication`.
+    pub fn unwrap(&self, ciphertext: &[u8]) -> Result<SecretBytes, CryptoError> {
+        use aws_lc_rs::rsa::{OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey};
+        let key =
+            OaepPrivateDecryptingKey::new(self.0.clone()).map_err(|_| CryptoError::KeyLength)?;
+        let mut out = Zeroizing::new(vec![0u8; key.min_output_size()]);
+        let n = key
+            .decrypt(&OAEP_SHA256_MGF1SHA256, ciphertext, &mut out, None)
+            .map_err(|_| CryptoError::Authentication)?
+            .len();
+        Ok(SecretBytes::from(&out[..n]))
+    }
+}
+
+impl fmt::Debug for RsaUnwrapKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RsaUnwrapKey(redacted)")
+    }
+}
+
+/// Wraps `plaintext` under an RSA public key (X.509 DER) with
+/// RSAES-OAEP-SHA-256: what a client does before importing key material.
+pub fn rsa_oaep_sha256_wrap(public_der: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    use aws_lc_rs::rsa::{OAEP_SHA256_MGF1SHA256, OaepPublicEncryptingKey, PublicEncryptingKey};
+    let public = PublicEncryptingKey::from_der(public_der).map_err(|_| CryptoError::KeyLength)?;
+    let key = OaepPublicEncryptingKey::new(public).map_err(|_| CryptoError::KeyLength)?;
+    let mut out = vec![0u8; key.ciphertext_size()];
+    let n = key
+        .encrypt(&OAEP_SHA256_MGF1SHA256, plaintext, &mut out, None)
+        .map_err(|_| CryptoError::KeyLength)?
+        .len();
+    out.truncate(n);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +359,24 @@ mod tests {
             AeadKey::from_bytes(&[0u8; 24]).err(),
             Some(CryptoError::KeyLength)
         );
+    }
+
+    #[test]
+    fn rsa_oaep_wrap_unwrap_round_trip() {
+        let k = RsaUnwrapKey::generate(2048).unwrap();
+        let public = k.public_key_der().unwrap();
+        let wrapped = rsa_oaep_sha256_wrap(&public, &[9u8; 32]).unwrap();
+        assert_eq!(wrapped.len(), 256);
+        let again = RsaUnwrapKey::from_pkcs8(k.to_pkcs8().unwrap().expose()).unwrap();
+        assert_eq!(again.unwrap(&wrapped).unwrap().expose(), &[9u8; 32]);
+        let mut bad = wrapped.clone();
+        bad[100] ^= 1;
+        assert_eq!(again.unwrap(&bad).err(), Some(CryptoError::Authentication));
+        assert!(again.unwrap(&wrapped[..10]).is_err());
+        let other = RsaUnwrapKey::generate(2048).unwrap();
+        assert!(other.unwrap(&wrapped).is_err());
+        assert!(RsaUnwrapKey::generate(1024).is_err());
+        assert_eq!(format!("{k:?}"), "RsaUnwrapKey(redacted)");
     }
 
     #[test]

@@ -402,3 +402,59 @@ fn no_keystore_says_how_to_make_one_and_init_refuses_twice() {
     fails(&out, EXIT_USAGE, "exists already");
     assert_eq!(snapshot(&ks.path), before);
 }
+
+#[test]
+fn key_policy_refuses_the_calling_uid() {
+    let ks = Ks::new();
+    let k = ks.create_key();
+    let blob = ks.encrypt(&k, b"x", "");
+    let v = ks.json(&["kms", "get-key-policy", "--key-id", &k]);
+    assert_eq!(v["PolicyName"], "default");
+    let doc: serde_json::Value = serde_json::from_str(v["Policy"].as_str().unwrap()).unwrap();
+    assert_eq!(doc["Statement"][0]["Effect"], "Allow");
+    // Deny this process's own uid (the tests run as some uid; deny exactly it).
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap();
+    let deny = format!(
+        r#"{{"Statement":[{{"Effect":"Allow","Principal":"*","Action":"kms:*"}},
+            {{"Effect":"Deny","Principal":{{"kmsfs":"uid:{uid}"}},"Action":"kms:Decrypt"}}]}}"#
+    );
+    let f = ks.file("policy.json");
+    std::fs::write(&f, &deny).unwrap();
+    ks.ok(&[
+        "kms",
+        "put-key-policy",
+        "--key-id",
+        &k,
+        "--policy",
+        &format!("file://{}", f.display()),
+    ]);
+    let err = fails(
+        &ks.decrypt(&blob, "", &[]),
+        EXIT_REFUSED,
+        "AccessDeniedException",
+    );
+    assert!(err.contains("get-key-policy"), "{err}");
+    // Encrypt is still allowed by the first statement.
+    ks.encrypt(&k, b"y", "");
+    let out = ks.run(&[
+        "kms",
+        "put-key-policy",
+        "--key-id",
+        &k,
+        "--policy",
+        r#"{"Statement":[]}"#,
+    ]);
+    fails(&out, EXIT_USAGE, "ValidationException");
+    let allow_all = r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*"}]}"#;
+    ks.ok(&[
+        "kms",
+        "put-key-policy",
+        "--key-id",
+        &k,
+        "--policy",
+        allow_all,
+    ]);
+    assert_eq!(b64(&ok(ks.decrypt(&blob, "", &[]), &["decrypt"])), b"x");
+}

@@ -267,6 +267,27 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_zero_setup_agrees_on_one_keystore_and_one_default_key() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("ks");
+        let ids: Vec<(String, String)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let g = globals(&dir);
+                    s.spawn(move || {
+                        let (ks, id) = open_or_create_default(&g).unwrap();
+                        (ks.keystore_id().to_string(), id)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+        let ks = LocalKeyStore::open(&dir, &|| unreachable!()).unwrap();
+        assert_eq!(ks.list_keys(&current_caller()).unwrap().len(), 1);
+    }
+
+    #[test]
     fn passphrase_file_loses_one_trailing_newline_only() {
         let t = tempfile::tempdir().unwrap();
         let f = t.path().join("p");

@@ -20,12 +20,48 @@ const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
 /// The key subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum KmsCommand {
-    /// Create a symmetric key (AES-256-GCM) with fresh key material.
+    /// Create a symmetric key (AES-256-GCM); --origin EXTERNAL to import its material.
     CreateKey {
         /// Free text describing the key.
         #[arg(long, default_value = "")]
         description: String,
+        /// AWS_KMS (fresh material) or EXTERNAL (import your own material later).
+        #[arg(long, value_enum, default_value = "AWS_KMS")]
+        origin: OriginArg,
     },
+    /// A wrapping public key and import token for importing key material (valid 24 h).
+    GetParametersForImport {
+        /// An EXTERNAL key in state PendingImport.
+        #[arg(long)]
+        key_id: String,
+        /// Only RSAES_OAEP_SHA_256.
+        #[arg(long, default_value = "RSAES_OAEP_SHA_256")]
+        wrapping_algorithm: String,
+        /// RSA_2048, RSA_3072 or RSA_4096.
+        #[arg(long, default_value = "RSA_2048")]
+        wrapping_key_spec: String,
+    },
+    /// Import 32 bytes of key material wrapped under the import public key.
+    ImportKeyMaterial {
+        /// The EXTERNAL key.
+        #[arg(long)]
+        key_id: String,
+        /// fileb://PATH or base64: the material wrapped with RSAES_OAEP_SHA_256.
+        #[arg(long)]
+        encrypted_key_material: String,
+        /// fileb://PATH or base64: the ImportToken of the same parameters.
+        #[arg(long)]
+        import_token: String,
+        /// KEY_MATERIAL_EXPIRES (needs --valid-to) or KEY_MATERIAL_DOES_NOT_EXPIRE
+        /// [default: expires exactly when --valid-to is given].
+        #[arg(long)]
+        expiration_model: Option<String>,
+        /// When the material expires (RFC 3339).
+        #[arg(long)]
+        valid_to: Option<String>,
+    },
+    /// Delete a key's imported material; it waits for the same material again.
+    DeleteImportedKeyMaterial(KeyIdArg),
     /// Show a key's metadata.
     DescribeKey(KeyIdArg),
     /// List the keys of the keystore.
@@ -62,6 +98,27 @@ pub enum KmsCommand {
     GetKeyRotationStatus(KeyIdArg),
     /// List the rotations a key has had.
     ListKeyRotations(KeyIdArg),
+    /// Attach a key policy (who may use the key, by uid/gid) to a key.
+    PutKeyPolicy {
+        /// Key id, key ARN or alias/NAME.
+        #[arg(long)]
+        key_id: String,
+        /// The policy document: JSON text, or file://PATH.
+        #[arg(long)]
+        policy: String,
+        /// Always "default".
+        #[arg(long, default_value = "default")]
+        policy_name: String,
+    },
+    /// Show a key's policy (the default one when none was put).
+    GetKeyPolicy {
+        /// Key id, key ARN or alias/NAME.
+        #[arg(long)]
+        key_id: String,
+        /// Always "default".
+        #[arg(long, default_value = "default")]
+        policy_name: String,
+    },
     /// Give a key a friendly name alias/NAME.
     CreateAlias(AliasArgs),
     /// Point an existing alias at another key.
@@ -124,6 +181,17 @@ pub enum KmsCommand {
         #[arg(long)]
         source_key_id: Option<String>,
     },
+}
+
+/// `--origin` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OriginArg {
+    /// The keystore generates the material.
+    #[value(name = "AWS_KMS")]
+    AwsKms,
+    /// The material is imported.
+    #[value(name = "EXTERNAL")]
+    External,
 }
 
 /// `--key-id`.
@@ -293,35 +361,66 @@ fn encrypt_hint(e: KmsError) -> CliError {
 
 /// Runs one key subcommand.
 pub fn run(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
+    let name = command_name(&c);
     run_command(g, c).map_err(|e| {
         if e.class == ErrorClass::Keystore && e.message.contains("the change was refused") {
             let hint = super::keystore::repair_hint(&super::keystore::keystore_dir(g));
             e.hint(hint)
         } else {
-            with_remedy(e)
+            with_remedy(e, &name)
         }
     })
 }
 
-/// Gives every error a remedy: the ones `From<KmsError>` leaves without.
-fn with_remedy(e: CliError) -> CliError {
+/// The kebab-case subcommand name (`ScheduleKeyDeletion` → `schedule-key-deletion`).
+fn command_name(c: &KmsCommand) -> String {
+    let dbg = format!("{c:?}");
+    let variant = dbg.split(['(', ' ', '{']).next().unwrap_or_default();
+    let mut out = String::new();
+    for ch in variant.chars() {
+        if ch.is_ascii_uppercase() && !out.is_empty() {
+            out.push('-');
+        }
+        out.push(ch.to_ascii_lowercase());
+    }
+    out
+}
+
+/// Gives every error a remedy: the ones `From<KmsError>` leaves without, and
+/// better ones where the generic remedy does not fit.
+fn with_remedy(e: CliError, command: &str) -> CliError {
+    if e.message.starts_with("KMSInvalidStateException")
+        && e.message.contains("is not allowed for key")
+    {
+        return e.hint("see the key's state with `kmsfs kms describe-key --key-id K`");
+    }
+    if e.message.starts_with("KMSInvalidStateException") && e.message.contains("pending import") {
+        return e.hint(
+            "import its key material: `kmsfs kms get-parameters-for-import`, then \
+             `kmsfs kms import-key-material`",
+        );
+    }
     if e.hint.is_some() {
         return e;
     }
+    let help = format!("see `kmsfs kms {command} --help`");
     let hint = if e.message.starts_with("InvalidCiphertextException") {
         "give the same --encryption-context as when it was made, an unmodified blob, and the \
          --keystore that made it"
     } else if e.message.starts_with("IncorrectKeyException") {
         "omit --key-id, or give the key the ciphertext was made under"
+    } else if e.message.starts_with("AccessDeniedException") {
+        "the key's policy does not allow this user; see `kmsfs kms get-key-policy --key-id K`"
     } else if e.message.starts_with("AlreadyExistsException") {
         "choose another alias name, or move it with `kmsfs kms update-alias`"
     } else if e.class == ErrorClass::Usage {
-        "see `kmsfs kms <command> --help`"
+        help.as_str()
     } else if e.class == ErrorClass::Io {
         "check the path, its permissions and free space, then retry"
     } else {
         return e;
     };
+    let hint = hint.to_string();
     e.hint(hint)
 }
 
@@ -331,13 +430,96 @@ fn run_command(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
     let json_out = g.output == OutputFormat::Json;
     let arn = |id: &str| key_arn(ks.keystore_id(), id);
     match c {
-        KmsCommand::CreateKey { description } => {
-            let m = ks.create_key(&caller, &description)?;
+        KmsCommand::CreateKey {
+            description,
+            origin,
+        } => {
+            let origin = match origin {
+                OriginArg::AwsKms => crate::kms::KeyOrigin::Kms,
+                OriginArg::External => crate::kms::KeyOrigin::External,
+            };
+            let m = ks.create_key_with_origin(&caller, &description, origin)?;
             if json_out {
                 print_json(&json!({ "KeyMetadata": metadata_json(&m) }));
             } else {
                 print_metadata(&m, &[]);
             }
+        }
+        KmsCommand::GetParametersForImport {
+            key_id,
+            wrapping_algorithm,
+            wrapping_key_spec,
+        } => {
+            let p = ks.get_parameters_for_import(
+                &caller,
+                &key_id,
+                &wrapping_algorithm,
+                &wrapping_key_spec,
+            )?;
+            let (token, public) = (B64.encode(&p.import_token), B64.encode(&p.public_key));
+            if json_out {
+                print_json(&json!({
+                    "KeyId": p.key_id,
+                    "ImportToken": token,
+                    "PublicKey": public,
+                    "ParametersValidTo": p.parameters_valid_to,
+                }));
+            } else {
+                println!("KeyId\t{}", p.key_id);
+                println!("ImportToken\t{token}");
+                println!("PublicKey\t{public}");
+                println!(
+                    "ParametersValidTo\t{}",
+                    clock::format_rfc3339(p.parameters_valid_to)
+                );
+            }
+        }
+        KmsCommand::ImportKeyMaterial {
+            key_id,
+            encrypted_key_material,
+            import_token,
+            expiration_model,
+            valid_to,
+        } => {
+            let valid_to = match (expiration_model.as_deref(), valid_to) {
+                (Some("KEY_MATERIAL_DOES_NOT_EXPIRE"), Some(_)) => {
+                    return Err(CliError::new(
+                        ErrorClass::Usage,
+                        "--valid-to contradicts --expiration-model KEY_MATERIAL_DOES_NOT_EXPIRE",
+                    )
+                    .hint("give one or the other"));
+                }
+                (Some("KEY_MATERIAL_EXPIRES"), None) => {
+                    return Err(CliError::new(
+                        ErrorClass::Usage,
+                        "--expiration-model KEY_MATERIAL_EXPIRES needs --valid-to",
+                    )
+                    .hint("add --valid-to 2030-01-01T00:00:00Z (RFC 3339)"));
+                }
+                (Some(m), _)
+                    if m != "KEY_MATERIAL_EXPIRES" && m != "KEY_MATERIAL_DOES_NOT_EXPIRE" =>
+                {
+                    return Err(CliError::new(
+                        ErrorClass::Usage,
+                        format!("unknown --expiration-model {m:?}"),
+                    )
+                    .hint("use KEY_MATERIAL_EXPIRES or KEY_MATERIAL_DOES_NOT_EXPIRE"));
+                }
+                (_, Some(t)) => Some(clock::parse_rfc3339(&t).ok_or_else(|| {
+                    CliError::new(
+                        ErrorClass::Usage,
+                        format!("--valid-to {t:?} is not RFC 3339"),
+                    )
+                    .hint("write it like 2030-01-01T00:00:00Z")
+                })?),
+                (_, None) => None,
+            };
+            let material = read_blob(&encrypted_key_material, "encrypted-key-material")?;
+            let token = read_blob(&import_token, "import-token")?;
+            ks.import_key_material(&caller, &key_id, &token, &material, valid_to)?;
+        }
+        KmsCommand::DeleteImportedKeyMaterial(a) => {
+            ks.delete_imported_key_material(&caller, &a.key_id)?
         }
         KmsCommand::DescribeKey(a) => {
             let m = ks.describe_key(&caller, &a.key_id)?;
@@ -445,6 +627,31 @@ fn run_command(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
                         t.as_str().unwrap_or("")
                     );
                 }
+            }
+        }
+        KmsCommand::PutKeyPolicy {
+            key_id,
+            policy,
+            policy_name,
+        } => {
+            let text = match policy.strip_prefix("file://") {
+                Some(p) => std::fs::read_to_string(p).map_err(|e| {
+                    CliError::from(e).hint("check the path given to --policy file://PATH")
+                })?,
+                None => policy,
+            };
+            ks.put_key_policy(&caller, &key_id, &policy_name, &text)?;
+        }
+        KmsCommand::GetKeyPolicy {
+            key_id,
+            policy_name,
+        } => {
+            let doc = ks.get_key_policy(&caller, &key_id, &policy_name)?;
+            let pretty = serde_json::to_string_pretty(&doc).unwrap_or_default();
+            if json_out {
+                print_json(&json!({ "Policy": pretty, "PolicyName": policy_name }));
+            } else {
+                println!("{pretty}");
             }
         }
         KmsCommand::CreateAlias(a) => ks.create_alias(&caller, &a.alias_name, &a.target_key_id)?,
@@ -577,4 +784,26 @@ fn check_source_key(ks: &LocalKeyStore, blob: &[u8], want: &str) -> Result<(), C
         .into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_names_are_the_aws_ones() {
+        let c = KmsCommand::ScheduleKeyDeletion {
+            key_id: "k".into(),
+            pending_window_in_days: None,
+        };
+        assert_eq!(command_name(&c), "schedule-key-deletion");
+        assert_eq!(command_name(&KmsCommand::ListKeys), "list-keys");
+        let c = KmsCommand::GenerateDataKeyWithoutPlaintext(DataKeyArgs {
+            key_id: "k".into(),
+            key_spec: None,
+            number_of_bytes: None,
+            encryption_context: None,
+        });
+        assert_eq!(command_name(&c), "generate-data-key-without-plaintext");
+    }
 }

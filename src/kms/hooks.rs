@@ -3,7 +3,7 @@
 //! hash-chained audit trail plugs in as an [`AuditSink`]).
 #![forbid(unsafe_code)]
 
-use super::model::KeyRecord;
+use super::policy::KeyPolicy;
 use super::{Caller, KmsError};
 
 /// The operation being performed, named as the AWS KMS API action.
@@ -24,6 +24,18 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// The policy action name, `kms:` included.
+    pub fn action(self) -> &'static str {
+        match self {
+            Operation::Encrypt => "kms:Encrypt",
+            Operation::Decrypt => "kms:Decrypt",
+            Operation::GenerateDataKey => "kms:GenerateDataKey",
+            Operation::GenerateDataKeyWithoutPlaintext => "kms:GenerateDataKeyWithoutPlaintext",
+            Operation::ReEncryptFrom => "kms:ReEncryptFrom",
+            Operation::ReEncryptTo => "kms:ReEncryptTo",
+        }
+    }
+
     /// The AWS action name (`kms:Decrypt` without the prefix).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -62,9 +74,23 @@ pub trait AuditSink: Send + Sync {
     fn record(&self, event: &AuditEvent<'_>);
 }
 
-/// Decides whether `caller` may perform `op` with `key`. Today every caller
-/// is allowed (the keystore file's permissions are the boundary); key policies
-/// (default, allow, explicit deny for uid/gid) will be evaluated here.
-pub fn authorize(_caller: &Caller, _key: &KeyRecord, _op: Operation) -> Result<(), KmsError> {
-    Ok(())
+/// Decides whether `caller` may perform `op` with the key `key_id`, whose
+/// policy is `policy`. A key without a policy allows every caller (the
+/// keystore's file permissions and root key are the boundary); with one,
+/// explicit Deny wins, then Allow, else the call is denied.
+pub fn authorize(
+    caller: &Caller,
+    key_id: &str,
+    policy: Option<&KeyPolicy>,
+    op: Operation,
+) -> Result<(), KmsError> {
+    match policy {
+        Some(p) if !p.allows(caller, op) => Err(KmsError::AccessDenied(format!(
+            "uid {} gid {} is not allowed kms:{} on key {key_id} by its key policy",
+            caller.uid,
+            caller.gid,
+            op.as_str()
+        ))),
+        _ => Ok(()),
+    }
 }

@@ -18,6 +18,7 @@ use super::keystore::{
     self, CURRENT_FILE, CreateMode, Fingerprint, Frame, KeystoreDir, PREV_FILE, RootKey,
 };
 use super::model::{self, KeyRecord, StoreState, Usage};
+use super::policy::KeyPolicy;
 use super::{
     Caller, DataKey, DataKeySpec, Decrypted, Encrypted, EncryptionContext, KeyMetadata, KeyService,
     KeyState, KmsError, MAX_ENCRYPT_PLAINTEXT, clock,
@@ -29,77 +30,20 @@ use crate::crypto::{AeadKey, SecretBytes};
 /// is this interval (well under the mount's one-second requirement).
 pub const FRESHNESS_INTERVAL_MS: u64 = 20;
 
-/// One entry of ListKeys.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct KeyListEntry {
-    /// The key id.
-    pub key_id: String,
-    /// The key ARN.
-    pub key_arn: String,
-}
+mod admin;
 
-/// One entry of ListAliases.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct AliasListEntry {
-    /// `alias/...`.
-    pub alias_name: String,
-    /// The alias ARN.
-    pub alias_arn: String,
-    /// The key it points at.
-    pub target_key_id: String,
-}
-
-/// Result of ScheduleKeyDeletion.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct ScheduledDeletion {
-    /// The key ARN (as AWS returns it).
-    pub key_id: String,
-    /// When the key will be deleted (epoch seconds).
-    pub deletion_date: i64,
-    /// Always PendingDeletion.
-    pub key_state: KeyState,
-    /// The waiting period.
-    pub pending_window_in_days: u32,
-}
-
-/// Result of GetKeyRotationStatus.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct KeyRotationStatus {
-    /// The key ARN.
-    pub key_id: String,
-    /// Whether automatic rotation is on.
-    pub key_rotation_enabled: bool,
-    /// The automatic rotation period.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rotation_period_in_days: Option<u32>,
-    /// When the next automatic rotation is due (epoch seconds).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_rotation_date: Option<i64>,
-}
-
-/// One entry of ListKeyRotations.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct KeyRotation {
-    /// The key id.
-    pub key_id: String,
-    /// When the new material was made (epoch seconds).
-    pub rotation_date: i64,
-    /// ON_DEMAND or AUTOMATIC.
-    pub rotation_type: model::RotationType,
-    /// The material version the rotation created (kmsfs extension).
-    pub key_material_version: u32,
-}
+pub use admin::{
+    AliasListEntry, ImportParameters, KeyListEntry, KeyRotation, KeyRotationStatus,
+    ScheduledDeletion,
+};
 
 /// An immutable view of the keystore, swapped whole on every change.
 struct Snapshot {
     state: StoreState,
     /// Ready AES-GCM keys: key id → (material version, key).
     ciphers: HashMap<String, Vec<(u32, AeadKey)>>,
+    /// Parsed key policies of the keys that have one.
+    policies: HashMap<String, KeyPolicy>,
     /// Stat of the current generation this snapshot matches.
     fingerprint: Option<Fingerprint>,
     /// Why we run from the previous generation (read-only), if we do.
@@ -130,10 +74,22 @@ impl Snapshot {
             }
             ciphers.insert(id.clone(), v);
         }
+        let mut policies = HashMap::new();
+        for (id, k) in &state.keys {
+            if let Some(doc) = &k.policy {
+                let p = KeyPolicy::from_value(doc).map_err(|e| {
+                    KmsError::CorruptKeystore(format!(
+                        "the stored policy of key {id} is unusable: {e}"
+                    ))
+                })?;
+                policies.insert(id.clone(), p);
+            }
+        }
         let next_due = state.next_due();
         Ok(Self {
             state,
             ciphers,
+            policies,
             fingerprint,
             fallback,
             broken: None,
@@ -146,6 +102,7 @@ impl Snapshot {
         Self {
             state: StoreState::default(),
             ciphers: HashMap::new(),
+            policies: HashMap::new(),
             fingerprint,
             fallback: None,
             broken: Some(why),
@@ -471,8 +428,10 @@ impl LocalKeyStore {
         {
             return; // another thread is checking
         }
-        if let Err(e) = self.refresh() {
-            self.warn_once(&format!("keystore refresh failed: {e}"));
+        match self.refresh() {
+            Err(e) => self.warn_once(&format!("keystore refresh failed: {e}")),
+            // Healthy again: a recurrence of the same problem is worth a new warning.
+            Ok(()) => *self.last_warning.lock().unwrap_or_else(|p| p.into_inner()) = None,
         }
     }
 
@@ -586,8 +545,9 @@ impl LocalKeyStore {
         let mut state = old.clone();
         let purged = state.purge_due(now);
         let rotated = state.rotate_due(now)?;
+        let expired = state.expire_due(now);
         let result = f(&mut state, now);
-        if result.is_err() && purged.is_empty() && rotated.is_empty() {
+        if result.is_err() && purged.is_empty() && rotated.is_empty() && expired.is_empty() {
             return result;
         }
         let prev_bytes = if purged.is_empty() {
@@ -607,6 +567,9 @@ impl LocalKeyStore {
         }
         for id in &rotated {
             log::info!("key {id} was rotated automatically");
+        }
+        for id in &expired {
+            log::info!("the imported material of key {id} expired and was deleted");
         }
         let snap = Snapshot::new(state, Some(fp), None, old_generation + 1)?;
         let _reloads = match self.reload_lock.lock() {
@@ -663,15 +626,28 @@ impl LocalKeyStore {
                 }
             };
             audit_key = Some(key.key_id.clone());
+            // Dates are also applied lazily every freshness interval; these checks
+            // close the gap, and only keys with a date read the clock.
             if key.state == KeyState::PendingDeletion && key.deletion_due(clock::now()?) {
-                self.apply_due()?;
+                if let Err(e) = self.apply_due() {
+                    self.warn_once(&format!("a due key deletion could not be written: {e}"));
+                }
                 return Err(KmsError::NotFound(format!(
                     "key {} reached its deletion date and was deleted",
                     key.key_id
                 )));
             }
+            if key.origin == super::KeyOrigin::External && key.material_expired(clock::now()?) {
+                if let Err(e) = self.apply_due() {
+                    self.warn_once(&format!("an expiry could not be written: {e}"));
+                }
+                return Err(KmsError::InvalidState(format!(
+                    "key {} is pending import: its imported key material expired",
+                    key.key_id
+                )));
+            }
             key.check_usable(usage)?;
-            hooks::authorize(caller, key, op)?;
+            hooks::authorize(caller, &key.key_id, snap.policies.get(&key.key_id), op)?;
             let ciphers = snap
                 .ciphers
                 .get(&key.key_id)
@@ -844,239 +820,6 @@ impl LocalKeyStore {
         )
     }
 
-    // ---- administration (each takes the caller for the future policy/audit) ----
-
-    /// CreateKey: a new Enabled key with fresh material.
-    pub fn create_key(&self, _caller: &Caller, description: &str) -> Result<KeyMetadata, KmsError> {
-        self.update(|s, now| {
-            let k = KeyRecord::generate(description, now)?;
-            let meta = k.metadata(&self.keystore_id_hex);
-            s.keys.insert(k.key_id.clone(), k);
-            Ok(meta)
-        })
-    }
-
-    /// ListKeys, in creation order.
-    pub fn list_keys(&self, _caller: &Caller) -> Result<Vec<KeyListEntry>, KmsError> {
-        let snap = self.fresh_snapshot()?;
-        let mut keys: Vec<&KeyRecord> = snap.state.keys.values().collect();
-        keys.sort_by(|a, b| (a.creation_date, &a.key_id).cmp(&(b.creation_date, &b.key_id)));
-        Ok(keys
-            .into_iter()
-            .map(|k| KeyListEntry {
-                key_id: k.key_id.clone(),
-                key_arn: model::key_arn(&self.keystore_id_hex, &k.key_id),
-            })
-            .collect())
-    }
-
-    /// The metadata of every key, in creation order (for readable listings).
-    pub fn list_key_metadata(&self, caller: &Caller) -> Result<Vec<KeyMetadata>, KmsError> {
-        let snap = self.fresh_snapshot()?;
-        self.list_keys(caller)?
-            .iter()
-            .filter_map(|e| snap.state.keys.get(&e.key_id))
-            .map(|k| Ok(k.metadata(&self.keystore_id_hex)))
-            .collect()
-    }
-
-    /// EnableKey.
-    pub fn enable_key(&self, _caller: &Caller, key_id: &str) -> Result<(), KmsError> {
-        self.update(|s, _| resolve_mut(s, &self.keystore_id_hex, key_id)?.enable())
-    }
-
-    /// DisableKey.
-    pub fn disable_key(&self, _caller: &Caller, key_id: &str) -> Result<(), KmsError> {
-        self.update(|s, _| resolve_mut(s, &self.keystore_id_hex, key_id)?.disable())
-    }
-
-    /// ScheduleKeyDeletion with a waiting period of 7 to 30 days (default 30).
-    pub fn schedule_key_deletion(
-        &self,
-        _caller: &Caller,
-        key_id: &str,
-        pending_window_in_days: Option<u32>,
-    ) -> Result<ScheduledDeletion, KmsError> {
-        let days = pending_window_in_days.unwrap_or(model::MAX_PENDING_WINDOW_DAYS);
-        self.update(|s, now| {
-            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
-            let deletion_date = k.schedule_deletion(days, now)?;
-            Ok(ScheduledDeletion {
-                key_id: model::key_arn(&self.keystore_id_hex, &k.key_id),
-                deletion_date,
-                key_state: k.state,
-                pending_window_in_days: days,
-            })
-        })
-    }
-
-    /// RotateKeyOnDemand: new key material becomes current; old versions stay
-    /// for decryption. Returns the key id and the new material version.
-    pub fn rotate_key_on_demand(
-        &self,
-        _caller: &Caller,
-        key_id: &str,
-    ) -> Result<(String, u32), KmsError> {
-        self.update(|s, now| {
-            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
-            let v = k.rotate(model::RotationType::OnDemand, now)?;
-            Ok((k.key_id.clone(), v))
-        })
-    }
-
-    /// EnableKeyRotation: automatic rotation every 90 to 2560 days (default 365).
-    pub fn enable_key_rotation(
-        &self,
-        _caller: &Caller,
-        key_id: &str,
-        rotation_period_in_days: Option<u32>,
-    ) -> Result<(), KmsError> {
-        let days = rotation_period_in_days.unwrap_or(model::DEFAULT_ROTATION_PERIOD_DAYS);
-        self.update(|s, now| {
-            resolve_mut(s, &self.keystore_id_hex, key_id)?.enable_rotation(days, now)
-        })
-    }
-
-    /// DisableKeyRotation.
-    pub fn disable_key_rotation(&self, _caller: &Caller, key_id: &str) -> Result<(), KmsError> {
-        self.update(|s, _| resolve_mut(s, &self.keystore_id_hex, key_id)?.disable_rotation())
-    }
-
-    /// GetKeyRotationStatus.
-    pub fn get_key_rotation_status(
-        &self,
-        _caller: &Caller,
-        key_id: &str,
-    ) -> Result<KeyRotationStatus, KmsError> {
-        let snap = self.fresh_snapshot()?;
-        let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
-        Ok(KeyRotationStatus {
-            key_id: model::key_arn(&self.keystore_id_hex, &k.key_id),
-            key_rotation_enabled: k.rotation_period_days.is_some(),
-            rotation_period_in_days: k.rotation_period_days,
-            next_rotation_date: k.next_rotation,
-        })
-    }
-
-    /// ListKeyRotations: every rotation the key has had, oldest first.
-    pub fn list_key_rotations(
-        &self,
-        _caller: &Caller,
-        key_id: &str,
-    ) -> Result<Vec<KeyRotation>, KmsError> {
-        let snap = self.fresh_snapshot()?;
-        let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
-        let mut v: Vec<KeyRotation> = k
-            .materials
-            .iter()
-            .filter_map(|m| {
-                m.rotation.map(|t| KeyRotation {
-                    key_id: k.key_id.clone(),
-                    rotation_date: m.created,
-                    rotation_type: t,
-                    key_material_version: m.version,
-                })
-            })
-            .collect();
-        v.sort_by_key(|r| r.key_material_version);
-        Ok(v)
-    }
-
-    /// CancelKeyDeletion: the key becomes Disabled. Returns its ARN.
-    pub fn cancel_key_deletion(&self, _caller: &Caller, key_id: &str) -> Result<String, KmsError> {
-        self.update(|s, _| {
-            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
-            k.cancel_deletion()?;
-            Ok(model::key_arn(&self.keystore_id_hex, &k.key_id))
-        })
-    }
-
-    /// CreateAlias (user aliases: the reserved prefixes are refused).
-    pub fn create_alias(
-        &self,
-        _caller: &Caller,
-        alias_name: &str,
-        target_key_id: &str,
-    ) -> Result<(), KmsError> {
-        model::validate_alias_name(alias_name, false)?;
-        self.update(|s, _| {
-            let id = resolve(s, &self.keystore_id_hex, target_key_id)?
-                .key_id
-                .clone();
-            s.create_alias(alias_name, &id, false)
-        })
-    }
-
-    /// UpdateAlias.
-    pub fn update_alias(
-        &self,
-        _caller: &Caller,
-        alias_name: &str,
-        target_key_id: &str,
-    ) -> Result<(), KmsError> {
-        model::validate_alias_name(alias_name, false)?;
-        self.update(|s, _| {
-            let id = resolve(s, &self.keystore_id_hex, target_key_id)?
-                .key_id
-                .clone();
-            s.update_alias(alias_name, &id)
-        })
-    }
-
-    /// DeleteAlias.
-    pub fn delete_alias(&self, _caller: &Caller, alias_name: &str) -> Result<(), KmsError> {
-        model::validate_alias_name(alias_name, false)?;
-        self.update(|s, _| s.delete_alias(alias_name))
-    }
-
-    /// ListAliases, optionally only those of one key.
-    pub fn list_aliases(
-        &self,
-        _caller: &Caller,
-        key_id: Option<&str>,
-    ) -> Result<Vec<AliasListEntry>, KmsError> {
-        let snap = self.fresh_snapshot()?;
-        let only = match key_id {
-            Some(k) => Some(
-                resolve(&snap.state, &self.keystore_id_hex, k)?
-                    .key_id
-                    .clone(),
-            ),
-            None => None,
-        };
-        Ok(snap
-            .state
-            .aliases
-            .iter()
-            .filter(|(_, t)| only.as_ref().is_none_or(|o| o == *t))
-            .map(|(name, t)| AliasListEntry {
-                alias_name: name.clone(),
-                alias_arn: model::alias_arn(&self.keystore_id_hex, name),
-                target_key_id: t.clone(),
-            })
-            .collect())
-    }
-
-    /// The key aliased `alias/kmsfs/default`, created (with its alias) if absent,
-    /// as AWS creates `aws/ebs` on first use. Returns its key id.
-    pub fn ensure_default_key(&self, _caller: &Caller) -> Result<String, KmsError> {
-        let snap = self.fresh_snapshot()?;
-        if let Some(id) = snap.state.aliases.get(model::DEFAULT_ALIAS) {
-            return Ok(id.clone());
-        }
-        self.update(|s, now| {
-            if let Some(id) = s.aliases.get(model::DEFAULT_ALIAS) {
-                return Ok(id.clone()); // another process made it meanwhile
-            }
-            let k =
-                KeyRecord::generate("Default key for kmsfs mounts (created automatically)", now)?;
-            let id = k.key_id.clone();
-            s.keys.insert(id.clone(), k);
-            s.create_alias(model::DEFAULT_ALIAS, &id, true)?;
-            Ok(id)
-        })
-    }
-
     fn fresh_snapshot(&self) -> Result<Arc<Snapshot>, KmsError> {
         self.refresh_if_stale();
         let snap = self.snapshot();
@@ -1203,543 +946,4 @@ impl KeyService for LocalKeyStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::kms::keystore::CURRENT_FILE;
-
-    const ME: Caller = Caller {
-        uid: 0,
-        gid: 0,
-        pid: 1,
-    };
-
-    fn new_store() -> (tempfile::TempDir, LocalKeyStore, String) {
-        let t = tempfile::tempdir().unwrap();
-        let ks = LocalKeyStore::create(&t.path().join("ks"), CreateMode::RootKeyFile).unwrap();
-        let id = ks.create_key(&ME, "test").unwrap().key_id;
-        (t, ks, id)
-    }
-
-    fn reopen(ks: &LocalKeyStore) -> LocalKeyStore {
-        LocalKeyStore::open(ks.dir(), &no_passphrase).unwrap()
-    }
-
-    fn ctx() -> EncryptionContext {
-        EncryptionContext::with("file", "f1")
-    }
-
-    #[test]
-    fn data_key_round_trip_and_refusals() {
-        let (_t, ks, id) = new_store();
-        let dk = ks
-            .generate_data_key(&ME, &id, DataKeySpec::Aes256, &ctx())
-            .unwrap();
-        assert_eq!(dk.plaintext.len(), 32);
-        assert_eq!(dk.ciphertext_blob.len(), 32 + blob::BLOB_OVERHEAD);
-        let d = ks.decrypt(&ME, &dk.ciphertext_blob, &ctx(), None).unwrap();
-        assert_eq!(d.plaintext, dk.plaintext);
-        assert_eq!(
-            (d.key_id.as_str(), d.key_material_version),
-            (id.as_str(), 1)
-        );
-        // Same key named by ARN: accepted. Another key: IncorrectKey.
-        let arn = model::key_arn(ks.keystore_id(), &id);
-        assert!(
-            ks.decrypt(&ME, &dk.ciphertext_blob, &ctx(), Some(&arn))
-                .is_ok()
-        );
-        let other = ks.create_key(&ME, "").unwrap().key_id;
-        let e = ks
-            .decrypt(&ME, &dk.ciphertext_blob, &ctx(), Some(&other))
-            .unwrap_err();
-        assert!(matches!(e, KmsError::IncorrectKey(_)), "{e}");
-        // Other context: refused.
-        let e = ks
-            .decrypt(&ME, &dk.ciphertext_blob, &EncryptionContext::new(), None)
-            .unwrap_err();
-        assert!(matches!(e, KmsError::InvalidCiphertext(_)), "{e}");
-        for (spec, n) in [
-            (DataKeySpec::Aes128, 16),
-            (DataKeySpec::Bytes(1), 1),
-            (DataKeySpec::Bytes(1024), 1024),
-        ] {
-            assert_eq!(
-                ks.generate_data_key(&ME, &id, spec, &ctx())
-                    .unwrap()
-                    .plaintext
-                    .len(),
-                n
-            );
-        }
-        for bad in [0, 1025] {
-            let e = ks
-                .generate_data_key(&ME, &id, DataKeySpec::Bytes(bad), &ctx())
-                .unwrap_err();
-            assert!(matches!(e, KmsError::Validation(_)));
-        }
-        let w = ks
-            .generate_data_key_without_plaintext(&ME, &id, DataKeySpec::Aes256, &ctx())
-            .unwrap();
-        assert_eq!(
-            ks.decrypt(&ME, &w.ciphertext_blob, &ctx(), None)
-                .unwrap()
-                .plaintext
-                .len(),
-            32
-        );
-    }
-
-    #[test]
-    fn every_modified_blob_is_invalid_ciphertext() {
-        let (_t, ks, id) = new_store();
-        let dk = ks
-            .generate_data_key(&ME, &id, DataKeySpec::Aes256, &ctx())
-            .unwrap();
-        let blob = dk.ciphertext_blob;
-        for i in 0..blob.len() * 8 {
-            let mut bad = blob.clone();
-            bad[i / 8] ^= 1 << (i % 8);
-            match ks.decrypt(&ME, &bad, &ctx(), None) {
-                Err(KmsError::InvalidCiphertext(_)) => {}
-                other => panic!("bit {i}: {other:?}"),
-            }
-        }
-        for n in 0..blob.len() {
-            assert!(matches!(
-                ks.decrypt(&ME, &blob[..n], &ctx(), None),
-                Err(KmsError::InvalidCiphertext(_))
-            ));
-        }
-    }
-
-    #[test]
-    fn rotation_keeps_old_blobs_decryptable_and_new_ones_use_the_new_version() {
-        let (_t, ks, id) = new_store();
-        let old = ks
-            .generate_data_key(&ME, &id, DataKeySpec::Aes256, &ctx())
-            .unwrap();
-        assert_eq!(old.key_material_version, 1);
-        let g = ks.generation();
-        assert_eq!(ks.rotate_key_on_demand(&ME, &id).unwrap(), (id.clone(), 2));
-        assert_ne!(ks.generation(), g);
-        let new = ks
-            .generate_data_key(&ME, &id, DataKeySpec::Aes256, &ctx())
-            .unwrap();
-        assert_eq!(new.key_material_version, 2);
-        assert_eq!(
-            BlobHeader::parse(&new.ciphertext_blob)
-                .unwrap()
-                .material_version,
-            2
-        );
-        let d_old = ks.decrypt(&ME, &old.ciphertext_blob, &ctx(), None).unwrap();
-        assert_eq!(
-            (d_old.key_material_version, &d_old.plaintext),
-            (1, &old.plaintext)
-        );
-        let d_new = ks.decrypt(&ME, &new.ciphertext_blob, &ctx(), None).unwrap();
-        assert_eq!(d_new.key_material_version, 2);
-        // Re-encrypting under the same key moves an old blob to the new version.
-        let r = ks
-            .re_encrypt(&ME, &old.ciphertext_blob, &ctx(), &id, &ctx())
-            .unwrap();
-        assert_eq!(
-            BlobHeader::parse(&r.ciphertext_blob)
-                .unwrap()
-                .material_version,
-            2
-        );
-        // A reopened store (another process) agrees.
-        let other = reopen(&ks);
-        assert!(
-            other
-                .decrypt(&ME, &old.ciphertext_blob, &ctx(), None)
-                .is_ok()
-        );
-        assert_eq!(
-            other
-                .describe_key(&ME, &id)
-                .unwrap()
-                .current_key_material_version,
-            2
-        );
-        let rot = other.list_key_rotations(&ME, &id).unwrap();
-        assert_eq!(rot.len(), 1);
-        assert_eq!(
-            (rot[0].rotation_type, rot[0].key_material_version),
-            (model::RotationType::OnDemand, 2)
-        );
-        ks.disable_key(&ME, &id).unwrap();
-        assert!(matches!(
-            ks.rotate_key_on_demand(&ME, &id),
-            Err(KmsError::Disabled(_))
-        ));
-    }
-
-    #[test]
-    fn automatic_rotation_happens_on_the_next_use_after_it_is_due() {
-        let (_t, ks, id) = new_store();
-        assert!(
-            !ks.get_key_rotation_status(&ME, &id)
-                .unwrap()
-                .key_rotation_enabled
-        );
-        assert!(matches!(
-            ks.enable_key_rotation(&ME, &id, Some(89)),
-            Err(KmsError::Validation(_))
-        ));
-        ks.enable_key_rotation(&ME, &id, None).unwrap();
-        let st = ks.get_key_rotation_status(&ME, &id).unwrap();
-        assert_eq!(
-            (st.key_rotation_enabled, st.rotation_period_in_days),
-            (true, Some(365))
-        );
-        let old = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
-        // Move the due date into the past, as if the period had elapsed.
-        ks.update(|s, _| {
-            s.keys.get_mut(&id).unwrap().next_rotation = Some(1);
-            Ok(())
-        })
-        .unwrap();
-        let fresh = reopen(&ks); // the next use rotates
-        assert_eq!(
-            fresh
-                .describe_key(&ME, &id)
-                .unwrap()
-                .current_key_material_version,
-            2
-        );
-        let rot = fresh.list_key_rotations(&ME, &id).unwrap();
-        assert_eq!(rot[0].rotation_type, model::RotationType::Automatic);
-        assert!(
-            fresh
-                .get_key_rotation_status(&ME, &id)
-                .unwrap()
-                .next_rotation_date
-                .unwrap()
-                > 1
-        );
-        assert!(fresh.decrypt(&ME, &old, &ctx(), None).is_ok());
-        fresh.disable_key_rotation(&ME, &id).unwrap();
-        assert!(
-            !fresh
-                .get_key_rotation_status(&ME, &id)
-                .unwrap()
-                .key_rotation_enabled
-        );
-    }
-
-    #[test]
-    fn encrypt_size_limit() {
-        let (_t, ks, id) = new_store();
-        let e = ks
-            .encrypt(&ME, &id, &[7u8; MAX_ENCRYPT_PLAINTEXT], &ctx())
-            .unwrap();
-        let d = ks.decrypt(&ME, &e.ciphertext_blob, &ctx(), None).unwrap();
-        assert_eq!(d.plaintext.expose(), &[7u8; MAX_ENCRYPT_PLAINTEXT][..]);
-        let err = ks
-            .encrypt(&ME, &id, &[7u8; MAX_ENCRYPT_PLAINTEXT + 1], &ctx())
-            .unwrap_err();
-        assert!(
-            matches!(err, KmsError::Validation(_)) && err.to_string().contains("generate-data-key")
-        );
-    }
-
-    #[test]
-    fn every_state_refuses_with_its_own_error() {
-        let (_t, ks, id) = new_store();
-        let blob = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
-        ks.disable_key(&ME, &id).unwrap();
-        assert!(matches!(
-            ks.encrypt(&ME, &id, b"x", &ctx()),
-            Err(KmsError::Disabled(_))
-        ));
-        assert!(matches!(
-            ks.decrypt(&ME, &blob, &ctx(), None),
-            Err(KmsError::Disabled(_))
-        ));
-        assert!(matches!(
-            ks.generate_data_key(&ME, &id, DataKeySpec::Aes256, &ctx()),
-            Err(KmsError::Disabled(_))
-        ));
-        assert!(matches!(
-            ks.re_encrypt(&ME, &blob, &ctx(), &id, &ctx()),
-            Err(KmsError::Disabled(_))
-        ));
-        assert_eq!(
-            ks.describe_key(&ME, &id).unwrap().key_state,
-            KeyState::Disabled
-        );
-        ks.enable_key(&ME, &id).unwrap();
-        assert!(ks.decrypt(&ME, &blob, &ctx(), None).is_ok());
-        let s = ks.schedule_key_deletion(&ME, &id, Some(7)).unwrap();
-        assert_eq!(s.key_state, KeyState::PendingDeletion);
-        assert!(matches!(
-            ks.decrypt(&ME, &blob, &ctx(), None),
-            Err(KmsError::InvalidState(_))
-        ));
-        assert!(matches!(
-            ks.encrypt(&ME, &id, b"x", &ctx()),
-            Err(KmsError::InvalidState(_))
-        ));
-        assert!(matches!(
-            ks.enable_key(&ME, &id),
-            Err(KmsError::InvalidState(_))
-        ));
-        ks.cancel_key_deletion(&ME, &id).unwrap();
-        assert_eq!(
-            ks.describe_key(&ME, &id).unwrap().key_state,
-            KeyState::Disabled
-        );
-        for bad in [6, 31] {
-            assert!(matches!(
-                ks.schedule_key_deletion(&ME, &id, Some(bad)),
-                Err(KmsError::Validation(_))
-            ));
-        }
-        assert_eq!(
-            ks.schedule_key_deletion(&ME, &id, None)
-                .unwrap()
-                .pending_window_in_days,
-            30
-        );
-        let missing = uuid::Uuid::new_v4().to_string();
-        assert!(matches!(
-            ks.disable_key(&ME, &missing),
-            Err(KmsError::NotFound(_))
-        ));
-        assert!(matches!(
-            ks.encrypt(&ME, "not-a-key", b"x", &ctx()),
-            Err(KmsError::NotFound(_))
-        ));
-    }
-
-    #[test]
-    fn blob_from_another_keystore_is_refused() {
-        let (_t, a, ida) = new_store();
-        let (_t2, b, _) = new_store();
-        let blob = a.encrypt(&ME, &ida, b"x", &ctx()).unwrap().ciphertext_blob;
-        let e = b.decrypt(&ME, &blob, &ctx(), None).unwrap_err();
-        assert!(matches!(e, KmsError::InvalidCiphertext(_)), "{e}");
-        // Even with the keystore id forged, the wrong key cannot open it.
-        let mut forged = blob.clone();
-        let bid: Vec<u8> = (0..16)
-            .map(|i| u8::from_str_radix(&b.keystore_id()[2 * i..2 * i + 2], 16).unwrap())
-            .collect();
-        forged[5..21].copy_from_slice(&bid);
-        assert!(b.decrypt(&ME, &forged, &ctx(), None).is_err());
-    }
-
-    #[test]
-    fn re_encrypt_moves_to_the_destination_key_and_context() {
-        let (_t, ks, a) = new_store();
-        let b = ks.create_key(&ME, "dest").unwrap().key_id;
-        let blob = ks
-            .encrypt(&ME, &a, b"secret", &ctx())
-            .unwrap()
-            .ciphertext_blob;
-        let dctx = EncryptionContext::with("file", "f2");
-        let r = ks.re_encrypt(&ME, &blob, &ctx(), &b, &dctx).unwrap();
-        assert_eq!(r.source_key_id.as_deref(), Some(a.as_str()));
-        assert_eq!(r.key_id, b);
-        let d = ks.decrypt(&ME, &r.ciphertext_blob, &dctx, None).unwrap();
-        assert_eq!(
-            (d.key_id.as_str(), d.plaintext.expose()),
-            (b.as_str(), &b"secret"[..])
-        );
-        assert!(ks.decrypt(&ME, &r.ciphertext_blob, &ctx(), None).is_err());
-        assert!(matches!(
-            ks.re_encrypt(&ME, &blob, &dctx, &b, &dctx),
-            Err(KmsError::InvalidCiphertext(_))
-        ));
-    }
-
-    #[test]
-    fn aliases_and_key_references() {
-        let (_t, ks, id) = new_store();
-        ks.create_alias(&ME, "alias/app", &id).unwrap();
-        assert!(matches!(
-            ks.create_alias(&ME, "alias/kmsfs/x", &id),
-            Err(KmsError::Validation(_))
-        ));
-        assert!(matches!(
-            ks.create_alias(&ME, "alias/aws/ebs", &id),
-            Err(KmsError::Validation(_))
-        ));
-        let alias_arn = model::alias_arn(ks.keystore_id(), "alias/app");
-        for r in ["alias/app", alias_arn.as_str(), &id.to_uppercase()] {
-            assert_eq!(ks.describe_key(&ME, r).unwrap().key_id, id, "{r}");
-        }
-        let foreign = format!("arn:kmsfs:kms:local:{}:key/{id}", "0".repeat(32));
-        assert!(matches!(
-            ks.describe_key(&ME, &foreign),
-            Err(KmsError::NotFound(_))
-        ));
-        let other = ks.create_key(&ME, "").unwrap().key_id;
-        ks.update_alias(&ME, "alias/app", &other).unwrap();
-        assert_eq!(ks.describe_key(&ME, "alias/app").unwrap().key_id, other);
-        assert_eq!(ks.list_aliases(&ME, Some(&id)).unwrap().len(), 0);
-        ks.delete_alias(&ME, "alias/app").unwrap();
-        assert!(matches!(
-            ks.describe_key(&ME, "alias/app"),
-            Err(KmsError::NotFound(_))
-        ));
-        let d1 = ks.ensure_default_key(&ME).unwrap();
-        assert_eq!(ks.ensure_default_key(&ME).unwrap(), d1);
-        assert_eq!(reopen(&ks).ensure_default_key(&ME).unwrap(), d1);
-        assert_eq!(
-            ks.describe_key(&ME, model::DEFAULT_ALIAS).unwrap().key_id,
-            d1
-        );
-    }
-
-    #[test]
-    fn another_instance_sees_changes_and_generation_moves() {
-        let (_t, a, id) = new_store();
-        let b = reopen(&a);
-        let blob = b.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
-        let g0 = b.generation();
-        a.disable_key(&ME, &id).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(FRESHNESS_INTERVAL_MS + 5));
-        assert_ne!(b.generation(), g0);
-        assert!(matches!(
-            b.decrypt(&ME, &blob, &ctx(), None),
-            Err(KmsError::Disabled(_))
-        ));
-        a.enable_key(&ME, &id).unwrap();
-        b.refresh().unwrap();
-        assert!(b.decrypt(&ME, &blob, &ctx(), None).is_ok());
-        // A key created elsewhere is usable here after a refresh.
-        let k2 = a.create_key(&ME, "").unwrap().key_id;
-        b.refresh().unwrap();
-        assert!(b.encrypt(&ME, &k2, b"y", &ctx()).is_ok());
-    }
-
-    #[test]
-    fn concurrent_writers_lose_nothing() {
-        let (_t, a, _) = new_store();
-        let stores: Vec<LocalKeyStore> = (0..4).map(|_| reopen(&a)).collect();
-        std::thread::scope(|s| {
-            for st in &stores {
-                s.spawn(move || {
-                    for _ in 0..5 {
-                        st.create_key(&ME, "c").unwrap();
-                    }
-                });
-            }
-        });
-        a.refresh().unwrap();
-        assert_eq!(a.list_keys(&ME).unwrap().len(), 21);
-        // init wrote generation 1, then 21 creations.
-        assert_eq!(a.file_generation(), 22);
-    }
-
-    #[test]
-    fn corrupt_current_falls_back_read_only() {
-        let (_t, ks, id) = new_store();
-        let blob = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
-        ks.create_alias(&ME, "alias/later", &id).unwrap(); // current = prev + alias
-        let cur = ks.dir().join(CURRENT_FILE);
-        let mut bytes = std::fs::read(&cur).unwrap();
-        let mid = bytes.len() / 2;
-        bytes[mid] ^= 0xff;
-        std::fs::write(&cur, &bytes).unwrap();
-        let fb = reopen(&ks);
-        assert!(fb.fallback_reason().unwrap().contains("checksum"));
-        assert!(fb.decrypt(&ME, &blob, &ctx(), None).is_ok());
-        assert!(fb.describe_key(&ME, "alias/later").is_err()); // prev generation's view
-        let e = fb.create_key(&ME, "").unwrap_err();
-        assert!(matches!(e, KmsError::CorruptKeystore(_)), "{e}");
-        assert_eq!(
-            std::fs::read(&cur).unwrap(),
-            bytes,
-            "a damaged keystore was overwritten"
-        );
-    }
-
-    #[test]
-    fn due_deletion_purges_both_generations_and_aliases() {
-        let (_t, ks, id) = new_store();
-        let keep = ks.create_key(&ME, "keep").unwrap().key_id;
-        ks.create_alias(&ME, "alias/doomed", &id).unwrap();
-        let blob = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
-        ks.schedule_key_deletion(&ME, &id, Some(7)).unwrap();
-        // Move the deletion date into the past (as if the window had elapsed).
-        ks.update(|s, _| {
-            s.keys.get_mut(&id).unwrap().deletion_date = Some(1);
-            Ok(())
-        })
-        .unwrap();
-        let fresh = reopen(&ks); // opening purges
-        assert!(matches!(
-            fresh.describe_key(&ME, &id),
-            Err(KmsError::NotFound(_))
-        ));
-        assert!(matches!(
-            fresh.decrypt(&ME, &blob, &ctx(), None),
-            Err(KmsError::NotFound(_))
-        ));
-        assert!(fresh.list_aliases(&ME, None).unwrap().is_empty());
-        assert!(fresh.describe_key(&ME, &keep).is_ok());
-        for name in [CURRENT_FILE, keystore::PREV_FILE] {
-            let bytes = std::fs::read(ks.dir().join(name)).unwrap();
-            let state = Frame::parse(name, &bytes)
-                .unwrap()
-                .unseal(name, &ks.root)
-                .unwrap();
-            assert!(!state.keys.contains_key(&id), "{name} still holds the key");
-            assert!(state.keys.contains_key(&keep));
-        }
-    }
-
-    #[test]
-    fn audit_sink_sees_every_use_and_refusal() {
-        type Seen = (Operation, String, Result<(), &'static str>);
-        struct Sink(Mutex<Vec<Seen>>);
-        impl AuditSink for Sink {
-            fn record(&self, e: &AuditEvent<'_>) {
-                self.0
-                    .lock()
-                    .unwrap()
-                    .push((e.operation, e.key_id.to_string(), e.result));
-            }
-        }
-        let (_t, ks, id) = new_store();
-        let sink = Arc::new(Sink(Mutex::new(Vec::new())));
-        ks.set_audit_sink(sink.clone()).unwrap();
-        let blob = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
-        ks.disable_key(&ME, &id).unwrap();
-        let _ = ks.decrypt(&ME, &blob, &ctx(), None);
-        let _ = ks.encrypt(&ME, "alias/none", b"x", &ctx());
-        let ev = sink.0.lock().unwrap().clone();
-        assert_eq!(
-            ev,
-            vec![
-                (Operation::Encrypt, id.clone(), Ok(())),
-                (Operation::Decrypt, id.clone(), Err("DisabledException")),
-                (
-                    Operation::Encrypt,
-                    "alias/none".to_string(),
-                    Err("NotFoundException")
-                ),
-            ]
-        );
-    }
-
-    #[test]
-    fn debug_shows_no_secrets() {
-        let (_t, ks, id) = new_store();
-        let dk = ks
-            .generate_data_key(&ME, &id, DataKeySpec::Aes256, &ctx())
-            .unwrap();
-        let s = format!("{ks:?} {dk:?}");
-        assert!(s.contains("redacted") && s.contains("SecretBytes(len=32)"));
-        let hex: String = dk
-            .plaintext
-            .expose()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert!(!s.contains(&hex));
-    }
-}
+mod tests;

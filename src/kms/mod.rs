@@ -12,12 +12,14 @@ pub mod hooks;
 pub mod keystore;
 pub mod local;
 pub mod model;
+pub mod policy;
 
 pub use context::EncryptionContext;
 pub use hooks::{AuditEvent, AuditSink, Operation};
 pub use keystore::{Argon2Params, CreateMode};
 pub use local::{
-    AliasListEntry, KeyListEntry, KeyRotation, KeyRotationStatus, LocalKeyStore, ScheduledDeletion,
+    AliasListEntry, ImportParameters, KeyListEntry, KeyRotation, KeyRotationStatus, LocalKeyStore,
+    ScheduledDeletion,
 };
 
 /// Largest plaintext that `Encrypt` accepts, as in AWS KMS.
@@ -102,6 +104,12 @@ pub struct KeyMetadata {
     pub key_spec: &'static str,
     /// The version of key material that new ciphertexts use.
     pub current_key_material_version: u32,
+    /// For EXTERNAL keys: KEY_MATERIAL_EXPIRES or KEY_MATERIAL_DOES_NOT_EXPIRE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiration_model: Option<&'static str>,
+    /// For imported material that expires: when (seconds since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_to: Option<i64>,
 }
 
 /// Size of a generated data key.

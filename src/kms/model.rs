@@ -30,6 +30,8 @@ pub const MIN_ROTATION_PERIOD_DAYS: u32 = 90;
 pub const MAX_ROTATION_PERIOD_DAYS: u32 = 2560;
 /// Default automatic rotation period, in days.
 pub const DEFAULT_ROTATION_PERIOD_DAYS: u32 = 365;
+/// How long import parameters (wrapping key and token) stay valid: 24 hours.
+pub const IMPORT_PARAMETERS_VALIDITY_SECS: i64 = 24 * 3600;
 /// Longest key description, in bytes (AWS: 8192 characters).
 pub const MAX_DESCRIPTION_LEN: usize = 8192;
 
@@ -50,6 +52,31 @@ pub struct KeyMaterial {
     /// How this version came to be: None for the first, else a rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<RotationType>,
+}
+
+/// The wrapping key and token handed out by GetParametersForImport.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ImportParams {
+    /// Random id that the import token carries (hex).
+    pub token_id: String,
+    /// The RSA private key, PKCS#8 DER (hex inside the sealed body).
+    #[serde(with = "secret_hex")]
+    pub wrapping_key: SecretBytes,
+    /// RSA_2048, RSA_3072 or RSA_4096.
+    pub wrapping_key_spec: String,
+    /// When these parameters stop being accepted (epoch seconds).
+    pub valid_to: i64,
+}
+
+impl std::fmt::Debug for ImportParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportParams")
+            .field("token_id", &self.token_id)
+            .field("wrapping_key", &"<redacted>")
+            .field("wrapping_key_spec", &self.wrapping_key_spec)
+            .field("valid_to", &self.valid_to)
+            .finish()
+    }
 }
 
 /// Why a key material version was added (ListKeyRotations' RotationType).
@@ -101,6 +128,14 @@ pub struct KeyRecord {
     /// Key policy document (reserved for the policy feature; None = default policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<serde_json::Value>,
+    /// Pending import parameters (EXTERNAL keys between GetParametersForImport
+    /// and ImportKeyMaterial).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<ImportParams>,
+    /// For EXTERNAL keys once material was imported: a digest identifying that
+    /// material, so that a re-import must bring the same material (as AWS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_material_digest: Option<String>,
     /// Automatic rotation period in days; None when automatic rotation is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_period_days: Option<u32>,
@@ -154,9 +189,139 @@ impl KeyRecord {
                 rotation: None,
             }],
             policy: None,
+            import: None,
+            imported_material_digest: None,
             rotation_period_days: None,
             next_rotation: None,
         })
+    }
+
+    /// A new key with origin EXTERNAL: no material, state PendingImport.
+    pub fn new_external(description: &str, now: i64) -> Result<Self, KmsError> {
+        let mut k = Self::generate(description, now)?;
+        k.origin = KeyOrigin::External;
+        k.state = KeyState::PendingImport;
+        k.current_version = 0;
+        k.materials.clear();
+        Ok(k)
+    }
+
+    fn require_external(&self, op: &str) -> Result<(), KmsError> {
+        if self.origin != KeyOrigin::External {
+            return Err(KmsError::Validation(format!(
+                "UnsupportedOperation: {op} needs a key created with --origin EXTERNAL; key {} \
+                 has origin AWS_KMS",
+                self.key_id
+            )));
+        }
+        Ok(())
+    }
+
+    /// GetParametersForImport: records a wrapping key and token (valid 24 h).
+    pub fn set_import_params(&mut self, params: ImportParams) -> Result<(), KmsError> {
+        self.require_external("GetParametersForImport")?;
+        if self.state != KeyState::PendingImport {
+            return Err(self.wrong_state("GetParametersForImport", self.state));
+        }
+        self.import = Some(params);
+        Ok(())
+    }
+
+    /// ImportKeyMaterial: installs unwrapped material as version 1 and makes
+    /// the key Enabled. `token_id` must be the one the parameters carry, they
+    /// must not have expired, and a re-import must bring the same material.
+    pub fn import_material(
+        &mut self,
+        token_id: &str,
+        material: SecretBytes,
+        expires: Option<i64>,
+        now: i64,
+    ) -> Result<(), KmsError> {
+        self.require_external("ImportKeyMaterial")?;
+        if self.state != KeyState::PendingImport {
+            return Err(self.wrong_state("ImportKeyMaterial", self.state));
+        }
+        let params = self.import.as_ref().ok_or_else(|| {
+            KmsError::Validation(format!(
+                "InvalidImportToken: key {} has no import parameters; run \
+                 get-parameters-for-import first",
+                self.key_id
+            ))
+        })?;
+        if params.token_id != token_id {
+            return Err(KmsError::Validation(
+                "InvalidImportToken: the import token is not the latest one issued for this key; \
+                 use the token from the last get-parameters-for-import"
+                    .into(),
+            ));
+        }
+        if params.valid_to < now {
+            return Err(KmsError::Validation(
+                "ExpiredImportToken: the import parameters have expired; run \
+                 get-parameters-for-import again"
+                    .into(),
+            ));
+        }
+        if material.len() != crate::crypto::KEY_LEN {
+            return Err(KmsError::Validation(format!(
+                "IncorrectKeyMaterial: imported key material must be 32 bytes, got {}",
+                material.len()
+            )));
+        }
+        if let Some(t) = expires
+            && t <= now
+        {
+            return Err(KmsError::Validation("ValidTo must be in the future".into()));
+        }
+        let digest = material_digest(&self.key_id, &material);
+        if let Some(d) = &self.imported_material_digest
+            && !crate::crypto::constant_time_eq(d.as_bytes(), digest.as_bytes())
+        {
+            return Err(KmsError::Validation(format!(
+                "IncorrectKeyMaterial: key {} had other key material before; a key can only \
+                 ever hold the material first imported into it",
+                self.key_id
+            )));
+        }
+        self.materials = vec![KeyMaterial {
+            version: 1,
+            material,
+            created: now,
+            expires,
+            rotation: None,
+        }];
+        self.current_version = 1;
+        self.state = KeyState::Enabled;
+        self.import = None;
+        self.imported_material_digest = Some(digest);
+        Ok(())
+    }
+
+    /// DeleteImportedKeyMaterial: the material goes, the key waits for a
+    /// re-import of the same material (PendingImport).
+    pub fn delete_imported_material(&mut self) -> Result<(), KmsError> {
+        self.require_external("DeleteImportedKeyMaterial")?;
+        if self.state == KeyState::PendingDeletion {
+            return Err(self.wrong_state("DeleteImportedKeyMaterial", self.state));
+        }
+        self.drop_material();
+        Ok(())
+    }
+
+    fn drop_material(&mut self) {
+        self.materials.clear();
+        self.current_version = 0;
+        self.state = KeyState::PendingImport;
+    }
+
+    /// True when imported material has reached its ValidTo.
+    pub fn material_expired(&self, now: i64) -> bool {
+        self.origin == KeyOrigin::External
+            && self.state != KeyState::PendingDeletion
+            && self
+                .materials
+                .iter()
+                .any(|m| m.expires.is_some_and(|t| t <= now))
     }
 
     /// The public view of this key.
@@ -174,6 +339,14 @@ impl KeyRecord {
             key_usage: "ENCRYPT_DECRYPT",
             key_spec: "SYMMETRIC_DEFAULT",
             current_key_material_version: self.current_version,
+            expiration_model: match (self.origin, self.materials.first()) {
+                (KeyOrigin::External, Some(m)) if m.expires.is_some() => {
+                    Some("KEY_MATERIAL_EXPIRES")
+                }
+                (KeyOrigin::External, Some(_)) => Some("KEY_MATERIAL_DOES_NOT_EXPIRE"),
+                _ => None,
+            },
+            valid_to: self.materials.first().and_then(|m| m.expires),
         }
     }
 
@@ -265,6 +438,13 @@ impl KeyRecord {
     /// stay, so ciphertexts made with them still decrypt.
     pub fn rotate(&mut self, kind: RotationType, now: i64) -> Result<u32, KmsError> {
         self.check_usable(Usage::Encrypt)?;
+        if self.origin == KeyOrigin::External {
+            return Err(KmsError::Validation(format!(
+                "UnsupportedOperation: key {} holds imported material, which kmsfs cannot rotate; \
+                 create a new EXTERNAL key and import new material into it",
+                self.key_id
+            )));
+        }
         let version = self
             .materials
             .iter()
@@ -298,6 +478,13 @@ impl KeyRecord {
             )));
         }
         self.check_usable(Usage::Encrypt)?;
+        if self.origin == KeyOrigin::External {
+            return Err(KmsError::Validation(format!(
+                "UnsupportedOperation: key {} holds imported material, which cannot rotate \
+                 automatically",
+                self.key_id
+            )));
+        }
         self.rotation_period_days = Some(days);
         self.next_rotation = Some(now + i64::from(days) * 86_400);
         Ok(())
@@ -369,10 +556,27 @@ impl StoreState {
             .filter(|k| k.state == KeyState::Enabled)
             .filter_map(|k| k.next_rotation)
             .min();
-        match (self.next_deletion(), rotation) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let expiry = self
+            .keys
+            .values()
+            .filter(|k| k.origin == KeyOrigin::External && k.state != KeyState::PendingDeletion)
+            .flat_map(|k| k.materials.iter().filter_map(|m| m.expires))
+            .min();
+        [self.next_deletion(), rotation, expiry]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Deletes imported material that reached its ValidTo (the key becomes
+    /// PendingImport). Returns the ids.
+    pub fn expire_due(&mut self, now: i64) -> Vec<String> {
+        let mut done = Vec::new();
+        for k in self.keys.values_mut().filter(|k| k.material_expired(now)) {
+            k.drop_material();
+            done.push(k.key_id.clone());
         }
+        done
     }
 
     /// Rotates every Enabled key whose automatic rotation is due. Returns the ids.
@@ -477,6 +681,19 @@ impl std::io::Write for CountingWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// Identifies imported material without revealing it: SHA-256 over a label,
+/// the key id and the material (hex).
+fn material_digest(key_id: &str, material: &SecretBytes) -> String {
+    crate::crypto::sha256(&[
+        b"kmsfs imported material v1\0",
+        key_id.as_bytes(),
+        material.expose(),
+    ])
+    .iter()
+    .map(|b| format!("{b:02x}"))
+    .collect()
 }
 
 /// `arn:kmsfs:kms:local:<keystore id>:key/<key id>`.
@@ -750,6 +967,75 @@ mod tests {
         let mut k = k.clone();
         k.disable_rotation().unwrap();
         assert_eq!((k.rotation_period_days, k.next_rotation), (None, None));
+    }
+
+    fn params(token: &str, valid_to: i64) -> ImportParams {
+        ImportParams {
+            token_id: token.into(),
+            wrapping_key: SecretBytes::from(&b"der"[..]),
+            wrapping_key_spec: "RSA_2048".into(),
+            valid_to,
+        }
+    }
+
+    #[test]
+    fn external_key_import_lifecycle() {
+        let mut k = KeyRecord::new_external("ext", NOW).unwrap();
+        assert_eq!(
+            (k.state, k.current_version, k.origin),
+            (KeyState::PendingImport, 0, KeyOrigin::External)
+        );
+        assert!(matches!(
+            k.check_usable(Usage::Encrypt),
+            Err(KmsError::InvalidState(_))
+        ));
+        let m = || SecretBytes::new(vec![5u8; 32]);
+        // No parameters yet.
+        assert!(k.import_material("t", m(), None, NOW).is_err());
+        k.set_import_params(params("t1", NOW + 100)).unwrap();
+        for (tok, mat, exp, now) in [
+            ("t0", m(), None, NOW),                           // wrong token
+            ("t1", m(), None, NOW + 101),                     // expired parameters
+            ("t1", SecretBytes::new(vec![5; 16]), None, NOW), // wrong length
+            ("t1", m(), Some(NOW), NOW),                      // ValidTo not in the future
+        ] {
+            assert!(matches!(
+                k.import_material(tok, mat, exp, now),
+                Err(KmsError::Validation(_))
+            ));
+            assert_eq!(k.state, KeyState::PendingImport);
+        }
+        k.import_material("t1", m(), Some(NOW + 50), NOW).unwrap();
+        assert_eq!((k.state, k.current_version), (KeyState::Enabled, 1));
+        assert!(k.import.is_none());
+        assert!(matches!(
+            k.rotate(RotationType::OnDemand, NOW),
+            Err(KmsError::Validation(_))
+        ));
+        assert!(!k.material_expired(NOW + 49) && k.material_expired(NOW + 50));
+        let mut s = StoreState::default();
+        let id = k.key_id.clone();
+        s.keys.insert(id.clone(), k);
+        assert_eq!(s.next_due(), Some(NOW + 50));
+        assert_eq!(s.expire_due(NOW + 50), vec![id.clone()]);
+        let k = s.keys.get_mut(&id).unwrap();
+        assert_eq!((k.state, k.materials.len()), (KeyState::PendingImport, 0));
+        // Re-import: only the same material.
+        k.set_import_params(params("t2", NOW + 200)).unwrap();
+        let other = SecretBytes::new(vec![6u8; 32]);
+        assert!(matches!(
+            k.import_material("t2", other, None, NOW + 60),
+            Err(KmsError::Validation(_))
+        ));
+        k.import_material("t2", m(), None, NOW + 60).unwrap();
+        k.delete_imported_material().unwrap();
+        assert_eq!(k.state, KeyState::PendingImport);
+        // AWS_KMS keys refuse all of it.
+        let mut own = key();
+        assert!(own.set_import_params(params("x", NOW)).is_err());
+        assert!(own.delete_imported_material().is_err());
+        let dbg = format!("{:?}", params("t", 0));
+        assert!(dbg.contains("redacted") && !dbg.contains("100, 101"));
     }
 
     #[test]

@@ -1,0 +1,528 @@
+//! Key administration on `LocalKeyStore`: create, list, enable/disable,
+//! deletion, aliases, rotation, key policies and imported key material. Every
+//! change goes through `update` (lock, re-read, write both generations); every
+//! method takes the caller, for the policies and audit trail of administration.
+#![forbid(unsafe_code)]
+
+use super::{LocalKeyStore, hex, resolve, resolve_mut};
+use crate::crypto::SecretBytes;
+use crate::kms::model::{self, KeyRecord};
+use crate::kms::policy::{self, KeyPolicy};
+use crate::kms::{Caller, KeyMetadata, KeyOrigin, KeyState, KmsError};
+
+/// One entry of ListKeys.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyListEntry {
+    /// The key id.
+    pub key_id: String,
+    /// The key ARN.
+    pub key_arn: String,
+}
+
+/// One entry of ListAliases.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AliasListEntry {
+    /// `alias/...`.
+    pub alias_name: String,
+    /// The alias ARN.
+    pub alias_arn: String,
+    /// The key it points at.
+    pub target_key_id: String,
+}
+
+/// Result of ScheduleKeyDeletion.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ScheduledDeletion {
+    /// The key ARN (as AWS returns it).
+    pub key_id: String,
+    /// When the key will be deleted (epoch seconds).
+    pub deletion_date: i64,
+    /// Always PendingDeletion.
+    pub key_state: KeyState,
+    /// The waiting period.
+    pub pending_window_in_days: u32,
+}
+
+/// Result of GetParametersForImport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportParameters {
+    /// The key ARN.
+    pub key_id: String,
+    /// Opaque token to give back to ImportKeyMaterial.
+    pub import_token: Vec<u8>,
+    /// RSA public key (X.509 SubjectPublicKeyInfo DER) to wrap the material under.
+    pub public_key: Vec<u8>,
+    /// Until when the token and key are accepted (epoch seconds).
+    pub parameters_valid_to: i64,
+}
+
+/// First bytes of an import token (then version 1, keystore id, key id, token id).
+const IMPORT_TOKEN_MAGIC: [u8; 4] = *b"KMSt";
+const IMPORT_TOKEN_LEN: usize = 4 + 1 + 16 + 16 + 16;
+
+/// Result of GetKeyRotationStatus.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyRotationStatus {
+    /// The key ARN.
+    pub key_id: String,
+    /// Whether automatic rotation is on.
+    pub key_rotation_enabled: bool,
+    /// The automatic rotation period.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation_period_in_days: Option<u32>,
+    /// When the next automatic rotation is due (epoch seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_rotation_date: Option<i64>,
+}
+
+/// One entry of ListKeyRotations.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyRotation {
+    /// The key id.
+    pub key_id: String,
+    /// When the new material was made (epoch seconds).
+    pub rotation_date: i64,
+    /// ON_DEMAND or AUTOMATIC.
+    pub rotation_type: model::RotationType,
+    /// The material version the rotation created (kmsfs extension).
+    pub key_material_version: u32,
+}
+
+fn check_policy_name(name: &str) -> Result<(), KmsError> {
+    if name == policy::POLICY_NAME {
+        Ok(())
+    } else {
+        Err(KmsError::NotFound(format!(
+            "no policy named {name:?}; the only key policy name is \"{}\"",
+            policy::POLICY_NAME
+        )))
+    }
+}
+
+impl LocalKeyStore {
+    /// CreateKey: a new Enabled key with fresh material.
+    pub fn create_key(&self, _caller: &Caller, description: &str) -> Result<KeyMetadata, KmsError> {
+        self.update(|s, now| {
+            let k = KeyRecord::generate(description, now)?;
+            let meta = k.metadata(&self.keystore_id_hex);
+            s.keys.insert(k.key_id.clone(), k);
+            Ok(meta)
+        })
+    }
+
+    /// ListKeys, in creation order.
+    pub fn list_keys(&self, _caller: &Caller) -> Result<Vec<KeyListEntry>, KmsError> {
+        let snap = self.fresh_snapshot()?;
+        let mut keys: Vec<&KeyRecord> = snap.state.keys.values().collect();
+        keys.sort_by(|a, b| (a.creation_date, &a.key_id).cmp(&(b.creation_date, &b.key_id)));
+        Ok(keys
+            .into_iter()
+            .map(|k| KeyListEntry {
+                key_id: k.key_id.clone(),
+                key_arn: model::key_arn(&self.keystore_id_hex, &k.key_id),
+            })
+            .collect())
+    }
+
+    /// The metadata of every key, in creation order (for readable listings).
+    pub fn list_key_metadata(&self, caller: &Caller) -> Result<Vec<KeyMetadata>, KmsError> {
+        let snap = self.fresh_snapshot()?;
+        self.list_keys(caller)?
+            .iter()
+            .filter_map(|e| snap.state.keys.get(&e.key_id))
+            .map(|k| Ok(k.metadata(&self.keystore_id_hex)))
+            .collect()
+    }
+
+    /// EnableKey.
+    pub fn enable_key(&self, _caller: &Caller, key_id: &str) -> Result<(), KmsError> {
+        self.update(|s, _| resolve_mut(s, &self.keystore_id_hex, key_id)?.enable())
+    }
+
+    /// DisableKey.
+    pub fn disable_key(&self, _caller: &Caller, key_id: &str) -> Result<(), KmsError> {
+        self.update(|s, _| resolve_mut(s, &self.keystore_id_hex, key_id)?.disable())
+    }
+
+    /// ScheduleKeyDeletion with a waiting period of 7 to 30 days (default 30).
+    pub fn schedule_key_deletion(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+        pending_window_in_days: Option<u32>,
+    ) -> Result<ScheduledDeletion, KmsError> {
+        let days = pending_window_in_days.unwrap_or(model::MAX_PENDING_WINDOW_DAYS);
+        self.update(|s, now| {
+            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+            let deletion_date = k.schedule_deletion(days, now)?;
+            Ok(ScheduledDeletion {
+                key_id: model::key_arn(&self.keystore_id_hex, &k.key_id),
+                deletion_date,
+                key_state: k.state,
+                pending_window_in_days: days,
+            })
+        })
+    }
+
+    /// CreateKey with an origin: AWS_KMS (fresh material, Enabled) or EXTERNAL
+    /// (no material, PendingImport until ImportKeyMaterial).
+    pub fn create_key_with_origin(
+        &self,
+        caller: &Caller,
+        description: &str,
+        origin: KeyOrigin,
+    ) -> Result<KeyMetadata, KmsError> {
+        if origin == KeyOrigin::Kms {
+            return self.create_key(caller, description);
+        }
+        self.update(|s, now| {
+            let k = KeyRecord::new_external(description, now)?;
+            let meta = k.metadata(&self.keystore_id_hex);
+            s.keys.insert(k.key_id.clone(), k);
+            Ok(meta)
+        })
+    }
+
+    /// GetParametersForImport: a fresh RSA wrapping key (RSA_2048, RSA_3072 or
+    /// RSA_4096, algorithm RSAES_OAEP_SHA_256) and token, valid for 24 hours.
+    /// Replaces earlier parameters of the key.
+    pub fn get_parameters_for_import(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+        wrapping_algorithm: &str,
+        wrapping_key_spec: &str,
+    ) -> Result<ImportParameters, KmsError> {
+        if wrapping_algorithm != "RSAES_OAEP_SHA_256" {
+            return Err(KmsError::Validation(format!(
+                "WrappingAlgorithm {wrapping_algorithm:?} is not supported; use RSAES_OAEP_SHA_256"
+            )));
+        }
+        let bits = match wrapping_key_spec {
+            "RSA_2048" => 2048,
+            "RSA_3072" => 3072,
+            "RSA_4096" => 4096,
+            other => {
+                return Err(KmsError::Validation(format!(
+                    "WrappingKeySpec {other:?} is not supported; use RSA_2048, RSA_3072 or RSA_4096"
+                )));
+            }
+        };
+        // Check the key first (no RSA key generation for nothing), then generate
+        // outside the keystore lock: it can take a second for RSA_4096.
+        {
+            let snap = self.fresh_snapshot()?;
+            let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
+            k.clone().set_import_params(model::ImportParams {
+                token_id: String::new(),
+                wrapping_key: SecretBytes::new(Vec::new()),
+                wrapping_key_spec: String::new(),
+                valid_to: 0,
+            })?;
+        }
+        let crypto_err = |e: crate::crypto::CryptoError| {
+            KmsError::Internal(format!("cannot make the import wrapping key: {e}"))
+        };
+        let rsa = crate::crypto::RsaUnwrapKey::generate(bits).map_err(crypto_err)?;
+        let public_key = rsa.public_key_der().map_err(crypto_err)?;
+        let wrapping_key = rsa.to_pkcs8().map_err(crypto_err)?;
+        let token_id = crate::crypto::random_array::<16>().map_err(crypto_err)?;
+        self.update(|s, now| {
+            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+            let valid_to = now + model::IMPORT_PARAMETERS_VALIDITY_SECS;
+            k.set_import_params(model::ImportParams {
+                token_id: hex(&token_id),
+                wrapping_key,
+                wrapping_key_spec: wrapping_key_spec.to_string(),
+                valid_to,
+            })?;
+            let key_uuid = uuid::Uuid::parse_str(&k.key_id)
+                .map_err(|_| KmsError::Internal("stored key id is not a UUID".into()))?;
+            let mut import_token = Vec::with_capacity(IMPORT_TOKEN_LEN);
+            import_token.extend_from_slice(&IMPORT_TOKEN_MAGIC);
+            import_token.push(1);
+            import_token.extend_from_slice(&self.keystore_id);
+            import_token.extend_from_slice(key_uuid.as_bytes());
+            import_token.extend_from_slice(&token_id);
+            Ok(ImportParameters {
+                key_id: model::key_arn(&self.keystore_id_hex, &k.key_id),
+                import_token,
+                public_key,
+                parameters_valid_to: valid_to,
+            })
+        })
+    }
+
+    /// ImportKeyMaterial: unwraps `encrypted_key_material` (RSAES-OAEP-SHA-256
+    /// under the public key of the parameters `import_token` names) and makes
+    /// it the key's material, expiring at `valid_to` when given.
+    pub fn import_key_material(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+        import_token: &[u8],
+        encrypted_key_material: &[u8],
+        valid_to: Option<i64>,
+    ) -> Result<(), KmsError> {
+        let bad_token = || {
+            KmsError::Validation(
+                "InvalidImportToken: the import token is malformed or was issued for another key \
+                 or keystore; use the token get-parameters-for-import returned for this key"
+                    .into(),
+            )
+        };
+        if import_token.len() != IMPORT_TOKEN_LEN
+            || import_token[..4] != IMPORT_TOKEN_MAGIC
+            || import_token[4] != 1
+            || import_token[5..21] != self.keystore_id
+        {
+            return Err(bad_token());
+        }
+        self.update(|s, now| {
+            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+            let key_uuid = uuid::Uuid::parse_str(&k.key_id)
+                .map_err(|_| KmsError::Internal("stored key id is not a UUID".into()))?;
+            if import_token[21..37] != key_uuid.as_bytes()[..] {
+                return Err(bad_token());
+            }
+            let params = k.import.as_ref().ok_or_else(bad_token)?;
+            let rsa = crate::crypto::RsaUnwrapKey::from_pkcs8(params.wrapping_key.expose())
+                .map_err(|_| {
+                    KmsError::CorruptKeystore("stored import wrapping key is unusable".into())
+                })?;
+            let material = rsa.unwrap(encrypted_key_material).map_err(|_| {
+                KmsError::InvalidCiphertext(
+                    "the encrypted key material does not decrypt with this token's wrapping key; \
+                     wrap it with RSAES_OAEP_SHA_256 under the PublicKey from the same \
+                     get-parameters-for-import"
+                        .into(),
+                )
+            })?;
+            k.import_material(&hex(&import_token[37..]), material, valid_to, now)
+        })
+    }
+
+    /// DeleteImportedKeyMaterial: the key becomes PendingImport; its
+    /// ciphertexts decrypt again once the same material is imported.
+    pub fn delete_imported_key_material(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+    ) -> Result<(), KmsError> {
+        self.update(|s, _| {
+            resolve_mut(s, &self.keystore_id_hex, key_id)?.delete_imported_material()
+        })
+    }
+
+    /// RotateKeyOnDemand: new key material becomes current; old versions stay
+    /// for decryption. Returns the key id and the new material version.
+    pub fn rotate_key_on_demand(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+    ) -> Result<(String, u32), KmsError> {
+        self.update(|s, now| {
+            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+            let v = k.rotate(model::RotationType::OnDemand, now)?;
+            Ok((k.key_id.clone(), v))
+        })
+    }
+
+    /// EnableKeyRotation: automatic rotation every 90 to 2560 days (default 365).
+    pub fn enable_key_rotation(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+        rotation_period_in_days: Option<u32>,
+    ) -> Result<(), KmsError> {
+        let days = rotation_period_in_days.unwrap_or(model::DEFAULT_ROTATION_PERIOD_DAYS);
+        self.update(|s, now| {
+            resolve_mut(s, &self.keystore_id_hex, key_id)?.enable_rotation(days, now)
+        })
+    }
+
+    /// DisableKeyRotation.
+    pub fn disable_key_rotation(&self, _caller: &Caller, key_id: &str) -> Result<(), KmsError> {
+        self.update(|s, _| resolve_mut(s, &self.keystore_id_hex, key_id)?.disable_rotation())
+    }
+
+    /// GetKeyRotationStatus.
+    pub fn get_key_rotation_status(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+    ) -> Result<KeyRotationStatus, KmsError> {
+        let snap = self.fresh_snapshot()?;
+        let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
+        Ok(KeyRotationStatus {
+            key_id: model::key_arn(&self.keystore_id_hex, &k.key_id),
+            key_rotation_enabled: k.rotation_period_days.is_some(),
+            rotation_period_in_days: k.rotation_period_days,
+            next_rotation_date: k.next_rotation,
+        })
+    }
+
+    /// ListKeyRotations: every rotation the key has had, oldest first.
+    pub fn list_key_rotations(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+    ) -> Result<Vec<KeyRotation>, KmsError> {
+        let snap = self.fresh_snapshot()?;
+        let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
+        let mut v: Vec<KeyRotation> = k
+            .materials
+            .iter()
+            .filter_map(|m| {
+                m.rotation.map(|t| KeyRotation {
+                    key_id: k.key_id.clone(),
+                    rotation_date: m.created,
+                    rotation_type: t,
+                    key_material_version: m.version,
+                })
+            })
+            .collect();
+        v.sort_by_key(|r| r.key_material_version);
+        Ok(v)
+    }
+
+    /// PutKeyPolicy: validates and attaches a policy document (JSON text).
+    /// It governs the cryptographic operations; key administration is governed
+    /// by who can write the keystore.
+    pub fn put_key_policy(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+        policy_name: &str,
+        document: &str,
+    ) -> Result<(), KmsError> {
+        check_policy_name(policy_name)?;
+        let (_, value) = KeyPolicy::parse(document)?;
+        self.update(|s, _| {
+            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+            if k.state == KeyState::PendingDeletion {
+                return Err(KmsError::InvalidState(format!(
+                    "key {} is pending deletion; its policy cannot change",
+                    k.key_id
+                )));
+            }
+            k.policy = Some(value);
+            Ok(())
+        })
+    }
+
+    /// GetKeyPolicy: the attached document, or the default one.
+    pub fn get_key_policy(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+        policy_name: &str,
+    ) -> Result<serde_json::Value, KmsError> {
+        check_policy_name(policy_name)?;
+        let snap = self.fresh_snapshot()?;
+        let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
+        Ok(k.policy
+            .clone()
+            .unwrap_or_else(policy::default_policy_document))
+    }
+
+    /// CancelKeyDeletion: the key becomes Disabled. Returns its ARN.
+    pub fn cancel_key_deletion(&self, _caller: &Caller, key_id: &str) -> Result<String, KmsError> {
+        self.update(|s, _| {
+            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+            k.cancel_deletion()?;
+            Ok(model::key_arn(&self.keystore_id_hex, &k.key_id))
+        })
+    }
+
+    /// CreateAlias (user aliases: the reserved prefixes are refused).
+    pub fn create_alias(
+        &self,
+        _caller: &Caller,
+        alias_name: &str,
+        target_key_id: &str,
+    ) -> Result<(), KmsError> {
+        model::validate_alias_name(alias_name, false)?;
+        self.update(|s, _| {
+            let id = resolve(s, &self.keystore_id_hex, target_key_id)?
+                .key_id
+                .clone();
+            s.create_alias(alias_name, &id, false)
+        })
+    }
+
+    /// UpdateAlias.
+    pub fn update_alias(
+        &self,
+        _caller: &Caller,
+        alias_name: &str,
+        target_key_id: &str,
+    ) -> Result<(), KmsError> {
+        model::validate_alias_name(alias_name, false)?;
+        self.update(|s, _| {
+            let id = resolve(s, &self.keystore_id_hex, target_key_id)?
+                .key_id
+                .clone();
+            s.update_alias(alias_name, &id)
+        })
+    }
+
+    /// DeleteAlias.
+    pub fn delete_alias(&self, _caller: &Caller, alias_name: &str) -> Result<(), KmsError> {
+        model::validate_alias_name(alias_name, false)?;
+        self.update(|s, _| s.delete_alias(alias_name))
+    }
+
+    /// ListAliases, optionally only those of one key.
+    pub fn list_aliases(
+        &self,
+        _caller: &Caller,
+        key_id: Option<&str>,
+    ) -> Result<Vec<AliasListEntry>, KmsError> {
+        let snap = self.fresh_snapshot()?;
+        let only = match key_id {
+            Some(k) => Some(
+                resolve(&snap.state, &self.keystore_id_hex, k)?
+                    .key_id
+                    .clone(),
+            ),
+            None => None,
+        };
+        Ok(snap
+            .state
+            .aliases
+            .iter()
+            .filter(|(_, t)| only.as_ref().is_none_or(|o| o == *t))
+            .map(|(name, t)| AliasListEntry {
+                alias_name: name.clone(),
+                alias_arn: model::alias_arn(&self.keystore_id_hex, name),
+                target_key_id: t.clone(),
+            })
+            .collect())
+    }
+
+    /// The key aliased `alias/kmsfs/default`, created (with its alias) if absent,
+    /// as AWS creates `aws/ebs` on first use. Returns its key id.
+    pub fn ensure_default_key(&self, _caller: &Caller) -> Result<String, KmsError> {
+        let snap = self.fresh_snapshot()?;
+        if let Some(id) = snap.state.aliases.get(model::DEFAULT_ALIAS) {
+            return Ok(id.clone());
+        }
+        self.update(|s, now| {
+            if let Some(id) = s.aliases.get(model::DEFAULT_ALIAS) {
+                return Ok(id.clone()); // another process made it meanwhile
+            }
+            let k =
+                KeyRecord::generate("Default key for kmsfs mounts (created automatically)", now)?;
+            let id = k.key_id.clone();
+            s.keys.insert(id.clone(), k);
+            s.create_alias(model::DEFAULT_ALIAS, &id, true)?;
+            Ok(id)
+        })
+    }
+}

@@ -1,0 +1,194 @@
+//! Imported key material through the binary, wrapped the way AWS documents it:
+//! `openssl pkeyutl` with RSA-OAEP-SHA-256 under the import public key (or the
+//! library's own wrap helper when openssl is not installed).
+
+mod kms_support;
+
+use kms_support::*;
+
+fn wrap(ks: &Ks, public_b64: &str, material: &[u8]) -> Vec<u8> {
+    let public = b64(public_b64);
+    let (pubf, keyf, outf) = (
+        ks.file("pub.der"),
+        ks.file("material.bin"),
+        ks.file("wrapped.bin"),
+    );
+    std::fs::write(&pubf, &public).unwrap();
+    std::fs::write(&keyf, material).unwrap();
+    let openssl = std::process::Command::new("openssl")
+        .args(["pkeyutl", "-encrypt", "-pubin", "-keyform", "DER", "-inkey"])
+        .arg(&pubf)
+        .args([
+            "-pkeyopt",
+            "rsa_padding_mode:oaep",
+            "-pkeyopt",
+            "rsa_oaep_md:sha256",
+            "-pkeyopt",
+            "rsa_mgf1_md:sha256",
+            "-in",
+        ])
+        .arg(&keyf)
+        .arg("-out")
+        .arg(&outf)
+        .output();
+    match openssl {
+        Ok(o) if o.status.success() => std::fs::read(&outf).unwrap(),
+        _ => kmsfs::crypto::rsa_oaep_sha256_wrap(&public, material).unwrap(),
+    }
+}
+
+fn import(ks: &Ks, key: &str, material: &[u8], extra: &[&str]) -> std::process::Output {
+    let p = ks.json(&[
+        "kms",
+        "get-parameters-for-import",
+        "--key-id",
+        key,
+        "--wrapping-algorithm",
+        "RSAES_OAEP_SHA_256",
+        "--wrapping-key-spec",
+        "RSA_2048",
+    ]);
+    let wrapped = wrap(ks, p["PublicKey"].as_str().unwrap(), material);
+    let wf = ks.file("wrapped-material.bin");
+    std::fs::write(&wf, wrapped).unwrap();
+    let w = format!("fileb://{}", wf.display());
+    let token = p["ImportToken"].as_str().unwrap().to_string();
+    let mut args = vec![
+        "kms",
+        "import-key-material",
+        "--key-id",
+        key,
+        "--encrypted-key-material",
+        &w,
+        "--import-token",
+        &token,
+    ];
+    args.extend_from_slice(extra);
+    ks.run(&args)
+}
+
+#[test]
+fn import_use_expire_and_reimport_the_same_material() {
+    let ks = Ks::new();
+    let v = ks.json(&[
+        "kms",
+        "create-key",
+        "--origin",
+        "EXTERNAL",
+        "--description",
+        "byok",
+    ]);
+    let m = &v["KeyMetadata"];
+    assert_eq!(
+        (m["Origin"].as_str(), m["KeyState"].as_str()),
+        (Some("EXTERNAL"), Some("PendingImport"))
+    );
+    let key = m["KeyId"].as_str().unwrap().to_string();
+    let out = ks.run(&["kms", "encrypt", "--key-id", &key, "--plaintext", "eA=="]);
+    fails(&out, EXIT_REFUSED, "KMSInvalidStateException");
+
+    let material = [0x5au8; 32];
+    let valid_to = "2031-01-01T00:00:00Z";
+    ok(
+        import(
+            &ks,
+            &key,
+            &material,
+            &[
+                "--expiration-model",
+                "KEY_MATERIAL_EXPIRES",
+                "--valid-to",
+                valid_to,
+            ],
+        ),
+        &["import"],
+    );
+    let d = ks.json(&["kms", "describe-key", "--key-id", &key]);
+    assert_eq!(d["KeyMetadata"]["KeyState"], "Enabled");
+    assert_eq!(d["KeyMetadata"]["ExpirationModel"], "KEY_MATERIAL_EXPIRES");
+    assert_eq!(
+        d["KeyMetadata"]["ValidTo"].as_i64(),
+        kmsfs::kms::clock::parse_rfc3339(valid_to)
+    );
+    let blob = ks.encrypt(&key, b"imported", "");
+    assert_eq!(
+        b64(&ok(ks.decrypt(&blob, "", &[]), &["decrypt"])),
+        b"imported"
+    );
+
+    // After ValidTo the material is gone and the key waits for it again.
+    let later = [("KMSFS_TEST_NOW", "2031-01-02T00:00:00Z")];
+    fails(
+        &ks.decrypt(&blob, "", &later),
+        EXIT_REFUSED,
+        "pending import",
+    );
+    fails(
+        &ks.decrypt(&blob, "", &[]),
+        EXIT_REFUSED,
+        "KMSInvalidStateException",
+    );
+    // Other material is refused; the same material brings old ciphertexts back.
+    let out = import(&ks, &key, &[0x5bu8; 32], &[]);
+    fails(&out, EXIT_USAGE, "IncorrectKeyMaterial");
+    ok(import(&ks, &key, &material, &[]), &["re-import"]);
+    assert_eq!(
+        b64(&ok(ks.decrypt(&blob, "", &[]), &["decrypt"])),
+        b"imported"
+    );
+    let d = ks.json(&["kms", "describe-key", "--key-id", &key]);
+    assert_eq!(
+        d["KeyMetadata"]["ExpirationModel"],
+        "KEY_MATERIAL_DOES_NOT_EXPIRE"
+    );
+
+    ks.ok(&["kms", "delete-imported-key-material", "--key-id", &key]);
+    fails(
+        &ks.decrypt(&blob, "", &[]),
+        EXIT_REFUSED,
+        "KMSInvalidStateException",
+    );
+}
+
+#[test]
+fn import_refusals() {
+    let ks = Ks::new();
+    let own = ks.create_key();
+    let out = ks.run(&["kms", "get-parameters-for-import", "--key-id", &own]);
+    fails(&out, EXIT_USAGE, "EXTERNAL");
+    let v = ks.json(&["kms", "create-key", "--origin", "EXTERNAL"]);
+    let key = v["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    let out = ks.run(&[
+        "kms",
+        "get-parameters-for-import",
+        "--key-id",
+        &key,
+        "--wrapping-key-spec",
+        "RSA_1024",
+    ]);
+    fails(&out, EXIT_USAGE, "WrappingKeySpec");
+    // Wrong length of material, contradictory expiry options.
+    fails(&import(&ks, &key, &[1u8; 16], &[]), EXIT_USAGE, "32 bytes");
+    let out = import(
+        &ks,
+        &key,
+        &[1u8; 32],
+        &["--expiration-model", "KEY_MATERIAL_EXPIRES"],
+    );
+    fails(&out, EXIT_USAGE, "--valid-to");
+    let before = snapshot(&ks.path);
+    let out = ks.run(&[
+        "kms",
+        "import-key-material",
+        "--key-id",
+        &key,
+        "--encrypted-key-material",
+        "AAAA",
+        "--import-token",
+        "AAAA",
+    ]);
+    fails(&out, EXIT_USAGE, "InvalidImportToken");
+    assert_eq!(snapshot(&ks.path), before);
+    let out = ks.run(&["kms", "rotate-key-on-demand", "--key-id", &key]);
+    fails(&out, EXIT_REFUSED, "KMSInvalidStateException");
+}
