@@ -273,3 +273,33 @@ fn zero_setup_creates_keystore_and_default_key() {
     assert!(!empty.exists());
     assert!(!is_mounted(&mnt2));
 }
+
+#[test]
+fn fusermount3_unmounts_too() {
+    if Command::new("fusermount3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED fusermount3: not installed (apt-get install fuse3)");
+        return;
+    }
+    let Some(mut m) = Mount::new("fusermount") else {
+        return;
+    };
+    fs::write(m.p("f"), b"kept").unwrap();
+    let pid = m.daemon_pid().expect("daemon pid");
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&m.mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    m.forget_mounted();
+    wait("the daemon to exit after fusermount3 -u", || {
+        !process_alive(pid)
+    });
+    assert!(!is_mounted(&m.mnt));
+    m.mount();
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"kept");
+}
