@@ -303,3 +303,53 @@ fn fusermount3_unmounts_too() {
     m.mount();
     assert_eq!(fs::read(m.p("f")).unwrap(), b"kept");
 }
+
+#[test]
+fn passphrase_prompt_on_a_terminal_happens_before_the_daemon_starts() {
+    let Some(mut m) = Mount::new("prompt") else {
+        return;
+    };
+    m.unmount();
+    let ks = m.tmp.path().join("pass-ks");
+    let pass = m.tmp.path().join("pass");
+    fs::write(&pass, "correct horse\n").unwrap();
+    let o = Command::new(BIN)
+        .arg("--keystore")
+        .arg(&ks)
+        .arg("--passphrase-file")
+        .arg(&pass)
+        .args(["init", "--with-passphrase"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Answer the prompt on a pseudo-terminal, as a person would.
+    let script = format!(
+        "import os, pty\n\
+         pid, fd = pty.fork()\n\
+         if pid == 0:\n    os.execv('{bin}', ['{bin}', '--keystore', '{ks}', 'mount', '{b}', '{m}'])\n\
+         buf = b''\n\
+         while b'passphrase' not in buf:\n    buf += os.read(fd, 100)\n\
+         os.write(fd, b'correct horse\\n')\n\
+         try:\n    while os.read(fd, 100): pass\n\
+         except OSError: pass\n\
+         print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n",
+        bin = BIN,
+        ks = ks.display(),
+        b = m.backing.display(),
+        m = m.mnt.display()
+    );
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "0",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(is_mounted(&m.mnt));
+    fs::write(m.p("f"), b"under a passphrase keystore").unwrap();
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"under a passphrase keystore");
+}
