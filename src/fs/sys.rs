@@ -318,9 +318,19 @@ pub fn ids() -> (u32, u32) {
     unsafe { (libc::getuid(), libc::getgid()) }
 }
 
-/// The process's umask (read by setting it and setting it back; call while
-/// no other thread creates files).
+/// The process's umask: from /proc/self/status, else by setting it and
+/// setting it back (call while no other thread creates files).
 pub fn umask() -> u32 {
+    let from_proc = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        });
+    if let Some(m) = from_proc {
+        return m;
+    }
     // SAFETY: umask only swaps the process's file mode creation mask.
     unsafe {
         let old = libc::umask(0o022);
@@ -499,6 +509,13 @@ mod tests {
         assert!(!out.join("new").exists());
         let f = open_beneath(&r, Path::new("d/new"), flags, 0o600).unwrap();
         assert!(f.metadata().unwrap().is_file());
+    }
+
+    #[test]
+    fn umask_is_read_without_changing_it() {
+        let m = umask();
+        assert_eq!(m & !0o777, 0);
+        assert_eq!(umask(), m);
     }
 
     #[test]
