@@ -233,15 +233,42 @@ impl KeystoreDir {
     /// Takes the exclusive lock that serialises writers (blocking).
     pub fn lock(&self) -> Result<LockGuard, KmsError> {
         let p = self.file(LOCK_FILE);
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&p)
-            .map_err(|e| io_err("open lock file", &p, e))?;
+        // flock works on a read-only descriptor: an existing lock file made by
+        // another user of the keystore (e.g. its owner vs. a root daemon) is fine.
+        let f = match File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let f = OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .mode(0o600)
+                    .open(&p)
+                    .map_err(|e| io_err("create lock file", &p, e))?;
+                self.match_dir_owner(&f, &p)?;
+                f
+            }
+            Err(e) => return Err(io_err("open lock file", &p, e)),
+        };
         f.lock().map_err(|e| io_err("lock", &p, e))?;
         Ok(LockGuard(f))
+    }
+
+    /// Gives a file created in the keystore directory the directory's owner, so
+    /// a root process (the mount daemon) never leaves a user's keystore owned by
+    /// root and unreadable to that user. Only root can do this; for anyone else
+    /// the owners already match, or the attempt is refused and harmless.
+    fn match_dir_owner(&self, f: &File, p: &Path) -> Result<(), KmsError> {
+        let dir = fs::metadata(&self.dir).map_err(|e| io_err("stat", &self.dir, e))?;
+        let me = f.metadata().map_err(|e| io_err("stat", p, e))?;
+        if (me.uid(), me.gid()) == (dir.uid(), dir.gid()) {
+            return Ok(());
+        }
+        match std::os::unix::fs::fchown(f, Some(dir.uid()), Some(dir.gid())) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => Ok(()),
+            Err(e) => Err(io_err("set the owner of", p, e)),
+        }
     }
 
     /// Stat of the current generation (None when absent).
@@ -306,6 +333,7 @@ impl KeystoreDir {
             .mode(0o600)
             .open(&p)
             .map_err(|e| io_err("create root key file", &p, e))?;
+        self.match_dir_owner(&f, &p)?;
         f.write_all(&buf).map_err(|e| io_err("write", &p, e))?;
         f.sync_all().map_err(|e| io_err("fsync", &p, e))?;
         self.sync_dir()
@@ -326,6 +354,7 @@ impl KeystoreDir {
             .mode(0o600)
             .open(&p)
             .map_err(|e| io_err("create", &p, e))?;
+        self.match_dir_owner(&f, &p)?;
         f.write_all(bytes).map_err(|e| io_err("write", &p, e))?;
         f.sync_all().map_err(|e| io_err("fsync", &p, e))?;
         Ok(p)
@@ -337,6 +366,19 @@ impl KeystoreDir {
     /// the new current never reuses the inode of the one it replaces. Caller holds
     /// the lock. Returns the fingerprint of the new current generation.
     pub fn write_generations(
+        &self,
+        prev: Option<&[u8]>,
+        current: &[u8],
+    ) -> Result<Fingerprint, KmsError> {
+        let r = self.write_generations_inner(prev, current);
+        if r.is_err() {
+            // Disk full or similar: leave no half-written temporaries behind.
+            self.remove_stale_temporaries();
+        }
+        r
+    }
+
+    fn write_generations_inner(
         &self,
         prev: Option<&[u8]>,
         current: &[u8],
@@ -785,6 +827,55 @@ mod tests {
         fs::remove_file(dir.file(ROOT_KEY_FILE)).unwrap();
         let e = RootKey::obtain(&dir, RootMode::KeyFile, &|| unreachable!()).unwrap_err();
         assert!(e.to_string().contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn files_written_by_root_take_the_directory_owner() {
+        use std::os::unix::fs::MetadataExt;
+        if fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1) != 0 {
+            return; // only root can give files away; nothing to check otherwise
+        }
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("ks");
+        fs::create_dir(&d).unwrap();
+        std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+        let dir = KeystoreDir::new(&d);
+        create(&dir, CreateMode::RootKeyFile).unwrap();
+        let first = fs::read(dir.file(CURRENT_FILE)).unwrap();
+        dir.write_generations(Some(&first), &first).unwrap();
+        for name in [CURRENT_FILE, PREV_FILE, ROOT_KEY_FILE, LOCK_FILE] {
+            let m = fs::metadata(dir.file(name)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (65534, 65534), "{name}");
+            assert_eq!(m.mode() & 0o777, 0o600, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_failed_write_changes_nothing_and_leaves_no_temporaries() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = KeystoreDir::new(t.path());
+        create(&dir, CreateMode::RootKeyFile).unwrap();
+        let first = fs::read(dir.file(CURRENT_FILE)).unwrap();
+        dir.write_generations(Some(&first), &first).unwrap();
+        let before = (
+            fs::read(dir.file(CURRENT_FILE)).unwrap(),
+            fs::read(dir.file(PREV_FILE)).unwrap(),
+        );
+        // The current temporary cannot be created (a directory is in the way).
+        fs::create_dir(dir.file(CURRENT_TMP)).unwrap();
+        assert!(matches!(
+            dir.write_generations(Some(b"new prev"), b"new"),
+            Err(KmsError::Io(_))
+        ));
+        assert!(
+            !dir.file(PREV_TMP).exists(),
+            "half-written temporary left behind"
+        );
+        let after = (
+            fs::read(dir.file(CURRENT_FILE)).unwrap(),
+            fs::read(dir.file(PREV_FILE)).unwrap(),
+        );
+        assert_eq!(after, before);
     }
 
     #[test]
