@@ -134,3 +134,27 @@ fn files_under_another_key_are_unaffected() {
     assert!(err.contains("Disabled"), "{err}");
     assert!(!common::is_mounted(&m.mnt));
 }
+
+#[test]
+fn rotation_keeps_old_files_readable_and_new_files_use_the_new_material() {
+    let Some(m) = Mount::new("rotate") else {
+        return;
+    };
+    fs::write(m.p("old"), b"before rotation").unwrap();
+    m.ok(&["kms", "rotate-key-on-demand", "--key-id", KEY]);
+    fs::write(m.p("new"), b"after rotation").unwrap();
+    let version = |name: &str| {
+        let j: serde_json::Value = serde_json::from_str(&m.ok(&[
+            "--output",
+            "json",
+            "inspect",
+            m.b(name).to_str().unwrap(),
+        ]))
+        .unwrap();
+        j["KeyMaterialVersion"].as_u64().unwrap()
+    };
+    assert_eq!(version("old"), 1);
+    assert_eq!(version("new"), 2);
+    assert_eq!(fs::read(m.p("old")).unwrap(), b"before rotation");
+    assert_eq!(fs::read(m.p("new")).unwrap(), b"after rotation");
+}

@@ -40,7 +40,12 @@ fn clear_errors_before_mounting() {
     let other = m.tmp.path().join("other");
     fs::create_dir(&other).unwrap();
     let bk = m.backing.to_str().unwrap();
-    let cases: [(Vec<&str>, i32, &str); 4] = [
+    let cases: [(Vec<&str>, i32, &str); 5] = [
+        (
+            vec!["mount", bk, other.to_str().unwrap()],
+            1,
+            "is already mounted at",
+        ),
         (
             vec!["mount", nowhere.to_str().unwrap(), other.to_str().unwrap()],
             3,
@@ -72,6 +77,33 @@ fn clear_errors_before_mounting() {
     let o = m.run(&["unmount", other.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("not mounted"));
+    // Other file systems are left alone.
+    let o = m.run(&["unmount", "/proc"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a kmsfs mount"));
+    assert!(std::path::Path::new("/proc/self").exists());
+}
+
+#[test]
+fn daemon_runs_in_its_own_session_detached_from_the_caller() {
+    let Some(m) = Mount::new("daemon") else {
+        return;
+    };
+    let pid = m.daemon_pid().expect("daemon pid");
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    // Fields after the state: ppid, pgrp, session, tty_nr.
+    assert_eq!(f[3], pid.to_string(), "session leader: {stat}");
+    assert_eq!(f[4], "0", "no controlling terminal: {stat}");
+    for fd in 0..3 {
+        let target = fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+        assert!(
+            target == std::path::Path::new("/dev/null") || target == m.log,
+            "fd {fd} -> {}",
+            target.display()
+        );
+    }
 }
 
 #[test]
@@ -105,6 +137,9 @@ fn foreground_mount_stops_on_sigint() {
             m.backing.to_str().unwrap(),
             m.mnt.to_str().unwrap(),
         ])
+        .arg("--log-file")
+        .arg(&m.log)
+        .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -126,6 +161,8 @@ fn foreground_mount_stops_on_sigint() {
     };
     assert!(status.success(), "exit status {status}");
     assert!(!is_mounted(&m.mnt));
+    let log = m.log_text();
+    assert!(log.contains("signal") && log.contains("unmounted"), "{log}");
     m.mount();
     assert_eq!(fs::read(m.p("g")).unwrap(), b"foreground");
 }
@@ -140,7 +177,10 @@ fn stale_mount_of_a_dead_daemon_does_not_block_the_next_mount() {
     kill("-KILL", pid);
     wait("the daemon to die", || !process_alive(pid));
     let e = fs::metadata(m.p("f")).unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+    assert!(
+        matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)),
+        "{e}"
+    );
     m.forget_mounted();
     m.mount();
     assert_eq!(fs::read(m.p("f")).unwrap(), b"survives");
@@ -162,9 +202,19 @@ fn busy_unmount_says_what_to_do_and_plain_umount_works() {
     let st = Command::new("umount").arg(&m.mnt).status().unwrap();
     assert!(st.success());
     m.forget_mounted();
-    wait("the daemon to exit after umount", || !process_alive(pid));
+    // Mount again at once: the old daemon, still exiting, must not unmount it.
     m.mount();
+    wait("the old daemon to exit after umount", || {
+        !process_alive(pid)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(is_mounted(&m.mnt));
     assert_eq!(fs::read(m.p("f")).unwrap(), b"x");
+    assert!(
+        !m.log_text().contains("Failed to umount"),
+        "{}",
+        m.log_text()
+    );
 }
 
 #[test]
@@ -222,4 +272,84 @@ fn zero_setup_creates_keystore_and_default_key() {
     assert!(err.contains("kmsfs init"), "{err}");
     assert!(!empty.exists());
     assert!(!is_mounted(&mnt2));
+}
+
+#[test]
+fn fusermount3_unmounts_too() {
+    if Command::new("fusermount3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED fusermount3: not installed (apt-get install fuse3)");
+        return;
+    }
+    let Some(mut m) = Mount::new("fusermount") else {
+        return;
+    };
+    fs::write(m.p("f"), b"kept").unwrap();
+    let pid = m.daemon_pid().expect("daemon pid");
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&m.mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    m.forget_mounted();
+    wait("the daemon to exit after fusermount3 -u", || {
+        !process_alive(pid)
+    });
+    assert!(!is_mounted(&m.mnt));
+    m.mount();
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"kept");
+}
+
+#[test]
+fn passphrase_prompt_on_a_terminal_happens_before_the_daemon_starts() {
+    let Some(mut m) = Mount::new("prompt") else {
+        return;
+    };
+    m.unmount();
+    let ks = m.tmp.path().join("pass-ks");
+    let pass = m.tmp.path().join("pass");
+    fs::write(&pass, "correct horse\n").unwrap();
+    let o = Command::new(BIN)
+        .arg("--keystore")
+        .arg(&ks)
+        .arg("--passphrase-file")
+        .arg(&pass)
+        .args(["init", "--with-passphrase"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Answer the prompt on a pseudo-terminal, as a person would.
+    let script = format!(
+        "import os, pty\n\
+         pid, fd = pty.fork()\n\
+         if pid == 0:\n    os.execv('{bin}', ['{bin}', '--keystore', '{ks}', 'mount', '{b}', '{m}'])\n\
+         buf = b''\n\
+         while b'passphrase' not in buf:\n    buf += os.read(fd, 100)\n\
+         os.write(fd, b'correct horse\\n')\n\
+         try:\n    while os.read(fd, 100): pass\n\
+         except OSError: pass\n\
+         print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n",
+        bin = BIN,
+        ks = ks.display(),
+        b = m.backing.display(),
+        m = m.mnt.display()
+    );
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "0",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(is_mounted(&m.mnt));
+    fs::write(m.p("f"), b"under a passphrase keystore").unwrap();
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"under a passphrase keystore");
 }

@@ -162,6 +162,17 @@ fn symlinks_fifos_sockets_and_unlinked_open_files() {
     f.read_to_string(&mut s).unwrap();
     assert_eq!(s, "still here");
     assert_eq!(f.metadata().unwrap().len(), 10);
+    // fchmod, ftruncate and futimens still work on it.
+    f.set_permissions(fs::Permissions::from_mode(0o600))
+        .unwrap();
+    f.set_len(5).unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000))
+        .unwrap();
+    let md = f.metadata().unwrap();
+    assert_eq!(
+        (md.mode() & 0o7777, md.len(), md.mtime()),
+        (0o600, 5, 1_000_000)
+    );
 }
 
 #[test]

@@ -109,3 +109,27 @@ fn allocate_and_keep_size() {
     assert!(got[10..].iter().all(|&b| b == 0));
     assert_eq!(got.len(), 100_005);
 }
+
+#[test]
+fn copy_file_range_between_files() {
+    let Some(mut m) = Mount::new("cfr") else {
+        return;
+    };
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(m.p("src"), &data).unwrap();
+    // Python's os.copy_file_range is the syscall, without a userspace fallback.
+    sh(
+        &m.mnt,
+        "python3 -c \"import os\ns = os.open('src', os.O_RDONLY); d = os.open('dst', os.O_WRONLY | os.O_CREAT, 0o644)\noff = 0\nwhile True:\n    n = os.copy_file_range(s, d, 1 << 22, off, off + 10)\n    if n == 0: break\n    off += n\"",
+    );
+    m.remount();
+    let got = fs::read(m.p("dst")).unwrap();
+    assert_eq!(got.len(), data.len() + 10);
+    assert!(got[..10].iter().all(|&b| b == 0));
+    assert!(got[10..] == data[..]);
+    assert!(
+        !m.log_text().contains("Not Implemented"),
+        "{}",
+        m.log_text()
+    );
+}

@@ -154,7 +154,9 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> Result<(), CliError> {
     let mountpoint = match std::fs::canonicalize(&a.mountpoint) {
         Ok(p) => p,
         // A dead mount: `prepare_mountpoint` detaches it.
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => std::path::absolute(&a.mountpoint)?,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
+            std::path::absolute(&a.mountpoint)?
+        }
         Err(_) => existing_dir(&a.mountpoint, "mount point")?,
     };
     if backing.starts_with(&mountpoint) || mountpoint.starts_with(&backing) {
@@ -163,9 +165,12 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> Result<(), CliError> {
             "the backing directory and the mount point must not contain each other",
         ));
     }
+    // The daemon works inside the backing directory: name the keystore absolutely.
+    let mut g = g.clone();
+    g.keystore = Some(std::path::absolute(keystore::keystore_dir(&g))?);
     // Unseal the keystore (a passphrase prompt needs the terminal) before the
     // daemon leaves it.
-    let (ks, key_id) = service_and_key(g, a.key_id.as_deref())?;
+    let (ks, key_id) = service_and_key(&g, a.key_id.as_deref())?;
     let log_file = match a.log_file {
         Some(p) => Some(std::path::absolute(p)?),
         None => None,

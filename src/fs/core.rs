@@ -6,9 +6,9 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::fs::{File, Metadata, OpenOptions};
+use std::fs::{File, Metadata};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,6 +77,12 @@ pub struct KmsFs {
     next_dir: AtomicU64,
     /// Serialises giving headers to empty backing files.
     init_lock: Mutex<()>,
+    /// The daemon's umask (new nodes get their exact mode despite it).
+    umask: u32,
+    /// The backing directory, which file opens may not leave.
+    root: File,
+    /// Backing paths are relative to the working directory (`enter_backing`).
+    relative: bool,
 }
 
 fn backing_key(m: &Metadata) -> BackingKey {
@@ -138,8 +144,10 @@ pub fn attr_of(ino: u64, m: &Metadata) -> FileAttr {
 
 impl KmsFs {
     /// A filesystem over `cfg.backing`, which must be an existing directory.
+    /// Backing paths are absolute until `enter_backing`.
     pub fn new(cfg: FsConfig) -> std::io::Result<Self> {
         let m = std::fs::metadata(&cfg.backing)?;
+        let root = File::open(&cfg.backing)?;
         Ok(Self {
             inodes: Mutex::new(InodeTable::new(backing_key(&m))),
             opens: OpenTable::new(),
@@ -147,8 +155,20 @@ impl KmsFs {
             dirs: Mutex::new(HashMap::new()),
             next_dir: AtomicU64::new(1),
             init_lock: Mutex::new(()),
+            umask: super::sys::umask(),
+            root,
+            relative: false,
             cfg,
         })
+    }
+
+    /// Makes the backing directory the process's working directory and uses
+    /// paths relative to it from then on, so that a path as long as the kernel
+    /// allows on the mount still fits in PATH_MAX below it. For the daemon.
+    pub fn enter_backing(&mut self) -> std::io::Result<()> {
+        std::env::set_current_dir(&self.cfg.backing)?;
+        self.relative = true;
+        Ok(())
     }
 
     /// Entry and attribute time-to-live.
@@ -161,13 +181,18 @@ impl KmsFs {
         self.cfg.read_only
     }
 
-    /// The backing path for a path relative to the backing root.
-    pub fn abs(&self, rel: &Path) -> PathBuf {
-        if rel.as_os_str().is_empty() {
-            self.cfg.backing.clone()
-        } else {
-            self.cfg.backing.join(rel)
+    /// The path to give system calls for `rel`.
+    pub fn bpath(&self, rel: &Path) -> PathBuf {
+        match (self.relative, rel.as_os_str().is_empty()) {
+            (true, true) => PathBuf::from("."),
+            (true, false) => rel.to_path_buf(),
+            (false, _) => self.cfg.backing.join(rel),
         }
+    }
+
+    /// The full backing path of `rel`, for log messages.
+    pub fn shown(&self, rel: &Path) -> PathBuf {
+        self.cfg.backing.join(rel)
     }
 
     /// The relative backing path of `ino` (ENOENT when unknown or unlinked).
@@ -196,7 +221,7 @@ impl KmsFs {
     /// Looks up `name` in `parent` for the kernel.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
         let rel = self.child(parent, name)?;
-        let m = std::fs::symlink_metadata(self.abs(&rel)).map_err(|e| io_errno(&e))?;
+        let m = std::fs::symlink_metadata(self.bpath(&rel)).map_err(|e| io_errno(&e))?;
         Ok(self.entry(&rel, &m))
     }
 
@@ -211,7 +236,7 @@ impl KmsFs {
         if let Some(f) = self.opens.get(ino) {
             return f.metadata();
         }
-        std::fs::symlink_metadata(self.abs(&self.rel(ino)?)).map_err(|e| io_errno(&e))
+        std::fs::symlink_metadata(self.bpath(&self.rel(ino)?)).map_err(|e| io_errno(&e))
     }
 
     /// Attributes of `ino`.
@@ -247,13 +272,10 @@ impl KmsFs {
         Ok(key)
     }
 
-    fn open_backing(&self, abs: &Path) -> Result<File, Errno> {
-        OpenOptions::new()
-            .read(true)
-            .write(!self.cfg.read_only)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(abs)
-            .map_err(|e| io_errno(&e))
+    /// Opens the backing file `rel` (relative to the backing root, which the
+    /// open may not leave).
+    fn open_backing(&self, rel: &Path, flags: i32, mode: u32) -> Result<File, Errno> {
+        super::sys::open_beneath(&self.root, rel, flags, mode).map_err(|e| io_errno(&e))
     }
 
     /// Opens `ino` for `caller`: checks that the caller may use the file's key
@@ -288,8 +310,14 @@ impl KmsFs {
     }
 
     fn open_fresh(&self, ino: u64, caller: &Caller) -> Result<Arc<OpenFile>, Errno> {
-        let abs = self.abs(&self.rel(ino)?);
-        let file = self.open_backing(&abs)?;
+        let rel = self.rel(ino)?;
+        let acc = if self.cfg.read_only {
+            libc::O_RDONLY
+        } else {
+            libc::O_RDWR
+        };
+        let file = self.open_backing(&rel, acc, 0)?;
+        let abs = self.shown(&rel);
         let m = file.metadata().map_err(|e| io_errno(&e))?;
         if m.is_dir() {
             return Err(Errno::EISDIR);
@@ -332,18 +360,13 @@ impl KmsFs {
         caller: &Caller,
     ) -> Result<(FileAttr, Arc<OpenFile>), Errno> {
         let rel = self.child(parent, name)?;
-        let abs = self.abs(&rel);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(mode & 0o7777)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&abs)
-            .map_err(|e| io_errno(&e))?;
+        let (abs, shown) = (self.bpath(&rel), self.shown(&rel));
+        let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
+        let file = self.open_backing(&rel, flags, mode & 0o7777)?;
         let made = self.set_owner(&abs, caller).and_then(|()| {
+            self.exact_mode(&file, mode)?;
             EncryptedFile::create(file, &*self.cfg.ks, caller, &self.cfg.key_id)
-                .map_err(|e| envelope_errno(&e, &abs))
+                .map_err(|e| envelope_errno(&e, &shown))
         });
         let ef = match made {
             Ok(ef) => ef,
@@ -355,8 +378,23 @@ impl KmsFs {
         };
         let m = ef.file().metadata().map_err(|e| io_errno(&e))?;
         let attr = self.entry(&rel, &m);
-        let f = self.opens.attach(attr.ino.0, || OpenFile::new(ef, abs));
+        let f = self.opens.attach(attr.ino.0, || OpenFile::new(ef, shown));
         Ok((attr, f))
+    }
+
+    /// The kernel already applied the caller's umask to `mode`; undo the
+    /// daemon's own umask where it removed bits.
+    pub fn exact_mode(&self, file: &File, mode: u32) -> Result<(), Errno> {
+        if !self.umask_strips(mode) {
+            return Ok(());
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+            .map_err(|e| io_errno(&e))
+    }
+
+    /// True when the daemon's umask removes bits of `mode`.
+    pub fn umask_strips(&self, mode: u32) -> bool {
+        mode & self.umask & 0o7777 != 0
     }
 
     /// New files belong to the caller (the daemon runs as root).
@@ -381,7 +419,7 @@ impl KmsFs {
 
     /// Takes a snapshot of directory `ino` for readdir; returns its handle.
     pub fn opendir(&self, ino: u64) -> Result<u64, Errno> {
-        let abs = self.abs(&self.rel(ino)?);
+        let abs = self.bpath(&self.rel(ino)?);
         let mut entries = Vec::new();
         for e in std::fs::read_dir(&abs).map_err(|e| io_errno(&e))? {
             let e = e.map_err(|e| io_errno(&e))?;
@@ -417,7 +455,7 @@ impl KmsFs {
         add: impl FnOnce(&FileAttr) -> bool,
     ) -> Result<bool, Errno> {
         let rel = dir_rel.join(name);
-        let m = std::fs::symlink_metadata(self.abs(&rel)).map_err(|e| io_errno(&e))?;
+        let m = std::fs::symlink_metadata(self.bpath(&rel)).map_err(|e| io_errno(&e))?;
         let mut t = lock(&self.inodes);
         let ino = t.resolve(&rel, backing_key(&m), m.is_dir());
         let attr = attr_of(ino, &m);
@@ -486,6 +524,151 @@ pub fn filter_xattr_list(list: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::tests::TestKeys;
+    use crate::kms::{
+        DataKey, DataKeySpec, Decrypted, Encrypted, EncryptionContext, KeyMetadata, KmsError,
+    };
+    use std::sync::atomic::AtomicUsize;
+
+    /// TestKeys that count Decrypt calls and whose generation tests can bump.
+    struct Counting {
+        inner: TestKeys,
+        decrypts: AtomicUsize,
+        generation: AtomicU64,
+    }
+
+    impl KeyService for Counting {
+        fn generate_data_key(
+            &self,
+            c: &Caller,
+            k: &str,
+            s: DataKeySpec,
+            x: &EncryptionContext,
+        ) -> Result<DataKey, KmsError> {
+            self.inner.generate_data_key(c, k, s, x)
+        }
+        fn decrypt(
+            &self,
+            c: &Caller,
+            b: &[u8],
+            x: &EncryptionContext,
+            k: Option<&str>,
+        ) -> Result<Decrypted, KmsError> {
+            self.decrypts.fetch_add(1, Ordering::SeqCst);
+            self.inner.decrypt(c, b, x, k)
+        }
+        fn encrypt(
+            &self,
+            c: &Caller,
+            k: &str,
+            p: &[u8],
+            x: &EncryptionContext,
+        ) -> Result<Encrypted, KmsError> {
+            self.inner.encrypt(c, k, p, x)
+        }
+        fn re_encrypt(
+            &self,
+            c: &Caller,
+            b: &[u8],
+            sx: &EncryptionContext,
+            d: &str,
+            dx: &EncryptionContext,
+        ) -> Result<Encrypted, KmsError> {
+            self.inner.re_encrypt(c, b, sx, d, dx)
+        }
+        fn describe_key(&self, c: &Caller, k: &str) -> Result<KeyMetadata, KmsError> {
+            self.inner.describe_key(c, k)
+        }
+        fn generation(&self) -> u64 {
+            self.generation.load(Ordering::SeqCst)
+        }
+    }
+
+    const ROOT: Caller = Caller {
+        uid: 0,
+        gid: 0,
+        pid: 1,
+    };
+    const ALICE: Caller = Caller {
+        uid: 1000,
+        gid: 1000,
+        pid: 2,
+    };
+
+    fn fs() -> (tempfile::TempDir, Arc<Counting>, KmsFs) {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = Arc::new(Counting {
+            inner: TestKeys::new(),
+            decrypts: AtomicUsize::new(0),
+            generation: AtomicU64::new(1),
+        });
+        let fs = KmsFs::new(FsConfig {
+            backing: dir.path().to_path_buf(),
+            ks: ks.clone(),
+            key_id: "test".into(),
+            read_only: false,
+            ttl: Duration::from_secs(1),
+        })
+        .unwrap();
+        (dir, ks, fs)
+    }
+
+    #[test]
+    fn reopening_a_hot_file_uses_the_cache_until_the_keystore_changes() {
+        let (_dir, ks, fs) = fs();
+        let (attr, f) = fs
+            .create(ROOT_INO_FOR_TESTS, OsStr::new("f"), 0o644, &ROOT)
+            .unwrap();
+        f.write_at(b"hello", 0).unwrap();
+        let ino = attr.ino.0;
+        fs.release(ino);
+        let decrypts = || ks.decrypts.load(Ordering::SeqCst);
+        // First open after create: unwrap once; then the cache serves.
+        for _ in 0..5 {
+            let f = fs.open(ino, &ROOT, false).unwrap();
+            assert_eq!(f.read_at(0, 10).unwrap(), b"hello");
+            fs.release(ino);
+        }
+        assert_eq!(decrypts(), 1);
+        // Another user never rides on root's unwrap.
+        fs.open(ino, &ALICE, false).unwrap();
+        fs.release(ino);
+        assert_eq!(decrypts(), 2);
+        // A keystore change empties the cache: the next open asks again.
+        ks.generation.fetch_add(1, Ordering::SeqCst);
+        fs.open(ino, &ROOT, false).unwrap();
+        assert_eq!(decrypts(), 3);
+        // A refusal now fails new opens, even with a handle open.
+        ks.inner.refuse.store(true, Ordering::SeqCst);
+        ks.generation.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(fs.open(ino, &ROOT, false).err(), Some(Errno::EACCES));
+        // ...while the open handle keeps reading.
+        assert_eq!(fs.open_state(ino).unwrap().read_at(0, 5).unwrap(), b"hello");
+        fs.release(ino);
+        assert!(fs.open_state(ino).is_err());
+        fs.shutdown();
+        assert_eq!(fs.cached_keys(), 0);
+    }
+
+    #[test]
+    fn plaintext_size_and_truncate_without_a_handle() {
+        let (dir, _ks, fs) = fs();
+        let (attr, f) = fs
+            .create(ROOT_INO_FOR_TESTS, OsStr::new("g"), 0o600, &ROOT)
+            .unwrap();
+        f.write_at(&[7u8; 5000], 0).unwrap();
+        let ino = attr.ino.0;
+        fs.release(ino);
+        assert_eq!(fs.getattr(ino).unwrap().size, 5000);
+        let backing = std::fs::metadata(dir.path().join("g")).unwrap().len();
+        assert_eq!(backing, format::backing_size_from_plain(5000));
+        fs.truncate(ino, 10, &ROOT).unwrap();
+        assert_eq!(fs.getattr(ino).unwrap().size, 10);
+        assert!(fs.open_state(ino).is_err(), "truncate left the file open");
+        assert_eq!(fs.getattr(ino).unwrap().perm, 0o600);
+    }
+
+    const ROOT_INO_FOR_TESTS: u64 = super::super::inodes::ROOT_INO;
 
     #[test]
     fn xattr_filter() {

@@ -30,6 +30,8 @@ struct Node {
 pub struct InodeTable {
     nodes: HashMap<u64, Node>,
     by_key: HashMap<BackingKey, u64>,
+    /// Every known name to its node: unlink and file renames cost O(1).
+    by_path: HashMap<PathBuf, u64>,
     next: u64,
 }
 
@@ -48,9 +50,12 @@ impl InodeTable {
         );
         let mut by_key = HashMap::new();
         by_key.insert(root_key, ROOT_INO);
+        let mut by_path = HashMap::new();
+        by_path.insert(PathBuf::new(), ROOT_INO);
         Self {
             nodes,
             by_key,
+            by_path,
             next: ROOT_INO + 1,
         }
     }
@@ -75,15 +80,18 @@ impl InodeTable {
         if let Some(&ino) = self.by_key.get(&key)
             && let Some(n) = self.nodes.get_mut(&ino)
         {
+            n.is_dir = is_dir;
             match n.paths.iter().position(|p| p == path) {
                 Some(0) => {}
                 Some(i) => {
                     let p = n.paths.remove(i);
                     n.paths.insert(0, p);
                 }
-                None => n.paths.insert(0, path.to_path_buf()),
+                None => {
+                    n.paths.insert(0, path.to_path_buf());
+                    self.index(path, ino);
+                }
             }
-            n.is_dir = is_dir;
             return ino;
         }
         let ino = self.next;
@@ -98,7 +106,27 @@ impl InodeTable {
             },
         );
         self.by_key.insert(key, ino);
+        self.index(path, ino);
         ino
+    }
+
+    /// Records that `path` names `ino`; a node that had that name loses it.
+    fn index(&mut self, path: &Path, ino: u64) {
+        if let Some(old) = self.by_path.insert(path.to_path_buf(), ino)
+            && old != ino
+            && let Some(n) = self.nodes.get_mut(&old)
+        {
+            n.paths.retain(|p| p != path);
+        }
+    }
+
+    /// Forgets the name `path`; returns the node it named.
+    fn unindex(&mut self, path: &Path) -> Option<u64> {
+        let ino = self.by_path.remove(path)?;
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.paths.retain(|p| p != path);
+        }
+        Some(ino)
     }
 
     /// Takes one lookup reference on `ino` (the kernel now knows it).
@@ -129,7 +157,13 @@ impl InodeTable {
             return false;
         }
         let key = node.key;
-        self.nodes.remove(&ino);
+        if let Some(node) = self.nodes.remove(&ino) {
+            for p in node.paths {
+                if self.by_path.get(&p) == Some(&ino) {
+                    self.by_path.remove(&p);
+                }
+            }
+        }
         if self.by_key.get(&key) == Some(&ino) {
             self.by_key.remove(&key);
         }
@@ -137,40 +171,60 @@ impl InodeTable {
     }
 
     /// The name `path` is gone (unlink, rmdir, or replaced by a rename).
+    /// (A directory can only go when empty, so no name under it is left.)
     pub fn remove_path(&mut self, path: &Path) {
-        for n in self.nodes.values_mut() {
-            n.paths.retain(|p| p != path);
-        }
-        // A removed directory's cached descendants lose their names too.
-        for n in self.nodes.values_mut() {
-            n.paths.retain(|p| !(p.starts_with(path) && p != path));
-        }
+        self.unindex(path);
+    }
+
+    /// Cached names strictly under directory `dir` (a scan: directories only).
+    fn descendants(&self, dir: &Path) -> Vec<PathBuf> {
+        self.by_path
+            .keys()
+            .filter(|p| p.starts_with(dir) && p.as_path() != dir)
+            .cloned()
+            .collect()
     }
 
     /// `from` was renamed to `to` (replacing whatever `to` was).
     pub fn rename(&mut self, from: &Path, to: &Path) {
         self.remove_path(to);
-        self.move_prefix(from, to);
+        self.move_name(from, to);
     }
 
     /// `a` and `b` were exchanged (RENAME_EXCHANGE).
     pub fn exchange(&mut self, a: &Path, b: &Path) {
         let tmp = PathBuf::from("\0kmsfs-exchange");
-        self.move_prefix(a, &tmp);
-        self.move_prefix(b, a);
-        self.move_prefix(&tmp, b);
+        self.move_name(a, &tmp);
+        self.move_name(b, a);
+        self.move_name(&tmp, b);
     }
 
-    fn move_prefix(&mut self, from: &Path, to: &Path) {
-        for n in self.nodes.values_mut() {
-            for p in n.paths.iter_mut() {
-                if let Ok(rest) = p.strip_prefix(from) {
-                    *p = if rest.as_os_str().is_empty() {
-                        to.to_path_buf()
-                    } else {
-                        to.join(rest)
-                    };
+    /// Renames the name `from` (and, for a directory, every cached name under it).
+    fn move_name(&mut self, from: &Path, to: &Path) {
+        let Some(ino) = self.unindex(from) else {
+            return;
+        };
+        let is_dir = match self.nodes.get_mut(&ino) {
+            Some(n) => {
+                n.paths.insert(0, to.to_path_buf());
+                n.is_dir
+            }
+            None => false,
+        };
+        self.index(to, ino);
+        if is_dir {
+            for old in self.descendants(from) {
+                let Some(child) = self.unindex(&old) else {
+                    continue;
+                };
+                let Ok(rest) = old.strip_prefix(from) else {
+                    continue;
+                };
+                let new = to.join(rest);
+                if let Some(n) = self.nodes.get_mut(&child) {
+                    n.paths.insert(0, new.clone());
                 }
+                self.index(&new, child);
             }
         }
     }
@@ -181,6 +235,7 @@ impl InodeTable {
             && !n.paths.iter().any(|p| p == path)
         {
             n.paths.push(path.to_path_buf());
+            self.index(path, ino);
         }
     }
 
@@ -247,6 +302,22 @@ mod tests {
         t.rename(&p("a"), &p("b"));
         assert_eq!(t.path(a), Some(Path::new("b")));
         assert_eq!(t.path(b), None);
+    }
+
+    #[test]
+    fn a_name_belongs_to_one_node() {
+        let mut t = InodeTable::new((1, 2));
+        let old = t.lookup(&p("n"), (1, 10), false);
+        // The name now leads to another backing file (replaced beside the mount).
+        let new = t.lookup(&p("n"), (1, 11), false);
+        assert_ne!(old, new);
+        assert_eq!(t.path(old), None);
+        assert_eq!(t.path(new), Some(Path::new("n")));
+        t.add_path(new, &p("n2"));
+        t.remove_path(&p("n"));
+        assert_eq!(t.path(new), Some(Path::new("n2")));
+        t.forget(new, 1);
+        assert!(!t.by_path.contains_key(Path::new("n2")));
     }
 
     #[test]

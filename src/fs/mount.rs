@@ -143,6 +143,11 @@ pub struct MountInfo {
 }
 
 impl MountInfo {
+    /// True for mounts made by kmsfs (type fuse.kmsfs, or a kmsfs source name).
+    pub fn is_kmsfs(&self) -> bool {
+        self.fstype == "fuse.kmsfs" || self.source.starts_with("kmsfs:")
+    }
+
     /// The serving daemon's pid, for kmsfs mounts.
     pub fn daemon_pid(&self) -> Option<u32> {
         let rest = self.source.strip_prefix("kmsfs:")?;
@@ -194,8 +199,9 @@ pub fn mount_at(path: &Path) -> Option<MountInfo> {
         .rfind(|m| m.mountpoint == path)
 }
 
+/// The error of any access to a FUSE mount whose daemon is gone.
 fn is_enotconn(e: &std::io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ENOTCONN)
+    matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
 }
 
 /// Checks a mount point before mounting: it must be an existing directory
@@ -254,6 +260,32 @@ pub fn prepare_mountpoint(mp: &Path) -> Result<(), MountError> {
     Ok(())
 }
 
+/// Refuses a backing directory that another kmsfs mount serves: two daemons
+/// over one directory would each trust their own caches.
+fn check_backing_unused(backing: &Path) -> Result<(), MountError> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Ok(());
+    };
+    let suffix = format!(":{}", backing.display());
+    let other = parse_mountinfo(&text).into_iter().find(|m| {
+        m.daemon_pid().is_some() && m.source.ends_with(&suffix) && m.source.starts_with("kmsfs:")
+    });
+    match other {
+        Some(m) => Err(MountError::State(
+            format!(
+                "{} is already mounted at {}",
+                backing.display(),
+                m.mountpoint.display()
+            ),
+            format!(
+                "use that mount, or unmount it first: `kmsfs unmount {}`",
+                m.mountpoint.display()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn session_config(req: &MountRequest, o: &Options) -> Config {
     let mut cfg = Config::default();
     cfg.mount_options = o.mount.clone();
@@ -263,27 +295,102 @@ fn session_config(req: &MountRequest, o: &Options) -> Config {
         cfg.mount_options.push(MountOption::DefaultPermissions);
     }
     if !o.mount.iter().any(|m| matches!(m, MountOption::FSName(_))) {
-        cfg.mount_options.push(MountOption::FSName(format!(
-            "kmsfs:{}:{}",
-            std::process::id(),
-            req.backing.display()
-        )));
+        cfg.mount_options
+            .push(MountOption::FSName(source_name(req, o)));
     }
-    cfg.mount_options.push(MountOption::Subtype("kmsfs".into()));
+    if !o.mount.iter().any(|m| matches!(m, MountOption::Subtype(_))) {
+        cfg.mount_options.push(MountOption::Subtype("kmsfs".into()));
+    }
     cfg.acl = o.acl;
     cfg.n_threads = Some(SERVING_THREADS);
     cfg.clone_fd = true;
     cfg
 }
 
+/// The source name of the mount: names the daemon, so `unmount` can wait for it.
+fn source_name(req: &MountRequest, o: &Options) -> String {
+    o.mount
+        .iter()
+        .find_map(|m| match m {
+            MountOption::FSName(n) => Some(n.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| format!("kmsfs:{}:{}", std::process::id(), req.backing.display()))
+}
+
+/// mount(2) flags and fuse mount data for the options (as root).
+fn kernel_mount_args(o: &Options, fd: i32, rootmode: u32) -> (u64, String, String) {
+    let has = |m: MountOption| o.mount.contains(&m);
+    let mut flags = 0u64;
+    if !has(MountOption::Suid) {
+        flags |= libc::MS_NOSUID;
+    }
+    if !has(MountOption::Dev) {
+        flags |= libc::MS_NODEV;
+    }
+    for (opt, f) in [
+        (MountOption::RO, libc::MS_RDONLY),
+        (MountOption::NoSuid, libc::MS_NOSUID),
+        (MountOption::NoDev, libc::MS_NODEV),
+        (MountOption::NoExec, libc::MS_NOEXEC),
+        (MountOption::NoAtime, libc::MS_NOATIME),
+        (MountOption::Sync, libc::MS_SYNCHRONOUS),
+        (MountOption::DirSync, libc::MS_DIRSYNC),
+    ] {
+        if has(opt) {
+            flags |= f;
+        }
+    }
+    let (uid, gid) = sys::ids();
+    // The daemon opens every backing file as root: the kernel checks permissions.
+    let mut data =
+        format!("fd={fd},rootmode={rootmode:o},user_id={uid},group_id={gid},default_permissions");
+    if o.acl != SessionACL::Owner {
+        data.push_str(",allow_other");
+    }
+    let subtype = o
+        .mount
+        .iter()
+        .find_map(|m| match m {
+            MountOption::Subtype(s) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "kmsfs".into());
+    (flags, data, format!("fuse.{subtype}"))
+}
+
+/// Mounts and performs the FUSE handshake. As root we call mount(2) ourselves
+/// (type `fuse.kmsfs`) and hand fuser the connection, so that fuser never
+/// unmounts on its own: its drop-time unmount could hit a newer mount at the
+/// same place. Otherwise (or with auto_unmount) fuser mounts via fusermount3.
+fn new_session(fs: KmsFs, req: &MountRequest, o: &Options) -> std::io::Result<Session<KmsFs>> {
+    let cfg = session_config(req, o);
+    if !sys::is_root() || o.mount.contains(&MountOption::AutoUnmount) {
+        return Session::new(fs, &req.mountpoint, &cfg);
+    }
+    let fd = sys::open_dev_fuse()?;
+    let rootmode =
+        std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(&req.mountpoint)?) & libc::S_IFMT;
+    let (flags, data, fstype) =
+        kernel_mount_args(o, std::os::fd::AsRawFd::as_raw_fd(&fd), rootmode);
+    sys::mount(&source_name(req, o), &req.mountpoint, &fstype, flags, &data)?;
+    Session::from_fd(fs, fd, o.acl, cfg).inspect_err(|_| {
+        let _ = sys::umount2(&req.mountpoint, libc::MNT_DETACH);
+    })
+}
+
 /// Mounts and serves until unmounted. `ready` is told once the mount is usable
 /// (or why it failed).
 fn serve(req: &MountRequest, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), MountError> {
     let o = parse_options(&req.options)?;
+    // Data keys and the unsealed keystore live in this process: no core dumps.
+    if let Err(e) = sys::forbid_core_dumps() {
+        log::warn!("could not disable core dumps: {e}");
+    }
     // Threads made from here on (fuser's) inherit the mask: only the signal
     // thread below receives the stop signals.
     sys::block_stop_signals().map_err(|e| MountError::Io(format!("signal setup: {e}")))?;
-    let fs = KmsFs::new(FsConfig {
+    let mut fs = KmsFs::new(FsConfig {
         backing: req.backing.clone(),
         ks: req.ks.clone(),
         key_id: req.key_id.clone(),
@@ -291,7 +398,9 @@ fn serve(req: &MountRequest, ready: &mut dyn FnMut(Result<(), String>)) -> Resul
         ttl: TTL,
     })
     .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;
-    let session = match Session::new(fs, &req.mountpoint, &session_config(req, &o)) {
+    fs.enter_backing()
+        .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;
+    let session = match new_session(fs, req, &o) {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("mounting {} failed: {e}", req.mountpoint.display());
@@ -342,9 +451,14 @@ fn stop_on_signal(mp: &Path) {
 /// Mounts: in the foreground (returns after unmount) or as a daemon (returns
 /// once the mount is usable; the daemon serves until unmounted).
 pub fn mount(req: MountRequest) -> Result<(), MountError> {
-    prepare_mountpoint(&req.mountpoint)?;
     parse_options(&req.options)?;
+    prepare_mountpoint(&req.mountpoint)?;
+    check_backing_unused(&req.backing)?;
     if req.foreground {
+        if let Some(log) = &req.log_file {
+            sys::redirect_stderr(log)
+                .map_err(|e| MountError::Io(format!("{}: {e}", log.display())))?;
+        }
         return serve(&req, &mut |_| {});
     }
     let (mut rx, tx) = std::io::pipe().map_err(|e| MountError::Io(format!("pipe: {e}")))?;
@@ -416,6 +530,17 @@ pub fn unmount(mp: &Path) -> Result<(), MountError> {
             "list mounts with `grep kmsfs /proc/self/mountinfo`".into(),
         ));
     };
+    if !info.is_kmsfs() {
+        return Err(MountError::State(
+            format!(
+                "{} is not a kmsfs mount ({} from {})",
+                path.display(),
+                info.fstype,
+                info.source
+            ),
+            "unmount other file systems with umount".into(),
+        ));
+    }
     match sys::umount2(&path, 0) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
@@ -469,6 +594,22 @@ mod tests {
         );
         assert!(parse_options(&["bogus".into()]).is_err());
         assert!(parse_options(&["auto_unmount".into()]).is_err());
+    }
+
+    #[test]
+    fn kernel_mount_arguments() {
+        let o = parse_options(&["ro,allow_other,noexec".into()]).unwrap();
+        let (flags, data, ty) = kernel_mount_args(&o, 7, 0o40000);
+        let want = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        assert_eq!(flags, want);
+        assert!(data.starts_with("fd=7,rootmode=40000,"), "{data}");
+        assert!(data.ends_with(",default_permissions,allow_other"), "{data}");
+        assert_eq!(ty, "fuse.kmsfs");
+        let o = parse_options(&["suid,dev,subtype=x".into()]).unwrap();
+        let (flags, data, ty) = kernel_mount_args(&o, 3, 0o40000);
+        assert_eq!(flags, 0);
+        assert!(!data.contains("allow_other"));
+        assert_eq!(ty, "fuse.x");
     }
 
     #[test]

@@ -45,6 +45,53 @@ fn utime(t: Option<TimeOrNow>) -> Utime {
     }
 }
 
+/// The metadata part of a setattr.
+struct MetaChange {
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    atime: Option<TimeOrNow>,
+    mtime: Option<TimeOrNow>,
+}
+
+impl MetaChange {
+    fn apply_to_path(&self, abs: &Path) -> Result<(), Errno> {
+        if let Some(mode) = self.mode {
+            std::fs::set_permissions(abs, std::fs::Permissions::from_mode(mode & 0o7777))
+                .map_err(ioe)?;
+        }
+        if self.uid.is_some() || self.gid.is_some() {
+            std::os::unix::fs::lchown(abs, self.uid, self.gid).map_err(ioe)?;
+        }
+        if self.atime.is_some() || self.mtime.is_some() {
+            sys::utimens(abs, utime(self.atime), utime(self.mtime)).map_err(ioe)?;
+        }
+        Ok(())
+    }
+
+    fn apply_to_file(&self, file: &std::fs::File) -> Result<(), Errno> {
+        if let Some(mode) = self.mode {
+            file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+                .map_err(ioe)?;
+        }
+        if self.uid.is_some() || self.gid.is_some() {
+            std::os::unix::fs::fchown(file, self.uid, self.gid).map_err(ioe)?;
+        }
+        let at = |t: TimeOrNow| match t {
+            TimeOrNow::Now => SystemTime::now(),
+            TimeOrNow::SpecificTime(t) => t,
+        };
+        let mut times = std::fs::FileTimes::new();
+        if let Some(t) = self.atime {
+            times = times.set_accessed(at(t));
+        }
+        if let Some(t) = self.mtime {
+            times = times.set_modified(at(t));
+        }
+        file.set_times(times).map_err(ioe)
+    }
+}
+
 impl KmsFs {
     fn reply_entry(&self, r: Result<FileAttr, Errno>, reply: ReplyEntry) {
         match r {
@@ -62,9 +109,16 @@ impl KmsFs {
     }
 
     /// After making a node at `rel`: give it to the caller and register it.
-    fn made(&self, rel: &Path, req: &Request) -> Result<FileAttr, Errno> {
-        let abs = self.abs(rel);
+    /// `mode` (not for symlinks) is set exactly, despite the daemon's umask.
+    fn made(&self, rel: &Path, req: &Request, mode: Option<u32>) -> Result<FileAttr, Errno> {
+        let abs = self.bpath(rel);
         self.set_owner(&abs, &caller(req))?;
+        if let Some(mode) = mode
+            && self.umask_strips(mode)
+        {
+            std::fs::set_permissions(&abs, std::fs::Permissions::from_mode(mode & 0o7777))
+                .map_err(ioe)?;
+        }
         let m = std::fs::symlink_metadata(&abs).map_err(ioe)?;
         Ok(self.entry(rel, &m))
     }
@@ -84,16 +138,17 @@ impl KmsFs {
         if let Some(size) = size {
             self.truncate(ino, size, &caller(req))?;
         }
-        let abs = self.abs(&self.rel(ino)?);
-        if let Some(mode) = mode {
-            let p = std::fs::Permissions::from_mode(mode & 0o7777);
-            std::fs::set_permissions(&abs, p).map_err(ioe)?;
-        }
-        if uid.is_some() || gid.is_some() {
-            std::os::unix::fs::lchown(&abs, uid, gid).map_err(ioe)?;
-        }
-        if atime.is_some() || mtime.is_some() {
-            sys::utimens(&abs, utime(atime), utime(mtime)).map_err(ioe)?;
+        let change = MetaChange {
+            mode,
+            uid,
+            gid,
+            atime,
+            mtime,
+        };
+        match self.rel(ino) {
+            Ok(rel) => change.apply_to_path(&self.bpath(&rel))?,
+            // Unlinked but open: change the file through its descriptor.
+            Err(e) => change.apply_to_file(self.open_state(ino).map_err(|_| e)?.read().file())?,
         }
         self.getattr(ino)
     }
@@ -108,7 +163,7 @@ impl KmsFs {
     ) -> Result<(), Errno> {
         let from = self.child(parent, name)?;
         let to = self.child(newparent, newname)?;
-        sys::renameat2(&self.abs(&from), &self.abs(&to), flags.bits()).map_err(ioe)?;
+        sys::renameat2(&self.bpath(&from), &self.bpath(&to), flags.bits()).map_err(ioe)?;
         self.renamed(&from, &to, flags.contains(RenameFlags::RENAME_EXCHANGE));
         Ok(())
     }
@@ -222,7 +277,7 @@ impl Filesystem for KmsFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let r = self
             .rel(ino.0)
-            .and_then(|rel| std::fs::read_link(self.abs(&rel)).map_err(ioe));
+            .and_then(|rel| std::fs::read_link(self.bpath(&rel)).map_err(ioe));
         match r {
             Ok(t) => reply.data(t.as_os_str().as_bytes()),
             Err(e) => reply.error(e),
@@ -247,8 +302,8 @@ impl Filesystem for KmsFs {
                 return Ok(attr);
             }
             let rel = self.child(parent.0, name)?;
-            sys::mknod(&self.abs(&rel), mode, rdev).map_err(ioe)?;
-            self.made(&rel, req)
+            sys::mknod(&self.bpath(&rel), mode, rdev).map_err(ioe)?;
+            self.made(&rel, req, Some(mode))
         });
         self.reply_entry(r, reply);
     }
@@ -266,16 +321,16 @@ impl Filesystem for KmsFs {
             let rel = self.child(parent.0, name)?;
             std::fs::DirBuilder::new()
                 .mode(mode & 0o7777)
-                .create(self.abs(&rel))
+                .create(self.bpath(&rel))
                 .map_err(ioe)?;
-            self.made(&rel, req)
+            self.made(&rel, req, Some(mode))
         });
         self.reply_entry(r, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let r = self.child(parent.0, name).and_then(|rel| {
-            std::fs::remove_file(self.abs(&rel)).map_err(ioe)?;
+            std::fs::remove_file(self.bpath(&rel)).map_err(ioe)?;
             self.forget_path(&rel);
             Ok(())
         });
@@ -287,7 +342,7 @@ impl Filesystem for KmsFs {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let r = self.child(parent.0, name).and_then(|rel| {
-            std::fs::remove_dir(self.abs(&rel)).map_err(ioe)?;
+            std::fs::remove_dir(self.bpath(&rel)).map_err(ioe)?;
             self.forget_path(&rel);
             Ok(())
         });
@@ -307,8 +362,8 @@ impl Filesystem for KmsFs {
     ) {
         let r = self.writable().and_then(|()| {
             let rel = self.child(parent.0, link_name)?;
-            std::os::unix::fs::symlink(target, self.abs(&rel)).map_err(ioe)?;
-            self.made(&rel, req)
+            std::os::unix::fs::symlink(target, self.bpath(&rel)).map_err(ioe)?;
+            self.made(&rel, req, None)
         });
         self.reply_entry(r, reply);
     }
@@ -338,9 +393,9 @@ impl Filesystem for KmsFs {
         reply: ReplyEntry,
     ) {
         let r = (|| {
-            let from = self.abs(&self.rel(ino.0)?);
+            let from = self.bpath(&self.rel(ino.0)?);
             let rel = self.child(newparent.0, newname)?;
-            std::fs::hard_link(&from, self.abs(&rel)).map_err(ioe)?;
+            std::fs::hard_link(&from, self.bpath(&rel)).map_err(ioe)?;
             self.linked(ino.0, &rel);
             KmsFs::getattr(self, ino.0)
         })();
@@ -528,7 +583,7 @@ impl Filesystem for KmsFs {
         reply: ReplyEmpty,
     ) {
         let r = self.rel(ino.0).and_then(|rel| {
-            std::fs::File::open(self.abs(&rel))
+            std::fs::File::open(self.bpath(&rel))
                 .and_then(|d| d.sync_all())
                 .map_err(ioe)
         });
@@ -539,7 +594,7 @@ impl Filesystem for KmsFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match sys::statvfs(&self.abs(Path::new(""))) {
+        match sys::statvfs(&self.bpath(Path::new(""))) {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namemax, s.frsize,
             ),
@@ -563,7 +618,7 @@ impl Filesystem for KmsFs {
         let r = self
             .writable()
             .and_then(|()| self.rel(ino.0))
-            .and_then(|rel| sys::setxattr(&self.abs(&rel), name, value, flags).map_err(ioe));
+            .and_then(|rel| sys::setxattr(&self.bpath(&rel), name, value, flags).map_err(ioe));
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -579,7 +634,7 @@ impl Filesystem for KmsFs {
             Err(e) => return reply.error(e),
         };
         let mut buf = vec![0u8; size as usize];
-        let r = sys::getxattr(&self.abs(&rel), name, &mut buf);
+        let r = sys::getxattr(&self.bpath(&rel), name, &mut buf);
         self.xattr_reply(r, size, &buf, reply);
     }
 
@@ -588,7 +643,7 @@ impl Filesystem for KmsFs {
             Ok(r) => r,
             Err(e) => return reply.error(e),
         };
-        let abs = self.abs(&rel);
+        let abs = self.bpath(&rel);
         let r = sys::listxattr(&abs, &mut []).and_then(|n| {
             let mut buf = vec![0u8; n];
             let n = sys::listxattr(&abs, &mut buf)?;
@@ -608,7 +663,7 @@ impl Filesystem for KmsFs {
         let r = self
             .writable()
             .and_then(|()| self.rel(ino.0))
-            .and_then(|rel| sys::removexattr(&self.abs(&rel), name).map_err(ioe));
+            .and_then(|rel| sys::removexattr(&self.bpath(&rel), name).map_err(ioe));
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -662,6 +717,33 @@ impl Filesystem for KmsFs {
             .and_then(|f| sparse::fallocate(&f, offset, length, mode))
         {
             Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        _fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        _fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // Decrypt and encrypt again (the two files have different keys), in
+        // pieces of at most MAX_WRITE; the caller loops for the rest.
+        let r = self.open_state(ino_in.0).and_then(|src| {
+            let dst = self.open_state(ino_out.0)?;
+            let data = src.read_at(offset_in, len.min(u64::from(MAX_WRITE)) as usize)?;
+            dst.write_at(&data, offset_out)?;
+            Ok(data.len() as u32)
+        });
+        match r {
+            Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
         }
     }

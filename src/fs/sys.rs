@@ -41,6 +41,50 @@ pub fn renameat2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
     })
 }
 
+/// Opens `rel` below the directory `root` with openat2(RESOLVE_BENEATH): even
+/// if a directory of the backing tree is swapped for a symlink while the mount
+/// runs, the daemon never opens or creates a file outside the backing
+/// directory. Falls back to openat on kernels without openat2.
+pub fn open_beneath(
+    root: &impl AsRawFd,
+    rel: &Path,
+    flags: i32,
+    mode: u32,
+) -> io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let p = cstr(rel)?;
+    let flags = flags | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    // SAFETY: an all-zero open_how is valid (no flags, no mode, no resolve).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = flags as u64;
+    how.mode = if flags & libc::O_CREAT != 0 {
+        u64::from(mode)
+    } else {
+        0
+    };
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: `p` is a valid C string and `how` a valid open_how of the size
+    // passed; the kernel only reads them.
+    let mut fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            p.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+        // SAFETY: `p` is a valid C string; mode is passed as the variadic third argument.
+        fd = unsafe { libc::c_long::from(libc::openat(root.as_raw_fd(), p.as_ptr(), flags, mode)) };
+    }
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd as RawFd) })
+}
+
 /// mknod(2): FIFOs, sockets and (as root, if the mount allows) devices.
 pub fn mknod(path: &Path, mode: u32, rdev: u32) -> io::Result<()> {
     let p = cstr(path)?;
@@ -226,11 +270,73 @@ pub fn statvfs(path: &Path) -> io::Result<FsStats> {
     })
 }
 
+/// Opens /dev/fuse for a new connection.
+pub fn open_dev_fuse() -> io::Result<std::os::fd::OwnedFd> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
+    Ok(f.into())
+}
+
+/// mount(2).
+pub fn mount(source: &str, target: &Path, fstype: &str, flags: u64, data: &str) -> io::Result<()> {
+    let src = CString::new(source).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let tgt = cstr(target)?;
+    let ty = CString::new(fstype).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let dat = CString::new(data).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: four valid NUL-terminated strings that outlive the call; the data
+    // string is what the fuse file system type expects.
+    check(unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            ty.as_ptr(),
+            flags as libc::c_ulong,
+            dat.as_ptr().cast(),
+        )
+    })
+}
+
 /// umount2(2) with `flags` (0 or MNT_DETACH).
 pub fn umount2(path: &Path, flags: i32) -> io::Result<()> {
     let p = cstr(path)?;
     // SAFETY: `p` is a valid C string that outlives the call.
     check(unsafe { libc::umount2(p.as_ptr(), flags) })
+}
+
+/// Marks the process non-dumpable: no core file (which would hold key
+/// material) and no ptrace by non-root users.
+pub fn forbid_core_dumps() -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })
+}
+
+/// Real user and group id of this process.
+pub fn ids() -> (u32, u32) {
+    // SAFETY: getuid and getgid take no arguments and cannot fail.
+    unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+/// The process's umask: from /proc/self/status, else by setting it and
+/// setting it back (call while no other thread creates files).
+pub fn umask() -> u32 {
+    let from_proc = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        });
+    if let Some(m) = from_proc {
+        return m;
+    }
+    // SAFETY: umask only swaps the process's file mode creation mask.
+    unsafe {
+        let old = libc::umask(0o022);
+        libc::umask(old);
+        old as u32
+    }
 }
 
 /// True when this process runs as root (the mount chowns new files to the caller).
@@ -342,6 +448,16 @@ pub fn redirect_stdio(log: Option<&Path>) -> io::Result<()> {
     Ok(())
 }
 
+/// Points stderr (where the log goes) at `log`, appending.
+pub fn redirect_stderr(log: &Path) -> io::Result<()> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    // SAFETY: dup2 onto fd 2 from a descriptor that stays open for the call.
+    check(unsafe { libc::dup2(out.as_raw_fd(), 2) })
+}
+
 /// True when a process with this pid exists and is not a zombie.
 pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -367,6 +483,39 @@ mod tests {
         let ts = timespec(Utime::At(t));
         assert_eq!(ts.tv_sec, -2);
         assert_eq!(ts.tv_nsec, 500_000_000);
+    }
+
+    #[test]
+    fn open_beneath_refuses_to_leave_the_root() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let out = t.path().join("out");
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("f"), b"").unwrap();
+        std::fs::write(root.join("d/f"), b"in").unwrap();
+        std::os::unix::fs::symlink(&out, root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../out", root.join("rel")).unwrap();
+        let r = std::fs::File::open(&root).unwrap();
+        assert!(open_beneath(&r, Path::new("d/f"), libc::O_RDWR, 0).is_ok());
+        for p in ["abs/f", "rel/f", "../out/f", "/etc/passwd"] {
+            assert!(
+                open_beneath(&r, Path::new(p), libc::O_RDWR, 0).is_err(),
+                "{p}"
+            );
+        }
+        let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
+        assert!(open_beneath(&r, Path::new("abs/new"), flags, 0o600).is_err());
+        assert!(!out.join("new").exists());
+        let f = open_beneath(&r, Path::new("d/new"), flags, 0o600).unwrap();
+        assert!(f.metadata().unwrap().is_file());
+    }
+
+    #[test]
+    fn umask_is_read_without_changing_it() {
+        let m = umask();
+        assert_eq!(m & !0o777, 0);
+        assert_eq!(umask(), m);
     }
 
     #[test]
