@@ -31,6 +31,12 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# pjdfstest (POSIX conformance) and fsx (random-operation data checker) run on the mount;
+# cargo builds them once on a new machine.
+for tool in pjdfstest@0.2.2 fsx@0.3.2; do
+  command -v "${tool%@*}" >/dev/null 2>&1 || cargo install --quiet "$tool"
+done
+
 # A mount left over from an interrupted earlier run makes nothing here fail, but say so.
 if grep -qE ' fuse\.kmsfs ' /proc/mounts 2>/dev/null; then
   echo "note: kmsfs mounts from another run are still mounted:" >&2
