@@ -86,7 +86,16 @@ pub struct KmsFs {
 }
 
 fn backing_key(m: &Metadata) -> BackingKey {
-    (m.dev(), m.ino())
+    // File type in the top bits, birth time (ns, where the backing file
+    // system records it) below: a reused inode number of another type or
+    // born later is another file.
+    let born = m
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    let kind = u64::from(m.mode() & libc::S_IFMT);
+    (m.dev(), m.ino(), (kind << 48) ^ born)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -13,8 +13,12 @@ use std::path::{Path, PathBuf};
 /// The FUSE root inode number.
 pub const ROOT_INO: u64 = 1;
 
-/// Identity of a backing file.
-pub type BackingKey = (u64, u64);
+/// Identity of a backing file: device, inode number, and its incarnation
+/// (file type and birth time, see `core::backing_key`). The incarnation tells
+/// apart a file from a later one that reuses its inode number after an unlink,
+/// while the kernel may still hold the old node: handing the kernel the old
+/// FUSE inode for a file of another type makes it mark the inode bad.
+pub type BackingKey = (u64, u64, u64);
 
 #[derive(Debug)]
 struct Node {
@@ -255,11 +259,23 @@ mod tests {
     }
 
     #[test]
+    fn a_reused_inode_number_of_a_new_file_is_a_new_node() {
+        let mut t = InodeTable::new((1, 2, 0));
+        let old = t.lookup(&p("f"), (1, 10, 7), false);
+        // The file is unlinked (the kernel still holds the node) and a FIFO
+        // made at the same name gets the same backing inode number.
+        t.remove_path(&p("f"));
+        let new = t.lookup(&p("f"), (1, 10, 8), false);
+        assert_ne!(old, new);
+        assert_eq!(t.path(new), Some(Path::new("f")));
+    }
+
+    #[test]
     fn lookup_forget_cycle() {
-        let mut t = InodeTable::new((1, 2));
-        let a = t.lookup(&p("a"), (1, 10), false);
+        let mut t = InodeTable::new((1, 2, 0));
+        let a = t.lookup(&p("a"), (1, 10, 0), false);
         assert_ne!(a, ROOT_INO);
-        assert_eq!(t.lookup(&p("a"), (1, 10), false), a);
+        assert_eq!(t.lookup(&p("a"), (1, 10, 0), false), a);
         assert_eq!(t.path(a), Some(Path::new("a")));
         assert!(!t.forget(a, 1));
         assert!(t.forget(a, 1));
@@ -270,9 +286,9 @@ mod tests {
 
     #[test]
     fn hard_links_share_a_node_and_survive_unlink() {
-        let mut t = InodeTable::new((1, 2));
-        let a = t.lookup(&p("a"), (1, 10), false);
-        let b = t.lookup(&p("d/b"), (1, 10), false);
+        let mut t = InodeTable::new((1, 2, 0));
+        let a = t.lookup(&p("a"), (1, 10, 0), false);
+        let b = t.lookup(&p("d/b"), (1, 10, 0), false);
         assert_eq!(a, b);
         assert_eq!(t.path(a), Some(Path::new("d/b")));
         t.remove_path(&p("d/b"));
@@ -284,10 +300,10 @@ mod tests {
 
     #[test]
     fn directory_rename_moves_descendants() {
-        let mut t = InodeTable::new((1, 2));
-        let d = t.lookup(&p("d"), (1, 3), true);
-        let f = t.lookup(&p("d/e/f"), (1, 4), false);
-        let other = t.lookup(&p("dd"), (1, 5), false);
+        let mut t = InodeTable::new((1, 2, 0));
+        let d = t.lookup(&p("d"), (1, 3, 0), true);
+        let f = t.lookup(&p("d/e/f"), (1, 4, 0), false);
+        let other = t.lookup(&p("dd"), (1, 5, 0), false);
         t.rename(&p("d"), &p("x/y"));
         assert_eq!(t.path(d), Some(Path::new("x/y")));
         assert_eq!(t.path(f), Some(Path::new("x/y/e/f")));
@@ -296,9 +312,9 @@ mod tests {
 
     #[test]
     fn rename_over_target_drops_its_name() {
-        let mut t = InodeTable::new((1, 2));
-        let a = t.lookup(&p("a"), (1, 10), false);
-        let b = t.lookup(&p("b"), (1, 11), false);
+        let mut t = InodeTable::new((1, 2, 0));
+        let a = t.lookup(&p("a"), (1, 10, 0), false);
+        let b = t.lookup(&p("b"), (1, 11, 0), false);
         t.rename(&p("a"), &p("b"));
         assert_eq!(t.path(a), Some(Path::new("b")));
         assert_eq!(t.path(b), None);
@@ -306,10 +322,10 @@ mod tests {
 
     #[test]
     fn a_name_belongs_to_one_node() {
-        let mut t = InodeTable::new((1, 2));
-        let old = t.lookup(&p("n"), (1, 10), false);
+        let mut t = InodeTable::new((1, 2, 0));
+        let old = t.lookup(&p("n"), (1, 10, 0), false);
         // The name now leads to another backing file (replaced beside the mount).
-        let new = t.lookup(&p("n"), (1, 11), false);
+        let new = t.lookup(&p("n"), (1, 11, 0), false);
         assert_ne!(old, new);
         assert_eq!(t.path(old), None);
         assert_eq!(t.path(new), Some(Path::new("n")));
@@ -322,10 +338,10 @@ mod tests {
 
     #[test]
     fn exchange_swaps_names() {
-        let mut t = InodeTable::new((1, 2));
-        let a = t.lookup(&p("a"), (1, 10), true);
-        let c = t.lookup(&p("a/c"), (1, 12), false);
-        let b = t.lookup(&p("b"), (1, 11), false);
+        let mut t = InodeTable::new((1, 2, 0));
+        let a = t.lookup(&p("a"), (1, 10, 0), true);
+        let c = t.lookup(&p("a/c"), (1, 12, 0), false);
+        let b = t.lookup(&p("b"), (1, 11, 0), false);
         t.exchange(&p("a"), &p("b"));
         assert_eq!(t.path(a), Some(Path::new("b")));
         assert_eq!(t.path(c), Some(Path::new("b/c")));
@@ -334,10 +350,10 @@ mod tests {
 
     #[test]
     fn reused_backing_inode_after_forget_gets_a_new_number() {
-        let mut t = InodeTable::new((1, 2));
-        let a = t.lookup(&p("a"), (1, 10), false);
+        let mut t = InodeTable::new((1, 2, 0));
+        let a = t.lookup(&p("a"), (1, 10, 0), false);
         t.forget(a, 1);
-        let a2 = t.lookup(&p("a2"), (1, 10), false);
+        let a2 = t.lookup(&p("a2"), (1, 10, 0), false);
         assert_ne!(a, a2);
         assert_eq!(t.len(), 2);
     }
