@@ -262,11 +262,15 @@ pub fn inspect(g: &GlobalArgs, a: InspectArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// A new output file, readable by its owner only: an unsealed output holds
+/// plaintext, and a sealed one need not be more visible than its input.
 fn create_new(p: &Path) -> Result<File, CliError> {
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(p)
         .map_err(|e| {
             let exists = e.kind() == std::io::ErrorKind::AlreadyExists;
