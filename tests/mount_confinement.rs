@@ -200,3 +200,42 @@ fn directory_swapped_for_a_symlink_is_not_walked_through() {
     assert_untouched(&v);
     assert_eq!(fs::read(&v).unwrap(), b"secret");
 }
+
+/// The reported attack itself: a root daemon, an `allow_other` mount over a
+/// backing directory owned by `nobody`, and `nobody` swapping its own file for
+/// a symlink to a root-owned 0600 file while holding it open.
+#[test]
+fn nobody_cannot_chmod_a_root_file_through_an_allow_other_mount() {
+    let Some(mut m) = Mount::new("confine-nobody") else {
+        return;
+    };
+    if std::process::Command::new("runuser")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: no runuser");
+        return;
+    }
+    let v = victim(&m, "vdir");
+    fs::set_permissions(m.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&m.backing, Some(65534), Some(65534)).unwrap();
+    m.set_args(&["-o", "allow_other"]);
+    m.remount();
+    let script = format!(
+        "set -e; exec 3<>{mnt}/y; rm {bk}/y; ln -s {v} {bk}/y; \
+         chmod 666 /proc/self/fd/3 || true; chown 65534:65534 /proc/self/fd/3 || true; \
+         touch -d @5 /proc/self/fd/3 || true; exec 3>&-; \
+         chmod 666 {mnt}/y || true",
+        mnt = m.mnt.display(),
+        bk = m.backing.display(),
+        v = v.display()
+    );
+    let o = std::process::Command::new("runuser")
+        .args(["-u", "nobody", "--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_untouched(&v);
+    assert_eq!(fs::read(&v).unwrap(), b"secret");
+}
