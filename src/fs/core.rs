@@ -145,8 +145,12 @@ impl KmsFs {
     /// A filesystem over `cfg.backing`, which must be an existing directory.
     /// Backing paths are absolute until `enter_backing`.
     pub fn new(cfg: FsConfig) -> std::io::Result<Self> {
-        let m = std::fs::metadata(&cfg.backing)?;
+        // The inode table's root is the directory actually opened.
         let root = File::open(&cfg.backing)?;
+        let m = root.metadata()?;
+        if !m.is_dir() {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
         Ok(Self {
             inodes: Mutex::new(InodeTable::new(backing_key(&m))),
             opens: OpenTable::new(),
