@@ -95,13 +95,20 @@ impl FileKey {
     }
 
     /// Opens stored block `index` in place; returns the plaintext range within
-    /// `stored`. A stored block of zeros only is a hole and reads as zeros.
-    fn open_block<'a>(&self, index: u64, stored: &'a mut [u8]) -> Result<&'a [u8], EnvelopeError> {
+    /// `stored`. A stored block of zeros only is a hole and reads as zeros,
+    /// except the final block of a file: kmsfs always seals that one, so zeros
+    /// there mean the file was cut or zero-extended outside kmsfs.
+    fn open_block<'a>(
+        &self,
+        index: u64,
+        is_final: bool,
+        stored: &'a mut [u8],
+    ) -> Result<&'a [u8], EnvelopeError> {
         let len = stored.len();
         if len as u64 <= BLOCK_OVERHEAD {
             return Err(EnvelopeError::CorruptBlock { block: index });
         }
-        if stored.iter().all(|&b| b == 0) {
+        if !is_final && stored.iter().all(|&b| b == 0) {
             return Ok(&stored[..len - BLOCK_OVERHEAD as usize]);
         }
         match self
@@ -223,6 +230,27 @@ impl EncryptedFile {
         Ok(format::plain_size_from_backing(self.file.metadata()?.len()))
     }
 
+    /// The plaintext size and whether the backing size is one kmsfs can
+    /// produce (false: the file was cut or extended outside kmsfs).
+    fn sized(&self) -> Result<(u64, bool), EnvelopeError> {
+        let len = self.file.metadata()?.len();
+        Ok((
+            format::plain_size_from_backing(len),
+            format::is_valid_backing_size(len),
+        ))
+    }
+
+    /// Fails with EFBIG before anything is written when `end` is past the
+    /// largest file the backing file system can hold.
+    fn check_limit(end: u64) -> Result<(), EnvelopeError> {
+        if end > format::MAX_PLAIN_SIZE {
+            return Err(EnvelopeError::Io(std::io::Error::from_raw_os_error(
+                libc::EFBIG,
+            )));
+        }
+        Ok(())
+    }
+
     /// Reads the stored blocks `first..first+count` of a file of `size`
     /// plaintext bytes with one system call; returns the bytes read and the
     /// stored length of each block.
@@ -248,11 +276,18 @@ impl EncryptedFile {
     /// Reads plaintext at `offset` into `buf`; returns the bytes read (short
     /// only at end of file). Any block that fails authentication fails the read.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, EnvelopeError> {
-        let size = self.plain_size()?;
+        let (size, valid) = self.sized()?;
+        if !valid && offset.saturating_add(buf.len() as u64) >= size {
+            // A read that reaches the end of a cut or extended file.
+            return Err(EnvelopeError::CorruptBlock {
+                block: format::block_count(size),
+            });
+        }
         if offset >= size || buf.is_empty() {
             return Ok(0);
         }
         let len = (buf.len() as u64).min(size - offset);
+        let final_block = format::block_count(size) - 1;
         let spans: Vec<_> = format::split_range(offset, len).collect();
         let (first, count) = (spans[0].block, spans.len() as u64);
         let mut stored = Zeroizing::new(self.read_stored(first, count, size)?);
@@ -260,7 +295,11 @@ impl EncryptedFile {
         let mut out = 0usize;
         for s in &spans {
             let slen = format::stored_block_len(format::block_plain_len(s.block, size)) as usize;
-            let plain = self.key.open_block(s.block, &mut stored[pos..pos + slen])?;
+            let plain = self.key.open_block(
+                s.block,
+                s.block == final_block,
+                &mut stored[pos..pos + slen],
+            )?;
             let piece = &plain[s.skip as usize..(s.skip + s.len) as usize];
             buf[out..out + piece.len()].copy_from_slice(piece);
             out += piece.len();
@@ -275,7 +314,8 @@ impl EncryptedFile {
             return Ok(Zeroizing::new(Vec::new()));
         }
         let mut stored = Zeroizing::new(self.read_stored(index, 1, size)?);
-        let plain = self.key.open_block(index, &mut stored)?;
+        let is_final = index + 1 == format::block_count(size);
+        let plain = self.key.open_block(index, is_final, &mut stored)?;
         Ok(Zeroizing::new(plain.to_vec()))
     }
 
@@ -298,15 +338,17 @@ impl EncryptedFile {
         if data.is_empty() {
             return Ok(());
         }
-        let size = self.plain_size()?;
-        let end = offset + data.len() as u64;
-        let first = format::block_of(offset);
-        // A partial last block before the written range grows to a full block
-        // of zeros; whole blocks in between stay holes.
-        let old_last = format::block_of(size);
-        if offset > size && size % BLOCK_SIZE != 0 && old_last < first {
-            self.resize_block(old_last, size, BLOCK_SIZE)?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| EnvelopeError::Io(std::io::Error::from_raw_os_error(libc::EFBIG)))?;
+        Self::check_limit(end)?;
+        let (size, valid) = self.sized()?;
+        if !valid && end >= size {
+            return Err(EnvelopeError::CorruptBlock {
+                block: format::block_count(size),
+            });
         }
+        let first = format::block_of(offset);
         let new_size = size.max(end);
         let mut out = Vec::with_capacity(data.len() + 2 * BLOCK_SIZE as usize);
         let mut plain = Zeroizing::new(Vec::with_capacity(BLOCK_SIZE as usize));
@@ -326,30 +368,94 @@ impl EncryptedFile {
             plain[s.skip as usize..(s.skip + s.len) as usize].copy_from_slice(piece);
             self.key.seal_block(s.block, &plain, &mut out)?;
         }
-        self.file
-            .write_all_at(&out, format::block_backing_offset(first))?;
-        Ok(())
+        let result = self
+            .file
+            .write_all_at(&out, format::block_backing_offset(first))
+            .map_err(EnvelopeError::from)
+            .and_then(|()| {
+                // A partial final block before the written range becomes a
+                // full block of zeros; whole blocks in between stay holes.
+                // Done after the new blocks are written, so that a write the
+                // backing file system refuses (EFBIG, ENOSPC) changes nothing.
+                let old_final = format::block_of(size);
+                if size % BLOCK_SIZE != 0 && old_final < first {
+                    self.resize_block(old_final, size, BLOCK_SIZE)?;
+                }
+                Ok(())
+            });
+        if result.is_err() && end > size {
+            self.roll_back_to(size);
+        }
+        result
     }
 
-    /// Sets the plaintext size. Shrinking re-encrypts the new last block if it
-    /// is partial; growing pads the old last block and leaves holes after it.
+    /// After a failed extension: cut the backing file back to a file of
+    /// `size` plaintext bytes (best effort; the caller reports the error).
+    fn roll_back_to(&self, size: u64) {
+        if let Err(e) = self.file.set_len(format::backing_size_from_plain(size)) {
+            log::warn!("could not roll back a failed extension: {e}");
+        }
+    }
+
+    /// Sets the plaintext size. Shrinking re-encrypts the new final block (and
+    /// so repairs a cut or extended file); growing pads the
+    /// old final block, leaves holes after it, and seals the new final block,
+    /// which is never a hole (see `open_block`).
     pub fn set_len(&self, new_size: u64) -> Result<(), EnvelopeError> {
-        let size = self.plain_size()?;
-        if new_size == size {
+        Self::check_limit(new_size)?;
+        let (size, valid) = self.sized()?;
+        if new_size == size && valid {
             return Ok(());
         }
-        if new_size < size {
-            let rest = new_size % BLOCK_SIZE;
-            if rest != 0 {
-                self.resize_block(format::block_of(new_size), size, rest)?;
+        if new_size <= size {
+            if new_size > 0 {
+                // Re-seal the new final block: cut to its new length, or, if
+                // it was a hole, sealed so that it is not one any more.
+                let last = format::block_count(new_size) - 1;
+                self.resize_block(last, size, format::block_plain_len(last, new_size))?;
             }
-        } else if size % BLOCK_SIZE != 0 {
-            let last = format::block_of(size);
-            self.resize_block(last, size, format::block_plain_len(last, new_size))?;
+            self.file
+                .set_len(format::backing_size_from_plain(new_size))?;
+            return Ok(());
         }
-        self.file
-            .set_len(format::backing_size_from_plain(new_size))?;
-        Ok(())
+        if !valid {
+            return Err(EnvelopeError::CorruptBlock {
+                block: format::block_count(size),
+            });
+        }
+        let old_final = format::block_of(size);
+        let new_final = format::block_count(new_size) - 1;
+        if size % BLOCK_SIZE != 0 && old_final == new_final {
+            // The partial final block stays final: pad it to the new size.
+            return self.resize_block(
+                old_final,
+                size,
+                format::block_plain_len(old_final, new_size),
+            );
+        }
+        // Seal the new final block first (writing it sets the backing size;
+        // the blocks before it are holes), then pad the old partial final
+        // block to a full one. A refusal (EFBIG, ENOSPC) changes nothing.
+        let zeros = Zeroizing::new(vec![
+            0u8;
+            format::block_plain_len(new_final, new_size) as usize
+        ]);
+        let mut out = Vec::with_capacity(zeros.len() + BLOCK_OVERHEAD as usize);
+        self.key.seal_block(new_final, &zeros, &mut out)?;
+        let result = self
+            .file
+            .write_all_at(&out, format::block_backing_offset(new_final))
+            .map_err(EnvelopeError::from)
+            .and_then(|()| {
+                if size % BLOCK_SIZE != 0 {
+                    self.resize_block(old_final, size, BLOCK_SIZE)?;
+                }
+                Ok(())
+            });
+        if result.is_err() {
+            self.roll_back_to(size);
+        }
+        result
     }
 
     /// Flushes data (and metadata unless `data_only`) to stable storage.
@@ -714,6 +820,140 @@ pub(crate) mod tests {
         ks.refuse.store(true, Ordering::SeqCst);
         let e = EncryptedFile::open(File::open(dir.join("a")).unwrap(), &ks, &CALLER).unwrap_err();
         assert!(matches!(e, EnvelopeError::Kms(ref k) if k.is_access_refusal()));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn cut_or_zero_extended_files_fail_at_their_end() {
+        let ks = TestKeys::new();
+        let dir = tempdir();
+        let data: Vec<u8> = (0..8192u32).map(|i| i as u8).collect();
+        seal(
+            &mut &data[..4100],
+            temp_file(&dir, "cut"),
+            &ks,
+            &CALLER,
+            "k",
+        )
+        .unwrap();
+        seal(&mut &data[..], temp_file(&dir, "ext"), &ks, &CALLER, "k").unwrap();
+        let open = |name: &str| {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(dir.join(name))
+                .unwrap();
+            EncryptedFile::open(f, &ks, &CALLER).unwrap()
+        };
+        // Cut 1 to 28 bytes into the final block: what is left cannot be a block.
+        for cut in [1u64, 5, 27] {
+            let f = open("cut");
+            let len = f.file().metadata().unwrap().len();
+            f.file().set_len(len - cut).unwrap();
+            let mut buf = vec![0u8; 8192];
+            assert_eq!(
+                f.read_at(&mut buf[..100], 0).unwrap(),
+                100,
+                "the start still reads"
+            );
+            assert!(matches!(
+                f.read_at(&mut buf, 0),
+                Err(EnvelopeError::CorruptBlock { block: 1 })
+            ));
+            let mut out = Vec::new();
+            assert!(unseal(File::open(dir.join("cut")).unwrap(), &mut out, &ks, &CALLER).is_err());
+            f.file().set_len(len).unwrap();
+        }
+        // Zeros appended: a partial or a whole zero block at the end.
+        for extra in [500u64, format::CIPHER_BLOCK_SIZE] {
+            let f = open("ext");
+            let len = f.file().metadata().unwrap().len();
+            f.file().set_len(len + extra).unwrap();
+            let mut buf = vec![0u8; 3 * 4096];
+            assert!(matches!(
+                f.read_at(&mut buf, 0),
+                Err(EnvelopeError::CorruptBlock { block: 2 })
+            ));
+            assert!(
+                f.write_at(b"x", 8192 + 10).is_err(),
+                "writes past a damaged end are refused"
+            );
+            f.file().set_len(len).unwrap();
+            assert_eq!(f.read_at(&mut buf, 0).unwrap(), 8192);
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_hole_that_becomes_the_final_block_is_sealed() {
+        let ks = TestKeys::new();
+        let dir = tempdir();
+        let f = EncryptedFile::create(temp_file(&dir, "h"), &ks, &CALLER, "k").unwrap();
+        f.write_at(b"head", 0).unwrap();
+        f.write_at(b"tail", 10 * BLOCK_SIZE).unwrap();
+        // Blocks 1..=9 are holes; cut the file inside and at the end of them.
+        for size in [8 * BLOCK_SIZE, 5 * BLOCK_SIZE + 7, 2 * BLOCK_SIZE] {
+            f.set_len(size).unwrap();
+            let mut buf = vec![9u8; size as usize];
+            assert_eq!(f.read_at(&mut buf, 0).unwrap(), size as usize);
+            assert_eq!(&buf[..4], b"head");
+            assert!(buf[4..].iter().all(|&b| b == 0));
+        }
+        // Growing seals the new final block too, whole or partial.
+        for size in [20 * BLOCK_SIZE, 30 * BLOCK_SIZE + 1] {
+            f.set_len(size).unwrap();
+            let mut buf = vec![9u8; 4096];
+            let last = format::block_count(size) - 1;
+            let n = f.read_at(&mut buf, last * BLOCK_SIZE).unwrap();
+            assert_eq!(n as u64, format::block_plain_len(last, size));
+            assert!(buf[..n].iter().all(|&b| b == 0));
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn writes_past_the_size_limit_change_nothing() {
+        let ks = TestKeys::new();
+        let dir = tempdir();
+        let f = EncryptedFile::create(temp_file(&dir, "big"), &ks, &CALLER, "k").unwrap();
+        f.write_at(b"0123456789", 0).unwrap();
+        let before = std::fs::read(dir.join("big")).unwrap();
+        // Past what kmsfs allows: refused before anything is written.
+        for off in [u64::MAX - 3, format::MAX_PLAIN_SIZE] {
+            let e = f.write_at(b"x", off).unwrap_err();
+            assert!(
+                matches!(e, EnvelopeError::Io(ref io) if io.raw_os_error() == Some(libc::EFBIG)),
+                "{e}"
+            );
+        }
+        assert!(f.set_len(format::MAX_PLAIN_SIZE + 1).is_err());
+        assert!(
+            std::fs::read(dir.join("big")).unwrap() == before,
+            "file changed"
+        );
+        // Past what the backing file system allows (ext4: 16 TiB): whatever
+        // it refuses must leave the file as it was.
+        for off in [1u64 << 50, 1u64 << 62] {
+            if f.write_at(b"x", off).is_err() {
+                assert!(
+                    std::fs::read(dir.join("big")).unwrap() == before,
+                    "changed at {off}"
+                );
+            } else {
+                f.set_len(10).unwrap();
+            }
+            if f.set_len(off).is_err() {
+                assert!(
+                    std::fs::read(dir.join("big")).unwrap() == before,
+                    "changed at {off}"
+                );
+            } else {
+                f.set_len(10).unwrap();
+            }
+        }
+        let mut buf = [0u8; 16];
+        assert_eq!(f.read_at(&mut buf, 0).unwrap(), 10);
+        assert_eq!(&buf[..10], b"0123456789");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -219,18 +219,24 @@ impl Header {
     }
 
     /// The slot a rewrap should write next (the inactive one) and the slot
-    /// value it should hold: sequence one above the current.
+    /// value it should hold: sequence one above the current. Fails only for a
+    /// (hostile) current sequence number that cannot grow.
     pub fn next_slot(
         &self,
         key_id: String,
         key_material_version: u32,
         wrapped_key: Vec<u8>,
-    ) -> (usize, Slot) {
-        let (idx, seq) = match self.active_index() {
-            Some(i) => (1 - i, self.active().map_or(0, |s| s.seq) + 1),
-            None => (0, 1),
+    ) -> Result<(usize, Slot), FormatError> {
+        let (idx, seq) = match (self.active_index(), self.active()) {
+            (Some(i), Some(s)) => (
+                1 - i,
+                s.seq.checked_add(1).ok_or_else(|| {
+                    FormatError::Unsupported("slot sequence number is exhausted".into())
+                })?,
+            ),
+            _ => (0, 1),
         };
-        (
+        Ok((
             idx,
             Slot {
                 seq,
@@ -238,7 +244,7 @@ impl Header {
                 key_material_version,
                 wrapped_key,
             },
-        )
+        ))
     }
 }
 
@@ -284,7 +290,7 @@ pub fn block_aad(file_id: &FileId, index: u64) -> [u8; BLOCK_AAD_LEN] {
 /// Plaintext size of a file whose backing file is `backing_len` bytes long.
 /// A trailing piece too short to hold a block (1 to 28 bytes) is damage: it
 /// contributes nothing here, and reading that block fails authentication.
-pub fn plain_size_from_backing(backing_len: u64) -> u64 {
+pub const fn plain_size_from_backing(backing_len: u64) -> u64 {
     let Some(content) = backing_len.checked_sub(HEADER_LEN) else {
         return 0;
     };
@@ -293,6 +299,10 @@ pub fn plain_size_from_backing(backing_len: u64) -> u64 {
     full * BLOCK_SIZE + rest.saturating_sub(BLOCK_OVERHEAD)
 }
 
+/// The largest plaintext size whose backing file stays within a signed
+/// 64-bit file offset (what the kernel allows).
+pub const MAX_PLAIN_SIZE: u64 = plain_size_from_backing(i64::MAX as u64);
+
 /// Backing size of a file of `plain` plaintext bytes.
 pub fn backing_size_from_plain(plain: u64) -> u64 {
     let full = plain / BLOCK_SIZE;
@@ -300,7 +310,8 @@ pub fn backing_size_from_plain(plain: u64) -> u64 {
     HEADER_LEN + full * CIPHER_BLOCK_SIZE + if rest > 0 { rest + BLOCK_OVERHEAD } else { 0 }
 }
 
-/// True when `backing_len` is a size this format can produce.
+/// True when `backing_len` is a size this format can produce. Any other size
+/// means the file was cut or extended outside kmsfs: reading its end fails.
 pub fn is_valid_backing_size(backing_len: u64) -> bool {
     backing_len >= HEADER_LEN
         && backing_size_from_plain(plain_size_from_backing(backing_len)) == backing_len
@@ -430,6 +441,8 @@ mod tests {
         assert!(!is_valid_backing_size(0));
         assert!(!is_valid_backing_size(HEADER_LEN - 1));
         assert_eq!(plain_size_from_backing(10), 0);
+        assert!(backing_size_from_plain(MAX_PLAIN_SIZE) <= i64::MAX as u64);
+        assert!(backing_size_from_plain(MAX_PLAIN_SIZE + 4096) > i64::MAX as u64);
     }
 
     #[test]
@@ -483,12 +496,19 @@ mod tests {
         let d = Header::decode(&enc).unwrap();
         assert_eq!(d, h);
         assert_eq!(d.active_index(), Some(0));
-        let (i, s) = h.next_slot("k2".into(), 1, vec![1; 10]);
+        let (i, s) = h.next_slot("k2".into(), 1, vec![1; 10]).unwrap();
         assert_eq!((i, s.seq), (1, 2));
         h.slots[i] = Some(s);
         let d = Header::decode(&h.encode().unwrap()).unwrap();
         assert_eq!(d.active().map(|s| s.key_id.as_str()), Some("k2"));
-        let (i, s) = d.next_slot("k3".into(), 1, vec![1; 10]);
+        let (i, s) = d.next_slot("k3".into(), 1, vec![1; 10]).unwrap();
+        assert_eq!((i, s.seq), (0, 3));
+        let mut worn = d.clone();
+        worn.slots[1] = Some(Slot {
+            seq: u64::MAX,
+            ..slot(1)
+        });
+        assert!(worn.next_slot("k4".into(), 1, vec![1; 10]).is_err());
         assert_eq!((i, s.seq), (0, 3));
     }
 

@@ -2,7 +2,8 @@
 //! SEEK_DATA/SEEK_HOLE, mapped onto ranges of whole blocks in the backing
 //! file. A backing range of zeros (a hole) reads as a block of zeros, so
 //! punching whole blocks punches the backing file; partial blocks at the edges
-//! are written as zeros through the encrypted file.
+//! and the file's final block (never a hole) are written as zeros through the
+//! encrypted file.
 
 use fuser::Errno;
 
@@ -59,7 +60,9 @@ fn punch_hole(f: &OpenFile, offset: u64, end: u64) -> Result<(), Errno> {
         return Ok(());
     }
     let first_full = offset.div_ceil(BLOCK_SIZE);
-    let last_full = end / BLOCK_SIZE;
+    // The final block is never punched: a hole there would read as a file cut
+    // or zero-extended outside kmsfs (EIO). It is rewritten as sealed zeros.
+    let last_full = (end / BLOCK_SIZE).min(format::block_count(size) - 1);
     let zero = |from: u64, to: u64| -> Result<(), Errno> {
         if from < to {
             let zeros = vec![0u8; (to - from) as usize];
