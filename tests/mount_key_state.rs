@@ -158,3 +158,38 @@ fn rotation_keeps_old_files_readable_and_new_files_use_the_new_material() {
     assert_eq!(fs::read(m.p("old")).unwrap(), b"before rotation");
     assert_eq!(fs::read(m.p("new")).unwrap(), b"after rotation");
 }
+
+#[test]
+fn unusable_default_key_is_refused_up_front_by_mount_and_seal() {
+    let Some(mut m) = Mount::new("defaultoff") else {
+        return;
+    };
+    m.unmount();
+    m.ok(&["kms", "disable-key", "--key-id", KEY]);
+    // Without --key-id the default key is checked just like an explicit one:
+    // exit 4 and a clear message, not a mount whose every create fails.
+    let o = m
+        .kmsfs()
+        .arg("mount")
+        .arg(&m.backing)
+        .arg(&m.mnt)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{err}");
+    assert!(err.contains("Disabled"), "{err}");
+    assert!(!common::is_mounted(&m.mnt));
+    let input = m.tmp.path().join("in");
+    fs::write(&input, b"secret").unwrap();
+    let out = m.tmp.path().join("sealed");
+    let o = m.run(&["seal", input.to_str().unwrap(), out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{err}");
+    assert!(err.contains("Disabled"), "{err}");
+    assert!(!out.exists());
+    // Enabled again, both work.
+    m.ok(&["kms", "enable-key", "--key-id", KEY]);
+    m.ok(&["seal", input.to_str().unwrap(), out.to_str().unwrap()]);
+    m.mount();
+    fs::write(m.p("f"), b"ok").unwrap();
+}

@@ -32,6 +32,11 @@ fn sealed_file_reads_through_the_mount_and_backing_files_unseal() {
         out.to_str().unwrap(),
     ]);
     assert!(fs::read(&out).unwrap() == plain[..77_777]);
+    // Plaintext output is the owner's alone, whatever the umask.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&out), 0o600, "unseal output");
+    assert_eq!(mode(&sealed), 0o600, "seal output");
     // To stdout as well.
     let o = m.run(&["unseal", m.b("copied").to_str().unwrap(), "-"]);
     assert!(o.status.success());

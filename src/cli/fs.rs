@@ -119,33 +119,34 @@ fn existing_dir(p: &Path, what: &str) -> Result<PathBuf, CliError> {
     Ok(abs)
 }
 
-/// The key service and the CMK for new files: `key_id` checked to be usable
-/// now, or the zero-setup default key (keystore and key created on first use).
+/// The key service and the CMK for new files: `key_id`, or the zero-setup
+/// default key (keystore and key created on first use), checked either way to
+/// be usable now, so that a mount never starts only to refuse every create.
 fn service_and_key(
     g: &GlobalArgs,
     key_id: Option<&str>,
 ) -> Result<(Arc<dyn KeyService>, String), CliError> {
-    match key_id {
+    let (ks, k): (Arc<dyn KeyService>, String) = match key_id {
         None => {
             let (ks, id) = keystore::open_or_create_default(g)?;
-            Ok((ks, id))
+            (ks, id)
         }
-        Some(k) => {
-            let ks = keystore::open_key_service(g)?;
-            let meta = ks.describe_key(&current_caller(), k)?;
-            if meta.key_state != KeyState::Enabled {
-                return Err(CliError::new(
-                    ErrorClass::Refused,
-                    format!(
-                        "key {k} is {}: new files could not be encrypted under it",
-                        meta.key_state.as_str()
-                    ),
-                )
-                .hint("enable it with `kmsfs kms enable-key --key-id K`, or pick another key"));
-            }
-            Ok((ks, meta.key_id))
-        }
+        Some(k) => (keystore::open_key_service(g)?, k.to_string()),
+    };
+    let meta = ks.describe_key(&current_caller(), &k)?;
+    if meta.key_state != KeyState::Enabled {
+        return Err(CliError::new(
+            ErrorClass::Refused,
+            format!(
+                "key {k} is {}: new files could not be encrypted under it",
+                meta.key_state.as_str()
+            ),
+        )
+        .hint(
+            "enable it with `kmsfs kms enable-key --key-id K`, or pick another key with --key-id",
+        ));
     }
+    Ok((ks, meta.key_id))
 }
 
 /// `kmsfs mount`.
@@ -262,11 +263,15 @@ pub fn inspect(g: &GlobalArgs, a: InspectArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// A new output file, readable by its owner only: an unsealed output holds
+/// plaintext, and a sealed one need not be more visible than its input.
 fn create_new(p: &Path) -> Result<File, CliError> {
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(p)
         .map_err(|e| {
             let exists = e.kind() == std::io::ErrorKind::AlreadyExists;

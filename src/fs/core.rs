@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -81,8 +82,6 @@ pub struct KmsFs {
     umask: u32,
     /// The backing directory, which file opens may not leave.
     root: File,
-    /// Backing paths are relative to the working directory (`enter_backing`).
-    relative: bool,
 }
 
 fn backing_key(m: &Metadata) -> BackingKey {
@@ -155,8 +154,12 @@ impl KmsFs {
     /// A filesystem over `cfg.backing`, which must be an existing directory.
     /// Backing paths are absolute until `enter_backing`.
     pub fn new(cfg: FsConfig) -> std::io::Result<Self> {
-        let m = std::fs::metadata(&cfg.backing)?;
+        // The inode table's root is the directory actually opened.
         let root = File::open(&cfg.backing)?;
+        let m = root.metadata()?;
+        if !m.is_dir() {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
         Ok(Self {
             inodes: Mutex::new(InodeTable::new(backing_key(&m))),
             opens: OpenTable::new(),
@@ -166,18 +169,16 @@ impl KmsFs {
             init_lock: Mutex::new(()),
             umask: super::sys::umask(),
             root,
-            relative: false,
             cfg,
         })
     }
 
-    /// Makes the backing directory the process's working directory and uses
-    /// paths relative to it from then on, so that a path as long as the kernel
-    /// allows on the mount still fits in PATH_MAX below it. For the daemon.
+    /// Makes the backing directory the process's working directory (so the
+    /// daemon pins no other directory). For the daemon. Backing entries are
+    /// always named relative to the backing root's descriptor, so a path as
+    /// long as the kernel allows on the mount still fits in PATH_MAX below it.
     pub fn enter_backing(&mut self) -> std::io::Result<()> {
-        std::env::set_current_dir(&self.cfg.backing)?;
-        self.relative = true;
-        Ok(())
+        std::env::set_current_dir(&self.cfg.backing)
     }
 
     /// Entry and attribute time-to-live.
@@ -188,15 +189,6 @@ impl KmsFs {
     /// True for a read-only mount.
     pub fn read_only(&self) -> bool {
         self.cfg.read_only
-    }
-
-    /// The path to give system calls for `rel`.
-    pub fn bpath(&self, rel: &Path) -> PathBuf {
-        match (self.relative, rel.as_os_str().is_empty()) {
-            (true, true) => PathBuf::from("."),
-            (true, false) => rel.to_path_buf(),
-            (false, _) => self.cfg.backing.join(rel),
-        }
     }
 
     /// The full backing path of `rel`, for log messages.
@@ -210,6 +202,39 @@ impl KmsFs {
             .path(ino)
             .map(Path::to_path_buf)
             .ok_or(Errno::ENOENT)
+    }
+
+    /// The backing directory's descriptor (below which every backing
+    /// operation stays).
+    pub fn root(&self) -> &File {
+        &self.root
+    }
+
+    /// The backing entry `rel` as its parent directory (an O_PATH descriptor
+    /// opened beneath the backing root, through no symlink) and its name, for
+    /// the *at system calls: whatever is swapped for a symlink in the backing
+    /// tree meanwhile, they act on an entry beneath the backing root and never
+    /// through a final symlink. The root itself is "." in itself.
+    pub fn at(&self, rel: &Path) -> Result<(File, OsString), Errno> {
+        let (dir, name) = match (rel.parent(), rel.file_name()) {
+            (Some(dir), Some(name)) => (dir, name.to_os_string()),
+            _ => (Path::new(""), OsString::from(".")),
+        };
+        let dir = super::sys::open_dir_beneath(&self.root, dir).map_err(|e| io_errno(&e))?;
+        Ok((dir, name))
+    }
+
+    /// Metadata of the backing entry `rel` itself (a symlink is not followed;
+    /// no path component may be a symlink or leave the backing root).
+    pub fn stat(&self, rel: &Path) -> Result<Metadata, Errno> {
+        let p = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        self.open_backing(p, libc::O_PATH, 0)?
+            .metadata()
+            .map_err(|e| io_errno(&e))
     }
 
     /// The relative path of `name` in directory `parent`.
@@ -230,7 +255,7 @@ impl KmsFs {
     /// Looks up `name` in `parent` for the kernel.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
         let rel = self.child(parent, name)?;
-        let m = std::fs::symlink_metadata(self.bpath(&rel)).map_err(|e| io_errno(&e))?;
+        let m = self.stat(&rel)?;
         Ok(self.entry(&rel, &m))
     }
 
@@ -245,7 +270,7 @@ impl KmsFs {
         if let Some(f) = self.opens.get(ino) {
             return f.metadata();
         }
-        std::fs::symlink_metadata(self.bpath(&self.rel(ino)?)).map_err(|e| io_errno(&e))
+        self.stat(&self.rel(ino)?)
     }
 
     /// Attributes of `ino`.
@@ -369,10 +394,12 @@ impl KmsFs {
         caller: &Caller,
     ) -> Result<(FileAttr, Arc<OpenFile>), Errno> {
         let rel = self.child(parent, name)?;
-        let (abs, shown) = (self.bpath(&rel), self.shown(&rel));
+        let shown = self.shown(&rel);
+        let (dir, name) = self.at(&rel)?;
         let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
-        let file = self.open_backing(&rel, flags, mode & 0o7777)?;
-        let made = self.set_owner(&abs, caller).and_then(|()| {
+        let file = super::sys::open_beneath(&dir, Path::new(&name), flags, mode & 0o7777)
+            .map_err(|e| io_errno(&e))?;
+        let made = self.set_owner(&file, caller).and_then(|()| {
             self.exact_mode(&file, mode)?;
             EncryptedFile::create(file, &*self.cfg.ks, caller, &self.cfg.key_id)
                 .map_err(|e| envelope_errno(&e, &shown))
@@ -381,7 +408,7 @@ impl KmsFs {
             Ok(ef) => ef,
             Err(e) => {
                 // Leave no headerless file behind.
-                let _ = std::fs::remove_file(&abs);
+                let _ = super::sys::unlinkat(&dir, &name, false);
                 return Err(e);
             }
         };
@@ -406,12 +433,23 @@ impl KmsFs {
         mode & self.umask & 0o7777 != 0
     }
 
-    /// New files belong to the caller (the daemon runs as root).
-    pub fn set_owner(&self, abs: &Path, caller: &Caller) -> Result<(), Errno> {
+    /// A new file belongs to the caller (the daemon runs as root).
+    pub fn set_owner(&self, file: &File, caller: &Caller) -> Result<(), Errno> {
         if !super::sys::is_root() {
             return Ok(());
         }
-        std::os::unix::fs::lchown(abs, Some(caller.uid), Some(caller.gid)).map_err(|e| io_errno(&e))
+        std::os::unix::fs::fchown(file, Some(caller.uid), Some(caller.gid))
+            .map_err(|e| io_errno(&e))
+    }
+
+    /// A new node `name` in directory `dir` belongs to the caller (the daemon
+    /// runs as root); a symlink itself, not its target.
+    pub fn set_owner_at(&self, dir: &File, name: &OsStr, caller: &Caller) -> Result<(), Errno> {
+        if !super::sys::is_root() {
+            return Ok(());
+        }
+        super::sys::fchownat_nofollow(dir, name, Some(caller.uid), Some(caller.gid))
+            .map_err(|e| io_errno(&e))
     }
 
     /// Truncates or extends `ino` to `size` plaintext bytes (opening it
@@ -428,9 +466,18 @@ impl KmsFs {
 
     /// Takes a snapshot of directory `ino` for readdir; returns its handle.
     pub fn opendir(&self, ino: u64) -> Result<u64, Errno> {
-        let abs = self.bpath(&self.rel(ino)?);
+        let rel = self.rel(ino)?;
+        let p = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            &rel
+        };
+        // Opened beneath the root through no symlink, then listed through
+        // /proc: the listing is of exactly that directory.
+        let dir = self.open_backing(p, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        let listed = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
         let mut entries = Vec::new();
-        for e in std::fs::read_dir(&abs).map_err(|e| io_errno(&e))? {
+        for e in std::fs::read_dir(&listed).map_err(|e| io_errno(&e))? {
             let e = e.map_err(|e| io_errno(&e))?;
             let Ok(ft) = e.file_type() else { continue };
             entries.push(DirEntry {
@@ -464,7 +511,7 @@ impl KmsFs {
         add: impl FnOnce(&FileAttr) -> bool,
     ) -> Result<bool, Errno> {
         let rel = dir_rel.join(name);
-        let m = std::fs::symlink_metadata(self.bpath(&rel)).map_err(|e| io_errno(&e))?;
+        let m = self.stat(&rel)?;
         let mut t = lock(&self.inodes);
         let ino = t.resolve(&rel, backing_key(&m), m.is_dir());
         let attr = attr_of(ino, &m);

@@ -2,9 +2,9 @@
 //! `KmsFs` method or a system call on the backing path, and replies once.
 
 use std::ffi::OsStr;
+use std::fs::File;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -55,21 +55,23 @@ struct MetaChange {
 }
 
 impl MetaChange {
-    fn apply_to_path(&self, abs: &Path) -> Result<(), Errno> {
+    /// Applies the change to entry `name` of directory `dir`, never through
+    /// a symlink (chmod of a symlink is EOPNOTSUPP; chown and times change
+    /// the symlink itself).
+    fn apply_at(&self, dir: &File, name: &OsStr) -> Result<(), Errno> {
         if let Some(mode) = self.mode {
-            std::fs::set_permissions(abs, std::fs::Permissions::from_mode(mode & 0o7777))
-                .map_err(ioe)?;
+            sys::fchmodat_nofollow(dir, name, mode & 0o7777).map_err(ioe)?;
         }
         if self.uid.is_some() || self.gid.is_some() {
-            std::os::unix::fs::lchown(abs, self.uid, self.gid).map_err(ioe)?;
+            sys::fchownat_nofollow(dir, name, self.uid, self.gid).map_err(ioe)?;
         }
         if self.atime.is_some() || self.mtime.is_some() {
-            sys::utimens(abs, utime(self.atime), utime(self.mtime)).map_err(ioe)?;
+            sys::utimensat(dir, name, utime(self.atime), utime(self.mtime)).map_err(ioe)?;
         }
         Ok(())
     }
 
-    fn apply_to_file(&self, file: &std::fs::File) -> Result<(), Errno> {
+    fn apply_to_file(&self, file: &File) -> Result<(), Errno> {
         if let Some(mode) = self.mode {
             file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
                 .map_err(ioe)?;
@@ -108,18 +110,26 @@ impl KmsFs {
         }
     }
 
-    /// After making a node at `rel`: give it to the caller and register it.
-    /// `mode` (not for symlinks) is set exactly, despite the daemon's umask.
-    fn made(&self, rel: &Path, req: &Request, mode: Option<u32>) -> Result<FileAttr, Errno> {
-        let abs = self.bpath(rel);
-        self.set_owner(&abs, &caller(req))?;
+    /// After making node `name` in `dir` (at `rel`): give it to the caller
+    /// and register it. `mode` (not for symlinks) is set exactly, despite the
+    /// daemon's umask. Nothing here follows a symlink swapped in meanwhile.
+    fn made(
+        &self,
+        rel: &Path,
+        dir: &File,
+        name: &OsStr,
+        req: &Request,
+        mode: Option<u32>,
+    ) -> Result<FileAttr, Errno> {
+        self.set_owner_at(dir, name, &caller(req))?;
         if let Some(mode) = mode
             && self.umask_strips(mode)
         {
-            std::fs::set_permissions(&abs, std::fs::Permissions::from_mode(mode & 0o7777))
-                .map_err(ioe)?;
+            sys::fchmodat_nofollow(dir, name, mode & 0o7777).map_err(ioe)?;
         }
-        let m = std::fs::symlink_metadata(&abs).map_err(ioe)?;
+        let m = sys::open_node(dir, name)
+            .and_then(|n| n.metadata())
+            .map_err(ioe)?;
         Ok(self.entry(rel, &m))
     }
 
@@ -145,10 +155,14 @@ impl KmsFs {
             atime,
             mtime,
         };
-        match self.rel(ino) {
-            Ok(rel) => change.apply_to_path(&self.bpath(&rel))?,
-            // Unlinked but open: change the file through its descriptor.
-            Err(e) => change.apply_to_file(self.open_state(ino).map_err(|_| e)?.read().file())?,
+        match self.open_state(ino) {
+            // Open (perhaps unlinked, perhaps its name swapped for something
+            // else since): change the very file through its descriptor.
+            Ok(f) => change.apply_to_file(f.read().file())?,
+            Err(_) => {
+                let (dir, name) = self.at(&self.rel(ino)?)?;
+                change.apply_at(&dir, &name)?;
+            }
         }
         self.getattr(ino)
     }
@@ -163,7 +177,8 @@ impl KmsFs {
     ) -> Result<(), Errno> {
         let from = self.child(parent, name)?;
         let to = self.child(newparent, newname)?;
-        sys::renameat2(&self.bpath(&from), &self.bpath(&to), flags.bits()).map_err(ioe)?;
+        let ((fdir, fname), (tdir, tname)) = (self.at(&from)?, self.at(&to)?);
+        sys::renameat2(&fdir, &fname, &tdir, &tname, flags.bits()).map_err(ioe)?;
         self.renamed(&from, &to, flags.contains(RenameFlags::RENAME_EXCHANGE));
         Ok(())
     }
@@ -277,9 +292,10 @@ impl Filesystem for KmsFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let r = self
             .rel(ino.0)
-            .and_then(|rel| std::fs::read_link(self.bpath(&rel)).map_err(ioe));
+            .and_then(|rel| self.at(&rel))
+            .and_then(|(dir, name)| sys::readlinkat(&dir, &name).map_err(ioe));
         match r {
-            Ok(t) => reply.data(t.as_os_str().as_bytes()),
+            Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
         }
     }
@@ -302,8 +318,9 @@ impl Filesystem for KmsFs {
                 return Ok(attr);
             }
             let rel = self.child(parent.0, name)?;
-            sys::mknod(&self.bpath(&rel), mode, rdev).map_err(ioe)?;
-            self.made(&rel, req, Some(mode))
+            let (dir, name) = self.at(&rel)?;
+            sys::mknodat(&dir, &name, mode, rdev).map_err(ioe)?;
+            self.made(&rel, &dir, &name, req, Some(mode))
         });
         self.reply_entry(r, reply);
     }
@@ -319,18 +336,17 @@ impl Filesystem for KmsFs {
     ) {
         let r = self.writable().and_then(|()| {
             let rel = self.child(parent.0, name)?;
-            std::fs::DirBuilder::new()
-                .mode(mode & 0o7777)
-                .create(self.bpath(&rel))
-                .map_err(ioe)?;
-            self.made(&rel, req, Some(mode))
+            let (dir, name) = self.at(&rel)?;
+            sys::mkdirat(&dir, &name, mode & 0o7777).map_err(ioe)?;
+            self.made(&rel, &dir, &name, req, Some(mode))
         });
         self.reply_entry(r, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let r = self.child(parent.0, name).and_then(|rel| {
-            std::fs::remove_file(self.bpath(&rel)).map_err(ioe)?;
+            let (dir, name) = self.at(&rel)?;
+            sys::unlinkat(&dir, &name, false).map_err(ioe)?;
             self.forget_path(&rel);
             Ok(())
         });
@@ -342,7 +358,8 @@ impl Filesystem for KmsFs {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let r = self.child(parent.0, name).and_then(|rel| {
-            std::fs::remove_dir(self.bpath(&rel)).map_err(ioe)?;
+            let (dir, name) = self.at(&rel)?;
+            sys::unlinkat(&dir, &name, true).map_err(ioe)?;
             self.forget_path(&rel);
             Ok(())
         });
@@ -362,8 +379,9 @@ impl Filesystem for KmsFs {
     ) {
         let r = self.writable().and_then(|()| {
             let rel = self.child(parent.0, link_name)?;
-            std::os::unix::fs::symlink(target, self.bpath(&rel)).map_err(ioe)?;
-            self.made(&rel, req, None)
+            let (dir, name) = self.at(&rel)?;
+            sys::symlinkat(target, &dir, &name).map_err(ioe)?;
+            self.made(&rel, &dir, &name, req, None)
         });
         self.reply_entry(r, reply);
     }
@@ -393,9 +411,10 @@ impl Filesystem for KmsFs {
         reply: ReplyEntry,
     ) {
         let r = (|| {
-            let from = self.bpath(&self.rel(ino.0)?);
+            let (fdir, fname) = self.at(&self.rel(ino.0)?)?;
             let rel = self.child(newparent.0, newname)?;
-            std::fs::hard_link(&from, self.bpath(&rel)).map_err(ioe)?;
+            let (dir, name) = self.at(&rel)?;
+            sys::linkat(&fdir, &fname, &dir, &name).map_err(ioe)?;
             self.linked(ino.0, &rel);
             KmsFs::getattr(self, ino.0)
         })();
@@ -583,7 +602,12 @@ impl Filesystem for KmsFs {
         reply: ReplyEmpty,
     ) {
         let r = self.rel(ino.0).and_then(|rel| {
-            std::fs::File::open(self.bpath(&rel))
+            let p = if rel.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                &rel
+            };
+            sys::open_beneath(self.root(), p, libc::O_RDONLY | libc::O_DIRECTORY, 0)
                 .and_then(|d| d.sync_all())
                 .map_err(ioe)
         });
@@ -594,7 +618,7 @@ impl Filesystem for KmsFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match sys::statvfs(&self.bpath(Path::new(""))) {
+        match sys::fstatvfs(self.root()) {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namemax, s.frsize,
             ),
@@ -617,8 +641,10 @@ impl Filesystem for KmsFs {
         }
         let r = self
             .writable()
-            .and_then(|()| self.rel(ino.0))
-            .and_then(|rel| sys::setxattr(&self.bpath(&rel), name, value, flags).map_err(ioe));
+            .and_then(|()| self.at(&self.rel(ino.0)?))
+            .and_then(|(dir, entry)| {
+                sys::setxattrat(&dir, &entry, name, value, flags).map_err(ioe)
+            });
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -629,24 +655,23 @@ impl Filesystem for KmsFs {
         if reserved_xattr(name) {
             return reply.error(Errno::NO_XATTR);
         }
-        let rel = match self.rel(ino.0) {
+        let (dir, entry) = match self.rel(ino.0).and_then(|rel| self.at(&rel)) {
             Ok(r) => r,
             Err(e) => return reply.error(e),
         };
         let mut buf = vec![0u8; size as usize];
-        let r = sys::getxattr(&self.bpath(&rel), name, &mut buf);
+        let r = sys::getxattrat(&dir, &entry, name, &mut buf);
         self.xattr_reply(r, size, &buf, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let rel = match self.rel(ino.0) {
+        let (dir, entry) = match self.rel(ino.0).and_then(|rel| self.at(&rel)) {
             Ok(r) => r,
             Err(e) => return reply.error(e),
         };
-        let abs = self.bpath(&rel);
-        let r = sys::listxattr(&abs, &mut []).and_then(|n| {
+        let r = sys::listxattrat(&dir, &entry, &mut []).and_then(|n| {
             let mut buf = vec![0u8; n];
-            let n = sys::listxattr(&abs, &mut buf)?;
+            let n = sys::listxattrat(&dir, &entry, &mut buf)?;
             buf.truncate(n);
             Ok(filter_xattr_list(&buf))
         });
@@ -662,8 +687,8 @@ impl Filesystem for KmsFs {
         }
         let r = self
             .writable()
-            .and_then(|()| self.rel(ino.0))
-            .and_then(|rel| sys::removexattr(&self.bpath(&rel), name).map_err(ioe));
+            .and_then(|()| self.at(&self.rel(ino.0)?))
+            .and_then(|(dir, entry)| sys::removexattrat(&dir, &entry, name).map_err(ioe));
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),

@@ -26,19 +26,147 @@ fn check(rc: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// renameat2(2) with `flags` (RENAME_NOREPLACE, RENAME_EXCHANGE).
-pub fn renameat2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
-    let (f, t) = (cstr(from)?, cstr(to)?);
-    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
+/// renameat2(2) of `from` in directory `fd` to `to` in directory `tfd`, with
+/// `flags` (RENAME_NOREPLACE, RENAME_EXCHANGE).
+pub fn renameat2(
+    fd: &impl AsRawFd,
+    from: &OsStr,
+    tfd: &impl AsRawFd,
+    to: &OsStr,
+    flags: u32,
+) -> io::Result<()> {
+    let (f, t) = (name_cstr(from)?, name_cstr(to)?);
+    // SAFETY: both pointers are valid NUL-terminated strings that outlive the
+    // call; the descriptors are borrowed from live files.
     check(unsafe {
         libc::renameat2(
-            libc::AT_FDCWD,
+            fd.as_raw_fd(),
             f.as_ptr(),
-            libc::AT_FDCWD,
+            tfd.as_raw_fd(),
             t.as_ptr(),
             flags as libc::c_uint,
         )
     })
+}
+
+/// linkat(2) without following `from` (a symlink gets a new name itself).
+pub fn linkat(fd: &impl AsRawFd, from: &OsStr, tfd: &impl AsRawFd, to: &OsStr) -> io::Result<()> {
+    let (f, t) = (name_cstr(from)?, name_cstr(to)?);
+    // SAFETY: valid C strings that outlive the call; borrowed descriptors.
+    check(unsafe { libc::linkat(fd.as_raw_fd(), f.as_ptr(), tfd.as_raw_fd(), t.as_ptr(), 0) })
+}
+
+/// unlinkat(2): a file, or with `dir` an empty directory, in directory `fd`.
+pub fn unlinkat(fd: &impl AsRawFd, name: &OsStr, dir: bool) -> io::Result<()> {
+    let n = name_cstr(name)?;
+    let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: a valid C string that outlives the call; a borrowed descriptor.
+    check(unsafe { libc::unlinkat(fd.as_raw_fd(), n.as_ptr(), flags) })
+}
+
+/// mkdirat(2).
+pub fn mkdirat(fd: &impl AsRawFd, name: &OsStr, mode: u32) -> io::Result<()> {
+    let n = name_cstr(name)?;
+    // SAFETY: a valid C string that outlives the call; a borrowed descriptor.
+    check(unsafe { libc::mkdirat(fd.as_raw_fd(), n.as_ptr(), mode as libc::mode_t) })
+}
+
+/// symlinkat(2): `name` in directory `fd` pointing at `target`.
+pub fn symlinkat(target: &Path, fd: &impl AsRawFd, name: &OsStr) -> io::Result<()> {
+    let (t, n) = (cstr(target)?, name_cstr(name)?);
+    // SAFETY: valid C strings that outlive the call; a borrowed descriptor.
+    check(unsafe { libc::symlinkat(t.as_ptr(), fd.as_raw_fd(), n.as_ptr()) })
+}
+
+/// readlinkat(2).
+pub fn readlinkat(fd: &impl AsRawFd, name: &OsStr) -> io::Result<Vec<u8>> {
+    let n = name_cstr(name)?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: a valid C string; `buf` is writable for `buf.len()` bytes.
+    let r = unsafe {
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            n.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+/// Opens `name` in directory `fd` as an O_PATH descriptor of the entry itself
+/// (a symlink is not followed): for fstat and for naming it in /proc.
+pub fn open_node(fd: &impl AsRawFd, name: &OsStr) -> io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let n = name_cstr(name)?;
+    let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: a valid C string that outlives the call; a borrowed descriptor.
+    let r = unsafe { libc::openat(fd.as_raw_fd(), n.as_ptr(), flags) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { std::fs::File::from_raw_fd(r) })
+}
+
+/// The /proc path of an open descriptor: resolving it reaches exactly the
+/// inode the descriptor holds, whatever happened to its name since.
+fn proc_fd(fd: &impl AsRawFd) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL in a number")
+}
+
+fn is_symlink(node: &std::fs::File) -> io::Result<bool> {
+    Ok(node.metadata()?.file_type().is_symlink())
+}
+
+/// chmod of `name` in directory `fd`, never through a symlink: a symlink
+/// itself has no mode to change (EOPNOTSUPP, as Linux answers).
+pub fn fchmodat_nofollow(fd: &impl AsRawFd, name: &OsStr, mode: u32) -> io::Result<()> {
+    let n = name_cstr(name)?;
+    // SAFETY: a valid C string that outlives the call; integer arguments.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fchmodat2,
+            fd.as_raw_fd(),
+            n.as_ptr(),
+            mode as libc::mode_t,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(e);
+    }
+    // Before Linux 6.6: pin the entry, refuse a symlink, chmod what was pinned.
+    let node = open_node(fd, name)?;
+    if is_symlink(&node)? {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    let p = proc_fd(&node);
+    // SAFETY: a valid C string that outlives the call.
+    check(unsafe { libc::chmod(p.as_ptr(), mode as libc::mode_t) })
+}
+
+/// fchownat(2) of `name` in directory `fd` without following a symlink;
+/// None leaves that id unchanged.
+pub fn fchownat_nofollow(
+    fd: &impl AsRawFd,
+    name: &OsStr,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> io::Result<()> {
+    let n = name_cstr(name)?;
+    let (u, g) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
+    // SAFETY: a valid C string that outlives the call; integer arguments
+    // (-1 keeps an id).
+    check(unsafe { libc::fchownat(fd.as_raw_fd(), n.as_ptr(), u, g, libc::AT_SYMLINK_NOFOLLOW) })
 }
 
 /// Opens `rel` below the directory `root` with openat2(RESOLVE_BENEATH): even
@@ -62,7 +190,10 @@ pub fn open_beneath(
     } else {
         0
     };
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    // The mount never hands the daemon a path through a symlink (the kernel
+    // follows symlinks of the mount itself), so a symlink anywhere on the way
+    // is a swap made behind the mount's back.
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: `p` is a valid C string and `how` a valid open_how of the size
     // passed; the kernel only reads them.
     let mut fd = unsafe {
@@ -85,11 +216,30 @@ pub fn open_beneath(
     Ok(unsafe { std::fs::File::from_raw_fd(fd as RawFd) })
 }
 
-/// mknod(2): FIFOs, sockets and (as root, if the mount allows) devices.
-pub fn mknod(path: &Path, mode: u32, rdev: u32) -> io::Result<()> {
-    let p = cstr(path)?;
-    // SAFETY: `p` is a valid NUL-terminated string that outlives the call.
-    check(unsafe { libc::mknod(p.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) })
+/// Opens the directory `rel` below `root` as an O_PATH descriptor, to make,
+/// remove, rename and change its entries relative to it: no component may be
+/// a symlink or leave `root` (openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS).
+pub fn open_dir_beneath(root: &impl AsRawFd, rel: &Path) -> io::Result<std::fs::File> {
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    open_beneath(root, rel, libc::O_PATH | libc::O_DIRECTORY, 0)
+}
+
+/// mknodat(2): FIFOs, sockets and (as root, if the mount allows) devices.
+pub fn mknodat(fd: &impl AsRawFd, name: &OsStr, mode: u32, rdev: u32) -> io::Result<()> {
+    let n = name_cstr(name)?;
+    // SAFETY: `n` is a valid NUL-terminated string that outlives the call.
+    check(unsafe {
+        libc::mknodat(
+            fd.as_raw_fd(),
+            n.as_ptr(),
+            mode as libc::mode_t,
+            rdev as libc::dev_t,
+        )
+    })
 }
 
 /// A time for `utimens`: unchanged, now, or a given time.
@@ -134,15 +284,15 @@ fn timespec(t: Utime) -> libc::timespec {
     }
 }
 
-/// utimensat(2) without following a final symlink.
-pub fn utimens(path: &Path, atime: Utime, mtime: Utime) -> io::Result<()> {
-    let p = cstr(path)?;
+/// utimensat(2) of `name` in directory `fd` without following a symlink.
+pub fn utimensat(fd: &impl AsRawFd, name: &OsStr, atime: Utime, mtime: Utime) -> io::Result<()> {
+    let p = name_cstr(name)?;
     let ts = [timespec(atime), timespec(mtime)];
     // SAFETY: `p` is a valid C string and `ts` an array of two timespecs, both live
     // for the duration of the call.
     check(unsafe {
         libc::utimensat(
-            libc::AT_FDCWD,
+            fd.as_raw_fd(),
             p.as_ptr(),
             ts.as_ptr(),
             libc::AT_SYMLINK_NOFOLLOW,
@@ -176,58 +326,173 @@ pub fn lseek(fd: &impl AsRawFd, offset: u64, whence: i32) -> io::Result<u64> {
     }
 }
 
-/// lgetxattr(2); `buf` empty asks for the size.
-pub fn getxattr(path: &Path, name: &OsStr, buf: &mut [u8]) -> io::Result<usize> {
-    let (p, n) = (cstr(path)?, name_cstr(name)?);
-    // SAFETY: valid C strings; `buf` is writable for `buf.len()` bytes (a null
-    // pointer with size 0 asks only for the size).
-    let r = unsafe {
-        libc::lgetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len() as libc::size_t,
-        )
+// The *xattrat system calls (Linux 6.13): the same numbers on every architecture.
+const SYS_SETXATTRAT: libc::c_long = 463;
+const SYS_GETXATTRAT: libc::c_long = 464;
+const SYS_LISTXATTRAT: libc::c_long = 465;
+const SYS_REMOVEXATTRAT: libc::c_long = 466;
+
+/// `struct xattr_args` of the *xattrat system calls.
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+/// An extended-attribute call on `name` in directory `fd`, never through a
+/// symlink: first the *xattrat call with AT_SYMLINK_NOFOLLOW; on kernels
+/// without it, the entry is pinned with O_PATH and reached through /proc
+/// (a symlink entry then has no attributes to offer: EOPNOTSUPP).
+fn xattr_at(
+    fd: &impl AsRawFd,
+    name: &OsStr,
+    at: impl FnOnce(RawFd, &CString) -> libc::c_long,
+    by_path: impl FnOnce(&CString) -> libc::ssize_t,
+) -> io::Result<usize> {
+    let n = name_cstr(name)?;
+    let r = at(fd.as_raw_fd(), &n);
+    if r >= 0 {
+        return Ok(r as usize);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(e);
+    }
+    let node = open_node(fd, name)?;
+    if is_symlink(&node)? {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    let r = by_path(&proc_fd(&node));
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// getxattr of `name` in directory `fd`; `buf` empty asks for the size.
+pub fn getxattrat(
+    fd: &impl AsRawFd,
+    name: &OsStr,
+    attr: &OsStr,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    let a = name_cstr(attr)?;
+    let (ptr, len) = (buf.as_mut_ptr(), buf.len());
+    let mut args = XattrArgs {
+        value: ptr as u64,
+        size: len as u32,
+        flags: 0,
     };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
-    }
+    xattr_at(
+        fd,
+        name,
+        // SAFETY: valid C strings; `args` points at `buf`, writable for `len`
+        // bytes, and is of the size passed.
+        |dfd, n| unsafe {
+            libc::syscall(
+                SYS_GETXATTRAT,
+                dfd,
+                n.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                a.as_ptr(),
+                &mut args as *mut XattrArgs,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        },
+        // SAFETY: valid C strings; `buf` is writable for `len` bytes.
+        |p| unsafe { libc::getxattr(p.as_ptr(), a.as_ptr(), ptr.cast(), len) },
+    )
 }
 
-/// lsetxattr(2).
-pub fn setxattr(path: &Path, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
-    let (p, n) = (cstr(path)?, name_cstr(name)?);
-    // SAFETY: valid C strings; `value` is readable for `value.len()` bytes.
-    check(unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len() as libc::size_t,
-            flags,
-        )
-    })
+/// setxattr of `name` in directory `fd` (`flags`: XATTR_CREATE, XATTR_REPLACE).
+pub fn setxattrat(
+    fd: &impl AsRawFd,
+    name: &OsStr,
+    attr: &OsStr,
+    value: &[u8],
+    flags: i32,
+) -> io::Result<()> {
+    let a = name_cstr(attr)?;
+    let args = XattrArgs {
+        value: value.as_ptr() as u64,
+        size: value.len() as u32,
+        flags: flags as u32,
+    };
+    xattr_at(
+        fd,
+        name,
+        // SAFETY: valid C strings; `args` points at `value`, readable for its
+        // length, and is of the size passed.
+        |dfd, n| unsafe {
+            libc::syscall(
+                SYS_SETXATTRAT,
+                dfd,
+                n.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                a.as_ptr(),
+                &args as *const XattrArgs,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        },
+        // SAFETY: valid C strings; `value` is readable for its length.
+        |p| unsafe {
+            libc::setxattr(
+                p.as_ptr(),
+                a.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                flags,
+            ) as libc::ssize_t
+        },
+    )
+    .map(drop)
 }
 
-/// llistxattr(2): NUL-separated names; `buf` empty asks for the size.
-pub fn listxattr(path: &Path, buf: &mut [u8]) -> io::Result<usize> {
-    let p = cstr(path)?;
-    // SAFETY: valid C string; `buf` is writable for `buf.len()` bytes.
-    let r = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
-    }
+/// listxattr of `name` in directory `fd`: NUL-separated names; `buf` empty
+/// asks for the size.
+pub fn listxattrat(fd: &impl AsRawFd, name: &OsStr, buf: &mut [u8]) -> io::Result<usize> {
+    let (ptr, len) = (buf.as_mut_ptr(), buf.len());
+    xattr_at(
+        fd,
+        name,
+        // SAFETY: a valid C string; `buf` is writable for `len` bytes.
+        |dfd, n| unsafe {
+            libc::syscall(
+                SYS_LISTXATTRAT,
+                dfd,
+                n.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                ptr,
+                len,
+            )
+        },
+        // SAFETY: a valid C string; `buf` is writable for `len` bytes.
+        |p| unsafe { libc::listxattr(p.as_ptr(), ptr.cast(), len) },
+    )
 }
 
-/// lremovexattr(2).
-pub fn removexattr(path: &Path, name: &OsStr) -> io::Result<()> {
-    let (p, n) = (cstr(path)?, name_cstr(name)?);
-    // SAFETY: valid C strings that outlive the call.
-    check(unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) })
+/// removexattr of `name` in directory `fd`.
+pub fn removexattrat(fd: &impl AsRawFd, name: &OsStr, attr: &OsStr) -> io::Result<()> {
+    let a = name_cstr(attr)?;
+    xattr_at(
+        fd,
+        name,
+        // SAFETY: valid C strings that outlive the call.
+        |dfd, n| unsafe {
+            libc::syscall(
+                SYS_REMOVEXATTRAT,
+                dfd,
+                n.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                a.as_ptr(),
+            )
+        },
+        // SAFETY: valid C strings that outlive the call.
+        |p| unsafe { libc::removexattr(p.as_ptr(), a.as_ptr()) as libc::ssize_t },
+    )
+    .map(drop)
 }
 
 /// What statfs reports.
@@ -251,13 +516,12 @@ pub struct FsStats {
     pub frsize: u32,
 }
 
-/// statvfs(3) of the backing file system.
-pub fn statvfs(path: &Path) -> io::Result<FsStats> {
-    let p = cstr(path)?;
+/// fstatvfs(3) of the backing file system (through the backing root's fd).
+pub fn fstatvfs(fd: &impl AsRawFd) -> io::Result<FsStats> {
     // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `p` is a valid C string and `s` a writable statvfs.
-    check(unsafe { libc::statvfs(p.as_ptr(), &mut s) })?;
+    // SAFETY: a borrowed descriptor and a writable statvfs.
+    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut s) })?;
     Ok(FsStats {
         blocks: s.f_blocks,
         bfree: s.f_bfree,
@@ -530,12 +794,29 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("x");
         std::fs::write(&f, b"").unwrap();
-        if setxattr(&f, OsStr::new("user.t"), b"v", 0).is_ok() {
+        let d = std::fs::File::open(&dir).unwrap();
+        let x = OsStr::new("x");
+        if setxattrat(&d, x, OsStr::new("user.t"), b"v", 0).is_ok() {
             let mut b = [0u8; 8];
-            assert_eq!(getxattr(&f, OsStr::new("user.t"), &mut b).unwrap(), 1);
-            assert_eq!(listxattr(&f, &mut []).unwrap(), 7);
-            removexattr(&f, OsStr::new("user.t")).unwrap();
+            assert_eq!(getxattrat(&d, x, OsStr::new("user.t"), &mut b).unwrap(), 1);
+            assert_eq!(&b[..1], b"v");
+            assert_eq!(listxattrat(&d, x, &mut []).unwrap(), 7);
+            removexattrat(&d, x, OsStr::new("user.t")).unwrap();
+            assert_eq!(listxattrat(&d, x, &mut []).unwrap(), 0);
         }
+        // Through a symlink to it: never the target's.
+        std::os::unix::fs::symlink(&f, dir.join("l")).unwrap();
+        let l = OsStr::new("l");
+        assert!(setxattrat(&d, l, OsStr::new("user.t"), b"v", 0).is_err());
+        assert!(listxattrat(&d, x, &mut []).unwrap() == 0);
+        let e = fchmodat_nofollow(&d, l, 0o666).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP));
+        fchmodat_nofollow(&d, x, 0o604).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o604
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
