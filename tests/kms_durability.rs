@@ -136,6 +136,10 @@ fn unknown_format_version_is_named_and_not_papered_over() {
     let mut b = std::fs::read(ks.keystore_file()).unwrap();
     b[8] = 0;
     b[9] = 7;
+    // A newer writer keeps the SHA-256 trailer over everything before it.
+    let n = b.len() - 32;
+    let sum = kmsfs::crypto::sha256(&[&b[..n]]);
+    b[n..].copy_from_slice(&sum);
     std::fs::write(ks.keystore_file(), &b).unwrap();
     let before = snapshot(&ks.path);
     let out = ks.run(&["kms", "list-keys"]);
@@ -219,4 +223,19 @@ fn keystore_file_never_holds_key_material_in_clear() {
             "{name} is not sealed"
         );
     }
+}
+
+#[test]
+fn a_flipped_bit_in_the_version_field_is_damage_and_falls_back() {
+    let ks = Ks::new();
+    let key = ks.create_key();
+    ks.create_key(); // so that keystore.prev exists and holds `key`
+    let mut b = std::fs::read(ks.keystore_file()).unwrap();
+    b[9] ^= 0x02; // version 1 -> 3, checksum left as it was
+    std::fs::write(ks.keystore_file(), &b).unwrap();
+    let out = ks.run(&["kms", "describe-key", "--key-id", &key]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("checksum does not match"), "{err}");
+    assert!(!err.contains("format version"), "{err}");
 }

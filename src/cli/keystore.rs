@@ -301,4 +301,31 @@ mod tests {
             Err(KmsError::Validation(_))
         ));
     }
+
+    #[test]
+    fn zero_setup_never_replaces_a_lost_keystore() {
+        use crate::kms::keystore::{CURRENT_FILE, ROOT_KEY_FILE};
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("ks");
+        let g = globals(&dir);
+        let (ks, _) = open_or_create_default(&g).unwrap();
+        drop(ks);
+        let rk = std::fs::read(dir.join(ROOT_KEY_FILE)).unwrap();
+        // keystore.kms is a symbolic link to a volume that is not mounted.
+        std::fs::remove_file(dir.join(CURRENT_FILE)).unwrap();
+        std::os::unix::fs::symlink("/nonexistent/vol/keystore.kms", dir.join(CURRENT_FILE))
+            .unwrap();
+        let e = open_or_create_default(&g).unwrap_err();
+        assert_ne!(e.class, ErrorClass::Usage);
+        assert!(!e.message.starts_with("KeystoreNotFound"), "{}", e.message);
+        // Gone altogether, root.key still there: lost, not "no keystore".
+        std::fs::remove_file(dir.join(CURRENT_FILE)).unwrap();
+        std::fs::remove_file(dir.join(crate::kms::keystore::PREV_FILE)).unwrap();
+        let e = open_key_service(&g).unwrap_err();
+        assert!(e.message.contains("lost or unreadable"), "{}", e.message);
+        let e = open_or_create_default(&g).unwrap_err();
+        assert!(e.message.contains("lost or unreadable"), "{}", e.message);
+        assert!(std::fs::symlink_metadata(dir.join(CURRENT_FILE)).is_err());
+        assert_eq!(std::fs::read(dir.join(ROOT_KEY_FILE)).unwrap(), rk);
+    }
 }

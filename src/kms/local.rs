@@ -311,10 +311,26 @@ impl LocalKeyStore {
     ) -> Result<Self, KmsError> {
         let kdir = KeystoreDir::new(dir);
         if !kdir.exists() {
-            return Err(KmsError::KeystoreNotFound(format!(
-                "there is no keystore in {}",
-                dir.display()
-            )));
+            // root.key or the lock file without a generation: a keystore was
+            // here. Wait for a writer that may be creating it right now, then
+            // call it lost rather than "none" (which would invite a fresh one).
+            if let Some(evidence) = kdir.lost_evidence() {
+                kdir.wait_for_writers();
+                if !kdir.exists() {
+                    return Err(keystore::lost(&kdir, evidence));
+                }
+            } else if std::fs::symlink_metadata(dir).is_ok() && std::fs::metadata(dir).is_err() {
+                return Err(KmsError::CorruptKeystore(format!(
+                    "the keystore directory {} cannot be reached (a symbolic link to a volume \
+                     that is not mounted?); nothing was created or changed",
+                    dir.display()
+                )));
+            } else {
+                return Err(KmsError::KeystoreNotFound(format!(
+                    "there is no keystore in {}",
+                    dir.display()
+                )));
+            }
         }
         let mut root = None;
         let loaded = load(&kdir, None, &mut root, passphrase)?;
