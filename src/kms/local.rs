@@ -77,11 +77,15 @@ impl Snapshot {
         let mut policies = HashMap::new();
         for (id, k) in &state.keys {
             if let Some(doc) = &k.policy {
-                let p = KeyPolicy::from_value(doc).map_err(|e| {
-                    KmsError::CorruptKeystore(format!(
-                        "the stored policy of key {id} is unusable: {e}"
-                    ))
-                })?;
+                // A document an older release accepted (say with a field now
+                // refused) fails closed for its key alone, not the whole keystore.
+                let p = KeyPolicy::from_value(doc).unwrap_or_else(|e| {
+                    log::warn!(
+                        "the stored policy of key {id} is not accepted by this release ({e}); \
+                         the key is refused to everyone until put-key-policy gives it a valid one"
+                    );
+                    KeyPolicy::deny_all()
+                });
                 policies.insert(id.clone(), p);
             }
         }

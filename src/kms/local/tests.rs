@@ -743,3 +743,23 @@ fn a_damaged_change_never_read_fails_closed() {
     let e = a.encrypt(&ME, &id, b"x", &ctx()).unwrap_err().to_string();
     assert!(e.contains("never read"), "{e}");
 }
+
+#[test]
+fn a_stored_policy_no_longer_accepted_fails_closed_for_its_key_only() {
+    let (_t, ks, id) = new_store();
+    let other = ks.create_key(&ME, "other").unwrap().key_id;
+    // As an older release could have stored it: NotAction was ignored then.
+    let (bytes, _) = ks.dir.read(CURRENT_FILE).unwrap().unwrap();
+    let frame = Frame::parse(CURRENT_FILE, &bytes).unwrap();
+    let mut state = frame.unseal(CURRENT_FILE, &ks.root).unwrap();
+    state.keys.get_mut(&id).unwrap().policy = Some(serde_json::json!({
+        "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*",
+                       "NotAction": "kms:Decrypt"}]
+    }));
+    let new = keystore::encode(&ks.keystore_id, &ks.root, frame.generation + 1, &state).unwrap();
+    ks.dir.write_generations(Some(&bytes), &new).unwrap();
+    let re = reopen(&ks);
+    let e = re.encrypt(&ME, &id, b"x", &ctx()).unwrap_err();
+    assert!(matches!(e, KmsError::AccessDenied(_)), "{e:?}");
+    re.encrypt(&ME, &other, b"x", &ctx()).unwrap();
+}
