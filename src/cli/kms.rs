@@ -367,23 +367,42 @@ pub fn run(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
             let hint = super::keystore::repair_hint(&super::keystore::keystore_dir(g));
             e.hint(hint)
         } else {
-            with_remedy(e, &name)
+            with_remedy(e, name)
         }
     })
 }
 
 /// The kebab-case subcommand name (`ScheduleKeyDeletion` → `schedule-key-deletion`).
-fn command_name(c: &KmsCommand) -> String {
-    let dbg = format!("{c:?}");
-    let variant = dbg.split(['(', ' ', '{']).next().unwrap_or_default();
-    let mut out = String::new();
-    for ch in variant.chars() {
-        if ch.is_ascii_uppercase() && !out.is_empty() {
-            out.push('-');
-        }
-        out.push(ch.to_ascii_lowercase());
+/// Static per variant: never formats the arguments (which may hold a plaintext).
+fn command_name(c: &KmsCommand) -> &'static str {
+    match c {
+        KmsCommand::CreateKey { .. } => "create-key",
+        KmsCommand::GetParametersForImport { .. } => "get-parameters-for-import",
+        KmsCommand::ImportKeyMaterial { .. } => "import-key-material",
+        KmsCommand::DeleteImportedKeyMaterial(_) => "delete-imported-key-material",
+        KmsCommand::DescribeKey(_) => "describe-key",
+        KmsCommand::ListKeys => "list-keys",
+        KmsCommand::EnableKey(_) => "enable-key",
+        KmsCommand::DisableKey(_) => "disable-key",
+        KmsCommand::ScheduleKeyDeletion { .. } => "schedule-key-deletion",
+        KmsCommand::CancelKeyDeletion(_) => "cancel-key-deletion",
+        KmsCommand::RotateKeyOnDemand(_) => "rotate-key-on-demand",
+        KmsCommand::EnableKeyRotation { .. } => "enable-key-rotation",
+        KmsCommand::DisableKeyRotation(_) => "disable-key-rotation",
+        KmsCommand::GetKeyRotationStatus(_) => "get-key-rotation-status",
+        KmsCommand::ListKeyRotations(_) => "list-key-rotations",
+        KmsCommand::PutKeyPolicy { .. } => "put-key-policy",
+        KmsCommand::GetKeyPolicy { .. } => "get-key-policy",
+        KmsCommand::CreateAlias(_) => "create-alias",
+        KmsCommand::UpdateAlias(_) => "update-alias",
+        KmsCommand::DeleteAlias { .. } => "delete-alias",
+        KmsCommand::ListAliases { .. } => "list-aliases",
+        KmsCommand::Encrypt { .. } => "encrypt",
+        KmsCommand::Decrypt { .. } => "decrypt",
+        KmsCommand::GenerateDataKey(_) => "generate-data-key",
+        KmsCommand::GenerateDataKeyWithoutPlaintext(_) => "generate-data-key-without-plaintext",
+        KmsCommand::ReEncrypt { .. } => "re-encrypt",
     }
-    out
 }
 
 /// Gives every error a remedy: the ones `From<KmsError>` leaves without, and
@@ -805,5 +824,31 @@ mod tests {
             encryption_context: None,
         });
         assert_eq!(command_name(&c), "generate-data-key-without-plaintext");
+    }
+
+    #[test]
+    fn every_static_command_name_is_a_real_subcommand() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct P {
+            #[command(subcommand)]
+            c: KmsCommand,
+        }
+        let real: Vec<String> = P::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        let src = include_str!("kms.rs");
+        let body = &src[src.find("fn command_name").unwrap()..];
+        let body = &body[..body.find("\n}\n").unwrap()];
+        let named: Vec<&str> = body
+            .lines()
+            .filter_map(|l| l.split("=> \"").nth(1))
+            .map(|r| r.trim_end_matches("\","))
+            .collect();
+        assert_eq!(named.len(), real.len(), "{named:?} vs {real:?}");
+        for n in named {
+            assert!(real.iter().any(|r| r == n), "{n} is no subcommand");
+        }
     }
 }
