@@ -273,9 +273,41 @@ fn context(arg: &Option<String>) -> Result<EncryptionContext, CliError> {
     }
 }
 
+/// Response fields that AWS CLI v2 prints as ISO 8601 timestamps.
+const TIMESTAMP_FIELDS: [&str; 7] = [
+    "CreationDate",
+    "DeletionDate",
+    "ValidTo",
+    "ParametersValidTo",
+    "RotationDate",
+    "NextRotationDate",
+    "OnDemandRotationStartDate",
+];
+
+/// Turns epoch-second timestamps (the service's representation) into RFC 3339
+/// strings wherever a timestamp field appears, as AWS CLI v2 prints them.
+fn timestamps_as_rfc3339(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o.iter_mut() {
+                match x.as_i64() {
+                    Some(t) if TIMESTAMP_FIELDS.contains(&k.as_str()) => {
+                        *x = Value::String(clock::format_rfc3339(t));
+                    }
+                    _ => timestamps_as_rfc3339(x),
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(timestamps_as_rfc3339),
+        _ => {}
+    }
+}
+
 fn print_json(v: &Value) {
+    let mut v = v.clone();
+    timestamps_as_rfc3339(&mut v);
     // serde_json cannot fail on a Value.
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
 }
 
 /// Prints a JSON object whose values may be secret (base64 plaintext), through
@@ -329,6 +361,9 @@ fn print_metadata(m: &KeyMetadata, aliases: &[String]) {
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default()
     );
+    if let Some(t) = m.valid_to {
+        println!("ValidTo:            {}", clock::format_rfc3339(t));
+    }
     println!("KeyMaterialVersion: {}", m.current_key_material_version);
     if !aliases.is_empty() {
         println!("Aliases:            {}", aliases.join(", "));
@@ -597,7 +632,8 @@ fn run_command(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
         KmsCommand::CancelKeyDeletion(a) => {
             let key = ks.cancel_key_deletion(&caller, &a.key_id)?;
             if json_out {
-                print_json(&json!({ "KeyId": key }));
+                // AWS returns the key ARN here.
+                print_json(&json!({ "KeyId": arn(&key) }));
             } else {
                 println!(
                     "deletion of {key} cancelled; the key is Disabled (use enable-key to use it again)"
@@ -607,7 +643,8 @@ fn run_command(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
         KmsCommand::RotateKeyOnDemand(a) => {
             let (key, version) = ks.rotate_key_on_demand(&caller, &a.key_id)?;
             if json_out {
-                print_json(&json!({ "KeyId": arn(&key) }));
+                // AWS returns the key id here (not the ARN).
+                print_json(&json!({ "KeyId": key }));
             } else {
                 println!("key {key} rotated: key material version {version} is now current");
             }
