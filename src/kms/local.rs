@@ -264,9 +264,9 @@ fn fallback_warning(
         "{primary}; running READ-ONLY from the previous generation {} (generation {prev_gen}). \
          KEY STATES MAY BE OUT OF DATE: {missing} — a key disabled, scheduled for deletion or \
          given a stricter policy in the damaged generation may show here as enabled and usable. \
-         Changes are refused until {CURRENT_FILE} is restored from a backup or, if you accept \
-         that, replaced by {PREV_FILE} after re-applying the lost changes (docs/KEYSTORE.md, \
-         \"Fallback\")",
+         Changes are refused until {CURRENT_FILE} is restored from a backup, or replaced by a \
+         copy of {PREV_FILE} (then re-apply the lost changes, e.g. disable a key again; see \
+         docs/KEYSTORE.md, \"Fallback\")",
         dir.file(PREV_FILE).display()
     )
 }
