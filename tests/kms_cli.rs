@@ -90,10 +90,16 @@ fn json_output_uses_aws_field_names() {
     ]);
     assert_eq!(s["KeyState"], "PendingDeletion");
     assert_eq!(s["PendingWindowInDays"], 7);
-    assert!(s["DeletionDate"].is_number() && s["KeyId"].is_string());
+    // Timestamps are RFC 3339 strings, as AWS CLI v2 prints them.
+    assert!(kmsfs::kms::clock::parse_rfc3339(s["DeletionDate"].as_str().unwrap()).is_some());
+    assert!(s["KeyId"].as_str().unwrap().starts_with("arn:"));
     let d = ks.json(&["kms", "describe-key", "--key-id", &id]);
     assert_eq!(d["KeyMetadata"]["KeyState"], "PendingDeletion");
-    assert!(d["KeyMetadata"]["DeletionDate"].is_number());
+    assert_eq!(d["KeyMetadata"]["DeletionDate"], s["DeletionDate"]);
+    assert!(
+        kmsfs::kms::clock::parse_rfc3339(d["KeyMetadata"]["CreationDate"].as_str().unwrap())
+            .is_some()
+    );
 }
 
 #[test]

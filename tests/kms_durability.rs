@@ -136,6 +136,10 @@ fn unknown_format_version_is_named_and_not_papered_over() {
     let mut b = std::fs::read(ks.keystore_file()).unwrap();
     b[8] = 0;
     b[9] = 7;
+    // A newer writer keeps the SHA-256 trailer over everything before it.
+    let n = b.len() - 32;
+    let sum = kmsfs::crypto::sha256(&[&b[..n]]);
+    b[n..].copy_from_slice(&sum);
     std::fs::write(ks.keystore_file(), &b).unwrap();
     let before = snapshot(&ks.path);
     let out = ks.run(&["kms", "list-keys"]);
@@ -219,4 +223,85 @@ fn keystore_file_never_holds_key_material_in_clear() {
             "{name} is not sealed"
         );
     }
+}
+
+#[test]
+fn a_flipped_bit_in_the_version_field_is_damage_and_falls_back() {
+    let ks = Ks::new();
+    let key = ks.create_key();
+    ks.create_key(); // so that keystore.prev exists and holds `key`
+    let mut b = std::fs::read(ks.keystore_file()).unwrap();
+    b[9] ^= 0x02; // version 1 -> 3, checksum left as it was
+    std::fs::write(ks.keystore_file(), &b).unwrap();
+    let out = ks.run(&["kms", "describe-key", "--key-id", &key]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("checksum does not match"), "{err}");
+    assert!(!err.contains("format version"), "{err}");
+}
+
+#[test]
+fn planted_symlinks_in_the_keystore_are_refused_and_never_followed() {
+    use std::os::unix::fs::symlink;
+    let ks = Ks::new();
+    ks.create_key();
+    let before = std::fs::read(ks.keystore_file()).unwrap();
+    // The lock file: dangling (following it would create the target).
+    let target = ks.file("lock-target");
+    std::fs::remove_file(ks.path.join("keystore.lock")).unwrap();
+    symlink(&target, ks.path.join("keystore.lock")).unwrap();
+    let out = ks.run(&["kms", "create-key"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("symbolic link"));
+    assert!(
+        std::fs::symlink_metadata(&target).is_err(),
+        "lock target created"
+    );
+    std::fs::remove_file(ks.path.join("keystore.lock")).unwrap();
+    // A temporary pointing at a file that must not be overwritten.
+    let victim = ks.file("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    symlink(&victim, ks.path.join("keystore.prev.tmp")).unwrap();
+    let out = ks.run(&["kms", "create-key"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("symbolic link"));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(std::fs::read(ks.keystore_file()).unwrap(), before);
+}
+
+#[test]
+fn a_keystore_behind_a_dangling_symlink_or_gone_is_lost_not_absent() {
+    use std::os::unix::fs::symlink;
+    let ks = Ks::new();
+    ks.create_key();
+    ks.create_key();
+    let root_key = std::fs::read(ks.path.join("root.key")).unwrap();
+    // keystore.kms on a volume that is not mounted.
+    std::fs::remove_file(ks.keystore_file()).unwrap();
+    std::fs::remove_file(ks.prev_file()).unwrap();
+    symlink("/nonexistent/volume/keystore.kms", ks.keystore_file()).unwrap();
+    let out = ks.run(&["kms", "list-keys"]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        !err.contains("KeystoreNotFound") && !err.contains("kmsfs init"),
+        "{err}"
+    );
+    let out = ks.run(&["init"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        std::fs::symlink_metadata(ks.keystore_file())
+            .unwrap()
+            .is_symlink()
+    );
+    // Gone altogether, root.key left: lost, and init does not start over.
+    std::fs::remove_file(ks.keystore_file()).unwrap();
+    fails(
+        &ks.run(&["kms", "list-keys"]),
+        EXIT_KEYSTORE,
+        "lost or unreadable",
+    );
+    fails(&ks.run(&["init"]), EXIT_KEYSTORE, "lost or unreadable");
+    assert!(!ks.keystore_file().exists());
+    assert_eq!(std::fs::read(ks.path.join("root.key")).unwrap(), root_key);
 }

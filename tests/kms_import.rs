@@ -48,6 +48,9 @@ fn import(ks: &Ks, key: &str, material: &[u8], extra: &[&str]) -> std::process::
         "--wrapping-key-spec",
         "RSA_2048",
     ]);
+    let valid = p["ParametersValidTo"].as_str().unwrap_or_default();
+    assert!(kmsfs::kms::clock::parse_rfc3339(valid).is_some(), "{p}");
+    assert!(p["KeyId"].as_str().unwrap().starts_with("arn:"), "{p}");
     let wrapped = wrap(ks, p["PublicKey"].as_str().unwrap(), material);
     let wf = ks.file("wrapped-material.bin");
     std::fs::write(&wf, wrapped).unwrap();
@@ -107,7 +110,9 @@ fn import_use_expire_and_reimport_the_same_material() {
     assert_eq!(d["KeyMetadata"]["KeyState"], "Enabled");
     assert_eq!(d["KeyMetadata"]["ExpirationModel"], "KEY_MATERIAL_EXPIRES");
     assert_eq!(
-        d["KeyMetadata"]["ValidTo"].as_i64(),
+        d["KeyMetadata"]["ValidTo"]
+            .as_str()
+            .and_then(kmsfs::kms::clock::parse_rfc3339),
         kmsfs::kms::clock::parse_rfc3339(valid_to)
     );
     let blob = ks.encrypt(&key, b"imported", "");

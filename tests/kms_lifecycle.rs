@@ -90,7 +90,12 @@ fn pending_deletion_refuses_and_cancel_leaves_disabled() {
     fails(&out, EXIT_REFUSED, "KMSInvalidStateException");
     let out = ks.run(&["kms", "enable-key", "--key-id", &k]);
     fails(&out, EXIT_REFUSED, "KMSInvalidStateException");
-    ks.ok(&["kms", "cancel-key-deletion", "--key-id", &k]);
+    let c = ks.json(&["kms", "cancel-key-deletion", "--key-id", &k]);
+    let arn = c["KeyId"].as_str().unwrap();
+    assert!(
+        arn.starts_with("arn:") && arn.ends_with(&k),
+        "AWS returns the key ARN: {c}"
+    );
     assert_eq!(state(&ks, &k), "Disabled");
     fails(
         &ks.decrypt(&blob, "", &[]),
@@ -142,7 +147,7 @@ fn after_the_window_the_key_is_gone_from_both_generations() {
         "--pending-window-in-days",
         "7",
     ]);
-    let date = v["DeletionDate"].as_i64().unwrap();
+    let date = kmsfs::kms::clock::parse_rfc3339(v["DeletionDate"].as_str().unwrap()).unwrap();
     let before = kmsfs::kms::clock::format_rfc3339(date - 60);
     let after = kmsfs::kms::clock::format_rfc3339(date + 1);
     // The previous generation holds the key now: the check below is meaningful.
@@ -216,7 +221,11 @@ fn rotation_on_demand_and_automatic_keeps_old_ciphertexts() {
     let k = ks.create_key();
     let v1_blob = ks.encrypt(&k, b"before", "");
     let v = ks.json(&["kms", "rotate-key-on-demand", "--key-id", &k]);
-    assert!(v["KeyId"].as_str().unwrap().ends_with(&k));
+    assert_eq!(
+        v["KeyId"],
+        k.as_str(),
+        "AWS returns the key id, not the ARN"
+    );
     let m = ks.json(&["kms", "describe-key", "--key-id", &k]);
     assert_eq!(m["KeyMetadata"]["CurrentKeyMaterialVersion"], 2);
     assert_eq!(
@@ -249,7 +258,7 @@ fn rotation_on_demand_and_automatic_keeps_old_ciphertexts() {
     let st = ks.json(&["kms", "get-key-rotation-status", "--key-id", &k]);
     assert_eq!(st["KeyRotationEnabled"], true);
     assert_eq!(st["RotationPeriodInDays"], 90);
-    let next = st["NextRotationDate"].as_i64().unwrap();
+    let next = kmsfs::kms::clock::parse_rfc3339(st["NextRotationDate"].as_str().unwrap()).unwrap();
     let after = kmsfs::kms::clock::format_rfc3339(next + 1);
     // The first use after the due date rotates.
     let m = ks.run_env(
@@ -267,7 +276,11 @@ fn rotation_on_demand_and_automatic_keeps_old_ciphertexts() {
         .collect();
     assert_eq!(types, ["ON_DEMAND", "AUTOMATIC"]);
     assert!(
-        r["Rotations"][0]["RotationDate"].is_number() && r["Rotations"][0]["KeyId"] == k.as_str()
+        r["Rotations"][0]["RotationDate"]
+            .as_str()
+            .and_then(kmsfs::kms::clock::parse_rfc3339)
+            .is_some()
+            && r["Rotations"][0]["KeyId"] == k.as_str()
     );
     assert_eq!(
         b64(&ok(ks.decrypt(&v1_blob, "", &[]), &["decrypt"])),

@@ -43,7 +43,7 @@ pub fn keystore_dir(g: &GlobalArgs) -> PathBuf {
     home.join(".local/share/kmsfs")
 }
 
-/// Reads the passphrase: --passphrase-file (one trailing newline stripped),
+/// Reads the passphrase: --passphrase-file (one trailing `\n` or `\r\n` stripped),
 /// else $KMSFS_PASSPHRASE, else a no-echo prompt on the terminal (twice when
 /// `confirm`), else an error saying how to give one.
 fn read_passphrase(g: &GlobalArgs, confirm: bool) -> Result<SecretBytes, KmsError> {
@@ -98,9 +98,11 @@ fn read_passphrase(g: &GlobalArgs, confirm: bool) -> Result<SecretBytes, KmsErro
 pub fn repair_hint(dir: &Path) -> String {
     let d = dir.display();
     format!(
-        "the keystore was not changed; keep the damaged file and continue from the previous \
-         generation with `mv {d}/keystore.kms {d}/keystore.kms.damaged && cp {d}/keystore.prev \
-         {d}/keystore.kms`, or restore both from a backup"
+        "the keystore was not changed; restore {d}/keystore.kms from a backup, or continue \
+         from the previous generation with `cp {d}/keystore.prev {d}/keystore.kms` (changes \
+         made after it are lost: re-apply them, e.g. disable a key again). Keep no copy of the \
+         damaged file: it holds key material that deleting a key never purges; if you copy it \
+         aside to inspect it, delete the copy afterwards"
     )
 }
 
@@ -295,10 +297,53 @@ mod tests {
         let mut g = globals(t.path());
         g.passphrase_file = Some(f.clone());
         assert_eq!(read_passphrase(&g, false).unwrap().expose(), b"pass word\n");
+        // docs/KEYSTORE.md: one line ending, `\n` or `\r\n`; a lone `\r` is kept.
+        std::fs::write(&f, "pass word\r\n").unwrap();
+        assert_eq!(read_passphrase(&g, false).unwrap().expose(), b"pass word");
+        std::fs::write(&f, "pass word\r").unwrap();
+        assert_eq!(read_passphrase(&g, false).unwrap().expose(), b"pass word\r");
         std::fs::write(&f, "\n").unwrap();
         assert!(matches!(
             read_passphrase(&g, false),
             Err(KmsError::Validation(_))
         ));
+    }
+
+    #[test]
+    fn repair_hint_does_not_ask_to_keep_key_material_around() {
+        let h = repair_hint(Path::new("/k"));
+        assert!(!h.contains("keystore.kms.damaged"), "{h}");
+        assert!(
+            h.contains("delete the copy") && h.contains("never purges"),
+            "{h}"
+        );
+        assert!(h.contains("cp /k/keystore.prev /k/keystore.kms"), "{h}");
+    }
+
+    #[test]
+    fn zero_setup_never_replaces_a_lost_keystore() {
+        use crate::kms::keystore::{CURRENT_FILE, ROOT_KEY_FILE};
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("ks");
+        let g = globals(&dir);
+        let (ks, _) = open_or_create_default(&g).unwrap();
+        drop(ks);
+        let rk = std::fs::read(dir.join(ROOT_KEY_FILE)).unwrap();
+        // keystore.kms is a symbolic link to a volume that is not mounted.
+        std::fs::remove_file(dir.join(CURRENT_FILE)).unwrap();
+        std::os::unix::fs::symlink("/nonexistent/vol/keystore.kms", dir.join(CURRENT_FILE))
+            .unwrap();
+        let e = open_or_create_default(&g).unwrap_err();
+        assert_ne!(e.class, ErrorClass::Usage);
+        assert!(!e.message.starts_with("KeystoreNotFound"), "{}", e.message);
+        // Gone altogether, root.key still there: lost, not "no keystore".
+        std::fs::remove_file(dir.join(CURRENT_FILE)).unwrap();
+        std::fs::remove_file(dir.join(crate::kms::keystore::PREV_FILE)).unwrap();
+        let e = open_key_service(&g).unwrap_err();
+        assert!(e.message.contains("lost or unreadable"), "{}", e.message);
+        let e = open_or_create_default(&g).unwrap_err();
+        assert!(e.message.contains("lost or unreadable"), "{}", e.message);
+        assert!(std::fs::symlink_metadata(dir.join(CURRENT_FILE)).is_err());
+        assert_eq!(std::fs::read(dir.join(ROOT_KEY_FILE)).unwrap(), rk);
     }
 }

@@ -273,9 +273,41 @@ fn context(arg: &Option<String>) -> Result<EncryptionContext, CliError> {
     }
 }
 
+/// Response fields that AWS CLI v2 prints as ISO 8601 timestamps.
+const TIMESTAMP_FIELDS: [&str; 7] = [
+    "CreationDate",
+    "DeletionDate",
+    "ValidTo",
+    "ParametersValidTo",
+    "RotationDate",
+    "NextRotationDate",
+    "OnDemandRotationStartDate",
+];
+
+/// Turns epoch-second timestamps (the service's representation) into RFC 3339
+/// strings wherever a timestamp field appears, as AWS CLI v2 prints them.
+fn timestamps_as_rfc3339(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o.iter_mut() {
+                match x.as_i64() {
+                    Some(t) if TIMESTAMP_FIELDS.contains(&k.as_str()) => {
+                        *x = Value::String(clock::format_rfc3339(t));
+                    }
+                    _ => timestamps_as_rfc3339(x),
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(timestamps_as_rfc3339),
+        _ => {}
+    }
+}
+
 fn print_json(v: &Value) {
+    let mut v = v.clone();
+    timestamps_as_rfc3339(&mut v);
     // serde_json cannot fail on a Value.
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
 }
 
 /// Prints a JSON object whose values may be secret (base64 plaintext), through
@@ -329,6 +361,9 @@ fn print_metadata(m: &KeyMetadata, aliases: &[String]) {
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default()
     );
+    if let Some(t) = m.valid_to {
+        println!("ValidTo:            {}", clock::format_rfc3339(t));
+    }
     println!("KeyMaterialVersion: {}", m.current_key_material_version);
     if !aliases.is_empty() {
         println!("Aliases:            {}", aliases.join(", "));
@@ -367,23 +402,42 @@ pub fn run(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
             let hint = super::keystore::repair_hint(&super::keystore::keystore_dir(g));
             e.hint(hint)
         } else {
-            with_remedy(e, &name)
+            with_remedy(e, name)
         }
     })
 }
 
 /// The kebab-case subcommand name (`ScheduleKeyDeletion` → `schedule-key-deletion`).
-fn command_name(c: &KmsCommand) -> String {
-    let dbg = format!("{c:?}");
-    let variant = dbg.split(['(', ' ', '{']).next().unwrap_or_default();
-    let mut out = String::new();
-    for ch in variant.chars() {
-        if ch.is_ascii_uppercase() && !out.is_empty() {
-            out.push('-');
-        }
-        out.push(ch.to_ascii_lowercase());
+/// Static per variant: never formats the arguments (which may hold a plaintext).
+fn command_name(c: &KmsCommand) -> &'static str {
+    match c {
+        KmsCommand::CreateKey { .. } => "create-key",
+        KmsCommand::GetParametersForImport { .. } => "get-parameters-for-import",
+        KmsCommand::ImportKeyMaterial { .. } => "import-key-material",
+        KmsCommand::DeleteImportedKeyMaterial(_) => "delete-imported-key-material",
+        KmsCommand::DescribeKey(_) => "describe-key",
+        KmsCommand::ListKeys => "list-keys",
+        KmsCommand::EnableKey(_) => "enable-key",
+        KmsCommand::DisableKey(_) => "disable-key",
+        KmsCommand::ScheduleKeyDeletion { .. } => "schedule-key-deletion",
+        KmsCommand::CancelKeyDeletion(_) => "cancel-key-deletion",
+        KmsCommand::RotateKeyOnDemand(_) => "rotate-key-on-demand",
+        KmsCommand::EnableKeyRotation { .. } => "enable-key-rotation",
+        KmsCommand::DisableKeyRotation(_) => "disable-key-rotation",
+        KmsCommand::GetKeyRotationStatus(_) => "get-key-rotation-status",
+        KmsCommand::ListKeyRotations(_) => "list-key-rotations",
+        KmsCommand::PutKeyPolicy { .. } => "put-key-policy",
+        KmsCommand::GetKeyPolicy { .. } => "get-key-policy",
+        KmsCommand::CreateAlias(_) => "create-alias",
+        KmsCommand::UpdateAlias(_) => "update-alias",
+        KmsCommand::DeleteAlias { .. } => "delete-alias",
+        KmsCommand::ListAliases { .. } => "list-aliases",
+        KmsCommand::Encrypt { .. } => "encrypt",
+        KmsCommand::Decrypt { .. } => "decrypt",
+        KmsCommand::GenerateDataKey(_) => "generate-data-key",
+        KmsCommand::GenerateDataKeyWithoutPlaintext(_) => "generate-data-key-without-plaintext",
+        KmsCommand::ReEncrypt { .. } => "re-encrypt",
     }
-    out
 }
 
 /// Gives every error a remedy: the ones `From<KmsError>` leaves without, and
@@ -578,7 +632,8 @@ fn run_command(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
         KmsCommand::CancelKeyDeletion(a) => {
             let key = ks.cancel_key_deletion(&caller, &a.key_id)?;
             if json_out {
-                print_json(&json!({ "KeyId": key }));
+                // AWS returns the key ARN here.
+                print_json(&json!({ "KeyId": arn(&key) }));
             } else {
                 println!(
                     "deletion of {key} cancelled; the key is Disabled (use enable-key to use it again)"
@@ -588,7 +643,8 @@ fn run_command(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
         KmsCommand::RotateKeyOnDemand(a) => {
             let (key, version) = ks.rotate_key_on_demand(&caller, &a.key_id)?;
             if json_out {
-                print_json(&json!({ "KeyId": arn(&key) }));
+                // AWS returns the key id here (not the ARN).
+                print_json(&json!({ "KeyId": key }));
             } else {
                 println!("key {key} rotated: key material version {version} is now current");
             }
@@ -805,5 +861,31 @@ mod tests {
             encryption_context: None,
         });
         assert_eq!(command_name(&c), "generate-data-key-without-plaintext");
+    }
+
+    #[test]
+    fn every_static_command_name_is_a_real_subcommand() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct P {
+            #[command(subcommand)]
+            c: KmsCommand,
+        }
+        let real: Vec<String> = P::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        let src = include_str!("kms.rs");
+        let body = &src[src.find("fn command_name").unwrap()..];
+        let body = &body[..body.find("\n}\n").unwrap()];
+        let named: Vec<&str> = body
+            .lines()
+            .filter_map(|l| l.split("=> \"").nth(1))
+            .map(|r| r.trim_end_matches("\","))
+            .collect();
+        assert_eq!(named.len(), real.len(), "{named:?} vs {real:?}");
+        for n in named {
+            assert!(real.iter().any(|r| r == n), "{n} is no subcommand");
+        }
     }
 }

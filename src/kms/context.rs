@@ -45,11 +45,13 @@ impl EncryptionContext {
     pub fn parse(s: &str) -> Result<Self, KmsError> {
         let t = s.trim();
         if t.starts_with('{') {
-            let map: BTreeMap<String, String> = serde_json::from_str(t).map_err(|e| {
-                KmsError::Validation(format!(
-                    "encryption context is not a JSON object of strings: {e}"
-                ))
-            })?;
+            let map = serde_json::from_str::<UniqueMap>(t)
+                .map_err(|e| {
+                    KmsError::Validation(format!(
+                        "encryption context is not a JSON object of strings with distinct keys: {e}"
+                    ))
+                })?
+                .0;
             return Self::validated(map);
         }
         let mut map = BTreeMap::new();
@@ -75,6 +77,36 @@ impl EncryptionContext {
             ));
         }
         Ok(Self(map))
+    }
+}
+
+/// A JSON object of strings that refuses a repeated key (serde_json's own maps
+/// keep the last one silently: `{"file":"a","file":"b"}` would mean "b").
+struct UniqueMap(BTreeMap<String, String>);
+
+impl<'de> serde::Deserialize<'de> for UniqueMap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = UniqueMap;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object of strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<UniqueMap, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((k, v)) = m.next_entry::<String, String>()? {
+                    if out.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format!("key {k:?} appears twice")));
+                    }
+                    out.insert(k, v);
+                }
+                Ok(UniqueMap(out))
+            }
+        }
+        d.deserialize_map(V)
     }
 }
 
@@ -114,6 +146,11 @@ mod tests {
         assert!(EncryptionContext::parse("a=1,a=2").is_err());
         assert!(EncryptionContext::parse("{not json").is_err());
         assert!(EncryptionContext::parse(r#"{"a":1}"#).is_err());
+        // A repeated JSON key is refused, not last-wins.
+        let e = EncryptionContext::parse(r#"{"file":"a","file":"b"}"#).unwrap_err();
+        assert!(e.to_string().contains("\"file\" appears twice"), "{e}");
+        assert!(EncryptionContext::parse(r#"{"a":"1","b":"2"}"#).is_ok());
+        assert!(EncryptionContext::parse(r#"["a"]"#).is_err());
         assert_eq!(
             EncryptionContext::parse("").unwrap(),
             EncryptionContext::new()

@@ -200,8 +200,62 @@ pub struct KeystoreDir {
 pub struct LockGuard(#[allow(dead_code)] File);
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> KmsError {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        return KmsError::Io(format!(
+            "cannot {what} {}: it is a symbolic link, and kmsfs never follows symbolic links \
+             inside the keystore directory (someone may be trying to redirect its writes); \
+             nothing was written — check who made it, remove it, and try again",
+            path.display()
+        ));
+    }
     KmsError::Io(format!("cannot {what} {}: {e}", path.display()))
 }
+
+/// Flags for every open inside the keystore directory: never follow a symbolic
+/// link in the last component, never leak the descriptor to a child, never block
+/// on a FIFO planted under a keystore name.
+const OPEN_FLAGS: i32 = libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
+
+/// Opens an existing file of the keystore directory read-only, without
+/// following symbolic links, and checks that it is a regular file.
+fn open_regular(p: &Path) -> std::io::Result<(File, fs::Metadata)> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(OPEN_FLAGS)
+        .open(p)?;
+    let m = f.metadata()?;
+    if !m.file_type().is_file() {
+        return Err(std::io::Error::other("it is not a regular file"));
+    }
+    Ok((f, m))
+}
+
+/// Creates a new file (O_EXCL: fails on any existing entry, symbolic links
+/// included) with mode 0600, without following symbolic links.
+fn create_exclusive(p: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(OPEN_FLAGS)
+        .open(p)
+}
+
+/// Reads at most `max` bytes of `f`; more is an error (`Ok(None)`), so a huge
+/// or growing file never makes us allocate wildly.
+fn read_bounded(f: &mut File, len_hint: u64, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+    if len_hint > max as u64 {
+        return Ok(None);
+    }
+    let mut buf = Vec::with_capacity(len_hint as usize);
+    f.take(max as u64 + 1).read_to_end(&mut buf)?;
+    Ok((buf.len() <= max).then_some(buf))
+}
+
+/// Largest keystore file accepted.
+const MAX_FILE_LEN: usize = FIXED_LEN + MAX_BODY_LEN + CHECKSUM_LEN;
+/// Exact size of `root.key`.
+const ROOT_KEY_FILE_LEN: usize = ROOT_KEY_MAGIC.len() + crypto::KEY_LEN;
 
 impl KeystoreDir {
     /// The keystore at `dir` (which may not exist yet).
@@ -216,9 +270,31 @@ impl KeystoreDir {
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
-    /// True when a current or previous generation exists.
+    /// True when the directory has an entry `name` of any kind (a dangling
+    /// symbolic link included), or when that cannot be ruled out (EACCES, EIO):
+    /// only a definite "no such file" counts as absent.
+    pub fn has_entry(&self, name: &str) -> bool {
+        !matches!(fs::symlink_metadata(self.file(name)), Err(e) if e.kind() == ErrorKind::NotFound)
+    }
+    /// True when a current or previous generation exists, or may exist.
     pub fn exists(&self) -> bool {
-        self.file(CURRENT_FILE).exists() || self.file(PREV_FILE).exists()
+        self.has_entry(CURRENT_FILE) || self.has_entry(PREV_FILE)
+    }
+
+    /// When there is no generation: the file that shows a keystore was here
+    /// (`root.key`, or the lock file that every writer creates first).
+    pub fn lost_evidence(&self) -> Option<&'static str> {
+        [ROOT_KEY_FILE, LOCK_FILE]
+            .into_iter()
+            .find(|n| self.has_entry(n))
+    }
+
+    /// Waits until no writer holds the lock (a keystore being created right
+    /// now shows its lock file before its first generation). Best effort.
+    pub fn wait_for_writers(&self) {
+        if let Ok((f, _)) = open_regular(&self.file(LOCK_FILE)) {
+            let _ = f.lock();
+        }
     }
 
     /// Creates the directory (mode 0700) if needed.
@@ -230,37 +306,63 @@ impl KeystoreDir {
             .map_err(|e| io_err("create keystore directory", &self.dir, e))
     }
 
-    /// Takes the exclusive lock that serialises writers (blocking).
+    /// Takes the exclusive lock that serialises writers (blocking). The lock
+    /// file is never followed through a symbolic link; a new one is created
+    /// locked under a unique name and then linked into place, so it never
+    /// appears unlocked (see `wait_for_writers`).
     pub fn lock(&self) -> Result<LockGuard, KmsError> {
         let p = self.file(LOCK_FILE);
         // flock works on a read-only descriptor: an existing lock file made by
         // another user of the keystore (e.g. its owner vs. a root daemon) is fine.
-        let f = match File::open(&p) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                let f = OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .mode(0o600)
-                    .open(&p)
-                    .map_err(|e| io_err("create lock file", &p, e))?;
-                self.match_dir_owner(&f, &p)?;
-                f
-            }
+        let f = match open_regular(&p) {
+            Ok((f, _)) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => self.create_lock_file(&p)?,
             Err(e) => return Err(io_err("open lock file", &p, e)),
         };
         f.lock().map_err(|e| io_err("lock", &p, e))?;
         Ok(LockGuard(f))
     }
 
-    /// Gives a file created in the keystore directory the directory's owner, so
-    /// a root process (the mount daemon) never leaves a user's keystore owned by
-    /// root and unreadable to that user. Only root can do this; for anyone else
-    /// the owners already match, or the attempt is refused and harmless.
+    fn create_lock_file(&self, p: &Path) -> Result<File, KmsError> {
+        let suffix = crypto::random_array::<8>().map_err(|e| KmsError::Internal(e.to_string()))?;
+        let tmp = self.file(&format!("{LOCK_FILE}.{}", hex8(&suffix)));
+        let f = create_exclusive(&tmp).map_err(|e| io_err("create lock file", &tmp, e))?;
+        let r = (|| {
+            self.match_dir_owner(&f, &tmp)?;
+            f.lock().map_err(|e| io_err("lock", &tmp, e))?;
+            match fs::hard_link(&tmp, p) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(io_err("create lock file", p, e)),
+            }
+        })();
+        let _ = fs::remove_file(&tmp);
+        if r? {
+            Ok(f)
+        } else {
+            // Another writer linked its lock file first: use that one.
+            drop(f);
+            open_regular(p)
+                .map(|(f, _)| f)
+                .map_err(|e| io_err("open lock file", p, e))
+        }
+    }
+
+    /// Gives a file this process just created (O_EXCL) in the keystore directory
+    /// the directory's owner, so a root process (the mount daemon) never leaves
+    /// a user's keystore owned by root and unreadable to that user. Only root can
+    /// do this; for anyone else the owners already match, or the attempt is
+    /// refused and harmless. Never called on a file that existed before.
     fn match_dir_owner(&self, f: &File, p: &Path) -> Result<(), KmsError> {
         let dir = fs::metadata(&self.dir).map_err(|e| io_err("stat", &self.dir, e))?;
         let me = f.metadata().map_err(|e| io_err("stat", p, e))?;
+        if !me.file_type().is_file() || me.nlink() != 1 {
+            return Err(KmsError::Io(format!(
+                "{} changed under kmsfs right after it created it (another link to it \
+                 appeared); refusing to go on",
+                p.display()
+            )));
+        }
         if (me.uid(), me.gid()) == (dir.uid(), dir.gid()) {
             return Ok(());
         }
@@ -273,30 +375,40 @@ impl KeystoreDir {
 
     /// Stat of the current generation (None when absent).
     pub fn fingerprint(&self) -> Option<Fingerprint> {
-        fs::metadata(self.file(CURRENT_FILE))
+        fs::symlink_metadata(self.file(CURRENT_FILE))
             .ok()
             .map(|m| Fingerprint::of(&m))
     }
 
-    /// Reads a whole file and the fingerprint of what was read.
+    /// Reads a whole keystore file (never through a symbolic link, never more
+    /// than the largest valid keystore) and the fingerprint of what was read.
     /// `Ok(None)` when it does not exist.
     pub fn read(&self, name: &str) -> Result<Option<(Vec<u8>, Fingerprint)>, KmsError> {
         let p = self.file(name);
-        let mut f = match File::open(&p) {
-            Ok(f) => f,
+        let (mut f, meta) = match open_regular(&p) {
+            Ok(x) => x,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("open", &p, e)),
         };
-        let meta = f.metadata().map_err(|e| io_err("stat", &p, e))?;
-        let mut buf = Vec::with_capacity(meta.len() as usize);
-        f.read_to_end(&mut buf).map_err(|e| io_err("read", &p, e))?;
-        Ok(Some((buf, Fingerprint::of(&meta))))
+        match read_bounded(&mut f, meta.len(), MAX_FILE_LEN).map_err(|e| io_err("read", &p, e))? {
+            Some(buf) => Ok(Some((buf, Fingerprint::of(&meta)))),
+            None => Err(corrupt(
+                name,
+                &format!(
+                    "it is {} bytes, larger than any keystore file can be ({MAX_FILE_LEN} bytes)",
+                    meta.len()
+                ),
+            )),
+        }
     }
 
     /// Reads `root.key`.
     fn read_root_key_file(&self) -> Result<Key256, KmsError> {
         let p = self.file(ROOT_KEY_FILE);
-        let bytes = match fs::read(&p) {
+        let opened = open_regular(&p).and_then(|(mut f, m)| {
+            read_bounded(&mut f, m.len(), ROOT_KEY_FILE_LEN).map(|b| b.unwrap_or_default())
+        });
+        let bytes = match opened {
             Ok(b) => Zeroizing::new(b),
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 return Err(KmsError::WrongRootKey(format!(
@@ -307,7 +419,7 @@ impl KeystoreDir {
             }
             Err(e) => return Err(io_err("read root key file", &p, e)),
         };
-        if bytes.len() != ROOT_KEY_MAGIC.len() + crypto::KEY_LEN || bytes[..8] != ROOT_KEY_MAGIC {
+        if bytes.len() != ROOT_KEY_FILE_LEN || bytes[..8] != ROOT_KEY_MAGIC {
             return Err(KmsError::WrongRootKey(format!(
                 "{} is not a kmsfs root key file (wrong size or magic); restore it from your backup",
                 p.display()
@@ -316,23 +428,15 @@ impl KeystoreDir {
         Key256::from_slice(&bytes[8..]).map_err(|e| KmsError::Internal(e.to_string()))
     }
 
-    /// Creates `root.key` (mode 0600) with a fresh random key, unless a valid
-    /// one is already there (left by an interrupted init): then it is reused.
+    /// Creates `root.key` (mode 0600) with a fresh random key. An existing one
+    /// is never reused (the caller refuses first: it means a lost keystore).
     fn create_root_key_file(&self) -> Result<(), KmsError> {
         let p = self.file(ROOT_KEY_FILE);
-        if p.exists() {
-            return self.read_root_key_file().map(|_| ());
-        }
         let key = Key256::random().map_err(|e| KmsError::Internal(e.to_string()))?;
         let mut buf = Zeroizing::new(Vec::with_capacity(40));
         buf.extend_from_slice(&ROOT_KEY_MAGIC);
         buf.extend_from_slice(key.expose());
-        let mut f = OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .mode(0o600)
-            .open(&p)
-            .map_err(|e| io_err("create root key file", &p, e))?;
+        let mut f = create_exclusive(&p).map_err(|e| io_err("create root key file", &p, e))?;
         self.match_dir_owner(&f, &p)?;
         f.write_all(&buf).map_err(|e| io_err("write", &p, e))?;
         f.sync_all().map_err(|e| io_err("fsync", &p, e))?;
@@ -345,15 +449,21 @@ impl KeystoreDir {
             .map_err(|e| io_err("fsync directory", &self.dir, e))
     }
 
+    /// Writes a temporary as a new file of ours: a stale regular temporary is
+    /// removed first, anything else under that name (a symbolic link, a FIFO, a
+    /// directory) is refused, and the file is created with O_EXCL|O_NOFOLLOW so
+    /// that a link planted in between makes the write fail instead of following it.
     fn write_tmp(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, KmsError> {
         let p = self.file(name);
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&p)
-            .map_err(|e| io_err("create", &p, e))?;
+        self.remove_temporary(name)?;
+        let mut f = create_exclusive(&p).map_err(|e| match e.kind() {
+            ErrorKind::AlreadyExists => KmsError::Io(format!(
+                "cannot create {}: something appeared under that name while kmsfs was \
+                 writing (someone may be trying to redirect its writes); nothing was written",
+                p.display()
+            )),
+            _ => io_err("create", &p, e),
+        })?;
         self.match_dir_owner(&f, &p)?;
         f.write_all(bytes).map_err(|e| io_err("write", &p, e))?;
         f.sync_all().map_err(|e| io_err("fsync", &p, e))?;
@@ -395,15 +505,44 @@ impl KeystoreDir {
         let dst = self.file(CURRENT_FILE);
         fs::rename(&cur_tmp, &dst).map_err(|e| io_err("rename to", &dst, e))?;
         self.sync_dir()?;
-        fs::metadata(&dst)
+        fs::symlink_metadata(&dst)
             .map(|m| Fingerprint::of(&m))
             .map_err(|e| io_err("stat", &dst, e))
     }
 
-    /// Removes temporaries a crashed writer may have left (caller holds the lock).
+    /// Removes a temporary a crashed writer may have left (caller holds the
+    /// lock). Only a regular file is removed silently; anything else there was
+    /// not made by kmsfs and is refused with a clear error.
+    fn remove_temporary(&self, name: &str) -> Result<(), KmsError> {
+        let p = self.file(name);
+        match fs::symlink_metadata(&p) {
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("stat", &p, e)),
+            Ok(m) if m.file_type().is_file() => match fs::remove_file(&p) {
+                Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err("remove", &p, e)),
+                _ => Ok(()),
+            },
+            Ok(m) => Err(KmsError::Io(format!(
+                "{} is a {}, not a temporary file kmsfs left; kmsfs never writes through it \
+                 (someone may be trying to redirect its writes); nothing was written — check \
+                 who made it, remove it, and try again",
+                p.display(),
+                if m.file_type().is_symlink() {
+                    "symbolic link"
+                } else if m.file_type().is_dir() {
+                    "directory"
+                } else {
+                    "special file"
+                }
+            ))),
+        }
+    }
+
+    /// Removes temporaries a crashed writer may have left (caller holds the
+    /// lock); best effort, the write itself refuses what it cannot remove.
     pub fn remove_stale_temporaries(&self) {
         for t in [CURRENT_TMP, PREV_TMP] {
-            let _ = fs::remove_file(self.file(t));
+            let _ = self.remove_temporary(t);
         }
     }
 }
@@ -445,6 +584,14 @@ impl<'a> Frame<'a> {
         }
         let version = u16::from_be_bytes([b[OFF_VERSION], b[OFF_VERSION + 1]]);
         if version != KEYSTORE_VERSION {
+            // The trailer is checked first: a flipped bit in the version field is
+            // damage (and may fall back), only an intact file is a newer format.
+            if !trailer_ok(b) {
+                return Err(corrupt(
+                    name,
+                    "its checksum does not match (bytes were changed)",
+                ));
+            }
             return Err(KmsError::CorruptKeystore(format!(
                 "keystore file {name} has format version {version}, but this kmsfs reads only \
                  version {KEYSTORE_VERSION}; use the kmsfs release that wrote it"
@@ -534,6 +681,30 @@ pub fn unknown_version(b: &[u8]) -> bool {
     b.len() >= OFF_ID
         && b[..8] == KEYSTORE_MAGIC
         && u16::from_be_bytes([b[OFF_VERSION], b[OFF_VERSION + 1]]) != KEYSTORE_VERSION
+        && trailer_ok(b)
+}
+
+/// True when the file ends with the SHA-256 of everything before it: the one
+/// part of the layout every format version keeps (docs/KEYSTORE.md).
+fn trailer_ok(b: &[u8]) -> bool {
+    b.len() >= OFF_ID + CHECKSUM_LEN && {
+        let (content, sum) = b.split_at(b.len() - CHECKSUM_LEN);
+        crypto::constant_time_eq(&crypto::sha256(&[content]), sum)
+    }
+}
+
+/// The generation number a file's header claims, when it has the layout of
+/// this version (not authenticated: used only to say how stale a fallback is).
+pub fn claimed_generation(b: &[u8]) -> Option<u64> {
+    (b.len() >= OFF_VERIFIER && b[..8] == KEYSTORE_MAGIC).then(|| {
+        let mut g = [0u8; 8];
+        g.copy_from_slice(&b[OFF_GENERATION..OFF_GENERATION + 8]);
+        u64::from_be_bytes(g)
+    })
+}
+
+fn hex8(b: &[u8; 8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn arr4(b: &[u8]) -> [u8; 4] {
@@ -607,6 +778,9 @@ pub fn create(
             dir.path().display()
         )));
     }
+    if dir.has_entry(ROOT_KEY_FILE) {
+        return Err(lost(dir, ROOT_KEY_FILE));
+    }
     let root = match mode {
         CreateMode::RootKeyFile => {
             dir.create_root_key_file()?;
@@ -630,6 +804,19 @@ pub fn create(
     dir.remove_stale_temporaries();
     let fp = dir.write_generations(None, &bytes)?;
     Ok((id, root, state, fp))
+}
+
+/// The error for a directory that shows a keystore was there (`evidence`)
+/// but has neither generation: never answered by creating a new one.
+pub fn lost(dir: &KeystoreDir, evidence: &str) -> KmsError {
+    let d = dir.path().display();
+    KmsError::CorruptKeystore(format!(
+        "the keystore in {d} is lost or unreadable: {evidence} is there but neither \
+         {CURRENT_FILE} nor {PREV_FILE} can be found (deleted? a symbolic link to a volume \
+         that is not mounted?); nothing was created or changed. Restore {CURRENT_FILE} from \
+         your backup. Only if no keystore was ever created here (an interrupted `kmsfs init`) \
+         remove {d}/{evidence} and start again"
+    ))
 }
 
 /// How `create` seals a new keystore.
@@ -755,8 +942,17 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let (_, _, mut bytes, _) = sample(&KeystoreDir::new(t.path()));
         bytes[OFF_VERSION + 1] = 9;
+        // A flipped version with the old checksum is damage, not a newer format.
+        let e = Frame::parse("x", &bytes).unwrap_err().to_string();
+        assert!(e.contains("checksum does not match"), "{e}");
+        assert!(!unknown_version(&bytes));
+        // A newer writer's intact file is named as such.
+        let n = bytes.len() - CHECKSUM_LEN;
+        let sum = crypto::sha256(&[&bytes[..n]]);
+        bytes[n..].copy_from_slice(&sum);
         let e = Frame::parse("x", &bytes).unwrap_err().to_string();
         assert!(e.contains("format version 9"), "{e}");
+        assert!(unknown_version(&bytes));
     }
 
     #[test]
@@ -890,5 +1086,132 @@ mod tests {
         assert_eq!(fs::read(dir.file(PREV_FILE)).unwrap(), first);
         assert_eq!(fs::read(dir.file(CURRENT_FILE)).unwrap(), b"second");
         assert!(!dir.file(CURRENT_TMP).exists() && !dir.file(PREV_TMP).exists());
+    }
+
+    #[test]
+    fn symlinked_lock_file_is_refused_and_its_target_untouched() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let dir = KeystoreDir::new(t.path().join("ks"));
+        create(&dir, CreateMode::RootKeyFile).unwrap();
+        let before = fs::read(dir.file(CURRENT_FILE)).unwrap();
+        // Dangling: following it would create the target (and chown it).
+        let target = t.path().join("target");
+        fs::remove_file(dir.file(LOCK_FILE)).unwrap();
+        symlink(&target, dir.file(LOCK_FILE)).unwrap();
+        let e = dir.lock().unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        assert!(fs::symlink_metadata(&target).is_err(), "target was created");
+        // Pointing at an existing file: still refused, the file unchanged.
+        fs::write(&target, b"precious").unwrap();
+        let e = dir.lock().unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        assert_eq!(fs::read(&target).unwrap(), b"precious");
+        assert_eq!(fs::read(dir.file(CURRENT_FILE)).unwrap(), before);
+    }
+
+    #[test]
+    fn symlinked_temporaries_are_refused_and_their_targets_untouched() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let dir = KeystoreDir::new(t.path().join("ks"));
+        create(&dir, CreateMode::RootKeyFile).unwrap();
+        let before = fs::read(dir.file(CURRENT_FILE)).unwrap();
+        for tmp in [PREV_TMP, CURRENT_TMP] {
+            for existing in [false, true] {
+                let target = t.path().join(format!("target-{tmp}-{existing}"));
+                if existing {
+                    fs::write(&target, b"precious").unwrap();
+                }
+                symlink(&target, dir.file(tmp)).unwrap();
+                let _lock = dir.lock().unwrap();
+                let e = dir
+                    .write_generations(Some(&before), &before)
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains("symbolic link"), "{e}");
+                if existing {
+                    assert_eq!(fs::read(&target).unwrap(), b"precious");
+                } else {
+                    assert!(fs::symlink_metadata(&target).is_err(), "target was created");
+                }
+                assert_eq!(fs::read(dir.file(CURRENT_FILE)).unwrap(), before);
+                fs::remove_file(dir.file(tmp)).unwrap();
+            }
+        }
+        // A stale regular temporary (a crashed writer's) is simply replaced.
+        fs::write(dir.file(PREV_TMP), b"stale").unwrap();
+        dir.write_generations(Some(&before), &before).unwrap();
+    }
+
+    #[test]
+    fn keystore_files_are_never_read_through_symlinks_or_fifos() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let dir = KeystoreDir::new(t.path().join("ks"));
+        create(&dir, CreateMode::RootKeyFile).unwrap();
+        let real = t.path().join("elsewhere");
+        fs::rename(dir.file(CURRENT_FILE), &real).unwrap();
+        symlink(&real, dir.file(CURRENT_FILE)).unwrap();
+        let e = dir.read(CURRENT_FILE).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        fs::remove_file(dir.file(CURRENT_FILE)).unwrap();
+        let st = std::process::Command::new("mkfifo")
+            .arg(dir.file(CURRENT_FILE))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        // Must not block; must not be taken for a keystore.
+        let e = dir.read(CURRENT_FILE).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn a_dangling_or_unreadable_generation_counts_as_existing() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let dir = KeystoreDir::new(t.path().join("ks"));
+        create(&dir, CreateMode::RootKeyFile).unwrap();
+        let rk = fs::read(dir.file(ROOT_KEY_FILE)).unwrap();
+        // keystore.kms points at a volume that is not mounted.
+        fs::remove_file(dir.file(CURRENT_FILE)).unwrap();
+        symlink("/nonexistent/volume/keystore.kms", dir.file(CURRENT_FILE)).unwrap();
+        assert!(dir.exists());
+        assert!(matches!(
+            create(&dir, CreateMode::RootKeyFile),
+            Err(KmsError::AlreadyExists(_))
+        ));
+        // Gone altogether while root.key is still there: lost, never recreated.
+        fs::remove_file(dir.file(CURRENT_FILE)).unwrap();
+        assert!(!dir.exists());
+        assert_eq!(dir.lost_evidence(), Some(ROOT_KEY_FILE));
+        let e = create(&dir, CreateMode::RootKeyFile).unwrap_err();
+        assert!(matches!(e, KmsError::CorruptKeystore(_)), "{e:?}");
+        assert!(e.to_string().contains("lost or unreadable"), "{e}");
+        assert_eq!(fs::read(dir.file(ROOT_KEY_FILE)).unwrap(), rk);
+        assert!(!dir.has_entry(CURRENT_FILE));
+    }
+
+    #[test]
+    fn oversized_files_are_refused_before_allocating() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = KeystoreDir::new(t.path());
+        create(&dir, CreateMode::RootKeyFile).unwrap();
+        // Sparse: costs no disk, would cost 64 GiB of memory if read whole.
+        let f = OpenOptions::new()
+            .write(true)
+            .open(dir.file(CURRENT_FILE))
+            .unwrap();
+        f.set_len(64 << 30).unwrap();
+        let e = dir.read(CURRENT_FILE).unwrap_err();
+        assert!(matches!(e, KmsError::CorruptKeystore(_)), "{e:?}");
+        assert!(e.to_string().contains("larger than any keystore"), "{e}");
+        let f = OpenOptions::new()
+            .write(true)
+            .open(dir.file(ROOT_KEY_FILE))
+            .unwrap();
+        f.set_len(64 << 30).unwrap();
+        let e = RootKey::obtain(&dir, RootMode::KeyFile, &|| unreachable!()).unwrap_err();
+        assert!(matches!(e, KmsError::WrongRootKey(_)), "{e:?}");
     }
 }

@@ -77,11 +77,15 @@ impl Snapshot {
         let mut policies = HashMap::new();
         for (id, k) in &state.keys {
             if let Some(doc) = &k.policy {
-                let p = KeyPolicy::from_value(doc).map_err(|e| {
-                    KmsError::CorruptKeystore(format!(
-                        "the stored policy of key {id} is unusable: {e}"
-                    ))
-                })?;
+                // A document an older release accepted (say with a field now
+                // refused) fails closed for its key alone, not the whole keystore.
+                let p = KeyPolicy::from_value(doc).unwrap_or_else(|e| {
+                    log::warn!(
+                        "the stored policy of key {id} is not accepted by this release ({e}); \
+                         the key is refused to everyone until put-key-policy gives it a valid one"
+                    );
+                    KeyPolicy::deny_all()
+                });
                 policies.insert(id.clone(), p);
             }
         }
@@ -141,6 +145,9 @@ pub struct LocalKeyStore {
     last_check_ns: AtomicU64,
     reload_lock: Mutex<()>,
     audit: OnceLock<Arc<dyn AuditSink>>,
+    /// A damaged current generation that a reload refused to fall back from:
+    /// not re-read until it changes.
+    damaged: Mutex<Option<Option<Fingerprint>>>,
     purge_warned: std::sync::atomic::AtomicBool,
     last_warning: Mutex<Option<String>>,
 }
@@ -218,17 +225,15 @@ fn load(
     };
     match unseal(PREV_FILE, &pbytes) {
         Ok((state, keystore_id, file_generation)) => {
-            log::warn!(
-                "{primary}; using the previous generation {} instead (read-only: changes are \
-                 refused until the current generation is repaired or restored)",
-                dir.file(PREV_FILE).display()
-            );
+            let claimed = cur
+                .as_ref()
+                .and_then(|(b, _)| keystore::claimed_generation(b));
             Ok(Loaded {
                 state,
                 file_generation,
                 keystore_id,
                 fingerprint,
-                fallback: Some(primary),
+                fallback: Some(fallback_warning(dir, &primary, file_generation, claimed)),
             })
         }
         Err(KmsError::CorruptKeystore(e)) => Err(KmsError::CorruptKeystore(format!(
@@ -236,6 +241,34 @@ fn load(
         ))),
         Err(e) => Err(e),
     }
+}
+
+/// What running from the previous generation means, in plain words: the
+/// states there may be older than the damaged file's. `claimed` is the
+/// generation the damaged file's header claims (unauthenticated, may be junk).
+fn fallback_warning(
+    dir: &KeystoreDir,
+    primary: &str,
+    prev_gen: u64,
+    claimed: Option<u64>,
+) -> String {
+    let missing = match claimed {
+        Some(n) if n > prev_gen && n - prev_gen < 1_000_000 => format!(
+            "the damaged file claims to be generation {n} (unverified), so at least {} change(s) \
+             made after generation {prev_gen} are not seen here",
+            n - prev_gen
+        ),
+        _ => format!("changes made after generation {prev_gen} are not seen here"),
+    };
+    format!(
+        "{primary}; running READ-ONLY from the previous generation {} (generation {prev_gen}). \
+         KEY STATES MAY BE OUT OF DATE: {missing} — a key disabled, scheduled for deletion or \
+         given a stricter policy in the damaged generation may show here as enabled and usable. \
+         Changes are refused until {CURRENT_FILE} is restored from a backup, or replaced by a \
+         copy of {PREV_FILE} (then re-apply the lost changes, e.g. disable a key again; see \
+         docs/KEYSTORE.md, \"Fallback\")",
+        dir.file(PREV_FILE).display()
+    )
 }
 
 fn no_passphrase() -> Result<SecretBytes, KmsError> {
@@ -311,13 +344,32 @@ impl LocalKeyStore {
     ) -> Result<Self, KmsError> {
         let kdir = KeystoreDir::new(dir);
         if !kdir.exists() {
-            return Err(KmsError::KeystoreNotFound(format!(
-                "there is no keystore in {}",
-                dir.display()
-            )));
+            // root.key or the lock file without a generation: a keystore was
+            // here. Wait for a writer that may be creating it right now, then
+            // call it lost rather than "none" (which would invite a fresh one).
+            if let Some(evidence) = kdir.lost_evidence() {
+                kdir.wait_for_writers();
+                if !kdir.exists() {
+                    return Err(keystore::lost(&kdir, evidence));
+                }
+            } else if std::fs::symlink_metadata(dir).is_ok() && std::fs::metadata(dir).is_err() {
+                return Err(KmsError::CorruptKeystore(format!(
+                    "the keystore directory {} cannot be reached (a symbolic link to a volume \
+                     that is not mounted?); nothing was created or changed",
+                    dir.display()
+                )));
+            } else {
+                return Err(KmsError::KeystoreNotFound(format!(
+                    "there is no keystore in {}",
+                    dir.display()
+                )));
+            }
         }
         let mut root = None;
         let loaded = load(&kdir, None, &mut root, passphrase)?;
+        if let Some(why) = &loaded.fallback {
+            log::warn!("{why}");
+        }
         let root = root.ok_or_else(|| KmsError::Internal("root key not obtained".into()))?;
         let ks = Self::assemble(kdir, root, loaded)?;
         // A reader without write access still opens: due keys are refused in memory.
@@ -359,6 +411,7 @@ impl LocalKeyStore {
             last_check_ns: AtomicU64::new(0),
             reload_lock: Mutex::new(()),
             audit: OnceLock::new(),
+            damaged: Mutex::new(None),
             purge_warned: std::sync::atomic::AtomicBool::new(false),
             last_warning: Mutex::new(None),
         })
@@ -449,7 +502,8 @@ impl LocalKeyStore {
     /// reloads it if so; deletes keys whose deletion date has passed.
     pub fn refresh(&self) -> Result<(), KmsError> {
         let fp = self.dir.fingerprint();
-        if fp != self.snapshot().fingerprint {
+        let known_damaged = *self.damaged.lock().unwrap_or_else(|p| p.into_inner()) == Some(fp);
+        if fp != self.snapshot().fingerprint && !known_damaged {
             self.reload()?;
         }
         self.apply_due()
@@ -472,19 +526,64 @@ impl LocalKeyStore {
                     hex(&l.keystore_id)
                 )));
             }
-            Snapshot::new(l.state, l.fingerprint, l.fallback, l.file_generation)
+            if l.fallback.is_some() {
+                return Ok(Err(l));
+            }
+            Snapshot::new(l.state, l.fingerprint, l.fallback, l.file_generation).map(Ok)
         });
         match result {
-            Ok(s) => {
+            Ok(Ok(s)) => {
+                *self.damaged.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 self.install(s);
                 Ok(())
             }
+            Ok(Err(l)) => self.keep_on_damage(l, fp),
             Err(e) => {
                 // Fail closed: a key disabled on disk must not stay usable here.
                 self.install(Snapshot::broken(e.to_string(), fp));
                 Err(e)
             }
         }
+    }
+
+    /// A reload found the current generation damaged and only the previous one
+    /// readable. A running process never goes back to it: what it holds is at
+    /// least as new (H1: otherwise damaging the file would re-enable a key that
+    /// was disabled). When the previous generation is as new as what we hold, the
+    /// damaged file is a change we never read (perhaps a key disabled): fail closed.
+    fn keep_on_damage(&self, l: Loaded, fp: Option<Fingerprint>) -> Result<(), KmsError> {
+        let cur = self.snapshot();
+        let why = l.fallback.unwrap_or_default();
+        if cur.broken.is_none() && cur.fallback.is_some() {
+            // Opened from the previous generation already: a newer one is fine.
+            if l.file_generation >= cur.file_generation {
+                let snap = Snapshot::new(l.state, l.fingerprint, Some(why), l.file_generation)?;
+                self.install(snap);
+            }
+            return Ok(());
+        }
+        *self.damaged.lock().unwrap_or_else(|p| p.into_inner()) = Some(fp);
+        if cur.broken.is_none() && l.file_generation < cur.file_generation {
+            log::error!(
+                "{} is damaged; this process keeps using generation {} it read before (newer \
+                 than {PREV_FILE}, generation {}), and refuses changes until the file is \
+                 repaired or restored from a backup",
+                self.dir.file(CURRENT_FILE).display(),
+                cur.file_generation,
+                l.file_generation
+            );
+            return Ok(());
+        }
+        let msg = format!(
+            "{} is damaged and holds a change this process never read (its previous generation \
+             {} is as new as what this process holds); every key is refused until the file is \
+             repaired or restored from a backup, since that change may have disabled a key",
+            self.dir.file(CURRENT_FILE).display(),
+            l.file_generation
+        );
+        log::error!("{msg}");
+        self.install(Snapshot::broken(msg.clone(), fp));
+        Err(KmsError::CorruptKeystore(msg))
     }
 
     /// Deletes keys whose deletion date has passed and rotates keys whose

@@ -58,15 +58,30 @@ pub struct KeyPolicy {
     statements: Vec<Statement>,
 }
 
+// Unknown fields are refused, not ignored: a misspelt "condition" or an
+// unsupported "NotAction" would otherwise widen what the policy allows.
 #[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
 struct RawPolicy {
-    statement: OneOrMany<RawStatement>,
+    /// Kept for AWS compatibility; not interpreted.
+    #[serde(default)]
+    #[allow(dead_code)]
+    version: Option<Value>,
+    /// Kept for AWS compatibility; not interpreted.
+    #[serde(default)]
+    #[allow(dead_code)]
+    id: Option<Value>,
+    /// Parsed per statement below, so that an error names the field.
+    statement: Value,
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
 struct RawStatement {
+    /// Kept for AWS compatibility; not interpreted.
+    #[serde(default)]
+    #[allow(dead_code)]
+    sid: Option<Value>,
     effect: String,
     principal: Value,
     action: OneOrMany<String>,
@@ -188,8 +203,15 @@ impl KeyPolicy {
     /// Builds the evaluable form of a stored (already validated) document.
     pub fn from_value(value: &Value) -> Result<Self, KmsError> {
         let raw: RawPolicy = serde_json::from_value(value.clone()).map_err(invalid)?;
+        let raw_statements = match raw.statement {
+            Value::Array(a) => a,
+            one @ Value::Object(_) => vec![one],
+            _ => return Err(invalid("Statement must be an object or a list of objects")),
+        };
         let mut statements = Vec::new();
-        for st in raw.statement.into_vec() {
+        for (i, st) in raw_statements.into_iter().enumerate() {
+            let st: RawStatement = serde_json::from_value(st)
+                .map_err(|e| invalid(format!("Statement {}: {e}", i + 1)))?;
             let effect = match st.effect.as_str() {
                 "Allow" => Effect::Allow,
                 "Deny" => Effect::Deny,
@@ -224,6 +246,14 @@ impl KeyPolicy {
             return Err(invalid("it has no Statement"));
         }
         Ok(Self { statements })
+    }
+
+    /// A policy that allows nothing: stands in for a stored document that this
+    /// release no longer accepts, so the key fails closed.
+    pub fn deny_all() -> Self {
+        Self {
+            statements: Vec::new(),
+        }
     }
 
     /// Explicit Deny wins, then any Allow; otherwise denied.
@@ -335,6 +365,34 @@ mod tests {
                 "{bad}"
             );
         }
+        // Unknown fields are refused, and the error names them.
+        for (bad, field) in [
+            (
+                r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","condition":{"x":1}}]}"#,
+                "condition",
+            ),
+            (
+                r#"{"Statement":[{"Effect":"Allow","Principal":"*","NotAction":"kms:Decrypt","Action":"kms:*"}]}"#,
+                "NotAction",
+            ),
+            (
+                r#"{"Statement":{"Effect":"Allow","NotPrincipal":"*","Principal":"*","Action":"kms:*"}}"#,
+                "NotPrincipal",
+            ),
+            (
+                r#"{"statement":[],"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*"}]}"#,
+                "statement",
+            ),
+        ] {
+            let e = KeyPolicy::parse(bad).unwrap_err();
+            assert!(matches!(e, KmsError::Validation(_)), "{bad}");
+            assert!(e.to_string().contains(&format!("`{field}`")), "{e}");
+        }
+        // Sid, Version and Id are accepted (and not interpreted).
+        KeyPolicy::parse(
+            r#"{"Version":"2012-10-17","Id":"x","Statement":[{"Sid":"s","Effect":"Allow","Principal":"*","Action":"kms:*"}]}"#,
+        )
+        .unwrap();
         let huge = format!(r#"{{"Statement":[],"x":"{}"}}"#, "a".repeat(MAX_POLICY_LEN));
         assert!(KeyPolicy::parse(&huge).is_err());
     }

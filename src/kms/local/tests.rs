@@ -585,7 +585,10 @@ fn corrupt_current_falls_back_read_only() {
     bytes[mid] ^= 0xff;
     std::fs::write(&cur, &bytes).unwrap();
     let fb = reopen(&ks);
-    assert!(fb.fallback_reason().unwrap().contains("checksum"));
+    let why = fb.fallback_reason().unwrap();
+    assert!(why.contains("checksum"), "{why}");
+    assert!(why.contains("KEY STATES MAY BE OUT OF DATE"), "{why}");
+    assert!(why.contains("may show here as enabled"), "{why}");
     assert!(fb.decrypt(&ME, &blob, &ctx(), None).is_ok());
     assert!(fb.describe_key(&ME, "alias/later").is_err()); // prev generation's view
     let e = fb.create_key(&ME, "").unwrap_err();
@@ -681,4 +684,82 @@ fn debug_shows_no_secrets() {
         .map(|b| format!("{b:02x}"))
         .collect();
     assert!(!s.contains(&hex));
+}
+
+fn damage_current(ks: &LocalKeyStore) {
+    let cur = ks.dir().join(CURRENT_FILE);
+    let mut bytes = std::fs::read(&cur).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&cur, &bytes).unwrap();
+}
+
+#[test]
+fn a_running_service_never_falls_back_to_an_older_generation() {
+    // H1: damaging keystore.kms must not bring back a key disabled earlier.
+    let (_t, ks, id) = new_store();
+    ks.disable_key(&ME, &id).unwrap();
+    assert!(matches!(
+        ks.encrypt(&ME, &id, b"x", &ctx()),
+        Err(KmsError::Disabled(_))
+    ));
+    let good = std::fs::read(ks.dir().join(CURRENT_FILE)).unwrap();
+    damage_current(&ks); // keystore.prev has the key enabled
+    ks.refresh().unwrap();
+    assert!(ks.fallback_reason().is_none());
+    assert!(
+        matches!(
+            ks.encrypt(&ME, &id, b"x", &ctx()),
+            Err(KmsError::Disabled(_))
+        ),
+        "a disabled key came back after the keystore file was damaged"
+    );
+    assert!(
+        ks.create_key(&ME, "").is_err(),
+        "wrote over a damaged keystore"
+    );
+    // Restored from a backup: reloaded and writable again.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    std::fs::write(ks.dir().join(CURRENT_FILE), &good).unwrap();
+    ks.refresh().unwrap();
+    ks.create_key(&ME, "").unwrap();
+    assert!(matches!(
+        ks.encrypt(&ME, &id, b"x", &ctx()),
+        Err(KmsError::Disabled(_))
+    ));
+}
+
+#[test]
+fn a_damaged_change_never_read_fails_closed() {
+    let (_t, a, id) = new_store();
+    let b = reopen(&a);
+    b.disable_key(&ME, &id).unwrap(); // a has not read this generation yet
+    damage_current(&a);
+    assert!(a.refresh().is_err());
+    for k in [id.as_str(), "alias/none"] {
+        let e = a.encrypt(&ME, k, b"x", &ctx()).unwrap_err();
+        assert!(matches!(e, KmsError::CorruptKeystore(_)), "{e:?}");
+    }
+    let e = a.encrypt(&ME, &id, b"x", &ctx()).unwrap_err().to_string();
+    assert!(e.contains("never read"), "{e}");
+}
+
+#[test]
+fn a_stored_policy_no_longer_accepted_fails_closed_for_its_key_only() {
+    let (_t, ks, id) = new_store();
+    let other = ks.create_key(&ME, "other").unwrap().key_id;
+    // As an older release could have stored it: NotAction was ignored then.
+    let (bytes, _) = ks.dir.read(CURRENT_FILE).unwrap().unwrap();
+    let frame = Frame::parse(CURRENT_FILE, &bytes).unwrap();
+    let mut state = frame.unseal(CURRENT_FILE, &ks.root).unwrap();
+    state.keys.get_mut(&id).unwrap().policy = Some(serde_json::json!({
+        "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*",
+                       "NotAction": "kms:Decrypt"}]
+    }));
+    let new = keystore::encode(&ks.keystore_id, &ks.root, frame.generation + 1, &state).unwrap();
+    ks.dir.write_generations(Some(&bytes), &new).unwrap();
+    let re = reopen(&ks);
+    let e = re.encrypt(&ME, &id, b"x", &ctx()).unwrap_err();
+    assert!(matches!(e, KmsError::AccessDenied(_)), "{e:?}");
+    re.encrypt(&ME, &other, b"x", &ctx()).unwrap();
 }
