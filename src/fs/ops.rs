@@ -214,6 +214,20 @@ impl KmsFs {
         }
     }
 
+    /// unlink (`dir` false) and rmdir (`dir` true) of `name` in `parent`.
+    fn remove_entry(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
+        let r = self.child(parent.0, name).and_then(|rel| {
+            let (parent_dir, name) = self.at(&rel)?;
+            sys::unlinkat(&parent_dir, &name, dir).map_err(ioe)?;
+            self.forget_path(&rel);
+            Ok(())
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn xattr_reply(&self, r: io::Result<usize>, size: u32, buf: &[u8], reply: ReplyXattr) {
         match r {
             Err(e) => reply.error(ioe(e)),
@@ -344,29 +358,11 @@ impl Filesystem for KmsFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.child(parent.0, name).and_then(|rel| {
-            let (dir, name) = self.at(&rel)?;
-            sys::unlinkat(&dir, &name, false).map_err(ioe)?;
-            self.forget_path(&rel);
-            Ok(())
-        });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove_entry(parent, name, false, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.child(parent.0, name).and_then(|rel| {
-            let (dir, name) = self.at(&rel)?;
-            sys::unlinkat(&dir, &name, true).map_err(ioe)?;
-            self.forget_path(&rel);
-            Ok(())
-        });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove_entry(parent, name, true, reply);
     }
 
     fn symlink(
