@@ -2,7 +2,7 @@
 //! and block-wise positioned read/write with read-modify-write of partial
 //! blocks. The mount runs on it, and it is the SDK-side API: [`seal`] and
 //! [`unseal`] produce and read exactly the files the mount does.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // one exception: `reserve` (fallocate), which std lacks
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -326,8 +326,17 @@ impl EncryptedFile {
         plain.resize(new_len as usize, 0);
         let mut out = Vec::with_capacity(plain.len() + BLOCK_OVERHEAD as usize);
         self.key.seal_block(index, &plain, &mut out)?;
-        self.file
-            .write_all_at(&out, format::block_backing_offset(index))?;
+        self.write_stored(index, &out)
+    }
+
+    /// Writes stored blocks starting at block `first`. The backing space is
+    /// reserved first, so that a full disk (ENOSPC) or a file-size limit
+    /// (EFBIG) fails before any byte changes: a write that stopped half-way
+    /// would leave a block that no longer authenticates.
+    fn write_stored(&self, first: u64, stored: &[u8]) -> Result<(), EnvelopeError> {
+        let start = format::block_backing_offset(first);
+        reserve(&self.file, start, stored.len() as u64)?;
+        self.file.write_all_at(stored, start)?;
         Ok(())
     }
 
@@ -368,21 +377,17 @@ impl EncryptedFile {
             plain[s.skip as usize..(s.skip + s.len) as usize].copy_from_slice(piece);
             self.key.seal_block(s.block, &plain, &mut out)?;
         }
-        let result = self
-            .file
-            .write_all_at(&out, format::block_backing_offset(first))
-            .map_err(EnvelopeError::from)
-            .and_then(|()| {
-                // A partial final block before the written range becomes a
-                // full block of zeros; whole blocks in between stay holes.
-                // Done after the new blocks are written, so that a write the
-                // backing file system refuses (EFBIG, ENOSPC) changes nothing.
-                let old_final = format::block_of(size);
-                if size % BLOCK_SIZE != 0 && old_final < first {
-                    self.resize_block(old_final, size, BLOCK_SIZE)?;
-                }
-                Ok(())
-            });
+        let result = self.write_stored(first, &out).and_then(|()| {
+            // A partial final block before the written range becomes a
+            // full block of zeros; whole blocks in between stay holes.
+            // Done after the new blocks are written, so that a write the
+            // backing file system refuses (EFBIG, ENOSPC) changes nothing.
+            let old_final = format::block_of(size);
+            if size % BLOCK_SIZE != 0 && old_final < first {
+                self.resize_block(old_final, size, BLOCK_SIZE)?;
+            }
+            Ok(())
+        });
         if result.is_err() && end > size {
             self.roll_back_to(size);
         }
@@ -442,16 +447,12 @@ impl EncryptedFile {
         ]);
         let mut out = Vec::with_capacity(zeros.len() + BLOCK_OVERHEAD as usize);
         self.key.seal_block(new_final, &zeros, &mut out)?;
-        let result = self
-            .file
-            .write_all_at(&out, format::block_backing_offset(new_final))
-            .map_err(EnvelopeError::from)
-            .and_then(|()| {
-                if size % BLOCK_SIZE != 0 {
-                    self.resize_block(old_final, size, BLOCK_SIZE)?;
-                }
-                Ok(())
-            });
+        let result = self.write_stored(new_final, &out).and_then(|()| {
+            if size % BLOCK_SIZE != 0 {
+                self.resize_block(old_final, size, BLOCK_SIZE)?;
+            }
+            Ok(())
+        });
         if result.is_err() {
             self.roll_back_to(size);
         }
@@ -466,6 +467,27 @@ impl EncryptedFile {
             self.file.sync_all()?;
         }
         Ok(())
+    }
+}
+
+/// fallocate(KEEP_SIZE) of `len` bytes at `offset`: allocates without
+/// changing the file size. A file system without fallocate skips it.
+#[allow(unsafe_code)]
+fn reserve(file: &File, offset: u64, len: u64) -> Result<(), EnvelopeError> {
+    use std::os::fd::AsRawFd;
+    let too_big = || EnvelopeError::Io(std::io::Error::from_raw_os_error(libc::EFBIG));
+    let off = libc::off_t::try_from(offset).map_err(|_| too_big())?;
+    let len = libc::off_t::try_from(len).map_err(|_| too_big())?;
+    // SAFETY: integer arguments only; the descriptor is borrowed from a File
+    // that outlives the call.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, off, len) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => Ok(()),
+        _ => Err(e.into()),
     }
 }
 
