@@ -30,6 +30,14 @@ use crate::kms::{Caller, KeyService};
 /// or clobber internal data.
 pub const RESERVED_XATTR_PREFIXES: [&str; 2] = ["user.kmsfs.", "trusted.kmsfs."];
 
+/// The POSIX ACL xattrs. The mount does not support ACLs: the kernel checks
+/// only the mode bits (FUSE_POSIX_ACL is not requested), so an ACL passed to
+/// the backing file would not be enforced, while ext4 would still rewrite the
+/// group bits to its mask. Setting them is EOPNOTSUPP (as on a file system
+/// without ACLs); ones the backing file has anyway are neither listed nor
+/// returned.
+pub const ACL_XATTRS: [&str; 2] = ["system.posix_acl_access", "system.posix_acl_default"];
+
 /// How the mount is configured.
 #[derive(Clone)]
 pub struct FsConfig {
@@ -565,11 +573,19 @@ pub fn reserved_xattr(name: &OsStr) -> bool {
         .any(|p| n.starts_with(p.as_bytes()))
 }
 
-/// Removes reserved names from a NUL-separated xattr name list.
+/// True for a POSIX ACL xattr (`ACL_XATTRS`).
+pub fn acl_xattr(name: &OsStr) -> bool {
+    ACL_XATTRS
+        .iter()
+        .any(|a| name.as_encoded_bytes() == a.as_bytes())
+}
+
+/// Removes reserved names and ACLs from a NUL-separated xattr name list.
 pub fn filter_xattr_list(list: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(list.len());
     for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        if !reserved_xattr(OsStr::from_bytes(name)) {
+        let name_os = OsStr::from_bytes(name);
+        if !reserved_xattr(name_os) && !acl_xattr(name_os) {
             out.extend_from_slice(name);
             out.push(0);
         }
@@ -732,6 +748,11 @@ mod tests {
         assert!(!reserved_xattr(OsStr::new("user.other")));
         let l = b"user.a\0user.kmsfs.hdr\0security.selinux\0";
         assert_eq!(filter_xattr_list(l), b"user.a\0security.selinux\0".to_vec());
+        assert!(acl_xattr(OsStr::new("system.posix_acl_access")));
+        assert!(acl_xattr(OsStr::new("system.posix_acl_default")));
+        assert!(!acl_xattr(OsStr::new("system.posix_acl_accessx")));
+        let l = b"system.posix_acl_access\0user.a\0system.posix_acl_default\0";
+        assert_eq!(filter_xattr_list(l), b"user.a\0".to_vec());
     }
 
     #[test]

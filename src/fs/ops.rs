@@ -15,7 +15,7 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use super::core::{KmsFs, filter_xattr_list, reserved_xattr};
+use super::core::{KmsFs, acl_xattr, filter_xattr_list, reserved_xattr};
 use super::errno::io_errno;
 use super::sparse;
 use super::sys::{self, Utime};
@@ -635,6 +635,9 @@ impl Filesystem for KmsFs {
         if reserved_xattr(name) {
             return reply.error(Errno::EPERM);
         }
+        if acl_xattr(name) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         let r = self
             .writable()
             .and_then(|()| self.at(&self.rel(ino.0)?))
@@ -648,7 +651,7 @@ impl Filesystem for KmsFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        if reserved_xattr(name) {
+        if reserved_xattr(name) || acl_xattr(name) {
             return reply.error(Errno::NO_XATTR);
         }
         let (dir, entry) = match self.rel(ino.0).and_then(|rel| self.at(&rel)) {
@@ -680,6 +683,9 @@ impl Filesystem for KmsFs {
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         if reserved_xattr(name) {
             return reply.error(Errno::EPERM);
+        }
+        if acl_xattr(name) {
+            return reply.error(Errno::EOPNOTSUPP);
         }
         let r = self
             .writable()
