@@ -335,15 +335,22 @@ impl KmsFs {
         Ok(f)
     }
 
+    /// The check every open makes, for a file someone already has open:
+    /// `caller` may use its key now.
+    fn check_key(&self, existing: &OpenFile, caller: &Caller) -> Result<(), Errno> {
+        let header = EncryptedFile::read_header(existing.read().file())
+            .map_err(|e| envelope_errno(&e, existing.backing()))?;
+        self.file_key(&header, caller, existing.backing())?;
+        Ok(())
+    }
+
     fn reopen(
         &self,
         ino: u64,
         existing: &OpenFile,
         caller: &Caller,
     ) -> Result<Arc<OpenFile>, Errno> {
-        let header = EncryptedFile::read_header(existing.read().file())
-            .map_err(|e| envelope_errno(&e, existing.backing()))?;
-        self.file_key(&header, caller, existing.backing())?;
+        self.check_key(existing, caller)?;
         match self.opens.attach_existing(ino) {
             Some(f) => Ok(f),
             // The last handle went meanwhile: open afresh.
@@ -460,10 +467,23 @@ impl KmsFs {
             .map_err(|e| io_errno(&e))
     }
 
-    /// Truncates or extends `ino` to `size` plaintext bytes (opening it
-    /// briefly, with a key check, when no handle is open).
-    pub fn truncate(&self, ino: u64, size: u64, caller: &Caller) -> Result<(), Errno> {
+    /// Truncates or extends `ino` to `size` plaintext bytes. `by_handle`: the
+    /// caller's own open handle (ftruncate), whose open already checked the
+    /// key. Otherwise (truncate by path) the caller gets the same key check
+    /// as an open, even while someone else holds the file open: their open
+    /// says nothing about this caller, and extending writes blocks under the
+    /// key. Without any handle the file is opened briefly, which checks.
+    pub fn truncate(
+        &self,
+        ino: u64,
+        size: u64,
+        caller: &Caller,
+        by_handle: bool,
+    ) -> Result<(), Errno> {
         if let Some(f) = self.opens.get(ino) {
+            if !by_handle {
+                self.check_key(&f, caller)?;
+            }
             return f.set_len(size);
         }
         let f = self.open(ino, caller, false)?;
@@ -734,13 +754,36 @@ mod tests {
         assert_eq!(fs.getattr(ino).unwrap().size, 5000);
         let backing = std::fs::metadata(dir.path().join("g")).unwrap().len();
         assert_eq!(backing, format::backing_size_from_plain(5000));
-        fs.truncate(ino, 10, &ROOT).unwrap();
+        fs.truncate(ino, 10, &ROOT, false).unwrap();
         assert_eq!(fs.getattr(ino).unwrap().size, 10);
         assert!(fs.open_state(ino).is_err(), "truncate left the file open");
         assert_eq!(fs.getattr(ino).unwrap().perm, 0o600);
     }
 
     const ROOT_INO_FOR_TESTS: u64 = super::super::inodes::ROOT_INO;
+
+    #[test]
+    fn truncate_by_path_checks_the_key_while_another_handle_is_open() {
+        let (_dir, ks, fs) = fs();
+        let (attr, f) = fs
+            .create(ROOT_INO_FOR_TESTS, OsStr::new("h"), 0o666, &ROOT)
+            .unwrap();
+        f.write_at(b"kept", 0).unwrap();
+        let ino = attr.ino.0;
+        ks.inner.refuse.store(true, Ordering::SeqCst);
+        ks.generation.fetch_add(1, Ordering::SeqCst);
+        // By path: refused like an open, whoever holds the file open.
+        for (who, size) in [(&ALICE, 1 << 20), (&ROOT, 0)] {
+            assert_eq!(
+                fs.truncate(ino, size, who, false).err(),
+                Some(Errno::EACCES)
+            );
+        }
+        assert_eq!(fs.getattr(ino).unwrap().size, 4);
+        // The holder's own handle (ftruncate) keeps working, as its writes do.
+        fs.truncate(ino, 2, &ROOT, true).unwrap();
+        assert_eq!(fs.open_state(ino).unwrap().read_at(0, 10).unwrap(), b"ke");
+    }
 
     #[test]
     fn xattr_filter() {

@@ -144,9 +144,10 @@ impl KmsFs {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
+        fh: Option<FileHandle>,
     ) -> Result<FileAttr, Errno> {
         if let Some(size) = size {
-            self.truncate(ino, size, &caller(req))?;
+            self.truncate(ino, size, &caller(req), fh.is_some())?;
         }
         let change = MetaChange {
             mode,
@@ -290,14 +291,14 @@ impl Filesystem for KmsFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.do_setattr(req, ino.0, mode, uid, gid, size, atime, mtime) {
+        match self.do_setattr(req, ino.0, mode, uid, gid, size, atime, mtime, fh) {
             Ok(a) => reply.attr(&self.ttl(), &a),
             Err(e) => reply.error(e),
         }
