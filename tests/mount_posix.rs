@@ -5,10 +5,36 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
-use std::process::Command;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::{Command, Output};
 
 use common::Mount;
+
+/// A mount other users can use (allow_other, world-writable root); None to skip.
+fn shared_mount(test: &str) -> Option<Mount> {
+    let mut m = Mount::new(test)?;
+    if common::sh(&m.mnt, "command -v runuser || true")
+        .trim()
+        .is_empty()
+    {
+        eprintln!("SKIPPED {test}: runuser is not installed");
+        return None;
+    }
+    fs::set_permissions(m.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    m.set_args(&["-o", "allow_other"]);
+    m.remount();
+    fs::set_permissions(&m.mnt, fs::Permissions::from_mode(0o1777)).unwrap();
+    Some(m)
+}
+
+/// Runs `script` with sh as `user` in the mount.
+fn as_user(m: &Mount, user: &str, script: &str) -> Output {
+    Command::new("runuser")
+        .args(["-u", user, "--", "sh", "-c", script])
+        .current_dir(&m.mnt)
+        .output()
+        .unwrap()
+}
 
 /// Runs a python3 snippet in `dir` and returns its stdout.
 fn py(dir: &std::path::Path, code: &str) -> String {
@@ -83,4 +109,69 @@ fn posix_acls_are_refused_and_never_shown() {
          except OSError as e:\n    print('errno', e.errno)",
     );
     assert_eq!(got, format!("errno {}", libc::ENODATA));
+}
+
+#[test]
+fn setgid_directory_gives_new_entries_its_group() {
+    let Some(m) = shared_mount("setgid") else {
+        return;
+    };
+    fs::create_dir(m.p("sg")).unwrap();
+    std::os::unix::fs::chown(m.p("sg"), None, Some(1)).unwrap();
+    fs::set_permissions(m.p("sg"), fs::Permissions::from_mode(0o2777)).unwrap();
+    let o = as_user(&m, "nobody", "touch sg/f && mkdir sg/d && mkfifo sg/p");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let nobody = fs::metadata(m.p("sg/f")).unwrap().uid();
+    assert_ne!(nobody, 0);
+    for name in ["sg/f", "sg/d", "sg/p"] {
+        let (mnt, backing) = (
+            fs::metadata(m.p(name)).unwrap(),
+            fs::metadata(m.b(name)).unwrap(),
+        );
+        assert_eq!((mnt.uid(), mnt.gid()), (nobody, 1), "{name} on the mount");
+        assert_eq!(
+            (backing.uid(), backing.gid()),
+            (nobody, 1),
+            "{name} backing"
+        );
+    }
+    // A new subdirectory stays setgid, as on ext4, so its own entries follow.
+    let d = fs::metadata(m.p("sg/d")).unwrap().mode();
+    assert_eq!(d & 0o7777, 0o2755, "sg/d mode {d:o}");
+    let o = as_user(&m, "nobody", "mkdir sg/d/e && touch sg/d/e/g");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(fs::metadata(m.p("sg/d/e/g")).unwrap().gid(), 1);
+    // Outside the setgid directory, the caller's group as before.
+    let o = as_user(&m, "nobody", "touch plain");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(fs::metadata(m.p("plain")).unwrap().gid(), 65534);
+}
+
+#[test]
+fn setuid_and_setgid_bits_of_new_files_are_kept() {
+    let Some(m) = shared_mount("setuid") else {
+        return;
+    };
+    let make = |name: &str, mode: &str| {
+        format!(
+            "import os; os.umask(0); os.close(os.open('{name}', os.O_CREAT | os.O_WRONLY, {mode}))"
+        )
+    };
+    let mode = |name: &str| fs::metadata(m.p(name)).unwrap().mode() & 0o7777;
+    // As root, and as another user (the daemon chowns every new file).
+    py(&m.mnt, &make("root-suid", "0o4755"));
+    assert_eq!(mode("root-suid"), 0o4755);
+    py(&m.mnt, &make("root-sgid", "0o2750"));
+    assert_eq!(mode("root-sgid"), 0o2750);
+    let o = as_user(
+        &m,
+        "nobody",
+        &format!("python3 -c \"{}\"", make("user-suid", "0o4711")),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(mode("user-suid"), 0o4711);
+    assert_eq!(
+        fs::metadata(m.b("user-suid")).unwrap().mode() & 0o7777,
+        0o4711
+    );
 }

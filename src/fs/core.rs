@@ -414,8 +414,14 @@ impl KmsFs {
         let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
         let file = super::sys::open_beneath(&dir, Path::new(&name), flags, mode & 0o7777)
             .map_err(|e| io_errno(&e))?;
-        let made = self.set_owner(&file, caller).and_then(|()| {
-            self.exact_mode(&file, mode)?;
+        let made = self.new_group(&dir, caller).and_then(|(gid, setgid_dir)| {
+            // Owner first: a chown clears S_ISUID/S_ISGID, which the exact
+            // mode then puts back.
+            self.set_owner(&file, caller, gid)?;
+            if let Some(mode) = self.mode_to_set(mode, setgid_dir, false) {
+                file.set_permissions(std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| io_errno(&e))?;
+            }
             EncryptedFile::create(file, &*self.cfg.ks, caller, &self.cfg.key_id)
                 .map_err(|e| envelope_errno(&e, &shown))
         });
@@ -433,14 +439,29 @@ impl KmsFs {
         Ok((attr, f))
     }
 
-    /// The kernel already applied the caller's umask to `mode`; undo the
-    /// daemon's own umask where it removed bits.
-    pub fn exact_mode(&self, file: &File, mode: u32) -> Result<(), Errno> {
-        if !self.umask_strips(mode) {
-            return Ok(());
+    /// The group of a new entry of directory `dir` (an O_PATH descriptor is
+    /// fine) and whether `dir` is setgid: then the directory's group, as
+    /// ext4 gives it, else the caller's primary group.
+    pub fn new_group(&self, dir: &File, caller: &Caller) -> Result<(u32, bool), Errno> {
+        let m = dir.metadata().map_err(|e| io_errno(&e))?;
+        if m.mode() & libc::S_ISGID != 0 {
+            Ok((m.gid(), true))
+        } else {
+            Ok((caller.gid, false))
         }
-        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
-            .map_err(|e| io_errno(&e))
+    }
+
+    /// The mode to set on a new node after its owner, if one must be set.
+    /// The kernel already applied the caller's umask to `mode`; the daemon's
+    /// own umask may have removed bits, and the chown to the caller cleared
+    /// S_ISUID/S_ISGID. A directory made in a setgid directory is setgid too
+    /// (the kernel does not pass that bit to mkdir).
+    pub fn mode_to_set(&self, mode: u32, setgid_dir: bool, is_dir: bool) -> Option<u32> {
+        let mut mode = mode & 0o7777;
+        if is_dir && setgid_dir {
+            mode |= libc::S_ISGID;
+        }
+        (mode & (libc::S_ISUID | libc::S_ISGID) != 0 || self.umask_strips(mode)).then_some(mode)
     }
 
     /// True when the daemon's umask removes bits of `mode`.
@@ -448,22 +469,28 @@ impl KmsFs {
         mode & self.umask & 0o7777 != 0
     }
 
-    /// A new file belongs to the caller (the daemon runs as root).
-    pub fn set_owner(&self, file: &File, caller: &Caller) -> Result<(), Errno> {
+    /// A new file belongs to the caller, with group `gid` (the daemon runs
+    /// as root).
+    pub fn set_owner(&self, file: &File, caller: &Caller, gid: u32) -> Result<(), Errno> {
         if !super::sys::is_root() {
             return Ok(());
         }
-        std::os::unix::fs::fchown(file, Some(caller.uid), Some(caller.gid))
-            .map_err(|e| io_errno(&e))
+        std::os::unix::fs::fchown(file, Some(caller.uid), Some(gid)).map_err(|e| io_errno(&e))
     }
 
-    /// A new node `name` in directory `dir` belongs to the caller (the daemon
-    /// runs as root); a symlink itself, not its target.
-    pub fn set_owner_at(&self, dir: &File, name: &OsStr, caller: &Caller) -> Result<(), Errno> {
+    /// A new node `name` in directory `dir` belongs to the caller, with group
+    /// `gid` (the daemon runs as root); a symlink itself, not its target.
+    pub fn set_owner_at(
+        &self,
+        dir: &File,
+        name: &OsStr,
+        caller: &Caller,
+        gid: u32,
+    ) -> Result<(), Errno> {
         if !super::sys::is_root() {
             return Ok(());
         }
-        super::sys::fchownat_nofollow(dir, name, Some(caller.uid), Some(caller.gid))
+        super::sys::fchownat_nofollow(dir, name, Some(caller.uid), Some(gid))
             .map_err(|e| io_errno(&e))
     }
 

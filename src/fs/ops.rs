@@ -111,8 +111,10 @@ impl KmsFs {
     }
 
     /// After making node `name` in `dir` (at `rel`): give it to the caller
-    /// and register it. `mode` (not for symlinks) is set exactly, despite the
-    /// daemon's umask. Nothing here follows a symlink swapped in meanwhile.
+    /// (with the directory's group when it is setgid) and register it. Then
+    /// `mode` (not for symlinks) is set exactly, despite the daemon's umask
+    /// and the chown (which clears S_ISUID/S_ISGID). Nothing here follows a
+    /// symlink swapped in meanwhile.
     fn made(
         &self,
         rel: &Path,
@@ -121,11 +123,11 @@ impl KmsFs {
         req: &Request,
         mode: Option<u32>,
     ) -> Result<FileAttr, Errno> {
-        self.set_owner_at(dir, name, &caller(req))?;
-        if let Some(mode) = mode
-            && self.umask_strips(mode)
-        {
-            sys::fchmodat_nofollow(dir, name, mode & 0o7777).map_err(ioe)?;
+        let (gid, setgid_dir) = self.new_group(dir, &caller(req))?;
+        self.set_owner_at(dir, name, &caller(req), gid)?;
+        let is_dir = |m: u32| m & libc::S_IFMT == libc::S_IFDIR;
+        if let Some(mode) = mode.and_then(|m| self.mode_to_set(m, setgid_dir, is_dir(m))) {
+            sys::fchmodat_nofollow(dir, name, mode).map_err(ioe)?;
         }
         let m = sys::open_node(dir, name)
             .and_then(|n| n.metadata())
@@ -353,7 +355,8 @@ impl Filesystem for KmsFs {
             let rel = self.child(parent.0, name)?;
             let (dir, name) = self.at(&rel)?;
             sys::mkdirat(&dir, &name, mode & 0o7777).map_err(ioe)?;
-            self.made(&rel, &dir, &name, req, Some(mode))
+            // The kernel passes mkdir only the permission bits.
+            self.made(&rel, &dir, &name, req, Some(libc::S_IFDIR | mode))
         });
         self.reply_entry(r, reply);
     }
