@@ -58,12 +58,14 @@ impl MetaChange {
     /// Applies the change to entry `name` of directory `dir`, never through
     /// a symlink (chmod of a symlink is EOPNOTSUPP; chown and times change
     /// the symlink itself).
+    /// The owner changes before the mode: a chown clears S_ISUID/S_ISGID,
+    /// and a mode given with it is the one wanted.
     fn apply_at(&self, dir: &File, name: &OsStr) -> Result<(), Errno> {
-        if let Some(mode) = self.mode {
-            sys::fchmodat_nofollow(dir, name, mode & 0o7777).map_err(ioe)?;
-        }
         if self.uid.is_some() || self.gid.is_some() {
             sys::fchownat_nofollow(dir, name, self.uid, self.gid).map_err(ioe)?;
+        }
+        if let Some(mode) = self.mode {
+            sys::fchmodat_nofollow(dir, name, mode & 0o7777).map_err(ioe)?;
         }
         if self.atime.is_some() || self.mtime.is_some() {
             sys::utimensat(dir, name, utime(self.atime), utime(self.mtime)).map_err(ioe)?;
@@ -71,13 +73,14 @@ impl MetaChange {
         Ok(())
     }
 
+    /// As `apply_at`, through the open file's descriptor.
     fn apply_to_file(&self, file: &File) -> Result<(), Errno> {
+        if self.uid.is_some() || self.gid.is_some() {
+            std::os::unix::fs::fchown(file, self.uid, self.gid).map_err(ioe)?;
+        }
         if let Some(mode) = self.mode {
             file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
                 .map_err(ioe)?;
-        }
-        if self.uid.is_some() || self.gid.is_some() {
-            std::os::unix::fs::fchown(file, self.uid, self.gid).map_err(ioe)?;
         }
         let at = |t: TimeOrNow| match t {
             TimeOrNow::Now => SystemTime::now(),
@@ -800,6 +803,41 @@ impl Filesystem for KmsFs {
         match r {
             Ok(pos) => reply.offset(pos as i64),
             Err(e) => reply.error(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn setattr_with_owner_and_setuid_mode_keeps_the_mode() {
+        if !sys::is_root() {
+            eprintln!("SKIPPED: chown needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let change = MetaChange {
+            mode: Some(0o6755),
+            uid: Some(1),
+            gid: Some(1),
+            atime: None,
+            mtime: None,
+        };
+        let file = File::create(dir.path().join("open")).unwrap();
+        change.apply_to_file(&file).unwrap();
+        let at = File::open(dir.path()).unwrap();
+        File::create(dir.path().join("named")).unwrap();
+        change.apply_at(&at, OsStr::new("named")).unwrap();
+        for name in ["open", "named"] {
+            let m = std::fs::metadata(dir.path().join(name)).unwrap();
+            assert_eq!(
+                (m.mode() & 0o7777, m.uid(), m.gid()),
+                (0o6755, 1, 1),
+                "{name}"
+            );
         }
     }
 }
