@@ -45,6 +45,24 @@ fn utime(t: Option<TimeOrNow>) -> Utime {
     }
 }
 
+/// Runs the body of one request. A panic there (none is known reachable
+/// from a request) is caught and logged: the reply the body owned was dropped
+/// while unwinding, and fuser answers a dropped reply with EIO, so the caller
+/// gets EIO rather than an answer never sent; and the serving thread lives
+/// on (fuser does not restart its threads, so each panic would cost one, and
+/// the mount hangs once all are gone). Locks recover from poisoning
+/// (`into_inner`), so the state stays usable.
+fn contained(op: &str, body: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        let why = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("no message");
+        log::error!("{op}: panicked ({why}); the request got EIO");
+    }
+}
+
 /// The metadata part of a setattr.
 struct MetaChange {
     mode: Option<u32>,
@@ -271,18 +289,22 @@ impl Filesystem for KmsFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.reply_entry(KmsFs::lookup(self, parent.0, name), reply);
+        contained("lookup", || {
+            self.reply_entry(KmsFs::lookup(self, parent.0, name), reply);
+        });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        KmsFs::forget(self, ino.0, nlookup);
+        contained("forget", || {
+            KmsFs::forget(self, ino.0, nlookup);
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match KmsFs::getattr(self, ino.0) {
+        contained("getattr", || match KmsFs::getattr(self, ino.0) {
             Ok(a) => reply.attr(&self.ttl(), &a),
             Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn setattr(
@@ -303,21 +325,25 @@ impl Filesystem for KmsFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.do_setattr(req, ino.0, mode, uid, gid, size, atime, mtime, fh) {
-            Ok(a) => reply.attr(&self.ttl(), &a),
-            Err(e) => reply.error(e),
-        }
+        contained("setattr", || {
+            match self.do_setattr(req, ino.0, mode, uid, gid, size, atime, mtime, fh) {
+                Ok(a) => reply.attr(&self.ttl(), &a),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let r = self
-            .rel(ino.0)
-            .and_then(|rel| self.at(&rel))
-            .and_then(|(dir, name)| sys::readlinkat(&dir, &name).map_err(ioe));
-        match r {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(e),
-        }
+        contained("readlink", || {
+            let r = self
+                .rel(ino.0)
+                .and_then(|rel| self.at(&rel))
+                .and_then(|(dir, name)| sys::readlinkat(&dir, &name).map_err(ioe));
+            match r {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn mknod(
@@ -330,19 +356,21 @@ impl Filesystem for KmsFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.writable().and_then(|()| {
-            if mode & libc::S_IFMT == libc::S_IFREG {
-                // A regular file made by mknod still gets a header and data key.
-                let (attr, _) = self.create(parent.0, name, mode, &caller(req))?;
-                self.release(attr.ino.0);
-                return Ok(attr);
-            }
-            let rel = self.child(parent.0, name)?;
-            let (dir, name) = self.at(&rel)?;
-            sys::mknodat(&dir, &name, mode, rdev).map_err(ioe)?;
-            self.made(&rel, &dir, &name, req, Some(mode))
+        contained("mknod", || {
+            let r = self.writable().and_then(|()| {
+                if mode & libc::S_IFMT == libc::S_IFREG {
+                    // A regular file made by mknod still gets a header and data key.
+                    let (attr, _) = self.create(parent.0, name, mode, &caller(req))?;
+                    self.release(attr.ino.0);
+                    return Ok(attr);
+                }
+                let rel = self.child(parent.0, name)?;
+                let (dir, name) = self.at(&rel)?;
+                sys::mknodat(&dir, &name, mode, rdev).map_err(ioe)?;
+                self.made(&rel, &dir, &name, req, Some(mode))
+            });
+            self.reply_entry(r, reply);
         });
-        self.reply_entry(r, reply);
     }
 
     fn mkdir(
@@ -354,22 +382,28 @@ impl Filesystem for KmsFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.writable().and_then(|()| {
-            let rel = self.child(parent.0, name)?;
-            let (dir, name) = self.at(&rel)?;
-            sys::mkdirat(&dir, &name, mode & 0o7777).map_err(ioe)?;
-            // The kernel passes mkdir only the permission bits.
-            self.made(&rel, &dir, &name, req, Some(libc::S_IFDIR | mode))
+        contained("mkdir", || {
+            let r = self.writable().and_then(|()| {
+                let rel = self.child(parent.0, name)?;
+                let (dir, name) = self.at(&rel)?;
+                sys::mkdirat(&dir, &name, mode & 0o7777).map_err(ioe)?;
+                // The kernel passes mkdir only the permission bits.
+                self.made(&rel, &dir, &name, req, Some(libc::S_IFDIR | mode))
+            });
+            self.reply_entry(r, reply);
         });
-        self.reply_entry(r, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.remove_entry(parent, name, false, reply);
+        contained("unlink", || {
+            self.remove_entry(parent, name, false, reply);
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.remove_entry(parent, name, true, reply);
+        contained("rmdir", || {
+            self.remove_entry(parent, name, true, reply);
+        });
     }
 
     fn symlink(
@@ -380,13 +414,15 @@ impl Filesystem for KmsFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = self.writable().and_then(|()| {
-            let rel = self.child(parent.0, link_name)?;
-            let (dir, name) = self.at(&rel)?;
-            sys::symlinkat(target, &dir, &name).map_err(ioe)?;
-            self.made(&rel, &dir, &name, req, None)
+        contained("symlink", || {
+            let r = self.writable().and_then(|()| {
+                let rel = self.child(parent.0, link_name)?;
+                let (dir, name) = self.at(&rel)?;
+                sys::symlinkat(target, &dir, &name).map_err(ioe)?;
+                self.made(&rel, &dir, &name, req, None)
+            });
+            self.reply_entry(r, reply);
         });
-        self.reply_entry(r, reply);
     }
 
     fn rename(
@@ -399,10 +435,12 @@ impl Filesystem for KmsFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.do_rename(parent.0, name, newparent.0, newname, flags) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        contained("rename", || {
+            match self.do_rename(parent.0, name, newparent.0, newname, flags) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn link(
@@ -413,23 +451,27 @@ impl Filesystem for KmsFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let r = (|| {
-            let (fdir, fname) = self.at(&self.rel(ino.0)?)?;
-            let rel = self.child(newparent.0, newname)?;
-            let (dir, name) = self.at(&rel)?;
-            sys::linkat(&fdir, &fname, &dir, &name).map_err(ioe)?;
-            self.linked(ino.0, &rel);
-            KmsFs::getattr(self, ino.0)
-        })();
-        self.reply_entry(r, reply);
+        contained("link", || {
+            let r = (|| {
+                let (fdir, fname) = self.at(&self.rel(ino.0)?)?;
+                let rel = self.child(newparent.0, newname)?;
+                let (dir, name) = self.at(&rel)?;
+                sys::linkat(&fdir, &fname, &dir, &name).map_err(ioe)?;
+                self.linked(ino.0, &rel);
+                KmsFs::getattr(self, ino.0)
+            })();
+            self.reply_entry(r, reply);
+        });
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let truncate = flags.0 & libc::O_TRUNC != 0;
-        match KmsFs::open(self, ino.0, &caller(req), truncate) {
-            Ok(_) => reply.opened(FileHandle(ino.0), FopenFlags::empty()),
-            Err(e) => reply.error(e),
-        }
+        contained("open", || {
+            let truncate = flags.0 & libc::O_TRUNC != 0;
+            match KmsFs::open(self, ino.0, &caller(req), truncate) {
+                Ok(_) => reply.opened(FileHandle(ino.0), FopenFlags::empty()),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn read(
@@ -443,13 +485,15 @@ impl Filesystem for KmsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self
-            .open_state(ino.0)
-            .and_then(|f| f.read_at(offset, size as usize))
-        {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(e),
-        }
+        contained("read", || {
+            match self
+                .open_state(ino.0)
+                .and_then(|f| f.read_at(offset, size as usize))
+            {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn write(
@@ -464,13 +508,15 @@ impl Filesystem for KmsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self
-            .open_state(ino.0)
-            .and_then(|f| f.write_at(data, offset))
-        {
-            Ok(()) => reply.written(data.len() as u32),
-            Err(e) => reply.error(e),
-        }
+        contained("write", || {
+            match self
+                .open_state(ino.0)
+                .and_then(|f| f.write_at(data, offset))
+            {
+                Ok(()) => reply.written(data.len() as u32),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn flush(
@@ -481,8 +527,10 @@ impl Filesystem for KmsFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing is buffered here: every write already reached the backing file.
-        reply.ok();
+        contained("flush", || {
+            // Nothing is buffered here: every write already reached the backing file.
+            reply.ok();
+        });
     }
 
     fn release(
@@ -495,8 +543,10 @@ impl Filesystem for KmsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        KmsFs::release(self, ino.0);
-        reply.ok();
+        contained("release", || {
+            KmsFs::release(self, ino.0);
+            reply.ok();
+        });
     }
 
     fn fsync(
@@ -507,17 +557,19 @@ impl Filesystem for KmsFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.open_state(ino.0).and_then(|f| f.sync(datasync)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        contained("fsync", || {
+            match self.open_state(ino.0).and_then(|f| f.sync(datasync)) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match KmsFs::opendir(self, ino.0) {
+        contained("opendir", || match KmsFs::opendir(self, ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn readdir(
@@ -528,22 +580,24 @@ impl Filesystem for KmsFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.dir_snapshot(fh.0) {
-            Ok(e) => e,
-            Err(e) => return reply.error(e),
-        };
-        let dots = [(".", FileType::Directory), ("..", FileType::Directory)];
-        let all = dots.iter().map(|(n, k)| (OsStr::new(n), *k, ino.0)).chain(
-            entries
-                .iter()
-                .map(|e| (e.name.as_os_str(), e.kind, e.backing_ino)),
-        );
-        for (i, (name, kind, eino)) in all.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(eino), i as u64 + 1, kind, name) {
-                break;
+        contained("readdir", || {
+            let entries = match self.dir_snapshot(fh.0) {
+                Ok(e) => e,
+                Err(e) => return reply.error(e),
+            };
+            let dots = [(".", FileType::Directory), ("..", FileType::Directory)];
+            let all = dots.iter().map(|(n, k)| (OsStr::new(n), *k, ino.0)).chain(
+                entries
+                    .iter()
+                    .map(|e| (e.name.as_os_str(), e.kind, e.backing_ino)),
+            );
+            for (i, (name, kind, eino)) in all.enumerate().skip(offset as usize) {
+                if reply.add(INodeNo(eino), i as u64 + 1, kind, name) {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
     fn readdirplus(
@@ -554,34 +608,36 @@ impl Filesystem for KmsFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (entries, dir, dir_attr) = match self
-            .dir_snapshot(fh.0)
-            .and_then(|e| Ok((e, self.rel(ino.0)?, KmsFs::getattr(self, ino.0)?)))
-        {
-            Ok(x) => x,
-            Err(e) => return reply.error(e),
-        };
-        let ttl = self.ttl();
-        for i in (offset as usize)..entries.len() + 2 {
-            let next = i as u64 + 1;
-            let full = match i {
-                // "." and ".." take no lookup reference in the kernel.
-                0 => reply.add(ino, next, ".", &ttl, &dir_attr, GENERATION),
-                1 => reply.add(ino, next, "..", &ttl, &dir_attr, GENERATION),
-                _ => {
-                    let e = &entries[i - 2];
-                    // An entry gone since the snapshot is skipped (Err -> not full).
-                    self.dir_entry_plus(&dir, &e.name, |a| {
-                        reply.add(a.ino, next, &e.name, &ttl, a, GENERATION)
-                    })
-                    .unwrap_or_default()
-                }
+        contained("readdirplus", || {
+            let (entries, dir, dir_attr) = match self
+                .dir_snapshot(fh.0)
+                .and_then(|e| Ok((e, self.rel(ino.0)?, KmsFs::getattr(self, ino.0)?)))
+            {
+                Ok(x) => x,
+                Err(e) => return reply.error(e),
             };
-            if full {
-                break;
+            let ttl = self.ttl();
+            for i in (offset as usize)..entries.len() + 2 {
+                let next = i as u64 + 1;
+                let full = match i {
+                    // "." and ".." take no lookup reference in the kernel.
+                    0 => reply.add(ino, next, ".", &ttl, &dir_attr, GENERATION),
+                    1 => reply.add(ino, next, "..", &ttl, &dir_attr, GENERATION),
+                    _ => {
+                        let e = &entries[i - 2];
+                        // An entry gone since the snapshot is skipped (Err -> not full).
+                        self.dir_entry_plus(&dir, &e.name, |a| {
+                            reply.add(a.ino, next, &e.name, &ttl, a, GENERATION)
+                        })
+                        .unwrap_or_default()
+                    }
+                };
+                if full {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
     fn releasedir(
@@ -592,8 +648,10 @@ impl Filesystem for KmsFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        KmsFs::releasedir(self, fh.0);
-        reply.ok();
+        contained("releasedir", || {
+            KmsFs::releasedir(self, fh.0);
+            reply.ok();
+        });
     }
 
     fn fsyncdir(
@@ -604,29 +662,31 @@ impl Filesystem for KmsFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let r = self.rel(ino.0).and_then(|rel| {
-            let p = if rel.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                &rel
-            };
-            sys::open_beneath(self.root(), p, libc::O_RDONLY | libc::O_DIRECTORY, 0)
-                .and_then(|d| d.sync_all())
-                .map_err(ioe)
+        contained("fsyncdir", || {
+            let r = self.rel(ino.0).and_then(|rel| {
+                let p = if rel.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    &rel
+                };
+                sys::open_beneath(self.root(), p, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                    .and_then(|d| d.sync_all())
+                    .map_err(ioe)
+            });
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match sys::fstatvfs(self.root()) {
+        contained("statfs", || match sys::fstatvfs(self.root()) {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namemax, s.frsize,
             ),
             Err(e) => reply.error(ioe(e)),
-        }
+        });
     }
 
     fn setxattr(
@@ -639,76 +699,84 @@ impl Filesystem for KmsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        if reserved_xattr(name) {
-            return reply.error(Errno::EPERM);
-        }
-        if acl_xattr(name) {
-            return reply.error(Errno::EOPNOTSUPP);
-        }
-        let r = self
-            .writable()
-            .and_then(|()| self.at(&self.rel(ino.0)?))
-            .and_then(|(dir, entry)| {
-                sys::setxattrat(&dir, &entry, name, value, flags).map_err(ioe)
-            });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        contained("setxattr", || {
+            if reserved_xattr(name) {
+                return reply.error(Errno::EPERM);
+            }
+            if acl_xattr(name) {
+                return reply.error(Errno::EOPNOTSUPP);
+            }
+            let r = self
+                .writable()
+                .and_then(|()| self.at(&self.rel(ino.0)?))
+                .and_then(|(dir, entry)| {
+                    sys::setxattrat(&dir, &entry, name, value, flags).map_err(ioe)
+                });
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        if reserved_xattr(name) || acl_xattr(name) {
-            return reply.error(Errno::NO_XATTR);
-        }
-        let (dir, entry) = match self.rel(ino.0).and_then(|rel| self.at(&rel)) {
-            Ok(r) => r,
-            Err(e) => return reply.error(e),
-        };
-        let mut buf = vec![0u8; size as usize];
-        let r = sys::getxattrat(&dir, &entry, name, &mut buf);
-        self.xattr_reply(r, size, &buf, reply);
+        contained("getxattr", || {
+            if reserved_xattr(name) || acl_xattr(name) {
+                return reply.error(Errno::NO_XATTR);
+            }
+            let (dir, entry) = match self.rel(ino.0).and_then(|rel| self.at(&rel)) {
+                Ok(r) => r,
+                Err(e) => return reply.error(e),
+            };
+            let mut buf = vec![0u8; size as usize];
+            let r = sys::getxattrat(&dir, &entry, name, &mut buf);
+            self.xattr_reply(r, size, &buf, reply);
+        });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let (dir, entry) = match self.rel(ino.0).and_then(|rel| self.at(&rel)) {
-            Ok(r) => r,
-            Err(e) => return reply.error(e),
-        };
-        let r = sys::listxattrat(&dir, &entry, &mut []).and_then(|n| {
-            let mut buf = vec![0u8; n];
-            let n = sys::listxattrat(&dir, &entry, &mut buf)?;
-            buf.truncate(n);
-            Ok(filter_xattr_list(&buf))
+        contained("listxattr", || {
+            let (dir, entry) = match self.rel(ino.0).and_then(|rel| self.at(&rel)) {
+                Ok(r) => r,
+                Err(e) => return reply.error(e),
+            };
+            let r = sys::listxattrat(&dir, &entry, &mut []).and_then(|n| {
+                let mut buf = vec![0u8; n];
+                let n = sys::listxattrat(&dir, &entry, &mut buf)?;
+                buf.truncate(n);
+                Ok(filter_xattr_list(&buf))
+            });
+            match r {
+                Ok(list) => self.xattr_reply(Ok(list.len()), size, &list, reply),
+                Err(e) => reply.error(ioe(e)),
+            }
         });
-        match r {
-            Ok(list) => self.xattr_reply(Ok(list.len()), size, &list, reply),
-            Err(e) => reply.error(ioe(e)),
-        }
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        if reserved_xattr(name) {
-            return reply.error(Errno::EPERM);
-        }
-        if acl_xattr(name) {
-            return reply.error(Errno::EOPNOTSUPP);
-        }
-        let r = self
-            .writable()
-            .and_then(|()| self.at(&self.rel(ino.0)?))
-            .and_then(|(dir, entry)| sys::removexattrat(&dir, &entry, name).map_err(ioe));
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        contained("removexattr", || {
+            if reserved_xattr(name) {
+                return reply.error(Errno::EPERM);
+            }
+            if acl_xattr(name) {
+                return reply.error(Errno::EOPNOTSUPP);
+            }
+            let r = self
+                .writable()
+                .and_then(|()| self.at(&self.rel(ino.0)?))
+                .and_then(|(dir, entry)| sys::removexattrat(&dir, &entry, name).map_err(ioe));
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        match self.do_access(req, ino.0, mask.bits()) {
+        contained("access", || match self.do_access(req, ino.0, mask.bits()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn create(
@@ -721,19 +789,21 @@ impl Filesystem for KmsFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let r = self
-            .writable()
-            .and_then(|()| KmsFs::create(self, parent.0, name, mode, &caller(req)));
-        match r {
-            Ok((attr, _)) => reply.created(
-                &self.ttl(),
-                &attr,
-                GENERATION,
-                FileHandle(attr.ino.0),
-                FopenFlags::empty(),
-            ),
-            Err(e) => reply.error(e),
-        }
+        contained("create", || {
+            let r = self
+                .writable()
+                .and_then(|()| KmsFs::create(self, parent.0, name, mode, &caller(req)));
+            match r {
+                Ok((attr, _)) => reply.created(
+                    &self.ttl(),
+                    &attr,
+                    GENERATION,
+                    FileHandle(attr.ino.0),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn fallocate(
@@ -746,13 +816,15 @@ impl Filesystem for KmsFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self
-            .open_state(ino.0)
-            .and_then(|f| sparse::fallocate(&f, offset, length, mode))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        contained("fallocate", || {
+            match self
+                .open_state(ino.0)
+                .and_then(|f| sparse::fallocate(&f, offset, length, mode))
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn copy_file_range(
@@ -768,18 +840,20 @@ impl Filesystem for KmsFs {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        // Decrypt and encrypt again (the two files have different keys), in
-        // pieces of at most MAX_WRITE; the caller loops for the rest.
-        let r = self.open_state(ino_in.0).and_then(|src| {
-            let dst = self.open_state(ino_out.0)?;
-            let data = src.read_at(offset_in, len.min(u64::from(MAX_WRITE)) as usize)?;
-            dst.write_at(&data, offset_out)?;
-            Ok(data.len() as u32)
+        contained("copy_file_range", || {
+            // Decrypt and encrypt again (the two files have different keys), in
+            // pieces of at most MAX_WRITE; the caller loops for the rest.
+            let r = self.open_state(ino_in.0).and_then(|src| {
+                let dst = self.open_state(ino_out.0)?;
+                let data = src.read_at(offset_in, len.min(u64::from(MAX_WRITE)) as usize)?;
+                dst.write_at(&data, offset_out)?;
+                Ok(data.len() as u32)
+            });
+            match r {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e),
+            }
         });
-        match r {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(e),
-        }
     }
 
     fn lseek(
@@ -791,19 +865,21 @@ impl Filesystem for KmsFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let offset = match u64::try_from(offset) {
-            Ok(o) => o,
-            Err(_) => return reply.error(Errno::ENXIO),
-        };
-        let r = self.open_state(ino.0).and_then(|f| match whence {
-            libc::SEEK_DATA => sparse::seek_data(&f, offset),
-            libc::SEEK_HOLE => sparse::seek_hole(&f, offset),
-            _ => Err(Errno::EINVAL),
+        contained("lseek", || {
+            let offset = match u64::try_from(offset) {
+                Ok(o) => o,
+                Err(_) => return reply.error(Errno::ENXIO),
+            };
+            let r = self.open_state(ino.0).and_then(|f| match whence {
+                libc::SEEK_DATA => sparse::seek_data(&f, offset),
+                libc::SEEK_HOLE => sparse::seek_hole(&f, offset),
+                _ => Err(Errno::EINVAL),
+            });
+            match r {
+                Ok(pos) => reply.offset(pos as i64),
+                Err(e) => reply.error(e),
+            }
         });
-        match r {
-            Ok(pos) => reply.offset(pos as i64),
-            Err(e) => reply.error(e),
-        }
     }
 }
 
@@ -811,6 +887,38 @@ impl Filesystem for KmsFs {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Stands for a fuser reply: its Drop is what answers EIO.
+    struct Reply<'a>(&'a AtomicUsize);
+
+    impl Drop for Reply<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_panicking_request_drops_its_reply_and_the_thread_goes_on() {
+        let dropped = AtomicUsize::new(0);
+        for i in 0..10 {
+            let reply = Reply(&dropped);
+            contained("test", move || {
+                let _owned = reply;
+                if i % 2 == 0 {
+                    panic!("request {i}");
+                }
+                std::panic::panic_any(i); // a payload that is not a message
+            });
+        }
+        // Every body's reply was dropped (so fuser answered it), and this
+        // thread is still here to count them.
+        assert_eq!(dropped.load(Ordering::SeqCst), 10);
+        // A body that does not panic runs as it is.
+        let mut ran = false;
+        contained("test", || ran = true);
+        assert!(ran);
+    }
 
     #[test]
     fn setattr_with_owner_and_setuid_mode_keeps_the_mode() {
