@@ -193,3 +193,79 @@ fn unusable_default_key_is_refused_up_front_by_mount_and_seal() {
     m.mount();
     fs::write(m.p("f"), b"ok").unwrap();
 }
+
+/// M3: a truncate by path is a use of the file's key by its caller, checked
+/// like an open even while someone else holds the file open (their open says
+/// nothing about this caller); ftruncate on the holder's own handle works.
+#[test]
+fn truncate_by_path_checks_the_callers_key_even_while_the_file_is_open() {
+    let Some(mut m) = Mount::new("truncpath") else {
+        return;
+    };
+    if common::sh(&m.mnt, "command -v runuser || true")
+        .trim()
+        .is_empty()
+    {
+        eprintln!("SKIPPED truncpath: runuser is not installed");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(m.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    m.set_args(&["-o", "allow_other"]);
+    m.remount();
+    fs::write(m.p("f"), b"content").unwrap();
+    fs::set_permissions(m.p("f"), fs::Permissions::from_mode(0o666)).unwrap();
+    // uid 1 (daemon) may not use the key.
+    let policy = r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*"},
+        {"Effect":"Deny","Principal":{"kmsfs":"uid:1"},"Action":"kms:*"}]}"#;
+    m.ok(&["kms", "put-key-policy", "--key-id", KEY, "--policy", policy]);
+    let held = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.p("f"))
+        .unwrap();
+    let as_daemon = |cmd: &str| {
+        std::process::Command::new("runuser")
+            .args(["-u", "daemon", "--", "sh", "-c", cmd])
+            .current_dir(&m.mnt)
+            .output()
+            .unwrap()
+    };
+    // truncate(2) by path, as `truncate` the command does not: it opens first.
+    let by_path = |size: u64| format!("python3 -c \"import os; os.truncate('f', {size})\"");
+    let backing_len = fs::metadata(m.b("f")).unwrap().len();
+    // The denied user's open is refused; so is its truncate by path, down or up.
+    assert!(!as_daemon("cat f").status.success());
+    for size in [3, 100_000] {
+        let o = as_daemon(&by_path(size));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "truncate to {size} as uid 1 succeeded");
+        assert!(err.contains("Permission denied"), "{err}");
+    }
+    assert_eq!(fs::metadata(m.p("f")).unwrap().len(), 7);
+    assert_eq!(fs::metadata(m.b("f")).unwrap().len(), backing_len);
+    // Root (allowed) truncates by path while its handle stays open.
+    common::sh(&m.mnt, &by_path(4));
+    let mut buf = [0u8; 4];
+    held.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"cont");
+    // A disabled key: truncate by path is refused even for root, while the
+    // open handle's own ftruncate keeps working (EBS semantics).
+    m.ok(&["kms", "disable-key", "--key-id", KEY]);
+    wait_for_eacces(&m, "f");
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(by_path(1))
+        .current_dir(&m.mnt)
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success(),
+        "truncate by path with the key disabled"
+    );
+    assert_eq!(fs::metadata(m.p("f")).unwrap().len(), 4);
+    held.set_len(2).unwrap();
+    held.read_exact_at(&mut buf[..2], 0).unwrap();
+    assert_eq!(&buf[..2], b"co");
+    assert_eq!(fs::metadata(m.p("f")).unwrap().len(), 2);
+}

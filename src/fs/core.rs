@@ -30,6 +30,14 @@ use crate::kms::{Caller, KeyService};
 /// or clobber internal data.
 pub const RESERVED_XATTR_PREFIXES: [&str; 2] = ["user.kmsfs.", "trusted.kmsfs."];
 
+/// The POSIX ACL xattrs. The mount does not support ACLs: the kernel checks
+/// only the mode bits (FUSE_POSIX_ACL is not requested), so an ACL passed to
+/// the backing file would not be enforced, while ext4 would still rewrite the
+/// group bits to its mask. Setting them is EOPNOTSUPP (as on a file system
+/// without ACLs); ones the backing file has anyway are neither listed nor
+/// returned.
+pub const ACL_XATTRS: [&str; 2] = ["system.posix_acl_access", "system.posix_acl_default"];
+
 /// How the mount is configured.
 #[derive(Clone)]
 pub struct FsConfig {
@@ -327,15 +335,22 @@ impl KmsFs {
         Ok(f)
     }
 
+    /// The check every open makes, for a file someone already has open:
+    /// `caller` may use its key now.
+    fn check_key(&self, existing: &OpenFile, caller: &Caller) -> Result<(), Errno> {
+        let header = EncryptedFile::read_header(existing.read().file())
+            .map_err(|e| envelope_errno(&e, existing.backing()))?;
+        self.file_key(&header, caller, existing.backing())?;
+        Ok(())
+    }
+
     fn reopen(
         &self,
         ino: u64,
         existing: &OpenFile,
         caller: &Caller,
     ) -> Result<Arc<OpenFile>, Errno> {
-        let header = EncryptedFile::read_header(existing.read().file())
-            .map_err(|e| envelope_errno(&e, existing.backing()))?;
-        self.file_key(&header, caller, existing.backing())?;
+        self.check_key(existing, caller)?;
         match self.opens.attach_existing(ino) {
             Some(f) => Ok(f),
             // The last handle went meanwhile: open afresh.
@@ -399,8 +414,14 @@ impl KmsFs {
         let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
         let file = super::sys::open_beneath(&dir, Path::new(&name), flags, mode & 0o7777)
             .map_err(|e| io_errno(&e))?;
-        let made = self.set_owner(&file, caller).and_then(|()| {
-            self.exact_mode(&file, mode)?;
+        let made = self.new_group(&dir, caller).and_then(|(gid, setgid_dir)| {
+            // Owner first: a chown clears S_ISUID/S_ISGID, which the exact
+            // mode then puts back.
+            self.set_owner(&file, caller, gid)?;
+            if let Some(mode) = self.mode_to_set(mode, setgid_dir, false) {
+                file.set_permissions(std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| io_errno(&e))?;
+            }
             EncryptedFile::create(file, &*self.cfg.ks, caller, &self.cfg.key_id)
                 .map_err(|e| envelope_errno(&e, &shown))
         });
@@ -418,14 +439,29 @@ impl KmsFs {
         Ok((attr, f))
     }
 
-    /// The kernel already applied the caller's umask to `mode`; undo the
-    /// daemon's own umask where it removed bits.
-    pub fn exact_mode(&self, file: &File, mode: u32) -> Result<(), Errno> {
-        if !self.umask_strips(mode) {
-            return Ok(());
+    /// The group of a new entry of directory `dir` (an O_PATH descriptor is
+    /// fine) and whether `dir` is setgid: then the directory's group, as
+    /// ext4 gives it, else the caller's primary group.
+    pub fn new_group(&self, dir: &File, caller: &Caller) -> Result<(u32, bool), Errno> {
+        let m = dir.metadata().map_err(|e| io_errno(&e))?;
+        if m.mode() & libc::S_ISGID != 0 {
+            Ok((m.gid(), true))
+        } else {
+            Ok((caller.gid, false))
         }
-        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
-            .map_err(|e| io_errno(&e))
+    }
+
+    /// The mode to set on a new node after its owner, if one must be set.
+    /// The kernel already applied the caller's umask to `mode`; the daemon's
+    /// own umask may have removed bits, and the chown to the caller cleared
+    /// S_ISUID/S_ISGID. A directory made in a setgid directory is setgid too
+    /// (the kernel does not pass that bit to mkdir).
+    pub fn mode_to_set(&self, mode: u32, setgid_dir: bool, is_dir: bool) -> Option<u32> {
+        let mut mode = mode & 0o7777;
+        if is_dir && setgid_dir {
+            mode |= libc::S_ISGID;
+        }
+        (mode & (libc::S_ISUID | libc::S_ISGID) != 0 || self.umask_strips(mode)).then_some(mode)
     }
 
     /// True when the daemon's umask removes bits of `mode`.
@@ -433,29 +469,48 @@ impl KmsFs {
         mode & self.umask & 0o7777 != 0
     }
 
-    /// A new file belongs to the caller (the daemon runs as root).
-    pub fn set_owner(&self, file: &File, caller: &Caller) -> Result<(), Errno> {
+    /// A new file belongs to the caller, with group `gid` (the daemon runs
+    /// as root).
+    pub fn set_owner(&self, file: &File, caller: &Caller, gid: u32) -> Result<(), Errno> {
         if !super::sys::is_root() {
             return Ok(());
         }
-        std::os::unix::fs::fchown(file, Some(caller.uid), Some(caller.gid))
-            .map_err(|e| io_errno(&e))
+        std::os::unix::fs::fchown(file, Some(caller.uid), Some(gid)).map_err(|e| io_errno(&e))
     }
 
-    /// A new node `name` in directory `dir` belongs to the caller (the daemon
-    /// runs as root); a symlink itself, not its target.
-    pub fn set_owner_at(&self, dir: &File, name: &OsStr, caller: &Caller) -> Result<(), Errno> {
+    /// A new node `name` in directory `dir` belongs to the caller, with group
+    /// `gid` (the daemon runs as root); a symlink itself, not its target.
+    pub fn set_owner_at(
+        &self,
+        dir: &File,
+        name: &OsStr,
+        caller: &Caller,
+        gid: u32,
+    ) -> Result<(), Errno> {
         if !super::sys::is_root() {
             return Ok(());
         }
-        super::sys::fchownat_nofollow(dir, name, Some(caller.uid), Some(caller.gid))
+        super::sys::fchownat_nofollow(dir, name, Some(caller.uid), Some(gid))
             .map_err(|e| io_errno(&e))
     }
 
-    /// Truncates or extends `ino` to `size` plaintext bytes (opening it
-    /// briefly, with a key check, when no handle is open).
-    pub fn truncate(&self, ino: u64, size: u64, caller: &Caller) -> Result<(), Errno> {
+    /// Truncates or extends `ino` to `size` plaintext bytes. `by_handle`: the
+    /// caller's own open handle (ftruncate), whose open already checked the
+    /// key. Otherwise (truncate by path) the caller gets the same key check
+    /// as an open, even while someone else holds the file open: their open
+    /// says nothing about this caller, and extending writes blocks under the
+    /// key. Without any handle the file is opened briefly, which checks.
+    pub fn truncate(
+        &self,
+        ino: u64,
+        size: u64,
+        caller: &Caller,
+        by_handle: bool,
+    ) -> Result<(), Errno> {
         if let Some(f) = self.opens.get(ino) {
+            if !by_handle {
+                self.check_key(&f, caller)?;
+            }
             return f.set_len(size);
         }
         let f = self.open(ino, caller, false)?;
@@ -565,11 +620,19 @@ pub fn reserved_xattr(name: &OsStr) -> bool {
         .any(|p| n.starts_with(p.as_bytes()))
 }
 
-/// Removes reserved names from a NUL-separated xattr name list.
+/// True for a POSIX ACL xattr (`ACL_XATTRS`).
+pub fn acl_xattr(name: &OsStr) -> bool {
+    ACL_XATTRS
+        .iter()
+        .any(|a| name.as_encoded_bytes() == a.as_bytes())
+}
+
+/// Removes reserved names and ACLs from a NUL-separated xattr name list.
 pub fn filter_xattr_list(list: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(list.len());
     for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        if !reserved_xattr(OsStr::from_bytes(name)) {
+        let name_os = OsStr::from_bytes(name);
+        if !reserved_xattr(name_os) && !acl_xattr(name_os) {
             out.extend_from_slice(name);
             out.push(0);
         }
@@ -718,7 +781,7 @@ mod tests {
         assert_eq!(fs.getattr(ino).unwrap().size, 5000);
         let backing = std::fs::metadata(dir.path().join("g")).unwrap().len();
         assert_eq!(backing, format::backing_size_from_plain(5000));
-        fs.truncate(ino, 10, &ROOT).unwrap();
+        fs.truncate(ino, 10, &ROOT, false).unwrap();
         assert_eq!(fs.getattr(ino).unwrap().size, 10);
         assert!(fs.open_state(ino).is_err(), "truncate left the file open");
         assert_eq!(fs.getattr(ino).unwrap().perm, 0o600);
@@ -727,11 +790,39 @@ mod tests {
     const ROOT_INO_FOR_TESTS: u64 = super::super::inodes::ROOT_INO;
 
     #[test]
+    fn truncate_by_path_checks_the_key_while_another_handle_is_open() {
+        let (_dir, ks, fs) = fs();
+        let (attr, f) = fs
+            .create(ROOT_INO_FOR_TESTS, OsStr::new("h"), 0o666, &ROOT)
+            .unwrap();
+        f.write_at(b"kept", 0).unwrap();
+        let ino = attr.ino.0;
+        ks.inner.refuse.store(true, Ordering::SeqCst);
+        ks.generation.fetch_add(1, Ordering::SeqCst);
+        // By path: refused like an open, whoever holds the file open.
+        for (who, size) in [(&ALICE, 1 << 20), (&ROOT, 0)] {
+            assert_eq!(
+                fs.truncate(ino, size, who, false).err(),
+                Some(Errno::EACCES)
+            );
+        }
+        assert_eq!(fs.getattr(ino).unwrap().size, 4);
+        // The holder's own handle (ftruncate) keeps working, as its writes do.
+        fs.truncate(ino, 2, &ROOT, true).unwrap();
+        assert_eq!(fs.open_state(ino).unwrap().read_at(0, 10).unwrap(), b"ke");
+    }
+
+    #[test]
     fn xattr_filter() {
         assert!(reserved_xattr(OsStr::new("user.kmsfs.x")));
         assert!(!reserved_xattr(OsStr::new("user.other")));
         let l = b"user.a\0user.kmsfs.hdr\0security.selinux\0";
         assert_eq!(filter_xattr_list(l), b"user.a\0security.selinux\0".to_vec());
+        assert!(acl_xattr(OsStr::new("system.posix_acl_access")));
+        assert!(acl_xattr(OsStr::new("system.posix_acl_default")));
+        assert!(!acl_xattr(OsStr::new("system.posix_acl_accessx")));
+        let l = b"system.posix_acl_access\0user.a\0system.posix_acl_default\0";
+        assert_eq!(filter_xattr_list(l), b"user.a\0".to_vec());
     }
 
     #[test]

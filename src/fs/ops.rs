@@ -15,7 +15,7 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use super::core::{KmsFs, filter_xattr_list, reserved_xattr};
+use super::core::{KmsFs, acl_xattr, filter_xattr_list, reserved_xattr};
 use super::errno::io_errno;
 use super::sparse;
 use super::sys::{self, Utime};
@@ -45,6 +45,24 @@ fn utime(t: Option<TimeOrNow>) -> Utime {
     }
 }
 
+/// Runs the body of one request. A panic there (none is known reachable
+/// from a request) is caught and logged: the reply the body owned was dropped
+/// while unwinding, and fuser answers a dropped reply with EIO, so the caller
+/// gets EIO rather than an answer never sent; and the serving thread lives
+/// on (fuser does not restart its threads, so each panic would cost one, and
+/// the mount hangs once all are gone). Locks recover from poisoning
+/// (`into_inner`), so the state stays usable.
+fn contained(op: &str, body: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        let why = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("no message");
+        log::error!("{op}: panicked ({why}); the request got EIO");
+    }
+}
+
 /// The metadata part of a setattr.
 struct MetaChange {
     mode: Option<u32>,
@@ -58,12 +76,14 @@ impl MetaChange {
     /// Applies the change to entry `name` of directory `dir`, never through
     /// a symlink (chmod of a symlink is EOPNOTSUPP; chown and times change
     /// the symlink itself).
+    /// The owner changes before the mode: a chown clears S_ISUID/S_ISGID,
+    /// and a mode given with it is the one wanted.
     fn apply_at(&self, dir: &File, name: &OsStr) -> Result<(), Errno> {
-        if let Some(mode) = self.mode {
-            sys::fchmodat_nofollow(dir, name, mode & 0o7777).map_err(ioe)?;
-        }
         if self.uid.is_some() || self.gid.is_some() {
             sys::fchownat_nofollow(dir, name, self.uid, self.gid).map_err(ioe)?;
+        }
+        if let Some(mode) = self.mode {
+            sys::fchmodat_nofollow(dir, name, mode & 0o7777).map_err(ioe)?;
         }
         if self.atime.is_some() || self.mtime.is_some() {
             sys::utimensat(dir, name, utime(self.atime), utime(self.mtime)).map_err(ioe)?;
@@ -71,13 +91,14 @@ impl MetaChange {
         Ok(())
     }
 
+    /// As `apply_at`, through the open file's descriptor.
     fn apply_to_file(&self, file: &File) -> Result<(), Errno> {
+        if self.uid.is_some() || self.gid.is_some() {
+            std::os::unix::fs::fchown(file, self.uid, self.gid).map_err(ioe)?;
+        }
         if let Some(mode) = self.mode {
             file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
                 .map_err(ioe)?;
-        }
-        if self.uid.is_some() || self.gid.is_some() {
-            std::os::unix::fs::fchown(file, self.uid, self.gid).map_err(ioe)?;
         }
         let at = |t: TimeOrNow| match t {
             TimeOrNow::Now => SystemTime::now(),
@@ -111,8 +132,10 @@ impl KmsFs {
     }
 
     /// After making node `name` in `dir` (at `rel`): give it to the caller
-    /// and register it. `mode` (not for symlinks) is set exactly, despite the
-    /// daemon's umask. Nothing here follows a symlink swapped in meanwhile.
+    /// (with the directory's group when it is setgid) and register it. Then
+    /// `mode` (not for symlinks) is set exactly, despite the daemon's umask
+    /// and the chown (which clears S_ISUID/S_ISGID). Nothing here follows a
+    /// symlink swapped in meanwhile.
     fn made(
         &self,
         rel: &Path,
@@ -121,11 +144,11 @@ impl KmsFs {
         req: &Request,
         mode: Option<u32>,
     ) -> Result<FileAttr, Errno> {
-        self.set_owner_at(dir, name, &caller(req))?;
-        if let Some(mode) = mode
-            && self.umask_strips(mode)
-        {
-            sys::fchmodat_nofollow(dir, name, mode & 0o7777).map_err(ioe)?;
+        let (gid, setgid_dir) = self.new_group(dir, &caller(req))?;
+        self.set_owner_at(dir, name, &caller(req), gid)?;
+        let is_dir = |m: u32| m & libc::S_IFMT == libc::S_IFDIR;
+        if let Some(mode) = mode.and_then(|m| self.mode_to_set(m, setgid_dir, is_dir(m))) {
+            sys::fchmodat_nofollow(dir, name, mode).map_err(ioe)?;
         }
         let m = sys::open_node(dir, name)
             .and_then(|n| n.metadata())
@@ -144,9 +167,10 @@ impl KmsFs {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
+        fh: Option<FileHandle>,
     ) -> Result<FileAttr, Errno> {
         if let Some(size) = size {
-            self.truncate(ino, size, &caller(req))?;
+            self.truncate(ino, size, &caller(req), fh.is_some())?;
         }
         let change = MetaChange {
             mode,
@@ -265,18 +289,22 @@ impl Filesystem for KmsFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.reply_entry(KmsFs::lookup(self, parent.0, name), reply);
+        contained("lookup", || {
+            self.reply_entry(KmsFs::lookup(self, parent.0, name), reply);
+        });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        KmsFs::forget(self, ino.0, nlookup);
+        contained("forget", || {
+            KmsFs::forget(self, ino.0, nlookup);
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match KmsFs::getattr(self, ino.0) {
+        contained("getattr", || match KmsFs::getattr(self, ino.0) {
             Ok(a) => reply.attr(&self.ttl(), &a),
             Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn setattr(
@@ -290,28 +318,32 @@ impl Filesystem for KmsFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.do_setattr(req, ino.0, mode, uid, gid, size, atime, mtime) {
-            Ok(a) => reply.attr(&self.ttl(), &a),
-            Err(e) => reply.error(e),
-        }
+        contained("setattr", || {
+            match self.do_setattr(req, ino.0, mode, uid, gid, size, atime, mtime, fh) {
+                Ok(a) => reply.attr(&self.ttl(), &a),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let r = self
-            .rel(ino.0)
-            .and_then(|rel| self.at(&rel))
-            .and_then(|(dir, name)| sys::readlinkat(&dir, &name).map_err(ioe));
-        match r {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(e),
-        }
+        contained("readlink", || {
+            let r = self
+                .rel(ino.0)
+                .and_then(|rel| self.at(&rel))
+                .and_then(|(dir, name)| sys::readlinkat(&dir, &name).map_err(ioe));
+            match r {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn mknod(
@@ -324,19 +356,21 @@ impl Filesystem for KmsFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.writable().and_then(|()| {
-            if mode & libc::S_IFMT == libc::S_IFREG {
-                // A regular file made by mknod still gets a header and data key.
-                let (attr, _) = self.create(parent.0, name, mode, &caller(req))?;
-                self.release(attr.ino.0);
-                return Ok(attr);
-            }
-            let rel = self.child(parent.0, name)?;
-            let (dir, name) = self.at(&rel)?;
-            sys::mknodat(&dir, &name, mode, rdev).map_err(ioe)?;
-            self.made(&rel, &dir, &name, req, Some(mode))
+        contained("mknod", || {
+            let r = self.writable().and_then(|()| {
+                if mode & libc::S_IFMT == libc::S_IFREG {
+                    // A regular file made by mknod still gets a header and data key.
+                    let (attr, _) = self.create(parent.0, name, mode, &caller(req))?;
+                    self.release(attr.ino.0);
+                    return Ok(attr);
+                }
+                let rel = self.child(parent.0, name)?;
+                let (dir, name) = self.at(&rel)?;
+                sys::mknodat(&dir, &name, mode, rdev).map_err(ioe)?;
+                self.made(&rel, &dir, &name, req, Some(mode))
+            });
+            self.reply_entry(r, reply);
         });
-        self.reply_entry(r, reply);
     }
 
     fn mkdir(
@@ -348,21 +382,28 @@ impl Filesystem for KmsFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.writable().and_then(|()| {
-            let rel = self.child(parent.0, name)?;
-            let (dir, name) = self.at(&rel)?;
-            sys::mkdirat(&dir, &name, mode & 0o7777).map_err(ioe)?;
-            self.made(&rel, &dir, &name, req, Some(mode))
+        contained("mkdir", || {
+            let r = self.writable().and_then(|()| {
+                let rel = self.child(parent.0, name)?;
+                let (dir, name) = self.at(&rel)?;
+                sys::mkdirat(&dir, &name, mode & 0o7777).map_err(ioe)?;
+                // The kernel passes mkdir only the permission bits.
+                self.made(&rel, &dir, &name, req, Some(libc::S_IFDIR | mode))
+            });
+            self.reply_entry(r, reply);
         });
-        self.reply_entry(r, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.remove_entry(parent, name, false, reply);
+        contained("unlink", || {
+            self.remove_entry(parent, name, false, reply);
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.remove_entry(parent, name, true, reply);
+        contained("rmdir", || {
+            self.remove_entry(parent, name, true, reply);
+        });
     }
 
     fn symlink(
@@ -373,13 +414,15 @@ impl Filesystem for KmsFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = self.writable().and_then(|()| {
-            let rel = self.child(parent.0, link_name)?;
-            let (dir, name) = self.at(&rel)?;
-            sys::symlinkat(target, &dir, &name).map_err(ioe)?;
-            self.made(&rel, &dir, &name, req, None)
+        contained("symlink", || {
+            let r = self.writable().and_then(|()| {
+                let rel = self.child(parent.0, link_name)?;
+                let (dir, name) = self.at(&rel)?;
+                sys::symlinkat(target, &dir, &name).map_err(ioe)?;
+                self.made(&rel, &dir, &name, req, None)
+            });
+            self.reply_entry(r, reply);
         });
-        self.reply_entry(r, reply);
     }
 
     fn rename(
@@ -392,10 +435,12 @@ impl Filesystem for KmsFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.do_rename(parent.0, name, newparent.0, newname, flags) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        contained("rename", || {
+            match self.do_rename(parent.0, name, newparent.0, newname, flags) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn link(
@@ -406,23 +451,27 @@ impl Filesystem for KmsFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let r = (|| {
-            let (fdir, fname) = self.at(&self.rel(ino.0)?)?;
-            let rel = self.child(newparent.0, newname)?;
-            let (dir, name) = self.at(&rel)?;
-            sys::linkat(&fdir, &fname, &dir, &name).map_err(ioe)?;
-            self.linked(ino.0, &rel);
-            KmsFs::getattr(self, ino.0)
-        })();
-        self.reply_entry(r, reply);
+        contained("link", || {
+            let r = (|| {
+                let (fdir, fname) = self.at(&self.rel(ino.0)?)?;
+                let rel = self.child(newparent.0, newname)?;
+                let (dir, name) = self.at(&rel)?;
+                sys::linkat(&fdir, &fname, &dir, &name).map_err(ioe)?;
+                self.linked(ino.0, &rel);
+                KmsFs::getattr(self, ino.0)
+            })();
+            self.reply_entry(r, reply);
+        });
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let truncate = flags.0 & libc::O_TRUNC != 0;
-        match KmsFs::open(self, ino.0, &caller(req), truncate) {
-            Ok(_) => reply.opened(FileHandle(ino.0), FopenFlags::empty()),
-            Err(e) => reply.error(e),
-        }
+        contained("open", || {
+            let truncate = flags.0 & libc::O_TRUNC != 0;
+            match KmsFs::open(self, ino.0, &caller(req), truncate) {
+                Ok(_) => reply.opened(FileHandle(ino.0), FopenFlags::empty()),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn read(
@@ -436,13 +485,15 @@ impl Filesystem for KmsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self
-            .open_state(ino.0)
-            .and_then(|f| f.read_at(offset, size as usize))
-        {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(e),
-        }
+        contained("read", || {
+            match self
+                .open_state(ino.0)
+                .and_then(|f| f.read_at(offset, size as usize))
+            {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn write(
@@ -457,13 +508,15 @@ impl Filesystem for KmsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self
-            .open_state(ino.0)
-            .and_then(|f| f.write_at(data, offset))
-        {
-            Ok(()) => reply.written(data.len() as u32),
-            Err(e) => reply.error(e),
-        }
+        contained("write", || {
+            match self
+                .open_state(ino.0)
+                .and_then(|f| f.write_at(data, offset))
+            {
+                Ok(()) => reply.written(data.len() as u32),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn flush(
@@ -474,8 +527,10 @@ impl Filesystem for KmsFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing is buffered here: every write already reached the backing file.
-        reply.ok();
+        contained("flush", || {
+            // Nothing is buffered here: every write already reached the backing file.
+            reply.ok();
+        });
     }
 
     fn release(
@@ -488,8 +543,10 @@ impl Filesystem for KmsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        KmsFs::release(self, ino.0);
-        reply.ok();
+        contained("release", || {
+            KmsFs::release(self, ino.0);
+            reply.ok();
+        });
     }
 
     fn fsync(
@@ -500,17 +557,19 @@ impl Filesystem for KmsFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.open_state(ino.0).and_then(|f| f.sync(datasync)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        contained("fsync", || {
+            match self.open_state(ino.0).and_then(|f| f.sync(datasync)) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match KmsFs::opendir(self, ino.0) {
+        contained("opendir", || match KmsFs::opendir(self, ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn readdir(
@@ -521,22 +580,24 @@ impl Filesystem for KmsFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.dir_snapshot(fh.0) {
-            Ok(e) => e,
-            Err(e) => return reply.error(e),
-        };
-        let dots = [(".", FileType::Directory), ("..", FileType::Directory)];
-        let all = dots.iter().map(|(n, k)| (OsStr::new(n), *k, ino.0)).chain(
-            entries
-                .iter()
-                .map(|e| (e.name.as_os_str(), e.kind, e.backing_ino)),
-        );
-        for (i, (name, kind, eino)) in all.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(eino), i as u64 + 1, kind, name) {
-                break;
+        contained("readdir", || {
+            let entries = match self.dir_snapshot(fh.0) {
+                Ok(e) => e,
+                Err(e) => return reply.error(e),
+            };
+            let dots = [(".", FileType::Directory), ("..", FileType::Directory)];
+            let all = dots.iter().map(|(n, k)| (OsStr::new(n), *k, ino.0)).chain(
+                entries
+                    .iter()
+                    .map(|e| (e.name.as_os_str(), e.kind, e.backing_ino)),
+            );
+            for (i, (name, kind, eino)) in all.enumerate().skip(offset as usize) {
+                if reply.add(INodeNo(eino), i as u64 + 1, kind, name) {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
     fn readdirplus(
@@ -547,34 +608,36 @@ impl Filesystem for KmsFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (entries, dir, dir_attr) = match self
-            .dir_snapshot(fh.0)
-            .and_then(|e| Ok((e, self.rel(ino.0)?, KmsFs::getattr(self, ino.0)?)))
-        {
-            Ok(x) => x,
-            Err(e) => return reply.error(e),
-        };
-        let ttl = self.ttl();
-        for i in (offset as usize)..entries.len() + 2 {
-            let next = i as u64 + 1;
-            let full = match i {
-                // "." and ".." take no lookup reference in the kernel.
-                0 => reply.add(ino, next, ".", &ttl, &dir_attr, GENERATION),
-                1 => reply.add(ino, next, "..", &ttl, &dir_attr, GENERATION),
-                _ => {
-                    let e = &entries[i - 2];
-                    // An entry gone since the snapshot is skipped (Err -> not full).
-                    self.dir_entry_plus(&dir, &e.name, |a| {
-                        reply.add(a.ino, next, &e.name, &ttl, a, GENERATION)
-                    })
-                    .unwrap_or_default()
-                }
+        contained("readdirplus", || {
+            let (entries, dir, dir_attr) = match self
+                .dir_snapshot(fh.0)
+                .and_then(|e| Ok((e, self.rel(ino.0)?, KmsFs::getattr(self, ino.0)?)))
+            {
+                Ok(x) => x,
+                Err(e) => return reply.error(e),
             };
-            if full {
-                break;
+            let ttl = self.ttl();
+            for i in (offset as usize)..entries.len() + 2 {
+                let next = i as u64 + 1;
+                let full = match i {
+                    // "." and ".." take no lookup reference in the kernel.
+                    0 => reply.add(ino, next, ".", &ttl, &dir_attr, GENERATION),
+                    1 => reply.add(ino, next, "..", &ttl, &dir_attr, GENERATION),
+                    _ => {
+                        let e = &entries[i - 2];
+                        // An entry gone since the snapshot is skipped (Err -> not full).
+                        self.dir_entry_plus(&dir, &e.name, |a| {
+                            reply.add(a.ino, next, &e.name, &ttl, a, GENERATION)
+                        })
+                        .unwrap_or_default()
+                    }
+                };
+                if full {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
     fn releasedir(
@@ -585,8 +648,10 @@ impl Filesystem for KmsFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        KmsFs::releasedir(self, fh.0);
-        reply.ok();
+        contained("releasedir", || {
+            KmsFs::releasedir(self, fh.0);
+            reply.ok();
+        });
     }
 
     fn fsyncdir(
@@ -597,29 +662,31 @@ impl Filesystem for KmsFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let r = self.rel(ino.0).and_then(|rel| {
-            let p = if rel.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                &rel
-            };
-            sys::open_beneath(self.root(), p, libc::O_RDONLY | libc::O_DIRECTORY, 0)
-                .and_then(|d| d.sync_all())
-                .map_err(ioe)
+        contained("fsyncdir", || {
+            let r = self.rel(ino.0).and_then(|rel| {
+                let p = if rel.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    &rel
+                };
+                sys::open_beneath(self.root(), p, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                    .and_then(|d| d.sync_all())
+                    .map_err(ioe)
+            });
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match sys::fstatvfs(self.root()) {
+        contained("statfs", || match sys::fstatvfs(self.root()) {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namemax, s.frsize,
             ),
             Err(e) => reply.error(ioe(e)),
-        }
+        });
     }
 
     fn setxattr(
@@ -632,70 +699,84 @@ impl Filesystem for KmsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        if reserved_xattr(name) {
-            return reply.error(Errno::EPERM);
-        }
-        let r = self
-            .writable()
-            .and_then(|()| self.at(&self.rel(ino.0)?))
-            .and_then(|(dir, entry)| {
-                sys::setxattrat(&dir, &entry, name, value, flags).map_err(ioe)
-            });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        contained("setxattr", || {
+            if reserved_xattr(name) {
+                return reply.error(Errno::EPERM);
+            }
+            if acl_xattr(name) {
+                return reply.error(Errno::EOPNOTSUPP);
+            }
+            let r = self
+                .writable()
+                .and_then(|()| self.at(&self.rel(ino.0)?))
+                .and_then(|(dir, entry)| {
+                    sys::setxattrat(&dir, &entry, name, value, flags).map_err(ioe)
+                });
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        if reserved_xattr(name) {
-            return reply.error(Errno::NO_XATTR);
-        }
-        let (dir, entry) = match self.rel(ino.0).and_then(|rel| self.at(&rel)) {
-            Ok(r) => r,
-            Err(e) => return reply.error(e),
-        };
-        let mut buf = vec![0u8; size as usize];
-        let r = sys::getxattrat(&dir, &entry, name, &mut buf);
-        self.xattr_reply(r, size, &buf, reply);
+        contained("getxattr", || {
+            if reserved_xattr(name) || acl_xattr(name) {
+                return reply.error(Errno::NO_XATTR);
+            }
+            let (dir, entry) = match self.rel(ino.0).and_then(|rel| self.at(&rel)) {
+                Ok(r) => r,
+                Err(e) => return reply.error(e),
+            };
+            let mut buf = vec![0u8; size as usize];
+            let r = sys::getxattrat(&dir, &entry, name, &mut buf);
+            self.xattr_reply(r, size, &buf, reply);
+        });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let (dir, entry) = match self.rel(ino.0).and_then(|rel| self.at(&rel)) {
-            Ok(r) => r,
-            Err(e) => return reply.error(e),
-        };
-        let r = sys::listxattrat(&dir, &entry, &mut []).and_then(|n| {
-            let mut buf = vec![0u8; n];
-            let n = sys::listxattrat(&dir, &entry, &mut buf)?;
-            buf.truncate(n);
-            Ok(filter_xattr_list(&buf))
+        contained("listxattr", || {
+            let (dir, entry) = match self.rel(ino.0).and_then(|rel| self.at(&rel)) {
+                Ok(r) => r,
+                Err(e) => return reply.error(e),
+            };
+            let r = sys::listxattrat(&dir, &entry, &mut []).and_then(|n| {
+                let mut buf = vec![0u8; n];
+                let n = sys::listxattrat(&dir, &entry, &mut buf)?;
+                buf.truncate(n);
+                Ok(filter_xattr_list(&buf))
+            });
+            match r {
+                Ok(list) => self.xattr_reply(Ok(list.len()), size, &list, reply),
+                Err(e) => reply.error(ioe(e)),
+            }
         });
-        match r {
-            Ok(list) => self.xattr_reply(Ok(list.len()), size, &list, reply),
-            Err(e) => reply.error(ioe(e)),
-        }
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        if reserved_xattr(name) {
-            return reply.error(Errno::EPERM);
-        }
-        let r = self
-            .writable()
-            .and_then(|()| self.at(&self.rel(ino.0)?))
-            .and_then(|(dir, entry)| sys::removexattrat(&dir, &entry, name).map_err(ioe));
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        contained("removexattr", || {
+            if reserved_xattr(name) {
+                return reply.error(Errno::EPERM);
+            }
+            if acl_xattr(name) {
+                return reply.error(Errno::EOPNOTSUPP);
+            }
+            let r = self
+                .writable()
+                .and_then(|()| self.at(&self.rel(ino.0)?))
+                .and_then(|(dir, entry)| sys::removexattrat(&dir, &entry, name).map_err(ioe));
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        match self.do_access(req, ino.0, mask.bits()) {
+        contained("access", || match self.do_access(req, ino.0, mask.bits()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn create(
@@ -708,19 +789,21 @@ impl Filesystem for KmsFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let r = self
-            .writable()
-            .and_then(|()| KmsFs::create(self, parent.0, name, mode, &caller(req)));
-        match r {
-            Ok((attr, _)) => reply.created(
-                &self.ttl(),
-                &attr,
-                GENERATION,
-                FileHandle(attr.ino.0),
-                FopenFlags::empty(),
-            ),
-            Err(e) => reply.error(e),
-        }
+        contained("create", || {
+            let r = self
+                .writable()
+                .and_then(|()| KmsFs::create(self, parent.0, name, mode, &caller(req)));
+            match r {
+                Ok((attr, _)) => reply.created(
+                    &self.ttl(),
+                    &attr,
+                    GENERATION,
+                    FileHandle(attr.ino.0),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn fallocate(
@@ -733,13 +816,15 @@ impl Filesystem for KmsFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self
-            .open_state(ino.0)
-            .and_then(|f| sparse::fallocate(&f, offset, length, mode))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        contained("fallocate", || {
+            match self
+                .open_state(ino.0)
+                .and_then(|f| sparse::fallocate(&f, offset, length, mode))
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn copy_file_range(
@@ -755,18 +840,20 @@ impl Filesystem for KmsFs {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        // Decrypt and encrypt again (the two files have different keys), in
-        // pieces of at most MAX_WRITE; the caller loops for the rest.
-        let r = self.open_state(ino_in.0).and_then(|src| {
-            let dst = self.open_state(ino_out.0)?;
-            let data = src.read_at(offset_in, len.min(u64::from(MAX_WRITE)) as usize)?;
-            dst.write_at(&data, offset_out)?;
-            Ok(data.len() as u32)
+        contained("copy_file_range", || {
+            // Decrypt and encrypt again (the two files have different keys), in
+            // pieces of at most MAX_WRITE; the caller loops for the rest.
+            let r = self.open_state(ino_in.0).and_then(|src| {
+                let dst = self.open_state(ino_out.0)?;
+                let data = src.read_at(offset_in, len.min(u64::from(MAX_WRITE)) as usize)?;
+                dst.write_at(&data, offset_out)?;
+                Ok(data.len() as u32)
+            });
+            match r {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e),
+            }
         });
-        match r {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(e),
-        }
     }
 
     fn lseek(
@@ -778,18 +865,87 @@ impl Filesystem for KmsFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let offset = match u64::try_from(offset) {
-            Ok(o) => o,
-            Err(_) => return reply.error(Errno::ENXIO),
-        };
-        let r = self.open_state(ino.0).and_then(|f| match whence {
-            libc::SEEK_DATA => sparse::seek_data(&f, offset),
-            libc::SEEK_HOLE => sparse::seek_hole(&f, offset),
-            _ => Err(Errno::EINVAL),
+        contained("lseek", || {
+            let offset = match u64::try_from(offset) {
+                Ok(o) => o,
+                Err(_) => return reply.error(Errno::ENXIO),
+            };
+            let r = self.open_state(ino.0).and_then(|f| match whence {
+                libc::SEEK_DATA => sparse::seek_data(&f, offset),
+                libc::SEEK_HOLE => sparse::seek_hole(&f, offset),
+                _ => Err(Errno::EINVAL),
+            });
+            match r {
+                Ok(pos) => reply.offset(pos as i64),
+                Err(e) => reply.error(e),
+            }
         });
-        match r {
-            Ok(pos) => reply.offset(pos as i64),
-            Err(e) => reply.error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Stands for a fuser reply: its Drop is what answers EIO.
+    struct Reply<'a>(&'a AtomicUsize);
+
+    impl Drop for Reply<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_panicking_request_drops_its_reply_and_the_thread_goes_on() {
+        let dropped = AtomicUsize::new(0);
+        for i in 0..10 {
+            let reply = Reply(&dropped);
+            contained("test", move || {
+                let _owned = reply;
+                if i % 2 == 0 {
+                    panic!("request {i}");
+                }
+                std::panic::panic_any(i); // a payload that is not a message
+            });
+        }
+        // Every body's reply was dropped (so fuser answered it), and this
+        // thread is still here to count them.
+        assert_eq!(dropped.load(Ordering::SeqCst), 10);
+        // A body that does not panic runs as it is.
+        let mut ran = false;
+        contained("test", || ran = true);
+        assert!(ran);
+    }
+
+    #[test]
+    fn setattr_with_owner_and_setuid_mode_keeps_the_mode() {
+        if !sys::is_root() {
+            eprintln!("SKIPPED: chown needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let change = MetaChange {
+            mode: Some(0o6755),
+            uid: Some(1),
+            gid: Some(1),
+            atime: None,
+            mtime: None,
+        };
+        let file = File::create(dir.path().join("open")).unwrap();
+        change.apply_to_file(&file).unwrap();
+        let at = File::open(dir.path()).unwrap();
+        File::create(dir.path().join("named")).unwrap();
+        change.apply_at(&at, OsStr::new("named")).unwrap();
+        for name in ["open", "named"] {
+            let m = std::fs::metadata(dir.path().join(name)).unwrap();
+            assert_eq!(
+                (m.mode() & 0o7777, m.uid(), m.gid()),
+                (0o6755, 1, 1),
+                "{name}"
+            );
         }
     }
 }
