@@ -66,30 +66,39 @@ tar -C "$work" -cf "$work/tree.tar" src
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 secs() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1; e=$(date +%s%N); awk -v a="$s" -v b="$e" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
 
+# Each measurement RUNS times (default 5), the targets interleaved within each round so
+# that drift on the host hits all three alike; the tables show the median.
+RUNS=${BENCH_RUNS:-5}
 declare -A T
-for i in 0 1 2; do
-  d=$work/${targets[$i]}; n=${names[$i]}
-  drop; T[$n,write]=$(secs dd if=/dev/zero of="$d/big" bs=1M count="$MB" conv=fsync)
-  drop; T[$n,read]=$(secs dd if="$d/big" of=/dev/null bs=1M)
-  drop; T[$n,rand]=$(secs fio --name=r --filename="$d/big" --rw=randrw --bs=4k --size="${MB}M" \
-        --io_size=64M --ioengine=psync --direct=0 --fsync=0 --end_fsync=1)
-  rm -f "$d/big"
-  drop; T[$n,untar]=$(secs sh -c "tar -C '$d' -xf '$work/tree.tar' && sync")
-  drop; T[$n,readtree]=$(secs sh -c "cat '$d'/src/*/* > /dev/null")
-  T[$n,rmtree]=$(secs rm -rf "$d/src")
-  T[$n,sqlite]=$(secs sh -c "sqlite3 '$d/db' 'PRAGMA journal_mode=WAL; CREATE TABLE t(a INTEGER, b TEXT);
-      BEGIN; WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<200000)
-      INSERT INTO t SELECT x, hex(randomblob(32)) FROM c; COMMIT; SELECT count(*) FROM t;'")
-  rm -f "$d"/db*
+record() { T[$1,$2]="${T[$1,$2]:-} $3"; }
+for ((r = 1; r <= RUNS; r++)); do
+  for i in 0 1 2; do
+    d=$work/${targets[$i]}; n=${names[$i]}
+    drop; record "$n" write "$(secs dd if=/dev/zero of="$d/big" bs=1M count="$MB" conv=fsync)"
+    drop; record "$n" read "$(secs dd if="$d/big" of=/dev/null bs=1M)"
+    drop; record "$n" rand "$(secs fio --name=r --filename="$d/big" --rw=randrw --bs=4k --size="${MB}M" \
+          --io_size=64M --ioengine=psync --direct=0 --fsync=0 --end_fsync=1)"
+    rm -f "$d/big"
+    drop; record "$n" untar "$(secs sh -c "tar -C '$d' -xf '$work/tree.tar' && sync")"
+    drop; record "$n" readtree "$(secs sh -c "cat '$d'/src/*/* > /dev/null")"
+    record "$n" rmtree "$(secs rm -rf "$d/src")"
+    record "$n" sqlite "$(secs sh -c "sqlite3 '$d/db' 'PRAGMA journal_mode=WAL; CREATE TABLE t(a INTEGER, b TEXT);
+        BEGIN; WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<200000)
+        INSERT INTO t SELECT x, hex(randomblob(32)) FROM c; COMMIT; SELECT count(*) FROM t;'")"
+    rm -f "$d"/db*
+  done
 done
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
-printf '\n== filesystem, %s MiB files, seconds (ratio to plain; lower is better)\n' "$MB"
+printf '\n== filesystem, %s MiB files, median of %s runs, seconds (ratio to plain; lower is better)\n' "$MB" "$RUNS"
 printf '%-34s %16s %16s %16s\n' test plain kmsfs gocryptfs
 row() {
-  local key=$1 label=$2 p=${T[plain,$1]}
+  local key=$1 label=$2 p t
+  p=$(median "${T[plain,$1]}")
   printf '%-34s %16s' "$label" "$p"
   for n in kmsfs gocryptfs; do
-    printf ' %16s' "$(awk -v t="${T[$n,$key]}" -v p="$p" 'BEGIN { printf "%.3f (%.1fx)", t, t / p }')"
+    t=$(median "${T[$n,$key]}")
+    printf ' %16s' "$(awk -v t="$t" -v p="$p" 'BEGIN { printf "%.3f (%.1fx)", t, t / p }')"
   done
   echo
 }
