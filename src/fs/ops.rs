@@ -238,6 +238,26 @@ impl KmsFs {
         }
     }
 
+    /// setxattr and removexattr: kmsfs's own names are refused (EPERM), POSIX
+    /// ACLs too (EOPNOTSUPP: the kernel would not enforce them), then `change`
+    /// runs on the entry without following a final symlink.
+    fn change_xattr(
+        &self,
+        ino: INodeNo,
+        name: &OsStr,
+        change: impl FnOnce(&std::fs::File, &OsStr) -> io::Result<()>,
+    ) -> Result<(), Errno> {
+        if reserved_xattr(name) {
+            return Err(Errno::EPERM);
+        }
+        if acl_xattr(name) {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        self.writable()?;
+        let (dir, entry) = self.at(&self.rel(ino.0)?)?;
+        change(&dir, &entry).map_err(ioe)
+    }
+
     /// unlink (`dir` false) and rmdir (`dir` true) of `name` in `parent`.
     fn remove_entry(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
         let r = self.child(parent.0, name).and_then(|rel| {
@@ -700,18 +720,9 @@ impl Filesystem for KmsFs {
         reply: ReplyEmpty,
     ) {
         contained("setxattr", || {
-            if reserved_xattr(name) {
-                return reply.error(Errno::EPERM);
-            }
-            if acl_xattr(name) {
-                return reply.error(Errno::EOPNOTSUPP);
-            }
-            let r = self
-                .writable()
-                .and_then(|()| self.at(&self.rel(ino.0)?))
-                .and_then(|(dir, entry)| {
-                    sys::setxattrat(&dir, &entry, name, value, flags).map_err(ioe)
-                });
+            let r = self.change_xattr(ino, name, |dir, entry| {
+                sys::setxattrat(dir, entry, name, value, flags)
+            });
             match r {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
@@ -755,16 +766,7 @@ impl Filesystem for KmsFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         contained("removexattr", || {
-            if reserved_xattr(name) {
-                return reply.error(Errno::EPERM);
-            }
-            if acl_xattr(name) {
-                return reply.error(Errno::EOPNOTSUPP);
-            }
-            let r = self
-                .writable()
-                .and_then(|()| self.at(&self.rel(ino.0)?))
-                .and_then(|(dir, entry)| sys::removexattrat(&dir, &entry, name).map_err(ioe));
+            let r = self.change_xattr(ino, name, |dir, entry| sys::removexattrat(dir, entry, name));
             match r {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
