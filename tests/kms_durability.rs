@@ -305,3 +305,55 @@ fn a_keystore_behind_a_dangling_symlink_or_gone_is_lost_not_absent() {
     assert!(!ks.keystore_file().exists());
     assert_eq!(std::fs::read(ks.path.join("root.key")).unwrap(), root_key);
 }
+
+/// A keystore whose parent another user owns could be swapped for another
+/// directory between two writes of a root process: root refuses it, before
+/// and after it exists, and keeps working on a path only root can change.
+#[test]
+fn root_refuses_a_keystore_under_a_directory_another_user_controls() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let t = tempfile::tempdir().unwrap();
+    if std::fs::metadata(t.path()).unwrap().uid() != 0 {
+        eprintln!("SKIPPED: needs root (the attack is a user redirecting a root process)");
+        return;
+    }
+    let home = t.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+    let ks = home.join("ks");
+    let run = |args: &[&str]| {
+        kmsfs()
+            .arg("--keystore")
+            .arg(&ks)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    fails(&run(&["init"]), 4, "can be changed by another user");
+    assert!(
+        !ks.exists(),
+        "init created something under the untrusted directory"
+    );
+
+    // Made while the parent was root's, then handed over: opening is refused too.
+    std::os::unix::fs::chown(&home, Some(0), Some(0)).unwrap();
+    ok(run(&["init"]), &["init"]);
+    ok(run(&["kms", "create-key"]), &["kms", "create-key"]);
+    std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+    fails(
+        &run(&["kms", "list-keys"]),
+        4,
+        "can be changed by another user",
+    );
+    // A world-writable parent without the sticky bit is refused as well;
+    // with it (like /tmp) and a root-owned keystore directory, it is fine.
+    std::os::unix::fs::chown(&home, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).unwrap();
+    fails(
+        &run(&["kms", "list-keys"]),
+        4,
+        "can be changed by another user",
+    );
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    ok(run(&["kms", "list-keys"]), &["kms", "list-keys"]);
+}

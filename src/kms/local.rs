@@ -365,6 +365,7 @@ impl LocalKeyStore {
                 )));
             }
         }
+        let kdir = KeystoreDir::new(keystore::trusted_path(dir, false)?);
         let mut root = None;
         let loaded = load(&kdir, None, &mut root, passphrase)?;
         if let Some(why) = &loaded.fallback {
@@ -383,7 +384,7 @@ impl LocalKeyStore {
 
     /// Creates a new keystore in `dir` (refusing if one exists) and opens it.
     pub fn create(dir: &Path, mode: CreateMode) -> Result<Self, KmsError> {
-        let kdir = KeystoreDir::new(dir);
+        let kdir = KeystoreDir::new(keystore::trusted_path(dir, true)?);
         let (keystore_id, root, state, fp) = keystore::create(&kdir, mode)?;
         Self::assemble(
             kdir,
@@ -528,6 +529,21 @@ impl LocalKeyStore {
             }
             if l.fallback.is_some() {
                 return Ok(Err(l));
+            }
+            let held = self.snapshot();
+            if held.broken.is_none() && l.file_generation < held.file_generation {
+                // A valid but older generation (a copy of keystore.prev, a
+                // restored backup) would re-enable keys disabled since, and
+                // later changes made on top of it could sort below what we
+                // hold and be ignored: refuse every key until a restart.
+                return Err(KmsError::CorruptKeystore(format!(
+                    "the keystore in {} went back from generation {} to {}; every key is \
+                     refused until kmsfs is restarted (if you restored it on purpose, restart \
+                     the mount; otherwise someone replaced it with an older copy)",
+                    self.dir.path().display(),
+                    held.file_generation,
+                    l.file_generation
+                )));
             }
             Snapshot::new(l.state, l.fingerprint, l.fallback, l.file_generation).map(Ok)
         });

@@ -763,3 +763,22 @@ fn a_stored_policy_no_longer_accepted_fails_closed_for_its_key_only() {
     assert!(matches!(e, KmsError::AccessDenied(_)), "{e:?}");
     re.encrypt(&ME, &other, b"x", &ctx()).unwrap();
 }
+
+#[test]
+fn a_running_service_refuses_a_rollback_to_an_older_generation() {
+    // An older valid copy put back as keystore.kms (cp keystore.prev
+    // keystore.kms) would re-enable a key disabled since: fail closed.
+    let (_t, ks, id) = new_store();
+    let old = std::fs::read(ks.dir().join(CURRENT_FILE)).unwrap();
+    ks.disable_key(&ME, &id).unwrap();
+    ks.refresh().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    std::fs::write(ks.dir().join(CURRENT_FILE), &old).unwrap();
+    assert!(ks.refresh().is_err());
+    let e = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap_err();
+    assert!(matches!(e, KmsError::CorruptKeystore(_)), "{e:?}");
+    assert!(e.to_string().contains("went back from generation"), "{e}");
+    // A fresh process accepts what is on disk (nothing else to compare with).
+    let fresh = reopen(&ks);
+    fresh.encrypt(&ME, &id, b"x", &ctx()).unwrap();
+}
