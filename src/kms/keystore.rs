@@ -293,7 +293,7 @@ impl KeystoreDir {
     /// now shows its lock file before its first generation). Best effort.
     pub fn wait_for_writers(&self) {
         if let Ok((f, _)) = open_regular(&self.file(LOCK_FILE)) {
-            let _ = f.lock();
+            let _ = lock_bounded(&f, &self.file(LOCK_FILE));
         }
     }
 
@@ -319,7 +319,7 @@ impl KeystoreDir {
             Err(e) if e.kind() == ErrorKind::NotFound => self.create_lock_file(&p)?,
             Err(e) => return Err(io_err("open lock file", &p, e)),
         };
-        f.lock().map_err(|e| io_err("lock", &p, e))?;
+        lock_bounded(&f, &p)?;
         Ok(LockGuard(f))
     }
 
@@ -804,6 +804,34 @@ pub fn create(
     dir.remove_stale_temporaries();
     let fp = dir.write_generations(None, &bytes)?;
     Ok((id, root, state, fp))
+}
+
+/// How long a writer waits for the keystore lock. Writers hold it for
+/// milliseconds; anyone who may read the keystore can take it, so an
+/// unbounded wait would let them stall a mount's writes for good.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Takes the exclusive lock on `f`, giving up after `LOCK_WAIT`.
+fn lock_bounded(f: &File, p: &Path) -> Result<(), KmsError> {
+    let start = std::time::Instant::now();
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(KmsError::Io(format!(
+                    "the keystore lock {} has been held by another process for {} s; nothing \
+                     was changed. Find it with `fuser {}` and try again when it is done",
+                    p.display(),
+                    LOCK_WAIT.as_secs(),
+                    p.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err("lock", p, e)),
+        }
+    }
 }
 
 /// The effective uid of this process (from /proc/self/status; std has no
