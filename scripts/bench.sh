@@ -41,7 +41,7 @@ trap cleanup EXIT
 
 # Three targets: plain, kmsfs, gocryptfs.
 mkdir -p "$work"/{plain,kb,km,gb,gm,src}
-export KMSFS_KEYSTORE=$work/keystore
+export KMSFS_KEYSTORE=$work/keystore XDG_STATE_HOME=$work/state
 "$kmsfs" mount "$work/kb" "$work/km" 2>/dev/null; mounts+=("$work/km")
 printf 'bench-passphrase\n' > "$work/pass"
 gocryptfs -q -init -passfile "$work/pass" -scryptn 10 "$work/gb" >/dev/null

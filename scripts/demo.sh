@@ -20,7 +20,7 @@ cargo build --release --quiet
 kmsfs=$PWD/target/release/kmsfs
 
 work=$(mktemp -d /tmp/kmsfs-demo.XXXXXX)
-export KMSFS_KEYSTORE=$work/keystore
+export KMSFS_KEYSTORE=$work/keystore XDG_STATE_HOME=$work/state   # the mount's log goes there
 backing=$work/backing
 mnt=$work/mnt
 mkdir -p "$backing" "$mnt"

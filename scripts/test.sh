@@ -43,6 +43,11 @@ if grep -qE ' fuse\.kmsfs ' /proc/mounts 2>/dev/null; then
   grep -E ' fuse\.kmsfs ' /proc/mounts | awk '{print "  " $2}' >&2
 fi
 
+# Background mounts log under $XDG_STATE_HOME/kmsfs: keep the tests' logs out of $HOME.
+XDG_STATE_HOME=$(mktemp -d /tmp/kmsfs-test-state.XXXXXX)
+export XDG_STATE_HOME
+trap 'rm -rf "$XDG_STATE_HOME"' EXIT
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 # Two test threads: the machine has two cores, and mount tests spawn daemons of their own.

@@ -32,7 +32,8 @@ pub struct MountArgs {
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// Where the daemon writes its log (corruption warnings name the backing
-    /// file and block) [default: nowhere; with --foreground: stderr].
+    /// file and block) [default: $XDG_STATE_HOME/kmsfs (else
+    /// ~/.local/state/kmsfs)/mount-MOUNTPOINT.log; with --foreground: stderr].
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
 }
@@ -174,6 +175,7 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> Result<(), CliError> {
     let (ks, key_id) = service_and_key(&g, a.key_id.as_deref())?;
     let log_file = match a.log_file {
         Some(p) => Some(std::path::absolute(p)?),
+        None if !a.foreground => default_log_file(&mountpoint),
         None => None,
     };
     crate::fs::mount(MountRequest {
@@ -186,6 +188,43 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> Result<(), CliError> {
         log_file,
     })?;
     Ok(())
+}
+
+/// The log of a background mount without `--log-file`: one file per mount
+/// point under `$XDG_STATE_HOME/kmsfs` (else `~/.local/state/kmsfs`), so that
+/// corruption warnings (backing file, block) are kept somewhere. None, with a
+/// warning, when that directory cannot be made.
+fn default_log_file(mountpoint: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
+    let dir = base.join("kmsfs");
+    if let Err(e) = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+    {
+        log::warn!(
+            "no log for this mount: cannot create {}: {e}",
+            dir.display()
+        );
+        return None;
+    }
+    let name: String = mountpoint
+        .to_string_lossy()
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Some(dir.join(format!("mount-{name}.log")))
 }
 
 /// `kmsfs unmount`.
