@@ -2,7 +2,7 @@
 //! and block-wise positioned read/write with read-modify-write of partial
 //! blocks. The mount runs on it, and it is the SDK-side API: [`seal`] and
 //! [`unseal`] produce and read exactly the files the mount does.
-#![deny(unsafe_code)] // one exception: `reserve` (fallocate), which std lacks
+#![deny(unsafe_code)] // one exception: `fallocate`, which std lacks
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -472,22 +472,27 @@ impl EncryptedFile {
 
 /// fallocate(KEEP_SIZE) of `len` bytes at `offset`: allocates without
 /// changing the file size. A file system without fallocate skips it.
-#[allow(unsafe_code)]
 fn reserve(file: &File, offset: u64, len: u64) -> Result<(), EnvelopeError> {
+    match fallocate(file, libc::FALLOC_FL_KEEP_SIZE, offset, len) {
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+/// fallocate(2) on a backing file (also used by the mount for PUNCH_HOLE).
+#[allow(unsafe_code)]
+pub(crate) fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let too_big = || EnvelopeError::Io(std::io::Error::from_raw_os_error(libc::EFBIG));
+    let too_big = || std::io::Error::from_raw_os_error(libc::EFBIG);
     let off = libc::off_t::try_from(offset).map_err(|_| too_big())?;
     let len = libc::off_t::try_from(len).map_err(|_| too_big())?;
     // SAFETY: integer arguments only; the descriptor is borrowed from a File
     // that outlives the call.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, off, len) };
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, off, len) };
     if rc == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EOPNOTSUPP) => Ok(()),
-        _ => Err(e.into()),
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

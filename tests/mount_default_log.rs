@@ -34,17 +34,21 @@ fn background_mount_logs_corruption_by_default() {
     );
     std::fs::create_dir(&backing).unwrap();
     std::fs::create_dir(&mnt).unwrap();
-    let o = Command::new(BIN)
-        .arg("--keystore")
-        .arg(t.path().join("ks"))
-        .arg("mount")
-        .arg(&backing)
-        .arg(&mnt)
-        .env("XDG_STATE_HOME", &state)
-        .env_remove("KMSFS_KEYSTORE")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A background mount with no --log-file, logging under `state`.
+    let mount = || {
+        let o = Command::new(BIN)
+            .arg("--keystore")
+            .arg(t.path().join("ks"))
+            .arg("mount")
+            .arg(&backing)
+            .arg(&mnt)
+            .env("XDG_STATE_HOME", &state)
+            .env_remove("KMSFS_KEYSTORE")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    mount();
     let _guard = Unmount(mnt.clone());
 
     std::fs::write(mnt.join("f"), vec![7u8; 3 * 4096]).unwrap();
@@ -59,16 +63,7 @@ fn background_mount_logs_corruption_by_default() {
         .unwrap();
     f.write_all_at(&[byte[0] ^ 1], block_backing_offset(1) + 40)
         .unwrap();
-    let o = Command::new(BIN)
-        .arg("--keystore")
-        .arg(t.path().join("ks"))
-        .arg("mount")
-        .arg(&backing)
-        .arg(&mnt)
-        .env("XDG_STATE_HOME", &state)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    mount();
 
     let e = std::fs::read(mnt.join("f")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EIO));

@@ -10,6 +10,7 @@ use fuser::Errno;
 use super::errno::{envelope_errno, io_errno};
 use super::open::OpenFile;
 use super::sys;
+use crate::envelope;
 use crate::format::{self, BLOCK_SIZE, CIPHER_BLOCK_SIZE, HEADER_LEN};
 
 const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
@@ -35,7 +36,7 @@ fn allocate(f: &OpenFile, offset: u64, end: u64, keep_size: bool) -> Result<(), 
     let start = format::block_backing_offset(format::block_of(offset));
     let stop = format::backing_size_from_plain(end);
     // Reserve the space in the backing file; the size stays as it is there.
-    match sys::fallocate(ef.file(), KEEP_SIZE, start, stop.saturating_sub(start)) {
+    match envelope::fallocate(ef.file(), KEEP_SIZE, start, stop.saturating_sub(start)) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
         Err(e) => return Err(io_errno(&e)),
@@ -78,17 +79,14 @@ fn punch_hole(f: &OpenFile, offset: u64, end: u64) -> Result<(), Errno> {
     zero(offset, first_full * BLOCK_SIZE)?;
     let start = format::block_backing_offset(first_full);
     let blen = (last_full - first_full) * CIPHER_BLOCK_SIZE;
-    sys::fallocate(ef.file(), PUNCH_HOLE | KEEP_SIZE, start, blen).map_err(|e| io_errno(&e))?;
+    envelope::fallocate(ef.file(), PUNCH_HOLE | KEEP_SIZE, start, blen)
+        .map_err(|e| io_errno(&e))?;
     zero(last_full * BLOCK_SIZE, end)
 }
 
 /// The block whose stored bytes contain backing offset `pos` (pos >= header).
 fn block_at(pos: u64) -> u64 {
     pos.saturating_sub(HEADER_LEN) / CIPHER_BLOCK_SIZE
-}
-
-fn enxio_or(e: std::io::Error) -> Errno {
-    io_errno(&e)
 }
 
 /// lseek SEEK_DATA: the first offset >= `offset` in a block holding data.
@@ -101,7 +99,7 @@ pub fn seek_data(f: &OpenFile, offset: u64) -> Result<u64, Errno> {
         return Err(Errno::ENXIO);
     }
     let from = format::block_backing_offset(format::block_of(offset));
-    let d = sys::lseek(ef.file(), from, libc::SEEK_DATA).map_err(enxio_or)?;
+    let d = sys::lseek(ef.file(), from, libc::SEEK_DATA).map_err(|e| io_errno(&e))?;
     let pos = offset.max(block_at(d) * BLOCK_SIZE);
     if pos >= size {
         Err(Errno::ENXIO)

@@ -300,13 +300,6 @@ pub fn utimensat(fd: &impl AsRawFd, name: &OsStr, atime: Utime, mtime: Utime) ->
     })
 }
 
-/// fallocate(2) on an open file.
-pub fn fallocate(fd: &impl AsRawFd, mode: i32, offset: u64, len: u64) -> io::Result<()> {
-    let (o, l) = (to_off(offset)?, to_off(len)?);
-    // SAFETY: plain integer arguments; the fd is borrowed from a live File.
-    check(unsafe { libc::fallocate(fd.as_raw_fd(), mode, o, l) })
-}
-
 fn to_off(v: u64) -> io::Result<libc::off_t> {
     libc::off_t::try_from(v).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))
 }
