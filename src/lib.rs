@@ -44,3 +44,5 @@ pub mod envelope;
 pub mod format;
 pub mod fs;
 pub mod kms;
+pub mod logtext;
+pub mod trust;

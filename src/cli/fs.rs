@@ -78,6 +78,7 @@ impl From<MountError> for CliError {
             MountError::NotFound(_) => ErrorClass::NotFound,
             MountError::State(..) => ErrorClass::General,
             MountError::Io(_) => ErrorClass::Io,
+            MountError::Refused(..) => ErrorClass::Refused,
         };
         let hint = e.hint().map(str::to_string);
         let err = CliError::new(class, e.to_string());
@@ -175,7 +176,7 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> Result<(), CliError> {
     let (ks, key_id) = service_and_key(&g, a.key_id.as_deref())?;
     let log_file = match a.log_file {
         Some(p) => Some(std::path::absolute(p)?),
-        None if !a.foreground => default_log_file(&mountpoint),
+        None if !a.foreground => default_log_file(&mountpoint)?,
         None => None,
     };
     crate::fs::mount(MountRequest {
@@ -193,14 +194,18 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> Result<(), CliError> {
 /// The log of a background mount without `--log-file`: one file per mount
 /// point under `$XDG_STATE_HOME/kmsfs` (else `~/.local/state/kmsfs`), so that
 /// corruption warnings (backing file, block) are kept somewhere. None, with a
-/// warning, when that directory cannot be made.
-fn default_log_file(mountpoint: &Path) -> Option<PathBuf> {
+/// warning, when that directory cannot be made; refused when another user
+/// could change it (a root mount run with a user's environment, `sudo -E`).
+fn default_log_file(mountpoint: &Path) -> Result<Option<PathBuf>, CliError> {
     use std::os::unix::fs::DirBuilderExt;
-    let base = std::env::var_os("XDG_STATE_HOME")
+    let Some(base) = std::env::var_os("XDG_STATE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
-    let dir = base.join("kmsfs");
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+    else {
+        return Ok(None);
+    };
+    let dir = crate::fs::mount::check_log_dir(&std::path::absolute(base.join("kmsfs"))?, true)?;
     if let Err(e) = std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -210,7 +215,7 @@ fn default_log_file(mountpoint: &Path) -> Option<PathBuf> {
             "no log for this mount: cannot create {}: {e}",
             dir.display()
         );
-        return None;
+        return Ok(None);
     }
     let name: String = mountpoint
         .to_string_lossy()
@@ -224,7 +229,7 @@ fn default_log_file(mountpoint: &Path) -> Option<PathBuf> {
             }
         })
         .collect();
-    Some(dir.join(format!("mount-{name}.log")))
+    Ok(Some(dir.join(format!("mount-{name}.log"))))
 }
 
 /// `kmsfs unmount`.
@@ -332,7 +337,7 @@ pub fn seal(g: &GlobalArgs, a: SealArgs) -> Result<(), CliError> {
     let out = create_new(&a.out)?;
     match envelope::seal(&mut input, out, &*ks, &current_caller(), &key_id) {
         Ok(n) => {
-            log::info!("sealed {n} bytes into {}", a.out.display());
+            log::info!("sealed {n} bytes into {}", crate::logtext::escaped(&a.out));
             Ok(())
         }
         Err(e) => {

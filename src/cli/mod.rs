@@ -181,7 +181,20 @@ pub fn current_caller() -> Caller {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_timestamp(None)
+        .format(|buf, r| {
+            use std::io::Write;
+            // One record, one line: whatever reached the message (a file
+            // name, a panic message) cannot start a forged line.
+            let style = buf.default_level_style(r.level());
+            let msg = r.args().to_string();
+            writeln!(
+                buf,
+                "[{style}{:<5}{style:#} {}] {}",
+                r.level(),
+                r.target(),
+                crate::logtext::one_line(&msg)
+            )
+        })
         .init();
     let cli = Cli::parse();
     match run(cli) {

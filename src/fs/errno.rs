@@ -8,6 +8,7 @@ use std::path::Path;
 use fuser::Errno;
 
 use crate::envelope::EnvelopeError;
+use crate::logtext::escaped;
 
 /// errno of an I/O error (EIO when it carries none).
 pub fn io_errno(e: &io::Error) -> Errno {
@@ -31,21 +32,21 @@ pub fn envelope_errno(e: &EnvelopeError, backing: &Path) -> Errno {
         EnvelopeError::CorruptHeader(why) => {
             log::warn!(
                 "{}: corrupt or foreign header ({why}); returning EIO",
-                backing.display()
+                escaped(backing)
             );
             Errno::EIO
         }
         EnvelopeError::CorruptBlock { block } => {
             log::warn!(
                 "{}: block {block} failed authentication (modified, truncated or moved); returning EIO",
-                backing.display()
+                escaped(backing)
             );
             Errno::EIO
         }
         EnvelopeError::Kms(k) if k.is_access_refusal() => {
             log::info!(
                 "{}: key service refused the data key ({}); returning EACCES",
-                backing.display(),
+                escaped(backing),
                 k.aws_code()
             );
             Errno::EACCES
@@ -53,14 +54,14 @@ pub fn envelope_errno(e: &EnvelopeError, backing: &Path) -> Errno {
         EnvelopeError::Kms(k) => {
             log::warn!(
                 "{}: key service failed ({}: {k}); returning EIO",
-                backing.display(),
+                escaped(backing),
                 k.aws_code()
             );
             Errno::EIO
         }
         #[allow(unreachable_patterns)]
         _ => {
-            log::warn!("{}: {e}; returning EIO", backing.display());
+            log::warn!("{}: {e}; returning EIO", escaped(backing));
             Errno::EIO
         }
     }

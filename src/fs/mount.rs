@@ -3,6 +3,7 @@
 //! the foreground or as a daemon that reports readiness to its parent, clean
 //! unmount on SIGINT/SIGTERM/SIGHUP, and `unmount`.
 
+use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use fuser::{Config, MountOption, Session, SessionACL};
 use super::core::{FsConfig, KmsFs};
 use super::sys;
 use crate::kms::KeyService;
+use crate::logtext::escaped;
+use crate::trust::{self, Scope, TrustError};
 
 /// Serving threads (each costs about 1 MiB of RSS).
 pub const SERVING_THREADS: usize = 4;
@@ -35,13 +38,16 @@ pub enum MountError {
     /// A system call failed.
     #[error("{0}")]
     Io(String),
+    /// A path the daemon would write to can be changed by another user.
+    #[error("{0}")]
+    Refused(String, String),
 }
 
 impl MountError {
     /// What the user can do about it.
     pub fn hint(&self) -> Option<&str> {
         match self {
-            MountError::State(_, h) => Some(h),
+            MountError::State(_, h) | MountError::Refused(_, h) => Some(h),
             _ => None,
         }
     }
@@ -61,8 +67,86 @@ pub struct MountRequest {
     pub options: Vec<String>,
     /// Serve in this process instead of a daemon.
     pub foreground: bool,
-    /// Where the daemon's log goes (else /dev/null).
+    /// Where the daemon's log goes (else /dev/null); opened with `open_log`.
     pub log_file: Option<PathBuf>,
+}
+
+/// Checks the directory of the daemon's log (`create`: the directory is yet
+/// to be made) with the keystore's rule (`crate::trust`), the directory itself
+/// included: whoever can change it could put a link where the root daemon
+/// opens its log. Returns the resolved directory.
+pub fn check_log_dir(dir: &Path, create: bool) -> Result<PathBuf, MountError> {
+    trust::trusted_path(dir, create, Scope::WithSelf).map_err(|e| match e {
+        TrustError::Untrusted { dir: d, uid, mode } => MountError::Refused(
+            format!(
+                "refusing the log directory {}: {} can be changed by another user (owner uid \
+                 {uid}, mode {mode:o}), who could put a link to another file where the daemon \
+                 opens its log",
+                dir.display(),
+                d.display()
+            ),
+            "pass --log-file FILE in a directory only root and you can change (e.g. under \
+             /var/log), or mount without another user's environment (sudo without -E)"
+                .into(),
+        ),
+        TrustError::Io { what, path, source } => MountError::Io(format!(
+            "log directory {}: cannot {what} {}: {source}",
+            dir.display(),
+            path.display()
+        )),
+    })
+}
+
+/// Opens the daemon's log for appending: in a directory that passes
+/// `check_log_dir`, never through a symbolic link (O_NOFOLLOW), created 0600,
+/// and only a regular file that root or this user owns.
+pub fn open_log(path: &Path) -> Result<File, MountError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(MountError::Usage(format!(
+            "log file {} does not name a file",
+            path.display()
+        )));
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let real = check_log_dir(dir, false)?.join(name);
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(&real)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => MountError::Refused(
+                format!(
+                    "refusing the log file {}: it is a symbolic link, and the daemon never \
+                     follows one to its log (someone may be trying to redirect its writes)",
+                    path.display()
+                ),
+                "check who made it and remove it, or pass another --log-file".into(),
+            ),
+            _ => MountError::Io(format!("log file {}: {e}", path.display())),
+        })?;
+    let m = f
+        .metadata()
+        .map_err(|e| MountError::Io(format!("log file {}: {e}", path.display())))?;
+    if !m.is_file() || !trust::trusted_owner(m.uid()) {
+        return Err(MountError::Refused(
+            format!(
+                "refusing the log file {}: it is not a regular file owned by root or you \
+                 (owner uid {}, mode {:o})",
+                path.display(),
+                m.uid(),
+                m.mode()
+            ),
+            "check who made it and remove it, or pass another --log-file".into(),
+        ));
+    }
+    Ok(f)
 }
 
 /// Parsed `-o` options.
@@ -220,7 +304,7 @@ pub fn prepare_mountpoint(mp: &Path) -> Result<(), MountError> {
         Err(e) if is_enotconn(&e) => {
             log::warn!(
                 "{}: stale mount (its daemon died); detaching it",
-                mp.display()
+                escaped(mp)
             );
             eprintln!(
                 "kmsfs: {} held a dead mount (its daemon had exited); detached it",
@@ -410,8 +494,8 @@ fn serve(req: &MountRequest, ready: &mut dyn FnMut(Result<(), String>)) -> Resul
     };
     log::info!(
         "mounted {} on {}",
-        req.backing.display(),
-        req.mountpoint.display()
+        escaped(&req.backing),
+        escaped(&req.mountpoint)
     );
     ready(Ok(()));
     let mp = req.mountpoint.clone();
@@ -420,7 +504,7 @@ fn serve(req: &MountRequest, ready: &mut dyn FnMut(Result<(), String>)) -> Resul
         .spawn(move || stop_on_signal(&mp))
         .map_err(|e| MountError::Io(format!("signal thread: {e}")))?;
     let r = session.run();
-    log::info!("unmounted {}", req.mountpoint.display());
+    log::info!("unmounted {}", escaped(&req.mountpoint));
     r.map_err(|e| MountError::Io(format!("serving {}: {e}", req.mountpoint.display())))
 }
 
@@ -428,13 +512,13 @@ fn stop_on_signal(mp: &Path) {
     loop {
         match sys::wait_stop_signal() {
             Ok(sig) => {
-                log::info!("signal {sig}: unmounting {}", mp.display());
+                log::info!("signal {sig}: unmounting {}", escaped(mp));
                 // Unmounting writes back the kernel's dirty pages through us and
                 // then ends the session; with files still open, detach lazily.
                 if let Err(e) = sys::umount2(mp, 0) {
-                    log::info!("umount {}: {e}; detaching lazily", mp.display());
+                    log::info!("umount {}: {e}; detaching lazily", escaped(mp));
                     if let Err(e) = sys::umount2(mp, libc::MNT_DETACH) {
-                        log::warn!("could not unmount {}: {e}", mp.display());
+                        log::warn!("could not unmount {}: {e}", escaped(mp));
                         continue;
                     }
                 }
@@ -454,10 +538,11 @@ pub fn mount(req: MountRequest) -> Result<(), MountError> {
     parse_options(&req.options)?;
     prepare_mountpoint(&req.mountpoint)?;
     check_backing_unused(&req.backing)?;
+    // Opened here, before any fork, so that a refusal reaches the user.
+    let log = req.log_file.as_deref().map(open_log).transpose()?;
     if req.foreground {
-        if let Some(log) = &req.log_file {
-            sys::redirect_stderr(log)
-                .map_err(|e| MountError::Io(format!("{}: {e}", log.display())))?;
+        if let Some(f) = &log {
+            sys::redirect_stderr(f).map_err(|e| MountError::Io(format!("log file: {e}")))?;
         }
         return serve(&req, &mut |_| {});
     }
@@ -486,14 +571,14 @@ pub fn mount(req: MountRequest) -> Result<(), MountError> {
         }
         sys::Forked::Child => {
             drop(rx);
-            let code = daemon_main(&req, tx);
+            let code = daemon_main(&req, log.as_ref(), tx);
             std::process::exit(code);
         }
     }
 }
 
-fn daemon_main(req: &MountRequest, mut tx: std::io::PipeWriter) -> i32 {
-    if let Err(e) = sys::setsid().and_then(|()| sys::redirect_stdio(req.log_file.as_deref())) {
+fn daemon_main(req: &MountRequest, log: Option<&File>, mut tx: std::io::PipeWriter) -> i32 {
+    if let Err(e) = sys::setsid().and_then(|()| sys::redirect_stdio(log)) {
         let _ = write!(tx, "ERR cannot start the mount daemon: {e}");
         return 1;
     }

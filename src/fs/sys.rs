@@ -683,36 +683,29 @@ pub fn setsid() -> io::Result<()> {
 }
 
 /// Points stdin at /dev/null and stdout/stderr at `log` (or /dev/null).
-pub fn redirect_stdio(log: Option<&Path>) -> io::Result<()> {
+pub fn redirect_stdio(log: Option<&std::fs::File>) -> io::Result<()> {
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/null")?;
     let out = match log {
-        Some(p) => std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)?,
-        None => null.try_clone()?,
+        Some(f) => f.as_raw_fd(),
+        None => null.as_raw_fd(),
     };
     // SAFETY: dup2 onto the standard descriptors from descriptors that stay open
     // for the call; afterwards the standard descriptors refer to the new files.
     unsafe {
         check(libc::dup2(null.as_raw_fd(), 0))?;
-        check(libc::dup2(out.as_raw_fd(), 1))?;
-        check(libc::dup2(out.as_raw_fd(), 2))?;
+        check(libc::dup2(out, 1))?;
+        check(libc::dup2(out, 2))?;
     }
     Ok(())
 }
 
-/// Points stderr (where the log goes) at `log`, appending.
-pub fn redirect_stderr(log: &Path) -> io::Result<()> {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)?;
+/// Points stderr (where the log goes) at `log`.
+pub fn redirect_stderr(log: &std::fs::File) -> io::Result<()> {
     // SAFETY: dup2 onto fd 2 from a descriptor that stays open for the call.
-    check(unsafe { libc::dup2(out.as_raw_fd(), 2) })
+    check(unsafe { libc::dup2(log.as_raw_fd(), 2) })
 }
 
 /// True when a process with this pid exists and is not a zombie.

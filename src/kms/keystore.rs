@@ -834,73 +834,27 @@ fn lock_bounded(f: &File, p: &Path) -> Result<(), KmsError> {
     }
 }
 
-/// The effective uid of this process (from /proc/self/status; std has no
-/// safe getter and this layer has no unsafe code).
-fn effective_uid() -> Option<u32> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
-
 /// Resolves `dir` once and checks that nobody but root and this process's
-/// user can change the path to it: every directory above it must belong to
-/// one of them and be writable by no one else, except a sticky directory
-/// (such as /tmp) whose entry on the path belongs to one of them. Otherwise
-/// another user could swap the keystore directory for another one between
-/// two of this process's writes; a root process would then write (and give
-/// away) keystore files wherever that user pointed it. With `create`, the
+/// user can change the path to it (`crate::trust`): every directory above it
+/// must belong to one of them and be writable by no one else, except a sticky
+/// directory (such as /tmp) whose entry on the path belongs to one of them.
+/// Otherwise another user could swap the keystore directory for another one
+/// between two of this process's writes; a root process would then write (and
+/// give away) keystore files wherever that user pointed it. With `create`, the
 /// missing tail of `dir` is checked as the place it will be created in.
 /// Returns the resolved path, which the keystore then uses throughout.
 pub fn trusted_path(dir: &Path, create: bool) -> Result<PathBuf, KmsError> {
-    let trusted = |uid: u32| uid == 0 || Some(uid) == effective_uid();
-    let mut existing = dir.to_path_buf();
-    let mut missing = Vec::new();
-    while create
-        && matches!(fs::symlink_metadata(&existing), Err(ref e) if e.kind() == ErrorKind::NotFound)
-    {
-        match (existing.file_name(), existing.parent()) {
-            (Some(name), Some(parent)) => {
-                missing.push(name.to_os_string());
-                existing = if parent.as_os_str().is_empty() {
-                    PathBuf::from(".")
-                } else {
-                    parent.to_path_buf()
-                };
-            }
-            _ => break,
-        }
-    }
-    let real = fs::canonicalize(&existing).map_err(|e| io_err("resolve", &existing, e))?;
-    // Checked: the ancestors of `real`, and `real` itself when new
-    // directories are to be made in it.
-    let mut child_owner: Option<u32> = None;
-    if missing.is_empty() {
-        let m = fs::symlink_metadata(&real).map_err(|e| io_err("stat", &real, e))?;
-        child_owner = Some(m.uid());
-    }
-    for d in real.ancestors().skip(usize::from(missing.is_empty())) {
-        let m = fs::symlink_metadata(d).map_err(|e| io_err("stat", d, e))?;
-        let others_write = m.mode() & 0o022 != 0;
-        let sticky = m.mode() & 0o1000 != 0;
-        let ok = trusted(m.uid()) && (!others_write || (sticky && child_owner.is_none_or(trusted)));
-        if !ok {
-            return Err(KmsError::AccessDenied(format!(
-                "refusing the keystore {}: {} can be changed by another user (owner uid {}, mode {:o}), \
-                 who could swap the keystore directory between two writes; keep the keystore on a \
-                 path that only root and you can change, or run kmsfs as that directory's owner",
-                dir.display(),
-                d.display(),
-                m.uid(),
-                m.mode() & 0o7777
-            )));
-        }
-        child_owner = Some(m.uid());
-    }
-    let mut out = real;
-    for name in missing.into_iter().rev() {
-        out.push(name);
-    }
-    Ok(out)
+    use crate::trust::{Scope, TrustError};
+    crate::trust::trusted_path(dir, create, Scope::Ancestors).map_err(|e| match e {
+        TrustError::Io { what, path, source } => io_err(what, &path, source),
+        TrustError::Untrusted { dir: d, uid, mode } => KmsError::AccessDenied(format!(
+            "refusing the keystore {}: {} can be changed by another user (owner uid {uid}, mode {mode:o}), \
+             who could swap the keystore directory between two writes; keep the keystore on a \
+             path that only root and you can change, or run kmsfs as that directory's owner",
+            dir.display(),
+            d.display(),
+        )),
+    })
 }
 
 /// The error for a directory that shows a keystore was there (`evidence`)
