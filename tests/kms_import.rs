@@ -197,3 +197,52 @@ fn import_refusals() {
     let out = ks.run(&["kms", "rotate-key-on-demand", "--key-id", &key]);
     fails(&out, EXIT_REFUSED, "KMSInvalidStateException");
 }
+
+/// Damages the current generation, so that the next process falls back to
+/// keystore.prev.
+fn damage_current(ks: &Ks) {
+    let p = ks.keystore_file();
+    let mut b = std::fs::read(&p).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x40;
+    std::fs::write(&p, b).unwrap();
+}
+
+/// Deleted or expired material is removed from the kept previous generation
+/// too: a damaged keystore.kms must not bring it back through the fallback.
+#[test]
+fn deleted_material_does_not_come_back_from_the_previous_generation() {
+    for how in ["delete", "expire"] {
+        let ks = Ks::new();
+        let v = ks.json(&["kms", "create-key", "--origin", "EXTERNAL"]);
+        let key = v["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+        let expiry: &[&str] = if how == "expire" {
+            &[
+                "--expiration-model",
+                "KEY_MATERIAL_EXPIRES",
+                "--valid-to",
+                "2031-01-01T00:00:00Z",
+            ]
+        } else {
+            &[]
+        };
+        ok(import(&ks, &key, &[0x3cu8; 32], expiry), &["import"]);
+        let blob = ks.encrypt(&key, b"shred me", "");
+        if how == "delete" {
+            ks.ok(&["kms", "delete-imported-key-material", "--key-id", &key]);
+        } else {
+            // A command after ValidTo writes the expiry.
+            let later = [("KMSFS_TEST_NOW", "2031-01-02T00:00:00Z")];
+            let out = ks.run_env(&["kms", "describe-key", "--key-id", &key], &later);
+            ok(out, &["describe-key"]);
+        }
+        damage_current(&ks);
+        // Today (before ValidTo) the previous generation is all there is.
+        let out = ks.decrypt(&blob, "", &[]);
+        let err = fails(&out, EXIT_REFUSED, "KMSInvalidStateException");
+        assert!(
+            err.contains("READ-ONLY from the previous generation"),
+            "{how}: {err}"
+        );
+    }
+}

@@ -628,7 +628,8 @@ impl LocalKeyStore {
 
     /// Applies `f` to the current state under the exclusive lock and writes the
     /// result durably, keeping the previous generation. Keys due for deletion are
-    /// purged from both generations on the way. Refuses (writing nothing) when the
+    /// purged from both generations on the way, and any material the update
+    /// removes is removed from the kept generation too. Refuses (writing nothing) when the
     /// current generation cannot be read.
     fn update<T>(
         &self,
@@ -665,13 +666,15 @@ impl LocalKeyStore {
         if result.is_err() && purged.is_empty() && rotated.is_empty() && expired.is_empty() {
             return result;
         }
-        let prev_bytes = if purged.is_empty() {
-            bytes.clone()
-        } else {
-            // The kept generation must not keep the deleted material either.
-            let mut p = old;
-            p.purge_due(now);
+        // The kept generation must not keep material that this update
+        // removes (a purge, an expiry, DeleteImportedKeyMaterial): it is what a
+        // later process falls back to when the current generation is damaged.
+        let mut p = old;
+        let shredded = !p.purge_due(now).is_empty() | p.forget_material_gone_from(&state);
+        let prev_bytes = if shredded {
             keystore::encode(&self.keystore_id, &self.root, old_generation, &p)?
+        } else {
+            bytes.clone()
         };
         let new_bytes =
             keystore::encode(&self.keystore_id, &self.root, old_generation + 1, &state)?;

@@ -538,6 +538,51 @@ impl StoreState {
         due
     }
 
+    /// Removes from this state (an older generation, kept for recovery) every
+    /// key material that `newer` no longer holds: material deleted, expired
+    /// or purged in between must not come back when the newer generation is
+    /// damaged and this one is used instead. A key left without material
+    /// becomes PendingImport, as DeleteImportedKeyMaterial leaves it; a key
+    /// that `newer` no longer has goes with its aliases. Returns true when
+    /// anything was removed.
+    pub fn forget_material_gone_from(&mut self, newer: &StoreState) -> bool {
+        let gone: Vec<String> = self
+            .keys
+            .keys()
+            .filter(|id| !newer.keys.contains_key(*id))
+            .cloned()
+            .collect();
+        let mut changed = !gone.is_empty();
+        for id in &gone {
+            self.keys.remove(id);
+            if let Some(when) = newer.deleted.get(id) {
+                self.deleted.insert(id.clone(), *when);
+            }
+        }
+        self.aliases.retain(|_, target| !gone.contains(target));
+        for k in self.keys.values_mut() {
+            let Some(n) = newer.keys.get(&k.key_id) else {
+                continue;
+            };
+            let before = k.materials.len();
+            k.materials.retain(|m| {
+                n.material(m.version).is_some_and(|nm| {
+                    crate::crypto::constant_time_eq(nm.material.expose(), m.material.expose())
+                })
+            });
+            if k.materials.len() == before {
+                continue;
+            }
+            changed = true;
+            if k.materials.is_empty() {
+                k.drop_material();
+            } else if k.material(k.current_version).is_none() {
+                k.current_version = k.materials.iter().map(|m| m.version).max().unwrap_or(0);
+            }
+        }
+        changed
+    }
+
     /// The earliest deletion date of any key pending deletion.
     pub fn next_deletion(&self) -> Option<i64> {
         self.keys
@@ -1036,6 +1081,43 @@ mod tests {
         assert!(own.delete_imported_material().is_err());
         let dbg = format!("{:?}", params("t", 0));
         assert!(dbg.contains("redacted") && !dbg.contains("100, 101"));
+    }
+
+    #[test]
+    fn an_older_generation_forgets_material_the_newer_one_dropped() {
+        let mut old = StoreState::default();
+        let (mut a, b, mut c) = (key(), key(), key());
+        a.rotate(RotationType::OnDemand, NOW).unwrap();
+        let (ai, bi, ci) = (a.key_id.clone(), b.key_id.clone(), c.key_id.clone());
+        c.state = KeyState::Disabled;
+        for k in [a, b, c] {
+            old.keys.insert(k.key_id.clone(), k);
+        }
+        old.aliases.insert("alias/b".into(), bi.clone());
+        let mut new = old.clone();
+        // Nothing dropped: nothing forgotten (disabling is not shredding).
+        assert!(!old.clone().forget_material_gone_from(&new));
+        // a loses version 1, b goes for good, c loses all its material.
+        new.keys
+            .get_mut(&ai)
+            .unwrap()
+            .materials
+            .retain(|m| m.version == 2);
+        new.keys.remove(&bi);
+        new.deleted.insert(bi.clone(), NOW);
+        new.keys.get_mut(&ci).unwrap().drop_material();
+        assert!(old.forget_material_gone_from(&new));
+        let a = &old.keys[&ai];
+        assert_eq!(
+            a.materials.iter().map(|m| m.version).collect::<Vec<_>>(),
+            [2]
+        );
+        assert_eq!(a.current_version, 2);
+        assert!(!old.keys.contains_key(&bi) && old.aliases.is_empty());
+        assert_eq!(old.deleted.get(&bi), Some(&NOW));
+        let c = &old.keys[&ci];
+        assert!(c.materials.is_empty());
+        assert_eq!((c.state, c.current_version), (KeyState::PendingImport, 0));
     }
 
     #[test]
