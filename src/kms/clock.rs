@@ -1,26 +1,52 @@
-//! The one clock of the key service. `KMSFS_TEST_NOW` (RFC 3339, e.g.
-//! `2030-01-01T00:00:00Z`) overrides it: a testing aid for waiting periods,
-//! rotation and expiry, read here and nowhere else.
+//! The one clock of the key service. In debug builds (what the test suite
+//! builds) `KMSFS_TEST_NOW` (RFC 3339, e.g. `2030-01-01T00:00:00Z`) overrides
+//! it: a testing aid for waiting periods, rotation and expiry, read here and
+//! nowhere else. A release build always uses the real clock, so that nobody
+//! can pass a deletion waiting period early by setting a variable; it warns
+//! once when the variable is set.
 #![forbid(unsafe_code)]
 
 use super::KmsError;
 
-/// Name of the environment variable that overrides the clock.
+/// Name of the environment variable that overrides the clock (debug builds).
 pub const TEST_NOW_ENV: &str = "KMSFS_TEST_NOW";
 
-/// Seconds since the Unix epoch, from `KMSFS_TEST_NOW` when set.
+/// True when this build honours `KMSFS_TEST_NOW` (debug builds only).
+pub const HONOURS_TEST_NOW: bool = cfg!(debug_assertions);
+
+/// Seconds since the Unix epoch: the real clock, or in debug builds
+/// `KMSFS_TEST_NOW` when set.
 pub fn now() -> Result<i64, KmsError> {
-    match std::env::var(TEST_NOW_ENV) {
-        Ok(s) => parse_rfc3339(&s).ok_or_else(|| {
+    now_with(std::env::var(TEST_NOW_ENV).ok())
+}
+
+/// `now` given the value of `KMSFS_TEST_NOW` (None: unset).
+fn now_with(test_now: Option<String>) -> Result<i64, KmsError> {
+    match test_now {
+        Some(s) if HONOURS_TEST_NOW => parse_rfc3339(&s).ok_or_else(|| {
             KmsError::Validation(format!(
                 "{TEST_NOW_ENV}={s:?} is not an RFC 3339 time such as 2030-01-01T00:00:00Z"
             ))
         }),
-        Err(_) => Ok(std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0)),
+        Some(_) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                log::warn!(
+                    "{TEST_NOW_ENV} is set but ignored: only debug builds (tests) honour it; \
+                     this release build uses the real clock"
+                );
+            });
+            Ok(real_now())
+        }
+        None => Ok(real_now()),
     }
+}
+
+fn real_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Days from the civil date to 1970-01-01 (Howard Hinnant's algorithm).
@@ -123,6 +149,26 @@ mod tests {
         assert_eq!(format_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         for t in [0i64, 86_399, 951_782_400, 4_102_444_800, 1_234_567_890] {
             assert_eq!(parse_rfc3339(&format_rfc3339(t)), Some(t));
+        }
+    }
+
+    /// The test clock in debug builds: `cargo test` (what scripts/test.sh runs).
+    #[cfg(debug_assertions)]
+    #[test]
+    fn debug_builds_honour_the_test_clock() {
+        let t = now_with(Some("2001-09-09T01:46:40Z".into())).unwrap();
+        assert_eq!(t, 1_000_000_000);
+        assert!(now_with(Some("soon".into())).is_err());
+        assert!(now_with(None).unwrap() > 1_700_000_000);
+    }
+
+    /// A release build ignores it: runs under `cargo test --release --lib clock`.
+    #[cfg(not(debug_assertions))]
+    #[test]
+    fn release_builds_ignore_the_test_clock() {
+        for v in ["2001-09-09T01:46:40Z", "2099-01-01T00:00:00Z", "soon"] {
+            let t = now_with(Some(v.into())).unwrap();
+            assert!(t > 1_700_000_000 && t < 4_000_000_000, "{v}: {t}");
         }
     }
 
