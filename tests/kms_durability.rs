@@ -377,3 +377,51 @@ fn a_writer_gives_up_on_a_lock_held_too_long() {
     drop(lock);
     ks.create_key();
 }
+
+/// Sets the Argon2id passes in a keystore file's header (offset 31, see
+/// docs/KEYSTORE.md) and recomputes the SHA-256 trailer, as anyone who can
+/// write the file can: the header is authenticated only by the key it derives.
+fn set_argon2_passes(path: &std::path::Path, t: u32) {
+    let mut b = std::fs::read(path).unwrap();
+    b[31..35].copy_from_slice(&t.to_be_bytes());
+    let n = b.len() - 32;
+    let sum = kmsfs::crypto::sha256(&[&b[..n]]);
+    b[n..].copy_from_slice(&sum);
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn argon2_parameters_kmsfs_never_writes_are_refused_before_deriving() {
+    let ks = Ks::empty();
+    let pass = [("KMSFS_PASSPHRASE", "correct horse")];
+    ok(ks.run_env(&["init", "--with-passphrase"], &pass), &["init"]);
+    ok(ks.run_env(&["kms", "create-key"], &pass), &["create-key"]);
+    // One pass more than kmsfs writes: cheap to derive here (so the test
+    // cannot hang without the check), yet never written by kmsfs. A costlier
+    // header (4 GiB, 64 passes) is refused by the same check.
+    set_argon2_passes(&ks.keystore_file(), 4);
+    let out = ks.run_env(&["kms", "list-keys"], &pass);
+    let err = ok_stderr(out);
+    assert!(
+        err.contains("Argon2id parameters")
+            && err.contains("READ-ONLY from the previous generation"),
+        "a changed header is damage: fall back to keystore.prev: {err}"
+    );
+    set_argon2_passes(&ks.prev_file(), 4);
+    let before = snapshot(&ks.path);
+    let out = ks.run_env(&["kms", "list-keys"], &pass);
+    let err = fails(&out, EXIT_KEYSTORE, "which kmsfs never writes");
+    assert!(!err.contains("wrong passphrase"), "{err}");
+    assert_eq!(
+        snapshot(&ks.path),
+        before,
+        "a refused open changed the keystore"
+    );
+}
+
+/// Requires success; returns stderr.
+fn ok_stderr(out: std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "failed: {err}");
+    err
+}

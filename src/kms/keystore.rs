@@ -75,17 +75,35 @@ impl Default for Argon2Params {
 }
 
 impl Argon2Params {
-    fn validate(&self) -> Result<(), KmsError> {
-        if self.m_kib < 8 * self.p.max(1)
-            || self.m_kib > 4 << 20
+    /// The most work kmsfs accepts: what it writes (`default`). The header
+    /// that carries the parameters is authenticated only by the key they
+    /// derive, so they are checked before deriving: anyone who can write the
+    /// keystore could otherwise make every open run Argon2id for minutes (the
+    /// algorithm allows terabytes and 2^32 passes). Lower costs are accepted
+    /// (a lowered cost in a changed header only derives a key that fails the
+    /// verifier). Lanes split the same memory, so up to 4 add no work.
+    pub const MAX: Argon2Params = Argon2Params {
+        m_kib: 64 * 1024,
+        t: 3,
+        p: 4,
+    };
+
+    /// Checks the parameters against `MAX` and the algorithm's own minimums
+    /// (at least 8 KiB per lane, one pass, one lane).
+    pub fn validate(&self) -> Result<(), KmsError> {
+        let max = Self::MAX;
+        if self.p == 0
+            || self.p > max.p
+            || self.m_kib < 8 * self.p
+            || self.m_kib > max.m_kib
             || self.t == 0
-            || self.t > 64
-            || self.p == 0
-            || self.p > 16
+            || self.t > max.t
         {
             return Err(KmsError::CorruptKeystore(format!(
-                "keystore header has implausible Argon2id parameters m={} KiB t={} p={}",
-                self.m_kib, self.t, self.p
+                "the keystore header asks for Argon2id parameters m={} KiB t={} p={}, which \
+                 kmsfs never writes (at most m={} KiB t={} p={}): the header was changed; \
+                 refused before deriving any key, nothing was changed",
+                self.m_kib, self.t, self.p, max.m_kib, max.t, max.p
             )));
         }
         Ok(())
@@ -792,9 +810,14 @@ pub fn create(
             let salt =
                 crypto::random_array::<16>().map_err(|e| KmsError::Internal(e.to_string()))?;
             let mode = RootMode::Passphrase { params, salt };
-            params
-                .validate()
-                .map_err(|_| KmsError::Validation("Argon2id parameters out of range".into()))?;
+            params.validate().map_err(|_| {
+                let max = Argon2Params::MAX;
+                KmsError::Validation(format!(
+                    "Argon2id parameters m={} KiB t={} p={} are out of range (at most m={} KiB \
+                     t={} p={}, at least 8 KiB per lane): kmsfs would refuse to open the keystore",
+                    params.m_kib, params.t, params.p, max.m_kib, max.t, max.p
+                ))
+            })?;
             RootKey::obtain(dir, mode, &|| Ok(passphrase.clone()))?
         }
     };
@@ -903,6 +926,40 @@ mod tests {
             t: 1,
             p: 1,
         }
+    }
+
+    #[test]
+    fn argon2_parameters_beyond_what_kmsfs_writes_are_refused() {
+        let ok = |m_kib, t, p| Argon2Params { m_kib, t, p }.validate().is_ok();
+        assert!(ok(64 * 1024, 3, 1), "the default");
+        assert!(ok(64, 1, 1), "cheaper, as tests use");
+        assert!(ok(64 * 1024, 3, 4));
+        for (m, t, p) in [
+            (64 * 1024 + 1, 3, 1),
+            (64 * 1024, 4, 1),
+            (4 << 20, 64, 1),
+            (u32::MAX, u32::MAX, 1),
+            (64 * 1024, 3, 5),
+            (64 * 1024, 0, 1),
+            (64 * 1024, 3, 0),
+            (31, 1, 4),
+        ] {
+            let e = Argon2Params { m_kib: m, t, p }.validate().unwrap_err();
+            assert!(matches!(e, KmsError::CorruptKeystore(_)), "{m} {t} {p}");
+            assert!(e.to_string().contains("never writes"), "{e}");
+        }
+        // Never written either.
+        let t = tempfile::tempdir().unwrap();
+        let dir = KeystoreDir::new(t.path().join("ks"));
+        let params = Argon2Params {
+            m_kib: 128 * 1024,
+            t: 3,
+            p: 1,
+        };
+        let passphrase = SecretBytes::new(b"pw".to_vec());
+        let e = create(&dir, CreateMode::Passphrase { passphrase, params }).unwrap_err();
+        assert!(matches!(e, KmsError::Validation(_)), "{e}");
+        assert!(!dir.file(CURRENT_FILE).exists());
     }
 
     fn sample(dir: &KeystoreDir) -> ([u8; 16], RootKey, Vec<u8>, String) {
