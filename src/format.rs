@@ -317,6 +317,21 @@ pub fn is_valid_backing_size(backing_len: u64) -> bool {
         && backing_size_from_plain(plain_size_from_backing(backing_len)) == backing_len
 }
 
+/// The size the mount shows for a backing file of `backing_len` bytes: the
+/// plaintext size, except that a damaged tail with no plaintext before it (a
+/// header plus 1 to 28 bytes) shows as 1 byte. The kernel never asks for the
+/// content of a 0-byte file, so that file would read as empty; shown as 1
+/// byte, reading it reaches its damaged end and fails (EIO), as reading any
+/// other damaged end does and as `unseal` refuses it.
+pub fn shown_size(backing_len: u64) -> u64 {
+    let plain = plain_size_from_backing(backing_len);
+    if plain == 0 && backing_len > HEADER_LEN && !is_valid_backing_size(backing_len) {
+        1
+    } else {
+        plain
+    }
+}
+
 /// Backing offset where block `index` starts.
 pub fn block_backing_offset(index: u64) -> u64 {
     HEADER_LEN + index * CIPHER_BLOCK_SIZE
@@ -443,6 +458,22 @@ mod tests {
         assert_eq!(plain_size_from_backing(10), 0);
         assert!(backing_size_from_plain(MAX_PLAIN_SIZE) <= i64::MAX as u64);
         assert!(backing_size_from_plain(MAX_PLAIN_SIZE + 4096) > i64::MAX as u64);
+    }
+
+    #[test]
+    fn only_a_damaged_tail_alone_shows_a_byte_more() {
+        for tail in 1..=BLOCK_OVERHEAD {
+            assert_eq!(shown_size(HEADER_LEN + tail), 1, "tail {tail}");
+            let after_a_block = HEADER_LEN + CIPHER_BLOCK_SIZE + tail;
+            assert_eq!(shown_size(after_a_block), BLOCK_SIZE, "tail {tail}");
+        }
+        for plain in [0, 1, 4095, 4096, 4097, 1 << 20] {
+            assert_eq!(shown_size(backing_size_from_plain(plain)), plain);
+        }
+        // Shorter than a header: no header to read (docs/MOUNT.md, limits).
+        for len in [0, 10, HEADER_LEN - 1] {
+            assert_eq!(shown_size(len), 0);
+        }
     }
 
     #[test]

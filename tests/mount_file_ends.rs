@@ -26,6 +26,7 @@ fn cut_or_zero_extended_backing_files_give_eio_at_their_end() {
     let data: Vec<u8> = (0..(8192 + 100)).map(|i| (i % 251) as u8).collect();
     std::fs::write(m.p("cut"), &data).unwrap();
     std::fs::write(m.p("ext"), &data[..8192]).unwrap();
+    std::fs::write(m.p("tail"), &data[..100]).unwrap();
     m.unmount();
     let backing_len = |name: &str| std::fs::metadata(m.b(name)).unwrap().len();
     let cut = std::fs::OpenOptions::new()
@@ -38,6 +39,12 @@ fn cut_or_zero_extended_backing_files_give_eio_at_their_end() {
         .open(m.b("ext"))
         .unwrap();
     ext.set_len(backing_len("ext") + 500).unwrap();
+    // Cut to the header plus 12 bytes: a damaged tail and no plaintext at all.
+    let tail = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.b("tail"))
+        .unwrap();
+    tail.set_len(kmsfs::format::HEADER_LEN + 12).unwrap();
     m.mount();
 
     assert_eq!(
@@ -49,6 +56,11 @@ fn cut_or_zero_extended_backing_files_give_eio_at_their_end() {
         read_all(&m.p("ext")),
         Err(libc::EIO),
         "zero-extended file read to its end"
+    );
+    assert_eq!(
+        read_all(&m.p("tail")),
+        Err(libc::EIO),
+        "a damaged tail alone read as an empty file"
     );
     // What is before the damage still reads.
     let f = File::open(m.p("cut")).unwrap();

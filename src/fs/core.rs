@@ -128,7 +128,7 @@ pub fn kind_of(m: &Metadata) -> FileType {
 pub fn attr_of(ino: u64, m: &Metadata) -> FileAttr {
     let kind = kind_of(m);
     let (size, blocks) = if kind == FileType::RegularFile {
-        let plain = format::plain_size_from_backing(m.len());
+        let plain = format::shown_size(m.len());
         // Scale the allocated blocks by the plaintext share, so du stays sensible.
         let blocks = if m.len() == 0 {
             0
