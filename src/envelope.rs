@@ -240,6 +240,23 @@ impl EncryptedFile {
         ))
     }
 
+    /// The error of a read that reaches the end of a file whose backing size
+    /// kmsfs cannot produce (cut or extended outside kmsfs).
+    fn damaged_end(size: u64) -> EnvelopeError {
+        EnvelopeError::CorruptBlock {
+            block: format::block_count(size),
+        }
+    }
+
+    /// The plaintext size, refusing (as every read reaching the end does) a
+    /// backing size that kmsfs cannot produce: for a reader of the whole file.
+    pub fn checked_plain_size(&self) -> Result<u64, EnvelopeError> {
+        match self.sized()? {
+            (size, true) => Ok(size),
+            (size, false) => Err(Self::damaged_end(size)),
+        }
+    }
+
     /// Fails with EFBIG before anything is written when `end` is past the
     /// largest file the backing file system can hold.
     fn check_limit(end: u64) -> Result<(), EnvelopeError> {
@@ -279,9 +296,7 @@ impl EncryptedFile {
         let (size, valid) = self.sized()?;
         if !valid && offset.saturating_add(buf.len() as u64) >= size {
             // A read that reaches the end of a cut or extended file.
-            return Err(EnvelopeError::CorruptBlock {
-                block: format::block_count(size),
-            });
+            return Err(Self::damaged_end(size));
         }
         if offset >= size || buf.is_empty() {
             return Ok(0);
@@ -534,7 +549,9 @@ pub fn seal(
 }
 
 /// Decrypts the encrypted file `input` (sealed, or a backing file of a
-/// mount) into `output`; returns the plaintext bytes written. Fails on the
+/// mount) into `output`; returns the plaintext bytes written. Refuses what a
+/// read through the mount refuses: a backing size kmsfs cannot produce (a cut
+/// or extended tail) before writing anything, and otherwise fails on the
 /// first block that does not authenticate; what was written before stays.
 pub fn unseal(
     input: File,
@@ -543,7 +560,7 @@ pub fn unseal(
     caller: &Caller,
 ) -> Result<u64, EnvelopeError> {
     let enc = EncryptedFile::open(input, ks, caller)?;
-    let size = enc.plain_size()?;
+    let size = enc.checked_plain_size()?;
     let mut buf = Zeroizing::new(vec![0u8; (STREAM_BLOCKS * BLOCK_SIZE) as usize]);
     let mut pos = 0u64;
     while pos < size {

@@ -94,3 +94,67 @@ fn seal_under_another_key_and_tamper() {
     );
     assert!(!out.exists(), "a partial plaintext was left behind");
 }
+
+/// `unseal` refuses exactly what a read through the mount refuses: a file cut
+/// to its header plus 12 garbage bytes (a tail too short to be a block) gave
+/// an empty plaintext and exit 0 while the mount gave EIO. A refusal leaves
+/// no output file and writes nothing to stdout.
+#[test]
+fn unseal_refuses_the_damaged_tails_the_mount_refuses() {
+    let Some(m) = Mount::new("seal_tails") else {
+        return;
+    };
+    let seal = |name: &str, len: usize| -> Vec<u8> {
+        let input = m.tmp.path().join(format!("{name}.in"));
+        fs::write(&input, vec![0x61u8; len]).unwrap();
+        let out = m.tmp.path().join(format!("{name}.sealed"));
+        m.ok(&["seal", input.to_str().unwrap(), out.to_str().unwrap()]);
+        fs::read(out).unwrap()
+    };
+    let header = kmsfs::format::HEADER_LEN as usize;
+    let block = kmsfs::format::CIPHER_BLOCK_SIZE as usize;
+    let garbage = [0x9du8; 12];
+    let empty = seal("empty", 0);
+    let two = seal("two", 8192);
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        (
+            "header-and-12",
+            [&two[..header], &garbage[..]].concat(),
+            false,
+        ),
+        (
+            "block-and-12",
+            [&two[..header + block], &garbage[..]].concat(),
+            false,
+        ),
+        ("empty", empty, true),
+        ("two-blocks", two.clone(), true),
+    ];
+    for (name, bytes, good) in cases {
+        fs::write(m.b(name), &bytes).unwrap();
+        let through_mount = fs::read(m.p(name));
+        match &through_mount {
+            Ok(_) => assert!(good, "{name}: the mount read a damaged file"),
+            Err(e) => assert_eq!((e.raw_os_error(), good), (Some(libc::EIO), false), "{name}"),
+        }
+        let out = m.tmp.path().join(format!("{name}.out"));
+        let o = m.run(&["unseal", m.b(name).to_str().unwrap(), out.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        let to_stdout = m.run(&["unseal", m.b(name).to_str().unwrap(), "-"]);
+        if good {
+            assert!(o.status.success(), "{name}: {err}");
+            assert_eq!(fs::read(&out).unwrap(), through_mount.unwrap(), "{name}");
+            assert!(to_stdout.status.success(), "{name}");
+        } else {
+            assert_eq!(
+                o.status.code(),
+                Some(5),
+                "{name}: unseal accepted it: {err}"
+            );
+            assert!(err.contains("block"), "{name}: {err}");
+            assert!(!out.exists(), "{name}: a partial plaintext was left behind");
+            assert_eq!(to_stdout.status.code(), Some(5), "{name}");
+            assert!(to_stdout.stdout.is_empty(), "{name}: wrote to stdout");
+        }
+    }
+}
