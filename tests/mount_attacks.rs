@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Child, Output, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::{Mount, TestUser, TestUsers};
 
@@ -288,4 +288,113 @@ print(leaks, own, errors)
     assert!(swapped.parse::<u64>().unwrap() > 0, "no exchange happened");
     assert!(counts[1] + counts[2] > 0, "A's reader never ran");
     assert_eq!(counts[0], 0, "A read B's 0600 file through the mount");
+}
+
+/// Issue 6, item 2: A holds its file (under key KA, whose policy denies B
+/// kms:Decrypt) open; B, who can write the backing file (0666), copies the
+/// header of a file under its own key KB over it and opens the file through
+/// the mount. The open (and a truncate by path) must be refused: what would
+/// serve B is A's open state, with KA's data key, which B may not use.
+#[test]
+fn a_header_swapped_under_an_open_file_does_not_bypass_a_policy_deny() {
+    let Some((m, users)) = setup("hdrswap") else {
+        return;
+    };
+    let Some(python) = common::python3("hdrswap") else {
+        return;
+    };
+    let (a, b) = (&users.a, &users.b);
+    // KA is the mount's key (files made through the mount use it); B may
+    // not decrypt under it. KB is B's own key, with no policy.
+    let policy = format!(
+        r#"{{"Statement":[{{"Effect":"Allow","Principal":"*","Action":"kms:*"}},
+        {{"Effect":"Deny","Principal":{{"kmsfs":"uid:{}"}},"Action":"kms:Decrypt"}}]}}"#,
+        b.uid
+    );
+    m.ok(&[
+        "kms",
+        "put-key-policy",
+        "--key-id",
+        "alias/kmsfs/default",
+        "--policy",
+        &policy,
+    ]);
+    let kb: serde_json::Value =
+        serde_json::from_str(&m.ok(&["--output", "json", "kms", "create-key"])).unwrap();
+    let kb = kb["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    // A file under KB, B's to read: its header is what B copies.
+    let plain_b = m.tmp.path().join("b-plain");
+    let sealed_b = m.tmp.path().join("b-sealed");
+    fs::write(&plain_b, b"B's own data").unwrap();
+    m.ok(&[
+        "seal",
+        plain_b.to_str().unwrap(),
+        sealed_b.to_str().unwrap(),
+        "--key-id",
+        &kb,
+    ]);
+    std::os::unix::fs::chown(&sealed_b, Some(b.uid), Some(b.gid)).unwrap();
+    // A's file, writable by everyone in the backing directory.
+    ok_as(
+        a,
+        &m.p("shared"),
+        &format!("printf %s '{SECRET}' > held && chmod 666 held"),
+    );
+    // B is refused as long as the header is A's.
+    let o = b.sh(&m.p("shared"), "cat held");
+    assert!(!o.status.success(), "B opened A's file: {}", text(&o));
+    // A holds the file open.
+    let mut holder = a
+        .command(&m.p("shared"), "sh")
+        .arg("-c")
+        .arg("exec sleep 60 < held")
+        .spawn()
+        .unwrap();
+    let fd0 = format!("/proc/{}/fd/0", holder.id());
+    let t0 = Instant::now();
+    while fs::read_link(&fd0)
+        .map(|p| !p.ends_with("shared/held"))
+        .unwrap_or(true)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "A's holder never opened the file"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // B swaps the header in the backing file, then opens through the mount,
+    // reads, and truncates by path.
+    let backing = m.b("shared/held");
+    let len_before = fs::metadata(&backing).unwrap().len();
+    ok_as(
+        b,
+        &m.b("shared"),
+        &format!(
+            "dd if={} of=held bs=1024 count=1 conv=notrunc status=none",
+            sealed_b.display()
+        ),
+    );
+    let read = b.sh(&m.p("shared"), "cat held");
+    let trunc = b.sh(
+        &m.p("shared"),
+        &format!("{python} -c \"import os; os.truncate('held', 0)\""),
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(
+        !common::contains(&read.stdout, MARK),
+        "B read A's plaintext through A's open state: {}",
+        text(&read)
+    );
+    assert!(
+        String::from_utf8_lossy(&read.stderr).contains("Permission denied"),
+        "B's open of A's file: {}",
+        text(&read)
+    );
+    assert!(
+        String::from_utf8_lossy(&trunc.stderr).contains("Permission denied"),
+        "B's truncate by path of A's file: {}",
+        text(&trunc)
+    );
+    assert_eq!(fs::metadata(&backing).unwrap().len(), len_before);
 }

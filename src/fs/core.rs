@@ -117,6 +117,15 @@ pub struct Checked {
     pub rel: PathBuf,
 }
 
+/// True when two headers hold the same file id and current wrapped key (so
+/// an open authorized against one may be served by a key from the other).
+fn same_key(a: &Header, b: &Header) -> bool {
+    fn wrapped(h: &Header) -> Option<&[u8]> {
+        h.active().map(|s| s.wrapped_key.as_slice())
+    }
+    a.file_id == b.file_id && wrapped(a) == wrapped(b)
+}
+
 /// Metadata of entry `name` of directory `dir` itself (a symlink is not
 /// followed).
 fn stat_at(dir: &File, name: &OsStr) -> Result<Metadata, Errno> {
@@ -362,11 +371,14 @@ impl KmsFs {
     }
 
     /// The check every open makes, for a file someone already has open:
-    /// `caller` may use its key now.
+    /// `caller` may use the key that will serve it, the one the open state
+    /// holds. That is the wrapped key of the header the state was opened
+    /// with, not of the header on disk now: whoever can write the backing
+    /// file can put there the header of a file under a key of their own,
+    /// which would pass the check while the state serves the holder's data
+    /// key.
     fn check_key(&self, existing: &OpenFile, caller: &Caller) -> Result<(), Errno> {
-        let header = EncryptedFile::read_header(existing.read().file())
-            .map_err(|e| envelope_errno(&e, existing.backing()))?;
-        self.file_key(&header, caller, existing.backing())?;
+        self.file_key(&existing.header(), caller, existing.backing())?;
         Ok(())
     }
 
@@ -409,14 +421,26 @@ impl KmsFs {
         } else {
             self.keyed(file, caller, &abs)?
         };
-        Ok(self.opens.attach(ino, || OpenFile::new(ef, abs)))
+        let mine = ef.header().clone();
+        let (f, fresh) = self.opens.attach(ino, || OpenFile::new(ef, abs));
+        // Another open made the state first: it serves this caller too, so
+        // the caller must be allowed its key (the header may have changed
+        // between that open's read and this one's).
+        if !fresh
+            && !same_key(&f.header(), &mine)
+            && let Err(e) = self.check_key(&f, caller)
+        {
+            self.opens.release(ino);
+            return Err(e);
+        }
+        Ok(f)
     }
 
     /// An existing encrypted file with its data key for `caller`.
     fn keyed(&self, file: File, caller: &Caller, abs: &Path) -> Result<EncryptedFile, Errno> {
         let header = EncryptedFile::read_header(&file).map_err(|e| envelope_errno(&e, abs))?;
         let key = self.file_key(&header, caller, abs)?;
-        Ok(EncryptedFile::with_key(file, key))
+        Ok(EncryptedFile::with_key(file, header, key))
     }
 
     /// Releases one handle of `ino`.
@@ -458,7 +482,8 @@ impl KmsFs {
         };
         let m = ef.file().metadata().map_err(|e| io_errno(&e))?;
         let attr = self.entry(&rel, &m);
-        let f = self.opens.attach(attr.ino.0, || OpenFile::new(ef, shown));
+        // A new backing file is a new node: the state is this one.
+        let (f, _) = self.opens.attach(attr.ino.0, || OpenFile::new(ef, shown));
         Ok((attr, f))
     }
 
@@ -668,13 +693,16 @@ mod tests {
     use crate::kms::{
         DataKey, DataKeySpec, Decrypted, Encrypted, EncryptionContext, KeyMetadata, KmsError,
     };
+    use std::os::unix::fs::FileExt;
     use std::sync::atomic::AtomicUsize;
 
-    /// TestKeys that count Decrypt calls and whose generation tests can bump.
+    /// TestKeys that count Decrypt calls, whose generation tests can bump,
+    /// and that can deny one uid the Decrypt of one wrapped key (a policy).
     struct Counting {
         inner: TestKeys,
         decrypts: AtomicUsize,
         generation: AtomicU64,
+        deny: Mutex<Option<(u32, Vec<u8>)>>,
     }
 
     impl KeyService for Counting {
@@ -695,6 +723,9 @@ mod tests {
             k: Option<&str>,
         ) -> Result<Decrypted, KmsError> {
             self.decrypts.fetch_add(1, Ordering::SeqCst);
+            if lock(&self.deny).as_ref() == Some(&(c.uid, b.to_vec())) {
+                return Err(KmsError::AccessDenied("denied by the test policy".into()));
+            }
             self.inner.decrypt(c, b, x, k)
         }
         fn encrypt(
@@ -741,6 +772,7 @@ mod tests {
             inner: TestKeys::new(),
             decrypts: AtomicUsize::new(0),
             generation: AtomicU64::new(1),
+            deny: Mutex::new(None),
         });
         let fs = KmsFs::new(FsConfig {
             backing: dir.path().to_path_buf(),
@@ -885,6 +917,49 @@ mod tests {
         assert_eq!(fs.getattr(b).unwrap().size, 16);
         let f = fs.open(b, &ROOT, false).unwrap();
         assert_eq!(f.read_at(0, 100).unwrap(), b"B's data, longer");
+    }
+
+    /// Issue 6, item 2: while one caller holds a file open, another who may
+    /// not use its key copies over it the header of a file it may use. Its
+    /// open (and truncate by path) would be served by the held state's data
+    /// key, so it is checked against that key: EACCES.
+    #[test]
+    fn an_open_is_authorized_against_the_key_that_serves_it() {
+        let (dir, ks, fs) = fs();
+        let held = made(&fs, "held", b"root's plaintext");
+        let _alices = made(&fs, "alices", b"alice may read this");
+        let header = |name: &str| {
+            let f = File::open(dir.path().join(name)).unwrap();
+            EncryptedFile::read_header(&f).unwrap()
+        };
+        let wrapped = header("held").active().unwrap().wrapped_key.clone();
+        *lock(&ks.deny) = Some((ALICE.uid, wrapped));
+        assert_eq!(fs.open(held, &ALICE, false).err(), Some(Errno::EACCES));
+        let state = fs.open(held, &ROOT, false).unwrap();
+        // Alice swaps the header in the backing file.
+        let mut hdr = vec![0u8; format::HEADER_LEN as usize];
+        File::open(dir.path().join("alices"))
+            .unwrap()
+            .read_exact_at(&mut hdr, 0)
+            .unwrap();
+        let backing = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("held"))
+            .unwrap();
+        backing.write_all_at(&hdr, 0).unwrap();
+        assert_eq!(fs.open(held, &ALICE, false).err(), Some(Errno::EACCES));
+        assert_eq!(
+            fs.truncate(held, 0, &ALICE, false).err(),
+            Some(Errno::EACCES)
+        );
+        // The holder keeps reading; a caller allowed the held key may open.
+        assert_eq!(state.read_at(0, 100).unwrap(), b"root's plaintext");
+        fs.open(held, &ROOT, false).unwrap();
+        fs.release(held);
+        fs.release(held);
+        // Opened afresh, the swapped header's key does not open the blocks.
+        let f = fs.open(held, &ALICE, false).unwrap();
+        assert_eq!(f.read_at(0, 100).err(), Some(Errno::EIO));
     }
 
     #[test]
