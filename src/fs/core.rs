@@ -261,15 +261,26 @@ impl KmsFs {
         } else {
             &rel
         };
-        let file = self.open_backing(p, flags, 0)?;
-        let meta = file.metadata().map_err(|e| io_errno(&e))?;
-        if backing_key(&meta) != key {
+        let stale = || {
             log::info!(
                 "{}: not the file the kernel knows as inode {ino} (replaced or renamed beside \
                  the mount); returning ESTALE",
                 self.shown(&rel).display()
             );
-            return Err(Errno::ESTALE);
+            Errno::ESTALE
+        };
+        let file = self.open_backing(p, flags, 0).map_err(|e| {
+            // A symlink, or an object of another type, where the node's
+            // object was: swapped as well.
+            if [Errno::ELOOP, Errno::ENOTDIR, Errno::EISDIR].contains(&e) {
+                stale()
+            } else {
+                e
+            }
+        })?;
+        let meta = file.metadata().map_err(|e| io_errno(&e))?;
+        if backing_key(&meta) != key {
+            return Err(stale());
         }
         Ok(Checked { file, meta, rel })
     }
@@ -897,10 +908,16 @@ mod tests {
             std::fs::rename(p(x), p(&format!("{x}.aside"))).unwrap();
             std::fs::rename(p(y), p(x)).unwrap();
         }
+        // And "c" a symlink.
+        let c = made(&fs, "c", b"");
+        std::fs::remove_file(dir.path().join("c")).unwrap();
+        std::os::unix::fs::symlink("a", dir.path().join("c")).unwrap();
         let b_len = std::fs::metadata(dir.path().join("a")).unwrap().len();
         let stale = Some(Errno::ESTALE);
         assert_eq!(fs.getattr(a).err(), stale);
         assert_eq!(fs.open(a, &ROOT, false).err(), stale);
+        assert_eq!(fs.getattr(c).err(), stale);
+        assert_eq!(fs.open(c, &ROOT, false).err(), stale);
         assert_eq!(fs.truncate(a, 0, &ROOT, false).err(), stale);
         assert_eq!(fs.lookup(da, OsStr::new("in-b")).err(), stale);
         assert_eq!(fs.opendir(da).err(), stale);
