@@ -121,12 +121,14 @@ impl FileKey {
     }
 }
 
-/// An open encrypted file: the backing file plus its data key. Methods take
+/// An open encrypted file: the backing file plus its data key, and the
+/// header that key was unwrapped from (or created with). Methods take
 /// `&self` and use positioned I/O; callers serialise writers against readers
 /// and each other (the mount holds a per-inode lock).
 #[derive(Debug)]
 pub struct EncryptedFile {
     file: File,
+    header: Header,
     key: Arc<FileKey>,
 }
 
@@ -163,6 +165,7 @@ impl EncryptedFile {
         )?;
         Ok(Self {
             file,
+            header,
             key: Arc::new(key),
         })
     }
@@ -207,12 +210,19 @@ impl EncryptedFile {
     pub fn open(file: File, ks: &dyn KeyService, caller: &Caller) -> Result<Self, EnvelopeError> {
         let header = Self::read_header(&file)?;
         let key = Self::unwrap_key(&header, ks, caller)?;
-        Ok(Self::with_key(file, Arc::new(key)))
+        Ok(Self::with_key(file, header, Arc::new(key)))
     }
 
-    /// An encrypted file over `file` whose key is already known (a cached key).
-    pub fn with_key(file: File, key: Arc<FileKey>) -> Self {
-        Self { file, key }
+    /// An encrypted file over `file` whose key, unwrapped from `header`, is
+    /// already known (a cached key).
+    pub fn with_key(file: File, header: Header, key: Arc<FileKey>) -> Self {
+        Self { file, header, key }
+    }
+
+    /// The header this file's data key came from (as read at open time:
+    /// the header on disk may have changed since).
+    pub fn header(&self) -> &Header {
+        &self.header
     }
 
     /// The file's data key.

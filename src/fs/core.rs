@@ -105,6 +105,35 @@ fn backing_key(m: &Metadata) -> BackingKey {
     (m.dev(), m.ino(), (kind << 48) ^ born)
 }
 
+/// A backing object opened for a FUSE inode and checked to be the one the
+/// inode stands for (`KmsFs::open_checked`).
+#[derive(Debug)]
+pub struct Checked {
+    /// The descriptor: act through it, not through the name.
+    pub file: File,
+    /// Its fstat.
+    pub meta: Metadata,
+    /// The name it was reached by, relative to the backing root.
+    pub rel: PathBuf,
+}
+
+/// True when two headers hold the same file id and current wrapped key (so
+/// an open authorized against one may be served by a key from the other).
+fn same_key(a: &Header, b: &Header) -> bool {
+    fn wrapped(h: &Header) -> Option<&[u8]> {
+        h.active().map(|s| s.wrapped_key.as_slice())
+    }
+    a.file_id == b.file_id && wrapped(a) == wrapped(b)
+}
+
+/// Metadata of entry `name` of directory `dir` itself (a symlink is not
+/// followed).
+fn stat_at(dir: &File, name: &OsStr) -> Result<Metadata, Errno> {
+    super::sys::open_node(dir, name)
+        .and_then(|n| n.metadata())
+        .map_err(|e| io_errno(&e))
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -204,54 +233,70 @@ impl KmsFs {
         self.cfg.backing.join(rel)
     }
 
-    /// The relative backing path of `ino` (ENOENT when unknown or unlinked).
-    pub fn rel(&self, ino: u64) -> Result<PathBuf, Errno> {
-        lock(&self.inodes)
-            .path(ino)
-            .map(Path::to_path_buf)
-            .ok_or(Errno::ENOENT)
-    }
-
     /// The backing directory's descriptor (below which every backing
     /// operation stays).
     pub fn root(&self) -> &File {
         &self.root
     }
 
-    /// The backing entry `rel` as its parent directory (an O_PATH descriptor
-    /// opened beneath the backing root, through no symlink) and its name, for
-    /// the *at system calls: whatever is swapped for a symlink in the backing
-    /// tree meanwhile, they act on an entry beneath the backing root and never
-    /// through a final symlink. The root itself is "." in itself.
-    pub fn at(&self, rel: &Path) -> Result<(File, OsString), Errno> {
-        let (dir, name) = match (rel.parent(), rel.file_name()) {
-            (Some(dir), Some(name)) => (dir, name.to_os_string()),
-            _ => (Path::new(""), OsString::from(".")),
-        };
-        let dir = super::sys::open_dir_beneath(&self.root, dir).map_err(|e| io_errno(&e))?;
-        Ok((dir, name))
-    }
-
-    /// Metadata of the backing entry `rel` itself (a symlink is not followed;
-    /// no path component may be a symlink or leave the backing root).
-    pub fn stat(&self, rel: &Path) -> Result<Metadata, Errno> {
+    /// Opens the backing object that FUSE inode `ino` stands for, with
+    /// `flags` (O_PATH: a handle to stat it and change it through), beneath
+    /// the backing root and through no symlink, and checks with an fstat of
+    /// that very descriptor that it is that object: same device, inode
+    /// number, type and birth time (`backing_key`). The kernel checked the
+    /// caller's permissions against the attributes of the object it knows as
+    /// `ino`, while the name it had can lead elsewhere by now (renamed or
+    /// replaced in the backing directory by anyone who may write there):
+    /// then ESTALE, so that the kernel looks the name up again and checks
+    /// the permissions of what is there now. Whatever the caller then does,
+    /// it does through the returned descriptor, so the object checked is the
+    /// object used. A node with no name left is ENOENT.
+    pub fn open_checked(&self, ino: u64, flags: i32) -> Result<Checked, Errno> {
+        let (rel, key) = lock(&self.inodes)
+            .node(ino)
+            .map(|(p, k)| (p.to_path_buf(), k))
+            .ok_or(Errno::ENOENT)?;
         let p = if rel.as_os_str().is_empty() {
             Path::new(".")
         } else {
-            rel
+            &rel
         };
-        self.open_backing(p, libc::O_PATH, 0)?
-            .metadata()
-            .map_err(|e| io_errno(&e))
+        let stale = || {
+            log::info!(
+                "{}: not the file the kernel knows as inode {ino} (replaced or renamed beside \
+                 the mount); returning ESTALE",
+                self.shown(&rel).display()
+            );
+            Errno::ESTALE
+        };
+        let file = self.open_backing(p, flags, 0).map_err(|e| {
+            // A symlink, or an object of another type, where the node's
+            // object was: swapped as well.
+            if [Errno::ELOOP, Errno::ENOTDIR, Errno::EISDIR].contains(&e) {
+                stale()
+            } else {
+                e
+            }
+        })?;
+        let meta = file.metadata().map_err(|e| io_errno(&e))?;
+        if backing_key(&meta) != key {
+            return Err(stale());
+        }
+        Ok(Checked { file, meta, rel })
     }
 
-    /// The relative path of `name` in directory `parent`.
-    pub fn child(&self, parent: u64, name: &OsStr) -> Result<PathBuf, Errno> {
+    /// Entry `name` of directory `parent`: the directory, opened as an O_PATH
+    /// descriptor and checked to be `parent` (`open_checked`), for the *at
+    /// system calls; `name` itself; and the entry's relative backing path.
+    /// A name with a slash, empty, "." or ".." is EINVAL.
+    pub fn in_dir(&self, parent: u64, name: &OsStr) -> Result<(File, OsString, PathBuf), Errno> {
         if name.is_empty() || name == "." || name == ".." || name.as_encoded_bytes().contains(&b'/')
         {
             return Err(Errno::EINVAL);
         }
-        Ok(self.rel(parent)?.join(name))
+        let dir = self.open_checked(parent, libc::O_PATH | libc::O_DIRECTORY)?;
+        let rel = dir.rel.join(name);
+        Ok((dir.file, name.to_os_string(), rel))
     }
 
     /// Registers `rel` (just looked up or created) with one lookup reference.
@@ -260,10 +305,11 @@ impl KmsFs {
         attr_of(ino, m)
     }
 
-    /// Looks up `name` in `parent` for the kernel.
+    /// Looks up `name` in `parent` for the kernel: the entry itself (a
+    /// symlink is not followed) in the directory checked to be `parent`.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
-        let rel = self.child(parent, name)?;
-        let m = self.stat(&rel)?;
+        let (dir, name, rel) = self.in_dir(parent, name)?;
+        let m = stat_at(&dir, &name)?;
         Ok(self.entry(&rel, &m))
     }
 
@@ -278,7 +324,7 @@ impl KmsFs {
         if let Some(f) = self.opens.get(ino) {
             return f.metadata();
         }
-        self.stat(&self.rel(ino)?)
+        Ok(self.open_checked(ino, libc::O_PATH)?.meta)
     }
 
     /// Attributes of `ino`.
@@ -336,11 +382,14 @@ impl KmsFs {
     }
 
     /// The check every open makes, for a file someone already has open:
-    /// `caller` may use its key now.
+    /// `caller` may use the key that will serve it, the one the open state
+    /// holds. That is the wrapped key of the header the state was opened
+    /// with, not of the header on disk now: whoever can write the backing
+    /// file can put there the header of a file under a key of their own,
+    /// which would pass the check while the state serves the holder's data
+    /// key.
     fn check_key(&self, existing: &OpenFile, caller: &Caller) -> Result<(), Errno> {
-        let header = EncryptedFile::read_header(existing.read().file())
-            .map_err(|e| envelope_errno(&e, existing.backing()))?;
-        self.file_key(&header, caller, existing.backing())?;
+        self.file_key(&existing.header(), caller, existing.backing())?;
         Ok(())
     }
 
@@ -359,15 +408,13 @@ impl KmsFs {
     }
 
     fn open_fresh(&self, ino: u64, caller: &Caller) -> Result<Arc<OpenFile>, Errno> {
-        let rel = self.rel(ino)?;
         let acc = if self.cfg.read_only {
             libc::O_RDONLY
         } else {
             libc::O_RDWR
         };
-        let file = self.open_backing(&rel, acc, 0)?;
+        let Checked { file, meta: m, rel } = self.open_checked(ino, acc)?;
         let abs = self.shown(&rel);
-        let m = file.metadata().map_err(|e| io_errno(&e))?;
         if m.is_dir() {
             return Err(Errno::EISDIR);
         }
@@ -385,14 +432,26 @@ impl KmsFs {
         } else {
             self.keyed(file, caller, &abs)?
         };
-        Ok(self.opens.attach(ino, || OpenFile::new(ef, abs)))
+        let mine = ef.header().clone();
+        let (f, fresh) = self.opens.attach(ino, || OpenFile::new(ef, abs));
+        // Another open made the state first: it serves this caller too, so
+        // the caller must be allowed its key (the header may have changed
+        // between that open's read and this one's).
+        if !fresh
+            && !same_key(&f.header(), &mine)
+            && let Err(e) = self.check_key(&f, caller)
+        {
+            self.opens.release(ino);
+            return Err(e);
+        }
+        Ok(f)
     }
 
     /// An existing encrypted file with its data key for `caller`.
     fn keyed(&self, file: File, caller: &Caller, abs: &Path) -> Result<EncryptedFile, Errno> {
         let header = EncryptedFile::read_header(&file).map_err(|e| envelope_errno(&e, abs))?;
         let key = self.file_key(&header, caller, abs)?;
-        Ok(EncryptedFile::with_key(file, key))
+        Ok(EncryptedFile::with_key(file, header, key))
     }
 
     /// Releases one handle of `ino`.
@@ -408,9 +467,8 @@ impl KmsFs {
         mode: u32,
         caller: &Caller,
     ) -> Result<(FileAttr, Arc<OpenFile>), Errno> {
-        let rel = self.child(parent, name)?;
+        let (dir, name, rel) = self.in_dir(parent, name)?;
         let shown = self.shown(&rel);
-        let (dir, name) = self.at(&rel)?;
         let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
         let file = super::sys::open_beneath(&dir, Path::new(&name), flags, mode & 0o7777)
             .map_err(|e| io_errno(&e))?;
@@ -435,7 +493,8 @@ impl KmsFs {
         };
         let m = ef.file().metadata().map_err(|e| io_errno(&e))?;
         let attr = self.entry(&rel, &m);
-        let f = self.opens.attach(attr.ino.0, || OpenFile::new(ef, shown));
+        // A new backing file is a new node: the state is this one.
+        let (f, _) = self.opens.attach(attr.ino.0, || OpenFile::new(ef, shown));
         Ok((attr, f))
     }
 
@@ -521,15 +580,11 @@ impl KmsFs {
 
     /// Takes a snapshot of directory `ino` for readdir; returns its handle.
     pub fn opendir(&self, ino: u64) -> Result<u64, Errno> {
-        let rel = self.rel(ino)?;
-        let p = if rel.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            &rel
-        };
-        // Opened beneath the root through no symlink, then listed through
-        // /proc: the listing is of exactly that directory.
-        let dir = self.open_backing(p, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        // Opened beneath the root through no symlink, checked to be `ino`,
+        // then listed through /proc: the listing is of exactly that directory.
+        let dir = self
+            .open_checked(ino, libc::O_RDONLY | libc::O_DIRECTORY)?
+            .file;
         let listed = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
         let mut entries = Vec::new();
         for e in std::fs::read_dir(&listed).map_err(|e| io_errno(&e))? {
@@ -556,17 +611,19 @@ impl KmsFs {
         lock(&self.dirs).remove(&fh);
     }
 
-    /// For readdirplus: the attributes of `name` in directory `rel`, with the
-    /// node registered; `add` says whether the kernel took the entry (only
-    /// then does it count as a lookup).
+    /// For readdirplus: the attributes of `name` in directory `dir` (checked
+    /// to be the directory listed, reached by `dir_rel`), with the node
+    /// registered; `add` says whether the kernel took the entry (only then
+    /// does it count as a lookup).
     pub fn dir_entry_plus(
         &self,
+        dir: &File,
         dir_rel: &Path,
         name: &OsStr,
         add: impl FnOnce(&FileAttr) -> bool,
     ) -> Result<bool, Errno> {
         let rel = dir_rel.join(name);
-        let m = self.stat(&rel)?;
+        let m = stat_at(dir, name)?;
         let mut t = lock(&self.inodes);
         let ino = t.resolve(&rel, backing_key(&m), m.is_dir());
         let attr = attr_of(ino, &m);
@@ -647,13 +704,16 @@ mod tests {
     use crate::kms::{
         DataKey, DataKeySpec, Decrypted, Encrypted, EncryptionContext, KeyMetadata, KmsError,
     };
+    use std::os::unix::fs::FileExt;
     use std::sync::atomic::AtomicUsize;
 
-    /// TestKeys that count Decrypt calls and whose generation tests can bump.
+    /// TestKeys that count Decrypt calls, whose generation tests can bump,
+    /// and that can deny one uid the Decrypt of one wrapped key (a policy).
     struct Counting {
         inner: TestKeys,
         decrypts: AtomicUsize,
         generation: AtomicU64,
+        deny: Mutex<Option<(u32, Vec<u8>)>>,
     }
 
     impl KeyService for Counting {
@@ -674,6 +734,9 @@ mod tests {
             k: Option<&str>,
         ) -> Result<Decrypted, KmsError> {
             self.decrypts.fetch_add(1, Ordering::SeqCst);
+            if lock(&self.deny).as_ref() == Some(&(c.uid, b.to_vec())) {
+                return Err(KmsError::AccessDenied("denied by the test policy".into()));
+            }
             self.inner.decrypt(c, b, x, k)
         }
         fn encrypt(
@@ -720,6 +783,7 @@ mod tests {
             inner: TestKeys::new(),
             decrypts: AtomicUsize::new(0),
             generation: AtomicU64::new(1),
+            deny: Mutex::new(None),
         });
         let fs = KmsFs::new(FsConfig {
             backing: dir.path().to_path_buf(),
@@ -810,6 +874,109 @@ mod tests {
         // The holder's own handle (ftruncate) keeps working, as its writes do.
         fs.truncate(ino, 2, &ROOT, true).unwrap();
         assert_eq!(fs.open_state(ino).unwrap().read_at(0, 10).unwrap(), b"ke");
+    }
+
+    /// Makes `name` in the root with `content`, looked up once; its inode.
+    fn made(fs: &KmsFs, name: &str, content: &[u8]) -> u64 {
+        let (attr, f) = fs
+            .create(ROOT_INO_FOR_TESTS, OsStr::new(name), 0o666, &ROOT)
+            .unwrap();
+        f.write_at(content, 0).unwrap();
+        fs.release(attr.ino.0);
+        attr.ino.0
+    }
+
+    /// Issue 6, item 1: a node whose name now leads to another backing file
+    /// (renamed or replaced beside the mount) is ESTALE for everything that
+    /// would act on that other file, and the other file is left alone.
+    #[test]
+    fn a_node_whose_name_leads_to_another_file_is_stale() {
+        let (dir, _ks, fs) = fs();
+        let a = made(&fs, "a", b"A's data");
+        let b = made(&fs, "b", b"B's data, longer");
+        std::fs::create_dir(dir.path().join("da")).unwrap();
+        std::fs::create_dir(dir.path().join("db")).unwrap();
+        std::fs::write(dir.path().join("db/in-b"), b"").unwrap();
+        let da = fs
+            .lookup(ROOT_INO_FOR_TESTS, OsStr::new("da"))
+            .unwrap()
+            .ino
+            .0;
+        // "a" now names B's file, "da" B's directory.
+        for (x, y) in [("a", "b"), ("da", "db")] {
+            let p = |n: &str| dir.path().join(n);
+            std::fs::rename(p(x), p(&format!("{x}.aside"))).unwrap();
+            std::fs::rename(p(y), p(x)).unwrap();
+        }
+        // And "c" a symlink.
+        let c = made(&fs, "c", b"");
+        std::fs::remove_file(dir.path().join("c")).unwrap();
+        std::os::unix::fs::symlink("a", dir.path().join("c")).unwrap();
+        let b_len = std::fs::metadata(dir.path().join("a")).unwrap().len();
+        let stale = Some(Errno::ESTALE);
+        assert_eq!(fs.getattr(a).err(), stale);
+        assert_eq!(fs.open(a, &ROOT, false).err(), stale);
+        assert_eq!(fs.getattr(c).err(), stale);
+        assert_eq!(fs.open(c, &ROOT, false).err(), stale);
+        assert_eq!(fs.truncate(a, 0, &ROOT, false).err(), stale);
+        assert_eq!(fs.lookup(da, OsStr::new("in-b")).err(), stale);
+        assert_eq!(fs.opendir(da).err(), stale);
+        assert_eq!(fs.create(da, OsStr::new("new"), 0o600, &ROOT).err(), stale);
+        assert!(!dir.path().join("da/new").exists());
+        assert!(!dir.path().join("da.aside/new").exists());
+        assert_eq!(
+            std::fs::metadata(dir.path().join("a")).unwrap().len(),
+            b_len
+        );
+        // A fresh lookup finds what is there now: B's file, as another node.
+        let again = fs.lookup(ROOT_INO_FOR_TESTS, OsStr::new("a")).unwrap();
+        assert_eq!(again.ino.0, b);
+        assert_eq!(fs.getattr(b).unwrap().size, 16);
+        let f = fs.open(b, &ROOT, false).unwrap();
+        assert_eq!(f.read_at(0, 100).unwrap(), b"B's data, longer");
+    }
+
+    /// Issue 6, item 2: while one caller holds a file open, another who may
+    /// not use its key copies over it the header of a file it may use. Its
+    /// open (and truncate by path) would be served by the held state's data
+    /// key, so it is checked against that key: EACCES.
+    #[test]
+    fn an_open_is_authorized_against_the_key_that_serves_it() {
+        let (dir, ks, fs) = fs();
+        let held = made(&fs, "held", b"root's plaintext");
+        let _alices = made(&fs, "alices", b"alice may read this");
+        let header = |name: &str| {
+            let f = File::open(dir.path().join(name)).unwrap();
+            EncryptedFile::read_header(&f).unwrap()
+        };
+        let wrapped = header("held").active().unwrap().wrapped_key.clone();
+        *lock(&ks.deny) = Some((ALICE.uid, wrapped));
+        assert_eq!(fs.open(held, &ALICE, false).err(), Some(Errno::EACCES));
+        let state = fs.open(held, &ROOT, false).unwrap();
+        // Alice swaps the header in the backing file.
+        let mut hdr = vec![0u8; format::HEADER_LEN as usize];
+        File::open(dir.path().join("alices"))
+            .unwrap()
+            .read_exact_at(&mut hdr, 0)
+            .unwrap();
+        let backing = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("held"))
+            .unwrap();
+        backing.write_all_at(&hdr, 0).unwrap();
+        assert_eq!(fs.open(held, &ALICE, false).err(), Some(Errno::EACCES));
+        assert_eq!(
+            fs.truncate(held, 0, &ALICE, false).err(),
+            Some(Errno::EACCES)
+        );
+        // The holder keeps reading; a caller allowed the held key may open.
+        assert_eq!(state.read_at(0, 100).unwrap(), b"root's plaintext");
+        fs.open(held, &ROOT, false).unwrap();
+        fs.release(held);
+        fs.release(held);
+        // Opened afresh, the swapped header's key does not open the blocks.
+        let f = fs.open(held, &ALICE, false).unwrap();
+        assert_eq!(f.read_at(0, 100).err(), Some(Errno::EIO));
     }
 
     #[test]

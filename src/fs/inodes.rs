@@ -65,11 +65,19 @@ impl InodeTable {
     }
 
     /// The current relative path of `ino`, if it still has a name.
+    #[cfg(test)]
     pub fn path(&self, ino: u64) -> Option<&Path> {
         self.nodes
             .get(&ino)
             .and_then(|n| n.paths.first())
             .map(PathBuf::as_path)
+    }
+
+    /// The current relative path of `ino`, if it still has a name, and the
+    /// identity of the backing file it stands for.
+    pub fn node(&self, ino: u64) -> Option<(&Path, BackingKey)> {
+        let n = self.nodes.get(&ino)?;
+        Some((n.paths.first()?.as_path(), n.key))
     }
 
     /// True when `ino` is known.

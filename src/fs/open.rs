@@ -11,6 +11,7 @@ use fuser::Errno;
 
 use super::errno::{envelope_errno, io_errno};
 use crate::envelope::EncryptedFile;
+use crate::format::Header;
 
 /// The open state of one inode.
 #[derive(Debug)]
@@ -32,6 +33,13 @@ impl OpenFile {
     /// The backing path (for logs).
     pub fn backing(&self) -> &Path {
         &self.backing
+    }
+
+    /// The header whose wrapped key gave this state its data key: what every
+    /// open served by this state is authorized against (the header on disk
+    /// may have been overwritten since).
+    pub fn header(&self) -> Header {
+        self.read().header().clone()
     }
 
     /// Shared access (reads, stat, seek).
@@ -121,15 +129,20 @@ impl OpenTable {
     }
 
     /// Adds a handle to `ino`: to its existing state if there is one (the
-    /// `fresh` state is then dropped), else `fresh` becomes the state.
-    pub fn attach(&self, ino: u64, fresh: impl FnOnce() -> OpenFile) -> Arc<OpenFile> {
+    /// `fresh` state is then dropped), else `fresh` becomes the state. True
+    /// with it when `fresh` became the state.
+    pub fn attach(&self, ino: u64, fresh: impl FnOnce() -> OpenFile) -> (Arc<OpenFile>, bool) {
         let mut m = self.lock();
-        let e = m.entry(ino).or_insert_with(|| Entry {
-            file: Arc::new(fresh()),
-            handles: 0,
+        let mut made = false;
+        let e = m.entry(ino).or_insert_with(|| {
+            made = true;
+            Entry {
+                file: Arc::new(fresh()),
+                handles: 0,
+            }
         });
         e.handles += 1;
-        e.file.clone()
+        (e.file.clone(), made)
     }
 
     /// Adds a handle to an inode that is already open; None if it is not.

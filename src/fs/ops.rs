@@ -4,7 +4,6 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -15,7 +14,7 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use super::core::{KmsFs, acl_xattr, filter_xattr_list, reserved_xattr};
+use super::core::{KmsFs, acl_xattr, attr_of, filter_xattr_list, reserved_xattr};
 use super::errno::io_errno;
 use super::sparse;
 use super::sys::{self, Utime};
@@ -73,45 +72,23 @@ struct MetaChange {
 }
 
 impl MetaChange {
-    /// Applies the change to entry `name` of directory `dir`, never through
-    /// a symlink (chmod of a symlink is EOPNOTSUPP; chown and times change
-    /// the symlink itself).
+    /// Applies the change to the object `node` holds (an open file, or an
+    /// O_PATH descriptor of an entry checked to be the inode the kernel
+    /// asked about), never through a symlink and never by name: chmod of a
+    /// symlink is EOPNOTSUPP; chown and times change the symlink itself.
     /// The owner changes before the mode: a chown clears S_ISUID/S_ISGID,
     /// and a mode given with it is the one wanted.
-    fn apply_at(&self, dir: &File, name: &OsStr) -> Result<(), Errno> {
+    fn apply(&self, node: &File) -> Result<(), Errno> {
         if self.uid.is_some() || self.gid.is_some() {
-            sys::fchownat_nofollow(dir, name, self.uid, self.gid).map_err(ioe)?;
+            sys::chown_node(node, self.uid, self.gid).map_err(ioe)?;
         }
         if let Some(mode) = self.mode {
-            sys::fchmodat_nofollow(dir, name, mode & 0o7777).map_err(ioe)?;
+            sys::chmod_node(node, mode & 0o7777).map_err(ioe)?;
         }
         if self.atime.is_some() || self.mtime.is_some() {
-            sys::utimensat(dir, name, utime(self.atime), utime(self.mtime)).map_err(ioe)?;
+            sys::utimens_node(node, utime(self.atime), utime(self.mtime)).map_err(ioe)?;
         }
         Ok(())
-    }
-
-    /// As `apply_at`, through the open file's descriptor.
-    fn apply_to_file(&self, file: &File) -> Result<(), Errno> {
-        if self.uid.is_some() || self.gid.is_some() {
-            std::os::unix::fs::fchown(file, self.uid, self.gid).map_err(ioe)?;
-        }
-        if let Some(mode) = self.mode {
-            file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
-                .map_err(ioe)?;
-        }
-        let at = |t: TimeOrNow| match t {
-            TimeOrNow::Now => SystemTime::now(),
-            TimeOrNow::SpecificTime(t) => t,
-        };
-        let mut times = std::fs::FileTimes::new();
-        if let Some(t) = self.atime {
-            times = times.set_accessed(at(t));
-        }
-        if let Some(t) = self.mtime {
-            times = times.set_modified(at(t));
-        }
-        file.set_times(times).map_err(ioe)
     }
 }
 
@@ -182,11 +159,9 @@ impl KmsFs {
         match self.open_state(ino) {
             // Open (perhaps unlinked, perhaps its name swapped for something
             // else since): change the very file through its descriptor.
-            Ok(f) => change.apply_to_file(f.read().file())?,
-            Err(_) => {
-                let (dir, name) = self.at(&self.rel(ino)?)?;
-                change.apply_at(&dir, &name)?;
-            }
+            Ok(f) => change.apply(f.read().file())?,
+            // Else through a descriptor of the entry checked to be `ino`.
+            Err(_) => change.apply(&self.open_checked(ino, libc::O_PATH)?.file)?,
         }
         self.getattr(ino)
     }
@@ -199,9 +174,8 @@ impl KmsFs {
         newname: &OsStr,
         flags: RenameFlags,
     ) -> Result<(), Errno> {
-        let from = self.child(parent, name)?;
-        let to = self.child(newparent, newname)?;
-        let ((fdir, fname), (tdir, tname)) = (self.at(&from)?, self.at(&to)?);
+        let (fdir, fname, from) = self.in_dir(parent, name)?;
+        let (tdir, tname, to) = self.in_dir(newparent, newname)?;
         sys::renameat2(&fdir, &fname, &tdir, &tname, flags.bits()).map_err(ioe)?;
         self.renamed(&from, &to, flags.contains(RenameFlags::RENAME_EXCHANGE));
         Ok(())
@@ -240,12 +214,12 @@ impl KmsFs {
 
     /// setxattr and removexattr: kmsfs's own names are refused (EPERM), POSIX
     /// ACLs too (EOPNOTSUPP: the kernel would not enforce them), then `change`
-    /// runs on the entry without following a final symlink.
+    /// runs on the entry checked to be `ino` (a symlink itself).
     fn change_xattr(
         &self,
         ino: INodeNo,
         name: &OsStr,
-        change: impl FnOnce(&std::fs::File, &OsStr) -> io::Result<()>,
+        change: impl FnOnce(&File) -> io::Result<()>,
     ) -> Result<(), Errno> {
         if reserved_xattr(name) {
             return Err(Errno::EPERM);
@@ -254,18 +228,18 @@ impl KmsFs {
             return Err(Errno::EOPNOTSUPP);
         }
         self.writable()?;
-        let (dir, entry) = self.at(&self.rel(ino.0)?)?;
-        change(&dir, &entry).map_err(ioe)
+        change(&self.open_checked(ino.0, libc::O_PATH)?.file).map_err(ioe)
     }
 
     /// unlink (`dir` false) and rmdir (`dir` true) of `name` in `parent`.
     fn remove_entry(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
-        let r = self.child(parent.0, name).and_then(|rel| {
-            let (parent_dir, name) = self.at(&rel)?;
-            sys::unlinkat(&parent_dir, &name, dir).map_err(ioe)?;
-            self.forget_path(&rel);
-            Ok(())
-        });
+        let r = self
+            .in_dir(parent.0, name)
+            .and_then(|(parent_dir, name, rel)| {
+                sys::unlinkat(&parent_dir, &name, dir).map_err(ioe)?;
+                self.forget_path(&rel);
+                Ok(())
+            });
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -356,9 +330,8 @@ impl Filesystem for KmsFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         contained("readlink", || {
             let r = self
-                .rel(ino.0)
-                .and_then(|rel| self.at(&rel))
-                .and_then(|(dir, name)| sys::readlinkat(&dir, &name).map_err(ioe));
+                .open_checked(ino.0, libc::O_PATH)
+                .and_then(|node| sys::readlink_node(&node.file).map_err(ioe));
             match r {
                 Ok(t) => reply.data(&t),
                 Err(e) => reply.error(e),
@@ -384,8 +357,7 @@ impl Filesystem for KmsFs {
                     self.release(attr.ino.0);
                     return Ok(attr);
                 }
-                let rel = self.child(parent.0, name)?;
-                let (dir, name) = self.at(&rel)?;
+                let (dir, name, rel) = self.in_dir(parent.0, name)?;
                 sys::mknodat(&dir, &name, mode, rdev).map_err(ioe)?;
                 self.made(&rel, &dir, &name, req, Some(mode))
             });
@@ -404,8 +376,7 @@ impl Filesystem for KmsFs {
     ) {
         contained("mkdir", || {
             let r = self.writable().and_then(|()| {
-                let rel = self.child(parent.0, name)?;
-                let (dir, name) = self.at(&rel)?;
+                let (dir, name, rel) = self.in_dir(parent.0, name)?;
                 sys::mkdirat(&dir, &name, mode & 0o7777).map_err(ioe)?;
                 // The kernel passes mkdir only the permission bits.
                 self.made(&rel, &dir, &name, req, Some(libc::S_IFDIR | mode))
@@ -436,8 +407,7 @@ impl Filesystem for KmsFs {
     ) {
         contained("symlink", || {
             let r = self.writable().and_then(|()| {
-                let rel = self.child(parent.0, link_name)?;
-                let (dir, name) = self.at(&rel)?;
+                let (dir, name, rel) = self.in_dir(parent.0, link_name)?;
                 sys::symlinkat(target, &dir, &name).map_err(ioe)?;
                 self.made(&rel, &dir, &name, req, None)
             });
@@ -473,10 +443,9 @@ impl Filesystem for KmsFs {
     ) {
         contained("link", || {
             let r = (|| {
-                let (fdir, fname) = self.at(&self.rel(ino.0)?)?;
-                let rel = self.child(newparent.0, newname)?;
-                let (dir, name) = self.at(&rel)?;
-                sys::linkat(&fdir, &fname, &dir, &name).map_err(ioe)?;
+                let node = self.open_checked(ino.0, libc::O_PATH)?;
+                let (dir, name, rel) = self.in_dir(newparent.0, newname)?;
+                sys::link_node(&node.file, &dir, &name).map_err(ioe)?;
                 self.linked(ino.0, &rel);
                 KmsFs::getattr(self, ino.0)
             })();
@@ -629,13 +598,18 @@ impl Filesystem for KmsFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         contained("readdirplus", || {
-            let (entries, dir, dir_attr) = match self
-                .dir_snapshot(fh.0)
-                .and_then(|e| Ok((e, self.rel(ino.0)?, KmsFs::getattr(self, ino.0)?)))
-            {
+            // The directory, checked to be `ino`: its entries are looked up
+            // in it, not in whatever its name leads to by now.
+            let (entries, dir) = match self.dir_snapshot(fh.0).and_then(|e| {
+                Ok((
+                    e,
+                    self.open_checked(ino.0, libc::O_PATH | libc::O_DIRECTORY)?,
+                ))
+            }) {
                 Ok(x) => x,
                 Err(e) => return reply.error(e),
             };
+            let dir_attr = attr_of(ino.0, &dir.meta);
             let ttl = self.ttl();
             for i in (offset as usize)..entries.len() + 2 {
                 let next = i as u64 + 1;
@@ -646,7 +620,7 @@ impl Filesystem for KmsFs {
                     _ => {
                         let e = &entries[i - 2];
                         // An entry gone since the snapshot is skipped (Err -> not full).
-                        self.dir_entry_plus(&dir, &e.name, |a| {
+                        self.dir_entry_plus(&dir.file, &dir.rel, &e.name, |a| {
                             reply.add(a.ino, next, &e.name, &ttl, a, GENERATION)
                         })
                         .unwrap_or_default()
@@ -683,16 +657,9 @@ impl Filesystem for KmsFs {
         reply: ReplyEmpty,
     ) {
         contained("fsyncdir", || {
-            let r = self.rel(ino.0).and_then(|rel| {
-                let p = if rel.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    &rel
-                };
-                sys::open_beneath(self.root(), p, libc::O_RDONLY | libc::O_DIRECTORY, 0)
-                    .and_then(|d| d.sync_all())
-                    .map_err(ioe)
-            });
+            let r = self
+                .open_checked(ino.0, libc::O_RDONLY | libc::O_DIRECTORY)
+                .and_then(|d| d.file.sync_all().map_err(ioe));
             match r {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
@@ -720,8 +687,8 @@ impl Filesystem for KmsFs {
         reply: ReplyEmpty,
     ) {
         contained("setxattr", || {
-            let r = self.change_xattr(ino, name, |dir, entry| {
-                sys::setxattrat(dir, entry, name, value, flags)
+            let r = self.change_xattr(ino, name, |node| {
+                sys::setxattr_node(node, name, value, flags)
             });
             match r {
                 Ok(()) => reply.ok(),
@@ -735,25 +702,25 @@ impl Filesystem for KmsFs {
             if reserved_xattr(name) || acl_xattr(name) {
                 return reply.error(Errno::NO_XATTR);
             }
-            let (dir, entry) = match self.rel(ino.0).and_then(|rel| self.at(&rel)) {
-                Ok(r) => r,
+            let node = match self.open_checked(ino.0, libc::O_PATH) {
+                Ok(n) => n.file,
                 Err(e) => return reply.error(e),
             };
             let mut buf = vec![0u8; size as usize];
-            let r = sys::getxattrat(&dir, &entry, name, &mut buf);
+            let r = sys::getxattr_node(&node, name, &mut buf);
             self.xattr_reply(r, size, &buf, reply);
         });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         contained("listxattr", || {
-            let (dir, entry) = match self.rel(ino.0).and_then(|rel| self.at(&rel)) {
-                Ok(r) => r,
+            let node = match self.open_checked(ino.0, libc::O_PATH) {
+                Ok(n) => n.file,
                 Err(e) => return reply.error(e),
             };
-            let r = sys::listxattrat(&dir, &entry, &mut []).and_then(|n| {
+            let r = sys::listxattr_node(&node, &mut []).and_then(|n| {
                 let mut buf = vec![0u8; n];
-                let n = sys::listxattrat(&dir, &entry, &mut buf)?;
+                let n = sys::listxattr_node(&node, &mut buf)?;
                 buf.truncate(n);
                 Ok(filter_xattr_list(&buf))
             });
@@ -766,7 +733,7 @@ impl Filesystem for KmsFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         contained("removexattr", || {
-            let r = self.change_xattr(ino, name, |dir, entry| sys::removexattrat(dir, entry, name));
+            let r = self.change_xattr(ino, name, |node| sys::removexattr_node(node, name));
             match r {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
@@ -937,11 +904,13 @@ mod tests {
             mtime: None,
         };
         let file = File::create(dir.path().join("open")).unwrap();
-        change.apply_to_file(&file).unwrap();
+        change.apply(&file).unwrap();
         let at = File::open(dir.path()).unwrap();
-        File::create(dir.path().join("named")).unwrap();
-        change.apply_at(&at, OsStr::new("named")).unwrap();
-        for name in ["open", "named"] {
+        File::create(dir.path().join("node")).unwrap();
+        change
+            .apply(&sys::open_node(&at, OsStr::new("node")).unwrap())
+            .unwrap();
+        for name in ["open", "node"] {
             let m = std::fs::metadata(dir.path().join(name)).unwrap();
             assert_eq!(
                 (m.mode() & 0o7777, m.uid(), m.gid()),

@@ -49,11 +49,22 @@ pub fn renameat2(
     })
 }
 
-/// linkat(2) without following `from` (a symlink gets a new name itself).
-pub fn linkat(fd: &impl AsRawFd, from: &OsStr, tfd: &impl AsRawFd, to: &OsStr) -> io::Result<()> {
-    let (f, t) = (name_cstr(from)?, name_cstr(to)?);
+/// A new name `to` in directory `tfd` for the object `node` holds (an
+/// O_PATH descriptor will do; a symlink gets a new name itself): linkat of
+/// its /proc path with AT_SYMLINK_FOLLOW, which reaches exactly that inode,
+/// whatever its name leads to by now.
+pub fn link_node(node: &impl AsRawFd, tfd: &impl AsRawFd, to: &OsStr) -> io::Result<()> {
+    let (f, t) = (proc_fd(node), name_cstr(to)?);
     // SAFETY: valid C strings that outlive the call; borrowed descriptors.
-    check(unsafe { libc::linkat(fd.as_raw_fd(), f.as_ptr(), tfd.as_raw_fd(), t.as_ptr(), 0) })
+    check(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            tfd.as_raw_fd(),
+            t.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })
 }
 
 /// unlinkat(2): a file, or with `dir` an empty directory, in directory `fd`.
@@ -78,15 +89,15 @@ pub fn symlinkat(target: &Path, fd: &impl AsRawFd, name: &OsStr) -> io::Result<(
     check(unsafe { libc::symlinkat(t.as_ptr(), fd.as_raw_fd(), n.as_ptr()) })
 }
 
-/// readlinkat(2).
-pub fn readlinkat(fd: &impl AsRawFd, name: &OsStr) -> io::Result<Vec<u8>> {
-    let n = name_cstr(name)?;
+/// The target of the symlink `node` holds (an O_PATH|O_NOFOLLOW descriptor
+/// of the symlink itself): readlinkat with an empty path.
+pub fn readlink_node(node: &impl AsRawFd) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-    // SAFETY: a valid C string; `buf` is writable for `buf.len()` bytes.
+    // SAFETY: an empty C string literal; `buf` is writable for `buf.len()` bytes.
     let r = unsafe {
         libc::readlinkat(
-            fd.as_raw_fd(),
-            n.as_ptr(),
+            node.as_raw_fd(),
+            c"".as_ptr(),
             buf.as_mut_ptr().cast(),
             buf.len(),
         )
@@ -169,6 +180,43 @@ pub fn fchownat_nofollow(
     check(unsafe { libc::fchownat(fd.as_raw_fd(), n.as_ptr(), u, g, libc::AT_SYMLINK_NOFOLLOW) })
 }
 
+/// chmod of the object `node` holds (an O_PATH descriptor will do), with
+/// fchmodat2(AT_EMPTY_PATH), or through its /proc path before Linux 6.6. A
+/// symlink itself has no mode to change (EOPNOTSUPP).
+pub fn chmod_node(node: &std::fs::File, mode: u32) -> io::Result<()> {
+    // SAFETY: an empty C string literal; integer arguments.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fchmodat2,
+            node.as_raw_fd(),
+            c"".as_ptr(),
+            mode as libc::mode_t,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(e);
+    }
+    if is_symlink(node)? {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    let p = proc_fd(node);
+    // SAFETY: a valid C string that outlives the call.
+    check(unsafe { libc::chmod(p.as_ptr(), mode as libc::mode_t) })
+}
+
+/// chown of the object `node` holds (an O_PATH descriptor will do; a
+/// symlink itself): fchownat(AT_EMPTY_PATH). None leaves that id unchanged.
+pub fn chown_node(node: &impl AsRawFd, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    let (u, g) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
+    // SAFETY: an empty C string literal; integer arguments (-1 keeps an id).
+    check(unsafe { libc::fchownat(node.as_raw_fd(), c"".as_ptr(), u, g, libc::AT_EMPTY_PATH) })
+}
+
 /// Opens `rel` below the directory `root` with openat2(RESOLVE_BENEATH): even
 /// if a directory of the backing tree is swapped for a symlink while the mount
 /// runs, the daemon never opens or creates a file outside the backing
@@ -214,18 +262,6 @@ pub fn open_beneath(
     }
     // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
     Ok(unsafe { std::fs::File::from_raw_fd(fd as RawFd) })
-}
-
-/// Opens the directory `rel` below `root` as an O_PATH descriptor, to make,
-/// remove, rename and change its entries relative to it: no component may be
-/// a symlink or leave `root` (openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS).
-pub fn open_dir_beneath(root: &impl AsRawFd, rel: &Path) -> io::Result<std::fs::File> {
-    let rel = if rel.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        rel
-    };
-    open_beneath(root, rel, libc::O_PATH | libc::O_DIRECTORY, 0)
 }
 
 /// mknodat(2): FIFOs, sockets and (as root, if the mount allows) devices.
@@ -284,18 +320,18 @@ fn timespec(t: Utime) -> libc::timespec {
     }
 }
 
-/// utimensat(2) of `name` in directory `fd` without following a symlink.
-pub fn utimensat(fd: &impl AsRawFd, name: &OsStr, atime: Utime, mtime: Utime) -> io::Result<()> {
-    let p = name_cstr(name)?;
+/// utimensat(2) of the object `node` holds (an O_PATH descriptor will do; a
+/// symlink itself), with AT_EMPTY_PATH.
+pub fn utimens_node(node: &impl AsRawFd, atime: Utime, mtime: Utime) -> io::Result<()> {
     let ts = [timespec(atime), timespec(mtime)];
-    // SAFETY: `p` is a valid C string and `ts` an array of two timespecs, both live
-    // for the duration of the call.
+    // SAFETY: an empty C string literal and an array of two timespecs, both
+    // live for the duration of the call.
     check(unsafe {
         libc::utimensat(
-            fd.as_raw_fd(),
-            p.as_ptr(),
+            node.as_raw_fd(),
+            c"".as_ptr(),
             ts.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
+            libc::AT_EMPTY_PATH,
         )
     })
 }
@@ -319,44 +355,15 @@ pub fn lseek(fd: &impl AsRawFd, offset: u64, whence: i32) -> io::Result<u64> {
     }
 }
 
-// The *xattrat system calls (Linux 6.13): the same numbers on every architecture.
-const SYS_SETXATTRAT: libc::c_long = 463;
-const SYS_GETXATTRAT: libc::c_long = 464;
-const SYS_LISTXATTRAT: libc::c_long = 465;
-const SYS_REMOVEXATTRAT: libc::c_long = 466;
-
-/// `struct xattr_args` of the *xattrat system calls.
-#[repr(C)]
-struct XattrArgs {
-    value: u64,
-    size: u32,
-    flags: u32,
-}
-
-/// An extended-attribute call on `name` in directory `fd`, never through a
-/// symlink: first the *xattrat call with AT_SYMLINK_NOFOLLOW; on kernels
-/// without it, the entry is pinned with O_PATH and reached through /proc
-/// (a symlink entry then has no attributes to offer: EOPNOTSUPP).
-fn xattr_at(
-    fd: &impl AsRawFd,
-    name: &OsStr,
-    at: impl FnOnce(RawFd, &CString) -> libc::c_long,
-    by_path: impl FnOnce(&CString) -> libc::ssize_t,
+/// An extended-attribute call on the object `node` holds (an O_PATH
+/// descriptor will do), through its /proc path: following that magic link
+/// reaches exactly that inode, a symlink itself included, whatever its name
+/// leads to by now (the *xattrat calls refuse O_PATH descriptors).
+fn xattr_node(
+    node: &impl AsRawFd,
+    call: impl FnOnce(&CString) -> libc::ssize_t,
 ) -> io::Result<usize> {
-    let n = name_cstr(name)?;
-    let r = at(fd.as_raw_fd(), &n);
-    if r >= 0 {
-        return Ok(r as usize);
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() != Some(libc::ENOSYS) {
-        return Err(e);
-    }
-    let node = open_node(fd, name)?;
-    if is_symlink(&node)? {
-        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
-    }
-    let r = by_path(&proc_fd(&node));
+    let r = call(&proc_fd(node));
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -364,127 +371,54 @@ fn xattr_at(
     }
 }
 
-/// getxattr of `name` in directory `fd`; `buf` empty asks for the size.
-pub fn getxattrat(
-    fd: &impl AsRawFd,
-    name: &OsStr,
-    attr: &OsStr,
-    buf: &mut [u8],
-) -> io::Result<usize> {
+/// getxattr of the object `node` holds; `buf` empty asks for the size.
+pub fn getxattr_node(node: &impl AsRawFd, attr: &OsStr, buf: &mut [u8]) -> io::Result<usize> {
     let a = name_cstr(attr)?;
     let (ptr, len) = (buf.as_mut_ptr(), buf.len());
-    let mut args = XattrArgs {
-        value: ptr as u64,
-        size: len as u32,
-        flags: 0,
-    };
-    xattr_at(
-        fd,
-        name,
-        // SAFETY: valid C strings; `args` points at `buf`, writable for `len`
-        // bytes, and is of the size passed.
-        |dfd, n| unsafe {
-            libc::syscall(
-                SYS_GETXATTRAT,
-                dfd,
-                n.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-                a.as_ptr(),
-                &mut args as *mut XattrArgs,
-                std::mem::size_of::<XattrArgs>(),
-            )
-        },
-        // SAFETY: valid C strings; `buf` is writable for `len` bytes.
-        |p| unsafe { libc::getxattr(p.as_ptr(), a.as_ptr(), ptr.cast(), len) },
-    )
+    // SAFETY: valid C strings; `buf` is writable for `len` bytes.
+    xattr_node(node, |p| unsafe {
+        libc::getxattr(p.as_ptr(), a.as_ptr(), ptr.cast(), len)
+    })
 }
 
-/// setxattr of `name` in directory `fd` (`flags`: XATTR_CREATE, XATTR_REPLACE).
-pub fn setxattrat(
-    fd: &impl AsRawFd,
-    name: &OsStr,
+/// setxattr of the object `node` holds (`flags`: XATTR_CREATE, XATTR_REPLACE).
+pub fn setxattr_node(
+    node: &impl AsRawFd,
     attr: &OsStr,
     value: &[u8],
     flags: i32,
 ) -> io::Result<()> {
     let a = name_cstr(attr)?;
-    let args = XattrArgs {
-        value: value.as_ptr() as u64,
-        size: value.len() as u32,
-        flags: flags as u32,
-    };
-    xattr_at(
-        fd,
-        name,
-        // SAFETY: valid C strings; `args` points at `value`, readable for its
-        // length, and is of the size passed.
-        |dfd, n| unsafe {
-            libc::syscall(
-                SYS_SETXATTRAT,
-                dfd,
-                n.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-                a.as_ptr(),
-                &args as *const XattrArgs,
-                std::mem::size_of::<XattrArgs>(),
-            )
-        },
-        // SAFETY: valid C strings; `value` is readable for its length.
-        |p| unsafe {
-            libc::setxattr(
-                p.as_ptr(),
-                a.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                flags,
-            ) as libc::ssize_t
-        },
-    )
+    // SAFETY: valid C strings; `value` is readable for its length.
+    xattr_node(node, |p| unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            a.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        ) as libc::ssize_t
+    })
     .map(drop)
 }
 
-/// listxattr of `name` in directory `fd`: NUL-separated names; `buf` empty
+/// listxattr of the object `node` holds: NUL-separated names; `buf` empty
 /// asks for the size.
-pub fn listxattrat(fd: &impl AsRawFd, name: &OsStr, buf: &mut [u8]) -> io::Result<usize> {
+pub fn listxattr_node(node: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
     let (ptr, len) = (buf.as_mut_ptr(), buf.len());
-    xattr_at(
-        fd,
-        name,
-        // SAFETY: a valid C string; `buf` is writable for `len` bytes.
-        |dfd, n| unsafe {
-            libc::syscall(
-                SYS_LISTXATTRAT,
-                dfd,
-                n.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-                ptr,
-                len,
-            )
-        },
-        // SAFETY: a valid C string; `buf` is writable for `len` bytes.
-        |p| unsafe { libc::listxattr(p.as_ptr(), ptr.cast(), len) },
-    )
+    // SAFETY: a valid C string; `buf` is writable for `len` bytes.
+    xattr_node(node, |p| unsafe {
+        libc::listxattr(p.as_ptr(), ptr.cast(), len)
+    })
 }
 
-/// removexattr of `name` in directory `fd`.
-pub fn removexattrat(fd: &impl AsRawFd, name: &OsStr, attr: &OsStr) -> io::Result<()> {
+/// removexattr of the object `node` holds.
+pub fn removexattr_node(node: &impl AsRawFd, attr: &OsStr) -> io::Result<()> {
     let a = name_cstr(attr)?;
-    xattr_at(
-        fd,
-        name,
-        // SAFETY: valid C strings that outlive the call.
-        |dfd, n| unsafe {
-            libc::syscall(
-                SYS_REMOVEXATTRAT,
-                dfd,
-                n.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-                a.as_ptr(),
-            )
-        },
-        // SAFETY: valid C strings that outlive the call.
-        |p| unsafe { libc::removexattr(p.as_ptr(), a.as_ptr()) as libc::ssize_t },
-    )
+    // SAFETY: valid C strings that outlive the call.
+    xattr_node(node, |p| unsafe {
+        libc::removexattr(p.as_ptr(), a.as_ptr()) as libc::ssize_t
+    })
     .map(drop)
 }
 
@@ -775,34 +709,68 @@ mod tests {
     }
 
     #[test]
-    fn xattr_round_trip_on_tmp() {
-        let dir = std::env::temp_dir().join(format!("kmsfs-sys-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+    fn node_calls_act_on_the_object_held_not_on_the_name() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
         let f = dir.join("x");
         std::fs::write(&f, b"").unwrap();
-        let d = std::fs::File::open(&dir).unwrap();
-        let x = OsStr::new("x");
-        if setxattrat(&d, x, OsStr::new("user.t"), b"v", 0).is_ok() {
-            let mut b = [0u8; 8];
-            assert_eq!(getxattrat(&d, x, OsStr::new("user.t"), &mut b).unwrap(), 1);
-            assert_eq!(&b[..1], b"v");
-            assert_eq!(listxattrat(&d, x, &mut []).unwrap(), 7);
-            removexattrat(&d, x, OsStr::new("user.t")).unwrap();
-            assert_eq!(listxattrat(&d, x, &mut []).unwrap(), 0);
-        }
-        // Through a symlink to it: never the target's.
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::os::unix::fs::symlink(&f, dir.join("l")).unwrap();
-        let l = OsStr::new("l");
-        assert!(setxattrat(&d, l, OsStr::new("user.t"), b"v", 0).is_err());
-        assert!(listxattrat(&d, x, &mut []).unwrap() == 0);
-        let e = fchmodat_nofollow(&d, l, 0o666).unwrap_err();
+        let d = std::fs::File::open(dir).unwrap();
+        let x = open_node(&d, OsStr::new("x")).unwrap();
+        let l = open_node(&d, OsStr::new("l")).unwrap();
+        // The name "x" now leads to another file: calls on the node still
+        // reach the one held.
+        std::fs::rename(&f, dir.join("held")).unwrap();
+        std::fs::write(&f, b"other").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mode = |p: &str| std::fs::symlink_metadata(dir.join(p)).unwrap().mode() & 0o7777;
+        chmod_node(&x, 0o604).unwrap();
+        assert_eq!((mode("held"), mode("x")), (0o604, 0o600));
+        let e = chmod_node(&l, 0o666).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP));
-        fchmodat_nofollow(&d, x, 0o604).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
-            0o604
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
+        let t0 = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        utimens_node(&l, Utime::Omit, Utime::At(t0)).unwrap();
+        let mtime = |p: &str| std::fs::symlink_metadata(dir.join(p)).unwrap().mtime();
+        assert_eq!(mtime("l"), 1_000_000);
+        assert_ne!(mtime("held"), 1_000_000);
+        utimens_node(&x, Utime::Omit, Utime::At(t0)).unwrap();
+        assert_eq!(mtime("held"), 1_000_000);
+        assert_ne!(mtime("x"), 1_000_000);
+        assert_eq!(readlink_node(&l).unwrap(), f.as_os_str().as_encoded_bytes());
+        link_node(&x, &d, OsStr::new("x2")).unwrap();
+        let ino = |p: &str| std::fs::symlink_metadata(dir.join(p)).unwrap().ino();
+        assert_eq!(ino("x2"), ino("held"));
+        link_node(&l, &d, OsStr::new("l2")).unwrap();
+        assert_eq!(ino("l2"), ino("l"));
+        if is_root() {
+            chown_node(&x, Some(1), None).unwrap();
+            chown_node(&l, Some(2), Some(2)).unwrap();
+            let owner = |p: &str| {
+                let m = std::fs::symlink_metadata(dir.join(p)).unwrap();
+                (m.uid(), m.gid())
+            };
+            assert_eq!(owner("held"), (1, 0));
+            assert_eq!(owner("x"), (0, 0));
+            assert_eq!(owner("l"), (2, 2));
+        }
+        if setxattr_node(&x, OsStr::new("user.t"), b"v", 0).is_ok() {
+            let mut b = [0u8; 8];
+            assert_eq!(getxattr_node(&x, OsStr::new("user.t"), &mut b).unwrap(), 1);
+            assert_eq!(&b[..1], b"v");
+            assert_eq!(listxattr_node(&x, &mut []).unwrap(), 7);
+            let other = open_node(&d, OsStr::new("x")).unwrap();
+            assert_eq!(listxattr_node(&other, &mut []).unwrap(), 0);
+            removexattr_node(&x, OsStr::new("user.t")).unwrap();
+            assert_eq!(listxattr_node(&x, &mut []).unwrap(), 0);
+        }
+        // Through the symlink's node: the symlink's own (user.* is refused
+        // on symlinks), never the target's.
+        assert!(setxattr_node(&l, OsStr::new("user.t"), b"v", 0).is_err());
+        assert_eq!(listxattr_node(&x, &mut []).unwrap(), 0);
+        // The by-name chmod still never follows a symlink.
+        let e = fchmodat_nofollow(&d, OsStr::new("l"), 0o666).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP));
     }
 }

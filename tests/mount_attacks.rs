@@ -1,0 +1,400 @@
+//! What one local user can do to another's files through a shared root
+//! mount (`-o allow_other`) over a backing directory both can write (issue 6):
+//! swap backing entries between the kernel's permission check and the
+//! daemon's use of the name, and swap a file's header while another user
+//! holds the file open. Two real unprivileged users (`common::test_users`)
+//! run the commands through setpriv; the checks are on bytes and modes, never
+//! on timings.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Mount, TestUser, TestUsers};
+
+/// What B keeps in its 0600 files: A must never see it.
+const SECRET: &str = "VICTIM-SECRET-OF-B";
+/// The start of `SECRET`: a read of B's file through an inode whose cached
+/// size is that of A's shorter file shows only this much.
+const MARK: &[u8] = b"VICTIM";
+/// What A writes into its own files.
+const OWN: &str = "A-OWN-DATA";
+
+/// A mount with allow_other whose test directories the users can reach,
+/// and a shared directory `shared` (mode 2775, the users' group) in it.
+fn setup(test: &str) -> Option<(Mount, TestUsers)> {
+    let m = Mount::with_args(test, &["-o", "allow_other"])?;
+    let users = common::test_users(test)?;
+    fs::set_permissions(m.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::create_dir(m.p("shared")).unwrap();
+    std::os::unix::fs::chown(m.p("shared"), Some(0), Some(users.gid)).unwrap();
+    fs::set_permissions(m.p("shared"), fs::Permissions::from_mode(0o2775)).unwrap();
+    Some((m, users))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}, stdout {:?}, stderr {:?}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs `script` as `u` in `dir`, which must succeed.
+fn ok_as(u: &TestUser, dir: &Path, script: &str) -> String {
+    let o = u.sh(dir, script);
+    assert!(
+        o.status.success(),
+        "{} ran `{script}`: {}",
+        u.name,
+        text(&o)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A file `name` of `u` with mode 0600 in the shared directory, made through
+/// the mount.
+fn private_file(m: &Mount, u: &TestUser, name: &str, content: &str) {
+    ok_as(
+        u,
+        &m.p("shared"),
+        &format!("printf %s '{content}' > {name} && chmod 600 {name}"),
+    );
+}
+
+/// As `u`, in the shared directory of the mount: `stat NAME` (the kernel now
+/// holds NAME's inode with its attributes), then, once `swap` has run,
+/// `action`. Returns the output of the whole script.
+fn stat_then(m: &Mount, u: &TestUser, name: &str, swap: impl FnOnce(), action: &str) -> Output {
+    let script = format!("stat {name} >/dev/null || exit 97; echo ready; read go; {action}");
+    let mut child = u
+        .command(&m.p("shared"), "sh")
+        .arg("-c")
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    if line.trim() != "ready" {
+        let o = child.wait_with_output().unwrap();
+        panic!("`stat {name}` as {} failed: {line} {}", u.name, text(&o));
+    }
+    swap();
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut out, &mut rest).unwrap();
+    let mut o = child.wait_with_output().unwrap();
+    o.stdout = rest;
+    o
+}
+
+/// In the backing directory (as someone allowed to rename there would):
+/// A's file `a` goes aside and B's file `b` takes its name.
+fn put_b_in_place_of_a(m: &Mount, a: &str, b: &str) {
+    let d = m.b("shared");
+    fs::rename(d.join(a), d.join(format!("{a}.aside"))).unwrap();
+    fs::rename(d.join(b), d.join(a)).unwrap();
+}
+
+/// Plaintext of backing file `rel`, read by root through the mount.
+fn plain(m: &Mount, rel: &str) -> String {
+    String::from_utf8_lossy(&fs::read(m.p(rel)).unwrap()).into_owned()
+}
+
+/// Issue 6, item 1, deterministic: A stats its own file, the name is given
+/// to B's 0600 file in the backing directory, and A's next use of the name
+/// (cat, append, chmod, truncate by fd and by path, setxattr) must reach
+/// neither B's bytes nor B's file: the daemon notices that the backing file
+/// is not the inode the kernel checked, answers ESTALE, and the kernel's
+/// fresh lookup finds B's file, which A may not use.
+#[test]
+fn a_name_swapped_after_lookup_gives_nothing_of_the_other_users_file() {
+    let Some((m, users)) = setup("swapname") else {
+        return;
+    };
+    let (a, b) = (&users.a, &users.b);
+    let Some(python) = common::python3("swapname") else {
+        return;
+    };
+    let py = |code: &str| format!("{python} -c \"import os; {code}\"");
+    let cases = [
+        ("read", "cat {n}".to_string()),
+        ("append", "printf INJECTED >> {n}".into()),
+        ("chmod", "chmod 666 {n}".into()),
+        ("truncate", "truncate -s 0 {n}".into()),
+        ("truncate-path", py("os.truncate('{n}', 0)")),
+        ("setxattr", py("os.setxattr('{n}', 'user.injected', b'1')")),
+    ];
+    for (i, (what, action)) in cases.iter().enumerate() {
+        let (fa, fb) = (format!("a{i}"), format!("b{i}"));
+        private_file(&m, a, &fa, OWN);
+        private_file(&m, b, &fb, SECRET);
+        let before = fs::metadata(m.b(&format!("shared/{fb}"))).unwrap();
+        let o = stat_then(
+            &m,
+            a,
+            &fa,
+            || put_b_in_place_of_a(&m, &fa, &fb),
+            &action.replace("{n}", &fa),
+        );
+        assert!(
+            !common::contains(&o.stdout, MARK),
+            "{what}: A read B's file: {}",
+            text(&o)
+        );
+        assert!(
+            !o.status.success(),
+            "{what}: A's `{action}` on B's file succeeded: {}",
+            text(&o)
+        );
+        // B's file (now named like A's) is as B left it.
+        let bfile = format!("shared/{fa}");
+        let after = fs::metadata(m.b(&bfile)).unwrap();
+        assert_eq!(after.ino(), before.ino(), "{what}");
+        assert_eq!(after.mode() & 0o7777, 0o600, "{what}: B's file mode");
+        assert_eq!(plain(&m, &bfile), SECRET, "{what}: B's content");
+        let xattr = std::process::Command::new("getfattr")
+            .args(["-n", "user.injected"])
+            .arg(m.b(&bfile))
+            .output();
+        if let Ok(x) = xattr {
+            assert!(!x.status.success(), "{what}: B's file got A's xattr");
+        }
+        // A's own file, moved aside, is untouched too.
+        assert_eq!(plain(&m, &format!("shared/{fa}.aside")), OWN, "{what}");
+    }
+}
+
+/// Issue 6, item 1, for directories: A lists its own directory, which is
+/// then exchanged with B's 0700 directory; A's lookups of names under the
+/// directory it listed must not reach into B's directory.
+#[test]
+fn a_directory_swapped_after_lookup_does_not_open_the_other_users_directory() {
+    let Some((m, users)) = setup("swapdir") else {
+        return;
+    };
+    let (a, b) = (&users.a, &users.b);
+    ok_as(a, &m.p("shared"), "mkdir -m 755 da");
+    ok_as(
+        b,
+        &m.p("shared"),
+        &format!("mkdir -m 700 db && printf %s '{SECRET}' > db/s && chmod 644 db/s"),
+    );
+    let o = stat_then(
+        &m,
+        a,
+        "da",
+        || {
+            let d = m.b("shared");
+            fs::rename(d.join("da"), d.join("da.aside")).unwrap();
+            fs::rename(d.join("db"), d.join("da")).unwrap();
+        },
+        "cat da/s; ls da",
+    );
+    assert!(
+        !common::contains(&o.stdout, MARK) && !common::contains(&o.stdout, b"s\n"),
+        "A reached into B's 0700 directory: {}",
+        text(&o)
+    );
+}
+
+/// Issue 6, item 1, the race: B exchanges its 0600 file with A's file in the
+/// shared directory (renameat2 RENAME_EXCHANGE in the backing directory) as
+/// fast as it can, while A opens and reads its file through the mount in a
+/// loop. Not one of A's reads may return B's bytes.
+#[test]
+fn a_rename_exchange_race_leaks_nothing() {
+    let Some((m, users)) = setup("swaprace") else {
+        return;
+    };
+    let Some(python) = common::python3("swaprace") else {
+        return;
+    };
+    let (a, b) = (&users.a, &users.b);
+    private_file(&m, a, "mine", OWN);
+    private_file(&m, b, "theirs", SECRET);
+    let secs = 2.5;
+    let swapper = format!(
+        r#"
+import ctypes, time
+libc = ctypes.CDLL(None, use_errno=True)
+end = time.monotonic() + {secs}
+n = 0
+while time.monotonic() < end:
+    if libc.renameat2(-100, b"mine", -100, b"theirs", 2) == 0:
+        n += 1
+print(n)
+"#
+    );
+    let reader = format!(
+        r#"
+import time
+end = time.monotonic() + {secs}
+leaks = own = errors = 0
+while time.monotonic() < end:
+    try:
+        with open("mine", "rb") as f:
+            d = f.read()
+    except OSError:
+        errors += 1
+        continue
+    if b"VICTIM" in d:
+        leaks += 1
+    else:
+        own += 1
+print(leaks, own, errors)
+"#
+    );
+    let spawn = |u: &TestUser, dir: &Path, code: &str| -> Child {
+        u.command(dir, &python)
+            .arg("-c")
+            .arg(code)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let t0 = Instant::now();
+    let swaps = spawn(b, &m.b("shared"), &swapper);
+    let reads = spawn(a, &m.p("shared"), &reader);
+    let (swaps, reads) = (
+        swaps.wait_with_output().unwrap(),
+        reads.wait_with_output().unwrap(),
+    );
+    assert!(swaps.status.success(), "swapper: {}", text(&swaps));
+    assert!(reads.status.success(), "reader: {}", text(&reads));
+    let counts: Vec<u64> = String::from_utf8_lossy(&reads.stdout)
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let swapped = String::from_utf8_lossy(&swaps.stdout).trim().to_string();
+    eprintln!(
+        "{swapped} exchanges; A's reads: {} of B's file, {} of its own, {} refused, in {:?}",
+        counts[0],
+        counts[1],
+        counts[2],
+        t0.elapsed()
+    );
+    assert!(swapped.parse::<u64>().unwrap() > 0, "no exchange happened");
+    assert!(counts[1] + counts[2] > 0, "A's reader never ran");
+    assert_eq!(counts[0], 0, "A read B's 0600 file through the mount");
+}
+
+/// Issue 6, item 2: A holds its file (under key KA, whose policy denies B
+/// kms:Decrypt) open; B, who can write the backing file (0666), copies the
+/// header of a file under its own key KB over it and opens the file through
+/// the mount. The open (and a truncate by path) must be refused: what would
+/// serve B is A's open state, with KA's data key, which B may not use.
+#[test]
+fn a_header_swapped_under_an_open_file_does_not_bypass_a_policy_deny() {
+    let Some((m, users)) = setup("hdrswap") else {
+        return;
+    };
+    let Some(python) = common::python3("hdrswap") else {
+        return;
+    };
+    let (a, b) = (&users.a, &users.b);
+    // KA is the mount's key (files made through the mount use it); B may
+    // not decrypt under it. KB is B's own key, with no policy.
+    let policy = format!(
+        r#"{{"Statement":[{{"Effect":"Allow","Principal":"*","Action":"kms:*"}},
+        {{"Effect":"Deny","Principal":{{"kmsfs":"uid:{}"}},"Action":"kms:Decrypt"}}]}}"#,
+        b.uid
+    );
+    m.ok(&[
+        "kms",
+        "put-key-policy",
+        "--key-id",
+        "alias/kmsfs/default",
+        "--policy",
+        &policy,
+    ]);
+    let kb: serde_json::Value =
+        serde_json::from_str(&m.ok(&["--output", "json", "kms", "create-key"])).unwrap();
+    let kb = kb["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    // A file under KB, B's to read: its header is what B copies.
+    let plain_b = m.tmp.path().join("b-plain");
+    let sealed_b = m.tmp.path().join("b-sealed");
+    fs::write(&plain_b, b"B's own data").unwrap();
+    m.ok(&[
+        "seal",
+        plain_b.to_str().unwrap(),
+        sealed_b.to_str().unwrap(),
+        "--key-id",
+        &kb,
+    ]);
+    std::os::unix::fs::chown(&sealed_b, Some(b.uid), Some(b.gid)).unwrap();
+    // A's file, writable by everyone in the backing directory.
+    ok_as(
+        a,
+        &m.p("shared"),
+        &format!("printf %s '{SECRET}' > held && chmod 666 held"),
+    );
+    // B is refused as long as the header is A's.
+    let o = b.sh(&m.p("shared"), "cat held");
+    assert!(!o.status.success(), "B opened A's file: {}", text(&o));
+    // A holds the file open.
+    let mut holder = a
+        .command(&m.p("shared"), "sh")
+        .arg("-c")
+        .arg("exec sleep 60 < held")
+        .spawn()
+        .unwrap();
+    let fd0 = format!("/proc/{}/fd/0", holder.id());
+    let t0 = Instant::now();
+    while fs::read_link(&fd0)
+        .map(|p| !p.ends_with("shared/held"))
+        .unwrap_or(true)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "A's holder never opened the file"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // B swaps the header in the backing file, then opens through the mount,
+    // reads, and truncates by path.
+    let backing = m.b("shared/held");
+    let len_before = fs::metadata(&backing).unwrap().len();
+    ok_as(
+        b,
+        &m.b("shared"),
+        &format!(
+            "dd if={} of=held bs=1024 count=1 conv=notrunc status=none",
+            sealed_b.display()
+        ),
+    );
+    let read = b.sh(&m.p("shared"), "cat held");
+    let trunc = b.sh(
+        &m.p("shared"),
+        &format!("{python} -c \"import os; os.truncate('held', 0)\""),
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(
+        !common::contains(&read.stdout, MARK),
+        "B read A's plaintext through A's open state: {}",
+        text(&read)
+    );
+    assert!(
+        String::from_utf8_lossy(&read.stderr).contains("Permission denied"),
+        "B's open of A's file: {}",
+        text(&read)
+    );
+    assert!(
+        String::from_utf8_lossy(&trunc.stderr).contains("Permission denied"),
+        "B's truncate by path of A's file: {}",
+        text(&trunc)
+    );
+    assert_eq!(fs::metadata(&backing).unwrap().len(), len_before);
+}
