@@ -10,6 +10,7 @@ mod keycache;
 pub mod mount;
 mod open;
 mod ops;
+mod privs;
 mod sparse;
 mod sys;
 

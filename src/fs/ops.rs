@@ -17,6 +17,8 @@ use fuser::{
 
 use super::core::{KmsFs, acl_xattr, filter_xattr_list, reserved_xattr};
 use super::errno::io_errno;
+use super::open::OpenFile;
+use super::privs::{self, Kill};
 use super::sparse;
 use super::sys::{self, Utime};
 use crate::kms::Caller;
@@ -169,6 +171,24 @@ impl KmsFs {
         mtime: Option<TimeOrNow>,
         fh: Option<FileHandle>,
     ) -> Result<FileAttr, Errno> {
+        // A truncate drops setid bits; so does a setattr that carries
+        // nothing fuser shows: the kernel's request to kill them (see
+        // privs.rs). Either way the reply then carries the new mode.
+        let empty = [uid, gid].iter().all(Option::is_none)
+            && [atime, mtime].iter().all(Option::is_none)
+            && size.is_none();
+        let kill = match (size, empty) {
+            (Some(_), _) => Some(Kill::IfUnprivileged),
+            (None, true) => Some(Kill::Asked),
+            (None, false) => None,
+        };
+        let mut mode = mode;
+        if let (None, Some(kill)) = (mode, kill) {
+            let a = self.getattr(ino)?;
+            if a.kind == FileType::RegularFile {
+                mode = privs::mode_after(u32::from(a.perm), a.gid, &caller(req), kill);
+            }
+        }
         if let Some(size) = size {
             self.truncate(ino, size, &caller(req), fh.is_some())?;
         }
@@ -272,6 +292,17 @@ impl KmsFs {
         }
     }
 
+    /// A content change by the caller of `req` drops the setid bits it must
+    /// (see privs.rs). When bits go here, the kernel is told to forget the
+    /// attributes it cached: no reply to an open, write or fallocate carries
+    /// them, and across an O_TRUNC it keeps the mode it had.
+    fn drop_setid(&self, ino: u64, f: &OpenFile, req: &Request, kill: Kill) -> Result<(), Errno> {
+        if privs::drop_for(f.read().file(), &caller(req), kill)? {
+            self.invalidate_attrs(ino);
+        }
+        Ok(())
+    }
+
     fn xattr_reply(&self, r: io::Result<usize>, size: u32, buf: &[u8], reply: ReplyXattr) {
         match r {
             Err(e) => reply.error(ioe(e)),
@@ -291,6 +322,10 @@ impl Filesystem for KmsFs {
             InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_ASYNC_DIO,
+            // The daemon drops setuid/setgid itself (see privs.rs); the
+            // kernel then stops asking for security.capability before
+            // every write.
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ];
         for flag in wanted {
             if let Err(missing) = cfg.add_capabilities(flag) {
@@ -487,8 +522,15 @@ impl Filesystem for KmsFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         contained("open", || {
             let truncate = flags.0 & libc::O_TRUNC != 0;
-            match KmsFs::open(self, ino.0, &caller(req), truncate) {
-                Ok(_) => reply.opened(FileHandle(ino.0), FopenFlags::empty()),
+            let r = KmsFs::open(self, ino.0, &caller(req), truncate).and_then(|f| {
+                if truncate && let Err(e) = self.drop_setid(ino.0, &f, req, Kill::IfUnprivileged) {
+                    KmsFs::release(self, ino.0);
+                    return Err(e);
+                }
+                Ok(())
+            });
+            match r {
+                Ok(()) => reply.opened(FileHandle(ino.0), FopenFlags::empty()),
                 Err(e) => reply.error(e),
             }
         });
@@ -518,21 +560,24 @@ impl Filesystem for KmsFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         contained("write", || {
-            match self
-                .open_state(ino.0)
-                .and_then(|f| f.write_at(data, offset))
-            {
+            let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+            match self.open_state(ino.0).and_then(|f| {
+                if kill {
+                    self.drop_setid(ino.0, &f, req, Kill::Asked)?;
+                }
+                f.write_at(data, offset)
+            }) {
                 Ok(()) => reply.written(data.len() as u32),
                 Err(e) => reply.error(e),
             }
@@ -810,7 +855,7 @@ impl Filesystem for KmsFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -819,10 +864,10 @@ impl Filesystem for KmsFs {
         reply: ReplyEmpty,
     ) {
         contained("fallocate", || {
-            match self
-                .open_state(ino.0)
-                .and_then(|f| sparse::fallocate(&f, offset, length, mode))
-            {
+            match self.open_state(ino.0).and_then(|f| {
+                self.drop_setid(ino.0, &f, req, Kill::IfUnprivileged)?;
+                sparse::fallocate(&f, offset, length, mode)
+            }) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
             }
