@@ -1,6 +1,7 @@
 //! Behaviours that xfstests' generic group found wrong on the mount, each
 //! reproduced directly and compared with the backing ext4 (a plain directory
 //! beside the mount) where that says what is right:
+//! - generic/003: the times shown are the times stored, across a remount;
 //! - generic/683, 684 (and write, truncate, O_TRUNC): a change by a user
 //!   without CAP_FSETID drops setuid/setgid as ext4 does.
 
@@ -10,8 +11,102 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use common::{Mount, sh};
+
+/// (atime, mtime, ctime) of `p` in nanoseconds.
+fn times(p: &Path) -> (i128, i128, i128) {
+    let m = fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+    (
+        ns(m.atime(), m.atime_nsec()),
+        ns(m.mtime(), m.mtime_nsec()),
+        ns(m.ctime(), m.ctime_nsec()),
+    )
+}
+
+#[test]
+fn times_shown_are_the_times_stored_and_survive_a_remount() {
+    let Some(mut m) = Mount::new("times") else {
+        return;
+    };
+    // generic/003 wrote with `echo`; many files, since a divergence showed
+    // only when the write and the creation fell in different clock ticks.
+    sh(
+        &m.mnt,
+        "for i in $(seq 1 20); do echo aaa > f$i; done; mkdir d; echo bbb > d/g; chmod 600 f1",
+    );
+    let names: Vec<String> = (1..=20)
+        .map(|i| format!("f{i}"))
+        .chain(["d".into(), "d/g".into()])
+        .collect();
+    let shown: Vec<_> = names.iter().map(|n| times(&m.p(n))).collect();
+    for (n, t) in names.iter().zip(&shown) {
+        let stored = times(&m.b(n));
+        assert_eq!(
+            (t.1, t.2),
+            (stored.1, stored.2),
+            "{n}: mtime and ctime shown differ from the backing file's"
+        );
+    }
+    m.remount();
+    for (n, t) in names.iter().zip(&shown) {
+        assert_eq!(times(&m.p(n)), *t, "{n}: times changed across the remount");
+    }
+}
+
+#[test]
+fn chmod_and_reads_change_the_times_as_on_ext4() {
+    let Some(m) = Mount::new("ctime") else {
+        return;
+    };
+    let plain = m.tmp.path().join("plain");
+    fs::create_dir(&plain).unwrap();
+    for dir in [plain.as_path(), m.mnt.as_path()] {
+        let f = dir.join("f");
+        fs::write(&f, b"aaa").unwrap();
+        let written = times(&f);
+        // Beyond the clock tick, so a changed time is a different time.
+        std::thread::sleep(Duration::from_millis(20));
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
+        let chmodded = times(&f);
+        assert_eq!(
+            chmodded.1,
+            written.1,
+            "{}: chmod changed mtime",
+            f.display()
+        );
+        assert!(chmodded.2 > written.2, "{}: chmod kept ctime", f.display());
+        std::thread::sleep(Duration::from_millis(20));
+        // relatime: the first read after a change updates atime, the
+        // second does not; reads never touch mtime or ctime.
+        assert_eq!(fs::read(&f).unwrap(), b"aaa");
+        let read = times(&f);
+        assert!(
+            read.0 > chmodded.0,
+            "{}: first read kept atime",
+            f.display()
+        );
+        assert_eq!(
+            (read.1, read.2),
+            (chmodded.1, chmodded.2),
+            "{}",
+            f.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(fs::read(&f).unwrap(), b"aaa");
+        assert_eq!(
+            times(&f),
+            read,
+            "{}: second read changed a time",
+            f.display()
+        );
+    }
+    // What the mount showed is what it stored.
+    let (shown, stored) = (times(&m.p("f")), times(&m.b("f")));
+    assert_eq!(shown, stored);
+}
 
 /// True when `prog` runs here; under CI a missing tool fails the test.
 fn need(test: &str, prog: &str) -> bool {

@@ -315,8 +315,12 @@ impl KmsFs {
 
 impl Filesystem for KmsFs {
     fn init(&mut self, _req: &Request, cfg: &mut KernelConfig) -> io::Result<()> {
+        // No FUSE_WRITEBACK_CACHE: with it the kernel keeps a regular
+        // file's mtime and ctime itself and shows those, while the backing
+        // file keeps the times of the daemon's own writes (and no program
+        // can set a ctime), so the times changed across a remount. Without
+        // it every stat shows the stored times.
         let wanted = [
-            InitFlags::FUSE_WRITEBACK_CACHE,
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_ATOMIC_O_TRUNC,
