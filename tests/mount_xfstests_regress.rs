@@ -2,12 +2,17 @@
 //! reproduced directly and compared with the backing ext4 (a plain directory
 //! beside the mount) where that says what is right:
 //! - generic/003: the times shown are the times stored, across a remount;
+//! - generic/035: fstat of an open directory (or file) that a rename replaced;
+//! - rewinddir on an open directory lists the names made since opendir;
 //! - generic/683, 684 (and write, truncate, O_TRUNC): a change by a user
 //!   without CAP_FSETID drops setuid/setgid as ext4 does.
 
 mod common;
 
-use std::fs;
+use std::collections::BTreeSet;
+use std::ffi::{CStr, CString};
+use std::fs::{self, File};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -106,6 +111,121 @@ fn chmod_and_reads_change_the_times_as_on_ext4() {
     // What the mount showed is what it stored.
     let (shown, stored) = (times(&m.p("f")), times(&m.b("f")));
     assert_eq!(shown, stored);
+}
+
+/// (nlink, mode, size) by fstat of `f`; panics when fstat fails.
+fn fstat(f: &File, what: &str) -> (u64, u32, u64) {
+    let m = f
+        .metadata()
+        .unwrap_or_else(|e| panic!("fstat of {what} after the rename: {e}"));
+    (m.nlink(), m.mode(), m.len())
+}
+
+/// In `dir`: opens directory b and file f, renames a over b and g over f,
+/// and returns what fstat then says of both handles.
+fn replaced_handles(dir: &Path) -> [(u64, u32, u64); 2] {
+    fs::create_dir(dir.join("a")).unwrap();
+    fs::create_dir(dir.join("b")).unwrap();
+    fs::set_permissions(dir.join("b"), fs::Permissions::from_mode(0o750)).unwrap();
+    fs::write(dir.join("f"), b"old").unwrap();
+    fs::write(dir.join("g"), b"newer").unwrap();
+    let b = File::open(dir.join("b")).unwrap();
+    let f = File::open(dir.join("f")).unwrap();
+    fs::rename(dir.join("a"), dir.join("b")).unwrap();
+    fs::rename(dir.join("g"), dir.join("f")).unwrap();
+    let mut got = [fstat(&b, "directory b"), fstat(&f, "file f")];
+    assert_eq!(got[0].1 & libc::S_IFMT, libc::S_IFDIR);
+    // A directory's size is the backing file system's business.
+    got[0].2 = 0;
+    got
+}
+
+#[test]
+fn fstat_of_a_handle_whose_name_a_rename_replaced() {
+    let Some(m) = Mount::new("replaced") else {
+        return;
+    };
+    let plain = m.tmp.path().join("plain");
+    fs::create_dir(&plain).unwrap();
+    let ext4 = replaced_handles(&plain);
+    let mount = replaced_handles(&m.mnt);
+    assert_eq!(mount, ext4, "fstat on the mount differs from ext4's");
+    // ext4 says the replaced directory and file have no links left.
+    assert_eq!((ext4[0].0, ext4[1].0), (0, 0));
+    assert_eq!(ext4[1].2, 3);
+}
+
+/// An open directory stream (libc's DIR).
+struct Dir(*mut libc::DIR);
+
+impl Dir {
+    fn open(p: &Path) -> Self {
+        let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path.
+        let d = unsafe { libc::opendir(c.as_ptr()) };
+        assert!(!d.is_null(), "opendir {}", p.display());
+        Dir(d)
+    }
+
+    /// Every name from here to the end of the stream.
+    fn names(&mut self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        loop {
+            // SAFETY: self.0 is an open stream; the entry is read before the next call.
+            let e = unsafe { libc::readdir(self.0) };
+            if e.is_null() {
+                return out;
+            }
+            // SAFETY: d_name is NUL-terminated within the entry.
+            let name = unsafe { CStr::from_ptr((*e).d_name.as_ptr()) };
+            out.insert(name.to_string_lossy().into_owned());
+        }
+    }
+
+    fn rewind(&mut self) {
+        // SAFETY: self.0 is an open stream.
+        unsafe { libc::rewinddir(self.0) };
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        // SAFETY: self.0 is an open stream, closed once.
+        unsafe { libc::closedir(self.0) };
+    }
+}
+
+#[test]
+fn rewinddir_lists_names_made_after_opendir() {
+    let Some(m) = Mount::new("rewinddir") else {
+        return;
+    };
+    let d = m.p("d");
+    fs::create_dir(&d).unwrap();
+    for i in 0..10 {
+        fs::write(d.join(format!("old{i}")), b"").unwrap();
+    }
+    let mut dir = Dir::open(&d);
+    assert_eq!(dir.names().len(), 12);
+    for i in 0..500 {
+        fs::write(d.join(format!("new{i}")), b"").unwrap();
+    }
+    fs::remove_file(d.join("old0")).unwrap();
+    dir.rewind();
+    let again = dir.names();
+    let want: BTreeSet<String> = fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .chain([".".into(), "..".into()])
+        .collect();
+    assert_eq!(want.len(), 511);
+    let missing = want.difference(&again).count();
+    let gone = again.difference(&want).count();
+    assert_eq!(
+        (missing, gone),
+        (0, 0),
+        "after rewinddir: names missing, names listed that are gone"
+    );
 }
 
 /// True when `prog` runs here; under CI a missing tool fails the test.

@@ -4,19 +4,17 @@
 //! files under the mount's key, directory snapshots, xattr filtering.
 //! `ops.rs` adapts these to fuser's callbacks.
 
-use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata};
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
 
+use super::dirs::DirTable;
 use super::errno::{envelope_errno, io_errno};
 use super::inodes::{BackingKey, InodeTable};
 use super::keycache::KeyCache;
@@ -82,8 +80,7 @@ pub struct KmsFs {
     inodes: Mutex<InodeTable>,
     opens: OpenTable,
     keys: KeyCache,
-    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
-    next_dir: AtomicU64,
+    dirs: DirTable,
     /// Serialises giving headers to empty backing files.
     init_lock: Mutex<()>,
     /// The daemon's umask (new nodes get their exact mode despite it).
@@ -174,8 +171,7 @@ impl KmsFs {
             inodes: Mutex::new(InodeTable::new(backing_key(&m))),
             opens: OpenTable::new(),
             keys: KeyCache::new(),
-            dirs: Mutex::new(HashMap::new()),
-            next_dir: AtomicU64::new(1),
+            dirs: DirTable::default(),
             init_lock: Mutex::new(()),
             umask: super::sys::umask(),
             root,
@@ -291,12 +287,16 @@ impl KmsFs {
     }
 
     /// Metadata of `ino`'s backing file (from the open fd when open: works
-    /// after unlink and never reads content).
+    /// after unlink and never reads content). A directory whose name is gone
+    /// (removed, or replaced by a rename) is still reached through a handle
+    /// some opendir keeps.
     pub fn metadata(&self, ino: u64) -> Result<Metadata, Errno> {
         if let Some(f) = self.opens.get(ino) {
             return f.metadata();
         }
-        self.stat(&self.rel(ino)?)
+        self.rel(ino)
+            .and_then(|rel| self.stat(&rel))
+            .or_else(|e| self.dirs.metadata(ino).unwrap_or(Err(e)))
     }
 
     /// Attributes of `ino`.
@@ -537,7 +537,7 @@ impl KmsFs {
         r
     }
 
-    /// Takes a snapshot of directory `ino` for readdir; returns its handle.
+    /// Opens directory `ino` for readdir; returns its handle.
     pub fn opendir(&self, ino: u64) -> Result<u64, Errno> {
         let rel = self.rel(ino)?;
         let p = if rel.as_os_str().is_empty() {
@@ -545,33 +545,21 @@ impl KmsFs {
         } else {
             &rel
         };
-        // Opened beneath the root through no symlink, then listed through
-        // /proc: the listing is of exactly that directory.
+        // Opened beneath the root through no symlink (and listed through
+        // its descriptor): the handle is of exactly that directory.
         let dir = self.open_backing(p, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-        let listed = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-        let mut entries = Vec::new();
-        for e in std::fs::read_dir(&listed).map_err(|e| io_errno(&e))? {
-            let e = e.map_err(|e| io_errno(&e))?;
-            let Ok(ft) = e.file_type() else { continue };
-            entries.push(DirEntry {
-                name: e.file_name(),
-                kind: FileType::from_std(ft).unwrap_or(FileType::RegularFile),
-                backing_ino: std::os::unix::fs::DirEntryExt::ino(&e),
-            });
-        }
-        let fh = self.next_dir.fetch_add(1, Ordering::Relaxed);
-        lock(&self.dirs).insert(fh, Arc::new(entries));
-        Ok(fh)
+        Ok(self.dirs.open(ino, dir))
     }
 
-    /// The snapshot of directory handle `fh`.
-    pub fn dir_snapshot(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>, Errno> {
-        lock(&self.dirs).get(&fh).cloned().ok_or(Errno::EBADF)
+    /// The entries of directory handle `fh` for a readdir at `offset` (a
+    /// listing from offset 0 sees the directory as it is now).
+    pub fn dir_entries(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>, Errno> {
+        self.dirs.get(fh)?.entries(offset)
     }
 
-    /// Drops a directory snapshot.
+    /// Closes a directory handle.
     pub fn releasedir(&self, fh: u64) {
-        lock(&self.dirs).remove(&fh);
+        self.dirs.release(fh);
     }
 
     /// For readdirplus: the attributes of `name` in directory `rel`, with the
@@ -621,7 +609,7 @@ impl KmsFs {
     pub fn shutdown(&self) {
         self.opens.close_all();
         self.keys.clear();
-        lock(&self.dirs).clear();
+        self.dirs.clear();
     }
 
     /// Number of cached data keys (tests).
@@ -665,7 +653,7 @@ mod tests {
     use crate::kms::{
         DataKey, DataKeySpec, Decrypted, Encrypted, EncryptionContext, KeyMetadata, KmsError,
     };
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
     /// TestKeys that count Decrypt calls and whose generation tests can bump.
     struct Counting {

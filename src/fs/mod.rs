@@ -4,6 +4,7 @@
 //! It talks to keys only through the `KeyService` trait.
 
 mod core;
+mod dirs;
 mod errno;
 mod inodes;
 mod keycache;

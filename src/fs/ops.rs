@@ -650,7 +650,7 @@ impl Filesystem for KmsFs {
         mut reply: ReplyDirectory,
     ) {
         contained("readdir", || {
-            let entries = match self.dir_snapshot(fh.0) {
+            let entries = match self.dir_entries(fh.0, offset) {
                 Ok(e) => e,
                 Err(e) => return reply.error(e),
             };
@@ -679,7 +679,7 @@ impl Filesystem for KmsFs {
     ) {
         contained("readdirplus", || {
             let (entries, dir, dir_attr) = match self
-                .dir_snapshot(fh.0)
+                .dir_entries(fh.0, offset)
                 .and_then(|e| Ok((e, self.rel(ino.0)?, KmsFs::getattr(self, ino.0)?)))
             {
                 Ok(x) => x,
