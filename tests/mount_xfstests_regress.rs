@@ -2,6 +2,7 @@
 //! reproduced directly and compared with the backing ext4 (a plain directory
 //! beside the mount) where that says what is right:
 //! - generic/003: the times shown are the times stored, across a remount;
+//! - generic/120: under noatime, reads and execs leave atime alone;
 //! - generic/035: fstat of an open directory (or file) that a rename replaced;
 //! - rewinddir on an open directory lists the names made since opendir;
 //! - generic/683, 684 (and write, truncate, O_TRUNC): a change by a user
@@ -111,6 +112,32 @@ fn chmod_and_reads_change_the_times_as_on_ext4() {
     // What the mount showed is what it stored.
     let (shown, stored) = (times(&m.p("f")), times(&m.b("f")));
     assert_eq!(shown, stored);
+}
+
+#[test]
+fn noatime_mount_reads_and_execs_leave_atime_alone() {
+    // generic/120: with noatime, neither executing nor reading a file
+    // changes its atime. The kernel leaves atime to the daemon, whose reads
+    // of the backing file would set it (relatime: the first read after a
+    // write does).
+    let Some(m) = Mount::with_args("noatime", &["-o", "noatime"]) else {
+        return;
+    };
+    fs::write(m.p("script"), b"#!/bin/sh\nexit 0\n").unwrap();
+    fs::set_permissions(m.p("script"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(m.p("data"), b"some data").unwrap();
+    let before = [times(&m.p("script")), times(&m.p("data"))];
+    std::thread::sleep(Duration::from_millis(20));
+    let o = Command::new(m.p("script")).output().unwrap();
+    assert!(o.status.success(), "executing the script failed");
+    assert_eq!(fs::read(m.p("data")).unwrap(), b"some data");
+    let after = [times(&m.p("script")), times(&m.p("data"))];
+    assert_eq!(after, before, "exec or read changed a time under noatime");
+    assert_eq!(
+        times(&m.b("data")),
+        before[1],
+        "the backing file's atime moved"
+    );
 }
 
 /// (nlink, mode, size) by fstat of `f`; panics when fstat fails.

@@ -47,6 +47,10 @@ pub struct FsConfig {
     pub key_id: String,
     /// Mounted read-only: backing files are opened read-only.
     pub read_only: bool,
+    /// Mounted noatime: backing files are opened with O_NOATIME, so that
+    /// reading through the mount leaves their atime alone (the kernel leaves
+    /// atime to the daemon, whose own reads would set it).
+    pub noatime: bool,
     /// Entry and attribute time-to-live given to the kernel.
     pub ttl: Duration,
 }
@@ -57,6 +61,7 @@ impl std::fmt::Debug for FsConfig {
             .field("backing", &self.backing)
             .field("key_id", &self.key_id)
             .field("read_only", &self.read_only)
+            .field("noatime", &self.noatime)
             .field("ttl", &self.ttl)
             .finish()
     }
@@ -383,7 +388,13 @@ impl KmsFs {
         } else {
             libc::O_RDWR
         };
-        let file = self.open_backing(&rel, acc, 0)?;
+        // O_NOATIME needs the file's owner or CAP_FOWNER: the root daemon.
+        let noatime = if self.cfg.noatime && super::sys::is_root() {
+            libc::O_NOATIME
+        } else {
+            0
+        };
+        let file = self.open_backing(&rel, acc | noatime, 0)?;
         let abs = self.shown(&rel);
         let m = file.metadata().map_err(|e| io_errno(&e))?;
         if m.is_dir() {
@@ -732,6 +743,7 @@ mod tests {
             ks: ks.clone(),
             key_id: "test".into(),
             read_only: false,
+            noatime: false,
             ttl: Duration::from_secs(1),
         })
         .unwrap();
