@@ -5,6 +5,8 @@
 //! - generic/120: under noatime, reads and execs leave atime alone;
 //! - generic/035: fstat of an open directory (or file) that a rename replaced;
 //! - rewinddir on an open directory lists the names made since opendir;
+//! - pjdfstest open::etxtbsy: a refused open(O_TRUNC) leaves a running
+//!   program alone;
 //! - generic/683, 684 (and write, truncate, O_TRUNC): a change by a user
 //!   without CAP_FSETID drops setuid/setgid as ext4 does.
 
@@ -14,7 +16,7 @@ use std::collections::BTreeSet;
 use std::ffi::{CStr, CString};
 use std::fs::{self, File};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -252,6 +254,41 @@ fn rewinddir_lists_names_made_after_opendir() {
         (missing, gone),
         (0, 0),
         "after rewinddir: names missing, names listed that are gone"
+    );
+}
+
+#[test]
+fn open_with_o_trunc_of_a_running_program_is_etxtbsy_and_cuts_nothing() {
+    // Found through pjdfstest's open::etxtbsy, which failed now and then:
+    // the daemon truncated in OPEN (ATOMIC_O_TRUNC), before the kernel
+    // refused the open with ETXTBSY, and the running program crashed.
+    let Some(m) = Mount::new("etxtbsy") else {
+        return;
+    };
+    let sleep = ["/usr/bin/sleep", "/bin/sleep"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .expect("sleep is installed");
+    let program = fs::read(sleep).unwrap();
+    fs::write(m.p("sleep"), &program).unwrap();
+    fs::set_permissions(m.p("sleep"), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut running = Command::new(m.p("sleep")).arg("10").spawn().unwrap();
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_TRUNC)
+        .open(m.p("sleep"));
+    let exited = running.try_wait().unwrap();
+    running.kill().unwrap();
+    running.wait().unwrap();
+    assert_eq!(
+        opened.err().and_then(|e| e.raw_os_error()),
+        Some(libc::ETXTBSY),
+        "open(O_TRUNC) of a running program (which exited early: {exited:?})"
+    );
+    assert!(
+        fs::read(m.p("sleep")).unwrap() == program,
+        "the refused open(O_TRUNC) changed the program"
     );
 }
 

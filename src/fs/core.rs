@@ -9,7 +9,7 @@ use std::fs::{File, Metadata};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
@@ -92,8 +92,6 @@ pub struct KmsFs {
     umask: u32,
     /// The backing directory, which file opens may not leave.
     root: File,
-    /// Tells the kernel to drop cached attributes (set once the session is up).
-    notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
 fn backing_key(m: &Metadata) -> BackingKey {
@@ -181,7 +179,6 @@ impl KmsFs {
             umask: super::sys::umask(),
             root,
             cfg,
-            notifier: Arc::default(),
         })
     }
 
@@ -220,21 +217,6 @@ impl KmsFs {
     /// operation stays).
     pub fn root(&self) -> &File {
         &self.root
-    }
-
-    /// Where the mount puts the session's notifier once it has one.
-    pub fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
-        self.notifier.clone()
-    }
-
-    /// Makes the kernel forget the attributes it cached for `ino`, for a
-    /// change no reply tells it about.
-    pub fn invalidate_attrs(&self, ino: u64) {
-        if let Some(n) = self.notifier.get()
-            && let Err(e) = n.inval_inode(INodeNo(ino), -1, 0)
-        {
-            log::debug!("invalidating the attributes of inode {ino}: {e}");
-        }
     }
 
     /// The backing entry `rel` as its parent directory (an O_PATH descriptor

@@ -401,7 +401,6 @@ fn serve(req: &MountRequest, ready: &mut dyn FnMut(Result<(), String>)) -> Resul
     .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;
     fs.enter_backing()
         .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;
-    let notifier = fs.notifier_slot();
     let session = match new_session(fs, req, &o) {
         Ok(s) => s,
         Err(e) => {
@@ -410,7 +409,6 @@ fn serve(req: &MountRequest, ready: &mut dyn FnMut(Result<(), String>)) -> Resul
             return Err(MountError::Io(msg));
         }
     };
-    let _ = notifier.set(session.notifier());
     log::info!(
         "mounted {} on {}",
         req.backing.display(),

@@ -293,14 +293,9 @@ impl KmsFs {
     }
 
     /// A content change by the caller of `req` drops the setid bits it must
-    /// (see privs.rs). When bits go here, the kernel is told to forget the
-    /// attributes it cached: no reply to an open, write or fallocate carries
-    /// them, and across an O_TRUNC it keeps the mode it had.
-    fn drop_setid(&self, ino: u64, f: &OpenFile, req: &Request, kill: Kill) -> Result<(), Errno> {
-        if privs::drop_for(f.read().file(), &caller(req), kill)? {
-            self.invalidate_attrs(ino);
-        }
-        Ok(())
+    /// (see privs.rs).
+    fn drop_setid(&self, f: &OpenFile, req: &Request, kill: Kill) -> Result<(), Errno> {
+        privs::drop_for(f.read().file(), &caller(req), kill).map(|_| ())
     }
 
     fn xattr_reply(&self, r: io::Result<usize>, size: u32, buf: &[u8], reply: ReplyXattr) {
@@ -320,10 +315,14 @@ impl Filesystem for KmsFs {
         // file keeps the times of the daemon's own writes (and no program
         // can set a ctime), so the times changed across a remount. Without
         // it every stat shows the stored times.
+        // No FUSE_ATOMIC_O_TRUNC either: with it the daemon truncates in
+        // OPEN, before the kernel checks that the file is not being executed
+        // (ETXTBSY), so an open(O_TRUNC) that failed had still cut a running
+        // program. Without it the kernel truncates by a setattr after that
+        // check.
         let wanted = [
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_ASYNC_DIO,
             // The daemon drops setuid/setgid itself (see privs.rs); the
@@ -526,15 +525,8 @@ impl Filesystem for KmsFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         contained("open", || {
             let truncate = flags.0 & libc::O_TRUNC != 0;
-            let r = KmsFs::open(self, ino.0, &caller(req), truncate).and_then(|f| {
-                if truncate && let Err(e) = self.drop_setid(ino.0, &f, req, Kill::IfUnprivileged) {
-                    KmsFs::release(self, ino.0);
-                    return Err(e);
-                }
-                Ok(())
-            });
-            match r {
-                Ok(()) => reply.opened(FileHandle(ino.0), FopenFlags::empty()),
+            match KmsFs::open(self, ino.0, &caller(req), truncate) {
+                Ok(_) => reply.opened(FileHandle(ino.0), FopenFlags::empty()),
                 Err(e) => reply.error(e),
             }
         });
@@ -578,7 +570,7 @@ impl Filesystem for KmsFs {
             let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
             match self.open_state(ino.0).and_then(|f| {
                 if kill {
-                    self.drop_setid(ino.0, &f, req, Kill::Asked)?;
+                    self.drop_setid(&f, req, Kill::Asked)?;
                 }
                 f.write_at(data, offset)
             }) {
@@ -869,7 +861,7 @@ impl Filesystem for KmsFs {
     ) {
         contained("fallocate", || {
             match self.open_state(ino.0).and_then(|f| {
-                self.drop_setid(ino.0, &f, req, Kill::IfUnprivileged)?;
+                self.drop_setid(&f, req, Kill::IfUnprivileged)?;
                 sparse::fallocate(&f, offset, length, mode)
             }) {
                 Ok(()) => reply.ok(),

@@ -8,10 +8,11 @@
 //! The kernel says on each write whether the caller lacks CAP_FSETID
 //! (FUSE_WRITE_KILL_SUIDGID), and before a write or fallocate to a setid file
 //! it sends a setattr whose only content, FATTR_KILL_SUIDGID, fuser 0.18 does
-//! not show: a setattr that carries nothing else. For truncate and open it
-//! says so in flags fuser does not pass on either (FATTR_KILL_SUIDGID with a
-//! size, FUSE_OPEN_KILL_SUIDGID), so there the daemon asks /proc about the
-//! calling thread, and only when the file has a setid bit at all.
+//! not show: a setattr that carries nothing else. For a truncate (an O_TRUNC
+//! open is one too: the mount does not ask for ATOMIC_O_TRUNC) it says so in
+//! the same flag, which fuser does not pass on, and for fallocate not at all,
+//! so there the daemon asks /proc about the calling thread, and only when the
+//! file has a setid bit at all.
 
 use std::fs::File;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -121,19 +122,17 @@ pub fn mode_after(mode: u32, gid: u32, caller: &Caller, kill: Kill) -> Option<u3
 }
 
 /// Drops the setid bits that a content change by `caller` takes from open
-/// backing file `file`; true when some went. Costs one fstat when the file
-/// has none.
-pub fn drop_for(file: &File, caller: &Caller, kill: Kill) -> Result<bool, Errno> {
+/// backing file `file`. Costs one fstat when the file has none.
+pub fn drop_for(file: &File, caller: &Caller, kill: Kill) -> Result<(), Errno> {
     let m = file.metadata().map_err(|e| io_errno(&e))?;
     if !m.is_file() {
-        return Ok(false);
+        return Ok(());
     }
     match mode_after(m.mode(), m.gid(), caller, kill) {
         Some(mode) => file
             .set_permissions(std::fs::Permissions::from_mode(mode))
-            .map(|()| true)
             .map_err(|e| io_errno(&e)),
-        None => Ok(false),
+        None => Ok(()),
     }
 }
 
