@@ -295,7 +295,7 @@ impl KmsFs {
     /// A content change by the caller of `req` drops the setid bits it must
     /// (see privs.rs).
     fn drop_setid(&self, f: &OpenFile, req: &Request, kill: Kill) -> Result<(), Errno> {
-        privs::drop_for(f.read().file(), &caller(req), kill).map(|_| ())
+        privs::drop_for(f.read().file(), &caller(req), kill)
     }
 
     fn xattr_reply(&self, r: io::Result<usize>, size: u32, buf: &[u8], reply: ReplyXattr) {
