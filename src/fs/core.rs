@@ -4,19 +4,17 @@
 //! files under the mount's key, directory snapshots, xattr filtering.
 //! `ops.rs` adapts these to fuser's callbacks.
 
-use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata};
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
 
+use super::dirs::DirTable;
 use super::errno::{envelope_errno, io_errno};
 use super::inodes::{BackingKey, InodeTable};
 use super::keycache::KeyCache;
@@ -49,6 +47,10 @@ pub struct FsConfig {
     pub key_id: String,
     /// Mounted read-only: backing files are opened read-only.
     pub read_only: bool,
+    /// Mounted noatime: backing files are opened with O_NOATIME, so that
+    /// reading through the mount leaves their atime alone (the kernel leaves
+    /// atime to the daemon, whose own reads would set it).
+    pub noatime: bool,
     /// Entry and attribute time-to-live given to the kernel.
     pub ttl: Duration,
 }
@@ -59,6 +61,7 @@ impl std::fmt::Debug for FsConfig {
             .field("backing", &self.backing)
             .field("key_id", &self.key_id)
             .field("read_only", &self.read_only)
+            .field("noatime", &self.noatime)
             .field("ttl", &self.ttl)
             .finish()
     }
@@ -82,8 +85,7 @@ pub struct KmsFs {
     inodes: Mutex<InodeTable>,
     opens: OpenTable,
     keys: KeyCache,
-    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
-    next_dir: AtomicU64,
+    dirs: DirTable,
     /// Serialises giving headers to empty backing files.
     init_lock: Mutex<()>,
     /// The daemon's umask (new nodes get their exact mode despite it).
@@ -201,8 +203,7 @@ impl KmsFs {
             inodes: Mutex::new(InodeTable::new(backing_key(&m))),
             opens: OpenTable::new(),
             keys: KeyCache::new(),
-            dirs: Mutex::new(HashMap::new()),
-            next_dir: AtomicU64::new(1),
+            dirs: DirTable::default(),
             init_lock: Mutex::new(()),
             umask: super::sys::umask(),
             root,
@@ -319,12 +320,18 @@ impl KmsFs {
     }
 
     /// Metadata of `ino`'s backing file (from the open fd when open: works
-    /// after unlink and never reads content).
+    /// after unlink and never reads content). A directory whose name is gone
+    /// (removed, or replaced by a rename) is still reached through a handle
+    /// some opendir keeps.
     pub fn metadata(&self, ino: u64) -> Result<Metadata, Errno> {
         if let Some(f) = self.opens.get(ino) {
             return f.metadata();
         }
-        Ok(self.open_checked(ino, libc::O_PATH)?.meta)
+        match self.open_checked(ino, libc::O_PATH) {
+            Ok(c) => Ok(c.meta),
+            // A directory whose name a rename replaced: an open handle of it.
+            Err(e) => self.dirs.metadata(ino).unwrap_or(Err(e)),
+        }
     }
 
     /// Attributes of `ino`.
@@ -413,7 +420,13 @@ impl KmsFs {
         } else {
             libc::O_RDWR
         };
-        let Checked { file, meta: m, rel } = self.open_checked(ino, acc)?;
+        // O_NOATIME needs the file's owner or CAP_FOWNER: the root daemon.
+        let noatime = if self.cfg.noatime && super::sys::is_root() {
+            libc::O_NOATIME
+        } else {
+            0
+        };
+        let Checked { file, meta: m, rel } = self.open_checked(ino, acc | noatime)?;
         let abs = self.shown(&rel);
         if m.is_dir() {
             return Err(Errno::EISDIR);
@@ -578,37 +591,26 @@ impl KmsFs {
         r
     }
 
-    /// Takes a snapshot of directory `ino` for readdir; returns its handle.
+    /// Opens directory `ino` for readdir; returns its handle.
     pub fn opendir(&self, ino: u64) -> Result<u64, Errno> {
-        // Opened beneath the root through no symlink, checked to be `ino`,
-        // then listed through /proc: the listing is of exactly that directory.
+        // Opened beneath the root through no symlink, checked to be `ino`
+        // (and listed through its descriptor): the handle is of exactly
+        // that directory.
         let dir = self
             .open_checked(ino, libc::O_RDONLY | libc::O_DIRECTORY)?
             .file;
-        let listed = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-        let mut entries = Vec::new();
-        for e in std::fs::read_dir(&listed).map_err(|e| io_errno(&e))? {
-            let e = e.map_err(|e| io_errno(&e))?;
-            let Ok(ft) = e.file_type() else { continue };
-            entries.push(DirEntry {
-                name: e.file_name(),
-                kind: FileType::from_std(ft).unwrap_or(FileType::RegularFile),
-                backing_ino: std::os::unix::fs::DirEntryExt::ino(&e),
-            });
-        }
-        let fh = self.next_dir.fetch_add(1, Ordering::Relaxed);
-        lock(&self.dirs).insert(fh, Arc::new(entries));
-        Ok(fh)
+        Ok(self.dirs.open(ino, dir))
     }
 
-    /// The snapshot of directory handle `fh`.
-    pub fn dir_snapshot(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>, Errno> {
-        lock(&self.dirs).get(&fh).cloned().ok_or(Errno::EBADF)
+    /// The entries of directory handle `fh` for a readdir at `offset` (a
+    /// listing from offset 0 sees the directory as it is now).
+    pub fn dir_entries(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>, Errno> {
+        self.dirs.get(fh)?.entries(offset)
     }
 
-    /// Drops a directory snapshot.
+    /// Closes a directory handle.
     pub fn releasedir(&self, fh: u64) {
-        lock(&self.dirs).remove(&fh);
+        self.dirs.release(fh);
     }
 
     /// For readdirplus: the attributes of `name` in directory `dir` (checked
@@ -660,7 +662,7 @@ impl KmsFs {
     pub fn shutdown(&self) {
         self.opens.close_all();
         self.keys.clear();
-        lock(&self.dirs).clear();
+        self.dirs.clear();
     }
 
     /// Number of cached data keys (tests).
@@ -705,7 +707,7 @@ mod tests {
         DataKey, DataKeySpec, Decrypted, Encrypted, EncryptionContext, KeyMetadata, KmsError,
     };
     use std::os::unix::fs::FileExt;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
     /// TestKeys that count Decrypt calls, whose generation tests can bump,
     /// and that can deny one uid the Decrypt of one wrapped key (a policy).
@@ -790,6 +792,7 @@ mod tests {
             ks: ks.clone(),
             key_id: "test".into(),
             read_only: false,
+            noatime: false,
             ttl: Duration::from_secs(1),
         })
         .unwrap();

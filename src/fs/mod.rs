@@ -4,12 +4,14 @@
 //! It talks to keys only through the `KeyService` trait.
 
 mod core;
+mod dirs;
 mod errno;
 mod inodes;
 mod keycache;
 pub mod mount;
 mod open;
 mod ops;
+mod privs;
 mod sparse;
 mod sys;
 

@@ -479,6 +479,7 @@ fn serve(req: &MountRequest, ready: &mut dyn FnMut(Result<(), String>)) -> Resul
         ks: req.ks.clone(),
         key_id: req.key_id.clone(),
         read_only: o.read_only,
+        noatime: o.mount.contains(&MountOption::NoAtime),
         ttl: TTL,
     })
     .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;

@@ -16,6 +16,8 @@ use fuser::{
 
 use super::core::{KmsFs, acl_xattr, attr_of, filter_xattr_list, reserved_xattr};
 use super::errno::io_errno;
+use super::open::OpenFile;
+use super::privs::{self, Kill};
 use super::sparse;
 use super::sys::{self, Utime};
 use crate::kms::Caller;
@@ -146,6 +148,24 @@ impl KmsFs {
         mtime: Option<TimeOrNow>,
         fh: Option<FileHandle>,
     ) -> Result<FileAttr, Errno> {
+        // A truncate drops setid bits; so does a setattr that carries
+        // nothing fuser shows: the kernel's request to kill them (see
+        // privs.rs). Either way the reply then carries the new mode.
+        let empty = [uid, gid].iter().all(Option::is_none)
+            && [atime, mtime].iter().all(Option::is_none)
+            && size.is_none();
+        let kill = match (size, empty) {
+            (Some(_), _) => Some(Kill::IfUnprivileged),
+            (None, true) => Some(Kill::Asked),
+            (None, false) => None,
+        };
+        let mut mode = mode;
+        if let (None, Some(kill)) = (mode, kill) {
+            let a = self.getattr(ino)?;
+            if a.kind == FileType::RegularFile {
+                mode = privs::mode_after(u32::from(a.perm), a.gid, &caller(req), kill);
+            }
+        }
         if let Some(size) = size {
             self.truncate(ino, size, &caller(req), fh.is_some())?;
         }
@@ -246,6 +266,12 @@ impl KmsFs {
         }
     }
 
+    /// A content change by the caller of `req` drops the setid bits it must
+    /// (see privs.rs).
+    fn drop_setid(&self, f: &OpenFile, req: &Request, kill: Kill) -> Result<(), Errno> {
+        privs::drop_for(f.read().file(), &caller(req), kill)
+    }
+
     fn xattr_reply(&self, r: io::Result<usize>, size: u32, buf: &[u8], reply: ReplyXattr) {
         match r {
             Err(e) => reply.error(ioe(e)),
@@ -258,13 +284,25 @@ impl KmsFs {
 
 impl Filesystem for KmsFs {
     fn init(&mut self, _req: &Request, cfg: &mut KernelConfig) -> io::Result<()> {
+        // No FUSE_WRITEBACK_CACHE: with it the kernel keeps a regular
+        // file's mtime and ctime itself and shows those, while the backing
+        // file keeps the times of the daemon's own writes (and no program
+        // can set a ctime), so the times changed across a remount. Without
+        // it every stat shows the stored times.
+        // No FUSE_ATOMIC_O_TRUNC either: with it the daemon truncates in
+        // OPEN, before the kernel checks that the file is not being executed
+        // (ETXTBSY), so an open(O_TRUNC) that failed had still cut a running
+        // program. Without it the kernel truncates by a setattr after that
+        // check.
         let wanted = [
-            InitFlags::FUSE_WRITEBACK_CACHE,
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_ASYNC_DIO,
+            // The daemon drops setuid/setgid itself (see privs.rs); the
+            // kernel then stops asking for security.capability before
+            // every write.
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ];
         for flag in wanted {
             if let Err(missing) = cfg.add_capabilities(flag) {
@@ -487,21 +525,24 @@ impl Filesystem for KmsFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         contained("write", || {
-            match self
-                .open_state(ino.0)
-                .and_then(|f| f.write_at(data, offset))
-            {
+            let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+            match self.open_state(ino.0).and_then(|f| {
+                if kill {
+                    self.drop_setid(&f, req, Kill::Asked)?;
+                }
+                f.write_at(data, offset)
+            }) {
                 Ok(()) => reply.written(data.len() as u32),
                 Err(e) => reply.error(e),
             }
@@ -570,7 +611,7 @@ impl Filesystem for KmsFs {
         mut reply: ReplyDirectory,
     ) {
         contained("readdir", || {
-            let entries = match self.dir_snapshot(fh.0) {
+            let entries = match self.dir_entries(fh.0, offset) {
                 Ok(e) => e,
                 Err(e) => return reply.error(e),
             };
@@ -600,7 +641,7 @@ impl Filesystem for KmsFs {
         contained("readdirplus", || {
             // The directory, checked to be `ino`: its entries are looked up
             // in it, not in whatever its name leads to by now.
-            let (entries, dir) = match self.dir_snapshot(fh.0).and_then(|e| {
+            let (entries, dir) = match self.dir_entries(fh.0, offset).and_then(|e| {
                 Ok((
                     e,
                     self.open_checked(ino.0, libc::O_PATH | libc::O_DIRECTORY)?,
@@ -777,7 +818,7 @@ impl Filesystem for KmsFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -786,10 +827,10 @@ impl Filesystem for KmsFs {
         reply: ReplyEmpty,
     ) {
         contained("fallocate", || {
-            match self
-                .open_state(ino.0)
-                .and_then(|f| sparse::fallocate(&f, offset, length, mode))
-            {
+            match self.open_state(ino.0).and_then(|f| {
+                self.drop_setid(&f, req, Kill::IfUnprivileged)?;
+                sparse::fallocate(&f, offset, length, mode)
+            }) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
             }

@@ -1,0 +1,147 @@
+//! Open directories: each opendir handle keeps the backing directory's
+//! descriptor, so that fstat of the handle and its listings still reach that
+//! very directory after a rename moved it or replaced it (its name then
+//! leads elsewhere or nowhere), and the snapshot its readdir serves from,
+//! taken afresh whenever a listing starts at offset 0 (the first readdir,
+//! rewinddir, seekdir to the start), so names made since opendir show.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::{File, Metadata};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use fuser::{Errno, FileType};
+
+use super::core::DirEntry;
+use super::errno::io_errno;
+
+/// One opendir handle.
+#[derive(Debug)]
+pub struct DirHandle {
+    ino: u64,
+    dir: File,
+    entries: Mutex<Arc<Vec<DirEntry>>>,
+}
+
+impl DirHandle {
+    /// The entries a readdir at `offset` serves from: listed afresh at 0,
+    /// else the snapshot of the listing under way.
+    pub fn entries(&self, offset: u64) -> Result<Arc<Vec<DirEntry>>, Errno> {
+        let mut snapshot = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if offset == 0 {
+            *snapshot = Arc::new(list(&self.dir)?);
+        }
+        Ok(snapshot.clone())
+    }
+}
+
+/// Lists directory `dir` (through /proc, so exactly that directory, wherever
+/// its name went).
+fn list(dir: &File) -> Result<Vec<DirEntry>, Errno> {
+    let listed = format!("/proc/self/fd/{}", dir.as_raw_fd());
+    let mut entries = Vec::new();
+    for e in std::fs::read_dir(listed).map_err(|e| io_errno(&e))? {
+        let e = e.map_err(|e| io_errno(&e))?;
+        let Ok(ft) = e.file_type() else { continue };
+        let name: OsString = e.file_name();
+        entries.push(DirEntry {
+            name,
+            kind: FileType::from_std(ft).unwrap_or(FileType::RegularFile),
+            backing_ino: std::os::unix::fs::DirEntryExt::ino(&e),
+        });
+    }
+    Ok(entries)
+}
+
+/// Every open directory handle.
+#[derive(Debug)]
+pub struct DirTable {
+    map: Mutex<HashMap<u64, Arc<DirHandle>>>,
+    next: AtomicU64,
+}
+
+impl Default for DirTable {
+    fn default() -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl DirTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<DirHandle>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new handle on directory `dir`, FUSE inode `ino`.
+    pub fn open(&self, ino: u64, dir: File) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed);
+        let h = DirHandle {
+            ino,
+            dir,
+            entries: Mutex::new(Arc::new(Vec::new())),
+        };
+        self.lock().insert(fh, Arc::new(h));
+        fh
+    }
+
+    /// Handle `fh` (EBADF when unknown).
+    pub fn get(&self, fh: u64) -> Result<Arc<DirHandle>, Errno> {
+        self.lock().get(&fh).cloned().ok_or(Errno::EBADF)
+    }
+
+    /// fstat of some open handle of directory `ino`, if there is one.
+    pub fn metadata(&self, ino: u64) -> Option<Result<Metadata, Errno>> {
+        let h = self.lock().values().find(|h| h.ino == ino).cloned()?;
+        Some(h.dir.metadata().map_err(|e| io_errno(&e)))
+    }
+
+    /// Closes handle `fh`.
+    pub fn release(&self, fh: u64) {
+        self.lock().remove(&fh);
+    }
+
+    /// Closes every handle (unmount).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_from_offset_zero_sees_new_names_and_the_handle_outlives_the_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("d");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("a"), b"").unwrap();
+        let t = DirTable::default();
+        let fh = t.open(7, File::open(&d).unwrap());
+        let h = t.get(fh).unwrap();
+        assert_eq!(h.entries(0).unwrap().len(), 1);
+        std::fs::write(d.join("b"), b"").unwrap();
+        // A listing under way keeps its snapshot; one from the start does not.
+        assert_eq!(h.entries(1).unwrap().len(), 1);
+        assert_eq!(h.entries(0).unwrap().len(), 2);
+        // Renamed away and replaced: the handle still reaches its directory.
+        std::fs::rename(&d, tmp.path().join("moved")).unwrap();
+        std::fs::create_dir(&d).unwrap();
+        let m = t.metadata(7).unwrap().unwrap();
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::ino(&m),
+            std::os::unix::fs::MetadataExt::ino(
+                &std::fs::metadata(tmp.path().join("moved")).unwrap()
+            )
+        );
+        assert_eq!(h.entries(0).unwrap().len(), 2);
+        assert!(t.metadata(8).is_none());
+        t.release(fh);
+        assert!(t.metadata(7).is_none());
+        assert_eq!(t.get(fh).err(), Some(Errno::EBADF));
+    }
+}
