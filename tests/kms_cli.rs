@@ -1,9 +1,9 @@
 //! `kmsfs kms` as a user sees it: AWS-shaped options and JSON, binary inputs,
 //! the Encrypt size limit, contexts, foreign blobs, aliases and data keys.
 
-mod kms_support;
+mod common;
 
-use kms_support::*;
+use common::*;
 
 #[test]
 fn json_output_uses_aws_field_names() {

@@ -2,9 +2,9 @@
 //! previous generation, truncation, unknown versions, a missing root key, and
 //! twenty concurrent writers. Failures must leave every byte as it was.
 
-mod kms_support;
+mod common;
 
-use kms_support::*;
+use common::*;
 
 fn flip_middle(path: &std::path::Path) {
     let mut b = std::fs::read(path).unwrap();

@@ -3,11 +3,11 @@
 //! readable by every later kmsfs. Never regenerate these files; add new ones
 //! for new versions.
 
-mod kms_support;
+mod common;
 
 use std::path::{Path, PathBuf};
 
-use kms_support::*;
+use common::*;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kms_v1");
 

@@ -2,9 +2,9 @@
 //! `openssl pkeyutl` with RSA-OAEP-SHA-256 under the import public key (or the
 //! library's own wrap helper when openssl is not installed).
 
-mod kms_support;
+mod common;
 
-use kms_support::*;
+use common::*;
 
 fn wrap(ks: &Ks, public_b64: &str, material: &[u8]) -> Vec<u8> {
     let public = b64(public_b64);

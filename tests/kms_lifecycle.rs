@@ -2,9 +2,9 @@
 //! deletion for good once the window has passed (KMSFS_TEST_NOW), from both
 //! keystore generations.
 
-mod kms_support;
+mod common;
 
-use kms_support::*;
+use common::*;
 
 fn state(ks: &Ks, key: &str) -> String {
     ks.json(&["kms", "describe-key", "--key-id", key])["KeyMetadata"]["KeyState"]

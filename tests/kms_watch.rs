@@ -2,11 +2,11 @@
 //! `LocalKeyStore` sees another process's `disable-key` within one second
 //! (generation() changes and the next operation refuses), without reopening.
 
-mod kms_support;
+mod common;
 
 use std::time::{Duration, Instant};
 
-use kms_support::*;
+use common::*;
 use kmsfs::crypto::SecretBytes;
 use kmsfs::kms::{Caller, DataKeySpec, EncryptionContext, KeyService, KmsError, LocalKeyStore};
 

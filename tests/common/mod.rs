@@ -1,243 +1,155 @@
-//! Shared fixture of the mount tests: a temporary keystore, backing directory
-//! and mount point; the real `kmsfs mount` binary; a guard whose Drop always
-//! unmounts (kmsfs unmount, then fusermount3 -u -z, then umount -l) and kills
-//! the daemon, even when the test panics. Tests skip, saying why, only where
-//! /dev/fuse is absent (and fail instead under KMSFS_REQUIRE_FUSE=1).
+//! The one shared fixture of the integration tests (`mod common;` in each).
+//!
+//! - Environment: every command it builds ([`command`], [`kmsfs`], and the
+//!   ones of [`Mount`] and [`Ks`]) starts with no `KMSFS_*` variable of the
+//!   developer's shell (`KMSFS_TEST_NOW`, `KMSFS_KEYSTORE`, `KMSFS_PASSPHRASE`,
+//!   and any added later); a test sets what it needs on top.
+//! - Mounts: [`Mount`] mounts the real `kmsfs` binary on its own temporary
+//!   keystore, backing directory and mount point; its Drop (like that of
+//!   [`MountGuard`], for mounts made otherwise) always unmounts and stops the
+//!   daemon, on panic too.
+//! - Keystores: [`Ks`], a temporary keystore and the `kmsfs` commands on it.
+//! - Skips: a test skips only through [`skip`] (via [`fuse_available`],
+//!   [`require_tool`], [`require_root`], [`test_users`]), which says why;
+//!   under CI (`CI=true` or `KMSFS_REQUIRE_FUSE=1`, which scripts/test.sh sets
+//!   under CI) the same call fails the test instead.
 #![allow(dead_code)]
 
+mod keystore;
+mod mount;
+mod users;
+
+// Each test uses part of the fixture: what it leaves is no finding.
+#[allow(unused_imports)]
+pub use keystore::*;
+#[allow(unused_imports)]
+pub use mount::*;
+#[allow(unused_imports)]
+pub use users::*;
+
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 /// The kmsfs binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_kmsfs");
 
-/// True when mounts can run here; prints why not otherwise.
+/// True when nothing may be skipped: under CI (`CI=true`) or with
+/// `KMSFS_REQUIRE_FUSE=1` (scripts/test.sh sets it under CI).
+pub fn tools_required() -> bool {
+    std::env::var("KMSFS_REQUIRE_FUSE").as_deref() == Ok("1")
+        || std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// Skips `test` because of `why`: prints `SKIPPED test: why` and returns,
+/// or, where nothing may be skipped ([`tools_required`]), fails the test.
+pub fn skip(test: &str, why: &str) {
+    if tools_required() {
+        panic!("{test}: {why} (a failure, not a skip, under CI or KMSFS_REQUIRE_FUSE=1)");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+}
+
+/// True when mounts can run here; otherwise skips `test` (see [`skip`]).
 pub fn fuse_available(test: &str) -> bool {
     if Path::new("/dev/fuse").exists() {
         return true;
     }
-    if std::env::var("KMSFS_REQUIRE_FUSE").as_deref() == Ok("1") {
-        panic!("{test}: /dev/fuse is absent and KMSFS_REQUIRE_FUSE=1");
-    }
-    eprintln!("SKIPPED {test}: /dev/fuse is absent, so nothing can be mounted here");
+    skip(test, "/dev/fuse is absent, so nothing can be mounted here");
     false
 }
 
-/// A mounted kmsfs with its own keystore and directories.
-pub struct Mount {
-    /// Holds every directory of this test; removed on drop.
-    pub tmp: tempfile::TempDir,
-    /// The backing directory (ciphertext).
-    pub backing: PathBuf,
-    /// The mount point (plaintext).
-    pub mnt: PathBuf,
-    /// The keystore directory.
-    pub keystore: PathBuf,
-    /// The daemon's log.
-    pub log: PathBuf,
-    mounted: bool,
-    extra: Vec<String>,
+/// The executable `tool` on PATH (or in /usr/sbin, /sbin), if any.
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(tool))
+        .find(|p| {
+            std::fs::metadata(p)
+                .is_ok_and(|md| md.is_file() && md.permissions().mode() & 0o111 != 0)
+        })
 }
 
-impl Mount {
-    /// Mounts with the zero-setup default key; None (test skipped) without /dev/fuse.
-    pub fn new(test: &str) -> Option<Self> {
-        Self::with_args(test, &[])
+/// Where to get a tool the tests run.
+fn install_hint(tool: &str) -> &'static str {
+    match tool {
+        "fsx" => "cargo install fsx@0.3.2",
+        "pjdfstest" => "cargo install pjdfstest@0.2.2",
+        "fusermount3" => "apt-get install fuse3",
+        "runuser" | "setpriv" | "fallocate" => "apt-get install util-linux",
+        "useradd" | "groupadd" => "apt-get install passwd",
+        "getfattr" => "apt-get install attr",
+        _ => "scripts/test.sh installs it",
     }
+}
 
-    /// Mounts with extra `kmsfs mount` arguments (e.g. `-o ro`, `--key-id K`).
-    pub fn with_args(test: &str, extra: &[&str]) -> Option<Self> {
-        if !fuse_available(test) {
-            return None;
-        }
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("kmsfs-{test}-"))
-            .tempdir()
-            .expect("temp dir");
-        let backing = tmp.path().join("backing");
-        let mnt = tmp.path().join("mnt");
-        std::fs::create_dir(&backing).expect("mkdir backing");
-        std::fs::create_dir(&mnt).expect("mkdir mnt");
-        let mut m = Mount {
-            keystore: tmp.path().join("keystore"),
-            log: tmp.path().join("kmsfs.log"),
-            backing,
-            mnt,
-            tmp,
-            mounted: false,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        m.mount();
-        Some(m)
-    }
-
-    /// A `kmsfs` command on this test's keystore.
-    pub fn kmsfs(&self) -> Command {
-        let mut c = Command::new(BIN);
-        c.arg("--keystore").arg(&self.keystore);
-        c.env_remove("KMSFS_PASSPHRASE");
-        c
-    }
-
-    /// Runs `kmsfs ARGS` and returns its output.
-    pub fn run(&self, args: &[&str]) -> Output {
-        self.kmsfs().args(args).output().expect("run kmsfs")
-    }
-
-    /// Runs `kmsfs ARGS`, panicking with its stderr when it fails; returns stdout.
-    pub fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "kmsfs {args:?} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    /// Mounts (again).
-    pub fn mount(&mut self) {
-        let t0 = Instant::now();
-        let o = self
-            .kmsfs()
-            .arg("mount")
-            .arg(&self.backing)
-            .arg(&self.mnt)
-            .arg("--log-file")
-            .arg(&self.log)
-            .args(&self.extra)
-            .output()
-            .expect("run kmsfs mount");
-        assert!(
-            o.status.success(),
-            "kmsfs mount failed: {}{}",
-            String::from_utf8_lossy(&o.stderr),
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-        self.mounted = true;
-        assert!(
-            is_mounted(&self.mnt),
-            "kmsfs mount returned after {:?} but nothing is mounted",
-            t0.elapsed()
+/// The path of `tool`, or None after skipping `test` (see [`skip`]): under
+/// CI a missing tool fails the test.
+pub fn require_tool(test: &str, tool: &str) -> Option<PathBuf> {
+    let found = which(tool);
+    if found.is_none() {
+        skip(
+            test,
+            &format!("{tool} is not installed ({})", install_hint(tool)),
         );
     }
-
-    /// Unmounts with `kmsfs unmount` (which waits for the daemon to exit).
-    pub fn unmount(&mut self) {
-        let o = self.run(&["unmount", self.mnt.to_str().expect("utf-8 path")]);
-        assert!(
-            o.status.success(),
-            "kmsfs unmount failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        self.mounted = false;
-        assert!(!is_mounted(&self.mnt));
-    }
-
-    /// Unmounts and mounts again (drops every cache).
-    pub fn remount(&mut self) {
-        self.unmount();
-        self.mount();
-    }
-
-    /// A path on the mount.
-    pub fn p(&self, rel: &str) -> PathBuf {
-        self.mnt.join(rel)
-    }
-
-    /// A path in the backing directory.
-    pub fn b(&self, rel: &str) -> PathBuf {
-        self.backing.join(rel)
-    }
-
-    /// The daemon's pid (from the mount's source name).
-    pub fn daemon_pid(&self) -> Option<u32> {
-        daemon_pid(&self.mnt)
-    }
-
-    /// The daemon's log so far.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Replaces the extra `kmsfs mount` arguments used by the next mount.
-    pub fn set_args(&mut self, extra: &[&str]) {
-        self.extra = extra.iter().map(|s| s.to_string()).collect();
-    }
-
-    /// Marks the mount as gone (a test unmounted it some other way).
-    pub fn forget_mounted(&mut self) {
-        self.mounted = false;
-    }
+    found
 }
 
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let pid = daemon_pid(&self.mnt);
-        if self.mounted || is_mounted(&self.mnt) {
-            let _ = Command::new(BIN).arg("unmount").arg(&self.mnt).output();
-            if is_mounted(&self.mnt) {
-                let _ = Command::new("fusermount3")
-                    .args(["-u", "-z"])
-                    .arg(&self.mnt)
-                    .output();
-            }
-            if is_mounted(&self.mnt) {
-                let _ = Command::new("umount").arg("-l").arg(&self.mnt).output();
-            }
-        }
-        if let Some(pid) = pid {
-            let t0 = Instant::now();
-            while process_alive(pid) && t0.elapsed() < Duration::from_secs(3) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if process_alive(pid) {
-                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).output();
-            }
+/// This process's effective user id (`id -u`).
+pub fn euid() -> Option<u32> {
+    let o = Command::new("id").arg("-u").output().ok()?;
+    if !o.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&o.stdout).trim().parse().ok()
+}
+
+/// True when running as root; otherwise skips `test` (see [`skip`]), `why`
+/// saying what needs root.
+pub fn require_root(test: &str, why: &str) -> bool {
+    if euid() == Some(0) {
+        return true;
+    }
+    skip(test, &format!("needs root: {why}"));
+    false
+}
+
+/// Removes every `KMSFS_*` variable this process has from `c`'s environment.
+pub fn clear_kmsfs_env(c: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("KMSFS_") {
+            c.env_remove(name);
         }
     }
+    c
 }
 
-fn mountinfo_line(mnt: &Path) -> Option<(String, String)> {
-    let mnt = std::fs::canonicalize(mnt).unwrap_or_else(|_| mnt.to_path_buf());
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().rev().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        let sep = f.iter().position(|x| *x == "-")?;
-        if Path::new(f.get(4)?) == mnt {
-            Some((f.get(sep + 1)?.to_string(), f.get(sep + 2)?.to_string()))
-        } else {
-            None
-        }
-    })
+/// A command for `program` with no `KMSFS_*` variable inherited.
+pub fn command(program: impl AsRef<OsStr>) -> Command {
+    let mut c = Command::new(program);
+    clear_kmsfs_env(&mut c);
+    c
 }
 
-/// True when something is mounted exactly at `mnt`.
-pub fn is_mounted(mnt: &Path) -> bool {
-    mountinfo_line(mnt).is_some()
+/// A `kmsfs` command with no `KMSFS_*` variable inherited, the default
+/// keystore location not taken from the developer's `XDG_DATA_HOME`, and the
+/// default log level.
+pub fn kmsfs() -> Command {
+    let mut c = command(BIN);
+    c.env_remove("XDG_DATA_HOME");
+    c.env("RUST_LOG", "warn");
+    c
 }
 
-/// The kmsfs daemon serving `mnt`.
-pub fn daemon_pid(mnt: &Path) -> Option<u32> {
-    let (_, source) = mountinfo_line(mnt)?;
-    source
-        .strip_prefix("kmsfs:")?
-        .split(':')
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// True while `pid` runs (zombies count as gone).
-pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => match s.rfind(')') {
-            Some(i) => !matches!(s[i + 1..].trim_start().chars().next(), Some('Z' | 'X')),
-            None => true,
-        },
-        Err(_) => false,
-    }
+/// A temporary directory named after `test` (removed on drop).
+pub fn tempdir(test: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("kmsfs-{test}-"))
+        .tempdir()
+        .expect("temp dir")
 }
 
 /// A small deterministic PRNG (xorshift64*), so tests need no rand crate.
@@ -265,9 +177,10 @@ impl Rng {
     }
 }
 
-/// Runs a shell command, panicking with its output when it fails.
+/// Runs a shell command (no `KMSFS_*` variable inherited), panicking with
+/// its output when it fails.
 pub fn sh(dir: &Path, script: &str) -> String {
-    let o = Command::new("sh")
+    let o = command("sh")
         .arg("-c")
         .arg(script)
         .current_dir(dir)
@@ -302,176 +215,4 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
-}
-
-/// An unprivileged local user made by `test_users`.
-#[derive(Debug, Clone)]
-pub struct TestUser {
-    /// Login name.
-    pub name: &'static str,
-    /// User id.
-    pub uid: u32,
-    /// Primary group id (the shared group of `TestUsers`).
-    pub gid: u32,
-}
-
-/// Two unprivileged users, A and B, sharing one group: for tests that try
-/// what one local user can do to another through a shared mount.
-#[derive(Debug, Clone)]
-pub struct TestUsers {
-    /// User A (`kmsfs-a`).
-    pub a: TestUser,
-    /// User B (`kmsfs-b`).
-    pub b: TestUser,
-    /// The shared group (`kmsfs-g`).
-    pub group: &'static str,
-    /// Its id.
-    pub gid: u32,
-}
-
-/// Name of the group `test_users` puts both users in.
-pub const TEST_GROUP: &str = "kmsfs-g";
-
-/// True when a missing tool must fail the test rather than skip it.
-pub fn tools_required() -> bool {
-    std::env::var("KMSFS_REQUIRE_FUSE").as_deref() == Ok("1")
-        || std::env::var("CI").as_deref() == Ok("true")
-}
-
-fn id_of(args: &[&str]) -> Option<u32> {
-    let o = Command::new("id").args(args).output().ok()?;
-    if !o.status.success() {
-        return None;
-    }
-    String::from_utf8_lossy(&o.stdout).trim().parse().ok()
-}
-
-/// Creates (once, idempotently, also across test processes running at the
-/// same time) the users `kmsfs-a` and `kmsfs-b` in group `kmsfs-g`: no home,
-/// no login shell. Needs root, useradd and setpriv; None (test skipped,
-/// saying why) without them, a panic instead under CI.
-pub fn test_users(test: &str) -> Option<TestUsers> {
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let skip = |why: &str| {
-        if tools_required() {
-            panic!("{test}: {why}");
-        }
-        eprintln!("SKIPPED {test}: {why}");
-        None
-    };
-    if id_of(&["-u"]) != Some(0) {
-        return skip("creating test users needs root");
-    }
-    for tool in ["useradd", "groupadd", "setpriv"] {
-        let found = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {tool}"))
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !found {
-            return skip(&format!("{tool} is not installed"));
-        }
-    }
-    // useradd locks /etc/passwd: another test process doing the same at the
-    // same moment makes it fail; try again, then see whether the user exists.
-    let made = |cmd: &[&str], exists: &dyn Fn() -> bool| {
-        for _ in 0..50 {
-            if exists() {
-                return true;
-            }
-            let _ = Command::new(cmd[0]).args(&cmd[1..]).output();
-            if exists() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
-    };
-    let group_exists = || {
-        Command::new("getent")
-            .args(["group", TEST_GROUP])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    if !made(&["groupadd", "-f", TEST_GROUP], &group_exists) {
-        panic!("{test}: could not create group {TEST_GROUP}");
-    }
-    let user = |name: &'static str| {
-        let exists = || id_of(&["-u", name]).is_some();
-        let cmd = [
-            "useradd",
-            "-M",
-            "-N",
-            "-g",
-            TEST_GROUP,
-            "-d",
-            "/nonexistent",
-            "-s",
-            "/usr/sbin/nologin",
-            name,
-        ];
-        if !made(&cmd, &exists) {
-            panic!("{test}: could not create user {name}");
-        }
-        TestUser {
-            name,
-            uid: id_of(&["-u", name]).expect("uid of a test user"),
-            gid: id_of(&["-g", name]).expect("gid of a test user"),
-        }
-    };
-    let (a, b) = (user("kmsfs-a"), user("kmsfs-b"));
-    assert_eq!(a.gid, b.gid, "test users must share their primary group");
-    Some(TestUsers {
-        gid: a.gid,
-        a,
-        b,
-        group: TEST_GROUP,
-    })
-}
-
-impl TestUser {
-    /// `prog` to be run as this user (real and effective ids, its groups),
-    /// in `dir`, with a neutral environment.
-    pub fn command(&self, dir: &Path, prog: &str) -> Command {
-        let mut c = Command::new("setpriv");
-        c.arg(format!("--reuid={}", self.uid))
-            .arg(format!("--regid={}", self.gid))
-            .arg("--init-groups")
-            .arg("--")
-            .arg(prog)
-            .current_dir(dir)
-            .env("HOME", "/")
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin");
-        c
-    }
-
-    /// Runs `script` with `sh -c` as this user in `dir`; returns its output
-    /// (whether it failed is the caller's question).
-    pub fn sh(&self, dir: &Path, script: &str) -> Output {
-        self.command(dir, "sh")
-            .arg("-c")
-            .arg(script)
-            .output()
-            .expect("run sh as a test user")
-    }
-}
-
-/// A python3 every user may run (not one under root's home), for scripts
-/// run as test users; None (test skipped, saying why) without one, a panic
-/// instead under CI.
-pub fn python3(test: &str) -> Option<String> {
-    let found = ["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"]
-        .into_iter()
-        .find(|p| Path::new(p).exists());
-    match found {
-        Some(p) => Some(p.to_string()),
-        None if tools_required() => panic!("{test}: no system python3"),
-        None => {
-            eprintln!("SKIPPED {test}: no system python3");
-            None
-        }
-    }
 }

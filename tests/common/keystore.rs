@@ -1,11 +1,11 @@
-//! Shared fixture of the kms integration tests: a temporary keystore and a way
-//! to run the real `kmsfs` binary on it with a clean environment.
-#![allow(dead_code)]
+//! Temporary keystores and the `kmsfs` commands run on them, for the kms tests.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
+
+use super::{kmsfs, tempdir};
 
 /// Exit codes (cli::ErrorClass).
 pub const EXIT_USAGE: i32 = 2;
@@ -20,21 +20,6 @@ pub struct Ks {
     pub path: PathBuf,
 }
 
-/// A `kmsfs` command with no KMSFS_* variables inherited.
-pub fn kmsfs() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kmsfs"));
-    for v in [
-        "KMSFS_KEYSTORE",
-        "KMSFS_PASSPHRASE",
-        "KMSFS_TEST_NOW",
-        "XDG_DATA_HOME",
-    ] {
-        c.env_remove(v);
-    }
-    c.env("RUST_LOG", "warn");
-    c
-}
-
 impl Ks {
     /// A keystore in root-key-file mode.
     pub fn new() -> Self {
@@ -45,7 +30,7 @@ impl Ks {
 
     /// A directory where no keystore exists yet.
     pub fn empty() -> Self {
-        let tmp = tempfile::tempdir().expect("tempdir");
+        let tmp = tempdir("ks");
         let path = tmp.path().join("ks");
         Self { tmp, path }
     }
@@ -55,7 +40,8 @@ impl Ks {
         self.tmp.path().join(name)
     }
 
-    /// Runs `kmsfs --keystore DIR ARGS...` with extra environment.
+    /// Runs `kmsfs --keystore DIR ARGS...` with extra environment (on top
+    /// of one without any `KMSFS_*` variable).
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut c = kmsfs();
         c.arg("--keystore").arg(&self.path).args(args);

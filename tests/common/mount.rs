@@ -1,0 +1,233 @@
+//! Mounts of the real `kmsfs` binary, and the guards that always unmount them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use super::{command, fuse_available, kmsfs, tempdir};
+
+/// A mounted kmsfs with its own keystore and directories; unmounted on drop.
+pub struct Mount {
+    /// Holds every directory of this test; removed on drop.
+    pub tmp: tempfile::TempDir,
+    /// The backing directory (ciphertext).
+    pub backing: PathBuf,
+    /// The mount point (plaintext).
+    pub mnt: PathBuf,
+    /// The keystore directory.
+    pub keystore: PathBuf,
+    /// The daemon's log.
+    pub log: PathBuf,
+    mounted: bool,
+    extra: Vec<String>,
+}
+
+impl Mount {
+    /// Mounts with the zero-setup default key; None (test skipped) without /dev/fuse.
+    pub fn new(test: &str) -> Option<Self> {
+        Self::with_args(test, &[])
+    }
+
+    /// Mounts with extra `kmsfs mount` arguments (e.g. `-o ro`, `--key-id K`).
+    pub fn with_args(test: &str, extra: &[&str]) -> Option<Self> {
+        if !fuse_available(test) {
+            return None;
+        }
+        let tmp = tempdir(test);
+        let backing = tmp.path().join("backing");
+        let mnt = tmp.path().join("mnt");
+        std::fs::create_dir(&backing).expect("mkdir backing");
+        std::fs::create_dir(&mnt).expect("mkdir mnt");
+        let mut m = Mount {
+            keystore: tmp.path().join("keystore"),
+            log: tmp.path().join("kmsfs.log"),
+            backing,
+            mnt,
+            tmp,
+            mounted: false,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        m.mount();
+        Some(m)
+    }
+
+    /// A `kmsfs` command on this test's keystore (no `KMSFS_*` variable inherited).
+    pub fn kmsfs(&self) -> Command {
+        let mut c = kmsfs();
+        c.arg("--keystore").arg(&self.keystore);
+        c
+    }
+
+    /// Runs `kmsfs ARGS` and returns its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.kmsfs().args(args).output().expect("run kmsfs")
+    }
+
+    /// Runs `kmsfs ARGS`, panicking with its stderr when it fails; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "kmsfs {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Mounts (again).
+    pub fn mount(&mut self) {
+        let t0 = Instant::now();
+        let o = self
+            .kmsfs()
+            .arg("mount")
+            .arg(&self.backing)
+            .arg(&self.mnt)
+            .arg("--log-file")
+            .arg(&self.log)
+            .args(&self.extra)
+            .output()
+            .expect("run kmsfs mount");
+        assert!(
+            o.status.success(),
+            "kmsfs mount failed: {}{}",
+            String::from_utf8_lossy(&o.stderr),
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+        self.mounted = true;
+        assert!(
+            is_mounted(&self.mnt),
+            "kmsfs mount returned after {:?} but nothing is mounted",
+            t0.elapsed()
+        );
+    }
+
+    /// Unmounts with `kmsfs unmount` (which waits for the daemon to exit).
+    pub fn unmount(&mut self) {
+        let o = self.run(&["unmount", self.mnt.to_str().expect("utf-8 path")]);
+        assert!(
+            o.status.success(),
+            "kmsfs unmount failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        self.mounted = false;
+        assert!(!is_mounted(&self.mnt));
+    }
+
+    /// Unmounts and mounts again (drops every cache).
+    pub fn remount(&mut self) {
+        self.unmount();
+        self.mount();
+    }
+
+    /// A path on the mount.
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// A path in the backing directory.
+    pub fn b(&self, rel: &str) -> PathBuf {
+        self.backing.join(rel)
+    }
+
+    /// The daemon's pid (from the mount's source name).
+    pub fn daemon_pid(&self) -> Option<u32> {
+        daemon_pid(&self.mnt)
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Replaces the extra `kmsfs mount` arguments used by the next mount.
+    pub fn set_args(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// Marks the mount as gone (a test unmounted it some other way).
+    pub fn forget_mounted(&mut self) {
+        self.mounted = false;
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        force_unmount(&self.mnt, self.mounted);
+    }
+}
+
+/// Unmounts whatever is mounted at its path when dropped (on panic too), for
+/// mounts a test makes without [`Mount`] (say, with an environment of its own).
+pub struct MountGuard(pub PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        force_unmount(&self.0, false);
+    }
+}
+
+/// Unmounts `mnt` by every means there is (kmsfs unmount, then fusermount3
+/// -u -z, then umount -l) and waits up to 3 s for its daemon to exit before
+/// killing it. `mounted`: unmount even when mountinfo no longer shows it.
+pub fn force_unmount(mnt: &Path, mounted: bool) {
+    let pid = daemon_pid(mnt);
+    if mounted || is_mounted(mnt) {
+        let _ = kmsfs().arg("unmount").arg(mnt).output();
+        if is_mounted(mnt) {
+            let _ = command("fusermount3").args(["-u", "-z"]).arg(mnt).output();
+        }
+        if is_mounted(mnt) {
+            let _ = command("umount").arg("-l").arg(mnt).output();
+        }
+    }
+    if let Some(pid) = pid {
+        let t0 = Instant::now();
+        while process_alive(pid) && t0.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if process_alive(pid) {
+            let _ = command("kill").arg("-9").arg(pid.to_string()).output();
+        }
+    }
+}
+
+fn mountinfo_line(mnt: &Path) -> Option<(String, String)> {
+    let mnt = std::fs::canonicalize(mnt).unwrap_or_else(|_| mnt.to_path_buf());
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let sep = f.iter().position(|x| *x == "-")?;
+        if Path::new(f.get(4)?) == mnt {
+            Some((f.get(sep + 1)?.to_string(), f.get(sep + 2)?.to_string()))
+        } else {
+            None
+        }
+    })
+}
+
+/// True when something is mounted exactly at `mnt`.
+pub fn is_mounted(mnt: &Path) -> bool {
+    mountinfo_line(mnt).is_some()
+}
+
+/// The kmsfs daemon serving `mnt`.
+pub fn daemon_pid(mnt: &Path) -> Option<u32> {
+    let (_, source) = mountinfo_line(mnt)?;
+    source
+        .strip_prefix("kmsfs:")?
+        .split(':')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// True while `pid` runs (zombies count as gone).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => match s.rfind(')') {
+            Some(i) => !matches!(s[i + 1..].trim_start().chars().next(), Some('Z' | 'X')),
+            None => true,
+        },
+        Err(_) => false,
+    }
+}
