@@ -1,10 +1,9 @@
 //! Version-1 artefacts made by an earlier build (tests/fixtures/v1: a keystore,
 //! a sealed file and a ciphertext blob) must keep opening in every later build.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_kmsfs");
+use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -27,18 +26,17 @@ fn keystore_copy(tmp: &Path) -> PathBuf {
 }
 
 fn kmsfs(keystore: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
+    common::kmsfs()
         .arg("--keystore")
         .arg(keystore)
         .args(args)
-        .env_remove("KMSFS_TEST_NOW")
         .output()
         .unwrap()
 }
 
 #[test]
 fn v1_sealed_file_unseals_to_its_plaintext() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = common::tempdir("v1-sealed");
     let ks = keystore_copy(tmp.path());
     let out = tmp.path().join("plain.out");
     let sealed = fixture("sealed.kmsfs");
@@ -63,7 +61,7 @@ fn v1_sealed_file_unseals_to_its_plaintext() {
 
 #[test]
 fn v1_blob_decrypts_with_its_context_only() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = common::tempdir("v1-blob");
     let ks = keystore_copy(tmp.path());
     let blob = format!("fileb://{}", fixture("blob.bin").display());
     let o = kmsfs(

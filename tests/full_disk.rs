@@ -1,7 +1,9 @@
 //! A full backing disk (ENOSPC) fails a write before any byte of the file
 //! changes: what the file held before still reads, and no block is torn.
 //! Runs on a small tmpfs, so it needs root (CI has it); elsewhere it skips
-//! and says why.
+//! and says why, and under CI it fails instead.
+
+mod common;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -24,14 +26,17 @@ struct SmallFs {
 
 impl SmallFs {
     fn new(size: &str) -> Option<Self> {
-        let dir = tempfile::tempdir().ok()?;
+        if !common::require_root("full_disk", "mounting a tmpfs") {
+            return None;
+        }
+        let dir = common::tempdir("full_disk");
         let ok = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir.path())
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            eprintln!("SKIPPED full_disk: cannot mount a tmpfs here (needs root)");
+            common::skip("full_disk", "cannot mount a tmpfs here");
             return None;
         }
         Some(Self { dir })

@@ -311,12 +311,14 @@ fn a_keystore_behind_a_dangling_symlink_or_gone_is_lost_not_absent() {
 /// and after it exists, and keeps working on a path only root can change.
 #[test]
 fn root_refuses_a_keystore_under_a_directory_another_user_controls() {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let t = tempfile::tempdir().unwrap();
-    if std::fs::metadata(t.path()).unwrap().uid() != 0 {
-        eprintln!("SKIPPED: needs root (the attack is a user redirecting a root process)");
+    use std::os::unix::fs::PermissionsExt;
+    if !require_root(
+        "keystore_parent_trust",
+        "the attack is a user redirecting a root process",
+    ) {
         return;
     }
+    let t = tempfile::tempdir().unwrap();
     let home = t.path().join("home");
     std::fs::create_dir(&home).unwrap();
     std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();

@@ -5,28 +5,16 @@
 mod common;
 
 use std::os::unix::fs::FileExt;
-use std::process::Command;
 
-use common::{BIN, fuse_available, is_mounted};
+use common::{MountGuard, fuse_available, kmsfs};
 use kmsfs::format::block_backing_offset;
-
-/// Unmounts on drop, even when the test fails.
-struct Unmount(std::path::PathBuf);
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            let _ = Command::new(BIN).arg("unmount").arg(&self.0).status();
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
 
 #[test]
 fn background_mount_logs_corruption_by_default() {
     if !fuse_available("default_log") {
         return;
     }
-    let t = tempfile::tempdir().unwrap();
+    let t = common::tempdir("default_log");
     let (backing, mnt, state) = (
         t.path().join("b"),
         t.path().join("m"),
@@ -36,23 +24,22 @@ fn background_mount_logs_corruption_by_default() {
     std::fs::create_dir(&mnt).unwrap();
     // A background mount with no --log-file, logging under `state`.
     let mount = || {
-        let o = Command::new(BIN)
+        let o = kmsfs()
             .arg("--keystore")
             .arg(t.path().join("ks"))
             .arg("mount")
             .arg(&backing)
             .arg(&mnt)
             .env("XDG_STATE_HOME", &state)
-            .env_remove("KMSFS_KEYSTORE")
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     };
     mount();
-    let _guard = Unmount(mnt.clone());
+    let _guard = MountGuard(mnt.clone());
 
     std::fs::write(mnt.join("f"), vec![7u8; 3 * 4096]).unwrap();
-    Command::new(BIN).arg("unmount").arg(&mnt).status().unwrap();
+    kmsfs().arg("unmount").arg(&mnt).status().unwrap();
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

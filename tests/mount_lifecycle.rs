@@ -255,7 +255,7 @@ fn zero_setup_creates_keystore_and_default_key() {
     let empty = m.tmp.path().join("no-keystore");
     let mnt2 = m.tmp.path().join("mnt2");
     fs::create_dir(&mnt2).unwrap();
-    let o = Command::new(BIN)
+    let o = common::kmsfs()
         .args([
             "--keystore",
             empty.to_str().unwrap(),
@@ -276,20 +276,15 @@ fn zero_setup_creates_keystore_and_default_key() {
 
 #[test]
 fn fusermount3_unmounts_too() {
-    if Command::new("fusermount3")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIPPED fusermount3: not installed (apt-get install fuse3)");
+    let Some(fusermount3) = common::require_tool("fusermount", "fusermount3") else {
         return;
-    }
+    };
     let Some(mut m) = Mount::new("fusermount") else {
         return;
     };
     fs::write(m.p("f"), b"kept").unwrap();
     let pid = m.daemon_pid().expect("daemon pid");
-    let st = Command::new("fusermount3")
+    let st = Command::new(fusermount3)
         .arg("-u")
         .arg(&m.mnt)
         .status()
@@ -306,6 +301,9 @@ fn fusermount3_unmounts_too() {
 
 #[test]
 fn passphrase_prompt_on_a_terminal_happens_before_the_daemon_starts() {
+    let Some(python3) = common::require_tool("prompt", "python3") else {
+        return;
+    };
     let Some(mut m) = Mount::new("prompt") else {
         return;
     };
@@ -313,7 +311,7 @@ fn passphrase_prompt_on_a_terminal_happens_before_the_daemon_starts() {
     let ks = m.tmp.path().join("pass-ks");
     let pass = m.tmp.path().join("pass");
     fs::write(&pass, "correct horse\n").unwrap();
-    let o = Command::new(BIN)
+    let o = common::kmsfs()
         .arg("--keystore")
         .arg(&ks)
         .arg("--passphrase-file")
@@ -338,7 +336,7 @@ fn passphrase_prompt_on_a_terminal_happens_before_the_daemon_starts() {
         b = m.backing.display(),
         m = m.mnt.display()
     );
-    let o = Command::new("python3")
+    let o = common::command(python3)
         .arg("-c")
         .arg(script)
         .output()
