@@ -2,8 +2,9 @@
 # Installs what the test suite needs (idempotent, Debian, as root) and runs all of it:
 # formatting, clippy, unit tests, doc tests and the integration tests that mount.
 #
-# Mount tests skip, saying why, only where /dev/fuse is absent. Under CI (CI=true) or
-# with KMSFS_REQUIRE_FUSE=1 a missing /dev/fuse is an error instead, so CI never skips them.
+# Mount tests skip, saying why, only where /dev/fuse is absent; tests that need a
+# tool or root skip, saying why, without it. Under CI (CI=true) or with
+# KMSFS_REQUIRE_FUSE=1 each of these is an error instead, so CI never skips a test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,9 +16,13 @@ if [[ "${KMSFS_REQUIRE_FUSE:-}" == "1" && ! -c /dev/fuse ]]; then
   exit 1
 fi
 
-# Programs the tests run on the mount, and fusermount3 for unmounting.
+# Programs the tests run on the mount, and fusermount3 for unmounting. Under CI a
+# test that misses one of them (or root) fails instead of skipping
+# (tests/common: require_tool, require_root), so all of them are installed here.
 missing=()
-for pair in fusermount3:fuse3 sqlite3:sqlite3 git:git rsync:rsync tar:tar; do
+for pair in fusermount3:fuse3 sqlite3:sqlite3 git:git rsync:rsync tar:tar getfattr:attr \
+  python3:python3 openssl:openssl runuser:util-linux setpriv:util-linux fallocate:util-linux \
+  useradd:passwd; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if ((${#missing[@]})); then

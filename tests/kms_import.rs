@@ -1,6 +1,6 @@
 //! Imported key material through the binary, wrapped the way AWS documents it:
 //! `openssl pkeyutl` with RSA-OAEP-SHA-256 under the import public key (or the
-//! library's own wrap helper when openssl is not installed).
+//! library's own wrap helper when openssl is not installed, outside CI only).
 
 mod common;
 
@@ -15,7 +15,10 @@ fn wrap(ks: &Ks, public_b64: &str, material: &[u8]) -> Vec<u8> {
     );
     std::fs::write(&pubf, &public).unwrap();
     std::fs::write(&keyf, material).unwrap();
-    let openssl = std::process::Command::new("openssl")
+    let Some(openssl) = which_openssl() else {
+        return kmsfs::crypto::rsa_oaep_sha256_wrap(&public, material).unwrap();
+    };
+    let o = std::process::Command::new(openssl)
         .args(["pkeyutl", "-encrypt", "-pubin", "-keyform", "DER", "-inkey"])
         .arg(&pubf)
         .args([
@@ -30,11 +33,22 @@ fn wrap(ks: &Ks, public_b64: &str, material: &[u8]) -> Vec<u8> {
         .arg(&keyf)
         .arg("-out")
         .arg(&outf)
-        .output();
-    match openssl {
-        Ok(o) if o.status.success() => std::fs::read(&outf).unwrap(),
-        _ => kmsfs::crypto::rsa_oaep_sha256_wrap(&public, material).unwrap(),
-    }
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "openssl pkeyutl: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    std::fs::read(&outf).unwrap()
+}
+
+/// openssl, looked for once per test process (and said once when missing).
+fn which_openssl() -> Option<std::path::PathBuf> {
+    static FOUND: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| require_tool("import (wrapping with openssl)", "openssl"))
+        .clone()
 }
 
 fn import(ks: &Ks, key: &str, material: &[u8], extra: &[&str]) -> std::process::Output {

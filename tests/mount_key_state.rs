@@ -199,16 +199,12 @@ fn unusable_default_key_is_refused_up_front_by_mount_and_seal() {
 /// nothing about this caller); ftruncate on the holder's own handle works.
 #[test]
 fn truncate_by_path_checks_the_callers_key_even_while_the_file_is_open() {
+    if common::require_tool("truncpath", "runuser").is_none() {
+        return;
+    }
     let Some(mut m) = Mount::new("truncpath") else {
         return;
     };
-    if common::sh(&m.mnt, "command -v runuser || true")
-        .trim()
-        .is_empty()
-    {
-        eprintln!("SKIPPED truncpath: runuser is not installed");
-        return;
-    }
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(m.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
     m.set_args(&["-o", "allow_other"]);

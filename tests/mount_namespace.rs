@@ -222,16 +222,12 @@ fn attributes_xattrs_and_statfs() {
 
 #[test]
 fn other_users_get_kernel_permission_checks_and_own_their_files() {
+    if common::require_tool("users", "runuser").is_none() {
+        return;
+    }
     let Some(mut m) = Mount::new("users") else {
         return;
     };
-    if common::sh(&m.mnt, "command -v runuser || true")
-        .trim()
-        .is_empty()
-    {
-        eprintln!("SKIPPED users: runuser is not installed");
-        return;
-    }
     fs::set_permissions(m.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
     m.set_args(&["-o", "allow_other"]);
     m.remount();

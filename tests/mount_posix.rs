@@ -12,14 +12,8 @@ use common::Mount;
 
 /// A mount other users can use (allow_other, world-writable root); None to skip.
 fn shared_mount(test: &str) -> Option<Mount> {
+    common::require_tool(test, "runuser")?;
     let mut m = Mount::new(test)?;
-    if common::sh(&m.mnt, "command -v runuser || true")
-        .trim()
-        .is_empty()
-    {
-        eprintln!("SKIPPED {test}: runuser is not installed");
-        return None;
-    }
     fs::set_permissions(m.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
     m.set_args(&["-o", "allow_other"]);
     m.remount();

@@ -4,25 +4,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::{Mount, sh};
 
-fn have(prog: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {prog}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 fn need(test: &str, prog: &str) -> bool {
-    if have(prog) {
-        return true;
-    }
-    eprintln!("SKIPPED {test}: {prog} is not installed (scripts/test.sh installs it)");
-    false
+    common::require_tool(test, prog).is_some()
 }
 
 #[test]

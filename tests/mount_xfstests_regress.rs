@@ -294,19 +294,7 @@ fn open_with_o_trunc_of_a_running_program_is_etxtbsy_and_cuts_nothing() {
 
 /// True when `prog` runs here; under CI a missing tool fails the test.
 fn need(test: &str, prog: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {prog}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    let ci = std::env::var("CI").as_deref() == Ok("true")
-        || std::env::var("KMSFS_REQUIRE_FUSE").as_deref() == Ok("1");
-    assert!(found || !ci, "{test}: {prog} is not installed");
-    if !found {
-        eprintln!("SKIPPED {test}: {prog} is not installed");
-    }
-    found
+    common::require_tool(test, prog).is_some()
 }
 
 /// Content changes, each as a shell command on file "$F".

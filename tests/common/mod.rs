@@ -81,6 +81,8 @@ fn install_hint(tool: &str) -> &'static str {
         "runuser" | "setpriv" | "fallocate" => "apt-get install util-linux",
         "useradd" | "groupadd" => "apt-get install passwd",
         "getfattr" => "apt-get install attr",
+        "openssl" => "apt-get install openssl",
+        "python3" => "apt-get install python3",
         _ => "scripts/test.sh installs it",
     }
 }
