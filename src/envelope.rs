@@ -587,7 +587,7 @@ pub fn unseal(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::kms::{DataKey, Decrypted, Encrypted, KeyMetadata};
+    use crate::kms::{DataKey, Decrypted, Encrypted, KeyMetadata, KeyOrigin, KeyState};
     use std::sync::atomic::{AtomicBool, Ordering};
 
     /// A one-key service for unit tests: wraps with AES-GCM, AAD = context.
@@ -649,24 +649,60 @@ pub(crate) mod tests {
         fn encrypt(
             &self,
             _: &Caller,
-            _: &str,
-            _: &[u8],
-            _: &EncryptionContext,
+            key_id: &str,
+            plaintext: &[u8],
+            ctx: &EncryptionContext,
         ) -> Result<Encrypted, KmsError> {
-            unimplemented!()
+            self.check()?;
+            Ok(Encrypted {
+                key_id: key_id.into(),
+                ciphertext_blob: self.key.seal(&ctx.encode(), plaintext).unwrap(),
+                source_key_id: None,
+            })
         }
         fn re_encrypt(
             &self,
-            _: &Caller,
-            _: &[u8],
-            _: &EncryptionContext,
-            _: &str,
-            _: &EncryptionContext,
+            caller: &Caller,
+            blob: &[u8],
+            source_ctx: &EncryptionContext,
+            destination_key_id: &str,
+            destination_ctx: &EncryptionContext,
         ) -> Result<Encrypted, KmsError> {
-            unimplemented!()
+            let source = self.decrypt(caller, blob, source_ctx, None)?;
+            let again = self.encrypt(
+                caller,
+                destination_key_id,
+                source.plaintext.expose(),
+                destination_ctx,
+            )?;
+            Ok(Encrypted {
+                source_key_id: Some(source.key_id),
+                ..again
+            })
         }
-        fn describe_key(&self, _: &Caller, _: &str) -> Result<KeyMetadata, KmsError> {
-            unimplemented!()
+        /// Any key id names the one key; disabled while `refuse` is set.
+        fn describe_key(&self, _: &Caller, key_id: &str) -> Result<KeyMetadata, KmsError> {
+            let enabled = !self.refuse.load(Ordering::SeqCst);
+            Ok(KeyMetadata {
+                key_id: key_id.into(),
+                arn: format!("arn:kmsfs:kms:local:test:key/{key_id}"),
+                description: "unit-test key".into(),
+                creation_date: 0,
+                key_state: if enabled {
+                    KeyState::Enabled
+                } else {
+                    KeyState::Disabled
+                },
+                enabled,
+                deletion_date: None,
+                pending_deletion_window_in_days: None,
+                origin: KeyOrigin::Kms,
+                key_usage: "ENCRYPT_DECRYPT",
+                key_spec: "SYMMETRIC_DEFAULT",
+                current_key_material_version: 1,
+                expiration_model: None,
+                valid_to: None,
+            })
         }
         fn generation(&self) -> u64 {
             0
@@ -678,6 +714,52 @@ pub(crate) mod tests {
         gid: 0,
         pid: 0,
     };
+
+    /// The test service is a whole one-key service: what it encrypts opens
+    /// only under the same context, ReEncrypt moves a blob to another
+    /// context, and `refuse` disables the key for every operation.
+    #[test]
+    fn test_keys_serve_every_operation() {
+        let ks = TestKeys::new();
+        let (a, b) = (
+            EncryptionContext::with("file", "a"),
+            EncryptionContext::with("file", "b"),
+        );
+        let blob = ks.encrypt(&CALLER, "k", b"secret", &a).unwrap();
+        assert_eq!(blob.key_id, "k");
+        let open = |blob: &[u8], ctx| ks.decrypt(&CALLER, blob, ctx, None);
+        assert_eq!(
+            open(&blob.ciphertext_blob, &a).unwrap().plaintext.expose(),
+            b"secret"
+        );
+        assert!(open(&blob.ciphertext_blob, &b).is_err());
+        let moved = ks
+            .re_encrypt(&CALLER, &blob.ciphertext_blob, &a, "k2", &b)
+            .unwrap();
+        assert_eq!(
+            (moved.key_id.as_str(), moved.source_key_id.as_deref()),
+            ("k2", Some("test"))
+        );
+        assert_eq!(
+            open(&moved.ciphertext_blob, &b).unwrap().plaintext.expose(),
+            b"secret"
+        );
+        assert!(open(&moved.ciphertext_blob, &a).is_err());
+        assert_eq!(
+            ks.describe_key(&CALLER, "k").unwrap().key_state,
+            KeyState::Enabled
+        );
+        ks.refuse.store(true, Ordering::SeqCst);
+        assert_eq!(
+            ks.describe_key(&CALLER, "k").unwrap().key_state,
+            KeyState::Disabled
+        );
+        assert!(ks.encrypt(&CALLER, "k", b"x", &a).is_err());
+        assert!(
+            ks.re_encrypt(&CALLER, &moved.ciphertext_blob, &b, "k", &a)
+                .is_err()
+        );
+    }
 
     fn temp_file(dir: &std::path::Path, name: &str) -> File {
         std::fs::OpenOptions::new()
