@@ -363,7 +363,8 @@ fn root_refuses_a_keystore_under_a_directory_another_user_controls() {
 /// Anyone who may read the keystore may take its lock; a writer waits a
 /// bounded time for it and then says so, changing nothing. (The behaviour is
 /// asserted, not the wait: the lock stays held until the writer has given up,
-/// so it cannot have succeeded by getting the lock.)
+/// so it cannot have succeeded by getting the lock.) It takes the whole
+/// LOCK_WAIT of src/kms/keystore.rs, 10 s, the longest wait of the kms tests.
 #[test]
 fn a_writer_gives_up_on_a_lock_held_too_long() {
     let ks = Ks::new();
