@@ -131,7 +131,7 @@ fn same_key(a: &Header, b: &Header) -> bool {
 /// Metadata of entry `name` of directory `dir` itself (a symlink is not
 /// followed).
 fn stat_at(dir: &File, name: &OsStr) -> Result<Metadata, Errno> {
-    super::sys::open_node(dir, name)
+    crate::os::beneath::open_node(dir, name)
         .and_then(|n| n.metadata())
         .map_err(|e| io_errno(&e))
 }
@@ -205,7 +205,7 @@ impl KmsFs {
             keys: KeyCache::new(),
             dirs: DirTable::default(),
             init_lock: Mutex::new(()),
-            umask: super::sys::umask(),
+            umask: crate::os::process::umask(),
             root,
             cfg,
         })
@@ -370,7 +370,7 @@ impl KmsFs {
     /// Opens the backing file `rel` (relative to the backing root, which the
     /// open may not leave).
     fn open_backing(&self, rel: &Path, flags: i32, mode: u32) -> Result<File, Errno> {
-        super::sys::open_beneath(&self.root, rel, flags, mode).map_err(|e| io_errno(&e))
+        crate::os::beneath::open_beneath(&self.root, rel, flags, mode).map_err(|e| io_errno(&e))
     }
 
     /// Opens `ino` for `caller`: checks that the caller may use the file's key
@@ -421,7 +421,7 @@ impl KmsFs {
             libc::O_RDWR
         };
         // O_NOATIME needs the file's owner or CAP_FOWNER: the root daemon.
-        let noatime = if self.cfg.noatime && super::sys::is_root() {
+        let noatime = if self.cfg.noatime && crate::os::ids::is_root() {
             libc::O_NOATIME
         } else {
             0
@@ -483,7 +483,7 @@ impl KmsFs {
         let (dir, name, rel) = self.in_dir(parent, name)?;
         let shown = self.shown(&rel);
         let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
-        let file = super::sys::open_beneath(&dir, Path::new(&name), flags, mode & 0o7777)
+        let file = crate::os::beneath::open_beneath(&dir, Path::new(&name), flags, mode & 0o7777)
             .map_err(|e| io_errno(&e))?;
         let made = self.new_group(&dir, caller).and_then(|(gid, setgid_dir)| {
             // Owner first: a chown clears S_ISUID/S_ISGID, which the exact
@@ -500,7 +500,7 @@ impl KmsFs {
             Ok(ef) => ef,
             Err(e) => {
                 // Leave no headerless file behind.
-                let _ = super::sys::unlinkat(&dir, &name, false);
+                let _ = crate::os::beneath::unlinkat(&dir, &name, false);
                 return Err(e);
             }
         };
@@ -544,7 +544,7 @@ impl KmsFs {
     /// A new file belongs to the caller, with group `gid` (the daemon runs
     /// as root).
     pub fn set_owner(&self, file: &File, caller: &Caller, gid: u32) -> Result<(), Errno> {
-        if !super::sys::is_root() {
+        if !crate::os::ids::is_root() {
             return Ok(());
         }
         std::os::unix::fs::fchown(file, Some(caller.uid), Some(gid)).map_err(|e| io_errno(&e))
@@ -559,10 +559,10 @@ impl KmsFs {
         caller: &Caller,
         gid: u32,
     ) -> Result<(), Errno> {
-        if !super::sys::is_root() {
+        if !crate::os::ids::is_root() {
             return Ok(());
         }
-        super::sys::fchownat_nofollow(dir, name, Some(caller.uid), Some(gid))
+        crate::os::beneath::fchownat_nofollow(dir, name, Some(caller.uid), Some(gid))
             .map_err(|e| io_errno(&e))
     }
 

@@ -19,8 +19,8 @@ use super::errno::io_errno;
 use super::open::OpenFile;
 use super::privs::{self, Kill};
 use super::sparse;
-use super::sys::{self, Utime};
 use crate::kms::Caller;
+use crate::os::{self, node::Utime};
 
 /// Largest write the kernel may send (the kernel here caps it at 1 MiB).
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -82,13 +82,13 @@ impl MetaChange {
     /// and a mode given with it is the one wanted.
     fn apply(&self, node: &File) -> Result<(), Errno> {
         if self.uid.is_some() || self.gid.is_some() {
-            sys::chown_node(node, self.uid, self.gid).map_err(ioe)?;
+            os::node::chown_node(node, self.uid, self.gid).map_err(ioe)?;
         }
         if let Some(mode) = self.mode {
-            sys::chmod_node(node, mode & 0o7777).map_err(ioe)?;
+            os::node::chmod_node(node, mode & 0o7777).map_err(ioe)?;
         }
         if self.atime.is_some() || self.mtime.is_some() {
-            sys::utimens_node(node, utime(self.atime), utime(self.mtime)).map_err(ioe)?;
+            os::node::utimens_node(node, utime(self.atime), utime(self.mtime)).map_err(ioe)?;
         }
         Ok(())
     }
@@ -127,9 +127,9 @@ impl KmsFs {
         self.set_owner_at(dir, name, &caller(req), gid)?;
         let is_dir = |m: u32| m & libc::S_IFMT == libc::S_IFDIR;
         if let Some(mode) = mode.and_then(|m| self.mode_to_set(m, setgid_dir, is_dir(m))) {
-            sys::fchmodat_nofollow(dir, name, mode).map_err(ioe)?;
+            os::beneath::fchmodat_nofollow(dir, name, mode).map_err(ioe)?;
         }
-        let m = sys::open_node(dir, name)
+        let m = os::beneath::open_node(dir, name)
             .and_then(|n| n.metadata())
             .map_err(ioe)?;
         Ok(self.entry(rel, &m))
@@ -196,7 +196,7 @@ impl KmsFs {
     ) -> Result<(), Errno> {
         let (fdir, fname, from) = self.in_dir(parent, name)?;
         let (tdir, tname, to) = self.in_dir(newparent, newname)?;
-        sys::renameat2(&fdir, &fname, &tdir, &tname, flags.bits()).map_err(ioe)?;
+        os::beneath::renameat2(&fdir, &fname, &tdir, &tname, flags.bits()).map_err(ioe)?;
         self.renamed(&from, &to, flags.contains(RenameFlags::RENAME_EXCHANGE));
         Ok(())
     }
@@ -256,7 +256,7 @@ impl KmsFs {
         let r = self
             .in_dir(parent.0, name)
             .and_then(|(parent_dir, name, rel)| {
-                sys::unlinkat(&parent_dir, &name, dir).map_err(ioe)?;
+                os::beneath::unlinkat(&parent_dir, &name, dir).map_err(ioe)?;
                 self.forget_path(&rel);
                 Ok(())
             });
@@ -369,7 +369,7 @@ impl Filesystem for KmsFs {
         contained("readlink", || {
             let r = self
                 .open_checked(ino.0, libc::O_PATH)
-                .and_then(|node| sys::readlink_node(&node.file).map_err(ioe));
+                .and_then(|node| os::node::readlink_node(&node.file).map_err(ioe));
             match r {
                 Ok(t) => reply.data(&t),
                 Err(e) => reply.error(e),
@@ -396,7 +396,7 @@ impl Filesystem for KmsFs {
                     return Ok(attr);
                 }
                 let (dir, name, rel) = self.in_dir(parent.0, name)?;
-                sys::mknodat(&dir, &name, mode, rdev).map_err(ioe)?;
+                os::beneath::mknodat(&dir, &name, mode, rdev).map_err(ioe)?;
                 self.made(&rel, &dir, &name, req, Some(mode))
             });
             self.reply_entry(r, reply);
@@ -415,7 +415,7 @@ impl Filesystem for KmsFs {
         contained("mkdir", || {
             let r = self.writable().and_then(|()| {
                 let (dir, name, rel) = self.in_dir(parent.0, name)?;
-                sys::mkdirat(&dir, &name, mode & 0o7777).map_err(ioe)?;
+                os::beneath::mkdirat(&dir, &name, mode & 0o7777).map_err(ioe)?;
                 // The kernel passes mkdir only the permission bits.
                 self.made(&rel, &dir, &name, req, Some(libc::S_IFDIR | mode))
             });
@@ -446,7 +446,7 @@ impl Filesystem for KmsFs {
         contained("symlink", || {
             let r = self.writable().and_then(|()| {
                 let (dir, name, rel) = self.in_dir(parent.0, link_name)?;
-                sys::symlinkat(target, &dir, &name).map_err(ioe)?;
+                os::beneath::symlinkat(target, &dir, &name).map_err(ioe)?;
                 self.made(&rel, &dir, &name, req, None)
             });
             self.reply_entry(r, reply);
@@ -483,7 +483,7 @@ impl Filesystem for KmsFs {
             let r = (|| {
                 let node = self.open_checked(ino.0, libc::O_PATH)?;
                 let (dir, name, rel) = self.in_dir(newparent.0, newname)?;
-                sys::link_node(&node.file, &dir, &name).map_err(ioe)?;
+                os::node::link_node(&node.file, &dir, &name).map_err(ioe)?;
                 self.linked(ino.0, &rel);
                 KmsFs::getattr(self, ino.0)
             })();
@@ -709,7 +709,7 @@ impl Filesystem for KmsFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        contained("statfs", || match sys::fstatvfs(self.root()) {
+        contained("statfs", || match os::space::fstatvfs(self.root()) {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namemax, s.frsize,
             ),
@@ -729,7 +729,7 @@ impl Filesystem for KmsFs {
     ) {
         contained("setxattr", || {
             let r = self.change_xattr(ino, name, |node| {
-                sys::setxattr_node(node, name, value, flags)
+                os::xattr::setxattr_node(node, name, value, flags)
             });
             match r {
                 Ok(()) => reply.ok(),
@@ -748,7 +748,7 @@ impl Filesystem for KmsFs {
                 Err(e) => return reply.error(e),
             };
             let mut buf = vec![0u8; size as usize];
-            let r = sys::getxattr_node(&node, name, &mut buf);
+            let r = os::xattr::getxattr_node(&node, name, &mut buf);
             self.xattr_reply(r, size, &buf, reply);
         });
     }
@@ -759,9 +759,9 @@ impl Filesystem for KmsFs {
                 Ok(n) => n.file,
                 Err(e) => return reply.error(e),
             };
-            let r = sys::listxattr_node(&node, &mut []).and_then(|n| {
+            let r = os::xattr::listxattr_node(&node, &mut []).and_then(|n| {
                 let mut buf = vec![0u8; n];
-                let n = sys::listxattr_node(&node, &mut buf)?;
+                let n = os::xattr::listxattr_node(&node, &mut buf)?;
                 buf.truncate(n);
                 Ok(filter_xattr_list(&buf))
             });
@@ -774,7 +774,7 @@ impl Filesystem for KmsFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         contained("removexattr", || {
-            let r = self.change_xattr(ino, name, |node| sys::removexattr_node(node, name));
+            let r = self.change_xattr(ino, name, |node| os::xattr::removexattr_node(node, name));
             match r {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
@@ -932,7 +932,7 @@ mod tests {
 
     #[test]
     fn setattr_with_owner_and_setuid_mode_keeps_the_mode() {
-        if !sys::is_root() {
+        if !os::ids::is_root() {
             eprintln!("SKIPPED: chown needs root");
             return;
         }
@@ -949,7 +949,7 @@ mod tests {
         let at = File::open(dir.path()).unwrap();
         File::create(dir.path().join("node")).unwrap();
         change
-            .apply(&sys::open_node(&at, OsStr::new("node")).unwrap())
+            .apply(&os::beneath::open_node(&at, OsStr::new("node")).unwrap())
             .unwrap();
         for name in ["open", "node"] {
             let m = std::fs::metadata(dir.path().join(name)).unwrap();

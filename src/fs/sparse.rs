@@ -9,9 +9,8 @@ use fuser::Errno;
 
 use super::errno::{envelope_errno, io_errno};
 use super::open::OpenFile;
-use super::sys;
-use crate::envelope;
 use crate::format::{self, BLOCK_SIZE, CIPHER_BLOCK_SIZE, HEADER_LEN};
+use crate::os;
 
 const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
 const PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE;
@@ -36,7 +35,7 @@ fn allocate(f: &OpenFile, offset: u64, end: u64, keep_size: bool) -> Result<(), 
     let start = format::block_backing_offset(format::block_of(offset));
     let stop = format::backing_size_from_plain(end);
     // Reserve the space in the backing file; the size stays as it is there.
-    match envelope::fallocate(ef.file(), KEEP_SIZE, start, stop.saturating_sub(start)) {
+    match os::space::fallocate(ef.file(), KEEP_SIZE, start, stop.saturating_sub(start)) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
         Err(e) => return Err(io_errno(&e)),
@@ -79,7 +78,7 @@ fn punch_hole(f: &OpenFile, offset: u64, end: u64) -> Result<(), Errno> {
     zero(offset, first_full * BLOCK_SIZE)?;
     let start = format::block_backing_offset(first_full);
     let blen = (last_full - first_full) * CIPHER_BLOCK_SIZE;
-    envelope::fallocate(ef.file(), PUNCH_HOLE | KEEP_SIZE, start, blen)
+    os::space::fallocate(ef.file(), PUNCH_HOLE | KEEP_SIZE, start, blen)
         .map_err(|e| io_errno(&e))?;
     zero(last_full * BLOCK_SIZE, end)
 }
@@ -99,7 +98,7 @@ pub fn seek_data(f: &OpenFile, offset: u64) -> Result<u64, Errno> {
         return Err(Errno::ENXIO);
     }
     let from = format::block_backing_offset(format::block_of(offset));
-    let d = sys::lseek(ef.file(), from, libc::SEEK_DATA).map_err(|e| io_errno(&e))?;
+    let d = os::space::lseek(ef.file(), from, libc::SEEK_DATA).map_err(|e| io_errno(&e))?;
     let pos = offset.max(block_at(d) * BLOCK_SIZE);
     if pos >= size {
         Err(Errno::ENXIO)
@@ -127,7 +126,7 @@ pub fn seek_hole(f: &OpenFile, offset: u64) -> Result<u64, Errno> {
         }
         let start = format::block_backing_offset(b);
         let stop = format::block_backing_offset(b + 1).min(backing_len);
-        let d = match sys::lseek(ef.file(), start, libc::SEEK_DATA) {
+        let d = match os::space::lseek(ef.file(), start, libc::SEEK_DATA) {
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
                 return Ok(offset.max(b * BLOCK_SIZE));
             }
@@ -137,7 +136,7 @@ pub fn seek_hole(f: &OpenFile, offset: u64) -> Result<u64, Errno> {
         if d >= stop {
             return Ok(offset.max(b * BLOCK_SIZE));
         }
-        let h = sys::lseek(ef.file(), d, libc::SEEK_HOLE).map_err(|e| io_errno(&e))?;
+        let h = os::space::lseek(ef.file(), d, libc::SEEK_HOLE).map_err(|e| io_errno(&e))?;
         if h >= backing_len {
             return Ok(size);
         }
