@@ -74,11 +74,7 @@ pub fn trusted_path(dir: &Path, create: bool, scope: Scope) -> Result<PathBuf, T
         match (existing.file_name(), existing.parent()) {
             (Some(name), Some(parent)) => {
                 missing.push(name.to_os_string());
-                existing = if parent.as_os_str().is_empty() {
-                    PathBuf::from(".")
-                } else {
-                    parent.to_path_buf()
-                };
+                existing = crate::os::or_dot(parent).to_path_buf();
             }
             _ => break,
         }

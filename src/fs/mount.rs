@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
-use super::core::{FsConfig, KmsFs};
+use super::filesystem::{FsConfig, KmsFs};
 use crate::kms::KeyService;
 use crate::logtext::escaped;
 use crate::os;
@@ -108,12 +108,7 @@ pub fn open_log(path: &Path) -> Result<File, MountError> {
             path.display()
         )));
     };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    let real = check_log_dir(dir, false)?.join(name);
+    let real = check_log_dir(os::or_dot(dir), false)?.join(name);
     let f = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
@@ -284,7 +279,7 @@ pub fn mount_at(path: &Path) -> Option<MountInfo> {
 }
 
 /// The error of any access to a FUSE mount whose daemon is gone.
-fn is_enotconn(e: &std::io::Error) -> bool {
+pub fn is_enotconn(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
 }
 

@@ -50,3 +50,13 @@ pub(crate) fn is_symlink(node: &std::fs::File) -> io::Result<bool> {
 pub(crate) fn to_off(v: u64) -> io::Result<libc::off_t> {
     libc::off_t::try_from(v).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))
 }
+
+/// An empty relative path as ".", which is what the *at calls and opens
+/// need for "this directory".
+pub fn or_dot(p: &Path) -> &Path {
+    if p.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        p
+    }
+}
