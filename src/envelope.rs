@@ -1,8 +1,11 @@
 //! An encrypted file over a backing file: the header and its wrapped data key,
 //! and block-wise positioned read/write with read-modify-write of partial
 //! blocks. The mount runs on it, and it is the SDK-side API: [`seal`] and
-//! [`unseal`] produce and read exactly the files the mount does.
+//! [`unseal`] produce and read exactly the files the mount does; holes.rs
+//! adds fallocate and SEEK_DATA/SEEK_HOLE.
 #![forbid(unsafe_code)]
+
+mod holes;
 
 use std::fs::File;
 use std::io::{Read, Write};

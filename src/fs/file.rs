@@ -12,7 +12,6 @@ use super::filesystem::{KmsFs, lock};
 use super::node::Checked;
 use super::open::OpenFile;
 use super::privs::{self, Kill};
-use super::sparse;
 use crate::envelope::{EncryptedFile, FileKey};
 use crate::format::Header;
 use crate::kms::Caller;
@@ -240,16 +239,20 @@ impl KmsFs {
     ) -> Result<(), FsError> {
         let f = self.open_state(ino)?;
         privs::drop_for(f.read().file(), caller, Kill::IfUnprivileged)?;
-        sparse::fallocate(&f, offset, len, mode)
+        f.write()
+            .fallocate(offset, len, mode)
+            .map_err(|e| FsError::envelope(e, f.backing()))
     }
 
     /// lseek SEEK_DATA or SEEK_HOLE in open file `ino` from `offset`.
     pub fn seek(&self, ino: u64, offset: u64, whence: Seek) -> Result<u64, FsError> {
         let f = self.open_state(ino)?;
-        match whence {
-            Seek::Data => sparse::seek_data(&f, offset),
-            Seek::Hole => sparse::seek_hole(&f, offset),
-        }
+        let ef = f.read();
+        let r = match whence {
+            Seek::Data => ef.seek_data(offset),
+            Seek::Hole => ef.seek_hole(offset),
+        };
+        r.map_err(|e| FsError::envelope(e, f.backing()))
     }
 
     /// copy_file_range: decrypts and encrypts again (the two files have

@@ -19,7 +19,6 @@ pub mod mount;
 mod node;
 mod open;
 mod privs;
-mod sparse;
 mod xattr;
 
 pub use self::error::FsError;
