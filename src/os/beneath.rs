@@ -7,7 +7,8 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
-use super::{check, cstr, is_symlink, name_cstr, proc_fd};
+use super::node::{chmod_node, fchmodat2};
+use super::{check, cstr, name_cstr};
 
 /// renameat2(2) of `from` in directory `fd` to `to` in directory `tfd`, with
 /// `flags` (RENAME_NOREPLACE, RENAME_EXCHANGE).
@@ -73,31 +74,12 @@ pub fn open_node(fd: &impl AsRawFd, name: &OsStr) -> io::Result<std::fs::File> {
 /// itself has no mode to change (EOPNOTSUPP, as Linux answers).
 pub fn fchmodat_nofollow(fd: &impl AsRawFd, name: &OsStr, mode: u32) -> io::Result<()> {
     let n = name_cstr(name)?;
-    // SAFETY: a valid C string that outlives the call; integer arguments.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_fchmodat2,
-            fd.as_raw_fd(),
-            n.as_ptr(),
-            mode as libc::mode_t,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if r == 0 {
+    if fchmodat2(fd, &n, mode, libc::AT_SYMLINK_NOFOLLOW)? {
         return Ok(());
     }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() != Some(libc::ENOSYS) {
-        return Err(e);
-    }
-    // Before Linux 6.6: pin the entry, refuse a symlink, chmod what was pinned.
-    let node = open_node(fd, name)?;
-    if is_symlink(&node)? {
-        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
-    }
-    let p = proc_fd(&node);
-    // SAFETY: a valid C string that outlives the call.
-    check(unsafe { libc::chmod(p.as_ptr(), mode as libc::mode_t) })
+    // Before Linux 6.6: pin the entry and chmod what was pinned (a symlink
+    // is refused there).
+    chmod_node(&open_node(fd, name)?, mode)
 }
 
 /// fchownat(2) of `name` in directory `fd` without following a symlink;

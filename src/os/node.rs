@@ -2,7 +2,7 @@
 //! included), whatever its name leads to by now: link, readlink, chmod,
 //! chown, utimens.
 
-use std::ffi::OsStr;
+use std::ffi::{CStr, OsStr};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::time::SystemTime;
@@ -51,22 +51,8 @@ pub fn readlink_node(node: &impl AsRawFd) -> io::Result<Vec<u8>> {
 /// fchmodat2(AT_EMPTY_PATH), or through its /proc path before Linux 6.6. A
 /// symlink itself has no mode to change (EOPNOTSUPP).
 pub fn chmod_node(node: &std::fs::File, mode: u32) -> io::Result<()> {
-    // SAFETY: an empty C string literal; integer arguments.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_fchmodat2,
-            node.as_raw_fd(),
-            c"".as_ptr(),
-            mode as libc::mode_t,
-            libc::AT_EMPTY_PATH,
-        )
-    };
-    if r == 0 {
+    if fchmodat2(node, c"", mode, libc::AT_EMPTY_PATH)? {
         return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() != Some(libc::ENOSYS) {
-        return Err(e);
     }
     if is_symlink(node)? {
         return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
@@ -74,6 +60,35 @@ pub fn chmod_node(node: &std::fs::File, mode: u32) -> io::Result<()> {
     let p = proc_fd(node);
     // SAFETY: a valid C string that outlives the call.
     check(unsafe { libc::chmod(p.as_ptr(), mode as libc::mode_t) })
+}
+
+/// fchmodat2(2) of `path` in directory `fd` with `flags`: Ok(false) on
+/// kernels without it (before Linux 6.6), which must fall back.
+pub(crate) fn fchmodat2(
+    fd: &impl AsRawFd,
+    path: &CStr,
+    mode: u32,
+    flags: libc::c_int,
+) -> io::Result<bool> {
+    // SAFETY: a valid C string that outlives the call; integer arguments.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fchmodat2,
+            fd.as_raw_fd(),
+            path.as_ptr(),
+            mode as libc::mode_t,
+            flags,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ENOSYS) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
 }
 
 /// chown of the object `node` holds (an O_PATH descriptor will do; a
