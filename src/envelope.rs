@@ -1,8 +1,11 @@
 //! An encrypted file over a backing file: the header and its wrapped data key,
 //! and block-wise positioned read/write with read-modify-write of partial
 //! blocks. The mount runs on it, and it is the SDK-side API: [`seal`] and
-//! [`unseal`] produce and read exactly the files the mount does.
-#![deny(unsafe_code)] // one exception: `fallocate`, which std lacks
+//! [`unseal`] produce and read exactly the files the mount does; holes.rs
+//! adds fallocate and SEEK_DATA/SEEK_HOLE.
+#![forbid(unsafe_code)]
+
+mod holes;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -16,6 +19,7 @@ use crate::format::{
     self, BLOCK_OVERHEAD, BLOCK_SIZE, FileId, FormatError, HEADER_LEN, Header, Slot,
 };
 use crate::kms::{Caller, DataKeySpec, EncryptionContext, KeyService, KmsError};
+use crate::os;
 
 /// The encryption-context key that names the file a data key belongs to.
 pub const FILE_ID_CONTEXT_KEY: &str = "kmsfs:file-id";
@@ -498,26 +502,9 @@ impl EncryptedFile {
 /// fallocate(KEEP_SIZE) of `len` bytes at `offset`: allocates without
 /// changing the file size. A file system without fallocate skips it.
 fn reserve(file: &File, offset: u64, len: u64) -> Result<(), EnvelopeError> {
-    match fallocate(file, libc::FALLOC_FL_KEEP_SIZE, offset, len) {
+    match os::space::fallocate(file, libc::FALLOC_FL_KEEP_SIZE, offset, len) {
         Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
         r => Ok(r?),
-    }
-}
-
-/// fallocate(2) on a backing file (also used by the mount for PUNCH_HOLE).
-#[allow(unsafe_code)]
-pub(crate) fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let too_big = || std::io::Error::from_raw_os_error(libc::EFBIG);
-    let off = libc::off_t::try_from(offset).map_err(|_| too_big())?;
-    let len = libc::off_t::try_from(len).map_err(|_| too_big())?;
-    // SAFETY: integer arguments only; the descriptor is borrowed from a File
-    // that outlives the call.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, off, len) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -337,6 +337,17 @@ pub fn block_backing_offset(index: u64) -> u64 {
     HEADER_LEN + index * CIPHER_BLOCK_SIZE
 }
 
+/// Index of the block whose stored bytes contain backing offset `pos` (the
+/// header counts as block 0).
+pub fn block_at_backing_offset(pos: u64) -> u64 {
+    pos.saturating_sub(HEADER_LEN) / CIPHER_BLOCK_SIZE
+}
+
+/// Index of the first block stored at or after backing offset `pos`.
+pub fn first_block_from_backing(pos: u64) -> u64 {
+    pos.saturating_sub(HEADER_LEN).div_ceil(CIPHER_BLOCK_SIZE)
+}
+
 /// Index of the block that holds plaintext offset `offset`.
 pub fn block_of(offset: u64) -> u64 {
     offset / BLOCK_SIZE
@@ -458,6 +469,18 @@ mod tests {
         assert_eq!(plain_size_from_backing(10), 0);
         assert!(backing_size_from_plain(MAX_PLAIN_SIZE) <= i64::MAX as u64);
         assert!(backing_size_from_plain(MAX_PLAIN_SIZE + 4096) > i64::MAX as u64);
+        // Backing offsets back to blocks: every byte of a stored block maps
+        // to that block, and the next block starts right after it.
+        for b in 0..(5 + (1 << 20) / CIPHER_BLOCK_SIZE) {
+            let start = block_backing_offset(b);
+            assert_eq!(block_at_backing_offset(start), b, "block {b}");
+            assert_eq!(block_at_backing_offset(start + CIPHER_BLOCK_SIZE - 1), b);
+            assert_eq!(first_block_from_backing(start), b);
+            assert_eq!(first_block_from_backing(start + 1), b + 1);
+            assert_eq!(block_backing_offset(block_of(b * BLOCK_SIZE)), start);
+        }
+        assert_eq!(block_at_backing_offset(HEADER_LEN - 1), 0);
+        assert_eq!(first_block_from_backing(0), 0);
     }
 
     #[test]

@@ -37,6 +37,8 @@
 //! # }
 //! ```
 #![warn(missing_docs)]
+// Unsafe code lives in `os` alone; everywhere else it is an error.
+#![deny(unsafe_code)]
 
 pub mod cli;
 pub mod crypto;
@@ -45,4 +47,6 @@ pub mod format;
 pub mod fs;
 pub mod kms;
 pub mod logtext;
+#[allow(unsafe_code)]
+mod os;
 pub mod trust;

@@ -32,12 +32,9 @@ pub enum TrustError {
     },
 }
 
-/// The effective uid of this process (from /proc/self/status; std has no
-/// safe getter and this module has no unsafe code).
+/// The effective uid of this process.
 pub fn effective_uid() -> Option<u32> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
+    Some(crate::os::ids::effective_uid())
 }
 
 /// True for the owners this process trusts: root and its own effective user.
@@ -77,11 +74,7 @@ pub fn trusted_path(dir: &Path, create: bool, scope: Scope) -> Result<PathBuf, T
         match (existing.file_name(), existing.parent()) {
             (Some(name), Some(parent)) => {
                 missing.push(name.to_os_string());
-                existing = if parent.as_os_str().is_empty() {
-                    PathBuf::from(".")
-                } else {
-                    parent.to_path_buf()
-                };
+                existing = crate::os::or_dot(parent).to_path_buf();
             }
             _ => break,
         }

@@ -157,9 +157,7 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> Result<(), CliError> {
     let mountpoint = match std::fs::canonicalize(&a.mountpoint) {
         Ok(p) => p,
         // A dead mount: `prepare_mountpoint` detaches it.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
-            std::path::absolute(&a.mountpoint)?
-        }
+        Err(e) if crate::fs::mount::is_enotconn(&e) => std::path::absolute(&a.mountpoint)?,
         Err(_) => existing_dir(&a.mountpoint, "mount point")?,
     };
     if backing.starts_with(&mountpoint) || mountpoint.starts_with(&backing) {

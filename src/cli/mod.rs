@@ -169,8 +169,7 @@ impl From<std::io::Error> for CliError {
 
 /// The identity of this process, for key policies and the audit trail.
 pub fn current_caller() -> Caller {
-    // SAFETY: getuid and getgid take no arguments, touch no memory and cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let (uid, gid) = crate::os::ids::ids();
     Caller {
         uid,
         gid,

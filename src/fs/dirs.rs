@@ -3,19 +3,32 @@
 //! very directory after a rename moved it or replaced it (its name then
 //! leads elsewhere or nowhere), and the snapshot its readdir serves from,
 //! taken afresh whenever a listing starts at offset 0 (the first readdir,
-//! rewinddir, seekdir to the start), so names made since opendir show.
+//! rewinddir, seekdir to the start), so names made since opendir show;
+//! and the filesystem's directory operations over them.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata};
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use fuser::{Errno, FileType};
+use super::attr::{Attr, Kind, attr_of};
+use super::error::FsError;
+use super::filesystem::{KmsFs, lock};
+use super::node::{backing_key, stat_at};
 
-use super::core::DirEntry;
-use super::errno::io_errno;
+/// One entry of a directory snapshot.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    /// Name in the directory.
+    pub name: OsString,
+    /// File type.
+    pub kind: Kind,
+    /// Backing inode number (reported by plain readdir).
+    pub backing_ino: u64,
+}
 
 /// One opendir handle.
 #[derive(Debug)]
@@ -28,7 +41,7 @@ pub struct DirHandle {
 impl DirHandle {
     /// The entries a readdir at `offset` serves from: listed afresh at 0,
     /// else the snapshot of the listing under way.
-    pub fn entries(&self, offset: u64) -> Result<Arc<Vec<DirEntry>>, Errno> {
+    pub fn entries(&self, offset: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
         let mut snapshot = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if offset == 0 {
             *snapshot = Arc::new(list(&self.dir)?);
@@ -39,16 +52,16 @@ impl DirHandle {
 
 /// Lists directory `dir` (through /proc, so exactly that directory, wherever
 /// its name went).
-fn list(dir: &File) -> Result<Vec<DirEntry>, Errno> {
+fn list(dir: &File) -> Result<Vec<DirEntry>, FsError> {
     let listed = format!("/proc/self/fd/{}", dir.as_raw_fd());
     let mut entries = Vec::new();
-    for e in std::fs::read_dir(listed).map_err(|e| io_errno(&e))? {
-        let e = e.map_err(|e| io_errno(&e))?;
+    for e in std::fs::read_dir(listed)? {
+        let e = e?;
         let Ok(ft) = e.file_type() else { continue };
         let name: OsString = e.file_name();
         entries.push(DirEntry {
             name,
-            kind: FileType::from_std(ft).unwrap_or(FileType::RegularFile),
+            kind: Kind::from_std(ft),
             backing_ino: std::os::unix::fs::DirEntryExt::ino(&e),
         });
     }
@@ -89,14 +102,14 @@ impl DirTable {
     }
 
     /// Handle `fh` (EBADF when unknown).
-    pub fn get(&self, fh: u64) -> Result<Arc<DirHandle>, Errno> {
-        self.lock().get(&fh).cloned().ok_or(Errno::EBADF)
+    pub fn get(&self, fh: u64) -> Result<Arc<DirHandle>, FsError> {
+        self.lock().get(&fh).cloned().ok_or(FsError::NotOpen)
     }
 
     /// fstat of some open handle of directory `ino`, if there is one.
-    pub fn metadata(&self, ino: u64) -> Option<Result<Metadata, Errno>> {
+    pub fn metadata(&self, ino: u64) -> Option<Result<Metadata, FsError>> {
         let h = self.lock().values().find(|h| h.ino == ino).cloned()?;
-        Some(h.dir.metadata().map_err(|e| io_errno(&e)))
+        Some(h.dir.metadata().map_err(FsError::from))
     }
 
     /// Closes handle `fh`.
@@ -107,6 +120,59 @@ impl DirTable {
     /// Closes every handle (unmount).
     pub fn clear(&self) {
         self.lock().clear();
+    }
+}
+
+impl KmsFs {
+    /// Opens directory `ino` for readdir; returns its handle.
+    pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        // Opened beneath the root through no symlink, checked to be `ino`
+        // (and listed through its descriptor): the handle is of exactly
+        // that directory.
+        let dir = self
+            .open_checked(ino, libc::O_RDONLY | libc::O_DIRECTORY)?
+            .file;
+        Ok(self.dirs.open(ino, dir))
+    }
+
+    /// The entries of directory handle `fh` for a readdir at `offset` (a
+    /// listing from offset 0 sees the directory as it is now).
+    pub fn dir_entries(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
+        self.dirs.get(fh)?.entries(offset)
+    }
+
+    /// Closes a directory handle.
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.release(fh);
+    }
+
+    /// fsync of directory `ino`.
+    pub fn fsyncdir(&self, ino: u64) -> Result<(), FsError> {
+        let d = self.open_checked(ino, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        Ok(d.file.sync_all()?)
+    }
+
+    /// For readdirplus: the attributes of `name` in directory `dir` (checked
+    /// to be the directory listed, reached by `dir_rel`), with the node
+    /// registered; `add` says whether the kernel took the entry (only then
+    /// does it count as a lookup).
+    pub fn dir_entry_plus(
+        &self,
+        dir: &File,
+        dir_rel: &Path,
+        name: &OsStr,
+        add: impl FnOnce(&Attr) -> bool,
+    ) -> Result<bool, FsError> {
+        let rel = dir_rel.join(name);
+        let m = stat_at(dir, name)?;
+        let mut t = lock(&self.inodes);
+        let ino = t.resolve(&rel, backing_key(&m), m.is_dir());
+        let attr = attr_of(ino, &m);
+        let full = add(&attr);
+        if !full {
+            t.add_lookup(ino);
+        }
+        Ok(full)
     }
 }
 
@@ -142,6 +208,6 @@ mod tests {
         assert!(t.metadata(8).is_none());
         t.release(fh);
         assert!(t.metadata(7).is_none());
-        assert_eq!(t.get(fh).err(), Some(Errno::EBADF));
+        assert_eq!(t.get(fh).err().map(|e| e.errno()), Some(libc::EBADF));
     }
 }

@@ -1,20 +1,27 @@
-//! The FUSE frontend: inodes, handles, locks, encrypted read/write through
-//! `envelope`, the data-key cache, and the mount's lifecycle. The only module
-//! that imports fuser, and the only one with `unsafe` (all of it in `sys`).
-//! It talks to keys only through the `KeyService` trait.
+//! The FUSE frontend: the filesystem's behaviour as `KmsFs` methods returning
+//! `FsError` (nodes, attributes, files, entries, directories, xattrs), open
+//! files and the data-key cache over `envelope`, the fuser adapter
+//! (`fuse.rs`, the only file that imports fuser), and the mount daemon's
+//! lifecycle (`mount.rs`). System calls go through `crate::os`; keys only
+//! through the `KeyService` trait.
+#![forbid(unsafe_code)]
 
-mod core;
+mod attr;
 mod dirs;
-mod errno;
+mod entries;
+mod error;
+mod file;
+mod filesystem;
+mod fuse;
 mod inodes;
 mod keycache;
 pub mod mount;
+mod node;
 mod open;
-mod ops;
 mod privs;
-mod sparse;
-mod sys;
+mod xattr;
 
-pub use self::core::{FsConfig, KmsFs};
+pub use self::error::FsError;
+pub use self::filesystem::{FsConfig, KmsFs};
 pub use self::keycache::{MAX_AGE as KEY_CACHE_MAX_AGE, MAX_ENTRIES as KEY_CACHE_MAX_ENTRIES};
 pub use self::mount::{MountError, MountRequest, mount, unmount};

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
-use super::core::{FsConfig, KmsFs};
-use super::sys;
+use super::filesystem::{FsConfig, KmsFs};
 use crate::kms::KeyService;
 use crate::logtext::escaped;
+use crate::os;
 use crate::trust::{self, Scope, TrustError};
 
 /// Serving threads (each costs about 1 MiB of RSS).
@@ -108,12 +108,7 @@ pub fn open_log(path: &Path) -> Result<File, MountError> {
             path.display()
         )));
     };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    let real = check_log_dir(dir, false)?.join(name);
+    let real = check_log_dir(os::or_dot(dir), false)?.join(name);
     let f = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
@@ -284,7 +279,7 @@ pub fn mount_at(path: &Path) -> Option<MountInfo> {
 }
 
 /// The error of any access to a FUSE mount whose daemon is gone.
-fn is_enotconn(e: &std::io::Error) -> bool {
+pub fn is_enotconn(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
 }
 
@@ -310,7 +305,7 @@ pub fn prepare_mountpoint(mp: &Path) -> Result<(), MountError> {
                 "kmsfs: {} held a dead mount (its daemon had exited); detached it",
                 mp.display()
             );
-            return sys::umount2(mp, libc::MNT_DETACH).map_err(|e| {
+            return os::mount::umount2(mp, libc::MNT_DETACH).map_err(|e| {
                 MountError::State(
                     format!(
                         "{} holds a dead mount that could not be detached: {e}",
@@ -425,7 +420,7 @@ fn kernel_mount_args(o: &Options, fd: i32, rootmode: u32) -> (u64, String, Strin
             flags |= f;
         }
     }
-    let (uid, gid) = sys::ids();
+    let (uid, gid) = os::ids::ids();
     // The daemon opens every backing file as root: the kernel checks permissions.
     let mut data =
         format!("fd={fd},rootmode={rootmode:o},user_id={uid},group_id={gid},default_permissions");
@@ -449,17 +444,17 @@ fn kernel_mount_args(o: &Options, fd: i32, rootmode: u32) -> (u64, String, Strin
 /// same place. Otherwise (or with auto_unmount) fuser mounts via fusermount3.
 fn new_session(fs: KmsFs, req: &MountRequest, o: &Options) -> std::io::Result<Session<KmsFs>> {
     let cfg = session_config(req, o);
-    if !sys::is_root() || o.mount.contains(&MountOption::AutoUnmount) {
+    if !os::ids::is_root() || o.mount.contains(&MountOption::AutoUnmount) {
         return Session::new(fs, &req.mountpoint, &cfg);
     }
-    let fd = sys::open_dev_fuse()?;
+    let fd = os::mount::open_dev_fuse()?;
     let rootmode =
         std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(&req.mountpoint)?) & libc::S_IFMT;
     let (flags, data, fstype) =
         kernel_mount_args(o, std::os::fd::AsRawFd::as_raw_fd(&fd), rootmode);
-    sys::mount(&source_name(req, o), &req.mountpoint, &fstype, flags, &data)?;
+    os::mount::mount(&source_name(req, o), &req.mountpoint, &fstype, flags, &data)?;
     Session::from_fd(fs, fd, o.acl, cfg).inspect_err(|_| {
-        let _ = sys::umount2(&req.mountpoint, libc::MNT_DETACH);
+        let _ = os::mount::umount2(&req.mountpoint, libc::MNT_DETACH);
     })
 }
 
@@ -468,12 +463,12 @@ fn new_session(fs: KmsFs, req: &MountRequest, o: &Options) -> std::io::Result<Se
 fn serve(req: &MountRequest, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), MountError> {
     let o = parse_options(&req.options)?;
     // Data keys and the unsealed keystore live in this process: no core dumps.
-    if let Err(e) = sys::forbid_core_dumps() {
+    if let Err(e) = os::process::forbid_core_dumps() {
         log::warn!("could not disable core dumps: {e}");
     }
     // Threads made from here on (fuser's) inherit the mask: only the signal
     // thread below receives the stop signals.
-    sys::block_stop_signals().map_err(|e| MountError::Io(format!("signal setup: {e}")))?;
+    os::process::block_stop_signals().map_err(|e| MountError::Io(format!("signal setup: {e}")))?;
     let mut fs = KmsFs::new(FsConfig {
         backing: req.backing.clone(),
         ks: req.ks.clone(),
@@ -511,14 +506,14 @@ fn serve(req: &MountRequest, ready: &mut dyn FnMut(Result<(), String>)) -> Resul
 
 fn stop_on_signal(mp: &Path) {
     loop {
-        match sys::wait_stop_signal() {
+        match os::process::wait_stop_signal() {
             Ok(sig) => {
                 log::info!("signal {sig}: unmounting {}", escaped(mp));
                 // Unmounting writes back the kernel's dirty pages through us and
                 // then ends the session; with files still open, detach lazily.
-                if let Err(e) = sys::umount2(mp, 0) {
+                if let Err(e) = os::mount::umount2(mp, 0) {
                     log::info!("umount {}: {e}; detaching lazily", escaped(mp));
-                    if let Err(e) = sys::umount2(mp, libc::MNT_DETACH) {
+                    if let Err(e) = os::mount::umount2(mp, libc::MNT_DETACH) {
                         log::warn!("could not unmount {}: {e}", escaped(mp));
                         continue;
                     }
@@ -543,13 +538,14 @@ pub fn mount(req: MountRequest) -> Result<(), MountError> {
     let log = req.log_file.as_deref().map(open_log).transpose()?;
     if req.foreground {
         if let Some(f) = &log {
-            sys::redirect_stderr(f).map_err(|e| MountError::Io(format!("log file: {e}")))?;
+            os::process::redirect_stderr(f)
+                .map_err(|e| MountError::Io(format!("log file: {e}")))?;
         }
         return serve(&req, &mut |_| {});
     }
     let (mut rx, tx) = std::io::pipe().map_err(|e| MountError::Io(format!("pipe: {e}")))?;
-    match sys::fork().map_err(|e| MountError::Io(e.to_string()))? {
-        sys::Forked::Parent(child) => {
+    match os::process::fork().map_err(|e| MountError::Io(e.to_string()))? {
+        os::process::Forked::Parent(child) => {
             drop(tx);
             let mut msg = String::new();
             let _ = rx.read_to_string(&mut msg);
@@ -570,7 +566,7 @@ pub fn mount(req: MountRequest) -> Result<(), MountError> {
                 },
             }
         }
-        sys::Forked::Child => {
+        os::process::Forked::Child => {
             drop(rx);
             let code = daemon_main(&req, log.as_ref(), tx);
             std::process::exit(code);
@@ -579,7 +575,7 @@ pub fn mount(req: MountRequest) -> Result<(), MountError> {
 }
 
 fn daemon_main(req: &MountRequest, log: Option<&File>, mut tx: std::io::PipeWriter) -> i32 {
-    if let Err(e) = sys::setsid().and_then(|()| sys::redirect_stdio(log)) {
+    if let Err(e) = os::process::setsid().and_then(|()| os::process::redirect_stdio(log)) {
         let _ = write!(tx, "ERR cannot start the mount daemon: {e}");
         return 1;
     }
@@ -627,7 +623,7 @@ pub fn unmount(mp: &Path) -> Result<(), MountError> {
             "unmount other file systems with umount".into(),
         ));
     }
-    match sys::umount2(&path, 0) {
+    match os::mount::umount2(&path, 0) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
             return Err(MountError::State(
@@ -658,7 +654,7 @@ pub fn unmount(mp: &Path) -> Result<(), MountError> {
     }
     if let Some(pid) = info.daemon_pid() {
         let t0 = Instant::now();
-        while sys::process_alive(pid) && t0.elapsed() < Duration::from_secs(10) {
+        while os::process::process_alive(pid) && t0.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -7,9 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use fuser::Errno;
-
-use super::errno::{envelope_errno, io_errno};
+use super::error::FsError;
 use crate::envelope::EncryptedFile;
 use crate::format::Header;
 
@@ -53,14 +51,14 @@ impl OpenFile {
     }
 
     /// Reads up to `size` bytes at `offset` (short only at end of file).
-    pub fn read_at(&self, offset: u64, size: usize) -> Result<Vec<u8>, Errno> {
+    pub fn read_at(&self, offset: u64, size: usize) -> Result<Vec<u8>, FsError> {
         let ef = self.read();
         let mut buf = vec![0u8; size];
         let mut done = 0;
         while done < size {
             let n = ef
                 .read_at(&mut buf[done..], offset + done as u64)
-                .map_err(|e| envelope_errno(&e, &self.backing))?;
+                .map_err(|e| FsError::envelope(e, &self.backing))?;
             if n == 0 {
                 break;
             }
@@ -71,33 +69,29 @@ impl OpenFile {
     }
 
     /// Writes `data` at `offset`.
-    pub fn write_at(&self, data: &[u8], offset: u64) -> Result<(), Errno> {
+    pub fn write_at(&self, data: &[u8], offset: u64) -> Result<(), FsError> {
         self.write()
             .write_at(data, offset)
-            .map_err(|e| envelope_errno(&e, &self.backing))
+            .map_err(|e| FsError::envelope(e, &self.backing))
     }
 
     /// Truncates or extends to `size` plaintext bytes.
-    pub fn set_len(&self, size: u64) -> Result<(), Errno> {
+    pub fn set_len(&self, size: u64) -> Result<(), FsError> {
         self.write()
             .set_len(size)
-            .map_err(|e| envelope_errno(&e, &self.backing))
+            .map_err(|e| FsError::envelope(e, &self.backing))
     }
 
     /// fsync / fdatasync of the backing file.
-    pub fn sync(&self, data_only: bool) -> Result<(), Errno> {
-        let ef = self.read();
-        let r = if data_only {
-            ef.file().sync_data()
-        } else {
-            ef.file().sync_all()
-        };
-        r.map_err(|e| io_errno(&e))
+    pub fn sync(&self, data_only: bool) -> Result<(), FsError> {
+        self.read()
+            .sync(data_only)
+            .map_err(|e| FsError::envelope(e, &self.backing))
     }
 
     /// fstat of the backing file (works after unlink).
-    pub fn metadata(&self) -> Result<std::fs::Metadata, Errno> {
-        self.read().file().metadata().map_err(|e| io_errno(&e))
+    pub fn metadata(&self) -> Result<std::fs::Metadata, FsError> {
+        Ok(self.read().file().metadata()?)
     }
 }
 

@@ -17,9 +17,7 @@
 use std::fs::File;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use fuser::Errno;
-
-use super::errno::io_errno;
+use super::error::FsError;
 use crate::kms::Caller;
 
 const CAP_FSETID: u32 = 4;
@@ -123,15 +121,13 @@ pub fn mode_after(mode: u32, gid: u32, caller: &Caller, kill: Kill) -> Option<u3
 
 /// Drops the setid bits that a content change by `caller` takes from open
 /// backing file `file`. Costs one fstat when the file has none.
-pub fn drop_for(file: &File, caller: &Caller, kill: Kill) -> Result<(), Errno> {
-    let m = file.metadata().map_err(|e| io_errno(&e))?;
+pub fn drop_for(file: &File, caller: &Caller, kill: Kill) -> Result<(), FsError> {
+    let m = file.metadata()?;
     if !m.is_file() {
         return Ok(());
     }
     match mode_after(m.mode(), m.gid(), caller, kill) {
-        Some(mode) => file
-            .set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(|e| io_errno(&e)),
+        Some(mode) => Ok(file.set_permissions(std::fs::Permissions::from_mode(mode))?),
         None => Ok(()),
     }
 }

@@ -1,0 +1,581 @@
+//! Regular files' content: opening (each open checked against the data key
+//! that will serve it, keys through the cache), reading, writing,
+//! truncating, syncing, fallocate and SEEK_DATA/SEEK_HOLE, and copying
+//! between files.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::error::FsError;
+use super::filesystem::{KmsFs, lock};
+use super::node::Checked;
+use super::open::OpenFile;
+use super::privs::{self, Kill};
+use crate::envelope::{EncryptedFile, FileKey};
+use crate::format::Header;
+use crate::kms::Caller;
+use crate::os;
+
+/// Largest write the kernel may send (the kernel here caps it at 1 MiB).
+pub const MAX_WRITE: u32 = 1 << 20;
+
+/// True when two headers hold the same file id and current wrapped key (so
+/// an open authorized against one may be served by a key from the other).
+fn same_key(a: &Header, b: &Header) -> bool {
+    fn wrapped(h: &Header) -> Option<&[u8]> {
+        h.active().map(|s| s.wrapped_key.as_slice())
+    }
+    a.file_id == b.file_id && wrapped(a) == wrapped(b)
+}
+
+/// Where lseek should look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seek {
+    /// SEEK_DATA.
+    Data,
+    /// SEEK_HOLE.
+    Hole,
+}
+
+impl KmsFs {
+    /// The open state of `ino` (EBADF when no handle is open).
+    pub fn open_state(&self, ino: u64) -> Result<Arc<OpenFile>, FsError> {
+        self.opens.get(ino).ok_or(FsError::NotOpen)
+    }
+
+    /// The data key of a header for `caller`, from the cache or the key service.
+    fn file_key(
+        &self,
+        header: &Header,
+        caller: &Caller,
+        backing: &Path,
+    ) -> Result<Arc<FileKey>, FsError> {
+        let generation = self.cfg.ks.generation();
+        let wrapped = header
+            .active()
+            .map(|s| s.wrapped_key.as_slice())
+            .unwrap_or(&[]);
+        if let Some(k) = self.keys.get(generation, &header.file_id, wrapped, caller) {
+            return Ok(k);
+        }
+        let key = EncryptedFile::unwrap_key(header, &*self.cfg.ks, caller)
+            .map_err(|e| FsError::envelope(e, backing))?;
+        let key = Arc::new(key);
+        self.keys
+            .insert(generation, &header.file_id, wrapped, caller, key.clone());
+        Ok(key)
+    }
+
+    /// Opens `ino` for `caller`: checks that the caller may use the file's key
+    /// now (EACCES when the key is disabled, pending deletion, deleted or the
+    /// policy refuses), then shares the inode's open state or makes it.
+    pub fn open(
+        &self,
+        ino: u64,
+        caller: &Caller,
+        truncate: bool,
+    ) -> Result<Arc<OpenFile>, FsError> {
+        let f = match self.opens.get(ino) {
+            Some(existing) => self.reopen(ino, &existing, caller)?,
+            None => self.open_fresh(ino, caller)?,
+        };
+        if truncate && let Err(e) = f.set_len(0) {
+            self.opens.release(ino);
+            return Err(e);
+        }
+        Ok(f)
+    }
+
+    /// The check every open makes, for a file someone already has open:
+    /// `caller` may use the key that will serve it, the one the open state
+    /// holds. That is the wrapped key of the header the state was opened
+    /// with, not of the header on disk now: whoever can write the backing
+    /// file can put there the header of a file under a key of their own,
+    /// which would pass the check while the state serves the holder's data
+    /// key.
+    fn check_key(&self, existing: &OpenFile, caller: &Caller) -> Result<(), FsError> {
+        self.file_key(&existing.header(), caller, existing.backing())?;
+        Ok(())
+    }
+
+    fn reopen(
+        &self,
+        ino: u64,
+        existing: &OpenFile,
+        caller: &Caller,
+    ) -> Result<Arc<OpenFile>, FsError> {
+        self.check_key(existing, caller)?;
+        match self.opens.attach_existing(ino) {
+            Some(f) => Ok(f),
+            // The last handle went meanwhile: open afresh.
+            None => self.open_fresh(ino, caller),
+        }
+    }
+
+    fn open_fresh(&self, ino: u64, caller: &Caller) -> Result<Arc<OpenFile>, FsError> {
+        let acc = if self.cfg.read_only {
+            libc::O_RDONLY
+        } else {
+            libc::O_RDWR
+        };
+        // O_NOATIME needs the file's owner or CAP_FOWNER: the root daemon.
+        let noatime = if self.cfg.noatime && os::ids::is_root() {
+            libc::O_NOATIME
+        } else {
+            0
+        };
+        let Checked { file, meta: m, rel } = self.open_checked(ino, acc | noatime)?;
+        let abs = self.backing_path(&rel);
+        if m.is_dir() {
+            return Err(FsError::IsDirectory);
+        }
+        let ef = if m.len() == 0 && !self.cfg.read_only {
+            // An empty backing file holds nothing yet (a crash between create
+            // and header, or a file made beside the mount): give it a header,
+            // once, even if several opens race here.
+            let _one_at_a_time = lock(&self.init_lock);
+            if file.metadata()?.len() == 0 {
+                EncryptedFile::create(file, &*self.cfg.ks, caller, &self.cfg.key_id)
+                    .map_err(|e| FsError::envelope(e, &abs))?
+            } else {
+                self.with_data_key(file, caller, &abs)?
+            }
+        } else {
+            self.with_data_key(file, caller, &abs)?
+        };
+        let mine = ef.header().clone();
+        let (f, fresh) = self.opens.attach(ino, || OpenFile::new(ef, abs));
+        // Another open made the state first: it serves this caller too, so
+        // the caller must be allowed its key (the header may have changed
+        // between that open's read and this one's).
+        if !fresh
+            && !same_key(&f.header(), &mine)
+            && let Err(e) = self.check_key(&f, caller)
+        {
+            self.opens.release(ino);
+            return Err(e);
+        }
+        Ok(f)
+    }
+
+    /// An existing encrypted file with its data key for `caller`.
+    fn with_data_key(
+        &self,
+        file: File,
+        caller: &Caller,
+        abs: &Path,
+    ) -> Result<EncryptedFile, FsError> {
+        let header = EncryptedFile::read_header(&file).map_err(|e| FsError::envelope(e, abs))?;
+        let key = self.file_key(&header, caller, abs)?;
+        Ok(EncryptedFile::with_key(file, header, key))
+    }
+
+    /// Releases one handle of `ino`.
+    pub fn release(&self, ino: u64) {
+        self.opens.release(ino);
+    }
+
+    /// Truncates or extends `ino` to `size` plaintext bytes. `by_handle`: the
+    /// caller's own open handle (ftruncate), whose open already checked the
+    /// key. Otherwise (truncate by path) the caller gets the same key check
+    /// as an open, even while someone else holds the file open: their open
+    /// says nothing about this caller, and extending writes blocks under the
+    /// key. Without any handle the file is opened briefly, which checks.
+    pub fn truncate(
+        &self,
+        ino: u64,
+        size: u64,
+        caller: &Caller,
+        by_handle: bool,
+    ) -> Result<(), FsError> {
+        if let Some(f) = self.opens.get(ino) {
+            if !by_handle {
+                self.check_key(&f, caller)?;
+            }
+            return f.set_len(size);
+        }
+        let f = self.open(ino, caller, false)?;
+        let r = f.set_len(size);
+        self.opens.release(ino);
+        r
+    }
+
+    /// Reads up to `size` bytes of open file `ino` at `offset`.
+    pub fn read(&self, ino: u64, offset: u64, size: usize) -> Result<Vec<u8>, FsError> {
+        self.open_state(ino)?.read_at(offset, size)
+    }
+
+    /// Writes `data` to open file `ino` at `offset`; `kill`: the kernel says
+    /// the caller lacks CAP_FSETID, so setid bits go first.
+    pub fn write(
+        &self,
+        ino: u64,
+        caller: &Caller,
+        data: &[u8],
+        offset: u64,
+        kill: bool,
+    ) -> Result<(), FsError> {
+        let f = self.open_state(ino)?;
+        if kill {
+            privs::drop_for(f.read().file(), caller, Kill::Asked)?;
+        }
+        f.write_at(data, offset)
+    }
+
+    /// fsync (or with `data_only` fdatasync) of open file `ino`.
+    pub fn fsync(&self, ino: u64, data_only: bool) -> Result<(), FsError> {
+        self.open_state(ino)?.sync(data_only)
+    }
+
+    /// fallocate(2) of open file `ino` by `caller` (who may lose setid bits).
+    pub fn fallocate(
+        &self,
+        ino: u64,
+        caller: &Caller,
+        offset: u64,
+        len: u64,
+        mode: i32,
+    ) -> Result<(), FsError> {
+        let f = self.open_state(ino)?;
+        privs::drop_for(f.read().file(), caller, Kill::IfUnprivileged)?;
+        f.write()
+            .fallocate(offset, len, mode)
+            .map_err(|e| FsError::envelope(e, f.backing()))
+    }
+
+    /// lseek SEEK_DATA or SEEK_HOLE in open file `ino` from `offset`.
+    pub fn seek(&self, ino: u64, offset: u64, whence: Seek) -> Result<u64, FsError> {
+        let f = self.open_state(ino)?;
+        let ef = f.read();
+        let r = match whence {
+            Seek::Data => ef.seek_data(offset),
+            Seek::Hole => ef.seek_hole(offset),
+        };
+        r.map_err(|e| FsError::envelope(e, f.backing()))
+    }
+
+    /// copy_file_range: decrypts and encrypts again (the two files have
+    /// different keys), at most MAX_WRITE bytes; the caller loops for the
+    /// rest. Returns the bytes copied.
+    pub fn copy_range(
+        &self,
+        ino_in: u64,
+        offset_in: u64,
+        ino_out: u64,
+        offset_out: u64,
+        len: u64,
+    ) -> Result<u32, FsError> {
+        let src = self.open_state(ino_in)?;
+        let dst = self.open_state(ino_out)?;
+        let data = src.read_at(offset_in, len.min(u64::from(MAX_WRITE)) as usize)?;
+        dst.write_at(&data, offset_out)?;
+        Ok(data.len() as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::tests::TestKeys;
+    use crate::format;
+    use crate::fs::filesystem::FsConfig;
+    use crate::kms::KeyService;
+    use crate::kms::{
+        DataKey, DataKeySpec, Decrypted, Encrypted, EncryptionContext, KeyMetadata, KmsError,
+    };
+    use std::ffi::OsStr;
+    use std::os::unix::fs::FileExt;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// TestKeys that count Decrypt calls, whose generation tests can bump,
+    /// and that can deny one uid the Decrypt of one wrapped key (a policy).
+    struct Counting {
+        inner: TestKeys,
+        decrypts: AtomicUsize,
+        generation: AtomicU64,
+        deny: Mutex<Option<(u32, Vec<u8>)>>,
+    }
+
+    impl KeyService for Counting {
+        fn generate_data_key(
+            &self,
+            c: &Caller,
+            k: &str,
+            s: DataKeySpec,
+            x: &EncryptionContext,
+        ) -> Result<DataKey, KmsError> {
+            self.inner.generate_data_key(c, k, s, x)
+        }
+        fn decrypt(
+            &self,
+            c: &Caller,
+            b: &[u8],
+            x: &EncryptionContext,
+            k: Option<&str>,
+        ) -> Result<Decrypted, KmsError> {
+            self.decrypts.fetch_add(1, Ordering::SeqCst);
+            if lock(&self.deny).as_ref() == Some(&(c.uid, b.to_vec())) {
+                return Err(KmsError::AccessDenied("denied by the test policy".into()));
+            }
+            self.inner.decrypt(c, b, x, k)
+        }
+        fn encrypt(
+            &self,
+            c: &Caller,
+            k: &str,
+            p: &[u8],
+            x: &EncryptionContext,
+        ) -> Result<Encrypted, KmsError> {
+            self.inner.encrypt(c, k, p, x)
+        }
+        fn re_encrypt(
+            &self,
+            c: &Caller,
+            b: &[u8],
+            sx: &EncryptionContext,
+            d: &str,
+            dx: &EncryptionContext,
+        ) -> Result<Encrypted, KmsError> {
+            self.inner.re_encrypt(c, b, sx, d, dx)
+        }
+        fn describe_key(&self, c: &Caller, k: &str) -> Result<KeyMetadata, KmsError> {
+            self.inner.describe_key(c, k)
+        }
+        fn generation(&self) -> u64 {
+            self.generation.load(Ordering::SeqCst)
+        }
+    }
+
+    const ROOT: Caller = Caller {
+        uid: 0,
+        gid: 0,
+        pid: 1,
+    };
+    const ALICE: Caller = Caller {
+        uid: 1000,
+        gid: 1000,
+        pid: 2,
+    };
+
+    fn fs() -> (tempfile::TempDir, Arc<Counting>, KmsFs) {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = Arc::new(Counting {
+            inner: TestKeys::new(),
+            decrypts: AtomicUsize::new(0),
+            generation: AtomicU64::new(1),
+            deny: Mutex::new(None),
+        });
+        let fs = KmsFs::new(FsConfig {
+            backing: dir.path().to_path_buf(),
+            ks: ks.clone(),
+            key_id: "test".into(),
+            read_only: false,
+            noatime: false,
+            ttl: Duration::from_secs(1),
+        })
+        .unwrap();
+        (dir, ks, fs)
+    }
+
+    #[test]
+    fn reopening_a_hot_file_uses_the_cache_until_the_keystore_changes() {
+        let (_dir, ks, fs) = fs();
+        let (attr, f) = fs
+            .create(ROOT_INO_FOR_TESTS, OsStr::new("f"), 0o644, &ROOT)
+            .unwrap();
+        f.write_at(b"hello", 0).unwrap();
+        let ino = attr.ino;
+        fs.release(ino);
+        let decrypts = || ks.decrypts.load(Ordering::SeqCst);
+        // First open after create: unwrap once; then the cache serves.
+        for _ in 0..5 {
+            let f = fs.open(ino, &ROOT, false).unwrap();
+            assert_eq!(f.read_at(0, 10).unwrap(), b"hello");
+            fs.release(ino);
+        }
+        assert_eq!(decrypts(), 1);
+        // Another user never rides on root's unwrap.
+        fs.open(ino, &ALICE, false).unwrap();
+        fs.release(ino);
+        assert_eq!(decrypts(), 2);
+        // A keystore change empties the cache: the next open asks again.
+        ks.generation.fetch_add(1, Ordering::SeqCst);
+        fs.open(ino, &ROOT, false).unwrap();
+        assert_eq!(decrypts(), 3);
+        // A refusal now fails new opens, even with a handle open.
+        ks.inner.refuse.store(true, Ordering::SeqCst);
+        ks.generation.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(
+            fs.open(ino, &ROOT, false).err().map(|e| e.errno()),
+            Some(libc::EACCES)
+        );
+        // ...while the open handle keeps reading.
+        assert_eq!(fs.open_state(ino).unwrap().read_at(0, 5).unwrap(), b"hello");
+        fs.release(ino);
+        assert!(fs.open_state(ino).is_err());
+        fs.shutdown();
+        assert_eq!(fs.cached_keys(), 0);
+    }
+
+    #[test]
+    fn plaintext_size_and_truncate_without_a_handle() {
+        let (dir, _ks, fs) = fs();
+        let (attr, f) = fs
+            .create(ROOT_INO_FOR_TESTS, OsStr::new("g"), 0o600, &ROOT)
+            .unwrap();
+        f.write_at(&[7u8; 5000], 0).unwrap();
+        let ino = attr.ino;
+        fs.release(ino);
+        assert_eq!(fs.getattr(ino).unwrap().size, 5000);
+        let backing = std::fs::metadata(dir.path().join("g")).unwrap().len();
+        assert_eq!(backing, format::backing_size_from_plain(5000));
+        fs.truncate(ino, 10, &ROOT, false).unwrap();
+        assert_eq!(fs.getattr(ino).unwrap().size, 10);
+        assert!(fs.open_state(ino).is_err(), "truncate left the file open");
+        assert_eq!(fs.getattr(ino).unwrap().perm, 0o600);
+    }
+
+    const ROOT_INO_FOR_TESTS: u64 = super::super::inodes::ROOT_INO;
+
+    #[test]
+    fn truncate_by_path_checks_the_key_while_another_handle_is_open() {
+        let (_dir, ks, fs) = fs();
+        let (attr, f) = fs
+            .create(ROOT_INO_FOR_TESTS, OsStr::new("h"), 0o666, &ROOT)
+            .unwrap();
+        f.write_at(b"kept", 0).unwrap();
+        let ino = attr.ino;
+        ks.inner.refuse.store(true, Ordering::SeqCst);
+        ks.generation.fetch_add(1, Ordering::SeqCst);
+        // By path: refused like an open, whoever holds the file open.
+        for (who, size) in [(&ALICE, 1 << 20), (&ROOT, 0)] {
+            assert_eq!(
+                fs.truncate(ino, size, who, false).err().map(|e| e.errno()),
+                Some(libc::EACCES)
+            );
+        }
+        assert_eq!(fs.getattr(ino).unwrap().size, 4);
+        // The holder's own handle (ftruncate) keeps working, as its writes do.
+        fs.truncate(ino, 2, &ROOT, true).unwrap();
+        assert_eq!(fs.open_state(ino).unwrap().read_at(0, 10).unwrap(), b"ke");
+    }
+
+    /// Makes `name` in the root with `content`, looked up once; its inode.
+    fn new_file(fs: &KmsFs, name: &str, content: &[u8]) -> u64 {
+        let (attr, f) = fs
+            .create(ROOT_INO_FOR_TESTS, OsStr::new(name), 0o666, &ROOT)
+            .unwrap();
+        f.write_at(content, 0).unwrap();
+        fs.release(attr.ino);
+        attr.ino
+    }
+
+    /// Issue 6, item 1: a node whose name now leads to another backing file
+    /// (renamed or replaced beside the mount) is ESTALE for everything that
+    /// would act on that other file, and the other file is left alone.
+    #[test]
+    fn a_node_whose_name_leads_to_another_file_is_stale() {
+        let (dir, _ks, fs) = fs();
+        let a = new_file(&fs, "a", b"A's data");
+        let b = new_file(&fs, "b", b"B's data, longer");
+        std::fs::create_dir(dir.path().join("da")).unwrap();
+        std::fs::create_dir(dir.path().join("db")).unwrap();
+        std::fs::write(dir.path().join("db/in-b"), b"").unwrap();
+        let da = fs.lookup(ROOT_INO_FOR_TESTS, OsStr::new("da")).unwrap().ino;
+        // "a" now names B's file, "da" B's directory.
+        for (x, y) in [("a", "b"), ("da", "db")] {
+            let p = |n: &str| dir.path().join(n);
+            std::fs::rename(p(x), p(&format!("{x}.aside"))).unwrap();
+            std::fs::rename(p(y), p(x)).unwrap();
+        }
+        // And "c" a symlink.
+        let c = new_file(&fs, "c", b"");
+        std::fs::remove_file(dir.path().join("c")).unwrap();
+        std::os::unix::fs::symlink("a", dir.path().join("c")).unwrap();
+        let b_len = std::fs::metadata(dir.path().join("a")).unwrap().len();
+        let stale = Some(libc::ESTALE);
+        assert_eq!(fs.getattr(a).err().map(|e| e.errno()), stale);
+        assert_eq!(fs.open(a, &ROOT, false).err().map(|e| e.errno()), stale);
+        assert_eq!(fs.getattr(c).err().map(|e| e.errno()), stale);
+        assert_eq!(fs.open(c, &ROOT, false).err().map(|e| e.errno()), stale);
+        assert_eq!(
+            fs.truncate(a, 0, &ROOT, false).err().map(|e| e.errno()),
+            stale
+        );
+        assert_eq!(
+            fs.lookup(da, OsStr::new("in-b")).err().map(|e| e.errno()),
+            stale
+        );
+        assert_eq!(fs.opendir(da).err().map(|e| e.errno()), stale);
+        assert_eq!(
+            fs.create(da, OsStr::new("new"), 0o600, &ROOT)
+                .err()
+                .map(|e| e.errno()),
+            stale
+        );
+        assert!(!dir.path().join("da/new").exists());
+        assert!(!dir.path().join("da.aside/new").exists());
+        assert_eq!(
+            std::fs::metadata(dir.path().join("a")).unwrap().len(),
+            b_len
+        );
+        // A fresh lookup finds what is there now: B's file, as another node.
+        let again = fs.lookup(ROOT_INO_FOR_TESTS, OsStr::new("a")).unwrap();
+        assert_eq!(again.ino, b);
+        assert_eq!(fs.getattr(b).unwrap().size, 16);
+        let f = fs.open(b, &ROOT, false).unwrap();
+        assert_eq!(f.read_at(0, 100).unwrap(), b"B's data, longer");
+    }
+
+    /// Issue 6, item 2: while one caller holds a file open, another who may
+    /// not use its key copies over it the header of a file it may use. Its
+    /// open (and truncate by path) would be served by the held state's data
+    /// key, so it is checked against that key: EACCES.
+    #[test]
+    fn an_open_is_authorized_against_the_key_that_serves_it() {
+        let (dir, ks, fs) = fs();
+        let held = new_file(&fs, "held", b"root's plaintext");
+        let _alices = new_file(&fs, "alices", b"alice may read this");
+        let header = |name: &str| {
+            let f = File::open(dir.path().join(name)).unwrap();
+            EncryptedFile::read_header(&f).unwrap()
+        };
+        let wrapped = header("held").active().unwrap().wrapped_key.clone();
+        *lock(&ks.deny) = Some((ALICE.uid, wrapped));
+        assert_eq!(
+            fs.open(held, &ALICE, false).err().map(|e| e.errno()),
+            Some(libc::EACCES)
+        );
+        let state = fs.open(held, &ROOT, false).unwrap();
+        // Alice swaps the header in the backing file.
+        let mut hdr = vec![0u8; format::HEADER_LEN as usize];
+        File::open(dir.path().join("alices"))
+            .unwrap()
+            .read_exact_at(&mut hdr, 0)
+            .unwrap();
+        let backing = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("held"))
+            .unwrap();
+        backing.write_all_at(&hdr, 0).unwrap();
+        assert_eq!(
+            fs.open(held, &ALICE, false).err().map(|e| e.errno()),
+            Some(libc::EACCES)
+        );
+        assert_eq!(
+            fs.truncate(held, 0, &ALICE, false).err().map(|e| e.errno()),
+            Some(libc::EACCES)
+        );
+        // The holder keeps reading; a caller allowed the held key may open.
+        assert_eq!(state.read_at(0, 100).unwrap(), b"root's plaintext");
+        fs.open(held, &ROOT, false).unwrap();
+        fs.release(held);
+        fs.release(held);
+        // Opened afresh, the swapped header's key does not open the blocks.
+        let f = fs.open(held, &ALICE, false).unwrap();
+        assert_eq!(f.read_at(0, 100).err().map(|e| e.errno()), Some(libc::EIO));
+    }
+}

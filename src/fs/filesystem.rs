@@ -1,0 +1,143 @@
+//! `KmsFs`, the mounted filesystem's state (configuration, inode table, open
+//! files, data-key cache, directory handles), its construction and shutdown.
+//! Its operations live in the files named after what they act on: node.rs,
+//! attr.rs, file.rs, entries.rs, dirs.rs, xattr.rs.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::dirs::DirTable;
+use super::error::FsError;
+use super::inodes::InodeTable;
+use super::keycache::KeyCache;
+use super::node::backing_key;
+use super::open::OpenTable;
+use crate::kms::KeyService;
+use crate::os;
+use crate::os::space::FsStats;
+
+/// How the mount is configured.
+#[derive(Clone)]
+pub struct FsConfig {
+    /// Absolute path of the backing directory.
+    pub backing: PathBuf,
+    /// The key service (the mount only uses the trait).
+    pub ks: Arc<dyn KeyService>,
+    /// The CMK that wraps data keys of new files.
+    pub key_id: String,
+    /// Mounted read-only: backing files are opened read-only.
+    pub read_only: bool,
+    /// Mounted noatime: backing files are opened with O_NOATIME, so that
+    /// reading through the mount leaves their atime alone (the kernel leaves
+    /// atime to the daemon, whose own reads would set it).
+    pub noatime: bool,
+    /// Entry and attribute time-to-live given to the kernel.
+    pub ttl: Duration,
+}
+
+impl std::fmt::Debug for FsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsConfig")
+            .field("backing", &self.backing)
+            .field("key_id", &self.key_id)
+            .field("read_only", &self.read_only)
+            .field("noatime", &self.noatime)
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+/// The mounted filesystem.
+#[derive(Debug)]
+pub struct KmsFs {
+    pub(super) cfg: FsConfig,
+    pub(super) inodes: Mutex<InodeTable>,
+    pub(super) opens: OpenTable,
+    pub(super) keys: KeyCache,
+    pub(super) dirs: DirTable,
+    /// Serialises giving headers to empty backing files.
+    pub(super) init_lock: Mutex<()>,
+    /// The daemon's umask (new nodes get their exact mode despite it).
+    pub(super) umask: u32,
+    /// The backing directory, which file opens may not leave.
+    pub(super) root: File,
+}
+
+/// A mutex's guard, also after a panic poisoned it (the state stays usable).
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl KmsFs {
+    /// A filesystem over `cfg.backing`, which must be an existing directory.
+    /// Backing paths are absolute until `enter_backing`.
+    pub fn new(cfg: FsConfig) -> std::io::Result<Self> {
+        // The inode table's root is the directory actually opened.
+        let root = File::open(&cfg.backing)?;
+        let m = root.metadata()?;
+        if !m.is_dir() {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+        Ok(Self {
+            inodes: Mutex::new(InodeTable::new(backing_key(&m))),
+            opens: OpenTable::new(),
+            keys: KeyCache::new(),
+            dirs: DirTable::default(),
+            init_lock: Mutex::new(()),
+            umask: os::process::umask(),
+            root,
+            cfg,
+        })
+    }
+
+    /// Makes the backing directory the process's working directory (so the
+    /// daemon pins no other directory). For the daemon. Backing entries are
+    /// always named relative to the backing root's descriptor, so a path as
+    /// long as the kernel allows on the mount still fits in PATH_MAX below it.
+    pub fn enter_backing(&mut self) -> std::io::Result<()> {
+        std::env::set_current_dir(&self.cfg.backing)
+    }
+
+    /// Entry and attribute time-to-live.
+    pub fn ttl(&self) -> Duration {
+        self.cfg.ttl
+    }
+
+    /// True for a read-only mount.
+    pub fn read_only(&self) -> bool {
+        self.cfg.read_only
+    }
+
+    /// EROFS on a read-only mount.
+    pub fn writable(&self) -> Result<(), FsError> {
+        if self.read_only() {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The full backing path of `rel`, for log messages.
+    pub fn backing_path(&self, rel: &Path) -> PathBuf {
+        self.cfg.backing.join(rel)
+    }
+
+    /// statfs: the backing file system's figures.
+    pub fn statfs(&self) -> Result<FsStats, FsError> {
+        Ok(os::space::fstatvfs(&self.root)?)
+    }
+
+    /// Unmount: sync and close every open file, drop every data key.
+    pub fn shutdown(&self) {
+        self.opens.close_all();
+        self.keys.clear();
+        self.dirs.clear();
+    }
+
+    /// Number of cached data keys (tests).
+    pub fn cached_keys(&self) -> usize {
+        self.keys.len()
+    }
+}

@@ -1,0 +1,660 @@
+//! The adapter to fuser, and the only file that imports it: each callback
+//! turns the request into a call of a `KmsFs` method, and `serve` runs it,
+//! contains a panic, and replies once (the value, or the error's errno).
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::Path;
+use std::time::SystemTime;
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use super::attr::{Attr, Kind, SetAttr, attr_of};
+use super::error::FsError;
+use super::file::{MAX_WRITE, Seek};
+use super::filesystem::KmsFs;
+use super::xattr::XattrValue;
+use crate::kms::Caller;
+use crate::os::node::Utime;
+
+const GENERATION: Generation = Generation(0);
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+fn utime(t: Option<TimeOrNow>) -> Option<Utime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => Utime::Now,
+        TimeOrNow::SpecificTime(t) => Utime::At(t),
+    })
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::NamedPipe => FileType::NamedPipe,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
+        Kind::Directory => FileType::Directory,
+        Kind::RegularFile => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Socket => FileType::Socket,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.ctime,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+/// A fuser reply that can carry an error.
+trait Fails {
+    fn fail(self, e: Errno);
+}
+
+macro_rules! fails {
+    ($($t:ty),*) => {$(
+        impl Fails for $t {
+            fn fail(self, e: Errno) {
+                self.error(e)
+            }
+        }
+    )*};
+}
+fails!(
+    ReplyAttr,
+    ReplyCreate,
+    ReplyData,
+    ReplyDirectory,
+    ReplyDirectoryPlus,
+    ReplyEmpty,
+    ReplyEntry,
+    ReplyLseek,
+    ReplyOpen,
+    ReplyStatfs,
+    ReplyWrite,
+    ReplyXattr
+);
+
+/// Runs the body of one request. A panic there (none is known reachable
+/// from a request) is caught and logged: the reply the body owned was dropped
+/// while unwinding, and fuser answers a dropped reply with EIO, so the caller
+/// gets EIO rather than an answer never sent; and the serving thread lives
+/// on (fuser does not restart its threads, so each panic would cost one, and
+/// the mount hangs once all are gone). Locks recover from poisoning
+/// (`into_inner`), so the state stays usable.
+fn contained(op: &str, body: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        let why = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("no message");
+        log::error!("{op}: panicked ({why}); the request got EIO");
+    }
+}
+
+/// Serves one request: runs `body` contained, then replies once, with `ok`
+/// on success or with the error's errno.
+fn serve<R: Fails, T>(
+    op: &str,
+    reply: R,
+    body: impl FnOnce() -> Result<T, FsError>,
+    ok: impl FnOnce(R, T),
+) {
+    contained(op, || match body() {
+        Ok(v) => ok(reply, v),
+        Err(e) => reply.fail(Errno::from_i32(e.errno())),
+    });
+}
+
+impl KmsFs {
+    fn reply_entry(&self, reply: ReplyEntry, a: Attr) {
+        reply.entry(&self.ttl(), &file_attr(&a), GENERATION);
+    }
+
+    fn reply_attr(&self, reply: ReplyAttr, a: Attr) {
+        reply.attr(&self.ttl(), &file_attr(&a));
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, v: XattrValue) {
+    match v {
+        XattrValue::Size(n) => reply.size(n),
+        XattrValue::Data(d) => reply.data(&d),
+    }
+}
+
+impl Filesystem for KmsFs {
+    fn init(&mut self, _req: &Request, cfg: &mut KernelConfig) -> io::Result<()> {
+        // No FUSE_WRITEBACK_CACHE: with it the kernel keeps a regular
+        // file's mtime and ctime itself and shows those, while the backing
+        // file keeps the times of the daemon's own writes (and no program
+        // can set a ctime), so the times changed across a remount. Without
+        // it every stat shows the stored times.
+        // No FUSE_ATOMIC_O_TRUNC either: with it the daemon truncates in
+        // OPEN, before the kernel checks that the file is not being executed
+        // (ETXTBSY), so an open(O_TRUNC) that failed had still cut a running
+        // program. Without it the kernel truncates by a setattr after that
+        // check.
+        let wanted = [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_ASYNC_DIO,
+            // The daemon drops setuid/setgid itself (see privs.rs); the
+            // kernel then stops asking for security.capability before
+            // every write.
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
+        ];
+        for flag in wanted {
+            if let Err(missing) = cfg.add_capabilities(flag) {
+                log::info!("kernel does not offer {missing:?}");
+            }
+        }
+        let _ = cfg
+            .set_max_write(MAX_WRITE)
+            .or_else(|max| cfg.set_max_write(max));
+        let _ = cfg.set_max_background(64);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.shutdown();
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let body = || KmsFs::lookup(self, parent.0, name);
+        serve("lookup", reply, body, |r, a| self.reply_entry(r, a));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        contained("forget", || KmsFs::forget(self, ino.0, nlookup));
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let body = || KmsFs::getattr(self, ino.0);
+        serve("getattr", reply, body, |r, a| self.reply_attr(r, a));
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: utime(atime),
+            mtime: utime(mtime),
+            by_handle: fh.is_some(),
+        };
+        let body = || KmsFs::setattr(self, ino.0, &caller(req), set);
+        serve("setattr", reply, body, |r, a| self.reply_attr(r, a));
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let body = || KmsFs::readlink(self, ino.0);
+        serve("readlink", reply, body, |r, t| r.data(&t));
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let body = || KmsFs::mknod(self, parent.0, name, mode, rdev, &caller(req));
+        serve("mknod", reply, body, |r, a| self.reply_entry(r, a));
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let body = || KmsFs::mkdir(self, parent.0, name, mode, &caller(req));
+        serve("mkdir", reply, body, |r, a| self.reply_entry(r, a));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let body = || self.remove(parent.0, name, false);
+        serve("unlink", reply, body, |r, ()| r.ok());
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let body = || self.remove(parent.0, name, true);
+        serve("rmdir", reply, body, |r, ()| r.ok());
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let body = || KmsFs::symlink(self, parent.0, link_name, target, &caller(req));
+        serve("symlink", reply, body, |r, a| self.reply_entry(r, a));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let body = || KmsFs::rename(self, parent.0, name, newparent.0, newname, flags.bits());
+        serve("rename", reply, body, |r, ()| r.ok());
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let body = || KmsFs::link(self, ino.0, newparent.0, newname);
+        serve("link", reply, body, |r, a| self.reply_entry(r, a));
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let truncate = flags.0 & libc::O_TRUNC != 0;
+        let body = || KmsFs::open(self, ino.0, &caller(req), truncate);
+        serve("open", reply, body, |r, _| {
+            r.opened(FileHandle(ino.0), FopenFlags::empty())
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let body = || KmsFs::read(self, ino.0, offset, size as usize);
+        serve("read", reply, body, |r, data| r.data(&data));
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        let body = || KmsFs::write(self, ino.0, &caller(req), data, offset, kill);
+        serve("write", reply, body, |r, ()| r.written(data.len() as u32));
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is buffered here: every write already reached the backing file.
+        serve("flush", reply, || Ok(()), |r, ()| r.ok());
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let body = || {
+            KmsFs::release(self, ino.0);
+            Ok(())
+        };
+        serve("release", reply, body, |r, ()| r.ok());
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let body = || KmsFs::fsync(self, ino.0, datasync);
+        serve("fsync", reply, body, |r, ()| r.ok());
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let body = || KmsFs::opendir(self, ino.0);
+        serve("opendir", reply, body, |r, fh| {
+            r.opened(FileHandle(fh), FopenFlags::empty())
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectory,
+    ) {
+        let body = || self.dir_entries(fh.0, offset);
+        serve("readdir", reply, body, |mut reply, entries| {
+            let dots = [(".", Kind::Directory), ("..", Kind::Directory)];
+            let all = dots.iter().map(|(n, k)| (OsStr::new(n), *k, ino.0)).chain(
+                entries
+                    .iter()
+                    .map(|e| (e.name.as_os_str(), e.kind, e.backing_ino)),
+            );
+            for (i, (name, kind, eino)) in all.enumerate().skip(offset as usize) {
+                if reply.add(INodeNo(eino), i as u64 + 1, file_type(kind), name) {
+                    break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        // The directory, checked to be `ino`: its entries are looked up in
+        // it, not in whatever its name leads to by now.
+        let body = || {
+            let entries = self.dir_entries(fh.0, offset)?;
+            Ok((
+                entries,
+                self.open_checked(ino.0, libc::O_PATH | libc::O_DIRECTORY)?,
+            ))
+        };
+        serve("readdirplus", reply, body, |mut reply, (entries, dir)| {
+            let dir_attr = file_attr(&attr_of(ino.0, &dir.meta));
+            let ttl = self.ttl();
+            for i in (offset as usize)..entries.len() + 2 {
+                let next = i as u64 + 1;
+                let full = match i {
+                    // "." and ".." take no lookup reference in the kernel.
+                    0 => reply.add(ino, next, ".", &ttl, &dir_attr, GENERATION),
+                    1 => reply.add(ino, next, "..", &ttl, &dir_attr, GENERATION),
+                    _ => {
+                        let e = &entries[i - 2];
+                        // An entry gone since the snapshot is skipped (Err -> not full).
+                        self.dir_entry_plus(&dir.file, &dir.rel, &e.name, |a| {
+                            let a = file_attr(a);
+                            reply.add(a.ino, next, &e.name, &ttl, &a, GENERATION)
+                        })
+                        .unwrap_or_default()
+                    }
+                };
+                if full {
+                    break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        let body = || {
+            KmsFs::releasedir(self, fh.0);
+            Ok(())
+        };
+        serve("releasedir", reply, body, |r, ()| r.ok());
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let body = || KmsFs::fsyncdir(self, ino.0);
+        serve("fsyncdir", reply, body, |r, ()| r.ok());
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        serve(
+            "statfs",
+            reply,
+            || KmsFs::statfs(self),
+            |r, s| {
+                r.statfs(
+                    s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namemax, s.frsize,
+                )
+            },
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let body = || KmsFs::setxattr(self, ino.0, name, value, flags);
+        serve("setxattr", reply, body, |r, ()| r.ok());
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let body = || KmsFs::getxattr(self, ino.0, name, size);
+        serve("getxattr", reply, body, reply_xattr);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let body = || KmsFs::listxattr(self, ino.0, size);
+        serve("listxattr", reply, body, reply_xattr);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let body = || KmsFs::removexattr(self, ino.0, name);
+        serve("removexattr", reply, body, |r, ()| r.ok());
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let body = || KmsFs::access(self, ino.0, &caller(req), mask.bits());
+        serve("access", reply, body, |r, ()| r.ok());
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let body = || {
+            self.writable()?;
+            KmsFs::create(self, parent.0, name, mode, &caller(req))
+        };
+        serve("create", reply, body, |r, (attr, _)| {
+            let fh = FileHandle(attr.ino);
+            r.created(
+                &self.ttl(),
+                &file_attr(&attr),
+                GENERATION,
+                fh,
+                FopenFlags::empty(),
+            )
+        });
+    }
+
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let body = || KmsFs::fallocate(self, ino.0, &caller(req), offset, length, mode);
+        serve("fallocate", reply, body, |r, ()| r.ok());
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        _fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        _fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let body = || self.copy_range(ino_in.0, offset_in, ino_out.0, offset_out, len);
+        serve("copy_file_range", reply, body, |r, n| r.written(n));
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let body = || {
+            let offset = u64::try_from(offset).map_err(|_| FsError::PastEnd)?;
+            let whence = match whence {
+                libc::SEEK_DATA => Seek::Data,
+                libc::SEEK_HOLE => Seek::Hole,
+                _ => return Err(FsError::Invalid),
+            };
+            self.seek(ino.0, offset, whence)
+        };
+        serve("lseek", reply, body, |r, pos| r.offset(pos as i64));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Stands for a fuser reply: its Drop is what answers EIO.
+    struct Reply<'a>(&'a AtomicUsize);
+
+    impl Drop for Reply<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_panicking_request_drops_its_reply_and_the_thread_goes_on() {
+        let dropped = AtomicUsize::new(0);
+        for i in 0..10 {
+            let reply = Reply(&dropped);
+            contained("test", move || {
+                let _owned = reply;
+                if i % 2 == 0 {
+                    panic!("request {i}");
+                }
+                std::panic::panic_any(i); // a payload that is not a message
+            });
+        }
+        // Every body's reply was dropped (so fuser answered it), and this
+        // thread is still here to count them.
+        assert_eq!(dropped.load(Ordering::SeqCst), 10);
+        // A body that does not panic runs as it is.
+        let mut ran = false;
+        contained("test", || ran = true);
+        assert!(ran);
+    }
+}

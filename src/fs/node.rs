@@ -1,0 +1,165 @@
+//! Nodes: how a FUSE inode reaches its backing object (opened beneath the
+//! backing root, checked to be that very object, else ESTALE), lookups and
+//! the inode table's bookkeeping of names.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::{File, Metadata};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::attr::{Attr, attr_of};
+use super::error::FsError;
+use super::filesystem::{KmsFs, lock};
+use super::inodes::BackingKey;
+use crate::os;
+
+/// What identifies a backing object across renames: device, inode number,
+/// and type and birth time (so that a reused inode number is another object).
+pub(super) fn backing_key(m: &Metadata) -> BackingKey {
+    // File type in the top bits, birth time (ns, where the backing file
+    // system records it) below: a reused inode number of another type or
+    // born later is another file.
+    let born = m
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    let kind = u64::from(m.mode() & libc::S_IFMT);
+    (m.dev(), m.ino(), (kind << 48) ^ born)
+}
+
+/// A backing object opened for a FUSE inode and checked to be the one the
+/// inode stands for (`KmsFs::open_checked`).
+#[derive(Debug)]
+pub struct Checked {
+    /// The descriptor: act through it, not through the name.
+    pub file: File,
+    /// Its fstat.
+    pub meta: Metadata,
+    /// The name it was reached by, relative to the backing root.
+    pub rel: PathBuf,
+}
+
+/// Metadata of entry `name` of directory `dir` itself (a symlink is not
+/// followed).
+pub(super) fn stat_at(dir: &File, name: &OsStr) -> Result<Metadata, FsError> {
+    Ok(os::beneath::open_node(dir, name).and_then(|n| n.metadata())?)
+}
+
+impl KmsFs {
+    /// Opens the backing object that FUSE inode `ino` stands for, with
+    /// `flags` (O_PATH: a handle to stat it and change it through), beneath
+    /// the backing root and through no symlink, and checks with an fstat of
+    /// that very descriptor that it is that object: same device, inode
+    /// number, type and birth time (`backing_key`). The kernel checked the
+    /// caller's permissions against the attributes of the object it knows as
+    /// `ino`, while the name it had can lead elsewhere by now (renamed or
+    /// replaced in the backing directory by anyone who may write there):
+    /// then ESTALE, so that the kernel looks the name up again and checks
+    /// the permissions of what is there now. Whatever the caller then does,
+    /// it does through the returned descriptor, so the object checked is the
+    /// object used. A node with no name left is ENOENT.
+    pub fn open_checked(&self, ino: u64, flags: i32) -> Result<Checked, FsError> {
+        let (rel, key) = lock(&self.inodes)
+            .node(ino)
+            .map(|(p, k)| (p.to_path_buf(), k))
+            .ok_or(FsError::NotFound)?;
+        let stale = || {
+            log::info!(
+                "{}: not the file the kernel knows as inode {ino} (replaced or renamed beside \
+                 the mount); returning ESTALE",
+                self.backing_path(&rel).display()
+            );
+            FsError::Stale
+        };
+        let file = os::beneath::open_beneath(&self.root, os::or_dot(&rel), flags, 0).map_err(
+            // A symlink, or an object of another type, where the node's
+            // object was: swapped as well.
+            |e| match e.raw_os_error() {
+                Some(libc::ELOOP | libc::ENOTDIR | libc::EISDIR) => stale(),
+                _ => FsError::Io(e),
+            },
+        )?;
+        let meta = file.metadata()?;
+        if backing_key(&meta) != key {
+            return Err(stale());
+        }
+        Ok(Checked { file, meta, rel })
+    }
+
+    /// Entry `name` of directory `parent`: the directory, opened as an O_PATH
+    /// descriptor and checked to be `parent` (`open_checked`), for the *at
+    /// system calls; `name` itself; and the entry's relative backing path.
+    /// A name with a slash, empty, "." or ".." is EINVAL.
+    pub fn in_dir(&self, parent: u64, name: &OsStr) -> Result<(File, OsString, PathBuf), FsError> {
+        if name.is_empty() || name == "." || name == ".." || name.as_encoded_bytes().contains(&b'/')
+        {
+            return Err(FsError::Invalid);
+        }
+        let dir = self.open_checked(parent, libc::O_PATH | libc::O_DIRECTORY)?;
+        let rel = dir.rel.join(name);
+        Ok((dir.file, name.to_os_string(), rel))
+    }
+
+    /// Registers `rel` (just looked up or created) with one lookup reference.
+    pub fn entry(&self, rel: &Path, m: &Metadata) -> Attr {
+        let ino = lock(&self.inodes).lookup(rel, backing_key(m), m.is_dir());
+        attr_of(ino, m)
+    }
+
+    /// Looks up `name` in `parent` for the kernel: the entry itself (a
+    /// symlink is not followed) in the directory checked to be `parent`.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
+        let (dir, name, rel) = self.in_dir(parent, name)?;
+        let m = stat_at(&dir, &name)?;
+        Ok(self.entry(&rel, &m))
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        lock(&self.inodes).forget(ino, n);
+    }
+
+    /// Metadata of `ino`'s backing file (from the open fd when open: works
+    /// after unlink and never reads content). A directory whose name is gone
+    /// (removed, or replaced by a rename) is still reached through a handle
+    /// some opendir keeps.
+    pub fn metadata(&self, ino: u64) -> Result<Metadata, FsError> {
+        if let Some(f) = self.opens.get(ino) {
+            return f.metadata();
+        }
+        match self.open_checked(ino, libc::O_PATH) {
+            Ok(c) => Ok(c.meta),
+            // A directory whose name a rename replaced: an open handle of it.
+            Err(e) => self.dirs.metadata(ino).unwrap_or(Err(e)),
+        }
+    }
+
+    /// The target of symlink `ino`.
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let node = self.open_checked(ino, libc::O_PATH)?;
+        Ok(os::node::readlink_node(&node.file)?)
+    }
+
+    /// A name went away.
+    pub fn forget_path(&self, rel: &Path) {
+        lock(&self.inodes).remove_path(rel);
+    }
+
+    /// A rename happened in the backing directory.
+    pub fn renamed(&self, from: &Path, to: &Path, exchange: bool) {
+        let mut t = lock(&self.inodes);
+        if exchange {
+            t.exchange(from, to);
+        } else {
+            t.rename(from, to);
+        }
+    }
+
+    /// A new hard link of `ino` named `rel`.
+    pub fn linked(&self, ino: u64, rel: &Path) {
+        let mut t = lock(&self.inodes);
+        t.add_path(ino, rel);
+        t.add_lookup(ino);
+    }
+}

@@ -1,0 +1,152 @@
+//! Extended attributes through the mount: the backing object's own, except
+//! kmsfs's reserved names (hidden, and refused to change) and POSIX ACLs
+//! (not supported: the kernel would not enforce them).
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+use super::error::FsError;
+use super::filesystem::KmsFs;
+use crate::os;
+
+/// Extended attribute names the mount reserves for itself: hidden from
+/// listings and refused to get, set and remove, so programs above cannot read
+/// or clobber internal data.
+pub const RESERVED_XATTR_PREFIXES: [&str; 2] = ["user.kmsfs.", "trusted.kmsfs."];
+
+/// The POSIX ACL xattrs. The mount does not support ACLs: the kernel checks
+/// only the mode bits (FUSE_POSIX_ACL is not requested), so an ACL passed to
+/// the backing file would not be enforced, while ext4 would still rewrite the
+/// group bits to its mask. Setting them is EOPNOTSUPP (as on a file system
+/// without ACLs); ones the backing file has anyway are neither listed nor
+/// returned.
+pub const ACL_XATTRS: [&str; 2] = ["system.posix_acl_access", "system.posix_acl_default"];
+
+/// What a getxattr or listxattr answers: the size when asked with size 0,
+/// else the bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum XattrValue {
+    /// The size the value needs.
+    Size(u32),
+    /// The value.
+    Data(Vec<u8>),
+}
+
+/// The answer for a value of `n` bytes in `buf` to a request of `size`.
+fn answer(n: usize, size: u32, mut buf: Vec<u8>) -> Result<XattrValue, FsError> {
+    if size == 0 {
+        Ok(XattrValue::Size(n as u32))
+    } else if n > size as usize {
+        Err(FsError::TooSmall)
+    } else {
+        buf.truncate(n);
+        Ok(XattrValue::Data(buf))
+    }
+}
+
+/// True when `name` is reserved for the mount's own use.
+pub fn reserved_xattr(name: &OsStr) -> bool {
+    let n = name.as_encoded_bytes();
+    RESERVED_XATTR_PREFIXES
+        .iter()
+        .any(|p| n.starts_with(p.as_bytes()))
+}
+
+/// True for a POSIX ACL xattr (`ACL_XATTRS`).
+pub fn acl_xattr(name: &OsStr) -> bool {
+    ACL_XATTRS
+        .iter()
+        .any(|a| name.as_encoded_bytes() == a.as_bytes())
+}
+
+/// Removes reserved names and ACLs from a NUL-separated xattr name list.
+pub fn filter_xattr_list(list: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(list.len());
+    for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name_os = OsStr::from_bytes(name);
+        if !reserved_xattr(name_os) && !acl_xattr(name_os) {
+            out.extend_from_slice(name);
+            out.push(0);
+        }
+    }
+    out
+}
+
+impl KmsFs {
+    /// getxattr of `ino`'s backing object (a symlink itself).
+    pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> Result<XattrValue, FsError> {
+        if reserved_xattr(name) || acl_xattr(name) {
+            return Err(FsError::NoAttribute);
+        }
+        let node = self.open_checked(ino, libc::O_PATH)?.file;
+        let mut buf = vec![0u8; size as usize];
+        let n = os::xattr::getxattr_node(&node, name, &mut buf)?;
+        answer(n, size, buf)
+    }
+
+    /// listxattr of `ino`'s backing object, without reserved names and ACLs.
+    pub fn listxattr(&self, ino: u64, size: u32) -> Result<XattrValue, FsError> {
+        let node = self.open_checked(ino, libc::O_PATH)?.file;
+        let n = os::xattr::listxattr_node(&node, &mut [])?;
+        let mut buf = vec![0u8; n];
+        let n = os::xattr::listxattr_node(&node, &mut buf)?;
+        buf.truncate(n);
+        let list = filter_xattr_list(&buf);
+        answer(list.len(), size, list)
+    }
+
+    /// setxattr (`flags`: XATTR_CREATE, XATTR_REPLACE).
+    pub fn setxattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> Result<(), FsError> {
+        self.change_xattr(ino, name, |node| {
+            os::xattr::setxattr_node(node, name, value, flags)
+        })
+    }
+
+    /// removexattr.
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<(), FsError> {
+        self.change_xattr(ino, name, |node| os::xattr::removexattr_node(node, name))
+    }
+
+    /// setxattr and removexattr: kmsfs's own names are refused (EPERM), POSIX
+    /// ACLs too (EOPNOTSUPP: the kernel would not enforce them), then `change`
+    /// runs on the entry checked to be `ino` (a symlink itself).
+    fn change_xattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        change: impl FnOnce(&std::fs::File) -> std::io::Result<()>,
+    ) -> Result<(), FsError> {
+        if reserved_xattr(name) {
+            return Err(FsError::Reserved);
+        }
+        if acl_xattr(name) {
+            return Err(FsError::Unsupported);
+        }
+        self.writable()?;
+        Ok(change(&self.open_checked(ino, libc::O_PATH)?.file)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xattr_filter() {
+        assert!(reserved_xattr(OsStr::new("user.kmsfs.x")));
+        assert!(!reserved_xattr(OsStr::new("user.other")));
+        let l = b"user.a\0user.kmsfs.hdr\0security.selinux\0";
+        assert_eq!(filter_xattr_list(l), b"user.a\0security.selinux\0".to_vec());
+        assert!(acl_xattr(OsStr::new("system.posix_acl_access")));
+        assert!(acl_xattr(OsStr::new("system.posix_acl_default")));
+        assert!(!acl_xattr(OsStr::new("system.posix_acl_accessx")));
+        let l = b"system.posix_acl_access\0user.a\0system.posix_acl_default\0";
+        assert_eq!(filter_xattr_list(l), b"user.a\0".to_vec());
+    }
+}

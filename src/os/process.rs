@@ -1,0 +1,174 @@
+//! Process control for the mount daemon: core dumps, umask, stop signals,
+//! fork and setsid, standard descriptors, and whether a pid is alive.
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use super::check;
+
+/// Marks the process non-dumpable: no core file (which would hold key
+/// material) and no ptrace by non-root users.
+pub fn forbid_core_dumps() -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })
+}
+
+/// The process's umask: from /proc/self/status, else by setting it and
+/// setting it back (call while no other thread creates files).
+pub fn umask() -> u32 {
+    let from_proc = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        });
+    if let Some(m) = from_proc {
+        return m;
+    }
+    // SAFETY: umask only swaps the process's file mode creation mask.
+    unsafe {
+        let old = libc::umask(0o022);
+        libc::umask(old);
+        old as u32
+    }
+}
+
+/// The signals that end a mount cleanly.
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+fn stop_sigset() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set it is given; sigaddset adds valid
+    // signal numbers to that initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in STOP_SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread, so that threads it
+/// spawns afterwards inherit the mask and only `wait_stop_signal` sees them.
+pub fn block_stop_signals() -> io::Result<()> {
+    let set = stop_sigset();
+    // SAFETY: `set` is an initialised sigset; the old mask is not requested.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Waits for one of the blocked stop signals and returns its number.
+pub fn wait_stop_signal() -> io::Result<i32> {
+    let set = stop_sigset();
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `set` is an initialised sigset and `sig` a writable int.
+    let rc = unsafe { libc::sigwait(&set, &mut sig) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(sig)
+}
+
+/// Number of threads of this process (fork is only safe with one).
+pub fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Which side of a fork we are on.
+#[derive(Debug)]
+pub enum Forked {
+    /// The original process; the child has this pid.
+    Parent(u32),
+    /// The new process.
+    Child,
+}
+
+/// fork(2). Callers must be single-threaded (checked) so the child inherits no
+/// lock held by another thread.
+pub fn fork() -> io::Result<Forked> {
+    if thread_count() != 1 {
+        return Err(io::Error::other(
+            "cannot daemonize: the process already runs several threads",
+        ));
+    }
+    // SAFETY: the process is single-threaded (checked above), so the child starts
+    // in a consistent state; both sides continue with ordinary Rust code.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        p if p < 0 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        p => Ok(Forked::Parent(p as u32)),
+    }
+}
+
+/// setsid(2): a new session without a controlling terminal.
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: no arguments; fails only if already a process group leader.
+    check(unsafe { libc::setsid() })
+}
+
+/// Points stdin at /dev/null and stdout/stderr at `log` (or /dev/null).
+pub fn redirect_stdio(log: Option<&std::fs::File>) -> io::Result<()> {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    let out = match log {
+        Some(f) => f.as_raw_fd(),
+        None => null.as_raw_fd(),
+    };
+    // SAFETY: dup2 onto the standard descriptors from descriptors that stay open
+    // for the call; afterwards the standard descriptors refer to the new files.
+    unsafe {
+        check(libc::dup2(null.as_raw_fd(), 0))?;
+        check(libc::dup2(out, 1))?;
+        check(libc::dup2(out, 2))?;
+    }
+    Ok(())
+}
+
+/// Points stderr (where the log goes) at `log`.
+pub fn redirect_stderr(log: &std::fs::File) -> io::Result<()> {
+    // SAFETY: dup2 onto fd 2 from a descriptor that stays open for the call.
+    check(unsafe { libc::dup2(log.as_raw_fd(), 2) })
+}
+
+/// True when a process with this pid exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may contain spaces.
+        Ok(s) => match s.rfind(')') {
+            Some(i) => !matches!(
+                s[i + 1..].trim_start().chars().next(),
+                Some('Z') | Some('X')
+            ),
+            None => true,
+        },
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn umask_is_read_without_changing_it() {
+        let m = umask();
+        assert_eq!(m & !0o777, 0);
+        assert_eq!(umask(), m);
+    }
+
+    #[test]
+    fn own_process_is_alive() {
+        assert!(process_alive(std::process::id()));
+        assert!(!process_alive(u32::MAX - 1));
+    }
+}
