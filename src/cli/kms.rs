@@ -10,9 +10,7 @@ use zeroize::Zeroizing;
 use super::keystore::open_key_service;
 use super::{CliError, ErrorClass, GlobalArgs, OutputFormat, current_caller};
 use crate::kms::model::key_arn;
-use crate::kms::{
-    DataKeySpec, EncryptionContext, KeyMetadata, KeyService, KmsError, LocalKeyStore, clock,
-};
+use crate::kms::{DataKeySpec, EncryptionContext, KeyMetadata, KeyService, LocalKeyStore, clock};
 
 /// The encryption algorithm name AWS reports for symmetric keys.
 const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
@@ -384,27 +382,10 @@ fn data_key_spec(a: &DataKeyArgs) -> DataKeySpec {
     }
 }
 
-fn encrypt_hint(e: KmsError) -> CliError {
-    let too_big = matches!(&e, KmsError::Validation(m) if m.contains("at most"));
-    let err = CliError::from(e);
-    if too_big {
-        err.hint("use `kmsfs kms generate-data-key` and encrypt the data locally with the data key")
-    } else {
-        err
-    }
-}
-
 /// Runs one key subcommand.
 pub fn run(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
     let name = command_name(&c);
-    run_command(g, c).map_err(|e| {
-        if e.class == ErrorClass::Keystore && e.message.contains("the change was refused") {
-            let hint = super::keystore::repair_hint(&super::keystore::keystore_dir(g));
-            e.hint(hint)
-        } else {
-            with_remedy(e, name)
-        }
-    })
+    run_command(g, c).map_err(|e| e.with_kms_remedy(name, &super::keystore::keystore_dir(g)))
 }
 
 /// The kebab-case subcommand name (`ScheduleKeyDeletion` → `schedule-key-deletion`).
@@ -438,44 +419,6 @@ fn command_name(c: &KmsCommand) -> &'static str {
         KmsCommand::GenerateDataKeyWithoutPlaintext(_) => "generate-data-key-without-plaintext",
         KmsCommand::ReEncrypt { .. } => "re-encrypt",
     }
-}
-
-/// Gives every error a remedy: the ones `From<KmsError>` leaves without, and
-/// better ones where the generic remedy does not fit.
-fn with_remedy(e: CliError, command: &str) -> CliError {
-    if e.message.starts_with("KMSInvalidStateException")
-        && e.message.contains("is not allowed for key")
-    {
-        return e.hint("see the key's state with `kmsfs kms describe-key --key-id K`");
-    }
-    if e.message.starts_with("KMSInvalidStateException") && e.message.contains("pending import") {
-        return e.hint(
-            "import its key material: `kmsfs kms get-parameters-for-import`, then \
-             `kmsfs kms import-key-material`",
-        );
-    }
-    if e.hint.is_some() {
-        return e;
-    }
-    let help = format!("see `kmsfs kms {command} --help`");
-    let hint = if e.message.starts_with("InvalidCiphertextException") {
-        "give the same --encryption-context as when it was made, an unmodified blob, and the \
-         --keystore that made it"
-    } else if e.message.starts_with("IncorrectKeyException") {
-        "omit --key-id, or give the key the ciphertext was made under"
-    } else if e.message.starts_with("AccessDeniedException") {
-        "the key's policy does not allow this user; see `kmsfs kms get-key-policy --key-id K`"
-    } else if e.message.starts_with("AlreadyExistsException") {
-        "choose another alias name, or move it with `kmsfs kms update-alias`"
-    } else if e.class == ErrorClass::Usage {
-        help.as_str()
-    } else if e.class == ErrorClass::Io {
-        "check the path, its permissions and free space, then retry"
-    } else {
-        return e;
-    };
-    let hint = hint.to_string();
-    e.hint(hint)
 }
 
 fn run_command(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
@@ -731,9 +674,7 @@ fn run_command(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
         } => {
             let pt = read_blob(&plaintext, "plaintext")?;
             let ctx = context(&encryption_context)?;
-            let e = ks
-                .encrypt(&caller, &key_id, &pt, &ctx)
-                .map_err(encrypt_hint)?;
+            let e = ks.encrypt(&caller, &key_id, &pt, &ctx)?;
             let blob = B64.encode(&e.ciphertext_blob);
             if json_out {
                 print_json(&json!({
@@ -808,7 +749,7 @@ fn run_command(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
             let dctx = context(&destination_encryption_context)?;
             if let Some(want) = &source_key_id {
                 // Checks the source key before anything is decrypted.
-                check_source_key(&ks, &blob, want)?;
+                ks.check_ciphertext_key(&caller, &blob, want)?;
             }
             let e = ks.re_encrypt(&caller, &blob, &sctx, &destination_key_id, &dctx)?;
             let out = B64.encode(&e.ciphertext_blob);
@@ -824,20 +765,6 @@ fn run_command(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
                 println!("{out}");
             }
         }
-    }
-    Ok(())
-}
-
-fn check_source_key(ks: &LocalKeyStore, blob: &[u8], want: &str) -> Result<(), CliError> {
-    let header = crate::kms::blob::BlobHeader::parse(blob)?;
-    let wanted = ks.describe_key(&current_caller(), want)?;
-    if wanted.key_id != header.key_id_string() {
-        return Err(KmsError::IncorrectKey(format!(
-            "the ciphertext was made under key {}, not {}",
-            header.key_id_string(),
-            wanted.key_id
-        ))
-        .into());
     }
     Ok(())
 }

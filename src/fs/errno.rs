@@ -79,9 +79,9 @@ mod tests {
         assert_eq!(envelope_errno(&io, p), Errno::ENOSPC);
         let c = EnvelopeError::CorruptBlock { block: 3 };
         assert_eq!(envelope_errno(&c, p), Errno::EIO);
-        let d = EnvelopeError::Kms(KmsError::Disabled("k".into()));
+        let d = EnvelopeError::Kms(KmsError::Disabled { key_id: "k".into() });
         assert_eq!(envelope_errno(&d, p), Errno::EACCES);
-        let i = EnvelopeError::Kms(KmsError::InvalidCiphertext("x".into()));
+        let i = EnvelopeError::Kms(KmsError::invalid_ciphertext("x".into()));
         assert_eq!(envelope_errno(&i, p), Errno::EIO);
         assert_eq!(
             io_errno(&io::Error::new(io::ErrorKind::NotFound, "x")),

@@ -85,12 +85,11 @@ pub fn authorize(
     op: Operation,
 ) -> Result<(), KmsError> {
     match policy {
-        Some(p) if !p.allows(caller, op) => Err(KmsError::AccessDenied(format!(
-            "uid {} gid {} is not allowed kms:{} on key {key_id} by its key policy",
-            caller.uid,
-            caller.gid,
-            op.as_str()
-        ))),
+        Some(p) if !p.allows(caller, op) => Err(KmsError::AccessDenied {
+            key_id: key_id.to_string(),
+            action: op,
+            principal: (caller.uid, caller.gid),
+        }),
         _ => Ok(()),
     }
 }

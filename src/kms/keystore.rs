@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-use super::KmsError;
 use super::model::StoreState;
+use super::{Existing, KmsError, RootKeyProblem};
 use crate::crypto::{self, AeadKey, Key256, SEAL_OVERHEAD, SecretBytes};
 
 /// File name of the current generation.
@@ -99,7 +99,7 @@ impl Argon2Params {
             || self.t == 0
             || self.t > max.t
         {
-            return Err(KmsError::CorruptKeystore(format!(
+            return Err(KmsError::corrupt(format!(
                 "the keystore header asks for Argon2id parameters m={} KiB t={} p={}, which \
                  kmsfs never writes (at most m={} KiB t={} p={}): the header was changed; \
                  refused before deriving any key, nothing was changed",
@@ -177,12 +177,12 @@ impl RootKey {
 /// Argon2id(passphrase, salt) into a 256-bit key.
 pub fn derive_argon2id(pass: &[u8], salt: &[u8; 16], p: Argon2Params) -> Result<Key256, KmsError> {
     let params = argon2::Params::new(p.m_kib, p.t, p.p, Some(crypto::KEY_LEN))
-        .map_err(|e| KmsError::CorruptKeystore(format!("invalid Argon2id parameters: {e}")))?;
+        .map_err(|e| KmsError::corrupt(format!("invalid Argon2id parameters: {e}")))?;
     let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let mut out = Zeroizing::new([0u8; crypto::KEY_LEN]);
     a.hash_password_into(pass, salt, &mut *out)
-        .map_err(|e| KmsError::Internal(format!("Argon2id failed: {e}")))?;
-    Key256::from_slice(&*out).map_err(|e| KmsError::Internal(e.to_string()))
+        .map_err(|e| KmsError::internal(format!("Argon2id failed: {e}")))?;
+    Key256::from_slice(&*out).map_err(|e| KmsError::internal(e.to_string()))
 }
 
 /// Identity of a file version on disk: changes when the file is replaced.
@@ -219,14 +219,14 @@ pub struct LockGuard(#[allow(dead_code)] File);
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> KmsError {
     if e.raw_os_error() == Some(libc::ELOOP) {
-        return KmsError::Io(format!(
+        return KmsError::io(format!(
             "cannot {what} {}: it is a symbolic link, and kmsfs never follows symbolic links \
              inside the keystore directory (someone may be trying to redirect its writes); \
              nothing was written — check who made it, remove it, and try again",
             path.display()
         ));
     }
-    KmsError::Io(format!("cannot {what} {}: {e}", path.display()))
+    KmsError::io(format!("cannot {what} {}: {e}", path.display()))
 }
 
 /// Flags for every open inside the keystore directory: never follow a symbolic
@@ -342,7 +342,7 @@ impl KeystoreDir {
     }
 
     fn create_lock_file(&self, p: &Path) -> Result<File, KmsError> {
-        let suffix = crypto::random_array::<8>().map_err(|e| KmsError::Internal(e.to_string()))?;
+        let suffix = crypto::random_array::<8>().map_err(|e| KmsError::internal(e.to_string()))?;
         let tmp = self.file(&format!("{LOCK_FILE}.{}", hex8(&suffix)));
         let f = create_exclusive(&tmp).map_err(|e| io_err("create lock file", &tmp, e))?;
         let r = (|| {
@@ -375,7 +375,7 @@ impl KeystoreDir {
         let dir = fs::metadata(&self.dir).map_err(|e| io_err("stat", &self.dir, e))?;
         let me = f.metadata().map_err(|e| io_err("stat", p, e))?;
         if !me.file_type().is_file() || me.nlink() != 1 {
-            return Err(KmsError::Io(format!(
+            return Err(KmsError::io(format!(
                 "{} changed under kmsfs right after it created it (another link to it \
                  appeared); refusing to go on",
                 p.display()
@@ -429,28 +429,25 @@ impl KeystoreDir {
         let bytes = match opened {
             Ok(b) => Zeroizing::new(b),
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(KmsError::WrongRootKey(format!(
-                    "the keystore is sealed with a root key file, and {} is missing; \
-                     restore root.key from your backup (without it the keystore cannot be opened)",
-                    p.display()
-                )));
+                return Err(KmsError::WrongRootKey {
+                    problem: RootKeyProblem::KeyFileMissing { path: p },
+                });
             }
             Err(e) => return Err(io_err("read root key file", &p, e)),
         };
         if bytes.len() != ROOT_KEY_FILE_LEN || bytes[..8] != ROOT_KEY_MAGIC {
-            return Err(KmsError::WrongRootKey(format!(
-                "{} is not a kmsfs root key file (wrong size or magic); restore it from your backup",
-                p.display()
-            )));
+            return Err(KmsError::WrongRootKey {
+                problem: RootKeyProblem::NotAKeyFile { path: p },
+            });
         }
-        Key256::from_slice(&bytes[8..]).map_err(|e| KmsError::Internal(e.to_string()))
+        Key256::from_slice(&bytes[8..]).map_err(|e| KmsError::internal(e.to_string()))
     }
 
     /// Creates `root.key` (mode 0600) with a fresh random key. An existing one
     /// is never reused (the caller refuses first: it means a lost keystore).
     fn create_root_key_file(&self) -> Result<(), KmsError> {
         let p = self.file(ROOT_KEY_FILE);
-        let key = Key256::random().map_err(|e| KmsError::Internal(e.to_string()))?;
+        let key = Key256::random().map_err(|e| KmsError::internal(e.to_string()))?;
         let mut buf = Zeroizing::new(Vec::with_capacity(40));
         buf.extend_from_slice(&ROOT_KEY_MAGIC);
         buf.extend_from_slice(key.expose());
@@ -475,7 +472,7 @@ impl KeystoreDir {
         let p = self.file(name);
         self.remove_temporary(name)?;
         let mut f = create_exclusive(&p).map_err(|e| match e.kind() {
-            ErrorKind::AlreadyExists => KmsError::Io(format!(
+            ErrorKind::AlreadyExists => KmsError::io(format!(
                 "cannot create {}: something appeared under that name while kmsfs was \
                  writing (someone may be trying to redirect its writes); nothing was written",
                 p.display()
@@ -540,7 +537,7 @@ impl KeystoreDir {
                 Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err("remove", &p, e)),
                 _ => Ok(()),
             },
-            Ok(m) => Err(KmsError::Io(format!(
+            Ok(m) => Err(KmsError::io(format!(
                 "{} is a {}, not a temporary file kmsfs left; kmsfs never writes through it \
                  (someone may be trying to redirect its writes); nothing was written — check \
                  who made it, remove it, and try again",
@@ -581,7 +578,7 @@ pub struct Frame<'a> {
 }
 
 fn corrupt(name: &str, why: &str) -> KmsError {
-    KmsError::CorruptKeystore(format!("keystore file {name} is damaged: {why}"))
+    KmsError::corrupt(format!("keystore file {name} is damaged: {why}"))
 }
 
 impl<'a> Frame<'a> {
@@ -610,7 +607,7 @@ impl<'a> Frame<'a> {
                     "its checksum does not match (bytes were changed)",
                 ));
             }
-            return Err(KmsError::CorruptKeystore(format!(
+            return Err(KmsError::corrupt(format!(
                 "keystore file {name} has format version {version}, but this kmsfs reads only \
                  version {KEYSTORE_VERSION}; use the kmsfs release that wrote it"
             )));
@@ -668,17 +665,19 @@ impl<'a> Frame<'a> {
     /// parses the body (failure → `CorruptKeystore`).
     pub fn unseal(&self, name: &str, root: &RootKey) -> Result<StoreState, KmsError> {
         if root.mode != self.mode {
-            return Err(KmsError::WrongRootKey(format!(
-                "keystore file {name} was sealed with another root key than the one this \
-                 process holds (was the keystore replaced?); restart the command"
-            )));
+            return Err(KmsError::WrongRootKey {
+                problem: RootKeyProblem::SealedWithAnother {
+                    file: name.to_string(),
+                },
+            });
         }
         let vaad = [VERIFIER_LABEL, self.header].concat();
         if root.aead.open(&vaad, self.verifier).is_err() {
-            return Err(KmsError::WrongRootKey(match self.mode {
-                RootMode::Passphrase { .. } => "wrong passphrase: it does not open this keystore".to_string(),
-                RootMode::KeyFile => "the root key file does not open this keystore (root.key belongs to another keystore?)".to_string(),
-            }));
+            let problem = match self.mode {
+                RootMode::Passphrase { .. } => RootKeyProblem::WrongPassphrase,
+                RootMode::KeyFile => RootKeyProblem::KeyFileMismatch,
+            };
+            return Err(KmsError::WrongRootKey { problem });
         }
         let mut header_and_len = Vec::with_capacity(FIXED_LEN);
         header_and_len.extend_from_slice(self.header);
@@ -741,7 +740,7 @@ pub fn encode(
     let json = state.to_sealed_json()?;
     let body_len = json.len() + SEAL_OVERHEAD;
     if body_len > MAX_BODY_LEN {
-        return Err(KmsError::Internal("keystore body too large".into()));
+        return Err(KmsError::internal("keystore body too large".into()));
     }
     let mut out = Vec::with_capacity(FIXED_LEN + body_len + CHECKSUM_LEN);
     out.extend_from_slice(&KEYSTORE_MAGIC);
@@ -768,7 +767,7 @@ pub fn encode(
     debug_assert_eq!(out.len(), OFF_VERIFIER);
     let vaad = [VERIFIER_LABEL, &out[..]].concat();
     let seal_err =
-        |e: crypto::CryptoError| KmsError::Internal(format!("sealing the keystore failed: {e}"));
+        |e: crypto::CryptoError| KmsError::internal(format!("sealing the keystore failed: {e}"));
     root.aead
         .seal_append(&vaad, &[], &mut out)
         .map_err(seal_err)?;
@@ -791,10 +790,11 @@ pub fn create(
     dir.create_dir()?;
     let _lock = dir.lock()?;
     if dir.exists() {
-        return Err(KmsError::AlreadyExists(format!(
-            "a keystore exists already in {}; it was left untouched",
-            dir.path().display()
-        )));
+        return Err(KmsError::AlreadyExists {
+            what: Existing::Keystore {
+                path: dir.path().to_path_buf(),
+            },
+        });
     }
     if dir.has_entry(ROOT_KEY_FILE) {
         return Err(lost(dir, ROOT_KEY_FILE));
@@ -803,16 +803,16 @@ pub fn create(
         CreateMode::RootKeyFile => {
             dir.create_root_key_file()?;
             RootKey::obtain(dir, RootMode::KeyFile, &|| {
-                Err(KmsError::Internal("no passphrase in key-file mode".into()))
+                Err(KmsError::internal("no passphrase in key-file mode".into()))
             })?
         }
         CreateMode::Passphrase { passphrase, params } => {
             let salt =
-                crypto::random_array::<16>().map_err(|e| KmsError::Internal(e.to_string()))?;
+                crypto::random_array::<16>().map_err(|e| KmsError::internal(e.to_string()))?;
             let mode = RootMode::Passphrase { params, salt };
             params.validate().map_err(|_| {
                 let max = Argon2Params::MAX;
-                KmsError::Validation(format!(
+                KmsError::invalid(format!(
                     "Argon2id parameters m={} KiB t={} p={} are out of range (at most m={} KiB \
                      t={} p={}, at least 8 KiB per lane): kmsfs would refuse to open the keystore",
                     params.m_kib, params.t, params.p, max.m_kib, max.t, max.p
@@ -821,7 +821,7 @@ pub fn create(
             RootKey::obtain(dir, mode, &|| Ok(passphrase.clone()))?
         }
     };
-    let id = crypto::random_array::<16>().map_err(|e| KmsError::Internal(e.to_string()))?;
+    let id = crypto::random_array::<16>().map_err(|e| KmsError::internal(e.to_string()))?;
     let state = StoreState::default();
     let bytes = encode(&id, &root, 1, &state)?;
     dir.remove_stale_temporaries();
@@ -844,7 +844,7 @@ fn lock_bounded(f: &File, p: &Path) -> Result<(), KmsError> {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
             Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(KmsError::Io(format!(
+                return Err(KmsError::io(format!(
                     "the keystore lock {} has been held by another process for {} s; nothing \
                      was changed. Find it with `fuser {}` and try again when it is done",
                     p.display(),
@@ -870,13 +870,12 @@ pub fn trusted_path(dir: &Path, create: bool) -> Result<PathBuf, KmsError> {
     use crate::trust::{Scope, TrustError};
     crate::trust::trusted_path(dir, create, Scope::Ancestors).map_err(|e| match e {
         TrustError::Io { what, path, source } => io_err(what, &path, source),
-        TrustError::Untrusted { dir: d, uid, mode } => KmsError::AccessDenied(format!(
-            "refusing the keystore {}: {} can be changed by another user (owner uid {uid}, mode {mode:o}), \
-             who could swap the keystore directory between two writes; keep the keystore on a \
-             path that only root and you can change, or run kmsfs as that directory's owner",
-            dir.display(),
-            d.display(),
-        )),
+        TrustError::Untrusted { dir: d, uid, mode } => KmsError::UntrustedKeystorePath {
+            keystore: dir.to_path_buf(),
+            dir: d,
+            owner_uid: uid,
+            mode,
+        },
     })
 }
 
@@ -884,7 +883,7 @@ pub fn trusted_path(dir: &Path, create: bool) -> Result<PathBuf, KmsError> {
 /// but has neither generation: never answered by creating a new one.
 pub fn lost(dir: &KeystoreDir, evidence: &str) -> KmsError {
     let d = dir.path().display();
-    KmsError::CorruptKeystore(format!(
+    KmsError::corrupt(format!(
         "the keystore in {d} is lost or unreadable: {evidence} is there but neither \
          {CURRENT_FILE} nor {PREV_FILE} can be found (deleted? a symbolic link to a volume \
          that is not mounted?); nothing was created or changed. Restore {CURRENT_FILE} from \
@@ -945,7 +944,7 @@ mod tests {
             (31, 1, 4),
         ] {
             let e = Argon2Params { m_kib: m, t, p }.validate().unwrap_err();
-            assert!(matches!(e, KmsError::CorruptKeystore(_)), "{m} {t} {p}");
+            assert!(matches!(e, KmsError::CorruptKeystore { .. }), "{m} {t} {p}");
             assert!(e.to_string().contains("never writes"), "{e}");
         }
         // Never written either.
@@ -958,7 +957,7 @@ mod tests {
         };
         let passphrase = SecretBytes::new(b"pw".to_vec());
         let e = create(&dir, CreateMode::Passphrase { passphrase, params }).unwrap_err();
-        assert!(matches!(e, KmsError::Validation(_)), "{e}");
+        assert!(matches!(e, KmsError::Validation { .. }), "{e}");
         assert!(!dir.file(CURRENT_FILE).exists());
     }
 
@@ -997,13 +996,16 @@ mod tests {
             let mut bad = bytes.clone();
             bad[i] ^= 0x40;
             let r = Frame::parse("x", &bad).and_then(|f| f.unseal("x", &root));
-            assert!(matches!(r, Err(KmsError::CorruptKeystore(_))), "byte {i}");
+            assert!(
+                matches!(r, Err(KmsError::CorruptKeystore { .. })),
+                "byte {i}"
+            );
         }
         for n in 0..bytes.len() {
             assert!(
                 matches!(
                     Frame::parse("x", &bytes[..n]),
-                    Err(KmsError::CorruptKeystore(_))
+                    Err(KmsError::CorruptKeystore { .. })
                 ),
                 "len {n}"
             );
@@ -1072,7 +1074,7 @@ mod tests {
         let f = Frame::parse("x", &bytes).unwrap();
         assert!(matches!(
             f.unseal("x", &other_root),
-            Err(KmsError::WrongRootKey(_))
+            Err(KmsError::WrongRootKey { .. })
         ));
     }
 
@@ -1093,7 +1095,7 @@ mod tests {
         assert_eq!(f.unseal("x", &good).unwrap().keys.len(), state.keys.len());
         let bad = RootKey::obtain(&dir, f.mode, &|| Ok(SecretBytes::from(&b"wrong"[..]))).unwrap();
         let e = f.unseal("x", &bad).unwrap_err();
-        assert!(matches!(e, KmsError::WrongRootKey(_)) && e.to_string().contains("passphrase"));
+        assert!(matches!(e, KmsError::WrongRootKey { .. }) && e.to_string().contains("passphrase"));
     }
 
     #[test]
@@ -1105,7 +1107,7 @@ mod tests {
         let before = fs::read(dir.file(CURRENT_FILE)).unwrap();
         assert!(matches!(
             create(&dir, CreateMode::RootKeyFile),
-            Err(KmsError::AlreadyExists(_))
+            Err(KmsError::AlreadyExists { .. })
         ));
         assert_eq!(fs::read(dir.file(CURRENT_FILE)).unwrap(), before);
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -1116,7 +1118,7 @@ mod tests {
         fs::rename(dir.file(CURRENT_FILE), dir.file(PREV_FILE)).unwrap();
         assert!(matches!(
             create(&dir, CreateMode::RootKeyFile),
-            Err(KmsError::AlreadyExists(_))
+            Err(KmsError::AlreadyExists { .. })
         ));
     }
 
@@ -1127,7 +1129,7 @@ mod tests {
         create(&dir, CreateMode::RootKeyFile).unwrap();
         fs::write(dir.file(ROOT_KEY_FILE), b"short").unwrap();
         let e = RootKey::obtain(&dir, RootMode::KeyFile, &|| unreachable!()).unwrap_err();
-        assert!(matches!(e, KmsError::WrongRootKey(_)));
+        assert!(matches!(e, KmsError::WrongRootKey { .. }));
         fs::remove_file(dir.file(ROOT_KEY_FILE)).unwrap();
         let e = RootKey::obtain(&dir, RootMode::KeyFile, &|| unreachable!()).unwrap_err();
         assert!(e.to_string().contains("missing"), "{e}");
@@ -1169,7 +1171,7 @@ mod tests {
         fs::create_dir(dir.file(CURRENT_TMP)).unwrap();
         assert!(matches!(
             dir.write_generations(Some(b"new prev"), b"new"),
-            Err(KmsError::Io(_))
+            Err(KmsError::Io { .. })
         ));
         assert!(
             !dir.file(PREV_TMP).exists(),
@@ -1287,14 +1289,14 @@ mod tests {
         assert!(dir.exists());
         assert!(matches!(
             create(&dir, CreateMode::RootKeyFile),
-            Err(KmsError::AlreadyExists(_))
+            Err(KmsError::AlreadyExists { .. })
         ));
         // Gone altogether while root.key is still there: lost, never recreated.
         fs::remove_file(dir.file(CURRENT_FILE)).unwrap();
         assert!(!dir.exists());
         assert_eq!(dir.lost_evidence(), Some(ROOT_KEY_FILE));
         let e = create(&dir, CreateMode::RootKeyFile).unwrap_err();
-        assert!(matches!(e, KmsError::CorruptKeystore(_)), "{e:?}");
+        assert!(matches!(e, KmsError::CorruptKeystore { .. }), "{e:?}");
         assert!(e.to_string().contains("lost or unreadable"), "{e}");
         assert_eq!(fs::read(dir.file(ROOT_KEY_FILE)).unwrap(), rk);
         assert!(!dir.has_entry(CURRENT_FILE));
@@ -1312,7 +1314,7 @@ mod tests {
             .unwrap();
         f.set_len(64 << 30).unwrap();
         let e = dir.read(CURRENT_FILE).unwrap_err();
-        assert!(matches!(e, KmsError::CorruptKeystore(_)), "{e:?}");
+        assert!(matches!(e, KmsError::CorruptKeystore { .. }), "{e:?}");
         assert!(e.to_string().contains("larger than any keystore"), "{e}");
         let f = OpenOptions::new()
             .write(true)
@@ -1320,6 +1322,6 @@ mod tests {
             .unwrap();
         f.set_len(64 << 30).unwrap();
         let e = RootKey::obtain(&dir, RootMode::KeyFile, &|| unreachable!()).unwrap_err();
-        assert!(matches!(e, KmsError::WrongRootKey(_)), "{e:?}");
+        assert!(matches!(e, KmsError::WrongRootKey { .. }), "{e:?}");
     }
 }

@@ -21,7 +21,7 @@ use super::model::{self, KeyRecord, StoreState, Usage};
 use super::policy::KeyPolicy;
 use super::{
     Caller, DataKey, DataKeySpec, Decrypted, Encrypted, EncryptionContext, KeyMetadata, KeyService,
-    KeyState, KmsError, MAX_ENCRYPT_PLAINTEXT, clock,
+    KeyState, KmsError, MAX_ENCRYPT_PLAINTEXT, Missing, StateProblem, ValidationCode, clock,
 };
 use crate::crypto::{AeadKey, SecretBytes};
 
@@ -31,6 +31,7 @@ use crate::crypto::{AeadKey, SecretBytes};
 pub const FRESHNESS_INTERVAL_MS: u64 = 20;
 
 mod admin;
+mod registry;
 
 pub use admin::{
     AliasListEntry, ImportParameters, KeyListEntry, KeyRotation, KeyRotationStatus,
@@ -68,7 +69,7 @@ impl Snapshot {
             let mut v = Vec::with_capacity(k.materials.len());
             for m in &k.materials {
                 let aead = AeadKey::from_bytes(m.material.expose()).map_err(|_| {
-                    KmsError::CorruptKeystore(format!("key {id} has material of a wrong length"))
+                    KmsError::corrupt(format!("key {id} has material of a wrong length"))
                 })?;
                 v.push((m.version, aead));
             }
@@ -182,7 +183,7 @@ fn load(
         }
         let r = given
             .or(obtained.as_ref())
-            .ok_or_else(|| KmsError::Internal("root key missing".into()))?;
+            .ok_or_else(|| KmsError::internal("root key missing".into()))?;
         Ok((frame.unseal(name, r)?, frame.keystore_id, frame.generation))
     };
     let cur = dir.read(CURRENT_FILE)?;
@@ -205,7 +206,7 @@ fn load(
                 }
                 // Only damage falls back: a wrong root key, a missing passphrase
                 // or an I/O error would be the same for the previous generation.
-                Err(KmsError::CorruptKeystore(m)) => m,
+                Err(e @ KmsError::CorruptKeystore { .. }) => e.to_string(),
                 Err(e) => return Err(e),
             }
         }
@@ -213,11 +214,10 @@ fn load(
     };
     let Some((pbytes, _)) = dir.read(PREV_FILE)? else {
         return Err(match cur {
-            None => KmsError::KeystoreNotFound(format!(
-                "there is no keystore in {}",
-                dir.path().display()
-            )),
-            Some(_) => KmsError::CorruptKeystore(format!(
+            None => KmsError::KeystoreNotFound {
+                path: dir.path().to_path_buf(),
+            },
+            Some(_) => KmsError::corrupt(format!(
                 "{primary}; there is no previous generation ({PREV_FILE}) to fall back to, \
                  and nothing was written"
             )),
@@ -236,7 +236,7 @@ fn load(
                 fallback: Some(fallback_warning(dir, &primary, file_generation, claimed)),
             })
         }
-        Err(KmsError::CorruptKeystore(e)) => Err(KmsError::CorruptKeystore(format!(
+        Err(e @ KmsError::CorruptKeystore { .. }) => Err(KmsError::corrupt(format!(
             "{primary}; and the previous generation is unreadable too: {e}; nothing was written"
         ))),
         Err(e) => Err(e),
@@ -272,7 +272,7 @@ fn fallback_warning(
 }
 
 fn no_passphrase() -> Result<SecretBytes, KmsError> {
-    Err(KmsError::Internal(
+    Err(KmsError::internal(
         "the root key is already unsealed; no passphrase is needed".into(),
     ))
 }
@@ -287,39 +287,47 @@ fn resolve<'s>(
     if key_ref.starts_with("arn:") {
         let prefix = format!("arn:kmsfs:kms:local:{keystore_id_hex}:");
         name = key_ref.strip_prefix(&prefix).ok_or_else(|| {
-            KmsError::NotFound(format!(
-                "ARN {key_ref} does not name a key of this keystore ({keystore_id_hex})"
-            ))
+            KmsError::not_found(Missing::ForeignArn {
+                arn: key_ref.to_string(),
+                keystore_id: keystore_id_hex.to_string(),
+            })
         })?;
         if let Some(id) = name.strip_prefix("key/") {
             name = id;
         } else if !name.starts_with(model::ALIAS_PREFIX) {
-            return Err(KmsError::NotFound(format!(
-                "ARN {key_ref} names no key or alias"
-            )));
+            return Err(KmsError::not_found(Missing::ArnNamesNothing {
+                arn: key_ref.to_string(),
+            }));
         }
     }
     let id = if name.starts_with(model::ALIAS_PREFIX) {
         state
             .aliases
             .get(name)
-            .ok_or_else(|| KmsError::NotFound(format!("alias {name} does not exist")))?
+            .ok_or_else(|| {
+                KmsError::not_found(Missing::Alias {
+                    name: name.to_string(),
+                })
+            })?
             .as_str()
     } else {
         let u = uuid::Uuid::parse_str(name).map_err(|_| {
-            KmsError::NotFound(format!(
-                "invalid key id {name:?}: give a key id (UUID), a key ARN or alias/NAME"
-            ))
+            KmsError::not_found(Missing::InvalidKeyId {
+                given: name.to_string(),
+            })
         })?;
-        return state
-            .keys
-            .get(&u.hyphenated().to_string())
-            .ok_or_else(|| KmsError::NotFound(format!("key {name} does not exist")));
+        return state.keys.get(&u.hyphenated().to_string()).ok_or_else(|| {
+            KmsError::not_found(Missing::Key {
+                key_id: name.to_string(),
+            })
+        });
     };
-    state
-        .keys
-        .get(id)
-        .ok_or_else(|| KmsError::NotFound(format!("key {id} (alias {name}) does not exist")))
+    state.keys.get(id).ok_or_else(|| {
+        KmsError::not_found(Missing::AliasTarget {
+            key_id: id.to_string(),
+            alias: name.to_string(),
+        })
+    })
 }
 
 fn resolve_mut<'s>(
@@ -331,7 +339,7 @@ fn resolve_mut<'s>(
     state
         .keys
         .get_mut(&id)
-        .ok_or_else(|| KmsError::Internal("key vanished".into()))
+        .ok_or_else(|| KmsError::internal("key vanished".into()))
 }
 
 impl LocalKeyStore {
@@ -353,16 +361,15 @@ impl LocalKeyStore {
                     return Err(keystore::lost(&kdir, evidence));
                 }
             } else if std::fs::symlink_metadata(dir).is_ok() && std::fs::metadata(dir).is_err() {
-                return Err(KmsError::CorruptKeystore(format!(
+                return Err(KmsError::corrupt(format!(
                     "the keystore directory {} cannot be reached (a symbolic link to a volume \
                      that is not mounted?); nothing was created or changed",
                     dir.display()
                 )));
             } else {
-                return Err(KmsError::KeystoreNotFound(format!(
-                    "there is no keystore in {}",
-                    dir.display()
-                )));
+                return Err(KmsError::KeystoreNotFound {
+                    path: dir.to_path_buf(),
+                });
             }
         }
         let kdir = KeystoreDir::new(keystore::trusted_path(dir, false)?);
@@ -371,7 +378,7 @@ impl LocalKeyStore {
         if let Some(why) = &loaded.fallback {
             log::warn!("{why}");
         }
-        let root = root.ok_or_else(|| KmsError::Internal("root key not obtained".into()))?;
+        let root = root.ok_or_else(|| KmsError::internal("root key not obtained".into()))?;
         let ks = Self::assemble(kdir, root, loaded)?;
         // A reader without write access still opens: due keys are refused in memory.
         if let Err(e) = ks.apply_due() {
@@ -447,7 +454,7 @@ impl LocalKeyStore {
     pub fn set_audit_sink(&self, sink: Arc<dyn AuditSink>) -> Result<(), KmsError> {
         self.audit
             .set(sink)
-            .map_err(|_| KmsError::Internal("an audit sink is already installed".into()))
+            .map_err(|_| KmsError::internal("an audit sink is already installed".into()))
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -521,7 +528,7 @@ impl LocalKeyStore {
         }
         let result = load(&self.dir, Some(&self.root), &mut None, &no_passphrase).and_then(|l| {
             if l.keystore_id != self.keystore_id {
-                return Err(KmsError::CorruptKeystore(format!(
+                return Err(KmsError::corrupt(format!(
                     "the keystore in {} was replaced by another one (id {}); restart to use it",
                     self.dir.path().display(),
                     hex(&l.keystore_id)
@@ -536,7 +543,7 @@ impl LocalKeyStore {
                 // restored backup) would re-enable keys disabled since, and
                 // later changes made on top of it could sort below what we
                 // hold and be ignored: refuse every key until a restart.
-                return Err(KmsError::CorruptKeystore(format!(
+                return Err(KmsError::corrupt(format!(
                     "the keystore in {} went back from generation {} to {}; every key is \
                      refused until kmsfs is restarted (if you restored it on purpose, restart \
                      the mount; otherwise someone replaced it with an older copy)",
@@ -599,7 +606,7 @@ impl LocalKeyStore {
         );
         log::error!("{msg}");
         self.install(Snapshot::broken(msg.clone(), fp));
-        Err(KmsError::CorruptKeystore(msg))
+        Err(KmsError::corrupt(msg))
     }
 
     /// Deletes keys whose deletion date has passed and rotates keys whose
@@ -638,20 +645,22 @@ impl LocalKeyStore {
         let now = clock::now()?;
         let _lock = self.dir.lock()?;
         let refuse = |e: KmsError| match e {
-            KmsError::CorruptKeystore(m) => KmsError::CorruptKeystore(format!(
-                "{m}; the change was refused and nothing was written"
-            )),
+            KmsError::CorruptKeystore { problem, .. } => KmsError::CorruptKeystore {
+                problem,
+                change_refused: true,
+            },
             other => other,
         };
-        let (bytes, _) = self.dir.read(CURRENT_FILE)?.ok_or_else(|| {
-            KmsError::CorruptKeystore(format!(
-                "{} is missing; the change was refused and nothing was written",
-                self.dir.file(CURRENT_FILE).display()
-            ))
-        })?;
+        let (bytes, _) = self
+            .dir
+            .read(CURRENT_FILE)?
+            .ok_or_else(|| KmsError::CorruptKeystore {
+                problem: format!("{} is missing", self.dir.file(CURRENT_FILE).display()),
+                change_refused: true,
+            })?;
         let frame = Frame::parse(CURRENT_FILE, &bytes).map_err(refuse)?;
         if frame.keystore_id != self.keystore_id {
-            return Err(KmsError::CorruptKeystore(format!(
+            return Err(KmsError::corrupt(format!(
                 "the keystore in {} was replaced by another one; nothing was written",
                 self.dir.path().display()
             )));
@@ -714,7 +723,7 @@ impl LocalKeyStore {
         let mut version = None;
         let result = (|| {
             if let Some(why) = &snap.broken {
-                return Err(KmsError::CorruptKeystore(why.clone()));
+                return Err(KmsError::corrupt(why.clone()));
             }
             let key = match key_ref {
                 KeyRef::Name(n) => resolve(&snap.state, &self.keystore_id_hex, n)?,
@@ -726,15 +735,13 @@ impl LocalKeyStore {
                     match (k, deleted) {
                         (Some(k), _) => k,
                         (None, Some(when)) => {
-                            return Err(KmsError::NotFound(format!(
-                                "the key this ciphertext was made with ({}) was deleted on {}; \
-                                 it can no longer be decrypted",
-                                h.key_id_string(),
-                                clock::format_rfc3339(when)
-                            )));
+                            return Err(KmsError::not_found(Missing::BlobKeyDeleted {
+                                key_id: h.key_id_string(),
+                                deleted_on: when,
+                            }));
                         }
                         (None, None) => {
-                            return Err(KmsError::InvalidCiphertext(
+                            return Err(KmsError::invalid_ciphertext(
                                 "the ciphertext blob cannot be decrypted: it names a key this \
                                  keystore never had (was it modified?)"
                                     .into(),
@@ -750,26 +757,26 @@ impl LocalKeyStore {
                 if let Err(e) = self.apply_due() {
                     self.warn_once(&format!("a due key deletion could not be written: {e}"));
                 }
-                return Err(KmsError::NotFound(format!(
-                    "key {} reached its deletion date and was deleted",
-                    key.key_id
-                )));
+                return Err(KmsError::not_found(Missing::Deleted {
+                    key_id: key.key_id.clone(),
+                }));
             }
             if key.origin == super::KeyOrigin::External && key.material_expired(clock::now()?) {
                 if let Err(e) = self.apply_due() {
                     self.warn_once(&format!("an expiry could not be written: {e}"));
                 }
-                return Err(KmsError::InvalidState(format!(
-                    "key {} is pending import: its imported key material expired",
-                    key.key_id
-                )));
+                return Err(KmsError::InvalidState {
+                    key_id: key.key_id.clone(),
+                    state: KeyState::PendingImport,
+                    problem: StateProblem::MaterialExpired,
+                });
             }
             key.check_usable(usage)?;
             hooks::authorize(caller, &key.key_id, snap.policies.get(&key.key_id), op)?;
             let ciphers = snap
                 .ciphers
                 .get(&key.key_id)
-                .ok_or_else(|| KmsError::Internal("key schedule missing".into()))?;
+                .ok_or_else(|| KmsError::internal("key schedule missing".into()))?;
             let (out, v) = f(&snap.state, key, ciphers)?;
             version = Some(v);
             Ok(out)
@@ -822,11 +829,13 @@ impl LocalKeyStore {
             .iter()
             .find(|(ver, _)| *ver == v)
             .map(|(_, a)| a)
-            .ok_or_else(|| {
-                KmsError::InvalidState(format!("key {} has no current key material", key.key_id))
+            .ok_or_else(|| KmsError::InvalidState {
+                key_id: key.key_id.clone(),
+                state: key.state,
+                problem: StateProblem::NoCurrentMaterial,
             })?;
         let key_uuid = uuid::Uuid::parse_str(&key.key_id)
-            .map_err(|_| KmsError::Internal("stored key id is not a UUID".into()))?;
+            .map_err(|_| KmsError::internal("stored key id is not a UUID".into()))?;
         let header = BlobHeader {
             keystore_id: self.keystore_id,
             key_id: *key_uuid.as_bytes(),
@@ -845,7 +854,7 @@ impl LocalKeyStore {
     ) -> Result<(String, u32, SecretBytes), KmsError> {
         let header = BlobHeader::parse(ciphertext_blob)?;
         if header.keystore_id != self.keystore_id {
-            return Err(KmsError::InvalidCiphertext(format!(
+            return Err(KmsError::invalid_ciphertext(format!(
                 "the ciphertext blob was made by another keystore ({}), not this one ({})",
                 hex(&header.keystore_id),
                 self.keystore_id_hex
@@ -860,10 +869,10 @@ impl LocalKeyStore {
                 if let Some(want) = key_id {
                     let wanted = resolve(state, &self.keystore_id_hex, want)?;
                     if wanted.key_id != key.key_id {
-                        return Err(KmsError::IncorrectKey(format!(
-                            "the ciphertext was made under key {}, not {}",
-                            key.key_id, wanted.key_id
-                        )));
+                        return Err(KmsError::IncorrectKey {
+                            made_under: key.key_id.clone(),
+                            given: wanted.key_id.clone(),
+                        });
                     }
                 }
                 let v = header.material_version;
@@ -872,7 +881,7 @@ impl LocalKeyStore {
                     .find(|(ver, _)| *ver == v)
                     .map(|(_, a)| a)
                     .ok_or_else(|| {
-                        KmsError::InvalidCiphertext(format!(
+                        KmsError::invalid_ciphertext(format!(
                             "the ciphertext names key material version {v} of key {}, which this \
                          keystore does not hold",
                             key.key_id
@@ -882,6 +891,25 @@ impl LocalKeyStore {
                 Ok(((key.key_id.clone(), v, pt), v))
             },
         )
+    }
+
+    /// Refuses a ciphertext blob not made under `key_id` (a key id, ARN or
+    /// alias), before anything is decrypted: ReEncrypt's SourceKeyId.
+    pub fn check_ciphertext_key(
+        &self,
+        caller: &Caller,
+        ciphertext_blob: &[u8],
+        key_id: &str,
+    ) -> Result<(), KmsError> {
+        let header = BlobHeader::parse(ciphertext_blob)?;
+        let wanted = self.describe_key(caller, key_id)?;
+        if wanted.key_id != header.key_id_string() {
+            return Err(KmsError::IncorrectKey {
+                made_under: header.key_id_string(),
+                given: wanted.key_id,
+            });
+        }
+        Ok(())
     }
 
     /// GenerateDataKeyWithoutPlaintext: only the wrapped data key.
@@ -922,7 +950,7 @@ impl LocalKeyStore {
             Usage::Encrypt,
             |_, key, ciphers| {
                 let plaintext = SecretBytes::random(len)
-                    .map_err(|e| KmsError::Internal(format!("cannot generate a data key: {e}")))?;
+                    .map_err(|e| KmsError::internal(format!("cannot generate a data key: {e}")))?;
                 let (ciphertext_blob, v) =
                     self.seal_current(key, ciphers, plaintext.expose(), context)?;
                 Ok((
@@ -942,7 +970,7 @@ impl LocalKeyStore {
         self.refresh_if_stale();
         let snap = self.snapshot();
         match &snap.broken {
-            Some(why) => Err(KmsError::CorruptKeystore(why.clone())),
+            Some(why) => Err(KmsError::corrupt(why.clone())),
             None => Ok(snap),
         }
     }
@@ -983,12 +1011,15 @@ impl KeyService for LocalKeyStore {
         context: &EncryptionContext,
     ) -> Result<Encrypted, KmsError> {
         if plaintext.len() > MAX_ENCRYPT_PLAINTEXT {
-            return Err(KmsError::Validation(format!(
-                "plaintext is {} bytes, but Encrypt takes at most {MAX_ENCRYPT_PLAINTEXT}; for \
-                 larger data use generate-data-key and encrypt the data with the data key \
-                 (envelope encryption)",
-                plaintext.len()
-            )));
+            return Err(KmsError::invalid_with(
+                ValidationCode::PlaintextTooLarge,
+                format!(
+                    "plaintext is {} bytes, but Encrypt takes at most {MAX_ENCRYPT_PLAINTEXT}; for \
+                     larger data use generate-data-key and encrypt the data with the data key \
+                     (envelope encryption)",
+                    plaintext.len()
+                ),
+            ));
         }
         self.use_key(
             caller,
@@ -1049,10 +1080,9 @@ impl KeyService for LocalKeyStore {
         let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
         if k.deletion_due(clock::now()?) {
             self.apply_due()?;
-            return Err(KmsError::NotFound(format!(
-                "key {} reached its deletion date and was deleted",
-                k.key_id
-            )));
+            return Err(KmsError::not_found(Missing::Deleted {
+                key_id: k.key_id.clone(),
+            }));
         }
         Ok(k.metadata(&self.keystore_id_hex))
     }

@@ -8,6 +8,7 @@ use crate::crypto::SecretBytes;
 pub mod blob;
 pub mod clock;
 pub mod context;
+mod error;
 pub mod hooks;
 pub mod keystore;
 pub mod local;
@@ -15,6 +16,7 @@ pub mod model;
 pub mod policy;
 
 pub use context::EncryptionContext;
+pub use error::{Existing, KmsError, Missing, RootKeyProblem, StateProblem, ValidationCode};
 pub use hooks::{AuditEvent, AuditSink, Operation};
 pub use keystore::{Argon2Params, CreateMode};
 pub use local::{
@@ -130,7 +132,7 @@ impl DataKeySpec {
             DataKeySpec::Aes256 => Ok(32),
             DataKeySpec::Aes128 => Ok(16),
             DataKeySpec::Bytes(n) if (1..=1024).contains(&n) => Ok(n),
-            DataKeySpec::Bytes(n) => Err(KmsError::Validation(format!(
+            DataKeySpec::Bytes(n) => Err(KmsError::invalid(format!(
                 "NumberOfBytes must be between 1 and 1024, got {n}"
             ))),
         }
@@ -170,87 +172,6 @@ pub struct Encrypted {
     pub ciphertext_blob: Vec<u8>,
     /// For ReEncrypt: the key id the source blob was under.
     pub source_key_id: Option<String>,
-}
-
-/// Errors of the key service. Variants are named after the AWS KMS exceptions
-/// they stand for; `aws_code()` gives that name. No variant carries secrets.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum KmsError {
-    /// No key, alias or key material by that name.
-    #[error("{0}")]
-    NotFound(String),
-    /// The key is disabled.
-    #[error("{0}")]
-    Disabled(String),
-    /// The key's state does not allow the operation (pending deletion, pending import, ...).
-    #[error("{0}")]
-    InvalidState(String),
-    /// The ciphertext blob is malformed, was modified, was made by another
-    /// keystore, or its encryption context differs.
-    #[error("{0}")]
-    InvalidCiphertext(String),
-    /// A key id was given to Decrypt and the blob was made under another key.
-    #[error("{0}")]
-    IncorrectKey(String),
-    /// The caller is not allowed by the key's policy.
-    #[error("{0}")]
-    AccessDenied(String),
-    /// An argument is out of range or malformed.
-    #[error("{0}")]
-    Validation(String),
-    /// An alias with that name exists already.
-    #[error("{0}")]
-    AlreadyExists(String),
-    /// There is no keystore at the given place.
-    #[error("{0}")]
-    KeystoreNotFound(String),
-    /// The passphrase or root key does not open the keystore.
-    #[error("{0}")]
-    WrongRootKey(String),
-    /// The keystore file is damaged or of an unknown version.
-    #[error("{0}")]
-    CorruptKeystore(String),
-    /// An I/O error on the keystore (disk full, permissions, ...).
-    #[error("{0}")]
-    Io(String),
-    /// A failure of the service that is not the caller's fault.
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl KmsError {
-    /// The AWS KMS exception name this error stands for.
-    pub fn aws_code(&self) -> &'static str {
-        match self {
-            KmsError::NotFound(_) => "NotFoundException",
-            KmsError::Disabled(_) => "DisabledException",
-            KmsError::InvalidState(_) => "KMSInvalidStateException",
-            KmsError::InvalidCiphertext(_) => "InvalidCiphertextException",
-            KmsError::IncorrectKey(_) => "IncorrectKeyException",
-            KmsError::AccessDenied(_) => "AccessDeniedException",
-            KmsError::Validation(_) => "ValidationException",
-            KmsError::AlreadyExists(_) => "AlreadyExistsException",
-            KmsError::KeystoreNotFound(_) => "KeystoreNotFound",
-            KmsError::WrongRootKey(_) => "KeystoreAccessDenied",
-            KmsError::CorruptKeystore(_) => "KeystoreCorrupt",
-            KmsError::Io(_) => "KeystoreIOError",
-            KmsError::Internal(_) => "KMSInternalException",
-        }
-    }
-
-    /// True for errors that mean "this caller may not use this key now"
-    /// (the mount maps them to EACCES); false for corruption and I/O.
-    pub fn is_access_refusal(&self) -> bool {
-        matches!(
-            self,
-            KmsError::NotFound(_)
-                | KmsError::Disabled(_)
-                | KmsError::InvalidState(_)
-                | KmsError::AccessDenied(_)
-                | KmsError::IncorrectKey(_)
-        )
-    }
 }
 
 /// The operations of a key management service that callers above this layer

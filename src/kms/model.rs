@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{KeyMetadata, KeyOrigin, KeyState, KmsError};
+use super::{
+    Existing, KeyMetadata, KeyOrigin, KeyState, KmsError, Missing, StateProblem, ValidationCode,
+};
 use crate::crypto::SecretBytes;
 
 /// Shortest deletion waiting period, in days (as AWS KMS).
@@ -171,7 +173,7 @@ impl KeyRecord {
     pub fn generate(description: &str, now: i64) -> Result<Self, KmsError> {
         validate_description(description)?;
         let material = SecretBytes::random(crate::crypto::KEY_LEN)
-            .map_err(|e| KmsError::Internal(format!("cannot generate key material: {e}")))?;
+            .map_err(|e| KmsError::internal(format!("cannot generate key material: {e}")))?;
         Ok(Self {
             key_id: uuid::Uuid::new_v4().to_string(),
             description: description.to_string(),
@@ -208,11 +210,14 @@ impl KeyRecord {
 
     fn require_external(&self, op: &str) -> Result<(), KmsError> {
         if self.origin != KeyOrigin::External {
-            return Err(KmsError::Validation(format!(
-                "UnsupportedOperation: {op} needs a key created with --origin EXTERNAL; key {} \
+            return Err(KmsError::invalid_with(
+                ValidationCode::UnsupportedOperation,
+                format!(
+                    "{op} needs a key created with --origin EXTERNAL; key {} \
                  has origin AWS_KMS",
-                self.key_id
-            )));
+                    self.key_id
+                ),
+            ));
         }
         Ok(())
     }
@@ -242,46 +247,57 @@ impl KeyRecord {
             return Err(self.wrong_state("ImportKeyMaterial", self.state));
         }
         let params = self.import.as_ref().ok_or_else(|| {
-            KmsError::Validation(format!(
-                "InvalidImportToken: key {} has no import parameters; run \
+            KmsError::invalid_with(
+                ValidationCode::InvalidImportToken,
+                format!(
+                    "key {} has no import parameters; run \
                  get-parameters-for-import first",
-                self.key_id
-            ))
+                    self.key_id
+                ),
+            )
         })?;
         if params.token_id != token_id {
-            return Err(KmsError::Validation(
-                "InvalidImportToken: the import token is not the latest one issued for this key; \
+            return Err(KmsError::invalid_with(
+                ValidationCode::InvalidImportToken,
+                "the import token is not the latest one issued for this key; \
                  use the token from the last get-parameters-for-import"
                     .into(),
             ));
         }
         if params.valid_to < now {
-            return Err(KmsError::Validation(
-                "ExpiredImportToken: the import parameters have expired; run \
+            return Err(KmsError::invalid_with(
+                ValidationCode::ExpiredImportToken,
+                "the import parameters have expired; run \
                  get-parameters-for-import again"
                     .into(),
             ));
         }
         if material.len() != crate::crypto::KEY_LEN {
-            return Err(KmsError::Validation(format!(
-                "IncorrectKeyMaterial: imported key material must be 32 bytes, got {}",
-                material.len()
-            )));
+            return Err(KmsError::invalid_with(
+                ValidationCode::IncorrectKeyMaterial,
+                format!(
+                    "imported key material must be 32 bytes, got {}",
+                    material.len()
+                ),
+            ));
         }
         if let Some(t) = expires
             && t <= now
         {
-            return Err(KmsError::Validation("ValidTo must be in the future".into()));
+            return Err(KmsError::invalid("ValidTo must be in the future".into()));
         }
         let digest = material_digest(&self.key_id, &material);
         if let Some(d) = &self.imported_material_digest
             && !crate::crypto::constant_time_eq(d.as_bytes(), digest.as_bytes())
         {
-            return Err(KmsError::Validation(format!(
-                "IncorrectKeyMaterial: key {} had other key material before; a key can only \
+            return Err(KmsError::invalid_with(
+                ValidationCode::IncorrectKeyMaterial,
+                format!(
+                    "key {} had other key material before; a key can only \
                  ever hold the material first imported into it",
-                self.key_id
-            )));
+                    self.key_id
+                ),
+            ));
         }
         self.materials = vec![KeyMaterial {
             version: 1,
@@ -355,21 +371,13 @@ impl KeyRecord {
     pub fn check_usable(&self, _usage: Usage) -> Result<(), KmsError> {
         match self.state {
             KeyState::Enabled => Ok(()),
-            KeyState::Disabled => Err(KmsError::Disabled(format!(
-                "key {} is disabled",
-                self.key_id
-            ))),
-            KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
-                "key {} is pending deletion (scheduled for {})",
-                self.key_id,
-                self.deletion_date
-                    .map(super::clock::format_rfc3339)
-                    .unwrap_or_else(|| "an unknown date".into())
-            ))),
-            KeyState::PendingImport => Err(KmsError::InvalidState(format!(
-                "key {} is pending import: it has no key material yet",
-                self.key_id
-            ))),
+            KeyState::Disabled => Err(KmsError::Disabled {
+                key_id: self.key_id.clone(),
+            }),
+            KeyState::PendingDeletion => Err(self.invalid_state(StateProblem::PendingDeletion {
+                deletion_date: self.deletion_date,
+            })),
+            KeyState::PendingImport => Err(self.invalid_state(StateProblem::NoMaterialYet)),
         }
     }
 
@@ -399,7 +407,7 @@ impl KeyRecord {
     /// PendingDeletion, due `days` (7 to 30) after `now`.
     pub fn schedule_deletion(&mut self, days: u32, now: i64) -> Result<i64, KmsError> {
         if !(MIN_PENDING_WINDOW_DAYS..=MAX_PENDING_WINDOW_DAYS).contains(&days) {
-            return Err(KmsError::Validation(format!(
+            return Err(KmsError::invalid(format!(
                 "PendingWindowInDays must be between {MIN_PENDING_WINDOW_DAYS} and \
                  {MAX_PENDING_WINDOW_DAYS}, got {days}"
             )));
@@ -439,11 +447,14 @@ impl KeyRecord {
     pub fn rotate(&mut self, kind: RotationType, now: i64) -> Result<u32, KmsError> {
         self.check_usable(Usage::Encrypt)?;
         if self.origin == KeyOrigin::External {
-            return Err(KmsError::Validation(format!(
-                "UnsupportedOperation: key {} holds imported material, which kmsfs cannot rotate; \
+            return Err(KmsError::invalid_with(
+                ValidationCode::UnsupportedOperation,
+                format!(
+                    "key {} holds imported material, which kmsfs cannot rotate; \
                  create a new EXTERNAL key and import new material into it",
-                self.key_id
-            )));
+                    self.key_id
+                ),
+            ));
         }
         let version = self
             .materials
@@ -452,9 +463,9 @@ impl KeyRecord {
             .max()
             .unwrap_or(0)
             .checked_add(1)
-            .ok_or_else(|| KmsError::Internal("key material version overflow".into()))?;
+            .ok_or_else(|| KmsError::internal("key material version overflow".into()))?;
         let material = SecretBytes::random(crate::crypto::KEY_LEN)
-            .map_err(|e| KmsError::Internal(format!("cannot generate key material: {e}")))?;
+            .map_err(|e| KmsError::internal(format!("cannot generate key material: {e}")))?;
         self.materials.push(KeyMaterial {
             version,
             material,
@@ -472,18 +483,21 @@ impl KeyRecord {
     /// EnableKeyRotation: rotate automatically every `days` (90 to 2560).
     pub fn enable_rotation(&mut self, days: u32, now: i64) -> Result<(), KmsError> {
         if !(MIN_ROTATION_PERIOD_DAYS..=MAX_ROTATION_PERIOD_DAYS).contains(&days) {
-            return Err(KmsError::Validation(format!(
+            return Err(KmsError::invalid(format!(
                 "RotationPeriodInDays must be between {MIN_ROTATION_PERIOD_DAYS} and \
                  {MAX_ROTATION_PERIOD_DAYS}, got {days}"
             )));
         }
         self.check_usable(Usage::Encrypt)?;
         if self.origin == KeyOrigin::External {
-            return Err(KmsError::Validation(format!(
-                "UnsupportedOperation: key {} holds imported material, which cannot rotate \
+            return Err(KmsError::invalid_with(
+                ValidationCode::UnsupportedOperation,
+                format!(
+                    "key {} holds imported material, which cannot rotate \
                  automatically",
-                self.key_id
-            )));
+                    self.key_id
+                ),
+            ));
         }
         self.rotation_period_days = Some(days);
         self.next_rotation = Some(now + i64::from(days) * 86_400);
@@ -509,12 +523,20 @@ impl KeyRecord {
         self.materials.iter().find(|m| m.version == version)
     }
 
-    fn wrong_state(&self, op: &str, s: KeyState) -> KmsError {
-        KmsError::InvalidState(format!(
-            "{op} is not allowed for key {} in state {}",
-            self.key_id,
-            s.as_str()
-        ))
+    fn wrong_state(&self, operation: &'static str, state: KeyState) -> KmsError {
+        KmsError::InvalidState {
+            key_id: self.key_id.clone(),
+            state,
+            problem: StateProblem::NotAllowed { operation },
+        }
+    }
+
+    fn invalid_state(&self, problem: StateProblem) -> KmsError {
+        KmsError::InvalidState {
+            key_id: self.key_id.clone(),
+            state: self.state,
+            problem,
+        }
     }
 }
 
@@ -644,9 +666,11 @@ impl StoreState {
         validate_alias_name(name, internal)?;
         self.check_alias_target(key_id)?;
         if self.aliases.contains_key(name) {
-            return Err(KmsError::AlreadyExists(format!(
-                "alias {name} already exists; use update-alias to point it at another key"
-            )));
+            return Err(KmsError::AlreadyExists {
+                what: Existing::Alias {
+                    name: name.to_string(),
+                },
+            });
         }
         self.aliases.insert(name.to_string(), key_id.to_string());
         Ok(())
@@ -661,7 +685,7 @@ impl StoreState {
                 *t = key_id.to_string();
                 Ok(())
             }
-            None => Err(KmsError::NotFound(format!("alias {name} does not exist"))),
+            None => Err(no_alias(name)),
         }
     }
 
@@ -670,16 +694,18 @@ impl StoreState {
         validate_alias_name(name, false)?;
         match self.aliases.remove(name) {
             Some(_) => Ok(()),
-            None => Err(KmsError::NotFound(format!("alias {name} does not exist"))),
+            None => Err(no_alias(name)),
         }
     }
 
     fn check_alias_target(&self, key_id: &str) -> Result<(), KmsError> {
         match self.keys.get(key_id) {
-            None => Err(KmsError::NotFound(format!("key {key_id} does not exist"))),
-            Some(k) if k.state == KeyState::PendingDeletion => Err(KmsError::InvalidState(
-                format!("key {key_id} is pending deletion; an alias cannot point at it"),
-            )),
+            None => Err(KmsError::not_found(Missing::Key {
+                key_id: key_id.to_string(),
+            })),
+            Some(k) if k.state == KeyState::PendingDeletion => {
+                Err(k.invalid_state(StateProblem::AliasToPendingDeletion))
+            }
             Some(_) => Ok(()),
         }
     }
@@ -690,24 +716,24 @@ impl StoreState {
     pub fn to_sealed_json(&self) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         let mut counter = CountingWriter(0);
         serde_json::to_writer(&mut counter, self)
-            .map_err(|e| KmsError::Internal(format!("cannot serialize keystore: {e}")))?;
+            .map_err(|e| KmsError::internal(format!("cannot serialize keystore: {e}")))?;
         let mut buf = Zeroizing::new(Vec::with_capacity(counter.0));
         serde_json::to_writer(&mut *buf, self)
-            .map_err(|e| KmsError::Internal(format!("cannot serialize keystore: {e}")))?;
+            .map_err(|e| KmsError::internal(format!("cannot serialize keystore: {e}")))?;
         Ok(buf)
     }
 
     /// Parses the JSON body (already authenticated by the AEAD).
     pub fn from_json(bytes: &[u8]) -> Result<Self, KmsError> {
         let state: StoreState = serde_json::from_slice(bytes)
-            .map_err(|e| KmsError::CorruptKeystore(format!("keystore body does not parse: {e}")))?;
+            .map_err(|e| KmsError::corrupt(format!("keystore body does not parse: {e}")))?;
         for (id, k) in &state.keys {
             if *id != k.key_id
                 || k.materials
                     .iter()
                     .any(|m| m.material.len() != crate::crypto::KEY_LEN)
             {
-                return Err(KmsError::CorruptKeystore(format!(
+                return Err(KmsError::corrupt(format!(
                     "keystore body is inconsistent for key {id}"
                 )));
             }
@@ -761,13 +787,13 @@ pub fn validate_alias_name(name: &str, internal: bool) -> Result<(), KmsError> {
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b':' | b'/' | b'_' | b'-'))
     {
-        return Err(KmsError::Validation(format!(
+        return Err(KmsError::invalid(format!(
             "alias name {name:?} is invalid: it must be alias/ followed by letters, digits, \
              ':', '/', '_' or '-', at most {MAX_ALIAS_LEN} characters in all"
         )));
     }
     if !internal && RESERVED_ALIAS_PREFIXES.iter().any(|p| name.starts_with(p)) {
-        return Err(KmsError::Validation(format!(
+        return Err(KmsError::invalid(format!(
             "alias name {name:?} is reserved (alias/aws/ and alias/kmsfs/ belong to the service); \
              choose another name"
         )));
@@ -777,7 +803,7 @@ pub fn validate_alias_name(name: &str, internal: bool) -> Result<(), KmsError> {
 
 fn validate_description(d: &str) -> Result<(), KmsError> {
     if d.len() > MAX_DESCRIPTION_LEN {
-        return Err(KmsError::Validation(format!(
+        return Err(KmsError::invalid(format!(
             "description is {} bytes; at most {MAX_DESCRIPTION_LEN} are allowed",
             d.len()
         )));
@@ -837,6 +863,12 @@ mod secret_hex {
     }
 }
 
+fn no_alias(name: &str) -> KmsError {
+    KmsError::not_found(Missing::Alias {
+        name: name.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -865,11 +897,11 @@ mod tests {
         assert_eq!(k.state, KeyState::Disabled);
         assert!(matches!(
             k.check_usable(Usage::Encrypt),
-            Err(KmsError::Disabled(_))
+            Err(KmsError::Disabled { .. })
         ));
         assert!(matches!(
             k.check_usable(Usage::Decrypt),
-            Err(KmsError::Disabled(_))
+            Err(KmsError::Disabled { .. })
         ));
         assert!(!k.metadata("ks").enabled);
         k.disable().unwrap(); // idempotent, as in AWS
@@ -883,7 +915,10 @@ mod tests {
         for bad in [0, 6, 31, 365] {
             let mut k = key();
             assert!(
-                matches!(k.schedule_deletion(bad, NOW), Err(KmsError::Validation(_))),
+                matches!(
+                    k.schedule_deletion(bad, NOW),
+                    Err(KmsError::Validation { .. })
+                ),
                 "{bad}"
             );
             assert_eq!(k.state, KeyState::Enabled);
@@ -904,24 +939,24 @@ mod tests {
         k.schedule_deletion(7, NOW).unwrap();
         assert!(matches!(
             k.check_usable(Usage::Encrypt),
-            Err(KmsError::InvalidState(_))
+            Err(KmsError::InvalidState { .. })
         ));
         assert!(matches!(
             k.check_usable(Usage::Decrypt),
-            Err(KmsError::InvalidState(_))
+            Err(KmsError::InvalidState { .. })
         ));
-        assert!(matches!(k.enable(), Err(KmsError::InvalidState(_))));
-        assert!(matches!(k.disable(), Err(KmsError::InvalidState(_))));
+        assert!(matches!(k.enable(), Err(KmsError::InvalidState { .. })));
+        assert!(matches!(k.disable(), Err(KmsError::InvalidState { .. })));
         assert!(matches!(
             k.schedule_deletion(7, NOW),
-            Err(KmsError::InvalidState(_))
+            Err(KmsError::InvalidState { .. })
         ));
         k.cancel_deletion().unwrap();
         assert_eq!(k.state, KeyState::Disabled);
         assert_eq!(k.deletion_date, None);
         assert!(matches!(
             k.cancel_deletion(),
-            Err(KmsError::InvalidState(_))
+            Err(KmsError::InvalidState { .. })
         ));
         // A disabled key can be scheduled too.
         k.schedule_deletion(30, NOW).unwrap();
@@ -935,9 +970,9 @@ mod tests {
         k.materials.clear();
         assert!(matches!(
             k.check_usable(Usage::Encrypt),
-            Err(KmsError::InvalidState(_))
+            Err(KmsError::InvalidState { .. })
         ));
-        assert!(matches!(k.enable(), Err(KmsError::InvalidState(_))));
+        assert!(matches!(k.enable(), Err(KmsError::InvalidState { .. })));
         k.schedule_deletion(7, NOW).unwrap();
         k.cancel_deletion().unwrap();
         assert_eq!(k.state, KeyState::PendingImport);
@@ -959,17 +994,17 @@ mod tests {
         k.disable().unwrap();
         assert!(matches!(
             k.rotate(RotationType::OnDemand, NOW),
-            Err(KmsError::Disabled(_))
+            Err(KmsError::Disabled { .. })
         ));
         assert!(matches!(
             k.enable_rotation(365, NOW),
-            Err(KmsError::Disabled(_))
+            Err(KmsError::Disabled { .. })
         ));
         k.enable().unwrap();
         k.schedule_deletion(7, NOW).unwrap();
         assert!(matches!(
             k.rotate(RotationType::OnDemand, NOW),
-            Err(KmsError::InvalidState(_))
+            Err(KmsError::InvalidState { .. })
         ));
         assert_eq!(k.materials.len(), 2);
     }
@@ -979,7 +1014,10 @@ mod tests {
         let mut k = key();
         for bad in [0, 89, 2561] {
             assert!(
-                matches!(k.enable_rotation(bad, NOW), Err(KmsError::Validation(_))),
+                matches!(
+                    k.enable_rotation(bad, NOW),
+                    Err(KmsError::Validation { .. })
+                ),
                 "{bad}"
             );
         }
@@ -1032,7 +1070,7 @@ mod tests {
         );
         assert!(matches!(
             k.check_usable(Usage::Encrypt),
-            Err(KmsError::InvalidState(_))
+            Err(KmsError::InvalidState { .. })
         ));
         let m = || SecretBytes::new(vec![5u8; 32]);
         // No parameters yet.
@@ -1046,7 +1084,7 @@ mod tests {
         ] {
             assert!(matches!(
                 k.import_material(tok, mat, exp, now),
-                Err(KmsError::Validation(_))
+                Err(KmsError::Validation { .. })
             ));
             assert_eq!(k.state, KeyState::PendingImport);
         }
@@ -1055,7 +1093,7 @@ mod tests {
         assert!(k.import.is_none());
         assert!(matches!(
             k.rotate(RotationType::OnDemand, NOW),
-            Err(KmsError::Validation(_))
+            Err(KmsError::Validation { .. })
         ));
         assert!(!k.material_expired(NOW + 49) && k.material_expired(NOW + 50));
         let mut s = StoreState::default();
@@ -1070,7 +1108,7 @@ mod tests {
         let other = SecretBytes::new(vec![6u8; 32]);
         assert!(matches!(
             k.import_material("t2", other, None, NOW + 60),
-            Err(KmsError::Validation(_))
+            Err(KmsError::Validation { .. })
         ));
         k.import_material("t2", m(), None, NOW + 60).unwrap();
         k.delete_imported_material().unwrap();
@@ -1162,7 +1200,7 @@ mod tests {
             assert!(
                 matches!(
                     s.create_alias(bad, &id, false),
-                    Err(KmsError::Validation(_))
+                    Err(KmsError::Validation { .. })
                 ),
                 "{bad}"
             );
@@ -1174,20 +1212,20 @@ mod tests {
         s.create_alias("alias/ok:a/b_c-D9", &id, false).unwrap();
         assert!(matches!(
             s.create_alias("alias/ok:a/b_c-D9", &id, false),
-            Err(KmsError::AlreadyExists(_))
+            Err(KmsError::AlreadyExists { .. })
         ));
         s.create_alias(DEFAULT_ALIAS, &id, true).unwrap();
         assert!(matches!(
             s.create_alias("alias/x", "nope", false),
-            Err(KmsError::NotFound(_))
+            Err(KmsError::NotFound { .. })
         ));
         assert!(matches!(
             s.update_alias("alias/none", &id),
-            Err(KmsError::NotFound(_))
+            Err(KmsError::NotFound { .. })
         ));
         assert!(matches!(
             s.delete_alias("alias/none"),
-            Err(KmsError::NotFound(_))
+            Err(KmsError::NotFound { .. })
         ));
         s.delete_alias("alias/ok:a/b_c-D9").unwrap();
         let mut k2 = key();
@@ -1196,7 +1234,7 @@ mod tests {
         s.keys.insert(id2.clone(), k2);
         assert!(matches!(
             s.create_alias("alias/y", &id2, false),
-            Err(KmsError::InvalidState(_))
+            Err(KmsError::InvalidState { .. })
         ));
     }
 
@@ -1225,11 +1263,11 @@ mod tests {
         let json = s.to_sealed_json().unwrap();
         assert!(matches!(
             StoreState::from_json(&json),
-            Err(KmsError::CorruptKeystore(_))
+            Err(KmsError::CorruptKeystore { .. })
         ));
         assert!(matches!(
             StoreState::from_json(b"{"),
-            Err(KmsError::CorruptKeystore(_))
+            Err(KmsError::CorruptKeystore { .. })
         ));
     }
 }

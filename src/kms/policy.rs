@@ -118,7 +118,7 @@ const ACTIONS: [&str; 6] = [
 ];
 
 fn invalid(why: impl std::fmt::Display) -> KmsError {
-    KmsError::Validation(format!("the key policy is invalid: {why}"))
+    KmsError::invalid(format!("the key policy is invalid: {why}"))
 }
 
 fn parse_principal(s: &str) -> Result<Principal, KmsError> {
@@ -361,7 +361,7 @@ mod tests {
             r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Condition":{}}]}"#,
         ] {
             assert!(
-                matches!(KeyPolicy::parse(bad), Err(KmsError::Validation(_))),
+                matches!(KeyPolicy::parse(bad), Err(KmsError::Validation { .. })),
                 "{bad}"
             );
         }
@@ -385,7 +385,7 @@ mod tests {
             ),
         ] {
             let e = KeyPolicy::parse(bad).unwrap_err();
-            assert!(matches!(e, KmsError::Validation(_)), "{bad}");
+            assert!(matches!(e, KmsError::Validation { .. }), "{bad}");
             assert!(e.to_string().contains(&format!("`{field}`")), "{e}");
         }
         // Sid, Version and Id are accepted (and not interpreted).
