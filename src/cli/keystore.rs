@@ -115,7 +115,7 @@ pub fn open_or_create_default(g: &GlobalArgs) -> Result<(Arc<LocalKeyStore>, Str
                     log::warn!(
                         "created a keystore in {} sealed with the root key file {}; back up both",
                         dir.display(),
-                        dir.join(crate::kms::keystore::ROOT_KEY_FILE).display()
+                        dir.join(crate::kms::store::ROOT_KEY_FILE).display()
                     );
                     ks
                 }
@@ -164,7 +164,7 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<(), CliError> {
             if !a.with_passphrase {
                 println!(
                     "  back up {} with the keystore: without it nothing can be decrypted",
-                    dir.join(crate::kms::keystore::ROOT_KEY_FILE).display()
+                    dir.join(crate::kms::store::ROOT_KEY_FILE).display()
                 );
             }
         }
@@ -256,7 +256,7 @@ mod tests {
 
     #[test]
     fn zero_setup_never_replaces_a_lost_keystore() {
-        use crate::kms::keystore::{CURRENT_FILE, ROOT_KEY_FILE};
+        use crate::kms::store::{CURRENT_FILE, ROOT_KEY_FILE};
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("ks");
         let g = globals(&dir);
@@ -272,7 +272,7 @@ mod tests {
         assert!(!e.message.starts_with("KeystoreNotFound"), "{}", e.message);
         // Gone altogether, root.key still there: lost, not "no keystore".
         std::fs::remove_file(dir.join(CURRENT_FILE)).unwrap();
-        std::fs::remove_file(dir.join(crate::kms::keystore::PREV_FILE)).unwrap();
+        std::fs::remove_file(dir.join(crate::kms::store::PREV_FILE)).unwrap();
         let e = open_key_service(&g).unwrap_err();
         assert!(e.message.contains("lost or unreadable"), "{}", e.message);
         let e = open_or_create_default(&g).unwrap_err();

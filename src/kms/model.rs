@@ -48,7 +48,7 @@ pub struct KeyMaterial {
     pub material: SecretBytes,
     /// When this material was generated or imported (epoch seconds).
     pub created: i64,
-    /// For imported material: when it expires (epoch seconds). Reserved.
+    /// For imported material: when it expires (epoch seconds; ValidTo).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<i64>,
     /// How this version came to be: None for the first, else a rotation.
@@ -757,24 +757,26 @@ impl std::io::Write for CountingWriter {
 /// Identifies imported material without revealing it: SHA-256 over a label,
 /// the key id and the material (hex).
 fn material_digest(key_id: &str, material: &SecretBytes) -> String {
-    crate::crypto::sha256(&[
+    crate::crypto::hex(&crate::crypto::sha256(&[
         b"kmsfs imported material v1\0",
         key_id.as_bytes(),
         material.expose(),
-    ])
-    .iter()
-    .map(|b| format!("{b:02x}"))
-    .collect()
+    ]))
+}
+
+/// `arn:kmsfs:kms:local:<keystore id>:`, what every ARN of a keystore starts with.
+pub fn arn_prefix(keystore_id: &str) -> String {
+    format!("arn:kmsfs:kms:local:{keystore_id}:")
 }
 
 /// `arn:kmsfs:kms:local:<keystore id>:key/<key id>`.
 pub fn key_arn(keystore_id: &str, key_id: &str) -> String {
-    format!("arn:kmsfs:kms:local:{keystore_id}:key/{key_id}")
+    format!("{}key/{key_id}", arn_prefix(keystore_id))
 }
 
 /// `arn:kmsfs:kms:local:<keystore id>:alias/<name>`.
 pub fn alias_arn(keystore_id: &str, alias: &str) -> String {
-    format!("arn:kmsfs:kms:local:{keystore_id}:{alias}")
+    format!("{}{alias}", arn_prefix(keystore_id))
 }
 
 /// Checks an alias name: `alias/` then 1+ of `[a-zA-Z0-9:/_-]`, at most 256

@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::hooks::Operation;
+use super::audit::Operation;
 use super::{Caller, KmsError};
 
 /// Longest policy document, in bytes (as AWS KMS).
@@ -108,14 +108,9 @@ impl<T> OneOrMany<T> {
 }
 
 /// Every action name a key policy can govern.
-const ACTIONS: [&str; 6] = [
-    "kms:Encrypt",
-    "kms:Decrypt",
-    "kms:GenerateDataKey",
-    "kms:GenerateDataKeyWithoutPlaintext",
-    "kms:ReEncryptFrom",
-    "kms:ReEncryptTo",
-];
+fn governed_actions() -> impl Iterator<Item = &'static str> {
+    Operation::ALL.into_iter().map(Operation::action)
+}
 
 fn invalid(why: impl std::fmt::Display) -> KmsError {
     KmsError::invalid(format!("the key policy is invalid: {why}"))
@@ -229,10 +224,10 @@ impl KeyPolicy {
             }
             let actions = st.action.into_vec();
             for a in &actions {
-                if !(a == "*" || ACTIONS.iter().any(|x| pattern_matches(a, x))) {
+                if !(a == "*" || governed_actions().any(|x| pattern_matches(a, x))) {
                     return Err(invalid(format!(
                         "Action {a:?} names no operation a key policy governs ({})",
-                        ACTIONS.join(", ")
+                        governed_actions().collect::<Vec<_>>().join(", ")
                     )));
                 }
             }
@@ -281,6 +276,26 @@ impl KeyPolicy {
     }
 }
 
+/// Decides whether `caller` may perform `op` with the key `key_id`, whose
+/// policy is `policy`. A key without a policy allows every caller (the
+/// keystore's file permissions and root key are the boundary); with one,
+/// explicit Deny wins, then Allow, else the call is denied.
+pub(crate) fn authorize(
+    caller: &Caller,
+    key_id: &str,
+    policy: Option<&KeyPolicy>,
+    op: Operation,
+) -> Result<(), KmsError> {
+    match policy {
+        Some(p) if !p.allows(caller, op) => Err(KmsError::AccessDenied {
+            key_id: key_id.to_string(),
+            action: op,
+            principal: (caller.uid, caller.gid),
+        }),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,7 +322,7 @@ mod tests {
             Operation::ReEncryptFrom,
             Operation::ReEncryptTo,
         ] {
-            assert!(ACTIONS.contains(&op.action()), "{op:?}");
+            assert!(governed_actions().any(|a| a == op.action()), "{op:?}");
             assert_eq!(op.action(), format!("kms:{}", op.as_str()));
         }
     }

@@ -1,11 +1,14 @@
 //! Key administration on `LocalKeyStore`: create, list, enable/disable,
 //! deletion, aliases, rotation, key policies and imported key material. Every
-//! change goes through `update` (lock, re-read, write both generations); every
-//! method takes the caller, for the policies and audit trail of administration.
+//! change goes through `update` (lock, re-read, write both generations). Every
+//! method takes the caller, as the AWS API does, but none checks or audits it
+//! yet: key policies govern only cryptographic operations (`policy::authorize`).
 #![forbid(unsafe_code)]
 
-use super::{LocalKeyStore, hex, resolve, resolve_mut};
+use super::LocalKeyStore;
+use super::resolve::{resolve, resolve_mut};
 use crate::crypto::SecretBytes;
+use crate::crypto::hex;
 use crate::kms::model::{self, KeyRecord};
 use crate::kms::policy::{self, KeyPolicy};
 use crate::kms::{

@@ -1,7 +1,15 @@
 //! Unit tests of `LocalKeyStore`: states, contexts, foreign and modified blobs,
 //! reload across instances, fallback, purge, rotation, policies, import, audit.
+use super::snapshot::no_passphrase;
 use super::*;
-use crate::kms::keystore::CURRENT_FILE;
+use crate::kms::audit::{AuditEvent, Operation};
+use crate::kms::blob::{self, BlobHeader};
+use crate::kms::model;
+use crate::kms::store::CURRENT_FILE;
+use crate::kms::store::Frame;
+use crate::kms::{
+    Caller, DataKeySpec, EncryptionContext, KeyService, KeyState, MAX_ENCRYPT_PLAINTEXT, clock,
+};
 
 const ME: Caller = Caller {
     uid: 0,
@@ -624,7 +632,7 @@ fn due_deletion_purges_both_generations_and_aliases() {
     ));
     assert!(fresh.list_aliases(&ME, None).unwrap().is_empty());
     assert!(fresh.describe_key(&ME, &keep).is_ok());
-    for name in [CURRENT_FILE, keystore::PREV_FILE] {
+    for name in [CURRENT_FILE, store::PREV_FILE] {
         let bytes = std::fs::read(ks.dir().join(name)).unwrap();
         let state = Frame::parse(name, &bytes)
             .unwrap()
@@ -696,7 +704,7 @@ fn damage_current(ks: &LocalKeyStore) {
 
 #[test]
 fn a_running_service_never_falls_back_to_an_older_generation() {
-    // H1: damaging keystore.kms must not bring back a key disabled earlier.
+    // Damaging keystore.kms must not bring back a key disabled earlier.
     let (_t, ks, id) = new_store();
     ks.disable_key(&ME, &id).unwrap();
     assert!(matches!(
@@ -756,7 +764,7 @@ fn a_stored_policy_no_longer_accepted_fails_closed_for_its_key_only() {
         "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*",
                        "NotAction": "kms:Decrypt"}]
     }));
-    let new = keystore::encode(&ks.keystore_id, &ks.root, frame.generation + 1, &state).unwrap();
+    let new = store::encode(&ks.keystore_id, &ks.root, frame.generation + 1, &state).unwrap();
     ks.dir.write_generations(Some(&bytes), &new).unwrap();
     let re = reopen(&ks);
     let e = re.encrypt(&ME, &id, b"x", &ctx()).unwrap_err();
