@@ -11,6 +11,7 @@ mod error;
 pub mod fs;
 pub mod keystore;
 pub mod kms;
+mod output;
 
 pub use error::{CliError, ErrorClass, repair_hint};
 
