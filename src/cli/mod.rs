@@ -1,5 +1,6 @@
-//! The command line: clap definitions of every command, the global options,
-//! and the one place where errors become a message with a remedy and an exit code.
+//! The command line: clap definitions of the top-level commands and global
+//! options, and `main`, where a `CliError` (see `error`) becomes a message, a
+//! remedy and an exit code.
 
 use std::path::PathBuf;
 

@@ -1,6 +1,8 @@
-//! The key service: the key model and its states, the `KeyService` trait that
-//! everything above this layer talks to, and the local keystore that implements it.
-//! Knows nothing of files or FUSE.
+//! The key service: the `KeyService` trait that everything above this layer
+//! talks to, its types and typed errors (`error`), and the local keystore that
+//! implements it: `model` (keys, aliases, imported material), `store` (the
+//! keystore on disk), `service` (`LocalKeyStore`), `policy`, `audit`, `blob`,
+//! `context` and `clock`. Knows nothing of files or FUSE.
 #![forbid(unsafe_code)]
 
 use crate::crypto::SecretBytes;

@@ -1,5 +1,5 @@
 //! Key policies: an AWS-shaped JSON document per key, parsed and validated once,
-//! evaluated on every cryptographic operation for the caller's uid/gid.
+//! evaluated (`authorize`) on every cryptographic operation for the caller's uid/gid.
 //! Explicit Deny wins, then any Allow, else deny. A key without a policy allows
 //! every caller (the keystore's file permissions and root key are the boundary).
 #![forbid(unsafe_code)]
@@ -314,15 +314,19 @@ mod tests {
 
     #[test]
     fn every_operation_is_a_known_action() {
-        for op in [
-            Operation::Encrypt,
-            Operation::Decrypt,
-            Operation::GenerateDataKey,
-            Operation::GenerateDataKeyWithoutPlaintext,
-            Operation::ReEncryptFrom,
-            Operation::ReEncryptTo,
-        ] {
-            assert!(governed_actions().any(|a| a == op.action()), "{op:?}");
+        for op in Operation::ALL {
+            // A statement naming exactly this action parses, and grants it alone.
+            let p = policy(&format!(
+                r#"[{{"Effect":"Allow","Principal":"*","Action":"{}"}}]"#,
+                op.action()
+            ));
+            for other in Operation::ALL {
+                assert_eq!(
+                    p.allows(&caller(1, 1), other),
+                    other == op,
+                    "{op:?} {other:?}"
+                );
+            }
             assert_eq!(op.action(), format!("kms:{}", op.as_str()));
         }
     }

@@ -208,7 +208,7 @@ mod secret_hex {
 
     const HEX: &[u8; 16] = b"0123456789abcdef";
 
-    pub fn serialize<S: Serializer>(s: &SecretBytes, ser: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(s: &SecretBytes, ser: S) -> Result<S::Ok, S::Error> {
         let mut out = Zeroizing::new(String::with_capacity(s.len() * 2));
         for b in s.expose() {
             out.push(HEX[usize::from(b >> 4)] as char);
@@ -217,7 +217,7 @@ mod secret_hex {
         ser.serialize_str(&out)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SecretBytes, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SecretBytes, D::Error> {
         struct V;
         impl de::Visitor<'_> for V {
             type Value = SecretBytes;

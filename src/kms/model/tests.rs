@@ -1,3 +1,5 @@
+//! Unit tests of the key model: state transitions, deletion and rotation
+//! windows, imported material, aliases, serialization.
 use super::*;
 use crate::kms::{KeyOrigin, KeyState, KmsError};
 

@@ -9,7 +9,7 @@ use super::LocalKeyStore;
 use super::resolve::{resolve, resolve_mut};
 use crate::crypto::SecretBytes;
 use crate::crypto::hex;
-use crate::kms::model::{self, KeyRecord};
+use crate::kms::model::{self, KeyRecord, StoreState};
 use crate::kms::policy::{self, KeyPolicy};
 use crate::kms::{
     Caller, KeyMetadata, KeyOrigin, KeyState, KmsError, Missing, StateProblem, ValidationCode,
@@ -451,12 +451,8 @@ impl LocalKeyStore {
         alias_name: &str,
         target_key_id: &str,
     ) -> Result<(), KmsError> {
-        model::validate_alias_name(alias_name, false)?;
-        self.update(|s, _| {
-            let id = resolve(s, &self.keystore_id_hex, target_key_id)?
-                .key_id
-                .clone();
-            s.create_alias(alias_name, &id, false)
+        self.point_alias(alias_name, target_key_id, |s, id| {
+            s.create_alias(alias_name, id, false)
         })
     }
 
@@ -467,12 +463,25 @@ impl LocalKeyStore {
         alias_name: &str,
         target_key_id: &str,
     ) -> Result<(), KmsError> {
+        self.point_alias(alias_name, target_key_id, |s, id| {
+            s.update_alias(alias_name, id)
+        })
+    }
+
+    /// Checks a user alias name, then applies `f` with the key id that
+    /// `target_key_id` resolves to, in one update.
+    fn point_alias(
+        &self,
+        alias_name: &str,
+        target_key_id: &str,
+        f: impl FnOnce(&mut StoreState, &str) -> Result<(), KmsError>,
+    ) -> Result<(), KmsError> {
         model::validate_alias_name(alias_name, false)?;
         self.update(|s, _| {
             let id = resolve(s, &self.keystore_id_hex, target_key_id)?
                 .key_id
                 .clone();
-            s.update_alias(alias_name, &id)
+            f(s, &id)
         })
     }
 

@@ -1,3 +1,5 @@
+//! Unit tests of keystore persistence: codec round trips and damage, root
+//! keys, modes and owners of written files, symbolic links and FIFOs refused.
 use super::codec::*;
 use super::dir::*;
 use super::root_key::*;
