@@ -308,6 +308,17 @@ pub fn rsa_oaep_sha256_wrap(public_der: &[u8], plaintext: &[u8]) -> Result<Vec<u
     Ok(out)
 }
 
+/// Lower-case hexadecimal of `bytes` (ids, never secrets).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -592,7 +592,9 @@ pub(crate) mod tests {
         }
         fn check(&self) -> Result<(), KmsError> {
             if self.refuse.load(Ordering::SeqCst) {
-                return Err(KmsError::Disabled("key test is disabled".into()));
+                return Err(KmsError::Disabled {
+                    key_id: "test".into(),
+                });
             }
             Ok(())
         }
@@ -626,7 +628,7 @@ pub(crate) mod tests {
             let plaintext = self
                 .key
                 .open(&ctx.encode(), blob)
-                .map_err(|_| KmsError::InvalidCiphertext("bad blob".into()))?;
+                .map_err(|_| KmsError::invalid_ciphertext("bad blob".into()))?;
             Ok(Decrypted {
                 key_id: "test".into(),
                 key_material_version: 1,

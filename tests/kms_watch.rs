@@ -17,7 +17,7 @@ const ME: Caller = Caller {
 };
 
 fn no_passphrase() -> Result<SecretBytes, KmsError> {
-    Err(KmsError::Internal("not needed".into()))
+    Err(KmsError::internal("not needed".into()))
 }
 
 /// Polls until `f` holds, for at most one second; returns how long it took.
@@ -47,7 +47,7 @@ fn another_process_disabling_a_key_is_seen_within_a_second() {
     let seen = within_a_second(|| svc.generation() != g0);
     assert!(seen.is_some(), "generation() did not change within 1 s");
     match svc.decrypt(&ME, &dk.ciphertext_blob, &ctx, None) {
-        Err(KmsError::Disabled(_)) => {}
+        Err(KmsError::Disabled { .. }) => {}
         other => panic!("decrypt after disable-key elsewhere: {other:?}"),
     }
 

@@ -243,7 +243,7 @@ pub fn inspect(g: &GlobalArgs, a: InspectArgs) -> Result<(), CliError> {
     let h = EncryptedFile::read_header(&f).map_err(|e| envelope_error(&a.file, e))?;
     let active = h.active_index();
     let slot = active.and_then(|i| h.slots[i].as_ref());
-    let file_id: String = h.file_id.iter().map(|b| format!("{b:02x}")).collect();
+    let file_id = crate::crypto::hex(&h.file_id);
     let plain = crate::format::plain_size_from_backing(len);
     let key_id = slot.map(|s| s.key_id.as_str()).unwrap_or("");
     let version = slot.map(|s| s.key_material_version).unwrap_or(0);

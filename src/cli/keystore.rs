@@ -1,10 +1,9 @@
 //! `kmsfs init` and opening the keystore for a command (directory choice,
 //! passphrase sources, zero-setup default).
 
-use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::{CliError, ErrorClass, GlobalArgs, OutputFormat, current_caller};
 use crate::crypto::SecretBytes;
@@ -49,7 +48,7 @@ pub fn keystore_dir(g: &GlobalArgs) -> PathBuf {
 fn read_passphrase(g: &GlobalArgs, confirm: bool) -> Result<SecretBytes, KmsError> {
     let check = |p: SecretBytes| {
         if p.is_empty() {
-            Err(KmsError::Validation(
+            Err(KmsError::invalid(
                 "the passphrase is empty; give a non-empty passphrase".into(),
             ))
         } else {
@@ -58,7 +57,7 @@ fn read_passphrase(g: &GlobalArgs, confirm: bool) -> Result<SecretBytes, KmsErro
     };
     if let Some(f) = &g.passphrase_file {
         let mut bytes = std::fs::read(f).map_err(|e| {
-            KmsError::Io(format!("cannot read passphrase file {}: {e}", f.display()))
+            KmsError::io(format!("cannot read passphrase file {}: {e}", f.display()))
         })?;
         if bytes.last() == Some(&b'\n') {
             bytes.pop();
@@ -74,7 +73,7 @@ fn read_passphrase(g: &GlobalArgs, confirm: bool) -> Result<SecretBytes, KmsErro
     }
     // rpassword reads from /dev/tty; ask only when a person is plausibly there.
     if !std::io::stdin().is_terminal() && !std::io::stderr().is_terminal() {
-        return Err(KmsError::Validation(
+        return Err(KmsError::invalid(
             "the keystore needs a passphrase and there is no terminal to ask on; pass \
              --passphrase-file FILE or set KMSFS_PASSPHRASE"
                 .into(),
@@ -83,66 +82,15 @@ fn read_passphrase(g: &GlobalArgs, confirm: bool) -> Result<SecretBytes, KmsErro
     let prompt = |msg: &str| {
         rpassword::prompt_password(msg)
             .map(|s| SecretBytes::new(s.into_bytes()))
-            .map_err(|e| KmsError::Io(format!("cannot read the passphrase from the terminal: {e}")))
+            .map_err(|e| KmsError::io(format!("cannot read the passphrase from the terminal: {e}")))
     };
     let p = check(prompt("kmsfs keystore passphrase: ")?)?;
     if confirm && prompt("again, to confirm: ")? != p {
-        return Err(KmsError::Validation(
+        return Err(KmsError::invalid(
             "the two passphrases differ; run the command again".into(),
         ));
     }
     Ok(p)
-}
-
-/// The remedy for a change refused because the current generation is unreadable.
-pub fn repair_hint(dir: &Path) -> String {
-    let d = dir.display();
-    format!(
-        "the keystore was not changed; restore {d}/keystore.kms from a backup, or continue \
-         from the previous generation with `cp {d}/keystore.prev {d}/keystore.kms` (changes \
-         made after it are lost: re-apply them, e.g. disable a key again). Keep no copy of the \
-         damaged file: it holds key material that deleting a key never purges; if you copy it \
-         aside to inspect it, delete the copy afterwards"
-    )
-}
-
-fn keystore_error(dir: &Path, e: KmsError) -> CliError {
-    let missing_root = matches!(&e, KmsError::WrongRootKey(m) if m.contains("root key file"));
-    let not_found = matches!(e, KmsError::KeystoreNotFound(_));
-    let err: CliError = e.into();
-    if not_found {
-        err.hint(format!(
-            "create one with `kmsfs init` (or pass --keystore DIR); looked in {}",
-            dir.display()
-        ))
-    } else if missing_root {
-        err.hint("the keystore was not changed; restore root.key from your backup")
-    } else {
-        err
-    }
-}
-
-/// Keystores this process has opened, by directory: the root key is unsealed
-/// (Argon2id) once per process even when several commands or mounts ask.
-fn opened() -> &'static Mutex<HashMap<PathBuf, Weak<LocalKeyStore>>> {
-    static OPENED: OnceLock<Mutex<HashMap<PathBuf, Weak<LocalKeyStore>>>> = OnceLock::new();
-    OPENED.get_or_init(|| Mutex::new(HashMap::new()))
-}
-
-fn cache_key(dir: &Path) -> PathBuf {
-    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
-}
-
-fn cached(dir: &Path) -> Option<Arc<LocalKeyStore>> {
-    let map = opened().lock().unwrap_or_else(|p| p.into_inner());
-    map.get(&cache_key(dir)).and_then(Weak::upgrade)
-}
-
-fn remember(dir: &Path, ks: LocalKeyStore) -> Arc<LocalKeyStore> {
-    let ks = Arc::new(ks);
-    let mut map = opened().lock().unwrap_or_else(|p| p.into_inner());
-    map.insert(cache_key(dir), Arc::downgrade(&ks));
-    ks
 }
 
 /// Opens the keystore that `g` names, asking for the passphrase only if it is
@@ -150,12 +98,8 @@ fn remember(dir: &Path, ks: LocalKeyStore) -> Arc<LocalKeyStore> {
 /// Within one process the same directory yields the same service.
 pub fn open_key_service(g: &GlobalArgs) -> Result<Arc<LocalKeyStore>, CliError> {
     let dir = keystore_dir(g);
-    if let Some(ks) = cached(&dir) {
-        return Ok(ks);
-    }
-    LocalKeyStore::open(&dir, &|| read_passphrase(g, false))
-        .map(|ks| remember(&dir, ks))
-        .map_err(|e| keystore_error(&dir, e))
+    LocalKeyStore::open_shared(&dir, &|| read_passphrase(g, false))
+        .map_err(|e| CliError::keystore(&dir, e))
 }
 
 /// Zero setup: opens the keystore, creating it (root-key-file mode) when there
@@ -163,28 +107,28 @@ pub fn open_key_service(g: &GlobalArgs) -> Result<Arc<LocalKeyStore>, CliError> 
 /// created when absent (as AWS creates `aws/ebs`).
 pub fn open_or_create_default(g: &GlobalArgs) -> Result<(Arc<LocalKeyStore>, String), CliError> {
     let dir = keystore_dir(g);
-    let ks = match open_key_service(g) {
+    let ks = match LocalKeyStore::open_shared(&dir, &|| read_passphrase(g, false)) {
         Ok(ks) => ks,
-        Err(e) if e.message.starts_with("KeystoreNotFound") => {
-            match LocalKeyStore::create(&dir, CreateMode::RootKeyFile) {
+        Err(KmsError::KeystoreNotFound { .. }) => {
+            match LocalKeyStore::create_shared(&dir, CreateMode::RootKeyFile) {
                 Ok(ks) => {
                     log::warn!(
                         "created a keystore in {} sealed with the root key file {}; back up both",
                         dir.display(),
-                        dir.join(crate::kms::keystore::ROOT_KEY_FILE).display()
+                        dir.join(crate::kms::store::ROOT_KEY_FILE).display()
                     );
-                    remember(&dir, ks)
+                    ks
                 }
                 // Another process created it meanwhile.
-                Err(KmsError::AlreadyExists(_)) => open_key_service(g)?,
-                Err(e) => return Err(keystore_error(&dir, e)),
+                Err(KmsError::AlreadyExists { .. }) => open_key_service(g)?,
+                Err(e) => return Err(CliError::keystore(&dir, e)),
             }
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(CliError::keystore(&dir, e)),
     };
     let id = ks
         .ensure_default_key(&current_caller())
-        .map_err(|e| keystore_error(&dir, e))?;
+        .map_err(|e| CliError::keystore(&dir, e))?;
     Ok((ks, id))
 }
 
@@ -200,9 +144,9 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<(), CliError> {
         CreateMode::RootKeyFile
     };
     let ks = LocalKeyStore::create(&dir, mode).map_err(|e| match e {
-        KmsError::AlreadyExists(m) => CliError::new(ErrorClass::Usage, m)
+        KmsError::AlreadyExists { what } => CliError::new(ErrorClass::Usage, what.to_string())
             .hint("use it as it is, or pass --keystore DIR to create another one elsewhere"),
-        e => keystore_error(&dir, e),
+        e => CliError::keystore(&dir, e),
     })?;
     match g.output {
         OutputFormat::Json => println!(
@@ -220,7 +164,7 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<(), CliError> {
             if !a.with_passphrase {
                 println!(
                     "  back up {} with the keystore: without it nothing can be decrypted",
-                    dir.join(crate::kms::keystore::ROOT_KEY_FILE).display()
+                    dir.join(crate::kms::store::ROOT_KEY_FILE).display()
                 );
             }
         }
@@ -231,6 +175,7 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn globals(dir: &Path) -> GlobalArgs {
         GlobalArgs {
@@ -305,24 +250,13 @@ mod tests {
         std::fs::write(&f, "\n").unwrap();
         assert!(matches!(
             read_passphrase(&g, false),
-            Err(KmsError::Validation(_))
+            Err(KmsError::Validation { .. })
         ));
     }
 
     #[test]
-    fn repair_hint_does_not_ask_to_keep_key_material_around() {
-        let h = repair_hint(Path::new("/k"));
-        assert!(!h.contains("keystore.kms.damaged"), "{h}");
-        assert!(
-            h.contains("delete the copy") && h.contains("never purges"),
-            "{h}"
-        );
-        assert!(h.contains("cp /k/keystore.prev /k/keystore.kms"), "{h}");
-    }
-
-    #[test]
     fn zero_setup_never_replaces_a_lost_keystore() {
-        use crate::kms::keystore::{CURRENT_FILE, ROOT_KEY_FILE};
+        use crate::kms::store::{CURRENT_FILE, ROOT_KEY_FILE};
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("ks");
         let g = globals(&dir);
@@ -338,7 +272,7 @@ mod tests {
         assert!(!e.message.starts_with("KeystoreNotFound"), "{}", e.message);
         // Gone altogether, root.key still there: lost, not "no keystore".
         std::fs::remove_file(dir.join(CURRENT_FILE)).unwrap();
-        std::fs::remove_file(dir.join(crate::kms::keystore::PREV_FILE)).unwrap();
+        std::fs::remove_file(dir.join(crate::kms::store::PREV_FILE)).unwrap();
         let e = open_key_service(&g).unwrap_err();
         assert!(e.message.contains("lost or unreadable"), "{}", e.message);
         let e = open_or_create_default(&g).unwrap_err();

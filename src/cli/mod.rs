@@ -1,15 +1,20 @@
-//! The command line: clap definitions of every command, the global options,
-//! and the one place where errors become a message with a remedy and an exit code.
+//! The command line: clap definitions of the top-level commands and global
+//! options, and `main`, where a `CliError` (see `error`) becomes a message, a
+//! remedy and an exit code.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::kms::{Caller, KmsError};
+use crate::kms::Caller;
 
+mod error;
 pub mod fs;
 pub mod keystore;
 pub mod kms;
+mod output;
+
+pub use error::{CliError, ErrorClass, repair_hint};
 
 /// `kmsfs`: encryption at rest for unmodified programs, with a small local KMS.
 #[derive(Debug, Parser)]
@@ -68,103 +73,6 @@ pub enum Command {
     Seal(fs::SealArgs),
     /// Decrypt one backing or sealed file client-side.
     Unseal(fs::UnsealArgs),
-}
-
-/// Classes of failure, one exit code each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// Anything else.
-    General = 1,
-    /// Bad arguments or input (clap uses 2 too).
-    Usage = 2,
-    /// No such key, alias, file or keystore.
-    NotFound = 3,
-    /// The key refuses: disabled, pending deletion, policy.
-    Refused = 4,
-    /// Ciphertext or file is corrupt, modified, or from elsewhere.
-    Corrupt = 5,
-    /// The keystore cannot be opened or is damaged.
-    Keystore = 6,
-    /// Operating-system I/O failure (disk full, permissions).
-    Io = 7,
-}
-
-/// An error as the user sees it: what happened and what to do about it.
-#[derive(Debug)]
-pub struct CliError {
-    /// Which exit code.
-    pub class: ErrorClass,
-    /// What went wrong (no secrets).
-    pub message: String,
-    /// What the user can do about it.
-    pub hint: Option<String>,
-}
-
-impl CliError {
-    /// A new error without a hint.
-    pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
-        Self {
-            class,
-            message: message.into(),
-            hint: None,
-        }
-    }
-    /// Adds a remedy.
-    pub fn hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
-        self
-    }
-}
-
-impl From<KmsError> for CliError {
-    fn from(e: KmsError) -> Self {
-        let class = match &e {
-            KmsError::NotFound(_) => ErrorClass::NotFound,
-            KmsError::Disabled(_)
-            | KmsError::InvalidState(_)
-            | KmsError::AccessDenied(_)
-            | KmsError::IncorrectKey(_) => ErrorClass::Refused,
-            KmsError::InvalidCiphertext(_) => ErrorClass::Corrupt,
-            KmsError::Validation(_) | KmsError::AlreadyExists(_) => ErrorClass::Usage,
-            KmsError::KeystoreNotFound(_)
-            | KmsError::WrongRootKey(_)
-            | KmsError::CorruptKeystore(_) => ErrorClass::Keystore,
-            KmsError::Io(_) => ErrorClass::Io,
-            KmsError::Internal(_) => ErrorClass::General,
-        };
-        let hint = match &e {
-            KmsError::KeystoreNotFound(_) => {
-                Some("create one with `kmsfs init` (or pass --keystore DIR)")
-            }
-            KmsError::WrongRootKey(_) => {
-                Some("check --passphrase-file / KMSFS_PASSPHRASE; the keystore was not changed")
-            }
-            KmsError::CorruptKeystore(_) => Some(
-                "the keystore was not changed; restore it from a backup (keystore.prev is the previous generation)",
-            ),
-            KmsError::Disabled(_) => Some("enable it with `kmsfs kms enable-key --key-id K`"),
-            KmsError::InvalidState(_) => Some(
-                "a key pending deletion can be restored with `kmsfs kms cancel-key-deletion` and `enable-key`",
-            ),
-            KmsError::NotFound(_) => Some("list keys with `kmsfs kms list-keys`"),
-            _ => None,
-        };
-        let err = CliError::new(class, format!("{}: {}", e.aws_code(), e));
-        match hint {
-            Some(h) => err.hint(h),
-            None => err,
-        }
-    }
-}
-
-impl From<std::io::Error> for CliError {
-    fn from(e: std::io::Error) -> Self {
-        let class = match e.kind() {
-            std::io::ErrorKind::NotFound => ErrorClass::NotFound,
-            _ => ErrorClass::Io,
-        };
-        CliError::new(class, e.to_string())
-    }
 }
 
 /// The identity of this process, for key policies and the audit trail.

@@ -164,9 +164,9 @@ mod tests {
         let io = || EnvelopeError::Io(io::Error::from_raw_os_error(libc::ENOSPC));
         assert_eq!(env(io()), libc::ENOSPC);
         assert_eq!(env(EnvelopeError::CorruptBlock { block: 3 }), libc::EIO);
-        let d = EnvelopeError::Kms(KmsError::Disabled("k".into()));
+        let d = EnvelopeError::Kms(KmsError::Disabled { key_id: "k".into() });
         assert_eq!(env(d), libc::EACCES);
-        let i = EnvelopeError::Kms(KmsError::InvalidCiphertext("x".into()));
+        let i = EnvelopeError::Kms(KmsError::invalid_ciphertext("x".into()));
         assert_eq!(env(i), libc::EIO);
         let nf = FsError::from(io::Error::new(io::ErrorKind::NotFound, "x"));
         assert_eq!(nf.errno(), libc::ENOENT);

@@ -318,7 +318,11 @@ mod tests {
         ) -> Result<Decrypted, KmsError> {
             self.decrypts.fetch_add(1, Ordering::SeqCst);
             if lock(&self.deny).as_ref() == Some(&(c.uid, b.to_vec())) {
-                return Err(KmsError::AccessDenied("denied by the test policy".into()));
+                return Err(KmsError::AccessDenied {
+                    key_id: "(test)".into(),
+                    action: crate::kms::Operation::Decrypt,
+                    principal: (c.uid, c.gid),
+                });
             }
             self.inner.decrypt(c, b, x, k)
         }

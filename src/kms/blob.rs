@@ -79,7 +79,7 @@ impl BlobHeader {
 }
 
 fn invalid(why: &str) -> KmsError {
-    KmsError::InvalidCiphertext(format!("the ciphertext blob cannot be decrypted: {why}"))
+    KmsError::invalid_ciphertext(format!("the ciphertext blob cannot be decrypted: {why}"))
 }
 
 fn aad(header: &[u8], context: &EncryptionContext) -> Vec<u8> {
@@ -102,7 +102,7 @@ pub fn seal(
     let mut out = Vec::with_capacity(BLOB_OVERHEAD + plaintext.len());
     out.extend_from_slice(&h);
     key.seal_append(&aad(&h, context), plaintext, &mut out)
-        .map_err(|e| KmsError::Internal(format!("encryption failed: {e}")))?;
+        .map_err(|e| KmsError::internal(format!("encryption failed: {e}")))?;
     Ok(out)
 }
 
@@ -122,7 +122,7 @@ pub fn open(
         CryptoError::Authentication => invalid(
             "it was modified, or the encryption context differs from the one it was made with",
         ),
-        other => KmsError::Internal(format!("decryption failed: {other}")),
+        other => KmsError::internal(format!("decryption failed: {other}")),
     })
 }
 
@@ -165,7 +165,7 @@ mod tests {
         ] {
             assert!(matches!(
                 open(&key, &blob, &other),
-                Err(KmsError::InvalidCiphertext(_))
+                Err(KmsError::InvalidCiphertext { .. })
             ));
         }
     }
@@ -178,11 +178,17 @@ mod tests {
             bad[i / 8] ^= 1 << (i % 8);
             // The header may still parse (e.g. a flipped key id bit); opening must fail.
             let r = BlobHeader::parse(&bad).and_then(|_| open(&key, &bad, &ctx));
-            assert!(matches!(r, Err(KmsError::InvalidCiphertext(_))), "bit {i}");
+            assert!(
+                matches!(r, Err(KmsError::InvalidCiphertext { .. })),
+                "bit {i}"
+            );
         }
         for n in 0..blob.len() {
             let r = BlobHeader::parse(&blob[..n]).and_then(|_| open(&key, &blob[..n], &ctx));
-            assert!(matches!(r, Err(KmsError::InvalidCiphertext(_))), "len {n}");
+            assert!(
+                matches!(r, Err(KmsError::InvalidCiphertext { .. })),
+                "len {n}"
+            );
         }
         let mut longer = blob.clone();
         longer.push(0);

@@ -24,7 +24,7 @@ pub fn now() -> Result<i64, KmsError> {
 fn now_with(test_now: Option<String>) -> Result<i64, KmsError> {
     match test_now {
         Some(s) if HONOURS_TEST_NOW => parse_rfc3339(&s).ok_or_else(|| {
-            KmsError::Validation(format!(
+            KmsError::invalid(format!(
                 "{TEST_NOW_ENV}={s:?} is not an RFC 3339 time such as 2030-01-01T00:00:00Z"
             ))
         }),

@@ -47,7 +47,7 @@ impl EncryptionContext {
         if t.starts_with('{') {
             let map = serde_json::from_str::<UniqueMap>(t)
                 .map_err(|e| {
-                    KmsError::Validation(format!(
+                    KmsError::invalid(format!(
                         "encryption context is not a JSON object of strings with distinct keys: {e}"
                     ))
                 })?
@@ -57,12 +57,12 @@ impl EncryptionContext {
         let mut map = BTreeMap::new();
         for pair in t.split(',').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').ok_or_else(|| {
-                KmsError::Validation(format!(
+                KmsError::invalid(format!(
                     "encryption context entry {pair:?} is not of the form key=value"
                 ))
             })?;
             if map.insert(k.to_string(), v.to_string()).is_some() {
-                return Err(KmsError::Validation(format!(
+                return Err(KmsError::invalid(format!(
                     "encryption context key {k:?} appears twice"
                 )));
             }
@@ -72,7 +72,7 @@ impl EncryptionContext {
 
     fn validated(map: BTreeMap<String, String>) -> Result<Self, KmsError> {
         if map.keys().any(|k| k.is_empty()) {
-            return Err(KmsError::Validation(
+            return Err(KmsError::invalid(
                 "encryption context keys must not be empty".into(),
             ));
         }

@@ -1,5 +1,5 @@
 //! Key policies: an AWS-shaped JSON document per key, parsed and validated once,
-//! evaluated on every cryptographic operation for the caller's uid/gid.
+//! evaluated (`authorize`) on every cryptographic operation for the caller's uid/gid.
 //! Explicit Deny wins, then any Allow, else deny. A key without a policy allows
 //! every caller (the keystore's file permissions and root key are the boundary).
 #![forbid(unsafe_code)]
@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::hooks::Operation;
+use super::audit::Operation;
 use super::{Caller, KmsError};
 
 /// Longest policy document, in bytes (as AWS KMS).
@@ -108,17 +108,12 @@ impl<T> OneOrMany<T> {
 }
 
 /// Every action name a key policy can govern.
-const ACTIONS: [&str; 6] = [
-    "kms:Encrypt",
-    "kms:Decrypt",
-    "kms:GenerateDataKey",
-    "kms:GenerateDataKeyWithoutPlaintext",
-    "kms:ReEncryptFrom",
-    "kms:ReEncryptTo",
-];
+fn governed_actions() -> impl Iterator<Item = &'static str> {
+    Operation::ALL.into_iter().map(Operation::action)
+}
 
 fn invalid(why: impl std::fmt::Display) -> KmsError {
-    KmsError::Validation(format!("the key policy is invalid: {why}"))
+    KmsError::invalid(format!("the key policy is invalid: {why}"))
 }
 
 fn parse_principal(s: &str) -> Result<Principal, KmsError> {
@@ -229,10 +224,10 @@ impl KeyPolicy {
             }
             let actions = st.action.into_vec();
             for a in &actions {
-                if !(a == "*" || ACTIONS.iter().any(|x| pattern_matches(a, x))) {
+                if !(a == "*" || governed_actions().any(|x| pattern_matches(a, x))) {
                     return Err(invalid(format!(
                         "Action {a:?} names no operation a key policy governs ({})",
-                        ACTIONS.join(", ")
+                        governed_actions().collect::<Vec<_>>().join(", ")
                     )));
                 }
             }
@@ -281,6 +276,26 @@ impl KeyPolicy {
     }
 }
 
+/// Decides whether `caller` may perform `op` with the key `key_id`, whose
+/// policy is `policy`. A key without a policy allows every caller (the
+/// keystore's file permissions and root key are the boundary); with one,
+/// explicit Deny wins, then Allow, else the call is denied.
+pub(crate) fn authorize(
+    caller: &Caller,
+    key_id: &str,
+    policy: Option<&KeyPolicy>,
+    op: Operation,
+) -> Result<(), KmsError> {
+    match policy {
+        Some(p) if !p.allows(caller, op) => Err(KmsError::AccessDenied {
+            key_id: key_id.to_string(),
+            action: op,
+            principal: (caller.uid, caller.gid),
+        }),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,15 +314,19 @@ mod tests {
 
     #[test]
     fn every_operation_is_a_known_action() {
-        for op in [
-            Operation::Encrypt,
-            Operation::Decrypt,
-            Operation::GenerateDataKey,
-            Operation::GenerateDataKeyWithoutPlaintext,
-            Operation::ReEncryptFrom,
-            Operation::ReEncryptTo,
-        ] {
-            assert!(ACTIONS.contains(&op.action()), "{op:?}");
+        for op in Operation::ALL {
+            // A statement naming exactly this action parses, and grants it alone.
+            let p = policy(&format!(
+                r#"[{{"Effect":"Allow","Principal":"*","Action":"{}"}}]"#,
+                op.action()
+            ));
+            for other in Operation::ALL {
+                assert_eq!(
+                    p.allows(&caller(1, 1), other),
+                    other == op,
+                    "{op:?} {other:?}"
+                );
+            }
             assert_eq!(op.action(), format!("kms:{}", op.as_str()));
         }
     }
@@ -361,7 +380,7 @@ mod tests {
             r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Condition":{}}]}"#,
         ] {
             assert!(
-                matches!(KeyPolicy::parse(bad), Err(KmsError::Validation(_))),
+                matches!(KeyPolicy::parse(bad), Err(KmsError::Validation { .. })),
                 "{bad}"
             );
         }
@@ -385,7 +404,7 @@ mod tests {
             ),
         ] {
             let e = KeyPolicy::parse(bad).unwrap_err();
-            assert!(matches!(e, KmsError::Validation(_)), "{bad}");
+            assert!(matches!(e, KmsError::Validation { .. }), "{bad}");
             assert!(e.to_string().contains(&format!("`{field}`")), "{e}");
         }
         // Sid, Version and Id are accepted (and not interpreted).

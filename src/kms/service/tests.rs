@@ -1,7 +1,15 @@
 //! Unit tests of `LocalKeyStore`: states, contexts, foreign and modified blobs,
 //! reload across instances, fallback, purge, rotation, policies, import, audit.
+use super::snapshot::no_passphrase;
 use super::*;
-use crate::kms::keystore::CURRENT_FILE;
+use crate::kms::audit::{AuditEvent, Operation};
+use crate::kms::blob::{self, BlobHeader};
+use crate::kms::model;
+use crate::kms::store::CURRENT_FILE;
+use crate::kms::store::Frame;
+use crate::kms::{
+    Caller, DataKeySpec, EncryptionContext, KeyService, KeyState, MAX_ENCRYPT_PLAINTEXT, clock,
+};
 
 const ME: Caller = Caller {
     uid: 0,
@@ -48,12 +56,12 @@ fn data_key_round_trip_and_refusals() {
     let e = ks
         .decrypt(&ME, &dk.ciphertext_blob, &ctx(), Some(&other))
         .unwrap_err();
-    assert!(matches!(e, KmsError::IncorrectKey(_)), "{e}");
+    assert!(matches!(e, KmsError::IncorrectKey { .. }), "{e}");
     // Other context: refused.
     let e = ks
         .decrypt(&ME, &dk.ciphertext_blob, &EncryptionContext::new(), None)
         .unwrap_err();
-    assert!(matches!(e, KmsError::InvalidCiphertext(_)), "{e}");
+    assert!(matches!(e, KmsError::InvalidCiphertext { .. }), "{e}");
     for (spec, n) in [
         (DataKeySpec::Aes128, 16),
         (DataKeySpec::Bytes(1), 1),
@@ -71,7 +79,7 @@ fn data_key_round_trip_and_refusals() {
         let e = ks
             .generate_data_key(&ME, &id, DataKeySpec::Bytes(bad), &ctx())
             .unwrap_err();
-        assert!(matches!(e, KmsError::Validation(_)));
+        assert!(matches!(e, KmsError::Validation { .. }));
     }
     let w = ks
         .generate_data_key_without_plaintext(&ME, &id, DataKeySpec::Aes256, &ctx())
@@ -96,14 +104,14 @@ fn every_modified_blob_is_invalid_ciphertext() {
         let mut bad = blob.clone();
         bad[i / 8] ^= 1 << (i % 8);
         match ks.decrypt(&ME, &bad, &ctx(), None) {
-            Err(KmsError::InvalidCiphertext(_)) => {}
+            Err(KmsError::InvalidCiphertext { .. }) => {}
             other => panic!("bit {i}: {other:?}"),
         }
     }
     for n in 0..blob.len() {
         assert!(matches!(
             ks.decrypt(&ME, &blob[..n], &ctx(), None),
-            Err(KmsError::InvalidCiphertext(_))
+            Err(KmsError::InvalidCiphertext { .. })
         ));
     }
 }
@@ -168,7 +176,7 @@ fn rotation_keeps_old_blobs_decryptable_and_new_ones_use_the_new_version() {
     ks.disable_key(&ME, &id).unwrap();
     assert!(matches!(
         ks.rotate_key_on_demand(&ME, &id),
-        Err(KmsError::Disabled(_))
+        Err(KmsError::Disabled { .. })
     ));
 }
 
@@ -182,7 +190,7 @@ fn automatic_rotation_happens_on_the_next_use_after_it_is_due() {
     );
     assert!(matches!(
         ks.enable_key_rotation(&ME, &id, Some(89)),
-        Err(KmsError::Validation(_))
+        Err(KmsError::Validation { .. })
     ));
     ks.enable_key_rotation(&ME, &id, None).unwrap();
     let st = ks.get_key_rotation_status(&ME, &id).unwrap();
@@ -249,29 +257,29 @@ fn key_policy_is_enforced_for_the_caller() {
     assert!(ks.decrypt(&alice, &blob, &ctx(), None).is_ok());
     let e = ks.decrypt(&mallory, &blob, &ctx(), None).unwrap_err();
     assert!(
-        matches!(e, KmsError::AccessDenied(_)) && e.is_access_refusal(),
+        matches!(e, KmsError::AccessDenied { .. }) && e.is_access_refusal(),
         "{e}"
     );
     assert!(ks.encrypt(&mallory, &id, b"x", &ctx()).is_ok());
     assert!(matches!(
         ks.encrypt(&ME, &id, b"x", &ctx()),
-        Err(KmsError::AccessDenied(_))
+        Err(KmsError::AccessDenied { .. })
     ));
     // Another process sees the policy too; the stored document round-trips.
     let other = reopen(&ks);
     assert!(matches!(
         other.decrypt(&mallory, &blob, &ctx(), None),
-        Err(KmsError::AccessDenied(_))
+        Err(KmsError::AccessDenied { .. })
     ));
     let stored = other.get_key_policy(&ME, &id, "default").unwrap();
     assert_eq!(stored["Statement"][1]["Effect"], "Deny");
     assert!(matches!(
         ks.put_key_policy(&ME, &id, "default", "{}"),
-        Err(KmsError::Validation(_))
+        Err(KmsError::Validation { .. })
     ));
     assert!(matches!(
         ks.get_key_policy(&ME, &id, "other"),
-        Err(KmsError::NotFound(_))
+        Err(KmsError::NotFound { .. })
     ));
     // Putting the default document back allows everyone again.
     let default = crate::kms::policy::default_policy_document().to_string();
@@ -289,7 +297,7 @@ fn imported_material_round_trip_expiry_and_reimport() {
     assert_eq!(meta.key_state, KeyState::PendingImport);
     assert!(matches!(
         ks.encrypt(&ME, &id, b"x", &ctx()),
-        Err(KmsError::InvalidState(_))
+        Err(KmsError::InvalidState { .. })
     ));
     assert!(
         ks.get_parameters_for_import(&ME, &own, "RSAES_OAEP_SHA_256", "RSA_2048")
@@ -309,7 +317,7 @@ fn imported_material_round_trip_expiry_and_reimport() {
     other_key[30] ^= 1;
     assert!(matches!(
         ks.import_key_material(&ME, &id, &other_key, &wrapped, None),
-        Err(KmsError::Validation(_))
+        Err(KmsError::Validation { .. })
     ));
     assert!(
         ks.import_key_material(&ME, &id, b"junk", &wrapped, None)
@@ -320,7 +328,7 @@ fn imported_material_round_trip_expiry_and_reimport() {
         .unwrap();
     assert!(matches!(
         ks.import_key_material(&ME, &id, &p.import_token, &bad, None),
-        Err(KmsError::InvalidCiphertext(_))
+        Err(KmsError::InvalidCiphertext { .. })
     ));
     let now = clock::now().unwrap();
     ks.import_key_material(&ME, &id, &p.import_token, &wrapped, Some(now + 3600))
@@ -339,7 +347,7 @@ fn imported_material_round_trip_expiry_and_reimport() {
     );
     assert!(matches!(
         fresh.decrypt(&ME, &blob, &ctx(), None),
-        Err(KmsError::InvalidState(_))
+        Err(KmsError::InvalidState { .. })
     ));
     // The old token is spent; new parameters, same material: old blobs work again.
     assert!(
@@ -365,7 +373,7 @@ fn imported_material_round_trip_expiry_and_reimport() {
     fresh.delete_imported_key_material(&ME, &id).unwrap();
     assert!(matches!(
         fresh.decrypt(&ME, &blob, &ctx(), None),
-        Err(KmsError::InvalidState(_))
+        Err(KmsError::InvalidState { .. })
     ));
 }
 
@@ -381,7 +389,7 @@ fn encrypt_size_limit() {
         .encrypt(&ME, &id, &[7u8; MAX_ENCRYPT_PLAINTEXT + 1], &ctx())
         .unwrap_err();
     assert!(
-        matches!(err, KmsError::Validation(_)) && err.to_string().contains("generate-data-key")
+        matches!(err, KmsError::Validation { .. }) && err.to_string().contains("generate-data-key")
     );
 }
 
@@ -392,19 +400,19 @@ fn every_state_refuses_with_its_own_error() {
     ks.disable_key(&ME, &id).unwrap();
     assert!(matches!(
         ks.encrypt(&ME, &id, b"x", &ctx()),
-        Err(KmsError::Disabled(_))
+        Err(KmsError::Disabled { .. })
     ));
     assert!(matches!(
         ks.decrypt(&ME, &blob, &ctx(), None),
-        Err(KmsError::Disabled(_))
+        Err(KmsError::Disabled { .. })
     ));
     assert!(matches!(
         ks.generate_data_key(&ME, &id, DataKeySpec::Aes256, &ctx()),
-        Err(KmsError::Disabled(_))
+        Err(KmsError::Disabled { .. })
     ));
     assert!(matches!(
         ks.re_encrypt(&ME, &blob, &ctx(), &id, &ctx()),
-        Err(KmsError::Disabled(_))
+        Err(KmsError::Disabled { .. })
     ));
     assert_eq!(
         ks.describe_key(&ME, &id).unwrap().key_state,
@@ -416,15 +424,15 @@ fn every_state_refuses_with_its_own_error() {
     assert_eq!(s.key_state, KeyState::PendingDeletion);
     assert!(matches!(
         ks.decrypt(&ME, &blob, &ctx(), None),
-        Err(KmsError::InvalidState(_))
+        Err(KmsError::InvalidState { .. })
     ));
     assert!(matches!(
         ks.encrypt(&ME, &id, b"x", &ctx()),
-        Err(KmsError::InvalidState(_))
+        Err(KmsError::InvalidState { .. })
     ));
     assert!(matches!(
         ks.enable_key(&ME, &id),
-        Err(KmsError::InvalidState(_))
+        Err(KmsError::InvalidState { .. })
     ));
     ks.cancel_key_deletion(&ME, &id).unwrap();
     assert_eq!(
@@ -434,7 +442,7 @@ fn every_state_refuses_with_its_own_error() {
     for bad in [6, 31] {
         assert!(matches!(
             ks.schedule_key_deletion(&ME, &id, Some(bad)),
-            Err(KmsError::Validation(_))
+            Err(KmsError::Validation { .. })
         ));
     }
     assert_eq!(
@@ -446,11 +454,11 @@ fn every_state_refuses_with_its_own_error() {
     let missing = uuid::Uuid::new_v4().to_string();
     assert!(matches!(
         ks.disable_key(&ME, &missing),
-        Err(KmsError::NotFound(_))
+        Err(KmsError::NotFound { .. })
     ));
     assert!(matches!(
         ks.encrypt(&ME, "not-a-key", b"x", &ctx()),
-        Err(KmsError::NotFound(_))
+        Err(KmsError::NotFound { .. })
     ));
 }
 
@@ -460,7 +468,7 @@ fn blob_from_another_keystore_is_refused() {
     let (_t2, b, _) = new_store();
     let blob = a.encrypt(&ME, &ida, b"x", &ctx()).unwrap().ciphertext_blob;
     let e = b.decrypt(&ME, &blob, &ctx(), None).unwrap_err();
-    assert!(matches!(e, KmsError::InvalidCiphertext(_)), "{e}");
+    assert!(matches!(e, KmsError::InvalidCiphertext { .. }), "{e}");
     // Even with the keystore id forged, the wrong key cannot open it.
     let mut forged = blob.clone();
     let bid: Vec<u8> = (0..16)
@@ -490,7 +498,7 @@ fn re_encrypt_moves_to_the_destination_key_and_context() {
     assert!(ks.decrypt(&ME, &r.ciphertext_blob, &ctx(), None).is_err());
     assert!(matches!(
         ks.re_encrypt(&ME, &blob, &dctx, &b, &dctx),
-        Err(KmsError::InvalidCiphertext(_))
+        Err(KmsError::InvalidCiphertext { .. })
     ));
 }
 
@@ -500,11 +508,11 @@ fn aliases_and_key_references() {
     ks.create_alias(&ME, "alias/app", &id).unwrap();
     assert!(matches!(
         ks.create_alias(&ME, "alias/kmsfs/x", &id),
-        Err(KmsError::Validation(_))
+        Err(KmsError::Validation { .. })
     ));
     assert!(matches!(
         ks.create_alias(&ME, "alias/aws/ebs", &id),
-        Err(KmsError::Validation(_))
+        Err(KmsError::Validation { .. })
     ));
     let alias_arn = model::alias_arn(ks.keystore_id(), "alias/app");
     for r in ["alias/app", alias_arn.as_str(), &id.to_uppercase()] {
@@ -513,7 +521,7 @@ fn aliases_and_key_references() {
     let foreign = format!("arn:kmsfs:kms:local:{}:key/{id}", "0".repeat(32));
     assert!(matches!(
         ks.describe_key(&ME, &foreign),
-        Err(KmsError::NotFound(_))
+        Err(KmsError::NotFound { .. })
     ));
     let other = ks.create_key(&ME, "").unwrap().key_id;
     ks.update_alias(&ME, "alias/app", &other).unwrap();
@@ -522,7 +530,7 @@ fn aliases_and_key_references() {
     ks.delete_alias(&ME, "alias/app").unwrap();
     assert!(matches!(
         ks.describe_key(&ME, "alias/app"),
-        Err(KmsError::NotFound(_))
+        Err(KmsError::NotFound { .. })
     ));
     let d1 = ks.ensure_default_key(&ME).unwrap();
     assert_eq!(ks.ensure_default_key(&ME).unwrap(), d1);
@@ -544,7 +552,7 @@ fn another_instance_sees_changes_and_generation_moves() {
     assert_ne!(b.generation(), g0);
     assert!(matches!(
         b.decrypt(&ME, &blob, &ctx(), None),
-        Err(KmsError::Disabled(_))
+        Err(KmsError::Disabled { .. })
     ));
     a.enable_key(&ME, &id).unwrap();
     b.refresh().unwrap();
@@ -592,7 +600,7 @@ fn corrupt_current_falls_back_read_only() {
     assert!(fb.decrypt(&ME, &blob, &ctx(), None).is_ok());
     assert!(fb.describe_key(&ME, "alias/later").is_err()); // prev generation's view
     let e = fb.create_key(&ME, "").unwrap_err();
-    assert!(matches!(e, KmsError::CorruptKeystore(_)), "{e}");
+    assert!(matches!(e, KmsError::CorruptKeystore { .. }), "{e}");
     assert_eq!(
         std::fs::read(&cur).unwrap(),
         bytes,
@@ -616,15 +624,15 @@ fn due_deletion_purges_both_generations_and_aliases() {
     let fresh = reopen(&ks); // opening purges
     assert!(matches!(
         fresh.describe_key(&ME, &id),
-        Err(KmsError::NotFound(_))
+        Err(KmsError::NotFound { .. })
     ));
     assert!(matches!(
         fresh.decrypt(&ME, &blob, &ctx(), None),
-        Err(KmsError::NotFound(_))
+        Err(KmsError::NotFound { .. })
     ));
     assert!(fresh.list_aliases(&ME, None).unwrap().is_empty());
     assert!(fresh.describe_key(&ME, &keep).is_ok());
-    for name in [CURRENT_FILE, keystore::PREV_FILE] {
+    for name in [CURRENT_FILE, store::PREV_FILE] {
         let bytes = std::fs::read(ks.dir().join(name)).unwrap();
         let state = Frame::parse(name, &bytes)
             .unwrap()
@@ -696,12 +704,12 @@ fn damage_current(ks: &LocalKeyStore) {
 
 #[test]
 fn a_running_service_never_falls_back_to_an_older_generation() {
-    // H1: damaging keystore.kms must not bring back a key disabled earlier.
+    // Damaging keystore.kms must not bring back a key disabled earlier.
     let (_t, ks, id) = new_store();
     ks.disable_key(&ME, &id).unwrap();
     assert!(matches!(
         ks.encrypt(&ME, &id, b"x", &ctx()),
-        Err(KmsError::Disabled(_))
+        Err(KmsError::Disabled { .. })
     ));
     let good = std::fs::read(ks.dir().join(CURRENT_FILE)).unwrap();
     damage_current(&ks); // keystore.prev has the key enabled
@@ -710,7 +718,7 @@ fn a_running_service_never_falls_back_to_an_older_generation() {
     assert!(
         matches!(
             ks.encrypt(&ME, &id, b"x", &ctx()),
-            Err(KmsError::Disabled(_))
+            Err(KmsError::Disabled { .. })
         ),
         "a disabled key came back after the keystore file was damaged"
     );
@@ -725,7 +733,7 @@ fn a_running_service_never_falls_back_to_an_older_generation() {
     ks.create_key(&ME, "").unwrap();
     assert!(matches!(
         ks.encrypt(&ME, &id, b"x", &ctx()),
-        Err(KmsError::Disabled(_))
+        Err(KmsError::Disabled { .. })
     ));
 }
 
@@ -738,7 +746,7 @@ fn a_damaged_change_never_read_fails_closed() {
     assert!(a.refresh().is_err());
     for k in [id.as_str(), "alias/none"] {
         let e = a.encrypt(&ME, k, b"x", &ctx()).unwrap_err();
-        assert!(matches!(e, KmsError::CorruptKeystore(_)), "{e:?}");
+        assert!(matches!(e, KmsError::CorruptKeystore { .. }), "{e:?}");
     }
     let e = a.encrypt(&ME, &id, b"x", &ctx()).unwrap_err().to_string();
     assert!(e.contains("never read"), "{e}");
@@ -756,11 +764,11 @@ fn a_stored_policy_no_longer_accepted_fails_closed_for_its_key_only() {
         "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*",
                        "NotAction": "kms:Decrypt"}]
     }));
-    let new = keystore::encode(&ks.keystore_id, &ks.root, frame.generation + 1, &state).unwrap();
+    let new = store::encode(&ks.keystore_id, &ks.root, frame.generation + 1, &state).unwrap();
     ks.dir.write_generations(Some(&bytes), &new).unwrap();
     let re = reopen(&ks);
     let e = re.encrypt(&ME, &id, b"x", &ctx()).unwrap_err();
-    assert!(matches!(e, KmsError::AccessDenied(_)), "{e:?}");
+    assert!(matches!(e, KmsError::AccessDenied { .. }), "{e:?}");
     re.encrypt(&ME, &other, b"x", &ctx()).unwrap();
 }
 
@@ -776,7 +784,7 @@ fn a_running_service_refuses_a_rollback_to_an_older_generation() {
     std::fs::write(ks.dir().join(CURRENT_FILE), &old).unwrap();
     assert!(ks.refresh().is_err());
     let e = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap_err();
-    assert!(matches!(e, KmsError::CorruptKeystore(_)), "{e:?}");
+    assert!(matches!(e, KmsError::CorruptKeystore { .. }), "{e:?}");
     assert!(e.to_string().contains("went back from generation"), "{e}");
     // A fresh process accepts what is on disk (nothing else to compare with).
     let fresh = reopen(&ks);

@@ -1,10 +1,9 @@
-//! The two points every key use passes through: authorization (the future key
-//! policy evaluation for the caller's uid/gid) and the audit hook (the future
-//! hash-chained audit trail plugs in as an [`AuditSink`]).
+//! The audit sink every key use is reported to: the operations by their AWS
+//! action names, the event (who, what, which key, the outcome) and the
+//! [`AuditSink`] trait a trail implements.
 #![forbid(unsafe_code)]
 
-use super::policy::KeyPolicy;
-use super::{Caller, KmsError};
+use super::Caller;
 
 /// The operation being performed, named as the AWS KMS API action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +23,16 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// Every operation, in the order of the AWS API reference.
+    pub const ALL: [Operation; 6] = [
+        Operation::Encrypt,
+        Operation::Decrypt,
+        Operation::GenerateDataKey,
+        Operation::GenerateDataKeyWithoutPlaintext,
+        Operation::ReEncryptFrom,
+        Operation::ReEncryptTo,
+    ];
+
     /// The policy action name, `kms:` included.
     pub fn action(self) -> &'static str {
         match self {
@@ -38,14 +47,8 @@ impl Operation {
 
     /// The AWS action name (`kms:Decrypt` without the prefix).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Operation::Encrypt => "Encrypt",
-            Operation::Decrypt => "Decrypt",
-            Operation::GenerateDataKey => "GenerateDataKey",
-            Operation::GenerateDataKeyWithoutPlaintext => "GenerateDataKeyWithoutPlaintext",
-            Operation::ReEncryptFrom => "ReEncryptFrom",
-            Operation::ReEncryptTo => "ReEncryptTo",
-        }
+        let action = self.action();
+        action.strip_prefix("kms:").unwrap_or(action)
     }
 }
 
@@ -72,25 +75,4 @@ pub struct AuditEvent<'a> {
 pub trait AuditSink: Send + Sync {
     /// Records one event.
     fn record(&self, event: &AuditEvent<'_>);
-}
-
-/// Decides whether `caller` may perform `op` with the key `key_id`, whose
-/// policy is `policy`. A key without a policy allows every caller (the
-/// keystore's file permissions and root key are the boundary); with one,
-/// explicit Deny wins, then Allow, else the call is denied.
-pub fn authorize(
-    caller: &Caller,
-    key_id: &str,
-    policy: Option<&KeyPolicy>,
-    op: Operation,
-) -> Result<(), KmsError> {
-    match policy {
-        Some(p) if !p.allows(caller, op) => Err(KmsError::AccessDenied(format!(
-            "uid {} gid {} is not allowed kms:{} on key {key_id} by its key policy",
-            caller.uid,
-            caller.gid,
-            op.as_str()
-        ))),
-        _ => Ok(()),
-    }
 }

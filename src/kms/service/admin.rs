@@ -1,14 +1,19 @@
 //! Key administration on `LocalKeyStore`: create, list, enable/disable,
 //! deletion, aliases, rotation, key policies and imported key material. Every
-//! change goes through `update` (lock, re-read, write both generations); every
-//! method takes the caller, for the policies and audit trail of administration.
+//! change goes through `update` (lock, re-read, write both generations). Every
+//! method takes the caller, as the AWS API does, but none checks or audits it
+//! yet: key policies govern only cryptographic operations (`policy::authorize`).
 #![forbid(unsafe_code)]
 
-use super::{LocalKeyStore, hex, resolve, resolve_mut};
+use super::LocalKeyStore;
+use super::resolve::{resolve, resolve_mut};
 use crate::crypto::SecretBytes;
-use crate::kms::model::{self, KeyRecord};
+use crate::crypto::hex;
+use crate::kms::model::{self, KeyRecord, StoreState};
 use crate::kms::policy::{self, KeyPolicy};
-use crate::kms::{Caller, KeyMetadata, KeyOrigin, KeyState, KmsError};
+use crate::kms::{
+    Caller, KeyMetadata, KeyOrigin, KeyState, KmsError, Missing, StateProblem, ValidationCode,
+};
 
 /// One entry of ListKeys.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -97,10 +102,9 @@ fn check_policy_name(name: &str) -> Result<(), KmsError> {
     if name == policy::POLICY_NAME {
         Ok(())
     } else {
-        Err(KmsError::NotFound(format!(
-            "no policy named {name:?}; the only key policy name is \"{}\"",
-            policy::POLICY_NAME
-        )))
+        Err(KmsError::not_found(Missing::PolicyName {
+            name: name.to_string(),
+        }))
     }
 }
 
@@ -199,7 +203,7 @@ impl LocalKeyStore {
         wrapping_key_spec: &str,
     ) -> Result<ImportParameters, KmsError> {
         if wrapping_algorithm != "RSAES_OAEP_SHA_256" {
-            return Err(KmsError::Validation(format!(
+            return Err(KmsError::invalid(format!(
                 "WrappingAlgorithm {wrapping_algorithm:?} is not supported; use RSAES_OAEP_SHA_256"
             )));
         }
@@ -208,7 +212,7 @@ impl LocalKeyStore {
             "RSA_3072" => 3072,
             "RSA_4096" => 4096,
             other => {
-                return Err(KmsError::Validation(format!(
+                return Err(KmsError::invalid(format!(
                     "WrappingKeySpec {other:?} is not supported; use RSA_2048, RSA_3072 or RSA_4096"
                 )));
             }
@@ -226,7 +230,7 @@ impl LocalKeyStore {
             })?;
         }
         let crypto_err = |e: crate::crypto::CryptoError| {
-            KmsError::Internal(format!("cannot make the import wrapping key: {e}"))
+            KmsError::internal(format!("cannot make the import wrapping key: {e}"))
         };
         let rsa = crate::crypto::RsaUnwrapKey::generate(bits).map_err(crypto_err)?;
         let public_key = rsa.public_key_der().map_err(crypto_err)?;
@@ -242,7 +246,7 @@ impl LocalKeyStore {
                 valid_to,
             })?;
             let key_uuid = uuid::Uuid::parse_str(&k.key_id)
-                .map_err(|_| KmsError::Internal("stored key id is not a UUID".into()))?;
+                .map_err(|_| KmsError::internal("stored key id is not a UUID".into()))?;
             let mut import_token = Vec::with_capacity(IMPORT_TOKEN_LEN);
             import_token.extend_from_slice(&IMPORT_TOKEN_MAGIC);
             import_token.push(1);
@@ -270,8 +274,9 @@ impl LocalKeyStore {
         valid_to: Option<i64>,
     ) -> Result<(), KmsError> {
         let bad_token = || {
-            KmsError::Validation(
-                "InvalidImportToken: the import token is malformed or was issued for another key \
+            KmsError::invalid_with(
+                ValidationCode::InvalidImportToken,
+                "the import token is malformed or was issued for another key \
                  or keystore; use the token get-parameters-for-import returned for this key"
                     .into(),
             )
@@ -286,17 +291,15 @@ impl LocalKeyStore {
         self.update(|s, now| {
             let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
             let key_uuid = uuid::Uuid::parse_str(&k.key_id)
-                .map_err(|_| KmsError::Internal("stored key id is not a UUID".into()))?;
+                .map_err(|_| KmsError::internal("stored key id is not a UUID".into()))?;
             if import_token[21..37] != key_uuid.as_bytes()[..] {
                 return Err(bad_token());
             }
             let params = k.import.as_ref().ok_or_else(bad_token)?;
             let rsa = crate::crypto::RsaUnwrapKey::from_pkcs8(params.wrapping_key.expose())
-                .map_err(|_| {
-                    KmsError::CorruptKeystore("stored import wrapping key is unusable".into())
-                })?;
+                .map_err(|_| KmsError::corrupt("stored import wrapping key is unusable".into()))?;
             let material = rsa.unwrap(encrypted_key_material).map_err(|_| {
-                KmsError::InvalidCiphertext(
+                KmsError::invalid_ciphertext(
                     "the encrypted key material does not decrypt with this token's wrapping key; \
                      wrap it with RSAES_OAEP_SHA_256 under the PublicKey from the same \
                      get-parameters-for-import"
@@ -406,10 +409,11 @@ impl LocalKeyStore {
         self.update(|s, _| {
             let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
             if k.state == KeyState::PendingDeletion {
-                return Err(KmsError::InvalidState(format!(
-                    "key {} is pending deletion; its policy cannot change",
-                    k.key_id
-                )));
+                return Err(KmsError::InvalidState {
+                    key_id: k.key_id.clone(),
+                    state: k.state,
+                    problem: StateProblem::PolicyOfPendingDeletion,
+                });
             }
             k.policy = Some(value);
             Ok(())
@@ -447,12 +451,8 @@ impl LocalKeyStore {
         alias_name: &str,
         target_key_id: &str,
     ) -> Result<(), KmsError> {
-        model::validate_alias_name(alias_name, false)?;
-        self.update(|s, _| {
-            let id = resolve(s, &self.keystore_id_hex, target_key_id)?
-                .key_id
-                .clone();
-            s.create_alias(alias_name, &id, false)
+        self.point_alias(alias_name, target_key_id, |s, id| {
+            s.create_alias(alias_name, id, false)
         })
     }
 
@@ -463,12 +463,25 @@ impl LocalKeyStore {
         alias_name: &str,
         target_key_id: &str,
     ) -> Result<(), KmsError> {
+        self.point_alias(alias_name, target_key_id, |s, id| {
+            s.update_alias(alias_name, id)
+        })
+    }
+
+    /// Checks a user alias name, then applies `f` with the key id that
+    /// `target_key_id` resolves to, in one update.
+    fn point_alias(
+        &self,
+        alias_name: &str,
+        target_key_id: &str,
+        f: impl FnOnce(&mut StoreState, &str) -> Result<(), KmsError>,
+    ) -> Result<(), KmsError> {
         model::validate_alias_name(alias_name, false)?;
         self.update(|s, _| {
             let id = resolve(s, &self.keystore_id_hex, target_key_id)?
                 .key_id
                 .clone();
-            s.update_alias(alias_name, &id)
+            f(s, &id)
         })
     }
 

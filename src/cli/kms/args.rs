@@ -1,0 +1,274 @@
+//! The clap definitions of `kmsfs kms ...`: the subcommands and options of
+//! `aws kms` that kmsfs implements, with the same names.
+
+/// The key subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum KmsCommand {
+    /// Create a symmetric key (AES-256-GCM); --origin EXTERNAL to import its material.
+    CreateKey(CreateKeyArgs),
+    /// A wrapping public key and import token for importing key material (valid 24 h).
+    GetParametersForImport(GetParametersForImportArgs),
+    /// Import 32 bytes of key material wrapped under the import public key.
+    ImportKeyMaterial(ImportKeyMaterialArgs),
+    /// Delete a key's imported material; it waits for the same material again.
+    DeleteImportedKeyMaterial(KeyIdArg),
+    /// Show a key's metadata.
+    DescribeKey(KeyIdArg),
+    /// List the keys of the keystore.
+    ListKeys,
+    /// Allow cryptographic operations with a disabled key again.
+    EnableKey(KeyIdArg),
+    /// Refuse every cryptographic operation with a key until it is enabled.
+    DisableKey(KeyIdArg),
+    /// Delete a key after a waiting period (7 to 30 days, default 30).
+    ScheduleKeyDeletion(ScheduleKeyDeletionArgs),
+    /// Cancel a scheduled deletion; the key becomes Disabled.
+    CancelKeyDeletion(KeyIdArg),
+    /// Make new key material current now; old material keeps decrypting old ciphertexts.
+    RotateKeyOnDemand(KeyIdArg),
+    /// Rotate a key's material automatically every N days (90 to 2560, default 365).
+    EnableKeyRotation(EnableKeyRotationArgs),
+    /// Stop rotating a key automatically.
+    DisableKeyRotation(KeyIdArg),
+    /// Show whether and when a key rotates automatically.
+    GetKeyRotationStatus(KeyIdArg),
+    /// List the rotations a key has had.
+    ListKeyRotations(KeyIdArg),
+    /// Attach a key policy (who may use the key, by uid/gid) to a key.
+    PutKeyPolicy(PutKeyPolicyArgs),
+    /// Show a key's policy (the default one when none was put).
+    GetKeyPolicy(GetKeyPolicyArgs),
+    /// Give a key a friendly name alias/NAME.
+    CreateAlias(AliasArgs),
+    /// Point an existing alias at another key.
+    UpdateAlias(AliasArgs),
+    /// Delete an alias (not its key).
+    DeleteAlias(DeleteAliasArgs),
+    /// List aliases, optionally only those of one key.
+    ListAliases(ListAliasesArgs),
+    /// Encrypt up to 4096 bytes directly under a key.
+    Encrypt(EncryptArgs),
+    /// Decrypt a ciphertext blob (its key is named inside it).
+    Decrypt(DecryptArgs),
+    /// A data key in plaintext and wrapped under a key (envelope encryption).
+    GenerateDataKey(DataKeyArgs),
+    /// A data key wrapped under a key, without its plaintext.
+    GenerateDataKeyWithoutPlaintext(DataKeyArgs),
+    /// Decrypt and encrypt again under another key, inside the service.
+    ReEncrypt(ReEncryptArgs),
+}
+
+/// `--origin` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OriginArg {
+    /// The keystore generates the material.
+    #[value(name = "AWS_KMS")]
+    AwsKms,
+    /// The material is imported.
+    #[value(name = "EXTERNAL")]
+    External,
+}
+
+/// `--key-id`.
+#[derive(Debug, clap::Args)]
+pub struct KeyIdArg {
+    /// Key id, key ARN or alias/NAME.
+    #[arg(long)]
+    pub key_id: String,
+}
+
+/// `--alias-name` and `--target-key-id`.
+#[derive(Debug, clap::Args)]
+pub struct AliasArgs {
+    /// alias/NAME: letters, digits, ':', '/', '_', '-'.
+    #[arg(long)]
+    pub alias_name: String,
+    /// Key id or key ARN.
+    #[arg(long)]
+    pub target_key_id: String,
+}
+
+/// Options of generate-data-key(-without-plaintext).
+#[derive(Debug, clap::Args)]
+pub struct DataKeyArgs {
+    /// Key id, key ARN or alias/NAME.
+    #[arg(long)]
+    pub key_id: String,
+    /// AES_256 (32 bytes, the default) or AES_128 (16 bytes).
+    #[arg(long, value_enum, conflicts_with = "number_of_bytes")]
+    pub key_spec: Option<KeySpecArg>,
+    /// Length of the data key, 1 to 1024 bytes.
+    #[arg(long)]
+    pub number_of_bytes: Option<usize>,
+    /// k=v,k2=v2 or a JSON object of strings.
+    #[arg(long)]
+    pub encryption_context: Option<String>,
+}
+
+/// `--key-spec` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum KeySpecArg {
+    /// 32 bytes.
+    #[value(name = "AES_256")]
+    Aes256,
+    /// 16 bytes.
+    #[value(name = "AES_128")]
+    Aes128,
+}
+
+/// Options of `create-key`.
+#[derive(Debug, clap::Args)]
+pub struct CreateKeyArgs {
+    /// Free text describing the key.
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// AWS_KMS (fresh material) or EXTERNAL (import your own material later).
+    #[arg(long, value_enum, default_value = "AWS_KMS")]
+    pub origin: OriginArg,
+}
+
+/// Options of `get-parameters-for-import`.
+#[derive(Debug, clap::Args)]
+pub struct GetParametersForImportArgs {
+    /// An EXTERNAL key in state PendingImport.
+    #[arg(long)]
+    pub key_id: String,
+    /// Only RSAES_OAEP_SHA_256.
+    #[arg(long, default_value = "RSAES_OAEP_SHA_256")]
+    pub wrapping_algorithm: String,
+    /// RSA_2048, RSA_3072 or RSA_4096.
+    #[arg(long, default_value = "RSA_2048")]
+    pub wrapping_key_spec: String,
+}
+
+/// Options of `import-key-material`.
+#[derive(Debug, clap::Args)]
+pub struct ImportKeyMaterialArgs {
+    /// The EXTERNAL key.
+    #[arg(long)]
+    pub key_id: String,
+    /// fileb://PATH or base64: the material wrapped with RSAES_OAEP_SHA_256.
+    #[arg(long)]
+    pub encrypted_key_material: String,
+    /// fileb://PATH or base64: the ImportToken of the same parameters.
+    #[arg(long)]
+    pub import_token: String,
+    /// KEY_MATERIAL_EXPIRES (needs --valid-to) or KEY_MATERIAL_DOES_NOT_EXPIRE
+    /// [default: expires exactly when --valid-to is given].
+    #[arg(long)]
+    pub expiration_model: Option<String>,
+    /// When the material expires (RFC 3339).
+    #[arg(long)]
+    pub valid_to: Option<String>,
+}
+
+/// Options of `schedule-key-deletion`.
+#[derive(Debug, clap::Args)]
+pub struct ScheduleKeyDeletionArgs {
+    /// Key id, key ARN or alias/NAME.
+    #[arg(long)]
+    pub key_id: String,
+    /// Days to wait before the key and everything encrypted under it is gone.
+    #[arg(long)]
+    pub pending_window_in_days: Option<u32>,
+}
+
+/// Options of `enable-key-rotation`.
+#[derive(Debug, clap::Args)]
+pub struct EnableKeyRotationArgs {
+    /// Key id, key ARN or alias/NAME.
+    #[arg(long)]
+    pub key_id: String,
+    /// Days between automatic rotations.
+    #[arg(long)]
+    pub rotation_period_in_days: Option<u32>,
+}
+
+/// Options of `put-key-policy`.
+#[derive(Debug, clap::Args)]
+pub struct PutKeyPolicyArgs {
+    /// Key id, key ARN or alias/NAME.
+    #[arg(long)]
+    pub key_id: String,
+    /// The policy document: JSON text, or file://PATH.
+    #[arg(long)]
+    pub policy: String,
+    /// Always "default".
+    #[arg(long, default_value = "default")]
+    pub policy_name: String,
+}
+
+/// Options of `get-key-policy`.
+#[derive(Debug, clap::Args)]
+pub struct GetKeyPolicyArgs {
+    /// Key id, key ARN or alias/NAME.
+    #[arg(long)]
+    pub key_id: String,
+    /// Always "default".
+    #[arg(long, default_value = "default")]
+    pub policy_name: String,
+}
+
+/// Options of `delete-alias`.
+#[derive(Debug, clap::Args)]
+pub struct DeleteAliasArgs {
+    /// alias/NAME.
+    #[arg(long)]
+    pub alias_name: String,
+}
+
+/// Options of `list-aliases`.
+#[derive(Debug, clap::Args)]
+pub struct ListAliasesArgs {
+    /// Only aliases of this key.
+    #[arg(long)]
+    pub key_id: Option<String>,
+}
+
+/// Options of `encrypt`.
+#[derive(Debug, clap::Args)]
+pub struct EncryptArgs {
+    /// Key id, key ARN or alias/NAME.
+    #[arg(long)]
+    pub key_id: String,
+    /// fileb://PATH (raw bytes) or base64.
+    #[arg(long)]
+    pub plaintext: String,
+    /// k=v,k2=v2 or a JSON object of strings; decrypt must give the same.
+    #[arg(long)]
+    pub encryption_context: Option<String>,
+}
+
+/// Options of `decrypt`.
+#[derive(Debug, clap::Args)]
+pub struct DecryptArgs {
+    /// fileb://PATH (raw bytes) or base64.
+    #[arg(long)]
+    pub ciphertext_blob: String,
+    /// The encryption context the blob was made with.
+    #[arg(long)]
+    pub encryption_context: Option<String>,
+    /// Refuse unless the blob was made under this key.
+    #[arg(long)]
+    pub key_id: Option<String>,
+}
+
+/// Options of `re-encrypt`.
+#[derive(Debug, clap::Args)]
+pub struct ReEncryptArgs {
+    /// fileb://PATH (raw bytes) or base64.
+    #[arg(long)]
+    pub ciphertext_blob: String,
+    /// The key to encrypt under.
+    #[arg(long)]
+    pub destination_key_id: String,
+    /// The context the blob was made with.
+    #[arg(long)]
+    pub source_encryption_context: Option<String>,
+    /// The context to bind the new blob to.
+    #[arg(long)]
+    pub destination_encryption_context: Option<String>,
+    /// Refuse unless the blob was made under this key.
+    #[arg(long)]
+    pub source_key_id: Option<String>,
+}

@@ -1,0 +1,92 @@
+//! Aliases: `alias/NAME` pointing at keys, their name rules and reserved
+//! prefixes.
+#![forbid(unsafe_code)]
+
+use super::*;
+use crate::kms::{Existing, KeyState, KmsError, Missing, StateProblem};
+
+impl StoreState {
+    /// CreateAlias (`internal` allows the reserved prefixes).
+    pub fn create_alias(
+        &mut self,
+        name: &str,
+        key_id: &str,
+        internal: bool,
+    ) -> Result<(), KmsError> {
+        validate_alias_name(name, internal)?;
+        self.check_alias_target(key_id)?;
+        if self.aliases.contains_key(name) {
+            return Err(KmsError::AlreadyExists {
+                what: Existing::Alias {
+                    name: name.to_string(),
+                },
+            });
+        }
+        self.aliases.insert(name.to_string(), key_id.to_string());
+        Ok(())
+    }
+
+    /// UpdateAlias: points an existing alias at another key.
+    pub fn update_alias(&mut self, name: &str, key_id: &str) -> Result<(), KmsError> {
+        validate_alias_name(name, false)?;
+        self.check_alias_target(key_id)?;
+        match self.aliases.get_mut(name) {
+            Some(t) => {
+                *t = key_id.to_string();
+                Ok(())
+            }
+            None => Err(no_alias(name)),
+        }
+    }
+
+    /// DeleteAlias.
+    pub fn delete_alias(&mut self, name: &str) -> Result<(), KmsError> {
+        validate_alias_name(name, false)?;
+        match self.aliases.remove(name) {
+            Some(_) => Ok(()),
+            None => Err(no_alias(name)),
+        }
+    }
+
+    fn check_alias_target(&self, key_id: &str) -> Result<(), KmsError> {
+        match self.keys.get(key_id) {
+            None => Err(KmsError::not_found(Missing::Key {
+                key_id: key_id.to_string(),
+            })),
+            Some(k) if k.state == KeyState::PendingDeletion => {
+                Err(k.invalid_state(StateProblem::AliasToPendingDeletion))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// Checks an alias name: `alias/` then 1+ of `[a-zA-Z0-9:/_-]`, at most 256
+/// bytes; the reserved prefixes only when `internal`.
+pub fn validate_alias_name(name: &str, internal: bool) -> Result<(), KmsError> {
+    let rest = name.strip_prefix(ALIAS_PREFIX).unwrap_or("");
+    if rest.is_empty()
+        || name.len() > MAX_ALIAS_LEN
+        || !rest
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b':' | b'/' | b'_' | b'-'))
+    {
+        return Err(KmsError::invalid(format!(
+            "alias name {name:?} is invalid: it must be alias/ followed by letters, digits, \
+             ':', '/', '_' or '-', at most {MAX_ALIAS_LEN} characters in all"
+        )));
+    }
+    if !internal && RESERVED_ALIAS_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        return Err(KmsError::invalid(format!(
+            "alias name {name:?} is reserved (alias/aws/ and alias/kmsfs/ belong to the service); \
+             choose another name"
+        )));
+    }
+    Ok(())
+}
+
+fn no_alias(name: &str) -> KmsError {
+    KmsError::not_found(Missing::Alias {
+        name: name.to_string(),
+    })
+}

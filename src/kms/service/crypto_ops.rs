@@ -1,0 +1,404 @@
+//! The cryptographic operations (GenerateDataKey, Encrypt, Decrypt,
+//! ReEncrypt, DescribeKey): every one passes through `use_key`, which resolves
+//! the key, refuses what its state forbids, authorizes the caller and audits.
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::Ordering;
+
+use super::LocalKeyStore;
+use super::resolve::resolve;
+use crate::crypto::{AeadKey, SecretBytes, hex};
+use crate::kms::audit::{AuditEvent, Operation};
+use crate::kms::blob::{self, BlobHeader};
+use crate::kms::model::{KeyRecord, StoreState, Usage};
+use crate::kms::{
+    Caller, DataKey, DataKeySpec, Decrypted, Encrypted, EncryptionContext, KeyMetadata, KeyService,
+    KeyState, KmsError, MAX_ENCRYPT_PLAINTEXT, Missing, StateProblem, ValidationCode, clock,
+};
+
+/// How a crypto operation names its key.
+enum KeyRef<'a> {
+    /// Key id, ARN or alias given by the caller.
+    Name(&'a str),
+    /// The key a ciphertext blob names.
+    Blob(&'a BlobHeader),
+}
+
+impl LocalKeyStore {
+    /// The one path of every cryptographic operation: resolve the key, refuse
+    /// what its state forbids, authorize the caller, run `f`, audit the outcome.
+    fn use_key<T>(
+        &self,
+        caller: &Caller,
+        op: Operation,
+        key_ref: KeyRef<'_>,
+        usage: Usage,
+        f: impl FnOnce(&StoreState, &KeyRecord, &[(u32, AeadKey)]) -> Result<(T, u32), KmsError>,
+    ) -> Result<T, KmsError> {
+        self.refresh_if_stale();
+        let snap = self.snapshot();
+        let mut audit_key: Option<String> = None;
+        let mut version = None;
+        let result = (|| {
+            if let Some(why) = &snap.broken {
+                return Err(KmsError::corrupt(why.clone()));
+            }
+            let key = match key_ref {
+                KeyRef::Name(n) => resolve(&snap.state, &self.keystore_id_hex, n)?,
+                KeyRef::Blob(h) => {
+                    let id = h.key_id_string();
+                    let k = snap.state.keys.get(&id);
+                    let deleted = snap.state.deleted.get(&id).copied();
+                    audit_key = Some(id);
+                    match (k, deleted) {
+                        (Some(k), _) => k,
+                        (None, Some(when)) => {
+                            return Err(KmsError::not_found(Missing::BlobKeyDeleted {
+                                key_id: h.key_id_string(),
+                                deleted_on: when,
+                            }));
+                        }
+                        (None, None) => {
+                            return Err(KmsError::invalid_ciphertext(
+                                "the ciphertext blob cannot be decrypted: it names a key this \
+                                 keystore never had (was it modified?)"
+                                    .into(),
+                            ));
+                        }
+                    }
+                }
+            };
+            audit_key = Some(key.key_id.clone());
+            // Dates are also applied lazily every freshness interval; these checks
+            // close the gap, and only keys with a date read the clock.
+            if key.state == KeyState::PendingDeletion && key.deletion_due(clock::now()?) {
+                if let Err(e) = self.apply_due() {
+                    self.warn_once(&format!("a due key deletion could not be written: {e}"));
+                }
+                return Err(KmsError::not_found(Missing::Deleted {
+                    key_id: key.key_id.clone(),
+                }));
+            }
+            if key.origin == crate::kms::KeyOrigin::External && key.material_expired(clock::now()?)
+            {
+                if let Err(e) = self.apply_due() {
+                    self.warn_once(&format!("an expiry could not be written: {e}"));
+                }
+                return Err(KmsError::InvalidState {
+                    key_id: key.key_id.clone(),
+                    state: KeyState::PendingImport,
+                    problem: StateProblem::MaterialExpired,
+                });
+            }
+            key.check_usable(usage)?;
+            crate::kms::policy::authorize(caller, &key.key_id, snap.policies.get(&key.key_id), op)?;
+            let ciphers = snap
+                .ciphers
+                .get(&key.key_id)
+                .ok_or_else(|| KmsError::internal("key schedule missing".into()))?;
+            let (out, v) = f(&snap.state, key, ciphers)?;
+            version = Some(v);
+            Ok(out)
+        })();
+        self.audit_event(caller, op, audit_key.as_deref(), &key_ref, version, &result);
+        result
+    }
+
+    fn audit_event<T>(
+        &self,
+        caller: &Caller,
+        op: Operation,
+        key: Option<&str>,
+        key_ref: &KeyRef<'_>,
+        material_version: Option<u32>,
+        result: &Result<T, KmsError>,
+    ) {
+        let named = match key_ref {
+            KeyRef::Name(n) => n,
+            KeyRef::Blob(_) => "(ciphertext blob)",
+        };
+        let key_id = key.unwrap_or(named);
+        let result = result.as_ref().map(|_| ()).map_err(|e| e.aws_code());
+        match self.audit.get() {
+            Some(sink) => sink.record(&AuditEvent {
+                caller,
+                operation: op,
+                key_id,
+                material_version,
+                result,
+                time: clock::now().unwrap_or(0),
+            }),
+            None => log::trace!(
+                "{} key={key_id} uid={} result={result:?}",
+                op.as_str(),
+                caller.uid
+            ),
+        }
+    }
+
+    fn seal_current(
+        &self,
+        key: &KeyRecord,
+        ciphers: &[(u32, AeadKey)],
+        plaintext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<(Vec<u8>, u32), KmsError> {
+        let v = key.current_version;
+        let aead = ciphers
+            .iter()
+            .find(|(ver, _)| *ver == v)
+            .map(|(_, a)| a)
+            .ok_or_else(|| KmsError::InvalidState {
+                key_id: key.key_id.clone(),
+                state: key.state,
+                problem: StateProblem::NoCurrentMaterial,
+            })?;
+        let key_uuid = uuid::Uuid::parse_str(&key.key_id)
+            .map_err(|_| KmsError::internal("stored key id is not a UUID".into()))?;
+        let header = BlobHeader {
+            keystore_id: self.keystore_id,
+            key_id: *key_uuid.as_bytes(),
+            material_version: v,
+        };
+        Ok((blob::seal(aead, &header, plaintext, context)?, v))
+    }
+
+    fn open_blob(
+        &self,
+        caller: &Caller,
+        op: Operation,
+        ciphertext_blob: &[u8],
+        context: &EncryptionContext,
+        key_id: Option<&str>,
+    ) -> Result<(String, u32, SecretBytes), KmsError> {
+        let header = BlobHeader::parse(ciphertext_blob)?;
+        if header.keystore_id != self.keystore_id {
+            return Err(KmsError::invalid_ciphertext(format!(
+                "the ciphertext blob was made by another keystore ({}), not this one ({})",
+                hex(&header.keystore_id),
+                self.keystore_id_hex
+            )));
+        }
+        self.use_key(
+            caller,
+            op,
+            KeyRef::Blob(&header),
+            Usage::Decrypt,
+            |state, key, ciphers| {
+                if let Some(want) = key_id {
+                    let wanted = resolve(state, &self.keystore_id_hex, want)?;
+                    if wanted.key_id != key.key_id {
+                        return Err(KmsError::IncorrectKey {
+                            made_under: key.key_id.clone(),
+                            given: wanted.key_id.clone(),
+                        });
+                    }
+                }
+                let v = header.material_version;
+                let aead = ciphers
+                    .iter()
+                    .find(|(ver, _)| *ver == v)
+                    .map(|(_, a)| a)
+                    .ok_or_else(|| {
+                        KmsError::invalid_ciphertext(format!(
+                            "the ciphertext names key material version {v} of key {}, which this \
+                         keystore does not hold",
+                            key.key_id
+                        ))
+                    })?;
+                let pt = blob::open(aead, ciphertext_blob, context)?;
+                Ok(((key.key_id.clone(), v, pt), v))
+            },
+        )
+    }
+
+    /// Refuses a ciphertext blob not made under `key_id` (a key id, ARN or
+    /// alias), before anything is decrypted: ReEncrypt's SourceKeyId.
+    pub fn check_ciphertext_key(
+        &self,
+        caller: &Caller,
+        ciphertext_blob: &[u8],
+        key_id: &str,
+    ) -> Result<(), KmsError> {
+        let header = BlobHeader::parse(ciphertext_blob)?;
+        let wanted = self.describe_key(caller, key_id)?;
+        if wanted.key_id != header.key_id_string() {
+            return Err(KmsError::IncorrectKey {
+                made_under: header.key_id_string(),
+                given: wanted.key_id,
+            });
+        }
+        Ok(())
+    }
+
+    /// GenerateDataKeyWithoutPlaintext: only the wrapped data key.
+    pub fn generate_data_key_without_plaintext(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        spec: DataKeySpec,
+        context: &EncryptionContext,
+    ) -> Result<Encrypted, KmsError> {
+        let dk = self.gdk(
+            caller,
+            Operation::GenerateDataKeyWithoutPlaintext,
+            key_id,
+            spec,
+            context,
+        )?;
+        Ok(Encrypted {
+            key_id: dk.key_id,
+            ciphertext_blob: dk.ciphertext_blob,
+            source_key_id: None,
+        })
+    }
+
+    fn gdk(
+        &self,
+        caller: &Caller,
+        op: Operation,
+        key_id: &str,
+        spec: DataKeySpec,
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        let len = spec.byte_len()?;
+        self.use_key(
+            caller,
+            op,
+            KeyRef::Name(key_id),
+            Usage::Encrypt,
+            |_, key, ciphers| {
+                let plaintext = SecretBytes::random(len)
+                    .map_err(|e| KmsError::internal(format!("cannot generate a data key: {e}")))?;
+                let (ciphertext_blob, v) =
+                    self.seal_current(key, ciphers, plaintext.expose(), context)?;
+                Ok((
+                    DataKey {
+                        key_id: key.key_id.clone(),
+                        key_material_version: v,
+                        plaintext,
+                        ciphertext_blob,
+                    },
+                    v,
+                ))
+            },
+        )
+    }
+}
+
+impl KeyService for LocalKeyStore {
+    fn generate_data_key(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        spec: DataKeySpec,
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        self.gdk(caller, Operation::GenerateDataKey, key_id, spec, context)
+    }
+
+    fn decrypt(
+        &self,
+        caller: &Caller,
+        ciphertext_blob: &[u8],
+        context: &EncryptionContext,
+        key_id: Option<&str>,
+    ) -> Result<Decrypted, KmsError> {
+        let (key_id, key_material_version, plaintext) =
+            self.open_blob(caller, Operation::Decrypt, ciphertext_blob, context, key_id)?;
+        Ok(Decrypted {
+            key_id,
+            key_material_version,
+            plaintext,
+        })
+    }
+
+    fn encrypt(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        plaintext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<Encrypted, KmsError> {
+        if plaintext.len() > MAX_ENCRYPT_PLAINTEXT {
+            return Err(KmsError::invalid_with(
+                ValidationCode::PlaintextTooLarge,
+                format!(
+                    "plaintext is {} bytes, but Encrypt takes at most {MAX_ENCRYPT_PLAINTEXT}; for \
+                     larger data use generate-data-key and encrypt the data with the data key \
+                     (envelope encryption)",
+                    plaintext.len()
+                ),
+            ));
+        }
+        self.use_key(
+            caller,
+            Operation::Encrypt,
+            KeyRef::Name(key_id),
+            Usage::Encrypt,
+            |_, key, ciphers| {
+                let (ciphertext_blob, v) = self.seal_current(key, ciphers, plaintext, context)?;
+                Ok((
+                    Encrypted {
+                        key_id: key.key_id.clone(),
+                        ciphertext_blob,
+                        source_key_id: None,
+                    },
+                    v,
+                ))
+            },
+        )
+    }
+
+    fn re_encrypt(
+        &self,
+        caller: &Caller,
+        ciphertext_blob: &[u8],
+        source_context: &EncryptionContext,
+        destination_key_id: &str,
+        destination_context: &EncryptionContext,
+    ) -> Result<Encrypted, KmsError> {
+        let (source, _, plaintext) = self.open_blob(
+            caller,
+            Operation::ReEncryptFrom,
+            ciphertext_blob,
+            source_context,
+            None,
+        )?;
+        self.use_key(
+            caller,
+            Operation::ReEncryptTo,
+            KeyRef::Name(destination_key_id),
+            Usage::Encrypt,
+            |_, key, ciphers| {
+                let (blob, v) =
+                    self.seal_current(key, ciphers, plaintext.expose(), destination_context)?;
+                Ok((
+                    Encrypted {
+                        key_id: key.key_id.clone(),
+                        ciphertext_blob: blob,
+                        source_key_id: Some(source.clone()),
+                    },
+                    v,
+                ))
+            },
+        )
+    }
+
+    fn describe_key(&self, _caller: &Caller, key_id: &str) -> Result<KeyMetadata, KmsError> {
+        let snap = self.fresh_snapshot()?;
+        let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
+        if k.deletion_due(clock::now()?) {
+            self.apply_due()?;
+            return Err(KmsError::not_found(Missing::Deleted {
+                key_id: k.key_id.clone(),
+            }));
+        }
+        Ok(k.metadata(&self.keystore_id_hex))
+    }
+
+    fn generation(&self) -> u64 {
+        self.refresh_if_stale();
+        self.generation.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,182 @@
+//! `LocalKeyStore`, the local key service: a keystore directory opened once
+//! (Argon2id runs at open), what it holds, and where each part of its work
+//! lives: `snapshot` (views, reloads, updates), `crypto_ops` (the cryptographic
+//! operations), `admin` (key administration), `resolve` (names to keys) and
+//! `registry` (one service per directory and process).
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Instant;
+
+use super::KmsError;
+use super::audit::AuditSink;
+use super::store::{self, CreateMode, KeystoreDir, RootKey};
+use crate::crypto::{SecretBytes, hex};
+
+/// How often (at most) an operation stats the keystore file to notice another
+/// process's changes. `generation()` and `refresh()` share it; worst-case staleness
+/// is this interval (well under the mount's one-second requirement).
+pub const FRESHNESS_INTERVAL_MS: u64 = 20;
+
+mod admin;
+mod crypto_ops;
+mod registry;
+mod resolve;
+mod snapshot;
+
+use snapshot::{KnownDamage, Loaded, Snapshot, load};
+
+pub use admin::{
+    AliasListEntry, ImportParameters, KeyListEntry, KeyRotation, KeyRotationStatus,
+    ScheduledDeletion,
+};
+
+/// The local key service: a keystore directory, unsealed once.
+pub struct LocalKeyStore {
+    dir: KeystoreDir,
+    root: RootKey,
+    keystore_id: [u8; 16],
+    keystore_id_hex: String,
+    snap: RwLock<Arc<Snapshot>>,
+    generation: AtomicU64,
+    base: Instant,
+    last_check_ns: AtomicU64,
+    reload_lock: Mutex<()>,
+    audit: OnceLock<Arc<dyn AuditSink>>,
+    /// A damaged current generation that a reload refused to fall back from:
+    /// not re-read until it changes.
+    known_damage: Mutex<KnownDamage>,
+    purge_warned: std::sync::atomic::AtomicBool,
+    last_warning: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for LocalKeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalKeyStore")
+            .field("dir", &self.dir.path())
+            .field("keystore_id", &self.keystore_id_hex)
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalKeyStore {
+    /// Opens the keystore in `dir`. `passphrase` is called (once) only if the
+    /// keystore is sealed with a passphrase. Keys whose deletion date has passed
+    /// are deleted for good before this returns.
+    pub fn open(
+        dir: &Path,
+        passphrase: &dyn Fn() -> Result<SecretBytes, KmsError>,
+    ) -> Result<Self, KmsError> {
+        let kdir = KeystoreDir::new(dir);
+        if !kdir.exists() {
+            // root.key or the lock file without a generation: a keystore was
+            // here. Wait for a writer that may be creating it right now, then
+            // call it lost rather than "none" (which would invite a fresh one).
+            if let Some(evidence) = kdir.lost_evidence() {
+                kdir.wait_for_writers();
+                if !kdir.exists() {
+                    return Err(store::lost(&kdir, evidence));
+                }
+            } else if std::fs::symlink_metadata(dir).is_ok() && std::fs::metadata(dir).is_err() {
+                return Err(KmsError::corrupt(format!(
+                    "the keystore directory {} cannot be reached (a symbolic link to a volume \
+                     that is not mounted?); nothing was created or changed",
+                    dir.display()
+                )));
+            } else {
+                return Err(KmsError::KeystoreNotFound {
+                    path: dir.to_path_buf(),
+                });
+            }
+        }
+        let kdir = KeystoreDir::new(store::trusted_path(dir, false)?);
+        let mut root = None;
+        let loaded = load(&kdir, None, &mut root, passphrase)?;
+        if let Some(why) = &loaded.fallback {
+            log::warn!("{why}");
+        }
+        let root = root.ok_or_else(|| KmsError::internal("root key not obtained".into()))?;
+        let ks = Self::assemble(kdir, root, loaded)?;
+        // A reader without write access still opens: due keys are refused in memory.
+        if let Err(e) = ks.apply_due() {
+            ks.warn_once(&format!(
+                "a due key deletion or rotation could not be written: {e}"
+            ));
+        }
+        Ok(ks)
+    }
+
+    /// Creates a new keystore in `dir` (refusing if one exists) and opens it.
+    pub fn create(dir: &Path, mode: CreateMode) -> Result<Self, KmsError> {
+        let kdir = KeystoreDir::new(store::trusted_path(dir, true)?);
+        let (keystore_id, root, state, fp) = store::create(&kdir, mode)?;
+        Self::assemble(
+            kdir,
+            root,
+            Loaded {
+                state,
+                file_generation: 1,
+                keystore_id,
+                fingerprint: Some(fp),
+                fallback: None,
+            },
+        )
+    }
+
+    fn assemble(dir: KeystoreDir, root: RootKey, l: Loaded) -> Result<Self, KmsError> {
+        let snap = Snapshot::new(l.state, l.fingerprint, l.fallback, l.file_generation)?;
+        Ok(Self {
+            dir,
+            root,
+            keystore_id: l.keystore_id,
+            keystore_id_hex: hex(&l.keystore_id),
+            snap: RwLock::new(Arc::new(snap)),
+            generation: AtomicU64::new(1),
+            base: Instant::now(),
+            last_check_ns: AtomicU64::new(0),
+            reload_lock: Mutex::new(()),
+            audit: OnceLock::new(),
+            known_damage: Mutex::new(KnownDamage::Nothing),
+            purge_warned: std::sync::atomic::AtomicBool::new(false),
+            last_warning: Mutex::new(None),
+        })
+    }
+
+    /// The keystore's random id (32 hex digits), as it appears in ARNs and blobs.
+    pub fn keystore_id(&self) -> &str {
+        &self.keystore_id_hex
+    }
+
+    /// The keystore directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// "root-key-file" or "passphrase".
+    pub fn root_mode(&self) -> &'static str {
+        self.root.mode().name()
+    }
+
+    /// The write counter of the keystore file the service currently uses.
+    pub fn file_generation(&self) -> u64 {
+        self.snapshot().file_generation
+    }
+
+    /// Why the keystore runs read-only from its previous generation, if it does.
+    pub fn fallback_reason(&self) -> Option<String> {
+        self.snapshot().fallback.clone()
+    }
+
+    /// Installs the audit sink that every key use is reported to (once).
+    pub fn set_audit_sink(&self, sink: Arc<dyn AuditSink>) -> Result<(), KmsError> {
+        self.audit
+            .set(sink)
+            .map_err(|_| KmsError::internal("an audit sink is already installed".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests;
