@@ -283,12 +283,27 @@ pub fn is_enotconn(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
 }
 
+/// The metadata of a mount point. For up to the attribute TTL after a FUSE
+/// daemon died, stat still answers from the kernel's cache; opening the
+/// directory always reaches the daemon, and fails with ENOTCONN once it is gone.
+fn probe_mountpoint(mp: &Path) -> std::io::Result<std::fs::Metadata> {
+    let m = std::fs::metadata(mp)?;
+    if m.is_dir()
+        && mount_at(mp).is_some()
+        && let Err(e) = std::fs::read_dir(mp)
+        && is_enotconn(&e)
+    {
+        return Err(e);
+    }
+    Ok(m)
+}
+
 /// Checks a mount point before mounting: it must be an existing directory
 /// with nothing live mounted on it. A dead FUSE mount (its daemon died: every
 /// access fails with ENOTCONN) is detached lazily; if that fails the error
 /// says what to run.
 pub fn prepare_mountpoint(mp: &Path) -> Result<(), MountError> {
-    match std::fs::metadata(mp) {
+    match probe_mountpoint(mp) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
             return Err(MountError::NotFound(format!(

@@ -1,0 +1,16 @@
+//! The keystore file (Frame::parse, unseal) and, with the ALT flag, keystore bodies (StoreState::from_json, then a keystore open).
+//! Input layout and properties: tests/fuzz_support/mod.rs.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../../tests/fuzz_support/mod.rs"]
+mod checks;
+
+static FIXTURE: OnceLock<checks::Fixture> = OnceLock::new();
+
+fuzz_target!(|data: &[u8]| {
+    checks::keystore(FIXTURE.get_or_init(checks::Fixture::new), data);
+});
