@@ -5,7 +5,8 @@
 //! `crypto` (AES-256-GCM, secrets), `format` (the on-disk file format, pure),
 //! `kms` (the key service and the local keystore), `envelope` (an encrypted
 //! file over a backing file: the SDK-side API shared by the mount and
-//! `seal`/`unseal`), `fs` (the FUSE frontend), `cli` (the command line).
+//! `seal`/`unseal`), `fs` (the FUSE frontend), `daemon` (the mount daemon's
+//! lifecycle), `cli` (the command line).
 //!
 //! # Client-side envelope encryption (the SDK side)
 //!
@@ -42,6 +43,7 @@
 
 pub mod cli;
 pub mod crypto;
+pub mod daemon;
 pub mod envelope;
 pub mod format;
 pub mod fs;

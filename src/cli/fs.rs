@@ -1,5 +1,5 @@
 //! Filesystem commands: mount, unmount, inspect, seal, unseal. Thin: they
-//! open the keystore, then call `crate::fs` (mount) or `crate::envelope`.
+//! open the keystore, then call `crate::daemon` (mount) or `crate::envelope`.
 
 use std::fs::File;
 use std::io::Write;
@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{CliError, ErrorClass, GlobalArgs, OutputFormat, current_caller, keystore};
+use crate::daemon::{MountError, MountRequest};
 use crate::envelope::{self, EncryptedFile, EnvelopeError};
-use crate::fs::{MountError, MountRequest};
 use crate::kms::{KeyService, KeyState};
 
 /// Arguments of `kmsfs mount`.
@@ -157,7 +157,7 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> Result<(), CliError> {
     let mountpoint = match std::fs::canonicalize(&a.mountpoint) {
         Ok(p) => p,
         // A dead mount: `prepare_mountpoint` detaches it.
-        Err(e) if crate::fs::mount::is_enotconn(&e) => std::path::absolute(&a.mountpoint)?,
+        Err(e) if crate::daemon::is_enotconn(&e) => std::path::absolute(&a.mountpoint)?,
         Err(_) => existing_dir(&a.mountpoint, "mount point")?,
     };
     if backing.starts_with(&mountpoint) || mountpoint.starts_with(&backing) {
@@ -177,7 +177,7 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> Result<(), CliError> {
         None if !a.foreground => default_log_file(&mountpoint)?,
         None => None,
     };
-    crate::fs::mount(MountRequest {
+    crate::daemon::mount(MountRequest {
         backing,
         mountpoint,
         ks,
@@ -203,7 +203,7 @@ fn default_log_file(mountpoint: &Path) -> Result<Option<PathBuf>, CliError> {
     else {
         return Ok(None);
     };
-    let dir = crate::fs::mount::check_log_dir(&std::path::absolute(base.join("kmsfs"))?, true)?;
+    let dir = crate::daemon::check_log_dir(&std::path::absolute(base.join("kmsfs"))?, true)?;
     if let Err(e) = std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -232,7 +232,7 @@ fn default_log_file(mountpoint: &Path) -> Result<Option<PathBuf>, CliError> {
 
 /// `kmsfs unmount`.
 pub fn unmount(_g: &GlobalArgs, a: UnmountArgs) -> Result<(), CliError> {
-    crate::fs::unmount(&a.mountpoint)?;
+    crate::daemon::unmount(&a.mountpoint)?;
     Ok(())
 }
 

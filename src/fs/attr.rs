@@ -100,7 +100,7 @@ pub(super) fn time(secs: i64, nsecs: i64) -> SystemTime {
 pub fn attr_of(ino: u64, m: &Metadata) -> Attr {
     let kind = Kind::from_std(m.file_type());
     let (size, blocks) = if kind == Kind::RegularFile {
-        let plain = format::shown_size(m.len());
+        let plain = format::stat_size_from_backing(m.len());
         // Scale the allocated blocks by the plaintext share, so du stays sensible.
         let blocks = if m.len() == 0 {
             0

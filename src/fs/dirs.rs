@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +17,7 @@ use super::attr::{Attr, Kind, attr_of};
 use super::error::FsError;
 use super::filesystem::{KmsFs, lock};
 use super::node::{backing_key, stat_at};
+use crate::os;
 
 /// One entry of a directory snapshot.
 #[derive(Debug, Clone)]
@@ -53,9 +53,8 @@ impl DirHandle {
 /// Lists directory `dir` (through /proc, so exactly that directory, wherever
 /// its name went).
 fn list(dir: &File) -> Result<Vec<DirEntry>, FsError> {
-    let listed = format!("/proc/self/fd/{}", dir.as_raw_fd());
     let mut entries = Vec::new();
-    for e in std::fs::read_dir(listed)? {
+    for e in std::fs::read_dir(os::proc_fd_path(dir))? {
         let e = e?;
         let Ok(ft) = e.file_type() else { continue };
         let name: OsString = e.file_name();

@@ -1,23 +1,26 @@
-//! The adapter to fuser, and the only file that imports it: each callback
-//! turns the request into a call of a `KmsFs` method, and `serve` runs it,
-//! contains a panic, and replies once (the value, or the error's errno).
+//! The adapter to fuser, and the only file that imports it: `Session` mounts
+//! a `KmsFs` and serves it; each callback turns the request into a call of a
+//! `KmsFs` method, and `serve` runs it, contains a panic, and replies once
+//! (the value, or the error's errno).
 
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::SystemTime;
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
 use super::attr::{Attr, Kind, SetAttr, attr_of};
 use super::error::FsError;
 use super::file::{MAX_WRITE, Seek};
 use super::filesystem::KmsFs;
+use super::options::{Access, MountFlag, SessionConfig};
 use super::xattr::XattrValue;
 use crate::kms::Caller;
 use crate::os::node::Utime;
@@ -620,6 +623,67 @@ impl Filesystem for KmsFs {
         };
         serve("lseek", reply, body, |r, pos| r.offset(pos as i64));
     }
+}
+
+/// A FUSE session of a `KmsFs`, mounted and ready to serve.
+pub struct Session(fuser::Session<KmsFs>);
+
+impl Session {
+    /// Mounts `fs` at `mountpoint` the way fuser does (through fusermount3
+    /// unless root); fuser unmounts it again when the session ends.
+    pub fn mount(fs: KmsFs, mountpoint: &Path, cfg: &SessionConfig) -> io::Result<Self> {
+        fuser::Session::new(fs, mountpoint, &fuser_config(cfg)).map(Session)
+    }
+
+    /// Serves `fs` over `fd`, a /dev/fuse connection that the caller has
+    /// mounted with mount(2): fuser then never unmounts by itself.
+    pub fn over_fd(fs: KmsFs, fd: OwnedFd, cfg: &SessionConfig) -> io::Result<Self> {
+        fuser::Session::from_fd(fs, fd, acl(cfg.access), fuser_config(cfg)).map(Session)
+    }
+
+    /// Serves requests until the mount goes away.
+    pub fn run(self) -> io::Result<()> {
+        self.0.run()
+    }
+}
+
+fn acl(a: Access) -> SessionACL {
+    match a {
+        Access::Owner => SessionACL::Owner,
+        Access::RootAndOwner => SessionACL::RootAndOwner,
+        Access::All => SessionACL::All,
+    }
+}
+
+fn mount_option(f: &MountFlag) -> MountOption {
+    match f {
+        MountFlag::ReadOnly => MountOption::RO,
+        MountFlag::ReadWrite => MountOption::RW,
+        MountFlag::DefaultPermissions => MountOption::DefaultPermissions,
+        MountFlag::AutoUnmount => MountOption::AutoUnmount,
+        MountFlag::Dev => MountOption::Dev,
+        MountFlag::NoDev => MountOption::NoDev,
+        MountFlag::Suid => MountOption::Suid,
+        MountFlag::NoSuid => MountOption::NoSuid,
+        MountFlag::Exec => MountOption::Exec,
+        MountFlag::NoExec => MountOption::NoExec,
+        MountFlag::Atime => MountOption::Atime,
+        MountFlag::NoAtime => MountOption::NoAtime,
+        MountFlag::Sync => MountOption::Sync,
+        MountFlag::Async => MountOption::Async,
+        MountFlag::DirSync => MountOption::DirSync,
+        MountFlag::FsName(n) => MountOption::FSName(n.clone()),
+        MountFlag::Subtype(s) => MountOption::Subtype(s.clone()),
+    }
+}
+
+fn fuser_config(c: &SessionConfig) -> Config {
+    let mut cfg = Config::default();
+    cfg.mount_options = c.flags.iter().map(mount_option).collect();
+    cfg.acl = acl(c.access);
+    cfg.n_threads = Some(c.threads);
+    cfg.clone_fd = true;
+    cfg
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use super::error::FsError;
 use crate::kms::Caller;
+use crate::os;
 
 const CAP_FSETID: u32 = 4;
 
@@ -67,16 +68,7 @@ fn status(caller: &Caller) -> Option<String> {
     if caller.pid == 0 {
         return None;
     }
-    std::fs::read_to_string(format!("/proc/{}/status", caller.pid)).ok()
-}
-
-/// The values of field `name` ("CapEff", "Groups") of a /proc status text.
-fn field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
-    status.lines().find_map(|l| {
-        l.strip_prefix(name)
-            .and_then(|rest| rest.strip_prefix(':'))
-            .map(str::trim)
-    })
+    os::process::status(caller.pid)
 }
 
 /// True when the caller holds CAP_FSETID: root whose effective
@@ -88,7 +80,7 @@ fn has_fsetid(caller: &Caller, status: Option<&str>) -> bool {
         return false;
     }
     status
-        .and_then(|s| field(s, "CapEff"))
+        .and_then(|s| os::process::status_field(s, "CapEff"))
         .and_then(|hex| u64::from_str_radix(hex, 16).ok())
         .is_some_and(|caps| caps & (1 << CAP_FSETID) != 0)
 }
@@ -97,7 +89,7 @@ fn has_fsetid(caller: &Caller, status: Option<&str>) -> bool {
 fn in_group(caller: &Caller, status: Option<&str>, gid: u32) -> bool {
     caller.gid == gid
         || status
-            .and_then(|s| field(s, "Groups"))
+            .and_then(|s| os::process::status_field(s, "Groups"))
             .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
 }
 

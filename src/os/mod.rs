@@ -1,5 +1,6 @@
-//! Every system call that needs `unsafe`, and nothing else: the rest of the
-//! crate denies unsafe code and calls these wrappers. Each `unsafe` block
+//! Every system call that needs `unsafe`, and the reads of /proc that go
+//! with them: the rest of the crate denies unsafe code and calls these
+//! wrappers. Each `unsafe` block
 //! carries a `// SAFETY:` comment saying why it holds.
 
 pub mod beneath;
@@ -38,7 +39,13 @@ pub(crate) fn check(rc: libc::c_int) -> io::Result<()> {
 /// The /proc path of an open descriptor: resolving it reaches exactly the
 /// inode the descriptor holds, whatever happened to its name since.
 pub(crate) fn proc_fd(fd: &impl AsRawFd) -> CString {
-    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL in a number")
+    use std::os::unix::ffi::OsStringExt;
+    CString::new(proc_fd_path(fd).into_os_string().into_vec()).expect("no NUL in a number")
+}
+
+/// `proc_fd` as a path, for std's calls (listing a directory descriptor).
+pub fn proc_fd_path(fd: &impl AsRawFd) -> std::path::PathBuf {
+    format!("/proc/self/fd/{}", fd.as_raw_fd()).into()
 }
 
 /// True when the O_PATH node `node` holds is a symlink itself.

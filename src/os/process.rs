@@ -1,5 +1,6 @@
-//! Process control for the mount daemon: core dumps, umask, stop signals,
-//! fork and setsid, standard descriptors, and whether a pid is alive.
+//! Processes: control for the mount daemon (core dumps, umask, stop signals,
+//! fork and setsid, standard descriptors), and what /proc says about a
+//! process (its status fields, whether it is alive).
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -18,11 +19,7 @@ pub fn forbid_core_dumps() -> io::Result<()> {
 pub fn umask() -> u32 {
     let from_proc = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Umask:"))
-                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-        });
+        .and_then(|s| status_field(&s, "Umask").and_then(|v| u32::from_str_radix(v, 8).ok()));
     if let Some(m) = from_proc {
         return m;
     }
@@ -138,6 +135,22 @@ pub fn redirect_stdio(log: Option<&std::fs::File>) -> io::Result<()> {
 pub fn redirect_stderr(log: &std::fs::File) -> io::Result<()> {
     // SAFETY: dup2 onto fd 2 from a descriptor that stays open for the call.
     check(unsafe { libc::dup2(log.as_raw_fd(), 2) })
+}
+
+/// The status text of process (or thread) `pid` from /proc (None once it
+/// is gone).
+pub fn status(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).ok()
+}
+
+/// The value of field `name` ("CapEff", "Groups", "Umask") of a /proc
+/// status text, trimmed.
+pub fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
+    status.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(str::trim)
+    })
 }
 
 /// True when a process with this pid exists and is not a zombie.

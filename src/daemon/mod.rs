@@ -1,0 +1,185 @@
+//! The mount daemon's lifecycle, apart from the filesystem it serves: checks
+//! before mounting, `-o` options, serving in the foreground or as a daemon
+//! that reports readiness to its parent, clean unmount on signals, and
+//! `unmount`.
+#![forbid(unsafe_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::kms::KeyService;
+use crate::os;
+
+mod logfile;
+mod mountinfo;
+mod options;
+mod serve;
+
+pub use self::logfile::{check_log_dir, open_log};
+pub use self::mountinfo::{MountInfo, is_enotconn, mount_at, parse_mountinfo, prepare_mountpoint};
+pub use self::options::{Options, parse_options};
+
+/// Serving threads (each costs about 1 MiB of RSS).
+pub const SERVING_THREADS: usize = 4;
+/// Entry and attribute time-to-live: changes made beside the mount in the
+/// backing directory show within this time.
+pub const TTL: Duration = Duration::from_secs(1);
+
+/// Why a mount or unmount failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// A bad `-o` option or argument.
+    #[error("{0}")]
+    Usage(String),
+    /// A directory is missing or is not a directory.
+    #[error("{0}")]
+    NotFound(String),
+    /// Something is mounted there already (or nothing is, for unmount).
+    #[error("{0}")]
+    State(String, String),
+    /// A system call failed.
+    #[error("{0}")]
+    Io(String),
+    /// A path the daemon would write to can be changed by another user.
+    #[error("{0}")]
+    Refused(String, String),
+}
+
+impl MountError {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            MountError::State(_, h) | MountError::Refused(_, h) => Some(h),
+            _ => None,
+        }
+    }
+}
+
+/// Everything `mount` needs.
+pub struct MountRequest {
+    /// The backing directory (absolute).
+    pub backing: PathBuf,
+    /// The mount point (absolute).
+    pub mountpoint: PathBuf,
+    /// The key service, already unsealed.
+    pub ks: Arc<dyn KeyService>,
+    /// The CMK for new files.
+    pub key_id: String,
+    /// Raw `-o` options (comma-separated lists).
+    pub options: Vec<String>,
+    /// Serve in this process instead of a daemon.
+    pub foreground: bool,
+    /// Where the daemon's log goes (else /dev/null); opened with `open_log`.
+    pub log_file: Option<PathBuf>,
+}
+
+/// Mounts: in the foreground (returns after unmount) or as a daemon (returns
+/// once the mount is usable; the daemon serves until unmounted).
+pub fn mount(req: MountRequest) -> Result<(), MountError> {
+    parse_options(&req.options)?;
+    prepare_mountpoint(&req.mountpoint)?;
+    mountinfo::check_backing_unused(&req.backing)?;
+    // Opened here, before any fork, so that a refusal reaches the user.
+    let log = req.log_file.as_deref().map(open_log).transpose()?;
+    if req.foreground {
+        if let Some(f) = &log {
+            os::process::redirect_stderr(f)
+                .map_err(|e| MountError::Io(format!("log file: {e}")))?;
+        }
+        return serve::serve(&req, &mut |_| {});
+    }
+    let (mut rx, tx) = std::io::pipe().map_err(|e| MountError::Io(format!("pipe: {e}")))?;
+    match os::process::fork().map_err(|e| MountError::Io(e.to_string()))? {
+        os::process::Forked::Parent(child) => {
+            drop(tx);
+            let mut msg = String::new();
+            let _ = rx.read_to_string(&mut msg);
+            match msg.strip_prefix("OK") {
+                Some(_) => {
+                    log::info!("mount daemon {child} is serving");
+                    Ok(())
+                }
+                None => match msg.strip_prefix("ERR ") {
+                    Some(m) => Err(MountError::Io(m.trim_end().to_string())),
+                    None => Err(MountError::Io(format!(
+                        "the mount daemon (pid {child}) exited before the mount was ready{}",
+                        req.log_file
+                            .as_ref()
+                            .map(|p| format!("; see {}", p.display()))
+                            .unwrap_or_default()
+                    ))),
+                },
+            }
+        }
+        os::process::Forked::Child => {
+            drop(rx);
+            let code = serve::daemon_main(&req, log.as_ref(), tx);
+            std::process::exit(code);
+        }
+    }
+}
+
+/// Unmounts `mp` and waits (up to 10 s) for its kmsfs daemon to exit.
+pub fn unmount(mp: &Path) -> Result<(), MountError> {
+    let abs = std::path::absolute(mp).map_err(|e| MountError::Io(e.to_string()))?;
+    let path = match std::fs::canonicalize(&abs) {
+        Ok(p) => p,
+        Err(e) if is_enotconn(&e) => abs.clone(),
+        Err(e) => return Err(MountError::NotFound(format!("{}: {e}", abs.display()))),
+    };
+    let Some(info) = mount_at(&path) else {
+        return Err(MountError::State(
+            format!("{} is not mounted", path.display()),
+            "list mounts with `grep kmsfs /proc/self/mountinfo`".into(),
+        ));
+    };
+    if !info.is_kmsfs() {
+        return Err(MountError::State(
+            format!(
+                "{} is not a kmsfs mount ({} from {})",
+                path.display(),
+                info.fstype,
+                info.source
+            ),
+            "unmount other file systems with umount".into(),
+        ));
+    }
+    match os::mount::umount2(&path, 0) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            return Err(MountError::State(
+                format!(
+                    "{} is busy: files or directories under it are in use",
+                    path.display()
+                ),
+                format!(
+                    "close them (`fuser -vm {0}` lists the processes) or detach lazily with `umount -l {0}`",
+                    path.display()
+                ),
+            ));
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let st = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg(&path)
+                .status()
+                .map_err(|e| MountError::Io(format!("fusermount3: {e}")))?;
+            if !st.success() {
+                return Err(MountError::Io(format!(
+                    "fusermount3 -u {} failed",
+                    path.display()
+                )));
+            }
+        }
+        Err(e) => return Err(MountError::Io(format!("umount {}: {e}", path.display()))),
+    }
+    if let Some(pid) = info.daemon_pid() {
+        let t0 = Instant::now();
+        while os::process::process_alive(pid) && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    Ok(())
+}

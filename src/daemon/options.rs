@@ -1,0 +1,190 @@
+//! The `-o` mount options: parsing them, completing them with the daemon's
+//! defaults for the FUSE session, and turning them into mount(2)'s flags and
+//! data when the daemon mounts as root.
+
+use std::path::Path;
+
+use super::{MountError, SERVING_THREADS};
+use crate::fs::{Access, MountFlag, SessionConfig};
+use crate::os;
+
+/// Parsed `-o` options.
+#[derive(Debug, Default, PartialEq)]
+pub struct Options {
+    /// The options, in the order given.
+    pub flags: Vec<MountFlag>,
+    /// allow_other / allow_root.
+    pub access: Access,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// Parses `-o a,b,c` lists; unknown options are refused.
+pub fn parse_options(raw: &[String]) -> Result<Options, MountError> {
+    let mut o = Options::default();
+    for opt in raw
+        .iter()
+        .flat_map(|s| s.split(','))
+        .filter(|s| !s.is_empty())
+    {
+        let m = match opt {
+            "allow_other" => {
+                o.access = Access::All;
+                continue;
+            }
+            "allow_root" => {
+                o.access = Access::RootAndOwner;
+                continue;
+            }
+            "ro" => {
+                o.read_only = true;
+                MountFlag::ReadOnly
+            }
+            "rw" => MountFlag::ReadWrite,
+            "default_permissions" => MountFlag::DefaultPermissions,
+            "auto_unmount" => MountFlag::AutoUnmount,
+            "dev" => MountFlag::Dev,
+            "nodev" => MountFlag::NoDev,
+            "suid" => MountFlag::Suid,
+            "nosuid" => MountFlag::NoSuid,
+            "exec" => MountFlag::Exec,
+            "noexec" => MountFlag::NoExec,
+            "atime" => MountFlag::Atime,
+            "noatime" => MountFlag::NoAtime,
+            "sync" => MountFlag::Sync,
+            "async" => MountFlag::Async,
+            "dirsync" => MountFlag::DirSync,
+            o if o.starts_with("fsname=") => MountFlag::FsName(o[7..].to_string()),
+            o if o.starts_with("subtype=") => MountFlag::Subtype(o[8..].to_string()),
+            other => {
+                return Err(MountError::Usage(format!(
+                    "unknown mount option {other:?} (known: allow_other, allow_root, \
+                     default_permissions, ro, rw, auto_unmount, [no]dev, [no]suid, [no]exec, \
+                     [no]atime, sync, async, dirsync, fsname=, subtype=)"
+                )));
+            }
+        };
+        o.flags.push(m);
+    }
+    if o.has(&MountFlag::AutoUnmount) && o.access == Access::Owner {
+        return Err(MountError::Usage(
+            "auto_unmount needs allow_other or allow_root as well".into(),
+        ));
+    }
+    Ok(o)
+}
+
+impl Options {
+    /// True if the option was given.
+    pub fn has(&self, f: &MountFlag) -> bool {
+        self.flags.contains(f)
+    }
+
+    /// The FUSE session's configuration: the options given, plus
+    /// default_permissions, the source name and the subtype unless given.
+    pub fn session_config(&self, backing: &Path) -> SessionConfig {
+        let mut flags = self.flags.clone();
+        // The daemon runs as root and opens every backing file itself: the kernel
+        // must check permissions against the attributes (gocryptfs does the same).
+        if !self.has(&MountFlag::DefaultPermissions) {
+            flags.push(MountFlag::DefaultPermissions);
+        }
+        if !flags.iter().any(|m| matches!(m, MountFlag::FsName(_))) {
+            flags.push(MountFlag::FsName(self.source_name(backing)));
+        }
+        if !flags.iter().any(|m| matches!(m, MountFlag::Subtype(_))) {
+            flags.push(MountFlag::Subtype("kmsfs".into()));
+        }
+        SessionConfig {
+            flags,
+            access: self.access,
+            threads: SERVING_THREADS,
+        }
+    }
+
+    /// The source name of the mount: names the daemon, so `unmount` can wait for it.
+    pub fn source_name(&self, backing: &Path) -> String {
+        self.flags
+            .iter()
+            .find_map(|m| match m {
+                MountFlag::FsName(n) => Some(n.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| format!("kmsfs:{}:{}", std::process::id(), backing.display()))
+    }
+
+    /// mount(2) flags and fuse mount data for the options (as root).
+    pub fn kernel_mount_args(&self, fd: i32, rootmode: u32) -> (u64, String, String) {
+        let mut flags = 0u64;
+        if !self.has(&MountFlag::Suid) {
+            flags |= libc::MS_NOSUID;
+        }
+        if !self.has(&MountFlag::Dev) {
+            flags |= libc::MS_NODEV;
+        }
+        for (opt, f) in [
+            (MountFlag::ReadOnly, libc::MS_RDONLY),
+            (MountFlag::NoSuid, libc::MS_NOSUID),
+            (MountFlag::NoDev, libc::MS_NODEV),
+            (MountFlag::NoExec, libc::MS_NOEXEC),
+            (MountFlag::NoAtime, libc::MS_NOATIME),
+            (MountFlag::Sync, libc::MS_SYNCHRONOUS),
+            (MountFlag::DirSync, libc::MS_DIRSYNC),
+        ] {
+            if self.has(&opt) {
+                flags |= f;
+            }
+        }
+        let (uid, gid) = os::ids::ids();
+        // The daemon opens every backing file as root: the kernel checks permissions.
+        let mut data = format!(
+            "fd={fd},rootmode={rootmode:o},user_id={uid},group_id={gid},default_permissions"
+        );
+        if self.access != Access::Owner {
+            data.push_str(",allow_other");
+        }
+        let subtype = self
+            .flags
+            .iter()
+            .find_map(|m| match m {
+                MountFlag::Subtype(s) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "kmsfs".into());
+        (flags, data, format!("fuse.{subtype}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parse_and_refuse() {
+        let o = parse_options(&["ro,allow_other".into(), "default_permissions".into()]).unwrap();
+        assert!(o.read_only);
+        assert_eq!(o.access, Access::All);
+        assert_eq!(
+            o.flags,
+            vec![MountFlag::ReadOnly, MountFlag::DefaultPermissions]
+        );
+        assert!(parse_options(&["bogus".into()]).is_err());
+        assert!(parse_options(&["auto_unmount".into()]).is_err());
+    }
+
+    #[test]
+    fn kernel_mount_arguments() {
+        let o = parse_options(&["ro,allow_other,noexec".into()]).unwrap();
+        let (flags, data, ty) = o.kernel_mount_args(7, 0o40000);
+        let want = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        assert_eq!(flags, want);
+        assert!(data.starts_with("fd=7,rootmode=40000,"), "{data}");
+        assert!(data.ends_with(",default_permissions,allow_other"), "{data}");
+        assert_eq!(ty, "fuse.kmsfs");
+        let o = parse_options(&["suid,dev,subtype=x".into()]).unwrap();
+        let (flags, data, ty) = o.kernel_mount_args(3, 0o40000);
+        assert_eq!(flags, 0);
+        assert!(!data.contains("allow_other"));
+        assert_eq!(ty, "fuse.x");
+    }
+}

@@ -1,0 +1,141 @@
+//! Serving a mount: the filesystem is built, mounted (by mount(2) as root,
+//! else through fuser) and served until unmounted, while a signal thread
+//! turns SIGINT/SIGTERM/SIGHUP into a clean unmount.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+use super::options::{Options, parse_options};
+use super::{MountError, MountRequest, TTL};
+use crate::fs::{FsConfig, KmsFs, MountFlag, Session};
+use crate::logtext::escaped;
+use crate::os;
+
+/// Mounts and performs the FUSE handshake. As root we call mount(2) ourselves
+/// (type `fuse.kmsfs`) and hand fuser the connection, so that fuser never
+/// unmounts on its own: its drop-time unmount could hit a newer mount at the
+/// same place. Otherwise (or with auto_unmount) fuser mounts via fusermount3.
+fn new_session(fs: KmsFs, req: &MountRequest, o: &Options) -> std::io::Result<Session> {
+    let cfg = o.session_config(&req.backing);
+    if !os::ids::is_root() || o.has(&MountFlag::AutoUnmount) {
+        return Session::mount(fs, &req.mountpoint, &cfg);
+    }
+    let fd = os::mount::open_dev_fuse()?;
+    let rootmode =
+        std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(&req.mountpoint)?) & libc::S_IFMT;
+    let (flags, data, fstype) = o.kernel_mount_args(std::os::fd::AsRawFd::as_raw_fd(&fd), rootmode);
+    os::mount::mount(
+        &o.source_name(&req.backing),
+        &req.mountpoint,
+        &fstype,
+        flags,
+        &data,
+    )?;
+    Session::over_fd(fs, fd, &cfg).inspect_err(|_| {
+        let _ = os::mount::umount2(&req.mountpoint, libc::MNT_DETACH);
+    })
+}
+
+/// Mounts and serves until unmounted. `ready` is told once the mount is usable
+/// (or why it failed).
+pub(super) fn serve(
+    req: &MountRequest,
+    ready: &mut dyn FnMut(Result<(), String>),
+) -> Result<(), MountError> {
+    let o = parse_options(&req.options)?;
+    // Data keys and the unsealed keystore live in this process: no core dumps.
+    if let Err(e) = os::process::forbid_core_dumps() {
+        log::warn!("could not disable core dumps: {e}");
+    }
+    // Threads made from here on (fuser's) inherit the mask: only the signal
+    // thread below receives the stop signals.
+    os::process::block_stop_signals().map_err(|e| MountError::Io(format!("signal setup: {e}")))?;
+    let mut fs = KmsFs::new(FsConfig {
+        backing: req.backing.clone(),
+        ks: req.ks.clone(),
+        key_id: req.key_id.clone(),
+        read_only: o.read_only,
+        noatime: o.has(&MountFlag::NoAtime),
+        ttl: TTL,
+    })
+    .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;
+    fs.enter_backing()
+        .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;
+    let session = match new_session(fs, req, &o) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("mounting {} failed: {e}", req.mountpoint.display());
+            ready(Err(msg.clone()));
+            return Err(MountError::Io(msg));
+        }
+    };
+    log::info!(
+        "mounted {} on {}",
+        escaped(&req.backing),
+        escaped(&req.mountpoint)
+    );
+    ready(Ok(()));
+    let mp = req.mountpoint.clone();
+    std::thread::Builder::new()
+        .name("kmsfs-signals".into())
+        .spawn(move || stop_on_signal(&mp))
+        .map_err(|e| MountError::Io(format!("signal thread: {e}")))?;
+    let r = session.run();
+    log::info!("unmounted {}", escaped(&req.mountpoint));
+    r.map_err(|e| MountError::Io(format!("serving {}: {e}", req.mountpoint.display())))
+}
+
+fn stop_on_signal(mp: &Path) {
+    loop {
+        match os::process::wait_stop_signal() {
+            Ok(sig) => {
+                log::info!("signal {sig}: unmounting {}", escaped(mp));
+                // Unmounting writes back the kernel's dirty pages through us and
+                // then ends the session; with files still open, detach lazily.
+                if let Err(e) = os::mount::umount2(mp, 0) {
+                    log::info!("umount {}: {e}; detaching lazily", escaped(mp));
+                    if let Err(e) = os::mount::umount2(mp, libc::MNT_DETACH) {
+                        log::warn!("could not unmount {}: {e}", escaped(mp));
+                        continue;
+                    }
+                }
+                return;
+            }
+            Err(e) => {
+                log::warn!("waiting for signals failed: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// The forked daemon: leaves the terminal's session, serves, and tells the
+/// parent through `tx` once the mount is usable (or why it failed).
+pub(super) fn daemon_main(
+    req: &MountRequest,
+    log: Option<&File>,
+    mut tx: std::io::PipeWriter,
+) -> i32 {
+    if let Err(e) = os::process::setsid().and_then(|()| os::process::redirect_stdio(log)) {
+        let _ = write!(tx, "ERR cannot start the mount daemon: {e}");
+        return 1;
+    }
+    let mut tx = Some(tx);
+    let mut ready = |r: Result<(), String>| {
+        if let Some(mut t) = tx.take() {
+            let _ = match r {
+                Ok(()) => t.write_all(b"OK\n"),
+                Err(m) => write!(t, "ERR {m}"),
+            };
+        }
+    };
+    match serve(req, &mut ready) {
+        Ok(()) => 0,
+        Err(e) => {
+            ready(Err(e.to_string()));
+            log::error!("{e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! An encrypted file over a backing file: its header and wrapped data key,
+//! and block-wise positioned read/write with read-modify-write of partial
+//! blocks.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use super::{EnvelopeError, FileKey, file_context};
+use crate::crypto::random_array;
+use crate::format::{self, BLOCK_OVERHEAD, BLOCK_SIZE, FileId, HEADER_LEN, Header, Slot};
+use crate::kms::{Caller, DataKeySpec, KeyService};
+use crate::os;
+
+/// An open encrypted file: the backing file plus its data key, and the
+/// header that key was unwrapped from (or created with). Methods take
+/// `&self` and use positioned I/O; callers serialise writers against readers
+/// and each other (the mount holds a per-inode lock).
+#[derive(Debug)]
+pub struct EncryptedFile {
+    pub(super) file: File,
+    header: Header,
+    key: Arc<FileKey>,
+}
+
+impl EncryptedFile {
+    /// Makes `file` (empty, opened read-write) a new encrypted file: asks the
+    /// key service for a data key under `key_id` bound to a fresh file id and
+    /// writes the header.
+    pub fn create(
+        file: File,
+        ks: &dyn KeyService,
+        caller: &Caller,
+        key_id: &str,
+    ) -> Result<Self, EnvelopeError> {
+        let file_id: FileId =
+            random_array().map_err(|e| EnvelopeError::Io(std::io::Error::other(e)))?;
+        let dk =
+            ks.generate_data_key(caller, key_id, DataKeySpec::Aes256, &file_context(&file_id))?;
+        let header = Header::new(
+            file_id,
+            Slot {
+                seq: 1,
+                key_id: dk.key_id.clone(),
+                key_material_version: dk.key_material_version,
+                wrapped_key: dk.ciphertext_blob,
+            },
+        );
+        let bytes = header.encode()?;
+        file.write_all_at(&bytes, 0)?;
+        let key = FileKey::new(
+            file_id,
+            dk.key_id,
+            dk.key_material_version,
+            dk.plaintext.expose(),
+        )?;
+        Ok(Self {
+            file,
+            header,
+            key: Arc::new(key),
+        })
+    }
+
+    /// Reads and validates the header of a backing file.
+    pub fn read_header(file: &File) -> Result<Header, EnvelopeError> {
+        let mut buf = [0u8; HEADER_LEN as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match file.read_at(&mut buf[got..], got as u64)? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        Ok(Header::decode(&buf[..got])?)
+    }
+
+    /// Unwraps the data key of the header's current slot through the key service.
+    pub fn unwrap_key(
+        header: &Header,
+        ks: &dyn KeyService,
+        caller: &Caller,
+    ) -> Result<FileKey, EnvelopeError> {
+        let slot = header
+            .active()
+            .ok_or_else(|| EnvelopeError::CorruptHeader("no valid key slot".into()))?;
+        let d = ks.decrypt(
+            caller,
+            &slot.wrapped_key,
+            &file_context(&header.file_id),
+            None,
+        )?;
+        FileKey::new(
+            header.file_id,
+            d.key_id,
+            d.key_material_version,
+            d.plaintext.expose(),
+        )
+    }
+
+    /// Opens an existing encrypted file: reads the header and unwraps its key.
+    pub fn open(file: File, ks: &dyn KeyService, caller: &Caller) -> Result<Self, EnvelopeError> {
+        let header = Self::read_header(&file)?;
+        let key = Self::unwrap_key(&header, ks, caller)?;
+        Ok(Self::with_key(file, header, Arc::new(key)))
+    }
+
+    /// An encrypted file over `file` whose key, unwrapped from `header`, is
+    /// already known (a cached key).
+    pub fn with_key(file: File, header: Header, key: Arc<FileKey>) -> Self {
+        Self { file, header, key }
+    }
+
+    /// The header this file's data key came from (as read at open time:
+    /// the header on disk may have changed since).
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The file's data key.
+    pub fn key(&self) -> &Arc<FileKey> {
+        &self.key
+    }
+
+    /// The backing file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Plaintext size, from the backing file's size alone.
+    pub fn plain_size(&self) -> Result<u64, EnvelopeError> {
+        Ok(format::plain_size_from_backing(self.file.metadata()?.len()))
+    }
+
+    /// The plaintext size and whether the backing size is one kmsfs can
+    /// produce (false: the file was cut or extended outside kmsfs).
+    fn sized(&self) -> Result<(u64, bool), EnvelopeError> {
+        let len = self.file.metadata()?.len();
+        Ok((
+            format::plain_size_from_backing(len),
+            format::is_valid_backing_size(len),
+        ))
+    }
+
+    /// The error of a read that reaches the end of a file whose backing size
+    /// kmsfs cannot produce (cut or extended outside kmsfs).
+    fn damaged_end(size: u64) -> EnvelopeError {
+        EnvelopeError::CorruptBlock {
+            block: format::block_count(size),
+        }
+    }
+
+    /// The plaintext size, refusing (as every read reaching the end does) a
+    /// backing size that kmsfs cannot produce: for a reader of the whole file.
+    pub fn checked_plain_size(&self) -> Result<u64, EnvelopeError> {
+        match self.sized()? {
+            (size, true) => Ok(size),
+            (size, false) => Err(Self::damaged_end(size)),
+        }
+    }
+
+    /// Fails with EFBIG before anything is written when `end` is past the
+    /// largest file the backing file system can hold.
+    fn check_limit(end: u64) -> Result<(), EnvelopeError> {
+        if end > format::MAX_PLAIN_SIZE {
+            return Err(EnvelopeError::Io(std::io::Error::from_raw_os_error(
+                libc::EFBIG,
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads the stored blocks `first..first+count` of a file of `size`
+    /// plaintext bytes with one system call; returns the bytes read and the
+    /// stored length of each block.
+    fn read_stored(&self, first: u64, count: u64, size: u64) -> Result<Vec<u8>, EnvelopeError> {
+        let start = format::block_backing_offset(first);
+        let end = format::block_backing_offset(first + count - 1)
+            + format::stored_block_len(format::block_plain_len(first + count - 1, size));
+        let mut buf = vec![0u8; (end - start) as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match self.file.read_at(&mut buf[got..], start + got as u64)? {
+                0 => {
+                    return Err(EnvelopeError::CorruptBlock {
+                        block: first + count - 1,
+                    });
+                }
+                n => got += n,
+            }
+        }
+        Ok(buf)
+    }
+
+    /// Reads plaintext at `offset` into `buf`; returns the bytes read (short
+    /// only at end of file). Any block that fails authentication fails the read.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, EnvelopeError> {
+        let (size, valid) = self.sized()?;
+        if !valid && offset.saturating_add(buf.len() as u64) >= size {
+            // A read that reaches the end of a cut or extended file.
+            return Err(Self::damaged_end(size));
+        }
+        if offset >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let len = (buf.len() as u64).min(size - offset);
+        let final_block = format::block_count(size) - 1;
+        let spans: Vec<_> = format::split_range(offset, len).collect();
+        let (first, count) = (spans[0].block, spans.len() as u64);
+        let mut stored = Zeroizing::new(self.read_stored(first, count, size)?);
+        let mut pos = 0usize;
+        let mut out = 0usize;
+        for s in &spans {
+            let slen = format::stored_block_len(format::block_plain_len(s.block, size)) as usize;
+            let plain = self.key.open_block(
+                s.block,
+                s.block == final_block,
+                &mut stored[pos..pos + slen],
+            )?;
+            let piece = &plain[s.skip as usize..(s.skip + s.len) as usize];
+            buf[out..out + piece.len()].copy_from_slice(piece);
+            out += piece.len();
+            pos += slen;
+        }
+        Ok(out)
+    }
+
+    /// Decrypts block `index` of a file of `size` bytes (empty past the end).
+    fn read_block(&self, index: u64, size: u64) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+        if format::block_plain_len(index, size) == 0 {
+            return Ok(Zeroizing::new(Vec::new()));
+        }
+        let mut stored = Zeroizing::new(self.read_stored(index, 1, size)?);
+        let is_final = index + 1 == format::block_count(size);
+        let plain = self.key.open_block(index, is_final, &mut stored)?;
+        Ok(Zeroizing::new(plain.to_vec()))
+    }
+
+    /// Re-encrypts block `index` of a file of `size` bytes with its plaintext
+    /// zero-padded or cut to `new_len` bytes.
+    fn resize_block(&self, index: u64, size: u64, new_len: u64) -> Result<(), EnvelopeError> {
+        let mut plain = self.read_block(index, size)?;
+        plain.resize(new_len as usize, 0);
+        let mut out = Vec::with_capacity(plain.len() + BLOCK_OVERHEAD as usize);
+        self.key.seal_block(index, &plain, &mut out)?;
+        self.write_stored(index, &out)
+    }
+
+    /// Writes stored blocks starting at block `first`. The backing space is
+    /// reserved first, so that a full disk (ENOSPC) or a file-size limit
+    /// (EFBIG) fails before any byte changes: a write that stopped half-way
+    /// would leave a block that no longer authenticates.
+    fn write_stored(&self, first: u64, stored: &[u8]) -> Result<(), EnvelopeError> {
+        let start = format::block_backing_offset(first);
+        reserve(&self.file, start, stored.len() as u64)?;
+        self.file.write_all_at(stored, start)?;
+        Ok(())
+    }
+
+    /// Writes `data` at plaintext `offset`: partial blocks are read, merged
+    /// and re-encrypted; a gap past the old end reads as zeros. All blocks
+    /// go to the backing file in one system call.
+    pub fn write_at(&self, data: &[u8], offset: u64) -> Result<(), EnvelopeError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| EnvelopeError::Io(std::io::Error::from_raw_os_error(libc::EFBIG)))?;
+        Self::check_limit(end)?;
+        let (size, valid) = self.sized()?;
+        if !valid && end >= size {
+            return Err(EnvelopeError::CorruptBlock {
+                block: format::block_count(size),
+            });
+        }
+        let first = format::block_of(offset);
+        let new_size = size.max(end);
+        let mut out = Vec::with_capacity(data.len() + 2 * BLOCK_SIZE as usize);
+        let mut plain = Zeroizing::new(Vec::with_capacity(BLOCK_SIZE as usize));
+        let mut consumed = 0usize;
+        for s in format::split_range(offset, data.len() as u64) {
+            let new_len = format::block_plain_len(s.block, new_size);
+            let piece = &data[consumed..consumed + s.len as usize];
+            consumed += s.len as usize;
+            if s.skip == 0 && s.len == new_len {
+                self.key.seal_block(s.block, piece, &mut out)?;
+                continue;
+            }
+            let old = self.read_block(s.block, size)?;
+            plain.clear();
+            plain.extend_from_slice(&old);
+            plain.resize(new_len as usize, 0);
+            plain[s.skip as usize..(s.skip + s.len) as usize].copy_from_slice(piece);
+            self.key.seal_block(s.block, &plain, &mut out)?;
+        }
+        let result = self.write_stored(first, &out).and_then(|()| {
+            // A partial final block before the written range becomes a
+            // full block of zeros; whole blocks in between stay holes.
+            // Done after the new blocks are written, so that a write the
+            // backing file system refuses (EFBIG, ENOSPC) changes nothing.
+            let old_final = format::block_of(size);
+            if size % BLOCK_SIZE != 0 && old_final < first {
+                self.resize_block(old_final, size, BLOCK_SIZE)?;
+            }
+            Ok(())
+        });
+        if result.is_err() && end > size {
+            self.roll_back_to(size);
+        }
+        result
+    }
+
+    /// After a failed extension: cut the backing file back to a file of
+    /// `size` plaintext bytes (best effort; the caller reports the error).
+    fn roll_back_to(&self, size: u64) {
+        if let Err(e) = self.file.set_len(format::backing_size_from_plain(size)) {
+            log::warn!("could not roll back a failed extension: {e}");
+        }
+    }
+
+    /// Sets the plaintext size. Shrinking re-encrypts the new final block (and
+    /// so repairs a cut or extended file); growing pads the
+    /// old final block, leaves holes after it, and seals the new final block,
+    /// which is never a hole (see `open_block`).
+    pub fn set_len(&self, new_size: u64) -> Result<(), EnvelopeError> {
+        Self::check_limit(new_size)?;
+        let (size, valid) = self.sized()?;
+        if new_size == size && valid {
+            return Ok(());
+        }
+        if new_size <= size {
+            if new_size > 0 {
+                // Re-seal the new final block: cut to its new length, or, if
+                // it was a hole, sealed so that it is not one any more.
+                let last = format::block_count(new_size) - 1;
+                self.resize_block(last, size, format::block_plain_len(last, new_size))?;
+            }
+            self.file
+                .set_len(format::backing_size_from_plain(new_size))?;
+            return Ok(());
+        }
+        if !valid {
+            return Err(EnvelopeError::CorruptBlock {
+                block: format::block_count(size),
+            });
+        }
+        let old_final = format::block_of(size);
+        let new_final = format::block_count(new_size) - 1;
+        if size % BLOCK_SIZE != 0 && old_final == new_final {
+            // The partial final block stays final: pad it to the new size.
+            return self.resize_block(
+                old_final,
+                size,
+                format::block_plain_len(old_final, new_size),
+            );
+        }
+        // Seal the new final block first (writing it sets the backing size;
+        // the blocks before it are holes), then pad the old partial final
+        // block to a full one. A refusal (EFBIG, ENOSPC) changes nothing.
+        let zeros = Zeroizing::new(vec![
+            0u8;
+            format::block_plain_len(new_final, new_size) as usize
+        ]);
+        let mut out = Vec::with_capacity(zeros.len() + BLOCK_OVERHEAD as usize);
+        self.key.seal_block(new_final, &zeros, &mut out)?;
+        let result = self.write_stored(new_final, &out).and_then(|()| {
+            if size % BLOCK_SIZE != 0 {
+                self.resize_block(old_final, size, BLOCK_SIZE)?;
+            }
+            Ok(())
+        });
+        if result.is_err() {
+            self.roll_back_to(size);
+        }
+        result
+    }
+
+    /// Flushes data (and metadata unless `data_only`) to stable storage.
+    pub fn sync(&self, data_only: bool) -> Result<(), EnvelopeError> {
+        if data_only {
+            self.file.sync_data()?;
+        } else {
+            self.file.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+/// fallocate(KEEP_SIZE) of `len` bytes at `offset`: allocates without
+/// changing the file size. A file system without fallocate skips it.
+fn reserve(file: &File, offset: u64, len: u64) -> Result<(), EnvelopeError> {
+    match os::space::fallocate(file, libc::FALLOC_FL_KEEP_SIZE, offset, len) {
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+        r => Ok(r?),
+    }
+}

@@ -1,0 +1,542 @@
+//! Unit tests of the encrypted file, and `TestKeys`, the one-key service
+//! that fs's unit tests use as well.
+
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::*;
+use crate::crypto::{AeadKey, Key256, random_array};
+use crate::format::{self, BLOCK_SIZE};
+use crate::kms::{
+    Caller, DataKey, DataKeySpec, Decrypted, Encrypted, KeyMetadata, KeyOrigin, KeyService,
+    KeyState,
+};
+
+/// A one-key service for unit tests: wraps with AES-GCM, AAD = context.
+pub(crate) struct TestKeys {
+    key: AeadKey,
+    pub(crate) refuse: AtomicBool,
+}
+
+impl TestKeys {
+    pub(crate) fn new() -> Self {
+        Self {
+            key: AeadKey::new(&Key256::random().unwrap()),
+            refuse: AtomicBool::new(false),
+        }
+    }
+    fn check(&self) -> Result<(), KmsError> {
+        if self.refuse.load(Ordering::SeqCst) {
+            return Err(KmsError::Disabled {
+                key_id: "test".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl KeyService for TestKeys {
+    fn generate_data_key(
+        &self,
+        _: &Caller,
+        key_id: &str,
+        spec: DataKeySpec,
+        ctx: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        self.check()?;
+        let p = crate::crypto::SecretBytes::random(spec.byte_len()?).unwrap();
+        Ok(DataKey {
+            key_id: key_id.into(),
+            key_material_version: 1,
+            ciphertext_blob: self.key.seal(&ctx.encode(), p.expose()).unwrap(),
+            plaintext: p,
+        })
+    }
+    fn decrypt(
+        &self,
+        _: &Caller,
+        blob: &[u8],
+        ctx: &EncryptionContext,
+        _: Option<&str>,
+    ) -> Result<Decrypted, KmsError> {
+        self.check()?;
+        let plaintext = self
+            .key
+            .open(&ctx.encode(), blob)
+            .map_err(|_| KmsError::invalid_ciphertext("bad blob".into()))?;
+        Ok(Decrypted {
+            key_id: "test".into(),
+            key_material_version: 1,
+            plaintext,
+        })
+    }
+    fn encrypt(
+        &self,
+        _: &Caller,
+        key_id: &str,
+        plaintext: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<Encrypted, KmsError> {
+        self.check()?;
+        Ok(Encrypted {
+            key_id: key_id.into(),
+            ciphertext_blob: self.key.seal(&ctx.encode(), plaintext).unwrap(),
+            source_key_id: None,
+        })
+    }
+    fn re_encrypt(
+        &self,
+        caller: &Caller,
+        blob: &[u8],
+        source_ctx: &EncryptionContext,
+        destination_key_id: &str,
+        destination_ctx: &EncryptionContext,
+    ) -> Result<Encrypted, KmsError> {
+        let source = self.decrypt(caller, blob, source_ctx, None)?;
+        let again = self.encrypt(
+            caller,
+            destination_key_id,
+            source.plaintext.expose(),
+            destination_ctx,
+        )?;
+        Ok(Encrypted {
+            source_key_id: Some(source.key_id),
+            ..again
+        })
+    }
+    /// Any key id names the one key; disabled while `refuse` is set.
+    fn describe_key(&self, _: &Caller, key_id: &str) -> Result<KeyMetadata, KmsError> {
+        let enabled = !self.refuse.load(Ordering::SeqCst);
+        Ok(KeyMetadata {
+            key_id: key_id.into(),
+            arn: format!("arn:kmsfs:kms:local:test:key/{key_id}"),
+            description: "unit-test key".into(),
+            creation_date: 0,
+            key_state: if enabled {
+                KeyState::Enabled
+            } else {
+                KeyState::Disabled
+            },
+            enabled,
+            deletion_date: None,
+            pending_deletion_window_in_days: None,
+            origin: KeyOrigin::Kms,
+            key_usage: "ENCRYPT_DECRYPT",
+            key_spec: "SYMMETRIC_DEFAULT",
+            current_key_material_version: 1,
+            expiration_model: None,
+            valid_to: None,
+        })
+    }
+    fn generation(&self) -> u64 {
+        0
+    }
+}
+
+const CALLER: Caller = Caller {
+    uid: 0,
+    gid: 0,
+    pid: 0,
+};
+
+/// The test service is a whole one-key service: what it encrypts opens
+/// only under the same context, ReEncrypt moves a blob to another
+/// context, and `refuse` disables the key for every operation.
+#[test]
+fn test_keys_serve_every_operation() {
+    let ks = TestKeys::new();
+    let (a, b) = (
+        EncryptionContext::with("file", "a"),
+        EncryptionContext::with("file", "b"),
+    );
+    let blob = ks.encrypt(&CALLER, "k", b"secret", &a).unwrap();
+    assert_eq!(blob.key_id, "k");
+    let open = |blob: &[u8], ctx| ks.decrypt(&CALLER, blob, ctx, None);
+    assert_eq!(
+        open(&blob.ciphertext_blob, &a).unwrap().plaintext.expose(),
+        b"secret"
+    );
+    assert!(open(&blob.ciphertext_blob, &b).is_err());
+    let moved = ks
+        .re_encrypt(&CALLER, &blob.ciphertext_blob, &a, "k2", &b)
+        .unwrap();
+    assert_eq!(
+        (moved.key_id.as_str(), moved.source_key_id.as_deref()),
+        ("k2", Some("test"))
+    );
+    assert_eq!(
+        open(&moved.ciphertext_blob, &b).unwrap().plaintext.expose(),
+        b"secret"
+    );
+    assert!(open(&moved.ciphertext_blob, &a).is_err());
+    assert_eq!(
+        ks.describe_key(&CALLER, "k").unwrap().key_state,
+        KeyState::Enabled
+    );
+    ks.refuse.store(true, Ordering::SeqCst);
+    assert_eq!(
+        ks.describe_key(&CALLER, "k").unwrap().key_state,
+        KeyState::Disabled
+    );
+    assert!(ks.encrypt(&CALLER, "k", b"x", &a).is_err());
+    assert!(
+        ks.re_encrypt(&CALLER, &moved.ciphertext_blob, &b, "k", &a)
+            .is_err()
+    );
+}
+
+fn temp_file(dir: &std::path::Path, name: &str) -> File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.join(name))
+        .unwrap()
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "kmsfs-envelope-{}-{}",
+        std::process::id(),
+        u64::from_be_bytes(random_array().unwrap())
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A deterministic generator for test data and operations.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn check_model(f: &EncryptedFile, model: &[u8]) {
+    assert_eq!(f.plain_size().unwrap(), model.len() as u64);
+    let mut buf = vec![0u8; model.len() + 10];
+    let n = f.read_at(&mut buf, 0).unwrap();
+    assert_eq!(n, model.len());
+    assert!(buf[..n] == *model, "content differs from model");
+    let backing = f.file().metadata().unwrap().len();
+    assert_eq!(backing, format::backing_size_from_plain(model.len() as u64));
+}
+
+#[test]
+fn random_operations_match_a_model() {
+    let ks = TestKeys::new();
+    let dir = tempdir();
+    let f = EncryptedFile::create(temp_file(&dir, "a"), &ks, &CALLER, "k").unwrap();
+    let mut model: Vec<u8> = Vec::new();
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for step in 0..3000 {
+        match rng.below(10) {
+            0 => {
+                let len = rng.below(3 * BLOCK_SIZE) as usize;
+                f.set_len(len as u64).unwrap();
+                model.resize(len, 0);
+            }
+            1..=6 => {
+                let off = rng.below(model.len() as u64 + 2 * BLOCK_SIZE) as usize;
+                let len = 1 + rng.below(2 * BLOCK_SIZE + 100) as usize;
+                let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                f.write_at(&data, off as u64).unwrap();
+                if model.len() < off + len {
+                    model.resize(off + len, 0);
+                }
+                model[off..off + len].copy_from_slice(&data);
+            }
+            _ => {
+                let off = rng.below(model.len() as u64 + 10);
+                let len = rng.below(2 * BLOCK_SIZE) as usize;
+                let mut buf = vec![0u8; len];
+                let n = f.read_at(&mut buf, off).unwrap();
+                let lo = (off as usize).min(model.len());
+                let hi = (lo + len).min(model.len());
+                assert_eq!(&buf[..n], &model[lo..hi], "step {step}");
+            }
+        }
+        if step % 100 == 0 {
+            check_model(&f, &model);
+        }
+    }
+    check_model(&f, &model);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn sizes_round_trip_through_seal_and_unseal() {
+    let ks = TestKeys::new();
+    let dir = tempdir();
+    for size in [0usize, 1, 4095, 4096, 4097, (1 << 20) + 1] {
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
+        let n = seal(&mut &data[..], temp_file(&dir, "s"), &ks, &CALLER, "k").unwrap();
+        assert_eq!(n as usize, size);
+        let backing = std::fs::read(dir.join("s")).unwrap();
+        assert_eq!(
+            backing.len() as u64,
+            format::backing_size_from_plain(size as u64)
+        );
+        let mut out = Vec::new();
+        let f = File::open(dir.join("s")).unwrap();
+        assert_eq!(unseal(f, &mut out, &ks, &CALLER).unwrap() as usize, size);
+        assert!(out == data, "size {size}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn ciphertext_is_not_plaintext_and_tampering_is_detected() {
+    let ks = TestKeys::new();
+    let dir = tempdir();
+    let marker = b"MARKER-0123456789-PLAINTEXT".repeat(400);
+    seal(&mut &marker[..], temp_file(&dir, "s"), &ks, &CALLER, "k").unwrap();
+    let path = dir.join("s");
+    let clean = std::fs::read(&path).unwrap();
+    assert!(!clean.windows(16).any(|w| w == &marker[..16]));
+
+    // A flipped byte in block 1 fails block 1 only.
+    let mut bad = clean.clone();
+    bad[format::block_backing_offset(1) as usize + 100] ^= 0x01;
+    std::fs::write(&path, &bad).unwrap();
+    let f = EncryptedFile::open(File::open(&path).unwrap(), &ks, &CALLER).unwrap();
+    let mut buf = vec![0u8; 4096];
+    assert_eq!(f.read_at(&mut buf, 0).unwrap(), 4096);
+    assert!(matches!(
+        f.read_at(&mut buf, 4096),
+        Err(EnvelopeError::CorruptBlock { block: 1 })
+    ));
+
+    // Swapped blocks 0 and 1.
+    let mut swapped = clean.clone();
+    let (a, b) = (
+        format::block_backing_offset(0) as usize,
+        format::block_backing_offset(1) as usize,
+    );
+    let n = format::CIPHER_BLOCK_SIZE as usize;
+    let blk0 = clean[a..a + n].to_vec();
+    swapped[a..a + n].copy_from_slice(&clean[b..b + n]);
+    swapped[b..b + n].copy_from_slice(&blk0);
+    std::fs::write(&path, &swapped).unwrap();
+    let f = EncryptedFile::open(File::open(&path).unwrap(), &ks, &CALLER).unwrap();
+    assert!(matches!(
+        f.read_at(&mut buf, 0),
+        Err(EnvelopeError::CorruptBlock { block: 0 })
+    ));
+
+    // A truncated last block.
+    std::fs::write(&path, &clean[..clean.len() - 1]).unwrap();
+    let f = EncryptedFile::open(File::open(&path).unwrap(), &ks, &CALLER).unwrap();
+    let last = format::block_of(f.plain_size().unwrap());
+    assert!(matches!(
+        f.read_at(&mut buf, last * BLOCK_SIZE),
+        Err(EnvelopeError::CorruptBlock { .. })
+    ));
+
+    // A header whose file id changed no longer verifies.
+    let mut hdr = clean.clone();
+    hdr[20] ^= 1;
+    std::fs::write(&path, &hdr).unwrap();
+    assert!(matches!(
+        EncryptedFile::open(File::open(&path).unwrap(), &ks, &CALLER),
+        Err(EnvelopeError::CorruptHeader(_))
+    ));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn blocks_from_another_file_are_refused() {
+    let ks = TestKeys::new();
+    let dir = tempdir();
+    let data = vec![5u8; 8192];
+    seal(&mut &data[..], temp_file(&dir, "a"), &ks, &CALLER, "k").unwrap();
+    seal(&mut &data[..], temp_file(&dir, "b"), &ks, &CALLER, "k").unwrap();
+    let a = std::fs::read(dir.join("a")).unwrap();
+    let mut b = std::fs::read(dir.join("b")).unwrap();
+    let off = format::block_backing_offset(0) as usize;
+    b[off..off + 4124].copy_from_slice(&a[off..off + 4124]);
+    std::fs::write(dir.join("b"), &b).unwrap();
+    let f = EncryptedFile::open(File::open(dir.join("b")).unwrap(), &ks, &CALLER).unwrap();
+    let mut buf = vec![0u8; 4096];
+    assert!(matches!(
+        f.read_at(&mut buf, 0),
+        Err(EnvelopeError::CorruptBlock { block: 0 })
+    ));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn refusal_of_the_key_service_passes_through() {
+    let ks = TestKeys::new();
+    let dir = tempdir();
+    seal(&mut &b"x"[..], temp_file(&dir, "a"), &ks, &CALLER, "k").unwrap();
+    ks.refuse.store(true, Ordering::SeqCst);
+    let e = EncryptedFile::open(File::open(dir.join("a")).unwrap(), &ks, &CALLER).unwrap_err();
+    assert!(matches!(e, EnvelopeError::Kms(ref k) if k.is_access_refusal()));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn cut_or_zero_extended_files_fail_at_their_end() {
+    let ks = TestKeys::new();
+    let dir = tempdir();
+    let data: Vec<u8> = (0..8192u32).map(|i| i as u8).collect();
+    seal(
+        &mut &data[..4100],
+        temp_file(&dir, "cut"),
+        &ks,
+        &CALLER,
+        "k",
+    )
+    .unwrap();
+    seal(&mut &data[..], temp_file(&dir, "ext"), &ks, &CALLER, "k").unwrap();
+    let open = |name: &str| {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join(name))
+            .unwrap();
+        EncryptedFile::open(f, &ks, &CALLER).unwrap()
+    };
+    // Cut 1 to 28 bytes into the final block: what is left cannot be a block.
+    for cut in [1u64, 5, 27] {
+        let f = open("cut");
+        let len = f.file().metadata().unwrap().len();
+        f.file().set_len(len - cut).unwrap();
+        let mut buf = vec![0u8; 8192];
+        assert_eq!(
+            f.read_at(&mut buf[..100], 0).unwrap(),
+            100,
+            "the start still reads"
+        );
+        assert!(matches!(
+            f.read_at(&mut buf, 0),
+            Err(EnvelopeError::CorruptBlock { block: 1 })
+        ));
+        let mut out = Vec::new();
+        assert!(unseal(File::open(dir.join("cut")).unwrap(), &mut out, &ks, &CALLER).is_err());
+        f.file().set_len(len).unwrap();
+    }
+    // Zeros appended: a partial or a whole zero block at the end.
+    for extra in [500u64, format::CIPHER_BLOCK_SIZE] {
+        let f = open("ext");
+        let len = f.file().metadata().unwrap().len();
+        f.file().set_len(len + extra).unwrap();
+        let mut buf = vec![0u8; 3 * 4096];
+        assert!(matches!(
+            f.read_at(&mut buf, 0),
+            Err(EnvelopeError::CorruptBlock { block: 2 })
+        ));
+        assert!(
+            f.write_at(b"x", 8192 + 10).is_err(),
+            "writes past a damaged end are refused"
+        );
+        f.file().set_len(len).unwrap();
+        assert_eq!(f.read_at(&mut buf, 0).unwrap(), 8192);
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_hole_that_becomes_the_final_block_is_sealed() {
+    let ks = TestKeys::new();
+    let dir = tempdir();
+    let f = EncryptedFile::create(temp_file(&dir, "h"), &ks, &CALLER, "k").unwrap();
+    f.write_at(b"head", 0).unwrap();
+    f.write_at(b"tail", 10 * BLOCK_SIZE).unwrap();
+    // Blocks 1..=9 are holes; cut the file inside and at the end of them.
+    for size in [8 * BLOCK_SIZE, 5 * BLOCK_SIZE + 7, 2 * BLOCK_SIZE] {
+        f.set_len(size).unwrap();
+        let mut buf = vec![9u8; size as usize];
+        assert_eq!(f.read_at(&mut buf, 0).unwrap(), size as usize);
+        assert_eq!(&buf[..4], b"head");
+        assert!(buf[4..].iter().all(|&b| b == 0));
+    }
+    // Growing seals the new final block too, whole or partial.
+    for size in [20 * BLOCK_SIZE, 30 * BLOCK_SIZE + 1] {
+        f.set_len(size).unwrap();
+        let mut buf = vec![9u8; 4096];
+        let last = format::block_count(size) - 1;
+        let n = f.read_at(&mut buf, last * BLOCK_SIZE).unwrap();
+        assert_eq!(n as u64, format::block_plain_len(last, size));
+        assert!(buf[..n].iter().all(|&b| b == 0));
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn writes_past_the_size_limit_change_nothing() {
+    let ks = TestKeys::new();
+    let dir = tempdir();
+    let f = EncryptedFile::create(temp_file(&dir, "big"), &ks, &CALLER, "k").unwrap();
+    f.write_at(b"0123456789", 0).unwrap();
+    let before = std::fs::read(dir.join("big")).unwrap();
+    // Past what kmsfs allows: refused before anything is written.
+    for off in [u64::MAX - 3, format::MAX_PLAIN_SIZE] {
+        let e = f.write_at(b"x", off).unwrap_err();
+        assert!(
+            matches!(e, EnvelopeError::Io(ref io) if io.raw_os_error() == Some(libc::EFBIG)),
+            "{e}"
+        );
+    }
+    assert!(f.set_len(format::MAX_PLAIN_SIZE + 1).is_err());
+    assert!(
+        std::fs::read(dir.join("big")).unwrap() == before,
+        "file changed"
+    );
+    // Past what the backing file system allows (ext4: 16 TiB): whatever
+    // it refuses must leave the file as it was.
+    for off in [1u64 << 50, 1u64 << 62] {
+        if f.write_at(b"x", off).is_err() {
+            assert!(
+                std::fs::read(dir.join("big")).unwrap() == before,
+                "changed at {off}"
+            );
+        } else {
+            f.set_len(10).unwrap();
+        }
+        if f.set_len(off).is_err() {
+            assert!(
+                std::fs::read(dir.join("big")).unwrap() == before,
+                "changed at {off}"
+            );
+        } else {
+            f.set_len(10).unwrap();
+        }
+    }
+    let mut buf = [0u8; 16];
+    assert_eq!(f.read_at(&mut buf, 0).unwrap(), 10);
+    assert_eq!(&buf[..10], b"0123456789");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn holes_read_as_zeros_and_stay_sparse() {
+    let ks = TestKeys::new();
+    let dir = tempdir();
+    let f = EncryptedFile::create(temp_file(&dir, "h"), &ks, &CALLER, "k").unwrap();
+    f.write_at(b"abc", 0).unwrap();
+    f.set_len(100 * BLOCK_SIZE + 5).unwrap();
+    f.write_at(b"end", 100 * BLOCK_SIZE + 5).unwrap();
+    let mut buf = vec![1u8; 8192];
+    assert_eq!(f.read_at(&mut buf, 0).unwrap(), 8192);
+    assert_eq!(&buf[..3], b"abc");
+    assert!(buf[3..].iter().all(|&b| b == 0));
+    let mut tail = [0u8; 8];
+    assert_eq!(f.read_at(&mut tail, 100 * BLOCK_SIZE).unwrap(), 8);
+    assert_eq!(&tail, b"\0\0\0\0\0end");
+    use std::os::unix::fs::MetadataExt;
+    let blocks = f.file().metadata().unwrap().blocks();
+    assert!(
+        blocks * 512 < 40 * 4096,
+        "holes were written out: {blocks} sectors"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
