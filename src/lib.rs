@@ -37,7 +37,7 @@
 //! # Ok(())
 //! # }
 //! ```
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub)]
 // Unsafe code lives in `os` alone; everywhere else it is an error.
 #![deny(unsafe_code)]
 
@@ -52,3 +52,14 @@ pub mod logtext;
 #[allow(unsafe_code)]
 mod os;
 pub mod trust;
+
+// The library API in one flat list: what a program embedding kmsfs needs,
+// whichever layer it lives in. The layer modules stay public for the
+// documentation of their parts and for the fuzz targets and tests.
+pub use crate::daemon::{MountError, MountRequest, mount, unmount};
+pub use crate::envelope::{EncryptedFile, EnvelopeError, FileKey, seal, unseal};
+pub use crate::fs::{FsConfig, FsError, KmsFs};
+pub use crate::kms::{
+    Caller, CreateMode, EncryptionContext, KeyMetadata, KeyService, KeyState, KmsError,
+    LocalKeyStore,
+};

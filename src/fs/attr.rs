@@ -97,7 +97,7 @@ pub(super) fn time(secs: i64, nsecs: i64) -> SystemTime {
 
 /// Attributes of FUSE inode `ino` from its backing file's metadata: regular
 /// files report their plaintext size, computed from the backing size alone.
-pub fn attr_of(ino: u64, m: &Metadata) -> Attr {
+pub(super) fn attr_of(ino: u64, m: &Metadata) -> Attr {
     let kind = Kind::from_std(m.file_type());
     let (size, blocks) = if kind == Kind::RegularFile {
         let plain = format::stat_size_from_backing(m.len());

@@ -32,7 +32,7 @@ pub struct DirEntry {
 
 /// One opendir handle.
 #[derive(Debug)]
-pub struct DirHandle {
+pub(super) struct DirHandle {
     ino: u64,
     dir: File,
     entries: Mutex<Arc<Vec<DirEntry>>>,
@@ -41,7 +41,7 @@ pub struct DirHandle {
 impl DirHandle {
     /// The entries a readdir at `offset` serves from: listed afresh at 0,
     /// else the snapshot of the listing under way.
-    pub fn entries(&self, offset: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
+    pub(super) fn entries(&self, offset: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
         let mut snapshot = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if offset == 0 {
             *snapshot = Arc::new(list(&self.dir)?);
@@ -69,7 +69,7 @@ fn list(dir: &File) -> Result<Vec<DirEntry>, FsError> {
 
 /// Every open directory handle.
 #[derive(Debug)]
-pub struct DirTable {
+pub(super) struct DirTable {
     map: Mutex<HashMap<u64, Arc<DirHandle>>>,
     next: AtomicU64,
 }
@@ -89,7 +89,7 @@ impl DirTable {
     }
 
     /// A new handle on directory `dir`, FUSE inode `ino`.
-    pub fn open(&self, ino: u64, dir: File) -> u64 {
+    pub(super) fn open(&self, ino: u64, dir: File) -> u64 {
         let fh = self.next.fetch_add(1, Ordering::Relaxed);
         let h = DirHandle {
             ino,
@@ -101,23 +101,23 @@ impl DirTable {
     }
 
     /// Handle `fh` (EBADF when unknown).
-    pub fn get(&self, fh: u64) -> Result<Arc<DirHandle>, FsError> {
+    pub(super) fn get(&self, fh: u64) -> Result<Arc<DirHandle>, FsError> {
         self.lock().get(&fh).cloned().ok_or(FsError::NotOpen)
     }
 
     /// fstat of some open handle of directory `ino`, if there is one.
-    pub fn metadata(&self, ino: u64) -> Option<Result<Metadata, FsError>> {
+    pub(super) fn metadata(&self, ino: u64) -> Option<Result<Metadata, FsError>> {
         let h = self.lock().values().find(|h| h.ino == ino).cloned()?;
         Some(h.dir.metadata().map_err(FsError::from))
     }
 
     /// Closes handle `fh`.
-    pub fn release(&self, fh: u64) {
+    pub(super) fn release(&self, fh: u64) {
         self.lock().remove(&fh);
     }
 
     /// Closes every handle (unmount).
-    pub fn clear(&self) {
+    pub(super) fn clear(&self) {
         self.lock().clear();
     }
 }

@@ -18,7 +18,7 @@ use crate::kms::Caller;
 use crate::os;
 
 /// Largest write the kernel may send (the kernel here caps it at 1 MiB).
-pub const MAX_WRITE: u32 = 1 << 20;
+pub(super) const MAX_WRITE: u32 = 1 << 20;
 
 /// True when two headers hold the same file id and current wrapped key (so
 /// an open authorized against one may be served by a key from the other).

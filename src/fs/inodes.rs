@@ -11,14 +11,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The FUSE root inode number.
-pub const ROOT_INO: u64 = 1;
+pub(super) const ROOT_INO: u64 = 1;
 
 /// Identity of a backing file: device, inode number, and its incarnation
 /// (file type and birth time, see `core::backing_key`). The incarnation tells
 /// apart a file from a later one that reuses its inode number after an unlink,
 /// while the kernel may still hold the old node: handing the kernel the old
 /// FUSE inode for a file of another type makes it mark the inode bad.
-pub type BackingKey = (u64, u64, u64);
+pub(super) type BackingKey = (u64, u64, u64);
 
 #[derive(Debug)]
 struct Node {
@@ -31,7 +31,7 @@ struct Node {
 
 /// The table. Not thread-safe by itself: the filesystem keeps it in a mutex.
 #[derive(Debug)]
-pub struct InodeTable {
+pub(super) struct InodeTable {
     nodes: HashMap<u64, Node>,
     by_key: HashMap<BackingKey, u64>,
     /// Every known name to its node: unlink and file renames cost O(1).
@@ -41,7 +41,7 @@ pub struct InodeTable {
 
 impl InodeTable {
     /// A table with the root (relative path "") for a backing root with `key`.
-    pub fn new(root_key: BackingKey) -> Self {
+    pub(super) fn new(root_key: BackingKey) -> Self {
         let mut nodes = HashMap::new();
         nodes.insert(
             ROOT_INO,
@@ -66,7 +66,7 @@ impl InodeTable {
 
     /// The current relative path of `ino`, if it still has a name.
     #[cfg(test)]
-    pub fn path(&self, ino: u64) -> Option<&Path> {
+    pub(super) fn path(&self, ino: u64) -> Option<&Path> {
         self.nodes
             .get(&ino)
             .and_then(|n| n.paths.first())
@@ -75,20 +75,20 @@ impl InodeTable {
 
     /// The current relative path of `ino`, if it still has a name, and the
     /// identity of the backing file it stands for.
-    pub fn node(&self, ino: u64) -> Option<(&Path, BackingKey)> {
+    pub(super) fn node(&self, ino: u64) -> Option<(&Path, BackingKey)> {
         let n = self.nodes.get(&ino)?;
         Some((n.paths.first()?.as_path(), n.key))
     }
 
     /// True when `ino` is known.
     #[cfg(test)]
-    pub fn contains(&self, ino: u64) -> bool {
+    pub(super) fn contains(&self, ino: u64) -> bool {
         self.nodes.contains_key(&ino)
     }
 
     /// Finds or creates the node for the backing file `key` reached by `path`,
     /// without taking a lookup reference. `path` becomes its preferred name.
-    pub fn resolve(&mut self, path: &Path, key: BackingKey, is_dir: bool) -> u64 {
+    pub(super) fn resolve(&mut self, path: &Path, key: BackingKey, is_dir: bool) -> u64 {
         if let Some(&ino) = self.by_key.get(&key)
             && let Some(n) = self.nodes.get_mut(&ino)
         {
@@ -142,14 +142,14 @@ impl InodeTable {
     }
 
     /// Takes one lookup reference on `ino` (the kernel now knows it).
-    pub fn add_lookup(&mut self, ino: u64) {
+    pub(super) fn add_lookup(&mut self, ino: u64) {
         if let Some(n) = self.nodes.get_mut(&ino) {
             n.lookups += 1;
         }
     }
 
     /// `resolve` plus one lookup reference: what a reply with an entry needs.
-    pub fn lookup(&mut self, path: &Path, key: BackingKey, is_dir: bool) -> u64 {
+    pub(super) fn lookup(&mut self, path: &Path, key: BackingKey, is_dir: bool) -> u64 {
         let ino = self.resolve(path, key, is_dir);
         self.add_lookup(ino);
         ino
@@ -157,7 +157,7 @@ impl InodeTable {
 
     /// Drops `n` lookup references; the node goes when none are left.
     /// Returns true when the node was removed.
-    pub fn forget(&mut self, ino: u64, n: u64) -> bool {
+    pub(super) fn forget(&mut self, ino: u64, n: u64) -> bool {
         if ino == ROOT_INO {
             return false;
         }
@@ -184,7 +184,7 @@ impl InodeTable {
 
     /// The name `path` is gone (unlink, rmdir, or replaced by a rename).
     /// (A directory can only go when empty, so no name under it is left.)
-    pub fn remove_path(&mut self, path: &Path) {
+    pub(super) fn remove_path(&mut self, path: &Path) {
         self.unindex(path);
     }
 
@@ -198,13 +198,13 @@ impl InodeTable {
     }
 
     /// `from` was renamed to `to` (replacing whatever `to` was).
-    pub fn rename(&mut self, from: &Path, to: &Path) {
+    pub(super) fn rename(&mut self, from: &Path, to: &Path) {
         self.remove_path(to);
         self.move_name(from, to);
     }
 
     /// `a` and `b` were exchanged (RENAME_EXCHANGE).
-    pub fn exchange(&mut self, a: &Path, b: &Path) {
+    pub(super) fn exchange(&mut self, a: &Path, b: &Path) {
         let tmp = PathBuf::from("\0kmsfs-exchange");
         self.move_name(a, &tmp);
         self.move_name(b, a);
@@ -242,7 +242,7 @@ impl InodeTable {
     }
 
     /// Adds another name of `ino` (a new hard link).
-    pub fn add_path(&mut self, ino: u64, path: &Path) {
+    pub(super) fn add_path(&mut self, ino: u64, path: &Path) {
         if let Some(n) = self.nodes.get_mut(&ino)
             && !n.paths.iter().any(|p| p == path)
         {
@@ -253,7 +253,7 @@ impl InodeTable {
 
     /// Number of nodes.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.nodes.len()
     }
 }

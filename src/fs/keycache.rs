@@ -38,7 +38,7 @@ struct Inner {
 
 /// The cache; cheap to share behind `&`.
 #[derive(Debug)]
-pub struct KeyCache {
+pub(super) struct KeyCache {
     inner: Mutex<Inner>,
     max_entries: usize,
     max_age: Duration,
@@ -52,12 +52,12 @@ impl Default for KeyCache {
 
 impl KeyCache {
     /// An empty cache with the default limits.
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self::default()
     }
 
     /// An empty cache with other limits.
-    pub fn with_limits(max_entries: usize, max_age: Duration) -> Self {
+    pub(super) fn with_limits(max_entries: usize, max_age: Duration) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
             max_entries: max_entries.max(1),
@@ -81,7 +81,7 @@ impl KeyCache {
 
     /// The cached key, if the key service is still at `generation` and the
     /// entry is younger than `MAX_AGE`. A new generation empties the cache.
-    pub fn get(
+    pub(super) fn get(
         &self,
         generation: u64,
         file_id: &FileId,
@@ -108,7 +108,7 @@ impl KeyCache {
     /// Remembers a key unwrapped at `generation` (a different generation
     /// empties the cache first, so a stale entry never outlives a change);
     /// evicts the oldest entry when full.
-    pub fn insert(
+    pub(super) fn insert(
         &self,
         generation: u64,
         file_id: &FileId,
@@ -137,12 +137,12 @@ impl KeyCache {
     }
 
     /// Drops every key (unmount).
-    pub fn clear(&self) {
+    pub(super) fn clear(&self) {
         self.lock().map.clear();
     }
 
     /// Number of cached keys.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.lock().map.len()
     }
 }

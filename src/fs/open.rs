@@ -103,13 +103,13 @@ struct Entry {
 
 /// All open inodes.
 #[derive(Debug, Default)]
-pub struct OpenTable {
+pub(super) struct OpenTable {
     map: Mutex<HashMap<u64, Entry>>,
 }
 
 impl OpenTable {
     /// An empty table.
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self::default()
     }
 
@@ -118,14 +118,18 @@ impl OpenTable {
     }
 
     /// The open state of `ino`, if any handle is open.
-    pub fn get(&self, ino: u64) -> Option<Arc<OpenFile>> {
+    pub(super) fn get(&self, ino: u64) -> Option<Arc<OpenFile>> {
         self.lock().get(&ino).map(|e| e.file.clone())
     }
 
     /// Adds a handle to `ino`: to its existing state if there is one (the
     /// `fresh` state is then dropped), else `fresh` becomes the state. True
     /// with it when `fresh` became the state.
-    pub fn attach(&self, ino: u64, fresh: impl FnOnce() -> OpenFile) -> (Arc<OpenFile>, bool) {
+    pub(super) fn attach(
+        &self,
+        ino: u64,
+        fresh: impl FnOnce() -> OpenFile,
+    ) -> (Arc<OpenFile>, bool) {
         let mut m = self.lock();
         let mut made = false;
         let e = m.entry(ino).or_insert_with(|| {
@@ -140,7 +144,7 @@ impl OpenTable {
     }
 
     /// Adds a handle to an inode that is already open; None if it is not.
-    pub fn attach_existing(&self, ino: u64) -> Option<Arc<OpenFile>> {
+    pub(super) fn attach_existing(&self, ino: u64) -> Option<Arc<OpenFile>> {
         let mut m = self.lock();
         let e = m.get_mut(&ino)?;
         e.handles += 1;
@@ -148,7 +152,7 @@ impl OpenTable {
     }
 
     /// Releases one handle; the state goes with the last one.
-    pub fn release(&self, ino: u64) {
+    pub(super) fn release(&self, ino: u64) {
         let mut m = self.lock();
         if let Some(e) = m.get_mut(&ino) {
             e.handles = e.handles.saturating_sub(1);
@@ -159,7 +163,7 @@ impl OpenTable {
     }
 
     /// Syncs and drops every state (unmount).
-    pub fn close_all(&self) {
+    pub(super) fn close_all(&self) {
         let all: Vec<Entry> = self.lock().drain().map(|(_, e)| e).collect();
         for e in all {
             if let Err(err) = e.file.sync(true) {

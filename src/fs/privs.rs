@@ -25,7 +25,7 @@ const CAP_FSETID: u32 = 4;
 
 /// Who decided that bits go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kill {
+pub(super) enum Kill {
     /// The kernel: a write with FUSE_WRITE_KILL_SUIDGID (its caller lacks
     /// CAP_FSETID), or a setattr that carries nothing else, which the kernel
     /// sends when it found bits to kill (before a write or fallocate by a
@@ -43,7 +43,7 @@ pub enum Kill {
 /// a setgid file without group execute was a locking mark). Nothing when
 /// `kill` is IfUnprivileged and the caller is privileged.
 /// `privileged` and `in_group` are asked only when needed.
-pub fn bits_to_drop(
+pub(super) fn bits_to_drop(
     mode: u32,
     file_gid: u32,
     kill: Kill,
@@ -95,7 +95,7 @@ fn in_group(caller: &Caller, status: Option<&str>, gid: u32) -> bool {
 
 /// The mode a content change by `caller` leaves on a regular file of `mode`
 /// and group `gid`, if bits go (/proc is read only for a setid file).
-pub fn mode_after(mode: u32, gid: u32, caller: &Caller, kill: Kill) -> Option<u32> {
+pub(super) fn mode_after(mode: u32, gid: u32, caller: &Caller, kill: Kill) -> Option<u32> {
     if mode & (libc::S_ISUID | libc::S_ISGID) == 0 {
         return None;
     }
@@ -113,7 +113,7 @@ pub fn mode_after(mode: u32, gid: u32, caller: &Caller, kill: Kill) -> Option<u3
 
 /// Drops the setid bits that a content change by `caller` takes from open
 /// backing file `file`. Costs one fstat when the file has none.
-pub fn drop_for(file: &File, caller: &Caller, kill: Kill) -> Result<(), FsError> {
+pub(super) fn drop_for(file: &File, caller: &Caller, kill: Kill) -> Result<(), FsError> {
     let m = file.metadata()?;
     if !m.is_file() {
         return Ok(());

@@ -12,7 +12,7 @@ use crate::os;
 /// Extended attribute names the mount reserves for itself: hidden from
 /// listings and refused to get, set and remove, so programs above cannot read
 /// or clobber internal data.
-pub const RESERVED_XATTR_PREFIXES: [&str; 2] = ["user.kmsfs.", "trusted.kmsfs."];
+pub(super) const RESERVED_XATTR_PREFIXES: [&str; 2] = ["user.kmsfs.", "trusted.kmsfs."];
 
 /// The POSIX ACL xattrs. The mount does not support ACLs: the kernel checks
 /// only the mode bits (FUSE_POSIX_ACL is not requested), so an ACL passed to
@@ -20,7 +20,7 @@ pub const RESERVED_XATTR_PREFIXES: [&str; 2] = ["user.kmsfs.", "trusted.kmsfs."]
 /// group bits to its mask. Setting them is EOPNOTSUPP (as on a file system
 /// without ACLs); ones the backing file has anyway are neither listed nor
 /// returned.
-pub const ACL_XATTRS: [&str; 2] = ["system.posix_acl_access", "system.posix_acl_default"];
+pub(super) const ACL_XATTRS: [&str; 2] = ["system.posix_acl_access", "system.posix_acl_default"];
 
 /// What a getxattr or listxattr answers: the size when asked with size 0,
 /// else the bytes.
@@ -45,7 +45,7 @@ fn answer(n: usize, size: u32, mut buf: Vec<u8>) -> Result<XattrValue, FsError> 
 }
 
 /// True when `name` is reserved for the mount's own use.
-pub fn reserved_xattr(name: &OsStr) -> bool {
+pub(super) fn reserved_xattr(name: &OsStr) -> bool {
     let n = name.as_encoded_bytes();
     RESERVED_XATTR_PREFIXES
         .iter()
@@ -53,14 +53,14 @@ pub fn reserved_xattr(name: &OsStr) -> bool {
 }
 
 /// True for a POSIX ACL xattr (`ACL_XATTRS`).
-pub fn acl_xattr(name: &OsStr) -> bool {
+pub(super) fn acl_xattr(name: &OsStr) -> bool {
     ACL_XATTRS
         .iter()
         .any(|a| name.as_encoded_bytes() == a.as_bytes())
 }
 
 /// Removes reserved names and ACLs from a NUL-separated xattr name list.
-pub fn filter_xattr_list(list: &[u8]) -> Vec<u8> {
+pub(super) fn filter_xattr_list(list: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(list.len());
     for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let name_os = OsStr::from_bytes(name);

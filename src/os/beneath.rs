@@ -12,7 +12,7 @@ use super::{check, cstr, name_cstr};
 
 /// renameat2(2) of `from` in directory `fd` to `to` in directory `tfd`, with
 /// `flags` (RENAME_NOREPLACE, RENAME_EXCHANGE).
-pub fn renameat2(
+pub(crate) fn renameat2(
     fd: &impl AsRawFd,
     from: &OsStr,
     tfd: &impl AsRawFd,
@@ -34,7 +34,7 @@ pub fn renameat2(
 }
 
 /// unlinkat(2): a file, or with `dir` an empty directory, in directory `fd`.
-pub fn unlinkat(fd: &impl AsRawFd, name: &OsStr, dir: bool) -> io::Result<()> {
+pub(crate) fn unlinkat(fd: &impl AsRawFd, name: &OsStr, dir: bool) -> io::Result<()> {
     let n = name_cstr(name)?;
     let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
     // SAFETY: a valid C string that outlives the call; a borrowed descriptor.
@@ -42,14 +42,14 @@ pub fn unlinkat(fd: &impl AsRawFd, name: &OsStr, dir: bool) -> io::Result<()> {
 }
 
 /// mkdirat(2).
-pub fn mkdirat(fd: &impl AsRawFd, name: &OsStr, mode: u32) -> io::Result<()> {
+pub(crate) fn mkdirat(fd: &impl AsRawFd, name: &OsStr, mode: u32) -> io::Result<()> {
     let n = name_cstr(name)?;
     // SAFETY: a valid C string that outlives the call; a borrowed descriptor.
     check(unsafe { libc::mkdirat(fd.as_raw_fd(), n.as_ptr(), mode as libc::mode_t) })
 }
 
 /// symlinkat(2): `name` in directory `fd` pointing at `target`.
-pub fn symlinkat(target: &Path, fd: &impl AsRawFd, name: &OsStr) -> io::Result<()> {
+pub(crate) fn symlinkat(target: &Path, fd: &impl AsRawFd, name: &OsStr) -> io::Result<()> {
     let (t, n) = (cstr(target)?, name_cstr(name)?);
     // SAFETY: valid C strings that outlive the call; a borrowed descriptor.
     check(unsafe { libc::symlinkat(t.as_ptr(), fd.as_raw_fd(), n.as_ptr()) })
@@ -57,7 +57,7 @@ pub fn symlinkat(target: &Path, fd: &impl AsRawFd, name: &OsStr) -> io::Result<(
 
 /// Opens `name` in directory `fd` as an O_PATH descriptor of the entry itself
 /// (a symlink is not followed): for fstat and for naming it in /proc.
-pub fn open_node(fd: &impl AsRawFd, name: &OsStr) -> io::Result<std::fs::File> {
+pub(crate) fn open_node(fd: &impl AsRawFd, name: &OsStr) -> io::Result<std::fs::File> {
     use std::os::fd::FromRawFd;
     let n = name_cstr(name)?;
     let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
@@ -72,7 +72,7 @@ pub fn open_node(fd: &impl AsRawFd, name: &OsStr) -> io::Result<std::fs::File> {
 
 /// chmod of `name` in directory `fd`, never through a symlink: a symlink
 /// itself has no mode to change (EOPNOTSUPP, as Linux answers).
-pub fn fchmodat_nofollow(fd: &impl AsRawFd, name: &OsStr, mode: u32) -> io::Result<()> {
+pub(crate) fn fchmodat_nofollow(fd: &impl AsRawFd, name: &OsStr, mode: u32) -> io::Result<()> {
     let n = name_cstr(name)?;
     if fchmodat2(fd, &n, mode, libc::AT_SYMLINK_NOFOLLOW)? {
         return Ok(());
@@ -84,7 +84,7 @@ pub fn fchmodat_nofollow(fd: &impl AsRawFd, name: &OsStr, mode: u32) -> io::Resu
 
 /// fchownat(2) of `name` in directory `fd` without following a symlink;
 /// None leaves that id unchanged.
-pub fn fchownat_nofollow(
+pub(crate) fn fchownat_nofollow(
     fd: &impl AsRawFd,
     name: &OsStr,
     uid: Option<u32>,
@@ -101,7 +101,7 @@ pub fn fchownat_nofollow(
 /// if a directory of the backing tree is swapped for a symlink while the mount
 /// runs, the daemon never opens or creates a file outside the backing
 /// directory. Falls back to openat on kernels without openat2.
-pub fn open_beneath(
+pub(crate) fn open_beneath(
     root: &impl AsRawFd,
     rel: &Path,
     flags: i32,
@@ -145,7 +145,7 @@ pub fn open_beneath(
 }
 
 /// mknodat(2): FIFOs, sockets and (as root, if the mount allows) devices.
-pub fn mknodat(fd: &impl AsRawFd, name: &OsStr, mode: u32, rdev: u32) -> io::Result<()> {
+pub(crate) fn mknodat(fd: &impl AsRawFd, name: &OsStr, mode: u32, rdev: u32) -> io::Result<()> {
     let n = name_cstr(name)?;
     // SAFETY: `n` is a valid NUL-terminated string that outlives the call.
     check(unsafe {

@@ -3,13 +3,13 @@
 //! wrappers. Each `unsafe` block
 //! carries a `// SAFETY:` comment saying why it holds.
 
-pub mod beneath;
-pub mod ids;
-pub mod mount;
-pub mod node;
-pub mod process;
-pub mod space;
-pub mod xattr;
+pub(crate) mod beneath;
+pub(crate) mod ids;
+pub(crate) mod mount;
+pub(crate) mod node;
+pub(crate) mod process;
+pub(crate) mod space;
+pub(crate) mod xattr;
 
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -18,7 +18,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 /// A path as a C string; a path with an interior NUL is refused with EINVAL.
-pub fn cstr(p: &Path) -> io::Result<CString> {
+pub(crate) fn cstr(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
@@ -44,7 +44,7 @@ pub(crate) fn proc_fd(fd: &impl AsRawFd) -> CString {
 }
 
 /// `proc_fd` as a path, for std's calls (listing a directory descriptor).
-pub fn proc_fd_path(fd: &impl AsRawFd) -> std::path::PathBuf {
+pub(crate) fn proc_fd_path(fd: &impl AsRawFd) -> std::path::PathBuf {
     format!("/proc/self/fd/{}", fd.as_raw_fd()).into()
 }
 
@@ -60,7 +60,7 @@ pub(crate) fn to_off(v: u64) -> io::Result<libc::off_t> {
 
 /// An empty relative path as ".", which is what the *at calls and opens
 /// need for "this directory".
-pub fn or_dot(p: &Path) -> &Path {
+pub(crate) fn or_dot(p: &Path) -> &Path {
     if p.as_os_str().is_empty() {
         Path::new(".")
     } else {

@@ -7,7 +7,7 @@ use std::path::Path;
 use super::{check, cstr};
 
 /// Opens /dev/fuse for a new connection.
-pub fn open_dev_fuse() -> io::Result<std::os::fd::OwnedFd> {
+pub(crate) fn open_dev_fuse() -> io::Result<std::os::fd::OwnedFd> {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -16,7 +16,13 @@ pub fn open_dev_fuse() -> io::Result<std::os::fd::OwnedFd> {
 }
 
 /// mount(2).
-pub fn mount(source: &str, target: &Path, fstype: &str, flags: u64, data: &str) -> io::Result<()> {
+pub(crate) fn mount(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: u64,
+    data: &str,
+) -> io::Result<()> {
     let src = CString::new(source).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let tgt = cstr(target)?;
     let ty = CString::new(fstype).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
@@ -35,7 +41,7 @@ pub fn mount(source: &str, target: &Path, fstype: &str, flags: u64, data: &str) 
 }
 
 /// umount2(2) with `flags` (0 or MNT_DETACH).
-pub fn umount2(path: &Path, flags: i32) -> io::Result<()> {
+pub(crate) fn umount2(path: &Path, flags: i32) -> io::Result<()> {
     let p = cstr(path)?;
     // SAFETY: `p` is a valid C string that outlives the call.
     check(unsafe { libc::umount2(p.as_ptr(), flags) })

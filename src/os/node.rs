@@ -13,7 +13,7 @@ use super::{check, is_symlink, name_cstr, proc_fd};
 /// O_PATH descriptor will do; a symlink gets a new name itself): linkat of
 /// its /proc path with AT_SYMLINK_FOLLOW, which reaches exactly that inode,
 /// whatever its name leads to by now.
-pub fn link_node(node: &impl AsRawFd, tfd: &impl AsRawFd, to: &OsStr) -> io::Result<()> {
+pub(crate) fn link_node(node: &impl AsRawFd, tfd: &impl AsRawFd, to: &OsStr) -> io::Result<()> {
     let (f, t) = (proc_fd(node), name_cstr(to)?);
     // SAFETY: valid C strings that outlive the call; borrowed descriptors.
     check(unsafe {
@@ -29,7 +29,7 @@ pub fn link_node(node: &impl AsRawFd, tfd: &impl AsRawFd, to: &OsStr) -> io::Res
 
 /// The target of the symlink `node` holds (an O_PATH|O_NOFOLLOW descriptor
 /// of the symlink itself): readlinkat with an empty path.
-pub fn readlink_node(node: &impl AsRawFd) -> io::Result<Vec<u8>> {
+pub(crate) fn readlink_node(node: &impl AsRawFd) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
     // SAFETY: an empty C string literal; `buf` is writable for `buf.len()` bytes.
     let r = unsafe {
@@ -50,7 +50,7 @@ pub fn readlink_node(node: &impl AsRawFd) -> io::Result<Vec<u8>> {
 /// chmod of the object `node` holds (an O_PATH descriptor will do), with
 /// fchmodat2(AT_EMPTY_PATH), or through its /proc path before Linux 6.6. A
 /// symlink itself has no mode to change (EOPNOTSUPP).
-pub fn chmod_node(node: &std::fs::File, mode: u32) -> io::Result<()> {
+pub(crate) fn chmod_node(node: &std::fs::File, mode: u32) -> io::Result<()> {
     if fchmodat2(node, c"", mode, libc::AT_EMPTY_PATH)? {
         return Ok(());
     }
@@ -93,7 +93,11 @@ pub(crate) fn fchmodat2(
 
 /// chown of the object `node` holds (an O_PATH descriptor will do; a
 /// symlink itself): fchownat(AT_EMPTY_PATH). None leaves that id unchanged.
-pub fn chown_node(node: &impl AsRawFd, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+pub(crate) fn chown_node(
+    node: &impl AsRawFd,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> io::Result<()> {
     let (u, g) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
     // SAFETY: an empty C string literal; integer arguments (-1 keeps an id).
     check(unsafe { libc::fchownat(node.as_raw_fd(), c"".as_ptr(), u, g, libc::AT_EMPTY_PATH) })
@@ -143,7 +147,7 @@ fn timespec(t: Utime) -> libc::timespec {
 
 /// utimensat(2) of the object `node` holds (an O_PATH descriptor will do; a
 /// symlink itself), with AT_EMPTY_PATH.
-pub fn utimens_node(node: &impl AsRawFd, atime: Utime, mtime: Utime) -> io::Result<()> {
+pub(crate) fn utimens_node(node: &impl AsRawFd, atime: Utime, mtime: Utime) -> io::Result<()> {
     let ts = [timespec(atime), timespec(mtime)];
     // SAFETY: an empty C string literal and an array of two timespecs, both
     // live for the duration of the call.

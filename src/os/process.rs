@@ -9,14 +9,14 @@ use super::check;
 
 /// Marks the process non-dumpable: no core file (which would hold key
 /// material) and no ptrace by non-root users.
-pub fn forbid_core_dumps() -> io::Result<()> {
+pub(crate) fn forbid_core_dumps() -> io::Result<()> {
     // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes integer arguments only.
     check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })
 }
 
 /// The process's umask: from /proc/self/status, else by setting it and
 /// setting it back (call while no other thread creates files).
-pub fn umask() -> u32 {
+pub(crate) fn umask() -> u32 {
     let from_proc = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| status_field(&s, "Umask").and_then(|v| u32::from_str_radix(v, 8).ok()));
@@ -49,7 +49,7 @@ fn stop_sigset() -> libc::sigset_t {
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread, so that threads it
 /// spawns afterwards inherit the mask and only `wait_stop_signal` sees them.
-pub fn block_stop_signals() -> io::Result<()> {
+pub(crate) fn block_stop_signals() -> io::Result<()> {
     let set = stop_sigset();
     // SAFETY: `set` is an initialised sigset; the old mask is not requested.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -60,7 +60,7 @@ pub fn block_stop_signals() -> io::Result<()> {
 }
 
 /// Waits for one of the blocked stop signals and returns its number.
-pub fn wait_stop_signal() -> io::Result<i32> {
+pub(crate) fn wait_stop_signal() -> io::Result<i32> {
     let set = stop_sigset();
     let mut sig: libc::c_int = 0;
     // SAFETY: `set` is an initialised sigset and `sig` a writable int.
@@ -72,7 +72,7 @@ pub fn wait_stop_signal() -> io::Result<i32> {
 }
 
 /// Number of threads of this process (fork is only safe with one).
-pub fn thread_count() -> usize {
+pub(crate) fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task")
         .map(|d| d.count())
         .unwrap_or(0)
@@ -80,7 +80,7 @@ pub fn thread_count() -> usize {
 
 /// Which side of a fork we are on.
 #[derive(Debug)]
-pub enum Forked {
+pub(crate) enum Forked {
     /// The original process; the child has this pid.
     Parent(u32),
     /// The new process.
@@ -89,7 +89,7 @@ pub enum Forked {
 
 /// fork(2). Callers must be single-threaded (checked) so the child inherits no
 /// lock held by another thread.
-pub fn fork() -> io::Result<Forked> {
+pub(crate) fn fork() -> io::Result<Forked> {
     if thread_count() != 1 {
         return Err(io::Error::other(
             "cannot daemonize: the process already runs several threads",
@@ -106,13 +106,13 @@ pub fn fork() -> io::Result<Forked> {
 }
 
 /// setsid(2): a new session without a controlling terminal.
-pub fn setsid() -> io::Result<()> {
+pub(crate) fn setsid() -> io::Result<()> {
     // SAFETY: no arguments; fails only if already a process group leader.
     check(unsafe { libc::setsid() })
 }
 
 /// Points stdin at /dev/null and stdout/stderr at `log` (or /dev/null).
-pub fn redirect_stdio(log: Option<&std::fs::File>) -> io::Result<()> {
+pub(crate) fn redirect_stdio(log: Option<&std::fs::File>) -> io::Result<()> {
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -132,20 +132,20 @@ pub fn redirect_stdio(log: Option<&std::fs::File>) -> io::Result<()> {
 }
 
 /// Points stderr (where the log goes) at `log`.
-pub fn redirect_stderr(log: &std::fs::File) -> io::Result<()> {
+pub(crate) fn redirect_stderr(log: &std::fs::File) -> io::Result<()> {
     // SAFETY: dup2 onto fd 2 from a descriptor that stays open for the call.
     check(unsafe { libc::dup2(log.as_raw_fd(), 2) })
 }
 
 /// The status text of process (or thread) `pid` from /proc (None once it
 /// is gone).
-pub fn status(pid: u32) -> Option<String> {
+pub(crate) fn status(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/status")).ok()
 }
 
 /// The value of field `name` ("CapEff", "Groups", "Umask") of a /proc
 /// status text, trimmed.
-pub fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
     status.lines().find_map(|l| {
         l.strip_prefix(name)
             .and_then(|rest| rest.strip_prefix(':'))
@@ -154,7 +154,7 @@ pub fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// True when a process with this pid exists and is not a zombie.
-pub fn process_alive(pid: u32) -> bool {
+pub(crate) fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name, which may contain spaces.
         Ok(s) => match s.rfind(')') {

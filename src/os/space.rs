@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use super::{check, to_off};
 
 /// fallocate(2) on an open file: `mode` is 0 or FALLOC_FL_* flags.
-pub fn fallocate(file: &impl AsRawFd, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+pub(crate) fn fallocate(file: &impl AsRawFd, mode: i32, offset: u64, len: u64) -> io::Result<()> {
     let (off, len) = (to_off(offset)?, to_off(len)?);
     // SAFETY: integer arguments only; the descriptor is borrowed from a file
     // that outlives the call.
@@ -15,7 +15,7 @@ pub fn fallocate(file: &impl AsRawFd, mode: i32, offset: u64, len: u64) -> io::R
 }
 
 /// lseek(2) on an open file (used for SEEK_DATA/SEEK_HOLE on the backing file).
-pub fn lseek(fd: &impl AsRawFd, offset: u64, whence: i32) -> io::Result<u64> {
+pub(crate) fn lseek(fd: &impl AsRawFd, offset: u64, whence: i32) -> io::Result<u64> {
     let o = to_off(offset)?;
     let raw: RawFd = fd.as_raw_fd();
     // SAFETY: plain integer arguments; the fd is borrowed from a live File. SEEK_DATA
@@ -51,7 +51,7 @@ pub struct FsStats {
 }
 
 /// fstatvfs(3) of the backing file system (through the backing root's fd).
-pub fn fstatvfs(fd: &impl AsRawFd) -> io::Result<FsStats> {
+pub(crate) fn fstatvfs(fd: &impl AsRawFd) -> io::Result<FsStats> {
     // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: a borrowed descriptor and a writable statvfs.

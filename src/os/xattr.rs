@@ -23,7 +23,11 @@ fn xattr_node(
 }
 
 /// getxattr of the object `node` holds; `buf` empty asks for the size.
-pub fn getxattr_node(node: &impl AsRawFd, attr: &OsStr, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn getxattr_node(
+    node: &impl AsRawFd,
+    attr: &OsStr,
+    buf: &mut [u8],
+) -> io::Result<usize> {
     let a = name_cstr(attr)?;
     let (ptr, len) = (buf.as_mut_ptr(), buf.len());
     // SAFETY: valid C strings; `buf` is writable for `len` bytes.
@@ -33,7 +37,7 @@ pub fn getxattr_node(node: &impl AsRawFd, attr: &OsStr, buf: &mut [u8]) -> io::R
 }
 
 /// setxattr of the object `node` holds (`flags`: XATTR_CREATE, XATTR_REPLACE).
-pub fn setxattr_node(
+pub(crate) fn setxattr_node(
     node: &impl AsRawFd,
     attr: &OsStr,
     value: &[u8],
@@ -55,7 +59,7 @@ pub fn setxattr_node(
 
 /// listxattr of the object `node` holds: NUL-separated names; `buf` empty
 /// asks for the size.
-pub fn listxattr_node(node: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn listxattr_node(node: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
     let (ptr, len) = (buf.as_mut_ptr(), buf.len());
     // SAFETY: a valid C string; `buf` is writable for `len` bytes.
     xattr_node(node, |p| unsafe {
@@ -64,7 +68,7 @@ pub fn listxattr_node(node: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> 
 }
 
 /// removexattr of the object `node` holds.
-pub fn removexattr_node(node: &impl AsRawFd, attr: &OsStr) -> io::Result<()> {
+pub(crate) fn removexattr_node(node: &impl AsRawFd, attr: &OsStr) -> io::Result<()> {
     let a = name_cstr(attr)?;
     // SAFETY: valid C strings that outlive the call.
     xattr_node(node, |p| unsafe {
