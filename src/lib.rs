@@ -51,4 +51,5 @@ pub mod kms;
 pub mod logtext;
 #[allow(unsafe_code)]
 mod os;
+pub mod tree;
 pub mod trust;
