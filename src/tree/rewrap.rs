@@ -96,8 +96,18 @@ pub struct FileResult {
     #[serde(rename = "Path")]
     pub path: PathBuf,
     /// Outcome or problem.
-    #[serde(flatten)]
+    #[serde(flatten, serialize_with = "outcome_or_problem")]
     pub result: Result<RewrapOutcome, Problem>,
+}
+
+fn outcome_or_problem<S: serde::Serializer>(
+    r: &Result<RewrapOutcome, Problem>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match r {
+        Ok(o) => o.serialize(s),
+        Err(p) => p.serialize(s),
+    }
 }
 
 /// Counts over a whole run and the files that need attention.
