@@ -51,6 +51,7 @@ pub mod kms;
 pub mod logtext;
 #[allow(unsafe_code)]
 mod os;
+pub mod tree;
 pub mod trust;
 
 // The library API in one flat list: what a program embedding kmsfs needs,

@@ -22,6 +22,9 @@ pub enum ErrorClass {
     Keystore = 6,
     /// Operating-system I/O failure (disk full, permissions).
     Io = 7,
+    /// Nothing is wrong but some work was skipped (files open through a
+    /// mount during `rewrap`): run the same command again.
+    Retry = 8,
 }
 
 /// An error as the user sees it: what happened and what to do about it.

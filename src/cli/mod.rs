@@ -13,6 +13,7 @@ pub mod fs;
 pub mod keystore;
 pub mod kms;
 mod output;
+pub mod tree;
 
 pub use error::{CliError, ErrorClass, repair_hint};
 
@@ -73,6 +74,11 @@ pub enum Command {
     Seal(fs::SealArgs),
     /// Decrypt one backing or sealed file client-side.
     Unseal(fs::UnsealArgs),
+    /// Wrap every file's data key again, under another key (--to-key-id) or
+    /// its own key's newest material; only headers change.
+    Rewrap(tree::RewrapArgs),
+    /// Check every header, key and (unless --quick) block tag of a backing tree.
+    Fsck(tree::FsckArgs),
 }
 
 /// The identity of this process, for key policies and the audit trail.
@@ -126,5 +132,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Inspect(a) => fs::inspect(g, a),
         Command::Seal(a) => fs::seal(g, a),
         Command::Unseal(a) => fs::unseal(g, a),
+        Command::Rewrap(a) => tree::rewrap(g, a),
+        Command::Fsck(a) => tree::fsck(g, a),
     }
 }

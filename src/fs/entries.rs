@@ -29,6 +29,7 @@ impl KmsFs {
         let backing = self.backing_path(&rel);
         let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
         let file = os::beneath::open_beneath(&dir, Path::new(&name), flags, mode & 0o7777)?;
+        super::file::share_lock(&file, &backing);
         let sealed = self.new_group(&dir, caller).and_then(|(gid, setgid_dir)| {
             // Owner first: a chown clears S_ISUID/S_ISGID, which the exact
             // mode then puts back.

@@ -127,6 +127,7 @@ impl KmsFs {
         };
         let Checked { file, meta: m, rel } = self.open_checked(ino, acc | noatime)?;
         let abs = self.backing_path(&rel);
+        share_lock(&file, &abs);
         if m.is_dir() {
             return Err(FsError::IsDirectory);
         }
@@ -271,6 +272,18 @@ impl KmsFs {
         let data = src.read_at(offset_in, len.min(u64::from(MAX_WRITE)) as usize)?;
         dst.write_at(&data, offset_out)?;
         Ok(data.len() as u32)
+    }
+}
+
+/// Takes a shared flock on a backing file the mount holds open, for as long
+/// as it holds it: `kmsfs rewrap` takes the exclusive lock without waiting
+/// and skips a locked file as busy (docs/TREE.md). Taken before the header
+/// is read, so a rewrap in progress (a few milliseconds) finishes first and
+/// this open reads the new header. A file system without flock goes on
+/// without it.
+pub(super) fn share_lock(file: &File, abs: &Path) {
+    if let Err(e) = file.lock_shared() {
+        log::debug!("{}: no shared lock: {e}", crate::logtext::escaped(abs));
     }
 }
 

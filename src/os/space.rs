@@ -1,5 +1,5 @@
 //! Space of open files and of the backing file system: fallocate (reserve,
-//! punch holes), lseek SEEK_DATA/SEEK_HOLE, fstatvfs.
+//! punch holes), lseek SEEK_DATA/SEEK_HOLE, fstatvfs, syncfs.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -12,6 +12,14 @@ pub(crate) fn fallocate(file: &impl AsRawFd, mode: i32, offset: u64, len: u64) -
     // SAFETY: integer arguments only; the descriptor is borrowed from a file
     // that outlives the call.
     check(unsafe { libc::fallocate(file.as_raw_fd(), mode, off, len) })
+}
+
+/// syncfs(2): makes everything written to the file system that holds
+/// `fd` durable (one journal commit for a whole batch of files).
+pub fn syncfs(fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: an integer argument only; the descriptor is borrowed from a
+    // live file.
+    check(unsafe { libc::syncfs(fd.as_raw_fd()) })
 }
 
 /// lseek(2) on an open file (used for SEEK_DATA/SEEK_HOLE on the backing file).
