@@ -28,7 +28,9 @@ pub struct MountArgs {
     pub foreground: bool,
     /// Mount options, comma-separated: allow_other, allow_root,
     /// default_permissions, ro, rw, auto_unmount, [no]dev, [no]suid, [no]exec,
-    /// [no]atime, sync, async, dirsync, fsname=NAME, subtype=NAME.
+    /// [no]atime, sync, async, dirsync, fsname=NAME, subtype=NAME, nonempty
+    /// (mount over a non-empty directory), sharedstorage (several daemons or
+    /// hosts on one backing directory; no attribute cache).
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// Where the daemon writes its log (corruption warnings name the backing
