@@ -255,6 +255,9 @@ fn zero_setup_creates_keystore_and_default_key() {
     let empty = m.tmp.path().join("no-keystore");
     let mnt2 = m.tmp.path().join("mnt2");
     fs::create_dir(&mnt2).unwrap();
+    // A new backing directory: m.backing is served (and bound to m.keystore).
+    let backing2 = m.tmp.path().join("backing2");
+    fs::create_dir(&backing2).unwrap();
     let o = common::kmsfs()
         .args([
             "--keystore",
@@ -263,7 +266,7 @@ fn zero_setup_creates_keystore_and_default_key() {
             "--key-id",
             "alias/x",
         ])
-        .arg(&m.backing)
+        .arg(&backing2)
         .arg(&mnt2)
         .output()
         .unwrap();
@@ -309,6 +312,9 @@ fn passphrase_prompt_on_a_terminal_happens_before_the_daemon_starts() {
     };
     m.unmount();
     let ks = m.tmp.path().join("pass-ks");
+    // m.backing is bound to m.keystore: a new backing directory for the new keystore.
+    m.backing = m.tmp.path().join("pass-backing");
+    fs::create_dir(&m.backing).unwrap();
     let pass = m.tmp.path().join("pass");
     fs::write(&pass, "correct horse\n").unwrap();
     let o = common::kmsfs()

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{CliError, ErrorClass, GlobalArgs, OutputFormat, current_caller, keystore};
-use crate::daemon::{MountError, MountRequest};
+use crate::daemon::{BackingMarker, MountError, MountRequest};
 use crate::envelope::{self, EncryptedFile, EnvelopeError};
 use crate::kms::{KeyService, KeyState};
 
@@ -28,7 +28,9 @@ pub struct MountArgs {
     pub foreground: bool,
     /// Mount options, comma-separated: allow_other, allow_root,
     /// default_permissions, ro, rw, auto_unmount, [no]dev, [no]suid, [no]exec,
-    /// [no]atime, sync, async, dirsync, fsname=NAME, subtype=NAME.
+    /// [no]atime, sync, async, dirsync, fsname=NAME, subtype=NAME, nonempty
+    /// (mount over a non-empty directory), sharedstorage (several daemons or
+    /// hosts on one backing directory; no attribute cache).
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// Where the daemon writes its log (corruption warnings name the backing
@@ -121,6 +123,25 @@ fn existing_dir(p: &Path, what: &str) -> Result<PathBuf, CliError> {
     Ok(abs)
 }
 
+/// Refuses a key that is not enabled: a mount never starts only to refuse
+/// every create. Returns the key's id.
+fn usable_key(ks: &dyn KeyService, k: &str) -> Result<String, CliError> {
+    let meta = ks.describe_key(&current_caller(), k)?;
+    if meta.key_state != KeyState::Enabled {
+        return Err(CliError::new(
+            ErrorClass::Refused,
+            format!(
+                "key {k} is {}: new files could not be encrypted under it",
+                meta.key_state.as_str()
+            ),
+        )
+        .hint(
+            "enable it with `kmsfs kms enable-key --key-id K`, or pick another key with --key-id",
+        ));
+    }
+    Ok(meta.key_id)
+}
+
 /// The key service and the CMK for new files: `key_id`, or the zero-setup
 /// default key (keystore and key created on first use), checked either way to
 /// be usable now, so that a mount never starts only to refuse every create.
@@ -135,20 +156,109 @@ fn service_and_key(
         }
         Some(k) => (keystore::open_key_service(g)?, k.to_string()),
     };
-    let meta = ks.describe_key(&current_caller(), &k)?;
-    if meta.key_state != KeyState::Enabled {
+    let id = usable_key(&*ks, &k)?;
+    Ok((ks, id))
+}
+
+/// A key service, the CMK for new files, and the marker to write (if any).
+type BoundKey = (Arc<dyn KeyService>, String, Option<BackingMarker>);
+
+/// The key service and CMK for a mount of `backing`, which is bound to the
+/// keystore it was first mounted with (its marker): another keystore is
+/// refused, and a keystore is created (zero setup) only for a new, empty
+/// backing directory. Returns the marker to write when there is none yet.
+fn bound_service_and_key(
+    g: &GlobalArgs,
+    key_id: Option<&str>,
+    backing: &Path,
+    survey: &crate::daemon::Survey,
+) -> Result<BoundKey, CliError> {
+    let dir = keystore::keystore_dir(g);
+    let marker = crate::daemon::read_marker(backing)?;
+    let first_use = |ks_id: &str, key: &str| BackingMarker {
+        version: 1,
+        keystore_id: ks_id.to_string(),
+        default_key_id: key.to_string(),
+    };
+    if let Some(m) = marker {
+        let hint = format!(
+            "pass the --keystore DIR that holds keystore {} (the one {} was first mounted with)",
+            m.keystore_id,
+            backing.display()
+        );
+        let ks = keystore::open_key_service(g).map_err(|e| {
+            let mut e = e.hint(hint.clone());
+            e.message = format!(
+                "{} belongs to keystore {}: {}",
+                backing.display(),
+                m.keystore_id,
+                e.message
+            );
+            e
+        })?;
+        if ks.keystore_id() != m.keystore_id {
+            return Err(CliError::new(
+                ErrorClass::Refused,
+                format!(
+                    "{} belongs to keystore {}, but the keystore in {} is {}: its files could \
+                     not be read and new files would be under another keystore",
+                    backing.display(),
+                    m.keystore_id,
+                    dir.display(),
+                    ks.keystore_id()
+                ),
+            )
+            .hint(hint));
+        }
+        let key = usable_key(&*ks, key_id.unwrap_or(&m.default_key_id))?;
+        return Ok((ks, key, None));
+    }
+    if survey.entries == 0 {
+        let (ks, key) = service_and_key(g, key_id)?;
+        let ks_id = keystore::open_key_service(g)?.keystore_id().to_string();
+        let m = first_use(&ks_id, &key);
+        return Ok((ks, key, Some(m)));
+    }
+    // Files there already (mounted before markers existed, or plain files):
+    // no new keystore, and the files' keys must be in this one.
+    let ks = keystore::open_key_service(g).map_err(|e| {
+        let mut e = e.hint(format!(
+            "kmsfs creates a keystore only for a new, empty backing directory: pass the \
+             --keystore DIR these files were written with, or run `kmsfs init` first to \
+             start a new keystore ({} already holds files)",
+            backing.display()
+        ));
+        e.message = format!("{}: {}", backing.display(), e.message);
+        e
+    })?;
+    let caller = current_caller();
+    if let Some(first) = survey.key_ids.iter().next()
+        && !survey
+            .key_ids
+            .iter()
+            .any(|k| ks.describe_key(&caller, k).is_ok())
+    {
         return Err(CliError::new(
             ErrorClass::Refused,
             format!(
-                "key {k} is {}: new files could not be encrypted under it",
-                meta.key_state.as_str()
+                "the kmsfs files in {} are encrypted under keys that the keystore in {} ({}) \
+                 does not hold (e.g. {first})",
+                backing.display(),
+                dir.display(),
+                ks.keystore_id()
             ),
         )
-        .hint(
-            "enable it with `kmsfs kms enable-key --key-id K`, or pick another key with --key-id",
-        ));
+        .hint("pass the --keystore DIR these files were written with"));
     }
-    Ok((ks, meta.key_id))
+    let key = match key_id {
+        Some(k) => k.to_string(),
+        None => ks
+            .ensure_default_key(&caller)
+            .map_err(|e| CliError::keystore(&dir, e))?,
+    };
+    let key = usable_key(&*ks, &key)?;
+    let m = first_use(ks.keystore_id(), &key);
+    Ok((ks, key, Some(m)))
 }
 
 /// `kmsfs mount`.
@@ -166,12 +276,56 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> Result<(), CliError> {
             "the backing directory and the mount point must not contain each other",
         ));
     }
+    // Before anything is created (keystore, marker): options, /dev/fuse,
+    // the mount point, the backing directory's lock.
+    let prepared = crate::daemon::check_before_mount(&backing, &mountpoint, &a.options)?;
+    let survey = crate::daemon::survey(&backing);
     // The daemon works inside the backing directory: name the keystore absolutely.
     let mut g = g.clone();
     g.keystore = Some(std::path::absolute(keystore::keystore_dir(&g))?);
     // Unseal the keystore (a passphrase prompt needs the terminal) before the
     // daemon leaves it.
-    let (ks, key_id) = service_and_key(&g, a.key_id.as_deref())?;
+    let (ks, key_id, marker) = bound_service_and_key(&g, a.key_id.as_deref(), &backing, &survey)?;
+    if let Some(m) = marker {
+        if prepared.backing_read_only {
+            log::info!("{} is read-only: no marker written", backing.display());
+        } else {
+            crate::daemon::write_marker(&backing, &m)?;
+        }
+    }
+    if prepared.backing_read_only && !prepared.options.read_only {
+        eprintln!(
+            "kmsfs: {} cannot be written: mounting it read-only",
+            backing.display()
+        );
+    }
+    if survey.plain_count > 0 {
+        let examples: Vec<String> = survey
+            .plain
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        eprintln!(
+            "kmsfs: {} file{} in {} {} not kmsfs file{} (e.g. {}){}: left untouched, {} \
+             cannot be read through the mount",
+            survey.plain_count,
+            if survey.plain_count == 1 { "" } else { "s" },
+            backing.display(),
+            if survey.plain_count == 1 { "is" } else { "are" },
+            if survey.plain_count == 1 { "" } else { "s" },
+            examples.join(", "),
+            if survey.truncated {
+                format!(" among the first {} entries", crate::daemon::SURVEY_LIMIT)
+            } else {
+                String::new()
+            },
+            if survey.plain_count == 1 {
+                "it"
+            } else {
+                "they"
+            },
+        );
+    }
     let log_file = match a.log_file {
         Some(p) => Some(std::path::absolute(p)?),
         None if !a.foreground => default_log_file(&mountpoint)?,
@@ -185,6 +339,8 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> Result<(), CliError> {
         options: a.options,
         foreground: a.foreground,
         log_file,
+        lock: prepared.lock,
+        backing_read_only: prepared.backing_read_only,
     })?;
     Ok(())
 }

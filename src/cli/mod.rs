@@ -93,6 +93,9 @@ pub fn current_caller() -> Caller {
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
+    // `kmsfs kms list-aliases | head -1`: end quietly when the reader has
+    // gone, as Unix tools do (the mount daemon sets EPIPE back).
+    crate::os::process::sigpipe_kills(true);
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format(|buf, r| {
             use std::io::Write;

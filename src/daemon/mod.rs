@@ -12,11 +12,16 @@ use std::time::{Duration, Instant};
 use crate::kms::KeyService;
 use crate::os;
 
+mod backing;
 mod logfile;
 mod mountinfo;
 mod options;
 mod serve;
 
+pub use self::backing::{
+    BackingMarker, Prepared, SURVEY_LIMIT, Survey, check_before_mount, read_marker, survey,
+    write_marker,
+};
 pub use self::logfile::{check_log_dir, open_log};
 pub use self::mountinfo::{MountInfo, is_enotconn, mount_at, parse_mountinfo, prepare_mountpoint};
 pub use self::options::{Options, parse_options};
@@ -73,14 +78,20 @@ pub struct MountRequest {
     pub foreground: bool,
     /// Where the daemon's log goes (else /dev/null); opened with `open_log`.
     pub log_file: Option<PathBuf>,
+    /// The lock on the backing directory, held while the daemon serves.
+    pub lock: Option<std::fs::File>,
+    /// The backing directory cannot be written: serve read-only.
+    pub backing_read_only: bool,
 }
 
 /// Mounts: in the foreground (returns after unmount) or as a daemon (returns
 /// once the mount is usable; the daemon serves until unmounted).
 pub fn mount(req: MountRequest) -> Result<(), MountError> {
-    parse_options(&req.options)?;
+    let o = parse_options(&req.options)?;
     prepare_mountpoint(&req.mountpoint)?;
-    mountinfo::check_backing_unused(&req.backing)?;
+    if !o.shared_storage && req.lock.is_none() {
+        mountinfo::check_backing_unused(&req.backing)?;
+    }
     // Opened here, before any fork, so that a refusal reaches the user.
     let log = req.log_file.as_deref().map(open_log).transpose()?;
     if req.foreground {

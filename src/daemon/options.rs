@@ -17,6 +17,11 @@ pub struct Options {
     pub access: Access,
     /// Mounted read-only.
     pub read_only: bool,
+    /// `nonempty`: mounting over a non-empty directory is allowed.
+    pub nonempty: bool,
+    /// `sharedstorage`: other daemons or hosts may serve the same backing
+    /// directory; no lock, and no cache that assumes kmsfs is the only writer.
+    pub shared_storage: bool,
 }
 
 /// Parses `-o a,b,c` lists; unknown options are refused.
@@ -41,6 +46,14 @@ pub fn parse_options(raw: &[String]) -> Result<Options, MountError> {
                 MountFlag::ReadOnly
             }
             "rw" => MountFlag::ReadWrite,
+            "nonempty" => {
+                o.nonempty = true;
+                continue;
+            }
+            "sharedstorage" => {
+                o.shared_storage = true;
+                continue;
+            }
             "default_permissions" => MountFlag::DefaultPermissions,
             "auto_unmount" => MountFlag::AutoUnmount,
             "dev" => MountFlag::Dev,
@@ -60,7 +73,8 @@ pub fn parse_options(raw: &[String]) -> Result<Options, MountError> {
                 return Err(MountError::Usage(format!(
                     "unknown mount option {other:?} (known: allow_other, allow_root, \
                      default_permissions, ro, rw, auto_unmount, [no]dev, [no]suid, [no]exec, \
-                     [no]atime, sync, async, dirsync, fsname=, subtype=)"
+                     [no]atime, sync, async, dirsync, fsname=, subtype=, nonempty, \
+                     sharedstorage)"
                 )));
             }
         };

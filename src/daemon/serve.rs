@@ -43,7 +43,18 @@ pub(super) fn serve(
     req: &MountRequest,
     ready: &mut dyn FnMut(Result<(), String>),
 ) -> Result<(), MountError> {
-    let o = parse_options(&req.options)?;
+    // A write to a closed pipe (a log, the parent's readiness pipe) fails
+    // instead of ending the mount.
+    os::process::sigpipe_kills(false);
+    let mut o = parse_options(&req.options)?;
+    if req.backing_read_only && !o.read_only {
+        log::warn!(
+            "{} cannot be written: serving it read-only",
+            escaped(&req.backing)
+        );
+        o.read_only = true;
+        o.flags.push(MountFlag::ReadOnly);
+    }
     // Data keys and the unsealed keystore live in this process: no core dumps.
     if let Err(e) = os::process::forbid_core_dumps() {
         log::warn!("could not disable core dumps: {e}");
@@ -57,7 +68,12 @@ pub(super) fn serve(
         key_id: req.key_id.clone(),
         read_only: o.read_only,
         noatime: o.has(&MountFlag::NoAtime),
-        ttl: TTL,
+        // Shared storage: another writer may change anything at any time.
+        ttl: if o.shared_storage {
+            std::time::Duration::ZERO
+        } else {
+            TTL
+        },
     })
     .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;
     fs.enter_backing()

@@ -34,7 +34,7 @@ const _: () = assert!(FIXED_LEN + 2 * SLOT_LEN == HEADER_LEN as usize);
 #[non_exhaustive]
 pub enum FormatError {
     /// The file is shorter than a header.
-    #[error("file is shorter than a kmsfs header ({0} bytes)")]
+    #[error("file of {0} bytes is shorter than a kmsfs header ({HEADER_LEN} bytes)")]
     Short(u64),
     /// The magic bytes are wrong: not a kmsfs file.
     #[error("not a kmsfs file (bad magic)")]

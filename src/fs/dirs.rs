@@ -44,7 +44,9 @@ impl DirHandle {
     pub(super) fn entries(&self, offset: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
         let mut snapshot = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if offset == 0 {
-            *snapshot = Arc::new(list(&self.dir)?);
+            let mut all = list(&self.dir)?;
+            all.retain(|e| !super::node::is_reserved(self.ino, &e.name));
+            *snapshot = Arc::new(all);
         }
         Ok(snapshot.clone())
     }

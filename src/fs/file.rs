@@ -76,9 +76,21 @@ impl KmsFs {
         caller: &Caller,
         truncate: bool,
     ) -> Result<Arc<OpenFile>, FsError> {
+        self.open_for(ino, caller, truncate, true)
+    }
+
+    /// `open`, saying whether the caller opened the file for writing: only
+    /// then is an empty backing file given a header (a read never writes).
+    pub fn open_for(
+        &self,
+        ino: u64,
+        caller: &Caller,
+        truncate: bool,
+        writing: bool,
+    ) -> Result<Arc<OpenFile>, FsError> {
         let f = match self.opens.get(ino) {
-            Some(existing) => self.reopen(ino, &existing, caller)?,
-            None => self.open_fresh(ino, caller)?,
+            Some(existing) => self.reopen(ino, &existing, caller, writing)?,
+            None => self.open_fresh(ino, caller, writing)?,
         };
         if truncate && let Err(e) = f.set_len(0) {
             self.opens.release(ino);
@@ -104,16 +116,22 @@ impl KmsFs {
         ino: u64,
         existing: &OpenFile,
         caller: &Caller,
+        writing: bool,
     ) -> Result<Arc<OpenFile>, FsError> {
         self.check_key(existing, caller)?;
         match self.opens.attach_existing(ino) {
             Some(f) => Ok(f),
             // The last handle went meanwhile: open afresh.
-            None => self.open_fresh(ino, caller),
+            None => self.open_fresh(ino, caller, writing),
         }
     }
 
-    fn open_fresh(&self, ino: u64, caller: &Caller) -> Result<Arc<OpenFile>, FsError> {
+    fn open_fresh(
+        &self,
+        ino: u64,
+        caller: &Caller,
+        writing: bool,
+    ) -> Result<Arc<OpenFile>, FsError> {
         let acc = if self.cfg.read_only {
             libc::O_RDONLY
         } else {
@@ -131,10 +149,12 @@ impl KmsFs {
         if m.is_dir() {
             return Err(FsError::IsDirectory);
         }
-        let ef = if m.len() == 0 && !self.cfg.read_only {
+        let ef = if m.len() == 0 && !self.cfg.read_only && writing {
             // An empty backing file holds nothing yet (a crash between create
-            // and header, or a file made beside the mount): give it a header,
-            // once, even if several opens race here.
+            // and header, or a file made beside the mount): an open for
+            // writing gives it a header, once, even if several opens race
+            // here. An open for reading leaves it as it is (and fails: it is
+            // not a kmsfs file yet).
             let _one_at_a_time = lock(&self.init_lock);
             if file.metadata()?.len() == 0 {
                 EncryptedFile::create(file, &*self.cfg.ks, caller, &self.cfg.key_id)

@@ -317,7 +317,8 @@ impl Filesystem for KmsFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let truncate = flags.0 & libc::O_TRUNC != 0;
-        let body = || KmsFs::open(self, ino.0, &caller(req), truncate);
+        let writing = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        let body = || KmsFs::open_for(self, ino.0, &caller(req), truncate, writing);
         serve("open", reply, body, |r, _| {
             r.opened(FileHandle(ino.0), FopenFlags::empty())
         });

@@ -28,6 +28,18 @@ pub(super) fn backing_key(m: &Metadata) -> BackingKey {
     (m.dev(), m.ino(), (kind << 48) ^ born)
 }
 
+/// The marker binding a backing directory to its keystore, in the backing root.
+pub const BACKING_MARKER: &str = ".kmsfs.json";
+/// The lock file a daemon holds (flock) while it serves a backing directory.
+pub const BACKING_LOCK: &str = ".kmsfs.lock";
+
+/// True for the names kmsfs keeps for itself in the backing root: hidden
+/// from listings and lookups, and not to be made, renamed or removed
+/// through the mount.
+pub fn is_reserved(parent: u64, name: &OsStr) -> bool {
+    parent == super::inodes::ROOT_INO && (name == BACKING_MARKER || name == BACKING_LOCK)
+}
+
 /// A backing object opened for a FUSE inode and checked to be the one the
 /// inode stands for (`KmsFs::open_checked`).
 #[derive(Debug)]
@@ -96,6 +108,9 @@ impl KmsFs {
         {
             return Err(FsError::Invalid);
         }
+        if is_reserved(parent, name) {
+            return Err(FsError::Reserved);
+        }
         let dir = self.open_checked(parent, libc::O_PATH | libc::O_DIRECTORY)?;
         let rel = dir.rel.join(name);
         Ok((dir.file, name.to_os_string(), rel))
@@ -110,6 +125,9 @@ impl KmsFs {
     /// Looks up `name` in `parent` for the kernel: the entry itself (a
     /// symlink is not followed) in the directory checked to be `parent`.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
+        if is_reserved(parent, name) {
+            return Err(FsError::NotFound);
+        }
         let (dir, name, rel) = self.in_dir(parent, name)?;
         let m = stat_at(&dir, &name)?;
         Ok(self.entry(&rel, &m))

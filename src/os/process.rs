@@ -14,6 +14,15 @@ pub(crate) fn forbid_core_dumps() -> io::Result<()> {
     check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })
 }
 
+/// What a write to a closed pipe does: `true`, kill the process quietly
+/// (SIGPIPE's default, what Unix tools do, for the commands that print);
+/// `false`, fail with EPIPE (Rust's default, for the mount daemon).
+pub fn sigpipe_kills(kills: bool) {
+    let h = if kills { libc::SIG_DFL } else { libc::SIG_IGN };
+    // SAFETY: installs one of the two predefined dispositions.
+    unsafe { libc::signal(libc::SIGPIPE, h) };
+}
+
 /// The process's umask: from /proc/self/status, else by setting it and
 /// setting it back (call while no other thread creates files).
 pub(crate) fn umask() -> u32 {

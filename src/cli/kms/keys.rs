@@ -108,8 +108,8 @@ pub(super) fn schedule_key_deletion(
 pub(super) fn cancel_key_deletion(s: &Session, a: KeyIdArg) -> Result<(), CliError> {
     let key = s.ks.cancel_key_deletion(&s.caller, &a.key_id)?;
     if s.json {
-        // AWS returns the key ARN here.
-        print_json(&json!({ "KeyId": s.arn(&key) }));
+        // AWS returns the key ARN here, and so does the key service.
+        print_json(&json!({ "KeyId": key }));
     } else {
         println!(
             "deletion of {key} cancelled; the key is Disabled (use enable-key to use it again)"

@@ -320,6 +320,14 @@ impl KeyService for LocalKeyStore {
         plaintext: &[u8],
         context: &EncryptionContext,
     ) -> Result<Encrypted, KmsError> {
+        // As AWS: the plaintext of Encrypt is 1 to 4096 bytes.
+        if plaintext.is_empty() {
+            return Err(KmsError::invalid(
+                "1 validation error detected: Value at 'plaintext' failed to satisfy \
+                 constraint: Member must have length greater than or equal to 1"
+                    .into(),
+            ));
+        }
         if plaintext.len() > MAX_ENCRYPT_PLAINTEXT {
             return Err(KmsError::invalid_with(
                 ValidationCode::PlaintextTooLarge,

@@ -1,0 +1,351 @@
+//! What a backing directory says about itself before it is mounted: the
+//! marker that binds it to its keystore, the lock a serving daemon holds in
+//! it, whether it can be written, and a bounded survey of its files (empty?
+//! plain files? which keys?). And the checks of the mount point and of
+//! /dev/fuse, made before anything is created.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::MountError;
+use super::options::{Options, parse_options};
+use crate::envelope::EncryptedFile;
+use crate::fs::{BACKING_LOCK, BACKING_MARKER};
+
+/// Entries the survey looks at, at most (the whole tree, breadth first).
+pub const SURVEY_LIMIT: usize = 2000;
+
+/// The marker in a backing root: the keystore and the default key the
+/// directory was first mounted with.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackingMarker {
+    /// Format of this file.
+    #[serde(rename = "Version")]
+    pub version: u32,
+    /// The keystore's id (`kmsfs init` prints it).
+    #[serde(rename = "KeystoreId")]
+    pub keystore_id: String,
+    /// The CMK new files are encrypted under unless `--key-id` says otherwise.
+    #[serde(rename = "DefaultKeyId")]
+    pub default_key_id: String,
+}
+
+/// The marker of `backing`, if it has one; an error if it is unreadable.
+pub fn read_marker(backing: &Path) -> Result<Option<BackingMarker>, MountError> {
+    let p = backing.join(BACKING_MARKER);
+    match std::fs::read(&p) {
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+            MountError::State(
+                format!("{} is not a valid kmsfs marker: {e}", p.display()),
+                "restore it from a backup, or remove it to bind the directory anew to the \
+                 keystore given with --keystore"
+                    .into(),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(MountError::Io(format!("{}: {e}", p.display()))),
+    }
+}
+
+/// Writes the marker of `backing` atomically, only if there is none yet.
+pub fn write_marker(backing: &Path, m: &BackingMarker) -> Result<(), MountError> {
+    let io = |e: std::io::Error| MountError::Io(format!("{}: {e}", backing.display()));
+    let tmp = backing.join(format!("{BACKING_MARKER}.{}.tmp", std::process::id()));
+    let body = serde_json::to_vec_pretty(m).map_err(|e| MountError::Io(e.to_string()))?;
+    let r = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        // A link never replaces: a marker made meanwhile stays.
+        match std::fs::hard_link(&tmp, backing.join(BACKING_MARKER)) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        File::open(backing)?.sync_all()
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    r.map_err(io)
+}
+
+/// What a bounded look at a backing directory found.
+#[derive(Debug, Default)]
+pub struct Survey {
+    /// Entries seen, the reserved names apart.
+    pub entries: usize,
+    /// The survey stopped at `SURVEY_LIMIT` entries.
+    pub truncated: bool,
+    /// Regular files that are not kmsfs files (relative paths; all counted,
+    /// the first few kept).
+    pub plain: Vec<PathBuf>,
+    /// How many regular files are not kmsfs files.
+    pub plain_count: usize,
+    /// Key ids named by the headers of the kmsfs files seen.
+    pub key_ids: BTreeSet<String>,
+}
+
+/// Looks at up to `SURVEY_LIMIT` entries of `dir`'s tree (symlinks are not
+/// followed): which regular files are kmsfs files and under which keys.
+pub fn survey(dir: &Path) -> Survey {
+    let mut s = Survey::default();
+    let mut queue = std::collections::VecDeque::from([PathBuf::new()]);
+    while let Some(rel) = queue.pop_front() {
+        let Ok(rd) = std::fs::read_dir(dir.join(&rel)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            if rel.as_os_str().is_empty() && (name == BACKING_MARKER || name == BACKING_LOCK) {
+                continue;
+            }
+            if s.entries >= SURVEY_LIMIT {
+                s.truncated = true;
+                return s;
+            }
+            s.entries += 1;
+            let Ok(ft) = e.file_type() else { continue };
+            let r = rel.join(&name);
+            if ft.is_dir() {
+                queue.push_back(r);
+            } else if ft.is_file() {
+                match File::open(e.path())
+                    .ok()
+                    .and_then(|f| EncryptedFile::read_header(&f).ok())
+                {
+                    Some(h) => {
+                        if let Some(slot) = h.active() {
+                            s.key_ids.insert(slot.key_id.clone());
+                        }
+                    }
+                    None => {
+                        s.plain_count += 1;
+                        if s.plain.len() < 3 {
+                            s.plain.push(r);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    s
+}
+
+/// What `check_before_mount` found and holds.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The parsed `-o` options.
+    pub options: Options,
+    /// The lock on the backing directory (shared with `-o sharedstorage`;
+    /// None on a read-only backing directory that has no lock file).
+    pub lock: Option<File>,
+    /// The backing directory cannot be written: the mount will be read-only.
+    pub backing_read_only: bool,
+}
+
+/// The device FUSE mounts go through (a debug build lets tests name another).
+fn dev_fuse() -> PathBuf {
+    #[cfg(debug_assertions)]
+    if let Some(p) = std::env::var_os("KMSFS_TEST_DEV_FUSE") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from("/dev/fuse")
+}
+
+fn check_dev_fuse() -> Result<(), MountError> {
+    let dev = dev_fuse();
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&dev)
+    {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                "load the fuse module (`modprobe fuse`), or in a container pass the device \
+                 (`--device /dev/fuse`)"
+            } else {
+                "mount as root (sudo kmsfs mount ...), or give this user read-write access to \
+                 /dev/fuse (ls -l /dev/fuse shows its group)"
+            };
+            Err(MountError::Refused(
+                format!("cannot open {}: {e}; nothing was mounted", dev.display()),
+                hint.into(),
+            ))
+        }
+    }
+}
+
+/// True when `dir`'s top level holds kmsfs's marker or a kmsfs file (looks
+/// at up to 32 entries).
+fn holds_kmsfs_files(dir: &Path) -> bool {
+    if dir.join(BACKING_MARKER).exists() {
+        return true;
+    }
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    rd.flatten().take(32).any(|e| {
+        e.file_type().is_ok_and(|t| t.is_file())
+            && File::open(e.path())
+                .ok()
+                .and_then(|f| EncryptedFile::read_header(&f).ok())
+                .is_some()
+    })
+}
+
+fn check_mountpoint_empty(mp: &Path, backing: &Path, o: &Options) -> Result<(), MountError> {
+    let swapped = format!(
+        "the arguments are `kmsfs mount BACKING MOUNTPOINT`: did you mean `kmsfs mount {} {}`?",
+        mp.display(),
+        backing.display()
+    );
+    if holds_kmsfs_files(mp) {
+        return Err(MountError::State(
+            format!(
+                "mount point {} holds kmsfs files: it looks like a backing directory",
+                mp.display()
+            ),
+            swapped,
+        ));
+    }
+    let nonempty = std::fs::read_dir(mp)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if nonempty && !o.nonempty {
+        return Err(MountError::State(
+            format!(
+                "mount point {} is not empty: the mount would hide what is there",
+                mp.display()
+            ),
+            format!(
+                "mount on an empty directory, or pass -o nonempty to hide its content while \
+                 mounted; {swapped}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Takes the lock of `backing` (creating the lock file): refused when
+/// another daemon holds it. A backing directory that cannot be written is
+/// reported as read-only (its lock is taken if the file exists).
+fn lock_backing(backing: &Path, shared: bool) -> Result<(Option<File>, bool), MountError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = backing.join(BACKING_LOCK);
+    let (file, read_only) = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&p)
+    {
+        Ok(f) => (Some(f), false),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EROFS | libc::EACCES | libc::EPERM)
+            ) =>
+        {
+            (File::open(&p).ok(), true)
+        }
+        Err(e) => return Err(MountError::Io(format!("{}: {e}", p.display()))),
+    };
+    if let Some(f) = &file {
+        let r = if shared {
+            f.try_lock_shared()
+        } else {
+            f.try_lock()
+        };
+        match r {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(MountError::State(
+                    format!(
+                        "{} is already served by another kmsfs daemon{} (it holds {})",
+                        backing.display(),
+                        if shared {
+                            " that does not share it (mounted without -o sharedstorage)"
+                        } else {
+                            ""
+                        },
+                        p.display()
+                    ),
+                    "use that mount (`grep kmsfs /proc/self/mountinfo` lists them) or unmount it \
+                     first; if several hosts or daemons share this storage on purpose, pass \
+                     -o sharedstorage to every mount"
+                        .into(),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(MountError::Io(format!("locking {}: {e}", p.display())));
+            }
+        }
+    }
+    Ok((file, read_only))
+}
+
+/// Everything checked before a keystore or anything else is created: the
+/// options, /dev/fuse, the mount point (free, empty unless `-o nonempty`,
+/// not a backing directory), the backing directory (not served by another
+/// daemon unless `-o sharedstorage`; writable, else the mount is read-only).
+pub fn check_before_mount(
+    backing: &Path,
+    mountpoint: &Path,
+    raw_options: &[String],
+) -> Result<Prepared, MountError> {
+    let options = parse_options(raw_options)?;
+    check_dev_fuse()?;
+    super::prepare_mountpoint(mountpoint)?;
+    check_mountpoint_empty(mountpoint, backing, &options)?;
+    if !options.shared_storage {
+        super::mountinfo::check_backing_unused(backing)?;
+    }
+    // Shared storage: a shared lock, which keeps out only the daemons that
+    // think they are alone (other hosts do not see it at all).
+    let (lock, backing_read_only) = lock_backing(backing, options.shared_storage)?;
+    Ok(Prepared {
+        options,
+        lock,
+        backing_read_only,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_round_trip_never_replaces() {
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(read_marker(t.path()).unwrap(), None);
+        let m = BackingMarker {
+            version: 1,
+            keystore_id: "ks-1".into(),
+            default_key_id: "k-1".into(),
+        };
+        write_marker(t.path(), &m).unwrap();
+        let other = BackingMarker {
+            keystore_id: "ks-2".into(),
+            ..m.clone()
+        };
+        write_marker(t.path(), &other).unwrap();
+        assert_eq!(read_marker(t.path()).unwrap(), Some(m));
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn survey_counts_plain_files_and_skips_reserved_names() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join(BACKING_LOCK), b"").unwrap();
+        std::fs::create_dir(t.path().join("d")).unwrap();
+        std::fs::write(t.path().join("d/plain"), b"hello").unwrap();
+        std::fs::write(t.path().join("empty"), b"").unwrap();
+        let s = survey(t.path());
+        assert_eq!((s.entries, s.plain_count), (3, 2));
+        assert!(s.key_ids.is_empty());
+        assert!(!s.truncated);
+    }
+}
