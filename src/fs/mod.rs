@@ -19,6 +19,7 @@ pub mod mount;
 mod node;
 mod open;
 mod privs;
+mod stats;
 mod xattr;
 
 pub use self::error::FsError;

@@ -33,7 +33,7 @@ pub enum XattrValue {
 }
 
 /// The answer for a value of `n` bytes in `buf` to a request of `size`.
-fn answer(n: usize, size: u32, mut buf: Vec<u8>) -> Result<XattrValue, FsError> {
+pub(super) fn answer(n: usize, size: u32, mut buf: Vec<u8>) -> Result<XattrValue, FsError> {
     if size == 0 {
         Ok(XattrValue::Size(n as u32))
     } else if n > size as usize {
