@@ -1,6 +1,7 @@
-//! The daemon's own request counters, which scripts/bench.sh reads to say
-//! how many FUSE round trips a workload cost: the xattr
-//! trusted.kmsfs.requests on the mount's root, `opcode count` per line.
+//! Performance plumbing: the daemon's own request counters, which
+//! scripts/bench.sh reads to say how many FUSE round trips a workload cost
+//! (the xattr trusted.kmsfs.requests on the mount's root, `opcode count` per
+//! line), and the read-ahead window a root daemon sets after mounting.
 
 mod common;
 
@@ -51,4 +52,28 @@ fn the_mount_counts_the_requests_it_serves_by_opcode() {
     assert_eq!(other.trim(), libc::ENODATA.to_string());
     let listed = sh(&m.mnt, "python3 -c 'import os; print(os.listxattr(\".\"))'");
     assert!(!listed.contains("kmsfs"), "{listed}");
+}
+
+#[test]
+fn a_root_mount_raises_its_read_ahead_window() {
+    if !require_root("readahead", "only root may write sysfs") {
+        return;
+    }
+    let Some(m) = Mount::new("readahead") else {
+        return;
+    };
+    // The mount's device, from mountinfo: no request to the daemon.
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mnt = m.mnt.to_str().expect("a plain temp path");
+    let dev = info
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() > 4 && f[4] == mnt).then(|| f[2].to_string())
+        })
+        .next_back()
+        .expect("the mount in mountinfo");
+    let kb = fs::read_to_string(format!("/sys/class/bdi/{dev}/read_ahead_kb")).unwrap();
+    // The kernel's default for a FUSE mount is 128 KiB.
+    assert_eq!(kb.trim(), "4096");
 }

@@ -19,6 +19,7 @@ pub mod mount;
 mod node;
 mod open;
 mod privs;
+mod readahead;
 mod stats;
 mod xattr;
 

@@ -494,6 +494,7 @@ fn serve(req: &MountRequest, ready: &mut dyn FnMut(Result<(), String>)) -> Resul
         escaped(&req.mountpoint)
     );
     ready(Ok(()));
+    super::readahead::raise(&req.mountpoint);
     let mp = req.mountpoint.clone();
     std::thread::Builder::new()
         .name("kmsfs-signals".into())
