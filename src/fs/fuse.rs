@@ -26,6 +26,12 @@ use crate::os::node::Utime;
 
 const GENERATION: Generation = Generation(0);
 
+/// How files are opened: FOPEN_NOFLUSH, because a FLUSH has nothing to do
+/// here (every write already reached the backing file, and locks are the
+/// kernel's), so close(2) need not wait for a round trip to the daemon: one
+/// request fewer per file opened (tar -x and cat of a tree: one in six).
+const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
+
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
@@ -320,7 +326,7 @@ impl Filesystem for KmsFs {
         let truncate = flags.0 & libc::O_TRUNC != 0;
         let body = || KmsFs::open(self, ino.0, &caller(req), truncate);
         serve(Op::Open, reply, body, |r, _| {
-            r.opened(FileHandle(ino.0), FopenFlags::empty())
+            r.opened(FileHandle(ino.0), OPEN_FLAGS)
         });
     }
 
@@ -568,13 +574,7 @@ impl Filesystem for KmsFs {
         };
         serve(Op::Create, reply, body, |r, (attr, _)| {
             let fh = FileHandle(attr.ino);
-            r.created(
-                &self.ttl(),
-                &file_attr(&attr),
-                GENERATION,
-                fh,
-                FopenFlags::empty(),
-            )
+            r.created(&self.ttl(), &file_attr(&attr), GENERATION, fh, OPEN_FLAGS)
         });
     }
 
