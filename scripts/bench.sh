@@ -1,15 +1,30 @@
 #!/usr/bin/env bash
 # Measures kmsfs and prints tables; asserts nothing. Every filesystem figure is quoted
 # against a plain directory on the same disk measured in the same run, next to
-# gocryptfs 2.3 (Debian) for reference.
+# gocryptfs (Debian package) for reference.
 #
 #   scripts/bench.sh            # everything (needs root and /dev/fuse for the mount part)
 #   scripts/bench.sh kms        # only the in-process key-service benchmark
-#   BENCH_MB=512 scripts/bench.sh fs
+#   scripts/bench.sh fs         # only the filesystem rows
+#
+# Environment: BENCH_ROUNDS (3) interleaved rounds, the median is shown; BENCH_MB (256)
+# size of the sequential file; BENCH_RAND_SECS (5) seconds per random-I/O row;
+# BENCH_RESULTS (results/bench) where the CSV, JSON and SVG chart go; BENCH_TREE (the
+# directories the small-file tree is made of, default /usr/include + /usr/lib/python3.*).
+#
+# Rows (the performance issue's table): fio psync QD1 sequential write bs=1M with
+# end_fsync, sequential read with caches dropped, random 4 KiB buffered writes with
+# end_fsync, random 4 KiB reads of a cached file; tar -x of the tree then sync, ls -lR
+# of it warm (second run), cat of every file cold, rm -rf of it. Beside them: each
+# mount's peak RSS (VmHWM) and, for kmsfs, the FUSE requests each workload cost by
+# opcode, from the daemon's own counters (xattr trusted.kmsfs.requests on the root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
 MB=${BENCH_MB:-256}
+ROUNDS=${BENCH_ROUNDS:-3}
+RSECS=${BENCH_RAND_SECS:-5}
+RESULTS=${BENCH_RESULTS:-$PWD/results/bench}
 
 cargo build --release --quiet --examples --bins
 kmsfs=$PWD/target/release/kmsfs
@@ -26,7 +41,6 @@ fi
 need=()
 command -v gocryptfs >/dev/null || need+=(gocryptfs)
 command -v fio >/dev/null || need+=(fio)
-command -v sqlite3 >/dev/null || need+=(sqlite3)
 if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
@@ -40,7 +54,7 @@ cleanup() {
 trap cleanup EXIT
 
 # Three targets: plain, kmsfs, gocryptfs.
-mkdir -p "$work"/{plain,kb,km,gb,gm,src}
+mkdir -p "$work"/{plain,kb,km,gb,gm}
 export KMSFS_KEYSTORE=$work/keystore XDG_STATE_HOME=$work/state
 "$kmsfs" mount "$work/kb" "$work/km" 2>/dev/null; mounts+=("$work/km")
 printf 'bench-passphrase\n' > "$work/pass"
@@ -48,64 +62,81 @@ gocryptfs -q -init -passfile "$work/pass" -scryptn 10 "$work/gb" >/dev/null
 gocryptfs -q -nosyslog -passfile "$work/pass" "$work/gb" "$work/gm"; mounts+=("$work/gm")
 targets=(plain km gm)
 names=(plain kmsfs gocryptfs)
+kpid=$(awk -v m="$work/km" '$5 == m { for (i = 7; $i != "-"; i++); split($(i + 2), s, ":"); print s[2] }' /proc/self/mountinfo)
+gpid=$(pgrep -n -f "gocryptfs .*$work/gb" || true)
+pids=("" "$kpid" "$gpid")
 
-# A source tree for the small-file test: 3000 files of 0-16 KiB in 60 directories.
-python3 - "$work/src" <<'PY'
-import os, random, sys
-random.seed(7)
-root = sys.argv[1]
-for d in range(60):
-    p = os.path.join(root, f"dir{d:02}")
-    os.makedirs(p)
-    for f in range(50):
-        with open(os.path.join(p, f"file{f:02}.txt"), "wb") as fh:
-            fh.write(os.urandom(random.randint(0, 16384)))
-PY
-tar -C "$work" -cf "$work/tree.tar" src
+# The small-file tree: files every Debian machine has.
+read -r -a tree <<<"${BENCH_TREE:-/usr/include $(ls -d /usr/lib/python3.[0-9]* 2>/dev/null | head -1)}"
+tar -cf "$work/tree.tar" "${tree[@]}" 2>/dev/null || true
+nfiles=$(tar -tvf "$work/tree.tar" | grep -c '^-')
+ndirs=$(tar -tvf "$work/tree.tar" | grep -c '^d')
+tsize=$(tar -tvf "$work/tree.tar" | awk '/^-/ { s += $3 } END { printf "%.0f", s / 1048576 }')
+echo "== small-file tree: ${tree[*]}: $nfiles files, $ndirs directories, $tsize MiB"
 
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-secs() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1; e=$(date +%s%N); awk -v a="$s" -v b="$e" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
+now() { date +%s%N; }
+# counts DIR: kmsfs's request counters (empty elsewhere).
+counts() { [[ $1 == "$work/km" ]] && python3 -c 'import os,sys; print(os.getxattr(sys.argv[1], "trusted.kmsfs.requests").decode(), end="")' "$1" || true; }
+fio_json() { fio --output-format=json --ioengine=psync --iodepth=1 --fallocate=none "$@"; }
+iops() { python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; print(j[sys.argv[2]]["total_ios"])' "$@"; }
 
-# Each measurement RUNS times (default 5), the targets interleaved within each round so
-# that drift on the host hits all three alike; the tables show the median.
-RUNS=${BENCH_RUNS:-5}
-declare -A T
-record() { T[$1,$2]="${T[$1,$2]:-} $3"; }
-for ((r = 1; r <= RUNS; r++)); do
+csv=$work/raw.csv
+echo "round,target,row,value,unit" > "$csv"
+reqs=$work/requests.txt; : > "$reqs"
+# One measurement: ROW UNIT TARGET-DIR NAME then a function that prints the value.
+measure() {
+  local row=$1 unit=$2 d=$3 n=$4; shift 4
+  local before after v
+  before=$(counts "$d")
+  v=$("$@")
+  after=$(counts "$d")
+  echo "$r,$n,$row,$v,$unit" >> "$csv"
+  if [[ $n == kmsfs && $r == 1 ]]; then
+    python3 - "$row" "$before" "$after" >> "$reqs" <<'PY'
+import sys
+row, b, a = sys.argv[1:4]
+parse = lambda t: {k: int(v) for k, v in (l.split() for l in t.splitlines() if l)}
+b, a = parse(b), parse(a)
+d = {k: a[k] - b.get(k, 0) for k in a if a[k] - b.get(k, 0) > 0}
+print(row + "\t" + str(sum(d.values())) + "\t" + " ".join(f"{k}={v}" for k, v in sorted(d.items(), key=lambda x: -x[1])))
+PY
+  fi
+}
+# Each prints its figure. Throughputs: MiB/s or IOPS over the wall time of the command
+# (fio start, the I/O and the end_fsync); times: seconds.
+seqwrite() { local s e; s=$(now); fio_json --name=w --filename="$d/big" --rw=write --bs=1M --size="${MB}M" --end_fsync=1 >/dev/null; e=$(now); awk -v m="$MB" -v s="$s" -v e="$e" 'BEGIN { printf "%.0f", m / ((e - s) / 1e9) }'; }
+seqread() { local s e; s=$(now); fio_json --name=r --filename="$d/big" --rw=read --bs=1M --size="${MB}M" >/dev/null; e=$(now); awk -v m="$MB" -v s="$s" -v e="$e" 'BEGIN { printf "%.0f", m / ((e - s) / 1e9) }'; }
+randwrite() { local s e n; s=$(now); fio_json --name=rw --filename="$d/big" --invalidate=0 --rw=randwrite --bs=4k --size="${MB}M" --time_based --runtime="$RSECS" --end_fsync=1 > "$work/fio.json"; e=$(now); n=$(iops "$work/fio.json" write); awk -v n="$n" -v s="$s" -v e="$e" 'BEGIN { printf "%.0f", n / ((e - s) / 1e9) }'; }
+randread() { local s e n; cat "$d/big" > /dev/null; s=$(now); fio_json --name=rr --filename="$d/big" --invalidate=0 --rw=randread --bs=4k --size="${MB}M" --time_based --runtime="$RSECS" > "$work/fio.json"; e=$(now); n=$(iops "$work/fio.json" read); awk -v n="$n" -v s="$s" -v e="$e" 'BEGIN { printf "%.0f", n / ((e - s) / 1e9) }'; }
+timed() { local s e; s=$(now); "$@" >/dev/null 2>&1; e=$(now); awk -v s="$s" -v e="$e" 'BEGIN { printf "%.3f", (e - s) / 1e9 }'; }
+untar() { timed sh -c "tar -C '$d' -xf '$work/tree.tar' && sync"; }
+lsR() { ls -lR "$d/usr" > /dev/null; timed ls -lR "$d/usr"; }
+catall() { drop; timed sh -c "find '$d/usr' -type f -print0 | xargs -0 cat > /dev/null"; }
+rmtree() { timed rm -rf "$d/usr"; }
+
+for ((r = 1; r <= ROUNDS; r++)); do
+  echo "round $r/$ROUNDS ($(uptime | sed 's/.*load/load/'))"
   for i in 0 1 2; do
     d=$work/${targets[$i]}; n=${names[$i]}
-    drop; record "$n" write "$(secs dd if=/dev/zero of="$d/big" bs=1M count="$MB" conv=fsync)"
-    drop; record "$n" read "$(secs dd if="$d/big" of=/dev/null bs=1M)"
-    drop; record "$n" rand "$(secs fio --name=r --filename="$d/big" --rw=randrw --bs=4k --size="${MB}M" \
-          --io_size=64M --ioengine=psync --direct=0 --fsync=0 --end_fsync=1)"
+    drop; measure seqwrite MiB/s "$d" "$n" seqwrite
+    drop; measure seqread MiB/s "$d" "$n" seqread
+    measure randwrite IOPS "$d" "$n" randwrite
+    measure randread IOPS "$d" "$n" randread
     rm -f "$d/big"
-    drop; record "$n" untar "$(secs sh -c "tar -C '$d' -xf '$work/tree.tar' && sync")"
-    drop; record "$n" readtree "$(secs sh -c "cat '$d'/src/*/* > /dev/null")"
-    record "$n" rmtree "$(secs rm -rf "$d/src")"
-    record "$n" sqlite "$(secs sh -c "sqlite3 '$d/db' 'PRAGMA journal_mode=WAL; CREATE TABLE t(a INTEGER, b TEXT);
-        BEGIN; WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<200000)
-        INSERT INTO t SELECT x, hex(randomblob(32)) FROM c; COMMIT; SELECT count(*) FROM t;'")"
-    rm -f "$d"/db*
+    drop; measure untar s "$d" "$n" untar
+    measure lsR s "$d" "$n" lsR
+    measure catall s "$d" "$n" catall
+    measure rmtree s "$d" "$n" rmtree
   done
 done
-median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+for i in 1 2; do
+  hwm=$(awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/${pids[$i]}/status" 2>/dev/null || echo NA)
+  echo "0,${names[$i]},peakrss,$hwm,MiB" >> "$csv"
+done
 
-printf '\n== filesystem, %s MiB files, median of %s runs, seconds (ratio to plain; lower is better)\n' "$MB" "$RUNS"
-printf '%-34s %16s %16s %16s\n' test plain kmsfs gocryptfs
-row() {
-  local key=$1 label=$2 p t
-  p=$(median "${T[plain,$1]}")
-  printf '%-34s %16s' "$label" "$p"
-  for n in kmsfs gocryptfs; do
-    t=$(median "${T[$n,$key]}")
-    printf ' %16s' "$(awk -v t="$t" -v p="$p" 'BEGIN { printf "%.3f (%.1fx)", t, t / p }')"
-  done
-  echo
-}
-row write "sequential write ${MB} MiB + fsync"
-row read "sequential read ${MB} MiB (cold)"
-row rand "fio 4k randrw 64 MiB"
-row untar "tar -x 3000 files + sync"
-row readtree "cat 3000 files (cold)"
-row rmtree "rm -rf 3000 files"
-row sqlite "sqlite3 200k inserts (WAL)"
+mkdir -p "$RESULTS"
+stamp=$(date +%Y%m%d-%H%M%S)
+cp "$csv" "$RESULTS/raw-$stamp.csv"
+python3 scripts/bench/report.py "$csv" "$reqs" "$RESULTS" "$stamp" \
+  "rounds=$ROUNDS mb=$MB rand_secs=$RSECS tree=$nfiles files/$ndirs dirs/$tsize MiB kernel=$(uname -r) cpus=$(nproc) load=$(cut -d' ' -f1-3 /proc/loadavg)"

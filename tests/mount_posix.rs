@@ -52,7 +52,7 @@ acl = struct.pack('<I', 2) + b''.join(struct.pack('<HHI', t, p, i) for t, p, i i
 [(1, 6, 0xffffffff), (2, 0, 65534), (4, 4, 0xffffffff), (0x10, 4, 0xffffffff), (0x20, 4, 0xffffffff)])\n";
 
 #[test]
-fn posix_acls_are_refused_and_never_shown() {
+fn posix_acls_and_security_labels_are_refused_and_never_shown() {
     let Some(m) = Mount::new("acl") else { return };
     fs::write(m.p("f"), b"x").unwrap();
     fs::create_dir(m.p("d")).unwrap();
@@ -62,6 +62,7 @@ fn posix_acls_are_refused_and_never_shown() {
         ("f", "system.posix_acl_access"),
         ("d", "system.posix_acl_access"),
         ("d", "system.posix_acl_default"),
+        ("f", "security.selinux"),
     ] {
         let out = py(
             &m.mnt,
@@ -102,7 +103,18 @@ fn posix_acls_are_refused_and_never_shown() {
         "import os\ntry:\n    print(len(os.getxattr('f', 'system.posix_acl_access')))\n\
          except OSError as e:\n    print('errno', e.errno)",
     );
-    assert_eq!(got, format!("errno {}", libc::ENODATA));
+    // Reading one is EOPNOTSUPP too, so that ls -l stops asking.
+    assert_eq!(got, format!("errno {}", libc::EOPNOTSUPP));
+    for (name, attr) in [("d", "system.posix_acl_default"), ("d", "security.selinux")] {
+        let got = py(
+            &m.mnt,
+            &format!(
+                "import os\ntry:\n    print(len(os.getxattr('{name}', '{attr}')))\n\
+                 except OSError as e:\n    print('errno', e.errno)"
+            ),
+        );
+        assert_eq!(got, format!("errno {}", libc::EOPNOTSUPP), "{name} {attr}");
+    }
 }
 
 #[test]

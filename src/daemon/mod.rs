@@ -16,6 +16,7 @@ mod backing;
 mod logfile;
 mod mountinfo;
 mod options;
+mod readahead;
 mod serve;
 
 pub use self::backing::{

@@ -17,6 +17,8 @@ pub struct MountInfo {
     pub fstype: String,
     /// The source ("kmsfs:PID:BACKING" for our mounts).
     pub source: String,
+    /// The mounted device, `MAJ:MIN` (a FUSE mount's anonymous device).
+    pub device: String,
 }
 
 impl MountInfo {
@@ -63,6 +65,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
                 mountpoint: PathBuf::from(unescape(f.get(4)?)),
                 fstype: f.get(sep + 1)?.to_string(),
                 source: unescape(f.get(sep + 2)?),
+                device: f.get(2)?.to_string(),
             })
         })
         .collect()

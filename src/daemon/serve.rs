@@ -92,6 +92,7 @@ pub(super) fn serve(
         escaped(&req.mountpoint)
     );
     ready(Ok(()));
+    super::readahead::raise(&req.mountpoint);
     let mp = req.mountpoint.clone();
     std::thread::Builder::new()
         .name("kmsfs-signals".into())

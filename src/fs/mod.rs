@@ -20,6 +20,7 @@ mod node;
 mod open;
 mod options;
 mod privs;
+mod stats;
 mod xattr;
 
 pub use self::error::FsError;

@@ -1,6 +1,6 @@
 //! Extended attributes through the mount: the backing object's own, except
-//! kmsfs's reserved names (hidden, and refused to change) and POSIX ACLs
-//! (not supported: the kernel would not enforce them).
+//! kmsfs's reserved names (hidden, and refused to change), POSIX ACLs and
+//! the SELinux label (not supported: the kernel would not enforce them).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -17,10 +17,19 @@ pub(super) const RESERVED_XATTR_PREFIXES: [&str; 2] = ["user.kmsfs.", "trusted.k
 /// The POSIX ACL xattrs. The mount does not support ACLs: the kernel checks
 /// only the mode bits (FUSE_POSIX_ACL is not requested), so an ACL passed to
 /// the backing file would not be enforced, while ext4 would still rewrite the
-/// group bits to its mask. Setting them is EOPNOTSUPP (as on a file system
-/// without ACLs); ones the backing file has anyway are neither listed nor
-/// returned.
+/// group bits to its mask. Getting, setting and removing them is EOPNOTSUPP,
+/// as on a file system without ACLs (ones the backing file has anyway are
+/// neither listed nor returned): a program that meets EOPNOTSUPP knows the
+/// mount has no ACLs and stops asking (`ls -l` asks once per device instead
+/// of once per file, each a round trip to the daemon).
 pub(super) const ACL_XATTRS: [&str; 2] = ["system.posix_acl_access", "system.posix_acl_default"];
+
+/// The SELinux label. The mount does not carry security labels: the kernel
+/// labels a FUSE mount as a whole (genfs), so a label passed to the backing
+/// file would label nothing, and the backing file's own label is the
+/// daemon's business. Like the ACLs, it is EOPNOTSUPP to get, set and
+/// remove, and not listed (`ls -l` asks for it once per device, not per file).
+pub(super) const LABEL_XATTRS: [&str; 1] = ["security.selinux"];
 
 /// What a getxattr or listxattr answers: the size when asked with size 0,
 /// else the bytes.
@@ -33,7 +42,7 @@ pub enum XattrValue {
 }
 
 /// The answer for a value of `n` bytes in `buf` to a request of `size`.
-fn answer(n: usize, size: u32, mut buf: Vec<u8>) -> Result<XattrValue, FsError> {
+pub(super) fn answer(n: usize, size: u32, mut buf: Vec<u8>) -> Result<XattrValue, FsError> {
     if size == 0 {
         Ok(XattrValue::Size(n as u32))
     } else if n > size as usize {
@@ -59,12 +68,20 @@ pub(super) fn acl_xattr(name: &OsStr) -> bool {
         .any(|a| name.as_encoded_bytes() == a.as_bytes())
 }
 
-/// Removes reserved names and ACLs from a NUL-separated xattr name list.
+/// True for a name the mount does not support (`ACL_XATTRS`, `LABEL_XATTRS`).
+pub(super) fn unsupported_xattr(name: &OsStr) -> bool {
+    acl_xattr(name)
+        || LABEL_XATTRS
+            .iter()
+            .any(|a| name.as_encoded_bytes() == a.as_bytes())
+}
+
+/// Removes reserved and unsupported names from a NUL-separated xattr name list.
 pub(super) fn filter_xattr_list(list: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(list.len());
     for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let name_os = OsStr::from_bytes(name);
-        if !reserved_xattr(name_os) && !acl_xattr(name_os) {
+        if !reserved_xattr(name_os) && !unsupported_xattr(name_os) {
             out.extend_from_slice(name);
             out.push(0);
         }
@@ -75,8 +92,11 @@ pub(super) fn filter_xattr_list(list: &[u8]) -> Vec<u8> {
 impl KmsFs {
     /// getxattr of `ino`'s backing object (a symlink itself).
     pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> Result<XattrValue, FsError> {
-        if reserved_xattr(name) || acl_xattr(name) {
+        if reserved_xattr(name) {
             return Err(FsError::NoAttribute);
+        }
+        if unsupported_xattr(name) {
+            return Err(FsError::Unsupported);
         }
         let node = self.open_checked(ino, libc::O_PATH)?.file;
         let mut buf = vec![0u8; size as usize];
@@ -84,7 +104,7 @@ impl KmsFs {
         answer(n, size, buf)
     }
 
-    /// listxattr of `ino`'s backing object, without reserved names and ACLs.
+    /// listxattr of `ino`'s backing object, without reserved and unsupported names.
     pub fn listxattr(&self, ino: u64, size: u32) -> Result<XattrValue, FsError> {
         let node = self.open_checked(ino, libc::O_PATH)?.file;
         let n = os::xattr::listxattr_node(&node, &mut [])?;
@@ -114,7 +134,8 @@ impl KmsFs {
     }
 
     /// setxattr and removexattr: kmsfs's own names are refused (EPERM), POSIX
-    /// ACLs too (EOPNOTSUPP: the kernel would not enforce them), then `change`
+    /// ACLs and security labels too (EOPNOTSUPP: the kernel would not enforce
+    /// them), then `change`
     /// runs on the entry checked to be `ino` (a symlink itself).
     fn change_xattr(
         &self,
@@ -125,7 +146,7 @@ impl KmsFs {
         if reserved_xattr(name) {
             return Err(FsError::Reserved);
         }
-        if acl_xattr(name) {
+        if unsupported_xattr(name) {
             return Err(FsError::Unsupported);
         }
         self.writable()?;
@@ -141,8 +162,11 @@ mod tests {
     fn xattr_filter() {
         assert!(reserved_xattr(OsStr::new("user.kmsfs.x")));
         assert!(!reserved_xattr(OsStr::new("user.other")));
-        let l = b"user.a\0user.kmsfs.hdr\0security.selinux\0";
-        assert_eq!(filter_xattr_list(l), b"user.a\0security.selinux\0".to_vec());
+        let l = b"user.a\0user.kmsfs.hdr\0security.selinux\0security.x\0";
+        assert_eq!(filter_xattr_list(l), b"user.a\0security.x\0".to_vec());
+        assert!(unsupported_xattr(OsStr::new("security.selinux")));
+        assert!(unsupported_xattr(OsStr::new("system.posix_acl_default")));
+        assert!(!unsupported_xattr(OsStr::new("security.capability")));
         assert!(acl_xattr(OsStr::new("system.posix_acl_access")));
         assert!(acl_xattr(OsStr::new("system.posix_acl_default")));
         assert!(!acl_xattr(OsStr::new("system.posix_acl_accessx")));

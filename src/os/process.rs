@@ -17,7 +17,7 @@ pub(crate) fn forbid_core_dumps() -> io::Result<()> {
 /// What a write to a closed pipe does: `true`, kill the process quietly
 /// (SIGPIPE's default, what Unix tools do, for the commands that print);
 /// `false`, fail with EPIPE (Rust's default, for the mount daemon).
-pub fn sigpipe_kills(kills: bool) {
+pub(crate) fn sigpipe_kills(kills: bool) {
     let h = if kills { libc::SIG_DFL } else { libc::SIG_IGN };
     // SAFETY: installs one of the two predefined dispositions.
     unsafe { libc::signal(libc::SIGPIPE, h) };

@@ -16,7 +16,7 @@ pub(crate) fn fallocate(file: &impl AsRawFd, mode: i32, offset: u64, len: u64) -
 
 /// syncfs(2): makes everything written to the file system that holds
 /// `fd` durable (one journal commit for a whole batch of files).
-pub fn syncfs(fd: &impl AsRawFd) -> io::Result<()> {
+pub(crate) fn syncfs(fd: &impl AsRawFd) -> io::Result<()> {
     // SAFETY: an integer argument only; the descriptor is borrowed from a
     // live file.
     check(unsafe { libc::syncfs(fd.as_raw_fd()) })

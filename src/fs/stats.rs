@@ -1,0 +1,108 @@
+//! The mount's own count of the FUSE requests it served, by opcode: one
+//! relaxed atomic add per request, so that a benchmark can say how many
+//! round trips a workload cost without kernel tracing. Read on the mount's
+//! root as the xattr `REQUESTS_XATTR`, by root only (the kernel lets only
+//! CAP_SYS_ADMIN read `trusted.*`, and the daemon checks the caller's uid
+//! too). Requests fuser answers by itself (INIT, INTERRUPT, operations kmsfs
+//! does not implement) are not counted.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::error::FsError;
+use super::xattr::{XattrValue, answer};
+
+/// The xattr of the mount's root that reports the counts: one line per
+/// opcode served at least once, `name count`, in opcode order.
+pub(super) const REQUESTS_XATTR: &str = "trusted.kmsfs.requests";
+
+macro_rules! ops {
+    ($($op:ident => $name:literal),* $(,)?) => {
+        /// A request the adapter serves.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub(super) enum Op { $($op),* }
+        const NAMES: &[&str] = &[$($name),*];
+    };
+}
+
+ops!(
+    Lookup => "lookup", Forget => "forget", Getattr => "getattr", Setattr => "setattr",
+    Readlink => "readlink", Mknod => "mknod", Mkdir => "mkdir", Unlink => "unlink",
+    Rmdir => "rmdir", Symlink => "symlink", Rename => "rename", Link => "link",
+    Open => "open", Read => "read", Write => "write", Flush => "flush",
+    Release => "release", Fsync => "fsync", Opendir => "opendir", Readdir => "readdir",
+    Readdirplus => "readdirplus", Releasedir => "releasedir", Fsyncdir => "fsyncdir",
+    Statfs => "statfs", Setxattr => "setxattr", Getxattr => "getxattr",
+    Listxattr => "listxattr", Removexattr => "removexattr", Access => "access",
+    Create => "create", Fallocate => "fallocate", CopyFileRange => "copy_file_range",
+    Lseek => "lseek",
+);
+
+static COUNTS: [AtomicU64; NAMES.len()] = [const { AtomicU64::new(0) }; NAMES.len()];
+
+impl Op {
+    /// The opcode's name, as logged.
+    pub(super) fn name(self) -> &'static str {
+        NAMES[self as usize]
+    }
+
+    /// Counts one request of this opcode.
+    pub(super) fn count(self) {
+        COUNTS[self as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The counts so far, `name count` per line, opcodes never served left out.
+pub(super) fn report() -> String {
+    let mut out = String::new();
+    for (name, n) in NAMES.iter().zip(&COUNTS) {
+        let n = n.load(Ordering::Relaxed);
+        if n > 0 {
+            out.push_str(&format!("{name} {n}\n"));
+        }
+    }
+    out
+}
+
+/// The getxattr answer for `REQUESTS_XATTR` to a caller of `uid`: the
+/// report, or ENODATA (as for any name kmsfs reserves) to anyone but root.
+pub(super) fn requests_xattr(uid: u32, size: u32) -> Result<XattrValue, FsError> {
+    if uid != 0 {
+        return Err(FsError::NoAttribute);
+    }
+    let r = report().into_bytes();
+    answer(r.len(), size, r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count_of(name: &str) -> u64 {
+        report()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn counts_are_reported_by_name_and_only_to_root() {
+        let before = count_of("copy_file_range");
+        Op::CopyFileRange.count();
+        Op::CopyFileRange.count();
+        // Other tests count too, concurrently: at least our two.
+        assert!(count_of("copy_file_range") >= before + 2);
+        assert_eq!(Op::CopyFileRange.name(), "copy_file_range");
+        assert_eq!(NAMES.len(), Op::Lseek as usize + 1);
+        match requests_xattr(0, 4096) {
+            Ok(XattrValue::Data(d)) => {
+                assert!(String::from_utf8_lossy(&d).contains("copy_file_range "))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(requests_xattr(0, 0), Ok(XattrValue::Size(n)) if n > 0));
+        assert!(matches!(
+            requests_xattr(1000, 4096),
+            Err(FsError::NoAttribute)
+        ));
+    }
+}
