@@ -13,6 +13,7 @@ use super::MountError;
 use super::options::{Options, parse_options};
 use crate::envelope::EncryptedFile;
 use crate::fs::{BACKING_LOCK, BACKING_MARKER};
+use crate::os::{self, dir::EntryKind};
 
 /// Entries the survey looks at, at most (the whole tree, breadth first).
 pub const SURVEY_LIMIT: usize = 2000;
@@ -92,11 +93,12 @@ pub fn survey(dir: &Path) -> Survey {
     let mut s = Survey::default();
     let mut queue = std::collections::VecDeque::from([PathBuf::new()]);
     while let Some(rel) = queue.pop_front() {
-        let Ok(rd) = std::fs::read_dir(dir.join(&rel)) else {
+        // Read without O_NOATIME's absence leaving a trace: a mount must not
+        // change the access times of what it is about to serve.
+        let Ok(entries) = os::dir::list_noatime(&dir.join(&rel)) else {
             continue;
         };
-        for e in rd.flatten() {
-            let name = e.file_name();
+        for (name, kind) in entries {
             if rel.as_os_str().is_empty() && (name == BACKING_MARKER || name == BACKING_LOCK) {
                 continue;
             }
@@ -105,12 +107,11 @@ pub fn survey(dir: &Path) -> Survey {
                 return s;
             }
             s.entries += 1;
-            let Ok(ft) = e.file_type() else { continue };
             let r = rel.join(&name);
-            if ft.is_dir() {
+            if kind == EntryKind::Dir {
                 queue.push_back(r);
-            } else if ft.is_file() {
-                match File::open(e.path())
+            } else if kind == EntryKind::File {
+                match crate::tree::open_backing(&dir.join(&r), false)
                     .ok()
                     .and_then(|f| EncryptedFile::read_header(&f).ok())
                 {

@@ -4,11 +4,13 @@
 //! `unmount`.
 #![forbid(unsafe_code)]
 
+use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::fs::BACKING_LOCK;
 use crate::kms::KeyService;
 use crate::os;
 
@@ -187,9 +189,20 @@ pub fn unmount(mp: &Path) -> Result<(), MountError> {
         }
         Err(e) => return Err(MountError::Io(format!("umount {}: {e}", path.display()))),
     }
+    let t0 = Instant::now();
+    let waiting = || t0.elapsed() < Duration::from_secs(10);
     if let Some(pid) = info.daemon_pid() {
-        let t0 = Instant::now();
-        while os::process::process_alive(pid) && t0.elapsed() < Duration::from_secs(10) {
+        while os::process::process_alive(pid) && waiting() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    // The backing directory is free for the next mount only once the
+    // daemon's lock is gone with the last descriptor that held it.
+    if let Some(lock) = info
+        .backing()
+        .and_then(|b| File::open(b.join(BACKING_LOCK)).ok())
+    {
+        while lock.try_lock_shared().is_err() && waiting() {
             std::thread::sleep(Duration::from_millis(10));
         }
     }

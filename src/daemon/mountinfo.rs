@@ -27,6 +27,12 @@ impl MountInfo {
         self.fstype == "fuse.kmsfs" || self.source.starts_with("kmsfs:")
     }
 
+    /// The backing directory, for kmsfs mounts named by kmsfs.
+    pub fn backing(&self) -> Option<PathBuf> {
+        let rest = self.source.strip_prefix("kmsfs:")?;
+        Some(PathBuf::from(rest.split_once(':')?.1))
+    }
+
     /// The serving daemon's pid, for kmsfs mounts.
     pub fn daemon_pid(&self) -> Option<u32> {
         let rest = self.source.strip_prefix("kmsfs:")?;

@@ -4,6 +4,7 @@
 //! carries a `// SAFETY:` comment saying why it holds.
 
 pub(crate) mod beneath;
+pub(crate) mod dir;
 pub(crate) mod ids;
 pub(crate) mod mount;
 pub(crate) mod node;
