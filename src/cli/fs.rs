@@ -109,7 +109,7 @@ fn envelope_error(what: &Path, e: EnvelopeError) -> CliError {
     }
 }
 
-fn existing_dir(p: &Path, what: &str) -> Result<PathBuf, CliError> {
+pub(super) fn existing_dir(p: &Path, what: &str) -> Result<PathBuf, CliError> {
     let abs = std::fs::canonicalize(p).map_err(|e| {
         CliError::new(ErrorClass::NotFound, format!("{what} {}: {e}", p.display()))
             .hint(format!("create it first: mkdir -p {}", p.display()))
@@ -167,7 +167,7 @@ type BoundKey = (Arc<dyn KeyService>, String, Option<BackingMarker>);
 /// keystore it was first mounted with (its marker): another keystore is
 /// refused, and a keystore is created (zero setup) only for a new, empty
 /// backing directory. Returns the marker to write when there is none yet.
-fn bound_service_and_key(
+pub(super) fn bound_service_and_key(
     g: &GlobalArgs,
     key_id: Option<&str>,
     backing: &Path,
