@@ -411,6 +411,7 @@ pub fn import(g: &GlobalArgs, a: ImportArgs) -> Result<(), CliError> {
     if let Some(m) = marker {
         crate::daemon::write_marker(&backing, &m)?;
     }
+    super::fs::remember_backing(g, &backing);
     let w = walk(&src)?;
     let pb = progress_bar(w.files.len());
     let start = std::time::Instant::now();

@@ -8,6 +8,7 @@
 mod export;
 mod fsck;
 mod import;
+mod known;
 mod rewrap;
 
 use std::fs::File;
@@ -22,6 +23,7 @@ use crate::kms::{KeyMetadata, KeyState, KmsError, Missing, StateProblem};
 pub use self::export::{ExportReport, Skipped, export_tree};
 pub use self::fsck::{FileCheck, FileStatus, FsckReport, KeySummary, fsck_file, fsck_tree};
 pub use self::import::{ImportReport, import_tree};
+pub use self::known::{known as known_backings, protected_by, remember as remember_backing};
 pub use self::rewrap::{Problem, RewrapOptions, RewrapOutcome, RewrapReport, Rewrapper};
 
 /// What a walk of a tree found, each list in a stable (sorted) order, and
