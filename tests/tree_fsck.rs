@@ -87,3 +87,38 @@ fn fsck_reports_each_finding_and_the_keys_that_protect_the_tree() {
     assert_eq!(v["Keys"][&key]["Files"], 1);
     assert_eq!(v["Keys"][&key]["Bytes"], 5000);
 }
+
+#[test]
+fn scheduling_the_deletion_of_a_key_that_still_protects_files_warns_with_the_count() {
+    let Some(mut m) = Mount::new("deletion_warning") else {
+        return;
+    };
+    std::fs::write(m.p("a"), b"one").unwrap();
+    std::fs::write(m.p("b"), vec![7u8; 10_000]).unwrap();
+    let key = key_of(&m, &m.b("a"));
+    m.unmount();
+    let other = m.ok(&["--output", "json", "kms", "create-key"]);
+    let other: Value = serde_json::from_str(&other).unwrap();
+    let other = other["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    // A key that protects nothing: no warning.
+    let o = m.run(&["kms", "schedule-key-deletion", "--key-id", &other]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("still protects"));
+    let o = m.run(&["kms", "schedule-key-deletion", "--key-id", &key]);
+    assert!(o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("still protects 2 files (10003 bytes)")
+            && err.contains(&m.backing.canonicalize().unwrap().display().to_string()),
+        "{err}"
+    );
+    // After a rewrap to another key, the old key protects nothing.
+    m.ok(&["kms", "cancel-key-deletion", "--key-id", &key]);
+    m.ok(&["kms", "cancel-key-deletion", "--key-id", &other]);
+    m.ok(&["kms", "enable-key", "--key-id", &key]);
+    m.ok(&["kms", "enable-key", "--key-id", &other]);
+    m.ok(&["rewrap", m.backing.to_str().unwrap(), "--to-key-id", &other]);
+    let o = m.run(&["kms", "schedule-key-deletion", "--key-id", &key]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("still protects"));
+}

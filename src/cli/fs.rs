@@ -109,7 +109,7 @@ fn envelope_error(what: &Path, e: EnvelopeError) -> CliError {
     }
 }
 
-fn existing_dir(p: &Path, what: &str) -> Result<PathBuf, CliError> {
+pub(super) fn existing_dir(p: &Path, what: &str) -> Result<PathBuf, CliError> {
     let abs = std::fs::canonicalize(p).map_err(|e| {
         CliError::new(ErrorClass::NotFound, format!("{what} {}: {e}", p.display()))
             .hint(format!("create it first: mkdir -p {}", p.display()))
@@ -167,7 +167,7 @@ type BoundKey = (Arc<dyn KeyService>, String, Option<BackingMarker>);
 /// keystore it was first mounted with (its marker): another keystore is
 /// refused, and a keystore is created (zero setup) only for a new, empty
 /// backing directory. Returns the marker to write when there is none yet.
-fn bound_service_and_key(
+pub(super) fn bound_service_and_key(
     g: &GlobalArgs,
     key_id: Option<&str>,
     backing: &Path,
@@ -261,6 +261,20 @@ fn bound_service_and_key(
     Ok((ks, key, Some(m)))
 }
 
+/// Records `backing` in the keystore's directory, so that
+/// `schedule-key-deletion` can count the files a key still protects there.
+/// A failure costs only that warning.
+pub(super) fn remember_backing(g: &GlobalArgs, backing: &Path) {
+    let dir = keystore::keystore_dir(g);
+    if let Err(e) = crate::tree::remember_backing(&dir, backing) {
+        log::warn!(
+            "could not record {} in {}: {e}",
+            crate::logtext::escaped(backing),
+            crate::logtext::escaped(&dir)
+        );
+    }
+}
+
 /// `kmsfs mount`.
 pub fn mount(g: &GlobalArgs, a: MountArgs) -> Result<(), CliError> {
     let backing = existing_dir(&a.backing, "backing directory")?;
@@ -293,6 +307,7 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> Result<(), CliError> {
             crate::daemon::write_marker(&backing, &m)?;
         }
     }
+    remember_backing(&g, &backing);
     if prepared.backing_read_only && !prepared.options.read_only {
         eprintln!(
             "kmsfs: {} cannot be written: mounting it read-only",

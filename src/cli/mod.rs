@@ -79,6 +79,10 @@ pub enum Command {
     Rewrap(tree::RewrapArgs),
     /// Check every header, key and (unless --quick) block tag of a backing tree.
     Fsck(tree::FsckArgs),
+    /// Write the plaintext of a backing tree to a new directory, without a mount.
+    Export(tree::ExportArgs),
+    /// Encrypt a plain tree into a backing directory, without a mount.
+    Import(tree::ImportArgs),
 }
 
 /// The identity of this process, for key policies and the audit trail.
@@ -137,5 +141,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Unseal(a) => fs::unseal(g, a),
         Command::Rewrap(a) => tree::rewrap(g, a),
         Command::Fsck(a) => tree::fsck(g, a),
+        Command::Export(a) => tree::export(g, a),
+        Command::Import(a) => tree::import(g, a),
     }
 }

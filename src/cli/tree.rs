@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::fs::{bound_service_and_key, existing_dir};
 use super::{CliError, ErrorClass, GlobalArgs, OutputFormat, current_caller, keystore};
-use crate::tree::{self, FileStatus, Problem, RewrapOptions, Rewrapper};
+use crate::tree::{self, FileStatus, Problem, RewrapOptions, Rewrapper, Skipped};
 
 /// Arguments of `kmsfs rewrap`.
 #[derive(Debug, clap::Args)]
@@ -31,6 +32,29 @@ pub struct FsckArgs {
     /// Headers and key states only: no data key is unwrapped, no block read.
     #[arg(long)]
     pub quick: bool,
+}
+
+/// Arguments of `kmsfs export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The backing directory (not served by a mount while this runs).
+    pub backing: PathBuf,
+    /// Where the plaintext tree goes: a new or empty directory.
+    pub dest: PathBuf,
+}
+
+/// Arguments of `kmsfs import`.
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// The plain tree to encrypt.
+    pub src: PathBuf,
+    /// The backing directory (made if missing; not served by a mount while
+    /// this runs). Names that exist there are left alone.
+    pub backing: PathBuf,
+    /// The CMK new files are encrypted under [default: the backing
+    /// directory's default key, or the keystore's].
+    #[arg(long, value_name = "K")]
+    pub key_id: Option<String>,
 }
 
 fn progress_bar(total: usize) -> Option<ProgressBar> {
@@ -220,6 +244,223 @@ pub fn fsck(g: &GlobalArgs, a: FsckArgs) -> Result<(), CliError> {
                 "{} files cannot be read: their key is not usable",
                 report.unreadable
             ),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Takes the backing directory's lock, so that no mount serves it while a
+/// whole-tree copy runs; refused (with the daemon's hint) when one does.
+fn lock_unmounted(backing: &Path) -> Result<Option<std::fs::File>, CliError> {
+    let (lock, _read_only) = crate::daemon::lock_backing(backing, false)?;
+    Ok(lock)
+}
+
+fn print_skipped(skipped: &[Skipped]) {
+    for s in skipped {
+        println!("{}: {}", s.path.display(), describe_status(&s.status));
+    }
+}
+
+fn describe_status(s: &FileStatus) -> String {
+    match s {
+        FileStatus::Ok | FileStatus::Empty => "ok".into(),
+        FileStatus::CorruptHeader { reason } => format!("corrupt header: {reason}"),
+        FileStatus::CorruptBlocks { offsets } => format!(
+            "corrupt blocks at plaintext offsets {}",
+            offsets
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        FileStatus::KeyUnusable { key } => format!("key {}", key.label()),
+        FileStatus::Io { message } => message.clone(),
+    }
+}
+
+/// A fresh or empty directory for an export: made if missing.
+fn empty_dest(dest: &Path) -> Result<PathBuf, CliError> {
+    match std::fs::create_dir(dest) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mut rd = std::fs::read_dir(dest).map_err(|e| {
+                CliError::new(ErrorClass::Usage, format!("{}: {e}", dest.display()))
+            })?;
+            if rd.next().is_some() {
+                return Err(CliError::new(
+                    ErrorClass::Usage,
+                    format!("{} is not empty", dest.display()),
+                )
+                .hint("export into a new or empty directory: nothing there is replaced"));
+            }
+        }
+        Err(e) => {
+            return Err(CliError::new(
+                ErrorClass::NotFound,
+                format!("{}: {e}", dest.display()),
+            ));
+        }
+    }
+    existing_dir(dest, "destination")
+}
+
+/// `kmsfs export`.
+pub fn export(g: &GlobalArgs, a: ExportArgs) -> Result<(), CliError> {
+    let backing = existing_dir(&a.backing, "backing directory")?;
+    let _lock = lock_unmounted(&backing)?;
+    if let Some(m) = crate::daemon::read_marker(&backing)? {
+        let ks = keystore::open_key_service(g)?;
+        if ks.keystore_id() != m.keystore_id {
+            return Err(CliError::new(
+                ErrorClass::Refused,
+                format!(
+                    "{} belongs to keystore {}, not to {}",
+                    backing.display(),
+                    m.keystore_id,
+                    ks.keystore_id()
+                ),
+            )
+            .hint("pass the --keystore DIR the directory was mounted with"));
+        }
+    }
+    let dest = empty_dest(&a.dest)?;
+    if dest.starts_with(&backing) {
+        return Err(CliError::new(
+            ErrorClass::Usage,
+            "the destination must not be inside the backing directory",
+        ));
+    }
+    let ks = keystore::open_key_service(g)?;
+    let w = walk(&backing)?;
+    let pb = progress_bar(w.files.len());
+    let start = std::time::Instant::now();
+    let report = tree::export_tree(&backing, &w, &dest, &*ks, &current_caller(), &mut || {
+        if let Some(pb) = &pb {
+            pb.inc(1);
+        }
+    });
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    match g.output {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        ),
+        OutputFormat::Text => {
+            print_skipped(&report.skipped);
+            println!(
+                "export: {} files ({} bytes), {} directories, {} links; not written: {} corrupt, {} unreadable, {} I/O errors, {} special ({:.1} s)",
+                report.files,
+                report.bytes,
+                report.dirs,
+                report.links,
+                report.corrupt,
+                report.unreadable,
+                report.io,
+                report.special,
+                start.elapsed().as_secs_f64()
+            );
+        }
+    }
+    if report.corrupt > 0 {
+        Err(CliError::new(
+            ErrorClass::Corrupt,
+            format!("{} corrupt files were not written", report.corrupt),
+        )
+        .hint("`kmsfs fsck BACKING` lists the damaged blocks; restore those files from a backup"))
+    } else if report.unreadable > 0 {
+        Err(CliError::new(
+            ErrorClass::Refused,
+            format!(
+                "{} files were not written: their key is not usable",
+                report.unreadable
+            ),
+        ))
+    } else if report.io > 0 {
+        Err(CliError::new(
+            ErrorClass::Io,
+            format!("{} entries could not be copied", report.io),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// `kmsfs import`.
+pub fn import(g: &GlobalArgs, a: ImportArgs) -> Result<(), CliError> {
+    let src = existing_dir(&a.src, "source directory")?;
+    if let Err(e) = std::fs::create_dir_all(&a.backing) {
+        return Err(CliError::new(
+            ErrorClass::NotFound,
+            format!("backing directory {}: {e}", a.backing.display()),
+        ));
+    }
+    let backing = existing_dir(&a.backing, "backing directory")?;
+    if backing.starts_with(&src) || src.starts_with(&backing) {
+        return Err(CliError::new(
+            ErrorClass::Usage,
+            "the source and the backing directory must not contain each other",
+        ));
+    }
+    let _lock = lock_unmounted(&backing)?;
+    let survey = crate::daemon::survey(&backing);
+    let (ks, key_id, marker) = bound_service_and_key(g, a.key_id.as_deref(), &backing, &survey)?;
+    if let Some(m) = marker {
+        crate::daemon::write_marker(&backing, &m)?;
+    }
+    super::fs::remember_backing(g, &backing);
+    let w = walk(&src)?;
+    let pb = progress_bar(w.files.len());
+    let start = std::time::Instant::now();
+    let report = tree::import_tree(
+        &src,
+        &w,
+        &backing,
+        &*ks,
+        &current_caller(),
+        &key_id,
+        &mut || {
+            if let Some(pb) = &pb {
+                pb.inc(1);
+            }
+        },
+    );
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    match g.output {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        ),
+        OutputFormat::Text => {
+            print_skipped(&report.skipped);
+            println!(
+                "import: {} files ({} bytes) under {key_id}, {} directories, {} links; not imported: {} existing, {} refused, {} I/O errors, {} special ({:.1} s)",
+                report.files,
+                report.bytes,
+                report.dirs,
+                report.links,
+                report.existing,
+                report.refused,
+                report.io,
+                report.special,
+                start.elapsed().as_secs_f64()
+            );
+        }
+    }
+    if report.refused > 0 {
+        Err(CliError::new(
+            ErrorClass::Refused,
+            format!("the key refused {} files", report.refused),
+        ))
+    } else if report.io > 0 {
+        Err(CliError::new(
+            ErrorClass::Io,
+            format!("{} entries could not be imported", report.io),
         ))
     } else {
         Ok(())

@@ -232,7 +232,7 @@ fn check_mountpoint_empty(mp: &Path, backing: &Path, o: &Options) -> Result<(), 
 /// Takes the lock of `backing` (creating the lock file): refused when
 /// another daemon holds it. A backing directory that cannot be written is
 /// reported as read-only (its lock is taken if the file exists).
-fn lock_backing(backing: &Path, shared: bool) -> Result<(Option<File>, bool), MountError> {
+pub fn lock_backing(backing: &Path, shared: bool) -> Result<(Option<File>, bool), MountError> {
     use std::os::unix::fs::OpenOptionsExt;
     let p = backing.join(BACKING_LOCK);
     let (file, read_only) = match std::fs::OpenOptions::new()

@@ -22,8 +22,8 @@ mod readahead;
 mod serve;
 
 pub use self::backing::{
-    BackingMarker, Prepared, SURVEY_LIMIT, Survey, check_before_mount, read_marker, survey,
-    write_marker,
+    BackingMarker, Prepared, SURVEY_LIMIT, Survey, check_before_mount, lock_backing, read_marker,
+    survey, write_marker,
 };
 pub use self::logfile::{check_log_dir, open_log};
 pub use self::mountinfo::{MountInfo, is_enotconn, mount_at, parse_mountinfo, prepare_mountpoint};

@@ -21,6 +21,10 @@ pub const BLOCK_OVERHEAD: u64 = SEAL_OVERHEAD as u64;
 pub const CIPHER_BLOCK_SIZE: u64 = BLOCK_SIZE + BLOCK_OVERHEAD;
 /// Length of the header at the start of every backing file.
 pub const HEADER_LEN: u64 = 1024;
+/// The marker binding a backing directory to its keystore, in the backing root.
+pub const BACKING_MARKER: &str = ".kmsfs.json";
+/// The lock file a daemon holds (flock) while it serves a backing directory.
+pub const BACKING_LOCK: &str = ".kmsfs.lock";
 /// Label at the start of every block's associated data.
 pub const BLOCK_AAD_LABEL: &[u8; 14] = b"kmsfs.block.v1";
 /// Length of a block's associated data: label, file id, block index.

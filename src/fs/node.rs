@@ -28,10 +28,7 @@ pub(super) fn backing_key(m: &Metadata) -> BackingKey {
     (m.dev(), m.ino(), (kind << 48) ^ born)
 }
 
-/// The marker binding a backing directory to its keystore, in the backing root.
-pub const BACKING_MARKER: &str = ".kmsfs.json";
-/// The lock file a daemon holds (flock) while it serves a backing directory.
-pub const BACKING_LOCK: &str = ".kmsfs.lock";
+pub use crate::format::{BACKING_LOCK, BACKING_MARKER};
 
 /// True for the names kmsfs keeps for itself in the backing root: hidden
 /// from listings and lookups, and not to be made, renamed or removed

@@ -160,25 +160,7 @@ pub fn fsck_file(
     }
     let key = match EncryptedFile::unwrap_key(&header, ks, caller) {
         Ok(k) => k,
-        Err(EnvelopeError::Kms(k)) => {
-            let status = match KeyStatus::of_error(&k) {
-                Some(s) => FileStatus::KeyUnusable { key: s },
-                None => match k {
-                    KmsError::InvalidCiphertext { reason } => FileStatus::CorruptHeader {
-                        reason: format!("the wrapped data key does not open: {reason}"),
-                    },
-                    other => FileStatus::Io {
-                        message: other.to_string(),
-                    },
-                },
-            };
-            return (Some(key_id), plain, status);
-        }
-        Err(EnvelopeError::Io(e)) => return (Some(key_id), plain, io(e)),
-        Err(e) => {
-            let reason = e.to_string();
-            return (Some(key_id), plain, FileStatus::CorruptHeader { reason });
-        }
+        Err(e) => return (Some(key_id), plain, status_of(e)),
     };
     let ef = EncryptedFile::with_key(file, header, Arc::new(key));
     match ef.bad_blocks() {
@@ -198,6 +180,33 @@ pub fn fsck_file(
                 message: e.to_string(),
             },
         ),
+    }
+}
+
+/// What an error reading a file's header, unwrapping its key or reading
+/// its blocks says about the file.
+pub(super) fn status_of(e: EnvelopeError) -> FileStatus {
+    match e {
+        EnvelopeError::Io(e) => FileStatus::Io {
+            message: e.to_string(),
+        },
+        EnvelopeError::Kms(k) => match KeyStatus::of_error(&k) {
+            Some(s) => FileStatus::KeyUnusable { key: s },
+            None => match k {
+                KmsError::InvalidCiphertext { reason } => FileStatus::CorruptHeader {
+                    reason: format!("the wrapped data key does not open: {reason}"),
+                },
+                other => FileStatus::Io {
+                    message: other.to_string(),
+                },
+            },
+        },
+        EnvelopeError::CorruptBlock { block } => FileStatus::CorruptBlocks {
+            offsets: vec![block * BLOCK_SIZE],
+        },
+        e @ EnvelopeError::CorruptHeader(_) => FileStatus::CorruptHeader {
+            reason: e.to_string(),
+        },
     }
 }
 

@@ -5,7 +5,10 @@
 //! commands, their crash safety and how they share a tree with a live mount.
 #![forbid(unsafe_code)]
 
+mod export;
 mod fsck;
+mod import;
+mod known;
 mod rewrap;
 
 use std::fs::File;
@@ -14,23 +17,35 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::format::{BACKING_LOCK, BACKING_MARKER};
 use crate::kms::{KeyMetadata, KeyState, KmsError, Missing, StateProblem};
 
+pub use self::export::{ExportReport, Skipped, export_tree};
 pub use self::fsck::{FileCheck, FileStatus, FsckReport, KeySummary, fsck_file, fsck_tree};
+pub use self::import::{ImportReport, import_tree};
+pub use self::known::{known as known_backings, protected_by, remember as remember_backing};
 pub use self::rewrap::{Problem, RewrapOptions, RewrapOutcome, RewrapReport, Rewrapper};
 
-/// The regular files of a backing tree and what the walk could not enter.
+/// What a walk of a tree found, each list in a stable (sorted) order, and
+/// what it could not enter. kmsfs's own files in the root (its marker and
+/// lock) are not part of the tree.
 #[derive(Debug, Default)]
 pub struct Walk {
-    /// Every regular file, in a stable (sorted) order.
+    /// Every regular file.
     pub files: Vec<PathBuf>,
+    /// Every directory below the root, each listed before its subdirectories.
+    pub dirs: Vec<PathBuf>,
+    /// Every symbolic link.
+    pub links: Vec<PathBuf>,
+    /// FIFOs, sockets and device nodes.
+    pub special: Vec<PathBuf>,
     /// Directories that could not be read, with the error (no secrets).
     pub errors: Vec<(PathBuf, String)>,
 }
 
-/// Lists the regular files under `root` without following symbolic links
-/// or crossing into other file systems (a mount point inside the tree is
-/// not part of it).
+/// Lists the tree under `root` without following symbolic links or
+/// crossing into other file systems (a mount point inside the tree is not
+/// part of it).
 pub fn walk(root: &Path) -> std::io::Result<Walk> {
     let dev = std::fs::metadata(root)?.dev();
     let mut out = Walk::default();
@@ -58,16 +73,28 @@ pub fn walk(root: &Path) -> std::io::Result<Walk> {
             if md.dev() != dev {
                 continue;
             }
-            if md.is_dir() {
+            let name = entry.file_name();
+            if dir == root && (name == BACKING_MARKER || name == BACKING_LOCK) {
+                continue;
+            }
+            let ft = md.file_type();
+            if ft.is_dir() {
                 subdirs.push(entry.path());
-            } else if md.is_file() {
+            } else if ft.is_file() {
                 out.files.push(entry.path());
+            } else if ft.is_symlink() {
+                out.links.push(entry.path());
+            } else {
+                out.special.push(entry.path());
             }
         }
         subdirs.sort();
+        out.dirs.extend(subdirs.iter().cloned());
         stack.extend(subdirs.into_iter().rev());
     }
     out.files.sort();
+    out.links.sort();
+    out.special.sort();
     Ok(out)
 }
 
@@ -169,6 +196,38 @@ impl KeyStatus {
             KeyStatus::Denied => "denied to this user by the key policy".into(),
         }
     }
+}
+
+/// Gives `to` the owner (when run as root), mode (not for a symbolic link)
+/// and access and modification times of `from`, never following a symbolic
+/// link at either end. The owner goes first: chown clears set-id bits.
+pub(crate) fn copy_meta(from: &Path, to: &Path) -> std::io::Result<()> {
+    use crate::os::node::{Utime, chmod_node, chown_node, utimens_node};
+    let md = from.symlink_metadata()?;
+    let node = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(to)?;
+    if crate::os::ids::is_root() {
+        chown_node(&node, Some(md.uid()), Some(md.gid()))?;
+    }
+    if !md.file_type().is_symlink() {
+        chmod_node(&node, md.mode() & 0o7777)?;
+    }
+    let at = |s: i64, ns: i64| {
+        let whole = std::time::Duration::from_secs(s.unsigned_abs());
+        let base = if s >= 0 {
+            std::time::UNIX_EPOCH + whole
+        } else {
+            std::time::UNIX_EPOCH - whole
+        };
+        base + std::time::Duration::from_nanos(ns.clamp(0, 999_999_999) as u64)
+    };
+    utimens_node(
+        &node,
+        Utime::At(at(md.atime(), md.atime_nsec())),
+        Utime::At(at(md.mtime(), md.mtime_nsec())),
+    )
 }
 
 /// The path of `p` relative to `root`, for reports.

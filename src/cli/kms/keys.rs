@@ -101,7 +101,28 @@ pub(super) fn schedule_key_deletion(
             d.pending_window_in_days
         );
     }
+    warn_protected_files(s, &d.key_id, d.deletion_date);
     Ok(())
+}
+
+/// Warns (stderr) about the files a key scheduled for deletion still
+/// protects in the backing directories this keystore knows of.
+fn warn_protected_files(s: &Session, key: &str, date: i64) {
+    // The answer names the key by ARN (as AWS does); headers by key id.
+    let key = key.rsplit(['/', ':']).next().unwrap_or(key);
+    for dir in crate::tree::known_backings(s.ks.dir()) {
+        let (files, bytes) = crate::tree::protected_by(&dir, key);
+        if files > 0 {
+            eprintln!(
+                "kmsfs: warning: key {key} still protects {files} files ({bytes} bytes) in {}: \
+                 they become unreadable for good on {} unless the deletion is cancelled\n  \
+                 hint: `kmsfs rewrap {} --from-key-id {key} --to-key-id NEW` moves them first",
+                dir.display(),
+                clock::format_rfc3339(date),
+                dir.display()
+            );
+        }
+    }
 }
 
 /// `cancel-key-deletion`.

@@ -1,0 +1,276 @@
+//! import: a plain tree encrypted into a backing directory without a mount
+//! (the fast way to adopt kmsfs for existing data), keeping modes, times,
+//! owners (as root), symbolic links and holes. Nothing already in the
+//! backing directory is replaced.
+//!
+//! Crash safety: each file is written under a temporary name beside its
+//! destination (`.NAME.kmsfs-import`); after every batch one `syncfs` makes
+//! the batch durable and only then are the files linked under their names.
+//! A crash leaves at most temporary files, which a rerun removes, and files
+//! that are complete; a rerun skips what exists.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::export::Skipped;
+use super::fsck::status_of;
+use super::{FileStatus, Walk, relative};
+use crate::envelope::EncryptedFile;
+use crate::kms::{Caller, KeyService};
+
+/// Files per durable batch.
+const BATCH: usize = 128;
+/// Plaintext is copied in pieces of this size.
+const COPY_CHUNK: usize = 1 << 20;
+/// The suffix of a file being imported.
+const TMP_SUFFIX: &str = ".kmsfs-import";
+
+/// What an import did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ImportReport {
+    /// Regular files encrypted into the backing directory.
+    #[serde(rename = "Files")]
+    pub files: u64,
+    /// Their plaintext bytes.
+    #[serde(rename = "Bytes")]
+    pub bytes: u64,
+    /// Directories made.
+    #[serde(rename = "Directories")]
+    pub dirs: u64,
+    /// Symbolic links made.
+    #[serde(rename = "Links")]
+    pub links: u64,
+    /// Entries left alone because the name exists in the backing directory.
+    #[serde(rename = "Existing")]
+    pub existing: u64,
+    /// Files the key service refused to make a data key for.
+    #[serde(rename = "Refused")]
+    pub refused: u64,
+    /// Entries that could not be read or written.
+    #[serde(rename = "IoErrors")]
+    pub io: u64,
+    /// FIFOs, sockets and device nodes: not imported.
+    #[serde(rename = "Special")]
+    pub special: u64,
+    /// Every entry not imported, with the reason.
+    #[serde(rename = "Skipped")]
+    pub skipped: Vec<Skipped>,
+}
+
+impl ImportReport {
+    fn skip(&mut self, root: &Path, p: &Path, status: FileStatus) {
+        match &status {
+            FileStatus::KeyUnusable { .. } => self.refused += 1,
+            _ => self.io += 1,
+        }
+        self.skipped.push(Skipped {
+            path: relative(root, p),
+            status,
+        });
+    }
+
+    fn exists(&mut self, root: &Path, p: &Path) {
+        self.existing += 1;
+        self.skipped.push(Skipped {
+            path: relative(root, p),
+            status: FileStatus::Io {
+                message: "exists in the backing directory: left as it is".into(),
+            },
+        });
+    }
+}
+
+fn io_status(e: io::Error) -> FileStatus {
+    FileStatus::Io {
+        message: e.to_string(),
+    }
+}
+
+/// The temporary name a file is written under before it is linked as `to`.
+fn tmp_name(to: &Path) -> PathBuf {
+    let mut name = OsString::from(".");
+    name.push(to.file_name().unwrap_or_default());
+    name.push(TMP_SUFFIX);
+    to.with_file_name(name)
+}
+
+/// Encrypts the tree `walk` found under `src` into `backing`, new files
+/// under `key_id`. `progress` is called after each regular file.
+pub fn import_tree(
+    src: &Path,
+    walk: &Walk,
+    backing: &Path,
+    ks: &dyn KeyService,
+    caller: &Caller,
+    key_id: &str,
+    progress: &mut dyn FnMut(),
+) -> ImportReport {
+    let mut report = ImportReport::default();
+    let target = |p: &Path| backing.join(relative(src, p));
+    let mut made_dirs = Vec::new();
+    for d in &walk.dirs {
+        let t = target(d);
+        match std::fs::create_dir(&t) {
+            Ok(()) => {
+                report.dirs += 1;
+                made_dirs.push(d);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && t.is_dir() => {}
+            Err(e) => report.skip(src, d, io_status(e)),
+        }
+    }
+    let mut batch: Vec<(&PathBuf, PathBuf, u64)> = Vec::new();
+    for f in &walk.files {
+        let to = target(f);
+        if to.symlink_metadata().is_ok() {
+            report.exists(src, f);
+        } else {
+            match import_file(f, &tmp_name(&to), ks, caller, key_id) {
+                Ok(n) => batch.push((f, to, n)),
+                Err(s) => report.skip(src, f, s),
+            }
+        }
+        if batch.len() >= BATCH {
+            commit(src, backing, &mut batch, &mut report);
+        }
+        progress();
+    }
+    commit(src, backing, &mut batch, &mut report);
+    for l in &walk.links {
+        let to = target(l);
+        if to.symlink_metadata().is_ok() {
+            report.exists(src, l);
+            continue;
+        }
+        let r = std::fs::read_link(l)
+            .and_then(|link| std::os::unix::fs::symlink(link, &to))
+            .and_then(|()| super::copy_meta(l, &to));
+        match r {
+            Ok(()) => report.links += 1,
+            Err(e) => report.skip(src, l, io_status(e)),
+        }
+    }
+    for s in &walk.special {
+        report.special += 1;
+        report.skipped.push(Skipped {
+            path: relative(src, s),
+            status: FileStatus::Io {
+                message: "a FIFO, socket or device node: not imported".into(),
+            },
+        });
+    }
+    // Directories made here get their times last, deepest first.
+    for d in made_dirs.iter().rev() {
+        if let Err(e) = super::copy_meta(d, &target(d)) {
+            report.skip(src, d, io_status(e));
+        }
+    }
+    if let Err(e) = File::open(backing).and_then(|d| crate::os::space::syncfs(&d)) {
+        report.skip(src, src, io_status(e));
+    }
+    report
+}
+
+/// Makes a batch of written files durable, then links each under its name
+/// (never over an existing one) and removes its temporary name.
+fn commit(
+    src: &Path,
+    backing: &Path,
+    batch: &mut Vec<(&PathBuf, PathBuf, u64)>,
+    report: &mut ImportReport,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    if let Err(e) = File::open(backing).and_then(|d| crate::os::space::syncfs(&d)) {
+        for (f, to, _) in batch.drain(..) {
+            let _ = std::fs::remove_file(tmp_name(&to));
+            report.skip(src, f, io_status(io::Error::new(e.kind(), e.to_string())));
+        }
+        return;
+    }
+    for (f, to, n) in batch.drain(..) {
+        let tmp = tmp_name(&to);
+        match std::fs::hard_link(&tmp, &to) {
+            Ok(()) => {
+                report.files += 1;
+                report.bytes += n;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => report.exists(src, f),
+            Err(e) => report.skip(src, f, io_status(e)),
+        }
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// Encrypts `from` into a new backing file at `tmp` (a leftover of an
+/// interrupted run is replaced). On failure nothing is left at `tmp`.
+fn import_file(
+    from: &Path,
+    tmp: &Path,
+    ks: &dyn KeyService,
+    caller: &Caller,
+    key_id: &str,
+) -> Result<u64, FileStatus> {
+    let input = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(from)
+        .map_err(io_status)?;
+    match std::fs::remove_file(tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_status(e)),
+        _ => {}
+    }
+    let out = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(tmp)
+        .map_err(io_status)?;
+    let r = EncryptedFile::create(out, ks, caller, key_id)
+        .map_err(status_of)
+        .and_then(|ef| copy_in(&input, &ef))
+        .and_then(|n| super::copy_meta(from, tmp).map_err(io_status).map(|()| n));
+    if r.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    r
+}
+
+/// Encrypts the data ranges of `input` into `ef`; holes stay holes.
+fn copy_in(input: &File, ef: &EncryptedFile) -> Result<u64, FileStatus> {
+    use crate::os::space::lseek;
+    let size = input.metadata().map_err(io_status)?.len();
+    let mut buf = zeroize::Zeroizing::new(vec![0u8; COPY_CHUNK]);
+    let mut pos = 0;
+    while pos < size {
+        let start = match lseek(input, pos, libc::SEEK_DATA) {
+            Ok(d) => d,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
+            Err(e) => return Err(io_status(e)),
+        };
+        let end = lseek(input, start, libc::SEEK_HOLE)
+            .map_err(io_status)?
+            .min(size);
+        let mut at = start;
+        while at < end {
+            let want = COPY_CHUNK.min((end - at) as usize);
+            let n = input.read_at(&mut buf[..want], at).map_err(io_status)?;
+            if n == 0 {
+                break;
+            }
+            ef.write_at(&buf[..n], at).map_err(status_of)?;
+            at += n as u64;
+        }
+        pos = end.max(pos + 1);
+    }
+    ef.set_len(size).map_err(status_of)?;
+    Ok(size)
+}
