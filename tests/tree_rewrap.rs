@@ -180,7 +180,7 @@ fn sigkill_at_random_points_then_rerun_leaves_every_file_under_the_new_key() {
     let n: usize = std::env::var("KMSFS_REWRAP_KILL_FILES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(2000);
     let Some(mut m) = Mount::new("rewrap_kill") else {
         return;
     };
@@ -189,6 +189,34 @@ fn sigkill_at_random_points_then_rerun_leaves_every_file_under_the_new_key() {
     m.unmount();
     let new = create_key(&m);
     let mut rng = Rng::new(99);
+    // A debug build dies where it is told: after a new slot is written but
+    // not synced, after a batch's sync, after the old slots are cleared but
+    // before the second sync. Each run picks up what the last left.
+    let batches = n.div_ceil(128) as u64;
+    for die in [
+        format!("write:{}", 1 + rng.below(n as u64 / 3)),
+        format!("synced:{}", rng.below(batches / 2)),
+        format!("cleared:{}", rng.below(batches / 2)),
+    ] {
+        let o = m
+            .kmsfs()
+            .args(["rewrap", m.backing.to_str().unwrap(), "--to-key-id", &new])
+            .env("KMSFS_TEST_REWRAP_DIE", &die)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{die}: rewrap did not die: {o:?}");
+        let o = m.run(&[
+            "--output",
+            "json",
+            "fsck",
+            "--quick",
+            m.backing.to_str().unwrap(),
+        ]);
+        let under_new = json_of(&o)["Keys"][&new]["Files"].as_u64().unwrap_or(0);
+        eprintln!("died at {die}: {under_new} of {n} files under the new key");
+        assert!(under_new < n as u64, "{die}: the run finished before dying");
+    }
+    // And SIGKILL from outside at random times.
     for round in 0..3 {
         let mut child = m
             .kmsfs()

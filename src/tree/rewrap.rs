@@ -176,6 +176,8 @@ pub struct Rewrapper<'a> {
     from: Option<String>,
     /// DescribeKey answers per key id, for the current material version.
     described: HashMap<String, Result<KeyMetadata, Problem>>,
+    /// New slots written so far (for the debug build's crash points).
+    slots_written: usize,
 }
 
 impl<'a> Rewrapper<'a> {
@@ -207,6 +209,7 @@ impl<'a> Rewrapper<'a> {
             to,
             from,
             described: HashMap::new(),
+            slots_written: 0,
         })
     }
 
@@ -225,6 +228,7 @@ impl<'a> Rewrapper<'a> {
     ) -> std::io::Result<RewrapReport> {
         let sync_handle = File::open(root)?;
         let mut report = RewrapReport::default();
+        let mut batches_synced = 0;
         for batch in files.chunks(BATCH) {
             let mut pending = Vec::new();
             let mut done = Vec::new();
@@ -241,7 +245,7 @@ impl<'a> Rewrapper<'a> {
                     }),
                 }
             }
-            done.extend(finish(root, &sync_handle, pending));
+            done.extend(finish(root, &sync_handle, pending, &mut batches_synced));
             for r in &done {
                 report.add(r);
                 progress(r);
@@ -326,6 +330,8 @@ impl<'a> Rewrapper<'a> {
         })?;
         file.write_all_at(&bytes, Header::slot_range(idx).start as u64)
             .map_err(io_problem)?;
+        self.slots_written += 1;
+        crash_point("write", self.slots_written);
         Ok(Ok(Pending {
             path: path.to_path_buf(),
             file,
@@ -340,11 +346,37 @@ impl<'a> Rewrapper<'a> {
 }
 
 /// Steps (2) to (4) of the module comment for one batch.
-fn finish(root: &Path, sync_handle: &File, pending: Vec<Pending>) -> Vec<FileResult> {
+/// Tests of crash safety (debug builds only): `KMSFS_TEST_REWRAP_DIE=STAGE:N`
+/// aborts the process, leaving everything as a SIGKILL would, at the N-th
+/// point of STAGE: `write` (after the N-th new slot is written, before its
+/// batch is synced), `synced` (after the first syncfs of the N-th batch,
+/// from 0, that had work; before the old slots are cleared), `cleared`
+/// (after they are cleared, before the second syncfs). A release build has
+/// no such switch.
+#[cfg(debug_assertions)]
+fn crash_point(stage: &str, n: usize) {
+    if std::env::var("KMSFS_TEST_REWRAP_DIE").is_ok_and(|v| v == format!("{stage}:{n}")) {
+        std::process::abort();
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn crash_point(_stage: &str, _n: usize) {}
+
+fn finish(
+    root: &Path,
+    sync_handle: &File,
+    pending: Vec<Pending>,
+    batches_synced: &mut usize,
+) -> Vec<FileResult> {
     if pending.is_empty() {
         return Vec::new();
     }
-    if let Err(e) = crate::os::space::syncfs(sync_handle) {
+    let batch_no = *batches_synced;
+    *batches_synced += 1;
+    let synced = crate::os::space::syncfs(sync_handle);
+    crash_point("synced", batch_no);
+    if let Err(e) = synced {
         // Either slot may be current now; both are valid, nothing is cleared.
         let message = format!("the new key slot could not be made durable: {e}");
         return pending
@@ -367,6 +399,7 @@ fn finish(root: &Path, sync_handle: &File, pending: Vec<Pending>) -> Vec<FileRes
             (p, r)
         })
         .collect();
+    crash_point("cleared", batch_no);
     let synced = crate::os::space::syncfs(sync_handle);
     cleared
         .into_iter()
