@@ -1,34 +1,40 @@
 #!/bin/sh
-# Throughput of `kmsfs rewrap` and `kmsfs fsck` over a tree of N files
-# (default 10000, SIZE bytes each, default 16384), release build.
-# Prints files/s and MiB/s (plaintext) for each command.
+# Throughput of the whole-tree commands over a tree of N files (default
+# 10000, SIZE bytes each, default 16384), release build: import, rewrap to a
+# new key, rewrap again (nothing to do), fsck --quick, fsck, export; and
+# `cp -a` of the same plain tree in the same run as the yardstick for import
+# and export. Prints seconds, files/s and MiB/s (plaintext) for each.
 set -eu
+cd "$(dirname "$0")/.."
 N=${N:-10000}
 SIZE=${SIZE:-16384}
 BIN=${BIN:-target/release/kmsfs}
-T=$(mktemp -d /tmp/kmsfs-tree-bench-XXXXXX)
+[ -x "$BIN" ] || cargo build --release --quiet
+T=$(mktemp -d /var/tmp/kmsfs-tree-bench-XXXXXX)
 K="$BIN --keystore $T/ks"
-trap '$K unmount $T/m >/dev/null 2>&1 || true; rm -rf "$T"' EXIT
-mkdir -p "$T/b" "$T/m"
-$K init >/dev/null
-$K mount "$T/b" "$T/m" --log-file "$T/log"
+trap 'rm -rf "$T"' EXIT
+mkdir -p "$T/src"
 head -c "$SIZE" /dev/urandom > "$T/one"
 i=0
 while [ $i -lt "$N" ]; do
-  d="$T/m/d$((i % 100))"; [ -d "$d" ] || mkdir "$d"
+  d="$T/src/d$((i % 100))"; [ -d "$d" ] || mkdir "$d"
   cp "$T/one" "$d/f$i"; i=$((i + 1))
 done
-$K unmount "$T/m"
-NEW=$($K --output json kms create-key | sed -n 's/.*"KeyId": "\(.*\)".*/\1/p' | head -1)
-mib=$(echo "$N * $SIZE / 1048576" | bc -l)
+$K init >/dev/null
+sync
 run() {
   s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N)
-  t=$(echo "$e - $s" | bc -l)
-  printf '%-40s %8.2f s  %8.0f files/s  %8.1f MiB/s\n' "$*" "$t" \
-    "$(echo "$N / $t" | bc -l)" "$(echo "$mib / $t" | bc -l)"
+  awk -v s="$s" -v e="$e" -v n="$N" -v b="$SIZE" -v what="$*" 'BEGIN {
+    t = e - s; printf "%-34s %7.2f s %8.0f files/s %8.1f MiB/s\n", what, t, n / t, n * b / 1048576 / t }' |
+    sed "s|$T/||g; s|$BIN|kmsfs|"
 }
-echo "tree: $N files x $SIZE bytes ($(printf %.0f "$mib") MiB)"
+echo "tree: $N files x $SIZE bytes; $(nproc) CPUs; load $(cut -d' ' -f1-3 /proc/loadavg)"
+run cp -a "$T/src" "$T/plain-copy"
+run $K import "$T/src" "$T/b"
+NEW=$($K --output json kms create-key | sed -n 's/.*"KeyId": "\(.*\)".*/\1/p' | head -1)
 run $K rewrap "$T/b" --to-key-id "$NEW"
 run $K rewrap "$T/b"
 run $K fsck "$T/b" --quick
 run $K fsck "$T/b"
+run $K export "$T/b" "$T/out"
+diff -r "$T/src" "$T/out" >/dev/null && echo "export matches the source tree"
