@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::fs::{bound_service_and_key, existing_dir};
 use super::{CliError, ErrorClass, GlobalArgs, OutputFormat, current_caller, keystore};
-use crate::tree::{self, FileStatus, Problem, RewrapOptions, Rewrapper, Skipped};
+use crate::tree::{self, FileStatus, Problem, RewrapOptions, Rewrapper};
 
 /// Arguments of `kmsfs rewrap`.
 #[derive(Debug, clap::Args)]
@@ -57,18 +57,50 @@ pub struct ImportArgs {
     pub key_id: Option<String>,
 }
 
-fn progress_bar(total: usize) -> Option<ProgressBar> {
-    if !std::io::stderr().is_terminal() {
-        return None;
+/// A progress bar (files done, files/s, ETA) on stderr when it is a
+/// terminal; cleared when dropped.
+struct Progress(Option<ProgressBar>);
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Self(None);
+        }
+        let pb = ProgressBar::new(total as u64);
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} files  {per_sec}  ETA {eta}  {wide_msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Self(Some(pb))
     }
-    let pb = ProgressBar::new(total as u64);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} files  {per_sec}  ETA {eta}  {wide_msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+
+    fn tick(&self) {
+        if let Some(pb) = &self.0 {
+            pb.inc(1);
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(pb) = &self.0 {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+/// Prints `report` as JSON when asked for JSON; false when text is wanted.
+fn printed_json(g: &GlobalArgs, report: &impl serde::Serialize) -> bool {
+    if g.output != OutputFormat::Json {
+        return false;
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(report).unwrap_or_default()
     );
-    Some(pb)
+    true
 }
 
 fn walk(backing: &Path) -> Result<tree::Walk, CliError> {
@@ -96,40 +128,28 @@ pub fn rewrap(g: &GlobalArgs, a: RewrapArgs) -> Result<(), CliError> {
         },
     )?;
     let w = walk(&a.backing)?;
-    let pb = progress_bar(w.files.len());
+    let progress = Progress::new(w.files.len());
     let start = std::time::Instant::now();
-    let report = rw.run(&a.backing, &w.files, &mut |_| {
-        if let Some(pb) = &pb {
-            pb.inc(1);
-        }
-    })?;
-    if let Some(pb) = pb {
-        pb.finish_and_clear();
-    }
+    let report = rw.run(&a.backing, &w.files, &mut |_| progress.tick())?;
+    drop(progress);
     let secs = start.elapsed().as_secs_f64();
-    match g.output {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        ),
-        OutputFormat::Text => {
-            for p in &report.problems {
-                if let Err(problem) = &p.result {
-                    println!("{}: {}", p.path.display(), describe_problem(problem));
-                }
+    if !printed_json(g, &report) {
+        for p in &report.problems {
+            if let Err(problem) = &p.result {
+                println!("{}: {}", p.path.display(), describe_problem(problem));
             }
-            println!(
-                "rewrap: {} files, {} rewrapped, {} unchanged, {} busy, {} corrupt, {} refused by their key, {} I/O errors ({:.1} s)",
-                report.files,
-                report.rewrapped,
-                report.unchanged,
-                report.busy,
-                report.corrupt,
-                report.refused,
-                report.io,
-                secs
-            );
         }
+        println!(
+            "rewrap: {} files, {} rewrapped, {} unchanged, {} busy, {} corrupt, {} refused by their key, {} I/O errors ({:.1} s)",
+            report.files,
+            report.rewrapped,
+            report.unchanged,
+            report.busy,
+            report.corrupt,
+            report.refused,
+            report.io,
+            secs
+        );
     }
     let fail = |class, what: &str| Err(CliError::new(class, what.to_string()));
     if report.corrupt > 0 {
@@ -173,7 +193,7 @@ fn describe_problem(p: &Problem) -> String {
 pub fn fsck(g: &GlobalArgs, a: FsckArgs) -> Result<(), CliError> {
     let ks = keystore::open_key_service(g)?;
     let w = walk(&a.backing)?;
-    let pb = progress_bar(w.files.len());
+    let progress = Progress::new(w.files.len());
     let start = std::time::Instant::now();
     let report = tree::fsck_tree(
         &a.backing,
@@ -181,56 +201,35 @@ pub fn fsck(g: &GlobalArgs, a: FsckArgs) -> Result<(), CliError> {
         &*ks,
         &current_caller(),
         a.quick,
-        &mut |_| {
-            if let Some(pb) = &pb {
-                pb.inc(1);
-            }
-        },
+        &mut |_| progress.tick(),
     );
-    if let Some(pb) = pb {
-        pb.finish_and_clear();
-    }
+    drop(progress);
     let secs = start.elapsed().as_secs_f64();
-    match g.output {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        ),
-        OutputFormat::Text => {
-            for f in &report.findings {
-                let what = match &f.status {
-                    FileStatus::Ok | FileStatus::Empty => continue,
-                    FileStatus::CorruptHeader { reason } => format!("corrupt header: {reason}"),
-                    FileStatus::CorruptBlocks { offsets } => format!(
-                        "corrupt blocks at plaintext offsets {}",
-                        offsets
-                            .iter()
-                            .map(u64::to_string)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                    FileStatus::KeyUnusable { key } => format!(
-                        "unreadable: key {} is {}",
-                        f.key_id.as_deref().unwrap_or("?"),
-                        key.label()
-                    ),
-                    FileStatus::Io { message } => format!("I/O error: {message}"),
-                };
-                println!("{}: {what}", f.path.display());
-            }
-            for (k, s) in &report.keys {
-                println!(
-                    "key {k}: {} files, {} bytes, {}",
-                    s.files,
-                    s.bytes,
-                    s.status.label()
-                );
-            }
+    if !printed_json(g, &report) {
+        for f in &report.findings {
+            let what = match &f.status {
+                FileStatus::Ok | FileStatus::Empty => continue,
+                FileStatus::KeyUnusable { key } => format!(
+                    "unreadable: key {} is {}",
+                    f.key_id.as_deref().unwrap_or("?"),
+                    key.label()
+                ),
+                other => describe_status(other),
+            };
+            println!("{}: {what}", f.path.display());
+        }
+        for (k, s) in &report.keys {
             println!(
-                "fsck: {} files, {} bytes, {} corrupt, {} unreadable, {} I/O errors ({:.1} s)",
-                report.files, report.bytes, report.corrupt, report.unreadable, report.io, secs
+                "key {k}: {} files, {} bytes, {}",
+                s.files,
+                s.bytes,
+                s.status.label()
             );
         }
+        println!(
+            "fsck: {} files, {} bytes, {} corrupt, {} unreadable, {} I/O errors ({:.1} s)",
+            report.files, report.bytes, report.corrupt, report.unreadable, report.io, secs
+        );
     }
     if report.corrupt > 0 || report.io > 0 {
         Err(CliError::new(
@@ -255,12 +254,6 @@ pub fn fsck(g: &GlobalArgs, a: FsckArgs) -> Result<(), CliError> {
 fn lock_unmounted(backing: &Path) -> Result<Option<std::fs::File>, CliError> {
     let (lock, _read_only) = crate::daemon::lock_backing(backing, false)?;
     Ok(lock)
-}
-
-fn print_skipped(skipped: &[Skipped]) {
-    for s in skipped {
-        println!("{}: {}", s.path.display(), describe_status(&s.status));
-    }
 }
 
 fn describe_status(s: &FileStatus) -> String {
@@ -334,59 +327,13 @@ pub fn export(g: &GlobalArgs, a: ExportArgs) -> Result<(), CliError> {
     }
     let ks = keystore::open_key_service(g)?;
     let w = walk(&backing)?;
-    let pb = progress_bar(w.files.len());
+    let progress = Progress::new(w.files.len());
     let start = std::time::Instant::now();
     let report = tree::export_tree(&backing, &w, &dest, &*ks, &current_caller(), &mut || {
-        if let Some(pb) = &pb {
-            pb.inc(1);
-        }
+        progress.tick()
     });
-    if let Some(pb) = pb {
-        pb.finish_and_clear();
-    }
-    match g.output {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        ),
-        OutputFormat::Text => {
-            print_skipped(&report.skipped);
-            println!(
-                "export: {} files ({} bytes), {} directories, {} links; not written: {} corrupt, {} unreadable, {} I/O errors, {} special ({:.1} s)",
-                report.files,
-                report.bytes,
-                report.dirs,
-                report.links,
-                report.corrupt,
-                report.unreadable,
-                report.io,
-                report.special,
-                start.elapsed().as_secs_f64()
-            );
-        }
-    }
-    if report.corrupt > 0 {
-        Err(CliError::new(
-            ErrorClass::Corrupt,
-            format!("{} corrupt files were not written", report.corrupt),
-        )
-        .hint("`kmsfs fsck BACKING` lists the damaged blocks; restore those files from a backup"))
-    } else if report.unreadable > 0 {
-        Err(CliError::new(
-            ErrorClass::Refused,
-            format!(
-                "{} files were not written: their key is not usable",
-                report.unreadable
-            ),
-        ))
-    } else if report.io > 0 {
-        Err(CliError::new(
-            ErrorClass::Io,
-            format!("{} entries could not be copied", report.io),
-        ))
-    } else {
-        Ok(())
-    }
+    drop(progress);
+    finish_copy(g, "export", &report, start)
 }
 
 /// `kmsfs import`.
@@ -413,7 +360,7 @@ pub fn import(g: &GlobalArgs, a: ImportArgs) -> Result<(), CliError> {
     }
     super::fs::remember_backing(g, &backing);
     let w = walk(&src)?;
-    let pb = progress_bar(w.files.len());
+    let progress = Progress::new(w.files.len());
     let start = std::time::Instant::now();
     let report = tree::import_tree(
         &src,
@@ -422,45 +369,57 @@ pub fn import(g: &GlobalArgs, a: ImportArgs) -> Result<(), CliError> {
         &*ks,
         &current_caller(),
         &key_id,
-        &mut || {
-            if let Some(pb) = &pb {
-                pb.inc(1);
-            }
-        },
+        &mut || progress.tick(),
     );
-    if let Some(pb) = pb {
-        pb.finish_and_clear();
-    }
-    match g.output {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        ),
-        OutputFormat::Text => {
-            print_skipped(&report.skipped);
-            println!(
-                "import: {} files ({} bytes) under {key_id}, {} directories, {} links; not imported: {} existing, {} refused, {} I/O errors, {} special ({:.1} s)",
-                report.files,
-                report.bytes,
-                report.dirs,
-                report.links,
-                report.existing,
-                report.refused,
-                report.io,
-                report.special,
-                start.elapsed().as_secs_f64()
-            );
+    drop(progress);
+    finish_copy(g, &format!("import under {key_id}"), &report, start)
+}
+
+/// Prints what an export or import did and gives its exit status: 5 for
+/// corrupt files, 4 for keys that refused, 7 for I/O errors, else 0.
+fn finish_copy(
+    g: &GlobalArgs,
+    what: &str,
+    report: &tree::CopyReport,
+    start: std::time::Instant,
+) -> Result<(), CliError> {
+    if !printed_json(g, report) {
+        for s in &report.skipped {
+            println!("{}: {}", s.path.display(), describe_status(&s.status));
         }
+        println!(
+            "{what}: {} files ({} bytes), {} directories, {} links; not copied: {} corrupt, \
+                 {} unreadable, {} existing, {} I/O errors, {} special ({:.1} s)",
+            report.files,
+            report.bytes,
+            report.dirs,
+            report.links,
+            report.corrupt,
+            report.unreadable,
+            report.existing,
+            report.io,
+            report.special,
+            start.elapsed().as_secs_f64()
+        );
     }
-    if report.refused > 0 {
+    if report.corrupt > 0 {
+        Err(CliError::new(
+            ErrorClass::Corrupt,
+            format!("{} corrupt files were not copied", report.corrupt),
+        )
+        .hint("`kmsfs fsck BACKING` lists the damaged blocks; restore those files from a backup"))
+    } else if report.unreadable > 0 {
         Err(CliError::new(
             ErrorClass::Refused,
-            format!("the key refused {} files", report.refused),
+            format!(
+                "{} files were not copied: their key is not usable",
+                report.unreadable
+            ),
         ))
     } else if report.io > 0 {
         Err(CliError::new(
             ErrorClass::Io,
-            format!("{} entries could not be imported", report.io),
+            format!("{} entries could not be copied", report.io),
         ))
     } else {
         Ok(())

@@ -15,9 +15,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
-use super::export::Skipped;
+use super::copy::{CopyReport, Ranges, copy_ranges, io_status};
 use super::fsck::status_of;
 use super::{FileStatus, Walk, relative};
 use crate::envelope::EncryptedFile;
@@ -25,71 +23,8 @@ use crate::kms::{Caller, KeyService};
 
 /// Files per durable batch.
 const BATCH: usize = 128;
-/// Plaintext is copied in pieces of this size.
-const COPY_CHUNK: usize = 1 << 20;
 /// The suffix of a file being imported.
 const TMP_SUFFIX: &str = ".kmsfs-import";
-
-/// What an import did.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct ImportReport {
-    /// Regular files encrypted into the backing directory.
-    #[serde(rename = "Files")]
-    pub files: u64,
-    /// Their plaintext bytes.
-    #[serde(rename = "Bytes")]
-    pub bytes: u64,
-    /// Directories made.
-    #[serde(rename = "Directories")]
-    pub dirs: u64,
-    /// Symbolic links made.
-    #[serde(rename = "Links")]
-    pub links: u64,
-    /// Entries left alone because the name exists in the backing directory.
-    #[serde(rename = "Existing")]
-    pub existing: u64,
-    /// Files the key service refused to make a data key for.
-    #[serde(rename = "Refused")]
-    pub refused: u64,
-    /// Entries that could not be read or written.
-    #[serde(rename = "IoErrors")]
-    pub io: u64,
-    /// FIFOs, sockets and device nodes: not imported.
-    #[serde(rename = "Special")]
-    pub special: u64,
-    /// Every entry not imported, with the reason.
-    #[serde(rename = "Skipped")]
-    pub skipped: Vec<Skipped>,
-}
-
-impl ImportReport {
-    fn skip(&mut self, root: &Path, p: &Path, status: FileStatus) {
-        match &status {
-            FileStatus::KeyUnusable { .. } => self.refused += 1,
-            _ => self.io += 1,
-        }
-        self.skipped.push(Skipped {
-            path: relative(root, p),
-            status,
-        });
-    }
-
-    fn exists(&mut self, root: &Path, p: &Path) {
-        self.existing += 1;
-        self.skipped.push(Skipped {
-            path: relative(root, p),
-            status: FileStatus::Io {
-                message: "exists in the backing directory: left as it is".into(),
-            },
-        });
-    }
-}
-
-fn io_status(e: io::Error) -> FileStatus {
-    FileStatus::Io {
-        message: e.to_string(),
-    }
-}
 
 /// The temporary name a file is written under before it is linked as `to`.
 fn tmp_name(to: &Path) -> PathBuf {
@@ -109,8 +44,8 @@ pub fn import_tree(
     caller: &Caller,
     key_id: &str,
     progress: &mut dyn FnMut(),
-) -> ImportReport {
-    let mut report = ImportReport::default();
+) -> CopyReport {
+    let mut report = CopyReport::default();
     let target = |p: &Path| backing.join(relative(src, p));
     let mut made_dirs = Vec::new();
     for d in &walk.dirs {
@@ -141,29 +76,7 @@ pub fn import_tree(
         progress();
     }
     commit(src, backing, &mut batch, &mut report);
-    for l in &walk.links {
-        let to = target(l);
-        if to.symlink_metadata().is_ok() {
-            report.exists(src, l);
-            continue;
-        }
-        let r = std::fs::read_link(l)
-            .and_then(|link| std::os::unix::fs::symlink(link, &to))
-            .and_then(|()| super::copy_meta(l, &to));
-        match r {
-            Ok(()) => report.links += 1,
-            Err(e) => report.skip(src, l, io_status(e)),
-        }
-    }
-    for s in &walk.special {
-        report.special += 1;
-        report.skipped.push(Skipped {
-            path: relative(src, s),
-            status: FileStatus::Io {
-                message: "a FIFO, socket or device node: not imported".into(),
-            },
-        });
-    }
+    report.copy_links_and_list_special(src, walk, backing);
     // Directories made here get their times last, deepest first.
     for d in made_dirs.iter().rev() {
         if let Err(e) = super::copy_meta(d, &target(d)) {
@@ -182,7 +95,7 @@ fn commit(
     src: &Path,
     backing: &Path,
     batch: &mut Vec<(&PathBuf, PathBuf, u64)>,
-    report: &mut ImportReport,
+    report: &mut CopyReport,
 ) {
     if batch.is_empty() {
         return;
@@ -244,33 +157,33 @@ fn import_file(
     r
 }
 
+/// A plain file read for import.
+struct Plain<'a>(&'a File);
+
+impl Ranges for Plain<'_> {
+    fn next_data(&self, pos: u64) -> Result<Option<u64>, FileStatus> {
+        match crate::os::space::lseek(self.0, pos, libc::SEEK_DATA) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+            Err(e) => Err(io_status(e)),
+        }
+    }
+
+    fn next_hole(&self, pos: u64) -> Result<u64, FileStatus> {
+        crate::os::space::lseek(self.0, pos, libc::SEEK_HOLE).map_err(io_status)
+    }
+
+    fn read(&self, buf: &mut [u8], pos: u64) -> Result<usize, FileStatus> {
+        self.0.read_at(buf, pos).map_err(io_status)
+    }
+}
+
 /// Encrypts the data ranges of `input` into `ef`; holes stay holes.
 fn copy_in(input: &File, ef: &EncryptedFile) -> Result<u64, FileStatus> {
-    use crate::os::space::lseek;
     let size = input.metadata().map_err(io_status)?.len();
-    let mut buf = zeroize::Zeroizing::new(vec![0u8; COPY_CHUNK]);
-    let mut pos = 0;
-    while pos < size {
-        let start = match lseek(input, pos, libc::SEEK_DATA) {
-            Ok(d) => d,
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
-            Err(e) => return Err(io_status(e)),
-        };
-        let end = lseek(input, start, libc::SEEK_HOLE)
-            .map_err(io_status)?
-            .min(size);
-        let mut at = start;
-        while at < end {
-            let want = COPY_CHUNK.min((end - at) as usize);
-            let n = input.read_at(&mut buf[..want], at).map_err(io_status)?;
-            if n == 0 {
-                break;
-            }
-            ef.write_at(&buf[..n], at).map_err(status_of)?;
-            at += n as u64;
-        }
-        pos = end.max(pos + 1);
-    }
+    copy_ranges(size, &Plain(input), &mut |data, at| {
+        ef.write_at(data, at).map_err(status_of)
+    })?;
     ef.set_len(size).map_err(status_of)?;
     Ok(size)
 }

@@ -5,6 +5,7 @@
 //! commands, their crash safety and how they share a tree with a live mount.
 #![forbid(unsafe_code)]
 
+mod copy;
 mod export;
 mod fsck;
 mod import;
@@ -20,9 +21,10 @@ use serde::Serialize;
 use crate::format::{BACKING_LOCK, BACKING_MARKER};
 use crate::kms::{KeyMetadata, KeyState, KmsError, Missing, StateProblem};
 
-pub use self::export::{ExportReport, Skipped, export_tree};
+pub use self::copy::{CopyReport, Skipped};
+pub use self::export::export_tree;
 pub use self::fsck::{FileCheck, FileStatus, FsckReport, KeySummary, fsck_file, fsck_tree};
-pub use self::import::{ImportReport, import_tree};
+pub use self::import::import_tree;
 pub use self::known::{known as known_backings, protected_by, remember as remember_backing};
 pub use self::rewrap::{Problem, RewrapOptions, RewrapOutcome, RewrapReport, Rewrapper};
 
