@@ -21,8 +21,13 @@ use super::{FileStatus, Walk, relative};
 use crate::envelope::EncryptedFile;
 use crate::kms::{Caller, KeyService};
 
-/// Files per durable batch.
-const BATCH: usize = 128;
+/// A durable batch ends after this many files or bytes, whichever comes
+/// first. Each batch costs one syncfs, which flushes the whole file system
+/// (other writers' data too), so batches are large: a crash costs at most
+/// this much work, left behind as temporary files that a rerun replaces.
+const BATCH_FILES: usize = 1024;
+/// See `BATCH_FILES`.
+const BATCH_BYTES: u64 = 256 << 20;
 /// The suffix of a file being imported.
 const TMP_SUFFIX: &str = ".kmsfs-import";
 
@@ -70,7 +75,7 @@ pub fn import_tree(
                 Err(s) => report.skip(src, f, s),
             }
         }
-        if batch.len() >= BATCH {
+        if batch.len() >= BATCH_FILES || batch.iter().map(|b| b.2).sum::<u64>() >= BATCH_BYTES {
             commit(src, backing, &mut batch, &mut report);
         }
         progress();
