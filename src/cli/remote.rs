@@ -153,6 +153,9 @@ pub(super) fn mount_service(
             ),
         ));
     }
+    // The daemon is forked single-threaded: the client's threads go now and
+    // come back in the daemon on its first call.
+    ks.release();
     let new_marker = marker.is_none().then(|| BackingMarker {
         version: 1,
         keystore_id: REMOTE_MARKER_ID.into(),

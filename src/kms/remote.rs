@@ -181,6 +181,19 @@ impl RemoteKms {
         })
     }
 
+    /// Stops the runtime and its threads (joined, within two seconds) and
+    /// drops the client; the next call makes them again. The mount calls it
+    /// before it forks its daemon, which must be single-threaded then.
+    pub fn release(&self) {
+        let taken = self.inner.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(i) = taken
+            && let Ok(inner) = Arc::try_unwrap(i)
+        {
+            drop(inner.client);
+            inner.rt.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+
     /// The runtime and client of this process (made again after a fork).
     fn inner(&self) -> Result<Arc<Inner>, KmsError> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
