@@ -8,7 +8,7 @@
 #
 #   scripts/kms_load.sh
 # Environment: LOAD_SECS (10), LOAD_CLIENTS (16), PROFILE (release; debug to
-# skip the release build).
+# skip the release build), CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${LOAD_SECS:-10}
@@ -19,8 +19,9 @@ if [[ $PROFILE == release ]]; then
 else
   cargo build --quiet --bins --example kms_load
 fi
-kmsfs=$PWD/target/$PROFILE/kmsfs
-load=$PWD/target/$PROFILE/examples/kms_load
+target=${CARGO_TARGET_DIR:-$PWD/target}
+kmsfs=$target/$PROFILE/kmsfs
+load=$target/$PROFILE/examples/kms_load
 work=$(mktemp -d /tmp/kmsfs-load.XXXXXX)
 server=""
 cleanup() {
