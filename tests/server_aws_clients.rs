@@ -229,3 +229,57 @@ fn the_default_socket_mode_keeps_other_users_out() {
         .unwrap();
     assert!(!out.status.success(), "user a reached a 0600 socket");
 }
+
+#[test]
+fn kmsfs_kms_commands_run_against_an_endpoint_url() {
+    let ks = Ks::new();
+    let key = ks.create_key();
+    let (ak, sk) = access_key(&ks, 0);
+    let server = Server::start(&ks, "127.0.0.1:0", &[]);
+    let ep = server.endpoint();
+    // No --keystore: the operations go to the endpoint, signed with the key.
+    let run = |args: &[&str]| {
+        let o = kmsfs()
+            .args(["kms"])
+            .args(args)
+            .args(["--endpoint-url", &ep, "--output", "json"])
+            .env("AWS_ACCESS_KEY_ID", &ak)
+            .env("AWS_SECRET_ACCESS_KEY", &sk)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("KMSFS_KEYSTORE", "/nonexistent")
+            .output()
+            .expect("run kmsfs");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["describe-key", "--key-id", &key]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["KeyMetadata"]["KeyId"], key.as_str());
+    let (code, out, err) = run(&["encrypt", "--key-id", &key, "--plaintext", "aGVsbG8="]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let blob = v["CiphertextBlob"].as_str().unwrap().to_string();
+    let (code, out, err) = run(&["decrypt", "--ciphertext-blob", &blob]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["Plaintext"], "aGVsbG8=");
+    // The local keystore decrypts what the endpoint encrypted: one keystore.
+    let local = ks.decrypt(&blob, "", &[]);
+    assert_eq!(b64(&String::from_utf8_lossy(&local.stdout)), b"hello");
+    let (code, out, err) = run(&["generate-data-key", "--key-id", &key]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(b64(v["Plaintext"].as_str().unwrap()).len(), 32);
+    ks.ok(&["kms", "disable-key", "--key-id", &key]);
+    let (code, _, err) = run(&["encrypt", "--key-id", &key, "--plaintext", "aGVsbG8="]);
+    assert_eq!(code, Some(EXIT_REFUSED), "{err}");
+    let (code, _, err) = run(&["list-keys"]);
+    assert_eq!(code, Some(EXIT_USAGE), "{err}");
+}
