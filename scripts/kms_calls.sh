@@ -24,6 +24,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 ks=$work/ks
 "$kmsfs" --keystore "$ks" init >/dev/null 2>&1
 key=$("$kmsfs" --keystore "$ks" --output json kms create-key | python3 -c 'import json,sys;print(json.load(sys.stdin)["KeyMetadata"]["KeyId"])')
@@ -39,10 +40,10 @@ start_server() {
   for _ in $(seq 100); do grep -q listening "$work/serve.out" 2>/dev/null && return; sleep 0.05; done
   echo "server did not start" >&2; exit 1
 }
-# Stops the server and prints its counters for the phase just run.
+# Stops the server; its counters for the phase just run go to $counts.
 stop_server() {
   kill -TERM "$server"; wait "$server" || true; server=""
-  sed -n 's/^kmsfs kms serve: stopped; served //p' "$work/serve.err"
+  counts=$(sed -n 's/^kmsfs kms serve: stopped; served //p' "$work/serve.err")
 }
 
 # The tree: FILES files of 1 KiB in directories of 100.
@@ -69,15 +70,18 @@ for cache in 10 0; do
   t0=$(date +%s.%N)
   tar -C "$m" -xf "$work/tree.tar"; sync
   t1=$(date +%s.%N)
-  printf '%-6s  %-28s  %s  (%.1f s)\n' "$cache" "tar -x $FILES files" "$(stop_server)" "$(echo "$t1 - $t0" | bc)"
+  stop_server
+  printf '%-6s  %-28s  %s  (%.1f s)\n' "$cache" "tar -x $FILES files" "$counts" "$(echo "$t1 - $t0" | bc)"
   start_server
   t0=$(date +%s.%N)
   find "$m" -type f -print0 | xargs -0 cat >/dev/null
   t1=$(date +%s.%N)
-  printf '%-6s  %-28s  %s  (%.1f s)\n' "$cache" "reopen all $FILES" "$(stop_server)" "$(echo "$t1 - $t0" | bc)"
+  stop_server
+  printf '%-6s  %-28s  %s  (%.1f s)\n' "$cache" "reopen all $FILES" "$counts" "$(echo "$t1 - $t0" | bc)"
   start_server
   hot=$(find "$m" -type f | sed -n 1,50p)
   for _ in $(seq 20); do cat $hot >/dev/null; done
-  printf '%-6s  %-28s  %s\n' "$cache" "50 hot files x 20 opens" "$(stop_server)"
+  stop_server
+  printf '%-6s  %-28s  %s\n' "$cache" "50 hot files x 20 opens" "$counts"
   "$kmsfs" unmount "$m"
 done
