@@ -187,6 +187,48 @@ fn two_mounts_share_a_backing_directory_through_kmsfs_kms_serve() {
     assert!(!log.contains(&sk), "the secret access key is in the log");
 }
 
+#[test]
+fn a_throttling_kms_gives_eio_after_bounded_retries() {
+    let test = "a_throttling_kms_gives_eio_after_bounded_retries";
+    if !fuse_available(test) || !require_root(test, "mounting") {
+        return;
+    }
+    let ks = Ks::new();
+    let key = ks.create_key();
+    let (ak, sk) = access_key(&ks, 0);
+    // Debug builds only: the server answers these with ThrottlingException.
+    let mut server = Server::start_env(
+        &ks,
+        "127.0.0.1:0",
+        &[],
+        &[("KMSFS_TEST_THROTTLE", "GenerateDataKey,Decrypt")],
+    );
+    let tmp = tempdir(test);
+    let (backing, mnt) = (tmp.path().join("backing"), tmp.path().join("mnt"));
+    std::fs::create_dir(&backing).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    let log = tmp.path().join("mount.log");
+    let _g = MountGuard(mnt.clone());
+    let o = remote_mount(
+        &backing,
+        &mnt,
+        &server.endpoint(),
+        &key,
+        (&ak, &sk),
+        &log,
+        &[],
+    );
+    mounted_ok(&o, &log);
+    let r = std::fs::write(mnt.join("t.txt"), b"never written");
+    let e = r.expect_err("a file was written while the KMS throttles every data key");
+    assert_eq!(e.raw_os_error(), Some(libc_eio()), "{e}");
+    let stats = server.stop();
+    // One create, three attempts (the SDK's standard retries, with backoff).
+    assert!(stats.contains("GenerateDataKey=3 "), "{stats}");
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(log.contains("ThrottlingException"), "{log}");
+}
+
 fn libc_eio() -> i32 {
     5
 }

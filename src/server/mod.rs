@@ -124,6 +124,19 @@ impl Stats {
 struct State {
     ks: Arc<LocalKeyStore>,
     stats: Stats,
+    /// Operations answered with ThrottlingException (fault injection for
+    /// tests: `KMSFS_TEST_THROTTLE=Decrypt,GenerateDataKey`, debug builds only).
+    throttled: Vec<String>,
+}
+
+/// The test-only throttling switch; always empty in release builds.
+fn throttled_operations() -> Vec<String> {
+    #[cfg(debug_assertions)]
+    if let Ok(v) = std::env::var("KMSFS_TEST_THROTTLE") {
+        log::warn!("KMSFS_TEST_THROTTLE: answering {v} with ThrottlingException");
+        return v.split(',').map(str::to_string).collect();
+    }
+    Vec::new()
 }
 
 #[derive(Clone, Copy)]
@@ -220,6 +233,9 @@ async fn handle(
                     );
                 })?,
             };
+            if st2.throttled.contains(&op2) {
+                return Err(ApiError::new("ThrottlingException", 400, "Rate exceeded"));
+            }
             if op2.is_empty() {
                 return Err(ApiError::new(
                     "UnknownOperationException",
@@ -352,6 +368,7 @@ pub fn serve(
     let st = Arc::new(State {
         ks,
         stats: Stats::default(),
+        throttled: throttled_operations(),
     });
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let own_uid = crate::os::ids::effective_uid();

@@ -43,8 +43,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(ks: &Ks, listen: &str, extra: &[&str]) -> Self {
+        Self::start_env(ks, listen, extra, &[])
+    }
+
+    /// Like `start`, with extra environment (fault injection).
+    pub fn start_env(ks: &Ks, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let log = ks.file("serve.log");
         let mut c = kmsfs();
+        c.envs(env.iter().copied());
         c.arg("--keystore")
             .arg(&ks.path)
             .args(["kms", "serve", "--listen", listen])
