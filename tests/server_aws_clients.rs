@@ -183,6 +183,13 @@ fn on_a_unix_socket_the_peer_is_the_caller() {
     .to_string();
     let put =
         serde_json::json!({ "KeyId": key, "PolicyName": "default", "Policy": policy }).to_string();
+    // Administrative operations are for root and the server's user.
+    let (st, v) = unix_request(&python, &sock, "PutKeyPolicy", &put, Some(a));
+    assert_eq!(
+        (st, v["__type"].as_str()),
+        (400, Some("AccessDeniedException")),
+        "{v}"
+    );
     let (st, v) = unix_request(&python, &sock, "PutKeyPolicy", &put, None);
     assert_eq!(st, 200, "{v}");
     let (st, v) = unix_request(&python, &sock, "Encrypt", &enc, Some(a));

@@ -127,6 +127,9 @@ struct State {
     /// Operations answered with ThrottlingException (fault injection for
     /// tests: `KMSFS_TEST_THROTTLE=Decrypt,GenerateDataKey`, debug builds only).
     throttled: Vec<String>,
+    /// The server's own uid: with root, the only caller allowed
+    /// administrative operations (`ops::ADMINISTRATIVE`).
+    owner: u32,
 }
 
 /// The test-only throttling switch; always empty in release builds.
@@ -243,7 +246,8 @@ async fn handle(
                     "X-Amz-Target must be TrentService.<Operation>",
                 ));
             }
-            let r = ops::dispatch(&st2.ks, &caller, &op2, &body);
+            let r = ops::check_administrator(&op2, &caller, st2.owner)
+                .and_then(|()| ops::dispatch(&st2.ks, &caller, &op2, &body));
             log::info!(
                 "{op2} by uid {} gid {} pid {}: {}",
                 caller.uid,
@@ -369,6 +373,7 @@ pub fn serve(
         ks,
         stats: Stats::default(),
         throttled: throttled_operations(),
+        owner: crate::os::ids::effective_uid(),
     });
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let own_uid = crate::os::ids::effective_uid();

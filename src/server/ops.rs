@@ -51,6 +51,45 @@ pub(crate) const OPERATIONS: [&str; 27] = [
     "DeleteImportedKeyMaterial",
 ];
 
+/// Operations that change keys, aliases or policies. Through the server they
+/// are allowed to the callers who could run them with `kmsfs kms` on the
+/// keystore itself: root and the server's own user (whose keystore it is).
+/// Key policies govern cryptographic operations for every caller.
+pub(crate) const ADMINISTRATIVE: [&str; 15] = [
+    "CreateKey",
+    "CreateAlias",
+    "UpdateAlias",
+    "DeleteAlias",
+    "EnableKey",
+    "DisableKey",
+    "ScheduleKeyDeletion",
+    "CancelKeyDeletion",
+    "EnableKeyRotation",
+    "DisableKeyRotation",
+    "RotateKeyOnDemand",
+    "PutKeyPolicy",
+    "GetParametersForImport",
+    "ImportKeyMaterial",
+    "DeleteImportedKeyMaterial",
+];
+
+/// Refuses an administrative operation to a caller who is neither root nor
+/// `owner` (the server's user).
+pub(crate) fn check_administrator(op: &str, caller: &Caller, owner: u32) -> Result<(), ApiError> {
+    if ADMINISTRATIVE.contains(&op) && caller.uid != 0 && caller.uid != owner {
+        return Err(ApiError::new(
+            "AccessDeniedException",
+            400,
+            format!(
+                "uid {} is not allowed {op} through this server: administrative operations are \
+                 for root and uid {owner}, the keystore's user",
+                caller.uid
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A successful answer: plain JSON, or JSON holding a secret (zeroized buffer).
 pub(crate) enum Reply {
     /// No secret inside.
@@ -599,6 +638,24 @@ mod tests {
         };
         let v: Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v, json!({ "Plaintext": "AAEC", "KeyId": "arn:x" }));
+    }
+
+    #[test]
+    fn administrative_operations_are_for_root_and_the_owner() {
+        let who = |uid| Caller {
+            uid,
+            gid: uid,
+            pid: 0,
+        };
+        assert!(check_administrator("DisableKey", &who(0), 1000).is_ok());
+        assert!(check_administrator("DisableKey", &who(1000), 1000).is_ok());
+        let e = check_administrator("DisableKey", &who(4242), 1000).unwrap_err();
+        assert_eq!(e.kind, "AccessDeniedException");
+        assert!(check_administrator("Decrypt", &who(4242), 1000).is_ok());
+        assert!(check_administrator("DescribeKey", &who(4242), 1000).is_ok());
+        for op in ADMINISTRATIVE {
+            assert!(OPERATIONS.contains(&op), "{op}");
+        }
     }
 
     #[test]

@@ -153,6 +153,11 @@ refused("AccessDeniedException", other.decrypt, CiphertextBlob=blob, EncryptionC
 refused("AccessDeniedException", other.generate_data_key, KeyId=key, KeySpec="AES_256")
 assert kms.decrypt(CiphertextBlob=blob, EncryptionContext=ctx)["Plaintext"] == b"hello, kms"
 refused("ValidationException", kms.put_key_policy, KeyId=key, PolicyName="default", Policy="{not json")
+# Administrative operations are for root and the server's user, not for uid 4242.
+refused("AccessDeniedException", other.disable_key, KeyId=key2)
+refused("AccessDeniedException", other.put_key_policy, KeyId=key2, PolicyName="default", Policy=json.dumps(policy))
+refused("AccessDeniedException", other.create_key)
+assert other.describe_key(KeyId=key2)["KeyMetadata"]["KeyState"] == "Enabled"
 
 step("import key material wrapped with openssl")
 ext = kms.create_key(Origin="EXTERNAL", Description="imported")["KeyMetadata"]
