@@ -42,6 +42,12 @@ for tool in pjdfstest@0.2.2 fsx@0.3.2; do
   command -v "${tool%@*}" >/dev/null 2>&1 || cargo install --quiet "$tool"
 done
 
+# boto3, the aws CLI and moto's server, pinned, in a venv under target/ (python3-venv
+# from Debian if missing): the AWS clients that the protocol tests drive
+# `kmsfs kms serve` with, and the KMS that remote mounts are tested against.
+KMSFS_PY_VENV=$(scripts/pyenv.sh)
+export KMSFS_PY_VENV
+
 # A mount left over from an interrupted earlier run makes nothing here fail, but say so.
 if grep -qE ' fuse\.kmsfs ' /proc/mounts 2>/dev/null; then
   echo "note: kmsfs mounts from another run are still mounted:" >&2

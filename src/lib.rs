@@ -51,6 +51,7 @@ pub mod kms;
 pub mod logtext;
 #[allow(unsafe_code)]
 mod os;
+pub mod server;
 pub mod tree;
 pub mod trust;
 

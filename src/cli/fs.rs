@@ -38,6 +38,20 @@ pub struct MountArgs {
     /// ~/.local/state/kmsfs)/mount-MOUNTPOINT.log; with --foreground: stderr].
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    /// Use the CMK --key-id in this AWS KMS protocol endpoint (AWS KMS,
+    /// `kmsfs kms serve`, ...) instead of the local keystore; AWS credentials
+    /// and region as for the aws CLI. See docs/PROTOCOL.md.
+    #[arg(long, value_name = "URL")]
+    pub kms_endpoint: Option<String>,
+    /// With --kms-endpoint: seconds an unwrapped data key may be served from
+    /// the cache (the most a disabled key keeps opening files); 0: no cache.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 10,
+        requires = "kms_endpoint"
+    )]
+    pub kms_cache_seconds: u64,
 }
 /// Arguments of `kmsfs unmount`.
 #[derive(Debug, clap::Args)]
@@ -161,7 +175,7 @@ fn service_and_key(
 }
 
 /// A key service, the CMK for new files, and the marker to write (if any).
-type BoundKey = (Arc<dyn KeyService>, String, Option<BackingMarker>);
+pub(super) type BoundKey = (Arc<dyn KeyService>, String, Option<BackingMarker>);
 
 /// The key service and CMK for a mount of `backing`, which is bound to the
 /// keystore it was first mounted with (its marker): another keystore is
@@ -299,7 +313,15 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> Result<(), CliError> {
     g.keystore = Some(std::path::absolute(keystore::keystore_dir(&g))?);
     // Unseal the keystore (a passphrase prompt needs the terminal) before the
     // daemon leaves it.
-    let (ks, key_id, marker) = bound_service_and_key(&g, a.key_id.as_deref(), &backing, &survey)?;
+    let (ks, key_id, marker) = match &a.kms_endpoint {
+        Some(url) => super::remote::mount_service(
+            url,
+            a.key_id.as_deref(),
+            crate::daemon::read_marker(&backing)?,
+            std::time::Duration::from_secs(a.kms_cache_seconds),
+        )?,
+        None => bound_service_and_key(&g, a.key_id.as_deref(), &backing, &survey)?,
+    };
     if let Some(m) = marker {
         if prepared.backing_read_only {
             log::info!("{} is read-only: no marker written", backing.display());

@@ -8,11 +8,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::kms::Caller;
 
+pub mod access_key;
 mod error;
 pub mod fs;
 pub mod keystore;
 pub mod kms;
 mod output;
+pub mod remote;
+pub mod server;
 pub mod tree;
 
 pub use error::{CliError, ErrorClass, repair_hint};
@@ -60,9 +63,20 @@ pub enum Command {
     Init(keystore::InitArgs),
     /// Key management, shaped like `aws kms`.
     Kms {
+        /// Send the operation to this AWS KMS protocol endpoint (AWS KMS,
+        /// `kmsfs kms serve`, ...) instead of the local keystore; credentials
+        /// and region come from the usual AWS environment and profiles.
+        #[arg(long, value_name = "URL", global = true)]
+        endpoint_url: Option<String>,
         /// The key operation.
         #[command(subcommand)]
-        command: kms::KmsCommand,
+        command: server::KmsTop,
+    },
+    /// Access keys that sign requests to `kmsfs kms serve` (as `aws iam`).
+    AccessKey {
+        /// The access-key operation.
+        #[command(subcommand)]
+        command: access_key::AccessKeyCommand,
     },
     /// Mount BACKING at MOUNTPOINT: plain files above, ciphertext below.
     Mount(fs::MountArgs),
@@ -133,7 +147,15 @@ fn run(cli: Cli) -> Result<(), CliError> {
     let g = &cli.globals;
     match cli.command {
         Command::Init(a) => keystore::init(g, a),
-        Command::Kms { command } => kms::run(g, command),
+        Command::Kms {
+            command,
+            endpoint_url,
+        } => match (command, endpoint_url) {
+            (server::KmsTop::Serve(a), _) => server::serve(g, a),
+            (server::KmsTop::Key(c), Some(url)) => remote::run(g, &url, c),
+            (server::KmsTop::Key(c), None) => kms::run(g, c),
+        },
+        Command::AccessKey { command } => access_key::run(g, command),
         Command::Mount(a) => fs::mount(g, a),
         Command::Unmount(a) => fs::unmount(g, a),
         Command::Inspect(a) => fs::inspect(g, a),

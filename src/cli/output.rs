@@ -1,13 +1,12 @@
 //! Printing results: JSON with the AWS API field names (timestamps as RFC 3339,
 //! secrets through zeroized buffers) and the text layouts of key metadata.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use zeroize::Zeroizing;
 
 use crate::kms::{KeyMetadata, clock};
 
-/// The encryption algorithm name AWS reports for symmetric keys.
-pub(crate) const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
+pub(crate) use crate::kms::wire::{SYMMETRIC_DEFAULT, metadata_json};
 
 /// Response fields that AWS CLI v2 prints as ISO 8601 timestamps.
 const TIMESTAMP_FIELDS: [&str; 7] = [
@@ -66,16 +65,6 @@ pub(crate) fn print_json_secret(fields: &[(&str, &str)]) {
     }
     out.push('}');
     println!("{}", *out);
-}
-
-pub(crate) fn metadata_json(m: &KeyMetadata) -> Value {
-    let mut v = serde_json::to_value(m).unwrap_or(Value::Null);
-    if let Value::Object(o) = &mut v {
-        o.insert("KeyManager".into(), json!("CUSTOMER"));
-        o.insert("EncryptionAlgorithms".into(), json!([SYMMETRIC_DEFAULT]));
-        o.insert("MultiRegion".into(), json!(false));
-    }
-    v
 }
 
 pub(crate) fn print_metadata(m: &KeyMetadata, aliases: &[String]) {

@@ -261,6 +261,11 @@ pub enum Missing {
         /// The name asked for.
         name: String,
     },
+    /// No access key (of the protocol server) with this id.
+    AccessKey {
+        /// The access key id asked for.
+        access_key_id: String,
+    },
     /// The key a ciphertext names was deleted.
     BlobKeyDeleted {
         /// The deleted key.
@@ -292,6 +297,9 @@ impl fmt::Display for Missing {
                 "no policy named {name:?}; the only key policy name is \"{}\"",
                 super::policy::POLICY_NAME
             ),
+            Missing::AccessKey { access_key_id } => {
+                write!(f, "access key {access_key_id} does not exist")
+            }
             Missing::Deleted { key_id } => {
                 write!(f, "key {key_id} reached its deletion date and was deleted")
             }

@@ -17,14 +17,16 @@ pub mod store;
 pub use store as keystore;
 pub mod model;
 pub mod policy;
+pub mod remote;
 pub mod service;
+pub mod wire;
 
 pub use audit::{AuditEvent, AuditSink, Operation};
 pub use context::EncryptionContext;
 pub use error::{Existing, KmsError, Missing, RootKeyProblem, StateProblem, ValidationCode};
 pub use service::{
-    AliasListEntry, ImportParameters, KeyListEntry, KeyRotation, KeyRotationStatus, LocalKeyStore,
-    ScheduledDeletion,
+    AccessKeyEntry, AccessKeySecret, AliasListEntry, ImportParameters, KeyListEntry, KeyRotation,
+    KeyRotationStatus, LocalKeyStore, NewAccessKey, ScheduledDeletion,
 };
 pub use store::{Argon2Params, CreateMode};
 

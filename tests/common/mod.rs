@@ -16,12 +16,15 @@
 #![allow(dead_code)]
 
 mod keystore;
+mod kms_server;
 mod mount;
 mod users;
 
 // Each test uses part of the fixture: what it leaves is no finding.
 #[allow(unused_imports)]
 pub use keystore::*;
+#[allow(unused_imports)]
+pub use kms_server::*;
 #[allow(unused_imports)]
 pub use mount::*;
 #[allow(unused_imports)]

@@ -4,14 +4,13 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::args::{DataKeyArgs, DecryptArgs, EncryptArgs, KeySpecArg, ReEncryptArgs};
 use super::{Session, context, read_blob};
 use crate::cli::CliError;
 use crate::cli::output::{SYMMETRIC_DEFAULT, print_json, print_json_secret};
-use crate::kms::{DataKeySpec, KeyService};
+use crate::kms::{DataKeySpec, KeyService, wire};
 
 fn data_key_spec(a: &DataKeyArgs) -> DataKeySpec {
     match (a.number_of_bytes, a.key_spec) {
@@ -28,11 +27,7 @@ pub(super) fn encrypt(s: &Session, a: EncryptArgs) -> Result<(), CliError> {
     let e = s.ks.encrypt(&s.caller, &a.key_id, &pt, &ctx)?;
     let blob = B64.encode(&e.ciphertext_blob);
     if s.json {
-        print_json(&json!({
-            "CiphertextBlob": blob,
-            "KeyId": s.arn(&e.key_id),
-            "EncryptionAlgorithm": SYMMETRIC_DEFAULT,
-        }));
+        print_json(&wire::ciphertext_json(&blob, &s.arn(&e.key_id), true));
     } else {
         println!("{blob}");
     }
@@ -88,7 +83,7 @@ pub(super) fn generate_data_key_without_plaintext(
         s.ks.generate_data_key_without_plaintext(&s.caller, &a.key_id, data_key_spec(&a), &ctx)?;
     let blob = B64.encode(&e.ciphertext_blob);
     if s.json {
-        print_json(&json!({ "CiphertextBlob": blob, "KeyId": s.arn(&e.key_id) }));
+        print_json(&wire::ciphertext_json(&blob, &s.arn(&e.key_id), false));
     } else {
         println!("{blob}");
     }
@@ -108,13 +103,12 @@ pub(super) fn re_encrypt(s: &Session, a: ReEncryptArgs) -> Result<(), CliError> 
         s.ks.re_encrypt(&s.caller, &blob, &sctx, &a.destination_key_id, &dctx)?;
     let out = B64.encode(&e.ciphertext_blob);
     if s.json {
-        print_json(&json!({
-            "CiphertextBlob": out,
-            "SourceKeyId": e.source_key_id.as_deref().map(|k| s.arn(k)),
-            "KeyId": s.arn(&e.key_id),
-            "SourceEncryptionAlgorithm": SYMMETRIC_DEFAULT,
-            "DestinationEncryptionAlgorithm": SYMMETRIC_DEFAULT,
-        }));
+        let source = e.source_key_id.as_deref().map(|k| s.arn(k));
+        print_json(&wire::re_encrypted_json(
+            &out,
+            source.as_deref(),
+            &s.arn(&e.key_id),
+        ));
     } else {
         println!("{out}");
     }

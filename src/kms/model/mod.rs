@@ -12,11 +12,13 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::SecretBytes;
 use crate::kms::{KeyOrigin, KeyState, KmsError};
 
+mod access_keys;
 mod aliases;
 mod import;
 mod key;
 mod state;
 
+pub use access_keys::{ACCESS_KEY_ID_LEN, AccessKeyRecord, MAX_ACCESS_KEYS, valid_access_key_id};
 pub use aliases::validate_alias_name;
 
 /// Shortest deletion waiting period, in days (as AWS KMS).
@@ -162,6 +164,9 @@ pub struct StoreState {
     /// blob under a deleted key is told apart from a blob with a forged key id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub deleted: BTreeMap<String, i64>,
+    /// Access keys of the protocol server, by access key id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub access_keys: BTreeMap<String, AccessKeyRecord>,
 }
 
 /// What an operation needs the key's state to allow.

@@ -20,6 +20,7 @@ use crate::crypto::{SecretBytes, hex};
 /// is this interval (well under the mount's one-second requirement).
 pub const FRESHNESS_INTERVAL_MS: u64 = 20;
 
+mod access_keys;
 mod admin;
 mod crypto_ops;
 mod registry;
@@ -28,6 +29,7 @@ mod snapshot;
 
 use snapshot::{KnownDamage, Loaded, Snapshot, load};
 
+pub use access_keys::{AccessKeyEntry, AccessKeySecret, NewAccessKey};
 pub use admin::{
     AliasListEntry, ImportParameters, KeyListEntry, KeyRotation, KeyRotationStatus,
     ScheduledDeletion,

@@ -1,0 +1,165 @@
+//! A remote KMS from the command line: `kmsfs kms ... --endpoint-url URL`
+//! (encrypt, decrypt, generate-data-key, describe-key through
+//! `kms::remote::RemoteKms`) and the key service of `kmsfs mount
+//! --kms-endpoint URL`. Output has the shapes of the local commands.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::kms::{KeySpecArg, KmsCommand, context, read_blob};
+use super::output::{metadata_json, print_json, print_json_secret, print_metadata};
+use super::{CliError, ErrorClass, GlobalArgs, OutputFormat, current_caller};
+use crate::daemon::BackingMarker;
+use crate::kms::remote::{RemoteKms, RemoteOptions};
+use crate::kms::wire::{SYMMETRIC_DEFAULT, ciphertext_json};
+use crate::kms::{DataKeySpec, KeyService, KeyState};
+
+/// What a backing directory's marker says when it is bound to a remote KMS
+/// (its keys live there, not in a local keystore).
+pub const REMOTE_MARKER_ID: &str = "remote-kms";
+
+fn connect(url: &str, cache: Duration) -> Result<RemoteKms, CliError> {
+    RemoteKms::connect(RemoteOptions {
+        endpoint_url: Some(url.to_string()),
+        cache_lifetime: cache,
+        ..RemoteOptions::default()
+    })
+    .map_err(|e| {
+        CliError::from(e).hint(
+            "set AWS_REGION and credentials (AWS_ACCESS_KEY_ID / \
+                                AWS_SECRET_ACCESS_KEY or a profile), as for the aws CLI",
+        )
+    })
+}
+
+/// `kmsfs kms SUBCOMMAND --endpoint-url URL`.
+pub fn run(g: &GlobalArgs, url: &str, c: KmsCommand) -> Result<(), CliError> {
+    let ks = connect(url, Duration::ZERO)?;
+    let caller = current_caller();
+    let json = g.output == OutputFormat::Json;
+    match c {
+        KmsCommand::DescribeKey(a) => {
+            let m = ks.describe_key(&caller, &a.key_id)?;
+            if json {
+                print_json(&json!({ "KeyMetadata": metadata_json(&m) }));
+            } else {
+                print_metadata(&m, &[]);
+            }
+        }
+        KmsCommand::Encrypt(a) => {
+            let pt = read_blob(&a.plaintext, "plaintext")?;
+            let e = ks.encrypt(&caller, &a.key_id, &pt, &context(&a.encryption_context)?)?;
+            let blob = B64.encode(&e.ciphertext_blob);
+            if json {
+                print_json(&ciphertext_json(&blob, &e.key_id, true));
+            } else {
+                println!("{blob}");
+            }
+        }
+        KmsCommand::Decrypt(a) => {
+            let blob = read_blob(&a.ciphertext_blob, "ciphertext-blob")?;
+            let d = ks.decrypt(
+                &caller,
+                &blob,
+                &context(&a.encryption_context)?,
+                a.key_id.as_deref(),
+            )?;
+            let pt = Zeroizing::new(B64.encode(d.plaintext.expose()));
+            if json {
+                print_json_secret(&[
+                    ("KeyId", &d.key_id),
+                    ("Plaintext", &pt),
+                    ("EncryptionAlgorithm", SYMMETRIC_DEFAULT),
+                ]);
+            } else {
+                println!("{}", *pt);
+            }
+        }
+        KmsCommand::GenerateDataKey(a) => {
+            let spec = match (a.number_of_bytes, a.key_spec) {
+                (Some(n), _) => DataKeySpec::Bytes(n),
+                (None, Some(KeySpecArg::Aes128)) => DataKeySpec::Aes128,
+                (None, _) => DataKeySpec::Aes256,
+            };
+            let dk =
+                ks.generate_data_key(&caller, &a.key_id, spec, &context(&a.encryption_context)?)?;
+            let pt = Zeroizing::new(B64.encode(dk.plaintext.expose()));
+            let blob = B64.encode(&dk.ciphertext_blob);
+            if json {
+                print_json_secret(&[
+                    ("CiphertextBlob", &blob),
+                    ("Plaintext", &pt),
+                    ("KeyId", &dk.key_id),
+                ]);
+            } else {
+                println!("CiphertextBlob\t{blob}");
+                println!("Plaintext\t{}", *pt);
+                println!("KeyId\t{}", dk.key_id);
+            }
+        }
+        _ => {
+            return Err(CliError::new(
+                ErrorClass::Usage,
+                "with --endpoint-url kmsfs runs encrypt, decrypt, generate-data-key and \
+                 describe-key",
+            )
+            .hint("use the aws CLI with --endpoint-url for the other operations"));
+        }
+    }
+    Ok(())
+}
+
+/// The key service and CMK of `kmsfs mount --kms-endpoint URL --key-id K`,
+/// and the marker to write on first use. A backing directory bound to a
+/// local keystore is refused (its files' keys are not in the remote KMS).
+pub(super) fn mount_service(
+    url: &str,
+    key_id: Option<&str>,
+    marker: Option<BackingMarker>,
+    cache: Duration,
+) -> Result<super::fs::BoundKey, CliError> {
+    if let Some(m) = &marker
+        && m.keystore_id != REMOTE_MARKER_ID
+    {
+        return Err(CliError::new(
+            ErrorClass::Refused,
+            format!(
+                "this backing directory belongs to the local keystore {}, not to a remote KMS",
+                m.keystore_id
+            ),
+        )
+        .hint("mount it without --kms-endpoint, with the --keystore it was made with"));
+    }
+    let key = key_id
+        .map(str::to_string)
+        .or_else(|| marker.as_ref().map(|m| m.default_key_id.clone()))
+        .ok_or_else(|| {
+            CliError::new(ErrorClass::Usage, "--kms-endpoint needs --key-id K")
+                .hint("give the key id, ARN or alias/NAME of the CMK in the remote KMS")
+        })?;
+    let ks = connect(url, cache)?;
+    let meta = ks.describe_key(&current_caller(), &key)?;
+    if meta.key_state != KeyState::Enabled {
+        return Err(CliError::new(
+            ErrorClass::Refused,
+            format!(
+                "key {key} is {} in the KMS at {url}: new files could not be encrypted under it",
+                meta.key_state.as_str()
+            ),
+        ));
+    }
+    // The daemon is forked single-threaded: the client's threads go now and
+    // come back in the daemon on its first call.
+    ks.release();
+    let new_marker = marker.is_none().then(|| BackingMarker {
+        version: 1,
+        keystore_id: REMOTE_MARKER_ID.into(),
+        default_key_id: key.clone(),
+    });
+    Ok((Arc::new(ks), meta.key_id, new_marker))
+}

@@ -1,0 +1,308 @@
+//! Who is asking, for a request on TCP: AWS Signature Version 4 over the
+//! access keys kept in the keystore. The signature is computed again with the
+//! AWS SDK's own signer (`aws-sigv4`) over exactly the headers the client
+//! signed, and compared in constant time. Refusals carry the AWS exception
+//! names; nothing here logs or returns a secret.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
+use aws_smithy_runtime_api::client::identity::Identity;
+use http::HeaderMap;
+
+use super::error::ApiError;
+use crate::kms::{Caller, LocalKeyStore, clock};
+
+/// How far a request's X-Amz-Date may be from the server's clock (as AWS).
+pub const MAX_SKEW: Duration = Duration::from_secs(300);
+
+const ALGORITHM: &str = "AWS4-HMAC-SHA256";
+/// The headers a request must have signed: without them a signed request
+/// could be replayed against another operation or host.
+const REQUIRED_SIGNED: [&str; 3] = ["host", "x-amz-date", "x-amz-target"];
+
+/// The parts of an `Authorization: AWS4-HMAC-SHA256 ...` header.
+#[derive(Debug, PartialEq, Eq)]
+struct Authorization<'a> {
+    access_key_id: &'a str,
+    date: &'a str,
+    region: &'a str,
+    service: &'a str,
+    signed_headers: Vec<&'a str>,
+    signature: &'a str,
+}
+
+fn incomplete(why: &str) -> ApiError {
+    ApiError::new("IncompleteSignatureException", 400, why.to_string())
+}
+
+fn parse_authorization(v: &str) -> Result<Authorization<'_>, ApiError> {
+    let rest = v
+        .strip_prefix(ALGORITHM)
+        .filter(|r| r.starts_with(' '))
+        .ok_or_else(|| {
+            incomplete("Authorization header must use the AWS4-HMAC-SHA256 algorithm")
+        })?;
+    let (mut cred, mut signed, mut sig) = (None, None, None);
+    for part in rest.split(',') {
+        let part = part.trim();
+        if let Some(x) = part.strip_prefix("Credential=") {
+            cred = Some(x);
+        } else if let Some(x) = part.strip_prefix("SignedHeaders=") {
+            signed = Some(x);
+        } else if let Some(x) = part.strip_prefix("Signature=") {
+            sig = Some(x);
+        }
+    }
+    let (Some(cred), Some(signed), Some(sig)) = (cred, signed, sig) else {
+        return Err(incomplete(
+            "Authorization header requires Credential, SignedHeaders and Signature",
+        ));
+    };
+    let c: Vec<&str> = cred.split('/').collect();
+    let [access_key_id, date, region, service, "aws4_request"] = c[..] else {
+        return Err(incomplete(
+            "Credential must be ACCESS_KEY_ID/YYYYMMDD/REGION/SERVICE/aws4_request",
+        ));
+    };
+    Ok(Authorization {
+        access_key_id,
+        date,
+        region,
+        service,
+        signed_headers: signed.split(';').collect(),
+        signature: sig,
+    })
+}
+
+/// `20261202T004400Z` as seconds since the epoch.
+fn parse_amz_date(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    let rfc = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &s[0..4],
+        &s[4..6],
+        &s[6..8],
+        &s[9..11],
+        &s[11..13],
+        &s[13..15]
+    );
+    clock::parse_rfc3339(&rfc)
+}
+
+fn amz_date(t: i64) -> String {
+    let r = clock::format_rfc3339(t);
+    r.chars().filter(|c| *c != '-' && *c != ':').collect()
+}
+
+/// Equal in time independent of where the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0u8, |acc, (x, y)| acc | std::hint::black_box(x ^ y));
+    diff == 0
+}
+
+/// Verifies the request's signature; returns the principal of its access key.
+pub(crate) fn verify(
+    ks: &LocalKeyStore,
+    method: &str,
+    uri: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: SystemTime,
+) -> Result<Caller, ApiError> {
+    let Some(auth) = headers.get(http::header::AUTHORIZATION) else {
+        return Err(ApiError::new(
+            "MissingAuthenticationTokenException",
+            400,
+            "Missing Authentication Token",
+        ));
+    };
+    let auth = auth
+        .to_str()
+        .map_err(|_| incomplete("Authorization header is not ASCII"))?;
+    let a = parse_authorization(auth)?;
+    for need in REQUIRED_SIGNED {
+        if !a.signed_headers.contains(&need) {
+            return Err(incomplete(&format!(
+                "SignedHeaders must include {}",
+                REQUIRED_SIGNED.join(", ")
+            )));
+        }
+    }
+    if a.service != "kms" {
+        return Err(ApiError::new(
+            "InvalidSignatureException",
+            400,
+            format!(
+                "Credential should be scoped to correct service: 'kms', not '{}'",
+                a.service
+            ),
+        ));
+    }
+    let date_header = headers
+        .get("x-amz-date")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| incomplete("X-Amz-Date header is missing"))?;
+    let signed_at = parse_amz_date(date_header)
+        .ok_or_else(|| incomplete("X-Amz-Date is not YYYYMMDDTHHMMSSZ"))?;
+    if !date_header.starts_with(a.date) || a.date.len() != 8 {
+        return Err(ApiError::new(
+            "InvalidSignatureException",
+            400,
+            "Credential should be scoped to a valid date matching X-Amz-Date",
+        ));
+    }
+    if headers.contains_key("x-amz-security-token") {
+        // This server issues no temporary credentials.
+        return Err(unrecognized());
+    }
+    let secret = ks
+        .access_key_secret(a.access_key_id)
+        .map_err(ApiError::from)?
+        .ok_or_else(unrecognized)?;
+    let now_s = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let skew = MAX_SKEW.as_secs() as i64;
+    if signed_at < now_s - skew || signed_at > now_s + skew {
+        let (earlier, bound) = if signed_at < now_s {
+            ("earlier", format!("{} - 5 min.", amz_date(now_s)))
+        } else {
+            ("later", format!("{} + 5 min.", amz_date(now_s)))
+        };
+        return Err(ApiError::new(
+            "InvalidSignatureException",
+            400,
+            format!(
+                "Signature expired: {date_header} is now {earlier} than {} ({bound})",
+                amz_date(if earlier == "earlier" {
+                    now_s - skew
+                } else {
+                    now_s + skew
+                })
+            ),
+        ));
+    }
+    // The headers the client signed, as received (X-Amz-Date is added by the
+    // signer from the time).
+    let mut signed: Vec<(&str, &str)> = Vec::new();
+    for name in &a.signed_headers {
+        if *name == "x-amz-date" {
+            continue;
+        }
+        let values = headers.get_all(*name);
+        let mut any = false;
+        for v in values.iter() {
+            let v = v
+                .to_str()
+                .map_err(|_| incomplete("a signed header is not ASCII"))?;
+            signed.push((name, v));
+            any = true;
+        }
+        if !any {
+            return Err(incomplete(&format!("signed header {name} is missing")));
+        }
+    }
+    let expected = {
+        let identity: Identity = Credentials::new(
+            a.access_key_id,
+            secret.secret.as_str(),
+            None,
+            None,
+            "kmsfs-access-key",
+        )
+        .into();
+        let mut settings = SigningSettings::default();
+        settings.excluded_headers = None;
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(a.region)
+            .name(a.service)
+            .time(UNIX_EPOCH + Duration::from_secs(signed_at.max(0) as u64))
+            .settings(settings)
+            .build()
+            .map_err(|e| ApiError::new("KMSInternalException", 500, e.to_string()))?
+            .into();
+        let req = SignableRequest::new(method, uri, signed.into_iter(), SignableBody::Bytes(body))
+            .map_err(|_| incomplete("the request cannot be put in canonical form"))?;
+        let out = sign(req, &params).map_err(|_| incomplete("the request cannot be signed"))?;
+        out.signature().to_string()
+    };
+    if constant_time_eq(expected.as_bytes(), a.signature.as_bytes()) {
+        Ok(secret.caller)
+    } else {
+        Err(ApiError::new(
+            "InvalidSignatureException",
+            400,
+            "The request signature we calculated does not match the signature you provided. \
+             Check your AWS Secret Access Key and signing method.",
+        ))
+    }
+}
+
+fn unrecognized() -> ApiError {
+    ApiError::new(
+        "UnrecognizedClientException",
+        400,
+        "The security token included in the request is invalid.",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_an_authorization_header() {
+        let h = "AWS4-HMAC-SHA256 Credential=AKIAABCDEFGHIJ234567/20261202/us-east-1/kms/aws4_request, SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature=abc123";
+        let a = parse_authorization(h).unwrap();
+        assert_eq!(a.access_key_id, "AKIAABCDEFGHIJ234567");
+        assert_eq!(a.date, "20261202");
+        assert_eq!(a.region, "us-east-1");
+        assert_eq!(a.service, "kms");
+        assert_eq!(
+            a.signed_headers,
+            ["content-type", "host", "x-amz-date", "x-amz-target"]
+        );
+        assert_eq!(a.signature, "abc123");
+        for bad in [
+            "AWS4-HMAC-SHA1 Credential=a/b/c/d/aws4_request, SignedHeaders=host, Signature=x",
+            "AWS4-HMAC-SHA256 Credential=a/b/c/d, SignedHeaders=host, Signature=x",
+            "AWS4-HMAC-SHA256 Credential=a/b/c/d/aws4_request, Signature=x",
+            "AWS4-HMAC-SHA256Credential=a/b/c/d/aws4_request, SignedHeaders=host, Signature=x",
+        ] {
+            assert_eq!(
+                parse_authorization(bad).unwrap_err().kind,
+                "IncompleteSignatureException",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn amz_dates_round_trip() {
+        let t = parse_amz_date("20261202T004400Z").unwrap();
+        assert_eq!(amz_date(t), "20261202T004400Z");
+        assert!(parse_amz_date("2026-12-02T00:44:00Z").is_none());
+        assert!(parse_amz_date("20261202 004400Z").is_none());
+    }
+
+    #[test]
+    fn constant_time_eq_is_eq() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

@@ -1,0 +1,674 @@
+//! The operations of the AWS KMS JSON 1.1 protocol, each parsed from its
+//! request shape, run on the local keystore for the authenticated caller,
+//! and answered in its AWS result shape (built by `kms::wire`, as the CLI's
+//! JSON output is). Bodies that carry a plaintext are built in zeroized
+//! buffers.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use super::error::ApiError;
+use crate::crypto::SecretBytes;
+use crate::kms::model::key_arn;
+use crate::kms::wire::{self, SYMMETRIC_DEFAULT};
+use crate::kms::{
+    Caller, DataKeySpec, EncryptionContext, KeyOrigin, KeyService, LocalKeyStore,
+    MAX_ENCRYPT_PLAINTEXT,
+};
+
+/// Every operation served, by its `X-Amz-Target` name (after `TrentService.`).
+pub(crate) const OPERATIONS: [&str; 27] = [
+    "CreateKey",
+    "DescribeKey",
+    "ListKeys",
+    "CreateAlias",
+    "UpdateAlias",
+    "DeleteAlias",
+    "ListAliases",
+    "EnableKey",
+    "DisableKey",
+    "ScheduleKeyDeletion",
+    "CancelKeyDeletion",
+    "EnableKeyRotation",
+    "DisableKeyRotation",
+    "GetKeyRotationStatus",
+    "RotateKeyOnDemand",
+    "ListKeyRotations",
+    "Encrypt",
+    "Decrypt",
+    "ReEncrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyWithoutPlaintext",
+    "GenerateRandom",
+    "GetKeyPolicy",
+    "PutKeyPolicy",
+    "GetParametersForImport",
+    "ImportKeyMaterial",
+    "DeleteImportedKeyMaterial",
+];
+
+/// Operations that change keys, aliases or policies. Through the server they
+/// are allowed to the callers who could run them with `kmsfs kms` on the
+/// keystore itself: root and the server's own user (whose keystore it is).
+/// Key policies govern cryptographic operations for every caller.
+pub(crate) const ADMINISTRATIVE: [&str; 15] = [
+    "CreateKey",
+    "CreateAlias",
+    "UpdateAlias",
+    "DeleteAlias",
+    "EnableKey",
+    "DisableKey",
+    "ScheduleKeyDeletion",
+    "CancelKeyDeletion",
+    "EnableKeyRotation",
+    "DisableKeyRotation",
+    "RotateKeyOnDemand",
+    "PutKeyPolicy",
+    "GetParametersForImport",
+    "ImportKeyMaterial",
+    "DeleteImportedKeyMaterial",
+];
+
+/// Refuses an administrative operation to a caller who is neither root nor
+/// `owner` (the server's user).
+pub(crate) fn check_administrator(op: &str, caller: &Caller, owner: u32) -> Result<(), ApiError> {
+    if ADMINISTRATIVE.contains(&op) && caller.uid != 0 && caller.uid != owner {
+        return Err(ApiError::new(
+            "AccessDeniedException",
+            400,
+            format!(
+                "uid {} is not allowed {op} through this server: administrative operations are \
+                 for root and uid {owner}, the keystore's user",
+                caller.uid
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A successful answer: plain JSON, or JSON holding a secret (zeroized buffer).
+pub(crate) enum Reply {
+    /// No secret inside.
+    Json(Value),
+    /// A serialized body holding a plaintext.
+    Secret(Zeroizing<Vec<u8>>),
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let body = if body.is_empty() {
+        b"{}" as &[u8]
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|e| {
+        // serde's message names the field and position, never the value.
+        ApiError::new(
+            "SerializationException",
+            400,
+            format!("the request body is not a valid request of this operation: {e}"),
+        )
+    })
+}
+
+fn blob(b64: &str, field: &str) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    B64.decode(b64.as_bytes()).map(Zeroizing::new).map_err(|_| {
+        ApiError::new(
+            "SerializationException",
+            400,
+            format!("{field} is not valid base64"),
+        )
+    })
+}
+
+/// `[(name, value)]` as a JSON object in a zeroized buffer; values are
+/// base64, ARNs or fixed names (nothing to escape).
+fn secret_json(fields: &[(&str, &str)]) -> Reply {
+    let mut out = Zeroizing::new(Vec::with_capacity(
+        fields
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum::<usize>()
+            + 2,
+    ));
+    out.push(b'{');
+    for (i, (k, v)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        for part in ["\"", k, "\":\"", v, "\""] {
+            out.extend_from_slice(part.as_bytes());
+        }
+    }
+    out.push(b'}');
+    Reply::Secret(out)
+}
+
+fn limit_and_start(limit: Option<i64>, marker: Option<&str>) -> Result<(usize, usize), ApiError> {
+    let limit = match limit {
+        None => 100,
+        Some(n) if (1..=1000).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(ApiError::validation(format!(
+                "Limit must be between 1 and 1000, got {n}"
+            )));
+        }
+    };
+    let start = match marker {
+        None => 0,
+        Some(m) => m.parse::<usize>().map_err(|_| {
+            ApiError::new(
+                "InvalidMarkerException",
+                400,
+                "the Marker is not one this server made",
+            )
+        })?,
+    };
+    Ok((limit, start))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct KeyIdReq {
+    key_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CreateKeyReq {
+    #[serde(default)]
+    description: String,
+    origin: Option<String>,
+    key_spec: Option<String>,
+    customer_master_key_spec: Option<String>,
+    key_usage: Option<String>,
+    policy: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PageReq {
+    limit: Option<i64>,
+    marker: Option<String>,
+    key_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AliasReq {
+    alias_name: String,
+    target_key_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ScheduleReq {
+    key_id: String,
+    pending_window_in_days: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RotationReq {
+    key_id: String,
+    rotation_period_in_days: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct EncryptReq {
+    key_id: String,
+    plaintext: Zeroizing<String>,
+    encryption_context: Option<EncryptionContext>,
+    encryption_algorithm: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DecryptReq {
+    ciphertext_blob: String,
+    encryption_context: Option<EncryptionContext>,
+    key_id: Option<String>,
+    encryption_algorithm: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ReEncryptReq {
+    ciphertext_blob: String,
+    source_encryption_context: Option<EncryptionContext>,
+    source_key_id: Option<String>,
+    destination_key_id: String,
+    destination_encryption_context: Option<EncryptionContext>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DataKeyReq {
+    key_id: String,
+    key_spec: Option<String>,
+    number_of_bytes: Option<usize>,
+    encryption_context: Option<EncryptionContext>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RandomReq {
+    number_of_bytes: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct GetPolicyReq {
+    key_id: String,
+    policy_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PutPolicyReq {
+    key_id: String,
+    policy_name: Option<String>,
+    policy: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ImportParamsReq {
+    key_id: String,
+    wrapping_algorithm: String,
+    wrapping_key_spec: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ImportReq {
+    key_id: String,
+    import_token: String,
+    encrypted_key_material: Zeroizing<String>,
+    expiration_model: Option<String>,
+    valid_to: Option<f64>,
+}
+
+fn check_algorithm(a: &Option<String>) -> Result<(), ApiError> {
+    match a.as_deref() {
+        None | Some(SYMMETRIC_DEFAULT) => Ok(()),
+        Some(other) => Err(ApiError::validation(format!(
+            "EncryptionAlgorithm {other:?} is not supported; kmsfs keys use SYMMETRIC_DEFAULT"
+        ))),
+    }
+}
+
+fn data_key_spec(r: &DataKeyReq) -> Result<DataKeySpec, ApiError> {
+    match (r.number_of_bytes, r.key_spec.as_deref()) {
+        (Some(_), Some(_)) => Err(ApiError::validation(
+            "give KeySpec or NumberOfBytes, not both",
+        )),
+        (Some(n), None) => Ok(DataKeySpec::Bytes(n)),
+        (None, Some("AES_256")) => Ok(DataKeySpec::Aes256),
+        (None, Some("AES_128")) => Ok(DataKeySpec::Aes128),
+        (None, Some(other)) => Err(ApiError::validation(format!(
+            "KeySpec {other:?} is not AES_256 or AES_128"
+        ))),
+        (None, None) => Err(ApiError::validation("KeySpec or NumberOfBytes is required")),
+    }
+}
+
+fn ctx(c: Option<EncryptionContext>) -> EncryptionContext {
+    c.unwrap_or_default()
+}
+
+/// Runs operation `op` with request `body` for `caller`.
+pub(crate) fn dispatch(
+    ks: &LocalKeyStore,
+    caller: &Caller,
+    op: &str,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let arn = |k: &str| key_arn(ks.keystore_id(), k);
+    let empty = || Ok(Reply::Json(json!({})));
+    match op {
+        "CreateKey" => {
+            let r: CreateKeyReq = parse(body)?;
+            for (name, v, want) in [
+                ("KeySpec", &r.key_spec, "SYMMETRIC_DEFAULT"),
+                (
+                    "CustomerMasterKeySpec",
+                    &r.customer_master_key_spec,
+                    "SYMMETRIC_DEFAULT",
+                ),
+                ("KeyUsage", &r.key_usage, "ENCRYPT_DECRYPT"),
+            ] {
+                if let Some(v) = v
+                    && v != want
+                {
+                    return Err(ApiError::new(
+                        "UnsupportedOperationException",
+                        400,
+                        format!("{name} {v} is not supported; kmsfs keys are {want}"),
+                    ));
+                }
+            }
+            let origin = match r.origin.as_deref() {
+                None | Some("AWS_KMS") => KeyOrigin::Kms,
+                Some("EXTERNAL") => KeyOrigin::External,
+                Some(o) => {
+                    return Err(ApiError::new(
+                        "UnsupportedOperationException",
+                        400,
+                        format!("Origin {o} is not supported; use AWS_KMS or EXTERNAL"),
+                    ));
+                }
+            };
+            if let Some(p) = &r.policy {
+                // Refuse a bad policy before a key exists.
+                crate::kms::policy::KeyPolicy::parse(p)?;
+            }
+            let m = ks.create_key_with_origin(caller, &r.description, origin)?;
+            if let Some(p) = &r.policy {
+                ks.put_key_policy(caller, &m.key_id, crate::kms::policy::POLICY_NAME, p)?;
+            }
+            Ok(Reply::Json(
+                json!({ "KeyMetadata": wire::metadata_json(&m) }),
+            ))
+        }
+        "DescribeKey" => {
+            let r: KeyIdReq = parse(body)?;
+            let m = ks.describe_key(caller, &r.key_id)?;
+            Ok(Reply::Json(
+                json!({ "KeyMetadata": wire::metadata_json(&m) }),
+            ))
+        }
+        "ListKeys" => {
+            let r: PageReq = parse(body)?;
+            let (limit, start) = limit_and_start(r.limit, r.marker.as_deref())?;
+            Ok(Reply::Json(wire::page(
+                "Keys",
+                &ks.list_keys(caller)?,
+                start,
+                limit,
+            )))
+        }
+        "ListAliases" => {
+            let r: PageReq = parse(body)?;
+            let (limit, start) = limit_and_start(r.limit, r.marker.as_deref())?;
+            let list = ks.list_aliases(caller, r.key_id.as_deref())?;
+            Ok(Reply::Json(wire::page("Aliases", &list, start, limit)))
+        }
+        "ListKeyRotations" => {
+            let r: PageReq = parse(body)?;
+            let (limit, start) = limit_and_start(r.limit, r.marker.as_deref())?;
+            let key = r
+                .key_id
+                .ok_or_else(|| ApiError::validation("KeyId is required"))?;
+            let list = ks.list_key_rotations(caller, &key)?;
+            Ok(Reply::Json(wire::page("Rotations", &list, start, limit)))
+        }
+        "CreateAlias" | "UpdateAlias" => {
+            let r: AliasReq = parse(body)?;
+            let target = r
+                .target_key_id
+                .ok_or_else(|| ApiError::validation("TargetKeyId is required"))?;
+            if op == "CreateAlias" {
+                ks.create_alias(caller, &r.alias_name, &target)?;
+            } else {
+                ks.update_alias(caller, &r.alias_name, &target)?;
+            }
+            empty()
+        }
+        "DeleteAlias" => {
+            let r: AliasReq = parse(body)?;
+            ks.delete_alias(caller, &r.alias_name)?;
+            empty()
+        }
+        "EnableKey" => {
+            let r: KeyIdReq = parse(body)?;
+            ks.enable_key(caller, &r.key_id)?;
+            empty()
+        }
+        "DisableKey" => {
+            let r: KeyIdReq = parse(body)?;
+            ks.disable_key(caller, &r.key_id)?;
+            empty()
+        }
+        "ScheduleKeyDeletion" => {
+            let r: ScheduleReq = parse(body)?;
+            let d = ks.schedule_key_deletion(caller, &r.key_id, r.pending_window_in_days)?;
+            Ok(Reply::Json(serde_json::to_value(&d).unwrap_or(Value::Null)))
+        }
+        "CancelKeyDeletion" => {
+            let r: KeyIdReq = parse(body)?;
+            Ok(Reply::Json(
+                json!({ "KeyId": ks.cancel_key_deletion(caller, &r.key_id)? }),
+            ))
+        }
+        "EnableKeyRotation" => {
+            let r: RotationReq = parse(body)?;
+            ks.enable_key_rotation(caller, &r.key_id, r.rotation_period_in_days)?;
+            empty()
+        }
+        "DisableKeyRotation" => {
+            let r: KeyIdReq = parse(body)?;
+            ks.disable_key_rotation(caller, &r.key_id)?;
+            empty()
+        }
+        "GetKeyRotationStatus" => {
+            let r: KeyIdReq = parse(body)?;
+            let st = ks.get_key_rotation_status(caller, &r.key_id)?;
+            Ok(Reply::Json(
+                serde_json::to_value(&st).unwrap_or(Value::Null),
+            ))
+        }
+        "RotateKeyOnDemand" => {
+            let r: KeyIdReq = parse(body)?;
+            let (key, _) = ks.rotate_key_on_demand(caller, &r.key_id)?;
+            Ok(Reply::Json(json!({ "KeyId": key })))
+        }
+        "Encrypt" => {
+            let r: EncryptReq = parse(body)?;
+            check_algorithm(&r.encryption_algorithm)?;
+            let pt = blob(&r.plaintext, "Plaintext")?;
+            if pt.len() > MAX_ENCRYPT_PLAINTEXT {
+                return Err(ApiError::validation(format!(
+                    "Plaintext is {} bytes; at most {MAX_ENCRYPT_PLAINTEXT} (use GenerateDataKey)",
+                    pt.len()
+                )));
+            }
+            let e = ks.encrypt(caller, &r.key_id, &pt, &ctx(r.encryption_context))?;
+            Ok(Reply::Json(wire::ciphertext_json(
+                &B64.encode(&e.ciphertext_blob),
+                &arn(&e.key_id),
+                true,
+            )))
+        }
+        "Decrypt" => {
+            let r: DecryptReq = parse(body)?;
+            check_algorithm(&r.encryption_algorithm)?;
+            let b = blob(&r.ciphertext_blob, "CiphertextBlob")?;
+            let d = ks.decrypt(caller, &b, &ctx(r.encryption_context), r.key_id.as_deref())?;
+            let pt = Zeroizing::new(B64.encode(d.plaintext.expose()));
+            Ok(secret_json(&[
+                ("KeyId", &arn(&d.key_id)),
+                ("Plaintext", &pt),
+                ("EncryptionAlgorithm", SYMMETRIC_DEFAULT),
+            ]))
+        }
+        "ReEncrypt" => {
+            let r: ReEncryptReq = parse(body)?;
+            let b = blob(&r.ciphertext_blob, "CiphertextBlob")?;
+            if let Some(want) = &r.source_key_id {
+                ks.check_ciphertext_key(caller, &b, want)?;
+            }
+            let e = ks.re_encrypt(
+                caller,
+                &b,
+                &ctx(r.source_encryption_context),
+                &r.destination_key_id,
+                &ctx(r.destination_encryption_context),
+            )?;
+            let src = e.source_key_id.as_deref().map(arn);
+            Ok(Reply::Json(wire::re_encrypted_json(
+                &B64.encode(&e.ciphertext_blob),
+                src.as_deref(),
+                &arn(&e.key_id),
+            )))
+        }
+        "GenerateDataKey" => {
+            let r: DataKeyReq = parse(body)?;
+            let spec = data_key_spec(&r)?;
+            let dk = ks.generate_data_key(caller, &r.key_id, spec, &ctx(r.encryption_context))?;
+            let pt = Zeroizing::new(B64.encode(dk.plaintext.expose()));
+            Ok(secret_json(&[
+                ("CiphertextBlob", &B64.encode(&dk.ciphertext_blob)),
+                ("Plaintext", &pt),
+                ("KeyId", &arn(&dk.key_id)),
+            ]))
+        }
+        "GenerateDataKeyWithoutPlaintext" => {
+            let r: DataKeyReq = parse(body)?;
+            let spec = data_key_spec(&r)?;
+            let e = ks.generate_data_key_without_plaintext(
+                caller,
+                &r.key_id,
+                spec,
+                &ctx(r.encryption_context),
+            )?;
+            Ok(Reply::Json(wire::ciphertext_json(
+                &B64.encode(&e.ciphertext_blob),
+                &arn(&e.key_id),
+                false,
+            )))
+        }
+        "GenerateRandom" => {
+            let r: RandomReq = parse(body)?;
+            let n = r
+                .number_of_bytes
+                .ok_or_else(|| ApiError::validation("NumberOfBytes is required"))?;
+            let n = DataKeySpec::Bytes(n).byte_len()?;
+            let bytes = SecretBytes::random(n)
+                .map_err(|e| ApiError::new("KMSInternalException", 500, e.to_string()))?;
+            let pt = Zeroizing::new(B64.encode(bytes.expose()));
+            Ok(secret_json(&[("Plaintext", &pt)]))
+        }
+        "GetKeyPolicy" => {
+            let r: GetPolicyReq = parse(body)?;
+            let name = r
+                .policy_name
+                .as_deref()
+                .unwrap_or(crate::kms::policy::POLICY_NAME);
+            let doc = ks.get_key_policy(caller, &r.key_id, name)?;
+            let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+            Ok(Reply::Json(json!({ "Policy": text, "PolicyName": name })))
+        }
+        "PutKeyPolicy" => {
+            let r: PutPolicyReq = parse(body)?;
+            let name = r
+                .policy_name
+                .as_deref()
+                .unwrap_or(crate::kms::policy::POLICY_NAME);
+            ks.put_key_policy(caller, &r.key_id, name, &r.policy)?;
+            empty()
+        }
+        "GetParametersForImport" => {
+            let r: ImportParamsReq = parse(body)?;
+            let p = ks.get_parameters_for_import(
+                caller,
+                &r.key_id,
+                &r.wrapping_algorithm,
+                &r.wrapping_key_spec,
+            )?;
+            Ok(Reply::Json(json!({
+                "KeyId": arn(&p.key_id),
+                "ImportToken": B64.encode(&p.import_token),
+                "PublicKey": B64.encode(&p.public_key),
+                "ParametersValidTo": p.parameters_valid_to,
+            })))
+        }
+        "ImportKeyMaterial" => {
+            let r: ImportReq = parse(body)?;
+            let valid_to = match (r.expiration_model.as_deref(), r.valid_to) {
+                (Some("KEY_MATERIAL_DOES_NOT_EXPIRE"), Some(_)) => {
+                    return Err(ApiError::validation(
+                        "ValidTo contradicts ExpirationModel KEY_MATERIAL_DOES_NOT_EXPIRE",
+                    ));
+                }
+                (Some("KEY_MATERIAL_EXPIRES"), None) => {
+                    return Err(ApiError::validation(
+                        "ExpirationModel KEY_MATERIAL_EXPIRES needs ValidTo",
+                    ));
+                }
+                (Some(m), _)
+                    if m != "KEY_MATERIAL_EXPIRES" && m != "KEY_MATERIAL_DOES_NOT_EXPIRE" =>
+                {
+                    return Err(ApiError::validation(format!(
+                        "unknown ExpirationModel {m:?}"
+                    )));
+                }
+                (_, v) => v.map(|t| t as i64),
+            };
+            let token = blob(&r.import_token, "ImportToken")?;
+            let material = blob(&r.encrypted_key_material, "EncryptedKeyMaterial")?;
+            ks.import_key_material(caller, &r.key_id, &token, &material, valid_to)?;
+            empty()
+        }
+        "DeleteImportedKeyMaterial" => {
+            let r: KeyIdReq = parse(body)?;
+            ks.delete_imported_key_material(caller, &r.key_id)?;
+            empty()
+        }
+        _ => Err(ApiError::new(
+            "UnknownOperationException",
+            400,
+            format!("operation {op} is not supported by kmsfs"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_bodies_are_json() {
+        let Reply::Secret(b) = secret_json(&[("Plaintext", "AAEC"), ("KeyId", "arn:x")]) else {
+            panic!("not secret");
+        };
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v, json!({ "Plaintext": "AAEC", "KeyId": "arn:x" }));
+    }
+
+    #[test]
+    fn administrative_operations_are_for_root_and_the_owner() {
+        let who = |uid| Caller {
+            uid,
+            gid: uid,
+            pid: 0,
+        };
+        assert!(check_administrator("DisableKey", &who(0), 1000).is_ok());
+        assert!(check_administrator("DisableKey", &who(1000), 1000).is_ok());
+        let e = check_administrator("DisableKey", &who(4242), 1000).unwrap_err();
+        assert_eq!(e.kind, "AccessDeniedException");
+        assert!(check_administrator("Decrypt", &who(4242), 1000).is_ok());
+        assert!(check_administrator("DescribeKey", &who(4242), 1000).is_ok());
+        for op in ADMINISTRATIVE {
+            assert!(OPERATIONS.contains(&op), "{op}");
+        }
+    }
+
+    #[test]
+    fn limits_and_markers() {
+        assert_eq!(limit_and_start(None, None).unwrap(), (100, 0));
+        assert_eq!(limit_and_start(Some(5), Some("10")).unwrap(), (5, 10));
+        assert_eq!(
+            limit_and_start(Some(0), None).unwrap_err().kind,
+            "ValidationException"
+        );
+        assert_eq!(
+            limit_and_start(None, Some("x")).unwrap_err().kind,
+            "InvalidMarkerException"
+        );
+    }
+}
