@@ -96,23 +96,8 @@ pub fn main() -> i32 {
     // `kmsfs kms list-aliases | head -1`: end quietly when the reader has
     // gone, as Unix tools do (the mount daemon sets EPIPE back).
     crate::os::process::sigpipe_kills(true);
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format(|buf, r| {
-            use std::io::Write;
-            // One record, one line: whatever reached the message (a file
-            // name, a panic message) cannot start a forged line.
-            let style = buf.default_level_style(r.level());
-            let msg = r.args().to_string();
-            writeln!(
-                buf,
-                "[{style}{:<5}{style:#} {}] {}",
-                r.level(),
-                r.target(),
-                crate::logtext::one_line(&msg)
-            )
-        })
-        .init();
     let cli = Cli::parse();
+    init_logging(matches!(cli.command, Command::Mount(_)));
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {
@@ -123,6 +108,33 @@ pub fn main() -> i32 {
             e.class as i32
         }
     }
+}
+
+/// The log: `RUST_LOG` if set, else warnings and errors; a mount (whose
+/// daemon's log is this stream) also keeps its events (mounted, signals,
+/// unmounted) at info. Each line carries the time (UTC) and the pid, and
+/// is one line whatever the message holds. No colours: the stream is often
+/// a file.
+fn init_logging(mount: bool) {
+    let default = if mount { "info" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .write_style(env_logger::WriteStyle::Never)
+        .format(|buf, r| {
+            use std::io::Write;
+            // One record, one line: whatever reached the message (a file
+            // name, a panic message) cannot start a forged line.
+            let msg = r.args().to_string();
+            writeln!(
+                buf,
+                "{} kmsfs[{}] {:<5} {}: {}",
+                buf.timestamp_millis(),
+                std::process::id(),
+                r.level(),
+                r.target(),
+                crate::logtext::one_line(&msg)
+            )
+        })
+        .init();
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {

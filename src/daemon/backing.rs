@@ -228,6 +228,26 @@ fn check_mountpoint_empty(mp: &Path, backing: &Path, o: &Options) -> Result<(), 
     Ok(())
 }
 
+/// Waits (until `deadline`) for no daemon to hold `backing`'s lock
+/// exclusively. A shared lock is taken and dropped at once; nothing is created.
+pub(super) fn wait_unlocked(backing: &Path, deadline: std::time::Instant) {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never through a link, never blocking on a FIFO put there.
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(backing.join(BACKING_LOCK))
+    else {
+        return;
+    };
+    while matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = f.unlock();
+}
+
 /// Takes the lock of `backing` (creating the lock file): refused when
 /// another daemon holds it. A backing directory that cannot be written is
 /// reported as read-only (its lock is taken if the file exists).
@@ -254,11 +274,24 @@ fn lock_backing(backing: &Path, shared: bool) -> Result<(Option<File>, bool), Mo
         Err(e) => return Err(MountError::Io(format!("{}: {e}", p.display()))),
     };
     if let Some(f) = &file {
-        let r = if shared {
-            f.try_lock_shared()
-        } else {
-            f.try_lock()
+        let try_lock = || {
+            if shared {
+                f.try_lock_shared()
+            } else {
+                f.try_lock()
+            }
         };
+        let mut r = try_lock();
+        // A daemon whose mount is gone (a plain `umount` just now) may still
+        // be exiting: its lock goes with it, so wait a little for it.
+        let t0 = std::time::Instant::now();
+        while matches!(r, Err(std::fs::TryLockError::WouldBlock))
+            && t0.elapsed() < std::time::Duration::from_secs(3)
+            && super::mountinfo::check_backing_unused(backing).is_ok()
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            r = try_lock();
+        }
         match r {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {

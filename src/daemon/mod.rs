@@ -110,7 +110,7 @@ pub fn mount(req: MountRequest) -> Result<(), MountError> {
             let _ = rx.read_to_string(&mut msg);
             match msg.strip_prefix("OK") {
                 Some(_) => {
-                    log::info!("mount daemon {child} is serving");
+                    log::debug!("mount daemon {child} is serving");
                     Ok(())
                 }
                 None => match msg.strip_prefix("ERR ") {
@@ -191,6 +191,12 @@ pub fn unmount(mp: &Path) -> Result<(), MountError> {
         let t0 = Instant::now();
         while os::process::process_alive(pid) && t0.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(10));
+        }
+        // The main thread can be a zombie while the others still exit, the
+        // backing directory's lock with them: return once it is free, so
+        // that a mount right after this one is not refused.
+        if let Some(backing) = info.source.splitn(3, ':').nth(2) {
+            backing::wait_unlocked(Path::new(backing), t0 + Duration::from_secs(10));
         }
     }
     Ok(())

@@ -57,8 +57,10 @@ impl KmsFs {
             .map(|s| s.wrapped_key.as_slice())
             .unwrap_or(&[]);
         if let Some(k) = self.keys.get(generation, &header.file_id, wrapped, caller) {
+            super::stats::key_cache(true);
             return Ok(k);
         }
+        super::stats::key_cache(false);
         let key = EncryptedFile::unwrap_key(header, &*self.cfg.ks, caller)
             .map_err(|e| FsError::envelope(e, backing))?;
         let key = Arc::new(key);
