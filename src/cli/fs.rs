@@ -28,9 +28,13 @@ pub struct MountArgs {
     pub foreground: bool,
     /// Mount options, comma-separated: allow_other, allow_root,
     /// default_permissions, ro, rw, auto_unmount, [no]dev, [no]suid, [no]exec,
-    /// [no]atime, sync, async, dirsync, fsname=NAME, subtype=NAME, nonempty
-    /// (mount over a non-empty directory), sharedstorage (several daemons or
-    /// hosts on one backing directory; no attribute cache).
+    /// [no]atime, relatime, strictatime, nodiratime, lazytime, sync, async,
+    /// dirsync, fsname=NAME, subtype=NAME, nonempty (mount over a non-empty
+    /// directory), sharedstorage (several daemons or hosts on one backing
+    /// directory; no attribute cache); keystore=DIR, key_id=K,
+    /// passphrase_file=FILE, log_file=FILE (as the flags); fstab's defaults,
+    /// [no]auto, _netdev, nofail, x-*, noacl, dax, inlinecrypt... are ignored
+    /// with a log line.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// Where the daemon writes its log (corruption warnings name the backing
@@ -262,7 +266,30 @@ fn bound_service_and_key(
 }
 
 /// `kmsfs mount`.
-pub fn mount(g: &GlobalArgs, a: MountArgs) -> Result<(), CliError> {
+pub fn mount(g: &GlobalArgs, mut a: MountArgs) -> Result<(), CliError> {
+    // kmsfs's settings given as -o options (fstab, mount(8)).
+    let parsed = crate::daemon::parse_options(&a.options)?;
+    if parsed.remount {
+        return Err(CliError::new(
+            ErrorClass::Usage,
+            "-o remount changes a running mount, it does not start one",
+        )
+        .hint(
+            "`kmsfs remount MOUNTPOINT --read-only|--read-write`, or `mount -o remount,ro \
+             MOUNTPOINT` once `kmsfs install-helper` has run",
+        ));
+    }
+    let mut g = g.clone();
+    let s = parsed.settings;
+    set_once(&mut g.keystore, s.keystore.map(PathBuf::from), "keystore")?;
+    set_once(
+        &mut g.passphrase_file,
+        s.passphrase_file.map(PathBuf::from),
+        "passphrase_file",
+    )?;
+    set_once(&mut a.key_id, s.key_id, "key_id")?;
+    set_once(&mut a.log_file, s.log_file.map(PathBuf::from), "log_file")?;
+    let g = &g;
     let backing = existing_dir(&a.backing, "backing directory")?;
     let mountpoint = match std::fs::canonicalize(&a.mountpoint) {
         Ok(p) => p,
@@ -335,6 +362,7 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> Result<(), CliError> {
         backing,
         mountpoint,
         ks,
+        keystore: g.keystore.clone(),
         key_id,
         options: a.options,
         foreground: a.foreground,
@@ -343,6 +371,28 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> Result<(), CliError> {
         backing_read_only: prepared.backing_read_only,
     })?;
     Ok(())
+}
+
+/// Takes a setting given as `-o NAME=VALUE` unless the flag gave it; both,
+/// differing, is a usage error.
+fn set_once<T: PartialEq>(
+    flag: &mut Option<T>,
+    opt: Option<T>,
+    name: &str,
+) -> Result<(), CliError> {
+    match (flag.as_ref(), opt) {
+        (_, None) => Ok(()),
+        (None, Some(v)) => {
+            *flag = Some(v);
+            Ok(())
+        }
+        (Some(f), Some(v)) if *f == v => Ok(()),
+        (Some(_), Some(_)) => Err(CliError::new(
+            ErrorClass::Usage,
+            format!("-o {name}= and --{} disagree", name.replace('_', "-")),
+        )
+        .hint("give the setting once")),
+    }
 }
 
 /// The log of a background mount without `--log-file`: one file per mount

@@ -13,6 +13,7 @@ pub mod fs;
 pub mod keystore;
 pub mod kms;
 mod output;
+pub mod system;
 pub mod tree;
 
 pub use error::{CliError, ErrorClass, repair_hint};
@@ -79,6 +80,15 @@ pub enum Command {
     Rewrap(tree::RewrapArgs),
     /// Check every header, key and (unless --quick) block tag of a backing tree.
     Fsck(tree::FsckArgs),
+    /// Show every running kmsfs mount (or one): daemon, backing directory,
+    /// keystore, key and its state, open files, cache and key-service counts.
+    Status(system::StatusArgs),
+    /// Make a running mount read-only or read-write (what `mount -o
+    /// remount,ro|rw` does through the helper).
+    Remount(system::RemountArgs),
+    /// Install the mount(8) helper (`mount.fuse.kmsfs`, a link to this
+    /// binary), so that `mount -t fuse.kmsfs` and fstab lines work.
+    InstallHelper(system::InstallHelperArgs),
 }
 
 /// The identity of this process, for key policies and the audit trail.
@@ -96,18 +106,32 @@ pub fn main() -> i32 {
     // `kmsfs kms list-aliases | head -1`: end quietly when the reader has
     // gone, as Unix tools do (the mount daemon sets EPIPE back).
     crate::os::process::sigpipe_kills(true);
-    let cli = Cli::parse();
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .first()
+        .is_some_and(|a0| system::is_helper(std::path::Path::new(a0)))
+    {
+        match system::helper_args(&args[1..]) {
+            Ok(Some(a)) => args = a,
+            Ok(None) => return 0,
+            Err(e) => return report(e),
+        }
+    }
+    let cli = Cli::parse_from(args);
     init_logging(matches!(cli.command, Command::Mount(_)));
     match run(cli) {
         Ok(()) => 0,
-        Err(e) => {
-            eprintln!("kmsfs: {}", e.message);
-            if let Some(h) = &e.hint {
-                eprintln!("  hint: {h}");
-            }
-            e.class as i32
-        }
+        Err(e) => report(e),
     }
+}
+
+/// Prints an error and its remedy; returns its exit code.
+fn report(e: CliError) -> i32 {
+    eprintln!("kmsfs: {}", e.message);
+    if let Some(h) = &e.hint {
+        eprintln!("  hint: {h}");
+    }
+    e.class as i32
 }
 
 /// The log: `RUST_LOG` if set, else warnings and errors; a mount (whose
@@ -149,5 +173,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Unseal(a) => fs::unseal(g, a),
         Command::Rewrap(a) => tree::rewrap(g, a),
         Command::Fsck(a) => tree::fsck(g, a),
+        Command::Status(a) => system::status(g, a),
+        Command::Remount(a) => system::remount(g, a),
+        Command::InstallHelper(a) => system::install_helper(g, a),
     }
 }

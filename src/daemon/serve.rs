@@ -5,8 +5,10 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::control::{self, CountingService, MountState};
 use super::options::{Options, parse_options};
 use super::{MountError, MountRequest, TTL};
 use crate::fs::{FsConfig, KmsFs, MountFlag, Session};
@@ -56,6 +58,9 @@ pub(super) fn serve(
         o.read_only = true;
         o.flags.push(MountFlag::ReadOnly);
     }
+    for (opt, why) in &o.ignored {
+        log::info!("mount option {opt} ignored: {why}");
+    }
     // Data keys and the unsealed keystore live in this process: no core dumps.
     if let Err(e) = os::process::forbid_core_dumps() {
         log::warn!("could not disable core dumps: {e}");
@@ -63,9 +68,10 @@ pub(super) fn serve(
     // Threads made from here on (fuser's) inherit the mask: only the signal
     // thread below receives the stop signals.
     os::process::block_stop_signals().map_err(|e| MountError::Io(format!("signal setup: {e}")))?;
+    let counting = Arc::new(CountingService::new(req.ks.clone()));
     let mut fs = KmsFs::new(FsConfig {
         backing: req.backing.clone(),
-        ks: req.ks.clone(),
+        ks: counting.clone(),
         key_id: req.key_id.clone(),
         read_only: o.read_only,
         noatime: o.has(&MountFlag::NoAtime),
@@ -79,6 +85,21 @@ pub(super) fn serve(
     .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;
     fs.enter_backing()
         .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;
+    let state = Arc::new(MountState {
+        backing: req.backing.clone(),
+        mountpoint: req.mountpoint.clone(),
+        keystore: req.keystore.clone(),
+        key_id: req.key_id.clone(),
+        log_file: req.log_file.clone(),
+        started: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+        read_only: fs.read_only_switch(),
+        backing_read_only: req.backing_read_only,
+        shared_storage: o.shared_storage,
+        ks: counting,
+    });
     let session = match new_session(fs, req, &o) {
         Ok(s) => s,
         Err(e) => {
@@ -99,6 +120,7 @@ pub(super) fn serve(
             "read-write"
         }
     );
+    let _control = control::start(state);
     ready(Ok(()));
     super::readahead::raise(&req.mountpoint);
     let mp = req.mountpoint.clone();

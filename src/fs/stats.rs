@@ -112,6 +112,11 @@ pub(super) fn io_error() {
     IO_ERRORS.fetch_add(1, Ordering::Relaxed);
 }
 
+/// The number of requests served so far, all opcodes together.
+pub fn requests_served() -> u64 {
+    COUNTS.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+}
+
 /// The counts so far, `name count` per line, opcodes never served left out.
 pub(super) fn report() -> String {
     let mut out = String::new();
