@@ -52,7 +52,8 @@ pub struct UnmountArgs {
 /// Arguments of `kmsfs inspect`.
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
-    /// A backing file.
+    /// A backing file (its header), or a backing directory (a summary of
+    /// the whole tree: files, bytes, keys used and their states).
     pub file: PathBuf,
 }
 /// Arguments of `kmsfs seal`.
@@ -442,8 +443,179 @@ pub fn unmount(_g: &GlobalArgs, a: UnmountArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `kmsfs inspect`: the header, without unwrapping or decrypting anything.
+/// `kmsfs inspect DIR`: the backing tree summarized from its headers (no
+/// data key is unwrapped, no block read), with the state of each key in
+/// the keystore at hand, like `gocryptfs -info`.
+fn inspect_dir(g: &GlobalArgs, dir: &Path) -> Result<(), CliError> {
+    use crate::fs::{BACKING_LOCK, BACKING_MARKER};
+    let marker = crate::daemon::read_marker(dir)?;
+    let w = crate::tree::walk(dir)?;
+    let files: Vec<PathBuf> = w
+        .files
+        .into_iter()
+        .filter(|p| {
+            !(p.parent() == Some(dir)
+                && p.file_name()
+                    .is_some_and(|n| n == BACKING_MARKER || n == BACKING_LOCK))
+        })
+        .collect();
+    let (ks, ks_error): (Arc<dyn KeyService>, Option<String>) = match keystore::open_key_service(g)
+    {
+        Ok(ks) => (ks, None),
+        Err(e) => (Arc::new(NoKeystore), Some(e.message)),
+    };
+    let report = crate::tree::fsck_tree(dir, &files, &*ks, &current_caller(), true, &mut |_| {});
+    // Files with no key and no finding: empty backing files.
+    let keyed: u64 = report.keys.values().map(|k| k.files).sum();
+    let unkeyed = report
+        .findings
+        .iter()
+        .filter(|f| f.key_id.is_none())
+        .count() as u64;
+    let empty = report.files.saturating_sub(keyed + unkeyed);
+    let not_kmsfs: Vec<&crate::tree::FileCheck> = report
+        .findings
+        .iter()
+        .filter(|f| matches!(f.status, crate::tree::FileStatus::CorruptHeader { .. }))
+        .collect();
+    let state = |k: &crate::tree::KeySummary| match &ks_error {
+        None => k.status.label(),
+        Some(_) => "state unknown (no keystore)".to_string(),
+    };
+    match g.output {
+        OutputFormat::Json => {
+            let keys: serde_json::Map<String, serde_json::Value> = report
+                .keys
+                .iter()
+                .map(|(id, k)| {
+                    (
+                        id.clone(),
+                        serde_json::json!({
+                            "Files": k.files, "Bytes": k.bytes,
+                            "State": if ks_error.is_none() { serde_json::json!(k.status) } else { serde_json::Value::Null },
+                        }),
+                    )
+                })
+                .collect();
+            let v = serde_json::json!({
+                "Backing": dir.display().to_string(),
+                "KeystoreId": marker.as_ref().map(|m| m.keystore_id.clone()),
+                "DefaultKeyId": marker.as_ref().map(|m| m.default_key_id.clone()),
+                "Files": report.files,
+                "Bytes": report.bytes,
+                "EmptyFiles": empty,
+                "NotKmsfsFiles": not_kmsfs.iter().map(|f| f.path.display().to_string()).collect::<Vec<_>>(),
+                "Keys": keys,
+                "KeystoreError": ks_error,
+                "UnreadableDirectories": w.errors.iter().map(|(p, _)| p.display().to_string()).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        OutputFormat::Text => {
+            println!("backing directory:  {}", dir.display());
+            match &marker {
+                Some(m) => {
+                    println!("keystore id:        {}", m.keystore_id);
+                    println!("default key:        {}", m.default_key_id);
+                }
+                None => println!("keystore id:        (no .kmsfs.json: never mounted)"),
+            }
+            println!(
+                "files:              {} ({} plaintext bytes), {} empty",
+                report.files, report.bytes, empty
+            );
+            for (id, k) in &report.keys {
+                println!(
+                    "key {id}: {} file{}, {} bytes, {}",
+                    k.files,
+                    if k.files == 1 { "" } else { "s" },
+                    k.bytes,
+                    state(k)
+                );
+            }
+            if !not_kmsfs.is_empty() {
+                println!(
+                    "not kmsfs files:    {} (e.g. {})",
+                    not_kmsfs.len(),
+                    not_kmsfs
+                        .iter()
+                        .take(3)
+                        .map(|f| f.path.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            for (p, e) in &w.errors {
+                println!("unreadable:         {}: {e}", p.display());
+            }
+            if let Some(e) = &ks_error {
+                println!("key states unknown: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stands in for a keystore that could not be opened: `inspect DIR` still
+/// summarizes headers.
+struct NoKeystore;
+
+impl KeyService for NoKeystore {
+    fn generate_data_key(
+        &self,
+        _: &crate::kms::Caller,
+        _: &str,
+        _: crate::kms::DataKeySpec,
+        _: &crate::kms::EncryptionContext,
+    ) -> Result<crate::kms::DataKey, crate::kms::KmsError> {
+        Err(crate::kms::KmsError::internal("no keystore".into()))
+    }
+    fn decrypt(
+        &self,
+        _: &crate::kms::Caller,
+        _: &[u8],
+        _: &crate::kms::EncryptionContext,
+        _: Option<&str>,
+    ) -> Result<crate::kms::Decrypted, crate::kms::KmsError> {
+        Err(crate::kms::KmsError::internal("no keystore".into()))
+    }
+    fn encrypt(
+        &self,
+        _: &crate::kms::Caller,
+        _: &str,
+        _: &[u8],
+        _: &crate::kms::EncryptionContext,
+    ) -> Result<crate::kms::Encrypted, crate::kms::KmsError> {
+        Err(crate::kms::KmsError::internal("no keystore".into()))
+    }
+    fn re_encrypt(
+        &self,
+        _: &crate::kms::Caller,
+        _: &[u8],
+        _: &crate::kms::EncryptionContext,
+        _: &str,
+        _: &crate::kms::EncryptionContext,
+    ) -> Result<crate::kms::Encrypted, crate::kms::KmsError> {
+        Err(crate::kms::KmsError::internal("no keystore".into()))
+    }
+    fn describe_key(
+        &self,
+        _: &crate::kms::Caller,
+        _: &str,
+    ) -> Result<crate::kms::KeyMetadata, crate::kms::KmsError> {
+        Err(crate::kms::KmsError::internal("no keystore".into()))
+    }
+    fn generation(&self) -> u64 {
+        0
+    }
+}
+
+/// `kmsfs inspect`: a file's header, or a backing tree's summary, without
+/// unwrapping or decrypting anything.
 pub fn inspect(g: &GlobalArgs, a: InspectArgs) -> Result<(), CliError> {
+    if a.file.is_dir() {
+        return inspect_dir(g, &a.file);
+    }
     let f = File::open(&a.file)?;
     let len = f.metadata()?.len();
     let h = EncryptedFile::read_header(&f).map_err(|e| envelope_error(&a.file, e))?;
