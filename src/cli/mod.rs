@@ -59,6 +59,9 @@ pub enum OutputFormat {
 pub enum Command {
     /// Create a keystore (zero-setup root key file, or --with-passphrase).
     Init(keystore::InitArgs),
+    /// Seal the keystore under a new passphrase, or switch between the root
+    /// key file and a passphrase (atomically; refused while a mount uses it).
+    Passwd(keystore::PasswdArgs),
     /// Key management, shaped like `aws kms`.
     Kms {
         /// The key operation.
@@ -165,6 +168,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
     let g = &cli.globals;
     match cli.command {
         Command::Init(a) => keystore::init(g, a),
+        Command::Passwd(a) => keystore::passwd(g, a),
         Command::Kms { command } => kms::run(g, command),
         Command::Mount(a) => fs::mount(g, a),
         Command::Unmount(a) => fs::unmount(g, a),
