@@ -18,9 +18,22 @@ pub mod tree;
 
 pub use error::{CliError, ErrorClass, repair_hint};
 
+/// The exit codes, for `--help` and the man page (README lists them too).
+pub const EXIT_CODES: &str = "Exit codes:
+  0  success
+  1  other errors (already mounted, mount point not empty, busy, keystore in use)
+  2  bad arguments or input
+  3  no such key, alias, file, keystore or mount
+  4  refused: key disabled or pending deletion, policy, wrong keystore for a backing
+     directory, no access to /dev/fuse
+  5  corrupt or foreign ciphertext
+  6  keystore missing, damaged, or wrong passphrase
+  7  I/O error
+  8  some work skipped (files busy during rewrap): run the command again";
+
 /// `kmsfs`: encryption at rest for unmodified programs, with a small local KMS.
 #[derive(Debug, Parser)]
-#[command(name = "kmsfs", version, about, long_about = None)]
+#[command(name = "kmsfs", version, about, long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
     /// Global options, accepted before or after the subcommand.
     #[command(flatten)]
@@ -89,6 +102,20 @@ pub enum Command {
     /// Make a running mount read-only or read-write (what `mount -o
     /// remount,ro|rw` does through the helper).
     Remount(system::RemountArgs),
+    /// Print a shell completion script: `kmsfs completions bash >
+    /// /etc/bash_completion.d/kmsfs`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (kmsfs.1), or write it and one page per command
+    /// into DIR (`kmsfs man --dir /usr/local/share/man/man1`).
+    Man {
+        /// Write every page here instead of printing kmsfs.1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Install the mount(8) helper (`mount.fuse.kmsfs`, a link to this
     /// binary), so that `mount -t fuse.kmsfs` and fstab lines work.
     InstallHelper(system::InstallHelperArgs),
@@ -126,6 +153,24 @@ pub fn main() -> i32 {
         Ok(()) => 0,
         Err(e) => report(e),
     }
+}
+
+/// `kmsfs man`.
+fn man(dir: Option<&std::path::Path>) -> Result<(), CliError> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    match dir {
+        Some(d) => {
+            clap_mangen::generate_to(cmd, d)?;
+            println!("man pages written to {}", d.display());
+        }
+        None => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(cmd).render(&mut out)?;
+            out.flush()?;
+        }
+    }
+    Ok(())
 }
 
 /// Prints an error and its remedy; returns its exit code.
@@ -180,5 +225,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status(a) => system::status(g, a),
         Command::Remount(a) => system::remount(g, a),
         Command::InstallHelper(a) => system::install_helper(g, a),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "kmsfs", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => man(dir.as_deref()),
     }
 }
