@@ -163,6 +163,7 @@ fn new_passphrase(a: &PasswdArgs) -> Result<SecretBytes, CliError> {
         let g = GlobalArgs {
             keystore: None,
             output: OutputFormat::Text,
+            query: None,
             passphrase_file: Some(f.clone()),
         };
         read_passphrase(&g, false).map_err(|e| CliError::new(ErrorClass::Usage, e.to_string()))?
@@ -272,7 +273,7 @@ pub fn passwd(g: &GlobalArgs, a: PasswdArgs) -> Result<(), CliError> {
             "{}",
             serde_json::json!({ "KeystoreDirectory": dir.display().to_string(), "From": from, "RootKeyMode": to })
         ),
-        OutputFormat::Text => {
+        OutputFormat::Text | OutputFormat::Table => {
             println!(
                 "keystore {} is now sealed with: {to} (was {from})",
                 dir.display()
@@ -313,7 +314,7 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<(), CliError> {
                 "RootKeyMode": ks.root_mode(),
             })
         ),
-        OutputFormat::Text => {
+        OutputFormat::Text | OutputFormat::Table => {
             println!("created keystore {}", ks.keystore_id());
             println!("  directory: {}", dir.display());
             println!("  sealed with: {}", ks.root_mode());
@@ -337,6 +338,7 @@ mod tests {
         GlobalArgs {
             keystore: Some(dir.to_path_buf()),
             output: OutputFormat::Text,
+            query: None,
             passphrase_file: None,
         }
     }

@@ -52,6 +52,10 @@ pub struct GlobalArgs {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+    /// A JMESPath expression applied to the result (as the AWS CLI's
+    /// `--query`), e.g. `--query CiphertextBlob --output text`.
+    #[arg(long, global = true, value_name = "JMESPATH")]
+    pub query: Option<String>,
     /// Read the keystore passphrase from this file (else $KMSFS_PASSPHRASE, else a
     /// prompt on a terminal; a keystore made without a passphrase needs none).
     #[arg(long, global = true, value_name = "FILE")]
@@ -65,6 +69,8 @@ pub enum OutputFormat {
     Text,
     /// JSON with the field names of the AWS KMS API.
     Json,
+    /// A boxed table, as the AWS CLI's `--output table` (key commands).
+    Table,
 }
 
 /// The commands.
@@ -211,6 +217,7 @@ fn init_logging(mount: bool) {
 
 fn run(cli: Cli) -> Result<(), CliError> {
     let g = &cli.globals;
+    output::set_render(g.output, g.query.clone())?;
     match cli.command {
         Command::Init(a) => keystore::init(g, a),
         Command::Passwd(a) => keystore::passwd(g, a),

@@ -3,11 +3,11 @@
 
 use serde_json::{Value, json};
 
-use super::Session;
 use super::args::{
-    CreateKeyArgs, EnableKeyRotationArgs, GetKeyPolicyArgs, KeyIdArg, OriginArg, PutKeyPolicyArgs,
-    ScheduleKeyDeletionArgs,
+    CreateKeyArgs, EnableKeyRotationArgs, GetKeyPolicyArgs, KeyIdArg, ListArgs, OriginArg,
+    PutKeyPolicyArgs, ScheduleKeyDeletionArgs,
 };
+use super::{Session, page};
 use crate::cli::CliError;
 use crate::cli::output::{metadata_json, print_json, print_metadata};
 use crate::kms::{KeyOrigin, KeyService, clock};
@@ -44,12 +44,17 @@ pub(super) fn describe_key(s: &Session, a: KeyIdArg) -> Result<(), CliError> {
 }
 
 /// `list-keys`.
-pub(super) fn list_keys(s: &Session) -> Result<(), CliError> {
+pub(super) fn list_keys(s: &Session, a: ListArgs) -> Result<(), CliError> {
     if s.json {
-        print_json(&json!({ "Keys": s.ks.list_keys(&s.caller)?, "Truncated": false }));
+        let (keys, next) = page(&s.ks.list_keys(&s.caller)?, &a)?;
+        let mut v = json!({ "Keys": keys, "Truncated": next.is_some() });
+        if let Some(m) = next {
+            v["NextMarker"] = json!(m);
+        }
+        print_json(&v);
         return Ok(());
     }
-    let keys = s.ks.list_key_metadata(&s.caller)?;
+    let (keys, _) = page(&s.ks.list_key_metadata(&s.caller)?, &a)?;
     let aliases = s.ks.list_aliases(&s.caller, None)?;
     println!(
         "{:<36}  {:<15}  {:<20}  {:<24}  DESCRIPTION",
