@@ -226,3 +226,84 @@ fn validation_paging_and_hints_as_aws() {
     let err = fails(&o, EXIT_REFUSED, "Disabled");
     assert!(err.contains(&format!("enable-key --key-id {k2}")), "{err}");
 }
+
+#[test]
+fn descriptions_and_tags() {
+    let ks = Ks::new();
+    let id = ks.create_key();
+    ks.ok(&[
+        "kms",
+        "update-key-description",
+        "--key-id",
+        &id,
+        "--description",
+        "orders db",
+    ]);
+    let d = ks.json(&["kms", "describe-key", "--key-id", &id]);
+    assert_eq!(d["KeyMetadata"]["Description"], "orders db");
+    ks.ok(&[
+        "kms",
+        "tag-resource",
+        "--key-id",
+        &id,
+        "--tags",
+        "TagKey=team,TagValue=db",
+        "TagKey=env,TagValue=prod",
+    ]);
+    ks.ok(&[
+        "kms",
+        "tag-resource",
+        "--key-id",
+        &id,
+        "--tags",
+        r#"[{"TagKey":"env","TagValue":"dev"}]"#,
+    ]);
+    let t = ks.json(&["kms", "list-resource-tags", "--key-id", &id]);
+    assert_eq!(
+        t["Tags"],
+        serde_json::json!([
+            {"TagKey": "env", "TagValue": "dev"},
+            {"TagKey": "team", "TagValue": "db"}
+        ])
+    );
+    ks.ok(&[
+        "kms",
+        "untag-resource",
+        "--key-id",
+        &id,
+        "--tag-keys",
+        "env",
+        "absent",
+    ]);
+    let keys = ks.ok(&[
+        "kms",
+        "list-resource-tags",
+        "--key-id",
+        &id,
+        "--query",
+        "Tags[].TagKey",
+        "--output",
+        "text",
+    ]);
+    assert_eq!(keys.trim(), "team");
+    fails(
+        &ks.run(&[
+            "kms",
+            "tag-resource",
+            "--key-id",
+            &id,
+            "--tags",
+            "TagKey=aws:x,TagValue=1",
+        ]),
+        EXIT_USAGE,
+        "reserved",
+    );
+    fails(
+        &ks.run(&["kms", "tag-resource", "--key-id", &id, "--tags", "Key=x"]),
+        EXIT_USAGE,
+        "cannot read the tag",
+    );
+    // Tags survive in the keystore (another process reads them).
+    let again = ks.json(&["kms", "list-resource-tags", "--key-id", &id]);
+    assert_eq!(again["Tags"][0]["TagKey"], "team");
+}

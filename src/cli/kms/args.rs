@@ -58,6 +58,58 @@ pub enum KmsCommand {
     ReEncrypt(ReEncryptArgs),
     /// Random bytes from the keystore's generator (base64).
     GenerateRandom(GenerateRandomArgs),
+    /// Replace a key's description.
+    UpdateKeyDescription(UpdateKeyDescriptionArgs),
+    /// Add or replace tags of a key.
+    TagResource(TagResourceArgs),
+    /// Remove tags of a key.
+    UntagResource(UntagResourceArgs),
+    /// List a key's tags.
+    ListResourceTags(ListResourceTagsArgs),
+}
+
+/// Options of `update-key-description`.
+#[derive(Debug, clap::Args)]
+pub struct UpdateKeyDescriptionArgs {
+    /// Key id, key ARN or alias/NAME.
+    #[arg(long)]
+    pub key_id: String,
+    /// The new description.
+    #[arg(long)]
+    pub description: String,
+}
+
+/// Options of `tag-resource`.
+#[derive(Debug, clap::Args)]
+pub struct TagResourceArgs {
+    /// Key id, key ARN or alias/NAME.
+    #[arg(long)]
+    pub key_id: String,
+    /// `TagKey=K,TagValue=V` (several), or a JSON list of {"TagKey", "TagValue"}.
+    #[arg(long, num_args = 1.., required = true)]
+    pub tags: Vec<String>,
+}
+
+/// Options of `untag-resource`.
+#[derive(Debug, clap::Args)]
+pub struct UntagResourceArgs {
+    /// Key id, key ARN or alias/NAME.
+    #[arg(long)]
+    pub key_id: String,
+    /// The tag keys to remove.
+    #[arg(long, num_args = 1.., required = true)]
+    pub tag_keys: Vec<String>,
+}
+
+/// Options of `list-resource-tags`.
+#[derive(Debug, clap::Args)]
+pub struct ListResourceTagsArgs {
+    /// Key id, key ARN or alias/NAME.
+    #[arg(long)]
+    pub key_id: String,
+    /// Pages.
+    #[command(flatten)]
+    pub page: ListArgs,
 }
 
 /// `--encryption-algorithm` values: symmetric keys know one.

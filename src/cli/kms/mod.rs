@@ -83,6 +83,10 @@ fn dispatch(s: &Session, c: KmsCommand) -> Result<(), CliError> {
         K::GenerateDataKeyWithoutPlaintext(a) => crypto::generate_data_key_without_plaintext(s, a),
         K::ReEncrypt(a) => crypto::re_encrypt(s, a),
         K::GenerateRandom(a) => crypto::generate_random(s, a),
+        K::UpdateKeyDescription(a) => keys::update_key_description(s, a),
+        K::TagResource(a) => keys::tag_resource(s, a),
+        K::UntagResource(a) => keys::untag_resource(s, a),
+        K::ListResourceTags(a) => keys::list_resource_tags(s, a),
     }
 }
 
@@ -117,6 +121,10 @@ fn command_name(c: &KmsCommand) -> &'static str {
         KmsCommand::GenerateDataKeyWithoutPlaintext(_) => "generate-data-key-without-plaintext",
         KmsCommand::ReEncrypt(_) => "re-encrypt",
         KmsCommand::GenerateRandom(_) => "generate-random",
+        KmsCommand::UpdateKeyDescription(_) => "update-key-description",
+        KmsCommand::TagResource(_) => "tag-resource",
+        KmsCommand::UntagResource(_) => "untag-resource",
+        KmsCommand::ListResourceTags(_) => "list-resource-tags",
     }
 }
 
