@@ -61,6 +61,30 @@ fn query_and_text_output_as_the_aws_cli() {
     ]);
     assert_eq!(b64(plain.trim()), b"for scripts");
 
+    // An explicit --output text is the AWS shape; no --output, kmsfs's layout.
+    let aws = ks.ok(&[
+        "kms",
+        "encrypt",
+        "--key-id",
+        "alias/app",
+        "--plaintext",
+        &fileb,
+        "--output",
+        "text",
+    ]);
+    let f: Vec<&str> = aws.trim_end().split('\t').collect();
+    assert_eq!(f.len(), 3, "{aws}");
+    assert_eq!(f[1], "SYMMETRIC_DEFAULT");
+    assert!(f[2].starts_with("arn:") && f[2].ends_with(&id), "{aws}");
+    let plain_layout = ks.ok(&[
+        "kms",
+        "encrypt",
+        "--key-id",
+        "alias/app",
+        "--plaintext",
+        &fileb,
+    ]);
+    assert!(!plain_layout.contains('\t'), "{plain_layout}");
     // Text: an object's scalars on one line, tab separated, in key order.
     let line = ks.ok(&[
         "kms",

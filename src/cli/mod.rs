@@ -153,7 +153,16 @@ pub fn main() -> i32 {
             Err(e) => return report(e),
         }
     }
-    let cli = Cli::parse_from(args);
+    let matches = <Cli as clap::CommandFactory>::command().get_matches_from(args);
+    // `--output text` given on the command line asks for the AWS CLI's text
+    // shape (key commands); left at its default, kmsfs's readable layouts.
+    output::set_aws_text(
+        matches.value_source("output") == Some(clap::parser::ValueSource::CommandLine),
+    );
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     init_logging(matches!(cli.command, Command::Mount(_)));
     match run(cli) {
         Ok(()) => 0,

@@ -52,6 +52,20 @@ struct Render {
 
 static RENDER: OnceLock<Render> = OnceLock::new();
 
+/// `--output text` was given explicitly: key commands print the AWS CLI's
+/// text shape instead of kmsfs's readable layouts.
+static AWS_TEXT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Records whether `--output text` was given explicitly.
+pub(crate) fn set_aws_text(explicit: bool) {
+    AWS_TEXT.store(explicit, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// True when key commands print the AWS CLI's text shape.
+pub(crate) fn aws_text_requested() -> bool {
+    AWS_TEXT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Sets the rendering of this command's results; a `--query` that does not
 /// compile is a usage error before anything runs.
 pub(crate) fn set_render(format: OutputFormat, query: Option<String>) -> Result<(), CliError> {

@@ -45,7 +45,9 @@ pub fn run(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
         caller: current_caller(),
         // With --query or --output table the result is the JSON one, rendered
         // by `output` (AWS text rules, a table).
-        json: g.output != OutputFormat::Text || g.query.is_some(),
+        json: g.output != OutputFormat::Text
+            || g.query.is_some()
+            || super::output::aws_text_requested(),
     });
     session
         .and_then(|s| dispatch(&s, c))
