@@ -511,7 +511,7 @@ fn inspect_dir(g: &GlobalArgs, dir: &Path) -> Result<(), CliError> {
             });
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         }
-        OutputFormat::Text | OutputFormat::Table => {
+        OutputFormat::Text => {
             println!("backing directory:  {}", dir.display());
             match &marker {
                 Some(m) => {
@@ -653,7 +653,7 @@ pub fn inspect(g: &GlobalArgs, a: InspectArgs) -> Result<(), CliError> {
             });
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         }
-        OutputFormat::Text | OutputFormat::Table => {
+        OutputFormat::Text => {
             println!("file:                 {}", a.file.display());
             println!("format version:       {}", h.version);
             println!("file id:              {file_id}");

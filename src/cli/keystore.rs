@@ -273,7 +273,7 @@ pub fn passwd(g: &GlobalArgs, a: PasswdArgs) -> Result<(), CliError> {
             "{}",
             serde_json::json!({ "KeystoreDirectory": dir.display().to_string(), "From": from, "RootKeyMode": to })
         ),
-        OutputFormat::Text | OutputFormat::Table => {
+        OutputFormat::Text => {
             println!(
                 "keystore {} is now sealed with: {to} (was {from})",
                 dir.display()
@@ -314,7 +314,7 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<(), CliError> {
                 "RootKeyMode": ks.root_mode(),
             })
         ),
-        OutputFormat::Text | OutputFormat::Table => {
+        OutputFormat::Text => {
             println!("created keystore {}", ks.keystore_id());
             println!("  directory: {}", dir.display());
             println!("  sealed with: {}", ks.root_mode());

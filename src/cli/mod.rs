@@ -50,7 +50,7 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "DIR")]
     pub keystore: Option<PathBuf>,
     /// Output format.
-    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    #[arg(long, global = true, value_parser = output_parser(), default_value = "text")]
     pub output: OutputFormat,
     /// A JMESPath expression applied to the result (as the AWS CLI's
     /// `--query`), e.g. `--query CiphertextBlob --output text`.
@@ -69,8 +69,17 @@ pub enum OutputFormat {
     Text,
     /// JSON with the field names of the AWS KMS API.
     Json,
-    /// A boxed table, as the AWS CLI's `--output table` (key commands).
-    Table,
+}
+
+/// `--output`: text, json, or table (the AWS CLI's boxes, for the key
+/// commands; elsewhere text). Table is not an `OutputFormat`: commands that
+/// print text print it, and `output` draws the boxes.
+fn output_parser() -> impl clap::builder::TypedValueParser<Value = OutputFormat> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["text", "json", "table"]).map(|s| match s.as_str() {
+        "json" => OutputFormat::Json,
+        _ => OutputFormat::Text,
+    })
 }
 
 /// The commands.
@@ -91,17 +100,6 @@ pub enum Command {
     Mount(fs::MountArgs),
     /// Unmount a kmsfs mount point.
     Unmount(fs::UnmountArgs),
-    /// Show a backing file's header without decrypting its content.
-    Inspect(fs::InspectArgs),
-    /// Encrypt one file client-side, in the format the mount uses.
-    Seal(fs::SealArgs),
-    /// Decrypt one backing or sealed file client-side.
-    Unseal(fs::UnsealArgs),
-    /// Wrap every file's data key again, under another key (--to-key-id) or
-    /// its own key's newest material; only headers change.
-    Rewrap(tree::RewrapArgs),
-    /// Check every header, key and (unless --quick) block tag of a backing tree.
-    Fsck(tree::FsckArgs),
     /// Show every running kmsfs mount (or one): daemon, backing directory,
     /// keystore, key and its state, open files, cache and key-service counts.
     Status(system::StatusArgs),
@@ -125,6 +123,17 @@ pub enum Command {
     /// Install the mount(8) helper (`mount.fuse.kmsfs`, a link to this
     /// binary), so that `mount -t fuse.kmsfs` and fstab lines work.
     InstallHelper(system::InstallHelperArgs),
+    /// Show a backing file's header without decrypting its content.
+    Inspect(fs::InspectArgs),
+    /// Encrypt one file client-side, in the format the mount uses.
+    Seal(fs::SealArgs),
+    /// Decrypt one backing or sealed file client-side.
+    Unseal(fs::UnsealArgs),
+    /// Wrap every file's data key again, under another key (--to-key-id) or
+    /// its own key's newest material; only headers change.
+    Rewrap(tree::RewrapArgs),
+    /// Check every header, key and (unless --quick) block tag of a backing tree.
+    Fsck(tree::FsckArgs),
 }
 
 /// The identity of this process, for key policies and the audit trail.
@@ -158,6 +167,7 @@ pub fn main() -> i32 {
     // shape (key commands); left at its default, kmsfs's readable layouts.
     output::set_aws_text(
         matches.value_source("output") == Some(clap::parser::ValueSource::CommandLine),
+        global_raw(&matches, "output").as_deref() == Some("table"),
     );
     let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
         Ok(c) => c,
@@ -186,6 +196,25 @@ fn man(dir: Option<&std::path::Path>) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// The raw value of a global option, wherever on the command line it was
+/// given (before or after the subcommand).
+fn global_raw(m: &clap::ArgMatches, id: &str) -> Option<String> {
+    let mut found = m
+        .get_raw(id)
+        .and_then(|mut v| v.next_back())
+        .map(|v| v.to_string_lossy().into_owned());
+    let mut cur = m;
+    while let Some((_, sub)) = cur.subcommand() {
+        if sub.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+            && let Some(v) = sub.get_raw(id).and_then(|mut v| v.next_back())
+        {
+            found = Some(v.to_string_lossy().into_owned());
+        }
+        cur = sub;
+    }
+    found
 }
 
 /// Prints an error and its remedy; returns its exit code.
@@ -233,11 +262,6 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Kms { command } => kms::run(g, command),
         Command::Mount(a) => fs::mount(g, a),
         Command::Unmount(a) => fs::unmount(g, a),
-        Command::Inspect(a) => fs::inspect(g, a),
-        Command::Seal(a) => fs::seal(g, a),
-        Command::Unseal(a) => fs::unseal(g, a),
-        Command::Rewrap(a) => tree::rewrap(g, a),
-        Command::Fsck(a) => tree::fsck(g, a),
         Command::Status(a) => system::status(g, a),
         Command::Remount(a) => system::remount(g, a),
         Command::InstallHelper(a) => system::install_helper(g, a),
@@ -247,5 +271,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Man { dir } => man(dir.as_deref()),
+        Command::Inspect(a) => fs::inspect(g, a),
+        Command::Seal(a) => fs::seal(g, a),
+        Command::Unseal(a) => fs::unseal(g, a),
+        Command::Rewrap(a) => tree::rewrap(g, a),
+        Command::Fsck(a) => tree::fsck(g, a),
     }
 }

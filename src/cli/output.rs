@@ -56,9 +56,13 @@ static RENDER: OnceLock<Render> = OnceLock::new();
 /// text shape instead of kmsfs's readable layouts.
 static AWS_TEXT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Records whether `--output text` was given explicitly.
-pub(crate) fn set_aws_text(explicit: bool) {
+/// `--output table` was given: key commands draw boxes.
+static TABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Records whether `--output` was given explicitly, and whether as `table`.
+pub(crate) fn set_aws_text(explicit: bool, table: bool) {
     AWS_TEXT.store(explicit, std::sync::atomic::Ordering::Relaxed);
+    TABLE.store(table, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// True when key commands print the AWS CLI's text shape.
@@ -254,8 +258,10 @@ pub(crate) fn print_json(v: &Value) {
     match format {
         // serde_json cannot fail on a Value.
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
+        OutputFormat::Text if TABLE.load(std::sync::atomic::Ordering::Relaxed) => {
+            print!("{}", aws_table(&v))
+        }
         OutputFormat::Text => print!("{}", aws_text(&v)),
-        OutputFormat::Table => print!("{}", aws_table(&v)),
     }
 }
 

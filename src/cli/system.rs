@@ -92,7 +92,7 @@ pub fn status(g: &GlobalArgs, a: StatusArgs) -> Result<(), CliError> {
                 serde_json::to_string_pretty(&json!({ "Mounts": all })).unwrap_or_default()
             );
         }
-        OutputFormat::Text | OutputFormat::Table => {
+        OutputFormat::Text => {
             if all.is_empty() {
                 println!("no kmsfs mounts");
             }

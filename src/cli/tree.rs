@@ -88,7 +88,7 @@ pub fn rewrap(g: &GlobalArgs, a: RewrapArgs) -> Result<(), CliError> {
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         ),
-        OutputFormat::Text | OutputFormat::Table => {
+        OutputFormat::Text => {
             for p in &report.problems {
                 if let Err(problem) = &p.result {
                     println!("{}: {}", p.path.display(), describe_problem(problem));
@@ -172,7 +172,7 @@ pub fn fsck(g: &GlobalArgs, a: FsckArgs) -> Result<(), CliError> {
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         ),
-        OutputFormat::Text | OutputFormat::Table => {
+        OutputFormat::Text => {
             for f in &report.findings {
                 let what = match &f.status {
                     FileStatus::Ok | FileStatus::Empty => continue,

@@ -228,26 +228,6 @@ fn check_mountpoint_empty(mp: &Path, backing: &Path, o: &Options) -> Result<(), 
     Ok(())
 }
 
-/// Waits (until `deadline`) for no daemon to hold `backing`'s lock
-/// exclusively. A shared lock is taken and dropped at once; nothing is created.
-pub(super) fn wait_unlocked(backing: &Path, deadline: std::time::Instant) {
-    use std::os::unix::fs::OpenOptionsExt;
-    // Never through a link, never blocking on a FIFO put there.
-    let Ok(f) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(backing.join(BACKING_LOCK))
-    else {
-        return;
-    };
-    while matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock))
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let _ = f.unlock();
-}
-
 /// Takes the lock of `backing` (creating the lock file): refused when
 /// another daemon holds it. A backing directory that cannot be written is
 /// reported as read-only (its lock is taken if the file exists).

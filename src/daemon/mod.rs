@@ -267,12 +267,6 @@ pub fn unmount(mp: &Path) -> Result<(), MountError> {
         while os::process::process_alive(pid) && t0.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        // The main thread can be a zombie while the others still exit, the
-        // backing directory's lock with them: return once it is free, so
-        // that a mount right after this one is not refused.
-        if let Some(backing) = info.source.splitn(3, ':').nth(2) {
-            backing::wait_unlocked(Path::new(backing), t0 + Duration::from_secs(10));
-        }
     }
     Ok(())
 }
