@@ -334,13 +334,17 @@ pub fn mount(g: &GlobalArgs, mut a: MountArgs) -> Result<(), CliError> {
             .map(|p| p.display().to_string())
             .collect();
         eprintln!(
-            "kmsfs: {} file{} in {} {} not kmsfs file{} (e.g. {}){}: left untouched, {} \
+            "kmsfs: {} file{} in {} {} not {} (e.g. {}){}: left untouched, {} \
              cannot be read through the mount",
             survey.plain_count,
             if survey.plain_count == 1 { "" } else { "s" },
             backing.display(),
             if survey.plain_count == 1 { "is" } else { "are" },
-            if survey.plain_count == 1 { "" } else { "s" },
+            if survey.plain_count == 1 {
+                "a kmsfs file"
+            } else {
+                "kmsfs files"
+            },
             examples.join(", "),
             if survey.truncated {
                 format!(" among the first {} entries", crate::daemon::SURVEY_LIMIT)
