@@ -70,5 +70,10 @@ mount -T "$work/fstab" "$work/mnt"
 [[ $(cat "$work/mnt/hello.txt") == "written through an fstab mount" ]]
 [[ $(cat "$work/mnt/second.txt") == "again" ]]
 umount "$work/mnt"
+
+echo "== mount -t fuse.kmsfs BACKING MNT -o keystore=..."
+mount -t fuse.kmsfs "$work/backing" "$work/mnt" -o "keystore=$work/keystore,log_file=$work/kmsfs.log,nodev"
+[[ $(cat "$work/mnt/second.txt") == "again" ]]
+umount "$work/mnt"
 grep -q "mount option _netdev ignored" "$work/kmsfs.log" || grep -q "mounted " "$work/kmsfs.log"
 echo "fstab mount ok"
