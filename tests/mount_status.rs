@@ -97,6 +97,25 @@ fn status_reports_the_running_mount() {
 }
 
 #[test]
+fn control_sockets_of_dead_daemons_are_swept() {
+    if !common::fuse_available("status_sweep") || common::euid() != Some(0) {
+        return;
+    }
+    // The socket a SIGKILLed daemon left (no pid can be this high).
+    use std::os::unix::fs::DirBuilderExt;
+    // As the daemon makes it (0700), if no daemon has yet.
+    let _ = std::fs::DirBuilder::new().mode(0o700).create("/run/kmsfs");
+    let stale = std::path::Path::new("/run/kmsfs/4294967290.sock");
+    std::fs::write(stale, b"").unwrap();
+    let Some(m) = Mount::new("status_sweep") else {
+        return;
+    };
+    assert!(!stale.exists(), "the stale socket is left");
+    let pid = m.daemon_pid().unwrap();
+    assert!(std::path::Path::new(&format!("/run/kmsfs/{pid}.sock")).exists());
+}
+
+#[test]
 fn remount_flips_the_same_daemon() {
     let Some(m) = Mount::with_args("remount", &["-o", "ro"]) else {
         return;

@@ -213,6 +213,26 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Removes the sockets of daemons that are gone (killed, so they could not
+/// remove their own), in a directory `private_dir` checked to be ours.
+fn remove_stale(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".sock"))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// A bound control socket; removed when dropped.
 pub(super) struct ControlSocket {
     path: PathBuf,
@@ -232,6 +252,7 @@ pub(super) fn start(state: Arc<MountState>) -> Option<ControlSocket> {
     let path = socket_path(std::process::id())?;
     let dir = path.parent()?;
     let bound = private_dir(dir).and_then(|()| {
+        remove_stale(dir);
         // A socket of an earlier process that had this pid.
         let _ = std::fs::remove_file(&path);
         let l = UnixListener::bind(&path)?;
