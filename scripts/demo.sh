@@ -15,9 +15,14 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 
-echo "== building kmsfs (release)"
-cargo build --release --quiet
 kmsfs=$PWD/target/release/kmsfs
+# Build only when a source is newer than the binary.
+if [[ -x $kmsfs && -z $(find src Cargo.toml Cargo.lock -newer "$kmsfs" -print -quit) ]]; then
+  echo "== kmsfs (release) is current: not building"
+else
+  echo "== building kmsfs (release)"
+  cargo build --release --quiet
+fi
 
 work=$(mktemp -d /tmp/kmsfs-demo.XXXXXX)
 export KMSFS_KEYSTORE=$work/keystore XDG_STATE_HOME=$work/state   # the mount's log goes there

@@ -252,7 +252,7 @@ fn data_keys_and_re_encrypt() {
         (vec!["--key-spec", "AES_128"], 16),
         (vec!["--number-of-bytes", "1"], 1),
         (vec!["--number-of-bytes", "1024"], 1024),
-        (vec![], 32),
+        (vec!["--key-spec", "AES_256"], 32),
     ] {
         let mut a = vec![
             "kms",
@@ -287,11 +287,22 @@ fn data_keys_and_re_encrypt() {
         ]);
         fails(&out, EXIT_USAGE, "NumberOfBytes");
     }
+    // As AWS: one of --key-spec and --number-of-bytes is required.
+    for cmd in ["generate-data-key", "generate-data-key-without-plaintext"] {
+        let out = ks.run(&["kms", cmd, "--key-id", &k1]);
+        fails(
+            &out,
+            EXIT_USAGE,
+            "specify either number of bytes or key spec",
+        );
+    }
     let w = ks.json(&[
         "kms",
         "generate-data-key-without-plaintext",
         "--key-id",
         &k1,
+        "--key-spec",
+        "AES_256",
     ]);
     assert!(w["Plaintext"].is_null() && w["CiphertextBlob"].is_string());
 

@@ -213,7 +213,14 @@ fn keystore_file_never_holds_key_material_in_clear() {
     let k = ks.create_key();
     // A data key is not key material, but proves the file is sealed: search the
     // files for the hex and raw forms of a plaintext that the service returned.
-    let v = ks.json(&["kms", "generate-data-key", "--key-id", &k]);
+    let v = ks.json(&[
+        "kms",
+        "generate-data-key",
+        "--key-id",
+        &k,
+        "--key-spec",
+        "AES_256",
+    ]);
     let pt = b64(v["Plaintext"].as_str().unwrap());
     for (name, bytes) in snapshot(&ks.path) {
         assert!(!bytes.windows(pt.len()).any(|w| w == pt), "{name}");

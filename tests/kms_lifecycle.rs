@@ -27,7 +27,14 @@ fn disable_refuses_encrypt_and_decrypt_and_enable_restores() {
         EXIT_REFUSED,
         "DisabledException",
     );
-    let out = ks.run(&["kms", "generate-data-key", "--key-id", &k]);
+    let out = ks.run(&[
+        "kms",
+        "generate-data-key",
+        "--key-id",
+        &k,
+        "--key-spec",
+        "AES_256",
+    ]);
     fails(&out, EXIT_REFUSED, "DisabledException");
     ks.ok(&["kms", "enable-key", "--key-id", &k]);
     assert_eq!(state(&ks, &k), "Enabled");

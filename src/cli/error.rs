@@ -96,10 +96,10 @@ impl CliError {
             (Some(KmsError::IncorrectKey { .. }), _) => {
                 "omit --key-id, or give the key the ciphertext was made under".to_string()
             }
-            (Some(KmsError::AccessDenied { .. }), _) => {
-                "the key's policy does not allow this user; see `kmsfs kms get-key-policy --key-id K`"
-                    .to_string()
-            }
+            (Some(KmsError::AccessDenied { key_id, .. }), _) => format!(
+                "the key's policy does not allow this user; see `kmsfs kms get-key-policy \
+                 --key-id {key_id}`"
+            ),
             (Some(KmsError::AlreadyExists { .. }), _) => {
                 "choose another alias name, or move it with `kmsfs kms update-alias`".to_string()
             }
@@ -121,9 +121,12 @@ fn kms_command_remedy(e: &KmsError, dir: &Path) -> Option<String> {
             ..
         } => Some(repair_hint(dir)),
         KmsError::InvalidState {
+            key_id,
             problem: StateProblem::NotAllowed { .. },
             ..
-        } => Some("see the key's state with `kmsfs kms describe-key --key-id K`".into()),
+        } => Some(format!(
+            "see the key's state with `kmsfs kms describe-key --key-id {key_id}`"
+        )),
         KmsError::InvalidState { problem, .. } if problem.awaits_import() => Some(
             "import its key material: `kmsfs kms get-parameters-for-import`, then \
              `kmsfs kms import-key-material`"
@@ -163,6 +166,32 @@ fn class_of(e: &KmsError) -> ErrorClass {
     }
 }
 
+/// The key an error is about, for remedies that name it.
+fn key_of(e: &KmsError) -> Option<&str> {
+    match e {
+        KmsError::Disabled { key_id }
+        | KmsError::InvalidState { key_id, .. }
+        | KmsError::AccessDenied { key_id, .. } => Some(key_id),
+        _ => None,
+    }
+}
+
+/// Remedies that name the real key (not a placeholder).
+fn key_remedy(e: &KmsError) -> Option<String> {
+    let k = key_of(e)?;
+    Some(match e {
+        KmsError::Disabled { .. } => format!("enable it with `kmsfs kms enable-key --key-id {k}`"),
+        KmsError::InvalidState {
+            problem: StateProblem::PendingDeletion { .. },
+            ..
+        } => format!(
+            "restore it with `kmsfs kms cancel-key-deletion --key-id {k}`, then `kmsfs kms \
+             enable-key --key-id {k}`"
+        ),
+        _ => return None,
+    })
+}
+
 fn general_remedy(e: &KmsError) -> Option<&'static str> {
     match e {
         KmsError::KeystoreNotFound { .. } => {
@@ -182,9 +211,11 @@ fn general_remedy(e: &KmsError) -> Option<&'static str> {
         KmsError::Validation {
             code: Some(ValidationCode::PlaintextTooLarge),
             ..
-        } => {
-            Some("use `kmsfs kms generate-data-key` and encrypt the data locally with the data key")
-        }
+        } => Some(
+            "for a file, `kmsfs seal IN OUT --key-id K` does envelope encryption in the \
+                 mount's format (and `kmsfs unseal` reverses it); otherwise use `kmsfs kms \
+                 generate-data-key` and encrypt the data locally with the data key",
+        ),
         _ => None,
     }
 }
@@ -194,7 +225,7 @@ impl From<KmsError> for CliError {
         CliError {
             class: class_of(&e),
             message: format!("{}: {}", e.aws_code(), e),
-            hint: general_remedy(&e).map(str::to_string),
+            hint: key_remedy(&e).or_else(|| general_remedy(&e).map(str::to_string)),
             cause: Some(e),
         }
     }

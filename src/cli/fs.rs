@@ -28,9 +28,13 @@ pub struct MountArgs {
     pub foreground: bool,
     /// Mount options, comma-separated: allow_other, allow_root,
     /// default_permissions, ro, rw, auto_unmount, [no]dev, [no]suid, [no]exec,
-    /// [no]atime, sync, async, dirsync, fsname=NAME, subtype=NAME, nonempty
-    /// (mount over a non-empty directory), sharedstorage (several daemons or
-    /// hosts on one backing directory; no attribute cache).
+    /// [no]atime, relatime, strictatime, nodiratime, lazytime, sync, async,
+    /// dirsync, fsname=NAME, subtype=NAME, nonempty (mount over a non-empty
+    /// directory), sharedstorage (several daemons or hosts on one backing
+    /// directory; no attribute cache); keystore=DIR, key_id=K,
+    /// passphrase_file=FILE, log_file=FILE (as the flags); fstab's defaults,
+    /// [no]auto, _netdev, nofail, x-*, noacl, dax, inlinecrypt... are ignored
+    /// with a log line.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// Where the daemon writes its log (corruption warnings name the backing
@@ -62,7 +66,8 @@ pub struct UnmountArgs {
 /// Arguments of `kmsfs inspect`.
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
-    /// A backing file.
+    /// A backing file (its header), or a backing directory (a summary of
+    /// the whole tree: files, bytes, keys used and their states).
     pub file: PathBuf,
 }
 /// Arguments of `kmsfs seal`.
@@ -290,7 +295,30 @@ pub(super) fn remember_backing(g: &GlobalArgs, backing: &Path) {
 }
 
 /// `kmsfs mount`.
-pub fn mount(g: &GlobalArgs, a: MountArgs) -> Result<(), CliError> {
+pub fn mount(g: &GlobalArgs, mut a: MountArgs) -> Result<(), CliError> {
+    // kmsfs's settings given as -o options (fstab, mount(8)).
+    let parsed = crate::daemon::parse_options(&a.options)?;
+    if parsed.remount {
+        return Err(CliError::new(
+            ErrorClass::Usage,
+            "-o remount changes a running mount, it does not start one",
+        )
+        .hint(
+            "`kmsfs remount MOUNTPOINT --read-only|--read-write`, or `mount -o remount,ro \
+             MOUNTPOINT` once `kmsfs install-helper` has run",
+        ));
+    }
+    let mut g = g.clone();
+    let s = parsed.settings;
+    set_once(&mut g.keystore, s.keystore.map(PathBuf::from), "keystore")?;
+    set_once(
+        &mut g.passphrase_file,
+        s.passphrase_file.map(PathBuf::from),
+        "passphrase_file",
+    )?;
+    set_once(&mut a.key_id, s.key_id, "key_id")?;
+    set_once(&mut a.log_file, s.log_file.map(PathBuf::from), "log_file")?;
+    let g = &g;
     let backing = existing_dir(&a.backing, "backing directory")?;
     let mountpoint = match std::fs::canonicalize(&a.mountpoint) {
         Ok(p) => p,
@@ -343,13 +371,17 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> Result<(), CliError> {
             .map(|p| p.display().to_string())
             .collect();
         eprintln!(
-            "kmsfs: {} file{} in {} {} not kmsfs file{} (e.g. {}){}: left untouched, {} \
+            "kmsfs: {} file{} in {} {} not {} (e.g. {}){}: left untouched, {} \
              cannot be read through the mount",
             survey.plain_count,
             if survey.plain_count == 1 { "" } else { "s" },
             backing.display(),
             if survey.plain_count == 1 { "is" } else { "are" },
-            if survey.plain_count == 1 { "" } else { "s" },
+            if survey.plain_count == 1 {
+                "a kmsfs file"
+            } else {
+                "kmsfs files"
+            },
             examples.join(", "),
             if survey.truncated {
                 format!(" among the first {} entries", crate::daemon::SURVEY_LIMIT)
@@ -372,6 +404,7 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> Result<(), CliError> {
         backing,
         mountpoint,
         ks,
+        keystore: g.keystore.clone(),
         key_id,
         options: a.options,
         foreground: a.foreground,
@@ -380,6 +413,28 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> Result<(), CliError> {
         backing_read_only: prepared.backing_read_only,
     })?;
     Ok(())
+}
+
+/// Takes a setting given as `-o NAME=VALUE` unless the flag gave it; both,
+/// differing, is a usage error.
+fn set_once<T: PartialEq>(
+    flag: &mut Option<T>,
+    opt: Option<T>,
+    name: &str,
+) -> Result<(), CliError> {
+    match (flag.as_ref(), opt) {
+        (_, None) => Ok(()),
+        (None, Some(v)) => {
+            *flag = Some(v);
+            Ok(())
+        }
+        (Some(f), Some(v)) if *f == v => Ok(()),
+        (Some(_), Some(_)) => Err(CliError::new(
+            ErrorClass::Usage,
+            format!("-o {name}= and --{} disagree", name.replace('_', "-")),
+        )
+        .hint("give the setting once")),
+    }
 }
 
 /// The log of a background mount without `--log-file`: one file per mount
@@ -429,8 +484,179 @@ pub fn unmount(_g: &GlobalArgs, a: UnmountArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `kmsfs inspect`: the header, without unwrapping or decrypting anything.
+/// `kmsfs inspect DIR`: the backing tree summarized from its headers (no
+/// data key is unwrapped, no block read), with the state of each key in
+/// the keystore at hand, like `gocryptfs -info`.
+fn inspect_dir(g: &GlobalArgs, dir: &Path) -> Result<(), CliError> {
+    use crate::fs::{BACKING_LOCK, BACKING_MARKER};
+    let marker = crate::daemon::read_marker(dir)?;
+    let w = crate::tree::walk(dir)?;
+    let files: Vec<PathBuf> = w
+        .files
+        .into_iter()
+        .filter(|p| {
+            !(p.parent() == Some(dir)
+                && p.file_name()
+                    .is_some_and(|n| n == BACKING_MARKER || n == BACKING_LOCK))
+        })
+        .collect();
+    let (ks, ks_error): (Arc<dyn KeyService>, Option<String>) = match keystore::open_key_service(g)
+    {
+        Ok(ks) => (ks, None),
+        Err(e) => (Arc::new(NoKeystore), Some(e.message)),
+    };
+    let report = crate::tree::fsck_tree(dir, &files, &*ks, &current_caller(), true, &mut |_| {});
+    // Files with no key and no finding: empty backing files.
+    let keyed: u64 = report.keys.values().map(|k| k.files).sum();
+    let unkeyed = report
+        .findings
+        .iter()
+        .filter(|f| f.key_id.is_none())
+        .count() as u64;
+    let empty = report.files.saturating_sub(keyed + unkeyed);
+    let not_kmsfs: Vec<&crate::tree::FileCheck> = report
+        .findings
+        .iter()
+        .filter(|f| matches!(f.status, crate::tree::FileStatus::CorruptHeader { .. }))
+        .collect();
+    let state = |k: &crate::tree::KeySummary| match &ks_error {
+        None => k.status.label(),
+        Some(_) => "state unknown (no keystore)".to_string(),
+    };
+    match g.output {
+        OutputFormat::Json => {
+            let keys: serde_json::Map<String, serde_json::Value> = report
+                .keys
+                .iter()
+                .map(|(id, k)| {
+                    (
+                        id.clone(),
+                        serde_json::json!({
+                            "Files": k.files, "Bytes": k.bytes,
+                            "State": if ks_error.is_none() { serde_json::json!(k.status) } else { serde_json::Value::Null },
+                        }),
+                    )
+                })
+                .collect();
+            let v = serde_json::json!({
+                "Backing": dir.display().to_string(),
+                "KeystoreId": marker.as_ref().map(|m| m.keystore_id.clone()),
+                "DefaultKeyId": marker.as_ref().map(|m| m.default_key_id.clone()),
+                "Files": report.files,
+                "Bytes": report.bytes,
+                "EmptyFiles": empty,
+                "NotKmsfsFiles": not_kmsfs.iter().map(|f| f.path.display().to_string()).collect::<Vec<_>>(),
+                "Keys": keys,
+                "KeystoreError": ks_error,
+                "UnreadableDirectories": w.errors.iter().map(|(p, _)| p.display().to_string()).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        OutputFormat::Text => {
+            println!("backing directory:  {}", dir.display());
+            match &marker {
+                Some(m) => {
+                    println!("keystore id:        {}", m.keystore_id);
+                    println!("default key:        {}", m.default_key_id);
+                }
+                None => println!("keystore id:        (no .kmsfs.json: never mounted)"),
+            }
+            println!(
+                "files:              {} ({} plaintext bytes), {} empty",
+                report.files, report.bytes, empty
+            );
+            for (id, k) in &report.keys {
+                println!(
+                    "key {id}: {} file{}, {} bytes, {}",
+                    k.files,
+                    if k.files == 1 { "" } else { "s" },
+                    k.bytes,
+                    state(k)
+                );
+            }
+            if !not_kmsfs.is_empty() {
+                println!(
+                    "not kmsfs files:    {} (e.g. {})",
+                    not_kmsfs.len(),
+                    not_kmsfs
+                        .iter()
+                        .take(3)
+                        .map(|f| f.path.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            for (p, e) in &w.errors {
+                println!("unreadable:         {}: {e}", p.display());
+            }
+            if let Some(e) = &ks_error {
+                println!("key states unknown: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stands in for a keystore that could not be opened: `inspect DIR` still
+/// summarizes headers.
+struct NoKeystore;
+
+impl KeyService for NoKeystore {
+    fn generate_data_key(
+        &self,
+        _: &crate::kms::Caller,
+        _: &str,
+        _: crate::kms::DataKeySpec,
+        _: &crate::kms::EncryptionContext,
+    ) -> Result<crate::kms::DataKey, crate::kms::KmsError> {
+        Err(crate::kms::KmsError::internal("no keystore".into()))
+    }
+    fn decrypt(
+        &self,
+        _: &crate::kms::Caller,
+        _: &[u8],
+        _: &crate::kms::EncryptionContext,
+        _: Option<&str>,
+    ) -> Result<crate::kms::Decrypted, crate::kms::KmsError> {
+        Err(crate::kms::KmsError::internal("no keystore".into()))
+    }
+    fn encrypt(
+        &self,
+        _: &crate::kms::Caller,
+        _: &str,
+        _: &[u8],
+        _: &crate::kms::EncryptionContext,
+    ) -> Result<crate::kms::Encrypted, crate::kms::KmsError> {
+        Err(crate::kms::KmsError::internal("no keystore".into()))
+    }
+    fn re_encrypt(
+        &self,
+        _: &crate::kms::Caller,
+        _: &[u8],
+        _: &crate::kms::EncryptionContext,
+        _: &str,
+        _: &crate::kms::EncryptionContext,
+    ) -> Result<crate::kms::Encrypted, crate::kms::KmsError> {
+        Err(crate::kms::KmsError::internal("no keystore".into()))
+    }
+    fn describe_key(
+        &self,
+        _: &crate::kms::Caller,
+        _: &str,
+    ) -> Result<crate::kms::KeyMetadata, crate::kms::KmsError> {
+        Err(crate::kms::KmsError::internal("no keystore".into()))
+    }
+    fn generation(&self) -> u64 {
+        0
+    }
+}
+
+/// `kmsfs inspect`: a file's header, or a backing tree's summary, without
+/// unwrapping or decrypting anything.
 pub fn inspect(g: &GlobalArgs, a: InspectArgs) -> Result<(), CliError> {
+    if a.file.is_dir() {
+        return inspect_dir(g, &a.file);
+    }
     let f = File::open(&a.file)?;
     let len = f.metadata()?.len();
     let h = EncryptedFile::read_header(&f).map_err(|e| envelope_error(&a.file, e))?;

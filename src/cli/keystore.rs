@@ -23,6 +23,29 @@ pub struct InitArgs {
     pub with_passphrase: bool,
 }
 
+/// Shortest new passphrase `kmsfs passwd` accepts without `--force`
+/// (Argon2id slows guessing; it cannot make a short passphrase long).
+pub const MIN_PASSPHRASE_LEN: usize = 12;
+
+/// Environment variable holding the new passphrase for `kmsfs passwd`.
+pub const NEW_PASSPHRASE_ENV: &str = "KMSFS_NEW_PASSPHRASE";
+
+/// Arguments of `kmsfs passwd`.
+#[derive(Debug, clap::Args)]
+pub struct PasswdArgs {
+    /// Seal with a root key file (a new random `root.key`) instead of a
+    /// passphrase.
+    #[arg(long)]
+    pub to_root_key_file: bool,
+    /// Read the new passphrase from this file (else $KMSFS_NEW_PASSPHRASE,
+    /// else a prompt, twice).
+    #[arg(long, value_name = "FILE", conflicts_with = "to_root_key_file")]
+    pub new_passphrase_file: Option<PathBuf>,
+    /// Accept a new passphrase shorter than 12 bytes.
+    #[arg(long)]
+    pub force: bool,
+}
+
 /// The keystore directory: --keystore, else $KMSFS_KEYSTORE, else
 /// $XDG_DATA_HOME/kmsfs, else ~/.local/share/kmsfs.
 pub fn keystore_dir(g: &GlobalArgs) -> PathBuf {
@@ -132,6 +155,140 @@ pub fn open_or_create_default(g: &GlobalArgs) -> Result<(Arc<LocalKeyStore>, Str
     Ok((ks, id))
 }
 
+/// The new passphrase of `kmsfs passwd`: --new-passphrase-file, else
+/// $KMSFS_NEW_PASSPHRASE, else a prompt (twice); at least
+/// `MIN_PASSPHRASE_LEN` bytes unless forced.
+fn new_passphrase(a: &PasswdArgs) -> Result<SecretBytes, CliError> {
+    let p = if let Some(f) = &a.new_passphrase_file {
+        let g = GlobalArgs {
+            keystore: None,
+            output: OutputFormat::Text,
+            query: None,
+            passphrase_file: Some(f.clone()),
+        };
+        read_passphrase(&g, false).map_err(|e| CliError::new(ErrorClass::Usage, e.to_string()))?
+    } else if let Some(p) = std::env::var_os(NEW_PASSPHRASE_ENV) {
+        use std::os::unix::ffi::OsStringExt;
+        SecretBytes::new(p.into_vec())
+    } else if std::io::stdin().is_terminal() || std::io::stderr().is_terminal() {
+        prompt_new()?
+    } else {
+        return Err(CliError::new(
+            ErrorClass::Usage,
+            "no new passphrase and no terminal to ask on",
+        )
+        .hint("pass --new-passphrase-file FILE or set KMSFS_NEW_PASSPHRASE"));
+    };
+    check_new(p, a.force)
+}
+
+fn prompt_new() -> Result<SecretBytes, CliError> {
+    let prompt = |msg: &str| {
+        rpassword::prompt_password(msg)
+            .map(|s| SecretBytes::new(s.into_bytes()))
+            .map_err(|e| CliError::new(ErrorClass::Io, format!("cannot read the passphrase: {e}")))
+    };
+    let p = prompt("new keystore passphrase: ")?;
+    if prompt("again, to confirm: ")? != p {
+        return Err(CliError::new(
+            ErrorClass::Usage,
+            "the two passphrases differ; run the command again",
+        ));
+    }
+    Ok(p)
+}
+
+fn check_new(p: SecretBytes, force: bool) -> Result<SecretBytes, CliError> {
+    if p.is_empty() {
+        return Err(CliError::new(
+            ErrorClass::Usage,
+            "the new passphrase is empty",
+        ));
+    }
+    if p.len() < MIN_PASSPHRASE_LEN && !force {
+        return Err(CliError::new(
+            ErrorClass::Usage,
+            format!(
+                "the new passphrase has {} bytes; kmsfs asks for at least {MIN_PASSPHRASE_LEN}",
+                p.len()
+            ),
+        )
+        .hint("choose a longer one (several words), or pass --force to accept it"));
+    }
+    Ok(p)
+}
+
+/// `kmsfs passwd`: seals the keystore under a new passphrase, or switches
+/// between the root key file and a passphrase, atomically. Refused while a
+/// running mount uses the keystore (it holds the old root key).
+pub fn passwd(g: &GlobalArgs, a: PasswdArgs) -> Result<(), CliError> {
+    let dir = keystore_dir(g);
+    let canon = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+    for m in crate::daemon::parse_mountinfo(
+        &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+    )
+    .into_iter()
+    .filter(|m| m.is_kmsfs())
+    {
+        let Some(pid) = m.daemon_pid() else { continue };
+        let Ok(v) = crate::daemon::control_request(pid, "status") else {
+            continue;
+        };
+        let used = v["Keystore"]
+            .as_str()
+            .map(|k| std::fs::canonicalize(k).unwrap_or_else(|_| PathBuf::from(k)) == canon);
+        if used == Some(true) {
+            return Err(CliError::new(
+                ErrorClass::General,
+                format!(
+                    "the keystore in {} is in use by the mount at {} (daemon {pid})",
+                    dir.display(),
+                    m.mountpoint.display()
+                ),
+            )
+            .hint("unmount it first (`kmsfs unmount MOUNTPOINT`), then run passwd again"));
+        }
+    }
+    let ks = LocalKeyStore::open(&dir, &|| read_passphrase(g, false))
+        .map_err(|e| CliError::keystore(&dir, e))?;
+    let from = ks.root_mode();
+    let mode = if a.to_root_key_file {
+        CreateMode::RootKeyFile
+    } else {
+        CreateMode::Passphrase {
+            passphrase: new_passphrase(&a)?,
+            params: Argon2Params::default(),
+        }
+    };
+    let to = match mode {
+        CreateMode::RootKeyFile => "root-key-file",
+        CreateMode::Passphrase { .. } => "passphrase",
+    };
+    ks.change_root(mode).map_err(|e| match e {
+        e @ KmsError::Validation { .. } => CliError::new(ErrorClass::Usage, e.to_string()),
+        e => CliError::keystore(&dir, e),
+    })?;
+    match g.output {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::json!({ "KeystoreDirectory": dir.display().to_string(), "From": from, "RootKeyMode": to })
+        ),
+        OutputFormat::Text => {
+            println!(
+                "keystore {} is now sealed with: {to} (was {from})",
+                dir.display()
+            );
+            if to == "root-key-file" {
+                println!(
+                    "  back up {} with the keystore: without it nothing can be decrypted",
+                    dir.join(crate::kms::store::ROOT_KEY_FILE).display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `kmsfs init`.
 pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<(), CliError> {
     let dir = keystore_dir(g);
@@ -181,6 +338,7 @@ mod tests {
         GlobalArgs {
             keystore: Some(dir.to_path_buf()),
             output: OutputFormat::Text,
+            query: None,
             passphrase_file: None,
         }
     }

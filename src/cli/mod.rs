@@ -16,13 +16,27 @@ pub mod kms;
 mod output;
 pub mod remote;
 pub mod server;
+pub mod system;
 pub mod tree;
 
 pub use error::{CliError, ErrorClass, repair_hint};
 
+/// The exit codes, for `--help` and the man page (README lists them too).
+pub const EXIT_CODES: &str = "Exit codes:
+  0  success
+  1  other errors (already mounted, mount point not empty, busy, keystore in use)
+  2  bad arguments or input
+  3  no such key, alias, file, keystore or mount
+  4  refused: key disabled or pending deletion, policy, wrong keystore for a backing
+     directory, no access to /dev/fuse
+  5  corrupt or foreign ciphertext
+  6  keystore missing, damaged, or wrong passphrase
+  7  I/O error
+  8  some work skipped (files busy during rewrap): run the command again";
+
 /// `kmsfs`: encryption at rest for unmodified programs, with a small local KMS.
 #[derive(Debug, Parser)]
-#[command(name = "kmsfs", version, about, long_about = None)]
+#[command(name = "kmsfs", version, about, long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
     /// Global options, accepted before or after the subcommand.
     #[command(flatten)]
@@ -39,8 +53,12 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "DIR")]
     pub keystore: Option<PathBuf>,
     /// Output format.
-    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    #[arg(long, global = true, value_parser = output_parser(), default_value = "text")]
     pub output: OutputFormat,
+    /// A JMESPath expression applied to the result (as the AWS CLI's
+    /// `--query`), e.g. `--query CiphertextBlob --output text`.
+    #[arg(long, global = true, value_name = "JMESPATH")]
+    pub query: Option<String>,
     /// Read the keystore passphrase from this file (else $KMSFS_PASSPHRASE, else a
     /// prompt on a terminal; a keystore made without a passphrase needs none).
     #[arg(long, global = true, value_name = "FILE")]
@@ -56,11 +74,25 @@ pub enum OutputFormat {
     Json,
 }
 
+/// `--output`: text, json, or table (the AWS CLI's boxes, for the key
+/// commands; elsewhere text). Table is not an `OutputFormat`: commands that
+/// print text print it, and `output` draws the boxes.
+fn output_parser() -> impl clap::builder::TypedValueParser<Value = OutputFormat> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["text", "json", "table"]).map(|s| match s.as_str() {
+        "json" => OutputFormat::Json,
+        _ => OutputFormat::Text,
+    })
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a keystore (zero-setup root key file, or --with-passphrase).
     Init(keystore::InitArgs),
+    /// Seal the keystore under a new passphrase, or switch between the root
+    /// key file and a passphrase (atomically; refused while a mount uses it).
+    Passwd(keystore::PasswdArgs),
     /// Key management, shaped like `aws kms`.
     Kms {
         /// Send the operation to this AWS KMS protocol endpoint (AWS KMS,
@@ -82,6 +114,29 @@ pub enum Command {
     Mount(fs::MountArgs),
     /// Unmount a kmsfs mount point.
     Unmount(fs::UnmountArgs),
+    /// Show every running kmsfs mount (or one): daemon, backing directory,
+    /// keystore, key and its state, open files, cache and key-service counts.
+    Status(system::StatusArgs),
+    /// Make a running mount read-only or read-write (what `mount -o
+    /// remount,ro|rw` does through the helper).
+    Remount(system::RemountArgs),
+    /// Print a shell completion script: `kmsfs completions bash >
+    /// /etc/bash_completion.d/kmsfs`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (kmsfs.1), or write it and one page per command
+    /// into DIR (`kmsfs man --dir /usr/local/share/man/man1`).
+    Man {
+        /// Write every page here instead of printing kmsfs.1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Install the mount(8) helper (`mount.fuse.kmsfs`, a link to this
+    /// binary), so that `mount -t fuse.kmsfs` and fstab lines work.
+    InstallHelper(system::InstallHelperArgs),
     /// Show a backing file's header without decrypting its content.
     Inspect(fs::InspectArgs),
     /// Encrypt one file client-side, in the format the mount uses.
@@ -114,39 +169,114 @@ pub fn main() -> i32 {
     // `kmsfs kms list-aliases | head -1`: end quietly when the reader has
     // gone, as Unix tools do (the mount daemon sets EPIPE back).
     crate::os::process::sigpipe_kills(true);
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .first()
+        .is_some_and(|a0| system::is_helper(std::path::Path::new(a0)))
+    {
+        match system::helper_args(&args[1..]) {
+            Ok(Some(a)) => args = a,
+            Ok(None) => return 0,
+            Err(e) => return report(e),
+        }
+    }
+    let matches = <Cli as clap::CommandFactory>::command().get_matches_from(args);
+    // `--output text` given on the command line asks for the AWS CLI's text
+    // shape (key commands); left at its default, kmsfs's readable layouts.
+    output::set_aws_text(
+        matches.value_source("output") == Some(clap::parser::ValueSource::CommandLine),
+        global_raw(&matches, "output").as_deref() == Some("table"),
+    );
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    init_logging(matches!(cli.command, Command::Mount(_)));
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => report(e),
+    }
+}
+
+/// `kmsfs man`.
+fn man(dir: Option<&std::path::Path>) -> Result<(), CliError> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    match dir {
+        Some(d) => {
+            clap_mangen::generate_to(cmd, d)?;
+            println!("man pages written to {}", d.display());
+        }
+        None => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(cmd).render(&mut out)?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// The raw value of a global option, wherever on the command line it was
+/// given (before or after the subcommand).
+fn global_raw(m: &clap::ArgMatches, id: &str) -> Option<String> {
+    let mut found = m
+        .get_raw(id)
+        .and_then(|mut v| v.next_back())
+        .map(|v| v.to_string_lossy().into_owned());
+    let mut cur = m;
+    while let Some((_, sub)) = cur.subcommand() {
+        if sub.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+            && let Some(v) = sub.get_raw(id).and_then(|mut v| v.next_back())
+        {
+            found = Some(v.to_string_lossy().into_owned());
+        }
+        cur = sub;
+    }
+    found
+}
+
+/// Prints an error and its remedy; returns its exit code.
+fn report(e: CliError) -> i32 {
+    eprintln!("kmsfs: {}", e.message);
+    if let Some(h) = &e.hint {
+        eprintln!("  hint: {h}");
+    }
+    e.class as i32
+}
+
+/// The log: `RUST_LOG` if set, else warnings and errors; a mount (whose
+/// daemon's log is this stream) also keeps its events (mounted, signals,
+/// unmounted) at info. Each line carries the time (UTC) and the pid, and
+/// is one line whatever the message holds. No colours: the stream is often
+/// a file.
+fn init_logging(mount: bool) {
+    let default = if mount { "info" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .write_style(env_logger::WriteStyle::Never)
         .format(|buf, r| {
             use std::io::Write;
             // One record, one line: whatever reached the message (a file
             // name, a panic message) cannot start a forged line.
-            let style = buf.default_level_style(r.level());
             let msg = r.args().to_string();
             writeln!(
                 buf,
-                "[{style}{:<5}{style:#} {}] {}",
+                "{} kmsfs[{}] {:<5} {}: {}",
+                buf.timestamp_millis(),
+                std::process::id(),
                 r.level(),
                 r.target(),
                 crate::logtext::one_line(&msg)
             )
         })
         .init();
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("kmsfs: {}", e.message);
-            if let Some(h) = &e.hint {
-                eprintln!("  hint: {h}");
-            }
-            e.class as i32
-        }
-    }
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
     let g = &cli.globals;
+    output::set_render(g.output, g.query.clone())?;
     match cli.command {
         Command::Init(a) => keystore::init(g, a),
+        Command::Passwd(a) => keystore::passwd(g, a),
         Command::Kms {
             command,
             endpoint_url,
@@ -158,6 +288,15 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::AccessKey { command } => access_key::run(g, command),
         Command::Mount(a) => fs::mount(g, a),
         Command::Unmount(a) => fs::unmount(g, a),
+        Command::Status(a) => system::status(g, a),
+        Command::Remount(a) => system::remount(g, a),
+        Command::InstallHelper(a) => system::install_helper(g, a),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "kmsfs", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => man(dir.as_deref()),
         Command::Inspect(a) => fs::inspect(g, a),
         Command::Seal(a) => fs::seal(g, a),
         Command::Unseal(a) => fs::unseal(g, a),

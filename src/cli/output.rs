@@ -1,8 +1,12 @@
 //! Printing results: JSON with the AWS API field names (timestamps as RFC 3339,
 //! secrets through zeroized buffers) and the text layouts of key metadata.
 
+use std::sync::OnceLock;
+
 use serde_json::Value;
 use zeroize::Zeroizing;
+
+use super::{CliError, ErrorClass, OutputFormat};
 
 use crate::kms::{KeyMetadata, clock};
 
@@ -38,16 +42,245 @@ fn timestamps_as_rfc3339(v: &mut Value) {
     }
 }
 
+/// How results printed through `print_json` are rendered: the output
+/// format and the `--query` expression, set once per command.
+struct Render {
+    format: OutputFormat,
+    query: Option<String>,
+}
+
+static RENDER: OnceLock<Render> = OnceLock::new();
+
+/// `--output text` was given explicitly: key commands print the AWS CLI's
+/// text shape instead of kmsfs's readable layouts.
+static AWS_TEXT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `--output table` was given: key commands draw boxes.
+static TABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Records whether `--output` was given explicitly, and whether as `table`.
+pub(crate) fn set_aws_text(explicit: bool, table: bool) {
+    AWS_TEXT.store(explicit, std::sync::atomic::Ordering::Relaxed);
+    TABLE.store(table, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// True when key commands print the AWS CLI's text shape.
+pub(crate) fn aws_text_requested() -> bool {
+    AWS_TEXT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Sets the rendering of this command's results; a `--query` that does not
+/// compile is a usage error before anything runs.
+pub(crate) fn set_render(format: OutputFormat, query: Option<String>) -> Result<(), CliError> {
+    if let Some(q) = &query {
+        jmespath::compile(q)
+            .map_err(|e| CliError::new(ErrorClass::Usage, format!("invalid --query {q:?}: {e}")))?;
+    }
+    let _ = RENDER.set(Render { format, query });
+    Ok(())
+}
+
+/// Applies `--query` to `v`.
+fn query(v: Value, q: &str) -> Value {
+    let Ok(expr) = jmespath::compile(q) else {
+        return Value::Null;
+    };
+    match expr.search(v) {
+        Ok(r) => serde_json::to_value(&*r).unwrap_or(Value::Null),
+        Err(e) => {
+            log::warn!("--query: {e}");
+            Value::Null
+        }
+    }
+}
+
+/// The AWS CLI's text output: scalars of an object on one line, tab
+/// separated, in key order; nested lists and objects on lines of their own
+/// starting with their key in capitals; a list of scalars on one line.
+pub(crate) fn aws_text(v: &Value) -> String {
+    fn scalar(v: &Value) -> String {
+        match v {
+            Value::String(s) => s.clone(),
+            Value::Null => "None".into(),
+            Value::Bool(true) => "True".into(),
+            Value::Bool(false) => "False".into(),
+            other => other.to_string(),
+        }
+    }
+    fn is_scalar(v: &Value) -> bool {
+        !matches!(v, Value::Array(_) | Value::Object(_))
+    }
+    fn line(out: &mut String, prefix: Option<&str>, fields: Vec<String>) {
+        let mut parts: Vec<String> = prefix.map(|p| vec![p.to_string()]).unwrap_or_default();
+        parts.extend(fields);
+        out.push_str(&parts.join("\t"));
+        out.push('\n');
+    }
+    fn walk(v: &Value, prefix: Option<&str>, out: &mut String) {
+        match v {
+            Value::Object(o) => {
+                let mut keys: Vec<&String> = o.keys().collect();
+                keys.sort();
+                let scalars: Vec<String> = keys
+                    .iter()
+                    .filter(|k| is_scalar(&o[k.as_str()]))
+                    .map(|k| scalar(&o[k.as_str()]))
+                    .collect();
+                if !scalars.is_empty() {
+                    line(out, prefix, scalars);
+                }
+                for k in keys.iter().filter(|k| !is_scalar(&o[k.as_str()])) {
+                    walk(&o[k.as_str()], Some(&k.to_uppercase()), out);
+                }
+            }
+            Value::Array(a) if a.iter().all(is_scalar) => {
+                if !a.is_empty() {
+                    line(out, prefix, a.iter().map(scalar).collect());
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|e| walk(e, prefix, out)),
+            s => line(out, prefix, vec![scalar(s)]),
+        }
+    }
+    let mut out = String::new();
+    walk(v, None, &mut out);
+    out
+}
+
+/// The AWS CLI's table output, simplified: a box per object, one row per
+/// scalar field (key | value), a nested list of objects as a table with a
+/// column per field.
+pub(crate) fn aws_table(v: &Value) -> String {
+    fn cell(v: &Value) -> String {
+        match v {
+            Value::String(s) => s.clone(),
+            Value::Null => "None".into(),
+            other => other.to_string(),
+        }
+    }
+    fn rows_table(title: &str, header: &[String], rows: &[Vec<String>], out: &mut String) {
+        let cols = header.len().max(rows.first().map_or(0, Vec::len));
+        let mut w = vec![0usize; cols];
+        for r in std::iter::once(header).chain(rows.iter().map(Vec::as_slice)) {
+            for (i, c) in r.iter().enumerate() {
+                w[i] = w[i].max(c.chars().count());
+            }
+        }
+        let inner: usize = w.iter().map(|x| x + 3).sum::<usize>().max(title.len() + 4) - 1;
+        out.push_str(&format!("{}\n", "-".repeat(inner + 2)));
+        out.push_str(&format!("|{:^inner$}|\n", title));
+        let sep: String = w
+            .iter()
+            .map(|x| format!("+{}", "-".repeat(x + 2)))
+            .collect::<String>()
+            + "+";
+        out.push_str(&format!("{sep}\n"));
+        let fmt_row = |r: &[String]| {
+            let mut s = String::new();
+            for (i, c) in r.iter().enumerate() {
+                s.push_str(&format!("| {:<width$} ", c, width = w[i]));
+            }
+            s.push_str("|\n");
+            s
+        };
+        if !header.is_empty() {
+            out.push_str(&fmt_row(header));
+            out.push_str(&format!("{sep}\n"));
+        }
+        for r in rows {
+            out.push_str(&fmt_row(r));
+        }
+        out.push_str(&format!("{sep}\n"));
+    }
+    fn walk(title: &str, v: &Value, out: &mut String) {
+        match v {
+            Value::Object(o) => {
+                let mut keys: Vec<&String> = o.keys().collect();
+                keys.sort();
+                let rows: Vec<Vec<String>> = keys
+                    .iter()
+                    .filter(|k| !matches!(o[k.as_str()], Value::Array(_) | Value::Object(_)))
+                    .map(|k| vec![k.to_string(), cell(&o[k.as_str()])])
+                    .collect();
+                if !rows.is_empty() {
+                    rows_table(title, &[], &rows, out);
+                }
+                for k in keys
+                    .iter()
+                    .filter(|k| matches!(o[k.as_str()], Value::Array(_) | Value::Object(_)))
+                {
+                    walk(k, &o[k.as_str()], out);
+                }
+            }
+            Value::Array(a) if a.iter().all(|e| e.is_object()) && !a.is_empty() => {
+                let mut header: Vec<String> = Vec::new();
+                for e in a {
+                    for k in e.as_object().into_iter().flat_map(|o| o.keys()) {
+                        if !header.contains(k) {
+                            header.push(k.clone());
+                        }
+                    }
+                }
+                let rows: Vec<Vec<String>> = a
+                    .iter()
+                    .map(|e| {
+                        header
+                            .iter()
+                            .map(|h| e.get(h).map(cell).unwrap_or_default())
+                            .collect()
+                    })
+                    .collect();
+                rows_table(title, &header, &rows, out);
+            }
+            Value::Array(a) => {
+                let rows: Vec<Vec<String>> = a.iter().map(|e| vec![cell(e)]).collect();
+                rows_table(title, &[], &rows, out);
+            }
+            s => rows_table(title, &[], &[vec![cell(s)]], out),
+        }
+    }
+    let mut out = String::new();
+    walk("kmsfs", v, &mut out);
+    out
+}
+
 pub(crate) fn print_json(v: &Value) {
     let mut v = v.clone();
     timestamps_as_rfc3339(&mut v);
-    // serde_json cannot fail on a Value.
-    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    let (format, q) = match RENDER.get() {
+        Some(r) => (r.format, r.query.as_deref()),
+        None => (OutputFormat::Json, None),
+    };
+    if let Some(q) = q {
+        v = query(v, q);
+    }
+    match format {
+        // serde_json cannot fail on a Value.
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
+        OutputFormat::Text if TABLE.load(std::sync::atomic::Ordering::Relaxed) => {
+            print!("{}", aws_table(&v))
+        }
+        OutputFormat::Text => print!("{}", aws_text(&v)),
+    }
 }
 
 /// Prints a JSON object whose values may be secret (base64 plaintext), through
 /// a zeroized buffer.
 pub(crate) fn print_json_secret(fields: &[(&str, &str)]) {
+    if RENDER
+        .get()
+        .is_some_and(|r| r.format != OutputFormat::Json || r.query.is_some())
+    {
+        // Rendered through a Value: the copies it makes are not zeroized.
+        let v = Value::Object(
+            fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+                .collect(),
+        );
+        print_json(&v);
+        return;
+    }
     let mut out = Zeroizing::new(String::with_capacity(
         fields
             .iter()

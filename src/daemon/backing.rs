@@ -255,11 +255,24 @@ pub fn lock_backing(backing: &Path, shared: bool) -> Result<(Option<File>, bool)
         Err(e) => return Err(MountError::Io(format!("{}: {e}", p.display()))),
     };
     if let Some(f) = &file {
-        let r = if shared {
-            f.try_lock_shared()
-        } else {
-            f.try_lock()
+        let try_lock = || {
+            if shared {
+                f.try_lock_shared()
+            } else {
+                f.try_lock()
+            }
         };
+        let mut r = try_lock();
+        // A daemon whose mount is gone (a plain `umount` just now) may still
+        // be exiting: its lock goes with it, so wait a little for it.
+        let t0 = std::time::Instant::now();
+        while matches!(r, Err(std::fs::TryLockError::WouldBlock))
+            && t0.elapsed() < std::time::Duration::from_secs(3)
+            && super::mountinfo::check_backing_unused(backing).is_ok()
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            r = try_lock();
+        }
         match r {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {

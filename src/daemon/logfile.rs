@@ -78,5 +78,12 @@ pub fn open_log(path: &Path) -> Result<File, MountError> {
             "check who made it and remove it, or pass another --log-file".into(),
         ));
     }
+    // The log names files and keys: for the owner alone, even if it was
+    // made by hand with a wider mode.
+    if m.mode() & 0o077 != 0 {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| MountError::Io(format!("log file {}: chmod 0600: {e}", path.display())))?;
+    }
     Ok(f)
 }

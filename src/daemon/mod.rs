@@ -15,6 +15,7 @@ use crate::kms::KeyService;
 use crate::os;
 
 mod backing;
+mod control;
 mod logfile;
 mod mountinfo;
 mod options;
@@ -25,9 +26,10 @@ pub use self::backing::{
     BackingMarker, Prepared, SURVEY_LIMIT, Survey, check_before_mount, lock_backing, read_marker,
     survey, write_marker,
 };
+pub use self::control::{ControlError, control_request, socket_path};
 pub use self::logfile::{check_log_dir, open_log};
 pub use self::mountinfo::{MountInfo, is_enotconn, mount_at, parse_mountinfo, prepare_mountpoint};
-pub use self::options::{Options, parse_options};
+pub use self::options::{Options, Settings, parse_options};
 
 /// Serving threads (each costs about 1 MiB of RSS).
 pub const SERVING_THREADS: usize = 4;
@@ -73,6 +75,8 @@ pub struct MountRequest {
     pub mountpoint: PathBuf,
     /// The key service, already unsealed.
     pub ks: Arc<dyn KeyService>,
+    /// The keystore directory, for `kmsfs status` (None: not a local one).
+    pub keystore: Option<PathBuf>,
     /// The CMK for new files.
     pub key_id: String,
     /// Raw `-o` options (comma-separated lists).
@@ -91,6 +95,13 @@ pub struct MountRequest {
 /// once the mount is usable; the daemon serves until unmounted).
 pub fn mount(req: MountRequest) -> Result<(), MountError> {
     let o = parse_options(&req.options)?;
+    if o.remount {
+        return Err(MountError::Usage(
+            "-o remount changes a running mount: use `mount -o remount,ro MOUNTPOINT` (with the \
+             mount.fuse.kmsfs helper installed) or `kmsfs remount MOUNTPOINT --read-only`"
+                .into(),
+        ));
+    }
     prepare_mountpoint(&req.mountpoint)?;
     if !o.shared_storage && req.lock.is_none() {
         mountinfo::check_backing_unused(&req.backing)?;
@@ -112,7 +123,7 @@ pub fn mount(req: MountRequest) -> Result<(), MountError> {
             let _ = rx.read_to_string(&mut msg);
             match msg.strip_prefix("OK") {
                 Some(_) => {
-                    log::info!("mount daemon {child} is serving");
+                    log::debug!("mount daemon {child} is serving");
                     Ok(())
                 }
                 None => match msg.strip_prefix("ERR ") {
@@ -133,6 +144,70 @@ pub fn mount(req: MountRequest) -> Result<(), MountError> {
             std::process::exit(code);
         }
     }
+}
+
+/// Makes the running kmsfs mount at `mp` read-only or read-write (what
+/// `mount -o remount,ro|rw` asks of the helper): the daemon is told through
+/// its control socket, and the kernel's mount flags change by a remount that
+/// keeps the others (nosuid, nodev, noexec, the atime options).
+pub fn remount(mp: &Path, read_only: bool) -> Result<(), MountError> {
+    let path = std::fs::canonicalize(mp)
+        .map_err(|e| MountError::NotFound(format!("{}: {e}", mp.display())))?;
+    let info = match mount_at(&path) {
+        Some(i) if i.is_kmsfs() => i,
+        _ => {
+            return Err(MountError::State(
+                format!("{} is not a kmsfs mount", path.display()),
+                "`kmsfs status` lists the kmsfs mounts".into(),
+            ));
+        }
+    };
+    let pid = info.daemon_pid();
+    let tell = |on: bool| -> Result<(), MountError> {
+        let Some(pid) = pid else {
+            return Err(MountError::State(
+                format!("{} does not name its daemon", path.display()),
+                "unmount it and mount it again with the options wanted".into(),
+            ));
+        };
+        let req = if on { "read-only on" } else { "read-only off" };
+        control_request(pid, req).map(drop).map_err(|e| match e {
+            ControlError::Refused(m) => MountError::Refused(
+                m,
+                "make the backing directory writable, then unmount and mount again".into(),
+            ),
+            e => MountError::State(
+                format!("cannot reach the daemon of {}: {e}", path.display()),
+                "unmount it and mount it again with the options wanted".into(),
+            ),
+        })
+    };
+    if !read_only {
+        tell(false)?;
+    }
+    let mut flags = libc::MS_REMOUNT;
+    for opt in info.options.split(',') {
+        flags |= match opt {
+            "nosuid" => libc::MS_NOSUID,
+            "nodev" => libc::MS_NODEV,
+            "noexec" => libc::MS_NOEXEC,
+            "noatime" => libc::MS_NOATIME,
+            "nodiratime" => libc::MS_NODIRATIME,
+            "relatime" => libc::MS_RELATIME,
+            "strictatime" => libc::MS_STRICTATIME,
+            _ => 0,
+        };
+    }
+    if read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    os::mount::mount("", &path, "", flags, "")
+        .map_err(|e| MountError::Io(format!("remounting {}: {e}", path.display())))?;
+    if read_only && let Err(e) = tell(true) {
+        // The kernel refuses every write already.
+        log::warn!("{e}");
+    }
+    Ok(())
 }
 
 /// Unmounts `mp` and waits (up to 10 s) for its kmsfs daemon to exit.

@@ -19,6 +19,8 @@ pub struct MountInfo {
     pub source: String,
     /// The mounted device, `MAJ:MIN` (a FUSE mount's anonymous device).
     pub device: String,
+    /// The per-mount options (`rw,nosuid,nodev,relatime`).
+    pub options: String,
 }
 
 impl MountInfo {
@@ -72,6 +74,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
                 fstype: f.get(sep + 1)?.to_string(),
                 source: unescape(f.get(sep + 2)?),
                 device: f.get(2)?.to_string(),
+                options: f.get(5)?.to_string(),
             })
         })
         .collect()

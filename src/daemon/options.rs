@@ -22,6 +22,56 @@ pub struct Options {
     /// `sharedstorage`: other daemons or hosts may serve the same backing
     /// directory; no lock, and no cache that assumes kmsfs is the only writer.
     pub shared_storage: bool,
+    /// mount(2) flags of standard options that only the kernel honours
+    /// (relatime, strictatime, nodiratime, lazytime).
+    pub kernel_flags: u64,
+    /// Standard options that do not apply to kmsfs or are for mount(8) and
+    /// systemd (noauto, _netdev, x-systemd.*, dax, ...), with why: logged.
+    pub ignored: Vec<(String, &'static str)>,
+    /// `remount`: given by mount(8) to change a running mount.
+    pub remount: bool,
+    /// kmsfs's own settings as options, for fstab and mount(8).
+    pub settings: Settings,
+}
+
+/// `keystore=`, `key_id=`, `passphrase_file=`, `log_file=`: what the command
+/// line's flags of the same names set, for a mount from fstab.
+#[derive(Debug, Default, PartialEq, Clone)]
+pub struct Settings {
+    /// `keystore=DIR`.
+    pub keystore: Option<String>,
+    /// `key_id=K`.
+    pub key_id: Option<String>,
+    /// `passphrase_file=FILE`.
+    pub passphrase_file: Option<String>,
+    /// `log_file=FILE`.
+    pub log_file: Option<String>,
+}
+
+/// Options fstab lines carry that kmsfs accepts and ignores, and why.
+fn ignored_option(opt: &str) -> Option<&'static str> {
+    let for_mount8 = "for mount(8) and systemd";
+    let not_here = "does not apply to a kmsfs mount";
+    Some(match opt {
+        "defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "owner" | "group"
+        | "_netdev" | "nofail" | "loud" | "silent" | "fail" | "bg" | "fg" => for_mount8,
+        o if o.starts_with("x-") || o.starts_with("comment=") || o.starts_with("X-") => for_mount8,
+        "acl" | "noacl" | "user_xattr" | "nouser_xattr" | "dax" | "inlinecrypt" | "iversion"
+        | "noiversion" | "nolazytime" | "mand" | "nomand" | "norelatime" | "nostrictatime"
+        | "diratime" | "nosymfollow" | "symfollow" | "discard" | "nodiscard"
+        | "errors=remount-ro" | "errors=continue" => not_here,
+        o if o.starts_with("dax=")
+            || o.starts_with("context=")
+            || o.starts_with("fscontext=")
+            || o.starts_with("defcontext=")
+            || o.starts_with("rootcontext=")
+            || o.starts_with("max_read=")
+            || o.starts_with("blksize=") =>
+        {
+            not_here
+        }
+        _ => return None,
+    })
 }
 
 /// Parses `-o a,b,c` lists; unknown options are refused.
@@ -67,14 +117,56 @@ pub fn parse_options(raw: &[String]) -> Result<Options, MountError> {
             "sync" => MountFlag::Sync,
             "async" => MountFlag::Async,
             "dirsync" => MountFlag::DirSync,
+            "relatime" => {
+                o.kernel_flags |= libc::MS_RELATIME;
+                continue;
+            }
+            "strictatime" => {
+                o.kernel_flags |= libc::MS_STRICTATIME;
+                continue;
+            }
+            "nodiratime" => {
+                o.kernel_flags |= libc::MS_NODIRATIME;
+                continue;
+            }
+            "lazytime" => {
+                o.kernel_flags |= libc::MS_LAZYTIME;
+                continue;
+            }
+            "remount" => {
+                o.remount = true;
+                continue;
+            }
+            s if s.starts_with("keystore=") => {
+                o.settings.keystore = Some(s[9..].to_string());
+                continue;
+            }
+            s if s.starts_with("key_id=") => {
+                o.settings.key_id = Some(s[7..].to_string());
+                continue;
+            }
+            s if s.starts_with("passphrase_file=") => {
+                o.settings.passphrase_file = Some(s[16..].to_string());
+                continue;
+            }
+            s if s.starts_with("log_file=") => {
+                o.settings.log_file = Some(s[9..].to_string());
+                continue;
+            }
+            s if let Some(why) = ignored_option(s) => {
+                o.ignored.push((s.to_string(), why));
+                continue;
+            }
             o if o.starts_with("fsname=") => MountFlag::FsName(o[7..].to_string()),
             o if o.starts_with("subtype=") => MountFlag::Subtype(o[8..].to_string()),
             other => {
                 return Err(MountError::Usage(format!(
                     "unknown mount option {other:?} (known: allow_other, allow_root, \
                      default_permissions, ro, rw, auto_unmount, [no]dev, [no]suid, [no]exec, \
-                     [no]atime, sync, async, dirsync, fsname=, subtype=, nonempty, \
-                     sharedstorage)"
+                     [no]atime, relatime, strictatime, nodiratime, lazytime, sync, async, \
+                     dirsync, fsname=, subtype=, nonempty, sharedstorage, keystore=, key_id=, \
+                     passphrase_file=, log_file=; ignored: defaults, [no]auto, [no]user, users, \
+                     _netdev, nofail, x-*, [no]acl, dax, inlinecrypt, ...)"
                 )));
             }
         };
@@ -149,6 +241,7 @@ impl Options {
                 flags |= f;
             }
         }
+        flags |= self.kernel_flags;
         let (uid, gid) = os::ids::ids();
         // The daemon opens every backing file as root: the kernel checks permissions.
         let mut data = format!(
@@ -184,6 +277,46 @@ mod tests {
         );
         assert!(parse_options(&["bogus".into()]).is_err());
         assert!(parse_options(&["auto_unmount".into()]).is_err());
+    }
+
+    #[test]
+    fn fstab_options_are_accepted() {
+        let o = parse_options(&[
+            "rw,relatime,noauto,_netdev,x-systemd.automount,nofail,defaults,noacl,dax,\
+             inlinecrypt,keystore=/etc/kmsfs,key_id=alias/x,passphrase_file=/root/p,\
+             log_file=/var/log/k.log"
+                .into(),
+        ])
+        .unwrap();
+        assert_eq!(o.flags, vec![MountFlag::ReadWrite]);
+        assert_eq!(o.kernel_flags, libc::MS_RELATIME);
+        assert_eq!(o.settings.keystore.as_deref(), Some("/etc/kmsfs"));
+        assert_eq!(o.settings.key_id.as_deref(), Some("alias/x"));
+        assert_eq!(o.settings.passphrase_file.as_deref(), Some("/root/p"));
+        assert_eq!(o.settings.log_file.as_deref(), Some("/var/log/k.log"));
+        let ignored: Vec<&str> = o.ignored.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(
+            ignored,
+            [
+                "noauto",
+                "_netdev",
+                "x-systemd.automount",
+                "nofail",
+                "defaults",
+                "noacl",
+                "dax",
+                "inlinecrypt"
+            ]
+        );
+        assert!(!o.remount);
+        assert!(parse_options(&["ro,remount".into()]).unwrap().remount);
+        let (flags, _, _) = parse_options(&["strictatime,nodiratime".into()])
+            .unwrap()
+            .kernel_mount_args(3, 0o40000);
+        assert_eq!(
+            flags,
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_STRICTATIME | libc::MS_NODIRATIME
+        );
     }
 
     #[test]

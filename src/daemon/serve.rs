@@ -5,7 +5,10 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::control::{self, CountingService, MountState};
 use super::options::{Options, parse_options};
 use super::{MountError, MountRequest, TTL};
 use crate::fs::{FsConfig, KmsFs, MountFlag, Session};
@@ -55,6 +58,9 @@ pub(super) fn serve(
         o.read_only = true;
         o.flags.push(MountFlag::ReadOnly);
     }
+    for (opt, why) in &o.ignored {
+        log::info!("mount option {opt} ignored: {why}");
+    }
     // Data keys and the unsealed keystore live in this process: no core dumps.
     if let Err(e) = os::process::forbid_core_dumps() {
         log::warn!("could not disable core dumps: {e}");
@@ -62,9 +68,10 @@ pub(super) fn serve(
     // Threads made from here on (fuser's) inherit the mask: only the signal
     // thread below receives the stop signals.
     os::process::block_stop_signals().map_err(|e| MountError::Io(format!("signal setup: {e}")))?;
+    let counting = Arc::new(CountingService::new(req.ks.clone()));
     let mut fs = KmsFs::new(FsConfig {
         backing: req.backing.clone(),
-        ks: req.ks.clone(),
+        ks: counting.clone(),
         key_id: req.key_id.clone(),
         read_only: o.read_only,
         noatime: o.has(&MountFlag::NoAtime),
@@ -78,6 +85,21 @@ pub(super) fn serve(
     .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;
     fs.enter_backing()
         .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;
+    let state = Arc::new(MountState {
+        backing: req.backing.clone(),
+        mountpoint: req.mountpoint.clone(),
+        keystore: req.keystore.clone(),
+        key_id: req.key_id.clone(),
+        log_file: req.log_file.clone(),
+        started: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+        read_only: fs.read_only_switch(),
+        backing_read_only: req.backing_read_only,
+        shared_storage: o.shared_storage,
+        ks: counting,
+    });
     let session = match new_session(fs, req, &o) {
         Ok(s) => s,
         Err(e) => {
@@ -87,10 +109,18 @@ pub(super) fn serve(
         }
     };
     log::info!(
-        "mounted {} on {}",
+        "mounted {} on {} (daemon pid {}, key {}, {})",
         escaped(&req.backing),
-        escaped(&req.mountpoint)
+        escaped(&req.mountpoint),
+        std::process::id(),
+        req.key_id,
+        if o.read_only {
+            "read-only"
+        } else {
+            "read-write"
+        }
     );
+    let _control = control::start(state);
     ready(Ok(()));
     super::readahead::raise(&req.mountpoint);
     let mp = req.mountpoint.clone();
@@ -99,23 +129,72 @@ pub(super) fn serve(
         .spawn(move || stop_on_signal(&mp))
         .map_err(|e| MountError::Io(format!("signal thread: {e}")))?;
     let r = session.run();
+    let source = o.source_name(&req.backing);
+    match r {
+        Ok(()) => {}
+        // The kernel aborts the connection when the mount goes away; a
+        // serving thread that was taking a request off the queue just then
+        // reads ECONNABORTED instead of ENODEV. The end of the mount either
+        // way, unless our mount is still there (an abort through
+        // /sys/fs/fuse/connections).
+        Err(e)
+            if e.raw_os_error() == Some(libc::ECONNABORTED)
+                && (STOPPING.load(Ordering::SeqCst)
+                    || super::mountinfo::mount_at(&req.mountpoint)
+                        .is_none_or(|m| m.source != source)) =>
+        {
+            log::debug!("serving ended with {e} as the mount went away");
+        }
+        Err(e) => {
+            return Err(MountError::Io(format!(
+                "serving {}: {e}",
+                req.mountpoint.display()
+            )));
+        }
+    }
     log::info!("unmounted {}", escaped(&req.mountpoint));
-    r.map_err(|e| MountError::Io(format!("serving {}: {e}", req.mountpoint.display())))
+    Ok(())
+}
+
+/// Set once a stop signal has been handled: the session's end is expected.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        _ => "signal",
+    }
 }
 
 fn stop_on_signal(mp: &Path) {
     loop {
         match os::process::wait_stop_signal() {
             Ok(sig) => {
-                log::info!("signal {sig}: unmounting {}", escaped(mp));
+                log::info!(
+                    "signal {} ({sig}): unmounting {}",
+                    signal_name(sig),
+                    escaped(mp)
+                );
+                STOPPING.store(true, Ordering::SeqCst);
                 // Unmounting writes back the kernel's dirty pages through us and
                 // then ends the session; with files still open, detach lazily.
                 if let Err(e) = os::mount::umount2(mp, 0) {
-                    log::info!("umount {}: {e}; detaching lazily", escaped(mp));
-                    if let Err(e) = os::mount::umount2(mp, libc::MNT_DETACH) {
-                        log::warn!("could not unmount {}: {e}", escaped(mp));
+                    let open = crate::fs::counters().open_files;
+                    if let Err(e2) = os::mount::umount2(mp, libc::MNT_DETACH) {
+                        log::warn!("could not unmount {}: {e}; {e2}", escaped(mp));
+                        STOPPING.store(false, Ordering::SeqCst);
                         continue;
                     }
+                    log::warn!(
+                        "{} was busy ({e}): detached lazily with {open} file{} still open; \
+                         the daemon serves {} until {} closed, then exits",
+                        escaped(mp),
+                        if open == 1 { "" } else { "s" },
+                        if open == 1 { "it" } else { "them" },
+                        if open == 1 { "it is" } else { "they are" },
+                    );
                 }
                 return;
             }

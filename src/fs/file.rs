@@ -57,8 +57,10 @@ impl KmsFs {
             .map(|s| s.wrapped_key.as_slice())
             .unwrap_or(&[]);
         if let Some(k) = self.keys.get(generation, &header.file_id, wrapped, caller) {
+            super::stats::key_cache(true);
             return Ok(k);
         }
+        super::stats::key_cache(false);
         let key = EncryptedFile::unwrap_key(header, &*self.cfg.ks, caller)
             .map_err(|e| FsError::envelope(e, backing))?;
         let key = Arc::new(key);
@@ -132,7 +134,7 @@ impl KmsFs {
         caller: &Caller,
         writing: bool,
     ) -> Result<Arc<OpenFile>, FsError> {
-        let acc = if self.cfg.read_only {
+        let acc = if self.read_only() {
             libc::O_RDONLY
         } else {
             libc::O_RDWR
@@ -149,7 +151,7 @@ impl KmsFs {
         if m.is_dir() {
             return Err(FsError::IsDirectory);
         }
-        let ef = if m.len() == 0 && !self.cfg.read_only && writing {
+        let ef = if m.len() == 0 && !self.read_only() && writing {
             // An empty backing file holds nothing yet (a crash between create
             // and header, or a file made beside the mount): an open for
             // writing gives it a header, once, even if several opens race

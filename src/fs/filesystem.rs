@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,6 +64,8 @@ pub struct KmsFs {
     pub(super) umask: u32,
     /// The backing directory, which file opens may not leave.
     pub(super) root: File,
+    /// Read-only now (starts as `cfg.read_only`; a remount changes it).
+    read_only: Arc<AtomicBool>,
 }
 
 /// A mutex's guard, also after a panic poisoned it (the state stays usable).
@@ -88,6 +91,7 @@ impl KmsFs {
             init_lock: Mutex::new(()),
             umask: os::process::umask(),
             root,
+            read_only: Arc::new(AtomicBool::new(cfg.read_only)),
             cfg,
         })
     }
@@ -107,7 +111,13 @@ impl KmsFs {
 
     /// True for a read-only mount.
     pub fn read_only(&self) -> bool {
-        self.cfg.read_only
+        self.read_only.load(Ordering::Relaxed)
+    }
+
+    /// The switch that makes the mount read-only or read-write while it
+    /// serves (a remount): files opened afterwards follow it.
+    pub fn read_only_switch(&self) -> Arc<AtomicBool> {
+        self.read_only.clone()
     }
 
     /// EROFS on a read-only mount.

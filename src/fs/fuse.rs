@@ -140,7 +140,12 @@ fn serve<R: Fails, T>(
     op.count();
     contained(op.name(), || match body() {
         Ok(v) => ok(reply, v),
-        Err(e) => reply.fail(Errno::from_i32(e.errno())),
+        Err(e) => {
+            if e.errno() == libc::EIO {
+                super::stats::io_error();
+            }
+            reply.fail(Errno::from_i32(e.errno()))
+        }
     });
 }
 

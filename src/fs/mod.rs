@@ -29,3 +29,4 @@ pub use self::fuse::Session;
 pub use self::keycache::{MAX_AGE as KEY_CACHE_MAX_AGE, MAX_ENTRIES as KEY_CACHE_MAX_ENTRIES};
 pub use self::node::{BACKING_LOCK, BACKING_MARKER, is_reserved};
 pub use self::options::{Access, MountFlag, SessionConfig};
+pub use self::stats::{Counters, counters, requests_served};

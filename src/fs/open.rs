@@ -140,6 +140,7 @@ impl OpenTable {
             }
         });
         e.handles += 1;
+        super::stats::handle(true);
         (e.file.clone(), made)
     }
 
@@ -148,6 +149,7 @@ impl OpenTable {
         let mut m = self.lock();
         let e = m.get_mut(&ino)?;
         e.handles += 1;
+        super::stats::handle(true);
         Some(e.file.clone())
     }
 
@@ -155,6 +157,9 @@ impl OpenTable {
     pub(super) fn release(&self, ino: u64) {
         let mut m = self.lock();
         if let Some(e) = m.get_mut(&ino) {
+            if e.handles > 0 {
+                super::stats::handle(false);
+            }
             e.handles = e.handles.saturating_sub(1);
             if e.handles == 0 {
                 m.remove(&ino);
@@ -165,6 +170,7 @@ impl OpenTable {
     /// Syncs and drops every state (unmount).
     pub(super) fn close_all(&self) {
         let all: Vec<Entry> = self.lock().drain().map(|(_, e)| e).collect();
+        super::stats::no_handles();
         for e in all {
             if let Err(err) = e.file.sync(true) {
                 log::warn!("{}: final sync failed: {err:?}", e.file.backing().display());

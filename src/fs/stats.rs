@@ -51,6 +51,72 @@ impl Op {
     }
 }
 
+/// Gauges and counters of the mount's life, for `kmsfs status` and the
+/// stop message: process-global, as one process serves one mount.
+static OPEN_HANDLES: AtomicU64 = AtomicU64::new(0);
+static KEY_CACHE_HITS: AtomicU64 = AtomicU64::new(0);
+static KEY_CACHE_MISSES: AtomicU64 = AtomicU64::new(0);
+static IO_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// What the mount has done so far (see `counters`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// File handles open now.
+    pub open_files: u64,
+    /// Data keys found in the cache.
+    pub key_cache_hits: u64,
+    /// Data keys that had to be asked of the key service.
+    pub key_cache_misses: u64,
+    /// Requests answered EIO (corruption, backing I/O errors).
+    pub io_errors: u64,
+}
+
+/// The mount's counters now.
+pub fn counters() -> Counters {
+    Counters {
+        open_files: OPEN_HANDLES.load(Ordering::Relaxed),
+        key_cache_hits: KEY_CACHE_HITS.load(Ordering::Relaxed),
+        key_cache_misses: KEY_CACHE_MISSES.load(Ordering::Relaxed),
+        io_errors: IO_ERRORS.load(Ordering::Relaxed),
+    }
+}
+
+/// A file handle was opened (`true`) or released.
+pub(super) fn handle(opened: bool) {
+    if opened {
+        OPEN_HANDLES.fetch_add(1, Ordering::Relaxed);
+    } else {
+        let _ = OPEN_HANDLES.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            Some(n.saturating_sub(1))
+        });
+    }
+}
+
+/// Every handle was closed (unmount).
+pub(super) fn no_handles() {
+    OPEN_HANDLES.store(0, Ordering::Relaxed);
+}
+
+/// A data-key lookup hit (`true`) or missed the cache.
+pub(super) fn key_cache(hit: bool) {
+    let c = if hit {
+        &KEY_CACHE_HITS
+    } else {
+        &KEY_CACHE_MISSES
+    };
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A request was answered EIO.
+pub(super) fn io_error() {
+    IO_ERRORS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The number of requests served so far, all opcodes together.
+pub fn requests_served() -> u64 {
+    COUNTS.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+}
+
 /// The counts so far, `name count` per line, opcodes never served left out.
 pub(super) fn report() -> String {
     let mut out = String::new();

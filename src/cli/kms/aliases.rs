@@ -24,9 +24,13 @@ pub(super) fn delete_alias(s: &Session, a: DeleteAliasArgs) -> Result<(), CliErr
 
 /// `list-aliases`.
 pub(super) fn list_aliases(s: &Session, a: ListAliasesArgs) -> Result<(), CliError> {
-    let list = s.ks.list_aliases(&s.caller, a.key_id.as_deref())?;
+    let (list, next) = super::page(&s.ks.list_aliases(&s.caller, a.key_id.as_deref())?, &a.page)?;
     if s.json {
-        print_json(&json!({ "Aliases": list, "Truncated": false }));
+        let mut v = json!({ "Aliases": list, "Truncated": next.is_some() });
+        if let Some(m) = next {
+            v["NextMarker"] = json!(m);
+        }
+        print_json(&v);
         return Ok(());
     }
     println!("{:<40}  TARGET KEY ID", "ALIAS NAME");

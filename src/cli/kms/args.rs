@@ -15,7 +15,7 @@ pub enum KmsCommand {
     /// Show a key's metadata.
     DescribeKey(KeyIdArg),
     /// List the keys of the keystore.
-    ListKeys,
+    ListKeys(ListArgs),
     /// Allow cryptographic operations with a disabled key again.
     EnableKey(KeyIdArg),
     /// Refuse every cryptographic operation with a key until it is enabled.
@@ -56,6 +56,87 @@ pub enum KmsCommand {
     GenerateDataKeyWithoutPlaintext(DataKeyArgs),
     /// Decrypt and encrypt again under another key, inside the service.
     ReEncrypt(ReEncryptArgs),
+    /// Random bytes from the keystore's generator (base64).
+    GenerateRandom(GenerateRandomArgs),
+    /// Replace a key's description.
+    UpdateKeyDescription(UpdateKeyDescriptionArgs),
+    /// Add or replace tags of a key.
+    TagResource(TagResourceArgs),
+    /// Remove tags of a key.
+    UntagResource(UntagResourceArgs),
+    /// List a key's tags.
+    ListResourceTags(ListResourceTagsArgs),
+}
+
+/// Options of `update-key-description`.
+#[derive(Debug, clap::Args)]
+pub struct UpdateKeyDescriptionArgs {
+    /// Key id, key ARN or alias/NAME.
+    #[arg(long)]
+    pub key_id: String,
+    /// The new description.
+    #[arg(long)]
+    pub description: String,
+}
+
+/// Options of `tag-resource`.
+#[derive(Debug, clap::Args)]
+pub struct TagResourceArgs {
+    /// Key id, key ARN or alias/NAME.
+    #[arg(long)]
+    pub key_id: String,
+    /// `TagKey=K,TagValue=V` (several), or a JSON list of {"TagKey", "TagValue"}.
+    #[arg(long, num_args = 1.., required = true)]
+    pub tags: Vec<String>,
+}
+
+/// Options of `untag-resource`.
+#[derive(Debug, clap::Args)]
+pub struct UntagResourceArgs {
+    /// Key id, key ARN or alias/NAME.
+    #[arg(long)]
+    pub key_id: String,
+    /// The tag keys to remove.
+    #[arg(long, num_args = 1.., required = true)]
+    pub tag_keys: Vec<String>,
+}
+
+/// Options of `list-resource-tags`.
+#[derive(Debug, clap::Args)]
+pub struct ListResourceTagsArgs {
+    /// Key id, key ARN or alias/NAME.
+    #[arg(long)]
+    pub key_id: String,
+    /// Pages.
+    #[command(flatten)]
+    pub page: ListArgs,
+}
+
+/// `--encryption-algorithm` values: symmetric keys know one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EncryptionAlgorithmArg {
+    /// AES-256-GCM, the only algorithm of symmetric keys.
+    #[value(name = "SYMMETRIC_DEFAULT")]
+    SymmetricDefault,
+}
+
+/// `--limit` and `--marker` of the list commands (pages, as AWS).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ListArgs {
+    /// At most this many entries (1 to 1000) [default: all].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: Option<u32>,
+    /// The NextMarker of the previous page.
+    #[arg(long)]
+    pub marker: Option<String>,
+}
+
+/// Options of `generate-random`.
+#[derive(Debug, clap::Args)]
+pub struct GenerateRandomArgs {
+    /// How many bytes, 1 to 1024.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub number_of_bytes: u32,
 }
 
 /// `--origin` values.
@@ -103,6 +184,9 @@ pub struct DataKeyArgs {
     /// k=v,k2=v2 or a JSON object of strings.
     #[arg(long)]
     pub encryption_context: Option<String>,
+    /// Accepted and ignored: kmsfs has no grants.
+    #[arg(long, num_args = 1.., value_name = "TOKEN")]
+    pub grant_tokens: Vec<String>,
 }
 
 /// `--key-spec` values.
@@ -223,6 +307,9 @@ pub struct ListAliasesArgs {
     /// Only aliases of this key.
     #[arg(long)]
     pub key_id: Option<String>,
+    /// Pages.
+    #[command(flatten)]
+    pub page: ListArgs,
 }
 
 /// Options of `encrypt`.
@@ -237,6 +324,12 @@ pub struct EncryptArgs {
     /// k=v,k2=v2 or a JSON object of strings; decrypt must give the same.
     #[arg(long)]
     pub encryption_context: Option<String>,
+    /// Only SYMMETRIC_DEFAULT (AES-256-GCM).
+    #[arg(long, value_enum)]
+    pub encryption_algorithm: Option<EncryptionAlgorithmArg>,
+    /// Accepted and ignored: kmsfs has no grants.
+    #[arg(long, num_args = 1.., value_name = "TOKEN")]
+    pub grant_tokens: Vec<String>,
 }
 
 /// Options of `decrypt`.
@@ -251,6 +344,12 @@ pub struct DecryptArgs {
     /// Refuse unless the blob was made under this key.
     #[arg(long)]
     pub key_id: Option<String>,
+    /// Only SYMMETRIC_DEFAULT (AES-256-GCM).
+    #[arg(long, value_enum)]
+    pub encryption_algorithm: Option<EncryptionAlgorithmArg>,
+    /// Accepted and ignored: kmsfs has no grants.
+    #[arg(long, num_args = 1.., value_name = "TOKEN")]
+    pub grant_tokens: Vec<String>,
 }
 
 /// Options of `re-encrypt`.
@@ -271,4 +370,13 @@ pub struct ReEncryptArgs {
     /// Refuse unless the blob was made under this key.
     #[arg(long)]
     pub source_key_id: Option<String>,
+    /// Only SYMMETRIC_DEFAULT (AES-256-GCM).
+    #[arg(long, value_enum)]
+    pub source_encryption_algorithm: Option<EncryptionAlgorithmArg>,
+    /// Only SYMMETRIC_DEFAULT (AES-256-GCM).
+    #[arg(long, value_enum)]
+    pub destination_encryption_algorithm: Option<EncryptionAlgorithmArg>,
+    /// Accepted and ignored: kmsfs has no grants.
+    #[arg(long, num_args = 1.., value_name = "TOKEN")]
+    pub grant_tokens: Vec<String>,
 }

@@ -1,13 +1,14 @@
 //! The key commands: create, describe and list keys, their states (enable,
-//! disable, deletion), rotation and key policies.
+//! disable, deletion), rotation, key policies, descriptions and tags.
 
 use serde_json::{Value, json};
 
-use super::Session;
 use super::args::{
-    CreateKeyArgs, EnableKeyRotationArgs, GetKeyPolicyArgs, KeyIdArg, OriginArg, PutKeyPolicyArgs,
-    ScheduleKeyDeletionArgs,
+    CreateKeyArgs, EnableKeyRotationArgs, GetKeyPolicyArgs, KeyIdArg, ListArgs,
+    ListResourceTagsArgs, OriginArg, PutKeyPolicyArgs, ScheduleKeyDeletionArgs, TagResourceArgs,
+    UntagResourceArgs, UpdateKeyDescriptionArgs,
 };
+use super::{Session, page};
 use crate::cli::CliError;
 use crate::cli::output::{metadata_json, print_json, print_metadata};
 use crate::kms::{KeyOrigin, KeyService, clock};
@@ -44,12 +45,17 @@ pub(super) fn describe_key(s: &Session, a: KeyIdArg) -> Result<(), CliError> {
 }
 
 /// `list-keys`.
-pub(super) fn list_keys(s: &Session) -> Result<(), CliError> {
+pub(super) fn list_keys(s: &Session, a: ListArgs) -> Result<(), CliError> {
     if s.json {
-        print_json(&json!({ "Keys": s.ks.list_keys(&s.caller)?, "Truncated": false }));
+        let (keys, next) = page(&s.ks.list_keys(&s.caller)?, &a)?;
+        let mut v = json!({ "Keys": keys, "Truncated": next.is_some() });
+        if let Some(m) = next {
+            v["NextMarker"] = json!(m);
+        }
+        print_json(&v);
         return Ok(());
     }
-    let keys = s.ks.list_key_metadata(&s.caller)?;
+    let (keys, _) = page(&s.ks.list_key_metadata(&s.caller)?, &a)?;
     let aliases = s.ks.list_aliases(&s.caller, None)?;
     println!(
         "{:<36}  {:<15}  {:<20}  {:<24}  DESCRIPTION",
@@ -216,6 +222,85 @@ pub(super) fn get_key_policy(s: &Session, a: GetKeyPolicyArgs) -> Result<(), Cli
         print_json(&json!({ "Policy": pretty, "PolicyName": a.policy_name }));
     } else {
         println!("{pretty}");
+    }
+    Ok(())
+}
+
+/// `update-key-description`.
+pub(super) fn update_key_description(
+    s: &Session,
+    a: UpdateKeyDescriptionArgs,
+) -> Result<(), CliError> {
+    Ok(s.ks.update_key_description(&s.caller, &a.key_id, &a.description)?)
+}
+
+/// The `--tags` of `tag-resource`: the AWS CLI's shorthand
+/// (`TagKey=K,TagValue=V`, one per argument) or a JSON list of objects.
+fn parse_tags(args: &[String]) -> Result<Vec<(String, String)>, CliError> {
+    let usage = |why: String| {
+        CliError::new(crate::cli::ErrorClass::Usage, why)
+            .hint("--tags TagKey=team,TagValue=db TagKey=env,TagValue=prod")
+    };
+    let mut out = Vec::new();
+    for a in args {
+        if a.trim_start().starts_with('[') {
+            let v: Vec<Value> = serde_json::from_str(a)
+                .map_err(|e| usage(format!("--tags is not a JSON list: {e}")))?;
+            for t in v {
+                let k = t["TagKey"].as_str();
+                let val = t["TagValue"].as_str().unwrap_or("");
+                match k {
+                    Some(k) => out.push((k.to_string(), val.to_string())),
+                    None => return Err(usage(format!("a tag without TagKey: {t}"))),
+                }
+            }
+            continue;
+        }
+        let (mut k, mut v) = (None, String::new());
+        for part in a.split(',') {
+            match part.split_once('=') {
+                Some(("TagKey", x)) => k = Some(x.to_string()),
+                Some(("TagValue", x)) => v = x.to_string(),
+                _ => return Err(usage(format!("cannot read the tag {a:?}"))),
+            }
+        }
+        match k {
+            Some(k) => out.push((k, v)),
+            None => return Err(usage(format!("the tag {a:?} has no TagKey"))),
+        }
+    }
+    Ok(out)
+}
+
+/// `tag-resource`.
+pub(super) fn tag_resource(s: &Session, a: TagResourceArgs) -> Result<(), CliError> {
+    let tags = parse_tags(&a.tags)?;
+    Ok(s.ks.tag_resource(&s.caller, &a.key_id, &tags)?)
+}
+
+/// `untag-resource`.
+pub(super) fn untag_resource(s: &Session, a: UntagResourceArgs) -> Result<(), CliError> {
+    Ok(s.ks.untag_resource(&s.caller, &a.key_id, &a.tag_keys)?)
+}
+
+/// `list-resource-tags`.
+pub(super) fn list_resource_tags(s: &Session, a: ListResourceTagsArgs) -> Result<(), CliError> {
+    let all = s.ks.list_resource_tags(&s.caller, &a.key_id)?;
+    let (tags, next) = page(&all, &a.page)?;
+    if s.json {
+        let list: Vec<Value> = tags
+            .iter()
+            .map(|(k, v)| json!({ "TagKey": k, "TagValue": v }))
+            .collect();
+        let mut v = json!({ "Tags": list, "Truncated": next.is_some() });
+        if let Some(m) = next {
+            v["NextMarker"] = json!(m);
+        }
+        print_json(&v);
+    } else {
+        for (k, v) in tags {
+            println!("{k}\t{v}");
+        }
     }
     Ok(())
 }

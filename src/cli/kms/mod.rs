@@ -43,7 +43,11 @@ pub fn run(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
     let session = open_key_service(g).map(|ks| Session {
         ks,
         caller: current_caller(),
-        json: g.output == OutputFormat::Json,
+        // With --query or --output table the result is the JSON one, rendered
+        // by `output` (AWS text rules, a table).
+        json: g.output != OutputFormat::Text
+            || g.query.is_some()
+            || super::output::aws_text_requested(),
     });
     session
         .and_then(|s| dispatch(&s, c))
@@ -59,7 +63,7 @@ fn dispatch(s: &Session, c: KmsCommand) -> Result<(), CliError> {
         K::ImportKeyMaterial(a) => import::import_key_material(s, a),
         K::DeleteImportedKeyMaterial(a) => import::delete_imported_key_material(s, a),
         K::DescribeKey(a) => keys::describe_key(s, a),
-        K::ListKeys => keys::list_keys(s),
+        K::ListKeys(a) => keys::list_keys(s, a),
         K::EnableKey(a) => keys::enable_key(s, a),
         K::DisableKey(a) => keys::disable_key(s, a),
         K::ScheduleKeyDeletion(a) => keys::schedule_key_deletion(s, a),
@@ -80,6 +84,11 @@ fn dispatch(s: &Session, c: KmsCommand) -> Result<(), CliError> {
         K::GenerateDataKey(a) => crypto::generate_data_key(s, a),
         K::GenerateDataKeyWithoutPlaintext(a) => crypto::generate_data_key_without_plaintext(s, a),
         K::ReEncrypt(a) => crypto::re_encrypt(s, a),
+        K::GenerateRandom(a) => crypto::generate_random(s, a),
+        K::UpdateKeyDescription(a) => keys::update_key_description(s, a),
+        K::TagResource(a) => keys::tag_resource(s, a),
+        K::UntagResource(a) => keys::untag_resource(s, a),
+        K::ListResourceTags(a) => keys::list_resource_tags(s, a),
     }
 }
 
@@ -92,7 +101,7 @@ fn command_name(c: &KmsCommand) -> &'static str {
         KmsCommand::ImportKeyMaterial(_) => "import-key-material",
         KmsCommand::DeleteImportedKeyMaterial(_) => "delete-imported-key-material",
         KmsCommand::DescribeKey(_) => "describe-key",
-        KmsCommand::ListKeys => "list-keys",
+        KmsCommand::ListKeys(_) => "list-keys",
         KmsCommand::EnableKey(_) => "enable-key",
         KmsCommand::DisableKey(_) => "disable-key",
         KmsCommand::ScheduleKeyDeletion(_) => "schedule-key-deletion",
@@ -113,6 +122,11 @@ fn command_name(c: &KmsCommand) -> &'static str {
         KmsCommand::GenerateDataKey(_) => "generate-data-key",
         KmsCommand::GenerateDataKeyWithoutPlaintext(_) => "generate-data-key-without-plaintext",
         KmsCommand::ReEncrypt(_) => "re-encrypt",
+        KmsCommand::GenerateRandom(_) => "generate-random",
+        KmsCommand::UpdateKeyDescription(_) => "update-key-description",
+        KmsCommand::TagResource(_) => "tag-resource",
+        KmsCommand::UntagResource(_) => "untag-resource",
+        KmsCommand::ListResourceTags(_) => "list-resource-tags",
     }
 }
 
@@ -141,6 +155,53 @@ pub(super) fn read_blob(arg: &str, what: &str) -> Result<Zeroizing<Vec<u8>>, Cli
         })
 }
 
+/// A `fileb://` file that holds base64 text (what `--output text` prints)
+/// rather than the raw bytes: the remedy for the error it then causes.
+pub(super) fn base64_file_hint(arg: &str, bytes: &[u8]) -> Option<String> {
+    let p = arg.strip_prefix("fileb://")?;
+    let text: Vec<u8> = bytes
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    let looks = text.len() >= 8
+        && text
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+        && B64.decode(&text).is_ok();
+    looks.then(|| {
+        format!(
+            "{p} holds base64 text, not the raw blob: decode it (`base64 -d {p} > blob.bin`, \
+             then fileb://blob.bin), or pass it as file://{p}"
+        )
+    })
+}
+
+/// One page of `items` after `marker` (an index this command printed as
+/// NextMarker), at most `limit` long; the next page's marker, if any.
+pub(super) fn page<T: Clone>(
+    items: &[T],
+    a: &ListArgs,
+) -> Result<(Vec<T>, Option<String>), CliError> {
+    let start = match &a.marker {
+        None => 0,
+        Some(m) => m
+            .parse::<usize>()
+            .ok()
+            .filter(|i| *i <= items.len())
+            .ok_or_else(|| {
+                CliError::new(ErrorClass::Usage, format!("InvalidMarkerException: {m:?}"))
+                    .hint("pass the NextMarker the previous page printed")
+            })?,
+    };
+    let end = match a.limit {
+        Some(l) => (start + l as usize).min(items.len()),
+        None => items.len(),
+    };
+    let next = (end < items.len()).then(|| end.to_string());
+    Ok((items[start..end].to_vec(), next))
+}
+
 pub(super) fn context(arg: &Option<String>) -> Result<EncryptionContext, CliError> {
     match arg {
         Some(s) => Ok(EncryptionContext::parse(s)?),
@@ -159,12 +220,16 @@ mod tests {
             pending_window_in_days: None,
         });
         assert_eq!(command_name(&c), "schedule-key-deletion");
-        assert_eq!(command_name(&KmsCommand::ListKeys), "list-keys");
+        assert_eq!(
+            command_name(&KmsCommand::ListKeys(ListArgs::default())),
+            "list-keys"
+        );
         let c = KmsCommand::GenerateDataKeyWithoutPlaintext(DataKeyArgs {
             key_id: "k".into(),
             key_spec: None,
             number_of_bytes: None,
             encryption_context: None,
+            grant_tokens: vec![],
         });
         assert_eq!(command_name(&c), "generate-data-key-without-plaintext");
     }

@@ -32,6 +32,7 @@ impl KeyRecord {
             imported_material_digest: None,
             rotation_period_days: None,
             next_rotation: None,
+            tags: Default::default(),
         })
     }
 

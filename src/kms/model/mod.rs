@@ -151,6 +151,34 @@ pub struct KeyRecord {
     /// When automatic rotation is next due (epoch seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_rotation: Option<i64>,
+    /// Tags (TagResource), key to value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Most tags a key may carry (as AWS).
+pub const MAX_TAGS: usize = 50;
+
+/// Checks a tag as AWS does: key 1 to 128 characters, value up to 256, and
+/// the `aws:` prefix reserved.
+pub fn validate_tag(key: &str, value: &str) -> Result<(), KmsError> {
+    let k = key.chars().count();
+    if k == 0 || k > 128 {
+        return Err(KmsError::invalid(format!(
+            "TagKey {key:?} must be 1 to 128 characters"
+        )));
+    }
+    if value.chars().count() > 256 {
+        return Err(KmsError::invalid(format!(
+            "the TagValue of {key:?} is longer than 256 characters"
+        )));
+    }
+    if key.to_ascii_lowercase().starts_with("aws:") {
+        return Err(KmsError::invalid(format!(
+            "TagKey {key:?}: the aws: prefix is reserved"
+        )));
+    }
+    Ok(())
 }
 
 /// Everything the sealed keystore body holds.
@@ -193,7 +221,7 @@ pub fn alias_arn(keystore_id: &str, alias: &str) -> String {
     format!("{}{alias}", arn_prefix(keystore_id))
 }
 
-fn validate_description(d: &str) -> Result<(), KmsError> {
+pub(crate) fn validate_description(d: &str) -> Result<(), KmsError> {
     if d.len() > MAX_DESCRIPTION_LEN {
         return Err(KmsError::invalid(format!(
             "description is {} bytes; at most {MAX_DESCRIPTION_LEN} are allowed",

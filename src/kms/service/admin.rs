@@ -148,6 +148,72 @@ impl LocalKeyStore {
         self.update(|s, _| resolve_mut(s, &self.keystore_id_hex, key_id)?.enable())
     }
 
+    /// UpdateKeyDescription.
+    pub fn update_key_description(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+        description: &str,
+    ) -> Result<(), KmsError> {
+        model::validate_description(description)?;
+        self.update(|s, _| {
+            resolve_mut(s, &self.keystore_id_hex, key_id)?.description = description.to_string();
+            Ok(())
+        })
+    }
+
+    /// TagResource: adds or replaces tags (at most `MAX_TAGS` per key).
+    pub fn tag_resource(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+        tags: &[(String, String)],
+    ) -> Result<(), KmsError> {
+        for (k, v) in tags {
+            model::validate_tag(k, v)?;
+        }
+        self.update(|s, _| {
+            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+            let mut t = k.tags.clone();
+            t.extend(tags.iter().cloned());
+            if t.len() > model::MAX_TAGS {
+                return Err(KmsError::invalid(format!(
+                    "LimitExceededException: a key has at most {} tags",
+                    model::MAX_TAGS
+                )));
+            }
+            k.tags = t;
+            Ok(())
+        })
+    }
+
+    /// UntagResource: removes tags by key (absent ones are no error).
+    pub fn untag_resource(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+        tag_keys: &[String],
+    ) -> Result<(), KmsError> {
+        self.update(|s, _| {
+            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+            for t in tag_keys {
+                k.tags.remove(t);
+            }
+            Ok(())
+        })
+    }
+
+    /// ListResourceTags: the key's tags, sorted by key.
+    pub fn list_resource_tags(
+        &self,
+        _caller: &Caller,
+        key_id: &str,
+    ) -> Result<Vec<(String, String)>, KmsError> {
+        let snap = self.fresh_snapshot()?;
+        let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
+        Ok(k.tags.iter().map(|(a, b)| (a.clone(), b.clone())).collect())
+    }
+
     /// DisableKey.
     pub fn disable_key(&self, _caller: &Caller, key_id: &str) -> Result<(), KmsError> {
         self.update(|s, _| resolve_mut(s, &self.keystore_id_hex, key_id)?.disable())

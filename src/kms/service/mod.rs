@@ -172,6 +172,13 @@ impl LocalKeyStore {
         self.snapshot().fallback.clone()
     }
 
+    /// Seals the keystore again under a new root key (`kmsfs passwd`): a new
+    /// passphrase, or a switch between the root key file and a passphrase.
+    /// Takes the service: it holds the old root key and is done with.
+    pub fn change_root(self, new: CreateMode) -> Result<(), KmsError> {
+        store::reseal(&self.dir, &self.root, new)
+    }
+
     /// Installs the audit sink that every key use is reported to (once).
     pub fn set_audit_sink(&self, sink: Arc<dyn AuditSink>) -> Result<(), KmsError> {
         self.audit

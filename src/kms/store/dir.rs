@@ -298,6 +298,17 @@ impl KeystoreDir {
         self.sync_dir()
     }
 
+    /// Removes `root.key` (a switch to a passphrase, or a stale one left by
+    /// an interrupted switch to a key file) and syncs the directory.
+    pub(super) fn remove_root_key_file(&self) -> Result<(), KmsError> {
+        let p = self.file(ROOT_KEY_FILE);
+        match fs::remove_file(&p) {
+            Ok(()) => self.sync_dir(),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove", &p, e)),
+        }
+    }
+
     fn sync_dir(&self) -> Result<(), KmsError> {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())

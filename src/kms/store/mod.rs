@@ -7,6 +7,7 @@
 mod codec;
 mod dir;
 mod path_trust;
+mod reseal;
 mod root_key;
 
 pub use codec::{
@@ -17,6 +18,7 @@ pub use dir::{
     CURRENT_FILE, Fingerprint, KeystoreDir, LOCK_FILE, LockGuard, PREV_FILE, ROOT_KEY_FILE,
 };
 pub use path_trust::trusted_path;
+pub use reseal::reseal;
 pub use root_key::{Argon2Params, CreateMode, RootKey, RootMode, derive_argon2id};
 
 use crate::crypto;

@@ -1,0 +1,277 @@
+//! Fitting into the system: `kmsfs status` (what each running mount is
+//! doing, from its control socket), `kmsfs remount`, the mount(8) helper
+//! (`mount.fuse.kmsfs`, this binary under that name) and `install-helper`.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use super::{CliError, ErrorClass, GlobalArgs, OutputFormat};
+use crate::daemon::{self, MountInfo};
+
+/// The name mount(8) runs for `-t fuse.kmsfs` (and fstab lines of that type).
+pub const HELPER_NAME: &str = "mount.fuse.kmsfs";
+
+/// Arguments of `kmsfs status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Only this mount point [default: every kmsfs mount].
+    pub mountpoint: Option<PathBuf>,
+}
+
+/// Arguments of `kmsfs remount`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["read_only", "read_write"])))]
+pub struct RemountArgs {
+    /// The mount point of a running kmsfs mount.
+    pub mountpoint: PathBuf,
+    /// Refuse writes from now on.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Accept writes again.
+    #[arg(long)]
+    pub read_write: bool,
+}
+
+/// Arguments of `kmsfs install-helper`.
+#[derive(Debug, clap::Args)]
+pub struct InstallHelperArgs {
+    /// Where mount(8) looks for helpers.
+    #[arg(long, value_name = "DIR", default_value = "/sbin")]
+    pub dir: PathBuf,
+}
+
+fn kmsfs_mounts() -> Vec<MountInfo> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    daemon::parse_mountinfo(&text)
+        .into_iter()
+        .filter(|m| m.is_kmsfs())
+        .collect()
+}
+
+/// What is known of one mount: its daemon's answer, or mountinfo's fields
+/// and why the daemon did not answer.
+fn mount_status(m: &MountInfo) -> Value {
+    let pid = m.daemon_pid();
+    let answer = match pid {
+        Some(pid) => daemon::control_request(pid, "status").map_err(|e| e.to_string()),
+        None => Err("the mount's source does not name its daemon".to_string()),
+    };
+    match answer {
+        Ok(v) => v,
+        Err(why) => json!({
+            "Pid": pid,
+            "MountPoint": m.mountpoint.display().to_string(),
+            "Backing": m.source.splitn(3, ':').nth(2),
+            "ReadOnly": m.options.split(',').any(|o| o == "ro"),
+            "Unavailable": why,
+        }),
+    }
+}
+
+/// `kmsfs status`.
+pub fn status(g: &GlobalArgs, a: StatusArgs) -> Result<(), CliError> {
+    let mut mounts = kmsfs_mounts();
+    if let Some(mp) = &a.mountpoint {
+        let p = std::fs::canonicalize(mp).unwrap_or_else(|_| mp.clone());
+        mounts.retain(|m| m.mountpoint == p);
+        if mounts.is_empty() {
+            return Err(CliError::new(
+                ErrorClass::NotFound,
+                format!("{} is not a kmsfs mount", mp.display()),
+            )
+            .hint("`kmsfs status` without a mount point lists every kmsfs mount"));
+        }
+    }
+    let all: Vec<Value> = mounts.iter().map(mount_status).collect();
+    match g.output {
+        OutputFormat::Json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({ "Mounts": all })).unwrap_or_default()
+            );
+        }
+        OutputFormat::Text => {
+            if all.is_empty() {
+                println!("no kmsfs mounts");
+            }
+            for (i, v) in all.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                print_status(v);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_status(v: &Value) {
+    let s = |k: &str| match v.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(Value::Bool(b)) => if *b { "yes" } else { "no" }.into(),
+        Some(other) => other.to_string(),
+    };
+    println!("{}", s("MountPoint"));
+    println!("  daemon pid:         {}", s("Pid"));
+    println!("  backing directory:  {}", s("Backing"));
+    if v.get("Unavailable").is_some() {
+        println!("  read-only:          {}", s("ReadOnly"));
+        println!("  (no details: {})", s("Unavailable"));
+        return;
+    }
+    println!("  keystore:           {}", s("Keystore"));
+    println!("  key for new files:  {} ({})", s("KeyId"), s("KeyState"));
+    println!("  read-only:          {}", s("ReadOnly"));
+    println!("  mounted at:         {}", s("MountedAt"));
+    println!("  open files:         {}", s("OpenFiles"));
+    println!("  requests served:    {}", s("Requests"));
+    println!(
+        "  data-key cache:     {} hits, {} misses",
+        s("KeyCacheHits"),
+        s("KeyCacheMisses")
+    );
+    println!(
+        "  key-service calls:  {} ({} refused or failed)",
+        s("KeyServiceCalls"),
+        s("KeyServiceErrors")
+    );
+    println!("  I/O errors (EIO):   {}", s("IoErrors"));
+    println!("  log:                {}", s("LogFile"));
+}
+
+/// `kmsfs remount`.
+pub fn remount(_g: &GlobalArgs, a: RemountArgs) -> Result<(), CliError> {
+    daemon::remount(&a.mountpoint, a.read_only && !a.read_write)?;
+    Ok(())
+}
+
+/// `kmsfs install-helper`: `DIR/mount.fuse.kmsfs`, a link to this binary.
+pub fn install_helper(_g: &GlobalArgs, a: InstallHelperArgs) -> Result<(), CliError> {
+    let exe = std::env::current_exe()?;
+    let link = a.dir.join(HELPER_NAME);
+    match std::fs::symlink_metadata(&link) {
+        Ok(m) if m.file_type().is_symlink() => {
+            if std::fs::read_link(&link)? == exe {
+                println!("{} -> {} (already there)", link.display(), exe.display());
+                return Ok(());
+            }
+            std::fs::remove_file(&link)?;
+        }
+        Ok(_) => {
+            return Err(CliError::new(
+                ErrorClass::General,
+                format!("{} exists and is not a link to kmsfs", link.display()),
+            )
+            .hint("remove it first if it is an old helper"));
+        }
+        Err(_) => {}
+    }
+    std::os::unix::fs::symlink(&exe, &link)
+        .map_err(|e| CliError::new(ErrorClass::Io, format!("{}: {e}", link.display())))?;
+    println!("{} -> {}", link.display(), exe.display());
+    Ok(())
+}
+
+/// True when this binary runs as the mount(8) helper.
+pub fn is_helper(argv0: &Path) -> bool {
+    argv0
+        .file_name()
+        .is_some_and(|n| n == HELPER_NAME || n == "mount.kmsfs")
+}
+
+/// The helper's command line, as mount(8) gives it (`SOURCE TARGET [-sfnv]
+/// [-N NS] [-o OPTIONS] [-t TYPE]`), turned into `kmsfs` arguments: a mount,
+/// or a remount when the options say `remount`. None for `-f` (fake).
+pub fn helper_args(args: &[OsString]) -> Result<Option<Vec<OsString>>, CliError> {
+    let usage = || {
+        CliError::new(
+            ErrorClass::Usage,
+            format!("usage: {HELPER_NAME} BACKING MOUNTPOINT [-o OPTIONS]"),
+        )
+    };
+    let mut pos = Vec::new();
+    let mut opts: Vec<String> = Vec::new();
+    let mut fake = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.to_str() {
+            Some("-o") => opts.push(it.next().ok_or_else(usage)?.to_string_lossy().into()),
+            Some("-t") | Some("-N") => {
+                it.next().ok_or_else(usage)?;
+            }
+            Some("-f") => fake = true,
+            Some("-s") | Some("-n") | Some("-v") => {}
+            Some(s) if s.starts_with("-o") && s.len() > 2 => opts.push(s[2..].to_string()),
+            _ => pos.push(a.clone()),
+        }
+    }
+    let [source, target] = <[OsString; 2]>::try_from(pos).map_err(|_| usage())?;
+    if fake {
+        return Ok(None);
+    }
+    let all: Vec<&str> = opts.iter().flat_map(|o| o.split(',')).collect();
+    if all.contains(&"remount") {
+        // mount(8) passes the mount's whole option list: the last ro/rw wins.
+        let ro = all.iter().rev().find(|o| **o == "ro" || **o == "rw") == Some(&"ro");
+        let mode = if ro { "--read-only" } else { "--read-write" };
+        return Ok(Some(vec![
+            "kmsfs".into(),
+            "remount".into(),
+            target,
+            mode.into(),
+        ]));
+    }
+    let mut v: Vec<OsString> = vec!["kmsfs".into(), "mount".into(), source, target];
+    if !opts.is_empty() {
+        v.push("-o".into());
+        v.push(opts.join(",").into());
+    }
+    Ok(Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn helper_arguments() {
+        let a = helper_args(&s(&[
+            "/b",
+            "/m",
+            "-o",
+            "rw,keystore=/k",
+            "-t",
+            "fuse.kmsfs",
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            a,
+            s(&["kmsfs", "mount", "/b", "/m", "-o", "rw,keystore=/k"])
+        );
+        let a = helper_args(&s(&[
+            "kmsfs:1:/b",
+            "/m",
+            "-o",
+            "rw,nosuid,relatime,ro,remount",
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(a, s(&["kmsfs", "remount", "/m", "--read-only"]));
+        let a = helper_args(&s(&["x", "/m", "-o", "ro,remount,rw"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(a, s(&["kmsfs", "remount", "/m", "--read-write"]));
+        assert!(helper_args(&s(&["/b", "/m", "-f"])).unwrap().is_none());
+        assert!(helper_args(&s(&["/b"])).is_err());
+        assert!(is_helper(Path::new("/sbin/mount.fuse.kmsfs")));
+        assert!(!is_helper(Path::new("/usr/bin/kmsfs")));
+    }
+}

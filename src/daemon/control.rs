@@ -1,0 +1,355 @@
+//! The running mount's control socket: `kmsfs status` asks it what the mount
+//! is doing, and a remount (`mount -o remount,ro|rw`) switches the daemon
+//! read-only or read-write. One socket per daemon, `/run/kmsfs/PID.sock` for
+//! root (else `$XDG_RUNTIME_DIR/kmsfs/PID.sock`), 0600 in a 0700 directory
+//! its owner alone may enter. One request per connection, one JSON line back.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::kms::{
+    Caller, DataKey, DataKeySpec, Decrypted, Encrypted, EncryptionContext, KeyMetadata, KeyService,
+    KmsError,
+};
+use crate::logtext::escaped;
+use crate::os;
+
+/// A key service that counts the calls made to it and the refusals.
+pub(super) struct CountingService {
+    inner: Arc<dyn KeyService>,
+    calls: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl CountingService {
+    /// Wraps `inner`.
+    pub(super) fn new(inner: Arc<dyn KeyService>) -> Self {
+        Self {
+            inner,
+            calls: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        }
+    }
+
+    fn count<T>(&self, r: Result<T, KmsError>) -> Result<T, KmsError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if r.is_err() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl KeyService for CountingService {
+    fn generate_data_key(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        spec: DataKeySpec,
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        self.count(self.inner.generate_data_key(caller, key_id, spec, context))
+    }
+
+    fn decrypt(
+        &self,
+        caller: &Caller,
+        ciphertext_blob: &[u8],
+        context: &EncryptionContext,
+        key_id: Option<&str>,
+    ) -> Result<Decrypted, KmsError> {
+        self.count(self.inner.decrypt(caller, ciphertext_blob, context, key_id))
+    }
+
+    fn encrypt(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        plaintext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<Encrypted, KmsError> {
+        self.count(self.inner.encrypt(caller, key_id, plaintext, context))
+    }
+
+    fn re_encrypt(
+        &self,
+        caller: &Caller,
+        ciphertext_blob: &[u8],
+        source_context: &EncryptionContext,
+        destination_key_id: &str,
+        destination_context: &EncryptionContext,
+    ) -> Result<Encrypted, KmsError> {
+        self.count(self.inner.re_encrypt(
+            caller,
+            ciphertext_blob,
+            source_context,
+            destination_key_id,
+            destination_context,
+        ))
+    }
+
+    fn describe_key(&self, caller: &Caller, key_id: &str) -> Result<KeyMetadata, KmsError> {
+        self.count(self.inner.describe_key(caller, key_id))
+    }
+
+    fn generation(&self) -> u64 {
+        self.inner.generation()
+    }
+}
+
+/// What the control socket reports and changes.
+pub(super) struct MountState {
+    pub(super) backing: PathBuf,
+    pub(super) mountpoint: PathBuf,
+    pub(super) keystore: Option<PathBuf>,
+    pub(super) key_id: String,
+    pub(super) log_file: Option<PathBuf>,
+    pub(super) started: i64,
+    pub(super) read_only: Arc<AtomicBool>,
+    /// The backing directory cannot be written: never read-write.
+    pub(super) backing_read_only: bool,
+    pub(super) shared_storage: bool,
+    pub(super) ks: Arc<CountingService>,
+}
+
+impl MountState {
+    fn status(&self) -> Value {
+        let c = crate::fs::counters();
+        let (uid, gid) = os::ids::ids();
+        let caller = Caller {
+            uid,
+            gid,
+            pid: std::process::id(),
+        };
+        // Asked of the keystore itself: not a call the mount made.
+        let key_state = match self.ks.inner.describe_key(&caller, &self.key_id) {
+            Ok(m) => m.key_state.as_str().to_string(),
+            Err(e) => format!("unknown ({e})"),
+        };
+        let requests: u64 = crate::fs::requests_served();
+        json!({
+            "Pid": std::process::id(),
+            "MountPoint": self.mountpoint.display().to_string(),
+            "Backing": self.backing.display().to_string(),
+            "Keystore": self.keystore.as_ref().map(|p| p.display().to_string()),
+            "KeyId": self.key_id,
+            "KeyState": key_state,
+            "ReadOnly": self.read_only.load(Ordering::Relaxed),
+            "SharedStorage": self.shared_storage,
+            "MountedAt": crate::kms::clock::format_rfc3339(self.started),
+            "OpenFiles": c.open_files,
+            "Requests": requests,
+            "KeyCacheHits": c.key_cache_hits,
+            "KeyCacheMisses": c.key_cache_misses,
+            "KeyServiceCalls": self.ks.calls.load(Ordering::Relaxed),
+            "KeyServiceErrors": self.ks.errors.load(Ordering::Relaxed),
+            "IoErrors": c.io_errors,
+            "LogFile": self.log_file.as_ref().map(|p| p.display().to_string()),
+        })
+    }
+
+    fn answer(&self, request: &str) -> Value {
+        match request.trim() {
+            "status" => self.status(),
+            "read-only on" => {
+                self.read_only.store(true, Ordering::SeqCst);
+                log::info!("remounted {} read-only", escaped(&self.mountpoint));
+                json!({ "ReadOnly": true })
+            }
+            "read-only off" if self.backing_read_only => json!({
+                "Error": format!(
+                    "{} cannot be written: the mount stays read-only",
+                    self.backing.display()
+                )
+            }),
+            "read-only off" => {
+                self.read_only.store(false, Ordering::SeqCst);
+                log::info!("remounted {} read-write", escaped(&self.mountpoint));
+                json!({ "ReadOnly": false })
+            }
+            other => json!({ "Error": format!("unknown request {other:?}") }),
+        }
+    }
+}
+
+/// The directory of the control sockets of this user's daemons.
+fn socket_dir() -> Option<PathBuf> {
+    if os::ids::is_root() {
+        return Some(PathBuf::from("/run/kmsfs"));
+    }
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|v| !v.is_empty())
+        .map(|d| PathBuf::from(d).join("kmsfs"))
+}
+
+/// The control socket of the daemon `pid` (of this user).
+pub fn socket_path(pid: u32) -> Option<PathBuf> {
+    socket_dir().map(|d| d.join(format!("{pid}.sock")))
+}
+
+/// Makes the socket directory (0700) and checks that it is ours alone.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let m = std::fs::symlink_metadata(dir)?;
+    if !m.is_dir() || m.uid() != os::ids::ids().0 || m.mode() & 0o077 != 0 {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory of this user's alone (owner uid {}, mode {:o})",
+            dir.display(),
+            m.uid(),
+            m.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Removes the sockets of daemons that are gone (killed, so they could not
+/// remove their own), in a directory `private_dir` checked to be ours.
+fn remove_stale(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".sock"))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// A bound control socket; removed when dropped.
+pub(super) struct ControlSocket {
+    path: PathBuf,
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds this daemon's control socket and serves it on a thread. None (with
+/// a warning) when there is nowhere safe to put it: the mount serves anyway,
+/// without status or remount.
+pub(super) fn start(state: Arc<MountState>) -> Option<ControlSocket> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = socket_path(std::process::id())?;
+    let dir = path.parent()?;
+    let bound = private_dir(dir).and_then(|()| {
+        remove_stale(dir);
+        // A socket of an earlier process that had this pid.
+        let _ = std::fs::remove_file(&path);
+        let l = UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(l)
+    });
+    let listener = match bound {
+        Ok(l) => l,
+        Err(e) => {
+            log::warn!(
+                "no control socket ({}: {e}): `kmsfs status` and remount will not reach this mount",
+                escaped(&path)
+            );
+            return None;
+        }
+    };
+    let sock = ControlSocket { path };
+    let spawned = std::thread::Builder::new()
+        .name("kmsfs-control".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(c) => {
+                        if let Err(e) = serve_one(&state, c) {
+                            log::debug!("control request: {e}");
+                        }
+                    }
+                    Err(e) => log::debug!("control socket: {e}"),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("no control socket thread: {e}");
+        return None;
+    }
+    Some(sock)
+}
+
+fn serve_one(state: &MountState, conn: UnixStream) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    conn.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut line = String::new();
+    BufReader::new(&conn).take_line(&mut line, 256)?;
+    let mut out = state.answer(&line).to_string();
+    out.push('\n');
+    (&conn).write_all(out.as_bytes())
+}
+
+trait TakeLine {
+    fn take_line(&mut self, buf: &mut String, max: u64) -> std::io::Result<usize>;
+}
+
+impl<R: BufRead> TakeLine for R {
+    fn take_line(&mut self, buf: &mut String, max: u64) -> std::io::Result<usize> {
+        use std::io::Read;
+        self.take(max).read_line(buf)
+    }
+}
+
+/// Why the control socket of a daemon could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// This user has no socket directory, or the daemon made no socket.
+    #[error("no control socket for daemon {0} reachable by this user")]
+    NoSocket(u32),
+    /// Connecting or talking failed.
+    #[error("control socket {0}: {1}")]
+    Io(String, std::io::Error),
+    /// The daemon refused the request.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Sends `request` to the daemon `pid` and returns its answer.
+pub fn control_request(pid: u32, request: &str) -> Result<Value, ControlError> {
+    let path = socket_path(pid).ok_or(ControlError::NoSocket(pid))?;
+    let io = |e| ControlError::Io(path.display().to_string(), e);
+    let conn = match UnixStream::connect(&path) {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ControlError::NoSocket(pid));
+        }
+        Err(e) => return Err(io(e)),
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(io)?;
+    (&conn)
+        .write_all(format!("{request}\n").as_bytes())
+        .map_err(io)?;
+    let mut line = String::new();
+    BufReader::new(&conn)
+        .take_line(&mut line, 1 << 20)
+        .map_err(io)?;
+    let v: Value = serde_json::from_str(&line)
+        .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+    if let Some(e) = v.get("Error").and_then(Value::as_str) {
+        return Err(ControlError::Refused(e.to_string()));
+    }
+    Ok(v)
+}
