@@ -238,8 +238,10 @@ impl KmsFs {
         kill: bool,
     ) -> Result<(), FsError> {
         let f = self.open_state(ino)?;
-        if kill {
-            privs::drop_for(f.read().file(), caller, Kill::Asked)?;
+        if kill && privs::drop_for(f.read().file(), caller, Kill::Asked)? {
+            // The kernel caches the mode for the TTL and learns of this
+            // change only from us (an exec must not see the setid bits).
+            self.kernel.attr_changed(ino);
         }
         f.write_at(data, offset)
     }
@@ -259,7 +261,9 @@ impl KmsFs {
         mode: i32,
     ) -> Result<(), FsError> {
         let f = self.open_state(ino)?;
-        privs::drop_for(f.read().file(), caller, Kill::IfUnprivileged)?;
+        if privs::drop_for(f.read().file(), caller, Kill::IfUnprivileged)? {
+            self.kernel.attr_changed(ino);
+        }
         f.write()
             .fallocate(offset, len, mode)
             .map_err(|e| FsError::envelope(e, f.backing()))
