@@ -171,3 +171,39 @@ fn shared_storage_lists_afresh_and_shows_changes_beside_the_mount() {
         "{before:?} -> {after:?}"
     );
 }
+
+#[test]
+fn a_file_read_again_is_served_from_the_page_cache_until_it_changes_beside_the_mount() {
+    if !require_root("keep cache", "trusted.* xattrs are root's") {
+        return;
+    }
+    let Some(m) = Mount::new("keep-cache") else {
+        return;
+    };
+    let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
+    fs::write(m.p("f"), &data).unwrap();
+    let reads = |m: &Mount| {
+        let before = requests(m);
+        assert_eq!(fs::read(m.p("f")).unwrap(), data);
+        grew(&before, &requests(m), "read")
+    };
+    // Written through the mount: the kernel's pages are the content.
+    assert_eq!(reads(&m), 0, "read again after the write");
+    assert_eq!(reads(&m), 0, "read a third time");
+    // A change beside the mount (here only its mode: ctime) drops them.
+    fs::set_permissions(
+        m.b("f"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
+    assert!(reads(&m) > 0, "read after a change beside the mount");
+    assert_eq!(reads(&m), 0);
+    // Tampering beside the mount is seen at the next open: EIO, never
+    // the old pages.
+    let mut raw = fs::read(m.b("f")).unwrap();
+    let at = raw.len() / 2;
+    raw[at] ^= 1;
+    fs::write(m.b("f"), &raw).unwrap();
+    let err = fs::read(m.p("f")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+}

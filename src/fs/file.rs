@@ -88,15 +88,31 @@ impl KmsFs {
         truncate: bool,
         writing: bool,
     ) -> Result<Arc<OpenFile>, FsError> {
-        let f = match self.opens.get(ino) {
-            Some(existing) => self.reopen(ino, &existing, caller, writing)?,
+        self.open_keeping(ino, caller, truncate, writing)
+            .map(|(f, _)| f)
+    }
+
+    /// `open_for`, and whether the kernel may keep the pages it caches of
+    /// the file: only when no handle was open and the backing file is as it
+    /// was when its last handle closed (`OpenTable::unchanged_since_closed`):
+    /// a change beside the mount (tampering included) still drops them.
+    /// Never on shared storage, where others write the files.
+    pub fn open_keeping(
+        &self,
+        ino: u64,
+        caller: &Caller,
+        truncate: bool,
+        writing: bool,
+    ) -> Result<(Arc<OpenFile>, bool), FsError> {
+        let (f, keep) = match self.opens.get(ino) {
+            Some(existing) => (self.reopen(ino, &existing, caller, writing)?, false),
             None => self.open_fresh(ino, caller, writing)?,
         };
         if truncate && let Err(e) = f.set_len(0) {
             self.opens.release(ino);
             return Err(e);
         }
-        Ok(f)
+        Ok((f, keep && !truncate && self.kernel_caches()))
     }
 
     /// The check every open makes, for a file someone already has open:
@@ -122,7 +138,7 @@ impl KmsFs {
         match self.opens.attach_existing(ino) {
             Some(f) => Ok(f),
             // The last handle went meanwhile: open afresh.
-            None => self.open_fresh(ino, caller, writing),
+            None => self.open_fresh(ino, caller, writing).map(|(f, _)| f),
         }
     }
 
@@ -131,7 +147,7 @@ impl KmsFs {
         ino: u64,
         caller: &Caller,
         writing: bool,
-    ) -> Result<Arc<OpenFile>, FsError> {
+    ) -> Result<(Arc<OpenFile>, bool), FsError> {
         let acc = if self.cfg.read_only {
             libc::O_RDONLY
         } else {
@@ -149,6 +165,7 @@ impl KmsFs {
         if m.is_dir() {
             return Err(FsError::IsDirectory);
         }
+        let keep = m.len() > 0 && self.opens.unchanged_since_closed(ino, &m);
         let ef = if m.len() == 0 && !self.cfg.read_only && writing {
             // An empty backing file holds nothing yet (a crash between create
             // and header, or a file made beside the mount): an open for
@@ -177,7 +194,7 @@ impl KmsFs {
             self.opens.release(ino);
             return Err(e);
         }
-        Ok(f)
+        Ok((f, keep))
     }
 
     /// An existing encrypted file with its data key for `caller`.

@@ -145,10 +145,11 @@ impl KmsFs {
         self.cfg.ttl
     }
 
-    /// True when the kernel may cache directory listings and keep them
-    /// across opendir: not on shared storage (TTL 0), where others change
-    /// the backing directory.
-    pub fn cache_dirs(&self) -> bool {
+    /// True when the kernel may keep what it caches across opens (directory
+    /// listings, and the pages of a file unchanged since it was last
+    /// closed): not on shared storage (TTL 0), where others change the
+    /// backing directory.
+    pub fn kernel_caches(&self) -> bool {
         !self.cfg.ttl.is_zero()
     }
 

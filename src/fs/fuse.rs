@@ -155,7 +155,7 @@ impl KmsFs {
     /// Not with -o sharedstorage (TTL 0): others change the backing
     /// directory at any time, and every listing is read afresh.
     fn dir_open_flags(&self) -> FopenFlags {
-        if self.cache_dirs() {
+        if self.kernel_caches() {
             FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
         } else {
             FopenFlags::empty()
@@ -345,9 +345,14 @@ impl Filesystem for KmsFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let truncate = flags.0 & libc::O_TRUNC != 0;
         let writing = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
-        let body = || KmsFs::open_for(self, ino.0, &caller(req), truncate, writing);
-        serve(Op::Open, reply, body, |r, _| {
-            r.opened(FileHandle(ino.0), OPEN_FLAGS)
+        let body = || KmsFs::open_keeping(self, ino.0, &caller(req), truncate, writing);
+        serve(Op::Open, reply, body, |r, (_, keep)| {
+            let flags = if keep {
+                OPEN_FLAGS | FopenFlags::FOPEN_KEEP_CACHE
+            } else {
+                OPEN_FLAGS
+            };
+            r.opened(FileHandle(ino.0), flags)
         });
     }
 
