@@ -8,7 +8,9 @@
 #
 # Workloads: tar -x of the bench's small-file tree (/usr/include + /usr/lib/python3.*)
 # then sync; ls -lR of it twice (the second, warm, is reported); stat of every file
-# (find -ls), warm; rm -rf of it; fio randwrite 4 KiB buffered, 20,000 writes, end_fsync.
+# (find -ls), warm; cat of every file, twice (the second is reported); rm -rf of it;
+# fio randwrite 4 KiB buffered, 20,000 writes, end_fsync (needs fio).
+# KMSFS_OPTS: -o options for the mount (e.g. sharedstorage).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kmsfs=${1:-$PWD/target/debug/kmsfs}
@@ -48,6 +50,10 @@ row untar sh -c "tar -C '$m' -xf '$work/tree.tar' && sync"
 ls -lR "$m/usr" >/dev/null
 row lsR-warm ls -lR "$m/usr"
 row stat-warm find "$m/usr" -ls
+catall() { find "$m/usr" -type f -print0 | xargs -0 cat > /dev/null; }
+catall
+row cat-again catall
 row rmtree rm -rf "$m/usr"
+command -v fio >/dev/null || { echo "randwrite: fio is not installed"; exit 0; }
 row randwrite fio --name=rw --filename="$m/big" --ioengine=psync --rw=randwrite --bs=4k \
   --size=64M --number_ios=20000 --end_fsync=1 --randrepeat=1
