@@ -499,6 +499,51 @@ mod tests {
     const ROOT_INO_FOR_TESTS: u64 = super::super::inodes::ROOT_INO;
 
     #[test]
+    fn pages_are_kept_only_for_a_file_unchanged_since_its_last_close() {
+        let (dir, ks, fs) = fs();
+        let (attr, f) = fs
+            .create(ROOT_INO_FOR_TESTS, OsStr::new("k"), 0o644, &ROOT)
+            .unwrap();
+        f.write_at(b"kept", 0).unwrap();
+        let ino = attr.ino;
+        let keep = |who: &Caller| {
+            let (_, keep) = fs.open_keeping(ino, who, false, false).unwrap();
+            keep
+        };
+        fs.release(ino);
+        // Closed and untouched since: keep.
+        assert!(keep(&ROOT));
+        // A second handle while one is open: the shared state serves it, the
+        // kernel's pages are dropped as before (nothing recorded to compare).
+        assert!(!keep(&ROOT));
+        fs.release(ino);
+        fs.release(ino);
+        assert!(keep(&ROOT));
+        fs.release(ino);
+        // Changed beside the mount (a mode change is enough: ctime): drop.
+        std::fs::set_permissions(
+            dir.path().join("k"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        assert!(!keep(&ROOT));
+        fs.release(ino);
+        assert!(keep(&ROOT));
+        fs.release(ino);
+        // O_TRUNC never keeps; a refused key is refused, kept pages or not.
+        assert!(!fs.open_keeping(ino, &ROOT, true, true).unwrap().1);
+        fs.release(ino);
+        ks.inner.refuse.store(true, Ordering::SeqCst);
+        ks.generation.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(
+            fs.open_keeping(ino, &ROOT, false, false)
+                .err()
+                .map(|e| e.errno()),
+            Some(libc::EACCES)
+        );
+    }
+
+    #[test]
     fn truncate_by_path_checks_the_key_while_another_handle_is_open() {
         let (_dir, ks, fs) = fs();
         let (attr, f) = fs
