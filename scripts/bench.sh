@@ -45,6 +45,9 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# The machine's load when the run starts and ends goes into the results: timings
+# taken beside other work are noisy (the request counts are not).
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
 work=$(mktemp -d /var/tmp/kmsfs-bench.XXXXXX)
 mounts=()
 cleanup() {
@@ -139,4 +142,4 @@ mkdir -p "$RESULTS"
 stamp=$(date +%Y%m%d-%H%M%S)
 cp "$csv" "$RESULTS/raw-$stamp.csv"
 python3 scripts/bench/report.py "$csv" "$reqs" "$RESULTS" "$stamp" \
-  "rounds=$ROUNDS mb=$MB rand_secs=$RSECS tree=$nfiles files/$ndirs dirs/$tsize MiB kernel=$(uname -r) cpus=$(nproc) load=$(cut -d' ' -f1-3 /proc/loadavg)"
+  "rounds=$ROUNDS mb=$MB rand_secs=$RSECS tree=$nfiles files/$ndirs dirs/$tsize MiB kernel=$(uname -r) cpus=$(nproc) load(start)=$load0 load(end)=$(cut -d' ' -f1-3 /proc/loadavg)"

@@ -77,3 +77,133 @@ fn a_root_mount_raises_its_read_ahead_window() {
     // The kernel's default for a FUSE mount is 128 KiB.
     assert_eq!(kb.trim(), "4096");
 }
+
+/// The names in `dir`, sorted (one getdents walk from the start).
+fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn grew(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, op: &str) -> u64 {
+    after.get(op).copied().unwrap_or(0) - before.get(op).copied().unwrap_or(0)
+}
+
+#[test]
+fn the_kernel_keeps_listings_and_drops_them_on_every_change_through_the_mount() {
+    if !require_root("listing cache", "trusted.* xattrs are root's") {
+        return;
+    }
+    let Some(m) = Mount::new("listing-cache") else {
+        return;
+    };
+    let d = m.p("d");
+    fs::create_dir(&d).unwrap();
+    let mut want: Vec<String> = (0..40).map(|i| format!("f{i:02}")).collect();
+    for n in &want {
+        fs::write(d.join(n), b"x").unwrap();
+    }
+    assert_eq!(names(&d), want);
+    // Listed again: from the kernel's cache, no READDIR(PLUS) reaches the daemon.
+    let before = requests(&m);
+    assert_eq!(names(&d), want);
+    let after = requests(&m);
+    assert_eq!(
+        grew(&before, &after, "readdirplus") + grew(&before, &after, "readdir"),
+        0,
+        "{before:?} -> {after:?}"
+    );
+    // Every kind of change made through the mount shows at the next listing.
+    fs::write(d.join("new"), b"y").unwrap();
+    want.push("new".into());
+    want.sort();
+    assert_eq!(names(&d), want);
+    fs::remove_file(d.join("f07")).unwrap();
+    want.retain(|n| n != "f07");
+    assert_eq!(names(&d), want);
+    fs::rename(d.join("f08"), d.join("renamed")).unwrap();
+    want.retain(|n| n != "f08");
+    want.push("renamed".into());
+    want.sort();
+    assert_eq!(names(&d), want);
+    fs::rename(d.join("f09"), m.p("moved-out")).unwrap();
+    want.retain(|n| n != "f09");
+    assert_eq!(names(&d), want);
+    fs::create_dir(d.join("sub")).unwrap();
+    std::os::unix::fs::symlink("f10", d.join("link")).unwrap();
+    fs::hard_link(d.join("f11"), d.join("hard")).unwrap();
+    want.extend(["sub".into(), "link".into(), "hard".into()]);
+    want.sort();
+    assert_eq!(names(&d), want);
+    // And the attributes shown are the new ones (link count of a hard link).
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(d.join("f11")).unwrap().nlink(), 2);
+    fs::remove_file(d.join("hard")).unwrap();
+    assert_eq!(fs::metadata(d.join("f11")).unwrap().nlink(), 1);
+}
+
+#[test]
+fn shared_storage_lists_afresh_and_shows_changes_beside_the_mount() {
+    if !require_root("shared listing", "trusted.* xattrs are root's") {
+        return;
+    }
+    let Some(m) = Mount::with_args("shared-listing", &["-o", "sharedstorage"]) else {
+        return;
+    };
+    let d = m.p("d");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("a"), b"x").unwrap();
+    assert_eq!(names(&d), ["a"]);
+    // Another writer of the storage adds a name (a FIFO: no header needed).
+    let made = std::process::Command::new("mkfifo")
+        .arg(m.b("d/beside"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let before = requests(&m);
+    assert_eq!(names(&d), ["a", "beside"]);
+    let after = requests(&m);
+    assert!(
+        grew(&before, &after, "readdirplus") > 0,
+        "{before:?} -> {after:?}"
+    );
+}
+
+#[test]
+fn a_file_read_again_is_served_from_the_page_cache_until_it_changes_beside_the_mount() {
+    if !require_root("keep cache", "trusted.* xattrs are root's") {
+        return;
+    }
+    let Some(m) = Mount::new("keep-cache") else {
+        return;
+    };
+    let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
+    fs::write(m.p("f"), &data).unwrap();
+    let reads = |m: &Mount| {
+        let before = requests(m);
+        assert_eq!(fs::read(m.p("f")).unwrap(), data);
+        grew(&before, &requests(m), "read")
+    };
+    // Written through the mount: the kernel's pages are the content.
+    assert_eq!(reads(&m), 0, "read again after the write");
+    assert_eq!(reads(&m), 0, "read a third time");
+    // A change beside the mount (here only its mode: ctime) drops them.
+    fs::set_permissions(
+        m.b("f"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
+    assert!(reads(&m) > 0, "read after a change beside the mount");
+    assert_eq!(reads(&m), 0);
+    // Tampering beside the mount is seen at the next open: EIO, never
+    // the old pages.
+    let mut raw = fs::read(m.b("f")).unwrap();
+    let at = raw.len() / 2;
+    raw[at] ^= 1;
+    fs::write(m.b("f"), &raw).unwrap();
+    let err = fs::read(m.p("f")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+}

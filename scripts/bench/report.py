@@ -20,6 +20,17 @@ ROWS = [  # key, label, higher is better
     ("rmtree", "rm -rf of the tree (s)", False),
 ]
 TARGETS = ["plain", "kmsfs", "gocryptfs"]
+# The goal per row, as text and as a test of kmsfs's ratio k (to
+# plain) and gocryptfs's g in the same run.
+GOALS = {
+    "seqwrite": (">= 0.90", lambda k, g: k >= 0.90),
+    "seqread": (">= 0.90", lambda k, g: k >= 0.90),
+    "randwrite": (">= 0.50", lambda k, g: k >= 0.50),
+    "randread": (">= 0.90", lambda k, g: k >= 0.90),
+    "untar": ("<= gocryptfs/2 and <= 5x", lambda k, g: k <= 5 and g is not None and k <= g / 2),
+    "lsR": ("<= 2x", lambda k, g: k <= 2),
+    "rmtree": ("<= 1.5x", lambda k, g: k <= 1.5),
+}
 
 
 def main():
@@ -54,16 +65,22 @@ def main():
 
     print(f"\n== median of the rounds; ratio to plain ({note})")
     print("throughput rows: ratio > 1 is faster than plain; time rows: ratio < 1 is faster\n")
-    print("| workload | plain | kmsfs | gocryptfs |")
-    print("|---|---|---|---|")
+    print("| workload | plain | gocryptfs | kmsfs | goal | met |")
+    print("|---|---|---|---|---|---|")
     for r in table:
         cells = [fmt(r["plain"])]
-        for t in ("kmsfs", "gocryptfs"):
+        for t in ("gocryptfs", "kmsfs"):
             ratio = r[t + "_ratio"]
             x = "" if r["higher_is_better"] else "x"
             cells.append(f"{fmt(r[t])} ({ratio:.2f}{x})" if ratio is not None else "NA")
-        print(f"| {r['label']} | " + " | ".join(cells) + " |")
-    print(f"| peak RSS of the mount (MiB) | | {fmt(rss['kmsfs'])} | {fmt(rss['gocryptfs'])} |")
+        goal, test = GOALS.get(r["row"], ("", None))
+        k, g = r["kmsfs_ratio"], r["gocryptfs_ratio"]
+        met = "" if test is None or k is None else ("yes" if test(k, g) else "no")
+        r["goal"], r["met"] = goal, met
+        print(f"| {r['label']} | " + " | ".join(cells) + f" | {goal} | {met} |")
+    rss_met = "" if rss["kmsfs"] is None else ("yes" if rss["kmsfs"] <= 64 else "no")
+    print(f"| peak RSS of the mount (MiB) | | {fmt(rss['gocryptfs'])} | {fmt(rss['kmsfs'])} "
+          f"| <= 64 | {rss_met} |")
     print("\n== FUSE requests kmsfs served per workload (round 1, the daemon's counters)\n")
     print("| workload | requests | by opcode |")
     print("|---|---|---|")

@@ -33,9 +33,13 @@ pub use self::options::{Options, Settings, parse_options};
 
 /// Serving threads (each costs about 1 MiB of RSS).
 pub const SERVING_THREADS: usize = 4;
-/// Entry and attribute time-to-live: changes made beside the mount in the
-/// backing directory show within this time.
-pub const TTL: Duration = Duration::from_secs(1);
+/// Entry and attribute time-to-live (and how long a cached directory
+/// listing may go unchecked): the kernel updates its caches itself for every
+/// change made through the mount, and the daemon tells it of the changes it
+/// makes on its own (fs/filesystem.rs, KernelCache); changes made beside the
+/// mount in the backing directory show within this time (docs/PERFORMANCE.md).
+/// `-o sharedstorage` sets 0.
+pub const TTL: Duration = Duration::from_secs(30);
 
 /// Why a mount or unmount failed.
 #[derive(Debug, thiserror::Error)]

@@ -121,8 +121,11 @@ pub(super) fn serve(
         }
     );
     let _control = control::start(state);
-    ready(Ok(()));
+    // Before telling the parent: whoever uses the mount once `kmsfs mount`
+    // returns reads with the raised window (fuser made the INIT handshake,
+    // which could only have lowered it, when the session was made).
     super::readahead::raise(&req.mountpoint);
+    ready(Ok(()));
     let mp = req.mountpoint.clone();
     std::thread::Builder::new()
         .name("kmsfs-signals".into())

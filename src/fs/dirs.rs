@@ -35,20 +35,30 @@ pub struct DirEntry {
 pub(super) struct DirHandle {
     ino: u64,
     dir: File,
-    entries: Mutex<Arc<Vec<DirEntry>>>,
+    /// The listing under way; None until the first readdir.
+    entries: Mutex<Option<Arc<Vec<DirEntry>>>>,
 }
 
 impl DirHandle {
     /// The entries a readdir at `offset` serves from: listed afresh at 0,
-    /// else the snapshot of the listing under way.
+    /// else the snapshot of the listing under way. A handle's first readdir
+    /// may come at an offset other than 0: the kernel caches listings
+    /// (FOPEN_CACHE_DIR) and hands a reader over to the daemon where its
+    /// cache ends, at the offset that another handle's listing gave; the
+    /// handle then lists the directory, in the same order as that listing
+    /// when the directory has not changed since.
     pub(super) fn entries(&self, offset: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
         let mut snapshot = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if offset == 0 {
-            let mut all = list(&self.dir)?;
-            all.retain(|e| !super::node::is_reserved(self.ino, &e.name));
-            *snapshot = Arc::new(all);
+        match &*snapshot {
+            Some(s) if offset != 0 => Ok(s.clone()),
+            _ => {
+                let mut all = list(&self.dir)?;
+                all.retain(|e| !super::node::is_reserved(self.ino, &e.name));
+                let all = Arc::new(all);
+                *snapshot = Some(all.clone());
+                Ok(all)
+            }
         }
-        Ok(snapshot.clone())
     }
 }
 
@@ -96,7 +106,7 @@ impl DirTable {
         let h = DirHandle {
             ino,
             dir,
-            entries: Mutex::new(Arc::new(Vec::new())),
+            entries: Mutex::new(None),
         };
         self.lock().insert(fh, Arc::new(h));
         fh
@@ -207,6 +217,11 @@ mod tests {
         );
         assert_eq!(h.entries(0).unwrap().len(), 2);
         assert!(t.metadata(8).is_none());
+        // A handle whose first readdir comes past the start (the kernel's
+        // cached listing ended there) lists the directory.
+        let fresh = t.open(7, File::open(tmp.path().join("moved")).unwrap());
+        assert_eq!(t.get(fresh).unwrap().entries(1).unwrap().len(), 2);
+        t.release(fresh);
         t.release(fh);
         assert!(t.metadata(7).is_none());
         assert_eq!(t.get(fh).err().map(|e| e.errno()), Some(libc::EBADF));

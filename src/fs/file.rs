@@ -90,15 +90,31 @@ impl KmsFs {
         truncate: bool,
         writing: bool,
     ) -> Result<Arc<OpenFile>, FsError> {
-        let f = match self.opens.get(ino) {
-            Some(existing) => self.reopen(ino, &existing, caller, writing)?,
+        self.open_keeping(ino, caller, truncate, writing)
+            .map(|(f, _)| f)
+    }
+
+    /// `open_for`, and whether the kernel may keep the pages it caches of
+    /// the file: only when no handle was open and the backing file is as it
+    /// was when its last handle closed (`OpenTable::unchanged_since_closed`):
+    /// a change beside the mount (tampering included) still drops them.
+    /// Never on shared storage, where others write the files.
+    pub fn open_keeping(
+        &self,
+        ino: u64,
+        caller: &Caller,
+        truncate: bool,
+        writing: bool,
+    ) -> Result<(Arc<OpenFile>, bool), FsError> {
+        let (f, keep) = match self.opens.get(ino) {
+            Some(existing) => (self.reopen(ino, &existing, caller, writing)?, false),
             None => self.open_fresh(ino, caller, writing)?,
         };
         if truncate && let Err(e) = f.set_len(0) {
             self.opens.release(ino);
             return Err(e);
         }
-        Ok(f)
+        Ok((f, keep && !truncate && self.kernel_caches()))
     }
 
     /// The check every open makes, for a file someone already has open:
@@ -124,7 +140,7 @@ impl KmsFs {
         match self.opens.attach_existing(ino) {
             Some(f) => Ok(f),
             // The last handle went meanwhile: open afresh.
-            None => self.open_fresh(ino, caller, writing),
+            None => self.open_fresh(ino, caller, writing).map(|(f, _)| f),
         }
     }
 
@@ -133,7 +149,7 @@ impl KmsFs {
         ino: u64,
         caller: &Caller,
         writing: bool,
-    ) -> Result<Arc<OpenFile>, FsError> {
+    ) -> Result<(Arc<OpenFile>, bool), FsError> {
         let acc = if self.read_only() {
             libc::O_RDONLY
         } else {
@@ -151,6 +167,7 @@ impl KmsFs {
         if m.is_dir() {
             return Err(FsError::IsDirectory);
         }
+        let keep = m.len() > 0 && self.opens.unchanged_since_closed(ino, &m);
         let ef = if m.len() == 0 && !self.read_only() && writing {
             // An empty backing file holds nothing yet (a crash between create
             // and header, or a file made beside the mount): an open for
@@ -179,7 +196,7 @@ impl KmsFs {
             self.opens.release(ino);
             return Err(e);
         }
-        Ok(f)
+        Ok((f, keep))
     }
 
     /// An existing encrypted file with its data key for `caller`.
@@ -240,8 +257,10 @@ impl KmsFs {
         kill: bool,
     ) -> Result<(), FsError> {
         let f = self.open_state(ino)?;
-        if kill {
-            privs::drop_for(f.read().file(), caller, Kill::Asked)?;
+        if kill && privs::drop_for(f.read().file(), caller, Kill::Asked)? {
+            // The kernel caches the mode for the TTL and learns of this
+            // change only from us (an exec must not see the setid bits).
+            self.kernel.attr_changed(ino);
         }
         f.write_at(data, offset)
     }
@@ -261,7 +280,9 @@ impl KmsFs {
         mode: i32,
     ) -> Result<(), FsError> {
         let f = self.open_state(ino)?;
-        privs::drop_for(f.read().file(), caller, Kill::IfUnprivileged)?;
+        if privs::drop_for(f.read().file(), caller, Kill::IfUnprivileged)? {
+            self.kernel.attr_changed(ino);
+        }
         f.write()
             .fallocate(offset, len, mode)
             .map_err(|e| FsError::envelope(e, f.backing()))
@@ -478,6 +499,51 @@ mod tests {
     }
 
     const ROOT_INO_FOR_TESTS: u64 = super::super::inodes::ROOT_INO;
+
+    #[test]
+    fn pages_are_kept_only_for_a_file_unchanged_since_its_last_close() {
+        let (dir, ks, fs) = fs();
+        let (attr, f) = fs
+            .create(ROOT_INO_FOR_TESTS, OsStr::new("k"), 0o644, &ROOT)
+            .unwrap();
+        f.write_at(b"kept", 0).unwrap();
+        let ino = attr.ino;
+        let keep = |who: &Caller| {
+            let (_, keep) = fs.open_keeping(ino, who, false, false).unwrap();
+            keep
+        };
+        fs.release(ino);
+        // Closed and untouched since: keep.
+        assert!(keep(&ROOT));
+        // A second handle while one is open: the shared state serves it, the
+        // kernel's pages are dropped as before (nothing recorded to compare).
+        assert!(!keep(&ROOT));
+        fs.release(ino);
+        fs.release(ino);
+        assert!(keep(&ROOT));
+        fs.release(ino);
+        // Changed beside the mount (a mode change is enough: ctime): drop.
+        std::fs::set_permissions(
+            dir.path().join("k"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        assert!(!keep(&ROOT));
+        fs.release(ino);
+        assert!(keep(&ROOT));
+        fs.release(ino);
+        // O_TRUNC never keeps; a refused key is refused, kept pages or not.
+        assert!(!fs.open_keeping(ino, &ROOT, true, true).unwrap().1);
+        fs.release(ino);
+        ks.inner.refuse.store(true, Ordering::SeqCst);
+        ks.generation.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(
+            fs.open_keeping(ino, &ROOT, false, false)
+                .err()
+                .map(|e| e.errno()),
+            Some(libc::EACCES)
+        );
+    }
 
     #[test]
     fn truncate_by_path_checks_the_key_while_another_handle_is_open() {

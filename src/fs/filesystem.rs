@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use super::dirs::DirTable;
@@ -66,6 +66,45 @@ pub struct KmsFs {
     pub(super) root: File,
     /// Read-only now (starts as `cfg.read_only`; a remount changes it).
     read_only: Arc<AtomicBool>,
+    /// Tells the kernel that attributes it caches changed without its
+    /// knowing (set once the session exists).
+    pub(super) kernel: KernelCache,
+}
+
+/// The way back to the kernel's caches: the kernel caches entries and
+/// attributes for the TTL and updates them itself for every change it asks
+/// for, so the daemon only speaks up for a change it makes on its own (setid
+/// bits it drops on a write or fallocate, see privs.rs). The adapter
+/// (fuse.rs) sets the notifier once the session exists; before that (and in
+/// unit tests, with no kernel) nothing is sent.
+#[derive(Clone, Default)]
+pub(super) struct KernelCache(Arc<OnceLock<InvalAttr>>);
+
+/// Invalidates the kernel's cached attributes of an inode.
+pub(super) type InvalAttr = Box<dyn Fn(u64) + Send + Sync>;
+
+impl KernelCache {
+    /// Sets what invalidates an inode's cached attributes.
+    pub(super) fn set(&self, inval_attr: InvalAttr) {
+        let _ = self.0.set(inval_attr);
+    }
+
+    /// The kernel's cached attributes of `ino` are stale.
+    pub(super) fn attr_changed(&self, ino: u64) {
+        if let Some(f) = self.0.get() {
+            f(ino);
+        }
+    }
+}
+
+impl std::fmt::Debug for KernelCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "KernelCache(set)"
+        } else {
+            "KernelCache(unset)"
+        })
+    }
 }
 
 /// A mutex's guard, also after a panic poisoned it (the state stays usable).
@@ -93,6 +132,7 @@ impl KmsFs {
             root,
             read_only: Arc::new(AtomicBool::new(cfg.read_only)),
             cfg,
+            kernel: KernelCache::default(),
         })
     }
 
@@ -107,6 +147,14 @@ impl KmsFs {
     /// Entry and attribute time-to-live.
     pub fn ttl(&self) -> Duration {
         self.cfg.ttl
+    }
+
+    /// True when the kernel may keep what it caches across opens (directory
+    /// listings, and the pages of a file unchanged since it was last
+    /// closed): not on shared storage (TTL 0), where others change the
+    /// backing directory.
+    pub fn kernel_caches(&self) -> bool {
+        !self.cfg.ttl.is_zero()
     }
 
     /// True for a read-only mount.

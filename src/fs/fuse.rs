@@ -19,7 +19,7 @@ use fuser::{
 use super::attr::{Attr, Kind, SetAttr, attr_of};
 use super::error::FsError;
 use super::file::{MAX_WRITE, Seek};
-use super::filesystem::KmsFs;
+use super::filesystem::{KernelCache, KmsFs};
 use super::inodes::ROOT_INO;
 use super::options::{Access, MountFlag, SessionConfig};
 use super::stats::{Op, REQUESTS_XATTR, requests_xattr};
@@ -150,6 +150,23 @@ fn serve<R: Fails, T>(
 }
 
 impl KmsFs {
+    /// How directories are opened: the kernel caches their listings
+    /// (FOPEN_CACHE_DIR) and keeps them across opendir (FOPEN_KEEP_CACHE),
+    /// so a directory listed again (ls -lR warm, rm -rf after a walk) costs
+    /// OPENDIR and RELEASEDIR and no READDIRPLUS. The kernel drops a cached
+    /// listing itself when the directory changes through the mount (its
+    /// version counter) or when it sees another mtime (attributes refreshed
+    /// after the TTL), so a change beside the mount shows within the TTL.
+    /// Not with -o sharedstorage (TTL 0): others change the backing
+    /// directory at any time, and every listing is read afresh.
+    fn dir_open_flags(&self) -> FopenFlags {
+        if self.kernel_caches() {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        }
+    }
+
     fn reply_entry(&self, reply: ReplyEntry, a: Attr) {
         reply.entry(&self.ttl(), &file_attr(&a), GENERATION);
     }
@@ -333,9 +350,14 @@ impl Filesystem for KmsFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let truncate = flags.0 & libc::O_TRUNC != 0;
         let writing = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
-        let body = || KmsFs::open_for(self, ino.0, &caller(req), truncate, writing);
-        serve(Op::Open, reply, body, |r, _| {
-            r.opened(FileHandle(ino.0), OPEN_FLAGS)
+        let body = || KmsFs::open_keeping(self, ino.0, &caller(req), truncate, writing);
+        serve(Op::Open, reply, body, |r, (_, keep)| {
+            let flags = if keep {
+                OPEN_FLAGS | FopenFlags::FOPEN_KEEP_CACHE
+            } else {
+                OPEN_FLAGS
+            };
+            r.opened(FileHandle(ino.0), flags)
         });
     }
 
@@ -415,7 +437,7 @@ impl Filesystem for KmsFs {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let body = || KmsFs::opendir(self, ino.0);
         serve(Op::Opendir, reply, body, |r, fh| {
-            r.opened(FileHandle(fh), FopenFlags::empty())
+            r.opened(FileHandle(fh), self.dir_open_flags())
         });
     }
 
@@ -647,13 +669,31 @@ impl Session {
     /// Mounts `fs` at `mountpoint` the way fuser does (through fusermount3
     /// unless root); fuser unmounts it again when the session ends.
     pub fn mount(fs: KmsFs, mountpoint: &Path, cfg: &SessionConfig) -> io::Result<Self> {
-        fuser::Session::new(fs, mountpoint, &fuser_config(cfg)).map(Session)
+        let kernel = fs.kernel.clone();
+        let s = fuser::Session::new(fs, mountpoint, &fuser_config(cfg))?;
+        Ok(Session::notifying(s, &kernel))
     }
 
     /// Serves `fs` over `fd`, a /dev/fuse connection that the caller has
     /// mounted with mount(2): fuser then never unmounts by itself.
     pub fn over_fd(fs: KmsFs, fd: OwnedFd, cfg: &SessionConfig) -> io::Result<Self> {
-        fuser::Session::from_fd(fs, fd, acl(cfg.access), fuser_config(cfg)).map(Session)
+        let kernel = fs.kernel.clone();
+        let s = fuser::Session::from_fd(fs, fd, acl(cfg.access), fuser_config(cfg))?;
+        Ok(Session::notifying(s, &kernel))
+    }
+
+    /// Gives the filesystem its way to invalidate the kernel's cached
+    /// attributes of an inode (FUSE_NOTIFY_INVAL_INODE with a negative
+    /// offset: attributes only, no page is touched, so it is safe to send
+    /// while serving a WRITE whose pages the writer holds locked).
+    fn notifying(s: fuser::Session<KmsFs>, kernel: &KernelCache) -> Self {
+        let n = s.notifier();
+        kernel.set(Box::new(move |ino| {
+            if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
+                log::debug!("invalidating inode {ino}'s attributes: {e}");
+            }
+        }));
+        Session(s)
     }
 
     /// Serves requests until the mount goes away.

@@ -132,7 +132,9 @@ impl KmsFs {
 
     /// The kernel dropped `n` references to `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
-        lock(&self.inodes).forget(ino, n);
+        if lock(&self.inodes).forget(ino, n) {
+            self.opens.forget_seen(ino);
+        }
     }
 
     /// Metadata of `ino`'s backing file (from the open fd when open: works

@@ -1,7 +1,9 @@
 //! Open files: one `EncryptedFile` per inode over one read-write backing fd,
 //! shared by every handle of that inode (and by its hard links), behind a
 //! read-write lock: reads run in parallel, writes and truncates are exclusive.
-//! The state, its fd and its data key go when the last handle is released.
+//! The state, its fd and its data key go when the last handle is released;
+//! what the backing file looked like then is remembered, so that the next
+//! open can tell the kernel to keep the pages it caches (`unchanged_since`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -101,10 +103,40 @@ struct Entry {
     handles: u64,
 }
 
+/// What a backing file looked like when the daemon last served it: any
+/// change to it since (content, size, mode, owner, a rename over it)
+/// changes its ctime, which nobody can set back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    ctime: (i64, i64),
+    mtime: (i64, i64),
+}
+
+impl Seen {
+    fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Seen {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            mtime: (m.mtime(), m.mtime_nsec()),
+        }
+    }
+}
+
+/// How many closed files `OpenTable` remembers (then it starts over).
+const SEEN_MAX: usize = 16_384;
+
 /// All open inodes.
 #[derive(Debug, Default)]
 pub(super) struct OpenTable {
     map: Mutex<HashMap<u64, Entry>>,
+    /// Closed inodes: their backing file when the last handle went.
+    seen: Mutex<HashMap<u64, Seen>>,
 }
 
 impl OpenTable {
@@ -153,7 +185,8 @@ impl OpenTable {
         Some(e.file.clone())
     }
 
-    /// Releases one handle; the state goes with the last one.
+    /// Releases one handle; the state goes with the last one, and what its
+    /// backing file looks like then is remembered.
     pub(super) fn release(&self, ino: u64) {
         let mut m = self.lock();
         if let Some(e) = m.get_mut(&ino) {
@@ -161,10 +194,45 @@ impl OpenTable {
                 super::stats::handle(false);
             }
             e.handles = e.handles.saturating_sub(1);
-            if e.handles == 0 {
-                m.remove(&ino);
+            if e.handles == 0
+                && let Some(gone) = m.remove(&ino)
+            {
+                // Under the table's lock: an open of `ino` now waits, so it
+                // compares with this record, not with an older one.
+                let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                if seen.len() >= SEEN_MAX {
+                    seen.clear();
+                }
+                match gone.file.metadata() {
+                    Ok(meta) => seen.insert(ino, Seen::of(&meta)),
+                    Err(_) => seen.remove(&ino),
+                };
             }
         }
+    }
+
+    /// True when no handle of `ino` is open and its backing file, `meta`
+    /// now, is as it was when its last handle was released: then nothing
+    /// changed it since but through the kernel that caches its pages
+    /// (whose cache follows every change the mount makes), and those pages
+    /// are still its content. A file seen for the first time, or changed
+    /// in any way beside the mount, is not.
+    pub(super) fn unchanged_since_closed(&self, ino: u64, meta: &std::fs::Metadata) -> bool {
+        let open = self.lock();
+        if open.contains_key(&ino) {
+            return false;
+        }
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(&ino) == Some(&Seen::of(meta))
+    }
+
+    /// Forgets what was seen of `ino` (the kernel dropped the inode, and
+    /// its pages with it).
+    pub(super) fn forget_seen(&self, ino: u64) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ino);
     }
 
     /// Syncs and drops every state (unmount).

@@ -112,15 +112,19 @@ pub(super) fn mode_after(mode: u32, gid: u32, caller: &Caller, kill: Kill) -> Op
 }
 
 /// Drops the setid bits that a content change by `caller` takes from open
-/// backing file `file`. Costs one fstat when the file has none.
-pub(super) fn drop_for(file: &File, caller: &Caller, kill: Kill) -> Result<(), FsError> {
+/// backing file `file`; true when it changed the mode (the kernel's cached
+/// mode is then stale). Costs one fstat when the file has none.
+pub(super) fn drop_for(file: &File, caller: &Caller, kill: Kill) -> Result<bool, FsError> {
     let m = file.metadata()?;
     if !m.is_file() {
-        return Ok(());
+        return Ok(false);
     }
     match mode_after(m.mode(), m.gid(), caller, kill) {
-        Some(mode) => Ok(file.set_permissions(std::fs::Permissions::from_mode(mode))?),
-        None => Ok(()),
+        Some(mode) => {
+            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            Ok(true)
+        }
+        None => Ok(false),
     }
 }
 
