@@ -95,8 +95,8 @@ impl KmsFs {
     }
 
     /// `open_for`, and whether the kernel may keep the pages it caches of
-    /// the file: only when no handle was open and the backing file is as it
-    /// was when its last handle closed (`OpenTable::unchanged_since_closed`):
+    /// the file: only when the backing file is as it was when its last
+    /// handle closed (`OpenTable::unchanged_since_closed`):
     /// a change beside the mount (tampering included) still drops them.
     /// Never on shared storage, where others write the files.
     pub fn open_keeping(
@@ -107,7 +107,15 @@ impl KmsFs {
         writing: bool,
     ) -> Result<(Arc<OpenFile>, bool), FsError> {
         let (f, keep) = match self.opens.get(ino) {
-            Some(existing) => (self.reopen(ino, &existing, caller, writing)?, false),
+            Some(existing) => {
+                let f = self.reopen(ino, &existing, caller, writing)?;
+                // A handle may still be open, or its release not yet
+                // processed (close(2) does not wait for it): the same rule.
+                let keep = f
+                    .metadata()
+                    .is_ok_and(|m| self.opens.unchanged_since_closed(ino, &m));
+                (f, keep)
+            }
             None => self.open_fresh(ino, caller, writing)?,
         };
         if truncate && let Err(e) = f.set_len(0) {

@@ -211,17 +211,15 @@ impl OpenTable {
         }
     }
 
-    /// True when no handle of `ino` is open and its backing file, `meta`
-    /// now, is as it was when its last handle was released: then nothing
-    /// changed it since but through the kernel that caches its pages
-    /// (whose cache follows every change the mount makes), and those pages
-    /// are still its content. A file seen for the first time, or changed
-    /// in any way beside the mount, is not.
+    /// True when the backing file of `ino`, `meta` now, is as it was when
+    /// its last handle was released: then nothing changed it since but
+    /// through the kernel that caches its pages (whose cache follows every
+    /// change the mount makes), and those pages are still its content. A
+    /// handle open meanwhile changes nothing to that: its writes through
+    /// the mount change the backing file's ctime (so the pages are dropped,
+    /// which is only slower), and its reads change nothing. A file seen for
+    /// the first time, or changed in any way beside the mount, is not.
     pub(super) fn unchanged_since_closed(&self, ino: u64, meta: &std::fs::Metadata) -> bool {
-        let open = self.lock();
-        if open.contains_key(&ino) {
-            return false;
-        }
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.get(&ino) == Some(&Seen::of(meta))
     }
