@@ -286,6 +286,7 @@ pub fn mount(g: &GlobalArgs, a: MountArgs) -> Result<(), CliError> {
     // Unseal the keystore (a passphrase prompt needs the terminal) before the
     // daemon leaves it.
     let (ks, key_id, marker) = bound_service_and_key(&g, a.key_id.as_deref(), &backing, &survey)?;
+    keystore::open_key_service(&g)?.set_caller_source(crate::kms::CallerSource::Mount);
     if let Some(m) = marker {
         if prepared.backing_read_only {
             log::info!("{} is read-only: no marker written", backing.display());

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::kms::Caller;
 
+pub mod audit;
 mod error;
 pub mod fs;
 pub mod keystore;
@@ -79,6 +80,12 @@ pub enum Command {
     Rewrap(tree::RewrapArgs),
     /// Check every header, key and (unless --quick) block tag of a backing tree.
     Fsck(tree::FsckArgs),
+    /// The keystore's audit trail: who used which key (show, verify).
+    Audit {
+        /// The audit operation.
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
 }
 
 /// The identity of this process, for key policies and the audit trail.
@@ -137,5 +144,6 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Unseal(a) => fs::unseal(g, a),
         Command::Rewrap(a) => tree::rewrap(g, a),
         Command::Fsck(a) => tree::fsck(g, a),
+        Command::Audit { command } => audit::run(g, command),
     }
 }

@@ -99,6 +99,7 @@ pub(super) fn serve(
         .spawn(move || stop_on_signal(&mp))
         .map_err(|e| MountError::Io(format!("signal thread: {e}")))?;
     let r = session.run();
+    req.ks.flush_audit();
     log::info!("unmounted {}", escaped(&req.mountpoint));
     r.map_err(|e| MountError::Io(format!("serving {}: {e}", req.mountpoint.display())))
 }

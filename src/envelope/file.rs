@@ -99,6 +99,31 @@ impl EncryptedFile {
         )
     }
 
+    /// `unwrap_key` for a file open in the mount: the key service's audit
+    /// record names the file and the process (`KeyService::decrypt_for_open`).
+    pub fn unwrap_key_for_open(
+        header: &Header,
+        ks: &dyn KeyService,
+        caller: &Caller,
+        access: &crate::kms::FileAccess<'_>,
+    ) -> Result<FileKey, EnvelopeError> {
+        let slot = header
+            .active()
+            .ok_or_else(|| EnvelopeError::CorruptHeader("no valid key slot".into()))?;
+        let d = ks.decrypt_for_open(
+            caller,
+            access,
+            &slot.wrapped_key,
+            &file_context(&header.file_id),
+        )?;
+        FileKey::new(
+            header.file_id,
+            d.key_id,
+            d.key_material_version,
+            d.plaintext.expose(),
+        )
+    }
+
     /// Opens an existing encrypted file: reads the header and unwraps its key.
     pub fn open(file: File, ks: &dyn KeyService, caller: &Caller) -> Result<Self, EnvelopeError> {
         let header = Self::read_header(&file)?;

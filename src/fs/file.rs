@@ -12,9 +12,9 @@ use super::filesystem::{KmsFs, lock};
 use super::node::Checked;
 use super::open::OpenFile;
 use super::privs::{self, Kill};
-use crate::envelope::{EncryptedFile, FileKey};
+use crate::envelope::{EncryptedFile, FileKey, file_context};
 use crate::format::Header;
-use crate::kms::Caller;
+use crate::kms::{Caller, FileAccess, Requester};
 use crate::os;
 
 /// Largest write the kernel may send (the kernel here caps it at 1 MiB).
@@ -44,26 +44,62 @@ impl KmsFs {
         self.opens.get(ino).ok_or(FsError::NotOpen)
     }
 
-    /// The data key of a header for `caller`, from the cache or the key service.
+    /// The data key of a header for `caller`, from the cache or the key
+    /// service. Either way the key service hears of the open (one audit
+    /// record per open that needs the key, naming the path as seen under
+    /// the mount point and the requesting process); the requester's
+    /// supplementary groups, from /proc, count for the key policy and so
+    /// are part of the cache key.
     fn file_key(
         &self,
         header: &Header,
         caller: &Caller,
         backing: &Path,
     ) -> Result<Arc<FileKey>, FsError> {
-        let generation = self.cfg.ks.generation();
+        let ks = &*self.cfg.ks;
+        let generation = ks.generation();
         let wrapped = header
             .active()
             .map(|s| s.wrapped_key.as_slice())
             .unwrap_or(&[]);
-        if let Some(k) = self.keys.get(generation, &header.file_id, wrapped, caller) {
+        let requester = if ks.audits_file_access() {
+            Requester::of(caller)
+        } else {
+            Requester::groups_of(caller)
+        };
+        let groups = requester.groups.as_deref();
+        let path = backing
+            .strip_prefix(&self.cfg.backing)
+            .unwrap_or(backing)
+            .to_string_lossy();
+        let access = FileAccess {
+            path: &path,
+            requester: &requester,
+        };
+        if let Some(k) = self
+            .keys
+            .get(generation, &header.file_id, wrapped, caller, groups)
+        {
+            ks.record_cached_open(
+                caller,
+                &access,
+                &k.key_id,
+                k.key_material_version,
+                &file_context(&header.file_id),
+            );
             return Ok(k);
         }
-        let key = EncryptedFile::unwrap_key(header, &*self.cfg.ks, caller)
+        let key = EncryptedFile::unwrap_key_for_open(header, ks, caller, &access)
             .map_err(|e| FsError::envelope(e, backing))?;
         let key = Arc::new(key);
-        self.keys
-            .insert(generation, &header.file_id, wrapped, caller, key.clone());
+        self.keys.insert(
+            generation,
+            &header.file_id,
+            wrapped,
+            caller,
+            groups,
+            key.clone(),
+        );
         Ok(key)
     }
 

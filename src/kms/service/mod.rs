@@ -6,12 +6,12 @@
 #![forbid(unsafe_code)]
 
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use super::KmsError;
-use super::audit::AuditSink;
+use super::audit::{AuditSink, Trail};
 use super::store::{self, CreateMode, KeystoreDir, RootKey};
 use crate::crypto::{SecretBytes, hex};
 
@@ -21,12 +21,15 @@ use crate::crypto::{SecretBytes, hex};
 pub const FRESHNESS_INTERVAL_MS: u64 = 20;
 
 mod admin;
+mod audit;
 mod crypto_ops;
 mod registry;
 mod resolve;
 mod snapshot;
 
 use snapshot::{KnownDamage, Loaded, Snapshot, load};
+
+pub use audit::AUDIT_ENV;
 
 pub use admin::{
     AliasListEntry, ImportParameters, KeyListEntry, KeyRotation, KeyRotationStatus,
@@ -45,6 +48,12 @@ pub struct LocalKeyStore {
     last_check_ns: AtomicU64,
     reload_lock: Mutex<()>,
     audit: OnceLock<Arc<dyn AuditSink>>,
+    /// The audit trail beside the keystore (unset when turned off).
+    trail: OnceLock<Arc<Trail>>,
+    /// Who uses this service (`audit::CallerSource` as a number).
+    source: AtomicU8,
+    /// Whether key policies govern key administration here.
+    admin_enforced: AtomicBool,
     /// A damaged current generation that a reload refused to fall back from:
     /// not re-read until it changes.
     known_damage: Mutex<KnownDamage>,
@@ -106,6 +115,7 @@ impl LocalKeyStore {
                 "a due key deletion or rotation could not be written: {e}"
             ));
         }
+        ks.init_trail();
         Ok(ks)
     }
 
@@ -113,7 +123,7 @@ impl LocalKeyStore {
     pub fn create(dir: &Path, mode: CreateMode) -> Result<Self, KmsError> {
         let kdir = KeystoreDir::new(store::trusted_path(dir, true)?);
         let (keystore_id, root, state, fp) = store::create(&kdir, mode)?;
-        Self::assemble(
+        let ks = Self::assemble(
             kdir,
             root,
             Loaded {
@@ -123,7 +133,9 @@ impl LocalKeyStore {
                 fingerprint: Some(fp),
                 fallback: None,
             },
-        )
+        )?;
+        ks.init_trail();
+        Ok(ks)
     }
 
     fn assemble(dir: KeystoreDir, root: RootKey, l: Loaded) -> Result<Self, KmsError> {
@@ -139,6 +151,9 @@ impl LocalKeyStore {
             last_check_ns: AtomicU64::new(0),
             reload_lock: Mutex::new(()),
             audit: OnceLock::new(),
+            trail: OnceLock::new(),
+            source: AtomicU8::new(0),
+            admin_enforced: AtomicBool::new(false),
             known_damage: Mutex::new(KnownDamage::Nothing),
             purge_warned: std::sync::atomic::AtomicBool::new(false),
             last_warning: Mutex::new(None),
