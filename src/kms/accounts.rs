@@ -1,16 +1,18 @@
 //! Local user and group names (/etc/passwd, /etc/group) for key policies
 //! (`user:NAME`, `group:NAME`) and the audit trail's `userName`. Read again
-//! only when either file changes; NSS sources other than these files (LDAP,
+//! only when either file changes (checked at most once a second, so a user
+//! added is seen within a second); NSS sources other than these files (LDAP,
 //! systemd-userdb) are not consulted.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 #[derive(Default)]
 struct Table {
     stamp: Option<(SystemTime, SystemTime)>,
+    checked: Option<Instant>,
     users: HashMap<String, u32>,
     user_names: HashMap<u32, String>,
     groups: HashMap<String, u32>,
@@ -20,6 +22,8 @@ struct Table {
 static TABLE: Mutex<Option<Table>> = Mutex::new(None);
 
 const PASSWD: &str = "/etc/passwd";
+/// How often the files' times are looked at.
+const RECHECK: Duration = Duration::from_secs(1);
 const GROUP: &str = "/etc/group";
 
 fn mtime(p: &str) -> SystemTime {
@@ -43,10 +47,22 @@ fn parse(text: &str) -> Vec<(String, u32)> {
 
 fn with<T>(f: impl FnOnce(&Table) -> T) -> T {
     let mut g = TABLE.lock().unwrap_or_else(|p| p.into_inner());
-    let stamp = (mtime(PASSWD), mtime(GROUP));
-    if g.as_ref().is_none_or(|t| t.stamp != Some(stamp)) {
+    let fresh = g
+        .as_ref()
+        .and_then(|t| t.checked)
+        .is_some_and(|c| c.elapsed() < RECHECK);
+    let stamp = if fresh {
+        None
+    } else {
+        Some((mtime(PASSWD), mtime(GROUP)))
+    };
+    if let (Some(t), Some(_)) = (g.as_mut(), stamp) {
+        t.checked = Some(Instant::now());
+    }
+    if g.is_none() || (stamp.is_some() && g.as_ref().is_some_and(|t| t.stamp != stamp)) {
         let mut t = Table {
-            stamp: Some(stamp),
+            stamp: Some(stamp.unwrap_or((mtime(PASSWD), mtime(GROUP)))),
+            checked: Some(Instant::now()),
             ..Table::default()
         };
         for (n, id) in parse(&std::fs::read_to_string(PASSWD).unwrap_or_default()) {
