@@ -59,11 +59,12 @@ run_one() { # target round
   rm -rf "$d" "$work/b-$t"
 }
 
-before=$(cat "$KMSFS_KEYSTORE"/audit/trail-*.jsonl 2>/dev/null | wc -l)
+records() { cat "$KMSFS_KEYSTORE"/audit/trail-*.jsonl 2>/dev/null | wc -l || true; }
+before=$(records)
 for r in $(seq "$ROUNDS"); do
   for t in plain audit noaudit; do run_one "$t"; done
 done
-after=$(cat "$KMSFS_KEYSTORE"/audit/trail-*.jsonl | wc -l)
+after=$(records)
 "$kmsfs" audit verify >/dev/null && verified=yes || verified=NO
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }

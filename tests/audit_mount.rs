@@ -276,3 +276,59 @@ fn a_group_allow_and_a_group_deny_that_holds_whichever_group_is_primary() {
     assert_eq!(refused[0]["userIdentity"]["gid"], g);
     assert_eq!(refused[1]["userIdentity"]["gid"], d);
 }
+
+/// The mount fails open when the trail cannot be written: opens keep
+/// working, the daemon's log says so loudly, and the records it kept are
+/// written once the trail can be written again (docs/AUDIT.md).
+#[test]
+fn the_mount_keeps_serving_and_logs_loudly_when_the_trail_cannot_be_written() {
+    let Some(m) = Mount::new("auditfull") else {
+        return;
+    };
+    fs::write(m.p("f.txt"), b"still readable").unwrap();
+    let dir = m.keystore.join("audit");
+    // The mount command's own records (DescribeKey of the mount's key) are
+    // on disk; make the current trail file unwritable (a directory in its
+    // place) and let the background writer fail on what comes next.
+    assert!(dir.exists());
+    std::thread::sleep(Duration::from_millis(1500));
+    let current = {
+        let mut v: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().ends_with(".jsonl"))
+            .collect();
+        v.sort();
+        v.pop().unwrap()
+    };
+    let kept = m.tmp.path().join("kept.jsonl");
+    fs::rename(&current, &kept).unwrap();
+    fs::create_dir(&current).unwrap();
+    for _ in 0..3 {
+        assert_eq!(fs::read(m.p("f.txt")).unwrap(), b"still readable");
+    }
+    let t0 = Instant::now();
+    while !m.log_text().contains("AUDIT TRAIL NOT WRITTEN") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "nothing logged: {}",
+            m.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    fs::remove_dir(&current).unwrap();
+    fs::rename(&kept, &current).unwrap();
+    // The records kept meanwhile arrive, and the trail verifies.
+    let t0 = Instant::now();
+    loop {
+        let out = m.ok(&["--output", "json", "audit", "show", "--event", "Decrypt"]);
+        let n = out.lines().filter(|l| l.contains("f.txt")).count();
+        if n >= 3 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{n} records: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(m.ok(&["audit", "verify"]).contains("verifies"));
+}

@@ -606,6 +606,13 @@ impl Trail {
     }
 }
 
+impl Drop for Trail {
+    /// What is still queued is written when the last user lets go.
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
 /// The size limit of a trail file (a debug build takes
 /// `KMSFS_TEST_AUDIT_MAX_BYTES`, so tests can see rotation).
 fn max_file_bytes() -> u64 {
