@@ -357,3 +357,51 @@ fn lockout_safety_check_and_create_key_with_policy() {
     assert_eq!(put[0]["errorCode"], "ValidationException");
     assert!(put[1].get("errorCode").is_none());
 }
+
+#[test]
+fn show_follow_prints_records_as_they_are_written() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::Duration;
+    let ks = Ks::new();
+    let id = ks.create_key();
+    let mut child = common::kmsfs()
+        .arg("--keystore")
+        .arg(&ks.path)
+        .args([
+            "--output",
+            "json",
+            "audit",
+            "show",
+            "--follow",
+            "--event",
+            "DisableKey",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut next = || {
+        let line = rx.recv_timeout(Duration::from_secs(30));
+        serde_json::from_str::<Value>(&line.expect("a followed record").unwrap()).unwrap()
+    };
+    ks.ok(&["kms", "disable-key", "--key-id", &id]);
+    let first = next();
+    // Written after the first was printed: only following can show it.
+    ks.ok(&["kms", "enable-key", "--key-id", &id]);
+    ks.ok(&["kms", "disable-key", "--key-id", &id]);
+    let second = next();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(first["eventName"], "DisableKey");
+    assert_eq!(second["eventName"], "DisableKey");
+    assert!(second["sequence"].as_u64() > first["sequence"].as_u64());
+}
