@@ -389,7 +389,7 @@ fn show_follow_prints_records_as_they_are_written() {
             }
         }
     });
-    let mut next = || {
+    let next = || {
         let line = rx.recv_timeout(Duration::from_secs(30));
         serde_json::from_str::<Value>(&line.expect("a followed record").unwrap()).unwrap()
     };
