@@ -87,12 +87,17 @@ fn setup(test: &str, policy: &dyn Fn(&TestUsers) -> String) -> Option<(Mount, Te
     Some((m, users, key))
 }
 
-/// The trail's records matching `want`, waiting for the mount's background
-/// writer (it writes at least every second) up to 20 s.
+/// The trail's Decrypt records matching `want`, waiting for the mount's
+/// background writer (it writes at least every second) up to 20 s.
 fn wait_for(m: &Mount, want: impl Fn(&Value) -> bool) -> Vec<Value> {
+    wait_for_event(m, "Decrypt", want)
+}
+
+/// `wait_for` for another event.
+fn wait_for_event(m: &Mount, event: &str, want: impl Fn(&Value) -> bool) -> Vec<Value> {
     let t0 = Instant::now();
     loop {
-        let out = m.ok(&["--output", "json", "audit", "show", "--event", "Decrypt"]);
+        let out = m.ok(&["--output", "json", "audit", "show", "--event", event]);
         let found: Vec<Value> = out
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -175,6 +180,13 @@ fn a_file_under_a_key_only_a_may_use_stays_closed_to_b_and_the_trail_says_who() 
     assert!(by_a.iter().all(
         |r| r["additionalEventData"]["path"] == "shared/a.txt" && r.get("errorCode").is_none()
     ));
+    // A's create: a GenerateDataKey naming the file and A's shell.
+    let created = wait_for_event(&m, "GenerateDataKey", |r| {
+        r["additionalEventData"]["path"] == "shared/a.txt"
+    });
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert_eq!(created[0]["userIdentity"]["uid"], a.uid);
+    assert_eq!(created[0]["userIdentity"]["processName"], "sh");
     // Refusals by user, from the table.
     let table = m.ok(&["audit", "show", "--refused", "--user", b.name]);
     assert!(

@@ -44,6 +44,39 @@ impl KmsFs {
         self.opens.get(ino).ok_or(FsError::NotOpen)
     }
 
+    /// Who asks (from /proc: the groups always, for the key policy; name and
+    /// executable when the key service audits) and the path as seen under
+    /// the mount point, for the key service's audit record.
+    pub(super) fn requester(&self, caller: &Caller, backing: &Path) -> (Requester, String) {
+        let requester = if self.cfg.ks.audits_file_access() {
+            Requester::of(caller)
+        } else {
+            Requester::groups_of(caller)
+        };
+        let path = backing
+            .strip_prefix(&self.cfg.backing)
+            .unwrap_or(backing)
+            .to_string_lossy()
+            .into_owned();
+        (requester, path)
+    }
+
+    /// A new encrypted file over `file` under the mount's key, for `caller`
+    /// (the audit record names `backing` as seen under the mount point).
+    pub(super) fn create_encrypted(
+        &self,
+        file: File,
+        caller: &Caller,
+        backing: &Path,
+    ) -> Result<EncryptedFile, crate::envelope::EnvelopeError> {
+        let (requester, path) = self.requester(caller, backing);
+        let access = FileAccess {
+            path: &path,
+            requester: &requester,
+        };
+        EncryptedFile::create_for(file, &*self.cfg.ks, caller, &self.cfg.key_id, Some(&access))
+    }
+
     /// The data key of a header for `caller`, from the cache or the key
     /// service. Either way the key service hears of the open (one audit
     /// record per open that needs the key, naming the path as seen under
@@ -62,16 +95,8 @@ impl KmsFs {
             .active()
             .map(|s| s.wrapped_key.as_slice())
             .unwrap_or(&[]);
-        let requester = if ks.audits_file_access() {
-            Requester::of(caller)
-        } else {
-            Requester::groups_of(caller)
-        };
+        let (requester, path) = self.requester(caller, backing);
         let groups = requester.groups.as_deref();
-        let path = backing
-            .strip_prefix(&self.cfg.backing)
-            .unwrap_or(backing)
-            .to_string_lossy();
         let access = FileAccess {
             path: &path,
             requester: &requester,
@@ -193,7 +218,7 @@ impl KmsFs {
             // not a kmsfs file yet).
             let _one_at_a_time = lock(&self.init_lock);
             if file.metadata()?.len() == 0 {
-                EncryptedFile::create(file, &*self.cfg.ks, caller, &self.cfg.key_id)
+                self.create_encrypted(file, caller, &abs)
                     .map_err(|e| FsError::envelope(e, &abs))?
             } else {
                 self.with_data_key(file, caller, &abs)?

@@ -239,6 +239,21 @@ pub trait KeyService: Send + Sync {
         self.decrypt(caller, ciphertext_blob, context, None)
     }
 
+    /// GenerateDataKey for a file the mount creates: the same as
+    /// `generate_data_key`, and the audit record names the file and the
+    /// requesting process.
+    fn generate_data_key_for_open(
+        &self,
+        caller: &Caller,
+        access: &FileAccess<'_>,
+        key_id: &str,
+        spec: DataKeySpec,
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        let _ = access;
+        self.generate_data_key(caller, key_id, spec, context)
+    }
+
     /// Records a file open served from the mount's data-key cache: a
     /// `Decrypt` marked as a cache hit, so that every open that needed the
     /// key is in the trail. No key is used and nothing is refused here.

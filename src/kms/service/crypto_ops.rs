@@ -297,6 +297,7 @@ impl LocalKeyStore {
             key_id,
             spec,
             context,
+            None,
         )?;
         Ok(Encrypted {
             key_id: dk.key_id,
@@ -312,6 +313,7 @@ impl LocalKeyStore {
         key_id: &str,
         spec: DataKeySpec,
         context: &EncryptionContext,
+        access: Option<&FileAccess<'_>>,
     ) -> Result<DataKey, KmsError> {
         let len = spec.byte_len()?;
         let mut request = json!({
@@ -328,7 +330,11 @@ impl LocalKeyStore {
             op,
             KeyRef::Name(key_id),
             Usage::Encrypt,
-            Call::new(request, context),
+            Call {
+                request,
+                ctx: Some(context),
+                access,
+            },
             |_, key, ciphers| {
                 let plaintext = SecretBytes::random(len)
                     .map_err(|e| KmsError::internal(format!("cannot generate a data key: {e}")))?;
@@ -356,7 +362,32 @@ impl KeyService for LocalKeyStore {
         spec: DataKeySpec,
         context: &EncryptionContext,
     ) -> Result<DataKey, KmsError> {
-        self.gdk(caller, Operation::GenerateDataKey, key_id, spec, context)
+        self.gdk(
+            caller,
+            Operation::GenerateDataKey,
+            key_id,
+            spec,
+            context,
+            None,
+        )
+    }
+
+    fn generate_data_key_for_open(
+        &self,
+        caller: &Caller,
+        access: &FileAccess<'_>,
+        key_id: &str,
+        spec: DataKeySpec,
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        self.gdk(
+            caller,
+            Operation::GenerateDataKey,
+            key_id,
+            spec,
+            context,
+            Some(access),
+        )
     }
 
     fn decrypt(
