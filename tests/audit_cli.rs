@@ -405,3 +405,33 @@ fn show_follow_prints_records_as_they_are_written() {
     assert_eq!(second["eventName"], "DisableKey");
     assert!(second["sequence"].as_u64() > first["sequence"].as_u64());
 }
+
+#[test]
+fn what_the_keystore_does_when_a_date_is_reached_is_recorded() {
+    let ks = Ks::new();
+    let id = ks.create_key();
+    let start = "2030-01-01T00:00:00Z";
+    let later = "2030-01-09T00:00:00Z";
+    let o = ks.run_env(
+        &[
+            "kms",
+            "schedule-key-deletion",
+            "--key-id",
+            &id,
+            "--pending-window-in-days",
+            "7",
+        ],
+        &[("KMSFS_TEST_NOW", start)],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Eight days on, the next use of the keystore deletes the key for good.
+    let o = ks.run_env(&["kms", "list-keys"], &[("KMSFS_TEST_NOW", later)]);
+    assert!(o.status.success());
+    let deleted = records(&ks, &["--event", "DeleteKey"]);
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    let r = &deleted[0];
+    assert!(r["resources"][0]["ARN"].as_str().unwrap().ends_with(&id));
+    assert_eq!(r["additionalEventData"]["automatic"], true);
+    assert_eq!(r["eventTime"], later);
+    assert!(ks.ok(&["audit", "verify"]).contains("verifies"));
+}

@@ -73,6 +73,13 @@ pub enum Operation {
     ImportKeyMaterial,
     /// DeleteImportedKeyMaterial.
     DeleteImportedKeyMaterial,
+    /// The end of a key's deletion waiting period (CloudTrail's DeleteKey).
+    DeleteKey,
+    /// An automatic rotation (CloudTrail's RotateKey).
+    RotateKey,
+    /// Imported material reaching its ValidTo (CloudTrail's
+    /// DeleteExpiredKeyMaterial).
+    DeleteExpiredKeyMaterial,
 }
 
 impl Operation {
@@ -87,7 +94,7 @@ impl Operation {
     ];
 
     /// Every operation.
-    pub const ALL: [Operation; 27] = [
+    pub const ALL: [Operation; 30] = [
         Operation::Encrypt,
         Operation::Decrypt,
         Operation::GenerateDataKey,
@@ -115,6 +122,9 @@ impl Operation {
         Operation::GetParametersForImport,
         Operation::ImportKeyMaterial,
         Operation::DeleteImportedKeyMaterial,
+        Operation::DeleteKey,
+        Operation::RotateKey,
+        Operation::DeleteExpiredKeyMaterial,
     ];
 
     /// The policy action name, `kms:` included.
@@ -148,6 +158,9 @@ impl Operation {
             O::GetParametersForImport => "kms:GetParametersForImport",
             O::ImportKeyMaterial => "kms:ImportKeyMaterial",
             O::DeleteImportedKeyMaterial => "kms:DeleteImportedKeyMaterial",
+            O::DeleteKey => "kms:DeleteKey",
+            O::RotateKey => "kms:RotateKey",
+            O::DeleteExpiredKeyMaterial => "kms:DeleteExpiredKeyMaterial",
         }
     }
 
@@ -192,15 +205,24 @@ impl Operation {
                 | O::GetParametersForImport
                 | O::ImportKeyMaterial
                 | O::DeleteImportedKeyMaterial
+                | O::DeleteKey
+                | O::RotateKey
+                | O::DeleteExpiredKeyMaterial
         )
     }
 
     /// True for operations a key policy governs (as in AWS: not CreateKey,
-    /// ListKeys or ListAliases, which concern no one key).
+    /// ListKeys or ListAliases, which concern no one key, nor what the
+    /// keystore does by itself when a date is reached).
     pub fn is_governed(self) -> bool {
         !matches!(
             self,
-            Operation::CreateKey | Operation::ListKeys | Operation::ListAliases
+            Operation::CreateKey
+                | Operation::ListKeys
+                | Operation::ListAliases
+                | Operation::DeleteKey
+                | Operation::RotateKey
+                | Operation::DeleteExpiredKeyMaterial
         )
     }
 }

@@ -188,6 +188,37 @@ impl LocalKeyStore {
             })
     }
 
+    /// Records what the keystore did by itself when a date was reached (a
+    /// deletion, an automatic rotation, an expiry), as the process that
+    /// applied it. Durable; a failure is logged (the change is due anyway).
+    pub(super) fn record_date_reached(&self, op: Operation, key_id: &str) {
+        let (uid, gid) = crate::os::ids::ids();
+        let caller = Caller {
+            uid,
+            gid,
+            pid: std::process::id(),
+        };
+        let mut extra = Map::new();
+        extra.insert("automatic".into(), json!(true));
+        if let Err(e) = self.record(Outcome {
+            op,
+            caller: &caller,
+            requester: &Requester::of(&caller),
+            request: json!({ "keyId": key_id }),
+            response: None,
+            key_id: Some(key_id),
+            named: None,
+            material_version: None,
+            error: None,
+            extra,
+        }) {
+            log::error!(
+                "the {} of key {key_id} is not in the audit trail: {e}",
+                op.as_str()
+            );
+        }
+    }
+
     /// Runs a key administration: checks the trail can be written (a change
     /// is refused otherwise), evaluates the key's policy for the caller
     /// (refusing when enforced, recording the decision when not), runs `f`

@@ -109,13 +109,14 @@ impl LocalKeyStore {
         }
         let root = root.ok_or_else(|| KmsError::internal("root key not obtained".into()))?;
         let ks = Self::assemble(kdir, root, loaded)?;
+        // The trail first: what is due is applied (and recorded) now.
+        ks.init_trail();
         // A reader without write access still opens: due keys are refused in memory.
         if let Err(e) = ks.apply_due() {
             ks.warn_once(&format!(
                 "a due key deletion or rotation could not be written: {e}"
             ));
         }
-        ks.init_trail();
         Ok(ks)
     }
 

@@ -487,11 +487,23 @@ impl LocalKeyStore {
             log::info!("the imported material of key {id} expired and was deleted");
         }
         let snap = Snapshot::new(state, Some(fp), None, old_generation + 1)?;
-        let _reloads = match self.reload_lock.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        self.install(snap);
+        {
+            let _reloads = match self.reload_lock.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            self.install(snap);
+        }
+        use crate::kms::audit::Operation as O;
+        for (op, ids) in [
+            (O::DeleteKey, &purged),
+            (O::RotateKey, &rotated),
+            (O::DeleteExpiredKeyMaterial, &expired),
+        ] {
+            for id in ids {
+                self.record_date_reached(op, id);
+            }
+        }
         result
     }
 
