@@ -344,3 +344,64 @@ fn the_mount_keeps_serving_and_logs_loudly_when_the_trail_cannot_be_written() {
     }
     assert!(m.ok(&["audit", "verify"]).contains("verifies"));
 }
+
+/// A user's keystore used by root (the mount daemon, `sudo kmsfs kms ...`):
+/// what root adds to the trail belongs to the keystore's owner, who can read
+/// it and write to it next, and nobody else can read it.
+#[test]
+fn root_leaves_a_users_trail_owned_by_that_user() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(users) = common::test_users("audituser") else {
+        return;
+    };
+    let a = &users.a;
+    let tmp = common::tempdir("audituser");
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    // The keystore directory is A's; the directories above it are root's
+    // (root refuses a keystore whose path another user can change).
+    let home = tmp.path().to_path_buf();
+    let ks = home.join("ks");
+    fs::create_dir(&ks).unwrap();
+    std::os::unix::fs::chown(&ks, Some(a.uid), Some(a.gid)).unwrap();
+    fs::set_permissions(&ks, fs::Permissions::from_mode(0o700)).unwrap();
+    let ks_arg = ks.to_str().unwrap().to_string();
+    let bin = env!("CARGO_BIN_EXE_kmsfs");
+    let as_a = |args: &str| a.sh(&home, &format!("{bin} --keystore {ks_arg} {args}"));
+    let o = as_a("init");
+    assert!(o.status.success(), "{}", text(&o));
+    // Root creates a key in A's keystore: the trail's first files.
+    let o = common::kmsfs()
+        .arg("--keystore")
+        .arg(&ks)
+        .args(["kms", "create-key"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    for e in fs::read_dir(ks.join("audit")).unwrap() {
+        let p = e.unwrap().path();
+        let m = fs::symlink_metadata(&p).unwrap();
+        assert_eq!((m.uid(), m.gid()), (a.uid, a.gid), "{}", p.display());
+        assert_eq!(m.mode() & 0o077, 0, "{} is {:o}", p.display(), m.mode());
+    }
+    let m = fs::metadata(ks.join("audit")).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o777), (a.uid, 0o700));
+    // A reads and extends it; the chain holds across the two writers.
+    let o = as_a("kms list-keys");
+    assert!(o.status.success(), "{}", text(&o));
+    let o = as_a("--output json audit show");
+    assert!(o.status.success(), "{}", text(&o));
+    let shown = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        shown.contains("\"CreateKey\"") && shown.contains("\"ListKeys\""),
+        "{shown}"
+    );
+    assert!(shown.contains("\"uid\":0") && shown.contains(&format!("\"uid\":{}", a.uid)));
+    let o = as_a("audit verify");
+    assert!(o.status.success(), "{}", text(&o));
+    // B cannot read it.
+    let o = users.b.sh(
+        tmp.path(),
+        &format!("cat {}/audit/trail-000001.jsonl", ks_arg),
+    );
+    assert!(!o.status.success());
+}

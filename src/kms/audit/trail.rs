@@ -385,10 +385,10 @@ impl Trail {
     fn ensure_dir(&self) -> io::Result<()> {
         match fs::symlink_metadata(&self.dir) {
             Ok(m) => {
-                if !m.is_dir() || !crate::trust::trusted_owner(m.uid()) {
+                if !m.is_dir() || !self.owner_ok(m.uid()) {
                     return Err(invalid(format!(
-                        "{} is not a directory owned by root or this user (a link?); \
-                         refusing to write the audit trail there",
+                        "{} is not a directory owned by root, this user or the keystore's \
+                         owner (a link?); refusing to write the audit trail there",
                         self.dir.display()
                     )));
                 }
@@ -401,6 +401,13 @@ impl Trail {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Who may own the trail's directory and files: root, this user, and
+    /// the keystore directory's owner (a root daemon serving a user's
+    /// keystore writes files that user owns).
+    fn owner_ok(&self, uid: u32) -> bool {
+        crate::trust::trusted_owner(uid) || self.owner.is_some_and(|(o, _)| o == uid)
     }
 
     /// A file or directory this process made gets the keystore directory's
@@ -425,9 +432,10 @@ impl Trail {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(p)?;
         let m = f.metadata()?;
-        if !m.is_file() || !crate::trust::trusted_owner(m.uid()) || m.nlink() != 1 {
+        if !m.is_file() || !self.owner_ok(m.uid()) || m.nlink() != 1 {
             return Err(invalid(format!(
-                "{} is not a regular file owned by root or this user; refusing to append to it",
+                "{} is not a regular file with one link owned by root, this user or the \
+                 keystore's owner; refusing to append to it",
                 p.display()
             )));
         }
