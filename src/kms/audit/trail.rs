@@ -383,21 +383,30 @@ impl Trail {
     }
 
     fn ensure_dir(&self) -> io::Result<()> {
-        match fs::symlink_metadata(&self.dir) {
-            Ok(m) => {
-                if !m.is_dir() || !self.owner_ok(m.uid()) {
-                    return Err(invalid(format!(
-                        "{} is not a directory owned by root, this user or the keystore's \
-                         owner (a link?); refusing to write the audit trail there",
-                        self.dir.display()
-                    )));
-                }
-                Ok(())
+        let check = |m: fs::Metadata| {
+            if !m.is_dir() || !self.owner_ok(m.uid()) {
+                return Err(invalid(format!(
+                    "{} is not a directory owned by root, this user or the keystore's \
+                     owner (a link?); refusing to write the audit trail there",
+                    self.dir.display()
+                )));
             }
+            Ok(())
+        };
+        match fs::symlink_metadata(&self.dir) {
+            Ok(m) => check(m),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::DirBuilder::new().mode(0o700).create(&self.dir)?;
-                let d = File::open(&self.dir)?;
-                self.give_owner(&d)
+                match fs::DirBuilder::new().mode(0o700).create(&self.dir) {
+                    Ok(()) => {
+                        let d = File::open(&self.dir)?;
+                        self.give_owner(&d)
+                    }
+                    // Another process made it first: check what it made.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        check(fs::symlink_metadata(&self.dir)?)
+                    }
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(e),
         }
