@@ -161,7 +161,7 @@ fn class_of(e: &KmsError) -> ErrorClass {
         KmsError::KeystoreNotFound { .. }
         | KmsError::WrongRootKey { .. }
         | KmsError::CorruptKeystore { .. } => ErrorClass::Keystore,
-        KmsError::Io { .. } => ErrorClass::Io,
+        KmsError::Io { .. } | KmsError::AuditTrail { .. } => ErrorClass::Io,
         KmsError::Internal { .. } => ErrorClass::General,
     }
 }

@@ -348,7 +348,11 @@ pub fn mount(g: &GlobalArgs, mut a: MountArgs) -> Result<(), CliError> {
             crate::daemon::read_marker(&backing)?,
             std::time::Duration::from_secs(a.kms_cache_seconds),
         )?,
-        None => bound_service_and_key(&g, a.key_id.as_deref(), &backing, &survey)?,
+        None => {
+            let bound = bound_service_and_key(&g, a.key_id.as_deref(), &backing, &survey)?;
+            keystore::open_key_service(&g)?.set_caller_source(crate::kms::CallerSource::Mount);
+            bound
+        }
     };
     if let Some(m) = marker {
         if prepared.backing_read_only {

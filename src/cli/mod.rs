@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::kms::Caller;
 
 pub mod access_key;
+pub mod audit;
 mod error;
 pub mod fs;
 pub mod keystore;
@@ -152,6 +153,12 @@ pub enum Command {
     Export(tree::ExportArgs),
     /// Encrypt a plain tree into a backing directory, without a mount.
     Import(tree::ImportArgs),
+    /// The keystore's audit trail: who used which key (show, verify).
+    Audit {
+        /// The audit operation.
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
 }
 
 /// The identity of this process, for key policies and the audit trail.
@@ -304,5 +311,6 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Fsck(a) => tree::fsck(g, a),
         Command::Export(a) => tree::export(g, a),
         Command::Import(a) => tree::import(g, a),
+        Command::Audit { command } => audit::run(g, command),
     }
 }

@@ -155,6 +155,7 @@ pub(super) fn serve(
             )));
         }
     }
+    req.ks.flush_audit();
     log::info!("unmounted {}", escaped(&req.mountpoint));
     Ok(())
 }

@@ -35,10 +35,27 @@ impl EncryptedFile {
         caller: &Caller,
         key_id: &str,
     ) -> Result<Self, EnvelopeError> {
+        Self::create_for(file, ks, caller, key_id, None)
+    }
+
+    /// `create` for the mount: the key service's audit record names the
+    /// file and the process (`KeyService::generate_data_key_for_open`).
+    pub fn create_for(
+        file: File,
+        ks: &dyn KeyService,
+        caller: &Caller,
+        key_id: &str,
+        access: Option<&crate::kms::FileAccess<'_>>,
+    ) -> Result<Self, EnvelopeError> {
         let file_id: FileId =
             random_array().map_err(|e| EnvelopeError::Io(std::io::Error::other(e)))?;
-        let dk =
-            ks.generate_data_key(caller, key_id, DataKeySpec::Aes256, &file_context(&file_id))?;
+        let ctx = file_context(&file_id);
+        let dk = match access {
+            Some(a) => {
+                ks.generate_data_key_for_open(caller, a, key_id, DataKeySpec::Aes256, &ctx)?
+            }
+            None => ks.generate_data_key(caller, key_id, DataKeySpec::Aes256, &ctx)?,
+        };
         let header = Header::new(
             file_id,
             Slot {
@@ -90,6 +107,31 @@ impl EncryptedFile {
             &slot.wrapped_key,
             &file_context(&header.file_id),
             None,
+        )?;
+        FileKey::new(
+            header.file_id,
+            d.key_id,
+            d.key_material_version,
+            d.plaintext.expose(),
+        )
+    }
+
+    /// `unwrap_key` for a file open in the mount: the key service's audit
+    /// record names the file and the process (`KeyService::decrypt_for_open`).
+    pub fn unwrap_key_for_open(
+        header: &Header,
+        ks: &dyn KeyService,
+        caller: &Caller,
+        access: &crate::kms::FileAccess<'_>,
+    ) -> Result<FileKey, EnvelopeError> {
+        let slot = header
+            .active()
+            .ok_or_else(|| EnvelopeError::CorruptHeader("no valid key slot".into()))?;
+        let d = ks.decrypt_for_open(
+            caller,
+            access,
+            &slot.wrapped_key,
+            &file_context(&header.file_id),
         )?;
         FileKey::new(
             header.file_id,

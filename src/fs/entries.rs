@@ -12,7 +12,6 @@ use super::attr::Attr;
 use super::error::FsError;
 use super::filesystem::KmsFs;
 use super::open::OpenFile;
-use crate::envelope::EncryptedFile;
 use crate::kms::Caller;
 use crate::os;
 
@@ -37,7 +36,7 @@ impl KmsFs {
             if let Some(mode) = self.mode_to_set(mode, setgid_dir, false) {
                 file.set_permissions(std::fs::Permissions::from_mode(mode))?;
             }
-            EncryptedFile::create(file, &*self.cfg.ks, caller, &self.cfg.key_id)
+            self.create_encrypted(file, caller, &backing)
                 .map_err(|e| FsError::envelope(e, &backing))
         });
         let ef = match sealed {

@@ -12,9 +12,9 @@ use super::filesystem::{KmsFs, lock};
 use super::node::Checked;
 use super::open::OpenFile;
 use super::privs::{self, Kill};
-use crate::envelope::{EncryptedFile, FileKey};
+use crate::envelope::{EncryptedFile, FileKey, file_context};
 use crate::format::Header;
-use crate::kms::Caller;
+use crate::kms::{Caller, FileAccess, Requester};
 use crate::os;
 
 /// Largest write the kernel may send (the kernel here caps it at 1 MiB).
@@ -44,28 +44,89 @@ impl KmsFs {
         self.opens.get(ino).ok_or(FsError::NotOpen)
     }
 
-    /// The data key of a header for `caller`, from the cache or the key service.
+    /// Who asks (from /proc: the groups always, for the key policy; name and
+    /// executable when the key service audits) and the path as seen under
+    /// the mount point, for the key service's audit record.
+    pub(super) fn requester(&self, caller: &Caller, backing: &Path) -> (Requester, String) {
+        let requester = if self.cfg.ks.audits_file_access() {
+            Requester::of(caller)
+        } else {
+            Requester::groups_of(caller)
+        };
+        let path = backing
+            .strip_prefix(&self.cfg.backing)
+            .unwrap_or(backing)
+            .to_string_lossy()
+            .into_owned();
+        (requester, path)
+    }
+
+    /// A new encrypted file over `file` under the mount's key, for `caller`
+    /// (the audit record names `backing` as seen under the mount point).
+    pub(super) fn create_encrypted(
+        &self,
+        file: File,
+        caller: &Caller,
+        backing: &Path,
+    ) -> Result<EncryptedFile, crate::envelope::EnvelopeError> {
+        let (requester, path) = self.requester(caller, backing);
+        let access = FileAccess {
+            path: &path,
+            requester: &requester,
+        };
+        EncryptedFile::create_for(file, &*self.cfg.ks, caller, &self.cfg.key_id, Some(&access))
+    }
+
+    /// The data key of a header for `caller`, from the cache or the key
+    /// service. Either way the key service hears of the open (one audit
+    /// record per open that needs the key, naming the path as seen under
+    /// the mount point and the requesting process); the requester's
+    /// supplementary groups, from /proc, count for the key policy and so
+    /// are part of the cache key.
     fn file_key(
         &self,
         header: &Header,
         caller: &Caller,
         backing: &Path,
     ) -> Result<Arc<FileKey>, FsError> {
-        let generation = self.cfg.ks.generation();
+        let ks = &*self.cfg.ks;
+        let generation = ks.generation();
         let wrapped = header
             .active()
             .map(|s| s.wrapped_key.as_slice())
             .unwrap_or(&[]);
-        if let Some(k) = self.keys.get(generation, &header.file_id, wrapped, caller) {
+        let (requester, path) = self.requester(caller, backing);
+        let groups = requester.groups.as_deref();
+        let access = FileAccess {
+            path: &path,
+            requester: &requester,
+        };
+        if let Some(k) = self
+            .keys
+            .get(generation, &header.file_id, wrapped, caller, groups)
+        {
+            ks.record_cached_open(
+                caller,
+                &access,
+                &k.key_id,
+                k.key_material_version,
+                &file_context(&header.file_id),
+            );
             super::stats::key_cache(true);
             return Ok(k);
         }
         super::stats::key_cache(false);
-        let key = EncryptedFile::unwrap_key(header, &*self.cfg.ks, caller)
+        let key = EncryptedFile::unwrap_key_for_open(header, ks, caller, &access)
             .map_err(|e| FsError::envelope(e, backing))?;
         let key = Arc::new(key);
-        self.keys
-            .insert(generation, &header.file_id, wrapped, caller, key.clone());
+        self.keys.insert(
+            generation,
+            &header.file_id,
+            wrapped,
+            caller,
+            groups,
+            key.clone(),
+        );
         Ok(key)
     }
 
@@ -184,7 +245,7 @@ impl KmsFs {
             // not a kmsfs file yet).
             let _one_at_a_time = lock(&self.init_lock);
             if file.metadata()?.len() == 0 {
-                EncryptedFile::create(file, &*self.cfg.ks, caller, &self.cfg.key_id)
+                self.create_encrypted(file, caller, &abs)
                     .map_err(|e| FsError::envelope(e, &abs))?
             } else {
                 self.with_data_key(file, caller, &abs)?

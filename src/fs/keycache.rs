@@ -2,8 +2,9 @@
 //! file does not call the key service every time.
 //!
 //! Bounded in entries and in age; keyed by the file id, a digest of the wrapped
-//! key and the caller's uid/gid (a key policy may allow one user and not
-//! another, so one user's unwrap never serves another). Whenever the key
+//! key and the caller's uid, gid and supplementary groups (a key policy may
+//! allow one user or group and not another, so one caller's unwrap never
+//! serves a caller the policy might treat differently). Whenever the key
 //! service's generation changes (another process changed the keystore: a key
 //! was disabled, scheduled for deletion, a policy changed) the whole cache is
 //! dropped, so the next open asks the key service again.
@@ -28,6 +29,8 @@ struct CacheKey {
     wrapped: [u8; 32],
     uid: u32,
     gid: u32,
+    /// The supplementary groups (None: unknown).
+    groups: Option<Vec<u32>>,
 }
 
 #[derive(Debug, Default)]
@@ -65,12 +68,13 @@ impl KeyCache {
         }
     }
 
-    fn key(file_id: &FileId, wrapped: &[u8], caller: &Caller) -> CacheKey {
+    fn key(file_id: &FileId, wrapped: &[u8], caller: &Caller, groups: Option<&[u32]>) -> CacheKey {
         CacheKey {
             file_id: *file_id,
             wrapped: sha256(&[wrapped]),
             uid: caller.uid,
             gid: caller.gid,
+            groups: groups.map(<[u32]>::to_vec),
         }
     }
 
@@ -87,6 +91,7 @@ impl KeyCache {
         file_id: &FileId,
         wrapped: &[u8],
         caller: &Caller,
+        groups: Option<&[u32]>,
     ) -> Option<Arc<FileKey>> {
         let mut g = self.lock();
         if g.generation != Some(generation) {
@@ -94,7 +99,7 @@ impl KeyCache {
             g.generation = Some(generation);
             return None;
         }
-        let k = Self::key(file_id, wrapped, caller);
+        let k = Self::key(file_id, wrapped, caller, groups);
         match g.map.get(&k) {
             Some((key, at)) if at.elapsed() < self.max_age => Some(key.clone()),
             Some(_) => {
@@ -114,6 +119,7 @@ impl KeyCache {
         file_id: &FileId,
         wrapped: &[u8],
         caller: &Caller,
+        groups: Option<&[u32]>,
         key: Arc<FileKey>,
     ) {
         let mut g = self.lock();
@@ -132,8 +138,10 @@ impl KeyCache {
         {
             g.map.remove(&oldest);
         }
-        g.map
-            .insert(Self::key(file_id, wrapped, caller), (key, Instant::now()));
+        g.map.insert(
+            Self::key(file_id, wrapped, caller, groups),
+            (key, Instant::now()),
+        );
     }
 
     /// Drops every key (unmount).
@@ -177,20 +185,22 @@ mod tests {
         let ks = TestKeys::new();
         let c = KeyCache::new();
         let (id, w, k) = key(&ks, &ALICE);
-        assert!(c.get(1, &id, &w, &ALICE).is_none());
-        c.insert(1, &id, &w, &ALICE, k.clone());
-        assert!(Arc::ptr_eq(&c.get(1, &id, &w, &ALICE).unwrap(), &k));
+        assert!(c.get(1, &id, &w, &ALICE, None).is_none());
+        c.insert(1, &id, &w, &ALICE, None, k.clone());
+        assert!(Arc::ptr_eq(&c.get(1, &id, &w, &ALICE, None).unwrap(), &k));
         // Another user never gets Alice's unwrap.
-        assert!(c.get(1, &id, &w, &BOB).is_none());
+        assert!(c.get(1, &id, &w, &BOB, None).is_none());
+        // The same user with other supplementary groups is another entry.
+        assert!(c.get(1, &id, &w, &ALICE, Some(&[7])).is_none());
         // Another wrapped key (a rewrap) is another entry.
-        assert!(c.get(1, &id, b"other blob", &ALICE).is_none());
+        assert!(c.get(1, &id, b"other blob", &ALICE, None).is_none());
         // Any keystore change empties the cache.
-        assert!(c.get(2, &id, &w, &ALICE).is_none());
+        assert!(c.get(2, &id, &w, &ALICE, None).is_none());
         assert_eq!(c.len(), 0);
         // An insert made at an old generation does not survive a newer one.
-        c.insert(2, &id, &w, &ALICE, k.clone());
-        c.insert(3, &id, &w, &BOB, k);
-        assert!(c.get(3, &id, &w, &ALICE).is_none());
+        c.insert(2, &id, &w, &ALICE, None, k.clone());
+        c.insert(3, &id, &w, &BOB, None, k);
+        assert!(c.get(3, &id, &w, &ALICE, None).is_none());
         assert_eq!(c.len(), 1);
     }
 
@@ -200,15 +210,15 @@ mod tests {
         let c = KeyCache::with_limits(3, Duration::from_secs(3600));
         let keys: Vec<_> = (0..5).map(|_| key(&ks, &ALICE)).collect();
         for (id, w, k) in &keys {
-            c.insert(7, id, w, &ALICE, k.clone());
+            c.insert(7, id, w, &ALICE, None, k.clone());
         }
         assert_eq!(c.len(), 3);
         // The newest stay.
         let (id, w, _) = &keys[4];
-        assert!(c.get(7, id, w, &ALICE).is_some());
+        assert!(c.get(7, id, w, &ALICE, None).is_some());
         let aged = KeyCache::with_limits(3, Duration::ZERO);
-        aged.insert(7, id, w, &ALICE, keys[4].2.clone());
-        assert!(aged.get(7, id, w, &ALICE).is_none());
+        aged.insert(7, id, w, &ALICE, None, keys[4].2.clone());
+        assert!(aged.get(7, id, w, &ALICE, None).is_none());
         aged.clear();
         assert_eq!(aged.len(), 0);
     }

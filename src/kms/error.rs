@@ -65,6 +65,13 @@ pub enum KmsError {
         /// The caller's (uid, gid).
         principal: (u32, u32),
     },
+    /// The audit trail cannot be written: a change to the keystore is
+    /// refused (or, when it was already made, reported as unrecorded).
+    #[error("the audit trail cannot be written: {problem}")]
+    AuditTrail {
+        /// What failed, and whether the change was made.
+        problem: String,
+    },
     /// A directory on the path to the keystore can be changed by another user.
     #[error(
         "refusing the keystore {}: {} can be changed by another user (owner uid {owner_uid}, mode {mode:o}), \
@@ -194,6 +201,7 @@ impl KmsError {
             KmsError::WrongRootKey { .. } => "KeystoreAccessDenied",
             KmsError::CorruptKeystore { .. } => "KeystoreCorrupt",
             KmsError::Io { .. } => "KeystoreIOError",
+            KmsError::AuditTrail { .. } => "AuditTrailUnavailable",
             KmsError::Internal { .. } => "KMSInternalException",
         }
     }
@@ -395,6 +403,9 @@ pub enum ValidationCode {
     ExpiredImportToken,
     /// The key material is not the right one.
     IncorrectKeyMaterial,
+    /// A key policy that would lock the caller out of changing it
+    /// (AWS: MalformedPolicyDocumentException).
+    PolicyLockout,
 }
 
 impl ValidationCode {
@@ -406,6 +417,7 @@ impl ValidationCode {
             ValidationCode::InvalidImportToken => Some("InvalidImportToken"),
             ValidationCode::ExpiredImportToken => Some("ExpiredImportToken"),
             ValidationCode::IncorrectKeyMaterial => Some("IncorrectKeyMaterial"),
+            ValidationCode::PolicyLockout => Some("MalformedPolicyDocument"),
         }
     }
 
@@ -416,6 +428,7 @@ impl ValidationCode {
             ValidationCode::InvalidImportToken => "InvalidImportToken: ",
             ValidationCode::ExpiredImportToken => "ExpiredImportToken: ",
             ValidationCode::IncorrectKeyMaterial => "IncorrectKeyMaterial: ",
+            ValidationCode::PolicyLockout => "",
         }
     }
 }

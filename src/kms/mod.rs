@@ -7,6 +7,7 @@
 
 use crate::crypto::SecretBytes;
 
+pub mod accounts;
 pub mod audit;
 pub mod blob;
 pub mod clock;
@@ -21,7 +22,7 @@ pub mod remote;
 pub mod service;
 pub mod wire;
 
-pub use audit::{AuditEvent, AuditSink, Operation};
+pub use audit::{AuditEvent, AuditSink, CallerSource, FileAccess, Operation, Requester};
 pub use context::EncryptionContext;
 pub use error::{Existing, KmsError, Missing, RootKeyProblem, StateProblem, ValidationCode};
 pub use service::{
@@ -226,6 +227,57 @@ pub trait KeyService: Send + Sync {
 
     /// DescribeKey.
     fn describe_key(&self, caller: &Caller, key_id: &str) -> Result<KeyMetadata, KmsError>;
+
+    /// Decrypt for a file open in the mount: the same as `decrypt`, and
+    /// the audit record names the file and the requesting process.
+    fn decrypt_for_open(
+        &self,
+        caller: &Caller,
+        access: &FileAccess<'_>,
+        ciphertext_blob: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<Decrypted, KmsError> {
+        let _ = access;
+        self.decrypt(caller, ciphertext_blob, context, None)
+    }
+
+    /// GenerateDataKey for a file the mount creates: the same as
+    /// `generate_data_key`, and the audit record names the file and the
+    /// requesting process.
+    fn generate_data_key_for_open(
+        &self,
+        caller: &Caller,
+        access: &FileAccess<'_>,
+        key_id: &str,
+        spec: DataKeySpec,
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        let _ = access;
+        self.generate_data_key(caller, key_id, spec, context)
+    }
+
+    /// Records a file open served from the mount's data-key cache: a
+    /// `Decrypt` marked as a cache hit, so that every open that needed the
+    /// key is in the trail. No key is used and nothing is refused here.
+    fn record_cached_open(
+        &self,
+        caller: &Caller,
+        access: &FileAccess<'_>,
+        key_id: &str,
+        key_material_version: u32,
+        context: &EncryptionContext,
+    ) {
+        let _ = (caller, access, key_id, key_material_version, context);
+    }
+
+    /// Writes out audit records still queued (at unmount).
+    fn flush_audit(&self) {}
+
+    /// True when this service records file opens (the mount then reads the
+    /// requester's name and executable from /proc for each open).
+    fn audits_file_access(&self) -> bool {
+        false
+    }
 
     /// A number that changes whenever the key service's state may have changed
     /// (another process updated the keystore, a key was disabled, ...). Cheap:

@@ -209,6 +209,12 @@ pub struct CreateKeyArgs {
     /// AWS_KMS (fresh material) or EXTERNAL (import your own material later).
     #[arg(long, value_enum, default_value = "AWS_KMS")]
     pub origin: OriginArg,
+    /// A key policy to attach from the start: JSON text, or file://PATH.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Accept a policy that would not let you change it again.
+    #[arg(long)]
+    pub bypass_policy_lockout_safety_check: bool,
 }
 
 /// Options of `get-parameters-for-import`.
@@ -280,6 +286,9 @@ pub struct PutKeyPolicyArgs {
     /// Always "default".
     #[arg(long, default_value = "default")]
     pub policy_name: String,
+    /// Accept a policy that would not let you change it again.
+    #[arg(long)]
+    pub bypass_policy_lockout_safety_check: bool,
 }
 
 /// Options of `get-key-policy`.

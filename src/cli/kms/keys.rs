@@ -19,8 +19,18 @@ pub(super) fn create_key(s: &Session, a: CreateKeyArgs) -> Result<(), CliError> 
         OriginArg::AwsKms => KeyOrigin::Kms,
         OriginArg::External => KeyOrigin::External,
     };
-    let m =
-        s.ks.create_key_with_origin(&s.caller, &a.description, origin)?;
+    let m = match &a.policy {
+        Some(p) => s.ks.create_key_with_policy(
+            &s.caller,
+            &a.description,
+            origin,
+            &policy_text(p)?,
+            a.bypass_policy_lockout_safety_check,
+        )?,
+        None => {
+            s.ks.create_key_with_origin(&s.caller, &a.description, origin)?
+        }
+    };
     if s.json {
         print_json(&json!({ "KeyMetadata": metadata_json(&m) }));
     } else {
@@ -206,12 +216,23 @@ pub(super) fn list_key_rotations(s: &Session, a: KeyIdArg) -> Result<(), CliErro
 
 /// `put-key-policy`.
 pub(super) fn put_key_policy(s: &Session, a: PutKeyPolicyArgs) -> Result<(), CliError> {
-    let text = match a.policy.strip_prefix("file://") {
+    let text = policy_text(&a.policy)?;
+    Ok(s.ks.put_key_policy_checked(
+        &s.caller,
+        &a.key_id,
+        &a.policy_name,
+        &text,
+        a.bypass_policy_lockout_safety_check,
+    )?)
+}
+
+/// A `--policy` argument: the text, or the file `file://PATH` names.
+fn policy_text(arg: &str) -> Result<String, CliError> {
+    match arg.strip_prefix("file://") {
         Some(p) => std::fs::read_to_string(p)
-            .map_err(|e| CliError::from(e).hint("check the path given to --policy file://PATH"))?,
-        None => a.policy,
-    };
-    Ok(s.ks.put_key_policy(&s.caller, &a.key_id, &a.policy_name, &text)?)
+            .map_err(|e| CliError::from(e).hint("check the path given to --policy file://PATH")),
+        None => Ok(arg.to_string()),
+    }
 }
 
 /// `get-key-policy`.

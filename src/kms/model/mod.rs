@@ -195,6 +195,40 @@ pub struct StoreState {
     /// Access keys of the protocol server, by access key id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub access_keys: BTreeMap<String, AccessKeyRecord>,
+    /// The key that signs the audit trail's digests (HMAC-SHA256), made on
+    /// first use: whoever can write the trail but not read the keystore
+    /// cannot re-sign a rewritten chain.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_secret_hex"
+    )]
+    pub audit_signing_key: Option<SecretBytes>,
+}
+
+/// Serde helper: an optional secret as a hex string.
+mod opt_secret_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::crypto::SecretBytes;
+
+    pub(super) fn serialize<S: Serializer>(
+        s: &Option<SecretBytes>,
+        ser: S,
+    ) -> Result<S::Ok, S::Error> {
+        match s {
+            Some(s) => super::secret_hex::serialize(s, ser),
+            None => ser.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SecretBytes>, D::Error> {
+        #[derive(Deserialize)]
+        struct W(#[serde(with = "super::secret_hex")] SecretBytes);
+        Ok(Option::<W>::deserialize(d)?.map(|w| w.0))
+    }
 }
 
 /// What an operation needs the key's state to allow.

@@ -1,14 +1,20 @@
 //! Key administration on `LocalKeyStore`: create, list, enable/disable,
 //! deletion, aliases, rotation, key policies and imported key material. Every
 //! change goes through `update` (lock, re-read, write both generations). Every
-//! method takes the caller, as the AWS API does, but none checks or audits it
-//! yet: key policies govern only cryptographic operations (`policy::authorize`).
+//! method takes the caller, as the AWS API does, and goes through `admin`
+//! (`service/audit.rs`): audited always, durably for a change; the key policy
+//! is enforced where `set_admin_policy_enforced` says a boundary exists, and
+//! from the command line only recorded (its owner holds the root key).
 #![forbid(unsafe_code)]
 
+use serde_json::json;
+
 use super::LocalKeyStore;
+use super::audit::Admin;
 use super::resolve::{resolve, resolve_mut};
 use crate::crypto::SecretBytes;
 use crate::crypto::hex;
+use crate::kms::audit::{Operation, Requester};
 use crate::kms::model::{self, KeyRecord, StoreState};
 use crate::kms::policy::{self, KeyPolicy};
 use crate::kms::{
@@ -98,6 +104,35 @@ pub struct KeyRotation {
     pub key_material_version: u32,
 }
 
+/// Parses a policy document and, unless bypassed, refuses one that would not
+/// allow `caller` kms:PutKeyPolicy (it could never change it again).
+fn parse_checked(
+    caller: &Caller,
+    document: &str,
+    bypass_lockout_check: bool,
+) -> Result<serde_json::Value, KmsError> {
+    let (p, value) = KeyPolicy::parse(document)?;
+    if !bypass_lockout_check
+        && !p.allows(
+            caller,
+            &Requester::of(caller),
+            Operation::PutKeyPolicy,
+            None,
+        )
+    {
+        return Err(KmsError::invalid_with(
+            ValidationCode::PolicyLockout,
+            format!(
+                "the new key policy will not allow you (uid {}) to update the key policy in the \
+                 future (kms:PutKeyPolicy); add a statement that allows it, or pass \
+                 --bypass-policy-lockout-safety-check if that is what you want",
+                caller.uid
+            ),
+        ));
+    }
+    Ok(value)
+}
+
 fn check_policy_name(name: &str) -> Result<(), KmsError> {
     if name == policy::POLICY_NAME {
         Ok(())
@@ -110,27 +145,51 @@ fn check_policy_name(name: &str) -> Result<(), KmsError> {
 
 impl LocalKeyStore {
     /// CreateKey: a new Enabled key with fresh material.
-    pub fn create_key(&self, _caller: &Caller, description: &str) -> Result<KeyMetadata, KmsError> {
-        self.update(|s, now| {
-            let k = KeyRecord::generate(description, now)?;
-            let meta = k.metadata(&self.keystore_id_hex);
-            s.keys.insert(k.key_id.clone(), k);
-            Ok(meta)
-        })
+    pub fn create_key(&self, caller: &Caller, description: &str) -> Result<KeyMetadata, KmsError> {
+        self.admin(
+            Admin {
+                op: Operation::CreateKey,
+                caller,
+                key: None,
+                request: json!({ "description": description, "origin": "AWS_KMS" }),
+            },
+            || {
+                self.update(|s, now| {
+                    let k = KeyRecord::generate(description, now)?;
+                    let meta = k.metadata(&self.keystore_id_hex);
+                    s.keys.insert(k.key_id.clone(), k);
+                    Ok(meta)
+                })
+            },
+            |m| (Some(m.key_id.clone()), Some(json!({ "keyMetadata": m }))),
+        )
     }
 
     /// ListKeys, in creation order.
-    pub fn list_keys(&self, _caller: &Caller) -> Result<Vec<KeyListEntry>, KmsError> {
-        let snap = self.fresh_snapshot()?;
-        let mut keys: Vec<&KeyRecord> = snap.state.keys.values().collect();
-        keys.sort_by(|a, b| (a.creation_date, &a.key_id).cmp(&(b.creation_date, &b.key_id)));
-        Ok(keys
-            .into_iter()
-            .map(|k| KeyListEntry {
-                key_id: k.key_id.clone(),
-                key_arn: model::key_arn(&self.keystore_id_hex, &k.key_id),
-            })
-            .collect())
+    pub fn list_keys(&self, caller: &Caller) -> Result<Vec<KeyListEntry>, KmsError> {
+        self.admin(
+            Admin {
+                op: Operation::ListKeys,
+                caller,
+                key: None,
+                request: json!({}),
+            },
+            || {
+                let snap = self.fresh_snapshot()?;
+                let mut keys: Vec<&KeyRecord> = snap.state.keys.values().collect();
+                keys.sort_by(|a, b| {
+                    (a.creation_date, &a.key_id).cmp(&(b.creation_date, &b.key_id))
+                });
+                Ok(keys
+                    .into_iter()
+                    .map(|k| KeyListEntry {
+                        key_id: k.key_id.clone(),
+                        key_arn: model::key_arn(&self.keystore_id_hex, &k.key_id),
+                    })
+                    .collect())
+            },
+            |_| (None, None),
+        )
     }
 
     /// The metadata of every key, in creation order (for readable listings).
@@ -144,8 +203,17 @@ impl LocalKeyStore {
     }
 
     /// EnableKey.
-    pub fn enable_key(&self, _caller: &Caller, key_id: &str) -> Result<(), KmsError> {
-        self.update(|s, _| resolve_mut(s, &self.keystore_id_hex, key_id)?.enable())
+    pub fn enable_key(&self, caller: &Caller, key_id: &str) -> Result<(), KmsError> {
+        self.admin(
+            Admin {
+                op: Operation::EnableKey,
+                caller,
+                key: Some(key_id),
+                request: json!({ "keyId": key_id }),
+            },
+            || self.update(|s, _| resolve_mut(s, &self.keystore_id_hex, key_id)?.enable()),
+            |_| (None, None),
+        )
     }
 
     /// UpdateKeyDescription.
@@ -215,28 +283,48 @@ impl LocalKeyStore {
     }
 
     /// DisableKey.
-    pub fn disable_key(&self, _caller: &Caller, key_id: &str) -> Result<(), KmsError> {
-        self.update(|s, _| resolve_mut(s, &self.keystore_id_hex, key_id)?.disable())
+    pub fn disable_key(&self, caller: &Caller, key_id: &str) -> Result<(), KmsError> {
+        self.admin(
+            Admin {
+                op: Operation::DisableKey,
+                caller,
+                key: Some(key_id),
+                request: json!({ "keyId": key_id }),
+            },
+            || self.update(|s, _| resolve_mut(s, &self.keystore_id_hex, key_id)?.disable()),
+            |_| (None, None),
+        )
     }
 
     /// ScheduleKeyDeletion with a waiting period of 7 to 30 days (default 30).
     pub fn schedule_key_deletion(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         key_id: &str,
         pending_window_in_days: Option<u32>,
     ) -> Result<ScheduledDeletion, KmsError> {
-        let days = pending_window_in_days.unwrap_or(model::MAX_PENDING_WINDOW_DAYS);
-        self.update(|s, now| {
-            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
-            let deletion_date = k.schedule_deletion(days, now)?;
-            Ok(ScheduledDeletion {
-                key_id: model::key_arn(&self.keystore_id_hex, &k.key_id),
-                deletion_date,
-                key_state: k.state,
-                pending_window_in_days: days,
-            })
-        })
+        self.admin(
+            Admin {
+                op: Operation::ScheduleKeyDeletion,
+                caller,
+                key: Some(key_id),
+                request: json!({ "keyId": key_id, "pendingWindowInDays": pending_window_in_days }),
+            },
+            || {
+                let days = pending_window_in_days.unwrap_or(model::MAX_PENDING_WINDOW_DAYS);
+                self.update(|s, now| {
+                    let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+                    let deletion_date = k.schedule_deletion(days, now)?;
+                    Ok(ScheduledDeletion {
+                        key_id: model::key_arn(&self.keystore_id_hex, &k.key_id),
+                        deletion_date,
+                        key_state: k.state,
+                        pending_window_in_days: days,
+                    })
+                })
+            },
+            |d| (None, Some(json!({ "keyId": d.key_id, "deletionDate": crate::kms::audit::time::format(d.deletion_date), "keyState": "PendingDeletion", "pendingWindowInDays": d.pending_window_in_days }))),
+        )
     }
 
     /// CreateKey with an origin: AWS_KMS (fresh material, Enabled) or EXTERNAL
@@ -250,12 +338,23 @@ impl LocalKeyStore {
         if origin == KeyOrigin::Kms {
             return self.create_key(caller, description);
         }
-        self.update(|s, now| {
-            let k = KeyRecord::new_external(description, now)?;
-            let meta = k.metadata(&self.keystore_id_hex);
-            s.keys.insert(k.key_id.clone(), k);
-            Ok(meta)
-        })
+        self.admin(
+            Admin {
+                op: Operation::CreateKey,
+                caller,
+                key: None,
+                request: json!({ "description": description, "origin": "EXTERNAL" }),
+            },
+            || {
+                self.update(|s, now| {
+                    let k = KeyRecord::new_external(description, now)?;
+                    let meta = k.metadata(&self.keystore_id_hex);
+                    s.keys.insert(k.key_id.clone(), k);
+                    Ok(meta)
+                })
+            },
+            |m| (Some(m.key_id.clone()), Some(json!({ "keyMetadata": m }))),
+        )
     }
 
     /// GetParametersForImport: a fresh RSA wrapping key (RSA_2048, RSA_3072 or
@@ -263,69 +362,80 @@ impl LocalKeyStore {
     /// Replaces earlier parameters of the key.
     pub fn get_parameters_for_import(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         key_id: &str,
         wrapping_algorithm: &str,
         wrapping_key_spec: &str,
     ) -> Result<ImportParameters, KmsError> {
-        if wrapping_algorithm != "RSAES_OAEP_SHA_256" {
-            return Err(KmsError::invalid(format!(
-                "WrappingAlgorithm {wrapping_algorithm:?} is not supported; use RSAES_OAEP_SHA_256"
-            )));
-        }
-        let bits = match wrapping_key_spec {
-            "RSA_2048" => 2048,
-            "RSA_3072" => 3072,
-            "RSA_4096" => 4096,
-            other => {
-                return Err(KmsError::invalid(format!(
-                    "WrappingKeySpec {other:?} is not supported; use RSA_2048, RSA_3072 or RSA_4096"
-                )));
-            }
-        };
-        // Check the key first (no RSA key generation for nothing), then generate
-        // outside the keystore lock: it can take a second for RSA_4096.
-        {
-            let snap = self.fresh_snapshot()?;
-            let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
-            k.clone().set_import_params(model::ImportParams {
-                token_id: String::new(),
-                wrapping_key: SecretBytes::new(Vec::new()),
-                wrapping_key_spec: String::new(),
-                valid_to: 0,
-            })?;
-        }
-        let crypto_err = |e: crate::crypto::CryptoError| {
-            KmsError::internal(format!("cannot make the import wrapping key: {e}"))
-        };
-        let rsa = crate::crypto::RsaUnwrapKey::generate(bits).map_err(crypto_err)?;
-        let public_key = rsa.public_key_der().map_err(crypto_err)?;
-        let wrapping_key = rsa.to_pkcs8().map_err(crypto_err)?;
-        let token_id = crate::crypto::random_array::<16>().map_err(crypto_err)?;
-        self.update(|s, now| {
-            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
-            let valid_to = now + model::IMPORT_PARAMETERS_VALIDITY_SECS;
-            k.set_import_params(model::ImportParams {
-                token_id: hex(&token_id),
-                wrapping_key,
-                wrapping_key_spec: wrapping_key_spec.to_string(),
-                valid_to,
-            })?;
-            let key_uuid = uuid::Uuid::parse_str(&k.key_id)
-                .map_err(|_| KmsError::internal("stored key id is not a UUID".into()))?;
-            let mut import_token = Vec::with_capacity(IMPORT_TOKEN_LEN);
-            import_token.extend_from_slice(&IMPORT_TOKEN_MAGIC);
-            import_token.push(1);
-            import_token.extend_from_slice(&self.keystore_id);
-            import_token.extend_from_slice(key_uuid.as_bytes());
-            import_token.extend_from_slice(&token_id);
-            Ok(ImportParameters {
-                key_id: model::key_arn(&self.keystore_id_hex, &k.key_id),
-                import_token,
-                public_key,
-                parameters_valid_to: valid_to,
-            })
-        })
+        self.admin(
+            Admin {
+                op: Operation::GetParametersForImport,
+                caller,
+                key: Some(key_id),
+                request: json!({ "keyId": key_id, "wrappingAlgorithm": wrapping_algorithm, "wrappingKeySpec": wrapping_key_spec }),
+            },
+            || {
+                if wrapping_algorithm != "RSAES_OAEP_SHA_256" {
+                    return Err(KmsError::invalid(format!(
+                        "WrappingAlgorithm {wrapping_algorithm:?} is not supported; use RSAES_OAEP_SHA_256"
+                    )));
+                }
+                let bits = match wrapping_key_spec {
+                    "RSA_2048" => 2048,
+                    "RSA_3072" => 3072,
+                    "RSA_4096" => 4096,
+                    other => {
+                        return Err(KmsError::invalid(format!(
+                            "WrappingKeySpec {other:?} is not supported; use RSA_2048, RSA_3072 or RSA_4096"
+                        )));
+                    }
+                };
+                // Check the key first (no RSA key generation for nothing), then generate
+                // outside the keystore lock: it can take a second for RSA_4096.
+                {
+                    let snap = self.fresh_snapshot()?;
+                    let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
+                    k.clone().set_import_params(model::ImportParams {
+                        token_id: String::new(),
+                        wrapping_key: SecretBytes::new(Vec::new()),
+                        wrapping_key_spec: String::new(),
+                        valid_to: 0,
+                    })?;
+                }
+                let crypto_err = |e: crate::crypto::CryptoError| {
+                    KmsError::internal(format!("cannot make the import wrapping key: {e}"))
+                };
+                let rsa = crate::crypto::RsaUnwrapKey::generate(bits).map_err(crypto_err)?;
+                let public_key = rsa.public_key_der().map_err(crypto_err)?;
+                let wrapping_key = rsa.to_pkcs8().map_err(crypto_err)?;
+                let token_id = crate::crypto::random_array::<16>().map_err(crypto_err)?;
+                self.update(|s, now| {
+                    let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+                    let valid_to = now + model::IMPORT_PARAMETERS_VALIDITY_SECS;
+                    k.set_import_params(model::ImportParams {
+                        token_id: hex(&token_id),
+                        wrapping_key,
+                        wrapping_key_spec: wrapping_key_spec.to_string(),
+                        valid_to,
+                    })?;
+                    let key_uuid = uuid::Uuid::parse_str(&k.key_id)
+                        .map_err(|_| KmsError::internal("stored key id is not a UUID".into()))?;
+                    let mut import_token = Vec::with_capacity(IMPORT_TOKEN_LEN);
+                    import_token.extend_from_slice(&IMPORT_TOKEN_MAGIC);
+                    import_token.push(1);
+                    import_token.extend_from_slice(&self.keystore_id);
+                    import_token.extend_from_slice(key_uuid.as_bytes());
+                    import_token.extend_from_slice(&token_id);
+                    Ok(ImportParameters {
+                        key_id: model::key_arn(&self.keystore_id_hex, &k.key_id),
+                        import_token,
+                        public_key,
+                        parameters_valid_to: valid_to,
+                    })
+                })
+            },
+            |p| (None, Some(json!({ "keyId": p.key_id, "parametersValidTo": crate::kms::audit::time::format(p.parameters_valid_to) }))),
+        )
     }
 
     /// ImportKeyMaterial: unwraps `encrypted_key_material` (RSAES-OAEP-SHA-256
@@ -333,205 +443,407 @@ impl LocalKeyStore {
     /// it the key's material, expiring at `valid_to` when given.
     pub fn import_key_material(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         key_id: &str,
         import_token: &[u8],
         encrypted_key_material: &[u8],
         valid_to: Option<i64>,
     ) -> Result<(), KmsError> {
-        let bad_token = || {
-            KmsError::invalid_with(
-                ValidationCode::InvalidImportToken,
-                "the import token is malformed or was issued for another key \
-                 or keystore; use the token get-parameters-for-import returned for this key"
-                    .into(),
-            )
-        };
-        if import_token.len() != IMPORT_TOKEN_LEN
-            || import_token[..4] != IMPORT_TOKEN_MAGIC
-            || import_token[4] != 1
-            || import_token[5..21] != self.keystore_id
-        {
-            return Err(bad_token());
-        }
-        self.update(|s, now| {
-            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
-            let key_uuid = uuid::Uuid::parse_str(&k.key_id)
-                .map_err(|_| KmsError::internal("stored key id is not a UUID".into()))?;
-            if import_token[21..37] != key_uuid.as_bytes()[..] {
-                return Err(bad_token());
-            }
-            let params = k.import.as_ref().ok_or_else(bad_token)?;
-            let rsa = crate::crypto::RsaUnwrapKey::from_pkcs8(params.wrapping_key.expose())
-                .map_err(|_| KmsError::corrupt("stored import wrapping key is unusable".into()))?;
-            let material = rsa.unwrap(encrypted_key_material).map_err(|_| {
-                KmsError::invalid_ciphertext(
-                    "the encrypted key material does not decrypt with this token's wrapping key; \
-                     wrap it with RSAES_OAEP_SHA_256 under the PublicKey from the same \
-                     get-parameters-for-import"
-                        .into(),
-                )
-            })?;
-            k.import_material(&hex(&import_token[37..]), material, valid_to, now)
-        })
+        self.admin(
+            Admin {
+                op: Operation::ImportKeyMaterial,
+                caller,
+                key: Some(key_id),
+                request: json!({ "keyId": key_id, "validTo": valid_to.map(crate::kms::audit::time::format), "expirationModel": if valid_to.is_some() { "KEY_MATERIAL_EXPIRES" } else { "KEY_MATERIAL_DOES_NOT_EXPIRE" } }),
+            },
+            || {
+                let bad_token = || {
+                    KmsError::invalid_with(
+                        ValidationCode::InvalidImportToken,
+                        "the import token is malformed or was issued for another key \
+                         or keystore; use the token get-parameters-for-import returned for this key"
+                            .into(),
+                    )
+                };
+                if import_token.len() != IMPORT_TOKEN_LEN
+                    || import_token[..4] != IMPORT_TOKEN_MAGIC
+                    || import_token[4] != 1
+                    || import_token[5..21] != self.keystore_id
+                {
+                    return Err(bad_token());
+                }
+                self.update(|s, now| {
+                    let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+                    let key_uuid = uuid::Uuid::parse_str(&k.key_id)
+                        .map_err(|_| KmsError::internal("stored key id is not a UUID".into()))?;
+                    if import_token[21..37] != key_uuid.as_bytes()[..] {
+                        return Err(bad_token());
+                    }
+                    let params = k.import.as_ref().ok_or_else(bad_token)?;
+                    let rsa = crate::crypto::RsaUnwrapKey::from_pkcs8(params.wrapping_key.expose())
+                        .map_err(|_| KmsError::corrupt("stored import wrapping key is unusable".into()))?;
+                    let material = rsa.unwrap(encrypted_key_material).map_err(|_| {
+                        KmsError::invalid_ciphertext(
+                            "the encrypted key material does not decrypt with this token's wrapping key; \
+                             wrap it with RSAES_OAEP_SHA_256 under the PublicKey from the same \
+                             get-parameters-for-import"
+                                .into(),
+                        )
+                    })?;
+                    k.import_material(&hex(&import_token[37..]), material, valid_to, now)
+                })
+            },
+            |_| (None, None),
+        )
     }
 
     /// DeleteImportedKeyMaterial: the key becomes PendingImport; its
     /// ciphertexts decrypt again once the same material is imported.
     pub fn delete_imported_key_material(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         key_id: &str,
     ) -> Result<(), KmsError> {
-        self.update(|s, _| {
-            resolve_mut(s, &self.keystore_id_hex, key_id)?.delete_imported_material()
-        })
+        self.admin(
+            Admin {
+                op: Operation::DeleteImportedKeyMaterial,
+                caller,
+                key: Some(key_id),
+                request: json!({ "keyId": key_id }),
+            },
+            || {
+                self.update(|s, _| {
+                    resolve_mut(s, &self.keystore_id_hex, key_id)?.delete_imported_material()
+                })
+            },
+            |_| (None, None),
+        )
     }
 
     /// RotateKeyOnDemand: new key material becomes current; old versions stay
     /// for decryption. Returns the key id and the new material version.
     pub fn rotate_key_on_demand(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         key_id: &str,
     ) -> Result<(String, u32), KmsError> {
-        self.update(|s, now| {
-            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
-            let v = k.rotate(model::RotationType::OnDemand, now)?;
-            Ok((k.key_id.clone(), v))
-        })
+        self.admin(
+            Admin {
+                op: Operation::RotateKeyOnDemand,
+                caller,
+                key: Some(key_id),
+                request: json!({ "keyId": key_id }),
+            },
+            || {
+                self.update(|s, now| {
+                    let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+                    let v = k.rotate(model::RotationType::OnDemand, now)?;
+                    Ok((k.key_id.clone(), v))
+                })
+            },
+            |(k, v)| {
+                (
+                    Some(k.clone()),
+                    Some(json!({ "keyId": k, "keyMaterialId": v.to_string() })),
+                )
+            },
+        )
     }
 
     /// EnableKeyRotation: automatic rotation every 90 to 2560 days (default 365).
     pub fn enable_key_rotation(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         key_id: &str,
         rotation_period_in_days: Option<u32>,
     ) -> Result<(), KmsError> {
-        let days = rotation_period_in_days.unwrap_or(model::DEFAULT_ROTATION_PERIOD_DAYS);
-        self.update(|s, now| {
-            resolve_mut(s, &self.keystore_id_hex, key_id)?.enable_rotation(days, now)
-        })
+        self.admin(
+            Admin {
+                op: Operation::EnableKeyRotation,
+                caller,
+                key: Some(key_id),
+                request: json!({ "keyId": key_id, "rotationPeriodInDays": rotation_period_in_days }),
+            },
+            || {
+                let days = rotation_period_in_days.unwrap_or(model::DEFAULT_ROTATION_PERIOD_DAYS);
+                self.update(|s, now| {
+                    resolve_mut(s, &self.keystore_id_hex, key_id)?.enable_rotation(days, now)
+                })
+            },
+            |_| (None, None),
+        )
     }
 
     /// DisableKeyRotation.
-    pub fn disable_key_rotation(&self, _caller: &Caller, key_id: &str) -> Result<(), KmsError> {
-        self.update(|s, _| resolve_mut(s, &self.keystore_id_hex, key_id)?.disable_rotation())
+    pub fn disable_key_rotation(&self, caller: &Caller, key_id: &str) -> Result<(), KmsError> {
+        self.admin(
+            Admin {
+                op: Operation::DisableKeyRotation,
+                caller,
+                key: Some(key_id),
+                request: json!({ "keyId": key_id }),
+            },
+            || {
+                self.update(|s, _| {
+                    resolve_mut(s, &self.keystore_id_hex, key_id)?.disable_rotation()
+                })
+            },
+            |_| (None, None),
+        )
     }
 
     /// GetKeyRotationStatus.
     pub fn get_key_rotation_status(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         key_id: &str,
     ) -> Result<KeyRotationStatus, KmsError> {
-        let snap = self.fresh_snapshot()?;
-        let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
-        Ok(KeyRotationStatus {
-            key_id: model::key_arn(&self.keystore_id_hex, &k.key_id),
-            key_rotation_enabled: k.rotation_period_days.is_some(),
-            rotation_period_in_days: k.rotation_period_days,
-            next_rotation_date: k.next_rotation,
-        })
+        self.admin(
+            Admin {
+                op: Operation::GetKeyRotationStatus,
+                caller,
+                key: Some(key_id),
+                request: json!({ "keyId": key_id }),
+            },
+            || {
+                let snap = self.fresh_snapshot()?;
+                let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
+                Ok(KeyRotationStatus {
+                    key_id: model::key_arn(&self.keystore_id_hex, &k.key_id),
+                    key_rotation_enabled: k.rotation_period_days.is_some(),
+                    rotation_period_in_days: k.rotation_period_days,
+                    next_rotation_date: k.next_rotation,
+                })
+            },
+            |_| (None, None),
+        )
     }
 
     /// ListKeyRotations: every rotation the key has had, oldest first.
     pub fn list_key_rotations(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         key_id: &str,
     ) -> Result<Vec<KeyRotation>, KmsError> {
-        let snap = self.fresh_snapshot()?;
-        let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
-        let mut v: Vec<KeyRotation> = k
-            .materials
-            .iter()
-            .filter_map(|m| {
-                m.rotation.map(|t| KeyRotation {
-                    key_id: k.key_id.clone(),
-                    rotation_date: m.created,
-                    rotation_type: t,
-                    key_material_version: m.version,
-                })
-            })
-            .collect();
-        v.sort_by_key(|r| r.key_material_version);
-        Ok(v)
+        self.admin(
+            Admin {
+                op: Operation::ListKeyRotations,
+                caller,
+                key: Some(key_id),
+                request: json!({ "keyId": key_id }),
+            },
+            || {
+                let snap = self.fresh_snapshot()?;
+                let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
+                let mut v: Vec<KeyRotation> = k
+                    .materials
+                    .iter()
+                    .filter_map(|m| {
+                        m.rotation.map(|t| KeyRotation {
+                            key_id: k.key_id.clone(),
+                            rotation_date: m.created,
+                            rotation_type: t,
+                            key_material_version: m.version,
+                        })
+                    })
+                    .collect();
+                v.sort_by_key(|r| r.key_material_version);
+                Ok(v)
+            },
+            |_| (None, None),
+        )
     }
 
-    /// PutKeyPolicy: validates and attaches a policy document (JSON text).
-    /// It governs the cryptographic operations; key administration is governed
-    /// by who can write the keystore.
+    /// PutKeyPolicy with the lockout safety check: a document that would
+    /// not let `caller` put a policy again is refused (as AWS).
     pub fn put_key_policy(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         key_id: &str,
         policy_name: &str,
         document: &str,
     ) -> Result<(), KmsError> {
-        check_policy_name(policy_name)?;
-        let (_, value) = KeyPolicy::parse(document)?;
-        self.update(|s, _| {
-            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
-            if k.state == KeyState::PendingDeletion {
-                return Err(KmsError::InvalidState {
-                    key_id: k.key_id.clone(),
-                    state: k.state,
-                    problem: StateProblem::PolicyOfPendingDeletion,
-                });
-            }
-            k.policy = Some(value);
-            Ok(())
-        })
+        self.put_key_policy_checked(caller, key_id, policy_name, document, false)
+    }
+
+    /// PutKeyPolicy: validates and attaches a policy document (JSON text).
+    /// Unless `bypass_lockout_check`, a document that would leave `caller`
+    /// without `kms:PutKeyPolicy` on the key is refused (AWS's lockout
+    /// safety check). From the command line a policy cannot stop the
+    /// keystore's owner (see docs/KEYSTORE.md); at a server it can.
+    pub fn put_key_policy_checked(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        policy_name: &str,
+        document: &str,
+        bypass_lockout_check: bool,
+    ) -> Result<(), KmsError> {
+        let request = json!({
+            "keyId": key_id,
+            "policyName": policy_name,
+            "policy": serde_json::from_str::<serde_json::Value>(document)
+                .unwrap_or_else(|_| json!(document)),
+            "bypassPolicyLockoutSafetyCheck": bypass_lockout_check,
+        });
+        self.admin(
+            Admin {
+                op: Operation::PutKeyPolicy,
+                caller,
+                key: Some(key_id),
+                request,
+            },
+            || {
+                check_policy_name(policy_name)?;
+                let value = parse_checked(caller, document, bypass_lockout_check)?;
+                self.update(|s, _| {
+                    let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+                    if k.state == KeyState::PendingDeletion {
+                        return Err(KmsError::InvalidState {
+                            key_id: k.key_id.clone(),
+                            state: k.state,
+                            problem: StateProblem::PolicyOfPendingDeletion,
+                        });
+                    }
+                    k.policy = Some(value);
+                    Ok(())
+                })
+            },
+            |_| (None, None),
+        )
+    }
+
+    /// CreateKey with a key policy attached from the start (checked like
+    /// PutKeyPolicy, lockout safety check included).
+    pub fn create_key_with_policy(
+        &self,
+        caller: &Caller,
+        description: &str,
+        origin: KeyOrigin,
+        document: &str,
+        bypass_lockout_check: bool,
+    ) -> Result<KeyMetadata, KmsError> {
+        let request = json!({
+            "description": description,
+            "origin": if origin == KeyOrigin::Kms { "AWS_KMS" } else { "EXTERNAL" },
+            "policy": serde_json::from_str::<serde_json::Value>(document)
+                .unwrap_or_else(|_| json!(document)),
+            "bypassPolicyLockoutSafetyCheck": bypass_lockout_check,
+        });
+        self.admin(
+            Admin {
+                op: Operation::CreateKey,
+                caller,
+                key: None,
+                request,
+            },
+            || {
+                let value = parse_checked(caller, document, bypass_lockout_check)?;
+                self.update(|s, now| {
+                    let mut k = match origin {
+                        KeyOrigin::Kms => KeyRecord::generate(description, now)?,
+                        KeyOrigin::External => KeyRecord::new_external(description, now)?,
+                    };
+                    k.policy = Some(value);
+                    let meta = k.metadata(&self.keystore_id_hex);
+                    s.keys.insert(k.key_id.clone(), k);
+                    Ok(meta)
+                })
+            },
+            |m| (Some(m.key_id.clone()), Some(json!({ "keyMetadata": m }))),
+        )
     }
 
     /// GetKeyPolicy: the attached document, or the default one.
     pub fn get_key_policy(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         key_id: &str,
         policy_name: &str,
     ) -> Result<serde_json::Value, KmsError> {
-        check_policy_name(policy_name)?;
-        let snap = self.fresh_snapshot()?;
-        let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
-        Ok(k.policy
-            .clone()
-            .unwrap_or_else(policy::default_policy_document))
+        self.admin(
+            Admin {
+                op: Operation::GetKeyPolicy,
+                caller,
+                key: Some(key_id),
+                request: json!({ "keyId": key_id, "policyName": policy_name }),
+            },
+            || {
+                check_policy_name(policy_name)?;
+                let snap = self.fresh_snapshot()?;
+                let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
+                Ok(k.policy
+                    .clone()
+                    .unwrap_or_else(policy::default_policy_document))
+            },
+            |_| (None, None),
+        )
     }
 
     /// CancelKeyDeletion: the key becomes Disabled. Returns its ARN.
-    pub fn cancel_key_deletion(&self, _caller: &Caller, key_id: &str) -> Result<String, KmsError> {
-        self.update(|s, _| {
-            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
-            k.cancel_deletion()?;
-            Ok(model::key_arn(&self.keystore_id_hex, &k.key_id))
-        })
+    pub fn cancel_key_deletion(&self, caller: &Caller, key_id: &str) -> Result<String, KmsError> {
+        self.admin(
+            Admin {
+                op: Operation::CancelKeyDeletion,
+                caller,
+                key: Some(key_id),
+                request: json!({ "keyId": key_id }),
+            },
+            || {
+                self.update(|s, _| {
+                    let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+                    k.cancel_deletion()?;
+                    Ok(model::key_arn(&self.keystore_id_hex, &k.key_id))
+                })
+            },
+            |_| (None, None),
+        )
     }
 
     /// CreateAlias (user aliases: the reserved prefixes are refused).
     pub fn create_alias(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         alias_name: &str,
         target_key_id: &str,
     ) -> Result<(), KmsError> {
-        self.point_alias(alias_name, target_key_id, |s, id| {
-            s.create_alias(alias_name, id, false)
-        })
+        self.admin(
+            Admin {
+                op: Operation::CreateAlias,
+                caller,
+                key: Some(target_key_id),
+                request: json!({ "aliasName": alias_name, "targetKeyId": target_key_id }),
+            },
+            || {
+                self.point_alias(alias_name, target_key_id, |s, id| {
+                    s.create_alias(alias_name, id, false)
+                })
+            },
+            |_| (None, None),
+        )
     }
 
     /// UpdateAlias.
     pub fn update_alias(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         alias_name: &str,
         target_key_id: &str,
     ) -> Result<(), KmsError> {
-        self.point_alias(alias_name, target_key_id, |s, id| {
-            s.update_alias(alias_name, id)
-        })
+        self.admin(
+            Admin {
+                op: Operation::UpdateAlias,
+                caller,
+                key: Some(target_key_id),
+                request: json!({ "aliasName": alias_name, "targetKeyId": target_key_id }),
+            },
+            || {
+                self.point_alias(alias_name, target_key_id, |s, id| {
+                    s.update_alias(alias_name, id)
+                })
+            },
+            |_| (None, None),
+        )
     }
 
     /// Checks a user alias name, then applies `f` with the key id that
@@ -552,56 +864,89 @@ impl LocalKeyStore {
     }
 
     /// DeleteAlias.
-    pub fn delete_alias(&self, _caller: &Caller, alias_name: &str) -> Result<(), KmsError> {
-        model::validate_alias_name(alias_name, false)?;
-        self.update(|s, _| s.delete_alias(alias_name))
+    pub fn delete_alias(&self, caller: &Caller, alias_name: &str) -> Result<(), KmsError> {
+        self.admin(
+            Admin {
+                op: Operation::DeleteAlias,
+                caller,
+                key: Some(alias_name),
+                request: json!({ "aliasName": alias_name }),
+            },
+            || {
+                model::validate_alias_name(alias_name, false)?;
+                self.update(|s, _| s.delete_alias(alias_name))
+            },
+            |_| (None, None),
+        )
     }
 
     /// ListAliases, optionally only those of one key.
     pub fn list_aliases(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         key_id: Option<&str>,
     ) -> Result<Vec<AliasListEntry>, KmsError> {
-        let snap = self.fresh_snapshot()?;
-        let only = match key_id {
-            Some(k) => Some(
-                resolve(&snap.state, &self.keystore_id_hex, k)?
-                    .key_id
-                    .clone(),
-            ),
-            None => None,
-        };
-        Ok(snap
-            .state
-            .aliases
-            .iter()
-            .filter(|(_, t)| only.as_ref().is_none_or(|o| o == *t))
-            .map(|(name, t)| AliasListEntry {
-                alias_name: name.clone(),
-                alias_arn: model::alias_arn(&self.keystore_id_hex, name),
-                target_key_id: t.clone(),
-            })
-            .collect())
+        self.admin(
+            Admin {
+                op: Operation::ListAliases,
+                caller,
+                key: None,
+                request: json!({ "keyId": key_id }),
+            },
+            || {
+                let snap = self.fresh_snapshot()?;
+                let only = match key_id {
+                    Some(k) => Some(
+                        resolve(&snap.state, &self.keystore_id_hex, k)?
+                            .key_id
+                            .clone(),
+                    ),
+                    None => None,
+                };
+                Ok(snap
+                    .state
+                    .aliases
+                    .iter()
+                    .filter(|(_, t)| only.as_ref().is_none_or(|o| o == *t))
+                    .map(|(name, t)| AliasListEntry {
+                        alias_name: name.clone(),
+                        alias_arn: model::alias_arn(&self.keystore_id_hex, name),
+                        target_key_id: t.clone(),
+                    })
+                    .collect())
+            },
+            |_| (None, None),
+        )
     }
 
     /// The key aliased `alias/kmsfs/default`, created (with its alias) if absent,
     /// as AWS creates `aws/ebs` on first use. Returns its key id.
-    pub fn ensure_default_key(&self, _caller: &Caller) -> Result<String, KmsError> {
+    pub fn ensure_default_key(&self, caller: &Caller) -> Result<String, KmsError> {
         let snap = self.fresh_snapshot()?;
         if let Some(id) = snap.state.aliases.get(model::DEFAULT_ALIAS) {
             return Ok(id.clone());
         }
-        self.update(|s, now| {
-            if let Some(id) = s.aliases.get(model::DEFAULT_ALIAS) {
-                return Ok(id.clone()); // another process made it meanwhile
-            }
-            let k =
-                KeyRecord::generate("Default key for kmsfs mounts (created automatically)", now)?;
-            let id = k.key_id.clone();
-            s.keys.insert(id.clone(), k);
-            s.create_alias(model::DEFAULT_ALIAS, &id, true)?;
-            Ok(id)
-        })
+        const DESCRIPTION: &str = "Default key for kmsfs mounts (created automatically)";
+        self.admin(
+            Admin {
+                op: Operation::CreateKey,
+                caller,
+                key: None,
+                request: json!({ "description": DESCRIPTION, "alias": model::DEFAULT_ALIAS }),
+            },
+            || {
+                self.update(|s, now| {
+                    if let Some(id) = s.aliases.get(model::DEFAULT_ALIAS) {
+                        return Ok(id.clone()); // another process made it meanwhile
+                    }
+                    let k = KeyRecord::generate(DESCRIPTION, now)?;
+                    let id = k.key_id.clone();
+                    s.keys.insert(id.clone(), k);
+                    s.create_alias(model::DEFAULT_ALIAS, &id, true)?;
+                    Ok(id)
+                })
+            },
+            |id| (Some(id.clone()), None),
+        )
     }
 }

@@ -3,18 +3,58 @@
 //! the key, refuses what its state forbids, authorizes the caller and audits.
 #![forbid(unsafe_code)]
 
+use std::cell::OnceCell;
 use std::sync::atomic::Ordering;
 
+use serde_json::{Map, Value, json};
+
 use super::LocalKeyStore;
+use super::audit::{Admin, Outcome};
 use super::resolve::resolve;
 use crate::crypto::{AeadKey, SecretBytes, hex};
-use crate::kms::audit::{AuditEvent, Operation};
+use crate::kms::audit::{FileAccess, Operation, Requester};
 use crate::kms::blob::{self, BlobHeader};
 use crate::kms::model::{KeyRecord, StoreState, Usage};
 use crate::kms::{
     Caller, DataKey, DataKeySpec, Decrypted, Encrypted, EncryptionContext, KeyMetadata, KeyService,
     KeyState, KmsError, MAX_ENCRYPT_PLAINTEXT, Missing, StateProblem, ValidationCode, clock,
 };
+
+/// What a cryptographic operation was asked, for its policy conditions and
+/// its audit record.
+struct Call<'a> {
+    /// `requestParameters` (no secrets).
+    request: Value,
+    /// The encryption context the policy's conditions look at.
+    ctx: Option<&'a EncryptionContext>,
+    /// The file open, for the mount.
+    access: Option<&'a FileAccess<'a>>,
+}
+
+impl<'a> Call<'a> {
+    fn new(request: Value, ctx: &'a EncryptionContext) -> Self {
+        Self {
+            request,
+            ctx: Some(ctx),
+            access: None,
+        }
+    }
+}
+
+/// The audit record's view of an encryption context.
+fn context_json(ctx: &EncryptionContext) -> Value {
+    json!(ctx.0)
+}
+
+/// `additionalEventData` of a file open in the mount.
+fn access_extra(access: Option<&FileAccess<'_>>, cache_hit: bool) -> Map<String, Value> {
+    let mut m = Map::new();
+    if let Some(a) = access {
+        m.insert("path".into(), json!(a.path));
+        m.insert("cacheHit".into(), json!(cache_hit));
+    }
+    m
+}
 
 /// How a crypto operation names its key.
 enum KeyRef<'a> {
@@ -33,12 +73,19 @@ impl LocalKeyStore {
         op: Operation,
         key_ref: KeyRef<'_>,
         usage: Usage,
+        call: Call<'_>,
         f: impl FnOnce(&StoreState, &KeyRecord, &[(u32, AeadKey)]) -> Result<(T, u32), KmsError>,
     ) -> Result<T, KmsError> {
+        self.audit_gate()?;
         self.refresh_if_stale();
         let snap = self.snapshot();
         let mut audit_key: Option<String> = None;
         let mut version = None;
+        let owned: OnceCell<Requester> = OnceCell::new();
+        let who = || match call.access {
+            Some(a) => a.requester,
+            None => owned.get_or_init(|| Requester::of(caller)),
+        };
         let result = (|| {
             if let Some(why) = &snap.broken {
                 return Err(KmsError::corrupt(why.clone()));
@@ -69,6 +116,9 @@ impl LocalKeyStore {
                 }
             };
             audit_key = Some(key.key_id.clone());
+            if let KeyRef::Blob(h) = key_ref {
+                version = Some(h.material_version);
+            }
             // Dates are also applied lazily every freshness interval; these checks
             // close the gap, and only keys with a date read the clock.
             if key.state == KeyState::PendingDeletion && key.deletion_due(clock::now()?) {
@@ -91,7 +141,9 @@ impl LocalKeyStore {
                 });
             }
             key.check_usable(usage)?;
-            crate::kms::policy::authorize(caller, &key.key_id, snap.policies.get(&key.key_id), op)?;
+            if let Some(p) = snap.policies.get(&key.key_id) {
+                crate::kms::policy::authorize(caller, who(), &key.key_id, Some(p), op, call.ctx)?;
+            }
             let ciphers = snap
                 .ciphers
                 .get(&key.key_id)
@@ -100,39 +152,25 @@ impl LocalKeyStore {
             version = Some(v);
             Ok(out)
         })();
-        self.audit_event(caller, op, audit_key.as_deref(), &key_ref, version, &result);
-        result
-    }
-
-    fn audit_event<T>(
-        &self,
-        caller: &Caller,
-        op: Operation,
-        key: Option<&str>,
-        key_ref: &KeyRef<'_>,
-        material_version: Option<u32>,
-        result: &Result<T, KmsError>,
-    ) {
-        let named = match key_ref {
-            KeyRef::Name(n) => n,
-            KeyRef::Blob(_) => "(ciphertext blob)",
-        };
-        let key_id = key.unwrap_or(named);
-        let result = result.as_ref().map(|_| ()).map_err(|e| e.aws_code());
-        match self.audit.get() {
-            Some(sink) => sink.record(&AuditEvent {
-                caller,
-                operation: op,
-                key_id,
-                material_version,
-                result,
-                time: clock::now().unwrap_or(0),
-            }),
-            None => log::trace!(
-                "{} key={key_id} uid={} result={result:?}",
-                op.as_str(),
-                caller.uid
-            ),
+        let recorded = self.record(Outcome {
+            op,
+            caller,
+            requester: who(),
+            request: call.request,
+            response: None,
+            key_id: audit_key.as_deref(),
+            named: match key_ref {
+                KeyRef::Name(n) => Some(n),
+                KeyRef::Blob(_) => Some("(ciphertext blob)"),
+            },
+            material_version: version,
+            error: result.as_ref().err(),
+            extra: access_extra(call.access, false),
+        });
+        match (result, recorded) {
+            // The command line fails closed: no result without its record.
+            (Ok(_), Err(e)) => Err(e),
+            (r, _) => r,
         }
     }
 
@@ -170,6 +208,7 @@ impl LocalKeyStore {
         ciphertext_blob: &[u8],
         context: &EncryptionContext,
         key_id: Option<&str>,
+        access: Option<&FileAccess<'_>>,
     ) -> Result<(String, u32, SecretBytes), KmsError> {
         let header = BlobHeader::parse(ciphertext_blob)?;
         if header.keystore_id != self.keystore_id {
@@ -179,11 +218,24 @@ impl LocalKeyStore {
                 self.keystore_id_hex
             )));
         }
+        let mut request = json!({
+            "encryptionContext": context_json(context),
+            "encryptionAlgorithm": "SYMMETRIC_DEFAULT",
+        });
+        if let Some(k) = key_id {
+            request["keyId"] = json!(k);
+        }
+        let call = Call {
+            request,
+            ctx: Some(context),
+            access,
+        };
         self.use_key(
             caller,
             op,
             KeyRef::Blob(&header),
             Usage::Decrypt,
+            call,
             |state, key, ciphers| {
                 if let Some(want) = key_id {
                     let wanted = resolve(state, &self.keystore_id_hex, want)?;
@@ -245,6 +297,7 @@ impl LocalKeyStore {
             key_id,
             spec,
             context,
+            None,
         )?;
         Ok(Encrypted {
             key_id: dk.key_id,
@@ -260,13 +313,28 @@ impl LocalKeyStore {
         key_id: &str,
         spec: DataKeySpec,
         context: &EncryptionContext,
+        access: Option<&FileAccess<'_>>,
     ) -> Result<DataKey, KmsError> {
         let len = spec.byte_len()?;
+        let mut request = json!({
+            "keyId": key_id,
+            "encryptionContext": context_json(context),
+        });
+        match spec {
+            DataKeySpec::Aes256 => request["keySpec"] = json!("AES_256"),
+            DataKeySpec::Aes128 => request["keySpec"] = json!("AES_128"),
+            DataKeySpec::Bytes(n) => request["numberOfBytes"] = json!(n),
+        }
         self.use_key(
             caller,
             op,
             KeyRef::Name(key_id),
             Usage::Encrypt,
+            Call {
+                request,
+                ctx: Some(context),
+                access,
+            },
             |_, key, ciphers| {
                 let plaintext = SecretBytes::random(len)
                     .map_err(|e| KmsError::internal(format!("cannot generate a data key: {e}")))?;
@@ -294,7 +362,32 @@ impl KeyService for LocalKeyStore {
         spec: DataKeySpec,
         context: &EncryptionContext,
     ) -> Result<DataKey, KmsError> {
-        self.gdk(caller, Operation::GenerateDataKey, key_id, spec, context)
+        self.gdk(
+            caller,
+            Operation::GenerateDataKey,
+            key_id,
+            spec,
+            context,
+            None,
+        )
+    }
+
+    fn generate_data_key_for_open(
+        &self,
+        caller: &Caller,
+        access: &FileAccess<'_>,
+        key_id: &str,
+        spec: DataKeySpec,
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        self.gdk(
+            caller,
+            Operation::GenerateDataKey,
+            key_id,
+            spec,
+            context,
+            Some(access),
+        )
     }
 
     fn decrypt(
@@ -304,8 +397,14 @@ impl KeyService for LocalKeyStore {
         context: &EncryptionContext,
         key_id: Option<&str>,
     ) -> Result<Decrypted, KmsError> {
-        let (key_id, key_material_version, plaintext) =
-            self.open_blob(caller, Operation::Decrypt, ciphertext_blob, context, key_id)?;
+        let (key_id, key_material_version, plaintext) = self.open_blob(
+            caller,
+            Operation::Decrypt,
+            ciphertext_blob,
+            context,
+            key_id,
+            None,
+        )?;
         Ok(Decrypted {
             key_id,
             key_material_version,
@@ -339,11 +438,17 @@ impl KeyService for LocalKeyStore {
                 ),
             ));
         }
+        let request = json!({
+            "keyId": key_id,
+            "encryptionContext": context_json(context),
+            "encryptionAlgorithm": "SYMMETRIC_DEFAULT",
+        });
         self.use_key(
             caller,
             Operation::Encrypt,
             KeyRef::Name(key_id),
             Usage::Encrypt,
+            Call::new(request, context),
             |_, key, ciphers| {
                 let (ciphertext_blob, v) = self.seal_current(key, ciphers, plaintext, context)?;
                 Ok((
@@ -372,12 +477,19 @@ impl KeyService for LocalKeyStore {
             ciphertext_blob,
             source_context,
             None,
+            None,
         )?;
+        let request = json!({
+            "destinationKeyId": destination_key_id,
+            "sourceEncryptionContext": context_json(source_context),
+            "destinationEncryptionContext": context_json(destination_context),
+        });
         self.use_key(
             caller,
             Operation::ReEncryptTo,
             KeyRef::Name(destination_key_id),
             Usage::Encrypt,
+            Call::new(request, destination_context),
             |_, key, ciphers| {
                 let (blob, v) =
                     self.seal_current(key, ciphers, plaintext.expose(), destination_context)?;
@@ -393,16 +505,82 @@ impl KeyService for LocalKeyStore {
         )
     }
 
-    fn describe_key(&self, _caller: &Caller, key_id: &str) -> Result<KeyMetadata, KmsError> {
-        let snap = self.fresh_snapshot()?;
-        let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
-        if k.deletion_due(clock::now()?) {
-            self.apply_due()?;
-            return Err(KmsError::not_found(Missing::Deleted {
-                key_id: k.key_id.clone(),
-            }));
-        }
-        Ok(k.metadata(&self.keystore_id_hex))
+    fn describe_key(&self, caller: &Caller, key_id: &str) -> Result<KeyMetadata, KmsError> {
+        self.admin(
+            Admin {
+                op: Operation::DescribeKey,
+                caller,
+                key: Some(key_id),
+                request: json!({ "keyId": key_id }),
+            },
+            || {
+                let snap = self.fresh_snapshot()?;
+                let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
+                if k.deletion_due(clock::now()?) {
+                    self.apply_due()?;
+                    return Err(KmsError::not_found(Missing::Deleted {
+                        key_id: k.key_id.clone(),
+                    }));
+                }
+                Ok(k.metadata(&self.keystore_id_hex))
+            },
+            |m| (Some(m.key_id.clone()), None),
+        )
+    }
+
+    fn decrypt_for_open(
+        &self,
+        caller: &Caller,
+        access: &FileAccess<'_>,
+        ciphertext_blob: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<Decrypted, KmsError> {
+        let (key_id, key_material_version, plaintext) = self.open_blob(
+            caller,
+            Operation::Decrypt,
+            ciphertext_blob,
+            context,
+            None,
+            Some(access),
+        )?;
+        Ok(Decrypted {
+            key_id,
+            key_material_version,
+            plaintext,
+        })
+    }
+
+    fn record_cached_open(
+        &self,
+        caller: &Caller,
+        access: &FileAccess<'_>,
+        key_id: &str,
+        key_material_version: u32,
+        context: &EncryptionContext,
+    ) {
+        let _ = self.record(Outcome {
+            op: Operation::Decrypt,
+            caller,
+            requester: access.requester,
+            request: json!({
+                "encryptionContext": context_json(context),
+                "encryptionAlgorithm": "SYMMETRIC_DEFAULT",
+            }),
+            response: None,
+            key_id: Some(key_id),
+            named: None,
+            material_version: Some(key_material_version),
+            error: None,
+            extra: access_extra(Some(access), true),
+        });
+    }
+
+    fn flush_audit(&self) {
+        self.flush_audit_trail();
+    }
+
+    fn audits_file_access(&self) -> bool {
+        self.audit_trail().is_some()
     }
 
     fn generation(&self) -> u64 {

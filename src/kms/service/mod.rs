@@ -6,12 +6,12 @@
 #![forbid(unsafe_code)]
 
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use super::KmsError;
-use super::audit::AuditSink;
+use super::audit::{AuditSink, Trail};
 use super::store::{self, CreateMode, KeystoreDir, RootKey};
 use crate::crypto::{SecretBytes, hex};
 
@@ -22,6 +22,7 @@ pub const FRESHNESS_INTERVAL_MS: u64 = 20;
 
 mod access_keys;
 mod admin;
+mod audit;
 mod crypto_ops;
 mod registry;
 mod resolve;
@@ -30,6 +31,8 @@ mod snapshot;
 use snapshot::{KnownDamage, Loaded, Snapshot, load};
 
 pub use access_keys::{AccessKeyEntry, AccessKeySecret, NewAccessKey};
+pub use audit::AUDIT_ENV;
+
 pub use admin::{
     AliasListEntry, ImportParameters, KeyListEntry, KeyRotation, KeyRotationStatus,
     ScheduledDeletion,
@@ -47,6 +50,12 @@ pub struct LocalKeyStore {
     last_check_ns: AtomicU64,
     reload_lock: Mutex<()>,
     audit: OnceLock<Arc<dyn AuditSink>>,
+    /// The audit trail beside the keystore (unset when turned off).
+    trail: OnceLock<Arc<Trail>>,
+    /// Who uses this service (`audit::CallerSource` as a number).
+    source: AtomicU8,
+    /// Whether key policies govern key administration here.
+    admin_enforced: AtomicBool,
     /// A damaged current generation that a reload refused to fall back from:
     /// not re-read until it changes.
     known_damage: Mutex<KnownDamage>,
@@ -102,6 +111,8 @@ impl LocalKeyStore {
         }
         let root = root.ok_or_else(|| KmsError::internal("root key not obtained".into()))?;
         let ks = Self::assemble(kdir, root, loaded)?;
+        // The trail first: what is due is applied (and recorded) now.
+        ks.init_trail();
         // A reader without write access still opens: due keys are refused in memory.
         if let Err(e) = ks.apply_due() {
             ks.warn_once(&format!(
@@ -115,7 +126,7 @@ impl LocalKeyStore {
     pub fn create(dir: &Path, mode: CreateMode) -> Result<Self, KmsError> {
         let kdir = KeystoreDir::new(store::trusted_path(dir, true)?);
         let (keystore_id, root, state, fp) = store::create(&kdir, mode)?;
-        Self::assemble(
+        let ks = Self::assemble(
             kdir,
             root,
             Loaded {
@@ -125,7 +136,9 @@ impl LocalKeyStore {
                 fingerprint: Some(fp),
                 fallback: None,
             },
-        )
+        )?;
+        ks.init_trail();
+        Ok(ks)
     }
 
     fn assemble(dir: KeystoreDir, root: RootKey, l: Loaded) -> Result<Self, KmsError> {
@@ -141,6 +154,9 @@ impl LocalKeyStore {
             last_check_ns: AtomicU64::new(0),
             reload_lock: Mutex::new(()),
             audit: OnceLock::new(),
+            trail: OnceLock::new(),
+            source: AtomicU8::new(0),
+            admin_enforced: AtomicBool::new(false),
             known_damage: Mutex::new(KnownDamage::Nothing),
             purge_warned: std::sync::atomic::AtomicBool::new(false),
             last_warning: Mutex::new(None),

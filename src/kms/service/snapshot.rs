@@ -244,6 +244,9 @@ impl LocalKeyStore {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
+        if let (Some(t), Some(k)) = (self.trail.get(), &snap.state.audit_signing_key) {
+            t.set_key(k);
+        }
         *g = Arc::new(snap);
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
@@ -454,6 +457,13 @@ impl LocalKeyStore {
         if result.is_err() && purged.is_empty() && rotated.is_empty() && expired.is_empty() {
             return result;
         }
+        // A keystore older than the audit trail gets its signing key with
+        // its first change.
+        if state.audit_signing_key.is_none() {
+            let k = crate::crypto::random_array::<32>()
+                .map_err(|e| KmsError::internal(format!("cannot make the audit key: {e}")))?;
+            state.audit_signing_key = Some(SecretBytes::new(k.to_vec()));
+        }
         // The kept generation must not keep material that this update
         // removes (a purge, an expiry, DeleteImportedKeyMaterial): it is what a
         // later process falls back to when the current generation is damaged.
@@ -477,11 +487,23 @@ impl LocalKeyStore {
             log::info!("the imported material of key {id} expired and was deleted");
         }
         let snap = Snapshot::new(state, Some(fp), None, old_generation + 1)?;
-        let _reloads = match self.reload_lock.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        self.install(snap);
+        {
+            let _reloads = match self.reload_lock.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            self.install(snap);
+        }
+        use crate::kms::audit::Operation as O;
+        for (op, ids) in [
+            (O::DeleteKey, &purged),
+            (O::RotateKey, &rotated),
+            (O::DeleteExpiredKeyMaterial, &expired),
+        ] {
+            for id in ids {
+                self.record_date_reached(op, id);
+            }
+        }
         result
     }
 

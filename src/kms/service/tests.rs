@@ -253,7 +253,20 @@ fn key_policy_is_enforced_for_the_caller() {
     let doc = r#"{"Statement":[
         {"Effect":"Allow","Principal":{"kmsfs":"gid:100"},"Action":"kms:*"},
         {"Effect":"Deny","Principal":{"kmsfs":"uid:666"},"Action":"kms:Decrypt"}]}"#;
-    ks.put_key_policy(&ME, &id, "default", doc).unwrap();
+    // It would lock ME out of changing it again: refused unless bypassed.
+    let e = ks.put_key_policy(&ME, &id, "default", doc).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            KmsError::Validation {
+                code: Some(crate::kms::ValidationCode::PolicyLockout),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    ks.put_key_policy_checked(&ME, &id, "default", doc, true)
+        .unwrap();
     assert!(ks.decrypt(&alice, &blob, &ctx(), None).is_ok());
     let e = ks.decrypt(&mallory, &blob, &ctx(), None).unwrap_err();
     assert!(
@@ -667,6 +680,7 @@ fn audit_sink_sees_every_use_and_refusal() {
         ev,
         vec![
             (Operation::Encrypt, id.clone(), Ok(())),
+            (Operation::DisableKey, id.clone(), Ok(())),
             (Operation::Decrypt, id.clone(), Err("DisabledException")),
             (
                 Operation::Encrypt,

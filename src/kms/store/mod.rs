@@ -66,7 +66,13 @@ pub fn create(
         }
     };
     let id = crypto::random_array::<16>().map_err(|e| KmsError::internal(e.to_string()))?;
-    let state = StoreState::default();
+    // The audit trail's signing key is made with the keystore (older
+    // keystores get one on first open).
+    let audit_key = crypto::random_array::<32>().map_err(|e| KmsError::internal(e.to_string()))?;
+    let state = StoreState {
+        audit_signing_key: Some(crypto::SecretBytes::new(audit_key.to_vec())),
+        ..StoreState::default()
+    };
     let bytes = encode(&id, &root, 1, &state)?;
     dir.remove_stale_temporaries();
     let fp = dir.write_generations(None, &bytes)?;

@@ -105,13 +105,15 @@ fn every_flipped_byte_and_truncation_is_detected() {
 
 #[test]
 fn worked_size_of_an_empty_keystore() {
-    // docs/KEYSTORE.md: 95 fixed + (24-byte JSON + 28) body + 32 checksum.
+    // docs/KEYSTORE.md: 95 fixed + (111-byte JSON + 28) body + 32 checksum;
+    // the JSON is the empty state (24 bytes) with the audit signing key
+    // (`,"audit_signing_key":"` 22 bytes, 64 hex digits, `"`).
     let t = tempfile::tempdir().unwrap();
     let dir = KeystoreDir::new(t.path());
     create(&dir, CreateMode::RootKeyFile).unwrap();
     assert_eq!(FIXED_LEN, 95);
     assert_eq!(StoreState::default().to_sealed_json().unwrap().len(), 24);
-    assert_eq!(fs::read(dir.file(CURRENT_FILE)).unwrap().len(), 179);
+    assert_eq!(fs::read(dir.file(CURRENT_FILE)).unwrap().len(), 266);
     assert_eq!(fs::read(dir.file(ROOT_KEY_FILE)).unwrap().len(), 40);
 }
 

@@ -1,0 +1,317 @@
+//! How `LocalKeyStore` feeds the audit trail: the trail is set up when the
+//! keystore opens (with the signing key sealed in the keystore, made on
+//! first use), every operation ends in `record`, and `admin` wraps every
+//! key administration: the trail must be writable before a change (fail
+//! closed), the key policy is evaluated (enforced at a boundary, advisory
+//! from the command line), and the record is durable before returning.
+#![forbid(unsafe_code)]
+
+use std::cell::OnceCell;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde_json::{Map, Value, json};
+
+use super::LocalKeyStore;
+use super::resolve::resolve;
+use crate::kms::audit::record::{self, Event};
+use crate::kms::audit::verify::{self, Report};
+use crate::kms::audit::{AuditEvent, CallerSource, Durability, Operation, Requester, Trail};
+use crate::kms::model::key_arn;
+use crate::kms::{Caller, KmsError, clock};
+
+/// The environment variable that turns the trail off (`off`): for the
+/// owner's measurements; anyone who can set it for a process that opens the
+/// keystore can read the keystore anyway.
+pub const AUDIT_ENV: &str = "KMSFS_AUDIT";
+
+/// A key administration, as `admin` records it.
+pub(super) struct Admin<'a> {
+    pub(super) op: Operation,
+    pub(super) caller: &'a Caller,
+    /// The key as named (id, ARN or alias), when the operation has one.
+    pub(super) key: Option<&'a str>,
+    pub(super) request: Value,
+}
+
+/// What a finished operation tells its record.
+pub(super) struct Outcome<'a> {
+    pub(super) op: Operation,
+    pub(super) caller: &'a Caller,
+    pub(super) requester: &'a Requester,
+    pub(super) request: Value,
+    pub(super) response: Option<Value>,
+    pub(super) key_id: Option<&'a str>,
+    /// The key as the caller named it, for the sink when it did not resolve.
+    pub(super) named: Option<&'a str>,
+    pub(super) material_version: Option<u32>,
+    pub(super) error: Option<&'a KmsError>,
+    pub(super) extra: Map<String, Value>,
+}
+
+fn source_from(n: u8) -> CallerSource {
+    match n {
+        1 => CallerSource::Mount,
+        2 => CallerSource::Server,
+        _ => CallerSource::Cli,
+    }
+}
+
+impl LocalKeyStore {
+    /// Sets up the trail beside the keystore.
+    pub(super) fn init_trail(&self) {
+        if std::env::var(AUDIT_ENV).is_ok_and(|v| v == "off") {
+            log::warn!(
+                "{AUDIT_ENV}=off: key use through this process is not written to the audit trail"
+            );
+            return;
+        }
+        // A keystore made before the trail had a signing key gets one with
+        // its next change (`update`): opening to read never writes.
+        let key = self.snapshot().state.audit_signing_key.clone();
+        let _ = self
+            .trail
+            .set(Trail::new(self.dir(), self.keystore_id(), key));
+    }
+
+    /// The trail, unless turned off.
+    pub fn audit_trail(&self) -> Option<&Arc<Trail>> {
+        self.trail.get()
+    }
+
+    /// Who uses this service: the command line (the default), the mount or
+    /// a server. Decides the records' `source` and how they are written
+    /// (`Batched` for the mount and a server).
+    pub fn set_caller_source(&self, source: CallerSource) {
+        let n = match source {
+            CallerSource::Cli => 0,
+            CallerSource::Mount => 1,
+            CallerSource::Server => 2,
+        };
+        self.source.store(n, Ordering::Release);
+    }
+
+    /// See `set_caller_source`.
+    pub fn caller_source(&self) -> CallerSource {
+        source_from(self.source.load(Ordering::Acquire))
+    }
+
+    /// Makes key policies govern key administration (a server at a real
+    /// boundary); otherwise, as from the command line with direct access
+    /// to the keystore, a refusal is only recorded.
+    pub fn set_admin_policy_enforced(&self, on: bool) {
+        self.admin_enforced.store(on, Ordering::Release);
+    }
+
+    /// Writes whatever the trail holds queued.
+    pub fn flush_audit_trail(&self) {
+        if let Some(t) = self.trail.get() {
+            let _ = t.flush();
+        }
+    }
+
+    /// Verifies this keystore's trail with its signing key.
+    pub fn verify_audit_trail(&self) -> std::io::Result<Report> {
+        let snap = self.snapshot();
+        let key = snap.state.audit_signing_key.as_ref().map(|k| k.expose());
+        verify::verify(
+            &self.dir().join(crate::kms::audit::trail::DIR_NAME),
+            self.keystore_id(),
+            key,
+        )
+    }
+
+    /// Refuses a cryptographic operation up front when the trail is failing
+    /// and this is a server (fail closed there; the mount fails open, loudly).
+    pub(super) fn audit_gate(&self) -> Result<(), KmsError> {
+        match self.trail.get() {
+            Some(t) if t.failing() && self.caller_source() == CallerSource::Server => {
+                Err(KmsError::AuditTrail {
+                    problem: "its last write failed; cryptographic operations are refused \
+                              until it can be written again"
+                        .into(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn durability(&self, op: Operation) -> Durability {
+        if op.is_change() {
+            Durability::Durable
+        } else if self.caller_source() == CallerSource::Cli {
+            Durability::Written
+        } else {
+            Durability::Batched
+        }
+    }
+
+    /// Appends one record (and tells the installed sink). An error means the
+    /// record could not be written when it had to be before returning.
+    pub(super) fn record(&self, o: Outcome<'_>) -> Result<(), KmsError> {
+        let time = clock::now().unwrap_or(0);
+        let arn = o.key_id.map(|k| key_arn(self.keystore_id(), k));
+        let code_and_text = o.error.map(|e| (e.aws_code(), e.to_string()));
+        if let Some(sink) = self.audit.get() {
+            sink.record(&AuditEvent {
+                caller: o.caller,
+                operation: o.op,
+                key_id: o.key_id.or(o.named).unwrap_or(""),
+                material_version: o.material_version,
+                result: match &code_and_text {
+                    Some((c, _)) => Err(c),
+                    None => Ok(()),
+                },
+                time,
+            });
+        }
+        let Some(trail) = self.trail.get() else {
+            return Ok(());
+        };
+        let rec = record::build(&Event {
+            op: o.op,
+            caller: o.caller,
+            requester: o.requester,
+            source: self.caller_source(),
+            time,
+            request: o.request,
+            response: o.response,
+            key_arn: arn,
+            material_version: o.material_version,
+            error: code_and_text,
+            extra: o.extra,
+        });
+        trail
+            .append(rec, self.durability(o.op))
+            .map_err(|e| KmsError::AuditTrail {
+                problem: e.to_string(),
+            })
+    }
+
+    /// Records what the keystore did by itself when a date was reached (a
+    /// deletion, an automatic rotation, an expiry), as the process that
+    /// applied it. Durable; a failure is logged (the change is due anyway).
+    pub(super) fn record_date_reached(&self, op: Operation, key_id: &str) {
+        let (uid, gid) = crate::os::ids::ids();
+        let caller = Caller {
+            uid,
+            gid,
+            pid: std::process::id(),
+        };
+        let mut extra = Map::new();
+        extra.insert("automatic".into(), json!(true));
+        if let Err(e) = self.record(Outcome {
+            op,
+            caller: &caller,
+            requester: &Requester::of(&caller),
+            request: json!({ "keyId": key_id }),
+            response: None,
+            key_id: Some(key_id),
+            named: None,
+            material_version: None,
+            error: None,
+            extra,
+        }) {
+            log::error!(
+                "the {} of key {key_id} is not in the audit trail: {e}",
+                op.as_str()
+            );
+        }
+    }
+
+    /// Runs a key administration: checks the trail can be written (a change
+    /// is refused otherwise), evaluates the key's policy for the caller
+    /// (refusing when enforced, recording the decision when not), runs `f`
+    /// and records the outcome (durably for a change). `out` names the key
+    /// the result concerns and the response elements.
+    pub(super) fn admin<T>(
+        &self,
+        a: Admin<'_>,
+        f: impl FnOnce() -> Result<T, KmsError>,
+        out: impl FnOnce(&T) -> (Option<String>, Option<Value>),
+    ) -> Result<T, KmsError> {
+        if a.op.is_change()
+            && let Some(t) = self.trail.get()
+            && let Err(e) = t.probe()
+        {
+            log::error!(
+                "refusing {}: the audit trail cannot be written: {e}",
+                a.op.as_str()
+            );
+            return Err(KmsError::AuditTrail {
+                problem: format!("{e}; nothing was changed"),
+            });
+        }
+        let requester: OnceCell<Requester> = OnceCell::new();
+        let who = || requester.get_or_init(|| Requester::of(a.caller));
+        let mut extra = Map::new();
+        let snap = self.snapshot();
+        let named = a
+            .key
+            .and_then(|k| resolve(&snap.state, self.keystore_id(), k).ok());
+        let mut key_id = named.map(|k| k.key_id.clone());
+        if let (Some(k), true) = (named, a.op.is_governed())
+            && let Some(p) = snap.policies.get(&k.key_id)
+            && !p.allows(a.caller, who(), a.op, None)
+        {
+            if self.admin_enforced.load(Ordering::Acquire) {
+                let e = KmsError::AccessDenied {
+                    key_id: k.key_id.clone(),
+                    action: a.op,
+                    principal: (a.caller.uid, a.caller.gid),
+                };
+                let _ = self.record(Outcome {
+                    op: a.op,
+                    caller: a.caller,
+                    requester: who(),
+                    request: a.request,
+                    response: None,
+                    key_id: key_id.as_deref(),
+                    named: a.key,
+                    material_version: None,
+                    error: Some(&e),
+                    extra,
+                });
+                return Err(e);
+            }
+            extra.insert(
+                "policyDecision".into(),
+                json!("Deny (not enforced: the caller has direct access to the keystore)"),
+            );
+        }
+        drop(snap);
+        let result = f();
+        let response = match &result {
+            Ok(t) => {
+                let (k, r) = out(t);
+                if k.is_some() {
+                    key_id = k;
+                }
+                r
+            }
+            Err(_) => None,
+        };
+        let recorded = self.record(Outcome {
+            op: a.op,
+            caller: a.caller,
+            requester: who(),
+            request: a.request,
+            response,
+            key_id: key_id.as_deref(),
+            named: a.key,
+            material_version: None,
+            error: result.as_ref().err(),
+            extra,
+        });
+        match (result, recorded) {
+            (Ok(_), Err(e)) if a.op.is_change() => Err(KmsError::AuditTrail {
+                problem: format!(
+                    "the {} WAS made, but its audit record could not be written: {e}",
+                    a.op.as_str()
+                ),
+            }),
+            (Ok(_), Err(e)) => Err(e),
+            (r, _) => r,
+        }
+    }
+}
