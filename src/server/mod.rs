@@ -22,7 +22,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Semaphore;
 
-use crate::kms::{Caller, LocalKeyStore};
+use crate::kms::{Caller, CallerSource, LocalKeyStore};
 
 mod auth;
 mod error;
@@ -246,7 +246,11 @@ async fn handle(
                     "X-Amz-Target must be TrentService.<Operation>",
                 ));
             }
-            let r = ops::check_administrator(&op2, &caller, st2.owner)
+            let key_has_policy = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("KeyId")?.as_str().map(|k| st2.ks.has_own_policy(k)))
+                .unwrap_or(false);
+            let r = ops::check_administrator(&op2, &caller, st2.owner, key_has_policy)
                 .and_then(|()| ops::dispatch(&st2.ks, &caller, &op2, &body));
             log::info!(
                 "{op2} by uid {} gid {} pid {}: {}",
@@ -369,6 +373,11 @@ pub fn serve(
         .enable_all()
         .build()
         .map_err(|e| ServerError::Io(format!("starting the runtime: {e}")))?;
+    // Records say "server"; key policies govern administration here (a
+    // network boundary), and crypto fails closed when the trail cannot be
+    // written (docs/AUDIT.md).
+    ks.set_caller_source(CallerSource::Server);
+    ks.set_admin_policy_enforced(true);
     let st = Arc::new(State {
         ks,
         stats: Stats::default(),

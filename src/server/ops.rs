@@ -74,15 +74,23 @@ pub(crate) const ADMINISTRATIVE: [&str; 15] = [
 ];
 
 /// Refuses an administrative operation to a caller who is neither root nor
-/// `owner` (the server's user).
-pub(crate) fn check_administrator(op: &str, caller: &Caller, owner: u32) -> Result<(), ApiError> {
-    if ADMINISTRATIVE.contains(&op) && caller.uid != 0 && caller.uid != owner {
+/// `owner` (the server's user), unless the key it names has a key policy of
+/// its own: that policy then decides (the key service enforces it for the
+/// server), as a key's default policy gives the account's root (here: root
+/// and the keystore's user) the administration of the key.
+pub(crate) fn check_administrator(
+    op: &str,
+    caller: &Caller,
+    owner: u32,
+    key_has_policy: bool,
+) -> Result<(), ApiError> {
+    if ADMINISTRATIVE.contains(&op) && caller.uid != 0 && caller.uid != owner && !key_has_policy {
         return Err(ApiError::new(
             "AccessDeniedException",
             400,
             format!(
                 "uid {} is not allowed {op} through this server: administrative operations are \
-                 for root and uid {owner}, the keystore's user",
+                 for root and uid {owner}, the keystore's user, unless the key's policy allows them",
                 caller.uid
             ),
         ));
@@ -647,12 +655,13 @@ mod tests {
             gid: uid,
             pid: 0,
         };
-        assert!(check_administrator("DisableKey", &who(0), 1000).is_ok());
-        assert!(check_administrator("DisableKey", &who(1000), 1000).is_ok());
-        let e = check_administrator("DisableKey", &who(4242), 1000).unwrap_err();
+        assert!(check_administrator("DisableKey", &who(0), 1000, false).is_ok());
+        assert!(check_administrator("DisableKey", &who(1000), 1000, false).is_ok());
+        assert!(check_administrator("DisableKey", &who(4242), 1000, true).is_ok());
+        let e = check_administrator("DisableKey", &who(4242), 1000, false).unwrap_err();
         assert_eq!(e.kind, "AccessDeniedException");
-        assert!(check_administrator("Decrypt", &who(4242), 1000).is_ok());
-        assert!(check_administrator("DescribeKey", &who(4242), 1000).is_ok());
+        assert!(check_administrator("Decrypt", &who(4242), 1000, false).is_ok());
+        assert!(check_administrator("DescribeKey", &who(4242), 1000, false).is_ok());
         for op in ADMINISTRATIVE {
             assert!(OPERATIONS.contains(&op), "{op}");
         }

@@ -158,6 +158,24 @@ refused("AccessDeniedException", other.disable_key, KeyId=key2)
 refused("AccessDeniedException", other.put_key_policy, KeyId=key2, PolicyName="default", Policy=json.dumps(policy))
 refused("AccessDeniedException", other.create_key)
 assert other.describe_key(KeyId=key2)["KeyMetadata"]["KeyState"] == "Enabled"
+# A key policy governs administration through the server: the policy of
+# `key` names only uid 0, so uid 4242 may not disable it; a policy on key2
+# that allows uid 4242 to disable and enable (and nothing else) lets it.
+refused("AccessDeniedException", other.disable_key, KeyId=key)
+admin_policy = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Effect": "Allow", "Principal": {"kmsfs": ["uid:0"]}, "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Allow", "Principal": {"kmsfs": ["uid:4242"]},
+         "Action": ["kms:DisableKey", "kms:EnableKey", "kms:DescribeKey"], "Resource": "*"},
+    ],
+}
+kms.put_key_policy(KeyId=key2, PolicyName="default", Policy=json.dumps(admin_policy))
+other.disable_key(KeyId=key2)
+assert kms.describe_key(KeyId=key2)["KeyMetadata"]["KeyState"] == "Disabled"
+other.enable_key(KeyId=key2)
+refused("AccessDeniedException", other.schedule_key_deletion, KeyId=key2, PendingWindowInDays=7)
+assert kms.describe_key(KeyId=key2)["KeyMetadata"]["KeyState"] == "Enabled"
 
 step("import key material wrapped with openssl")
 ext = kms.create_key(Origin="EXTERNAL", Description="imported")["KeyMetadata"]

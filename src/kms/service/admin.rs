@@ -754,6 +754,14 @@ impl LocalKeyStore {
         )
     }
 
+    /// True when the key `key_id` names (id, ARN or alias) has a key policy
+    /// of its own rather than the default one. Reads the state only: no
+    /// record, no policy check (a server asks it to decide who decides).
+    pub fn has_own_policy(&self, key_id: &str) -> bool {
+        let snap = self.snapshot();
+        resolve(&snap.state, &self.keystore_id_hex, key_id).is_ok_and(|k| k.policy.is_some())
+    }
+
     /// GetKeyPolicy: the attached document, or the default one.
     pub fn get_key_policy(
         &self,
