@@ -113,7 +113,7 @@ fn harden_process() -> Result<(), MountError> {
         log::warn!("could not disable core dumps: {e}");
     }
     // Threads made from here on (fuser's) inherit the mask: only the signal
-    // thread below receives the stop signals.
+    // thread `serve` starts receives the stop signals.
     os::process::block_stop_signals().map_err(|e| MountError::Io(format!("signal setup: {e}")))?;
     Ok(())
 }
