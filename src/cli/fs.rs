@@ -194,43 +194,8 @@ pub(super) fn bound_service_and_key(
 ) -> Result<BoundKey, CliError> {
     let dir = keystore::keystore_dir(g);
     let marker = crate::daemon::read_marker(backing)?;
-    let first_use = |ks_id: &str, key: &str| BackingMarker {
-        version: 1,
-        keystore_id: ks_id.to_string(),
-        default_key_id: key.to_string(),
-    };
     if let Some(m) = marker {
-        let hint = format!(
-            "pass the --keystore DIR that holds keystore {} (the one {} was first mounted with)",
-            m.keystore_id,
-            backing.display()
-        );
-        let ks = keystore::open_key_service(g).map_err(|e| {
-            let mut e = e.hint(hint.clone());
-            e.message = format!(
-                "{} belongs to keystore {}: {}",
-                backing.display(),
-                m.keystore_id,
-                e.message
-            );
-            e
-        })?;
-        if ks.keystore_id() != m.keystore_id {
-            return Err(CliError::new(
-                ErrorClass::Refused,
-                format!(
-                    "{} belongs to keystore {}, but the keystore in {} is {}: its files could \
-                     not be read and new files would be under another keystore",
-                    backing.display(),
-                    m.keystore_id,
-                    dir.display(),
-                    ks.keystore_id()
-                ),
-            )
-            .hint(hint));
-        }
-        let key = usable_key(&*ks, key_id.unwrap_or(&m.default_key_id))?;
-        return Ok((ks, key, None));
+        return service_of_marked_backing(g, key_id, backing, &dir, m);
     }
     if survey.entries == 0 {
         let (ks, key) = service_and_key(g, key_id)?;
@@ -238,8 +203,70 @@ pub(super) fn bound_service_and_key(
         let m = first_use(&ks_id, &key);
         return Ok((ks, key, Some(m)));
     }
-    // Files there already (mounted before markers existed, or plain files):
-    // no new keystore, and the files' keys must be in this one.
+    service_of_unmarked_files(g, key_id, backing, &dir, survey)
+}
+
+/// The marker to write on a backing directory's first mount.
+fn first_use(ks_id: &str, key: &str) -> BackingMarker {
+    BackingMarker {
+        version: 1,
+        keystore_id: ks_id.to_string(),
+        default_key_id: key.to_string(),
+    }
+}
+
+/// The key service and CMK for a backing directory with marker `m`: only
+/// the keystore it names is accepted.
+fn service_of_marked_backing(
+    g: &GlobalArgs,
+    key_id: Option<&str>,
+    backing: &Path,
+    dir: &Path,
+    m: BackingMarker,
+) -> Result<BoundKey, CliError> {
+    let hint = format!(
+        "pass the --keystore DIR that holds keystore {} (the one {} was first mounted with)",
+        m.keystore_id,
+        backing.display()
+    );
+    let ks = keystore::open_key_service(g).map_err(|e| {
+        let mut e = e.hint(hint.clone());
+        e.message = format!(
+            "{} belongs to keystore {}: {}",
+            backing.display(),
+            m.keystore_id,
+            e.message
+        );
+        e
+    })?;
+    if ks.keystore_id() != m.keystore_id {
+        return Err(CliError::new(
+            ErrorClass::Refused,
+            format!(
+                "{} belongs to keystore {}, but the keystore in {} is {}: its files could \
+                 not be read and new files would be under another keystore",
+                backing.display(),
+                m.keystore_id,
+                dir.display(),
+                ks.keystore_id()
+            ),
+        )
+        .hint(hint));
+    }
+    let key = usable_key(&*ks, key_id.unwrap_or(&m.default_key_id))?;
+    Ok((ks, key, None))
+}
+
+/// The key service and CMK for a backing directory without a marker that
+/// holds files already (mounted before markers existed, or plain files): no
+/// new keystore, and the files' keys must be in this one.
+fn service_of_unmarked_files(
+    g: &GlobalArgs,
+    key_id: Option<&str>,
+    backing: &Path,
+    dir: &Path,
+    survey: &crate::daemon::Survey,
+) -> Result<BoundKey, CliError> {
     let ks = keystore::open_key_service(g).map_err(|e| {
         let mut e = e.hint(format!(
             "kmsfs creates a keystore only for a new, empty backing directory: pass the \
@@ -273,7 +300,7 @@ pub(super) fn bound_service_and_key(
         Some(k) => k.to_string(),
         None => ks
             .ensure_default_key(&caller)
-            .map_err(|e| CliError::keystore(&dir, e))?,
+            .map_err(|e| CliError::keystore(dir, e))?,
     };
     let key = usable_key(&*ks, &key)?;
     let m = first_use(ks.keystore_id(), &key);
@@ -296,48 +323,13 @@ pub(super) fn remember_backing(g: &GlobalArgs, backing: &Path) {
 
 /// `kmsfs mount`.
 pub fn mount(g: &GlobalArgs, mut a: MountArgs) -> Result<(), CliError> {
-    // kmsfs's settings given as -o options (fstab, mount(8)).
-    let parsed = crate::daemon::parse_options(&a.options)?;
-    if parsed.remount {
-        return Err(CliError::new(
-            ErrorClass::Usage,
-            "-o remount changes a running mount, it does not start one",
-        )
-        .hint(
-            "`kmsfs remount MOUNTPOINT --read-only|--read-write`, or `mount -o remount,ro \
-             MOUNTPOINT` once `kmsfs install-helper` has run",
-        ));
-    }
-    let mut g = g.clone();
-    let s = parsed.settings;
-    set_once(&mut g.keystore, s.keystore.map(PathBuf::from), "keystore")?;
-    set_once(
-        &mut g.passphrase_file,
-        s.passphrase_file.map(PathBuf::from),
-        "passphrase_file",
-    )?;
-    set_once(&mut a.key_id, s.key_id, "key_id")?;
-    set_once(&mut a.log_file, s.log_file.map(PathBuf::from), "log_file")?;
-    let g = &g;
-    let backing = existing_dir(&a.backing, "backing directory")?;
-    let mountpoint = match std::fs::canonicalize(&a.mountpoint) {
-        Ok(p) => p,
-        // A dead mount: `prepare_mountpoint` detaches it.
-        Err(e) if crate::daemon::is_enotconn(&e) => std::path::absolute(&a.mountpoint)?,
-        Err(_) => existing_dir(&a.mountpoint, "mount point")?,
-    };
-    if backing.starts_with(&mountpoint) || mountpoint.starts_with(&backing) {
-        return Err(CliError::new(
-            ErrorClass::Usage,
-            "the backing directory and the mount point must not contain each other",
-        ));
-    }
+    let mut g = settings_from_options(g, &mut a)?;
+    let (backing, mountpoint) = mount_paths(&a)?;
     // Before anything is created (keystore, marker): options, /dev/fuse,
     // the mount point, the backing directory's lock.
     let prepared = crate::daemon::check_before_mount(&backing, &mountpoint, &a.options)?;
     let survey = crate::daemon::survey(&backing);
     // The daemon works inside the backing directory: name the keystore absolutely.
-    let mut g = g.clone();
     g.keystore = Some(std::path::absolute(keystore::keystore_dir(&g))?);
     // Unseal the keystore (a passphrase prompt needs the terminal) before the
     // daemon leaves it.
@@ -368,6 +360,77 @@ pub fn mount(g: &GlobalArgs, mut a: MountArgs) -> Result<(), CliError> {
             backing.display()
         );
     }
+    warn_plain_files(&survey, &backing);
+    let log_file = match a.log_file {
+        Some(p) => Some(std::path::absolute(p)?),
+        None if !a.foreground => default_log_file(&mountpoint)?,
+        None => None,
+    };
+    crate::daemon::mount(MountRequest {
+        backing,
+        mountpoint,
+        ks,
+        keystore: g.keystore.clone(),
+        key_id,
+        options: a.options,
+        foreground: a.foreground,
+        log_file,
+        lock: prepared.lock,
+        backing_read_only: prepared.backing_read_only,
+    })?;
+    Ok(())
+}
+
+/// The global arguments with kmsfs's settings given as -o options (fstab,
+/// mount(8)) taken in; `a` takes its own. `-o remount` is refused here.
+fn settings_from_options(g: &GlobalArgs, a: &mut MountArgs) -> Result<GlobalArgs, CliError> {
+    // kmsfs's settings given as -o options (fstab, mount(8)).
+    let parsed = crate::daemon::parse_options(&a.options)?;
+    if parsed.remount {
+        return Err(CliError::new(
+            ErrorClass::Usage,
+            "-o remount changes a running mount, it does not start one",
+        )
+        .hint(
+            "`kmsfs remount MOUNTPOINT --read-only|--read-write`, or `mount -o remount,ro \
+             MOUNTPOINT` once `kmsfs install-helper` has run",
+        ));
+    }
+    let mut g = g.clone();
+    let s = parsed.settings;
+    set_once(&mut g.keystore, s.keystore.map(PathBuf::from), "keystore")?;
+    set_once(
+        &mut g.passphrase_file,
+        s.passphrase_file.map(PathBuf::from),
+        "passphrase_file",
+    )?;
+    set_once(&mut a.key_id, s.key_id, "key_id")?;
+    set_once(&mut a.log_file, s.log_file.map(PathBuf::from), "log_file")?;
+    Ok(g)
+}
+
+/// The backing directory and mount point, made absolute and checked not to
+/// contain each other.
+fn mount_paths(a: &MountArgs) -> Result<(PathBuf, PathBuf), CliError> {
+    let backing = existing_dir(&a.backing, "backing directory")?;
+    let mountpoint = match std::fs::canonicalize(&a.mountpoint) {
+        Ok(p) => p,
+        // A dead mount: `prepare_mountpoint` detaches it.
+        Err(e) if crate::daemon::is_enotconn(&e) => std::path::absolute(&a.mountpoint)?,
+        Err(_) => existing_dir(&a.mountpoint, "mount point")?,
+    };
+    if backing.starts_with(&mountpoint) || mountpoint.starts_with(&backing) {
+        return Err(CliError::new(
+            ErrorClass::Usage,
+            "the backing directory and the mount point must not contain each other",
+        ));
+    }
+    Ok((backing, mountpoint))
+}
+
+/// Warns that files in `backing` are not kmsfs files, so cannot be read
+/// through the mount.
+fn warn_plain_files(survey: &crate::daemon::Survey, backing: &Path) {
     if survey.plain_count > 0 {
         let examples: Vec<String> = survey
             .plain
@@ -399,24 +462,6 @@ pub fn mount(g: &GlobalArgs, mut a: MountArgs) -> Result<(), CliError> {
             },
         );
     }
-    let log_file = match a.log_file {
-        Some(p) => Some(std::path::absolute(p)?),
-        None if !a.foreground => default_log_file(&mountpoint)?,
-        None => None,
-    };
-    crate::daemon::mount(MountRequest {
-        backing,
-        mountpoint,
-        ks,
-        keystore: g.keystore.clone(),
-        key_id,
-        options: a.options,
-        foreground: a.foreground,
-        log_file,
-        lock: prepared.lock,
-        backing_read_only: prepared.backing_read_only,
-    })?;
-    Ok(())
 }
 
 /// Takes a setting given as `-o NAME=VALUE` unless the flag gave it; both,
@@ -523,82 +568,108 @@ fn inspect_dir(g: &GlobalArgs, dir: &Path) -> Result<(), CliError> {
         .iter()
         .filter(|f| matches!(f.status, crate::tree::FileStatus::CorruptHeader { .. }))
         .collect();
+    match g.output {
+        OutputFormat::Json => print_inspect_json(
+            dir, &marker, &report, empty, &not_kmsfs, &ks_error, &w.errors,
+        ),
+        OutputFormat::Text => print_inspect_text(
+            dir, &marker, &report, empty, &not_kmsfs, &ks_error, &w.errors,
+        ),
+    }
+    Ok(())
+}
+
+/// `kmsfs inspect DIR` in JSON.
+fn print_inspect_json(
+    dir: &Path,
+    marker: &Option<BackingMarker>,
+    report: &crate::tree::FsckReport,
+    empty: u64,
+    not_kmsfs: &[&crate::tree::FileCheck],
+    ks_error: &Option<String>,
+    unreadable: &[(PathBuf, String)],
+) {
+    let keys: serde_json::Map<String, serde_json::Value> = report
+        .keys
+        .iter()
+        .map(|(id, k)| {
+            (
+                id.clone(),
+                serde_json::json!({
+                    "Files": k.files, "Bytes": k.bytes,
+                    "State": if ks_error.is_none() { serde_json::json!(k.status) } else { serde_json::Value::Null },
+                }),
+            )
+        })
+        .collect();
+    let v = serde_json::json!({
+        "Backing": dir.display().to_string(),
+        "KeystoreId": marker.as_ref().map(|m| m.keystore_id.clone()),
+        "DefaultKeyId": marker.as_ref().map(|m| m.default_key_id.clone()),
+        "Files": report.files,
+        "Bytes": report.bytes,
+        "EmptyFiles": empty,
+        "NotKmsfsFiles": not_kmsfs.iter().map(|f| f.path.display().to_string()).collect::<Vec<_>>(),
+        "Keys": keys,
+        "KeystoreError": ks_error,
+        "UnreadableDirectories": unreadable.iter().map(|(p, _)| p.display().to_string()).collect::<Vec<_>>(),
+    });
+    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+}
+
+/// `kmsfs inspect DIR` as text.
+fn print_inspect_text(
+    dir: &Path,
+    marker: &Option<BackingMarker>,
+    report: &crate::tree::FsckReport,
+    empty: u64,
+    not_kmsfs: &[&crate::tree::FileCheck],
+    ks_error: &Option<String>,
+    unreadable: &[(PathBuf, String)],
+) {
     let state = |k: &crate::tree::KeySummary| match &ks_error {
         None => k.status.label(),
         Some(_) => "state unknown (no keystore)".to_string(),
     };
-    match g.output {
-        OutputFormat::Json => {
-            let keys: serde_json::Map<String, serde_json::Value> = report
-                .keys
-                .iter()
-                .map(|(id, k)| {
-                    (
-                        id.clone(),
-                        serde_json::json!({
-                            "Files": k.files, "Bytes": k.bytes,
-                            "State": if ks_error.is_none() { serde_json::json!(k.status) } else { serde_json::Value::Null },
-                        }),
-                    )
-                })
-                .collect();
-            let v = serde_json::json!({
-                "Backing": dir.display().to_string(),
-                "KeystoreId": marker.as_ref().map(|m| m.keystore_id.clone()),
-                "DefaultKeyId": marker.as_ref().map(|m| m.default_key_id.clone()),
-                "Files": report.files,
-                "Bytes": report.bytes,
-                "EmptyFiles": empty,
-                "NotKmsfsFiles": not_kmsfs.iter().map(|f| f.path.display().to_string()).collect::<Vec<_>>(),
-                "Keys": keys,
-                "KeystoreError": ks_error,
-                "UnreadableDirectories": w.errors.iter().map(|(p, _)| p.display().to_string()).collect::<Vec<_>>(),
-            });
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    println!("backing directory:  {}", dir.display());
+    match marker {
+        Some(m) => {
+            println!("keystore id:        {}", m.keystore_id);
+            println!("default key:        {}", m.default_key_id);
         }
-        OutputFormat::Text => {
-            println!("backing directory:  {}", dir.display());
-            match &marker {
-                Some(m) => {
-                    println!("keystore id:        {}", m.keystore_id);
-                    println!("default key:        {}", m.default_key_id);
-                }
-                None => println!("keystore id:        (no .kmsfs.json: never mounted)"),
-            }
-            println!(
-                "files:              {} ({} plaintext bytes), {} empty",
-                report.files, report.bytes, empty
-            );
-            for (id, k) in &report.keys {
-                println!(
-                    "key {id}: {} file{}, {} bytes, {}",
-                    k.files,
-                    if k.files == 1 { "" } else { "s" },
-                    k.bytes,
-                    state(k)
-                );
-            }
-            if !not_kmsfs.is_empty() {
-                println!(
-                    "not kmsfs files:    {} (e.g. {})",
-                    not_kmsfs.len(),
-                    not_kmsfs
-                        .iter()
-                        .take(3)
-                        .map(|f| f.path.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
-            for (p, e) in &w.errors {
-                println!("unreadable:         {}: {e}", p.display());
-            }
-            if let Some(e) = &ks_error {
-                println!("key states unknown: {e}");
-            }
-        }
+        None => println!("keystore id:        (no .kmsfs.json: never mounted)"),
     }
-    Ok(())
+    println!(
+        "files:              {} ({} plaintext bytes), {} empty",
+        report.files, report.bytes, empty
+    );
+    for (id, k) in &report.keys {
+        println!(
+            "key {id}: {} file{}, {} bytes, {}",
+            k.files,
+            if k.files == 1 { "" } else { "s" },
+            k.bytes,
+            state(k)
+        );
+    }
+    if !not_kmsfs.is_empty() {
+        println!(
+            "not kmsfs files:    {} (e.g. {})",
+            not_kmsfs.len(),
+            not_kmsfs
+                .iter()
+                .take(3)
+                .map(|f| f.path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for (p, e) in unreadable {
+        println!("unreadable:         {}: {e}", p.display());
+    }
+    if let Some(e) = ks_error {
+        println!("key states unknown: {e}");
+    }
 }
 
 /// Stands in for a keystore that could not be opened: `inspect DIR` still

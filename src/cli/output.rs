@@ -151,97 +151,105 @@ pub(crate) fn aws_text(v: &Value) -> String {
 /// scalar field (key | value), a nested list of objects as a table with a
 /// column per field.
 pub(crate) fn aws_table(v: &Value) -> String {
-    fn cell(v: &Value) -> String {
-        match v {
-            Value::String(s) => s.clone(),
-            Value::Null => "None".into(),
-            other => other.to_string(),
+    let mut out = String::new();
+    walk_table("kmsfs", v, &mut out);
+    out
+}
+
+/// One value as a table cell (strings bare, null as "None").
+fn table_cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "None".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Appends a boxed table titled `title`: the header row (if any), then `rows`,
+/// columns as wide as their widest cell.
+fn push_table(title: &str, header: &[String], rows: &[Vec<String>], out: &mut String) {
+    let cols = header.len().max(rows.first().map_or(0, Vec::len));
+    let mut w = vec![0usize; cols];
+    for r in std::iter::once(header).chain(rows.iter().map(Vec::as_slice)) {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
         }
     }
-    fn rows_table(title: &str, header: &[String], rows: &[Vec<String>], out: &mut String) {
-        let cols = header.len().max(rows.first().map_or(0, Vec::len));
-        let mut w = vec![0usize; cols];
-        for r in std::iter::once(header).chain(rows.iter().map(Vec::as_slice)) {
-            for (i, c) in r.iter().enumerate() {
-                w[i] = w[i].max(c.chars().count());
-            }
+    let inner: usize = w.iter().map(|x| x + 3).sum::<usize>().max(title.len() + 4) - 1;
+    out.push_str(&format!("{}\n", "-".repeat(inner + 2)));
+    out.push_str(&format!("|{:^inner$}|\n", title));
+    let sep: String = w
+        .iter()
+        .map(|x| format!("+{}", "-".repeat(x + 2)))
+        .collect::<String>()
+        + "+";
+    out.push_str(&format!("{sep}\n"));
+    let fmt_row = |r: &[String]| {
+        let mut s = String::new();
+        for (i, c) in r.iter().enumerate() {
+            s.push_str(&format!("| {:<width$} ", c, width = w[i]));
         }
-        let inner: usize = w.iter().map(|x| x + 3).sum::<usize>().max(title.len() + 4) - 1;
-        out.push_str(&format!("{}\n", "-".repeat(inner + 2)));
-        out.push_str(&format!("|{:^inner$}|\n", title));
-        let sep: String = w
-            .iter()
-            .map(|x| format!("+{}", "-".repeat(x + 2)))
-            .collect::<String>()
-            + "+";
-        out.push_str(&format!("{sep}\n"));
-        let fmt_row = |r: &[String]| {
-            let mut s = String::new();
-            for (i, c) in r.iter().enumerate() {
-                s.push_str(&format!("| {:<width$} ", c, width = w[i]));
-            }
-            s.push_str("|\n");
-            s
-        };
-        if !header.is_empty() {
-            out.push_str(&fmt_row(header));
-            out.push_str(&format!("{sep}\n"));
-        }
-        for r in rows {
-            out.push_str(&fmt_row(r));
-        }
+        s.push_str("|\n");
+        s
+    };
+    if !header.is_empty() {
+        out.push_str(&fmt_row(header));
         out.push_str(&format!("{sep}\n"));
     }
-    fn walk(title: &str, v: &Value, out: &mut String) {
-        match v {
-            Value::Object(o) => {
-                let mut keys: Vec<&String> = o.keys().collect();
-                keys.sort();
-                let rows: Vec<Vec<String>> = keys
-                    .iter()
-                    .filter(|k| !matches!(o[k.as_str()], Value::Array(_) | Value::Object(_)))
-                    .map(|k| vec![k.to_string(), cell(&o[k.as_str()])])
-                    .collect();
-                if !rows.is_empty() {
-                    rows_table(title, &[], &rows, out);
-                }
-                for k in keys
-                    .iter()
-                    .filter(|k| matches!(o[k.as_str()], Value::Array(_) | Value::Object(_)))
-                {
-                    walk(k, &o[k.as_str()], out);
-                }
+    for r in rows {
+        out.push_str(&fmt_row(r));
+    }
+    out.push_str(&format!("{sep}\n"));
+}
+
+/// Appends the tables of `v`: scalar fields of an object in one, then each
+/// nested list or object in its own.
+fn walk_table(title: &str, v: &Value, out: &mut String) {
+    match v {
+        Value::Object(o) => {
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort();
+            let rows: Vec<Vec<String>> = keys
+                .iter()
+                .filter(|k| !matches!(o[k.as_str()], Value::Array(_) | Value::Object(_)))
+                .map(|k| vec![k.to_string(), table_cell(&o[k.as_str()])])
+                .collect();
+            if !rows.is_empty() {
+                push_table(title, &[], &rows, out);
             }
-            Value::Array(a) if a.iter().all(|e| e.is_object()) && !a.is_empty() => {
-                let mut header: Vec<String> = Vec::new();
-                for e in a {
-                    for k in e.as_object().into_iter().flat_map(|o| o.keys()) {
-                        if !header.contains(k) {
-                            header.push(k.clone());
-                        }
+            for k in keys
+                .iter()
+                .filter(|k| matches!(o[k.as_str()], Value::Array(_) | Value::Object(_)))
+            {
+                walk_table(k, &o[k.as_str()], out);
+            }
+        }
+        Value::Array(a) if a.iter().all(|e| e.is_object()) && !a.is_empty() => {
+            let mut header: Vec<String> = Vec::new();
+            for e in a {
+                for k in e.as_object().into_iter().flat_map(|o| o.keys()) {
+                    if !header.contains(k) {
+                        header.push(k.clone());
                     }
                 }
-                let rows: Vec<Vec<String>> = a
-                    .iter()
-                    .map(|e| {
-                        header
-                            .iter()
-                            .map(|h| e.get(h).map(cell).unwrap_or_default())
-                            .collect()
-                    })
-                    .collect();
-                rows_table(title, &header, &rows, out);
             }
-            Value::Array(a) => {
-                let rows: Vec<Vec<String>> = a.iter().map(|e| vec![cell(e)]).collect();
-                rows_table(title, &[], &rows, out);
-            }
-            s => rows_table(title, &[], &[vec![cell(s)]], out),
+            let rows: Vec<Vec<String>> = a
+                .iter()
+                .map(|e| {
+                    header
+                        .iter()
+                        .map(|h| e.get(h).map(table_cell).unwrap_or_default())
+                        .collect()
+                })
+                .collect();
+            push_table(title, &header, &rows, out);
         }
+        Value::Array(a) => {
+            let rows: Vec<Vec<String>> = a.iter().map(|e| vec![table_cell(e)]).collect();
+            push_table(title, &[], &rows, out);
+        }
+        s => push_table(title, &[], &[vec![table_cell(s)]], out),
     }
-    let mut out = String::new();
-    walk("kmsfs", v, &mut out);
-    out
 }
 
 pub(crate) fn print_json(v: &Value) {

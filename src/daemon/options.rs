@@ -82,6 +82,17 @@ pub fn parse_options(raw: &[String]) -> Result<Options, MountError> {
         .flat_map(|s| s.split(','))
         .filter(|s| !s.is_empty())
     {
+        if let Some(m) = session_flag(opt) {
+            o.flags.push(m);
+            continue;
+        }
+        if let Some(bit) = kernel_only_flag(opt) {
+            o.kernel_flags |= bit;
+            continue;
+        }
+        if take_setting(&mut o.settings, opt) {
+            continue;
+        }
         let m = match opt {
             "allow_other" => {
                 o.access = Access::All;
@@ -95,7 +106,6 @@ pub fn parse_options(raw: &[String]) -> Result<Options, MountError> {
                 o.read_only = true;
                 MountFlag::ReadOnly
             }
-            "rw" => MountFlag::ReadWrite,
             "nonempty" => {
                 o.nonempty = true;
                 continue;
@@ -104,71 +114,15 @@ pub fn parse_options(raw: &[String]) -> Result<Options, MountError> {
                 o.shared_storage = true;
                 continue;
             }
-            "default_permissions" => MountFlag::DefaultPermissions,
-            "auto_unmount" => MountFlag::AutoUnmount,
-            "dev" => MountFlag::Dev,
-            "nodev" => MountFlag::NoDev,
-            "suid" => MountFlag::Suid,
-            "nosuid" => MountFlag::NoSuid,
-            "exec" => MountFlag::Exec,
-            "noexec" => MountFlag::NoExec,
-            "atime" => MountFlag::Atime,
-            "noatime" => MountFlag::NoAtime,
-            "sync" => MountFlag::Sync,
-            "async" => MountFlag::Async,
-            "dirsync" => MountFlag::DirSync,
-            "relatime" => {
-                o.kernel_flags |= libc::MS_RELATIME;
-                continue;
-            }
-            "strictatime" => {
-                o.kernel_flags |= libc::MS_STRICTATIME;
-                continue;
-            }
-            "nodiratime" => {
-                o.kernel_flags |= libc::MS_NODIRATIME;
-                continue;
-            }
-            "lazytime" => {
-                o.kernel_flags |= libc::MS_LAZYTIME;
-                continue;
-            }
             "remount" => {
                 o.remount = true;
-                continue;
-            }
-            s if s.starts_with("keystore=") => {
-                o.settings.keystore = Some(s[9..].to_string());
-                continue;
-            }
-            s if s.starts_with("key_id=") => {
-                o.settings.key_id = Some(s[7..].to_string());
-                continue;
-            }
-            s if s.starts_with("passphrase_file=") => {
-                o.settings.passphrase_file = Some(s[16..].to_string());
-                continue;
-            }
-            s if s.starts_with("log_file=") => {
-                o.settings.log_file = Some(s[9..].to_string());
                 continue;
             }
             s if let Some(why) = ignored_option(s) => {
                 o.ignored.push((s.to_string(), why));
                 continue;
             }
-            o if o.starts_with("fsname=") => MountFlag::FsName(o[7..].to_string()),
-            o if o.starts_with("subtype=") => MountFlag::Subtype(o[8..].to_string()),
-            other => {
-                return Err(MountError::Usage(format!(
-                    "unknown mount option {other:?} (known: allow_other, allow_root, \
-                     default_permissions, ro, rw, auto_unmount, [no]dev, [no]suid, [no]exec, \
-                     [no]atime, relatime, strictatime, nodiratime, lazytime, sync, async, \
-                     dirsync, fsname=, subtype=, nonempty, sharedstorage, keystore=, key_id=, \
-                     passphrase_file=, log_file=; ignored: defaults, [no]auto, [no]user, users, \
-                     _netdev, nofail, x-*, [no]acl, dax, inlinecrypt, ...)"
-                )));
-            }
+            other => return Err(unknown_option(other)),
         };
         o.flags.push(m);
     }
@@ -178,6 +132,67 @@ pub fn parse_options(raw: &[String]) -> Result<Options, MountError> {
         ));
     }
     Ok(o)
+}
+
+/// The options kept as they are for the FUSE session (and mount(2)).
+fn session_flag(opt: &str) -> Option<MountFlag> {
+    Some(match opt {
+        "rw" => MountFlag::ReadWrite,
+        "default_permissions" => MountFlag::DefaultPermissions,
+        "auto_unmount" => MountFlag::AutoUnmount,
+        "dev" => MountFlag::Dev,
+        "nodev" => MountFlag::NoDev,
+        "suid" => MountFlag::Suid,
+        "nosuid" => MountFlag::NoSuid,
+        "exec" => MountFlag::Exec,
+        "noexec" => MountFlag::NoExec,
+        "atime" => MountFlag::Atime,
+        "noatime" => MountFlag::NoAtime,
+        "sync" => MountFlag::Sync,
+        "async" => MountFlag::Async,
+        "dirsync" => MountFlag::DirSync,
+        o if o.starts_with("fsname=") => MountFlag::FsName(o[7..].to_string()),
+        o if o.starts_with("subtype=") => MountFlag::Subtype(o[8..].to_string()),
+        _ => return None,
+    })
+}
+
+/// The mount(2) flag of a standard option only the kernel honours.
+fn kernel_only_flag(opt: &str) -> Option<u64> {
+    Some(match opt {
+        "relatime" => libc::MS_RELATIME,
+        "strictatime" => libc::MS_STRICTATIME,
+        "nodiratime" => libc::MS_NODIRATIME,
+        "lazytime" => libc::MS_LAZYTIME,
+        _ => return None,
+    })
+}
+
+/// Takes one of kmsfs's own settings (`keystore=` ...); false if `opt` is
+/// not one.
+fn take_setting(settings: &mut Settings, opt: &str) -> bool {
+    match opt {
+        s if s.starts_with("keystore=") => settings.keystore = Some(s[9..].to_string()),
+        s if s.starts_with("key_id=") => settings.key_id = Some(s[7..].to_string()),
+        s if s.starts_with("passphrase_file=") => {
+            settings.passphrase_file = Some(s[16..].to_string())
+        }
+        s if s.starts_with("log_file=") => settings.log_file = Some(s[9..].to_string()),
+        _ => return false,
+    }
+    true
+}
+
+/// The refusal of an option kmsfs does not know, listing those it does.
+fn unknown_option(other: &str) -> MountError {
+    MountError::Usage(format!(
+        "unknown mount option {other:?} (known: allow_other, allow_root, \
+         default_permissions, ro, rw, auto_unmount, [no]dev, [no]suid, [no]exec, \
+         [no]atime, relatime, strictatime, nodiratime, lazytime, sync, async, \
+         dirsync, fsname=, subtype=, nonempty, sharedstorage, keystore=, key_id=, \
+         passphrase_file=, log_file=; ignored: defaults, [no]auto, [no]user, users, \
+         _netdev, nofail, x-*, [no]acl, dax, inlinecrypt, ...)"
+    ))
 }
 
 impl Options {

@@ -49,57 +49,10 @@ pub(super) fn serve(
     // A write to a closed pipe (a log, the parent's readiness pipe) fails
     // instead of ending the mount.
     os::process::sigpipe_kills(false);
-    let mut o = parse_options(&req.options)?;
-    if req.backing_read_only && !o.read_only {
-        log::warn!(
-            "{} cannot be written: serving it read-only",
-            escaped(&req.backing)
-        );
-        o.read_only = true;
-        o.flags.push(MountFlag::ReadOnly);
-    }
-    for (opt, why) in &o.ignored {
-        log::info!("mount option {opt} ignored: {why}");
-    }
-    // Data keys and the unsealed keystore live in this process: no core dumps.
-    if let Err(e) = os::process::forbid_core_dumps() {
-        log::warn!("could not disable core dumps: {e}");
-    }
-    // Threads made from here on (fuser's) inherit the mask: only the signal
-    // thread below receives the stop signals.
-    os::process::block_stop_signals().map_err(|e| MountError::Io(format!("signal setup: {e}")))?;
-    let counting = Arc::new(CountingService::new(req.ks.clone()));
-    let mut fs = KmsFs::new(FsConfig {
-        backing: req.backing.clone(),
-        ks: counting.clone(),
-        key_id: req.key_id.clone(),
-        read_only: o.read_only,
-        noatime: o.has(&MountFlag::NoAtime),
-        // Shared storage: another writer may change anything at any time.
-        ttl: if o.shared_storage {
-            std::time::Duration::ZERO
-        } else {
-            TTL
-        },
-    })
-    .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;
-    fs.enter_backing()
-        .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;
-    let state = Arc::new(MountState {
-        backing: req.backing.clone(),
-        mountpoint: req.mountpoint.clone(),
-        keystore: req.keystore.clone(),
-        key_id: req.key_id.clone(),
-        log_file: req.log_file.clone(),
-        started: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0),
-        read_only: fs.read_only_switch(),
-        backing_read_only: req.backing_read_only,
-        shared_storage: o.shared_storage,
-        ks: counting,
-    });
+    let o = mount_options(req)?;
+    harden_process()?;
+    let (fs, counting) = build_filesystem(req, &o)?;
+    let state = mount_state(req, &o, &fs, counting);
     let session = match new_session(fs, req, &o) {
         Ok(s) => s,
         Err(e) => {
@@ -131,6 +84,92 @@ pub(super) fn serve(
         .name("kmsfs-signals".into())
         .spawn(move || stop_on_signal(&mp))
         .map_err(|e| MountError::Io(format!("signal thread: {e}")))?;
+    wait_for_unmount(session, req, &o)
+}
+
+/// The mount's options, read-only when the backing directory cannot be
+/// written; options ignored are logged.
+fn mount_options(req: &MountRequest) -> Result<Options, MountError> {
+    let mut o = parse_options(&req.options)?;
+    if req.backing_read_only && !o.read_only {
+        log::warn!(
+            "{} cannot be written: serving it read-only",
+            escaped(&req.backing)
+        );
+        o.read_only = true;
+        o.flags.push(MountFlag::ReadOnly);
+    }
+    for (opt, why) in &o.ignored {
+        log::info!("mount option {opt} ignored: {why}");
+    }
+    Ok(o)
+}
+
+/// Keeps data keys out of core dumps and leaves the stop signals to the
+/// signal thread.
+fn harden_process() -> Result<(), MountError> {
+    // Data keys and the unsealed keystore live in this process: no core dumps.
+    if let Err(e) = os::process::forbid_core_dumps() {
+        log::warn!("could not disable core dumps: {e}");
+    }
+    // Threads made from here on (fuser's) inherit the mask: only the signal
+    // thread `serve` starts receives the stop signals.
+    os::process::block_stop_signals().map_err(|e| MountError::Io(format!("signal setup: {e}")))?;
+    Ok(())
+}
+
+/// The filesystem over the backing directory, working inside it, and the
+/// key service that counts its calls.
+fn build_filesystem(
+    req: &MountRequest,
+    o: &Options,
+) -> Result<(KmsFs, Arc<CountingService>), MountError> {
+    let counting = Arc::new(CountingService::new(req.ks.clone()));
+    let mut fs = KmsFs::new(FsConfig {
+        backing: req.backing.clone(),
+        ks: counting.clone(),
+        key_id: req.key_id.clone(),
+        read_only: o.read_only,
+        noatime: o.has(&MountFlag::NoAtime),
+        // Shared storage: another writer may change anything at any time.
+        ttl: if o.shared_storage {
+            std::time::Duration::ZERO
+        } else {
+            TTL
+        },
+    })
+    .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;
+    fs.enter_backing()
+        .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;
+    Ok((fs, counting))
+}
+
+/// What the control socket reports about this mount.
+fn mount_state(
+    req: &MountRequest,
+    o: &Options,
+    fs: &KmsFs,
+    counting: Arc<CountingService>,
+) -> Arc<MountState> {
+    Arc::new(MountState {
+        backing: req.backing.clone(),
+        mountpoint: req.mountpoint.clone(),
+        keystore: req.keystore.clone(),
+        key_id: req.key_id.clone(),
+        log_file: req.log_file.clone(),
+        started: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+        read_only: fs.read_only_switch(),
+        backing_read_only: req.backing_read_only,
+        shared_storage: o.shared_storage,
+        ks: counting,
+    })
+}
+
+/// Serves requests until the mount goes away.
+fn wait_for_unmount(session: Session, req: &MountRequest, o: &Options) -> Result<(), MountError> {
     let r = session.run();
     let source = o.source_name(&req.backing);
     match r {

@@ -121,6 +121,42 @@ pub(crate) fn verify(
     body: &[u8],
     now: SystemTime,
 ) -> Result<Caller, ApiError> {
+    let a = authorization_header(headers)?;
+    let (date_header, signed_at) = signing_date(headers, &a)?;
+    if headers.contains_key("x-amz-security-token") {
+        // This server issues no temporary credentials.
+        return Err(unrecognized());
+    }
+    let secret = ks
+        .access_key_secret(a.access_key_id)
+        .map_err(ApiError::from)?
+        .ok_or_else(unrecognized)?;
+    check_skew(date_header, signed_at, now)?;
+    let signed = signed_header_values(headers, &a)?;
+    let expected = expected_signature(
+        &a,
+        secret.secret.as_str(),
+        signed_at,
+        method,
+        uri,
+        signed,
+        body,
+    )?;
+    if constant_time_eq(expected.as_bytes(), a.signature.as_bytes()) {
+        Ok(secret.caller)
+    } else {
+        Err(ApiError::new(
+            "InvalidSignatureException",
+            400,
+            "The request signature we calculated does not match the signature you provided. \
+             Check your AWS Secret Access Key and signing method.",
+        ))
+    }
+}
+
+/// The request's Authorization header, parsed, with the required headers
+/// signed and scoped to the `kms` service.
+fn authorization_header(headers: &HeaderMap) -> Result<Authorization<'_>, ApiError> {
     let Some(auth) = headers.get(http::header::AUTHORIZATION) else {
         return Err(ApiError::new(
             "MissingAuthenticationTokenException",
@@ -150,6 +186,15 @@ pub(crate) fn verify(
             ),
         ));
     }
+    Ok(a)
+}
+
+/// The X-Amz-Date header and its time in seconds, checked against the
+/// credential's date scope.
+fn signing_date<'h>(
+    headers: &'h HeaderMap,
+    a: &Authorization<'_>,
+) -> Result<(&'h str, i64), ApiError> {
     let date_header = headers
         .get("x-amz-date")
         .and_then(|v| v.to_str().ok())
@@ -163,14 +208,11 @@ pub(crate) fn verify(
             "Credential should be scoped to a valid date matching X-Amz-Date",
         ));
     }
-    if headers.contains_key("x-amz-security-token") {
-        // This server issues no temporary credentials.
-        return Err(unrecognized());
-    }
-    let secret = ks
-        .access_key_secret(a.access_key_id)
-        .map_err(ApiError::from)?
-        .ok_or_else(unrecognized)?;
+    Ok((date_header, signed_at))
+}
+
+/// Refuses a request signed more than `MAX_SKEW` from `now`.
+fn check_skew(date_header: &str, signed_at: i64, now: SystemTime) -> Result<(), ApiError> {
     let now_s = now
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -195,8 +237,15 @@ pub(crate) fn verify(
             ),
         ));
     }
-    // The headers the client signed, as received (X-Amz-Date is added by the
-    // signer from the time).
+    Ok(())
+}
+
+/// The headers the client signed, as received (X-Amz-Date is added by the
+/// signer from the time).
+fn signed_header_values<'h>(
+    headers: &'h HeaderMap,
+    a: &Authorization<'h>,
+) -> Result<Vec<(&'h str, &'h str)>, ApiError> {
     let mut signed: Vec<(&str, &str)> = Vec::new();
     for name in &a.signed_headers {
         if *name == "x-amz-date" {
@@ -215,41 +264,37 @@ pub(crate) fn verify(
             return Err(incomplete(&format!("signed header {name} is missing")));
         }
     }
-    let expected = {
-        let identity: Identity = Credentials::new(
-            a.access_key_id,
-            secret.secret.as_str(),
-            None,
-            None,
-            "kmsfs-access-key",
-        )
+    Ok(signed)
+}
+
+/// The signature the request should carry, computed with the AWS SDK's signer
+/// from the access key's secret.
+fn expected_signature(
+    a: &Authorization<'_>,
+    secret: &str,
+    signed_at: i64,
+    method: &str,
+    uri: &str,
+    signed: Vec<(&str, &str)>,
+    body: &[u8],
+) -> Result<String, ApiError> {
+    let identity: Identity =
+        Credentials::new(a.access_key_id, secret, None, None, "kmsfs-access-key").into();
+    let mut settings = SigningSettings::default();
+    settings.excluded_headers = None;
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(a.region)
+        .name(a.service)
+        .time(UNIX_EPOCH + Duration::from_secs(signed_at.max(0) as u64))
+        .settings(settings)
+        .build()
+        .map_err(|e| ApiError::new("KMSInternalException", 500, e.to_string()))?
         .into();
-        let mut settings = SigningSettings::default();
-        settings.excluded_headers = None;
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(a.region)
-            .name(a.service)
-            .time(UNIX_EPOCH + Duration::from_secs(signed_at.max(0) as u64))
-            .settings(settings)
-            .build()
-            .map_err(|e| ApiError::new("KMSInternalException", 500, e.to_string()))?
-            .into();
-        let req = SignableRequest::new(method, uri, signed.into_iter(), SignableBody::Bytes(body))
-            .map_err(|_| incomplete("the request cannot be put in canonical form"))?;
-        let out = sign(req, &params).map_err(|_| incomplete("the request cannot be signed"))?;
-        out.signature().to_string()
-    };
-    if constant_time_eq(expected.as_bytes(), a.signature.as_bytes()) {
-        Ok(secret.caller)
-    } else {
-        Err(ApiError::new(
-            "InvalidSignatureException",
-            400,
-            "The request signature we calculated does not match the signature you provided. \
-             Check your AWS Secret Access Key and signing method.",
-        ))
-    }
+    let req = SignableRequest::new(method, uri, signed.into_iter(), SignableBody::Bytes(body))
+        .map_err(|_| incomplete("the request cannot be put in canonical form"))?;
+    let out = sign(req, &params).map_err(|_| incomplete("the request cannot be signed"))?;
+    Ok(out.signature().to_string())
 }
 
 fn unrecognized() -> ApiError {

@@ -388,76 +388,8 @@ pub fn serve(
     let own_uid = crate::os::ids::effective_uid();
     let result = rt.block_on(async {
         match &opts.listen {
-            Listen::Tcp(a) => {
-                let l = tokio::net::TcpListener::bind(a)
-                    .await
-                    .map_err(|e| ServerError::Io(format!("binding {a}: {e}")))?;
-                let bound = l
-                    .local_addr()
-                    .map_err(|e| ServerError::Io(e.to_string()))?;
-                on_ready(&bound.to_string());
-                let stop = shutdown_signal();
-                tokio::pin!(stop);
-                loop {
-                    let permit = tokio::select! {
-                        _ = &mut stop => break,
-                        p = limit.clone().acquire_owned() => p.map_err(|e| ServerError::Io(e.to_string()))?,
-                    };
-                    tokio::select! {
-                        _ = &mut stop => break,
-                        r = l.accept() => match r {
-                            Ok((s, peer)) => {
-                                let _ = s.set_nodelay(true);
-                                serve_connection(&st, s, Peer::Tcp(peer), permit);
-                            }
-                            Err(e) => log::warn!("accept: {e}"),
-                        },
-                    }
-                }
-                Ok(())
-            }
-            Listen::Unix(p) => {
-                let l = bind_unix(p, opts.socket_mode)?;
-                on_ready(&format!("unix:{}", p.display()));
-                let stop = shutdown_signal();
-                tokio::pin!(stop);
-                loop {
-                    let permit = tokio::select! {
-                        _ = &mut stop => break,
-                        p = limit.clone().acquire_owned() => p.map_err(|e| ServerError::Io(e.to_string()))?,
-                    };
-                    tokio::select! {
-                        _ = &mut stop => break,
-                        r = l.accept() => match r {
-                            Ok((s, _)) => {
-                                let cred = match s.peer_cred() {
-                                    Ok(c) => c,
-                                    Err(e) => {
-                                        log::warn!("peer credentials: {e}");
-                                        continue;
-                                    }
-                                };
-                                // With the default mode only this user and root
-                                // can connect; check it too (the mode is set
-                                // just after bind).
-                                if opts.socket_mode & 0o077 == 0 && cred.uid() != own_uid && cred.uid() != 0 {
-                                    log::warn!("refused a connection from uid {} (socket mode {:o})", cred.uid(), opts.socket_mode);
-                                    continue;
-                                }
-                                let caller = Caller {
-                                    uid: cred.uid(),
-                                    gid: cred.gid(),
-                                    pid: cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
-                                };
-                                serve_connection(&st, s, Peer::Unix(caller), permit);
-                            }
-                            Err(e) => log::warn!("accept: {e}"),
-                        },
-                    }
-                }
-                let _ = std::fs::remove_file(p);
-                Ok(())
-            }
+            Listen::Tcp(a) => accept_tcp(&st, &limit, a, on_ready).await,
+            Listen::Unix(p) => accept_unix(&st, &limit, p, opts, own_uid, on_ready).await,
         }
     });
     let summary = st.stats.summary();
@@ -465,6 +397,93 @@ pub fn serve(
     eprintln!("kmsfs kms serve: stopped; served {summary}");
     rt.shutdown_timeout(Duration::from_secs(2));
     result
+}
+
+/// Listens on TCP address `a` and serves each connection (within the
+/// connection limit) until SIGTERM or SIGINT.
+async fn accept_tcp(
+    st: &Arc<State>,
+    limit: &Arc<Semaphore>,
+    a: &SocketAddr,
+    on_ready: &mut dyn FnMut(&str),
+) -> Result<(), ServerError> {
+    let l = tokio::net::TcpListener::bind(a)
+        .await
+        .map_err(|e| ServerError::Io(format!("binding {a}: {e}")))?;
+    let bound = l.local_addr().map_err(|e| ServerError::Io(e.to_string()))?;
+    on_ready(&bound.to_string());
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut stop => break,
+            p = limit.clone().acquire_owned() => p.map_err(|e| ServerError::Io(e.to_string()))?,
+        };
+        tokio::select! {
+            _ = &mut stop => break,
+            r = l.accept() => match r {
+                Ok((s, peer)) => {
+                    let _ = s.set_nodelay(true);
+                    serve_connection(st, s, Peer::Tcp(peer), permit);
+                }
+                Err(e) => log::warn!("accept: {e}"),
+            },
+        }
+    }
+    Ok(())
+}
+
+/// Listens on the Unix socket `p` and serves each connection from an allowed
+/// peer (within the connection limit) until SIGTERM or SIGINT; then removes
+/// the socket.
+async fn accept_unix(
+    st: &Arc<State>,
+    limit: &Arc<Semaphore>,
+    p: &Path,
+    opts: &ServeOptions,
+    own_uid: u32,
+    on_ready: &mut dyn FnMut(&str),
+) -> Result<(), ServerError> {
+    let l = bind_unix(p, opts.socket_mode)?;
+    on_ready(&format!("unix:{}", p.display()));
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut stop => break,
+            p = limit.clone().acquire_owned() => p.map_err(|e| ServerError::Io(e.to_string()))?,
+        };
+        tokio::select! {
+            _ = &mut stop => break,
+            r = l.accept() => match r {
+                Ok((s, _)) => {
+                    let cred = match s.peer_cred() {
+                        Ok(c) => c,
+                        Err(e) => {
+                            log::warn!("peer credentials: {e}");
+                            continue;
+                        }
+                    };
+                    // With the default mode only this user and root
+                    // can connect; check it too (the mode is set
+                    // just after bind).
+                    if opts.socket_mode & 0o077 == 0 && cred.uid() != own_uid && cred.uid() != 0 {
+                        log::warn!("refused a connection from uid {} (socket mode {:o})", cred.uid(), opts.socket_mode);
+                        continue;
+                    }
+                    let caller = Caller {
+                        uid: cred.uid(),
+                        gid: cred.gid(),
+                        pid: cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+                    };
+                    serve_connection(st, s, Peer::Unix(caller), permit);
+                }
+                Err(e) => log::warn!("accept: {e}"),
+            },
+        }
+    }
+    let _ = std::fs::remove_file(p);
+    Ok(())
 }
 
 #[cfg(test)]

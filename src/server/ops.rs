@@ -329,6 +329,11 @@ fn ctx(c: Option<EncryptionContext>) -> EncryptionContext {
     c.unwrap_or_default()
 }
 
+/// The empty JSON object answered by operations that return nothing.
+fn empty() -> Result<Reply, ApiError> {
+    Ok(Reply::Json(json!({})))
+}
+
 /// Runs operation `op` with request `body` for `caller`.
 pub(crate) fn dispatch(
     ks: &LocalKeyStore,
@@ -336,303 +341,428 @@ pub(crate) fn dispatch(
     op: &str,
     body: &[u8],
 ) -> Result<Reply, ApiError> {
-    let arn = |k: &str| key_arn(ks.keystore_id(), k);
-    let empty = || Ok(Reply::Json(json!({})));
     match op {
-        "CreateKey" => {
-            let r: CreateKeyReq = parse(body)?;
-            for (name, v, want) in [
-                ("KeySpec", &r.key_spec, "SYMMETRIC_DEFAULT"),
-                (
-                    "CustomerMasterKeySpec",
-                    &r.customer_master_key_spec,
-                    "SYMMETRIC_DEFAULT",
-                ),
-                ("KeyUsage", &r.key_usage, "ENCRYPT_DECRYPT"),
-            ] {
-                if let Some(v) = v
-                    && v != want
-                {
-                    return Err(ApiError::new(
-                        "UnsupportedOperationException",
-                        400,
-                        format!("{name} {v} is not supported; kmsfs keys are {want}"),
-                    ));
-                }
-            }
-            let origin = match r.origin.as_deref() {
-                None | Some("AWS_KMS") => KeyOrigin::Kms,
-                Some("EXTERNAL") => KeyOrigin::External,
-                Some(o) => {
-                    return Err(ApiError::new(
-                        "UnsupportedOperationException",
-                        400,
-                        format!("Origin {o} is not supported; use AWS_KMS or EXTERNAL"),
-                    ));
-                }
-            };
-            if let Some(p) = &r.policy {
-                // Refuse a bad policy before a key exists.
-                crate::kms::policy::KeyPolicy::parse(p)?;
-            }
-            let m = ks.create_key_with_origin(caller, &r.description, origin)?;
-            if let Some(p) = &r.policy {
-                ks.put_key_policy(caller, &m.key_id, crate::kms::policy::POLICY_NAME, p)?;
-            }
-            Ok(Reply::Json(
-                json!({ "KeyMetadata": wire::metadata_json(&m) }),
-            ))
-        }
-        "DescribeKey" => {
-            let r: KeyIdReq = parse(body)?;
-            let m = ks.describe_key(caller, &r.key_id)?;
-            Ok(Reply::Json(
-                json!({ "KeyMetadata": wire::metadata_json(&m) }),
-            ))
-        }
-        "ListKeys" => {
-            let r: PageReq = parse(body)?;
-            let (limit, start) = limit_and_start(r.limit, r.marker.as_deref())?;
-            Ok(Reply::Json(wire::page(
-                "Keys",
-                &ks.list_keys(caller)?,
-                start,
-                limit,
-            )))
-        }
-        "ListAliases" => {
-            let r: PageReq = parse(body)?;
-            let (limit, start) = limit_and_start(r.limit, r.marker.as_deref())?;
-            let list = ks.list_aliases(caller, r.key_id.as_deref())?;
-            Ok(Reply::Json(wire::page("Aliases", &list, start, limit)))
-        }
-        "ListKeyRotations" => {
-            let r: PageReq = parse(body)?;
-            let (limit, start) = limit_and_start(r.limit, r.marker.as_deref())?;
-            let key = r
-                .key_id
-                .ok_or_else(|| ApiError::validation("KeyId is required"))?;
-            let list = ks.list_key_rotations(caller, &key)?;
-            Ok(Reply::Json(wire::page("Rotations", &list, start, limit)))
-        }
-        "CreateAlias" | "UpdateAlias" => {
-            let r: AliasReq = parse(body)?;
-            let target = r
-                .target_key_id
-                .ok_or_else(|| ApiError::validation("TargetKeyId is required"))?;
-            if op == "CreateAlias" {
-                ks.create_alias(caller, &r.alias_name, &target)?;
-            } else {
-                ks.update_alias(caller, &r.alias_name, &target)?;
-            }
-            empty()
-        }
-        "DeleteAlias" => {
-            let r: AliasReq = parse(body)?;
-            ks.delete_alias(caller, &r.alias_name)?;
-            empty()
-        }
-        "EnableKey" => {
-            let r: KeyIdReq = parse(body)?;
-            ks.enable_key(caller, &r.key_id)?;
-            empty()
-        }
-        "DisableKey" => {
-            let r: KeyIdReq = parse(body)?;
-            ks.disable_key(caller, &r.key_id)?;
-            empty()
-        }
-        "ScheduleKeyDeletion" => {
-            let r: ScheduleReq = parse(body)?;
-            let d = ks.schedule_key_deletion(caller, &r.key_id, r.pending_window_in_days)?;
-            Ok(Reply::Json(serde_json::to_value(&d).unwrap_or(Value::Null)))
-        }
-        "CancelKeyDeletion" => {
-            let r: KeyIdReq = parse(body)?;
-            Ok(Reply::Json(
-                json!({ "KeyId": ks.cancel_key_deletion(caller, &r.key_id)? }),
-            ))
-        }
-        "EnableKeyRotation" => {
-            let r: RotationReq = parse(body)?;
-            ks.enable_key_rotation(caller, &r.key_id, r.rotation_period_in_days)?;
-            empty()
-        }
-        "DisableKeyRotation" => {
-            let r: KeyIdReq = parse(body)?;
-            ks.disable_key_rotation(caller, &r.key_id)?;
-            empty()
-        }
-        "GetKeyRotationStatus" => {
-            let r: KeyIdReq = parse(body)?;
-            let st = ks.get_key_rotation_status(caller, &r.key_id)?;
-            Ok(Reply::Json(
-                serde_json::to_value(&st).unwrap_or(Value::Null),
-            ))
-        }
-        "RotateKeyOnDemand" => {
-            let r: KeyIdReq = parse(body)?;
-            let (key, _) = ks.rotate_key_on_demand(caller, &r.key_id)?;
-            Ok(Reply::Json(json!({ "KeyId": key })))
-        }
-        "Encrypt" => {
-            let r: EncryptReq = parse(body)?;
-            check_algorithm(&r.encryption_algorithm)?;
-            let pt = blob(&r.plaintext, "Plaintext")?;
-            if pt.len() > MAX_ENCRYPT_PLAINTEXT {
-                return Err(ApiError::validation(format!(
-                    "Plaintext is {} bytes; at most {MAX_ENCRYPT_PLAINTEXT} (use GenerateDataKey)",
-                    pt.len()
-                )));
-            }
-            let e = ks.encrypt(caller, &r.key_id, &pt, &ctx(r.encryption_context))?;
-            Ok(Reply::Json(wire::ciphertext_json(
-                &B64.encode(&e.ciphertext_blob),
-                &arn(&e.key_id),
-                true,
-            )))
-        }
-        "Decrypt" => {
-            let r: DecryptReq = parse(body)?;
-            check_algorithm(&r.encryption_algorithm)?;
-            let b = blob(&r.ciphertext_blob, "CiphertextBlob")?;
-            let d = ks.decrypt(caller, &b, &ctx(r.encryption_context), r.key_id.as_deref())?;
-            let pt = Zeroizing::new(B64.encode(d.plaintext.expose()));
-            Ok(secret_json(&[
-                ("KeyId", &arn(&d.key_id)),
-                ("Plaintext", &pt),
-                ("EncryptionAlgorithm", SYMMETRIC_DEFAULT),
-            ]))
-        }
-        "ReEncrypt" => {
-            let r: ReEncryptReq = parse(body)?;
-            let b = blob(&r.ciphertext_blob, "CiphertextBlob")?;
-            if let Some(want) = &r.source_key_id {
-                ks.check_ciphertext_key(caller, &b, want)?;
-            }
-            let e = ks.re_encrypt(
-                caller,
-                &b,
-                &ctx(r.source_encryption_context),
-                &r.destination_key_id,
-                &ctx(r.destination_encryption_context),
-            )?;
-            let src = e.source_key_id.as_deref().map(arn);
-            Ok(Reply::Json(wire::re_encrypted_json(
-                &B64.encode(&e.ciphertext_blob),
-                src.as_deref(),
-                &arn(&e.key_id),
-            )))
-        }
-        "GenerateDataKey" => {
-            let r: DataKeyReq = parse(body)?;
-            let spec = data_key_spec(&r)?;
-            let dk = ks.generate_data_key(caller, &r.key_id, spec, &ctx(r.encryption_context))?;
-            let pt = Zeroizing::new(B64.encode(dk.plaintext.expose()));
-            Ok(secret_json(&[
-                ("CiphertextBlob", &B64.encode(&dk.ciphertext_blob)),
-                ("Plaintext", &pt),
-                ("KeyId", &arn(&dk.key_id)),
-            ]))
-        }
-        "GenerateDataKeyWithoutPlaintext" => {
-            let r: DataKeyReq = parse(body)?;
-            let spec = data_key_spec(&r)?;
-            let e = ks.generate_data_key_without_plaintext(
-                caller,
-                &r.key_id,
-                spec,
-                &ctx(r.encryption_context),
-            )?;
-            Ok(Reply::Json(wire::ciphertext_json(
-                &B64.encode(&e.ciphertext_blob),
-                &arn(&e.key_id),
-                false,
-            )))
-        }
-        "GenerateRandom" => {
-            let r: RandomReq = parse(body)?;
-            let n = r
-                .number_of_bytes
-                .ok_or_else(|| ApiError::validation("NumberOfBytes is required"))?;
-            let n = DataKeySpec::Bytes(n).byte_len()?;
-            let bytes = SecretBytes::random(n)
-                .map_err(|e| ApiError::new("KMSInternalException", 500, e.to_string()))?;
-            let pt = Zeroizing::new(B64.encode(bytes.expose()));
-            Ok(secret_json(&[("Plaintext", &pt)]))
-        }
-        "GetKeyPolicy" => {
-            let r: GetPolicyReq = parse(body)?;
-            let name = r
-                .policy_name
-                .as_deref()
-                .unwrap_or(crate::kms::policy::POLICY_NAME);
-            let doc = ks.get_key_policy(caller, &r.key_id, name)?;
-            let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
-            Ok(Reply::Json(json!({ "Policy": text, "PolicyName": name })))
-        }
-        "PutKeyPolicy" => {
-            let r: PutPolicyReq = parse(body)?;
-            let name = r
-                .policy_name
-                .as_deref()
-                .unwrap_or(crate::kms::policy::POLICY_NAME);
-            ks.put_key_policy(caller, &r.key_id, name, &r.policy)?;
-            empty()
-        }
-        "GetParametersForImport" => {
-            let r: ImportParamsReq = parse(body)?;
-            let p = ks.get_parameters_for_import(
-                caller,
-                &r.key_id,
-                &r.wrapping_algorithm,
-                &r.wrapping_key_spec,
-            )?;
-            Ok(Reply::Json(json!({
-                "KeyId": arn(&p.key_id),
-                "ImportToken": B64.encode(&p.import_token),
-                "PublicKey": B64.encode(&p.public_key),
-                "ParametersValidTo": p.parameters_valid_to,
-            })))
-        }
-        "ImportKeyMaterial" => {
-            let r: ImportReq = parse(body)?;
-            let valid_to = match (r.expiration_model.as_deref(), r.valid_to) {
-                (Some("KEY_MATERIAL_DOES_NOT_EXPIRE"), Some(_)) => {
-                    return Err(ApiError::validation(
-                        "ValidTo contradicts ExpirationModel KEY_MATERIAL_DOES_NOT_EXPIRE",
-                    ));
-                }
-                (Some("KEY_MATERIAL_EXPIRES"), None) => {
-                    return Err(ApiError::validation(
-                        "ExpirationModel KEY_MATERIAL_EXPIRES needs ValidTo",
-                    ));
-                }
-                (Some(m), _)
-                    if m != "KEY_MATERIAL_EXPIRES" && m != "KEY_MATERIAL_DOES_NOT_EXPIRE" =>
-                {
-                    return Err(ApiError::validation(format!(
-                        "unknown ExpirationModel {m:?}"
-                    )));
-                }
-                (_, v) => v.map(|t| t as i64),
-            };
-            let token = blob(&r.import_token, "ImportToken")?;
-            let material = blob(&r.encrypted_key_material, "EncryptedKeyMaterial")?;
-            ks.import_key_material(caller, &r.key_id, &token, &material, valid_to)?;
-            empty()
-        }
-        "DeleteImportedKeyMaterial" => {
-            let r: KeyIdReq = parse(body)?;
-            ks.delete_imported_key_material(caller, &r.key_id)?;
-            empty()
-        }
+        "CreateKey" => create_key(ks, caller, body),
+        "DescribeKey" => describe_key(ks, caller, body),
+        "ListKeys" => list_keys(ks, caller, body),
+        "ListAliases" => list_aliases(ks, caller, body),
+        "ListKeyRotations" => list_key_rotations(ks, caller, body),
+        "CreateAlias" | "UpdateAlias" => create_or_update_alias(ks, caller, op, body),
+        "DeleteAlias" => delete_alias(ks, caller, body),
+        "EnableKey" => enable_key(ks, caller, body),
+        "DisableKey" => disable_key(ks, caller, body),
+        "ScheduleKeyDeletion" => schedule_key_deletion(ks, caller, body),
+        "CancelKeyDeletion" => cancel_key_deletion(ks, caller, body),
+        "EnableKeyRotation" => enable_key_rotation(ks, caller, body),
+        "DisableKeyRotation" => disable_key_rotation(ks, caller, body),
+        "GetKeyRotationStatus" => get_key_rotation_status(ks, caller, body),
+        "RotateKeyOnDemand" => rotate_key_on_demand(ks, caller, body),
+        "Encrypt" => encrypt(ks, caller, body),
+        "Decrypt" => decrypt(ks, caller, body),
+        "ReEncrypt" => re_encrypt(ks, caller, body),
+        "GenerateDataKey" => generate_data_key(ks, caller, body),
+        "GenerateDataKeyWithoutPlaintext" => generate_data_key_without_plaintext(ks, caller, body),
+        "GenerateRandom" => generate_random(body),
+        "GetKeyPolicy" => get_key_policy(ks, caller, body),
+        "PutKeyPolicy" => put_key_policy(ks, caller, body),
+        "GetParametersForImport" => get_parameters_for_import(ks, caller, body),
+        "ImportKeyMaterial" => import_key_material(ks, caller, body),
+        "DeleteImportedKeyMaterial" => delete_imported_key_material(ks, caller, body),
         _ => Err(ApiError::new(
             "UnknownOperationException",
             400,
             format!("operation {op} is not supported by kmsfs"),
         )),
     }
+}
+
+/// CreateKey: checks the requested spec, usage, origin and policy, then makes the key.
+fn create_key(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
+    let r: CreateKeyReq = parse(body)?;
+    for (name, v, want) in [
+        ("KeySpec", &r.key_spec, "SYMMETRIC_DEFAULT"),
+        (
+            "CustomerMasterKeySpec",
+            &r.customer_master_key_spec,
+            "SYMMETRIC_DEFAULT",
+        ),
+        ("KeyUsage", &r.key_usage, "ENCRYPT_DECRYPT"),
+    ] {
+        if let Some(v) = v
+            && v != want
+        {
+            return Err(ApiError::new(
+                "UnsupportedOperationException",
+                400,
+                format!("{name} {v} is not supported; kmsfs keys are {want}"),
+            ));
+        }
+    }
+    let origin = match r.origin.as_deref() {
+        None | Some("AWS_KMS") => KeyOrigin::Kms,
+        Some("EXTERNAL") => KeyOrigin::External,
+        Some(o) => {
+            return Err(ApiError::new(
+                "UnsupportedOperationException",
+                400,
+                format!("Origin {o} is not supported; use AWS_KMS or EXTERNAL"),
+            ));
+        }
+    };
+    if let Some(p) = &r.policy {
+        // Refuse a bad policy before a key exists.
+        crate::kms::policy::KeyPolicy::parse(p)?;
+    }
+    let m = ks.create_key_with_origin(caller, &r.description, origin)?;
+    if let Some(p) = &r.policy {
+        ks.put_key_policy(caller, &m.key_id, crate::kms::policy::POLICY_NAME, p)?;
+    }
+    Ok(Reply::Json(
+        json!({ "KeyMetadata": wire::metadata_json(&m) }),
+    ))
+}
+
+/// DescribeKey: the key's metadata.
+fn describe_key(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
+    let r: KeyIdReq = parse(body)?;
+    let m = ks.describe_key(caller, &r.key_id)?;
+    Ok(Reply::Json(
+        json!({ "KeyMetadata": wire::metadata_json(&m) }),
+    ))
+}
+
+/// ListKeys: one page of the keys.
+fn list_keys(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
+    let r: PageReq = parse(body)?;
+    let (limit, start) = limit_and_start(r.limit, r.marker.as_deref())?;
+    Ok(Reply::Json(wire::page(
+        "Keys",
+        &ks.list_keys(caller)?,
+        start,
+        limit,
+    )))
+}
+
+/// ListAliases: one page of the aliases, of one key if KeyId is given.
+fn list_aliases(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
+    let r: PageReq = parse(body)?;
+    let (limit, start) = limit_and_start(r.limit, r.marker.as_deref())?;
+    let list = ks.list_aliases(caller, r.key_id.as_deref())?;
+    Ok(Reply::Json(wire::page("Aliases", &list, start, limit)))
+}
+
+/// ListKeyRotations: one page of a key's rotations.
+fn list_key_rotations(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
+    let r: PageReq = parse(body)?;
+    let (limit, start) = limit_and_start(r.limit, r.marker.as_deref())?;
+    let key = r
+        .key_id
+        .ok_or_else(|| ApiError::validation("KeyId is required"))?;
+    let list = ks.list_key_rotations(caller, &key)?;
+    Ok(Reply::Json(wire::page("Rotations", &list, start, limit)))
+}
+
+/// CreateAlias or UpdateAlias (`op`): points an alias at TargetKeyId.
+fn create_or_update_alias(
+    ks: &LocalKeyStore,
+    caller: &Caller,
+    op: &str,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let r: AliasReq = parse(body)?;
+    let target = r
+        .target_key_id
+        .ok_or_else(|| ApiError::validation("TargetKeyId is required"))?;
+    if op == "CreateAlias" {
+        ks.create_alias(caller, &r.alias_name, &target)?;
+    } else {
+        ks.update_alias(caller, &r.alias_name, &target)?;
+    }
+    empty()
+}
+
+/// DeleteAlias: removes an alias.
+fn delete_alias(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
+    let r: AliasReq = parse(body)?;
+    ks.delete_alias(caller, &r.alias_name)?;
+    empty()
+}
+
+/// EnableKey: enables a key.
+fn enable_key(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
+    let r: KeyIdReq = parse(body)?;
+    ks.enable_key(caller, &r.key_id)?;
+    empty()
+}
+
+/// DisableKey: disables a key.
+fn disable_key(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
+    let r: KeyIdReq = parse(body)?;
+    ks.disable_key(caller, &r.key_id)?;
+    empty()
+}
+
+/// ScheduleKeyDeletion: schedules a key's deletion after its pending window.
+fn schedule_key_deletion(
+    ks: &LocalKeyStore,
+    caller: &Caller,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let r: ScheduleReq = parse(body)?;
+    let d = ks.schedule_key_deletion(caller, &r.key_id, r.pending_window_in_days)?;
+    Ok(Reply::Json(serde_json::to_value(&d).unwrap_or(Value::Null)))
+}
+
+/// CancelKeyDeletion: cancels a scheduled deletion.
+fn cancel_key_deletion(
+    ks: &LocalKeyStore,
+    caller: &Caller,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let r: KeyIdReq = parse(body)?;
+    Ok(Reply::Json(
+        json!({ "KeyId": ks.cancel_key_deletion(caller, &r.key_id)? }),
+    ))
+}
+
+/// EnableKeyRotation: turns on automatic rotation, with an optional period.
+fn enable_key_rotation(
+    ks: &LocalKeyStore,
+    caller: &Caller,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let r: RotationReq = parse(body)?;
+    ks.enable_key_rotation(caller, &r.key_id, r.rotation_period_in_days)?;
+    empty()
+}
+
+/// DisableKeyRotation: turns off automatic rotation.
+fn disable_key_rotation(
+    ks: &LocalKeyStore,
+    caller: &Caller,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let r: KeyIdReq = parse(body)?;
+    ks.disable_key_rotation(caller, &r.key_id)?;
+    empty()
+}
+
+/// GetKeyRotationStatus: whether and how often a key rotates.
+fn get_key_rotation_status(
+    ks: &LocalKeyStore,
+    caller: &Caller,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let r: KeyIdReq = parse(body)?;
+    let st = ks.get_key_rotation_status(caller, &r.key_id)?;
+    Ok(Reply::Json(
+        serde_json::to_value(&st).unwrap_or(Value::Null),
+    ))
+}
+
+/// RotateKeyOnDemand: rotates a key now.
+fn rotate_key_on_demand(
+    ks: &LocalKeyStore,
+    caller: &Caller,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let r: KeyIdReq = parse(body)?;
+    let (key, _) = ks.rotate_key_on_demand(caller, &r.key_id)?;
+    Ok(Reply::Json(json!({ "KeyId": key })))
+}
+
+/// Encrypt: encrypts a small plaintext (at most `MAX_ENCRYPT_PLAINTEXT`) under a key.
+fn encrypt(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
+    let arn = |k: &str| key_arn(ks.keystore_id(), k);
+    let r: EncryptReq = parse(body)?;
+    check_algorithm(&r.encryption_algorithm)?;
+    let pt = blob(&r.plaintext, "Plaintext")?;
+    if pt.len() > MAX_ENCRYPT_PLAINTEXT {
+        return Err(ApiError::validation(format!(
+            "Plaintext is {} bytes; at most {MAX_ENCRYPT_PLAINTEXT} (use GenerateDataKey)",
+            pt.len()
+        )));
+    }
+    let e = ks.encrypt(caller, &r.key_id, &pt, &ctx(r.encryption_context))?;
+    Ok(Reply::Json(wire::ciphertext_json(
+        &B64.encode(&e.ciphertext_blob),
+        &arn(&e.key_id),
+        true,
+    )))
+}
+
+/// Decrypt: the plaintext of a ciphertext blob, answered in a zeroized body.
+fn decrypt(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
+    let arn = |k: &str| key_arn(ks.keystore_id(), k);
+    let r: DecryptReq = parse(body)?;
+    check_algorithm(&r.encryption_algorithm)?;
+    let b = blob(&r.ciphertext_blob, "CiphertextBlob")?;
+    let d = ks.decrypt(caller, &b, &ctx(r.encryption_context), r.key_id.as_deref())?;
+    let pt = Zeroizing::new(B64.encode(d.plaintext.expose()));
+    Ok(secret_json(&[
+        ("KeyId", &arn(&d.key_id)),
+        ("Plaintext", &pt),
+        ("EncryptionAlgorithm", SYMMETRIC_DEFAULT),
+    ]))
+}
+
+/// ReEncrypt: decrypts a ciphertext blob and encrypts it again under another key.
+fn re_encrypt(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
+    let arn = |k: &str| key_arn(ks.keystore_id(), k);
+    let r: ReEncryptReq = parse(body)?;
+    let b = blob(&r.ciphertext_blob, "CiphertextBlob")?;
+    if let Some(want) = &r.source_key_id {
+        ks.check_ciphertext_key(caller, &b, want)?;
+    }
+    let e = ks.re_encrypt(
+        caller,
+        &b,
+        &ctx(r.source_encryption_context),
+        &r.destination_key_id,
+        &ctx(r.destination_encryption_context),
+    )?;
+    let src = e.source_key_id.as_deref().map(arn);
+    Ok(Reply::Json(wire::re_encrypted_json(
+        &B64.encode(&e.ciphertext_blob),
+        src.as_deref(),
+        &arn(&e.key_id),
+    )))
+}
+
+/// GenerateDataKey: a new data key, plaintext and wrapped, in a zeroized body.
+fn generate_data_key(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
+    let arn = |k: &str| key_arn(ks.keystore_id(), k);
+    let r: DataKeyReq = parse(body)?;
+    let spec = data_key_spec(&r)?;
+    let dk = ks.generate_data_key(caller, &r.key_id, spec, &ctx(r.encryption_context))?;
+    let pt = Zeroizing::new(B64.encode(dk.plaintext.expose()));
+    Ok(secret_json(&[
+        ("CiphertextBlob", &B64.encode(&dk.ciphertext_blob)),
+        ("Plaintext", &pt),
+        ("KeyId", &arn(&dk.key_id)),
+    ]))
+}
+
+/// GenerateDataKeyWithoutPlaintext: a new data key, wrapped only.
+fn generate_data_key_without_plaintext(
+    ks: &LocalKeyStore,
+    caller: &Caller,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let arn = |k: &str| key_arn(ks.keystore_id(), k);
+    let r: DataKeyReq = parse(body)?;
+    let spec = data_key_spec(&r)?;
+    let e = ks.generate_data_key_without_plaintext(
+        caller,
+        &r.key_id,
+        spec,
+        &ctx(r.encryption_context),
+    )?;
+    Ok(Reply::Json(wire::ciphertext_json(
+        &B64.encode(&e.ciphertext_blob),
+        &arn(&e.key_id),
+        false,
+    )))
+}
+
+/// GenerateRandom: NumberOfBytes random bytes, in a zeroized body.
+fn generate_random(body: &[u8]) -> Result<Reply, ApiError> {
+    let r: RandomReq = parse(body)?;
+    let n = r
+        .number_of_bytes
+        .ok_or_else(|| ApiError::validation("NumberOfBytes is required"))?;
+    let n = DataKeySpec::Bytes(n).byte_len()?;
+    let bytes = SecretBytes::random(n)
+        .map_err(|e| ApiError::new("KMSInternalException", 500, e.to_string()))?;
+    let pt = Zeroizing::new(B64.encode(bytes.expose()));
+    Ok(secret_json(&[("Plaintext", &pt)]))
+}
+
+/// GetKeyPolicy: a key's policy document, pretty-printed.
+fn get_key_policy(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
+    let r: GetPolicyReq = parse(body)?;
+    let name = r
+        .policy_name
+        .as_deref()
+        .unwrap_or(crate::kms::policy::POLICY_NAME);
+    let doc = ks.get_key_policy(caller, &r.key_id, name)?;
+    let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    Ok(Reply::Json(json!({ "Policy": text, "PolicyName": name })))
+}
+
+/// PutKeyPolicy: replaces a key's policy document.
+fn put_key_policy(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
+    let r: PutPolicyReq = parse(body)?;
+    let name = r
+        .policy_name
+        .as_deref()
+        .unwrap_or(crate::kms::policy::POLICY_NAME);
+    ks.put_key_policy(caller, &r.key_id, name, &r.policy)?;
+    empty()
+}
+
+/// GetParametersForImport: a wrapping public key and import token for an EXTERNAL key.
+fn get_parameters_for_import(
+    ks: &LocalKeyStore,
+    caller: &Caller,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let arn = |k: &str| key_arn(ks.keystore_id(), k);
+    let r: ImportParamsReq = parse(body)?;
+    let p = ks.get_parameters_for_import(
+        caller,
+        &r.key_id,
+        &r.wrapping_algorithm,
+        &r.wrapping_key_spec,
+    )?;
+    Ok(Reply::Json(json!({
+        "KeyId": arn(&p.key_id),
+        "ImportToken": B64.encode(&p.import_token),
+        "PublicKey": B64.encode(&p.public_key),
+        "ParametersValidTo": p.parameters_valid_to,
+    })))
+}
+
+/// ImportKeyMaterial: checks the expiration model, then imports wrapped key material.
+fn import_key_material(
+    ks: &LocalKeyStore,
+    caller: &Caller,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let r: ImportReq = parse(body)?;
+    let valid_to = match (r.expiration_model.as_deref(), r.valid_to) {
+        (Some("KEY_MATERIAL_DOES_NOT_EXPIRE"), Some(_)) => {
+            return Err(ApiError::validation(
+                "ValidTo contradicts ExpirationModel KEY_MATERIAL_DOES_NOT_EXPIRE",
+            ));
+        }
+        (Some("KEY_MATERIAL_EXPIRES"), None) => {
+            return Err(ApiError::validation(
+                "ExpirationModel KEY_MATERIAL_EXPIRES needs ValidTo",
+            ));
+        }
+        (Some(m), _) if m != "KEY_MATERIAL_EXPIRES" && m != "KEY_MATERIAL_DOES_NOT_EXPIRE" => {
+            return Err(ApiError::validation(format!(
+                "unknown ExpirationModel {m:?}"
+            )));
+        }
+        (_, v) => v.map(|t| t as i64),
+    };
+    let token = blob(&r.import_token, "ImportToken")?;
+    let material = blob(&r.encrypted_key_material, "EncryptedKeyMaterial")?;
+    ks.import_key_material(caller, &r.key_id, &token, &material, valid_to)?;
+    empty()
+}
+
+/// DeleteImportedKeyMaterial: removes an EXTERNAL key's imported material.
+fn delete_imported_key_material(
+    ks: &LocalKeyStore,
+    caller: &Caller,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let r: KeyIdReq = parse(body)?;
+    ks.delete_imported_key_material(caller, &r.key_id)?;
+    empty()
 }
 
 #[cfg(test)]
