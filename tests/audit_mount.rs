@@ -162,7 +162,7 @@ fn a_file_under_a_key_only_a_may_use_stays_closed_to_b_and_the_trail_says_who() 
         "{r}"
     );
     assert!(r["userIdentity"]["pid"].as_u64().unwrap() > 1);
-    assert_eq!(r["additionalEventData"]["path"], "shared/a.txt");
+    assert_eq!(r["additionalEventData"]["path"], "shared/a.txt", "{r}");
     assert_eq!(r["additionalEventData"]["cacheHit"], false);
     assert!(
         r["resources"][0]["ARN"]

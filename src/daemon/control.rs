@@ -14,8 +14,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::kms::{
-    Caller, DataKey, DataKeySpec, Decrypted, Encrypted, EncryptionContext, KeyMetadata, KeyService,
-    KmsError,
+    Caller, DataKey, DataKeySpec, Decrypted, Encrypted, EncryptionContext, FileAccess, KeyMetadata,
+    KeyService, KmsError,
 };
 use crate::logtext::escaped;
 use crate::os;
@@ -96,6 +96,55 @@ impl KeyService for CountingService {
 
     fn describe_key(&self, caller: &Caller, key_id: &str) -> Result<KeyMetadata, KmsError> {
         self.count(self.inner.describe_key(caller, key_id))
+    }
+
+    // The audit methods pass through too: their defaults would drop the
+    // file and process from the trail's records, and cache hits from it.
+    fn decrypt_for_open(
+        &self,
+        caller: &Caller,
+        access: &FileAccess<'_>,
+        ciphertext_blob: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<Decrypted, KmsError> {
+        self.count(
+            self.inner
+                .decrypt_for_open(caller, access, ciphertext_blob, context),
+        )
+    }
+
+    fn generate_data_key_for_open(
+        &self,
+        caller: &Caller,
+        access: &FileAccess<'_>,
+        key_id: &str,
+        spec: DataKeySpec,
+        context: &EncryptionContext,
+    ) -> Result<DataKey, KmsError> {
+        self.count(
+            self.inner
+                .generate_data_key_for_open(caller, access, key_id, spec, context),
+        )
+    }
+
+    fn record_cached_open(
+        &self,
+        caller: &Caller,
+        access: &FileAccess<'_>,
+        key_id: &str,
+        key_material_version: u32,
+        context: &EncryptionContext,
+    ) {
+        self.inner
+            .record_cached_open(caller, access, key_id, key_material_version, context);
+    }
+
+    fn flush_audit(&self) {
+        self.inner.flush_audit();
+    }
+
+    fn audits_file_access(&self) -> bool {
+        self.inner.audits_file_access()
     }
 
     fn generation(&self) -> u64 {
