@@ -393,3 +393,33 @@ fn changes_by_an_unprivileged_user_drop_setuid_and_setgid_as_on_ext4() {
     assert!(root_ext4.iter().all(|(_, mode, after)| after == mode));
     assert_eq!(modes_after_changes(&m.mnt, None), root_ext4);
 }
+
+/// tar -x compares a directory's st_ino before and after extracting into it
+/// ("Directory renamed before its status could be extracted"), git keeps
+/// st_ino in its index: a file's inode number must not change when the
+/// kernel forgets its inode (memory pressure; here drop_caches) and looks it
+/// up again.
+#[test]
+fn inode_numbers_survive_the_kernel_forgetting_the_inode() {
+    if !common::require_root("inode numbers", "drop_caches is root's") {
+        return;
+    }
+    let Some(m) = Mount::new("stable-ino") else {
+        return;
+    };
+    sh(&m.mnt, "mkdir -p d/e && echo x > d/e/f && ln d/e/f d/g");
+    let names = ["d", "d/e", "d/e/f", "d/g"];
+    let before: Vec<u64> = names
+        .iter()
+        .map(|n| fs::metadata(m.p(n)).unwrap().ino())
+        .collect();
+    assert_eq!(before[2], before[3], "hard links share an inode number");
+    for _ in 0..3 {
+        fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+        let after: Vec<u64> = names
+            .iter()
+            .map(|n| fs::metadata(m.p(n)).unwrap().ino())
+            .collect();
+        assert_eq!(after, before);
+    }
+}

@@ -5,7 +5,11 @@
 //! it was reached by, so unlinking one link leaves the others usable. Names are
 //! relative to the backing root; renames rewrite them (a directory rename
 //! rewrites every cached descendant). Nodes live while the kernel holds a
-//! lookup reference (`forget` drops them); the root lives forever.
+//! lookup reference (`forget` drops them); the root lives forever. A node
+//! the kernel forgot keeps its number: the same backing file looked up again
+//! gets it back, so a file's inode number (st_ino) stays the same for as long
+//! as the mount runs, as programs expect (tar compares a directory's st_ino
+//! before and after extracting into it; git keeps it in its index).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,8 +40,14 @@ pub(super) struct InodeTable {
     by_key: HashMap<BackingKey, u64>,
     /// Every known name to its node: unlink and file renames cost O(1).
     by_path: HashMap<PathBuf, u64>,
+    /// The numbers of nodes the kernel forgot, by backing identity (at most
+    /// `RETIRED_MAX`; past that they start afresh).
+    retired: HashMap<BackingKey, u64>,
     next: u64,
 }
+
+/// Forgotten nodes whose numbers are kept for their files (about 64 bytes each).
+const RETIRED_MAX: usize = 1 << 20;
 
 impl InodeTable {
     /// A table with the root (relative path "") for a backing root with `key`.
@@ -60,6 +70,7 @@ impl InodeTable {
             nodes,
             by_key,
             by_path,
+            retired: HashMap::new(),
             next: ROOT_INO + 1,
         }
     }
@@ -106,8 +117,10 @@ impl InodeTable {
             }
             return ino;
         }
-        let ino = self.next;
-        self.next += 1;
+        let ino = self.retired.remove(&key).unwrap_or_else(|| {
+            self.next += 1;
+            self.next - 1
+        });
         self.nodes.insert(
             ino,
             Node {
@@ -178,6 +191,10 @@ impl InodeTable {
         }
         if self.by_key.get(&key) == Some(&ino) {
             self.by_key.remove(&key);
+            if self.retired.len() >= RETIRED_MAX {
+                self.retired.clear();
+            }
+            self.retired.insert(key, ino);
         }
         true
     }
@@ -250,12 +267,6 @@ impl InodeTable {
             self.index(path, ino);
         }
     }
-
-    /// Number of nodes.
-    #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
-        self.nodes.len()
-    }
 }
 
 #[cfg(test)]
@@ -264,6 +275,22 @@ mod tests {
 
     fn p(s: &str) -> PathBuf {
         PathBuf::from(s)
+    }
+
+    #[test]
+    fn a_forgotten_file_looked_up_again_gets_its_number_back() {
+        let mut t = InodeTable::new((1, 1, 0));
+        let a = t.lookup(&p("a"), (1, 10, 5), true);
+        let b = t.lookup(&p("b"), (1, 11, 5), false);
+        assert!(t.forget(a, 1));
+        assert!(!t.contains(a));
+        // Another file does not get a's number; a itself does.
+        let c = t.lookup(&p("c"), (1, 12, 5), false);
+        assert_ne!(c, a);
+        assert_eq!(t.lookup(&p("a"), (1, 10, 5), true), a);
+        // The same inode number in a new incarnation is another file.
+        assert!(t.forget(b, 1));
+        assert_ne!(t.lookup(&p("b"), (1, 11, 6), false), b);
     }
 
     #[test]
@@ -354,15 +381,5 @@ mod tests {
         assert_eq!(t.path(a), Some(Path::new("b")));
         assert_eq!(t.path(c), Some(Path::new("b/c")));
         assert_eq!(t.path(b), Some(Path::new("a")));
-    }
-
-    #[test]
-    fn reused_backing_inode_after_forget_gets_a_new_number() {
-        let mut t = InodeTable::new((1, 2, 0));
-        let a = t.lookup(&p("a"), (1, 10, 0), false);
-        t.forget(a, 1);
-        let a2 = t.lookup(&p("a2"), (1, 10, 0), false);
-        assert_ne!(a, a2);
-        assert_eq!(t.len(), 2);
     }
 }
