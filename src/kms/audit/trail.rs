@@ -506,32 +506,6 @@ impl Trail {
         }
         let mut new_file = false;
         let mut file = self.open_append(&self.dir.join(file_name(t.file_no)), true)?;
-        let mut emit = |rec: Map<String, Value>,
-                        t: &mut Tail,
-                        buf: &mut Vec<u8>,
-                        file: &mut File|
-         -> io::Result<()> {
-            let line = serde_json::to_string(&Value::Object(rec))
-                .map_err(|e| invalid(format!("cannot encode an audit record: {e}")))?;
-            let len = line.len() as u64 + 1;
-            if t.size + buf.len() as u64 + len > self.max_file_bytes
-                && t.size + buf.len() as u64 > 0
-            {
-                file.write_all(buf)?;
-                if durable {
-                    file.sync_data()?;
-                }
-                buf.clear();
-                t.file_no += 1;
-                t.size = 0;
-                *file = self.open_append(&self.dir.join(file_name(t.file_no)), true)?;
-                new_file = true;
-            }
-            t.hash = sha256(&[line.as_bytes()]);
-            buf.extend_from_slice(line.as_bytes());
-            buf.push(b'\n');
-            Ok(())
-        };
         let mut tt = t;
         for r in batch {
             let Value::Object(m) = r else { continue };
@@ -539,7 +513,9 @@ impl Trail {
             tt.sequence += 1;
             m.insert("sequence".into(), json!(tt.sequence));
             m.insert("previousDigest".into(), json!(hex(&tt.hash)));
-            emit(m, &mut tt, &mut buf, &mut file)?;
+            if self.emit(m, &mut tt, &mut buf, &mut file, durable)? {
+                new_file = true;
+            }
         }
         let due = tt.sequence.saturating_sub(w.last_digest_seq) >= DIGEST_EVERY
             || w.last_digest.elapsed() >= DIGEST_INTERVAL
@@ -548,22 +524,11 @@ impl Trail {
         if let (Some(key), true) = (&key, due && tt.sequence > w.last_digest_seq) {
             let seq = tt.sequence + 1;
             let sig = digest_signature(key.expose(), &self.keystore_id, seq, &tt.hash);
-            let mut m = Map::new();
-            m.insert("eventVersion".into(), json!(EVENT_VERSION));
-            m.insert(
-                "eventTime".into(),
-                json!(super::time::format(crate::kms::clock::now().unwrap_or(0))),
-            );
-            m.insert("eventSource".into(), json!(EVENT_SOURCE));
-            m.insert("eventName".into(), json!("Digest"));
-            m.insert("eventType".into(), json!(DIGEST_EVENT_TYPE));
-            m.insert("eventID".into(), json!(uuid::Uuid::new_v4().to_string()));
-            m.insert("digestAlgorithm".into(), json!("HMAC-SHA256"));
-            m.insert("digestSignature".into(), json!(sig));
-            m.insert("sequence".into(), json!(seq));
-            m.insert("previousDigest".into(), json!(hex(&tt.hash)));
+            let m = digest_record(seq, sig, &tt.hash);
             tt.sequence = seq;
-            emit(m, &mut tt, &mut buf, &mut file)?;
+            if self.emit(m, &mut tt, &mut buf, &mut file, durable)? {
+                new_file = true;
+            }
             w.last_digest_seq = tt.sequence;
             w.last_digest = Instant::now();
         }
@@ -580,6 +545,38 @@ impl Trail {
         t = tt;
         w.cache = Some(t);
         Ok(())
+    }
+
+    /// Encodes `rec` as one line of the batch in `buf`, first writing out
+    /// `buf` and moving to the next trail file when the line would make the
+    /// current one too big; true when it moved to a new file.
+    fn emit(
+        &self,
+        rec: Map<String, Value>,
+        t: &mut Tail,
+        buf: &mut Vec<u8>,
+        file: &mut File,
+        durable: bool,
+    ) -> io::Result<bool> {
+        let mut new_file = false;
+        let line = serde_json::to_string(&Value::Object(rec))
+            .map_err(|e| invalid(format!("cannot encode an audit record: {e}")))?;
+        let len = line.len() as u64 + 1;
+        if t.size + buf.len() as u64 + len > self.max_file_bytes && t.size + buf.len() as u64 > 0 {
+            file.write_all(buf)?;
+            if durable {
+                file.sync_data()?;
+            }
+            buf.clear();
+            t.file_no += 1;
+            t.size = 0;
+            *file = self.open_append(&self.dir.join(file_name(t.file_no)), true)?;
+            new_file = true;
+        }
+        t.hash = sha256(&[line.as_bytes()]);
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        Ok(new_file)
     }
 
     fn write_head(&self, t: &Tail, durable: bool) -> io::Result<()> {
@@ -621,6 +618,26 @@ impl Trail {
         }
         Ok(())
     }
+}
+
+/// The signed digest record `seq`, carrying signature `sig` over the chain
+/// up to the record whose hash is `previous`.
+fn digest_record(seq: u64, sig: String, previous: &[u8]) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("eventVersion".into(), json!(EVENT_VERSION));
+    m.insert(
+        "eventTime".into(),
+        json!(super::time::format(crate::kms::clock::now().unwrap_or(0))),
+    );
+    m.insert("eventSource".into(), json!(EVENT_SOURCE));
+    m.insert("eventName".into(), json!("Digest"));
+    m.insert("eventType".into(), json!(DIGEST_EVENT_TYPE));
+    m.insert("eventID".into(), json!(uuid::Uuid::new_v4().to_string()));
+    m.insert("digestAlgorithm".into(), json!("HMAC-SHA256"));
+    m.insert("digestSignature".into(), json!(sig));
+    m.insert("sequence".into(), json!(seq));
+    m.insert("previousDigest".into(), json!(hex(previous)));
+    m
 }
 
 impl Drop for Trail {

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::read::all_lines;
+use super::read::{Line, all_lines};
 use super::record::DIGEST_EVENT_TYPE;
 use super::trail::{GENESIS, HEAD_FILE, digest_signature, file_name, head_signature};
 use crate::crypto::{constant_time_eq, hex, sha256};
@@ -76,125 +76,213 @@ pub fn verify(dir: &Path, keystore_id: &str, key: Option<&[u8]>) -> std::io::Res
         Err(e) => return Err(e),
     };
     r.files = files.len();
-    let problem = |file: &str, line: usize, what: String| Problem {
+    let mut w = Walk {
+        prev_hash: GENESIS,
+        prev_seq: 0,
+        prev_loc: None,
+        at: HashMap::new(),
+        expected_no: 1,
+        last_size: 0,
+        last_file: None,
+    };
+    for (n, lines) in &files {
+        let name = file_name(*n);
+        check_file_number(&mut r, &mut w, *n, &name);
+        w.last_size = std::fs::symlink_metadata(dir.join(&name)).map_or(0, |m| m.len());
+        w.last_file = Some(name.clone());
+        for l in lines {
+            check_line(&mut r, &mut w, &name, l, keystore_id, key);
+        }
+    }
+    check_head(&mut r, &w, dir, files.is_empty(), keystore_id, key);
+    Ok(r)
+}
+
+/// How far the walk through the trail has got: the last record read, where
+/// each sequence number was seen, and the last file.
+struct Walk {
+    /// The hash of the last line read (GENESIS before the first).
+    prev_hash: [u8; 32],
+    /// The sequence number of the last record read.
+    prev_seq: u64,
+    /// The file and line of the last line read.
+    prev_loc: Option<(String, usize)>,
+    /// The file and line of each sequence number.
+    at: HashMap<u64, (String, usize)>,
+    /// The number the next trail file should have.
+    expected_no: u32,
+    /// The size of the last file, as found on disk.
+    last_size: u64,
+    /// The name of the last file.
+    last_file: Option<String>,
+}
+
+/// A break at `line` of `file`.
+fn problem(file: &str, line: usize, what: String) -> Problem {
+    Problem {
         file: file.to_string(),
         line,
         what,
-    };
-    let mut prev_hash = GENESIS;
-    let mut prev_seq = 0u64;
-    let mut prev_loc: Option<(String, usize)> = None;
-    let mut at: HashMap<u64, (String, usize)> = HashMap::new();
-    let mut expected_no = 1u32;
-    let mut last_size = 0u64;
-    let mut last_file = None;
-    for (n, lines) in &files {
-        let name = file_name(*n);
-        if *n != expected_no {
-            let p = problem(
-                &file_name(expected_no),
-                0,
-                if expected_no == 1 {
-                    format!("missing: the trail starts at {name}; its beginning was deleted")
-                } else {
-                    format!(
-                        "missing: the trail goes from {} to {name}",
-                        file_name(expected_no - 1)
-                    )
-                },
-            );
-            r.problems.push(p);
-        }
-        expected_no = n + 1;
-        last_size = std::fs::symlink_metadata(dir.join(&name)).map_or(0, |m| m.len());
-        last_file = Some(name.clone());
-        for l in lines {
-            let loc = |p: &Option<(String, usize)>| match p {
-                Some((f, l)) => format!("{f}:{l}"),
-                None => "the start of the trail".to_string(),
-            };
-            if !l.complete {
-                let p = problem(
-                    &name,
-                    l.line,
-                    "a partial record with no end of line: a write cut short (crash, full \
-                     disk) or the file was truncated here"
-                        .into(),
-                );
-                r.problems.push(p);
-                continue;
-            }
-            let Some(v) = l.record() else {
-                let p = problem(&name, l.line, "not a JSON record".into());
-                r.problems.push(p);
-                prev_hash = sha256(&[&l.bytes]);
-                prev_loc = Some((name.clone(), l.line));
-                continue;
-            };
-            r.records += 1;
-            let seq = v.get("sequence").and_then(Value::as_u64).unwrap_or(0);
-            let pd = v
-                .get("previousDigest")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            if pd != hex(&prev_hash) {
-                let p = problem(
-                    &name,
-                    l.line,
-                    format!(
-                        "does not chain to the record before it ({}): that record was \
-                         changed, or records were deleted, inserted or moved between them",
-                        loc(&prev_loc)
-                    ),
-                );
-                r.problems.push(p);
-            }
-            if seq != prev_seq + 1 {
-                let p = problem(
-                    &name,
-                    l.line,
-                    format!(
-                        "sequence {seq} follows {prev_seq}: records were deleted, inserted \
-                         or reordered"
-                    ),
-                );
-                r.problems.push(p);
-            }
-            if v.get("eventType").and_then(Value::as_str) == Some(DIGEST_EVENT_TYPE)
-                && let Some(k) = key
-            {
-                let want = digest_signature(k, keystore_id, seq, &prev_hash);
-                let got = v
-                    .get("digestSignature")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                if constant_time_eq(want.as_bytes(), got.as_bytes()) {
-                    r.digests_verified += 1;
-                    r.signed_through = r.signed_through.max(seq);
-                } else {
-                    let p = problem(
-                        &name,
-                        l.line,
-                        format!(
-                            "the signed digest does not verify: records up to here were \
-                             rewritten (their chain recomputed) or the digest was forged \
-                             (last good signature: record {})",
-                            r.signed_through
-                        ),
-                    );
-                    r.problems.push(p);
-                }
-            }
-            prev_hash = sha256(&[&l.bytes]);
-            prev_seq = seq;
-            prev_loc = Some((name.clone(), l.line));
-            at.insert(seq, (name.clone(), l.line));
-        }
     }
-    // HEAD: the signed end of the trail.
+}
+
+/// Names a location for a message: `file:line`, or the start of the trail.
+fn describe_loc(p: &Option<(String, usize)>) -> String {
+    match p {
+        Some((f, l)) => format!("{f}:{l}"),
+        None => "the start of the trail".to_string(),
+    }
+}
+
+/// Reports a gap before trail file `n` (named `name`) and expects `n + 1` next.
+fn check_file_number(r: &mut Report, w: &mut Walk, n: u32, name: &str) {
+    let expected_no = w.expected_no;
+    if n != expected_no {
+        let p = problem(
+            &file_name(expected_no),
+            0,
+            if expected_no == 1 {
+                format!("missing: the trail starts at {name}; its beginning was deleted")
+            } else {
+                format!(
+                    "missing: the trail goes from {} to {name}",
+                    file_name(expected_no - 1)
+                )
+            },
+        );
+        r.problems.push(p);
+    }
+    w.expected_no = n + 1;
+}
+
+/// Checks one line of trail file `name`: complete, a JSON record, chained to
+/// the one before, next in sequence, and a digest record's signature.
+fn check_line(
+    r: &mut Report,
+    w: &mut Walk,
+    name: &str,
+    l: &Line,
+    keystore_id: &str,
+    key: Option<&[u8]>,
+) {
+    if !l.complete {
+        let p = problem(
+            name,
+            l.line,
+            "a partial record with no end of line: a write cut short (crash, full \
+             disk) or the file was truncated here"
+                .into(),
+        );
+        r.problems.push(p);
+        return;
+    }
+    let Some(v) = l.record() else {
+        let p = problem(name, l.line, "not a JSON record".into());
+        r.problems.push(p);
+        w.prev_hash = sha256(&[&l.bytes]);
+        w.prev_loc = Some((name.to_string(), l.line));
+        return;
+    };
+    r.records += 1;
+    let seq = v.get("sequence").and_then(Value::as_u64).unwrap_or(0);
+    let pd = v
+        .get("previousDigest")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if pd != hex(&w.prev_hash) {
+        let p = problem(
+            name,
+            l.line,
+            format!(
+                "does not chain to the record before it ({}): that record was \
+                 changed, or records were deleted, inserted or moved between them",
+                describe_loc(&w.prev_loc)
+            ),
+        );
+        r.problems.push(p);
+    }
+    if seq != w.prev_seq + 1 {
+        let prev_seq = w.prev_seq;
+        let p = problem(
+            name,
+            l.line,
+            format!(
+                "sequence {seq} follows {prev_seq}: records were deleted, inserted \
+                 or reordered"
+            ),
+        );
+        r.problems.push(p);
+    }
+    if v.get("eventType").and_then(Value::as_str) == Some(DIGEST_EVENT_TYPE)
+        && let Some(k) = key
+    {
+        let want = digest_signature(k, keystore_id, seq, &w.prev_hash);
+        check_digest_signature(r, name, l.line, &v, seq, &want);
+    }
+    w.prev_hash = sha256(&[&l.bytes]);
+    w.prev_seq = seq;
+    w.prev_loc = Some((name.to_string(), l.line));
+    w.at.insert(seq, (name.to_string(), l.line));
+}
+
+/// Compares the signature of digest record `v` (sequence `seq`, at `line` of
+/// `name`) with the expected one, `want`; a match extends what is signed.
+fn check_digest_signature(
+    r: &mut Report,
+    name: &str,
+    line: usize,
+    v: &Value,
+    seq: u64,
+    want: &str,
+) {
+    let got = v
+        .get("digestSignature")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if constant_time_eq(want.as_bytes(), got.as_bytes()) {
+        r.digests_verified += 1;
+        r.signed_through = r.signed_through.max(seq);
+    } else {
+        let p = problem(
+            name,
+            line,
+            format!(
+                "the signed digest does not verify: records up to here were \
+                 rewritten (their chain recomputed) or the digest was forged \
+                 (last good signature: record {})",
+                r.signed_through
+            ),
+        );
+        r.problems.push(p);
+    }
+}
+
+/// The fields of a `HEAD` file as read (a missing one empty or zero).
+struct HeadFields<'a> {
+    /// The trail file HEAD says is last.
+    file: &'a str,
+    /// That file's size.
+    size: u64,
+    /// The last record's sequence number.
+    sequence: u64,
+    /// The last record's hash, in hex.
+    digest: &'a str,
+    /// HEAD's signature, in hex.
+    signature: Option<&'a str>,
+}
+
+/// Checks `HEAD`, the signed end of the trail, against where the walk ended.
+fn check_head(
+    r: &mut Report,
+    w: &Walk,
+    dir: &Path,
+    no_files: bool,
+    keystore_id: &str,
+    key: Option<&[u8]>,
+) {
     let head = std::fs::read(dir.join(HEAD_FILE)).ok();
     let head: Option<Value> = head.as_deref().and_then(|b| serde_json::from_slice(b).ok());
-    match (head, files.is_empty()) {
+    match (head, no_files) {
         (None, true) => {}
         (None, false) => r.problems.push(problem(
             HEAD_FILE,
@@ -204,74 +292,106 @@ pub fn verify(dir: &Path, keystore_id: &str, key: Option<&[u8]>) -> std::io::Res
                 .into(),
         )),
         (Some(h), _) => {
-            let hfile = h.get("file").and_then(Value::as_str).unwrap_or("");
-            let hsize = h.get("size").and_then(Value::as_u64).unwrap_or(0);
-            let hseq = h.get("sequence").and_then(Value::as_u64).unwrap_or(0);
-            let hdig = h.get("digest").and_then(Value::as_str).unwrap_or("");
-            let sig = h.get("signature").and_then(Value::as_str);
+            let head = HeadFields {
+                file: h.get("file").and_then(Value::as_str).unwrap_or(""),
+                size: h.get("size").and_then(Value::as_u64).unwrap_or(0),
+                sequence: h.get("sequence").and_then(Value::as_u64).unwrap_or(0),
+                digest: h.get("digest").and_then(Value::as_str).unwrap_or(""),
+                signature: h.get("signature").and_then(Value::as_str),
+            };
             let mut head_ok = true;
             if let Some(k) = key {
-                let want = crate::kms::audit::trail::hex_to_bytes(hdig)
-                    .map(|d| head_signature(k, keystore_id, hfile, hsize, hseq, &d));
-                if !want.is_some_and(|w| {
-                    sig.is_some_and(|s| constant_time_eq(w.as_bytes(), s.as_bytes()))
-                }) {
-                    head_ok = false;
-                    r.problems.push(problem(
-                        HEAD_FILE,
-                        0,
-                        "its signature does not verify: it was written by someone without the \
-                         keystore's signing key"
-                            .into(),
-                    ));
-                }
+                head_ok = check_head_signature(r, &head, keystore_id, k);
             }
-            let end = prev_loc
-                .as_ref()
-                .map(|(f, l)| format!("{f}:{l}"))
-                .unwrap_or_else(|| "the start".into());
-            if hseq > prev_seq {
-                r.problems.push(problem(
-                    last_file.as_deref().unwrap_or(hfile),
-                    prev_loc.as_ref().map_or(0, |p| p.1),
-                    format!(
-                        "the trail ends at record {prev_seq} ({end}) but HEAD says it ends at \
-                         record {hseq} of {hfile}: {} record(s) were cut from the end",
-                        hseq - prev_seq
-                    ),
-                ));
-            } else if hseq < prev_seq {
-                let (f, l) = at.get(&(hseq + 1)).cloned().unwrap_or_default();
-                r.problems.push(problem(
-                    &f,
-                    l,
-                    format!(
-                        "{} record(s) from here on come after the signed HEAD (record {hseq}): \
-                         appended by someone else, or by a process that crashed before signing",
-                        prev_seq - hseq
-                    ),
-                ));
-            } else if hdig != hex(&prev_hash) {
-                r.problems.push(problem(
-                    &prev_loc.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
-                    prev_loc.as_ref().map_or(0, |p| p.1),
-                    "the last record is not the one HEAD signed: it was changed".into(),
-                ));
-            } else if Some(hfile) != last_file.as_deref() || hsize != last_size {
-                r.problems.push(problem(
-                    hfile,
-                    0,
-                    format!(
-                        "HEAD says this file is {hsize} bytes; {} is {last_size}",
-                        last_file.as_deref().unwrap_or("the last file")
-                    ),
-                ));
-            } else if head_ok && key.is_some() {
-                r.signed_through = r.signed_through.max(hseq);
-            }
+            check_head_end(r, w, &head, head_ok && key.is_some());
         }
     }
-    Ok(r)
+}
+
+/// Checks HEAD's signature with key `k`; false (and a problem) when it does
+/// not verify.
+fn check_head_signature(
+    r: &mut Report,
+    head: &HeadFields<'_>,
+    keystore_id: &str,
+    k: &[u8],
+) -> bool {
+    let HeadFields {
+        file: hfile,
+        size: hsize,
+        sequence: hseq,
+        digest: hdig,
+        signature: sig,
+    } = *head;
+    let want = crate::kms::audit::trail::hex_to_bytes(hdig)
+        .map(|d| head_signature(k, keystore_id, hfile, hsize, hseq, &d));
+    if !want.is_some_and(|w| sig.is_some_and(|s| constant_time_eq(w.as_bytes(), s.as_bytes()))) {
+        r.problems.push(problem(
+            HEAD_FILE,
+            0,
+            "its signature does not verify: it was written by someone without the \
+             keystore's signing key"
+                .into(),
+        ));
+        return false;
+    }
+    true
+}
+
+/// Compares where the trail ends with where HEAD says it ends; when they
+/// agree and HEAD's signature verified (`signed`), HEAD extends what is signed.
+fn check_head_end(r: &mut Report, w: &Walk, head: &HeadFields<'_>, signed: bool) {
+    let HeadFields {
+        file: hfile,
+        size: hsize,
+        sequence: hseq,
+        digest: hdig,
+        ..
+    } = *head;
+    let (prev_seq, prev_loc, last_size) = (w.prev_seq, &w.prev_loc, w.last_size);
+    let end = prev_loc
+        .as_ref()
+        .map(|(f, l)| format!("{f}:{l}"))
+        .unwrap_or_else(|| "the start".into());
+    if hseq > prev_seq {
+        r.problems.push(problem(
+            w.last_file.as_deref().unwrap_or(hfile),
+            prev_loc.as_ref().map_or(0, |p| p.1),
+            format!(
+                "the trail ends at record {prev_seq} ({end}) but HEAD says it ends at \
+                 record {hseq} of {hfile}: {} record(s) were cut from the end",
+                hseq - prev_seq
+            ),
+        ));
+    } else if hseq < prev_seq {
+        let (f, l) = w.at.get(&(hseq + 1)).cloned().unwrap_or_default();
+        r.problems.push(problem(
+            &f,
+            l,
+            format!(
+                "{} record(s) from here on come after the signed HEAD (record {hseq}): \
+                 appended by someone else, or by a process that crashed before signing",
+                prev_seq - hseq
+            ),
+        ));
+    } else if hdig != hex(&w.prev_hash) {
+        r.problems.push(problem(
+            &prev_loc.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+            prev_loc.as_ref().map_or(0, |p| p.1),
+            "the last record is not the one HEAD signed: it was changed".into(),
+        ));
+    } else if Some(hfile) != w.last_file.as_deref() || hsize != last_size {
+        r.problems.push(problem(
+            hfile,
+            0,
+            format!(
+                "HEAD says this file is {hsize} bytes; {} is {last_size}",
+                w.last_file.as_deref().unwrap_or("the last file")
+            ),
+        ));
+    } else if signed {
+        r.signed_through = r.signed_through.max(hseq);
+    }
 }
 
 #[cfg(test)]

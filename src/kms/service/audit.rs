@@ -14,10 +14,11 @@ use serde_json::{Map, Value, json};
 
 use super::LocalKeyStore;
 use super::resolve::resolve;
+use super::snapshot::Snapshot;
 use crate::kms::audit::record::{self, Event};
 use crate::kms::audit::verify::{self, Report};
 use crate::kms::audit::{AuditEvent, CallerSource, Durability, Operation, Requester, Trail};
-use crate::kms::model::key_arn;
+use crate::kms::model::{KeyRecord, key_arn};
 use crate::kms::{Caller, KmsError, clock};
 
 /// The environment variable that turns the trail off (`off`): for the
@@ -230,18 +231,7 @@ impl LocalKeyStore {
         f: impl FnOnce() -> Result<T, KmsError>,
         out: impl FnOnce(&T) -> (Option<String>, Option<Value>),
     ) -> Result<T, KmsError> {
-        if a.op.is_change()
-            && let Some(t) = self.trail.get()
-            && let Err(e) = t.probe()
-        {
-            log::error!(
-                "refusing {}: the audit trail cannot be written: {e}",
-                a.op.as_str()
-            );
-            return Err(KmsError::AuditTrail {
-                problem: format!("{e}; nothing was changed"),
-            });
-        }
+        self.refuse_change_without_trail(a.op)?;
         let requester: OnceCell<Requester> = OnceCell::new();
         let who = || requester.get_or_init(|| Requester::of(a.caller));
         let mut extra = Map::new();
@@ -250,34 +240,20 @@ impl LocalKeyStore {
             .key
             .and_then(|k| resolve(&snap.state, self.keystore_id(), k).ok());
         let mut key_id = named.map(|k| k.key_id.clone());
-        if let (Some(k), true) = (named, a.op.is_governed())
-            && let Some(p) = snap.policies.get(&k.key_id)
-            && !p.allows(a.caller, who(), a.op, None)
-        {
-            if self.admin_enforced.load(Ordering::Acquire) {
-                let e = KmsError::AccessDenied {
-                    key_id: k.key_id.clone(),
-                    action: a.op,
-                    principal: (a.caller.uid, a.caller.gid),
-                };
-                let _ = self.record(Outcome {
-                    op: a.op,
-                    caller: a.caller,
-                    requester: who(),
-                    request: a.request,
-                    response: None,
-                    key_id: key_id.as_deref(),
-                    named: a.key,
-                    material_version: None,
-                    error: Some(&e),
-                    extra,
-                });
-                return Err(e);
-            }
-            extra.insert(
-                "policyDecision".into(),
-                json!("Deny (not enforced: the caller has direct access to the keystore)"),
-            );
+        if let Some(e) = self.admin_policy_denial(&a, &snap, named, &who, &mut extra) {
+            let _ = self.record(Outcome {
+                op: a.op,
+                caller: a.caller,
+                requester: who(),
+                request: a.request,
+                response: None,
+                key_id: key_id.as_deref(),
+                named: a.key,
+                material_version: None,
+                error: Some(&e),
+                extra,
+            });
+            return Err(e);
         }
         drop(snap);
         let result = f();
@@ -313,5 +289,53 @@ impl LocalKeyStore {
             (Ok(_), Err(e)) => Err(e),
             (r, _) => r,
         }
+    }
+
+    /// Refuses a change when the audit trail cannot be written (fail
+    /// closed): nothing is changed that would go unrecorded.
+    fn refuse_change_without_trail(&self, op: Operation) -> Result<(), KmsError> {
+        if op.is_change()
+            && let Some(t) = self.trail.get()
+            && let Err(e) = t.probe()
+        {
+            log::error!(
+                "refusing {}: the audit trail cannot be written: {e}",
+                op.as_str()
+            );
+            return Err(KmsError::AuditTrail {
+                problem: format!("{e}; nothing was changed"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Evaluates the `named` key's policy for administration `a`: the denial
+    /// when the policy refuses and is enforced; when it refuses but is not
+    /// enforced, the decision noted in `extra`.
+    fn admin_policy_denial<'r>(
+        &self,
+        a: &Admin<'_>,
+        snap: &Snapshot,
+        named: Option<&KeyRecord>,
+        who: &impl Fn() -> &'r Requester,
+        extra: &mut Map<String, Value>,
+    ) -> Option<KmsError> {
+        if let (Some(k), true) = (named, a.op.is_governed())
+            && let Some(p) = snap.policies.get(&k.key_id)
+            && !p.allows(a.caller, who(), a.op, None)
+        {
+            if self.admin_enforced.load(Ordering::Acquire) {
+                return Some(KmsError::AccessDenied {
+                    key_id: k.key_id.clone(),
+                    action: a.op,
+                    principal: (a.caller.uid, a.caller.gid),
+                });
+            }
+            extra.insert(
+                "policyDecision".into(),
+                json!("Deny (not enforced: the caller has direct access to the keystore)"),
+            );
+        }
+        None
     }
 }

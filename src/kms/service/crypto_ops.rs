@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 use super::LocalKeyStore;
 use super::audit::{Admin, Outcome};
 use super::resolve::resolve;
+use super::snapshot::Snapshot;
 use crate::crypto::{AeadKey, SecretBytes, hex};
 use crate::kms::audit::{FileAccess, Operation, Requester};
 use crate::kms::blob::{self, BlobHeader};
@@ -87,59 +88,12 @@ impl LocalKeyStore {
             None => owned.get_or_init(|| Requester::of(caller)),
         };
         let result = (|| {
-            if let Some(why) = &snap.broken {
-                return Err(KmsError::corrupt(why.clone()));
-            }
-            let key = match key_ref {
-                KeyRef::Name(n) => resolve(&snap.state, &self.keystore_id_hex, n)?,
-                KeyRef::Blob(h) => {
-                    let id = h.key_id_string();
-                    let k = snap.state.keys.get(&id);
-                    let deleted = snap.state.deleted.get(&id).copied();
-                    audit_key = Some(id);
-                    match (k, deleted) {
-                        (Some(k), _) => k,
-                        (None, Some(when)) => {
-                            return Err(KmsError::not_found(Missing::BlobKeyDeleted {
-                                key_id: h.key_id_string(),
-                                deleted_on: when,
-                            }));
-                        }
-                        (None, None) => {
-                            return Err(KmsError::invalid_ciphertext(
-                                "the ciphertext blob cannot be decrypted: it names a key this \
-                                 keystore never had (was it modified?)"
-                                    .into(),
-                            ));
-                        }
-                    }
-                }
-            };
+            let key = self.find_key(&snap, &key_ref, &mut audit_key)?;
             audit_key = Some(key.key_id.clone());
             if let KeyRef::Blob(h) = key_ref {
                 version = Some(h.material_version);
             }
-            // Dates are also applied lazily every freshness interval; these checks
-            // close the gap, and only keys with a date read the clock.
-            if key.state == KeyState::PendingDeletion && key.deletion_due(clock::now()?) {
-                if let Err(e) = self.apply_due() {
-                    self.warn_once(&format!("a due key deletion could not be written: {e}"));
-                }
-                return Err(KmsError::not_found(Missing::Deleted {
-                    key_id: key.key_id.clone(),
-                }));
-            }
-            if key.origin == crate::kms::KeyOrigin::External && key.material_expired(clock::now()?)
-            {
-                if let Err(e) = self.apply_due() {
-                    self.warn_once(&format!("an expiry could not be written: {e}"));
-                }
-                return Err(KmsError::InvalidState {
-                    key_id: key.key_id.clone(),
-                    state: KeyState::PendingImport,
-                    problem: StateProblem::MaterialExpired,
-                });
-            }
+            self.refuse_if_due(key)?;
             key.check_usable(usage)?;
             if let Some(p) = snap.policies.get(&key.key_id) {
                 crate::kms::policy::authorize(caller, who(), &key.key_id, Some(p), op, call.ctx)?;
@@ -172,6 +126,71 @@ impl LocalKeyStore {
             (Ok(_), Err(e)) => Err(e),
             (r, _) => r,
         }
+    }
+
+    /// The key `key_ref` names in `snap`, refused when the snapshot is broken;
+    /// `audit_key` learns a blob's key id even when that key is gone.
+    fn find_key<'s>(
+        &self,
+        snap: &'s Snapshot,
+        key_ref: &KeyRef<'_>,
+        audit_key: &mut Option<String>,
+    ) -> Result<&'s KeyRecord, KmsError> {
+        if let Some(why) = &snap.broken {
+            return Err(KmsError::corrupt(why.clone()));
+        }
+        let key = match key_ref {
+            KeyRef::Name(n) => resolve(&snap.state, &self.keystore_id_hex, n)?,
+            KeyRef::Blob(h) => {
+                let id = h.key_id_string();
+                let k = snap.state.keys.get(&id);
+                let deleted = snap.state.deleted.get(&id).copied();
+                *audit_key = Some(id);
+                match (k, deleted) {
+                    (Some(k), _) => k,
+                    (None, Some(when)) => {
+                        return Err(KmsError::not_found(Missing::BlobKeyDeleted {
+                            key_id: h.key_id_string(),
+                            deleted_on: when,
+                        }));
+                    }
+                    (None, None) => {
+                        return Err(KmsError::invalid_ciphertext(
+                            "the ciphertext blob cannot be decrypted: it names a key this \
+                             keystore never had (was it modified?)"
+                                .into(),
+                        ));
+                    }
+                }
+            }
+        };
+        Ok(key)
+    }
+
+    /// Refuses a key whose deletion date or imported material's expiry has
+    /// passed, writing the change now rather than at the next refresh.
+    fn refuse_if_due(&self, key: &KeyRecord) -> Result<(), KmsError> {
+        // Dates are also applied lazily every freshness interval; these checks
+        // close the gap, and only keys with a date read the clock.
+        if key.state == KeyState::PendingDeletion && key.deletion_due(clock::now()?) {
+            if let Err(e) = self.apply_due() {
+                self.warn_once(&format!("a due key deletion could not be written: {e}"));
+            }
+            return Err(KmsError::not_found(Missing::Deleted {
+                key_id: key.key_id.clone(),
+            }));
+        }
+        if key.origin == crate::kms::KeyOrigin::External && key.material_expired(clock::now()?) {
+            if let Err(e) = self.apply_due() {
+                self.warn_once(&format!("an expiry could not be written: {e}"));
+            }
+            return Err(KmsError::InvalidState {
+                key_id: key.key_id.clone(),
+                state: KeyState::PendingImport,
+                problem: StateProblem::MaterialExpired,
+            });
+        }
+        Ok(())
     }
 
     fn seal_current(

@@ -426,29 +426,7 @@ impl LocalKeyStore {
     ) -> Result<T, KmsError> {
         let now = clock::now()?;
         let _lock = self.dir.lock()?;
-        let refuse = |e: KmsError| match e {
-            KmsError::CorruptKeystore { problem, .. } => KmsError::CorruptKeystore {
-                problem,
-                change_refused: true,
-            },
-            other => other,
-        };
-        let (bytes, _) = self
-            .dir
-            .read(CURRENT_FILE)?
-            .ok_or_else(|| KmsError::CorruptKeystore {
-                problem: format!("{} is missing", self.dir.file(CURRENT_FILE).display()),
-                change_refused: true,
-            })?;
-        let frame = Frame::parse(CURRENT_FILE, &bytes).map_err(refuse)?;
-        if frame.keystore_id != self.keystore_id {
-            return Err(KmsError::corrupt(format!(
-                "the keystore in {} was replaced by another one; nothing was written",
-                self.dir.path().display()
-            )));
-        }
-        let old = frame.unseal(CURRENT_FILE, &self.root).map_err(refuse)?;
-        let old_generation = frame.generation;
+        let (bytes, old, old_generation) = self.read_current_for_update()?;
         let mut state = old.clone();
         let purged = state.purge_due(now);
         let rotated = state.rotate_due(now)?;
@@ -457,13 +435,7 @@ impl LocalKeyStore {
         if result.is_err() && purged.is_empty() && rotated.is_empty() && expired.is_empty() {
             return result;
         }
-        // A keystore older than the audit trail gets its signing key with
-        // its first change.
-        if state.audit_signing_key.is_none() {
-            let k = crate::crypto::random_array::<32>()
-                .map_err(|e| KmsError::internal(format!("cannot make the audit key: {e}")))?;
-            state.audit_signing_key = Some(SecretBytes::new(k.to_vec()));
-        }
+        ensure_audit_signing_key(&mut state)?;
         // The kept generation must not keep material that this update
         // removes (a purge, an expiry, DeleteImportedKeyMaterial): it is what a
         // later process falls back to when the current generation is damaged.
@@ -477,15 +449,7 @@ impl LocalKeyStore {
         let new_bytes = store::encode(&self.keystore_id, &self.root, old_generation + 1, &state)?;
         self.dir.remove_stale_temporaries();
         let fp = self.dir.write_generations(Some(&prev_bytes), &new_bytes)?;
-        for id in &purged {
-            log::info!("key {id} reached its deletion date and was deleted for good");
-        }
-        for id in &rotated {
-            log::info!("key {id} was rotated automatically");
-        }
-        for id in &expired {
-            log::info!("the imported material of key {id} expired and was deleted");
-        }
+        log_dates_reached(&purged, &rotated, &expired);
         let snap = Snapshot::new(state, Some(fp), None, old_generation + 1)?;
         {
             let _reloads = match self.reload_lock.lock() {
@@ -507,6 +471,31 @@ impl LocalKeyStore {
         result
     }
 
+    /// Reads the current generation for an update (under the exclusive
+    /// lock): its bytes, its state and its generation number; damage refuses
+    /// the change.
+    fn read_current_for_update(&self) -> Result<(Vec<u8>, StoreState, u64), KmsError> {
+        let (bytes, _) = self
+            .dir
+            .read(CURRENT_FILE)?
+            .ok_or_else(|| KmsError::CorruptKeystore {
+                problem: format!("{} is missing", self.dir.file(CURRENT_FILE).display()),
+                change_refused: true,
+            })?;
+        let frame = Frame::parse(CURRENT_FILE, &bytes).map_err(refuse_change)?;
+        if frame.keystore_id != self.keystore_id {
+            return Err(KmsError::corrupt(format!(
+                "the keystore in {} was replaced by another one; nothing was written",
+                self.dir.path().display()
+            )));
+        }
+        let old = frame
+            .unseal(CURRENT_FILE, &self.root)
+            .map_err(refuse_change)?;
+        let old_generation = frame.generation;
+        Ok((bytes, old, old_generation))
+    }
+
     pub(super) fn fresh_snapshot(&self) -> Result<Arc<Snapshot>, KmsError> {
         self.refresh_if_stale();
         let snap = self.snapshot();
@@ -514,5 +503,40 @@ impl LocalKeyStore {
             Some(why) => Err(KmsError::corrupt(why.clone())),
             None => Ok(snap),
         }
+    }
+}
+
+/// A damaged keystore found while updating: the change is refused.
+fn refuse_change(e: KmsError) -> KmsError {
+    match e {
+        KmsError::CorruptKeystore { problem, .. } => KmsError::CorruptKeystore {
+            problem,
+            change_refused: true,
+        },
+        other => other,
+    }
+}
+
+/// Gives a keystore older than the audit trail its signing key with its
+/// first change.
+fn ensure_audit_signing_key(state: &mut StoreState) -> Result<(), KmsError> {
+    if state.audit_signing_key.is_none() {
+        let k = crate::crypto::random_array::<32>()
+            .map_err(|e| KmsError::internal(format!("cannot make the audit key: {e}")))?;
+        state.audit_signing_key = Some(SecretBytes::new(k.to_vec()));
+    }
+    Ok(())
+}
+
+/// Logs the keys whose dates were reached in an update.
+fn log_dates_reached(purged: &[String], rotated: &[String], expired: &[String]) {
+    for id in purged {
+        log::info!("key {id} reached its deletion date and was deleted for good");
+    }
+    for id in rotated {
+        log::info!("key {id} was rotated automatically");
+    }
+    for id in expired {
+        log::info!("the imported material of key {id} expired and was deleted");
     }
 }
