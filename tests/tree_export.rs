@@ -195,6 +195,17 @@ fn import_encrypts_a_plain_tree_that_the_mount_then_reads() {
     let v = json(&o);
     assert_eq!(v["Files"], 3, "{v}");
     assert_eq!(v["Existing"], 1, "{v}");
+    // Every data key import made is in the audit trail (batched, written
+    // out before the command returned).
+    let trail = m.ok(&[
+        "--output",
+        "json",
+        "audit",
+        "show",
+        "--event",
+        "GenerateDataKey",
+    ]);
+    assert_eq!(trail.lines().count(), 3, "{trail}");
     assert_eq!(std::fs::read(m.b("random")).unwrap(), before);
     assert!(!contains(
         &std::fs::read(m.b("x/y/secret")).unwrap(),

@@ -3,11 +3,13 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::fs::{bound_service_and_key, existing_dir};
 use super::{CliError, ErrorClass, GlobalArgs, OutputFormat, current_caller, keystore};
+use crate::kms::LocalKeyStore;
 use crate::tree::{self, FileStatus, Problem, RewrapOptions, Rewrapper};
 
 /// Arguments of `kmsfs rewrap`.
@@ -55,6 +57,28 @@ pub struct ImportArgs {
     /// directory's default key, or the keystore's].
     #[arg(long, value_name = "K")]
     pub key_id: Option<String>,
+}
+
+/// The key service for a whole-tree command: its thousands of records go to
+/// the audit trail's background writer; [`finish_audit`] writes them out
+/// before the command reports.
+fn bulk_key_service(g: &GlobalArgs) -> Result<Arc<LocalKeyStore>, CliError> {
+    let ks = keystore::open_key_service(g)?;
+    ks.batch_crypto_audit();
+    Ok(ks)
+}
+
+/// Writes the records a whole-tree command queued; a command whose records
+/// cannot be written fails (exit 7), though its work on the tree is done.
+fn finish_audit(g: &GlobalArgs) -> Result<(), CliError> {
+    keystore::open_key_service(g)?
+        .finish_audit_trail()
+        .map_err(|e| {
+            CliError::new(
+                ErrorClass::Io,
+                format!("the audit trail could not be written: {e}"),
+            )
+        })
 }
 
 /// A progress bar (files done, files/s, ETA) on stderr when it is a
@@ -118,7 +142,7 @@ fn walk(backing: &Path) -> Result<tree::Walk, CliError> {
 
 /// `kmsfs rewrap`.
 pub fn rewrap(g: &GlobalArgs, a: RewrapArgs) -> Result<(), CliError> {
-    let ks = keystore::open_key_service(g)?;
+    let ks = bulk_key_service(g)?;
     let mut rw = Rewrapper::new(
         &*ks,
         current_caller(),
@@ -132,6 +156,7 @@ pub fn rewrap(g: &GlobalArgs, a: RewrapArgs) -> Result<(), CliError> {
     let start = std::time::Instant::now();
     let report = rw.run(&a.backing, &w.files, &mut |_| progress.tick())?;
     drop(progress);
+    finish_audit(g)?;
     let secs = start.elapsed().as_secs_f64();
     if !printed_json(g, &report) {
         for p in &report.problems {
@@ -191,7 +216,7 @@ fn describe_problem(p: &Problem) -> String {
 
 /// `kmsfs fsck`.
 pub fn fsck(g: &GlobalArgs, a: FsckArgs) -> Result<(), CliError> {
-    let ks = keystore::open_key_service(g)?;
+    let ks = bulk_key_service(g)?;
     let w = walk(&a.backing)?;
     let progress = Progress::new(w.files.len());
     let start = std::time::Instant::now();
@@ -204,6 +229,7 @@ pub fn fsck(g: &GlobalArgs, a: FsckArgs) -> Result<(), CliError> {
         &mut |_| progress.tick(),
     );
     drop(progress);
+    finish_audit(g)?;
     let secs = start.elapsed().as_secs_f64();
     if !printed_json(g, &report) {
         for f in &report.findings {
@@ -325,7 +351,7 @@ pub fn export(g: &GlobalArgs, a: ExportArgs) -> Result<(), CliError> {
             "the destination must not be inside the backing directory",
         ));
     }
-    let ks = keystore::open_key_service(g)?;
+    let ks = bulk_key_service(g)?;
     let w = walk(&backing)?;
     let progress = Progress::new(w.files.len());
     let start = std::time::Instant::now();
@@ -333,6 +359,7 @@ pub fn export(g: &GlobalArgs, a: ExportArgs) -> Result<(), CliError> {
         progress.tick()
     });
     drop(progress);
+    finish_audit(g)?;
     finish_copy(g, "export", &report, start)
 }
 
@@ -355,6 +382,8 @@ pub fn import(g: &GlobalArgs, a: ImportArgs) -> Result<(), CliError> {
     let _lock = lock_unmounted(&backing)?;
     let survey = crate::daemon::survey(&backing);
     let (ks, key_id, marker) = bound_service_and_key(g, a.key_id.as_deref(), &backing, &survey)?;
+    // The same (shared) keystore instance: batch its records.
+    bulk_key_service(g)?;
     if let Some(m) = marker {
         crate::daemon::write_marker(&backing, &m)?;
     }
@@ -372,6 +401,7 @@ pub fn import(g: &GlobalArgs, a: ImportArgs) -> Result<(), CliError> {
         &mut || progress.tick(),
     );
     drop(progress);
+    finish_audit(g)?;
     finish_copy(g, &format!("import under {key_id}"), &report, start)
 }
 

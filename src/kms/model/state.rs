@@ -32,7 +32,8 @@ impl StoreState {
     /// or purged in between must not come back when the newer generation is
     /// damaged and this one is used instead. A key left without material
     /// becomes PendingImport, as DeleteImportedKeyMaterial leaves it; a key
-    /// that `newer` no longer has goes with its aliases. Returns true when
+    /// that `newer` no longer has goes with its aliases. A deleted access key
+    /// (a credential of the protocol server) goes too. Returns true when
     /// anything was removed.
     pub fn forget_material_gone_from(&mut self, newer: &StoreState) -> bool {
         let gone: Vec<String> = self
@@ -69,7 +70,10 @@ impl StoreState {
                 k.current_version = k.materials.iter().map(|m| m.version).max().unwrap_or(0);
             }
         }
-        changed
+        let access_keys = self.access_keys.len();
+        self.access_keys
+            .retain(|id, _| newer.access_keys.contains_key(id));
+        changed | (self.access_keys.len() != access_keys)
     }
 
     /// The earliest deletion date of any key pending deletion.

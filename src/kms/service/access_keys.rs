@@ -203,4 +203,25 @@ mod tests {
             Err(KmsError::NotFound { .. })
         ));
     }
+
+    #[test]
+    fn a_deleted_access_key_does_not_come_back_from_the_kept_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ks");
+        let ks = LocalKeyStore::create(&p, CreateMode::RootKeyFile).unwrap();
+        let gone = ks.create_access_key(1000, 100).unwrap();
+        let kept = ks.create_access_key(1001, 100).unwrap();
+        ks.delete_access_key(&gone.access_key_id).unwrap();
+        drop(ks);
+        // Damage the current generation: the next open falls back to the
+        // kept one, which must not hold the deleted credential.
+        let current = p.join("keystore.kms");
+        let mut bytes = std::fs::read(&current).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x55;
+        std::fs::write(&current, &bytes).unwrap();
+        let ks = LocalKeyStore::open(&p, &|| unreachable!()).unwrap();
+        assert!(ks.access_key_secret(&gone.access_key_id).unwrap().is_none());
+        assert!(ks.access_key_secret(&kept.access_key_id).unwrap().is_some());
+    }
 }

@@ -111,6 +111,23 @@ impl LocalKeyStore {
         }
     }
 
+    /// For a command-line process that makes many cryptographic operations
+    /// (rewrap, fsck, export, import): their records go to the background
+    /// writer, as the mount's do, instead of one write each (which made a
+    /// 10,000-file rewrap six times slower). The command calls
+    /// [`Self::finish_audit_trail`] before it reports success.
+    pub fn batch_crypto_audit(&self) {
+        self.crypto_audit_batched.store(true, Ordering::Release);
+    }
+
+    /// Writes whatever the trail holds queued; an error when it cannot.
+    pub fn finish_audit_trail(&self) -> std::io::Result<()> {
+        match self.trail.get() {
+            Some(t) => t.flush(),
+            None => Ok(()),
+        }
+    }
+
     /// Verifies this keystore's trail with its signing key.
     pub fn verify_audit_trail(&self) -> std::io::Result<Report> {
         let snap = self.snapshot();
@@ -140,7 +157,9 @@ impl LocalKeyStore {
     fn durability(&self, op: Operation) -> Durability {
         if op.is_change() {
             Durability::Durable
-        } else if self.caller_source() == CallerSource::Cli {
+        } else if self.caller_source() == CallerSource::Cli
+            && !self.crypto_audit_batched.load(Ordering::Acquire)
+        {
             Durability::Written
         } else {
             Durability::Batched

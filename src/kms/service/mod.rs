@@ -56,6 +56,9 @@ pub struct LocalKeyStore {
     source: AtomicU8,
     /// Whether key policies govern key administration here.
     admin_enforced: AtomicBool,
+    /// Cryptographic records of a command-line process batched (a whole-tree
+    /// command's thousands of operations) rather than written one by one.
+    crypto_audit_batched: AtomicBool,
     /// A damaged current generation that a reload refused to fall back from:
     /// not re-read until it changes.
     known_damage: Mutex<KnownDamage>,
@@ -157,6 +160,7 @@ impl LocalKeyStore {
             trail: OnceLock::new(),
             source: AtomicU8::new(0),
             admin_enforced: AtomicBool::new(false),
+            crypto_audit_batched: AtomicBool::new(false),
             known_damage: Mutex::new(KnownDamage::Nothing),
             purge_warned: std::sync::atomic::AtomicBool::new(false),
             last_warning: Mutex::new(None),
