@@ -74,5 +74,9 @@ run "$kmsfs" unmount "$mnt"
 run ls -A "$mnt"
 run "$kmsfs" unseal "$backing/report.txt" "$work/report.unsealed"
 run cat "$work/report.unsealed"
+
+step "who used the key: the audit trail (hash-chained, signed), the refused open included"
+run "$kmsfs" audit show --key-id alias/kmsfs/default --event Decrypt
+run "$kmsfs" audit verify
 echo
 echo "demo: done (everything was in $work, now removed)"

@@ -435,3 +435,31 @@ fn what_the_keystore_does_when_a_date_is_reached_is_recorded() {
     assert_eq!(r["eventTime"], later);
     assert!(ks.ok(&["audit", "verify"]).contains("verifies"));
 }
+
+#[test]
+fn show_by_alias_means_the_key_the_alias_names() {
+    let ks = Ks::new();
+    let a = ks.create_key();
+    let b = ks.create_key();
+    ks.ok(&[
+        "kms",
+        "create-alias",
+        "--alias-name",
+        "alias/team",
+        "--target-key-id",
+        &a,
+    ]);
+    ks.encrypt(&a, b"one", "");
+    ks.encrypt(&b, b"two", "");
+    // Encrypt by key id, shown by alias: the records name the key, not the alias.
+    let by_alias = records(&ks, &["--key-id", "alias/team", "--event", "Encrypt"]);
+    assert_eq!(by_alias.len(), 1, "{by_alias:?}");
+    assert!(
+        by_alias[0]["resources"][0]["ARN"]
+            .as_str()
+            .unwrap()
+            .ends_with(&a)
+    );
+    // An alias the keystore does not know matches nothing rather than everything.
+    assert!(records(&ks, &["--key-id", "alias/nobody", "--event", "Encrypt"]).is_empty());
+}

@@ -27,8 +27,8 @@ pub enum AuditCommand {
 /// Filters of `audit show`.
 #[derive(Debug, clap::Args)]
 pub struct ShowArgs {
-    /// Only records about this key (key id or key ARN; an alias matches the
-    /// records that named it).
+    /// Only records about this key (key id, key ARN, or an alias of this
+    /// keystore: the key it points to now).
     #[arg(long)]
     pub key_id: Option<String>,
     /// Only this event (Decrypt, DisableKey, ...).
@@ -188,8 +188,16 @@ fn print(r: &Value, json: bool) {
 
 /// `kmsfs audit show`.
 pub fn show(g: &GlobalArgs, a: ShowArgs) -> Result<(), CliError> {
+    // An alias means the key it names now (records name the key by id);
+    // one the keystore does not know matches the records that named it.
+    let key = a.key_id.map(|k| {
+        open_key_service(g)
+            .ok()
+            .and_then(|ks| ks.resolve_key_id(&k))
+            .unwrap_or(k)
+    });
     let f = Filter {
-        key: a.key_id,
+        key,
         event: a.event,
         user: a.user,
         since: when(&a.since, "since")?,

@@ -762,6 +762,16 @@ impl LocalKeyStore {
         resolve(&snap.state, &self.keystore_id_hex, key_id).is_ok_and(|k| k.policy.is_some())
     }
 
+    /// The key id that `key` (id, ARN or alias) names, if any. Reads the
+    /// state only: no record, no policy check (for reading the audit trail,
+    /// whose reader holds the keystore anyway).
+    pub fn resolve_key_id(&self, key: &str) -> Option<String> {
+        let snap = self.snapshot();
+        resolve(&snap.state, &self.keystore_id_hex, key)
+            .ok()
+            .map(|k| k.key_id.clone())
+    }
+
     /// GetKeyPolicy: the attached document, or the default one.
     pub fn get_key_policy(
         &self,
