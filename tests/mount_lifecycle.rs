@@ -9,27 +9,7 @@ use std::fs;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Mount, is_mounted, process_alive};
-
-fn wait(what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn kill(sig: &str, pid: u32) {
-    let st = Command::new("kill")
-        .arg(sig)
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
+use common::{BIN, Mount, is_mounted, kill, process_alive, wait_until};
 
 #[test]
 fn clear_errors_before_mounting() {
@@ -115,7 +95,7 @@ fn sigterm_unmounts_cleanly_with_data_flushed() {
     fs::write(m.p("f"), &data).unwrap();
     let pid = m.daemon_pid().expect("daemon pid");
     kill("-TERM", pid);
-    wait("the daemon to exit", || !process_alive(pid));
+    wait_until("the daemon to exit", || !process_alive(pid));
     assert!(!is_mounted(&m.mnt));
     m.forget_mounted();
     let out = m.tmp.path().join("out");
@@ -145,7 +125,7 @@ fn foreground_mount_stops_on_sigint() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait("the foreground mount", || is_mounted(&m.mnt));
+    wait_until("the foreground mount", || is_mounted(&m.mnt));
     fs::write(m.p("g"), b"foreground").unwrap();
     kill("-INT", child.id());
     let t0 = Instant::now();
@@ -175,7 +155,7 @@ fn stale_mount_of_a_dead_daemon_does_not_block_the_next_mount() {
     fs::write(m.p("f"), b"survives").unwrap();
     let pid = m.daemon_pid().expect("daemon pid");
     kill("-KILL", pid);
-    wait("the daemon to die", || !process_alive(pid));
+    wait_until("the daemon to die", || !process_alive(pid));
     let e = fs::metadata(m.p("f")).unwrap_err();
     assert!(
         matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)),
@@ -204,7 +184,7 @@ fn busy_unmount_says_what_to_do_and_plain_umount_works() {
     m.forget_mounted();
     // Mount again at once: the old daemon, still exiting, must not unmount it.
     m.mount();
-    wait("the old daemon to exit after umount", || {
+    wait_until("the old daemon to exit after umount", || {
         !process_alive(pid)
     });
     std::thread::sleep(Duration::from_millis(200));
@@ -294,7 +274,7 @@ fn fusermount3_unmounts_too() {
         .unwrap();
     assert!(st.success());
     m.forget_mounted();
-    wait("the daemon to exit after fusermount3 -u", || {
+    wait_until("the daemon to exit after fusermount3 -u", || {
         !process_alive(pid)
     });
     assert!(!is_mounted(&m.mnt));

@@ -10,27 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Mount, is_mounted, process_alive};
-
-fn wait(what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn kill(sig: &str, pid: u32) {
-    let st = Command::new("kill")
-        .arg(sig)
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
+use common::{Mount, is_mounted, kill, process_alive, wait_until};
 
 #[test]
 fn sigterm_with_files_open_detaches_lazily_and_says_so() {
@@ -58,7 +38,7 @@ fn sigterm_with_files_open_detaches_lazily_and_says_so() {
         .open(m.p("held"))
         .unwrap();
     kill("-TERM", pid);
-    wait("the lazy detach", || !is_mounted(&m.mnt));
+    wait_until("the lazy detach", || !is_mounted(&m.mnt));
     m.forget_mounted();
     assert!(process_alive(pid), "the daemon serves the open files");
     use std::io::Write;
@@ -69,7 +49,7 @@ fn sigterm_with_files_open_detaches_lazily_and_says_so() {
     assert_eq!(s, "still here and written");
     drop(held);
     drop(held2);
-    wait("the daemon to exit", || !process_alive(pid));
+    wait_until("the daemon to exit", || !process_alive(pid));
     let log = m.log_text();
     assert!(
         log.contains("detached lazily with 2 files still open"),
@@ -146,7 +126,7 @@ fn twenty_sigterms_under_load_all_exit_zero() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        wait("the foreground mount", || is_mounted(&m.mnt));
+        wait_until("the foreground mount", || is_mounted(&m.mnt));
         let writers = busy_writers(&m, 6);
         std::thread::sleep(Duration::from_millis(250));
         kill("-TERM", child.id());
