@@ -71,7 +71,8 @@ fn export_file(
     caller: &Caller,
 ) -> Result<u64, FileStatus> {
     let file = open_backing(from, false).map_err(io_status)?;
-    let len = file.metadata().map_err(io_status)?.len();
+    let md = file.metadata().map_err(io_status)?;
+    let len = md.len();
     let out = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -88,7 +89,7 @@ fn export_file(
     };
     let r = r.and_then(|n| {
         drop(out);
-        super::copy_meta(from, to).map_err(io_status)?;
+        super::copy_meta_of(&md, to).map_err(io_status)?;
         Ok(n)
     });
     if r.is_err() {

@@ -140,6 +140,10 @@ fn import_file(
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(from)
         .map_err(io_status)?;
+    let md = input.metadata().map_err(io_status)?;
+    if !md.is_file() {
+        return Err(io_status(io::Error::from_raw_os_error(libc::EINVAL)));
+    }
     match std::fs::remove_file(tmp) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_status(e)),
         _ => {}
@@ -154,8 +158,8 @@ fn import_file(
         .map_err(io_status)?;
     let r = EncryptedFile::create(out, ks, caller, key_id)
         .map_err(status_of)
-        .and_then(|ef| copy_in(&input, &ef))
-        .and_then(|n| super::copy_meta(from, tmp).map_err(io_status).map(|()| n));
+        .and_then(|ef| copy_in(&input, md.len(), &ef))
+        .and_then(|n| super::copy_meta_of(&md, tmp).map_err(io_status).map(|()| n));
     if r.is_err() {
         let _ = std::fs::remove_file(tmp);
     }
@@ -183,9 +187,8 @@ impl Ranges for Plain<'_> {
     }
 }
 
-/// Encrypts the data ranges of `input` into `ef`; holes stay holes.
-fn copy_in(input: &File, ef: &EncryptedFile) -> Result<u64, FileStatus> {
-    let size = input.metadata().map_err(io_status)?.len();
+/// Encrypts the data ranges of `input` (`size` bytes) into `ef`; holes stay holes.
+fn copy_in(input: &File, size: u64, ef: &EncryptedFile) -> Result<u64, FileStatus> {
     copy_ranges(size, &Plain(input), &mut |data, at| {
         ef.write_at(data, at).map_err(status_of)
     })?;

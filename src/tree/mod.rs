@@ -204,8 +204,15 @@ impl KeyStatus {
 /// and access and modification times of `from`, never following a symbolic
 /// link at either end. The owner goes first: chown clears set-id bits.
 pub(crate) fn copy_meta(from: &Path, to: &Path) -> std::io::Result<()> {
+    copy_meta_of(&from.symlink_metadata()?, to)
+}
+
+/// `copy_meta` from metadata already in hand: for a file copied through a
+/// descriptor, its fstat, so that what was read and whose owner and mode the
+/// copy gets are one object (a name looked up again could have been swapped
+/// for another user's file in between).
+pub(crate) fn copy_meta_of(md: &std::fs::Metadata, to: &Path) -> std::io::Result<()> {
     use crate::os::node::{Utime, chmod_node, chown_node, utimens_node};
-    let md = from.symlink_metadata()?;
     let node = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
