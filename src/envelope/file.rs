@@ -99,21 +99,7 @@ impl EncryptedFile {
         ks: &dyn KeyService,
         caller: &Caller,
     ) -> Result<FileKey, EnvelopeError> {
-        let slot = header
-            .active()
-            .ok_or_else(|| EnvelopeError::CorruptHeader("no valid key slot".into()))?;
-        let d = ks.decrypt(
-            caller,
-            &slot.wrapped_key,
-            &file_context(&header.file_id),
-            None,
-        )?;
-        FileKey::new(
-            header.file_id,
-            d.key_id,
-            d.key_material_version,
-            d.plaintext.expose(),
-        )
+        Self::unwrap(header, ks, caller, None)
     }
 
     /// `unwrap_key` for a file open in the mount: the key service's audit
@@ -124,15 +110,23 @@ impl EncryptedFile {
         caller: &Caller,
         access: &crate::kms::FileAccess<'_>,
     ) -> Result<FileKey, EnvelopeError> {
+        Self::unwrap(header, ks, caller, Some(access))
+    }
+
+    fn unwrap(
+        header: &Header,
+        ks: &dyn KeyService,
+        caller: &Caller,
+        access: Option<&crate::kms::FileAccess<'_>>,
+    ) -> Result<FileKey, EnvelopeError> {
         let slot = header
             .active()
             .ok_or_else(|| EnvelopeError::CorruptHeader("no valid key slot".into()))?;
-        let d = ks.decrypt_for_open(
-            caller,
-            access,
-            &slot.wrapped_key,
-            &file_context(&header.file_id),
-        )?;
+        let context = file_context(&header.file_id);
+        let d = match access {
+            Some(a) => ks.decrypt_for_open(caller, a, &slot.wrapped_key, &context)?,
+            None => ks.decrypt(caller, &slot.wrapped_key, &context, None)?,
+        };
         FileKey::new(
             header.file_id,
             d.key_id,
