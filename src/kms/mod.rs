@@ -1,7 +1,7 @@
 //! The key service: the `KeyService` trait that everything above this layer
 //! talks to, its types and typed errors (`error`), and the local keystore that
 //! implements it: `model` (keys, aliases, imported material), `store` (the
-//! keystore on disk), `service` (`LocalKeyStore`), `policy`, `audit`, `blob`,
+//! keystore on disk), `service` (`LocalKeyStore`), `operation` (the one list of operations), `policy`, `audit`, `blob`,
 //! `context` and `clock`. Knows nothing of files or FUSE.
 #![forbid(unsafe_code)]
 
@@ -17,14 +17,16 @@ pub mod store;
 /// The keystore persistence layer under its former name (fuzz targets use it).
 pub use store as keystore;
 pub mod model;
+pub mod operation;
 pub mod policy;
 pub mod remote;
 pub mod service;
 pub mod wire;
 
-pub use audit::{AuditEvent, AuditSink, CallerSource, FileAccess, Operation, Requester};
+pub use audit::{AuditEvent, AuditSink, CallerSource, FileAccess, Requester};
 pub use context::EncryptionContext;
 pub use error::{Existing, KmsError, Missing, RootKeyProblem, StateProblem, ValidationCode};
+pub use operation::Operation;
 pub use service::{
     AccessKeyEntry, AccessKeySecret, AliasListEntry, ImportParameters, KeyListEntry, KeyRotation,
     KeyRotationStatus, LocalKeyStore, NewAccessKey, ScheduledDeletion,
