@@ -70,6 +70,16 @@ pub struct InspectArgs {
     /// the whole tree: files, bytes, keys used and their states).
     pub file: PathBuf,
 }
+/// Arguments of `kmsfs set-default-key`.
+#[derive(Debug, clap::Args)]
+pub struct SetDefaultKeyArgs {
+    /// The backing directory (mounted at least once: it has a .kmsfs.json).
+    pub backing: PathBuf,
+    /// The CMK for new files from now on (key id, ARN or alias/NAME); it
+    /// must be enabled.
+    #[arg(long, value_name = "K")]
+    pub key_id: String,
+}
 /// Arguments of `kmsfs seal`.
 #[derive(Debug, clap::Args)]
 pub struct SealArgs {
@@ -154,11 +164,26 @@ fn usable_key(ks: &dyn KeyService, k: &str) -> Result<String, CliError> {
                 meta.key_state.as_str()
             ),
         )
-        .hint(
-            "enable it with `kmsfs kms enable-key --key-id K`, or pick another key with --key-id",
-        ));
+        .hint(format!(
+            "{}, or pick another key with --key-id",
+            key_remedy(meta.key_state, &meta.key_id)
+        )));
     }
     Ok(meta.key_id)
+}
+
+/// How to make key `id`, in `state`, usable again.
+fn key_remedy(state: KeyState, id: &str) -> String {
+    match state {
+        KeyState::PendingDeletion => format!(
+            "keep the key with `kmsfs kms cancel-key-deletion --key-id {id}`, then `kmsfs kms \
+             enable-key --key-id {id}`"
+        ),
+        KeyState::PendingImport => {
+            format!("import its key material (`kmsfs kms import-key-material --key-id {id} ...`)")
+        }
+        _ => format!("enable it with `kmsfs kms enable-key --key-id {id}`"),
+    }
 }
 
 /// The key service and the CMK for new files: `key_id`, or the zero-setup
@@ -253,7 +278,23 @@ fn service_of_marked_backing(
         )
         .hint(hint));
     }
-    let key = usable_key(&*ks, key_id.unwrap_or(&m.default_key_id))?;
+    let key = match key_id {
+        Some(k) => usable_key(&*ks, k)?,
+        // The backing directory's own default: say how to change it.
+        None => usable_key(&*ks, &m.default_key_id).map_err(|mut e| {
+            let state = ks
+                .describe_key(&current_caller(), &m.default_key_id)
+                .map(|k| k.key_state)
+                .unwrap_or(KeyState::Disabled);
+            let b = backing.display();
+            e.message = format!("the default key of {b}: {}", e.message);
+            e.hint(format!(
+                "{}; or give {b} another key for new files with `kmsfs set-default-key {b} \
+                 --key-id NEW` (`kmsfs rewrap {b} --to-key-id NEW` moves its files too)",
+                key_remedy(state, &m.default_key_id)
+            ))
+        })?,
+    };
     Ok((ks, key, None))
 }
 
@@ -525,6 +566,94 @@ fn default_log_file(mountpoint: &Path) -> Result<Option<PathBuf>, CliError> {
         })
         .collect();
     Ok(Some(dir.join(format!("mount-{name}.log"))))
+}
+
+/// `kmsfs set-default-key`: the key a backing directory's new files are
+/// encrypted under (its marker's default key), e.g. before the old one is
+/// retired. Existing files keep their key: `kmsfs rewrap --to-key-id` moves
+/// them (and sets the default key the same way).
+pub fn set_default_key(g: &GlobalArgs, a: SetDefaultKeyArgs) -> Result<(), CliError> {
+    let backing = existing_dir(&a.backing, "backing directory")?;
+    let (m, key) = marker_for_new_default(g, &backing, &a.key_id)?;
+    let Some(m) = m else {
+        println!("{}: new files were already under {key}", backing.display());
+        return Ok(());
+    };
+    let old = m.default_key_id.clone();
+    crate::daemon::replace_marker(
+        &backing,
+        &BackingMarker {
+            default_key_id: key.clone(),
+            ..m
+        },
+    )?;
+    println!(
+        "{}: new files are now encrypted under {key} (was {old}); existing files keep their \
+         key (`kmsfs rewrap {} --to-key-id {key}` moves them)",
+        backing.display(),
+        backing.display()
+    );
+    note_running_mount(&backing, &old);
+    Ok(())
+}
+
+/// The marker of `backing` to rewrite with `key_id` (resolved, checked
+/// enabled) as its default key: None when it names that key already.
+/// Refused when `backing` has no marker or belongs to another keystore.
+pub(super) fn marker_for_new_default(
+    g: &GlobalArgs,
+    backing: &Path,
+    key_id: &str,
+) -> Result<(Option<BackingMarker>, String), CliError> {
+    let Some(m) = crate::daemon::read_marker(backing)? else {
+        return Err(CliError::new(
+            ErrorClass::NotFound,
+            format!(
+                "{} has no {}: it has never been mounted, so it has no default key",
+                backing.display(),
+                crate::fs::BACKING_MARKER
+            ),
+        )
+        .hint(format!(
+            "mount it once with `kmsfs mount {} MOUNTPOINT --key-id {key_id}`",
+            backing.display()
+        )));
+    };
+    let dir = keystore::keystore_dir(g);
+    let ks = keystore::open_key_service(g)?;
+    if ks.keystore_id() != m.keystore_id {
+        return Err(CliError::new(
+            ErrorClass::Refused,
+            format!(
+                "{} belongs to keystore {}, but the keystore in {} is {}",
+                backing.display(),
+                m.keystore_id,
+                dir.display(),
+                ks.keystore_id()
+            ),
+        )
+        .hint(format!(
+            "pass the --keystore DIR that holds keystore {}",
+            m.keystore_id
+        )));
+    }
+    let key = usable_key(&*ks, key_id)?;
+    if key == m.default_key_id {
+        return Ok((None, key));
+    }
+    Ok((Some(m), key))
+}
+
+/// Says that a mount serving `backing` keeps encrypting new files under
+/// `old` until it is mounted again.
+pub(super) fn note_running_mount(backing: &Path, old: &str) {
+    if let Some(mp) = crate::daemon::serving_mount(backing) {
+        eprintln!(
+            "kmsfs: the mount at {} keeps encrypting new files under {old} until it is \
+             unmounted and mounted again",
+            mp.display()
+        );
+    }
 }
 
 /// `kmsfs unmount`.

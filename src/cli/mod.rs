@@ -138,6 +138,9 @@ pub enum Command {
     /// Install the mount(8) helper (`mount.fuse.kmsfs`, a link to this
     /// binary), so that `mount -t fuse.kmsfs` and fstab lines work.
     InstallHelper(system::InstallHelperArgs),
+    /// Choose the CMK a backing directory's new files are encrypted under
+    /// (its default key); existing files keep theirs (`rewrap` moves them).
+    SetDefaultKey(fs::SetDefaultKeyArgs),
     /// Show a backing file's header without decrypting its content.
     Inspect(fs::InspectArgs),
     /// Encrypt one file client-side, in the format the mount uses.
@@ -304,6 +307,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Man { dir } => man(dir.as_deref()),
+        Command::SetDefaultKey(a) => fs::set_default_key(g, a),
         Command::Inspect(a) => fs::inspect(g, a),
         Command::Seal(a) => fs::seal(g, a),
         Command::Unseal(a) => fs::unseal(g, a),

@@ -24,6 +24,11 @@ pub struct RewrapArgs {
     /// Only files whose data key is wrapped under this key.
     #[arg(long, value_name = "K")]
     pub from_key_id: Option<String>,
+    /// With --to-key-id: leave the backing directory's default key (the one
+    /// its new files get) as it is. Without this, moving every file (or
+    /// every file of the default key) to a new key makes it the default too.
+    #[arg(long, requires = "to_key_id")]
+    pub keep_default_key: bool,
 }
 
 /// Arguments of `kmsfs fsck`.
@@ -143,6 +148,11 @@ fn walk(backing: &Path) -> Result<tree::Walk, CliError> {
 /// `kmsfs rewrap`.
 pub fn rewrap(g: &GlobalArgs, a: RewrapArgs) -> Result<(), CliError> {
     let ks = bulk_key_service(g)?;
+    let new_default = a
+        .to_key_id
+        .clone()
+        .filter(|_| !a.keep_default_key)
+        .map(|to| (to, a.from_key_id.clone()));
     let mut rw = Rewrapper::new(
         &*ks,
         current_caller(),
@@ -176,6 +186,9 @@ pub fn rewrap(g: &GlobalArgs, a: RewrapArgs) -> Result<(), CliError> {
             secs
         );
     }
+    if let Some((to, from)) = new_default {
+        follow_default_key(g, &a.backing, &to, from.as_deref(), &*ks);
+    }
     let fail = |class, what: &str| Err(CliError::new(class, what.to_string()));
     if report.corrupt > 0 {
         fail(
@@ -200,6 +213,74 @@ pub fn rewrap(g: &GlobalArgs, a: RewrapArgs) -> Result<(), CliError> {
         .hint("run the same command again once they are closed"))
     } else {
         Ok(())
+    }
+}
+
+/// After `rewrap --to-key-id TO`: makes TO the backing directory's default
+/// key (the one its new files get), when the rewrap moved every file or
+/// every file of the old default key, and says so. A backing directory
+/// without a marker (never mounted) is left alone; a failure is a warning,
+/// the rewrap itself is done.
+fn follow_default_key(
+    g: &GlobalArgs,
+    backing: &Path,
+    to: &str,
+    from: Option<&str>,
+    ks: &LocalKeyStore,
+) {
+    use crate::kms::KeyService;
+    let Ok(backing) = std::fs::canonicalize(backing) else {
+        return;
+    };
+    let Ok(Some(m)) = crate::daemon::read_marker(&backing) else {
+        return;
+    };
+    if let Some(from) = from {
+        let from = ks
+            .describe_key(&current_caller(), from)
+            .map(|k| k.key_id)
+            .unwrap_or_default();
+        if from != m.default_key_id {
+            return;
+        }
+    }
+    let r = super::fs::marker_for_new_default(g, &backing, to).and_then(|(m, key)| match m {
+        None => Ok(None),
+        Some(m) => {
+            let old = m.default_key_id.clone();
+            crate::daemon::replace_marker(
+                &backing,
+                &crate::daemon::BackingMarker {
+                    default_key_id: key.clone(),
+                    ..m
+                },
+            )?;
+            Ok(Some((old, key)))
+        }
+    });
+    match r {
+        Ok(None) => {}
+        Ok(Some((old, key))) => {
+            let line = format!(
+                "default key: new files in {} are now encrypted under {key} (was {old}; \
+                 --keep-default-key leaves it)",
+                backing.display()
+            );
+            if g.output == OutputFormat::Json {
+                eprintln!("kmsfs: {line}");
+            } else {
+                println!("{line}");
+            }
+            super::fs::note_running_mount(&backing, &old);
+        }
+        Err(e) => eprintln!(
+            "kmsfs: the default key of {} was left as it was: {}{}",
+            backing.display(),
+            e.message,
+            e.hint
+                .map(|h| format!(" ({h}; or `kmsfs set-default-key`)"))
+                .unwrap_or_default()
+        ),
     }
 }
 

@@ -71,6 +71,29 @@ pub fn write_marker(backing: &Path, m: &BackingMarker) -> Result<(), MountError>
     r.map_err(io)
 }
 
+/// Replaces the marker of `backing` atomically (a new default key): the new
+/// text goes to a temporary file, is synced, and is renamed over the old one.
+pub fn replace_marker(backing: &Path, m: &BackingMarker) -> Result<(), MountError> {
+    let io = |e: std::io::Error| MountError::Io(format!("{}: {e}", backing.display()));
+    let tmp = backing.join(format!("{BACKING_MARKER}.{}.tmp", std::process::id()));
+    let body = serde_json::to_vec_pretty(m).map_err(|e| MountError::Io(e.to_string()))?;
+    let r = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(&body)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, backing.join(BACKING_MARKER))?;
+        File::open(backing)?.sync_all()
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r.map_err(io)
+}
+
 /// What a bounded look at a backing directory found.
 #[derive(Debug, Default)]
 pub struct Survey {
@@ -347,6 +370,13 @@ mod tests {
         };
         write_marker(t.path(), &other).unwrap();
         assert_eq!(read_marker(t.path()).unwrap(), Some(m));
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
+        let newer = BackingMarker {
+            default_key_id: "k-2".into(),
+            ..m.clone()
+        };
+        replace_marker(t.path(), &newer).unwrap();
+        assert_eq!(read_marker(t.path()).unwrap(), Some(newer));
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
     }
 

@@ -24,11 +24,13 @@ mod serve;
 
 pub use self::backing::{
     BackingMarker, Prepared, SURVEY_LIMIT, Survey, check_before_mount, lock_backing, read_marker,
-    survey, write_marker,
+    replace_marker, survey, write_marker,
 };
 pub use self::control::{ControlError, control_request, socket_path};
 pub use self::logfile::{check_log_dir, open_log};
-pub use self::mountinfo::{MountInfo, is_enotconn, mount_at, parse_mountinfo, prepare_mountpoint};
+pub use self::mountinfo::{
+    MountInfo, is_enotconn, mount_at, parse_mountinfo, prepare_mountpoint, serving_mount,
+};
 pub use self::options::{Options, Settings, parse_options};
 
 /// Serving threads (each costs about 1 MiB of RSS).

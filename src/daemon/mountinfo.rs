@@ -190,6 +190,15 @@ pub(super) fn check_backing_unused(backing: &Path) -> Result<(), MountError> {
     }
 }
 
+/// The mount point of the kmsfs mount that serves `backing`, if any.
+pub fn serving_mount(backing: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    parse_mountinfo(&text)
+        .into_iter()
+        .rfind(|m| m.is_kmsfs() && m.backing().as_deref() == Some(backing))
+        .map(|m| m.mountpoint)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

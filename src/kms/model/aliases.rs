@@ -26,9 +26,11 @@ impl StoreState {
         Ok(())
     }
 
-    /// UpdateAlias: points an existing alias at another key.
+    /// UpdateAlias: points an existing alias at another key. Of the
+    /// reserved names only the default key's alias may move (retiring the
+    /// default key: new backing directories and `seal` follow it).
     pub fn update_alias(&mut self, name: &str, key_id: &str) -> Result<(), KmsError> {
-        validate_alias_name(name, false)?;
+        validate_alias_name(name, name == DEFAULT_ALIAS)?;
         self.check_alias_target(key_id)?;
         match self.aliases.get_mut(name) {
             Some(t) => {

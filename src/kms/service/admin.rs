@@ -872,7 +872,8 @@ impl LocalKeyStore {
         target_key_id: &str,
         f: impl FnOnce(&mut StoreState, &str) -> Result<(), KmsError>,
     ) -> Result<(), KmsError> {
-        model::validate_alias_name(alias_name, false)?;
+        // The default alias may be moved (the model refuses to create it).
+        model::validate_alias_name(alias_name, alias_name == model::DEFAULT_ALIAS)?;
         self.update(|s, _| {
             let id = resolve(s, &self.keystore_id_hex, target_key_id)?
                 .key_id
