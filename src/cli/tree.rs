@@ -187,7 +187,7 @@ pub fn rewrap(g: &GlobalArgs, a: RewrapArgs) -> Result<(), CliError> {
         );
     }
     if let Some((to, from)) = new_default {
-        follow_default_key(g, &a.backing, &to, from.as_deref(), &*ks);
+        follow_default_key(g, &a.backing, &to, from.as_deref(), &ks);
     }
     let fail = |class, what: &str| Err(CliError::new(class, what.to_string()));
     if report.corrupt > 0 {

@@ -369,7 +369,7 @@ mod tests {
             ..m.clone()
         };
         write_marker(t.path(), &other).unwrap();
-        assert_eq!(read_marker(t.path()).unwrap(), Some(m));
+        assert_eq!(read_marker(t.path()).unwrap(), Some(m.clone()));
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
         let newer = BackingMarker {
             default_key_id: "k-2".into(),
