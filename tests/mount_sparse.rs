@@ -133,3 +133,138 @@ fn copy_file_range_between_files() {
         m.log_text()
     );
 }
+
+/// lseek(fd, off, whence): the offset, or the errno.
+fn lseek_raw(f: &fs::File, off: u64, whence: i32) -> Result<u64, i32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: integer arguments on a descriptor that `f` keeps open.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), off as libc::off_t, whence) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        Ok(r as u64)
+    }
+}
+
+/// One step of building a sparse file.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Write(u64, usize),
+    Truncate(u64),
+    Punch(u64, u64),
+}
+
+fn build(path: &std::path::Path, steps: &[Step]) {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    let mut byte = 0u8;
+    for s in steps {
+        match *s {
+            Step::Write(off, len) => {
+                byte = byte.wrapping_add(1).max(1);
+                f.write_all_at(&vec![byte; len], off).unwrap();
+            }
+            Step::Truncate(len) => f.set_len(len).unwrap(),
+            Step::Punch(off, len) => {
+                use std::os::fd::AsRawFd;
+                let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+                // SAFETY: integer arguments on a descriptor `f` keeps open.
+                let r = unsafe {
+                    libc::fallocate(f.as_raw_fd(), mode, off as libc::off_t, len as libc::off_t)
+                };
+                assert_eq!(
+                    r,
+                    0,
+                    "punch {off}+{len}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn seek_data_and_hole_match_ext4_for_holes_of_every_making() {
+    let Some(m) = Mount::new("seek-ext4") else {
+        return;
+    };
+    const B: u64 = 4096;
+    // The reference: the same steps on a plain file beside the mount (ext4).
+    let plain = m.tmp.path().join("plain");
+    fs::create_dir(&plain).unwrap();
+    let cases: Vec<(&str, Vec<Step>)> = vec![
+        // Large holes from seek-and-write, and gaps of one, two and three blocks.
+        (
+            "written",
+            vec![
+                Step::Write(0, B as usize),
+                Step::Write(300 * B, B as usize),
+                Step::Write(302 * B, 2 * B as usize),
+                Step::Write(306 * B, B as usize),
+                Step::Write(310 * B + 100, 50),
+                Step::Write(1000 * B, 100),
+            ],
+        ),
+        // Holes left by extending with truncate, then written after.
+        (
+            "truncated",
+            vec![
+                Step::Write(0, 5 * B as usize + 10),
+                Step::Truncate(200 * B),
+                Step::Write(120 * B, B as usize),
+                Step::Truncate(130 * B + 7),
+                Step::Truncate(400 * B),
+                Step::Write(401 * B, 3),
+            ],
+        ),
+        // Punched holes of one, two and many blocks, aligned or not.
+        (
+            "punched",
+            vec![
+                Step::Write(0, 400 * B as usize),
+                Step::Punch(10 * B, B),
+                Step::Punch(20 * B, 2 * B),
+                Step::Punch(30 * B, 3 * B),
+                Step::Punch(50 * B + 100, 100 * B),
+                Step::Punch(200 * B - 1, 2 * B + 2),
+                Step::Punch(390 * B, 20 * B),
+            ],
+        ),
+    ];
+    for (name, steps) in &cases {
+        build(&plain.join(name), steps);
+        build(&m.p(name), steps);
+        let want = fs::File::open(plain.join(name)).unwrap();
+        let got = fs::File::open(m.p(name)).unwrap();
+        let size = want.metadata().unwrap().len();
+        assert_eq!(got.metadata().unwrap().len(), size, "{name}: size");
+        let mut checked = 0;
+        let mut differ = Vec::new();
+        for blk in 0..=size.div_ceil(B) {
+            for off in [blk * B, blk * B + 1, blk * B + B - 1] {
+                for (whence, w) in [(libc::SEEK_DATA, "DATA"), (libc::SEEK_HOLE, "HOLE")] {
+                    let e = lseek_raw(&want, off, whence);
+                    let k = lseek_raw(&got, off, whence);
+                    checked += 1;
+                    if e != k {
+                        differ.push(format!("SEEK_{w} from {off}: ext4 {e:?}, kmsfs {k:?}"));
+                    }
+                }
+            }
+        }
+        assert!(checked > 1000);
+        assert!(
+            differ.is_empty(),
+            "{name}: {} of {checked} answers differ, first: {:?}",
+            differ.len(),
+            &differ[..differ.len().min(8)]
+        );
+        // The content matches too.
+        assert!(fs::read(plain.join(name)).unwrap() == fs::read(m.p(name)).unwrap());
+    }
+}

@@ -10,7 +10,9 @@ use zeroize::Zeroizing;
 
 use super::{EnvelopeError, FileKey, file_context};
 use crate::crypto::random_array;
-use crate::format::{self, BLOCK_OVERHEAD, BLOCK_SIZE, FileId, HEADER_LEN, Header, Slot};
+use crate::format::{
+    self, BLOCK_OVERHEAD, BLOCK_SIZE, CIPHER_BLOCK_SIZE, FileId, HEADER_LEN, Header, Slot,
+};
 use crate::kms::{Caller, DataKeySpec, KeyService};
 use crate::os;
 
@@ -210,7 +212,12 @@ impl EncryptedFile {
     /// Reads the stored blocks `first..first+count` of a file of `size`
     /// plaintext bytes with one system call; returns the bytes read and the
     /// stored length of each block.
-    fn read_stored(&self, first: u64, count: u64, size: u64) -> Result<Vec<u8>, EnvelopeError> {
+    pub(super) fn read_stored(
+        &self,
+        first: u64,
+        count: u64,
+        size: u64,
+    ) -> Result<Vec<u8>, EnvelopeError> {
         let start = format::block_backing_offset(first);
         let end = format::block_backing_offset(first + count - 1)
             + format::stored_block_len(format::block_plain_len(first + count - 1, size));
@@ -263,7 +270,11 @@ impl EncryptedFile {
     }
 
     /// Decrypts block `index` of a file of `size` bytes (empty past the end).
-    fn read_block(&self, index: u64, size: u64) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+    pub(super) fn read_block(
+        &self,
+        index: u64,
+        size: u64,
+    ) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
         if format::block_plain_len(index, size) == 0 {
             return Ok(Zeroizing::new(Vec::new()));
         }
@@ -281,6 +292,21 @@ impl EncryptedFile {
         let mut out = Vec::with_capacity(plain.len() + BLOCK_OVERHEAD as usize);
         self.key.seal_block(index, &plain, &mut out)?;
         self.write_stored(index, &out)
+    }
+
+    /// Block `index`, the final block of a file of `size` bytes, stops being
+    /// final: a partial one is padded to a full block, and one that reads as
+    /// zeros becomes a hole (stored as zeros), for the final block is sealed
+    /// even when it is a hole, and a file grown by truncate or a write past
+    /// its end has no data there (SEEK_DATA says so, as ext4 does).
+    fn pad_to_full(&self, index: u64, size: u64) -> Result<(), EnvelopeError> {
+        if self.read_block(index, size)?.iter().all(|&b| b == 0) {
+            return self.write_stored(index, &[0u8; CIPHER_BLOCK_SIZE as usize]);
+        }
+        if !size.is_multiple_of(BLOCK_SIZE) {
+            self.resize_block(index, size, BLOCK_SIZE)?;
+        }
+        Ok(())
     }
 
     /// Writes stored blocks starting at block `first`. The backing space is
@@ -332,13 +358,13 @@ impl EncryptedFile {
             self.key.seal_block(s.block, &plain, &mut out)?;
         }
         let result = self.write_stored(first, &out).and_then(|()| {
-            // A partial final block before the written range becomes a
-            // full block of zeros; whole blocks in between stay holes.
-            // Done after the new blocks are written, so that a write the
-            // backing file system refuses (EFBIG, ENOSPC) changes nothing.
-            let old_final = format::block_of(size);
-            if size % BLOCK_SIZE != 0 && old_final < first {
-                self.resize_block(old_final, size, BLOCK_SIZE)?;
+            // The final block before the written range stops being final
+            // (padded, or a hole if it reads as zeros); whole blocks in
+            // between stay holes. Done after the new blocks are written, so
+            // that a write the backing file system refuses (EFBIG, ENOSPC)
+            // changes nothing.
+            if size > 0 && format::block_count(size) - 1 < first {
+                self.pad_to_full(format::block_count(size) - 1, size)?;
             }
             Ok(())
         });
@@ -402,8 +428,8 @@ impl EncryptedFile {
         let mut out = Vec::with_capacity(zeros.len() + BLOCK_OVERHEAD as usize);
         self.key.seal_block(new_final, &zeros, &mut out)?;
         let result = self.write_stored(new_final, &out).and_then(|()| {
-            if size % BLOCK_SIZE != 0 {
-                self.resize_block(old_final, size, BLOCK_SIZE)?;
+            if size > 0 {
+                self.pad_to_full(format::block_count(size) - 1, size)?;
             }
             Ok(())
         });

@@ -13,6 +13,10 @@ use crate::os;
 
 const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
 const PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE;
+const SEEK_DATA: i32 = libc::SEEK_DATA;
+
+/// Blocks that SEEK_DATA and SEEK_HOLE read per system call (about 1 MiB).
+const SCAN_BLOCKS: u64 = 256;
 
 fn errno(code: i32) -> EnvelopeError {
     EnvelopeError::Io(io::Error::from_raw_os_error(code))
@@ -84,46 +88,83 @@ impl EncryptedFile {
         if offset >= size {
             return Err(errno(libc::ENXIO));
         }
-        let from = format::block_backing_offset(format::block_of(offset));
-        let d = os::space::lseek(&self.file, from, libc::SEEK_DATA)?;
-        let pos = offset.max(format::block_at_backing_offset(d) * BLOCK_SIZE);
-        if pos >= size {
-            Err(errno(libc::ENXIO))
-        } else {
-            Ok(pos)
+        let count = format::block_count(size);
+        let mut b = format::block_of(offset);
+        while b < count {
+            // What the backing file holds as a hole stores no block: skip it.
+            let d = match os::space::lseek(&self.file, format::block_backing_offset(b), SEEK_DATA) {
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
+                r => r?,
+            };
+            b = b.max(format::block_at_backing_offset(d));
+            if b >= count {
+                break;
+            }
+            let n = SCAN_BLOCKS.min(count - b);
+            if let Some(i) = self.first_stored_as(b, n, size, false)? {
+                return Ok(offset.max(i * BLOCK_SIZE));
+            }
+            b += n;
         }
+        Err(errno(libc::ENXIO))
     }
 
-    /// lseek SEEK_HOLE: the first offset >= `offset` that starts a run of
-    /// blocks stored entirely as a hole, or the end of the file. Conservative:
-    /// a block only partly in a backing hole counts as data.
+    /// lseek SEEK_HOLE: the first offset >= `offset` in a block stored as a
+    /// hole, or the end of the file.
     pub fn seek_hole(&self, offset: u64) -> Result<u64, EnvelopeError> {
         let size = self.plain_size()?;
         if offset >= size {
             return Err(errno(libc::ENXIO));
         }
-        let backing_len = self.file.metadata()?.len();
+        let count = format::block_count(size);
         let mut b = format::block_of(offset);
-        loop {
-            if b * BLOCK_SIZE >= size {
-                return Ok(size);
+        while b < count {
+            let n = SCAN_BLOCKS.min(count - b);
+            if let Some(i) = self.first_stored_as(b, n, size, true)? {
+                return Ok(offset.max(i * BLOCK_SIZE));
             }
-            let start = format::block_backing_offset(b);
-            let stop = format::block_backing_offset(b + 1).min(backing_len);
-            let d = match os::space::lseek(&self.file, start, libc::SEEK_DATA) {
-                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
-                    return Ok(offset.max(b * BLOCK_SIZE));
-                }
-                r => r?,
-            };
-            if d >= stop {
-                return Ok(offset.max(b * BLOCK_SIZE));
-            }
-            let h = os::space::lseek(&self.file, d, libc::SEEK_HOLE)?;
-            if h >= backing_len {
-                return Ok(size);
-            }
-            b = (b + 1).max(format::first_block_from_backing(h));
+            b += n;
         }
+        Ok(size)
+    }
+
+    /// The first of blocks `first..first+count` (of a file of `size` bytes)
+    /// that is stored as a hole (`hole`) or as data (`!hole`).
+    ///
+    /// A hole is a block whose stored bytes are all zeros (see `open_block`),
+    /// and that is read here rather than asked of the backing file system:
+    /// its holes are in 4 KiB pages, which do not line up with stored blocks
+    /// (4124 bytes), so the pages at either end of a run of holes, shared with
+    /// the data blocks beside it, are allocated, and a single hole between two
+    /// data blocks often has no page of its own. Answering from the backing
+    /// file's holes alone put data one block early and holes one block late.
+    fn first_stored_as(
+        &self,
+        first: u64,
+        count: u64,
+        size: u64,
+        hole: bool,
+    ) -> Result<Option<u64>, EnvelopeError> {
+        let stored = self.read_stored(first, count, size)?;
+        let last = format::block_count(size) - 1;
+        let mut at = 0usize;
+        for b in first..first + count {
+            let len = format::stored_block_len(format::block_plain_len(b, size)) as usize;
+            let bytes = stored.get(at..at + len).unwrap_or_default();
+            at += len;
+            // The final block is never stored as a hole (all zeros there is
+            // damage), but one that reads as zeros is one to SEEK_DATA: a
+            // file grown by truncate ends in a sealed block of zeros, where
+            // ext4 has a hole.
+            let is_hole = if b == last {
+                self.read_block(b, size)?.iter().all(|&x| x == 0)
+            } else {
+                bytes.iter().all(|&x| x == 0)
+            };
+            if is_hole == hole {
+                return Ok(Some(b));
+            }
+        }
+        Ok(None)
     }
 }
