@@ -199,6 +199,47 @@ impl AeadKey {
         Ok(())
     }
 
+    /// Seals `plaintext` under the caller's `nonce` and appends
+    /// `ciphertext || tag` (no nonce) to `out`. The caller guarantees the
+    /// nonce is never used twice with this key.
+    pub fn seal_append_with_nonce(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        let start = out.len();
+        out.reserve(TAG_LEN + plaintext.len());
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::from(aad),
+                &mut out[start..],
+            )
+            .map_err(|_| CryptoError::Authentication)?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(())
+    }
+
+    /// Opens `ciphertext || tag` sealed under `nonce` in place and returns the
+    /// plaintext slice. On failure the buffer holds garbage.
+    pub fn open_in_place_with_nonce<'a>(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        sealed: &'a mut [u8],
+    ) -> Result<&'a mut [u8], CryptoError> {
+        if sealed.len() < TAG_LEN {
+            return Err(CryptoError::Authentication);
+        }
+        self.0
+            .open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), sealed)
+            .map_err(|_| CryptoError::Authentication)
+    }
+
     /// Seals `plaintext` into a new `nonce || ciphertext || tag` vector.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let mut out = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
@@ -236,6 +277,102 @@ impl AeadKey {
 impl fmt::Debug for AeadKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("AeadKey(redacted)")
+    }
+}
+
+/// Length of the random salt from which a one-time key is derived (256 bits).
+pub const SALT_LEN: usize = 32;
+
+/// A long-lived key (a CMK's material, the keystore's root key) that never
+/// encrypts anything itself: every message gets its own key, derived with the
+/// NIST SP 800-108 key derivation function in counter mode with HMAC-SHA256 as
+/// the PRF (as AWS KMS derives a key per request from its HSM backing key).
+/// The HMAC key schedule is built once; Debug is redacted.
+pub struct KdfKey(aws_lc_rs::hmac::Key);
+
+impl KdfKey {
+    /// A derivation key over `material` (any length; kmsfs uses 32 bytes).
+    pub fn new(material: &[u8]) -> Self {
+        Self(aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            material,
+        ))
+    }
+
+    /// The 256-bit key `HMAC-SHA256(K, [1]_32 || label || 0x00 || context ||
+    /// [256]_32)`: one PRF block of SP 800-108 counter mode (r = 32, L = 256).
+    /// `label` names the use; `context` carries a fresh random salt, so no two
+    /// messages share a derived key.
+    pub fn derive(&self, label: &[u8], context: &[&[u8]]) -> OneTimeKey {
+        let mut ctx = aws_lc_rs::hmac::Context::with_key(&self.0);
+        ctx.update(&1u32.to_be_bytes());
+        ctx.update(label);
+        ctx.update(&[0]);
+        for c in context {
+            ctx.update(c);
+        }
+        ctx.update(&256u32.to_be_bytes());
+        let tag = ctx.sign();
+        let mut k = Zeroizing::new([0u8; KEY_LEN]);
+        k.copy_from_slice(tag.as_ref());
+        OneTimeKey(AeadKey::new(&Key256(*k)))
+    }
+}
+
+impl fmt::Debug for KdfKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KdfKey(redacted)")
+    }
+}
+
+/// An AES-256-GCM key derived for exactly one message. Sealing consumes it, and
+/// because the key never meets a second message its nonce is the constant
+/// zero nonce, which is not stored: `ciphertext || tag`.
+pub struct OneTimeKey(AeadKey);
+
+impl OneTimeKey {
+    /// Seals `plaintext` and appends `ciphertext || tag` to `out`.
+    pub fn seal_append(
+        self,
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        self.0
+            .seal_append_with_nonce(&[0; NONCE_LEN], aad, plaintext, out)
+    }
+
+    /// Opens `ciphertext || tag` into fresh secret bytes.
+    pub fn open(self, aad: &[u8], sealed: &[u8]) -> Result<SecretBytes, CryptoError> {
+        let mut buf = Zeroizing::new(sealed.to_vec());
+        let n = self
+            .0
+            .open_in_place_with_nonce(&[0; NONCE_LEN], aad, &mut buf)?
+            .len();
+        Ok(SecretBytes::new(buf[..n].to_vec()))
+    }
+
+    /// Test-only: true when two derived keys are the same key (compared by
+    /// what they seal, never by exposing them).
+    #[cfg(test)]
+    pub(crate) fn same_as(&self, other: &OneTimeKey) -> bool {
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        let ok = self
+            .0
+            .seal_append_with_nonce(&[0; NONCE_LEN], b"", &[0; 32], &mut a)
+            .and_then(|()| {
+                other
+                    .0
+                    .seal_append_with_nonce(&[0; NONCE_LEN], b"", &[0; 32], &mut b)
+            });
+        ok.is_ok() && a == b
+    }
+}
+
+impl fmt::Debug for OneTimeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OneTimeKey(redacted)")
     }
 }
 
@@ -401,6 +538,58 @@ mod tests {
         assert!(other.unwrap(&wrapped).is_err());
         assert!(RsaUnwrapKey::generate(1024).is_err());
         assert_eq!(format!("{k:?}"), "RsaUnwrapKey(redacted)");
+    }
+
+    /// SP 800-108 counter mode, one block, against a value computed outside
+    /// kmsfs (Python's hmac): HMAC-SHA256(00..1f, 00000001 || "kmsfs test" ||
+    /// 00 || 11 x 32 || 00000100).
+    #[test]
+    fn kdf_matches_a_known_answer() {
+        let expected = [
+            0x9f, 0x3f, 0x00, 0xef, 0x64, 0x91, 0x67, 0x3b, 0x78, 0xa4, 0xfe, 0x17, 0x2c, 0xd0,
+            0x42, 0x17, 0x9f, 0x20, 0x98, 0x81, 0x2e, 0xda, 0x50, 0xea, 0x66, 0xb5, 0xda, 0x18,
+            0xbc, 0xed, 0x26, 0xf2,
+        ];
+        let material: Vec<u8> = (0u8..32).collect();
+        let derived = KdfKey::new(&material).derive(b"kmsfs test", &[&[0x11; 16], &[0x11; 16]]);
+        let mut a = Vec::new();
+        derived.seal_append(b"aad", b"message", &mut a).unwrap();
+        let mut b = Vec::new();
+        AeadKey::new(&Key256::from_slice(&expected).unwrap())
+            .seal_append_with_nonce(&[0; NONCE_LEN], b"aad", b"message", &mut b)
+            .unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn derived_keys_differ_by_label_context_and_material() {
+        let k = KdfKey::new(&[1; 32]);
+        let base = k.derive(b"a", &[&[0; 32]]);
+        assert!(base.same_as(&k.derive(b"a", &[&[0; 32]])));
+        assert!(!base.same_as(&k.derive(b"b", &[&[0; 32]])));
+        assert!(!base.same_as(&k.derive(b"a", &[&[1; 32]])));
+        assert!(!base.same_as(&KdfKey::new(&[2; 32]).derive(b"a", &[&[0; 32]])));
+    }
+
+    #[test]
+    fn one_time_key_round_trip_and_refusals() {
+        let k = KdfKey::new(&[3; 32]);
+        let mut sealed = Vec::new();
+        k.derive(b"l", &[b"salt"])
+            .seal_append(b"aad", b"hello", &mut sealed)
+            .unwrap();
+        assert_eq!(sealed.len(), 5 + TAG_LEN);
+        let open = |aad: &[u8], s: &[u8]| k.derive(b"l", &[b"salt"]).open(aad, s);
+        assert_eq!(open(b"aad", &sealed).unwrap().expose(), b"hello");
+        assert!(open(b"aae", &sealed).is_err());
+        assert!(open(b"aad", &sealed[..TAG_LEN - 1]).is_err());
+        assert!(k.derive(b"l", &[b"salu"]).open(b"aad", &sealed).is_err());
+        for i in 0..sealed.len() * 8 {
+            let mut bad = sealed.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            assert_eq!(open(b"aad", &bad), Err(CryptoError::Authentication));
+        }
+        assert_eq!(format!("{k:?}"), "KdfKey(redacted)");
     }
 
     #[test]
