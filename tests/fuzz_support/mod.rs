@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use kmsfs::crypto::sha256;
 use kmsfs::envelope;
 use kmsfs::format::{self, FIXED_LEN, HEADER_LEN, Header};
-use kmsfs::kms::blob::{self, BLOB_HEADER_LEN, BlobHeader};
+use kmsfs::kms::blob::BlobHeader;
 use kmsfs::kms::keystore::{self, Frame, KeystoreDir, RootKey, RootMode};
 use kmsfs::kms::model::{KeyRecord, StoreState};
 use kmsfs::kms::policy::KeyPolicy;
@@ -345,11 +345,8 @@ fn sealed_file(fx: &Fixture, data: &[u8]) {
 pub fn blob(fx: &Fixture, data: &[u8]) {
     let (f, b) = input(data, &fx.blob);
     if let Ok(h) = BlobHeader::parse(&b) {
-        assert!(
-            b.len() >= blob::BLOB_OVERHEAD,
-            "a parsed blob has a full header"
-        );
-        assert_eq!(h.encode()[..], b[..BLOB_HEADER_LEN], "header round trip");
+        assert!(b.len() >= h.overhead(), "a parsed blob has a full header");
+        assert_eq!(h.encode()[..], b[..h.encoded_len()], "header round trip");
     }
     let ctx = if f & FLAG_ALT != 0 {
         EncryptionContext::new()

@@ -12,9 +12,9 @@ use super::LocalKeyStore;
 use super::audit::{Admin, Outcome};
 use super::resolve::resolve;
 use super::snapshot::Snapshot;
-use crate::crypto::{AeadKey, SecretBytes, hex};
+use crate::crypto::{SecretBytes, hex};
 use crate::kms::audit::{FileAccess, Operation, Requester};
-use crate::kms::blob::{self, BlobHeader};
+use crate::kms::blob::{self, BlobHeader, MaterialKeys};
 use crate::kms::model::{KeyRecord, StoreState, Usage};
 use crate::kms::{
     Caller, DataKey, DataKeySpec, Decrypted, Encrypted, EncryptionContext, KeyMetadata, KeyService,
@@ -75,7 +75,7 @@ impl LocalKeyStore {
         key_ref: KeyRef<'_>,
         usage: Usage,
         call: Call<'_>,
-        f: impl FnOnce(&StoreState, &KeyRecord, &[(u32, AeadKey)]) -> Result<(T, u32), KmsError>,
+        f: impl FnOnce(&StoreState, &KeyRecord, &[(u32, MaterialKeys)]) -> Result<(T, u32), KmsError>,
     ) -> Result<T, KmsError> {
         self.audit_gate()?;
         self.refresh_if_stale();
@@ -196,7 +196,7 @@ impl LocalKeyStore {
     fn seal_current(
         &self,
         key: &KeyRecord,
-        ciphers: &[(u32, AeadKey)],
+        ciphers: &[(u32, MaterialKeys)],
         plaintext: &[u8],
         context: &EncryptionContext,
     ) -> Result<(Vec<u8>, u32), KmsError> {
@@ -212,11 +212,7 @@ impl LocalKeyStore {
             })?;
         let key_uuid = uuid::Uuid::parse_str(&key.key_id)
             .map_err(|_| KmsError::internal("stored key id is not a UUID".into()))?;
-        let header = BlobHeader {
-            keystore_id: self.keystore_id,
-            key_id: *key_uuid.as_bytes(),
-            material_version: v,
-        };
+        let header = BlobHeader::new(self.keystore_id, *key_uuid.as_bytes(), v)?;
         Ok((blob::seal(aead, &header, plaintext, context)?, v))
     }
 

@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering;
 
 use super::FRESHNESS_INTERVAL_MS;
 use super::LocalKeyStore;
-use crate::crypto::{AeadKey, SecretBytes, hex};
+use crate::crypto::{SecretBytes, hex};
+use crate::kms::blob::MaterialKeys;
 use crate::kms::model::StoreState;
 use crate::kms::policy::KeyPolicy;
 use crate::kms::store::{self, CURRENT_FILE, Fingerprint, Frame, KeystoreDir, PREV_FILE, RootKey};
@@ -19,7 +20,7 @@ use crate::kms::{KmsError, clock};
 pub(super) struct Snapshot {
     pub(super) state: StoreState,
     /// Ready AES-GCM keys: key id → (material version, key).
-    pub(super) ciphers: HashMap<String, Vec<(u32, AeadKey)>>,
+    pub(super) ciphers: HashMap<String, Vec<(u32, MaterialKeys)>>,
     /// Parsed key policies of the keys that have one.
     pub(super) policies: HashMap<String, KeyPolicy>,
     /// Stat of the current generation this snapshot matches.
@@ -45,7 +46,7 @@ impl Snapshot {
         for (id, k) in &state.keys {
             let mut v = Vec::with_capacity(k.materials.len());
             for m in &k.materials {
-                let aead = AeadKey::from_bytes(m.material.expose()).map_err(|_| {
+                let aead = MaterialKeys::new(m.material.expose()).map_err(|_| {
                     KmsError::corrupt(format!("key {id} has material of a wrong length"))
                 })?;
                 v.push((m.version, aead));
