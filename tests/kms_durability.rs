@@ -238,7 +238,7 @@ fn a_flipped_bit_in_the_version_field_is_damage_and_falls_back() {
     let key = ks.create_key();
     ks.create_key(); // so that keystore.prev exists and holds `key`
     let mut b = std::fs::read(ks.keystore_file()).unwrap();
-    b[9] ^= 0x02; // version 1 -> 3, checksum left as it was
+    b[9] ^= 0x02; // version 2 -> 0, checksum left as it was
     std::fs::write(ks.keystore_file(), &b).unwrap();
     let out = ks.run(&["kms", "describe-key", "--key-id", &key]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -3,14 +3,16 @@
 #![forbid(unsafe_code)]
 
 use super::root_key::{Argon2Params, RootKey, RootMode};
-use crate::crypto::{self, SEAL_OVERHEAD};
+use crate::crypto::{self, SALT_LEN, SEAL_OVERHEAD, TAG_LEN};
 use crate::kms::model::StoreState;
 use crate::kms::{KmsError, RootKeyProblem};
 
 /// First bytes of a keystore file.
 pub const KEYSTORE_MAGIC: [u8; 8] = *b"KMSFS-KS";
-/// The keystore format version this code writes and reads.
-pub const KEYSTORE_VERSION: u16 = 1;
+/// The keystore format version this code writes.
+pub const KEYSTORE_VERSION: u16 = 2;
+/// The first format version: still read, never written.
+pub const KEYSTORE_VERSION_1: u16 = 1;
 /// First bytes of the root key file; 32 key bytes follow.
 pub const ROOT_KEY_MAGIC: [u8; 8] = *b"KMSFSRK1";
 
@@ -23,13 +25,21 @@ const OFF_MODE: usize = 26;
 const OFF_PARAMS: usize = 27;
 const OFF_SALT: usize = 39;
 const OFF_GENERATION: usize = 55;
-const OFF_VERIFIER: usize = 63;
-const VERIFIER_LEN: usize = SEAL_OVERHEAD;
-const OFF_BODY_LEN: usize = OFF_VERIFIER + VERIFIER_LEN; // 91
-pub(super) const FIXED_LEN: usize = OFF_BODY_LEN + 4; // 95
+/// End of the fields both versions share (magic to generation).
+const OFF_VERIFIER_V1: usize = 63;
+/// Version 2: the random salt of this write's derived keys.
+const OFF_SEAL_SALT: usize = 63;
+const OFF_VERIFIER_V2: usize = OFF_SEAL_SALT + SALT_LEN; // 95
+/// Fixed part of a version-1 file: header, verifier (nonce + tag), body length.
+pub(super) const FIXED_LEN_V1: usize = OFF_VERIFIER_V1 + SEAL_OVERHEAD + 4; // 95
+/// Fixed part of a version-2 file: header with salt, verifier (tag), body length.
+pub(super) const FIXED_LEN: usize = OFF_VERIFIER_V2 + TAG_LEN + 4; // 115
 pub(super) const CHECKSUM_LEN: usize = 32;
-const VERIFIER_LABEL: &[u8] = b"kmsfs keystore verifier v1\0";
-const BODY_LABEL: &[u8] = b"kmsfs keystore body v1\0";
+const VERIFIER_LABEL_V1: &[u8] = b"kmsfs keystore verifier v1\0";
+const BODY_LABEL_V1: &[u8] = b"kmsfs keystore body v1\0";
+/// KDF labels of a version-2 write's two one-time keys.
+const VERIFIER_KDF_LABEL: &[u8] = b"kmsfs keystore verifier v2";
+const BODY_KDF_LABEL: &[u8] = b"kmsfs keystore body v2";
 /// Largest body accepted (a corrupt length must not make us allocate wildly).
 pub(super) const MAX_BODY_LEN: usize = 256 << 20;
 
@@ -43,6 +53,8 @@ pub struct Frame<'a> {
     pub mode: RootMode,
     /// Write counter.
     pub generation: u64,
+    /// Format version: [`KEYSTORE_VERSION`] or [`KEYSTORE_VERSION_1`].
+    pub version: u16,
     header: &'a [u8],
     verifier: &'a [u8],
     body: &'a [u8],
@@ -69,7 +81,7 @@ impl<'a> Frame<'a> {
             ));
         }
         let version = u16::from_be_bytes([b[OFF_VERSION], b[OFF_VERSION + 1]]);
-        if version != KEYSTORE_VERSION {
+        if version != KEYSTORE_VERSION && version != KEYSTORE_VERSION_1 {
             // The trailer is checked first: a flipped bit in the version field is
             // damage (and may fall back), only an intact file is a newer format.
             if !trailer_ok(b) {
@@ -80,17 +92,23 @@ impl<'a> Frame<'a> {
             }
             return Err(KmsError::corrupt(format!(
                 "keystore file {name} has format version {version}, but this kmsfs reads only \
-                 version {KEYSTORE_VERSION}; use the kmsfs release that wrote it"
+                 versions {KEYSTORE_VERSION_1} and {KEYSTORE_VERSION}; use the kmsfs release \
+                 that wrote it"
             )));
         }
-        if b.len() < FIXED_LEN + CHECKSUM_LEN {
+        let (off_verifier, fixed) = if version == KEYSTORE_VERSION_1 {
+            (OFF_VERIFIER_V1, FIXED_LEN_V1)
+        } else {
+            (OFF_VERIFIER_V2, FIXED_LEN)
+        };
+        if b.len() < fixed + CHECKSUM_LEN {
             return Err(corrupt(
                 name,
                 &format!("it is truncated ({} bytes)", b.len()),
             ));
         }
-        let body_len = u32::from_be_bytes(arr4(&b[OFF_BODY_LEN..FIXED_LEN])) as usize;
-        if body_len > MAX_BODY_LEN || b.len() != FIXED_LEN + body_len + CHECKSUM_LEN {
+        let body_len = u32::from_be_bytes(arr4(&b[fixed - 4..fixed])) as usize;
+        if body_len > MAX_BODY_LEN || b.len() != fixed + body_len + CHECKSUM_LEN {
             return Err(corrupt(
                 name,
                 &format!(
@@ -99,7 +117,7 @@ impl<'a> Frame<'a> {
                 ),
             ));
         }
-        let (content, sum) = b.split_at(FIXED_LEN + body_len);
+        let (content, sum) = b.split_at(fixed + body_len);
         if !crypto::constant_time_eq(&crypto::sha256(&[content]), sum) {
             return Err(corrupt(
                 name,
@@ -126,9 +144,10 @@ impl<'a> Frame<'a> {
             keystore_id,
             mode,
             generation: u64::from_be_bytes(g),
-            header: &b[..OFF_VERIFIER],
-            verifier: &b[OFF_VERIFIER..OFF_BODY_LEN],
-            body: &b[FIXED_LEN..FIXED_LEN + body_len],
+            version,
+            header: &b[..off_verifier],
+            verifier: &b[off_verifier..fixed - 4],
+            body: &b[fixed..fixed + body_len],
         })
     }
 
@@ -142,23 +161,33 @@ impl<'a> Frame<'a> {
                 },
             });
         }
-        let vaad = [VERIFIER_LABEL, self.header].concat();
-        if root.aead.open(&vaad, self.verifier).is_err() {
+        let wrong_root = || {
             let problem = match self.mode {
                 RootMode::Passphrase { .. } => RootKeyProblem::WrongPassphrase,
                 RootMode::KeyFile => RootKeyProblem::KeyFileMismatch,
             };
-            return Err(KmsError::WrongRootKey { problem });
-        }
+            KmsError::WrongRootKey { problem }
+        };
         let mut header_and_len = Vec::with_capacity(FIXED_LEN);
         header_and_len.extend_from_slice(self.header);
         header_and_len.extend_from_slice(self.verifier);
         header_and_len.extend_from_slice(&(self.body.len() as u32).to_be_bytes());
-        let baad = [BODY_LABEL, &header_and_len].concat();
-        let json = root
-            .aead
-            .open(&baad, self.body)
-            .map_err(|_| corrupt(name, "its sealed body does not authenticate"))?;
+        let json = if self.version == KEYSTORE_VERSION_1 {
+            let vaad = [VERIFIER_LABEL_V1, self.header].concat();
+            if root.aead.open(&vaad, self.verifier).is_err() {
+                return Err(wrong_root());
+            }
+            let baad = [BODY_LABEL_V1, &header_and_len].concat();
+            root.aead.open(&baad, self.body)
+        } else {
+            let verifier_key = root.kdf.derive(VERIFIER_KDF_LABEL, &[self.header]);
+            if verifier_key.open(self.header, self.verifier).is_err() {
+                return Err(wrong_root());
+            }
+            let body_key = root.kdf.derive(BODY_KDF_LABEL, &[self.header]);
+            body_key.open(&header_and_len, self.body)
+        }
+        .map_err(|_| corrupt(name, "its sealed body does not authenticate"))?;
         StoreState::from_json(json.expose()).map_err(|e| corrupt(name, &e.to_string()))
     }
 }
@@ -168,7 +197,10 @@ impl<'a> Frame<'a> {
 pub fn unknown_version(b: &[u8]) -> bool {
     b.len() >= OFF_ID
         && b[..8] == KEYSTORE_MAGIC
-        && u16::from_be_bytes([b[OFF_VERSION], b[OFF_VERSION + 1]]) != KEYSTORE_VERSION
+        && !matches!(
+            u16::from_be_bytes([b[OFF_VERSION], b[OFF_VERSION + 1]]),
+            KEYSTORE_VERSION | KEYSTORE_VERSION_1
+        )
         && trailer_ok(b)
 }
 
@@ -184,7 +216,7 @@ fn trailer_ok(b: &[u8]) -> bool {
 /// The generation number a file's header claims, when it has the layout of
 /// this version (not authenticated: used only to say how stale a fallback is).
 pub fn claimed_generation(b: &[u8]) -> Option<u64> {
-    (b.len() >= OFF_VERIFIER && b[..8] == KEYSTORE_MAGIC).then(|| {
+    (b.len() >= OFF_VERIFIER_V1 && b[..8] == KEYSTORE_MAGIC).then(|| {
         let mut g = [0u8; 8];
         g.copy_from_slice(&b[OFF_GENERATION..OFF_GENERATION + 8]);
         u64::from_be_bytes(g)
@@ -205,7 +237,7 @@ pub fn encode(
     state: &StoreState,
 ) -> Result<Vec<u8>, KmsError> {
     let json = state.to_sealed_json()?;
-    let body_len = json.len() + SEAL_OVERHEAD;
+    let body_len = json.len() + TAG_LEN;
     if body_len > MAX_BODY_LEN {
         return Err(KmsError::internal("keystore body too large".into()));
     }
@@ -231,16 +263,22 @@ pub fn encode(
     }
     out.extend_from_slice(&salt);
     out.extend_from_slice(&generation.to_be_bytes());
-    debug_assert_eq!(out.len(), OFF_VERIFIER);
-    let vaad = [VERIFIER_LABEL, &out[..]].concat();
     let seal_err =
         |e: crypto::CryptoError| KmsError::internal(format!("sealing the keystore failed: {e}"));
-    root.aead
-        .seal_append(&vaad, &[], &mut out)
+    let salt: [u8; SALT_LEN] = crypto::random_array().map_err(seal_err)?;
+    out.extend_from_slice(&salt);
+    debug_assert_eq!(out.len(), OFF_VERIFIER_V2);
+    let header = out.clone();
+    // Two one-time keys from the root key and this write's salt: the root key
+    // itself never encrypts, however many times the keystore is written.
+    root.kdf
+        .derive(VERIFIER_KDF_LABEL, &[&header])
+        .seal_append(&header, &[], &mut out)
         .map_err(seal_err)?;
     out.extend_from_slice(&(body_len as u32).to_be_bytes());
-    let baad = [BODY_LABEL, &out[..]].concat();
-    root.aead
+    let baad = out.clone();
+    root.kdf
+        .derive(BODY_KDF_LABEL, &[&header])
         .seal_append(&baad, &json, &mut out)
         .map_err(seal_err)?;
     let sum = crypto::sha256(&[&out]);

@@ -11,8 +11,8 @@ mod reseal;
 mod root_key;
 
 pub use codec::{
-    Frame, KEYSTORE_MAGIC, KEYSTORE_VERSION, ROOT_KEY_MAGIC, claimed_generation, encode,
-    unknown_version,
+    Frame, KEYSTORE_MAGIC, KEYSTORE_VERSION, KEYSTORE_VERSION_1, ROOT_KEY_MAGIC,
+    claimed_generation, encode, unknown_version,
 };
 pub use dir::{
     CURRENT_FILE, Fingerprint, KeystoreDir, LOCK_FILE, LockGuard, PREV_FILE, ROOT_KEY_FILE,

@@ -5,7 +5,7 @@
 use zeroize::Zeroizing;
 
 use super::dir::KeystoreDir;
-use crate::crypto::{self, AeadKey, Key256, SecretBytes};
+use crate::crypto::{self, AeadKey, KdfKey, Key256, SecretBytes};
 use crate::kms::KmsError;
 
 /// Argon2id cost parameters, stored in the keystore header.
@@ -92,7 +92,11 @@ impl RootMode {
 
 /// The unsealed root key, and which mode/salt it belongs to.
 pub struct RootKey {
+    /// The root key as an AES-GCM key: opens version-1 keystore files only.
     pub(super) aead: AeadKey,
+    /// The root key as a derivation key: every version-2 write seals under
+    /// keys derived from it and a fresh salt.
+    pub(super) kdf: KdfKey,
     pub(super) mode: RootMode,
 }
 
@@ -125,6 +129,7 @@ impl RootKey {
         };
         Ok(Self {
             aead: AeadKey::new(&key),
+            kdf: KdfKey::new(key.expose()),
             mode,
         })
     }

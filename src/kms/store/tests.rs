@@ -105,16 +105,95 @@ fn every_flipped_byte_and_truncation_is_detected() {
 
 #[test]
 fn worked_size_of_an_empty_keystore() {
-    // docs/KEYSTORE.md: 95 fixed + (111-byte JSON + 28) body + 32 checksum;
+    // docs/KEYSTORE.md: 115 fixed + (111-byte JSON + 16) body + 32 checksum;
     // the JSON is the empty state (24 bytes) with the audit signing key
     // (`,"audit_signing_key":"` 22 bytes, 64 hex digits, `"`).
     let t = tempfile::tempdir().unwrap();
     let dir = KeystoreDir::new(t.path());
     create(&dir, CreateMode::RootKeyFile).unwrap();
-    assert_eq!(FIXED_LEN, 95);
+    assert_eq!((FIXED_LEN, FIXED_LEN_V1), (115, 95));
     assert_eq!(StoreState::default().to_sealed_json().unwrap().len(), 24);
-    assert_eq!(fs::read(dir.file(CURRENT_FILE)).unwrap().len(), 266);
+    assert_eq!(fs::read(dir.file(CURRENT_FILE)).unwrap().len(), 274);
     assert_eq!(fs::read(dir.file(ROOT_KEY_FILE)).unwrap().len(), 40);
+}
+
+/// A version-1 file exactly as kmsfs wrote it before version 2: verifier and
+/// body sealed under the root key itself, with random nonces.
+fn encode_v1(id: &[u8; 16], root: &RootKey, generation: u64, state: &StoreState) -> Vec<u8> {
+    let json = state.to_sealed_json().unwrap();
+    let mut out = Vec::new();
+    out.extend_from_slice(b"KMSFS-KS\0\x01");
+    out.extend_from_slice(id);
+    out.push(1);
+    out.extend_from_slice(&[0; 12 + 16]);
+    out.extend_from_slice(&generation.to_be_bytes());
+    assert_eq!(out.len(), 63);
+    let vaad = [&b"kmsfs keystore verifier v1\0"[..], &out].concat();
+    root.aead.seal_append(&vaad, &[], &mut out).unwrap();
+    out.extend_from_slice(&((json.len() + 28) as u32).to_be_bytes());
+    let baad = [&b"kmsfs keystore body v1\0"[..], &out].concat();
+    root.aead.seal_append(&baad, &json, &mut out).unwrap();
+    let sum = crypto::sha256(&[&out]);
+    out.extend_from_slice(&sum);
+    out
+}
+
+#[test]
+fn version_1_files_still_open_and_refuse_every_change() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = KeystoreDir::new(t.path());
+    let (id, root, state, _) = create(&dir, CreateMode::RootKeyFile).unwrap();
+    let v1 = encode_v1(&id, &root, 7, &state);
+    assert_eq!(v1.len(), 95 + 111 + 28 + 32);
+    let f = Frame::parse("x", &v1).unwrap();
+    assert_eq!((f.version, f.generation, f.keystore_id), (1, 7, id));
+    assert_eq!(
+        f.unseal("x", &root).unwrap().to_sealed_json().unwrap(),
+        state.to_sealed_json().unwrap()
+    );
+    for i in 0..v1.len() * 8 {
+        let mut bad = v1.clone();
+        bad[i / 8] ^= 1 << (i % 8);
+        assert!(
+            Frame::parse("x", &bad)
+                .and_then(|f| f.unseal("x", &root))
+                .is_err(),
+            "bit {i}"
+        );
+    }
+    // The next write of a version-1 keystore is version 2.
+    let v2 = encode(&id, &root, 8, &state).unwrap();
+    assert_eq!(&v2[8..10], &[0, 2]);
+    assert_eq!(Frame::parse("x", &v2).unwrap().version, KEYSTORE_VERSION);
+}
+
+/// Every write draws a new salt: its verifier and body keys are its own, so
+/// the root key never seals twice, however often the keystore is written.
+#[test]
+fn every_write_has_its_own_salt_and_keys() {
+    let t = tempfile::tempdir().unwrap();
+    let (id, root, _, _) = sample(&KeystoreDir::new(t.path()));
+    let state = StoreState::default();
+    let writes: Vec<Vec<u8>> = (0..32)
+        .map(|_| encode(&id, &root, 5, &state).unwrap())
+        .collect();
+    for (i, a) in writes.iter().enumerate() {
+        assert_eq!(
+            Frame::parse("x", a)
+                .unwrap()
+                .unseal("x", &root)
+                .unwrap()
+                .keys
+                .len(),
+            0
+        );
+        for b in &writes[i + 1..] {
+            assert_eq!(a[..63], b[..63]);
+            assert_ne!(a[63..95], b[63..95], "salt");
+            assert_ne!(a[95..111], b[95..111], "verifier");
+            assert_ne!(a[115..], b[115..], "body");
+        }
+    }
 }
 
 #[test]
