@@ -7,6 +7,7 @@ pub(crate) mod beneath;
 pub(crate) mod dir;
 pub(crate) mod ids;
 pub(crate) mod mount;
+pub(crate) mod net;
 pub(crate) mod node;
 pub(crate) mod process;
 pub(crate) mod space;

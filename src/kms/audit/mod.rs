@@ -29,15 +29,18 @@ pub enum CallerSource {
     Mount,
     /// A protocol server, on behalf of a network client.
     Server,
+    /// `kmsfs console`, on behalf of its user in a browser.
+    Console,
 }
 
 impl CallerSource {
-    /// `cli`, `mount` or `server`.
+    /// `cli`, `mount`, `server` or `console`.
     pub fn as_str(self) -> &'static str {
         match self {
             CallerSource::Cli => "cli",
             CallerSource::Mount => "mount",
             CallerSource::Server => "server",
+            CallerSource::Console => "console",
         }
     }
 }

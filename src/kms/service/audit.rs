@@ -54,6 +54,7 @@ fn source_from(n: u8) -> CallerSource {
     match n {
         1 => CallerSource::Mount,
         2 => CallerSource::Server,
+        3 => CallerSource::Console,
         _ => CallerSource::Cli,
     }
 }
@@ -88,6 +89,7 @@ impl LocalKeyStore {
             CallerSource::Cli => 0,
             CallerSource::Mount => 1,
             CallerSource::Server => 2,
+            CallerSource::Console => 3,
         };
         self.source.store(n, Ordering::Release);
     }
