@@ -42,6 +42,7 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod console;
 pub mod crypto;
 pub mod daemon;
 pub mod envelope;

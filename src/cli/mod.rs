@@ -10,6 +10,7 @@ use crate::kms::Caller;
 
 pub mod access_key;
 pub mod audit;
+pub mod console;
 mod error;
 pub mod fs;
 pub mod keystore;
@@ -156,6 +157,9 @@ pub enum Command {
     Export(tree::ExportArgs),
     /// Encrypt a plain tree into a backing directory, without a mount.
     Import(tree::ImportArgs),
+    /// A web console for this keystore's keys, files and audit trail, on
+    /// 127.0.0.1 (or a Unix socket) for its owner and root; prints the URL.
+    Console(console::ConsoleArgs),
     /// The keystore's audit trail: who used which key (show, verify).
     Audit {
         /// The audit operation.
@@ -316,5 +320,6 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Export(a) => tree::export(g, a),
         Command::Import(a) => tree::import(g, a),
         Command::Audit { command } => audit::run(g, command),
+        Command::Console(a) => console::console(g, a),
     }
 }

@@ -15,12 +15,15 @@
 //!   under CI) the same call fails the test instead.
 #![allow(dead_code)]
 
+mod console;
 mod keystore;
 mod kms_server;
 mod mount;
 mod users;
 
 // Each test uses part of the fixture: what it leaves is no finding.
+#[allow(unused_imports)]
+pub use console::*;
 #[allow(unused_imports)]
 pub use keystore::*;
 #[allow(unused_imports)]
