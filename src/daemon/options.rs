@@ -30,6 +30,8 @@ pub struct Options {
     pub ignored: Vec<(String, &'static str)>,
     /// `remount`: given by mount(8) to change a running mount.
     pub remount: bool,
+    /// `max_user_handles=N`: open handles one user (not root) may hold.
+    pub max_user_handles: Option<usize>,
     /// kmsfs's own settings as options, for fstab and mount(8).
     pub settings: Settings,
 }
@@ -118,6 +120,14 @@ pub fn parse_options(raw: &[String]) -> Result<Options, MountError> {
                 o.remount = true;
                 continue;
             }
+            s if let Some(n) = s.strip_prefix("max_user_handles=") => {
+                o.max_user_handles = Some(n.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                    MountError::Usage(format!(
+                        "max_user_handles={n}: a number of handles, at least 1"
+                    ))
+                })?);
+                continue;
+            }
             s if let Some(why) = ignored_option(s) => {
                 o.ignored.push((s.to_string(), why));
                 continue;
@@ -189,8 +199,8 @@ fn unknown_option(other: &str) -> MountError {
         "unknown mount option {other:?} (known: allow_other, allow_root, \
          default_permissions, ro, rw, auto_unmount, [no]dev, [no]suid, [no]exec, \
          [no]atime, relatime, strictatime, nodiratime, lazytime, sync, async, \
-         dirsync, fsname=, subtype=, nonempty, sharedstorage, keystore=, key_id=, \
-         passphrase_file=, log_file=; ignored: defaults, [no]auto, [no]user, users, \
+         dirsync, fsname=, subtype=, nonempty, sharedstorage, max_user_handles=, \
+         keystore=, key_id=, passphrase_file=, log_file=; ignored: defaults, [no]auto, [no]user, users, \
          _netdev, nofail, x-*, [no]acl, dax, inlinecrypt, ...)"
     ))
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::control::{self, CountingService, MountState};
 use super::options::{Options, parse_options};
 use super::{MountError, MountRequest, TTL};
-use crate::fs::{FsConfig, KmsFs, MountFlag, Session};
+use crate::fs::{FsConfig, HandleLimits, KmsFs, MountFlag, Session};
 use crate::logtext::escaped;
 use crate::os;
 
@@ -125,6 +125,21 @@ fn build_filesystem(
     o: &Options,
 ) -> Result<(KmsFs, Arc<CountingService>), MountError> {
     let counting = Arc::new(CountingService::new(req.ks.clone()));
+    // Every handle a user holds through the mount holds a descriptor here
+    // (or shares one): as many as the hard limit allows.
+    let fd_limit = match os::process::raise_fd_limit() {
+        Ok(n) => n,
+        Err((n, e)) => {
+            log::warn!("could not raise the descriptor limit above {n}: {e}");
+            n
+        }
+    };
+    let handles = HandleLimits::for_fd_limit(fd_limit, o.max_user_handles);
+    log::info!(
+        "handles: {} per user, {} for all users but root together (descriptor limit {fd_limit})",
+        handles.per_user,
+        handles.all_users
+    );
     let mut fs = KmsFs::new(FsConfig {
         backing: req.backing.clone(),
         ks: counting.clone(),
@@ -137,6 +152,7 @@ fn build_filesystem(
         } else {
             TTL
         },
+        handles,
     })
     .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;
     fs.enter_backing()

@@ -34,6 +34,20 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind a directory entry's d_type says; None for DT_UNKNOWN.
+    pub fn from_dtype(t: u8) -> Option<Self> {
+        Some(match t {
+            libc::DT_DIR => Kind::Directory,
+            libc::DT_REG => Kind::RegularFile,
+            libc::DT_LNK => Kind::Symlink,
+            libc::DT_FIFO => Kind::NamedPipe,
+            libc::DT_CHR => Kind::CharDevice,
+            libc::DT_BLK => Kind::BlockDevice,
+            libc::DT_SOCK => Kind::Socket,
+            _ => return None,
+        })
+    }
+
     /// The kind of a std file type (a regular file when unknown).
     pub fn from_std(t: std::fs::FileType) -> Self {
         use std::os::unix::fs::FileTypeExt;

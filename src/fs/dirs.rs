@@ -1,155 +1,280 @@
-//! Open directories: each opendir handle keeps the backing directory's
-//! descriptor, so that fstat of the handle and its listings still reach that
-//! very directory after a rename moved it or replaced it (its name then
-//! leads elsewhere or nowhere), and the snapshot its readdir serves from,
-//! taken afresh whenever a listing starts at offset 0 (the first readdir,
-//! rewinddir, seekdir to the start), so names made since opendir show;
-//! and the filesystem's directory operations over them.
+//! Open directories. Every opendir handle of one directory inode shares
+//! one descriptor of the backing directory, opened when the first handle
+//! opens, so that fstat of a handle and its listings still reach that very
+//! directory after a rename moved or replaced it (its name then leads
+//! elsewhere or nowhere). Listings are read from the directory itself, one
+//! getdents64 at a time from the position the kernel asks for (the
+//! directory's own positions are the offsets the kernel gets): no handle
+//! holds a copy of a directory, so a handle costs a few dozen bytes however
+//! large the directory, and a listing from offset 0 sees the directory as
+//! it is now. Each handle is charged to its user's budget (budget.rs).
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::fs::{File, Metadata};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use super::attr::{Attr, Kind, attr_of};
+use super::budget::Charge;
 use super::error::FsError;
 use super::filesystem::{KmsFs, lock};
 use super::node::{backing_key, stat_at};
+use crate::kms::Caller;
 use crate::os;
 
-/// One entry of a directory snapshot.
+/// One entry of a directory listing.
 #[derive(Debug, Clone)]
 pub struct DirEntry {
-    /// Name in the directory.
+    /// Name in the directory (`.` and `..` included).
     pub name: OsString,
     /// File type.
     pub kind: Kind,
     /// Backing inode number (reported by plain readdir).
     pub backing_ino: u64,
+    /// The offset of the entry after it.
+    pub next: u64,
 }
 
-/// One opendir handle.
+impl DirEntry {
+    /// True for `.` and `..`.
+    pub fn is_dot(&self) -> bool {
+        self.name == "." || self.name == ".."
+    }
+}
+
+/// The descriptor every handle of one directory inode shares.
 #[derive(Debug)]
-pub(super) struct DirHandle {
+pub(super) struct SharedDir {
     ino: u64,
     dir: File,
-    /// The listing under way; None until the first readdir.
-    entries: Mutex<Option<Arc<Vec<DirEntry>>>>,
+    /// One reader at a time: a read is a seek and a getdents64.
+    reading: Mutex<()>,
 }
 
-impl DirHandle {
-    /// The entries a readdir at `offset` serves from: listed afresh at 0,
-    /// else the snapshot of the listing under way. A handle's first readdir
-    /// may come at an offset other than 0: the kernel caches listings
-    /// (FOPEN_CACHE_DIR) and hands a reader over to the daemon where its
-    /// cache ends, at the offset that another handle's listing gave; the
-    /// handle then lists the directory, in the same order as that listing
-    /// when the directory has not changed since.
-    pub(super) fn entries(&self, offset: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
-        let mut snapshot = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        match &*snapshot {
-            Some(s) if offset != 0 => Ok(s.clone()),
-            _ => {
-                let mut all = list(&self.dir)?;
-                all.retain(|e| !super::node::is_reserved(self.ino, &e.name));
-                let all = Arc::new(all);
-                *snapshot = Some(all.clone());
-                Ok(all)
+impl SharedDir {
+    /// The entries from `pos` on, from as many reads as it takes to find
+    /// one (a read of only reserved names is passed over); empty at the end.
+    fn batch_from(&self, mut pos: u64) -> Result<Vec<DirEntry>, FsError> {
+        loop {
+            let raw = {
+                let _one = lock(&self.reading);
+                os::dir::read_dir_at(&self.dir, pos)?
+            };
+            let Some(last) = raw.last().map(|e| e.next) else {
+                return Ok(Vec::new());
+            };
+            let b = self.entries_of(raw);
+            if !b.is_empty() {
+                return Ok(b);
+            }
+            pos = last;
+        }
+    }
+
+    /// The entries the mount shows of what getdents64 gave: kmsfs's
+    /// reserved names in the root are left out, and each has its kind.
+    fn entries_of(&self, raw: Vec<os::dir::RawEntry>) -> Vec<DirEntry> {
+        let mut out = Vec::with_capacity(raw.len());
+        for e in raw {
+            if super::node::is_reserved(self.ino, &e.name) {
+                continue;
+            }
+            let kind = match Kind::from_dtype(e.d_type) {
+                Some(k) => k,
+                // The file system does not say: ask (gone meanwhile: skip).
+                None => match stat_at(&self.dir, &e.name) {
+                    Ok(m) => Kind::from_std(m.file_type()),
+                    Err(_) => continue,
+                },
+            };
+            out.push(DirEntry {
+                name: e.name,
+                kind,
+                backing_ino: e.ino,
+                next: e.next,
+            });
+        }
+        out
+    }
+}
+
+/// A listing from one offset on: the entries of one read of the
+/// directory, and further reads as the reply takes more. A read that fails
+/// after the first ends the listing there (the kernel asks again from the
+/// last offset it took).
+#[derive(Debug)]
+pub struct Listing {
+    dir: Arc<SharedDir>,
+    batch: std::vec::IntoIter<DirEntry>,
+    next: u64,
+    end: bool,
+}
+
+impl Iterator for Listing {
+    type Item = DirEntry;
+
+    fn next(&mut self) -> Option<DirEntry> {
+        loop {
+            if let Some(e) = self.batch.next() {
+                self.next = e.next;
+                return Some(e);
+            }
+            if self.end {
+                return None;
+            }
+            match self.dir.batch_from(self.next) {
+                Ok(b) if !b.is_empty() => self.batch = b.into_iter(),
+                _ => self.end = true,
             }
         }
     }
 }
 
-/// Lists directory `dir` (through /proc, so exactly that directory, wherever
-/// its name went).
-fn list(dir: &File) -> Result<Vec<DirEntry>, FsError> {
-    let mut entries = Vec::new();
-    for e in std::fs::read_dir(os::proc_fd_path(dir))? {
-        let e = e?;
-        let Ok(ft) = e.file_type() else { continue };
-        let name: OsString = e.file_name();
-        entries.push(DirEntry {
-            name,
-            kind: Kind::from_std(ft),
-            backing_ino: std::os::unix::fs::DirEntryExt::ino(&e),
-        });
-    }
-    Ok(entries)
+/// One opendir handle.
+#[derive(Debug)]
+pub(super) struct DirHandle {
+    dir: Arc<SharedDir>,
+    /// Given back when the handle closes.
+    _charge: Charge,
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    handles: HashMap<u64, DirHandle>,
+    /// The shared descriptor of each directory inode with a handle open.
+    by_ino: HashMap<u64, Weak<SharedDir>>,
 }
 
 /// Every open directory handle.
 #[derive(Debug)]
 pub(super) struct DirTable {
-    map: Mutex<HashMap<u64, Arc<DirHandle>>>,
+    tables: Mutex<Tables>,
     next: AtomicU64,
 }
 
 impl Default for DirTable {
     fn default() -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
+            tables: Mutex::new(Tables::default()),
             next: AtomicU64::new(1),
         }
     }
 }
 
 impl DirTable {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<DirHandle>>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
+        lock(&self.tables)
     }
 
-    /// A new handle on directory `dir`, FUSE inode `ino`.
-    pub(super) fn open(&self, ino: u64, dir: File) -> u64 {
-        let fh = self.next.fetch_add(1, Ordering::Relaxed);
-        let h = DirHandle {
-            ino,
-            dir,
-            entries: Mutex::new(None),
+    /// The shared descriptor of directory inode `ino` if a handle has one.
+    fn shared(&self, ino: u64) -> Option<Arc<SharedDir>> {
+        self.lock().by_ino.get(&ino).and_then(Weak::upgrade)
+    }
+
+    /// A new handle on directory inode `ino`: its shared descriptor if a
+    /// handle has one, else `open()`'s, which becomes the shared one.
+    pub(super) fn open(
+        &self,
+        ino: u64,
+        charge: Charge,
+        open: impl FnOnce() -> Result<File, FsError>,
+    ) -> Result<u64, FsError> {
+        let dir = match self.shared(ino) {
+            Some(d) => d,
+            None => {
+                // Opened outside the table's lock; two first opens racing
+                // both make one, and the later one is shared from then on.
+                let d = Arc::new(SharedDir {
+                    ino,
+                    dir: open()?,
+                    reading: Mutex::new(()),
+                });
+                let mut t = self.lock();
+                match t.by_ino.get(&ino).and_then(Weak::upgrade) {
+                    Some(other) => other,
+                    None => {
+                        t.by_ino.insert(ino, Arc::downgrade(&d));
+                        d
+                    }
+                }
+            }
         };
-        self.lock().insert(fh, Arc::new(h));
-        fh
+        let fh = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().handles.insert(
+            fh,
+            DirHandle {
+                dir,
+                _charge: charge,
+            },
+        );
+        Ok(fh)
     }
 
-    /// Handle `fh` (EBADF when unknown).
-    pub(super) fn get(&self, fh: u64) -> Result<Arc<DirHandle>, FsError> {
-        self.lock().get(&fh).cloned().ok_or(FsError::NotOpen)
+    /// The shared directory of handle `fh` (EBADF when unknown).
+    fn get(&self, fh: u64) -> Result<Arc<SharedDir>, FsError> {
+        self.lock()
+            .handles
+            .get(&fh)
+            .map(|h| h.dir.clone())
+            .ok_or(FsError::NotOpen)
     }
 
-    /// fstat of some open handle of directory `ino`, if there is one.
+    /// fstat of an open handle of directory `ino`, if there is one.
     pub(super) fn metadata(&self, ino: u64) -> Option<Result<Metadata, FsError>> {
-        let h = self.lock().values().find(|h| h.ino == ino).cloned()?;
-        Some(h.dir.metadata().map_err(FsError::from))
+        let d = self.shared(ino)?;
+        Some(d.dir.metadata().map_err(FsError::from))
     }
 
-    /// Closes handle `fh`.
+    /// Closes handle `fh` (the shared descriptor goes with the last).
     pub(super) fn release(&self, fh: u64) {
-        self.lock().remove(&fh);
+        let mut t = self.lock();
+        if let Some(h) = t.handles.remove(&fh) {
+            let ino = h.dir.ino;
+            drop(h);
+            if t.by_ino.get(&ino).is_some_and(|w| w.strong_count() == 0) {
+                t.by_ino.remove(&ino);
+            }
+        }
     }
 
     /// Closes every handle (unmount).
     pub(super) fn clear(&self) {
-        self.lock().clear();
+        let mut t = self.lock();
+        t.handles.clear();
+        t.by_ino.clear();
     }
 }
 
 impl KmsFs {
-    /// Opens directory `ino` for readdir; returns its handle.
-    pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
-        // Opened beneath the root through no symlink, checked to be `ino`
-        // (and listed through its descriptor): the handle is of exactly
-        // that directory.
-        let dir = self
-            .open_checked(ino, libc::O_RDONLY | libc::O_DIRECTORY)?
-            .file;
-        Ok(self.dirs.open(ino, dir))
+    /// Opens directory `ino` for readdir, charged to `caller`'s handle
+    /// budget (EMFILE past it); returns its handle.
+    pub fn opendir(&self, ino: u64, caller: &Caller) -> Result<u64, FsError> {
+        let charge = self.budget.charge(caller.uid)?;
+        // Checked beneath the root through no symlink to be `ino` (and
+        // listed through the descriptor of what was checked): the handle is
+        // of exactly that directory.
+        let node = self.open_checked(ino, libc::O_PATH | libc::O_DIRECTORY)?;
+        self.dirs.open(ino, charge, || {
+            Ok(os::beneath::reopen(
+                &node.file,
+                libc::O_RDONLY | libc::O_DIRECTORY,
+            )?)
+        })
     }
 
-    /// The entries of directory handle `fh` for a readdir at `offset` (a
-    /// listing from offset 0 sees the directory as it is now).
-    pub fn dir_entries(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
-        self.dirs.get(fh)?.entries(offset)
+    /// The listing of directory handle `fh` from `offset` (0: the start, as
+    /// the directory is now; else an offset an entry gave as its `next`).
+    pub fn dir_entries(&self, fh: u64, offset: u64) -> Result<Listing, FsError> {
+        let dir = self.dirs.get(fh)?;
+        let first = dir.batch_from(offset)?;
+        Ok(Listing {
+            end: first.is_empty(),
+            batch: first.into_iter(),
+            next: offset,
+            dir,
+        })
     }
 
     /// Closes a directory handle.
@@ -171,7 +296,7 @@ impl KmsFs {
         &self,
         dir: &File,
         dir_rel: &Path,
-        name: &OsStr,
+        name: &std::ffi::OsStr,
         add: impl FnOnce(&Attr) -> bool,
     ) -> Result<bool, FsError> {
         let rel = dir_rel.join(name);
@@ -190,21 +315,56 @@ impl KmsFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::budget::{Budget, HandleLimits};
+
+    fn names(l: &mut dyn Iterator<Item = DirEntry>) -> Vec<String> {
+        let mut v: Vec<String> = l
+            .filter(|e| !e.is_dot())
+            .map(|e| e.name.into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn listing(t: &DirTable, fh: u64, offset: u64) -> Listing {
+        let dir = t.get(fh).unwrap();
+        let first = dir.batch_from(offset).unwrap();
+        Listing {
+            end: first.is_empty(),
+            batch: first.into_iter(),
+            next: offset,
+            dir,
+        }
+    }
 
     #[test]
-    fn a_listing_from_offset_zero_sees_new_names_and_the_handle_outlives_the_name() {
+    fn handles_share_one_descriptor_and_a_listing_sees_the_directory_now() {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path().join("d");
         std::fs::create_dir(&d).unwrap();
         std::fs::write(d.join("a"), b"").unwrap();
+        let budget = Budget::new(HandleLimits::unlimited());
         let t = DirTable::default();
-        let fh = t.open(7, File::open(&d).unwrap());
-        let h = t.get(fh).unwrap();
-        assert_eq!(h.entries(0).unwrap().len(), 1);
+        let mut opened = 0;
+        let mut open = |t: &DirTable| {
+            t.open(7, budget.charge(1000).unwrap(), || {
+                opened += 1;
+                Ok(File::open(&d)?)
+            })
+            .unwrap()
+        };
+        let fh = open(&t);
+        let other = open(&t);
+        assert_eq!(opened, 1, "the second handle shares the first's descriptor");
+        assert_eq!(budget.held(1000), 2);
+        assert_eq!(names(&mut listing(&t, fh, 0)), ["a"]);
         std::fs::write(d.join("b"), b"").unwrap();
-        // A listing under way keeps its snapshot; one from the start does not.
-        assert_eq!(h.entries(1).unwrap().len(), 1);
-        assert_eq!(h.entries(0).unwrap().len(), 2);
+        assert_eq!(names(&mut listing(&t, other, 0)), ["a", "b"]);
+        // From the offset one entry gave: the entries after it.
+        let all: Vec<DirEntry> = listing(&t, fh, 0).collect();
+        let rest: Vec<DirEntry> = listing(&t, fh, all[0].next).collect();
+        assert_eq!(rest.len(), all.len() - 1);
+        assert_eq!(rest[0].name, all[1].name);
         // Renamed away and replaced: the handle still reaches its directory.
         std::fs::rename(&d, tmp.path().join("moved")).unwrap();
         std::fs::create_dir(&d).unwrap();
@@ -215,15 +375,13 @@ mod tests {
                 &std::fs::metadata(tmp.path().join("moved")).unwrap()
             )
         );
-        assert_eq!(h.entries(0).unwrap().len(), 2);
+        assert_eq!(names(&mut listing(&t, fh, 0)), ["a", "b"]);
         assert!(t.metadata(8).is_none());
-        // A handle whose first readdir comes past the start (the kernel's
-        // cached listing ended there) lists the directory.
-        let fresh = t.open(7, File::open(tmp.path().join("moved")).unwrap());
-        assert_eq!(t.get(fresh).unwrap().entries(1).unwrap().len(), 2);
-        t.release(fresh);
+        t.release(other);
+        assert!(t.metadata(7).is_some());
         t.release(fh);
         assert!(t.metadata(7).is_none());
+        assert_eq!(budget.held(1000), 0);
         assert_eq!(t.get(fh).err().map(|e| e.errno()), Some(libc::EBADF));
     }
 }

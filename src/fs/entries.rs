@@ -27,14 +27,15 @@ impl KmsFs {
         let (dir, name, rel) = self.in_dir(parent, name)?;
         let backing = self.backing_path(&rel);
         let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
-        let file = os::beneath::open_beneath(&dir, Path::new(&name), flags, mode & 0o7777)?;
-        super::file::share_lock(&file, &backing);
-        let sealed = self.new_group(&dir, caller).and_then(|(gid, setgid_dir)| {
-            // Owner first: a chown clears S_ISUID/S_ISGID, which the exact
-            // mode then puts back.
+        // Made 0600 and root's: the caller's mode (setid bits included)
+        // only once the file is the caller's, so there is no moment at which
+        // a root-owned file carries them, or others may open it.
+        let file = os::beneath::open_beneath(&dir, Path::new(&name), flags, 0o600)?;
+        let sealed = self.new_group(&dir, caller).and_then(|(gid, _)| {
+            super::file::share_lock(&file, &backing)?;
             self.set_owner(&file, caller, gid)?;
-            if let Some(mode) = self.mode_to_set(mode, setgid_dir, false) {
-                file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            if mode & 0o7777 != 0o600 {
+                file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
             }
             self.create_encrypted(file, caller, &backing)
                 .map_err(|e| FsError::envelope(e, &backing))
@@ -54,6 +55,20 @@ impl KmsFs {
         Ok((attr, f))
     }
 
+    /// `create` for the kernel: charged to the caller's handle budget
+    /// (EMFILE past it, before anything is made); the handle number.
+    pub fn create_handle(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        caller: &Caller,
+    ) -> Result<(Attr, u64), FsError> {
+        let charge = self.budget.charge(caller.uid)?;
+        let (attr, _) = self.create(parent, name, mode, caller)?;
+        Ok((attr, self.files.add(attr.ino, charge)))
+    }
+
     /// mknod: FIFOs, sockets, devices; a regular file made by mknod still
     /// gets a header and data key.
     pub fn mknod(
@@ -71,7 +86,7 @@ impl KmsFs {
             return Ok(attr);
         }
         let (dir, name, rel) = self.in_dir(parent, name)?;
-        os::beneath::mknodat(&dir, &name, mode, rdev)?;
+        os::beneath::mknodat(&dir, &name, (mode & libc::S_IFMT) | 0o600, rdev)?;
         self.adopt_new_node(&rel, &dir, &name, caller, Some(mode))
     }
 
@@ -85,7 +100,7 @@ impl KmsFs {
     ) -> Result<Attr, FsError> {
         self.writable()?;
         let (dir, name, rel) = self.in_dir(parent, name)?;
-        os::beneath::mkdirat(&dir, &name, mode & 0o7777)?;
+        os::beneath::mkdirat(&dir, &name, 0o700)?;
         self.adopt_new_node(&rel, &dir, &name, caller, Some(libc::S_IFDIR | mode))
     }
 
@@ -138,9 +153,10 @@ impl KmsFs {
 
     /// After making node `name` in `dir` (at `rel`): give it to the caller
     /// (with the directory's group when it is setgid) and register it. Then
-    /// `mode` (not for symlinks) is set exactly, despite the daemon's umask
-    /// and the chown (which clears S_ISUID/S_ISGID). Nothing here follows a
-    /// symlink swapped in meanwhile.
+    /// `mode` (not for symlinks) is set exactly: nodes are made 0600 (0700),
+    /// so no root-owned node carries the caller's mode, setid bits or
+    /// others' access before the chown. Nothing here follows a symlink
+    /// swapped in meanwhile.
     fn adopt_new_node(
         &self,
         rel: &Path,
@@ -152,8 +168,8 @@ impl KmsFs {
         let (gid, setgid_dir) = self.new_group(dir, caller)?;
         self.set_owner_at(dir, name, caller, gid)?;
         let is_dir = |m: u32| m & libc::S_IFMT == libc::S_IFDIR;
-        if let Some(mode) = mode.and_then(|m| self.mode_to_set(m, setgid_dir, is_dir(m))) {
-            os::beneath::fchmodat_nofollow(dir, name, mode)?;
+        if let Some(m) = mode {
+            os::beneath::fchmodat_nofollow(dir, name, final_mode(m, setgid_dir, is_dir(m)))?;
         }
         let m = os::beneath::open_node(dir, name).and_then(|n| n.metadata())?;
         Ok(self.entry(rel, &m))
@@ -169,20 +185,6 @@ impl KmsFs {
         } else {
             Ok((caller.gid, false))
         }
-    }
-
-    /// The mode to set on a new node after its owner, if one must be set.
-    /// The kernel already applied the caller's umask to `mode`; the daemon's
-    /// own umask may have removed bits, and the chown to the caller cleared
-    /// S_ISUID/S_ISGID. A directory made in a setgid directory is setgid too
-    /// (the kernel does not pass that bit to mkdir).
-    fn mode_to_set(&self, mode: u32, setgid_dir: bool, is_dir: bool) -> Option<u32> {
-        let mut mode = mode & 0o7777;
-        if is_dir && setgid_dir {
-            mode |= libc::S_ISGID;
-        }
-        let umask_strips = mode & self.umask & 0o7777 != 0;
-        (mode & (libc::S_ISUID | libc::S_ISGID) != 0 || umask_strips).then_some(mode)
     }
 
     /// A new file belongs to the caller, with group `gid` (the daemon runs
@@ -216,5 +218,17 @@ impl KmsFs {
             Some(caller.uid),
             Some(gid),
         )?)
+    }
+}
+
+/// The mode a new node gets after its owner: `mode`'s permission bits (the
+/// kernel applied the caller's umask already), and setgid for a directory
+/// made in a setgid directory (the kernel does not pass that bit to mkdir).
+fn final_mode(mode: u32, setgid_dir: bool, is_dir: bool) -> u32 {
+    let mode = mode & 0o7777;
+    if is_dir && setgid_dir {
+        mode | libc::S_ISGID
+    } else {
+        mode
     }
 }

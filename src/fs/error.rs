@@ -62,6 +62,13 @@ pub enum FsError {
     /// An offset or length too large (EFBIG).
     #[error("offset or length too large")]
     TooBig,
+    /// The backing file is locked for writing by another process, a rewrap
+    /// or someone who may write it (EAGAIN).
+    #[error("busy")]
+    Busy,
+    /// The caller holds as many handles as the mount allows one user (EMFILE).
+    #[error("too many open handles")]
+    TooManyOpen,
 }
 
 impl FsError {
@@ -92,6 +99,8 @@ impl FsError {
             FsError::TooSmall => libc::ERANGE,
             FsError::PastEnd => libc::ENXIO,
             FsError::TooBig => libc::EFBIG,
+            FsError::Busy => libc::EAGAIN,
+            FsError::TooManyOpen => libc::EMFILE,
         }
     }
 }

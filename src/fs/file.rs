@@ -6,6 +6,8 @@
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use super::error::FsError;
 use super::filesystem::{KmsFs, lock};
@@ -232,7 +234,7 @@ impl KmsFs {
         };
         let Checked { file, meta: m, rel } = self.open_checked(ino, acc | noatime)?;
         let abs = self.backing_path(&rel);
-        share_lock(&file, &abs);
+        share_lock(&file, &abs)?;
         if m.is_dir() {
             return Err(FsError::IsDirectory);
         }
@@ -282,6 +284,27 @@ impl KmsFs {
 
     /// Releases one handle of `ino`.
     pub fn release(&self, ino: u64) {
+        self.opens.release(ino);
+    }
+
+    /// `open_keeping` for the kernel: the open is charged to the caller's
+    /// handle budget (EMFILE past it); returns the handle number for the
+    /// kernel and whether it may keep cached pages.
+    pub fn open_handle(
+        &self,
+        ino: u64,
+        caller: &Caller,
+        truncate: bool,
+        writing: bool,
+    ) -> Result<(u64, bool), FsError> {
+        let charge = self.budget.charge(caller.uid)?;
+        let (_, keep) = self.open_keeping(ino, caller, truncate, writing)?;
+        Ok((self.files.add(ino, charge), keep))
+    }
+
+    /// Releases handle `fh` (of inode `ino`) and its charge.
+    pub fn release_handle(&self, ino: u64, fh: u64) {
+        let ino = self.files.remove(fh).unwrap_or(ino);
         self.opens.release(ino);
     }
 
@@ -370,7 +393,10 @@ impl KmsFs {
 
     /// copy_file_range: decrypts and encrypts again (the two files have
     /// different keys), at most MAX_WRITE bytes; the caller loops for the
-    /// rest. Returns the bytes copied.
+    /// rest. Returns the bytes copied. Like a write, it takes setuid and
+    /// setgid from the destination when `caller` lacks CAP_FSETID (the
+    /// kernel sends no kill flag with it, and may hold a mode cached from
+    /// before the bits were set beside the mount).
     pub fn copy_range(
         &self,
         ino_in: u64,
@@ -378,25 +404,70 @@ impl KmsFs {
         ino_out: u64,
         offset_out: u64,
         len: u64,
+        caller: &Caller,
     ) -> Result<u32, FsError> {
         let src = self.open_state(ino_in)?;
         let dst = self.open_state(ino_out)?;
+        if privs::drop_for(dst.read().file(), caller, Kill::IfUnprivileged)? {
+            self.kernel.attr_changed(ino_out);
+        }
         let data = src.read_at(offset_in, len.min(u64::from(MAX_WRITE)) as usize)?;
         dst.write_at(&data, offset_out)?;
         Ok(data.len() as u32)
     }
 }
 
-/// Takes a shared flock on a backing file the mount holds open, for as long
-/// as it holds it: `kmsfs rewrap` takes the exclusive lock without waiting
-/// and skips a locked file as busy (docs/TREE.md). Taken before the header
-/// is read, so a rewrap in progress (a few milliseconds) finishes first and
-/// this open reads the new header. A file system without flock goes on
-/// without it.
-pub(super) fn share_lock(file: &File, abs: &Path) {
-    if let Err(e) = file.lock_shared() {
-        log::debug!("{}: no shared lock: {e}", crate::logtext::escaped(abs));
+/// How long an open waits for a backing file's rewrap lock at most.
+const LOCK_WAIT: Duration = Duration::from_millis(200);
+
+/// How many serving threads may wait for a rewrap lock at once: the others
+/// get EAGAIN at once, so that no user can tie up every thread this way.
+const LOCK_WAITERS: usize = 1;
+
+static WAITING: AtomicUsize = AtomicUsize::new(0);
+
+/// Takes a read lock (an OFD lock, `os::beneath::try_ofd_lock`) on a backing
+/// file the mount holds open, for as long as it holds it: `kmsfs rewrap`
+/// takes the write lock without waiting and skips a locked file as busy
+/// (docs/TREE.md). Taken before the header is read, so a rewrap in progress
+/// (a few milliseconds) finishes first and this open reads the new header.
+///
+/// Never a wait on something another user controls: only a descriptor open
+/// for writing can hold a conflicting lock (rewrap, or someone who may write
+/// the backing file and so could spoil it anyway; a flock, which any reader
+/// can take, does not conflict). Even then one serving thread at most waits,
+/// for `LOCK_WAIT` at most; the open then fails with EAGAIN. A file system
+/// without these locks goes on without.
+pub(super) fn share_lock(file: &File, abs: &Path) -> Result<(), FsError> {
+    let attempt = || match os::beneath::try_ofd_lock(file, false) {
+        Ok(taken) => taken,
+        Err(e) => {
+            log::debug!("{}: no read lock: {e}", crate::logtext::escaped(abs));
+            true
+        }
+    };
+    if attempt() {
+        return Ok(());
     }
+    let busy = || {
+        log::info!(
+            "{}: locked for writing by another process; the open gets EAGAIN",
+            crate::logtext::escaped(abs)
+        );
+        FsError::Busy
+    };
+    if WAITING.fetch_add(1, Ordering::SeqCst) >= LOCK_WAITERS {
+        WAITING.fetch_sub(1, Ordering::SeqCst);
+        return Err(busy());
+    }
+    let start = Instant::now();
+    let mut taken = false;
+    while !taken && start.elapsed() < LOCK_WAIT {
+        std::thread::sleep(Duration::from_millis(2));
+        taken = attempt();
+    }
+    WAITING.fetch_sub(1, Ordering::SeqCst);
+    if taken { Ok(()) } else { Err(busy()) }
 }
 
 #[cfg(test)]
@@ -504,6 +575,7 @@ mod tests {
             read_only: false,
             noatime: false,
             ttl: Duration::from_secs(1),
+            handles: crate::fs::HandleLimits::unlimited(),
         })
         .unwrap();
         (dir, ks, fs)
@@ -688,7 +760,7 @@ mod tests {
             fs.lookup(da, OsStr::new("in-b")).err().map(|e| e.errno()),
             stale
         );
-        assert_eq!(fs.opendir(da).err().map(|e| e.errno()), stale);
+        assert_eq!(fs.opendir(da, &ROOT).err().map(|e| e.errno()), stale);
         assert_eq!(
             fs.create(da, OsStr::new("new"), 0o600, &ROOT)
                 .err()

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use super::budget::{Budget, FileHandles, HandleLimits};
 use super::dirs::DirTable;
 use super::error::FsError;
 use super::inodes::InodeTable;
@@ -36,6 +37,8 @@ pub struct FsConfig {
     pub noatime: bool,
     /// Entry and attribute time-to-live given to the kernel.
     pub ttl: Duration,
+    /// How many handles one user, and all users together, may hold.
+    pub handles: HandleLimits,
 }
 
 impl std::fmt::Debug for FsConfig {
@@ -46,6 +49,7 @@ impl std::fmt::Debug for FsConfig {
             .field("read_only", &self.read_only)
             .field("noatime", &self.noatime)
             .field("ttl", &self.ttl)
+            .field("handles", &self.handles)
             .finish()
     }
 }
@@ -58,10 +62,12 @@ pub struct KmsFs {
     pub(super) opens: OpenTable,
     pub(super) keys: KeyCache,
     pub(super) dirs: DirTable,
+    /// The handles each user holds, against `cfg.handles`.
+    pub(super) budget: Arc<Budget>,
+    /// Open file handles, each charged to its user.
+    pub(super) files: FileHandles,
     /// Serialises giving headers to empty backing files.
     pub(super) init_lock: Mutex<()>,
-    /// The daemon's umask (new nodes get their exact mode despite it).
-    pub(super) umask: u32,
     /// The backing directory, which file opens may not leave.
     pub(super) root: File,
     /// Read-only now (starts as `cfg.read_only`; a remount changes it).
@@ -127,8 +133,9 @@ impl KmsFs {
             opens: OpenTable::new(),
             keys: KeyCache::new(),
             dirs: DirTable::default(),
+            budget: Budget::new(cfg.handles),
+            files: FileHandles::default(),
             init_lock: Mutex::new(()),
-            umask: os::process::umask(),
             root,
             read_only: Arc::new(AtomicBool::new(cfg.read_only)),
             cfg,
@@ -189,6 +196,7 @@ impl KmsFs {
 
     /// Unmount: sync and close every open file, drop every data key.
     pub fn shutdown(&self) {
+        self.files.clear();
         self.opens.close_all();
         self.keys.clear();
         self.dirs.clear();

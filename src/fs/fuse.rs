@@ -350,14 +350,14 @@ impl Filesystem for KmsFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let truncate = flags.0 & libc::O_TRUNC != 0;
         let writing = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
-        let body = || KmsFs::open_keeping(self, ino.0, &caller(req), truncate, writing);
-        serve(Op::Open, reply, body, |r, (_, keep)| {
+        let body = || KmsFs::open_handle(self, ino.0, &caller(req), truncate, writing);
+        serve(Op::Open, reply, body, |r, (fh, keep)| {
             let flags = if keep {
                 OPEN_FLAGS | FopenFlags::FOPEN_KEEP_CACHE
             } else {
                 OPEN_FLAGS
             };
-            r.opened(FileHandle(ino.0), flags)
+            r.opened(FileHandle(fh), flags)
         });
     }
 
@@ -409,14 +409,14 @@ impl Filesystem for KmsFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let body = || {
-            KmsFs::release(self, ino.0);
+            KmsFs::release_handle(self, ino.0, fh.0);
             Ok(())
         };
         serve(Op::Release, reply, body, |r, ()| r.ok());
@@ -434,8 +434,8 @@ impl Filesystem for KmsFs {
         serve(Op::Fsync, reply, body, |r, ()| r.ok());
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let body = || KmsFs::opendir(self, ino.0);
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let body = || KmsFs::opendir(self, ino.0, &caller(req));
         serve(Op::Opendir, reply, body, |r, fh| {
             r.opened(FileHandle(fh), self.dir_open_flags())
         });
@@ -451,14 +451,10 @@ impl Filesystem for KmsFs {
     ) {
         let body = || self.dir_entries(fh.0, offset);
         serve(Op::Readdir, reply, body, |mut reply, entries| {
-            let dots = [(".", Kind::Directory), ("..", Kind::Directory)];
-            let all = dots.iter().map(|(n, k)| (OsStr::new(n), *k, ino.0)).chain(
-                entries
-                    .iter()
-                    .map(|e| (e.name.as_os_str(), e.kind, e.backing_ino)),
-            );
-            for (i, (name, kind, eino)) in all.enumerate().skip(offset as usize) {
-                if reply.add(INodeNo(eino), i as u64 + 1, file_type(kind), name) {
+            for e in entries {
+                // "." and ".." are the directory's own inode here.
+                let eino = if e.is_dot() { ino.0 } else { e.backing_ino };
+                if reply.add(INodeNo(eino), e.next, file_type(e.kind), &e.name) {
                     break;
                 }
             }
@@ -486,21 +482,17 @@ impl Filesystem for KmsFs {
         serve(Op::Readdirplus, reply, body, |mut reply, (entries, dir)| {
             let dir_attr = file_attr(&attr_of(ino.0, &dir.meta));
             let ttl = self.ttl();
-            for i in (offset as usize)..entries.len() + 2 {
-                let next = i as u64 + 1;
-                let full = match i {
+            for e in entries {
+                let full = if e.is_dot() {
                     // "." and ".." take no lookup reference in the kernel.
-                    0 => reply.add(ino, next, ".", &ttl, &dir_attr, GENERATION),
-                    1 => reply.add(ino, next, "..", &ttl, &dir_attr, GENERATION),
-                    _ => {
-                        let e = &entries[i - 2];
-                        // An entry gone since the snapshot is skipped (Err -> not full).
-                        self.dir_entry_plus(&dir.file, &dir.rel, &e.name, |a| {
-                            let a = file_attr(a);
-                            reply.add(a.ino, next, &e.name, &ttl, &a, GENERATION)
-                        })
-                        .unwrap_or_default()
-                    }
+                    reply.add(ino, e.next, &e.name, &ttl, &dir_attr, GENERATION)
+                } else {
+                    // An entry gone since it was read is skipped (Err -> not full).
+                    self.dir_entry_plus(&dir.file, &dir.rel, &e.name, |a| {
+                        let a = file_attr(a);
+                        reply.add(a.ino, e.next, &e.name, &ttl, &a, GENERATION)
+                    })
+                    .unwrap_or_default()
                 };
                 if full {
                     break;
@@ -574,8 +566,8 @@ impl Filesystem for KmsFs {
         serve(Op::Getxattr, reply, body, reply_xattr);
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let body = || KmsFs::listxattr(self, ino.0, size);
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let body = || KmsFs::listxattr(self, ino.0, &caller(req), size);
         serve(Op::Listxattr, reply, body, reply_xattr);
     }
 
@@ -601,10 +593,10 @@ impl Filesystem for KmsFs {
     ) {
         let body = || {
             self.writable()?;
-            KmsFs::create(self, parent.0, name, mode, &caller(req))
+            KmsFs::create_handle(self, parent.0, name, mode, &caller(req))
         };
-        serve(Op::Create, reply, body, |r, (attr, _)| {
-            let fh = FileHandle(attr.ino);
+        serve(Op::Create, reply, body, |r, (attr, fh)| {
+            let fh = FileHandle(fh);
             r.created(&self.ttl(), &file_attr(&attr), GENERATION, fh, OPEN_FLAGS)
         });
     }
@@ -625,7 +617,7 @@ impl Filesystem for KmsFs {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         ino_in: INodeNo,
         _fh_in: FileHandle,
         offset_in: u64,
@@ -636,7 +628,10 @@ impl Filesystem for KmsFs {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let body = || self.copy_range(ino_in.0, offset_in, ino_out.0, offset_out, len);
+        let body = || {
+            let who = caller(req);
+            self.copy_range(ino_in.0, offset_in, ino_out.0, offset_out, len, &who)
+        };
         serve(Op::CopyFileRange, reply, body, |r, n| r.written(n));
     }
 

@@ -11,7 +11,7 @@
 //! as the mount runs, as programs expect (tar compares a directory's st_ino
 //! before and after extracting into it; git keeps it in its index).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// The FUSE root inode number.
@@ -24,10 +24,81 @@ pub(super) const ROOT_INO: u64 = 1;
 /// FUSE inode for a file of another type makes it mark the inode bad.
 pub(super) type BackingKey = (u64, u64, u64);
 
+/// The names of one node: the one most recently used, and the others in a
+/// set, so that adding, using and removing a name costs the same with one
+/// hard link or twelve thousand (under the table's lock, which every
+/// request takes).
+#[derive(Debug, Default)]
+struct Names {
+    first: Option<PathBuf>,
+    rest: HashSet<PathBuf>,
+}
+
+impl Names {
+    fn one(p: &Path) -> Self {
+        Names {
+            first: Some(p.to_path_buf()),
+            rest: HashSet::new(),
+        }
+    }
+
+    fn first(&self) -> Option<&Path> {
+        self.first.as_deref()
+    }
+
+    fn contains(&self, p: &Path) -> bool {
+        self.first.as_deref() == Some(p) || self.rest.contains(p)
+    }
+
+    /// Makes `p` the first name (a new one is added); true when it is new.
+    fn use_name(&mut self, p: &Path) -> bool {
+        if self.first.as_deref() == Some(p) {
+            return false;
+        }
+        let new = !self.rest.remove(p);
+        if let Some(old) = self.first.replace(p.to_path_buf()) {
+            self.rest.insert(old);
+        }
+        new
+    }
+
+    /// Adds `p` (not as the first unless it is the only one); true when new.
+    fn add(&mut self, p: &Path) -> bool {
+        if self.contains(p) {
+            return false;
+        }
+        if self.first.is_none() {
+            self.first = Some(p.to_path_buf());
+        } else {
+            self.rest.insert(p.to_path_buf());
+        }
+        true
+    }
+
+    /// Removes `p`; another name becomes the first if it was.
+    fn remove(&mut self, p: &Path) {
+        if self.first.as_deref() == Some(p) {
+            self.first = self.rest.iter().next().cloned();
+            if let Some(f) = &self.first {
+                self.rest.remove(f);
+            }
+        } else {
+            self.rest.remove(p);
+        }
+        if self.rest.capacity() > 64 && self.rest.len() < self.rest.capacity() / 4 {
+            self.rest.shrink_to_fit();
+        }
+    }
+
+    fn into_all(self) -> impl Iterator<Item = PathBuf> {
+        self.first.into_iter().chain(self.rest)
+    }
+}
+
 #[derive(Debug)]
 struct Node {
-    /// Names of this node relative to the backing root, most recently used first.
-    paths: Vec<PathBuf>,
+    /// Names of this node relative to the backing root.
+    paths: Names,
     lookups: u64,
     key: BackingKey,
     is_dir: bool,
@@ -56,7 +127,7 @@ impl InodeTable {
         nodes.insert(
             ROOT_INO,
             Node {
-                paths: vec![PathBuf::new()],
+                paths: Names::one(Path::new("")),
                 lookups: 1,
                 key: root_key,
                 is_dir: true,
@@ -78,17 +149,14 @@ impl InodeTable {
     /// The current relative path of `ino`, if it still has a name.
     #[cfg(test)]
     pub(super) fn path(&self, ino: u64) -> Option<&Path> {
-        self.nodes
-            .get(&ino)
-            .and_then(|n| n.paths.first())
-            .map(PathBuf::as_path)
+        self.nodes.get(&ino).and_then(|n| n.paths.first())
     }
 
     /// The current relative path of `ino`, if it still has a name, and the
     /// identity of the backing file it stands for.
     pub(super) fn node(&self, ino: u64) -> Option<(&Path, BackingKey)> {
         let n = self.nodes.get(&ino)?;
-        Some((n.paths.first()?.as_path(), n.key))
+        Some((n.paths.first()?, n.key))
     }
 
     /// True when `ino` is known.
@@ -104,16 +172,8 @@ impl InodeTable {
             && let Some(n) = self.nodes.get_mut(&ino)
         {
             n.is_dir = is_dir;
-            match n.paths.iter().position(|p| p == path) {
-                Some(0) => {}
-                Some(i) => {
-                    let p = n.paths.remove(i);
-                    n.paths.insert(0, p);
-                }
-                None => {
-                    n.paths.insert(0, path.to_path_buf());
-                    self.index(path, ino);
-                }
+            if n.paths.use_name(path) {
+                self.index(path, ino);
             }
             return ino;
         }
@@ -124,7 +184,7 @@ impl InodeTable {
         self.nodes.insert(
             ino,
             Node {
-                paths: vec![path.to_path_buf()],
+                paths: Names::one(path),
                 lookups: 0,
                 key,
                 is_dir,
@@ -141,7 +201,7 @@ impl InodeTable {
             && old != ino
             && let Some(n) = self.nodes.get_mut(&old)
         {
-            n.paths.retain(|p| p != path);
+            n.paths.remove(path);
         }
     }
 
@@ -149,7 +209,7 @@ impl InodeTable {
     fn unindex(&mut self, path: &Path) -> Option<u64> {
         let ino = self.by_path.remove(path)?;
         if let Some(n) = self.nodes.get_mut(&ino) {
-            n.paths.retain(|p| p != path);
+            n.paths.remove(path);
         }
         Some(ino)
     }
@@ -183,7 +243,7 @@ impl InodeTable {
         }
         let key = node.key;
         if let Some(node) = self.nodes.remove(&ino) {
-            for p in node.paths {
+            for p in node.paths.into_all() {
                 if self.by_path.get(&p) == Some(&ino) {
                     self.by_path.remove(&p);
                 }
@@ -235,7 +295,7 @@ impl InodeTable {
         };
         let is_dir = match self.nodes.get_mut(&ino) {
             Some(n) => {
-                n.paths.insert(0, to.to_path_buf());
+                n.paths.use_name(to);
                 n.is_dir
             }
             None => false,
@@ -251,7 +311,7 @@ impl InodeTable {
                 };
                 let new = to.join(rest);
                 if let Some(n) = self.nodes.get_mut(&child) {
-                    n.paths.insert(0, new.clone());
+                    n.paths.use_name(&new);
                 }
                 self.index(&new, child);
             }
@@ -261,9 +321,8 @@ impl InodeTable {
     /// Adds another name of `ino` (a new hard link).
     pub(super) fn add_path(&mut self, ino: u64, path: &Path) {
         if let Some(n) = self.nodes.get_mut(&ino)
-            && !n.paths.iter().any(|p| p == path)
+            && n.paths.add(path)
         {
-            n.paths.push(path.to_path_buf());
             self.index(path, ino);
         }
     }
@@ -381,5 +440,26 @@ mod tests {
         assert_eq!(t.path(a), Some(Path::new("b")));
         assert_eq!(t.path(c), Some(Path::new("b/c")));
         assert_eq!(t.path(b), Some(Path::new("a")));
+    }
+
+    #[test]
+    fn many_hard_links_cost_no_more_per_name() {
+        let mut t = InodeTable::new((1, 2, 0));
+        let n = 20_000;
+        let f = t.lookup(&p("l0"), (1, 10, 0), false);
+        for i in 1..n {
+            t.add_path(f, &p(&format!("l{i}")));
+        }
+        // Listings (readdirplus) resolve every name, each now the first.
+        for i in 0..n {
+            assert_eq!(t.resolve(&p(&format!("l{i}")), (1, 10, 0), false), f);
+        }
+        assert_eq!(t.path(f), Some(Path::new("l19999")));
+        for i in (1..n).rev() {
+            t.remove_path(&p(&format!("l{i}")));
+        }
+        assert_eq!(t.path(f), Some(Path::new("l0")));
+        t.remove_path(&p("l0"));
+        assert_eq!(t.path(f), None);
     }
 }

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod attr;
+mod budget;
 mod dirs;
 mod entries;
 mod error;
@@ -23,6 +24,7 @@ mod privs;
 mod stats;
 mod xattr;
 
+pub use self::budget::{DEFAULT_USER_HANDLES, HandleLimits};
 pub use self::error::FsError;
 pub use self::filesystem::{FsConfig, KmsFs};
 pub use self::fuse::Session;

@@ -65,7 +65,10 @@ impl KmsFs {
     /// `ino`, while the name it had can lead elsewhere by now (renamed or
     /// replaced in the backing directory by anyone who may write there):
     /// then ESTALE, so that the kernel looks the name up again and checks
-    /// the permissions of what is there now. Whatever the caller then does,
+    /// the permissions of what is there now. The check is made on an O_PATH
+    /// descriptor, before anything is opened for I/O: a FIFO or device in
+    /// the node's place is never opened (its type is part of the key).
+    /// Whatever the caller then does,
     /// it does through the returned descriptor, so the object checked is the
     /// object used. A node with no name left is ENOENT.
     pub fn open_checked(&self, ino: u64, flags: i32) -> Result<Checked, FsError> {
@@ -81,7 +84,11 @@ impl KmsFs {
             );
             FsError::Stale
         };
-        let file = os::beneath::open_beneath(&self.root, os::or_dot(&rel), flags, 0).map_err(
+        // First an O_PATH descriptor, which opens nothing (a FIFO or device
+        // swapped in cannot block or act on the open), checked; then, for
+        // I/O, that very object opened again (`os::beneath::reopen`).
+        let path_flags = libc::O_PATH | (flags & libc::O_DIRECTORY);
+        let node = os::beneath::open_beneath(&self.root, os::or_dot(&rel), path_flags, 0).map_err(
             // A symlink, or an object of another type, where the node's
             // object was: swapped as well.
             |e| match e.raw_os_error() {
@@ -89,10 +96,15 @@ impl KmsFs {
                 _ => FsError::Io(e),
             },
         )?;
-        let meta = file.metadata()?;
+        let meta = node.metadata()?;
         if backing_key(&meta) != key {
             return Err(stale());
         }
+        let file = if flags & libc::O_PATH != 0 {
+            node
+        } else {
+            os::beneath::reopen(&node, flags)?
+        };
         Ok(Checked { file, meta, rel })
     }
 

@@ -22,6 +22,7 @@ use crate::kms::Caller;
 use crate::os;
 
 const CAP_FSETID: u32 = 4;
+const CAP_SYS_ADMIN: u32 = 21;
 
 /// Who decided that bits go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,13 +77,25 @@ fn status(caller: &Caller) -> Option<String> {
 /// is gone, an unreadable status) counts as unprivileged: dropping the bits
 /// is the safe side.
 fn has_fsetid(caller: &Caller, status: Option<&str>) -> bool {
+    has_cap(caller, status, CAP_FSETID)
+}
+
+/// True when the caller is root with capability `cap` effective (anything
+/// uncertain: false).
+fn has_cap(caller: &Caller, status: Option<&str>, cap: u32) -> bool {
     if caller.uid != 0 {
         return false;
     }
     status
         .and_then(|s| os::process::status_field(s, "CapEff"))
         .and_then(|hex| u64::from_str_radix(hex, 16).ok())
-        .is_some_and(|caps| caps & (1 << CAP_FSETID) != 0)
+        .is_some_and(|caps| caps & (1 << cap) != 0)
+}
+
+/// True when the caller holds CAP_SYS_ADMIN (who may see `trusted.*`
+/// extended attributes), from /proc; anything uncertain counts as not.
+pub(super) fn has_sys_admin(caller: &Caller) -> bool {
+    caller.uid == 0 && has_cap(caller, status(caller).as_deref(), CAP_SYS_ADMIN)
 }
 
 /// True when `gid` is the caller's group or one of its supplementary groups.

@@ -7,6 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use super::error::FsError;
 use super::filesystem::KmsFs;
+use crate::kms::Caller;
 use crate::os;
 
 /// Extended attribute names the mount reserves for itself: hidden from
@@ -89,6 +90,28 @@ pub(super) fn filter_xattr_list(list: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The prefix of the names only CAP_SYS_ADMIN may see.
+const TRUSTED: &[u8] = b"trusted.";
+
+fn names(list: &[u8]) -> impl Iterator<Item = &[u8]> {
+    list.split(|b| *b == 0).filter(|n| !n.is_empty())
+}
+
+/// True when a NUL-separated name list has a `trusted.*` name.
+fn contains_trusted(list: &[u8]) -> bool {
+    names(list).any(|n| n.starts_with(TRUSTED))
+}
+
+/// A NUL-separated name list without its `trusted.*` names.
+fn without_trusted(list: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(list.len());
+    for n in names(list).filter(|n| !n.starts_with(TRUSTED)) {
+        out.extend_from_slice(n);
+        out.push(0);
+    }
+    out
+}
+
 impl KmsFs {
     /// getxattr of `ino`'s backing object (a symlink itself).
     pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> Result<XattrValue, FsError> {
@@ -104,14 +127,20 @@ impl KmsFs {
         answer(n, size, buf)
     }
 
-    /// listxattr of `ino`'s backing object, without reserved and unsupported names.
-    pub fn listxattr(&self, ino: u64, size: u32) -> Result<XattrValue, FsError> {
+    /// listxattr of `ino`'s backing object, without reserved and
+    /// unsupported names, and without `trusted.*` names unless `caller`
+    /// holds CAP_SYS_ADMIN (as ext4 lists them; the daemon, root, sees them
+    /// all).
+    pub fn listxattr(&self, ino: u64, caller: &Caller, size: u32) -> Result<XattrValue, FsError> {
         let node = self.open_checked(ino, libc::O_PATH)?.file;
         let n = os::xattr::listxattr_node(&node, &mut [])?;
         let mut buf = vec![0u8; n];
         let n = os::xattr::listxattr_node(&node, &mut buf)?;
         buf.truncate(n);
-        let list = filter_xattr_list(&buf);
+        let mut list = filter_xattr_list(&buf);
+        if contains_trusted(&list) && !super::privs::has_sys_admin(caller) {
+            list = without_trusted(&list);
+        }
         answer(list.len(), size, list)
     }
 
@@ -172,5 +201,9 @@ mod tests {
         assert!(!acl_xattr(OsStr::new("system.posix_acl_accessx")));
         let l = b"system.posix_acl_access\0user.a\0system.posix_acl_default\0";
         assert_eq!(filter_xattr_list(l), b"user.a\0".to_vec());
+        let l = b"user.a\0trusted.x\0security.b\0trusted.y\0";
+        assert!(contains_trusted(l));
+        assert_eq!(without_trusted(l), b"user.a\0security.b\0".to_vec());
+        assert!(!contains_trusted(b"user.trusted.x\0"));
     }
 }

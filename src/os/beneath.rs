@@ -144,6 +144,67 @@ pub(crate) fn open_beneath(
     Ok(unsafe { std::fs::File::from_raw_fd(fd as RawFd) })
 }
 
+/// Opens again, with `flags`, the object that the O_PATH descriptor `node`
+/// holds, through its /proc path: exactly that inode, whatever its name
+/// leads to by now, so the caller can check the object (fstat, type) before
+/// opening it for I/O. Opened with O_NONBLOCK, so that the open itself never
+/// waits on what another user controls (a lease the file's owner holds
+/// answers EWOULDBLOCK instead of waiting out lease-break-time); the flag is
+/// taken off again once the descriptor exists.
+pub(crate) fn reopen(node: &impl AsRawFd, flags: i32) -> io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let p = super::proc_fd(node);
+    let flags = (flags & !(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CREAT))
+        | libc::O_CLOEXEC
+        | libc::O_NONBLOCK;
+    // SAFETY: `p` is a valid C string that outlives the call; no O_CREAT, so
+    // no mode argument is read.
+    let fd = unsafe { libc::openat(libc::AT_FDCWD, p.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    // SAFETY: fcntl on a descriptor we own, integer arguments only.
+    let fl = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if fl < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK) })?;
+    Ok(file)
+}
+
+/// Whole-file open-file-description lock (fcntl F_OFD_SETLK, never
+/// waiting): a read lock (`write` false) or a write lock. Ok(false) when a
+/// conflicting lock is held. Unlike flock, a read lock needs no more than a
+/// readable descriptor and conflicts only with write locks, which need a
+/// descriptor open for writing: a user who may only read a file cannot keep
+/// its read locks from others. These locks and flock(2) do not see each other.
+pub(crate) fn try_ofd_lock(file: &impl AsRawFd, write: bool) -> io::Result<bool> {
+    // SAFETY: an all-zero flock is a valid value (whole file from offset 0,
+    // pid 0 as F_OFD_SETLK requires).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = if write { libc::F_WRLCK } else { libc::F_RDLCK } as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: a borrowed live descriptor and a valid flock the kernel reads.
+    let r = unsafe {
+        libc::fcntl(
+            file.as_raw_fd(),
+            libc::F_OFD_SETLK,
+            &fl as *const libc::flock,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN | libc::EACCES) => Ok(false),
+        _ => Err(e),
+    }
+}
+
 /// mknodat(2): FIFOs, sockets and (as root, if the mount allows) devices.
 pub(crate) fn mknodat(fd: &impl AsRawFd, name: &OsStr, mode: u32, rdev: u32) -> io::Result<()> {
     let n = name_cstr(name)?;

@@ -23,21 +23,27 @@ pub(crate) fn sigpipe_kills(kills: bool) {
     unsafe { libc::signal(libc::SIGPIPE, h) };
 }
 
-/// The process's umask: from /proc/self/status, else by setting it and
-/// setting it back (call while no other thread creates files).
-pub(crate) fn umask() -> u32 {
-    let from_proc = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| status_field(&s, "Umask").and_then(|v| u32::from_str_radix(v, 8).ok()));
-    if let Some(m) = from_proc {
-        return m;
+/// Raises the soft limit of open descriptors to the hard limit; the soft
+/// limit now, or the one that stays and why it could not be raised.
+pub(crate) fn raise_fd_limit() -> Result<u64, (u64, std::io::Error)> {
+    // SAFETY: an all-zero rlimit is a valid value for getrlimit to fill.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to an rlimit the kernel writes.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err((1024, std::io::Error::last_os_error()));
     }
-    // SAFETY: umask only swaps the process's file mode creation mask.
-    unsafe {
-        let old = libc::umask(0o022);
-        libc::umask(old);
-        old as u32
+    if lim.rlim_cur >= lim.rlim_max {
+        return Ok(lim.rlim_cur);
     }
+    let raised = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: a valid pointer to an rlimit the kernel reads.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        return Err((lim.rlim_cur, std::io::Error::last_os_error()));
+    }
+    Ok(raised.rlim_cur)
 }
 
 /// The signals that end a mount cleanly.
@@ -187,13 +193,6 @@ pub(crate) fn process_alive(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn umask_is_read_without_changing_it() {
-        let m = umask();
-        assert_eq!(m & !0o777, 0);
-        assert_eq!(umask(), m);
-    }
 
     #[test]
     fn own_process_is_alive() {

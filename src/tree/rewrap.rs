@@ -2,8 +2,9 @@
 //! encryption context) under another key or its own key's newest material.
 //! Only headers change; content is never read.
 //!
-//! Crash safety, per batch of files: (1) each file is locked (`LOCK_EX`,
-//! never waiting: a file the mount holds open is skipped as busy), its new
+//! Crash safety, per batch of files: (1) each file is locked (an OFD write
+//! lock and `LOCK_EX`, never waiting: a file the mount holds open is
+//! skipped as busy), its new
 //! wrapped key written to the inactive slot with a higher sequence number;
 //! (2) one `syncfs` makes those slots durable; (3) the old slots are zeroed;
 //! (4) one more `syncfs`; then the locks go. A crash before (2) leaves the
@@ -270,10 +271,17 @@ impl<'a> Rewrapper<'a> {
     /// inactive slot (not yet synced). Ok(Err(outcome)): nothing to do.
     fn prepare(&mut self, path: &Path) -> Result<Result<Pending, RewrapOutcome>, Problem> {
         let file = open_backing(path, true).map_err(io_problem)?;
+        // The mount holds an OFD read lock on every file it has open; the
+        // flock is for mounts of earlier versions, which took a shared flock.
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Err(Problem::Busy),
             Err(std::fs::TryLockError::Error(e)) => return Err(io_problem(e)),
+        }
+        match crate::os::beneath::try_ofd_lock(&file, true) {
+            Ok(true) => {}
+            Ok(false) => return Err(Problem::Busy),
+            Err(e) => return Err(io_problem(e)),
         }
         if file.metadata().map_err(io_problem)?.len() == 0 {
             return Ok(Err(RewrapOutcome::Empty));
