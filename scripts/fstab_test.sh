@@ -33,6 +33,7 @@ if [[ ! -e $helper ]]; then
 fi
 
 mkdir -p "$work/backing" "$work/mnt"
+"$kmsfs" --keystore "$work/keystore" init >/dev/null
 cat > "$work/fstab" <<EOF
 # a kmsfs line as it would stand in /etc/fstab
 $work/backing $work/mnt fuse.kmsfs noauto,nofail,_netdev,x-systemd.automount,x-systemd.idle-timeout=60,relatime,noacl,keystore=$work/keystore,log_file=$work/kmsfs.log 0 0

@@ -70,6 +70,7 @@ trap cleanup EXIT
 keep=1
 
 mount_kmsfs() {
+  [[ -e $work/keystore ]] || ks init >/dev/null
   ks mount "$backing" "$mnt" -o allow_other --log-file "$work/kmsfs.log"
 }
 start_pg() {

@@ -22,6 +22,13 @@ fn background_mount_logs_corruption_by_default() {
     );
     std::fs::create_dir(&backing).unwrap();
     std::fs::create_dir(&mnt).unwrap();
+    let init = kmsfs()
+        .arg("--keystore")
+        .arg(t.path().join("ks"))
+        .arg("init")
+        .output()
+        .unwrap();
+    assert!(init.status.success());
     // A background mount with no --log-file, logging under `state`.
     let mount = || {
         let o = kmsfs()

@@ -160,6 +160,14 @@ fn fstab_options_and_settings_as_options() {
     );
     std::fs::create_dir(&b).unwrap();
     std::fs::create_dir(&mnt).unwrap();
+    // A keystore is made by itself only at the default location.
+    let init = kmsfs()
+        .arg("--keystore")
+        .arg(&ks)
+        .arg("init")
+        .output()
+        .unwrap();
+    assert!(init.status.success());
     let opts = format!(
         "rw,relatime,nodiratime,noatime,defaults,noauto,_netdev,nofail,x-systemd.automount,\
          noacl,dax,inlinecrypt,nodev,nosuid,noexec,keystore={},log_file={}",
@@ -177,7 +185,18 @@ fn fstab_options_and_settings_as_options() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let _g = MountGuard(mnt.clone());
     std::fs::write(mnt.join("f"), b"through -o settings").unwrap();
-    assert!(ks.join("root.key").exists(), "keystore= was used");
+    let v = kmsfs()
+        .arg("--keystore")
+        .arg(&ks)
+        .args(["--output", "json", "status"])
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&v.stdout).contains(&ks.display().to_string()),
+        "keystore= was used: {}",
+        String::from_utf8_lossy(&v.stdout)
+    );
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("mount option dax ignored"), "{text}");
     let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();

@@ -364,11 +364,28 @@ pub(super) fn remember_backing(g: &GlobalArgs, backing: &Path) {
 
 /// `kmsfs mount`.
 pub fn mount(g: &GlobalArgs, mut a: MountArgs) -> Result<(), CliError> {
-    let mut g = settings_from_options(g, &mut a)?;
+    let g = settings_from_options(g, &mut a)?;
     let (backing, mountpoint) = mount_paths(&a)?;
     // Before anything is created (keystore, marker): options, /dev/fuse,
     // the mount point, the backing directory's lock.
     let prepared = crate::daemon::check_before_mount(&backing, &mountpoint, &a.options)?;
+    let new_lock = prepared.new_lock;
+    let r = mount_checked(g, a, backing.clone(), mountpoint, prepared);
+    if r.is_err() {
+        // A refused mount leaves nothing behind in the backing directory.
+        crate::daemon::Prepared::undo(&backing, new_lock);
+    }
+    r
+}
+
+/// `kmsfs mount` once the paths, options, mount point and lock are checked.
+fn mount_checked(
+    mut g: GlobalArgs,
+    a: MountArgs,
+    backing: PathBuf,
+    mountpoint: PathBuf,
+    prepared: crate::daemon::Prepared,
+) -> Result<(), CliError> {
     let survey = crate::daemon::survey(&backing);
     // The daemon works inside the backing directory: name the keystore absolutely.
     g.keystore = Some(std::path::absolute(keystore::keystore_dir(&g))?);

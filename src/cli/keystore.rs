@@ -125,18 +125,59 @@ pub fn open_key_service(g: &GlobalArgs) -> Result<Arc<LocalKeyStore>, CliError> 
         .map_err(|e| CliError::keystore(&dir, e))
 }
 
+/// Where a keystore is made without `kmsfs init`: $KMSFS_KEYSTORE, else
+/// $XDG_DATA_HOME/kmsfs, else ~/.local/share/kmsfs (what --keystore
+/// defaults to).
+pub fn default_keystore_dir() -> PathBuf {
+    keystore_dir(&GlobalArgs {
+        keystore: None,
+        output: OutputFormat::Text,
+        query: None,
+        passphrase_file: None,
+    })
+}
+
 /// Zero setup: opens the keystore, creating it (root-key-file mode) when there
 /// is none, and returns it with the id of the key aliased `alias/kmsfs/default`,
-/// created when absent (as AWS creates `aws/ebs`).
+/// created when absent (as AWS creates `aws/ebs`). A keystore is created only
+/// at the default location: a --keystore that names a missing directory
+/// elsewhere is more often a typo than a wish for a second keystore.
 pub fn open_or_create_default(g: &GlobalArgs) -> Result<(Arc<LocalKeyStore>, String), CliError> {
+    let dir = keystore_dir(g);
+    let default = default_keystore_dir();
+    let here = std::path::absolute(&dir).ok() == std::path::absolute(&default).ok();
+    let refuse = || {
+        CliError::new(
+            ErrorClass::Keystore,
+            format!("no keystore in {}", dir.display()),
+        )
+        .hint(format!(
+            "kmsfs makes a keystore by itself only at the default location ({}); to start \
+             one in {} run `kmsfs init --keystore {}`, or correct --keystore",
+            default.display(),
+            dir.display(),
+            dir.display()
+        ))
+    };
+    open_or_create(g, &|| if here { Ok(()) } else { Err(refuse()) })
+}
+
+/// Opens the keystore `g` names, creating it when there is none and
+/// `may_create` agrees, and its default key.
+fn open_or_create(
+    g: &GlobalArgs,
+    may_create: &dyn Fn() -> Result<(), CliError>,
+) -> Result<(Arc<LocalKeyStore>, String), CliError> {
     let dir = keystore_dir(g);
     let ks = match LocalKeyStore::open_shared(&dir, &|| read_passphrase(g, false)) {
         Ok(ks) => ks,
         Err(KmsError::KeystoreNotFound { .. }) => {
+            may_create()?;
             match LocalKeyStore::create_shared(&dir, CreateMode::RootKeyFile) {
                 Ok(ks) => {
-                    log::warn!(
-                        "created a keystore in {} sealed with the root key file {}; back up both",
+                    eprintln!(
+                        "kmsfs: created a keystore in {} sealed with the root key file {}; \
+                         back up both",
                         dir.display(),
                         dir.join(crate::kms::store::ROOT_KEY_FILE).display()
                     );
@@ -356,9 +397,9 @@ mod tests {
         let e = open_key_service(&g).unwrap_err();
         assert_eq!(e.class, ErrorClass::Keystore);
         assert!(e.hint.unwrap().contains("kmsfs init"));
-        let (ks, id) = open_or_create_default(&g).unwrap();
+        let (ks, id) = open_or_create(&g, &|| Ok(())).unwrap();
         assert_eq!(ks.root_mode(), "root-key-file");
-        let (ks2, id2) = open_or_create_default(&g).unwrap();
+        let (ks2, id2) = open_or_create(&g, &|| Ok(())).unwrap();
         assert_eq!(
             (id2.as_str(), ks2.keystore_id()),
             (id.as_str(), ks.keystore_id())
@@ -380,7 +421,7 @@ mod tests {
                 .map(|_| {
                     let g = globals(&dir);
                     s.spawn(move || {
-                        let (ks, id) = open_or_create_default(&g).unwrap();
+                        let (ks, id) = open_or_create(&g, &|| Ok(())).unwrap();
                         (ks.keystore_id().to_string(), id)
                     })
                 })
@@ -418,14 +459,14 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("ks");
         let g = globals(&dir);
-        let (ks, _) = open_or_create_default(&g).unwrap();
+        let (ks, _) = open_or_create(&g, &|| Ok(())).unwrap();
         drop(ks);
         let rk = std::fs::read(dir.join(ROOT_KEY_FILE)).unwrap();
         // keystore.kms is a symbolic link to a volume that is not mounted.
         std::fs::remove_file(dir.join(CURRENT_FILE)).unwrap();
         std::os::unix::fs::symlink("/nonexistent/vol/keystore.kms", dir.join(CURRENT_FILE))
             .unwrap();
-        let e = open_or_create_default(&g).unwrap_err();
+        let e = open_or_create(&g, &|| Ok(())).unwrap_err();
         assert_ne!(e.class, ErrorClass::Usage);
         assert!(!e.message.starts_with("KeystoreNotFound"), "{}", e.message);
         // Gone altogether, root.key still there: lost, not "no keystore".
@@ -433,7 +474,7 @@ mod tests {
         std::fs::remove_file(dir.join(crate::kms::store::PREV_FILE)).unwrap();
         let e = open_key_service(&g).unwrap_err();
         assert!(e.message.contains("lost or unreadable"), "{}", e.message);
-        let e = open_or_create_default(&g).unwrap_err();
+        let e = open_or_create(&g, &|| Ok(())).unwrap_err();
         assert!(e.message.contains("lost or unreadable"), "{}", e.message);
         assert!(std::fs::symlink_metadata(dir.join(CURRENT_FILE)).is_err());
         assert_eq!(std::fs::read(dir.join(ROOT_KEY_FILE)).unwrap(), rk);

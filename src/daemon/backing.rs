@@ -166,6 +166,26 @@ pub struct Prepared {
     pub lock: Option<File>,
     /// The backing directory cannot be written: the mount will be read-only.
     pub backing_read_only: bool,
+    /// The lock file was made by this check (device, inode): a mount refused
+    /// later removes it with [`Prepared::undo`], so that it leaves nothing.
+    pub new_lock: Option<(u64, u64)>,
+}
+
+impl Prepared {
+    /// Removes what the checks created (the lock file, when this process
+    /// made it and it is still the same file), after a refusal.
+    pub fn undo(backing: &Path, new_lock: Option<(u64, u64)>) {
+        use std::os::unix::fs::MetadataExt;
+        let Some((dev, ino)) = new_lock else {
+            return;
+        };
+        let p = backing.join(BACKING_LOCK);
+        if let Ok(md) = std::fs::symlink_metadata(&p)
+            && (md.dev(), md.ino()) == (dev, ino)
+        {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
 }
 
 /// The device FUSE mounts go through (a debug build lets tests name another).
@@ -238,15 +258,40 @@ fn check_mountpoint_empty(mp: &Path, backing: &Path, o: &Options) -> Result<(), 
         .map(|mut d| d.next().is_some())
         .unwrap_or(false);
     if nonempty && !o.nonempty {
+        // Files in a mount point that are not kmsfs files were most likely
+        // written while nothing was mounted: plaintext on the disk below.
+        let s = survey(mp);
+        let hint = if s.plain_count > 0 && s.key_ids.is_empty() {
+            let examples: Vec<String> = s
+                .plain
+                .iter()
+                .map(|p| mp.join(p).display().to_string())
+                .collect();
+            format!(
+                "{} holds {}{} plain file{} (e.g. {}), probably written while nothing was \
+                 mounted there: they are not encrypted, they sit on the disk beneath the mount \
+                 point. Move them out (e.g. `mv {} /tmp/kmsfs-rescued`), mount, copy them in \
+                 through the mount, then delete the plain copies; or pass -o nonempty to hide \
+                 them while mounted",
+                mp.display(),
+                if s.truncated { "at least " } else { "" },
+                s.plain_count,
+                if s.plain_count == 1 { "" } else { "s" },
+                examples.join(", "),
+                mp.display()
+            )
+        } else {
+            format!(
+                "mount on an empty directory, or pass -o nonempty to hide its content while \
+                 mounted; {swapped}"
+            )
+        };
         return Err(MountError::State(
             format!(
                 "mount point {} is not empty: the mount would hide what is there",
                 mp.display()
             ),
-            format!(
-                "mount on an empty directory, or pass -o nonempty to hide its content while \
-                 mounted; {swapped}"
-            ),
+            hint,
         ));
     }
     Ok(())
@@ -342,11 +387,20 @@ pub fn check_before_mount(
     }
     // Shared storage: a shared lock, which keeps out only the daemons that
     // think they are alone (other hosts do not see it at all).
+    let existed = std::fs::symlink_metadata(backing.join(BACKING_LOCK)).is_ok();
     let (lock, backing_read_only) = lock_backing(backing, options.shared_storage)?;
+    let new_lock = match &lock {
+        Some(f) if !existed => {
+            use std::os::unix::fs::MetadataExt;
+            f.metadata().ok().map(|m| (m.dev(), m.ino()))
+        }
+        _ => None,
+    };
     Ok(Prepared {
         options,
         lock,
         backing_read_only,
+        new_lock,
     })
 }
 

@@ -51,9 +51,12 @@ impl Mount {
         Some(m)
     }
 
-    /// A `kmsfs` command on this test's keystore (no `KMSFS_*` variable inherited).
+    /// A `kmsfs` command on this test's keystore (no other `KMSFS_*`
+    /// variable inherited). The keystore is the default one too
+    /// (`KMSFS_KEYSTORE`), so that the first mount may create it.
     pub fn kmsfs(&self) -> Command {
         let mut c = kmsfs();
+        c.env("KMSFS_KEYSTORE", &self.keystore);
         c.arg("--keystore").arg(&self.keystore);
         c
     }
