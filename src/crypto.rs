@@ -376,6 +376,106 @@ impl fmt::Debug for OneTimeKey {
     }
 }
 
+/// Length of an XAES-256-GCM nonce (192 bits).
+pub const XNONCE_LEN: usize = 24;
+
+/// XAES-256-GCM (C2SP): AES-256-GCM under a key derived from the first 96 bits
+/// of a 192-bit nonce by the NIST SP 800-108 counter-mode KDF with AES-256-CMAC
+/// as the PRF, the other 96 bits being the GCM nonce. With random nonces a key
+/// may seal about 2^80 messages before a repeated (derived key, nonce) pair
+/// has a 2^-32 chance, instead of 2^32. Every message with the same first half
+/// uses the same derived key, so a caller sealing many messages at once may
+/// derive once ([`XaesKey::subkey`]) and give each message a fresh second half.
+/// Debug is redacted.
+pub struct XaesKey {
+    ecb: aws_lc_rs::cipher::EncryptingKey,
+    k1: Zeroizing<[u8; 16]>,
+}
+
+impl XaesKey {
+    /// The XAES-256-GCM key `key`.
+    pub fn new(key: &Key256) -> Result<Self, CryptoError> {
+        use aws_lc_rs::cipher::{AES_256, EncryptingKey, UnboundCipherKey};
+        let unbound =
+            UnboundCipherKey::new(&AES_256, key.expose()).map_err(|_| CryptoError::KeyLength)?;
+        let ecb = EncryptingKey::ecb(unbound).map_err(|_| CryptoError::KeyLength)?;
+        // L = AES-256_K(0^128); K1 = L << 1, xor 0x87 into the last byte when
+        // the top bit of L was set (the CMAC subkey of SP 800-38B).
+        let mut l = Zeroizing::new([0u8; 16]);
+        ecb.encrypt(&mut l[..])
+            .map_err(|_| CryptoError::KeyLength)?;
+        let mut k1 = Zeroizing::new([0u8; 16]);
+        for i in 0..16 {
+            k1[i] = (l[i] << 1) | l.get(i + 1).map_or(0, |b| b >> 7);
+        }
+        if l[0] & 0x80 != 0 {
+            k1[15] ^= 0x87;
+        }
+        Ok(Self { ecb, k1 })
+    }
+
+    /// The AES-256-GCM key of every nonce whose first 12 bytes are `first`:
+    /// `AES-256_K(M1 ^ K1) || AES-256_K(M2 ^ K1)` with
+    /// `M1 = 00 01 'X' 00 || first`, `M2 = 00 02 'X' 00 || first`.
+    pub fn subkey(&self, first: &[u8; NONCE_LEN]) -> Result<AeadKey, CryptoError> {
+        let mut m = Zeroizing::new([0u8; 32]);
+        m[..4].copy_from_slice(&[0, 1, b'X', 0]);
+        m[4..16].copy_from_slice(first);
+        m[16..20].copy_from_slice(&[0, 2, b'X', 0]);
+        m[20..].copy_from_slice(first);
+        for i in 0..32 {
+            m[i] ^= self.k1[i % 16];
+        }
+        self.ecb
+            .encrypt(&mut m[..])
+            .map_err(|_| CryptoError::KeyLength)?;
+        let key = Key256::from_slice(&m[..])?;
+        Ok(AeadKey::new(&key))
+    }
+
+    /// Seals `plaintext` under the 24-byte `nonce` and appends
+    /// `ciphertext || tag` to `out` (the nonce is the caller's to store).
+    pub fn seal_append(
+        &self,
+        nonce: &[u8; XNONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        let (first, second) = split_xnonce(nonce);
+        self.subkey(&first)?
+            .seal_append_with_nonce(&second, aad, plaintext, out)
+    }
+
+    /// Opens `ciphertext || tag` sealed under `nonce` in place and returns the
+    /// plaintext slice. On failure the buffer holds garbage.
+    pub fn open_in_place<'a>(
+        &self,
+        nonce: &[u8; XNONCE_LEN],
+        aad: &[u8],
+        sealed: &'a mut [u8],
+    ) -> Result<&'a mut [u8], CryptoError> {
+        let (first, second) = split_xnonce(nonce);
+        self.subkey(&first)?
+            .open_in_place_with_nonce(&second, aad, sealed)
+    }
+}
+
+/// The two 96-bit halves of an XAES-256-GCM nonce.
+fn split_xnonce(nonce: &[u8; XNONCE_LEN]) -> ([u8; NONCE_LEN], [u8; NONCE_LEN]) {
+    let mut first = [0u8; NONCE_LEN];
+    let mut second = [0u8; NONCE_LEN];
+    first.copy_from_slice(&nonce[..NONCE_LEN]);
+    second.copy_from_slice(&nonce[NONCE_LEN..]);
+    (first, second)
+}
+
+impl fmt::Debug for XaesKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("XaesKey(redacted)")
+    }
+}
+
 /// An RSA key pair that unwraps imported key material sent under its public
 /// key with RSAES-OAEP-SHA-256 (MGF1-SHA-256), as AWS KMS's
 /// `RSAES_OAEP_SHA_256` wrapping algorithm. Debug is redacted.
@@ -590,6 +690,120 @@ mod tests {
             assert_eq!(open(b"aad", &bad), Err(CryptoError::Authentication));
         }
         assert_eq!(format!("{k:?}"), "KdfKey(redacted)");
+    }
+
+    /// The two test vectors of the C2SP XAES-256-GCM specification.
+    #[test]
+    fn xaes_matches_the_c2sp_vectors() {
+        let cases: [(u8, &[u8], &str); 2] = [
+            (
+                0x01,
+                b"",
+                "ce546ef63c9cc60765923609b33a9a1974e96e52daf2fcf7075e2271",
+            ),
+            (
+                0x03,
+                b"c2sp.org/XAES-256-GCM",
+                "986ec1832593df5443a179437fd083bf3fdb41abd740a21f71eb769d",
+            ),
+        ];
+        let nonce: [u8; XNONCE_LEN] = *b"ABCDEFGHIJKLMNOPQRSTUVWX";
+        for (k, aad, expected) in cases {
+            let key = XaesKey::new(&Key256::from_slice(&[k; 32]).unwrap()).unwrap();
+            let mut out = Vec::new();
+            key.seal_append(&nonce, aad, b"XAES-256-GCM", &mut out)
+                .unwrap();
+            assert_eq!(hex(&out), expected);
+            let plain = key.open_in_place(&nonce, aad, &mut out).unwrap();
+            assert_eq!(plain, b"XAES-256-GCM");
+        }
+    }
+
+    /// A property test of XAES-256-GCM as a block construction: across nonce
+    /// edge cases (zeros, ones, nonces that differ in one bit of either half)
+    /// and block positions (0, 2^32 boundaries, the largest index), sealing
+    /// round-trips, and opening under any other nonce, position or key fails.
+    #[test]
+    fn xaes_block_construction_across_nonce_and_position_edge_cases() {
+        let key = XaesKey::new(&Key256::from_slice(&[0x42; 32]).unwrap()).unwrap();
+        let other = XaesKey::new(&Key256::from_slice(&[0x43; 32]).unwrap()).unwrap();
+        let mut seed = 0x0123_4567_89ab_cdefu64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut nonces: Vec<[u8; XNONCE_LEN]> = vec![[0; 24], [0xff; 24]];
+        for bit in [0, 7, 95, 96, 103, 191] {
+            let mut n = [0u8; 24];
+            n[bit / 8] ^= 1 << (bit % 8);
+            nonces.push(n);
+        }
+        for _ in 0..8 {
+            let mut n = [0u8; 24];
+            for c in n.chunks_mut(8) {
+                c.copy_from_slice(&next().to_be_bytes()[..c.len()]);
+            }
+            nonces.push(n);
+        }
+        let positions = [0u64, 1, (1 << 32) - 1, 1 << 32, u64::MAX / 4096, u64::MAX];
+        let aad = |p: u64| [&b"block"[..], &p.to_be_bytes()].concat();
+        for (i, n) in nonces.iter().enumerate() {
+            for &p in &positions {
+                let len = [1usize, 15, 16, 4095, 4096][(next() % 5) as usize];
+                let plain: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                let mut sealed = Vec::new();
+                key.seal_append(n, &aad(p), &plain, &mut sealed).unwrap();
+                assert_eq!(sealed.len(), len + TAG_LEN);
+                let mut buf = sealed.clone();
+                assert_eq!(key.open_in_place(n, &aad(p), &mut buf).unwrap(), &plain[..]);
+                // Derived once for the first half, as a batch of blocks does.
+                let mut first = [0u8; NONCE_LEN];
+                first.copy_from_slice(&n[..12]);
+                let mut second = [0u8; NONCE_LEN];
+                second.copy_from_slice(&n[12..]);
+                let mut batch = Vec::new();
+                key.subkey(&first)
+                    .unwrap()
+                    .seal_append_with_nonce(&second, &aad(p), &plain, &mut batch)
+                    .unwrap();
+                assert_eq!(batch, sealed, "subkey and one-shot agree");
+                for (j, m) in nonces.iter().enumerate() {
+                    if i != j {
+                        let mut buf = sealed.clone();
+                        assert!(key.open_in_place(m, &aad(p), &mut buf).is_err());
+                    }
+                }
+                for &q in &positions {
+                    if q != p {
+                        let mut buf = sealed.clone();
+                        assert!(key.open_in_place(n, &aad(q), &mut buf).is_err());
+                    }
+                }
+                let mut buf = sealed.clone();
+                assert!(other.open_in_place(n, &aad(p), &mut buf).is_err());
+            }
+        }
+        // Nonces that share a first half share a derived key; any other
+        // first half gives another key.
+        let a = key.subkey(&[1; 12]).unwrap();
+        let mut x = Vec::new();
+        let mut y = Vec::new();
+        a.seal_append_with_nonce(&[0; 12], b"", &[0; 32], &mut x)
+            .unwrap();
+        key.subkey(&[1; 12])
+            .unwrap()
+            .seal_append_with_nonce(&[0; 12], b"", &[0; 32], &mut y)
+            .unwrap();
+        assert_eq!(x, y);
+        let mut z = Vec::new();
+        key.subkey(&[2; 12])
+            .unwrap()
+            .seal_append_with_nonce(&[0; 12], b"", &[0; 32], &mut z)
+            .unwrap();
+        assert_ne!(x, z);
+        assert_eq!(format!("{key:?}"), "XaesKey(redacted)");
     }
 
     #[test]
