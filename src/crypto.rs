@@ -558,6 +558,59 @@ pub fn rsa_oaep_sha256_wrap(public_der: &[u8], plaintext: &[u8]) -> Result<Vec<u
     Ok(out)
 }
 
+/// Length of an Ed25519 private key's seed, of its public key, and of a
+/// signature (the audit trail's signed digests).
+pub const ED25519_SEED_LEN: usize = 32;
+/// See `ED25519_SEED_LEN`.
+pub const ED25519_PUBLIC_LEN: usize = 32;
+/// See `ED25519_SEED_LEN`.
+pub const ED25519_SIGNATURE_LEN: usize = 64;
+
+/// An Ed25519 signing key, made from a 32-byte seed (the secret that is
+/// stored). Debug prints nothing of it.
+pub struct Ed25519Signer(aws_lc_rs::signature::Ed25519KeyPair);
+
+impl Ed25519Signer {
+    /// The key whose seed is `seed` (32 bytes).
+    pub fn from_seed(seed: &[u8]) -> Result<Self, CryptoError> {
+        aws_lc_rs::signature::Ed25519KeyPair::from_seed_unchecked(seed)
+            .map(Self)
+            .map_err(|_| CryptoError::KeyLength)
+    }
+
+    /// The 32-byte public key.
+    pub fn public_key(&self) -> [u8; ED25519_PUBLIC_LEN] {
+        use aws_lc_rs::signature::KeyPair;
+        let mut out = [0u8; ED25519_PUBLIC_LEN];
+        out.copy_from_slice(self.0.public_key().as_ref());
+        out
+    }
+
+    /// The 64-byte signature of the concatenation of `parts`.
+    pub fn sign(&self, parts: &[&[u8]]) -> [u8; ED25519_SIGNATURE_LEN] {
+        let msg = parts.concat();
+        let mut out = [0u8; ED25519_SIGNATURE_LEN];
+        out.copy_from_slice(self.0.sign(&msg).as_ref());
+        out
+    }
+}
+
+impl fmt::Debug for Ed25519Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Ed25519Signer(redacted)")
+    }
+}
+
+/// True when `signature` is the Ed25519 signature under `public_key` (32
+/// bytes) of the concatenation of `parts`.
+pub fn ed25519_verify(public_key: &[u8], parts: &[&[u8]], signature: &[u8]) -> bool {
+    use aws_lc_rs::signature::{ED25519, UnparsedPublicKey};
+    let msg = parts.concat();
+    UnparsedPublicKey::new(&ED25519, public_key)
+        .verify(&msg, signature)
+        .is_ok()
+}
+
 /// Lower-case hexadecimal of `bytes` (ids, never secrets).
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
@@ -620,6 +673,23 @@ mod tests {
             AeadKey::from_bytes(&[0u8; 24]).err(),
             Some(CryptoError::KeyLength)
         );
+    }
+
+    #[test]
+    fn ed25519_sign_verify() {
+        let seed = random_array::<ED25519_SEED_LEN>().unwrap();
+        let k = Ed25519Signer::from_seed(&seed).unwrap();
+        let pk = k.public_key();
+        let sig = k.sign(&[b"ab", b"c"]);
+        assert!(ed25519_verify(&pk, &[b"abc"], &sig));
+        assert!(!ed25519_verify(&pk, &[b"abd"], &sig));
+        let mut bad = sig;
+        bad[3] ^= 1;
+        assert!(!ed25519_verify(&pk, &[b"abc"], &bad));
+        // The same seed, the same key.
+        assert_eq!(Ed25519Signer::from_seed(&seed).unwrap().public_key(), pk);
+        assert!(Ed25519Signer::from_seed(&seed[..31]).is_err());
+        assert!(format!("{k:?}").contains("redacted"));
     }
 
     #[test]
