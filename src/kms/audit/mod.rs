@@ -10,6 +10,7 @@ use super::Caller;
 
 pub mod read;
 pub mod record;
+pub mod sign;
 pub mod time;
 pub mod trail;
 pub mod verify;

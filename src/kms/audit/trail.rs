@@ -2,7 +2,8 @@
 //! each record carrying its `sequence` and the SHA-256 of the line before it
 //! (`previousDigest`), across files (a new file when one passes its size
 //! limit), signed digest records now and then and a signed `HEAD` naming the
-//! last record, both HMAC-SHA256 under a key sealed in the keystore.
+//! last record, both signed with Ed25519 under a key sealed in the keystore
+//! (HMAC-SHA256 in trails written before; `sign`).
 //!
 //! Writers in several processes (the command line, the mount, a server)
 //! append under one flock, each chaining from the line actually last in the
@@ -29,7 +30,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 
 use super::record::{DIGEST_EVENT_TYPE, EVENT_SOURCE, EVENT_VERSION};
-use crate::crypto::{SecretBytes, hex, hmac_sha256, sha256};
+use super::sign::{HeadFields, Signed, SigningKeys};
+use crate::crypto::{hex, sha256};
 
 /// The trail's directory, inside the keystore directory.
 pub const DIR_NAME: &str = "audit";
@@ -57,10 +59,6 @@ pub const DIGEST_EVERY: u64 = 1000;
 pub const DIGEST_INTERVAL: Duration = Duration::from_secs(60);
 /// `previousDigest` of the first record of a trail.
 pub const GENESIS: [u8; 32] = [0; 32];
-/// Labels of the two HMACs, so that one can never pass for the other.
-pub const DIGEST_LABEL: &[u8] = b"kmsfs-audit-digest-v1\0";
-/// See `DIGEST_LABEL`.
-pub const HEAD_LABEL: &[u8] = b"kmsfs-audit-head-v1\0";
 
 /// When a record must be on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,45 +97,6 @@ pub fn list_files(dir: &Path) -> io::Result<Vec<(u32, PathBuf)>> {
     Ok(v)
 }
 
-/// The signature of a digest record numbered `sequence` that follows the
-/// record whose line hashes to `previous`.
-pub fn digest_signature(key: &[u8], keystore_id: &str, sequence: u64, previous: &[u8]) -> String {
-    hex(&hmac_sha256(
-        key,
-        &[
-            DIGEST_LABEL,
-            keystore_id.as_bytes(),
-            b"\0",
-            &sequence.to_be_bytes(),
-            previous,
-        ],
-    ))
-}
-
-/// The signature of `HEAD`.
-pub fn head_signature(
-    key: &[u8],
-    keystore_id: &str,
-    file: &str,
-    size: u64,
-    sequence: u64,
-    digest: &[u8],
-) -> String {
-    hex(&hmac_sha256(
-        key,
-        &[
-            HEAD_LABEL,
-            keystore_id.as_bytes(),
-            b"\0",
-            file.as_bytes(),
-            b"\0",
-            &size.to_be_bytes(),
-            &sequence.to_be_bytes(),
-            digest,
-        ],
-    ))
-}
-
 /// Where the trail ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Tail {
@@ -147,7 +106,19 @@ struct Tail {
     hash: [u8; 32],
     /// The file ends in a partial line (a write cut short): end it first.
     torn: bool,
+    /// The last record is a signed digest.
+    digest: bool,
 }
+
+/// Where an empty trail ends.
+const EMPTY: Tail = Tail {
+    file_no: 1,
+    size: 0,
+    sequence: 0,
+    hash: GENESIS,
+    torn: false,
+    digest: false,
+};
 
 #[derive(Debug)]
 struct Writer {
@@ -167,7 +138,12 @@ pub struct Trail {
     dir: PathBuf,
     owner: Option<(u32, u32)>,
     keystore_id: String,
-    key: Mutex<Option<SecretBytes>>,
+    keys: Mutex<Arc<SigningKeys>>,
+    /// The last position the keystore recorded (sequence, line hash): the
+    /// trail must reach it before anything is appended.
+    floor: Mutex<Option<(u64, [u8; 32])>>,
+    /// Set when the trail was found short of `floor` (deleted or cut).
+    behind: AtomicBool,
     max_file_bytes: u64,
     writer: Mutex<Writer>,
     queue: Mutex<Queue>,
@@ -183,7 +159,7 @@ impl std::fmt::Debug for Trail {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Trail")
             .field("dir", &self.dir)
-            .field("signed", &lock(&self.key).is_some())
+            .field("signed", &!lock(&self.keys).is_empty())
             .finish_non_exhaustive()
     }
 }
@@ -198,16 +174,16 @@ fn invalid(msg: String) -> io::Error {
 
 impl Trail {
     /// The trail of the keystore in `keystore_dir` (nothing is touched until
-    /// the first record). `key`: the signing key, when the keystore has one.
-    pub fn new(keystore_dir: &Path, keystore_id: &str, key: Option<SecretBytes>) -> Arc<Self> {
-        Self::with_limit(keystore_dir, keystore_id, key, max_file_bytes())
+    /// the first record). `keys`: the signing keys the keystore has.
+    pub fn new(keystore_dir: &Path, keystore_id: &str, keys: SigningKeys) -> Arc<Self> {
+        Self::with_limit(keystore_dir, keystore_id, keys, max_file_bytes())
     }
 
     /// `new` with another file size limit.
     pub(crate) fn with_limit(
         keystore_dir: &Path,
         keystore_id: &str,
-        key: Option<SecretBytes>,
+        keys: SigningKeys,
         max_file_bytes: u64,
     ) -> Arc<Self> {
         let owner = fs::metadata(keystore_dir).ok().map(|m| (m.uid(), m.gid()));
@@ -215,7 +191,9 @@ impl Trail {
             dir: keystore_dir.join(DIR_NAME),
             owner,
             keystore_id: keystore_id.to_string(),
-            key: Mutex::new(key),
+            keys: Mutex::new(Arc::new(keys)),
+            floor: Mutex::new(None),
+            behind: AtomicBool::new(false),
             max_file_bytes,
             writer: Mutex::new(Writer {
                 cache: None,
@@ -231,12 +209,70 @@ impl Trail {
         })
     }
 
-    /// Gives the trail its signing key, once the keystore has one.
-    pub fn set_key(&self, key: &SecretBytes) {
-        let mut k = lock(&self.key);
-        if k.is_none() {
-            *k = Some(key.clone());
+    /// Gives the trail the keystore's signing keys, once it has them (a
+    /// keystore made before the trail or before Ed25519 gets them with its
+    /// next change); keys already held are never taken away.
+    pub fn set_keys(&self, keys: SigningKeys) {
+        let mut k = lock(&self.keys);
+        if (k.is_empty() && !keys.is_empty()) || (!k.has_ed25519() && keys.has_ed25519()) {
+            *k = Arc::new(keys);
         }
+    }
+
+    /// True when the trail has a key to sign with.
+    pub fn signs_with_ed25519(&self) -> bool {
+        lock(&self.keys).has_ed25519()
+    }
+
+    /// The position the keystore last recorded (`sequence`, the SHA-256 of
+    /// that line): nothing is appended to a trail that does not reach it,
+    /// so a deleted trail is never started afresh. Only ever raised.
+    pub fn set_floor(&self, sequence: u64, hash: [u8; 32]) {
+        let mut f = lock(&self.floor);
+        if f.is_none_or(|(s, _)| s < sequence) {
+            *f = Some((sequence, hash));
+        }
+    }
+
+    /// Why the trail cannot be used, when the keystore says it reached a
+    /// record that is not there (the trail deleted, or cut): a cheap check
+    /// (one stat), made before every key use.
+    pub fn missing(&self) -> Option<String> {
+        let (seq, _) = (*lock(&self.floor))?;
+        if seq == 0 {
+            return None;
+        }
+        let gone = matches!(fs::symlink_metadata(self.dir.join(HEAD_FILE)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound);
+        if gone || self.behind.load(Ordering::Acquire) {
+            return Some(self.missing_message(seq, None));
+        }
+        None
+    }
+
+    fn missing_message(&self, floor: u64, ends: Option<u64>) -> String {
+        let ends = match ends {
+            Some(0) | None => "it is missing".to_string(),
+            Some(n) => format!("it ends at record {n}"),
+        };
+        format!(
+            "the audit trail in {} is not there: the keystore recorded that it reached record \
+             {floor}, but {ends} (deleted or cut); no key is used and no new trail is started \
+             until it is restored from a backup (see docs/AUDIT.md, \"A lost trail\")",
+            self.dir.display()
+        )
+    }
+
+    /// Refuses to append to a trail that ends before the keystore's floor.
+    fn check_floor(&self, t: &Tail) -> io::Result<()> {
+        if let Some((seq, _)) = *lock(&self.floor)
+            && t.sequence < seq
+        {
+            self.behind.store(true, Ordering::Release);
+            return Err(invalid(self.missing_message(seq, Some(t.sequence))));
+        }
+        self.behind.store(false, Ordering::Release);
+        Ok(())
     }
 
     /// The trail's directory.
@@ -280,8 +316,9 @@ impl Trail {
     pub fn probe(&self) -> io::Result<()> {
         let _g = lock(&self.writer);
         let _l = self.lock_files()?;
-        let n = list_files(&self.dir)?.last().map_or(1, |f| f.0);
-        self.open_append(&self.dir.join(file_name(n)), true)?;
+        let t = self.tail(None)?;
+        self.check_floor(&t)?;
+        self.open_append(&self.dir.join(file_name(t.file_no)), true)?;
         if !self.has_space()? {
             return Err(invalid(format!(
                 "{} has almost no free space left",
@@ -324,13 +361,30 @@ impl Trail {
         batch
     }
 
+    /// Puts a batch that could not be written back in front of the queue
+    /// for the next try, within the bound; beyond it counted as lost.
+    fn requeue(&self, batch: Vec<Value>) {
+        let mut q = lock(&self.queue);
+        let room = MAX_QUEUED.saturating_sub(q.records.len());
+        let keep = batch.len().min(room);
+        q.lost += (batch.len() - keep) as u64;
+        let mut again: Vec<Value> = batch.into_iter().take(keep).collect();
+        again.append(&mut q.records);
+        q.records = again;
+    }
+
     fn write_logged(&self, batch: Vec<Value>, durable: bool) -> io::Result<()> {
-        match self.write_batch(&batch, durable) {
-            Ok(()) => {
+        self.write_logged_at(&batch, durable).map(|_| ())
+    }
+
+    /// Writes `batch`, logging a failure once; where the trail then ends.
+    fn write_logged_at(&self, batch: &[Value], durable: bool) -> io::Result<Tail> {
+        match self.write_batch(batch, durable) {
+            Ok(t) => {
                 if self.failing.swap(false, Ordering::AcqRel) {
                     log::warn!("the audit trail in {} is written again", self.dir.display());
                 }
-                Ok(())
+                Ok(t)
             }
             Err(e) => {
                 self.failing.store(true, Ordering::Release);
@@ -464,22 +518,17 @@ impl Trail {
         }
         let files = list_files(&self.dir)?;
         let Some((n, path)) = files.last().cloned() else {
-            return Ok(Tail {
-                file_no: 1,
-                size: 0,
-                sequence: 0,
-                hash: GENESIS,
-                torn: false,
-            });
+            return Ok(EMPTY);
         };
         let size = fs::symlink_metadata(&path)?.len();
         for (_, p) in files.iter().rev() {
-            if let Some((sequence, hash, torn)) = last_line(p)? {
+            if let Some((sequence, hash, torn, digest)) = last_line(p)? {
                 return Ok(Tail {
                     file_no: n,
                     size,
                     sequence,
                     hash,
+                    digest: digest && !torn,
                     torn: torn && p == &path,
                 });
             }
@@ -490,16 +539,34 @@ impl Trail {
             sequence: 0,
             hash: GENESIS,
             torn: size > 0,
+            digest: false,
         })
     }
 
-    fn write_batch(&self, batch: &[Value], durable: bool) -> io::Result<()> {
-        if batch.is_empty() && !durable {
-            return Ok(());
-        }
+    /// Writes what is queued, then a signed digest record, durably, and
+    /// returns the position of that digest (sequence, line hash): what the
+    /// keystore records at a change. None when nothing signs the trail.
+    pub fn seal_position(&self) -> io::Result<Option<(u64, [u8; 32])>> {
+        let batch = self.take_queue();
+        let t = match self.write_logged_at(&batch, true) {
+            Ok(t) => t,
+            Err(e) => {
+                self.requeue(batch);
+                return Err(e);
+            }
+        };
+        let signed = !lock(&self.keys).is_empty();
+        Ok((signed && t.sequence > 0).then_some((t.sequence, t.hash)))
+    }
+
+    fn write_batch(&self, batch: &[Value], durable: bool) -> io::Result<Tail> {
         let mut w = lock(&self.writer);
+        if batch.is_empty() && !durable {
+            return Ok(w.cache.unwrap_or(EMPTY));
+        }
         let _l = self.lock_files()?;
         let mut t = self.tail(w.cache)?;
+        self.check_floor(&t)?;
         let mut buf: Vec<u8> = Vec::new();
         if t.torn {
             buf.push(b'\n');
@@ -516,20 +583,28 @@ impl Trail {
             if self.emit(m, &mut tt, &mut buf, &mut file, durable)? {
                 new_file = true;
             }
+            tt.digest = false;
         }
         let due = tt.sequence.saturating_sub(w.last_digest_seq) >= DIGEST_EVERY
             || w.last_digest.elapsed() >= DIGEST_INTERVAL
             || durable;
-        let key = lock(&self.key).clone();
-        if let (Some(key), true) = (&key, due && tt.sequence > w.last_digest_seq) {
-            let seq = tt.sequence + 1;
-            let sig = digest_signature(key.expose(), &self.keystore_id, seq, &tt.hash);
-            let m = digest_record(seq, sig, &tt.hash);
+        // A durable write on an empty trail signs it too (a digest at 1),
+        // so that the keystore can record a position a deletion falls short of.
+        let fresh = durable && tt.sequence == 0;
+        let keys = Arc::clone(&lock(&self.keys));
+        let seq = tt.sequence + 1;
+        // A trail that already ends in a signed digest needs no other.
+        let signed = (due && !tt.digest && (tt.sequence > w.last_digest_seq || fresh))
+            .then(|| keys.sign_digest(&self.keystore_id, seq, &tt.hash))
+            .flatten();
+        if let Some(sig) = signed {
+            let m = digest_record(seq, &sig, &tt.hash, &self.keystore_id);
             tt.sequence = seq;
             if self.emit(m, &mut tt, &mut buf, &mut file, durable)? {
                 new_file = true;
             }
             w.last_digest_seq = tt.sequence;
+            tt.digest = true;
             w.last_digest = Instant::now();
         }
         file.write_all(&buf)?;
@@ -544,7 +619,7 @@ impl Trail {
         self.write_head(&tt, durable)?;
         t = tt;
         w.cache = Some(t);
-        Ok(())
+        Ok(t)
     }
 
     /// Encodes `rec` as one line of the batch in `buf`, first writing out
@@ -581,23 +656,26 @@ impl Trail {
 
     fn write_head(&self, t: &Tail, durable: bool) -> io::Result<()> {
         let name = file_name(t.file_no);
-        let sig = lock(&self.key).as_ref().map(|k| {
-            head_signature(
-                k.expose(),
-                &self.keystore_id,
-                &name,
-                t.size,
-                t.sequence,
-                &t.hash,
-            )
-        });
-        let head = json!({
+        let fields = HeadFields {
+            file: &name,
+            size: t.size,
+            sequence: t.sequence,
+            digest: &t.hash,
+        };
+        let sig = lock(&self.keys).sign_head(&self.keystore_id, &fields);
+        let mut head = json!({
             "file": name,
             "size": t.size,
             "sequence": t.sequence,
             "digest": hex(&t.hash),
-            "signature": sig,
+            "signature": sig.as_ref().map(|s| s.signature.clone()),
         });
+        // HMAC heads keep the old shape (no algorithm: HMAC-SHA256).
+        if let Some(s) = sig.as_ref().filter(|s| s.key_fingerprint.is_some()) {
+            head["algorithm"] = json!(s.algorithm);
+            head["keystoreId"] = json!(self.keystore_id);
+            head["signingKey"] = json!(s.key_fingerprint);
+        }
         let tmp = self.dir.join(HEAD_TMP);
         let _ = fs::remove_file(&tmp);
         let mut f = OpenOptions::new()
@@ -622,7 +700,7 @@ impl Trail {
 
 /// The signed digest record `seq`, carrying signature `sig` over the chain
 /// up to the record whose hash is `previous`.
-fn digest_record(seq: u64, sig: String, previous: &[u8]) -> Map<String, Value> {
+fn digest_record(seq: u64, sig: &Signed, previous: &[u8], keystore_id: &str) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("eventVersion".into(), json!(EVENT_VERSION));
     m.insert(
@@ -633,8 +711,12 @@ fn digest_record(seq: u64, sig: String, previous: &[u8]) -> Map<String, Value> {
     m.insert("eventName".into(), json!("Digest"));
     m.insert("eventType".into(), json!(DIGEST_EVENT_TYPE));
     m.insert("eventID".into(), json!(uuid::Uuid::new_v4().to_string()));
-    m.insert("digestAlgorithm".into(), json!("HMAC-SHA256"));
-    m.insert("digestSignature".into(), json!(sig));
+    m.insert("digestAlgorithm".into(), json!(sig.algorithm));
+    m.insert("digestSignature".into(), json!(sig.signature));
+    if let Some(f) = &sig.key_fingerprint {
+        m.insert("keystoreId".into(), json!(keystore_id));
+        m.insert("signingKey".into(), json!(f));
+    }
     m.insert("sequence".into(), json!(seq));
     m.insert("previousDigest".into(), json!(hex(previous)));
     m
@@ -675,22 +757,15 @@ fn background(weak: Weak<Trail>) {
         if batch.is_empty() {
             continue;
         }
-        if t.write_logged(batch.clone(), false).is_err() {
-            // Kept for the next try, within the bound; beyond it counted as lost.
-            let mut q = lock(&t.queue);
-            let room = MAX_QUEUED.saturating_sub(q.records.len());
-            let keep = batch.len().min(room);
-            q.lost += (batch.len() - keep) as u64;
-            let mut again: Vec<Value> = batch.into_iter().take(keep).collect();
-            again.append(&mut q.records);
-            q.records = again;
+        if t.write_logged_at(&batch, false).is_err() {
+            t.requeue(batch);
         }
     }
 }
 
 /// The sequence and line hash of the last complete line of a trail file,
-/// and whether a partial line follows it.
-fn last_line(p: &Path) -> io::Result<Option<(u64, [u8; 32], bool)>> {
+/// whether a partial line follows it, and whether it is a digest record.
+fn last_line(p: &Path) -> io::Result<Option<(u64, [u8; 32], bool, bool)>> {
     let mut f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -720,8 +795,13 @@ fn last_line(p: &Path) -> io::Result<Option<(u64, [u8; 32], bool)>> {
             }
         };
         let line = &complete[line_start..];
-        let seq = serde_json::from_slice::<Value>(line)
-            .ok()
+        let v = serde_json::from_slice::<Value>(line).ok();
+        let digest = v
+            .as_ref()
+            .and_then(|v| v.get("eventType"))
+            .and_then(Value::as_str)
+            == Some(DIGEST_EVENT_TYPE);
+        let seq = v
             .and_then(|v| v.get("sequence").and_then(Value::as_u64))
             .ok_or_else(|| {
                 invalid(format!(
@@ -729,7 +809,7 @@ fn last_line(p: &Path) -> io::Result<Option<(u64, [u8; 32], bool)>> {
                     p.display()
                 ))
             })?;
-        return Ok(Some((seq, sha256(&[line]), torn)));
+        return Ok(Some((seq, sha256(&[line]), torn, digest)));
     }
 }
 

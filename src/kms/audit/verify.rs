@@ -3,7 +3,9 @@
 //! line of every break. An edited record breaks the chain at the next line
 //! (or at `HEAD` when it was the last); a deleted, inserted or moved record
 //! breaks the chain and the sequence; records cut from the end fall short
-//! of `HEAD`; a chain rewritten consistently fails at the next signed digest.
+//! of `HEAD`; a chain rewritten consistently fails at the next signed digest;
+//! a trail that does not reach the position the keystore recorded at its
+//! last change (deleted, or cut and re-signed by no one) fails there.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -13,8 +15,9 @@ use serde_json::Value;
 
 use super::read::{Line, all_lines};
 use super::record::DIGEST_EVENT_TYPE;
-use super::trail::{GENESIS, HEAD_FILE, digest_signature, file_name, head_signature};
-use crate::crypto::{constant_time_eq, hex, sha256};
+use super::sign::{Check, HMAC_ALG, HeadFields, VerifyKeys};
+use super::trail::{GENESIS, HEAD_FILE, file_name, hex_to_bytes};
+use crate::crypto::{hex, sha256};
 
 /// One break in the trail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +55,9 @@ pub struct Report {
     pub problems: Vec<Problem>,
     /// Things worth knowing that are not breaks (no signing key, ...).
     pub notes: Vec<String>,
+    /// Digest records whose signature could not be checked with the keys
+    /// given (HMACs, without the keystore).
+    pub digests_unchecked: u64,
 }
 
 impl Report {
@@ -61,12 +67,29 @@ impl Report {
     }
 }
 
-/// Verifies the trail in `dir` (the keystore's `audit` directory) with the
-/// keystore's id and signing key (None: signatures cannot be checked, which
-/// is itself reported).
-pub fn verify(dir: &Path, keystore_id: &str, key: Option<&[u8]>) -> std::io::Result<Report> {
+/// What a trail is checked against: the keys, and the position the
+/// keystore recorded at its last change (sequence, line hash), which the
+/// trail must reach.
+#[derive(Debug, Clone, Default)]
+pub struct Expected {
+    /// The keys signatures are checked with.
+    pub keys: VerifyKeys,
+    /// The keystore's recorded position; None without the keystore.
+    pub floor: Option<(u64, [u8; 32])>,
+}
+
+impl Expected {
+    /// True when only a public key is at hand (no keystore).
+    fn public_only(&self) -> bool {
+        self.keys.keystore_id.is_none()
+    }
+}
+
+/// Verifies the trail in `dir` (the keystore's `audit` directory) against
+/// `e`. Without any key, signatures cannot be checked, which is reported.
+pub fn verify(dir: &Path, e: &Expected) -> std::io::Result<Report> {
     let mut r = Report::default();
-    if key.is_none() {
+    if e.keys.hmac.is_none() && e.keys.ed25519.is_none() {
         r.notes
             .push("the keystore has no audit signing key: signatures were not checked".to_string());
     }
@@ -84,6 +107,8 @@ pub fn verify(dir: &Path, keystore_id: &str, key: Option<&[u8]>) -> std::io::Res
         expected_no: 1,
         last_size: 0,
         last_file: None,
+        floor_line: None,
+        unchecked_why: None,
     };
     for (n, lines) in &files {
         let name = file_name(*n);
@@ -91,11 +116,56 @@ pub fn verify(dir: &Path, keystore_id: &str, key: Option<&[u8]>) -> std::io::Res
         w.last_size = std::fs::symlink_metadata(dir.join(&name)).map_or(0, |m| m.len());
         w.last_file = Some(name.clone());
         for l in lines {
-            check_line(&mut r, &mut w, &name, l, keystore_id, key);
+            check_line(&mut r, &mut w, &name, l, e);
         }
     }
-    check_head(&mut r, &w, dir, files.is_empty(), keystore_id, key);
+    check_head(&mut r, &w, dir, files.is_empty(), e);
+    check_floor(&mut r, &w, e);
+    if let Some(why) = &w.unchecked_why {
+        r.notes.push(format!(
+            "{} digest signature(s) not checked: {why}; a verified HEAD covers the records \
+             before them through the chain",
+            r.digests_unchecked
+        ));
+    }
     Ok(r)
+}
+
+/// Checks that the trail reaches the position the keystore recorded at its
+/// last change, with the same record there.
+fn check_floor(r: &mut Report, w: &Walk, e: &Expected) {
+    let Some((seq, hash)) = e.floor else {
+        if e.public_only() {
+            r.notes.push(
+                "checked without the keystore: whether records were cut from the end and \
+                 HEAD re-signed by the keystore's holder cannot be told"
+                    .into(),
+            );
+        }
+        return;
+    };
+    let end = describe_loc(&w.prev_loc);
+    if w.prev_seq < seq {
+        r.problems.push(problem(
+            w.last_file.as_deref().unwrap_or(super::trail::DIR_NAME),
+            w.prev_loc.as_ref().map_or(0, |p| p.1),
+            format!(
+                "the keystore recorded at its last change that the trail reached record \
+                 {seq}, but it ends at record {} ({end}): records, files or the whole trail \
+                 were deleted",
+                w.prev_seq
+            ),
+        ));
+    } else if w.floor_line != Some(hash) {
+        r.problems.push(problem(
+            w.last_file.as_deref().unwrap_or(super::trail::DIR_NAME),
+            0,
+            format!(
+                "record {seq} is not the one the keystore recorded at its last change: the \
+                 trail was replaced"
+            ),
+        ));
+    }
 }
 
 /// How far the walk through the trail has got: the last record read, where
@@ -115,6 +185,10 @@ struct Walk {
     last_size: u64,
     /// The name of the last file.
     last_file: Option<String>,
+    /// The hash of the line with the keystore's recorded sequence number.
+    floor_line: Option<[u8; 32]>,
+    /// Why some digest signatures could not be checked.
+    unchecked_why: Option<String>,
 }
 
 /// A break at `line` of `file`.
@@ -157,14 +231,7 @@ fn check_file_number(r: &mut Report, w: &mut Walk, n: u32, name: &str) {
 
 /// Checks one line of trail file `name`: complete, a JSON record, chained to
 /// the one before, next in sequence, and a digest record's signature.
-fn check_line(
-    r: &mut Report,
-    w: &mut Walk,
-    name: &str,
-    l: &Line,
-    keystore_id: &str,
-    key: Option<&[u8]>,
-) {
+fn check_line(r: &mut Report, w: &mut Walk, name: &str, l: &Line, e: &Expected) {
     if !l.complete {
         let p = problem(
             name,
@@ -213,52 +280,66 @@ fn check_line(
         );
         r.problems.push(p);
     }
-    if v.get("eventType").and_then(Value::as_str) == Some(DIGEST_EVENT_TYPE)
-        && let Some(k) = key
-    {
-        let want = digest_signature(k, keystore_id, seq, &w.prev_hash);
-        check_digest_signature(r, name, l.line, &v, seq, &want);
+    if v.get("eventType").and_then(Value::as_str) == Some(DIGEST_EVENT_TYPE) {
+        check_digest_signature(r, w, name, l.line, &v, seq, &e.keys);
     }
     w.prev_hash = sha256(&[&l.bytes]);
+    if e.floor.is_some_and(|f| f.0 == seq) {
+        w.floor_line = Some(w.prev_hash);
+    }
     w.prev_seq = seq;
     w.prev_loc = Some((name.to_string(), l.line));
     w.at.insert(seq, (name.to_string(), l.line));
 }
 
-/// Compares the signature of digest record `v` (sequence `seq`, at `line` of
-/// `name`) with the expected one, `want`; a match extends what is signed.
+/// Checks the signature of digest record `v` (sequence `seq`, at `line` of
+/// `name`, following the line `w` read last); a valid one extends what is
+/// signed.
 fn check_digest_signature(
     r: &mut Report,
+    w: &mut Walk,
     name: &str,
     line: usize,
     v: &Value,
     seq: u64,
-    want: &str,
+    keys: &VerifyKeys,
 ) {
-    let got = v
-        .get("digestSignature")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if constant_time_eq(want.as_bytes(), got.as_bytes()) {
-        r.digests_verified += 1;
-        r.signed_through = r.signed_through.max(seq);
-    } else {
-        let p = problem(
-            name,
-            line,
-            format!(
-                "the signed digest does not verify: records up to here were \
-                 rewritten (their chain recomputed) or the digest was forged \
-                 (last good signature: record {})",
-                r.signed_through
-            ),
-        );
-        r.problems.push(p);
+    let field = |f: &str| v.get(f).and_then(Value::as_str);
+    let check = keys.check_digest(
+        field("digestAlgorithm").unwrap_or(HMAC_ALG),
+        field("digestSignature").unwrap_or(""),
+        field("signingKey"),
+        field("keystoreId"),
+        seq,
+        &w.prev_hash,
+    );
+    match check {
+        Check::Valid => {
+            r.digests_verified += 1;
+            r.signed_through = r.signed_through.max(seq);
+        }
+        Check::Invalid(why) => {
+            let p = problem(
+                name,
+                line,
+                format!(
+                    "the signed digest does not verify ({why}): records up to here were \
+                     rewritten (their chain recomputed) or the digest was forged \
+                     (last good signature: record {})",
+                    r.signed_through
+                ),
+            );
+            r.problems.push(p);
+        }
+        Check::Unchecked(why) => {
+            r.digests_unchecked += 1;
+            w.unchecked_why = Some(why);
+        }
     }
 }
 
 /// The fields of a `HEAD` file as read (a missing one empty or zero).
-struct HeadFields<'a> {
+struct HeadRead<'a> {
     /// The trail file HEAD says is last.
     file: &'a str,
     /// That file's size.
@@ -269,17 +350,16 @@ struct HeadFields<'a> {
     digest: &'a str,
     /// HEAD's signature, in hex.
     signature: Option<&'a str>,
+    /// Its algorithm (absent: HMAC-SHA256, as before Ed25519).
+    algorithm: &'a str,
+    /// The signing key's fingerprint and the keystore id (Ed25519).
+    signing_key: Option<&'a str>,
+    /// See `signing_key`.
+    keystore_id: Option<&'a str>,
 }
 
 /// Checks `HEAD`, the signed end of the trail, against where the walk ended.
-fn check_head(
-    r: &mut Report,
-    w: &Walk,
-    dir: &Path,
-    no_files: bool,
-    keystore_id: &str,
-    key: Option<&[u8]>,
-) {
+fn check_head(r: &mut Report, w: &Walk, dir: &Path, no_files: bool, e: &Expected) {
     let head = std::fs::read(dir.join(HEAD_FILE)).ok();
     let head: Option<Value> = head.as_deref().and_then(|b| serde_json::from_slice(b).ok());
     match (head, no_files) {
@@ -292,56 +372,81 @@ fn check_head(
                 .into(),
         )),
         (Some(h), _) => {
-            let head = HeadFields {
-                file: h.get("file").and_then(Value::as_str).unwrap_or(""),
+            let s = |f: &str| h.get(f).and_then(Value::as_str);
+            let head = HeadRead {
+                file: s("file").unwrap_or(""),
                 size: h.get("size").and_then(Value::as_u64).unwrap_or(0),
                 sequence: h.get("sequence").and_then(Value::as_u64).unwrap_or(0),
-                digest: h.get("digest").and_then(Value::as_str).unwrap_or(""),
-                signature: h.get("signature").and_then(Value::as_str),
+                digest: s("digest").unwrap_or(""),
+                signature: s("signature"),
+                algorithm: s("algorithm").unwrap_or(HMAC_ALG),
+                signing_key: s("signingKey"),
+                keystore_id: s("keystoreId"),
             };
-            let mut head_ok = true;
-            if let Some(k) = key {
-                head_ok = check_head_signature(r, &head, keystore_id, k);
-            }
-            check_head_end(r, w, &head, head_ok && key.is_some());
+            let signed = check_head_signature(r, &head, e);
+            check_head_end(r, w, &head, signed);
         }
     }
 }
 
-/// Checks HEAD's signature with key `k`; false (and a problem) when it does
-/// not verify.
-fn check_head_signature(
-    r: &mut Report,
-    head: &HeadFields<'_>,
-    keystore_id: &str,
-    k: &[u8],
-) -> bool {
-    let HeadFields {
-        file: hfile,
-        size: hsize,
-        sequence: hseq,
-        digest: hdig,
-        signature: sig,
-    } = *head;
-    let want = crate::kms::audit::trail::hex_to_bytes(hdig)
-        .map(|d| head_signature(k, keystore_id, hfile, hsize, hseq, &d));
-    if !want.is_some_and(|w| sig.is_some_and(|s| constant_time_eq(w.as_bytes(), s.as_bytes()))) {
-        r.problems.push(problem(
-            HEAD_FILE,
-            0,
-            "its signature does not verify: it was written by someone without the \
-             keystore's signing key"
-                .into(),
-        ));
+/// Checks HEAD's signature; true when it verifies. One that does not is a
+/// problem; one that cannot be checked is a problem without the keystore
+/// (nothing else vouches for the end of the trail), a note with it.
+fn check_head_signature(r: &mut Report, head: &HeadRead<'_>, e: &Expected) -> bool {
+    let Some(digest) = hex_to_bytes(head.digest) else {
+        r.problems
+            .push(problem(HEAD_FILE, 0, "its digest is not hex".into()));
         return false;
+    };
+    let fields = HeadFields {
+        file: head.file,
+        size: head.size,
+        sequence: head.sequence,
+        digest: &digest,
+    };
+    let check = match head.signature {
+        None => Check::Unchecked("HEAD carries no signature".into()),
+        Some(sig) => e.keys.check_head(
+            head.algorithm,
+            sig,
+            head.signing_key,
+            head.keystore_id,
+            &fields,
+        ),
+    };
+    match check {
+        Check::Valid => true,
+        Check::Invalid(why) => {
+            r.problems.push(problem(
+                HEAD_FILE,
+                0,
+                format!(
+                    "its signature does not verify ({why}): it was written by someone \
+                     without the keystore's signing key"
+                ),
+            ));
+            false
+        }
+        Check::Unchecked(why) if e.public_only() => {
+            r.problems.push(problem(
+                HEAD_FILE,
+                0,
+                format!(
+                    "its signature cannot be checked with a public key ({why}): the trail \
+                     was last written before Ed25519 signing; check it with the keystore \
+                     (`kmsfs audit verify`)"
+                ),
+            ));
+            false
+        }
+        Check::Unchecked(_) => false,
     }
-    true
 }
 
 /// Compares where the trail ends with where HEAD says it ends; when they
 /// agree and HEAD's signature verified (`signed`), HEAD extends what is signed.
-fn check_head_end(r: &mut Report, w: &Walk, head: &HeadFields<'_>, signed: bool) {
-    let HeadFields {
+fn check_head_end(r: &mut Report, w: &Walk, head: &HeadRead<'_>, signed: bool) {
+    let HeadRead {
         file: hfile,
         size: hsize,
         sequence: hseq,
@@ -402,14 +507,49 @@ mod tests {
     use serde_json::json;
     use std::path::PathBuf;
 
+    use crate::kms::audit::sign::SigningKeys;
+
     const KEY: [u8; 32] = [7; 32];
+    const SEED: [u8; 32] = [9; 32];
+
+    /// The keys of a keystore: HMAC (older trails) and Ed25519.
+    fn keys_of(hmac: [u8; 32], seed: Option<[u8; 32]>) -> SigningKeys {
+        SigningKeys::new(
+            Some(&SecretBytes::new(hmac.to_vec())),
+            seed.map(|s| SecretBytes::new(s.to_vec())).as_ref(),
+        )
+    }
+
+    /// What `kmsfs audit verify` checks with, holding the keystore.
+    fn with_keystore(hmac: [u8; 32], seed: [u8; 32]) -> Expected {
+        Expected {
+            keys: VerifyKeys {
+                hmac: Some(SecretBytes::new(hmac.to_vec())),
+                ed25519: keys_of(hmac, Some(seed)).public_key(),
+                keystore_id: Some(KS.into()),
+            },
+            floor: None,
+        }
+    }
+
+    /// What `--public-key` checks with.
+    fn public_only(seed: [u8; 32]) -> Expected {
+        Expected {
+            keys: VerifyKeys {
+                hmac: None,
+                ed25519: keys_of(KEY, Some(seed)).public_key(),
+                keystore_id: None,
+            },
+            floor: None,
+        }
+    }
     const KS: &str = "ks-test";
 
     /// A trail of `n` records (every fifth durable, so digests are signed
     /// along the way) in files of at most `limit` bytes.
     fn trail(n: usize, limit: u64) -> (tempfile::TempDir, PathBuf) {
         let t = tempfile::tempdir().unwrap();
-        let tr = Trail::with_limit(t.path(), KS, Some(SecretBytes::new(KEY.to_vec())), limit);
+        let tr = Trail::with_limit(t.path(), KS, keys_of(KEY, Some(SEED)), limit);
         for i in 0..n {
             let d = if i % 5 == 4 {
                 Durability::Durable
@@ -424,7 +564,7 @@ mod tests {
     }
 
     fn check(dir: &Path) -> Report {
-        verify(dir, KS, Some(&KEY)).unwrap()
+        verify(dir, &with_keystore(KEY, SEED)).unwrap()
     }
 
     fn lines(p: &Path) -> Vec<String> {
@@ -457,7 +597,14 @@ mod tests {
         assert!(r.digests_verified >= 8);
         assert_eq!(r.signed_through, r.records);
         // Without the key the chain still verifies, and says so.
-        let r = verify(&dir, KS, None).unwrap();
+        let no_keys = Expected {
+            keys: VerifyKeys {
+                keystore_id: Some(KS.into()),
+                ..VerifyKeys::default()
+            },
+            floor: None,
+        };
+        let r = verify(&dir, &no_keys).unwrap();
         assert!(r.ok() && !r.notes.is_empty());
     }
 
@@ -572,7 +719,8 @@ mod tests {
         assert_eq!(line, digest_line, "{:?}", r.problems);
         assert!(r.problems[0].what.contains("signed digest"));
         // A forged key verifies nothing.
-        assert!(!verify(&dir, KS, Some(&[8; 32])).unwrap().ok());
+        assert!(!verify(&dir, &with_keystore([8; 32], [8; 32])).unwrap().ok());
+        assert!(!verify(&dir, &public_only([8; 32])).unwrap().ok());
     }
 
     #[test]
@@ -594,11 +742,96 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_verifies_with_the_public_key_alone() {
+        let (_t, dir) = trail(12, 1 << 20);
+        let r = verify(&dir, &public_only(SEED)).unwrap();
+        assert!(r.ok(), "{:?}", r.problems);
+        assert_eq!(r.signed_through, r.records);
+        assert!(r.digests_verified >= 2 && r.digests_unchecked == 0);
+        // An edit and a re-chained rewrite fail as with the keystore.
+        let p = dir.join(F1);
+        let mut l = lines(&p);
+        l[1] = l[1].replace("\"n\":1", "\"n\":100");
+        let mut prev = sha256(&[l[1].as_bytes()]);
+        for line in l.iter_mut().skip(2) {
+            let mut v: Value = serde_json::from_str(line).unwrap();
+            v["previousDigest"] = json!(hex(&prev));
+            *line = serde_json::to_string(&v).unwrap();
+            prev = sha256(&[line.as_bytes()]);
+        }
+        write_lines(&p, &l);
+        let r = verify(&dir, &public_only(SEED)).unwrap();
+        assert!(
+            r.problems[0].what.contains("signed digest"),
+            "{:?}",
+            r.problems
+        );
+    }
+
+    #[test]
+    fn an_hmac_trail_verifies_with_the_keystore_and_is_continued_with_ed25519() {
+        let t = tempfile::tempdir().unwrap();
+        let old = Trail::with_limit(t.path(), KS, keys_of(KEY, None), 1 << 20);
+        for i in 0..6 {
+            old.append(json!({"n": i}), Durability::Durable).unwrap();
+        }
+        drop(old);
+        let dir = t.path().join(DIR_NAME);
+        assert!(check(&dir).ok());
+        let r = verify(&dir, &public_only(SEED)).unwrap();
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.file == HEAD_FILE && p.what.contains("public key")),
+            "{:?}",
+            r.problems
+        );
+        // Continued by a writer holding the Ed25519 key: its HEAD covers the
+        // HMAC-signed records before through the chain.
+        let new = Trail::with_limit(t.path(), KS, keys_of(KEY, Some(SEED)), 1 << 20);
+        new.append(json!({"n": 6}), Durability::Durable).unwrap();
+        let r = check(&dir);
+        assert!(r.ok(), "{:?}", r.problems);
+        let r = verify(&dir, &public_only(SEED)).unwrap();
+        assert!(r.ok(), "{:?}", r.problems);
+        assert!(r.digests_unchecked >= 6 && r.digests_verified == 1);
+        assert_eq!(r.signed_through, r.records);
+    }
+
+    #[test]
+    fn a_trail_short_of_the_keystores_position_fails() {
+        let (_t, dir) = trail(10, 1 << 20);
+        let l = lines(&dir.join(F1));
+        let seq = l.len() as u64 - 2;
+        let hash = sha256(&[l[seq as usize - 1].as_bytes()]);
+        let mut e = with_keystore(KEY, SEED);
+        e.floor = Some((seq, hash));
+        assert!(verify(&dir, &e).unwrap().ok());
+        // Another line at that sequence: a replaced trail.
+        e.floor = Some((seq, [1; 32]));
+        assert!(
+            verify(&dir, &e).unwrap().problems[0]
+                .what
+                .contains("not the one")
+        );
+        // The whole trail deleted.
+        e.floor = Some((seq, hash));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let r = verify(&dir, &e).unwrap();
+        assert!(!r.ok());
+        assert!(
+            r.problems[0].what.contains("ends at record 0"),
+            "{:?}",
+            r.problems
+        );
+    }
+
+    #[test]
     fn two_writers_one_chain() {
         // Two processes' writers (two Trail values) appending at once, one
         // batching in the background, keep one valid chain.
         let t = tempfile::tempdir().unwrap();
-        let key = || Some(SecretBytes::new(KEY.to_vec()));
+        let key = || keys_of(KEY, Some(SEED));
         let a = Trail::with_limit(t.path(), KS, key(), 4000);
         let b = Trail::with_limit(t.path(), KS, key(), 4000);
         std::thread::scope(|s| {

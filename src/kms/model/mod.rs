@@ -204,6 +204,31 @@ pub struct StoreState {
         with = "opt_secret_hex"
     )]
     pub audit_signing_key: Option<SecretBytes>,
+    /// The seed of the Ed25519 key that signs the trail's digests and
+    /// `HEAD` (replacing the HMAC for everything written since it was
+    /// made): its public key checks a copy of the trail without the
+    /// keystore. Made with a new keystore, or with an older one's next change.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_secret_hex"
+    )]
+    pub audit_ed25519_seed: Option<SecretBytes>,
+    /// The trail's last signed position when the keystore last changed:
+    /// `kmsfs audit verify` fails when the trail does not reach it, and no
+    /// trail is started afresh while it is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_position: Option<AuditPosition>,
+}
+
+/// A position in the audit trail: a record's sequence number and the
+/// SHA-256 of its line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditPosition {
+    /// The record's `sequence`.
+    pub sequence: u64,
+    /// The SHA-256 of its line, in hex.
+    pub digest: String,
 }
 
 /// Serde helper: an optional secret as a hex string.

@@ -16,7 +16,8 @@ use super::LocalKeyStore;
 use super::resolve::resolve;
 use super::snapshot::Snapshot;
 use crate::kms::audit::record::{self, Event};
-use crate::kms::audit::verify::{self, Report};
+use crate::kms::audit::sign::VerifyKeys;
+use crate::kms::audit::verify::{self, Expected, Report};
 use crate::kms::audit::{AuditEvent, CallerSource, Durability, Operation, Requester, Trail};
 use crate::kms::model::{KeyRecord, key_arn};
 use crate::kms::{Caller, KmsError, clock};
@@ -70,10 +71,16 @@ impl LocalKeyStore {
         }
         // A keystore made before the trail had a signing key gets one with
         // its next change (`update`): opening to read never writes.
-        let key = self.snapshot().state.audit_signing_key.clone();
-        let _ = self
-            .trail
-            .set(Trail::new(self.dir(), self.keystore_id(), key));
+        let snap = self.snapshot();
+        let trail = Trail::new(
+            self.dir(),
+            self.keystore_id(),
+            super::snapshot::signing_keys(&snap.state),
+        );
+        if let Some((seq, hash)) = super::snapshot::audit_floor(&snap.state) {
+            trail.set_floor(seq, hash);
+        }
+        let _ = self.trail.set(trail);
     }
 
     /// The trail, unless turned off.
@@ -130,20 +137,52 @@ impl LocalKeyStore {
         }
     }
 
-    /// Verifies this keystore's trail with its signing key.
+    /// Verifies this keystore's trail with its signing keys, and that it
+    /// reaches the position the keystore recorded at its last change.
     pub fn verify_audit_trail(&self) -> std::io::Result<Report> {
+        self.verify_audit_trail_in(&self.dir().join(crate::kms::audit::trail::DIR_NAME))
+    }
+
+    /// `verify_audit_trail` of a copy of the trail in `dir`.
+    pub fn verify_audit_trail_in(&self, dir: &std::path::Path) -> std::io::Result<Report> {
         let snap = self.snapshot();
-        let key = snap.state.audit_signing_key.as_ref().map(|k| k.expose());
-        verify::verify(
-            &self.dir().join(crate::kms::audit::trail::DIR_NAME),
-            self.keystore_id(),
-            key,
-        )
+        let e = Expected {
+            keys: VerifyKeys {
+                hmac: snap.state.audit_signing_key.clone(),
+                ed25519: super::snapshot::signing_keys(&snap.state).public_key(),
+                keystore_id: Some(self.keystore_id().to_string()),
+            },
+            floor: super::snapshot::audit_floor(&snap.state),
+        };
+        verify::verify(dir, &e)
+    }
+
+    /// Gives a keystore made before Ed25519 signing its key (a change with
+    /// nothing else in it) and returns the public key.
+    pub fn ensure_audit_public_key(
+        &self,
+    ) -> Result<[u8; crate::crypto::ED25519_PUBLIC_LEN], KmsError> {
+        self.update(|_, _| Ok(()))?;
+        self.audit_public_key()
+            .ok_or_else(|| KmsError::internal("the audit signing key was not made".into()))
+    }
+
+    /// The Ed25519 public key that checks the trail's signatures, when the
+    /// keystore has one (a keystore made before gets it with its next change).
+    pub fn audit_public_key(&self) -> Option<[u8; crate::crypto::ED25519_PUBLIC_LEN]> {
+        super::snapshot::signing_keys(&self.snapshot().state).public_key()
     }
 
     /// Refuses a cryptographic operation up front when the trail is failing
     /// and this is a server (fail closed there; the mount fails open, loudly).
+    /// Refuses every key use, whoever asks, while the trail the keystore
+    /// recorded is missing (deleted or cut): a new trail is never started
+    /// in its place.
     pub(super) fn audit_gate(&self) -> Result<(), KmsError> {
+        if let Some(why) = self.trail.get().and_then(|t| t.missing()) {
+            self.warn_once(&why);
+            return Err(KmsError::AuditTrail { problem: why });
+        }
         match self.trail.get() {
             Some(t) if t.failing() && self.caller_source() == CallerSource::Server => {
                 Err(KmsError::AuditTrail {

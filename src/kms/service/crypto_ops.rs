@@ -600,6 +600,11 @@ impl KeyService for LocalKeyStore {
 
     fn generation(&self) -> u64 {
         self.refresh_if_stale();
+        // While the trail is missing every open must reach `use_key` (and be
+        // refused there), not be served from a cache of data keys.
+        if self.trail.get().is_some_and(|t| t.missing().is_some()) {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
         self.generation.load(Ordering::Acquire)
     }
 }

@@ -10,8 +10,9 @@ use std::sync::atomic::Ordering;
 use super::FRESHNESS_INTERVAL_MS;
 use super::LocalKeyStore;
 use crate::crypto::{SecretBytes, hex};
+use crate::kms::audit::sign::SigningKeys;
 use crate::kms::blob::MaterialKeys;
-use crate::kms::model::StoreState;
+use crate::kms::model::{AuditPosition, StoreState};
 use crate::kms::policy::KeyPolicy;
 use crate::kms::store::{self, CURRENT_FILE, Fingerprint, Frame, KeystoreDir, PREV_FILE, RootKey};
 use crate::kms::{KmsError, clock};
@@ -245,8 +246,11 @@ impl LocalKeyStore {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        if let (Some(t), Some(k)) = (self.trail.get(), &snap.state.audit_signing_key) {
-            t.set_key(k);
+        if let Some(t) = self.trail.get() {
+            t.set_keys(signing_keys(&snap.state));
+            if let Some((seq, hash)) = audit_floor(&snap.state) {
+                t.set_floor(seq, hash);
+            }
         }
         *g = Arc::new(snap);
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -437,6 +441,7 @@ impl LocalKeyStore {
             return result;
         }
         ensure_audit_signing_key(&mut state)?;
+        self.record_trail_position(&mut state)?;
         // The kept generation must not keep material that this update
         // removes (a purge, an expiry, DeleteImportedKeyMaterial): it is what a
         // later process falls back to when the current generation is damaged.
@@ -470,6 +475,27 @@ impl LocalKeyStore {
             }
         }
         result
+    }
+
+    /// Seals the trail (what is queued, then a signed digest, durably) and
+    /// records where it ends in `state`, so that a trail deleted or cut
+    /// later falls short of what the keystore says. Refuses the change
+    /// when the trail cannot be written.
+    fn record_trail_position(&self, state: &mut StoreState) -> Result<(), KmsError> {
+        let Some(t) = self.trail.get() else {
+            return Ok(());
+        };
+        let at = t.seal_position().map_err(|e| KmsError::AuditTrail {
+            problem: format!("{e}; nothing was changed"),
+        })?;
+        if let Some((sequence, hash)) = at {
+            state.audit_position = Some(AuditPosition {
+                sequence,
+                digest: hex(&hash),
+            });
+            t.set_floor(sequence, hash);
+        }
+        Ok(())
     }
 
     /// Reads the current generation for an update (under the exclusive
@@ -521,12 +547,33 @@ fn refuse_change(e: KmsError) -> KmsError {
 /// Gives a keystore older than the audit trail its signing key with its
 /// first change.
 fn ensure_audit_signing_key(state: &mut StoreState) -> Result<(), KmsError> {
+    let new = || {
+        crate::crypto::random_array::<32>()
+            .map(|k| SecretBytes::new(k.to_vec()))
+            .map_err(|e| KmsError::internal(format!("cannot make the audit key: {e}")))
+    };
     if state.audit_signing_key.is_none() {
-        let k = crate::crypto::random_array::<32>()
-            .map_err(|e| KmsError::internal(format!("cannot make the audit key: {e}")))?;
-        state.audit_signing_key = Some(SecretBytes::new(k.to_vec()));
+        state.audit_signing_key = Some(new()?);
+    }
+    if state.audit_ed25519_seed.is_none() {
+        state.audit_ed25519_seed = Some(new()?);
     }
     Ok(())
+}
+
+/// The trail's signing keys as the keystore holds them.
+pub(super) fn signing_keys(state: &StoreState) -> SigningKeys {
+    SigningKeys::new(
+        state.audit_signing_key.as_ref(),
+        state.audit_ed25519_seed.as_ref(),
+    )
+}
+
+/// The trail position the keystore recorded (sequence, line hash).
+pub(super) fn audit_floor(state: &StoreState) -> Option<(u64, [u8; 32])> {
+    let p = state.audit_position.as_ref()?;
+    let h = crate::kms::audit::trail::hex_to_bytes(&p.digest)?;
+    Some((p.sequence, h.try_into().ok()?))
 }
 
 /// Logs the keys whose dates were reached in an update.

@@ -69,8 +69,10 @@ pub fn create(
     // The audit trail's signing key is made with the keystore (older
     // keystores get one on first open).
     let audit_key = crypto::random_array::<32>().map_err(|e| KmsError::internal(e.to_string()))?;
+    let seed = crypto::random_array::<32>().map_err(|e| KmsError::internal(e.to_string()))?;
     let state = StoreState {
         audit_signing_key: Some(crypto::SecretBytes::new(audit_key.to_vec())),
+        audit_ed25519_seed: Some(crypto::SecretBytes::new(seed.to_vec())),
         ..StoreState::default()
     };
     let bytes = encode(&id, &root, 1, &state)?;

@@ -105,15 +105,16 @@ fn every_flipped_byte_and_truncation_is_detected() {
 
 #[test]
 fn worked_size_of_an_empty_keystore() {
-    // docs/KEYSTORE.md: 115 fixed + (111-byte JSON + 16) body + 32 checksum;
-    // the JSON is the empty state (24 bytes) with the audit signing key
-    // (`,"audit_signing_key":"` 22 bytes, 64 hex digits, `"`).
+    // docs/KEYSTORE.md: 115 fixed + (199-byte JSON + 16) body + 32 checksum;
+    // the JSON is the empty state (24 bytes) with the audit signing keys
+    // (`,"audit_signing_key":"` 22 bytes, 64 hex digits, `"`;
+    // `,"audit_ed25519_seed":"` 23 bytes, 64 hex digits, `"`).
     let t = tempfile::tempdir().unwrap();
     let dir = KeystoreDir::new(t.path());
     create(&dir, CreateMode::RootKeyFile).unwrap();
     assert_eq!((FIXED_LEN, FIXED_LEN_V1), (115, 95));
     assert_eq!(StoreState::default().to_sealed_json().unwrap().len(), 24);
-    assert_eq!(fs::read(dir.file(CURRENT_FILE)).unwrap().len(), 274);
+    assert_eq!(fs::read(dir.file(CURRENT_FILE)).unwrap().len(), 362);
     assert_eq!(fs::read(dir.file(ROOT_KEY_FILE)).unwrap().len(), 40);
 }
 
