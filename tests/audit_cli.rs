@@ -204,26 +204,29 @@ fn verify_names_the_place_of_every_kind_of_tampering() {
         .collect();
     let put = |l: &[String]| fs::write(&f, l.join("\n") + "\n").unwrap();
     let name = "trail-000001.jsonl";
-    // Edited (line 3): line 4 no longer chains to it.
+    // The first Encrypt record (0-based line e; signed digests come before).
+    let e = orig.iter().position(|x| x.contains("\"Encrypt\"")).unwrap();
+    assert!(e >= 1);
+    // Edited (line e+1): line e+2 no longer chains to it.
     let mut l = orig.clone();
-    l[2] = l[2].replace("\"Encrypt\"", "\"Decrypt\"");
+    l[e] = l[e].replace("\"Encrypt\"", "\"Decrypt\"");
     put(&l);
-    verify_fails_at(&ks, &format!("{name}:4:"));
-    // Deleted (line 3).
+    verify_fails_at(&ks, &format!("{name}:{}:", e + 2));
+    // Deleted (line e+1).
     let mut l = orig.clone();
-    l.remove(2);
+    l.remove(e);
     put(&l);
-    verify_fails_at(&ks, &format!("{name}:3:"));
-    // Inserted (a copy of line 2 after it).
+    verify_fails_at(&ks, &format!("{name}:{}:", e + 1));
+    // Inserted (a copy of the line before it).
     let mut l = orig.clone();
-    l.insert(2, orig[1].clone());
+    l.insert(e, orig[e - 1].clone());
     put(&l);
-    verify_fails_at(&ks, &format!("{name}:3:"));
-    // Swapped (lines 4 and 5).
+    verify_fails_at(&ks, &format!("{name}:{}:", e + 1));
+    // Swapped (lines e+2 and e+3).
     let mut l = orig.clone();
-    l.swap(3, 4);
+    l.swap(e + 1, e + 2);
     put(&l);
-    verify_fails_at(&ks, &format!("{name}:4:"));
+    verify_fails_at(&ks, &format!("{name}:{}:", e + 2));
     // Truncated: the last two records cut.
     put(&orig[..orig.len() - 2]);
     verify_fails_at(&ks, &format!("{name}:{}:", orig.len() - 2));

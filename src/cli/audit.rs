@@ -1,6 +1,7 @@
-//! `kmsfs audit show` and `kmsfs audit verify`: the keystore's audit trail
-//! as a table or JSON lines (filtered, or followed as it grows), and the
-//! check of its hash chain and signatures, naming file and line of a break.
+//! `kmsfs audit show`, `verify` and `public-key`: the keystore's audit trail
+//! as a table or JSON lines (filtered, or followed as it grows), the check
+//! of its hash chain and signatures (with the keystore, or of a copy with
+//! only the public key), naming file and line of a break, and the public key.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,8 +12,10 @@ use super::keystore::{keystore_dir, open_key_service};
 use super::{CliError, ErrorClass, GlobalArgs, OutputFormat};
 use crate::kms::audit::read::{Cursor, Line};
 use crate::kms::audit::record::DIGEST_EVENT_TYPE;
+use crate::kms::audit::sign::{VerifyKeys, fingerprint, parse_public_key, public_key_pem};
 use crate::kms::audit::time;
 use crate::kms::audit::trail::DIR_NAME;
+use crate::kms::audit::verify::{Expected, Report};
 use crate::kms::clock;
 
 /// The audit subcommands.
@@ -21,7 +24,22 @@ pub enum AuditCommand {
     /// The records, as a table or (--output json) JSON lines.
     Show(ShowArgs),
     /// Check the trail's hash chain and signatures; exit 5 on any break.
-    Verify,
+    Verify(VerifyArgs),
+    /// Print the Ed25519 public key that checks the trail's signatures (PEM).
+    PublicKey,
+}
+
+/// Where `audit verify` looks and what it checks with.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// A copy of a trail (its `audit` directory, or the keystore directory
+    /// holding one) instead of the keystore's own.
+    #[arg(long, value_name = "DIR")]
+    pub trail: Option<PathBuf>,
+    /// Check with this public key (PEM, from `kmsfs audit public-key`)
+    /// instead of the keystore, which is then not opened.
+    #[arg(long, value_name = "FILE")]
+    pub public_key: Option<PathBuf>,
 }
 
 /// Filters of `audit show`.
@@ -55,7 +73,8 @@ pub struct ShowArgs {
 pub fn run(g: &GlobalArgs, c: AuditCommand) -> Result<(), CliError> {
     match c {
         AuditCommand::Show(a) => show(g, a),
-        AuditCommand::Verify => verify(g),
+        AuditCommand::Verify(a) => verify(g, a),
+        AuditCommand::PublicKey => public_key(g),
     }
 }
 
@@ -240,12 +259,110 @@ pub fn show(g: &GlobalArgs, a: ShowArgs) -> Result<(), CliError> {
     }
 }
 
+/// The trail directory `--trail` names: an `audit` directory, or a
+/// keystore directory holding one.
+fn given_trail(d: &std::path::Path) -> PathBuf {
+    let inner = d.join(DIR_NAME);
+    if inner.is_dir() && !d.join(crate::kms::audit::trail::HEAD_FILE).exists() {
+        inner
+    } else {
+        d.to_path_buf()
+    }
+}
+
+/// Reads `--public-key FILE`.
+fn read_public_key(p: &std::path::Path) -> Result<[u8; 32], CliError> {
+    let text = std::fs::read_to_string(p).map_err(|e| {
+        CliError::new(
+            ErrorClass::NotFound,
+            format!("cannot read the public key {}: {e}", p.display()),
+        )
+    })?;
+    parse_public_key(&text).ok_or_else(|| {
+        CliError::new(
+            ErrorClass::Usage,
+            format!("{} is not an Ed25519 public key", p.display()),
+        )
+        .hint("give the PEM that `kmsfs audit public-key` prints (or its 64 hex digits)")
+    })
+}
+
 /// `kmsfs audit verify`.
-pub fn verify(g: &GlobalArgs) -> Result<(), CliError> {
+pub fn verify(g: &GlobalArgs, a: VerifyArgs) -> Result<(), CliError> {
+    let r = match &a.public_key {
+        Some(pk) => {
+            let dir = a
+                .trail
+                .as_deref()
+                .map(given_trail)
+                .unwrap_or_else(|| trail_dir(g));
+            let e = Expected {
+                keys: VerifyKeys {
+                    hmac: None,
+                    ed25519: Some(read_public_key(pk)?),
+                    keystore_id: None,
+                },
+                floor: None,
+            };
+            check_trail_dir(&dir)?;
+            crate::kms::audit::verify::verify(&dir, &e)?
+        }
+        None => {
+            let ks = open_key_service(g)?;
+            // Whatever this process queued is in the trail before it is checked.
+            ks.flush_audit_trail();
+            match &a.trail {
+                Some(d) => {
+                    let dir = given_trail(d);
+                    check_trail_dir(&dir)?;
+                    ks.verify_audit_trail_in(&dir)?
+                }
+                None => ks.verify_audit_trail()?,
+            }
+        }
+    };
+    report(g, &r)
+}
+
+/// A `--trail` that is not there is an error, not an empty trail.
+fn check_trail_dir(dir: &std::path::Path) -> Result<(), CliError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    Err(CliError::new(
+        ErrorClass::NotFound,
+        format!("there is no audit trail in {}", dir.display()),
+    ))
+}
+
+/// `kmsfs audit public-key`: a keystore made before Ed25519 gets its key
+/// now (one keystore change, recorded).
+pub fn public_key(g: &GlobalArgs) -> Result<(), CliError> {
     let ks = open_key_service(g)?;
-    // Whatever this process queued is in the trail before it is checked.
-    ks.flush_audit_trail();
-    let r = ks.verify_audit_trail()?;
+    let pk = match ks.audit_public_key() {
+        Some(pk) => pk,
+        None => ks
+            .ensure_audit_public_key()
+            .map_err(|e| CliError::keystore(&keystore_dir(g), e))?,
+    };
+    let pem = public_key_pem(&pk);
+    if g.output == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "PublicKey": pem,
+                "Fingerprint": fingerprint(&pk),
+                "KeystoreId": ks.keystore_id(),
+            })
+        );
+    } else {
+        print!("{pem}");
+    }
+    Ok(())
+}
+
+/// Prints what verify found; an error (exit 5) on any break.
+fn report(g: &GlobalArgs, r: &Report) -> Result<(), CliError> {
     let json = g.output == OutputFormat::Json;
     if json {
         let problems: Vec<Value> = r
@@ -260,6 +377,7 @@ pub fn verify(g: &GlobalArgs) -> Result<(), CliError> {
                 "Files": r.files,
                 "Records": r.records,
                 "DigestsVerified": r.digests_verified,
+                "DigestsUnchecked": r.digests_unchecked,
                 "SignedThrough": r.signed_through,
                 "Problems": problems,
                 "Notes": r.notes,
