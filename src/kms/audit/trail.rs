@@ -522,14 +522,14 @@ impl Trail {
         };
         let size = fs::symlink_metadata(&path)?.len();
         for (_, p) in files.iter().rev() {
-            if let Some((sequence, hash, torn, digest)) = last_line(p)? {
+            if let Some(l) = last_line(p)? {
                 return Ok(Tail {
                     file_no: n,
                     size,
-                    sequence,
-                    hash,
-                    digest: digest && !torn,
-                    torn: torn && p == &path,
+                    sequence: l.sequence,
+                    hash: l.hash,
+                    digest: l.digest && !l.torn,
+                    torn: l.torn && p == &path,
                 });
             }
         }
@@ -763,9 +763,19 @@ fn background(weak: Weak<Trail>) {
     }
 }
 
+/// The last complete line of a trail file.
+struct LastLine {
+    sequence: u64,
+    hash: [u8; 32],
+    /// A partial line follows it.
+    torn: bool,
+    /// It is a digest record.
+    digest: bool,
+}
+
 /// The sequence and line hash of the last complete line of a trail file,
 /// whether a partial line follows it, and whether it is a digest record.
-fn last_line(p: &Path) -> io::Result<Option<(u64, [u8; 32], bool, bool)>> {
+fn last_line(p: &Path) -> io::Result<Option<LastLine>> {
     let mut f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -809,7 +819,12 @@ fn last_line(p: &Path) -> io::Result<Option<(u64, [u8; 32], bool, bool)>> {
                     p.display()
                 ))
             })?;
-        return Ok(Some((seq, sha256(&[line]), torn, digest)));
+        return Ok(Some(LastLine {
+            sequence: seq,
+            hash: sha256(&[line]),
+            torn,
+            digest,
+        }));
     }
 }
 
