@@ -461,3 +461,55 @@ fn xattr_set(p: &Path, name: &str, value: &[u8]) {
         .unwrap();
     assert!(o.status.success(), "setfattr {name}: {}", text(&o));
 }
+
+/// Issue 23, item 2: started with a soft descriptor limit of 256, the
+/// daemon serves with its hard limit, and says what budgets follow.
+#[test]
+fn the_daemon_raises_its_descriptor_limit_to_the_hard_limit() {
+    let test = "fdlimit";
+    if !common::fuse_available(test) || !common::require_root(test, "mounting") {
+        return;
+    }
+    let Some(prlimit) = common::require_tool(test, "prlimit") else {
+        return;
+    };
+    let tmp = common::tempdir(test);
+    let (backing, mnt) = (tmp.path().join("backing"), tmp.path().join("mnt"));
+    fs::create_dir(&backing).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    let log = tmp.path().join("kmsfs.log");
+    let _guard = common::MountGuard(mnt.clone());
+    let o = common::command(prlimit)
+        .arg("--nofile=256:")
+        .arg("--")
+        .arg(common::BIN)
+        .arg("--keystore")
+        .arg(tmp.path().join("keystore"))
+        .arg("mount")
+        .arg(&backing)
+        .arg(&mnt)
+        .arg("--log-file")
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "mount: {}", text(&o));
+    let pid = common::daemon_pid(&mnt).expect("daemon pid");
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let nofile: Vec<u64> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect()
+        })
+        .unwrap();
+    let (soft, hard) = (nofile[0], nofile[1]);
+    assert!(hard > 256, "this machine's hard limit is {hard}");
+    assert_eq!(soft, hard, "the daemon's soft limit");
+    let logged = fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains(&format!("(descriptor limit {hard})")),
+        "{logged}"
+    );
+}
