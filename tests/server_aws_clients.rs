@@ -175,8 +175,14 @@ fn on_a_unix_socket_the_peer_is_the_caller() {
         .to_string();
     let enc = format!(r#"{{"KeyId":"{key}","Plaintext":"aGVsbG8="}}"#);
     let a = &users.a;
+    // A key without a policy serves only root and the keystore's owner
+    // through the server (issue 15.4); a key policy can grant others.
     let (st, v) = unix_request(&python, &sock, "Encrypt", &enc, Some(a));
-    assert_eq!(st, 200, "user a may use a key without a policy: {v}");
+    assert_eq!(
+        (st, v["__type"].as_str()),
+        (400, Some("AccessDeniedException")),
+        "user a used a key without a policy: {v}"
+    );
     let policy = serde_json::json!({
         "Statement": [{"Effect": "Allow", "Principal": {"kmsfs": ["uid:0"]}, "Action": "kms:*"}]
     })

@@ -154,6 +154,7 @@ fn class_of(e: &KmsError) -> ErrorClass {
         KmsError::Disabled { .. }
         | KmsError::InvalidState { .. }
         | KmsError::AccessDenied { .. }
+        | KmsError::OwnerOnly { .. }
         | KmsError::UntrustedKeystorePath { .. }
         | KmsError::IncorrectKey { .. } => ErrorClass::Refused,
         KmsError::InvalidCiphertext { .. } => ErrorClass::Corrupt,

@@ -65,6 +65,28 @@ pub enum KmsError {
         /// The caller's (uid, gid).
         principal: (u32, u32),
     },
+    /// At a boundary (a protocol server): the caller is neither root nor
+    /// the keystore's owner, and no key policy grants it the operation (a
+    /// key without a policy, or an operation that names no key).
+    #[error(
+        "uid {} gid {} is not allowed {}{}: through this server, CreateKey and keys without a \
+         key policy are for root and uid {owner} (the keystore's owner); a key policy can \
+         grant others rights on a key",
+        principal.0,
+        principal.1,
+        action.action(),
+        key_id.as_deref().map(|k| format!(" on key {k}")).unwrap_or_default()
+    )]
+    OwnerOnly {
+        /// The key concerned, when the operation names one.
+        key_id: Option<String>,
+        /// The operation refused.
+        action: Operation,
+        /// The caller's (uid, gid).
+        principal: (u32, u32),
+        /// The keystore's owner.
+        owner: u32,
+    },
     /// The audit trail cannot be written: a change to the keystore is
     /// refused (or, when it was already made, reported as unrecorded).
     #[error("the audit trail cannot be written: {problem}")]
@@ -192,9 +214,9 @@ impl KmsError {
             KmsError::InvalidState { .. } => "KMSInvalidStateException",
             KmsError::InvalidCiphertext { .. } => "InvalidCiphertextException",
             KmsError::IncorrectKey { .. } => "IncorrectKeyException",
-            KmsError::AccessDenied { .. } | KmsError::UntrustedKeystorePath { .. } => {
-                "AccessDeniedException"
-            }
+            KmsError::AccessDenied { .. }
+            | KmsError::OwnerOnly { .. }
+            | KmsError::UntrustedKeystorePath { .. } => "AccessDeniedException",
             KmsError::Validation { .. } => "ValidationException",
             KmsError::AlreadyExists { .. } => "AlreadyExistsException",
             KmsError::KeystoreNotFound { .. } => "KeystoreNotFound",
@@ -215,6 +237,7 @@ impl KmsError {
                 | KmsError::Disabled { .. }
                 | KmsError::InvalidState { .. }
                 | KmsError::AccessDenied { .. }
+                | KmsError::OwnerOnly { .. }
                 | KmsError::UntrustedKeystorePath { .. }
                 | KmsError::IncorrectKey { .. }
         )

@@ -231,6 +231,19 @@ impl Operation {
             .filter_map(|o| o.target().map(|t| (o, t)))
     }
 
+    /// What a key policy must allow besides the operation itself.
+    /// ReEncrypt's halves also need their plaintext side, Decrypt on the
+    /// source and Encrypt on the destination (stricter than AWS), so that
+    /// no sequence of operations gives a principal the plaintext of a key
+    /// whose policy does not allow it Decrypt.
+    pub fn also_requires(self) -> Option<Operation> {
+        match self {
+            Operation::ReEncryptFrom => Some(Operation::Decrypt),
+            Operation::ReEncryptTo => Some(Operation::Encrypt),
+            _ => None,
+        }
+    }
+
     /// True for the cryptographic operations.
     pub fn is_crypto(self) -> bool {
         Self::CRYPTO.contains(&self)

@@ -1,11 +1,13 @@
 //! Key policies: an AWS-shaped JSON document per key, parsed and validated once,
-//! evaluated (`authorize`) on every key operation for the caller: principals
+//! evaluated (`KeyPolicy::allows`, from `service::authz`, the one
+//! decision) on every key operation for the caller: principals
 //! `uid:N`, `user:NAME`, `gid:N`, `group:NAME` (the caller's primary and
 //! supplementary groups) and `*`; conditions `StringEquals`/`StringLike` (also
 //! `ForAnyValue:`/`ForAllValues:`) on `kms:EncryptionContext:KEY` and
 //! `kms:EncryptionContextKeys`. Explicit Deny wins, then any Allow, else deny.
-//! A key without a policy allows every caller (the keystore's file
-//! permissions and root key are the boundary).
+//! A key without a policy allows every caller of the command line and the
+//! mount (the keystore's file permissions and root key are the boundary);
+//! at a protocol server, only root and the keystore's owner.
 #![forbid(unsafe_code)]
 
 use serde::Deserialize;
@@ -494,28 +496,6 @@ impl KeyPolicy {
                 .iter()
                 .any(|p| matches!(p, Principal::Gid(_) | Principal::Group(_)))
         })
-    }
-}
-
-/// Decides whether `caller` may perform `op` with the key `key_id`, whose
-/// policy is `policy`. A key without a policy allows every caller (the
-/// keystore's file permissions and root key are the boundary); with one,
-/// explicit Deny wins, then Allow, else the call is denied.
-pub(crate) fn authorize(
-    caller: &Caller,
-    requester: &Requester,
-    key_id: &str,
-    policy: Option<&KeyPolicy>,
-    op: Operation,
-    ctx: Option<&EncryptionContext>,
-) -> Result<(), KmsError> {
-    match policy {
-        Some(p) if !p.allows(caller, requester, op, ctx) => Err(KmsError::AccessDenied {
-            key_id: key_id.to_string(),
-            action: op,
-            principal: (caller.uid, caller.gid),
-        }),
-        _ => Ok(()),
     }
 }
 

@@ -1,7 +1,8 @@
 //! Who is asking, for a request on TCP: AWS Signature Version 4 over the
 //! access keys kept in the keystore. The signature is computed again with the
 //! AWS SDK's own signer (`aws-sigv4`) over exactly the headers the client
-//! signed, and compared in constant time. Refusals carry the AWS exception
+//! signed, and compared in constant time (`crypto::constant_time_eq`). The
+//! headers are checked first (`precheck`), before the body is read. Refusals carry the AWS exception
 //! names; nothing here logs or returns a secret.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,7 +14,7 @@ use aws_smithy_runtime_api::client::identity::Identity;
 use http::HeaderMap;
 
 use super::error::ApiError;
-use crate::kms::{Caller, LocalKeyStore, clock};
+use crate::kms::{AccessKeySecret, Caller, LocalKeyStore, clock};
 
 /// How far a request's X-Amz-Date may be from the server's clock (as AWS).
 pub const MAX_SKEW: Duration = Duration::from_secs(300);
@@ -32,6 +33,19 @@ struct Authorization<'a> {
     service: &'a str,
     signed_headers: Vec<&'a str>,
     signature: &'a str,
+}
+
+/// A request whose signature header was checked before its body is read
+/// (a known access key, a date within `MAX_SKEW`, the required headers
+/// signed): what is left is the signature over the body (`verify`).
+pub(crate) struct Presigned {
+    access_key_id: String,
+    region: String,
+    service: String,
+    signed_headers: Vec<String>,
+    signature: String,
+    signed_at: i64,
+    secret: AccessKeySecret,
 }
 
 fn incomplete(why: &str) -> ApiError {
@@ -100,27 +114,14 @@ fn amz_date(t: i64) -> String {
     r.chars().filter(|c| *c != '-' && *c != ':').collect()
 }
 
-/// Equal in time independent of where the first difference is.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a
-        .iter()
-        .zip(b)
-        .fold(0u8, |acc, (x, y)| acc | std::hint::black_box(x ^ y));
-    diff == 0
-}
-
-/// Verifies the request's signature; returns the principal of its access key.
-pub(crate) fn verify(
+/// Checks what the headers alone can tell (a known access key, a date
+/// within the window, the required headers signed), before the body is
+/// read: a client without credentials holds no connection for a body.
+pub(crate) fn precheck(
     ks: &LocalKeyStore,
-    method: &str,
-    uri: &str,
     headers: &HeaderMap,
-    body: &[u8],
     now: SystemTime,
-) -> Result<Caller, ApiError> {
+) -> Result<Presigned, ApiError> {
     let a = authorization_header(headers)?;
     let (date_header, signed_at) = signing_date(headers, &a)?;
     if headers.contains_key("x-amz-security-token") {
@@ -132,25 +133,39 @@ pub(crate) fn verify(
         .map_err(ApiError::from)?
         .ok_or_else(unrecognized)?;
     check_skew(date_header, signed_at, now)?;
-    let signed = signed_header_values(headers, &a)?;
-    let expected = expected_signature(
-        &a,
-        secret.secret.as_str(),
+    Ok(Presigned {
+        access_key_id: a.access_key_id.to_string(),
+        region: a.region.to_string(),
+        service: a.service.to_string(),
+        signed_headers: a.signed_headers.iter().map(|h| h.to_string()).collect(),
+        signature: a.signature.to_string(),
         signed_at,
-        method,
-        uri,
-        signed,
-        body,
-    )?;
-    if constant_time_eq(expected.as_bytes(), a.signature.as_bytes()) {
-        Ok(secret.caller)
-    } else {
-        Err(ApiError::new(
-            "InvalidSignatureException",
-            400,
-            "The request signature we calculated does not match the signature you provided. \
-             Check your AWS Secret Access Key and signing method.",
-        ))
+        secret,
+    })
+}
+
+impl Presigned {
+    /// Verifies the signature over the whole request; returns the principal
+    /// of its access key.
+    pub(crate) fn verify(
+        &self,
+        method: &str,
+        uri: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Caller, ApiError> {
+        let signed = signed_header_values(headers, &self.signed_headers)?;
+        let expected = expected_signature(self, method, uri, signed, body)?;
+        if crate::crypto::constant_time_eq(expected.as_bytes(), self.signature.as_bytes()) {
+            Ok(self.secret.caller)
+        } else {
+            Err(ApiError::new(
+                "InvalidSignatureException",
+                400,
+                "The request signature we calculated does not match the signature you provided. \
+                 Check your AWS Secret Access Key and signing method.",
+            ))
+        }
     }
 }
 
@@ -244,20 +259,20 @@ fn check_skew(date_header: &str, signed_at: i64, now: SystemTime) -> Result<(), 
 /// signer from the time).
 fn signed_header_values<'h>(
     headers: &'h HeaderMap,
-    a: &Authorization<'h>,
+    names: &'h [String],
 ) -> Result<Vec<(&'h str, &'h str)>, ApiError> {
     let mut signed: Vec<(&str, &str)> = Vec::new();
-    for name in &a.signed_headers {
-        if *name == "x-amz-date" {
+    for name in names {
+        if name == "x-amz-date" {
             continue;
         }
-        let values = headers.get_all(*name);
+        let values = headers.get_all(name.as_str());
         let mut any = false;
         for v in values.iter() {
             let v = v
                 .to_str()
                 .map_err(|_| incomplete("a signed header is not ASCII"))?;
-            signed.push((name, v));
+            signed.push((name.as_str(), v));
             any = true;
         }
         if !any {
@@ -270,23 +285,27 @@ fn signed_header_values<'h>(
 /// The signature the request should carry, computed with the AWS SDK's signer
 /// from the access key's secret.
 fn expected_signature(
-    a: &Authorization<'_>,
-    secret: &str,
-    signed_at: i64,
+    p: &Presigned,
     method: &str,
     uri: &str,
     signed: Vec<(&str, &str)>,
     body: &[u8],
 ) -> Result<String, ApiError> {
-    let identity: Identity =
-        Credentials::new(a.access_key_id, secret, None, None, "kmsfs-access-key").into();
+    let identity: Identity = Credentials::new(
+        p.access_key_id.as_str(),
+        p.secret.secret.as_str(),
+        None,
+        None,
+        "kmsfs-access-key",
+    )
+    .into();
     let mut settings = SigningSettings::default();
     settings.excluded_headers = None;
     let params = v4::SigningParams::builder()
         .identity(&identity)
-        .region(a.region)
-        .name(a.service)
-        .time(UNIX_EPOCH + Duration::from_secs(signed_at.max(0) as u64))
+        .region(&p.region)
+        .name(&p.service)
+        .time(UNIX_EPOCH + Duration::from_secs(p.signed_at.max(0) as u64))
         .settings(settings)
         .build()
         .map_err(|e| ApiError::new("KMSInternalException", 500, e.to_string()))?
@@ -342,12 +361,5 @@ mod tests {
         assert_eq!(amz_date(t), "20261202T004400Z");
         assert!(parse_amz_date("2026-12-02T00:44:00Z").is_none());
         assert!(parse_amz_date("20261202 004400Z").is_none());
-    }
-
-    #[test]
-    fn constant_time_eq_is_eq() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

@@ -59,6 +59,7 @@ impl From<KmsError> for ApiError {
             | KmsError::InvalidCiphertext { .. }
             | KmsError::IncorrectKey { .. }
             | KmsError::AccessDenied { .. }
+            | KmsError::OwnerOnly { .. }
             | KmsError::Validation { .. }
             | KmsError::AlreadyExists { .. } => (e.aws_code(), 400),
             // The keystore's own troubles are the service's, not the caller's.

@@ -2,17 +2,22 @@
 //! (POST /, `X-Amz-Target: TrentService.<Operation>`) on a Unix socket or a
 //! loopback TCP port, serving the local keystore to boto3, the aws CLI and
 //! the AWS SDKs. Callers are the socket peer's credentials (Unix) or the
-//! principal of a SigV4 access key (TCP, `auth`); operations in `ops`,
-//! errors in `error`. Built on tokio and hyper 1; the keystore's blocking
+//! principal of a SigV4 access key (TCP, `auth`, whose header is checked
+//! before the body is read); operations in `ops` (parsed into
+//! `kms::Operation`; the key service authorizes each), errors in `error`.
+//! Slow or idle clients are cut off (`HEADER_TIMEOUT`, `BODY_TIMEOUT`) and
+//! no one peer holds more than `MAX_PER_PEER` connections. Built on tokio and hyper 1; the keystore's blocking
 //! work runs on tokio's blocking pool.
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -22,7 +27,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Semaphore;
 
-use crate::kms::{Caller, CallerSource, LocalKeyStore};
+use crate::kms::{Caller, CallerSource, LocalKeyStore, Operation};
 
 mod auth;
 mod error;
@@ -36,8 +41,17 @@ use ops::Reply;
 pub const MAX_BODY: usize = 256 * 1024;
 /// Most connections served at once; more wait to be accepted.
 pub const MAX_CONNECTIONS: usize = 512;
-/// How long a client may take to send a request's headers.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most connections of one peer at once (a local user, found from
+/// the kernel's sock_diag for loopback TCP, or the socket peer's uid; else the
+/// address): more are closed as soon as they are accepted, so that no one
+/// peer can take the slots of the others.
+pub const MAX_PER_PEER: usize = 64;
+/// How long a client may take to send a request's headers, and how long
+/// a connection may stay idle between two requests.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's body, once its
+/// signature's header was accepted.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,32 +105,33 @@ pub enum ServerError {
 /// Requests served, by operation, and refusals.
 #[derive(Debug, Default)]
 struct Stats {
-    ops: [AtomicU64; ops::OPERATIONS.len()],
+    ops: [AtomicU64; Operation::ALL.len()],
     errors: AtomicU64,
     auth_refused: AtomicU64,
+    peer_refused: AtomicU64,
 }
 
 impl Stats {
-    fn count(&self, op: &str) {
-        if let Some(i) = ops::OPERATIONS.iter().position(|o| *o == op) {
-            self.ops[i].fetch_add(1, Ordering::Relaxed);
+    fn count(&self, op: Option<Operation>) {
+        if let Some(op) = op {
+            self.ops[op.index()].fetch_add(1, Ordering::Relaxed);
         }
     }
 
     fn summary(&self) -> String {
-        let mut parts: Vec<String> = ops::OPERATIONS
-            .iter()
-            .zip(&self.ops)
-            .filter_map(|(name, n)| {
-                let n = n.load(Ordering::Relaxed);
+        let mut parts: Vec<String> = Operation::served()
+            .filter_map(|(op, name)| {
+                let n = self.ops[op.index()].load(Ordering::Relaxed);
                 (n > 0).then(|| format!("{name}={n}"))
             })
             .collect();
-        parts.push(format!("errors={}", self.errors.load(Ordering::Relaxed)));
-        parts.push(format!(
-            "auth_refused={}",
-            self.auth_refused.load(Ordering::Relaxed)
-        ));
+        for (name, n) in [
+            ("errors", &self.errors),
+            ("auth_refused", &self.auth_refused),
+            ("peer_refused", &self.peer_refused),
+        ] {
+            parts.push(format!("{name}={}", n.load(Ordering::Relaxed)));
+        }
         parts.join(" ")
     }
 }
@@ -126,18 +141,17 @@ struct State {
     stats: Stats,
     /// Operations answered with ThrottlingException (fault injection for
     /// tests: `KMSFS_TEST_THROTTLE=Decrypt,GenerateDataKey`, debug builds only).
-    throttled: Vec<String>,
-    /// The server's own uid: with root, the only caller allowed
-    /// administrative operations (`ops::ADMINISTRATIVE`).
-    owner: u32,
+    throttled: Vec<Operation>,
+    /// Open connections per peer (`MAX_PER_PEER`).
+    peers: Mutex<HashMap<PeerId, usize>>,
 }
 
 /// The test-only throttling switch; always empty in release builds.
-fn throttled_operations() -> Vec<String> {
+fn throttled_operations() -> Vec<Operation> {
     #[cfg(debug_assertions)]
     if let Ok(v) = std::env::var("KMSFS_TEST_THROTTLE") {
         log::warn!("KMSFS_TEST_THROTTLE: answering {v} with ThrottlingException");
-        return v.split(',').map(str::to_string).collect();
+        return v.split(',').filter_map(Operation::from_target).collect();
     }
     Vec::new()
 }
@@ -146,15 +160,72 @@ fn throttled_operations() -> Vec<String> {
 enum Peer {
     /// A Unix socket peer: its credentials are the caller.
     Unix(Caller),
-    /// A TCP peer: the request's signature says who it is.
-    Tcp(SocketAddr),
+    /// A TCP peer (`remote`, connected to `local`): the request's
+    /// signature says who it is.
+    Tcp {
+        local: SocketAddr,
+        remote: SocketAddr,
+    },
 }
 
 impl std::fmt::Debug for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Peer::Unix(c) => write!(f, "unix peer uid {} pid {}", c.uid, c.pid),
-            Peer::Tcp(a) => write!(f, "{a}"),
+            Peer::Tcp { remote, .. } => write!(f, "{remote}"),
+        }
+    }
+}
+
+/// Whom `MAX_PER_PEER` counts connections of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum PeerId {
+    Uid(u32),
+    Ip(std::net::IpAddr),
+}
+
+impl Peer {
+    /// The local user behind the connection when the system says (a Unix
+    /// socket's credentials, the kernel's sock_diag for loopback TCP), else
+    /// the address.
+    fn id(self) -> PeerId {
+        match self {
+            Peer::Unix(c) => PeerId::Uid(c.uid),
+            Peer::Tcp { local, remote } if remote.ip().is_loopback() => {
+                crate::os::net::tcp_peer_uid(local, remote)
+                    .map_or(PeerId::Ip(remote.ip()), PeerId::Uid)
+            }
+            Peer::Tcp { remote, .. } => PeerId::Ip(remote.ip()),
+        }
+    }
+}
+
+/// One of a peer's `MAX_PER_PEER` connections, given back on drop.
+struct PeerSlot {
+    st: Arc<State>,
+    id: PeerId,
+}
+
+impl PeerSlot {
+    fn take(st: &Arc<State>, id: PeerId) -> Option<Self> {
+        let mut peers = st.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let n = peers.entry(id).or_insert(0);
+        if *n >= MAX_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(Self { st: st.clone(), id })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut peers = self.st.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = peers.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                peers.remove(&self.id);
+            }
         }
     }
 }
@@ -182,93 +253,29 @@ fn response(status: u16, body: Bytes) -> Response<Full<Bytes>> {
     r
 }
 
+/// One request: its operation parsed from `X-Amz-Target`, answered, counted.
 async fn handle(
     st: Arc<State>,
     peer: Peer,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    let op = parts
+    let target = parts
         .headers
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
-        .and_then(|t| t.strip_prefix("TrentService."))
-        .unwrap_or("")
-        .to_string();
-    let result = async {
-        if parts.method != http::Method::POST || parts.uri.path() != "/" {
-            return Err(ApiError::new(
-                "UnknownOperationException",
-                404,
-                "the AWS KMS protocol is POST / with X-Amz-Target",
-            ));
-        }
-        let body = Limited::new(body, MAX_BODY)
-            .collect()
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    "SerializationException",
-                    413,
-                    format!("the request body could not be read or exceeds {MAX_BODY} bytes"),
-                )
-            })?
-            .to_bytes();
-        let st2 = st.clone();
-        let op2 = op.clone();
-        tokio::task::spawn_blocking(move || {
-            let caller = match peer {
-                Peer::Unix(c) => c,
-                Peer::Tcp(_) => auth::verify(
-                    &st2.ks,
-                    parts.method.as_str(),
-                    &parts.uri.to_string(),
-                    &parts.headers,
-                    &body,
-                    SystemTime::now(),
-                )
-                .inspect_err(|e| {
-                    st2.stats.auth_refused.fetch_add(1, Ordering::Relaxed);
-                    log::warn!(
-                        "refused a request from {peer:?} for {op2}: {}: {}",
-                        e.kind,
-                        e.message
-                    );
-                })?,
-            };
-            if st2.throttled.contains(&op2) {
-                return Err(ApiError::new("ThrottlingException", 400, "Rate exceeded"));
-            }
-            if op2.is_empty() {
-                return Err(ApiError::new(
-                    "UnknownOperationException",
-                    400,
-                    "X-Amz-Target must be TrentService.<Operation>",
-                ));
-            }
-            let key_has_policy = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("KeyId")?.as_str().map(|k| st2.ks.has_own_policy(k)))
-                .unwrap_or(false);
-            let r = ops::check_administrator(&op2, &caller, st2.owner, key_has_policy)
-                .and_then(|()| ops::dispatch(&st2.ks, &caller, &op2, &body));
-            log::info!(
-                "{op2} by uid {} gid {} pid {}: {}",
-                caller.uid,
-                caller.gid,
-                caller.pid,
-                match &r {
-                    Ok(_) => "ok",
-                    Err(e) => e.kind,
-                }
-            );
-            r
-        })
-        .await
-        .map_err(|_| ApiError::new("KMSInternalException", 500, "the operation failed"))?
-    }
-    .await;
-    st.stats.count(&op);
+        .and_then(|t| t.strip_prefix("TrentService."));
+    let op = target.and_then(Operation::from_target);
+    let unknown = || match target {
+        Some(t) => ops::unknown_operation(t),
+        None => ApiError::new(
+            "UnknownOperationException",
+            400,
+            "X-Amz-Target must be TrentService.<Operation>",
+        ),
+    };
+    let result = answer(&st, peer, op.ok_or_else(unknown), parts, body).await;
+    st.stats.count(op);
     Ok(match result {
         Ok(Reply::Json(v)) => {
             response(200, Bytes::from(serde_json::to_vec(&v).unwrap_or_default()))
@@ -281,6 +288,101 @@ async fn handle(
     })
 }
 
+/// Who signs a request: a Unix peer is its credentials; a TCP request's
+/// signature header is checked before the body is read.
+enum Signer {
+    Unix(Caller),
+    Tcp(Box<auth::Presigned>),
+}
+
+/// Checks the request's headers, reads its body (within `BODY_TIMEOUT`),
+/// then verifies and runs it on the blocking pool.
+async fn answer(
+    st: &Arc<State>,
+    peer: Peer,
+    op: Result<Operation, ApiError>,
+    parts: http::request::Parts,
+    body: Incoming,
+) -> Result<Reply, ApiError> {
+    if parts.method != http::Method::POST || parts.uri.path() != "/" {
+        return Err(ApiError::new(
+            "UnknownOperationException",
+            404,
+            "the AWS KMS protocol is POST / with X-Amz-Target",
+        ));
+    }
+    let signer = match peer {
+        Peer::Unix(c) => Signer::Unix(c),
+        Peer::Tcp { .. } => Signer::Tcp(Box::new(
+            auth::precheck(&st.ks, &parts.headers, SystemTime::now())
+                .inspect_err(|e| refused(st, peer, e))?,
+        )),
+    };
+    let body =
+        match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(_)) => {
+                return Err(ApiError::new(
+                    "SerializationException",
+                    413,
+                    format!("the request body could not be read or exceeds {MAX_BODY} bytes"),
+                ));
+            }
+            Err(_) => {
+                return Err(ApiError::new(
+                    "RequestTimeoutException",
+                    408,
+                    format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+                ));
+            }
+        };
+    let st = st.clone();
+    tokio::task::spawn_blocking(move || {
+        let caller = match signer {
+            Signer::Unix(c) => c,
+            Signer::Tcp(p) => p
+                .verify(
+                    parts.method.as_str(),
+                    &parts.uri.to_string(),
+                    &parts.headers,
+                    &body,
+                )
+                .inspect_err(|e| refused(&st, peer, e))?,
+        };
+        run(&st, &caller, op?, &body)
+    })
+    .await
+    .map_err(|_| ApiError::new("KMSInternalException", 500, "the operation failed"))?
+}
+
+/// Counts and logs a request whose signature was refused.
+fn refused(st: &State, peer: Peer, e: &ApiError) {
+    st.stats.auth_refused.fetch_add(1, Ordering::Relaxed);
+    log::warn!("refused a request from {peer:?}: {}: {}", e.kind, e.message);
+}
+
+/// Runs `op` for `caller` (the key service authorizes it) and logs it.
+fn run(st: &State, caller: &Caller, op: Operation, body: &[u8]) -> Result<Reply, ApiError> {
+    if st.throttled.contains(&op) {
+        return Err(ApiError::new("ThrottlingException", 400, "Rate exceeded"));
+    }
+    let r = ops::dispatch(&st.ks, caller, op, body);
+    log::info!(
+        "{} by uid {} gid {} pid {}: {}",
+        op.event_name(),
+        caller.uid,
+        caller.gid,
+        caller.pid,
+        match &r {
+            Ok(_) => "ok",
+            Err(e) => e.kind,
+        }
+    );
+    r
+}
+
+/// Serves one accepted connection, unless its peer already holds
+/// `MAX_PER_PEER`: then it is closed at once.
 fn serve_connection<S>(
     st: &Arc<State>,
     io: S,
@@ -291,7 +393,14 @@ fn serve_connection<S>(
 {
     let st = st.clone();
     tokio::spawn(async move {
-        let svc = hyper::service::service_fn(move |req| handle(st.clone(), peer, req));
+        let id = peer.id();
+        let Some(slot) = PeerSlot::take(&st, id) else {
+            st.stats.peer_refused.fetch_add(1, Ordering::Relaxed);
+            log::debug!("closed a connection from {peer:?}: {id:?} holds {MAX_PER_PEER} already");
+            return;
+        };
+        let st2 = st.clone();
+        let svc = hyper::service::service_fn(move |req| handle(st2.clone(), peer, req));
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
@@ -299,6 +408,7 @@ fn serve_connection<S>(
         if let Err(e) = conn.await {
             log::debug!("connection from {peer:?} ended: {e}");
         }
+        drop(slot);
         drop(permit);
     });
 }
@@ -373,23 +483,49 @@ pub fn serve(
         .enable_all()
         .build()
         .map_err(|e| ServerError::Io(format!("starting the runtime: {e}")))?;
-    // Records say "server"; key policies govern administration here (a
-    // network boundary), and crypto fails closed when the trail cannot be
-    // written (docs/AUDIT.md).
+    // Access-key secrets and CMKs live in this process: no core file, no
+    // ptrace by other processes of this user (as the mount daemon).
+    if let Err(e) = crate::os::process::forbid_core_dumps() {
+        return Err(ServerError::Io(format!(
+            "could not disable core dumps: {e}"
+        )));
+    }
+    // Records say "server"; the key service is a boundary here: key
+    // policies govern administration, keys without one serve only root and
+    // the keystore's owner, and crypto fails closed when the trail cannot
+    // be written (docs/AUDIT.md).
     ks.set_caller_source(CallerSource::Server);
-    ks.set_admin_policy_enforced(true);
+    ks.set_boundary()
+        .map_err(|e| ServerError::Io(format!("the keystore's owner: {e}")))?;
     let st = Arc::new(State {
         ks,
         stats: Stats::default(),
         throttled: throttled_operations(),
-        owner: crate::os::ids::effective_uid(),
+        peers: Mutex::new(HashMap::new()),
     });
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let own_uid = crate::os::ids::effective_uid();
     let result = rt.block_on(async {
         match &opts.listen {
-            Listen::Tcp(a) => accept_tcp(&st, &limit, a, on_ready).await,
-            Listen::Unix(p) => accept_unix(&st, &limit, p, opts, own_uid, on_ready).await,
+            Listen::Tcp(a) => {
+                let l = tokio::net::TcpListener::bind(a)
+                    .await
+                    .map_err(|e| ServerError::Io(format!("binding {a}: {e}")))?;
+                let local = l.local_addr().map_err(|e| ServerError::Io(e.to_string()))?;
+                on_ready(&local.to_string());
+                accept_loop(&st, &limit, &TcpAccept { l, local }).await
+            }
+            Listen::Unix(p) => {
+                let l = bind_unix(p, opts.socket_mode)?;
+                on_ready(&format!("unix:{}", p.display()));
+                let a = UnixAccept {
+                    l,
+                    open_to_others: opts.socket_mode & 0o077 != 0,
+                    own_uid: crate::os::ids::effective_uid(),
+                };
+                let r = accept_loop(&st, &limit, &a).await;
+                let _ = std::fs::remove_file(p);
+                r
+            }
         }
     });
     let summary = st.stats.summary();
@@ -399,53 +535,65 @@ pub fn serve(
     result
 }
 
-/// Listens on TCP address `a` and serves each connection (within the
-/// connection limit) until SIGTERM or SIGINT.
-async fn accept_tcp(
-    st: &Arc<State>,
-    limit: &Arc<Semaphore>,
-    a: &SocketAddr,
-    on_ready: &mut dyn FnMut(&str),
-) -> Result<(), ServerError> {
-    let l = tokio::net::TcpListener::bind(a)
-        .await
-        .map_err(|e| ServerError::Io(format!("binding {a}: {e}")))?;
-    let bound = l.local_addr().map_err(|e| ServerError::Io(e.to_string()))?;
-    on_ready(&bound.to_string());
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
-    loop {
-        let permit = tokio::select! {
-            _ = &mut stop => break,
-            p = limit.clone().acquire_owned() => p.map_err(|e| ServerError::Io(e.to_string()))?,
-        };
-        tokio::select! {
-            _ = &mut stop => break,
-            r = l.accept() => match r {
-                Ok((s, peer)) => {
-                    let _ = s.set_nodelay(true);
-                    serve_connection(st, s, Peer::Tcp(peer), permit);
-                }
-                Err(e) => log::warn!("accept: {e}"),
-            },
-        }
-    }
-    Ok(())
+/// A listener `accept_loop` takes connections from.
+trait Accept {
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    /// The next connection and its peer; None for one refused here.
+    fn accept(&self) -> impl Future<Output = std::io::Result<Option<(Self::Io, Peer)>>> + Send;
 }
 
-/// Listens on the Unix socket `p` and serves each connection from an allowed
-/// peer (within the connection limit) until SIGTERM or SIGINT; then removes
-/// the socket.
-async fn accept_unix(
+struct TcpAccept {
+    l: tokio::net::TcpListener,
+    local: SocketAddr,
+}
+
+impl Accept for TcpAccept {
+    type Io = tokio::net::TcpStream;
+    async fn accept(&self) -> std::io::Result<Option<(Self::Io, Peer)>> {
+        let (s, remote) = self.l.accept().await?;
+        let _ = s.set_nodelay(true);
+        let local = self.local;
+        Ok(Some((s, Peer::Tcp { local, remote })))
+    }
+}
+
+struct UnixAccept {
+    l: tokio::net::UnixListener,
+    /// The socket's mode lets others than this user connect.
+    open_to_others: bool,
+    own_uid: u32,
+}
+
+impl Accept for UnixAccept {
+    type Io = tokio::net::UnixStream;
+    async fn accept(&self) -> std::io::Result<Option<(Self::Io, Peer)>> {
+        let (s, _) = self.l.accept().await?;
+        let cred = s.peer_cred()?;
+        // With the default mode only this user and root can connect; check
+        // it too (the mode is set just after bind).
+        if !self.open_to_others && cred.uid() != self.own_uid && cred.uid() != 0 {
+            log::warn!(
+                "refused a connection from uid {} (socket mode 0600)",
+                cred.uid()
+            );
+            return Ok(None);
+        }
+        let caller = Caller {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid: cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+        };
+        Ok(Some((s, Peer::Unix(caller))))
+    }
+}
+
+/// Serves each connection `l` accepts (within `MAX_CONNECTIONS`) until
+/// SIGTERM or SIGINT.
+async fn accept_loop(
     st: &Arc<State>,
     limit: &Arc<Semaphore>,
-    p: &Path,
-    opts: &ServeOptions,
-    own_uid: u32,
-    on_ready: &mut dyn FnMut(&str),
+    l: &impl Accept,
 ) -> Result<(), ServerError> {
-    let l = bind_unix(p, opts.socket_mode)?;
-    on_ready(&format!("unix:{}", p.display()));
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
@@ -456,33 +604,12 @@ async fn accept_unix(
         tokio::select! {
             _ = &mut stop => break,
             r = l.accept() => match r {
-                Ok((s, _)) => {
-                    let cred = match s.peer_cred() {
-                        Ok(c) => c,
-                        Err(e) => {
-                            log::warn!("peer credentials: {e}");
-                            continue;
-                        }
-                    };
-                    // With the default mode only this user and root
-                    // can connect; check it too (the mode is set
-                    // just after bind).
-                    if opts.socket_mode & 0o077 == 0 && cred.uid() != own_uid && cred.uid() != 0 {
-                        log::warn!("refused a connection from uid {} (socket mode {:o})", cred.uid(), opts.socket_mode);
-                        continue;
-                    }
-                    let caller = Caller {
-                        uid: cred.uid(),
-                        gid: cred.gid(),
-                        pid: cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
-                    };
-                    serve_connection(st, s, Peer::Unix(caller), permit);
-                }
+                Ok(Some((io, peer))) => serve_connection(st, io, peer, permit),
+                Ok(None) => {}
                 Err(e) => log::warn!("accept: {e}"),
             },
         }
     }
-    let _ = std::fs::remove_file(p);
     Ok(())
 }
 

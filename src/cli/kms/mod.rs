@@ -259,4 +259,31 @@ mod tests {
             assert!(real.iter().any(|r| r == n), "{n} is no subcommand");
         }
     }
+
+    /// The one list of operations (`kms::Operation`) reaches the command
+    /// line: every operation the protocol serves is a `kmsfs kms`
+    /// subcommand, by its AWS CLI name.
+    #[test]
+    fn every_served_operation_is_a_subcommand() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct P {
+            #[command(subcommand)]
+            c: KmsCommand,
+        }
+        let cmd = P::command();
+        for (_, name) in crate::kms::Operation::served() {
+            let mut kebab = String::new();
+            for (i, ch) in name.chars().enumerate() {
+                if ch.is_ascii_uppercase() && i > 0 {
+                    kebab.push('-');
+                }
+                kebab.push(ch.to_ascii_lowercase());
+            }
+            assert!(
+                cmd.find_subcommand(&kebab).is_some(),
+                "{name} has no `kmsfs kms {kebab}`"
+            );
+        }
+    }
 }

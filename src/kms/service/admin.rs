@@ -3,14 +3,14 @@
 //! change goes through `update` (lock, re-read, write both generations). Every
 //! method takes the caller, as the AWS API does, and goes through `admin`
 //! (`service/audit.rs`): audited always, durably for a change; the key policy
-//! is enforced where `set_admin_policy_enforced` says a boundary exists, and
+//! is enforced where `set_boundary` says a boundary exists, and
 //! from the command line only recorded (its owner holds the root key).
 #![forbid(unsafe_code)]
 
 use serde_json::json;
 
 use super::LocalKeyStore;
-use super::audit::Admin;
+use super::audit::{Admin, Checked};
 use super::resolve::{resolve, resolve_mut};
 use crate::crypto::SecretBytes;
 use crate::crypto::hex;
@@ -133,6 +133,15 @@ fn parse_checked(
     Ok(value)
 }
 
+/// An alias that another change repointed between the authorization and
+/// the update.
+fn changed_meanwhile(alias_name: &str) -> KmsError {
+    KmsError::invalid(format!(
+        "{alias_name} was changed by another request while this one was authorized; nothing \
+         was done: try again"
+    ))
+}
+
 fn check_policy_name(name: &str) -> Result<(), KmsError> {
     if name == policy::POLICY_NAME {
         Ok(())
@@ -151,6 +160,7 @@ impl LocalKeyStore {
                 op: Operation::CreateKey,
                 caller,
                 key: None,
+                also: None,
                 request: json!({ "description": description, "origin": "AWS_KMS" }),
             },
             || {
@@ -172,6 +182,7 @@ impl LocalKeyStore {
                 op: Operation::ListKeys,
                 caller,
                 key: None,
+                also: None,
                 request: json!({}),
             },
             || {
@@ -209,6 +220,7 @@ impl LocalKeyStore {
                 op: Operation::EnableKey,
                 caller,
                 key: Some(key_id),
+                also: None,
                 request: json!({ "keyId": key_id }),
             },
             || self.update(|s, _| resolve_mut(s, &self.keystore_id_hex, key_id)?.enable()),
@@ -289,6 +301,7 @@ impl LocalKeyStore {
                 op: Operation::DisableKey,
                 caller,
                 key: Some(key_id),
+                also: None,
                 request: json!({ "keyId": key_id }),
             },
             || self.update(|s, _| resolve_mut(s, &self.keystore_id_hex, key_id)?.disable()),
@@ -308,6 +321,7 @@ impl LocalKeyStore {
                 op: Operation::ScheduleKeyDeletion,
                 caller,
                 key: Some(key_id),
+                also: None,
                 request: json!({ "keyId": key_id, "pendingWindowInDays": pending_window_in_days }),
             },
             || {
@@ -343,6 +357,7 @@ impl LocalKeyStore {
                 op: Operation::CreateKey,
                 caller,
                 key: None,
+                also: None,
                 request: json!({ "description": description, "origin": "EXTERNAL" }),
             },
             || {
@@ -372,6 +387,7 @@ impl LocalKeyStore {
                 op: Operation::GetParametersForImport,
                 caller,
                 key: Some(key_id),
+                also: None,
                 request: json!({ "keyId": key_id, "wrappingAlgorithm": wrapping_algorithm, "wrappingKeySpec": wrapping_key_spec }),
             },
             || {
@@ -454,6 +470,7 @@ impl LocalKeyStore {
                 op: Operation::ImportKeyMaterial,
                 caller,
                 key: Some(key_id),
+                also: None,
                 request: json!({ "keyId": key_id, "validTo": valid_to.map(crate::kms::audit::time::format), "expirationModel": if valid_to.is_some() { "KEY_MATERIAL_EXPIRES" } else { "KEY_MATERIAL_DOES_NOT_EXPIRE" } }),
             },
             || {
@@ -509,6 +526,7 @@ impl LocalKeyStore {
                 op: Operation::DeleteImportedKeyMaterial,
                 caller,
                 key: Some(key_id),
+                also: None,
                 request: json!({ "keyId": key_id }),
             },
             || {
@@ -532,6 +550,7 @@ impl LocalKeyStore {
                 op: Operation::RotateKeyOnDemand,
                 caller,
                 key: Some(key_id),
+                also: None,
                 request: json!({ "keyId": key_id }),
             },
             || {
@@ -562,6 +581,7 @@ impl LocalKeyStore {
                 op: Operation::EnableKeyRotation,
                 caller,
                 key: Some(key_id),
+                also: None,
                 request: json!({ "keyId": key_id, "rotationPeriodInDays": rotation_period_in_days }),
             },
             || {
@@ -581,6 +601,7 @@ impl LocalKeyStore {
                 op: Operation::DisableKeyRotation,
                 caller,
                 key: Some(key_id),
+                also: None,
                 request: json!({ "keyId": key_id }),
             },
             || {
@@ -603,6 +624,7 @@ impl LocalKeyStore {
                 op: Operation::GetKeyRotationStatus,
                 caller,
                 key: Some(key_id),
+                also: None,
                 request: json!({ "keyId": key_id }),
             },
             || {
@@ -630,6 +652,7 @@ impl LocalKeyStore {
                 op: Operation::ListKeyRotations,
                 caller,
                 key: Some(key_id),
+                also: None,
                 request: json!({ "keyId": key_id }),
             },
             || {
@@ -691,6 +714,7 @@ impl LocalKeyStore {
                 op: Operation::PutKeyPolicy,
                 caller,
                 key: Some(key_id),
+                also: None,
                 request,
             },
             || {
@@ -735,6 +759,7 @@ impl LocalKeyStore {
                 op: Operation::CreateKey,
                 caller,
                 key: None,
+                also: None,
                 request,
             },
             || {
@@ -752,14 +777,6 @@ impl LocalKeyStore {
             },
             |m| (Some(m.key_id.clone()), Some(json!({ "keyMetadata": m }))),
         )
-    }
-
-    /// True when the key `key_id` names (id, ARN or alias) has a key policy
-    /// of its own rather than the default one. Reads the state only: no
-    /// record, no policy check (a server asks it to decide who decides).
-    pub fn has_own_policy(&self, key_id: &str) -> bool {
-        let snap = self.snapshot();
-        resolve(&snap.state, &self.keystore_id_hex, key_id).is_ok_and(|k| k.policy.is_some())
     }
 
     /// The key id that `key` (id, ARN or alias) names, if any. Reads the
@@ -784,6 +801,7 @@ impl LocalKeyStore {
                 op: Operation::GetKeyPolicy,
                 caller,
                 key: Some(key_id),
+                also: None,
                 request: json!({ "keyId": key_id, "policyName": policy_name }),
             },
             || {
@@ -805,6 +823,7 @@ impl LocalKeyStore {
                 op: Operation::CancelKeyDeletion,
                 caller,
                 key: Some(key_id),
+                also: None,
                 request: json!({ "keyId": key_id }),
             },
             || {
@@ -819,21 +838,23 @@ impl LocalKeyStore {
     }
 
     /// CreateAlias (user aliases: the reserved prefixes are refused).
+    /// Needs kms:CreateAlias on the key it will name.
     pub fn create_alias(
         &self,
         caller: &Caller,
         alias_name: &str,
         target_key_id: &str,
     ) -> Result<(), KmsError> {
-        self.admin(
+        self.admin_keys(
             Admin {
                 op: Operation::CreateAlias,
                 caller,
                 key: Some(target_key_id),
+                also: None,
                 request: json!({ "aliasName": alias_name, "targetKeyId": target_key_id }),
             },
-            || {
-                self.point_alias(alias_name, target_key_id, |s, id| {
+            |checked| {
+                self.point_alias(alias_name, target_key_id, &checked, |s, id| {
                     s.create_alias(alias_name, id, false)
                 })
             },
@@ -841,22 +862,24 @@ impl LocalKeyStore {
         )
     }
 
-    /// UpdateAlias.
+    /// UpdateAlias. Needs kms:UpdateAlias on the key the alias names now
+    /// and on the key it will name (as AWS).
     pub fn update_alias(
         &self,
         caller: &Caller,
         alias_name: &str,
         target_key_id: &str,
     ) -> Result<(), KmsError> {
-        self.admin(
+        self.admin_keys(
             Admin {
                 op: Operation::UpdateAlias,
                 caller,
                 key: Some(target_key_id),
+                also: Some(alias_name),
                 request: json!({ "aliasName": alias_name, "targetKeyId": target_key_id }),
             },
-            || {
-                self.point_alias(alias_name, target_key_id, |s, id| {
+            |checked| {
+                self.point_alias(alias_name, target_key_id, &checked, |s, id| {
                     s.update_alias(alias_name, id)
                 })
             },
@@ -865,11 +888,14 @@ impl LocalKeyStore {
     }
 
     /// Checks a user alias name, then applies `f` with the key id that
-    /// `target_key_id` resolves to, in one update.
+    /// `target_key_id` resolves to, in one update, provided the target and
+    /// the alias's current key are still the ones authorized (`checked`):
+    /// otherwise another change came in between, and nothing is done.
     fn point_alias(
         &self,
         alias_name: &str,
         target_key_id: &str,
+        checked: &Checked,
         f: impl FnOnce(&mut StoreState, &str) -> Result<(), KmsError>,
     ) -> Result<(), KmsError> {
         // The default alias may be moved (the model refuses to create it).
@@ -878,22 +904,34 @@ impl LocalKeyStore {
             let id = resolve(s, &self.keystore_id_hex, target_key_id)?
                 .key_id
                 .clone();
+            let target_moved = checked.key.as_deref() != Some(id.as_str());
+            let alias_moved =
+                checked.also.is_some() && s.aliases.get(alias_name) != checked.also.as_ref();
+            if target_moved || alias_moved {
+                return Err(changed_meanwhile(alias_name));
+            }
             f(s, &id)
         })
     }
 
-    /// DeleteAlias.
+    /// DeleteAlias. Needs kms:DeleteAlias on the key the alias names.
     pub fn delete_alias(&self, caller: &Caller, alias_name: &str) -> Result<(), KmsError> {
-        self.admin(
+        self.admin_keys(
             Admin {
                 op: Operation::DeleteAlias,
                 caller,
                 key: Some(alias_name),
+                also: None,
                 request: json!({ "aliasName": alias_name }),
             },
-            || {
+            |checked| {
                 model::validate_alias_name(alias_name, false)?;
-                self.update(|s, _| s.delete_alias(alias_name))
+                self.update(|s, _| {
+                    if checked.key.is_some() && s.aliases.get(alias_name) != checked.key.as_ref() {
+                        return Err(changed_meanwhile(alias_name));
+                    }
+                    s.delete_alias(alias_name)
+                })
             },
             |_| (None, None),
         )
@@ -910,6 +948,7 @@ impl LocalKeyStore {
                 op: Operation::ListAliases,
                 caller,
                 key: None,
+                also: None,
                 request: json!({ "keyId": key_id }),
             },
             || {
@@ -951,6 +990,7 @@ impl LocalKeyStore {
                 op: Operation::CreateKey,
                 caller,
                 key: None,
+                also: None,
                 request: json!({ "description": DESCRIPTION, "alias": model::DEFAULT_ALIAS }),
             },
             || {

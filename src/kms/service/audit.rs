@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use serde_json::{Map, Value, json};
 
 use super::LocalKeyStore;
+use super::authz::Decision;
 use super::resolve::resolve;
 use super::snapshot::Snapshot;
 use crate::kms::audit::record::{self, Event};
@@ -33,7 +34,17 @@ pub(super) struct Admin<'a> {
     pub(super) caller: &'a Caller,
     /// The key as named (id, ARN or alias), when the operation has one.
     pub(super) key: Option<&'a str>,
+    /// A second key the operation touches, as named: the alias whose
+    /// current key UpdateAlias moves it away from. Authorized as `key` is.
+    pub(super) also: Option<&'a str>,
     pub(super) request: Value,
+}
+
+/// The key ids an administration was authorized on (`Admin::key` and
+/// `Admin::also`), None for a name that did not resolve.
+pub(super) struct Checked {
+    pub(super) key: Option<String>,
+    pub(super) also: Option<String>,
 }
 
 /// What a finished operation tells its record.
@@ -104,13 +115,6 @@ impl LocalKeyStore {
     /// See `set_caller_source`.
     pub fn caller_source(&self) -> CallerSource {
         source_from(self.source.load(Ordering::Acquire))
-    }
-
-    /// Makes key policies govern key administration (a server at a real
-    /// boundary); otherwise, as from the command line with direct access
-    /// to the keystore, a refusal is only recorded.
-    pub fn set_admin_policy_enforced(&self, on: bool) {
-        self.admin_enforced.store(on, Ordering::Release);
     }
 
     /// Writes whatever the trail holds queued.
@@ -281,26 +285,48 @@ impl LocalKeyStore {
     }
 
     /// Runs a key administration: checks the trail can be written (a change
-    /// is refused otherwise), evaluates the key's policy for the caller
-    /// (refusing when enforced, recording the decision when not), runs `f`
-    /// and records the outcome (durably for a change). `out` names the key
-    /// the result concerns and the response elements.
+    /// is refused otherwise), authorizes the caller on every key the
+    /// operation names (`authz`: refusing, or at the command line recording
+    /// a policy's refusal), runs `f` and records the outcome (durably for a
+    /// change). `out` names the key the result concerns and the response
+    /// elements.
     pub(super) fn admin<T>(
         &self,
         a: Admin<'_>,
         f: impl FnOnce() -> Result<T, KmsError>,
         out: impl FnOnce(&T) -> (Option<String>, Option<Value>),
     ) -> Result<T, KmsError> {
+        self.admin_keys(a, |_| f(), out)
+    }
+
+    /// `admin`, where `f` gets the key ids that were authorized (`key`,
+    /// `also`; None when a name did not resolve), to check in its update
+    /// that they are still the ones named.
+    pub(super) fn admin_keys<T>(
+        &self,
+        a: Admin<'_>,
+        f: impl FnOnce(Checked) -> Result<T, KmsError>,
+        out: impl FnOnce(&T) -> (Option<String>, Option<Value>),
+    ) -> Result<T, KmsError> {
         self.refuse_change_without_trail(a.op)?;
         let requester: OnceCell<Requester> = OnceCell::new();
         let who = || requester.get_or_init(|| Requester::of(a.caller));
         let mut extra = Map::new();
-        let snap = self.snapshot();
-        let named = a
-            .key
-            .and_then(|k| resolve(&snap.state, self.keystore_id(), k).ok());
-        let mut key_id = named.map(|k| k.key_id.clone());
-        if let Some(e) = self.admin_policy_denial(&a, &snap, named, &who, &mut extra) {
+        let snap = match self.fresh_snapshot() {
+            Ok(s) => s,
+            Err(_) => self.snapshot(),
+        };
+        let find =
+            |n: Option<&str>| n.and_then(|k| resolve(&snap.state, self.keystore_id(), k).ok());
+        let (named, also) = (find(a.key), find(a.also));
+        let checked = Checked {
+            key: named.map(|k| k.key_id.clone()),
+            also: also.map(|k| k.key_id.clone()),
+        };
+        let mut key_id = checked.key.clone();
+        let denial = self.authorize_admin(&a, &snap, named, also, &who, &mut extra);
+        drop(snap);
+        if let Err(e) = denial {
             let _ = self.record(Outcome {
                 op: a.op,
                 caller: a.caller,
@@ -315,8 +341,7 @@ impl LocalKeyStore {
             });
             return Err(e);
         }
-        drop(snap);
-        let result = f();
+        let result = f(checked);
         let response = match &result {
             Ok(t) => {
                 let (k, r) = out(t);
@@ -369,33 +394,30 @@ impl LocalKeyStore {
         Ok(())
     }
 
-    /// Evaluates the `named` key's policy for administration `a`: the denial
-    /// when the policy refuses and is enforced; when it refuses but is not
-    /// enforced, the decision noted in `extra`.
-    fn admin_policy_denial<'r>(
+    /// Authorizes administration `a` on the keys it names (`authz`): the
+    /// refusal when one is enforced; a policy's refusal that is only
+    /// advisory (the command line) is noted in `extra`.
+    fn authorize_admin<'r>(
         &self,
         a: &Admin<'_>,
         snap: &Snapshot,
         named: Option<&KeyRecord>,
+        also: Option<&KeyRecord>,
         who: &impl Fn() -> &'r Requester,
         extra: &mut Map<String, Value>,
-    ) -> Option<KmsError> {
-        if let (Some(k), true) = (named, a.op.is_governed())
-            && let Some(p) = snap.policies.get(&k.key_id)
-            && !p.allows(a.caller, who(), a.op, None)
-        {
-            if self.admin_enforced.load(Ordering::Acquire) {
-                return Some(KmsError::AccessDenied {
-                    key_id: k.key_id.clone(),
-                    action: a.op,
-                    principal: (a.caller.uid, a.caller.gid),
-                });
-            }
-            extra.insert(
-                "policyDecision".into(),
-                json!("Deny (not enforced: the caller has direct access to the keystore)"),
-            );
+    ) -> Result<(), KmsError> {
+        let mut keys = vec![named];
+        if a.also.is_some() {
+            keys.push(also);
         }
-        None
+        for k in keys {
+            if self.decide(snap, a.caller, who(), a.op, k, None)? == Decision::AdvisoryDeny {
+                extra.insert(
+                    "policyDecision".into(),
+                    json!("Deny (not enforced: the caller has direct access to the keystore)"),
+                );
+            }
+        }
+        Ok(())
     }
 }

@@ -95,9 +95,7 @@ impl LocalKeyStore {
             }
             self.refuse_if_due(key)?;
             key.check_usable(usage)?;
-            if let Some(p) = snap.policies.get(&key.key_id) {
-                crate::kms::policy::authorize(caller, who(), &key.key_id, Some(p), op, call.ctx)?;
-            }
+            self.decide(&snap, caller, who(), op, Some(key), call.ctx)?;
             let ciphers = snap
                 .ciphers
                 .get(&key.key_id)
@@ -526,6 +524,7 @@ impl KeyService for LocalKeyStore {
                 op: Operation::DescribeKey,
                 caller,
                 key: Some(key_id),
+                also: None,
                 request: json!({ "keyId": key_id }),
             },
             || {

@@ -1,7 +1,8 @@
 //! `LocalKeyStore`, the local key service: a keystore directory opened once
 //! (Argon2id runs at open), what it holds, and where each part of its work
 //! lives: `snapshot` (views, reloads, updates), `crypto_ops` (the cryptographic
-//! operations), `admin` (key administration), `resolve` (names to keys) and
+//! operations), `admin` (key administration), `authz` (the one authorization decision),
+//! `resolve` (names to keys) and
 //! `registry` (one service per directory and process).
 #![forbid(unsafe_code)]
 
@@ -23,6 +24,7 @@ pub const FRESHNESS_INTERVAL_MS: u64 = 20;
 mod access_keys;
 mod admin;
 mod audit;
+mod authz;
 mod crypto_ops;
 mod registry;
 mod resolve;
@@ -54,8 +56,9 @@ pub struct LocalKeyStore {
     trail: OnceLock<Arc<Trail>>,
     /// Who uses this service (`audit::CallerSource` as a number).
     source: AtomicU8,
-    /// Whether key policies govern key administration here.
-    admin_enforced: AtomicBool,
+    /// The keystore's owner when this service is a boundary (a protocol
+    /// server), else `authz::NO_BOUNDARY`.
+    boundary: AtomicU64,
     /// Cryptographic records of a command-line process batched (a whole-tree
     /// command's thousands of operations) rather than written one by one.
     crypto_audit_batched: AtomicBool,
@@ -159,7 +162,7 @@ impl LocalKeyStore {
             audit: OnceLock::new(),
             trail: OnceLock::new(),
             source: AtomicU8::new(0),
-            admin_enforced: AtomicBool::new(false),
+            boundary: AtomicU64::new(authz::NO_BOUNDARY),
             crypto_audit_batched: AtomicBool::new(false),
             known_damage: Mutex::new(KnownDamage::Nothing),
             purge_warned: std::sync::atomic::AtomicBool::new(false),

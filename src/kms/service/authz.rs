@@ -1,0 +1,100 @@
+//! The one authorization decision of `LocalKeyStore`, made on the parsed
+//! request of each operation for every front end (command line, mount,
+//! protocol server): the key policy first (explicit Deny wins, then Allow,
+//! else denied), and at a boundary (a protocol server, `set_boundary`) what
+//! a key without a policy, or an operation that names no key, allows: root
+//! and the keystore's owner only. ReEncrypt is judged as Decrypt on the
+//! source key plus Encrypt on the destination, besides kms:ReEncryptFrom and
+//! kms:ReEncryptTo, so that no sequence of operations gives a principal the
+//! plaintext of a key that denies it Decrypt.
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::Ordering;
+
+use super::LocalKeyStore;
+use super::snapshot::Snapshot;
+use crate::kms::audit::Requester;
+use crate::kms::model::KeyRecord;
+use crate::kms::{Caller, EncryptionContext, KmsError, Operation};
+
+/// No boundary: the command line and the mount (`LocalKeyStore::boundary`).
+pub(super) const NO_BOUNDARY: u64 = u64::MAX;
+
+/// What `decide` allows (a refusal that is enforced is its `Err`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Decision {
+    /// Allowed.
+    Allow,
+    /// The key policy refuses an administration from the command line,
+    /// whose user holds the keystore anyway: recorded, not enforced.
+    AdvisoryDeny,
+}
+
+impl LocalKeyStore {
+    /// Makes this service a boundary (a protocol server): key policies
+    /// govern administration too, and a key without a policy, or an
+    /// administration that names no key (CreateKey), serves only root and
+    /// the keystore's owner (the owner of the keystore directory).
+    pub fn set_boundary(&self) -> Result<(), KmsError> {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(self.dir())
+            .map_err(|e| KmsError::io(format!("{}: {e}", self.dir().display())))?
+            .uid();
+        self.boundary.store(u64::from(owner), Ordering::Release);
+        Ok(())
+    }
+
+    /// The keystore's owner when this service is a boundary.
+    pub(super) fn boundary_owner(&self) -> Option<u32> {
+        u32::try_from(self.boundary.load(Ordering::Acquire)).ok()
+    }
+
+    /// Decides whether `caller` may run `op` on `key` (None: the operation
+    /// names no key). `Err` carries the refusal to report.
+    pub(super) fn decide(
+        &self,
+        snap: &Snapshot,
+        caller: &Caller,
+        who: &Requester,
+        op: Operation,
+        key: Option<&KeyRecord>,
+        ctx: Option<&EncryptionContext>,
+    ) -> Result<Decision, KmsError> {
+        let owner = self.boundary_owner();
+        let privileged = owner.is_none_or(|o| caller.uid == 0 || caller.uid == o);
+        let policy = key.and_then(|k| snap.policies.get(&k.key_id));
+        match (key, policy) {
+            (Some(k), Some(p)) if op.is_governed() => {
+                let refused = std::iter::once(op)
+                    .chain(op.also_requires())
+                    .find(|a| !p.allows(caller, who, *a, ctx));
+                match refused {
+                    None => Ok(Decision::Allow),
+                    Some(_) if !op.is_crypto() && owner.is_none() => Ok(Decision::AdvisoryDeny),
+                    Some(action) => Err(KmsError::AccessDenied {
+                        key_id: k.key_id.clone(),
+                        action,
+                        principal: (caller.uid, caller.gid),
+                    }),
+                }
+            }
+            // Without a policy (or for what no policy governs), the boundary
+            // decides: root and the owner only, except for listing and
+            // random bytes, which name no key's secrets.
+            _ if privileged
+                || matches!(
+                    op,
+                    Operation::ListKeys | Operation::ListAliases | Operation::GenerateRandom
+                ) =>
+            {
+                Ok(Decision::Allow)
+            }
+            _ => Err(KmsError::OwnerOnly {
+                key_id: key.map(|k| k.key_id.clone()),
+                action: op,
+                principal: (caller.uid, caller.gid),
+                owner: owner.unwrap_or(0),
+            }),
+        }
+    }
+}
