@@ -174,9 +174,9 @@ impl KmsFs {
                 let f = self.reopen(ino, &existing, caller, writing)?;
                 // A handle may still be open, or its release not yet
                 // processed (close(2) does not wait for it): the same rule.
-                let keep = f
-                    .metadata()
-                    .is_ok_and(|m| self.opens.unchanged_since_closed(ino, &m));
+                let keep = !f.direct_written()
+                    && f.metadata()
+                        .is_ok_and(|m| self.opens.unchanged_since_closed(ino, &m));
                 (f, keep)
             }
             None => self.open_fresh(ino, caller, writing)?,
@@ -339,7 +339,11 @@ impl KmsFs {
     }
 
     /// Writes `data` to open file `ino` at `offset`; `kill`: the kernel says
-    /// the caller lacks CAP_FSETID, so setid bits go first.
+    /// the caller lacks CAP_FSETID, so setid bits go first; `direct`: the
+    /// writer's file is open with O_DIRECT, past the kernel's pages (the
+    /// adapter has them dropped before it replies): the open state
+    /// remembers it, so that no open is told to keep the cache until its
+    /// last handle is closed.
     pub fn write(
         &self,
         ino: u64,
@@ -347,12 +351,16 @@ impl KmsFs {
         data: &[u8],
         offset: u64,
         kill: bool,
+        direct: bool,
     ) -> Result<(), FsError> {
         let f = self.open_state(ino)?;
         if kill && privs::drop_for(f.read().file(), caller, Kill::Asked)? {
             // The kernel caches the mode for the TTL and learns of this
             // change only from us (an exec must not see the setid bits).
             self.kernel.attr_changed(ino);
+        }
+        if direct {
+            f.mark_direct_write();
         }
         f.write_at(data, offset)
     }

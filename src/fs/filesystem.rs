@@ -80,25 +80,50 @@ pub struct KmsFs {
 /// The way back to the kernel's caches: the kernel caches entries and
 /// attributes for the TTL and updates them itself for every change it asks
 /// for, so the daemon only speaks up for a change it makes on its own (setid
-/// bits it drops on a write or fallocate, see privs.rs). The adapter
+/// bits it drops on a write or fallocate, see privs.rs), and for the pages
+/// of a range that a direct write changed (the kernel drops them after a
+/// synchronous direct write, never after an asynchronous one). The adapter
 /// (fuse.rs) sets the notifier once the session exists; before that (and in
 /// unit tests, with no kernel) nothing is sent.
 #[derive(Clone, Default)]
-pub(super) struct KernelCache(Arc<OnceLock<InvalAttr>>);
+pub(super) struct KernelCache(Arc<OnceLock<Notify>>);
 
-/// Invalidates the kernel's cached attributes of an inode.
-pub(super) type InvalAttr = Box<dyn Fn(u64) + Send + Sync>;
+/// What the adapter gives `KernelCache`.
+pub(super) struct Notify {
+    /// Invalidates the kernel's cached attributes of an inode, at once.
+    pub(super) attr: Box<dyn Fn(u64) + Send + Sync>,
+    /// Invalidates the kernel's cached pages of `len` bytes of an inode at
+    /// an offset, then runs the closure (which replies to the request).
+    pub(super) pages: PagesThen,
+}
+
+/// See `Notify::pages`.
+pub(super) type PagesThen = Box<dyn Fn(u64, u64, u64, Then) + Send + Sync>;
+
+/// What runs once the kernel has dropped the pages.
+pub(super) type Then = Box<dyn FnOnce() + Send>;
 
 impl KernelCache {
-    /// Sets what invalidates an inode's cached attributes.
-    pub(super) fn set(&self, inval_attr: InvalAttr) {
-        let _ = self.0.set(inval_attr);
+    /// Sets what invalidates an inode's cached attributes and pages.
+    pub(super) fn set(&self, notify: Notify) {
+        let _ = self.0.set(notify);
     }
 
     /// The kernel's cached attributes of `ino` are stale.
     pub(super) fn attr_changed(&self, ino: u64) {
-        if let Some(f) = self.0.get() {
-            f(ino);
+        if let Some(n) = self.0.get() {
+            (n.attr)(ino);
+        }
+    }
+
+    /// The kernel's cached pages of `len` bytes of `ino` at `offset` are
+    /// stale: `then` runs once the kernel has dropped them. The kernel first
+    /// waits for the pages it holds locked (a read of them in flight, which
+    /// a serving thread answers), so this wait is not a serving thread's.
+    pub(super) fn pages_changed(&self, ino: u64, offset: u64, len: u64, then: Then) {
+        match self.0.get() {
+            Some(n) => (n.pages)(ino, offset, len, then),
+            None => then(),
         }
     }
 }

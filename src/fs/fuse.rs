@@ -19,7 +19,7 @@ use fuser::{
 use super::attr::{Attr, Kind, SetAttr, attr_of};
 use super::error::FsError;
 use super::file::{MAX_WRITE, Seek};
-use super::filesystem::{KernelCache, KmsFs};
+use super::filesystem::{KernelCache, KmsFs, Notify, PagesThen, Then};
 use super::inodes::ROOT_INO;
 use super::options::{Access, MountFlag, SessionConfig};
 use super::stats::{Op, REQUESTS_XATTR, requests_xattr};
@@ -384,13 +384,32 @@ impl Filesystem for KmsFs {
         offset: u64,
         data: &[u8],
         write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        let body = || KmsFs::write(self, ino.0, &caller(req), data, offset, kill);
-        serve(Op::Write, reply, body, |r, ()| r.written(data.len() as u32));
+        // The flags are the writer's file's: O_DIRECT there, and not a
+        // write-back of cached pages, is a direct write.
+        let direct =
+            flags.0 & libc::O_DIRECT != 0 && !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
+        let body = || KmsFs::write(self, ino.0, &caller(req), data, offset, kill, direct);
+        serve(Op::Write, reply, body, |r, ()| {
+            let n = data.len() as u32;
+            if direct {
+                // A direct write goes past the kernel's pages, which other
+                // handles fill: the kernel drops them after a synchronous
+                // direct write but not after an asynchronous one (io_submit,
+                // io_uring), and a page a reader filled while the write was
+                // in flight would keep the old bytes. So they are dropped
+                // before the reply: a read in flight holds its page locked
+                // and the kernel waits for it; a later read fetches anew.
+                let then = Box::new(move || r.written(n));
+                self.kernel.pages_changed(ino.0, offset, u64::from(n), then);
+            } else {
+                r.written(n)
+            }
+        });
     }
 
     fn flush(
@@ -657,6 +676,14 @@ impl Filesystem for KmsFs {
     }
 }
 
+/// Drops the kernel's pages of a range on this thread, then runs `then`.
+fn inval_here(n: &fuser::Notifier, ino: u64, offset: u64, len: u64, then: Then) {
+    if let Err(e) = n.inval_inode(INodeNo(ino), offset as i64, len.max(1) as i64) {
+        log::debug!("invalidating inode {ino}'s pages: {e}");
+    }
+    then();
+}
+
 /// A FUSE session of a `KmsFs`, mounted and ready to serve.
 pub struct Session(fuser::Session<KmsFs>);
 
@@ -680,14 +707,52 @@ impl Session {
     /// Gives the filesystem its way to invalidate the kernel's cached
     /// attributes of an inode (FUSE_NOTIFY_INVAL_INODE with a negative
     /// offset: attributes only, no page is touched, so it is safe to send
-    /// while serving a WRITE whose pages the writer holds locked).
+    /// while serving a WRITE whose pages the writer holds locked), and its
+    /// pages of a range (after a direct write). Pages are dropped by one
+    /// thread of their own: the kernel waits there for pages locked by
+    /// reads in flight, which the serving threads must stay free to answer.
     fn notifying(s: fuser::Session<KmsFs>, kernel: &KernelCache) -> Self {
         let n = s.notifier();
-        kernel.set(Box::new(move |ino| {
-            if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
-                log::debug!("invalidating inode {ino}'s attributes: {e}");
+        let (tx, rx) = std::sync::mpsc::channel::<(u64, u64, u64, Then)>();
+        let pages = n.clone();
+        let spawned = std::thread::Builder::new()
+            .name("kmsfs-inval".into())
+            .spawn(move || {
+                for (ino, offset, len, then) in rx {
+                    let (off, len) = (offset as i64, len.max(1) as i64);
+                    if let Err(e) = pages.inval_inode(INodeNo(ino), off, len) {
+                        log::debug!("invalidating inode {ino}'s pages: {e}");
+                    }
+                    contained("page invalidation", then);
+                }
+            });
+        let tx = std::sync::Mutex::new(tx);
+        let pages: PagesThen = match spawned {
+            Ok(_) => Box::new(move |ino, offset, len, then| {
+                let tx = tx.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(std::sync::mpsc::SendError((ino, offset, len, then))) =
+                    tx.send((ino, offset, len, then))
+                {
+                    drop(tx);
+                    inval_here(&n, ino, offset, len, then);
+                }
+            }),
+            // No thread: drop the pages on the serving thread.
+            Err(e) => {
+                log::warn!("no page invalidation thread ({e}): serving threads do it");
+                let n = n.clone();
+                Box::new(move |ino, offset, len, then| inval_here(&n, ino, offset, len, then))
             }
-        }));
+        };
+        let attr = s.notifier();
+        kernel.set(Notify {
+            attr: Box::new(move |ino| {
+                if let Err(e) = attr.inval_inode(INodeNo(ino), -1, 0) {
+                    log::debug!("invalidating inode {ino}'s attributes: {e}");
+                }
+            }),
+            pages,
+        });
         Session(s)
     }
 

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::error::FsError;
@@ -19,6 +20,9 @@ pub struct OpenFile {
     ef: RwLock<EncryptedFile>,
     /// The backing path at open time, for log messages only.
     backing: PathBuf,
+    /// A handle wrote with O_DIRECT, past the kernel's pages: no open is
+    /// told to keep them while this state lives, nor after it (release).
+    direct_written: AtomicBool,
 }
 
 impl OpenFile {
@@ -27,12 +31,23 @@ impl OpenFile {
         Self {
             ef: RwLock::new(ef),
             backing,
+            direct_written: AtomicBool::new(false),
         }
     }
 
     /// The backing path (for logs).
     pub fn backing(&self) -> &Path {
         &self.backing
+    }
+
+    /// Records a write through a handle opened with O_DIRECT.
+    pub fn mark_direct_write(&self) {
+        self.direct_written.store(true, Ordering::Relaxed);
+    }
+
+    /// True once a handle wrote with O_DIRECT.
+    pub fn direct_written(&self) -> bool {
+        self.direct_written.load(Ordering::Relaxed)
     }
 
     /// The header whose wrapped key gave this state its data key: what every
@@ -203,9 +218,11 @@ impl OpenTable {
                 if seen.len() >= SEEN_MAX {
                     seen.clear();
                 }
+                // After a direct write the kernel's pages are not known to
+                // follow the file: the next open drops them.
                 match gone.file.metadata() {
-                    Ok(meta) => seen.insert(ino, Seen::of(&meta)),
-                    Err(_) => seen.remove(&ino),
+                    Ok(meta) if !gone.file.direct_written() => seen.insert(ino, Seen::of(&meta)),
+                    _ => seen.remove(&ino),
                 };
             }
         }
