@@ -1,5 +1,7 @@
-//! Cryptographic primitives: AES-256-GCM seal/open, randomness, SHA-256 and
-//! secret types that zeroize on drop. The only module that imports the AEAD crate.
+//! Cryptographic primitives: AES-256-GCM seal/open, the SP 800-108 KDF that
+//! gives long-lived keys one-time keys per message, XAES-256-GCM, randomness,
+//! SHA-256, HMAC and secret types that zeroize on drop. The only module that
+//! imports the AEAD crate.
 #![forbid(unsafe_code)]
 
 use std::fmt;
