@@ -203,7 +203,7 @@ def run(a, b):
     refused = ("[...document.querySelectorAll('#trail-table tbody tr')].some(r => "
                "r.dataset.event === 'Decrypt' && r.dataset.result !== 'ok' && "
                f"r.dataset.key === {json.dumps(key)} && r.textContent.includes('demo.txt'))")
-    b.wait(refused, "a refused Decrypt of demo.txt in the trail", timeout=10)
+    b.wait(refused, "a refused Decrypt of demo.txt in the trail", timeout=20)
 
     step("enable it (as another tab would): the next open succeeds, live in the trail")
     allowed = ("[...document.querySelectorAll('#trail-table tbody tr')].filter(r => "
@@ -223,7 +223,7 @@ def run(a, b):
     assert open_errno(demo) == 0, "open after enabling"
     b.wait(f"{allowed} > {allowed_before} && "
            "document.querySelector('#trail-table tbody tr.fresh') !== null",
-           "the allowed Decrypt appearing live (polling, no reload)", timeout=10)
+           "the allowed Decrypt appearing live (polling, no reload)", timeout=20)
     b.wait("document.getElementById('verify-state').textContent === 'trail verifies'", "the trail verified")
     b.click("#verify-run")
     b.wait("document.getElementById('verify-state').textContent === 'trail verifies'", "verified again")
