@@ -479,12 +479,17 @@ fn the_daemon_raises_its_descriptor_limit_to_the_hard_limit() {
     fs::create_dir(&mnt).unwrap();
     let log = tmp.path().join("kmsfs.log");
     let _guard = common::MountGuard(mnt.clone());
+    let keystore = tmp.path().join("keystore");
+    // The keystore is the default one too, so that the first mount may
+    // create it (as `Mount::kmsfs` does).
     let o = common::command(prlimit)
+        .env("KMSFS_KEYSTORE", &keystore)
+        .env("RUST_LOG", "info")
         .arg("--nofile=256:")
         .arg("--")
         .arg(common::BIN)
         .arg("--keystore")
-        .arg(tmp.path().join("keystore"))
+        .arg(&keystore)
         .arg("mount")
         .arg(&backing)
         .arg(&mnt)
