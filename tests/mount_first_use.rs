@@ -131,3 +131,109 @@ fn plain_files_in_the_mount_point_get_a_hint_that_says_where_they_are() {
     assert_eq!(entries(&backing), Vec::<String>::new());
     assert!(!home.join(".local/share/kmsfs").exists());
 }
+
+#[test]
+fn a_user_without_dev_fuse_is_told_the_root_commands_that_work() {
+    let Some(users) = common::test_users("first-user") else {
+        return;
+    };
+    if !fuse_available("first-user") {
+        return;
+    }
+    if std::fs::metadata("/dev/fuse").is_ok_and(|m| {
+        use std::os::unix::fs::PermissionsExt;
+        m.permissions().mode() & 0o006 == 0o006
+    }) {
+        common::skip("first-user", "/dev/fuse is open to every user here");
+        return;
+    }
+    let t = tempdir("first-user");
+    let dir = t.path().join("u");
+    let a = &users.a;
+    for d in [dir.clone(), dir.join("b"), dir.join("m")] {
+        std::fs::create_dir(&d).unwrap();
+        std::os::unix::fs::chown(&d, Some(a.uid), Some(a.gid)).unwrap();
+    }
+    let (b, mnt) = (dir.join("b"), dir.join("m"));
+    let o = a
+        .command(&dir, common::BIN)
+        .env("HOME", &dir)
+        .args(["mount", "b", "m"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    let ks = format!("/var/lib/kmsfs/{}", a.name);
+    let init = format!("sudo kmsfs --keystore {ks} init");
+    let mount = format!(
+        "sudo kmsfs --keystore {ks} mount {} {} -o allow_other",
+        b.display(),
+        mnt.display()
+    );
+    let hint = text(&o);
+    assert!(hint.contains(&init) && hint.contains(&mount), "{hint}");
+    assert_eq!(entries(&b), Vec::<String>::new());
+
+    // The hint's commands, as root (sudo is root already), work and let
+    // the user in.
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _ks = Gone(ks.clone());
+    let _g = MountGuard(mnt.clone());
+    let run = |cmd: &str| {
+        let args: Vec<&str> = cmd.split(' ').skip(2).collect();
+        kmsfs()
+            .env_remove("XDG_STATE_HOME")
+            .env("HOME", t.path())
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let o = run(&init);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&mount);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("warning"),
+        "{}",
+        text(&o)
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!(
+            "mounted {} on {} (key ",
+            b.display(),
+            mnt.display()
+        )) && out.contains(&format!("keystore {ks})")),
+        "{out}"
+    );
+    let o = a.sh(&dir, "echo mine > m/f && cat m/f");
+    assert!(o.status.success(), "{}", text(&o));
+    let o = kmsfs().arg("unmount").arg(&mnt).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+
+    // Without allow_other: warned, and the warning is true.
+    let o = kmsfs()
+        .arg("--keystore")
+        .arg(&ks)
+        .arg("mount")
+        .arg(&b)
+        .arg(&mnt)
+        .arg("--log-file")
+        .arg(t.path().join("log"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("belongs to user {}", a.name)) && err.contains("-o allow_other"),
+        "{err}"
+    );
+    let o = a.sh(&dir, "ls m");
+    assert!(!o.status.success(), "the user entered the mount");
+    let o = kmsfs().arg("unmount").arg(&mnt).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+}

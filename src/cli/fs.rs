@@ -109,7 +109,7 @@ impl From<MountError> for CliError {
             MountError::NotFound(_) => ErrorClass::NotFound,
             MountError::State(..) => ErrorClass::General,
             MountError::Io(_) => ErrorClass::Io,
-            MountError::Refused(..) => ErrorClass::Refused,
+            MountError::Refused(..) | MountError::NoDevFuse(_) => ErrorClass::Refused,
         };
         let hint = e.hint().map(str::to_string);
         let err = CliError::new(class, e.to_string());
@@ -368,7 +368,12 @@ pub fn mount(g: &GlobalArgs, mut a: MountArgs) -> Result<(), CliError> {
     let (backing, mountpoint) = mount_paths(&a)?;
     // Before anything is created (keystore, marker): options, /dev/fuse,
     // the mount point, the backing directory's lock.
-    let prepared = crate::daemon::check_before_mount(&backing, &mountpoint, &a.options)?;
+    let prepared = crate::daemon::check_before_mount(&backing, &mountpoint, &a.options).map_err(
+        |e| match e {
+            MountError::NoDevFuse(m) => no_dev_fuse(m, &backing, &mountpoint),
+            e => e.into(),
+        },
+    )?;
     let new_lock = prepared.new_lock;
     let r = mount_checked(g, a, backing.clone(), mountpoint, prepared);
     if r.is_err() {
@@ -376,6 +381,46 @@ pub fn mount(g: &GlobalArgs, mut a: MountArgs) -> Result<(), CliError> {
         crate::daemon::Prepared::undo(&backing, new_lock);
     }
     r
+}
+
+/// The refusal of a user who cannot open /dev/fuse, with the root commands
+/// that mount the same directories and let the user into the mount. Root
+/// refuses a keystore in the user's home (the user could swap it), so the
+/// commands name one that root keeps for this user.
+fn no_dev_fuse(message: String, backing: &Path, mp: &Path) -> CliError {
+    let uid = crate::os::ids::ids().0;
+    let name = crate::kms::accounts::user_name(uid).unwrap_or_else(|| uid.to_string());
+    let ks = format!("/var/lib/kmsfs/{name}");
+    CliError::new(ErrorClass::Refused, message).hint(format!(
+        "/dev/fuse is root's here. Mount as root, with a keystore root keeps for you (root \
+         refuses one under your home, which you could swap) and -o allow_other (else only \
+         root can enter the mount): `sudo kmsfs --keystore {ks} init` once, then `sudo kmsfs \
+         --keystore {ks} mount {} {} -o allow_other`. Or give this user read-write access to \
+         /dev/fuse (ls -l /dev/fuse shows its group)",
+        backing.display(),
+        mp.display()
+    ))
+}
+
+/// Warns when root mounts on a directory that belongs to another user
+/// without letting anyone but root in: that user would get EACCES.
+fn warn_owner_shut_out(mp: &Path, o: &crate::daemon::Options) {
+    use std::os::unix::fs::MetadataExt;
+    let euid = crate::os::ids::ids().0;
+    let Ok(md) = std::fs::metadata(mp) else {
+        return;
+    };
+    if euid == 0 && md.uid() != 0 && o.access != crate::fs::Access::All {
+        let who = crate::kms::accounts::user_name(md.uid())
+            .map(|n| format!("user {n}"))
+            .unwrap_or_else(|| format!("uid {}", md.uid()));
+        eprintln!(
+            "kmsfs: warning: {} belongs to {who}, but without -o allow_other only root can \
+             enter the mount ({who} gets \"Permission denied\"); unmount and mount again with \
+             -o allow_other to let them in",
+            mp.display()
+        );
+    }
 }
 
 /// `kmsfs mount` once the paths, options, mount point and lock are checked.
@@ -424,6 +469,19 @@ fn mount_checked(
         None if !a.foreground => default_log_file(&mountpoint)?,
         None => None,
     };
+    warn_owner_shut_out(&mountpoint, &prepared.options);
+    let done = (!a.foreground).then(|| {
+        format!(
+            "mounted {} on {} (key {key_id}, keystore {})",
+            backing.display(),
+            mountpoint.display(),
+            match (&a.kms_endpoint, &g.keystore) {
+                (Some(url), _) => url.clone(),
+                (None, Some(d)) => d.display().to_string(),
+                (None, None) => String::new(),
+            }
+        )
+    });
     crate::daemon::mount(MountRequest {
         backing,
         mountpoint,
@@ -436,6 +494,9 @@ fn mount_checked(
         lock: prepared.lock,
         backing_read_only: prepared.backing_read_only,
     })?;
+    if let Some(line) = done {
+        println!("{line}");
+    }
     Ok(())
 }
 

@@ -206,17 +206,16 @@ fn check_dev_fuse() -> Result<(), MountError> {
     {
         Ok(_) => Ok(()),
         Err(e) => {
-            let hint = if e.kind() == std::io::ErrorKind::NotFound {
-                "load the fuse module (`modprobe fuse`), or in a container pass the device \
-                 (`--device /dev/fuse`)"
-            } else {
-                "mount as root (sudo kmsfs mount ...), or give this user read-write access to \
-                 /dev/fuse (ls -l /dev/fuse shows its group)"
-            };
-            Err(MountError::Refused(
-                format!("cannot open {}: {e}; nothing was mounted", dev.display()),
-                hint.into(),
-            ))
+            let message = format!("cannot open {}: {e}; nothing was mounted", dev.display());
+            if e.kind() == std::io::ErrorKind::NotFound {
+                return Err(MountError::Refused(
+                    message,
+                    "load the fuse module (`modprobe fuse`), or in a container pass the device \
+                     (`--device /dev/fuse`)"
+                        .into(),
+                ));
+            }
+            Err(MountError::NoDevFuse(message))
         }
     }
 }

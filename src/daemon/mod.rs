@@ -61,6 +61,10 @@ pub enum MountError {
     /// A path the daemon would write to can be changed by another user.
     #[error("{0}")]
     Refused(String, String),
+    /// /dev/fuse exists but cannot be opened by this user (the command line
+    /// knows the keystore and paths the remedy must name).
+    #[error("{0}")]
+    NoDevFuse(String),
 }
 
 impl MountError {
