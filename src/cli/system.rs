@@ -58,6 +58,8 @@ fn mount_status(m: &MountInfo) -> Value {
         Some(pid) => daemon::control_request(pid, "status").map_err(|e| e.to_string()),
         None => Err("the mount's source does not name its daemon".to_string()),
     };
+    // A daemon that is gone leaves a stale mount: every access fails.
+    let stale = pid.is_some_and(|p| !crate::os::process::process_alive(p));
     match answer {
         Ok(v) => v,
         Err(why) => json!({
@@ -65,7 +67,16 @@ fn mount_status(m: &MountInfo) -> Value {
             "MountPoint": m.mountpoint.display().to_string(),
             "Backing": m.source.splitn(3, ':').nth(2),
             "ReadOnly": m.options.split(',').any(|o| o == "ro"),
-            "Unavailable": why,
+            "Stale": stale,
+            "Unavailable": if stale {
+                format!(
+                    "stale: its daemon (pid {}) is gone, every access fails with \"Transport \
+                     endpoint is not connected\"",
+                    pid.unwrap_or_default()
+                )
+            } else {
+                why
+            },
         }),
     }
 }
@@ -103,6 +114,25 @@ pub fn status(g: &GlobalArgs, a: StatusArgs) -> Result<(), CliError> {
                 print_status(v);
             }
         }
+    }
+    let stale: Vec<&str> = all
+        .iter()
+        .filter(|v| v["Stale"] == true)
+        .filter_map(|v| v["MountPoint"].as_str())
+        .collect();
+    if let Some(first) = stale.first() {
+        return Err(CliError::new(
+            ErrorClass::General,
+            format!(
+                "stale mount{}: {} (the daemon is gone)",
+                if stale.len() == 1 { "" } else { "s" },
+                stale.join(", ")
+            ),
+        )
+        .hint(format!(
+            "mount again (`kmsfs mount` detaches a stale mount first), or detach it with \
+             `umount -l {first}`"
+        )));
     }
     Ok(())
 }

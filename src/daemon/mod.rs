@@ -229,10 +229,10 @@ pub fn unmount(mp: &Path) -> Result<(), MountError> {
         Err(e) => return Err(MountError::NotFound(format!("{}: {e}", abs.display()))),
     };
     let Some(info) = mount_at(&path) else {
-        return Err(MountError::State(
-            format!("{} is not mounted", path.display()),
-            "list mounts with `grep kmsfs /proc/self/mountinfo`".into(),
-        ));
+        return Err(MountError::NotFound(format!(
+            "{} is not mounted (`kmsfs status` lists the kmsfs mounts)",
+            path.display()
+        )));
     };
     if !info.is_kmsfs() {
         return Err(MountError::State(
