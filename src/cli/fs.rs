@@ -744,24 +744,17 @@ pub fn unmount(_g: &GlobalArgs, a: UnmountArgs) -> Result<(), CliError> {
 /// data key is unwrapped, no block read), with the state of each key in
 /// the keystore at hand, like `gocryptfs -info`.
 fn inspect_dir(g: &GlobalArgs, dir: &Path) -> Result<(), CliError> {
-    use crate::fs::{BACKING_LOCK, BACKING_MARKER};
     let marker = crate::daemon::read_marker(dir)?;
-    let w = crate::tree::walk(dir)?;
-    let files: Vec<PathBuf> = w
-        .files
-        .into_iter()
-        .filter(|p| {
-            !(p.parent() == Some(dir)
-                && p.file_name()
-                    .is_some_and(|n| n == BACKING_MARKER || n == BACKING_LOCK))
-        })
-        .collect();
+    let tree = crate::tree::Tree::open(dir)?;
+    // The walk leaves out kmsfs's marker and lock.
+    let w = crate::tree::walk(&tree)?;
+    let files = w.files;
     let (ks, ks_error): (Arc<dyn KeyService>, Option<String>) = match keystore::open_key_service(g)
     {
         Ok(ks) => (ks, None),
         Err(e) => (Arc::new(NoKeystore), Some(e.message)),
     };
-    let report = crate::tree::fsck_tree(dir, &files, &*ks, &current_caller(), true, &mut |_| {});
+    let report = crate::tree::fsck_tree(&tree, &files, &*ks, &current_caller(), true, &mut |_| {});
     // Files with no key and no finding: empty backing files.
     let keyed: u64 = report.keys.values().map(|k| k.files).sum();
     let unkeyed = report

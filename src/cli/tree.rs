@@ -132,17 +132,20 @@ fn printed_json(g: &GlobalArgs, report: &impl serde::Serialize) -> bool {
     true
 }
 
-fn walk(backing: &Path) -> Result<tree::Walk, CliError> {
-    let w = tree::walk(backing).map_err(|e| {
+/// Opens the tree `path` names and lists it through its descriptor.
+fn open_and_walk(path: &Path, what: &str) -> Result<(tree::Tree, tree::Walk), CliError> {
+    let failed = |e: std::io::Error| {
         CliError::new(
             ErrorClass::NotFound,
-            format!("backing directory {}: {e}", backing.display()),
+            format!("{what} {}: {e}", path.display()),
         )
-    })?;
+    };
+    let t = tree::Tree::open(path).map_err(failed)?;
+    let w = tree::walk(&t).map_err(failed)?;
     for (dir, e) in &w.errors {
-        eprintln!("kmsfs: cannot read {}: {e}", dir.display());
+        eprintln!("kmsfs: cannot read {}: {e}", path.join(dir).display());
     }
-    Ok(w)
+    Ok((t, w))
 }
 
 /// `kmsfs rewrap`.
@@ -161,10 +164,10 @@ pub fn rewrap(g: &GlobalArgs, a: RewrapArgs) -> Result<(), CliError> {
             from_key: a.from_key_id,
         },
     )?;
-    let w = walk(&a.backing)?;
+    let (t, w) = open_and_walk(&a.backing, "backing directory")?;
     let progress = Progress::new(w.files.len());
     let start = std::time::Instant::now();
-    let report = rw.run(&a.backing, &w.files, &mut |_| progress.tick())?;
+    let report = rw.run(&t, &w.files, &mut |_| progress.tick())?;
     drop(progress);
     finish_audit(g)?;
     let secs = start.elapsed().as_secs_f64();
@@ -298,17 +301,12 @@ fn describe_problem(p: &Problem) -> String {
 /// `kmsfs fsck`.
 pub fn fsck(g: &GlobalArgs, a: FsckArgs) -> Result<(), CliError> {
     let ks = bulk_key_service(g)?;
-    let w = walk(&a.backing)?;
+    let (t, w) = open_and_walk(&a.backing, "backing directory")?;
     let progress = Progress::new(w.files.len());
     let start = std::time::Instant::now();
-    let report = tree::fsck_tree(
-        &a.backing,
-        &w.files,
-        &*ks,
-        &current_caller(),
-        a.quick,
-        &mut |_| progress.tick(),
-    );
+    let report = tree::fsck_tree(&t, &w.files, &*ks, &current_caller(), a.quick, &mut |_| {
+        progress.tick()
+    });
     drop(progress);
     finish_audit(g)?;
     let secs = start.elapsed().as_secs_f64();
@@ -380,30 +378,21 @@ fn describe_status(s: &FileStatus) -> String {
     }
 }
 
-/// A fresh or empty directory for an export: made if missing.
-fn empty_dest(dest: &Path) -> Result<PathBuf, CliError> {
-    match std::fs::create_dir(dest) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let mut rd = std::fs::read_dir(dest).map_err(|e| {
-                CliError::new(ErrorClass::Usage, format!("{}: {e}", dest.display()))
-            })?;
-            if rd.next().is_some() {
-                return Err(CliError::new(
-                    ErrorClass::Usage,
-                    format!("{} is not empty", dest.display()),
-                )
-                .hint("export into a new or empty directory: nothing there is replaced"));
-            }
+/// The export's destination, made (or taken when empty) and made this
+/// process's own, 0700, before anything goes into it (`tree::open_dest`).
+fn empty_dest(dest: &Path) -> Result<(tree::Tree, PathBuf), CliError> {
+    let t = tree::open_dest(dest).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENOTEMPTY) {
+            CliError::new(
+                ErrorClass::Usage,
+                format!("{} is not empty", dest.display()),
+            )
+            .hint("export into a new or empty directory: nothing there is replaced")
+        } else {
+            CliError::new(ErrorClass::NotFound, format!("{}: {e}", dest.display()))
         }
-        Err(e) => {
-            return Err(CliError::new(
-                ErrorClass::NotFound,
-                format!("{}: {e}", dest.display()),
-            ));
-        }
-    }
-    existing_dir(dest, "destination")
+    })?;
+    Ok((t, existing_dir(dest, "destination")?))
 }
 
 /// `kmsfs export`.
@@ -425,7 +414,7 @@ pub fn export(g: &GlobalArgs, a: ExportArgs) -> Result<(), CliError> {
             .hint("pass the --keystore DIR the directory was mounted with"));
         }
     }
-    let dest = empty_dest(&a.dest)?;
+    let (dest_tree, dest) = empty_dest(&a.dest)?;
     if dest.starts_with(&backing) {
         return Err(CliError::new(
             ErrorClass::Usage,
@@ -433,10 +422,10 @@ pub fn export(g: &GlobalArgs, a: ExportArgs) -> Result<(), CliError> {
         ));
     }
     let ks = bulk_key_service(g)?;
-    let w = walk(&backing)?;
+    let (t, w) = open_and_walk(&backing, "backing directory")?;
     let progress = Progress::new(w.files.len());
     let start = std::time::Instant::now();
-    let report = tree::export_tree(&backing, &w, &dest, &*ks, &current_caller(), &mut || {
+    let report = tree::export_tree(&t, &w, &dest_tree, &*ks, &current_caller(), &mut || {
         progress.tick()
     });
     drop(progress);
@@ -469,13 +458,19 @@ pub fn import(g: &GlobalArgs, a: ImportArgs) -> Result<(), CliError> {
         crate::daemon::write_marker(&backing, &m)?;
     }
     super::fs::remember_backing(g, &backing);
-    let w = walk(&src)?;
+    let (src_tree, w) = open_and_walk(&src, "source directory")?;
+    let backing_tree = tree::Tree::open(&backing).map_err(|e| {
+        CliError::new(
+            ErrorClass::NotFound,
+            format!("backing directory {}: {e}", backing.display()),
+        )
+    })?;
     let progress = Progress::new(w.files.len());
     let start = std::time::Instant::now();
     let report = tree::import_tree(
-        &src,
+        &src_tree,
         &w,
-        &backing,
+        &backing_tree,
         &*ks,
         &current_caller(),
         &key_id,

@@ -114,11 +114,15 @@ pub struct Survey {
 /// followed): which regular files are kmsfs files and under which keys.
 pub fn survey(dir: &Path) -> Survey {
     let mut s = Survey::default();
+    let Ok(tree) = crate::tree::Tree::open(dir) else {
+        return s;
+    };
     let mut queue = std::collections::VecDeque::from([PathBuf::new()]);
     while let Some(rel) = queue.pop_front() {
         // Read without O_NOATIME's absence leaving a trace: a mount must not
-        // change the access times of what it is about to serve.
-        let Ok(entries) = os::dir::list_noatime(&dir.join(&rel)) else {
+        // change the access times of what it is about to serve. Through
+        // the tree's descriptor: never through a link a user swapped in.
+        let Ok(entries) = tree.dir(&rel).and_then(|d| os::at::list_dir(&d)) else {
             continue;
         };
         for (name, kind) in entries {
@@ -134,7 +138,7 @@ pub fn survey(dir: &Path) -> Survey {
             if kind == EntryKind::Dir {
                 queue.push_back(r);
             } else if kind == EntryKind::File {
-                match crate::tree::open_backing(&dir.join(&r), false)
+                match crate::tree::open_backing(&tree, &r)
                     .ok()
                     .and_then(|f| EncryptedFile::read_header(&f).ok())
                 {

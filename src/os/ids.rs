@@ -16,3 +16,9 @@ pub(crate) fn effective_uid() -> u32 {
 pub(crate) fn is_root() -> bool {
     effective_uid() == 0
 }
+
+/// Effective group id of this process.
+pub(crate) fn effective_gid() -> u32 {
+    // SAFETY: getegid takes no arguments and cannot fail.
+    unsafe { libc::getegid() }
+}

@@ -3,6 +3,7 @@
 //! wrappers. Each `unsafe` block
 //! carries a `// SAFETY:` comment saying why it holds.
 
+pub(crate) mod at;
 pub(crate) mod beneath;
 pub(crate) mod dir;
 pub(crate) mod ids;

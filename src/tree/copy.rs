@@ -2,12 +2,17 @@
 //! symbolic links and of special files (listed, not copied), and the copy
 //! of a file's data ranges that leaves holes as holes.
 
+use std::ffi::OsStr;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{FileStatus, Walk, relative};
+use super::{FileStatus, Tree, Walk, apply_meta};
+use crate::os::beneath::{open_node, symlinkat};
+use crate::os::node::readlink_node;
 
 /// Plaintext is copied in pieces of this size.
 pub(super) const COPY_CHUNK: usize = 1 << 20;
@@ -59,8 +64,9 @@ pub struct CopyReport {
 }
 
 impl CopyReport {
-    /// Counts and lists an entry of `root` that was not copied.
-    pub(super) fn skip(&mut self, root: &Path, p: &Path, status: FileStatus) {
+    /// Counts and lists an entry (by its path in the tree copied from)
+    /// that was not copied.
+    pub(super) fn skip(&mut self, p: &Path, status: FileStatus) {
         match &status {
             FileStatus::CorruptHeader { .. } | FileStatus::CorruptBlocks { .. } => {
                 self.corrupt += 1
@@ -69,16 +75,16 @@ impl CopyReport {
             FileStatus::Io { .. } | FileStatus::Ok | FileStatus::Empty => self.io += 1,
         }
         self.skipped.push(Skipped {
-            path: relative(root, p),
+            path: p.to_path_buf(),
             status,
         });
     }
 
     /// Counts and lists an entry left alone because its name exists.
-    pub(super) fn exists(&mut self, root: &Path, p: &Path) {
+    pub(super) fn exists(&mut self, p: &Path) {
         self.existing += 1;
         self.skipped.push(Skipped {
-            path: relative(root, p),
+            path: p.to_path_buf(),
             status: FileStatus::Io {
                 message: "exists at the destination: left as it is".into(),
             },
@@ -88,31 +94,52 @@ impl CopyReport {
     /// Copies the symbolic links of `walk` (of tree `from`) to the same
     /// places under `to`, never over an existing name; lists the special
     /// files, which are not copied.
-    pub(super) fn copy_links_and_list_special(&mut self, from: &Path, walk: &Walk, to: &Path) {
+    pub(super) fn copy_links_and_list_special(&mut self, from: &Tree, walk: &Walk, to: &Tree) {
         for l in &walk.links {
-            let target = to.join(relative(from, l));
-            if target.symlink_metadata().is_ok() {
-                self.exists(from, l);
-                continue;
-            }
-            let r = std::fs::read_link(l)
-                .and_then(|link| std::os::unix::fs::symlink(link, &target))
-                .and_then(|()| super::copy_meta(l, &target));
-            match r {
-                Ok(()) => self.links += 1,
-                Err(e) => self.skip(from, l, io_status(e)),
+            match copy_link(from, l, to) {
+                Ok(true) => self.links += 1,
+                Ok(false) => self.exists(l),
+                Err(e) => self.skip(l, io_status(e)),
             }
         }
         for s in &walk.special {
             self.special += 1;
             self.skipped.push(Skipped {
-                path: relative(from, s),
+                path: s.clone(),
                 status: FileStatus::Io {
                     message: "a FIFO, socket or device node: not copied".into(),
                 },
             });
         }
     }
+}
+
+/// Copies the symbolic link `rel` of `from` to `rel` in `to`, with its
+/// owner and times; Ok(false) when the name exists there.
+fn copy_link(from: &Tree, rel: &Path, to: &Tree) -> io::Result<bool> {
+    let node = from.node(rel)?;
+    let md = node.metadata()?;
+    if !md.file_type().is_symlink() {
+        return Err(io::Error::other("no longer a symbolic link"));
+    }
+    let target = readlink_node(&node)?;
+    let (dir, name) = to.parent(rel)?;
+    match symlinkat(Path::new(OsStr::from_bytes(&target)), &dir, name) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+        r => r?,
+    }
+    // The link made here, still ours: in a directory another user can
+    // write, the name may lead to something of theirs by now, which must
+    // not be given this link's owner.
+    let made = open_node(&dir, name)?;
+    let m = made.metadata()?;
+    if !m.file_type().is_symlink() || m.uid() != crate::os::ids::effective_uid() {
+        return Err(io::Error::other(
+            "replaced by someone else while it was copied: left as it is",
+        ));
+    }
+    apply_meta(&md, &made)?;
+    Ok(true)
 }
 
 /// An I/O error as a finding.

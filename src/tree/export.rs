@@ -4,82 +4,137 @@
 //! whole (corrupt header or blocks, key unusable) is reported and not
 //! written at all: nothing in the destination is silently truncated.
 
+use std::ffi::OsStr;
 use std::fs::File;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
 
 use super::copy::{CopyReport, Ranges, copy_ranges, io_status};
 use super::fsck::status_of;
-use super::{FileStatus, Walk, open_backing, relative};
+use super::{FileStatus, Tree, Walk, apply_meta};
 use crate::envelope::{EncryptedFile, EnvelopeError};
 use crate::format::BLOCK_SIZE;
 use crate::kms::{Caller, KeyService};
+use crate::os::at::{list_dir, open_strictly_beneath};
+use crate::os::beneath::{mkdirat, unlinkat};
+use crate::os::node::{chmod_node, chown_node};
+use crate::os::xattr::removexattr_node;
 
-/// Writes the plaintext of the tree `walk` found under `backing` into
-/// `dest`, which must be an empty directory. `progress` is called after
-/// each regular file.
+/// Opens the export destination `dest` (made 0700 if missing; else it
+/// must be empty) as a [`Tree`] and makes it this process's own, 0700 and
+/// without ACLs, before anything is written into it: whoever made it (a
+/// user who can write its parent, say) sees nothing of the export until
+/// it is complete. An existing non-empty directory is ENOTEMPTY.
+pub fn open_dest(dest: &Path) -> io::Result<Tree> {
+    use std::os::unix::fs::DirBuilderExt;
+    // The destination a user named on the command line.
+    #[allow(clippy::disallowed_methods)]
+    match std::fs::DirBuilder::new().mode(0o700).create(dest) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    let tree = Tree::open(dest)?;
+    let root = tree.root();
+    let md = root.metadata()?;
+    if crate::os::ids::is_root() {
+        let (uid, gid) = (0, crate::os::ids::effective_gid());
+        if (md.uid(), md.gid()) != (uid, gid) {
+            chown_node(root, Some(uid), Some(gid))?;
+        }
+    }
+    chmod_node(root, 0o700)?;
+    // A default ACL would be inherited by everything made below; an
+    // access ACL would let its users in whatever the mode.
+    for acl in ["system.posix_acl_default", "system.posix_acl_access"] {
+        match removexattr_node(root, OsStr::new(acl)) {
+            Err(e)
+                if e.raw_os_error() != Some(libc::ENODATA)
+                    && e.raw_os_error() != Some(libc::EOPNOTSUPP) =>
+            {
+                return Err(e);
+            }
+            _ => {}
+        }
+    }
+    if !list_dir(root)?.is_empty() {
+        return Err(io::Error::from_raw_os_error(libc::ENOTEMPTY));
+    }
+    Ok(tree)
+}
+
+/// Writes the plaintext of the tree `walk` found in `backing` into `dest`
+/// (from [`open_dest`]). Every directory is made 0700 and keeps that mode
+/// until every file, link and directory is written; then the directories
+/// get their own owners, modes and times, deepest first, `dest` last.
+/// `progress` is called after each regular file.
 pub fn export_tree(
-    backing: &Path,
+    backing: &Tree,
     walk: &Walk,
-    dest: &Path,
+    dest: &Tree,
     ks: &dyn KeyService,
     caller: &Caller,
     progress: &mut dyn FnMut(),
 ) -> CopyReport {
     let mut report = CopyReport::default();
-    let target = |p: &Path| dest.join(relative(backing, p));
+    let mut made = Vec::new();
     for d in &walk.dirs {
-        match std::fs::create_dir(target(d)) {
-            Ok(()) => report.dirs += 1,
-            Err(e) => report.skip(backing, d, io_status(e)),
+        let r = dest
+            .parent(d)
+            .and_then(|(dir, name)| mkdirat(&dir, name, 0o700));
+        match r {
+            Ok(()) => {
+                report.dirs += 1;
+                made.push(d);
+            }
+            Err(e) => report.skip(d, io_status(e)),
         }
     }
     for f in &walk.files {
-        match export_file(f, &target(f), ks, caller) {
+        match export_file(backing, f, dest, ks, caller) {
             Ok(bytes) => {
                 report.files += 1;
                 report.bytes += bytes;
             }
-            Err(status) => report.skip(backing, f, status),
+            Err(status) => report.skip(f, status),
         }
         progress();
     }
     report.copy_links_and_list_special(backing, walk, dest);
-    // Directories last, deepest first: making their entries changed their times.
-    for d in walk
-        .dirs
-        .iter()
-        .rev()
-        .chain(std::iter::once(&backing.to_path_buf()))
-    {
-        if let Err(e) = super::copy_meta(d, &target(d)) {
-            report.skip(backing, d, io_status(e));
+    // Directories last, deepest first, the destination itself at the very
+    // end: until then each is 0700 and this process's, so nothing written
+    // is reachable by anyone else before the whole tree is.
+    let empty = PathBuf::new();
+    for d in made.into_iter().rev().chain(std::iter::once(&empty)) {
+        let r = backing
+            .dir(d)
+            .and_then(|from| from.metadata())
+            .and_then(|md| apply_meta(&md, &dest.dir(d)?));
+        if let Err(e) = r {
+            report.skip(d, io_status(e));
         }
     }
     // One flush (after the times, so they are durable too) for the whole tree.
-    if let Err(e) = File::open(dest).and_then(|d| crate::os::space::syncfs(&d)) {
-        report.skip(backing, backing, io_status(e));
+    if let Err(e) = crate::os::space::syncfs(dest.root()) {
+        report.skip(Path::new(""), io_status(e));
     }
     report
 }
 
-/// Exports one file; on failure nothing is left at `to`.
+/// Exports one file; on failure nothing is left in `dest`.
 fn export_file(
-    from: &Path,
-    to: &Path,
+    backing: &Tree,
+    rel: &Path,
+    dest: &Tree,
     ks: &dyn KeyService,
     caller: &Caller,
 ) -> Result<u64, FileStatus> {
-    let file = open_backing(from, false).map_err(io_status)?;
+    let file = backing.open_file(rel, false).map_err(io_status)?;
     let md = file.metadata().map_err(io_status)?;
     let len = md.len();
-    let out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(to)
-        .map_err(io_status)?;
+    let (dir, name) = dest.parent(rel).map_err(io_status)?;
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+    let out = open_strictly_beneath(&dir, Path::new(name), flags, 0o600).map_err(io_status)?;
     let r = if len == 0 {
         Ok(0)
     } else {
@@ -87,13 +142,9 @@ fn export_file(
             .map_err(status_of)
             .and_then(|ef| copy_plaintext(&ef, &out))
     };
-    let r = r.and_then(|n| {
-        drop(out);
-        super::copy_meta_of(&md, to).map_err(io_status)?;
-        Ok(n)
-    });
+    let r = r.and_then(|n| apply_meta(&md, &out).map_err(io_status).map(|()| n));
     if r.is_err() {
-        let _ = std::fs::remove_file(to);
+        let _ = unlinkat(&dir, name, false);
     }
     r
 }

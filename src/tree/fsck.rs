@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{KeyStatus, open_backing, relative};
+use super::{KeyStatus, Tree};
 use crate::envelope::{EncryptedFile, EnvelopeError};
 use crate::format::{self, BLOCK_SIZE};
 use crate::kms::{Caller, KeyService, KmsError};
@@ -104,8 +104,10 @@ pub struct FsckReport {
     pub keys: BTreeMap<String, KeySummary>,
 }
 
-/// Checks one backing file. `states` caches DescribeKey answers per key.
+/// Checks the backing file `path` of `tree`. `states` caches DescribeKey
+/// answers per key.
 pub fn fsck_file(
+    tree: &Tree,
     path: &Path,
     ks: &dyn KeyService,
     caller: &Caller,
@@ -115,7 +117,7 @@ pub fn fsck_file(
     let io = |e: std::io::Error| FileStatus::Io {
         message: e.to_string(),
     };
-    let file = match open_backing(path, false) {
+    let file = match tree.open_file(path, false) {
         Ok(f) => f,
         Err(e) => return (None, 0, io(e)),
     };
@@ -210,10 +212,10 @@ pub(super) fn status_of(e: EnvelopeError) -> FileStatus {
     }
 }
 
-/// Checks `files` (from [`super::walk`] of `root`), calling `progress`
+/// Checks `files` (from [`super::walk`] of `tree`), calling `progress`
 /// after each.
 pub fn fsck_tree(
-    root: &Path,
+    tree: &Tree,
     files: &[PathBuf],
     ks: &dyn KeyService,
     caller: &Caller,
@@ -223,9 +225,9 @@ pub fn fsck_tree(
     let mut states = HashMap::new();
     let mut report = FsckReport::default();
     for p in files {
-        let (key_id, plain_size, status) = fsck_file(p, ks, caller, quick, &mut states);
+        let (key_id, plain_size, status) = fsck_file(tree, p, ks, caller, quick, &mut states);
         let check = FileCheck {
-            path: relative(root, p),
+            path: p.clone(),
             key_id,
             plain_size,
             status,

@@ -9,17 +9,19 @@
 //! A crash leaves at most temporary files, which a rerun removes, and files
 //! that are complete; a rerun skips what exists.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::copy::{CopyReport, Ranges, copy_ranges, io_status};
 use super::fsck::status_of;
-use super::{FileStatus, Walk, relative};
+use super::{FileStatus, Tree, Walk, apply_meta};
 use crate::envelope::EncryptedFile;
 use crate::kms::{Caller, KeyService};
+use crate::os::at::{linkat, open_strictly_beneath};
+use crate::os::beneath::{mkdirat, open_node, unlinkat};
 
 /// A durable batch ends after this many files or bytes, whichever comes
 /// first. Each batch costs one syncfs, which flushes the whole file system
@@ -31,139 +33,201 @@ const BATCH_BYTES: u64 = 256 << 20;
 /// The suffix of a file being imported.
 const TMP_SUFFIX: &str = ".kmsfs-import";
 
-/// The temporary name a file is written under before it is linked as `to`.
-fn tmp_name(to: &Path) -> PathBuf {
-    let mut name = OsString::from(".");
-    name.push(to.file_name().unwrap_or_default());
-    name.push(TMP_SUFFIX);
-    to.with_file_name(name)
+/// The temporary name a file is written under before it is linked as `name`.
+fn tmp_name(name: &OsStr) -> OsString {
+    let mut t = OsString::from(".");
+    t.push(name);
+    t.push(TMP_SUFFIX);
+    t
 }
 
-/// Encrypts the tree `walk` found under `src` into `backing`, new files
-/// under `key_id`. `progress` is called after each regular file.
+/// A file written under its temporary name, waiting for its batch's syncfs.
+struct Written<'a> {
+    /// Its path in both trees.
+    rel: &'a PathBuf,
+    /// The inode written (device, inode number): what its name must lead to.
+    id: (u64, u64),
+    /// Plaintext bytes.
+    bytes: u64,
+}
+
+/// Encrypts the tree `walk` found in `src` into `backing`, new files under
+/// `key_id`. `progress` is called after each regular file.
 pub fn import_tree(
-    src: &Path,
+    src: &Tree,
     walk: &Walk,
-    backing: &Path,
+    backing: &Tree,
     ks: &dyn KeyService,
     caller: &Caller,
     key_id: &str,
     progress: &mut dyn FnMut(),
 ) -> CopyReport {
     let mut report = CopyReport::default();
-    let target = |p: &Path| backing.join(relative(src, p));
+    // Directories made here, with the inode made: each is 0700 and this
+    // process's until the end, when it gets its source's owner, mode and
+    // times (only if its name still leads to the directory made).
     let mut made_dirs = Vec::new();
     for d in &walk.dirs {
-        let t = target(d);
-        match std::fs::create_dir(&t) {
-            Ok(()) => {
+        match make_dir(backing, d) {
+            Ok(Some(id)) => {
                 report.dirs += 1;
-                made_dirs.push(d);
+                made_dirs.push((d, id));
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && t.is_dir() => {}
-            Err(e) => report.skip(src, d, io_status(e)),
+            Ok(None) => {}
+            Err(e) => report.skip(d, io_status(e)),
         }
     }
-    let mut batch: Vec<(&PathBuf, PathBuf, u64)> = Vec::new();
+    let mut batch: Vec<Written> = Vec::new();
     for f in &walk.files {
-        let to = target(f);
-        if to.symlink_metadata().is_ok() {
-            report.exists(src, f);
-        } else {
-            match import_file(f, &tmp_name(&to), ks, caller, key_id) {
-                Ok(n) => batch.push((f, to, n)),
-                Err(s) => report.skip(src, f, s),
-            }
+        match import_file(src, f, backing, ks, caller, key_id) {
+            Ok(Some(w)) => batch.push(w),
+            Ok(None) => report.exists(f),
+            Err(s) => report.skip(f, s),
         }
-        if batch.len() >= BATCH_FILES || batch.iter().map(|b| b.2).sum::<u64>() >= BATCH_BYTES {
-            commit(src, backing, &mut batch, &mut report);
+        if batch.len() >= BATCH_FILES || batch.iter().map(|b| b.bytes).sum::<u64>() >= BATCH_BYTES {
+            commit(backing, &mut batch, &mut report);
         }
         progress();
     }
-    commit(src, backing, &mut batch, &mut report);
+    commit(backing, &mut batch, &mut report);
     report.copy_links_and_list_special(src, walk, backing);
-    // Directories made here get their times last, deepest first.
-    for d in made_dirs.iter().rev() {
-        if let Err(e) = super::copy_meta(d, &target(d)) {
-            report.skip(src, d, io_status(e));
+    // Directories made here get their owners, modes and times last,
+    // deepest first.
+    for (d, id) in made_dirs.iter().rev() {
+        let r = src.node(d).and_then(|n| n.metadata()).and_then(|md| {
+            let dir = backing.dir(d)?;
+            if same(&dir.metadata()?, *id) {
+                apply_meta(&md, &dir)
+            } else {
+                Err(replaced())
+            }
+        });
+        if let Err(e) = r {
+            report.skip(d, io_status(e));
         }
     }
-    if let Err(e) = File::open(backing).and_then(|d| crate::os::space::syncfs(&d)) {
-        report.skip(src, src, io_status(e));
+    if let Err(e) = crate::os::space::syncfs(backing.root()) {
+        report.skip(Path::new(""), io_status(e));
     }
     report
 }
 
+/// The (device, inode) of an fstat.
+fn id_of(md: &std::fs::Metadata) -> (u64, u64) {
+    (md.dev(), md.ino())
+}
+
+fn same(md: &std::fs::Metadata, id: (u64, u64)) -> bool {
+    id_of(md) == id
+}
+
+fn replaced() -> io::Error {
+    io::Error::other("replaced by someone else while it was imported: left as it is")
+}
+
+/// Makes directory `rel` in `backing`, 0700 (Ok(None): it exists already
+/// as a directory). Returns the inode made.
+fn make_dir(backing: &Tree, rel: &Path) -> io::Result<Option<(u64, u64)>> {
+    let (parent, name) = backing.parent(rel)?;
+    match mkdirat(&parent, name, 0o700) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return match open_node(&parent, name)?.metadata()?.is_dir() {
+                true => Ok(None),
+                false => Err(e),
+            };
+        }
+        Err(e) => return Err(e),
+    }
+    let md = open_node(&parent, name)?.metadata()?;
+    if !md.is_dir() || md.uid() != crate::os::ids::effective_uid() {
+        return Err(replaced());
+    }
+    Ok(Some(id_of(&md)))
+}
+
 /// Makes a batch of written files durable, then links each under its name
 /// (never over an existing one) and removes its temporary name.
-fn commit(
-    src: &Path,
-    backing: &Path,
-    batch: &mut Vec<(&PathBuf, PathBuf, u64)>,
-    report: &mut CopyReport,
-) {
+fn commit(backing: &Tree, batch: &mut Vec<Written>, report: &mut CopyReport) {
     if batch.is_empty() {
         return;
     }
-    if let Err(e) = File::open(backing).and_then(|d| crate::os::space::syncfs(&d)) {
-        for (f, to, _) in batch.drain(..) {
-            let _ = std::fs::remove_file(tmp_name(&to));
-            report.skip(src, f, io_status(io::Error::new(e.kind(), e.to_string())));
+    if let Err(e) = crate::os::space::syncfs(backing.root()) {
+        for w in batch.drain(..) {
+            if let Ok((dir, name)) = backing.parent(w.rel) {
+                let _ = unlinkat(&dir, &tmp_name(name), false);
+            }
+            report.skip(w.rel, io_status(io::Error::new(e.kind(), e.to_string())));
         }
         return;
     }
-    for (f, to, n) in batch.drain(..) {
-        let tmp = tmp_name(&to);
-        match std::fs::hard_link(&tmp, &to) {
-            Ok(()) => {
-                report.files += 1;
-                report.bytes += n;
+    for w in batch.drain(..) {
+        let (dir, name) = match backing.parent(w.rel) {
+            Ok(x) => x,
+            Err(e) => {
+                report.skip(w.rel, io_status(e));
+                continue;
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => report.exists(src, f),
-            Err(e) => report.skip(src, f, io_status(e)),
+        };
+        let tmp = tmp_name(name);
+        match linkat(&dir, &tmp, &dir, name) {
+            Ok(()) => match open_node(&dir, name).and_then(|n| n.metadata()) {
+                Ok(md) if same(&md, w.id) => {
+                    report.files += 1;
+                    report.bytes += w.bytes;
+                }
+                Ok(_) => report.skip(w.rel, io_status(replaced())),
+                Err(e) => report.skip(w.rel, io_status(e)),
+            },
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => report.exists(w.rel),
+            Err(e) => report.skip(w.rel, io_status(e)),
         }
-        let _ = std::fs::remove_file(&tmp);
+        let _ = unlinkat(&dir, &tmp, false);
     }
 }
 
-/// Encrypts `from` into a new backing file at `tmp` (a leftover of an
-/// interrupted run is replaced). On failure nothing is left at `tmp`.
-fn import_file(
-    from: &Path,
-    tmp: &Path,
+/// Encrypts `rel` of `src` into a new backing file under its temporary
+/// name beside `rel` in `backing` (a leftover of an interrupted run is
+/// replaced); Ok(None) when `rel` exists in `backing`. On failure nothing
+/// is left under the temporary name.
+fn import_file<'a>(
+    src: &Tree,
+    rel: &'a PathBuf,
+    backing: &Tree,
     ks: &dyn KeyService,
     caller: &Caller,
     key_id: &str,
-) -> Result<u64, FileStatus> {
-    let input = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(from)
-        .map_err(io_status)?;
-    let md = input.metadata().map_err(io_status)?;
-    if !md.is_file() {
-        return Err(io_status(io::Error::from_raw_os_error(libc::EINVAL)));
+) -> Result<Option<Written<'a>>, FileStatus> {
+    let (dir, name) = backing.parent(rel).map_err(io_status)?;
+    match open_node(&dir, name) {
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_status(e)),
     }
-    match std::fs::remove_file(tmp) {
+    let input = src.open_file(rel, false).map_err(io_status)?;
+    let md = input.metadata().map_err(io_status)?;
+    let tmp = tmp_name(name);
+    match unlinkat(&dir, &tmp, false) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_status(e)),
         _ => {}
     }
-    let out = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(tmp)
-        .map_err(io_status)?;
+    let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
+    let out = open_strictly_beneath(&dir, Path::new(&tmp), flags, 0o600).map_err(io_status)?;
+    let id = out.metadata().map(|m| id_of(&m)).map_err(io_status)?;
     let r = EncryptedFile::create(out, ks, caller, key_id)
         .map_err(status_of)
-        .and_then(|ef| copy_in(&input, md.len(), &ef))
-        .and_then(|n| super::copy_meta_of(&md, tmp).map_err(io_status).map(|()| n));
-    if r.is_err() {
-        let _ = std::fs::remove_file(tmp);
+        .and_then(|ef| {
+            let n = copy_in(&input, md.len(), &ef)?;
+            apply_meta(&md, ef.file()).map_err(io_status)?;
+            Ok(n)
+        });
+    match r {
+        Ok(bytes) => Ok(Some(Written { rel, id, bytes })),
+        Err(s) => {
+            let _ = unlinkat(&dir, &tmp, false);
+            Err(s)
+        }
     }
-    r
 }
 
 /// A plain file read for import.

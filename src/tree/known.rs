@@ -5,12 +5,17 @@
 //! `schedule-key-deletion` counts, from headers alone, the files the key
 //! still protects there.
 
-use std::io::Write;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use super::Tree;
 use crate::envelope::EncryptedFile;
+use crate::os::at::{list_dir, open_strictly_beneath};
+use crate::os::beneath::{mkdirat, renameat2, unlinkat};
 
 /// The subdirectory of the keystore directory that holds the records.
 const KNOWN_DIR: &str = "backings";
@@ -20,45 +25,86 @@ fn record_name(backing: &Path) -> String {
     d.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
+/// The keystore directory's `backings/`, opened through the keystore
+/// directory's descriptor without following a link, and refused unless it
+/// is a directory that root, this user or the keystore directory's owner
+/// owns and no one else can write (the checks `audit/` gets). With
+/// `create`, made 0700 when missing; None when missing otherwise.
+fn open_known_dir(keystore_dir: &Path, create: bool) -> io::Result<Option<File>> {
+    let kdir = Tree::open(keystore_dir)?;
+    let kowner = kdir.root().metadata()?.uid();
+    if create {
+        match mkdirat(kdir.root(), OsStr::new(KNOWN_DIR), 0o700) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+    }
+    let d = match kdir.dir(Path::new(KNOWN_DIR)) {
+        Err(e) if !create && e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        r => r?,
+    };
+    let m = d.metadata()?;
+    let owner_ok = crate::trust::trusted_owner(m.uid()) || m.uid() == kowner;
+    if !m.is_dir() || !owner_ok || m.mode() & 0o022 != 0 {
+        return Err(io::Error::other(format!(
+            "{} is not a directory that only root, this user or the keystore's owner can \
+             change (owner uid {}, mode {:o}); refusing to use it",
+            keystore_dir.join(KNOWN_DIR).display(),
+            m.uid(),
+            m.mode() & 0o7777
+        )));
+    }
+    Ok(Some(d))
+}
+
+/// Reads the record `name` of `dir`: a regular file, never through a link.
+fn read_record(dir: &File, name: &OsStr) -> io::Result<Vec<u8>> {
+    let mut f = open_strictly_beneath(dir, Path::new(name), libc::O_RDONLY | libc::O_NONBLOCK, 0)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut b = Vec::new();
+    f.read_to_end(&mut b)?;
+    Ok(b)
+}
+
 /// Records that `backing` (an absolute path) holds files of the keystore in
 /// `keystore_dir`. Idempotent; the record is private to the keystore's owner.
-pub fn remember(keystore_dir: &Path, backing: &Path) -> std::io::Result<()> {
-    let dir = keystore_dir.join(KNOWN_DIR);
-    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
-        _ => {}
-    }
-    let name = record_name(backing);
-    let path = dir.join(&name);
-    if std::fs::read(&path).is_ok_and(|b| b == backing.as_os_str().as_encoded_bytes()) {
+pub fn remember(keystore_dir: &Path, backing: &Path) -> io::Result<()> {
+    let Some(dir) = open_known_dir(keystore_dir, true)? else {
+        return Err(io::Error::from_raw_os_error(libc::ENOENT));
+    };
+    let name = OsString::from(record_name(backing));
+    let want = backing.as_os_str().as_encoded_bytes();
+    if read_record(&dir, &name).is_ok_and(|b| b == want) {
         return Ok(());
     }
-    let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)?;
-    f.write_all(backing.as_os_str().as_encoded_bytes())?;
+    let mut tmp = name.clone();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+    let mut f = open_strictly_beneath(&dir, Path::new(&tmp), flags, 0o600)?;
+    f.write_all(want)?;
     drop(f);
-    std::fs::rename(&tmp, &path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
+    renameat2(&dir, &tmp, &dir, &name, 0).inspect_err(|_| {
+        let _ = unlinkat(&dir, &tmp, false);
     })
 }
 
 /// The backing directories recorded for the keystore in `keystore_dir`
 /// that still exist.
 pub fn known(keystore_dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(keystore_dir.join(KNOWN_DIR)) else {
+    let Ok(Some(dir)) = open_known_dir(keystore_dir, false) else {
         return Vec::new();
     };
-    let mut out: Vec<PathBuf> = rd
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp"))
-        .filter_map(|e| std::fs::read(e.path()).ok())
-        .map(|b| PathBuf::from(std::ffi::OsString::from_vec(b)))
-        .filter(|p| p.is_dir())
+    let Ok(entries) = list_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = entries
+        .into_iter()
+        .filter(|(n, _)| !n.to_string_lossy().ends_with(".tmp"))
+        .filter_map(|(n, _)| read_record(&dir, &n).ok())
+        .map(|b| PathBuf::from(OsString::from_vec(b)))
+        .filter(|p| Tree::open_absolute(p).is_ok())
         .collect();
     out.sort();
     out
@@ -66,13 +112,18 @@ pub fn known(keystore_dir: &Path) -> Vec<PathBuf> {
 
 /// How many files under `backing` have their data key wrapped under
 /// `key_id`, and their plaintext bytes (headers only: nothing unwrapped).
+/// The recorded path is followed through no link (it was recorded
+/// resolved): a directory swapped for a link since is not counted.
 pub fn protected_by(backing: &Path, key_id: &str) -> (u64, u64) {
-    let Ok(w) = super::walk(backing) else {
+    let Ok(tree) = Tree::open_absolute(backing) else {
+        return (0, 0);
+    };
+    let Ok(w) = super::walk(&tree) else {
         return (0, 0);
     };
     let mut n = (0, 0);
     for f in &w.files {
-        let Ok(file) = super::open_backing(f, false) else {
+        let Ok(file) = tree.open_file(f, false) else {
             continue;
         };
         let Ok(h) = EncryptedFile::read_header(&file) else {

@@ -12,7 +12,9 @@ mod import;
 mod known;
 mod rewrap;
 
+use std::ffi::OsStr;
 use std::fs::File;
+use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -20,17 +22,119 @@ use serde::Serialize;
 
 use crate::format::{BACKING_LOCK, BACKING_MARKER};
 use crate::kms::{KeyMetadata, KeyState, KmsError, Missing, StateProblem};
+use crate::os::at::{list_dir, open_strictly_beneath, open_without_links};
+use crate::os::dir::EntryKind;
 
 pub use self::copy::{CopyReport, Skipped};
-pub use self::export::export_tree;
+pub use self::export::{export_tree, open_dest};
 pub use self::fsck::{FileCheck, FileStatus, FsckReport, KeySummary, fsck_file, fsck_tree};
 pub use self::import::import_tree;
 pub use self::known::{known as known_backings, protected_by, remember as remember_backing};
 pub use self::rewrap::{Problem, RewrapOptions, RewrapOutcome, RewrapReport, Rewrapper};
 
+/// A tree opened once by the path its operator named. Every name below it
+/// is resolved beneath this descriptor (`os::at`): never through a symbolic
+/// link, never above it, never into another mount, so a user who can write
+/// the tree cannot send a tool that root runs anywhere else by swapping a
+/// directory for a link while it runs.
+#[derive(Debug)]
+pub struct Tree {
+    root: File,
+    path: PathBuf,
+}
+
+impl Tree {
+    /// Opens the directory `path` names: the one path of a run that is
+    /// resolved as given (the operator's choice, links included).
+    pub fn open(path: &Path) -> io::Result<Self> {
+        // The root a user named on the command line.
+        #[allow(clippy::disallowed_methods)]
+        let root = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(path)?;
+        Ok(Self {
+            root,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Opens the directory the absolute path `path` names through no
+    /// symbolic link at all (a path recorded resolved, which a link
+    /// swapped in since must not redirect).
+    pub fn open_absolute(path: &Path) -> io::Result<Self> {
+        let rel = path
+            .strip_prefix("/")
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // "/" itself: no link can be swapped in above it.
+        #[allow(clippy::disallowed_methods)]
+        let slash = File::open("/")?;
+        let root = open_without_links(&slash, rel, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        Ok(Self {
+            root,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The path the tree was opened by, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The root's descriptor.
+    pub(crate) fn root(&self) -> &File {
+        &self.root
+    }
+
+    /// The directory `rel` (empty: the root), opened to be listed or to
+    /// have entries made in it, without changing its access time where the
+    /// caller may ask for that.
+    pub(crate) fn dir(&self, rel: &Path) -> io::Result<File> {
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+        match open_strictly_beneath(&self.root, rel, flags | libc::O_NOATIME, 0) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                open_strictly_beneath(&self.root, rel, flags, 0)
+            }
+            r => r,
+        }
+    }
+
+    /// The directory that holds `rel`, and `rel`'s name in it.
+    pub(crate) fn parent<'a>(&self, rel: &'a Path) -> io::Result<(File, &'a OsStr)> {
+        let name = rel
+            .file_name()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        Ok((self.dir(rel.parent().unwrap_or(Path::new("")))?, name))
+    }
+
+    /// An O_PATH descriptor of the entry `rel` itself (a symbolic link is
+    /// not followed: its own node), for fstat, readlink, chown, utimens.
+    pub(crate) fn node(&self, rel: &Path) -> io::Result<File> {
+        open_strictly_beneath(&self.root, rel, libc::O_PATH, 0)
+    }
+
+    /// Opens the regular file `rel`: never blocking on a FIFO put in its
+    /// place, refused unless regular. Opened to be read, it keeps its
+    /// access time where the caller may ask for that (O_NOATIME: its
+    /// owner, or root), so that looking at a tree leaves no trace in it.
+    pub(crate) fn open_file(&self, rel: &Path, write: bool) -> io::Result<File> {
+        let base = libc::O_NONBLOCK | if write { libc::O_RDWR } else { libc::O_RDONLY };
+        let f = match open_strictly_beneath(&self.root, rel, base | libc::O_NOATIME, 0) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                open_strictly_beneath(&self.root, rel, base, 0)?
+            }
+            r => r?,
+        };
+        if !f.metadata()?.is_file() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Ok(f)
+    }
+}
+
 /// What a walk of a tree found, each list in a stable (sorted) order, and
-/// what it could not enter. kmsfs's own files in the root (its marker and
-/// lock) are not part of the tree.
+/// what it could not enter, as paths relative to the tree's root. kmsfs's
+/// own files in the root (its marker and lock) are not part of the tree.
 #[derive(Debug, Default)]
 pub struct Walk {
     /// Every regular file.
@@ -45,49 +149,51 @@ pub struct Walk {
     pub errors: Vec<(PathBuf, String)>,
 }
 
-/// Lists the tree under `root` without following symbolic links or
+/// Lists `tree` through descriptors, without following symbolic links or
 /// crossing into other file systems (a mount point inside the tree is not
 /// part of it).
-pub fn walk(root: &Path) -> std::io::Result<Walk> {
-    let dev = std::fs::metadata(root)?.dev();
+pub fn walk(tree: &Tree) -> io::Result<Walk> {
+    let dev = tree.root.metadata()?.dev();
     let mut out = Walk::default();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let rd = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd,
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let listed = tree.dir(&rel).and_then(|d| Ok((list_dir(&d)?, d)));
+        let (entries, dir) = match listed {
+            Ok(x) => x,
             Err(e) => {
-                out.errors.push((dir, e.to_string()));
+                out.errors.push((rel, e.to_string()));
                 continue;
             }
         };
         let mut subdirs = Vec::new();
-        for entry in rd {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
-                    out.errors.push((dir.clone(), e.to_string()));
-                    continue;
+        for (name, kind) in entries {
+            if rel.as_os_str().is_empty() && (name == BACKING_MARKER || name == BACKING_LOCK) {
+                continue;
+            }
+            let path = rel.join(&name);
+            // Directories (for the device) and entries of a type the
+            // directory does not say are looked at; a mount point inside
+            // the tree refuses (EXDEV) and is not part of it.
+            let kind = match kind {
+                EntryKind::Dir | EntryKind::Other => {
+                    match open_strictly_beneath(&dir, Path::new(&name), libc::O_PATH, 0)
+                        .and_then(|n| n.metadata())
+                    {
+                        Ok(md) if md.dev() != dev => continue,
+                        Ok(md) if md.is_dir() => EntryKind::Dir,
+                        Ok(md) if md.is_file() => EntryKind::File,
+                        Ok(md) if md.file_type().is_symlink() => EntryKind::Symlink,
+                        Ok(_) => EntryKind::Other,
+                        Err(_) => continue,
+                    }
                 }
+                k => k,
             };
-            let Ok(md) = entry.path().symlink_metadata() else {
-                continue;
-            };
-            if md.dev() != dev {
-                continue;
-            }
-            let name = entry.file_name();
-            if dir == root && (name == BACKING_MARKER || name == BACKING_LOCK) {
-                continue;
-            }
-            let ft = md.file_type();
-            if ft.is_dir() {
-                subdirs.push(entry.path());
-            } else if ft.is_file() {
-                out.files.push(entry.path());
-            } else if ft.is_symlink() {
-                out.links.push(entry.path());
-            } else {
-                out.special.push(entry.path());
+            match kind {
+                EntryKind::Dir => subdirs.push(path),
+                EntryKind::File => out.files.push(path),
+                EntryKind::Symlink => out.links.push(path),
+                EntryKind::Other => out.special.push(path),
             }
         }
         subdirs.sort();
@@ -100,27 +206,10 @@ pub fn walk(root: &Path) -> std::io::Result<Walk> {
     Ok(out)
 }
 
-/// Opens a backing file found by [`walk`]: never through a symbolic link,
-/// never blocking on a FIFO put in its place; refused unless regular. A
-/// file opened to be read keeps its access time where the caller may ask
-/// for that (O_NOATIME: its owner, or root), so that looking at a tree
-/// (fsck, the mount's survey) leaves no trace in it.
-pub(crate) fn open_backing(path: &Path, write: bool) -> std::io::Result<File> {
-    let open = |extra: i32| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(write)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | extra)
-            .open(path)
-    };
-    let f = match open(if write { 0 } else { libc::O_NOATIME }) {
-        Err(e) if !write && e.raw_os_error() == Some(libc::EPERM) => open(0)?,
-        r => r?,
-    };
-    if !f.metadata()?.is_file() {
-        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    Ok(f)
+/// Opens a backing file found by a survey of the mount's: `open_file` of
+/// `rel` in the backing directory `backing` opened as a [`Tree`].
+pub(crate) fn open_backing(backing: &Tree, rel: &Path) -> io::Result<File> {
+    backing.open_file(rel, false)
 }
 
 /// Why a key cannot unwrap a file's data key (or can).
@@ -200,28 +289,19 @@ impl KeyStatus {
     }
 }
 
-/// Gives `to` the owner (when run as root), mode (not for a symbolic link)
-/// and access and modification times of `from`, never following a symbolic
-/// link at either end. The owner goes first: chown clears set-id bits.
-pub(crate) fn copy_meta(from: &Path, to: &Path) -> std::io::Result<()> {
-    copy_meta_of(&from.symlink_metadata()?, to)
-}
-
-/// `copy_meta` from metadata already in hand: for a file copied through a
-/// descriptor, its fstat, so that what was read and whose owner and mode the
-/// copy gets are one object (a name looked up again could have been swapped
-/// for another user's file in between).
-pub(crate) fn copy_meta_of(md: &std::fs::Metadata, to: &Path) -> std::io::Result<()> {
+/// Gives the object `node` holds (a descriptor of it; an O_PATH one will
+/// do, a symbolic link's own included) the owner (when run as root), mode
+/// (not for a symbolic link) and access and modification times of `md`: the
+/// fstat of the object the copy was made from, so that what was read and
+/// whose owner and mode the copy gets are one object. The owner goes first:
+/// chown clears set-id bits.
+pub(crate) fn apply_meta(md: &std::fs::Metadata, node: &File) -> io::Result<()> {
     use crate::os::node::{Utime, chmod_node, chown_node, utimens_node};
-    let node = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(to)?;
     if crate::os::ids::is_root() {
-        chown_node(&node, Some(md.uid()), Some(md.gid()))?;
+        chown_node(node, Some(md.uid()), Some(md.gid()))?;
     }
     if !md.file_type().is_symlink() {
-        chmod_node(&node, md.mode() & 0o7777)?;
+        chmod_node(node, md.mode() & 0o7777)?;
     }
     let at = |s: i64, ns: i64| {
         let whole = std::time::Duration::from_secs(s.unsigned_abs());
@@ -233,13 +313,8 @@ pub(crate) fn copy_meta_of(md: &std::fs::Metadata, to: &Path) -> std::io::Result
         base + std::time::Duration::from_nanos(ns.clamp(0, 999_999_999) as u64)
     };
     utimens_node(
-        &node,
+        node,
         Utime::At(at(md.atime(), md.atime_nsec())),
         Utime::At(at(md.mtime(), md.mtime_nsec())),
     )
-}
-
-/// The path of `p` relative to `root`, for reports.
-pub(crate) fn relative(root: &Path, p: &Path) -> PathBuf {
-    p.strip_prefix(root).unwrap_or(p).to_path_buf()
 }

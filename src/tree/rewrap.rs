@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{KeyStatus, open_backing, relative};
+use super::{KeyStatus, Tree};
 use crate::envelope::{EncryptedFile, EnvelopeError, file_context};
 use crate::format::{Header, SLOT_LEN};
 use crate::kms::{Caller, KeyMetadata, KeyService, KmsError};
@@ -219,34 +219,34 @@ impl<'a> Rewrapper<'a> {
         &self.opts
     }
 
-    /// Rewraps `files` (from [`super::walk`] of `root`), calling `progress`
-    /// after each file. `root` names the file system that `syncfs` flushes.
+    /// Rewraps `files` (from [`super::walk`] of `tree`), calling `progress`
+    /// after each file.
     pub fn run(
         &mut self,
-        root: &Path,
+        tree: &Tree,
         files: &[PathBuf],
         progress: &mut dyn FnMut(&FileResult),
     ) -> std::io::Result<RewrapReport> {
-        let sync_handle = File::open(root)?;
+        let sync_handle = tree.root();
         let mut report = RewrapReport::default();
         let mut batches_synced = 0;
         for batch in files.chunks(BATCH) {
             let mut pending = Vec::new();
             let mut done = Vec::new();
             for p in batch {
-                match self.prepare(p) {
+                match self.prepare(tree, p) {
                     Ok(Ok(pend)) => pending.push(pend),
                     Ok(Err(outcome)) => done.push(FileResult {
-                        path: relative(root, p),
+                        path: p.clone(),
                         result: Ok(outcome),
                     }),
                     Err(problem) => done.push(FileResult {
-                        path: relative(root, p),
+                        path: p.clone(),
                         result: Err(problem),
                     }),
                 }
             }
-            done.extend(finish(root, &sync_handle, pending, &mut batches_synced));
+            done.extend(finish(sync_handle, pending, &mut batches_synced));
             for r in &done {
                 report.add(r);
                 progress(r);
@@ -269,8 +269,12 @@ impl<'a> Rewrapper<'a> {
 
     /// Locks `path`, reads its header and writes the new wrapped key to the
     /// inactive slot (not yet synced). Ok(Err(outcome)): nothing to do.
-    fn prepare(&mut self, path: &Path) -> Result<Result<Pending, RewrapOutcome>, Problem> {
-        let file = open_backing(path, true).map_err(io_problem)?;
+    fn prepare(
+        &mut self,
+        tree: &Tree,
+        path: &Path,
+    ) -> Result<Result<Pending, RewrapOutcome>, Problem> {
+        let file = tree.open_file(path, true).map_err(io_problem)?;
         // The mount holds an OFD read lock on every file it has open; the
         // flock is for mounts of earlier versions, which took a shared flock.
         match file.try_lock() {
@@ -372,7 +376,6 @@ fn crash_point(stage: &str, n: usize) {
 fn crash_point(_stage: &str, _n: usize) {}
 
 fn finish(
-    root: &Path,
     sync_handle: &File,
     pending: Vec<Pending>,
     batches_synced: &mut usize,
@@ -390,7 +393,7 @@ fn finish(
         return pending
             .into_iter()
             .map(|p| FileResult {
-                path: relative(root, &p.path),
+                path: p.path.clone(),
                 result: Err(Problem::Io {
                     message: message.clone(),
                 }),
@@ -428,7 +431,7 @@ fn finish(
                 }),
             };
             FileResult {
-                path: relative(root, &p.path),
+                path: p.path.clone(),
                 result,
             }
         })
