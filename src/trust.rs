@@ -79,6 +79,7 @@ pub fn trusted_path(dir: &Path, create: bool, scope: Scope) -> Result<PathBuf, T
             _ => break,
         }
     }
+    check_links(&existing)?;
     let real = fs::canonicalize(&existing).map_err(|e| io("resolve", &existing, e))?;
     // Checked: the ancestors of `real`, and `real` itself when new
     // directories are to be made in it or the scope asks for it.
@@ -110,13 +111,112 @@ pub fn trusted_path(dir: &Path, create: bool, scope: Scope) -> Result<PathBuf, T
     Ok(out)
 }
 
+/// Refuses a symbolic link on the way to `path` that another user made or
+/// can replace (one in a directory that is not root's or this user's, or
+/// that others can write, unless sticky): resolving the path and checking
+/// where it leads would otherwise miss that the link itself is someone
+/// else's choice (a user's `~/.local/state/kmsfs` leading into a root-only
+/// directory).
+fn check_links(path: &Path) -> Result<(), TrustError> {
+    use std::path::Component;
+    let io = |what, path: &Path, source| TrustError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
+    let abs = std::path::absolute(path).map_err(|e| io("resolve", path, e))?;
+    let mut cur = PathBuf::from("/");
+    let mut links = 0;
+    let mut todo: Vec<std::ffi::OsString> = abs
+        .components()
+        .rev()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    while let Some(n) = todo.pop() {
+        if n == ".." {
+            cur.pop();
+            continue;
+        }
+        cur.push(&n);
+        let m = match fs::symlink_metadata(&cur) {
+            Ok(m) => m,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io("stat", &cur, e)),
+        };
+        if !m.file_type().is_symlink() {
+            continue;
+        }
+        let parent = cur.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let pm = fs::symlink_metadata(&parent).map_err(|e| io("stat", &parent, e))?;
+        let others_write = pm.mode() & 0o022 != 0;
+        let sticky = pm.mode() & 0o1000 != 0;
+        let parent_ok = trusted_owner(pm.uid()) && (!others_write || sticky);
+        if !trusted_owner(m.uid()) || !parent_ok {
+            let (dir, uid, mode) = if trusted_owner(m.uid()) {
+                (parent, pm.uid(), pm.mode() & 0o7777)
+            } else {
+                (cur.clone(), m.uid(), m.mode() & 0o7777)
+            };
+            return Err(TrustError::Untrusted { dir, uid, mode });
+        }
+        links += 1;
+        if links > 40 {
+            return Err(io(
+                "resolve",
+                &cur,
+                std::io::Error::from_raw_os_error(libc::ELOOP),
+            ));
+        }
+        // Go on from where the link leads, its own components checked too.
+        let target = fs::read_link(&cur).map_err(|e| io("read", &cur, e))?;
+        cur.pop();
+        if target.is_absolute() {
+            cur = PathBuf::from("/");
+        }
+        todo.extend(target.components().rev().filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        }));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures are made by path
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
     fn chmod(p: &Path, mode: u32) {
         fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_link_on_the_way_must_be_trusted_where_it_is() {
+        let t = tempfile::tempdir().unwrap();
+        let open = t.path().join("open");
+        let target = t.path().join("target");
+        fs::create_dir(&open).unwrap();
+        fs::create_dir(&target).unwrap();
+        chmod(t.path(), 0o755);
+        std::os::unix::fs::symlink(&target, open.join("l")).unwrap();
+        // A link this user owns in a directory only it can write: fine.
+        chmod(&open, 0o755);
+        assert!(trusted_path(&open.join("l"), false, Scope::WithSelf).is_ok());
+        assert!(trusted_path(&open.join("l/new"), true, Scope::WithSelf).is_ok());
+        // The same link where anyone could have put it: refused, though
+        // where it leads is trusted.
+        chmod(&open, 0o777);
+        match trusted_path(&open.join("l/new"), true, Scope::WithSelf) {
+            Err(TrustError::Untrusted { dir, .. }) => assert_eq!(dir, open),
+            other => panic!("{other:?}"),
+        }
+        chmod(&open, 0o755);
     }
 
     #[test]

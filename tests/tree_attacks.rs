@@ -123,7 +123,10 @@ fn snapshot(dir: &Path) -> Snapshot {
             let content = if m.is_file() {
                 fs::read(&p).unwrap()
             } else if m.file_type().is_symlink() {
-                fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes()
+                fs::read_link(&p)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes()
             } else {
                 stack.push(p.clone());
                 Vec::new()
@@ -224,11 +227,7 @@ impl Scene {
     fn while_swapping<T>(&self, dir: &Path, name: &str, target: &Path, f: impl FnOnce() -> T) -> T {
         let stop = self.stop_file(name);
         let _ = fs::remove_file(&stop);
-        let child = self.spawn(
-            &self.users.b,
-            SWAP,
-            &[dir, Path::new(name), target, &stop],
-        );
+        let child = self.spawn(&self.users.b, SWAP, &[dir, Path::new(name), target, &stop]);
         // Let the loop get going: wait until the link has been seen once.
         let link = dir.join(name);
         common::wait_until("kmsfs-b's swap loop to run", || {
@@ -241,7 +240,10 @@ impl Scene {
         assert!(o.status.success(), "swap loop: {}", text(&o));
         let n: u64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
         assert!(n > 0, "the swap loop never swapped");
-        assert!(dir.join(name).is_dir(), "the swap loop left {name} as it was");
+        assert!(
+            dir.join(name).is_dir(),
+            "the swap loop left {name} as it was"
+        );
         r
     }
 
@@ -338,7 +340,12 @@ fn import_follows_no_link_a_user_put_or_swaps_in() {
     );
     assert!(o.status.success(), "{}", text(&o));
     let o = s.import(&s.plain, &backing);
-    assert_ne!(o.status.code(), Some(0), "import through a link: {}", text(&o));
+    assert_ne!(
+        o.status.code(),
+        Some(0),
+        "import through a link: {}",
+        text(&o)
+    );
     s.assert_untouched(&victim, &root_only, "import into a linked directory");
     assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
     s.assert_owners_follow_sources(&backing, &s.plain);
@@ -409,7 +416,10 @@ fn export_dest_stays_private_and_follows_no_link() {
         assert!(p.status.success(), "poll: {}", text(&p));
         let polled = String::from_utf8_lossy(&p.stdout).to_string();
         let seen: u64 = polled.split_whitespace().next().unwrap().parse().unwrap();
-        assert_eq!(seen, 0, "kmsfs-b read kmsfs-a's plaintext mid-export ({polled})");
+        assert_eq!(
+            seen, 0,
+            "kmsfs-b read kmsfs-a's plaintext mid-export ({polled})"
+        );
         assert!(
             matches!(o.status.code(), Some(0) | Some(7)),
             "export while swapped: {}",

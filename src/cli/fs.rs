@@ -517,6 +517,7 @@ fn settings_from_options(g: &GlobalArgs, a: &mut MountArgs) -> Result<GlobalArgs
     }
     let mut g = g.clone();
     let s = parsed.settings;
+    g.passphrase_file_private = s.passphrase_file.is_some();
     set_once(&mut g.keystore, s.keystore.map(PathBuf::from), "keystore")?;
     set_once(
         &mut g.passphrase_file,

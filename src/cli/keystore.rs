@@ -2,7 +2,7 @@
 //! passphrase sources, zero-setup default).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{CliError, ErrorClass, GlobalArgs, OutputFormat, current_caller};
@@ -79,9 +79,7 @@ fn read_passphrase(g: &GlobalArgs, confirm: bool) -> Result<SecretBytes, KmsErro
         }
     };
     if let Some(f) = &g.passphrase_file {
-        let mut bytes = std::fs::read(f).map_err(|e| {
-            KmsError::io(format!("cannot read passphrase file {}: {e}", f.display()))
-        })?;
+        let mut bytes = read_passphrase_file(f, g.passphrase_file_private)?;
         if bytes.last() == Some(&b'\n') {
             bytes.pop();
             if bytes.last() == Some(&b'\r') {
@@ -114,6 +112,35 @@ fn read_passphrase(g: &GlobalArgs, confirm: bool) -> Result<SecretBytes, KmsErro
         ));
     }
     Ok(p)
+}
+
+/// The bytes of the passphrase file `f` a user named. With `private` (a
+/// mount option: the docs say only root may read it), refused unless it is
+/// a regular file owned by root or this user that neither group nor others
+/// can read; checked on the file read, not on its name.
+fn read_passphrase_file(f: &Path, private: bool) -> Result<Vec<u8>, KmsError> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let failed = |e: std::io::Error| {
+        KmsError::io(format!("cannot read passphrase file {}: {e}", f.display()))
+    };
+    // The passphrase file a user named.
+    #[allow(clippy::disallowed_methods)]
+    let mut file = std::fs::File::open(f).map_err(failed)?;
+    let m = file.metadata().map_err(failed)?;
+    if private && (!m.is_file() || m.mode() & 0o077 != 0 || !crate::trust::trusted_owner(m.uid())) {
+        return Err(KmsError::invalid(format!(
+            "refusing the passphrase file {}: owner uid {}, mode {:o}; a passphrase file \
+             given as a mount option must be owned by root or you and readable by no one \
+             else (chown root, chmod 600)",
+            f.display(),
+            m.uid(),
+            m.mode() & 0o7777
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(failed)?;
+    Ok(bytes)
 }
 
 /// Opens the keystore that `g` names, asking for the passphrase only if it is
@@ -206,6 +233,7 @@ fn new_passphrase(a: &PasswdArgs) -> Result<SecretBytes, CliError> {
             output: OutputFormat::Text,
             query: None,
             passphrase_file: Some(f.clone()),
+            passphrase_file_private: false,
         };
         read_passphrase(&g, false).map_err(|e| CliError::new(ErrorClass::Usage, e.to_string()))?
     } else if let Some(p) = std::env::var_os(NEW_PASSPHRASE_ENV) {
@@ -381,6 +409,7 @@ mod tests {
             output: OutputFormat::Text,
             query: None,
             passphrase_file: None,
+            passphrase_file_private: false,
         }
     }
 

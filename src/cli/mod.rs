@@ -65,6 +65,10 @@ pub struct GlobalArgs {
     /// prompt on a terminal; a keystore made without a passphrase needs none).
     #[arg(long, global = true, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
+    /// The passphrase file came from a mount option (fstab, mount(8)):
+    /// refused unless only root or this user owns and can read it.
+    #[arg(skip)]
+    pub passphrase_file_private: bool,
 }
 
 /// How results are printed.

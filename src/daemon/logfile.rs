@@ -46,7 +46,10 @@ pub fn open_log(path: &Path) -> Result<File, MountError> {
         )));
     };
     let real = check_log_dir(os::or_dot(dir), false)?.join(name);
+    // The log file a user named.
+    #[allow(clippy::disallowed_methods)]
     let f = std::fs::OpenOptions::new()
+        .read(true)
         .append(true)
         .create(true)
         .mode(0o600)
@@ -78,6 +81,16 @@ pub fn open_log(path: &Path) -> Result<File, MountError> {
             "check who made it and remove it, or pass another --log-file".into(),
         ));
     }
+    if !is_kmsfs_log(&f) {
+        return Err(MountError::Refused(
+            format!(
+                "refusing the log file {}: it exists, is not empty and is not a kmsfs log; \
+                 the daemon would append to it and make it 0600",
+                path.display()
+            ),
+            "pass a new file, or a log an earlier kmsfs mount wrote".into(),
+        ));
+    }
     // The log names files and keys: for the owner alone, even if it was
     // made by hand with a wider mode.
     if m.mode() & 0o077 != 0 {
@@ -86,4 +99,54 @@ pub fn open_log(path: &Path) -> Result<File, MountError> {
             .map_err(|e| MountError::Io(format!("log file {}: chmod 0600: {e}", path.display())))?;
     }
     Ok(f)
+}
+
+/// True when the file `f` holds is empty or has, among its first lines, one
+/// as the daemon writes them: `TIME kmsfs[PID] LEVEL ...` (cli's logger;
+/// other lines, such as a panic's, may come first).
+fn is_kmsfs_log(f: &File) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut head = [0u8; 4096];
+    let n = match f.read_at(&mut head, 0) {
+        Ok(n) => n,
+        Err(_) => return false,
+    };
+    if n == 0 {
+        return true;
+    }
+    head[..n].split(|b| *b == b'\n').any(|line| {
+        let mut words = line.splitn(3, |b| *b == b' ');
+        let (Some(time), Some(who)) = (words.next(), words.next()) else {
+            return false;
+        };
+        !time.is_empty()
+            && time
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b":-.+".contains(b))
+            && who.starts_with(b"kmsfs[")
+            && who.ends_with(b"]")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_empty_file_or_a_kmsfs_log_is_a_kmsfs_log() {
+        let t = tempfile::tempfile().unwrap();
+        assert!(is_kmsfs_log(&t));
+        let write = |b: &[u8]| {
+            use std::os::unix::fs::FileExt;
+            let f = tempfile::tempfile().unwrap();
+            f.write_all_at(b, 0).unwrap();
+            is_kmsfs_log(&f)
+        };
+        assert!(write(
+            b"2026-12-07T15:19:15.123Z kmsfs[42] INFO  kmsfs::daemon: mounted\n"
+        ));
+        assert!(!write(b"root:x:0:0:root:/root:/bin/bash\n"));
+        assert!(!write(b"# kmsfs[1] fake\n"));
+        assert!(!write(b"\n"));
+    }
 }
