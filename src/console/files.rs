@@ -28,15 +28,19 @@ struct Tally {
 /// The survey of one backing directory.
 fn survey(dir: &Path) -> Value {
     let started = std::time::Instant::now();
-    let w = match crate::tree::walk(dir) {
-        Ok(w) => w,
+    // A recorded path (resolved when recorded): followed through no link,
+    // and the tree read through its descriptor.
+    let walked = crate::tree::Tree::open_absolute(dir)
+        .and_then(|t| crate::tree::walk(&t).map(|w| (t, w)));
+    let (tree, w) = match walked {
+        Ok(x) => x,
         Err(e) => return json!({ "Backing": dir.display().to_string(), "Error": e.to_string() }),
     };
     let mut by_key: BTreeMap<(String, u32), Tally> = BTreeMap::new();
     let (mut empty, mut other, mut unreadable) = (0u64, 0u64, 0u64);
     let mut total = Tally::default();
     for p in &w.files {
-        let Ok(f) = crate::tree::open_backing(p, false) else {
+        let Ok(f) = crate::tree::open_backing(&tree, p) else {
             unreadable += 1;
             continue;
         };
