@@ -30,8 +30,8 @@ fn survey(dir: &Path) -> Value {
     let started = std::time::Instant::now();
     // A recorded path (resolved when recorded): followed through no link,
     // and the tree read through its descriptor.
-    let walked = crate::tree::Tree::open_absolute(dir)
-        .and_then(|t| crate::tree::walk(&t).map(|w| (t, w)));
+    let walked =
+        crate::tree::Tree::open_absolute(dir).and_then(|t| crate::tree::walk(&t).map(|w| (t, w)));
     let (tree, w) = match walked {
         Ok(x) => x,
         Err(e) => return json!({ "Backing": dir.display().to_string(), "Error": e.to_string() }),
