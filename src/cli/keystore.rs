@@ -161,6 +161,7 @@ pub fn default_keystore_dir() -> PathBuf {
         output: OutputFormat::Text,
         query: None,
         passphrase_file: None,
+        passphrase_file_private: false,
     })
 }
 

@@ -5,11 +5,6 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
-
-use nix::dir::{Dir, Type};
-use nix::fcntl::OFlag;
-use nix::sys::stat::Mode;
 
 /// What a directory entry is, as the directory says (no stat).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
