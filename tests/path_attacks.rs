@@ -82,6 +82,12 @@ impl Scene {
         c.output().unwrap()
     }
 
+    /// A keystore (root key file) at `ks`.
+    fn init(&self, ks: &Path) {
+        let o = kmsfs().arg("--keystore").arg(ks).arg("init").output().unwrap();
+        assert!(o.status.success(), "init: {}", text(&o));
+    }
+
     fn unmount(&self) {
         let o = kmsfs().arg("unmount").arg(&self.mnt).output().unwrap();
         assert!(o.status.success(), "unmount: {}", text(&o));
@@ -114,6 +120,7 @@ fn a_log_directory_through_another_users_link_is_refused() {
     );
     assert!(o.status.success(), "{}", text(&o));
     let ks = s.p("ks");
+    s.init(&ks);
     // A root mount run with kmsfs-b's environment (sudo -E).
     let o = s.mount(&ks, None, &[("HOME", home.as_os_str())]);
     let _guard = MountGuard(s.mnt.clone());
@@ -256,6 +263,7 @@ fn a_log_file_option_naming_another_file_is_refused() {
     }
     let s = scene("log_file_option");
     let ks = s.p("ks");
+    s.init(&ks);
     let other = s.p("notes");
     let kept = b"root's notes: not a log\n";
     fs::write(&other, kept).unwrap();
