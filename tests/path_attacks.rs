@@ -84,7 +84,12 @@ impl Scene {
 
     /// A keystore (root key file) at `ks`.
     fn init(&self, ks: &Path) {
-        let o = kmsfs().arg("--keystore").arg(ks).arg("init").output().unwrap();
+        let o = kmsfs()
+            .arg("--keystore")
+            .arg(ks)
+            .arg("init")
+            .output()
+            .unwrap();
         assert!(o.status.success(), "init: {}", text(&o));
     }
 
