@@ -8,6 +8,7 @@
 
 use super::Caller;
 
+pub mod limit;
 pub mod read;
 pub mod record;
 pub mod sign;

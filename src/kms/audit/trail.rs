@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
+use super::limit::{Limiter, Limits};
 use super::record::{DIGEST_EVENT_TYPE, EVENT_SOURCE, EVENT_VERSION};
 use super::sign::{HeadFields, Signed, SigningKeys};
 use crate::crypto::{hex, sha256};
@@ -133,6 +134,14 @@ struct Queue {
     lost: u64,
 }
 
+/// The trail this process set up last (a mount has one), for `status`.
+static LATEST: Mutex<Weak<Trail>> = Mutex::new(Weak::new());
+
+/// The `status` of the trail this process writes, if any.
+pub fn current_status() -> Option<Value> {
+    lock(&LATEST).upgrade().map(|t| t.status())
+}
+
 /// The audit trail of one keystore.
 pub struct Trail {
     dir: PathBuf,
@@ -152,6 +161,11 @@ pub struct Trail {
     thread: Mutex<Option<u32>>,
     failing: AtomicBool,
     errors: AtomicU64,
+    /// Aggregation, per-uid rate and size cap of the mount's and a
+    /// server's records (`limit`).
+    limiter: Mutex<Limiter>,
+    /// The trail files' total size, as last measured.
+    bytes: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -187,7 +201,7 @@ impl Trail {
         max_file_bytes: u64,
     ) -> Arc<Self> {
         let owner = fs::metadata(keystore_dir).ok().map(|m| (m.uid(), m.gid()));
-        Arc::new(Self {
+        let t = Arc::new(Self {
             dir: keystore_dir.join(DIR_NAME),
             owner,
             keystore_id: keystore_id.to_string(),
@@ -205,8 +219,12 @@ impl Trail {
             thread: Mutex::new(None),
             failing: AtomicBool::new(false),
             errors: AtomicU64::new(0),
+            limiter: Mutex::new(Limiter::new(Limits::from_env())),
+            bytes: AtomicU64::new(0),
             last_error: Mutex::new(None),
-        })
+        });
+        *lock(&LATEST) = Arc::downgrade(&t);
+        t
     }
 
     /// Gives the trail the keystore's signing keys, once it has them (a
@@ -290,6 +308,9 @@ impl Trail {
         match d {
             Durability::Batched => {
                 self.start_thread();
+                let Some(record) = lock(&self.limiter).admit(record, Instant::now()) else {
+                    return Ok(());
+                };
                 let mut q = lock(&self.queue);
                 if q.records.len() >= MAX_QUEUED {
                     q.lost += 1;
@@ -303,7 +324,7 @@ impl Trail {
             }
             Durability::Written | Durability::Durable => {
                 // Whatever is queued goes first, so the order holds.
-                let mut batch = self.take_queue();
+                let mut batch = self.take_queue(false);
                 batch.push(record);
                 self.write_logged(batch, d == Durability::Durable)
             }
@@ -336,16 +357,19 @@ impl Trail {
 
     /// Writes every queued record now.
     pub fn flush(&self) -> io::Result<()> {
-        let batch = self.take_queue();
+        let batch = self.take_queue(true);
         if batch.is_empty() {
             return Ok(());
         }
         self.write_logged(batch, false)
     }
 
-    fn take_queue(&self) -> Vec<Value> {
+    /// What is queued, with the summaries now due (every one when `all`).
+    fn take_queue(&self, all: bool) -> Vec<Value> {
+        let due = lock(&self.limiter).due(Instant::now(), all);
         let mut q = lock(&self.queue);
         let mut batch = std::mem::take(&mut q.records);
+        batch.extend(due);
         if q.lost > 0 {
             batch.push(json!({
                 "eventVersion": EVENT_VERSION,
@@ -547,7 +571,7 @@ impl Trail {
     /// returns the position of that digest (sequence, line hash): what the
     /// keystore records at a change. None when nothing signs the trail.
     pub fn seal_position(&self) -> io::Result<Option<(u64, [u8; 32])>> {
-        let batch = self.take_queue();
+        let batch = self.take_queue(false);
         let t = match self.write_logged_at(&batch, true) {
             Ok(t) => t,
             Err(e) => {
@@ -619,7 +643,59 @@ impl Trail {
         self.write_head(&tt, durable)?;
         t = tt;
         w.cache = Some(t);
+        drop(w);
+        self.measure();
         Ok(t)
+    }
+
+    /// Measures the trail's files after a write and raises the alarm once
+    /// they pass the size cap (an error in the log, a record in the trail).
+    fn measure(&self) {
+        let Ok(files) = list_files(&self.dir) else {
+            return;
+        };
+        let bytes: u64 = files
+            .iter()
+            .filter_map(|(_, p)| fs::symlink_metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        self.bytes.store(bytes, Ordering::Relaxed);
+        let mut l = lock(&self.limiter);
+        if l.set_size(bytes) {
+            let max = l.limits().max_bytes;
+            drop(l);
+            log::error!(
+                "AUDIT TRAIL OVER ITS SIZE CAP: {} holds {bytes} bytes, the cap is {max} \
+                 ({}); from now on only per-user summaries of file accesses are written for \
+                 every user but root. Archive old trail files (after `kmsfs audit verify`) or \
+                 raise the cap",
+                self.dir.display(),
+                super::limit::MAX_BYTES_ENV
+            );
+            lock(&self.queue)
+                .records
+                .push(super::limit::cap_reached(bytes, max));
+        }
+    }
+
+    /// What `kmsfs status` shows of the trail: its size and cap, and what
+    /// the limits folded or suppressed so far.
+    pub fn status(&self) -> Value {
+        let l = lock(&self.limiter);
+        let (limits, counts) = (l.limits(), l.counts());
+        json!({
+            "Directory": self.dir.display().to_string(),
+            "Bytes": self.bytes.load(Ordering::Relaxed),
+            "MaxBytes": limits.max_bytes,
+            "OverCap": l.over_cap(),
+            "RepeatsAggregated": counts.repeats,
+            "RecordsSuppressed": counts.suppressed,
+            "RecordsPerSecondPerUser": limits.rate,
+            "Burst": limits.burst,
+            "WindowSeconds": limits.window.as_secs(),
+            "Failing": self.failing(),
+            "SignedWith": if lock(&self.keys).has_ed25519() { "Ed25519" } else { "HMAC-SHA256" },
+        })
     }
 
     /// Encodes `rec` as one line of the batch in `buf`, first writing out
@@ -753,7 +829,7 @@ fn background(weak: Weak<Trail>) {
                 let _ = t.wake.wait_timeout(q, FLUSH_INTERVAL);
             }
         }
-        let batch = t.take_queue();
+        let batch = t.take_queue(false);
         if batch.is_empty() {
             continue;
         }
