@@ -179,6 +179,9 @@ fn text_row(r: &Value) -> String {
     if extra["cacheHit"].as_bool() == Some(true) {
         path.push_str(" (cached)");
     }
+    if let Some(n) = extra["aggregated"]["repeats"].as_u64() {
+        path.push_str(&format!(" (x{n} more)"));
+    }
     let result = match r["errorCode"].as_str() {
         Some(c) => c.to_string(),
         None => "ok".into(),

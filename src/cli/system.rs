@@ -170,6 +170,34 @@ fn print_status(v: &Value) {
     );
     println!("  I/O errors (EIO):   {}", s("IoErrors"));
     println!("  log:                {}", s("LogFile"));
+    print_trail_status(&v["AuditTrail"]);
+}
+
+/// The audit trail's line of `kmsfs status`: size against its cap, what
+/// was folded or suppressed, and a loud word when it is over the cap.
+fn print_trail_status(t: &Value) {
+    if t.is_null() {
+        println!("  audit trail:        off");
+        return;
+    }
+    let n = |k: &str| t[k].as_u64().unwrap_or(0);
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "  audit trail:        {:.1} MiB of a {:.0} MiB cap{}; {} repeat(s) aggregated, {} record(s) \
+         suppressed by the per-user rate",
+        mib(n("Bytes")),
+        mib(n("MaxBytes")),
+        if t["OverCap"].as_bool() == Some(true) {
+            " (OVER ITS CAP: only summaries are written for users)"
+        } else {
+            ""
+        },
+        n("RepeatsAggregated"),
+        n("RecordsSuppressed"),
+    );
+    if t["Failing"].as_bool() == Some(true) {
+        println!("  audit trail:        NOT BEING WRITTEN (see the log)");
+    }
 }
 
 /// `kmsfs remount`.

@@ -200,6 +200,7 @@ impl MountState {
             "KeyServiceErrors": self.ks.errors.load(Ordering::Relaxed),
             "IoErrors": c.io_errors,
             "LogFile": self.log_file.as_ref().map(|p| p.display().to_string()),
+            "AuditTrail": crate::kms::audit::trail::current_status(),
         })
     }
 
