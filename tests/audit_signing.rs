@@ -228,3 +228,26 @@ fn an_hmac_trail_of_before_still_verifies_and_goes_on_with_ed25519() {
     assert!(text.contains("\"digestAlgorithm\":\"HMAC-SHA256\""));
     assert!(text.contains("\"digestAlgorithm\":\"Ed25519\""));
 }
+
+#[test]
+fn a_mount_refuses_opens_while_its_trail_is_deleted_cached_keys_included() {
+    let Some(m) = common::Mount::new("trailgone") else {
+        return;
+    };
+    fs::write(m.p("f.txt"), b"kept").unwrap();
+    // Opened once: its data key is now in the mount's cache.
+    assert_eq!(fs::read(m.p("f.txt")).unwrap(), b"kept");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let audit = m.keystore.join("audit");
+    let kept = m.tmp.path().join("audit-kept");
+    copy_dir(&audit, &kept);
+    fs::remove_dir_all(&audit).unwrap();
+    let err = fs::read(m.p("f.txt")).unwrap_err();
+    println!("open with the trail gone: {err}");
+    assert!(m.log_text().contains("is not there"), "{}", m.log_text());
+    assert!(!audit.join("trail-000001.jsonl").exists());
+    // Restored: the file opens again.
+    let _ = fs::remove_dir_all(&audit);
+    copy_dir(&kept, &audit);
+    assert_eq!(fs::read(m.p("f.txt")).unwrap(), b"kept");
+}
