@@ -450,9 +450,11 @@ impl KeyPolicy {
     }
 
     /// Explicit Deny wins, then any Allow; otherwise denied. `requester`
-    /// gives the supplementary groups: when they are unknown, a statement
-    /// naming a group the caller's primary group is not applies if it is a
-    /// Deny and not if it is an Allow (fail closed either way).
+    /// gives the supplementary groups: when they are unknown (also for a
+    /// caller in another user namespace), a statement naming a group the
+    /// caller's primary group is not applies if it is a Deny and not if it
+    /// is an Allow (fail closed either way). A Deny naming a user also
+    /// applies to a caller in a user namespace that user owns.
     pub fn allows(
         &self,
         caller: &Caller,
@@ -464,8 +466,11 @@ impl KeyPolicy {
         let names = |s: &Statement, deny: bool| {
             s.principals.iter().any(|p| match p {
                 Principal::Anyone => true,
-                Principal::Uid(u) => *u == caller.uid,
-                Principal::User(n) => accounts::user_id(n) == Some(caller.uid),
+                // For a Deny, a caller in a user namespace is also whoever
+                // owns it (and the namespaces above it).
+                Principal::Uid(u) => *u == caller.uid || (deny && requester.denied_as(*u)),
+                Principal::User(n) => accounts::user_id(n)
+                    .is_some_and(|u| u == caller.uid || (deny && requester.denied_as(u))),
                 Principal::Gid(g) => requester.in_group(caller, *g).unwrap_or(deny),
                 Principal::Group(n) => accounts::group_id(n)
                     .is_some_and(|g| requester.in_group(caller, g).unwrap_or(deny)),

@@ -200,3 +200,75 @@ mod tests {
         assert!(!process_alive(u32::MAX - 1));
     }
 }
+
+/// NS_GET_PARENT: `_IO(0xb7, 0x2)`, a descriptor of a namespace's parent.
+const NS_GET_PARENT: libc::c_ulong = 0xb702;
+/// NS_GET_OWNER_UID: `_IO(0xb7, 0x4)`, the owner of a user namespace.
+const NS_GET_OWNER_UID: libc::c_ulong = 0xb704;
+
+/// Where the user namespace of process `pid` stands to this process's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum UserNs {
+    /// The same namespace as this process.
+    Same,
+    /// Another namespace; the uids (as this process sees them) that own it
+    /// and each of its ancestors below this process's namespace, innermost
+    /// first. `reaches_ours` is false when the walk stopped before this
+    /// process's namespace (not an ancestor of the caller's, or a step
+    /// failed): the list is then not the whole chain.
+    Other {
+        owners: Vec<u32>,
+        reaches_ours: bool,
+    },
+}
+
+/// The user namespace of `pid` compared with this process's, through
+/// /proc/PID/ns/user and the NS_GET_OWNER_UID and NS_GET_PARENT ioctls.
+/// None when /proc has no such process.
+pub(crate) fn user_ns(pid: u32) -> Option<UserNs> {
+    use std::os::unix::fs::MetadataExt;
+    let ours = std::fs::metadata("/proc/self/ns/user").ok()?;
+    let mut ns = std::fs::File::open(format!("/proc/{pid}/ns/user")).ok()?;
+    let id = |f: &std::fs::File| f.metadata().ok().map(|m| (m.dev(), m.ino()));
+    let ours = (ours.dev(), ours.ino());
+    if id(&ns)? == ours {
+        return Some(UserNs::Same);
+    }
+    let mut owners = Vec::new();
+    // A chain of nested user namespaces is at most 32 deep (the kernel's limit).
+    for _ in 0..33 {
+        if id(&ns) == Some(ours) {
+            return Some(UserNs::Other {
+                owners,
+                reaches_ours: true,
+            });
+        }
+        let mut uid: libc::uid_t = 0;
+        // SAFETY: NS_GET_OWNER_UID writes one uid_t to the pointer, which
+        // points at a live local; the descriptor is borrowed from `ns`.
+        let r = unsafe {
+            libc::ioctl(
+                ns.as_raw_fd(),
+                NS_GET_OWNER_UID,
+                &mut uid as *mut libc::uid_t,
+            )
+        };
+        if r < 0 {
+            break;
+        }
+        owners.push(uid);
+        // SAFETY: NS_GET_PARENT takes no argument and returns a new
+        // descriptor (owned below) or -1; `ns` stays open across the call.
+        let parent = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_PARENT) };
+        if parent < 0 {
+            break;
+        }
+        // SAFETY: `parent` is a descriptor the kernel just opened for us
+        // and nothing else owns.
+        ns = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(parent) };
+    }
+    Some(UserNs::Other {
+        owners,
+        reaches_ours: false,
+    })
+}

@@ -60,6 +60,15 @@ pub struct Requester {
     pub process_name: Option<String>,
     /// The executable (`/proc/PID/exe`).
     pub executable: Option<String>,
+    /// Set when the caller runs in another user namespace than this
+    /// process's: the uids that own it and its ancestors below ours,
+    /// innermost first. Each counts as the caller for a Deny (a user who
+    /// maps himself to a subordinate uid stays himself), and the caller's
+    /// supplementary groups are unknown (it may have dropped some there).
+    pub ns_owners: Option<Vec<u32>>,
+    /// The owners above could not be followed up to this process's
+    /// namespace: a Deny naming any user applies (fail closed).
+    pub ns_partial: bool,
 }
 
 impl Requester {
@@ -89,7 +98,8 @@ impl Requester {
                 .and_then(|v| v.parse::<u32>().ok())
                 == Some(want)
         };
-        let groups = if id_matches("Uid", caller.uid) && id_matches("Gid", caller.gid) {
+        let ids_match = id_matches("Uid", caller.uid) && id_matches("Gid", caller.gid);
+        let mut groups = if ids_match {
             field("Groups").map(|g| {
                 g.split_whitespace()
                     .filter_map(|x| x.parse::<u32>().ok())
@@ -98,11 +108,36 @@ impl Requester {
         } else {
             None
         };
+        let (mut ns_owners, mut ns_partial) = (None, false);
+        if ids_match {
+            use crate::os::process::UserNs;
+            match crate::os::process::user_ns(caller.pid) {
+                Some(UserNs::Same) => {}
+                Some(UserNs::Other {
+                    owners,
+                    reaches_ours,
+                }) => {
+                    // Groups can be dropped inside (setgroups after
+                    // newgidmap): the ones /proc shows prove nothing.
+                    groups = None;
+                    ns_owners = Some(owners);
+                    ns_partial = !reaches_ours;
+                }
+                // Gone, or its namespace unreadable: assume the worst.
+                None => {
+                    groups = None;
+                    ns_owners = Some(Vec::new());
+                    ns_partial = true;
+                }
+            }
+        }
         Self {
             pid: field("Tgid").and_then(|v| v.parse().ok()),
             groups,
             process_name: field("Name").map(str::to_string),
             executable: None,
+            ns_owners,
+            ns_partial,
         }
     }
 
@@ -112,6 +147,13 @@ impl Requester {
         let mut r = Self::of_status(caller);
         r.process_name = None;
         r
+    }
+
+    /// True when a Deny naming user `uid` applies to the caller beyond its
+    /// own uid: `uid` owns the caller's user namespace or one above it, or
+    /// that chain is not fully known.
+    pub fn denied_as(&self, uid: u32) -> bool {
+        self.ns_partial || self.ns_owners.as_ref().is_some_and(|o| o.contains(&uid))
     }
 
     /// True when `gid` is the caller's primary group or one of its
