@@ -62,6 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         groups: Some(vec![0]),
         process_name: Some("cat".into()),
         executable: Some("/usr/bin/cat".into()),
+        ..Requester::default()
     };
     let reader = Caller {
         uid: 0,
