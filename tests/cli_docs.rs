@@ -41,7 +41,7 @@ fn completions_man_and_exit_codes() {
 
     let man = out(&["man"]);
     assert!(man.contains(".TH kmsfs 1"), "{man}");
-    assert!(man.contains("Exit codes"));
+    assert!(man.contains("EXIT STATUS"));
     assert!(man.contains("passwd"));
     let dir = t.path().join("man1");
     std::fs::create_dir(&dir).unwrap();
@@ -60,4 +60,25 @@ fn completions_man_and_exit_codes() {
         help.contains("Exit codes:") && help.contains("6  keystore missing"),
         "{help}"
     );
+}
+
+#[test]
+fn man_page_has_exit_status_environment_files_and_examples() {
+    let man = out(&["man"]);
+    for section in [
+        ".SH \"EXIT STATUS\"",
+        ".SH ENVIRONMENT",
+        ".SH FILES",
+        ".SH EXAMPLES",
+    ] {
+        assert!(man.contains(section), "{section} missing");
+    }
+    let exit = &man[man.find("EXIT STATUS").unwrap()..man.find(".SH ENVIRONMENT").unwrap()];
+    for code in 0..=8 {
+        assert!(
+            exit.contains(&format!(".TP\n\\fB{code}\\fR")),
+            "exit {code}: {exit}"
+        );
+    }
+    assert!(man.contains("KMSFS_KEYSTORE"));
 }

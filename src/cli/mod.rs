@@ -221,17 +221,143 @@ fn man(dir: Option<&std::path::Path>) -> Result<(), CliError> {
     let cmd = <Cli as clap::CommandFactory>::command();
     match dir {
         Some(d) => {
-            clap_mangen::generate_to(cmd, d)?;
+            clap_mangen::generate_to(cmd.clone(), d)?;
+            // kmsfs.1 with its own sections (exit status, environment, files, examples).
+            let mut f = std::fs::File::create(d.join("kmsfs.1"))?;
+            man_page(cmd, &mut f)?;
             println!("man pages written to {}", d.display());
         }
         None => {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
-            clap_mangen::Man::new(cmd).render(&mut out)?;
+            man_page(cmd, &mut out)?;
             out.flush()?;
         }
     }
     Ok(())
+}
+
+/// The exit codes, one (code, meaning) each, for the man page's table.
+const EXIT_STATUS: [(&str, &str); 9] = [
+    ("0", "success"),
+    (
+        "1",
+        "other errors: already mounted, mount point not empty, busy, keystore in use, a stale mount",
+    ),
+    ("2", "bad arguments or input"),
+    ("3", "no such key, alias, file, keystore or mount"),
+    (
+        "4",
+        "refused: key disabled or pending deletion, policy, wrong keystore for a backing \
+         directory, no access to /dev/fuse",
+    ),
+    ("5", "corrupt or foreign ciphertext"),
+    ("6", "keystore missing, damaged, or wrong passphrase"),
+    ("7", "I/O error"),
+    (
+        "8",
+        "some work skipped (files busy during rewrap): run the command again",
+    ),
+];
+
+/// kmsfs.1: clap's sections, then EXIT STATUS, ENVIRONMENT, FILES and
+/// EXAMPLES.
+fn man_page(cmd: clap::Command, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap_mangen::roff::{Roff, bold, roman};
+    let m = clap_mangen::Man::new(cmd);
+    m.render_title(w)?;
+    m.render_name_section(w)?;
+    m.render_synopsis_section(w)?;
+    m.render_description_section(w)?;
+    m.render_options_section(w)?;
+    m.render_subcommands_section(w)?;
+    let mut r = Roff::new();
+    let table = |r: &mut Roff, rows: &[(&str, &str)]| {
+        for (k, v) in rows {
+            r.control("TP", []);
+            r.text([bold(*k)]);
+            r.text([roman(*v)]);
+        }
+    };
+    r.control("SH", ["EXIT STATUS"]);
+    table(&mut r, &EXIT_STATUS);
+    r.control("SH", ["ENVIRONMENT"]);
+    table(
+        &mut r,
+        &[
+            (
+                "KMSFS_KEYSTORE",
+                "the keystore directory when --keystore is not given",
+            ),
+            (
+                "XDG_DATA_HOME",
+                "the keystore is $XDG_DATA_HOME/kmsfs when neither --keystore nor \
+                 KMSFS_KEYSTORE is given",
+            ),
+            (
+                "KMSFS_PASSPHRASE",
+                "the keystore passphrase when --passphrase-file is not given",
+            ),
+            ("KMSFS_NEW_PASSPHRASE", "the new passphrase of kmsfs passwd"),
+            (
+                "XDG_STATE_HOME",
+                "a background mount logs to $XDG_STATE_HOME/kmsfs/mount-MOUNTPOINT.log",
+            ),
+            ("RUST_LOG", "the log level (default: warn; info for mounts)"),
+            (
+                "AWS_*",
+                "credentials and region for --endpoint-url and --kms-endpoint, as for the aws CLI",
+            ),
+        ],
+    );
+    r.control("SH", ["FILES"]);
+    table(
+        &mut r,
+        &[
+            (
+                "~/.local/share/kmsfs/",
+                "the default keystore: keystore.kms, keystore.prev, root.key, audit/, backings/",
+            ),
+            (
+                "BACKING/.kmsfs.json",
+                "the keystore and default key a backing directory is bound to",
+            ),
+            (
+                "BACKING/.kmsfs.lock",
+                "held by the daemon serving the backing directory",
+            ),
+            (
+                "~/.local/state/kmsfs/mount-*.log",
+                "the log of a background mount",
+            ),
+            (
+                "/sbin/mount.fuse.kmsfs",
+                "the mount(8) helper (kmsfs install-helper)",
+            ),
+        ],
+    );
+    r.control("SH", ["EXAMPLES"]);
+    table(
+        &mut r,
+        &[
+            (
+                "kmsfs mount ~/secret.enc ~/secret",
+                "mount, creating the default keystore and key on first use",
+            ),
+            (
+                "kmsfs kms create-key --query KeyMetadata.KeyId --output text",
+                "a new key; prints its id",
+            ),
+            (
+                "kmsfs rewrap ~/secret.enc --to-key-id NEW",
+                "move every file (headers only) and new files to key NEW",
+            ),
+            ("kmsfs status", "every running mount, its key and counters"),
+            ("kmsfs unmount ~/secret", "unmount and wait for the daemon"),
+        ],
+    );
+    r.to_writer(w)?;
+    m.render_version_section(w)
 }
 
 /// The raw value of a global option, wherever on the command line it was
