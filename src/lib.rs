@@ -49,6 +49,7 @@ pub mod envelope;
 pub mod format;
 pub mod fs;
 pub mod kms;
+pub mod listen;
 pub mod logtext;
 #[allow(unsafe_code)]
 mod os;

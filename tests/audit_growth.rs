@@ -10,7 +10,6 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Output;
 use std::thread::sleep;
 use std::time::Duration;
 
@@ -20,15 +19,6 @@ use serde_json::Value;
 const OPENS: u64 = 3000;
 const CREATES: u64 = 400;
 const BURST: u64 = 300;
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}, stdout {:?}, stderr {:?}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn trail_bytes(m: &Mount) -> u64 {
     fs::read_dir(m.keystore.join("audit"))
@@ -85,14 +75,14 @@ fn one_user_in_a_loop_grows_the_trail_boundedly_and_the_other_is_still_recorded(
         .arg(&m.log)
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", common::describe(&o));
     let _guard = MountGuard(m.mnt.clone());
     let (a, b) = (&users.a, &users.b);
     let dir = m.p("shared");
     let o = b.sh(&dir, "printf b > b.txt");
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", common::describe(&o));
     let o = a.sh(&dir, "printf 1 > a1.txt && printf 2 > a2.txt");
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", common::describe(&o));
     sleep(Duration::from_millis(1500));
     let before = trail_bytes(&m);
 
@@ -101,10 +91,10 @@ fn one_user_in_a_loop_grows_the_trail_boundedly_and_the_other_is_still_recorded(
         &dir,
         &format!("i=0; while [ $i -lt {OPENS} ]; do : < b.txt || exit 1; i=$((i+1)); done"),
     );
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", common::describe(&o));
     // A's opens meanwhile.
     let o = a.sh(&dir, "cat a1.txt a2.txt a1.txt a2.txt > /dev/null");
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", common::describe(&o));
     sleep(Duration::from_millis(1500));
     let grown = trail_bytes(&m) - before;
     println!("{OPENS} opens by one user: the trail grew by {grown} bytes");
@@ -118,7 +108,7 @@ fn one_user_in_a_loop_grows_the_trail_boundedly_and_the_other_is_still_recorded(
         &dir,
         &format!("i=0; while [ $i -lt {CREATES} ]; do : > f$i || exit 1; i=$((i+1)); done"),
     );
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", common::describe(&o));
     let status: Value =
         serde_json::from_str(&m.ok(&["--output", "json", "status", m.mnt.to_str().unwrap()]))
             .unwrap();

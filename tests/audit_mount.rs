@@ -23,15 +23,6 @@ const DENY_GROUP: &str = "kmsfs-d";
 /// The overflow group id (nogroup): a primary group in no policy.
 const NOGROUP: u32 = 65534;
 
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}, stdout {:?}, stderr {:?}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn gid_of(group: &str) -> u32 {
     let o = common::command("getent")
         .args(["group", group])
@@ -126,14 +117,18 @@ fn a_file_under_a_key_only_a_may_use_stays_closed_to_b_and_the_trail_says_who() 
         &m.p("shared"),
         "printf secret-of-a > a.txt && chmod 666 a.txt",
     );
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", common::describe(&o));
     // B may open the file as far as its mode says, but not use the key.
     let o = b.sh(&m.p("shared"), "cat a.txt");
-    assert!(!o.status.success(), "B read A's file: {}", text(&o));
+    assert!(
+        !o.status.success(),
+        "B read A's file: {}",
+        common::describe(&o)
+    );
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("Permission denied"),
         "{}",
-        text(&o)
+        common::describe(&o)
     );
     assert!(!String::from_utf8_lossy(&o.stdout).contains("secret"));
     // A reads twice: the second open is served from the mount's cache.
@@ -143,7 +138,7 @@ fn a_file_under_a_key_only_a_may_use_stays_closed_to_b_and_the_trail_says_who() 
             String::from_utf8_lossy(&o.stdout),
             "secret-of-a",
             "{}",
-            text(&o)
+            common::describe(&o)
         );
     }
 
@@ -228,7 +223,7 @@ fn a_group_allow_and_a_group_deny_that_holds_whichever_group_is_primary() {
     let dir = m.p("shared");
     // A, in the group, makes a file under the key: the group Allow.
     let o = a.sh(&dir, "printf group-data > g.txt && chmod 666 g.txt");
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", common::describe(&o));
     // A and B read it (group members).
     for u in [a, b] {
         let o = u.sh(&dir, "cat g.txt");
@@ -237,7 +232,7 @@ fn a_group_allow_and_a_group_deny_that_holds_whichever_group_is_primary() {
             "group-data",
             "{}: {}",
             u.name,
-            text(&o)
+            common::describe(&o)
         );
     }
     // A process of A whose primary group is another (nogroup), with
@@ -247,15 +242,23 @@ fn a_group_allow_and_a_group_deny_that_holds_whichever_group_is_primary() {
         String::from_utf8_lossy(&o.stdout),
         "group-data",
         "{}",
-        text(&o)
+        common::describe(&o)
     );
     // B with kmsfs-d as a supplementary group and kmsfs-g primary (the
     // kernel's FUSE request names only kmsfs-g): refused.
     let o = sh_with_groups(b, g, &[g, d], &dir, "cat g.txt");
-    assert!(!o.status.success(), "the Deny did not hold: {}", text(&o));
+    assert!(
+        !o.status.success(),
+        "the Deny did not hold: {}",
+        common::describe(&o)
+    );
     // B switched primary group to kmsfs-d: refused too.
     let o = sh_with_groups(b, d, &[g, d], &dir, "cat g.txt");
-    assert!(!o.status.success(), "the Deny did not hold: {}", text(&o));
+    assert!(
+        !o.status.success(),
+        "the Deny did not hold: {}",
+        common::describe(&o)
+    );
     // B without kmsfs-d reads again (its earlier unwrap was cached for
     // those groups only).
     let o = b.sh(&dir, "cat g.txt");
@@ -263,7 +266,7 @@ fn a_group_allow_and_a_group_deny_that_holds_whichever_group_is_primary() {
         String::from_utf8_lossy(&o.stdout),
         "group-data",
         "{}",
-        text(&o)
+        common::describe(&o)
     );
 
     let refused = wait_for(&m, |r| {
@@ -385,7 +388,7 @@ fn root_leaves_a_users_trail_owned_by_that_user() {
     let bin = env!("CARGO_BIN_EXE_kmsfs");
     let as_a = |args: &str| a.sh(&home, &format!("{bin} --keystore {ks_arg} {args}"));
     let o = as_a("init");
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", common::describe(&o));
     // Root creates a key in A's keystore: the trail's first files.
     let o = common::kmsfs()
         .arg("--keystore")
@@ -393,7 +396,7 @@ fn root_leaves_a_users_trail_owned_by_that_user() {
         .args(["kms", "create-key"])
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", common::describe(&o));
     for e in fs::read_dir(ks.join("audit")).unwrap() {
         let p = e.unwrap().path();
         let m = fs::symlink_metadata(&p).unwrap();
@@ -404,9 +407,9 @@ fn root_leaves_a_users_trail_owned_by_that_user() {
     assert_eq!((m.uid(), m.mode() & 0o777), (a.uid, 0o700));
     // A reads and extends it; the chain holds across the two writers.
     let o = as_a("kms list-keys");
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", common::describe(&o));
     let o = as_a("--output json audit show");
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", common::describe(&o));
     let shown = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
         shown.contains("\"CreateKey\"") && shown.contains("\"ListKeys\""),
@@ -414,7 +417,7 @@ fn root_leaves_a_users_trail_owned_by_that_user() {
     );
     assert!(shown.contains("\"uid\":0") && shown.contains(&format!("\"uid\":{}", a.uid)));
     let o = as_a("audit verify");
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", common::describe(&o));
     // B cannot read it.
     let o = users.b.sh(
         tmp.path(),

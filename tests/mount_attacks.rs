@@ -37,31 +37,10 @@ fn setup(test: &str) -> Option<(Mount, TestUsers)> {
     Some((m, users))
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}, stdout {:?}, stderr {:?}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Runs `script` as `u` in `dir`, which must succeed.
-fn ok_as(u: &TestUser, dir: &Path, script: &str) -> String {
-    let o = u.sh(dir, script);
-    assert!(
-        o.status.success(),
-        "{} ran `{script}`: {}",
-        u.name,
-        text(&o)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 /// A file `name` of `u` with mode 0600 in the shared directory, made through
 /// the mount.
 fn private_file(m: &Mount, u: &TestUser, name: &str, content: &str) {
-    ok_as(
+    common::ok_as(
         u,
         &m.p("shared"),
         &format!("printf %s '{content}' > {name} && chmod 600 {name}"),
@@ -87,7 +66,11 @@ fn stat_then(m: &Mount, u: &TestUser, name: &str, swap: impl FnOnce(), action: &
     out.read_line(&mut line).unwrap();
     if line.trim() != "ready" {
         let o = child.wait_with_output().unwrap();
-        panic!("`stat {name}` as {} failed: {line} {}", u.name, text(&o));
+        panic!(
+            "`stat {name}` as {} failed: {line} {}",
+            u.name,
+            common::describe(&o)
+        );
     }
     swap();
     child.stdin.take().unwrap().write_all(b"go\n").unwrap();
@@ -150,12 +133,12 @@ fn a_name_swapped_after_lookup_gives_nothing_of_the_other_users_file() {
         assert!(
             !common::contains(&o.stdout, MARK),
             "{what}: A read B's file: {}",
-            text(&o)
+            common::describe(&o)
         );
         assert!(
             !o.status.success(),
             "{what}: A's `{action}` on B's file succeeded: {}",
-            text(&o)
+            common::describe(&o)
         );
         // B's file (now named like A's) is as B left it.
         let bfile = format!("shared/{fa}");
@@ -185,8 +168,8 @@ fn a_directory_swapped_after_lookup_does_not_open_the_other_users_directory() {
         return;
     };
     let (a, b) = (&users.a, &users.b);
-    ok_as(a, &m.p("shared"), "mkdir -m 755 da");
-    ok_as(
+    common::ok_as(a, &m.p("shared"), "mkdir -m 755 da");
+    common::ok_as(
         b,
         &m.p("shared"),
         &format!("mkdir -m 700 db && printf %s '{SECRET}' > db/s && chmod 644 db/s"),
@@ -205,7 +188,7 @@ fn a_directory_swapped_after_lookup_does_not_open_the_other_users_directory() {
     assert!(
         !common::contains(&o.stdout, MARK) && !common::contains(&o.stdout, b"s\n"),
         "A reached into B's 0700 directory: {}",
-        text(&o)
+        common::describe(&o)
     );
 }
 
@@ -272,8 +255,16 @@ print(leaks, own, errors)
         swaps.wait_with_output().unwrap(),
         reads.wait_with_output().unwrap(),
     );
-    assert!(swaps.status.success(), "swapper: {}", text(&swaps));
-    assert!(reads.status.success(), "reader: {}", text(&reads));
+    assert!(
+        swaps.status.success(),
+        "swapper: {}",
+        common::describe(&swaps)
+    );
+    assert!(
+        reads.status.success(),
+        "reader: {}",
+        common::describe(&reads)
+    );
     let counts: Vec<u64> = String::from_utf8_lossy(&reads.stdout)
         .split_whitespace()
         .map(|n| n.parse().unwrap())
@@ -336,14 +327,18 @@ fn a_header_swapped_under_an_open_file_does_not_bypass_a_policy_deny() {
     ]);
     std::os::unix::fs::chown(&sealed_b, Some(b.uid), Some(b.gid)).unwrap();
     // A's file, writable by everyone in the backing directory.
-    ok_as(
+    common::ok_as(
         a,
         &m.p("shared"),
         &format!("printf %s '{SECRET}' > held && chmod 666 held"),
     );
     // B is refused as long as the header is A's.
     let o = b.sh(&m.p("shared"), "cat held");
-    assert!(!o.status.success(), "B opened A's file: {}", text(&o));
+    assert!(
+        !o.status.success(),
+        "B opened A's file: {}",
+        common::describe(&o)
+    );
     // A holds the file open.
     let mut holder = a
         .command(&m.p("shared"), "sh")
@@ -367,7 +362,7 @@ fn a_header_swapped_under_an_open_file_does_not_bypass_a_policy_deny() {
     // reads, and truncates by path.
     let backing = m.b("shared/held");
     let len_before = fs::metadata(&backing).unwrap().len();
-    ok_as(
+    common::ok_as(
         b,
         &m.b("shared"),
         &format!(
@@ -385,17 +380,17 @@ fn a_header_swapped_under_an_open_file_does_not_bypass_a_policy_deny() {
     assert!(
         !common::contains(&read.stdout, MARK),
         "B read A's plaintext through A's open state: {}",
-        text(&read)
+        common::describe(&read)
     );
     assert!(
         String::from_utf8_lossy(&read.stderr).contains("Permission denied"),
         "B's open of A's file: {}",
-        text(&read)
+        common::describe(&read)
     );
     assert!(
         String::from_utf8_lossy(&trunc.stderr).contains("Permission denied"),
         "B's truncate by path of A's file: {}",
-        text(&trunc)
+        common::describe(&trunc)
     );
     assert_eq!(fs::metadata(&backing).unwrap().len(), len_before);
 }

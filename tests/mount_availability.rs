@@ -35,27 +35,6 @@ fn setup(test: &str, opts: &str) -> Option<(Mount, TestUsers, String)> {
     Some((m, users, python))
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}, stdout {:?}, stderr {:?}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Runs `script` as `u` in `dir`, which must succeed; its stdout.
-fn ok_as(u: &TestUser, dir: &Path, script: &str) -> String {
-    let o = u.sh(dir, script);
-    assert!(
-        o.status.success(),
-        "{} ran `{script}`: {}",
-        u.name,
-        text(&o)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 /// `script` as `u` in `dir`, started (stdout piped).
 fn spawn_as(u: &TestUser, dir: &Path, script: &str) -> Child {
     u.command(dir, "sh")
@@ -115,7 +94,11 @@ fn alice_works(m: &Mount, a: &TestUser, dir: &str) {
             m.log_text()
         )
     });
-    assert!(o.status.success(), "A's work failed: {}", text(&o));
+    assert!(
+        o.status.success(),
+        "A's work failed: {}",
+        common::describe(&o)
+    );
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "40");
 }
 
@@ -146,8 +129,8 @@ fn a_lock_on_a_backing_file_does_not_hang_the_mount() {
         return;
     };
     let (a, b) = (&users.a, &users.b);
-    ok_as(a, &m.p("shared"), "mkdir alice");
-    ok_as(b, &m.p("shared"), "printf bob > bobs && chmod 644 bobs");
+    common::ok_as(a, &m.p("shared"), "mkdir alice");
+    common::ok_as(b, &m.p("shared"), "printf bob > bobs && chmod 644 bobs");
     let backing = m.b("shared/bobs");
     let mnt = m.p("shared/bobs");
     let opens = format!(
@@ -207,7 +190,7 @@ sys.stdin.readline()
     drop(locker.stdin.take());
     locker.wait().unwrap();
     // The lock gone, the file opens again.
-    assert_eq!(ok_as(a, &m.p("shared"), "cat bobs"), "bob");
+    assert_eq!(common::ok_as(a, &m.p("shared"), "cat bobs"), "bob");
 }
 
 /// Issue 23, item 1, FIFOs: on a `-o ro` mount (where the daemon opens
@@ -223,12 +206,12 @@ fn a_fifo_swapped_in_does_not_block_the_daemon() {
         return;
     };
     let (a, b) = (&users.a, &users.b);
-    ok_as(
+    common::ok_as(
         a,
         &m.p("shared"),
         "mkdir alice && for i in $(seq 40); do printf \"alice $i\" > alice/f$i; done",
     );
-    ok_as(
+    common::ok_as(
         b,
         &m.p("shared"),
         "mkdir bobdir && for i in $(seq 8); do echo bob > bobdir/f$i; done",
@@ -252,11 +235,11 @@ fn a_fifo_swapped_in_does_not_block_the_daemon() {
             m.log_text()
         )
     });
-    assert!(o.status.success(), "A's reads: {}", text(&o));
+    assert!(o.status.success(), "A's reads: {}", common::describe(&o));
     let o = bounded(attacker).expect("B's cats end with their timeout");
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "tried");
     // No serving thread is left waiting on a FIFO: the mount still serves.
-    assert_eq!(ok_as(a, &m.p("shared/alice"), "cat f1"), "alice 1");
+    assert_eq!(common::ok_as(a, &m.p("shared/alice"), "cat f1"), "alice 1");
 }
 
 /// Python run as a user: opens `path` (a file or a directory) again and
@@ -293,12 +276,12 @@ fn one_user_past_his_handle_budget_gets_emfile_and_the_others_do_not() {
         return;
     };
     let (a, b) = (&users.a, &users.b);
-    ok_as(
+    common::ok_as(
         a,
         &m.p("shared"),
         "mkdir alice && for i in $(seq 60); do printf \"alice $i\" > alice/f$i; done",
     );
-    ok_as(b, &m.p("shared"), "mkdir bobdir && echo bob > bobdir/f");
+    common::ok_as(b, &m.p("shared"), "mkdir bobdir && echo bob > bobdir/f");
     let (f, d) = (m.p("shared/bobdir/f"), m.p("shared/bobdir"));
     let mut hog = b
         .command(&m.p("shared"), &python)
@@ -315,7 +298,7 @@ fn one_user_past_his_handle_budget_gets_emfile_and_the_others_do_not() {
          print(len(fds), len(os.listdir('.')), len(os.listdir('..')))\""
     );
     let o = bounded(spawn_as(a, &m.p("shared/alice"), &script)).expect("A's opens finished");
-    assert!(o.status.success(), "A's opens: {}", text(&o));
+    assert!(o.status.success(), "A's opens: {}", common::describe(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "45 60 2");
     drop(hog.stdin.take());
     hog.wait().unwrap();
@@ -354,7 +337,7 @@ fn handles_on_a_large_directory_cost_the_daemon_no_copy_of_it() {
         return;
     };
     let b = &users.b;
-    ok_as(b, &m.p("shared"), "mkdir big");
+    common::ok_as(b, &m.p("shared"), "mkdir big");
     for i in 0..20_000 {
         // Beside the mount (names are not encrypted in this backing
         // directory): only the listing matters here.
@@ -392,7 +375,7 @@ print(len(fds), err, flush=True)
     )
     .expect("B's opens finished");
     let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(out.trim(), "4096 EMFILE", "{}", text(&o));
+    assert_eq!(out.trim(), "4096 EMFILE", "{}", common::describe(&o));
     let peak = peak_rss_kib(pid);
     eprintln!(
         "daemon peak RSS: {} KiB before, {} KiB after 4096 handles on 20,000 names",
@@ -410,7 +393,7 @@ fn copy_file_range_drops_setuid_like_write() {
         return;
     };
     let a = &users.a;
-    ok_as(
+    common::ok_as(
         a,
         &m.p("shared"),
         "printf 'new content' > src && printf 'old program' > prog && chmod 755 prog && stat prog > /dev/null",
@@ -420,7 +403,7 @@ fn copy_file_range_drops_setuid_like_write() {
         "{python} -c \"import os; s = os.open('src', os.O_RDONLY); d = os.open('prog', os.O_WRONLY); \
          print(os.copy_file_range(s, d, 11, 0, 0))\""
     );
-    assert_eq!(ok_as(a, &m.p("shared"), &copy).trim(), "11");
+    assert_eq!(common::ok_as(a, &m.p("shared"), &copy).trim(), "11");
     let mode = fs::metadata(m.b("shared/prog")).unwrap().mode() & 0o7777;
     assert_eq!(mode, 0o755, "mode after copy_file_range: {mode:o}");
     assert_eq!(fs::read(m.p("shared/prog")).unwrap(), b"new content");
@@ -434,13 +417,13 @@ fn listxattr_hides_trusted_names_from_users() {
         return;
     };
     let a = &users.a;
-    ok_as(a, &m.p("shared"), "printf x > f && chmod 644 f");
+    common::ok_as(a, &m.p("shared"), "printf x > f && chmod 644 f");
     let p = m.p("shared/f");
     xattr_set(&p, "trusted.note", b"root's");
     xattr_set(&p, "user.note", b"anyone's");
     let list = format!("{python} -c \"import os; print(sorted(os.listxattr('f')))\"");
     assert_eq!(
-        ok_as(a, &m.p("shared"), &list).trim(),
+        common::ok_as(a, &m.p("shared"), &list).trim(),
         "['user.note']",
         "A's listing"
     );
@@ -459,7 +442,11 @@ fn xattr_set(p: &Path, name: &str, value: &[u8]) {
         .arg(p)
         .output()
         .unwrap();
-    assert!(o.status.success(), "setfattr {name}: {}", text(&o));
+    assert!(
+        o.status.success(),
+        "setfattr {name}: {}",
+        common::describe(&o)
+    );
 }
 
 /// Issue 23, item 2: started with a soft descriptor limit of 256, the
@@ -497,7 +484,7 @@ fn the_daemon_raises_its_descriptor_limit_to_the_hard_limit() {
         .arg(&log)
         .output()
         .unwrap();
-    assert!(o.status.success(), "mount: {}", text(&o));
+    assert!(o.status.success(), "mount: {}", common::describe(&o));
     let pid = common::daemon_pid(&mnt).expect("daemon pid");
     let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let nofile: Vec<u64> = limits

@@ -13,15 +13,6 @@ use std::process::Output;
 
 use common::{Mount, TestUser};
 
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}, stdout {:?}, stderr {:?}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// The first subordinate id of `user` in `file` (/etc/subuid or /etc/subgid).
 fn subordinate(file: &str, user: &str) -> Option<u32> {
     let text = fs::read_to_string(file).ok()?;
@@ -86,12 +77,12 @@ fn a_deny_is_not_shed_in_a_user_namespace() {
     // A Deny on user B: B is refused, as himself and as a subordinate uid.
     policy(&m, &format!("uid:{}", b.uid));
     let o = b.sh(&m.mnt, "cat f");
-    assert!(!o.status.success(), "B read f: {}", text(&o));
+    assert!(!o.status.success(), "B read f: {}", common::describe(&o));
     let o = cat_in_userns(b, &m, "f").unwrap();
     assert!(
         !o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("SECRET"),
         "B read f from a user namespace: {}",
-        text(&o)
+        common::describe(&o)
     );
     // A, whom nothing denies, reads it the same way (the namespace itself
     // is not what refuses B).
@@ -99,7 +90,7 @@ fn a_deny_is_not_shed_in_a_user_namespace() {
     assert!(
         o.status.success() && String::from_utf8_lossy(&o.stdout).contains("SECRET"),
         "A could not read f from a user namespace: {}",
-        text(&o)
+        common::describe(&o)
     );
 
     // A Deny on the users' group: A is refused as herself, and inside a
@@ -107,12 +98,12 @@ fn a_deny_is_not_shed_in_a_user_namespace() {
     // groups) too.
     policy(&m, &format!("group:{}", users.group));
     let o = a.sh(&m.mnt, "cat f");
-    assert!(!o.status.success(), "A read f: {}", text(&o));
+    assert!(!o.status.success(), "A read f: {}", common::describe(&o));
     let o = cat_in_userns(a, &m, "f").unwrap();
     assert!(
         !o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("SECRET"),
         "A read f from a user namespace without the group: {}",
-        text(&o)
+        common::describe(&o)
     );
     // Root, outside any namespace, still reads it.
     assert_eq!(fs::read(m.p("f")).unwrap(), b"SECRET-UNDER-THE-KEY");

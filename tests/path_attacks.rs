@@ -14,15 +14,6 @@ use std::process::Output;
 
 use common::{MountGuard, TestUsers, fuse_available, kmsfs};
 
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}, stdout {}, stderr {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn chmod(p: &Path, mode: u32) {
     fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
 }
@@ -90,12 +81,12 @@ impl Scene {
             .arg("init")
             .output()
             .unwrap();
-        assert!(o.status.success(), "init: {}", text(&o));
+        assert!(o.status.success(), "init: {}", common::describe(&o));
     }
 
     fn unmount(&self) {
         let o = kmsfs().arg("unmount").arg(&self.mnt).output().unwrap();
-        assert!(o.status.success(), "unmount: {}", text(&o));
+        assert!(o.status.success(), "unmount: {}", common::describe(&o));
     }
 }
 
@@ -123,7 +114,7 @@ fn a_log_directory_through_another_users_link_is_refused() {
             s.root_only.display()
         ),
     );
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", common::describe(&o));
     let ks = s.p("ks");
     s.init(&ks);
     // A root mount run with kmsfs-b's environment (sudo -E).
@@ -132,10 +123,14 @@ fn a_log_directory_through_another_users_link_is_refused() {
     assert!(
         !o.status.success(),
         "mounted, logging through kmsfs-b's link: {}",
-        text(&o)
+        common::describe(&o)
     );
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("refusing the log directory"), "{}", text(&o));
+    assert!(
+        err.contains("refusing the log directory"),
+        "{}",
+        common::describe(&o)
+    );
     assert!(
         s.entries(&s.root_only).is_empty(),
         "{:?}",
@@ -156,7 +151,7 @@ fn a_keystore_owners_backings_link_is_not_written_through() {
         .arg("init")
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", common::describe(&o));
     // The keystore is kmsfs-b's; he makes its backings/ a link.
     common::sh(
         s.tmp.path(),
@@ -169,7 +164,7 @@ fn a_keystore_owners_backings_link_is_not_written_through() {
             s.root_only.display()
         ),
     );
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", common::describe(&o));
     let src = s.p("src");
     fs::create_dir(&src).unwrap();
     fs::write(src.join("f"), b"plain").unwrap();
@@ -182,7 +177,7 @@ fn a_keystore_owners_backings_link_is_not_written_through() {
         .output()
         .unwrap();
     // The import itself goes on; the record is not written through the link.
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", common::describe(&o));
     assert!(
         s.entries(&s.root_only).is_empty(),
         "{:?}",
@@ -205,7 +200,7 @@ fn a_keystore_owners_backings_link_is_not_written_through() {
         .arg(s.p("backing2"))
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", common::describe(&o));
     assert_eq!(s.entries(&ks.join("backings")).len(), 1);
 }
 
@@ -230,7 +225,7 @@ fn a_passphrase_file_option_others_can_read_or_own_is_refused() {
         .args(["init", "--with-passphrase"])
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", common::describe(&o));
     let readable = s.p("pass-644");
     fs::copy(&private, &readable).unwrap();
     chmod(&readable, 0o644);
@@ -246,18 +241,18 @@ fn a_passphrase_file_option_others_can_read_or_own_is_refused() {
             !o.status.success(),
             "mounted with {}: {}",
             bad.display(),
-            text(&o)
+            common::describe(&o)
         );
         assert!(
             String::from_utf8_lossy(&o.stderr).contains("refusing the passphrase file"),
             "{}",
-            text(&o)
+            common::describe(&o)
         );
     }
     // Root's own 0600 file is taken.
     let opt = format!("passphrase_file={}", private.display());
     let o = s.mount(&ks, Some(&opt), &[]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", common::describe(&o));
     s.unmount();
 }
 
@@ -278,12 +273,12 @@ fn a_log_file_option_naming_another_file_is_refused() {
     assert!(
         !o.status.success(),
         "mounted, logging into another file: {}",
-        text(&o)
+        common::describe(&o)
     );
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("not a kmsfs log"),
         "{}",
-        text(&o)
+        common::describe(&o)
     );
     assert_eq!(fs::read(&other).unwrap(), kept);
     assert_eq!(other.metadata().unwrap().mode() & 0o7777, 0o644);
@@ -292,7 +287,7 @@ fn a_log_file_option_naming_another_file_is_refused() {
     for _ in 0..2 {
         let opt = format!("log_file={}", log.display());
         let o = s.mount(&ks, Some(&opt), &[("RUST_LOG", OsStr::new("info"))]);
-        assert!(o.status.success(), "{}", text(&o));
+        assert!(o.status.success(), "{}", common::describe(&o));
         s.unmount();
     }
     let t = fs::read_to_string(&log).unwrap();

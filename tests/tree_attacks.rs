@@ -92,15 +92,6 @@ struct Scene {
     plain: PathBuf,
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}, stdout {}, stderr {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn chown(p: &Path, uid: u32, gid: u32) {
     std::os::unix::fs::lchown(p, Some(uid), Some(gid)).unwrap();
 }
@@ -237,7 +228,7 @@ impl Scene {
         let r = f();
         fs::write(&stop, b"").unwrap();
         let o = child.wait_with_output().unwrap();
-        assert!(o.status.success(), "swap loop: {}", text(&o));
+        assert!(o.status.success(), "swap loop: {}", common::describe(&o));
         let n: u64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
         assert!(n > 0, "the swap loop never swapped");
         assert!(
@@ -310,7 +301,7 @@ impl Scene {
 fn backing_of(s: &Scene, name: &str) -> PathBuf {
     let backing = s.p(name);
     let o = s.import(&s.plain, &backing);
-    assert!(o.status.success(), "import: {}", text(&o));
+    assert!(o.status.success(), "import: {}", common::describe(&o));
     let shared = backing.join("shared");
     assert_eq!(shared.metadata().unwrap().mode() & 0o7777, 0o2775);
     assert_eq!(
@@ -338,13 +329,13 @@ fn import_follows_no_link_a_user_put_or_swaps_in() {
         s.tmp.path(),
         &format!("ln -s {} {}", s.victim.display(), link.display()),
     );
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", common::describe(&o));
     let o = s.import(&s.plain, &backing);
     assert_ne!(
         o.status.code(),
         Some(0),
         "import through a link: {}",
-        text(&o)
+        common::describe(&o)
     );
     s.assert_untouched(&victim, &root_only, "import into a linked directory");
     assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
@@ -363,7 +354,7 @@ fn import_follows_no_link_a_user_put_or_swaps_in() {
     chown(&backing.join("shared"), 0, s.users.gid);
     chmod(&backing.join("shared"), 0o2775);
     let o = b.sh(&backing.join("shared"), "mkdir bob");
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", common::describe(&o));
     for _ in 0..2 {
         let o = s.while_swapping(&backing.join("shared"), "bob", &s.victim, || {
             s.while_swapping(&src.join("shared"), "bob", &s.root_only, || {
@@ -373,7 +364,7 @@ fn import_follows_no_link_a_user_put_or_swaps_in() {
         assert!(
             matches!(o.status.code(), Some(0) | Some(7)),
             "import while swapped: {}",
-            text(&o)
+            common::describe(&o)
         );
         s.assert_untouched(&victim, &root_only, "import while kmsfs-b swapped");
         s.assert_owners_follow_sources(&backing, &src);
@@ -398,7 +389,7 @@ fn export_dest_stays_private_and_follows_no_link() {
     for round in 0..2 {
         let dest = home.join(format!("out{round}"));
         let o = b.sh(&home, &format!("mkdir -m 755 {}", dest.display()));
-        assert!(o.status.success(), "{}", text(&o));
+        assert!(o.status.success(), "{}", common::describe(&o));
         let stop = s.stop_file("poll");
         let _ = fs::remove_file(&stop);
         let poll = s.spawn(b, POLL, &[&dest, Path::new(ALICE), &stop]);
@@ -413,7 +404,7 @@ fn export_dest_stays_private_and_follows_no_link() {
         });
         fs::write(&stop, b"").unwrap();
         let p = poll.wait_with_output().unwrap();
-        assert!(p.status.success(), "poll: {}", text(&p));
+        assert!(p.status.success(), "poll: {}", common::describe(&p));
         let polled = String::from_utf8_lossy(&p.stdout).to_string();
         let seen: u64 = polled.split_whitespace().next().unwrap().parse().unwrap();
         assert_eq!(
@@ -423,7 +414,7 @@ fn export_dest_stays_private_and_follows_no_link() {
         assert!(
             matches!(o.status.code(), Some(0) | Some(7)),
             "export while swapped: {}",
-            text(&o)
+            common::describe(&o)
         );
         s.assert_untouched(&victim, &root_only, "export while kmsfs-b swapped");
         // Nothing from the victim tree, all of kmsfs-a's with her modes.
@@ -475,16 +466,16 @@ fn rewrap_fsck_and_inspect_follow_no_link() {
         assert!(
             matches!(rw.status.code(), Some(0) | Some(7)),
             "rewrap while swapped: {}",
-            text(&rw)
+            common::describe(&rw)
         );
         s.assert_untouched(&victim, &root_only, "rewrap while kmsfs-b swapped");
         for (what, o) in [("rewrap", &rw), ("fsck", &fsck), ("inspect", &inspect)] {
             assert!(
                 !common::contains(&o.stdout, s.victim_key.as_bytes()),
                 "{what} looked at the root-only tree's files: {}",
-                text(o)
+                common::describe(o)
             );
-            assert!(!o.stdout.is_empty(), "{what}: {}", text(o));
+            assert!(!o.stdout.is_empty(), "{what}: {}", common::describe(o));
         }
     }
     // No owner or mode changed in the tree.

@@ -15,7 +15,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -53,29 +53,7 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// signature's header was accepted.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where the server listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Listen {
-    /// A Unix socket at this path; the peer's credentials are the caller.
-    Unix(PathBuf),
-    /// A TCP address; callers sign with an access key.
-    Tcp(SocketAddr),
-}
-
-impl std::str::FromStr for Listen {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if let Some(p) = s.strip_prefix("unix:") {
-            if p.is_empty() {
-                return Err("unix: needs a path, as in unix:/run/kmsfs/kms.sock".into());
-            }
-            return Ok(Listen::Unix(PathBuf::from(p)));
-        }
-        s.parse::<SocketAddr>().map(Listen::Tcp).map_err(|_| {
-            format!("{s:?} is neither unix:PATH nor an address such as 127.0.0.1:4599")
-        })
-    }
-}
+pub use crate::listen::Listen;
 
 /// How `serve` runs.
 #[derive(Debug, Clone)]

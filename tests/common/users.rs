@@ -153,3 +153,15 @@ pub fn python3(test: &str) -> Option<String> {
     }
     found.map(str::to_string)
 }
+
+/// Runs `script` as `u` in `dir`, which must succeed; its stdout.
+pub fn ok_as(u: &TestUser, dir: &Path, script: &str) -> String {
+    let o = u.sh(dir, script);
+    assert!(
+        o.status.success(),
+        "{} ran `{script}`: {}",
+        u.name,
+        super::describe(&o)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
