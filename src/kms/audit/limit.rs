@@ -98,6 +98,8 @@ impl Limits {
 /// Repeats of one access, folded.
 struct Window {
     opened: Instant,
+    /// Who did what to which file under which key, whatever the outcome.
+    subject: String,
     /// The first record, which was written.
     first: Value,
     repeats: u64,
@@ -142,6 +144,10 @@ pub struct Limiter {
     windows: HashMap<String, Window>,
     buckets: HashMap<u64, Bucket>,
     suppressed: HashMap<u64, Suppressed>,
+    /// The window open for each subject (at most one: another outcome closes it).
+    by_subject: HashMap<String, String>,
+    /// Summaries of windows closed early, written with the next due ones.
+    closed: Vec<Value>,
     over_cap: bool,
     counts: Counts,
 }
@@ -162,6 +168,8 @@ impl Limiter {
             windows: HashMap::new(),
             buckets: HashMap::new(),
             suppressed: HashMap::new(),
+            by_subject: HashMap::new(),
+            closed: Vec::new(),
             over_cap: false,
             counts: Counts::default(),
         }
@@ -216,17 +224,26 @@ impl Limiter {
             }
             return None;
         }
+        // Only repeats in a row fold: the same access with another outcome
+        // (refused after allowed, or a new key version) closes the window of
+        // the old one, so that "allowed, refused, allowed" reads as such.
+        let subject = subject_of(&rec);
+        if let Some(sub) = &subject {
+            self.close_subject(sub);
+        }
         if uid != 0 && (self.over_cap || !self.take_token(uid, now)) {
             self.suppress(uid, &rec, now);
             return None;
         }
-        if let Some(k) = key
+        if let (Some(k), Some(subject)) = (key, subject)
             && self.windows.len() < MAX_WINDOWS
         {
+            self.by_subject.insert(subject.clone(), k.clone());
             self.windows.insert(
                 k,
                 Window {
                     opened: now,
+                    subject,
                     first: rec.clone(),
                     repeats: 0,
                     cache_hits: 0,
@@ -307,11 +324,22 @@ impl Limiter {
         }
     }
 
+    /// Closes every window of `subject` (another outcome of the same access
+    /// ends them); their summaries go out with the next due records.
+    fn close_subject(&mut self, subject: &str) {
+        if let Some(k) = self.by_subject.remove(subject)
+            && let Some(w) = self.windows.remove(&k)
+            && w.repeats > 0
+        {
+            self.closed.push(aggregated(w, self.limits.window));
+        }
+    }
+
     /// The records now due: the summary of every window closed (all of
     /// them when `all`, at a flush) and of every suppression period ended.
     pub fn due(&mut self, now: Instant, all: bool) -> Vec<Value> {
         let window = self.limits.window;
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.closed);
         let closed: Vec<String> = self
             .windows
             .iter()
@@ -319,10 +347,13 @@ impl Limiter {
             .map(|(k, _)| k.clone())
             .collect();
         for k in closed {
-            if let Some(w) = self.windows.remove(&k)
-                && w.repeats > 0
-            {
-                out.push(aggregated(w, window));
+            if let Some(w) = self.windows.remove(&k) {
+                if self.by_subject.get(&w.subject) == Some(&k) {
+                    self.by_subject.remove(&w.subject);
+                }
+                if w.repeats > 0 {
+                    out.push(aggregated(w, window));
+                }
             }
         }
         let ended: Vec<u64> = self
@@ -358,6 +389,17 @@ fn access_key(rec: &Value) -> Option<String> {
         rec["resources"][0]["keyMaterialId"],
         rec["errorCode"],
         path
+    ))
+}
+
+/// Who did what to which file under which key: `access_key` without the
+/// outcome and the key version.
+fn subject_of(rec: &Value) -> Option<String> {
+    let path = str_at(rec, &["additionalEventData", "path"])?;
+    let id = &rec["userIdentity"];
+    Some(format!(
+        "{}\0{}\0{}\0{}\0{}",
+        id["uid"], id["gid"], rec["eventName"], rec["resources"][0]["ARN"], path
     ))
 }
 
@@ -456,6 +498,30 @@ mod tests {
         assert_eq!(due[0]["eventTime"], "t998");
         // The window is closed: the next access is written again.
         assert!(l.admit(open(5, "a", "x"), t0 + WINDOW).is_some());
+    }
+
+    #[test]
+    fn only_repeats_in_a_row_fold_another_outcome_closes_the_window() {
+        let mut l = Limiter::new(Limits::default());
+        let t0 = Instant::now();
+        let refused = |t: &str| {
+            let mut r = open(5, "a", t);
+            r["errorCode"] = json!("DisabledException");
+            r
+        };
+        assert!(l.admit(open(5, "a", "1"), t0).is_some());
+        assert!(l.admit(open(5, "a", "2"), t0).is_none());
+        // Refused after allowed: written, and the allowed window's count is due.
+        assert!(l.admit(refused("3"), t0).is_some());
+        let due = l.due(t0, false);
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0]["additionalEventData"]["aggregated"]["repeats"], 1);
+        // Allowed again: written at once, not folded into the first.
+        assert!(l.admit(open(5, "a", "4"), t0).is_some());
+        assert!(l.admit(open(5, "a", "5"), t0).is_none());
+        let due = l.due(t0, true);
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0]["eventTime"], "5");
     }
 
     #[test]
