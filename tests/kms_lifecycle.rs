@@ -122,6 +122,15 @@ fn run_on_prev_generation(ks: &Ks, args: &[&str], env: &[(&str, &str)]) -> std::
     std::fs::create_dir_all(&copy).unwrap();
     std::fs::copy(ks.prev_file(), copy.join("keystore.kms")).unwrap();
     std::fs::copy(ks.path.join("root.key"), copy.join("root.key")).unwrap();
+    // The trail goes along: a keystore that records a trail refuses to work
+    // without it (docs/AUDIT.md, "A lost trail").
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(ks.path.join("audit"))
+        .arg(copy.join("audit"))
+        .status()
+        .unwrap();
+    assert!(cp.success());
     let mut c = kmsfs();
     c.arg("--keystore").arg(&copy).args(args);
     for (k, v) in env {
