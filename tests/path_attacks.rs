@@ -67,6 +67,11 @@ impl Scene {
             c.arg("-o").arg(o);
         }
         c.arg(&self.backing).arg(&self.mnt);
+        // A HOME given decides the log directory only without XDG_STATE_HOME
+        // (which scripts/test.sh sets for the whole suite).
+        if env.iter().any(|(k, _)| *k == "HOME") {
+            c.env_remove("XDG_STATE_HOME");
+        }
         for (k, v) in env {
             c.env(k, v);
         }
