@@ -276,13 +276,25 @@ impl Scene {
             if uid != self.users.b.uid {
                 continue;
             }
-            // A temporary name of an interrupted file is its file's.
-            let name = rel.file_name().unwrap_or_default().to_string_lossy();
-            let name = match name.strip_suffix(".kmsfs-import") {
-                Some(n) => n.trim_start_matches('.').to_string(),
-                None => name.to_string(),
-            };
-            let s = src.join(rel.with_file_name(name));
+            // A temporary name of an interrupted file is its file's, and
+            // `.NAME.real` is kmsfs-b's own NAME, put aside by his swap loop
+            // (which leaves it there when the tool made NAME meanwhile).
+            let source_rel: PathBuf = rel
+                .components()
+                .map(|c| {
+                    let c = c.as_os_str().to_string_lossy();
+                    if let Some(n) = c.strip_suffix(".kmsfs-import") {
+                        n.trim_start_matches('.').to_string()
+                    } else if let Some(n) =
+                        c.strip_prefix('.').and_then(|n| n.strip_suffix(".real"))
+                    {
+                        n.to_string()
+                    } else {
+                        c.into_owned()
+                    }
+                })
+                .collect();
+            let s = src.join(source_rel);
             let src_uid = s.symlink_metadata().map(|m| m.uid());
             assert_eq!(
                 src_uid.ok(),
