@@ -12,8 +12,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +48,16 @@ pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; 
     form-action 'self'; frame-ancestors 'none'";
 
 pub use crate::listen::Listen;
+use crate::listen::{BindError, bind_unix, shutdown_signal};
+
+impl From<BindError> for ConsoleError {
+    fn from(e: BindError) -> Self {
+        match e {
+            BindError::Usage(m) => ConsoleError::Usage(m),
+            BindError::Io(m) => ConsoleError::Io(m),
+        }
+    }
+}
 
 /// Why the console could not start.
 #[derive(Debug, thiserror::Error)]
@@ -158,7 +167,7 @@ pub fn serve(
                 accept_tcp(&st, &limit, l, bound).await
             }
             Listen::Unix(p) => {
-                let l = bind_unix(p)?;
+                let l = bind_unix(p, 0o600, "console")?;
                 let st = make_state(Vec::new());
                 trail::start_verify(&st);
                 on_ready(&Ready {
@@ -176,20 +185,32 @@ pub fn serve(
     result
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => {}
-                _ = i.recv() => {}
-            }
+/// Serves each connection `accept` yields, with its peer's uid, within
+/// `MAX_CONNECTIONS`, until SIGTERM or SIGINT.
+async fn accept_loop<S>(
+    st: &Arc<State>,
+    limit: &Arc<Semaphore>,
+    accept: impl AsyncFn() -> std::io::Result<(S, Option<u32>)>,
+) -> Result<(), ConsoleError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut stop => break,
+            p = limit.clone().acquire_owned() => p.map_err(|e| ConsoleError::Io(e.to_string()))?,
+        };
+        tokio::select! {
+            _ = &mut stop => break,
+            r = accept() => match r {
+                Ok((s, uid)) => serve_connection(st, s, uid, permit),
+                Err(e) => log::warn!("accept: {e}"),
+            },
         }
-        _ => std::future::pending::<()>().await,
     }
+    Ok(())
 }
 
 async fn accept_tcp(
@@ -198,27 +219,13 @@ async fn accept_tcp(
     l: tokio::net::TcpListener,
     bound: SocketAddr,
 ) -> Result<(), ConsoleError> {
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
-    loop {
-        let permit = tokio::select! {
-            _ = &mut stop => break,
-            p = limit.clone().acquire_owned() => p.map_err(|e| ConsoleError::Io(e.to_string()))?,
-        };
-        tokio::select! {
-            _ = &mut stop => break,
-            r = l.accept() => match r {
-                Ok((s, peer)) => {
-                    let _ = s.set_nodelay(true);
-                    // The other end is on this machine: /proc names its owner.
-                    let uid = crate::os::net::tcp_peer_uid(bound, peer);
-                    serve_connection(st, s, uid, permit);
-                }
-                Err(e) => log::warn!("accept: {e}"),
-            },
-        }
-    }
-    Ok(())
+    accept_loop(st, limit, async || {
+        let (s, peer) = l.accept().await?;
+        let _ = s.set_nodelay(true);
+        // The other end is on this machine: the kernel names its owner.
+        Ok((s, crate::os::net::tcp_peer_uid(bound, peer)))
+    })
+    .await
 }
 
 async fn accept_unix(
@@ -226,51 +233,12 @@ async fn accept_unix(
     limit: &Arc<Semaphore>,
     l: tokio::net::UnixListener,
 ) -> Result<(), ConsoleError> {
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
-    loop {
-        let permit = tokio::select! {
-            _ = &mut stop => break,
-            p = limit.clone().acquire_owned() => p.map_err(|e| ConsoleError::Io(e.to_string()))?,
-        };
-        tokio::select! {
-            _ = &mut stop => break,
-            r = l.accept() => match r {
-                Ok((s, _)) => {
-                    let uid = s.peer_cred().ok().map(|c| c.uid());
-                    serve_connection(st, s, uid, permit);
-                }
-                Err(e) => log::warn!("accept: {e}"),
-            },
-        }
-    }
-    Ok(())
-}
-
-/// Binds a Unix socket at `p`, mode 0600: a stale socket is replaced,
-/// anything else there refused.
-fn bind_unix(p: &Path) -> Result<tokio::net::UnixListener, ConsoleError> {
-    if let Ok(m) = std::fs::symlink_metadata(p) {
-        if !m.file_type().is_socket() {
-            return Err(ConsoleError::Usage(format!(
-                "{} exists and is not a socket; give another path",
-                p.display()
-            )));
-        }
-        if std::os::unix::net::UnixStream::connect(p).is_ok() {
-            return Err(ConsoleError::Usage(format!(
-                "{} is in use by a running console",
-                p.display()
-            )));
-        }
-        std::fs::remove_file(p)
-            .map_err(|e| ConsoleError::Io(format!("removing stale socket {}: {e}", p.display())))?;
-    }
-    let l = tokio::net::UnixListener::bind(p)
-        .map_err(|e| ConsoleError::Io(format!("binding {}: {e}", p.display())))?;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| ConsoleError::Io(format!("chmod {}: {e}", p.display())))?;
-    Ok(l)
+    accept_loop(st, limit, async || {
+        let (s, _) = l.accept().await?;
+        let uid = s.peer_cred().ok().map(|c| c.uid());
+        Ok((s, uid))
+    })
+    .await
 }
 
 fn serve_connection<S>(

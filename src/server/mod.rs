@@ -14,8 +14,6 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -54,6 +52,16 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub use crate::listen::Listen;
+use crate::listen::{BindError, bind_unix, shutdown_signal};
+
+impl From<BindError> for ServerError {
+    fn from(e: BindError) -> Self {
+        match e {
+            BindError::Usage(m) => ServerError::Usage(m),
+            BindError::Io(m) => ServerError::Io(m),
+        }
+    }
+}
 
 /// How `serve` runs.
 #[derive(Debug, Clone)]
@@ -395,48 +403,6 @@ fn is_loopback(a: &SocketAddr) -> bool {
     a.ip().is_loopback()
 }
 
-/// Binds a Unix socket at `p`: a stale socket (nothing listening) is
-/// replaced; anything else there is refused.
-fn bind_unix(p: &Path, mode: u32) -> Result<tokio::net::UnixListener, ServerError> {
-    if let Ok(m) = std::fs::symlink_metadata(p) {
-        if !m.file_type().is_socket() {
-            return Err(ServerError::Usage(format!(
-                "{} exists and is not a socket; give another path",
-                p.display()
-            )));
-        }
-        if std::os::unix::net::UnixStream::connect(p).is_ok() {
-            return Err(ServerError::Usage(format!(
-                "{} is in use by a running server",
-                p.display()
-            )));
-        }
-        std::fs::remove_file(p)
-            .map_err(|e| ServerError::Io(format!("removing stale socket {}: {e}", p.display())))?;
-    }
-    let l = tokio::net::UnixListener::bind(p)
-        .map_err(|e| ServerError::Io(format!("binding {}: {e}", p.display())))?;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| ServerError::Io(format!("chmod {}: {e}", p.display())))?;
-    Ok(l)
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => {}
-                _ = i.recv() => {}
-            }
-        }
-        _ => std::future::pending::<()>().await,
-    }
-}
-
 /// Serves `ks` until SIGTERM or SIGINT. `on_ready` is called with the bound
 /// address (`unix:PATH` or `IP:PORT`, useful with port 0) once clients can
 /// connect. Logs a summary of the requests served on the way out.
@@ -493,7 +459,7 @@ pub fn serve(
                 accept_loop(&st, &limit, &TcpAccept { l, local }).await
             }
             Listen::Unix(p) => {
-                let l = bind_unix(p, opts.socket_mode)?;
+                let l = bind_unix(p, opts.socket_mode, "server")?;
                 on_ready(&format!("unix:{}", p.display()));
                 let a = UnixAccept {
                     l,
