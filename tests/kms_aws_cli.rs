@@ -2,11 +2,16 @@
 //! in the AWS CLI's tab-separated shape and `--output table`; validation as
 //! AWS (GenerateDataKey needs a size, SYMMETRIC_DEFAULT only, --grant-tokens
 //! accepted); --limit/--marker pages; generate-random; hints that name the
-//! real key and catch a base64 file given as fileb://.
+//! real key and catch a base64 file given as fileb://; the aws CLI's global
+//! options (--region, --profile, --cli-binary-format, --no-cli-pager,
+//! --output yaml) and JMESPath's backtick string literal, beside the real
+//! aws CLI when the venv has it.
 
 mod common;
 
-use common::{EXIT_REFUSED, EXIT_USAGE, Ks, b64, fails};
+use common::{
+    EXIT_REFUSED, EXIT_USAGE, Ks, Server, access_key, b64, command, describe, fails, kmsfs, venv,
+};
 
 #[test]
 fn query_and_text_output_as_the_aws_cli() {
@@ -330,4 +335,303 @@ fn descriptions_and_tags() {
     // Tags survive in the keystore (another process reads them).
     let again = ks.json(&["kms", "list-resource-tags", "--key-id", &id]);
     assert_eq!(again["Tags"][0]["TagKey"], "team");
+}
+
+/// The aws CLI's global options that scripts carry are accepted; those
+/// with no meaning for the local keystore are said once on stderr; the
+/// JMESPath backtick string literal and `--output yaml` work; inline blobs
+/// are raw text with `--cli-binary-format raw-in-base64-out`.
+#[test]
+fn aws_cli_global_options_and_legacy_literals() {
+    let ks = Ks::new();
+    let id = ks.create_key();
+    ks.ok(&[
+        "kms",
+        "create-alias",
+        "--alias-name",
+        "alias/app",
+        "--target-key-id",
+        &id,
+    ]);
+    let query = "Aliases[?AliasName==`alias/app`].TargetKeyId";
+    let o = ks.run(&[
+        "kms",
+        "list-aliases",
+        "--region",
+        "eu-west-1",
+        "--profile",
+        "prod",
+        "--no-cli-pager",
+        "--query",
+        query,
+        "--output",
+        "text",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), id);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("ignored").count(), 1, "{err}");
+    assert!(err.contains("--region and --profile"), "{err}");
+    // --no-cli-pager alone asks for what kmsfs does anyway: nothing said.
+    let o = ks.run(&["kms", "list-aliases", "--no-cli-pager"]);
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "{}",
+        describe(&o)
+    );
+    // The literal as JSON and as a raw string give the same.
+    for q in [
+        "Aliases[?AliasName==`\"alias/app\"`].TargetKeyId",
+        "Aliases[?AliasName=='alias/app'].TargetKeyId",
+        "Aliases[?AliasName==` alias/app`].TargetKeyId",
+    ] {
+        let out = ks.ok(&["kms", "list-aliases", "--query", q, "--output", "text"]);
+        assert_eq!(out.trim(), id, "{q}");
+    }
+    fails(
+        &ks.run(&[
+            "kms",
+            "list-aliases",
+            "--query",
+            "Aliases[?AliasName==`alias",
+        ]),
+        EXIT_USAGE,
+        "invalid --query",
+    );
+
+    // raw-in-base64-out: the inline text is the plaintext; without it, base64.
+    let blob = ks.ok(&[
+        "kms",
+        "encrypt",
+        "--key-id",
+        "alias/app",
+        "--plaintext",
+        "hello",
+        "--cli-binary-format",
+        "raw-in-base64-out",
+        "--query",
+        "CiphertextBlob",
+        "--output",
+        "text",
+    ]);
+    let raw = ks.file("blob.bin");
+    std::fs::write(&raw, b64(blob.trim())).unwrap();
+    let plain = ks.ok(&[
+        "kms",
+        "decrypt",
+        "--ciphertext-blob",
+        &format!("fileb://{}", raw.display()),
+        "--query",
+        "Plaintext",
+        "--output",
+        "text",
+    ]);
+    assert_eq!(b64(plain.trim()), b"hello");
+    fails(
+        &ks.run(&[
+            "kms",
+            "encrypt",
+            "--key-id",
+            "alias/app",
+            "--plaintext",
+            "hello!",
+        ]),
+        EXIT_USAGE,
+        "not valid base64",
+    );
+
+    // YAML: block style, key: value, lists under their key.
+    let y = ks.ok(&["kms", "describe-key", "--key-id", &id, "--output", "yaml"]);
+    assert!(y.starts_with("KeyMetadata:\n  Arn: arn:"), "{y}");
+    assert!(
+        y.contains("\n  EncryptionAlgorithms:\n  - SYMMETRIC_DEFAULT\n"),
+        "{y}"
+    );
+    // A string YAML would read as something else (a leading digit) is quoted.
+    let plain = format!("\n  KeyId: {id}\n");
+    let quoted = format!("\n  KeyId: \"{id}\"\n");
+    assert!(y.contains(&plain) || y.contains(&quoted), "{y}");
+    assert!(y.contains("\n  CreationDate: \"20"), "{y}");
+    assert!(y.contains("\n  Enabled: true\n"), "{y}");
+    // Other commands print JSON for yaml, which YAML readers read.
+    let s = ks.ok(&["kms", "list-keys", "--output", "yaml", "--query", "Keys[0]"]);
+    assert!(s.starts_with("KeyArn: arn:"), "{s}");
+}
+
+/// Set beside the real aws CLI (the venv's): the same command lines, with
+/// --region, --profile and a backtick literal, print the same; blobs pass
+/// between the two; kmsfs's YAML reads back (PyYAML) as its JSON.
+#[test]
+fn the_aws_cli_and_kmsfs_kms_agree() {
+    let test = "the_aws_cli_and_kmsfs_kms_agree";
+    let Some(venv) = venv(test) else { return };
+    let ks = Ks::new();
+    let id = ks.create_key();
+    ks.ok(&[
+        "kms",
+        "create-alias",
+        "--alias-name",
+        "alias/app",
+        "--target-key-id",
+        &id,
+    ]);
+    let (ak, sk) = access_key(&ks, 0);
+    let server = Server::start(&ks, "127.0.0.1:0", &[]);
+    let ep = server.endpoint();
+    // Credentials only in the profile "app": --profile must be honoured.
+    let config = ks.file("aws-config");
+    std::fs::write(&config, "[profile app]\nregion = eu-west-1\n").unwrap();
+    let creds = ks.file("aws-credentials");
+    std::fs::write(
+        &creds,
+        format!("[app]\naws_access_key_id = {ak}\naws_secret_access_key = {sk}\n"),
+    )
+    .unwrap();
+    let aws_env = |c: &mut std::process::Command| {
+        c.env("AWS_CONFIG_FILE", &config)
+            .env("AWS_SHARED_CREDENTIALS_FILE", &creds)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION");
+    };
+    let aws = |args: &[&str]| {
+        let mut c = command(venv.join("bin/aws"));
+        aws_env(&mut c);
+        let o = c
+            .args(args)
+            .args(["--endpoint-url", &ep])
+            .output()
+            .expect("run aws");
+        assert!(o.status.success(), "aws {args:?}: {}", describe(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let query = "Aliases[?AliasName==`alias/app`].TargetKeyId";
+    let common = [
+        "kms",
+        "list-aliases",
+        "--region",
+        "eu-west-1",
+        "--profile",
+        "app",
+        "--query",
+        query,
+        "--output",
+        "text",
+    ];
+    let theirs = aws(&common);
+    assert_eq!(theirs.trim(), id);
+    assert_eq!(ks.ok(&common), theirs);
+
+    // AWS CLI v1 takes inline blobs as raw text: kmsfs does with
+    // --cli-binary-format raw-in-base64-out (v2's switch for the same).
+    let blob = aws(&[
+        "kms",
+        "encrypt",
+        "--profile",
+        "app",
+        "--key-id",
+        "alias/app",
+        "--plaintext",
+        "from aws",
+        "--query",
+        "CiphertextBlob",
+        "--output",
+        "text",
+    ]);
+    let raw = ks.file("aws.bin");
+    std::fs::write(&raw, b64(blob.trim())).unwrap();
+    let plain = ks.ok(&[
+        "kms",
+        "decrypt",
+        "--ciphertext-blob",
+        &format!("fileb://{}", raw.display()),
+        "--query",
+        "Plaintext",
+        "--output",
+        "text",
+    ]);
+    assert_eq!(b64(plain.trim()), b"from aws");
+    let ours = ks.ok(&[
+        "kms",
+        "encrypt",
+        "--key-id",
+        "alias/app",
+        "--plaintext",
+        "from kmsfs",
+        "--cli-binary-format",
+        "raw-in-base64-out",
+        "--no-cli-pager",
+        "--query",
+        "CiphertextBlob",
+        "--output",
+        "text",
+    ]);
+    let raw = ks.file("kmsfs.bin");
+    std::fs::write(&raw, b64(ours.trim())).unwrap();
+    let plain = aws(&[
+        "kms",
+        "decrypt",
+        "--profile",
+        "app",
+        "--ciphertext-blob",
+        &format!("fileb://{}", raw.display()),
+        "--query",
+        "Plaintext",
+        "--output",
+        "text",
+    ]);
+    assert_eq!(b64(plain.trim()), b"from kmsfs");
+
+    // kmsfs against the endpoint: region and credentials from --profile.
+    let mut c = kmsfs();
+    aws_env(&mut c);
+    let o = c
+        .args(["kms", "describe-key", "--key-id", &id, "--profile", "app"])
+        .args(["--endpoint-url", &ep, "--output", "json"])
+        .env("KMSFS_KEYSTORE", "/nonexistent")
+        .output()
+        .expect("run kmsfs");
+    assert!(o.status.success(), "{}", describe(&o));
+    assert!(o.stderr.is_empty(), "{}", describe(&o));
+    let mut c = kmsfs();
+    aws_env(&mut c);
+    let o = c
+        .args([
+            "kms",
+            "describe-key",
+            "--key-id",
+            &id,
+            "--profile",
+            "nobody",
+        ])
+        .args(["--endpoint-url", &ep])
+        .env("KMSFS_KEYSTORE", "/nonexistent")
+        .output()
+        .expect("run kmsfs");
+    assert!(!o.status.success(), "a missing profile worked");
+
+    // YAML reads back as the JSON (the venv's PyYAML).
+    for args in [
+        &["kms", "describe-key", "--key-id", &id][..],
+        &["kms", "list-aliases"][..],
+        &["kms", "list-keys", "--query", "Keys[0]"][..],
+    ] {
+        let yaml = ks.file("out.yaml");
+        let y = ks.ok(&[args, &["--output", "yaml"][..]].concat());
+        std::fs::write(&yaml, &y).unwrap();
+        let o = command(venv.join("bin/python"))
+            .args([
+                "-c",
+                "import json,sys,yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+            ])
+            .arg(&yaml)
+            .output()
+            .expect("run python");
+        assert!(o.status.success(), "{}", describe(&o));
+        let from_yaml: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(from_yaml, ks.json(args), "{y}");
+    }
 }

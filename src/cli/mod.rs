@@ -80,14 +80,18 @@ pub enum OutputFormat {
     Json,
 }
 
-/// `--output`: text, json, or table (the AWS CLI's boxes, for the key
-/// commands; elsewhere text). Table is not an `OutputFormat`: commands that
-/// print text print it, and `output` draws the boxes.
+/// `--output`: text, json, table (the AWS CLI's boxes, for the key
+/// commands; elsewhere text) or yaml (AWS CLI v2's YAML for the key
+/// commands; elsewhere JSON, which YAML readers read too). Table and yaml
+/// are not `OutputFormat`s: commands print text or JSON, and `output` draws
+/// the boxes or writes the YAML.
 fn output_parser() -> impl clap::builder::TypedValueParser<Value = OutputFormat> {
     use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new(["text", "json", "table"]).map(|s| match s.as_str() {
-        "json" => OutputFormat::Json,
-        _ => OutputFormat::Text,
+    clap::builder::PossibleValuesParser::new(["text", "json", "table", "yaml"]).map(|s| {
+        match s.as_str() {
+            "json" | "yaml" => OutputFormat::Json,
+            _ => OutputFormat::Text,
+        }
     })
 }
 
@@ -106,6 +110,9 @@ pub enum Command {
         /// and region come from the usual AWS environment and profiles.
         #[arg(long, value_name = "URL", global = true)]
         endpoint_url: Option<String>,
+        /// The aws CLI's global options (--region, --profile, ...).
+        #[command(flatten)]
+        aws: kms::AwsCliArgs,
         /// The key operation.
         #[command(subcommand)]
         command: server::KmsTop,
@@ -203,7 +210,7 @@ pub fn main() -> i32 {
     // shape (key commands); left at its default, kmsfs's readable layouts.
     output::set_aws_text(
         matches.value_source("output") == Some(clap::parser::ValueSource::CommandLine),
-        global_raw(&matches, "output").as_deref() == Some("table"),
+        global_raw(&matches, "output").as_deref(),
     );
     let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
         Ok(c) => c,
@@ -415,6 +422,27 @@ fn init_logging(mount: bool) {
         .init();
 }
 
+/// Says once, on stderr, which aws CLI options have no meaning for the
+/// local keystore (a script keeps working; its reader knows why they did
+/// nothing).
+fn note_ignored(aws: &kms::AwsCliArgs) {
+    let ignored: Vec<&str> = [
+        ("--region", aws.region.is_some()),
+        ("--profile", aws.profile.is_some()),
+    ]
+    .iter()
+    .filter(|(_, given)| *given)
+    .map(|(name, _)| *name)
+    .collect();
+    if !ignored.is_empty() {
+        eprintln!(
+            "kmsfs: {} ignored: the local keystore has no region or profile (they apply with \
+             --endpoint-url)",
+            ignored.join(" and ")
+        );
+    }
+}
+
 fn run(cli: Cli) -> Result<(), CliError> {
     let g = &cli.globals;
     output::set_render(g.output, g.query.clone())?;
@@ -424,11 +452,18 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Kms {
             command,
             endpoint_url,
-        } => match (command, endpoint_url) {
-            (server::KmsTop::Serve(a), _) => server::serve(g, a),
-            (server::KmsTop::Key(c), Some(url)) => remote::run(g, &url, c),
-            (server::KmsTop::Key(c), None) => kms::run(g, c),
-        },
+            aws,
+        } => {
+            kms::set_binary_format(aws.cli_binary_format);
+            if endpoint_url.is_none() {
+                note_ignored(&aws);
+            }
+            match (command, endpoint_url) {
+                (server::KmsTop::Serve(a), _) => server::serve(g, a),
+                (server::KmsTop::Key(c), Some(url)) => remote::run(g, &url, &aws, c),
+                (server::KmsTop::Key(c), None) => kms::run(g, c),
+            }
+        }
         Command::AccessKey { command } => access_key::run(g, command),
         Command::Mount(a) => fs::mount(g, a),
         Command::Unmount(a) => fs::unmount(g, a),

@@ -58,10 +58,15 @@ static AWS_TEXT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 /// `--output table` was given: key commands draw boxes.
 static TABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Records whether `--output` was given explicitly, and whether as `table`.
-pub(crate) fn set_aws_text(explicit: bool, table: bool) {
+/// `--output yaml` was given: results printed through `print_json` are YAML.
+static YAML: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Records whether `--output` was given explicitly, and its value as given
+/// (table and yaml are drawn here, from the JSON result).
+pub(crate) fn set_aws_text(explicit: bool, given: Option<&str>) {
     AWS_TEXT.store(explicit, std::sync::atomic::Ordering::Relaxed);
-    TABLE.store(table, std::sync::atomic::Ordering::Relaxed);
+    TABLE.store(given == Some("table"), std::sync::atomic::Ordering::Relaxed);
+    YAML.store(given == Some("yaml"), std::sync::atomic::Ordering::Relaxed);
 }
 
 /// True when key commands print the AWS CLI's text shape.
@@ -73,7 +78,7 @@ pub(crate) fn aws_text_requested() -> bool {
 /// compile is a usage error before anything runs.
 pub(crate) fn set_render(format: OutputFormat, query: Option<String>) -> Result<(), CliError> {
     if let Some(q) = &query {
-        jmespath::compile(q)
+        jmespath::compile(&aws_jmespath(q))
             .map_err(|e| CliError::new(ErrorClass::Usage, format!("invalid --query {q:?}: {e}")))?;
     }
     let _ = RENDER.set(Render { format, query });
@@ -82,7 +87,7 @@ pub(crate) fn set_render(format: OutputFormat, query: Option<String>) -> Result<
 
 /// Applies `--query` to `v`.
 fn query(v: Value, q: &str) -> Value {
-    let Ok(expr) = jmespath::compile(q) else {
+    let Ok(expr) = jmespath::compile(&aws_jmespath(q)) else {
         return Value::Null;
     };
     match expr.search(v) {
@@ -92,6 +97,151 @@ fn query(v: Value, q: &str) -> Value {
             Value::Null
         }
     }
+}
+
+/// A `--query` as the aws CLI reads it: a backtick literal that is not JSON
+/// (`` `alias/app` ``) is the string it spells, as jmespath.py takes it
+/// (deprecated there, common in scripts), so it is rewritten to the JSON
+/// string literal. Raw strings and quoted identifiers are copied as they are;
+/// a literal that is neither stays, for the parser to report.
+fn aws_jmespath(q: &str) -> String {
+    let mut out = String::with_capacity(q.len() + 8);
+    let mut chars = q.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' => {
+                out.push(c);
+                while let Some(d) = chars.next() {
+                    out.push(d);
+                    if d == '\\' {
+                        if let Some(e) = chars.next() {
+                            out.push(e);
+                        }
+                    } else if d == c {
+                        break;
+                    }
+                }
+            }
+            '`' => {
+                let mut lit = String::new();
+                let mut closed = false;
+                while let Some(d) = chars.next() {
+                    if d == '\\' && chars.peek() == Some(&'`') {
+                        chars.next();
+                        lit.push('`');
+                    } else if d == '`' {
+                        closed = true;
+                        break;
+                    } else {
+                        lit.push(d);
+                    }
+                }
+                if !closed {
+                    // Unterminated: the parser says so about the original.
+                    return q.to_string();
+                }
+                let json = if serde_json::from_str::<Value>(&lit).is_ok() {
+                    lit
+                } else {
+                    match serde_json::from_str::<String>(&format!("\"{}\"", lit.trim_start())) {
+                        Ok(s) => Value::String(s).to_string(),
+                        Err(_) => lit,
+                    }
+                };
+                out.push('`');
+                out.push_str(&json.replace('`', "\\`"));
+                out.push('`');
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// YAML as AWS CLI v2 prints it: block style, two spaces per level, a
+/// list's items at their key's indentation; strings plain when YAML reads
+/// them back as the same string, else double-quoted (JSON escapes are YAML's).
+pub(crate) fn aws_yaml(v: &Value) -> String {
+    fn plain(s: &str) -> bool {
+        let Some(first) = s.chars().next() else {
+            return false;
+        };
+        let words = [
+            "y", "n", "yes", "no", "true", "false", "on", "off", "null", "~",
+        ];
+        (first.is_ascii_alphabetic() || first == '/' || first == '_')
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_./:@+=-".contains(c))
+            && !s.ends_with(':')
+            && !words.contains(&s.to_ascii_lowercase().as_str())
+    }
+    fn scalar(v: &Value) -> String {
+        match v {
+            Value::String(s) if plain(s) => s.clone(),
+            Value::Array(_) => "[]".into(),
+            Value::Object(_) => "{}".into(),
+            other => other.to_string(),
+        }
+    }
+    fn nonempty(v: &Value) -> bool {
+        match v {
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(o) => !o.is_empty(),
+            _ => false,
+        }
+    }
+    /// The lines of a non-empty list or object at `indent`.
+    fn block(v: &Value, indent: usize, out: &mut String) {
+        let pad = " ".repeat(indent);
+        match v {
+            Value::Object(o) => {
+                for (k, x) in o {
+                    out.push_str(&pad);
+                    out.push_str(&scalar(&Value::String(k.clone())));
+                    out.push(':');
+                    match x {
+                        Value::Object(_) if nonempty(x) => {
+                            out.push('\n');
+                            block(x, indent + 2, out);
+                        }
+                        Value::Array(_) if nonempty(x) => {
+                            out.push('\n');
+                            block(x, indent, out);
+                        }
+                        _ => {
+                            out.push(' ');
+                            out.push_str(&scalar(x));
+                            out.push('\n');
+                        }
+                    }
+                }
+            }
+            Value::Array(a) => {
+                for x in a {
+                    out.push_str(&pad);
+                    out.push_str("- ");
+                    if nonempty(x) {
+                        // The item's first line goes after the dash.
+                        let mut item = String::new();
+                        block(x, indent + 2, &mut item);
+                        out.push_str(&item[indent + 2..]);
+                    } else {
+                        out.push_str(&scalar(x));
+                        out.push('\n');
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = String::new();
+    if nonempty(v) {
+        block(v, 0, &mut out);
+    } else {
+        out.push_str(&scalar(v));
+        out.push('\n');
+    }
+    out
 }
 
 /// The AWS CLI's text output: scalars of an object on one line, tab
@@ -263,6 +413,9 @@ pub(crate) fn print_json(v: &Value) {
         v = query(v, q);
     }
     match format {
+        OutputFormat::Json if YAML.load(std::sync::atomic::Ordering::Relaxed) => {
+            print!("{}", aws_yaml(&v))
+        }
         // serde_json cannot fail on a Value.
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
         OutputFormat::Text if TABLE.load(std::sync::atomic::Ordering::Relaxed) => {
@@ -278,6 +431,7 @@ pub(crate) fn print_json_secret(fields: &[(&str, &str)]) {
     if RENDER
         .get()
         .is_some_and(|r| r.format != OutputFormat::Json || r.query.is_some())
+        || YAML.load(std::sync::atomic::Ordering::Relaxed)
     {
         // Rendered through a Value: the copies it makes are not zeroized.
         let v = Value::Object(
@@ -333,5 +487,39 @@ pub(crate) fn print_metadata(m: &KeyMetadata, aliases: &[String]) {
     println!("KeyMaterialVersion: {}", m.current_key_material_version);
     if !aliases.is_empty() {
         println!("Aliases:            {}", aliases.join(", "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backtick_strings_become_json_literals_and_the_rest_is_kept() {
+        assert_eq!(aws_jmespath("a[?b==`x/y`]"), "a[?b==`\"x/y\"`]");
+        assert_eq!(aws_jmespath("a[?b==`  x`]"), "a[?b==`\"x\"`]");
+        assert_eq!(aws_jmespath("a[?b==`1`]"), "a[?b==`1`]");
+        assert_eq!(aws_jmespath("a[?b==`\"q\"`]"), "a[?b==`\"q\"`]");
+        // Inside raw strings and quoted identifiers a backtick is text.
+        assert_eq!(aws_jmespath("a[?b=='`x`']"), "a[?b=='`x`']");
+        assert_eq!(aws_jmespath("\"`k\\\"`\""), "\"`k\\\"`\"");
+        // An escaped backtick stays one; unterminated stays as given.
+        assert_eq!(aws_jmespath("a[?b==`x\\`y`]"), "a[?b==`\"x\\`y\"`]");
+        assert_eq!(aws_jmespath("a[?b==`x"), "a[?b==`x");
+    }
+
+    #[test]
+    fn yaml_quotes_what_would_read_as_another_type() {
+        let v = serde_json::json!({
+            "A": ["x", "1abc", "yes", "", "a b", "arn:k/1="],
+            "B": {"C": 1, "D": null, "E": [], "F": {}},
+            "G": [{"H": true, "I": [[1]]}],
+        });
+        assert_eq!(
+            aws_yaml(&v),
+            "A:\n- x\n- \"1abc\"\n- \"yes\"\n- \"\"\n- \"a b\"\n- arn:k/1=\nB:\n  C: 1\n  \
+             D: null\n  E: []\n  F: {}\nG:\n- H: true\n  I:\n  - - 1\n"
+        );
+        assert_eq!(aws_yaml(&serde_json::json!("k")), "k\n");
     }
 }

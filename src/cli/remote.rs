@@ -11,7 +11,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::kms::{KeySpecArg, KmsCommand, context, read_blob};
+use super::kms::{AwsCliArgs, KeySpecArg, KmsCommand, context, read_blob};
 use super::output::{metadata_json, print_json, print_json_secret, print_metadata};
 use super::{CliError, ErrorClass, GlobalArgs, OutputFormat, current_caller};
 use crate::daemon::BackingMarker;
@@ -23,9 +23,11 @@ use crate::kms::{DataKeySpec, KeyService, KeyState};
 /// (its keys live there, not in a local keystore).
 pub const REMOTE_MARKER_ID: &str = "remote-kms";
 
-fn connect(url: &str, cache: Duration) -> Result<RemoteKms, CliError> {
+fn connect(url: &str, cache: Duration, aws: &AwsCliArgs) -> Result<RemoteKms, CliError> {
     RemoteKms::connect(RemoteOptions {
         endpoint_url: Some(url.to_string()),
+        region: aws.region.clone(),
+        profile: aws.profile.clone(),
         cache_lifetime: cache,
         ..RemoteOptions::default()
     })
@@ -38,8 +40,8 @@ fn connect(url: &str, cache: Duration) -> Result<RemoteKms, CliError> {
 }
 
 /// `kmsfs kms SUBCOMMAND --endpoint-url URL`.
-pub fn run(g: &GlobalArgs, url: &str, c: KmsCommand) -> Result<(), CliError> {
-    let ks = connect(url, Duration::ZERO)?;
+pub fn run(g: &GlobalArgs, url: &str, aws: &AwsCliArgs, c: KmsCommand) -> Result<(), CliError> {
+    let ks = connect(url, Duration::ZERO, aws)?;
     let caller = current_caller();
     let json = g.output == OutputFormat::Json;
     match c {
@@ -142,7 +144,7 @@ pub(super) fn mount_service(
             CliError::new(ErrorClass::Usage, "--kms-endpoint needs --key-id K")
                 .hint("give the key id, ARN or alias/NAME of the CMK in the remote KMS")
         })?;
-    let ks = connect(url, cache)?;
+    let ks = connect(url, cache, &AwsCliArgs::default())?;
     let meta = ks.describe_key(&current_caller(), &key)?;
     if meta.key_state != KeyState::Enabled {
         return Err(CliError::new(

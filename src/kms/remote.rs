@@ -42,6 +42,9 @@ pub struct RemoteOptions {
     /// The region; None: the SDK's chain (AWS_REGION, profile, IMDS), else
     /// us-east-1 when an endpoint is given.
     pub region: Option<String>,
+    /// The profile of the shared config and credentials files; None: the
+    /// SDK's (AWS_PROFILE, else default).
+    pub profile: Option<String>,
     /// Attempts per call, the first included (retries back off with jitter).
     pub max_attempts: u32,
     /// Time allowed for one attempt.
@@ -58,6 +61,7 @@ impl Default for RemoteOptions {
         Self {
             endpoint_url: None,
             region: None,
+            profile: None,
             max_attempts: 3,
             attempt_timeout: Duration::from_secs(5),
             operation_timeout: Duration::from_secs(12),
@@ -155,6 +159,9 @@ impl RemoteKms {
                         .operation_timeout(o.operation_timeout)
                         .build(),
                 );
+            if let Some(p) = &o.profile {
+                l = l.profile_name(p);
+            }
             l = match (&o.region, &o.endpoint_url) {
                 (Some(r), _) => l.region(aws_config::Region::new(r.clone())),
                 (None, Some(_)) => l.region(
@@ -486,6 +493,7 @@ mod tests {
         let k = RemoteKms::connect(RemoteOptions {
             endpoint_url: Some("http://127.0.0.1:9".into()),
             region: Some("us-east-1".into()),
+            profile: None,
             max_attempts: 2,
             attempt_timeout: Duration::from_secs(2),
             operation_timeout: Duration::from_secs(5),

@@ -389,3 +389,35 @@ pub struct ReEncryptArgs {
     #[arg(long, num_args = 1.., value_name = "TOKEN")]
     pub grant_tokens: Vec<String>,
 }
+
+/// The aws CLI's global options that scripts for `aws kms` carry, accepted
+/// after `kmsfs kms` as the aws CLI accepts them.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AwsCliArgs {
+    /// The AWS region (with --endpoint-url; the local keystore has none and
+    /// ignores it).
+    #[arg(long, value_name = "REGION", global = true)]
+    pub region: Option<String>,
+    /// The AWS profile for credentials and region (with --endpoint-url; the
+    /// local keystore ignores it).
+    #[arg(long, value_name = "NAME", global = true)]
+    pub profile: Option<String>,
+    /// How binary arguments given inline or as file:// are read: base64
+    /// (the default, as AWS CLI v2) or raw-in-base64-out (the text's own
+    /// bytes, as AWS CLI v1). fileb:// is always the file's bytes.
+    #[arg(long, value_enum, value_name = "FORMAT", global = true)]
+    pub cli_binary_format: Option<BinaryFormat>,
+    /// Accepted for aws CLI scripts: kmsfs never pages its output.
+    #[arg(long, global = true)]
+    pub no_cli_pager: bool,
+}
+
+/// `--cli-binary-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BinaryFormat {
+    /// Inline and file:// blobs are base64.
+    Base64,
+    /// Inline and file:// blobs are their own bytes.
+    #[value(name = "raw-in-base64-out")]
+    RawInBase64Out,
+}

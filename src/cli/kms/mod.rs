@@ -130,8 +130,22 @@ fn command_name(c: &KmsCommand) -> &'static str {
     }
 }
 
+/// `--cli-binary-format raw-in-base64-out` was given: inline and file://
+/// blobs are their own bytes.
+static RAW_BLOBS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets how `read_blob` reads inline and file:// blobs (once per command).
+pub(crate) fn set_binary_format(f: Option<BinaryFormat>) {
+    RAW_BLOBS.store(
+        f == Some(BinaryFormat::RawInBase64Out),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
 /// Reads a binary argument: `fileb://PATH` is the file's bytes, `file://PATH`
-/// is a file holding base64, anything else is base64 itself (as AWS CLI v2).
+/// is a file holding base64, anything else is base64 itself (as AWS CLI v2);
+/// with `--cli-binary-format raw-in-base64-out` the text of the last two is
+/// taken as it is (as AWS CLI v1).
 pub(super) fn read_blob(arg: &str, what: &str) -> Result<Zeroizing<Vec<u8>>, CliError> {
     if let Some(p) = arg.strip_prefix("fileb://") {
         return std::fs::read(p)
@@ -145,6 +159,9 @@ pub(super) fn read_blob(arg: &str, what: &str) -> Result<Zeroizing<Vec<u8>>, Cli
         ),
         None => Zeroizing::new(arg.to_string()),
     };
+    if RAW_BLOBS.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(Zeroizing::new(text.as_bytes().to_vec()));
+    }
     let cleaned: Zeroizing<String> =
         Zeroizing::new(text.chars().filter(|c| !c.is_ascii_whitespace()).collect());
     B64.decode(cleaned.as_bytes())
