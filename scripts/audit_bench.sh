@@ -12,12 +12,13 @@
 # Environment: BENCH_ROUNDS (3); BENCH_TREE (the directories the tree is made of).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/cargo_env.sh
 ROUNDS=${BENCH_ROUNDS:-3}
 if [[ ! -c /dev/fuse || $(id -u) -ne 0 ]]; then
   echo "audit_bench: needs root and /dev/fuse" >&2; exit 1
 fi
-cargo build --release --quiet --bins
-kmsfs=$PWD/target/release/kmsfs
+build --release --bins
+kmsfs=$target/release/kmsfs
 
 work=$(mktemp -d /var/tmp/kmsfs-audit-bench.XXXXXX)
 mounted=()

@@ -20,18 +20,19 @@
 # opcode, from the daemon's own counters (xattr trusted.kmsfs.requests on the root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/cargo_env.sh
 what=${1:-all}
 MB=${BENCH_MB:-256}
 ROUNDS=${BENCH_ROUNDS:-3}
 RSECS=${BENCH_RAND_SECS:-5}
 RESULTS=${BENCH_RESULTS:-$PWD/results/bench}
 
-cargo build --release --quiet --examples --bins
-kmsfs=$PWD/target/release/kmsfs
+build --release --examples --bins
+kmsfs=$target/release/kmsfs
 
 if [[ $what == all || $what == kms ]]; then
   echo "== key service, in process, one thread"
-  ./target/release/examples/kms_bench
+  "$target/release/examples/kms_bench"
 fi
 [[ $what == all || $what == fs ]] || exit 0
 

@@ -13,8 +13,9 @@
 # KMSFS_OPTS: -o options for the mount (e.g. sharedstorage).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-kmsfs=${1:-$PWD/target/debug/kmsfs}
-[[ -x $kmsfs ]] || cargo build --quiet --bin kmsfs
+. scripts/cargo_env.sh
+kmsfs=${1:-$target/debug/kmsfs}
+[[ -x $kmsfs ]] || build --bin kmsfs
 if [[ ! -c /dev/fuse || $(id -u) -ne 0 ]]; then
   echo "bench_requests: needs root and /dev/fuse" >&2; exit 1
 fi

@@ -5,6 +5,7 @@
 # refusal, enable it again, unmount. Needs root and /dev/fuse (as any FUSE mount here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/cargo_env.sh
 
 if [[ ! -c /dev/fuse ]]; then
   echo "demo: /dev/fuse is absent; kmsfs needs FUSE to mount" >&2
@@ -15,13 +16,12 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 
-kmsfs=$PWD/target/release/kmsfs
+kmsfs=$target/release/kmsfs
 # Build only when a source is newer than the binary.
 if [[ -x $kmsfs && -z $(find src Cargo.toml Cargo.lock -newer "$kmsfs" -print -quit) ]]; then
   echo "== kmsfs (release) is current: not building"
 else
-  echo "== building kmsfs (release)"
-  cargo build --release --quiet
+  build --release
 fi
 
 work=$(mktemp -d /tmp/kmsfs-demo.XXXXXX)

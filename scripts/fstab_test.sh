@@ -6,31 +6,38 @@
 # (keystore=, log_file=). Then writes, remounts read-only and read-write with
 # `mount -o remount`, unmounts with umount(8), mounts again and reads back.
 # Needs root and /dev/fuse. KMSFS names the binary (default: target/debug/kmsfs).
-# The helper is installed in /sbin if missing and removed again afterwards.
+# mount(8) runs that binary, whatever helper the system has: the script runs in a
+# private mount namespace where /sbin is an overlay whose only change is
+# mount.fuse.kmsfs pointing at it (the system's /sbin is not touched).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/cargo_env.sh
 
-kmsfs=${KMSFS:-$PWD/target/debug/kmsfs}
+kmsfs=$(realpath "${KMSFS:-$target/debug/kmsfs}")
 if [[ $(id -u) -ne 0 || ! -c /dev/fuse ]]; then
   echo "fstab_test: needs root and /dev/fuse" >&2
   exit 2
 fi
 [[ -x $kmsfs ]] || { echo "fstab_test: no binary at $kmsfs" >&2; exit 2; }
+if [[ -z ${KMSFS_FSTAB_NS:-} ]]; then
+  KMSFS_FSTAB_NS=1 KMSFS=$kmsfs exec unshare --mount --propagation private bash "$0" "$@"
+fi
 
 work=$(mktemp -d /tmp/kmsfs-fstab.XXXXXX)
-helper=/sbin/mount.fuse.kmsfs
-installed=no
+sbin=$(realpath /sbin)
+overlay=no
 cleanup() {
   if mountpoint -q "$work/mnt" 2>/dev/null; then umount "$work/mnt" || umount -l "$work/mnt" || true; fi
-  if [[ $installed == yes ]]; then rm -f "$helper"; fi
+  if [[ $overlay == yes ]]; then umount "$sbin" || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-if [[ ! -e $helper ]]; then
-  "$kmsfs" install-helper --dir /sbin
-  installed=yes
-fi
+mkdir -p "$work/helper"
+ln -s "$kmsfs" "$work/helper/mount.fuse.kmsfs"
+mount -t overlay kmsfs-test-helper -o "lowerdir=$work/helper:$sbin" "$sbin"
+overlay=yes
+[[ $(readlink /sbin/mount.fuse.kmsfs) == "$kmsfs" ]]
 
 mkdir -p "$work/backing" "$work/mnt"
 "$kmsfs" --keystore "$work/keystore" init >/dev/null

@@ -10,9 +10,10 @@
 # depend on the build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/cargo_env.sh
 FILES=${FILES:-10000}
-kmsfs=${KMSFS_BIN:-$PWD/target/debug/kmsfs}
-[[ -x $kmsfs ]] || cargo build --quiet
+kmsfs=${KMSFS_BIN:-$target/debug/kmsfs}
+[[ -x $kmsfs ]] || build
 if [[ ! -c /dev/fuse || $(id -u) -ne 0 ]]; then
   echo "kms_calls: needs root and /dev/fuse" >&2; exit 1
 fi

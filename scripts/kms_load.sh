@@ -11,15 +11,15 @@
 # skip the release build), CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/cargo_env.sh
 SECS=${LOAD_SECS:-10}
 CLIENTS=${LOAD_CLIENTS:-16}
 PROFILE=${PROFILE:-release}
 if [[ $PROFILE == release ]]; then
-  cargo build --release --quiet --bins --example kms_load
+  build --release --bins --example kms_load
 else
-  cargo build --quiet --bins --example kms_load
+  build --bins --example kms_load
 fi
-target=${CARGO_TARGET_DIR:-$PWD/target}
 kmsfs=$target/$PROFILE/kmsfs
 load=$target/$PROFILE/examples/kms_load
 work=$(mktemp -d /tmp/kmsfs-load.XXXXXX)

@@ -13,6 +13,7 @@
 # Run as root. Prints the figures and a one-line verdict; exits 1 on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/cargo_env.sh
 
 seconds=${PG_SECONDS:-60}
 scale=${PG_SCALE:-10}
@@ -35,8 +36,8 @@ for tool in fusermount3 runuser; do
 done
 
 echo "building kmsfs (release)"
-cargo build --release --locked --quiet
-kmsfs=$PWD/target/release/kmsfs
+build --release --locked
+kmsfs=$target/release/kmsfs
 
 work=$(mktemp -d /tmp/kmsfs-postgres.XXXXXX)
 chmod 755 "$work"

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Runs the README's ```sh blocks in order, as a new user pastes them, in one shell with
-# `set -e`: any line that fails fails the check. The only changes: lines that build or
-# run the project's scripts (`cargo build ...`, `scripts/...`) are skipped and the
-# binary under test is put on PATH instead ($KMSFS_BIN, else $CARGO_TARGET_DIR or
-# ./target, debug); HOME is a fresh directory, so `~` and every default location
+# `set -e`: any line that fails fails the check. The only changes: lines that build,
+# install or run the project's scripts (`cargo build ...`, `cargo install ...`,
+# `scripts/...`) are skipped and the binary under test is put on PATH instead
+# ($KMSFS_BIN, else cargo's target directory, debug); HOME is a fresh directory, so `~` and every default location
 # (keystore, logs) start empty. Needs root and /dev/fuse, as the README says.
 # Usage: scripts/readme_check.sh [README]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/cargo_env.sh
 readme=$(realpath "${1:-README.md}")
 
-bin=${KMSFS_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/debug/kmsfs}
+bin=${KMSFS_BIN:-$target/debug/kmsfs}
 if [[ ! -x $bin ]]; then
   echo "readme_check: no kmsfs binary at $bin (cargo build, or set KMSFS_BIN)" >&2
   exit 1
@@ -37,7 +38,7 @@ script=$work/readme.sh
     /^```sh[[:space:]]*$/ { inblock = 1; n++; printf "echo \"== README block %d\"\n", n; next }
     /^```/ && inblock { inblock = 0; next }
     inblock {
-      if ($0 ~ /^(cargo build|scripts\/)/) {
+      if ($0 ~ /^(cargo (build|install)|scripts\/)/) {
         line = $0; gsub(/\047/, "\047\\\047\047", line)
         printf "echo \047(skipped: %s)\047\n", line
         next

@@ -6,10 +6,11 @@
 # and export. Prints seconds, files/s and MiB/s (plaintext) for each.
 set -eu
 cd "$(dirname "$0")/.."
+. scripts/cargo_env.sh
 N=${N:-10000}
 SIZE=${SIZE:-16384}
-BIN=${BIN:-target/release/kmsfs}
-[ -x "$BIN" ] || cargo build --release --quiet
+BIN=${BIN:-$target/release/kmsfs}
+[ -x "$BIN" ] || build --release
 T=$(mktemp -d /var/tmp/kmsfs-tree-bench-XXXXXX)
 K="$BIN --keystore $T/ks"
 trap 'rm -rf "$T"' EXIT

@@ -40,6 +40,10 @@ pub struct InstallHelperArgs {
     /// Where mount(8) looks for helpers.
     #[arg(long, value_name = "DIR", default_value = "/sbin")]
     pub dir: PathBuf,
+    /// Replace a helper that points at another binary, and link a binary
+    /// that is a cargo build output (which `cargo clean` removes).
+    #[arg(long)]
+    pub force: bool,
 }
 
 fn kmsfs_mounts() -> Vec<MountInfo> {
@@ -210,27 +214,78 @@ pub fn remount(_g: &GlobalArgs, a: RemountArgs) -> Result<(), CliError> {
 pub fn install_helper(_g: &GlobalArgs, a: InstallHelperArgs) -> Result<(), CliError> {
     let exe = std::env::current_exe()?;
     let link = a.dir.join(HELPER_NAME);
+    if !a.force
+        && let Some(dir) = cargo_target_dir(&exe)
+    {
+        return Err(CliError::new(
+            ErrorClass::General,
+            format!(
+                "{} is a cargo build output (in {}): `cargo clean` would break every fstab \
+                 mount through the helper",
+                exe.display(),
+                dir.display()
+            ),
+        )
+        .hint(
+            "install kmsfs first (scripts/install.sh, or `cargo install --path .`) and run the \
+             installed `kmsfs install-helper`; --force links this build anyway",
+        ));
+    }
     match std::fs::symlink_metadata(&link) {
         Ok(m) if m.file_type().is_symlink() => {
-            if std::fs::read_link(&link)? == exe {
+            let to = std::fs::read_link(&link)?;
+            if to == exe {
                 println!("{} -> {} (already there)", link.display(), exe.display());
                 return Ok(());
             }
-            std::fs::remove_file(&link)?;
+            // A link whose binary is gone (a cleaned build) helps no one.
+            if !a.force && a.dir.join(&to).exists() {
+                return Err(CliError::new(
+                    ErrorClass::General,
+                    format!(
+                        "{} points at another kmsfs binary, {}",
+                        link.display(),
+                        to.display()
+                    ),
+                )
+                .hint(format!(
+                    "fstab mounts run that binary; `kmsfs install-helper --force` points the \
+                     helper at {} instead",
+                    exe.display()
+                )));
+            }
         }
-        Ok(_) => {
+        Ok(_) if !a.force => {
             return Err(CliError::new(
                 ErrorClass::General,
                 format!("{} exists and is not a link to kmsfs", link.display()),
             )
-            .hint("remove it first if it is an old helper"));
+            .hint("remove it first if it is an old helper, or give --force"));
         }
-        Err(_) => {}
+        Ok(_) | Err(_) => {}
     }
-    std::os::unix::fs::symlink(&exe, &link)
-        .map_err(|e| CliError::new(ErrorClass::Io, format!("{}: {e}", link.display())))?;
+    // Made beside, then renamed over: mount(8) never finds no helper.
+    let tmp = a.dir.join(format!(".{HELPER_NAME}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&exe, &tmp)
+        .and_then(|()| std::fs::rename(&tmp, &link))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            CliError::new(ErrorClass::Io, format!("{}: {e}", link.display()))
+        })?;
     println!("{} -> {}", link.display(), exe.display());
     Ok(())
+}
+
+/// The cargo target directory `exe` was built into, if it is a build output
+/// (target/debug/kmsfs, target/TRIPLE/release/kmsfs): cargo marks that
+/// directory with CACHEDIR.TAG and .rustc_info.json.
+fn cargo_target_dir(exe: &Path) -> Option<PathBuf> {
+    exe.ancestors()
+        .skip(1)
+        .take(3)
+        .find(|d| d.join("CACHEDIR.TAG").is_file() && d.join(".rustc_info.json").is_file())
+        .map(Path::to_path_buf)
 }
 
 /// True when this binary runs as the mount(8) helper.
