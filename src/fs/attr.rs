@@ -74,6 +74,9 @@ impl Kind {
 pub struct Attr {
     /// FUSE inode number.
     pub ino: u64,
+    /// FUSE generation (`node::generation`): with `ino`, what a file handle
+    /// of the mount holds.
+    pub generation: u64,
     /// Size: the plaintext size for a regular file.
     pub size: u64,
     /// 512-byte blocks allocated (scaled to the plaintext share for files).
@@ -127,6 +130,7 @@ pub(super) fn attr_of(ino: u64, m: &Metadata) -> Attr {
     };
     Attr {
         ino,
+        generation: super::node::generation(m),
         size,
         blocks,
         atime: time(m.atime(), m.atime_nsec()),

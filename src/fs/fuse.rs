@@ -27,8 +27,6 @@ use super::xattr::XattrValue;
 use crate::kms::Caller;
 use crate::os::node::Utime;
 
-const GENERATION: Generation = Generation(0);
-
 /// How files are opened: FOPEN_NOFLUSH, because a FLUSH has nothing to do
 /// here (every write already reached the backing file, and locks are the
 /// kernel's), so close(2) need not wait for a round trip to the daemon: one
@@ -168,7 +166,7 @@ impl KmsFs {
     }
 
     fn reply_entry(&self, reply: ReplyEntry, a: Attr) {
-        reply.entry(&self.ttl(), &file_attr(&a), GENERATION);
+        reply.entry(&self.ttl(), &file_attr(&a), Generation(a.generation));
     }
 
     fn reply_attr(&self, reply: ReplyAttr, a: Attr) {
@@ -204,6 +202,10 @@ impl Filesystem for KmsFs {
             // kernel then stops asking for security.capability before
             // every write.
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
+            // File handles (name_to_handle_at, an NFS export) that open
+            // after the kernel forgot the inode: it then asks for it with a
+            // LOOKUP of "." (and of ".." for a directory's parent).
+            InitFlags::FUSE_EXPORT_SUPPORT,
         ];
         for flag in wanted {
             if let Err(missing) = cfg.add_capabilities(flag) {
@@ -499,17 +501,20 @@ impl Filesystem for KmsFs {
             ))
         };
         serve(Op::Readdirplus, reply, body, |mut reply, (entries, dir)| {
-            let dir_attr = file_attr(&attr_of(ino.0, &dir.meta));
+            let dir_attr = attr_of(ino.0, &dir.meta);
+            let dir_gen = Generation(dir_attr.generation);
+            let dir_attr = file_attr(&dir_attr);
             let ttl = self.ttl();
             for e in entries {
                 let full = if e.is_dot() {
                     // "." and ".." take no lookup reference in the kernel.
-                    reply.add(ino, e.next, &e.name, &ttl, &dir_attr, GENERATION)
+                    reply.add(ino, e.next, &e.name, &ttl, &dir_attr, dir_gen)
                 } else {
                     // An entry gone since it was read is skipped (Err -> not full).
                     self.dir_entry_plus(&dir.file, &dir.rel, &e.name, |a| {
+                        let generation = Generation(a.generation);
                         let a = file_attr(a);
-                        reply.add(a.ino, e.next, &e.name, &ttl, &a, GENERATION)
+                        reply.add(a.ino, e.next, &e.name, &ttl, &a, generation)
                     })
                     .unwrap_or_default()
                 };
@@ -616,7 +621,13 @@ impl Filesystem for KmsFs {
         };
         serve(Op::Create, reply, body, |r, (attr, fh)| {
             let fh = FileHandle(fh);
-            r.created(&self.ttl(), &file_attr(&attr), GENERATION, fh, OPEN_FLAGS)
+            r.created(
+                &self.ttl(),
+                &file_attr(&attr),
+                Generation(attr.generation),
+                fh,
+                OPEN_FLAGS,
+            )
         });
     }
 

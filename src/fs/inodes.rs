@@ -5,13 +5,18 @@
 //! it was reached by, so unlinking one link leaves the others usable. Names are
 //! relative to the backing root; renames rewrite them (a directory rename
 //! rewrites every cached descendant). Nodes live while the kernel holds a
-//! lookup reference (`forget` drops them); the root lives forever. A node
-//! the kernel forgot keeps its number: the same backing file looked up again
-//! gets it back, so a file's inode number (st_ino) stays the same for as long
-//! as the mount runs, as programs expect (tar compares a directory's st_ino
+//! lookup reference; the root lives forever. A node the kernel forgot
+//! (`forget`) is kept, names and all, while it is among the `NAMED_MAX` most
+//! recently forgotten: the kernel can ask for it again by number alone (a
+//! LOOKUP of "." when a file handle from name_to_handle_at or an NFS client
+//! is opened after its inode left the kernel's cache), and it is reached
+//! again by its name, with every check of `KmsFs::open_checked`. Past that
+//! it keeps only its number: the same backing file looked up again gets it
+//! back, so a file's inode number (st_ino) stays the same for as long as
+//! the mount runs, as programs expect (tar compares a directory's st_ino
 //! before and after extracting into it; git keeps it in its index).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 
 /// The FUSE root inode number.
@@ -102,6 +107,8 @@ struct Node {
     lookups: u64,
     key: BackingKey,
     is_dir: bool,
+    /// When the kernel forgot it (an increasing count), 0 while it knows it.
+    forgotten: u64,
 }
 
 /// The table. Not thread-safe by itself: the filesystem keeps it in a mutex.
@@ -111,11 +118,22 @@ pub(super) struct InodeTable {
     by_key: HashMap<BackingKey, u64>,
     /// Every known name to its node: unlink and file renames cost O(1).
     by_path: HashMap<PathBuf, u64>,
-    /// The numbers of nodes the kernel forgot, by backing identity (at most
-    /// `RETIRED_MAX`; past that they start afresh).
+    /// Forgotten nodes, oldest first, with when they were forgotten (an
+    /// entry whose node was looked up again since is skipped).
+    forgotten: VecDeque<(u64, u64)>,
+    /// How many nodes are forgotten but kept (at most `NAMED_MAX`).
+    forgotten_nodes: usize,
+    /// The count `Node::forgotten` takes its values from.
+    forgets: u64,
+    /// The numbers of nodes dropped from the table, by backing identity (at
+    /// most `RETIRED_MAX`; past that they start afresh).
     retired: HashMap<BackingKey, u64>,
     next: u64,
 }
+
+/// Forgotten nodes kept whole, names included, so that a file handle of
+/// theirs still opens (a few hundred bytes each, most of it the names).
+const NAMED_MAX: usize = 1 << 17;
 
 /// Forgotten nodes whose numbers are kept for their files (about 64 bytes each).
 const RETIRED_MAX: usize = 1 << 20;
@@ -131,6 +149,7 @@ impl InodeTable {
                 lookups: 1,
                 key: root_key,
                 is_dir: true,
+                forgotten: 0,
             },
         );
         let mut by_key = HashMap::new();
@@ -141,6 +160,9 @@ impl InodeTable {
             nodes,
             by_key,
             by_path,
+            forgotten: VecDeque::new(),
+            forgotten_nodes: 0,
+            forgets: 0,
             retired: HashMap::new(),
             next: ROOT_INO + 1,
         }
@@ -188,6 +210,7 @@ impl InodeTable {
                 lookups: 0,
                 key,
                 is_dir,
+                forgotten: 0,
             },
         );
         self.by_key.insert(key, ino);
@@ -218,6 +241,10 @@ impl InodeTable {
     pub(super) fn add_lookup(&mut self, ino: u64) {
         if let Some(n) = self.nodes.get_mut(&ino) {
             n.lookups += 1;
+            if n.forgotten != 0 {
+                n.forgotten = 0;
+                self.forgotten_nodes -= 1;
+            }
         }
     }
 
@@ -228,8 +255,10 @@ impl InodeTable {
         ino
     }
 
-    /// Drops `n` lookup references; the node goes when none are left.
-    /// Returns true when the node was removed.
+    /// Drops `n` lookup references. A node with none left is forgotten: kept
+    /// as it is (the kernel may ask for it by number), and, past the
+    /// `NAMED_MAX` most recently forgotten, the oldest forgotten node is
+    /// dropped (`drop_node`). Returns true when `ino` was forgotten.
     pub(super) fn forget(&mut self, ino: u64, n: u64) -> bool {
         if ino == ROOT_INO {
             return false;
@@ -238,25 +267,57 @@ impl InodeTable {
             return false;
         };
         node.lookups = node.lookups.saturating_sub(n);
-        if node.lookups > 0 {
+        if node.lookups > 0 || node.forgotten != 0 {
             return false;
         }
-        let key = node.key;
-        if let Some(node) = self.nodes.remove(&ino) {
-            for p in node.paths.into_all() {
-                if self.by_path.get(&p) == Some(&ino) {
-                    self.by_path.remove(&p);
-                }
+        if node.paths.first().is_none() {
+            // No name left to reach it by: nothing to keep but its number.
+            self.drop_node(ino);
+            return true;
+        }
+        self.forgets += 1;
+        node.forgotten = self.forgets;
+        self.forgotten.push_back((ino, self.forgets));
+        self.forgotten_nodes += 1;
+        while self.forgotten_nodes > NAMED_MAX {
+            let Some((old, when)) = self.forgotten.pop_front() else {
+                break;
+            };
+            if self.nodes.get(&old).is_some_and(|n| n.forgotten == when) {
+                self.drop_node(old);
             }
         }
-        if self.by_key.get(&key) == Some(&ino) {
-            self.by_key.remove(&key);
+        // Entries of nodes looked up again since: dropped now and then, so
+        // that the queue stays within twice what it holds.
+        if self.forgotten.len() > 2 * self.forgotten_nodes + 1024 {
+            let nodes = &self.nodes;
+            self.forgotten
+                .retain(|(i, when)| nodes.get(i).is_some_and(|n| n.forgotten == *when));
+        }
+        true
+    }
+
+    /// Removes forgotten node `ino` from the table, keeping only its number
+    /// for its backing file.
+    fn drop_node(&mut self, ino: u64) {
+        let Some(node) = self.nodes.remove(&ino) else {
+            return;
+        };
+        if node.forgotten != 0 {
+            self.forgotten_nodes -= 1;
+        }
+        for p in node.paths.into_all() {
+            if self.by_path.get(&p) == Some(&ino) {
+                self.by_path.remove(&p);
+            }
+        }
+        if self.by_key.get(&node.key) == Some(&ino) {
+            self.by_key.remove(&node.key);
             if self.retired.len() >= RETIRED_MAX {
                 self.retired.clear();
             }
-            self.retired.insert(key, ino);
+            self.retired.insert(node.key, ino);
         }
-        true
     }
 
     /// The name `path` is gone (unlink, rmdir, or replaced by a rename).
@@ -342,7 +403,8 @@ mod tests {
         let a = t.lookup(&p("a"), (1, 10, 5), true);
         let b = t.lookup(&p("b"), (1, 11, 5), false);
         assert!(t.forget(a, 1));
-        assert!(!t.contains(a));
+        // Forgotten, but kept: the kernel may ask for it by number.
+        assert_eq!(t.node(a), Some((Path::new("a"), (1, 10, 5))));
         // Another file does not get a's number; a itself does.
         let c = t.lookup(&p("c"), (1, 12, 5), false);
         assert_ne!(c, a);
@@ -373,7 +435,8 @@ mod tests {
         assert_eq!(t.path(a), Some(Path::new("a")));
         assert!(!t.forget(a, 1));
         assert!(t.forget(a, 1));
-        assert!(!t.contains(a));
+        assert!(!t.forget(a, 1));
+        assert_eq!(t.path(a), Some(Path::new("a")));
         assert!(!t.forget(ROOT_INO, 5));
         assert_eq!(t.path(ROOT_INO), Some(Path::new("")));
     }
@@ -427,7 +490,42 @@ mod tests {
         t.remove_path(&p("n"));
         assert_eq!(t.path(new), Some(Path::new("n2")));
         t.forget(new, 1);
-        assert!(!t.by_path.contains_key(Path::new("n2")));
+        assert_eq!(t.by_path.get(Path::new("n2")), Some(&new));
+        // A forgotten node with no name left is dropped, its number kept.
+        t.remove_path(&p("n2"));
+        let gone = t.lookup(&p("g"), (1, 12, 0), false);
+        t.remove_path(&p("g"));
+        assert!(t.forget(gone, 1));
+        assert!(!t.contains(gone));
+        assert_eq!(t.lookup(&p("g2"), (1, 12, 0), false), gone);
+    }
+
+    #[test]
+    fn forgotten_nodes_are_reached_by_number_until_named_max_newer_ones() {
+        let mut t = InodeTable::new((1, 2, 0));
+        let first = t.lookup(&p("d/first"), (1, 3, 0), false);
+        assert!(t.forget(first, 1));
+        // A rename through the mount while it is forgotten moves its name.
+        let d = t.lookup(&p("d"), (1, 4, 0), true);
+        t.rename(&p("d"), &p("e"));
+        assert_eq!(t.path(first), Some(Path::new("e/first")));
+        assert!(t.forget(d, 1));
+        // Looked up again (a LOOKUP of "."): the same node, known again.
+        assert_eq!(t.lookup(&p("e/first"), (1, 3, 0), false), first);
+        assert!(t.forget(first, 1));
+        let mut inos = Vec::new();
+        for i in 0..NAMED_MAX as u64 {
+            let ino = t.lookup(&p(&format!("f{i}")), (1, 100 + i, 0), false);
+            assert!(t.forget(ino, 1));
+            inos.push(ino);
+        }
+        // `d` and `first` were the oldest forgotten: dropped, numbers kept.
+        assert!(!t.contains(d));
+        assert!(!t.contains(first));
+        assert_eq!(t.forgotten_nodes, NAMED_MAX);
+        assert_eq!(t.path(inos[0]), Some(Path::new("f0")));
+        assert_eq!(t.lookup(&p("e/first"), (1, 3, 0), false), first);
+        assert!(t.forgotten.len() <= 2 * t.forgotten_nodes + 1024);
     }
 
     #[test]

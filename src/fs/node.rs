@@ -4,8 +4,10 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata};
+use std::hash::{BuildHasher, RandomState};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use super::attr::{Attr, attr_of};
 use super::error::FsError;
@@ -26,6 +28,20 @@ pub(super) fn backing_key(m: &Metadata) -> BackingKey {
         .map_or(0, |d| d.as_nanos() as u64);
     let kind = u64::from(m.mode() & libc::S_IFMT);
     (m.dev(), m.ino(), (kind << 48) ^ born)
+}
+
+/// The FUSE generation of a backing object: a hash of its identity
+/// (`backing_key`) under a key drawn at random when the daemon starts, cut
+/// to the 32 bits the kernel keeps (i_generation). A file handle of the
+/// mount is the inode number and this generation; the kernel refuses a
+/// handle (ESTALE) whose generation is not that of the inode it names. The
+/// table never gives one number to two objects, so any fixed function would
+/// do for that; a keyed one also makes a handle forged from a guessed
+/// inode number (an NFS client's, say) fail but once in 2^32 tries.
+pub(super) fn generation(m: &Metadata) -> u64 {
+    static KEY: OnceLock<RandomState> = OnceLock::new();
+    let h = KEY.get_or_init(RandomState::new).hash_one(backing_key(m));
+    u64::from((h as u32) | 1)
 }
 
 pub use crate::format::{BACKING_LOCK, BACKING_MARKER};
@@ -133,13 +149,41 @@ impl KmsFs {
 
     /// Looks up `name` in `parent` for the kernel: the entry itself (a
     /// symlink is not followed) in the directory checked to be `parent`.
+    /// "." and ".." come only from the kernel's file-handle code (FUSE
+    /// export support): "." is `parent` itself, of any type, which the
+    /// kernel may have forgotten; ".." is the directory holding directory
+    /// `parent`. Both are reached as every node is (`open_checked`): by
+    /// name beneath the backing root, checked to be the object the number
+    /// stands for, so a number of an object that is gone or was swapped is
+    /// ESTALE and no number reaches anything outside the backing root.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
+        if name == "." {
+            let node = self.open_checked(parent, libc::O_PATH)?;
+            return Ok(self.entry(&node.rel, &node.meta));
+        }
+        if name == ".." {
+            return self.lookup_parent(parent);
+        }
         if is_reserved(parent, name) {
             return Err(FsError::NotFound);
         }
         let (dir, name, rel) = self.in_dir(parent, name)?;
         let m = stat_at(&dir, &name)?;
         Ok(self.entry(&rel, &m))
+    }
+
+    /// The directory holding directory `dir` (the root for the root).
+    fn lookup_parent(&self, dir: u64) -> Result<Attr, FsError> {
+        let node = self.open_checked(dir, libc::O_PATH | libc::O_DIRECTORY)?;
+        let rel = node.rel.parent().unwrap_or(Path::new(""));
+        let up = os::beneath::open_beneath(
+            &self.root,
+            os::or_dot(rel),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?;
+        let meta = up.metadata()?;
+        Ok(self.entry(rel, &meta))
     }
 
     /// The kernel dropped `n` references to `ino`.
