@@ -16,13 +16,14 @@ if [[ "${KMSFS_REQUIRE_FUSE:-}" == "1" && ! -c /dev/fuse ]]; then
   exit 1
 fi
 
-# Programs the tests run on the mount, and fusermount3 for unmounting. Under CI a
+# Programs the tests run on the mount, fusermount3 for unmounting, and nfsd's tools
+# for exporting the mount (tests/mount_export.rs; the kernel must have nfsd too). Under CI a
 # test that misses one of them (or root) fails instead of skipping
 # (tests/common: require_tool, require_root), so all of them are installed here.
 missing=()
 for pair in fusermount3:fuse3 sqlite3:sqlite3 git:git rsync:rsync tar:tar getfattr:attr \
   python3:python3 openssl:openssl runuser:util-linux setpriv:util-linux fallocate:util-linux \
-  curl:curl chromium:chromium \
+  curl:curl chromium:chromium exportfs:nfs-kernel-server \
   useradd:passwd newuidmap:uidmap; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
