@@ -50,9 +50,11 @@ fn wrong_passphrase_is_refused_and_nothing_changes() {
         pf.to_str().unwrap(),
     ]);
     ok(out, &["describe-key"]);
-    // No passphrase and no terminal: a clear error, not a hang.
+    // No passphrase and no terminal: a clear error, not a hang; the
+    // keystore cannot be opened (6), and the remedy is the passphrase.
     let out = ks.run(&["kms", "list-keys"]);
-    fails(&out, EXIT_USAGE, "KMSFS_PASSPHRASE");
+    let err = fails(&out, EXIT_KEYSTORE, "KMSFS_PASSPHRASE");
+    assert!(!err.contains("--help"), "{err}");
     assert_eq!(
         snapshot(&ks.path),
         before,
@@ -101,15 +103,11 @@ fn truncated_keystore_is_a_clear_error_without_a_backup() {
         vec!["init"],
     ] {
         let out = ks.run(&args);
-        let code = if args[0] == "init" {
-            EXIT_USAGE
-        } else {
-            EXIT_KEYSTORE
-        };
+        let code = if args[0] == "init" { 1 } else { EXIT_KEYSTORE };
         let err = fails(
             &out,
             code,
-            if code == EXIT_USAGE {
+            if code == 1 {
                 "exists already"
             } else {
                 "truncated"

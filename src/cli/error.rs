@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::kms::{KmsError, StateProblem, ValidationCode};
+use crate::kms::{KmsError, RootKeyProblem, StateProblem, ValidationCode};
 
 /// Classes of failure, one exit code each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +68,12 @@ impl CliError {
             KmsError::WrongRootKey { problem } if problem.is_key_file() => {
                 Some("the keystore was not changed; restore root.key from your backup".into())
             }
+            KmsError::WrongRootKey {
+                problem: RootKeyProblem::NoPassphrase,
+            } => Some(
+                "pass --passphrase-file FILE (a file only you can read) or set KMSFS_PASSPHRASE"
+                    .into(),
+            ),
             _ => None,
         };
         let err = CliError::from(e);
@@ -198,6 +204,9 @@ fn general_remedy(e: &KmsError) -> Option<&'static str> {
         KmsError::KeystoreNotFound { .. } => {
             Some("create one with `kmsfs init` (or pass --keystore DIR)")
         }
+        KmsError::WrongRootKey {
+            problem: RootKeyProblem::NoPassphrase,
+        } => Some("pass --passphrase-file FILE (a file only you can read) or set KMSFS_PASSPHRASE"),
         KmsError::WrongRootKey { .. } => {
             Some("check --passphrase-file / KMSFS_PASSPHRASE; the keystore was not changed")
         }
@@ -245,7 +254,7 @@ impl From<std::io::Error> for CliError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kms::{KeyState, RootKeyProblem};
+    use crate::kms::KeyState;
 
     #[test]
     fn repair_hint_does_not_ask_to_keep_key_material_around() {

@@ -741,6 +741,40 @@ pub fn unmount(_g: &GlobalArgs, a: UnmountArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `kmsfs inspect` of a path inside a kmsfs mount: its plaintext, not a
+/// backing file; the error names the mount and the backing file to inspect.
+fn inside_a_mount(path: &Path) -> Option<CliError> {
+    let abs = std::fs::canonicalize(path).ok()?;
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let m = crate::daemon::parse_mountinfo(&text)
+        .into_iter()
+        .filter(|m| m.is_kmsfs() && abs.starts_with(&m.mountpoint))
+        .max_by_key(|m| m.mountpoint.as_os_str().len())?;
+    let rel = abs.strip_prefix(&m.mountpoint).ok()?;
+    let backing = m.backing();
+    let below = backing.as_ref().map(|b| b.join(rel)).filter(|p| p.exists());
+    let hint = match (&below, &backing) {
+        (Some(f), _) => format!("inspect the backing file: `kmsfs inspect {}`", f.display()),
+        (None, Some(b)) => format!(
+            "inspect its backing file under {} (or the whole tree: `kmsfs inspect {}`)",
+            b.display(),
+            b.display()
+        ),
+        (None, None) => "inspect the backing file, below the mount".into(),
+    };
+    Some(
+        CliError::new(
+            ErrorClass::Usage,
+            format!(
+                "{} is inside the kmsfs mount {}: a plaintext view, not a backing file",
+                path.display(),
+                m.mountpoint.display()
+            ),
+        )
+        .hint(hint),
+    )
+}
+
 /// `kmsfs inspect DIR`: the backing tree summarized from its headers (no
 /// data key is unwrapped, no block read), with the state of each key in
 /// the keystore at hand, like `gocryptfs -info`.
@@ -930,11 +964,19 @@ impl KeyService for NoKeystore {
 /// `kmsfs inspect`: a file's header, or a backing tree's summary, without
 /// unwrapping or decrypting anything.
 pub fn inspect(g: &GlobalArgs, a: InspectArgs) -> Result<(), CliError> {
+    if let Some(err) = inside_a_mount(&a.file) {
+        return Err(err);
+    }
     if a.file.is_dir() {
         return inspect_dir(g, &a.file);
     }
-    let f = File::open(&a.file)?;
-    let len = f.metadata()?.len();
+    let named = |e: std::io::Error| {
+        let mut err = CliError::from(e);
+        err.message = format!("{}: {}", a.file.display(), err.message);
+        err
+    };
+    let f = File::open(&a.file).map_err(named)?;
+    let len = f.metadata().map_err(named)?.len();
     let h = EncryptedFile::read_header(&f).map_err(|e| envelope_error(&a.file, e))?;
     let active = h.active_index();
     let slot = active.and_then(|i| h.slots[i].as_ref());

@@ -94,8 +94,14 @@ fn read_passphrase(g: &GlobalArgs, confirm: bool) -> Result<SecretBytes, KmsErro
     }
     // rpassword reads from /dev/tty; ask only when a person is plausibly there.
     if !std::io::stdin().is_terminal() && !std::io::stderr().is_terminal() {
+        if !confirm {
+            // Opening: the keystore cannot be opened (6), the remedy says how.
+            return Err(KmsError::WrongRootKey {
+                problem: crate::kms::RootKeyProblem::NoPassphrase,
+            });
+        }
         return Err(KmsError::invalid(
-            "the keystore needs a passphrase and there is no terminal to ask on; pass \
+            "the new keystore needs a passphrase and there is no terminal to ask on; pass \
              --passphrase-file FILE or set KMSFS_PASSPHRASE"
                 .into(),
         ));
@@ -371,7 +377,8 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> Result<(), CliError> {
         CreateMode::RootKeyFile
     };
     let ks = LocalKeyStore::create(&dir, mode).map_err(|e| match e {
-        KmsError::AlreadyExists { what } => CliError::new(ErrorClass::Usage, what.to_string())
+        // Already there, as an existing mount (1): not a usage error.
+        KmsError::AlreadyExists { what } => CliError::new(ErrorClass::General, what.to_string())
             .hint("use it as it is, or pass --keystore DIR to create another one elsewhere"),
         e => CliError::keystore(&dir, e),
     })?;

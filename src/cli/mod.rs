@@ -26,13 +26,14 @@ pub use error::{CliError, ErrorClass, repair_hint};
 /// The exit codes, for `--help` and the man page (README lists them too).
 pub const EXIT_CODES: &str = "Exit codes:
   0  success
-  1  other errors (already mounted, mount point not empty, busy, keystore in use)
+  1  other errors (already mounted, keystore exists, mount point not empty, busy,
+     keystore in use)
   2  bad arguments or input
   3  no such key, alias, file, keystore or mount
   4  refused: key disabled or pending deletion, policy, wrong keystore for a backing
      directory, no access to /dev/fuse
   5  corrupt or foreign ciphertext
-  6  keystore missing, damaged, or wrong passphrase
+  6  keystore missing, damaged, wrong or no passphrase
   7  I/O error
   8  some work skipped (files busy during rewrap): run the command again";
 
@@ -54,8 +55,18 @@ pub struct GlobalArgs {
     /// Keystore directory [default: $KMSFS_KEYSTORE, else $XDG_DATA_HOME/kmsfs, else ~/.local/share/kmsfs]
     #[arg(long, global = true, value_name = "DIR")]
     pub keystore: Option<PathBuf>,
-    /// Output format.
-    #[arg(long, global = true, value_parser = output_parser(), default_value = "text")]
+    /// Output format: text, json, table or yaml [default: kmsfs's readable
+    /// layouts]. `--output text` given explicitly is the aws CLI's
+    /// tab-separated text for the key commands (elsewhere the same as the
+    /// default); table and yaml are the aws CLI's for the key commands.
+    #[arg(
+        long,
+        global = true,
+        value_parser = output_parser(),
+        default_value = "text",
+        hide_default_value = true,
+        value_name = "FORMAT"
+    )]
     pub output: OutputFormat,
     /// A JMESPath expression applied to the result (as the AWS CLI's
     /// `--query`), e.g. `--query CiphertextBlob --output text`.
@@ -216,7 +227,18 @@ pub fn main() -> i32 {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    init_logging(matches!(cli.command, Command::Mount(_)));
+    // Daemons and servers keep a log; every other command's warnings are
+    // messages to the person who ran it.
+    let daemon = match &cli.command {
+        Command::Mount(_) => Some(true),
+        Command::Console(_)
+        | Command::Kms {
+            command: server::KmsTop::Serve(_),
+            ..
+        } => Some(false),
+        _ => None,
+    };
+    init_logging(daemon);
     match run(cli) {
         Ok(()) => 0,
         Err(e) => report(e),
@@ -249,7 +271,8 @@ const EXIT_STATUS: [(&str, &str); 9] = [
     ("0", "success"),
     (
         "1",
-        "other errors: already mounted, mount point not empty, busy, keystore in use, a stale mount",
+        "other errors: already mounted, keystore exists (init), mount point not empty, busy, \
+         keystore in use, a stale mount",
     ),
     ("2", "bad arguments or input"),
     ("3", "no such key, alias, file, keystore or mount"),
@@ -259,7 +282,7 @@ const EXIT_STATUS: [(&str, &str); 9] = [
          directory, no access to /dev/fuse",
     ),
     ("5", "corrupt or foreign ciphertext"),
-    ("6", "keystore missing, damaged, or wrong passphrase"),
+    ("6", "keystore missing, damaged, wrong or no passphrase"),
     ("7", "I/O error"),
     (
         "8",
@@ -395,16 +418,19 @@ fn report(e: CliError) -> i32 {
     e.class as i32
 }
 
-/// The log: `RUST_LOG` if set, else warnings and errors; a mount (whose
-/// daemon's log is this stream) also keeps its events (mounted, signals,
-/// unmounted) at info. Each line carries the time (UTC) and the pid, and
-/// is one line whatever the message holds. No colours: the stream is often
-/// a file.
-fn init_logging(mount: bool) {
-    let default = if mount { "info" } else { "warn" };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
-        .write_style(env_logger::WriteStyle::Never)
-        .format(|buf, r| {
+/// The log: `RUST_LOG` if set, else warnings and errors. For a daemon or a
+/// server (`daemon` is Some, true for a mount, whose daemon's log is this
+/// stream and keeps its events at info) each line carries the time (UTC),
+/// the pid, the level and the module; for any other command a warning is a
+/// message (`kmsfs: warning: ...`) like its errors. Always one line whatever
+/// the message holds, no colours.
+fn init_logging(daemon: Option<bool>) {
+    let default = if daemon == Some(true) { "info" } else { "warn" };
+    let mut b =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
+    b.write_style(env_logger::WriteStyle::Never);
+    if daemon.is_some() {
+        b.format(|buf, r| {
             use std::io::Write;
             // One record, one line: whatever reached the message (a file
             // name, a panic message) cannot start a forged line.
@@ -418,8 +444,20 @@ fn init_logging(mount: bool) {
                 r.target(),
                 crate::logtext::one_line(&msg)
             )
-        })
-        .init();
+        });
+    } else {
+        b.format(|buf, r| {
+            use std::io::Write;
+            let text = r.args().to_string();
+            let msg = crate::logtext::one_line(&text);
+            match r.level() {
+                log::Level::Error => writeln!(buf, "kmsfs: error: {msg}"),
+                log::Level::Warn => writeln!(buf, "kmsfs: warning: {msg}"),
+                _ => writeln!(buf, "kmsfs: {msg}"),
+            }
+        });
+    }
+    b.init();
 }
 
 /// Says once, on stderr, which aws CLI options have no meaning for the

@@ -355,10 +355,33 @@ pub fn fsck(g: &GlobalArgs, a: FsckArgs) -> Result<(), CliError> {
 }
 
 /// Takes the backing directory's lock, so that no mount serves it while a
-/// whole-tree copy runs; refused (with the daemon's hint) when one does.
-fn lock_unmounted(backing: &Path) -> Result<Option<std::fs::File>, CliError> {
-    let (lock, _read_only) = crate::daemon::lock_backing(backing, false)?;
-    Ok(lock)
+/// whole-tree copy runs; refused, naming the mount, when one does.
+fn lock_unmounted(backing: &Path, command: &str) -> Result<Option<std::fs::File>, CliError> {
+    if let Some(mp) = crate::daemon::serving_mount(backing) {
+        return Err(CliError::new(
+            ErrorClass::General,
+            format!(
+                "{} is mounted at {}: `kmsfs {command}` works on an unmounted tree",
+                backing.display(),
+                mp.display()
+            ),
+        )
+        .hint(format!(
+            "unmount it first (`kmsfs unmount {}`), or work through the mount",
+            mp.display()
+        )));
+    }
+    match crate::daemon::lock_backing(backing, false) {
+        Ok((lock, _read_only)) => Ok(lock),
+        // Served, but by no mount this process can see (another mount
+        // namespace, another host on shared storage).
+        Err(crate::daemon::MountError::State(m, _)) => Err(CliError::new(ErrorClass::General, m)
+            .hint(format!(
+                "unmount it wherever it is mounted (`kmsfs status` lists this host's mounts), \
+                 then run `kmsfs {command}` again"
+            ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn describe_status(s: &FileStatus) -> String {
@@ -398,7 +421,7 @@ fn empty_dest(dest: &Path) -> Result<(tree::Tree, PathBuf), CliError> {
 /// `kmsfs export`.
 pub fn export(g: &GlobalArgs, a: ExportArgs) -> Result<(), CliError> {
     let backing = existing_dir(&a.backing, "backing directory")?;
-    let _lock = lock_unmounted(&backing)?;
+    let _lock = lock_unmounted(&backing, "export")?;
     if let Some(m) = crate::daemon::read_marker(&backing)? {
         let ks = keystore::open_key_service(g)?;
         if ks.keystore_id() != m.keystore_id {
@@ -449,7 +472,7 @@ pub fn import(g: &GlobalArgs, a: ImportArgs) -> Result<(), CliError> {
             "the source and the backing directory must not contain each other",
         ));
     }
-    let _lock = lock_unmounted(&backing)?;
+    let _lock = lock_unmounted(&backing, "import")?;
     let survey = crate::daemon::survey(&backing);
     let (ks, key_id, marker) = bound_service_and_key(g, a.key_id.as_deref(), &backing, &survey)?;
     // The same (shared) keystore instance: batch its records.

@@ -506,6 +506,9 @@ pub enum RootKeyProblem {
     KeyFileMismatch,
     /// The passphrase does not open the keystore.
     WrongPassphrase,
+    /// The keystore is sealed with a passphrase and none was given (no
+    /// file, no environment variable, no terminal to ask on).
+    NoPassphrase,
     /// The file was sealed with another root key than the one held (replaced keystore).
     SealedWithAnother {
         /// The keystore file name.
@@ -545,6 +548,10 @@ impl fmt::Display for RootKeyProblem {
             RootKeyProblem::WrongPassphrase => {
                 f.write_str("wrong passphrase: it does not open this keystore")
             }
+            RootKeyProblem::NoPassphrase => f.write_str(
+                "the keystore is sealed with a passphrase, none was given and there is no \
+                 terminal to ask on",
+            ),
             RootKeyProblem::SealedWithAnother { file } => write!(
                 f,
                 "keystore file {file} was sealed with another root key than the one this \
