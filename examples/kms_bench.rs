@@ -6,7 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use kmsfs::kms::{Caller, CreateMode, DataKeySpec, EncryptionContext, KeyService, LocalKeyStore};
+use kmsfs::kms::{
+    Caller, CreateMode, DataKeySpec, EncryptionContext, KeyService, KeyServiceExt, LocalKeyStore,
+    RequestContext,
+};
 
 fn measure(name: &str, secs: f64, mut op: impl FnMut()) -> (String, u64, f64) {
     // Warm up, then run in batches until the time is up.
@@ -38,9 +41,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         gid: 0,
         pid: std::process::id(),
     };
+    let rc = RequestContext::cli(me);
     let key = ks.create_key(&me, "bench")?.key_id;
     let ctx = EncryptionContext::with("kmsfs:file-id", "00112233445566778899aabbccddeeff");
-    let dk = ks.generate_data_key(&me, &key, DataKeySpec::Aes256, &ctx)?;
+    let dk = ks.generate_data_key(&rc, &key, DataKeySpec::Aes256, &ctx)?;
     let blob = dk.ciphertext_blob.clone();
     let small = [0x42u8; 64];
     // A second key with a three-statement policy that allows this caller.
@@ -55,31 +59,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     ks.put_key_policy(&me, &key2, "default", &policy)?;
     let blob2 = ks
-        .generate_data_key(&me, &key2, DataKeySpec::Aes256, &ctx)?
+        .generate_data_key(&rc, &key2, DataKeySpec::Aes256, &ctx)?
         .ciphertext_blob;
     let mut failures = 0u64;
 
     let rows = vec![
         measure("GenerateDataKey (AES_256)", secs, || {
             if ks
-                .generate_data_key(&me, &key, DataKeySpec::Aes256, &ctx)
+                .generate_data_key(&rc, &key, DataKeySpec::Aes256, &ctx)
                 .is_err()
             {
                 failures += 1;
             }
         }),
         measure("Decrypt (32-byte data key)", secs, || {
-            if ks.decrypt(&me, &blob, &ctx, None).is_err() {
+            if ks.decrypt(&rc, &blob, &ctx, None).is_err() {
                 failures += 1;
             }
         }),
         measure("Encrypt (64 bytes)", secs, || {
-            if ks.encrypt(&me, &key, &small, &ctx).is_err() {
+            if ks.encrypt(&rc, &key, &small, &ctx).is_err() {
                 failures += 1;
             }
         }),
         measure("Decrypt, key with a policy", secs, || {
-            if ks.decrypt(&me, &blob2, &ctx, None).is_err() {
+            if ks.decrypt(&rc, &blob2, &ctx, None).is_err() {
                 failures += 1;
             }
         }),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kmsfs::envelope::{EncryptedFile, EnvelopeError};
-use kmsfs::kms::{Caller, CreateMode, LocalKeyStore};
+use kmsfs::kms::{Caller, CreateMode, LocalKeyStore, RequestContext};
 
 const CALLER: Caller = Caller {
     uid: 0,
@@ -84,10 +84,10 @@ fn enospc_leaves_the_old_content_readable() {
     let key = ks.create_key(&CALLER, "full disk").unwrap().key_id;
 
     // A file whose final block is partial: an extending write rewrites it.
-    let f = EncryptedFile::create(rw(&fs.p("a")), &ks, &CALLER, &key).unwrap();
+    let f = EncryptedFile::create(rw(&fs.p("a")), &ks, &RequestContext::cli(CALLER), &key).unwrap();
     f.write_at(&[b'A'; 100], 0).unwrap();
     // A sparse file: a write into its holes needs new space.
-    let g = EncryptedFile::create(rw(&fs.p("g")), &ks, &CALLER, &key).unwrap();
+    let g = EncryptedFile::create(rw(&fs.p("g")), &ks, &RequestContext::cli(CALLER), &key).unwrap();
     g.write_at(b"start", 0).unwrap();
     g.set_len(300 * 1024).unwrap();
     f.sync(false).unwrap();

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use kmsfs::crypto::SecretBytes;
-use kmsfs::kms::{Caller, DataKeySpec, EncryptionContext, KeyService, KmsError, LocalKeyStore};
+use kmsfs::kms::{
+    Caller, DataKeySpec, EncryptionContext, KeyService, KeyServiceExt, KmsError, LocalKeyStore,
+    RequestContext,
+};
 
 const ME: Caller = Caller {
     uid: 0,
@@ -39,14 +42,14 @@ fn another_process_disabling_a_key_is_seen_within_a_second() {
     let svc = LocalKeyStore::open(&ks.path, &no_passphrase).unwrap();
     let ctx = EncryptionContext::with("file", "1");
     let dk = svc
-        .generate_data_key(&ME, &key, DataKeySpec::Aes256, &ctx)
+        .generate_data_key(&RequestContext::cli(ME), &key, DataKeySpec::Aes256, &ctx)
         .unwrap();
     let g0 = svc.generation();
 
     ks.ok(&["kms", "disable-key", "--key-id", &key]);
     let seen = within_a_second(|| svc.generation() != g0);
     assert!(seen.is_some(), "generation() did not change within 1 s");
-    match svc.decrypt(&ME, &dk.ciphertext_blob, &ctx, None) {
+    match svc.decrypt(&RequestContext::cli(ME), &dk.ciphertext_blob, &ctx, None) {
         Err(KmsError::Disabled { .. }) => {}
         other => panic!("decrypt after disable-key elsewhere: {other:?}"),
     }
@@ -54,7 +57,9 @@ fn another_process_disabling_a_key_is_seen_within_a_second() {
     let g1 = svc.generation();
     ks.ok(&["kms", "enable-key", "--key-id", &key]);
     assert!(within_a_second(|| svc.generation() != g1).is_some());
-    let d = svc.decrypt(&ME, &dk.ciphertext_blob, &ctx, None).unwrap();
+    let d = svc
+        .decrypt(&RequestContext::cli(ME), &dk.ciphertext_blob, &ctx, None)
+        .unwrap();
     assert_eq!(d.plaintext, dk.plaintext);
 }
 
@@ -68,7 +73,12 @@ fn keys_created_elsewhere_become_usable_and_generation_is_stable_otherwise() {
     let key = ks.create_key();
     assert!(
         within_a_second(|| svc
-            .encrypt(&ME, &key, b"x", &EncryptionContext::new())
+            .encrypt(
+                &RequestContext::cli(ME),
+                &key,
+                b"x",
+                &EncryptionContext::new()
+            )
             .is_ok())
         .is_some()
     );

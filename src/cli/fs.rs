@@ -6,10 +6,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{CliError, ErrorClass, GlobalArgs, OutputFormat, current_caller, keystore};
+use super::{CliError, ErrorClass, GlobalArgs, OutputFormat, keystore};
 use crate::daemon::{BackingMarker, MountError, MountRequest};
 use crate::envelope::{self, EncryptedFile, EnvelopeError};
-use crate::kms::{KeyService, KeyState};
+use crate::kms::{KeyService, KeyServiceExt, KeyState};
 
 /// Arguments of `kmsfs mount`.
 #[derive(Debug, clap::Args)]
@@ -155,7 +155,7 @@ pub(super) fn existing_dir(p: &Path, what: &str) -> Result<PathBuf, CliError> {
 /// Refuses a key that is not enabled: a mount never starts only to refuse
 /// every create. Returns the key's id.
 fn usable_key(ks: &dyn KeyService, k: &str) -> Result<String, CliError> {
-    let meta = ks.describe_key(&current_caller(), k)?;
+    let meta = ks.describe_key(&super::cli_context(), k)?;
     if meta.key_state != KeyState::Enabled {
         return Err(CliError::new(
             ErrorClass::Refused,
@@ -283,7 +283,7 @@ fn service_of_marked_backing(
         // The backing directory's own default: say how to change it.
         None => usable_key(&*ks, &m.default_key_id).map_err(|mut e| {
             let state = ks
-                .describe_key(&current_caller(), &m.default_key_id)
+                .describe_key(&super::cli_context(), &m.default_key_id)
                 .map(|k| k.key_state)
                 .unwrap_or(KeyState::Disabled);
             let b = backing.display();
@@ -318,7 +318,7 @@ fn service_of_unmarked_files(
         e.message = format!("{}: {}", backing.display(), e.message);
         e
     })?;
-    let caller = current_caller();
+    let caller = super::cli_context();
     if let Some(first) = survey.key_ids.iter().next()
         && !survey
             .key_ids
@@ -340,7 +340,7 @@ fn service_of_unmarked_files(
     let key = match key_id {
         Some(k) => k.to_string(),
         None => ks
-            .ensure_default_key(&caller)
+            .ensure_default_key(&caller.caller)
             .map_err(|e| CliError::keystore(dir, e))?,
     };
     let key = usable_key(&*ks, &key)?;
@@ -789,7 +789,14 @@ fn inspect_dir(g: &GlobalArgs, dir: &Path) -> Result<(), CliError> {
         Ok(ks) => (ks, None),
         Err(e) => (Arc::new(NoKeystore), Some(e.message)),
     };
-    let report = crate::tree::fsck_tree(&tree, &files, &*ks, &current_caller(), true, &mut |_| {});
+    let report = crate::tree::fsck_tree(
+        &tree,
+        &files,
+        &*ks,
+        &super::cli_context(),
+        true,
+        &mut |_| {},
+    );
     // Files with no key and no finding: empty backing files.
     let keyed: u64 = report.keys.values().map(|k| k.files).sum();
     let unkeyed = report
@@ -912,49 +919,16 @@ fn print_inspect_text(
 struct NoKeystore;
 
 impl KeyService for NoKeystore {
-    fn generate_data_key(
+    fn call(
         &self,
-        _: &crate::kms::Caller,
-        _: &str,
-        _: crate::kms::DataKeySpec,
-        _: &crate::kms::EncryptionContext,
-    ) -> Result<crate::kms::DataKey, crate::kms::KmsError> {
+        _: &crate::kms::RequestContext<'_>,
+        _: crate::kms::Request<'_>,
+    ) -> Result<crate::kms::Response, crate::kms::KmsError> {
         Err(crate::kms::KmsError::internal("no keystore".into()))
     }
-    fn decrypt(
-        &self,
-        _: &crate::kms::Caller,
-        _: &[u8],
-        _: &crate::kms::EncryptionContext,
-        _: Option<&str>,
-    ) -> Result<crate::kms::Decrypted, crate::kms::KmsError> {
-        Err(crate::kms::KmsError::internal("no keystore".into()))
-    }
-    fn encrypt(
-        &self,
-        _: &crate::kms::Caller,
-        _: &str,
-        _: &[u8],
-        _: &crate::kms::EncryptionContext,
-    ) -> Result<crate::kms::Encrypted, crate::kms::KmsError> {
-        Err(crate::kms::KmsError::internal("no keystore".into()))
-    }
-    fn re_encrypt(
-        &self,
-        _: &crate::kms::Caller,
-        _: &[u8],
-        _: &crate::kms::EncryptionContext,
-        _: &str,
-        _: &crate::kms::EncryptionContext,
-    ) -> Result<crate::kms::Encrypted, crate::kms::KmsError> {
-        Err(crate::kms::KmsError::internal("no keystore".into()))
-    }
-    fn describe_key(
-        &self,
-        _: &crate::kms::Caller,
-        _: &str,
-    ) -> Result<crate::kms::KeyMetadata, crate::kms::KmsError> {
-        Err(crate::kms::KmsError::internal("no keystore".into()))
+    fn flush_audit(&self) {}
+    fn audits_file_access(&self) -> bool {
+        false
     }
     fn generation(&self) -> u64 {
         0
@@ -1070,7 +1044,7 @@ pub fn seal(g: &GlobalArgs, a: SealArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::new(ErrorClass::NotFound, format!("{}: {e}", a.input.display())))?;
     let (ks, key_id) = service_and_key(g, a.key_id.as_deref())?;
     let out = create_new(&a.out)?;
-    match envelope::seal(&mut input, out, &*ks, &current_caller(), &key_id) {
+    match envelope::seal(&mut input, out, &*ks, &super::cli_context(), &key_id) {
         Ok(n) => {
             log::info!("sealed {n} bytes into {}", crate::logtext::escaped(&a.out));
             Ok(())
@@ -1087,7 +1061,7 @@ pub fn unseal(g: &GlobalArgs, a: UnsealArgs) -> Result<(), CliError> {
     let input = File::open(&a.input)
         .map_err(|e| CliError::new(ErrorClass::NotFound, format!("{}: {e}", a.input.display())))?;
     let ks = keystore::open_key_service(g)?;
-    let caller = current_caller();
+    let caller = super::cli_context();
     if a.out.as_os_str() == "-" {
         let stdout = std::io::stdout();
         let mut lock = stdout.lock();

@@ -442,8 +442,11 @@ mod tests {
             (id.as_str(), ks.keystore_id())
         );
         assert!(Arc::ptr_eq(&ks, &ks2), "opened twice in one process");
-        let m =
-            crate::kms::KeyService::describe_key(&*ks, &current_caller(), "alias/kmsfs/default");
+        let m = crate::kms::KeyServiceExt::describe_key(
+            &*ks,
+            &crate::cli::cli_context(),
+            "alias/kmsfs/default",
+        );
         assert_eq!(m.unwrap().key_id, id);
         assert_eq!(ks.list_keys(&current_caller()).unwrap().len(), 1);
         assert!(open_key_service(&g).is_ok());

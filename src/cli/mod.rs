@@ -200,6 +200,11 @@ pub fn current_caller() -> Caller {
     }
 }
 
+/// A request from this process's command, for the key service.
+pub fn cli_context() -> crate::kms::RequestContext<'static> {
+    crate::kms::RequestContext::cli(current_caller())
+}
+
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     // `kmsfs kms list-aliases | head -1`: end quietly when the reader has

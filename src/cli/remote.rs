@@ -13,11 +13,11 @@ use zeroize::Zeroizing;
 
 use super::kms::{AwsCliArgs, KeySpecArg, KmsCommand, context, read_blob};
 use super::output::{metadata_json, print_json, print_json_secret, print_metadata};
-use super::{CliError, ErrorClass, GlobalArgs, OutputFormat, current_caller};
+use super::{CliError, ErrorClass, GlobalArgs, OutputFormat};
 use crate::daemon::BackingMarker;
 use crate::kms::remote::{RemoteKms, RemoteOptions};
 use crate::kms::wire::{SYMMETRIC_DEFAULT, ciphertext_json};
-use crate::kms::{DataKeySpec, KeyService, KeyState};
+use crate::kms::{DataKeySpec, KeyServiceExt, KeyState};
 
 /// What a backing directory's marker says when it is bound to a remote KMS
 /// (its keys live there, not in a local keystore).
@@ -42,7 +42,7 @@ fn connect(url: &str, cache: Duration, aws: &AwsCliArgs) -> Result<RemoteKms, Cl
 /// `kmsfs kms SUBCOMMAND --endpoint-url URL`.
 pub fn run(g: &GlobalArgs, url: &str, aws: &AwsCliArgs, c: KmsCommand) -> Result<(), CliError> {
     let ks = connect(url, Duration::ZERO, aws)?;
-    let caller = current_caller();
+    let caller = super::cli_context();
     let json = g.output == OutputFormat::Json;
     match c {
         KmsCommand::DescribeKey(a) => {
@@ -145,7 +145,7 @@ pub(super) fn mount_service(
                 .hint("give the key id, ARN or alias/NAME of the CMK in the remote KMS")
         })?;
     let ks = connect(url, cache, &AwsCliArgs::default())?;
-    let meta = ks.describe_key(&current_caller(), &key)?;
+    let meta = ks.describe_key(&super::cli_context(), &key)?;
     if meta.key_state != KeyState::Enabled {
         return Err(CliError::new(
             ErrorClass::Refused,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::fs::{bound_service_and_key, existing_dir};
-use super::{CliError, ErrorClass, GlobalArgs, OutputFormat, current_caller, keystore};
+use super::{CliError, ErrorClass, GlobalArgs, OutputFormat, keystore};
 use crate::kms::LocalKeyStore;
 use crate::tree::{self, FileStatus, Problem, RewrapOptions, Rewrapper};
 
@@ -158,7 +158,7 @@ pub fn rewrap(g: &GlobalArgs, a: RewrapArgs) -> Result<(), CliError> {
         .map(|to| (to, a.from_key_id.clone()));
     let mut rw = Rewrapper::new(
         &*ks,
-        current_caller(),
+        super::cli_context(),
         RewrapOptions {
             to_key: a.to_key_id,
             from_key: a.from_key_id,
@@ -231,7 +231,7 @@ fn follow_default_key(
     from: Option<&str>,
     ks: &LocalKeyStore,
 ) {
-    use crate::kms::KeyService;
+    use crate::kms::KeyServiceExt;
     let Ok(backing) = std::fs::canonicalize(backing) else {
         return;
     };
@@ -240,7 +240,7 @@ fn follow_default_key(
     };
     if let Some(from) = from {
         let from = ks
-            .describe_key(&current_caller(), from)
+            .describe_key(&super::cli_context(), from)
             .map(|k| k.key_id)
             .unwrap_or_default();
         if from != m.default_key_id {
@@ -304,9 +304,14 @@ pub fn fsck(g: &GlobalArgs, a: FsckArgs) -> Result<(), CliError> {
     let (t, w) = open_and_walk(&a.backing, "backing directory")?;
     let progress = Progress::new(w.files.len());
     let start = std::time::Instant::now();
-    let report = tree::fsck_tree(&t, &w.files, &*ks, &current_caller(), a.quick, &mut |_| {
-        progress.tick()
-    });
+    let report = tree::fsck_tree(
+        &t,
+        &w.files,
+        &*ks,
+        &super::cli_context(),
+        a.quick,
+        &mut |_| progress.tick(),
+    );
     drop(progress);
     finish_audit(g)?;
     let secs = start.elapsed().as_secs_f64();
@@ -448,7 +453,7 @@ pub fn export(g: &GlobalArgs, a: ExportArgs) -> Result<(), CliError> {
     let (t, w) = open_and_walk(&backing, "backing directory")?;
     let progress = Progress::new(w.files.len());
     let start = std::time::Instant::now();
-    let report = tree::export_tree(&t, &w, &dest_tree, &*ks, &current_caller(), &mut || {
+    let report = tree::export_tree(&t, &w, &dest_tree, &*ks, &super::cli_context(), &mut || {
         progress.tick()
     });
     drop(progress);
@@ -495,7 +500,7 @@ pub fn import(g: &GlobalArgs, a: ImportArgs) -> Result<(), CliError> {
         &w,
         &backing_tree,
         &*ks,
-        &current_caller(),
+        &super::cli_context(),
         &key_id,
         &mut || progress.tick(),
     );

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 
 use super::{ApiError, State};
-use crate::kms::{KeyMetadata, KeyOrigin, KeyService, KeyState};
+use crate::kms::{KeyMetadata, KeyOrigin, KeyServiceExt, KeyState, Origin, RequestContext};
 
 /// Most keys on one page of the list.
 pub(super) const MAX_PAGE: usize = 500;
@@ -68,7 +68,7 @@ pub(super) fn list(st: &State, q: &dyn Fn(&str) -> Option<String>) -> Result<Val
 pub(super) fn detail(st: &State, id: &str) -> Result<Value, ApiError> {
     let ks = &st.ks;
     let c = &st.caller;
-    let m = ks.describe_key(c, id)?;
+    let m = ks.describe_key(&RequestContext::new(*c, Origin::Console), id)?;
     let aliases: Vec<String> = ks
         .list_aliases(c, Some(&m.key_id))?
         .into_iter()

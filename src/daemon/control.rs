@@ -14,8 +14,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::kms::{
-    Caller, DataKey, DataKeySpec, Decrypted, Encrypted, EncryptionContext, FileAccess, KeyMetadata,
-    KeyService, KmsError,
+    Caller, KeyService, KeyServiceExt, KmsError, Origin, Request, RequestContext, Response,
 };
 use crate::logtext::escaped;
 use crate::os;
@@ -47,96 +46,12 @@ impl CountingService {
 }
 
 impl KeyService for CountingService {
-    fn generate_data_key(
-        &self,
-        caller: &Caller,
-        key_id: &str,
-        spec: DataKeySpec,
-        context: &EncryptionContext,
-    ) -> Result<DataKey, KmsError> {
-        self.count(self.inner.generate_data_key(caller, key_id, spec, context))
-    }
-
-    fn decrypt(
-        &self,
-        caller: &Caller,
-        ciphertext_blob: &[u8],
-        context: &EncryptionContext,
-        key_id: Option<&str>,
-    ) -> Result<Decrypted, KmsError> {
-        self.count(self.inner.decrypt(caller, ciphertext_blob, context, key_id))
-    }
-
-    fn encrypt(
-        &self,
-        caller: &Caller,
-        key_id: &str,
-        plaintext: &[u8],
-        context: &EncryptionContext,
-    ) -> Result<Encrypted, KmsError> {
-        self.count(self.inner.encrypt(caller, key_id, plaintext, context))
-    }
-
-    fn re_encrypt(
-        &self,
-        caller: &Caller,
-        ciphertext_blob: &[u8],
-        source_context: &EncryptionContext,
-        destination_key_id: &str,
-        destination_context: &EncryptionContext,
-    ) -> Result<Encrypted, KmsError> {
-        self.count(self.inner.re_encrypt(
-            caller,
-            ciphertext_blob,
-            source_context,
-            destination_key_id,
-            destination_context,
-        ))
-    }
-
-    fn describe_key(&self, caller: &Caller, key_id: &str) -> Result<KeyMetadata, KmsError> {
-        self.count(self.inner.describe_key(caller, key_id))
-    }
-
-    // The audit methods pass through too: their defaults would drop the
-    // file and process from the trail's records, and cache hits from it.
-    fn decrypt_for_open(
-        &self,
-        caller: &Caller,
-        access: &FileAccess<'_>,
-        ciphertext_blob: &[u8],
-        context: &EncryptionContext,
-    ) -> Result<Decrypted, KmsError> {
-        self.count(
-            self.inner
-                .decrypt_for_open(caller, access, ciphertext_blob, context),
-        )
-    }
-
-    fn generate_data_key_for_open(
-        &self,
-        caller: &Caller,
-        access: &FileAccess<'_>,
-        key_id: &str,
-        spec: DataKeySpec,
-        context: &EncryptionContext,
-    ) -> Result<DataKey, KmsError> {
-        self.count(
-            self.inner
-                .generate_data_key_for_open(caller, access, key_id, spec, context),
-        )
-    }
-
-    fn record_cached_open(
-        &self,
-        caller: &Caller,
-        access: &FileAccess<'_>,
-        key_id: &str,
-        key_material_version: u32,
-        context: &EncryptionContext,
-    ) {
-        self.inner
-            .record_cached_open(caller, access, key_id, key_material_version, context);
+    fn call(&self, ctx: &RequestContext<'_>, request: Request<'_>) -> Result<Response, KmsError> {
+        match request {
+            // A cache hit is recorded, not a call: not counted.
+            Request::CachedOpen { .. } => self.inner.call(ctx, request),
+            _ => self.count(self.inner.call(ctx, request)),
+        }
     }
 
     fn flush_audit(&self) {
@@ -177,7 +92,8 @@ impl MountState {
             pid: std::process::id(),
         };
         // Asked of the keystore itself: not a call the mount made.
-        let key_state = match self.ks.inner.describe_key(&caller, &self.key_id) {
+        let ctx = RequestContext::new(caller, Origin::Mount);
+        let key_state = match self.ks.inner.describe_key(&ctx, &self.key_id) {
             Ok(m) => m.key_state.as_str().to_string(),
             Err(e) => format!("unknown ({e})"),
         };

@@ -13,7 +13,7 @@ use crate::crypto::random_array;
 use crate::format::{
     self, BLOCK_OVERHEAD, BLOCK_SIZE, CIPHER_BLOCK_SIZE, FileId, HEADER_LEN, Header, Slot,
 };
-use crate::kms::{Caller, DataKeySpec, KeyService};
+use crate::kms::{DataKeySpec, KeyService, KeyServiceExt, RequestContext};
 use crate::os;
 
 /// An open encrypted file: the backing file plus its data key, and the
@@ -30,34 +30,18 @@ pub struct EncryptedFile {
 impl EncryptedFile {
     /// Makes `file` (empty, opened read-write) a new encrypted file: asks the
     /// key service for a data key under `key_id` bound to a fresh file id and
-    /// writes the header.
+    /// writes the header. For the mount, `rc` names the file and the
+    /// process the key service's audit record names.
     pub fn create(
         file: File,
         ks: &dyn KeyService,
-        caller: &Caller,
+        rc: &RequestContext<'_>,
         key_id: &str,
-    ) -> Result<Self, EnvelopeError> {
-        Self::create_for(file, ks, caller, key_id, None)
-    }
-
-    /// `create` for the mount: the key service's audit record names the
-    /// file and the process (`KeyService::generate_data_key_for_open`).
-    pub fn create_for(
-        file: File,
-        ks: &dyn KeyService,
-        caller: &Caller,
-        key_id: &str,
-        access: Option<&crate::kms::FileAccess<'_>>,
     ) -> Result<Self, EnvelopeError> {
         let file_id: FileId =
             random_array().map_err(|e| EnvelopeError::Io(std::io::Error::other(e)))?;
         let ctx = file_context(&file_id);
-        let dk = match access {
-            Some(a) => {
-                ks.generate_data_key_for_open(caller, a, key_id, DataKeySpec::Aes256, &ctx)?
-            }
-            None => ks.generate_data_key(caller, key_id, DataKeySpec::Aes256, &ctx)?,
-        };
+        let dk = ks.generate_data_key(rc, key_id, DataKeySpec::Aes256, &ctx)?;
         let header = Header::new(
             file_id,
             Slot {
@@ -95,40 +79,19 @@ impl EncryptedFile {
         Ok(Header::decode(&buf[..got])?)
     }
 
-    /// Unwraps the data key of the header's current slot through the key service.
+    /// Unwraps the data key of the header's current slot through the key
+    /// service. For a file open in the mount, `rc` names the file and the
+    /// process the audit record names.
     pub fn unwrap_key(
         header: &Header,
         ks: &dyn KeyService,
-        caller: &Caller,
-    ) -> Result<FileKey, EnvelopeError> {
-        Self::unwrap(header, ks, caller, None)
-    }
-
-    /// `unwrap_key` for a file open in the mount: the key service's audit
-    /// record names the file and the process (`KeyService::decrypt_for_open`).
-    pub fn unwrap_key_for_open(
-        header: &Header,
-        ks: &dyn KeyService,
-        caller: &Caller,
-        access: &crate::kms::FileAccess<'_>,
-    ) -> Result<FileKey, EnvelopeError> {
-        Self::unwrap(header, ks, caller, Some(access))
-    }
-
-    fn unwrap(
-        header: &Header,
-        ks: &dyn KeyService,
-        caller: &Caller,
-        access: Option<&crate::kms::FileAccess<'_>>,
+        rc: &RequestContext<'_>,
     ) -> Result<FileKey, EnvelopeError> {
         let slot = header
             .active()
             .ok_or_else(|| EnvelopeError::CorruptHeader("no valid key slot".into()))?;
         let context = file_context(&header.file_id);
-        let d = match access {
-            Some(a) => ks.decrypt_for_open(caller, a, &slot.wrapped_key, &context)?,
-            None => ks.decrypt(caller, &slot.wrapped_key, &context, None)?,
-        };
+        let d = ks.decrypt(rc, &slot.wrapped_key, &context, None)?;
         FileKey::new(
             header.file_id,
             d.key_id,
@@ -138,9 +101,13 @@ impl EncryptedFile {
     }
 
     /// Opens an existing encrypted file: reads the header and unwraps its key.
-    pub fn open(file: File, ks: &dyn KeyService, caller: &Caller) -> Result<Self, EnvelopeError> {
+    pub fn open(
+        file: File,
+        ks: &dyn KeyService,
+        rc: &RequestContext<'_>,
+    ) -> Result<Self, EnvelopeError> {
         let header = Self::read_header(&file)?;
-        let key = Self::unwrap_key(&header, ks, caller)?;
+        let key = Self::unwrap_key(&header, ks, rc)?;
         Ok(Self::with_key(file, header, Arc::new(key)))
     }
 

@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 
 use super::{EncryptedFile, EnvelopeError};
 use crate::format::BLOCK_SIZE;
-use crate::kms::{Caller, KeyService};
+use crate::kms::{KeyService, RequestContext};
 
 /// Blocks sealed or opened per system call by `seal` and `unseal`.
 const STREAM_BLOCKS: u64 = 256;
@@ -21,10 +21,10 @@ pub fn seal(
     input: &mut dyn Read,
     output: File,
     ks: &dyn KeyService,
-    caller: &Caller,
+    rc: &RequestContext<'_>,
     key_id: &str,
 ) -> Result<u64, EnvelopeError> {
-    let enc = EncryptedFile::create(output, ks, caller, key_id)?;
+    let enc = EncryptedFile::create(output, ks, rc, key_id)?;
     let mut buf = Zeroizing::new(vec![0u8; (STREAM_BLOCKS * BLOCK_SIZE) as usize]);
     let mut total = 0u64;
     loop {
@@ -59,9 +59,9 @@ pub fn unseal(
     input: File,
     output: &mut dyn Write,
     ks: &dyn KeyService,
-    caller: &Caller,
+    rc: &RequestContext<'_>,
 ) -> Result<u64, EnvelopeError> {
-    let enc = EncryptedFile::open(input, ks, caller)?;
+    let enc = EncryptedFile::open(input, ks, rc)?;
     let size = enc.checked_plain_size()?;
     let mut buf = Zeroizing::new(vec![0u8; (STREAM_BLOCKS * BLOCK_SIZE) as usize]);
     let mut pos = 0u64;

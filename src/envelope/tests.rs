@@ -9,7 +9,7 @@ use crate::crypto::{AeadKey, Key256, random_array};
 use crate::format::{self, BLOCK_SIZE};
 use crate::kms::{
     Caller, DataKey, DataKeySpec, Decrypted, Encrypted, KeyMetadata, KeyOrigin, KeyService,
-    KeyState,
+    KeyServiceExt, KeyState, Request, RequestContext, Response,
 };
 
 /// A one-key service for unit tests: wraps with AES-GCM, AAD = context.
@@ -35,10 +35,9 @@ impl TestKeys {
     }
 }
 
-impl KeyService for TestKeys {
-    fn generate_data_key(
+impl TestKeys {
+    fn mint(
         &self,
-        _: &Caller,
         key_id: &str,
         spec: DataKeySpec,
         ctx: &EncryptionContext,
@@ -52,9 +51,8 @@ impl KeyService for TestKeys {
             plaintext: p,
         })
     }
-    fn decrypt(
+    fn unwrap(
         &self,
-        _: &Caller,
         blob: &[u8],
         ctx: &EncryptionContext,
         _: Option<&str>,
@@ -70,9 +68,8 @@ impl KeyService for TestKeys {
             plaintext,
         })
     }
-    fn encrypt(
+    fn wrap(
         &self,
-        _: &Caller,
         key_id: &str,
         plaintext: &[u8],
         ctx: &EncryptionContext,
@@ -84,17 +81,15 @@ impl KeyService for TestKeys {
             source_key_id: None,
         })
     }
-    fn re_encrypt(
+    fn rewrap(
         &self,
-        caller: &Caller,
         blob: &[u8],
         source_ctx: &EncryptionContext,
         destination_key_id: &str,
         destination_ctx: &EncryptionContext,
     ) -> Result<Encrypted, KmsError> {
-        let source = self.decrypt(caller, blob, source_ctx, None)?;
-        let again = self.encrypt(
-            caller,
+        let source = self.unwrap(blob, source_ctx, None)?;
+        let again = self.wrap(
             destination_key_id,
             source.plaintext.expose(),
             destination_ctx,
@@ -105,7 +100,7 @@ impl KeyService for TestKeys {
         })
     }
     /// Any key id names the one key; disabled while `refuse` is set.
-    fn describe_key(&self, _: &Caller, key_id: &str) -> Result<KeyMetadata, KmsError> {
+    fn describe(&self, key_id: &str) -> Result<KeyMetadata, KmsError> {
         let enabled = !self.refuse.load(Ordering::SeqCst);
         Ok(KeyMetadata {
             key_id: key_id.into(),
@@ -128,16 +123,59 @@ impl KeyService for TestKeys {
             valid_to: None,
         })
     }
+}
+
+impl KeyService for TestKeys {
+    fn call(&self, _: &RequestContext<'_>, request: Request<'_>) -> Result<Response, KmsError> {
+        match request {
+            Request::GenerateDataKey {
+                key_id,
+                spec,
+                context,
+            } => self.mint(key_id, spec, context).map(Response::DataKey),
+            Request::Decrypt {
+                blob,
+                context,
+                key_id,
+            } => self.unwrap(blob, context, key_id).map(Response::Decrypted),
+            Request::Encrypt {
+                key_id,
+                plaintext,
+                context,
+            } => self
+                .wrap(key_id, plaintext, context)
+                .map(Response::Encrypted),
+            Request::ReEncrypt {
+                blob,
+                source_context,
+                destination_key_id,
+                destination_context,
+            } => self
+                .rewrap(
+                    blob,
+                    source_context,
+                    destination_key_id,
+                    destination_context,
+                )
+                .map(Response::Encrypted),
+            Request::DescribeKey { key_id } => self.describe(key_id).map(Response::Metadata),
+            Request::CachedOpen { .. } => Ok(Response::Recorded),
+        }
+    }
+    fn flush_audit(&self) {}
+    fn audits_file_access(&self) -> bool {
+        false
+    }
     fn generation(&self) -> u64 {
         0
     }
 }
 
-const CALLER: Caller = Caller {
+const CALLER: RequestContext<'static> = RequestContext::cli(Caller {
     uid: 0,
     gid: 0,
     pid: 0,
-};
+});
 
 /// The test service is a whole one-key service: what it encrypts opens
 /// only under the same context, ReEncrypt moves a blob to another

@@ -16,7 +16,7 @@ use super::open::OpenFile;
 use super::privs::{self, Kill};
 use crate::envelope::{EncryptedFile, FileKey, file_context};
 use crate::format::Header;
-use crate::kms::{Caller, FileAccess, Requester};
+use crate::kms::{Caller, FileAccess, KeyServiceExt, RequestContext, Requester};
 use crate::os;
 
 /// Largest write the kernel may send (the kernel here caps it at 1 MiB).
@@ -76,7 +76,8 @@ impl KmsFs {
             path: &path,
             requester: &requester,
         };
-        EncryptedFile::create_for(file, &*self.cfg.ks, caller, &self.cfg.key_id, Some(&access))
+        let rc = RequestContext::open(*caller, &access);
+        EncryptedFile::create(file, &*self.cfg.ks, &rc, &self.cfg.key_id)
     }
 
     /// The data key of a header for `caller`, from the cache or the key
@@ -103,22 +104,25 @@ impl KmsFs {
             path: &path,
             requester: &requester,
         };
+        let rc = RequestContext::open(*caller, &access);
         if let Some(k) = self
             .keys
             .get(generation, &header.file_id, wrapped, caller, groups)
         {
-            ks.record_cached_open(
-                caller,
-                &access,
+            let recorded = ks.record_cached_open(
+                &rc,
                 &k.key_id,
                 k.key_material_version,
                 &file_context(&header.file_id),
             );
+            if let Err(e) = recorded {
+                log::warn!("an open served from the key cache was not recorded: {e}");
+            }
             super::stats::key_cache(true);
             return Ok(k);
         }
         super::stats::key_cache(false);
-        let key = EncryptedFile::unwrap_key_for_open(header, ks, caller, &access)
+        let key = EncryptedFile::unwrap_key(header, ks, &rc)
             .map_err(|e| FsError::envelope(e, backing))?;
         let key = Arc::new(key);
         self.keys.insert(
@@ -484,10 +488,7 @@ mod tests {
     use crate::envelope::tests::TestKeys;
     use crate::format;
     use crate::fs::filesystem::FsConfig;
-    use crate::kms::KeyService;
-    use crate::kms::{
-        DataKey, DataKeySpec, Decrypted, Encrypted, EncryptionContext, KeyMetadata, KmsError,
-    };
+    use crate::kms::{KeyService, KmsError, Request, Response};
     use std::ffi::OsStr;
     use std::os::unix::fs::FileExt;
     use std::sync::Mutex;
@@ -504,53 +505,27 @@ mod tests {
     }
 
     impl KeyService for Counting {
-        fn generate_data_key(
+        fn call(
             &self,
-            c: &Caller,
-            k: &str,
-            s: DataKeySpec,
-            x: &EncryptionContext,
-        ) -> Result<DataKey, KmsError> {
-            self.inner.generate_data_key(c, k, s, x)
-        }
-        fn decrypt(
-            &self,
-            c: &Caller,
-            b: &[u8],
-            x: &EncryptionContext,
-            k: Option<&str>,
-        ) -> Result<Decrypted, KmsError> {
-            self.decrypts.fetch_add(1, Ordering::SeqCst);
-            if lock(&self.deny).as_ref() == Some(&(c.uid, b.to_vec())) {
-                return Err(KmsError::AccessDenied {
-                    key_id: "(test)".into(),
-                    action: crate::kms::Operation::Decrypt,
-                    principal: (c.uid, c.gid),
-                });
+            rc: &RequestContext<'_>,
+            request: Request<'_>,
+        ) -> Result<Response, KmsError> {
+            if let Request::Decrypt { blob, .. } = &request {
+                self.decrypts.fetch_add(1, Ordering::SeqCst);
+                let c = &rc.caller;
+                if lock(&self.deny).as_ref() == Some(&(c.uid, blob.to_vec())) {
+                    return Err(KmsError::AccessDenied {
+                        key_id: "(test)".into(),
+                        action: crate::kms::Operation::Decrypt,
+                        principal: (c.uid, c.gid),
+                    });
+                }
             }
-            self.inner.decrypt(c, b, x, k)
+            self.inner.call(rc, request)
         }
-        fn encrypt(
-            &self,
-            c: &Caller,
-            k: &str,
-            p: &[u8],
-            x: &EncryptionContext,
-        ) -> Result<Encrypted, KmsError> {
-            self.inner.encrypt(c, k, p, x)
-        }
-        fn re_encrypt(
-            &self,
-            c: &Caller,
-            b: &[u8],
-            sx: &EncryptionContext,
-            d: &str,
-            dx: &EncryptionContext,
-        ) -> Result<Encrypted, KmsError> {
-            self.inner.re_encrypt(c, b, sx, d, dx)
-        }
-        fn describe_key(&self, c: &Caller, k: &str) -> Result<KeyMetadata, KmsError> {
-            self.inner.describe_key(c, k)
+        fn flush_audit(&self) {}
+        fn audits_file_access(&self) -> bool {
+            false
         }
         fn generation(&self) -> u64 {
             self.generation.load(Ordering::SeqCst)

@@ -1,7 +1,8 @@
 //! The key service: the `KeyService` trait that everything above this layer
 //! talks to, its types and typed errors (`error`), and the local keystore that
 //! implements it: `model` (keys, aliases, imported material), `store` (the
-//! keystore on disk), `service` (`LocalKeyStore`), `operation` (the one list of operations), `policy`, `audit`, `blob`,
+//! keystore on disk), `service` (`LocalKeyStore`), `operation` (the one list of operations),
+//! `request` (what every call carries), `policy`, `audit`, `blob`,
 //! `context` and `clock`. Knows nothing of files or FUSE.
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod model;
 pub mod operation;
 pub mod policy;
 pub mod remote;
+pub mod request;
 pub mod service;
 pub mod wire;
 
@@ -27,6 +29,7 @@ pub use audit::{AuditEvent, AuditSink, CallerSource, FileAccess, Requester};
 pub use context::EncryptionContext;
 pub use error::{Existing, KmsError, Missing, RootKeyProblem, StateProblem, ValidationCode};
 pub use operation::Operation;
+pub use request::{KeyService, KeyServiceExt, Origin, Request, RequestContext, Response};
 pub use service::{
     AccessKeyEntry, AccessKeySecret, AliasListEntry, ImportParameters, KeyListEntry, KeyRotation,
     KeyRotationStatus, LocalKeyStore, NewAccessKey, ScheduledDeletion,
@@ -181,108 +184,4 @@ pub struct Encrypted {
     pub ciphertext_blob: Vec<u8>,
     /// For ReEncrypt: the key id the source blob was under.
     pub source_key_id: Option<String>,
-}
-
-/// The operations of a key management service that callers above this layer
-/// use. The local keystore implements it; a remote AWS KMS client will too.
-/// Every operation takes the caller's identity for policy and audit.
-pub trait KeyService: Send + Sync {
-    /// GenerateDataKey: a fresh data key, in plaintext and wrapped under `key_id`
-    /// (a key id, ARN or `alias/...`) bound to `context`.
-    fn generate_data_key(
-        &self,
-        caller: &Caller,
-        key_id: &str,
-        spec: DataKeySpec,
-        context: &EncryptionContext,
-    ) -> Result<DataKey, KmsError>;
-
-    /// Decrypt: unwraps a ciphertext blob. The blob names its key and key
-    /// material version; when `key_id` is given and differs, it is refused.
-    fn decrypt(
-        &self,
-        caller: &Caller,
-        ciphertext_blob: &[u8],
-        context: &EncryptionContext,
-        key_id: Option<&str>,
-    ) -> Result<Decrypted, KmsError>;
-
-    /// Encrypt: at most `MAX_ENCRYPT_PLAINTEXT` bytes directly under a CMK.
-    fn encrypt(
-        &self,
-        caller: &Caller,
-        key_id: &str,
-        plaintext: &[u8],
-        context: &EncryptionContext,
-    ) -> Result<Encrypted, KmsError>;
-
-    /// ReEncrypt: decrypts and encrypts again under `destination_key_id`
-    /// without the plaintext leaving the service.
-    fn re_encrypt(
-        &self,
-        caller: &Caller,
-        ciphertext_blob: &[u8],
-        source_context: &EncryptionContext,
-        destination_key_id: &str,
-        destination_context: &EncryptionContext,
-    ) -> Result<Encrypted, KmsError>;
-
-    /// DescribeKey.
-    fn describe_key(&self, caller: &Caller, key_id: &str) -> Result<KeyMetadata, KmsError>;
-
-    /// Decrypt for a file open in the mount: the same as `decrypt`, and
-    /// the audit record names the file and the requesting process.
-    fn decrypt_for_open(
-        &self,
-        caller: &Caller,
-        access: &FileAccess<'_>,
-        ciphertext_blob: &[u8],
-        context: &EncryptionContext,
-    ) -> Result<Decrypted, KmsError> {
-        let _ = access;
-        self.decrypt(caller, ciphertext_blob, context, None)
-    }
-
-    /// GenerateDataKey for a file the mount creates: the same as
-    /// `generate_data_key`, and the audit record names the file and the
-    /// requesting process.
-    fn generate_data_key_for_open(
-        &self,
-        caller: &Caller,
-        access: &FileAccess<'_>,
-        key_id: &str,
-        spec: DataKeySpec,
-        context: &EncryptionContext,
-    ) -> Result<DataKey, KmsError> {
-        let _ = access;
-        self.generate_data_key(caller, key_id, spec, context)
-    }
-
-    /// Records a file open served from the mount's data-key cache: a
-    /// `Decrypt` marked as a cache hit, so that every open that needed the
-    /// key is in the trail. No key is used and nothing is refused here.
-    fn record_cached_open(
-        &self,
-        caller: &Caller,
-        access: &FileAccess<'_>,
-        key_id: &str,
-        key_material_version: u32,
-        context: &EncryptionContext,
-    ) {
-        let _ = (caller, access, key_id, key_material_version, context);
-    }
-
-    /// Writes out audit records still queued (at unmount).
-    fn flush_audit(&self) {}
-
-    /// True when this service records file opens (the mount then reads the
-    /// requester's name and executable from /proc for each open).
-    fn audits_file_access(&self) -> bool {
-        false
-    }
-
-    /// A number that changes whenever the key service's state may have changed
-    /// (another process updated the keystore, a key was disabled, ...). Cheap:
-    /// callers use it to invalidate caches of data keys on every open.
-    fn generation(&self) -> u64;
 }

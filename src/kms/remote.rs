@@ -29,7 +29,8 @@ use aws_sdk_kms::types::DataKeySpec as AwsDataKeySpec;
 
 use super::{
     Caller, DataKey, DataKeySpec, Decrypted, Encrypted, EncryptionContext, KeyMetadata, KeyOrigin,
-    KeyService, KeyState, KmsError, Missing, Operation, StateProblem,
+    KeyService, KeyState, KmsError, Missing, Operation, Request, RequestContext, Response,
+    StateProblem,
 };
 use crate::crypto::SecretBytes;
 
@@ -296,8 +297,8 @@ fn state(s: Option<&aws_sdk_kms::types::KeyState>) -> KeyState {
     }
 }
 
-impl KeyService for RemoteKms {
-    fn generate_data_key(
+impl RemoteKms {
+    fn generate(
         &self,
         caller: &Caller,
         key_id: &str,
@@ -340,7 +341,7 @@ impl KeyService for RemoteKms {
         })
     }
 
-    fn decrypt(
+    fn unwrap(
         &self,
         caller: &Caller,
         ciphertext_blob: &[u8],
@@ -369,7 +370,7 @@ impl KeyService for RemoteKms {
         })
     }
 
-    fn encrypt(
+    fn wrap(
         &self,
         caller: &Caller,
         key_id: &str,
@@ -398,7 +399,7 @@ impl KeyService for RemoteKms {
         })
     }
 
-    fn re_encrypt(
+    fn rewrap(
         &self,
         caller: &Caller,
         ciphertext_blob: &[u8],
@@ -429,7 +430,7 @@ impl KeyService for RemoteKms {
         })
     }
 
-    fn describe_key(&self, caller: &Caller, key_id: &str) -> Result<KeyMetadata, KmsError> {
+    fn describe(&self, caller: &Caller, key_id: &str) -> Result<KeyMetadata, KmsError> {
         let inner = self.inner()?;
         let req = inner.client.describe_key().key_id(key_id);
         self.calls.describe_key.fetch_add(1, Ordering::Relaxed);
@@ -463,6 +464,61 @@ impl KeyService for RemoteKms {
             valid_to: m.valid_to.map(|d| d.secs()),
         })
     }
+}
+
+impl KeyService for RemoteKms {
+    fn call(&self, ctx: &RequestContext<'_>, request: Request<'_>) -> Result<Response, KmsError> {
+        let caller = &ctx.caller;
+        match request {
+            Request::GenerateDataKey {
+                key_id,
+                spec,
+                context,
+            } => self
+                .generate(caller, key_id, spec, context)
+                .map(Response::DataKey),
+            Request::Decrypt {
+                blob,
+                context,
+                key_id,
+            } => self
+                .unwrap(caller, blob, context, key_id)
+                .map(Response::Decrypted),
+            Request::Encrypt {
+                key_id,
+                plaintext,
+                context,
+            } => self
+                .wrap(caller, key_id, plaintext, context)
+                .map(Response::Encrypted),
+            Request::ReEncrypt {
+                blob,
+                source_context,
+                destination_key_id,
+                destination_context,
+            } => self
+                .rewrap(
+                    caller,
+                    blob,
+                    source_context,
+                    destination_key_id,
+                    destination_context,
+                )
+                .map(Response::Encrypted),
+            Request::DescribeKey { key_id } => {
+                self.describe(caller, key_id).map(Response::Metadata)
+            }
+            // The remote KMS keeps its own trail (CloudTrail); an open served
+            // from the mount's cache never reaches it.
+            Request::CachedOpen { .. } => Ok(Response::Recorded),
+        }
+    }
+
+    fn flush_audit(&self) {}
+
+    fn audits_file_access(&self) -> bool {
+        false
+    }
 
     fn generation(&self) -> u64 {
         let ms = self.opts.cache_lifetime.as_millis();
@@ -477,6 +533,7 @@ impl KeyService for RemoteKms {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kms::KeyServiceExt;
 
     #[test]
     fn key_ids_from_arns() {
@@ -506,7 +563,12 @@ mod tests {
             pid: 1,
         };
         let e = k
-            .decrypt(&caller, b"blob", &EncryptionContext::new(), None)
+            .decrypt(
+                &RequestContext::cli(caller),
+                b"blob",
+                &EncryptionContext::new(),
+                None,
+            )
             .unwrap_err();
         assert!(matches!(e, KmsError::Io { .. }), "{e:?}");
         assert!(!e.is_access_refusal());

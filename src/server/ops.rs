@@ -18,8 +18,8 @@ use crate::crypto::SecretBytes;
 use crate::kms::model::key_arn;
 use crate::kms::wire::{self, SYMMETRIC_DEFAULT};
 use crate::kms::{
-    Caller, DataKeySpec, EncryptionContext, KeyOrigin, KeyService, LocalKeyStore,
-    MAX_ENCRYPT_PLAINTEXT, Operation,
+    Caller, DataKeySpec, EncryptionContext, KeyOrigin, KeyServiceExt, LocalKeyStore,
+    MAX_ENCRYPT_PLAINTEXT, Operation, Origin, RequestContext,
 };
 
 /// A successful answer: plain JSON, or JSON holding a secret (zeroized buffer).
@@ -357,10 +357,15 @@ fn create_key(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply,
     ))
 }
 
+/// A request the server makes for `caller` to the key service.
+fn served(caller: &Caller) -> RequestContext<'static> {
+    RequestContext::new(*caller, Origin::Server)
+}
+
 /// DescribeKey: the key's metadata.
 fn describe_key(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
     let r: KeyIdReq = parse(body)?;
-    let m = ks.describe_key(caller, &r.key_id)?;
+    let m = ks.describe_key(&served(caller), &r.key_id)?;
     Ok(Reply::Json(
         json!({ "KeyMetadata": wire::metadata_json(&m) }),
     ))
@@ -518,7 +523,7 @@ fn encrypt(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, Ap
             pt.len()
         )));
     }
-    let e = ks.encrypt(caller, &r.key_id, &pt, &ctx(r.encryption_context))?;
+    let e = ks.encrypt(&served(caller), &r.key_id, &pt, &ctx(r.encryption_context))?;
     Ok(Reply::Json(wire::ciphertext_json(
         &B64.encode(&e.ciphertext_blob),
         &arn(&e.key_id),
@@ -532,7 +537,12 @@ fn decrypt(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, Ap
     let r: DecryptReq = parse(body)?;
     check_algorithm(&r.encryption_algorithm)?;
     let b = blob(&r.ciphertext_blob, "CiphertextBlob")?;
-    let d = ks.decrypt(caller, &b, &ctx(r.encryption_context), r.key_id.as_deref())?;
+    let d = ks.decrypt(
+        &served(caller),
+        &b,
+        &ctx(r.encryption_context),
+        r.key_id.as_deref(),
+    )?;
     let pt = Zeroizing::new(B64.encode(d.plaintext.expose()));
     Ok(secret_json(&[
         ("KeyId", &arn(&d.key_id)),
@@ -547,10 +557,10 @@ fn re_encrypt(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply,
     let r: ReEncryptReq = parse(body)?;
     let b = blob(&r.ciphertext_blob, "CiphertextBlob")?;
     if let Some(want) = &r.source_key_id {
-        ks.check_ciphertext_key(caller, &b, want)?;
+        ks.check_ciphertext_key(&served(caller), &b, want)?;
     }
     let e = ks.re_encrypt(
-        caller,
+        &served(caller),
         &b,
         &ctx(r.source_encryption_context),
         &r.destination_key_id,
@@ -569,7 +579,7 @@ fn generate_data_key(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result
     let arn = |k: &str| key_arn(ks.keystore_id(), k);
     let r: DataKeyReq = parse(body)?;
     let spec = data_key_spec(&r)?;
-    let dk = ks.generate_data_key(caller, &r.key_id, spec, &ctx(r.encryption_context))?;
+    let dk = ks.generate_data_key(&served(caller), &r.key_id, spec, &ctx(r.encryption_context))?;
     let pt = Zeroizing::new(B64.encode(dk.plaintext.expose()));
     Ok(secret_json(&[
         ("CiphertextBlob", &B64.encode(&dk.ciphertext_blob)),
@@ -588,7 +598,7 @@ fn generate_data_key_without_plaintext(
     let r: DataKeyReq = parse(body)?;
     let spec = data_key_spec(&r)?;
     let e = ks.generate_data_key_without_plaintext(
-        caller,
+        &served(caller),
         &r.key_id,
         spec,
         &ctx(r.encryption_context),

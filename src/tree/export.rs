@@ -15,7 +15,7 @@ use super::fsck::status_of;
 use super::{FileStatus, Tree, Walk, apply_meta};
 use crate::envelope::{EncryptedFile, EnvelopeError};
 use crate::format::BLOCK_SIZE;
-use crate::kms::{Caller, KeyService};
+use crate::kms::{KeyService, RequestContext};
 use crate::os::at::{list_dir, open_strictly_beneath};
 use crate::os::beneath::{mkdirat, unlinkat};
 use crate::os::node::{chmod_node, chown_node};
@@ -73,7 +73,7 @@ pub fn export_tree(
     walk: &Walk,
     dest: &Tree,
     ks: &dyn KeyService,
-    caller: &Caller,
+    rc: &RequestContext<'_>,
     progress: &mut dyn FnMut(),
 ) -> CopyReport {
     let mut report = CopyReport::default();
@@ -91,7 +91,7 @@ pub fn export_tree(
         }
     }
     for f in &walk.files {
-        match export_file(backing, f, dest, ks, caller) {
+        match export_file(backing, f, dest, ks, rc) {
             Ok(bytes) => {
                 report.files += 1;
                 report.bytes += bytes;
@@ -127,7 +127,7 @@ fn export_file(
     rel: &Path,
     dest: &Tree,
     ks: &dyn KeyService,
-    caller: &Caller,
+    rc: &RequestContext<'_>,
 ) -> Result<u64, FileStatus> {
     let file = backing.open_file(rel, false).map_err(io_status)?;
     let md = file.metadata().map_err(io_status)?;
@@ -138,7 +138,7 @@ fn export_file(
     let r = if len == 0 {
         Ok(0)
     } else {
-        EncryptedFile::open(file, ks, caller)
+        EncryptedFile::open(file, ks, rc)
             .map_err(status_of)
             .and_then(|ef| copy_plaintext(&ef, &out))
     };

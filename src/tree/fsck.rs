@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::{KeyStatus, Tree};
 use crate::envelope::{EncryptedFile, EnvelopeError};
 use crate::format::{self, BLOCK_SIZE};
-use crate::kms::{Caller, KeyService, KmsError};
+use crate::kms::{KeyService, KeyServiceExt, KmsError, RequestContext};
 
 /// What was found in one file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -110,7 +110,7 @@ pub fn fsck_file(
     tree: &Tree,
     path: &Path,
     ks: &dyn KeyService,
-    caller: &Caller,
+    rc: &RequestContext<'_>,
     quick: bool,
     states: &mut HashMap<String, KeyStatus>,
 ) -> (Option<String>, u64, FileStatus) {
@@ -149,7 +149,7 @@ pub fn fsck_file(
     let key_id = slot.key_id.clone();
     let state = states
         .entry(key_id.clone())
-        .or_insert_with(|| match ks.describe_key(caller, &key_id) {
+        .or_insert_with(|| match ks.describe_key(rc, &key_id) {
             Ok(m) => KeyStatus::of_metadata(&m),
             Err(e) => KeyStatus::of_error(&e).unwrap_or(KeyStatus::Missing),
         })
@@ -160,7 +160,7 @@ pub fn fsck_file(
     if quick {
         return (Some(key_id), plain, FileStatus::Ok);
     }
-    let key = match EncryptedFile::unwrap_key(&header, ks, caller) {
+    let key = match EncryptedFile::unwrap_key(&header, ks, rc) {
         Ok(k) => k,
         Err(e) => return (Some(key_id), plain, status_of(e)),
     };
@@ -218,14 +218,14 @@ pub fn fsck_tree(
     tree: &Tree,
     files: &[PathBuf],
     ks: &dyn KeyService,
-    caller: &Caller,
+    rc: &RequestContext<'_>,
     quick: bool,
     progress: &mut dyn FnMut(&FileCheck),
 ) -> FsckReport {
     let mut states = HashMap::new();
     let mut report = FsckReport::default();
     for p in files {
-        let (key_id, plain_size, status) = fsck_file(tree, p, ks, caller, quick, &mut states);
+        let (key_id, plain_size, status) = fsck_file(tree, p, ks, rc, quick, &mut states);
         let check = FileCheck {
             path: p.clone(),
             key_id,

@@ -19,7 +19,7 @@ use super::copy::{CopyReport, Ranges, copy_ranges, io_status};
 use super::fsck::status_of;
 use super::{FileStatus, Tree, Walk, apply_meta};
 use crate::envelope::EncryptedFile;
-use crate::kms::{Caller, KeyService};
+use crate::kms::{KeyService, RequestContext};
 use crate::os::at::{linkat, open_strictly_beneath};
 use crate::os::beneath::{mkdirat, open_node, unlinkat};
 
@@ -58,7 +58,7 @@ pub fn import_tree(
     walk: &Walk,
     backing: &Tree,
     ks: &dyn KeyService,
-    caller: &Caller,
+    rc: &RequestContext<'_>,
     key_id: &str,
     progress: &mut dyn FnMut(),
 ) -> CopyReport {
@@ -79,7 +79,7 @@ pub fn import_tree(
     }
     let mut batch: Vec<Written> = Vec::new();
     for f in &walk.files {
-        match import_file(src, f, backing, ks, caller, key_id) {
+        match import_file(src, f, backing, ks, rc, key_id) {
             Ok(Some(w)) => batch.push(w),
             Ok(None) => report.exists(f),
             Err(s) => report.skip(f, s),
@@ -195,7 +195,7 @@ fn import_file<'a>(
     rel: &'a PathBuf,
     backing: &Tree,
     ks: &dyn KeyService,
-    caller: &Caller,
+    rc: &RequestContext<'_>,
     key_id: &str,
 ) -> Result<Option<Written<'a>>, FileStatus> {
     let (dir, name) = backing.parent(rel).map_err(io_status)?;
@@ -214,7 +214,7 @@ fn import_file<'a>(
     let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
     let out = open_strictly_beneath(&dir, Path::new(&tmp), flags, 0o600).map_err(io_status)?;
     let id = out.metadata().map(|m| id_of(&m)).map_err(io_status)?;
-    let r = EncryptedFile::create(out, ks, caller, key_id)
+    let r = EncryptedFile::create(out, ks, rc, key_id)
         .map_err(status_of)
         .and_then(|ef| {
             let n = copy_in(&input, md.len(), &ef)?;

@@ -21,7 +21,7 @@ use serde::Serialize;
 use super::{KeyStatus, Tree};
 use crate::envelope::{EncryptedFile, EnvelopeError, file_context};
 use crate::format::{Header, SLOT_LEN};
-use crate::kms::{Caller, KeyMetadata, KeyService, KmsError};
+use crate::kms::{KeyMetadata, KeyService, KeyServiceExt, KmsError, RequestContext};
 
 /// Files locked and rewritten together between two `syncfs` calls.
 const BATCH: usize = 128;
@@ -170,7 +170,7 @@ struct Pending {
 /// Rewraps files of one backing tree through a key service.
 pub struct Rewrapper<'a> {
     ks: &'a dyn KeyService,
-    caller: Caller,
+    rc: RequestContext<'a>,
     opts: RewrapOptions,
     /// `--to-key-id` and `--from-key-id` resolved to key ids.
     to: Option<KeyMetadata>,
@@ -186,12 +186,12 @@ impl<'a> Rewrapper<'a> {
     /// destination key that is not enabled before any file is touched.
     pub fn new(
         ks: &'a dyn KeyService,
-        caller: Caller,
+        rc: RequestContext<'a>,
         opts: RewrapOptions,
     ) -> Result<Self, KmsError> {
         let to = match &opts.to_key {
             Some(k) => {
-                let m = ks.describe_key(&caller, k)?;
+                let m = ks.describe_key(&rc, k)?;
                 if m.key_state != crate::kms::KeyState::Enabled {
                     return Err(KmsError::Disabled { key_id: m.key_id });
                 }
@@ -200,12 +200,12 @@ impl<'a> Rewrapper<'a> {
             None => None,
         };
         let from = match &opts.from_key {
-            Some(k) => Some(ks.describe_key(&caller, k)?.key_id),
+            Some(k) => Some(ks.describe_key(&rc, k)?.key_id),
             None => None,
         };
         Ok(Self {
             ks,
-            caller,
+            rc,
             opts,
             to,
             from,
@@ -259,10 +259,7 @@ impl<'a> Rewrapper<'a> {
         if let Some(r) = self.described.get(key_id) {
             return r.clone();
         }
-        let r = self
-            .ks
-            .describe_key(&self.caller, key_id)
-            .map_err(key_problem);
+        let r = self.ks.describe_key(&self.rc, key_id).map_err(key_problem);
         self.described.insert(key_id.to_string(), r.clone());
         r
     }
@@ -324,7 +321,7 @@ impl<'a> Rewrapper<'a> {
         let ctx = file_context(&header.file_id);
         let enc = self
             .ks
-            .re_encrypt(&self.caller, &slot.wrapped_key, &ctx, &target.key_id, &ctx)
+            .re_encrypt(&self.rc, &slot.wrapped_key, &ctx, &target.key_id, &ctx)
             .map_err(key_problem)?;
         let (idx, new_slot) = header
             .next_slot(

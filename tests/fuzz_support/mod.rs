@@ -23,8 +23,8 @@ use kmsfs::kms::keystore::{self, Frame, KeystoreDir, RootKey, RootMode};
 use kmsfs::kms::model::{KeyRecord, StoreState};
 use kmsfs::kms::policy::KeyPolicy;
 use kmsfs::kms::{
-    Caller, CreateMode, DataKeySpec, EncryptionContext, KeyService, KeyState, LocalKeyStore,
-    Operation,
+    Caller, CreateMode, DataKeySpec, EncryptionContext, KeyServiceExt, KeyState, LocalKeyStore,
+    Operation, RequestContext,
 };
 use serde_json::Value;
 
@@ -87,7 +87,12 @@ impl Fixture {
         let key_id = ks.create_key(&caller, "fuzz").expect("key").key_id;
         let ctx = EncryptionContext::with("kmsfs:file", "00112233445566778899aabbccddeeff");
         let dk = ks
-            .generate_data_key(&caller, &key_id, DataKeySpec::Aes256, &ctx)
+            .generate_data_key(
+                &RequestContext::cli(caller),
+                &key_id,
+                DataKeySpec::Aes256,
+                &ctx,
+            )
             .expect("data key");
 
         let sealed_plain: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
@@ -98,7 +103,14 @@ impl Fixture {
             .create_new(true)
             .open(&sealed_path)
             .expect("sealed file");
-        envelope::seal(&mut &sealed_plain[..], out, &ks, &caller, &key_id).expect("seal");
+        envelope::seal(
+            &mut &sealed_plain[..],
+            out,
+            &ks,
+            &RequestContext::cli(caller),
+            &key_id,
+        )
+        .expect("seal");
         let sealed = std::fs::read(&sealed_path).expect("read sealed");
 
         let keystore_file =
@@ -315,7 +327,7 @@ fn sealed_file(fx: &Fixture, data: &[u8]) {
     // What `unseal` and the mount do, with a small buffer (unseal's 1 MiB one
     // is zeroized on drop: slow in debug builds).
     let read_all = || -> Result<Vec<u8>, envelope::EnvelopeError> {
-        let enc = envelope::EncryptedFile::open(file, &fx.ks, &fx.caller)?;
+        let enc = envelope::EncryptedFile::open(file, &fx.ks, &RequestContext::cli(fx.caller))?;
         let size = enc.plain_size()?;
         let mut out = Vec::new();
         let mut buf = [0u8; 3000];
@@ -353,7 +365,10 @@ pub fn blob(fx: &Fixture, data: &[u8]) {
     } else {
         fx.ctx.clone()
     };
-    if let Ok(d) = fx.ks.decrypt(&fx.caller, &b, &ctx, None) {
+    if let Ok(d) = fx
+        .ks
+        .decrypt(&RequestContext::cli(fx.caller), &b, &ctx, None)
+    {
         assert_eq!(b, fx.blob, "a changed blob decrypted");
         assert_eq!(ctx, fx.ctx, "the blob decrypted under another context");
         assert_eq!(d.plaintext.expose(), &fx.blob_plain[..]);
@@ -418,7 +433,7 @@ fn keystore_body(fx: &Fixture, body: &[u8]) {
         return;
     };
     for k in keys.iter().take(8) {
-        let Ok(meta) = ks.describe_key(&fx.caller, &k.key_id) else {
+        let Ok(meta) = ks.describe_key(&RequestContext::cli(fx.caller), &k.key_id) else {
             continue;
         };
         if meta.key_state != KeyState::Enabled {
@@ -426,9 +441,19 @@ fn keystore_body(fx: &Fixture, body: &[u8]) {
         }
         // A key that the keystore calls Enabled may still refuse (no policy
         // grant, material expired): fine. If it wraps, it must unwrap.
-        if let Ok(dk) = ks.generate_data_key(&fx.caller, &k.key_id, DataKeySpec::Aes128, &fx.ctx) {
+        if let Ok(dk) = ks.generate_data_key(
+            &RequestContext::cli(fx.caller),
+            &k.key_id,
+            DataKeySpec::Aes128,
+            &fx.ctx,
+        ) {
             let d = ks
-                .decrypt(&fx.caller, &dk.ciphertext_blob, &fx.ctx, None)
+                .decrypt(
+                    &RequestContext::cli(fx.caller),
+                    &dk.ciphertext_blob,
+                    &fx.ctx,
+                    None,
+                )
                 .expect("a data key just generated decrypts");
             assert_eq!(d.plaintext.expose(), dk.plaintext.expose());
         }

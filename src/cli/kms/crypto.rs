@@ -12,7 +12,7 @@ use super::args::{
 use super::{Session, base64_file_hint, context, read_blob};
 use crate::cli::output::{SYMMETRIC_DEFAULT, print_json, print_json_secret};
 use crate::cli::{CliError, ErrorClass};
-use crate::kms::{DataKeySpec, KeyService, wire};
+use crate::kms::{DataKeySpec, KeyServiceExt, wire};
 
 /// The data key's size: `--key-spec` or `--number-of-bytes`, one of them
 /// required (as AWS).
@@ -63,7 +63,7 @@ pub(super) fn generate_random(s: &Session, a: GenerateRandomArgs) -> Result<(), 
 pub(super) fn encrypt(s: &Session, a: EncryptArgs) -> Result<(), CliError> {
     let pt = read_blob(&a.plaintext, "plaintext")?;
     let ctx = context(&a.encryption_context)?;
-    let e = s.ks.encrypt(&s.caller, &a.key_id, &pt, &ctx)?;
+    let e = s.ks.encrypt(&s.rc, &a.key_id, &pt, &ctx)?;
     let blob = B64.encode(&e.ciphertext_blob);
     if s.json {
         print_json(&wire::ciphertext_json(&blob, &s.arn(&e.key_id), true));
@@ -78,7 +78,7 @@ pub(super) fn decrypt(s: &Session, a: DecryptArgs) -> Result<(), CliError> {
     let (blob, hint) = blob_arg(&a.ciphertext_blob, "ciphertext-blob")?;
     let ctx = context(&a.encryption_context)?;
     let d =
-        s.ks.decrypt(&s.caller, &blob, &ctx, a.key_id.as_deref())
+        s.ks.decrypt(&s.rc, &blob, &ctx, a.key_id.as_deref())
             .map_err(|e| with_hint(e, hint))?;
     let pt = Zeroizing::new(B64.encode(d.plaintext.expose()));
     if s.json {
@@ -97,7 +97,7 @@ pub(super) fn decrypt(s: &Session, a: DecryptArgs) -> Result<(), CliError> {
 pub(super) fn generate_data_key(s: &Session, a: DataKeyArgs) -> Result<(), CliError> {
     let ctx = context(&a.encryption_context)?;
     let dk =
-        s.ks.generate_data_key(&s.caller, &a.key_id, data_key_spec(&a)?, &ctx)?;
+        s.ks.generate_data_key(&s.rc, &a.key_id, data_key_spec(&a)?, &ctx)?;
     let pt = Zeroizing::new(B64.encode(dk.plaintext.expose()));
     let blob = B64.encode(&dk.ciphertext_blob);
     if s.json {
@@ -122,7 +122,7 @@ pub(super) fn generate_data_key_without_plaintext(
 ) -> Result<(), CliError> {
     let ctx = context(&a.encryption_context)?;
     let e =
-        s.ks.generate_data_key_without_plaintext(&s.caller, &a.key_id, data_key_spec(&a)?, &ctx)?;
+        s.ks.generate_data_key_without_plaintext(&s.rc, &a.key_id, data_key_spec(&a)?, &ctx)?;
     let blob = B64.encode(&e.ciphertext_blob);
     if s.json {
         print_json(&wire::ciphertext_json(&blob, &s.arn(&e.key_id), false));
@@ -139,11 +139,11 @@ pub(super) fn re_encrypt(s: &Session, a: ReEncryptArgs) -> Result<(), CliError> 
     let dctx = context(&a.destination_encryption_context)?;
     if let Some(want) = &a.source_key_id {
         // Checks the source key before anything is decrypted.
-        s.ks.check_ciphertext_key(&s.caller, &blob, want)
+        s.ks.check_ciphertext_key(&s.rc, &blob, want)
             .map_err(|e| with_hint(e, hint.clone()))?;
     }
     let e =
-        s.ks.re_encrypt(&s.caller, &blob, &sctx, &a.destination_key_id, &dctx)
+        s.ks.re_encrypt(&s.rc, &blob, &sctx, &a.destination_key_id, &dctx)
             .map_err(|e| with_hint(e, hint))?;
     let out = B64.encode(&e.ciphertext_blob);
     if s.json {

@@ -11,7 +11,7 @@ use super::args::{
 use super::{Session, page};
 use crate::cli::CliError;
 use crate::cli::output::{metadata_json, print_json, print_metadata};
-use crate::kms::{KeyOrigin, KeyService, clock};
+use crate::kms::{KeyOrigin, KeyServiceExt, clock};
 
 /// `create-key`.
 pub(super) fn create_key(s: &Session, a: CreateKeyArgs) -> Result<(), CliError> {
@@ -41,7 +41,7 @@ pub(super) fn create_key(s: &Session, a: CreateKeyArgs) -> Result<(), CliError> 
 
 /// `describe-key`.
 pub(super) fn describe_key(s: &Session, a: KeyIdArg) -> Result<(), CliError> {
-    let m = s.ks.describe_key(&s.caller, &a.key_id)?;
+    let m = s.ks.describe_key(&s.rc, &a.key_id)?;
     if s.json {
         print_json(&json!({ "KeyMetadata": metadata_json(&m) }));
     } else {

@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 use super::keystore::open_key_service;
 use super::{CliError, ErrorClass, GlobalArgs, OutputFormat, current_caller};
 use crate::kms::model::key_arn;
-use crate::kms::{Caller, EncryptionContext, LocalKeyStore};
+use crate::kms::{Caller, EncryptionContext, LocalKeyStore, RequestContext};
 
 mod aliases;
 mod args;
@@ -27,6 +27,8 @@ pub use args::*;
 struct Session {
     ks: Arc<LocalKeyStore>,
     caller: Caller,
+    /// `caller` from the command line, for the key service's requests.
+    rc: RequestContext<'static>,
     json: bool,
 }
 
@@ -43,6 +45,7 @@ pub fn run(g: &GlobalArgs, c: KmsCommand) -> Result<(), CliError> {
     let session = open_key_service(g).map(|ks| Session {
         ks,
         caller: current_caller(),
+        rc: super::cli_context(),
         // With --query or --output table the result is the JSON one, rendered
         // by `output` (AWS text rules, a table).
         json: g.output != OutputFormat::Text

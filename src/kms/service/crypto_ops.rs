@@ -16,6 +16,7 @@ use crate::crypto::{SecretBytes, hex};
 use crate::kms::audit::{FileAccess, Operation, Requester};
 use crate::kms::blob::{self, BlobHeader, MaterialKeys};
 use crate::kms::model::{KeyRecord, StoreState, Usage};
+use crate::kms::request::{KeyServiceExt, Request, RequestContext, Response};
 use crate::kms::{
     Caller, DataKey, DataKeySpec, Decrypted, Encrypted, EncryptionContext, KeyMetadata, KeyService,
     KeyState, KmsError, MAX_ENCRYPT_PLAINTEXT, Missing, StateProblem, ValidationCode, clock,
@@ -28,8 +29,6 @@ struct Call<'a> {
     request: Value,
     /// The encryption context the policy's conditions look at.
     ctx: Option<&'a EncryptionContext>,
-    /// The file open, for the mount.
-    access: Option<&'a FileAccess<'a>>,
 }
 
 impl<'a> Call<'a> {
@@ -37,7 +36,6 @@ impl<'a> Call<'a> {
         Self {
             request,
             ctx: Some(ctx),
-            access: None,
         }
     }
 }
@@ -70,7 +68,7 @@ impl LocalKeyStore {
     /// what its state forbids, authorize the caller, run `f`, audit the outcome.
     fn use_key<T>(
         &self,
-        caller: &Caller,
+        rc: &RequestContext<'_>,
         op: Operation,
         key_ref: KeyRef<'_>,
         usage: Usage,
@@ -82,8 +80,10 @@ impl LocalKeyStore {
         let snap = self.snapshot();
         let mut audit_key: Option<String> = None;
         let mut version = None;
+        let caller = &rc.caller;
+        let access = rc.access();
         let owned: OnceCell<Requester> = OnceCell::new();
-        let who = || match call.access {
+        let who = || match access {
             Some(a) => a.requester,
             None => owned.get_or_init(|| Requester::of(caller)),
         };
@@ -117,7 +117,7 @@ impl LocalKeyStore {
             },
             material_version: version,
             error: result.as_ref().err(),
-            extra: access_extra(call.access, false),
+            extra: access_extra(access, false),
         });
         match (result, recorded) {
             // The command line fails closed: no result without its record.
@@ -216,12 +216,11 @@ impl LocalKeyStore {
 
     fn open_blob(
         &self,
-        caller: &Caller,
+        rc: &RequestContext<'_>,
         op: Operation,
         ciphertext_blob: &[u8],
         context: &EncryptionContext,
         key_id: Option<&str>,
-        access: Option<&FileAccess<'_>>,
     ) -> Result<(String, u32, SecretBytes), KmsError> {
         let header = BlobHeader::parse(ciphertext_blob)?;
         if header.keystore_id != self.keystore_id {
@@ -241,10 +240,9 @@ impl LocalKeyStore {
         let call = Call {
             request,
             ctx: Some(context),
-            access,
         };
         self.use_key(
-            caller,
+            rc,
             op,
             KeyRef::Blob(&header),
             Usage::Decrypt,
@@ -281,12 +279,12 @@ impl LocalKeyStore {
     /// alias), before anything is decrypted: ReEncrypt's SourceKeyId.
     pub fn check_ciphertext_key(
         &self,
-        caller: &Caller,
+        rc: &RequestContext<'_>,
         ciphertext_blob: &[u8],
         key_id: &str,
     ) -> Result<(), KmsError> {
         let header = BlobHeader::parse(ciphertext_blob)?;
-        let wanted = self.describe_key(caller, key_id)?;
+        let wanted = self.describe_key(rc, key_id)?;
         if wanted.key_id != header.key_id_string() {
             return Err(KmsError::IncorrectKey {
                 made_under: header.key_id_string(),
@@ -299,18 +297,17 @@ impl LocalKeyStore {
     /// GenerateDataKeyWithoutPlaintext: only the wrapped data key.
     pub fn generate_data_key_without_plaintext(
         &self,
-        caller: &Caller,
+        rc: &RequestContext<'_>,
         key_id: &str,
         spec: DataKeySpec,
         context: &EncryptionContext,
     ) -> Result<Encrypted, KmsError> {
         let dk = self.gdk(
-            caller,
+            rc,
             Operation::GenerateDataKeyWithoutPlaintext,
             key_id,
             spec,
             context,
-            None,
         )?;
         Ok(Encrypted {
             key_id: dk.key_id,
@@ -321,12 +318,11 @@ impl LocalKeyStore {
 
     fn gdk(
         &self,
-        caller: &Caller,
+        rc: &RequestContext<'_>,
         op: Operation,
         key_id: &str,
         spec: DataKeySpec,
         context: &EncryptionContext,
-        access: Option<&FileAccess<'_>>,
     ) -> Result<DataKey, KmsError> {
         let len = spec.byte_len()?;
         let mut request = json!({
@@ -339,14 +335,13 @@ impl LocalKeyStore {
             DataKeySpec::Bytes(n) => request["numberOfBytes"] = json!(n),
         }
         self.use_key(
-            caller,
+            rc,
             op,
             KeyRef::Name(key_id),
             Usage::Encrypt,
             Call {
                 request,
                 ctx: Some(context),
-                access,
             },
             |_, key, ciphers| {
                 let plaintext = SecretBytes::random(len)
@@ -367,67 +362,10 @@ impl LocalKeyStore {
     }
 }
 
-impl KeyService for LocalKeyStore {
-    fn generate_data_key(
+impl LocalKeyStore {
+    fn encrypt_small(
         &self,
-        caller: &Caller,
-        key_id: &str,
-        spec: DataKeySpec,
-        context: &EncryptionContext,
-    ) -> Result<DataKey, KmsError> {
-        self.gdk(
-            caller,
-            Operation::GenerateDataKey,
-            key_id,
-            spec,
-            context,
-            None,
-        )
-    }
-
-    fn generate_data_key_for_open(
-        &self,
-        caller: &Caller,
-        access: &FileAccess<'_>,
-        key_id: &str,
-        spec: DataKeySpec,
-        context: &EncryptionContext,
-    ) -> Result<DataKey, KmsError> {
-        self.gdk(
-            caller,
-            Operation::GenerateDataKey,
-            key_id,
-            spec,
-            context,
-            Some(access),
-        )
-    }
-
-    fn decrypt(
-        &self,
-        caller: &Caller,
-        ciphertext_blob: &[u8],
-        context: &EncryptionContext,
-        key_id: Option<&str>,
-    ) -> Result<Decrypted, KmsError> {
-        let (key_id, key_material_version, plaintext) = self.open_blob(
-            caller,
-            Operation::Decrypt,
-            ciphertext_blob,
-            context,
-            key_id,
-            None,
-        )?;
-        Ok(Decrypted {
-            key_id,
-            key_material_version,
-            plaintext,
-        })
-    }
-
-    fn encrypt(
-        &self,
-        caller: &Caller,
+        rc: &RequestContext<'_>,
         key_id: &str,
         plaintext: &[u8],
         context: &EncryptionContext,
@@ -457,7 +395,7 @@ impl KeyService for LocalKeyStore {
             "encryptionAlgorithm": "SYMMETRIC_DEFAULT",
         });
         self.use_key(
-            caller,
+            rc,
             Operation::Encrypt,
             KeyRef::Name(key_id),
             Usage::Encrypt,
@@ -476,20 +414,19 @@ impl KeyService for LocalKeyStore {
         )
     }
 
-    fn re_encrypt(
+    fn re_encrypt_blob(
         &self,
-        caller: &Caller,
+        rc: &RequestContext<'_>,
         ciphertext_blob: &[u8],
         source_context: &EncryptionContext,
         destination_key_id: &str,
         destination_context: &EncryptionContext,
     ) -> Result<Encrypted, KmsError> {
         let (source, _, plaintext) = self.open_blob(
-            caller,
+            rc,
             Operation::ReEncryptFrom,
             ciphertext_blob,
             source_context,
-            None,
             None,
         )?;
         let request = json!({
@@ -498,7 +435,7 @@ impl KeyService for LocalKeyStore {
             "destinationEncryptionContext": context_json(destination_context),
         });
         self.use_key(
-            caller,
+            rc,
             Operation::ReEncryptTo,
             KeyRef::Name(destination_key_id),
             Usage::Encrypt,
@@ -518,7 +455,7 @@ impl KeyService for LocalKeyStore {
         )
     }
 
-    fn describe_key(&self, caller: &Caller, key_id: &str) -> Result<KeyMetadata, KmsError> {
+    fn describe(&self, caller: &Caller, key_id: &str) -> Result<KeyMetadata, KmsError> {
         self.admin(
             Admin {
                 op: Operation::DescribeKey,
@@ -542,40 +479,24 @@ impl KeyService for LocalKeyStore {
         )
     }
 
-    fn decrypt_for_open(
+    /// Records an open served from the mount's cache (`Request::CachedOpen`).
+    /// A record that cannot be written is the trail's to report.
+    fn record_cached(
         &self,
-        caller: &Caller,
-        access: &FileAccess<'_>,
-        ciphertext_blob: &[u8],
-        context: &EncryptionContext,
-    ) -> Result<Decrypted, KmsError> {
-        let (key_id, key_material_version, plaintext) = self.open_blob(
-            caller,
-            Operation::Decrypt,
-            ciphertext_blob,
-            context,
-            None,
-            Some(access),
-        )?;
-        Ok(Decrypted {
-            key_id,
-            key_material_version,
-            plaintext,
-        })
-    }
-
-    fn record_cached_open(
-        &self,
-        caller: &Caller,
-        access: &FileAccess<'_>,
+        rc: &RequestContext<'_>,
         key_id: &str,
         key_material_version: u32,
         context: &EncryptionContext,
     ) {
+        let owned: OnceCell<Requester> = OnceCell::new();
+        let access = rc.access();
         let _ = self.record(Outcome {
             op: Operation::Decrypt,
-            caller,
-            requester: access.requester,
+            caller: &rc.caller,
+            requester: match access {
+                Some(a) => a.requester,
+                None => owned.get_or_init(|| Requester::of(&rc.caller)),
+            },
             request: json!({
                 "encryptionContext": context_json(context),
                 "encryptionAlgorithm": "SYMMETRIC_DEFAULT",
@@ -585,8 +506,67 @@ impl KeyService for LocalKeyStore {
             named: None,
             material_version: Some(key_material_version),
             error: None,
-            extra: access_extra(Some(access), true),
+            extra: access_extra(access, true),
         });
+    }
+}
+
+impl KeyService for LocalKeyStore {
+    fn call(&self, rc: &RequestContext<'_>, request: Request<'_>) -> Result<Response, KmsError> {
+        match request {
+            Request::GenerateDataKey {
+                key_id,
+                spec,
+                context,
+            } => self
+                .gdk(rc, Operation::GenerateDataKey, key_id, spec, context)
+                .map(Response::DataKey),
+            Request::Decrypt {
+                blob,
+                context,
+                key_id,
+            } => {
+                let (key_id, key_material_version, plaintext) =
+                    self.open_blob(rc, Operation::Decrypt, blob, context, key_id)?;
+                Ok(Response::Decrypted(Decrypted {
+                    key_id,
+                    key_material_version,
+                    plaintext,
+                }))
+            }
+            Request::Encrypt {
+                key_id,
+                plaintext,
+                context,
+            } => self
+                .encrypt_small(rc, key_id, plaintext, context)
+                .map(Response::Encrypted),
+            Request::ReEncrypt {
+                blob,
+                source_context,
+                destination_key_id,
+                destination_context,
+            } => self
+                .re_encrypt_blob(
+                    rc,
+                    blob,
+                    source_context,
+                    destination_key_id,
+                    destination_context,
+                )
+                .map(Response::Encrypted),
+            Request::DescribeKey { key_id } => {
+                self.describe(&rc.caller, key_id).map(Response::Metadata)
+            }
+            Request::CachedOpen {
+                key_id,
+                key_material_version,
+                context,
+            } => {
+                self.record_cached(rc, key_id, key_material_version, context);
+                Ok(Response::Recorded)
+            }
+        }
     }
 
     fn flush_audit(&self) {

@@ -8,7 +8,8 @@ use crate::kms::model;
 use crate::kms::store::CURRENT_FILE;
 use crate::kms::store::Frame;
 use crate::kms::{
-    Caller, DataKeySpec, EncryptionContext, KeyService, KeyState, MAX_ENCRYPT_PLAINTEXT, clock,
+    Caller, DataKeySpec, EncryptionContext, KeyService, KeyServiceExt, KeyState,
+    MAX_ENCRYPT_PLAINTEXT, RequestContext, clock,
 };
 
 const ME: Caller = Caller {
@@ -16,6 +17,7 @@ const ME: Caller = Caller {
     gid: 0,
     pid: 1,
 };
+const RC: RequestContext<'static> = RequestContext::cli(ME);
 
 fn new_store() -> (tempfile::TempDir, LocalKeyStore, String) {
     let t = tempfile::tempdir().unwrap();
@@ -36,11 +38,11 @@ fn ctx() -> EncryptionContext {
 fn data_key_round_trip_and_refusals() {
     let (_t, ks, id) = new_store();
     let dk = ks
-        .generate_data_key(&ME, &id, DataKeySpec::Aes256, &ctx())
+        .generate_data_key(&RC, &id, DataKeySpec::Aes256, &ctx())
         .unwrap();
     assert_eq!(dk.plaintext.len(), 32);
     assert_eq!(dk.ciphertext_blob.len(), 32 + blob::BLOB_OVERHEAD);
-    let d = ks.decrypt(&ME, &dk.ciphertext_blob, &ctx(), None).unwrap();
+    let d = ks.decrypt(&RC, &dk.ciphertext_blob, &ctx(), None).unwrap();
     assert_eq!(d.plaintext, dk.plaintext);
     assert_eq!(
         (d.key_id.as_str(), d.key_material_version),
@@ -49,17 +51,17 @@ fn data_key_round_trip_and_refusals() {
     // Same key named by ARN: accepted. Another key: IncorrectKey.
     let arn = model::key_arn(ks.keystore_id(), &id);
     assert!(
-        ks.decrypt(&ME, &dk.ciphertext_blob, &ctx(), Some(&arn))
+        ks.decrypt(&RC, &dk.ciphertext_blob, &ctx(), Some(&arn))
             .is_ok()
     );
     let other = ks.create_key(&ME, "").unwrap().key_id;
     let e = ks
-        .decrypt(&ME, &dk.ciphertext_blob, &ctx(), Some(&other))
+        .decrypt(&RC, &dk.ciphertext_blob, &ctx(), Some(&other))
         .unwrap_err();
     assert!(matches!(e, KmsError::IncorrectKey { .. }), "{e}");
     // Other context: refused.
     let e = ks
-        .decrypt(&ME, &dk.ciphertext_blob, &EncryptionContext::new(), None)
+        .decrypt(&RC, &dk.ciphertext_blob, &EncryptionContext::new(), None)
         .unwrap_err();
     assert!(matches!(e, KmsError::InvalidCiphertext { .. }), "{e}");
     for (spec, n) in [
@@ -68,7 +70,7 @@ fn data_key_round_trip_and_refusals() {
         (DataKeySpec::Bytes(1024), 1024),
     ] {
         assert_eq!(
-            ks.generate_data_key(&ME, &id, spec, &ctx())
+            ks.generate_data_key(&RC, &id, spec, &ctx())
                 .unwrap()
                 .plaintext
                 .len(),
@@ -77,15 +79,15 @@ fn data_key_round_trip_and_refusals() {
     }
     for bad in [0, 1025] {
         let e = ks
-            .generate_data_key(&ME, &id, DataKeySpec::Bytes(bad), &ctx())
+            .generate_data_key(&RC, &id, DataKeySpec::Bytes(bad), &ctx())
             .unwrap_err();
         assert!(matches!(e, KmsError::Validation { .. }));
     }
     let w = ks
-        .generate_data_key_without_plaintext(&ME, &id, DataKeySpec::Aes256, &ctx())
+        .generate_data_key_without_plaintext(&RC, &id, DataKeySpec::Aes256, &ctx())
         .unwrap();
     assert_eq!(
-        ks.decrypt(&ME, &w.ciphertext_blob, &ctx(), None)
+        ks.decrypt(&RC, &w.ciphertext_blob, &ctx(), None)
             .unwrap()
             .plaintext
             .len(),
@@ -97,20 +99,20 @@ fn data_key_round_trip_and_refusals() {
 fn every_modified_blob_is_invalid_ciphertext() {
     let (_t, ks, id) = new_store();
     let dk = ks
-        .generate_data_key(&ME, &id, DataKeySpec::Aes256, &ctx())
+        .generate_data_key(&RC, &id, DataKeySpec::Aes256, &ctx())
         .unwrap();
     let blob = dk.ciphertext_blob;
     for i in 0..blob.len() * 8 {
         let mut bad = blob.clone();
         bad[i / 8] ^= 1 << (i % 8);
-        match ks.decrypt(&ME, &bad, &ctx(), None) {
+        match ks.decrypt(&RC, &bad, &ctx(), None) {
             Err(KmsError::InvalidCiphertext { .. }) => {}
             other => panic!("bit {i}: {other:?}"),
         }
     }
     for n in 0..blob.len() {
         assert!(matches!(
-            ks.decrypt(&ME, &blob[..n], &ctx(), None),
+            ks.decrypt(&RC, &blob[..n], &ctx(), None),
             Err(KmsError::InvalidCiphertext { .. })
         ));
     }
@@ -120,14 +122,14 @@ fn every_modified_blob_is_invalid_ciphertext() {
 fn rotation_keeps_old_blobs_decryptable_and_new_ones_use_the_new_version() {
     let (_t, ks, id) = new_store();
     let old = ks
-        .generate_data_key(&ME, &id, DataKeySpec::Aes256, &ctx())
+        .generate_data_key(&RC, &id, DataKeySpec::Aes256, &ctx())
         .unwrap();
     assert_eq!(old.key_material_version, 1);
     let g = ks.generation();
     assert_eq!(ks.rotate_key_on_demand(&ME, &id).unwrap(), (id.clone(), 2));
     assert_ne!(ks.generation(), g);
     let new = ks
-        .generate_data_key(&ME, &id, DataKeySpec::Aes256, &ctx())
+        .generate_data_key(&RC, &id, DataKeySpec::Aes256, &ctx())
         .unwrap();
     assert_eq!(new.key_material_version, 2);
     assert_eq!(
@@ -136,16 +138,16 @@ fn rotation_keeps_old_blobs_decryptable_and_new_ones_use_the_new_version() {
             .material_version,
         2
     );
-    let d_old = ks.decrypt(&ME, &old.ciphertext_blob, &ctx(), None).unwrap();
+    let d_old = ks.decrypt(&RC, &old.ciphertext_blob, &ctx(), None).unwrap();
     assert_eq!(
         (d_old.key_material_version, &d_old.plaintext),
         (1, &old.plaintext)
     );
-    let d_new = ks.decrypt(&ME, &new.ciphertext_blob, &ctx(), None).unwrap();
+    let d_new = ks.decrypt(&RC, &new.ciphertext_blob, &ctx(), None).unwrap();
     assert_eq!(d_new.key_material_version, 2);
     // Re-encrypting under the same key moves an old blob to the new version.
     let r = ks
-        .re_encrypt(&ME, &old.ciphertext_blob, &ctx(), &id, &ctx())
+        .re_encrypt(&RC, &old.ciphertext_blob, &ctx(), &id, &ctx())
         .unwrap();
     assert_eq!(
         BlobHeader::parse(&r.ciphertext_blob)
@@ -157,12 +159,12 @@ fn rotation_keeps_old_blobs_decryptable_and_new_ones_use_the_new_version() {
     let other = reopen(&ks);
     assert!(
         other
-            .decrypt(&ME, &old.ciphertext_blob, &ctx(), None)
+            .decrypt(&RC, &old.ciphertext_blob, &ctx(), None)
             .is_ok()
     );
     assert_eq!(
         other
-            .describe_key(&ME, &id)
+            .describe_key(&RC, &id)
             .unwrap()
             .current_key_material_version,
         2
@@ -198,7 +200,7 @@ fn automatic_rotation_happens_on_the_next_use_after_it_is_due() {
         (st.key_rotation_enabled, st.rotation_period_in_days),
         (true, Some(365))
     );
-    let old = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
+    let old = ks.encrypt(&RC, &id, b"x", &ctx()).unwrap().ciphertext_blob;
     // Move the due date into the past, as if the period had elapsed.
     ks.update(|s, _| {
         s.keys.get_mut(&id).unwrap().next_rotation = Some(1);
@@ -208,7 +210,7 @@ fn automatic_rotation_happens_on_the_next_use_after_it_is_due() {
     let fresh = reopen(&ks); // the next use rotates
     assert_eq!(
         fresh
-            .describe_key(&ME, &id)
+            .describe_key(&RC, &id)
             .unwrap()
             .current_key_material_version,
         2
@@ -223,7 +225,7 @@ fn automatic_rotation_happens_on_the_next_use_after_it_is_due() {
             .unwrap()
             > 1
     );
-    assert!(fresh.decrypt(&ME, &old, &ctx(), None).is_ok());
+    assert!(fresh.decrypt(&RC, &old, &ctx(), None).is_ok());
     fresh.disable_key_rotation(&ME, &id).unwrap();
     assert!(
         !fresh
@@ -247,7 +249,7 @@ fn key_policy_is_enforced_for_the_caller() {
         pid: 3,
     };
     let blob = ks
-        .encrypt(&mallory, &id, b"x", &ctx())
+        .encrypt(&RequestContext::cli(mallory), &id, b"x", &ctx())
         .unwrap()
         .ciphertext_blob;
     let doc = r#"{"Statement":[
@@ -267,21 +269,29 @@ fn key_policy_is_enforced_for_the_caller() {
     );
     ks.put_key_policy_checked(&ME, &id, "default", doc, true)
         .unwrap();
-    assert!(ks.decrypt(&alice, &blob, &ctx(), None).is_ok());
-    let e = ks.decrypt(&mallory, &blob, &ctx(), None).unwrap_err();
+    assert!(
+        ks.decrypt(&RequestContext::cli(alice), &blob, &ctx(), None)
+            .is_ok()
+    );
+    let e = ks
+        .decrypt(&RequestContext::cli(mallory), &blob, &ctx(), None)
+        .unwrap_err();
     assert!(
         matches!(e, KmsError::AccessDenied { .. }) && e.is_access_refusal(),
         "{e}"
     );
-    assert!(ks.encrypt(&mallory, &id, b"x", &ctx()).is_ok());
+    assert!(
+        ks.encrypt(&RequestContext::cli(mallory), &id, b"x", &ctx())
+            .is_ok()
+    );
     assert!(matches!(
-        ks.encrypt(&ME, &id, b"x", &ctx()),
+        ks.encrypt(&RC, &id, b"x", &ctx()),
         Err(KmsError::AccessDenied { .. })
     ));
     // Another process sees the policy too; the stored document round-trips.
     let other = reopen(&ks);
     assert!(matches!(
-        other.decrypt(&mallory, &blob, &ctx(), None),
+        other.decrypt(&RequestContext::cli(mallory), &blob, &ctx(), None),
         Err(KmsError::AccessDenied { .. })
     ));
     let stored = other.get_key_policy(&ME, &id, "default").unwrap();
@@ -297,7 +307,10 @@ fn key_policy_is_enforced_for_the_caller() {
     // Putting the default document back allows everyone again.
     let default = crate::kms::policy::default_policy_document().to_string();
     ks.put_key_policy(&ME, &id, "default", &default).unwrap();
-    assert!(ks.decrypt(&mallory, &blob, &ctx(), None).is_ok());
+    assert!(
+        ks.decrypt(&RequestContext::cli(mallory), &blob, &ctx(), None)
+            .is_ok()
+    );
 }
 
 #[test]
@@ -309,7 +322,7 @@ fn imported_material_round_trip_expiry_and_reimport() {
     let id = meta.key_id;
     assert_eq!(meta.key_state, KeyState::PendingImport);
     assert!(matches!(
-        ks.encrypt(&ME, &id, b"x", &ctx()),
+        ks.encrypt(&RC, &id, b"x", &ctx()),
         Err(KmsError::InvalidState { .. })
     ));
     assert!(
@@ -346,7 +359,7 @@ fn imported_material_round_trip_expiry_and_reimport() {
     let now = clock::now().unwrap();
     ks.import_key_material(&ME, &id, &p.import_token, &wrapped, Some(now + 3600))
         .unwrap();
-    let blob = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
+    let blob = ks.encrypt(&RC, &id, b"x", &ctx()).unwrap().ciphertext_blob;
     // Material expires: as if ValidTo had passed.
     ks.update(|s, _| {
         s.keys.get_mut(&id).unwrap().materials[0].expires = Some(1);
@@ -355,11 +368,11 @@ fn imported_material_round_trip_expiry_and_reimport() {
     .unwrap();
     let fresh = reopen(&ks);
     assert_eq!(
-        fresh.describe_key(&ME, &id).unwrap().key_state,
+        fresh.describe_key(&RC, &id).unwrap().key_state,
         KeyState::PendingImport
     );
     assert!(matches!(
-        fresh.decrypt(&ME, &blob, &ctx(), None),
+        fresh.decrypt(&RC, &blob, &ctx(), None),
         Err(KmsError::InvalidState { .. })
     ));
     // The old token is spent; new parameters, same material: old blobs work again.
@@ -377,7 +390,7 @@ fn imported_material_round_trip_expiry_and_reimport() {
         .unwrap();
     assert_eq!(
         fresh
-            .decrypt(&ME, &blob, &ctx(), None)
+            .decrypt(&RC, &blob, &ctx(), None)
             .unwrap()
             .plaintext
             .expose(),
@@ -385,7 +398,7 @@ fn imported_material_round_trip_expiry_and_reimport() {
     );
     fresh.delete_imported_key_material(&ME, &id).unwrap();
     assert!(matches!(
-        fresh.decrypt(&ME, &blob, &ctx(), None),
+        fresh.decrypt(&RC, &blob, &ctx(), None),
         Err(KmsError::InvalidState { .. })
     ));
 }
@@ -394,12 +407,12 @@ fn imported_material_round_trip_expiry_and_reimport() {
 fn encrypt_size_limit() {
     let (_t, ks, id) = new_store();
     let e = ks
-        .encrypt(&ME, &id, &[7u8; MAX_ENCRYPT_PLAINTEXT], &ctx())
+        .encrypt(&RC, &id, &[7u8; MAX_ENCRYPT_PLAINTEXT], &ctx())
         .unwrap();
-    let d = ks.decrypt(&ME, &e.ciphertext_blob, &ctx(), None).unwrap();
+    let d = ks.decrypt(&RC, &e.ciphertext_blob, &ctx(), None).unwrap();
     assert_eq!(d.plaintext.expose(), &[7u8; MAX_ENCRYPT_PLAINTEXT][..]);
     let err = ks
-        .encrypt(&ME, &id, &[7u8; MAX_ENCRYPT_PLAINTEXT + 1], &ctx())
+        .encrypt(&RC, &id, &[7u8; MAX_ENCRYPT_PLAINTEXT + 1], &ctx())
         .unwrap_err();
     assert!(
         matches!(err, KmsError::Validation { .. }) && err.to_string().contains("generate-data-key")
@@ -409,38 +422,38 @@ fn encrypt_size_limit() {
 #[test]
 fn every_state_refuses_with_its_own_error() {
     let (_t, ks, id) = new_store();
-    let blob = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
+    let blob = ks.encrypt(&RC, &id, b"x", &ctx()).unwrap().ciphertext_blob;
     ks.disable_key(&ME, &id).unwrap();
     assert!(matches!(
-        ks.encrypt(&ME, &id, b"x", &ctx()),
+        ks.encrypt(&RC, &id, b"x", &ctx()),
         Err(KmsError::Disabled { .. })
     ));
     assert!(matches!(
-        ks.decrypt(&ME, &blob, &ctx(), None),
+        ks.decrypt(&RC, &blob, &ctx(), None),
         Err(KmsError::Disabled { .. })
     ));
     assert!(matches!(
-        ks.generate_data_key(&ME, &id, DataKeySpec::Aes256, &ctx()),
+        ks.generate_data_key(&RC, &id, DataKeySpec::Aes256, &ctx()),
         Err(KmsError::Disabled { .. })
     ));
     assert!(matches!(
-        ks.re_encrypt(&ME, &blob, &ctx(), &id, &ctx()),
+        ks.re_encrypt(&RC, &blob, &ctx(), &id, &ctx()),
         Err(KmsError::Disabled { .. })
     ));
     assert_eq!(
-        ks.describe_key(&ME, &id).unwrap().key_state,
+        ks.describe_key(&RC, &id).unwrap().key_state,
         KeyState::Disabled
     );
     ks.enable_key(&ME, &id).unwrap();
-    assert!(ks.decrypt(&ME, &blob, &ctx(), None).is_ok());
+    assert!(ks.decrypt(&RC, &blob, &ctx(), None).is_ok());
     let s = ks.schedule_key_deletion(&ME, &id, Some(7)).unwrap();
     assert_eq!(s.key_state, KeyState::PendingDeletion);
     assert!(matches!(
-        ks.decrypt(&ME, &blob, &ctx(), None),
+        ks.decrypt(&RC, &blob, &ctx(), None),
         Err(KmsError::InvalidState { .. })
     ));
     assert!(matches!(
-        ks.encrypt(&ME, &id, b"x", &ctx()),
+        ks.encrypt(&RC, &id, b"x", &ctx()),
         Err(KmsError::InvalidState { .. })
     ));
     assert!(matches!(
@@ -449,7 +462,7 @@ fn every_state_refuses_with_its_own_error() {
     ));
     ks.cancel_key_deletion(&ME, &id).unwrap();
     assert_eq!(
-        ks.describe_key(&ME, &id).unwrap().key_state,
+        ks.describe_key(&RC, &id).unwrap().key_state,
         KeyState::Disabled
     );
     for bad in [6, 31] {
@@ -470,7 +483,7 @@ fn every_state_refuses_with_its_own_error() {
         Err(KmsError::NotFound { .. })
     ));
     assert!(matches!(
-        ks.encrypt(&ME, "not-a-key", b"x", &ctx()),
+        ks.encrypt(&RC, "not-a-key", b"x", &ctx()),
         Err(KmsError::NotFound { .. })
     ));
 }
@@ -479,8 +492,8 @@ fn every_state_refuses_with_its_own_error() {
 fn blob_from_another_keystore_is_refused() {
     let (_t, a, ida) = new_store();
     let (_t2, b, _) = new_store();
-    let blob = a.encrypt(&ME, &ida, b"x", &ctx()).unwrap().ciphertext_blob;
-    let e = b.decrypt(&ME, &blob, &ctx(), None).unwrap_err();
+    let blob = a.encrypt(&RC, &ida, b"x", &ctx()).unwrap().ciphertext_blob;
+    let e = b.decrypt(&RC, &blob, &ctx(), None).unwrap_err();
     assert!(matches!(e, KmsError::InvalidCiphertext { .. }), "{e}");
     // Even with the keystore id forged, the wrong key cannot open it.
     let mut forged = blob.clone();
@@ -488,7 +501,7 @@ fn blob_from_another_keystore_is_refused() {
         .map(|i| u8::from_str_radix(&b.keystore_id()[2 * i..2 * i + 2], 16).unwrap())
         .collect();
     forged[5..21].copy_from_slice(&bid);
-    assert!(b.decrypt(&ME, &forged, &ctx(), None).is_err());
+    assert!(b.decrypt(&RC, &forged, &ctx(), None).is_err());
 }
 
 #[test]
@@ -496,21 +509,21 @@ fn re_encrypt_moves_to_the_destination_key_and_context() {
     let (_t, ks, a) = new_store();
     let b = ks.create_key(&ME, "dest").unwrap().key_id;
     let blob = ks
-        .encrypt(&ME, &a, b"secret", &ctx())
+        .encrypt(&RC, &a, b"secret", &ctx())
         .unwrap()
         .ciphertext_blob;
     let dctx = EncryptionContext::with("file", "f2");
-    let r = ks.re_encrypt(&ME, &blob, &ctx(), &b, &dctx).unwrap();
+    let r = ks.re_encrypt(&RC, &blob, &ctx(), &b, &dctx).unwrap();
     assert_eq!(r.source_key_id.as_deref(), Some(a.as_str()));
     assert_eq!(r.key_id, b);
-    let d = ks.decrypt(&ME, &r.ciphertext_blob, &dctx, None).unwrap();
+    let d = ks.decrypt(&RC, &r.ciphertext_blob, &dctx, None).unwrap();
     assert_eq!(
         (d.key_id.as_str(), d.plaintext.expose()),
         (b.as_str(), &b"secret"[..])
     );
-    assert!(ks.decrypt(&ME, &r.ciphertext_blob, &ctx(), None).is_err());
+    assert!(ks.decrypt(&RC, &r.ciphertext_blob, &ctx(), None).is_err());
     assert!(matches!(
-        ks.re_encrypt(&ME, &blob, &dctx, &b, &dctx),
+        ks.re_encrypt(&RC, &blob, &dctx, &b, &dctx),
         Err(KmsError::InvalidCiphertext { .. })
     ));
 }
@@ -529,27 +542,27 @@ fn aliases_and_key_references() {
     ));
     let alias_arn = model::alias_arn(ks.keystore_id(), "alias/app");
     for r in ["alias/app", alias_arn.as_str(), &id.to_uppercase()] {
-        assert_eq!(ks.describe_key(&ME, r).unwrap().key_id, id, "{r}");
+        assert_eq!(ks.describe_key(&RC, r).unwrap().key_id, id, "{r}");
     }
     let foreign = format!("arn:kmsfs:kms:local:{}:key/{id}", "0".repeat(32));
     assert!(matches!(
-        ks.describe_key(&ME, &foreign),
+        ks.describe_key(&RC, &foreign),
         Err(KmsError::NotFound { .. })
     ));
     let other = ks.create_key(&ME, "").unwrap().key_id;
     ks.update_alias(&ME, "alias/app", &other).unwrap();
-    assert_eq!(ks.describe_key(&ME, "alias/app").unwrap().key_id, other);
+    assert_eq!(ks.describe_key(&RC, "alias/app").unwrap().key_id, other);
     assert_eq!(ks.list_aliases(&ME, Some(&id)).unwrap().len(), 0);
     ks.delete_alias(&ME, "alias/app").unwrap();
     assert!(matches!(
-        ks.describe_key(&ME, "alias/app"),
+        ks.describe_key(&RC, "alias/app"),
         Err(KmsError::NotFound { .. })
     ));
     let d1 = ks.ensure_default_key(&ME).unwrap();
     assert_eq!(ks.ensure_default_key(&ME).unwrap(), d1);
     assert_eq!(reopen(&ks).ensure_default_key(&ME).unwrap(), d1);
     assert_eq!(
-        ks.describe_key(&ME, model::DEFAULT_ALIAS).unwrap().key_id,
+        ks.describe_key(&RC, model::DEFAULT_ALIAS).unwrap().key_id,
         d1
     );
 }
@@ -558,22 +571,22 @@ fn aliases_and_key_references() {
 fn another_instance_sees_changes_and_generation_moves() {
     let (_t, a, id) = new_store();
     let b = reopen(&a);
-    let blob = b.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
+    let blob = b.encrypt(&RC, &id, b"x", &ctx()).unwrap().ciphertext_blob;
     let g0 = b.generation();
     a.disable_key(&ME, &id).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(FRESHNESS_INTERVAL_MS + 5));
     assert_ne!(b.generation(), g0);
     assert!(matches!(
-        b.decrypt(&ME, &blob, &ctx(), None),
+        b.decrypt(&RC, &blob, &ctx(), None),
         Err(KmsError::Disabled { .. })
     ));
     a.enable_key(&ME, &id).unwrap();
     b.refresh().unwrap();
-    assert!(b.decrypt(&ME, &blob, &ctx(), None).is_ok());
+    assert!(b.decrypt(&RC, &blob, &ctx(), None).is_ok());
     // A key created elsewhere is usable here after a refresh.
     let k2 = a.create_key(&ME, "").unwrap().key_id;
     b.refresh().unwrap();
-    assert!(b.encrypt(&ME, &k2, b"y", &ctx()).is_ok());
+    assert!(b.encrypt(&RC, &k2, b"y", &ctx()).is_ok());
 }
 
 #[test]
@@ -598,7 +611,7 @@ fn concurrent_writers_lose_nothing() {
 #[test]
 fn corrupt_current_falls_back_read_only() {
     let (_t, ks, id) = new_store();
-    let blob = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
+    let blob = ks.encrypt(&RC, &id, b"x", &ctx()).unwrap().ciphertext_blob;
     ks.create_alias(&ME, "alias/later", &id).unwrap(); // current = prev + alias
     let cur = ks.dir().join(CURRENT_FILE);
     let mut bytes = std::fs::read(&cur).unwrap();
@@ -610,8 +623,8 @@ fn corrupt_current_falls_back_read_only() {
     assert!(why.contains("checksum"), "{why}");
     assert!(why.contains("KEY STATES MAY BE OUT OF DATE"), "{why}");
     assert!(why.contains("may show here as enabled"), "{why}");
-    assert!(fb.decrypt(&ME, &blob, &ctx(), None).is_ok());
-    assert!(fb.describe_key(&ME, "alias/later").is_err()); // prev generation's view
+    assert!(fb.decrypt(&RC, &blob, &ctx(), None).is_ok());
+    assert!(fb.describe_key(&RC, "alias/later").is_err()); // prev generation's view
     let e = fb.create_key(&ME, "").unwrap_err();
     assert!(matches!(e, KmsError::CorruptKeystore { .. }), "{e}");
     assert_eq!(
@@ -626,7 +639,7 @@ fn due_deletion_purges_both_generations_and_aliases() {
     let (_t, ks, id) = new_store();
     let keep = ks.create_key(&ME, "keep").unwrap().key_id;
     ks.create_alias(&ME, "alias/doomed", &id).unwrap();
-    let blob = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
+    let blob = ks.encrypt(&RC, &id, b"x", &ctx()).unwrap().ciphertext_blob;
     ks.schedule_key_deletion(&ME, &id, Some(7)).unwrap();
     // Move the deletion date into the past (as if the window had elapsed).
     ks.update(|s, _| {
@@ -636,15 +649,15 @@ fn due_deletion_purges_both_generations_and_aliases() {
     .unwrap();
     let fresh = reopen(&ks); // opening purges
     assert!(matches!(
-        fresh.describe_key(&ME, &id),
+        fresh.describe_key(&RC, &id),
         Err(KmsError::NotFound { .. })
     ));
     assert!(matches!(
-        fresh.decrypt(&ME, &blob, &ctx(), None),
+        fresh.decrypt(&RC, &blob, &ctx(), None),
         Err(KmsError::NotFound { .. })
     ));
     assert!(fresh.list_aliases(&ME, None).unwrap().is_empty());
-    assert!(fresh.describe_key(&ME, &keep).is_ok());
+    assert!(fresh.describe_key(&RC, &keep).is_ok());
     for name in [CURRENT_FILE, store::PREV_FILE] {
         let bytes = std::fs::read(ks.dir().join(name)).unwrap();
         let state = Frame::parse(name, &bytes)
@@ -671,10 +684,10 @@ fn audit_sink_sees_every_use_and_refusal() {
     let (_t, ks, id) = new_store();
     let sink = Arc::new(Sink(Mutex::new(Vec::new())));
     ks.set_audit_sink(sink.clone()).unwrap();
-    let blob = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap().ciphertext_blob;
+    let blob = ks.encrypt(&RC, &id, b"x", &ctx()).unwrap().ciphertext_blob;
     ks.disable_key(&ME, &id).unwrap();
-    let _ = ks.decrypt(&ME, &blob, &ctx(), None);
-    let _ = ks.encrypt(&ME, "alias/none", b"x", &ctx());
+    let _ = ks.decrypt(&RC, &blob, &ctx(), None);
+    let _ = ks.encrypt(&RC, "alias/none", b"x", &ctx());
     let ev = sink.0.lock().unwrap().clone();
     assert_eq!(
         ev,
@@ -695,7 +708,7 @@ fn audit_sink_sees_every_use_and_refusal() {
 fn debug_shows_no_secrets() {
     let (_t, ks, id) = new_store();
     let dk = ks
-        .generate_data_key(&ME, &id, DataKeySpec::Aes256, &ctx())
+        .generate_data_key(&RC, &id, DataKeySpec::Aes256, &ctx())
         .unwrap();
     let s = format!("{ks:?} {dk:?}");
     assert!(s.contains("redacted") && s.contains("SecretBytes(len=32)"));
@@ -722,7 +735,7 @@ fn a_running_service_never_falls_back_to_an_older_generation() {
     let (_t, ks, id) = new_store();
     ks.disable_key(&ME, &id).unwrap();
     assert!(matches!(
-        ks.encrypt(&ME, &id, b"x", &ctx()),
+        ks.encrypt(&RC, &id, b"x", &ctx()),
         Err(KmsError::Disabled { .. })
     ));
     let good = std::fs::read(ks.dir().join(CURRENT_FILE)).unwrap();
@@ -731,7 +744,7 @@ fn a_running_service_never_falls_back_to_an_older_generation() {
     assert!(ks.fallback_reason().is_none());
     assert!(
         matches!(
-            ks.encrypt(&ME, &id, b"x", &ctx()),
+            ks.encrypt(&RC, &id, b"x", &ctx()),
             Err(KmsError::Disabled { .. })
         ),
         "a disabled key came back after the keystore file was damaged"
@@ -746,7 +759,7 @@ fn a_running_service_never_falls_back_to_an_older_generation() {
     ks.refresh().unwrap();
     ks.create_key(&ME, "").unwrap();
     assert!(matches!(
-        ks.encrypt(&ME, &id, b"x", &ctx()),
+        ks.encrypt(&RC, &id, b"x", &ctx()),
         Err(KmsError::Disabled { .. })
     ));
 }
@@ -759,10 +772,10 @@ fn a_damaged_change_never_read_fails_closed() {
     damage_current(&a);
     assert!(a.refresh().is_err());
     for k in [id.as_str(), "alias/none"] {
-        let e = a.encrypt(&ME, k, b"x", &ctx()).unwrap_err();
+        let e = a.encrypt(&RC, k, b"x", &ctx()).unwrap_err();
         assert!(matches!(e, KmsError::CorruptKeystore { .. }), "{e:?}");
     }
-    let e = a.encrypt(&ME, &id, b"x", &ctx()).unwrap_err().to_string();
+    let e = a.encrypt(&RC, &id, b"x", &ctx()).unwrap_err().to_string();
     assert!(e.contains("never read"), "{e}");
 }
 
@@ -781,9 +794,9 @@ fn a_stored_policy_no_longer_accepted_fails_closed_for_its_key_only() {
     let new = store::encode(&ks.keystore_id, &ks.root, frame.generation + 1, &state).unwrap();
     ks.dir.write_generations(Some(&bytes), &new).unwrap();
     let re = reopen(&ks);
-    let e = re.encrypt(&ME, &id, b"x", &ctx()).unwrap_err();
+    let e = re.encrypt(&RC, &id, b"x", &ctx()).unwrap_err();
     assert!(matches!(e, KmsError::AccessDenied { .. }), "{e:?}");
-    re.encrypt(&ME, &other, b"x", &ctx()).unwrap();
+    re.encrypt(&RC, &other, b"x", &ctx()).unwrap();
 }
 
 #[test]
@@ -797,10 +810,10 @@ fn a_running_service_refuses_a_rollback_to_an_older_generation() {
     std::thread::sleep(std::time::Duration::from_millis(5));
     std::fs::write(ks.dir().join(CURRENT_FILE), &old).unwrap();
     assert!(ks.refresh().is_err());
-    let e = ks.encrypt(&ME, &id, b"x", &ctx()).unwrap_err();
+    let e = ks.encrypt(&RC, &id, b"x", &ctx()).unwrap_err();
     assert!(matches!(e, KmsError::CorruptKeystore { .. }), "{e:?}");
     assert!(e.to_string().contains("went back from generation"), "{e}");
     // A fresh process accepts what is on disk (nothing else to compare with).
     let fresh = reopen(&ks);
-    fresh.encrypt(&ME, &id, b"x", &ctx()).unwrap();
+    fresh.encrypt(&RC, &id, b"x", &ctx()).unwrap();
 }
