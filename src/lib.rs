@@ -60,7 +60,7 @@ pub mod trust;
 // The library API in one flat list: what a program embedding kmsfs needs,
 // whichever layer it lives in. The layer modules stay public for the
 // documentation of their parts and for the fuzz targets and tests.
-pub use crate::daemon::{MountError, MountRequest, mount, unmount};
+pub use crate::daemon::{KeySource, MountError, MountRequest, mount, unmount};
 pub use crate::envelope::{EncryptedFile, EnvelopeError, FileKey, seal, unseal};
 pub use crate::fs::{FsConfig, FsError, KmsFs};
 pub use crate::kms::{

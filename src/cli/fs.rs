@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{CliError, ErrorClass, GlobalArgs, OutputFormat, keystore};
-use crate::daemon::{BackingMarker, MountError, MountRequest};
+use crate::daemon::{BackingMarker, KeySource, MountError, MountRequest};
 use crate::envelope::{self, EncryptedFile, EnvelopeError};
-use crate::kms::{KeyService, KeyServiceExt, KeyState};
+use crate::kms::KeyService;
 
 /// Arguments of `kmsfs mount`.
 #[derive(Debug, clap::Args)]
@@ -104,12 +104,30 @@ pub struct UnsealArgs {
 
 impl From<MountError> for CliError {
     fn from(e: MountError) -> Self {
+        if let MountError::Key {
+            context,
+            source,
+            keystore,
+            hint,
+        } = e
+        {
+            let mut err = match keystore {
+                Some(dir) => CliError::keystore(&dir, *source),
+                None => CliError::from(*source),
+            };
+            err.message = format!("{context}{}", err.message);
+            return match hint {
+                Some(h) => err.hint(h),
+                None => err,
+            };
+        }
         let class = match &e {
             MountError::Usage(_) => ErrorClass::Usage,
             MountError::NotFound(_) => ErrorClass::NotFound,
             MountError::State(..) => ErrorClass::General,
             MountError::Io(_) => ErrorClass::Io,
             MountError::Refused(..) | MountError::NoDevFuse(_) => ErrorClass::Refused,
+            MountError::Key { .. } => ErrorClass::General,
         };
         let hint = e.hint().map(str::to_string);
         let err = CliError::new(class, e.to_string());
@@ -152,40 +170,6 @@ pub(super) fn existing_dir(p: &Path, what: &str) -> Result<PathBuf, CliError> {
     Ok(abs)
 }
 
-/// Refuses a key that is not enabled: a mount never starts only to refuse
-/// every create. Returns the key's id.
-fn usable_key(ks: &dyn KeyService, k: &str) -> Result<String, CliError> {
-    let meta = ks.describe_key(&super::cli_context(), k)?;
-    if meta.key_state != KeyState::Enabled {
-        return Err(CliError::new(
-            ErrorClass::Refused,
-            format!(
-                "key {k} is {}: new files could not be encrypted under it",
-                meta.key_state.as_str()
-            ),
-        )
-        .hint(format!(
-            "{}, or pick another key with --key-id",
-            key_remedy(meta.key_state, &meta.key_id)
-        )));
-    }
-    Ok(meta.key_id)
-}
-
-/// How to make key `id`, in `state`, usable again.
-fn key_remedy(state: KeyState, id: &str) -> String {
-    match state {
-        KeyState::PendingDeletion => format!(
-            "keep the key with `kmsfs kms cancel-key-deletion --key-id {id}`, then `kmsfs kms \
-             enable-key --key-id {id}`"
-        ),
-        KeyState::PendingImport => {
-            format!("import its key material (`kmsfs kms import-key-material --key-id {id} ...`)")
-        }
-        _ => format!("enable it with `kmsfs kms enable-key --key-id {id}`"),
-    }
-}
-
 /// The key service and the CMK for new files: `key_id`, or the zero-setup
 /// default key (keystore and key created on first use), checked either way to
 /// be usable now, so that a mount never starts only to refuse every create.
@@ -200,187 +184,47 @@ fn service_and_key(
         }
         Some(k) => (keystore::open_key_service(g)?, k.to_string()),
     };
-    let id = usable_key(&*ks, &k)?;
+    let id = crate::daemon::usable_key(&*ks, &k)?;
     Ok((ks, id))
 }
 
-/// A key service, the CMK for new files, and the marker to write (if any).
-pub(super) type BoundKey = (Arc<dyn KeyService>, String, Option<BackingMarker>);
-
-/// The key service and CMK for a mount of `backing`, which is bound to the
-/// keystore it was first mounted with (its marker): another keystore is
-/// refused, and a keystore is created (zero setup) only for a new, empty
-/// backing directory. Returns the marker to write when there is none yet.
-pub(super) fn bound_service_and_key(
-    g: &GlobalArgs,
-    key_id: Option<&str>,
-    backing: &Path,
-    survey: &crate::daemon::Survey,
-) -> Result<BoundKey, CliError> {
-    let dir = keystore::keystore_dir(g);
-    let marker = crate::daemon::read_marker(backing)?;
-    if let Some(m) = marker {
-        return service_of_marked_backing(g, key_id, backing, &dir, m);
-    }
-    if survey.entries == 0 {
-        let (ks, key) = service_and_key(g, key_id)?;
-        let ks_id = keystore::open_key_service(g)?.keystore_id().to_string();
-        let m = first_use(&ks_id, &key);
-        return Ok((ks, key, Some(m)));
-    }
-    service_of_unmarked_files(g, key_id, backing, &dir, survey)
-}
-
-/// The marker to write on a backing directory's first mount.
-fn first_use(ks_id: &str, key: &str) -> BackingMarker {
-    BackingMarker {
-        version: 1,
-        keystore_id: ks_id.to_string(),
-        default_key_id: key.to_string(),
-    }
-}
-
-/// The key service and CMK for a backing directory with marker `m`: only
-/// the keystore it names is accepted.
-fn service_of_marked_backing(
-    g: &GlobalArgs,
-    key_id: Option<&str>,
-    backing: &Path,
-    dir: &Path,
-    m: BackingMarker,
-) -> Result<BoundKey, CliError> {
-    let hint = format!(
-        "pass the --keystore DIR that holds keystore {} (the one {} was first mounted with)",
-        m.keystore_id,
-        backing.display()
-    );
-    let ks = keystore::open_key_service(g).map_err(|e| {
-        let mut e = e.hint(hint.clone());
-        e.message = format!(
-            "{} belongs to keystore {}: {}",
-            backing.display(),
-            m.keystore_id,
-            e.message
-        );
-        e
-    })?;
-    if ks.keystore_id() != m.keystore_id {
-        return Err(CliError::new(
-            ErrorClass::Refused,
-            format!(
-                "{} belongs to keystore {}, but the keystore in {} is {}: its files could \
-                 not be read and new files would be under another keystore",
-                backing.display(),
-                m.keystore_id,
-                dir.display(),
-                ks.keystore_id()
-            ),
-        )
-        .hint(hint));
-    }
-    let key = match key_id {
-        Some(k) => usable_key(&*ks, k)?,
-        // The backing directory's own default: say how to change it.
-        None => usable_key(&*ks, &m.default_key_id).map_err(|mut e| {
-            let state = ks
-                .describe_key(&super::cli_context(), &m.default_key_id)
-                .map(|k| k.key_state)
-                .unwrap_or(KeyState::Disabled);
-            let b = backing.display();
-            e.message = format!("the default key of {b}: {}", e.message);
-            e.hint(format!(
-                "{}; or give {b} another key for new files with `kmsfs set-default-key {b} \
-                 --key-id NEW` (`kmsfs rewrap {b} --to-key-id NEW` moves its files too)",
-                key_remedy(state, &m.default_key_id)
-            ))
-        })?,
-    };
-    Ok((ks, key, None))
-}
-
-/// The key service and CMK for a backing directory without a marker that
-/// holds files already (mounted before markers existed, or plain files): no
-/// new keystore, and the files' keys must be in this one.
-fn service_of_unmarked_files(
-    g: &GlobalArgs,
-    key_id: Option<&str>,
-    backing: &Path,
-    dir: &Path,
-    survey: &crate::daemon::Survey,
-) -> Result<BoundKey, CliError> {
-    let ks = keystore::open_key_service(g).map_err(|e| {
-        let mut e = e.hint(format!(
-            "kmsfs creates a keystore only for a new, empty backing directory: pass the \
-             --keystore DIR these files were written with, or run `kmsfs init` first to \
-             start a new keystore ({} already holds files)",
-            backing.display()
-        ));
-        e.message = format!("{}: {}", backing.display(), e.message);
-        e
-    })?;
-    let caller = super::cli_context();
-    if let Some(first) = survey.key_ids.iter().next()
-        && !survey
-            .key_ids
-            .iter()
-            .any(|k| ks.describe_key(&caller, k).is_ok())
-    {
-        return Err(CliError::new(
-            ErrorClass::Refused,
-            format!(
-                "the kmsfs files in {} are encrypted under keys that the keystore in {} ({}) \
-                 does not hold (e.g. {first})",
-                backing.display(),
-                dir.display(),
-                ks.keystore_id()
-            ),
-        )
-        .hint("pass the --keystore DIR these files were written with"));
-    }
-    let key = match key_id {
-        Some(k) => k.to_string(),
-        None => ks
-            .ensure_default_key(&caller.caller)
-            .map_err(|e| CliError::keystore(dir, e))?,
-    };
-    let key = usable_key(&*ks, &key)?;
-    let m = first_use(ks.keystore_id(), &key);
-    Ok((ks, key, Some(m)))
-}
-
-/// Records `backing` in the keystore's directory, so that
-/// `schedule-key-deletion` can count the files a key still protects there.
-/// A failure costs only that warning.
-pub(super) fn remember_backing(g: &GlobalArgs, backing: &Path) {
-    let dir = keystore::keystore_dir(g);
-    if let Err(e) = crate::tree::remember_backing(&dir, backing) {
-        log::warn!(
-            "could not record {} in {}: {e}",
-            crate::logtext::escaped(backing),
-            crate::logtext::escaped(&dir)
-        );
-    }
-}
-
-/// `kmsfs mount`.
+/// `kmsfs mount`: the arguments and `-o` settings taken in, then the
+/// daemon's checks (`crate::daemon::preflight`: every rule of what may be
+/// mounted where), its notices printed, and the mount served.
 pub fn mount(g: &GlobalArgs, mut a: MountArgs) -> Result<(), CliError> {
     let g = settings_from_options(g, &mut a)?;
-    let (backing, mountpoint) = mount_paths(&a)?;
-    // Before anything is created (keystore, marker): options, /dev/fuse,
-    // the mount point, the backing directory's lock.
-    let prepared = crate::daemon::check_before_mount(&backing, &mountpoint, &a.options).map_err(
-        |e| match e {
-            MountError::NoDevFuse(m) => no_dev_fuse(m, &backing, &mountpoint),
-            e => e.into(),
+    let keys = match &a.kms_endpoint {
+        Some(url) => KeySource::Remote {
+            endpoint_url: url.clone(),
+            cache: std::time::Duration::from_secs(a.kms_cache_seconds),
         },
-    )?;
-    let new_lock = prepared.new_lock;
-    let r = mount_checked(g, a, backing.clone(), mountpoint, prepared);
-    if r.is_err() {
-        // A refused mount leaves nothing behind in the backing directory.
-        crate::daemon::Prepared::undo(&backing, new_lock);
+        None => keystore::key_source(&g),
+    };
+    // For the remedy of a user without /dev/fuse, which names them.
+    let full = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let (backing, mountpoint) = (full(&a.backing), full(&a.mountpoint));
+    let plan = crate::daemon::preflight(MountRequest {
+        backing: a.backing,
+        mountpoint: a.mountpoint,
+        keys,
+        key_id: a.key_id,
+        options: a.options,
+        foreground: a.foreground,
+        log_file: a.log_file,
+    })
+    .map_err(|e| match e {
+        MountError::NoDevFuse(m) => no_dev_fuse(m, &backing, &mountpoint),
+        e => e.into(),
+    })?;
+    for n in plan.notices() {
+        eprintln!("kmsfs: {n}");
     }
-    r
+    let done = (!a.foreground).then(|| plan.summary().to_string());
+    crate::daemon::start(plan)?;
+    if let Some(line) = done {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 /// The refusal of a user who cannot open /dev/fuse, with the root commands
@@ -388,7 +232,7 @@ pub fn mount(g: &GlobalArgs, mut a: MountArgs) -> Result<(), CliError> {
 /// refuses a keystore in the user's home (the user could swap it), so the
 /// commands name one that root keeps for this user.
 fn no_dev_fuse(message: String, backing: &Path, mp: &Path) -> CliError {
-    let uid = crate::os::ids::ids().0;
+    let uid = super::current_caller().uid;
     let name = crate::kms::accounts::user_name(uid).unwrap_or_else(|| uid.to_string());
     let ks = format!("/var/lib/kmsfs/{name}");
     CliError::new(ErrorClass::Refused, message).hint(format!(
@@ -400,104 +244,6 @@ fn no_dev_fuse(message: String, backing: &Path, mp: &Path) -> CliError {
         backing.display(),
         mp.display()
     ))
-}
-
-/// Warns when root mounts on a directory that belongs to another user
-/// without letting anyone but root in: that user would get EACCES.
-fn warn_owner_shut_out(mp: &Path, o: &crate::daemon::Options) {
-    use std::os::unix::fs::MetadataExt;
-    let euid = crate::os::ids::ids().0;
-    let Ok(md) = std::fs::metadata(mp) else {
-        return;
-    };
-    if euid == 0 && md.uid() != 0 && o.access != crate::fs::Access::All {
-        let who = crate::kms::accounts::user_name(md.uid())
-            .map(|n| format!("user {n}"))
-            .unwrap_or_else(|| format!("uid {}", md.uid()));
-        eprintln!(
-            "kmsfs: warning: {} belongs to {who}, but without -o allow_other only root can \
-             enter the mount ({who} gets \"Permission denied\"); unmount and mount again with \
-             -o allow_other to let them in",
-            mp.display()
-        );
-    }
-}
-
-/// `kmsfs mount` once the paths, options, mount point and lock are checked.
-fn mount_checked(
-    mut g: GlobalArgs,
-    a: MountArgs,
-    backing: PathBuf,
-    mountpoint: PathBuf,
-    prepared: crate::daemon::Prepared,
-) -> Result<(), CliError> {
-    let survey = crate::daemon::survey(&backing);
-    // The daemon works inside the backing directory: name the keystore absolutely.
-    g.keystore = Some(std::path::absolute(keystore::keystore_dir(&g))?);
-    // Unseal the keystore (a passphrase prompt needs the terminal) before the
-    // daemon leaves it.
-    let (ks, key_id, marker) = match &a.kms_endpoint {
-        Some(url) => super::remote::mount_service(
-            url,
-            a.key_id.as_deref(),
-            crate::daemon::read_marker(&backing)?,
-            std::time::Duration::from_secs(a.kms_cache_seconds),
-        )?,
-        None => {
-            let bound = bound_service_and_key(&g, a.key_id.as_deref(), &backing, &survey)?;
-            keystore::open_key_service(&g)?.set_caller_source(crate::kms::CallerSource::Mount);
-            bound
-        }
-    };
-    if let Some(m) = marker {
-        if prepared.backing_read_only {
-            log::info!("{} is read-only: no marker written", backing.display());
-        } else {
-            crate::daemon::write_marker(&backing, &m)?;
-        }
-    }
-    remember_backing(&g, &backing);
-    if prepared.backing_read_only && !prepared.options.read_only {
-        eprintln!(
-            "kmsfs: {} cannot be written: mounting it read-only",
-            backing.display()
-        );
-    }
-    warn_plain_files(&survey, &backing);
-    let log_file = match a.log_file {
-        Some(p) => Some(std::path::absolute(p)?),
-        None if !a.foreground => default_log_file(&mountpoint)?,
-        None => None,
-    };
-    warn_owner_shut_out(&mountpoint, &prepared.options);
-    let done = (!a.foreground).then(|| {
-        format!(
-            "mounted {} on {} (key {key_id}, keystore {})",
-            backing.display(),
-            mountpoint.display(),
-            match (&a.kms_endpoint, &g.keystore) {
-                (Some(url), _) => url.clone(),
-                (None, Some(d)) => d.display().to_string(),
-                (None, None) => String::new(),
-            }
-        )
-    });
-    crate::daemon::mount(MountRequest {
-        backing,
-        mountpoint,
-        ks,
-        keystore: g.keystore.clone(),
-        key_id,
-        options: a.options,
-        foreground: a.foreground,
-        log_file,
-        lock: prepared.lock,
-        backing_read_only: prepared.backing_read_only,
-    })?;
-    if let Some(line) = done {
-        println!("{line}");
-    }
-    Ok(())
 }
 
 /// The global arguments with kmsfs's settings given as -o options (fstab,
@@ -529,61 +275,6 @@ fn settings_from_options(g: &GlobalArgs, a: &mut MountArgs) -> Result<GlobalArgs
     Ok(g)
 }
 
-/// The backing directory and mount point, made absolute and checked not to
-/// contain each other.
-fn mount_paths(a: &MountArgs) -> Result<(PathBuf, PathBuf), CliError> {
-    let backing = existing_dir(&a.backing, "backing directory")?;
-    let mountpoint = match std::fs::canonicalize(&a.mountpoint) {
-        Ok(p) => p,
-        // A dead mount: `prepare_mountpoint` detaches it.
-        Err(e) if crate::daemon::is_enotconn(&e) => std::path::absolute(&a.mountpoint)?,
-        Err(_) => existing_dir(&a.mountpoint, "mount point")?,
-    };
-    if backing.starts_with(&mountpoint) || mountpoint.starts_with(&backing) {
-        return Err(CliError::new(
-            ErrorClass::Usage,
-            "the backing directory and the mount point must not contain each other",
-        ));
-    }
-    Ok((backing, mountpoint))
-}
-
-/// Warns that files in `backing` are not kmsfs files, so cannot be read
-/// through the mount.
-fn warn_plain_files(survey: &crate::daemon::Survey, backing: &Path) {
-    if survey.plain_count > 0 {
-        let examples: Vec<String> = survey
-            .plain
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        eprintln!(
-            "kmsfs: {} file{} in {} {} not {} (e.g. {}){}: left untouched, {} \
-             cannot be read through the mount",
-            survey.plain_count,
-            if survey.plain_count == 1 { "" } else { "s" },
-            backing.display(),
-            if survey.plain_count == 1 { "is" } else { "are" },
-            if survey.plain_count == 1 {
-                "a kmsfs file"
-            } else {
-                "kmsfs files"
-            },
-            examples.join(", "),
-            if survey.truncated {
-                format!(" among the first {} entries", crate::daemon::SURVEY_LIMIT)
-            } else {
-                String::new()
-            },
-            if survey.plain_count == 1 {
-                "it"
-            } else {
-                "they"
-            },
-        );
-    }
-}
-
 /// Takes a setting given as `-o NAME=VALUE` unless the flag gave it; both,
 /// differing, is a usage error.
 fn set_once<T: PartialEq>(
@@ -604,47 +295,6 @@ fn set_once<T: PartialEq>(
         )
         .hint("give the setting once")),
     }
-}
-
-/// The log of a background mount without `--log-file`: one file per mount
-/// point under `$XDG_STATE_HOME/kmsfs` (else `~/.local/state/kmsfs`), so that
-/// corruption warnings (backing file, block) are kept somewhere. None, with a
-/// warning, when that directory cannot be made; refused when another user
-/// could change it (a root mount run with a user's environment, `sudo -E`).
-fn default_log_file(mountpoint: &Path) -> Result<Option<PathBuf>, CliError> {
-    use std::os::unix::fs::DirBuilderExt;
-    let Some(base) = std::env::var_os("XDG_STATE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-    else {
-        return Ok(None);
-    };
-    let dir = crate::daemon::check_log_dir(&std::path::absolute(base.join("kmsfs"))?, true)?;
-    if let Err(e) = std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-    {
-        log::warn!(
-            "no log for this mount: cannot create {}: {e}",
-            dir.display()
-        );
-        return Ok(None);
-    }
-    let name: String = mountpoint
-        .to_string_lossy()
-        .trim_start_matches('/')
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    Ok(Some(dir.join(format!("mount-{name}.log"))))
 }
 
 /// `kmsfs set-default-key`: the key a backing directory's new files are
@@ -684,43 +334,9 @@ pub(super) fn marker_for_new_default(
     backing: &Path,
     key_id: &str,
 ) -> Result<(Option<BackingMarker>, String), CliError> {
-    let Some(m) = crate::daemon::read_marker(backing)? else {
-        return Err(CliError::new(
-            ErrorClass::NotFound,
-            format!(
-                "{} has no {}: it has never been mounted, so it has no default key",
-                backing.display(),
-                crate::fs::BACKING_MARKER
-            ),
-        )
-        .hint(format!(
-            "mount it once with `kmsfs mount {} MOUNTPOINT --key-id {key_id}`",
-            backing.display()
-        )));
-    };
     let dir = keystore::keystore_dir(g);
     let ks = keystore::open_key_service(g)?;
-    if ks.keystore_id() != m.keystore_id {
-        return Err(CliError::new(
-            ErrorClass::Refused,
-            format!(
-                "{} belongs to keystore {}, but the keystore in {} is {}",
-                backing.display(),
-                m.keystore_id,
-                dir.display(),
-                ks.keystore_id()
-            ),
-        )
-        .hint(format!(
-            "pass the --keystore DIR that holds keystore {}",
-            m.keystore_id
-        )));
-    }
-    let key = usable_key(&*ks, key_id)?;
-    if key == m.default_key_id {
-        return Ok((None, key));
-    }
-    Ok((Some(m), key))
+    Ok(crate::daemon::new_default_key(&ks, &dir, backing, key_id)?)
 }
 
 /// Says that a mount serving `backing` keeps encrypting new files under

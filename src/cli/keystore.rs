@@ -171,6 +171,21 @@ pub fn default_keystore_dir() -> PathBuf {
     })
 }
 
+/// The keystore `g` names as the key source of a mount or an import: a
+/// keystore is made by itself (for a new, empty backing directory) only at
+/// the default location, since a --keystore that names a missing directory
+/// elsewhere is more often a typo than a wish for a second keystore.
+pub fn key_source(g: &GlobalArgs) -> crate::daemon::KeySource {
+    let dir = keystore_dir(g);
+    let here = std::path::absolute(&dir).ok() == std::path::absolute(default_keystore_dir()).ok();
+    let g = g.clone();
+    crate::daemon::KeySource::Local {
+        dir,
+        passphrase: Arc::new(move || read_passphrase(&g, false)),
+        may_create: here,
+    }
+}
+
 /// Zero setup: opens the keystore, creating it (root-key-file mode) when there
 /// is none, and returns it with the id of the key aliased `alias/kmsfs/default`,
 /// created when absent (as AWS creates `aws/ebs`). A keystore is created only

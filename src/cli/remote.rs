@@ -1,9 +1,8 @@
 //! A remote KMS from the command line: `kmsfs kms ... --endpoint-url URL`
 //! (encrypt, decrypt, generate-data-key, describe-key through
-//! `kms::remote::RemoteKms`) and the key service of `kmsfs mount
-//! --kms-endpoint URL`. Output has the shapes of the local commands.
+//! `kms::remote::RemoteKms`). Output has the shapes of the local commands.
+//! `kmsfs mount --kms-endpoint URL` is bound by `crate::daemon::bind`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -14,14 +13,9 @@ use zeroize::Zeroizing;
 use super::kms::{AwsCliArgs, KeySpecArg, KmsCommand, context, read_blob};
 use super::output::{metadata_json, print_json, print_json_secret, print_metadata};
 use super::{CliError, ErrorClass, GlobalArgs, OutputFormat};
-use crate::daemon::BackingMarker;
 use crate::kms::remote::{RemoteKms, RemoteOptions};
 use crate::kms::wire::{SYMMETRIC_DEFAULT, ciphertext_json};
-use crate::kms::{DataKeySpec, KeyServiceExt, KeyState};
-
-/// What a backing directory's marker says when it is bound to a remote KMS
-/// (its keys live there, not in a local keystore).
-pub const REMOTE_MARKER_ID: &str = "remote-kms";
+use crate::kms::{DataKeySpec, KeyServiceExt};
 
 fn connect(url: &str, cache: Duration, aws: &AwsCliArgs) -> Result<RemoteKms, CliError> {
     RemoteKms::connect(RemoteOptions {
@@ -114,54 +108,4 @@ pub fn run(g: &GlobalArgs, url: &str, aws: &AwsCliArgs, c: KmsCommand) -> Result
         }
     }
     Ok(())
-}
-
-/// The key service and CMK of `kmsfs mount --kms-endpoint URL --key-id K`,
-/// and the marker to write on first use. A backing directory bound to a
-/// local keystore is refused (its files' keys are not in the remote KMS).
-pub(super) fn mount_service(
-    url: &str,
-    key_id: Option<&str>,
-    marker: Option<BackingMarker>,
-    cache: Duration,
-) -> Result<super::fs::BoundKey, CliError> {
-    if let Some(m) = &marker
-        && m.keystore_id != REMOTE_MARKER_ID
-    {
-        return Err(CliError::new(
-            ErrorClass::Refused,
-            format!(
-                "this backing directory belongs to the local keystore {}, not to a remote KMS",
-                m.keystore_id
-            ),
-        )
-        .hint("mount it without --kms-endpoint, with the --keystore it was made with"));
-    }
-    let key = key_id
-        .map(str::to_string)
-        .or_else(|| marker.as_ref().map(|m| m.default_key_id.clone()))
-        .ok_or_else(|| {
-            CliError::new(ErrorClass::Usage, "--kms-endpoint needs --key-id K")
-                .hint("give the key id, ARN or alias/NAME of the CMK in the remote KMS")
-        })?;
-    let ks = connect(url, cache, &AwsCliArgs::default())?;
-    let meta = ks.describe_key(&super::cli_context(), &key)?;
-    if meta.key_state != KeyState::Enabled {
-        return Err(CliError::new(
-            ErrorClass::Refused,
-            format!(
-                "key {key} is {} in the KMS at {url}: new files could not be encrypted under it",
-                meta.key_state.as_str()
-            ),
-        ));
-    }
-    // The daemon is forked single-threaded: the client's threads go now and
-    // come back in the daemon on its first call.
-    ks.release();
-    let new_marker = marker.is_none().then(|| BackingMarker {
-        version: 1,
-        keystore_id: REMOTE_MARKER_ID.into(),
-        default_key_id: key.clone(),
-    });
-    Ok((Arc::new(ks), meta.key_id, new_marker))
 }

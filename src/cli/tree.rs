@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::fs::{bound_service_and_key, existing_dir};
+use super::fs::existing_dir;
 use super::{CliError, ErrorClass, GlobalArgs, OutputFormat, keystore};
 use crate::kms::LocalKeyStore;
 use crate::tree::{self, FileStatus, Problem, RewrapOptions, Rewrapper};
@@ -479,13 +479,22 @@ pub fn import(g: &GlobalArgs, a: ImportArgs) -> Result<(), CliError> {
     }
     let _lock = lock_unmounted(&backing, "import")?;
     let survey = crate::daemon::survey(&backing);
-    let (ks, key_id, marker) = bound_service_and_key(g, a.key_id.as_deref(), &backing, &survey)?;
+    let bound = crate::daemon::bind(
+        &keystore::key_source(g),
+        a.key_id.as_deref(),
+        &backing,
+        &survey,
+    )?;
+    for n in &bound.notices {
+        eprintln!("kmsfs: {n}");
+    }
+    let (ks, key_id, marker) = (bound.ks, bound.key_id, bound.new_marker);
     // The same (shared) keystore instance: batch its records.
     bulk_key_service(g)?;
     if let Some(m) = marker {
         crate::daemon::write_marker(&backing, &m)?;
     }
-    super::fs::remember_backing(g, &backing);
+    crate::daemon::remember_backing(&keystore::keystore_dir(g), &backing);
     let (src_tree, w) = open_and_walk(&src, "source directory")?;
     let backing_tree = tree::Tree::open(&backing).map_err(|e| {
         CliError::new(

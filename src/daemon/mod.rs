@@ -1,7 +1,8 @@
-//! The mount daemon's lifecycle, apart from the filesystem it serves: checks
-//! before mounting, `-o` options, serving in the foreground or as a daemon
-//! that reports readiness to its parent, clean unmount on signals, and
-//! `unmount`.
+//! The mount daemon's lifecycle, apart from the filesystem it serves: what
+//! may be mounted where (the backing directory's binding to its keystore,
+//! the checks before mounting), `-o` options, serving in the foreground or
+//! as a daemon that reports readiness to its parent, clean unmount on
+//! signals, and `unmount`.
 #![forbid(unsafe_code)]
 
 use std::fs::File;
@@ -11,14 +12,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::fs::BACKING_LOCK;
-use crate::kms::KeyService;
+use crate::kms::{KeyService, KmsError};
 use crate::os;
 
 mod backing;
+mod binding;
 mod control;
 mod logfile;
 mod mountinfo;
 mod options;
+mod preflight;
 mod readahead;
 mod serve;
 
@@ -26,12 +29,17 @@ pub use self::backing::{
     BackingMarker, Prepared, SURVEY_LIMIT, Survey, check_before_mount, lock_backing, read_marker,
     replace_marker, survey, write_marker,
 };
+pub use self::binding::{
+    Binding, KeySource, Passphrase, REMOTE_MARKER_ID, bind, key_remedy, new_default_key,
+    remember_backing, this_process, usable_key,
+};
 pub use self::control::{ControlError, control_request, socket_path};
 pub use self::logfile::{check_log_dir, open_log};
 pub use self::mountinfo::{
     MountInfo, is_enotconn, mount_at, parse_mountinfo, prepare_mountpoint, serving_mount,
 };
 pub use self::options::{Options, Settings, parse_options};
+pub use self::preflight::{MountRequest, Plan, preflight};
 
 /// Serving threads (each costs about 1 MiB of RSS).
 pub const SERVING_THREADS: usize = 4;
@@ -65,6 +73,20 @@ pub enum MountError {
     /// knows the keystore and paths the remedy must name).
     #[error("{0}")]
     NoDevFuse(String),
+    /// The key service refused or failed: opening the keystore, or the key
+    /// for new files.
+    #[error("{context}{source}")]
+    Key {
+        /// What it was about (a prefix of the message, may be empty).
+        context: String,
+        /// The key service's error.
+        source: Box<KmsError>,
+        /// The local keystore's directory, when opening it failed.
+        keystore: Option<PathBuf>,
+        /// What the user can do about it, when the binding knows better
+        /// than the key service's error.
+        hint: Option<String>,
+    },
 }
 
 impl MountError {
@@ -72,13 +94,52 @@ impl MountError {
     pub fn hint(&self) -> Option<&str> {
         match self {
             MountError::State(_, h) | MountError::Refused(_, h) => Some(h),
+            MountError::Key { hint, .. } => hint.as_deref(),
             _ => None,
+        }
+    }
+
+    /// A key service error, as it is.
+    pub fn kms(source: KmsError) -> Self {
+        MountError::Key {
+            context: String::new(),
+            source: Box::new(source),
+            keystore: None,
+            hint: None,
+        }
+    }
+
+    /// The error with `prefix` before its message and, if given, another
+    /// remedy.
+    pub(crate) fn in_context(self, prefix: &str, new_hint: Option<String>) -> Self {
+        match self {
+            MountError::Key {
+                context,
+                source,
+                keystore,
+                hint,
+            } => MountError::Key {
+                context: format!("{prefix}{context}"),
+                source,
+                keystore,
+                hint: new_hint.or(hint),
+            },
+            MountError::Refused(m, h) => {
+                MountError::Refused(format!("{prefix}{m}"), new_hint.unwrap_or(h))
+            }
+            MountError::State(m, h) => {
+                MountError::State(format!("{prefix}{m}"), new_hint.unwrap_or(h))
+            }
+            MountError::Usage(m) => MountError::Usage(format!("{prefix}{m}")),
+            MountError::NotFound(m) => MountError::NotFound(format!("{prefix}{m}")),
+            MountError::Io(m) => MountError::Io(format!("{prefix}{m}")),
+            MountError::NoDevFuse(m) => MountError::NoDevFuse(format!("{prefix}{m}")),
         }
     }
 }
 
-/// Everything `mount` needs.
-pub struct MountRequest {
+/// A checked mount, as the daemon serves it (made only by [`preflight`]).
+pub(crate) struct Serving {
     /// The backing directory (absolute).
     pub backing: PathBuf,
     /// The mount point (absolute).
@@ -102,16 +163,31 @@ pub struct MountRequest {
 }
 
 /// Mounts: in the foreground (returns after unmount) or as a daemon (returns
-/// once the mount is usable; the daemon serves until unmounted).
+/// once the mount is usable; the daemon serves until unmounted). Everything
+/// the command line checks is checked ([`preflight`]); its notices go to
+/// the log.
 pub fn mount(req: MountRequest) -> Result<(), MountError> {
-    let o = parse_options(&req.options)?;
-    if o.remount {
-        return Err(MountError::Usage(
-            "-o remount changes a running mount: use `mount -o remount,ro MOUNTPOINT` (with the \
-             mount.fuse.kmsfs helper installed) or `kmsfs remount MOUNTPOINT --read-only`"
-                .into(),
-        ));
+    let plan = preflight(req)?;
+    for n in plan.notices() {
+        log::warn!("{n}");
     }
+    start(plan)
+}
+
+/// Serves a checked mount: in the foreground or as a daemon, as [`mount`].
+/// A refusal leaves nothing behind in the backing directory.
+pub fn start(plan: Plan) -> Result<(), MountError> {
+    let backing = plan.serving.backing.clone();
+    let r = serve_checked(&plan.serving);
+    if r.is_err() {
+        backing::Prepared::undo(&backing, plan.new_lock);
+    }
+    r
+}
+
+fn serve_checked(req: &Serving) -> Result<(), MountError> {
+    let o = parse_options(&req.options)?;
+    // Checked again: time has passed since the preflight (a passphrase prompt).
     prepare_mountpoint(&req.mountpoint)?;
     if !o.shared_storage && req.lock.is_none() {
         mountinfo::check_backing_unused(&req.backing)?;
@@ -123,7 +199,7 @@ pub fn mount(req: MountRequest) -> Result<(), MountError> {
             os::process::redirect_stderr(f)
                 .map_err(|e| MountError::Io(format!("log file: {e}")))?;
         }
-        return serve::serve(&req, &mut |_| {});
+        return serve::serve(req, &mut |_| {});
     }
     let (mut rx, tx) = std::io::pipe().map_err(|e| MountError::Io(format!("pipe: {e}")))?;
     match os::process::fork().map_err(|e| MountError::Io(e.to_string()))? {
@@ -150,7 +226,7 @@ pub fn mount(req: MountRequest) -> Result<(), MountError> {
         }
         os::process::Forked::Child => {
             drop(rx);
-            let code = serve::daemon_main(&req, log.as_ref(), tx);
+            let code = serve::daemon_main(req, log.as_ref(), tx);
             std::process::exit(code);
         }
     }

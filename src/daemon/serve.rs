@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::control::{self, CountingService, MountState};
 use super::options::{Options, parse_options};
-use super::{MountError, MountRequest, TTL};
+use super::{MountError, Serving, TTL};
 use crate::fs::{FsConfig, HandleLimits, KmsFs, MountFlag, Session};
 use crate::logtext::escaped;
 use crate::os;
@@ -19,7 +19,7 @@ use crate::os;
 /// (type `fuse.kmsfs`) and hand fuser the connection, so that fuser never
 /// unmounts on its own: its drop-time unmount could hit a newer mount at the
 /// same place. Otherwise (or with auto_unmount) fuser mounts via fusermount3.
-fn new_session(fs: KmsFs, req: &MountRequest, o: &Options) -> std::io::Result<Session> {
+fn new_session(fs: KmsFs, req: &Serving, o: &Options) -> std::io::Result<Session> {
     let cfg = o.session_config(&req.backing);
     if !os::ids::is_root() || o.has(&MountFlag::AutoUnmount) {
         return Session::mount(fs, &req.mountpoint, &cfg);
@@ -43,7 +43,7 @@ fn new_session(fs: KmsFs, req: &MountRequest, o: &Options) -> std::io::Result<Se
 /// Mounts and serves until unmounted. `ready` is told once the mount is usable
 /// (or why it failed).
 pub(super) fn serve(
-    req: &MountRequest,
+    req: &Serving,
     ready: &mut dyn FnMut(Result<(), String>),
 ) -> Result<(), MountError> {
     // A write to a closed pipe (a log, the parent's readiness pipe) fails
@@ -89,7 +89,7 @@ pub(super) fn serve(
 
 /// The mount's options, read-only when the backing directory cannot be
 /// written; options ignored are logged.
-fn mount_options(req: &MountRequest) -> Result<Options, MountError> {
+fn mount_options(req: &Serving) -> Result<Options, MountError> {
     let mut o = parse_options(&req.options)?;
     if req.backing_read_only && !o.read_only {
         log::warn!(
@@ -121,7 +121,7 @@ fn harden_process() -> Result<(), MountError> {
 /// The filesystem over the backing directory, working inside it, and the
 /// key service that counts its calls.
 fn build_filesystem(
-    req: &MountRequest,
+    req: &Serving,
     o: &Options,
 ) -> Result<(KmsFs, Arc<CountingService>), MountError> {
     let counting = Arc::new(CountingService::new(req.ks.clone()));
@@ -162,7 +162,7 @@ fn build_filesystem(
 
 /// What the control socket reports about this mount.
 fn mount_state(
-    req: &MountRequest,
+    req: &Serving,
     o: &Options,
     fs: &KmsFs,
     counting: Arc<CountingService>,
@@ -185,7 +185,7 @@ fn mount_state(
 }
 
 /// Serves requests until the mount goes away.
-fn wait_for_unmount(session: Session, req: &MountRequest, o: &Options) -> Result<(), MountError> {
+fn wait_for_unmount(session: Session, req: &Serving, o: &Options) -> Result<(), MountError> {
     let r = session.run();
     let source = o.source_name(&req.backing);
     match r {
@@ -267,11 +267,7 @@ fn stop_on_signal(mp: &Path) {
 
 /// The forked daemon: leaves the terminal's session, serves, and tells the
 /// parent through `tx` once the mount is usable (or why it failed).
-pub(super) fn daemon_main(
-    req: &MountRequest,
-    log: Option<&File>,
-    mut tx: std::io::PipeWriter,
-) -> i32 {
+pub(super) fn daemon_main(req: &Serving, log: Option<&File>, mut tx: std::io::PipeWriter) -> i32 {
     if let Err(e) = os::process::setsid().and_then(|()| os::process::redirect_stdio(log)) {
         let _ = write!(tx, "ERR cannot start the mount daemon: {e}");
         return 1;
