@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::error::FsError;
 use super::filesystem::KmsFs;
 use super::privs::{self, Kill};
+use super::times;
 use crate::format;
 use crate::kms::Caller;
 use crate::os;
@@ -161,6 +162,9 @@ pub struct SetAttr {
     pub atime: Option<Utime>,
     /// New modification time.
     pub mtime: Option<Utime>,
+    /// The kernel's change time, handed back under the writeback cache
+    /// (FATTR_CTIME): kept beside a regular file (`times.rs`).
+    pub ctime: Option<SystemTime>,
     /// Through the caller's own open handle (ftruncate).
     pub by_handle: bool,
 }
@@ -176,6 +180,15 @@ pub(super) struct MetaChange {
 }
 
 impl MetaChange {
+    /// True when it changes anything.
+    pub(super) fn changes(&self) -> bool {
+        self.mode.is_some()
+            || self.uid.is_some()
+            || self.gid.is_some()
+            || self.atime.is_some()
+            || self.mtime.is_some()
+    }
+
     /// Applies the change to the object `node` holds (an open file, or an
     /// O_PATH descriptor of an entry checked to be the inode the kernel
     /// asked about), never through a symlink and never by name: chmod of a
@@ -198,9 +211,18 @@ impl MetaChange {
 }
 
 impl KmsFs {
-    /// Attributes of `ino`.
+    /// Attributes of `ino`: the metadata of its backing object, with the
+    /// change time stored for it (`times.rs`).
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
-        Ok(attr_of(ino, &self.metadata(ino)?))
+        if let Some(f) = self.opens.get(ino) {
+            let m = f.metadata()?;
+            return Ok(times::shown(attr_of(ino, &m), f.read().file(), &m));
+        }
+        match self.open_checked(ino, libc::O_PATH) {
+            Ok(c) => Ok(times::shown(attr_of(ino, &c.meta), &c.file, &c.meta)),
+            // A directory whose name a rename replaced: an open handle of it.
+            Err(_) => Ok(attr_of(ino, &self.metadata(ino)?)),
+        }
     }
 
     /// setattr of `ino` by `caller`; the attributes after it.
@@ -234,12 +256,27 @@ impl KmsFs {
             atime: set.atime,
             mtime: set.mtime,
         };
+        let changes = set.size.is_some() || change.changes();
+        // The change, then the kernel's ctime kept beside a regular file
+        // (or a record that no longer holds dropped).
+        let keep = |node: &File| -> Result<(), FsError> {
+            change.apply(node)?;
+            let m = node.metadata()?;
+            if let Some(ctime) = set.ctime {
+                times::store(node, &m, ctime);
+            } else if changes {
+                times::drop_record(node, &m);
+            }
+            Ok(())
+        };
         match self.open_state(ino) {
             // Open (perhaps unlinked, perhaps its name swapped for something
             // else since): change the very file through its descriptor.
-            Ok(f) => change.apply(f.read().file())?,
+            // Under the write lock: no write falls between the change and
+            // the record.
+            Ok(f) => keep(f.write().file())?,
             // Else through a descriptor of the entry checked to be `ino`.
-            Err(_) => change.apply(&self.open_checked(ino, libc::O_PATH)?.file)?,
+            Err(_) => keep(&self.open_checked(ino, libc::O_PATH)?.file)?,
         }
         self.getattr(ino)
     }

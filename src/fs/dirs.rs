@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::attr::{Attr, Kind, attr_of};
+use super::times;
 use super::budget::Charge;
 use super::error::FsError;
 use super::filesystem::{KmsFs, lock};
@@ -300,10 +301,11 @@ impl KmsFs {
         add: impl FnOnce(&Attr) -> bool,
     ) -> Result<bool, FsError> {
         let rel = dir_rel.join(name);
-        let m = stat_at(dir, name)?;
+        let node = os::beneath::open_node(dir, name)?;
+        let m = node.metadata()?;
         let mut t = lock(&self.inodes);
         let ino = t.resolve(&rel, backing_key(&m), m.is_dir());
-        let attr = attr_of(ino, &m);
+        let attr = times::shown(attr_of(ino, &m), &node, &m);
         let full = add(&attr);
         if !full {
             t.add_lookup(ino);

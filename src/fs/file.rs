@@ -189,7 +189,7 @@ impl KmsFs {
             self.opens.release(ino);
             return Err(e);
         }
-        Ok((f, keep && !truncate && self.kernel_caches()))
+        Ok((f, keep && !truncate && self.writeback()))
     }
 
     /// The check every open makes, for a file someone already has open:
@@ -366,7 +366,7 @@ impl KmsFs {
         if direct {
             f.mark_direct_write();
         }
-        f.write_at(data, offset)
+        f.write_at(data, offset, self.writeback())
     }
 
     /// fsync (or with `data_only` fdatasync) of open file `ino`.
@@ -424,7 +424,7 @@ impl KmsFs {
             self.kernel.attr_changed(ino_out);
         }
         let data = src.read_at(offset_in, len.min(u64::from(MAX_WRITE)) as usize)?;
-        dst.write_at(&data, offset_out)?;
+        dst.write_at(&data, offset_out, self.writeback())?;
         Ok(data.len() as u32)
     }
 }
@@ -570,7 +570,7 @@ mod tests {
         let (attr, f) = fs
             .create(ROOT_INO_FOR_TESTS, OsStr::new("f"), 0o644, &ROOT)
             .unwrap();
-        f.write_at(b"hello", 0).unwrap();
+        f.write_at(b"hello", 0, false).unwrap();
         let ino = attr.ino;
         fs.release(ino);
         let decrypts = || ks.decrypts.load(Ordering::SeqCst);
@@ -610,7 +610,7 @@ mod tests {
         let (attr, f) = fs
             .create(ROOT_INO_FOR_TESTS, OsStr::new("g"), 0o600, &ROOT)
             .unwrap();
-        f.write_at(&[7u8; 5000], 0).unwrap();
+        f.write_at(&[7u8; 5000], 0, false).unwrap();
         let ino = attr.ino;
         fs.release(ino);
         assert_eq!(fs.getattr(ino).unwrap().size, 5000);
@@ -630,7 +630,7 @@ mod tests {
         let (attr, f) = fs
             .create(ROOT_INO_FOR_TESTS, OsStr::new("k"), 0o644, &ROOT)
             .unwrap();
-        f.write_at(b"kept", 0).unwrap();
+        f.write_at(b"kept", 0, false).unwrap();
         let ino = attr.ino;
         let keep = |who: &Caller| {
             let (_, keep) = fs.open_keeping(ino, who, false, false).unwrap();
@@ -644,7 +644,7 @@ mod tests {
         assert!(keep(&ROOT));
         // A write through an open handle changes the backing file: drop
         // (only slower: the kernel's pages followed the write).
-        fs.open_state(ino).unwrap().write_at(b" more", 4).unwrap();
+        fs.open_state(ino).unwrap().write_at(b" more", 4, false).unwrap();
         assert!(!keep(&ROOT));
         for _ in 0..3 {
             fs.release(ino);
@@ -680,7 +680,7 @@ mod tests {
         let (attr, f) = fs
             .create(ROOT_INO_FOR_TESTS, OsStr::new("h"), 0o666, &ROOT)
             .unwrap();
-        f.write_at(b"kept", 0).unwrap();
+        f.write_at(b"kept", 0, false).unwrap();
         let ino = attr.ino;
         ks.inner.refuse.store(true, Ordering::SeqCst);
         ks.generation.fetch_add(1, Ordering::SeqCst);
@@ -702,7 +702,7 @@ mod tests {
         let (attr, f) = fs
             .create(ROOT_INO_FOR_TESTS, OsStr::new(name), 0o666, &ROOT)
             .unwrap();
-        f.write_at(content, 0).unwrap();
+        f.write_at(content, 0, false).unwrap();
         fs.release(attr.ino);
         attr.ino
     }

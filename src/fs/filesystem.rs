@@ -189,6 +189,12 @@ impl KmsFs {
         !self.cfg.ttl.is_zero()
     }
 
+    /// True when the kernel runs the writeback cache (`fuse.rs`, init):
+    /// wherever it caches.
+    pub fn writeback(&self) -> bool {
+        self.kernel_caches()
+    }
+
     /// True for a read-only mount.
     pub fn read_only(&self) -> bool {
         self.read_only.load(Ordering::Relaxed)

@@ -183,11 +183,16 @@ fn reply_xattr(reply: ReplyXattr, v: XattrValue) {
 
 impl Filesystem for KmsFs {
     fn init(&mut self, _req: &Request, cfg: &mut KernelConfig) -> io::Result<()> {
-        // No FUSE_WRITEBACK_CACHE: with it the kernel keeps a regular
-        // file's mtime and ctime itself and shows those, while the backing
-        // file keeps the times of the daemon's own writes (and no program
-        // can set a ctime), so the times changed across a remount. Without
-        // it every stat shows the stored times.
+        // FUSE_WRITEBACK_CACHE (not on shared storage): writes land in
+        // the kernel's pages and reach the daemon merged at writeback (one
+        // WRITE per dirty range, not one per write(2)). The kernel then
+        // keeps a regular file's mtime and ctime itself and hands them back
+        // with SETATTR (FATTR_MTIME, FATTR_CTIME) when it writes the inode
+        // back: the mtime is set on the backing file and the ctime, which
+        // no program can set, is kept beside it (times.rs), so the times
+        // shown survive a remount. With the cache the kernel also keeps the
+        // size it knows while it holds the inode, which is why storage that
+        // others write (-o sharedstorage) goes without it.
         // No FUSE_ATOMIC_O_TRUNC either: with it the daemon truncates in
         // OPEN, before the kernel checks that the file is not being executed
         // (ETXTBSY), so an open(O_TRUNC) that failed had still cut a running
@@ -207,7 +212,8 @@ impl Filesystem for KmsFs {
             // LOOKUP of "." (and of ".." for a directory's parent).
             InitFlags::FUSE_EXPORT_SUPPORT,
         ];
-        for flag in wanted {
+        let writeback = self.writeback().then_some(InitFlags::FUSE_WRITEBACK_CACHE);
+        for flag in wanted.into_iter().chain(writeback) {
             if let Err(missing) = cfg.add_capabilities(flag) {
                 log::info!("kernel does not offer {missing:?}");
             }
@@ -248,7 +254,7 @@ impl Filesystem for KmsFs {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
+        ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
@@ -263,6 +269,7 @@ impl Filesystem for KmsFs {
             size,
             atime: utime(atime),
             mtime: utime(mtime),
+            ctime,
             by_handle: fh.is_some(),
         };
         let body = || KmsFs::setattr(self, ino.0, &caller(req), set);
@@ -422,8 +429,12 @@ impl Filesystem for KmsFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing is buffered here: every write already reached the backing file.
-        serve(Op::Flush, reply, || Ok(()), |r, ()| r.ok());
+        // Nothing is buffered here: every write already reached the backing
+        // file. ENOSYS tells the kernel so once for all (fc->no_flush): with
+        // the writeback cache it sends FLUSH at every close in spite of
+        // FOPEN_NOFLUSH (after writing the file's dirty pages back).
+        let nosys = || Err(FsError::Io(io::Error::from_raw_os_error(libc::ENOSYS)));
+        serve(Op::Flush, reply, nosys, |r, ()| r.ok());
     }
 
     fn release(

@@ -22,6 +22,7 @@ mod open;
 mod options;
 mod privs;
 mod stats;
+mod times;
 mod xattr;
 
 pub use self::budget::{DEFAULT_USER_HANDLES, HandleLimits};

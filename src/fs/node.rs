@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use super::attr::{Attr, attr_of};
+use super::times;
 use super::error::FsError;
 use super::filesystem::{KmsFs, lock};
 use super::inodes::BackingKey;
@@ -168,8 +169,9 @@ impl KmsFs {
             return Err(FsError::NotFound);
         }
         let (dir, name, rel) = self.in_dir(parent, name)?;
-        let m = stat_at(&dir, &name)?;
-        Ok(self.entry(&rel, &m))
+        let node = os::beneath::open_node(&dir, &name)?;
+        let m = node.metadata()?;
+        Ok(times::shown(self.entry(&rel, &m), &node, &m))
     }
 
     /// The directory holding directory `dir` (the root for the root).

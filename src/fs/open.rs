@@ -85,11 +85,20 @@ impl OpenFile {
         Ok(buf)
     }
 
-    /// Writes `data` at `offset`.
-    pub fn write_at(&self, data: &[u8], offset: u64) -> Result<(), FsError> {
-        self.write()
-            .write_at(data, offset)
-            .map_err(|e| FsError::envelope(e, &self.backing))
+    /// Writes `data` at `offset`; `keep_times`: the kernel owns the file's
+    /// mtime and ctime (writeback cache), so the write leaves the times the
+    /// mount shows as they were (`times::keeping`).
+    pub fn write_at(&self, data: &[u8], offset: u64, keep_times: bool) -> Result<(), FsError> {
+        let ef = self.write();
+        let write = || {
+            ef.write_at(data, offset)
+                .map_err(|e| FsError::envelope(e, &self.backing))
+        };
+        if keep_times {
+            super::times::keeping(ef.file(), write)
+        } else {
+            write()
+        }
     }
 
     /// Truncates or extends to `size` plaintext bytes.
