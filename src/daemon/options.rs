@@ -22,6 +22,9 @@ pub struct Options {
     /// `sharedstorage`: other daemons or hosts may serve the same backing
     /// directory; no lock, and no cache that assumes kmsfs is the only writer.
     pub shared_storage: bool,
+    /// `no_writeback_cache`: every write(2) reaches the daemon at once, and
+    /// the backing file's times are the ones shown (as with sharedstorage).
+    pub no_writeback_cache: bool,
     /// mount(2) flags of standard options that only the kernel honours
     /// (relatime, strictatime, nodiratime, lazytime).
     pub kernel_flags: u64,
@@ -116,6 +119,10 @@ pub fn parse_options(raw: &[String]) -> Result<Options, MountError> {
                 o.shared_storage = true;
                 continue;
             }
+            "no_writeback_cache" => {
+                o.no_writeback_cache = true;
+                continue;
+            }
             "remount" => {
                 o.remount = true;
                 continue;
@@ -199,7 +206,7 @@ fn unknown_option(other: &str) -> MountError {
         "unknown mount option {other:?} (known: allow_other, allow_root, \
          default_permissions, ro, rw, auto_unmount, [no]dev, [no]suid, [no]exec, \
          [no]atime, relatime, strictatime, nodiratime, lazytime, sync, async, \
-         dirsync, fsname=, subtype=, nonempty, sharedstorage, max_user_handles=, \
+         dirsync, fsname=, subtype=, nonempty, sharedstorage, no_writeback_cache, max_user_handles=, \
          keystore=, key_id=, passphrase_file=, log_file=; ignored: defaults, [no]auto, [no]user, users, \
          _netdev, nofail, x-*, [no]acl, dax, inlinecrypt, ...)"
     ))

@@ -152,6 +152,7 @@ fn build_filesystem(
         } else {
             TTL
         },
+        writeback: !o.shared_storage && !o.no_writeback_cache,
         handles,
     })
     .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;

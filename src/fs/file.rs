@@ -558,6 +558,7 @@ mod tests {
             read_only: false,
             noatime: false,
             ttl: Duration::from_secs(1),
+            writeback: false,
             handles: crate::fs::HandleLimits::unlimited(),
         })
         .unwrap();

@@ -37,6 +37,8 @@ pub struct FsConfig {
     pub noatime: bool,
     /// Entry and attribute time-to-live given to the kernel.
     pub ttl: Duration,
+    /// The kernel's writeback cache (`fuse.rs`, init; `times.rs`).
+    pub writeback: bool,
     /// How many handles one user, and all users together, may hold.
     pub handles: HandleLimits,
 }
@@ -49,6 +51,7 @@ impl std::fmt::Debug for FsConfig {
             .field("read_only", &self.read_only)
             .field("noatime", &self.noatime)
             .field("ttl", &self.ttl)
+            .field("writeback", &self.writeback)
             .field("handles", &self.handles)
             .finish()
     }
@@ -190,9 +193,9 @@ impl KmsFs {
     }
 
     /// True when the kernel runs the writeback cache (`fuse.rs`, init):
-    /// wherever it caches.
+    /// not on shared storage, nor with -o no_writeback_cache.
     pub fn writeback(&self) -> bool {
-        self.kernel_caches()
+        self.cfg.writeback && self.kernel_caches()
     }
 
     /// True for a read-only mount.

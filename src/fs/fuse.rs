@@ -218,6 +218,13 @@ impl Filesystem for KmsFs {
                 log::info!("kernel does not offer {missing:?}");
             }
         }
+        // FUSE over io_uring (Linux 6.14, /sys/module/fuse/parameters/
+        // enable_uring): offered by the kernel when enabled, but fuser 0.18
+        // has no ring transport, so it is not asked for and requests come
+        // through /dev/fuse (docs/PERFORMANCE.md, The transport).
+        if cfg.capabilities().contains(InitFlags::FUSE_OVER_IO_URING) {
+            log::info!("kernel offers FUSE over io_uring; served through /dev/fuse");
+        }
         let _ = cfg
             .set_max_write(MAX_WRITE)
             .or_else(|max| cfg.set_max_write(max));
