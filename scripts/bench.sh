@@ -18,6 +18,9 @@
 # of it warm (second run), cat of every file cold, rm -rf of it. Beside them: each
 # mount's peak RSS (VmHWM) and, for kmsfs, the FUSE requests each workload cost by
 # opcode, from the daemon's own counters (xattr trusted.kmsfs.requests on the root).
+# kmsfs runs twice in each round: as mounted by default (the writeback cache on) and
+# with -o no_writeback_cache (column "kmsfs, no wb"), so a change is measured against
+# the other in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/cargo_env.sh
@@ -57,18 +60,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Three targets: plain, kmsfs, gocryptfs.
-mkdir -p "$work"/{plain,kb,km,gb,gm}
+# Four targets: plain, kmsfs, kmsfs without the writeback cache, gocryptfs.
+mkdir -p "$work"/{plain,kb,km,nb,kn,gb,gm}
 export KMSFS_KEYSTORE=$work/keystore XDG_STATE_HOME=$work/state
 "$kmsfs" mount "$work/kb" "$work/km" 2>/dev/null; mounts+=("$work/km")
+"$kmsfs" mount "$work/nb" "$work/kn" -o no_writeback_cache 2>/dev/null; mounts+=("$work/kn")
 printf 'bench-passphrase\n' > "$work/pass"
 gocryptfs -q -init -passfile "$work/pass" -scryptn 10 "$work/gb" >/dev/null
 gocryptfs -q -nosyslog -passfile "$work/pass" "$work/gb" "$work/gm"; mounts+=("$work/gm")
-targets=(plain km gm)
-names=(plain kmsfs gocryptfs)
-kpid=$(awk -v m="$work/km" '$5 == m { for (i = 7; $i != "-"; i++); split($(i + 2), s, ":"); print s[2] }' /proc/self/mountinfo)
+targets=(plain km kn gm)
+names=(plain kmsfs kmsfs-nowb gocryptfs)
+daemon() { awk -v m="$1" '$5 == m { for (i = 7; $i != "-"; i++); split($(i + 2), s, ":"); print s[2] }' /proc/self/mountinfo; }
 gpid=$(pgrep -n -f "gocryptfs .*$work/gb" || true)
-pids=("" "$kpid" "$gpid")
+pids=("" "$(daemon "$work/km")" "$(daemon "$work/kn")" "$gpid")
 
 # The small-file tree: files every Debian machine has.
 read -r -a tree <<<"${BENCH_TREE:-/usr/include $(ls -d /usr/lib/python3.[0-9]* 2>/dev/null | head -1)}"
@@ -81,7 +85,7 @@ echo "== small-file tree: ${tree[*]}: $nfiles files, $ndirs directories, $tsize 
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 now() { date +%s%N; }
 # counts DIR: kmsfs's request counters (empty elsewhere).
-counts() { [[ $1 == "$work/km" ]] && python3 -c 'import os,sys; print(os.getxattr(sys.argv[1], "trusted.kmsfs.requests").decode(), end="")' "$1" || true; }
+counts() { [[ $1 == "$work/km" || $1 == "$work/kn" ]] && python3 -c 'import os,sys; print(os.getxattr(sys.argv[1], "trusted.kmsfs.requests").decode(), end="")' "$1" || true; }
 fio_json() { fio --output-format=json --ioengine=psync --iodepth=1 --fallocate=none "$@"; }
 iops() { python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; print(j[sys.argv[2]]["total_ios"])' "$@"; }
 
@@ -96,8 +100,8 @@ measure() {
   v=$("$@")
   after=$(counts "$d")
   echo "$r,$n,$row,$v,$unit" >> "$csv"
-  if [[ $n == kmsfs && $r == 1 ]]; then
-    python3 - "$row" "$before" "$after" >> "$reqs" <<'PY'
+  if [[ $n == kmsfs* && $r == 1 ]]; then
+    python3 - "$row${n#kmsfs}" "$before" "$after" >> "$reqs" <<'PY'
 import sys
 row, b, a = sys.argv[1:4]
 parse = lambda t: {k: int(v) for k, v in (l.split() for l in t.splitlines() if l)}
@@ -121,7 +125,7 @@ rmtree() { timed rm -rf "$d/usr"; }
 
 for ((r = 1; r <= ROUNDS; r++)); do
   echo "round $r/$ROUNDS ($(uptime | sed 's/.*load/load/'))"
-  for i in 0 1 2; do
+  for i in 0 1 2 3; do
     d=$work/${targets[$i]}; n=${names[$i]}
     drop; measure seqwrite MiB/s "$d" "$n" seqwrite
     drop; measure seqread MiB/s "$d" "$n" seqread
@@ -134,7 +138,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     measure rmtree s "$d" "$n" rmtree
   done
 done
-for i in 1 2; do
+for i in 1 2 3; do
   hwm=$(awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/${pids[$i]}/status" 2>/dev/null || echo NA)
   echo "0,${names[$i]},peakrss,$hwm,MiB" >> "$csv"
 done
