@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::attr::{Attr, Kind, attr_of};
-use super::times;
 use super::budget::Charge;
 use super::error::FsError;
 use super::filesystem::{KmsFs, lock};
 use super::node::{backing_key, stat_at};
+use super::times;
 use crate::kms::Caller;
 use crate::os;
 

@@ -645,7 +645,10 @@ mod tests {
         assert!(keep(&ROOT));
         // A write through an open handle changes the backing file: drop
         // (only slower: the kernel's pages followed the write).
-        fs.open_state(ino).unwrap().write_at(b" more", 4, false).unwrap();
+        fs.open_state(ino)
+            .unwrap()
+            .write_at(b" more", 4, false)
+            .unwrap();
         assert!(!keep(&ROOT));
         for _ in 0..3 {
             fs.release(ino);

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use super::attr::{Attr, attr_of};
-use super::times;
 use super::error::FsError;
 use super::filesystem::{KmsFs, lock};
 use super::inodes::BackingKey;
+use super::times;
 use crate::os;
 
 /// What identifies a backing object across renames: device, inode number,

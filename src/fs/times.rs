@@ -37,7 +37,11 @@ fn split(t: SystemTime) -> (i64, u32) {
         Err(e) => {
             let d = e.duration();
             let (s, n) = (d.as_secs() as i64, d.subsec_nanos());
-            if n == 0 { (-s, 0) } else { (-s - 1, 1_000_000_000 - n) }
+            if n == 0 {
+                (-s, 0)
+            } else {
+                (-s - 1, 1_000_000_000 - n)
+            }
         }
     }
 }
@@ -152,8 +156,14 @@ mod tests {
     fn records_round_trip_and_bad_ones_are_ignored() {
         let m = (1_700_000_000, 5);
         let c = split(UNIX_EPOCH + Duration::new(1_700_000_001, 999_999_999));
-        assert_eq!(decode(&encode(m, c)), Some((m, (1_700_000_001, 999_999_999))));
-        assert_eq!(split(UNIX_EPOCH - Duration::from_millis(1500)), (-2, 500_000_000));
+        assert_eq!(
+            decode(&encode(m, c)),
+            Some((m, (1_700_000_001, 999_999_999)))
+        );
+        assert_eq!(
+            split(UNIX_EPOCH - Duration::from_millis(1500)),
+            (-2, 500_000_000)
+        );
         assert_eq!(decode(&encode(m, c)[..23]), None);
         let mut bad = encode(m, c);
         bad[20..24].copy_from_slice(&1_000_000_000u32.to_le_bytes());
