@@ -1,12 +1,17 @@
 //! kmsfs: a FUSE filesystem that gives unmodified programs encryption at rest
 //! under keys held by a small, local KMS.
 //!
-//! Layers, from the bottom up (dependencies point down only):
-//! `crypto` (AES-256-GCM, secrets), `format` (the on-disk file format, pure),
-//! `kms` (the key service and the local keystore), `envelope` (an encrypted
-//! file over a backing file: the SDK-side API shared by the mount and
-//! `seal`/`unseal`), `fs` (the FUSE frontend), `daemon` (the mount daemon's
-//! lifecycle), `cli` (the command line).
+//! Layers, from the bottom up (dependencies point down only; docs/ARCHITECTURE.md
+//! has the table of what each may import, and tests/layers.rs checks it):
+//! `os` (every `unsafe` and raw system call), `crypto` (AES-256-GCM,
+//! secrets), `format` (the on-disk file format, pure), `trust`, `logtext`
+//! and `listen` (the path-ownership rule, names in logs, where servers
+//! listen), `kms` (the key service, the local keystore and its audit trail),
+//! `envelope` (an encrypted file over a backing file: the SDK-side API shared
+//! by the mount and `seal`/`unseal`), `fs` (the filesystem and its FUSE
+//! adapter), `tree` (whole backing trees without a mount), `daemon` (what
+//! may be mounted where, and the mount daemon's lifecycle), `server` (the
+//! AWS KMS protocol), `console` (the web console), `cli` (the command line).
 //!
 //! # Client-side envelope encryption (the SDK side)
 //!
