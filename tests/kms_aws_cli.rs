@@ -100,9 +100,13 @@ fn query_and_text_output_as_the_aws_cli() {
         "text",
     ]);
     let f: Vec<&str> = line.trim_end().split('\t').collect();
-    assert_eq!(f.len(), 3, "{line}");
+    assert_eq!(f.len(), 5, "{line}");
     assert!(
-        f[0].ends_with(":alias/app") && f[1] == "alias/app" && f[2] == id,
+        f[0].ends_with(":alias/app")
+            && f[1] == "alias/app"
+            && f[2].ends_with('Z')
+            && f[3].ends_with('Z')
+            && f[4] == id,
         "{line}"
     );
     // A list of objects: one line per element, prefixed by its key in capitals.

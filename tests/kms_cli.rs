@@ -356,6 +356,7 @@ fn aliases_follow_the_aws_rules() {
         "noprefix",
         "alias/",
         "alias/sp ace",
+        "alias/co:lon",
         "alias/aws/ebs",
         "alias/kmsfs/default",
     ] {
@@ -373,7 +374,7 @@ fn aliases_follow_the_aws_rules() {
         "kms",
         "create-alias",
         "--alias-name",
-        "alias/ok_1:x/y-z",
+        "alias/ok_1/x/y-z",
         "--target-key-id",
         &k,
     ]);
@@ -381,26 +382,26 @@ fn aliases_follow_the_aws_rules() {
         "kms",
         "create-alias",
         "--alias-name",
-        "alias/ok_1:x/y-z",
+        "alias/ok_1/x/y-z",
         "--target-key-id",
         &k,
     ]);
     fails(&out, EXIT_USAGE, "AlreadyExistsException");
-    let v = ks.json(&["kms", "describe-key", "--key-id", "alias/ok_1:x/y-z"]);
+    let v = ks.json(&["kms", "describe-key", "--key-id", "alias/ok_1/x/y-z"]);
     assert_eq!(v["KeyMetadata"]["KeyId"], k.as_str());
     let k2 = ks.create_key();
     ks.ok(&[
         "kms",
         "update-alias",
         "--alias-name",
-        "alias/ok_1:x/y-z",
+        "alias/ok_1/x/y-z",
         "--target-key-id",
         &k2,
     ]);
     let v = ks.json(&["kms", "list-aliases", "--key-id", &k2]);
     assert_eq!(v["Aliases"].as_array().unwrap().len(), 1);
-    ks.ok(&["kms", "delete-alias", "--alias-name", "alias/ok_1:x/y-z"]);
-    let out = ks.run(&["kms", "describe-key", "--key-id", "alias/ok_1:x/y-z"]);
+    ks.ok(&["kms", "delete-alias", "--alias-name", "alias/ok_1/x/y-z"]);
+    let out = ks.run(&["kms", "describe-key", "--key-id", "alias/ok_1/x/y-z"]);
     fails(&out, EXIT_NOT_FOUND, "NotFoundException");
 }
 

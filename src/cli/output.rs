@@ -13,8 +13,9 @@ use crate::kms::{KeyMetadata, clock};
 pub(crate) use crate::kms::wire::{SYMMETRIC_DEFAULT, metadata_json};
 
 /// Response fields that AWS CLI v2 prints as ISO 8601 timestamps.
-const TIMESTAMP_FIELDS: [&str; 7] = [
+const TIMESTAMP_FIELDS: [&str; 8] = [
     "CreationDate",
+    "LastUpdatedDate",
     "DeletionDate",
     "ValidTo",
     "ParametersValidTo",

@@ -35,6 +35,12 @@ pub struct ServeArgs {
     /// Worker threads.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub threads: usize,
+    /// The region of the ARNs this server answers with
+    /// (`arn:aws:kms:REGION:ACCOUNT:key/ID`); requests signed for another
+    /// region are then refused. Without it, each request's signing region
+    /// is used ("local" over the Unix socket).
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -61,6 +67,7 @@ pub fn serve(g: &GlobalArgs, a: ServeArgs) -> Result<(), CliError> {
         allow_remote: a.allow_remote,
         socket_mode: a.socket_mode,
         threads: a.threads,
+        region: a.region,
     };
     crate::server::serve(ks, &opts, &mut |addr| {
         use std::io::Write;

@@ -196,6 +196,18 @@ impl KmsError {
         }
     }
 
+    /// A key policy's parse error as AWS's MalformedPolicyDocumentException
+    /// (other errors unchanged).
+    pub fn into_malformed_policy(self) -> Self {
+        match self {
+            KmsError::Validation {
+                code: None,
+                message,
+            } => KmsError::invalid_with(ValidationCode::MalformedPolicy, message),
+            e => e,
+        }
+    }
+
     /// A ciphertext that cannot be decrypted.
     pub fn invalid_ciphertext(reason: String) -> Self {
         KmsError::InvalidCiphertext { reason }
@@ -292,6 +304,16 @@ pub enum Missing {
         /// The name asked for.
         name: String,
     },
+    /// An alias where the operation takes only a key id or key ARN.
+    AliasNotAccepted {
+        /// What was given.
+        given: String,
+    },
+    /// No grant with this id (or token) on the key.
+    Grant {
+        /// The grant id or a description of the token.
+        grant: String,
+    },
     /// No access key (of the protocol server) with this id.
     AccessKey {
         /// The access key id asked for.
@@ -328,6 +350,11 @@ impl fmt::Display for Missing {
                 "no policy named {name:?}; the only key policy name is \"{}\"",
                 super::policy::POLICY_NAME
             ),
+            Missing::AliasNotAccepted { given } => write!(
+                f,
+                "{given} is an alias: this operation takes a key id or key ARN only"
+            ),
+            Missing::Grant { grant } => write!(f, "grant {grant} does not exist"),
             Missing::AccessKey { access_key_id } => {
                 write!(f, "access key {access_key_id} does not exist")
             }
@@ -429,6 +456,16 @@ pub enum ValidationCode {
     /// A key policy that would lock the caller out of changing it
     /// (AWS: MalformedPolicyDocumentException).
     PolicyLockout,
+    /// A key policy that does not parse or is not one kmsfs takes
+    /// (AWS: MalformedPolicyDocumentException).
+    MalformedPolicy,
+    /// A limit reached (AWS: LimitExceededException): tags, grants.
+    LimitExceeded,
+    /// A tag key or value refused (AWS: TagException).
+    Tag,
+    /// A request with DryRun that would have succeeded
+    /// (AWS: DryRunOperationException).
+    DryRun,
 }
 
 impl ValidationCode {
@@ -440,7 +477,12 @@ impl ValidationCode {
             ValidationCode::InvalidImportToken => Some("InvalidImportToken"),
             ValidationCode::ExpiredImportToken => Some("ExpiredImportToken"),
             ValidationCode::IncorrectKeyMaterial => Some("IncorrectKeyMaterial"),
-            ValidationCode::PolicyLockout => Some("MalformedPolicyDocument"),
+            ValidationCode::PolicyLockout | ValidationCode::MalformedPolicy => {
+                Some("MalformedPolicyDocument")
+            }
+            ValidationCode::LimitExceeded => Some("LimitExceeded"),
+            ValidationCode::Tag => Some("Tag"),
+            ValidationCode::DryRun => Some("DryRunOperation"),
         }
     }
 
@@ -451,7 +493,11 @@ impl ValidationCode {
             ValidationCode::InvalidImportToken => "InvalidImportToken: ",
             ValidationCode::ExpiredImportToken => "ExpiredImportToken: ",
             ValidationCode::IncorrectKeyMaterial => "IncorrectKeyMaterial: ",
-            ValidationCode::PolicyLockout => "",
+            ValidationCode::PolicyLockout
+            | ValidationCode::MalformedPolicy
+            | ValidationCode::LimitExceeded
+            | ValidationCode::Tag
+            | ValidationCode::DryRun => "",
         }
     }
 }

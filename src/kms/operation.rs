@@ -68,6 +68,16 @@ pub enum Operation {
     DeleteImportedKeyMaterial,
     /// GenerateRandom (uses no key).
     GenerateRandom,
+    /// UpdateKeyDescription.
+    UpdateKeyDescription,
+    /// TagResource.
+    TagResource,
+    /// UntagResource.
+    UntagResource,
+    /// ListResourceTags.
+    ListResourceTags,
+    /// ListKeyPolicies.
+    ListKeyPolicies,
     /// The end of a key's deletion waiting period (CloudTrail's DeleteKey).
     DeleteKey,
     /// An automatic rotation (CloudTrail's RotateKey).
@@ -89,7 +99,7 @@ impl Operation {
     ];
 
     /// Every operation, in declaration order (`ALL[op.index()] == op`).
-    pub const ALL: [Operation; 31] = [
+    pub const ALL: [Operation; 36] = [
         Operation::Encrypt,
         Operation::Decrypt,
         Operation::GenerateDataKey,
@@ -118,6 +128,11 @@ impl Operation {
         Operation::ImportKeyMaterial,
         Operation::DeleteImportedKeyMaterial,
         Operation::GenerateRandom,
+        Operation::UpdateKeyDescription,
+        Operation::TagResource,
+        Operation::UntagResource,
+        Operation::ListResourceTags,
+        Operation::ListKeyPolicies,
         Operation::DeleteKey,
         Operation::RotateKey,
         Operation::DeleteExpiredKeyMaterial,
@@ -161,6 +176,11 @@ impl Operation {
             O::ImportKeyMaterial => "kms:ImportKeyMaterial",
             O::DeleteImportedKeyMaterial => "kms:DeleteImportedKeyMaterial",
             O::GenerateRandom => "kms:GenerateRandom",
+            O::UpdateKeyDescription => "kms:UpdateKeyDescription",
+            O::TagResource => "kms:TagResource",
+            O::UntagResource => "kms:UntagResource",
+            O::ListResourceTags => "kms:ListResourceTags",
+            O::ListKeyPolicies => "kms:ListKeyPolicies",
             O::DeleteKey => "kms:DeleteKey",
             O::RotateKey => "kms:RotateKey",
             O::DeleteExpiredKeyMaterial => "kms:DeleteExpiredKeyMaterial",
@@ -215,7 +235,12 @@ impl Operation {
             | O::GetParametersForImport
             | O::ImportKeyMaterial
             | O::DeleteImportedKeyMaterial
-            | O::GenerateRandom => Some(self.as_str()),
+            | O::GenerateRandom
+            | O::UpdateKeyDescription
+            | O::TagResource
+            | O::UntagResource
+            | O::ListResourceTags
+            | O::ListKeyPolicies => Some(self.as_str()),
         }
     }
 
@@ -271,7 +296,10 @@ impl Operation {
             | O::PutKeyPolicy
             | O::GetParametersForImport
             | O::ImportKeyMaterial
-            | O::DeleteImportedKeyMaterial => true,
+            | O::DeleteImportedKeyMaterial
+            | O::UpdateKeyDescription
+            | O::TagResource
+            | O::UntagResource => true,
             O::Encrypt
             | O::Decrypt
             | O::GenerateDataKey
@@ -285,6 +313,8 @@ impl Operation {
             | O::GetKeyRotationStatus
             | O::ListKeyRotations
             | O::GenerateRandom
+            | O::ListResourceTags
+            | O::ListKeyPolicies
             | O::DeleteKey
             | O::RotateKey
             | O::DeleteExpiredKeyMaterial => false,
@@ -349,7 +379,7 @@ mod tests {
         assert_eq!(Operation::from_target("ReEncryptTo"), None);
         assert_eq!(Operation::from_target("DeleteKey"), None);
         assert_eq!(Operation::from_target(""), None);
-        assert_eq!(Operation::served().count(), 27);
+        assert_eq!(Operation::served().count(), 32);
     }
 
     #[test]

@@ -11,15 +11,28 @@ use super::KeyMetadata;
 /// The encryption algorithm name AWS reports for symmetric keys.
 pub const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
 
-/// `KeyMetadata` as AWS returns it (with the fields kmsfs keys always have).
+/// `KeyMetadata` as AWS returns it (with the fields kmsfs keys always have,
+/// and the account id its ARN holds).
 pub fn metadata_json(m: &KeyMetadata) -> Value {
     let mut v = serde_json::to_value(m).unwrap_or(Value::Null);
     if let Value::Object(o) = &mut v {
+        if let Some(account) = arn_account(&m.arn) {
+            o.insert("AWSAccountId".into(), json!(account));
+        }
+        o.insert("CustomerMasterKeySpec".into(), json!(m.key_spec));
         o.insert("KeyManager".into(), json!("CUSTOMER"));
         o.insert("EncryptionAlgorithms".into(), json!([SYMMETRIC_DEFAULT]));
         o.insert("MultiRegion".into(), json!(false));
     }
     v
+}
+
+/// The account field of an `arn:aws:...` ARN.
+pub fn arn_account(arn: &str) -> Option<&str> {
+    let rest = arn.strip_prefix("arn:aws:")?;
+    let mut parts = rest.splitn(4, ':');
+    let (_service, _region, account) = (parts.next()?, parts.next()?, parts.next()?);
+    (!account.is_empty()).then_some(account)
 }
 
 /// The result of Encrypt and GenerateDataKeyWithoutPlaintext (base64 blob,

@@ -145,6 +145,11 @@ pub(crate) fn precheck(
 }
 
 impl Presigned {
+    /// The region the request was signed for (its credential scope).
+    pub(crate) fn region(&self) -> &str {
+        &self.region
+    }
+
     /// Verifies the signature over the whole request; returns the principal
     /// of its access key.
     pub(crate) fn verify(

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::kms::{KmsError, ValidationCode};
+use crate::kms::{Existing, KmsError, Missing, ValidationCode};
 
 /// An error answered to a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +14,17 @@ pub(crate) struct ApiError {
     pub(crate) message: String,
     /// The HTTP status.
     pub(crate) status: u16,
+    /// An alias the message names by ARN, as AWS's does (`with_arns`).
+    alias: Option<(AliasIssue, String)>,
+}
+
+/// What an error about an alias says (AWS names the alias by its ARN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AliasIssue {
+    /// "An alias with the name ARN already exists".
+    Exists,
+    /// "Alias ARN is not found."
+    NotFound,
 }
 
 impl ApiError {
@@ -22,7 +33,21 @@ impl ApiError {
             kind,
             message: message.into(),
             status,
+            alias: None,
         }
+    }
+
+    /// The message in AWS's words for an alias that exists or is missing,
+    /// naming it by its ARN (`arn_prefix` from `LocalKeyStore::arn_prefix`).
+    pub(crate) fn with_arns(mut self, arn_prefix: &str) -> Self {
+        if let Some((issue, name)) = self.alias.take() {
+            let arn = crate::kms::model::alias_arn(arn_prefix, &name);
+            self.message = match issue {
+                AliasIssue::Exists => format!("An alias with the name {arn} already exists"),
+                AliasIssue::NotFound => format!("Alias {arn} is not found."),
+            };
+        }
+        self
     }
 
     /// A 400 ValidationException.
@@ -49,6 +74,12 @@ impl From<KmsError> for ApiError {
                     ValidationCode::InvalidImportToken => "InvalidImportTokenException",
                     ValidationCode::ExpiredImportToken => "ExpiredImportTokenException",
                     ValidationCode::IncorrectKeyMaterial => "IncorrectKeyMaterialException",
+                    ValidationCode::PolicyLockout | ValidationCode::MalformedPolicy => {
+                        "MalformedPolicyDocumentException"
+                    }
+                    ValidationCode::LimitExceeded => "LimitExceededException",
+                    ValidationCode::Tag => "TagException",
+                    ValidationCode::DryRun => "DryRunOperationException",
                     _ => "ValidationException",
                 },
                 400,
@@ -68,10 +99,20 @@ impl From<KmsError> for ApiError {
         if status == 500 {
             log::error!("{}: {message}", e.aws_code());
         }
+        let alias = match &e {
+            KmsError::AlreadyExists {
+                what: Existing::Alias { name },
+            } => Some((AliasIssue::Exists, name.clone())),
+            KmsError::NotFound {
+                what: Missing::Alias { name },
+            } => Some((AliasIssue::NotFound, name.clone())),
+            _ => None,
+        };
         Self {
             kind,
             message,
             status,
+            alias,
         }
     }
 }

@@ -75,6 +75,8 @@ pub struct ServeOptions {
     pub socket_mode: u32,
     /// Worker threads of the runtime.
     pub threads: usize,
+    /// The region of ARNs; None: each request's signing region.
+    pub region: Option<String>,
 }
 
 /// Why the server could not start or stopped.
@@ -89,12 +91,23 @@ pub enum ServerError {
 }
 
 /// Requests served, by operation, and refusals.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Stats {
     ops: [AtomicU64; Operation::ALL.len()],
     errors: AtomicU64,
     auth_refused: AtomicU64,
     peer_refused: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            ops: std::array::from_fn(|_| AtomicU64::new(0)),
+            errors: AtomicU64::new(0),
+            auth_refused: AtomicU64::new(0),
+            peer_refused: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Stats {
@@ -130,6 +143,8 @@ struct State {
     throttled: Vec<Operation>,
     /// Open connections per peer (`MAX_PER_PEER`).
     peers: Mutex<HashMap<PeerId, usize>>,
+    /// True when `--region` fixed the region of ARNs.
+    region_fixed: bool,
 }
 
 /// The test-only throttling switch; always empty in release builds.
@@ -324,21 +339,95 @@ async fn answer(
         };
     let st = st.clone();
     tokio::task::spawn_blocking(move || {
-        let caller = match signer {
-            Signer::Unix(c) => c,
-            Signer::Tcp(p) => p
-                .verify(
-                    parts.method.as_str(),
-                    &parts.uri.to_string(),
-                    &parts.headers,
-                    &body,
-                )
-                .inspect_err(|e| refused(&st, peer, e))?,
+        let (caller, region) = match signer {
+            Signer::Unix(c) => (c, None),
+            Signer::Tcp(p) => {
+                let c = p
+                    .verify(
+                        parts.method.as_str(),
+                        &parts.uri.to_string(),
+                        &parts.headers,
+                        &body,
+                    )
+                    .inspect_err(|e| refused(&st, peer, e))?;
+                (c, Some(p.region().to_string()))
+            }
         };
-        run(&st, &caller, op?, &body)
+        let arns = arns_for(&st, region.as_deref()).inspect_err(|e| refused(&st, peer, e))?;
+        let r = run(&st, &caller, op?, &body);
+        Ok(match &arns {
+            Some((from, to)) => rename_arns(r, from, to),
+            None => r,
+        })
     })
     .await
     .map_err(|_| ApiError::new("KMSInternalException", 500, "the operation failed"))?
+    .and_then(|r| r)
+}
+
+/// The ARN prefix to rename in an answer to a request signed for `region`:
+/// None when the service's region is the one (or the caller is a Unix peer);
+/// a request signed for another region than `--region` is refused, as AWS
+/// refuses a credential scoped to another region.
+fn arns_for(st: &State, region: Option<&str>) -> Result<Option<(String, String)>, ApiError> {
+    let Some(region) = region else {
+        return Ok(None);
+    };
+    if region == st.ks.region() {
+        return Ok(None);
+    }
+    if st.region_fixed || !crate::kms::service::valid_region(region) {
+        return Err(ApiError::new(
+            "InvalidSignatureException",
+            400,
+            format!(
+                "Credential should be scoped to a valid region: this server answers for {}",
+                st.ks.region()
+            ),
+        ));
+    }
+    Ok(Some((
+        st.ks.arn_prefix(),
+        crate::kms::model::arn_prefix(region, st.ks.account_id()),
+    )))
+}
+
+/// An answer with every ARN of this keystore named in the request's region.
+fn rename_arns(r: Result<Reply, ApiError>, from: &str, to: &str) -> Result<Reply, ApiError> {
+    fn walk(v: &mut serde_json::Value, from: &str, to: &str) {
+        match v {
+            serde_json::Value::String(s) if s.contains(from) => *s = s.replace(from, to),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| walk(x, from, to)),
+            serde_json::Value::Object(o) => o.values_mut().for_each(|x| walk(x, from, to)),
+            _ => {}
+        }
+    }
+    match r {
+        Ok(Reply::Json(mut v)) => {
+            walk(&mut v, from, to);
+            Ok(Reply::Json(v))
+        }
+        Ok(Reply::Secret(b)) => {
+            let n = b
+                .windows(from.len())
+                .filter(|w| *w == from.as_bytes())
+                .count();
+            // Sized once: no reallocation leaves a copy of the plaintext behind.
+            let mut out = zeroize::Zeroizing::new(Vec::with_capacity(b.len() + n * to.len()));
+            let mut rest: &[u8] = &b;
+            while let Some(i) = rest.windows(from.len()).position(|w| w == from.as_bytes()) {
+                out.extend_from_slice(&rest[..i]);
+                out.extend_from_slice(to.as_bytes());
+                rest = &rest[i + from.len()..];
+            }
+            out.extend_from_slice(rest);
+            Ok(Reply::Secret(out))
+        }
+        Err(mut e) => {
+            e.message = e.message.replace(from, to);
+            Err(e)
+        }
+    }
 }
 
 /// Counts and logs a request whose signature was refused.
@@ -439,6 +528,10 @@ pub fn serve(
     // the keystore's owner, and crypto fails closed when the trail cannot
     // be written (docs/AUDIT.md).
     ks.set_caller_source(CallerSource::Server);
+    if let Some(r) = &opts.region {
+        ks.set_region(r)
+            .map_err(|e| ServerError::Usage(format!("--region: {e}")))?;
+    }
     ks.set_boundary()
         .map_err(|e| ServerError::Io(format!("the keystore's owner: {e}")))?;
     let st = Arc::new(State {
@@ -446,6 +539,7 @@ pub fn serve(
         stats: Stats::default(),
         throttled: throttled_operations(),
         peers: Mutex::new(HashMap::new()),
+        region_fixed: opts.region.is_some(),
     });
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let result = rt.block_on(async {

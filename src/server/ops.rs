@@ -15,11 +15,11 @@ use zeroize::Zeroizing;
 
 use super::error::ApiError;
 use crate::crypto::SecretBytes;
-use crate::kms::model::key_arn;
+use crate::kms::service::DryRunTarget;
 use crate::kms::wire::{self, SYMMETRIC_DEFAULT};
 use crate::kms::{
-    Caller, DataKeySpec, EncryptionContext, KeyOrigin, KeyServiceExt, LocalKeyStore,
-    MAX_ENCRYPT_PLAINTEXT, Operation, Origin, RequestContext,
+    Caller, DataKeySpec, EncryptionContext, KeyOrigin, KeyServiceExt, KmsError, LocalKeyStore,
+    MAX_ENCRYPT_PLAINTEXT, Operation, Origin, RequestContext, ValidationCode,
 };
 
 /// A successful answer: plain JSON, or JSON holding a secret (zeroized buffer).
@@ -118,6 +118,41 @@ struct CreateKeyReq {
     customer_master_key_spec: Option<String>,
     key_usage: Option<String>,
     policy: Option<String>,
+    #[serde(default)]
+    bypass_policy_lockout_safety_check: bool,
+    #[serde(default)]
+    tags: Vec<TagReq>,
+    multi_region: Option<bool>,
+    custom_key_store_id: Option<String>,
+    xks_key_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TagReq {
+    tag_key: String,
+    tag_value: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TagResourceReq {
+    key_id: String,
+    tags: Vec<TagReq>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct UntagResourceReq {
+    key_id: String,
+    tag_keys: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DescriptionReq {
+    key_id: String,
+    description: String,
 }
 
 #[derive(Deserialize)]
@@ -156,6 +191,8 @@ struct EncryptReq {
     plaintext: Zeroizing<String>,
     encryption_context: Option<EncryptionContext>,
     encryption_algorithm: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
 }
 
 #[derive(Deserialize)]
@@ -165,6 +202,8 @@ struct DecryptReq {
     encryption_context: Option<EncryptionContext>,
     key_id: Option<String>,
     encryption_algorithm: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
 }
 
 #[derive(Deserialize)]
@@ -175,6 +214,8 @@ struct ReEncryptReq {
     source_key_id: Option<String>,
     destination_key_id: String,
     destination_encryption_context: Option<EncryptionContext>,
+    #[serde(default)]
+    dry_run: bool,
 }
 
 #[derive(Deserialize)]
@@ -184,6 +225,8 @@ struct DataKeyReq {
     key_spec: Option<String>,
     number_of_bytes: Option<usize>,
     encryption_context: Option<EncryptionContext>,
+    #[serde(default)]
+    dry_run: bool,
 }
 
 #[derive(Deserialize)]
@@ -205,6 +248,8 @@ struct PutPolicyReq {
     key_id: String,
     policy_name: Option<String>,
     policy: String,
+    #[serde(default)]
+    bypass_policy_lockout_safety_check: bool,
 }
 
 #[derive(Deserialize)]
@@ -268,7 +313,7 @@ pub(crate) fn dispatch(
     body: &[u8],
 ) -> Result<Reply, ApiError> {
     use Operation as O;
-    match op {
+    let r = match op {
         O::CreateKey => create_key(ks, caller, body),
         O::DescribeKey => describe_key(ks, caller, body),
         O::ListKeys => list_keys(ks, caller, body),
@@ -295,63 +340,212 @@ pub(crate) fn dispatch(
         O::GetParametersForImport => get_parameters_for_import(ks, caller, body),
         O::ImportKeyMaterial => import_key_material(ks, caller, body),
         O::DeleteImportedKeyMaterial => delete_imported_key_material(ks, caller, body),
+        O::UpdateKeyDescription => update_key_description(ks, caller, body),
+        O::TagResource => tag_resource(ks, caller, body),
+        O::UntagResource => untag_resource(ks, caller, body),
+        O::ListResourceTags => list_resource_tags(ks, caller, body),
+        O::ListKeyPolicies => list_key_policies(ks, caller, body),
         // Not callable: `Operation::from_target` never gives these.
         O::ReEncryptTo | O::DeleteKey | O::RotateKey | O::DeleteExpiredKeyMaterial => {
             Err(unknown_operation(op.as_str()))
         }
+    };
+    r.map_err(|e| e.with_arns(&ks.arn_prefix()))
+}
+
+/// The AWS KMS operations kmsfs does not serve, with what kmsfs lacks for
+/// them (docs/PROTOCOL.md has the whole table).
+pub(crate) const NOT_SERVED: [(&str, &str); 24] = [
+    ("ConnectCustomKeyStore", "custom key stores"),
+    ("CreateCustomKeyStore", "custom key stores"),
+    ("DeleteCustomKeyStore", "custom key stores"),
+    ("DescribeCustomKeyStores", "custom key stores"),
+    ("DisconnectCustomKeyStore", "custom key stores"),
+    ("UpdateCustomKeyStore", "custom key stores"),
+    ("CreateGrant", "grants"),
+    ("ListGrants", "grants"),
+    ("ListRetirableGrants", "grants"),
+    ("RetireGrant", "grants"),
+    ("RevokeGrant", "grants"),
+    ("Decapsulate", "asymmetric (ML-KEM) keys"),
+    ("Encapsulate", "asymmetric (ML-KEM) keys"),
+    ("DeriveSharedSecret", "asymmetric key agreement keys"),
+    ("GenerateDataKeyPair", "asymmetric data key pairs"),
+    (
+        "GenerateDataKeyPairWithoutPlaintext",
+        "asymmetric data key pairs",
+    ),
+    ("GenerateMac", "HMAC keys"),
+    ("VerifyMac", "HMAC keys"),
+    ("GetPublicKey", "asymmetric keys"),
+    ("Sign", "asymmetric signing keys"),
+    ("Verify", "asymmetric signing keys"),
+    ("ReplicateKey", "multi-Region keys"),
+    ("UpdatePrimaryRegion", "multi-Region keys"),
+    (
+        "GetKeyLastUsage",
+        "last-use tracking (the audit trail records every use: kmsfs audit show)",
+    ),
+];
+
+/// The answer to an operation this server does not serve: an AWS KMS
+/// operation kmsfs lacks is UnsupportedOperationException saying what is
+/// missing; any other name UnknownOperationException.
+pub(crate) fn unknown_operation(name: &str) -> ApiError {
+    match NOT_SERVED.iter().find(|(op, _)| *op == name) {
+        Some((op, missing)) => ApiError::new(
+            "UnsupportedOperationException",
+            400,
+            format!("{op} is not supported: kmsfs has no {missing}"),
+        ),
+        None => ApiError::new(
+            "UnknownOperationException",
+            400,
+            format!("operation {name} is not an AWS KMS operation kmsfs knows"),
+        ),
     }
 }
 
-/// The answer to an operation this server does not serve.
-pub(crate) fn unknown_operation(name: &str) -> ApiError {
-    ApiError::new(
-        "UnknownOperationException",
-        400,
-        format!("operation {name} is not supported by kmsfs"),
-    )
+/// The values of an enum of the AWS API that kmsfs serves (`served`) and
+/// the others it knows (`known`): another value is a ValidationException
+/// in AWS's shape, a known one kmsfs does not serve an
+/// UnsupportedOperationException naming what is missing.
+fn check_enum(
+    field: &str,
+    value: Option<&str>,
+    served: &[&str],
+    known: &[&str],
+    missing: &str,
+) -> Result<(), ApiError> {
+    let Some(v) = value else { return Ok(()) };
+    if served.contains(&v) {
+        Ok(())
+    } else if known.contains(&v) {
+        Err(ApiError::new(
+            "UnsupportedOperationException",
+            400,
+            format!("{field} {v} is not supported: kmsfs {missing}"),
+        ))
+    } else {
+        let all: Vec<&str> = served.iter().chain(known).copied().collect();
+        Err(ApiError::validation(format!(
+            "1 validation error detected: Value '{v}' at '{}' failed to satisfy constraint: \
+             Member must satisfy enum value set: [{}]",
+            lower_first(field),
+            all.join(", ")
+        )))
+    }
 }
 
-/// CreateKey: checks the requested spec, usage, origin and policy, then makes the key.
+/// `KeySpec` → `keySpec`, as AWS names members in validation messages.
+fn lower_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// Key specs AWS knows besides SYMMETRIC_DEFAULT.
+const OTHER_KEY_SPECS: [&str; 19] = [
+    "RSA_2048",
+    "RSA_3072",
+    "RSA_4096",
+    "ECC_NIST_P256",
+    "ECC_NIST_P384",
+    "ECC_NIST_P521",
+    "ECC_SECG_P256K1",
+    "HMAC_224",
+    "HMAC_256",
+    "HMAC_384",
+    "HMAC_512",
+    "SM2",
+    "ML_DSA_44",
+    "ML_DSA_65",
+    "ML_DSA_87",
+    "ECC_NIST_EDWARDS25519",
+    "ML_KEM_512",
+    "ML_KEM_768",
+    "ML_KEM_1024",
+];
+
+/// CreateKey: checks the requested spec, usage, origin, region and key
+/// store, then makes the key with its policy and tags in one change.
 fn create_key(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
     let r: CreateKeyReq = parse(body)?;
-    for (name, v, want) in [
-        ("KeySpec", &r.key_spec, "SYMMETRIC_DEFAULT"),
-        (
-            "CustomerMasterKeySpec",
-            &r.customer_master_key_spec,
-            "SYMMETRIC_DEFAULT",
-        ),
-        ("KeyUsage", &r.key_usage, "ENCRYPT_DECRYPT"),
-    ] {
-        if let Some(v) = v
-            && v != want
-        {
-            return Err(ApiError::new(
-                "UnsupportedOperationException",
-                400,
-                format!("{name} {v} is not supported; kmsfs keys are {want}"),
-            ));
-        }
+    let symmetric = ["SYMMETRIC_DEFAULT"];
+    let asymmetric = "keys are symmetric (SYMMETRIC_DEFAULT) only: no asymmetric, HMAC or \
+                      post-quantum keys";
+    check_enum(
+        "KeySpec",
+        r.key_spec.as_deref(),
+        &symmetric,
+        &OTHER_KEY_SPECS,
+        asymmetric,
+    )?;
+    check_enum(
+        "CustomerMasterKeySpec",
+        r.customer_master_key_spec.as_deref(),
+        &symmetric,
+        &OTHER_KEY_SPECS[..12],
+        asymmetric,
+    )?;
+    check_enum(
+        "KeyUsage",
+        r.key_usage.as_deref(),
+        &["ENCRYPT_DECRYPT"],
+        &[
+            "SIGN_VERIFY",
+            "GENERATE_VERIFY_MAC",
+            "KEY_AGREEMENT",
+            "ENCAPSULATE_DECAPSULATE",
+        ],
+        "keys only encrypt and decrypt (ENCRYPT_DECRYPT)",
+    )?;
+    check_enum(
+        "Origin",
+        r.origin.as_deref(),
+        &["AWS_KMS", "EXTERNAL"],
+        &["AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"],
+        "has no custom key stores (CloudHSM or external); use AWS_KMS or EXTERNAL",
+    )?;
+    if r.multi_region == Some(true) {
+        return Err(ApiError::new(
+            "UnsupportedOperationException",
+            400,
+            "MultiRegion is not supported: kmsfs keys live in one keystore and are never \
+             replicated to other regions; create the key without MultiRegion",
+        ));
+    }
+    if r.custom_key_store_id.is_some() || r.xks_key_id.is_some() {
+        return Err(ApiError::new(
+            "UnsupportedOperationException",
+            400,
+            "CustomKeyStoreId and XksKeyId are not supported: kmsfs has no custom key stores",
+        ));
     }
     let origin = match r.origin.as_deref() {
-        None | Some("AWS_KMS") => KeyOrigin::Kms,
         Some("EXTERNAL") => KeyOrigin::External,
-        Some(o) => {
-            return Err(ApiError::new(
-                "UnsupportedOperationException",
-                400,
-                format!("Origin {o} is not supported; use AWS_KMS or EXTERNAL"),
-            ));
-        }
+        _ => KeyOrigin::Kms,
     };
     if let Some(p) = &r.policy {
         // Refuse a bad policy before a key exists.
-        crate::kms::policy::KeyPolicy::parse(p)?;
+        crate::kms::policy::KeyPolicy::parse(p).map_err(KmsError::into_malformed_policy)?;
     }
-    let m = ks.create_key_with_origin(caller, &r.description, origin)?;
-    if let Some(p) = &r.policy {
-        ks.put_key_policy(caller, &m.key_id, crate::kms::policy::POLICY_NAME, p)?;
-    }
+    let tags: Vec<(String, String)> = r
+        .tags
+        .into_iter()
+        .map(|t| (t.tag_key, t.tag_value))
+        .collect();
+    let m = ks.create_key_full(
+        caller,
+        &r.description,
+        origin,
+        r.policy
+            .as_deref()
+            .map(|p| (p, r.bypass_policy_lockout_safety_check)),
+        &tags,
+    )?;
     Ok(Reply::Json(
         json!({ "KeyMetadata": wire::metadata_json(&m) }),
     ))
@@ -360,6 +554,62 @@ fn create_key(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply,
 /// A request the server makes for `caller` to the key service.
 fn served(caller: &Caller) -> RequestContext<'static> {
     RequestContext::new(*caller, Origin::Server)
+}
+
+/// UpdateKeyDescription: replaces a key's description.
+fn update_key_description(
+    ks: &LocalKeyStore,
+    caller: &Caller,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let r: DescriptionReq = parse(body)?;
+    ks.update_key_description(caller, &r.key_id, &r.description)?;
+    empty()
+}
+
+/// TagResource: adds or replaces a key's tags.
+fn tag_resource(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
+    let r: TagResourceReq = parse(body)?;
+    let tags: Vec<(String, String)> = r
+        .tags
+        .into_iter()
+        .map(|t| (t.tag_key, t.tag_value))
+        .collect();
+    ks.tag_resource(caller, &r.key_id, &tags)?;
+    empty()
+}
+
+/// UntagResource: removes tags of a key.
+fn untag_resource(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
+    let r: UntagResourceReq = parse(body)?;
+    ks.untag_resource(caller, &r.key_id, &r.tag_keys)?;
+    empty()
+}
+
+/// ListResourceTags: one page of a key's tags.
+fn list_resource_tags(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
+    let r: PageReq = parse(body)?;
+    let (limit, start) = limit_and_start(r.limit.or(Some(50)), r.marker.as_deref())?;
+    let key = r
+        .key_id
+        .ok_or_else(|| ApiError::validation("KeyId is required"))?;
+    let tags: Vec<Value> = ks
+        .list_resource_tags(caller, &key)?
+        .into_iter()
+        .map(|(k, v)| json!({ "TagKey": k, "TagValue": v }))
+        .collect();
+    Ok(Reply::Json(wire::page("Tags", &tags, start, limit)))
+}
+
+/// ListKeyPolicies: the names of a key's policies.
+fn list_key_policies(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
+    let r: PageReq = parse(body)?;
+    let (limit, start) = limit_and_start(r.limit, r.marker.as_deref())?;
+    let key = r
+        .key_id
+        .ok_or_else(|| ApiError::validation("KeyId is required"))?;
+    let names = ks.list_key_policies(caller, &key)?;
+    Ok(Reply::Json(wire::page("PolicyNames", &names, start, limit)))
 }
 
 /// DescribeKey: the key's metadata.
@@ -513,17 +763,33 @@ fn rotate_key_on_demand(
 
 /// Encrypt: encrypts a small plaintext (at most `MAX_ENCRYPT_PLAINTEXT`) under a key.
 fn encrypt(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
-    let arn = |k: &str| key_arn(ks.keystore_id(), k);
+    let arn = |k: &str| ks.key_arn(k);
     let r: EncryptReq = parse(body)?;
     check_algorithm(&r.encryption_algorithm)?;
     let pt = blob(&r.plaintext, "Plaintext")?;
-    if pt.len() > MAX_ENCRYPT_PLAINTEXT {
+    let c = ctx(r.encryption_context);
+    if r.dry_run {
+        return Err(ks
+            .dry_run(
+                &served(caller),
+                Operation::Encrypt,
+                DryRunTarget::Key(&r.key_id),
+                &c,
+            )
+            .into());
+    }
+    if pt.is_empty() || pt.len() > MAX_ENCRYPT_PLAINTEXT {
+        let constraint = if pt.is_empty() {
+            "greater than or equal to 1".to_string()
+        } else {
+            format!("less than or equal to {MAX_ENCRYPT_PLAINTEXT}")
+        };
         return Err(ApiError::validation(format!(
-            "Plaintext is {} bytes; at most {MAX_ENCRYPT_PLAINTEXT} (use GenerateDataKey)",
-            pt.len()
+            "1 validation error detected: Value at 'plaintext' failed to satisfy constraint: \
+             Member must have length {constraint}"
         )));
     }
-    let e = ks.encrypt(&served(caller), &r.key_id, &pt, &ctx(r.encryption_context))?;
+    let e = ks.encrypt(&served(caller), &r.key_id, &pt, &c)?;
     Ok(Reply::Json(wire::ciphertext_json(
         &B64.encode(&e.ciphertext_blob),
         &arn(&e.key_id),
@@ -533,16 +799,22 @@ fn encrypt(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, Ap
 
 /// Decrypt: the plaintext of a ciphertext blob, answered in a zeroized body.
 fn decrypt(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
-    let arn = |k: &str| key_arn(ks.keystore_id(), k);
+    let arn = |k: &str| ks.key_arn(k);
     let r: DecryptReq = parse(body)?;
     check_algorithm(&r.encryption_algorithm)?;
     let b = blob(&r.ciphertext_blob, "CiphertextBlob")?;
-    let d = ks.decrypt(
-        &served(caller),
-        &b,
-        &ctx(r.encryption_context),
-        r.key_id.as_deref(),
-    )?;
+    let c = ctx(r.encryption_context);
+    if r.dry_run {
+        return Err(ks
+            .dry_run(
+                &served(caller),
+                Operation::Decrypt,
+                DryRunTarget::Blob(&b),
+                &c,
+            )
+            .into());
+    }
+    let d = ks.decrypt(&served(caller), &b, &c, r.key_id.as_deref())?;
     let pt = Zeroizing::new(B64.encode(d.plaintext.expose()));
     Ok(secret_json(&[
         ("KeyId", &arn(&d.key_id)),
@@ -553,11 +825,32 @@ fn decrypt(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, Ap
 
 /// ReEncrypt: decrypts a ciphertext blob and encrypts it again under another key.
 fn re_encrypt(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
-    let arn = |k: &str| key_arn(ks.keystore_id(), k);
+    let arn = |k: &str| ks.key_arn(k);
     let r: ReEncryptReq = parse(body)?;
     let b = blob(&r.ciphertext_blob, "CiphertextBlob")?;
     if let Some(want) = &r.source_key_id {
         ks.check_ciphertext_key(&served(caller), &b, want)?;
+    }
+    if r.dry_run {
+        let src_ctx = ctx(r.source_encryption_context);
+        let dst_ctx = ctx(r.destination_encryption_context);
+        let from = ks.dry_run(
+            &served(caller),
+            Operation::ReEncryptFrom,
+            DryRunTarget::Blob(&b),
+            &src_ctx,
+        );
+        if !is_dry_run(&from) {
+            return Err(from.into());
+        }
+        return Err(ks
+            .dry_run(
+                &served(caller),
+                Operation::ReEncryptTo,
+                DryRunTarget::Key(&r.destination_key_id),
+                &dst_ctx,
+            )
+            .into());
     }
     let e = ks.re_encrypt(
         &served(caller),
@@ -576,9 +869,12 @@ fn re_encrypt(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply,
 
 /// GenerateDataKey: a new data key, plaintext and wrapped, in a zeroized body.
 fn generate_data_key(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
-    let arn = |k: &str| key_arn(ks.keystore_id(), k);
+    let arn = |k: &str| ks.key_arn(k);
     let r: DataKeyReq = parse(body)?;
     let spec = data_key_spec(&r)?;
+    if r.dry_run {
+        return Err(dry_run_data_key(ks, caller, Operation::GenerateDataKey, r));
+    }
     let dk = ks.generate_data_key(&served(caller), &r.key_id, spec, &ctx(r.encryption_context))?;
     let pt = Zeroizing::new(B64.encode(dk.plaintext.expose()));
     Ok(secret_json(&[
@@ -594,9 +890,17 @@ fn generate_data_key_without_plaintext(
     caller: &Caller,
     body: &[u8],
 ) -> Result<Reply, ApiError> {
-    let arn = |k: &str| key_arn(ks.keystore_id(), k);
+    let arn = |k: &str| ks.key_arn(k);
     let r: DataKeyReq = parse(body)?;
     let spec = data_key_spec(&r)?;
+    if r.dry_run {
+        return Err(dry_run_data_key(
+            ks,
+            caller,
+            Operation::GenerateDataKeyWithoutPlaintext,
+            r,
+        ));
+    }
     let e = ks.generate_data_key_without_plaintext(
         &served(caller),
         &r.key_id,
@@ -608,6 +912,24 @@ fn generate_data_key_without_plaintext(
         &arn(&e.key_id),
         false,
     )))
+}
+
+/// DryRun of GenerateDataKey or GenerateDataKeyWithoutPlaintext (`op`).
+fn dry_run_data_key(ks: &LocalKeyStore, caller: &Caller, op: Operation, r: DataKeyReq) -> ApiError {
+    let c = ctx(r.encryption_context);
+    ks.dry_run(&served(caller), op, DryRunTarget::Key(&r.key_id), &c)
+        .into()
+}
+
+/// True for the answer of a DryRun that would have succeeded.
+fn is_dry_run(e: &KmsError) -> bool {
+    matches!(
+        e,
+        KmsError::Validation {
+            code: Some(ValidationCode::DryRun),
+            ..
+        }
+    )
 }
 
 /// GenerateRandom: NumberOfBytes random bytes, in a zeroized body.
@@ -642,7 +964,13 @@ fn put_key_policy(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Re
         .policy_name
         .as_deref()
         .unwrap_or(crate::kms::policy::POLICY_NAME);
-    ks.put_key_policy(caller, &r.key_id, name, &r.policy)?;
+    ks.put_key_policy_checked(
+        caller,
+        &r.key_id,
+        name,
+        &r.policy,
+        r.bypass_policy_lockout_safety_check,
+    )?;
     empty()
 }
 
@@ -652,7 +980,7 @@ fn get_parameters_for_import(
     caller: &Caller,
     body: &[u8],
 ) -> Result<Reply, ApiError> {
-    let arn = |k: &str| key_arn(ks.keystore_id(), k);
+    let arn = |k: &str| ks.key_arn(k);
     let r: ImportParamsReq = parse(body)?;
     let p = ks.get_parameters_for_import(
         caller,

@@ -153,7 +153,7 @@ assert got["Statement"][0]["Principal"] == {"kmsfs": ["uid:0"]}, got
 refused("AccessDeniedException", other.decrypt, CiphertextBlob=blob, EncryptionContext=ctx)
 refused("AccessDeniedException", other.generate_data_key, KeyId=key, KeySpec="AES_256")
 assert kms.decrypt(CiphertextBlob=blob, EncryptionContext=ctx)["Plaintext"] == b"hello, kms"
-refused("ValidationException", kms.put_key_policy, KeyId=key, PolicyName="default", Policy="{not json")
+refused("MalformedPolicyDocumentException", kms.put_key_policy, KeyId=key, PolicyName="default", Policy="{not json")
 # Administration, like any use of a key without a policy, is for root and
 # the keystore's owner, not for uid 4242.
 refused("AccessDeniedException", other.disable_key, KeyId=key2)

@@ -66,6 +66,8 @@ pub enum KmsCommand {
     UntagResource(UntagResourceArgs),
     /// List a key's tags.
     ListResourceTags(ListResourceTagsArgs),
+    /// List the names of a key's policies (always "default").
+    ListKeyPolicies(ListResourceTagsArgs),
 }
 
 /// Options of `update-key-description`.
@@ -101,10 +103,10 @@ pub struct UntagResourceArgs {
     pub tag_keys: Vec<String>,
 }
 
-/// Options of `list-resource-tags`.
+/// Options of `list-resource-tags` and `list-key-policies`.
 #[derive(Debug, clap::Args)]
 pub struct ListResourceTagsArgs {
-    /// Key id, key ARN or alias/NAME.
+    /// Key id or key ARN.
     #[arg(long)]
     pub key_id: String,
     /// Pages.

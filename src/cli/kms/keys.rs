@@ -325,3 +325,21 @@ pub(super) fn list_resource_tags(s: &Session, a: ListResourceTagsArgs) -> Result
     }
     Ok(())
 }
+
+/// `list-key-policies`.
+pub(super) fn list_key_policies(s: &Session, a: ListResourceTagsArgs) -> Result<(), CliError> {
+    let all = s.ks.list_key_policies(&s.caller, &a.key_id)?;
+    let (names, next) = page(&all, &a.page)?;
+    if s.json {
+        let mut v = json!({ "PolicyNames": names, "Truncated": next.is_some() });
+        if let Some(m) = next {
+            v["NextMarker"] = json!(m);
+        }
+        print_json(&v);
+    } else {
+        for n in names {
+            println!("{n}");
+        }
+    }
+    Ok(())
+}

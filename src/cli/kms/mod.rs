@@ -12,7 +12,6 @@ use zeroize::Zeroizing;
 
 use super::keystore::open_key_service;
 use super::{CliError, ErrorClass, GlobalArgs, OutputFormat, current_caller};
-use crate::kms::model::key_arn;
 use crate::kms::{Caller, EncryptionContext, LocalKeyStore, RequestContext};
 
 mod aliases;
@@ -35,7 +34,7 @@ struct Session {
 impl Session {
     /// The ARN of a key of this keystore.
     fn arn(&self, key_id: &str) -> String {
-        key_arn(self.ks.keystore_id(), key_id)
+        self.ks.key_arn(key_id)
     }
 }
 
@@ -92,6 +91,7 @@ fn dispatch(s: &Session, c: KmsCommand) -> Result<(), CliError> {
         K::TagResource(a) => keys::tag_resource(s, a),
         K::UntagResource(a) => keys::untag_resource(s, a),
         K::ListResourceTags(a) => keys::list_resource_tags(s, a),
+        K::ListKeyPolicies(a) => keys::list_key_policies(s, a),
     }
 }
 
@@ -130,6 +130,7 @@ fn command_name(c: &KmsCommand) -> &'static str {
         KmsCommand::TagResource(_) => "tag-resource",
         KmsCommand::UntagResource(_) => "untag-resource",
         KmsCommand::ListResourceTags(_) => "list-resource-tags",
+        KmsCommand::ListKeyPolicies(_) => "list-key-policies",
     }
 }
 

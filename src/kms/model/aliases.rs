@@ -6,7 +6,8 @@ use super::*;
 use crate::kms::{Existing, KeyState, KmsError, Missing, StateProblem};
 
 impl StoreState {
-    /// CreateAlias (`internal` allows the reserved prefixes).
+    /// CreateAlias (`internal` allows the reserved prefixes). New names
+    /// take AWS's characters, without the ':' that older releases allowed.
     pub fn create_alias(
         &mut self,
         name: &str,
@@ -14,6 +15,9 @@ impl StoreState {
         internal: bool,
     ) -> Result<(), KmsError> {
         validate_alias_name(name, internal)?;
+        if name.contains(':') {
+            return Err(alias_pattern_error(name));
+        }
         self.check_alias_target(key_id)?;
         if self.aliases.contains_key(name) {
             return Err(KmsError::AlreadyExists {
@@ -41,9 +45,26 @@ impl StoreState {
         }
     }
 
+    /// Records that alias `name` was created (`created`) or pointed at a
+    /// key at `now`.
+    pub fn touch_alias(&mut self, name: &str, now: i64, created: bool) {
+        let d = self
+            .alias_dates
+            .entry(name.to_string())
+            .or_insert(AliasDates {
+                created: now,
+                updated: now,
+            });
+        if created {
+            d.created = now;
+        }
+        d.updated = now;
+    }
+
     /// DeleteAlias.
     pub fn delete_alias(&mut self, name: &str) -> Result<(), KmsError> {
         validate_alias_name(name, false)?;
+        self.alias_dates.remove(name);
         match self.aliases.remove(name) {
             Some(_) => Ok(()),
             None => Err(no_alias(name)),
@@ -63,8 +84,18 @@ impl StoreState {
     }
 }
 
+/// The ValidationException for a new alias name with a ':' (AWS: alias
+/// names hold only letters, digits, '/', '_' and '-').
+fn alias_pattern_error(name: &str) -> KmsError {
+    KmsError::invalid(format!(
+        "1 validation error detected: Value '{name}' at 'aliasName' failed to satisfy \
+         constraint: Member must satisfy regular expression pattern: ^alias/[a-zA-Z0-9/_-]+$"
+    ))
+}
+
 /// Checks an alias name: `alias/` then 1+ of `[a-zA-Z0-9:/_-]`, at most 256
-/// bytes; the reserved prefixes only when `internal`.
+/// bytes; the reserved prefixes only when `internal`. (`create_alias`
+/// refuses ':' in new names.)
 pub fn validate_alias_name(name: &str, internal: bool) -> Result<(), KmsError> {
     let rest = name.strip_prefix(ALIAS_PREFIX).unwrap_or("");
     if rest.is_empty()

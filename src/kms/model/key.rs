@@ -46,11 +46,11 @@ impl KeyRecord {
         Ok(k)
     }
 
-    /// The public view of this key.
-    pub fn metadata(&self, keystore_id: &str) -> KeyMetadata {
+    /// The public view of this key (`arn_prefix` from `model::arn_prefix`).
+    pub fn metadata(&self, arn_prefix: &str) -> KeyMetadata {
         KeyMetadata {
             key_id: self.key_id.clone(),
-            arn: key_arn(keystore_id, &self.key_id),
+            arn: key_arn(arn_prefix, &self.key_id),
             description: self.description.clone(),
             creation_date: self.creation_date,
             key_state: self.state,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::SecretBytes;
-use crate::kms::{KeyOrigin, KeyState, KmsError};
+use crate::kms::{KeyOrigin, KeyState, KmsError, ValidationCode};
 
 mod access_keys;
 mod aliases;
@@ -164,19 +164,22 @@ pub const MAX_TAGS: usize = 50;
 pub fn validate_tag(key: &str, value: &str) -> Result<(), KmsError> {
     let k = key.chars().count();
     if k == 0 || k > 128 {
-        return Err(KmsError::invalid(format!(
-            "TagKey {key:?} must be 1 to 128 characters"
-        )));
+        return Err(KmsError::invalid_with(
+            ValidationCode::Tag,
+            format!("TagKey {key:?} must be 1 to 128 characters"),
+        ));
     }
     if value.chars().count() > 256 {
-        return Err(KmsError::invalid(format!(
-            "the TagValue of {key:?} is longer than 256 characters"
-        )));
+        return Err(KmsError::invalid_with(
+            ValidationCode::Tag,
+            format!("the TagValue of {key:?} is longer than 256 characters"),
+        ));
     }
     if key.to_ascii_lowercase().starts_with("aws:") {
-        return Err(KmsError::invalid(format!(
-            "TagKey {key:?}: the aws: prefix is reserved"
-        )));
+        return Err(KmsError::invalid_with(
+            ValidationCode::Tag,
+            format!("TagKey {key:?}: the aws: prefix is reserved"),
+        ));
     }
     Ok(())
 }
@@ -188,6 +191,14 @@ pub struct StoreState {
     pub keys: BTreeMap<String, KeyRecord>,
     /// Alias name (`alias/...`) to key id.
     pub aliases: BTreeMap<String, String>,
+    /// When each alias was created and last pointed at a key (epoch
+    /// seconds), by alias name; an alias made before dates were kept has none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub alias_dates: BTreeMap<String, AliasDates>,
+    /// The 12-digit account id in this keystore's ARNs (set with a new
+    /// keystore, or with an older one's next change, to `derived_account_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
     /// Tombstones: key id → when it was deleted. No material, only so that a
     /// blob under a deleted key is told apart from a blob with a forged key id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -219,6 +230,15 @@ pub struct StoreState {
     /// trail is started afresh while it is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_position: Option<AuditPosition>,
+}
+
+/// ListAliases' CreationDate and LastUpdatedDate of an alias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AliasDates {
+    /// When the alias was created (epoch seconds).
+    pub created: i64,
+    /// When it was last pointed at a key (epoch seconds).
+    pub updated: i64,
 }
 
 /// A position in the audit trail: a record's sequence number and the
@@ -265,19 +285,69 @@ pub enum Usage {
     Decrypt,
 }
 
-/// `arn:kmsfs:kms:local:<keystore id>:`, what every ARN of a keystore starts with.
-pub fn arn_prefix(keystore_id: &str) -> String {
-    format!("arn:kmsfs:kms:local:{keystore_id}:")
+/// What names a keystore's keys in ARNs: its id (the old form,
+/// `arn:kmsfs:kms:local:<keystore id>:`, still accepted on input) and its
+/// 12-digit account id (`arn:aws:kms:<region>:<account>:`, in any region).
+#[derive(Debug, Clone, Copy)]
+pub struct ArnIds<'a> {
+    /// The keystore id, 32 hex digits.
+    pub keystore_id: &'a str,
+    /// The account id, 12 digits.
+    pub account: &'a str,
 }
 
-/// `arn:kmsfs:kms:local:<keystore id>:key/<key id>`.
-pub fn key_arn(keystore_id: &str, key_id: &str) -> String {
-    format!("{}key/{key_id}", arn_prefix(keystore_id))
+impl<'a> ArnIds<'a> {
+    /// The resource part (`key/<id>` or `alias/<name>`) of an ARN of this
+    /// keystore in either form; None for an ARN of another keystore or account.
+    pub fn resource<'s>(&self, arn: &'s str) -> Option<&'s str> {
+        if let Some(rest) = arn.strip_prefix("arn:aws:kms:") {
+            let (region, rest) = rest.split_once(':')?;
+            let rest = rest.strip_prefix(self.account)?.strip_prefix(':')?;
+            return (!region.is_empty() && !region.contains('/')).then_some(rest);
+        }
+        arn.strip_prefix("arn:kmsfs:kms:local:")?
+            .strip_prefix(self.keystore_id)?
+            .strip_prefix(':')
+    }
 }
 
-/// `arn:kmsfs:kms:local:<keystore id>:alias/<name>`.
-pub fn alias_arn(keystore_id: &str, alias: &str) -> String {
-    format!("{}{alias}", arn_prefix(keystore_id))
+/// The account id of a keystore made before keystores had one: 12 digits
+/// derived from its id, so every process names its keys alike before the
+/// keystore's next change persists it.
+pub fn derived_account_id(keystore_id_hex: &str) -> String {
+    let d = crate::crypto::sha256(&[b"kmsfs account id\0", keystore_id_hex.as_bytes()]);
+    let mut n = 0u64;
+    for b in &d[..8] {
+        n = n << 8 | u64::from(*b);
+    }
+    format!("{:012}", n % 1_000_000_000_000)
+}
+
+/// True for a 12-digit account id.
+pub fn valid_account_id(a: &str) -> bool {
+    a.len() == 12 && a.bytes().all(|c| c.is_ascii_digit())
+}
+
+/// `arn:aws:kms:<region>:<account>:`, what every ARN of a keystore starts with.
+pub fn arn_prefix(region: &str, account: &str) -> String {
+    format!("arn:aws:kms:{region}:{account}:")
+}
+
+/// `<prefix>key/<key id>` (`prefix` from `arn_prefix`).
+pub fn key_arn(prefix: &str, key_id: &str) -> String {
+    format!("{prefix}key/{key_id}")
+}
+
+/// `<prefix>alias/<name>` (`prefix` from `arn_prefix`; `alias` has `alias/`).
+pub fn alias_arn(prefix: &str, alias: &str) -> String {
+    format!("{prefix}{alias}")
+}
+
+/// True when `key_ref` names an alias (`alias/...` or an alias ARN), which
+/// the operations that take a key id or key ARN only refuse.
+pub fn names_alias(key_ref: &str) -> bool {
+    key_ref.starts_with(ALIAS_PREFIX)
+        || (key_ref.starts_with("arn:") && key_ref.contains(":alias/"))
 }
 
 pub(crate) fn validate_description(d: &str) -> Result<(), KmsError> {

@@ -41,6 +41,11 @@ pub struct AliasListEntry {
     pub alias_arn: String,
     /// The key it points at.
     pub target_key_id: String,
+    /// When the alias was created (epoch seconds; for an alias made before
+    /// kmsfs kept the date, its key's creation date).
+    pub creation_date: i64,
+    /// When it was last pointed at a key (epoch seconds).
+    pub last_updated_date: i64,
 }
 
 /// Result of ScheduleKeyDeletion.
@@ -111,7 +116,7 @@ fn parse_checked(
     document: &str,
     bypass_lockout_check: bool,
 ) -> Result<serde_json::Value, KmsError> {
-    let (p, value) = KeyPolicy::parse(document)?;
+    let (p, value) = KeyPolicy::parse(document).map_err(KmsError::into_malformed_policy)?;
     if !bypass_lockout_check
         && !p.allows(
             caller,
@@ -142,6 +147,17 @@ fn changed_meanwhile(alias_name: &str) -> KmsError {
     ))
 }
 
+/// Refuses an alias where AWS takes only a key id or key ARN (rotation,
+/// key policies, tags): NotFoundException, as AWS answers.
+fn refuse_alias(key_ref: &str) -> Result<(), KmsError> {
+    if model::names_alias(key_ref) {
+        return Err(KmsError::not_found(Missing::AliasNotAccepted {
+            given: key_ref.to_string(),
+        }));
+    }
+    Ok(())
+}
+
 fn check_policy_name(name: &str) -> Result<(), KmsError> {
     if name == policy::POLICY_NAME {
         Ok(())
@@ -166,7 +182,7 @@ impl LocalKeyStore {
             || {
                 self.update(|s, now| {
                     let k = KeyRecord::generate(description, now)?;
-                    let meta = k.metadata(&self.keystore_id_hex);
+                    let meta = k.metadata(&self.arn_prefix());
                     s.keys.insert(k.key_id.clone(), k);
                     Ok(meta)
                 })
@@ -195,7 +211,7 @@ impl LocalKeyStore {
                     .into_iter()
                     .map(|k| KeyListEntry {
                         key_id: k.key_id.clone(),
-                        key_arn: model::key_arn(&self.keystore_id_hex, &k.key_id),
+                        key_arn: self.key_arn(&k.key_id),
                     })
                     .collect())
             },
@@ -209,7 +225,7 @@ impl LocalKeyStore {
         self.list_keys(caller)?
             .iter()
             .filter_map(|e| snap.state.keys.get(&e.key_id))
-            .map(|k| Ok(k.metadata(&self.keystore_id_hex)))
+            .map(|k| Ok(k.metadata(&self.arn_prefix())))
             .collect()
     }
 
@@ -223,7 +239,7 @@ impl LocalKeyStore {
                 also: None,
                 request: json!({ "keyId": key_id }),
             },
-            || self.update(|s, _| resolve_mut(s, &self.keystore_id_hex, key_id)?.enable()),
+            || self.update(|s, _| resolve_mut(s, &self.ids(), key_id)?.enable()),
             |_| (None, None),
         )
     }
@@ -231,67 +247,145 @@ impl LocalKeyStore {
     /// UpdateKeyDescription.
     pub fn update_key_description(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         key_id: &str,
         description: &str,
     ) -> Result<(), KmsError> {
-        model::validate_description(description)?;
-        self.update(|s, _| {
-            resolve_mut(s, &self.keystore_id_hex, key_id)?.description = description.to_string();
-            Ok(())
-        })
+        self.admin(
+            Admin {
+                op: Operation::UpdateKeyDescription,
+                caller,
+                key: Some(key_id),
+                also: None,
+                request: json!({ "keyId": key_id, "description": description }),
+            },
+            || {
+                refuse_alias(key_id)?;
+                model::validate_description(description)?;
+                self.update(|s, _| {
+                    resolve_mut(s, &self.ids(), key_id)?.description = description.to_string();
+                    Ok(())
+                })
+            },
+            |_| (None, None),
+        )
     }
 
     /// TagResource: adds or replaces tags (at most `MAX_TAGS` per key).
     pub fn tag_resource(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         key_id: &str,
         tags: &[(String, String)],
     ) -> Result<(), KmsError> {
-        for (k, v) in tags {
-            model::validate_tag(k, v)?;
-        }
-        self.update(|s, _| {
-            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
-            let mut t = k.tags.clone();
-            t.extend(tags.iter().cloned());
-            if t.len() > model::MAX_TAGS {
-                return Err(KmsError::invalid(format!(
-                    "LimitExceededException: a key has at most {} tags",
-                    model::MAX_TAGS
-                )));
-            }
-            k.tags = t;
-            Ok(())
-        })
+        let request: serde_json::Map<String, serde_json::Value> =
+            tags.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        self.admin(
+            Admin {
+                op: Operation::TagResource,
+                caller,
+                key: Some(key_id),
+                also: None,
+                request: json!({ "keyId": key_id, "tags": request }),
+            },
+            || {
+                refuse_alias(key_id)?;
+                for (k, v) in tags {
+                    model::validate_tag(k, v)?;
+                }
+                self.update(|s, _| {
+                    let k = resolve_mut(s, &self.ids(), key_id)?;
+                    let mut t = k.tags.clone();
+                    t.extend(tags.iter().cloned());
+                    if t.len() > model::MAX_TAGS {
+                        return Err(KmsError::invalid_with(
+                            ValidationCode::LimitExceeded,
+                            format!("a key has at most {} tags", model::MAX_TAGS),
+                        ));
+                    }
+                    k.tags = t;
+                    Ok(())
+                })
+            },
+            |_| (None, None),
+        )
     }
 
     /// UntagResource: removes tags by key (absent ones are no error).
     pub fn untag_resource(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         key_id: &str,
         tag_keys: &[String],
     ) -> Result<(), KmsError> {
-        self.update(|s, _| {
-            let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
-            for t in tag_keys {
-                k.tags.remove(t);
-            }
-            Ok(())
-        })
+        self.admin(
+            Admin {
+                op: Operation::UntagResource,
+                caller,
+                key: Some(key_id),
+                also: None,
+                request: json!({ "keyId": key_id, "tagKeys": tag_keys }),
+            },
+            || {
+                refuse_alias(key_id)?;
+                self.update(|s, _| {
+                    let k = resolve_mut(s, &self.ids(), key_id)?;
+                    for t in tag_keys {
+                        k.tags.remove(t);
+                    }
+                    Ok(())
+                })
+            },
+            |_| (None, None),
+        )
     }
 
     /// ListResourceTags: the key's tags, sorted by key.
     pub fn list_resource_tags(
         &self,
-        _caller: &Caller,
+        caller: &Caller,
         key_id: &str,
     ) -> Result<Vec<(String, String)>, KmsError> {
-        let snap = self.fresh_snapshot()?;
-        let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
-        Ok(k.tags.iter().map(|(a, b)| (a.clone(), b.clone())).collect())
+        self.admin(
+            Admin {
+                op: Operation::ListResourceTags,
+                caller,
+                key: Some(key_id),
+                also: None,
+                request: json!({ "keyId": key_id }),
+            },
+            || {
+                refuse_alias(key_id)?;
+                let snap = self.fresh_snapshot()?;
+                let k = resolve(&snap.state, &self.ids(), key_id)?;
+                Ok(k.tags.iter().map(|(a, b)| (a.clone(), b.clone())).collect())
+            },
+            |_| (None, None),
+        )
+    }
+
+    /// ListKeyPolicies: the names of the key's policies (only `default`).
+    pub fn list_key_policies(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+    ) -> Result<Vec<String>, KmsError> {
+        self.admin(
+            Admin {
+                op: Operation::ListKeyPolicies,
+                caller,
+                key: Some(key_id),
+                also: None,
+                request: json!({ "keyId": key_id }),
+            },
+            || {
+                refuse_alias(key_id)?;
+                let snap = self.fresh_snapshot()?;
+                resolve(&snap.state, &self.ids(), key_id)?;
+                Ok(vec![policy::POLICY_NAME.to_string()])
+            },
+            |_| (None, None),
+        )
     }
 
     /// DisableKey.
@@ -304,7 +398,7 @@ impl LocalKeyStore {
                 also: None,
                 request: json!({ "keyId": key_id }),
             },
-            || self.update(|s, _| resolve_mut(s, &self.keystore_id_hex, key_id)?.disable()),
+            || self.update(|s, _| resolve_mut(s, &self.ids(), key_id)?.disable()),
             |_| (None, None),
         )
     }
@@ -327,10 +421,10 @@ impl LocalKeyStore {
             || {
                 let days = pending_window_in_days.unwrap_or(model::MAX_PENDING_WINDOW_DAYS);
                 self.update(|s, now| {
-                    let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+                    let k = resolve_mut(s, &self.ids(), key_id)?;
                     let deletion_date = k.schedule_deletion(days, now)?;
                     Ok(ScheduledDeletion {
-                        key_id: model::key_arn(&self.keystore_id_hex, &k.key_id),
+                        key_id: self.key_arn(&k.key_id),
                         deletion_date,
                         key_state: k.state,
                         pending_window_in_days: days,
@@ -363,7 +457,7 @@ impl LocalKeyStore {
             || {
                 self.update(|s, now| {
                     let k = KeyRecord::new_external(description, now)?;
-                    let meta = k.metadata(&self.keystore_id_hex);
+                    let meta = k.metadata(&self.arn_prefix());
                     s.keys.insert(k.key_id.clone(), k);
                     Ok(meta)
                 })
@@ -410,7 +504,7 @@ impl LocalKeyStore {
                 // outside the keystore lock: it can take a second for RSA_4096.
                 {
                     let snap = self.fresh_snapshot()?;
-                    let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
+                    let k = resolve(&snap.state, &self.ids(), key_id)?;
                     k.clone().set_import_params(model::ImportParams {
                         token_id: String::new(),
                         wrapping_key: SecretBytes::new(Vec::new()),
@@ -426,7 +520,7 @@ impl LocalKeyStore {
                 let wrapping_key = rsa.to_pkcs8().map_err(crypto_err)?;
                 let token_id = crate::crypto::random_array::<16>().map_err(crypto_err)?;
                 self.update(|s, now| {
-                    let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+                    let k = resolve_mut(s, &self.ids(), key_id)?;
                     let valid_to = now + model::IMPORT_PARAMETERS_VALIDITY_SECS;
                     k.set_import_params(model::ImportParams {
                         token_id: hex(&token_id),
@@ -443,7 +537,7 @@ impl LocalKeyStore {
                     import_token.extend_from_slice(key_uuid.as_bytes());
                     import_token.extend_from_slice(&token_id);
                     Ok(ImportParameters {
-                        key_id: model::key_arn(&self.keystore_id_hex, &k.key_id),
+                        key_id: self.key_arn(&k.key_id),
                         import_token,
                         public_key,
                         parameters_valid_to: valid_to,
@@ -490,7 +584,7 @@ impl LocalKeyStore {
                     return Err(bad_token());
                 }
                 self.update(|s, now| {
-                    let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+                    let k = resolve_mut(s, &self.ids(), key_id)?;
                     let key_uuid = uuid::Uuid::parse_str(&k.key_id)
                         .map_err(|_| KmsError::internal("stored key id is not a UUID".into()))?;
                     if import_token[21..37] != key_uuid.as_bytes()[..] {
@@ -529,11 +623,7 @@ impl LocalKeyStore {
                 also: None,
                 request: json!({ "keyId": key_id }),
             },
-            || {
-                self.update(|s, _| {
-                    resolve_mut(s, &self.keystore_id_hex, key_id)?.delete_imported_material()
-                })
-            },
+            || self.update(|s, _| resolve_mut(s, &self.ids(), key_id)?.delete_imported_material()),
             |_| (None, None),
         )
     }
@@ -555,7 +645,7 @@ impl LocalKeyStore {
             },
             || {
                 self.update(|s, now| {
-                    let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+                    let k = resolve_mut(s, &self.ids(), key_id)?;
                     let v = k.rotate(model::RotationType::OnDemand, now)?;
                     Ok((k.key_id.clone(), v))
                 })
@@ -585,9 +675,10 @@ impl LocalKeyStore {
                 request: json!({ "keyId": key_id, "rotationPeriodInDays": rotation_period_in_days }),
             },
             || {
+                refuse_alias(key_id)?;
                 let days = rotation_period_in_days.unwrap_or(model::DEFAULT_ROTATION_PERIOD_DAYS);
                 self.update(|s, now| {
-                    resolve_mut(s, &self.keystore_id_hex, key_id)?.enable_rotation(days, now)
+                    resolve_mut(s, &self.ids(), key_id)?.enable_rotation(days, now)
                 })
             },
             |_| (None, None),
@@ -605,9 +696,8 @@ impl LocalKeyStore {
                 request: json!({ "keyId": key_id }),
             },
             || {
-                self.update(|s, _| {
-                    resolve_mut(s, &self.keystore_id_hex, key_id)?.disable_rotation()
-                })
+                refuse_alias(key_id)?;
+                self.update(|s, _| resolve_mut(s, &self.ids(), key_id)?.disable_rotation())
             },
             |_| (None, None),
         )
@@ -628,10 +718,11 @@ impl LocalKeyStore {
                 request: json!({ "keyId": key_id }),
             },
             || {
+                refuse_alias(key_id)?;
                 let snap = self.fresh_snapshot()?;
-                let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
+                let k = resolve(&snap.state, &self.ids(), key_id)?;
                 Ok(KeyRotationStatus {
-                    key_id: model::key_arn(&self.keystore_id_hex, &k.key_id),
+                    key_id: self.key_arn(&k.key_id),
                     key_rotation_enabled: k.rotation_period_days.is_some(),
                     rotation_period_in_days: k.rotation_period_days,
                     next_rotation_date: k.next_rotation,
@@ -657,7 +748,7 @@ impl LocalKeyStore {
             },
             || {
                 let snap = self.fresh_snapshot()?;
-                let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
+                let k = resolve(&snap.state, &self.ids(), key_id)?;
                 let mut v: Vec<KeyRotation> = k
                     .materials
                     .iter()
@@ -718,10 +809,11 @@ impl LocalKeyStore {
                 request,
             },
             || {
+                refuse_alias(key_id)?;
                 check_policy_name(policy_name)?;
                 let value = parse_checked(caller, document, bypass_lockout_check)?;
                 self.update(|s, _| {
-                    let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+                    let k = resolve_mut(s, &self.ids(), key_id)?;
                     if k.state == KeyState::PendingDeletion {
                         return Err(KmsError::InvalidState {
                             key_id: k.key_id.clone(),
@@ -770,7 +862,72 @@ impl LocalKeyStore {
                         KeyOrigin::External => KeyRecord::new_external(description, now)?,
                     };
                     k.policy = Some(value);
-                    let meta = k.metadata(&self.keystore_id_hex);
+                    let meta = k.metadata(&self.arn_prefix());
+                    s.keys.insert(k.key_id.clone(), k);
+                    Ok(meta)
+                })
+            },
+            |m| (Some(m.key_id.clone()), Some(json!({ "keyMetadata": m }))),
+        )
+    }
+
+    /// CreateKey with everything the protocol's request may carry: an
+    /// origin, a key policy (checked like PutKeyPolicy unless bypassed)
+    /// and tags, made in one change.
+    pub fn create_key_full(
+        &self,
+        caller: &Caller,
+        description: &str,
+        origin: KeyOrigin,
+        policy: Option<(&str, bool)>,
+        tags: &[(String, String)],
+    ) -> Result<KeyMetadata, KmsError> {
+        let tag_map: serde_json::Map<String, serde_json::Value> =
+            tags.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        let mut request = json!({
+            "description": description,
+            "origin": if origin == KeyOrigin::Kms { "AWS_KMS" } else { "EXTERNAL" },
+        });
+        if let Some((document, bypass)) = policy {
+            request["policy"] = serde_json::from_str::<serde_json::Value>(document)
+                .unwrap_or_else(|_| json!(document));
+            request["bypassPolicyLockoutSafetyCheck"] = json!(bypass);
+        }
+        if !tags.is_empty() {
+            request["tags"] = json!(tag_map);
+        }
+        self.admin(
+            Admin {
+                op: Operation::CreateKey,
+                caller,
+                key: None,
+                also: None,
+                request,
+            },
+            || {
+                let value = match policy {
+                    Some((document, bypass)) => Some(parse_checked(caller, document, bypass)?),
+                    None => None,
+                };
+                for (k, v) in tags {
+                    model::validate_tag(k, v)?;
+                }
+                let tags: std::collections::BTreeMap<String, String> =
+                    tags.iter().cloned().collect();
+                if tags.len() > model::MAX_TAGS {
+                    return Err(KmsError::invalid_with(
+                        ValidationCode::LimitExceeded,
+                        format!("a key has at most {} tags", model::MAX_TAGS),
+                    ));
+                }
+                self.update(|s, now| {
+                    let mut k = match origin {
+                        KeyOrigin::Kms => KeyRecord::generate(description, now)?,
+                        KeyOrigin::External => KeyRecord::new_external(description, now)?,
+                    };
+                    k.policy = value;
+                    k.tags = tags;
+                    let meta = k.metadata(&self.arn_prefix());
                     s.keys.insert(k.key_id.clone(), k);
                     Ok(meta)
                 })
@@ -784,7 +941,7 @@ impl LocalKeyStore {
     /// whose reader holds the keystore anyway).
     pub fn resolve_key_id(&self, key: &str) -> Option<String> {
         let snap = self.snapshot();
-        resolve(&snap.state, &self.keystore_id_hex, key)
+        resolve(&snap.state, &self.ids(), key)
             .ok()
             .map(|k| k.key_id.clone())
     }
@@ -807,7 +964,7 @@ impl LocalKeyStore {
             || {
                 check_policy_name(policy_name)?;
                 let snap = self.fresh_snapshot()?;
-                let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
+                let k = resolve(&snap.state, &self.ids(), key_id)?;
                 Ok(k.policy
                     .clone()
                     .unwrap_or_else(policy::default_policy_document))
@@ -828,9 +985,9 @@ impl LocalKeyStore {
             },
             || {
                 self.update(|s, _| {
-                    let k = resolve_mut(s, &self.keystore_id_hex, key_id)?;
+                    let k = resolve_mut(s, &self.ids(), key_id)?;
                     k.cancel_deletion()?;
-                    Ok(model::key_arn(&self.keystore_id_hex, &k.key_id))
+                    Ok(self.key_arn(&k.key_id))
                 })
             },
             |_| (None, None),
@@ -900,17 +1057,24 @@ impl LocalKeyStore {
     ) -> Result<(), KmsError> {
         // The default alias may be moved (the model refuses to create it).
         model::validate_alias_name(alias_name, alias_name == model::DEFAULT_ALIAS)?;
-        self.update(|s, _| {
-            let id = resolve(s, &self.keystore_id_hex, target_key_id)?
-                .key_id
-                .clone();
+        if model::names_alias(target_key_id) {
+            return Err(KmsError::invalid(format!(
+                "TargetKeyId {target_key_id} is an alias: an alias points at a key, named by \
+                 its key id or key ARN"
+            )));
+        }
+        self.update(|s, now| {
+            let created = !s.aliases.contains_key(alias_name);
+            let id = resolve(s, &self.ids(), target_key_id)?.key_id.clone();
             let target_moved = checked.key.as_deref() != Some(id.as_str());
             let alias_moved =
                 checked.also.is_some() && s.aliases.get(alias_name) != checked.also.as_ref();
             if target_moved || alias_moved {
                 return Err(changed_meanwhile(alias_name));
             }
-            f(s, &id)
+            f(s, &id)?;
+            s.touch_alias(alias_name, now, created);
+            Ok(())
         })
     }
 
@@ -954,11 +1118,7 @@ impl LocalKeyStore {
             || {
                 let snap = self.fresh_snapshot()?;
                 let only = match key_id {
-                    Some(k) => Some(
-                        resolve(&snap.state, &self.keystore_id_hex, k)?
-                            .key_id
-                            .clone(),
-                    ),
+                    Some(k) => Some(resolve(&snap.state, &self.ids(), k)?.key_id.clone()),
                     None => None,
                 };
                 Ok(snap
@@ -966,10 +1126,27 @@ impl LocalKeyStore {
                     .aliases
                     .iter()
                     .filter(|(_, t)| only.as_ref().is_none_or(|o| o == *t))
-                    .map(|(name, t)| AliasListEntry {
-                        alias_name: name.clone(),
-                        alias_arn: model::alias_arn(&self.keystore_id_hex, name),
-                        target_key_id: t.clone(),
+                    .map(|(name, t)| {
+                        let dates =
+                            snap.state
+                                .alias_dates
+                                .get(name)
+                                .copied()
+                                .unwrap_or_else(|| {
+                                    let made =
+                                        snap.state.keys.get(t).map_or(0, |k| k.creation_date);
+                                    model::AliasDates {
+                                        created: made,
+                                        updated: made,
+                                    }
+                                });
+                        AliasListEntry {
+                            alias_name: name.clone(),
+                            alias_arn: self.alias_arn(name),
+                            target_key_id: t.clone(),
+                            creation_date: dates.created,
+                            last_updated_date: dates.updated,
+                        }
                     })
                     .collect())
             },
@@ -1002,6 +1179,7 @@ impl LocalKeyStore {
                     let id = k.key_id.clone();
                     s.keys.insert(id.clone(), k);
                     s.create_alias(model::DEFAULT_ALIAS, &id, true)?;
+                    s.touch_alias(model::DEFAULT_ALIAS, now, true);
                     Ok(id)
                 })
             },

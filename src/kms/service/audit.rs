@@ -20,7 +20,7 @@ use crate::kms::audit::record::{self, Event};
 use crate::kms::audit::sign::VerifyKeys;
 use crate::kms::audit::verify::{self, Expected, Report};
 use crate::kms::audit::{AuditEvent, CallerSource, Durability, Operation, Requester, Trail};
-use crate::kms::model::{KeyRecord, key_arn};
+use crate::kms::model::KeyRecord;
 use crate::kms::{Caller, KmsError, clock};
 
 /// The environment variable that turns the trail off (`off`): for the
@@ -215,7 +215,7 @@ impl LocalKeyStore {
     /// record could not be written when it had to be before returning.
     pub(super) fn record(&self, o: Outcome<'_>) -> Result<(), KmsError> {
         let time = clock::now().unwrap_or(0);
-        let arn = o.key_id.map(|k| key_arn(self.keystore_id(), k));
+        let arn = o.key_id.map(|k| self.key_arn(k));
         let code_and_text = o.error.map(|e| (e.aws_code(), e.to_string()));
         if let Some(sink) = self.audit.get() {
             sink.record(&AuditEvent {
@@ -316,8 +316,7 @@ impl LocalKeyStore {
             Ok(s) => s,
             Err(_) => self.snapshot(),
         };
-        let find =
-            |n: Option<&str>| n.and_then(|k| resolve(&snap.state, self.keystore_id(), k).ok());
+        let find = |n: Option<&str>| n.and_then(|k| resolve(&snap.state, &self.ids(), k).ok());
         let (named, also) = (find(a.key), find(a.also));
         let checked = Checked {
             key: named.map(|k| k.key_id.clone()),

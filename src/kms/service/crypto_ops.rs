@@ -29,6 +29,8 @@ struct Call<'a> {
     request: Value,
     /// The encryption context the policy's conditions look at.
     ctx: Option<&'a EncryptionContext>,
+    /// DryRun: authorize, then stop with DryRunOperationException.
+    dry_run: bool,
 }
 
 impl<'a> Call<'a> {
@@ -36,8 +38,19 @@ impl<'a> Call<'a> {
         Self {
             request,
             ctx: Some(ctx),
+            dry_run: false,
         }
     }
+}
+
+/// What a DryRun names: a key (Encrypt, GenerateDataKey*, ReEncrypt's
+/// destination) or a ciphertext blob (Decrypt, ReEncrypt's source).
+#[derive(Debug, Clone, Copy)]
+pub enum DryRunTarget<'a> {
+    /// A key id, key ARN or alias.
+    Key(&'a str),
+    /// A ciphertext blob.
+    Blob(&'a [u8]),
 }
 
 /// The audit record's view of an encryption context.
@@ -96,6 +109,12 @@ impl LocalKeyStore {
             self.refuse_if_due(key)?;
             key.check_usable(usage)?;
             self.decide(&snap, caller, who(), op, Some(key), call.ctx)?;
+            if call.dry_run {
+                return Err(KmsError::invalid_with(
+                    ValidationCode::DryRun,
+                    "The request would have succeeded, but the DryRun flag is set.".into(),
+                ));
+            }
             let ciphers = snap
                 .ciphers
                 .get(&key.key_id)
@@ -138,7 +157,7 @@ impl LocalKeyStore {
             return Err(KmsError::corrupt(why.clone()));
         }
         let key = match key_ref {
-            KeyRef::Name(n) => resolve(&snap.state, &self.keystore_id_hex, n)?,
+            KeyRef::Name(n) => resolve(&snap.state, &self.ids(), n)?,
             KeyRef::Blob(h) => {
                 let id = h.key_id_string();
                 let k = snap.state.keys.get(&id);
@@ -240,6 +259,7 @@ impl LocalKeyStore {
         let call = Call {
             request,
             ctx: Some(context),
+            dry_run: false,
         };
         self.use_key(
             rc,
@@ -249,7 +269,7 @@ impl LocalKeyStore {
             call,
             |state, key, ciphers| {
                 if let Some(want) = key_id {
-                    let wanted = resolve(state, &self.keystore_id_hex, want)?;
+                    let wanted = resolve(state, &self.ids(), want)?;
                     if wanted.key_id != key.key_id {
                         return Err(KmsError::IncorrectKey {
                             made_under: key.key_id.clone(),
@@ -273,6 +293,55 @@ impl LocalKeyStore {
                 Ok(((key.key_id.clone(), v, pt), v))
             },
         )
+    }
+
+    /// DryRun of cryptographic operation `op` on `target`: the key is
+    /// resolved, its state checked and the caller authorized (key policy
+    /// and grants, with `context`), as the operation would; nothing is
+    /// encrypted or decrypted. Returns the refusal, or DryRunOperation
+    /// (`ValidationCode::DryRun`) when the operation would have been allowed.
+    /// Recorded in the trail like the operation.
+    pub fn dry_run(
+        &self,
+        rc: &RequestContext<'_>,
+        op: Operation,
+        target: DryRunTarget<'_>,
+        context: &EncryptionContext,
+    ) -> KmsError {
+        let header;
+        let (key_ref, usage, named) = match target {
+            DryRunTarget::Key(k) => (KeyRef::Name(k), Usage::Encrypt, Some(k)),
+            DryRunTarget::Blob(b) => {
+                header = match BlobHeader::parse(b) {
+                    Ok(h) => h,
+                    Err(e) => return e,
+                };
+                if header.keystore_id != self.keystore_id {
+                    return KmsError::invalid_ciphertext(
+                        "the ciphertext blob was made by another keystore".into(),
+                    );
+                }
+                (KeyRef::Blob(&header), Usage::Decrypt, None)
+            }
+        };
+        let mut request = json!({
+            "encryptionContext": context_json(context),
+            "dryRun": true,
+        });
+        if let Some(k) = named {
+            request["keyId"] = json!(k);
+        }
+        let call = Call {
+            request,
+            ctx: Some(context),
+            dry_run: true,
+        };
+        match self.use_key(rc, op, key_ref, usage, call, |_, _, _| {
+            Err::<((), u32), _>(KmsError::internal("a dry run ran its operation".into()))
+        }) {
+            Ok(()) => KmsError::internal("a dry run ran its operation".into()),
+            Err(e) => e,
+        }
     }
 
     /// Refuses a ciphertext blob not made under `key_id` (a key id, ARN or
@@ -342,6 +411,7 @@ impl LocalKeyStore {
             Call {
                 request,
                 ctx: Some(context),
+                dry_run: false,
             },
             |_, key, ciphers| {
                 let plaintext = SecretBytes::random(len)
@@ -466,14 +536,14 @@ impl LocalKeyStore {
             },
             || {
                 let snap = self.fresh_snapshot()?;
-                let k = resolve(&snap.state, &self.keystore_id_hex, key_id)?;
+                let k = resolve(&snap.state, &self.ids(), key_id)?;
                 if k.deletion_due(clock::now()?) {
                     self.apply_due()?;
                     return Err(KmsError::not_found(Missing::Deleted {
                         key_id: k.key_id.clone(),
                     }));
                 }
-                Ok(k.metadata(&self.keystore_id_hex))
+                Ok(k.metadata(&self.arn_prefix()))
             },
             |m| (Some(m.key_id.clone()), None),
         )

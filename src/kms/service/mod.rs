@@ -34,11 +34,22 @@ use snapshot::{KnownDamage, Loaded, Snapshot, load};
 
 pub use access_keys::{AccessKeyEntry, AccessKeySecret, NewAccessKey};
 pub use audit::AUDIT_ENV;
+pub use crypto_ops::DryRunTarget;
 
 pub use admin::{
     AliasListEntry, ImportParameters, KeyListEntry, KeyRotation, KeyRotationStatus,
     ScheduledDeletion,
 };
+
+/// The region of ARNs when none was set.
+pub const DEFAULT_REGION: &str = "local";
+
+/// True for a region name: 1 to 32 of lowercase letters, digits and '-'.
+pub fn valid_region(r: &str) -> bool {
+    (1..=32).contains(&r.len())
+        && r.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+}
 
 /// The local key service: a keystore directory, unsealed once.
 pub struct LocalKeyStore {
@@ -46,6 +57,10 @@ pub struct LocalKeyStore {
     root: RootKey,
     keystore_id: [u8; 16],
     keystore_id_hex: String,
+    /// The 12-digit account id of this keystore's ARNs.
+    account_id: String,
+    /// The region of this service's ARNs (`set_region`; "local" unless set).
+    region: OnceLock<String>,
     snap: RwLock<Arc<Snapshot>>,
     generation: AtomicU64,
     base: Instant,
@@ -148,12 +163,21 @@ impl LocalKeyStore {
     }
 
     fn assemble(dir: KeystoreDir, root: RootKey, l: Loaded) -> Result<Self, KmsError> {
+        let keystore_id_hex = hex(&l.keystore_id);
+        let account_id = l
+            .state
+            .account_id
+            .clone()
+            .filter(|a| super::model::valid_account_id(a))
+            .unwrap_or_else(|| super::model::derived_account_id(&keystore_id_hex));
         let snap = Snapshot::new(l.state, l.fingerprint, l.fallback, l.file_generation)?;
         Ok(Self {
             dir,
             root,
             keystore_id: l.keystore_id,
-            keystore_id_hex: hex(&l.keystore_id),
+            keystore_id_hex,
+            account_id,
+            region: OnceLock::new(),
             snap: RwLock::new(Arc::new(snap)),
             generation: AtomicU64::new(1),
             base: Instant::now(),
@@ -173,6 +197,55 @@ impl LocalKeyStore {
     /// The keystore's random id (32 hex digits), as it appears in ARNs and blobs.
     pub fn keystore_id(&self) -> &str {
         &self.keystore_id_hex
+    }
+
+    /// The 12-digit account id in this keystore's ARNs
+    /// (`arn:aws:kms:<region>:<account>:key/<id>`).
+    pub fn account_id(&self) -> &str {
+        &self.account_id
+    }
+
+    /// The region in this service's ARNs: set once (`kmsfs kms serve
+    /// --region`), else "local".
+    pub fn region(&self) -> &str {
+        self.region
+            .get()
+            .map(String::as_str)
+            .unwrap_or(DEFAULT_REGION)
+    }
+
+    /// Sets the region of this service's ARNs (once; later calls change nothing).
+    pub fn set_region(&self, region: &str) -> Result<(), KmsError> {
+        if !valid_region(region) {
+            return Err(KmsError::invalid(format!(
+                "region {region:?} is not a region name (letters, digits and '-')"
+            )));
+        }
+        let _ = self.region.set(region.to_string());
+        Ok(())
+    }
+
+    /// `arn:aws:kms:<region>:<account>:`.
+    pub fn arn_prefix(&self) -> String {
+        super::model::arn_prefix(self.region(), &self.account_id)
+    }
+
+    /// The ARN of key `key_id`.
+    pub fn key_arn(&self, key_id: &str) -> String {
+        super::model::key_arn(&self.arn_prefix(), key_id)
+    }
+
+    /// The ARN of alias `name` (`alias/...`).
+    pub fn alias_arn(&self, name: &str) -> String {
+        super::model::alias_arn(&self.arn_prefix(), name)
+    }
+
+    /// What names this keystore in ARNs given to it.
+    pub(crate) fn ids(&self) -> super::model::ArnIds<'_> {
+        super::model::ArnIds {
+            keystore_id: &self.keystore_id_hex,
+            account: &self.account_id,
+        }
     }
 
     /// The keystore directory.

@@ -2,22 +2,21 @@
 //! ARN) to the key record it stands for.
 #![forbid(unsafe_code)]
 
-use crate::kms::model::{self, KeyRecord, StoreState};
+use crate::kms::model::{self, ArnIds, KeyRecord, StoreState};
 use crate::kms::{KmsError, Missing};
 
-/// Finds a key by id, ARN or alias in `state`.
+/// Finds a key by id, ARN (either form, `ArnIds`) or alias in `state`.
 pub(super) fn resolve<'s>(
     state: &'s StoreState,
-    keystore_id_hex: &str,
+    ids: &ArnIds<'_>,
     key_ref: &str,
 ) -> Result<&'s KeyRecord, KmsError> {
     let mut name = key_ref;
     if key_ref.starts_with("arn:") {
-        let prefix = model::arn_prefix(keystore_id_hex);
-        name = key_ref.strip_prefix(&prefix).ok_or_else(|| {
+        name = ids.resource(key_ref).ok_or_else(|| {
             KmsError::not_found(Missing::ForeignArn {
                 arn: key_ref.to_string(),
-                keystore_id: keystore_id_hex.to_string(),
+                keystore_id: ids.keystore_id.to_string(),
             })
         })?;
         if let Some(id) = name.strip_prefix("key/") {
@@ -60,10 +59,10 @@ pub(super) fn resolve<'s>(
 
 pub(super) fn resolve_mut<'s>(
     state: &'s mut StoreState,
-    keystore_id_hex: &str,
+    ids: &ArnIds<'_>,
     key_ref: &str,
 ) -> Result<&'s mut KeyRecord, KmsError> {
-    let id = resolve(state, keystore_id_hex, key_ref)?.key_id.clone();
+    let id = resolve(state, ids, key_ref)?.key_id.clone();
     state
         .keys
         .get_mut(&id)

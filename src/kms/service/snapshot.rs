@@ -441,6 +441,11 @@ impl LocalKeyStore {
             return result;
         }
         ensure_audit_signing_key(&mut state)?;
+        if state.account_id.is_none() {
+            // A keystore made before account ids keeps the one it was
+            // named by (derived from its id) from now on.
+            state.account_id = Some(self.account_id().to_string());
+        }
         self.record_trail_position(&mut state)?;
         // The kept generation must not keep material that this update
         // removes (a purge, an expiry, DeleteImportedKeyMaterial): it is what a

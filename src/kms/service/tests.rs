@@ -49,7 +49,7 @@ fn data_key_round_trip_and_refusals() {
         (id.as_str(), 1)
     );
     // Same key named by ARN: accepted. Another key: IncorrectKey.
-    let arn = model::key_arn(ks.keystore_id(), &id);
+    let arn = ks.key_arn(&id);
     assert!(
         ks.decrypt(&RC, &dk.ciphertext_blob, &ctx(), Some(&arn))
             .is_ok()
@@ -540,15 +540,34 @@ fn aliases_and_key_references() {
         ks.create_alias(&ME, "alias/aws/ebs", &id),
         Err(KmsError::Validation { .. })
     ));
-    let alias_arn = model::alias_arn(ks.keystore_id(), "alias/app");
+    let alias_arn = ks.alias_arn("alias/app");
     for r in ["alias/app", alias_arn.as_str(), &id.to_uppercase()] {
         assert_eq!(ks.describe_key(&RC, r).unwrap().key_id, id, "{r}");
     }
-    let foreign = format!("arn:kmsfs:kms:local:{}:key/{id}", "0".repeat(32));
-    assert!(matches!(
-        ks.describe_key(&RC, &foreign),
-        Err(KmsError::NotFound { .. })
-    ));
+    // Both ARN forms name the key: AWS's, in any region, and the old one.
+    let acct = ks.account_id().to_string();
+    assert!(crate::kms::model::valid_account_id(&acct), "{acct}");
+    for r in [
+        format!("arn:aws:kms:local:{acct}:key/{id}"),
+        format!("arn:aws:kms:eu-west-1:{acct}:key/{id}"),
+        format!("arn:aws:kms:eu-west-1:{acct}:alias/app"),
+        format!("arn:kmsfs:kms:local:{}:key/{id}", ks.keystore_id()),
+    ] {
+        assert_eq!(ks.describe_key(&RC, &r).unwrap().key_id, id, "{r}");
+    }
+    for foreign in [
+        format!("arn:kmsfs:kms:local:{}:key/{id}", "0".repeat(32)),
+        format!("arn:aws:kms:local:000000000000:key/{id}"),
+        format!("arn:aws:kms::{acct}:key/{id}"),
+    ] {
+        assert!(
+            matches!(
+                ks.describe_key(&RC, &foreign),
+                Err(KmsError::NotFound { .. })
+            ),
+            "{foreign}"
+        );
+    }
     let other = ks.create_key(&ME, "").unwrap().key_id;
     ks.update_alias(&ME, "alias/app", &other).unwrap();
     assert_eq!(ks.describe_key(&RC, "alias/app").unwrap().key_id, other);

@@ -70,7 +70,12 @@ pub fn create(
     // keystores get one on first open).
     let audit_key = crypto::random_array::<32>().map_err(|e| KmsError::internal(e.to_string()))?;
     let seed = crypto::random_array::<32>().map_err(|e| KmsError::internal(e.to_string()))?;
+    // The account id of its ARNs: 12 random digits.
+    let account = u64::from_le_bytes(
+        crypto::random_array::<8>().map_err(|e| KmsError::internal(e.to_string()))?,
+    ) % 1_000_000_000_000;
     let state = StoreState {
+        account_id: Some(format!("{account:012}")),
         audit_signing_key: Some(crypto::SecretBytes::new(audit_key.to_vec())),
         audit_ed25519_seed: Some(crypto::SecretBytes::new(seed.to_vec())),
         ..StoreState::default()

@@ -105,8 +105,9 @@ fn every_flipped_byte_and_truncation_is_detected() {
 
 #[test]
 fn worked_size_of_an_empty_keystore() {
-    // docs/KEYSTORE.md: 115 fixed + (199-byte JSON + 16) body + 32 checksum;
-    // the JSON is the empty state (24 bytes) with the audit signing keys
+    // docs/KEYSTORE.md: 115 fixed + (227-byte JSON + 16) body + 32 checksum;
+    // the JSON is the empty state (24 bytes) with the account id
+    // (`,"account_id":"` 15 bytes, 12 digits, `"`) and the audit signing keys
     // (`,"audit_signing_key":"` 22 bytes, 64 hex digits, `"`;
     // `,"audit_ed25519_seed":"` 23 bytes, 64 hex digits, `"`).
     let t = tempfile::tempdir().unwrap();
@@ -114,7 +115,7 @@ fn worked_size_of_an_empty_keystore() {
     create(&dir, CreateMode::RootKeyFile).unwrap();
     assert_eq!((FIXED_LEN, FIXED_LEN_V1), (115, 95));
     assert_eq!(StoreState::default().to_sealed_json().unwrap().len(), 24);
-    assert_eq!(fs::read(dir.file(CURRENT_FILE)).unwrap().len(), 362);
+    assert_eq!(fs::read(dir.file(CURRENT_FILE)).unwrap().len(), 390);
     assert_eq!(fs::read(dir.file(ROOT_KEY_FILE)).unwrap().len(), 40);
 }
 
@@ -145,7 +146,7 @@ fn version_1_files_still_open_and_refuse_every_change() {
     let dir = KeystoreDir::new(t.path());
     let (id, root, state, _) = create(&dir, CreateMode::RootKeyFile).unwrap();
     let v1 = encode_v1(&id, &root, 7, &state);
-    assert_eq!(v1.len(), 95 + 199 + 28 + 32); // 199: the JSON with both audit keys
+    assert_eq!(v1.len(), 95 + 227 + 28 + 32); // 227: the JSON with the account id and both audit keys
     let f = Frame::parse("x", &v1).unwrap();
     assert_eq!((f.version, f.generation, f.keystore_id), (1, 7, id));
     assert_eq!(
