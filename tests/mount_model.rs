@@ -175,3 +175,47 @@ fn threads_on_one_file_stay_consistent() {
         );
     }
 }
+
+#[test]
+fn appends_from_several_processes_keep_every_record() {
+    let Some(mut m) = Mount::new("append") else {
+        return;
+    };
+    // Four processes append 500 records each to one file through their own
+    // O_APPEND descriptors. With the writeback cache the kernel appends at
+    // the size it keeps itself: no record may be lost, torn or written over
+    // another, and the file must hold exactly them, also after a remount.
+    let script = r#"
+import os
+for p in range(4):
+    if os.fork() == 0:
+        fd = os.open("log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        for n in range(500):
+            os.write(fd, f"{p}:{n:04d}:{'x' * (17 + 29 * p + n % 7)}\n".encode())
+        os.close(fd)
+        os._exit(0)
+for p in range(4):
+    os.wait()
+"#;
+    common::sh(
+        &m.mnt,
+        &format!("python3 -c '{}'", script.replace('\'', "'\\''")),
+    );
+    let want: std::collections::BTreeSet<String> = (0..4)
+        .flat_map(|p| {
+            (0..500).map(move |n| format!("{p}:{n:04}:{}", "x".repeat(17 + 29 * p + n % 7)))
+        })
+        .collect();
+    let want_len: usize = want.iter().map(|l| l.len() + 1).sum();
+    for when in ["written", "after a remount"] {
+        let got = std::fs::read_to_string(m.p("log")).unwrap();
+        assert_eq!(got.len(), want_len, "size {when}");
+        let lines: Vec<&str> = got.lines().collect();
+        assert_eq!(lines.len(), 2000, "records {when}");
+        let set: std::collections::BTreeSet<String> = lines.iter().map(|l| l.to_string()).collect();
+        assert!(set == want, "records {when} are not the ones appended");
+        if when == "written" {
+            m.remount();
+        }
+    }
+}
