@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kmsfs::envelope::{EncryptedFile, EnvelopeError};
+use kmsfs::format::Layout;
 use kmsfs::kms::{Caller, CreateMode, LocalKeyStore, RequestContext};
 
 const CALLER: Caller = Caller {
@@ -84,10 +85,11 @@ fn enospc_leaves_the_old_content_readable() {
     let key = ks.create_key(&CALLER, "full disk").unwrap().key_id;
 
     // A file whose final block is partial: an extending write rewrites it.
-    let f = EncryptedFile::create(rw(&fs.p("a")), &ks, &RequestContext::cli(CALLER), &key).unwrap();
+    let rc = RequestContext::cli(CALLER);
+    let f = EncryptedFile::create(rw(&fs.p("a")), &ks, &rc, &key, Layout::NEW).unwrap();
     f.write_at(&[b'A'; 100], 0).unwrap();
     // A sparse file: a write into its holes needs new space.
-    let g = EncryptedFile::create(rw(&fs.p("g")), &ks, &RequestContext::cli(CALLER), &key).unwrap();
+    let g = EncryptedFile::create(rw(&fs.p("g")), &ks, &rc, &key, Layout::NEW).unwrap();
     g.write_at(b"start", 0).unwrap();
     g.set_len(300 * 1024).unwrap();
     f.sync(false).unwrap();

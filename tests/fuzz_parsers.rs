@@ -232,7 +232,10 @@ fn encryption_context_forms() {
 
 #[test]
 fn size_and_offset_arithmetic() {
-    let max = kmsfs::format::MAX_PLAIN_SIZE;
+    let maxes = [
+        kmsfs::format::Layout::V1.max_plain_size(),
+        kmsfs::format::Layout::V2.max_plain_size(),
+    ];
     run(
         "offsets",
         |rng| {
@@ -242,9 +245,14 @@ fn size_and_offset_arithmetic() {
                     0 => rng.next(),
                     1 => rng.below(1 << 20),
                     2 => (rng.below(1000) * 4096 + rng.below(3)).saturating_sub(1),
-                    3 => 1024 + rng.below(1000) * 4124 + rng.below(60),
-                    4 => max - rng.below(10_000),
-                    _ => [u64::MAX, i64::MAX as u64, max, max + 1, 0][rng.below(5) as usize],
+                    3 => {
+                        1024 + rng.below(1000) * [4124, 4136][rng.below(2) as usize] + rng.below(60)
+                    }
+                    4 => maxes[rng.below(2) as usize] - rng.below(10_000),
+                    _ => {
+                        let max = maxes[rng.below(2) as usize];
+                        [u64::MAX, i64::MAX as u64, max, max + 1, 0][rng.below(5) as usize]
+                    }
                 };
                 out.extend_from_slice(&v.to_be_bytes());
             }

@@ -1,7 +1,7 @@
 //! Tampering with the backing directory: a flipped byte fails only the block
 //! it is in (EIO, logged with the backing path and block), blocks swapped
 //! within a file or moved between files fail, a cut file fails at its end.
-//! Wrong bytes are never returned.
+//! Wrong bytes are never returned. The files are in block format 2.
 
 mod common;
 
@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use common::Mount;
-use kmsfs::format::{CIPHER_BLOCK_SIZE, block_backing_offset};
+use kmsfs::format::Layout;
 
 const BLOCKS: u64 = 4;
 
@@ -18,9 +18,17 @@ fn block(i: u64, salt: u8) -> Vec<u8> {
     vec![b'a' + i as u8 + salt; 4096]
 }
 
+/// Writes `name` through the mount: a new tree's file, in block format 2
+/// (XAES-256-GCM), which every test here tampers with.
 fn write_file(m: &Mount, name: &str, salt: u8) {
     let data: Vec<u8> = (0..BLOCKS).flat_map(|i| block(i, salt)).collect();
     std::fs::write(m.p(name), data).unwrap();
+    let backing = std::fs::read(m.b(name)).unwrap();
+    assert_eq!(backing[6..8], Layout::V2.version().to_be_bytes());
+    assert_eq!(
+        backing.len() as u64,
+        Layout::V2.backing_size_from_plain(BLOCKS * 4096)
+    );
 }
 
 /// Reads block `i` through the mount: Ok(bytes) or the errno.
@@ -34,14 +42,16 @@ fn read_block(m: &Mount, name: &str, i: u64) -> Result<Vec<u8>, i32> {
 
 fn stored(path: &Path, i: u64) -> Vec<u8> {
     let f = File::open(path).unwrap();
-    let mut buf = vec![0u8; CIPHER_BLOCK_SIZE as usize];
-    f.read_exact_at(&mut buf, block_backing_offset(i)).unwrap();
+    let mut buf = vec![0u8; Layout::NEW.cipher_block_size() as usize];
+    f.read_exact_at(&mut buf, Layout::NEW.block_backing_offset(i))
+        .unwrap();
     buf
 }
 
 fn put_stored(path: &Path, i: u64, data: &[u8]) {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.write_all_at(data, block_backing_offset(i)).unwrap();
+    f.write_all_at(data, Layout::NEW.block_backing_offset(i))
+        .unwrap();
 }
 
 fn expect(m: &Mount, name: &str, salt: u8, bad: &[u64]) {

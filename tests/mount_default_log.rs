@@ -7,7 +7,7 @@ mod common;
 use std::os::unix::fs::FileExt;
 
 use common::{MountGuard, fuse_available, kmsfs};
-use kmsfs::format::block_backing_offset;
+use kmsfs::format::Layout;
 
 #[test]
 fn background_mount_logs_corruption_by_default() {
@@ -53,9 +53,9 @@ fn background_mount_logs_corruption_by_default() {
         .open(backing.join("f"))
         .unwrap();
     let mut byte = [0u8; 1];
-    f.read_exact_at(&mut byte, block_backing_offset(1) + 40)
+    f.read_exact_at(&mut byte, Layout::NEW.block_backing_offset(1) + 40)
         .unwrap();
-    f.write_all_at(&[byte[0] ^ 1], block_backing_offset(1) + 40)
+    f.write_all_at(&[byte[0] ^ 1], Layout::NEW.block_backing_offset(1) + 40)
         .unwrap();
     mount();
 

@@ -122,11 +122,7 @@ fn a_backing_directory_bound_to_another_keystore_is_refused() {
     let (ks1, ks2) = (s.tmp.path().join("ks1"), s.tmp.path().join("ks2"));
     let id1 = new_keystore(&ks1);
     new_keystore(&ks2);
-    let marker = BackingMarker {
-        version: 1,
-        keystore_id: id1.clone(),
-        default_key_id: "k".into(),
-    };
+    let marker = BackingMarker::new(id1.clone(), "k".into());
     write_marker(&s.backing, &marker).unwrap();
     let lib = s.library_mount(&ks2, false);
     assert!(
@@ -152,11 +148,7 @@ fn a_backing_directory_bound_to_a_remote_kms_is_refused_a_local_keystore() {
     new_keystore(&ks);
     write_marker(
         &s.backing,
-        &BackingMarker {
-            version: 1,
-            keystore_id: REMOTE_MARKER_ID.into(),
-            default_key_id: "k".into(),
-        },
+        &BackingMarker::new(REMOTE_MARKER_ID.into(), "k".into()),
     )
     .unwrap();
     let lib = s.library_mount(&ks, false);

@@ -8,7 +8,7 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
 
 use common::{Mount, is_mounted};
-use kmsfs::format::block_backing_offset;
+use kmsfs::format::Layout;
 
 /// A root-only file that the attacks below try to get the daemon to write into.
 fn secret(dir: &Path) -> std::path::PathBuf {
@@ -53,7 +53,7 @@ fn log_is_private_and_names_cannot_forge_lines() {
         .write(true)
         .open(m.b(name))
         .unwrap();
-    let at = block_backing_offset(0) + 40;
+    let at = Layout::NEW.block_backing_offset(0) + 40;
     let mut byte = [0u8; 1];
     f.read_exact_at(&mut byte, at).unwrap();
     f.write_all_at(&[byte[0] ^ 1], at).unwrap();

@@ -99,7 +99,10 @@ fn inspect_names_the_mounts_key_and_a_given_key() {
         .to_string();
     assert_eq!(j["KeyId"], default_id.as_str());
     assert_eq!(j["PlaintextSize"], 21);
-    assert_eq!(j["FormatVersion"], 1);
+    assert_eq!(
+        j["FormatVersion"], 2,
+        "a new tree's files are block format 2"
+    );
     assert_eq!(j["KeyMaterialVersion"], 1);
     // A second CMK: new files use it, old files keep theirs.
     let created: serde_json::Value =

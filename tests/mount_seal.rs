@@ -112,7 +112,7 @@ fn unseal_refuses_the_damaged_tails_the_mount_refuses() {
         fs::read(out).unwrap()
     };
     let header = kmsfs::format::HEADER_LEN as usize;
-    let block = kmsfs::format::CIPHER_BLOCK_SIZE as usize;
+    let block = kmsfs::format::Layout::NEW.cipher_block_size() as usize;
     let garbage = [0x9du8; 12];
     let empty = seal("empty", 0);
     let two = seal("two", 8192);
@@ -157,4 +157,52 @@ fn unseal_refuses_the_damaged_tails_the_mount_refuses() {
             assert!(to_stdout.stdout.is_empty(), "{name}: wrote to stdout");
         }
     }
+}
+
+/// `seal` writes block format 2 by default, the format of a new backing
+/// directory, and format 1 with `--block-format 1` for a directory made
+/// before it. A file of the other format is refused by the mount (EIO: its
+/// size would be misread), and `unseal` reads both.
+#[test]
+fn seal_writes_the_block_format_asked_for() {
+    let Some(m) = Mount::new("seal_format") else {
+        return;
+    };
+    let input = m.tmp.path().join("in");
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(&input, &data).unwrap();
+    for (flag, version, backing) in [
+        (None, 2u16, 1024 + 2 * 4136 + 1808 + 40),
+        (Some("2"), 2, 1024 + 2 * 4136 + 1808 + 40),
+        (Some("1"), 1, 1024 + 2 * 4124 + 1808 + 28),
+    ] {
+        let name = format!("f{}", flag.unwrap_or("default"));
+        let mut args = vec!["seal", input.to_str().unwrap()];
+        let out = m.b(&name);
+        args.push(out.to_str().unwrap());
+        if let Some(f) = flag {
+            args.extend(["--block-format", f]);
+        }
+        m.ok(&args);
+        let bytes = fs::read(&out).unwrap();
+        assert_eq!(u16::from_be_bytes([bytes[6], bytes[7]]), version, "{name}");
+        assert_eq!(bytes.len(), backing, "{name}");
+        let through_mount = fs::read(m.p(&name));
+        if version == 2 {
+            assert!(through_mount.unwrap() == data, "{name}");
+        } else {
+            assert_eq!(through_mount.unwrap_err().raw_os_error(), Some(libc::EIO));
+        }
+        let plain = m.tmp.path().join(format!("{name}.out"));
+        m.ok(&["unseal", out.to_str().unwrap(), plain.to_str().unwrap()]);
+        assert!(fs::read(plain).unwrap() == data, "{name}");
+    }
+    let o = m.run(&[
+        "seal",
+        input.to_str().unwrap(),
+        m.tmp.path().join("bad").to_str().unwrap(),
+        "--block-format",
+        "3",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "block format 3 is a usage error");
 }

@@ -70,7 +70,7 @@ fn status_reports_the_running_mount() {
     std::fs::write(&plain, vec![1u8; 8192]).unwrap();
     m.ok(&["seal", plain.to_str().unwrap(), m.b("c").to_str().unwrap()]);
     let mut bytes = std::fs::read(m.b("c")).unwrap();
-    let at = kmsfs::format::block_backing_offset(0) as usize + 40;
+    let at = kmsfs::format::Layout::NEW.block_backing_offset(0) as usize + 40;
     bytes[at] ^= 1;
     std::fs::write(m.b("c"), &bytes).unwrap();
     let e = std::fs::read(m.p("c")).unwrap_err();

@@ -91,6 +91,11 @@ pub struct SealArgs {
     /// CMK that wraps the file's data key [default: alias/kmsfs/default].
     #[arg(long, value_name = "K")]
     pub key_id: Option<String>,
+    /// Block format of the output: 2 (XAES-256-GCM, what new backing
+    /// directories hold) or 1 (for a backing directory made before
+    /// version 2; `kmsfs inspect DIR` shows which).
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=2))]
+    pub block_format: u16,
 }
 /// Arguments of `kmsfs unseal`.
 #[derive(Debug, clap::Args)]
@@ -571,7 +576,8 @@ pub fn inspect(g: &GlobalArgs, a: InspectArgs) -> Result<(), CliError> {
     let active = h.active_index();
     let slot = active.and_then(|i| h.slots[i].as_ref());
     let file_id = crate::crypto::hex(&h.file_id);
-    let plain = crate::format::plain_size_from_backing(len);
+    let layout = h.layout();
+    let plain = layout.plain_size_from_backing(len);
     let key_id = slot.map(|s| s.key_id.as_str()).unwrap_or("");
     let version = slot.map(|s| s.key_material_version).unwrap_or(0);
     match g.output {
@@ -597,7 +603,7 @@ pub fn inspect(g: &GlobalArgs, a: InspectArgs) -> Result<(), CliError> {
                 "KeyMaterialVersion": version,
                 "PlaintextSize": plain,
                 "BackingSize": len,
-                "ValidBackingSize": crate::format::is_valid_backing_size(len),
+                "ValidBackingSize": layout.is_valid_backing_size(len),
                 "Slots": slots,
             });
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -610,7 +616,7 @@ pub fn inspect(g: &GlobalArgs, a: InspectArgs) -> Result<(), CliError> {
             println!("key material version: {version}");
             println!("plaintext size:       {plain}");
             println!("backing size:         {len}");
-            if !crate::format::is_valid_backing_size(len) {
+            if !layout.is_valid_backing_size(len) {
                 println!(
                     "warning:              the backing size is not one this format makes (truncated?)"
                 );
@@ -660,7 +666,16 @@ pub fn seal(g: &GlobalArgs, a: SealArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::new(ErrorClass::NotFound, format!("{}: {e}", a.input.display())))?;
     let (ks, key_id) = service_and_key(g, a.key_id.as_deref())?;
     let out = create_new(&a.out)?;
-    match envelope::seal(&mut input, out, &*ks, &super::cli_context(), &key_id) {
+    let layout = crate::format::Layout::from_version(a.block_format)
+        .ok_or_else(|| CliError::new(ErrorClass::Usage, "--block-format is 1 or 2"))?;
+    match envelope::seal(
+        &mut input,
+        out,
+        &*ks,
+        &super::cli_context(),
+        &key_id,
+        layout,
+    ) {
         Ok(n) => {
             log::info!("sealed {n} bytes into {}", crate::logtext::escaped(&a.out));
             Ok(())

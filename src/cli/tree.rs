@@ -491,7 +491,12 @@ pub fn import(g: &GlobalArgs, a: ImportArgs) -> Result<(), CliError> {
     let (ks, key_id, marker) = (bound.ks, bound.key_id, bound.new_marker);
     // The same (shared) keystore instance: batch its records.
     bulk_key_service(g)?;
+    let layout = crate::daemon::tree_layout(&backing, &survey)?;
     if let Some(m) = marker {
+        let m = crate::daemon::BackingMarker {
+            block_format: layout.version(),
+            ..m
+        };
         crate::daemon::write_marker(&backing, &m)?;
     }
     crate::daemon::remember_backing(&keystore::keystore_dir(g), &backing);
@@ -510,7 +515,10 @@ pub fn import(g: &GlobalArgs, a: ImportArgs) -> Result<(), CliError> {
         &backing_tree,
         &*ks,
         &super::cli_context(),
-        &key_id,
+        tree::NewFiles {
+            key_id: &key_id,
+            layout,
+        },
         &mut || progress.tick(),
     );
     drop(progress);

@@ -51,13 +51,13 @@ fn survey(dir: &Path) -> Value {
         }
         let slot = EncryptedFile::read_header(&f).ok().and_then(|h| {
             h.active()
-                .map(|s| (s.key_id.clone(), s.key_material_version))
+                .map(|s| ((s.key_id.clone(), s.key_material_version), h.layout()))
         });
-        let Some(k) = slot else {
+        let Some((k, layout)) = slot else {
             other += 1;
             continue;
         };
-        let plain = crate::format::plain_size_from_backing(len);
+        let plain = layout.plain_size_from_backing(len);
         let t = by_key.entry(k).or_default();
         t.files += 1;
         t.bytes += plain;

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use super::MountError;
 use super::options::{Options, parse_options};
 use crate::envelope::EncryptedFile;
+use crate::format::Layout;
 use crate::fs::{BACKING_LOCK, BACKING_MARKER};
 use crate::os::{self, dir::EntryKind};
 
@@ -31,6 +32,71 @@ pub struct BackingMarker {
     /// The CMK new files are encrypted under unless `--key-id` says otherwise.
     #[serde(rename = "DefaultKeyId")]
     pub default_key_id: String,
+    /// The block format (header format version) of every file in the tree:
+    /// absent in markers written before version 2 existed, which means 1.
+    #[serde(
+        rename = "BlockFormat",
+        default = "block_format_one",
+        skip_serializing_if = "is_block_format_one"
+    )]
+    pub block_format: u16,
+}
+
+fn block_format_one() -> u16 {
+    1
+}
+
+fn is_block_format_one(v: &u16) -> bool {
+    *v == 1
+}
+
+impl BackingMarker {
+    /// The marker of a tree that new files are made in now: its files get
+    /// the layout of new files.
+    pub fn new(keystore_id: String, default_key_id: String) -> Self {
+        Self {
+            version: 1,
+            keystore_id,
+            default_key_id,
+            block_format: Layout::NEW.version(),
+        }
+    }
+}
+
+/// The layout of the files of `backing`: the one its marker names; with no
+/// marker (a directory never mounted, or whose marker was removed), the one
+/// the headers the survey read name, and for a directory with no kmsfs file
+/// the layout of new files. Refused: a marker naming a layout this build
+/// does not know, and an unmarked directory holding files of both layouts.
+pub fn tree_layout(backing: &Path, survey: &Survey) -> Result<Layout, MountError> {
+    if let Some(m) = read_marker(backing)? {
+        return Layout::from_version(m.block_format).ok_or_else(|| {
+            MountError::State(
+                format!(
+                    "{} names block format {}, which this build does not know",
+                    backing.join(BACKING_MARKER).display(),
+                    m.block_format
+                ),
+                "use a newer kmsfs".into(),
+            )
+        });
+    }
+    match (
+        survey.layouts.contains(&Layout::V1.version()),
+        survey.layouts.contains(&Layout::V2.version()),
+    ) {
+        (true, true) => Err(MountError::State(
+            format!(
+                "{} has no {BACKING_MARKER} and holds files of block formats 1 and 2",
+                backing.display()
+            ),
+            "move the files of one format out (`kmsfs inspect FILE` shows a file's format), or \
+             copy them through `kmsfs export` and `kmsfs import` into a new directory"
+                .into(),
+        )),
+        (true, false) => Ok(Layout::V1),
+        _ => Ok(Layout::NEW),
+    }
 }
 
 /// The marker of `backing`, if it has one; an error if it is unreadable.
@@ -108,6 +174,8 @@ pub struct Survey {
     pub plain_count: usize,
     /// Key ids named by the headers of the kmsfs files seen.
     pub key_ids: BTreeSet<String>,
+    /// Format versions named by the headers of the kmsfs files seen.
+    pub layouts: BTreeSet<u16>,
 }
 
 /// Looks at up to `SURVEY_LIMIT` entries of `dir`'s tree (symlinks are not
@@ -143,6 +211,7 @@ pub fn survey(dir: &Path) -> Survey {
                     .and_then(|f| EncryptedFile::read_header(&f).ok())
                 {
                     Some(h) => {
+                        s.layouts.insert(h.version);
                         if let Some(slot) = h.active() {
                             s.key_ids.insert(slot.key_id.clone());
                         }
@@ -415,12 +484,14 @@ mod tests {
     fn marker_round_trip_never_replaces() {
         let t = tempfile::tempdir().unwrap();
         assert_eq!(read_marker(t.path()).unwrap(), None);
-        let m = BackingMarker {
-            version: 1,
-            keystore_id: "ks-1".into(),
-            default_key_id: "k-1".into(),
-        };
+        let m = BackingMarker::new("ks-1".into(), "k-1".into());
         write_marker(t.path(), &m).unwrap();
+        let text = std::fs::read_to_string(t.path().join(BACKING_MARKER)).unwrap();
+        assert!(text.contains("\"BlockFormat\": 2"), "{text}");
+        assert_eq!(
+            tree_layout(t.path(), &Survey::default()).unwrap(),
+            Layout::V2
+        );
         let other = BackingMarker {
             keystore_id: "ks-2".into(),
             ..m.clone()
@@ -435,6 +506,45 @@ mod tests {
         replace_marker(t.path(), &newer).unwrap();
         assert_eq!(read_marker(t.path()).unwrap(), Some(newer));
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_marker_from_before_block_format_2_means_format_1() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(
+            t.path().join(BACKING_MARKER),
+            br#"{"Version": 1, "KeystoreId": "ks-1", "DefaultKeyId": "k-1"}"#,
+        )
+        .unwrap();
+        let m = read_marker(t.path()).unwrap().unwrap();
+        assert_eq!(m.block_format, 1);
+        // Even if the survey saw only files of format 2: the marker decides.
+        let mut s = Survey::default();
+        s.layouts.insert(2);
+        assert_eq!(tree_layout(t.path(), &s).unwrap(), Layout::V1);
+        // Written back (a new default key), it stays format 1 and unchanged.
+        replace_marker(t.path(), &m).unwrap();
+        let text = std::fs::read_to_string(t.path().join(BACKING_MARKER)).unwrap();
+        assert!(!text.contains("BlockFormat"), "{text}");
+        std::fs::write(
+            t.path().join(BACKING_MARKER),
+            br#"{"Version": 1, "KeystoreId": "ks-1", "DefaultKeyId": "k-1", "BlockFormat": 7}"#,
+        )
+        .unwrap();
+        assert!(tree_layout(t.path(), &s).is_err());
+    }
+
+    #[test]
+    fn an_unmarked_tree_takes_the_layout_of_its_files() {
+        let t = tempfile::tempdir().unwrap();
+        let mut s = Survey::default();
+        assert_eq!(tree_layout(t.path(), &s).unwrap(), Layout::NEW);
+        s.layouts.insert(1);
+        assert_eq!(tree_layout(t.path(), &s).unwrap(), Layout::V1);
+        s.layouts.insert(2);
+        assert!(tree_layout(t.path(), &s).is_err());
+        s.layouts.remove(&1);
+        assert_eq!(tree_layout(t.path(), &s).unwrap(), Layout::V2);
     }
 
     #[test]

@@ -324,11 +324,7 @@ impl Local<'_> {
 
 /// The marker to write on a backing directory's first use.
 fn marker(ks_id: &str, key: &str) -> BackingMarker {
-    BackingMarker {
-        version: 1,
-        keystore_id: ks_id.to_string(),
-        default_key_id: key.to_string(),
-    }
+    BackingMarker::new(ks_id.to_string(), key.to_string())
 }
 
 /// The key service and CMK of a backing directory bound (or to be bound) to
@@ -389,11 +385,9 @@ fn bind_remote(
     // The daemon is forked single-threaded: the client's threads go now and
     // come back in the daemon on its first call.
     ks.release();
-    let new_marker = marker.is_none().then(|| BackingMarker {
-        version: 1,
-        keystore_id: REMOTE_MARKER_ID.into(),
-        default_key_id: key.clone(),
-    });
+    let new_marker = marker
+        .is_none()
+        .then(|| BackingMarker::new(REMOTE_MARKER_ID.into(), key.clone()));
     Ok(Binding {
         ks: Arc::new(ks),
         local: None,

@@ -27,7 +27,7 @@ mod serve;
 
 pub use self::backing::{
     BackingMarker, Prepared, SURVEY_LIMIT, Survey, check_before_mount, lock_backing, read_marker,
-    replace_marker, survey, write_marker,
+    replace_marker, survey, tree_layout, write_marker,
 };
 pub use self::binding::{
     Binding, KeySource, Passphrase, REMOTE_MARKER_ID, bind, key_remedy, new_default_key,
@@ -150,6 +150,8 @@ pub(crate) struct Serving {
     pub keystore: Option<PathBuf>,
     /// The CMK for new files.
     pub key_id: String,
+    /// How the tree's files store their blocks (`tree_layout`).
+    pub layout: crate::format::Layout,
     /// Raw `-o` options (comma-separated lists).
     pub options: Vec<String>,
     /// Serve in this process instead of a daemon.

@@ -124,11 +124,19 @@ fn bound(
         ks.set_caller_source(CallerSource::Mount);
     }
     let mut notices = b.notices;
+    // The marker's block format, or for a tree without one the format its
+    // files have (that of new files for an empty tree), which the new
+    // marker records.
+    let layout = super::tree_layout(&backing, &survey)?;
     if let Some(m) = &b.new_marker {
         if prepared.backing_read_only {
             log::info!("{} is read-only: no marker written", backing.display());
         } else {
-            super::write_marker(&backing, m)?;
+            let m = super::BackingMarker {
+                block_format: layout.version(),
+                ..m.clone()
+            };
+            super::write_marker(&backing, &m)?;
         }
     }
     if let Some(dir) = &keystore {
@@ -164,6 +172,7 @@ fn bound(
             ks: b.ks,
             keystore,
             key_id: b.key_id,
+            layout,
             options: req.options,
             foreground: req.foreground,
             log_file,

@@ -144,6 +144,7 @@ fn build_filesystem(
         backing: req.backing.clone(),
         ks: counting.clone(),
         key_id: req.key_id.clone(),
+        layout: req.layout,
         read_only: o.read_only,
         noatime: o.has(&MountFlag::NoAtime),
         // Shared storage: another writer may change anything at any time.

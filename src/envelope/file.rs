@@ -10,9 +10,7 @@ use zeroize::Zeroizing;
 
 use super::{EnvelopeError, FileKey, file_context};
 use crate::crypto::random_array;
-use crate::format::{
-    self, BLOCK_OVERHEAD, BLOCK_SIZE, CIPHER_BLOCK_SIZE, FileId, HEADER_LEN, Header, Slot,
-};
+use crate::format::{self, BLOCK_SIZE, FileId, HEADER_LEN, Header, Layout, Slot};
 use crate::kms::{DataKeySpec, KeyService, KeyServiceExt, RequestContext};
 use crate::os;
 
@@ -25,24 +23,28 @@ pub struct EncryptedFile {
     pub(super) file: File,
     header: Header,
     key: Arc<FileKey>,
+    /// How the blocks are stored: the header's and the key's layout.
+    pub(super) layout: Layout,
 }
 
 impl EncryptedFile {
-    /// Makes `file` (empty, opened read-write) a new encrypted file: asks the
-    /// key service for a data key under `key_id` bound to a fresh file id and
-    /// writes the header. For the mount, `rc` names the file and the
-    /// process the key service's audit record names.
+    /// Makes `file` (empty, opened read-write) a new encrypted file of
+    /// `layout`: asks the key service for a data key under `key_id` bound to
+    /// a fresh file id and writes the header. For the mount, `rc` names the
+    /// file and the process the key service's audit record names.
     pub fn create(
         file: File,
         ks: &dyn KeyService,
         rc: &RequestContext<'_>,
         key_id: &str,
+        layout: Layout,
     ) -> Result<Self, EnvelopeError> {
         let file_id: FileId =
             random_array().map_err(|e| EnvelopeError::Io(std::io::Error::other(e)))?;
         let ctx = file_context(&file_id);
         let dk = ks.generate_data_key(rc, key_id, DataKeySpec::Aes256, &ctx)?;
         let header = Header::new(
+            layout,
             file_id,
             Slot {
                 seq: 1,
@@ -54,6 +56,7 @@ impl EncryptedFile {
         let bytes = header.encode()?;
         file.write_all_at(&bytes, 0)?;
         let key = FileKey::new(
+            layout,
             file_id,
             dk.key_id,
             dk.key_material_version,
@@ -63,6 +66,7 @@ impl EncryptedFile {
             file,
             header,
             key: Arc::new(key),
+            layout,
         })
     }
 
@@ -93,6 +97,7 @@ impl EncryptedFile {
         let context = file_context(&header.file_id);
         let d = ks.decrypt(rc, &slot.wrapped_key, &context, None)?;
         FileKey::new(
+            header.layout(),
             header.file_id,
             d.key_id,
             d.key_material_version,
@@ -108,13 +113,31 @@ impl EncryptedFile {
     ) -> Result<Self, EnvelopeError> {
         let header = Self::read_header(&file)?;
         let key = Self::unwrap_key(&header, ks, rc)?;
-        Ok(Self::with_key(file, header, Arc::new(key)))
+        Self::with_key(file, header, Arc::new(key))
     }
 
     /// An encrypted file over `file` whose key, unwrapped from `header`, is
-    /// already known (a cached key).
-    pub fn with_key(file: File, header: Header, key: Arc<FileKey>) -> Self {
-        Self { file, header, key }
+    /// already known (a cached key). Refused when the key was made for
+    /// another layout than the header names (a header whose version was
+    /// changed after its key was cached).
+    pub fn with_key(file: File, header: Header, key: Arc<FileKey>) -> Result<Self, EnvelopeError> {
+        let layout = header.layout();
+        if key.layout() != layout || key.file_id != header.file_id {
+            return Err(EnvelopeError::CorruptHeader(
+                "the header changed since its data key was unwrapped".into(),
+            ));
+        }
+        Ok(Self {
+            file,
+            header,
+            key,
+            layout,
+        })
+    }
+
+    /// How this file's blocks are stored.
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// The header this file's data key came from (as read at open time:
@@ -135,7 +158,9 @@ impl EncryptedFile {
 
     /// Plaintext size, from the backing file's size alone.
     pub fn plain_size(&self) -> Result<u64, EnvelopeError> {
-        Ok(format::plain_size_from_backing(self.file.metadata()?.len()))
+        Ok(self
+            .layout
+            .plain_size_from_backing(self.file.metadata()?.len()))
     }
 
     /// The plaintext size and whether the backing size is one kmsfs can
@@ -143,8 +168,8 @@ impl EncryptedFile {
     fn sized(&self) -> Result<(u64, bool), EnvelopeError> {
         let len = self.file.metadata()?.len();
         Ok((
-            format::plain_size_from_backing(len),
-            format::is_valid_backing_size(len),
+            self.layout.plain_size_from_backing(len),
+            self.layout.is_valid_backing_size(len),
         ))
     }
 
@@ -167,8 +192,8 @@ impl EncryptedFile {
 
     /// Fails with EFBIG before anything is written when `end` is past the
     /// largest file the backing file system can hold.
-    fn check_limit(end: u64) -> Result<(), EnvelopeError> {
-        if end > format::MAX_PLAIN_SIZE {
+    fn check_limit(&self, end: u64) -> Result<(), EnvelopeError> {
+        if end > self.layout.max_plain_size() {
             return Err(EnvelopeError::Io(std::io::Error::from_raw_os_error(
                 libc::EFBIG,
             )));
@@ -185,9 +210,10 @@ impl EncryptedFile {
         count: u64,
         size: u64,
     ) -> Result<Vec<u8>, EnvelopeError> {
-        let start = format::block_backing_offset(first);
-        let end = format::block_backing_offset(first + count - 1)
-            + format::stored_block_len(format::block_plain_len(first + count - 1, size));
+        let l = self.layout;
+        let start = l.block_backing_offset(first);
+        let end = l.block_backing_offset(first + count - 1)
+            + l.stored_block_len(format::block_plain_len(first + count - 1, size));
         let mut buf = vec![0u8; (end - start) as usize];
         let mut got = 0;
         while got < buf.len() {
@@ -221,9 +247,13 @@ impl EncryptedFile {
         let mut stored = Zeroizing::new(self.read_stored(first, count, size)?);
         let mut pos = 0usize;
         let mut out = 0usize;
+        let mut opener = self.key.opener();
         for s in &spans {
-            let slen = format::stored_block_len(format::block_plain_len(s.block, size)) as usize;
-            let plain = self.key.open_block(
+            let slen = self
+                .layout
+                .stored_block_len(format::block_plain_len(s.block, size))
+                as usize;
+            let plain = opener.open_block(
                 s.block,
                 s.block == final_block,
                 &mut stored[pos..pos + slen],
@@ -256,7 +286,7 @@ impl EncryptedFile {
     fn resize_block(&self, index: u64, size: u64, new_len: u64) -> Result<(), EnvelopeError> {
         let mut plain = self.read_block(index, size)?;
         plain.resize(new_len as usize, 0);
-        let mut out = Vec::with_capacity(plain.len() + BLOCK_OVERHEAD as usize);
+        let mut out = Vec::with_capacity(plain.len() + self.layout.overhead() as usize);
         self.key.seal_block(index, &plain, &mut out)?;
         self.write_stored(index, &out)
     }
@@ -268,7 +298,7 @@ impl EncryptedFile {
     /// its end has no data there (SEEK_DATA says so, as ext4 does).
     fn pad_to_full(&self, index: u64, size: u64) -> Result<(), EnvelopeError> {
         if self.read_block(index, size)?.iter().all(|&b| b == 0) {
-            return self.write_stored(index, &[0u8; CIPHER_BLOCK_SIZE as usize]);
+            return self.write_stored(index, &vec![0u8; self.layout.cipher_block_size() as usize]);
         }
         if !size.is_multiple_of(BLOCK_SIZE) {
             self.resize_block(index, size, BLOCK_SIZE)?;
@@ -281,7 +311,7 @@ impl EncryptedFile {
     /// (EFBIG) fails before any byte changes: a write that stopped half-way
     /// would leave a block that no longer authenticates.
     fn write_stored(&self, first: u64, stored: &[u8]) -> Result<(), EnvelopeError> {
-        let start = format::block_backing_offset(first);
+        let start = self.layout.block_backing_offset(first);
         reserve(&self.file, start, stored.len() as u64)?;
         self.file.write_all_at(stored, start)?;
         Ok(())
@@ -297,7 +327,7 @@ impl EncryptedFile {
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or_else(|| EnvelopeError::Io(std::io::Error::from_raw_os_error(libc::EFBIG)))?;
-        Self::check_limit(end)?;
+        self.check_limit(end)?;
         let (size, valid) = self.sized()?;
         if !valid && end >= size {
             return Err(EnvelopeError::CorruptBlock {
@@ -309,12 +339,14 @@ impl EncryptedFile {
         let mut out = Vec::with_capacity(data.len() + 2 * BLOCK_SIZE as usize);
         let mut plain = Zeroizing::new(Vec::with_capacity(BLOCK_SIZE as usize));
         let mut consumed = 0usize;
+        // One write, one sealer: in layout 2 one key derivation for all its blocks.
+        let mut sealer = self.key.sealer()?;
         for s in format::split_range(offset, data.len() as u64) {
             let new_len = format::block_plain_len(s.block, new_size);
             let piece = &data[consumed..consumed + s.len as usize];
             consumed += s.len as usize;
             if s.skip == 0 && s.len == new_len {
-                self.key.seal_block(s.block, piece, &mut out)?;
+                sealer.seal_block(s.block, piece, &mut out)?;
                 continue;
             }
             let old = self.read_block(s.block, size)?;
@@ -322,7 +354,7 @@ impl EncryptedFile {
             plain.extend_from_slice(&old);
             plain.resize(new_len as usize, 0);
             plain[s.skip as usize..(s.skip + s.len) as usize].copy_from_slice(piece);
-            self.key.seal_block(s.block, &plain, &mut out)?;
+            sealer.seal_block(s.block, &plain, &mut out)?;
         }
         let result = self.write_stored(first, &out).and_then(|()| {
             // The final block before the written range stops being final
@@ -344,7 +376,7 @@ impl EncryptedFile {
     /// After a failed extension: cut the backing file back to a file of
     /// `size` plaintext bytes (best effort; the caller reports the error).
     fn roll_back_to(&self, size: u64) {
-        if let Err(e) = self.file.set_len(format::backing_size_from_plain(size)) {
+        if let Err(e) = self.file.set_len(self.layout.backing_size_from_plain(size)) {
             log::warn!("could not roll back a failed extension: {e}");
         }
     }
@@ -354,7 +386,7 @@ impl EncryptedFile {
     /// old final block, leaves holes after it, and seals the new final block,
     /// which is never a hole (see `open_block`).
     pub fn set_len(&self, new_size: u64) -> Result<(), EnvelopeError> {
-        Self::check_limit(new_size)?;
+        self.check_limit(new_size)?;
         let (size, valid) = self.sized()?;
         if new_size == size && valid {
             return Ok(());
@@ -367,7 +399,7 @@ impl EncryptedFile {
                 self.resize_block(last, size, format::block_plain_len(last, new_size))?;
             }
             self.file
-                .set_len(format::backing_size_from_plain(new_size))?;
+                .set_len(self.layout.backing_size_from_plain(new_size))?;
             return Ok(());
         }
         if !valid {
@@ -392,7 +424,7 @@ impl EncryptedFile {
             0u8;
             format::block_plain_len(new_final, new_size) as usize
         ]);
-        let mut out = Vec::with_capacity(zeros.len() + BLOCK_OVERHEAD as usize);
+        let mut out = Vec::with_capacity(zeros.len() + self.layout.overhead() as usize);
         self.key.seal_block(new_final, &zeros, &mut out)?;
         let result = self.write_stored(new_final, &out).and_then(|()| {
             if size > 0 {
@@ -428,10 +460,13 @@ impl EncryptedFile {
                 Err(e) => return Err(e),
             };
             let mut pos = 0usize;
+            let mut opener = self.key.opener();
             for b in first..first + n {
-                let slen = format::stored_block_len(format::block_plain_len(b, size)) as usize;
-                if self
-                    .key
+                let slen = self
+                    .layout
+                    .stored_block_len(format::block_plain_len(b, size))
+                    as usize;
+                if opener
                     .open_block(b, b + 1 == count, &mut stored[pos..pos + slen])
                     .is_err()
                 {

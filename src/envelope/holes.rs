@@ -8,7 +8,7 @@
 use std::io;
 
 use super::{EncryptedFile, EnvelopeError};
-use crate::format::{self, BLOCK_SIZE, CIPHER_BLOCK_SIZE};
+use crate::format::{self, BLOCK_SIZE};
 use crate::os;
 
 const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
@@ -40,8 +40,8 @@ impl EncryptedFile {
     }
 
     fn allocate(&self, offset: u64, end: u64, keep_size: bool) -> Result<(), EnvelopeError> {
-        let start = format::block_backing_offset(format::block_of(offset));
-        let stop = format::backing_size_from_plain(end);
+        let start = self.layout.block_backing_offset(format::block_of(offset));
+        let stop = self.layout.backing_size_from_plain(end);
         // Reserve the space in the backing file; the size stays as it is there.
         match os::space::fallocate(&self.file, KEEP_SIZE, start, stop.saturating_sub(start)) {
             Err(e) if e.raw_os_error() != Some(libc::EOPNOTSUPP) => return Err(e.into()),
@@ -75,8 +75,8 @@ impl EncryptedFile {
             return zero(offset, end);
         }
         zero(offset, first_full * BLOCK_SIZE)?;
-        let start = format::block_backing_offset(first_full);
-        let blen = (last_full - first_full) * CIPHER_BLOCK_SIZE;
+        let start = self.layout.block_backing_offset(first_full);
+        let blen = (last_full - first_full) * self.layout.cipher_block_size();
         os::space::fallocate(&self.file, PUNCH_HOLE | KEEP_SIZE, start, blen)?;
         zero(last_full * BLOCK_SIZE, end)
     }
@@ -92,11 +92,12 @@ impl EncryptedFile {
         let mut b = format::block_of(offset);
         while b < count {
             // What the backing file holds as a hole stores no block: skip it.
-            let d = match os::space::lseek(&self.file, format::block_backing_offset(b), SEEK_DATA) {
+            let at = self.layout.block_backing_offset(b);
+            let d = match os::space::lseek(&self.file, at, SEEK_DATA) {
                 Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
                 r => r?,
             };
-            b = b.max(format::block_at_backing_offset(d));
+            b = b.max(self.layout.block_at_backing_offset(d));
             if b >= count {
                 break;
             }
@@ -134,7 +135,7 @@ impl EncryptedFile {
     /// A hole is a block whose stored bytes are all zeros (see `open_block`),
     /// and that is read here rather than asked of the backing file system:
     /// its holes are in 4 KiB pages, which do not line up with stored blocks
-    /// (4124 bytes), so the pages at either end of a run of holes, shared with
+    /// (4124 or 4136 bytes), so the pages at either end of a run of holes, shared with
     /// the data blocks beside it, are allocated, and a single hole between two
     /// data blocks often has no page of its own. Answering from the backing
     /// file's holes alone put data one block early and holes one block late.
@@ -149,7 +150,9 @@ impl EncryptedFile {
         let last = format::block_count(size) - 1;
         let mut at = 0usize;
         for b in first..first + count {
-            let len = format::stored_block_len(format::block_plain_len(b, size)) as usize;
+            let len = self
+                .layout
+                .stored_block_len(format::block_plain_len(b, size)) as usize;
             let bytes = stored.get(at..at + len).unwrap_or_default();
             at += len;
             // The final block is never stored as a hole (all zeros there is

@@ -7,24 +7,26 @@ use std::io::{Read, Write};
 use zeroize::Zeroizing;
 
 use super::{EncryptedFile, EnvelopeError};
-use crate::format::BLOCK_SIZE;
+use crate::format::{BLOCK_SIZE, Layout};
 use crate::kms::{KeyService, RequestContext};
 
 /// Blocks sealed or opened per system call by `seal` and `unseal`.
 const STREAM_BLOCKS: u64 = 256;
 
 /// Encrypts everything `input` yields into `output` (an empty file opened
-/// read-write) under `key_id`, in exactly the format the mount uses; returns
-/// the plaintext bytes written. The result can be copied into a backing
-/// directory and read through a mount of the same keystore.
+/// read-write) under `key_id`, in exactly the format the mount uses, with
+/// blocks of `layout`; returns the plaintext bytes written. The result can
+/// be copied into a backing directory of that layout and read through a
+/// mount of the same keystore.
 pub fn seal(
     input: &mut dyn Read,
     output: File,
     ks: &dyn KeyService,
     rc: &RequestContext<'_>,
     key_id: &str,
+    layout: Layout,
 ) -> Result<u64, EnvelopeError> {
-    let enc = EncryptedFile::create(output, ks, rc, key_id)?;
+    let enc = EncryptedFile::create(output, ks, rc, key_id, layout)?;
     let mut buf = Zeroizing::new(vec![0u8; (STREAM_BLOCKS * BLOCK_SIZE) as usize]);
     let mut total = 0u64;
     loop {

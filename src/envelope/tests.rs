@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::*;
 use crate::crypto::{AeadKey, Key256, random_array};
-use crate::format::{self, BLOCK_SIZE};
+use crate::format::{self, BLOCK_SIZE, Layout};
+
+/// Every test of an encrypted file runs in both layouts.
+const LAYOUTS: [Layout; 2] = [Layout::V1, Layout::V2];
 use crate::kms::{
     Caller, DataKey, DataKeySpec, Decrypted, Encrypted, KeyMetadata, KeyOrigin, KeyService,
     KeyServiceExt, KeyState, Request, RequestContext, Response,
@@ -264,14 +267,23 @@ fn check_model(f: &EncryptedFile, model: &[u8]) {
     assert_eq!(n, model.len());
     assert!(buf[..n] == *model, "content differs from model");
     let backing = f.file().metadata().unwrap().len();
-    assert_eq!(backing, format::backing_size_from_plain(model.len() as u64));
+    assert_eq!(
+        backing,
+        f.layout().backing_size_from_plain(model.len() as u64)
+    );
 }
 
 #[test]
 fn random_operations_match_a_model() {
+    for l in LAYOUTS {
+        random_operations_match_a_model_in(l);
+    }
+}
+
+fn random_operations_match_a_model_in(l: Layout) {
     let ks = TestKeys::new();
     let dir = tempdir();
-    let f = EncryptedFile::create(temp_file(&dir, "a"), &ks, &CALLER, "k").unwrap();
+    let f = EncryptedFile::create(temp_file(&dir, "a"), &ks, &CALLER, "k", l).unwrap();
     let mut model: Vec<u8> = Vec::new();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     for step in 0..3000 {
@@ -311,17 +323,20 @@ fn random_operations_match_a_model() {
 
 #[test]
 fn sizes_round_trip_through_seal_and_unseal() {
+    for l in LAYOUTS {
+        sizes_round_trip_through_seal_and_unseal_in(l);
+    }
+}
+
+fn sizes_round_trip_through_seal_and_unseal_in(l: Layout) {
     let ks = TestKeys::new();
     let dir = tempdir();
     for size in [0usize, 1, 4095, 4096, 4097, (1 << 20) + 1] {
         let data: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
-        let n = seal(&mut &data[..], temp_file(&dir, "s"), &ks, &CALLER, "k").unwrap();
+        let n = seal(&mut &data[..], temp_file(&dir, "s"), &ks, &CALLER, "k", l).unwrap();
         assert_eq!(n as usize, size);
         let backing = std::fs::read(dir.join("s")).unwrap();
-        assert_eq!(
-            backing.len() as u64,
-            format::backing_size_from_plain(size as u64)
-        );
+        assert_eq!(backing.len() as u64, l.backing_size_from_plain(size as u64));
         let mut out = Vec::new();
         let f = File::open(dir.join("s")).unwrap();
         assert_eq!(unseal(f, &mut out, &ks, &CALLER).unwrap() as usize, size);
@@ -332,17 +347,23 @@ fn sizes_round_trip_through_seal_and_unseal() {
 
 #[test]
 fn ciphertext_is_not_plaintext_and_tampering_is_detected() {
+    for l in LAYOUTS {
+        ciphertext_is_not_plaintext_and_tampering_is_detected_in(l);
+    }
+}
+
+fn ciphertext_is_not_plaintext_and_tampering_is_detected_in(l: Layout) {
     let ks = TestKeys::new();
     let dir = tempdir();
     let marker = b"MARKER-0123456789-PLAINTEXT".repeat(400);
-    seal(&mut &marker[..], temp_file(&dir, "s"), &ks, &CALLER, "k").unwrap();
+    seal(&mut &marker[..], temp_file(&dir, "s"), &ks, &CALLER, "k", l).unwrap();
     let path = dir.join("s");
     let clean = std::fs::read(&path).unwrap();
     assert!(!clean.windows(16).any(|w| w == &marker[..16]));
 
     // A flipped byte in block 1 fails block 1 only.
     let mut bad = clean.clone();
-    bad[format::block_backing_offset(1) as usize + 100] ^= 0x01;
+    bad[l.block_backing_offset(1) as usize + 100] ^= 0x01;
     std::fs::write(&path, &bad).unwrap();
     let f = EncryptedFile::open(File::open(&path).unwrap(), &ks, &CALLER).unwrap();
     let mut buf = vec![0u8; 4096];
@@ -355,10 +376,10 @@ fn ciphertext_is_not_plaintext_and_tampering_is_detected() {
     // Swapped blocks 0 and 1.
     let mut swapped = clean.clone();
     let (a, b) = (
-        format::block_backing_offset(0) as usize,
-        format::block_backing_offset(1) as usize,
+        l.block_backing_offset(0) as usize,
+        l.block_backing_offset(1) as usize,
     );
-    let n = format::CIPHER_BLOCK_SIZE as usize;
+    let n = l.cipher_block_size() as usize;
     let blk0 = clean[a..a + n].to_vec();
     swapped[a..a + n].copy_from_slice(&clean[b..b + n]);
     swapped[b..b + n].copy_from_slice(&blk0);
@@ -391,15 +412,22 @@ fn ciphertext_is_not_plaintext_and_tampering_is_detected() {
 
 #[test]
 fn blocks_from_another_file_are_refused() {
+    for l in LAYOUTS {
+        blocks_from_another_file_are_refused_in(l);
+    }
+}
+
+fn blocks_from_another_file_are_refused_in(l: Layout) {
     let ks = TestKeys::new();
     let dir = tempdir();
     let data = vec![5u8; 8192];
-    seal(&mut &data[..], temp_file(&dir, "a"), &ks, &CALLER, "k").unwrap();
-    seal(&mut &data[..], temp_file(&dir, "b"), &ks, &CALLER, "k").unwrap();
+    seal(&mut &data[..], temp_file(&dir, "a"), &ks, &CALLER, "k", l).unwrap();
+    seal(&mut &data[..], temp_file(&dir, "b"), &ks, &CALLER, "k", l).unwrap();
     let a = std::fs::read(dir.join("a")).unwrap();
     let mut b = std::fs::read(dir.join("b")).unwrap();
-    let off = format::block_backing_offset(0) as usize;
-    b[off..off + 4124].copy_from_slice(&a[off..off + 4124]);
+    let off = l.block_backing_offset(0) as usize;
+    b[off..off + l.cipher_block_size() as usize]
+        .copy_from_slice(&a[off..off + l.cipher_block_size() as usize]);
     std::fs::write(dir.join("b"), &b).unwrap();
     let f = EncryptedFile::open(File::open(dir.join("b")).unwrap(), &ks, &CALLER).unwrap();
     let mut buf = vec![0u8; 4096];
@@ -412,9 +440,15 @@ fn blocks_from_another_file_are_refused() {
 
 #[test]
 fn refusal_of_the_key_service_passes_through() {
+    for l in LAYOUTS {
+        refusal_of_the_key_service_passes_through_in(l);
+    }
+}
+
+fn refusal_of_the_key_service_passes_through_in(l: Layout) {
     let ks = TestKeys::new();
     let dir = tempdir();
-    seal(&mut &b"x"[..], temp_file(&dir, "a"), &ks, &CALLER, "k").unwrap();
+    seal(&mut &b"x"[..], temp_file(&dir, "a"), &ks, &CALLER, "k", l).unwrap();
     ks.refuse.store(true, Ordering::SeqCst);
     let e = EncryptedFile::open(File::open(dir.join("a")).unwrap(), &ks, &CALLER).unwrap_err();
     assert!(matches!(e, EnvelopeError::Kms(ref k) if k.is_access_refusal()));
@@ -423,6 +457,12 @@ fn refusal_of_the_key_service_passes_through() {
 
 #[test]
 fn cut_or_zero_extended_files_fail_at_their_end() {
+    for l in LAYOUTS {
+        cut_or_zero_extended_files_fail_at_their_end_in(l);
+    }
+}
+
+fn cut_or_zero_extended_files_fail_at_their_end_in(l: Layout) {
     let ks = TestKeys::new();
     let dir = tempdir();
     let data: Vec<u8> = (0..8192u32).map(|i| i as u8).collect();
@@ -432,9 +472,10 @@ fn cut_or_zero_extended_files_fail_at_their_end() {
         &ks,
         &CALLER,
         "k",
+        l,
     )
     .unwrap();
-    seal(&mut &data[..], temp_file(&dir, "ext"), &ks, &CALLER, "k").unwrap();
+    seal(&mut &data[..], temp_file(&dir, "ext"), &ks, &CALLER, "k", l).unwrap();
     let open = |name: &str| {
         let f = std::fs::OpenOptions::new()
             .read(true)
@@ -463,7 +504,7 @@ fn cut_or_zero_extended_files_fail_at_their_end() {
         f.file().set_len(len).unwrap();
     }
     // Zeros appended: a partial or a whole zero block at the end.
-    for extra in [500u64, format::CIPHER_BLOCK_SIZE] {
+    for extra in [500u64, l.cipher_block_size()] {
         let f = open("ext");
         let len = f.file().metadata().unwrap().len();
         f.file().set_len(len + extra).unwrap();
@@ -484,9 +525,15 @@ fn cut_or_zero_extended_files_fail_at_their_end() {
 
 #[test]
 fn a_hole_that_becomes_the_final_block_is_sealed() {
+    for l in LAYOUTS {
+        a_hole_that_becomes_the_final_block_is_sealed_in(l);
+    }
+}
+
+fn a_hole_that_becomes_the_final_block_is_sealed_in(l: Layout) {
     let ks = TestKeys::new();
     let dir = tempdir();
-    let f = EncryptedFile::create(temp_file(&dir, "h"), &ks, &CALLER, "k").unwrap();
+    let f = EncryptedFile::create(temp_file(&dir, "h"), &ks, &CALLER, "k", l).unwrap();
     f.write_at(b"head", 0).unwrap();
     f.write_at(b"tail", 10 * BLOCK_SIZE).unwrap();
     // Blocks 1..=9 are holes; cut the file inside and at the end of them.
@@ -511,20 +558,26 @@ fn a_hole_that_becomes_the_final_block_is_sealed() {
 
 #[test]
 fn writes_past_the_size_limit_change_nothing() {
+    for l in LAYOUTS {
+        writes_past_the_size_limit_change_nothing_in(l);
+    }
+}
+
+fn writes_past_the_size_limit_change_nothing_in(l: Layout) {
     let ks = TestKeys::new();
     let dir = tempdir();
-    let f = EncryptedFile::create(temp_file(&dir, "big"), &ks, &CALLER, "k").unwrap();
+    let f = EncryptedFile::create(temp_file(&dir, "big"), &ks, &CALLER, "k", l).unwrap();
     f.write_at(b"0123456789", 0).unwrap();
     let before = std::fs::read(dir.join("big")).unwrap();
     // Past what kmsfs allows: refused before anything is written.
-    for off in [u64::MAX - 3, format::MAX_PLAIN_SIZE] {
+    for off in [u64::MAX - 3, l.max_plain_size()] {
         let e = f.write_at(b"x", off).unwrap_err();
         assert!(
             matches!(e, EnvelopeError::Io(ref io) if io.raw_os_error() == Some(libc::EFBIG)),
             "{e}"
         );
     }
-    assert!(f.set_len(format::MAX_PLAIN_SIZE + 1).is_err());
+    assert!(f.set_len(l.max_plain_size() + 1).is_err());
     assert!(
         std::fs::read(dir.join("big")).unwrap() == before,
         "file changed"
@@ -557,9 +610,15 @@ fn writes_past_the_size_limit_change_nothing() {
 
 #[test]
 fn holes_read_as_zeros_and_stay_sparse() {
+    for l in LAYOUTS {
+        holes_read_as_zeros_and_stay_sparse_in(l);
+    }
+}
+
+fn holes_read_as_zeros_and_stay_sparse_in(l: Layout) {
     let ks = TestKeys::new();
     let dir = tempdir();
-    let f = EncryptedFile::create(temp_file(&dir, "h"), &ks, &CALLER, "k").unwrap();
+    let f = EncryptedFile::create(temp_file(&dir, "h"), &ks, &CALLER, "k", l).unwrap();
     f.write_at(b"abc", 0).unwrap();
     f.set_len(100 * BLOCK_SIZE + 5).unwrap();
     f.write_at(b"end", 100 * BLOCK_SIZE + 5).unwrap();
@@ -577,4 +636,142 @@ fn holes_read_as_zeros_and_stay_sparse() {
         "holes were written out: {blocks} sectors"
     );
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Block format 2 through the real envelope: writes at offsets around block
+/// edges, checked against a model, and the nonces each write stores: the
+/// blocks of one write share their first nonce half (one derivation per
+/// write) and have distinct second halves; two writes never share a first
+/// half; a changed byte of either half, and a block moved to another index,
+/// fail authentication.
+#[test]
+fn block_format_2_nonces_and_offsets_across_edges() {
+    let ks = TestKeys::new();
+    let dir = tempdir();
+    let l = Layout::V2;
+    let f = EncryptedFile::create(temp_file(&dir, "x"), &ks, &CALLER, "k", l).unwrap();
+    let mut model: Vec<u8> = Vec::new();
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let edges = |rng: &mut Rng| -> u64 {
+        let k = rng.below(6);
+        let d = [0i64, -1, 1, -16, 24, 40][rng.below(6) as usize];
+        (k as i64 * BLOCK_SIZE as i64 + d).max(0) as u64
+    };
+    let mut firsts = std::collections::HashSet::new();
+    for step in 0..400 {
+        let off = edges(&mut rng);
+        let len =
+            [1u64, 23, 24, 40, 4095, 4096, 4097, 8191, 8192, 3 * 4096 + 1][rng.below(10) as usize];
+        let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        f.write_at(&data, off).unwrap();
+        let end = (off + len) as usize;
+        if model.len() < end {
+            model.resize(end, 0);
+        }
+        model[off as usize..end].copy_from_slice(&data);
+        // The stored nonces of the blocks this write sealed.
+        let raw = std::fs::read(dir.join("x")).unwrap();
+        let size = model.len() as u64;
+        let mut first = None;
+        let mut seconds = std::collections::HashSet::new();
+        for s in format::split_range(off, len) {
+            let at = l.block_backing_offset(s.block) as usize;
+            let nonce = &raw[at..at + 24];
+            let f1 = nonce[..12].to_vec();
+            assert_eq!(*first.get_or_insert(f1.clone()), f1, "step {step}");
+            assert!(seconds.insert(nonce[12..].to_vec()), "step {step}");
+            assert!(
+                l.stored_block_len(format::block_plain_len(s.block, size)) > 40,
+                "step {step}"
+            );
+        }
+        assert!(firsts.insert(first.unwrap()), "a first half came twice");
+        if step % 20 == 0 {
+            check_model(&f, &model);
+        }
+    }
+    check_model(&f, &model);
+
+    // Any changed byte of a stored nonce, and a block put at another index,
+    // fails that block only.
+    let clean = std::fs::read(dir.join("x")).unwrap();
+    let path = dir.join("x");
+    let bad_read = |bytes: &[u8], block: u64| {
+        std::fs::write(&path, bytes).unwrap();
+        let f = EncryptedFile::open(File::open(&path).unwrap(), &ks, &CALLER).unwrap();
+        let mut buf = vec![0u8; 4096];
+        assert!(
+            matches!(
+                f.read_at(&mut buf, block * BLOCK_SIZE),
+                Err(EnvelopeError::CorruptBlock { block: b }) if b == block
+            ),
+            "block {block}"
+        );
+        if block > 0 {
+            assert_eq!(f.read_at(&mut buf, 0).unwrap(), 4096);
+        }
+    };
+    for i in [0usize, 11, 12, 23] {
+        let mut bad = clean.clone();
+        bad[l.block_backing_offset(1) as usize + i] ^= 0x80;
+        bad_read(&bad, 1);
+    }
+    let n = l.cipher_block_size() as usize;
+    let (a, b) = (
+        l.block_backing_offset(1) as usize,
+        l.block_backing_offset(2) as usize,
+    );
+    let mut moved = clean.clone();
+    moved.copy_within(a..a + n, b);
+    bad_read(&moved, 2);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The layout-2 block construction at nonce and index edges: all-zero and
+/// all-one nonce halves and block indexes 0, 2^32 - 1, 2^32 and 2^64 - 1
+/// round-trip, and a block opens only at its own index, in its own file,
+/// under its own nonce. The opener's cached derived key is dropped when the
+/// first half changes between blocks.
+#[test]
+fn block_format_2_edges_of_nonces_and_indexes() {
+    let dek = [0x5au8; 32];
+    let key = FileKey::for_test(Layout::V2, [3; 16], &dek);
+    let other_file = FileKey::for_test(Layout::V2, [4; 16], &dek);
+    let v1 = FileKey::for_test(Layout::V1, [3; 16], &dek);
+    let halves = [[0u8; 12], [0xff; 12], {
+        let mut h = [0u8; 12];
+        h[11] = 1;
+        h
+    }];
+    let plain: Vec<u8> = (0..4096u32).map(|i| (i * 31) as u8).collect();
+    for index in [0u64, 1, u32::MAX as u64, 1 << 32, u64::MAX] {
+        let mut opener = key.opener();
+        for f1 in &halves {
+            for f2 in &halves {
+                let mut nonce = [0u8; 24];
+                nonce[..12].copy_from_slice(f1);
+                nonce[12..].copy_from_slice(f2);
+                for len in [1usize, 4095, 4096] {
+                    let mut stored = Vec::new();
+                    key.seal_block_with_nonce(index, &nonce, &plain[..len], &mut stored)
+                        .unwrap();
+                    assert_eq!(stored.len(), len + 40);
+                    let mut s = stored.clone();
+                    assert_eq!(
+                        opener.open_block(index, true, &mut s).unwrap(),
+                        &plain[..len]
+                    );
+                    let mut s = stored.clone();
+                    assert!(key.open_block(index ^ 1, true, &mut s).is_err());
+                    let mut s = stored.clone();
+                    assert!(other_file.open_block(index, true, &mut s).is_err());
+                    let mut s = stored.clone();
+                    assert!(v1.open_block(index, true, &mut s[16..]).is_err());
+                    let mut s = stored.clone();
+                    s[0] ^= 1;
+                    assert!(opener.open_block(index, true, &mut s).is_err());
+                }
+            }
+        }
+    }
 }

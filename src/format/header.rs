@@ -2,11 +2,11 @@
 //! header at the start of every backing file, encoded and decoded with
 //! validation, and the choice of the active slot.
 
-use super::{BLOCK_SIZE, FileId, HEADER_LEN};
+use super::{BLOCK_SIZE, FileId, HEADER_LEN, Layout};
 use crate::crypto::sha256;
 
-/// The format version this code writes and the only one it reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version of new files (`Layout::NEW`); this code reads 1 and 2.
+pub const FORMAT_VERSION: u16 = Layout::NEW.version();
 /// Magic bytes at offset 0.
 pub const MAGIC: [u8; 6] = *b"KMSFS\0";
 /// Length of the fixed part of the header before the slots.
@@ -40,7 +40,7 @@ pub enum FormatError {
     #[error("not a kmsfs file (bad magic)")]
     BadMagic,
     /// A format version this build does not know.
-    #[error("unsupported format version {0} (this build reads version {FORMAT_VERSION})")]
+    #[error("unsupported format version {0} (this build reads versions 1 and 2)")]
     UnsupportedVersion(u16),
     /// A block size or flag this build does not know.
     #[error("unsupported header parameters: {0}")]
@@ -78,13 +78,19 @@ pub struct Header {
 }
 
 impl Header {
-    /// A header for a new file with its wrapped key in slot 0.
-    pub fn new(file_id: FileId, first: Slot) -> Self {
+    /// A header for a new file of `layout` with its wrapped key in slot 0.
+    pub fn new(layout: Layout, file_id: FileId, first: Slot) -> Self {
         Self {
-            version: FORMAT_VERSION,
+            version: layout.version(),
             file_id,
             slots: [Some(first), None],
         }
+    }
+
+    /// How this file's blocks are stored (its format version).
+    pub fn layout(&self) -> Layout {
+        // `decode` accepts only versions that name a layout.
+        Layout::from_version(self.version).unwrap_or(Layout::V1)
     }
 
     /// Index of the current slot: the valid one with the highest sequence number.
@@ -108,7 +114,7 @@ impl Header {
         b[0..6].copy_from_slice(&MAGIC);
         b[6..8].copy_from_slice(&self.version.to_be_bytes());
         b[8..12].copy_from_slice(&(BLOCK_SIZE as u32).to_be_bytes());
-        // 12..16: flags, all zero in version 1.
+        // 12..16: flags, all zero in versions 1 and 2.
         b[16..32].copy_from_slice(&self.file_id);
         b
     }
@@ -173,7 +179,7 @@ impl Header {
             return Err(FormatError::BadMagic);
         }
         let version = u16::from_be_bytes([b[6], b[7]]);
-        if version != FORMAT_VERSION {
+        if Layout::from_version(version).is_none() {
             return Err(FormatError::UnsupportedVersion(version));
         }
         let block = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
@@ -275,11 +281,17 @@ mod tests {
 
     #[test]
     fn header_round_trip_and_active_slot() {
-        let mut h = Header::new([7; 16], slot(1));
+        let v1 = Header::new(Layout::V1, [7; 16], slot(1));
+        let enc = v1.encode().unwrap();
+        assert_eq!(enc[6..8], [0, 1]);
+        assert_eq!(Header::decode(&enc).unwrap().layout(), Layout::V1);
+        let mut h = Header::new(Layout::V2, [7; 16], slot(1));
         let enc = h.encode().unwrap();
         assert_eq!(&enc[..6], b"KMSFS\0");
+        assert_eq!(enc[6..8], [0, 2]);
         let d = Header::decode(&enc).unwrap();
         assert_eq!(d, h);
+        assert_eq!(d.layout(), Layout::V2);
         assert_eq!(d.active_index(), Some(0));
         let (i, s) = h.next_slot("k2".into(), 1, vec![1; 10]).unwrap();
         assert_eq!((i, s.seq), (1, 2));
@@ -299,7 +311,7 @@ mod tests {
 
     #[test]
     fn torn_slot_falls_back_to_the_other() {
-        let mut h = Header::new([7; 16], slot(1));
+        let mut h = Header::new(Layout::V2, [7; 16], slot(1));
         h.slots[1] = Some(slot(2));
         let mut enc = h.encode().unwrap();
         enc[Header::slot_range(1).start + 20] ^= 1;
@@ -311,12 +323,17 @@ mod tests {
 
     #[test]
     fn bad_headers_are_refused() {
-        let h = Header::new([7; 16], slot(1));
+        let h = Header::new(Layout::V2, [7; 16], slot(1));
         let enc = h.encode().unwrap();
         assert_eq!(Header::decode(&enc[..100]), Err(FormatError::Short(100)));
         let mut bad = enc;
         bad[0] = b'X';
         assert_eq!(Header::decode(&bad), Err(FormatError::BadMagic));
+        // The version is covered by the slots' checksums: a changed layout
+        // is refused before any block is read.
+        let mut bad = enc;
+        bad[7] = 1;
+        assert_eq!(Header::decode(&bad), Err(FormatError::NoValidSlot));
         let mut bad = enc;
         bad[7] = 9;
         assert_eq!(

@@ -10,7 +10,7 @@ use super::error::FsError;
 use super::filesystem::KmsFs;
 use super::privs::{self, Kill};
 use super::times;
-use crate::format;
+use crate::format::{self, Layout};
 use crate::kms::Caller;
 use crate::os;
 use crate::os::node::Utime;
@@ -115,10 +115,11 @@ pub(super) fn time(secs: i64, nsecs: i64) -> SystemTime {
 
 /// Attributes of FUSE inode `ino` from its backing file's metadata: regular
 /// files report their plaintext size, computed from the backing size alone.
-pub(super) fn attr_of(ino: u64, m: &Metadata) -> Attr {
+/// `layout` is the tree's: every file of a mount stores its blocks alike.
+pub(super) fn attr_of(layout: Layout, ino: u64, m: &Metadata) -> Attr {
     let kind = Kind::from_std(m.file_type());
     let (size, blocks) = if kind == Kind::RegularFile {
-        let plain = format::stat_size_from_backing(m.len());
+        let plain = layout.stat_size_from_backing(m.len());
         // Scale the allocated blocks by the plaintext share, so du stays sensible.
         let blocks = if m.len() == 0 {
             0
@@ -214,14 +215,19 @@ impl KmsFs {
     /// Attributes of `ino`: the metadata of its backing object, with the
     /// change time stored for it (`times.rs`).
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        let layout = self.cfg.layout;
         if let Some(f) = self.opens.get(ino) {
             let m = f.metadata()?;
-            return Ok(times::shown(attr_of(ino, &m), f.read().file(), &m));
+            return Ok(times::shown(attr_of(layout, ino, &m), f.read().file(), &m));
         }
         match self.open_checked(ino, libc::O_PATH) {
-            Ok(c) => Ok(times::shown(attr_of(ino, &c.meta), &c.file, &c.meta)),
+            Ok(c) => Ok(times::shown(
+                attr_of(layout, ino, &c.meta),
+                &c.file,
+                &c.meta,
+            )),
             // A directory whose name a rename replaced: an open handle of it.
-            Err(_) => Ok(attr_of(ino, &self.metadata(ino)?)),
+            Err(_) => Ok(attr_of(layout, ino, &self.metadata(ino)?)),
         }
     }
 

@@ -305,7 +305,7 @@ impl KmsFs {
         let m = node.metadata()?;
         let mut t = lock(&self.inodes);
         let ino = t.resolve(&rel, backing_key(&m), m.is_dir());
-        let attr = times::shown(attr_of(ino, &m), &node, &m);
+        let attr = times::shown(attr_of(self.cfg.layout, ino, &m), &node, &m);
         let full = add(&attr);
         if !full {
             t.add_lookup(ino);

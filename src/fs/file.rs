@@ -77,7 +77,7 @@ impl KmsFs {
             requester: &requester,
         };
         let rc = RequestContext::open(*caller, &access);
-        EncryptedFile::create(file, &*self.cfg.ks, &rc, &self.cfg.key_id)
+        EncryptedFile::create(file, &*self.cfg.ks, &rc, &self.cfg.key_id, self.cfg.layout)
     }
 
     /// The data key of a header for `caller`, from the cache or the key
@@ -282,8 +282,19 @@ impl KmsFs {
         abs: &Path,
     ) -> Result<EncryptedFile, FsError> {
         let header = EncryptedFile::read_header(&file).map_err(|e| FsError::envelope(e, abs))?;
+        if header.layout() != self.cfg.layout {
+            // Its size through the mount is computed with the tree's layout,
+            // and would be wrong: a file copied in from a tree of the other
+            // layout (or a header changed in the backing directory).
+            let e = crate::envelope::EnvelopeError::CorruptHeader(format!(
+                "block format {} in a tree of block format {}",
+                header.version,
+                self.cfg.layout.version()
+            ));
+            return Err(FsError::envelope(e, abs));
+        }
         let key = self.file_key(&header, caller, abs)?;
-        Ok(EncryptedFile::with_key(file, header, key))
+        EncryptedFile::with_key(file, header, key).map_err(|e| FsError::envelope(e, abs))
     }
 
     /// Releases one handle of `ino`.
@@ -555,6 +566,7 @@ mod tests {
             backing: dir.path().to_path_buf(),
             ks: ks.clone(),
             key_id: "test".into(),
+            layout: format::Layout::NEW,
             read_only: false,
             noatime: false,
             ttl: Duration::from_secs(1),
@@ -616,7 +628,7 @@ mod tests {
         fs.release(ino);
         assert_eq!(fs.getattr(ino).unwrap().size, 5000);
         let backing = std::fs::metadata(dir.path().join("g")).unwrap().len();
-        assert_eq!(backing, format::backing_size_from_plain(5000));
+        assert_eq!(backing, format::Layout::NEW.backing_size_from_plain(5000));
         fs.truncate(ino, 10, &ROOT, false).unwrap();
         assert_eq!(fs.getattr(ino).unwrap().size, 10);
         assert!(fs.open_state(ino).is_err(), "truncate left the file open");

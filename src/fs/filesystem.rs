@@ -29,6 +29,10 @@ pub struct FsConfig {
     pub ks: Arc<dyn KeyService>,
     /// The CMK that wraps data keys of new files.
     pub key_id: String,
+    /// How the tree's files store their blocks (the backing directory's
+    /// marker says): new files get it, sizes are computed with it, and a
+    /// file of another layout is refused (EIO).
+    pub layout: crate::format::Layout,
     /// Mounted read-only: backing files are opened read-only.
     pub read_only: bool,
     /// Mounted noatime: backing files are opened with O_NOATIME, so that
@@ -48,6 +52,7 @@ impl std::fmt::Debug for FsConfig {
         f.debug_struct("FsConfig")
             .field("backing", &self.backing)
             .field("key_id", &self.key_id)
+            .field("layout", &self.layout)
             .field("read_only", &self.read_only)
             .field("noatime", &self.noatime)
             .field("ttl", &self.ttl)

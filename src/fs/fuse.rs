@@ -519,7 +519,7 @@ impl Filesystem for KmsFs {
             ))
         };
         serve(Op::Readdirplus, reply, body, |mut reply, (entries, dir)| {
-            let dir_attr = attr_of(ino.0, &dir.meta);
+            let dir_attr = attr_of(self.cfg.layout, ino.0, &dir.meta);
             let dir_gen = Generation(dir_attr.generation);
             let dir_attr = file_attr(&dir_attr);
             let ttl = self.ttl();

@@ -163,8 +163,8 @@ mod tests {
 
     fn key(ks: &TestKeys, caller: &Caller) -> (FileId, Vec<u8>, Arc<FileKey>) {
         let f = tempfile::tempfile().unwrap();
-        let ef = EncryptedFile::create(f, ks, &crate::kms::RequestContext::cli(*caller), "test")
-            .unwrap();
+        let rc = crate::kms::RequestContext::cli(*caller);
+        let ef = EncryptedFile::create(f, ks, &rc, "test", crate::format::Layout::NEW).unwrap();
         let h = EncryptedFile::read_header(ef.file()).unwrap();
         let wrapped = h.active().unwrap().wrapped_key.clone();
         (h.file_id, wrapped, ef.key().clone())

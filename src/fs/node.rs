@@ -145,7 +145,7 @@ impl KmsFs {
     /// Registers `rel` (just looked up or created) with one lookup reference.
     pub fn entry(&self, rel: &Path, m: &Metadata) -> Attr {
         let ino = lock(&self.inodes).lookup(rel, backing_key(m), m.is_dir());
-        attr_of(ino, m)
+        attr_of(self.cfg.layout, ino, m)
     }
 
     /// Looks up `name` in `parent` for the kernel: the entry itself (a

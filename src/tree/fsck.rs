@@ -128,7 +128,8 @@ pub fn fsck_file(
     if len == 0 {
         return (None, 0, FileStatus::Empty);
     }
-    let plain = format::plain_size_from_backing(len);
+    // Before the header is read: its size if it were of the layout of new files.
+    let plain = format::Layout::NEW.plain_size_from_backing(len);
     let header = match EncryptedFile::read_header(&file) {
         Ok(h) => h,
         Err(EnvelopeError::Io(e)) => return (None, plain, io(e)),
@@ -142,6 +143,7 @@ pub fn fsck_file(
             );
         }
     };
+    let plain = header.layout().plain_size_from_backing(len);
     let Some(slot) = header.active() else {
         let reason = "no valid key slot".to_string();
         return (None, plain, FileStatus::CorruptHeader { reason });
@@ -164,7 +166,10 @@ pub fn fsck_file(
         Ok(k) => k,
         Err(e) => return (Some(key_id), plain, status_of(e)),
     };
-    let ef = EncryptedFile::with_key(file, header, Arc::new(key));
+    let ef = match EncryptedFile::with_key(file, header, Arc::new(key)) {
+        Ok(ef) => ef,
+        Err(e) => return (Some(key_id), plain, status_of(e)),
+    };
     match ef.bad_blocks() {
         Ok(bad) if bad.is_empty() => (Some(key_id), plain, FileStatus::Ok),
         Ok(bad) => (

@@ -19,6 +19,7 @@ use super::copy::{CopyReport, Ranges, copy_ranges, io_status};
 use super::fsck::status_of;
 use super::{FileStatus, Tree, Walk, apply_meta};
 use crate::envelope::EncryptedFile;
+use crate::format::Layout;
 use crate::kms::{KeyService, RequestContext};
 use crate::os::at::{linkat, open_strictly_beneath};
 use crate::os::beneath::{mkdirat, open_node, unlinkat};
@@ -51,17 +52,28 @@ struct Written<'a> {
     bytes: u64,
 }
 
-/// Encrypts the tree `walk` found in `src` into `backing`, new files under
-/// `key_id`. `progress` is called after each regular file.
+/// What the files an import makes are: under which CMK, in which layout
+/// (the backing directory's).
+#[derive(Debug, Clone, Copy)]
+pub struct NewFiles<'a> {
+    /// The CMK that wraps their data keys.
+    pub key_id: &'a str,
+    /// The layout of the backing directory's files.
+    pub layout: Layout,
+}
+
+/// Encrypts the tree `walk` found in `src` into `backing`, new files as
+/// `new` says. `progress` is called after each regular file.
 pub fn import_tree(
     src: &Tree,
     walk: &Walk,
     backing: &Tree,
     ks: &dyn KeyService,
     rc: &RequestContext<'_>,
-    key_id: &str,
+    new: NewFiles<'_>,
     progress: &mut dyn FnMut(),
 ) -> CopyReport {
+    let NewFiles { key_id, layout } = new;
     let mut report = CopyReport::default();
     // Directories made here, with the inode made: each is 0700 and this
     // process's until the end, when it gets its source's owner, mode and
@@ -79,7 +91,7 @@ pub fn import_tree(
     }
     let mut batch: Vec<Written> = Vec::new();
     for f in &walk.files {
-        match import_file(src, f, backing, ks, rc, key_id) {
+        match import_file(src, f, backing, ks, rc, key_id, layout) {
             Ok(Some(w)) => batch.push(w),
             Ok(None) => report.exists(f),
             Err(s) => report.skip(f, s),
@@ -197,6 +209,7 @@ fn import_file<'a>(
     ks: &dyn KeyService,
     rc: &RequestContext<'_>,
     key_id: &str,
+    layout: Layout,
 ) -> Result<Option<Written<'a>>, FileStatus> {
     let (dir, name) = backing.parent(rel).map_err(io_status)?;
     match open_node(&dir, name) {
@@ -214,7 +227,7 @@ fn import_file<'a>(
     let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
     let out = open_strictly_beneath(&dir, Path::new(&tmp), flags, 0o600).map_err(io_status)?;
     let id = out.metadata().map(|m| id_of(&m)).map_err(io_status)?;
-    let r = EncryptedFile::create(out, ks, rc, key_id)
+    let r = EncryptedFile::create(out, ks, rc, key_id, layout)
         .map_err(status_of)
         .and_then(|ef| {
             let n = copy_in(&input, md.len(), &ef)?;

@@ -133,7 +133,7 @@ pub fn protected_by(backing: &Path, key_id: &str) -> (u64, u64) {
             n.0 += 1;
             n.1 += file
                 .metadata()
-                .map(|m| crate::format::plain_size_from_backing(m.len()))
+                .map(|m| h.layout().plain_size_from_backing(m.len()))
                 .unwrap_or(0);
         }
     }

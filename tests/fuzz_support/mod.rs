@@ -109,6 +109,7 @@ impl Fixture {
             &ks,
             &RequestContext::cli(caller),
             &key_id,
+            format::Layout::NEW,
         )
         .expect("seal");
         let sealed = std::fs::read(&sealed_path).expect("read sealed");
@@ -663,20 +664,25 @@ pub fn offsets(data: &[u8]) {
         w[i] = u64::from_be_bytes(a);
     }
     let backing = w[2];
-    let plain_size = format::plain_size_from_backing(backing);
+    let l = if w[2] & 1 == 0 {
+        format::Layout::V1
+    } else {
+        format::Layout::V2
+    };
+    let plain_size = l.plain_size_from_backing(backing);
     assert!(plain_size <= backing);
-    let valid = format::is_valid_backing_size(backing);
+    let valid = l.is_valid_backing_size(backing);
     if backing < HEADER_LEN {
         assert!(!valid && plain_size == 0, "{backing} bytes hold no header");
-    } else if plain_size <= format::MAX_PLAIN_SIZE {
-        let back = format::backing_size_from_plain(plain_size);
+    } else if plain_size <= l.max_plain_size() {
+        let back = l.backing_size_from_plain(plain_size);
         assert!(back <= backing, "size from {backing} grew to {back}");
         assert_eq!(valid, back == backing);
-        assert_eq!(format::plain_size_from_backing(back), plain_size);
+        assert_eq!(l.plain_size_from_backing(back), plain_size);
     }
-    let offset = w[0] % (format::MAX_PLAIN_SIZE + 1);
+    let offset = w[0] % (l.max_plain_size() + 1);
     // Reads and writes are at most a few MiB; keep the span count small.
-    let len = (w[1] % (1 << 24)).min(format::MAX_PLAIN_SIZE - offset);
+    let len = (w[1] % (1 << 24)).min(l.max_plain_size() - offset);
     let mut next = offset;
     let mut count = 0u64;
     for s in format::split_range(offset, len) {
@@ -693,5 +699,5 @@ pub fn offsets(data: &[u8]) {
     assert!(format::block_count(size) * format::BLOCK_SIZE >= size);
     let last = format::block_of(size.max(1) - 1);
     assert!(format::block_plain_len(last, size) > 0 || size == 0);
-    assert!(format::block_backing_offset(format::block_count(size)) >= HEADER_LEN);
+    assert!(l.block_backing_offset(format::block_count(size)) >= HEADER_LEN);
 }
