@@ -10,7 +10,10 @@
 # Environment: BENCH_ROUNDS (3) interleaved rounds, the median is shown; BENCH_MB (256)
 # size of the sequential file; BENCH_RAND_SECS (5) seconds per random-I/O row;
 # BENCH_RESULTS (results/bench) where the CSV, JSON and SVG chart go; BENCH_TREE (the
-# directories the small-file tree is made of, default /usr/include + /usr/lib/python3.*).
+# directories the small-file tree is made of, default /usr/include + /usr/lib/python3.*);
+# BENCH_V1=1 adds a fourth target, "kmsfs-v1": a kmsfs mount of a backing directory in
+# block format 1 (one made before format 2: its marker names no block format), measured
+# in the same rounds as the new tree's format 2, for the table of the two formats.
 #
 # Rows (the performance issue's table): fio psync QD1 sequential write bs=1M with
 # end_fsync, sequential read with caches dropped, random 4 KiB buffered writes with
@@ -73,6 +76,16 @@ names=(plain kmsfs kmsfs-nowb gocryptfs)
 daemon() { awk -v m="$1" '$5 == m { for (i = 7; $i != "-"; i++); split($(i + 2), s, ":"); print s[2] }' /proc/self/mountinfo; }
 gpid=$(pgrep -n -f "gocryptfs .*$work/gb" || true)
 pids=("" "$(daemon "$work/km")" "$(daemon "$work/kn")" "$gpid")
+if [[ ${BENCH_V1:-0} == 1 ]]; then
+  # A tree as a build before block format 2 left it: mounted once, its marker's
+  # BlockFormat taken out, mounted again (new files in it are then format 1).
+  mkdir -p "$work"/{k1b,k1m}
+  "$kmsfs" mount "$work/k1b" "$work/k1m" 2>/dev/null
+  "$kmsfs" unmount "$work/k1m"
+  python3 -c 'import json,sys; p=sys.argv[1]; m=json.load(open(p)); m.pop("BlockFormat"); json.dump(m, open(p, "w"))' "$work/k1b/.kmsfs.json"
+  "$kmsfs" mount "$work/k1b" "$work/k1m" 2>/dev/null; mounts+=("$work/k1m")
+  targets+=(k1m); names+=(kmsfs-v1); pids+=("$(daemon "$work/k1m")")
+fi
 
 # The small-file tree: files every Debian machine has.
 read -r -a tree <<<"${BENCH_TREE:-/usr/include $(ls -d /usr/lib/python3.[0-9]* 2>/dev/null | head -1)}"
@@ -85,7 +98,7 @@ echo "== small-file tree: ${tree[*]}: $nfiles files, $ndirs directories, $tsize 
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 now() { date +%s%N; }
 # counts DIR: kmsfs's request counters (empty elsewhere).
-counts() { [[ $1 == "$work/km" || $1 == "$work/kn" ]] && python3 -c 'import os,sys; print(os.getxattr(sys.argv[1], "trusted.kmsfs.requests").decode(), end="")' "$1" || true; }
+counts() { [[ $1 == "$work/km" || $1 == "$work/kn" || $1 == "$work/k1m" ]] && python3 -c 'import os,sys; print(os.getxattr(sys.argv[1], "trusted.kmsfs.requests").decode(), end="")' "$1" || true; }
 fio_json() { fio --output-format=json --ioengine=psync --iodepth=1 --fallocate=none "$@"; }
 iops() { python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; print(j[sys.argv[2]]["total_ios"])' "$@"; }
 
@@ -125,7 +138,7 @@ rmtree() { timed rm -rf "$d/usr"; }
 
 for ((r = 1; r <= ROUNDS; r++)); do
   echo "round $r/$ROUNDS ($(uptime | sed 's/.*load/load/'))"
-  for i in 0 1 2 3; do
+  for i in "${!targets[@]}"; do
     d=$work/${targets[$i]}; n=${names[$i]}
     drop; measure seqwrite MiB/s "$d" "$n" seqwrite
     drop; measure seqread MiB/s "$d" "$n" seqread
@@ -138,7 +151,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     measure rmtree s "$d" "$n" rmtree
   done
 done
-for i in 1 2 3; do
+for ((i = 1; i < ${#targets[@]}; i++)); do
   hwm=$(awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/${pids[$i]}/status" 2>/dev/null || echo NA)
   echo "0,${names[$i]},peakrss,$hwm,MiB" >> "$csv"
 done

@@ -89,6 +89,8 @@ def main():
     for q in requests:
         print(f"| {q['row']} | {q['total']} | {q['by_opcode']} |")
 
+    formats = block_formats(vals, med, fmt)
+
     with open(f"{out}/summary-{stamp}.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["row", "label"] + TARGETS + [t + "_ratio" for t in TARGETS[1:]])
@@ -98,7 +100,7 @@ def main():
         w.writerow(["peakrss", "peak RSS (MiB)", ""] + [rss[t] for t in TARGETS[1:]]
                    + ["" for _ in TARGETS[1:]])
     doc = {"note": note, "stamp": stamp, "rows": table, "peak_rss_mib": rss,
-           "kmsfs_requests": requests}
+           "kmsfs_requests": requests, "block_formats": formats}
     with open(f"{out}/summary-{stamp}.json", "w") as f:
         json.dump(doc, f, indent=1)
     svg(table, f"{out}/chart-{stamp}.svg", note)
@@ -108,6 +110,28 @@ def main():
         with open(src) as a, open(f"{out}/latest.{ext}", "w") as b:
             b.write(a.read())
     print(f"\nresults: {out}/summary-{stamp}.{{csv,json}}, {out}/chart-{stamp}.svg (and latest.*)")
+
+
+def block_formats(vals, med, fmt):
+    """With BENCH_V1=1: kmsfs in block format 2 (a new tree) against format 1
+    (an older tree), same rounds. Speed of 2 relative to 1: > 1 is faster."""
+    if not any(t == "kmsfs-v1" for t, _ in vals):
+        return None
+    print("\n== kmsfs block format 2 (new tree) against 1 (older tree), same rounds")
+    print("speed 2/1: > 1 means format 2 is faster; every round's value shown\n")
+    print("| workload | format 1 | format 2 | speed 2/1 | format 1, all | format 2, all |")
+    print("|---|---:|---:|---:|---|---|")
+    rows = []
+    for key, label, higher in ROWS:
+        v1, v2 = med.get(("kmsfs-v1", key)), med.get(("kmsfs", key))
+        speed = None
+        if v1 and v2:
+            speed = v2 / v1 if higher else v1 / v2
+        a1 = " ".join(vals.get(("kmsfs-v1", key), []))
+        a2 = " ".join(vals.get(("kmsfs", key), []))
+        print(f"| {label} | {fmt(v1)} | {fmt(v2)} | {fmt(speed)} | {a1} | {a2} |")
+        rows.append({"row": key, "v1": v1, "v2": v2, "speed_2_over_1": speed})
+    return rows
 
 
 def svg(table, path, note):

@@ -469,6 +469,7 @@ fn print_inspect_json(
         "Backing": dir.display().to_string(),
         "KeystoreId": marker.as_ref().map(|m| m.keystore_id.clone()),
         "DefaultKeyId": marker.as_ref().map(|m| m.default_key_id.clone()),
+        "BlockFormat": marker.as_ref().map(|m| m.block_format),
         "Files": report.files,
         "Bytes": report.bytes,
         "EmptyFiles": empty,
@@ -499,6 +500,7 @@ fn print_inspect_text(
         Some(m) => {
             println!("keystore id:        {}", m.keystore_id);
             println!("default key:        {}", m.default_key_id);
+            println!("block format:       {}", m.block_format);
         }
         None => println!("keystore id:        (no .kmsfs.json: never mounted)"),
     }

@@ -75,17 +75,27 @@ impl FileKey {
 
     /// A sealer for the blocks of one write. In layout 2 it draws one random
     /// first nonce half and derives its key once: every block it seals gets
-    /// that half and a random second half of its own.
+    /// that half and a random second half of its own; after
+    /// [`BLOCKS_PER_DERIVATION`] blocks it draws a new first half (a FUSE
+    /// write, at most 1 MiB, derives once when it is block-aligned).
     pub(super) fn sealer(&self) -> Result<Sealer<'_>, EnvelopeError> {
-        let derived = match &self.blocks {
-            Blocks::V1(_) => None,
+        Ok(Sealer {
+            key: self,
+            derived: self.derive_fresh()?,
+            sealed: 0,
+        })
+    }
+
+    /// A random first nonce half and its derived key (layout 2; None in 1).
+    fn derive_fresh(&self) -> Result<Option<([u8; NONCE_LEN], AeadKey)>, EnvelopeError> {
+        match &self.blocks {
+            Blocks::V1(_) => Ok(None),
             Blocks::V2(x) => {
                 let first: [u8; NONCE_LEN] = random_array().map_err(crypto_error)?;
                 let key = x.subkey(&first).map_err(crypto_error)?;
-                Some((first, key))
+                Ok(Some((first, key)))
             }
-        };
-        Ok(Sealer { key: self, derived })
+        }
     }
 
     /// An opener for the blocks of one read: in layout 2 it keeps the key
@@ -148,10 +158,17 @@ impl FileKey {
     }
 }
 
+/// Blocks sealed under one derived key (one first nonce half) at most:
+/// 1 MiB of plaintext. docs/FORMAT.md's use bound of a layout-2 data key
+/// counts on it.
+pub(crate) const BLOCKS_PER_DERIVATION: u64 = 256;
+
 /// Seals the blocks of one write (see [`FileKey::sealer`]).
 pub(super) struct Sealer<'k> {
     key: &'k FileKey,
     derived: Option<([u8; NONCE_LEN], AeadKey)>,
+    /// Blocks sealed under `derived`.
+    sealed: u64,
 }
 
 impl Sealer<'_> {
@@ -165,6 +182,11 @@ impl Sealer<'_> {
     ) -> Result<(), EnvelopeError> {
         let layout = self.key.layout();
         let aad = format::block_aad(layout, &self.key.file_id, index);
+        if self.sealed == BLOCKS_PER_DERIVATION {
+            self.derived = self.key.derive_fresh()?;
+            self.sealed = 0;
+        }
+        self.sealed += 1;
         match (&self.key.blocks, &self.derived) {
             (Blocks::V1(k), _) => k.seal_append(&aad, plain, out).map_err(crypto_error),
             (Blocks::V2(_), Some((first, k))) => {

@@ -724,6 +724,26 @@ fn block_format_2_nonces_and_offsets_across_edges() {
     let mut moved = clean.clone();
     moved.copy_within(a..a + n, b);
     bad_read(&moved, 2);
+
+    // A write of more blocks than one derived key seals draws a new first
+    // half after each BLOCKS_PER_DERIVATION blocks.
+    let per = super::key::BLOCKS_PER_DERIVATION;
+    let big = EncryptedFile::create(temp_file(&dir, "big"), &ks, &CALLER, "k", l).unwrap();
+    let data = vec![0x3cu8; ((2 * per + 7) * BLOCK_SIZE) as usize];
+    big.write_at(&data, 0).unwrap();
+    let raw = std::fs::read(dir.join("big")).unwrap();
+    let first_half = |b: u64| {
+        let at = l.block_backing_offset(b) as usize;
+        raw[at..at + 12].to_vec()
+    };
+    for b in 0..2 * per + 7 {
+        assert_eq!(first_half(b), first_half(b / per * per), "block {b}");
+    }
+    assert_ne!(first_half(0), first_half(per));
+    assert_ne!(first_half(per), first_half(2 * per));
+    let mut back = vec![0u8; data.len()];
+    assert_eq!(big.read_at(&mut back, 0).unwrap(), data.len());
+    assert!(back == data);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
