@@ -192,12 +192,7 @@ pub enum Command {
 
 /// The identity of this process, for key policies and the audit trail.
 pub fn current_caller() -> Caller {
-    let (uid, gid) = crate::os::ids::ids();
-    Caller {
-        uid,
-        gid,
-        pid: std::process::id(),
-    }
+    crate::daemon::this_process()
 }
 
 /// A request from this process's command, for the key service.

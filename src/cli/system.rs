@@ -63,7 +63,7 @@ fn mount_status(m: &MountInfo) -> Value {
         None => Err("the mount's source does not name its daemon".to_string()),
     };
     // A daemon that is gone leaves a stale mount: every access fails.
-    let stale = pid.is_some_and(|p| !crate::os::process::process_alive(p));
+    let stale = m.daemon_gone();
     match answer {
         Ok(v) => v,
         Err(why) => json!({

@@ -40,6 +40,13 @@ impl MountInfo {
         let rest = self.source.strip_prefix("kmsfs:")?;
         rest.split(':').next()?.parse().ok()
     }
+
+    /// True when the mount names its daemon and that process is gone: a
+    /// stale mount, on which every access fails.
+    pub fn daemon_gone(&self) -> bool {
+        self.daemon_pid()
+            .is_some_and(|p| !os::process::process_alive(p))
+    }
 }
 
 fn unescape(s: &str) -> String {
