@@ -298,3 +298,56 @@ fn a_log_file_option_naming_another_file_is_refused() {
     let t = fs::read_to_string(&log).unwrap();
     assert!(t.lines().count() >= 2, "{t}");
 }
+
+#[test]
+fn links_in_place_of_the_backing_roots_own_files_are_not_followed() {
+    if !fuse_available("backing_root_links") {
+        return;
+    }
+    let Some(u) = users("backing_root_links") else {
+        return;
+    };
+    let s = scene("backing_root_links");
+    fs::write(s.root_only.join("secret"), b"ROOT-ONLY-SECRET").unwrap();
+    chmod(&s.root_only.join("secret"), 0o600);
+    // The backing directory is kmsfs-b's: his links stand where the mount
+    // keeps its lock and its marker, leading into a root-only directory.
+    std::os::unix::fs::chown(&s.backing, Some(u.b.uid), Some(u.b.gid)).unwrap();
+    let o = u.b.sh(
+        &s.backing,
+        &format!(
+            "ln -s {0}/planted .kmsfs.lock && ln -s {0}/secret .kmsfs.json",
+            s.root_only.display()
+        ),
+    );
+    assert!(o.status.success(), "{}", common::describe(&o));
+    let ks = s.p("ks");
+    s.init(&ks);
+    let o = s.mount(&ks, None, &[]);
+    let _guard = MountGuard(s.mnt.clone());
+    assert!(
+        !o.status.success(),
+        "mounted through kmsfs-b's links: {}",
+        common::describe(&o)
+    );
+    // Nothing made in the root-only directory, the file there untouched
+    // and not shown.
+    assert_eq!(s.entries(&s.root_only), ["secret"]);
+    assert_eq!(
+        fs::read(s.root_only.join("secret")).unwrap(),
+        b"ROOT-ONLY-SECRET"
+    );
+    assert!(!common::describe(&o).contains("ROOT-ONLY"));
+    // Without the lock's link, the marker's link is refused too.
+    fs::remove_file(s.backing.join(".kmsfs.lock")).unwrap();
+    let o = s.mount(&ks, None, &[]);
+    assert!(
+        !o.status.success(),
+        "mounted with kmsfs-b's marker link: {}",
+        common::describe(&o)
+    );
+    assert_eq!(
+        fs::read(s.root_only.join("secret")).unwrap(),
+        b"ROOT-ONLY-SECRET"
+    );
+}

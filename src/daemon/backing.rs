@@ -5,6 +5,7 @@
 //! /dev/fuse, made before anything is created.
 
 use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use crate::envelope::EncryptedFile;
 use crate::format::Layout;
 use crate::fs::{BACKING_LOCK, BACKING_MARKER};
 use crate::os::{self, dir::EntryKind};
+use crate::tree::Tree;
 
 /// Entries the survey looks at, at most (the whole tree, breadth first).
 pub const SURVEY_LIMIT: usize = 2000;
@@ -99,10 +101,39 @@ pub fn tree_layout(backing: &Path, survey: &Survey) -> Result<Layout, MountError
     }
 }
 
+/// The backing root's own files (marker, lock), reached through its
+/// descriptor: `backing` is opened once, as its user named it, and the name
+/// in it is opened through no symbolic link (whoever can write the backing
+/// root cannot send root's mount elsewhere by a link in a file's place).
+pub(super) fn root_file(
+    backing: &Path,
+    name: &str,
+    flags: i32,
+    mode: u32,
+) -> std::io::Result<File> {
+    let root = Tree::open(backing)?;
+    let f = os::at::open_strictly_beneath(root.root(), Path::new(name), flags, mode)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    Ok(f)
+}
+
 /// The marker of `backing`, if it has one; an error if it is unreadable.
 pub fn read_marker(backing: &Path) -> Result<Option<BackingMarker>, MountError> {
+    use std::io::Read;
     let p = backing.join(BACKING_MARKER);
-    match std::fs::read(&p) {
+    let read = root_file(
+        backing,
+        BACKING_MARKER,
+        libc::O_RDONLY | libc::O_NONBLOCK,
+        0,
+    )
+    .and_then(|mut f| {
+        let mut b = Vec::new();
+        f.read_to_end(&mut b).map(|_| b)
+    });
+    match read {
         Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
             MountError::State(
                 format!("{} is not a valid kmsfs marker: {e}", p.display()),
@@ -116,24 +147,37 @@ pub fn read_marker(backing: &Path) -> Result<Option<BackingMarker>, MountError> 
     }
 }
 
+/// The marker's text, written to a new temporary file in the backing root
+/// (O_EXCL, through no link: a name planted there makes this fail, never
+/// writes elsewhere) and synced; returns the root and the temporary name.
+fn marker_tmp(backing: &Path, m: &BackingMarker) -> std::io::Result<(Tree, OsString)> {
+    let body = serde_json::to_vec_pretty(m).map_err(std::io::Error::other)?;
+    let root = Tree::open(backing)?;
+    let tmp = OsString::from(format!("{BACKING_MARKER}.{}.tmp", std::process::id()));
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+    let mut f = os::at::open_strictly_beneath(root.root(), Path::new(&tmp), flags, 0o644)?;
+    let r = f
+        .write_all(&body)
+        .and_then(|()| f.write_all(b"\n"))
+        .and_then(|()| f.sync_all());
+    if let Err(e) = r {
+        let _ = os::beneath::unlinkat(root.root(), &tmp, false);
+        return Err(e);
+    }
+    Ok((root, tmp))
+}
+
 /// Writes the marker of `backing` atomically, only if there is none yet.
 pub fn write_marker(backing: &Path, m: &BackingMarker) -> Result<(), MountError> {
     let io = |e: std::io::Error| MountError::Io(format!("{}: {e}", backing.display()));
-    let tmp = backing.join(format!("{BACKING_MARKER}.{}.tmp", std::process::id()));
-    let body = serde_json::to_vec_pretty(m).map_err(|e| MountError::Io(e.to_string()))?;
-    let r = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&body)?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        // A link never replaces: a marker made meanwhile stays.
-        match std::fs::hard_link(&tmp, backing.join(BACKING_MARKER)) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
-            _ => {}
-        }
-        File::open(backing)?.sync_all()
-    })();
-    let _ = std::fs::remove_file(&tmp);
+    let (root, tmp) = marker_tmp(backing, m).map_err(io)?;
+    let dir = root.root();
+    // A link never replaces: a marker made meanwhile stays.
+    let r = match os::at::linkat(dir, &tmp, dir, OsStr::new(BACKING_MARKER)) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => dir.sync_all(),
+    };
+    let _ = os::beneath::unlinkat(dir, &tmp, false);
     r.map_err(io)
 }
 
@@ -141,21 +185,12 @@ pub fn write_marker(backing: &Path, m: &BackingMarker) -> Result<(), MountError>
 /// text goes to a temporary file, is synced, and is renamed over the old one.
 pub fn replace_marker(backing: &Path, m: &BackingMarker) -> Result<(), MountError> {
     let io = |e: std::io::Error| MountError::Io(format!("{}: {e}", backing.display()));
-    let tmp = backing.join(format!("{BACKING_MARKER}.{}.tmp", std::process::id()));
-    let body = serde_json::to_vec_pretty(m).map_err(|e| MountError::Io(e.to_string()))?;
-    let r = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(&body)?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, backing.join(BACKING_MARKER))?;
-        File::open(backing)?.sync_all()
-    })();
+    let (root, tmp) = marker_tmp(backing, m).map_err(io)?;
+    let dir = root.root();
+    let r = os::beneath::renameat2(dir, &tmp, dir, OsStr::new(BACKING_MARKER), 0)
+        .and_then(|()| dir.sync_all());
     if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = os::beneath::unlinkat(dir, &tmp, false);
     }
     r.map_err(io)
 }
@@ -252,11 +287,14 @@ impl Prepared {
         let Some((dev, ino)) = new_lock else {
             return;
         };
-        let p = backing.join(BACKING_LOCK);
-        if let Ok(md) = std::fs::symlink_metadata(&p)
+        let Ok(root) = Tree::open(backing) else {
+            return;
+        };
+        let name = OsStr::new(BACKING_LOCK);
+        if let Ok(md) = os::beneath::open_node(root.root(), name).and_then(|n| n.metadata())
             && (md.dev(), md.ino()) == (dev, ino)
         {
-            let _ = std::fs::remove_file(&p);
+            let _ = os::beneath::unlinkat(root.root(), name, false);
         }
     }
 }
@@ -272,6 +310,8 @@ fn dev_fuse() -> PathBuf {
 
 fn check_dev_fuse() -> Result<(), MountError> {
     let dev = dev_fuse();
+    // The system's FUSE device (or a test's stand-in), not a user's tree.
+    #[allow(clippy::disallowed_methods)]
     match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -296,19 +336,21 @@ fn check_dev_fuse() -> Result<(), MountError> {
 /// True when `dir`'s top level holds kmsfs's marker or a kmsfs file (looks
 /// at up to 32 entries).
 fn holds_kmsfs_files(dir: &Path) -> bool {
-    if dir.join(BACKING_MARKER).exists() {
-        return true;
-    }
-    let Ok(rd) = std::fs::read_dir(dir) else {
+    let Ok(tree) = Tree::open(dir) else {
         return false;
     };
-    rd.flatten().take(32).any(|e| {
-        e.file_type().is_ok_and(|t| t.is_file())
-            && File::open(e.path())
-                .ok()
-                .and_then(|f| EncryptedFile::read_header(&f).ok())
-                .is_some()
-    })
+    let Ok(entries) = os::at::list_dir(tree.root()) else {
+        return false;
+    };
+    entries.iter().any(|(name, _)| name == BACKING_MARKER)
+        || entries.iter().take(32).any(|(name, kind)| {
+            *kind == EntryKind::File
+                && tree
+                    .open_file(Path::new(name), false)
+                    .ok()
+                    .and_then(|f| EncryptedFile::read_header(&f).ok())
+                    .is_some()
+        })
 }
 
 fn check_mountpoint_empty(mp: &Path, backing: &Path, o: &Options) -> Result<(), MountError> {
@@ -326,9 +368,9 @@ fn check_mountpoint_empty(mp: &Path, backing: &Path, o: &Options) -> Result<(), 
             swapped,
         ));
     }
-    let nonempty = std::fs::read_dir(mp)
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false);
+    let nonempty = Tree::open(mp)
+        .and_then(|t| os::at::list_dir(t.root()))
+        .is_ok_and(|e| !e.is_empty());
     if nonempty && !o.nonempty {
         // Files in a mount point that are not kmsfs files were most likely
         // written while nothing was mounted: plaintext on the disk below.
@@ -373,16 +415,9 @@ fn check_mountpoint_empty(mp: &Path, backing: &Path, o: &Options) -> Result<(), 
 /// another daemon holds it. A backing directory that cannot be written is
 /// reported as read-only (its lock is taken if the file exists).
 pub fn lock_backing(backing: &Path, shared: bool) -> Result<(Option<File>, bool), MountError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let p = backing.join(BACKING_LOCK);
-    let (file, read_only) = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&p)
-    {
+    let open = |flags| root_file(backing, BACKING_LOCK, flags | libc::O_NONBLOCK, 0o600);
+    let (file, read_only) = match open(libc::O_RDWR | libc::O_CREAT) {
         Ok(f) => (Some(f), false),
         Err(e)
             if matches!(
@@ -390,7 +425,7 @@ pub fn lock_backing(backing: &Path, shared: bool) -> Result<(Option<File>, bool)
                 Some(libc::EROFS | libc::EACCES | libc::EPERM)
             ) =>
         {
-            (File::open(&p).ok(), true)
+            (open(libc::O_RDONLY).ok(), true)
         }
         Err(e) => return Err(MountError::Io(format!("{}: {e}", p.display()))),
     };
@@ -459,7 +494,9 @@ pub fn check_before_mount(
     }
     // Shared storage: a shared lock, which keeps out only the daemons that
     // think they are alone (other hosts do not see it at all).
-    let existed = std::fs::symlink_metadata(backing.join(BACKING_LOCK)).is_ok();
+    let existed = Tree::open(backing)
+        .and_then(|t| os::beneath::open_node(t.root(), OsStr::new(BACKING_LOCK)))
+        .is_ok();
     let (lock, backing_read_only) = lock_backing(backing, options.shared_storage)?;
     let new_lock = match &lock {
         Some(f) if !existed => {

@@ -5,7 +5,6 @@
 //! signals, and `unmount`.
 #![forbid(unsafe_code)]
 
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -238,6 +237,7 @@ fn serve_checked(req: &Serving) -> Result<(), MountError> {
 /// `mount -o remount,ro|rw` asks of the helper): the daemon is told through
 /// its control socket, and the kernel's mount flags change by a remount that
 /// keeps the others (nosuid, nodev, noexec, the atime options).
+#[allow(clippy::disallowed_methods)] // the mount point the user named, used as given
 pub fn remount(mp: &Path, read_only: bool) -> Result<(), MountError> {
     let path = std::fs::canonicalize(mp)
         .map_err(|e| MountError::NotFound(format!("{}: {e}", mp.display())))?;
@@ -299,6 +299,7 @@ pub fn remount(mp: &Path, read_only: bool) -> Result<(), MountError> {
 }
 
 /// Unmounts `mp` and waits (up to 10 s) for its kmsfs daemon to exit.
+#[allow(clippy::disallowed_methods)] // the mount point the user named, used as given
 pub fn unmount(mp: &Path) -> Result<(), MountError> {
     let abs = std::path::absolute(mp).map_err(|e| MountError::Io(e.to_string()))?;
     let path = match std::fs::canonicalize(&abs) {
@@ -361,10 +362,9 @@ pub fn unmount(mp: &Path) -> Result<(), MountError> {
     }
     // The backing directory is free for the next mount only once the
     // daemon's lock is gone with the last descriptor that held it.
-    if let Some(lock) = info
-        .backing()
-        .and_then(|b| File::open(b.join(BACKING_LOCK)).ok())
-    {
+    if let Some(lock) = info.backing().and_then(|b| {
+        backing::root_file(&b, BACKING_LOCK, libc::O_RDONLY | libc::O_NONBLOCK, 0).ok()
+    }) {
         while lock.try_lock_shared().is_err() && waiting() {
             std::thread::sleep(Duration::from_millis(10));
         }
