@@ -44,6 +44,7 @@ pub enum BindError {
 /// there is refused. The mode is set on the entry in `p`'s directory without
 /// following a link, so a name swapped for a symlink between bind and chmod
 /// (in a directory others can write) changes no other file's mode.
+#[allow(clippy::disallowed_methods)] // a socket path the operator named; a link in its place is refused
 pub fn bind_unix(
     p: &Path,
     mode: u32,

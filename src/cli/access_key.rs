@@ -45,6 +45,7 @@ pub struct DeleteArgs {
 }
 
 /// (uid, primary gid) of `name`, or of `uid`, from /etc/passwd.
+#[allow(clippy::disallowed_methods)] // a system file (/proc, /sys, /etc), not a tree a user can write
 fn passwd_lookup(name: Option<&str>, uid: Option<u32>) -> Option<(u32, u32)> {
     let text = std::fs::read_to_string("/etc/passwd").ok()?;
     text.lines().find_map(|l| {

@@ -246,6 +246,7 @@ pub fn main() -> i32 {
 }
 
 /// `kmsfs man`.
+#[allow(clippy::disallowed_methods)] // a path the user named on the command line, used as given
 fn man(dir: Option<&std::path::Path>) -> Result<(), CliError> {
     let cmd = <Cli as clap::CommandFactory>::command();
     match dir {

@@ -46,6 +46,7 @@ pub struct InstallHelperArgs {
     pub force: bool,
 }
 
+#[allow(clippy::disallowed_methods)] // a system file (/proc, /sys, /etc), not a tree a user can write
 fn kmsfs_mounts() -> Vec<MountInfo> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     daemon::parse_mountinfo(&text)
@@ -86,6 +87,7 @@ fn mount_status(m: &MountInfo) -> Value {
 }
 
 /// `kmsfs status`.
+#[allow(clippy::disallowed_methods)] // the mount point the user named, used as given
 pub fn status(g: &GlobalArgs, a: StatusArgs) -> Result<(), CliError> {
     let mut mounts = kmsfs_mounts();
     if let Some(mp) = &a.mountpoint {
@@ -211,6 +213,7 @@ pub fn remount(_g: &GlobalArgs, a: RemountArgs) -> Result<(), CliError> {
 }
 
 /// `kmsfs install-helper`: `DIR/mount.fuse.kmsfs`, a link to this binary.
+#[allow(clippy::disallowed_methods)] // the helper directory root named (/sbin by default), root's own
 pub fn install_helper(_g: &GlobalArgs, a: InstallHelperArgs) -> Result<(), CliError> {
     let exe = std::env::current_exe()?;
     let link = a.dir.join(HELPER_NAME);
@@ -280,6 +283,7 @@ pub fn install_helper(_g: &GlobalArgs, a: InstallHelperArgs) -> Result<(), CliEr
 /// The cargo target directory `exe` was built into, if it is a build output
 /// (target/debug/kmsfs, target/TRIPLE/release/kmsfs): cargo marks that
 /// directory with CACHEDIR.TAG and .rustc_info.json.
+#[allow(clippy::disallowed_methods)] // beside the running executable, only looked at
 fn cargo_target_dir(exe: &Path) -> Option<PathBuf> {
     exe.ancestors()
         .skip(1)

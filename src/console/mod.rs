@@ -97,6 +97,7 @@ struct State {
 
 /// Serves the console for `ks` until SIGTERM or SIGINT. `on_ready` gets the
 /// address and login URL once a browser can connect.
+#[allow(clippy::disallowed_methods)] // the keystore directory and the socket path the operator named
 pub fn serve(
     ks: Arc<LocalKeyStore>,
     listen: &Listen,

@@ -160,6 +160,7 @@ pub fn socket_path(pid: u32) -> Option<PathBuf> {
 }
 
 /// Makes the socket directory (0700) and checks that it is ours alone.
+#[allow(clippy::disallowed_methods)] // the daemon's socket directory, made 0700 and checked to be this user's alone
 fn private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
@@ -181,6 +182,7 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Removes the sockets of daemons that are gone (killed, so they could not
 /// remove their own), in a directory `private_dir` checked to be ours.
+#[allow(clippy::disallowed_methods)] // the daemon's socket directory, made 0700 and checked to be this user's alone
 fn remove_stale(dir: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
@@ -205,6 +207,7 @@ pub(super) struct ControlSocket {
 }
 
 impl Drop for ControlSocket {
+    #[allow(clippy::disallowed_methods)] // the daemon's socket directory, made 0700 and checked to be this user's alone
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
@@ -213,6 +216,7 @@ impl Drop for ControlSocket {
 /// Binds this daemon's control socket and serves it on a thread. None (with
 /// a warning) when there is nowhere safe to put it: the mount serves anyway,
 /// without status or remount.
+#[allow(clippy::disallowed_methods)] // the daemon's socket directory, made 0700 and checked to be this user's alone
 pub(super) fn start(state: Arc<MountState>) -> Option<ControlSocket> {
     use std::os::unix::fs::PermissionsExt;
     let path = socket_path(std::process::id())?;

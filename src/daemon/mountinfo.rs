@@ -88,6 +88,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
 }
 
 /// The mount at exactly `path`, if any (the last one wins when stacked).
+#[allow(clippy::disallowed_methods)] // a system file (/proc, /sys, /etc), not a tree a user can write
 pub fn mount_at(path: &Path) -> Option<MountInfo> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     parse_mountinfo(&text)
@@ -103,6 +104,7 @@ pub fn is_enotconn(e: &std::io::Error) -> bool {
 /// The metadata of a mount point. For up to the attribute TTL after a FUSE
 /// daemon died, stat still answers from the kernel's cache; opening the
 /// directory always reaches the daemon, and fails with ENOTCONN once it is gone.
+#[allow(clippy::disallowed_methods)] // the mount point the user named, used as given
 fn probe_mountpoint(mp: &Path) -> std::io::Result<std::fs::Metadata> {
     let m = std::fs::metadata(mp)?;
     if m.is_dir()
@@ -173,6 +175,7 @@ pub fn prepare_mountpoint(mp: &Path) -> Result<(), MountError> {
 
 /// Refuses a backing directory that another kmsfs mount serves: two daemons
 /// over one directory would each trust their own caches.
+#[allow(clippy::disallowed_methods)] // a system file (/proc, /sys, /etc), not a tree a user can write
 pub(super) fn check_backing_unused(backing: &Path) -> Result<(), MountError> {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return Ok(());
@@ -198,6 +201,7 @@ pub(super) fn check_backing_unused(backing: &Path) -> Result<(), MountError> {
 }
 
 /// The mount point of the kmsfs mount that serves `backing`, if any.
+#[allow(clippy::disallowed_methods)] // a system file (/proc, /sys, /etc), not a tree a user can write
 pub fn serving_mount(backing: &Path) -> Option<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     parse_mountinfo(&text)

@@ -24,6 +24,7 @@ fn sysfs_file(mp: &Path) -> Option<PathBuf> {
 
 /// Raises the read-ahead window of the mount on `mp` to `READ_AHEAD_KB`
 /// when the daemon runs as root; logs what it did. Never fails the mount.
+#[allow(clippy::disallowed_methods)] // a system file (/proc, /sys, /etc), not a tree a user can write
 pub(super) fn raise(mp: &Path) {
     if !os::ids::is_root() {
         log::info!("not root: the read-ahead window stays at the kernel's default");

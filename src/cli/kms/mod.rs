@@ -150,6 +150,7 @@ pub(crate) fn set_binary_format(f: Option<BinaryFormat>) {
 /// is a file holding base64, anything else is base64 itself (as AWS CLI v2);
 /// with `--cli-binary-format raw-in-base64-out` the text of the last two is
 /// taken as it is (as AWS CLI v1).
+#[allow(clippy::disallowed_methods)] // a path the user named on the command line, used as given
 pub(super) fn read_blob(arg: &str, what: &str) -> Result<Zeroizing<Vec<u8>>, CliError> {
     if let Some(p) = arg.strip_prefix("fileb://") {
         return std::fs::read(p)

@@ -31,6 +31,7 @@ impl Line {
     }
 }
 
+#[allow(clippy::disallowed_methods)] // a trail file, in the keystore directory or a copy the user named; only read
 fn open(p: &Path) -> io::Result<File> {
     std::fs::OpenOptions::new()
         .read(true)

@@ -86,6 +86,7 @@ pub fn file_number(name: &str) -> Option<u32> {
 }
 
 /// The trail files in `dir`, in order.
+#[allow(clippy::disallowed_methods)] // in the keystore directory, which trust.rs checks is writable by its owner and root only
 pub fn list_files(dir: &Path) -> io::Result<Vec<(u32, PathBuf)>> {
     let mut v = Vec::new();
     for e in fs::read_dir(dir)? {
@@ -194,6 +195,7 @@ impl Trail {
     }
 
     /// `new` with another file size limit.
+    #[allow(clippy::disallowed_methods)] // in the keystore directory, which trust.rs checks is writable by its owner and root only
     pub(crate) fn with_limit(
         keystore_dir: &Path,
         keystore_id: &str,
@@ -255,6 +257,7 @@ impl Trail {
     /// Why the trail cannot be used, when the keystore says it reached a
     /// record that is not there (the trail deleted, or cut): a cheap check
     /// (one stat), made before every key use.
+    #[allow(clippy::disallowed_methods)] // in the keystore directory, which trust.rs checks is writable by its owner and root only
     pub fn missing(&self) -> Option<String> {
         let (seq, _) = (*lock(&self.floor))?;
         if seq == 0 {
@@ -349,6 +352,7 @@ impl Trail {
         Ok(())
     }
 
+    #[allow(clippy::disallowed_methods)] // in the keystore directory, which trust.rs checks is writable by its owner and root only
     fn has_space(&self) -> io::Result<bool> {
         let d = File::open(&self.dir)?;
         let s = crate::os::space::fstatvfs(&d)?;
@@ -444,6 +448,7 @@ impl Trail {
         }
     }
 
+    #[allow(clippy::disallowed_methods)] // in the keystore directory, which trust.rs checks is writable by its owner and root only
     fn lock_files(&self) -> io::Result<File> {
         self.ensure_dir()?;
         let p = self.dir.join(LOCK_FILE);
@@ -460,6 +465,7 @@ impl Trail {
         Ok(f)
     }
 
+    #[allow(clippy::disallowed_methods)] // in the keystore directory, which trust.rs checks is writable by its owner and root only
     fn ensure_dir(&self) -> io::Result<()> {
         let check = |m: fs::Metadata| {
             if !m.is_dir() || !self.owner_ok(m.uid()) {
@@ -510,6 +516,7 @@ impl Trail {
         std::os::unix::fs::fchown(f, Some(uid), Some(gid))
     }
 
+    #[allow(clippy::disallowed_methods)] // in the keystore directory, which trust.rs checks is writable by its owner and root only
     fn open_append(&self, p: &Path, create: bool) -> io::Result<File> {
         let f = OpenOptions::new()
             .append(true)
@@ -532,6 +539,7 @@ impl Trail {
 
     /// Where the trail ends now: the cached tail when the files did not
     /// change since this process wrote, else read from the last line.
+    #[allow(clippy::disallowed_methods)] // in the keystore directory, which trust.rs checks is writable by its owner and root only
     fn tail(&self, cache: Option<Tail>) -> io::Result<Tail> {
         if let Some(c) = cache {
             let size = fs::symlink_metadata(self.dir.join(file_name(c.file_no))).map(|m| m.len());
@@ -583,6 +591,7 @@ impl Trail {
         Ok((signed && t.sequence > 0).then_some((t.sequence, t.hash)))
     }
 
+    #[allow(clippy::disallowed_methods)] // in the keystore directory, which trust.rs checks is writable by its owner and root only
     fn write_batch(&self, batch: &[Value], durable: bool) -> io::Result<Tail> {
         let mut w = lock(&self.writer);
         if batch.is_empty() && !durable {
@@ -650,6 +659,7 @@ impl Trail {
 
     /// Measures the trail's files after a write and raises the alarm once
     /// they pass the size cap (an error in the log, a record in the trail).
+    #[allow(clippy::disallowed_methods)] // in the keystore directory, which trust.rs checks is writable by its owner and root only
     fn measure(&self) {
         let Ok(files) = list_files(&self.dir) else {
             return;
@@ -730,6 +740,7 @@ impl Trail {
         Ok(new_file)
     }
 
+    #[allow(clippy::disallowed_methods)] // in the keystore directory, which trust.rs checks is writable by its owner and root only
     fn write_head(&self, t: &Tail, durable: bool) -> io::Result<()> {
         let name = file_name(t.file_no);
         let fields = HeadFields {
@@ -851,6 +862,7 @@ struct LastLine {
 
 /// The sequence and line hash of the last complete line of a trail file,
 /// whether a partial line follows it, and whether it is a digest record.
+#[allow(clippy::disallowed_methods)] // in the keystore directory, which trust.rs checks is writable by its owner and root only
 fn last_line(p: &Path) -> io::Result<Option<LastLine>> {
     let mut f = OpenOptions::new()
         .read(true)

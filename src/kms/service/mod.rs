@@ -98,6 +98,7 @@ impl LocalKeyStore {
     /// Opens the keystore in `dir`. `passphrase` is called (once) only if the
     /// keystore is sealed with a passphrase. Keys whose deletion date has passed
     /// are deleted for good before this returns.
+    #[allow(clippy::disallowed_methods)] // the keystore path the user named, only looked at
     pub fn open(
         dir: &Path,
         passphrase: &dyn Fn() -> Result<SecretBytes, KmsError>,

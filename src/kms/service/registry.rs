@@ -18,6 +18,7 @@ fn opened() -> &'static Registry {
     OPENED.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+#[allow(clippy::disallowed_methods)] // the keystore path, resolved only to name it
 fn registry_key(dir: &Path) -> PathBuf {
     std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
