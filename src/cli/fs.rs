@@ -161,6 +161,7 @@ fn envelope_error(what: &Path, e: EnvelopeError) -> CliError {
     }
 }
 
+#[allow(clippy::disallowed_methods)] // a path the user named on the command line, used as given
 pub(super) fn existing_dir(p: &Path, what: &str) -> Result<PathBuf, CliError> {
     let abs = std::fs::canonicalize(p).map_err(|e| {
         CliError::new(ErrorClass::NotFound, format!("{what} {}: {e}", p.display()))
@@ -196,6 +197,7 @@ fn service_and_key(
 /// `kmsfs mount`: the arguments and `-o` settings taken in, then the
 /// daemon's checks (`crate::daemon::preflight`: every rule of what may be
 /// mounted where), its notices printed, and the mount served.
+#[allow(clippy::disallowed_methods)] // a path the user named on the command line, used as given
 pub fn mount(g: &GlobalArgs, mut a: MountArgs) -> Result<(), CliError> {
     let g = settings_from_options(g, &mut a)?;
     let keys = match &a.kms_endpoint {
@@ -364,6 +366,7 @@ pub fn unmount(_g: &GlobalArgs, a: UnmountArgs) -> Result<(), CliError> {
 
 /// `kmsfs inspect` of a path inside a kmsfs mount: its plaintext, not a
 /// backing file; the error names the mount and the backing file to inspect.
+#[allow(clippy::disallowed_methods)] // a path the user named, /proc/self/mountinfo, and a backing path only named in a hint
 fn inside_a_mount(path: &Path) -> Option<CliError> {
     let abs = std::fs::canonicalize(path).ok()?;
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
@@ -560,6 +563,7 @@ impl KeyService for NoKeystore {
 
 /// `kmsfs inspect`: a file's header, or a backing tree's summary, without
 /// unwrapping or decrypting anything.
+#[allow(clippy::disallowed_methods)] // a path the user named on the command line, used as given
 pub fn inspect(g: &GlobalArgs, a: InspectArgs) -> Result<(), CliError> {
     if let Some(err) = inside_a_mount(&a.file) {
         return Err(err);
@@ -642,6 +646,7 @@ pub fn inspect(g: &GlobalArgs, a: InspectArgs) -> Result<(), CliError> {
 
 /// A new output file, readable by its owner only: an unsealed output holds
 /// plaintext, and a sealed one need not be more visible than its input.
+#[allow(clippy::disallowed_methods)] // a path the user named on the command line, used as given
 fn create_new(p: &Path) -> Result<File, CliError> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
@@ -663,6 +668,7 @@ fn create_new(p: &Path) -> Result<File, CliError> {
 }
 
 /// `kmsfs seal`.
+#[allow(clippy::disallowed_methods)] // a path the user named on the command line, used as given
 pub fn seal(g: &GlobalArgs, a: SealArgs) -> Result<(), CliError> {
     let mut input = File::open(&a.input)
         .map_err(|e| CliError::new(ErrorClass::NotFound, format!("{}: {e}", a.input.display())))?;
@@ -690,6 +696,7 @@ pub fn seal(g: &GlobalArgs, a: SealArgs) -> Result<(), CliError> {
 }
 
 /// `kmsfs unseal`.
+#[allow(clippy::disallowed_methods)] // a path the user named on the command line, used as given
 pub fn unseal(g: &GlobalArgs, a: UnsealArgs) -> Result<(), CliError> {
     let input = File::open(&a.input)
         .map_err(|e| CliError::new(ErrorClass::NotFound, format!("{}: {e}", a.input.display())))?;

@@ -186,6 +186,7 @@ fn bound(
 }
 
 /// An existing directory, made absolute.
+#[allow(clippy::disallowed_methods)] // a path the user named on the command line, used as given
 fn existing_dir(p: &Path, what: &str) -> Result<PathBuf, MountError> {
     let abs = std::fs::canonicalize(p).map_err(|e| {
         MountError::NotFound(format!(
@@ -205,6 +206,7 @@ fn existing_dir(p: &Path, what: &str) -> Result<PathBuf, MountError> {
 
 /// The backing directory and mount point, made absolute and checked not to
 /// contain each other.
+#[allow(clippy::disallowed_methods)] // a path the user named on the command line, used as given
 fn mount_paths(backing: &Path, mountpoint: &Path) -> Result<(PathBuf, PathBuf), MountError> {
     let backing = existing_dir(backing, "backing directory")?;
     let mp = match std::fs::canonicalize(mountpoint) {
@@ -254,6 +256,7 @@ fn plain_files(survey: &Survey, backing: &Path) -> Option<String> {
 
 /// Says so when root mounts on a directory that belongs to another user
 /// without letting anyone but root in: that user would get EACCES.
+#[allow(clippy::disallowed_methods)] // the mount point the user named, used as given
 fn owner_shut_out(mp: &Path, o: &Options) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let euid = crate::os::ids::ids().0;
@@ -278,6 +281,7 @@ fn owner_shut_out(mp: &Path, o: &Options) -> Option<String> {
 /// None, with a warning, when that directory cannot be made; refused when
 /// another user could change it (a root mount run with a user's
 /// environment, `sudo -E`).
+#[allow(clippy::disallowed_methods)] // the log directory trust.rs (check_log_dir) accepted
 fn default_log_file(mountpoint: &Path) -> Result<Option<PathBuf>, MountError> {
     use std::os::unix::fs::DirBuilderExt;
     let Some(base) = std::env::var_os("XDG_STATE_HOME")

@@ -19,6 +19,7 @@ use crate::os;
 /// (type `fuse.kmsfs`) and hand fuser the connection, so that fuser never
 /// unmounts on its own: its drop-time unmount could hit a newer mount at the
 /// same place. Otherwise (or with auto_unmount) fuser mounts via fusermount3.
+#[allow(clippy::disallowed_methods)] // the mount point the user named, used as given
 fn new_session(fs: KmsFs, req: &Serving, o: &Options) -> std::io::Result<Session> {
     let cfg = o.session_config(&req.backing);
     if !os::ids::is_root() || o.has(&MountFlag::AutoUnmount) {
