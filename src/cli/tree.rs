@@ -86,35 +86,81 @@ fn finish_audit(g: &GlobalArgs) -> Result<(), CliError> {
         })
 }
 
-/// A progress bar (files done, files/s, ETA) on stderr when it is a
-/// terminal; cleared when dropped.
-struct Progress(Option<ProgressBar>);
+/// A progress bar on stderr when it is a terminal: bytes done of the
+/// tree's bytes in binary units, an integer rate, the ETA from bytes; one
+/// line within 80 columns. Cleared when dropped. The tools call `tick`
+/// once per file, in the order of the walk's list, so the n-th tick is the
+/// n-th file's bytes.
+struct Progress {
+    bar: Option<ProgressBar>,
+    sizes: Vec<u64>,
+    done: std::cell::Cell<usize>,
+}
+
+/// The bar's template: at most 20 + 1 + 23 + 2 + 10 + 6 + 8 = 70 columns.
+const PROGRESS_TEMPLATE: &str = "{bar:20} {bytes}/{total_bytes}  {rate}  ETA {eta_precise}";
+
+/// Bytes in binary units without decimals, as rates are shown ("45 MiB").
+fn human_integer_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n;
+    let mut u = 0;
+    while v >= 1024 && u + 1 < UNITS.len() {
+        v /= 1024;
+        u += 1;
+    }
+    format!("{v} {}", UNITS[u])
+}
+
+fn progress_style() -> ProgressStyle {
+    ProgressStyle::with_template(PROGRESS_TEMPLATE)
+        .map(|s| {
+            s.with_key(
+                "rate",
+                |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{}/s", human_integer_bytes(st.per_sec() as u64));
+                },
+            )
+        })
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+}
 
 impl Progress {
-    fn new(total: usize) -> Self {
+    /// A bar over the files `files` of `t` (their sizes read through the
+    /// tree's descriptors; a file that cannot be read counts 0 bytes).
+    fn for_files(t: &tree::Tree, files: &[PathBuf]) -> Self {
         if !std::io::stderr().is_terminal() {
-            return Self(None);
+            return Self {
+                bar: None,
+                sizes: Vec::new(),
+                done: 0.into(),
+            };
         }
-        let pb = ProgressBar::new(total as u64);
-        pb.set_style(
-            ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} files  {per_sec}  ETA {eta}  {wide_msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        Self(Some(pb))
+        let sizes: Vec<u64> = files
+            .iter()
+            .map(|f| t.node(f).and_then(|n| n.metadata()).map_or(0, |m| m.len()))
+            .collect();
+        let pb = ProgressBar::new(sizes.iter().sum());
+        pb.set_style(progress_style());
+        Self {
+            bar: Some(pb),
+            sizes,
+            done: 0.into(),
+        }
     }
 
     fn tick(&self) {
-        if let Some(pb) = &self.0 {
-            pb.inc(1);
+        if let Some(pb) = &self.bar {
+            let i = self.done.get();
+            pb.inc(self.sizes.get(i).copied().unwrap_or(0));
+            self.done.set(i + 1);
         }
     }
 }
 
 impl Drop for Progress {
     fn drop(&mut self) {
-        if let Some(pb) = &self.0 {
+        if let Some(pb) = &self.bar {
             pb.finish_and_clear();
         }
     }
@@ -165,7 +211,7 @@ pub fn rewrap(g: &GlobalArgs, a: RewrapArgs) -> Result<(), CliError> {
         },
     )?;
     let (t, w) = open_and_walk(&a.backing, "backing directory")?;
-    let progress = Progress::new(w.files.len());
+    let progress = Progress::for_files(&t, &w.files);
     let start = std::time::Instant::now();
     let report = rw.run(&t, &w.files, &mut |_| progress.tick())?;
     drop(progress);
@@ -303,7 +349,7 @@ fn describe_problem(p: &Problem) -> String {
 pub fn fsck(g: &GlobalArgs, a: FsckArgs) -> Result<(), CliError> {
     let ks = bulk_key_service(g)?;
     let (t, w) = open_and_walk(&a.backing, "backing directory")?;
-    let progress = Progress::new(w.files.len());
+    let progress = Progress::for_files(&t, &w.files);
     let start = std::time::Instant::now();
     let report = tree::fsck_tree(
         &t,
@@ -452,7 +498,7 @@ pub fn export(g: &GlobalArgs, a: ExportArgs) -> Result<(), CliError> {
     }
     let ks = bulk_key_service(g)?;
     let (t, w) = open_and_walk(&backing, "backing directory")?;
-    let progress = Progress::new(w.files.len());
+    let progress = Progress::for_files(&t, &w.files);
     let start = std::time::Instant::now();
     let report = tree::export_tree(&t, &w, &dest_tree, &*ks, &super::cli_context(), &mut || {
         progress.tick()
@@ -509,7 +555,7 @@ pub fn import(g: &GlobalArgs, a: ImportArgs) -> Result<(), CliError> {
             format!("backing directory {}: {e}", backing.display()),
         )
     })?;
-    let progress = Progress::new(w.files.len());
+    let progress = Progress::for_files(&src_tree, &w.files);
     let start = std::time::Instant::now();
     let report = tree::import_tree(
         &src_tree,
@@ -576,5 +622,127 @@ fn finish_copy(
         ))
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A terminal of 80 columns that keeps what is drawn.
+    #[derive(Debug, Default)]
+    struct Term80(std::sync::Mutex<Vec<String>>);
+
+    impl indicatif::TermLike for Term80 {
+        fn width(&self) -> u16 {
+            80
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.write_str(s)
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            if let Ok(mut v) = self.0.lock() {
+                v.push(s.to_string());
+            }
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn rates_are_integers_in_binary_units() {
+        assert_eq!(human_integer_bytes(0), "0 B");
+        assert_eq!(human_integer_bytes(1023), "1023 B");
+        assert_eq!(human_integer_bytes(1536), "1 KiB");
+        assert_eq!(human_integer_bytes(45 * 1024 * 1024 + 999), "45 MiB");
+        assert_eq!(human_integer_bytes(u64::MAX), "16383 PiB");
+    }
+
+    #[test]
+    fn the_bar_counts_bytes_on_one_line_of_80_columns() {
+        let term = std::sync::Arc::new(Term80::default());
+        struct Shared(std::sync::Arc<Term80>);
+        impl std::fmt::Debug for Shared {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("Shared")
+            }
+        }
+        impl indicatif::TermLike for Shared {
+            fn width(&self) -> u16 {
+                self.0.width()
+            }
+            fn move_cursor_up(&self, n: usize) -> std::io::Result<()> {
+                self.0.move_cursor_up(n)
+            }
+            fn move_cursor_down(&self, n: usize) -> std::io::Result<()> {
+                self.0.move_cursor_down(n)
+            }
+            fn move_cursor_right(&self, n: usize) -> std::io::Result<()> {
+                self.0.move_cursor_right(n)
+            }
+            fn move_cursor_left(&self, n: usize) -> std::io::Result<()> {
+                self.0.move_cursor_left(n)
+            }
+            fn write_line(&self, s: &str) -> std::io::Result<()> {
+                self.0.write_line(s)
+            }
+            fn write_str(&self, s: &str) -> std::io::Result<()> {
+                self.0.write_str(s)
+            }
+            fn clear_line(&self) -> std::io::Result<()> {
+                self.0.clear_line()
+            }
+            fn flush(&self) -> std::io::Result<()> {
+                self.0.flush()
+            }
+        }
+        // The widest numbers: 1023.99 MiB of 1023.99 MiB.
+        let total = 1024 * 1024 * 1024 - 10 * 1024;
+        let pb = ProgressBar::with_draw_target(
+            Some(total),
+            indicatif::ProgressDrawTarget::term_like(Box::new(Shared(term.clone()))),
+        );
+        pb.set_style(progress_style());
+        pb.set_position(total - 1);
+        pb.force_draw();
+        let drawn = term.0.lock().map(|v| v.join("\n")).unwrap_or_default();
+        let line = drawn
+            .lines()
+            .rfind(|l| l.contains("ETA"))
+            .unwrap_or_default();
+        assert!(!line.is_empty(), "nothing drawn: {drawn:?}");
+        assert!(
+            line.chars().count() <= 80,
+            "{} columns: {line:?}",
+            line.chars().count()
+        );
+        assert!(
+            line.contains("MiB/1023.99 MiB") || line.contains("MiB/1.00 GiB"),
+            "{line:?}"
+        );
+        // The rate: an integer and a unit, per second.
+        let rate = line
+            .split("  ")
+            .find(|f| f.ends_with("/s"))
+            .unwrap_or_else(|| panic!("no rate: {line:?}"));
+        let number = rate.split(' ').next().unwrap_or_default();
+        assert!(number.parse::<u64>().is_ok(), "{rate:?}");
     }
 }
