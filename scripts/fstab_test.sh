@@ -2,9 +2,11 @@
 # Mounts kmsfs the way the system does: mount(8) reads an fstab line (a
 # temporary fstab given with `mount -T`, so /etc/fstab is never touched) and
 # runs the mount.fuse.kmsfs helper, with the options such lines carry
-# (noauto, _netdev, nofail, x-systemd.*, relatime, noacl) and kmsfs's own
-# (keystore=, log_file=). Then writes, remounts read-only and read-write with
-# `mount -o remount`, unmounts with umount(8), mounts again and reads back.
+# (_netdev, nofail, relatime, noacl) and kmsfs's own (keystore=, log_file=).
+# `mount -a` twice (the second sees the line mounted: the source is the
+# backing directory), remounts read-only and read-write with `mount -o
+# remount` (the same daemon, nothing on stderr), unmounts with `umount -c
+# BACKING`, mounts again, `umount MNT`, and reads back.
 # Needs root and /dev/fuse. KMSFS names the binary (default: target/debug/kmsfs).
 # mount(8) runs that binary, whatever helper the system has: the script runs in a
 # private mount namespace where /sbin is an overlay whose only change is
@@ -42,14 +44,25 @@ overlay=yes
 mkdir -p "$work/backing" "$work/mnt"
 "$kmsfs" --keystore "$work/keystore" init >/dev/null
 cat > "$work/fstab" <<EOF
-# a kmsfs line as it would stand in /etc/fstab
-$work/backing $work/mnt fuse.kmsfs noauto,nofail,_netdev,x-systemd.automount,x-systemd.idle-timeout=60,relatime,noacl,keystore=$work/keystore,log_file=$work/kmsfs.log 0 0
+# docs/MOUNT.md's fstab line, with this test's paths (and noacl, which such lines carry)
+$work/backing $work/mnt fuse.kmsfs nofail,_netdev,relatime,noacl,keystore=$work/keystore,log_file=$work/kmsfs.log 0 0
 EOF
+# The kmsfs lines of mountinfo at MNT: "SOURCE FSTYPE".
+mounted() { awk -v m="$work/mnt" '$5 == m { for (i = 7; $i != "-"; i++); print $(i + 2), $(i + 1) }' /proc/self/mountinfo; }
+daemon() { "$kmsfs" status "$work/mnt" --output json | sed -n 's/^ *"Pid": \([0-9]*\),*$/\1/p'; }
+quiet() { # runs "$@"; fails if it printed anything on stderr
+  "$@" 2>"$work/stderr" || { echo "fstab_test: '$*' failed: $(cat "$work/stderr")" >&2; exit 1; }
+  if [[ -s $work/stderr ]]; then echo "fstab_test: '$*' said on stderr: $(cat "$work/stderr")" >&2; exit 1; fi
+}
 
-echo "== mount -T fstab $work/mnt"
-mount -T "$work/fstab" "$work/mnt"
+echo "== mount -a (twice: the second finds it mounted and does nothing)"
+quiet mount -a -T "$work/fstab"
 mountpoint -q "$work/mnt"
-grep -F " $work/mnt " /proc/self/mountinfo | grep -q ' - fuse.kmsfs '
+[[ $(mounted) == "$work/backing fuse.kmsfs" ]] || { echo "fstab_test: source and type are '$(mounted)'" >&2; exit 1; }
+pid=$(daemon)
+[[ -n $pid ]] || { echo "fstab_test: status found no daemon" >&2; exit 1; }
+quiet mount -a -T "$work/fstab"
+[[ $(mounted | wc -l) -eq 1 ]] || { echo "fstab_test: mount -a mounted twice" >&2; exit 1; }
 echo "written through an fstab mount" > "$work/mnt/hello.txt"
 if grep -q "written through" "$work/backing/hello.txt"; then
   echo "fstab_test: plaintext in the backing directory" >&2
@@ -57,27 +70,34 @@ if grep -q "written through" "$work/backing/hello.txt"; then
 fi
 
 echo "== mount -o remount,ro"
-mount -T "$work/fstab" -o remount,ro "$work/mnt"
+quiet mount -T "$work/fstab" -o remount,ro "$work/mnt"
 if echo no > "$work/mnt/refused.txt" 2>/dev/null; then
   echo "fstab_test: a write succeeded on a read-only remount" >&2
   exit 1
 fi
 [[ $(cat "$work/mnt/hello.txt") == "written through an fstab mount" ]]
-pids=$(grep -F " $work/mnt " /proc/self/mountinfo | grep -o 'kmsfs:[0-9]*' | cut -d: -f2)
-[[ $(echo "$pids" | wc -l) -eq 1 ]] || { echo "fstab_test: remount started another daemon" >&2; exit 1; }
+[[ $(daemon) == "$pid" && $(mounted | wc -l) -eq 1 ]] || { echo "fstab_test: remount started another daemon" >&2; exit 1; }
 
 echo "== mount -o remount,rw"
-mount -T "$work/fstab" -o remount,rw "$work/mnt"
+quiet mount -T "$work/fstab" -o remount,rw "$work/mnt"
 echo "again" > "$work/mnt/second.txt"
+[[ $(daemon) == "$pid" ]]
 "$kmsfs" status "$work/mnt"
 
-echo "== umount, mount again"
-umount "$work/mnt"
-mountpoint -q "$work/mnt" && { echo "fstab_test: still mounted" >&2; exit 1; }
-mount -T "$work/fstab" "$work/mnt"
+echo "== umount -c BACKING"
+# By source: -c, because for an argument that is a directory libmount (2.35 and
+# later) asks statfs(2) which filesystem holds it and unmounts that path as a
+# mount point, never looking at sources; -c makes it read mountinfo, where the
+# source is the backing directory. (The same holds for bind mounts.)
+quiet umount -c "$work/backing"
+if mountpoint -q "$work/mnt"; then echo "fstab_test: still mounted" >&2; exit 1; fi
+
+echo "== mount -a again, umount MNT"
+quiet mount -a -T "$work/fstab"
 [[ $(cat "$work/mnt/hello.txt") == "written through an fstab mount" ]]
 [[ $(cat "$work/mnt/second.txt") == "again" ]]
-umount "$work/mnt"
+quiet umount "$work/mnt"
+if mountpoint -q "$work/mnt"; then echo "fstab_test: still mounted" >&2; exit 1; fi
 
 echo "== mount -t fuse.kmsfs BACKING MNT -o keystore=..."
 mount -t fuse.kmsfs "$work/backing" "$work/mnt" -o "keystore=$work/keystore,log_file=$work/kmsfs.log,nodev"

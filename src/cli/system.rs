@@ -61,28 +61,32 @@ fn mount_status(m: &MountInfo) -> Value {
     let pid = m.daemon_pid();
     let answer = match pid {
         Some(pid) => daemon::control_request(pid, "status").map_err(|e| e.to_string()),
-        None => Err("the mount's source does not name its daemon".to_string()),
+        None => Err(
+            "no daemon of this user serves it (another user's mount, or its \
+                     daemon made no control socket)"
+                .to_string(),
+        ),
     };
-    // A daemon that is gone leaves a stale mount: every access fails.
-    let stale = m.daemon_gone();
     match answer {
         Ok(v) => v,
-        Err(why) => json!({
-            "Pid": pid,
-            "MountPoint": m.mountpoint.display().to_string(),
-            "Backing": m.source.splitn(3, ':').nth(2),
-            "ReadOnly": m.options.split(',').any(|o| o == "ro"),
-            "Stale": stale,
-            "Unavailable": if stale {
-                format!(
-                    "stale: its daemon (pid {}) is gone, every access fails with \"Transport \
-                     endpoint is not connected\"",
-                    pid.unwrap_or_default()
-                )
-            } else {
-                why
-            },
-        }),
+        Err(why) => {
+            // A daemon that is gone leaves a stale mount: every access fails.
+            let stale = m.daemon_gone();
+            json!({
+                "Pid": pid,
+                "MountPoint": m.mountpoint.display().to_string(),
+                "Backing": m.backing().map(|b| b.display().to_string()),
+                "ReadOnly": m.options.split(',').any(|o| o == "ro"),
+                "Stale": stale,
+                "Unavailable": if stale {
+                    "stale: its daemon is gone, every access fails with \"Transport endpoint \
+                     is not connected\""
+                        .to_string()
+                } else {
+                    why
+                },
+            })
+        }
     }
 }
 

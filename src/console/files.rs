@@ -130,15 +130,16 @@ pub(super) fn mounts() -> Value {
         .into_iter()
         .filter(|m| m.is_kmsfs())
         .map(|m| {
-            let answer = match m.daemon_pid() {
+            let pid = m.daemon_pid();
+            let answer = match pid {
                 Some(pid) => {
                     crate::daemon::control_request(pid, "status").map_err(|e| e.to_string())
                 }
-                None => Err("the mount's source does not name its daemon".to_string()),
+                None => Err("no daemon of this user serves it".to_string()),
             };
             answer.unwrap_or_else(|why| {
                 json!({
-                    "Pid": m.daemon_pid(),
+                    "Pid": pid,
                     "MountPoint": m.mountpoint.display().to_string(),
                     "Unavailable": why,
                 })

@@ -80,6 +80,9 @@ pub(super) struct MountState {
     pub(super) backing_read_only: bool,
     pub(super) shared_storage: bool,
     pub(super) ks: Arc<CountingService>,
+    /// The mount's device (`MAJ:MIN` in mountinfo), known once mounted:
+    /// what a client matches to find this daemon from a mount point.
+    pub(super) device: std::sync::OnceLock<String>,
 }
 
 impl MountState {
@@ -101,6 +104,7 @@ impl MountState {
         json!({
             "Pid": std::process::id(),
             "MountPoint": self.mountpoint.display().to_string(),
+            "Device": self.device.get(),
             "Backing": self.backing.display().to_string(),
             "Keystore": self.keystore.as_ref().map(|p| p.display().to_string()),
             "KeyId": self.key_id,
@@ -123,6 +127,12 @@ impl MountState {
     fn answer(&self, request: &str) -> Value {
         match request.trim() {
             "status" => self.status(),
+            // What `daemon_of` matches: cheap, no key-service call.
+            "identity" => json!({
+                "Pid": std::process::id(),
+                "MountPoint": self.mountpoint.display().to_string(),
+                "Device": self.device.get(),
+            }),
             "read-only on" => {
                 self.read_only.store(true, Ordering::SeqCst);
                 log::info!("remounted {} read-only", escaped(&self.mountpoint));
@@ -157,6 +167,45 @@ fn socket_dir() -> Option<PathBuf> {
 /// The control socket of the daemon `pid` (of this user).
 pub fn socket_path(pid: u32) -> Option<PathBuf> {
     socket_dir().map(|d| d.join(format!("{pid}.sock")))
+}
+
+/// True when `dir` is a directory of this user's alone (0700 or tighter):
+/// only this user (or root) can have put a socket in it.
+#[allow(clippy::disallowed_methods)] // this user's socket directory, whose owner and mode are what is checked
+fn ours_alone(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(dir)
+        .is_ok_and(|m| m.is_dir() && m.uid() == os::ids::ids().0 && m.mode() & 0o077 == 0)
+}
+
+/// The daemon serving the mount `info` describes, found by the mount's
+/// device and mount point among this user's own daemons: those whose
+/// sockets are in this user's private socket directory (root's for root).
+/// The mount's source names nothing here: whoever made the mount chose it,
+/// so it cannot point this lookup at a daemon, and another user's daemon is
+/// never asked (its sockets are in its own directory).
+#[allow(clippy::disallowed_methods)] // this user's socket directory, checked by ours_alone first
+pub(super) fn daemon_of(info: &super::MountInfo) -> Option<u32> {
+    let dir = socket_dir()?;
+    if !ours_alone(&dir) {
+        return None;
+    }
+    let mountpoint = info.mountpoint.display().to_string();
+    std::fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".sock"))
+                .and_then(|p| p.parse::<u32>().ok())
+        })
+        .find(|&pid| {
+            control_request(pid, "identity").is_ok_and(|v| {
+                v["Device"].as_str() == Some(info.device.as_str())
+                    && v["MountPoint"].as_str() == Some(mountpoint.as_str())
+            })
+        })
 }
 
 /// Makes the socket directory (0700) and checks that it is ours alone.

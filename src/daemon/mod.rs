@@ -254,7 +254,7 @@ pub fn remount(mp: &Path, read_only: bool) -> Result<(), MountError> {
     let tell = |on: bool| -> Result<(), MountError> {
         let Some(pid) = pid else {
             return Err(MountError::State(
-                format!("{} does not name its daemon", path.display()),
+                format!("no daemon of this user serves {}", path.display()),
                 "unmount it and mount it again with the options wanted".into(),
             ));
         };
@@ -324,6 +324,8 @@ pub fn unmount(mp: &Path) -> Result<(), MountError> {
             "unmount other file systems with umount".into(),
         ));
     }
+    // Found while the mount is there (by its device), to wait for it after.
+    let daemon = info.daemon_pid();
     match os::mount::umount2(&path, 0) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
@@ -355,7 +357,7 @@ pub fn unmount(mp: &Path) -> Result<(), MountError> {
     }
     let t0 = Instant::now();
     let waiting = || t0.elapsed() < Duration::from_secs(10);
-    if let Some(pid) = info.daemon_pid() {
+    if let Some(pid) = daemon {
         while os::process::process_alive(pid) && waiting() {
             std::thread::sleep(Duration::from_millis(10));
         }

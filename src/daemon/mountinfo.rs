@@ -15,7 +15,9 @@ pub struct MountInfo {
     pub mountpoint: PathBuf,
     /// File system type ("fuse", "fuse.x", ...).
     pub fstype: String,
-    /// The source ("kmsfs:PID:BACKING" for our mounts).
+    /// The source: for kmsfs mounts the backing directory, as an fstab
+    /// line names it (mounts of older versions: "kmsfs:PID:BACKING").
+    /// Whoever made the mount chose it: it is never used to find a daemon.
     pub source: String,
     /// The mounted device, `MAJ:MIN` (a FUSE mount's anonymous device).
     pub device: String,
@@ -29,23 +31,32 @@ impl MountInfo {
         self.fstype == "fuse.kmsfs" || self.source.starts_with("kmsfs:")
     }
 
-    /// The backing directory, for kmsfs mounts named by kmsfs.
+    /// The backing directory a kmsfs mount's source names (as its maker
+    /// said: for messages and waiting, never for a decision about keys).
     pub fn backing(&self) -> Option<PathBuf> {
-        let rest = self.source.strip_prefix("kmsfs:")?;
-        Some(PathBuf::from(rest.split_once(':')?.1))
+        if let Some(rest) = self.source.strip_prefix("kmsfs:") {
+            return Some(PathBuf::from(rest.split_once(':')?.1));
+        }
+        (self.is_kmsfs() && self.source.starts_with('/')).then(|| PathBuf::from(&self.source))
     }
 
-    /// The serving daemon's pid, for kmsfs mounts.
+    /// The pid of the daemon serving this mount: one of this user's own
+    /// daemons, found through its control socket by the mount's device and
+    /// mount point (`control::daemon_of`), never from the source.
     pub fn daemon_pid(&self) -> Option<u32> {
-        let rest = self.source.strip_prefix("kmsfs:")?;
-        rest.split(':').next()?.parse().ok()
+        if !self.is_kmsfs() {
+            return None;
+        }
+        super::control::daemon_of(self)
     }
 
-    /// True when the mount names its daemon and that process is gone: a
-    /// stale mount, on which every access fails.
+    /// True when the mount's daemon is gone: a stale mount, on which every
+    /// access fails with ENOTCONN (no daemon of this user answers for it,
+    /// and listing it fails so).
     pub fn daemon_gone(&self) -> bool {
-        self.daemon_pid()
-            .is_some_and(|p| !os::process::process_alive(p))
+        self.is_kmsfs()
+            && self.daemon_pid().is_none()
+            && probe_mountpoint(&self.mountpoint).is_err_and(|e| is_enotconn(&e))
     }
 }
 
@@ -180,10 +191,9 @@ pub(super) fn check_backing_unused(backing: &Path) -> Result<(), MountError> {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return Ok(());
     };
-    let suffix = format!(":{}", backing.display());
-    let other = parse_mountinfo(&text).into_iter().find(|m| {
-        m.daemon_pid().is_some() && m.source.ends_with(&suffix) && m.source.starts_with("kmsfs:")
-    });
+    let other = parse_mountinfo(&text)
+        .into_iter()
+        .find(|m| m.is_kmsfs() && m.backing().as_deref() == Some(backing));
     match other {
         Some(m) => Err(MountError::State(
             format!(
@@ -217,12 +227,18 @@ mod tests {
     #[test]
     fn mountinfo_parsing() {
         let t = "36 35 98:0 / /mnt/a\\040b rw,noatime master:1 - fuse kmsfs:123:/data/x rw,user_id=0\n\
-                 37 35 98:0 / /other rw - ext4 /dev/sda1 rw\n";
+                 37 35 98:0 / /other rw - ext4 /dev/sda1 rw\n\
+                 38 35 0:77 / /mnt/c rw - fuse.kmsfs /data/b\\040c rw,user_id=0\n";
         let m = parse_mountinfo(t);
-        assert_eq!(m.len(), 2);
+        assert_eq!(m.len(), 3);
         assert_eq!(m[0].mountpoint, PathBuf::from("/mnt/a b"));
         assert_eq!(m[0].fstype, "fuse");
-        assert_eq!(m[0].daemon_pid(), Some(123));
+        assert_eq!(m[0].backing(), Some(PathBuf::from("/data/x")));
+        assert_eq!(m[1].backing(), None);
         assert_eq!(m[1].daemon_pid(), None);
+        // The source is the backing directory, as fstab names it.
+        assert!(m[2].is_kmsfs());
+        assert_eq!(m[2].backing(), Some(PathBuf::from("/data/b c")));
+        assert_eq!(m[2].device, "0:77");
     }
 }

@@ -240,7 +240,10 @@ impl Options {
         }
     }
 
-    /// The source name of the mount: names the daemon, so `unmount` can wait for it.
+    /// The source name of the mount: the backing directory, as fstab lines
+    /// and `umount BACKING` name it (mount(8) matches an fstab line's
+    /// source and mount point to know it is mounted). The daemon is found by
+    /// the mount's device, not by this name (`control::daemon_of`).
     pub fn source_name(&self, backing: &Path) -> String {
         self.flags
             .iter()
@@ -248,7 +251,7 @@ impl Options {
                 MountFlag::FsName(n) => Some(n.clone()),
                 _ => None,
             })
-            .unwrap_or_else(|| format!("kmsfs:{}:{}", std::process::id(), backing.display()))
+            .unwrap_or_else(|| backing.display().to_string())
     }
 
     /// mount(2) flags and fuse mount data for the options (as root).

@@ -74,6 +74,11 @@ pub(super) fn serve(
             "read-write"
         }
     );
+    // The device of the mount just made (the top one on the mount point),
+    // by which `kmsfs status` and remount find this daemon.
+    if let Some(m) = super::mountinfo::mount_at(&req.mountpoint) {
+        let _ = state.device.set(m.device);
+    }
     let _control = control::start(state);
     // Before telling the parent: whoever uses the mount once `kmsfs mount`
     // returns reads with the raised window (fuser made the INIT handshake,
@@ -171,6 +176,7 @@ fn mount_state(
     counting: Arc<CountingService>,
 ) -> Arc<MountState> {
     Arc::new(MountState {
+        device: std::sync::OnceLock::new(),
         backing: req.backing.clone(),
         mountpoint: req.mountpoint.clone(),
         keystore: req.keystore.clone(),

@@ -132,7 +132,7 @@ impl Mount {
         self.backing.join(rel)
     }
 
-    /// The daemon's pid (from the mount's source name).
+    /// The daemon's pid (asked of `kmsfs status`).
     pub fn daemon_pid(&self) -> Option<u32> {
         daemon_pid(&self.mnt)
     }
@@ -213,15 +213,20 @@ pub fn is_mounted(mnt: &Path) -> bool {
     mountinfo_line(mnt).is_some()
 }
 
-/// The kmsfs daemon serving `mnt`.
+/// The kmsfs daemon serving `mnt`, as `kmsfs status` finds it (by the
+/// mount's device, through the daemon's control socket); None when no
+/// daemon of this user answers for it.
 pub fn daemon_pid(mnt: &Path) -> Option<u32> {
-    let (_, source) = mountinfo_line(mnt)?;
-    source
-        .strip_prefix("kmsfs:")?
-        .split(':')
-        .next()?
-        .parse()
-        .ok()
+    mountinfo_line(mnt)?;
+    let o = kmsfs()
+        .args(["status", "--output", "json"])
+        .arg(mnt)
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+    v["Mounts"][0]["Pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
 }
 
 /// True while `pid` runs (zombies count as gone).
