@@ -159,6 +159,13 @@ fn every_operation_is_recorded_without_secrets() {
         all.len()
     );
     assert_eq!(records(&ks, &["--until", "2001-01-01"]).len(), 0);
+    // Relative times: every record is from the last hour, none from before.
+    assert_eq!(records(&ks, &["--since", "1h"]).len(), all.len());
+    assert_eq!(records(&ks, &["--until", "1h"]).len(), 0);
+    assert_eq!(
+        records(&ks, &["--since", "2d", "--until", "0s"]).len(),
+        all.len()
+    );
     let bad = ks.run(&["audit", "show", "--since", "yesterday"]);
     assert_eq!(bad.status.code(), Some(EXIT_USAGE));
     let table = ks.ok(&["audit", "show", "--refused"]);

@@ -55,10 +55,11 @@ pub struct ShowArgs {
     /// Only this user (name or uid).
     #[arg(long)]
     pub user: Option<String>,
-    /// From this time on (RFC 3339, YYYY-MM-DD, or epoch seconds).
+    /// From this time on (RFC 3339, YYYY-MM-DD, epoch seconds, or a time
+    /// ago: 90s, 30m, 1h, 2d, 1w).
     #[arg(long)]
     pub since: Option<String>,
-    /// Up to this time.
+    /// Up to this time (the same forms).
     #[arg(long)]
     pub until: Option<String>,
     /// Only refusals (records with an errorCode).
@@ -86,8 +87,10 @@ fn when(arg: &Option<String>, what: &str) -> Result<Option<i64>, CliError> {
     match arg {
         None => Ok(None),
         Some(s) => time::parse(s).map(Some).ok_or_else(|| {
-            CliError::new(ErrorClass::Usage, format!("--{what} {s:?} is not a time"))
-                .hint("give RFC 3339 (2026-12-02T10:00:00Z), a date (2026-12-02) or epoch seconds")
+            CliError::new(ErrorClass::Usage, format!("--{what} {s:?} is not a time")).hint(
+                "give RFC 3339 (2026-12-02T10:00:00Z), a date (2026-12-02), epoch seconds, \
+                     or a time ago (90s, 30m, 1h, 2d, 1w)",
+            )
         }),
     }
 }
