@@ -466,6 +466,10 @@ pub enum ValidationCode {
     /// A request with DryRun that would have succeeded
     /// (AWS: DryRunOperationException).
     DryRun,
+    /// A grant token this keystore did not issue (AWS: InvalidGrantTokenException).
+    InvalidGrantToken,
+    /// A grant id that names no grant of the key (AWS: InvalidGrantIdException).
+    InvalidGrantId,
 }
 
 impl ValidationCode {
@@ -483,6 +487,8 @@ impl ValidationCode {
             ValidationCode::LimitExceeded => Some("LimitExceeded"),
             ValidationCode::Tag => Some("Tag"),
             ValidationCode::DryRun => Some("DryRunOperation"),
+            ValidationCode::InvalidGrantToken => Some("InvalidGrantToken"),
+            ValidationCode::InvalidGrantId => Some("InvalidGrantId"),
         }
     }
 
@@ -497,7 +503,9 @@ impl ValidationCode {
             | ValidationCode::MalformedPolicy
             | ValidationCode::LimitExceeded
             | ValidationCode::Tag
-            | ValidationCode::DryRun => "",
+            | ValidationCode::DryRun
+            | ValidationCode::InvalidGrantToken
+            | ValidationCode::InvalidGrantId => "",
         }
     }
 }

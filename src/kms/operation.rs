@@ -78,6 +78,16 @@ pub enum Operation {
     ListResourceTags,
     /// ListKeyPolicies.
     ListKeyPolicies,
+    /// CreateGrant.
+    CreateGrant,
+    /// ListGrants.
+    ListGrants,
+    /// ListRetirableGrants.
+    ListRetirableGrants,
+    /// RetireGrant.
+    RetireGrant,
+    /// RevokeGrant.
+    RevokeGrant,
     /// The end of a key's deletion waiting period (CloudTrail's DeleteKey).
     DeleteKey,
     /// An automatic rotation (CloudTrail's RotateKey).
@@ -99,7 +109,7 @@ impl Operation {
     ];
 
     /// Every operation, in declaration order (`ALL[op.index()] == op`).
-    pub const ALL: [Operation; 36] = [
+    pub const ALL: [Operation; 41] = [
         Operation::Encrypt,
         Operation::Decrypt,
         Operation::GenerateDataKey,
@@ -133,6 +143,11 @@ impl Operation {
         Operation::UntagResource,
         Operation::ListResourceTags,
         Operation::ListKeyPolicies,
+        Operation::CreateGrant,
+        Operation::ListGrants,
+        Operation::ListRetirableGrants,
+        Operation::RetireGrant,
+        Operation::RevokeGrant,
         Operation::DeleteKey,
         Operation::RotateKey,
         Operation::DeleteExpiredKeyMaterial,
@@ -181,6 +196,11 @@ impl Operation {
             O::UntagResource => "kms:UntagResource",
             O::ListResourceTags => "kms:ListResourceTags",
             O::ListKeyPolicies => "kms:ListKeyPolicies",
+            O::CreateGrant => "kms:CreateGrant",
+            O::ListGrants => "kms:ListGrants",
+            O::ListRetirableGrants => "kms:ListRetirableGrants",
+            O::RetireGrant => "kms:RetireGrant",
+            O::RevokeGrant => "kms:RevokeGrant",
             O::DeleteKey => "kms:DeleteKey",
             O::RotateKey => "kms:RotateKey",
             O::DeleteExpiredKeyMaterial => "kms:DeleteExpiredKeyMaterial",
@@ -240,7 +260,12 @@ impl Operation {
             | O::TagResource
             | O::UntagResource
             | O::ListResourceTags
-            | O::ListKeyPolicies => Some(self.as_str()),
+            | O::ListKeyPolicies
+            | O::CreateGrant
+            | O::ListGrants
+            | O::ListRetirableGrants
+            | O::RetireGrant
+            | O::RevokeGrant => Some(self.as_str()),
         }
     }
 
@@ -299,7 +324,10 @@ impl Operation {
             | O::DeleteImportedKeyMaterial
             | O::UpdateKeyDescription
             | O::TagResource
-            | O::UntagResource => true,
+            | O::UntagResource
+            | O::CreateGrant
+            | O::RetireGrant
+            | O::RevokeGrant => true,
             O::Encrypt
             | O::Decrypt
             | O::GenerateDataKey
@@ -315,6 +343,8 @@ impl Operation {
             | O::GenerateRandom
             | O::ListResourceTags
             | O::ListKeyPolicies
+            | O::ListGrants
+            | O::ListRetirableGrants
             | O::DeleteKey
             | O::RotateKey
             | O::DeleteExpiredKeyMaterial => false,
@@ -341,6 +371,7 @@ impl Operation {
             Operation::CreateKey
                 | Operation::ListKeys
                 | Operation::ListAliases
+                | Operation::ListRetirableGrants
                 | Operation::GenerateRandom
                 | Operation::DeleteKey
                 | Operation::RotateKey
@@ -379,7 +410,7 @@ mod tests {
         assert_eq!(Operation::from_target("ReEncryptTo"), None);
         assert_eq!(Operation::from_target("DeleteKey"), None);
         assert_eq!(Operation::from_target(""), None);
-        assert_eq!(Operation::served().count(), 32);
+        assert_eq!(Operation::served().count(), 37);
     }
 
     #[test]

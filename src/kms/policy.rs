@@ -36,6 +36,52 @@ pub fn default_policy_document() -> Value {
     })
 }
 
+/// What a key policy says of one operation for one caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// An Allow applies and no Deny.
+    Allow,
+    /// A Deny applies: nothing else can allow it.
+    Deny,
+    /// Neither: a grant may allow it.
+    NoAllow,
+}
+
+/// Reads a grant's grantee or retiring principal: `uid:N`, `user:NAME`,
+/// `gid:N`, `group:NAME` (as key policies name them; names must exist), or
+/// an IAM user ARN `arn:aws:iam::ACCOUNT:user/NAME`, read as `user:NAME`.
+/// Returns the canonical form kept in the grant.
+pub fn parse_grant_principal(s: &str) -> Result<String, KmsError> {
+    let s = match s
+        .strip_prefix("arn:aws:iam::")
+        .and_then(|r| r.split_once(":user/"))
+    {
+        Some((_, name)) => format!("user:{name}"),
+        None => s.to_string(),
+    };
+    match parse_principal(&s, true) {
+        Ok(Principal::Anyone) | Err(_) => Err(KmsError::invalid(format!(
+            "the grant principal {s:?} is not one kmsfs knows: {PRINCIPAL_FORMS} (not *), or \
+             arn:aws:iam::ACCOUNT:user/NAME"
+        ))),
+        Ok(_) => Ok(s),
+    }
+}
+
+/// True when grant principal `p` (from `parse_grant_principal`) is the
+/// caller: its uid, or one of its groups (unknown groups do not match).
+pub fn grant_principal_is(p: &str, caller: &Caller, requester: &Requester) -> bool {
+    match parse_principal(p, false) {
+        Ok(Principal::Uid(u)) => u == caller.uid,
+        Ok(Principal::User(n)) => accounts::user_id(&n) == Some(caller.uid),
+        Ok(Principal::Gid(g)) => requester.in_group(caller, g).unwrap_or(false),
+        Ok(Principal::Group(n)) => {
+            accounts::group_id(&n).is_some_and(|g| requester.in_group(caller, g).unwrap_or(false))
+        }
+        Ok(Principal::Anyone) | Err(_) => false,
+    }
+}
+
 /// Who a statement is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Principal {
@@ -462,6 +508,18 @@ impl KeyPolicy {
         op: Operation,
         ctx: Option<&EncryptionContext>,
     ) -> bool {
+        self.verdict(caller, requester, op, ctx) == Verdict::Allow
+    }
+
+    /// What the policy says of `op` for the caller (as `allows`): an
+    /// explicit Deny, an Allow, or neither (then a grant may allow it).
+    pub fn verdict(
+        &self,
+        caller: &Caller,
+        requester: &Requester,
+        op: Operation,
+        ctx: Option<&EncryptionContext>,
+    ) -> Verdict {
         let action = op.action();
         let names = |s: &Statement, deny: bool| {
             s.principals.iter().any(|p| match p {
@@ -483,14 +541,14 @@ impl KeyPolicy {
                 && names(s, s.effect == Effect::Deny)
                 && s.conditions.iter().all(|c| c.holds(ctx))
         };
-        let mut allowed = false;
+        let mut verdict = Verdict::NoAllow;
         for s in self.statements.iter().filter(|s| applies(s)) {
             match s.effect {
-                Effect::Deny => return false,
-                Effect::Allow => allowed = true,
+                Effect::Deny => return Verdict::Deny,
+                Effect::Allow => verdict = Verdict::Allow,
             }
         }
-        allowed
+        verdict
     }
 
     /// True when any statement names a group (then the caller's

@@ -80,6 +80,8 @@ impl From<KmsError> for ApiError {
                     ValidationCode::LimitExceeded => "LimitExceededException",
                     ValidationCode::Tag => "TagException",
                     ValidationCode::DryRun => "DryRunOperationException",
+                    ValidationCode::InvalidGrantToken => "InvalidGrantTokenException",
+                    ValidationCode::InvalidGrantId => "InvalidGrantIdException",
                     _ => "ValidationException",
                 },
                 400,

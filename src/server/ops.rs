@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 use super::error::ApiError;
 use crate::crypto::SecretBytes;
-use crate::kms::service::DryRunTarget;
+use crate::kms::service::{DryRunTarget, GrantRequest};
 use crate::kms::wire::{self, SYMMETRIC_DEFAULT};
 use crate::kms::{
     Caller, DataKeySpec, EncryptionContext, KeyOrigin, KeyServiceExt, KmsError, LocalKeyStore,
@@ -129,6 +129,43 @@ struct CreateKeyReq {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
+struct CreateGrantReq {
+    key_id: String,
+    grantee_principal: String,
+    retiring_principal: Option<String>,
+    #[serde(default)]
+    operations: Vec<String>,
+    constraints: Option<crate::kms::model::GrantConstraints>,
+    #[serde(default)]
+    grant_tokens: Vec<String>,
+    name: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListGrantsReq {
+    limit: Option<i64>,
+    marker: Option<String>,
+    key_id: Option<String>,
+    grant_id: Option<String>,
+    grantee_principal: Option<String>,
+    retiring_principal: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RetireGrantReq {
+    grant_token: Option<String>,
+    key_id: Option<String>,
+    grant_id: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
 struct TagReq {
     tag_key: String,
     tag_value: String,
@@ -193,6 +230,8 @@ struct EncryptReq {
     encryption_algorithm: Option<String>,
     #[serde(default)]
     dry_run: bool,
+    #[serde(default)]
+    grant_tokens: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -204,6 +243,8 @@ struct DecryptReq {
     encryption_algorithm: Option<String>,
     #[serde(default)]
     dry_run: bool,
+    #[serde(default)]
+    grant_tokens: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -216,6 +257,8 @@ struct ReEncryptReq {
     destination_encryption_context: Option<EncryptionContext>,
     #[serde(default)]
     dry_run: bool,
+    #[serde(default)]
+    grant_tokens: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -227,6 +270,8 @@ struct DataKeyReq {
     encryption_context: Option<EncryptionContext>,
     #[serde(default)]
     dry_run: bool,
+    #[serde(default)]
+    grant_tokens: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -345,6 +390,10 @@ pub(crate) fn dispatch(
         O::UntagResource => untag_resource(ks, caller, body),
         O::ListResourceTags => list_resource_tags(ks, caller, body),
         O::ListKeyPolicies => list_key_policies(ks, caller, body),
+        O::CreateGrant => create_grant(ks, caller, body),
+        O::ListGrants | O::ListRetirableGrants => list_grants(ks, caller, op, body),
+        O::RetireGrant => retire_grant(ks, caller, body),
+        O::RevokeGrant => revoke_grant(ks, caller, body),
         // Not callable: `Operation::from_target` never gives these.
         O::ReEncryptTo | O::DeleteKey | O::RotateKey | O::DeleteExpiredKeyMaterial => {
             Err(unknown_operation(op.as_str()))
@@ -355,18 +404,13 @@ pub(crate) fn dispatch(
 
 /// The AWS KMS operations kmsfs does not serve, with what kmsfs lacks for
 /// them (docs/PROTOCOL.md has the whole table).
-pub(crate) const NOT_SERVED: [(&str, &str); 24] = [
+pub(crate) const NOT_SERVED: [(&str, &str); 19] = [
     ("ConnectCustomKeyStore", "custom key stores"),
     ("CreateCustomKeyStore", "custom key stores"),
     ("DeleteCustomKeyStore", "custom key stores"),
     ("DescribeCustomKeyStores", "custom key stores"),
     ("DisconnectCustomKeyStore", "custom key stores"),
     ("UpdateCustomKeyStore", "custom key stores"),
-    ("CreateGrant", "grants"),
-    ("ListGrants", "grants"),
-    ("ListRetirableGrants", "grants"),
-    ("RetireGrant", "grants"),
-    ("RevokeGrant", "grants"),
     ("Decapsulate", "asymmetric (ML-KEM) keys"),
     ("Encapsulate", "asymmetric (ML-KEM) keys"),
     ("DeriveSharedSecret", "asymmetric key agreement keys"),
@@ -554,6 +598,100 @@ fn create_key(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply,
 /// A request the server makes for `caller` to the key service.
 fn served(caller: &Caller) -> RequestContext<'static> {
     RequestContext::new(*caller, Origin::Server)
+}
+
+/// CreateGrant: a grant on a key; answers its id and token.
+fn create_grant(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
+    let r: CreateGrantReq = parse(body)?;
+    ks.check_grant_tokens(&r.grant_tokens)?;
+    let req = GrantRequest {
+        key_id: r.key_id,
+        grantee: r.grantee_principal,
+        retiring: r.retiring_principal,
+        operations: r.operations,
+        constraints: r.constraints,
+        name: r.name,
+    };
+    let (id, token) = ks.create_grant(caller, &req, r.dry_run)?;
+    Ok(Reply::Json(json!({ "GrantId": id, "GrantToken": token })))
+}
+
+/// ListGrants (a key's) or ListRetirableGrants (a retiring principal's), `op`.
+fn list_grants(
+    ks: &LocalKeyStore,
+    caller: &Caller,
+    op: Operation,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let r: ListGrantsReq = parse(body)?;
+    let (limit, start) = limit_and_start(r.limit.or(Some(50)), r.marker.as_deref())?;
+    let grants = if op == Operation::ListGrants {
+        let key = r
+            .key_id
+            .ok_or_else(|| ApiError::validation("KeyId is required"))?;
+        ks.list_grants(
+            caller,
+            &key,
+            r.grant_id.as_deref(),
+            r.grantee_principal.as_deref(),
+        )?
+    } else {
+        let p = r
+            .retiring_principal
+            .ok_or_else(|| ApiError::validation("RetiringPrincipal is required"))?;
+        ks.list_retirable_grants(caller, &p)?
+    };
+    let issuer = format!("arn:aws:iam::{}:root", ks.account_id());
+    let list: Vec<Value> = grants
+        .iter()
+        .map(|g| {
+            let mut v = json!({
+                "KeyId": ks.key_arn(&g.key_id),
+                "GrantId": g.grant_id,
+                "CreationDate": g.creation_date,
+                "GranteePrincipal": g.grantee,
+                "IssuingAccount": issuer,
+                "Operations": g.operations,
+            });
+            if let Some(n) = &g.name {
+                v["Name"] = json!(n);
+            }
+            if let Some(p) = &g.retiring {
+                v["RetiringPrincipal"] = json!(p);
+            }
+            if let Some(c) = &g.constraints {
+                v["Constraints"] = json!(c);
+            }
+            v
+        })
+        .collect();
+    Ok(Reply::Json(wire::page("Grants", &list, start, limit)))
+}
+
+/// RetireGrant: by grant token, or key and grant id.
+fn retire_grant(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
+    let r: RetireGrantReq = parse(body)?;
+    ks.retire_grant(
+        caller,
+        r.grant_token.as_deref(),
+        r.key_id.as_deref(),
+        r.grant_id.as_deref(),
+        r.dry_run,
+    )?;
+    empty()
+}
+
+/// RevokeGrant: a key's grant, by id.
+fn revoke_grant(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
+    let r: RetireGrantReq = parse(body)?;
+    let key = r
+        .key_id
+        .ok_or_else(|| ApiError::validation("KeyId is required"))?;
+    let id = r
+        .grant_id
+        .ok_or_else(|| ApiError::validation("GrantId is required"))?;
+    ks.revoke_grant(caller, &key, &id, r.dry_run)?;
+    empty()
 }
 
 /// UpdateKeyDescription: replaces a key's description.
@@ -767,6 +905,7 @@ fn encrypt(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, Ap
     let r: EncryptReq = parse(body)?;
     check_algorithm(&r.encryption_algorithm)?;
     let pt = blob(&r.plaintext, "Plaintext")?;
+    ks.check_grant_tokens(&r.grant_tokens)?;
     let c = ctx(r.encryption_context);
     if r.dry_run {
         return Err(ks
@@ -803,6 +942,7 @@ fn decrypt(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, Ap
     let r: DecryptReq = parse(body)?;
     check_algorithm(&r.encryption_algorithm)?;
     let b = blob(&r.ciphertext_blob, "CiphertextBlob")?;
+    ks.check_grant_tokens(&r.grant_tokens)?;
     let c = ctx(r.encryption_context);
     if r.dry_run {
         return Err(ks
@@ -828,6 +968,7 @@ fn re_encrypt(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply,
     let arn = |k: &str| ks.key_arn(k);
     let r: ReEncryptReq = parse(body)?;
     let b = blob(&r.ciphertext_blob, "CiphertextBlob")?;
+    ks.check_grant_tokens(&r.grant_tokens)?;
     if let Some(want) = &r.source_key_id {
         ks.check_ciphertext_key(&served(caller), &b, want)?;
     }
@@ -872,6 +1013,7 @@ fn generate_data_key(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result
     let arn = |k: &str| ks.key_arn(k);
     let r: DataKeyReq = parse(body)?;
     let spec = data_key_spec(&r)?;
+    ks.check_grant_tokens(&r.grant_tokens)?;
     if r.dry_run {
         return Err(dry_run_data_key(ks, caller, Operation::GenerateDataKey, r));
     }
@@ -893,6 +1035,7 @@ fn generate_data_key_without_plaintext(
     let arn = |k: &str| ks.key_arn(k);
     let r: DataKeyReq = parse(body)?;
     let spec = data_key_spec(&r)?;
+    ks.check_grant_tokens(&r.grant_tokens)?;
     if r.dry_run {
         return Err(dry_run_data_key(
             ks,

@@ -68,6 +68,64 @@ pub enum KmsCommand {
     ListResourceTags(ListResourceTagsArgs),
     /// List the names of a key's policies (always "default").
     ListKeyPolicies(ListResourceTagsArgs),
+    /// Give a principal rights on a key (a grant).
+    CreateGrant(CreateGrantArgs),
+    /// List a key's grants.
+    ListGrants(ListResourceTagsArgs),
+    /// List the grants a principal may retire.
+    ListRetirableGrants(ListRetirableGrantsArgs),
+    /// Retire a grant (by token, or key and grant id).
+    RetireGrant(RetireGrantArgs),
+    /// Revoke a grant of a key.
+    RevokeGrant(RetireGrantArgs),
+}
+
+/// Options of `create-grant`.
+#[derive(Debug, clap::Args)]
+pub struct CreateGrantArgs {
+    /// Key id or key ARN.
+    #[arg(long)]
+    pub key_id: String,
+    /// Who the grant allows: uid:N, user:NAME, gid:N or group:NAME.
+    #[arg(long)]
+    pub grantee_principal: String,
+    /// Who may retire the grant (same forms).
+    #[arg(long)]
+    pub retiring_principal: Option<String>,
+    /// Operations allowed: Decrypt, Encrypt, GenerateDataKey,
+    /// GenerateDataKeyWithoutPlaintext, ReEncryptFrom, ReEncryptTo,
+    /// DescribeKey, RetireGrant.
+    #[arg(long, num_args = 1.., required = true)]
+    pub operations: Vec<String>,
+    /// Constraints as JSON: {"EncryptionContextEquals": {...}} or
+    /// {"EncryptionContextSubset": {...}}.
+    #[arg(long)]
+    pub constraints: Option<String>,
+    /// A name (the same name and rights give back the same grant).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// Options of `list-retirable-grants`.
+#[derive(Debug, clap::Args)]
+pub struct ListRetirableGrantsArgs {
+    /// The retiring principal.
+    #[arg(long)]
+    pub retiring_principal: String,
+}
+
+/// Options of `retire-grant` and `revoke-grant`.
+#[derive(Debug, clap::Args)]
+pub struct RetireGrantArgs {
+    /// The grant token (retire-grant).
+    #[arg(long)]
+    pub grant_token: Option<String>,
+    /// Key id or key ARN.
+    #[arg(long)]
+    pub key_id: Option<String>,
+    /// The grant id.
+    #[arg(long)]
+    pub grant_id: Option<String>,
 }
 
 /// Options of `update-key-description`.

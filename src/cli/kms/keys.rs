@@ -4,9 +4,9 @@
 use serde_json::{Value, json};
 
 use super::args::{
-    CreateKeyArgs, EnableKeyRotationArgs, GetKeyPolicyArgs, KeyIdArg, ListArgs,
-    ListResourceTagsArgs, OriginArg, PutKeyPolicyArgs, ScheduleKeyDeletionArgs, TagResourceArgs,
-    UntagResourceArgs, UpdateKeyDescriptionArgs,
+    CreateGrantArgs, CreateKeyArgs, EnableKeyRotationArgs, GetKeyPolicyArgs, KeyIdArg, ListArgs,
+    ListResourceTagsArgs, ListRetirableGrantsArgs, OriginArg, PutKeyPolicyArgs, RetireGrantArgs,
+    ScheduleKeyDeletionArgs, TagResourceArgs, UntagResourceArgs, UpdateKeyDescriptionArgs,
 };
 use super::{Session, page};
 use crate::cli::CliError;
@@ -343,4 +343,91 @@ pub(super) fn list_key_policies(s: &Session, a: ListResourceTagsArgs) -> Result<
         }
     }
     Ok(())
+}
+
+/// `create-grant`.
+pub(super) fn create_grant(s: &Session, a: CreateGrantArgs) -> Result<(), CliError> {
+    let constraints = match &a.constraints {
+        Some(c) => Some(serde_json::from_str(c).map_err(|e| {
+            CliError::new(
+                crate::cli::ErrorClass::Usage,
+                format!("--constraints is not a GrantConstraints JSON object: {e}"),
+            )
+        })?),
+        None => None,
+    };
+    let r = crate::kms::service::GrantRequest {
+        key_id: a.key_id,
+        grantee: a.grantee_principal,
+        retiring: a.retiring_principal,
+        operations: a.operations,
+        constraints,
+        name: a.name,
+    };
+    let (id, token) = s.ks.create_grant(&s.caller, &r, false)?;
+    if s.json {
+        print_json(&json!({ "GrantId": id, "GrantToken": token }));
+    } else {
+        println!("{id}\t{token}");
+    }
+    Ok(())
+}
+
+fn print_grants(s: &Session, grants: &[crate::kms::model::GrantRecord]) {
+    if s.json {
+        let list: Vec<Value> = grants
+            .iter()
+            .map(|g| {
+                json!({
+                    "KeyId": s.arn(&g.key_id), "GrantId": g.grant_id, "Name": g.name,
+                    "CreationDate": g.creation_date, "GranteePrincipal": g.grantee,
+                    "RetiringPrincipal": g.retiring, "Operations": g.operations,
+                    "Constraints": g.constraints,
+                })
+            })
+            .collect();
+        print_json(&json!({ "Grants": list, "Truncated": false }));
+    } else {
+        for g in grants {
+            println!("{}\t{}\t{}", g.grant_id, g.grantee, g.operations.join(","));
+        }
+    }
+}
+
+/// `list-grants`.
+pub(super) fn list_grants(s: &Session, a: ListResourceTagsArgs) -> Result<(), CliError> {
+    let all = s.ks.list_grants(&s.caller, &a.key_id, None, None)?;
+    let (grants, _) = page(&all, &a.page)?;
+    print_grants(s, &grants);
+    Ok(())
+}
+
+/// `list-retirable-grants`.
+pub(super) fn list_retirable_grants(
+    s: &Session,
+    a: ListRetirableGrantsArgs,
+) -> Result<(), CliError> {
+    let grants =
+        s.ks.list_retirable_grants(&s.caller, &a.retiring_principal)?;
+    print_grants(s, &grants);
+    Ok(())
+}
+
+/// `retire-grant`.
+pub(super) fn retire_grant(s: &Session, a: RetireGrantArgs) -> Result<(), CliError> {
+    Ok(s.ks.retire_grant(
+        &s.caller,
+        a.grant_token.as_deref(),
+        a.key_id.as_deref(),
+        a.grant_id.as_deref(),
+        false,
+    )?)
+}
+
+/// `revoke-grant`.
+pub(super) fn revoke_grant(s: &Session, a: RetireGrantArgs) -> Result<(), CliError> {
+    let usage = |w: &str| CliError::new(crate::cli::ErrorClass::Usage, format!("{w} is required"));
+    let key = a.key_id.ok_or_else(|| usage("--key-id"))?;
+    let id = a.grant_id.ok_or_else(|| usage("--grant-id"))?;
+    Ok(s.ks.revoke_grant(&s.caller, &key, &id, false)?)
 }

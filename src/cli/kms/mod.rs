@@ -92,6 +92,11 @@ fn dispatch(s: &Session, c: KmsCommand) -> Result<(), CliError> {
         K::UntagResource(a) => keys::untag_resource(s, a),
         K::ListResourceTags(a) => keys::list_resource_tags(s, a),
         K::ListKeyPolicies(a) => keys::list_key_policies(s, a),
+        K::CreateGrant(a) => keys::create_grant(s, a),
+        K::ListGrants(a) => keys::list_grants(s, a),
+        K::ListRetirableGrants(a) => keys::list_retirable_grants(s, a),
+        K::RetireGrant(a) => keys::retire_grant(s, a),
+        K::RevokeGrant(a) => keys::revoke_grant(s, a),
     }
 }
 
@@ -131,6 +136,11 @@ fn command_name(c: &KmsCommand) -> &'static str {
         KmsCommand::UntagResource(_) => "untag-resource",
         KmsCommand::ListResourceTags(_) => "list-resource-tags",
         KmsCommand::ListKeyPolicies(_) => "list-key-policies",
+        KmsCommand::CreateGrant(_) => "create-grant",
+        KmsCommand::ListGrants(_) => "list-grants",
+        KmsCommand::ListRetirableGrants(_) => "list-retirable-grants",
+        KmsCommand::RetireGrant(_) => "retire-grant",
+        KmsCommand::RevokeGrant(_) => "revoke-grant",
     }
 }
 

@@ -14,12 +14,17 @@ use crate::kms::{KeyOrigin, KeyState, KmsError, ValidationCode};
 
 mod access_keys;
 mod aliases;
+mod grants;
 mod import;
 mod key;
 mod state;
 
 pub use access_keys::{ACCESS_KEY_ID_LEN, AccessKeyRecord, MAX_ACCESS_KEYS, valid_access_key_id};
 pub use aliases::validate_alias_name;
+pub use grants::{
+    GRANT_OPERATIONS, GrantConstraints, GrantRecord, MAX_GRANTS_PER_KEY, parse_grant_operations,
+    parse_grant_token,
+};
 
 /// Shortest deletion waiting period, in days (as AWS KMS).
 pub const MIN_PENDING_WINDOW_DAYS: u32 = 7;
@@ -203,6 +208,9 @@ pub struct StoreState {
     /// blob under a deleted key is told apart from a blob with a forged key id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub deleted: BTreeMap<String, i64>,
+    /// Grants, by grant id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub grants: BTreeMap<String, GrantRecord>,
     /// Access keys of the protocol server, by access key id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub access_keys: BTreeMap<String, AccessKeyRecord>,

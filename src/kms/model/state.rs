@@ -24,6 +24,7 @@ impl StoreState {
             }
         }
         self.aliases.retain(|_, target| !due.contains(target));
+        self.grants.retain(|_, g| !due.contains(&g.key_id));
         due
     }
 
@@ -73,7 +74,10 @@ impl StoreState {
         let access_keys = self.access_keys.len();
         self.access_keys
             .retain(|id, _| newer.access_keys.contains_key(id));
-        changed | (self.access_keys.len() != access_keys)
+        // A retired or revoked grant must not come back either.
+        let grants = self.grants.len();
+        self.grants.retain(|id, _| newer.grants.contains_key(id));
+        changed | (self.access_keys.len() != access_keys) | (self.grants.len() != grants)
     }
 
     /// The earliest deletion date of any key pending deletion.

@@ -177,6 +177,7 @@ impl LocalKeyStore {
                 caller,
                 key: None,
                 also: None,
+                grant: None,
                 request: json!({ "description": description, "origin": "AWS_KMS" }),
             },
             || {
@@ -199,6 +200,7 @@ impl LocalKeyStore {
                 caller,
                 key: None,
                 also: None,
+                grant: None,
                 request: json!({}),
             },
             || {
@@ -237,6 +239,7 @@ impl LocalKeyStore {
                 caller,
                 key: Some(key_id),
                 also: None,
+                grant: None,
                 request: json!({ "keyId": key_id }),
             },
             || self.update(|s, _| resolve_mut(s, &self.ids(), key_id)?.enable()),
@@ -257,6 +260,7 @@ impl LocalKeyStore {
                 caller,
                 key: Some(key_id),
                 also: None,
+                grant: None,
                 request: json!({ "keyId": key_id, "description": description }),
             },
             || {
@@ -286,6 +290,7 @@ impl LocalKeyStore {
                 caller,
                 key: Some(key_id),
                 also: None,
+                grant: None,
                 request: json!({ "keyId": key_id, "tags": request }),
             },
             || {
@@ -324,6 +329,7 @@ impl LocalKeyStore {
                 caller,
                 key: Some(key_id),
                 also: None,
+                grant: None,
                 request: json!({ "keyId": key_id, "tagKeys": tag_keys }),
             },
             || {
@@ -352,6 +358,7 @@ impl LocalKeyStore {
                 caller,
                 key: Some(key_id),
                 also: None,
+                grant: None,
                 request: json!({ "keyId": key_id }),
             },
             || {
@@ -376,6 +383,7 @@ impl LocalKeyStore {
                 caller,
                 key: Some(key_id),
                 also: None,
+                grant: None,
                 request: json!({ "keyId": key_id }),
             },
             || {
@@ -396,6 +404,7 @@ impl LocalKeyStore {
                 caller,
                 key: Some(key_id),
                 also: None,
+                grant: None,
                 request: json!({ "keyId": key_id }),
             },
             || self.update(|s, _| resolve_mut(s, &self.ids(), key_id)?.disable()),
@@ -416,6 +425,7 @@ impl LocalKeyStore {
                 caller,
                 key: Some(key_id),
                 also: None,
+                grant: None,
                 request: json!({ "keyId": key_id, "pendingWindowInDays": pending_window_in_days }),
             },
             || {
@@ -452,6 +462,7 @@ impl LocalKeyStore {
                 caller,
                 key: None,
                 also: None,
+                grant: None,
                 request: json!({ "description": description, "origin": "EXTERNAL" }),
             },
             || {
@@ -482,6 +493,7 @@ impl LocalKeyStore {
                 caller,
                 key: Some(key_id),
                 also: None,
+                grant: None,
                 request: json!({ "keyId": key_id, "wrappingAlgorithm": wrapping_algorithm, "wrappingKeySpec": wrapping_key_spec }),
             },
             || {
@@ -565,6 +577,7 @@ impl LocalKeyStore {
                 caller,
                 key: Some(key_id),
                 also: None,
+                grant: None,
                 request: json!({ "keyId": key_id, "validTo": valid_to.map(crate::kms::audit::time::format), "expirationModel": if valid_to.is_some() { "KEY_MATERIAL_EXPIRES" } else { "KEY_MATERIAL_DOES_NOT_EXPIRE" } }),
             },
             || {
@@ -621,6 +634,7 @@ impl LocalKeyStore {
                 caller,
                 key: Some(key_id),
                 also: None,
+                grant: None,
                 request: json!({ "keyId": key_id }),
             },
             || self.update(|s, _| resolve_mut(s, &self.ids(), key_id)?.delete_imported_material()),
@@ -641,6 +655,7 @@ impl LocalKeyStore {
                 caller,
                 key: Some(key_id),
                 also: None,
+                grant: None,
                 request: json!({ "keyId": key_id }),
             },
             || {
@@ -672,6 +687,7 @@ impl LocalKeyStore {
                 caller,
                 key: Some(key_id),
                 also: None,
+                grant: None,
                 request: json!({ "keyId": key_id, "rotationPeriodInDays": rotation_period_in_days }),
             },
             || {
@@ -693,6 +709,7 @@ impl LocalKeyStore {
                 caller,
                 key: Some(key_id),
                 also: None,
+                grant: None,
                 request: json!({ "keyId": key_id }),
             },
             || {
@@ -715,6 +732,7 @@ impl LocalKeyStore {
                 caller,
                 key: Some(key_id),
                 also: None,
+                grant: None,
                 request: json!({ "keyId": key_id }),
             },
             || {
@@ -744,6 +762,7 @@ impl LocalKeyStore {
                 caller,
                 key: Some(key_id),
                 also: None,
+                grant: None,
                 request: json!({ "keyId": key_id }),
             },
             || {
@@ -806,6 +825,7 @@ impl LocalKeyStore {
                 caller,
                 key: Some(key_id),
                 also: None,
+                grant: None,
                 request,
             },
             || {
@@ -852,6 +872,7 @@ impl LocalKeyStore {
                 caller,
                 key: None,
                 also: None,
+                grant: None,
                 request,
             },
             || {
@@ -902,6 +923,7 @@ impl LocalKeyStore {
                 caller,
                 key: None,
                 also: None,
+                grant: None,
                 request,
             },
             || {
@@ -959,6 +981,7 @@ impl LocalKeyStore {
                 caller,
                 key: Some(key_id),
                 also: None,
+                grant: None,
                 request: json!({ "keyId": key_id, "policyName": policy_name }),
             },
             || {
@@ -981,6 +1004,7 @@ impl LocalKeyStore {
                 caller,
                 key: Some(key_id),
                 also: None,
+                grant: None,
                 request: json!({ "keyId": key_id }),
             },
             || {
@@ -1008,6 +1032,7 @@ impl LocalKeyStore {
                 caller,
                 key: Some(target_key_id),
                 also: None,
+                grant: None,
                 request: json!({ "aliasName": alias_name, "targetKeyId": target_key_id }),
             },
             |checked| {
@@ -1033,6 +1058,7 @@ impl LocalKeyStore {
                 caller,
                 key: Some(target_key_id),
                 also: Some(alias_name),
+                grant: None,
                 request: json!({ "aliasName": alias_name, "targetKeyId": target_key_id }),
             },
             |checked| {
@@ -1086,6 +1112,7 @@ impl LocalKeyStore {
                 caller,
                 key: Some(alias_name),
                 also: None,
+                grant: None,
                 request: json!({ "aliasName": alias_name }),
             },
             |checked| {
@@ -1113,6 +1140,7 @@ impl LocalKeyStore {
                 caller,
                 key: None,
                 also: None,
+                grant: None,
                 request: json!({ "keyId": key_id }),
             },
             || {
@@ -1168,6 +1196,7 @@ impl LocalKeyStore {
                 caller,
                 key: None,
                 also: None,
+                grant: None,
                 request: json!({ "description": DESCRIPTION, "alias": model::DEFAULT_ALIAS }),
             },
             || {

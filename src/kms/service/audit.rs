@@ -37,6 +37,8 @@ pub(super) struct Admin<'a> {
     /// A second key the operation touches, as named: the alias whose
     /// current key UpdateAlias moves it away from. Authorized as `key` is.
     pub(super) also: Option<&'a str>,
+    /// The grant RetireGrant or RevokeGrant removes (its id).
+    pub(super) grant: Option<&'a str>,
     pub(super) request: Value,
 }
 
@@ -410,7 +412,8 @@ impl LocalKeyStore {
             keys.push(also);
         }
         for k in keys {
-            if self.decide(snap, a.caller, who(), a.op, k, None)? == Decision::AdvisoryDeny {
+            if self.decide(snap, a.caller, who(), a.op, k, None, a.grant)? == Decision::AdvisoryDeny
+            {
                 extra.insert(
                     "policyDecision".into(),
                     json!("Deny (not enforced: the caller has direct access to the keystore)"),

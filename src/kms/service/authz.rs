@@ -15,6 +15,7 @@ use super::LocalKeyStore;
 use super::snapshot::Snapshot;
 use crate::kms::audit::Requester;
 use crate::kms::model::KeyRecord;
+use crate::kms::policy::{self, Verdict};
 use crate::kms::{Caller, EncryptionContext, KmsError, Operation};
 
 /// No boundary: the command line and the mount (`LocalKeyStore::boundary`).
@@ -51,7 +52,12 @@ impl LocalKeyStore {
     }
 
     /// Decides whether `caller` may run `op` on `key` (None: the operation
-    /// names no key). `Err` carries the refusal to report.
+    /// names no key): the key policy first (an explicit Deny wins), then
+    /// the key's grants (principal, operation, encryption context
+    /// constraints), then, at a boundary, what a key without a policy
+    /// allows. `grant` is the grant RetireGrant or RevokeGrant removes: its
+    /// retiring principal may retire it. `Err` carries the refusal to report.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn decide(
         &self,
         snap: &Snapshot,
@@ -60,15 +66,36 @@ impl LocalKeyStore {
         op: Operation,
         key: Option<&KeyRecord>,
         ctx: Option<&EncryptionContext>,
+        grant: Option<&str>,
     ) -> Result<Decision, KmsError> {
         let owner = self.boundary_owner();
         let privileged = owner.is_none_or(|o| caller.uid == 0 || caller.uid == o);
         let policy = key.and_then(|k| snap.policies.get(&k.key_id));
+        // The grants of the key that name the caller and allow `a` with `ctx`.
+        let granted = |a: Operation| {
+            key.is_some_and(|k| {
+                snap.state.grants.values().any(|g| {
+                    g.key_id == k.key_id
+                        && g.allows(a, ctx)
+                        && policy::grant_principal_is(&g.grantee, caller, who)
+                })
+            })
+        };
+        // The retiring principal of the grant being retired.
+        let retiring = op == Operation::RetireGrant
+            && grant
+                .and_then(|id| snap.state.grants.get(id))
+                .and_then(|g| g.retiring.as_deref())
+                .is_some_and(|p| policy::grant_principal_is(p, caller, who));
         match (key, policy) {
             (Some(k), Some(p)) if op.is_governed() => {
-                let refused = std::iter::once(op)
-                    .chain(op.also_requires())
-                    .find(|a| !p.allows(caller, who, *a, ctx));
+                let refused = std::iter::once(op).chain(op.also_requires()).find(|a| {
+                    match p.verdict(caller, who, *a, ctx) {
+                        Verdict::Allow => false,
+                        Verdict::Deny => true,
+                        Verdict::NoAllow => !(granted(*a) || retiring),
+                    }
+                });
                 match refused {
                     None => Ok(Decision::Allow),
                     Some(_) if !op.is_crypto() && owner.is_none() => Ok(Decision::AdvisoryDeny),
@@ -87,6 +114,13 @@ impl LocalKeyStore {
                     op,
                     Operation::ListKeys | Operation::ListAliases | Operation::GenerateRandom
                 ) =>
+            {
+                Ok(Decision::Allow)
+            }
+            // A key without a policy at a boundary: its grants.
+            (Some(_), None)
+                if op.is_governed()
+                    && (retiring || std::iter::once(op).chain(op.also_requires()).all(granted)) =>
             {
                 Ok(Decision::Allow)
             }

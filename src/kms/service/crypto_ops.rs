@@ -108,7 +108,7 @@ impl LocalKeyStore {
             }
             self.refuse_if_due(key)?;
             key.check_usable(usage)?;
-            self.decide(&snap, caller, who(), op, Some(key), call.ctx)?;
+            self.decide(&snap, caller, who(), op, Some(key), call.ctx, None)?;
             if call.dry_run {
                 return Err(KmsError::invalid_with(
                     ValidationCode::DryRun,
@@ -532,6 +532,7 @@ impl LocalKeyStore {
                 caller,
                 key: Some(key_id),
                 also: None,
+                grant: None,
                 request: json!({ "keyId": key_id }),
             },
             || {

@@ -26,6 +26,7 @@ mod admin;
 mod audit;
 mod authz;
 mod crypto_ops;
+mod grants;
 mod registry;
 mod resolve;
 mod snapshot;
@@ -35,6 +36,7 @@ use snapshot::{KnownDamage, Loaded, Snapshot, load};
 pub use access_keys::{AccessKeyEntry, AccessKeySecret, NewAccessKey};
 pub use audit::AUDIT_ENV;
 pub use crypto_ops::DryRunTarget;
+pub use grants::GrantRequest;
 
 pub use admin::{
     AliasListEntry, ImportParameters, KeyListEntry, KeyRotation, KeyRotationStatus,
