@@ -268,6 +268,44 @@ mod tests {
     }
 
     #[test]
+    fn errors_keep_their_source() {
+        use std::error::Error;
+        let t = tempfile::tempdir().unwrap();
+        // A marker under a regular file: ENOTDIR, kept as the source.
+        let file = t.path().join("f");
+        std::fs::write(&file, b"short").unwrap();
+        let e = crate::daemon::read_marker(&file).unwrap_err();
+        let os = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            os.and_then(|o| o.raw_os_error()),
+            Some(libc::ENOTDIR),
+            "{e}"
+        );
+        assert!(
+            e.to_string().starts_with(&file.display().to_string()),
+            "{e}"
+        );
+        assert_eq!(CliError::from(e).class, ErrorClass::Io);
+        // A header too short: the format's reason is the source.
+        let h = crate::envelope::EncryptedFile::read_header(&std::fs::File::open(&file).unwrap())
+            .unwrap_err();
+        let why = h
+            .source()
+            .and_then(|s| s.downcast_ref::<crate::format::FormatError>());
+        assert_eq!(why, Some(&crate::format::FormatError::Short(5)), "{h}");
+        // The keystore's I/O errors keep the OS error too, shown after what failed.
+        let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let k = KmsError::io_from("cannot write /k/keystore.kms".into(), enospc);
+        let os = k.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(os.and_then(|o| o.raw_os_error()), Some(libc::ENOSPC));
+        assert!(
+            k.to_string().starts_with("cannot write /k/keystore.kms: "),
+            "{k}"
+        );
+        assert_eq!(CliError::from(k).class, ErrorClass::Io);
+    }
+
+    #[test]
     fn remedies_follow_the_variant_not_the_wording() {
         let dir = Path::new("/k");
         let refused = KmsError::CorruptKeystore {

@@ -130,7 +130,7 @@ impl From<MountError> for CliError {
             MountError::Usage(_) => ErrorClass::Usage,
             MountError::NotFound(_) => ErrorClass::NotFound,
             MountError::State(..) => ErrorClass::General,
-            MountError::Io(_) => ErrorClass::Io,
+            MountError::Io { .. } | MountError::Failed(_) => ErrorClass::Io,
             MountError::Refused(..) | MountError::NoDevFuse(_) => ErrorClass::Refused,
             MountError::Key { .. } => ErrorClass::General,
         };
@@ -155,9 +155,13 @@ fn envelope_error(what: &Path, e: EnvelopeError) -> CliError {
             err.message = format!("{}: {}", what.display(), err.message);
             err
         }
-        other => CliError::new(ErrorClass::Corrupt, format!("{}: {other}", what.display())).hint(
-            "the file was modified, truncated, or is not a kmsfs file; restore it from a backup",
-        ),
+        other @ (EnvelopeError::CorruptHeader(_)
+        | EnvelopeError::BadDataKey { .. }
+        | EnvelopeError::CorruptBlock { .. }) => CliError::new(
+            ErrorClass::Corrupt,
+            format!("{}: {other}", what.display()),
+        )
+        .hint("the file was modified, truncated, or is not a kmsfs file; restore it from a backup"),
     }
 }
 

@@ -109,7 +109,9 @@ fn read_passphrase(g: &GlobalArgs, confirm: bool) -> Result<SecretBytes, KmsErro
     let prompt = |msg: &str| {
         rpassword::prompt_password(msg)
             .map(|s| SecretBytes::new(s.into_bytes()))
-            .map_err(|e| KmsError::io(format!("cannot read the passphrase from the terminal: {e}")))
+            .map_err(|e| {
+                KmsError::io_from("cannot read the passphrase from the terminal".into(), e)
+            })
     };
     let p = check(prompt("kmsfs keystore passphrase: ")?)?;
     if confirm && prompt("again, to confirm: ")? != p {
@@ -128,7 +130,7 @@ fn read_passphrase_file(f: &Path, private: bool) -> Result<Vec<u8>, KmsError> {
     use std::io::Read;
     use std::os::unix::fs::MetadataExt;
     let failed = |e: std::io::Error| {
-        KmsError::io(format!("cannot read passphrase file {}: {e}", f.display()))
+        KmsError::io_from(format!("cannot read passphrase file {}", f.display()), e)
     };
     // The passphrase file a user named.
     #[allow(clippy::disallowed_methods)]

@@ -143,7 +143,7 @@ pub fn read_marker(backing: &Path) -> Result<Option<BackingMarker>, MountError> 
             )
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(MountError::Io(format!("{}: {e}", p.display()))),
+        Err(e) => Err(MountError::io(format!("{}", p.display()), e)),
     }
 }
 
@@ -169,7 +169,7 @@ fn marker_tmp(backing: &Path, m: &BackingMarker) -> std::io::Result<(Tree, OsStr
 
 /// Writes the marker of `backing` atomically, only if there is none yet.
 pub fn write_marker(backing: &Path, m: &BackingMarker) -> Result<(), MountError> {
-    let io = |e: std::io::Error| MountError::Io(format!("{}: {e}", backing.display()));
+    let io = |e: std::io::Error| MountError::io(backing.display().to_string(), e);
     let (root, tmp) = marker_tmp(backing, m).map_err(io)?;
     let dir = root.root();
     // A link never replaces: a marker made meanwhile stays.
@@ -184,7 +184,7 @@ pub fn write_marker(backing: &Path, m: &BackingMarker) -> Result<(), MountError>
 /// Replaces the marker of `backing` atomically (a new default key): the new
 /// text goes to a temporary file, is synced, and is renamed over the old one.
 pub fn replace_marker(backing: &Path, m: &BackingMarker) -> Result<(), MountError> {
-    let io = |e: std::io::Error| MountError::Io(format!("{}: {e}", backing.display()));
+    let io = |e: std::io::Error| MountError::io(backing.display().to_string(), e);
     let (root, tmp) = marker_tmp(backing, m).map_err(io)?;
     let dir = root.root();
     let r = os::beneath::renameat2(dir, &tmp, dir, OsStr::new(BACKING_MARKER), 0)
@@ -427,7 +427,7 @@ pub fn lock_backing(backing: &Path, shared: bool) -> Result<(Option<File>, bool)
         {
             (open(libc::O_RDONLY).ok(), true)
         }
-        Err(e) => return Err(MountError::Io(format!("{}: {e}", p.display()))),
+        Err(e) => return Err(MountError::io(format!("{}", p.display()), e)),
     };
     if let Some(f) = &file {
         let try_lock = || {
@@ -469,7 +469,7 @@ pub fn lock_backing(backing: &Path, shared: bool) -> Result<(Option<File>, bool)
                 ));
             }
             Err(std::fs::TryLockError::Error(e)) => {
-                return Err(MountError::Io(format!("locking {}: {e}", p.display())));
+                return Err(MountError::io(format!("locking {}", p.display()), e));
             }
         }
     }

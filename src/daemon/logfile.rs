@@ -26,11 +26,14 @@ pub fn check_log_dir(dir: &Path, create: bool) -> Result<PathBuf, MountError> {
              /var/log), or mount without another user's environment (sudo without -E)"
                 .into(),
         ),
-        TrustError::Io { what, path, source } => MountError::Io(format!(
-            "log directory {}: cannot {what} {}: {source}",
-            dir.display(),
-            path.display()
-        )),
+        TrustError::Io { what, path, source } => MountError::io(
+            format!(
+                "log directory {}: cannot {what} {}",
+                dir.display(),
+                path.display()
+            ),
+            source,
+        ),
     })
 }
 
@@ -64,11 +67,11 @@ pub fn open_log(path: &Path) -> Result<File, MountError> {
                 ),
                 "check who made it and remove it, or pass another --log-file".into(),
             ),
-            _ => MountError::Io(format!("log file {}: {e}", path.display())),
+            _ => MountError::io(format!("log file {}", path.display()), e),
         })?;
     let m = f
         .metadata()
-        .map_err(|e| MountError::Io(format!("log file {}: {e}", path.display())))?;
+        .map_err(|e| MountError::io(format!("log file {}", path.display()), e))?;
     if !m.is_file() || !trust::trusted_owner(m.uid()) {
         return Err(MountError::Refused(
             format!(
@@ -96,7 +99,7 @@ pub fn open_log(path: &Path) -> Result<File, MountError> {
     if m.mode() & 0o077 != 0 {
         use std::os::unix::fs::PermissionsExt;
         f.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| MountError::Io(format!("log file {}: chmod 0600: {e}", path.display())))?;
+            .map_err(|e| MountError::io(format!("log file {}: chmod 0600", path.display()), e))?;
     }
     Ok(f)
 }

@@ -62,9 +62,18 @@ pub enum MountError {
     /// Something is mounted there already (or nothing is, for unmount).
     #[error("{0}")]
     State(String, String),
-    /// A system call failed.
+    /// A system call failed: `what` names the path (or the step) as the
+    /// message shows it, `source` is the OS error.
+    #[error("{what}: {source}")]
+    Io {
+        /// The path, or the step, that failed.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The mount failed without an OS error to show (the daemon's own report).
     #[error("{0}")]
-    Io(String),
+    Failed(String),
     /// A path the daemon would write to can be changed by another user.
     #[error("{0}")]
     Refused(String, String),
@@ -89,6 +98,14 @@ pub enum MountError {
 }
 
 impl MountError {
+    /// A system call failed on `what` (a path, or a step such as `pipe`).
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        MountError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
     /// What the user can do about it.
     pub fn hint(&self) -> Option<&str> {
         match self {
@@ -197,13 +214,12 @@ fn serve_checked(req: &Serving) -> Result<(), MountError> {
     let log = req.log_file.as_deref().map(open_log).transpose()?;
     if req.foreground {
         if let Some(f) = &log {
-            os::process::redirect_stderr(f)
-                .map_err(|e| MountError::Io(format!("log file: {e}")))?;
+            os::process::redirect_stderr(f).map_err(|e| MountError::io("log file", e))?;
         }
         return serve::serve(req, &mut |_| {});
     }
-    let (mut rx, tx) = std::io::pipe().map_err(|e| MountError::Io(format!("pipe: {e}")))?;
-    match os::process::fork().map_err(|e| MountError::Io(e.to_string()))? {
+    let (mut rx, tx) = std::io::pipe().map_err(|e| MountError::io("pipe", e))?;
+    match os::process::fork().map_err(|e| MountError::io("fork", e))? {
         os::process::Forked::Parent(child) => {
             drop(tx);
             let mut msg = String::new();
@@ -214,8 +230,8 @@ fn serve_checked(req: &Serving) -> Result<(), MountError> {
                     Ok(())
                 }
                 None => match msg.strip_prefix("ERR ") {
-                    Some(m) => Err(MountError::Io(m.trim_end().to_string())),
-                    None => Err(MountError::Io(format!(
+                    Some(m) => Err(MountError::Failed(m.trim_end().to_string())),
+                    None => Err(MountError::Failed(format!(
                         "the mount daemon (pid {child}) exited before the mount was ready{}",
                         req.log_file
                             .as_ref()
@@ -290,7 +306,7 @@ pub fn remount(mp: &Path, read_only: bool) -> Result<(), MountError> {
         flags |= libc::MS_RDONLY;
     }
     os::mount::mount("", &path, "", flags, "")
-        .map_err(|e| MountError::Io(format!("remounting {}: {e}", path.display())))?;
+        .map_err(|e| MountError::io(format!("remounting {}", path.display()), e))?;
     if read_only && let Err(e) = tell(true) {
         // The kernel refuses every write already.
         log::warn!("{e}");
@@ -301,7 +317,7 @@ pub fn remount(mp: &Path, read_only: bool) -> Result<(), MountError> {
 /// Unmounts `mp` and waits (up to 10 s) for its kmsfs daemon to exit.
 #[allow(clippy::disallowed_methods)] // the mount point the user named, used as given
 pub fn unmount(mp: &Path) -> Result<(), MountError> {
-    let abs = std::path::absolute(mp).map_err(|e| MountError::Io(e.to_string()))?;
+    let abs = std::path::absolute(mp).map_err(|e| MountError::io("fork", e))?;
     let path = match std::fs::canonicalize(&abs) {
         Ok(p) => p,
         Err(e) if is_enotconn(&e) => abs.clone(),
@@ -345,15 +361,15 @@ pub fn unmount(mp: &Path) -> Result<(), MountError> {
                 .arg("-u")
                 .arg(&path)
                 .status()
-                .map_err(|e| MountError::Io(format!("fusermount3: {e}")))?;
+                .map_err(|e| MountError::io("fusermount3", e))?;
             if !st.success() {
-                return Err(MountError::Io(format!(
+                return Err(MountError::Failed(format!(
                     "fusermount3 -u {} failed",
                     path.display()
                 )));
             }
         }
-        Err(e) => return Err(MountError::Io(format!("umount {}: {e}", path.display()))),
+        Err(e) => return Err(MountError::io(format!("umount {}", path.display()), e)),
     }
     let t0 = Instant::now();
     let waiting = || t0.elapsed() < Duration::from_secs(10);

@@ -59,7 +59,7 @@ pub(super) fn serve(
         Err(e) => {
             let msg = format!("mounting {} failed: {e}", req.mountpoint.display());
             ready(Err(msg.clone()));
-            return Err(MountError::Io(msg));
+            return Err(MountError::Failed(msg));
         }
     };
     log::info!(
@@ -89,7 +89,7 @@ pub(super) fn serve(
     std::thread::Builder::new()
         .name("kmsfs-signals".into())
         .spawn(move || stop_on_signal(&mp))
-        .map_err(|e| MountError::Io(format!("signal thread: {e}")))?;
+        .map_err(|e| MountError::io("signal thread", e))?;
     wait_for_unmount(session, req, &o)
 }
 
@@ -120,7 +120,7 @@ fn harden_process() -> Result<(), MountError> {
     }
     // Threads made from here on (fuser's) inherit the mask: only the signal
     // thread `serve` starts receives the stop signals.
-    os::process::block_stop_signals().map_err(|e| MountError::Io(format!("signal setup: {e}")))?;
+    os::process::block_stop_signals().map_err(|e| MountError::io("signal setup", e))?;
     Ok(())
 }
 
@@ -162,9 +162,9 @@ fn build_filesystem(
         writeback: !o.shared_storage && !o.no_writeback_cache,
         handles,
     })
-    .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;
+    .map_err(|e| MountError::io(format!("{}", req.backing.display()), e))?;
     fs.enter_backing()
-        .map_err(|e| MountError::Io(format!("{}: {e}", req.backing.display())))?;
+        .map_err(|e| MountError::io(format!("{}", req.backing.display()), e))?;
     Ok((fs, counting))
 }
 
@@ -213,10 +213,10 @@ fn wait_for_unmount(session: Session, req: &Serving, o: &Options) -> Result<(), 
             log::debug!("serving ended with {e} as the mount went away");
         }
         Err(e) => {
-            return Err(MountError::Io(format!(
-                "serving {}: {e}",
-                req.mountpoint.display()
-            )));
+            return Err(MountError::io(
+                format!("serving {}", req.mountpoint.display()),
+                e,
+            ));
         }
     }
     req.ks.flush_audit();

@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 
 use super::{EnvelopeError, FileKey, file_context};
 use crate::crypto::random_array;
-use crate::format::{self, BLOCK_SIZE, FileId, HEADER_LEN, Header, Layout, Slot};
+use crate::format::{self, BLOCK_SIZE, FileId, FormatError, HEADER_LEN, Header, Layout, Slot};
 use crate::kms::{DataKeySpec, KeyService, KeyServiceExt, RequestContext};
 use crate::os;
 
@@ -93,7 +93,7 @@ impl EncryptedFile {
     ) -> Result<FileKey, EnvelopeError> {
         let slot = header
             .active()
-            .ok_or_else(|| EnvelopeError::CorruptHeader("no valid key slot".into()))?;
+            .ok_or(EnvelopeError::CorruptHeader(FormatError::NoValidSlot))?;
         let context = file_context(&header.file_id);
         let d = ks.decrypt(rc, &slot.wrapped_key, &context, None)?;
         FileKey::new(

@@ -50,9 +50,8 @@ impl FileKey {
         version: u32,
         dek: &[u8],
     ) -> Result<Self, EnvelopeError> {
-        let key = Key256::from_slice(dek).map_err(|_| {
-            EnvelopeError::CorruptHeader(format!("data key has {} bytes, expected 32", dek.len()))
-        })?;
+        let key =
+            Key256::from_slice(dek).map_err(|_| EnvelopeError::BadDataKey { len: dek.len() })?;
         let blocks = match layout {
             Layout::V1 => Blocks::V1(AeadKey::new(&key)),
             Layout::V2 => Blocks::V2(Box::new(XaesKey::new(&key).map_err(crypto_error)?)),

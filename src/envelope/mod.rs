@@ -29,9 +29,16 @@ pub enum EnvelopeError {
     /// The backing file system failed (ENOSPC, EIO, ...).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
-    /// The header is not a valid kmsfs header.
+    /// The header is not a valid kmsfs header (the format's reason is the
+    /// error's source).
     #[error("corrupt or foreign header: {0}")]
-    CorruptHeader(String),
+    CorruptHeader(#[from] FormatError),
+    /// The key service unwrapped a data key of the wrong length.
+    #[error("corrupt or foreign header: data key has {len} bytes, expected 32")]
+    BadDataKey {
+        /// Its length.
+        len: usize,
+    },
     /// A block failed authentication or has an impossible size.
     #[error("block {block} failed authentication (modified, truncated or moved)")]
     CorruptBlock {
@@ -41,12 +48,6 @@ pub enum EnvelopeError {
     /// The key service refused or failed to unwrap or make the data key.
     #[error(transparent)]
     Kms(#[from] KmsError),
-}
-
-impl From<FormatError> for EnvelopeError {
-    fn from(e: FormatError) -> Self {
-        EnvelopeError::CorruptHeader(e.to_string())
-    }
 }
 
 /// The encryption context that binds a wrapped data key to its file.

@@ -123,11 +123,8 @@ fn io_errno(e: &io::Error) -> i32 {
 fn envelope_errno(e: &EnvelopeError, backing: &Path) -> i32 {
     match e {
         EnvelopeError::Io(e) => io_errno(e),
-        EnvelopeError::CorruptHeader(why) => {
-            log::warn!(
-                "{}: corrupt or foreign header ({why}); returning EIO",
-                escaped(backing)
-            );
+        EnvelopeError::CorruptHeader(_) | EnvelopeError::BadDataKey { .. } => {
+            log::warn!("{}: {e}; returning EIO", escaped(backing));
             libc::EIO
         }
         EnvelopeError::CorruptBlock { block } => {
@@ -151,11 +148,6 @@ fn envelope_errno(e: &EnvelopeError, backing: &Path) -> i32 {
                 escaped(backing),
                 k.aws_code()
             );
-            libc::EIO
-        }
-        #[allow(unreachable_patterns)]
-        _ => {
-            log::warn!("{}: {e}; returning EIO", escaped(backing));
             libc::EIO
         }
     }

@@ -148,10 +148,12 @@ pub enum KmsError {
         change_refused: bool,
     },
     /// An I/O error on the keystore (disk full, permissions, ...).
-    #[error("{message}")]
+    #[error("{message}{}", source.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
     Io {
-        /// What failed, and the OS error.
+        /// What failed (the OS error, when there is one, is `source`).
         message: String,
+        /// The OS error.
+        source: Option<std::io::Error>,
     },
     /// A failure of the service that is not the caller's fault.
     #[error("{message}")]
@@ -172,7 +174,19 @@ impl KmsError {
 
     /// An I/O failure on the keystore.
     pub fn io(message: String) -> Self {
-        KmsError::Io { message }
+        KmsError::Io {
+            message,
+            source: None,
+        }
+    }
+
+    /// An I/O failure on the keystore: `message` says what failed, `source`
+    /// how (shown after it, and kept as the error's source).
+    pub fn io_from(message: String, source: std::io::Error) -> Self {
+        KmsError::Io {
+            message,
+            source: Some(source),
+        }
     }
 
     /// A failure that is not the caller's fault.

@@ -148,7 +148,7 @@ impl RemoteKms {
             .thread_name("kmsfs-remote-kms")
             .enable_all()
             .build()
-            .map_err(|e| KmsError::io(format!("starting the KMS client runtime: {e}")))?;
+            .map_err(|e| KmsError::io_from("starting the KMS client runtime".into(), e))?;
         let o = &self.opts;
         let conf = rt.block_on(async {
             let mut l = aws_config::defaults(BehaviorVersion::latest())

@@ -146,8 +146,16 @@ impl StoreState {
 
     /// Parses the JSON body (already authenticated by the AEAD).
     pub fn from_json(bytes: &[u8]) -> Result<Self, KmsError> {
-        let state: StoreState = serde_json::from_slice(bytes)
-            .map_err(|e| KmsError::corrupt(format!("keystore body does not parse: {e}")))?;
+        let state: StoreState = serde_json::from_slice(bytes).map_err(|e| {
+            // Where and what kind, not serde's text: it can quote the
+            // decrypted body, which holds key material.
+            KmsError::corrupt(format!(
+                "keystore body does not parse ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
+        })?;
         for (id, k) in &state.keys {
             if *id != k.key_id
                 || k.materials

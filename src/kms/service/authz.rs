@@ -40,7 +40,7 @@ impl LocalKeyStore {
     pub fn set_boundary(&self) -> Result<(), KmsError> {
         use std::os::unix::fs::MetadataExt;
         let owner = std::fs::metadata(self.dir())
-            .map_err(|e| KmsError::io(format!("{}: {e}", self.dir().display())))?
+            .map_err(|e| KmsError::io_from(self.dir().display().to_string(), e))?
             .uid();
         self.boundary.store(u64::from(owner), Ordering::Release);
         Ok(())

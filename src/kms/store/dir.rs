@@ -66,7 +66,7 @@ pub(super) fn io_err(what: &str, path: &Path, e: std::io::Error) -> KmsError {
             path.display()
         ));
     }
-    KmsError::io(format!("cannot {what} {}: {e}", path.display()))
+    KmsError::io_from(format!("cannot {what} {}", path.display()), e)
 }
 
 /// Flags for every open inside the keystore directory: never follow a symbolic
