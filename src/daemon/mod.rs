@@ -148,7 +148,11 @@ impl MountError {
             }
             MountError::Usage(m) => MountError::Usage(format!("{prefix}{m}")),
             MountError::NotFound(m) => MountError::NotFound(format!("{prefix}{m}")),
-            MountError::Io(m) => MountError::Io(format!("{prefix}{m}")),
+            MountError::Io { what, source } => MountError::Io {
+                what: format!("{prefix}{what}"),
+                source,
+            },
+            MountError::Failed(m) => MountError::Failed(format!("{prefix}{m}")),
             MountError::NoDevFuse(m) => MountError::NoDevFuse(format!("{prefix}{m}")),
         }
     }

@@ -98,7 +98,7 @@ fn bound(
     prepared: Prepared,
 ) -> Result<Plan, MountError> {
     let survey = super::survey(&backing);
-    let io = |what: &Path, e: std::io::Error| MountError::Io(format!("{}: {e}", what.display()));
+    let io = |what: &Path, e: std::io::Error| MountError::io(what.display().to_string(), e);
     // The daemon works inside the backing directory: name the keystore
     // absolutely.
     let keys = match req.keys {
@@ -213,7 +213,7 @@ fn mount_paths(backing: &Path, mountpoint: &Path) -> Result<(PathBuf, PathBuf), 
         Ok(p) => p,
         // A dead mount: `prepare_mountpoint` detaches it.
         Err(e) if super::is_enotconn(&e) => std::path::absolute(mountpoint)
-            .map_err(|e| MountError::Io(format!("{}: {e}", mountpoint.display())))?,
+            .map_err(|e| MountError::io(mountpoint.display().to_string(), e))?,
         Err(_) => existing_dir(mountpoint, "mount point")?,
     };
     if backing.starts_with(&mp) || mp.starts_with(&backing) {
@@ -292,8 +292,8 @@ fn default_log_file(mountpoint: &Path) -> Result<Option<PathBuf>, MountError> {
         return Ok(None);
     };
     let base = base.join("kmsfs");
-    let abs = std::path::absolute(&base)
-        .map_err(|e| MountError::Io(format!("{}: {e}", base.display())))?;
+    let abs =
+        std::path::absolute(&base).map_err(|e| MountError::io(base.display().to_string(), e))?;
     let dir = super::check_log_dir(&abs, true)?;
     if let Err(e) = std::fs::DirBuilder::new()
         .recursive(true)
