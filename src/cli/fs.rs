@@ -156,6 +156,7 @@ fn envelope_error(what: &Path, e: EnvelopeError) -> CliError {
             err
         }
         other @ (EnvelopeError::CorruptHeader(_)
+        | EnvelopeError::Mismatch(_)
         | EnvelopeError::BadDataKey { .. }
         | EnvelopeError::CorruptBlock { .. }) => CliError::new(
             ErrorClass::Corrupt,

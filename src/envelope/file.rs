@@ -123,7 +123,7 @@ impl EncryptedFile {
     pub fn with_key(file: File, header: Header, key: Arc<FileKey>) -> Result<Self, EnvelopeError> {
         let layout = header.layout();
         if key.layout() != layout || key.file_id != header.file_id {
-            return Err(EnvelopeError::CorruptHeader(
+            return Err(EnvelopeError::Mismatch(
                 "the header changed since its data key was unwrapped".into(),
             ));
         }

@@ -33,6 +33,10 @@ pub enum EnvelopeError {
     /// error's source).
     #[error("corrupt or foreign header: {0}")]
     CorruptHeader(#[from] FormatError),
+    /// The header does not belong where it is found (another block format
+    /// than its tree's, changed since its key was unwrapped).
+    #[error("corrupt or foreign header: {0}")]
+    Mismatch(String),
     /// The key service unwrapped a data key of the wrong length.
     #[error("corrupt or foreign header: data key has {len} bytes, expected 32")]
     BadDataKey {

@@ -123,7 +123,9 @@ fn io_errno(e: &io::Error) -> i32 {
 fn envelope_errno(e: &EnvelopeError, backing: &Path) -> i32 {
     match e {
         EnvelopeError::Io(e) => io_errno(e),
-        EnvelopeError::CorruptHeader(_) | EnvelopeError::BadDataKey { .. } => {
+        EnvelopeError::CorruptHeader(_)
+        | EnvelopeError::Mismatch(_)
+        | EnvelopeError::BadDataKey { .. } => {
             log::warn!("{}: {e}; returning EIO", escaped(backing));
             libc::EIO
         }

@@ -286,7 +286,7 @@ impl KmsFs {
             // Its size through the mount is computed with the tree's layout,
             // and would be wrong: a file copied in from a tree of the other
             // layout (or a header changed in the backing directory).
-            let e = crate::envelope::EnvelopeError::CorruptHeader(format!(
+            let e = crate::envelope::EnvelopeError::Mismatch(format!(
                 "block format {} in a tree of block format {}",
                 header.version,
                 self.cfg.layout.version()

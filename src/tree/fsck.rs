@@ -211,11 +211,11 @@ pub(super) fn status_of(e: EnvelopeError) -> FileStatus {
         EnvelopeError::CorruptBlock { block } => FileStatus::CorruptBlocks {
             offsets: vec![block * BLOCK_SIZE],
         },
-        e @ (EnvelopeError::CorruptHeader(_) | EnvelopeError::BadDataKey { .. }) => {
-            FileStatus::CorruptHeader {
-                reason: e.to_string(),
-            }
-        }
+        e @ (EnvelopeError::CorruptHeader(_)
+        | EnvelopeError::Mismatch(_)
+        | EnvelopeError::BadDataKey { .. }) => FileStatus::CorruptHeader {
+            reason: e.to_string(),
+        },
     }
 }
 
