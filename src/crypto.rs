@@ -6,7 +6,9 @@
 
 use std::fmt;
 
-use aws_lc_rs::aead::{AES_128_GCM, AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::aead::{
+    AES_128_GCM, AES_256_GCM, AES_256_GCM_SIV, Aad, LessSafeKey, Nonce, UnboundKey,
+};
 use zeroize::{Zeroize, Zeroizing};
 
 /// Length of an AES-256 key in bytes.
@@ -279,6 +281,71 @@ impl AeadKey {
 impl fmt::Debug for AeadKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("AeadKey(redacted)")
+    }
+}
+
+/// An AES-256-GCM-SIV key (RFC 8452): nonce-misuse resistant, so a fixed
+/// nonce makes it a deterministic authenticated cipher that reveals only
+/// whether two (nonce, aad, plaintext) triples are equal. Encrypted names
+/// use it that way: the same name in the same directory always encrypts the
+/// same, so a lookup needs no scan. Debug is redacted.
+pub struct SivKey(LessSafeKey);
+
+impl SivKey {
+    /// Builds an AES-256-GCM-SIV key.
+    pub fn new(key: &Key256) -> Self {
+        match UnboundKey::new(&AES_256_GCM_SIV, key.expose()) {
+            Ok(k) => Self(LessSafeKey::new(k)),
+            Err(_) => unreachable!("AES-256-GCM-SIV rejected a 32-byte key"),
+        }
+    }
+
+    /// Seals `plaintext` under `nonce` and appends `ciphertext || tag`.
+    pub fn seal_append(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        let start = out.len();
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::from(aad),
+                &mut out[start..],
+            )
+            .map_err(|_| CryptoError::Authentication)?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(())
+    }
+
+    /// Opens `ciphertext || tag` sealed under `nonce` into fresh bytes.
+    pub fn open(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        if sealed.len() < TAG_LEN {
+            return Err(CryptoError::Authentication);
+        }
+        let mut buf = Zeroizing::new(sealed.to_vec());
+        let n = self
+            .0
+            .open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), &mut buf)
+            .map_err(|_| CryptoError::Authentication)?
+            .len();
+        buf.truncate(n);
+        Ok(buf)
+    }
+}
+
+impl fmt::Debug for SivKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SivKey(redacted)")
     }
 }
 

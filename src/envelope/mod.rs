@@ -2,12 +2,14 @@
 //! encrypted file over a backing file: header, data key, block-wise read and
 //! write), `key.rs` (a file's data key sealing and opening blocks),
 //! `holes.rs` (fallocate and SEEK_DATA/SEEK_HOLE), and `seal.rs` ([`seal`]
-//! and [`unseal`], which produce and read exactly the files the mount does).
+//! and [`unseal`], which produce and read exactly the files the mount does),
+//! `names.rs` (encrypted names and symlink targets, and the tree's name key).
 #![forbid(unsafe_code)]
 
 mod file;
 mod holes;
 mod key;
+pub mod names;
 mod seal;
 #[cfg(test)]
 pub(crate) mod tests;
