@@ -335,7 +335,11 @@ impl SivKey {
         let mut buf = Zeroizing::new(sealed.to_vec());
         let n = self
             .0
-            .open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), &mut buf)
+            .open_in_place(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::from(aad),
+                &mut buf,
+            )
             .map_err(|_| CryptoError::Authentication)?
             .len();
         buf.truncate(n);

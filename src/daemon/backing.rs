@@ -42,6 +42,18 @@ pub struct BackingMarker {
         skip_serializing_if = "is_block_format_one"
     )]
     pub block_format: u16,
+    /// Whether names are encrypted, chosen at the first mount (absent:
+    /// plain names, as every tree made before names were encrypted).
+    #[serde(
+        rename = "EncryptedNames",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub encrypted_names: Option<bool>,
+    /// Encrypted names: the tree's name key, wrapped by a CMK (base64),
+    /// written by the first daemon that serves the tree.
+    #[serde(rename = "NameKey", default, skip_serializing_if = "Option::is_none")]
+    pub name_key: Option<String>,
 }
 
 fn block_format_one() -> u16 {
@@ -61,7 +73,27 @@ impl BackingMarker {
             keystore_id,
             default_key_id,
             block_format: Layout::NEW.version(),
+            encrypted_names: None,
+            name_key: None,
         }
+    }
+
+    /// The wrapped name key (None: plain names); an error if it is not base64.
+    pub fn wrapped_name_key(&self) -> Result<Option<Vec<u8>>, MountError> {
+        use base64::Engine;
+        self.name_key
+            .as_deref()
+            .map(|k| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(k)
+                    .map_err(|e| {
+                        MountError::State(
+                            format!("{BACKING_MARKER}: NameKey is not base64: {e}"),
+                            "restore the binding file from a backup".into(),
+                        )
+                    })
+            })
+            .transpose()
     }
 }
 

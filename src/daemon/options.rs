@@ -25,6 +25,9 @@ pub struct Options {
     /// `no_writeback_cache`: every write(2) reaches the daemon at once, and
     /// the backing file's times are the ones shown (as with sharedstorage).
     pub no_writeback_cache: bool,
+    /// `plaintextnames`: a new backing directory keeps its names in clear
+    /// (recorded in its binding file at the first mount; no effect later).
+    pub plain_names: bool,
     /// mount(2) flags of standard options that only the kernel honours
     /// (relatime, strictatime, nodiratime, lazytime).
     pub kernel_flags: u64,
@@ -121,6 +124,10 @@ pub fn parse_options(raw: &[String]) -> Result<Options, MountError> {
             }
             "no_writeback_cache" => {
                 o.no_writeback_cache = true;
+                continue;
+            }
+            "plaintextnames" => {
+                o.plain_names = true;
                 continue;
             }
             "remount" => {

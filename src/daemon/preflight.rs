@@ -132,7 +132,12 @@ fn bound(
         if prepared.backing_read_only {
             log::info!("{} is read-only: no marker written", backing.display());
         } else {
+            // A new, empty backing directory gets encrypted names unless
+            // -o plaintextnames (the daemon makes the name key: the key
+            // service's threads must not start before it forks); one that
+            // holds files already keeps plain names (written in clear).
             let m = super::BackingMarker {
+                encrypted_names: Some(survey.entries == 0 && !prepared.options.plain_names),
                 block_format: layout.version(),
                 ..m.clone()
             };

@@ -146,6 +146,9 @@ fn build_filesystem(
         handles.per_user,
         handles.all_users
     );
+    // The binding file says whether names are encrypted (a tree without one
+    // yet, e.g. a read-only one, has plain names).
+    let names = name_key(req, &*counting)?;
     let mut fs = KmsFs::new(FsConfig {
         backing: req.backing.clone(),
         ks: counting.clone(),
@@ -161,11 +164,54 @@ fn build_filesystem(
         },
         writeback: !o.shared_storage && !o.no_writeback_cache,
         handles,
+        names,
     })
     .map_err(|e| MountError::io(format!("{}", req.backing.display()), e))?;
     fs.enter_backing()
         .map_err(|e| MountError::io(format!("{}", req.backing.display()), e))?;
     Ok((fs, counting))
+}
+
+/// The tree's wrapped name key (None: plain names), from its binding
+/// file; the first daemon to serve a tree made for encrypted names makes
+/// the key (under the mount's CMK) and records it there.
+fn name_key(req: &Serving, ks: &dyn crate::kms::KeyService) -> Result<Option<Vec<u8>>, MountError> {
+    let Some(mut m) = super::read_marker(&req.backing)? else {
+        return Ok(None);
+    };
+    if let Some(k) = m.wrapped_name_key()? {
+        log::info!("names are encrypted");
+        return Ok(Some(k));
+    }
+    if m.encrypted_names != Some(true) {
+        return Ok(None);
+    }
+    // Nothing can have been written without the key: a tree that holds
+    // anything now was not made by kmsfs.
+    let s = super::survey(&req.backing);
+    if s.entries > 0 {
+        return Err(MountError::State(
+            format!(
+                "{} is marked for encrypted names but has no name key, and holds files",
+                req.backing.display()
+            ),
+            "restore its binding file (.kmsfs.json) from a backup".into(),
+        ));
+    }
+    let (uid, gid) = os::ids::ids();
+    let me = crate::kms::Caller {
+        uid,
+        gid,
+        pid: std::process::id(),
+    };
+    let rc = crate::kms::RequestContext::new(me, crate::kms::Origin::Mount);
+    let (_, wrapped) = crate::envelope::names::NameKey::generate(ks, &rc, &req.key_id)
+        .map_err(|e| MountError::Io(format!("making the name key: {e}")))?;
+    use base64::Engine;
+    m.name_key = Some(base64::engine::general_purpose::STANDARD.encode(&wrapped));
+    super::replace_marker(&req.backing, &m)?;
+    log::info!("names are encrypted (a new name key under {})", req.key_id);
+    Ok(Some(wrapped))
 }
 
 /// What the control socket reports about this mount.

@@ -14,7 +14,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::crypto::{Key256, NONCE_LEN, SivKey, TAG_LEN, random_array, sha256};
-use crate::kms::{Caller, DataKeySpec, EncryptionContext, KeyService, KmsError};
+use crate::kms::{
+    DataKeySpec, EncryptionContext, KeyService, KeyServiceExt, KmsError, RequestContext,
+};
 use crate::os;
 
 /// The encryption-context pair that says a wrapped key is a tree's name key.
@@ -175,17 +177,21 @@ impl NameKey {
     /// A new name key under CMK `key_id`: the key and its wrapped form.
     pub fn generate(
         ks: &dyn KeyService,
-        caller: &Caller,
+        rc: &RequestContext<'_>,
         key_id: &str,
     ) -> Result<(Self, Vec<u8>), NameError> {
-        let dk = ks.generate_data_key(caller, key_id, DataKeySpec::Aes256, &names_context())?;
+        let dk = ks.generate_data_key(rc, key_id, DataKeySpec::Aes256, &names_context())?;
         Ok((Self::from_bytes(dk.plaintext.expose())?, dk.ciphertext_blob))
     }
 
     /// Unwraps a tree's name key (the key service checks the CMK's state
     /// and policy, and records it).
-    pub fn unwrap(ks: &dyn KeyService, caller: &Caller, wrapped: &[u8]) -> Result<Self, NameError> {
-        let d = ks.decrypt(caller, wrapped, &names_context(), None)?;
+    pub fn unwrap(
+        ks: &dyn KeyService,
+        rc: &RequestContext<'_>,
+        wrapped: &[u8],
+    ) -> Result<Self, NameError> {
+        let d = ks.decrypt(rc, wrapped, &names_context(), None)?;
         Self::from_bytes(d.plaintext.expose())
     }
 
@@ -304,10 +310,14 @@ pub fn read_dir_id(dir: &File) -> Result<DirId, NameError> {
         .map_err(|_| NameError::Corrupt("directory id file is not 16 bytes"))
 }
 
-/// Writes a new random id into the new, empty directory `dir` (made by
-/// this process and not yet under its final name), synced.
-pub fn write_dir_id(dir: &File) -> Result<DirId, NameError> {
-    let id: DirId = random_array().map_err(|_| NameError::Corrupt("random"))?;
+/// Writes directory `dir`'s id (a new random one unless `id` is given)
+/// into its `.kmsfs.dirid` (made, never replaced), synced. For a new
+/// directory made by this process and not yet under its final name.
+pub fn write_dir_id(dir: &File, id: Option<DirId>) -> Result<DirId, NameError> {
+    let id: DirId = match id {
+        Some(id) => id,
+        None => random_array().map_err(|_| NameError::Corrupt("random"))?,
+    };
     let mut f = os::beneath::open_beneath(
         dir,
         Path::new(DIR_ID_FILE),
@@ -399,7 +409,11 @@ mod tests {
         );
         // Another tree's key: refused.
         let other = NameKey::from_bytes(&[8; 32]).unwrap();
-        assert!(other.decrypt_entry(&a, &e.entry, |_| unreachable!()).is_err());
+        assert!(
+            other
+                .decrypt_entry(&a, &e.entry, |_| unreachable!())
+                .is_err()
+        );
     }
 
     #[test]
@@ -438,7 +452,10 @@ mod tests {
                 }
             }
         }
-        assert_eq!(short_max, 159, "docs/FORMAT.md: names up to 159 bytes are short");
+        assert_eq!(
+            short_max, 159,
+            "docs/FORMAT.md: names up to 159 bytes are short"
+        );
         assert!(matches!(
             k.encrypt_name(&d, &OsString::from_vec(vec![b'x'; 256])),
             Err(NameError::TooLong)

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::{File, Metadata};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -22,14 +22,18 @@ use super::error::FsError;
 use super::filesystem::{KmsFs, lock};
 use super::node::{backing_key, stat_at};
 use super::times;
+use crate::envelope::names::{self, DirId, NameKey};
 use crate::kms::Caller;
+use crate::logtext::escaped;
 use crate::os;
 
 /// One entry of a directory listing.
 #[derive(Debug, Clone)]
 pub struct DirEntry {
-    /// Name in the directory (`.` and `..` included).
+    /// Name in the directory (`.` and `..` included), decrypted.
     pub name: OsString,
+    /// Its name in the backing directory.
+    pub backing: OsString,
     /// File type.
     pub kind: Kind,
     /// Backing inode number (reported by plain readdir).
@@ -45,11 +49,26 @@ impl DirEntry {
     }
 }
 
+/// What a listing of a directory decrypts its names with.
+#[derive(Debug)]
+pub(super) struct DirNames {
+    key: Arc<NameKey>,
+    id: DirId,
+    path: PathBuf,
+}
+
+/// What the first handle of a directory opens: its descriptor, and how to
+/// decrypt its names.
+pub(super) type Opened = (File, Option<DirNames>);
+
 /// The descriptor every handle of one directory inode shares.
 #[derive(Debug)]
 pub(super) struct SharedDir {
     ino: u64,
     dir: File,
+    /// The tree's name key and this directory's id (encrypted names), and
+    /// the directory's backing path for the log.
+    names: Option<DirNames>,
     /// One reader at a time: a read is a seek and a getdents64.
     reading: Mutex<()>,
 }
@@ -82,6 +101,28 @@ impl SharedDir {
             if super::node::is_reserved(self.ino, &e.name) {
                 continue;
             }
+            let name = match &self.names {
+                None => e.name.clone(),
+                Some(_) if e.name == "." || e.name == ".." => e.name.clone(),
+                Some(n) => {
+                    if names::is_internal(&e.name) {
+                        continue;
+                    }
+                    match n.key.decrypt_entry(&n.id, &e.name, |side| {
+                        names::read_side_file(&self.dir, side)
+                    }) {
+                        Ok(plain) => plain,
+                        Err(err) => {
+                            // Hidden, never shown as some other name.
+                            log::warn!(
+                                "{}: entry hidden from the listing: {err}",
+                                escaped(&n.path.join(&e.name))
+                            );
+                            continue;
+                        }
+                    }
+                }
+            };
             let kind = match Kind::from_dtype(e.d_type) {
                 Some(k) => k,
                 // The file system does not say: ask (gone meanwhile: skip).
@@ -91,7 +132,8 @@ impl SharedDir {
                 },
             };
             out.push(DirEntry {
-                name: e.name,
+                name,
+                backing: e.name,
                 kind,
                 backing_ino: e.ino,
                 next: e.next,
@@ -180,16 +222,18 @@ impl DirTable {
         &self,
         ino: u64,
         charge: Charge,
-        open: impl FnOnce() -> Result<File, FsError>,
+        open: impl FnOnce() -> Result<Opened, FsError>,
     ) -> Result<u64, FsError> {
         let dir = match self.shared(ino) {
             Some(d) => d,
             None => {
                 // Opened outside the table's lock; two first opens racing
                 // both make one, and the later one is shared from then on.
+                let (dir, names) = open()?;
                 let d = Arc::new(SharedDir {
                     ino,
-                    dir: open()?,
+                    dir,
+                    names,
                     reading: Mutex::new(()),
                 });
                 let mut t = self.lock();
@@ -257,11 +301,21 @@ impl KmsFs {
         // listed through the descriptor of what was checked): the handle is
         // of exactly that directory.
         let node = self.open_checked(ino, libc::O_PATH | libc::O_DIRECTORY)?;
+        // The name key is checked at every opendir: a disabled CMK refuses
+        // the next listing, as it refuses the next lookup.
+        let names = match self.name_key()? {
+            Some(key) => Some(DirNames {
+                key,
+                id: self.dir_id(&node)?,
+                path: self.backing_path(&node.rel),
+            }),
+            None => None,
+        };
         self.dirs.open(ino, charge, || {
-            Ok(os::beneath::reopen(
-                &node.file,
-                libc::O_RDONLY | libc::O_DIRECTORY,
-            )?)
+            Ok((
+                os::beneath::reopen(&node.file, libc::O_RDONLY | libc::O_DIRECTORY)?,
+                names,
+            ))
         })
     }
 
@@ -351,7 +405,7 @@ mod tests {
         let mut open = |t: &DirTable| {
             t.open(7, budget.charge(1000).unwrap(), || {
                 opened += 1;
-                Ok(File::open(&d)?)
+                Ok((File::open(&d)?, None))
             })
             .unwrap()
         };

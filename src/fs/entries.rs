@@ -4,6 +4,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +12,9 @@ use std::sync::Arc;
 use super::attr::Attr;
 use super::error::FsError;
 use super::filesystem::KmsFs;
+use super::node::{InDir, stat_at};
 use super::open::OpenFile;
+use crate::envelope::names::{self, BackingName};
 use crate::kms::Caller;
 use crate::os;
 
@@ -24,13 +27,20 @@ impl KmsFs {
         mode: u32,
         caller: &Caller,
     ) -> Result<(Attr, Arc<OpenFile>), FsError> {
-        let (dir, name, rel) = self.in_dir(parent, name)?;
+        let InDir {
+            dir,
+            name,
+            rel,
+            enc,
+        } = self.in_dir(parent, name)?;
         let backing = self.backing_path(&rel);
+        add_side(&dir, &enc)?;
         let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
         // Made 0600 and root's: the caller's mode (setid bits included)
         // only once the file is the caller's, so there is no moment at which
         // a root-owned file carries them, or others may open it.
-        let file = os::beneath::open_beneath(&dir, Path::new(&name), flags, 0o600)?;
+        let file = os::beneath::open_beneath(&dir, Path::new(&name), flags, 0o600)
+            .inspect_err(|_| drop_side(&dir, &enc))?;
         let sealed = self.new_group(&dir, caller).and_then(|(gid, _)| {
             super::file::share_lock(&file, &backing)?;
             self.set_owner(&file, caller, gid)?;
@@ -45,6 +55,7 @@ impl KmsFs {
             Err(e) => {
                 // Leave no headerless file behind.
                 let _ = os::beneath::unlinkat(&dir, &name, false);
+                drop_side(&dir, &enc);
                 return Err(e);
             }
         };
@@ -85,8 +96,15 @@ impl KmsFs {
             self.release(attr.ino);
             return Ok(attr);
         }
-        let (dir, name, rel) = self.in_dir(parent, name)?;
-        os::beneath::mknodat(&dir, &name, (mode & libc::S_IFMT) | 0o600, rdev)?;
+        let InDir {
+            dir,
+            name,
+            rel,
+            enc,
+        } = self.in_dir(parent, name)?;
+        add_side(&dir, &enc)?;
+        os::beneath::mknodat(&dir, &name, (mode & libc::S_IFMT) | 0o600, rdev)
+            .inspect_err(|_| drop_side(&dir, &enc))?;
         self.adopt_new_node(&rel, &dir, &name, caller, Some(mode))
     }
 
@@ -99,8 +117,16 @@ impl KmsFs {
         caller: &Caller,
     ) -> Result<Attr, FsError> {
         self.writable()?;
-        let (dir, name, rel) = self.in_dir(parent, name)?;
-        os::beneath::mkdirat(&dir, &name, 0o700)?;
+        let InDir {
+            dir,
+            name,
+            rel,
+            enc,
+        } = self.in_dir(parent, name)?;
+        match &enc {
+            None => os::beneath::mkdirat(&dir, &name, 0o700)?,
+            Some(e) => self.mkdir_with_id(&dir, e, &rel)?,
+        }
         self.adopt_new_node(&rel, &dir, &name, caller, Some(libc::S_IFDIR | mode))
     }
 
@@ -113,16 +139,30 @@ impl KmsFs {
         caller: &Caller,
     ) -> Result<Attr, FsError> {
         self.writable()?;
-        let (dir, name, rel) = self.in_dir(parent, name)?;
-        os::beneath::symlinkat(target, &dir, &name)?;
+        let InDir {
+            dir,
+            name,
+            rel,
+            enc,
+        } = self.in_dir(parent, name)?;
+        let stored = self.stored_target(target.as_os_str().as_encoded_bytes())?;
+        add_side(&dir, &enc)?;
+        let stored = Path::new(std::ffi::OsStr::from_bytes(&stored));
+        os::beneath::symlinkat(stored, &dir, &name).inspect_err(|_| drop_side(&dir, &enc))?;
         self.adopt_new_node(&rel, &dir, &name, caller, None)
     }
 
     /// A new hard link `newname` in `newparent` of `ino`.
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr, FsError> {
         let node = self.open_checked(ino, libc::O_PATH)?;
-        let (dir, name, rel) = self.in_dir(newparent, newname)?;
-        os::node::link_node(&node.file, &dir, &name)?;
+        let InDir {
+            dir,
+            name,
+            rel,
+            enc,
+        } = self.in_dir(newparent, newname)?;
+        add_side(&dir, &enc)?;
+        os::node::link_node(&node.file, &dir, &name).inspect_err(|_| drop_side(&dir, &enc))?;
         self.linked(ino, &rel);
         self.getattr(ino)
     }
@@ -136,18 +176,101 @@ impl KmsFs {
         newname: &OsStr,
         flags: u32,
     ) -> Result<(), FsError> {
-        let (fdir, fname, from) = self.in_dir(parent, name)?;
-        let (tdir, tname, to) = self.in_dir(newparent, newname)?;
-        os::beneath::renameat2(&fdir, &fname, &tdir, &tname, flags)?;
-        self.renamed(&from, &to, flags & libc::RENAME_EXCHANGE != 0);
+        let f = self.in_dir(parent, name)?;
+        let t = self.in_dir(newparent, newname)?;
+        // A long name's side file belongs to the name, not to what it
+        // names: the new name gets one first, the old one loses its own
+        // once it is gone (an exchange keeps both names).
+        add_side(&t.dir, &t.enc)?;
+        os::beneath::renameat2(&f.dir, &f.name, &t.dir, &t.name, flags)
+            .inspect_err(|_| drop_side(&t.dir, &t.enc))?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if !exchange && f.rel != t.rel {
+            drop_side(&f.dir, &f.enc);
+        }
+        self.renamed(&f.rel, &t.rel, exchange);
         Ok(())
     }
 
     /// unlink (`dir` false) and rmdir (`dir` true) of `name` in `parent`.
     pub fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), FsError> {
-        let (parent_dir, name, rel) = self.in_dir(parent, name)?;
-        os::beneath::unlinkat(&parent_dir, &name, dir)?;
-        self.forget_path(&rel);
+        let e = self.in_dir(parent, name)?;
+        if dir && e.enc.is_some() {
+            self.rmdir_with_id(&e)?;
+        } else {
+            os::beneath::unlinkat(&e.dir, &e.name, dir)?;
+        }
+        drop_side(&e.dir, &e.enc);
+        self.forget_path(&e.rel);
+        Ok(())
+    }
+
+    /// mkdir in a tree with encrypted names: the directory is made under
+    /// a temporary name, given its id, then renamed to its name (never
+    /// replacing one), so it never shows without its id.
+    fn mkdir_with_id(&self, dir: &File, enc: &BackingName, rel: &Path) -> Result<(), FsError> {
+        let tmp = names::temp_name();
+        os::beneath::mkdirat(dir, &tmp, 0o700)?;
+        let made = (|| {
+            let d = os::beneath::open_beneath(
+                dir,
+                Path::new(&tmp),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                0,
+            )?;
+            let id = names::write_dir_id(&d, None)
+                .map_err(|e| FsError::name(e, &self.backing_path(rel)))?;
+            add_side(dir, &Some(enc.clone()))?;
+            os::beneath::renameat2(dir, &tmp, dir, &enc.entry, libc::RENAME_NOREPLACE)?;
+            self.remember_dir_id(&d.metadata()?, id);
+            Ok::<_, FsError>(())
+        })();
+        if made.is_err() {
+            if let Ok(d) = os::beneath::open_beneath(
+                dir,
+                Path::new(&tmp),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                0,
+            ) {
+                let _ = os::beneath::unlinkat(&d, std::ffi::OsStr::new(names::DIR_ID_FILE), false);
+            }
+            let _ = os::beneath::unlinkat(dir, &tmp, true);
+            drop_side(dir, &Some(enc.clone()));
+        }
+        made
+    }
+
+    /// rmdir in a tree with encrypted names: ENOTEMPTY unless the directory
+    /// holds only kmsfs's own files (its id, stray side files and
+    /// temporaries), which go first; if the rmdir then fails, the id is
+    /// put back.
+    fn rmdir_with_id(&self, e: &InDir) -> Result<(), FsError> {
+        let d = os::beneath::open_beneath(
+            &e.dir,
+            Path::new(&e.name),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )
+        .map_err(|err| match err.raw_os_error() {
+            Some(libc::ELOOP) => FsError::Io(std::io::Error::from_raw_os_error(libc::ENOTDIR)),
+            _ => FsError::Io(err),
+        })?;
+        let entries = os::at::list_dir(&d)?;
+        if entries.iter().any(|(n, _)| !names::is_internal(n)) {
+            return Err(FsError::Io(std::io::Error::from_raw_os_error(
+                libc::ENOTEMPTY,
+            )));
+        }
+        let id = names::read_dir_id(&d).ok();
+        for (n, kind) in &entries {
+            os::beneath::unlinkat(&d, n, *kind == os::dir::EntryKind::Dir)?;
+        }
+        if let Err(err) = os::beneath::unlinkat(&e.dir, &e.name, true) {
+            if let Some(id) = id {
+                let _ = names::write_dir_id(&d, Some(id));
+            }
+            return Err(err.into());
+        }
         Ok(())
     }
 
@@ -218,6 +341,24 @@ impl KmsFs {
             Some(caller.uid),
             Some(gid),
         )?)
+    }
+}
+
+/// Writes the side file of a long name before its entry is made.
+fn add_side(dir: &File, enc: &Option<BackingName>) -> Result<(), FsError> {
+    if let Some(e) = enc {
+        names::ensure_side_file(dir, e)?;
+    }
+    Ok(())
+}
+
+/// Removes the side file of a long name once no entry has that name.
+fn drop_side(dir: &File, enc: &Option<BackingName>) {
+    if let Some(e) = enc
+        && e.long.is_some()
+        && stat_at(dir, &e.entry).is_err()
+    {
+        names::remove_side_file(dir, e);
     }
 }
 

@@ -6,6 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::envelope::EnvelopeError;
+use crate::envelope::names::NameError;
 use crate::logtext::escaped;
 
 /// Why a filesystem request failed.
@@ -21,6 +22,16 @@ pub enum FsError {
         /// What failed.
         error: EnvelopeError,
         /// The backing file, for the log.
+        backing: PathBuf,
+    },
+    /// An encrypted name or symlink target of `backing` failed (refused
+    /// as moved, copied or edited: EIO; too long: ENAMETOOLONG; the name
+    /// key refused: EACCES).
+    #[error("{}: {error}", backing.display())]
+    Name {
+        /// What failed.
+        error: NameError,
+        /// The backing entry (or directory), for the log.
         backing: PathBuf,
     },
     /// The node has no name left, or no such node (ENOENT).
@@ -80,12 +91,21 @@ impl FsError {
         }
     }
 
+    /// A name error on backing entry `backing`.
+    pub fn name(error: NameError, backing: &Path) -> Self {
+        FsError::Name {
+            error,
+            backing: backing.to_path_buf(),
+        }
+    }
+
     /// The errno the kernel gets; logs what the caller cannot see (corruption,
     /// key service failures) on the way.
     pub fn errno(&self) -> i32 {
         match self {
             FsError::Io(e) => io_errno(e),
             FsError::Envelope { error, backing } => envelope_errno(error, backing),
+            FsError::Name { error, backing } => name_errno(error, backing),
             FsError::NotFound => libc::ENOENT,
             FsError::Stale => libc::ESTALE,
             FsError::NotOpen => libc::EBADF,
@@ -116,6 +136,37 @@ fn io_errno(e: &io::Error) -> i32 {
             io::ErrorKind::InvalidInput => libc::EINVAL,
             _ => libc::EIO,
         },
+    }
+}
+
+/// errno of a name error on backing entry `backing` (for the log).
+fn name_errno(e: &NameError, backing: &Path) -> i32 {
+    match e {
+        NameError::Io(e) => io_errno(e),
+        NameError::TooLong => libc::ENAMETOOLONG,
+        NameError::Corrupt(why) => {
+            log::warn!(
+                "{}: encrypted name refused: {why}; returning EIO",
+                escaped(backing)
+            );
+            libc::EIO
+        }
+        NameError::Kms(k) if k.is_access_refusal() => {
+            log::info!(
+                "{}: key service refused the name key ({}); returning EACCES",
+                escaped(backing),
+                k.aws_code()
+            );
+            libc::EACCES
+        }
+        NameError::Kms(k) => {
+            log::warn!(
+                "{}: key service failed on the name key ({}: {k}); returning EIO",
+                escaped(backing),
+                k.aws_code()
+            );
+            libc::EIO
+        }
     }
 }
 

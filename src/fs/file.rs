@@ -572,6 +572,7 @@ mod tests {
             ttl: Duration::from_secs(1),
             writeback: false,
             handles: crate::fs::HandleLimits::unlimited(),
+            names: None,
         })
         .unwrap();
         (dir, ks, fs)

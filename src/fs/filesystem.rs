@@ -45,6 +45,9 @@ pub struct FsConfig {
     pub writeback: bool,
     /// How many handles one user, and all users together, may hold.
     pub handles: HandleLimits,
+    /// Encrypted names: the tree's name key, wrapped by its CMK, as the
+    /// binding file holds it (None: plain names).
+    pub names: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for FsConfig {
@@ -58,6 +61,7 @@ impl std::fmt::Debug for FsConfig {
             .field("ttl", &self.ttl)
             .field("writeback", &self.writeback)
             .field("handles", &self.handles)
+            .field("encrypted_names", &self.names.is_some())
             .finish()
     }
 }
@@ -83,6 +87,8 @@ pub struct KmsFs {
     /// Tells the kernel that attributes it caches changed without its
     /// knowing (set once the session exists).
     pub(super) kernel: KernelCache,
+    /// Encrypted names (None: plain names).
+    pub(super) names: Option<super::names::Names>,
 }
 
 /// The way back to the kernel's caches: the kernel caches entries and
@@ -172,6 +178,7 @@ impl KmsFs {
             init_lock: Mutex::new(()),
             root,
             read_only: Arc::new(AtomicBool::new(cfg.read_only)),
+            names: cfg.names.clone().map(super::names::Names::new),
             cfg,
             kernel: KernelCache::default(),
         })

@@ -529,7 +529,7 @@ impl Filesystem for KmsFs {
                     reply.add(ino, e.next, &e.name, &ttl, &dir_attr, dir_gen)
                 } else {
                     // An entry gone since it was read is skipped (Err -> not full).
-                    self.dir_entry_plus(&dir.file, &dir.rel, &e.name, |a| {
+                    self.dir_entry_plus(&dir.file, &dir.rel, &e.backing, |a| {
                         let generation = Generation(a.generation);
                         let a = file_attr(a);
                         reply.add(a.ino, e.next, &e.name, &ttl, &a, generation)

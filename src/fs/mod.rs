@@ -17,6 +17,7 @@ mod filesystem;
 mod fuse;
 mod inodes;
 mod keycache;
+mod names;
 mod node;
 mod open;
 mod options;

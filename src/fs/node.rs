@@ -66,6 +66,19 @@ pub struct Checked {
     pub rel: PathBuf,
 }
 
+/// An entry of a directory, reached for a change (`KmsFs::in_dir`).
+#[derive(Debug)]
+pub struct InDir {
+    /// The directory, checked to be its node (O_PATH).
+    pub dir: File,
+    /// The entry's name in the backing directory.
+    pub name: OsString,
+    /// Its path relative to the backing root.
+    pub rel: PathBuf,
+    /// The encrypted name, when the tree's names are encrypted.
+    pub enc: Option<crate::envelope::names::BackingName>,
+}
+
 /// Metadata of entry `name` of directory `dir` itself (a symlink is not
 /// followed).
 pub(super) fn stat_at(dir: &File, name: &OsStr) -> Result<Metadata, FsError> {
@@ -127,9 +140,10 @@ impl KmsFs {
 
     /// Entry `name` of directory `parent`: the directory, opened as an O_PATH
     /// descriptor and checked to be `parent` (`open_checked`), for the *at
-    /// system calls; `name` itself; and the entry's relative backing path.
+    /// system calls; the entry's name in the backing directory (encrypted,
+    /// unless the tree has plain names); and its relative backing path.
     /// A name with a slash, empty, "." or ".." is EINVAL.
-    pub fn in_dir(&self, parent: u64, name: &OsStr) -> Result<(File, OsString, PathBuf), FsError> {
+    pub fn in_dir(&self, parent: u64, name: &OsStr) -> Result<InDir, FsError> {
         if name.is_empty() || name == "." || name == ".." || name.as_encoded_bytes().contains(&b'/')
         {
             return Err(FsError::Invalid);
@@ -138,8 +152,14 @@ impl KmsFs {
             return Err(FsError::Reserved);
         }
         let dir = self.open_checked(parent, libc::O_PATH | libc::O_DIRECTORY)?;
-        let rel = dir.rel.join(name);
-        Ok((dir.file, name.to_os_string(), rel))
+        let b = self.backing_name(&dir, name)?;
+        let rel = dir.rel.join(&b.name);
+        Ok(InDir {
+            dir: dir.file,
+            name: b.name,
+            rel,
+            enc: b.enc,
+        })
     }
 
     /// Registers `rel` (just looked up or created) with one lookup reference.
@@ -168,10 +188,10 @@ impl KmsFs {
         if is_reserved(parent, name) {
             return Err(FsError::NotFound);
         }
-        let (dir, name, rel) = self.in_dir(parent, name)?;
-        let node = os::beneath::open_node(&dir, &name)?;
+        let e = self.in_dir(parent, name)?;
+        let node = os::beneath::open_node(&e.dir, &e.name)?;
         let m = node.metadata()?;
-        Ok(times::shown(self.entry(&rel, &m), &node, &m))
+        Ok(times::shown(self.entry(&e.rel, &m), &node, &m))
     }
 
     /// The directory holding directory `dir` (the root for the root).
@@ -213,7 +233,8 @@ impl KmsFs {
     /// The target of symlink `ino`.
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
         let node = self.open_checked(ino, libc::O_PATH)?;
-        Ok(os::node::readlink_node(&node.file)?)
+        let stored = os::node::readlink_node(&node.file)?;
+        self.plain_target(stored, &node.rel)
     }
 
     /// A name went away.

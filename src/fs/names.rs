@@ -1,0 +1,167 @@
+//! Encrypted names in the mount: the tree's name key (unwrapped as the
+//! mount's own identity, again whenever the key service's state changes, so
+//! a disabled CMK refuses the next lookup), each directory's id (cached by
+//! the directory's backing identity), and a plaintext name's backing name.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::sync::{Arc, Mutex};
+
+use super::error::FsError;
+use super::filesystem::{KmsFs, lock};
+use super::inodes::BackingKey;
+use super::node::{Checked, backing_key};
+use crate::envelope::names::{self, BackingName, DirId, NameKey, ROOT_DIR_ID};
+use crate::kms::{Caller, Origin, RequestContext};
+use crate::os;
+
+/// Directory ids cached at most (then the cache starts afresh).
+const DIR_IDS_MAX: usize = 1 << 16;
+
+/// The state of a tree with encrypted names.
+#[derive(Debug)]
+pub(super) struct Names {
+    /// The name key as the binding file holds it, wrapped by the CMK.
+    wrapped: Vec<u8>,
+    /// The unwrapped key and the key service's generation it was checked at.
+    key: Mutex<Option<(u64, Arc<NameKey>)>>,
+    /// Directory ids by the directory's backing identity.
+    dir_ids: Mutex<HashMap<BackingKey, DirId>>,
+}
+
+impl Names {
+    pub(super) fn new(wrapped: Vec<u8>) -> Self {
+        Self {
+            wrapped,
+            key: Mutex::new(None),
+            dir_ids: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// A name in a directory as the backing directory holds it: plain names
+/// are themselves (`enc` None).
+#[derive(Debug)]
+pub(super) struct Backing {
+    /// The entry's name in the backing directory.
+    pub(super) name: OsString,
+    /// The encrypted name (for long names, the side file to keep).
+    pub(super) enc: Option<BackingName>,
+}
+
+impl KmsFs {
+    /// True when this tree's names are encrypted.
+    pub fn encrypted_names(&self) -> bool {
+        self.names.is_some()
+    }
+
+    /// The tree's name key (None: plain names), unwrapped by the key
+    /// service again whenever its state may have changed.
+    pub(super) fn name_key(&self) -> Result<Option<Arc<NameKey>>, FsError> {
+        let Some(n) = &self.names else {
+            return Ok(None);
+        };
+        let ks = &*self.cfg.ks;
+        let generation = ks.generation();
+        let mut k = lock(&n.key);
+        if let Some((g, key)) = &*k
+            && *g == generation
+        {
+            return Ok(Some(key.clone()));
+        }
+        *k = None;
+        let (uid, gid) = os::ids::ids();
+        let me = Caller {
+            uid,
+            gid,
+            pid: std::process::id(),
+        };
+        let key = Arc::new(
+            NameKey::unwrap(ks, &RequestContext::new(me, Origin::Mount), &n.wrapped)
+                .map_err(|e| FsError::name(e, &self.cfg.backing))?,
+        );
+        *k = Some((generation, key.clone()));
+        Ok(Some(key))
+    }
+
+    /// The id of directory `dir` (checked to be its node): the root's is
+    /// fixed, every other directory's is read once from its `.kmsfs.dirid`.
+    pub(super) fn dir_id(&self, dir: &Checked) -> Result<DirId, FsError> {
+        let Some(n) = &self.names else {
+            return Ok(ROOT_DIR_ID);
+        };
+        if dir.rel.as_os_str().is_empty() {
+            return Ok(ROOT_DIR_ID);
+        }
+        let key = backing_key(&dir.meta);
+        if let Some(id) = lock(&n.dir_ids).get(&key) {
+            return Ok(*id);
+        }
+        let id = names::read_dir_id(&dir.file).map_err(|e| {
+            FsError::name(
+                match e {
+                    names::NameError::Io(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                        names::NameError::Corrupt("directory has no .kmsfs.dirid")
+                    }
+                    e => e,
+                },
+                &self.backing_path(&dir.rel),
+            )
+        })?;
+        let mut ids = lock(&n.dir_ids);
+        if ids.len() >= DIR_IDS_MAX {
+            ids.clear();
+        }
+        ids.insert(key, id);
+        Ok(id)
+    }
+
+    /// Remembers the id of a directory just made.
+    pub(super) fn remember_dir_id(&self, m: &std::fs::Metadata, id: DirId) {
+        if let Some(n) = &self.names {
+            lock(&n.dir_ids).insert(backing_key(m), id);
+        }
+    }
+
+    /// The backing name of `name` in directory `dir`.
+    pub(super) fn backing_name(&self, dir: &Checked, name: &OsStr) -> Result<Backing, FsError> {
+        let Some(key) = self.name_key()? else {
+            return Ok(Backing {
+                name: name.to_os_string(),
+                enc: None,
+            });
+        };
+        let id = self.dir_id(dir)?;
+        let enc = key
+            .encrypt_name(&id, name)
+            .map_err(|e| FsError::name(e, &self.backing_path(&dir.rel)))?;
+        Ok(Backing {
+            name: enc.entry.clone(),
+            enc: Some(enc),
+        })
+    }
+
+    /// The stored form of symlink target `target`.
+    pub(super) fn stored_target(&self, target: &[u8]) -> Result<Vec<u8>, FsError> {
+        match self.name_key()? {
+            None => Ok(target.to_vec()),
+            Some(k) => k
+                .encrypt_target(target)
+                .map_err(|e| FsError::name(e, &self.cfg.backing)),
+        }
+    }
+
+    /// The plaintext of stored symlink target `stored` of entry `rel`.
+    pub(super) fn plain_target(
+        &self,
+        stored: Vec<u8>,
+        rel: &std::path::Path,
+    ) -> Result<Vec<u8>, FsError> {
+        match self.name_key()? {
+            None => Ok(stored),
+            Some(k) => k
+                .decrypt_target(&stored)
+                .map_err(|e| FsError::name(e, &self.backing_path(rel))),
+        }
+    }
+}
