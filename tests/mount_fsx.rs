@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::Mount;
+use common::{Mount, Names};
 
 const CONFIG: &str = "flen = 1048576
 [weights]
@@ -29,11 +29,22 @@ copy_file_range = 5.0
 ";
 
 #[test]
-fn fsx_all_operations() {
+fn fsx_all_operations_with_encrypted_names() {
+    fsx(Names::Encrypted);
+}
+
+#[test]
+fn fsx_all_operations_with_plain_names() {
+    fsx(Names::Plain);
+}
+
+fn fsx(names: Names) {
     let Some(fsx) = common::require_tool("fsx", "fsx") else {
         return;
     };
-    let Some(m) = Mount::new("fsx") else { return };
+    let Some(m) = Mount::with_names("fsx", names, &[]) else {
+        return;
+    };
     let config = m.tmp.path().join("fsx.toml");
     std::fs::write(&config, CONFIG).unwrap();
     for seed in ["1", "2"] {

@@ -8,7 +8,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use common::Mount;
+use common::{Mount, Names};
 
 const CONFIG: &str = r#"[features]
 posix_fallocate = {}
@@ -27,11 +27,20 @@ entries = [
 "#;
 
 #[test]
-fn pjdfstest_passes() {
+fn pjdfstest_passes_with_encrypted_names() {
+    pjdfstest(Names::Encrypted);
+}
+
+#[test]
+fn pjdfstest_passes_with_plain_names() {
+    pjdfstest(Names::Plain);
+}
+
+fn pjdfstest(names: Names) {
     let Some(pjdfstest) = common::require_tool("pjdfstest", "pjdfstest") else {
         return;
     };
-    let Some(mut m) = Mount::new("pjd") else {
+    let Some(mut m) = Mount::with_names("pjd", names, &[]) else {
         return;
     };
     std::fs::set_permissions(m.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -60,7 +69,7 @@ fn pjdfstest_passes() {
         .lines()
         .find(|l| l.starts_with("Summary"))
         .unwrap_or("no summary");
-    eprintln!("pjdfstest: {summary}");
+    eprintln!("pjdfstest ({} names): {summary}", names.word());
     let failed: Vec<&str> = out.lines().filter(|l| l.contains("FAILED")).collect();
     assert!(
         o.status.success() && failed.is_empty(),

@@ -118,14 +118,15 @@ impl KmsFs {
         // swapped in cannot block or act on the open), checked; then, for
         // I/O, that very object opened again (`os::beneath::reopen`).
         let path_flags = libc::O_PATH | (flags & libc::O_DIRECTORY);
-        let node = os::beneath::open_beneath(&self.root, os::or_dot(&rel), path_flags, 0).map_err(
-            // A symlink, or an object of another type, where the node's
-            // object was: swapped as well.
-            |e| match e.raw_os_error() {
-                Some(libc::ELOOP | libc::ENOTDIR | libc::EISDIR) => stale(),
-                _ => FsError::Io(e),
-            },
-        )?;
+        let node = os::beneath::open_beneath_deep(&self.root, os::or_dot(&rel), path_flags, 0)
+            .map_err(
+                // A symlink, or an object of another type, where the node's
+                // object was: swapped as well.
+                |e| match e.raw_os_error() {
+                    Some(libc::ELOOP | libc::ENOTDIR | libc::EISDIR) => stale(),
+                    _ => FsError::Io(e),
+                },
+            )?;
         let meta = node.metadata()?;
         if backing_key(&meta) != key {
             return Err(stale());

@@ -144,6 +144,48 @@ pub(crate) fn open_beneath(
     Ok(unsafe { std::fs::File::from_raw_fd(fd as RawFd) })
 }
 
+/// `open_beneath` for a `rel` of any length: a path longer than the
+/// kernel takes in one call (PATH_MAX; encrypted names make backing paths
+/// longer than the mount's) is walked a part at a time, each part opened as
+/// an O_PATH directory beneath the one before, with the same rules.
+pub(crate) fn open_beneath_deep(
+    root: &std::fs::File,
+    rel: &Path,
+    flags: i32,
+    mode: u32,
+) -> io::Result<std::fs::File> {
+    use std::os::unix::ffi::OsStrExt;
+    const PART_MAX: usize = 3072;
+    if rel.as_os_str().len() < PART_MAX {
+        return open_beneath(root, rel, flags, mode);
+    }
+    let mut dir: Option<std::fs::File> = None;
+    let mut part = std::path::PathBuf::new();
+    let mut comps = rel.components().peekable();
+    while let Some(c) = comps.next() {
+        let c = c.as_os_str();
+        let last = comps.peek().is_none();
+        if !part.as_os_str().is_empty() && part.as_os_str().len() + 1 + c.len() >= PART_MAX {
+            let d = open_beneath(
+                dir.as_ref().unwrap_or(root),
+                &part,
+                libc::O_PATH | libc::O_DIRECTORY,
+                0,
+            )?;
+            dir = Some(d);
+            part = std::path::PathBuf::new();
+        }
+        if c.as_bytes().contains(&b'/') {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        part.push(c);
+        if last {
+            break;
+        }
+    }
+    open_beneath(dir.as_ref().unwrap_or(root), &part, flags, mode)
+}
+
 /// Opens again, with `flags`, the object that the O_PATH descriptor `node`
 /// holds, through its /proc path: exactly that inode, whatever its name
 /// leads to by now, so the caller can check the object (fstat, type) before

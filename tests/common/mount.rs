@@ -6,6 +6,38 @@ use std::time::{Duration, Instant};
 
 use super::{command, fuse_available, kmsfs, tempdir};
 
+/// How a test's backing directory keeps its names: the suite's name-sensitive
+/// tests run in both modes (`Names::BOTH`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Names {
+    /// Encrypted names, kmsfs's default for a new backing directory.
+    Encrypted,
+    /// `-o plaintextnames`: names in clear, as every tree made before
+    /// names were encrypted.
+    Plain,
+}
+
+impl Names {
+    /// Both modes, for the tests that run in each.
+    pub const BOTH: [Names; 2] = [Names::Encrypted, Names::Plain];
+
+    /// The `kmsfs mount` arguments that choose it.
+    pub fn args(self) -> &'static [&'static str] {
+        match self {
+            Names::Encrypted => &[],
+            Names::Plain => &["-o", "plaintextnames"],
+        }
+    }
+
+    /// A short word for test names and messages.
+    pub fn word(self) -> &'static str {
+        match self {
+            Names::Encrypted => "encrypted",
+            Names::Plain => "plain",
+        }
+    }
+}
+
 /// A mounted kmsfs with its own keystore and directories; unmounted on drop.
 pub struct Mount {
     /// Holds every directory of this test; removed on drop.
@@ -20,16 +52,26 @@ pub struct Mount {
     pub log: PathBuf,
     mounted: bool,
     extra: Vec<String>,
+    /// How the backing directory keeps its names.
+    pub names: Names,
 }
 
 impl Mount {
-    /// Mounts with the zero-setup default key; None (test skipped) without /dev/fuse.
+    /// Mounts with the zero-setup default key; None (test skipped) without
+    /// /dev/fuse. Plain names: most tests reach backing files by their
+    /// names (`b`); `with_names` chooses.
     pub fn new(test: &str) -> Option<Self> {
         Self::with_args(test, &[])
     }
 
-    /// Mounts with extra `kmsfs mount` arguments (e.g. `-o ro`, `--key-id K`).
+    /// Mounts with extra `kmsfs mount` arguments (e.g. `-o ro`, `--key-id K`),
+    /// with plain names.
     pub fn with_args(test: &str, extra: &[&str]) -> Option<Self> {
+        Self::with_names(test, Names::Plain, extra)
+    }
+
+    /// Mounts a new backing directory with names kept as `names` says.
+    pub fn with_names(test: &str, names: Names, extra: &[&str]) -> Option<Self> {
         if !fuse_available(test) {
             return None;
         }
@@ -46,6 +88,7 @@ impl Mount {
             tmp,
             mounted: false,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            names,
         };
         m.mount();
         Some(m)
@@ -87,6 +130,7 @@ impl Mount {
             .arg(&self.mnt)
             .arg("--log-file")
             .arg(&self.log)
+            .args(self.names.args())
             .args(&self.extra)
             .output()
             .expect("run kmsfs mount");
