@@ -37,8 +37,10 @@ pub const BACKING_NAME_MAX: usize = 255;
 pub const NAME_MAX: usize = 255;
 /// Longest symlink target stored (the backing's limit, 4095, once sealed and
 /// encoded).
-pub const TARGET_MAX: usize = 3039;
-/// Names and targets are padded to a multiple of this before sealing.
+pub const TARGET_MAX: usize = 3043;
+/// Bytes a stored symlink target adds before encoding: nonce and tag.
+pub const TARGET_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+/// Names are padded to a multiple of this before sealing.
 pub const PAD: usize = 16;
 /// Label at the start of a name's associated data.
 pub const NAME_AAD_LABEL: &[u8; 13] = b"kmsfs.name.v1";
@@ -264,7 +266,8 @@ impl NameKey {
     }
 
     /// The stored form of symlink target `target`: random nonce, sealed
-    /// padded target and tag, base64url.
+    /// target and tag, base64url (not padded: a symlink's size is its
+    /// target's length, which the mount reports from the stored length).
     pub fn encrypt_target(&self, target: &[u8]) -> Result<Vec<u8>, NameError> {
         if target.len() > TARGET_MAX {
             return Err(NameError::TooLong);
@@ -272,7 +275,7 @@ impl NameKey {
         let nonce: [u8; NONCE_LEN] = random_array().map_err(|_| NameError::Corrupt("random"))?;
         let mut sealed = nonce.to_vec();
         self.siv
-            .seal_append(&nonce, TARGET_AAD_LABEL, &pad(target), &mut sealed)
+            .seal_append(&nonce, TARGET_AAD_LABEL, target, &mut sealed)
             .map_err(|_| NameError::Corrupt("seal"))?;
         Ok(URL_SAFE_NO_PAD.encode(&sealed).into_bytes())
     }
@@ -292,12 +295,17 @@ impl NameKey {
             .siv
             .open(&n, TARGET_AAD_LABEL, rest)
             .map_err(|_| NameError::Corrupt("symlink target fails authentication"))?;
-        let t = unpad(plain)?;
-        if t.is_empty() || t.contains(&0) {
+        if plain.is_empty() || plain.contains(&0) {
             return Err(NameError::Corrupt("not a valid symlink target"));
         }
-        Ok(t)
+        Ok(plain.to_vec())
     }
+}
+
+/// The length of the target a stored symlink target of `stored` bytes
+/// holds (what st_size of the link says through the mount).
+pub fn target_len(stored: u64) -> u64 {
+    (stored * 3 / 4).saturating_sub(TARGET_OVERHEAD as u64)
 }
 
 /// The id of directory `dir` (a descriptor of it, O_PATH is enough), from
@@ -483,6 +491,10 @@ mod tests {
         let k = key();
         let t = k.encrypt_target(b"../patients/alice").unwrap();
         assert_eq!(k.decrypt_target(&t).unwrap(), b"../patients/alice");
+        for n in 1..=TARGET_MAX {
+            let s = k.encrypt_target(&vec![b'a'; n]).unwrap();
+            assert_eq!(target_len(s.len() as u64), n as u64);
+        }
         let mut e = t.clone();
         e[20] = if e[20] == b'A' { b'B' } else { b'A' };
         assert!(k.decrypt_target(&e).is_err());

@@ -215,19 +215,14 @@ impl KmsFs {
     /// Attributes of `ino`: the metadata of its backing object, with the
     /// change time stored for it (`times.rs`).
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
-        let layout = self.cfg.layout;
         if let Some(f) = self.opens.get(ino) {
             let m = f.metadata()?;
-            return Ok(times::shown(attr_of(layout, ino, &m), f.read().file(), &m));
+            return Ok(times::shown(self.attr(ino, &m), f.read().file(), &m));
         }
         match self.open_checked(ino, libc::O_PATH) {
-            Ok(c) => Ok(times::shown(
-                attr_of(layout, ino, &c.meta),
-                &c.file,
-                &c.meta,
-            )),
+            Ok(c) => Ok(times::shown(self.attr(ino, &c.meta), &c.file, &c.meta)),
             // A directory whose name a rename replaced: an open handle of it.
-            Err(_) => Ok(attr_of(layout, ino, &self.metadata(ino)?)),
+            Err(_) => Ok(self.attr(ino, &self.metadata(ino)?)),
         }
     }
 

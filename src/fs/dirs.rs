@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use super::attr::{Attr, Kind, attr_of};
+use super::attr::{Attr, Kind};
 use super::budget::Charge;
 use super::error::FsError;
 use super::filesystem::{KmsFs, lock};
@@ -359,7 +359,7 @@ impl KmsFs {
         let m = node.metadata()?;
         let mut t = lock(&self.inodes);
         let ino = t.resolve(&rel, backing_key(&m), m.is_dir());
-        let attr = times::shown(attr_of(self.cfg.layout, ino, &m), &node, &m);
+        let attr = times::shown(self.attr(ino, &m), &node, &m);
         let full = add(&attr);
         if !full {
             t.add_lookup(ino);

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::sync::{Arc, Mutex};
 
+use super::attr::{Attr, Kind, attr_of};
 use super::error::FsError;
 use super::filesystem::{KmsFs, lock};
 use super::inodes::BackingKey;
@@ -139,6 +140,16 @@ impl KmsFs {
             name: enc.entry.clone(),
             enc: Some(enc),
         })
+    }
+
+    /// The attributes of `ino` from its backing metadata: `attr_of`, and
+    /// with encrypted names a symlink's size is its plaintext target's.
+    pub(super) fn attr(&self, ino: u64, m: &std::fs::Metadata) -> Attr {
+        let mut a = attr_of(self.cfg.layout, ino, m);
+        if self.names.is_some() && a.kind == Kind::Symlink {
+            a.size = names::target_len(a.size);
+        }
+        a
     }
 
     /// The stored form of symlink target `target`.

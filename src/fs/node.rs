@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use super::attr::{Attr, attr_of};
+use super::attr::Attr;
 use super::error::FsError;
 use super::filesystem::{KmsFs, lock};
 use super::inodes::BackingKey;
@@ -166,7 +166,7 @@ impl KmsFs {
     /// Registers `rel` (just looked up or created) with one lookup reference.
     pub fn entry(&self, rel: &Path, m: &Metadata) -> Attr {
         let ino = lock(&self.inodes).lookup(rel, backing_key(m), m.is_dir());
-        attr_of(self.cfg.layout, ino, m)
+        self.attr(ino, m)
     }
 
     /// Looks up `name` in `parent` for the kernel: the entry itself (a

@@ -1,0 +1,461 @@
+//! Encrypted names: a new backing directory shows no file name, directory
+//! name or symlink target; names behave as on ext4 in both modes (255-byte
+//! names, renames with RENAME_EXCHANGE and RENAME_NOREPLACE across
+//! directories, every byte but '/' and NUL, names that differ by case or
+//! normalization, seekdir/telldir/rewinddir); a name moved, copied or edited
+//! in the backing directory is refused, never shown as another name; a
+//! disabled CMK refuses the next lookup.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Mount, Names};
+
+const KEY: &str = "alias/kmsfs/default";
+
+/// Every path under `dir` (relative, as bytes), and the targets of its symlinks.
+fn backing_names(dir: &Path) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for p in entries_under(dir) {
+        out.push(p.strip_prefix(dir).unwrap().as_os_str().as_bytes().to_vec());
+        if let Ok(t) = fs::read_link(&p) {
+            out.push(t.as_os_str().as_bytes().to_vec());
+        }
+    }
+    out
+}
+
+/// Every entry under `dir` (directories, files, symlinks, ...).
+fn entries_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            out.push(e.path());
+            if e.file_type().unwrap().is_dir() {
+                todo.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Every directory under `dir`.
+fn walkdirs(dir: &Path) -> Vec<PathBuf> {
+    entries_under(dir)
+        .into_iter()
+        .filter(|p| fs::symlink_metadata(p).unwrap().is_dir())
+        .collect()
+}
+
+/// The entries of `dir` but kmsfs's own (names starting with ".kmsfs.").
+fn user_entries(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().as_bytes();
+            !n.starts_with(b".kmsfs.") || (n.starts_with(b".kmsfs.ln.") && !n.ends_with(b".name"))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Runs python3 code with `args`; its stdout (asserts success).
+fn py(code: &str, args: &[&OsStr]) -> String {
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "python: {}", common::describe(&o));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[test]
+fn a_new_backing_directory_shows_no_name_and_another_user_reads_none() {
+    let Some(m) = Mount::with_names("names-hidden", Names::Encrypted, &[]) else {
+        return;
+    };
+    fs::create_dir_all(m.p("patients/alice")).unwrap();
+    fs::write(m.p("patients/alice/payroll-2026.xlsx"), b"salaries").unwrap();
+    std::os::unix::fs::symlink("patients/alice/payroll-2026.xlsx", m.p("latest-payroll")).unwrap();
+    fs::write(m.p(&"P".repeat(255)), b"long").unwrap();
+    assert_eq!(
+        fs::read_link(m.p("latest-payroll")).unwrap(),
+        Path::new("patients/alice/payroll-2026.xlsx")
+    );
+    assert_eq!(
+        fs::symlink_metadata(m.p("latest-payroll")).unwrap().len(),
+        "patients/alice/payroll-2026.xlsx".len() as u64
+    );
+    assert_eq!(fs::read(m.p("latest-payroll")).unwrap(), b"salaries");
+    let marker = fs::read_to_string(m.b(".kmsfs.json")).unwrap();
+    assert!(marker.contains("\"EncryptedNames\": true"), "{marker}");
+    assert!(marker.contains("\"NameKey\""), "{marker}");
+    let words: [&[u8]; 5] = [b"patients", b"alice", b"payroll", b"latest", b"PPPP"];
+    for n in backing_names(&m.backing) {
+        for w in words {
+            assert!(
+                !common::contains(&n, w),
+                "backing name shows {:?}: {}",
+                String::from_utf8_lossy(w),
+                String::from_utf8_lossy(&n)
+            );
+        }
+    }
+    // Another user who may read the whole backing directory learns none of
+    // the names or targets either.
+    let Some(u) = common::test_users("names-hidden") else {
+        return;
+    };
+    fs::set_permissions(m.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    for d in std::iter::once(m.backing.clone()).chain(walkdirs(&m.backing)) {
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let listing = common::ok_as(
+        &u.b,
+        &m.backing,
+        "find . -printf '%p %l\\n'; cat .kmsfs.json",
+    );
+    assert!(listing.contains(".kmsfs.dirid"), "{listing}");
+    for w in ["patients", "alice", "payroll", "latest", "PPPP"] {
+        assert!(!listing.contains(w), "kmsfs-b read {w}: {listing}");
+    }
+}
+
+#[test]
+fn plaintextnames_keeps_names_in_clear_and_the_choice_stays() {
+    let Some(mut m) = Mount::with_names("names-plain", Names::Plain, &[]) else {
+        return;
+    };
+    fs::write(m.p("visible-name"), b"x").unwrap();
+    assert!(m.b("visible-name").exists());
+    let marker = fs::read_to_string(m.b(".kmsfs.json")).unwrap();
+    assert!(marker.contains("\"EncryptedNames\": false"), "{marker}");
+    assert!(!marker.contains("NameKey"), "{marker}");
+    // Mounted again without the option: the recorded choice holds.
+    m.names = Names::Encrypted;
+    m.remount();
+    fs::write(m.p("second"), b"y").unwrap();
+    assert!(m.b("second").exists());
+}
+
+#[test]
+fn long_names_are_created_renamed_linked_and_deleted() {
+    for names in Names::BOTH {
+        let Some(m) = Mount::with_names("names-long", names, &[]) else {
+            return;
+        };
+        fs::create_dir(m.p("d1")).unwrap();
+        fs::create_dir(m.p("d2")).unwrap();
+        let long = |c: char| c.to_string().repeat(255);
+        let (a, b, c) = (long('a'), long('b'), long('c'));
+        fs::write(m.p(&format!("d1/{a}")), b"content").unwrap();
+        fs::create_dir(m.p(&format!("d1/{c}"))).unwrap();
+        fs::write(m.p(&format!("d1/{c}/{a}")), b"inner").unwrap();
+        fs::rename(m.p(&format!("d1/{a}")), m.p(&format!("d2/{b}"))).unwrap();
+        fs::hard_link(m.p(&format!("d2/{b}")), m.p(&format!("d1/{a}"))).unwrap();
+        assert_eq!(fs::read(m.p(&format!("d1/{a}"))).unwrap(), b"content");
+        assert_eq!(fs::read(m.p(&format!("d2/{b}"))).unwrap(), b"content");
+        fs::rename(m.p(&format!("d1/{c}")), m.p(&format!("d2/{c}"))).unwrap();
+        assert_eq!(fs::read(m.p(&format!("d2/{c}/{a}"))).unwrap(), b"inner");
+        let mut listed: Vec<String> = fs::read_dir(m.p("d2"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        listed.sort();
+        assert_eq!(listed, [b.as_str(), c.as_str()], "{}", names.word());
+        // One byte longer than NAME_MAX: refused, as on ext4.
+        let e = fs::write(m.p(&format!("d1/{}", long('x') + "x")), b"").unwrap_err();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::ENAMETOOLONG),
+            "{}",
+            names.word()
+        );
+        fs::remove_file(m.p(&format!("d1/{a}"))).unwrap();
+        fs::remove_file(m.p(&format!("d2/{b}"))).unwrap();
+        fs::remove_dir_all(m.p(&format!("d2/{c}"))).unwrap();
+        assert_eq!(fs::read_dir(m.p("d1")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(m.p("d2")).unwrap().count(), 0);
+        // Nothing left behind: no side file of a name that is gone.
+        for d in walkdirs(&m.backing) {
+            let left: Vec<_> = fs::read_dir(&d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .filter(|n| n != ".kmsfs.dirid")
+                .collect();
+            assert!(left.is_empty(), "{} left {left:?}", names.word());
+        }
+        fs::remove_dir(m.p("d1")).unwrap();
+        fs::remove_dir(m.p("d2")).unwrap();
+    }
+}
+
+/// renameat2 through ctypes: python3 script taking FROM TO FLAGS; prints errno.
+const RENAMEAT2: &str = "import ctypes, os, sys\n\
+libc = ctypes.CDLL(None, use_errno=True)\n\
+r = libc.renameat2(-100, os.fsencode(sys.argv[1]), -100, os.fsencode(sys.argv[2]), int(sys.argv[3]))\n\
+print(0 if r == 0 else ctypes.get_errno())";
+
+fn renameat2(from: &Path, to: &Path, flags: u32) -> i32 {
+    py(
+        RENAMEAT2,
+        &[
+            from.as_os_str(),
+            to.as_os_str(),
+            OsStr::new(&flags.to_string()),
+        ],
+    )
+    .parse()
+    .unwrap()
+}
+
+#[test]
+fn rename_exchange_and_noreplace_across_directories() {
+    for names in Names::BOTH {
+        let Some(m) = Mount::with_names("names-rename", names, &[]) else {
+            return;
+        };
+        fs::create_dir_all(m.p("x/sub")).unwrap();
+        fs::create_dir(m.p("y")).unwrap();
+        let long = "L".repeat(250);
+        fs::write(m.p("x/sub/f"), b"in-sub").unwrap();
+        fs::write(m.p(&format!("y/{long}")), b"long-y").unwrap();
+        fs::write(m.p("y/g"), b"g").unwrap();
+        // NOREPLACE onto an existing name: EEXIST, nothing moved.
+        let no_replace = libc::RENAME_NOREPLACE;
+        assert_eq!(
+            renameat2(&m.p("y/g"), &m.p(&format!("y/{long}")), no_replace),
+            libc::EEXIST
+        );
+        assert_eq!(renameat2(&m.p("y/g"), &m.p("x/g2"), no_replace), 0);
+        assert_eq!(fs::read(m.p("x/g2")).unwrap(), b"g");
+        // EXCHANGE of a directory and a long-named file across directories.
+        let exchange = libc::RENAME_EXCHANGE;
+        assert_eq!(
+            renameat2(&m.p("x/sub"), &m.p(&format!("y/{long}")), exchange),
+            0
+        );
+        assert_eq!(fs::read(m.p("x/sub")).unwrap(), b"long-y");
+        assert_eq!(fs::read(m.p(&format!("y/{long}/f"))).unwrap(), b"in-sub");
+        // And back, after a remount (nothing cached).
+        let mut m = m;
+        m.remount();
+        assert_eq!(fs::read(m.p(&format!("y/{long}/f"))).unwrap(), b"in-sub");
+        assert_eq!(
+            renameat2(&m.p("x/sub"), &m.p(&format!("y/{long}")), exchange),
+            0
+        );
+        assert_eq!(fs::read(m.p("x/sub/f")).unwrap(), b"in-sub");
+        assert_eq!(fs::read(m.p(&format!("y/{long}"))).unwrap(), b"long-y");
+        // A plain rename over an existing file replaces it.
+        fs::rename(m.p(&format!("y/{long}")), m.p("x/g2")).unwrap();
+        assert_eq!(fs::read(m.p("x/g2")).unwrap(), b"long-y");
+        assert_eq!(
+            fs::read_dir(m.p("y")).unwrap().count(),
+            0,
+            "{}",
+            names.word()
+        );
+    }
+}
+
+const EVERY_BYTE: &str = "import os, sys, unicodedata\n\
+d = os.fsencode(sys.argv[1])\n\
+names = set()\n\
+b = bytes(x for x in range(1, 256) if x != 0x2f)\n\
+for i in range(0, len(b), 40):\n    names.add(b[i:i+40])\n\
+for x in b:\n    names.add(bytes([x]) * 3)\n\
+names.discard(b'...')\n\
+for s in ['Readme', 'README', 'readme', 'caf\\u00e9', unicodedata.normalize('NFD', 'caf\\u00e9'), '\\u00c5', '\\u212b']:\n    names.add(s.encode())\n\
+for n in names:\n    open(os.path.join(d, n), 'wb').write(n)\n\
+got = set(os.listdir(d))\n\
+assert got == names, (len(got), len(names), sorted(got ^ names)[:5])\n\
+for n in names:\n    assert open(os.path.join(d, n), 'rb').read() == n, n\n\
+print(len(names))";
+
+#[test]
+fn every_byte_but_slash_and_nul_and_case_and_normalization_stay_distinct() {
+    for names in Names::BOTH {
+        let Some(mut m) = Mount::with_names("names-bytes", names, &[]) else {
+            return;
+        };
+        fs::create_dir(m.p("d")).unwrap();
+        let n: usize = py(EVERY_BYTE, &[m.p("d").as_os_str()]).parse().unwrap();
+        assert!(n > 250, "{n}");
+        m.remount();
+        let listed = fs::read_dir(m.p("d")).unwrap().count();
+        assert_eq!(listed, n, "{}", names.word());
+    }
+}
+
+/// Perl's opendir, readdir, telldir, seekdir and rewinddir over DIR.
+const SEEKDIR: &str = r#"
+opendir(my $d, $ARGV[0]) or die "opendir: $!";
+my @first; for (1..100) { push @first, scalar readdir($d) }
+my $pos = telldir($d);
+my @rest; while (defined(my $e = readdir($d))) { push @rest, $e }
+seekdir($d, $pos);
+my @again; while (defined(my $e = readdir($d))) { push @again, $e }
+die "seekdir: @rest[0..2] vs @again[0..2]" unless "@rest" eq "@again";
+rewinddir($d);
+my @all; while (defined(my $e = readdir($d))) { push @all, $e }
+die "rewinddir: " . scalar(@all) unless "@all" eq join(' ', @first, @rest);
+print scalar(@all), "\n";
+"#;
+
+#[test]
+fn readdir_with_seekdir_telldir_and_rewinddir() {
+    for names in Names::BOTH {
+        let Some(m) = Mount::with_names("names-seekdir", names, &[]) else {
+            return;
+        };
+        fs::create_dir(m.p("d")).unwrap();
+        for i in 0..300 {
+            let n = if i % 7 == 0 {
+                format!("{i}-{}", "n".repeat(200))
+            } else {
+                format!("entry-{i}")
+            };
+            fs::write(m.p(&format!("d/{n}")), b"").unwrap();
+        }
+        let o = Command::new("perl")
+            .args(["-e", SEEKDIR])
+            .arg(m.p("d"))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{}: {}",
+            names.word(),
+            common::describe(&o)
+        );
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "302");
+    }
+}
+
+#[test]
+fn a_name_moved_copied_or_edited_in_the_backing_directory_is_refused() {
+    let Some(mut m) = Mount::with_names("names-moved", Names::Encrypted, &[]) else {
+        return;
+    };
+    // Each entry is made alone: the one new backing path is its own.
+    let all = |m: &Mount| -> std::collections::BTreeSet<PathBuf> {
+        entries_under(&m.backing)
+            .into_iter()
+            .filter(|p| !p.file_name().unwrap().as_bytes().starts_with(b".kmsfs."))
+            .collect()
+    };
+    let made = |m: &Mount, make: &dyn Fn(&Mount)| -> PathBuf {
+        let before = all(m);
+        make(m);
+        let new: Vec<PathBuf> = all(m).difference(&before).cloned().collect();
+        assert_eq!(new.len(), 1, "{new:?}");
+        new[0].clone()
+    };
+    let ba = made(&m, &|m| fs::create_dir(m.p("a")).unwrap());
+    let bb = made(&m, &|m| fs::create_dir(m.p("b")).unwrap());
+    let secret = made(&m, &|m| fs::write(m.p("a/secret"), b"s").unwrap());
+    let edited = made(&m, &|m| fs::write(m.p("a/edited"), b"e").unwrap());
+    fs::write(m.p("a/kept"), b"k").unwrap();
+    let link = made(&m, &|m| {
+        std::os::unix::fs::symlink("kept", m.p("a/link")).unwrap()
+    });
+    let inner = made(&m, &|m| fs::create_dir(m.p("b/inner")).unwrap());
+    m.unmount();
+    // Copied into another directory; a directory moved into another; a
+    // name edited; a symlink's target edited.
+    assert!(
+        Command::new("cp")
+            .arg("-a")
+            .arg(&secret)
+            .arg(&bb)
+            .status()
+            .unwrap()
+            .success()
+    );
+    fs::rename(&inner, ba.join(inner.file_name().unwrap())).unwrap();
+    let mut e = edited.file_name().unwrap().as_bytes().to_vec();
+    e[5] = if e[5] == b'A' { b'B' } else { b'A' };
+    fs::rename(&edited, ba.join(OsStr::from_bytes(&e))).unwrap();
+    let t = fs::read_link(&link).unwrap();
+    let mut t = t.as_os_str().as_bytes().to_vec();
+    t[20] = if t[20] == b'A' { b'B' } else { b'A' };
+    fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(OsStr::from_bytes(&t), &link).unwrap();
+    m.mount();
+    let list = |d: &str| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(m.p(d))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(list("a"), ["kept", "link", "secret"]);
+    assert_eq!(list("b"), Vec::<String>::new());
+    assert_eq!(fs::read(m.p("a/secret")).unwrap(), b"s");
+    assert!(fs::metadata(m.p("b/secret")).is_err());
+    assert!(fs::metadata(m.p("a/edited")).is_err());
+    assert!(fs::metadata(m.p("b/inner")).is_err());
+    assert_eq!(
+        fs::read_link(m.p("a/link")).unwrap_err().raw_os_error(),
+        Some(libc::EIO)
+    );
+    let log = m.log_text();
+    let hidden = log
+        .lines()
+        .filter(|l| l.contains("entry hidden from the listing"))
+        .count();
+    assert!(hidden >= 3, "{log}");
+    assert!(log.contains("symlink target fails authentication"), "{log}");
+    assert!(
+        log.contains(&bb.join(secret.file_name().unwrap()).display().to_string()),
+        "{log}"
+    );
+    // The copied entry is still in b's backing directory: hidden, not removed.
+    assert_eq!(user_entries(&bb).len(), 1);
+}
+
+#[test]
+fn a_disabled_key_refuses_the_next_lookup_and_listing() {
+    let Some(m) = Mount::with_names("names-disabled", Names::Encrypted, &[]) else {
+        return;
+    };
+    fs::create_dir(m.p("d")).unwrap();
+    fs::write(m.p("d/f"), b"x").unwrap();
+    m.ok(&["kms", "disable-key", "--key-id", KEY]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut i = 0;
+    let err = loop {
+        // A name never looked up before: the kernel must ask the daemon.
+        i += 1;
+        match fs::symlink_metadata(m.p(&format!("never-{i}"))) {
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => break e,
+            r => assert!(
+                std::time::Instant::now() < deadline,
+                "lookup after disable-key: {r:?}"
+            ),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES));
+    assert_eq!(
+        fs::read_dir(m.p("d")).unwrap_err().raw_os_error(),
+        Some(libc::EACCES)
+    );
+    m.ok(&["kms", "enable-key", "--key-id", KEY]);
+    assert_eq!(fs::read(m.p("d/f")).unwrap(), b"x");
+    assert_eq!(fs::read_dir(m.p("d")).unwrap().count(), 1);
+}
