@@ -459,3 +459,55 @@ fn a_disabled_key_refuses_the_next_lookup_and_listing() {
     assert_eq!(fs::read(m.p("d/f")).unwrap(), b"x");
     assert_eq!(fs::read_dir(m.p("d")).unwrap().count(), 1);
 }
+
+#[test]
+fn rewrap_moves_the_name_key_without_renaming_and_the_other_tree_tools_refuse() {
+    let Some(mut m) = Mount::with_names("names-tree", Names::Encrypted, &[]) else {
+        return;
+    };
+    fs::create_dir(m.p("d")).unwrap();
+    fs::write(m.p("d/f"), b"content").unwrap();
+    fs::write(m.p(&"q".repeat(230)), b"long").unwrap();
+    std::os::unix::fs::symlink("d/f", m.p("link")).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&m.ok(&["--output", "json", "kms", "create-key"])).unwrap();
+    let new = v["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    m.unmount();
+    let mut before = backing_names(&m.backing);
+    before.sort();
+    let b = m.backing.to_str().unwrap().to_string();
+    let out = m.ok(&["rewrap", &b, "--to-key-id", &new]);
+    assert!(
+        out.contains(&format!("the name key is now under {new}")),
+        "{out}"
+    );
+    let mut after = backing_names(&m.backing);
+    after.sort();
+    assert_eq!(before, after, "rewrap renamed nothing");
+    // The old key disabled: names and files open under the new one.
+    m.ok(&["kms", "disable-key", "--key-id", KEY]);
+    m.mount();
+    assert_eq!(fs::read(m.p("link")).unwrap(), b"content");
+    assert_eq!(fs::read(m.p(&"q".repeat(230))).unwrap(), b"long");
+    m.unmount();
+    // export, import and fsck do not handle encrypted names yet: they
+    // refuse, and change nothing.
+    let dest = m.tmp.path().join("exported");
+    let src = m.tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("plain-name"), b"x").unwrap();
+    for args in [
+        vec!["export", b.as_str(), dest.to_str().unwrap()],
+        vec!["import", src.to_str().unwrap(), b.as_str()],
+        vec!["fsck", b.as_str()],
+    ] {
+        let o = m.run(&args);
+        assert!(!o.status.success(), "{args:?}: {}", common::describe(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("encrypted names"), "{args:?}: {err}");
+    }
+    assert!(!dest.exists());
+    let mut now = backing_names(&m.backing);
+    now.sort();
+    assert_eq!(before, now);
+}

@@ -215,7 +215,9 @@ pub fn rewrap(g: &GlobalArgs, a: RewrapArgs) -> Result<(), CliError> {
     let start = std::time::Instant::now();
     let report = rw.run(&t, &w.files, &mut |_| progress.tick())?;
     drop(progress);
+    let names = rewrap_name_key(&ks, &a.backing, rw.options());
     finish_audit(g)?;
+    let names = names?;
     let secs = start.elapsed().as_secs_f64();
     if !printed_json(g, &report) {
         for p in &report.problems {
@@ -234,6 +236,9 @@ pub fn rewrap(g: &GlobalArgs, a: RewrapArgs) -> Result<(), CliError> {
             report.io,
             secs
         );
+        if let Some(key) = &names {
+            println!("rewrap: the name key is now under {key}");
+        }
     }
     if let Some((to, from)) = new_default {
         follow_default_key(g, &a.backing, &to, from.as_deref(), &ks);
@@ -262,6 +267,70 @@ pub fn rewrap(g: &GlobalArgs, a: RewrapArgs) -> Result<(), CliError> {
         .hint("run the same command again once they are closed"))
     } else {
         Ok(())
+    }
+}
+
+/// The name key of a tree with encrypted names, wrapped again (ReEncrypt:
+/// its plaintext never leaves the key service) under `--to-key-id` or its
+/// own key's newest material, and recorded in the binding file by an
+/// atomic replace; no name changes. Returns the key it is now under (None:
+/// plain names, or not under `--from-key-id`).
+fn rewrap_name_key(
+    ks: &LocalKeyStore,
+    backing: &Path,
+    o: &RewrapOptions,
+) -> Result<Option<String>, CliError> {
+    use crate::kms::KeyServiceExt;
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let Some(m) = crate::daemon::read_marker(backing)? else {
+        return Ok(None);
+    };
+    let Some(wrapped) = m.wrapped_name_key()? else {
+        return Ok(None);
+    };
+    let caller = super::cli_context();
+    let ctx = crate::envelope::names::names_context();
+    let source = crate::kms::blob::BlobHeader::parse(&wrapped)?.key_id_string();
+    if let Some(from) = &o.from_key {
+        let from = ks.describe_key(&caller, from)?.key_id;
+        if from != source {
+            return Ok(None);
+        }
+    }
+    let to = match &o.to_key {
+        Some(k) => ks.describe_key(&caller, k)?.key_id,
+        None => source,
+    };
+    let e = ks.re_encrypt(&caller, &wrapped, &ctx, &to, &ctx)?;
+    crate::daemon::replace_marker(
+        backing,
+        &crate::daemon::BackingMarker {
+            name_key: Some(b64.encode(&e.ciphertext_blob)),
+            ..m
+        },
+    )?;
+    Ok(Some(e.key_id))
+}
+
+/// Refuses `what` on a tree with encrypted names, which it does not
+/// handle yet: nothing is read or changed.
+fn refuse_encrypted_names(t: &tree::Tree, what: &str, hint: &str) -> Result<(), CliError> {
+    match t.names_encrypted() {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(CliError::new(
+            ErrorClass::Refused,
+            format!(
+                "{}: `kmsfs {what}` does not handle a tree with encrypted names yet; nothing \
+                 was read or changed",
+                t.path().display()
+            ),
+        )
+        .hint(hint.to_string())),
+        Err(e) => Err(CliError::new(
+            ErrorClass::Corrupt,
+            format!("{}: {e}", t.path().display()),
+        )),
     }
 }
 
@@ -349,6 +418,12 @@ fn describe_problem(p: &Problem) -> String {
 pub fn fsck(g: &GlobalArgs, a: FsckArgs) -> Result<(), CliError> {
     let ks = bulk_key_service(g)?;
     let (t, w) = open_and_walk(&a.backing, "backing directory")?;
+    refuse_encrypted_names(
+        &t,
+        "fsck",
+        "mount it and read every file through the mount (`tar -cf /dev/null -C MOUNTPOINT .`): \
+         a name or block that fails authentication is EIO and named in the mount's log",
+    )?;
     let progress = Progress::for_files(&t, &w.files);
     let start = std::time::Instant::now();
     let report = tree::fsck_tree(
@@ -474,6 +549,13 @@ fn empty_dest(dest: &Path) -> Result<(tree::Tree, PathBuf), CliError> {
 pub fn export(g: &GlobalArgs, a: ExportArgs) -> Result<(), CliError> {
     let backing = existing_dir(&a.backing, "backing directory")?;
     let _lock = lock_unmounted(&backing, "export")?;
+    let t = tree::Tree::open(&backing)?;
+    refuse_encrypted_names(
+        &t,
+        "export",
+        "mount it and copy out through the mount (`cp -a MOUNTPOINT/. DEST`)",
+    )?;
+    drop(t);
     if let Some(m) = crate::daemon::read_marker(&backing)? {
         let ks = keystore::open_key_service(g)?;
         if ks.keystore_id() != m.keystore_id {
@@ -526,6 +608,13 @@ pub fn import(g: &GlobalArgs, a: ImportArgs) -> Result<(), CliError> {
         ));
     }
     let _lock = lock_unmounted(&backing, "import")?;
+    let t = tree::Tree::open(&backing)?;
+    refuse_encrypted_names(
+        &t,
+        "import",
+        "mount it and copy in through the mount (`cp -a SRC/. MOUNTPOINT`)",
+    )?;
+    drop(t);
     let survey = crate::daemon::survey(&backing);
     let bound = crate::daemon::bind(
         &keystore::key_source(g),

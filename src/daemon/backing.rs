@@ -252,6 +252,8 @@ pub fn survey(dir: &Path) -> Survey {
     let Ok(tree) = crate::tree::Tree::open(dir) else {
         return s;
     };
+    // kmsfs's own files of a tree with encrypted names are not entries.
+    let encrypted = tree.names_encrypted().unwrap_or(false);
     let mut queue = std::collections::VecDeque::from([PathBuf::new()]);
     while let Some(rel) = queue.pop_front() {
         // Read without O_NOATIME's absence leaving a trace: a mount must not
@@ -262,6 +264,9 @@ pub fn survey(dir: &Path) -> Survey {
         };
         for (name, kind) in entries {
             if rel.as_os_str().is_empty() && (name == BACKING_MARKER || name == BACKING_LOCK) {
+                continue;
+            }
+            if encrypted && crate::envelope::names::is_internal(&name) {
                 continue;
             }
             if s.entries >= SURVEY_LIMIT {

@@ -81,6 +81,31 @@ impl Tree {
         &self.path
     }
 
+    /// True when the tree's binding file says its names are encrypted
+    /// (`EncryptedNames`, or a `NameKey`): its entries are then encrypted
+    /// names, and kmsfs's own files (`.kmsfs.dirid`, long names' side
+    /// files) are not part of it. Read through the tree's descriptor; a
+    /// binding file that cannot be read or parsed is an error, never taken
+    /// for plain names.
+    pub fn names_encrypted(&self) -> io::Result<bool> {
+        use std::io::Read;
+        let mut f =
+            match open_strictly_beneath(&self.root, Path::new(BACKING_MARKER), libc::O_RDONLY, 0) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(e),
+            };
+        let mut body = Vec::new();
+        (&mut f).take(1 << 20).read_to_end(&mut body)?;
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("{BACKING_MARKER}: {e}"))
+        })?;
+        Ok(
+            v.get("EncryptedNames").and_then(|b| b.as_bool()) == Some(true)
+                || v.get("NameKey").is_some_and(|k| !k.is_null()),
+        )
+    }
+
     /// The root's descriptor.
     pub(crate) fn root(&self) -> &File {
         &self.root
@@ -154,6 +179,7 @@ pub struct Walk {
 /// part of it).
 pub fn walk(tree: &Tree) -> io::Result<Walk> {
     let dev = tree.root.metadata()?.dev();
+    let encrypted = tree.names_encrypted()?;
     let mut out = Walk::default();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
@@ -168,6 +194,9 @@ pub fn walk(tree: &Tree) -> io::Result<Walk> {
         let mut subdirs = Vec::new();
         for (name, kind) in entries {
             if rel.as_os_str().is_empty() && (name == BACKING_MARKER || name == BACKING_LOCK) {
+                continue;
+            }
+            if encrypted && crate::envelope::names::is_internal(&name) {
                 continue;
             }
             let path = rel.join(&name);
