@@ -112,8 +112,8 @@ pub fn side_file_of(entry: &OsStr) -> OsString {
 /// never starts with a dot, so none of these can be a user's entry.
 pub fn is_internal(backing: &OsStr) -> bool {
     let b = backing.as_bytes();
-    b.starts_with(b".kmsfs.")
-        && !(b.starts_with(LONG_PREFIX.as_bytes()) && !b.ends_with(LONG_SUFFIX.as_bytes()))
+    let long_entry = b.starts_with(LONG_PREFIX.as_bytes()) && !b.ends_with(LONG_SUFFIX.as_bytes());
+    b.starts_with(b".kmsfs.") && !long_entry
 }
 
 fn pad(plain: &[u8]) -> zeroize::Zeroizing<Vec<u8>> {
@@ -127,7 +127,7 @@ fn pad(plain: &[u8]) -> zeroize::Zeroizing<Vec<u8>> {
 fn unpad(mut v: zeroize::Zeroizing<Vec<u8>>) -> Result<Vec<u8>, NameError> {
     let bad = NameError::Corrupt("bad padding");
     let n = usize::from(*v.last().ok_or(NameError::Corrupt("empty"))?);
-    if n == 0 || n > PAD || n > v.len() || v.len() % PAD != 0 {
+    if n == 0 || n > PAD || n > v.len() || !v.len().is_multiple_of(PAD) {
         return Err(bad);
     }
     if v[v.len() - n..].iter().any(|&b| usize::from(b) != n) {
