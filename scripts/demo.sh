@@ -49,14 +49,19 @@ mkdir "$mnt/notes"; seq 1 2000 > "$mnt/notes/numbers.txt"
 run cat "$mnt/report.txt"
 run ls -l "$mnt" "$mnt/notes"
 
-step "the backing directory holds only ciphertext (header, then 4 KiB blocks: nonce, ciphertext, tag)"
-run ls -l "$backing"
-run od -A d -t x1 -N 96 "$backing/report.txt"
-if grep -q "revenue" "$backing/report.txt"; then
+step "the backing directory holds only ciphertext: encrypted names, then each file's header and 4 KiB blocks (nonce, ciphertext, tag)"
+run ls -lA "$backing"
+if find "$backing" | grep -qE 'report|notes|numbers'; then
+  echo "demo: FAILED: a readable name in the backing directory" >&2; exit 1
+fi
+echo "(no name in $backing says report, notes or numbers)"
+report=$(find "$backing" -maxdepth 1 -type f ! -name '.kmsfs.*')
+run od -A d -t x1 -N 96 "$report"
+if grep -q "revenue" "$report"; then
   echo "demo: FAILED: plaintext found in the backing file" >&2; exit 1
 fi
-echo "(grep finds no 'revenue' in $backing/report.txt)"
-run "$kmsfs" inspect "$backing/report.txt"
+echo "(grep finds no 'revenue' in $report)"
+run "$kmsfs" inspect "$report"
 
 step "disable the CMK: opening the file is refused (EACCES), like a detached EBS key"
 run "$kmsfs" kms disable-key --key-id alias/kmsfs/default
@@ -72,7 +77,7 @@ run cat "$mnt/report.txt"
 step "unmount: the plaintext view is gone, the ciphertext stays"
 run "$kmsfs" unmount "$mnt"
 run ls -A "$mnt"
-run "$kmsfs" unseal "$backing/report.txt" "$work/report.unsealed"
+run "$kmsfs" unseal "$report" "$work/report.unsealed"
 run cat "$work/report.unsealed"
 
 step "who used the key: the audit trail (hash-chained, signed), the refused open included"

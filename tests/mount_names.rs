@@ -259,6 +259,16 @@ fn rename_exchange_and_noreplace_across_directories() {
         );
         assert_eq!(fs::read(m.p("x/sub/f")).unwrap(), b"in-sub");
         assert_eq!(fs::read(m.p(&format!("y/{long}"))).unwrap(), b"long-y");
+        // A directory renamed over an empty one replaces it; over one that
+        // is not empty, ENOTEMPTY, as on ext4.
+        fs::create_dir_all(m.p("x/full/inside")).unwrap();
+        fs::create_dir(m.p("y/empty")).unwrap();
+        let e = fs::rename(m.p("y/empty"), m.p("x/full")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY), "{}", names.word());
+        fs::rename(m.p("x/full"), m.p("y/empty")).unwrap();
+        assert!(m.p("y/empty/inside").is_dir());
+        fs::remove_dir(m.p("y/empty/inside")).unwrap();
+        fs::remove_dir(m.p("y/empty")).unwrap();
         // A plain rename over an existing file replaces it.
         fs::rename(m.p(&format!("y/{long}")), m.p("x/g2")).unwrap();
         assert_eq!(fs::read(m.p("x/g2")).unwrap(), b"long-y");
@@ -426,6 +436,13 @@ fn a_name_moved_copied_or_edited_in_the_backing_directory_is_refused() {
     );
     // The copied entry is still in b's backing directory: hidden, not removed.
     assert_eq!(user_entries(&bb).len(), 1);
+    // fsck names each refused name and target.
+    m.unmount();
+    let o = m.run(&["fsck", m.backing.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(5), "{}", common::describe(&o));
+    assert_eq!(out.matches("name refused").count(), 4, "{out}");
+    assert!(out.contains("4 refused"), "{out}");
 }
 
 #[test]
@@ -461,7 +478,7 @@ fn a_disabled_key_refuses_the_next_lookup_and_listing() {
 }
 
 #[test]
-fn rewrap_moves_the_name_key_without_renaming_and_the_other_tree_tools_refuse() {
+fn rewrap_moves_the_name_key_without_renaming_fsck_opens_every_name_export_and_import_refuse() {
     let Some(mut m) = Mount::with_names("names-tree", Names::Encrypted, &[]) else {
         return;
     };
@@ -490,8 +507,14 @@ fn rewrap_moves_the_name_key_without_renaming_and_the_other_tree_tools_refuse() 
     assert_eq!(fs::read(m.p("link")).unwrap(), b"content");
     assert_eq!(fs::read(m.p(&"q".repeat(230))).unwrap(), b"long");
     m.unmount();
-    // export, import and fsck do not handle encrypted names yet: they
-    // refuse, and change nothing.
+    // fsck opens every name and target.
+    let out = m.ok(&["fsck", &b]);
+    assert!(
+        out.contains("names: 4 names and 1 symlink targets open, 0 refused"),
+        "{out}"
+    );
+    // export and import do not handle encrypted names yet: they refuse,
+    // and change nothing.
     let dest = m.tmp.path().join("exported");
     let src = m.tmp.path().join("src");
     fs::create_dir(&src).unwrap();
@@ -499,7 +522,6 @@ fn rewrap_moves_the_name_key_without_renaming_and_the_other_tree_tools_refuse() 
     for args in [
         vec!["export", b.as_str(), dest.to_str().unwrap()],
         vec!["import", src.to_str().unwrap(), b.as_str()],
-        vec!["fsck", b.as_str()],
     ] {
         let o = m.run(&args);
         assert!(!o.status.success(), "{args:?}: {}", common::describe(&o));

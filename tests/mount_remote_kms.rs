@@ -44,6 +44,10 @@ fn remote_mount(
         .args(["--kms-cache-seconds", &CACHE_SECONDS.to_string()])
         .arg("--log-file")
         .arg(log)
+        // Plain names: these tests reach backing files by their names
+        // (encrypted names under a remote KMS: tests/mount_names.rs runs
+        // them against the local keystore, through the same KeyService).
+        .args(["-o", "plaintextnames"])
         .args(extra);
     aws_env(&mut c, creds.0, creds.1);
     c.output().expect("run kmsfs mount")

@@ -478,6 +478,9 @@ fn print_inspect_json(
         "KeystoreId": marker.as_ref().map(|m| m.keystore_id.clone()),
         "DefaultKeyId": marker.as_ref().map(|m| m.default_key_id.clone()),
         "BlockFormat": marker.as_ref().map(|m| m.block_format),
+        "EncryptedNames": marker
+            .as_ref()
+            .is_some_and(|m| m.name_key.is_some() || m.encrypted_names == Some(true)),
         "Files": report.files,
         "Bytes": report.bytes,
         "EmptyFiles": empty,
@@ -509,6 +512,14 @@ fn print_inspect_text(
             println!("keystore id:        {}", m.keystore_id);
             println!("default key:        {}", m.default_key_id);
             println!("block format:       {}", m.block_format);
+            println!(
+                "names:              {}",
+                if m.name_key.is_some() || m.encrypted_names == Some(true) {
+                    "encrypted"
+                } else {
+                    "plain"
+                }
+            );
         }
         None => println!("keystore id:        (no .kmsfs.json: never mounted)"),
     }

@@ -418,12 +418,6 @@ fn describe_problem(p: &Problem) -> String {
 pub fn fsck(g: &GlobalArgs, a: FsckArgs) -> Result<(), CliError> {
     let ks = bulk_key_service(g)?;
     let (t, w) = open_and_walk(&a.backing, "backing directory")?;
-    refuse_encrypted_names(
-        &t,
-        "fsck",
-        "mount it and read every file through the mount (`tar -cf /dev/null -C MOUNTPOINT .`): \
-         a name or block that fails authentication is EIO and named in the mount's log",
-    )?;
     let progress = Progress::for_files(&t, &w.files);
     let start = std::time::Instant::now();
     let report = tree::fsck_tree(
@@ -435,9 +429,44 @@ pub fn fsck(g: &GlobalArgs, a: FsckArgs) -> Result<(), CliError> {
         &mut |_| progress.tick(),
     );
     drop(progress);
+    // Encrypted names: every name opened in its directory, every target.
+    let wrapped = t
+        .wrapped_name_key()
+        .map_err(|e| CliError::new(ErrorClass::Corrupt, format!("{}: {e}", a.backing.display())))?;
+    let names = match &wrapped {
+        Some(k) => Some(
+            tree::check_names(&t, &w, k, &*ks, &super::cli_context()).map_err(|e| match e {
+                crate::envelope::names::NameError::Kms(k) => CliError::from(k),
+                e => CliError::new(ErrorClass::Corrupt, format!("the name key: {e}")),
+            })?,
+        ),
+        None => None,
+    };
     finish_audit(g)?;
     let secs = start.elapsed().as_secs_f64();
-    if !printed_json(g, &report) {
+    #[derive(serde::Serialize)]
+    struct WithNames<'a> {
+        #[serde(flatten)]
+        files: &'a tree::FsckReport,
+        #[serde(rename = "EncryptedNames", skip_serializing_if = "Option::is_none")]
+        names: &'a Option<tree::NamesReport>,
+    }
+    let shown = WithNames {
+        files: &report,
+        names: &names,
+    };
+    if !printed_json(g, &shown) {
+        if let Some(n) = &names {
+            for f in &n.refused {
+                println!("{}: name refused: {}", f.path.display(), f.reason);
+            }
+            println!(
+                "names: {} names and {} symlink targets open, {} refused",
+                n.names,
+                n.targets,
+                n.refused.len()
+            );
+        }
         for f in &report.findings {
             let what = match &f.status {
                 FileStatus::Ok | FileStatus::Empty => continue,
@@ -463,10 +492,16 @@ pub fn fsck(g: &GlobalArgs, a: FsckArgs) -> Result<(), CliError> {
             report.files, report.bytes, report.corrupt, report.unreadable, report.io, secs
         );
     }
+    let bad_names = names.as_ref().map_or(0, |n| n.refused.len());
     if report.corrupt > 0 || report.io > 0 {
         Err(CliError::new(
             ErrorClass::Corrupt,
             format!("{} damaged files", report.corrupt + report.io),
+        ))
+    } else if bad_names > 0 {
+        Err(CliError::new(
+            ErrorClass::Corrupt,
+            format!("{bad_names} names or symlink targets refused (moved, copied or edited)"),
         ))
     } else if report.unreadable > 0 {
         Err(CliError::new(

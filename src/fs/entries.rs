@@ -182,7 +182,7 @@ impl KmsFs {
         // names: the new name gets one first, the old one loses its own
         // once it is gone (an exchange keeps both names).
         add_side(&t.dir, &t.enc)?;
-        os::beneath::renameat2(&f.dir, &f.name, &t.dir, &t.name, flags)
+        self.rename_over(&f, &t, flags)
             .inspect_err(|_| drop_side(&t.dir, &t.enc))?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         if !exchange && f.rel != t.rel {
@@ -245,30 +245,31 @@ impl KmsFs {
     /// temporaries), which go first; if the rmdir then fails, the id is
     /// put back.
     fn rmdir_with_id(&self, e: &InDir) -> Result<(), FsError> {
-        let d = os::beneath::open_beneath(
-            &e.dir,
-            Path::new(&e.name),
-            libc::O_RDONLY | libc::O_DIRECTORY,
-            0,
-        )
-        .map_err(|err| match err.raw_os_error() {
-            Some(libc::ELOOP) => FsError::Io(std::io::Error::from_raw_os_error(libc::ENOTDIR)),
-            _ => FsError::Io(err),
-        })?;
-        let entries = os::at::list_dir(&d)?;
-        if entries.iter().any(|(n, _)| !names::is_internal(n)) {
-            return Err(FsError::Io(std::io::Error::from_raw_os_error(
-                libc::ENOTEMPTY,
-            )));
-        }
-        let id = names::read_dir_id(&d).ok();
-        for (n, kind) in &entries {
-            os::beneath::unlinkat(&d, n, *kind == os::dir::EntryKind::Dir)?;
-        }
+        let (d, id) = empty_for_removal(e)?;
         if let Err(err) = os::beneath::unlinkat(&e.dir, &e.name, true) {
-            if let Some(id) = id {
-                let _ = names::write_dir_id(&d, Some(id));
-            }
+            restore_id(&d, id);
+            return Err(err.into());
+        }
+        Ok(())
+    }
+
+    /// renameat2 where the target may be an empty directory of a tree with
+    /// encrypted names: its own files go first (else the backing rename
+    /// would be ENOTEMPTY where ext4 replaces it), and its id comes back if
+    /// the rename fails.
+    fn rename_over(&self, f: &InDir, t: &InDir, flags: u32) -> Result<(), FsError> {
+        let replacing_dir = t.enc.is_some()
+            && flags & (libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) == 0
+            && stat_at(&t.dir, &t.name).is_ok_and(|m| m.is_dir())
+            && stat_at(&f.dir, &f.name).is_ok_and(|m| m.is_dir());
+        if !replacing_dir {
+            return Ok(os::beneath::renameat2(
+                &f.dir, &f.name, &t.dir, &t.name, flags,
+            )?);
+        }
+        let (d, id) = empty_for_removal(t)?;
+        if let Err(err) = os::beneath::renameat2(&f.dir, &f.name, &t.dir, &t.name, flags) {
+            restore_id(&d, id);
             return Err(err.into());
         }
         Ok(())
@@ -341,6 +342,41 @@ impl KmsFs {
             Some(caller.uid),
             Some(gid),
         )?)
+    }
+}
+
+/// Directory `e` of a tree with encrypted names, emptied of kmsfs's own
+/// files so that it can be removed or replaced: ENOTEMPTY (nothing
+/// removed) when it holds any entry, ENOTDIR when it is no directory.
+/// Returns it (opened) and the id it had.
+fn empty_for_removal(e: &InDir) -> Result<(File, Option<names::DirId>), FsError> {
+    let d = os::beneath::open_beneath(
+        &e.dir,
+        Path::new(&e.name),
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        0,
+    )
+    .map_err(|err| match err.raw_os_error() {
+        Some(libc::ELOOP) => FsError::Io(std::io::Error::from_raw_os_error(libc::ENOTDIR)),
+        _ => FsError::Io(err),
+    })?;
+    let entries = os::at::list_dir(&d)?;
+    if entries.iter().any(|(n, _)| !names::is_internal(n)) {
+        return Err(FsError::Io(std::io::Error::from_raw_os_error(
+            libc::ENOTEMPTY,
+        )));
+    }
+    let id = names::read_dir_id(&d).ok();
+    for (n, kind) in &entries {
+        os::beneath::unlinkat(&d, n, *kind == os::dir::EntryKind::Dir)?;
+    }
+    Ok((d, id))
+}
+
+/// Puts a directory's id back after its removal failed.
+fn restore_id(d: &File, id: Option<names::DirId>) {
+    if let Some(id) = id {
+        let _ = names::write_dir_id(d, Some(id));
     }
 }
 

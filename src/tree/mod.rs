@@ -10,6 +10,7 @@ mod export;
 mod fsck;
 mod import;
 mod known;
+mod names;
 mod rewrap;
 
 use std::ffi::OsStr;
@@ -30,6 +31,7 @@ pub use self::export::{export_tree, open_dest};
 pub use self::fsck::{FileCheck, FileStatus, FsckReport, KeySummary, fsck_file, fsck_tree};
 pub use self::import::{NewFiles, import_tree};
 pub use self::known::{known as known_backings, protected_by, remember as remember_backing};
+pub use self::names::{NameFinding, NamesReport, check_names};
 pub use self::rewrap::{Problem, RewrapOptions, RewrapOutcome, RewrapReport, Rewrapper};
 
 /// A tree opened once by the path its operator named. Every name below it
@@ -88,22 +90,47 @@ impl Tree {
     /// binding file that cannot be read or parsed is an error, never taken
     /// for plain names.
     pub fn names_encrypted(&self) -> io::Result<bool> {
+        Ok(self.marker()?.is_some_and(|v| {
+            v.get("EncryptedNames").and_then(|b| b.as_bool()) == Some(true)
+                || v.get("NameKey").is_some_and(|k| !k.is_null())
+        }))
+    }
+
+    /// The tree's name key as its binding file holds it, wrapped (None:
+    /// plain names, or not made yet).
+    pub fn wrapped_name_key(&self) -> io::Result<Option<Vec<u8>>> {
+        use base64::Engine;
+        let Some(v) = self.marker()? else {
+            return Ok(None);
+        };
+        let Some(k) = v.get("NameKey").and_then(|k| k.as_str()) else {
+            return Ok(None);
+        };
+        base64::engine::general_purpose::STANDARD
+            .decode(k)
+            .map(Some)
+            .map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{BACKING_MARKER}: NameKey: {e}"),
+                )
+            })
+    }
+
+    /// The binding file, parsed (None: there is none).
+    fn marker(&self) -> io::Result<Option<serde_json::Value>> {
         use std::io::Read;
         let mut f =
             match open_strictly_beneath(&self.root, Path::new(BACKING_MARKER), libc::O_RDONLY, 0) {
                 Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(e),
             };
         let mut body = Vec::new();
         (&mut f).take(1 << 20).read_to_end(&mut body)?;
-        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        serde_json::from_slice(&body).map(Some).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidData, format!("{BACKING_MARKER}: {e}"))
-        })?;
-        Ok(
-            v.get("EncryptedNames").and_then(|b| b.as_bool()) == Some(true)
-                || v.get("NameKey").is_some_and(|k| !k.is_null()),
-        )
+        })
     }
 
     /// The root's descriptor.
