@@ -199,7 +199,7 @@ impl KmsFs {
     fn lookup_parent(&self, dir: u64) -> Result<Attr, FsError> {
         let node = self.open_checked(dir, libc::O_PATH | libc::O_DIRECTORY)?;
         let rel = node.rel.parent().unwrap_or(Path::new(""));
-        let up = os::beneath::open_beneath(
+        let up = os::beneath::open_beneath_deep(
             &self.root,
             os::or_dot(rel),
             libc::O_PATH | libc::O_DIRECTORY,
