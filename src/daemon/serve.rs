@@ -206,7 +206,7 @@ fn name_key(req: &Serving, ks: &dyn crate::kms::KeyService) -> Result<Option<Vec
     };
     let rc = crate::kms::RequestContext::new(me, crate::kms::Origin::Mount);
     let (_, wrapped) = crate::envelope::names::NameKey::generate(ks, &rc, &req.key_id)
-        .map_err(|e| MountError::Io(format!("making the name key: {e}")))?;
+        .map_err(|e| MountError::Failed(format!("making the name key: {e}")))?;
     use base64::Engine;
     m.name_key = Some(base64::engine::general_purpose::STANDARD.encode(&wrapped));
     super::replace_marker(&req.backing, &m)?;
