@@ -303,11 +303,12 @@ fn a_header_swapped_under_an_open_file_does_not_bypass_a_policy_deny() {
         {{"Effect":"Deny","Principal":{{"kmsfs":"uid:{}"}},"Action":"kms:Decrypt"}}]}}"#,
         b.uid
     );
+    let default_key = m.key_id_of("alias/kmsfs/default");
     m.ok(&[
         "kms",
         "put-key-policy",
         "--key-id",
-        "alias/kmsfs/default",
+        &default_key,
         "--policy",
         &policy,
     ]);

@@ -214,7 +214,8 @@ fn truncate_by_path_checks_the_callers_key_even_while_the_file_is_open() {
     // uid 1 (daemon) may not use the key.
     let policy = r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*"},
         {"Effect":"Deny","Principal":{"kmsfs":"uid:1"},"Action":"kms:*"}]}"#;
-    m.ok(&["kms", "put-key-policy", "--key-id", KEY, "--policy", policy]);
+    let key_id = m.key_id_of(KEY);
+    m.ok(&["kms", "put-key-policy", "--key-id", &key_id, "--policy", policy]);
     let held = OpenOptions::new()
         .read(true)
         .write(true)

@@ -39,11 +39,12 @@ fn policy(m: &Mount, deny: &str) {
         r#"{{"Statement":[{{"Effect":"Allow","Principal":"*","Action":"kms:*"}},
         {{"Effect":"Deny","Principal":{{"kmsfs":"{deny}"}},"Action":"kms:Decrypt"}}]}}"#
     );
+    let default_key = m.key_id_of("alias/kmsfs/default");
     m.ok(&[
         "kms",
         "put-key-policy",
         "--key-id",
-        "alias/kmsfs/default",
+        &default_key,
         "--policy",
         &p,
     ]);

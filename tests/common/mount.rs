@@ -94,6 +94,17 @@ impl Mount {
         Some(m)
     }
 
+    /// The key id behind an alias (PutKeyPolicy and the rotation operations
+    /// take a key id or ARN only, as in AWS).
+    pub fn key_id_of(&self, alias: &str) -> String {
+        let out = self.ok(&["--output", "json", "kms", "describe-key", "--key-id", alias]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("describe-key JSON");
+        v["KeyMetadata"]["KeyId"]
+            .as_str()
+            .expect("KeyMetadata.KeyId")
+            .to_string()
+    }
+
     /// A `kmsfs` command on this test's keystore (no other `KMSFS_*`
     /// variable inherited). The keystore is the default one too
     /// (`KMSFS_KEYSTORE`), so that the first mount may create it.
