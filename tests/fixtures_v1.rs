@@ -172,6 +172,9 @@ fn a_tree_from_before_block_format_2_stays_version_1() {
             mnt.to_str().unwrap(),
             "--key-id",
             key_id,
+            // the v1 file is copied in by its plain name
+            "-o",
+            "plaintextnames",
         ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
