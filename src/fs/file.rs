@@ -555,6 +555,11 @@ mod tests {
     };
 
     fn fs() -> (tempfile::TempDir, Arc<Counting>, KmsFs) {
+        fs_with(false)
+    }
+
+    /// `fs()` with the kernel's writeback cache on or off.
+    fn fs_with(writeback: bool) -> (tempfile::TempDir, Arc<Counting>, KmsFs) {
         let dir = tempfile::tempdir().unwrap();
         let ks = Arc::new(Counting {
             inner: TestKeys::new(),
@@ -570,7 +575,7 @@ mod tests {
             read_only: false,
             noatime: false,
             ttl: Duration::from_secs(1),
-            writeback: false,
+            writeback,
             handles: crate::fs::HandleLimits::unlimited(),
             names: None,
         })
@@ -640,7 +645,8 @@ mod tests {
 
     #[test]
     fn pages_are_kept_only_for_a_file_unchanged_since_its_last_close() {
-        let (dir, ks, fs) = fs();
+        // Pages are kept only under the writeback cache (`open_keeping`).
+        let (dir, ks, fs) = fs_with(true);
         let (attr, f) = fs
             .create(ROOT_INO_FOR_TESTS, OsStr::new("k"), 0o644, &ROOT)
             .unwrap();
