@@ -173,8 +173,10 @@ def run(a, b):
     b.wait("document.querySelector('#key-facts .state').textContent === 'Enabled'", "state Enabled")
 
     step("mount with it and write a file")
+    # Plain names: under encrypted names the trail names the backing path, whose
+    # names are encrypted (a known gap of issue 17; docs/AUDIT.md says so).
     subprocess.run([a.kmsfs, "--keystore", a.keystore, "mount", a.backing, a.mnt, "--key-id", key,
-                    "--log-file", os.path.join(os.path.dirname(a.mnt), "mount.log")], check=True)
+                    "-o", "plaintextnames", "--log-file", os.path.join(os.path.dirname(a.mnt), "mount.log")], check=True)
     demo = os.path.join(a.mnt, "demo.txt")
     with open(demo, "w") as f:
         f.write("hello from the demo\n")
