@@ -215,7 +215,14 @@ fn truncate_by_path_checks_the_callers_key_even_while_the_file_is_open() {
     let policy = r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*"},
         {"Effect":"Deny","Principal":{"kmsfs":"uid:1"},"Action":"kms:*"}]}"#;
     let key_id = m.key_id_of(KEY);
-    m.ok(&["kms", "put-key-policy", "--key-id", &key_id, "--policy", policy]);
+    m.ok(&[
+        "kms",
+        "put-key-policy",
+        "--key-id",
+        &key_id,
+        "--policy",
+        policy,
+    ]);
     let held = OpenOptions::new()
         .read(true)
         .write(true)
