@@ -533,3 +533,44 @@ fn rewrap_moves_the_name_key_without_renaming_fsck_opens_every_name_export_and_i
     now.sort();
     assert_eq!(before, now);
 }
+
+/// The audit trail names a file as the program did, not by its encrypted
+/// backing name: each component is decrypted in its own directory, long
+/// names included.
+#[test]
+fn the_trail_names_files_by_their_plaintext_path() {
+    let Some(m) = Mount::with_names("names-trail", Names::Encrypted, &[]) else {
+        return;
+    };
+    let long = "L".repeat(240);
+    fs::create_dir_all(m.p(&format!("patients/{long}"))).unwrap();
+    fs::write(
+        m.p(&format!("patients/{long}/payroll-2026.xlsx")),
+        b"salaries",
+    )
+    .unwrap();
+    let want = format!("patients/{long}/payroll-2026.xlsx");
+    let t0 = std::time::Instant::now();
+    loop {
+        let out = m.ok(&[
+            "--output",
+            "json",
+            "audit",
+            "show",
+            "--event",
+            "GenerateDataKey",
+        ]);
+        if out.contains(&want) {
+            assert!(
+                !out.contains(".kmsfs.ln."),
+                "an encrypted long name reached the trail: {out}"
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "no GenerateDataKey record names {want}: {out}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

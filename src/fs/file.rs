@@ -55,11 +55,14 @@ impl KmsFs {
         } else {
             Requester::groups_of(caller)
         };
-        let path = backing
-            .strip_prefix(&self.cfg.backing)
-            .unwrap_or(backing)
-            .to_string_lossy()
-            .into_owned();
+        let rel = backing.strip_prefix(&self.cfg.backing).unwrap_or(backing);
+        // The path matters only to a key service that records it: only
+        // then are encrypted names decrypted for it.
+        let path = if self.cfg.ks.audits_file_access() {
+            self.plain_rel(rel)
+        } else {
+            rel.to_string_lossy().into_owned()
+        };
         (requester, path)
     }
 

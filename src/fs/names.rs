@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::attr::{Attr, Kind, attr_of};
@@ -115,6 +116,52 @@ impl KmsFs {
         }
         ids.insert(key, id);
         Ok(id)
+    }
+
+    /// Backing path `rel` (relative to the backing root) as the program
+    /// names it under the mount point: with encrypted names each component
+    /// is decrypted in its parent directory (for the audit trail's path).
+    /// A component that does not open as a name of its directory is shown
+    /// as stored; the open it describes is refused elsewhere if it matters.
+    pub(super) fn plain_rel(&self, rel: &Path) -> String {
+        let stored = || rel.to_string_lossy().into_owned();
+        let Some(n) = &self.names else {
+            return stored();
+        };
+        let Ok(Some(key)) = self.name_key() else {
+            return stored();
+        };
+        let mut plain = PathBuf::new();
+        let mut parent = PathBuf::new();
+        for part in rel.iter() {
+            let opened = || -> Option<OsString> {
+                let dir = os::beneath::open_beneath_deep(
+                    &self.root,
+                    os::or_dot(&parent),
+                    libc::O_PATH | libc::O_DIRECTORY,
+                    0,
+                )
+                .ok()?;
+                let id = if parent.as_os_str().is_empty() {
+                    ROOT_DIR_ID
+                } else {
+                    let bk = backing_key(&dir.metadata().ok()?);
+                    let cached = lock(&n.dir_ids).get(&bk).copied();
+                    match cached {
+                        Some(id) => id,
+                        None => names::read_dir_id(&dir).ok()?,
+                    }
+                };
+                key.decrypt_entry(&id, part, |side| names::read_side_file(&dir, side))
+                    .ok()
+            };
+            match opened() {
+                Some(name) => plain.push(name),
+                None => plain.push(part),
+            }
+            parent.push(part);
+        }
+        plain.to_string_lossy().into_owned()
     }
 
     /// Remembers the id of a directory just made.

@@ -173,8 +173,9 @@ def run(a, b):
     b.wait("document.querySelector('#key-facts .state').textContent === 'Enabled'", "state Enabled")
 
     step("mount with it and write a file")
-    # Plain names: under encrypted names the trail names the backing path, whose
-    # names are encrypted (a known gap of issue 17; docs/AUDIT.md says so).
+    # Plain names: with encrypted names a disabled CMK refuses the lookup of the
+    # name first (the trail's refusal is then the mount's Decrypt of the name key,
+    # docs/AUDIT.md), and this demo shows the refused open of the file itself.
     subprocess.run([a.kmsfs, "--keystore", a.keystore, "mount", a.backing, a.mnt, "--key-id", key,
                     "-o", "plaintextnames", "--log-file", os.path.join(os.path.dirname(a.mnt), "mount.log")], check=True)
     demo = os.path.join(a.mnt, "demo.txt")
