@@ -285,14 +285,22 @@ pub fn install_helper(_g: &GlobalArgs, a: InstallHelperArgs) -> Result<(), CliEr
 }
 
 /// The cargo target directory `exe` was built into, if it is a build output
-/// (target/debug/kmsfs, target/TRIPLE/release/kmsfs): cargo marks that
-/// directory with CACHEDIR.TAG and .rustc_info.json.
+/// (target/debug/kmsfs, target/TRIPLE/release/kmsfs): cargo always writes
+/// .rustc_info.json at the target directory's top, and .fingerprint/ beside
+/// what it builds. (CACHEDIR.TAG is not enough: cargo writes it only when it
+/// creates the directory itself, and a fresh clone's scripts may make
+/// target/ first.)
 #[allow(clippy::disallowed_methods)] // beside the running executable, only looked at
 fn cargo_target_dir(exe: &Path) -> Option<PathBuf> {
+    let built_here = exe
+        .parent()
+        .is_some_and(|d| d.join(".fingerprint").is_dir());
     exe.ancestors()
         .skip(1)
         .take(3)
-        .find(|d| d.join("CACHEDIR.TAG").is_file() && d.join(".rustc_info.json").is_file())
+        .find(|d| {
+            d.join(".rustc_info.json").is_file() || (built_here && d.join("CACHEDIR.TAG").is_file())
+        })
         .map(Path::to_path_buf)
 }
 
