@@ -22,7 +22,8 @@
 //!
 //! ```
 //! use kmsfs::envelope::{seal, unseal};
-//! use kmsfs::kms::{Caller, CreateMode, LocalKeyStore};
+//! use kmsfs::format::Layout;
+//! use kmsfs::kms::{Caller, CreateMode, LocalKeyStore, RequestContext};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
@@ -33,11 +34,12 @@
 //! let sealed_path = dir.path().join("report.txt");
 //! let sealed = std::fs::File::options().read(true).write(true).create_new(true).open(&sealed_path)?;
 //! let plaintext = b"revenue up, secrets kept";
-//! seal(&mut &plaintext[..], sealed, &keystore, &caller, &key.key_id)?;
+//! let rc = RequestContext::cli(caller);
+//! seal(&mut &plaintext[..], sealed, &keystore, &rc, &key.key_id, Layout::NEW)?;
 //! assert!(!std::fs::read(&sealed_path)?.windows(7).any(|w| w == b"revenue"));
 //!
 //! let mut out = Vec::new();
-//! unseal(std::fs::File::open(&sealed_path)?, &mut out, &keystore, &caller)?;
+//! unseal(std::fs::File::open(&sealed_path)?, &mut out, &keystore, &rc)?;
 //! assert_eq!(out, plaintext);
 //! # Ok(())
 //! # }
