@@ -14,6 +14,8 @@
 # BENCH_V1=1 adds a fourth target, "kmsfs-v1": a kmsfs mount of a backing directory in
 # block format 1 (one made before format 2: its marker names no block format), measured
 # in the same rounds as the new tree's format 2, for the table of the two formats.
+# BENCH_NAMES=1 adds "kmsfs-plainnames": a kmsfs mount made with -o plaintextnames,
+# measured in the same rounds as the default (encrypted names), for the names row pair.
 #
 # Rows (the performance issue's table): fio psync QD1 sequential write bs=1M with
 # end_fsync, sequential read with caches dropped, random 4 KiB buffered writes with
@@ -87,6 +89,12 @@ if [[ ${BENCH_V1:-0} == 1 ]]; then
   targets+=(k1m); names+=(kmsfs-v1); pids+=("$(daemon "$work/k1m")")
 fi
 
+if [[ ${BENCH_NAMES:-0} == 1 ]]; then
+  mkdir -p "$work"/{pnb,pnm}
+  "$kmsfs" mount "$work/pnb" "$work/pnm" -o plaintextnames 2>/dev/null; mounts+=("$work/pnm")
+  targets+=(pnm); names+=(kmsfs-plainnames); pids+=("$(daemon "$work/pnm")")
+fi
+
 # The small-file tree: files every Debian machine has.
 read -r -a tree <<<"${BENCH_TREE:-/usr/include $(ls -d /usr/lib/python3.[0-9]* 2>/dev/null | head -1)}"
 tar -cf "$work/tree.tar" "${tree[@]}" 2>/dev/null || true
@@ -98,7 +106,7 @@ echo "== small-file tree: ${tree[*]}: $nfiles files, $ndirs directories, $tsize 
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 now() { date +%s%N; }
 # counts DIR: kmsfs's request counters (empty elsewhere).
-counts() { [[ $1 == "$work/km" || $1 == "$work/kn" || $1 == "$work/k1m" ]] && python3 -c 'import os,sys; print(os.getxattr(sys.argv[1], "trusted.kmsfs.requests").decode(), end="")' "$1" || true; }
+counts() { [[ $1 == "$work/km" || $1 == "$work/kn" || $1 == "$work/k1m" || $1 == "$work/pnm" ]] && python3 -c 'import os,sys; print(os.getxattr(sys.argv[1], "trusted.kmsfs.requests").decode(), end="")' "$1" || true; }
 fio_json() { fio --output-format=json --ioengine=psync --iodepth=1 --fallocate=none "$@"; }
 iops() { python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; print(j[sys.argv[2]]["total_ios"])' "$@"; }
 

@@ -89,7 +89,13 @@ def main():
     for q in requests:
         print(f"| {q['row']} | {q['total']} | {q['by_opcode']} |")
 
-    formats = block_formats(vals, med, fmt)
+    # BENCH_V1=1: block format 2 (a new tree) against format 1 (an older tree).
+    formats = pair(vals, med, fmt, "kmsfs-v1", "kmsfs",
+                   "kmsfs block format 2 (new tree) against 1 (older tree)", "format 1", "format 2")
+    # BENCH_NAMES=1: encrypted names (the default) against -o plaintextnames.
+    names = pair(vals, med, fmt, "kmsfs-plainnames", "kmsfs",
+                 "kmsfs encrypted names (default) against -o plaintextnames",
+                 "plain names", "encrypted names")
 
     with open(f"{out}/summary-{stamp}.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -100,7 +106,7 @@ def main():
         w.writerow(["peakrss", "peak RSS (MiB)", ""] + [rss[t] for t in TARGETS[1:]]
                    + ["" for _ in TARGETS[1:]])
     doc = {"note": note, "stamp": stamp, "rows": table, "peak_rss_mib": rss,
-           "kmsfs_requests": requests, "block_formats": formats}
+           "kmsfs_requests": requests, "block_formats": formats, "names": names}
     with open(f"{out}/summary-{stamp}.json", "w") as f:
         json.dump(doc, f, indent=1)
     svg(table, f"{out}/chart-{stamp}.svg", note)
@@ -112,25 +118,26 @@ def main():
     print(f"\nresults: {out}/summary-{stamp}.{{csv,json}}, {out}/chart-{stamp}.svg (and latest.*)")
 
 
-def block_formats(vals, med, fmt):
-    """With BENCH_V1=1: kmsfs in block format 2 (a new tree) against format 1
-    (an older tree), same rounds. Speed of 2 relative to 1: > 1 is faster."""
-    if not any(t == "kmsfs-v1" for t, _ in vals):
+def pair(vals, med, fmt, base, other, title, col_base, col_other):
+    """A same-rounds comparison of two kmsfs targets: kmsfs (the default) against
+    BASE. Speed default/BASE: > 1 means the default is faster. None when BASE
+    was not measured."""
+    if not any(t == base for t, _ in vals):
         return None
-    print("\n== kmsfs block format 2 (new tree) against 1 (older tree), same rounds")
-    print("speed 2/1: > 1 means format 2 is faster; every round's value shown\n")
-    print("| workload | format 1 | format 2 | speed 2/1 | format 1, all | format 2, all |")
+    print(f"\n== {title}, same rounds")
+    print(f"speed {col_other}/{col_base}: > 1 means {col_other} is faster; every round's value shown\n")
+    print(f"| workload | {col_base} | {col_other} | speed | {col_base}, all | {col_other}, all |")
     print("|---|---:|---:|---:|---|---|")
     rows = []
     for key, label, higher in ROWS:
-        v1, v2 = med.get(("kmsfs-v1", key)), med.get(("kmsfs", key))
+        v1, v2 = med.get((base, key)), med.get((other, key))
         speed = None
         if v1 and v2:
             speed = v2 / v1 if higher else v1 / v2
-        a1 = " ".join(vals.get(("kmsfs-v1", key), []))
-        a2 = " ".join(vals.get(("kmsfs", key), []))
+        a1 = " ".join(vals.get((base, key), []))
+        a2 = " ".join(vals.get((other, key), []))
         print(f"| {label} | {fmt(v1)} | {fmt(v2)} | {fmt(speed)} | {a1} | {a2} |")
-        rows.append({"row": key, "v1": v1, "v2": v2, "speed_2_over_1": speed})
+        rows.append({"row": key, base: v1, other: v2, "speed": speed})
     return rows
 
 
