@@ -549,28 +549,40 @@ fn the_trail_names_files_by_their_plaintext_path() {
         b"salaries",
     )
     .unwrap();
-    let want = format!("patients/{long}/payroll-2026.xlsx");
-    let t0 = std::time::Instant::now();
-    loop {
-        let out = m.ok(&[
-            "--output",
-            "json",
-            "audit",
-            "show",
-            "--event",
-            "GenerateDataKey",
-        ]);
-        if out.contains(&want) {
+    let trail_names = |want: &str| {
+        let t0 = std::time::Instant::now();
+        loop {
+            let out = m.ok(&[
+                "--output",
+                "json",
+                "audit",
+                "show",
+                "--event",
+                "GenerateDataKey",
+            ]);
+            if out.contains(want) {
+                assert!(
+                    !out.contains(".kmsfs.ln."),
+                    "an encrypted long name reached the trail: {out}"
+                );
+                break;
+            }
             assert!(
-                !out.contains(".kmsfs.ln."),
-                "an encrypted long name reached the trail: {out}"
+                t0.elapsed() < std::time::Duration::from_secs(20),
+                "no GenerateDataKey record names {want}: {out}"
             );
-            break;
+            std::thread::sleep(std::time::Duration::from_millis(200));
         }
-        assert!(
-            t0.elapsed() < std::time::Duration::from_secs(20),
-            "no GenerateDataKey record names {want}: {out}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    };
+    trail_names(&format!("patients/{long}/payroll-2026.xlsx"));
+    // The mount remembers directories' plaintext paths: a directory made
+    // again under the same name (a new id), and a renamed one, are still
+    // named right.
+    fs::remove_dir_all(m.p(&format!("patients/{long}"))).unwrap();
+    fs::create_dir(m.p(&format!("patients/{long}"))).unwrap();
+    fs::write(m.p(&format!("patients/{long}/second.txt")), b"2").unwrap();
+    trail_names(&format!("patients/{long}/second.txt"));
+    fs::rename(m.p("patients"), m.p("wards")).unwrap();
+    fs::write(m.p(&format!("wards/{long}/third.txt")), b"3").unwrap();
+    trail_names(&format!("wards/{long}/third.txt"));
 }

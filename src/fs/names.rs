@@ -29,6 +29,9 @@ pub(super) struct Names {
     key: Mutex<Option<(u64, Arc<NameKey>)>>,
     /// Directory ids by the directory's backing identity.
     dir_ids: Mutex<HashMap<BackingKey, DirId>>,
+    /// For the audit trail's path: directories by their stored path
+    /// (relative to the backing root), with their plaintext path and id.
+    plain_dirs: Mutex<HashMap<PathBuf, (PathBuf, DirId)>>,
 }
 
 impl Names {
@@ -37,6 +40,7 @@ impl Names {
             wrapped,
             key: Mutex::new(None),
             dir_ids: Mutex::new(HashMap::new()),
+            plain_dirs: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -123,45 +127,93 @@ impl KmsFs {
     /// is decrypted in its parent directory (for the audit trail's path).
     /// A component that does not open as a name of its directory is shown
     /// as stored; the open it describes is refused elsewhere if it matters.
+    ///
+    /// Directories are decrypted once and remembered by stored path, so a
+    /// create or open costs no system call here (a long name reads its
+    /// side file). A stored path maps to one plaintext path whatever
+    /// happens to the tree (a name's encryption is bound to its parent's
+    /// id); only the id remembered can be stale (a directory removed and
+    /// made again under the same name), and then a child does not decrypt
+    /// and the directory is read again.
     pub(super) fn plain_rel(&self, rel: &Path) -> String {
         let stored = || rel.to_string_lossy().into_owned();
-        let Some(n) = &self.names else {
+        let (Some(n), Ok(Some(key))) = (&self.names, self.name_key()) else {
             return stored();
         };
-        let Ok(Some(key)) = self.name_key() else {
+        let (Some(parent), Some(last)) = (rel.parent(), rel.file_name()) else {
             return stored();
         };
-        let mut plain = PathBuf::new();
-        let mut parent = PathBuf::new();
-        for part in rel.iter() {
-            let opened = || -> Option<OsString> {
-                let dir = os::beneath::open_beneath_deep(
-                    &self.root,
-                    os::or_dot(&parent),
-                    libc::O_PATH | libc::O_DIRECTORY,
-                    0,
-                )
-                .ok()?;
-                let id = if parent.as_os_str().is_empty() {
-                    ROOT_DIR_ID
-                } else {
-                    let bk = backing_key(&dir.metadata().ok()?);
-                    let cached = lock(&n.dir_ids).get(&bk).copied();
-                    match cached {
-                        Some(id) => id,
-                        None => names::read_dir_id(&dir).ok()?,
-                    }
-                };
-                key.decrypt_entry(&id, part, |side| names::read_side_file(&dir, side))
-                    .ok()
-            };
-            match opened() {
-                Some(name) => plain.push(name),
-                None => plain.push(part),
+        let mut plain = None;
+        for fresh in [false, true] {
+            if fresh {
+                self.forget_plain_dirs(n, parent);
             }
-            parent.push(part);
+            if let Some((dir, id)) = self.plain_dir(n, &key, parent)
+                && let Some(name) = self.decrypt_component(&key, parent, &id, last)
+            {
+                plain = Some(dir.join(name));
+                break;
+            }
         }
-        plain.to_string_lossy().into_owned()
+        match plain {
+            Some(p) => p.to_string_lossy().into_owned(),
+            None => stored(),
+        }
+    }
+
+    /// The plaintext path and id of the directory at stored path `rel`
+    /// (None when some component does not decrypt).
+    fn plain_dir(&self, n: &Names, key: &NameKey, rel: &Path) -> Option<(PathBuf, DirId)> {
+        if rel.as_os_str().is_empty() {
+            return Some((PathBuf::new(), ROOT_DIR_ID));
+        }
+        if let Some(known) = lock(&n.plain_dirs).get(rel) {
+            return Some(known.clone());
+        }
+        let (parent, last) = (rel.parent()?, rel.file_name()?);
+        let (plain_parent, parent_id) = self.plain_dir(n, key, parent)?;
+        let name = self.decrypt_component(key, parent, &parent_id, last)?;
+        let dir =
+            os::beneath::open_beneath_deep(&self.root, rel, libc::O_PATH | libc::O_DIRECTORY, 0)
+                .ok()?;
+        let id = names::read_dir_id(&dir).ok()?;
+        let known = (plain_parent.join(name), id);
+        let mut dirs = lock(&n.plain_dirs);
+        if dirs.len() >= DIR_IDS_MAX {
+            dirs.clear();
+        }
+        dirs.insert(rel.to_path_buf(), known.clone());
+        Some(known)
+    }
+
+    /// Forgets what `plain_dir` remembered of `rel` and the directories
+    /// above it.
+    fn forget_plain_dirs(&self, n: &Names, rel: &Path) {
+        let mut dirs = lock(&n.plain_dirs);
+        for a in rel.ancestors() {
+            dirs.remove(a);
+        }
+    }
+
+    /// Stored entry `part` of the directory at stored path `parent`, whose
+    /// id is `id`, decrypted (a long name's side file is read from there).
+    fn decrypt_component(
+        &self,
+        key: &NameKey,
+        parent: &Path,
+        id: &DirId,
+        part: &OsStr,
+    ) -> Option<OsString> {
+        key.decrypt_entry(id, part, |side| {
+            let dir = os::beneath::open_beneath_deep(
+                &self.root,
+                os::or_dot(parent),
+                libc::O_PATH | libc::O_DIRECTORY,
+                0,
+            )?;
+            names::read_side_file(&dir, side)
+        })
+        .ok()
     }
 
     /// Remembers the id of a directory just made.
