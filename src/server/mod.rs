@@ -260,23 +260,10 @@ async fn handle(
     peer: Peer,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (parts, body) = req.into_parts();
-    let target = parts
-        .headers
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|t| t.strip_prefix("TrentService."));
-    let op = target.and_then(Operation::from_target);
-    let unknown = || match target {
-        Some(t) => ops::unknown_operation(t),
-        None => ApiError::new(
-            "UnknownOperationException",
-            400,
-            "X-Amz-Target must be TrentService.<Operation>",
-        ),
-    };
-    let result = answer(&st, peer, op.ok_or_else(unknown), parts, body).await;
-    st.stats.count(op);
+    let op = operation(req.headers());
+    let counted = op.as_ref().ok().copied();
+    let result = answer(&st, peer, op, req).await;
+    st.stats.count(counted);
     Ok(match result {
         Ok(Reply::Json(v)) => {
             response(200, Bytes::from(serde_json::to_vec(&v).unwrap_or_default()))
@@ -289,6 +276,23 @@ async fn handle(
     })
 }
 
+/// The operation `X-Amz-Target: TrentService.<Operation>` names: the one
+/// place the header is read; what is counted, authorized and dispatched.
+fn operation(headers: &http::HeaderMap) -> Result<Operation, ApiError> {
+    let target = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.strip_prefix("TrentService."));
+    match target {
+        Some(t) => Operation::from_target(t).ok_or_else(|| ops::unknown_operation(t)),
+        None => Err(ApiError::new(
+            "UnknownOperationException",
+            400,
+            "X-Amz-Target must be TrentService.<Operation>",
+        )),
+    }
+}
+
 /// Who signs a request: a Unix peer is its credentials; a TCP request's
 /// signature header is checked before the body is read.
 enum Signer {
@@ -296,15 +300,24 @@ enum Signer {
     Tcp(Box<auth::Presigned>),
 }
 
-/// Checks the request's headers, reads its body (within `BODY_TIMEOUT`),
-/// then verifies and runs it on the blocking pool.
+/// A request whose headers were checked and whose body was read, once:
+/// what is verified, then dispatched.
+struct Checked {
+    op: Result<Operation, ApiError>,
+    signer: Signer,
+    parts: http::request::Parts,
+    body: Bytes,
+}
+
+/// Checks the request's route and signature header, reads its body (within
+/// `BODY_TIMEOUT`), then verifies and runs it on the blocking pool.
 async fn answer(
     st: &Arc<State>,
     peer: Peer,
     op: Result<Operation, ApiError>,
-    parts: http::request::Parts,
-    body: Incoming,
+    req: Request<Incoming>,
 ) -> Result<Reply, ApiError> {
+    let (parts, body) = req.into_parts();
     if parts.method != http::Method::POST || parts.uri.path() != "/" {
         return Err(ApiError::new(
             "UnknownOperationException",
@@ -319,50 +332,65 @@ async fn answer(
                 .inspect_err(|e| refused(st, peer, e))?,
         )),
     };
-    let body =
-        match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
-            Ok(Ok(b)) => b.to_bytes(),
-            Ok(Err(_)) => {
-                return Err(ApiError::new(
-                    "SerializationException",
-                    413,
-                    format!("the request body could not be read or exceeds {MAX_BODY} bytes"),
-                ));
-            }
-            Err(_) => {
-                return Err(ApiError::new(
-                    "RequestTimeoutException",
-                    408,
-                    format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
-                ));
-            }
-        };
+    let body = read_body(body).await?;
+    let req = Checked {
+        op,
+        signer,
+        parts,
+        body,
+    };
     let st = st.clone();
-    tokio::task::spawn_blocking(move || {
-        let (caller, region) = match signer {
-            Signer::Unix(c) => (c, None),
-            Signer::Tcp(p) => {
-                let c = p
-                    .verify(
-                        parts.method.as_str(),
-                        &parts.uri.to_string(),
-                        &parts.headers,
-                        &body,
-                    )
-                    .inspect_err(|e| refused(&st, peer, e))?;
-                (c, Some(p.region().to_string()))
-            }
-        };
-        let arns = arns_for(&st, region.as_deref()).inspect_err(|e| refused(&st, peer, e))?;
-        let r = run(&st, &caller, op?, &body);
-        Ok(match &arns {
-            Some((from, to)) => rename_arns(r, from, to),
-            None => r,
-        })
-    })
-    .await
-    .map_err(|_| ApiError::new("KMSInternalException", 500, "the operation failed"))?
-    .and_then(|r| r)
+    tokio::task::spawn_blocking(move || verify_and_run(&st, peer, req))
+        .await
+        .map_err(|_| ApiError::new("KMSInternalException", 500, "the operation failed"))?
+}
+
+/// The body, at most `MAX_BODY` bytes, within `BODY_TIMEOUT`.
+async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(_)) => Err(ApiError::new(
+            "SerializationException",
+            413,
+            format!("the request body could not be read or exceeds {MAX_BODY} bytes"),
+        )),
+        Err(_) => Err(ApiError::new(
+            "RequestTimeoutException",
+            408,
+            format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+        )),
+    }
+}
+
+/// Verifies a TCP request's signature over the body it read, then runs
+/// the operation for the caller, ARNs named in the signing region.
+fn verify_and_run(st: &State, peer: Peer, req: Checked) -> Result<Reply, ApiError> {
+    let Checked {
+        op,
+        signer,
+        parts,
+        body,
+    } = req;
+    let (caller, region) = match signer {
+        Signer::Unix(c) => (c, None),
+        Signer::Tcp(p) => {
+            let c = p
+                .verify(
+                    parts.method.as_str(),
+                    &parts.uri.to_string(),
+                    &parts.headers,
+                    &body,
+                )
+                .inspect_err(|e| refused(st, peer, e))?;
+            (c, Some(p.region().to_string()))
+        }
+    };
+    let arns = arns_for(st, region.as_deref()).inspect_err(|e| refused(st, peer, e))?;
+    let r = run(st, &caller, op?, &body);
+    match &arns {
+        Some((from, to)) => rename_arns(r, from, to),
+        None => r,
+    }
 }
 
 /// The ARN prefix to rename in an answer to a request signed for `region`:
@@ -457,13 +485,16 @@ fn run(st: &State, caller: &Caller, op: Operation, body: &[u8]) -> Result<Reply,
 }
 
 /// Serves one accepted connection, unless its peer already holds
-/// `MAX_PER_PEER`: then it is closed at once.
-fn serve_connection<S>(
+/// `MAX_PER_PEER`: then it is closed at once. The connection is made ready
+/// (`Listener::Ready`, e.g. a TLS handshake) in its own task, within
+/// `HEADER_TIMEOUT`, so a slow peer never holds up the accept loop.
+fn serve_connection<R, S>(
     st: &Arc<State>,
-    io: S,
+    ready: R,
     peer: Peer,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) where
+    R: Future<Output = std::io::Result<S>> + Send + 'static,
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let st = st.clone();
@@ -473,6 +504,17 @@ fn serve_connection<S>(
             st.stats.peer_refused.fetch_add(1, Ordering::Relaxed);
             log::debug!("closed a connection from {peer:?}: {id:?} holds {MAX_PER_PEER} already");
             return;
+        };
+        let io = match tokio::time::timeout(HEADER_TIMEOUT, ready).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => {
+                log::debug!("connection from {peer:?} not ready: {e}");
+                return;
+            }
+            Err(_) => {
+                log::debug!("connection from {peer:?} not ready within {HEADER_TIMEOUT:?}");
+                return;
+            }
         };
         let st2 = st.clone();
         let svc = hyper::service::service_fn(move |req| handle(st2.clone(), peer, req));
@@ -495,7 +537,6 @@ fn is_loopback(a: &SocketAddr) -> bool {
 /// Serves `ks` until SIGTERM or SIGINT. `on_ready` is called with the bound
 /// address (`unix:PATH` or `IP:PORT`, useful with port 0) once clients can
 /// connect. Logs a summary of the requests served on the way out.
-#[allow(clippy::disallowed_methods)] // a socket path the operator named; a link in its place is refused
 pub fn serve(
     ks: Arc<LocalKeyStore>,
     opts: &ServeOptions,
@@ -542,31 +583,7 @@ pub fn serve(
         peers: Mutex::new(HashMap::new()),
         region_fixed: opts.region.is_some(),
     });
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let result = rt.block_on(async {
-        match &opts.listen {
-            Listen::Tcp(a) => {
-                let l = tokio::net::TcpListener::bind(a)
-                    .await
-                    .map_err(|e| ServerError::Io(format!("binding {a}: {e}")))?;
-                let local = l.local_addr().map_err(|e| ServerError::Io(e.to_string()))?;
-                on_ready(&local.to_string());
-                accept_loop(&st, &limit, &TcpAccept { l, local }).await
-            }
-            Listen::Unix(p) => {
-                let l = bind_unix(p, opts.socket_mode, "server")?;
-                on_ready(&format!("unix:{}", p.display()));
-                let a = UnixAccept {
-                    l,
-                    open_to_others: opts.socket_mode & 0o077 != 0,
-                    own_uid: crate::os::ids::effective_uid(),
-                };
-                let r = accept_loop(&st, &limit, &a).await;
-                let _ = std::fs::remove_file(p);
-                r
-            }
-        }
-    });
+    let result = rt.block_on(listen(&st, opts, on_ready));
     let summary = st.stats.summary();
     log::info!("served: {summary}");
     eprintln!("kmsfs kms serve: stopped; served {summary}");
@@ -574,38 +591,81 @@ pub fn serve(
     result
 }
 
-/// A listener `accept_loop` takes connections from.
-trait Accept {
-    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
-    /// The next connection and its peer; None for one refused here.
-    fn accept(&self) -> impl Future<Output = std::io::Result<Option<(Self::Io, Peer)>>> + Send;
+/// Binds `opts.listen`, says so through `on_ready` and serves until
+/// SIGTERM or SIGINT; a Unix socket file is removed on the way out.
+#[allow(clippy::disallowed_methods)] // a socket path the operator named; a link in its place is refused
+async fn listen(
+    st: &Arc<State>,
+    opts: &ServeOptions,
+    on_ready: &mut dyn FnMut(&str),
+) -> Result<(), ServerError> {
+    match &opts.listen {
+        Listen::Tcp(a) => {
+            let l = tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|e| ServerError::Io(format!("binding {a}: {e}")))?;
+            let local = l.local_addr().map_err(|e| ServerError::Io(e.to_string()))?;
+            on_ready(&local.to_string());
+            accept_loop(st, &TcpListener { l, local }).await
+        }
+        Listen::Unix(p) => {
+            let l = bind_unix(p, opts.socket_mode, "server")?;
+            on_ready(&format!("unix:{}", p.display()));
+            let a = UnixListener {
+                l,
+                open_to_others: opts.socket_mode & 0o077 != 0,
+                own_uid: crate::os::ids::effective_uid(),
+            };
+            let r = accept_loop(st, &a).await;
+            let _ = std::fs::remove_file(p);
+            r
+        }
+    }
 }
 
-struct TcpAccept {
+/// Where `accept_loop` takes connections from: a TCP port or a Unix
+/// socket. Another transport (TLS over TCP) is one more implementation:
+/// its `accept` returns the raw connection and its peer at once, and its
+/// `Ready` (the handshake) runs in the connection's own task.
+trait Listener {
+    /// The stream HTTP is served on.
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    /// What makes an accepted connection ready to serve.
+    type Ready: Future<Output = std::io::Result<Self::Io>> + Send + 'static;
+    /// The next connection and its peer; None for one refused here.
+    fn accept(&self) -> impl Future<Output = std::io::Result<Option<(Self::Ready, Peer)>>> + Send;
+}
+
+struct TcpListener {
     l: tokio::net::TcpListener,
     local: SocketAddr,
 }
 
-impl Accept for TcpAccept {
+impl Listener for TcpListener {
     type Io = tokio::net::TcpStream;
-    async fn accept(&self) -> std::io::Result<Option<(Self::Io, Peer)>> {
+    type Ready = std::future::Ready<std::io::Result<Self::Io>>;
+    async fn accept(&self) -> std::io::Result<Option<(Self::Ready, Peer)>> {
         let (s, remote) = self.l.accept().await?;
         let _ = s.set_nodelay(true);
         let local = self.local;
-        Ok(Some((s, Peer::Tcp { local, remote })))
+        Ok(Some((
+            std::future::ready(Ok(s)),
+            Peer::Tcp { local, remote },
+        )))
     }
 }
 
-struct UnixAccept {
+struct UnixListener {
     l: tokio::net::UnixListener,
     /// The socket's mode lets others than this user connect.
     open_to_others: bool,
     own_uid: u32,
 }
 
-impl Accept for UnixAccept {
+impl Listener for UnixListener {
     type Io = tokio::net::UnixStream;
-    async fn accept(&self) -> std::io::Result<Option<(Self::Io, Peer)>> {
+    type Ready = std::future::Ready<std::io::Result<Self::Io>>;
+    async fn accept(&self) -> std::io::Result<Option<(Self::Ready, Peer)>> {
         let (s, _) = self.l.accept().await?;
         let cred = s.peer_cred()?;
         // With the default mode only this user and root can connect; check
@@ -622,17 +682,14 @@ impl Accept for UnixAccept {
             gid: cred.gid(),
             pid: cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
         };
-        Ok(Some((s, Peer::Unix(caller))))
+        Ok(Some((std::future::ready(Ok(s)), Peer::Unix(caller))))
     }
 }
 
 /// Serves each connection `l` accepts (within `MAX_CONNECTIONS`) until
 /// SIGTERM or SIGINT.
-async fn accept_loop(
-    st: &Arc<State>,
-    limit: &Arc<Semaphore>,
-    l: &impl Accept,
-) -> Result<(), ServerError> {
+async fn accept_loop(st: &Arc<State>, l: &impl Listener) -> Result<(), ServerError> {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
@@ -643,7 +700,7 @@ async fn accept_loop(
         tokio::select! {
             _ = &mut stop => break,
             r = l.accept() => match r {
-                Ok(Some((io, peer))) => serve_connection(st, io, peer, permit),
+                Ok(Some((ready, peer))) => serve_connection(st, ready, peer, permit),
                 Ok(None) => {}
                 Err(e) => log::warn!("accept: {e}"),
             },
