@@ -190,8 +190,10 @@ fn a_tree_from_before_block_format_2_stays_version_1() {
     assert_eq!(marker["BlockFormat"], 2);
 
     // The same directory as an older build left it: no block format in the
-    // marker, version-1 files only.
+    // marker, version-1 files only, and no choices recorded in the
+    // keystore's `backings/` (which would refuse the changed marker).
     marker.as_object_mut().unwrap().remove("BlockFormat");
+    std::fs::remove_dir_all(ks.join("backings")).unwrap();
     std::fs::write(&marker_path, serde_json::to_vec(&marker).unwrap()).unwrap();
     std::fs::remove_file(backing.join("new-tree")).unwrap();
     let plain = std::fs::read(fixture("plain.bin")).unwrap();

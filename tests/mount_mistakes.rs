@@ -74,9 +74,11 @@ fn a_mistyped_keystore_is_refused_and_creates_nothing() {
     );
     assert!(!is_mounted(&other));
 
-    // A directory mounted before markers existed: its headers name keys the
-    // other keystore lacks.
+    // A directory mounted before markers existed (and so before the
+    // keystore recorded a tree's choices in `backings/`): its headers name
+    // keys the other keystore lacks.
     fs::remove_file(m.b(MARKER)).unwrap();
+    fs::remove_dir_all(m.keystore.join("backings")).unwrap();
     let o = mount_with(&ks2, &m.backing, &other, &log, &[]);
     assert_eq!(o.status.code(), Some(4), "{}", text(&o));
     assert!(text(&o).contains("does not hold"), "{}", text(&o));

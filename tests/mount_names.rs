@@ -586,3 +586,126 @@ fn the_trail_names_files_by_their_plaintext_path() {
     fs::write(m.p(&format!("wards/{long}/third.txt")), b"3").unwrap();
     trail_names(&format!("wards/{long}/third.txt"));
 }
+
+/// The binding file lies in the backing directory, which another user may
+/// be able to write: B, who can write the backing root but not the
+/// keystore, replaces `.kmsfs.json` with one that drops the name key (new
+/// names would go in clear), drops the block format (new files in the old
+/// format), carries another tree's name key, or is gone. The next mount
+/// refuses each, naming the file, and mounts again once it is restored.
+#[test]
+fn a_binding_file_changed_by_another_user_is_refused_at_the_next_mount() {
+    let test = "names-binding";
+    let Some(mut m) = Mount::with_names(test, Names::Encrypted, &[]) else {
+        return;
+    };
+    let Some(users) = common::test_users(test) else {
+        return;
+    };
+    fs::write(m.p("f"), b"content").unwrap();
+    // A second tree of the same keystore, for its name key.
+    let other = m.tmp.path().join("other");
+    let other_mnt = m.tmp.path().join("other-mnt");
+    fs::create_dir(&other).unwrap();
+    fs::create_dir(&other_mnt).unwrap();
+    {
+        let _guard = common::MountGuard(other_mnt.clone());
+        let mut c = m.kmsfs();
+        let o = c.arg("mount").arg(&other).arg(&other_mnt).output().unwrap();
+        assert!(o.status.success(), "{}", common::describe(&o));
+        fs::write(other_mnt.join("g"), b"other").unwrap();
+        m.ok(&["unmount", other_mnt.to_str().unwrap()]);
+    }
+    m.unmount();
+    let marker = m.b(".kmsfs.json");
+    let original = fs::read(&marker).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    assert!(v["NameKey"].is_string() && v["BlockFormat"] == 2, "{v}");
+    let other_v: serde_json::Value =
+        serde_json::from_slice(&fs::read(other.join(".kmsfs.json")).unwrap()).unwrap();
+    assert_ne!(v["NameKey"], other_v["NameKey"]);
+    // B may write the backing root (not the binding file itself: it
+    // replaces it, as anyone who can write the directory can).
+    fs::set_permissions(m.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&m.backing, Some(0), Some(users.gid)).unwrap();
+    fs::set_permissions(&m.backing, fs::Permissions::from_mode(0o2775)).unwrap();
+    let forged = m.tmp.path().join("forged.json");
+    let drop_fields = |fields: &[&str]| {
+        let mut f = v.clone();
+        for k in fields {
+            f.as_object_mut().unwrap().remove(*k);
+        }
+        f
+    };
+    let mut swapped = v.clone();
+    swapped["NameKey"] = other_v["NameKey"].clone();
+    let cases: Vec<(&str, Option<serde_json::Value>, &str)> = vec![
+        (
+            "no name key",
+            Some(drop_fields(&["NameKey", "EncryptedNames"])),
+            "it says plain names",
+        ),
+        (
+            "name key alone dropped",
+            Some(drop_fields(&["NameKey"])),
+            "name key (NameKey) was removed",
+        ),
+        (
+            "no block format",
+            Some(drop_fields(&["BlockFormat"])),
+            "block format 1",
+        ),
+        (
+            "another tree's name key",
+            Some(swapped),
+            "not the one the tree's names are under",
+        ),
+        ("no binding file", None, "is missing"),
+    ];
+    for (what, forged_json, needle) in cases {
+        let script = match &forged_json {
+            Some(j) => {
+                fs::write(&forged, serde_json::to_vec_pretty(j).unwrap()).unwrap();
+                fs::set_permissions(&forged, fs::Permissions::from_mode(0o644)).unwrap();
+                format!(
+                    "cp {} .kmsfs.json.new && mv -f .kmsfs.json.new .kmsfs.json",
+                    forged.display()
+                )
+            }
+            None => "rm -f .kmsfs.json".to_string(),
+        };
+        common::ok_as(&users.b, &m.backing, &script);
+        let o = m
+            .kmsfs()
+            .arg("mount")
+            .arg(&m.backing)
+            .arg(&m.mnt)
+            .output()
+            .unwrap();
+        let _guard = common::MountGuard(m.mnt.clone());
+        assert!(
+            !o.status.success(),
+            "{what}: mounted: {}",
+            common::describe(&o)
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&marker.display().to_string()) && err.contains(needle),
+            "{what}: {err}"
+        );
+        assert!(!common::is_mounted(&m.mnt), "{what}");
+        // Restored (as its owner would from a backup): it mounts again.
+        fs::write(&marker, &original).unwrap();
+        drop(_guard);
+    }
+    m.mount();
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"content");
+    fs::write(m.p("new-name"), b"x").unwrap();
+    m.unmount();
+    assert!(
+        user_entries(&m.backing)
+            .iter()
+            .all(|p| !p.as_os_str().as_bytes().ends_with(b"new-name")),
+        "a new name went in clear"
+    );
+}

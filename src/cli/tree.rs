@@ -215,7 +215,7 @@ pub fn rewrap(g: &GlobalArgs, a: RewrapArgs) -> Result<(), CliError> {
     let start = std::time::Instant::now();
     let report = rw.run(&t, &w.files, &mut |_| progress.tick())?;
     drop(progress);
-    let names = rewrap_name_key(&ks, &a.backing, rw.options());
+    let names = rewrap_name_key(&ks, &keystore::keystore_dir(g), &a.backing, rw.options());
     finish_audit(g)?;
     let names = names?;
     let secs = start.elapsed().as_secs_f64();
@@ -277,6 +277,7 @@ pub fn rewrap(g: &GlobalArgs, a: RewrapArgs) -> Result<(), CliError> {
 /// plain names, or not under `--from-key-id`).
 fn rewrap_name_key(
     ks: &LocalKeyStore,
+    dir: &Path,
     backing: &Path,
     o: &RewrapOptions,
 ) -> Result<Option<String>, CliError> {
@@ -289,6 +290,12 @@ fn rewrap_name_key(
     let Some(wrapped) = m.wrapped_name_key()? else {
         return Ok(None);
     };
+    // The keystore's record knows the tree by the path its mounts resolved.
+    #[allow(clippy::disallowed_methods)] // the operator's own argument
+    let abs = std::fs::canonicalize(backing)
+        .map_err(|e| CliError::new(ErrorClass::NotFound, format!("{}: {e}", backing.display())))?;
+    // Never wraps again (and so records) a name key someone swapped in.
+    crate::daemon::check_recorded(dir, &abs, false)?;
     let caller = super::cli_context();
     let ctx = crate::envelope::names::names_context();
     let source = crate::kms::blob::BlobHeader::parse(&wrapped)?.key_id_string();
@@ -310,6 +317,7 @@ fn rewrap_name_key(
             ..m
         },
     )?;
+    crate::daemon::record_choices(dir, &abs);
     Ok(Some(e.key_id))
 }
 

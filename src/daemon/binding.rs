@@ -15,6 +15,7 @@ use crate::kms::{
     Caller, CreateMode, KeyService, KeyServiceExt, KeyState, KmsError, LocalKeyStore, Origin,
     RequestContext,
 };
+use crate::tree::Choices;
 
 /// What a backing directory's marker says when it is bound to a remote KMS
 /// (its keys live there, not in a local keystore).
@@ -487,6 +488,112 @@ pub fn new_default_key(
         return Ok((None, key));
     }
     Ok((Some(m), key))
+}
+
+/// The choices the binding file `m` makes, as a keystore's record keeps them.
+pub fn choices_of(m: &BackingMarker) -> Result<Choices, MountError> {
+    let key = m.wrapped_name_key()?;
+    Ok(Choices {
+        encrypted_names: m.encrypted_names == Some(true) || key.is_some(),
+        block_format: m.block_format,
+        name_key_sha256: key.as_deref().map(Choices::digest),
+    })
+}
+
+/// What the binding file says and the record does not, in words (None: the
+/// binding file keeps every recorded choice; a name key the record does not
+/// know yet is one a mount made since).
+fn changed_choice(now: &Choices, recorded: &Choices) -> Option<String> {
+    let names = |e: bool| if e { "encrypted names" } else { "plain names" };
+    if now.encrypted_names != recorded.encrypted_names {
+        return Some(format!(
+            "it says {}, but the tree was made with {}",
+            names(now.encrypted_names),
+            names(recorded.encrypted_names)
+        ));
+    }
+    if now.block_format != recorded.block_format {
+        return Some(format!(
+            "it says block format {}, but the tree was made with block format {}",
+            now.block_format, recorded.block_format
+        ));
+    }
+    match (&now.name_key_sha256, &recorded.name_key_sha256) {
+        (None, Some(_)) => Some("its name key (NameKey) was removed".into()),
+        (Some(a), Some(b)) if a != b => {
+            Some("its name key (NameKey) is not the one the tree's names are under".into())
+        }
+        _ => None,
+    }
+}
+
+/// Refuses a backing directory whose binding file no longer makes the
+/// choices the keystore in `dir` recorded for it (names mode, block format,
+/// name key): someone who can write the backing tree but not the keystore
+/// changed or removed it. `fresh`: the directory is empty and has no
+/// binding file, a new tree at a path used before (recorded anew).
+pub fn check_recorded(dir: &Path, backing: &Path, fresh: bool) -> Result<(), MountError> {
+    let file = backing.join(crate::fs::BACKING_MARKER);
+    let recorded = crate::tree::recorded_choices(dir, backing).map_err(|e| {
+        MountError::io(
+            format!("the record of {} in {}", backing.display(), dir.display()),
+            e,
+        )
+    })?;
+    let Some(recorded) = recorded else {
+        return Ok(());
+    };
+    let hint = format!(
+        "someone who can write {} changed it: restore it from a backup (nothing was \
+         mounted); if the change was yours and the tree is to be bound anew, remove the \
+         record {}",
+        backing.display(),
+        crate::tree::record_path(dir, backing).display()
+    );
+    let Some(m) = read_marker(backing)? else {
+        if fresh {
+            return Ok(());
+        }
+        return Err(MountError::Refused(
+            format!(
+                "{} is missing, but the keystore in {} recorded one for this tree at its first \
+                 mount",
+                file.display(),
+                dir.display()
+            ),
+            hint,
+        ));
+    };
+    match changed_choice(&choices_of(&m)?, &recorded) {
+        None => Ok(()),
+        Some(what) => Err(MountError::Refused(
+            format!(
+                "{} was changed since the tree's first mount: {what} (as the keystore in {} \
+                 recorded)",
+                file.display(),
+                dir.display()
+            ),
+            hint,
+        )),
+    }
+}
+
+/// Records in the keystore directory `dir` the choices the binding file of
+/// `backing` makes now. A failure costs only a warning in the log.
+pub fn record_choices(dir: &Path, backing: &Path) {
+    let r = read_marker(backing).and_then(|m| m.as_ref().map(choices_of).transpose());
+    let r = match r {
+        Ok(Some(c)) => crate::tree::record_choices(dir, backing, &c),
+        Ok(None) => return,
+        Err(e) => Err(std::io::Error::other(e.to_string())),
+    };
+    if let Err(e) = r {
+        log::warn!(
+            "could not record the choices of {} in {}: {e}",
+            crate::logtext::escaped(backing),
+            crate::logtext::escaped(dir)
+        );
+    }
 }
 
 /// Records `backing` in the keystore directory `dir`, so that

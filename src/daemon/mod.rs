@@ -29,8 +29,8 @@ pub use self::backing::{
     replace_marker, survey, tree_layout, write_marker,
 };
 pub use self::binding::{
-    Binding, KeySource, Passphrase, REMOTE_MARKER_ID, bind, key_remedy, new_default_key,
-    remember_backing, this_process, usable_key,
+    Binding, KeySource, Passphrase, REMOTE_MARKER_ID, bind, check_recorded, choices_of, key_remedy,
+    new_default_key, record_choices, remember_backing, this_process, usable_key,
 };
 pub use self::control::{ControlError, control_request, socket_path};
 pub use self::logfile::{check_log_dir, open_log};

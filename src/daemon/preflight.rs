@@ -115,7 +115,11 @@ fn bound(
     };
     // Unseals the keystore (a passphrase prompt needs the terminal) before
     // the daemon leaves it.
+    let fresh = survey.entries == 0 && super::read_marker(&backing)?.is_none();
     let b = binding::bind(&keys, req.key_id.as_deref(), &backing, &survey)?;
+    if let KeySource::Local { dir, .. } = &keys {
+        binding::check_recorded(dir, &backing, fresh)?;
+    }
     let keystore = match &keys {
         KeySource::Local { dir, .. } => Some(dir.clone()),
         KeySource::Remote { .. } => None,
@@ -146,6 +150,7 @@ fn bound(
     }
     if let Some(dir) = &keystore {
         binding::remember_backing(dir, &backing);
+        binding::record_choices(dir, &backing);
     }
     if prepared.backing_read_only && !prepared.options.read_only {
         notices.push(format!(

@@ -210,6 +210,9 @@ fn name_key(req: &Serving, ks: &dyn crate::kms::KeyService) -> Result<Option<Vec
     use base64::Engine;
     m.name_key = Some(base64::engine::general_purpose::STANDARD.encode(&wrapped));
     super::replace_marker(&req.backing, &m)?;
+    if let Some(dir) = &req.keystore {
+        super::binding::record_choices(dir, &req.backing);
+    }
     log::info!("names are encrypted (a new name key under {})", req.key_id);
     Ok(Some(wrapped))
 }

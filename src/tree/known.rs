@@ -3,7 +3,12 @@
 //! (`backings/`, one small file per backing directory, named by the SHA-256
 //! of its path, so concurrent mounts never race on one file), and
 //! `schedule-key-deletion` counts, from headers alone, the files the key
-//! still protects there.
+//! still protects there. A record also holds the choices the backing
+//! directory's binding file made at its first mount (names mode, block
+//! format, which wrapped name key): the binding file sits in the backing
+//! directory, where whoever can write the tree could change it; the record
+//! sits in the keystore's directory, where they cannot, and a mount
+//! refuses a binding file that no longer says what the record says.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -68,26 +73,110 @@ fn read_record(dir: &File, name: &OsStr) -> io::Result<Vec<u8>> {
     Ok(b)
 }
 
+/// What a backing directory's binding file chose, as the keystore's record
+/// of it remembers: written after the record's path, behind a NUL (which no
+/// path holds), as JSON. Records made before it existed hold the path only.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Choices {
+    /// Names are encrypted.
+    #[serde(rename = "EncryptedNames")]
+    pub encrypted_names: bool,
+    /// The block format of every file in the tree.
+    #[serde(rename = "BlockFormat")]
+    pub block_format: u16,
+    /// The SHA-256 (hex) of the wrapped name key the binding file holds
+    /// (None: plain names, or no name key made yet).
+    #[serde(
+        rename = "NameKeySha256",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub name_key_sha256: Option<String>,
+}
+
+impl Choices {
+    /// The SHA-256 (hex) of a wrapped name key, as a record keeps it.
+    pub fn digest(wrapped: &[u8]) -> String {
+        crate::crypto::sha256(&[wrapped])
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// A record's path and choices (None: a record without choices).
+fn parse_record(b: &[u8]) -> (&[u8], Option<Choices>) {
+    match b.iter().position(|&c| c == 0) {
+        Some(i) => (&b[..i], serde_json::from_slice(&b[i + 1..]).ok()),
+        None => (b, None),
+    }
+}
+
+/// Writes the record `name` of `dir` atomically (a new file renamed over).
+fn write_record(dir: &File, name: &OsStr, body: &[u8]) -> io::Result<()> {
+    let mut tmp = name.to_os_string();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+    let mut f = open_strictly_beneath(dir, Path::new(&tmp), flags, 0o600)?;
+    f.write_all(body).and_then(|()| f.sync_all())?;
+    drop(f);
+    renameat2(dir, &tmp, dir, name, 0).inspect_err(|_| {
+        let _ = unlinkat(dir, &tmp, false);
+    })
+}
+
 /// Records that `backing` (an absolute path) holds files of the keystore in
-/// `keystore_dir`. Idempotent; the record is private to the keystore's owner.
+/// `keystore_dir`. Idempotent (a record's choices are kept); the record is
+/// private to the keystore's owner.
 pub fn remember(keystore_dir: &Path, backing: &Path) -> io::Result<()> {
     let Some(dir) = open_known_dir(keystore_dir, true)? else {
         return Err(io::Error::from_raw_os_error(libc::ENOENT));
     };
     let name = OsString::from(record_name(backing));
     let want = backing.as_os_str().as_encoded_bytes();
-    if read_record(&dir, &name).is_ok_and(|b| b == want) {
+    if read_record(&dir, &name).is_ok_and(|b| parse_record(&b).0 == want) {
         return Ok(());
     }
-    let mut tmp = name.clone();
-    tmp.push(format!(".{}.tmp", std::process::id()));
-    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
-    let mut f = open_strictly_beneath(&dir, Path::new(&tmp), flags, 0o600)?;
-    f.write_all(want)?;
-    drop(f);
-    renameat2(&dir, &tmp, &dir, &name, 0).inspect_err(|_| {
-        let _ = unlinkat(&dir, &tmp, false);
-    })
+    write_record(&dir, &name, want)
+}
+
+/// The record of `backing` in the keystore directory `keystore_dir` (for
+/// messages: it is read and written through the directory's descriptor).
+pub fn record_path(keystore_dir: &Path, backing: &Path) -> PathBuf {
+    keystore_dir.join(KNOWN_DIR).join(record_name(backing))
+}
+
+/// The choices the keystore in `keystore_dir` recorded for `backing` (None:
+/// no record, or one made before records held choices).
+pub fn recorded_choices(keystore_dir: &Path, backing: &Path) -> io::Result<Option<Choices>> {
+    let Some(dir) = open_known_dir(keystore_dir, false)? else {
+        return Ok(None);
+    };
+    let name = OsString::from(record_name(backing));
+    let b = match read_record(&dir, &name) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        r => r?,
+    };
+    let (path, choices) = parse_record(&b);
+    if path != backing.as_os_str().as_encoded_bytes() {
+        return Ok(None);
+    }
+    Ok(choices)
+}
+
+/// Records `backing` with the choices its binding file made.
+pub fn record_choices(keystore_dir: &Path, backing: &Path, c: &Choices) -> io::Result<()> {
+    let Some(dir) = open_known_dir(keystore_dir, true)? else {
+        return Err(io::Error::from_raw_os_error(libc::ENOENT));
+    };
+    let mut body = backing.as_os_str().as_encoded_bytes().to_vec();
+    body.push(0);
+    body.extend(serde_json::to_vec(c).map_err(io::Error::other)?);
+    let name = OsString::from(record_name(backing));
+    if read_record(&dir, &name).is_ok_and(|b| b == body) {
+        return Ok(());
+    }
+    write_record(&dir, &name, &body)
 }
 
 /// The backing directories recorded for the keystore in `keystore_dir`
@@ -103,7 +192,7 @@ pub fn known(keystore_dir: &Path) -> Vec<PathBuf> {
         .into_iter()
         .filter(|(n, _)| !n.to_string_lossy().ends_with(".tmp"))
         .filter_map(|(n, _)| read_record(&dir, &n).ok())
-        .map(|b| PathBuf::from(OsString::from_vec(b)))
+        .map(|b| PathBuf::from(OsString::from_vec(parse_record(&b).0.to_vec())))
         .filter(|p| Tree::open_absolute(p).is_ok())
         .collect();
     out.sort();
