@@ -75,7 +75,8 @@ gocryptfs -q -init -passfile "$work/pass" -scryptn 10 "$work/gb" >/dev/null
 gocryptfs -q -nosyslog -passfile "$work/pass" "$work/gb" "$work/gm"; mounts+=("$work/gm")
 targets=(plain km kn gm)
 names=(plain kmsfs kmsfs-nowb gocryptfs)
-daemon() { awk -v m="$1" '$5 == m { for (i = 7; $i != "-"; i++); split($(i + 2), s, ":"); print s[2] }' /proc/self/mountinfo; }
+# The daemon serving mount point $1, as `kmsfs status` names it (for its peak RSS).
+daemon() { "$kmsfs" status "$1" --output json --query 'Mounts[0].Pid' 2>/dev/null || true; }
 gpid=$(pgrep -n -f "gocryptfs .*$work/gb" || true)
 pids=("" "$(daemon "$work/km")" "$(daemon "$work/kn")" "$gpid")
 if [[ ${BENCH_V1:-0} == 1 ]]; then

@@ -27,6 +27,21 @@ fn status_reports_the_running_mount() {
     let held = std::fs::File::open(m.p("a")).unwrap();
     let s = status(&m);
     assert_eq!(s["Pid"].as_u64(), m.daemon_pid().map(u64::from));
+    // --query applies to status as to every JSON result (scripts take the
+    // daemon's pid this way).
+    let pid = m.ok(&[
+        "--output",
+        "json",
+        "--query",
+        "Mounts[0].Pid",
+        "status",
+        m.mnt.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        pid.trim().parse::<u64>().ok(),
+        s["Pid"].as_u64(),
+        "status --query Mounts[0].Pid printed {pid:?}"
+    );
     assert_eq!(s["Backing"], m.backing.to_str().unwrap());
     assert_eq!(s["Keystore"], m.keystore.to_str().unwrap());
     assert_eq!(s["LogFile"], m.log.to_str().unwrap());

@@ -135,11 +135,7 @@ fn list(g: &GlobalArgs, dir: &Path, ks: &LocalKeyStore) -> Result<(), CliError> 
                 })
             })
             .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "AccessKeyMetadata": v }))
-                .unwrap_or_default()
-        );
+        crate::cli::output::print_report(&serde_json::json!({ "AccessKeyMetadata": v }));
     } else {
         println!(
             "{:<20}  {:>6}  {:>6}  CREATED",

@@ -489,7 +489,7 @@ fn print_inspect_json(
         "KeystoreError": ks_error,
         "UnreadableDirectories": unreadable.iter().map(|(p, _)| p.display().to_string()).collect::<Vec<_>>(),
     });
-    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    crate::cli::output::print_report(&v);
 }
 
 /// `kmsfs inspect DIR` as text.
@@ -628,7 +628,7 @@ pub fn inspect(g: &GlobalArgs, a: InspectArgs) -> Result<(), CliError> {
                 "ValidBackingSize": layout.is_valid_backing_size(len),
                 "Slots": slots,
             });
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            crate::cli::output::print_report(&v);
         }
         OutputFormat::Text => {
             println!("file:                 {}", a.file.display());

@@ -406,6 +406,17 @@ fn walk_table(title: &str, v: &Value, out: &mut String) {
 pub(crate) fn print_json(v: &Value) {
     let mut v = v.clone();
     timestamps_as_rfc3339(&mut v);
+    print_rendered(v);
+}
+
+/// Prints a report of kmsfs's own (status, inspect, fsck, access keys) as
+/// `--output` and `--query` ask, its fields as they are (times stay what
+/// the report says they are).
+pub(crate) fn print_report(v: &Value) {
+    print_rendered(v.clone());
+}
+
+fn print_rendered(mut v: Value) {
     let (format, q) = match RENDER.get() {
         Some(r) => (r.format, r.query.as_deref()),
         None => (OutputFormat::Json, None),

@@ -108,10 +108,7 @@ pub fn status(g: &GlobalArgs, a: StatusArgs) -> Result<(), CliError> {
     let all: Vec<Value> = mounts.iter().map(mount_status).collect();
     match g.output {
         OutputFormat::Json => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json!({ "Mounts": all })).unwrap_or_default()
-            );
+            crate::cli::output::print_report(&json!({ "Mounts": all }));
         }
         OutputFormat::Text => {
             if all.is_empty() {

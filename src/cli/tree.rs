@@ -171,10 +171,10 @@ fn printed_json(g: &GlobalArgs, report: &impl serde::Serialize) -> bool {
     if g.output != OutputFormat::Json {
         return false;
     }
-    println!(
-        "{}",
-        serde_json::to_string_pretty(report).unwrap_or_default()
-    );
+    match serde_json::to_value(report) {
+        Ok(v) => crate::cli::output::print_report(&v),
+        Err(e) => log::error!("the report does not serialize: {e}"),
+    }
     true
 }
 
