@@ -7,7 +7,7 @@
 #   scripts/bench.sh kms        # only the in-process key-service benchmark
 #   scripts/bench.sh fs         # only the filesystem rows
 #
-# Environment: BENCH_ROUNDS (3) interleaved rounds, the median is shown; BENCH_MB (256)
+# Environment: BENCH_ROUNDS (3) interleaved rounds (each starts at the next target), the median is shown; BENCH_MB (256)
 # size of the sequential file; BENCH_RAND_SECS (5) seconds per random-I/O row;
 # BENCH_RESULTS (results/bench) where the CSV, JSON and SVG chart go; BENCH_TREE (the
 # directories the small-file tree is made of, default /usr/include + /usr/lib/python3.*);
@@ -147,7 +147,10 @@ rmtree() { timed rm -rf "$d/usr"; }
 
 for ((r = 1; r <= ROUNDS; r++)); do
   echo "round $r/$ROUNDS ($(uptime | sed 's/.*load/load/'))"
-  for i in "${!targets[@]}"; do
+  # Each round starts at another target, so none is always measured right
+  # after the same neighbour (page cache, writeback of the one before).
+  for k in "${!targets[@]}"; do
+    i=$(((k + r - 1) % ${#targets[@]}))
     d=$work/${targets[$i]}; n=${names[$i]}
     drop; measure seqwrite MiB/s "$d" "$n" seqwrite
     drop; measure seqread MiB/s "$d" "$n" seqread
