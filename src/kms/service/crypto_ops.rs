@@ -76,6 +76,30 @@ enum KeyRef<'a> {
     Blob(&'a BlobHeader),
 }
 
+/// The cipher of material version `v` among a key's schedules: the one
+/// lookup sealing (`seal_current`) and opening (`open_version`) share.
+fn material(ciphers: &[(u32, MaterialKeys)], v: u32) -> Option<&MaterialKeys> {
+    ciphers.iter().find(|(ver, _)| *ver == v).map(|(_, m)| m)
+}
+
+/// Opens `ciphertext_blob` with material version `v` of `key`.
+fn open_version(
+    key: &KeyRecord,
+    ciphers: &[(u32, MaterialKeys)],
+    v: u32,
+    ciphertext_blob: &[u8],
+    context: &EncryptionContext,
+) -> Result<SecretBytes, KmsError> {
+    let aead = material(ciphers, v).ok_or_else(|| {
+        KmsError::invalid_ciphertext(format!(
+            "the ciphertext names key material version {v} of key {}, which this keystore \
+             does not hold",
+            key.key_id
+        ))
+    })?;
+    blob::open(aead, ciphertext_blob, context)
+}
+
 impl LocalKeyStore {
     /// The one path of every cryptographic operation: resolve the key, refuse
     /// what its state forbids, authorize the caller, run `f`, audit the outcome.
@@ -218,19 +242,29 @@ impl LocalKeyStore {
         context: &EncryptionContext,
     ) -> Result<(Vec<u8>, u32), KmsError> {
         let v = key.current_version;
-        let aead = ciphers
-            .iter()
-            .find(|(ver, _)| *ver == v)
-            .map(|(_, a)| a)
-            .ok_or_else(|| KmsError::InvalidState {
-                key_id: key.key_id.clone(),
-                state: key.state,
-                problem: StateProblem::NoCurrentMaterial,
-            })?;
+        let aead = material(ciphers, v).ok_or_else(|| KmsError::InvalidState {
+            key_id: key.key_id.clone(),
+            state: key.state,
+            problem: StateProblem::NoCurrentMaterial,
+        })?;
         let key_uuid = uuid::Uuid::parse_str(&key.key_id)
             .map_err(|_| KmsError::internal("stored key id is not a UUID".into()))?;
         let header = BlobHeader::new(self.keystore_id, *key_uuid.as_bytes(), v)?;
         Ok((blob::seal(aead, &header, plaintext, context)?, v))
+    }
+
+    /// The header of a blob this keystore made; another keystore's blob
+    /// is refused before any key is looked up.
+    fn own_blob_header(&self, ciphertext_blob: &[u8]) -> Result<BlobHeader, KmsError> {
+        let header = BlobHeader::parse(ciphertext_blob)?;
+        if header.keystore_id != self.keystore_id {
+            return Err(KmsError::invalid_ciphertext(format!(
+                "the ciphertext blob was made by another keystore ({}), not this one ({})",
+                hex(&header.keystore_id),
+                self.keystore_id_hex
+            )));
+        }
+        Ok(header)
     }
 
     fn open_blob(
@@ -241,14 +275,7 @@ impl LocalKeyStore {
         context: &EncryptionContext,
         key_id: Option<&str>,
     ) -> Result<(String, u32, SecretBytes), KmsError> {
-        let header = BlobHeader::parse(ciphertext_blob)?;
-        if header.keystore_id != self.keystore_id {
-            return Err(KmsError::invalid_ciphertext(format!(
-                "the ciphertext blob was made by another keystore ({}), not this one ({})",
-                hex(&header.keystore_id),
-                self.keystore_id_hex
-            )));
-        }
+        let header = self.own_blob_header(ciphertext_blob)?;
         let mut request = json!({
             "encryptionContext": context_json(context),
             "encryptionAlgorithm": "SYMMETRIC_DEFAULT",
@@ -278,18 +305,7 @@ impl LocalKeyStore {
                     }
                 }
                 let v = header.material_version;
-                let aead = ciphers
-                    .iter()
-                    .find(|(ver, _)| *ver == v)
-                    .map(|(_, a)| a)
-                    .ok_or_else(|| {
-                        KmsError::invalid_ciphertext(format!(
-                            "the ciphertext names key material version {v} of key {}, which this \
-                         keystore does not hold",
-                            key.key_id
-                        ))
-                    })?;
-                let pt = blob::open(aead, ciphertext_blob, context)?;
+                let pt = open_version(key, ciphers, v, ciphertext_blob, context)?;
                 Ok(((key.key_id.clone(), v, pt), v))
             },
         )
@@ -312,15 +328,10 @@ impl LocalKeyStore {
         let (key_ref, usage, named) = match target {
             DryRunTarget::Key(k) => (KeyRef::Name(k), Usage::Encrypt, Some(k)),
             DryRunTarget::Blob(b) => {
-                header = match BlobHeader::parse(b) {
+                header = match self.own_blob_header(b) {
                     Ok(h) => h,
                     Err(e) => return e,
                 };
-                if header.keystore_id != self.keystore_id {
-                    return KmsError::invalid_ciphertext(
-                        "the ciphertext blob was made by another keystore".into(),
-                    );
-                }
                 (KeyRef::Blob(&header), Usage::Decrypt, None)
             }
         };
