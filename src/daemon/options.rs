@@ -25,6 +25,8 @@ pub struct Options {
     /// `no_writeback_cache`: every write(2) reaches the daemon at once, and
     /// the backing file's times are the ones shown (as with sharedstorage).
     pub no_writeback_cache: bool,
+    /// `io_uring`: serve through FUSE over io_uring when the kernel offers it.
+    pub io_uring: bool,
     /// `plaintextnames`: a new backing directory keeps its names in clear
     /// (recorded in its binding file at the first mount; no effect later).
     pub plain_names: bool,
@@ -130,6 +132,10 @@ pub fn parse_options(raw: &[String]) -> Result<Options, MountError> {
                 o.plain_names = true;
                 continue;
             }
+            "io_uring" => {
+                o.io_uring = true;
+                continue;
+            }
             "remount" => {
                 o.remount = true;
                 continue;
@@ -213,7 +219,7 @@ fn unknown_option(other: &str) -> MountError {
         "unknown mount option {other:?} (known: allow_other, allow_root, \
          default_permissions, ro, rw, auto_unmount, [no]dev, [no]suid, [no]exec, \
          [no]atime, relatime, strictatime, nodiratime, lazytime, sync, async, \
-         dirsync, fsname=, subtype=, nonempty, sharedstorage, no_writeback_cache, max_user_handles=, \
+         dirsync, fsname=, subtype=, nonempty, sharedstorage, no_writeback_cache, io_uring, max_user_handles=, \
          keystore=, key_id=, passphrase_file=, log_file=; ignored: defaults, [no]auto, [no]user, users, \
          _netdev, nofail, x-*, [no]acl, dax, inlinecrypt, ...)"
     ))
@@ -244,6 +250,7 @@ impl Options {
             flags,
             access: self.access,
             threads: SERVING_THREADS,
+            io_uring: self.io_uring,
         }
     }
 

@@ -87,6 +87,8 @@ pub struct KmsFs {
     /// Tells the kernel that attributes it caches changed without its
     /// knowing (set once the session exists).
     pub(super) kernel: KernelCache,
+    /// Whether FUSE over io_uring is wanted, and asked of the kernel at INIT.
+    pub(super) uring: super::fuse::UringAsk,
     /// Encrypted names (None: plain names).
     pub(super) names: Option<super::names::Names>,
 }
@@ -181,6 +183,7 @@ impl KmsFs {
             names: cfg.names.clone().map(super::names::Names::new),
             cfg,
             kernel: KernelCache::default(),
+            uring: super::fuse::UringAsk::default(),
         })
     }
 

@@ -5,7 +5,9 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -26,6 +28,7 @@ use super::stats::{Op, REQUESTS_XATTR, requests_xattr};
 use super::xattr::XattrValue;
 use crate::kms::Caller;
 use crate::os::node::Utime;
+use crate::os::uring::{self, DispatchFn, Rings};
 
 /// How files are opened: FOPEN_NOFLUSH, because a FLUSH has nothing to do
 /// here (every write already reached the backing file, and locks are the
@@ -219,11 +222,20 @@ impl Filesystem for KmsFs {
             }
         }
         // FUSE over io_uring (Linux 6.14, /sys/module/fuse/parameters/
-        // enable_uring): offered by the kernel when enabled, but fuser 0.18
-        // has no ring transport, so it is not asked for and requests come
-        // through /dev/fuse (docs/PERFORMANCE.md, The transport).
-        if cfg.capabilities().contains(InitFlags::FUSE_OVER_IO_URING) {
-            log::info!("kernel offers FUSE over io_uring; served through /dev/fuse");
+        // enable_uring): offered by the kernel when enabled; asked for with
+        // -o io_uring once the rings exist (docs/PERFORMANCE.md, The transport).
+        let offered = cfg.capabilities().contains(InitFlags::FUSE_OVER_IO_URING);
+        if self.uring.wanted() {
+            if offered && cfg.add_capabilities(InitFlags::FUSE_OVER_IO_URING).is_ok() {
+                self.uring.set_asked();
+            } else {
+                log::info!(
+                    "kernel does not offer FUSE over io_uring \
+                     (/sys/module/fuse/parameters/enable_uring is N?): serving through /dev/fuse"
+                );
+            }
+        } else if offered {
+            log::info!("kernel offers FUSE over io_uring (-o io_uring not given); served through /dev/fuse");
         }
         let _ = cfg
             .set_max_write(MAX_WRITE)
@@ -713,24 +725,51 @@ fn inval_here(n: &fuser::Notifier, ino: u64, offset: u64, len: u64, then: Then) 
     then();
 }
 
+/// Whether FUSE over io_uring is wanted (-o io_uring, the rings made) and
+/// was asked for in the INIT reply.
+#[derive(Clone, Default, Debug)]
+pub(super) struct UringAsk(Arc<[AtomicBool; 2]>);
+
+impl UringAsk {
+    fn wanted(&self) -> bool {
+        self.0[0].load(Ordering::SeqCst)
+    }
+    fn set_wanted(&self) {
+        self.0[0].store(true, Ordering::SeqCst);
+    }
+    fn asked(&self) -> bool {
+        self.0[1].load(Ordering::SeqCst)
+    }
+    fn set_asked(&self) {
+        self.0[1].store(true, Ordering::SeqCst);
+    }
+}
+
 /// A FUSE session of a `KmsFs`, mounted and ready to serve.
-pub struct Session(fuser::Session<KmsFs>);
+pub struct Session {
+    s: fuser::Session<KmsFs>,
+    /// The io_uring transport's rings, when -o io_uring made them and the
+    /// INIT reply asked for it.
+    rings: Option<Rings>,
+}
 
 impl Session {
     /// Mounts `fs` at `mountpoint` the way fuser does (through fusermount3
     /// unless root); fuser unmounts it again when the session ends.
     pub fn mount(fs: KmsFs, mountpoint: &Path, cfg: &SessionConfig) -> io::Result<Self> {
         let kernel = fs.kernel.clone();
+        let (uring, rings) = rings(&fs, cfg);
         let s = fuser::Session::new(fs, mountpoint, &fuser_config(cfg))?;
-        Ok(Session::notifying(s, &kernel))
+        Ok(Session::notifying(s, &kernel, uring, rings))
     }
 
     /// Serves `fs` over `fd`, a /dev/fuse connection that the caller has
     /// mounted with mount(2): fuser then never unmounts by itself.
     pub fn over_fd(fs: KmsFs, fd: OwnedFd, cfg: &SessionConfig) -> io::Result<Self> {
         let kernel = fs.kernel.clone();
+        let (uring, rings) = rings(&fs, cfg);
         let s = fuser::Session::from_fd(fs, fd, acl(cfg.access), fuser_config(cfg))?;
-        Ok(Session::notifying(s, &kernel))
+        Ok(Session::notifying(s, &kernel, uring, rings))
     }
 
     /// Gives the filesystem its way to invalidate the kernel's cached
@@ -740,7 +779,12 @@ impl Session {
     /// pages of a range (after a direct write). Pages are dropped by one
     /// thread of their own: the kernel waits there for pages locked by
     /// reads in flight, which the serving threads must stay free to answer.
-    fn notifying(s: fuser::Session<KmsFs>, kernel: &KernelCache) -> Self {
+    fn notifying(
+        s: fuser::Session<KmsFs>,
+        kernel: &KernelCache,
+        uring: UringAsk,
+        rings: Option<Rings>,
+    ) -> Self {
         let n = s.notifier();
         let (tx, rx) = std::sync::mpsc::channel::<(u64, u64, u64, Then)>();
         let pages = n.clone();
@@ -782,12 +826,63 @@ impl Session {
             }),
             pages,
         });
-        Session(s)
+        let rings = rings.filter(|_| uring.asked());
+        Session { s, rings }
     }
 
-    /// Serves requests until the mount goes away.
+    /// Serves requests until the mount goes away: through the rings when
+    /// the kernel took FUSE over io_uring, and /dev/fuse for the rest.
     pub fn run(self) -> io::Result<()> {
-        self.0.run()
+        let Some(rings) = self.rings else {
+            log::info!("serving through /dev/fuse");
+            return self.s.run();
+        };
+        let dev = self.s.as_fd().as_raw_fd();
+        let (queues, threads) = rings.shape();
+        let r = self.s.run_with(move |d| {
+            let dispatch: DispatchFn = Arc::new(move |data, reply| d.dispatch(data, reply));
+            match rings.serve(dev, dispatch) {
+                Ok(h) => {
+                    log::info!(
+                        "serving through FUSE over io_uring ({queues} queues, {threads} rings), \
+                         FORGET and INTERRUPT through /dev/fuse"
+                    );
+                    h
+                }
+                Err(e) => {
+                    log::warn!("FUSE over io_uring could not start ({e}): serving through /dev/fuse");
+                    Vec::new()
+                }
+            }
+        });
+        log::info!("FUSE over io_uring served {} requests", uring::served());
+        r
+    }
+}
+
+/// The rings of -o io_uring, made before the INIT handshake so that the
+/// INIT reply asks for the transport only when it can be served; a failure
+/// is logged with its errno and the mount goes on through /dev/fuse.
+fn rings(fs: &KmsFs, cfg: &SessionConfig) -> (UringAsk, Option<Rings>) {
+    let ask = fs.uring.clone();
+    if !cfg.io_uring {
+        return (ask, None);
+    }
+    // The kernel's payload buffer: max(max_write, max_pages * PAGE_SIZE),
+    // both MAX_WRITE here (the readahead window is no larger).
+    let per_queue = (cfg.threads / uring::possible_cpus().unwrap_or(1)).max(1);
+    match Rings::new(per_queue, MAX_WRITE as usize) {
+        Ok(r) => {
+            ask.set_wanted();
+            (ask, Some(r))
+        }
+        Err(e) => {
+            log::warn!(
+                "no io_uring for -o io_uring: {e} (errno {}): serving through /dev/fuse",
+                e.raw_os_error().unwrap_or(0)
+            );
+            (ask, None)
+        }
     }
 }
 

@@ -62,4 +62,7 @@ pub struct SessionConfig {
     pub access: Access,
     /// Serving threads.
     pub threads: usize,
+    /// `-o io_uring`: serve through FUSE over io_uring when the kernel
+    /// offers it (else /dev/fuse, logged).
+    pub io_uring: bool,
 }

@@ -14,6 +14,7 @@ pub(crate) mod net;
 pub(crate) mod node;
 pub(crate) mod process;
 pub(crate) mod space;
+pub(crate) mod uring;
 pub(crate) mod xattr;
 
 use std::ffi::{CString, OsStr};

@@ -75,6 +75,9 @@ pub use crate::reply::ReplyWrite;
 pub use crate::reply::ReplyXattr;
 pub use crate::request_param::Request;
 pub use crate::session::BackgroundSession;
+// kmsfs patch: the io_uring transport dispatches through these.
+pub use crate::session::Dispatcher;
+pub use crate::session::ReplyFn;
 use crate::session::MAX_WRITE_SIZE;
 pub use crate::session::Session;
 pub use crate::session::SessionACL;

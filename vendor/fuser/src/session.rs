@@ -244,6 +244,19 @@ impl<FS: Filesystem> Session<FS> {
     /// # Errors
     /// Returns any final error when the session comes to an end.
     pub fn run(self) -> io::Result<()> {
+        self.run_with(|_| Vec::new())
+    }
+
+    /// kmsfs patch: like `run`, and `extra` is given a [`Dispatcher`] through
+    /// which threads of its own serve requests that arrive by another
+    /// transport (FUSE over io_uring); their handles are joined after the
+    /// /dev/fuse threads end and before `destroy`.
+    /// # Errors
+    /// Returns any final error when the session comes to an end.
+    pub fn run_with<F>(self, extra: F) -> io::Result<()>
+    where
+        F: FnOnce(Dispatcher<FS>) -> Vec<thread::JoinHandle<()>>,
+    {
         let Session {
             filesystem,
             ch,
@@ -286,6 +299,7 @@ impl<FS: Filesystem> Session<FS> {
                 channels.push(ch.clone());
             }
         }
+        let dispatch_ch = ch.clone();
         channels.push(ch);
 
         let mut threads = Vec::with_capacity(n_threads);
@@ -306,7 +320,20 @@ impl<FS: Filesystem> Session<FS> {
             );
         }
 
+        let extra_threads = extra(Dispatcher(SessionEventLoop {
+            thread_name: "fuser-extra".to_string(),
+            filesystem: filesystem.clone(),
+            ch: dispatch_ch,
+            allowed,
+            session_owner,
+        }));
+
         let mut reply: io::Result<()> = Ok(());
+        for thread in extra_threads {
+            if thread.join().is_err() {
+                reply = Err(io::Error::other("extra serving thread panicked"));
+            }
+        }
         for thread in threads {
             let res = match thread.join() {
                 Ok(res) => res,
@@ -508,6 +535,63 @@ impl SessionUnmounter {
             mount.umount()?;
         }
         Ok(())
+    }
+}
+
+/// kmsfs patch: where a reply to a request from another transport goes: the
+/// function given with it, and the session's channel for backing files.
+#[derive(Clone)]
+pub(crate) struct CustomSender(pub(crate) ReplyFn, pub(crate) ChannelSender);
+
+impl std::fmt::Debug for CustomSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CustomSender")
+    }
+}
+
+/// kmsfs patch: the function a reply is written to, as the iovecs that
+/// /dev/fuse would be given (fuse_out_header first).
+pub type ReplyFn = Arc<dyn Fn(&[std::io::IoSlice<'_>]) -> io::Result<()> + Send + Sync>;
+
+/// kmsfs patch: dispatches requests read by another transport to the
+/// session's filesystem, as the session's own threads do.
+pub struct Dispatcher<FS: Filesystem>(SessionEventLoop<FS>);
+
+impl<FS: Filesystem> std::fmt::Debug for Dispatcher<FS> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dispatcher")
+    }
+}
+
+impl<FS: Filesystem> Clone for Dispatcher<FS> {
+    fn clone(&self) -> Self {
+        Dispatcher(SessionEventLoop {
+            thread_name: self.0.thread_name.clone(),
+            filesystem: self.0.filesystem.clone(),
+            ch: self.0.ch.clone(),
+            allowed: self.0.allowed,
+            session_owner: self.0.session_owner,
+        })
+    }
+}
+
+impl<FS: Filesystem> Dispatcher<FS> {
+    /// Dispatches one request, `data` as read from /dev/fuse (8-byte
+    /// aligned); its reply, now or later, from any thread, goes to `reply`.
+    /// False when `data` is not a request (nothing was replied).
+    pub fn dispatch(&self, data: &[u8], reply: ReplyFn) -> bool {
+        let sender = ReplySender::Custom(CustomSender(reply, self.0.ch.sender()));
+        match RequestWithSender::with_sender(sender, data) {
+            Some(req) => {
+                if let Ok(Operation::Destroy(_)) = req.request.operation() {
+                    req.reply::<ReplyEmpty>().ok();
+                } else {
+                    req.dispatch(&self.0);
+                }
+                true
+            }
+            None => false,
+        }
     }
 }
 
