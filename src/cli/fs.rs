@@ -31,7 +31,8 @@ pub struct MountArgs {
     /// [no]atime, relatime, strictatime, nodiratime, lazytime, sync, async,
     /// dirsync, fsname=NAME, subtype=NAME, nonempty (mount over a non-empty
     /// directory), sharedstorage (several daemons or hosts on one backing
-    /// directory; no attribute cache); keystore=DIR, key_id=K,
+    /// directory; no attribute cache), io_uring (requests through FUSE over
+    /// io_uring when the kernel offers it); keystore=DIR, key_id=K,
     /// passphrase_file=FILE, log_file=FILE (as the flags); fstab's defaults,
     /// [no]auto, _netdev, nofail, x-*, noacl, dax, inlinecrypt... are ignored
     /// with a log line.

@@ -6,9 +6,9 @@
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::path::Path;
 use std::time::SystemTime;
 
 use fuser::{
@@ -229,13 +229,15 @@ impl Filesystem for KmsFs {
             if offered && cfg.add_capabilities(InitFlags::FUSE_OVER_IO_URING).is_ok() {
                 self.uring.set_asked();
             } else {
-                log::info!(
+                log::warn!(
                     "kernel does not offer FUSE over io_uring \
                      (/sys/module/fuse/parameters/enable_uring is N?): serving through /dev/fuse"
                 );
             }
         } else if offered {
-            log::info!("kernel offers FUSE over io_uring (-o io_uring not given); served through /dev/fuse");
+            log::info!(
+                "kernel offers FUSE over io_uring (-o io_uring not given); served through /dev/fuse"
+            );
         }
         let _ = cfg
             .set_max_write(MAX_WRITE)
@@ -841,16 +843,16 @@ impl Session {
         let (queues, threads) = rings.shape();
         let r = self.s.run_with(move |d| {
             let dispatch: DispatchFn = Arc::new(move |data, reply| d.dispatch(data, reply));
+            log::info!(
+                "serving through FUSE over io_uring ({queues} queues, {threads} rings), \
+                 FORGET and INTERRUPT through /dev/fuse"
+            );
             match rings.serve(dev, dispatch) {
-                Ok(h) => {
-                    log::info!(
-                        "serving through FUSE over io_uring ({queues} queues, {threads} rings), \
-                         FORGET and INTERRUPT through /dev/fuse"
-                    );
-                    h
-                }
+                Ok(h) => h,
                 Err(e) => {
-                    log::warn!("FUSE over io_uring could not start ({e}): serving through /dev/fuse");
+                    log::warn!(
+                        "FUSE over io_uring could not start ({e}): serving through /dev/fuse"
+                    );
                     Vec::new()
                 }
             }

@@ -55,7 +55,6 @@ pub(crate) fn served() -> u64 {
     SERVED.load(Ordering::Relaxed)
 }
 
-
 /// The kernel's queue count: one per possible CPU (`num_possible_cpus()`).
 pub(crate) fn possible_cpus() -> io::Result<usize> {
     let s = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
@@ -63,8 +62,10 @@ pub(crate) fn possible_cpus() -> io::Result<usize> {
     for part in s.trim().split(',') {
         let (a, b) = part.split_once('-').unwrap_or((part, part));
         let (a, b): (usize, usize) = (
-            a.parse().map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?,
-            b.parse().map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?,
+            a.parse()
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?,
+            b.parse()
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?,
         );
         n += b.saturating_sub(a) + 1;
     }
@@ -114,15 +115,46 @@ impl Rings {
         let dev = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
         let mut handles = Vec::with_capacity(self.rings.len());
         for (i, (qid, ring)) in self.rings.into_iter().enumerate() {
-            let q = Queue::new(ring, qid, self.payload, dev.clone(), dispatch.clone())?;
-            handles.push(
-                std::thread::Builder::new()
-                    .name(format!("kmsfs-uring-{i}"))
-                    .spawn(move || q.run())?,
-            );
+            let spawned = Queue::new(ring, qid, self.payload, dev.clone(), dispatch.clone())
+                .and_then(|q| {
+                    std::thread::Builder::new()
+                        .name(format!("kmsfs-uring-{i}"))
+                        .spawn(move || q.run())
+                });
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    refuse_transport(dev.as_raw_fd());
+                    log::warn!("FUSE over io_uring: no thread for queue {qid}: {e}");
+                    return Ok(handles);
+                }
+            }
         }
         Ok(handles)
     }
+}
+
+/// Makes the kernel give up the transport when a queue will have no entry
+/// (the kernel would otherwise hold every request until each queue has
+/// one): a REGISTER for a queue that does not exist fails with EINVAL, and
+/// the kernel then clears `fc->io_uring` and serves through /dev/fuse
+/// (fuse_uring_cmd(), fs/fuse/dev_uring.c).
+fn refuse_transport(dev: RawFd) {
+    let tried = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+        .build(2)
+        .and_then(|mut ring| {
+            let mut cmd = [0u8; 80];
+            cmd[16..18].copy_from_slice(&u16::MAX.to_ne_bytes());
+            let e = opcode::UringCmd80::new(types::Fd(dev), FUSE_IO_URING_CMD_REGISTER)
+                .cmd(cmd)
+                .build();
+            // SAFETY: the entry points to no memory (addr 0: the kernel
+            // refuses the queue id before it reads any iovec).
+            unsafe { ring.submission().push(&e) }
+                .map_err(|_| io::Error::from_raw_os_error(libc::EBUSY))?;
+            ring.submit_and_wait(1)
+        });
+    log::warn!("FUSE over io_uring given up: serving through /dev/fuse ({tried:?})");
 }
 
 /// One entry's memory: header then payload, 8-byte aligned.
@@ -167,6 +199,8 @@ struct Queue {
     /// The commit id of the request each entry holds.
     commit: Vec<u64>,
     alive: Vec<bool>,
+    /// The REGISTER commands went to the kernel.
+    registered: bool,
     shared: Option<Arc<Shared>>,
     payload: usize,
     event_buf: Box<u64>,
@@ -189,6 +223,7 @@ impl Queue {
             entries: (0..ENTRIES).map(|_| Buffer::new(payload)).collect(),
             commit: vec![0; ENTRIES],
             alive: vec![true; ENTRIES],
+            registered: false,
             shared: None,
             payload,
             event_buf: Box::new(0),
@@ -244,6 +279,9 @@ impl Queue {
     fn run(mut self) {
         if let Err(e) = self.serve() {
             log::warn!("FUSE over io_uring queue {} ended: {e}", self.qid);
+            if !self.registered {
+                refuse_transport(self.dev.as_raw_fd());
+            }
         }
     }
 
@@ -262,6 +300,8 @@ impl Queue {
             let e = self.sqe(i, FUSE_IO_URING_CMD_REGISTER);
             self.push(e)?;
         }
+        self.ring.submit()?;
+        self.registered = true;
         self.arm_event()?;
         while self.alive.iter().any(|a| *a) {
             match self.ring.submit_and_wait(1) {
@@ -305,7 +345,9 @@ impl Queue {
         let payload = (word(ENT_PAYLOAD_SZ) & 0xffff_ffff) as usize;
         let total = u32::from_ne_bytes(b[0..4].try_into().unwrap_or([0; 4])) as usize;
         let unique = word(8);
-        let op_len = total.checked_sub(IN_HEADER + payload).filter(|n| *n <= OP_IN);
+        let op_len = total
+            .checked_sub(IN_HEADER + payload)
+            .filter(|n| *n <= OP_IN);
         self.commit[i] = commit;
         let reply = reply_fn(sh.clone(), i);
         let Some(op_len) = op_len.filter(|_| payload <= self.payload) else {

@@ -54,6 +54,8 @@ pub struct Mount {
     extra: Vec<String>,
     /// How the backing directory keeps its names.
     pub names: Names,
+    /// The daemon's RUST_LOG (warn unless a test reads info lines).
+    log_level: &'static str,
 }
 
 impl Mount {
@@ -72,6 +74,16 @@ impl Mount {
 
     /// Mounts a new backing directory with names kept as `names` says.
     pub fn with_names(test: &str, names: Names, extra: &[&str]) -> Option<Self> {
+        Self::logging(test, names, "warn", extra)
+    }
+
+    /// Mounts with plain names and the daemon logging at `level` (RUST_LOG),
+    /// for tests that read its info lines.
+    pub fn with_log_level(test: &str, level: &'static str, extra: &[&str]) -> Option<Self> {
+        Self::logging(test, Names::Plain, level, extra)
+    }
+
+    fn logging(test: &str, names: Names, log_level: &'static str, extra: &[&str]) -> Option<Self> {
         if !fuse_available(test) {
             return None;
         }
@@ -89,6 +101,7 @@ impl Mount {
             mounted: false,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             names,
+            log_level,
         };
         m.mount();
         Some(m)
@@ -143,6 +156,7 @@ impl Mount {
             .arg(&self.log)
             .args(self.names.args())
             .args(&self.extra)
+            .env("RUST_LOG", self.log_level)
             .output()
             .expect("run kmsfs mount");
         assert!(
