@@ -81,6 +81,30 @@ pub struct SetDefaultKeyArgs {
     #[arg(long, value_name = "K")]
     pub key_id: String,
 }
+/// Arguments of `kmsfs set-key`.
+#[derive(Debug, clap::Args)]
+pub struct SetKeyArgs {
+    /// A directory inside a running kmsfs mount (yours, or you are root).
+    pub dir: PathBuf,
+    /// The CMK for files created under DIR from now on (key id, ARN or
+    /// alias/NAME): its key policy must allow you GenerateDataKey.
+    #[arg(
+        long,
+        value_name = "K",
+        required_unless_present = "inherit",
+        conflicts_with = "inherit"
+    )]
+    pub key_id: Option<String>,
+    /// Forget DIR's own key: files created under it get its parent's again.
+    #[arg(long, visible_alias = "clear")]
+    pub inherit: bool,
+}
+/// Arguments of `kmsfs get-key`.
+#[derive(Debug, clap::Args)]
+pub struct GetKeyArgs {
+    /// A directory inside a kmsfs mount.
+    pub dir: PathBuf,
+}
 /// Arguments of `kmsfs seal`.
 #[derive(Debug, clap::Args)]
 pub struct SealArgs {
@@ -350,6 +374,91 @@ pub(super) fn marker_for_new_default(
     let dir = keystore::keystore_dir(g);
     let ks = keystore::open_key_service(g)?;
     Ok(crate::daemon::new_default_key(&ks, &dir, backing, key_id)?)
+}
+
+/// What a refused `set-key` or `get-key` on `dir` means, by errno.
+fn dir_key_error(dir: &Path, key: Option<&str>, e: std::io::Error) -> CliError {
+    let d = dir.display();
+    match e.raw_os_error() {
+        Some(libc::EACCES) => CliError::new(
+            ErrorClass::Refused,
+            match key {
+                Some(k) => format!(
+                    "{d}: refused: key {k} does not exist, is not enabled, or its key policy \
+                     does not allow you kms:GenerateDataKey (nothing was changed)"
+                ),
+                None => format!("{d}: refused: you may not read or change this directory"),
+            },
+        )
+        .hint("`kmsfs kms get-key-policy --key-id K` shows who may use a key"),
+        Some(libc::EPERM) => CliError::new(
+            ErrorClass::Refused,
+            format!("{d}: only the directory's owner or root may choose its key"),
+        ),
+        Some(libc::EROFS) => {
+            CliError::new(ErrorClass::Refused, format!("{d}: the mount is read-only"))
+        }
+        Some(libc::EIO) => CliError::new(
+            ErrorClass::Corrupt,
+            format!(
+                "{d}: the mount refused the directory's key record (written outside the \
+                 mount, or copied from elsewhere): files cannot be created under it"
+            ),
+        )
+        .hint(
+            "the mount's log names the backing directory; set the key again with `kmsfs set-key`",
+        ),
+        Some(libc::ENODATA | libc::EOPNOTSUPP) => CliError::new(
+            ErrorClass::Usage,
+            format!("{d} is not a directory inside a kmsfs mount"),
+        )
+        .hint("name the directory under the mount point, not in the backing directory"),
+        Some(libc::ENOENT) => {
+            CliError::new(ErrorClass::NotFound, format!("{d}: no such directory"))
+        }
+        Some(libc::ENOTDIR) => CliError::new(ErrorClass::Usage, format!("{d} is not a directory")),
+        _ => CliError::new(ErrorClass::Io, format!("{d}: {e}")),
+    }
+}
+
+/// `kmsfs set-key`: asks the mount (the directory's xattr) to record DIR's
+/// key; the mount checks the caller and the key's policy.
+pub fn set_key(_g: &GlobalArgs, a: SetKeyArgs) -> Result<(), CliError> {
+    let key = a.key_id.as_deref().filter(|_| !a.inherit);
+    match crate::daemon::set_dir_key(&a.dir, key) {
+        Ok(()) => {}
+        Err(e) if key.is_none() && e.raw_os_error() == Some(libc::ENODATA) => {
+            // No key of its own: it uses its parent's already (or this is
+            // not a kmsfs mount: get-key tells).
+            crate::daemon::get_dir_key(&a.dir).map_err(|e| dir_key_error(&a.dir, None, e))?;
+        }
+        Err(e) => return Err(dir_key_error(&a.dir, key, e)),
+    }
+    let v = crate::daemon::get_dir_key(&a.dir).map_err(|e| dir_key_error(&a.dir, None, e))?;
+    println!("{}", describe_dir_key(&a.dir, &v));
+    Ok(())
+}
+
+/// `kmsfs get-key`.
+pub fn get_key(g: &GlobalArgs, a: GetKeyArgs) -> Result<(), CliError> {
+    let v = crate::daemon::get_dir_key(&a.dir).map_err(|e| dir_key_error(&a.dir, None, e))?;
+    if super::tree::printed_json(g, &v) {
+        return Ok(());
+    }
+    println!("{}", describe_dir_key(&a.dir, &v));
+    Ok(())
+}
+
+/// One line: which key files created under `dir` get, and why.
+fn describe_dir_key(dir: &Path, v: &serde_json::Value) -> String {
+    let key = v["KeyId"].as_str().unwrap_or("-");
+    let from = v["From"].as_str().unwrap_or("-");
+    let why = match v["Source"].as_str() {
+        Some("directory") => "set on this directory".to_string(),
+        Some("inherited") => format!("inherited from {from} (mount-relative)"),
+        _ => "the mount's default key".to_string(),
+    };
+    format!("{}: new files under {key} ({why})", dir.display())
 }
 
 /// Says that a mount serving `backing` keeps encrypting new files under

@@ -164,6 +164,12 @@ pub enum Command {
     /// Choose the CMK a backing directory's new files are encrypted under
     /// (its default key); existing files keep theirs (`rewrap` moves them).
     SetDefaultKey(fs::SetDefaultKeyArgs),
+    /// Choose the CMK for files created under a directory inside a running
+    /// mount (inherited by its subdirectories), or go back to its parent's.
+    SetKey(fs::SetKeyArgs),
+    /// Show which CMK files created under a directory inside a mount get,
+    /// and where that choice comes from.
+    GetKey(fs::GetKeyArgs),
     /// Show a backing file's header without decrypting its content.
     Inspect(fs::InspectArgs),
     /// Encrypt one file client-side, in the format the mount uses.
@@ -516,6 +522,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Man { dir } => man(dir.as_deref()),
         Command::SetDefaultKey(a) => fs::set_default_key(g, a),
+        Command::SetKey(a) => fs::set_key(g, a),
+        Command::GetKey(a) => fs::get_key(g, a),
         Command::Inspect(a) => fs::inspect(g, a),
         Command::Seal(a) => fs::seal(g, a),
         Command::Unseal(a) => fs::unseal(g, a),

@@ -161,6 +161,15 @@ fn print_status(v: &Value) {
     }
     println!("  keystore:           {}", s("Keystore"));
     println!("  key for new files:  {} ({})", s("KeyId"), s("KeyState"));
+    if let Some(dirs) = v["DirectoryKeys"].as_array() {
+        for d in dirs {
+            println!(
+                "  directory key:      {} under {}",
+                d["Directory"].as_str().unwrap_or("-"),
+                d["KeyId"].as_str().unwrap_or("-")
+            );
+        }
+    }
     println!("  read-only:          {}", s("ReadOnly"));
     println!("  mounted at:         {}", s("MountedAt"));
     println!("  open files:         {}", s("OpenFiles"));

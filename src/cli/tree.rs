@@ -167,7 +167,7 @@ impl Drop for Progress {
 }
 
 /// Prints `report` as JSON when asked for JSON; false when text is wanted.
-fn printed_json(g: &GlobalArgs, report: &impl serde::Serialize) -> bool {
+pub(super) fn printed_json(g: &GlobalArgs, report: &impl serde::Serialize) -> bool {
     if g.output != OutputFormat::Json {
         return false;
     }

@@ -54,6 +54,15 @@ pub struct BackingMarker {
     /// written by the first daemon that serves the tree.
     #[serde(rename = "NameKey", default, skip_serializing_if = "Option::is_none")]
     pub name_key: Option<String>,
+    /// Keys per directory: the key that authenticates directories' key
+    /// records, wrapped by the default key (base64), written by the first
+    /// `kmsfs set-key` (docs/MOUNT.md, "A key per directory").
+    #[serde(
+        rename = "DirKeyMacKey",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dir_key_mac: Option<String>,
 }
 
 fn block_format_one() -> u16 {
@@ -75,27 +84,39 @@ impl BackingMarker {
             block_format: Layout::NEW.version(),
             encrypted_names: None,
             name_key: None,
+            dir_key_mac: None,
         }
     }
 
     /// The wrapped name key (None: plain names); an error if it is not base64.
     pub fn wrapped_name_key(&self) -> Result<Option<Vec<u8>>, MountError> {
-        use base64::Engine;
-        self.name_key
-            .as_deref()
-            .map(|k| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(k)
-                    .map_err(|e| {
-                        MountError::State(
-                            format!("{BACKING_MARKER}: NameKey is not base64: {e}"),
-                            "restore the binding file from a backup".into(),
-                        )
-                    })
-            })
-            .transpose()
+        unbase64(self.name_key.as_deref(), "NameKey")
+    }
+
+    /// The wrapped MAC key of directory key records (None: no directory
+    /// has a key of its own yet); an error if it is not base64.
+    pub fn wrapped_dir_key_mac(&self) -> Result<Option<Vec<u8>>, MountError> {
+        unbase64(self.dir_key_mac.as_deref(), "DirKeyMacKey")
     }
 }
+
+/// A base64 field `what` of the binding file, decoded.
+fn unbase64(v: Option<&str>, what: &str) -> Result<Option<Vec<u8>>, MountError> {
+    use base64::Engine;
+    v.map(|k| {
+        base64::engine::general_purpose::STANDARD
+            .decode(k)
+            .map_err(|e| {
+                MountError::State(
+                    format!("{BACKING_MARKER}: {what} is not base64: {e}"),
+                    "restore the binding file from a backup".into(),
+                )
+            })
+    })
+    .transpose()
+}
+
+impl BackingMarker {}
 
 /// The layout of the files of `backing`: the one its marker names; with no
 /// marker (a directory never mounted, or whose marker was removed), the one

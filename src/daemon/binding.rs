@@ -487,7 +487,33 @@ pub fn new_default_key(
     if key == m.default_key_id {
         return Ok((None, key));
     }
-    Ok((Some(m), key))
+    Ok((Some(dir_key_mac_under(ks, m, &key)), key))
+}
+
+/// `m` with its directory-key MAC key (if any) wrapped again under `key`
+/// (ReEncrypt: the MAC key never leaves the key service), since the mount
+/// trusts a MAC key only under the tree's default key or its own. If the
+/// old key refuses, the MAC key stays as it was and a warning says what
+/// that means.
+fn dir_key_mac_under(ks: &LocalKeyStore, mut m: BackingMarker, key: &str) -> BackingMarker {
+    use crate::kms::KeyServiceExt;
+    use base64::Engine;
+    let Ok(Some(wrapped)) = m.wrapped_dir_key_mac() else {
+        return m;
+    };
+    let ctx =
+        crate::kms::EncryptionContext::with(crate::fs::PURPOSE_KEY, crate::fs::MAC_KEY_PURPOSE);
+    match ks.re_encrypt(&checks(), &wrapped, &ctx, key, &ctx) {
+        Ok(e) => {
+            m.dir_key_mac =
+                Some(base64::engine::general_purpose::STANDARD.encode(&e.ciphertext_blob));
+        }
+        Err(e) => log::warn!(
+            "the directory-key MAC key could not be moved to {key} ({e}): directories with a key \
+             of their own refuse new files until their keys are set again"
+        ),
+    }
+    m
 }
 
 /// The choices the binding file `m` makes, as a keystore's record keeps them.

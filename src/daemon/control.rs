@@ -83,6 +83,8 @@ pub(super) struct MountState {
     /// The mount's device (`MAJ:MIN` in mountinfo), known once mounted:
     /// what a client matches to find this daemon from a mount point.
     pub(super) device: std::sync::OnceLock<String>,
+    /// The directory keys the mount has read or set.
+    pub(super) dir_keys: crate::fs::DirKeysSeen,
 }
 
 impl MountState {
@@ -101,6 +103,10 @@ impl MountState {
             Err(e) => format!("unknown ({e})"),
         };
         let requests: u64 = crate::fs::requests_served();
+        let dir_keys: Vec<Value> = crate::fs::lock_seen(&self.dir_keys)
+            .iter()
+            .map(|(dir, key)| json!({ "Directory": dir, "KeyId": key }))
+            .collect();
         json!({
             "Pid": std::process::id(),
             "MountPoint": self.mountpoint.display().to_string(),
@@ -109,6 +115,7 @@ impl MountState {
             "Keystore": self.keystore.as_ref().map(|p| p.display().to_string()),
             "KeyId": self.key_id,
             "KeyState": key_state,
+            "DirectoryKeys": dir_keys,
             "ReadOnly": self.read_only.load(Ordering::Relaxed),
             "SharedStorage": self.shared_storage,
             "MountedAt": crate::kms::clock::format_rfc3339(self.started),

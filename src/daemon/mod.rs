@@ -17,6 +17,7 @@ use crate::os;
 mod backing;
 mod binding;
 mod control;
+mod dirkey;
 mod logfile;
 mod mountinfo;
 mod options;
@@ -33,6 +34,7 @@ pub use self::binding::{
     new_default_key, record_choices, remember_backing, this_process, usable_key,
 };
 pub use self::control::{ControlError, control_request, socket_path};
+pub use self::dirkey::{get_dir_key, set_dir_key};
 pub use self::logfile::{check_log_dir, open_log};
 pub use self::mountinfo::{
     MountInfo, is_enotconn, mount_at, parse_mountinfo, prepare_mountpoint, serving_mount,

@@ -149,6 +149,7 @@ fn build_filesystem(
     // The binding file says whether names are encrypted (a tree without one
     // yet, e.g. a read-only one, has plain names).
     let names = name_key(req, &*counting)?;
+    let dir_keys = dir_keys(req, o)?;
     let mut fs = KmsFs::new(FsConfig {
         backing: req.backing.clone(),
         ks: counting.clone(),
@@ -165,6 +166,7 @@ fn build_filesystem(
         writeback: !o.shared_storage && !o.no_writeback_cache,
         handles,
         names,
+        dir_keys,
     })
     .map_err(|e| MountError::io(format!("{}", req.backing.display()), e))?;
     fs.enter_backing()
@@ -217,6 +219,45 @@ fn name_key(req: &Serving, ks: &dyn crate::kms::KeyService) -> Result<Option<Vec
     Ok(Some(wrapped))
 }
 
+/// Keys per directory: the tree's wrapped MAC key of their records, the
+/// keys it is trusted under (the binding file's default key and the
+/// mount's), and how a MAC key made by the first `kmsfs set-key` is
+/// recorded in the binding file (not on a read-only mount).
+fn dir_keys(req: &Serving, o: &Options) -> Result<crate::fs::DirKeysConfig, MountError> {
+    let m = super::read_marker(&req.backing)?;
+    let wrapped = match &m {
+        Some(m) => m.wrapped_dir_key_mac()?,
+        None => None,
+    };
+    let mut trusted = vec![req.key_id.clone()];
+    if let Some(m) = &m
+        && m.default_key_id != req.key_id
+    {
+        trusted.push(m.default_key_id.clone());
+    }
+    let save: Option<crate::fs::SaveMacKey> = if o.read_only || req.backing_read_only {
+        None
+    } else {
+        let backing = req.backing.clone();
+        Some(Arc::new(move |wrapped: &[u8]| {
+            use base64::Engine;
+            let Some(mut m) = super::read_marker(&backing).map_err(|e| e.to_string())? else {
+                return Err("the tree has no binding file".into());
+            };
+            if m.dir_key_mac.is_some() {
+                return Err("the binding file holds a MAC key already".into());
+            }
+            m.dir_key_mac = Some(base64::engine::general_purpose::STANDARD.encode(wrapped));
+            super::replace_marker(&backing, &m).map_err(|e| e.to_string())
+        }))
+    };
+    Ok(crate::fs::DirKeysConfig {
+        wrapped,
+        trusted,
+        save,
+    })
+}
+
 /// What the control socket reports about this mount.
 fn mount_state(
     req: &Serving,
@@ -226,6 +267,7 @@ fn mount_state(
 ) -> Arc<MountState> {
     Arc::new(MountState {
         device: std::sync::OnceLock::new(),
+        dir_keys: fs.dir_keys_seen(),
         backing: req.backing.clone(),
         mountpoint: req.mountpoint.clone(),
         keystore: req.keystore.clone(),

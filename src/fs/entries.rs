@@ -34,6 +34,9 @@ impl KmsFs {
             enc,
         } = self.in_dir(parent, name)?;
         let backing = self.backing_path(&rel);
+        // The directory's key, decided before anything is made: a record
+        // refused or a key the caller may not use leaves nothing behind.
+        let key = self.dir_key(rel.parent().unwrap_or(Path::new("")))?;
         add_side(&dir, &enc)?;
         let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
         // Made 0600 and root's: the caller's mode (setid bits included)
@@ -47,7 +50,7 @@ impl KmsFs {
             if mode & 0o7777 != 0o600 {
                 file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
             }
-            self.create_encrypted(file, caller, &backing)
+            self.create_encrypted(file, caller, &backing, &key.key_id)
                 .map_err(|e| FsError::envelope(e, &backing))
         });
         let ef = match sealed {
@@ -189,6 +192,7 @@ impl KmsFs {
             drop_side(&f.dir, &f.enc);
         }
         self.renamed(&f.rel, &t.rel, exchange);
+        self.dir_keys_moved();
         Ok(())
     }
 
@@ -202,6 +206,9 @@ impl KmsFs {
         }
         drop_side(&e.dir, &e.enc);
         self.forget_path(&e.rel);
+        if dir {
+            self.dir_keys_moved();
+        }
         Ok(())
     }
 

@@ -66,13 +66,15 @@ impl KmsFs {
         (requester, path)
     }
 
-    /// A new encrypted file over `file` under the mount's key, for `caller`
-    /// (the audit record names `backing` as seen under the mount point).
+    /// A new encrypted file over `file` under CMK `key_id` (the mount's or
+    /// its directory's), for `caller` (the audit record names `backing` as
+    /// seen under the mount point).
     pub(super) fn create_encrypted(
         &self,
         file: File,
         caller: &Caller,
         backing: &Path,
+        key_id: &str,
     ) -> Result<EncryptedFile, crate::envelope::EnvelopeError> {
         let (requester, path) = self.requester(caller, backing);
         let access = FileAccess {
@@ -80,7 +82,7 @@ impl KmsFs {
             requester: &requester,
         };
         let rc = RequestContext::open(*caller, &access);
-        EncryptedFile::create(file, &*self.cfg.ks, &rc, &self.cfg.key_id, self.cfg.layout)
+        EncryptedFile::create(file, &*self.cfg.ks, &rc, key_id, self.cfg.layout)
     }
 
     /// The data key of a header for `caller`, from the cache or the key
@@ -254,7 +256,8 @@ impl KmsFs {
             // not a kmsfs file yet).
             let _one_at_a_time = lock(&self.init_lock);
             if file.metadata()?.len() == 0 {
-                self.create_encrypted(file, caller, &abs)
+                let key = self.dir_key(rel.parent().unwrap_or(Path::new("")))?;
+                self.create_encrypted(file, caller, &abs, &key.key_id)
                     .map_err(|e| FsError::envelope(e, &abs))?
             } else {
                 self.with_data_key(file, caller, &abs)?
@@ -581,6 +584,7 @@ mod tests {
             writeback,
             handles: crate::fs::HandleLimits::unlimited(),
             names: None,
+            dir_keys: Default::default(),
         })
         .unwrap();
         (dir, ks, fs)

@@ -48,6 +48,8 @@ pub struct FsConfig {
     /// Encrypted names: the tree's name key, wrapped by its CMK, as the
     /// binding file holds it (None: plain names).
     pub names: Option<Vec<u8>>,
+    /// Keys per directory: the tree's wrapped MAC key of their records.
+    pub dir_keys: super::dirkeys::DirKeysConfig,
 }
 
 impl std::fmt::Debug for FsConfig {
@@ -62,6 +64,7 @@ impl std::fmt::Debug for FsConfig {
             .field("writeback", &self.writeback)
             .field("handles", &self.handles)
             .field("encrypted_names", &self.names.is_some())
+            .field("dir_keys", &self.dir_keys)
             .finish()
     }
 }
@@ -91,6 +94,8 @@ pub struct KmsFs {
     pub(super) uring: super::fuse::UringAsk,
     /// Encrypted names (None: plain names).
     pub(super) names: Option<super::names::Names>,
+    /// Keys per directory.
+    pub(super) dir_keys: super::dirkeys::DirKeys,
 }
 
 /// The way back to the kernel's caches: the kernel caches entries and
@@ -181,6 +186,7 @@ impl KmsFs {
             root,
             read_only: Arc::new(AtomicBool::new(cfg.read_only)),
             names: cfg.names.clone().map(super::names::Names::new),
+            dir_keys: super::dirkeys::DirKeys::new(&cfg.dir_keys),
             cfg,
             kernel: KernelCache::default(),
             uring: super::fuse::UringAsk::default(),

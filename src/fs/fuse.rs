@@ -600,7 +600,7 @@ impl Filesystem for KmsFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -608,7 +608,7 @@ impl Filesystem for KmsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let body = || KmsFs::setxattr(self, ino.0, name, value, flags);
+        let body = || KmsFs::setxattr(self, ino.0, name, value, flags, &caller(req));
         serve(Op::Setxattr, reply, body, |r, ()| r.ok());
     }
 
@@ -627,8 +627,8 @@ impl Filesystem for KmsFs {
         serve(Op::Listxattr, reply, body, reply_xattr);
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let body = || KmsFs::removexattr(self, ino.0, name);
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let body = || KmsFs::removexattr(self, ino.0, name, &caller(req));
         serve(Op::Removexattr, reply, body, |r, ()| r.ok());
     }
 

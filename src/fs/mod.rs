@@ -9,6 +9,7 @@
 
 mod attr;
 mod budget;
+mod dirkeys;
 mod dirs;
 mod entries;
 mod error;
@@ -27,6 +28,10 @@ mod times;
 mod xattr;
 
 pub use self::budget::{DEFAULT_USER_HANDLES, HandleLimits};
+pub use self::dirkeys::{
+    DIR_KEY_XATTR, DirKeysConfig, DirKeysSeen, MAC_KEY_PURPOSE, PURPOSE_KEY, RECORD_XATTR,
+    SaveMacKey, lock_seen, record_for, record_key,
+};
 pub use self::error::FsError;
 pub use self::filesystem::{FsConfig, KmsFs};
 pub use self::fuse::Session;

@@ -5,6 +5,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
+use super::dirkeys::DIR_KEY_XATTR;
 use super::error::FsError;
 use super::filesystem::KmsFs;
 use crate::kms::Caller;
@@ -115,6 +116,9 @@ fn without_trusted(list: &[u8]) -> Vec<u8> {
 impl KmsFs {
     /// getxattr of `ino`'s backing object (a symlink itself).
     pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> Result<XattrValue, FsError> {
+        if name == DIR_KEY_XATTR {
+            return self.get_dir_key(ino, size);
+        }
         if reserved_xattr(name) {
             return Err(FsError::NoAttribute);
         }
@@ -144,21 +148,28 @@ impl KmsFs {
         answer(list.len(), size, list)
     }
 
-    /// setxattr (`flags`: XATTR_CREATE, XATTR_REPLACE).
+    /// setxattr (`flags`: XATTR_CREATE, XATTR_REPLACE) for `caller`.
     pub fn setxattr(
         &self,
         ino: u64,
         name: &OsStr,
         value: &[u8],
         flags: i32,
+        caller: &Caller,
     ) -> Result<(), FsError> {
+        if name == DIR_KEY_XATTR {
+            return self.set_dir_key(ino, value, caller);
+        }
         self.change_xattr(ino, name, |node| {
             os::xattr::setxattr_node(node, name, value, flags)
         })
     }
 
-    /// removexattr.
-    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<(), FsError> {
+    /// removexattr for `caller`.
+    pub fn removexattr(&self, ino: u64, name: &OsStr, caller: &Caller) -> Result<(), FsError> {
+        if name == DIR_KEY_XATTR {
+            return self.clear_dir_key(ino, caller);
+        }
         self.change_xattr(ino, name, |node| os::xattr::removexattr_node(node, name))
     }
 

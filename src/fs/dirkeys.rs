@@ -1,0 +1,460 @@
+//! A key per directory: a directory may name the CMK that wraps the data
+//! keys of files created under it and under its subdirectories, which
+//! inherit it. The choice is a record in the backing directory's xattr
+//! `RECORD_XATTR`, authenticated by an HMAC under the tree's directory-key
+//! MAC key (wrapped by the tree's CMK, kept in the binding file) and bound
+//! to the directory's inode and birth time: a record the mount did not
+//! write is refused (EIO), never obeyed. Programs read and change it
+//! through the mount as the xattr `DIR_KEY_XATTR` of a directory
+//! (`kmsfs set-key`, `kmsfs get-key`); docs/MOUNT.md, "A key per directory".
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::fs::{File, Metadata};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+
+use super::error::FsError;
+use super::filesystem::{KmsFs, lock};
+use super::xattr::{XattrValue, answer};
+use crate::crypto::{SecretBytes, constant_time_eq, hex, hmac_sha256};
+use crate::kms::{
+    Caller, DataKeySpec, EncryptionContext, FileAccess, KeyServiceExt, KmsError, Origin,
+    RequestContext,
+};
+use crate::os;
+
+/// The xattr of a directory in the mount that reads (JSON: `KeyId`,
+/// `Source` directory, inherited or default, `From`), sets (a key id, alias
+/// or ARN) and removes (back to the parent's key) the directory's key.
+pub const DIR_KEY_XATTR: &str = "user.kmsfs.key-id";
+/// The backing directory's xattr that holds the record (reserved: never
+/// seen or changed through the mount).
+pub const RECORD_XATTR: &str = "user.kmsfs.dirkey";
+/// The first word of a record.
+const RECORD_VERSION: &str = "kmsfs-dirkey-v1";
+/// The label at the start of a record's MAC input.
+const MAC_LABEL: &[u8] = b"kmsfs.dirkey.v1";
+/// The encryption-context pair of the wrapped MAC key and of the check made
+/// when a user sets a key (`kmsfs:purpose`).
+pub const PURPOSE_KEY: &str = "kmsfs:purpose";
+/// Its value for the tree's MAC key.
+pub const MAC_KEY_PURPOSE: &str = "dirkeys";
+/// Its value for the GenerateDataKey that authorizes a user's set-key.
+pub(super) const SET_KEY_PURPOSE: &str = "dirkey";
+/// Longest record read.
+const RECORD_MAX: usize = 1024;
+/// Directories whose key is cached at most (then the cache starts afresh).
+const CACHE_MAX: usize = 1 << 14;
+
+/// Saves a newly made wrapped MAC key in the binding file (the daemon's).
+pub type SaveMacKey = Arc<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>;
+
+/// How the mount finds the tree's directory-key MAC key.
+#[derive(Clone, Default)]
+pub struct DirKeysConfig {
+    /// The MAC key as the binding file holds it, wrapped (None: no
+    /// directory of the tree has a key of its own yet).
+    pub wrapped: Option<Vec<u8>>,
+    /// The CMKs the MAC key may be wrapped under (the binding file's
+    /// default key and the mount's): a MAC key under any other is refused,
+    /// so a binding file edited to hold a MAC key of someone else's key
+    /// forges nothing.
+    pub trusted: Vec<String>,
+    /// Records a MAC key made at the first set-key (None: read-only).
+    pub save: Option<SaveMacKey>,
+}
+
+impl std::fmt::Debug for DirKeysConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirKeysConfig")
+            .field("wrapped", &self.wrapped.is_some())
+            .field("trusted", &self.trusted)
+            .finish()
+    }
+}
+
+/// The directory keys the mount has read or set, by directory (as seen
+/// under the mount point): what `kmsfs status` lists.
+pub type DirKeysSeen = Arc<Mutex<BTreeMap<String, String>>>;
+
+/// The map behind `DirKeysSeen`, also after a panic poisoned its lock.
+pub fn lock_seen(s: &DirKeysSeen) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+    lock(s)
+}
+
+/// Where a directory's key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Effective {
+    /// The CMK for new files.
+    pub(super) key_id: String,
+    /// The backing directory (relative) whose record names it; None: the
+    /// mount's key.
+    pub(super) from: Option<PathBuf>,
+}
+
+/// The mount's state of directory keys.
+#[derive(Debug)]
+pub(super) struct DirKeys {
+    wrapped: Mutex<Option<Vec<u8>>>,
+    mac: Mutex<Option<(u64, Arc<SecretBytes>)>>,
+    cache: Mutex<HashMap<PathBuf, Effective>>,
+    pub(super) seen: DirKeysSeen,
+}
+
+impl DirKeys {
+    pub(super) fn new(cfg: &DirKeysConfig) -> Self {
+        Self {
+            wrapped: Mutex::new(cfg.wrapped.clone()),
+            mac: Mutex::new(None),
+            cache: Mutex::new(HashMap::new()),
+            seen: DirKeysSeen::default(),
+        }
+    }
+}
+
+/// The MAC of a record naming `key_id` on the directory `m`.
+fn record_mac(mac_key: &[u8], key_id: &str, m: &Metadata) -> String {
+    let born = m
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    let len = (key_id.len() as u32).to_be_bytes();
+    hex(&hmac_sha256(
+        mac_key,
+        &[
+            MAC_LABEL,
+            &len,
+            key_id.as_bytes(),
+            &m.ino().to_be_bytes(),
+            &born.to_be_bytes(),
+        ],
+    ))
+}
+
+/// A record's text: version, key id, MAC.
+fn record_text(mac_key: &[u8], key_id: &str, m: &Metadata) -> String {
+    format!(
+        "{RECORD_VERSION} {key_id} {}",
+        record_mac(mac_key, key_id, m)
+    )
+}
+
+/// The key id of record `text` on directory `m`, if its MAC holds.
+fn check_record(mac_key: &[u8], text: &[u8], m: &Metadata) -> Result<String, &'static str> {
+    let text = std::str::from_utf8(text).map_err(|_| "not text")?;
+    let mut parts = text.split(' ');
+    let (Some(RECORD_VERSION), Some(key_id), Some(mac), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("not a directory key record of this version");
+    };
+    let want = record_mac(mac_key, key_id, m);
+    if key_id.is_empty() || !constant_time_eq(want.as_bytes(), mac.as_bytes()) {
+        return Err("its MAC does not hold (written outside the mount, or copied)");
+    }
+    Ok(key_id.to_string())
+}
+
+/// The mount's own identity, for the MAC key.
+fn me() -> Caller {
+    let (uid, gid) = os::ids::ids();
+    Caller {
+        uid,
+        gid,
+        pid: std::process::id(),
+    }
+}
+
+fn mac_context() -> EncryptionContext {
+    EncryptionContext::with(PURPOSE_KEY, MAC_KEY_PURPOSE)
+}
+
+/// EIO with a warning naming the backing directory.
+fn refused(backing: &Path, why: &str) -> FsError {
+    log::warn!(
+        "{}: directory key record refused: {why}; returning EIO",
+        crate::logtext::escaped(backing)
+    );
+    FsError::Io(std::io::Error::from_raw_os_error(libc::EIO))
+}
+
+/// A key service error met on the directory key of `backing`.
+fn kms(e: KmsError, backing: &Path) -> FsError {
+    FsError::envelope(crate::envelope::EnvelopeError::Kms(e), backing)
+}
+
+impl KmsFs {
+    fn dir_keys(&self) -> &DirKeys {
+        &self.dir_keys
+    }
+
+    /// The directory keys read or set so far (for `kmsfs status`).
+    pub fn dir_keys_seen(&self) -> DirKeysSeen {
+        self.dir_keys().seen.clone()
+    }
+
+    /// The tree's MAC key: unwrapped as the mount (under a trusted CMK
+    /// only) whenever the key service's state changed; made and saved when
+    /// `create` and there is none.
+    fn mac_key(&self, create: bool) -> Result<Option<Arc<SecretBytes>>, FsError> {
+        let ks = &*self.cfg.ks;
+        let generation = ks.generation();
+        let d = self.dir_keys();
+        let mut mac = lock(&d.mac);
+        if let Some((g, k)) = &*mac
+            && *g == generation
+        {
+            return Ok(Some(k.clone()));
+        }
+        let rc = RequestContext::new(me(), Origin::Mount);
+        let mut wrapped = lock(&d.wrapped);
+        let key = match &*wrapped {
+            Some(w) => {
+                let mut last = None;
+                let mut found = None;
+                for k in &self.cfg.dir_keys.trusted {
+                    match ks.decrypt(&rc, w, &mac_context(), Some(k)) {
+                        Ok(p) => {
+                            found = Some(p.plaintext);
+                            break;
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                match (found, last) {
+                    (Some(p), _) => p,
+                    (None, Some(e)) => return Err(kms(e, &self.cfg.backing)),
+                    (None, None) => return Err(refused(&self.cfg.backing, "no trusted key")),
+                }
+            }
+            None if !create => return Ok(None),
+            None => {
+                let Some(save) = &self.cfg.dir_keys.save else {
+                    return Err(FsError::ReadOnly);
+                };
+                let dk = ks
+                    .generate_data_key(&rc, &self.cfg.key_id, DataKeySpec::Aes256, &mac_context())
+                    .map_err(|e| kms(e, &self.cfg.backing))?;
+                save(&dk.ciphertext_blob).map_err(|e| {
+                    log::warn!("saving the directory-key MAC key: {e}");
+                    FsError::Io(std::io::Error::from_raw_os_error(libc::EIO))
+                })?;
+                *wrapped = Some(dk.ciphertext_blob);
+                dk.plaintext
+            }
+        };
+        let key = Arc::new(key);
+        *mac = Some((generation, key.clone()));
+        Ok(Some(key))
+    }
+
+    /// The record on backing directory `dir` (described by `m`, reached as
+    /// `rel`): None when it has none; EIO when one is there that the mount
+    /// did not write for this directory.
+    fn read_record(&self, dir: &File, m: &Metadata, rel: &Path) -> Result<Option<String>, FsError> {
+        let mut buf = vec![0u8; RECORD_MAX];
+        let n = match os::xattr::getxattr_node(dir, OsStr::new(RECORD_XATTR), &mut buf) {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => {
+                return Err(refused(&self.backing_path(rel), "too long"));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(mac) = self.mac_key(false)? else {
+            return Err(refused(
+                &self.backing_path(rel),
+                "the tree has no directory-key MAC key",
+            ));
+        };
+        check_record(mac.expose(), &buf[..n], m)
+            .map(Some)
+            .map_err(|why| refused(&self.backing_path(rel), why))
+    }
+
+    /// The key for files created in backing directory `rel`: the record of
+    /// the nearest directory from `rel` up to the root that has one, else
+    /// the mount's key. A refused record refuses the create (EIO): the
+    /// mount's key is not used instead.
+    pub(super) fn dir_key(&self, rel: &Path) -> Result<Effective, FsError> {
+        let d = self.dir_keys();
+        if let Some(e) = lock(&d.cache).get(rel) {
+            return Ok(e.clone());
+        }
+        let mut at = Some(rel);
+        let mut found = None;
+        while let Some(p) = at {
+            let dir = os::beneath::open_beneath_deep(
+                &self.root,
+                os::or_dot(p),
+                libc::O_PATH | libc::O_DIRECTORY,
+                0,
+            )?;
+            let m = dir.metadata()?;
+            if let Some(k) = self.read_record(&dir, &m, p)? {
+                lock(&d.seen).insert(self.plain_dir(p), k.clone());
+                found = Some(Effective {
+                    key_id: k,
+                    from: Some(p.to_path_buf()),
+                });
+                break;
+            }
+            at = p.parent();
+        }
+        let e = found.unwrap_or_else(|| Effective {
+            key_id: self.cfg.key_id.clone(),
+            from: None,
+        });
+        let mut cache = lock(&d.cache);
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(rel.to_path_buf(), e.clone());
+        Ok(e)
+    }
+
+    /// Forgets the cached keys (a directory renamed, removed or its key
+    /// changed).
+    pub(super) fn dir_keys_moved(&self) {
+        lock(&self.dir_keys().cache).clear();
+    }
+
+    /// A directory as seen under the mount point (`/` for the root).
+    fn plain_dir(&self, rel: &Path) -> String {
+        format!("/{}", self.plain_rel(rel))
+    }
+
+    /// getxattr `DIR_KEY_XATTR` of directory `ino`: where its key comes from.
+    pub fn get_dir_key(&self, ino: u64, size: u32) -> Result<XattrValue, FsError> {
+        let dir = self.open_checked(ino, libc::O_PATH | libc::O_DIRECTORY)?;
+        let e = self.dir_key(&dir.rel)?;
+        let source = match &e.from {
+            None => "default",
+            Some(p) if *p == dir.rel => "directory",
+            Some(_) => "inherited",
+        };
+        let v = json!({
+            "KeyId": e.key_id,
+            "Source": source,
+            "From": e.from.as_deref().map(|p| self.plain_dir(p)),
+        })
+        .to_string()
+        .into_bytes();
+        answer(v.len(), size, v)
+    }
+
+    /// setxattr `DIR_KEY_XATTR` of directory `ino` to `value` (a key id,
+    /// alias or ARN) for `caller`: the directory's owner or root (EPERM
+    /// otherwise), allowed GenerateDataKey on that key by its policy, asked
+    /// of the key service as `caller` (EACCES otherwise, and nothing is
+    /// written). The record names the key id the key service answered with.
+    pub fn set_dir_key(&self, ino: u64, value: &[u8], caller: &Caller) -> Result<(), FsError> {
+        self.writable()?;
+        let dir = self.open_checked(ino, libc::O_PATH | libc::O_DIRECTORY)?;
+        if caller.uid != 0 && caller.uid != dir.meta.uid() {
+            return Err(FsError::Reserved);
+        }
+        let asked = std::str::from_utf8(value)
+            .map_err(|_| FsError::Invalid)?
+            .trim_end_matches('\0')
+            .trim();
+        if asked.is_empty() || asked.len() > 512 || asked.contains(char::is_whitespace) {
+            return Err(FsError::Invalid);
+        }
+        let backing = self.backing_path(&dir.rel);
+        let (requester, path) = self.requester(caller, &backing);
+        let access = FileAccess {
+            path: &path,
+            requester: &requester,
+        };
+        let rc = RequestContext::open(*caller, &access);
+        let context = EncryptionContext::with(PURPOSE_KEY, SET_KEY_PURPOSE);
+        let dk = self
+            .cfg
+            .ks
+            .generate_data_key(&rc, asked, DataKeySpec::Aes256, &context)
+            .map_err(|e| kms(e, &backing))?;
+        let key_id = dk.key_id.clone();
+        drop(dk);
+        let Some(mac) = self.mac_key(true)? else {
+            return Err(FsError::ReadOnly);
+        };
+        let text = record_text(mac.expose(), &key_id, &dir.meta);
+        os::xattr::setxattr_node(&dir.file, OsStr::new(RECORD_XATTR), text.as_bytes(), 0)?;
+        self.dir_keys_moved();
+        lock(&self.dir_keys().seen).insert(self.plain_dir(&dir.rel), key_id.clone());
+        log::info!(
+            "uid {} set the key of {} to {key_id}",
+            caller.uid,
+            crate::logtext::escaped(&backing)
+        );
+        Ok(())
+    }
+
+    /// removexattr `DIR_KEY_XATTR` of directory `ino` for `caller` (the
+    /// owner or root): files created in it get the parent's key again.
+    /// ENODATA when it had none of its own.
+    pub fn clear_dir_key(&self, ino: u64, caller: &Caller) -> Result<(), FsError> {
+        self.writable()?;
+        let dir = self.open_checked(ino, libc::O_PATH | libc::O_DIRECTORY)?;
+        if caller.uid != 0 && caller.uid != dir.meta.uid() {
+            return Err(FsError::Reserved);
+        }
+        match os::xattr::removexattr_node(&dir.file, OsStr::new(RECORD_XATTR)) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {
+                return Err(FsError::NoAttribute);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.dir_keys_moved();
+        lock(&self.dir_keys().seen).remove(&self.plain_dir(&dir.rel));
+        log::info!(
+            "uid {} cleared the key of {}",
+            caller.uid,
+            crate::logtext::escaped(&self.backing_path(&dir.rel))
+        );
+        Ok(())
+    }
+}
+
+/// A record for tools that work on a tree without a mount (import): the
+/// record text naming `key_id` on directory `m` under MAC key `mac_key`.
+pub fn record_for(mac_key: &[u8], key_id: &str, m: &Metadata) -> String {
+    record_text(mac_key, key_id, m)
+}
+
+/// The key id a record `text` on directory `m` names, if its MAC under
+/// `mac_key` holds (for tools without a mount: inspect, export).
+pub fn record_key(mac_key: &[u8], text: &[u8], m: &Metadata) -> Option<String> {
+    check_record(mac_key, text, m).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trip_and_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let m = std::fs::metadata(dir.path()).unwrap();
+        let m2 = std::fs::metadata(other.path()).unwrap();
+        let k = [7u8; 32];
+        let t = record_text(&k, "key-1", &m);
+        assert_eq!(check_record(&k, t.as_bytes(), &m).unwrap(), "key-1");
+        // Another directory, another MAC key, another key id: refused.
+        assert!(check_record(&k, t.as_bytes(), &m2).is_err());
+        assert!(check_record(&[8u8; 32], t.as_bytes(), &m).is_err());
+        let forged = t.replace("key-1", "key-2");
+        assert!(check_record(&k, forged.as_bytes(), &m).is_err());
+        assert!(check_record(&k, b"kmsfs-dirkey-v1 key-1", &m).is_err());
+        assert!(check_record(&k, b"", &m).is_err());
+    }
+}

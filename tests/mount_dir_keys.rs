@@ -1,0 +1,234 @@
+//! A key per directory (issue 20 item 2): `kmsfs set-key DIR --key-id K`
+//! inside a running mount makes files created under DIR, and under
+//! subdirectories made later, take their data keys from K. Two real users
+//! through a shared `-o allow_other` mount: the one K's policy refuses can
+//! neither set K nor create under DIR, a disabled K refuses creates under
+//! DIR (the tree's default key is not used instead), a remount keeps the
+//! choice, and a record written in the backing directory by another user
+//! is refused, not obeyed.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Output;
+
+use common::{Mount, TestUser, TestUsers};
+use serde_json::Value;
+
+/// A mount with allow_other, and `shared` (mode 2777, the users' group).
+fn setup(test: &str) -> Option<(Mount, TestUsers)> {
+    let m = Mount::with_args(test, &["-o", "allow_other"])?;
+    let users = common::test_users(test)?;
+    fs::set_permissions(m.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::create_dir(m.p("shared")).unwrap();
+    std::os::unix::fs::chown(m.p("shared"), Some(0), Some(users.gid)).unwrap();
+    fs::set_permissions(m.p("shared"), fs::Permissions::from_mode(0o2777)).unwrap();
+    Some((m, users))
+}
+
+/// A new key whose policy allows everyone everything but denies `denied`
+/// every kms action.
+fn key_denying(m: &Mount, denied: &TestUser) -> String {
+    let v: Value = serde_json::from_str(&m.ok(&["--output", "json", "kms", "create-key"])).unwrap();
+    let k = v["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    let policy = format!(
+        r#"{{"Statement":[{{"Effect":"Allow","Principal":"*","Action":"kms:*"}},
+        {{"Effect":"Deny","Principal":{{"kmsfs":"uid:{}"}},"Action":"kms:*"}}]}}"#,
+        denied.uid
+    );
+    m.ok(&["kms", "put-key-policy", "--key-id", &k, "--policy", &policy]);
+    k
+}
+
+/// `kmsfs ARGS` run as `u` in the shared directory of the mount.
+fn kmsfs_as(m: &Mount, u: &TestUser, args: &[&str]) -> Output {
+    u.command(&m.p("shared"), common::BIN)
+        .args(args)
+        .output()
+        .expect("run kmsfs as a test user")
+}
+
+/// The CMK named by the header of backing file `rel`.
+fn key_of(m: &Mount, rel: &str) -> String {
+    let o = m.ok(&["--output", "json", "inspect", m.b(rel).to_str().unwrap()]);
+    let v: Value = serde_json::from_str(&o).unwrap();
+    v["KeyId"].as_str().unwrap().to_string()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Creating `name` as `u` fails with "Permission denied" or "Input/output
+/// error" (`why`), and leaves nothing in the backing directory.
+fn create_refused(m: &Mount, u: &TestUser, name: &str, why: &str) {
+    let o = u.sh(&m.p("shared"), &format!("printf data > {name}"));
+    assert!(!o.status.success(), "{} created {name}", u.name);
+    assert!(text(&o).contains(why), "{name}: {}", text(&o));
+    assert!(
+        !m.b(&format!("shared/{name}")).exists(),
+        "a refused create left {name} in the backing directory"
+    );
+}
+
+/// The keys of the scenario: the tree's default and K (B may not use it).
+struct Keys {
+    default: String,
+    k: String,
+}
+
+#[test]
+fn a_directory_key_is_used_inherited_authorized_kept_and_not_forged() {
+    let Some((mut m, users)) = setup("dirkeys") else {
+        return;
+    };
+    let keys = Keys {
+        default: m.key_id_of("alias/kmsfs/default"),
+        k: key_denying(&m, &users.b),
+    };
+    common::ok_as(&users.a, &m.p("shared"), "mkdir d && chmod 777 d");
+    common::ok_as(&users.b, &m.p("shared"), "mkdir e");
+    set_only_by_the_owner_allowed_by_the_key(&m, &users, &keys);
+    used_inherited_and_shown(&m, &users, &keys);
+    refused_to_users_the_key_refuses_and_when_disabled(&m, &users, &keys);
+    // A remount keeps it.
+    m.remount();
+    common::ok_as(&users.a, &m.p("shared"), "printf again > d/after-remount");
+    assert_eq!(key_of(&m, "shared/d/after-remount"), keys.k);
+    let kb = records_written_in_the_backing_are_refused(&mut m, &users, &keys);
+    cleared_by_the_owner(&m, &users, &keys, &kb);
+}
+
+/// B may not use K: refused on its own directory, by K's policy; nor may B
+/// choose the key of A's directory, whoever's key it is. A may.
+fn set_only_by_the_owner_allowed_by_the_key(m: &Mount, users: &TestUsers, keys: &Keys) {
+    let (a, b) = (&users.a, &users.b);
+    let o = kmsfs_as(m, b, &["set-key", "e", "--key-id", &keys.k]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(text(&o).contains("kms:GenerateDataKey"), "{}", text(&o));
+    let o = kmsfs_as(m, b, &["set-key", "d", "--key-id", &keys.default]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(text(&o).contains("owner"), "{}", text(&o));
+    let o = kmsfs_as(m, a, &["set-key", "d", "--key-id", &keys.k]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("set on this directory"), "{}", text(&o));
+}
+
+/// Files under d and under subdirectories made later use K; outside, the
+/// default key; `get-key` and `kmsfs status` say so.
+fn used_inherited_and_shown(m: &Mount, users: &TestUsers, keys: &Keys) {
+    let a = &users.a;
+    common::ok_as(
+        a,
+        &m.p("shared"),
+        "printf one > d/f1 && mkdir d/sub && printf two > d/sub/f2 && printf out > outside",
+    );
+    assert_eq!(key_of(m, "shared/d/f1"), keys.k);
+    assert_eq!(key_of(m, "shared/d/sub/f2"), keys.k);
+    assert_eq!(key_of(m, "shared/outside"), keys.default);
+    let o = kmsfs_as(m, a, &["get-key", "d/sub"]);
+    assert!(
+        text(&o).contains("inherited from /shared/d"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(fs::read(m.p("shared/d/sub/f2")).unwrap(), b"two");
+    let s = m.ok(&["status", m.mnt.to_str().unwrap()]);
+    let line = format!("directory key:      /shared/d under {}", keys.k);
+    assert!(s.contains(&line), "{s}");
+}
+
+/// B, whom K's policy refuses, cannot create under d (d is 0777): EACCES,
+/// not a file under the tree's default key. K disabled: creates under d
+/// refuse, elsewhere they do not.
+fn refused_to_users_the_key_refuses_and_when_disabled(m: &Mount, users: &TestUsers, keys: &Keys) {
+    let (a, b) = (&users.a, &users.b);
+    create_refused(m, b, "d/by-b", "Permission denied");
+    common::ok_as(b, &m.p("shared"), "printf ok > e/by-b");
+    assert_eq!(key_of(m, "shared/e/by-b"), keys.default);
+    m.ok(&["kms", "disable-key", "--key-id", &keys.k]);
+    create_refused(m, a, "d/while-disabled", "Permission denied");
+    common::ok_as(a, &m.p("shared"), "printf ok > elsewhere");
+    m.ok(&["kms", "enable-key", "--key-id", &keys.k]);
+}
+
+/// Runs python `code` as `u`, which must succeed.
+fn python_as(u: &TestUser, dir: &Path, code: &str) -> String {
+    let python = common::python3("dirkeys").unwrap_or_else(|| "python3".into());
+    let o = u
+        .command(dir, &python)
+        .arg("-c")
+        .arg(code)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}: {}", u.name, text(&o));
+    text(&o)
+}
+
+/// B, who can write d's backing directory, gives it the record of its own
+/// directory e (a key KB that B set there, legitimately), then one with
+/// the key id edited: each refused (EIO), not obeyed, after a remount too.
+/// Returns KB.
+fn records_written_in_the_backing_are_refused(
+    m: &mut Mount,
+    users: &TestUsers,
+    keys: &Keys,
+) -> String {
+    let (a, b) = (&users.a, &users.b);
+    let kb = key_denying(m, a);
+    let o = kmsfs_as(m, b, &["set-key", "e", "--key-id", &kb]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (backing_e, backing_d) = (m.b("shared/e"), m.b("shared/d"));
+    python_as(
+        b,
+        Path::new("/"),
+        &format!(
+            "import os; v = os.getxattr('{}', 'user.kmsfs.dirkey'); \
+             os.setxattr('{}', 'user.kmsfs.dirkey', v)",
+            backing_e.display(),
+            backing_d.display()
+        ),
+    );
+    m.remount();
+    create_refused(m, a, "d/after-tamper", "Input/output error");
+    assert!(m.log_text().contains("directory key record refused"));
+    let o = kmsfs_as(m, a, &["get-key", "d"]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    python_as(
+        b,
+        Path::new("/"),
+        &format!(
+            "import os; p = '{}'; v = os.getxattr(p, 'user.kmsfs.dirkey')\
+             .replace(b'{kb}', b'{}'); os.setxattr(p, 'user.kmsfs.dirkey', v)",
+            backing_d.display(),
+            keys.default
+        ),
+    );
+    m.remount();
+    create_refused(m, a, "d/after-edit", "Input/output error");
+    kb
+}
+
+/// A, d's owner, clears it: d's files get the parent's key again. The
+/// record is never reachable through the mount as an xattr.
+fn cleared_by_the_owner(m: &Mount, users: &TestUsers, keys: &Keys, kb: &str) {
+    let a = &users.a;
+    let o = kmsfs_as(m, a, &["set-key", "d", "--inherit"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("the mount's default key"), "{}", text(&o));
+    common::ok_as(a, &m.p("shared"), "printf back > d/cleared");
+    assert_eq!(key_of(m, "shared/d/cleared"), keys.default);
+    let out = python_as(
+        a,
+        &m.p("shared"),
+        "import os; print(os.listxattr('e'), os.getxattr('e', 'user.kmsfs.key-id'))",
+    );
+    assert!(!out.contains("dirkey"), "{out}");
+    assert!(out.contains(kb), "{out}");
+}
