@@ -298,7 +298,7 @@ impl KmsFs {
             )?;
             let m = dir.metadata()?;
             if let Some(k) = self.read_record(&dir, &m, p)? {
-                lock(&d.seen).insert(self.plain_dir(p), k.clone());
+                lock(&d.seen).insert(self.shown_dir(p), k.clone());
                 found = Some(Effective {
                     key_id: k,
                     from: Some(p.to_path_buf()),
@@ -326,7 +326,7 @@ impl KmsFs {
     }
 
     /// A directory as seen under the mount point (`/` for the root).
-    fn plain_dir(&self, rel: &Path) -> String {
+    fn shown_dir(&self, rel: &Path) -> String {
         format!("/{}", self.plain_rel(rel))
     }
 
@@ -342,7 +342,7 @@ impl KmsFs {
         let v = json!({
             "KeyId": e.key_id,
             "Source": source,
-            "From": e.from.as_deref().map(|p| self.plain_dir(p)),
+            "From": e.from.as_deref().map(|p| self.shown_dir(p)),
         })
         .to_string()
         .into_bytes();
@@ -388,7 +388,7 @@ impl KmsFs {
         let text = record_text(mac.expose(), &key_id, &dir.meta);
         os::xattr::setxattr_node(&dir.file, OsStr::new(RECORD_XATTR), text.as_bytes(), 0)?;
         self.dir_keys_moved();
-        lock(&self.dir_keys().seen).insert(self.plain_dir(&dir.rel), key_id.clone());
+        lock(&self.dir_keys().seen).insert(self.shown_dir(&dir.rel), key_id.clone());
         log::info!(
             "uid {} set the key of {} to {key_id}",
             caller.uid,
@@ -414,7 +414,7 @@ impl KmsFs {
             Err(e) => return Err(e.into()),
         }
         self.dir_keys_moved();
-        lock(&self.dir_keys().seen).remove(&self.plain_dir(&dir.rel));
+        lock(&self.dir_keys().seen).remove(&self.shown_dir(&dir.rel));
         log::info!(
             "uid {} cleared the key of {}",
             caller.uid,
