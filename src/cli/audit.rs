@@ -1,7 +1,9 @@
-//! `kmsfs audit show`, `verify` and `public-key`: the keystore's audit trail
-//! as a table or JSON lines (filtered, or followed as it grows), the check
-//! of its hash chain and signatures (with the keystore, or of a copy with
-//! only the public key), naming file and line of a break, and the public key.
+//! `kmsfs audit show`, `verify`, `prune` and `public-key`: the keystore's
+//! audit trail as a table or JSON lines (filtered, or followed as it
+//! grows), the check of its hash chain and signatures (with the keystore,
+//! or of a copy with only the public key; with the archives of earlier
+//! prunes), naming file and line of a break, retention (records before a
+//! time removed behind a signed checkpoint), and the public key.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,6 +12,9 @@ use serde_json::Value;
 
 use super::keystore::{keystore_dir, open_key_service};
 use super::{CliError, ErrorClass, GlobalArgs, OutputFormat};
+use crate::kms::PruneFailure;
+use crate::kms::audit::checkpoint::{self, Checkpoint};
+use crate::kms::audit::prune::Pruned;
 use crate::kms::audit::read::{Cursor, Line};
 use crate::kms::audit::record::DIGEST_EVENT_TYPE;
 use crate::kms::audit::sign::{VerifyKeys, fingerprint, parse_public_key, public_key_pem};
@@ -27,15 +32,37 @@ pub enum AuditCommand {
     Verify(VerifyArgs),
     /// Print the Ed25519 public key that checks the trail's signatures (PEM).
     PublicKey,
+    /// Remove the records written before a time, leaving a signed
+    /// checkpoint at the new start (root or the keystore's owner only).
+    Prune(PruneArgs),
+}
+
+/// What `audit prune` removes and where it keeps it.
+#[derive(Debug, clap::Args)]
+pub struct PruneArgs {
+    /// Remove the records written before this time (RFC 3339, YYYY-MM-DD,
+    /// epoch seconds, or a time ago: 30d, 12h, 1w). The last record stays.
+    #[arg(long, value_name = "TIME")]
+    pub before: String,
+    /// First write the removed records to FILE (a new file), which
+    /// verifies on its own and, with `audit verify --archive FILE`,
+    /// together with the trail.
+    #[arg(long, value_name = "FILE")]
+    pub archive: Option<PathBuf>,
 }
 
 /// Where `audit verify` looks and what it checks with.
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
     /// A copy of a trail (its `audit` directory, or the keystore directory
-    /// holding one) instead of the keystore's own.
+    /// holding one) instead of the keystore's own; or an archive file that
+    /// `audit prune --archive` wrote, checked on its own.
     #[arg(long, value_name = "DIR")]
     pub trail: Option<PathBuf>,
+    /// An archive `audit prune --archive` wrote, checked before the trail
+    /// as one chain with it (repeat for several, oldest first).
+    #[arg(long, value_name = "FILE")]
+    pub archive: Vec<PathBuf>,
     /// Check with this public key (PEM, from `kmsfs audit public-key`)
     /// instead of the keystore, which is then not opened.
     #[arg(long, value_name = "FILE")]
@@ -76,6 +103,7 @@ pub fn run(g: &GlobalArgs, c: AuditCommand) -> Result<(), CliError> {
         AuditCommand::Show(a) => show(g, a),
         AuditCommand::Verify(a) => verify(g, a),
         AuditCommand::PublicKey => public_key(g),
+        AuditCommand::Prune(a) => prune(g, a),
     }
 }
 
@@ -179,6 +207,9 @@ fn text_row(r: &Value) -> String {
         .as_str()
         .map(str::to_string)
         .unwrap_or_default();
+    if let Some(Ok(c)) = Checkpoint::parse(r) {
+        path = checkpoint::describe(&c);
+    }
     if extra["cacheHit"].as_bool() == Some(true) {
         path.push_str(" (cached)");
     }
@@ -297,39 +328,47 @@ fn read_public_key(p: &std::path::Path) -> Result<[u8; 32], CliError> {
 }
 
 /// `kmsfs audit verify`.
+#[allow(clippy::disallowed_methods)] // paths the user named, only read
 pub fn verify(g: &GlobalArgs, a: VerifyArgs) -> Result<(), CliError> {
-    let r = match &a.public_key {
-        Some(pk) => {
-            let dir = a
-                .trail
-                .as_deref()
-                .map(given_trail)
-                .unwrap_or_else(|| trail_dir(g));
-            let e = Expected {
-                keys: VerifyKeys {
-                    hmac: None,
-                    ed25519: Some(read_public_key(pk)?),
-                    keystore_id: None,
-                },
-                floor: None,
-            };
-            check_trail_dir(&dir)?;
-            crate::kms::audit::verify::verify(&dir, &e)?
-        }
+    let mut e = match &a.public_key {
+        Some(pk) => Expected {
+            keys: VerifyKeys {
+                hmac: None,
+                ed25519: Some(read_public_key(pk)?),
+                keystore_id: None,
+            },
+            floor: None,
+        },
         None => {
             let ks = open_key_service(g)?;
             // Whatever this process queued is in the trail before it is checked.
             ks.flush_audit_trail();
-            match &a.trail {
-                Some(d) => {
-                    let dir = given_trail(d);
-                    check_trail_dir(&dir)?;
-                    ks.verify_audit_trail_in(&dir)?
-                }
-                None => ks.verify_audit_trail()?,
-            }
+            ks.audit_expected()
         }
     };
+    let mut archives = a.archive.clone();
+    let dir = match a.trail.as_deref() {
+        // An archive on its own: no trail, no position of the keystore.
+        Some(t) if t.is_file() => {
+            archives.push(t.to_path_buf());
+            e.floor = None;
+            None
+        }
+        Some(t) => Some(given_trail(t)),
+        None => Some(trail_dir(g)),
+    };
+    for f in &archives {
+        if !f.is_file() {
+            return Err(CliError::new(
+                ErrorClass::NotFound,
+                format!("there is no archive {}", f.display()),
+            ));
+        }
+    }
+    if let Some(d) = &dir {
+        check_trail_dir(d)?;
+    }
+    let r = crate::kms::audit::verify::verify_with_archives(&archives, dir.as_deref(), &e)?;
     report(g, &r)
 }
 
@@ -389,6 +428,15 @@ fn report(g: &GlobalArgs, r: &Report) -> Result<(), CliError> {
                 "DigestsVerified": r.digests_verified,
                 "DigestsUnchecked": r.digests_unchecked,
                 "SignedThrough": r.signed_through,
+                "CheckpointsVerified": r.checkpoints_verified,
+                "StartsAtCheckpoint": r.starts_at.as_ref().map(|c| serde_json::json!({
+                    "PrunedFrom": c.from,
+                    "PrunedThrough": c.through,
+                    "PrunedRecords": c.records,
+                    "FirstEventTime": time::format(c.first_time),
+                    "LastEventTime": time::format(c.last_time),
+                    "PrunedAt": time::format(c.pruned_at),
+                })),
                 "Problems": problems,
                 "Notes": r.notes,
             })
@@ -422,5 +470,114 @@ fn report(g: &GlobalArgs, r: &Report) -> Result<(), CliError> {
         .hint(
             "the lines named were changed, deleted, inserted, moved or cut after they were written",
         ))
+    }
+}
+
+/// Only root or the keystore directory's owner may prune its trail.
+#[allow(clippy::disallowed_methods)] // the keystore directory the user named, only stat'ed
+fn may_administer(dir: &std::path::Path) -> Result<(), CliError> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = crate::os::ids::effective_uid();
+    let owner = match std::fs::metadata(dir) {
+        Ok(m) => m.uid(),
+        // Not there, or not visible to this user: opening it says which.
+        Err(_) => return Ok(()),
+    };
+    if uid == 0 || uid == owner {
+        return Ok(());
+    }
+    Err(CliError::new(
+        ErrorClass::Refused,
+        format!(
+            "only root or the keystore's owner ({}) may prune its audit trail; you are {}",
+            crate::kms::accounts::user_name(owner).unwrap_or_else(|| format!("uid {owner}")),
+            crate::kms::accounts::user_name(uid).unwrap_or_else(|| format!("uid {uid}")),
+        ),
+    )
+    .hint(format!(
+        "ask the owner of {} (or root) to run `kmsfs audit prune`",
+        dir.display()
+    )))
+}
+
+/// `kmsfs audit prune`.
+pub fn prune(g: &GlobalArgs, a: PruneArgs) -> Result<(), CliError> {
+    let dir = keystore_dir(g);
+    may_administer(&dir)?;
+    let before = when(&Some(a.before.clone()), "before")?.unwrap_or(0);
+    let ks = open_key_service(g)?;
+    let (uid, gid) = crate::os::ids::ids();
+    let caller = crate::kms::Caller {
+        uid,
+        gid,
+        pid: std::process::id(),
+    };
+    let pruned = match ks.prune_audit_trail(&caller, before, a.archive.as_deref()) {
+        Ok(p) => p,
+        Err(PruneFailure::Corrupt(r)) => {
+            for p in r.problems.iter().take(20) {
+                eprintln!("{}", crate::logtext::one_line(&p.to_string()));
+            }
+            return Err(CliError::new(
+                ErrorClass::Corrupt,
+                format!(
+                    "the audit trail does not verify ({} problem(s), the first at {}): \
+                     nothing was pruned",
+                    r.problems.len(),
+                    r.problems
+                        .first()
+                        .map(|p| p.to_string())
+                        .unwrap_or_default()
+                ),
+            )
+            .hint("a checkpoint never vouches for a broken chain: see `kmsfs audit verify`"));
+        }
+        Err(PruneFailure::Kms(e)) => return Err(CliError::keystore(&dir, e)),
+    };
+    print_pruned(g, &a, before, pruned.as_ref());
+    Ok(())
+}
+
+fn print_pruned(g: &GlobalArgs, a: &PruneArgs, before: i64, p: Option<&Pruned>) {
+    let archive = a.archive.as_ref().map(|f| f.display().to_string());
+    if g.output == OutputFormat::Json {
+        let v = match p {
+            Some(p) => serde_json::json!({
+                "Pruned": true,
+                "Before": time::format(before),
+                "PrunedFrom": p.from,
+                "PrunedThrough": p.through,
+                "PrunedRecords": p.records,
+                "FirstEventTime": time::format(p.first_time),
+                "LastEventTime": time::format(p.last_time),
+                "BytesBefore": p.bytes_before,
+                "BytesAfter": p.bytes_after,
+                "Archive": archive,
+            }),
+            None => serde_json::json!({"Pruned": false, "Before": time::format(before)}),
+        };
+        println!("{v}");
+        return;
+    }
+    let Some(p) = p else {
+        println!(
+            "no record was written before {}: nothing was pruned",
+            time::format(before)
+        );
+        return;
+    };
+    println!(
+        "pruned records {}-{} ({} record(s) written from {} to {}); the trail's files went \
+         from {} to {} bytes and start at a signed checkpoint",
+        p.from,
+        p.through,
+        p.records,
+        time::format(p.first_time),
+        time::format(p.last_time),
+        p.bytes_before,
+        p.bytes_after
+    );
+    if let Some(f) = archive {
+        println!("the removed records are in {f} (kmsfs audit verify --archive {f})");
     }
 }

@@ -32,7 +32,7 @@ pub use operation::Operation;
 pub use request::{KeyService, KeyServiceExt, Origin, Request, RequestContext, Response};
 pub use service::{
     AccessKeyEntry, AccessKeySecret, AliasListEntry, ImportParameters, KeyListEntry, KeyRotation,
-    KeyRotationStatus, LocalKeyStore, NewAccessKey, ScheduledDeletion,
+    KeyRotationStatus, LocalKeyStore, NewAccessKey, PruneFailure, ScheduledDeletion,
 };
 pub use store::{Argon2Params, CreateMode};
 

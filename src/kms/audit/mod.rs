@@ -8,7 +8,9 @@
 
 use super::Caller;
 
+pub mod checkpoint;
 pub mod limit;
+pub mod prune;
 pub mod read;
 pub mod record;
 pub mod sign;

@@ -89,6 +89,11 @@ pub fn all_lines(dir: &Path) -> io::Result<Vec<(u32, Vec<Line>)>> {
     Ok(out)
 }
 
+/// Every line of one file (an archive a prune wrote), named `name`.
+pub fn file_lines(p: &Path, name: &str) -> io::Result<Vec<Line>> {
+    read_lines(p, name, 0, 1, true).map(|(l, _)| l)
+}
+
 /// Where `--follow` has read up to.
 #[derive(Debug)]
 pub struct Cursor {

@@ -20,6 +20,9 @@ pub const EVENT_VERSION: &str = "1.08";
 pub const EVENT_SOURCE: &str = "kmsfs";
 /// `eventType` of the signed digest records the trail adds.
 pub const DIGEST_EVENT_TYPE: &str = "kmsfsDigest";
+/// `eventType` of the signed checkpoint a prune leaves at the new start of
+/// the trail (and at the end of its archive).
+pub const CHECKPOINT_EVENT_TYPE: &str = "kmsfsCheckpoint";
 
 /// What happened, as the key service knows it.
 #[derive(Debug)]
@@ -48,35 +51,37 @@ pub struct Event<'a> {
     pub extra: Map<String, Value>,
 }
 
-/// The record as JSON (without the chain fields).
-pub fn build(e: &Event<'_>) -> Value {
-    let groups: Vec<Value> = e
-        .requester
+/// `userIdentity`: who asked, as the kernel and /proc say.
+pub fn identity(caller: &Caller, requester: &Requester, source: CallerSource) -> Value {
+    let groups: Vec<Value> = requester
         .groups
         .as_ref()
         .map(|g| g.iter().map(|x| json!(x)).collect())
         .unwrap_or_default();
     let mut ident = Map::new();
     ident.insert("type".into(), json!("kmsfsLocalUser"));
-    ident.insert("uid".into(), json!(e.caller.uid));
-    ident.insert("userName".into(), json!(accounts::user_name(e.caller.uid)));
-    ident.insert("gid".into(), json!(e.caller.gid));
-    ident.insert(
-        "groupName".into(),
-        json!(accounts::group_name(e.caller.gid)),
-    );
+    ident.insert("uid".into(), json!(caller.uid));
+    ident.insert("userName".into(), json!(accounts::user_name(caller.uid)));
+    ident.insert("gid".into(), json!(caller.gid));
+    ident.insert("groupName".into(), json!(accounts::group_name(caller.gid)));
     ident.insert(
         "groups".into(),
-        if e.requester.groups.is_some() {
+        if requester.groups.is_some() {
             Value::Array(groups)
         } else {
             Value::Null
         },
     );
-    ident.insert("pid".into(), json!(e.requester.pid.unwrap_or(e.caller.pid)));
-    ident.insert("processName".into(), json!(e.requester.process_name));
-    ident.insert("executable".into(), json!(e.requester.executable));
-    ident.insert("source".into(), json!(e.source.as_str()));
+    ident.insert("pid".into(), json!(requester.pid.unwrap_or(caller.pid)));
+    ident.insert("processName".into(), json!(requester.process_name));
+    ident.insert("executable".into(), json!(requester.executable));
+    ident.insert("source".into(), json!(source.as_str()));
+    Value::Object(ident)
+}
+
+/// The record as JSON (without the chain fields).
+pub fn build(e: &Event<'_>) -> Value {
+    let ident = identity(e.caller, e.requester, e.source);
     let mut r = Map::new();
     r.insert("eventVersion".into(), json!(EVENT_VERSION));
     r.insert("eventTime".into(), json!(super::time::format(e.time)));
@@ -93,7 +98,7 @@ pub fn build(e: &Event<'_>) -> Value {
     );
     r.insert("readOnly".into(), json!(!e.op.is_change()));
     r.insert("eventID".into(), json!(uuid::Uuid::new_v4().to_string()));
-    r.insert("userIdentity".into(), Value::Object(ident));
+    r.insert("userIdentity".into(), ident);
     r.insert("requestParameters".into(), e.request.clone());
     r.insert(
         "responseElements".into(),

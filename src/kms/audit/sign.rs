@@ -24,6 +24,8 @@ pub const HEAD_LABEL: &[u8] = b"kmsfs-audit-head-v1\0";
 pub const ED25519_DIGEST_LABEL: &[u8] = b"kmsfs-audit-digest-ed25519-v1\0";
 /// See `ED25519_DIGEST_LABEL`.
 pub const ED25519_HEAD_LABEL: &[u8] = b"kmsfs-audit-head-ed25519-v1\0";
+/// Label of a prune's checkpoint signature (Ed25519 only).
+pub const ED25519_CHECKPOINT_LABEL: &[u8] = b"kmsfs-audit-checkpoint-ed25519-v1\0";
 /// The DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): what
 /// `openssl pkey -pubin` reads, followed by the 32 key bytes.
 const SPKI_PREFIX: [u8; 12] = [
@@ -76,6 +78,42 @@ fn head_numbers(h: &HeadFields<'_>) -> [u8; 16] {
     n[..8].copy_from_slice(&h.size.to_be_bytes());
     n[8..].copy_from_slice(&h.sequence.to_be_bytes());
     n
+}
+
+/// What a prune's checkpoint stands for: records `from..=through` removed
+/// (`records` of them, written from `first_time` to `last_time`), the last
+/// of them hashing to `last_digest`, removed at `pruned_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointFields<'a> {
+    /// The first record removed.
+    pub from: u64,
+    /// The last record removed: the next record chains to it.
+    pub through: u64,
+    /// How many records were removed.
+    pub records: u64,
+    /// The first removed record's time (epoch seconds).
+    pub first_time: i64,
+    /// The last removed record's time.
+    pub last_time: i64,
+    /// When the prune ran.
+    pub pruned_at: i64,
+    /// The SHA-256 of the last removed record's line.
+    pub last_digest: &'a [u8],
+}
+
+/// The signed message of a checkpoint.
+fn checkpoint_message(keystore_id: &str, c: &CheckpointFields<'_>) -> Vec<u8> {
+    let mut m = ED25519_CHECKPOINT_LABEL.to_vec();
+    m.extend_from_slice(keystore_id.as_bytes());
+    m.push(0);
+    for n in [c.from, c.through, c.records] {
+        m.extend_from_slice(&n.to_be_bytes());
+    }
+    for t in [c.first_time, c.last_time, c.pruned_at] {
+        m.extend_from_slice(&t.to_be_bytes());
+    }
+    m.extend_from_slice(c.last_digest);
+    m
 }
 
 /// The HMAC signature of a digest record (trails before Ed25519).
@@ -171,6 +209,16 @@ impl SigningKeys {
             algorithm: HMAC_ALG,
             signature: digest_hmac(k.expose(), keystore_id, sequence, previous),
             key_fingerprint: None,
+        })
+    }
+
+    /// Signs a prune's checkpoint (Ed25519 only: None without that key).
+    pub fn sign_checkpoint(&self, keystore_id: &str, c: &CheckpointFields<'_>) -> Option<Signed> {
+        let k = self.ed25519.as_ref()?;
+        Some(Signed {
+            algorithm: ED25519_ALG,
+            signature: hex(&k.sign(&[&checkpoint_message(keystore_id, c)])),
+            key_fingerprint: Some(fingerprint(&k.public_key())),
         })
     }
 
@@ -306,6 +354,33 @@ impl VerifyKeys {
             claimed_fingerprint,
             |k| head_hmac(k, &ks, h),
             || head_message(ED25519_HEAD_LABEL, &ks, h, &n).concat(),
+        )
+    }
+
+    /// Checks a prune's checkpoint signature (always Ed25519).
+    pub fn check_checkpoint(
+        &self,
+        algorithm: &str,
+        signature: &str,
+        claimed_fingerprint: Option<&str>,
+        record_keystore_id: Option<&str>,
+        c: &CheckpointFields<'_>,
+    ) -> Check {
+        if algorithm != ED25519_ALG {
+            return Check::Invalid(format!(
+                "checkpoints are signed with Ed25519, not {algorithm:?}"
+            ));
+        }
+        let ks = match self.keystore_id(record_keystore_id) {
+            Ok(k) => k,
+            Err(c) => return c,
+        };
+        self.check(
+            algorithm,
+            signature,
+            claimed_fingerprint,
+            |_| String::new(),
+            || checkpoint_message(&ks, c),
         )
     }
 

@@ -450,19 +450,42 @@ impl Trail {
 
     #[allow(clippy::disallowed_methods)] // in the keystore directory, which trust.rs checks is writable by its owner and root only
     fn lock_files(&self) -> io::Result<File> {
-        self.ensure_dir()?;
-        let p = self.dir.join(LOCK_FILE);
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&p)?;
-        self.give_owner(&f)?;
-        f.lock()?;
-        Ok(f)
+        loop {
+            self.ensure_dir()?;
+            let p = self.dir.join(LOCK_FILE);
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&p)?;
+            self.give_owner(&f)?;
+            f.lock()?;
+            // A prune swaps in a new directory (with its own lock file)
+            // while writers wait: a lock on the old one guards nothing.
+            let held = f.metadata()?;
+            match fs::symlink_metadata(&p) {
+                Ok(m) if (m.dev(), m.ino()) == (held.dev(), held.ino()) => return Ok(f),
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs `f` on the trail's directory with the trail to itself (this
+    /// process's writer and the lock every writer takes); the end this
+    /// process cached is read again afterwards. For a prune.
+    pub(super) fn exclusive<T>(&self, f: impl FnOnce(&Path) -> io::Result<T>) -> io::Result<T> {
+        let mut w = lock(&self.writer);
+        let _l = self.lock_files()?;
+        let r = f(&self.dir);
+        w.cache = None;
+        drop(w);
+        self.measure();
+        r
     }
 
     #[allow(clippy::disallowed_methods)] // in the keystore directory, which trust.rs checks is writable by its owner and root only
@@ -505,7 +528,7 @@ impl Trail {
 
     /// A file or directory this process made gets the keystore directory's
     /// owner (only root can do that; for anyone else they already match).
-    fn give_owner(&self, f: &File) -> io::Result<()> {
+    pub(super) fn give_owner(&self, f: &File) -> io::Result<()> {
         let Some((uid, gid)) = self.owner else {
             return Ok(());
         };
@@ -742,27 +765,15 @@ impl Trail {
 
     #[allow(clippy::disallowed_methods)] // in the keystore directory, which trust.rs checks is writable by its owner and root only
     fn write_head(&self, t: &Tail, durable: bool) -> io::Result<()> {
-        let name = file_name(t.file_no);
-        let fields = HeadFields {
-            file: &name,
-            size: t.size,
-            sequence: t.sequence,
-            digest: &t.hash,
-        };
-        let sig = lock(&self.keys).sign_head(&self.keystore_id, &fields);
-        let mut head = json!({
-            "file": name,
-            "size": t.size,
-            "sequence": t.sequence,
-            "digest": hex(&t.hash),
-            "signature": sig.as_ref().map(|s| s.signature.clone()),
-        });
-        // HMAC heads keep the old shape (no algorithm: HMAC-SHA256).
-        if let Some(s) = sig.as_ref().filter(|s| s.key_fingerprint.is_some()) {
-            head["algorithm"] = json!(s.algorithm);
-            head["keystoreId"] = json!(self.keystore_id);
-            head["signingKey"] = json!(s.key_fingerprint);
-        }
+        let keys = Arc::clone(&lock(&self.keys));
+        let head = head_value(
+            &keys,
+            &self.keystore_id,
+            &file_name(t.file_no),
+            t.size,
+            t.sequence,
+            &t.hash,
+        );
         let tmp = self.dir.join(HEAD_TMP);
         let _ = fs::remove_file(&tmp);
         let mut f = OpenOptions::new()
@@ -783,6 +794,39 @@ impl Trail {
         }
         Ok(())
     }
+}
+
+/// The signed `HEAD` naming record `sequence` (line hash `hash`), the last
+/// of trail file `name` of `size` bytes.
+pub(super) fn head_value(
+    keys: &SigningKeys,
+    keystore_id: &str,
+    name: &str,
+    size: u64,
+    sequence: u64,
+    hash: &[u8; 32],
+) -> Value {
+    let fields = HeadFields {
+        file: name,
+        size,
+        sequence,
+        digest: hash,
+    };
+    let sig = keys.sign_head(keystore_id, &fields);
+    let mut head = json!({
+        "file": name,
+        "size": size,
+        "sequence": sequence,
+        "digest": hex(hash),
+        "signature": sig.as_ref().map(|s| s.signature.clone()),
+    });
+    // HMAC heads keep the old shape (no algorithm: HMAC-SHA256).
+    if let Some(s) = sig.as_ref().filter(|s| s.key_fingerprint.is_some()) {
+        head["algorithm"] = json!(s.algorithm);
+        head["keystoreId"] = json!(keystore_id);
+        head["signingKey"] = json!(s.key_fingerprint);
+    }
+    head
 }
 
 /// The signed digest record `seq`, carrying signature `sig` over the chain

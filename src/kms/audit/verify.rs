@@ -6,14 +6,18 @@
 //! of `HEAD`; a chain rewritten consistently fails at the next signed digest;
 //! a trail that does not reach the position the keystore recorded at its
 //! last change (deleted, or cut and re-signed by no one) fails there.
+//! A pruned trail starts at a signed checkpoint that stands for the
+//! records removed; the archives a prune wrote, checked before the trail,
+//! join it into one chain through those checkpoints.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::read::{Line, all_lines};
+use super::checkpoint::{self, Checkpoint};
+use super::read::{Line, all_lines, file_lines};
 use super::record::DIGEST_EVENT_TYPE;
 use super::sign::{Check, HMAC_ALG, HeadFields, VerifyKeys};
 use super::trail::{GENESIS, HEAD_FILE, file_name, hex_to_bytes};
@@ -58,6 +62,11 @@ pub struct Report {
     /// Digest records whose signature could not be checked with the keys
     /// given (HMACs, without the keystore).
     pub digests_unchecked: u64,
+    /// The checkpoint the chain starts from, when what was checked begins
+    /// with one (a pruned trail, or an archive of a trail pruned before).
+    pub starts_at: Option<Checkpoint>,
+    /// Signed checkpoints verified (the start, and where pieces join).
+    pub checkpoints_verified: u64,
 }
 
 impl Report {
@@ -89,18 +98,65 @@ impl Expected {
 /// `e`. Without any key, signatures cannot be checked, which is reported.
 #[allow(clippy::disallowed_methods)] // a trail directory the user named, only read
 pub fn verify(dir: &Path, e: &Expected) -> std::io::Result<Report> {
+    verify_with_archives(&[], Some(dir), e)
+}
+
+/// Verifies the archives a prune wrote (`archives`, oldest first), then
+/// the trail in `dir` when given, as one chain: each archive ends with the
+/// signed checkpoint the next piece starts with.
+#[allow(clippy::disallowed_methods)] // a trail directory the user named, only read
+pub fn verify_with_archives(
+    archives: &[PathBuf],
+    dir: Option<&Path>,
+    e: &Expected,
+) -> std::io::Result<Report> {
     let mut r = Report::default();
     if e.keys.hmac.is_none() && e.keys.ed25519.is_none() {
         r.notes
             .push("the keystore has no audit signing key: signatures were not checked".to_string());
     }
-    let files = match all_lines(dir) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e),
-    };
-    r.files = files.len();
-    let mut w = Walk {
+    let mut w = new_walk();
+    for a in archives {
+        let name = a.display().to_string();
+        let lines = file_lines(a, &name)?;
+        r.files += 1;
+        for l in &lines {
+            check_line(&mut r, &mut w, &name, l, e);
+        }
+        if !w.at_checkpoint {
+            r.problems.push(problem(
+                &name,
+                lines.len(),
+                "the archive does not end with the signed checkpoint of its prune: records \
+                 were cut from its end, or it is not an archive"
+                    .into(),
+            ));
+        }
+    }
+    if let Some(dir) = dir {
+        verify_dir(&mut r, &mut w, dir, e)?;
+        let no_files = r.files == archives.len();
+        check_head(&mut r, &w, dir, no_files, e);
+        check_floor(&mut r, &w, e);
+    }
+    if let Some(why) = &w.unchecked_why {
+        r.notes.push(format!(
+            "{} digest signature(s) not checked: {why}; a verified HEAD covers the records \
+             before them through the chain",
+            r.digests_unchecked
+        ));
+    }
+    if let Some(c) = &r.starts_at {
+        r.notes.push(format!(
+            "the chain starts at a signed checkpoint: {}",
+            checkpoint::describe(c)
+        ));
+    }
+    Ok(r)
+}
+
+fn new_walk() -> Walk {
+    Walk {
         prev_hash: GENESIS,
         prev_seq: 0,
         prev_loc: None,
@@ -110,26 +166,38 @@ pub fn verify(dir: &Path, e: &Expected) -> std::io::Result<Report> {
         last_file: None,
         floor_line: None,
         unchecked_why: None,
+        at_checkpoint: false,
+    }
+}
+
+/// Walks the trail files in `dir`: a pruned trail's first file starts
+/// with its checkpoint and may have any number.
+#[allow(clippy::disallowed_methods)] // a trail directory the user named, only read
+fn verify_dir(r: &mut Report, w: &mut Walk, dir: &Path, e: &Expected) -> std::io::Result<()> {
+    let files = match all_lines(dir) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
     };
-    for (n, lines) in &files {
+    r.files += files.len();
+    for (i, (n, lines)) in files.iter().enumerate() {
         let name = file_name(*n);
-        check_file_number(&mut r, &mut w, *n, &name);
+        let starts_pruned = i == 0
+            && lines
+                .first()
+                .and_then(Line::record)
+                .is_some_and(|v| Checkpoint::parse(&v).is_some());
+        if starts_pruned {
+            w.expected_no = *n;
+        }
+        check_file_number(r, w, *n, &name);
         w.last_size = std::fs::symlink_metadata(dir.join(&name)).map_or(0, |m| m.len());
         w.last_file = Some(name.clone());
         for l in lines {
-            check_line(&mut r, &mut w, &name, l, e);
+            check_line(r, w, &name, l, e);
         }
     }
-    check_head(&mut r, &w, dir, files.is_empty(), e);
-    check_floor(&mut r, &w, e);
-    if let Some(why) = &w.unchecked_why {
-        r.notes.push(format!(
-            "{} digest signature(s) not checked: {why}; a verified HEAD covers the records \
-             before them through the chain",
-            r.digests_unchecked
-        ));
-    }
-    Ok(r)
+    Ok(())
 }
 
 /// Checks that the trail reaches the position the keystore recorded at its
@@ -137,14 +205,28 @@ pub fn verify(dir: &Path, e: &Expected) -> std::io::Result<Report> {
 fn check_floor(r: &mut Report, w: &Walk, e: &Expected) {
     let Some((seq, hash)) = e.floor else {
         if e.public_only() {
-            r.notes.push(
-                "checked without the keystore: whether records were cut from the end and \
-                 HEAD re-signed by the keystore's holder cannot be told"
-                    .into(),
-            );
+            public_only_note(r);
         }
         return;
     };
+    // A prune removed the record the keystore recorded: the checkpoint
+    // that verified stands for it (and the walk began after it).
+    if w.floor_line.is_none() && r.starts_at.as_ref().is_some_and(|c| c.through >= seq) {
+        return;
+    }
+    check_floor_line(r, w, seq, hash);
+}
+
+fn public_only_note(r: &mut Report) {
+    r.notes.push(
+        "checked without the keystore: whether records were cut from the end and \
+         HEAD re-signed by the keystore's holder cannot be told"
+            .into(),
+    );
+}
+
+/// The trail reaches record `seq` and holds the line the keystore recorded there.
+fn check_floor_line(r: &mut Report, w: &Walk, seq: u64, hash: [u8; 32]) {
     let end = describe_loc(&w.prev_loc);
     if w.prev_seq < seq {
         r.problems.push(problem(
@@ -190,6 +272,8 @@ struct Walk {
     floor_line: Option<[u8; 32]>,
     /// Why some digest signatures could not be checked.
     unchecked_why: Option<String>,
+    /// The last line read was a checkpoint that verified and joined.
+    at_checkpoint: bool,
 }
 
 /// A break at `line` of `file`.
@@ -251,13 +335,28 @@ fn check_line(r: &mut Report, w: &mut Walk, name: &str, l: &Line, e: &Expected) 
         w.prev_loc = Some((name.to_string(), l.line));
         return;
     };
+    if let Some(c) = Checkpoint::parse(&v) {
+        check_checkpoint(r, w, name, l.line, c, &e.keys);
+        return;
+    }
+    w.at_checkpoint = false;
     r.records += 1;
     let seq = v.get("sequence").and_then(Value::as_u64).unwrap_or(0);
     let pd = v
         .get("previousDigest")
         .and_then(Value::as_str)
         .unwrap_or("");
-    if pd != hex(&w.prev_hash) {
+    if w.prev_loc.is_none() && seq > 1 {
+        r.problems.push(problem(
+            name,
+            l.line,
+            format!(
+                "the trail starts at record {seq} without a checkpoint: records 1-{} were \
+                 removed, but not by `kmsfs audit prune` (which leaves a signed checkpoint)",
+                seq - 1
+            ),
+        ));
+    } else if pd != hex(&w.prev_hash) {
         let p = problem(
             name,
             l.line,
@@ -269,7 +368,7 @@ fn check_line(r: &mut Report, w: &mut Walk, name: &str, l: &Line, e: &Expected) 
         );
         r.problems.push(p);
     }
-    if seq != w.prev_seq + 1 {
+    if seq != w.prev_seq + 1 && !(w.prev_loc.is_none() && seq > 1) {
         let prev_seq = w.prev_seq;
         let p = problem(
             name,
@@ -291,6 +390,87 @@ fn check_line(r: &mut Report, w: &mut Walk, name: &str, l: &Line, e: &Expected) 
     w.prev_seq = seq;
     w.prev_loc = Some((name.to_string(), l.line));
     w.at.insert(seq, (name.to_string(), l.line));
+}
+
+/// Checks a prune's checkpoint at `line` of `name`: signed, and either the
+/// start of what is checked (the chain then continues from the record it
+/// stands for) or standing for exactly the record read last (where an
+/// archive ends and the trail it was pruned from goes on).
+fn check_checkpoint(
+    r: &mut Report,
+    w: &mut Walk,
+    name: &str,
+    line: usize,
+    c: Result<Checkpoint, String>,
+    keys: &VerifyKeys,
+) {
+    let c = match c {
+        Ok(c) => c,
+        Err(why) => {
+            r.problems.push(problem(
+                name,
+                line,
+                format!("a malformed checkpoint ({why})"),
+            ));
+            return;
+        }
+    };
+    let check = keys.check_checkpoint(
+        &c.algorithm,
+        &c.signature,
+        c.signing_key.as_deref(),
+        c.keystore_id.as_deref(),
+        &c.fields(),
+    );
+    let count_ok = c.through >= c.from && c.records == c.through - c.from + 1;
+    match check {
+        Check::Valid if count_ok => {}
+        Check::Valid => {
+            r.problems.push(problem(
+                name,
+                line,
+                "the checkpoint's count does not match its range".into(),
+            ));
+            return;
+        }
+        Check::Invalid(why) | Check::Unchecked(why) => {
+            r.problems.push(problem(
+                name,
+                line,
+                format!(
+                    "the checkpoint's signature does not verify ({why}): it was edited or \
+                     forged, so the records before the ones that follow cannot be accounted for"
+                ),
+            ));
+            return;
+        }
+    }
+    r.checkpoints_verified += 1;
+    if w.prev_loc.is_none() {
+        w.prev_hash = c.last_digest;
+        w.prev_seq = c.through;
+        r.signed_through = c.through;
+        r.starts_at = Some(c);
+    } else if c.through == w.prev_seq && c.last_digest == w.prev_hash {
+        // It signs the chain up to here (what ends an archive).
+        r.signed_through = r.signed_through.max(c.through);
+    } else {
+        r.problems.push(problem(
+            name,
+            line,
+            format!(
+                "the checkpoint stands for records {}-{}, but the chain before it ends at \
+                 record {} ({}) with another record: pieces of different prunes, or records \
+                 missing between them",
+                c.from,
+                c.through,
+                w.prev_seq,
+                describe_loc(&w.prev_loc)
+            ),
+        ));
+    }
+    w.prev_loc = Some((name.to_string(), line));
+    w.at_checkpoint = true;
 }
 
 /// Checks the signature of digest record `v` (sequence `seq`, at `line` of

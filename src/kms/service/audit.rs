@@ -16,6 +16,7 @@ use super::LocalKeyStore;
 use super::authz::Decision;
 use super::resolve::resolve;
 use super::snapshot::Snapshot;
+use crate::kms::audit::prune::{Plan, PruneError, Pruned, prune};
 use crate::kms::audit::record::{self, Event};
 use crate::kms::audit::sign::VerifyKeys;
 use crate::kms::audit::verify::{self, Expected, Report};
@@ -27,6 +28,15 @@ use crate::kms::{Caller, KmsError, clock};
 /// owner's measurements; anyone who can set it for a process that opens the
 /// keystore can read the keystore anyway.
 pub const AUDIT_ENV: &str = "KMSFS_AUDIT";
+
+/// Why `prune_audit_trail` did nothing.
+#[derive(Debug)]
+pub enum PruneFailure {
+    /// The trail does not verify (what verify found).
+    Corrupt(Box<Report>),
+    /// The keystore or the trail refused or failed.
+    Kms(KmsError),
+}
 
 /// A key administration, as `admin` records it.
 pub(super) struct Admin<'a> {
@@ -151,16 +161,133 @@ impl LocalKeyStore {
 
     /// `verify_audit_trail` of a copy of the trail in `dir`.
     pub fn verify_audit_trail_in(&self, dir: &std::path::Path) -> std::io::Result<Report> {
+        verify::verify(dir, &self.audit_expected())
+    }
+
+    /// What this keystore's trail is checked against: its keys and the
+    /// position it recorded at its last change.
+    pub fn audit_expected(&self) -> Expected {
         let snap = self.snapshot();
-        let e = Expected {
+        Expected {
             keys: VerifyKeys {
                 hmac: snap.state.audit_signing_key.clone(),
                 ed25519: super::snapshot::signing_keys(&snap.state).public_key(),
                 keystore_id: Some(self.keystore_id().to_string()),
             },
             floor: super::snapshot::audit_floor(&snap.state),
+        }
+    }
+
+    /// Prunes the trail: removes the records written before `before`,
+    /// leaving a signed checkpoint (and writing them to `archive` first,
+    /// when given). A change to the keystore: it records where the pruned
+    /// trail ends, so a rollback to the trail as it was fails `verify`.
+    /// The caller's right to do this is the command line's to check (it
+    /// holds the root key, so it could rewrite the trail anyway).
+    pub fn prune_audit_trail(
+        &self,
+        caller: &Caller,
+        before: i64,
+        archive: Option<&std::path::Path>,
+    ) -> Result<Option<Pruned>, PruneFailure> {
+        let Some(trail) = self.trail.get() else {
+            return Err(PruneFailure::Kms(KmsError::AuditTrail {
+                problem: format!("it is turned off in this process ({AUDIT_ENV}=off)"),
+            }));
         };
-        verify::verify(dir, &e)
+        if self.audit_public_key().is_none() {
+            self.ensure_audit_public_key().map_err(PruneFailure::Kms)?;
+        }
+        trail.flush().map_err(|e| {
+            PruneFailure::Kms(KmsError::AuditTrail {
+                problem: e.to_string(),
+            })
+        })?;
+        let mut corrupt = None;
+        let result = self.update(|state, now| {
+            let keys = super::snapshot::signing_keys(state);
+            let expected = Expected {
+                keys: VerifyKeys {
+                    hmac: state.audit_signing_key.clone(),
+                    ed25519: keys.public_key(),
+                    keystore_id: Some(self.keystore_id().to_string()),
+                },
+                floor: super::snapshot::audit_floor(state),
+            };
+            let plan = Plan {
+                before,
+                now,
+                keys: &keys,
+                keystore_id: self.keystore_id(),
+                expected: &expected,
+                archive,
+            };
+            match prune(trail, &plan) {
+                Ok(Some(p)) => {
+                    trail
+                        .append(
+                            self.prune_record(caller, before, archive, &p, now),
+                            Durability::Durable,
+                        )
+                        .map_err(|e| KmsError::AuditTrail {
+                            problem: format!(
+                                "the trail WAS pruned, but its record could not be written: {e}"
+                            ),
+                        })?;
+                    Ok(Some(p))
+                }
+                Ok(None) => Ok(None),
+                Err(PruneError::Corrupt(r)) => {
+                    corrupt = Some(r);
+                    Err(KmsError::AuditTrail {
+                        problem: "it does not verify; nothing was pruned".into(),
+                    })
+                }
+                Err(PruneError::Io(e)) => Err(KmsError::AuditTrail {
+                    problem: format!("cannot prune it: {e}"),
+                }),
+            }
+        });
+        match (result, corrupt) {
+            (_, Some(r)) => Err(PruneFailure::Corrupt(r)),
+            (r, None) => r.map_err(PruneFailure::Kms),
+        }
+    }
+
+    /// The record of a prune: who, before when, what went.
+    fn prune_record(
+        &self,
+        caller: &Caller,
+        before: i64,
+        archive: Option<&std::path::Path>,
+        p: &Pruned,
+        now: i64,
+    ) -> Value {
+        let requester = Requester::of(caller);
+        json!({
+            "eventVersion": record::EVENT_VERSION,
+            "eventTime": crate::kms::audit::time::format(now),
+            "eventSource": record::EVENT_SOURCE,
+            "eventName": "PruneAuditTrail",
+            "eventType": "kmsfsTrail",
+            "eventCategory": "Management",
+            "readOnly": false,
+            "eventID": uuid::Uuid::new_v4().to_string(),
+            "userIdentity": record::identity(caller, &requester, self.caller_source()),
+            "requestParameters": {
+                "before": crate::kms::audit::time::format(before),
+                "archive": archive.map(|a| a.display().to_string()),
+            },
+            "responseElements": {
+                "prunedFrom": p.from,
+                "prunedThrough": p.through,
+                "prunedRecords": p.records,
+                "firstEventTime": crate::kms::audit::time::format(p.first_time),
+                "lastEventTime": crate::kms::audit::time::format(p.last_time),
+                "bytesBefore": p.bytes_before,
+                "bytesAfter": p.bytes_after,
+            },
+        })
     }
 
     /// Gives a keystore made before Ed25519 signing its key (a change with

@@ -34,7 +34,7 @@ mod snapshot;
 use snapshot::{KnownDamage, Loaded, Snapshot, load};
 
 pub use access_keys::{AccessKeyEntry, AccessKeySecret, NewAccessKey};
-pub use audit::AUDIT_ENV;
+pub use audit::{AUDIT_ENV, PruneFailure};
 pub use crypto_ops::DryRunTarget;
 pub use grants::GrantRequest;
 
