@@ -354,7 +354,12 @@ pub fn verify(g: &GlobalArgs, a: VerifyArgs) -> Result<(), CliError> {
             e.floor = None;
             None
         }
-        Some(t) => Some(given_trail(t)),
+        Some(t) => {
+            let d = given_trail(t);
+            check_trail_dir(&d)?;
+            Some(d)
+        }
+        // The keystore's own trail missing is a finding of verify's.
         None => Some(trail_dir(g)),
     };
     for f in &archives {
@@ -364,9 +369,6 @@ pub fn verify(g: &GlobalArgs, a: VerifyArgs) -> Result<(), CliError> {
                 format!("there is no archive {}", f.display()),
             ));
         }
-    }
-    if let Some(d) = &dir {
-        check_trail_dir(d)?;
     }
     let r = crate::kms::audit::verify::verify_with_archives(&archives, dir.as_deref(), &e)?;
     report(g, &r)
@@ -501,10 +503,23 @@ fn may_administer(dir: &std::path::Path) -> Result<(), CliError> {
 }
 
 /// `kmsfs audit prune`.
+#[allow(clippy::disallowed_methods)] // a path the user named on the command line, only stat'ed
 pub fn prune(g: &GlobalArgs, a: PruneArgs) -> Result<(), CliError> {
     let dir = keystore_dir(g);
     may_administer(&dir)?;
     let before = when(&Some(a.before.clone()), "before")?.unwrap_or(0);
+    if let Some(f) = &a.archive
+        && std::fs::symlink_metadata(f).is_ok()
+    {
+        return Err(CliError::new(
+            ErrorClass::Usage,
+            format!(
+                "{} already exists; an archive is never overwritten",
+                f.display()
+            ),
+        )
+        .hint("name a new file"));
+    }
     let ks = open_key_service(g)?;
     let (uid, gid) = crate::os::ids::ids();
     let caller = crate::kms::Caller {

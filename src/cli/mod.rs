@@ -390,6 +390,11 @@ fn man_page(cmd: clap::Command, w: &mut dyn std::io::Write) -> std::io::Result<(
                 "move every file (headers only) and new files to key NEW",
             ),
             ("kmsfs status", "every running mount, its key and counters"),
+            (
+                "kmsfs audit prune --before 90d --archive trail-old.jsonl",
+                "remove the audit records older than 90 days, keeping them in an archive \
+                 (kmsfs audit verify --archive trail-old.jsonl checks both as one chain)",
+            ),
             ("kmsfs unmount ~/secret", "unmount and wait for the daemon"),
         ],
     );

@@ -700,7 +700,7 @@ impl Trail {
             log::error!(
                 "AUDIT TRAIL OVER ITS SIZE CAP: {} holds {bytes} bytes, the cap is {max} \
                  ({}); from now on only per-user summaries of file accesses are written for \
-                 every user but root. Archive old trail files (after `kmsfs audit verify`) or \
+                 every user but root. Prune old records (`kmsfs audit prune --before 90d --archive FILE`) or \
                  raise the cap",
                 self.dir.display(),
                 super::limit::MAX_BYTES_ENV
