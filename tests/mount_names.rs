@@ -709,3 +709,77 @@ fn a_binding_file_changed_by_another_user_is_refused_at_the_next_mount() {
         "a new name went in clear"
     );
 }
+
+/// `kmsfs rewrap --to-key-id` while the tree is mounted: the running mount
+/// keeps serving names once the old CMK is disabled, from the binding
+/// file's new wrapping of the same name key; a binding file then
+/// holding another tree's name key is not used.
+#[test]
+fn a_running_mount_follows_a_rewrap_of_the_name_key() {
+    let Some(m) = Mount::with_names("names-rewrap-live", Names::Encrypted, &[]) else {
+        return;
+    };
+    fs::create_dir(m.p("d")).unwrap();
+    fs::write(m.p("d/f"), b"content").unwrap();
+    fs::write(m.p(&"q".repeat(230)), b"long").unwrap();
+    std::os::unix::fs::symlink("d/f", m.p("link")).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&m.ok(&["--output", "json", "kms", "create-key"])).unwrap();
+    let new = v["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    let b = m.backing.to_str().unwrap().to_string();
+    let before = fs::read(m.b(".kmsfs.json")).unwrap();
+    let out = m.ok(&["rewrap", &b, "--to-key-id", &new]);
+    assert!(
+        out.contains(&format!("the name key is now under {new}")),
+        "{out}"
+    );
+    let rewrapped = fs::read(m.b(".kmsfs.json")).unwrap();
+    assert_ne!(before, rewrapped);
+    m.ok(&["kms", "disable-key", "--key-id", KEY]);
+    // New lookups (not in the kernel's cache: the names are new to it).
+    let mut listed: Vec<_> = fs::read_dir(m.p("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, vec![std::ffi::OsString::from("f")]);
+    assert_eq!(fs::read_link(m.p("link")).unwrap(), Path::new("d/f"));
+    assert_eq!(fs::read(m.p(&"q".repeat(230))).unwrap(), b"long");
+    fs::create_dir(m.p("made-after")).unwrap();
+    // Another tree's name key (under a third, enabled key) swapped into the
+    // binding file, then the new key disabled too: that key is not used.
+    let v: serde_json::Value =
+        serde_json::from_str(&m.ok(&["--output", "json", "kms", "create-key"])).unwrap();
+    let third = v["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    let other = m.tmp.path().join("other");
+    let other_mnt = m.tmp.path().join("other-mnt");
+    fs::create_dir(&other).unwrap();
+    fs::create_dir(&other_mnt).unwrap();
+    {
+        let _guard = common::MountGuard(other_mnt.clone());
+        let o = m
+            .kmsfs()
+            .args(["mount", "--key-id", &third])
+            .arg(&other)
+            .arg(&other_mnt)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", common::describe(&o));
+        m.ok(&["unmount", other_mnt.to_str().unwrap()]);
+    }
+    let mut marker: serde_json::Value = serde_json::from_slice(&rewrapped).unwrap();
+    let other_v: serde_json::Value =
+        serde_json::from_slice(&fs::read(other.join(".kmsfs.json")).unwrap()).unwrap();
+    marker["NameKey"] = other_v["NameKey"].clone();
+    fs::write(m.b(".kmsfs.json"), serde_json::to_vec(&marker).unwrap()).unwrap();
+    m.ok(&["kms", "disable-key", "--key-id", &new]);
+    assert!(fs::create_dir(m.p("after-swap")).is_err());
+    assert!(
+        m.log_text()
+            .contains("holds a name key other than the one this mount serves"),
+        "{}",
+        m.log_text()
+    );
+    assert_eq!(user_entries(&m.backing).len(), 4, "nothing was made");
+    fs::write(m.b(".kmsfs.json"), &rewrapped).unwrap();
+}

@@ -171,6 +171,7 @@ fn build_filesystem(
     .map_err(|e| MountError::io(format!("{}", req.backing.display()), e))?;
     fs.enter_backing()
         .map_err(|e| MountError::io(format!("{}", req.backing.display()), e))?;
+    fs.first_name_key();
     Ok((fs, counting))
 }
 

@@ -47,6 +47,10 @@ pub const NAME_AAD_LABEL: &[u8; 13] = b"kmsfs.name.v1";
 /// The associated data of a symlink target.
 pub const TARGET_AAD_LABEL: &[u8; 13] = b"kmsfs.link.v1";
 
+/// The associated data of a name key's check value (never a name's or a
+/// target's: their labels differ).
+const CHECK_LABEL: &[u8; 14] = b"kmsfs.check.v1";
+
 /// A directory's random 128-bit id (the root's is all zeros).
 pub type DirId = [u8; 16];
 /// The root directory's id.
@@ -195,6 +199,18 @@ impl NameKey {
     ) -> Result<Self, NameError> {
         let d = ks.decrypt(rc, wrapped, &names_context(), None)?;
         Self::from_bytes(d.plaintext.expose())
+    }
+
+    /// A value that tells this key from another without revealing it (the
+    /// tag of nothing under a fixed nonce and label: AES-GCM-SIV is
+    /// deterministic): a mount compares a name key wrapped anew with the
+    /// one it serves.
+    pub fn check_value(&self) -> Result<Vec<u8>, NameError> {
+        let mut out = Vec::with_capacity(TAG_LEN);
+        self.siv
+            .seal_append(&[0; NONCE_LEN], CHECK_LABEL, b"", &mut out)
+            .map_err(|_| NameError::Corrupt("seal"))?;
+        Ok(out)
     }
 
     /// The backing name of plaintext `name` in directory `dir`: always the
@@ -484,6 +500,14 @@ mod tests {
             assert_eq!(got, n);
             assert!(!is_internal(&e.entry));
         }
+    }
+
+    #[test]
+    fn check_values_tell_keys_apart() {
+        let a = key().check_value().unwrap();
+        assert_eq!(a, key().check_value().unwrap());
+        let other = NameKey::from_bytes(&[9u8; 32]).unwrap();
+        assert_ne!(a, other.check_value().unwrap());
     }
 
     #[test]

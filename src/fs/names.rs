@@ -23,8 +23,12 @@ const DIR_IDS_MAX: usize = 1 << 16;
 /// The state of a tree with encrypted names.
 #[derive(Debug)]
 pub(super) struct Names {
-    /// The name key as the binding file holds it, wrapped by the CMK.
-    wrapped: Vec<u8>,
+    /// The name key as the binding file holds it, wrapped by the CMK (a
+    /// rewrap since the mount replaces it: `name_key`).
+    wrapped: Mutex<Vec<u8>>,
+    /// The check value of the key first unwrapped: a wrapping read later
+    /// must open to the same key.
+    check: Mutex<Option<Vec<u8>>>,
     /// The unwrapped key and the key service's generation it was checked at.
     key: Mutex<Option<(u64, Arc<NameKey>)>>,
     /// Directory ids by the directory's backing identity.
@@ -37,7 +41,8 @@ pub(super) struct Names {
 impl Names {
     pub(super) fn new(wrapped: Vec<u8>) -> Self {
         Self {
-            wrapped,
+            wrapped: Mutex::new(wrapped),
+            check: Mutex::new(None),
             key: Mutex::new(None),
             dir_ids: Mutex::new(HashMap::new()),
             plain_dirs: Mutex::new(HashMap::new()),
@@ -61,6 +66,15 @@ impl KmsFs {
         self.names.is_some()
     }
 
+    /// Unwraps the name key once, at the start (a failure is the first
+    /// lookup's to report): a rewrap since the mount is then told from a
+    /// swapped key even when the old CMK is disabled before any lookup.
+    pub fn first_name_key(&self) {
+        if let Err(e) = self.name_key() {
+            log::warn!("the name key does not open yet: {e}");
+        }
+    }
+
     /// The tree's name key (None: plain names), unwrapped by the key
     /// service again whenever its state may have changed.
     pub(super) fn name_key(&self) -> Result<Option<Arc<NameKey>>, FsError> {
@@ -82,12 +96,79 @@ impl KmsFs {
             gid,
             pid: std::process::id(),
         };
-        let key = Arc::new(
-            NameKey::unwrap(ks, &RequestContext::new(me, Origin::Mount), &n.wrapped)
-                .map_err(|e| FsError::name(e, &self.cfg.backing))?,
-        );
+        let rc = RequestContext::new(me, Origin::Mount);
+        let held = lock(&n.wrapped).clone();
+        let key = match NameKey::unwrap(ks, &rc, &held) {
+            Ok(key) => key,
+            // `kmsfs rewrap` may have wrapped the key anew (and the old CMK
+            // be disabled since): the binding file's wrapping is taken when
+            // it opens to the very key this mount serves.
+            Err(e) => match self.rewrapped_name_key(n, &held, &rc) {
+                Some(key) => key,
+                None => return Err(FsError::name(e, &self.cfg.backing)),
+            },
+        };
+        let check = key
+            .check_value()
+            .map_err(|e| FsError::name(e, &self.cfg.backing))?;
+        let mut c = lock(&n.check);
+        match &*c {
+            Some(first) if *first != check => {
+                return Err(FsError::name(
+                    names::NameError::Corrupt("the name key changed under the mount"),
+                    &self.cfg.backing,
+                ));
+            }
+            Some(_) => {}
+            None => *c = Some(check),
+        }
+        let key = Arc::new(key);
         *k = Some((generation, key.clone()));
         Ok(Some(key))
+    }
+
+    /// The name key from the binding file's wrapping when it differs from
+    /// `held` and opens to the key this mount first unwrapped (the check
+    /// value); that wrapping is held from then on. None otherwise, logged:
+    /// another tree's name key swapped into the binding file is never used.
+    fn rewrapped_name_key(
+        &self,
+        n: &Names,
+        held: &[u8],
+        rc: &RequestContext<'_>,
+    ) -> Option<NameKey> {
+        let file = self.cfg.backing.join(crate::format::BACKING_MARKER);
+        let shown = crate::logtext::escaped(&file);
+        let fresh =
+            match crate::tree::Tree::open(&self.cfg.backing).and_then(|t| t.wrapped_name_key()) {
+                Ok(Some(w)) if w != held => w,
+                Ok(_) => return None,
+                Err(e) => {
+                    log::warn!("{shown}: cannot read the name key: {e}");
+                    return None;
+                }
+            };
+        let key = match NameKey::unwrap(&*self.cfg.ks, rc, &fresh) {
+            Ok(k) => k,
+            Err(e) => {
+                log::warn!("{shown}: the name key's new wrapping does not open: {e}");
+                return None;
+            }
+        };
+        let same = match (&*lock(&n.check), key.check_value()) {
+            (Some(first), Ok(c)) => *first == c,
+            _ => false,
+        };
+        if !same {
+            log::warn!(
+                "{shown}: holds a name key other than the one this mount serves: not used \
+                 (restore the file from a backup)"
+            );
+            return None;
+        }
+        *lock(&n.wrapped) = fresh;
+        log::info!("{shown}: the name key's new wrapping (a rewrap since the mount) is used");
+        Some(key)
     }
 
     /// The id of directory `dir` (checked to be its node): the root's is
