@@ -5,6 +5,8 @@
 # Mount tests skip, saying why, only where /dev/fuse is absent; tests that need a
 # tool or root skip, saying why, without it. Under CI (CI=true) or with
 # KMSFS_REQUIRE_FUSE=1 each of these is an error instead, so CI never skips a test.
+# KMSFS_LONG_TESTS=1 runs the long sizes of tests that have one (tests/mount_names.rs: a
+# directory of 100,000 entries in each names mode, instead of 10,000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
