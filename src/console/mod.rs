@@ -97,7 +97,7 @@ struct State {
 
 /// Serves the console for `ks` until SIGTERM or SIGINT. `on_ready` gets the
 /// address and login URL once a browser can connect.
-#[allow(clippy::disallowed_methods)] // the keystore directory and the socket path the operator named
+#[allow(clippy::disallowed_methods)] // the keystore directory the operator named
 pub fn serve(
     ks: Arc<LocalKeyStore>,
     listen: &Listen,
@@ -143,47 +143,58 @@ pub fn serve(
             verify: trail::VerifyState::default(),
         })
     };
-    let result = rt.block_on(async {
-        match listen {
-            Listen::Tcp(a) => {
-                let l = tokio::net::TcpListener::bind(a)
-                    .await
-                    .map_err(|e| ConsoleError::Io(format!("binding {a}: {e}")))?;
-                let bound = l
-                    .local_addr()
-                    .map_err(|e| ConsoleError::Io(e.to_string()))?;
-                let port = bound.port();
-                let hosts = vec![
-                    bound.to_string(),
-                    format!("localhost:{port}"),
-                    format!("127.0.0.1:{port}"),
-                    format!("[::1]:{port}"),
-                ];
-                let st = make_state(hosts);
-                trail::start_verify(&st);
-                on_ready(&Ready {
-                    address: format!("http://{bound}"),
-                    login: format!("http://{bound}/login?token={}", st.sessions.login_token()),
-                });
-                accept_tcp(&st, &limit, l, bound).await
-            }
-            Listen::Unix(p) => {
-                let l = bind_unix(p, 0o600, "console")?;
-                let st = make_state(Vec::new());
-                trail::start_verify(&st);
-                on_ready(&Ready {
-                    address: format!("unix:{}", p.display()),
-                    login: format!("/login?token={}", st.sessions.login_token()),
-                });
-                let r = accept_unix(&st, &limit, l).await;
-                let _ = std::fs::remove_file(p);
-                r
-            }
-        }
-    });
+    let result = rt.block_on(listen_and_serve(listen, &limit, make_state, on_ready));
     ks.flush_audit_trail();
     rt.shutdown_timeout(Duration::from_secs(2));
     result
+}
+
+/// Binds `listen`, makes the state with the `Host` values it answers for,
+/// says so through `on_ready` and serves until SIGTERM or SIGINT; a Unix
+/// socket file is removed on the way out.
+#[allow(clippy::disallowed_methods)] // the socket path the operator named
+async fn listen_and_serve(
+    listen: &Listen,
+    limit: &Arc<Semaphore>,
+    make_state: impl FnOnce(Vec<String>) -> Arc<State>,
+    on_ready: &mut dyn FnMut(&Ready),
+) -> Result<(), ConsoleError> {
+    match listen {
+        Listen::Tcp(a) => {
+            let l = tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|e| ConsoleError::Io(format!("binding {a}: {e}")))?;
+            let bound = l
+                .local_addr()
+                .map_err(|e| ConsoleError::Io(e.to_string()))?;
+            let port = bound.port();
+            let hosts = vec![
+                bound.to_string(),
+                format!("localhost:{port}"),
+                format!("127.0.0.1:{port}"),
+                format!("[::1]:{port}"),
+            ];
+            let st = make_state(hosts);
+            trail::start_verify(&st);
+            on_ready(&Ready {
+                address: format!("http://{bound}"),
+                login: format!("http://{bound}/login?token={}", st.sessions.login_token()),
+            });
+            accept_tcp(&st, limit, l, bound).await
+        }
+        Listen::Unix(p) => {
+            let l = bind_unix(p, 0o600, "console")?;
+            let st = make_state(Vec::new());
+            trail::start_verify(&st);
+            on_ready(&Ready {
+                address: format!("unix:{}", p.display()),
+                login: format!("/login?token={}", st.sessions.login_token()),
+            });
+            let r = accept_unix(&st, limit, l).await;
+            let _ = std::fs::remove_file(p);
+            r
+        }
+    }
 }
 
 /// Serves each connection `accept` yields, with its peer's uid, within
@@ -408,111 +419,149 @@ fn same_origin(parts: &http::request::Parts) -> bool {
     }
 }
 
+/// An answer to a console request.
+type Answer = Response<Full<Bytes>>;
+
 async fn handle(
     st: Arc<State>,
     peer_allowed: bool,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Answer, Infallible> {
+    Ok(route(st, peer_allowed, req).await)
+}
+
+/// A request in order: who may reach the console, the pages served without
+/// a session, the session, the page, then the API (a change checked for
+/// origin and CSRF token first).
+async fn route(st: Arc<State>, peer_allowed: bool, req: Request<Incoming>) -> Answer {
     let (parts, body) = req.into_parts();
-    if !peer_allowed {
-        return Ok(respond(
-            403,
-            "text/plain; charset=utf-8",
-            Bytes::from_static(b"this console serves only the keystore's owner and root\n"),
-        ));
-    }
-    if !st.hosts.is_empty()
-        && !header(&parts, "host").is_some_and(|h| st.hosts.iter().any(|a| a == h))
-    {
-        return Ok(respond(
-            421,
-            "text/plain; charset=utf-8",
-            Bytes::from_static(b"unexpected Host header\n"),
-        ));
+    if let Some(refused) = admit(&st, peer_allowed, &parts) {
+        return refused;
     }
     let path = parts.uri.path().to_string();
     if parts.method == http::Method::GET {
         if let Some((ct, text)) = asset(&path) {
-            return Ok(respond(200, ct, Bytes::from_static(text.as_bytes())));
+            return respond(200, ct, Bytes::from_static(text.as_bytes()));
         }
         if path == "/login" {
-            return Ok(login(&st, &parts));
+            return login(&st, &parts);
         }
     }
-    let session = st.sessions.find(header(&parts, "cookie"));
-    let Some(session) = session else {
-        return Ok(if path.starts_with("/api/") {
-            ApiError::new(
-                401,
-                "NotSignedIn",
-                "open the login URL `kmsfs console` printed",
-            )
-            .response()
-        } else {
-            respond(
-                401,
-                "text/html; charset=utf-8",
-                Bytes::from_static(LOGIN_HTML.as_bytes()),
-            )
-        });
+    let Some(session) = st.sessions.find(header(&parts, "cookie")) else {
+        return not_signed_in(&path);
     };
     if parts.method == http::Method::GET && (path == "/" || path == "/index.html") {
-        return Ok(respond(
+        return respond(
             200,
             "text/html; charset=utf-8",
             Bytes::from_static(INDEX_HTML.as_bytes()),
-        ));
+        );
     }
     if !path.starts_with("/api/") {
-        return Ok(ApiError::new(404, "NotFound", "no such page").response());
+        return ApiError::new(404, "NotFound", "no such page").response();
     }
-    if parts.method == http::Method::POST {
-        if !same_origin(&parts) {
-            return Ok(
-                ApiError::new(403, "CrossOrigin", "refused: not from this console's page")
-                    .response(),
-            );
-        }
-        if !session::csrf_ok(&session, header(&parts, session::CSRF_HEADER)) {
-            return Ok(ApiError::new(
-                403,
-                "CsrfTokenInvalid",
-                "refused: the request does not carry this session's CSRF token (reload the page)",
-            )
-            .response());
-        }
-        if path == "/api/logout" {
-            st.sessions.logout(header(&parts, "cookie"));
-            let mut r = json_response(200, &json!({}));
-            if let Ok(v) = http::HeaderValue::from_str(&session::clear_cookie()) {
-                r.headers_mut().insert(http::header::SET_COOKIE, v);
-            }
-            return Ok(r);
-        }
-    } else if parts.method != http::Method::GET {
-        return Ok(
-            ApiError::new(405, "MethodNotAllowed", "GET to read, POST to change").response(),
-        );
+    if let Some(refused) = check_method(&parts, &session) {
+        return refused;
+    }
+    if parts.method == http::Method::POST && path == "/api/logout" {
+        return logout(&st, &parts);
     }
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
-            return Ok(ApiError::new(
+            return ApiError::new(
                 413,
                 "TooLarge",
                 format!("the request body could not be read or exceeds {MAX_BODY} bytes"),
             )
-            .response());
+            .response();
         }
     };
     let st2 = st.clone();
     let r = tokio::task::spawn_blocking(move || api::route(&st2, &parts, &path, &body, &session))
         .await
         .unwrap_or_else(|_| Err(ApiError::new(500, "Internal", "the request failed")));
-    Ok(match r {
+    match r {
         Ok(v) => json_response(200, &v),
         Err(e) => e.response(),
-    })
+    }
+}
+
+/// The refusal of a peer the console does not serve, or of a `Host` it
+/// does not answer for (DNS rebinding).
+fn admit(st: &State, peer_allowed: bool, parts: &http::request::Parts) -> Option<Answer> {
+    if !peer_allowed {
+        return Some(respond(
+            403,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"this console serves only the keystore's owner and root\n"),
+        ));
+    }
+    if !st.hosts.is_empty()
+        && !header(parts, "host").is_some_and(|h| st.hosts.iter().any(|a| a == h))
+    {
+        return Some(respond(
+            421,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"unexpected Host header\n"),
+        ));
+    }
+    None
+}
+
+/// The answer to a request without a session: the API says so, a page
+/// shows the login page.
+fn not_signed_in(path: &str) -> Answer {
+    if path.starts_with("/api/") {
+        ApiError::new(
+            401,
+            "NotSignedIn",
+            "open the login URL `kmsfs console` printed",
+        )
+        .response()
+    } else {
+        respond(
+            401,
+            "text/html; charset=utf-8",
+            Bytes::from_static(LOGIN_HTML.as_bytes()),
+        )
+    }
+}
+
+/// The refusal of a method: GET reads; POST changes, only from this console's page with the
+/// session's CSRF token; any other method is refused.
+fn check_method(parts: &http::request::Parts, session: &session::SessionInfo) -> Option<Answer> {
+    if parts.method == http::Method::POST {
+        if !same_origin(parts) {
+            return Some(
+                ApiError::new(403, "CrossOrigin", "refused: not from this console's page")
+                    .response(),
+            );
+        }
+        if !session::csrf_ok(session, header(parts, session::CSRF_HEADER)) {
+            return Some(ApiError::new(
+                403,
+                "CsrfTokenInvalid",
+                "refused: the request does not carry this session's CSRF token (reload the page)",
+            )
+            .response());
+        }
+    } else if parts.method != http::Method::GET {
+        return Some(
+            ApiError::new(405, "MethodNotAllowed", "GET to read, POST to change").response(),
+        );
+    }
+    None
+}
+
+/// `POST /api/logout`: ends the session and clears its cookie.
+fn logout(st: &State, parts: &http::request::Parts) -> Answer {
+    st.sessions.logout(header(parts, "cookie"));
+    let mut r = json_response(200, &json!({}));
+    if let Ok(v) = http::HeaderValue::from_str(&session::clear_cookie()) {
+        r.headers_mut().insert(http::header::SET_COOKIE, v);
+    }
+    r
 }
 
 /// `GET /login?token=...`: the printed token opens a session; the answer
