@@ -99,20 +99,7 @@ fn bound(
 ) -> Result<Plan, MountError> {
     let survey = super::survey(&backing);
     let io = |what: &Path, e: std::io::Error| MountError::io(what.display().to_string(), e);
-    // The daemon works inside the backing directory: name the keystore
-    // absolutely.
-    let keys = match req.keys {
-        KeySource::Local {
-            dir,
-            passphrase,
-            may_create,
-        } => KeySource::Local {
-            dir: std::path::absolute(&dir).map_err(|e| io(&dir, e))?,
-            passphrase,
-            may_create,
-        },
-        remote => remote,
-    };
+    let keys = absolute_keystore(req.keys)?;
     // Unseals the keystore (a passphrase prompt needs the terminal) before
     // the daemon leaves it.
     let fresh = survey.entries == 0 && super::read_marker(&backing)?.is_none();
@@ -133,20 +120,7 @@ fn bound(
     // marker records.
     let layout = super::tree_layout(&backing, &survey)?;
     if let Some(m) = &b.new_marker {
-        if prepared.backing_read_only {
-            log::info!("{} is read-only: no marker written", backing.display());
-        } else {
-            // A new, empty backing directory gets encrypted names unless
-            // -o plaintextnames (the daemon makes the name key: the key
-            // service's threads must not start before it forks); one that
-            // holds files already keeps plain names (written in clear).
-            let m = super::BackingMarker {
-                encrypted_names: Some(survey.entries == 0 && !prepared.options.plain_names),
-                block_format: layout.version(),
-                ..m.clone()
-            };
-            super::write_marker(&backing, &m)?;
-        }
+        write_new_marker(&backing, m, &prepared, &survey, layout)?;
     }
     if let Some(dir) = &keystore {
         binding::remember_backing(dir, &backing);
@@ -193,6 +167,49 @@ fn bound(
         notices,
         summary,
     })
+}
+
+/// The key source with its keystore named absolutely: the daemon works
+/// inside the backing directory.
+fn absolute_keystore(keys: KeySource) -> Result<KeySource, MountError> {
+    Ok(match keys {
+        KeySource::Local {
+            dir,
+            passphrase,
+            may_create,
+        } => KeySource::Local {
+            dir: std::path::absolute(&dir)
+                .map_err(|e| MountError::io(dir.display().to_string(), e))?,
+            passphrase,
+            may_create,
+        },
+        remote => remote,
+    })
+}
+
+/// Writes the marker of a backing directory bound now (none on a
+/// read-only backing), with the names and block format it starts with.
+fn write_new_marker(
+    backing: &Path,
+    m: &super::BackingMarker,
+    prepared: &Prepared,
+    survey: &Survey,
+    layout: crate::format::Layout,
+) -> Result<(), MountError> {
+    if prepared.backing_read_only {
+        log::info!("{} is read-only: no marker written", backing.display());
+        return Ok(());
+    }
+    // A new, empty backing directory gets encrypted names unless
+    // -o plaintextnames (the daemon makes the name key: the key
+    // service's threads must not start before it forks); one that
+    // holds files already keeps plain names (written in clear).
+    let m = super::BackingMarker {
+        encrypted_names: Some(survey.entries == 0 && !prepared.options.plain_names),
+        block_format: layout.version(),
+        ..m.clone()
+    };
+    super::write_marker(backing, &m)
 }
 
 /// An existing directory, made absolute.
