@@ -297,6 +297,80 @@ const EXIT_STATUS: [(&str, &str); 9] = [
     ),
 ];
 
+/// The ENVIRONMENT section of kmsfs.1.
+const MAN_ENVIRONMENT: &[(&str, &str)] = &[
+    (
+        "KMSFS_KEYSTORE",
+        "the keystore directory when --keystore is not given",
+    ),
+    (
+        "XDG_DATA_HOME",
+        "the keystore is $XDG_DATA_HOME/kmsfs when neither --keystore nor \
+         KMSFS_KEYSTORE is given",
+    ),
+    (
+        "KMSFS_PASSPHRASE",
+        "the keystore passphrase when --passphrase-file is not given",
+    ),
+    ("KMSFS_NEW_PASSPHRASE", "the new passphrase of kmsfs passwd"),
+    (
+        "XDG_STATE_HOME",
+        "a background mount logs to $XDG_STATE_HOME/kmsfs/mount-MOUNTPOINT.log",
+    ),
+    ("RUST_LOG", "the log level (default: warn; info for mounts)"),
+    (
+        "AWS_*",
+        "credentials and region for --endpoint-url and --kms-endpoint, as for the aws CLI",
+    ),
+];
+
+/// The FILES section of kmsfs.1.
+const MAN_FILES: &[(&str, &str)] = &[
+    (
+        "~/.local/share/kmsfs/",
+        "the default keystore: keystore.kms, keystore.prev, root.key, audit/, backings/",
+    ),
+    (
+        "BACKING/.kmsfs.json",
+        "the keystore and default key a backing directory is bound to",
+    ),
+    (
+        "BACKING/.kmsfs.lock",
+        "held by the daemon serving the backing directory",
+    ),
+    (
+        "~/.local/state/kmsfs/mount-*.log",
+        "the log of a background mount",
+    ),
+    (
+        "/sbin/mount.fuse.kmsfs",
+        "the mount(8) helper (kmsfs install-helper)",
+    ),
+];
+
+/// The EXAMPLES section of kmsfs.1.
+const MAN_EXAMPLES: &[(&str, &str)] = &[
+    (
+        "kmsfs mount ~/secret.enc ~/secret",
+        "mount, creating the default keystore and key on first use",
+    ),
+    (
+        "kmsfs kms create-key --query KeyMetadata.KeyId --output text",
+        "a new key; prints its id",
+    ),
+    (
+        "kmsfs rewrap ~/secret.enc --to-key-id NEW",
+        "move every file (headers only) and new files to key NEW",
+    ),
+    ("kmsfs status", "every running mount, its key and counters"),
+    (
+        "kmsfs audit prune --before 90d --archive trail-old.jsonl",
+        "remove the audit records older than 90 days, keeping them in an archive \
+         (kmsfs audit verify --archive trail-old.jsonl checks both as one chain)",
+    ),
+    ("kmsfs unmount ~/secret", "unmount and wait for the daemon"),
+];
+
 /// kmsfs.1: clap's sections, then EXIT STATUS, ENVIRONMENT, FILES and
 /// EXAMPLES.
 fn man_page(cmd: clap::Command, w: &mut dyn std::io::Write) -> std::io::Result<()> {
@@ -319,85 +393,11 @@ fn man_page(cmd: clap::Command, w: &mut dyn std::io::Write) -> std::io::Result<(
     r.control("SH", ["EXIT STATUS"]);
     table(&mut r, &EXIT_STATUS);
     r.control("SH", ["ENVIRONMENT"]);
-    table(
-        &mut r,
-        &[
-            (
-                "KMSFS_KEYSTORE",
-                "the keystore directory when --keystore is not given",
-            ),
-            (
-                "XDG_DATA_HOME",
-                "the keystore is $XDG_DATA_HOME/kmsfs when neither --keystore nor \
-                 KMSFS_KEYSTORE is given",
-            ),
-            (
-                "KMSFS_PASSPHRASE",
-                "the keystore passphrase when --passphrase-file is not given",
-            ),
-            ("KMSFS_NEW_PASSPHRASE", "the new passphrase of kmsfs passwd"),
-            (
-                "XDG_STATE_HOME",
-                "a background mount logs to $XDG_STATE_HOME/kmsfs/mount-MOUNTPOINT.log",
-            ),
-            ("RUST_LOG", "the log level (default: warn; info for mounts)"),
-            (
-                "AWS_*",
-                "credentials and region for --endpoint-url and --kms-endpoint, as for the aws CLI",
-            ),
-        ],
-    );
+    table(&mut r, MAN_ENVIRONMENT);
     r.control("SH", ["FILES"]);
-    table(
-        &mut r,
-        &[
-            (
-                "~/.local/share/kmsfs/",
-                "the default keystore: keystore.kms, keystore.prev, root.key, audit/, backings/",
-            ),
-            (
-                "BACKING/.kmsfs.json",
-                "the keystore and default key a backing directory is bound to",
-            ),
-            (
-                "BACKING/.kmsfs.lock",
-                "held by the daemon serving the backing directory",
-            ),
-            (
-                "~/.local/state/kmsfs/mount-*.log",
-                "the log of a background mount",
-            ),
-            (
-                "/sbin/mount.fuse.kmsfs",
-                "the mount(8) helper (kmsfs install-helper)",
-            ),
-        ],
-    );
+    table(&mut r, MAN_FILES);
     r.control("SH", ["EXAMPLES"]);
-    table(
-        &mut r,
-        &[
-            (
-                "kmsfs mount ~/secret.enc ~/secret",
-                "mount, creating the default keystore and key on first use",
-            ),
-            (
-                "kmsfs kms create-key --query KeyMetadata.KeyId --output text",
-                "a new key; prints its id",
-            ),
-            (
-                "kmsfs rewrap ~/secret.enc --to-key-id NEW",
-                "move every file (headers only) and new files to key NEW",
-            ),
-            ("kmsfs status", "every running mount, its key and counters"),
-            (
-                "kmsfs audit prune --before 90d --archive trail-old.jsonl",
-                "remove the audit records older than 90 days, keeping them in an archive \
-                 (kmsfs audit verify --archive trail-old.jsonl checks both as one chain)",
-            ),
-            ("kmsfs unmount ~/secret", "unmount and wait for the daemon"),
-        ],
-    );
+    table(&mut r, MAN_EXAMPLES);
     r.to_writer(w)?;
     m.render_version_section(w)
 }
