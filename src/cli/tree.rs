@@ -437,19 +437,7 @@ pub fn fsck(g: &GlobalArgs, a: FsckArgs) -> Result<(), CliError> {
         &mut |_| progress.tick(),
     );
     drop(progress);
-    // Encrypted names: every name opened in its directory, every target.
-    let wrapped = t
-        .wrapped_name_key()
-        .map_err(|e| CliError::new(ErrorClass::Corrupt, format!("{}: {e}", a.backing.display())))?;
-    let names = match &wrapped {
-        Some(k) => Some(
-            tree::check_names(&t, &w, k, &*ks, &super::cli_context()).map_err(|e| match e {
-                crate::envelope::names::NameError::Kms(k) => CliError::from(k),
-                e => CliError::new(ErrorClass::Corrupt, format!("the name key: {e}")),
-            })?,
-        ),
-        None => None,
-    };
+    let names = fsck_names(&a.backing, &t, &w, &*ks)?;
     finish_audit(g)?;
     let secs = start.elapsed().as_secs_f64();
     #[derive(serde::Serialize)]
@@ -464,43 +452,79 @@ pub fn fsck(g: &GlobalArgs, a: FsckArgs) -> Result<(), CliError> {
         names: &names,
     };
     if !printed_json(g, &shown) {
-        if let Some(n) = &names {
-            for f in &n.refused {
-                println!("{}: name refused: {}", f.path.display(), f.reason);
-            }
-            println!(
-                "names: {} names and {} symlink targets open, {} refused",
-                n.names,
-                n.targets,
-                n.refused.len()
-            );
-        }
-        for f in &report.findings {
-            let what = match &f.status {
-                FileStatus::Ok | FileStatus::Empty => continue,
-                FileStatus::KeyUnusable { key } => format!(
-                    "unreadable: key {} is {}",
-                    f.key_id.as_deref().unwrap_or("?"),
-                    key.label()
-                ),
-                other => describe_status(other),
-            };
-            println!("{}: {what}", f.path.display());
-        }
-        for (k, s) in &report.keys {
-            println!(
-                "key {k}: {} files, {} bytes, {}",
-                s.files,
-                s.bytes,
-                s.status.label()
-            );
+        print_fsck(&report, names.as_ref(), secs);
+    }
+    fsck_verdict(&report, names.as_ref())
+}
+
+/// Encrypted names: every name opened in its directory, every symlink
+/// target; None for a tree with plain names.
+fn fsck_names(
+    backing: &Path,
+    t: &tree::Tree,
+    w: &tree::Walk,
+    ks: &dyn crate::kms::KeyService,
+) -> Result<Option<tree::NamesReport>, CliError> {
+    let wrapped = t
+        .wrapped_name_key()
+        .map_err(|e| CliError::new(ErrorClass::Corrupt, format!("{}: {e}", backing.display())))?;
+    let Some(k) = &wrapped else {
+        return Ok(None);
+    };
+    tree::check_names(t, w, k, ks, &super::cli_context())
+        .map(Some)
+        .map_err(|e| match e {
+            crate::envelope::names::NameError::Kms(k) => CliError::from(k),
+            e => CliError::new(ErrorClass::Corrupt, format!("the name key: {e}")),
+        })
+}
+
+/// fsck's findings for people: refused names, damaged or unreadable
+/// files, each key's files, the totals.
+fn print_fsck(report: &tree::FsckReport, names: Option<&tree::NamesReport>, secs: f64) {
+    if let Some(n) = names {
+        for f in &n.refused {
+            println!("{}: name refused: {}", f.path.display(), f.reason);
         }
         println!(
-            "fsck: {} files, {} bytes, {} corrupt, {} unreadable, {} I/O errors ({:.1} s)",
-            report.files, report.bytes, report.corrupt, report.unreadable, report.io, secs
+            "names: {} names and {} symlink targets open, {} refused",
+            n.names,
+            n.targets,
+            n.refused.len()
         );
     }
-    let bad_names = names.as_ref().map_or(0, |n| n.refused.len());
+    for f in &report.findings {
+        let what = match &f.status {
+            FileStatus::Ok | FileStatus::Empty => continue,
+            FileStatus::KeyUnusable { key } => format!(
+                "unreadable: key {} is {}",
+                f.key_id.as_deref().unwrap_or("?"),
+                key.label()
+            ),
+            other => describe_status(other),
+        };
+        println!("{}: {what}", f.path.display());
+    }
+    for (k, s) in &report.keys {
+        println!(
+            "key {k}: {} files, {} bytes, {}",
+            s.files,
+            s.bytes,
+            s.status.label()
+        );
+    }
+    println!(
+        "fsck: {} files, {} bytes, {} corrupt, {} unreadable, {} I/O errors ({:.1} s)",
+        report.files, report.bytes, report.corrupt, report.unreadable, report.io, secs
+    );
+}
+
+/// fsck's exit: damage first, then refused names, then unusable keys.
+fn fsck_verdict(
+    report: &tree::FsckReport,
+    names: Option<&tree::NamesReport>,
+) -> Result<(), CliError> {
+    let bad_names = names.map_or(0, |n| n.refused.len());
     if report.corrupt > 0 || report.io > 0 {
         Err(CliError::new(
             ErrorClass::Corrupt,
