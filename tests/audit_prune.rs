@@ -341,3 +341,25 @@ fn a_crash_mid_prune_leaves_the_old_or_the_new_trail() {
     assert!(!ks.path.join("audit.prune").exists());
     verify_ok(&ks, &[]);
 }
+
+#[test]
+fn the_console_shows_a_pruned_trail_and_its_checkpoint() {
+    let ks = three_days();
+    prune(&ks, "2030-01-02", None);
+    let c = common::Console::start(&ks, "127.0.0.1:0");
+    let s = c.session();
+    let t = c.get(&s, "/api/trail?limit=200").json();
+    let rows = t["Rows"].as_array().unwrap();
+    let cp = rows
+        .iter()
+        .find(|r| r["Event"] == "Checkpoint")
+        .unwrap_or_else(|| panic!("no checkpoint row in {t}"));
+    assert!(
+        cp["Message"].as_str().unwrap().contains("were pruned"),
+        "{cp}"
+    );
+    assert!(rows.iter().any(|r| r["Event"] == "PruneAuditTrail"), "{t}");
+    let v = c.post(&s, "/api/trail/verify", "{}").json();
+    assert_eq!(v["Valid"], true, "{v}");
+    assert!(v["StartsAtCheckpoint"].is_string(), "{v}");
+}

@@ -186,7 +186,11 @@ fn row(r: &Value, pos: Pos) -> Value {
         "Key": record_key(r),
         "Version": r["resources"][0]["keyMaterialId"],
         "Result": r.get("errorCode").cloned().unwrap_or(json!("ok")),
-        "Message": r["errorMessage"],
+        // A prune's checkpoint says what it stands for.
+        "Message": match crate::kms::audit::checkpoint::Checkpoint::parse(r) {
+            Some(Ok(c)) => json!(crate::kms::audit::checkpoint::describe(&c)),
+            _ => r["errorMessage"].clone(),
+        },
         "Path": extra["path"],
         "Cached": extra["cacheHit"].as_bool().unwrap_or(false),
     })
@@ -412,6 +416,7 @@ pub(super) fn run_verify(st: &State) -> Value {
             "Records": r.records,
             "DigestsVerified": r.digests_verified,
             "SignedThrough": r.signed_through,
+            "StartsAtCheckpoint": r.starts_at.as_ref().map(crate::kms::audit::checkpoint::describe),
             "ProblemCount": r.problems.len(),
             "Problems": r.problems.iter().take(20)
                 .map(|p| json!({"File": p.file, "Line": p.line, "Problem": p.what}))
