@@ -142,6 +142,13 @@ fn used_inherited_and_shown(m: &Mount, users: &TestUsers, keys: &Keys) {
     let s = m.ok(&["status", m.mnt.to_str().unwrap()]);
     let line = format!("directory key:      /shared/d under {}", keys.k);
     assert!(s.contains(&line), "{s}");
+    // `kmsfs inspect BACKING`: the directory's key and the files per key.
+    let o = m.ok(&["--output", "json", "inspect", m.backing.to_str().unwrap()]);
+    let v: Value = serde_json::from_str(&o).unwrap();
+    assert_eq!(v["DirectoryKeys"][0]["Directory"], "/shared/d", "{v}");
+    assert_eq!(v["DirectoryKeys"][0]["KeyId"], keys.k.as_str(), "{v}");
+    let t = m.ok(&["inspect", m.backing.to_str().unwrap()]);
+    assert!(t.contains(&format!("key {}: 2 files", keys.k)), "{t}");
 }
 
 /// B, whom K's policy refuses, cannot create under d (d is 0777): EACCES,

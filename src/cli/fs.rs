@@ -522,6 +522,7 @@ fn inspect_dir(g: &GlobalArgs, dir: &Path) -> Result<(), CliError> {
     let tree = crate::tree::Tree::open(dir)?;
     // The walk leaves out kmsfs's marker and lock.
     let w = crate::tree::walk(&tree)?;
+    let dir_keys = crate::tree::recorded_dir_keys(&tree, &w.dirs);
     let files = w.files;
     let (ks, ks_error): (Arc<dyn KeyService>, Option<String>) = match keystore::open_key_service(g)
     {
@@ -551,14 +552,38 @@ fn inspect_dir(g: &GlobalArgs, dir: &Path) -> Result<(), CliError> {
         .collect();
     match g.output {
         OutputFormat::Json => print_inspect_json(
-            dir, &marker, &report, empty, &not_kmsfs, &ks_error, &w.errors,
+            dir,
+            &marker,
+            &report,
+            empty,
+            &not_kmsfs,
+            &ks_error,
+            (&w.errors, &dir_keys),
         ),
-        OutputFormat::Text => print_inspect_text(
-            dir, &marker, &report, empty, &not_kmsfs, &ks_error, &w.errors,
-        ),
+        OutputFormat::Text => {
+            print_inspect_text(
+                dir, &marker, &report, empty, &not_kmsfs, &ks_error, &w.errors,
+            );
+            print_dir_keys_text(&dir_keys);
+        }
     }
     Ok(())
 }
+
+/// The directories with a key of their own, as `inspect DIR` prints them.
+fn print_dir_keys_text(dir_keys: &[(PathBuf, Option<String>)]) {
+    for (d, k) in dir_keys {
+        println!(
+            "directory key:      /{} under {} (as recorded; the mount checks it)",
+            d.display(),
+            k.as_deref().unwrap_or("(not a key record)")
+        );
+    }
+}
+
+/// What the walk of `inspect DIR` found beside files: the directories it
+/// could not read (with why) and those with a key record (with its key).
+type Walked<'a> = (&'a [(PathBuf, String)], &'a [(PathBuf, Option<String>)]);
 
 /// `kmsfs inspect DIR` in JSON.
 fn print_inspect_json(
@@ -568,8 +593,9 @@ fn print_inspect_json(
     empty: u64,
     not_kmsfs: &[&crate::tree::FileCheck],
     ks_error: &Option<String>,
-    unreadable: &[(PathBuf, String)],
+    walked: Walked<'_>,
 ) {
+    let (unreadable, dir_keys) = walked;
     let keys: serde_json::Map<String, serde_json::Value> = report
         .keys
         .iter()
@@ -587,6 +613,10 @@ fn print_inspect_json(
         "Backing": dir.display().to_string(),
         "KeystoreId": marker.as_ref().map(|m| m.keystore_id.clone()),
         "DefaultKeyId": marker.as_ref().map(|m| m.default_key_id.clone()),
+        "DirectoryKeys": dir_keys
+            .iter()
+            .map(|(d, k)| serde_json::json!({ "Directory": format!("/{}", d.display()), "KeyId": k }))
+            .collect::<Vec<_>>(),
         "BlockFormat": marker.as_ref().map(|m| m.block_format),
         "EncryptedNames": marker
             .as_ref()

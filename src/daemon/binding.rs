@@ -501,8 +501,10 @@ fn dir_key_mac_under(ks: &LocalKeyStore, mut m: BackingMarker, key: &str) -> Bac
     let Ok(Some(wrapped)) = m.wrapped_dir_key_mac() else {
         return m;
     };
-    let ctx =
-        crate::kms::EncryptionContext::with(crate::fs::PURPOSE_KEY, crate::fs::MAC_KEY_PURPOSE);
+    let ctx = crate::kms::EncryptionContext::with(
+        crate::envelope::dirkey::PURPOSE_KEY,
+        crate::envelope::dirkey::MAC_KEY_PURPOSE,
+    );
     match ks.re_encrypt(&checks(), &wrapped, &ctx, key, &ctx) {
         Ok(e) => {
             m.dir_key_mac =

@@ -6,6 +6,7 @@
 //! `names.rs` (encrypted names and symlink targets, and the tree's name key).
 #![forbid(unsafe_code)]
 
+pub mod dirkey;
 mod file;
 mod holes;
 mod key;

@@ -20,7 +20,10 @@ use serde_json::json;
 use super::error::FsError;
 use super::filesystem::{KmsFs, lock};
 use super::xattr::{XattrValue, answer};
-use crate::crypto::{SecretBytes, constant_time_eq, hex, hmac_sha256};
+use crate::crypto::SecretBytes;
+use crate::envelope::dirkey::{
+    MAC_KEY_PURPOSE, PURPOSE_KEY, RECORD_XATTR, SET_KEY_PURPOSE, check_record, record_text,
+};
 use crate::kms::{
     Caller, DataKeySpec, EncryptionContext, FileAccess, KeyServiceExt, KmsError, Origin,
     RequestContext,
@@ -31,20 +34,6 @@ use crate::os;
 /// `Source` directory, inherited or default, `From`), sets (a key id, alias
 /// or ARN) and removes (back to the parent's key) the directory's key.
 pub const DIR_KEY_XATTR: &str = "user.kmsfs.key-id";
-/// The backing directory's xattr that holds the record (reserved: never
-/// seen or changed through the mount).
-pub const RECORD_XATTR: &str = "user.kmsfs.dirkey";
-/// The first word of a record.
-const RECORD_VERSION: &str = "kmsfs-dirkey-v1";
-/// The label at the start of a record's MAC input.
-const MAC_LABEL: &[u8] = b"kmsfs.dirkey.v1";
-/// The encryption-context pair of the wrapped MAC key and of the check made
-/// when a user sets a key (`kmsfs:purpose`).
-pub const PURPOSE_KEY: &str = "kmsfs:purpose";
-/// Its value for the tree's MAC key.
-pub const MAC_KEY_PURPOSE: &str = "dirkeys";
-/// Its value for the GenerateDataKey that authorizes a user's set-key.
-pub(super) const SET_KEY_PURPOSE: &str = "dirkey";
 /// Longest record read.
 const RECORD_MAX: usize = 1024;
 /// Directories whose key is cached at most (then the cache starts afresh).
@@ -114,50 +103,6 @@ impl DirKeys {
             seen: DirKeysSeen::default(),
         }
     }
-}
-
-/// The MAC of a record naming `key_id` on the directory `m`.
-fn record_mac(mac_key: &[u8], key_id: &str, m: &Metadata) -> String {
-    let born = m
-        .created()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as u64);
-    let len = (key_id.len() as u32).to_be_bytes();
-    hex(&hmac_sha256(
-        mac_key,
-        &[
-            MAC_LABEL,
-            &len,
-            key_id.as_bytes(),
-            &m.ino().to_be_bytes(),
-            &born.to_be_bytes(),
-        ],
-    ))
-}
-
-/// A record's text: version, key id, MAC.
-fn record_text(mac_key: &[u8], key_id: &str, m: &Metadata) -> String {
-    format!(
-        "{RECORD_VERSION} {key_id} {}",
-        record_mac(mac_key, key_id, m)
-    )
-}
-
-/// The key id of record `text` on directory `m`, if its MAC holds.
-fn check_record(mac_key: &[u8], text: &[u8], m: &Metadata) -> Result<String, &'static str> {
-    let text = std::str::from_utf8(text).map_err(|_| "not text")?;
-    let mut parts = text.split(' ');
-    let (Some(RECORD_VERSION), Some(key_id), Some(mac), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err("not a directory key record of this version");
-    };
-    let want = record_mac(mac_key, key_id, m);
-    if key_id.is_empty() || !constant_time_eq(want.as_bytes(), mac.as_bytes()) {
-        return Err("its MAC does not hold (written outside the mount, or copied)");
-    }
-    Ok(key_id.to_string())
 }
 
 /// The mount's own identity, for the MAC key.
@@ -421,40 +366,5 @@ impl KmsFs {
             crate::logtext::escaped(&self.backing_path(&dir.rel))
         );
         Ok(())
-    }
-}
-
-/// A record for tools that work on a tree without a mount (import): the
-/// record text naming `key_id` on directory `m` under MAC key `mac_key`.
-pub fn record_for(mac_key: &[u8], key_id: &str, m: &Metadata) -> String {
-    record_text(mac_key, key_id, m)
-}
-
-/// The key id a record `text` on directory `m` names, if its MAC under
-/// `mac_key` holds (for tools without a mount: inspect, export).
-pub fn record_key(mac_key: &[u8], text: &[u8], m: &Metadata) -> Option<String> {
-    check_record(mac_key, text, m).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn record_round_trip_and_refusals() {
-        let dir = tempfile::tempdir().unwrap();
-        let other = tempfile::tempdir().unwrap();
-        let m = std::fs::metadata(dir.path()).unwrap();
-        let m2 = std::fs::metadata(other.path()).unwrap();
-        let k = [7u8; 32];
-        let t = record_text(&k, "key-1", &m);
-        assert_eq!(check_record(&k, t.as_bytes(), &m).unwrap(), "key-1");
-        // Another directory, another MAC key, another key id: refused.
-        assert!(check_record(&k, t.as_bytes(), &m2).is_err());
-        assert!(check_record(&[8u8; 32], t.as_bytes(), &m).is_err());
-        let forged = t.replace("key-1", "key-2");
-        assert!(check_record(&k, forged.as_bytes(), &m).is_err());
-        assert!(check_record(&k, b"kmsfs-dirkey-v1 key-1", &m).is_err());
-        assert!(check_record(&k, b"", &m).is_err());
     }
 }

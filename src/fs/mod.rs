@@ -28,10 +28,7 @@ mod times;
 mod xattr;
 
 pub use self::budget::{DEFAULT_USER_HANDLES, HandleLimits};
-pub use self::dirkeys::{
-    DIR_KEY_XATTR, DirKeysConfig, DirKeysSeen, MAC_KEY_PURPOSE, PURPOSE_KEY, RECORD_XATTR,
-    SaveMacKey, lock_seen, record_for, record_key,
-};
+pub use self::dirkeys::{DIR_KEY_XATTR, DirKeysConfig, DirKeysSeen, SaveMacKey, lock_seen};
 pub use self::error::FsError;
 pub use self::filesystem::{FsConfig, KmsFs};
 pub use self::fuse::Session;

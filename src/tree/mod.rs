@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod copy;
+mod dirkeys;
 mod export;
 mod fsck;
 mod import;
@@ -27,6 +28,7 @@ use crate::os::at::{list_dir, open_strictly_beneath, open_without_links};
 use crate::os::dir::EntryKind;
 
 pub use self::copy::{CopyReport, Skipped};
+pub use self::dirkeys::recorded_dir_keys;
 pub use self::export::{export_tree, open_dest};
 pub use self::fsck::{FileCheck, FileStatus, FsckReport, KeySummary, fsck_file, fsck_tree};
 pub use self::import::{NewFiles, import_tree};
