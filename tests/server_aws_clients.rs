@@ -103,11 +103,9 @@ fn a_non_loopback_address_is_refused() {
     let ks = Ks::new();
     let out = ks.run(&["kms", "serve", "--listen", "0.0.0.0:0"]);
     assert_eq!(out.status.code(), Some(EXIT_USAGE));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not a loopback address"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a loopback address"), "{err}");
+    assert!(err.contains("--tls-cert FILE --tls-key FILE"), "{err}");
 }
 
 fn unix_request(

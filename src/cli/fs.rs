@@ -33,7 +33,8 @@ pub struct MountArgs {
     /// directory), sharedstorage (several daemons or hosts on one backing
     /// directory; no attribute cache), io_uring (requests through FUSE over
     /// io_uring when the kernel offers it); keystore=DIR, key_id=K,
-    /// passphrase_file=FILE, log_file=FILE (as the flags); fstab's defaults,
+    /// passphrase_file=FILE, log_file=FILE, kms_endpoint=URL,
+    /// kms_ca_bundle=FILE (as the flags); fstab's defaults,
     /// [no]auto, _netdev, nofail, x-*, noacl, dax, inlinecrypt... are ignored
     /// with a log line.
     #[arg(short = 'o', value_name = "OPTIONS")]
@@ -57,6 +58,11 @@ pub struct MountArgs {
         requires = "kms_endpoint"
     )]
     pub kms_cache_seconds: u64,
+    /// With --kms-endpoint https://...: trust only the CAs in this PEM file
+    /// for the endpoint's certificate [default: AWS_CA_BUNDLE if set, else
+    /// the system's roots].
+    #[arg(long, value_name = "FILE")]
+    pub kms_ca_bundle: Option<PathBuf>,
 }
 /// Arguments of `kmsfs unmount`.
 #[derive(Debug, clap::Args)]
@@ -234,7 +240,18 @@ pub fn mount(g: &GlobalArgs, mut a: MountArgs) -> Result<(), CliError> {
         Some(url) => KeySource::Remote {
             endpoint_url: url.clone(),
             cache: std::time::Duration::from_secs(a.kms_cache_seconds),
+            ca_bundle: a
+                .kms_ca_bundle
+                .as_deref()
+                .map(|p| crate::kms::remote::CaBundle::load(p, "--kms-ca-bundle"))
+                .transpose()?,
         },
+        None if a.kms_ca_bundle.is_some() => {
+            return Err(CliError::new(
+                ErrorClass::Usage,
+                "--kms-ca-bundle is for a remote KMS: give --kms-endpoint URL too",
+            ));
+        }
         None => keystore::key_source(&g),
     };
     // For the remedy of a user without /dev/fuse, which names them.
@@ -309,6 +326,12 @@ fn settings_from_options(g: &GlobalArgs, a: &mut MountArgs) -> Result<GlobalArgs
     )?;
     set_once(&mut a.key_id, s.key_id, "key_id")?;
     set_once(&mut a.log_file, s.log_file.map(PathBuf::from), "log_file")?;
+    set_once(&mut a.kms_endpoint, s.kms_endpoint, "kms_endpoint")?;
+    set_once(
+        &mut a.kms_ca_bundle,
+        s.kms_ca_bundle.map(PathBuf::from),
+        "kms_ca_bundle",
+    )?;
     Ok(g)
 }
 

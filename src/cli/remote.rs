@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 use super::kms::{AwsCliArgs, KeySpecArg, KmsCommand, context, read_blob};
 use super::output::{metadata_json, print_json, print_json_secret, print_metadata};
 use super::{CliError, ErrorClass, GlobalArgs, OutputFormat};
-use crate::kms::remote::{RemoteKms, RemoteOptions};
+use crate::kms::remote::{CaBundle, RemoteKms, RemoteOptions};
 use crate::kms::wire::{SYMMETRIC_DEFAULT, ciphertext_json};
 use crate::kms::{DataKeySpec, KeyServiceExt};
 
@@ -23,6 +23,11 @@ fn connect(url: &str, cache: Duration, aws: &AwsCliArgs) -> Result<RemoteKms, Cl
         region: aws.region.clone(),
         profile: aws.profile.clone(),
         cache_lifetime: cache,
+        ca_bundle: aws
+            .ca_bundle
+            .as_deref()
+            .map(|p| CaBundle::load(p, "--ca-bundle"))
+            .transpose()?,
         ..RemoteOptions::default()
     })
     .map_err(|e| {

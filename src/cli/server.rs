@@ -4,7 +4,9 @@
 
 use super::kms::KmsCommand;
 use super::{CliError, ErrorClass, GlobalArgs, keystore};
-use crate::server::{Listen, ServeOptions, ServerError};
+use std::path::PathBuf;
+
+use crate::server::{Listen, ServeOptions, ServerError, TlsFiles};
 
 /// `kmsfs kms ...`: the key subcommands, and `serve`.
 #[derive(Debug, clap::Subcommand)]
@@ -21,14 +23,20 @@ pub enum KmsTop {
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// unix:PATH (callers are the socket peer's uid/gid, no signature) or
-    /// IP:PORT (loopback; callers sign with an access key, see `kmsfs
-    /// access-key create`). Port 0 picks a free port; the address is printed.
+    /// IP:PORT (callers sign with an access key, see `kmsfs access-key
+    /// create`; loopback unless --tls-cert). Port 0 picks a free port; the
+    /// URL is printed.
     #[arg(long, value_name = "ADDR")]
     pub listen: Listen,
-    /// Accept a TCP address that is not loopback (plain HTTP: use only behind
-    /// a TLS proxy or on a trusted network).
-    #[arg(long)]
-    pub allow_remote: bool,
+    /// Serve TCP over TLS with this PEM certificate chain (leaf first);
+    /// required for an address that is not loopback. Clients trust its CA
+    /// with --kms-ca-bundle or AWS_CA_BUNDLE.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key; refused unless only its owner (this
+    /// user or root) can read it (chmod 600).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Permissions of the Unix socket, octal.
     #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_mode)]
     pub socket_mode: u32,
@@ -64,7 +72,10 @@ pub fn serve(g: &GlobalArgs, a: ServeArgs) -> Result<(), CliError> {
     let ks = keystore::open_key_service(g)?;
     let opts = ServeOptions {
         listen: a.listen,
-        allow_remote: a.allow_remote,
+        tls: a
+            .tls_cert
+            .zip(a.tls_key)
+            .map(|(cert, key)| TlsFiles { cert, key }),
         socket_mode: a.socket_mode,
         threads: a.threads,
         region: a.region,

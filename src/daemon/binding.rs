@@ -45,6 +45,9 @@ pub enum KeySource {
         /// How long an unwrapped data key may be served from the cache (the
         /// most a disabled key keeps opening files); zero: no cache.
         cache: Duration,
+        /// The CAs its https certificate must chain to (`--kms-ca-bundle`);
+        /// None: AWS_CA_BUNDLE, else the system's roots.
+        ca_bundle: Option<crate::kms::remote::CaBundle>,
     },
 }
 
@@ -61,10 +64,12 @@ impl std::fmt::Debug for KeySource {
             KeySource::Remote {
                 endpoint_url,
                 cache,
+                ca_bundle,
             } => f
                 .debug_struct("Remote")
                 .field("endpoint_url", endpoint_url)
                 .field("cache", cache)
+                .field("ca_bundle", ca_bundle)
                 .finish(),
         }
     }
@@ -117,7 +122,8 @@ pub fn bind(
         KeySource::Remote {
             endpoint_url,
             cache,
-        } => bind_remote(endpoint_url, key_id, marker, *cache),
+            ca_bundle,
+        } => bind_remote(endpoint_url, key_id, marker, *cache, ca_bundle.clone()),
         KeySource::Local {
             dir,
             passphrase,
@@ -336,6 +342,7 @@ fn bind_remote(
     key_id: Option<&str>,
     marker: Option<BackingMarker>,
     cache: Duration,
+    ca_bundle: Option<crate::kms::remote::CaBundle>,
 ) -> Result<Binding, MountError> {
     if let Some(m) = &marker
         && m.keystore_id != REMOTE_MARKER_ID
@@ -361,6 +368,7 @@ fn bind_remote(
     let ks = RemoteKms::connect(RemoteOptions {
         endpoint_url: Some(url.to_string()),
         cache_lifetime: cache,
+        ca_bundle,
         ..RemoteOptions::default()
     })
     .map_err(|e| MountError::Key {

@@ -56,6 +56,10 @@ pub struct Settings {
     pub passphrase_file: Option<String>,
     /// `log_file=FILE`.
     pub log_file: Option<String>,
+    /// `kms_endpoint=URL`.
+    pub kms_endpoint: Option<String>,
+    /// `kms_ca_bundle=FILE`.
+    pub kms_ca_bundle: Option<String>,
 }
 
 /// Options fstab lines carry that kmsfs accepts and ignores, and why.
@@ -208,6 +212,8 @@ fn take_setting(settings: &mut Settings, opt: &str) -> bool {
             settings.passphrase_file = Some(s[16..].to_string())
         }
         s if s.starts_with("log_file=") => settings.log_file = Some(s[9..].to_string()),
+        s if s.starts_with("kms_endpoint=") => settings.kms_endpoint = Some(s[13..].to_string()),
+        s if s.starts_with("kms_ca_bundle=") => settings.kms_ca_bundle = Some(s[14..].to_string()),
         _ => return false,
     }
     true
@@ -220,7 +226,7 @@ fn unknown_option(other: &str) -> MountError {
          default_permissions, ro, rw, auto_unmount, [no]dev, [no]suid, [no]exec, \
          [no]atime, relatime, strictatime, nodiratime, lazytime, sync, async, \
          dirsync, fsname=, subtype=, nonempty, sharedstorage, no_writeback_cache, io_uring, max_user_handles=, \
-         keystore=, key_id=, passphrase_file=, log_file=; ignored: defaults, [no]auto, [no]user, users, \
+         keystore=, key_id=, passphrase_file=, log_file=, kms_endpoint=, kms_ca_bundle=; ignored: defaults, [no]auto, [no]user, users, \
          _netdev, nofail, x-*, [no]acl, dax, inlinecrypt, ...)"
     ))
 }
@@ -333,7 +339,8 @@ mod tests {
         let o = parse_options(&[
             "rw,relatime,noauto,_netdev,x-systemd.automount,nofail,defaults,noacl,dax,\
              inlinecrypt,keystore=/etc/kmsfs,key_id=alias/x,passphrase_file=/root/p,\
-             log_file=/var/log/k.log"
+             log_file=/var/log/k.log,kms_endpoint=https://10.0.0.1:4599,\
+             kms_ca_bundle=/etc/kmsfs/ca.pem"
                 .into(),
         ])
         .unwrap();
@@ -343,6 +350,14 @@ mod tests {
         assert_eq!(o.settings.key_id.as_deref(), Some("alias/x"));
         assert_eq!(o.settings.passphrase_file.as_deref(), Some("/root/p"));
         assert_eq!(o.settings.log_file.as_deref(), Some("/var/log/k.log"));
+        assert_eq!(
+            o.settings.kms_endpoint.as_deref(),
+            Some("https://10.0.0.1:4599")
+        );
+        assert_eq!(
+            o.settings.kms_ca_bundle.as_deref(),
+            Some("/etc/kmsfs/ca.pem")
+        );
         let ignored: Vec<&str> = o.ignored.iter().map(|(s, _)| s.as_str()).collect();
         assert_eq!(
             ignored,

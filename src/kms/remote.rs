@@ -55,6 +55,94 @@ pub struct RemoteOptions {
     /// How long a data key unwrapped through this service may be served from
     /// the mount's cache; zero turns caching off.
     pub cache_lifetime: Duration,
+    /// The CAs an https endpoint's certificate must chain to, instead of the
+    /// system's roots (`--kms-ca-bundle`); None: AWS_CA_BUNDLE if set (as
+    /// the aws CLI and boto3 read it), else the system's roots.
+    pub ca_bundle: Option<CaBundle>,
+}
+
+/// A PEM file of CA certificates, read once (the mount daemon, forked and
+/// moved to `/`, builds its client again from these bytes).
+#[derive(Clone)]
+pub struct CaBundle {
+    path: std::path::PathBuf,
+    pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CaBundle({})", self.path.display())
+    }
+}
+
+/// Largest CA bundle read (Debian's whole ca-certificates.crt is ~200 KiB).
+const MAX_CA_BUNDLE: u64 = 4 * 1024 * 1024;
+
+impl CaBundle {
+    /// Reads and checks `path` (`what` names where it was given, for errors):
+    /// it must hold at least one PEM certificate.
+    #[allow(clippy::disallowed_methods)] // a file the user named, read as given
+    pub fn load(path: &std::path::Path, what: &str) -> Result<Self, KmsError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        use std::io::Read;
+        let shown = path.display();
+        let mut pem = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_CA_BUNDLE + 1).read_to_end(&mut pem))
+            .map_err(|e| KmsError::invalid(format!("{what} {shown}: {e}")))?;
+        if pem.len() as u64 > MAX_CA_BUNDLE {
+            return Err(KmsError::invalid(format!(
+                "{what} {shown} is larger than {MAX_CA_BUNDLE} bytes"
+            )));
+        }
+        let n = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| KmsError::invalid(format!("{what} {shown}: not PEM certificates: {e}")))?
+            .len();
+        if n == 0 {
+            return Err(KmsError::invalid(format!(
+                "{what} {shown}: no CERTIFICATE block (PEM) in it"
+            )));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            pem,
+        })
+    }
+
+    /// AWS_CA_BUNDLE's file, if the variable is set and not empty.
+    pub fn from_env() -> Result<Option<Self>, KmsError> {
+        match std::env::var_os("AWS_CA_BUNDLE") {
+            Some(p) if !p.is_empty() => {
+                Self::load(std::path::Path::new(&p), "AWS_CA_BUNDLE").map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Where it was read from.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// An https client trusting only these CAs (rustls on aws-lc-rs, as the
+    /// SDK's default client).
+    fn http_client(
+        &self,
+    ) -> Result<aws_smithy_runtime_api::client::http::SharedHttpClient, KmsError> {
+        use aws_smithy_http_client::tls;
+        let ctx = tls::TlsContext::builder()
+            .with_trust_store(tls::TrustStore::empty().with_pem_certificate(self.pem.clone()))
+            .build()
+            .map_err(|e| KmsError::invalid(format!("{}: {e}", self.path.display())))?;
+        Ok(aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::AwsLc,
+            ))
+            .tls_context(ctx)
+            .build_https())
+    }
 }
 
 impl Default for RemoteOptions {
@@ -67,6 +155,7 @@ impl Default for RemoteOptions {
             attempt_timeout: Duration::from_secs(5),
             operation_timeout: Duration::from_secs(12),
             cache_lifetime: DEFAULT_CACHE_LIFETIME,
+            ca_bundle: None,
         }
     }
 }
@@ -117,7 +206,10 @@ impl std::fmt::Debug for RemoteKms {
 impl RemoteKms {
     /// A client with these options; the SDK configuration (credentials,
     /// region) is loaded now, so that a misconfiguration is reported here.
-    pub fn connect(opts: RemoteOptions) -> Result<Self, KmsError> {
+    pub fn connect(mut opts: RemoteOptions) -> Result<Self, KmsError> {
+        if opts.ca_bundle.is_none() {
+            opts.ca_bundle = CaBundle::from_env()?;
+        }
         let s = Self {
             opts,
             inner: Mutex::new(None),
@@ -150,6 +242,11 @@ impl RemoteKms {
             .build()
             .map_err(|e| KmsError::io_from("starting the KMS client runtime".into(), e))?;
         let o = &self.opts;
+        let http = o
+            .ca_bundle
+            .as_ref()
+            .map(CaBundle::http_client)
+            .transpose()?;
         let conf = rt.block_on(async {
             let mut l = aws_config::defaults(BehaviorVersion::latest())
                 .retry_config(RetryConfig::standard().with_max_attempts(o.max_attempts.max(1)))
@@ -173,6 +270,9 @@ impl RemoteKms {
             };
             if let Some(u) = &o.endpoint_url {
                 l = l.endpoint_url(u.clone());
+            }
+            if let Some(h) = http {
+                l = l.http_client(h);
             }
             l.load().await
         });
@@ -266,6 +366,19 @@ impl RemoteKms {
                 self.endpoint(),
                 op.as_str()
             )),
+            None if untrusted_certificate(&DisplayErrorContext(&e).to_string()) => {
+                KmsError::io(format!(
+                    "the KMS at {} presented a TLS certificate this client does not trust \
+                     ({}): {}; give the CA that signed it with --kms-ca-bundle FILE (or \
+                     AWS_CA_BUNDLE)",
+                    self.endpoint(),
+                    match &self.opts.ca_bundle {
+                        Some(b) => format!("CAs: {}", b.path().display()),
+                        None => "CAs: the system's roots".into(),
+                    },
+                    DisplayErrorContext(&e)
+                ))
+            }
             None => KmsError::io(format!(
                 "the KMS at {} could not be reached for {} (after at most {} attempts within {:?}): {}",
                 self.endpoint(),
@@ -276,6 +389,18 @@ impl RemoteKms {
             )),
         }
     }
+}
+
+/// Whether an SDK error's text says the server's certificate was refused.
+fn untrusted_certificate(text: &str) -> bool {
+    [
+        "invalid peer certificate",
+        "UnknownIssuer",
+        "NotValidForName",
+        "certificate verify",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
 }
 
 /// The key id (UUID) in an ARN, or the id itself.
@@ -555,6 +680,7 @@ mod tests {
             attempt_timeout: Duration::from_secs(2),
             operation_timeout: Duration::from_secs(5),
             cache_lifetime: Duration::ZERO,
+            ca_bundle: None,
         })
         .unwrap();
         let caller = Caller {

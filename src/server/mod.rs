@@ -30,6 +30,7 @@ use crate::kms::{Caller, CallerSource, LocalKeyStore, Operation};
 mod auth;
 mod error;
 mod ops;
+mod tls;
 
 pub use auth::MAX_SKEW;
 use error::ApiError;
@@ -68,15 +69,24 @@ impl From<BindError> for ServerError {
 pub struct ServeOptions {
     /// Where to listen.
     pub listen: Listen,
-    /// Accept a TCP address that is not loopback (plain HTTP: data keys
-    /// would cross the network unencrypted).
-    pub allow_remote: bool,
+    /// The certificate chain and private key (PEM) to serve TCP over TLS
+    /// with; a TCP address that is not loopback requires them.
+    pub tls: Option<TlsFiles>,
     /// Permissions of the Unix socket (0600: only this user and root connect).
     pub socket_mode: u32,
     /// Worker threads of the runtime.
     pub threads: usize,
     /// The region of ARNs; None: each request's signing region.
     pub region: Option<String>,
+}
+
+/// `--tls-cert` and `--tls-key`.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// The private key, readable by its owner only.
+    pub key: std::path::PathBuf,
 }
 
 /// Why the server could not start or stopped.
@@ -508,7 +518,9 @@ fn serve_connection<R, S>(
         let io = match tokio::time::timeout(HEADER_TIMEOUT, ready).await {
             Ok(Ok(io)) => io,
             Ok(Err(e)) => {
-                log::debug!("connection from {peer:?} not ready: {e}");
+                // A failed TLS handshake (a client that does not trust the
+                // certificate, plain HTTP on a TLS port) is worth a line.
+                log::info!("connection from {peer:?} not ready: {e}");
                 return;
             }
             Err(_) => {
@@ -534,8 +546,9 @@ fn is_loopback(a: &SocketAddr) -> bool {
     a.ip().is_loopback()
 }
 
-/// Serves `ks` until SIGTERM or SIGINT. `on_ready` is called with the bound
-/// address (`unix:PATH` or `IP:PORT`, useful with port 0) once clients can
+/// Serves `ks` until SIGTERM or SIGINT. `on_ready` is called with the
+/// server's URL (`unix:PATH`, `http://IP:PORT`, or `https://IP:PORT` with
+/// TLS; the port is the bound one, useful with port 0) once clients can
 /// connect. Logs a summary of the requests served on the way out.
 pub fn serve(
     ks: Arc<LocalKeyStore>,
@@ -544,14 +557,25 @@ pub fn serve(
 ) -> Result<(), ServerError> {
     if let Listen::Tcp(a) = &opts.listen
         && !is_loopback(a)
-        && !opts.allow_remote
+        && opts.tls.is_none()
     {
         return Err(ServerError::Usage(format!(
-            "{a} is not a loopback address: the protocol runs over plain HTTP, so data keys \
-             would cross the network unencrypted; listen on 127.0.0.1 (and put a TLS proxy in \
-             front), or pass --allow-remote if the network is trusted"
+            "{a} is not a loopback address, and without TLS data keys would cross the \
+             network unencrypted; hint: give --tls-cert FILE --tls-key FILE (PEM), or listen \
+             on 127.0.0.1"
         )));
     }
+    let tls = match (&opts.tls, &opts.listen) {
+        (Some(_), Listen::Unix(_)) => {
+            return Err(ServerError::Usage(
+                "--tls-cert is for a TCP address: a Unix socket's peers are local and known \
+                 by their credentials"
+                    .into(),
+            ));
+        }
+        (Some(f), Listen::Tcp(_)) => Some(tls::acceptor(&f.cert, &f.key)?),
+        (None, _) => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(opts.threads.max(1))
         .thread_name("kmsfs-serve")
@@ -583,7 +607,7 @@ pub fn serve(
         peers: Mutex::new(HashMap::new()),
         region_fixed: opts.region.is_some(),
     });
-    let result = rt.block_on(listen(&st, opts, on_ready));
+    let result = rt.block_on(listen(&st, opts, tls, on_ready));
     let summary = st.stats.summary();
     log::info!("served: {summary}");
     eprintln!("kmsfs kms serve: stopped; served {summary}");
@@ -597,6 +621,7 @@ pub fn serve(
 async fn listen(
     st: &Arc<State>,
     opts: &ServeOptions,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     on_ready: &mut dyn FnMut(&str),
 ) -> Result<(), ServerError> {
     match &opts.listen {
@@ -605,8 +630,17 @@ async fn listen(
                 .await
                 .map_err(|e| ServerError::Io(format!("binding {a}: {e}")))?;
             let local = l.local_addr().map_err(|e| ServerError::Io(e.to_string()))?;
-            on_ready(&local.to_string());
-            accept_loop(st, &TcpListener { l, local }).await
+            let tcp = TcpListener { l, local };
+            match tls {
+                Some(acceptor) => {
+                    on_ready(&format!("https://{local}"));
+                    accept_loop(st, &TlsListener { tcp, acceptor }).await
+                }
+                None => {
+                    on_ready(&format!("http://{local}"));
+                    accept_loop(st, &tcp).await
+                }
+            }
         }
         Listen::Unix(p) => {
             let l = bind_unix(p, opts.socket_mode, "server")?;
@@ -652,6 +686,29 @@ impl Listener for TcpListener {
             std::future::ready(Ok(s)),
             Peer::Tcp { local, remote },
         )))
+    }
+}
+
+/// TCP with a TLS handshake (`--tls-cert`), made in the connection's task.
+struct TlsListener {
+    tcp: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Ready = std::pin::Pin<Box<dyn Future<Output = std::io::Result<Self::Io>> + Send>>;
+    async fn accept(&self) -> std::io::Result<Option<(Self::Ready, Peer)>> {
+        let (s, remote) = self.tcp.l.accept().await?;
+        let _ = s.set_nodelay(true);
+        let local = self.tcp.local;
+        let handshake = self.acceptor.accept(s);
+        let ready: Self::Ready = Box::pin(async move {
+            handshake
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("TLS handshake: {e}")))
+        });
+        Ok(Some((ready, Peer::Tcp { local, remote })))
     }
 }
 

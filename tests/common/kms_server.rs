@@ -37,7 +37,10 @@ pub fn script(name: &str) -> PathBuf {
 /// A running `kmsfs kms serve`; stopped with SIGTERM on drop.
 pub struct Server {
     pub child: Child,
+    /// `IP:PORT`, or `unix:PATH`.
     pub addr: String,
+    /// What the server printed: `http://IP:PORT`, `https://IP:PORT`, `unix:PATH`.
+    pub url: String,
     pub log: PathBuf,
 }
 
@@ -63,7 +66,7 @@ impl Server {
         BufReader::new(child.stdout.take().expect("stdout"))
             .read_line(&mut line)
             .expect("read the address");
-        let addr = line
+        let url = line
             .trim()
             .strip_prefix("listening on ")
             .unwrap_or_else(|| {
@@ -73,11 +76,22 @@ impl Server {
                 )
             })
             .to_string();
-        Server { child, addr, log }
+        let addr = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .unwrap_or(&url)
+            .to_string();
+        Server {
+            child,
+            addr,
+            url,
+            log,
+        }
     }
 
+    /// The URL clients are given (`--endpoint-url`).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        self.url.clone()
     }
 
     /// Stops the server; returns its log (with the summary line).

@@ -19,6 +19,7 @@ mod console;
 mod keystore;
 mod kms_server;
 mod mount;
+mod tls;
 mod users;
 
 // Each test uses part of the fixture: what it leaves is no finding.
@@ -30,6 +31,8 @@ pub use keystore::*;
 pub use kms_server::*;
 #[allow(unused_imports)]
 pub use mount::*;
+#[allow(unused_imports)]
+pub use tls::*;
 #[allow(unused_imports)]
 pub use users::*;
 

@@ -467,6 +467,16 @@ pub struct AwsCliArgs {
     /// bytes, as AWS CLI v1). fileb:// is always the file's bytes.
     #[arg(long, value_enum, value_name = "FORMAT", global = true)]
     pub cli_binary_format: Option<BinaryFormat>,
+    /// With --endpoint-url https://...: trust only the CAs in this PEM file
+    /// for the endpoint's certificate, as the aws CLI's --ca-bundle
+    /// [default: AWS_CA_BUNDLE if set, else the system's roots].
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        visible_alias = "kms-ca-bundle"
+    )]
+    pub ca_bundle: Option<std::path::PathBuf>,
     /// Accepted for aws CLI scripts: kmsfs never pages its output.
     #[arg(long, global = true)]
     pub no_cli_pager: bool,
