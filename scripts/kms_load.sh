@@ -40,11 +40,11 @@ export AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDE
 "$kmsfs" --keystore "$ks" kms serve --listen 127.0.0.1:0 >"$work/serve.out" 2>"$work/serve.err" &
 server=$!
 for _ in $(seq 100); do grep -q listening "$work/serve.out" 2>/dev/null && break; sleep 0.05; done
-addr=$(sed -n 's/^listening on //p' "$work/serve.out")
-case $addr in 127.*|\[::1\]*) ;; *) echo "kms_load: refusing a non-loopback address $addr" >&2; exit 1;; esac
+url=$(sed -n 's/^listening on //p' "$work/serve.out")
+case $url in http://127.*|http://\[::1\]*) ;; *) echo "kms_load: refusing a non-loopback address $url" >&2; exit 1;; esac
 
 echo "== $CLIENTS signed clients, ${SECS} s per operation, $(nproc) cores (shared machine: figures are noisy)"
-"$load" "http://$addr" "$key" "$CLIENTS" "$SECS"
+"$load" "$url" "$key" "$CLIENTS" "$SECS"
 
 if [[ -c /dev/fuse && $(id -u) -eq 0 ]]; then
   echo "== the same while a mount of this keystore extracts small files"
@@ -57,7 +57,7 @@ if [[ -c /dev/fuse && $(id -u) -eq 0 ]]; then
       n=$((n + 1)); mkdir -p "$work/mnt/r$n"; tar -C "$work/mnt/r$n" -xf "$work/tree.tar"; rm -rf "$work/mnt/r$n"
     done; echo "mount: $n extracts of 2000 files meanwhile" ) &
   bg=$!
-  "$load" "http://$addr" "$key" "$CLIENTS" "$SECS"
+  "$load" "$url" "$key" "$CLIENTS" "$SECS"
   wait "$bg"
 fi
 kill -TERM "$server"; wait "$server" || true; server=""
