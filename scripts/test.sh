@@ -25,7 +25,7 @@ fi
 missing=()
 for pair in fusermount3:fuse3 sqlite3:sqlite3 git:git rsync:rsync tar:tar getfattr:attr \
   python3:python3 openssl:openssl runuser:util-linux setpriv:util-linux fallocate:util-linux \
-  curl:curl chromium:chromium exportfs:nfs-kernel-server \
+  curl:curl chromium:chromium exportfs:nfs-kernel-server ip:iproute2 nsenter:util-linux \
   useradd:passwd newuidmap:uidmap; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done

@@ -51,9 +51,23 @@ impl Server {
 
     /// Like `start`, with extra environment (fault injection).
     pub fn start_env(ks: &Ks, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let log = ks.file("serve.log");
         let mut c = kmsfs();
         c.envs(env.iter().copied());
+        Self::start_with(c, ks, listen, extra)
+    }
+
+    /// Like `start`, in the network namespace `netns` (`ip netns add`):
+    /// `nsenter --net` execs the server, so its pid is the server's.
+    pub fn start_in_netns(netns: &str, ks: &Ks, listen: &str, extra: &[&str]) -> Self {
+        let mut c = super::command("nsenter");
+        c.arg(format!("--net=/run/netns/{netns}")).arg(super::BIN);
+        Self::start_with(c, ks, listen, extra)
+    }
+
+    /// `c` (the kmsfs binary, maybe behind a wrapper that execs it) serving
+    /// `ks` on `listen`.
+    fn start_with(mut c: Command, ks: &Ks, listen: &str, extra: &[&str]) -> Self {
+        let log = ks.file("serve.log");
         c.arg("--keystore")
             .arg(&ks.path)
             .args(["kms", "serve", "--listen", listen])
