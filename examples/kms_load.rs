@@ -6,7 +6,8 @@
 //!
 //!   kms_load ENDPOINT KEY_ID [CLIENTS=16] [SECONDS=10]
 //!
-//! Credentials and region from the environment (AWS_ACCESS_KEY_ID, ...).
+//! Credentials and region from the environment (AWS_ACCESS_KEY_ID, ...); an
+//! https endpoint's CA from AWS_CA_BUNDLE (read here: the Rust SDK does not).
 //! Exits 1 when any request failed.
 
 use std::time::{Duration, Instant};
@@ -22,14 +23,28 @@ enum Op {
 }
 
 async fn client(endpoint: &str) -> Client {
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let mut l = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
         // No retries: a failed request is counted, not hidden.
-        .retry_config(aws_config::retry::RetryConfig::disabled())
-        .load()
-        .await;
-    Client::new(&conf)
+        .retry_config(aws_config::retry::RetryConfig::disabled());
+    if let Some(p) = std::env::var_os("AWS_CA_BUNDLE") {
+        use aws_smithy_http_client::tls;
+        let pem = std::fs::read(&p).expect("read AWS_CA_BUNDLE");
+        let ctx = tls::TlsContext::builder()
+            .with_trust_store(tls::TrustStore::empty().with_pem_certificate(pem))
+            .build()
+            .expect("TLS context");
+        l = l.http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(tls::Provider::Rustls(
+                    tls::rustls_provider::CryptoMode::AwsLc,
+                ))
+                .tls_context(ctx)
+                .build_https(),
+        );
+    }
+    Client::new(&l.load().await)
 }
 
 async fn phase(

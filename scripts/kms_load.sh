@@ -8,7 +8,8 @@
 #
 #   scripts/kms_load.sh
 # Environment: LOAD_SECS (10), LOAD_CLIENTS (16), PROFILE (release; debug to
-# skip the release build), CARGO_TARGET_DIR.
+# skip the release build), TLS (1: the server on TLS, certificates made here
+# by openssl, the clients given the CA by AWS_CA_BUNDLE), CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/cargo_env.sh
@@ -37,13 +38,27 @@ key=$("$kmsfs" --keystore "$ks" --output json kms create-key | python3 -c 'impor
 export AWS_ACCESS_KEY_ID=$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["AccessKey"]["AccessKeyId"])' "$work/ak.json")
 export AWS_SECRET_ACCESS_KEY=$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["AccessKey"]["SecretAccessKey"])' "$work/ak.json")
 export AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
-"$kmsfs" --keystore "$ks" kms serve --listen 127.0.0.1:0 >"$work/serve.out" 2>"$work/serve.err" &
+tls=()
+unset AWS_CA_BUNDLE
+if [[ ${TLS:-0} == 1 ]]; then
+  ( cd "$work"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem \
+      -days 2 -subj /CN=kmsfs-load-ca -addext basicConstraints=critical,CA:TRUE \
+      -addext keyUsage=critical,keyCertSign,cRLSign
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout srv.key -out srv.csr -subj /CN=kmsfs-kms
+    printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n' >ext
+    openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile ext
+    chmod 600 srv.key ) >/dev/null 2>&1
+  tls=(--tls-cert "$work/srv.pem" --tls-key "$work/srv.key")
+  export AWS_CA_BUNDLE=$work/ca.pem
+fi
+"$kmsfs" --keystore "$ks" kms serve --listen 127.0.0.1:0 "${tls[@]}" >"$work/serve.out" 2>"$work/serve.err" &
 server=$!
 for _ in $(seq 100); do grep -q listening "$work/serve.out" 2>/dev/null && break; sleep 0.05; done
 url=$(sed -n 's/^listening on //p' "$work/serve.out")
-case $url in http://127.*|http://\[::1\]*) ;; *) echo "kms_load: refusing a non-loopback address $url" >&2; exit 1;; esac
+case $url in http://127.*|https://127.*|http://\[::1\]*|https://\[::1\]*) ;; *) echo "kms_load: refusing a non-loopback address $url" >&2; exit 1;; esac
 
-echo "== $CLIENTS signed clients, ${SECS} s per operation, $(nproc) cores (shared machine: figures are noisy)"
+echo "== $CLIENTS signed clients on $url, ${SECS} s per operation, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg) (shared machine: figures are noisy)"
 "$load" "$url" "$key" "$CLIENTS" "$SECS"
 
 if [[ -c /dev/fuse && $(id -u) -eq 0 ]]; then
