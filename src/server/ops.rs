@@ -404,7 +404,7 @@ pub(crate) fn dispatch(
 
 /// The AWS KMS operations kmsfs does not serve, with what kmsfs lacks for
 /// them (docs/PROTOCOL.md has the whole table).
-pub(crate) const NOT_SERVED: [(&str, &str); 19] = [
+pub(crate) const NOT_SERVED: &[(&str, &str)] = &[
     ("ConnectCustomKeyStore", "custom key stores"),
     ("CreateCustomKeyStore", "custom key stores"),
     ("DeleteCustomKeyStore", "custom key stores"),
