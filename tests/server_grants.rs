@@ -1,7 +1,8 @@
 //! Grants through boto3 against `kmsfs kms serve` (tests/server/grants.py):
 //! another user with a grant can decrypt and without it cannot; a retired
 //! or revoked grant refuses; a constraint mismatch refuses; an explicit
-//! Deny in the key policy wins; grant tokens are checked.
+//! Deny in the key policy wins; grant tokens are checked; the trail names
+//! the grant that allowed a call. GenerateRandom is audited like any call.
 
 mod common;
 
@@ -35,4 +36,71 @@ fn grants_allow_what_they_name_and_nothing_once_gone() {
     for op in ["CreateGrant", "RetireGrant", "RevokeGrant"] {
         assert!(trail.contains(&format!("\"{op}\"")), "{op} not audited");
     }
+    // Each call of uid 4242 that only a grant allowed names the grant.
+    let granted: Vec<serde_json::Value> = trail
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| {
+            r["userIdentity"]["uid"] == 4242
+                && r.get("errorCode").is_none()
+                && (r["eventName"] == "Decrypt" || r["eventName"] == "Encrypt")
+        })
+        .collect();
+    assert!(granted.len() >= 5, "{granted:?}");
+    for r in &granted {
+        let id = r["additionalEventData"]["grantId"].as_str().unwrap_or("");
+        assert_eq!(id.len(), 64, "no grant named: {r}");
+    }
+}
+
+/// AWS records GenerateRandom in CloudTrail: so does kmsfs, for the caller
+/// its access key names, with the size asked and never the bytes.
+#[test]
+fn generate_random_through_the_server_is_audited() {
+    let test = "generate_random_through_the_server_is_audited";
+    let Some(venv) = venv(test) else { return };
+    let ks = Ks::new();
+    let (ak, sk) = access_key(&ks, 4242);
+    let mut server = Server::start(&ks, "127.0.0.1:0", &[]);
+    let code = "import base64, sys, boto3\n\
+        k = boto3.client('kms', endpoint_url=sys.argv[1], region_name='us-east-1',\n\
+            aws_access_key_id=sys.argv[2], aws_secret_access_key=sys.argv[3])\n\
+        for n in (17, 33): assert len(k.generate_random(NumberOfBytes=n)['Plaintext']) == n\n\
+        print(base64.b64encode(k.generate_random(NumberOfBytes=32)['Plaintext']).decode())\n";
+    let out = Command::new(venv.join("bin/python"))
+        .args(["-c", code, &server.endpoint(), &ak, &sk])
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .expect("run python");
+    assert!(out.status.success(), "{}", common::describe(&out));
+    let last = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    server.stop();
+    let trail = ks.ok(&[
+        "--output",
+        "json",
+        "audit",
+        "show",
+        "--event",
+        "GenerateRandom",
+    ]);
+    let recs: Vec<serde_json::Value> = trail
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(recs.len(), 3, "{trail}");
+    let sizes: Vec<u64> = recs
+        .iter()
+        .map(|r| {
+            r["requestParameters"]["numberOfBytes"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .collect();
+    assert_eq!(sizes, [17, 33, 32], "{trail}");
+    for r in &recs {
+        assert_eq!(r["userIdentity"]["uid"], 4242, "{r}");
+        assert_eq!(r["userIdentity"]["source"], "server", "{r}");
+    }
+    assert!(!trail.contains(&last), "the random bytes reached the trail");
+    assert!(ks.ok(&["audit", "verify"]).contains("verifies"));
 }

@@ -74,6 +74,29 @@ pub fn page<T: serde::Serialize>(field: &str, items: &[T], start: usize, limit: 
     Value::Object(o)
 }
 
+/// A `GrantListEntry` as AWS returns it: `key_arn` is the key's ARN and
+/// `account` the keystore's account id (the issuing account).
+pub fn grant_json(g: &super::model::GrantRecord, key_arn: &str, account: &str) -> Value {
+    let mut v = json!({
+        "KeyId": key_arn,
+        "GrantId": g.grant_id,
+        "CreationDate": g.creation_date,
+        "GranteePrincipal": g.grantee,
+        "IssuingAccount": format!("arn:aws:iam::{account}:root"),
+        "Operations": g.operations,
+    });
+    if let Some(n) = &g.name {
+        v["Name"] = json!(n);
+    }
+    if let Some(p) = &g.retiring {
+        v["RetiringPrincipal"] = json!(p);
+    }
+    if let Some(c) = &g.constraints {
+        v["Constraints"] = json!(c);
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use super::error::ApiError;
-use crate::crypto::SecretBytes;
 use crate::kms::service::{DryRunTarget, GrantRequest};
 use crate::kms::wire::{self, SYMMETRIC_DEFAULT};
 use crate::kms::{
@@ -379,7 +378,7 @@ pub(crate) fn dispatch(
         O::ReEncryptFrom => re_encrypt(ks, caller, body),
         O::GenerateDataKey => generate_data_key(ks, caller, body),
         O::GenerateDataKeyWithoutPlaintext => generate_data_key_without_plaintext(ks, caller, body),
-        O::GenerateRandom => generate_random(body),
+        O::GenerateRandom => generate_random(ks, caller, body),
         O::GetKeyPolicy => get_key_policy(ks, caller, body),
         O::PutKeyPolicy => put_key_policy(ks, caller, body),
         O::GetParametersForImport => get_parameters_for_import(ks, caller, body),
@@ -641,29 +640,10 @@ fn list_grants(
             .ok_or_else(|| ApiError::validation("RetiringPrincipal is required"))?;
         ks.list_retirable_grants(caller, &p)?
     };
-    let issuer = format!("arn:aws:iam::{}:root", ks.account_id());
+    let account = ks.account_id();
     let list: Vec<Value> = grants
         .iter()
-        .map(|g| {
-            let mut v = json!({
-                "KeyId": ks.key_arn(&g.key_id),
-                "GrantId": g.grant_id,
-                "CreationDate": g.creation_date,
-                "GranteePrincipal": g.grantee,
-                "IssuingAccount": issuer,
-                "Operations": g.operations,
-            });
-            if let Some(n) = &g.name {
-                v["Name"] = json!(n);
-            }
-            if let Some(p) = &g.retiring {
-                v["RetiringPrincipal"] = json!(p);
-            }
-            if let Some(c) = &g.constraints {
-                v["Constraints"] = json!(c);
-            }
-            v
-        })
+        .map(|g| wire::grant_json(g, &ks.key_arn(&g.key_id), account))
         .collect();
     Ok(Reply::Json(wire::page("Grants", &list, start, limit)))
 }
@@ -1076,14 +1056,14 @@ fn is_dry_run(e: &KmsError) -> bool {
 }
 
 /// GenerateRandom: NumberOfBytes random bytes, in a zeroized body.
-fn generate_random(body: &[u8]) -> Result<Reply, ApiError> {
+/// Audited by the key service.
+fn generate_random(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply, ApiError> {
     let r: RandomReq = parse(body)?;
     let n = r
         .number_of_bytes
         .ok_or_else(|| ApiError::validation("NumberOfBytes is required"))?;
     let n = DataKeySpec::Bytes(n).byte_len()?;
-    let bytes = SecretBytes::random(n)
-        .map_err(|e| ApiError::new("KMSInternalException", 500, e.to_string()))?;
+    let bytes = ks.generate_random(caller, n)?;
     let pt = Zeroizing::new(B64.encode(bytes.expose()));
     Ok(secret_json(&[("Plaintext", &pt)]))
 }

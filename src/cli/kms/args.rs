@@ -71,13 +71,13 @@ pub enum KmsCommand {
     /// Give a principal rights on a key (a grant).
     CreateGrant(CreateGrantArgs),
     /// List a key's grants.
-    ListGrants(ListResourceTagsArgs),
+    ListGrants(ListGrantsArgs),
     /// List the grants a principal may retire.
     ListRetirableGrants(ListRetirableGrantsArgs),
     /// Retire a grant (by token, or key and grant id).
     RetireGrant(RetireGrantArgs),
     /// Revoke a grant of a key.
-    RevokeGrant(RetireGrantArgs),
+    RevokeGrant(RevokeGrantArgs),
 }
 
 /// Options of `create-grant`.
@@ -104,6 +104,29 @@ pub struct CreateGrantArgs {
     /// A name (the same name and rights give back the same grant).
     #[arg(long)]
     pub name: Option<String>,
+    /// Grant tokens (checked: each must name a grant that exists).
+    #[arg(long, num_args = 1.., value_name = "TOKEN")]
+    pub grant_tokens: Vec<String>,
+    /// Authorize only: DryRunOperationException when it would succeed.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Options of `list-grants`.
+#[derive(Debug, clap::Args)]
+pub struct ListGrantsArgs {
+    /// Key id or key ARN.
+    #[arg(long)]
+    pub key_id: String,
+    /// Only this grant.
+    #[arg(long)]
+    pub grant_id: Option<String>,
+    /// Only the grants of this grantee.
+    #[arg(long)]
+    pub grantee_principal: Option<String>,
+    /// Pages.
+    #[command(flatten)]
+    pub page: ListArgs,
 }
 
 /// Options of `list-retirable-grants`.
@@ -112,20 +135,40 @@ pub struct ListRetirableGrantsArgs {
     /// The retiring principal.
     #[arg(long)]
     pub retiring_principal: String,
+    /// Pages.
+    #[command(flatten)]
+    pub page: ListArgs,
 }
 
-/// Options of `retire-grant` and `revoke-grant`.
+/// Options of `retire-grant`.
 #[derive(Debug, clap::Args)]
 pub struct RetireGrantArgs {
-    /// The grant token (retire-grant).
+    /// The grant token.
     #[arg(long)]
     pub grant_token: Option<String>,
+    /// Key id or key ARN (with --grant-id).
+    #[arg(long, requires = "grant_id")]
+    pub key_id: Option<String>,
+    /// The grant id (with --key-id).
+    #[arg(long, requires = "key_id")]
+    pub grant_id: Option<String>,
+    /// Authorize only: DryRunOperationException when it would succeed.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Options of `revoke-grant`.
+#[derive(Debug, clap::Args)]
+pub struct RevokeGrantArgs {
     /// Key id or key ARN.
     #[arg(long)]
-    pub key_id: Option<String>,
+    pub key_id: String,
     /// The grant id.
     #[arg(long)]
-    pub grant_id: Option<String>,
+    pub grant_id: String,
+    /// Authorize only: DryRunOperationException when it would succeed.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Options of `update-key-description`.
@@ -244,7 +287,8 @@ pub struct DataKeyArgs {
     /// k=v,k2=v2 or a JSON object of strings.
     #[arg(long)]
     pub encryption_context: Option<String>,
-    /// Accepted and ignored: kmsfs has no grants.
+    /// Grant tokens: each must be one this keystore issued for a grant that
+    /// exists (InvalidGrantTokenException otherwise).
     #[arg(long, num_args = 1.., value_name = "TOKEN")]
     pub grant_tokens: Vec<String>,
 }
@@ -396,7 +440,8 @@ pub struct EncryptArgs {
     /// Only SYMMETRIC_DEFAULT (AES-256-GCM).
     #[arg(long, value_enum)]
     pub encryption_algorithm: Option<EncryptionAlgorithmArg>,
-    /// Accepted and ignored: kmsfs has no grants.
+    /// Grant tokens: each must be one this keystore issued for a grant that
+    /// exists (InvalidGrantTokenException otherwise).
     #[arg(long, num_args = 1.., value_name = "TOKEN")]
     pub grant_tokens: Vec<String>,
 }
@@ -416,7 +461,8 @@ pub struct DecryptArgs {
     /// Only SYMMETRIC_DEFAULT (AES-256-GCM).
     #[arg(long, value_enum)]
     pub encryption_algorithm: Option<EncryptionAlgorithmArg>,
-    /// Accepted and ignored: kmsfs has no grants.
+    /// Grant tokens: each must be one this keystore issued for a grant that
+    /// exists (InvalidGrantTokenException otherwise).
     #[arg(long, num_args = 1.., value_name = "TOKEN")]
     pub grant_tokens: Vec<String>,
 }
@@ -445,7 +491,8 @@ pub struct ReEncryptArgs {
     /// Only SYMMETRIC_DEFAULT (AES-256-GCM).
     #[arg(long, value_enum)]
     pub destination_encryption_algorithm: Option<EncryptionAlgorithmArg>,
-    /// Accepted and ignored: kmsfs has no grants.
+    /// Grant tokens: each must be one this keystore issued for a grant that
+    /// exists (InvalidGrantTokenException otherwise).
     #[arg(long, num_args = 1.., value_name = "TOKEN")]
     pub grant_tokens: Vec<String>,
 }

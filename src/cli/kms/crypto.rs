@@ -47,10 +47,9 @@ fn with_hint(e: impl Into<CliError>, hint: Option<String>) -> CliError {
 
 /// `generate-random`.
 pub(super) fn generate_random(s: &Session, a: GenerateRandomArgs) -> Result<(), CliError> {
-    let mut bytes = Zeroizing::new(vec![0u8; a.number_of_bytes as usize]);
-    crate::crypto::random_fill(&mut bytes)
-        .map_err(|e| CliError::new(ErrorClass::General, format!("random: {e}")))?;
-    let b = Zeroizing::new(B64.encode(&*bytes));
+    let bytes =
+        s.ks.generate_random(&s.caller, a.number_of_bytes as usize)?;
+    let b = Zeroizing::new(B64.encode(bytes.expose()));
     if s.json {
         print_json_secret(&[("Plaintext", &b)]);
     } else {
@@ -61,6 +60,7 @@ pub(super) fn generate_random(s: &Session, a: GenerateRandomArgs) -> Result<(), 
 
 /// `encrypt`.
 pub(super) fn encrypt(s: &Session, a: EncryptArgs) -> Result<(), CliError> {
+    s.ks.check_grant_tokens(&a.grant_tokens)?;
     let pt = read_blob(&a.plaintext, "plaintext")?;
     let ctx = context(&a.encryption_context)?;
     let e = s.ks.encrypt(&s.rc, &a.key_id, &pt, &ctx)?;
@@ -75,6 +75,7 @@ pub(super) fn encrypt(s: &Session, a: EncryptArgs) -> Result<(), CliError> {
 
 /// `decrypt`.
 pub(super) fn decrypt(s: &Session, a: DecryptArgs) -> Result<(), CliError> {
+    s.ks.check_grant_tokens(&a.grant_tokens)?;
     let (blob, hint) = blob_arg(&a.ciphertext_blob, "ciphertext-blob")?;
     let ctx = context(&a.encryption_context)?;
     let d =
@@ -95,6 +96,7 @@ pub(super) fn decrypt(s: &Session, a: DecryptArgs) -> Result<(), CliError> {
 
 /// `generate-data-key`.
 pub(super) fn generate_data_key(s: &Session, a: DataKeyArgs) -> Result<(), CliError> {
+    s.ks.check_grant_tokens(&a.grant_tokens)?;
     let ctx = context(&a.encryption_context)?;
     let dk =
         s.ks.generate_data_key(&s.rc, &a.key_id, data_key_spec(&a)?, &ctx)?;
@@ -120,6 +122,7 @@ pub(super) fn generate_data_key_without_plaintext(
     s: &Session,
     a: DataKeyArgs,
 ) -> Result<(), CliError> {
+    s.ks.check_grant_tokens(&a.grant_tokens)?;
     let ctx = context(&a.encryption_context)?;
     let e =
         s.ks.generate_data_key_without_plaintext(&s.rc, &a.key_id, data_key_spec(&a)?, &ctx)?;
@@ -134,6 +137,7 @@ pub(super) fn generate_data_key_without_plaintext(
 
 /// `re-encrypt`.
 pub(super) fn re_encrypt(s: &Session, a: ReEncryptArgs) -> Result<(), CliError> {
+    s.ks.check_grant_tokens(&a.grant_tokens)?;
     let (blob, hint) = blob_arg(&a.ciphertext_blob, "ciphertext-blob")?;
     let sctx = context(&a.source_encryption_context)?;
     let dctx = context(&a.destination_encryption_context)?;

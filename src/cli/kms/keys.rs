@@ -5,8 +5,9 @@ use serde_json::{Value, json};
 
 use super::args::{
     CreateGrantArgs, CreateKeyArgs, EnableKeyRotationArgs, GetKeyPolicyArgs, KeyIdArg, ListArgs,
-    ListResourceTagsArgs, ListRetirableGrantsArgs, OriginArg, PutKeyPolicyArgs, RetireGrantArgs,
-    ScheduleKeyDeletionArgs, TagResourceArgs, UntagResourceArgs, UpdateKeyDescriptionArgs,
+    ListGrantsArgs, ListResourceTagsArgs, ListRetirableGrantsArgs, OriginArg, PutKeyPolicyArgs,
+    RetireGrantArgs, RevokeGrantArgs, ScheduleKeyDeletionArgs, TagResourceArgs, UntagResourceArgs,
+    UpdateKeyDescriptionArgs,
 };
 use super::{Session, page};
 use crate::cli::CliError;
@@ -364,7 +365,8 @@ pub(super) fn create_grant(s: &Session, a: CreateGrantArgs) -> Result<(), CliErr
         constraints,
         name: a.name,
     };
-    let (id, token) = s.ks.create_grant(&s.caller, &r, false)?;
+    s.ks.check_grant_tokens(&a.grant_tokens)?;
+    let (id, token) = s.ks.create_grant(&s.caller, &r, a.dry_run)?;
     if s.json {
         print_json(&json!({ "GrantId": id, "GrantToken": token }));
     } else {
@@ -373,20 +375,18 @@ pub(super) fn create_grant(s: &Session, a: CreateGrantArgs) -> Result<(), CliErr
     Ok(())
 }
 
-fn print_grants(s: &Session, grants: &[crate::kms::model::GrantRecord]) {
+fn print_grants(s: &Session, grants: &[crate::kms::model::GrantRecord], next: Option<String>) {
     if s.json {
+        let account = s.ks.account_id();
         let list: Vec<Value> = grants
             .iter()
-            .map(|g| {
-                json!({
-                    "KeyId": s.arn(&g.key_id), "GrantId": g.grant_id, "Name": g.name,
-                    "CreationDate": g.creation_date, "GranteePrincipal": g.grantee,
-                    "RetiringPrincipal": g.retiring, "Operations": g.operations,
-                    "Constraints": g.constraints,
-                })
-            })
+            .map(|g| crate::kms::wire::grant_json(g, &s.arn(&g.key_id), account))
             .collect();
-        print_json(&json!({ "Grants": list, "Truncated": false }));
+        let mut v = json!({ "Grants": list, "Truncated": next.is_some() });
+        if let Some(m) = next {
+            v["NextMarker"] = json!(m);
+        }
+        print_json(&v);
     } else {
         for g in grants {
             println!("{}\t{}\t{}", g.grant_id, g.grantee, g.operations.join(","));
@@ -395,10 +395,15 @@ fn print_grants(s: &Session, grants: &[crate::kms::model::GrantRecord]) {
 }
 
 /// `list-grants`.
-pub(super) fn list_grants(s: &Session, a: ListResourceTagsArgs) -> Result<(), CliError> {
-    let all = s.ks.list_grants(&s.caller, &a.key_id, None, None)?;
-    let (grants, _) = page(&all, &a.page)?;
-    print_grants(s, &grants);
+pub(super) fn list_grants(s: &Session, a: ListGrantsArgs) -> Result<(), CliError> {
+    let all = s.ks.list_grants(
+        &s.caller,
+        &a.key_id,
+        a.grant_id.as_deref(),
+        a.grantee_principal.as_deref(),
+    )?;
+    let (grants, next) = page(&all, &a.page)?;
+    print_grants(s, &grants, next);
     Ok(())
 }
 
@@ -407,9 +412,10 @@ pub(super) fn list_retirable_grants(
     s: &Session,
     a: ListRetirableGrantsArgs,
 ) -> Result<(), CliError> {
-    let grants =
+    let all =
         s.ks.list_retirable_grants(&s.caller, &a.retiring_principal)?;
-    print_grants(s, &grants);
+    let (grants, next) = page(&all, &a.page)?;
+    print_grants(s, &grants, next);
     Ok(())
 }
 
@@ -420,14 +426,11 @@ pub(super) fn retire_grant(s: &Session, a: RetireGrantArgs) -> Result<(), CliErr
         a.grant_token.as_deref(),
         a.key_id.as_deref(),
         a.grant_id.as_deref(),
-        false,
+        a.dry_run,
     )?)
 }
 
 /// `revoke-grant`.
-pub(super) fn revoke_grant(s: &Session, a: RetireGrantArgs) -> Result<(), CliError> {
-    let usage = |w: &str| CliError::new(crate::cli::ErrorClass::Usage, format!("{w} is required"));
-    let key = a.key_id.ok_or_else(|| usage("--key-id"))?;
-    let id = a.grant_id.ok_or_else(|| usage("--grant-id"))?;
-    Ok(s.ks.revoke_grant(&s.caller, &key, &id, false)?)
+pub(super) fn revoke_grant(s: &Session, a: RevokeGrantArgs) -> Result<(), CliError> {
+    Ok(s.ks.revoke_grant(&s.caller, &a.key_id, &a.grant_id, a.dry_run)?)
 }

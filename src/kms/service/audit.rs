@@ -539,12 +539,17 @@ impl LocalKeyStore {
             keys.push(also);
         }
         for k in keys {
-            if self.decide(snap, a.caller, who(), a.op, k, None, a.grant)? == Decision::AdvisoryDeny
-            {
-                extra.insert(
-                    "policyDecision".into(),
-                    json!("Deny (not enforced: the caller has direct access to the keystore)"),
-                );
+            match self.decide(snap, a.caller, who(), a.op, k, None, a.grant)? {
+                Decision::AdvisoryDeny => {
+                    extra.insert(
+                        "policyDecision".into(),
+                        json!("Deny (not enforced: the caller has direct access to the keystore)"),
+                    );
+                }
+                Decision::Granted(id) => {
+                    extra.insert("grantId".into(), json!(id));
+                }
+                Decision::Allow => {}
             }
         }
         Ok(())

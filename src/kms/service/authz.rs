@@ -22,10 +22,13 @@ use crate::kms::{Caller, EncryptionContext, KmsError, Operation};
 pub(super) const NO_BOUNDARY: u64 = u64::MAX;
 
 /// What `decide` allows (a refusal that is enforced is its `Err`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Decision {
     /// Allowed.
     Allow,
+    /// Allowed by a grant (its id, which the trail records): the key
+    /// policy alone did not allow it.
+    Granted(String),
     /// The key policy refuses an administration from the command line,
     /// whose user holds the keystore anyway: recorded, not enforced.
     AdvisoryDeny,
@@ -71,15 +74,34 @@ impl LocalKeyStore {
         let owner = self.boundary_owner();
         let privileged = owner.is_none_or(|o| caller.uid == 0 || caller.uid == o);
         let policy = key.and_then(|k| snap.policies.get(&k.key_id));
-        // The grants of the key that name the caller and allow `a` with `ctx`.
-        let granted = |a: Operation| {
-            key.is_some_and(|k| {
-                snap.state.grants.values().any(|g| {
-                    g.key_id == k.key_id
-                        && g.allows(a, ctx)
-                        && policy::grant_principal_is(&g.grantee, caller, who)
-                })
+        // The first grant of the key (by id) that names the caller and
+        // allows `a` with `ctx`.
+        let grant_for = |a: Operation| {
+            key.and_then(|k| {
+                snap.state
+                    .grants
+                    .values()
+                    .filter(|g| {
+                        g.key_id == k.key_id
+                            && g.allows(a, ctx)
+                            && policy::grant_principal_is(&g.grantee, caller, who)
+                    })
+                    .map(|g| g.grant_id.as_str())
+                    .min()
             })
+        };
+        // What the grants alone allowed: the grant the trail names.
+        let used: std::cell::RefCell<Option<String>> = std::cell::RefCell::new(None);
+        let granted = |a: Operation| match grant_for(a) {
+            Some(id) => {
+                used.borrow_mut().get_or_insert_with(|| id.to_string());
+                true
+            }
+            None => false,
+        };
+        let allowed = || match used.borrow_mut().take() {
+            Some(id) => Decision::Granted(id),
+            None => Decision::Allow,
         };
         // The retiring principal of the grant being retired.
         let retiring = op == Operation::RetireGrant
@@ -97,7 +119,7 @@ impl LocalKeyStore {
                     }
                 });
                 match refused {
-                    None => Ok(Decision::Allow),
+                    None => Ok(allowed()),
                     Some(_) if !op.is_crypto() && owner.is_none() => Ok(Decision::AdvisoryDeny),
                     Some(action) => Err(KmsError::AccessDenied {
                         key_id: k.key_id.clone(),
@@ -122,7 +144,7 @@ impl LocalKeyStore {
                 if op.is_governed()
                     && (retiring || std::iter::once(op).chain(op.also_requires()).all(granted)) =>
             {
-                Ok(Decision::Allow)
+                Ok(allowed())
             }
             _ => Err(KmsError::OwnerOnly {
                 key_id: key.map(|k| k.key_id.clone()),

@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::LocalKeyStore;
 use super::audit::{Admin, Outcome};
+use super::authz::Decision;
 use super::resolve::resolve;
 use super::snapshot::Snapshot;
 use crate::crypto::{SecretBytes, hex};
@@ -68,6 +69,14 @@ fn access_extra(access: Option<&FileAccess<'_>>, cache_hit: bool) -> Map<String,
     m
 }
 
+/// `extra` with the grant that allowed the operation, as `grantId`.
+fn with_grant(mut extra: Map<String, Value>, grant: Option<String>) -> Map<String, Value> {
+    if let Some(g) = grant {
+        extra.insert("grantId".into(), json!(g));
+    }
+    extra
+}
+
 /// How a crypto operation names its key.
 enum KeyRef<'a> {
     /// Key id, ARN or alias given by the caller.
@@ -117,6 +126,7 @@ impl LocalKeyStore {
         let snap = self.snapshot();
         let mut audit_key: Option<String> = None;
         let mut version = None;
+        let mut grant_id = None;
         let caller = &rc.caller;
         let access = rc.access();
         let owned: OnceCell<Requester> = OnceCell::new();
@@ -132,7 +142,11 @@ impl LocalKeyStore {
             }
             self.refuse_if_due(key)?;
             key.check_usable(usage)?;
-            self.decide(&snap, caller, who(), op, Some(key), call.ctx, None)?;
+            if let Decision::Granted(id) =
+                self.decide(&snap, caller, who(), op, Some(key), call.ctx, None)?
+            {
+                grant_id = Some(id);
+            }
             if call.dry_run {
                 return Err(KmsError::invalid_with(
                     ValidationCode::DryRun,
@@ -160,13 +174,32 @@ impl LocalKeyStore {
             },
             material_version: version,
             error: result.as_ref().err(),
-            extra: access_extra(access, false),
+            extra: with_grant(access_extra(access, false), grant_id),
         });
         match (result, recorded) {
             // The command line fails closed: no result without its record.
             (Ok(_), Err(e)) => Err(e),
             (r, _) => r,
         }
+    }
+
+    /// GenerateRandom: `n` random bytes (1 to 1024, checked by the caller),
+    /// recorded in the trail like every other call (AWS logs GenerateRandom
+    /// in CloudTrail): the request's size, never the bytes.
+    pub fn generate_random(&self, caller: &Caller, n: usize) -> Result<SecretBytes, KmsError> {
+        self.audit_gate()?;
+        self.admin(
+            Admin {
+                op: Operation::GenerateRandom,
+                caller,
+                key: None,
+                also: None,
+                grant: None,
+                request: json!({ "numberOfBytes": n }),
+            },
+            || SecretBytes::random(n).map_err(|e| KmsError::internal(e.to_string())),
+            |_| (None, None),
+        )
     }
 
     /// The key `key_ref` names in `snap`, refused when the snapshot is broken;
