@@ -1,7 +1,7 @@
 //! `aws kms` fidelity for scripts: `--query` (JMESPath) with `--output text`
 //! in the AWS CLI's tab-separated shape and `--output table`; validation as
 //! AWS (GenerateDataKey needs a size, SYMMETRIC_DEFAULT only, --grant-tokens
-//! accepted); --limit/--marker pages; generate-random; hints that name the
+//! checked); --limit/--marker pages; generate-random; hints that name the
 //! real key and catch a base64 file given as fileb://; the aws CLI's global
 //! options (--region, --profile, --cli-binary-format, --no-cli-pager,
 //! --output yaml) and JMESPath's backtick string literal, beside the real
@@ -154,19 +154,42 @@ fn validation_paging_and_hints_as_aws() {
     let pt = ks.file("pt");
     std::fs::write(&pt, b"x").unwrap();
     let fileb = format!("fileb://{}", pt.display());
-    ks.ok(&[
+    // Grant tokens are checked as the server checks them: one this keystore
+    // issued passes, another is refused (tests/kms_grants.rs).
+    let token = ks.json(&[
         "kms",
-        "encrypt",
+        "create-grant",
         "--key-id",
         &k1,
-        "--plaintext",
-        &fileb,
-        "--encryption-algorithm",
-        "SYMMETRIC_DEFAULT",
-        "--grant-tokens",
-        "t1",
-        "t2",
-    ]);
+        "--grantee-principal",
+        "uid:4242",
+        "--operations",
+        "Encrypt",
+    ])["GrantToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let with_tokens = |tokens: &[&str]| {
+        let mut args = vec![
+            "kms",
+            "encrypt",
+            "--key-id",
+            &k1,
+            "--plaintext",
+            &fileb,
+            "--encryption-algorithm",
+            "SYMMETRIC_DEFAULT",
+            "--grant-tokens",
+        ];
+        args.extend_from_slice(tokens);
+        ks.run(&args)
+    };
+    assert!(with_tokens(&[&token]).status.success());
+    fails(
+        &with_tokens(&[&token, "t2"]),
+        EXIT_USAGE,
+        "grant token is not one this keystore issued",
+    );
     let o = ks.run(&[
         "kms",
         "encrypt",

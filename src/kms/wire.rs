@@ -23,6 +23,23 @@ pub fn metadata_json(m: &KeyMetadata) -> Value {
         o.insert("KeyManager".into(), json!("CUSTOMER"));
         o.insert("EncryptionAlgorithms".into(), json!([SYMMETRIC_DEFAULT]));
         o.insert("MultiRegion".into(), json!(false));
+        if m.current_key_material_version > 0 {
+            o.insert(
+                "CurrentKeyMaterialId".into(),
+                json!(m.current_key_material_version.to_string()),
+            );
+        }
+    }
+    v
+}
+
+/// `KeyMetadata` exactly as botocore's model has it, for the protocol
+/// server: `metadata_json` without kmsfs's `CurrentKeyMaterialVersion`
+/// (`CurrentKeyMaterialId` says the same, as the trail's `keyMaterialId`).
+pub fn metadata_json_aws(m: &KeyMetadata) -> Value {
+    let mut v = metadata_json(m);
+    if let Value::Object(o) = &mut v {
+        o.remove("CurrentKeyMaterialVersion");
     }
     v
 }

@@ -590,7 +590,7 @@ fn create_key(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Reply,
         &tags,
     )?;
     Ok(Reply::Json(
-        json!({ "KeyMetadata": wire::metadata_json(&m) }),
+        json!({ "KeyMetadata": wire::metadata_json_aws(&m) }),
     ))
 }
 
@@ -735,7 +735,7 @@ fn describe_key(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Result<Repl
     let r: KeyIdReq = parse(body)?;
     let m = ks.describe_key(&served(caller), &r.key_id)?;
     Ok(Reply::Json(
-        json!({ "KeyMetadata": wire::metadata_json(&m) }),
+        json!({ "KeyMetadata": wire::metadata_json_aws(&m) }),
     ))
 }
 
@@ -766,7 +766,17 @@ fn list_key_rotations(ks: &LocalKeyStore, caller: &Caller, body: &[u8]) -> Resul
     let key = r
         .key_id
         .ok_or_else(|| ApiError::validation("KeyId is required"))?;
-    let list = ks.list_key_rotations(caller, &key)?;
+    // As botocore's RotationsListEntry: KeyMaterialId, not kmsfs's version.
+    let list: Vec<Value> = ks
+        .list_key_rotations(caller, &key)?
+        .iter()
+        .map(|r| {
+            json!({
+                "KeyId": r.key_id, "KeyMaterialId": r.key_material_id,
+                "RotationDate": r.rotation_date, "RotationType": r.rotation_type,
+            })
+        })
+        .collect();
     Ok(Reply::Json(wire::page("Rotations", &list, start, limit)))
 }
 

@@ -107,6 +107,8 @@ pub struct KeyRotation {
     pub rotation_type: model::RotationType,
     /// The material version the rotation created (kmsfs extension).
     pub key_material_version: u32,
+    /// The same as AWS names it (the trail's `keyMaterialId`).
+    pub key_material_id: String,
 }
 
 /// Parses a policy document and, unless bypassed, refuses one that would not
@@ -777,6 +779,7 @@ impl LocalKeyStore {
                             rotation_date: m.created,
                             rotation_type: t,
                             key_material_version: m.version,
+                            key_material_id: m.version.to_string(),
                         })
                     })
                     .collect();
