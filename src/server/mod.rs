@@ -612,6 +612,9 @@ pub fn serve(
     log::info!("served: {summary}");
     eprintln!("kmsfs kms serve: stopped; served {summary}");
     rt.shutdown_timeout(Duration::from_secs(2));
+    // The batched records (every call that changes nothing) are written now,
+    // not whenever the last holder of the key service lets it go.
+    st.ks.flush_audit_trail();
     result
 }
 
