@@ -16,6 +16,9 @@
 # in the same rounds as the new tree's format 2, for the table of the two formats.
 # BENCH_NAMES=1 adds "kmsfs-plainnames": a kmsfs mount made with -o plaintextnames,
 # measured in the same rounds as the default (encrypted names), for the names row pair.
+# BENCH_URING=1 adds "kmsfs-uring": a kmsfs mount made with -o io_uring (FUSE over
+# io_uring), measured in the same rounds as the default (/dev/fuse); the run sets
+# /sys/module/fuse/parameters/enable_uring to Y and puts the old value back at the end.
 #
 # Rows (the performance issue's table): fio psync QD1 sequential write bs=1M with
 # end_fsync, sequential read with caches dropped, random 4 KiB buffered writes with
@@ -59,8 +62,11 @@ fi
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 work=$(mktemp -d /var/tmp/kmsfs-bench.XXXXXX)
 mounts=()
+uring_param=/sys/module/fuse/parameters/enable_uring
+uring_old=
 cleanup() {
   for m in "${mounts[@]}"; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+  [[ -z $uring_old ]] || echo "$uring_old" > "$uring_param"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -96,6 +102,16 @@ if [[ ${BENCH_NAMES:-0} == 1 ]]; then
   targets+=(pnm); names+=(kmsfs-plainnames); pids+=("$(daemon "$work/pnm")")
 fi
 
+if [[ ${BENCH_URING:-0} == 1 ]]; then
+  if [[ ! -w $uring_param ]]; then
+    echo "bench: BENCH_URING=1 needs a kernel with FUSE over io_uring ($uring_param)" >&2; exit 1
+  fi
+  uring_old=$(cat "$uring_param"); echo Y > "$uring_param"
+  mkdir -p "$work"/{ub,um}
+  "$kmsfs" mount "$work/ub" "$work/um" -o io_uring --log-file "$work/uring.log" 2>/dev/null; mounts+=("$work/um")
+  targets+=(um); names+=(kmsfs-uring); pids+=("$(daemon "$work/um")")
+fi
+
 # The small-file tree: files every Debian machine has.
 read -r -a tree <<<"${BENCH_TREE:-/usr/include $(ls -d /usr/lib/python3.[0-9]* 2>/dev/null | head -1)}"
 tar -cf "$work/tree.tar" "${tree[@]}" 2>/dev/null || true
@@ -107,7 +123,7 @@ echo "== small-file tree: ${tree[*]}: $nfiles files, $ndirs directories, $tsize 
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 now() { date +%s%N; }
 # counts DIR: kmsfs's request counters (empty elsewhere).
-counts() { [[ $1 == "$work/km" || $1 == "$work/kn" || $1 == "$work/k1m" || $1 == "$work/pnm" ]] && python3 -c 'import os,sys; print(os.getxattr(sys.argv[1], "trusted.kmsfs.requests").decode(), end="")' "$1" || true; }
+counts() { [[ $1 == "$work/km" || $1 == "$work/kn" || $1 == "$work/k1m" || $1 == "$work/pnm" || $1 == "$work/um" ]] && python3 -c 'import os,sys; print(os.getxattr(sys.argv[1], "trusted.kmsfs.requests").decode(), end="")' "$1" || true; }
 fio_json() { fio --output-format=json --ioengine=psync --iodepth=1 --fallocate=none "$@"; }
 iops() { python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; print(j[sys.argv[2]]["total_ios"])' "$@"; }
 
@@ -167,6 +183,14 @@ for ((i = 1; i < ${#targets[@]}; i++)); do
   hwm=$(awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/${pids[$i]}/status" 2>/dev/null || echo NA)
   echo "0,${names[$i]},peakrss,$hwm,MiB" >> "$csv"
 done
+
+if [[ ${BENCH_URING:-0} == 1 ]]; then
+  # What served the kmsfs-uring mount (its daemon says at unmount how many requests
+  # its rings took).
+  umount "$work/um" && sleep 1
+  echo "== kmsfs-uring: $(grep -o 'serving through FUSE over io_uring.*\|kernel does not offer.*\|refused.*' "$work/uring.log" | head -2 | tr '\n' ' ')"
+  echo "== kmsfs-uring: $(grep -o 'FUSE over io_uring served.*' "$work/uring.log" | tail -1)"
+fi
 
 mkdir -p "$RESULTS"
 stamp=$(date +%Y%m%d-%H%M%S)

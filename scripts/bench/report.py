@@ -96,6 +96,10 @@ def main():
     names = pair(vals, med, fmt, "kmsfs-plainnames", "kmsfs",
                  "kmsfs encrypted names (default) against -o plaintextnames",
                  "plain names", "encrypted names")
+    # BENCH_URING=1: -o io_uring (FUSE over io_uring) against /dev/fuse (the default).
+    uring = pair(vals, med, fmt, "kmsfs", "kmsfs-uring",
+                 "kmsfs through FUSE over io_uring (-o io_uring) against /dev/fuse (default)",
+                 "/dev/fuse", "io_uring")
 
     with open(f"{out}/summary-{stamp}.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -106,7 +110,8 @@ def main():
         w.writerow(["peakrss", "peak RSS (MiB)", ""] + [rss[t] for t in TARGETS[1:]]
                    + ["" for _ in TARGETS[1:]])
     doc = {"note": note, "stamp": stamp, "rows": table, "peak_rss_mib": rss,
-           "kmsfs_requests": requests, "block_formats": formats, "names": names}
+           "kmsfs_requests": requests, "block_formats": formats, "names": names,
+           "transport": uring}
     with open(f"{out}/summary-{stamp}.json", "w") as f:
         json.dump(doc, f, indent=1)
     svg(table, f"{out}/chart-{stamp}.svg", note)
@@ -122,7 +127,7 @@ def pair(vals, med, fmt, base, other, title, col_base, col_other):
     """A same-rounds comparison of two kmsfs targets: kmsfs (the default) against
     BASE. Speed default/BASE: > 1 means the default is faster. None when BASE
     was not measured."""
-    if not any(t == base for t, _ in vals):
+    if not any(t == base for t, _ in vals) or not any(t == other for t, _ in vals):
         return None
     print(f"\n== {title}, same rounds")
     print(f"speed {col_other}/{col_base}: > 1 means {col_other} is faster; every round's value shown\n")
