@@ -281,6 +281,10 @@ impl Queue {
             log::warn!("FUSE over io_uring queue {} ended: {e}", self.qid);
             if !self.registered {
                 refuse_transport(self.dev.as_raw_fd());
+            } else if self.alive.iter().any(|a| *a) {
+                // The kernel may still write requests into entries it has
+                // not given back: their memory must outlive this thread.
+                std::mem::forget(std::mem::take(&mut self.entries));
             }
         }
     }
