@@ -362,3 +362,71 @@ fn crash_point(name: &str) {
         std::process::abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::SecretBytes;
+    use crate::kms::audit::sign::VerifyKeys;
+    use crate::kms::audit::trail::{DIR_NAME, Durability};
+    use serde_json::json;
+
+    const KS: &str = "ks-prune";
+
+    fn keys() -> SigningKeys {
+        SigningKeys::new(None, Some(&SecretBytes::new(vec![9; 32])))
+    }
+
+    /// A writer of another process (another `Trail`, holding a cached end
+    /// of the trail) appending while a prune runs keeps one chain with the
+    /// pruned trail. (One writer only: this does not reach the case the
+    /// lock's re-check in `lock_files` is for, two writers across the
+    /// exchange.)
+    #[test]
+    fn a_writer_during_a_prune_keeps_one_chain() {
+        let t = tempfile::tempdir().unwrap();
+        let a = Trail::with_limit(t.path(), KS, keys(), 3000);
+        for i in 0..60 {
+            let r = json!({"eventName": "Decrypt", "eventTime": "2030-01-01T00:00:00Z", "n": i});
+            a.append(r, Durability::Written).unwrap();
+        }
+        let b = Trail::with_limit(t.path(), KS, keys(), 3000);
+        // B has written before: it holds a cached end of the trail.
+        let r = json!({"eventName": "Decrypt", "eventTime": "2030-01-01T00:00:00Z", "b": 0});
+        b.append(r, Durability::Written).unwrap();
+        let expected = Expected {
+            keys: VerifyKeys {
+                hmac: None,
+                ed25519: keys().public_key(),
+                keystore_id: Some(KS.into()),
+            },
+            floor: None,
+        };
+        let k = keys();
+        let plan = Plan {
+            before: clock::parse_rfc3339("2030-01-01T12:00:00Z").unwrap(),
+            now: 0,
+            keys: &k,
+            keystore_id: KS,
+            expected: &expected,
+            archive: None,
+        };
+        let pruned = std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..200 {
+                    let r = json!({"eventName": "Decrypt", "eventTime": "2030-01-02T00:00:00Z", "w": i});
+                    b.append(r, Durability::Written).unwrap();
+                }
+            });
+            prune(&a, &plan).unwrap()
+        });
+        let p = pruned.expect("records were old enough");
+        assert_eq!(p.from, 1);
+        // Every old record but the last at the time (which always stays).
+        assert!(p.records >= 60, "{p:?}");
+        let r = verify(&t.path().join(DIR_NAME), &expected).unwrap();
+        assert!(r.ok(), "{:?}", r.problems);
+        assert_eq!(r.starts_at.map(|c| c.through), Some(p.through));
+        assert!(r.records >= 200);
+    }
+}
