@@ -32,8 +32,10 @@ pub const RATE: f64 = 10.0;
 pub const BURST: f64 = 5000.0;
 /// The trail's size past which users get only summaries: 4 GiB.
 pub const MAX_BYTES: u64 = 4 << 30;
-/// Most aggregation windows open at once (memory bound).
-const MAX_WINDOWS: usize = 20_000;
+/// Most aggregation windows open at once (memory bound: each keeps its
+/// first record as compact JSON, about 1 KiB, and two keys of its path;
+/// past the bound records are written without folding, nothing is lost).
+const MAX_WINDOWS: usize = 8_192;
 /// Most distinct paths a suppression summary counts, keys it names, and
 /// process ids an aggregated record lists.
 const MAX_PATHS: usize = 10_000;
@@ -100,8 +102,9 @@ struct Window {
     opened: Instant,
     /// Who did what to which file under which key, whatever the outcome.
     subject: String,
-    /// The first record, which was written.
-    first: Value,
+    /// The first record, which was written, as compact JSON (a `Value`
+    /// costs several times its text: 20,000 of them held 90 MB).
+    first: String,
     repeats: u64,
     cache_hits: u64,
     last_time: Value,
@@ -244,7 +247,7 @@ impl Limiter {
                 Window {
                     opened: now,
                     subject,
-                    first: rec.clone(),
+                    first: rec.to_string(),
                     repeats: 0,
                     cache_hits: 0,
                     last_time: rec["eventTime"].clone(),
@@ -406,7 +409,8 @@ fn subject_of(rec: &Value) -> Option<String> {
 /// The record of a window's repeats: the first record's fields, a new id,
 /// the last repeat's time, and `aggregated`.
 fn aggregated(w: Window, window: Duration) -> Value {
-    let mut r = w.first;
+    // The text was made from a Value just above: it parses back.
+    let mut r: Value = serde_json::from_str(&w.first).unwrap_or_else(|_| json!({}));
     let first_time = r["eventTime"].clone();
     r["eventID"] = json!(uuid::Uuid::new_v4().to_string());
     r["eventTime"] = w.last_time.clone();
