@@ -92,6 +92,9 @@ if [[ ${BENCH_V1:-0} == 1 ]]; then
   "$kmsfs" mount "$work/k1b" "$work/k1m" 2>/dev/null
   "$kmsfs" unmount "$work/k1m"
   python3 -c 'import json,sys; p=sys.argv[1]; m=json.load(open(p)); m.pop("BlockFormat"); json.dump(m, open(p, "w"))' "$work/k1b/.kmsfs.json"
+  # An older build kept no record of the tree's choices in the keystore, either (else
+  # the mount refuses the changed binding file, as it must).
+  grep -l -F -- "$work/k1b" "$work/keystore/backings/"* 2>/dev/null | xargs -r rm -f
   "$kmsfs" mount "$work/k1b" "$work/k1m" 2>/dev/null; mounts+=("$work/k1m")
   targets+=(k1m); names+=(kmsfs-v1); pids+=("$(daemon "$work/k1m")")
 fi
