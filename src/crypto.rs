@@ -289,13 +289,13 @@ impl fmt::Debug for AeadKey {
 /// whether two (nonce, aad, plaintext) triples are equal. Encrypted names
 /// use it that way: the same name in the same directory always encrypts the
 /// same, so a lookup needs no scan. Debug is redacted.
-pub struct SivKey(LessSafeKey);
+pub struct SivKey(AeadKey);
 
 impl SivKey {
     /// Builds an AES-256-GCM-SIV key.
     pub fn new(key: &Key256) -> Self {
         match UnboundKey::new(&AES_256_GCM_SIV, key.expose()) {
-            Ok(k) => Self(LessSafeKey::new(k)),
+            Ok(k) => Self(AeadKey(LessSafeKey::new(k))),
             Err(_) => unreachable!("AES-256-GCM-SIV rejected a 32-byte key"),
         }
     }
@@ -308,18 +308,7 @@ impl SivKey {
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), CryptoError> {
-        let start = out.len();
-        out.extend_from_slice(plaintext);
-        let tag = self
-            .0
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(*nonce),
-                Aad::from(aad),
-                &mut out[start..],
-            )
-            .map_err(|_| CryptoError::Authentication)?;
-        out.extend_from_slice(tag.as_ref());
-        Ok(())
+        self.0.seal_append_with_nonce(nonce, aad, plaintext, out)
     }
 
     /// Opens `ciphertext || tag` sealed under `nonce` into fresh bytes.
@@ -329,19 +318,8 @@ impl SivKey {
         aad: &[u8],
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        if sealed.len() < TAG_LEN {
-            return Err(CryptoError::Authentication);
-        }
         let mut buf = Zeroizing::new(sealed.to_vec());
-        let n = self
-            .0
-            .open_in_place(
-                Nonce::assume_unique_for_key(*nonce),
-                Aad::from(aad),
-                &mut buf,
-            )
-            .map_err(|_| CryptoError::Authentication)?
-            .len();
+        let n = self.0.open_in_place_with_nonce(nonce, aad, &mut buf)?.len();
         buf.truncate(n);
         Ok(buf)
     }
