@@ -28,17 +28,9 @@ posix_fadvise = 2.0
 copy_file_range = 5.0
 ";
 
-#[test]
-fn fsx_all_operations_with_encrypted_names() {
-    fsx(Names::Encrypted);
-}
+common::in_both_names_modes!(fsx_all_operations);
 
-#[test]
-fn fsx_all_operations_with_plain_names() {
-    fsx(Names::Plain);
-}
-
-fn fsx(names: Names) {
+fn fsx_all_operations(names: Names) {
     let Some(fsx) = common::require_tool("fsx", "fsx") else {
         return;
     };

@@ -845,3 +845,127 @@ fn a_directory_of_100000_entries_in_both_modes() {
         assert_eq!(counts[1].1, n as usize);
     }
 }
+
+/// Python3 script over DIR (empty): names with every byte but '/' and NUL,
+/// names that differ only by case or Unicode normalization, 255-byte names
+/// (and 256-byte ones, refused), each created, renamed (plainly and with
+/// RENAME_NOREPLACE) into another directory under a transformed name,
+/// linked back under its own name and half of them unlinked; prints every
+/// call's errno (0: success) and then the final state (each name with its
+/// content and link count), one JSON document, for comparison with ext4.
+const NAME_OPS: &str = r#"
+import ctypes, errno, json, os, sys, unicodedata
+libc = ctypes.CDLL(None, use_errno=True)
+d = os.fsencode(sys.argv[1])
+a, b = os.path.join(d, b'a'), os.path.join(d, b'b')
+os.mkdir(a); os.mkdir(b)
+every = bytes(x for x in range(1, 256) if x != 0x2f)
+names = set(every[i:i + 40] for i in range(0, len(every), 40))
+names |= set(bytes([x]) * 3 for x in every)
+for s in ['Readme', 'README', 'readme', 'caf\u00e9', unicodedata.normalize('NFD', 'caf\u00e9'),
+          '\u00c5', '\u212b', 'A\u030a', 'stra\u00dfe', 'STRASSE', '\u0130', 'i\u0307']:
+    names.add(s.encode())
+names |= {b'\xff' * 255, 'é'.encode() * 127 + b'x', every + b'!', b'!' + every, b'L' * 255}
+too_long = [b'\xff' * 256, b'M' * 256, 'é'.encode() * 128]
+log = []
+def call(what, f):
+    try:
+        f(); log.append([what, 0])
+    except OSError as e:
+        log.append([what, errno.errorcode.get(e.errno, e.errno)])
+def renameat2(src, dst, flags):
+    if libc.renameat2(-100, src, -100, dst, flags) != 0:
+        e = ctypes.get_errno(); raise OSError(e, os.strerror(e))
+def create(p, data):
+    fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    os.write(fd, data); os.close(fd)
+def swapped(n):
+    return n.swapcase() if n.swapcase() != n else n[::-1]
+order = sorted(names)
+for n in order + too_long:
+    call(['create', n.hex()], lambda: create(os.path.join(a, n), n))
+for i, n in enumerate(order + too_long):
+    flags = 1 if i % 2 else 0
+    call(['rename', n.hex(), flags], lambda: renameat2(os.path.join(a, n), os.path.join(b, swapped(n)), flags))
+for n in order + too_long:
+    call(['link', n.hex()], lambda: os.link(os.path.join(b, swapped(n)), os.path.join(a, n)))
+for i, n in enumerate(order + too_long):
+    if i % 2:
+        call(['unlink', n.hex()], lambda: os.unlink(os.path.join(b, swapped(n))))
+# Lookups of names never made that differ only by case or normalization.
+for s in ['readMe', unicodedata.normalize('NFKC', '\u212b') + 'x', 'CAF\u00c9']:
+    call(['stat', s], lambda: os.stat(os.path.join(a, s.encode())))
+state = {}
+for sub in (a, b):
+    for n in sorted(os.listdir(sub)):
+        p = os.path.join(sub, n)
+        st = os.lstat(p)
+        state[os.path.basename(sub).decode() + '/' + n.hex()] = [open(p, 'rb').read().hex(), st.st_nlink]
+print(json.dumps({'log': log, 'state': state}))
+"#;
+
+/// The final state alone (after a remount, nothing cached): each name of
+/// DIR/a and DIR/b with its content and link count, as NAME_OPS prints it.
+const NAME_STATE: &str = r#"
+import json, os, sys
+d = os.fsencode(sys.argv[1])
+state = {}
+for sub in (b'a', b'b'):
+    for n in sorted(os.listdir(os.path.join(d, sub))):
+        p = os.path.join(d, sub, n)
+        state[sub.decode() + '/' + n.hex()] = [open(p, 'rb').read().hex(), os.lstat(p).st_nlink]
+print(json.dumps(state))
+"#;
+
+common::in_both_names_modes!(names_of_every_byte_case_normalization_and_length_behave_as_on_ext4);
+
+/// Create, rename (with and without RENAME_NOREPLACE), link and unlink of
+/// names of every byte, of case and normalization variants and of 255 and
+/// 256 bytes, on the mount and on the backing ext4 beside it: every call's
+/// result and the final listing, contents and link counts the same; the
+/// same again after a remount.
+fn names_of_every_byte_case_normalization_and_length_behave_as_on_ext4(names: Names) {
+    let Some(mut m) = Mount::with_names("names-ext4", names, &[]) else {
+        return;
+    };
+    let plain = m.tmp.path().join("plain");
+    fs::create_dir(&plain).unwrap();
+    let ext4: serde_json::Value =
+        serde_json::from_str(&py(NAME_OPS, &[plain.as_os_str()])).unwrap();
+    let mount: serde_json::Value =
+        serde_json::from_str(&py(NAME_OPS, &[m.mnt.as_os_str()])).unwrap();
+    // ext4 refuses only the names of 256 bytes (3 each of create, rename,
+    // link, and the unlinks of those renamed) and the lookups of names
+    // never made.
+    let refused: Vec<&serde_json::Value> = ext4["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e[e.as_array().unwrap().len() - 1] != 0)
+        .collect();
+    assert!(
+        refused.iter().all(|e| {
+            let r = &e[e.as_array().unwrap().len() - 1];
+            r == "ENAMETOOLONG" || r == "ENOENT"
+        }),
+        "{refused:?}"
+    );
+    assert!(
+        ext4["state"].as_object().unwrap().len() > 300,
+        "{}",
+        ext4["state"]
+    );
+    let (el, ml) = (
+        ext4["log"].as_array().unwrap(),
+        mount["log"].as_array().unwrap(),
+    );
+    assert_eq!(el.len(), ml.len());
+    for (e, got) in el.iter().zip(ml) {
+        assert_eq!(got, e, "{}: the mount differs from ext4", names.word());
+    }
+    assert_eq!(mount["state"], ext4["state"], "{}", names.word());
+    m.remount();
+    let again: serde_json::Value =
+        serde_json::from_str(&py(NAME_STATE, &[m.mnt.as_os_str()])).unwrap();
+    assert_eq!(again, ext4["state"], "{}: after a remount", names.word());
+}

@@ -26,17 +26,9 @@ entries = [
 ]
 "#;
 
-#[test]
-fn pjdfstest_passes_with_encrypted_names() {
-    pjdfstest(Names::Encrypted);
-}
+common::in_both_names_modes!(pjdfstest_passes);
 
-#[test]
-fn pjdfstest_passes_with_plain_names() {
-    pjdfstest(Names::Plain);
-}
-
-fn pjdfstest(names: Names) {
+fn pjdfstest_passes(names: Names) {
     let Some(pjdfstest) = common::require_tool("pjdfstest", "pjdfstest") else {
         return;
     };

@@ -1,6 +1,7 @@
 //! POSIX details where the mount must behave as the backing ext4 does, or
 //! refuse plainly: POSIX ACLs (not supported: refused, hidden), the group of
 //! entries made in a setgid directory, setuid/setgid bits of new files.
+//! Each runs in both names modes.
 
 mod common;
 
@@ -8,12 +9,12 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Output};
 
-use common::Mount;
+use common::{Mount, Names};
 
 /// A mount other users can use (allow_other, world-writable root); None to skip.
-fn shared_mount(test: &str) -> Option<Mount> {
+fn shared_mount(test: &str, names: Names) -> Option<Mount> {
     common::require_tool(test, "runuser")?;
-    let mut m = Mount::new(test)?;
+    let mut m = Mount::with_names(test, names, &[])?;
     fs::set_permissions(m.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
     m.set_args(&["-o", "allow_other"]);
     m.remount();
@@ -51,9 +52,16 @@ const ACL: &str = "import struct\n\
 acl = struct.pack('<I', 2) + b''.join(struct.pack('<HHI', t, p, i) for t, p, i in \
 [(1, 6, 0xffffffff), (2, 0, 65534), (4, 4, 0xffffffff), (0x10, 4, 0xffffffff), (0x20, 4, 0xffffffff)])\n";
 
-#[test]
-fn posix_acls_and_security_labels_are_refused_and_never_shown() {
-    let Some(m) = Mount::new("acl") else { return };
+common::in_both_names_modes!(
+    posix_acls_and_security_labels_are_refused_and_never_shown,
+    setgid_directory_gives_new_entries_its_group,
+    setuid_and_setgid_bits_of_new_files_are_kept,
+);
+
+fn posix_acls_and_security_labels_are_refused_and_never_shown(names: Names) {
+    let Some(m) = Mount::with_names("acl", names, &[]) else {
+        return;
+    };
     fs::write(m.p("f"), b"x").unwrap();
     fs::create_dir(m.p("d")).unwrap();
     // Setting either ACL is EOPNOTSUPP, as on a file system without ACLs:
@@ -81,18 +89,29 @@ fn posix_acls_and_security_labels_are_refused_and_never_shown() {
         );
         assert_eq!(removed, libc::EOPNOTSUPP.to_string(), "{name} {attr}");
     }
+    let (bf, bd) = (m.backing_of("f"), m.backing_of("d"));
+    let (bf, bd) = (bf.display(), bd.display());
     let backing = py(
         &m.backing,
-        "import os; print(os.listxattr('f'), os.listxattr('d'))",
+        &format!("import os; print(os.listxattr('{bf}'), os.listxattr('{bd}'))"),
     );
     assert!(!backing.contains("posix_acl"), "{backing}");
-    assert_eq!(fs::metadata(m.b("f")).unwrap().mode() & 0o777, 0o644);
+    assert_eq!(
+        fs::metadata(m.backing_of("f")).unwrap().mode() & 0o777,
+        0o644
+    );
     // An ACL the backing file got beside the mount is neither listed nor returned.
     py(
         &m.backing,
-        &format!("{ACL}import os; os.setxattr('f', 'system.posix_acl_access', acl)"),
+        &format!("{ACL}import os; os.setxattr('{bf}', 'system.posix_acl_access', acl)"),
     );
-    assert!(py(&m.backing, "import os; print(os.listxattr('f'))").contains("posix_acl_access"));
+    assert!(
+        py(
+            &m.backing,
+            &format!("import os; print(os.listxattr('{bf}'))")
+        )
+        .contains("posix_acl_access")
+    );
     assert_eq!(
         py(&m.mnt, "import os; print(os.listxattr('f'))"),
         "[]",
@@ -117,9 +136,8 @@ fn posix_acls_and_security_labels_are_refused_and_never_shown() {
     }
 }
 
-#[test]
-fn setgid_directory_gives_new_entries_its_group() {
-    let Some(m) = shared_mount("setgid") else {
+fn setgid_directory_gives_new_entries_its_group(names: Names) {
+    let Some(m) = shared_mount("setgid", names) else {
         return;
     };
     fs::create_dir(m.p("sg")).unwrap();
@@ -132,7 +150,7 @@ fn setgid_directory_gives_new_entries_its_group() {
     for name in ["sg/f", "sg/d", "sg/p"] {
         let (mnt, backing) = (
             fs::metadata(m.p(name)).unwrap(),
-            fs::metadata(m.b(name)).unwrap(),
+            fs::metadata(m.backing_of(name)).unwrap(),
         );
         assert_eq!((mnt.uid(), mnt.gid()), (nobody, 1), "{name} on the mount");
         assert_eq!(
@@ -153,9 +171,8 @@ fn setgid_directory_gives_new_entries_its_group() {
     assert_eq!(fs::metadata(m.p("plain")).unwrap().gid(), 65534);
 }
 
-#[test]
-fn setuid_and_setgid_bits_of_new_files_are_kept() {
-    let Some(m) = shared_mount("setuid") else {
+fn setuid_and_setgid_bits_of_new_files_are_kept(names: Names) {
+    let Some(m) = shared_mount("setuid", names) else {
         return;
     };
     let make = |name: &str, mode: &str| {
@@ -177,7 +194,7 @@ fn setuid_and_setgid_bits_of_new_files_are_kept() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(mode("user-suid"), 0o4711);
     assert_eq!(
-        fs::metadata(m.b("user-suid")).unwrap().mode() & 0o7777,
+        fs::metadata(m.backing_of("user-suid")).unwrap().mode() & 0o7777,
         0o4711
     );
 }

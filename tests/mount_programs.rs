@@ -1,11 +1,12 @@
 //! Unmodified programs on the mount: sqlite3, git, tar, cp -a, rsync -a, and
-//! shared writable mmap (through python3).
+//! shared writable mmap (through python3). git, tar, cp and rsync, which
+//! make, rename and link many names, run in both names modes.
 
 mod common;
 
 use std::path::Path;
 
-use common::{Mount, sh};
+use common::{Mount, Names, sh};
 
 fn need(test: &str, prog: &str) -> bool {
     common::require_tool(test, prog).is_some()
@@ -45,12 +46,13 @@ fn sqlite3_transaction_and_integrity() {
     check(&m);
 }
 
-#[test]
-fn git_init_commit_fsck() {
+common::in_both_names_modes!(git_init_commit_fsck, tar_cp_rsync_preserve_trees);
+
+fn git_init_commit_fsck(names: Names) {
     if !need("git", "git") {
         return;
     }
-    let Some(mut m) = Mount::new("git") else {
+    let Some(mut m) = Mount::with_names("git", names, &[]) else {
         return;
     };
     sh(
@@ -76,9 +78,10 @@ fn make_tree(dir: &Path) {
     );
 }
 
-#[test]
-fn tar_cp_rsync_preserve_trees() {
-    let Some(m) = Mount::new("trees") else { return };
+fn tar_cp_rsync_preserve_trees(names: Names) {
+    let Some(m) = Mount::with_names("trees", names, &[]) else {
+        return;
+    };
     let src = m.tmp.path().join("plain");
     std::fs::create_dir(&src).unwrap();
     make_tree(&src);

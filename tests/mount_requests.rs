@@ -1,14 +1,15 @@
 //! Performance plumbing: the daemon's own request counters, which
 //! scripts/bench.sh reads to say how many FUSE round trips a workload cost
 //! (the xattr trusted.kmsfs.requests on the mount's root, `opcode count` per
-//! line), and the read-ahead window a root daemon sets after mounting.
+//! line), and the read-ahead window a root daemon sets after mounting; the
+//! kernel's cache of listings, in both names modes.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
 
-use common::{Mount, require_root, sh};
+use common::{Mount, Names, require_root, sh};
 
 fn requests(m: &Mount) -> BTreeMap<String, u64> {
     let out = sh(
@@ -92,12 +93,16 @@ fn grew(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, op: &str)
     after.get(op).copied().unwrap_or(0) - before.get(op).copied().unwrap_or(0)
 }
 
-#[test]
-fn the_kernel_keeps_listings_and_drops_them_on_every_change_through_the_mount() {
+common::in_both_names_modes!(
+    the_kernel_keeps_listings_and_drops_them_on_every_change_through_the_mount,
+    shared_storage_lists_afresh_and_shows_changes_beside_the_mount,
+);
+
+fn the_kernel_keeps_listings_and_drops_them_on_every_change_through_the_mount(mode: Names) {
     if !require_root("listing cache", "trusted.* xattrs are root's") {
         return;
     }
-    let Some(m) = Mount::new("listing-cache") else {
+    let Some(m) = Mount::with_names("listing-cache", mode, &[]) else {
         return;
     };
     let d = m.p("d");
@@ -145,24 +150,30 @@ fn the_kernel_keeps_listings_and_drops_them_on_every_change_through_the_mount() 
     assert_eq!(fs::metadata(d.join("f11")).unwrap().nlink(), 1);
 }
 
-#[test]
-fn shared_storage_lists_afresh_and_shows_changes_beside_the_mount() {
+fn shared_storage_lists_afresh_and_shows_changes_beside_the_mount(mode: Names) {
     if !require_root("shared listing", "trusted.* xattrs are root's") {
         return;
     }
-    let Some(m) = Mount::with_args("shared-listing", &["-o", "sharedstorage"]) else {
+    let Some(m) = Mount::with_names("shared-listing", mode, &["-o", "sharedstorage"]) else {
         return;
     };
     let d = m.p("d");
     fs::create_dir(&d).unwrap();
     fs::write(d.join("a"), b"x").unwrap();
-    assert_eq!(names(&d), ["a"]);
-    // Another writer of the storage adds a name (a FIFO: no header needed).
+    // A FIFO (no header needed), its backing entry kept aside by a hard
+    // link (its name, encrypted or not, is valid in d), then removed.
     let made = std::process::Command::new("mkfifo")
-        .arg(m.b("d/beside"))
+        .arg(d.join("beside"))
         .status()
         .unwrap();
     assert!(made.success());
+    let entry = m.backing_of("d/beside");
+    let aside = m.tmp.path().join("aside");
+    fs::hard_link(&entry, &aside).unwrap();
+    fs::remove_file(d.join("beside")).unwrap();
+    assert_eq!(names(&d), ["a"]);
+    // Another writer of the storage adds that name back.
+    fs::hard_link(&aside, &entry).unwrap();
     let before = requests(&m);
     assert_eq!(names(&d), ["a", "beside"]);
     let after = requests(&m);

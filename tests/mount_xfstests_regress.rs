@@ -9,6 +9,8 @@
 //!   program alone;
 //! - generic/683, 684 (and write, truncate, O_TRUNC): a change by a user
 //!   without CAP_FSETID drops setuid/setgid as ext4 does.
+//!
+//! Those that make, rename, link or list names run in both names modes.
 
 mod common;
 
@@ -21,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Mount, sh};
+use common::{Mount, Names, sh};
 
 /// (atime, mtime, ctime) of `p` in nanoseconds.
 fn times(p: &Path) -> (i128, i128, i128) {
@@ -63,9 +65,15 @@ print(m, c)
     (v[0], v[1])
 }
 
-#[test]
-fn times_shown_are_the_times_stored_and_survive_a_remount() {
-    let Some(mut m) = Mount::new("times") else {
+common::in_both_names_modes!(
+    times_shown_are_the_times_stored_and_survive_a_remount,
+    fstat_of_a_handle_whose_name_a_rename_replaced,
+    rewinddir_lists_names_made_after_opendir,
+    inode_numbers_survive_the_kernel_forgetting_the_inode,
+);
+
+fn times_shown_are_the_times_stored_and_survive_a_remount(names: Names) {
+    let Some(mut m) = Mount::with_names("times", names, &[]) else {
         return;
     };
     // generic/003 wrote with `echo`; many files, since a divergence showed
@@ -82,7 +90,7 @@ fn times_shown_are_the_times_stored_and_survive_a_remount() {
     for (n, t) in names.iter().zip(&shown) {
         assert_eq!(
             (t.1, t.2),
-            stored(&m.b(n)),
+            stored(&m.backing_of(n)),
             "{n}: mtime and ctime shown differ from the ones stored"
         );
     }
@@ -199,9 +207,8 @@ fn replaced_handles(dir: &Path) -> [(u64, u32, u64); 2] {
     got
 }
 
-#[test]
-fn fstat_of_a_handle_whose_name_a_rename_replaced() {
-    let Some(m) = Mount::new("replaced") else {
+fn fstat_of_a_handle_whose_name_a_rename_replaced(names: Names) {
+    let Some(m) = Mount::with_names("replaced", names, &[]) else {
         return;
     };
     let plain = m.tmp.path().join("plain");
@@ -254,9 +261,8 @@ impl Drop for Dir {
     }
 }
 
-#[test]
-fn rewinddir_lists_names_made_after_opendir() {
-    let Some(m) = Mount::new("rewinddir") else {
+fn rewinddir_lists_names_made_after_opendir(names: Names) {
+    let Some(m) = Mount::with_names("rewinddir", names, &[]) else {
         return;
     };
     let d = m.p("d");
@@ -429,12 +435,11 @@ fn changes_by_an_unprivileged_user_drop_setuid_and_setgid_as_on_ext4() {
 /// st_ino in its index: a file's inode number must not change when the
 /// kernel forgets its inode (memory pressure; here drop_caches) and looks it
 /// up again.
-#[test]
-fn inode_numbers_survive_the_kernel_forgetting_the_inode() {
+fn inode_numbers_survive_the_kernel_forgetting_the_inode(names: Names) {
     if !common::require_root("inode numbers", "drop_caches is root's") {
         return;
     }
-    let Some(m) = Mount::new("stable-ino") else {
+    let Some(m) = Mount::with_names("stable-ino", names, &[]) else {
         return;
     };
     sh(&m.mnt, "mkdir -p d/e && echo x > d/e/f && ln d/e/f d/g");

@@ -55,6 +55,33 @@ pub(super) fn answer(n: usize, size: u32, mut buf: Vec<u8>) -> Result<XattrValue
     }
 }
 
+/// Debug builds only, for the test suite: a node's backing path, relative to
+/// the backing root (its encrypted names with encrypted names), to root;
+/// tests reach the backing object of a name this way in both names modes.
+#[cfg(debug_assertions)]
+pub(super) const BACKING_XATTR: &str = "trusted.kmsfs.backing";
+
+impl KmsFs {
+    /// The getxattr answer for `BACKING_XATTR` on `ino` to a caller of
+    /// `uid`: ENODATA (as for any name kmsfs reserves) to anyone but root.
+    #[cfg(debug_assertions)]
+    pub(super) fn backing_xattr(
+        &self,
+        ino: u64,
+        uid: u32,
+        size: u32,
+    ) -> Result<XattrValue, FsError> {
+        if uid != 0 {
+            return Err(FsError::NoAttribute);
+        }
+        let rel = super::filesystem::lock(&self.inodes)
+            .node(ino)
+            .map(|(p, _)| p.as_os_str().as_bytes().to_vec())
+            .ok_or(FsError::NotFound)?;
+        answer(rel.len(), size, rel)
+    }
+}
+
 /// True when `name` is reserved for the mount's own use.
 pub(super) fn reserved_xattr(name: &OsStr) -> bool {
     let n = name.as_encoded_bytes();

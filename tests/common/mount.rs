@@ -1,5 +1,7 @@
 //! Mounts of the real `kmsfs` binary, and the guards that always unmount them.
 
+use std::ffi::{CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -37,6 +39,35 @@ impl Names {
         }
     }
 }
+
+/// Runs each test body `fn NAME(names: Names)` in both names modes, as two
+/// tests, `NAME::encrypted` and `NAME::plain` (so each mode is filtered,
+/// run in parallel and reported on its own): the one way the suite runs a
+/// name-sensitive test twice.
+///
+/// ```ignore
+/// common::in_both_names_modes!(rename_over_an_open_file, rewinddir);
+/// ```
+#[allow(unused_macros)]
+macro_rules! in_both_names_modes {
+    ($($body:ident),+ $(,)?) => {
+        $(
+            mod $body {
+                #[test]
+                fn encrypted() {
+                    super::$body($crate::common::Names::Encrypted)
+                }
+
+                #[test]
+                fn plain() {
+                    super::$body($crate::common::Names::Plain)
+                }
+            }
+        )+
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use in_both_names_modes;
 
 /// A mounted kmsfs with its own keystore and directories; unmounted on drop.
 pub struct Mount {
@@ -196,9 +227,44 @@ impl Mount {
         self.mnt.join(rel)
     }
 
-    /// A path in the backing directory.
+    /// A path in the backing directory, as it is spelled (kmsfs's own files,
+    /// or any path of a tree with plain names).
     pub fn b(&self, rel: &str) -> PathBuf {
         self.backing.join(rel)
+    }
+
+    /// The backing path of mount path `rel` (which exists) in either names
+    /// mode: the daemon's answer to root's getxattr of
+    /// `trusted.kmsfs.backing` (debug builds only), the node's path
+    /// relative to the backing root, its names encrypted with encrypted
+    /// names. Asked of the entry itself, not what a symlink points to.
+    pub fn backing_of(&self, rel: &str) -> PathBuf {
+        let p = self.p(rel);
+        let c = CString::new(p.as_os_str().as_bytes()).expect("no NUL in a path");
+        let name = c"trusted.kmsfs.backing";
+        let mut buf = vec![0u8; 8192];
+        // SAFETY: `c` and `name` are NUL-terminated; `buf` is writable for its length.
+        let n = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        let n = usize::try_from(n).unwrap_or_else(|_| {
+            panic!(
+                "getxattr trusted.kmsfs.backing of {}: {}",
+                p.display(),
+                std::io::Error::last_os_error()
+            )
+        });
+        buf.truncate(n);
+        let out = self.backing.join(OsStr::from_bytes(&buf));
+        if self.names == Names::Plain {
+            assert_eq!(out, self.backing.join(rel), "plain names are themselves");
+        }
+        out
     }
 
     /// The daemon's pid (asked of `kmsfs status`).
