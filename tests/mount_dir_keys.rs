@@ -239,3 +239,126 @@ fn cleared_by_the_owner(m: &Mount, users: &TestUsers, keys: &Keys, kb: &str) {
     assert!(!out.contains("dirkey"), "{out}");
     assert!(out.contains(kb), "{out}");
 }
+
+/// The entries of the keystore's list of this tree's directory keys
+/// (`backings/*.dirkeys`), by "INO:BIRTH".
+fn listed(m: &Mount) -> serde_json::Map<String, Value> {
+    let dir = m.keystore.join("backings");
+    for e in fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.to_string_lossy().ends_with(".dirkeys") {
+            let v: Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+            return v["Directories"].as_object().cloned().unwrap_or_default();
+        }
+    }
+    serde_json::Map::new()
+}
+
+/// "INO:BIRTH" of backing directory `rel`, as the list names it.
+fn dir_id(m: &Mount, rel: &str) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let md = fs::metadata(m.b(rel)).unwrap();
+    let born = md
+        .created()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{}:{born}", md.ino())
+}
+
+/// B, who can write d's backing directory, runs python `code` on it with
+/// `p` its path and `n` the record's xattr name.
+fn tamper(m: &Mount, b: &TestUser, rel: &str, code: &str) -> String {
+    python_as(
+        b,
+        Path::new("/"),
+        &format!(
+            "import os; p = '{}'; n = 'user.kmsfs.dirkey'; {code}",
+            m.b(rel).display()
+        ),
+    )
+}
+
+/// Issue 20: the keystore lists the keys set on directories, so another
+/// user who can write the backing tree cannot make new files fall back to
+/// the tree's default key by removing a directory's record (nor by putting
+/// back one its owner replaced or cleared): A's next create under it is
+/// refused with EIO and a log line naming the directory, A's existing
+/// files still open, and A's `set-key` (or `--inherit`) answers it. A
+/// rename keeps the listing; an rmdir drops it.
+#[test]
+fn a_removed_directory_key_record_is_refused() {
+    let Some((mut m, users)) = setup("dirkeys-removed") else {
+        return;
+    };
+    let (a, b) = (&users.a, &users.b);
+    let default = m.key_id_of("alias/kmsfs/default");
+    let v: Value = serde_json::from_str(&m.ok(&["--output", "json", "kms", "create-key"])).unwrap();
+    let k = v["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    let k2 = key_denying(&m, b);
+    common::ok_as(a, &m.p("shared"), "mkdir d d/sub && chmod 777 d d/sub");
+    let o = kmsfs_as(&m, a, &["set-key", "d", "--key-id", &k]);
+    assert!(o.status.success(), "{}", text(&o));
+    common::ok_as(a, &m.p("shared"), "printf kept > d/f1");
+    assert_eq!(key_of(&m, "shared/d/f1"), k);
+    assert_eq!(listed(&m)[&dir_id(&m, "shared/d")], k.as_str());
+
+    // B removes the record: refused (also under d/sub, which inherits it),
+    // never the default key; d/f1 still opens.
+    tamper(&m, b, "shared/d", "os.removexattr(p, n)");
+    m.remount();
+    create_refused(&m, a, "d/after-removal", "Input/output error");
+    create_refused(&m, a, "d/sub/after-removal", "Input/output error");
+    let log = m.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("directory key record refused: the record is missing"))
+        .unwrap_or_else(|| panic!("no refusal in the log: {log}"));
+    assert!(line.contains("/shared/d:") && line.contains(&k), "{line}");
+    assert_eq!(common::ok_as(a, &m.p("shared"), "cat d/f1"), "kept");
+    let o = kmsfs_as(&m, a, &["get-key", "d"]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+
+    // A sets it again (to K2 now). B saves that record and puts it back
+    // after A cleared the key: refused.
+    let o = kmsfs_as(&m, a, &["set-key", "d", "--key-id", &k2]);
+    assert!(o.status.success(), "{}", text(&o));
+    common::ok_as(a, &m.p("shared"), "printf new > d/f2");
+    assert_eq!(key_of(&m, "shared/d/f2"), k2);
+    let now = tamper(&m, b, "shared/d", "print(os.getxattr(p, n).decode())");
+    assert!(now.starts_with(&format!("kmsfs-dirkey-v1 {k2} ")), "{now}");
+    let saved = now.trim().to_string();
+    let o = kmsfs_as(&m, a, &["set-key", "d", "--inherit"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(listed(&m)[&dir_id(&m, "shared/d")], Value::Null);
+    tamper(&m, b, "shared/d", &format!("os.setxattr(p, n, b'{saved}')"));
+    m.remount();
+    create_refused(&m, a, "d/after-put-back", "Input/output error");
+    assert!(
+        m.log_text()
+            .contains("its owner cleared this directory's key"),
+        "{}",
+        m.log_text()
+    );
+    // A's --inherit answers it: the default key again.
+    let o = kmsfs_as(&m, a, &["set-key", "d", "--inherit"]);
+    assert!(o.status.success(), "{}", text(&o));
+    common::ok_as(a, &m.p("shared"), "printf back > d/f3");
+    assert_eq!(key_of(&m, "shared/d/f3"), default);
+
+    // A rename keeps the listing (the record moves with the directory);
+    // an rmdir through the mount drops it.
+    let o = kmsfs_as(&m, a, &["set-key", "d/sub", "--key-id", &k]);
+    assert!(o.status.success(), "{}", text(&o));
+    common::ok_as(a, &m.p("shared"), "mv d/sub moved");
+    let id = dir_id(&m, "shared/moved");
+    assert_eq!(listed(&m)[&id], k.as_str());
+    tamper(&m, b, "shared/moved", "os.removexattr(p, n)");
+    m.remount();
+    create_refused(&m, a, "moved/after-rename", "Input/output error");
+    let o = kmsfs_as(&m, a, &["set-key", "moved", "--key-id", &k]);
+    assert!(o.status.success(), "{}", text(&o));
+    common::ok_as(a, &m.p("shared"), "rmdir moved");
+    assert!(!listed(&m).contains_key(&id), "{:?}", listed(&m));
+}

@@ -644,3 +644,26 @@ pub fn remember_backing(dir: &Path, backing: &Path) {
         );
     }
 }
+
+/// The mount keeps its list of directory keys in the keystore's record of
+/// the tree (tree/known.rs).
+impl crate::fs::DirKeyList for crate::tree::DirKeyList {
+    fn get(
+        &self,
+        id: crate::envelope::dirkey::DirId,
+    ) -> std::io::Result<Option<crate::envelope::dirkey::Listed>> {
+        crate::tree::DirKeyList::get(self, id)
+    }
+
+    fn set(
+        &self,
+        id: crate::envelope::dirkey::DirId,
+        to: Option<crate::envelope::dirkey::Listed>,
+    ) -> std::io::Result<Option<crate::envelope::dirkey::Listed>> {
+        crate::tree::DirKeyList::set(self, id, to)
+    }
+
+    fn path(&self) -> &Path {
+        crate::tree::DirKeyList::path(self)
+    }
+}

@@ -252,10 +252,28 @@ fn dir_keys(req: &Serving, o: &Options) -> Result<crate::fs::DirKeysConfig, Moun
             super::replace_marker(&backing, &m).map_err(|e| e.to_string())
         }))
     };
+    // The keystore's list of the tree's directory keys (a remote KMS keeps
+    // none): without it a removed record would pass for one never set.
+    let list: Option<Arc<dyn crate::fs::DirKeyList>> = match &req.keystore {
+        Some(dir) => Some(Arc::new(
+            crate::tree::DirKeyList::open(dir, &req.backing).map_err(|e| {
+                MountError::io(
+                    format!(
+                        "the list of directory keys of {} in {}",
+                        req.backing.display(),
+                        dir.display()
+                    ),
+                    e,
+                )
+            })?,
+        )),
+        None => None,
+    };
     Ok(crate::fs::DirKeysConfig {
         wrapped,
         trusted,
         save,
+        list,
     })
 }
 

@@ -24,13 +24,61 @@ pub const MAC_KEY_PURPOSE: &str = "dirkeys";
 /// Its value for the GenerateDataKey that authorizes a user's set-key.
 pub const SET_KEY_PURPOSE: &str = "dirkey";
 
+/// A backing directory as its record is bound to it: inode number and
+/// birth time (nanoseconds since the epoch; 0 where the filesystem keeps
+/// none). A rename keeps it; a copy of the tree gets new ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DirId {
+    /// The directory's inode number.
+    pub ino: u64,
+    /// Its birth time in nanoseconds.
+    pub born: u64,
+}
+
+impl DirId {
+    /// The id of the directory `m` describes.
+    pub fn of(m: &Metadata) -> Self {
+        let born = m
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as u64);
+        Self { ino: m.ino(), born }
+    }
+}
+
+impl std::fmt::Display for DirId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.ino, self.born)
+    }
+}
+
+impl std::str::FromStr for DirId {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (i, b) = s.split_once(':').ok_or(())?;
+        Ok(Self {
+            ino: i.parse().map_err(|_| ())?,
+            born: b.parse().map_err(|_| ())?,
+        })
+    }
+}
+
+/// What the keystore's list of a tree's directory keys says of one
+/// directory (docs/MOUNT.md, "A key per directory"): the mount lists every
+/// key it sets, so a record removed from the backing directory, or put back
+/// after its owner cleared it, is told from one never set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listed {
+    /// The directory's record names this key.
+    Key(String),
+    /// Its owner cleared its key: it has no record.
+    Cleared,
+}
+
 /// The MAC of a record naming `key_id` on the directory `m`.
 fn record_mac(mac_key: &[u8], key_id: &str, m: &Metadata) -> String {
-    let born = m
-        .created()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as u64);
+    let id = DirId::of(m);
     let len = (key_id.len() as u32).to_be_bytes();
     hex(&hmac_sha256(
         mac_key,
@@ -38,8 +86,8 @@ fn record_mac(mac_key: &[u8], key_id: &str, m: &Metadata) -> String {
             MAC_LABEL,
             &len,
             key_id.as_bytes(),
-            &m.ino().to_be_bytes(),
-            &born.to_be_bytes(),
+            &id.ino.to_be_bytes(),
+            &id.born.to_be_bytes(),
         ],
     ))
 }

@@ -7,6 +7,9 @@
 //! write is refused (EIO), never obeyed. Programs read and change it
 //! through the mount as the xattr `DIR_KEY_XATTR` of a directory
 //! (`kmsfs set-key`, `kmsfs get-key`); docs/MOUNT.md, "A key per directory".
+//! With a local keystore, the keystore also lists every key the mount sets
+//! (`DirKeyList`): a record removed from the backing directory, or an older
+//! one put back, is refused as well.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -22,7 +25,8 @@ use super::filesystem::{KmsFs, lock};
 use super::xattr::{XattrValue, answer};
 use crate::crypto::SecretBytes;
 use crate::envelope::dirkey::{
-    MAC_KEY_PURPOSE, PURPOSE_KEY, RECORD_XATTR, SET_KEY_PURPOSE, check_record, record_text,
+    DirId, Listed, MAC_KEY_PURPOSE, PURPOSE_KEY, RECORD_XATTR, SET_KEY_PURPOSE, check_record,
+    record_text,
 };
 use crate::kms::{
     Caller, DataKeySpec, EncryptionContext, FileAccess, KeyServiceExt, KmsError, Origin,
@@ -42,6 +46,17 @@ const CACHE_MAX: usize = 1 << 14;
 /// Saves a newly made wrapped MAC key in the binding file (the daemon's).
 pub type SaveMacKey = Arc<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>;
 
+/// The list of the keys set on the tree's directories, kept where those who
+/// can write the backing tree cannot (the keystore's record of the tree).
+pub trait DirKeyList: Send + Sync {
+    /// What it says of directory `id` (None: nothing).
+    fn get(&self, id: DirId) -> std::io::Result<Option<Listed>>;
+    /// Lists `id` as `to` (None: drops it), durably; what it said before.
+    fn set(&self, id: DirId, to: Option<Listed>) -> std::io::Result<Option<Listed>>;
+    /// Where it is kept (for messages).
+    fn path(&self) -> &Path;
+}
+
 /// How the mount finds the tree's directory-key MAC key.
 #[derive(Clone, Default)]
 pub struct DirKeysConfig {
@@ -55,6 +70,9 @@ pub struct DirKeysConfig {
     pub trusted: Vec<String>,
     /// Records a MAC key made at the first set-key (None: read-only).
     pub save: Option<SaveMacKey>,
+    /// The keystore's list of the tree's directory keys (None: a remote
+    /// KMS, which keeps none; a removed record is not detected then).
+    pub list: Option<Arc<dyn DirKeyList>>,
 }
 
 impl std::fmt::Debug for DirKeysConfig {
@@ -62,6 +80,7 @@ impl std::fmt::Debug for DirKeysConfig {
         f.debug_struct("DirKeysConfig")
             .field("wrapped", &self.wrapped.is_some())
             .field("trusted", &self.trusted)
+            .field("list", &self.list.as_ref().map(|l| l.path().to_path_buf()))
             .finish()
     }
 }
@@ -124,6 +143,15 @@ fn refused(backing: &Path, why: &str) -> FsError {
     log::warn!(
         "{}: directory key record refused: {why}; returning EIO",
         crate::logtext::escaped(backing)
+    );
+    FsError::Io(std::io::Error::from_raw_os_error(libc::EIO))
+}
+
+/// EIO with a warning: the list of directory keys could not be used.
+fn list_failed(list: &dyn DirKeyList, e: std::io::Error) -> FsError {
+    log::warn!(
+        "the list of directory keys {}: {e}; returning EIO",
+        crate::logtext::escaped(list.path())
     );
     FsError::Io(std::io::Error::from_raw_os_error(libc::EIO))
 }
@@ -223,6 +251,84 @@ impl KmsFs {
             .map_err(|why| refused(&self.backing_path(rel), why))
     }
 
+    /// `record`, the checked record of backing directory `rel` (`m`), as
+    /// the keystore's list allows it: a record the list says was removed,
+    /// replaced or cleared is refused (EIO); one it does not know (written
+    /// before lists existed, or by an import) is listed now.
+    fn check_listed(
+        &self,
+        record: Option<String>,
+        m: &Metadata,
+        rel: &Path,
+    ) -> Result<Option<String>, FsError> {
+        let Some(list) = &self.cfg.dir_keys.list else {
+            return Ok(record);
+        };
+        let id = DirId::of(m);
+        let listed = list.get(id).map_err(|e| list_failed(&**list, e))?;
+        let at = || self.backing_path(rel);
+        let shown = crate::logtext::escaped(list.path());
+        match (record, listed) {
+            (Some(k), Some(Listed::Key(l))) if k == l => Ok(Some(k)),
+            (Some(k), Some(Listed::Key(l))) => Err(refused(
+                &at(),
+                &format!(
+                    "it names {k}, but the key set last on this directory is {l} (as {shown} \
+                     lists): an older record put back"
+                ),
+            )),
+            (Some(_), Some(Listed::Cleared)) => Err(refused(
+                &at(),
+                &format!(
+                    "its owner cleared this directory's key (as {shown} lists): a record put \
+                     back since"
+                ),
+            )),
+            (Some(k), None) => {
+                if self.writable().is_ok()
+                    && let Err(e) = list.set(id, Some(Listed::Key(k.clone())))
+                {
+                    log::warn!("listing the key of {}: {e}", crate::logtext::escaped(&at()));
+                }
+                Ok(Some(k))
+            }
+            (None, Some(Listed::Key(l))) => Err(refused(
+                &at(),
+                &format!(
+                    "the record is missing, but key {l} was set on this directory (as {shown} \
+                     lists): removed in the backing directory; its owner sets the key again \
+                     with `kmsfs set-key` (or `--inherit`)"
+                ),
+            )),
+            (None, _) => Ok(None),
+        }
+    }
+
+    /// Drops directory `id`, removed through the mount, from the list.
+    pub(super) fn dir_key_unlisted(&self, id: DirId) {
+        let Some(list) = &self.cfg.dir_keys.list else {
+            return;
+        };
+        let r = list.get(id).and_then(|l| {
+            if l.is_some() {
+                list.set(id, None).map(drop)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = r {
+            log::warn!(
+                "dropping a removed directory from {}: {e}",
+                crate::logtext::escaped(list.path())
+            );
+        }
+    }
+
+    /// Whether removed directories must be dropped from a list.
+    pub(super) fn dir_keys_listed(&self) -> bool {
+        self.cfg.dir_keys.list.is_some()
+    }
+
     /// The key for files created in backing directory `rel`: the record of
     /// the nearest directory from `rel` up to the root that has one, else
     /// the mount's key. A refused record refuses the create (EIO): the
@@ -242,7 +348,8 @@ impl KmsFs {
                 0,
             )?;
             let m = dir.metadata()?;
-            if let Some(k) = self.read_record(&dir, &m, p)? {
+            let record = self.read_record(&dir, &m, p)?;
+            if let Some(k) = self.check_listed(record, &m, p)? {
                 lock(&d.seen).insert(self.shown_dir(p), k.clone());
                 found = Some(Effective {
                     key_id: k,
@@ -331,7 +438,25 @@ impl KmsFs {
             return Err(FsError::ReadOnly);
         };
         let text = record_text(mac.expose(), &key_id, &dir.meta);
-        os::xattr::setxattr_node(&dir.file, OsStr::new(RECORD_XATTR), text.as_bytes(), 0)?;
+        // Listed first: a crash in between leaves a listed key without its
+        // record, which refuses creates until the owner sets it again,
+        // rather than a record the list does not know.
+        let id = DirId::of(&dir.meta);
+        let list = self.cfg.dir_keys.list.as_ref();
+        let before = match list {
+            Some(l) => l
+                .set(id, Some(Listed::Key(key_id.clone())))
+                .map_err(|e| list_failed(&**l, e))?,
+            None => None,
+        };
+        if let Err(e) =
+            os::xattr::setxattr_node(&dir.file, OsStr::new(RECORD_XATTR), text.as_bytes(), 0)
+        {
+            if let Some(l) = list {
+                let _ = l.set(id, before);
+            }
+            return Err(e.into());
+        }
         self.dir_keys_moved();
         lock(&self.dir_keys().seen).insert(self.shown_dir(&dir.rel), key_id.clone());
         log::info!(
@@ -351,12 +476,34 @@ impl KmsFs {
         if caller.uid != 0 && caller.uid != dir.meta.uid() {
             return Err(FsError::Reserved);
         }
+        // Listed as cleared first, so that the record, once removed, cannot
+        // be put back; a record already removed by someone else is cleared
+        // too (the owner's answer to the refusal it caused).
+        let id = DirId::of(&dir.meta);
+        let list = self.cfg.dir_keys.list.as_ref();
+        let before = match list {
+            Some(l) => l
+                .set(id, Some(Listed::Cleared))
+                .map_err(|e| list_failed(&**l, e))?,
+            None => None,
+        };
+        let undo = || {
+            if let Some(l) = list {
+                let _ = l.set(id, before.clone());
+            }
+        };
         match os::xattr::removexattr_node(&dir.file, OsStr::new(RECORD_XATTR)) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {
-                return Err(FsError::NoAttribute);
+                if !matches!(before, Some(Listed::Key(_))) {
+                    undo();
+                    return Err(FsError::NoAttribute);
+                }
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                undo();
+                return Err(e.into());
+            }
         }
         self.dir_keys_moved();
         lock(&self.dir_keys().seen).remove(&self.shown_dir(&dir.rel));

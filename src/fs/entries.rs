@@ -199,6 +199,11 @@ impl KmsFs {
     /// unlink (`dir` false) and rmdir (`dir` true) of `name` in `parent`.
     pub fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<(), FsError> {
         let e = self.in_dir(parent, name)?;
+        // The directory's id, to drop it from the list of directory keys.
+        let gone = (dir && self.dir_keys_listed())
+            .then(|| stat_at(&e.dir, &e.name).ok())
+            .flatten()
+            .map(|m| crate::envelope::dirkey::DirId::of(&m));
         if dir && e.enc.is_some() {
             self.rmdir_with_id(&e)?;
         } else {
@@ -208,6 +213,9 @@ impl KmsFs {
         self.forget_path(&e.rel);
         if dir {
             self.dir_keys_moved();
+        }
+        if let Some(id) = gone {
+            self.dir_key_unlisted(id);
         }
         Ok(())
     }

@@ -28,7 +28,9 @@ mod times;
 mod xattr;
 
 pub use self::budget::{DEFAULT_USER_HANDLES, HandleLimits};
-pub use self::dirkeys::{DIR_KEY_XATTR, DirKeysConfig, DirKeysSeen, SaveMacKey, lock_seen};
+pub use self::dirkeys::{
+    DIR_KEY_XATTR, DirKeyList, DirKeysConfig, DirKeysSeen, SaveMacKey, lock_seen,
+};
 pub use self::error::FsError;
 pub use self::filesystem::{FsConfig, KmsFs};
 pub use self::fuse::Session;

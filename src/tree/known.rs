@@ -9,16 +9,22 @@
 //! directory, where whoever can write the tree could change it; the record
 //! sits in the keystore's directory, where they cannot, and a mount
 //! refuses a binding file that no longer says what the record says.
+//! Beside a record, `NAME.dirkeys` lists the keys the mount set on the
+//! tree's directories (`DirKeyList`), so that a directory's key record
+//! removed from the backing tree is refused, not taken for one never set.
 
+use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use super::Tree;
 use crate::envelope::EncryptedFile;
+use crate::envelope::dirkey::{DirId, Listed};
 use crate::os::at::{list_dir, open_strictly_beneath};
 use crate::os::beneath::{mkdirat, renameat2, unlinkat};
 
@@ -190,7 +196,10 @@ pub fn known(keystore_dir: &Path) -> Vec<PathBuf> {
     };
     let mut out: Vec<PathBuf> = entries
         .into_iter()
-        .filter(|(n, _)| !n.to_string_lossy().ends_with(".tmp"))
+        .filter(|(n, _)| {
+            let n = n.to_string_lossy();
+            !n.ends_with(".tmp") && !n.ends_with(DIR_KEYS_SUFFIX)
+        })
         .filter_map(|(n, _)| read_record(&dir, &n).ok())
         .map(|b| PathBuf::from(OsString::from_vec(parse_record(&b).0.to_vec())))
         .filter(|p| Tree::open_absolute(p).is_ok())
@@ -227,4 +236,169 @@ pub fn protected_by(backing: &Path, key_id: &str) -> (u64, u64) {
         }
     }
     n
+}
+
+/// The suffix of the list of a tree's directory keys, beside its record.
+const DIR_KEYS_SUFFIX: &str = ".dirkeys";
+
+/// The list as stored: JSON, directories by `DirId` ("INO:BIRTH").
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct DirKeysFile {
+    /// The backing directory (for people reading it; the name says which).
+    #[serde(rename = "Backing", default)]
+    backing: String,
+    /// Each listed directory's key id, or null once its owner cleared it.
+    #[serde(rename = "Directories", default)]
+    dirs: BTreeMap<String, Option<String>>,
+}
+
+/// The list as read.
+type Listing = BTreeMap<DirId, Listed>;
+
+/// What the list's file was when read: inode, mtime (s, ns), size.
+type Stamp = (u64, i64, i64, u64);
+
+/// The keystore's list of the directory keys set in one backing tree:
+/// which directory (by `DirId`) has which key, and which had one until its
+/// owner cleared it. It sits in the keystore's `backings/`, where those who
+/// can write the tree cannot; mounts of the same tree with this keystore
+/// share it (each change is made under a lock and read back by the others
+/// at their next lookup of a directory's key).
+#[derive(Debug)]
+pub struct DirKeyList {
+    dir: File,
+    name: OsString,
+    backing: PathBuf,
+    path: PathBuf,
+    /// The listing last read, and what the file was then.
+    cache: Mutex<Option<(Stamp, Arc<Listing>)>>,
+    /// Serialises this process's changes (flock sees one description).
+    writing: Mutex<()>,
+}
+
+impl DirKeyList {
+    /// The list of `backing` in the keystore directory `keystore_dir`
+    /// (`backings/` made when missing; the list itself at its first change).
+    pub fn open(keystore_dir: &Path, backing: &Path) -> io::Result<Self> {
+        let Some(dir) = open_known_dir(keystore_dir, true)? else {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        };
+        let mut name = OsString::from(record_name(backing));
+        name.push(DIR_KEYS_SUFFIX);
+        let path = keystore_dir.join(KNOWN_DIR).join(&name);
+        Ok(Self {
+            dir,
+            name,
+            path,
+            backing: backing.to_path_buf(),
+            cache: Mutex::new(None),
+            writing: Mutex::new(()),
+        })
+    }
+
+    /// The listing now: read again when the file changed since.
+    fn listing(&self) -> io::Result<Arc<Listing>> {
+        let mut f = match open_strictly_beneath(
+            &self.dir,
+            Path::new(&self.name),
+            libc::O_RDONLY | libc::O_NONBLOCK,
+            0,
+        ) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Arc::default()),
+            r => r?,
+        };
+        let m = f.metadata()?;
+        if !m.is_file() {
+            return Err(io::Error::other(format!(
+                "{} is not a regular file",
+                self.path().display()
+            )));
+        }
+        let stamp: Stamp = (m.ino(), m.mtime(), m.mtime_nsec(), m.len());
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((s, l)) = &*cache
+            && *s == stamp
+        {
+            return Ok(l.clone());
+        }
+        let mut b = Vec::new();
+        f.read_to_end(&mut b)?;
+        let file: DirKeysFile = serde_json::from_slice(&b).map_err(|e| {
+            io::Error::other(format!(
+                "{}: not a list of directory keys: {e}",
+                self.path().display()
+            ))
+        })?;
+        let mut l = Listing::new();
+        for (id, key) in file.dirs {
+            let Ok(id) = id.parse::<DirId>() else {
+                continue;
+            };
+            l.insert(id, key.map_or(Listed::Cleared, Listed::Key));
+        }
+        let l = Arc::new(l);
+        *cache = Some((stamp, l.clone()));
+        Ok(l)
+    }
+
+    /// The list's file (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What the list says of directory `id` (None: nothing).
+    pub fn get(&self, id: DirId) -> io::Result<Option<Listed>> {
+        Ok(self.listing()?.get(&id).cloned())
+    }
+
+    /// Lists directory `id` as `to` (None: drops it, e.g. at its rmdir),
+    /// durably, under the list's lock; returns what it said before.
+    pub fn set(&self, id: DirId, to: Option<Listed>) -> io::Result<Option<Listed>> {
+        let _me = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        self.dir.lock()?;
+        let r = (|| {
+            let mut l = (*self.listing()?).clone();
+            let before = match &to {
+                Some(t) => l.insert(id, t.clone()),
+                None => l.remove(&id),
+            };
+            if before == to {
+                return Ok(before);
+            }
+            let file = DirKeysFile {
+                backing: self.backing.to_string_lossy().into_owned(),
+                dirs: l
+                    .iter()
+                    .map(|(id, k)| {
+                        let k = match k {
+                            Listed::Key(k) => Some(k.clone()),
+                            Listed::Cleared => None,
+                        };
+                        (id.to_string(), k)
+                    })
+                    .collect(),
+            };
+            let body = serde_json::to_vec_pretty(&file).map_err(io::Error::other)?;
+            write_record(&self.dir, &self.name, &body)?;
+            self.dir.sync_all()?;
+            Ok(before)
+        })();
+        let _ = self.dir.unlock();
+        r
+    }
+}
+
+/// Lists the key `key_id` of the directory `dir` (its metadata, after its
+/// record was written) of the tree `backing` in the keystore directory
+/// `keystore_dir`, as `kmsfs set-key` through a mount does: for tools that
+/// write directory key records without a mount (import).
+pub fn list_dir_key(
+    keystore_dir: &Path,
+    backing: &Path,
+    dir: &std::fs::Metadata,
+    key_id: &str,
+) -> io::Result<()> {
+    DirKeyList::open(keystore_dir, backing)?
+        .set(DirId::of(dir), Some(Listed::Key(key_id.to_string())))
+        .map(drop)
 }

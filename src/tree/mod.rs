@@ -33,8 +33,8 @@ pub use self::export::{export_tree, open_dest};
 pub use self::fsck::{FileCheck, FileStatus, FsckReport, KeySummary, fsck_file, fsck_tree};
 pub use self::import::{NewFiles, import_tree};
 pub use self::known::{
-    Choices, known as known_backings, protected_by, record_choices, record_path, recorded_choices,
-    remember as remember_backing,
+    Choices, DirKeyList, known as known_backings, list_dir_key, protected_by, record_choices,
+    record_path, recorded_choices, remember as remember_backing,
 };
 pub use self::names::{NameFinding, NamesReport, check_names};
 pub use self::rewrap::{Problem, RewrapOptions, RewrapOutcome, RewrapReport, Rewrapper};
