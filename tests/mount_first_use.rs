@@ -130,6 +130,19 @@ fn plain_files_in_the_mount_point_get_a_hint_that_says_where_they_are() {
     assert!(!is_mounted(&mnt));
     assert_eq!(entries(&backing), Vec::<String>::new());
     assert!(!home.join(".local/share/kmsfs").exists());
+    // The hint's command, run as given, moves them aside and the mount works.
+    let cmd = out.split('`').nth(1).unwrap_or_default();
+    assert!(cmd.starts_with("mv "), "{out}");
+    let o = common::command("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(o.status.success(), "{cmd}: {}", text(&o));
+    assert_eq!(
+        std::fs::read(t.path().join("secret.plain/notes.txt")).unwrap(),
+        b"meant to be encrypted"
+    );
+    let o = mount_as_new_user(&home, &[], &backing, &mnt);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = kmsfs().arg("unmount").arg(&mnt).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
 }
 
 #[test]

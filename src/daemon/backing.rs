@@ -442,15 +442,15 @@ fn check_mountpoint_empty(mp: &Path, backing: &Path, o: &Options) -> Result<(), 
             format!(
                 "{} holds {}{} plain file{} (e.g. {}), probably written while nothing was \
                  mounted there: they are not encrypted, they sit on the disk beneath the mount \
-                 point. Move them out (e.g. `mv {} /tmp/kmsfs-rescued`), mount, copy them in \
-                 through the mount, then delete the plain copies; or pass -o nonempty to hide \
-                 them while mounted",
+                 point. Move them out (e.g. `mv {mp} {mp}.plain && mkdir {mp}`), mount, \
+                 copy them in through the mount, then delete the plain copies; or pass -o \
+                 nonempty to hide them while mounted",
                 mp.display(),
                 if s.truncated { "at least " } else { "" },
                 s.plain_count,
                 if s.plain_count == 1 { "" } else { "s" },
                 examples.join(", "),
-                mp.display()
+                mp = mp.display()
             )
         } else {
             format!(
