@@ -424,12 +424,14 @@ fn dir_key_error(dir: &Path, key: Option<&str>, e: std::io::Error) -> CliError {
         Some(libc::EIO) => CliError::new(
             ErrorClass::Corrupt,
             format!(
-                "{d}: the mount refused the directory's key record (written outside the \
-                 mount, or copied from elsewhere): files cannot be created under it"
+                "{d}: the mount refused the key record of this directory or of the one it \
+                 inherits from (written or removed outside the mount, or copied from \
+                 elsewhere): files cannot be created under it"
             ),
         )
         .hint(
-            "the mount's log names the backing directory; set the key again with `kmsfs set-key`",
+            "the mount's log (`kmsfs status` names it) says which directory and why; its owner \
+             sets the key again with `kmsfs set-key DIR --key-id K`, or `--inherit`",
         ),
         Some(libc::ENODATA | libc::EOPNOTSUPP) => CliError::new(
             ErrorClass::Usage,
