@@ -93,6 +93,30 @@ fn a_missing_file_is_named() {
         let err = fails(&ks.run(&args), 3, "No such file");
         assert!(err.contains(missing.to_str().unwrap()), "{cmd}: {err}");
     }
+    // A blob or policy read from a file, and the directories the tree
+    // commands start from: named, and no advice to create what must hold data.
+    let m = missing.to_str().unwrap();
+    let (fileb, file) = (format!("fileb://{m}"), format!("file://{m}"));
+    let out = ks.file("out");
+    let out = out.to_str().unwrap();
+    for args in [
+        vec![
+            "kms",
+            "encrypt",
+            "--key-id",
+            "alias/x",
+            "--plaintext",
+            &fileb,
+        ],
+        vec!["kms", "decrypt", "--ciphertext-blob", &file],
+        vec!["export", m, out],
+        vec!["import", m, out],
+        vec!["set-default-key", m, "--key-id", "alias/x"],
+    ] {
+        let err = fails(&ks.run(&args), 3, "No such file");
+        assert!(err.contains(m), "{args:?}: {err}");
+        assert!(!err.contains("mkdir"), "{args:?}: {err}");
+    }
 }
 
 #[test]

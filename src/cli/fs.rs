@@ -201,7 +201,7 @@ fn envelope_error(what: &Path, e: EnvelopeError) -> CliError {
 pub(super) fn existing_dir(p: &Path, what: &str) -> Result<PathBuf, CliError> {
     let abs = std::fs::canonicalize(p).map_err(|e| {
         CliError::new(ErrorClass::NotFound, format!("{what} {}: {e}", p.display()))
-            .hint(format!("create it first: mkdir -p {}", p.display()))
+            .hint(format!("check the path: the {what} must exist already"))
     })?;
     if !abs.is_dir() {
         return Err(CliError::new(

@@ -162,16 +162,19 @@ pub(crate) fn set_binary_format(f: Option<BinaryFormat>) {
 /// taken as it is (as AWS CLI v1).
 #[allow(clippy::disallowed_methods)] // a path the user named on the command line, used as given
 pub(super) fn read_blob(arg: &str, what: &str) -> Result<Zeroizing<Vec<u8>>, CliError> {
+    // The error names the file, as every other missing file's does.
+    let unread = |p: &str, e: std::io::Error| {
+        let mut err = CliError::from(e);
+        err.message = format!("{p}: {}", err.message);
+        err.hint(format!("check the path given to --{what}"))
+    };
     if let Some(p) = arg.strip_prefix("fileb://") {
         return std::fs::read(p)
             .map(Zeroizing::new)
-            .map_err(|e| CliError::from(e).hint(format!("check the path given to --{what}")));
+            .map_err(|e| unread(p, e));
     }
     let text = match arg.strip_prefix("file://") {
-        Some(p) => Zeroizing::new(
-            std::fs::read_to_string(p)
-                .map_err(|e| CliError::from(e).hint(format!("check the path given to --{what}")))?,
-        ),
+        Some(p) => Zeroizing::new(std::fs::read_to_string(p).map_err(|e| unread(p, e))?),
         None => Zeroizing::new(arg.to_string()),
     };
     if RAW_BLOBS.load(std::sync::atomic::Ordering::Relaxed) {
