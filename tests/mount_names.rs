@@ -784,10 +784,38 @@ fn a_running_mount_follows_a_rewrap_of_the_name_key() {
     fs::write(m.b(".kmsfs.json"), &rewrapped).unwrap();
 }
 
+/// Perl's telldir before every readdir of DIR, then seekdir to 300 of
+/// those positions at random (and to the end), each followed by readdir,
+/// which must give the very entry (and the next) of the first pass;
+/// rewinddir and the whole listing again; every name once. Prints the count.
+const BIG_SEEKDIR: &str = r#"
+opendir(my $d, $ARGV[0]) or die "opendir: $!";
+my (@pos, @names);
+while (1) { my $p = telldir($d); my $e = readdir($d); last unless defined $e; push @pos, $p; push @names, $e }
+my $end = telldir($d);
+srand(17);
+for (1..300) {
+    my $k = int(rand(@names));
+    seekdir($d, $pos[$k]);
+    my $e = readdir($d);
+    die "seekdir to entry $k gave $e, not $names[$k]" unless defined $e && $e eq $names[$k];
+    my $f = readdir($d);
+    die "after entry $k: $f" unless $k + 1 == @names ? !defined $f : defined $f && $f eq $names[$k + 1];
+}
+seekdir($d, $end);
+die "seekdir to the end gave an entry" if defined readdir($d);
+rewinddir($d);
+my @all; while (defined(my $e = readdir($d))) { push @all, $e }
+die "rewinddir: " . scalar(@all) . " entries, not " . scalar(@names) unless "@all" eq "@names";
+my %seen; for (@names) { die "listed twice: $_" if $seen{$_}++ }
+print scalar(@names), "\n";
+"#;
+
 /// A directory of 100,000 entries in each mode (with `KMSFS_LONG_TESTS=1`;
 /// 10,000 otherwise: 100,000 take over two minutes a mode in a debug build
 /// on two cores): made, listed (`ls | wc -l`), one looked up at random
-/// after a remount (nothing cached), removed with `rm -rf`. Entries are
+/// after a remount (nothing cached), seekdir/telldir/rewinddir over the
+/// whole listing (`BIG_SEEKDIR`), removed with `rm -rf`. Entries are
 /// symlinks: each is a name and a target to encrypt, without a data key per
 /// entry. The counts must agree between the modes; the times are printed,
 /// not checked.
@@ -825,6 +853,23 @@ fn a_directory_of_100000_entries_in_both_modes() {
         assert_eq!(
             fs::read_link(m.p(&format!("big/entry-{n:06}"))).map_err(|e| e.raw_os_error()),
             Err(Some(libc::ENOENT))
+        );
+        let o = Command::new("perl")
+            .args(["-e", BIG_SEEKDIR])
+            .arg(m.p("big"))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{}: {}",
+            names.word(),
+            common::describe(&o)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            (n + 2).to_string(),
+            "{}",
+            names.word()
         );
         let t1 = std::time::Instant::now();
         common::sh(&m.mnt, "rm -rf big");
