@@ -3,7 +3,9 @@
 //! directory swapped for a symlink to a victim directory, while the mount
 //! holds the old node, must leave the victim's mode, owner, times, xattrs and
 //! existence alone (the attack of review finding C1, with the swap done by
-//! the test itself).
+//! the test itself). The swaps of an entry made through the mount run in
+//! both names modes (with encrypted names the daemon reaches entries by
+//! their encrypted names and reads each directory's id file).
 
 mod common;
 
@@ -13,7 +15,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use common::Mount;
+use common::{Mount, Names};
 
 fn c(p: &Path) -> CString {
     CString::new(p.to_str().unwrap()).unwrap()
@@ -90,16 +92,22 @@ fn meddle_by_path(p: &Path) -> Vec<std::io::Result<()>> {
     }
 }
 
-#[test]
-fn open_file_whose_backing_entry_became_a_symlink_changes_only_itself() {
-    let Some(m) = Mount::new("confine-fd") else {
+common::in_both_names_modes!(
+    open_file_whose_backing_entry_became_a_symlink_changes_only_itself,
+    node_whose_backing_entry_became_a_symlink_never_reaches_the_target,
+    directory_swapped_for_a_symlink_is_not_walked_through,
+);
+
+fn open_file_whose_backing_entry_became_a_symlink_changes_only_itself(names: Names) {
+    let Some(m) = Mount::with_names("confine-fd", names, &[]) else {
         return;
     };
     let v = victim(&m, "vdir");
     // Created through the mount and kept open, then swapped in the backing dir.
     let f = File::create(m.p("y")).unwrap();
-    fs::remove_file(m.b("y")).unwrap();
-    std::os::unix::fs::symlink(&v, m.b("y")).unwrap();
+    let y = m.backing_of("y");
+    fs::remove_file(&y).unwrap();
+    std::os::unix::fs::symlink(&v, &y).unwrap();
     let fd = f.as_raw_fd();
     let ts = [libc::timespec {
         tv_sec: 5,
@@ -121,9 +129,8 @@ fn open_file_whose_backing_entry_became_a_symlink_changes_only_itself() {
     assert_eq!(md.uid(), 65534);
 }
 
-#[test]
-fn node_whose_backing_entry_became_a_symlink_never_reaches_the_target() {
-    let Some(m) = Mount::new("confine-path") else {
+fn node_whose_backing_entry_became_a_symlink_never_reaches_the_target(names: Names) {
+    let Some(m) = Mount::with_names("confine-path", names, &[]) else {
         return;
     };
     let v = victim(&m, "vdir");
@@ -133,8 +140,9 @@ fn node_whose_backing_entry_became_a_symlink_never_reaches_the_target() {
         .read(true)
         .open(m.p("z"))
         .unwrap();
-    fs::remove_file(m.b("z")).unwrap();
-    std::os::unix::fs::symlink(&v, m.b("z")).unwrap();
+    let z = m.backing_of("z");
+    fs::remove_file(&z).unwrap();
+    std::os::unix::fs::symlink(&v, &z).unwrap();
     let via = PathBuf::from(format!("/proc/self/fd/{}", node.as_raw_fd()));
     let results = meddle_by_path(&via);
     assert_untouched(&v);
@@ -146,9 +154,8 @@ fn node_whose_backing_entry_became_a_symlink_never_reaches_the_target() {
     }
 }
 
-#[test]
-fn directory_swapped_for_a_symlink_is_not_walked_through() {
-    let Some(m) = Mount::new("confine-dir") else {
+fn directory_swapped_for_a_symlink_is_not_walked_through(names: Names) {
+    let Some(m) = Mount::with_names("confine-dir", names, &[]) else {
         return;
     };
     let v = victim(&m, "vdir");
@@ -168,8 +175,9 @@ fn directory_swapped_for_a_symlink_is_not_walked_through() {
         .open(m.p("d"))
         .unwrap();
     // The backing directory d now leads to the victim's directory.
-    fs::rename(m.b("d"), m.b("d.orig")).unwrap();
-    std::os::unix::fs::symlink(v.parent().unwrap(), m.b("d")).unwrap();
+    let bd = m.backing_of("d");
+    fs::rename(&bd, m.b("d.orig")).unwrap();
+    std::os::unix::fs::symlink(v.parent().unwrap(), &bd).unwrap();
     let via = PathBuf::from(format!("/proc/self/fd/{}", node.as_raw_fd()));
     for r in meddle_by_path(&via) {
         assert!(r.is_err(), "a change went through the swapped directory");
