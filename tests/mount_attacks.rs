@@ -4,7 +4,9 @@
 //! daemon's use of the name, and swap a file's header while another user
 //! holds the file open. Two real unprivileged users (`common::test_users`)
 //! run the commands through setpriv; the checks are on bytes and modes, never
-//! on timings.
+//! on timings. Each runs in both names modes: with encrypted names the
+//! other user swaps encrypted entries of one directory (names are bound to
+//! their directory, not to what they name: docs/FORMAT.md, "Names").
 
 mod common;
 
@@ -15,7 +17,7 @@ use std::path::Path;
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Mount, TestUser, TestUsers};
+use common::{Mount, Names, TestUser, TestUsers};
 
 /// What B keeps in its 0600 files: A must never see it.
 const SECRET: &str = "VICTIM-SECRET-OF-B";
@@ -27,8 +29,8 @@ const OWN: &str = "A-OWN-DATA";
 
 /// A mount with allow_other whose test directories the users can reach,
 /// and a shared directory `shared` (mode 2775, the users' group) in it.
-fn setup(test: &str) -> Option<(Mount, TestUsers)> {
-    let m = Mount::with_args(test, &["-o", "allow_other"])?;
+fn setup(test: &str, names: Names) -> Option<(Mount, TestUsers)> {
+    let m = Mount::with_names(test, names, &["-o", "allow_other"])?;
     let users = common::test_users(test)?;
     fs::set_permissions(m.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::create_dir(m.p("shared")).unwrap();
@@ -81,12 +83,36 @@ fn stat_then(m: &Mount, u: &TestUser, name: &str, swap: impl FnOnce(), action: &
     o
 }
 
+/// The backing entries of `shared/NAME` for each of `names`, and of
+/// `shared/A.aside` (made through the mount, a directory if `a` is one, so
+/// that its entry, encrypted or not, is a valid name of `shared` for `a` to
+/// go to).
+fn entries(m: &Mount, a: &str, names: &[&str]) -> Vec<std::path::PathBuf> {
+    let aside = m.p(&format!("shared/{a}.aside"));
+    if m.p(&format!("shared/{a}")).is_dir() {
+        fs::create_dir(&aside).unwrap();
+    } else {
+        fs::write(&aside, b"").unwrap();
+    }
+    names
+        .iter()
+        .map(|n| m.backing_of(&format!("shared/{n}")))
+        .chain([m.backing_of(&format!("shared/{a}.aside"))])
+        .collect()
+}
+
 /// In the backing directory (as someone allowed to rename there would):
-/// A's file `a` goes aside and B's file `b` takes its name.
-fn put_b_in_place_of_a(m: &Mount, a: &str, b: &str) {
-    let d = m.b("shared");
-    fs::rename(d.join(a), d.join(format!("{a}.aside"))).unwrap();
-    fs::rename(d.join(b), d.join(a)).unwrap();
+/// A's file `a` goes aside (to `a.aside`) and B's file `b` takes its name.
+fn put_b_in_place_of_a(entries: &[std::path::PathBuf]) {
+    let [a, b, aside] = entries else {
+        panic!("{entries:?}")
+    };
+    if aside.is_dir() {
+        // Empty but for its id file, with encrypted names.
+        fs::remove_dir_all(aside).unwrap();
+    }
+    fs::rename(a, aside).unwrap();
+    fs::rename(b, a).unwrap();
 }
 
 /// Plaintext of backing file `rel`, read by root through the mount.
@@ -94,15 +120,21 @@ fn plain(m: &Mount, rel: &str) -> String {
     String::from_utf8_lossy(&fs::read(m.p(rel)).unwrap()).into_owned()
 }
 
+common::in_both_names_modes!(
+    a_name_swapped_after_lookup_gives_nothing_of_the_other_users_file,
+    a_directory_swapped_after_lookup_does_not_open_the_other_users_directory,
+    a_rename_exchange_race_leaks_nothing,
+    a_header_swapped_under_an_open_file_does_not_bypass_a_policy_deny,
+);
+
 /// Issue 6, item 1, deterministic: A stats its own file, the name is given
 /// to B's 0600 file in the backing directory, and A's next use of the name
 /// (cat, append, chmod, truncate by fd and by path, setxattr) must reach
 /// neither B's bytes nor B's file: the daemon notices that the backing file
 /// is not the inode the kernel checked, answers ESTALE, and the kernel's
 /// fresh lookup finds B's file, which A may not use.
-#[test]
-fn a_name_swapped_after_lookup_gives_nothing_of_the_other_users_file() {
-    let Some((m, users)) = setup("swapname") else {
+fn a_name_swapped_after_lookup_gives_nothing_of_the_other_users_file(names: Names) {
+    let Some((m, users)) = setup("swapname", names) else {
         return;
     };
     let (a, b) = (&users.a, &users.b);
@@ -122,12 +154,13 @@ fn a_name_swapped_after_lookup_gives_nothing_of_the_other_users_file() {
         let (fa, fb) = (format!("a{i}"), format!("b{i}"));
         private_file(&m, a, &fa, OWN);
         private_file(&m, b, &fb, SECRET);
-        let before = fs::metadata(m.b(&format!("shared/{fb}"))).unwrap();
+        let swap = entries(&m, &fa, &[&fa, &fb]);
+        let before = fs::metadata(&swap[1]).unwrap();
         let o = stat_then(
             &m,
             a,
             &fa,
-            || put_b_in_place_of_a(&m, &fa, &fb),
+            || put_b_in_place_of_a(&swap),
             &action.replace("{n}", &fa),
         );
         assert!(
@@ -142,14 +175,14 @@ fn a_name_swapped_after_lookup_gives_nothing_of_the_other_users_file() {
         );
         // B's file (now named like A's) is as B left it.
         let bfile = format!("shared/{fa}");
-        let after = fs::metadata(m.b(&bfile)).unwrap();
+        let after = fs::metadata(&swap[0]).unwrap();
         assert_eq!(after.ino(), before.ino(), "{what}");
         assert_eq!(after.mode() & 0o7777, 0o600, "{what}: B's file mode");
         assert_eq!(plain(&m, &bfile), SECRET, "{what}: B's content");
         if let Some(getfattr) = common::require_tool("swapname (xattr check)", "getfattr") {
             let x = std::process::Command::new(getfattr)
                 .args(["-n", "user.injected"])
-                .arg(m.b(&bfile))
+                .arg(&swap[0])
                 .output()
                 .unwrap();
             assert!(!x.status.success(), "{what}: B's file got A's xattr");
@@ -162,9 +195,8 @@ fn a_name_swapped_after_lookup_gives_nothing_of_the_other_users_file() {
 /// Issue 6, item 1, for directories: A lists its own directory, which is
 /// then exchanged with B's 0700 directory; A's lookups of names under the
 /// directory it listed must not reach into B's directory.
-#[test]
-fn a_directory_swapped_after_lookup_does_not_open_the_other_users_directory() {
-    let Some((m, users)) = setup("swapdir") else {
+fn a_directory_swapped_after_lookup_does_not_open_the_other_users_directory(names: Names) {
+    let Some((m, users)) = setup("swapdir", names) else {
         return;
     };
     let (a, b) = (&users.a, &users.b);
@@ -174,15 +206,12 @@ fn a_directory_swapped_after_lookup_does_not_open_the_other_users_directory() {
         &m.p("shared"),
         &format!("mkdir -m 700 db && printf %s '{SECRET}' > db/s && chmod 644 db/s"),
     );
+    let swap = entries(&m, "da", &["da", "db"]);
     let o = stat_then(
         &m,
         a,
         "da",
-        || {
-            let d = m.b("shared");
-            fs::rename(d.join("da"), d.join("da.aside")).unwrap();
-            fs::rename(d.join("db"), d.join("da")).unwrap();
-        },
+        || put_b_in_place_of_a(&swap),
         "cat da/s; ls da",
     );
     assert!(
@@ -196,9 +225,8 @@ fn a_directory_swapped_after_lookup_does_not_open_the_other_users_directory() {
 /// shared directory (renameat2 RENAME_EXCHANGE in the backing directory) as
 /// fast as it can, while A opens and reads its file through the mount in a
 /// loop. Not one of A's reads may return B's bytes.
-#[test]
-fn a_rename_exchange_race_leaks_nothing() {
-    let Some((m, users)) = setup("swaprace") else {
+fn a_rename_exchange_race_leaks_nothing(names: Names) {
+    let Some((m, users)) = setup("swaprace", names) else {
         return;
     };
     let Some(python) = common::python3("swaprace") else {
@@ -208,6 +236,7 @@ fn a_rename_exchange_race_leaks_nothing() {
     private_file(&m, a, "mine", OWN);
     private_file(&m, b, "theirs", SECRET);
     let secs = 2.5;
+    let (mine, theirs) = (m.backing_of("shared/mine"), m.backing_of("shared/theirs"));
     let swapper = format!(
         r#"
 import ctypes, time
@@ -215,10 +244,12 @@ libc = ctypes.CDLL(None, use_errno=True)
 end = time.monotonic() + {secs}
 n = 0
 while time.monotonic() < end:
-    if libc.renameat2(-100, b"mine", -100, b"theirs", 2) == 0:
+    if libc.renameat2(-100, b"{}", -100, b"{}", 2) == 0:
         n += 1
 print(n)
-"#
+"#,
+        mine.display(),
+        theirs.display()
     );
     let reader = format!(
         r#"
@@ -249,7 +280,7 @@ print(leaks, own, errors)
             .unwrap()
     };
     let t0 = Instant::now();
-    let swaps = spawn(b, &m.b("shared"), &swapper);
+    let swaps = spawn(b, &m.backing_of("shared"), &swapper);
     let reads = spawn(a, &m.p("shared"), &reader);
     let (swaps, reads) = (
         swaps.wait_with_output().unwrap(),
@@ -287,9 +318,8 @@ print(leaks, own, errors)
 /// header of a file under its own key KB over it and opens the file through
 /// the mount. The open (and a truncate by path) must be refused: what would
 /// serve B is A's open state, with KA's data key, which B may not use.
-#[test]
-fn a_header_swapped_under_an_open_file_does_not_bypass_a_policy_deny() {
-    let Some((m, users)) = setup("hdrswap") else {
+fn a_header_swapped_under_an_open_file_does_not_bypass_a_policy_deny(names: Names) {
+    let Some((m, users)) = setup("hdrswap", names) else {
         return;
     };
     let Some(python) = common::python3("hdrswap") else {
@@ -361,14 +391,15 @@ fn a_header_swapped_under_an_open_file_does_not_bypass_a_policy_deny() {
     }
     // B swaps the header in the backing file, then opens through the mount,
     // reads, and truncates by path.
-    let backing = m.b("shared/held");
+    let backing = m.backing_of("shared/held");
     let len_before = fs::metadata(&backing).unwrap().len();
     common::ok_as(
         b,
-        &m.b("shared"),
+        &m.backing_of("shared"),
         &format!(
-            "dd if={} of=held bs=1024 count=1 conv=notrunc status=none",
-            sealed_b.display()
+            "dd if={} of={} bs=1024 count=1 conv=notrunc status=none",
+            sealed_b.display(),
+            backing.display()
         ),
     );
     let read = b.sh(&m.p("shared"), "cat held");
