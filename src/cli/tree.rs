@@ -216,8 +216,13 @@ pub fn rewrap(g: &GlobalArgs, a: RewrapArgs) -> Result<(), CliError> {
     let report = rw.run(&t, &w.files, &mut |_| progress.tick())?;
     drop(progress);
     let names = rewrap_name_key(&ks, &keystore::keystore_dir(g), &a.backing, rw.options());
+    let resealed = names
+        .as_ref()
+        .ok()
+        .map(|_| reseal_old_targets(&a.backing, &t, &w, &*ks));
     finish_audit(g)?;
     let names = names?;
+    let resealed = resealed.transpose()?.flatten();
     let secs = start.elapsed().as_secs_f64();
     if !printed_json(g, &report) {
         for p in &report.problems {
@@ -236,9 +241,7 @@ pub fn rewrap(g: &GlobalArgs, a: RewrapArgs) -> Result<(), CliError> {
             report.io,
             secs
         );
-        if let Some(key) = &names {
-            println!("rewrap: the name key is now under {key}");
-        }
+        print_rewrap_names(names.as_deref(), resealed.as_ref());
     }
     if let Some((to, from)) = new_default {
         follow_default_key(g, &a.backing, &to, from.as_deref(), &ks);
@@ -319,6 +322,50 @@ fn rewrap_name_key(
     )?;
     crate::daemon::record_choices(dir, &abs);
     Ok(Some(e.key_id))
+}
+
+/// rewrap's lines about a tree's names: the key its name key is now under,
+/// the symlink targets re-sealed and those that could not be.
+fn print_rewrap_names(key: Option<&str>, resealed: Option<&(u64, Vec<tree::NameFinding>)>) {
+    if let Some(key) = key {
+        println!("rewrap: the name key is now under {key}");
+    }
+    if let Some((n, failed)) = resealed {
+        for f in failed {
+            println!(
+                "{}: symlink target not re-sealed: {}",
+                f.path.display(),
+                f.reason
+            );
+        }
+        if *n > 0 {
+            println!("rewrap: {n} symlink targets re-sealed for their links");
+        }
+    }
+}
+
+/// Symlink targets of the old form (bound to the tree only) re-sealed for
+/// their links, in a tree with encrypted names that no mount serves (a
+/// mount's nodes would go stale under it); None otherwise. The count, and
+/// the links that could not be (left as they were).
+fn reseal_old_targets(
+    backing: &Path,
+    t: &tree::Tree,
+    w: &tree::Walk,
+    ks: &dyn crate::kms::KeyService,
+) -> Result<Option<(u64, Vec<tree::NameFinding>)>, CliError> {
+    let Ok(Some(wrapped)) = t.wrapped_name_key() else {
+        return Ok(None);
+    };
+    if crate::daemon::serving_mount(backing).is_some() {
+        return Ok(None);
+    }
+    tree::reseal_old_targets(t, w, &wrapped, ks, &super::cli_context())
+        .map(Some)
+        .map_err(|e| match e {
+            crate::envelope::names::NameError::Kms(k) => CliError::from(k),
+            e => CliError::new(ErrorClass::Corrupt, format!("the name key: {e}")),
+        })
 }
 
 /// Refuses `what` on a tree with encrypted names, which it does not
@@ -486,12 +533,25 @@ fn print_fsck(report: &tree::FsckReport, names: Option<&tree::NamesReport>, secs
         for f in &n.refused {
             println!("{}: name refused: {}", f.path.display(), f.reason);
         }
+        for p in &n.old_targets {
+            println!(
+                "{}: symlink target of the old form (bound to the tree, not to its link)",
+                p.display()
+            );
+        }
         println!(
             "names: {} names and {} symlink targets open, {} refused",
             n.names,
             n.targets,
             n.refused.len()
         );
+        if !n.old_targets.is_empty() {
+            println!(
+                "names: {} symlink targets of the old form, bound to the tree only \
+                 (`kmsfs rewrap` re-seals them for their links)",
+                n.old_targets.len()
+            );
+        }
     }
     for f in &report.findings {
         let what = match &f.status {

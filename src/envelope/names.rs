@@ -44,8 +44,18 @@ pub const TARGET_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 pub const PAD: usize = 16;
 /// Label at the start of a name's associated data.
 pub const NAME_AAD_LABEL: &[u8; 13] = b"kmsfs.name.v1";
-/// The associated data of a symlink target.
+/// The associated data of a symlink target of form 1 (bound to the tree
+/// only; still read, no longer written).
 pub const TARGET_AAD_LABEL: &[u8; 13] = b"kmsfs.link.v1";
+/// Label at the start of a form-2 target's associated data (bound to its
+/// link: followed by the directory's id and the link's stored name).
+pub const LINK_AAD_LABEL: &[u8; 13] = b"kmsfs.link.v2";
+/// The start of a stored target of form 2. `~` is not in the base64url
+/// alphabet, so no form-1 target starts with it; its four bytes take the
+/// place of three nonce bytes, so both forms of a target have one length.
+pub const LINK_MARK: &[u8; 4] = b"~v2~";
+/// Random bytes of a form-2 target's nonce (the last three are zero).
+const LINK_NONCE_RANDOM: usize = 9;
 
 /// The associated data of a name key's check value (never a name's or a
 /// target's: their labels differ).
@@ -90,6 +100,8 @@ pub struct NameKey {
 /// A name as stored in a backing directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackingName {
+    /// The id of the directory it is a name of.
+    pub dir: DirId,
     /// The entry's name in the backing directory.
     pub entry: OsString,
     /// For a long name: the content of its side file (`entry` + ".name"),
@@ -227,11 +239,13 @@ impl NameKey {
         let encoded = URL_SAFE_NO_PAD.encode(&sealed).into_bytes();
         if encoded.len() <= BACKING_NAME_MAX {
             return Ok(BackingName {
+                dir: *dir,
                 entry: OsString::from_vec(encoded),
                 long: None,
             });
         }
         Ok(BackingName {
+            dir: *dir,
             entry: long_entry(&encoded),
             long: Some(encoded),
         })
@@ -281,41 +295,135 @@ impl NameKey {
         self.open_encoded(dir, b)
     }
 
-    /// The stored form of symlink target `target`: random nonce, sealed
-    /// target and tag, base64url (not padded: a symlink's size is its
-    /// target's length, which the mount reports from the stored length).
-    pub fn encrypt_target(&self, target: &[u8]) -> Result<Vec<u8>, NameError> {
+    /// The stored form (2) of symlink target `target` for the link at
+    /// `at`: `~v2~`, then base64url of a 9-byte random nonce, the sealed
+    /// target and its tag (not padded: a symlink's size is its target's
+    /// length, which the mount reports from the stored length, the same in
+    /// both forms). Sealed with the link's directory id and stored name in
+    /// the associated data: valid there only.
+    pub fn encrypt_target(&self, at: LinkPlace<'_>, target: &[u8]) -> Result<Vec<u8>, NameError> {
         if target.len() > TARGET_MAX {
             return Err(NameError::TooLong);
         }
-        let nonce: [u8; NONCE_LEN] = random_array().map_err(|_| NameError::Corrupt("random"))?;
-        let mut sealed = nonce.to_vec();
+        let random: [u8; LINK_NONCE_RANDOM] =
+            random_array().map_err(|_| NameError::Corrupt("random"))?;
+        let mut sealed = random.to_vec();
         self.siv
-            .seal_append(&nonce, TARGET_AAD_LABEL, target, &mut sealed)
+            .seal_append(&link_nonce(&random), &link_aad(at), target, &mut sealed)
             .map_err(|_| NameError::Corrupt("seal"))?;
-        Ok(URL_SAFE_NO_PAD.encode(&sealed).into_bytes())
+        let mut out = LINK_MARK.to_vec();
+        out.extend_from_slice(URL_SAFE_NO_PAD.encode(&sealed).as_bytes());
+        Ok(out)
     }
 
-    /// The plaintext of a stored symlink target.
-    pub fn decrypt_target(&self, stored: &[u8]) -> Result<Vec<u8>, NameError> {
-        let sealed = URL_SAFE_NO_PAD
-            .decode(stored)
-            .map_err(|_| NameError::Corrupt("not an encrypted symlink target"))?;
-        if sealed.len() < NONCE_LEN + TAG_LEN {
-            return Err(NameError::Corrupt("not an encrypted symlink target"));
-        }
-        let (nonce, rest) = sealed.split_at(NONCE_LEN);
-        let mut n = [0u8; NONCE_LEN];
-        n.copy_from_slice(nonce);
-        let plain = self
-            .siv
-            .open(&n, TARGET_AAD_LABEL, rest)
-            .map_err(|_| NameError::Corrupt("symlink target fails authentication"))?;
+    /// The plaintext of stored symlink target `stored` of the link at `at`,
+    /// and its form. A form-2 target opens only at the link it was sealed
+    /// for; a form-1 target (tree-bound) anywhere in the tree.
+    pub fn decrypt_target(
+        &self,
+        at: LinkPlace<'_>,
+        stored: &[u8],
+    ) -> Result<(Vec<u8>, TargetForm), NameError> {
+        let not_target = || NameError::Corrupt("not an encrypted symlink target");
+        let (form, body) = match stored.strip_prefix(LINK_MARK.as_slice()) {
+            Some(rest) => (TargetForm::Link, rest),
+            None => (TargetForm::Tree, stored),
+        };
+        let sealed = URL_SAFE_NO_PAD.decode(body).map_err(|_| not_target())?;
+        let plain = match form {
+            TargetForm::Link => {
+                if sealed.len() < LINK_NONCE_RANDOM + TAG_LEN {
+                    return Err(not_target());
+                }
+                let (random, rest) = sealed.split_at(LINK_NONCE_RANDOM);
+                let mut r = [0u8; LINK_NONCE_RANDOM];
+                r.copy_from_slice(random);
+                self.siv
+                    .open(&link_nonce(&r), &link_aad(at), rest)
+                    .map_err(|_| {
+                        NameError::Corrupt(
+                            "symlink target fails authentication at this link (another \
+                             link's target, moved, or edited)",
+                        )
+                    })?
+            }
+            TargetForm::Tree => {
+                if sealed.len() < NONCE_LEN + TAG_LEN {
+                    return Err(not_target());
+                }
+                let (nonce, rest) = sealed.split_at(NONCE_LEN);
+                let mut n = [0u8; NONCE_LEN];
+                n.copy_from_slice(nonce);
+                self.siv
+                    .open(&n, TARGET_AAD_LABEL, rest)
+                    .map_err(|_| NameError::Corrupt("symlink target fails authentication"))?
+            }
+        };
         if plain.is_empty() || plain.contains(&0) {
             return Err(NameError::Corrupt("not a valid symlink target"));
         }
-        Ok(plain.to_vec())
+        Ok((plain.to_vec(), form))
     }
+
+    /// The stored form 1 of `target` (bound to the tree only), as builds
+    /// before form 2 wrote it: for tests of the reading of old trees.
+    #[cfg(test)]
+    fn encrypt_target_v1(&self, target: &[u8]) -> Vec<u8> {
+        let nonce: [u8; NONCE_LEN] = random_array().unwrap();
+        let mut sealed = nonce.to_vec();
+        self.siv
+            .seal_append(&nonce, TARGET_AAD_LABEL, target, &mut sealed)
+            .unwrap();
+        URL_SAFE_NO_PAD.encode(&sealed).into_bytes()
+    }
+}
+
+/// Where a symlink is: its directory's id and the stored name of its entry
+/// (for a long name, the `.kmsfs.ln.` entry, whose hash binds the name).
+#[derive(Debug, Clone, Copy)]
+pub struct LinkPlace<'a> {
+    /// The id of the directory holding the link.
+    pub dir: &'a DirId,
+    /// The link's entry in that backing directory.
+    pub entry: &'a OsStr,
+}
+
+impl<'a> LinkPlace<'a> {
+    /// The place of the link stored as `name`.
+    pub fn of(name: &'a BackingName) -> Self {
+        LinkPlace {
+            dir: &name.dir,
+            entry: &name.entry,
+        }
+    }
+}
+
+/// The form a stored symlink target has (docs/FORMAT.md, "Symlink
+/// targets").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetForm {
+    /// Form 1: bound to the tree only (builds before form 2 wrote it; a
+    /// rename through the mount re-seals it in form 2).
+    Tree,
+    /// Form 2: bound to its link (directory id and stored name).
+    Link,
+}
+
+fn link_nonce(random: &[u8; LINK_NONCE_RANDOM]) -> [u8; NONCE_LEN] {
+    let mut n = [0u8; NONCE_LEN];
+    n[..LINK_NONCE_RANDOM].copy_from_slice(random);
+    n
+}
+
+/// `"kmsfs.link.v2" || D || entry`: fixed-length fields first, so the
+/// encoding is unambiguous.
+fn link_aad(at: LinkPlace<'_>) -> Vec<u8> {
+    let entry = at.entry.as_bytes();
+    let mut a = Vec::with_capacity(LINK_AAD_LABEL.len() + at.dir.len() + entry.len());
+    a.extend_from_slice(LINK_AAD_LABEL);
+    a.extend_from_slice(at.dir);
+    a.extend_from_slice(entry);
+    a
 }
 
 /// The length of the target a stored symlink target of `stored` bytes
@@ -513,17 +621,58 @@ mod tests {
     #[test]
     fn targets_round_trip_and_edits_are_refused() {
         let k = key();
-        let t = k.encrypt_target(b"../patients/alice").unwrap();
-        assert_eq!(k.decrypt_target(&t).unwrap(), b"../patients/alice");
+        let (d, e) = ([5u8; 16], OsStr::new("link-entry"));
+        let at = LinkPlace { dir: &d, entry: e };
+        let t = k.encrypt_target(at, b"../patients/alice").unwrap();
+        assert!(t.starts_with(LINK_MARK));
+        assert_eq!(
+            k.decrypt_target(at, &t).unwrap(),
+            (b"../patients/alice".to_vec(), TargetForm::Link)
+        );
         for n in 1..=TARGET_MAX {
-            let s = k.encrypt_target(&vec![b'a'; n]).unwrap();
+            let s = k.encrypt_target(at, &vec![b'a'; n]).unwrap();
             assert_eq!(target_len(s.len() as u64), n as u64);
+            // Both forms of a target have one length.
+            assert_eq!(s.len(), k.encrypt_target_v1(&vec![b'a'; n]).len());
         }
-        let mut e = t.clone();
-        e[20] = if e[20] == b'A' { b'B' } else { b'A' };
-        assert!(k.decrypt_target(&e).is_err());
-        assert!(k.encrypt_target(&vec![b'a'; TARGET_MAX]).unwrap().len() <= 4095);
-        assert!(k.encrypt_target(&vec![b'a'; TARGET_MAX + 1]).is_err());
+        // docs/FORMAT.md's worked count: a 9-byte target stores 50 bytes.
+        let nine = k.encrypt_target(at, b"123456789").unwrap();
+        assert_eq!((nine.len(), target_len(50)), (50, 9));
+        let mut edited = t.clone();
+        edited[20] = if edited[20] == b'A' { b'B' } else { b'A' };
+        assert!(k.decrypt_target(at, &edited).is_err());
+        assert!(k.encrypt_target(at, &vec![b'a'; TARGET_MAX]).unwrap().len() <= 4095);
+        assert!(k.encrypt_target(at, &vec![b'a'; TARGET_MAX + 1]).is_err());
+    }
+
+    #[test]
+    fn a_target_opens_only_at_its_link_and_old_ones_anywhere() {
+        let k = key();
+        let (d1, d2) = ([1u8; 16], [2u8; 16]);
+        let (a, b) = (OsStr::new("aaaa"), OsStr::new("bbbb"));
+        let t = k
+            .encrypt_target(LinkPlace { dir: &d1, entry: a }, b"x")
+            .unwrap();
+        // Another name in the same directory, the same name in another
+        // directory: refused.
+        for (dir, entry) in [(&d1, b), (&d2, a)] {
+            let e = k.decrypt_target(LinkPlace { dir, entry }, &t).unwrap_err();
+            assert!(e.to_string().contains("at this link"), "{e}");
+        }
+        // The marker stripped (made to look like form 1): refused.
+        assert!(
+            k.decrypt_target(LinkPlace { dir: &d1, entry: a }, &t[LINK_MARK.len()..])
+                .is_err()
+        );
+        // Form 1 opens wherever it is, and says so.
+        let old = k.encrypt_target_v1(b"../notes");
+        assert!(!old.starts_with(b"~"));
+        for (dir, entry) in [(&d1, a), (&d2, b)] {
+            assert_eq!(
+                k.decrypt_target(LinkPlace { dir, entry }, &old).unwrap(),
+                (b"../notes".to_vec(), TargetForm::Tree)
+            );
+        }
     }
 
     #[test]

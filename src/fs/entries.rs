@@ -148,7 +148,7 @@ impl KmsFs {
             rel,
             enc,
         } = self.in_dir(parent, name)?;
-        let stored = self.stored_target(target.as_os_str().as_encoded_bytes())?;
+        let stored = self.stored_target(enc.as_ref(), target.as_os_str().as_encoded_bytes())?;
         add_side(&dir, &enc)?;
         let stored = Path::new(std::ffi::OsStr::from_bytes(&stored));
         os::beneath::symlinkat(stored, &dir, &name).inspect_err(|_| drop_side(&dir, &enc))?;
@@ -158,6 +158,7 @@ impl KmsFs {
     /// A new hard link `newname` in `newparent` of `ino`.
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr, FsError> {
         let node = self.open_checked(ino, libc::O_PATH)?;
+        self.may_link(&node.meta, &node.rel)?;
         let InDir {
             dir,
             name,
@@ -185,13 +186,22 @@ impl KmsFs {
         // names: the new name gets one first, the old one loses its own
         // once it is gone (an exchange keeps both names).
         add_side(&t.dir, &t.enc)?;
-        self.rename_over(&f, &t, flags)
+        // A symlink of a tree with encrypted names is re-sealed for its
+        // new place (`fs::links`, which updates the inode table itself).
+        let relinked = self
+            .rename_links(&f, &t, flags)
             .inspect_err(|_| drop_side(&t.dir, &t.enc))?;
+        if !relinked {
+            self.rename_over(&f, &t, flags)
+                .inspect_err(|_| drop_side(&t.dir, &t.enc))?;
+        }
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         if !exchange && f.rel != t.rel {
             drop_side(&f.dir, &f.enc);
         }
-        self.renamed(&f.rel, &t.rel, exchange);
+        if !relinked {
+            self.renamed(&f.rel, &t.rel, exchange);
+        }
         self.dir_keys_moved();
         Ok(())
     }

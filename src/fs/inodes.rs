@@ -379,6 +379,24 @@ impl InodeTable {
         }
     }
 
+    /// The node named `path`, if any.
+    pub(super) fn at(&self, path: &Path) -> Option<u64> {
+        self.by_path.get(path).copied()
+    }
+
+    /// `ino` now stands for backing object `key` (a symlink re-sealed for
+    /// its new place is a new backing object: `fs::links`).
+    pub(super) fn rekey(&mut self, ino: u64, key: BackingKey) {
+        let Some(n) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        if self.by_key.get(&n.key) == Some(&ino) {
+            self.by_key.remove(&n.key);
+        }
+        n.key = key;
+        self.by_key.insert(key, ino);
+    }
+
     /// Adds another name of `ino` (a new hard link).
     pub(super) fn add_path(&mut self, ino: u64, path: &Path) {
         if let Some(n) = self.nodes.get_mut(&ino)

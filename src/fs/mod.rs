@@ -18,6 +18,7 @@ mod filesystem;
 mod fuse;
 mod inodes;
 mod keycache;
+mod links;
 mod names;
 mod node;
 mod open;

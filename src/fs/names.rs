@@ -13,7 +13,9 @@ use super::error::FsError;
 use super::filesystem::{KmsFs, lock};
 use super::inodes::BackingKey;
 use super::node::{Checked, backing_key};
-use crate::envelope::names::{self, BackingName, DirId, NameKey, ROOT_DIR_ID};
+use crate::envelope::names::{
+    self, BackingName, DirId, LinkPlace, NameKey, ROOT_DIR_ID, TargetForm,
+};
 use crate::kms::{Caller, Origin, RequestContext};
 use crate::os;
 
@@ -36,6 +38,9 @@ pub(super) struct Names {
     /// For the audit trail's path: directories by their stored path
     /// (relative to the backing root), with their plaintext path and id.
     plain_dirs: Mutex<HashMap<PathBuf, (PathBuf, DirId)>>,
+    /// The FUSE generation of symlinks re-sealed by a rename (new backing
+    /// objects under their old node numbers), by node number.
+    link_generations: Mutex<HashMap<u64, u64>>,
 }
 
 impl Names {
@@ -46,6 +51,7 @@ impl Names {
             key: Mutex::new(None),
             dir_ids: Mutex::new(HashMap::new()),
             plain_dirs: Mutex::new(HashMap::new()),
+            link_generations: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -174,17 +180,27 @@ impl KmsFs {
     /// The id of directory `dir` (checked to be its node): the root's is
     /// fixed, every other directory's is read once from its `.kmsfs.dirid`.
     pub(super) fn dir_id(&self, dir: &Checked) -> Result<DirId, FsError> {
+        self.dir_id_at(&dir.file, &dir.meta, &dir.rel)
+    }
+
+    /// `dir_id` of directory `file` (fstat `meta`) at stored path `rel`.
+    fn dir_id_at(
+        &self,
+        file: &std::fs::File,
+        meta: &std::fs::Metadata,
+        rel: &Path,
+    ) -> Result<DirId, FsError> {
         let Some(n) = &self.names else {
             return Ok(ROOT_DIR_ID);
         };
-        if dir.rel.as_os_str().is_empty() {
+        if rel.as_os_str().is_empty() {
             return Ok(ROOT_DIR_ID);
         }
-        let key = backing_key(&dir.meta);
+        let key = backing_key(meta);
         if let Some(id) = lock(&n.dir_ids).get(&key) {
             return Ok(*id);
         }
-        let id = names::read_dir_id(&dir.file).map_err(|e| {
+        let id = names::read_dir_id(file).map_err(|e| {
             FsError::name(
                 match e {
                     names::NameError::Io(e) if e.raw_os_error() == Some(libc::ENOENT) => {
@@ -192,7 +208,7 @@ impl KmsFs {
                     }
                     e => e,
                 },
-                &self.backing_path(&dir.rel),
+                &self.backing_path(rel),
             )
         })?;
         let mut ids = lock(&n.dir_ids);
@@ -201,6 +217,23 @@ impl KmsFs {
         }
         ids.insert(key, id);
         Ok(id)
+    }
+
+    /// The id of the directory holding the entry at stored path `rel`
+    /// (opened beneath the backing root by its stored path).
+    fn parent_dir_id(&self, rel: &Path) -> Result<DirId, FsError> {
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        if self.names.is_none() || parent.as_os_str().is_empty() {
+            return Ok(ROOT_DIR_ID);
+        }
+        let dir = os::beneath::open_beneath_deep(
+            &self.root,
+            parent,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?;
+        let meta = dir.metadata()?;
+        self.dir_id_at(&dir, &meta, parent)
     }
 
     /// Backing path `rel` (relative to the backing root) as the program
@@ -328,31 +361,58 @@ impl KmsFs {
         let mut a = attr_of(self.cfg.layout, ino, m);
         if self.names.is_some() && a.kind == Kind::Symlink {
             a.size = names::target_len(a.size);
+            if let Some(g) = self.link_generation(ino) {
+                a.generation = g;
+            }
         }
         a
     }
 
-    /// The stored form of symlink target `target`.
-    pub(super) fn stored_target(&self, target: &[u8]) -> Result<Vec<u8>, FsError> {
-        match self.name_key()? {
-            None => Ok(target.to_vec()),
-            Some(k) => k
-                .encrypt_target(target)
-                .map_err(|e| FsError::name(e, &self.cfg.backing)),
+    /// The generation kept for re-sealed symlink `ino`, if it is one.
+    pub(super) fn link_generation(&self, ino: u64) -> Option<u64> {
+        let n = self.names.as_ref()?;
+        lock(&n.link_generations).get(&ino).copied()
+    }
+
+    /// Keeps generation `g` for re-sealed symlink `ino` (`kept`: both).
+    pub(super) fn keep_generation(&self, kept: Option<(u64, u64)>) {
+        if let (Some(n), Some((ino, g))) = (&self.names, kept) {
+            let mut gens = lock(&n.link_generations);
+            if gens.len() >= DIR_IDS_MAX {
+                gens.clear();
+            }
+            gens.insert(ino, g);
         }
     }
 
-    /// The plaintext of stored symlink target `stored` of entry `rel`.
+    /// The stored form of symlink target `target` for the link whose
+    /// backing name is `enc` (None: plain names, stored as it is).
+    pub(super) fn stored_target(
+        &self,
+        enc: Option<&BackingName>,
+        target: &[u8],
+    ) -> Result<Vec<u8>, FsError> {
+        let (Some(k), Some(name)) = (self.name_key()?, enc) else {
+            return Ok(target.to_vec());
+        };
+        k.encrypt_target(LinkPlace::of(name), target)
+            .map_err(|e| FsError::name(e, &self.cfg.backing))
+    }
+
+    /// The plaintext of stored symlink target `stored` of the link at
+    /// stored path `rel`, and its form: EIO (logged, naming the link) for
+    /// a target sealed for another link, moved, or edited.
     pub(super) fn plain_target(
         &self,
         stored: Vec<u8>,
-        rel: &std::path::Path,
-    ) -> Result<Vec<u8>, FsError> {
-        match self.name_key()? {
-            None => Ok(stored),
-            Some(k) => k
-                .decrypt_target(&stored)
-                .map_err(|e| FsError::name(e, &self.backing_path(rel))),
-        }
+        rel: &Path,
+    ) -> Result<(Vec<u8>, TargetForm), FsError> {
+        let Some(k) = self.name_key()? else {
+            return Ok((stored, TargetForm::Link));
+        };
+        let dir = self.parent_dir_id(rel)?;
+        let entry = rel.file_name().unwrap_or_default();
+        k.decrypt_target(LinkPlace { dir: &dir, entry }, &stored)
+            .map_err(|e| FsError::name(e, &self.backing_path(rel)))
     }
 }

@@ -235,7 +235,7 @@ impl KmsFs {
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
         let node = self.open_checked(ino, libc::O_PATH)?;
         let stored = os::node::readlink_node(&node.file)?;
-        self.plain_target(stored, &node.rel)
+        self.plain_target(stored, &node.rel).map(|(t, _)| t)
     }
 
     /// A name went away.

@@ -3,6 +3,7 @@
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 
 use super::{name_cstr, proc_fd};
 
@@ -75,4 +76,26 @@ pub(crate) fn removexattr_node(node: &impl AsRawFd, attr: &OsStr) -> io::Result<
         libc::removexattr(p.as_ptr(), a.as_ptr()) as libc::ssize_t
     })
     .map(drop)
+}
+
+/// Copies every extended attribute of the object `from` holds onto the one
+/// `to` holds (O_PATH descriptors will do: a symlink re-made elsewhere
+/// keeps its trusted.* and security.* names).
+pub(crate) fn copy_xattrs(from: &impl AsRawFd, to: &impl AsRawFd) -> io::Result<()> {
+    let n = listxattr_node(from, &mut [])?;
+    if n == 0 {
+        return Ok(());
+    }
+    let mut list = vec![0u8; n];
+    let n = listxattr_node(from, &mut list)?;
+    list.truncate(n);
+    for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let name = OsStr::from_bytes(name);
+        let len = getxattr_node(from, name, &mut [])?;
+        let mut value = vec![0u8; len];
+        let len = getxattr_node(from, name, &mut value)?;
+        value.truncate(len);
+        setxattr_node(to, name, &value, 0)?;
+    }
+    Ok(())
 }

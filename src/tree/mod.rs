@@ -36,7 +36,7 @@ pub use self::known::{
     Choices, DirKeyList, known as known_backings, list_dir_key, protected_by, record_choices,
     record_path, recorded_choices, remember as remember_backing,
 };
-pub use self::names::{NameFinding, NamesReport, check_names};
+pub use self::names::{NameFinding, NamesReport, check_names, reseal_old_targets};
 pub use self::rewrap::{Problem, RewrapOptions, RewrapOutcome, RewrapReport, Rewrapper};
 
 /// A tree opened once by the path its operator named. Every name below it
