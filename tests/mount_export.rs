@@ -4,7 +4,9 @@
 //! bytes, and do not follow a swap made in the backing directory by a user
 //! who can write there. Then an NFS export of the mount on loopback, where
 //! the kernel can serve one. Handles are made and opened by python's ctypes
-//! in separate processes (the os module has neither call).
+//! in separate processes (the os module has neither call). The handle
+//! tests run in both names modes (the kernel reconnects a directory handle
+//! by names it lists).
 
 mod common;
 
@@ -12,7 +14,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::{Mount, TestUsers, require_root, sh};
+use common::{Mount, Names, TestUsers, require_root, sh};
 
 /// name_to_handle_at and open_by_handle_at through ctypes.
 /// `handle PATH` prints the handle in hex; `read|write|list MNT HEX [DATA]`
@@ -94,15 +96,19 @@ fn drop_caches() {
     sh(Path::new("/"), "sync && echo 3 > /proc/sys/vm/drop_caches");
 }
 
-#[test]
-fn a_handle_opens_after_the_kernel_forgot_its_inode() {
+common::in_both_names_modes!(
+    a_handle_opens_after_the_kernel_forgot_its_inode,
+    a_handle_does_not_follow_a_swap_in_the_backing_directory,
+);
+
+fn a_handle_opens_after_the_kernel_forgot_its_inode(names: Names) {
     if !require_root(
         "export-handles",
         "open_by_handle_at and drop_caches are root's",
     ) {
         return;
     }
-    let Some(m) = Mount::new("export-handles") else {
+    let Some(m) = Mount::with_names("export-handles", names, &[]) else {
         return;
     };
     fs::create_dir_all(m.p("d1/d2")).unwrap();
@@ -148,8 +154,8 @@ fn a_handle_opens_after_the_kernel_forgot_its_inode() {
 
 /// A mount with allow_other over a backing directory with a directory
 /// `shared` (2775, the test users' group) that kmsfs-b may write in.
-fn shared_mount(test: &str) -> Option<(Mount, TestUsers)> {
-    let m = Mount::with_args(test, &["-o", "allow_other"])?;
+fn shared_mount(test: &str, names: Names) -> Option<(Mount, TestUsers)> {
+    let m = Mount::with_names(test, names, &["-o", "allow_other"])?;
     let users = common::test_users(test)?;
     fs::set_permissions(m.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::create_dir(m.p("shared")).unwrap();
@@ -158,15 +164,14 @@ fn shared_mount(test: &str) -> Option<(Mount, TestUsers)> {
     Some((m, users))
 }
 
-#[test]
-fn a_handle_does_not_follow_a_swap_in_the_backing_directory() {
+fn a_handle_does_not_follow_a_swap_in_the_backing_directory(names: Names) {
     if !require_root(
         "export-swap",
         "open_by_handle_at and drop_caches are root's",
     ) {
         return;
     }
-    let Some((m, users)) = shared_mount("export-swap") else {
+    let Some((m, users)) = shared_mount("export-swap", names) else {
         return;
     };
     let b = &users.b;
@@ -176,11 +181,29 @@ fn a_handle_does_not_follow_a_swap_in_the_backing_directory() {
     let victim = handle_of(&m, "shared/victim");
     let mine = handle_of(&m, "shared/mine");
     let deep = handle_of(&m, "shared/mine/f");
+    // The backing entries (encrypted names or not).
+    let name = |rel: &str| {
+        m.backing_of(rel)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let (victim_e, own_e, mine_e) = (
+        name("shared/victim"),
+        name("shared/own"),
+        name("shared/mine"),
+    );
+    let shared = m.backing_of("shared");
     drop_caches();
 
     // kmsfs-b puts his own file where the victim's was, in the backing
     // directory: the victim's handle does not open his file.
-    common::ok_as(b, &m.b("shared"), "mv victim victim.old && mv own victim");
+    common::ok_as(
+        b,
+        &shared,
+        &format!("mv {victim_e} {victim_e}.old && mv {own_e} {victim_e}"),
+    );
     assert_eq!(open_handle(&m, "read", &victim, &[]), "ERR ESTALE");
 
     // He moves his directory out of the backing directory and puts a
@@ -190,8 +213,11 @@ fn a_handle_does_not_follow_a_swap_in_the_backing_directory() {
     std::os::unix::fs::chown(&outside, Some(b.uid), Some(b.gid)).unwrap();
     common::ok_as(
         b,
-        &m.b("shared"),
-        &format!("mv mine {0}/mine && ln -s {0}/mine mine", outside.display()),
+        &shared,
+        &format!(
+            "mv {mine_e} {0}/mine && ln -s {0}/mine {mine_e}",
+            outside.display()
+        ),
     );
     drop_caches();
     assert_eq!(open_handle(&m, "read", &deep, &[]), "ERR ESTALE");
@@ -199,8 +225,8 @@ fn a_handle_does_not_follow_a_swap_in_the_backing_directory() {
     // Back where it was, the same objects open again.
     common::ok_as(
         b,
-        &m.b("shared"),
-        &format!("rm mine && mv {}/mine mine", outside.display()),
+        &shared,
+        &format!("rm {mine_e} && mv {}/mine {mine_e}", outside.display()),
     );
     drop_caches();
     assert_eq!(open_handle(&m, "read", &deep, &[]), "OK KMSFS-B-DEEP");
