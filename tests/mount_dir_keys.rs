@@ -307,6 +307,16 @@ fn a_removed_directory_key_record_is_refused() {
     // B removes the record: refused (also under d/sub, which inherits it),
     // never the default key; d/f1 still opens.
     tamper(&m, b, "shared/d", "os.removexattr(p, n)");
+    // `inspect` shows it without a mount's help.
+    let backing = m.backing.to_str().unwrap().to_string();
+    let v: Value = serde_json::from_str(&m.ok(&["--output", "json", "inspect", &backing])).unwrap();
+    let problem = v["DirectoryKeyProblems"][0]["Problem"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        problem.contains(&format!("lists key {k}, but its record is missing")),
+        "{v}"
+    );
     m.remount();
     create_refused(&m, a, "d/after-removal", "Input/output error");
     create_refused(&m, a, "d/sub/after-removal", "Input/output error");
@@ -347,6 +357,8 @@ fn a_removed_directory_key_record_is_refused() {
     common::ok_as(a, &m.p("shared"), "printf back > d/f3");
     assert_eq!(key_of(&m, "shared/d/f3"), default);
 
+    let v: Value = serde_json::from_str(&m.ok(&["--output", "json", "inspect", &backing])).unwrap();
+    assert_eq!(v["DirectoryKeyProblems"], serde_json::json!([]), "{v}");
     // A rename keeps the listing (the record moves with the directory);
     // an rmdir through the mount drops it.
     let o = kmsfs_as(&m, a, &["set-key", "d/sub", "--key-id", &k]);

@@ -548,6 +548,14 @@ fn inspect_dir(g: &GlobalArgs, dir: &Path) -> Result<(), CliError> {
     // The walk leaves out kmsfs's marker and lock.
     let w = crate::tree::walk(&tree)?;
     let dir_keys = crate::tree::recorded_dir_keys(&tree, &w.dirs);
+    // What the keystore lists of the keys set through a mount, against the
+    // records found (as the mount checks them).
+    // The path names the keystore's record of the tree; nothing is opened through it.
+    #[allow(clippy::disallowed_methods)]
+    let listed = std::fs::canonicalize(dir)
+        .and_then(|abs| crate::tree::listed_dir_keys(&keystore::keystore_dir(g), &abs))
+        .unwrap_or_default();
+    let mismatches = crate::tree::dir_key_mismatches(&tree, &w.dirs, &listed);
     let files = w.files;
     let (ks, ks_error): (Arc<dyn KeyService>, Option<String>) = match keystore::open_key_service(g)
     {
@@ -583,20 +591,20 @@ fn inspect_dir(g: &GlobalArgs, dir: &Path) -> Result<(), CliError> {
             empty,
             &not_kmsfs,
             &ks_error,
-            (&w.errors, &dir_keys),
+            (&w.errors, &dir_keys, &mismatches),
         ),
         OutputFormat::Text => {
             print_inspect_text(
                 dir, &marker, &report, empty, &not_kmsfs, &ks_error, &w.errors,
             );
-            print_dir_keys_text(&dir_keys);
+            print_dir_keys_text(&dir_keys, &mismatches);
         }
     }
     Ok(())
 }
 
 /// The directories with a key of their own, as `inspect DIR` prints them.
-fn print_dir_keys_text(dir_keys: &[(PathBuf, Option<String>)]) {
+fn print_dir_keys_text(dir_keys: &[(PathBuf, Option<String>)], mismatches: &[(PathBuf, String)]) {
     for (d, k) in dir_keys {
         println!(
             "directory key:      /{} under {} (as recorded; the mount checks it)",
@@ -604,11 +612,22 @@ fn print_dir_keys_text(dir_keys: &[(PathBuf, Option<String>)]) {
             k.as_deref().unwrap_or("(not a key record)")
         );
     }
+    for (d, why) in mismatches {
+        println!(
+            "directory key:      /{}: {why}: the mount refuses new files under it (its \
+             owner runs `kmsfs set-key` again)",
+            d.display()
+        );
+    }
 }
 
 /// What the walk of `inspect DIR` found beside files: the directories it
 /// could not read (with why) and those with a key record (with its key).
-type Walked<'a> = (&'a [(PathBuf, String)], &'a [(PathBuf, Option<String>)]);
+type Walked<'a> = (
+    &'a [(PathBuf, String)],
+    &'a [(PathBuf, Option<String>)],
+    &'a [(PathBuf, String)],
+);
 
 /// `kmsfs inspect DIR` in JSON.
 fn print_inspect_json(
@@ -620,7 +639,7 @@ fn print_inspect_json(
     ks_error: &Option<String>,
     walked: Walked<'_>,
 ) {
-    let (unreadable, dir_keys) = walked;
+    let (unreadable, dir_keys, mismatches) = walked;
     let keys: serde_json::Map<String, serde_json::Value> = report
         .keys
         .iter()
@@ -641,6 +660,10 @@ fn print_inspect_json(
         "DirectoryKeys": dir_keys
             .iter()
             .map(|(d, k)| serde_json::json!({ "Directory": format!("/{}", d.display()), "KeyId": k }))
+            .collect::<Vec<_>>(),
+        "DirectoryKeyProblems": mismatches
+            .iter()
+            .map(|(d, why)| serde_json::json!({ "Directory": format!("/{}", d.display()), "Problem": why }))
             .collect::<Vec<_>>(),
         "BlockFormat": marker.as_ref().map(|m| m.block_format),
         "EncryptedNames": marker

@@ -258,6 +258,39 @@ type Listing = BTreeMap<DirId, Listed>;
 /// What the list's file was when read: inode, mtime (s, ns), size.
 type Stamp = (u64, i64, i64, u64);
 
+/// The list's file `b` (read from `path`) as a listing.
+fn parse_listing(b: &[u8], path: &Path) -> io::Result<Listing> {
+    let file: DirKeysFile = serde_json::from_slice(b).map_err(|e| {
+        io::Error::other(format!(
+            "{}: not a list of directory keys: {e}",
+            path.display()
+        ))
+    })?;
+    let mut l = Listing::new();
+    for (id, key) in file.dirs {
+        let Ok(id) = id.parse::<DirId>() else {
+            continue;
+        };
+        l.insert(id, key.map_or(Listed::Cleared, Listed::Key));
+    }
+    Ok(l)
+}
+
+/// What the keystore in `keystore_dir` lists of the directory keys of
+/// `backing` (an absolute path), for reports: nothing is created.
+pub fn listed_dir_keys(keystore_dir: &Path, backing: &Path) -> io::Result<BTreeMap<DirId, Listed>> {
+    let Some(dir) = open_known_dir(keystore_dir, false)? else {
+        return Ok(BTreeMap::new());
+    };
+    let mut name = OsString::from(record_name(backing));
+    name.push(DIR_KEYS_SUFFIX);
+    let b = match read_record(&dir, &name) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        r => r?,
+    };
+    parse_listing(&b, &keystore_dir.join(KNOWN_DIR).join(&name))
+}
+
 /// The keystore's list of the directory keys set in one backing tree:
 /// which directory (by `DirId`) has which key, and which had one until its
 /// owner cleared it. It sits in the keystore's `backings/`, where those who
@@ -323,20 +356,7 @@ impl DirKeyList {
         }
         let mut b = Vec::new();
         f.read_to_end(&mut b)?;
-        let file: DirKeysFile = serde_json::from_slice(&b).map_err(|e| {
-            io::Error::other(format!(
-                "{}: not a list of directory keys: {e}",
-                self.path().display()
-            ))
-        })?;
-        let mut l = Listing::new();
-        for (id, key) in file.dirs {
-            let Ok(id) = id.parse::<DirId>() else {
-                continue;
-            };
-            l.insert(id, key.map_or(Listed::Cleared, Listed::Key));
-        }
-        let l = Arc::new(l);
+        let l = Arc::new(parse_listing(&b, self.path())?);
         *cache = Some((stamp, l.clone()));
         Ok(l)
     }

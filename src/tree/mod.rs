@@ -28,13 +28,13 @@ use crate::os::at::{list_dir, open_strictly_beneath, open_without_links};
 use crate::os::dir::EntryKind;
 
 pub use self::copy::{CopyReport, Skipped};
-pub use self::dirkeys::recorded_dir_keys;
+pub use self::dirkeys::{dir_key_mismatches, recorded_dir_keys};
 pub use self::export::{export_tree, open_dest};
 pub use self::fsck::{FileCheck, FileStatus, FsckReport, KeySummary, fsck_file, fsck_tree};
 pub use self::import::{NewFiles, import_tree};
 pub use self::known::{
-    Choices, DirKeyList, known as known_backings, list_dir_key, protected_by, record_choices,
-    record_path, recorded_choices, remember as remember_backing,
+    Choices, DirKeyList, known as known_backings, list_dir_key, listed_dir_keys, protected_by,
+    record_choices, record_path, recorded_choices, remember as remember_backing,
 };
 pub use self::names::{NameFinding, NamesReport, check_names, reseal_old_targets};
 pub use self::rewrap::{Problem, RewrapOptions, RewrapOutcome, RewrapReport, Rewrapper};
