@@ -115,6 +115,39 @@ fn workload(mnt: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     all
 }
 
+/// "0-3,5" as [0, 1, 2, 3, 5].
+fn cpu_list(s: &str) -> Vec<u32> {
+    let mut cpus = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (u32, u32) = (a.parse().expect("cpu"), b.parse().expect("cpu"));
+        cpus.extend(a..=b);
+    }
+    cpus
+}
+
+/// The daemon's ring threads (`kmsfs-uring-N`), each with the CPUs it may
+/// run on (`Cpus_allowed_list` of /proc/PID/task/TID/status).
+fn ring_threads_cpus(pid: u32) -> Vec<(String, Vec<u32>)> {
+    let mut found = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let status = fs::read_to_string(task.expect("task").path().join("status"));
+        let Ok(status) = status else { continue };
+        let field = |f: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(f))
+                .map(|v| v.trim().to_string())
+        };
+        if let (Some(name), Some(cpus)) = (field("Name:"), field("Cpus_allowed_list:"))
+            && name.starts_with("kmsfs-uring")
+        {
+            found.push((name, cpu_list(&cpus)));
+        }
+    }
+    found
+}
+
 #[test]
 fn requests_go_through_the_rings_and_the_data_reads_back_through_dev_fuse() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -132,6 +165,28 @@ fn requests_go_through_the_rings_and_the_data_reads_back_through_dev_fuse() {
         "the log does not say the rings serve:\n{}",
         m.log_text()
     );
+    let pid = m.daemon_pid().expect("the daemon's pid");
+    let pinned = ring_threads_cpus(pid);
+    // Each ring's thread runs on its queue's CPU only, and every CPU's
+    // queue has one (the kernel queues a request on its caller's CPU). A
+    // queue of a CPU that is possible but offline cannot be pinned.
+    let read = |f: &str| fs::read_to_string(format!("/sys/devices/system/cpu/{f}"));
+    let online = cpu_list(read("online").expect("online CPUs").trim());
+    let possible = cpu_list(read("possible").expect("possible CPUs").trim());
+    assert!(!pinned.is_empty(), "no ring threads in /proc/{pid}/task");
+    if possible == online {
+        for (name, allowed) in &pinned {
+            assert_eq!(allowed.len(), 1, "{name} runs on CPUs {allowed:?}, not one");
+        }
+    }
+    let mut covered: Vec<u32> = pinned
+        .iter()
+        .filter(|(_, a)| a.len() == 1)
+        .map(|(_, a)| a[0])
+        .collect();
+    covered.sort_unstable();
+    covered.dedup();
+    assert_eq!(covered, online, "ring threads pinned to {pinned:?}");
     let mut m = within_a_minute("kmsfs unmount", move || {
         m.unmount();
         m

@@ -7,7 +7,7 @@
 //! queue of the CPU its caller runs on; the ring is used only once every
 //! queue has an entry. Here each queue has `per_queue` threads, each with an
 //! io_uring of its own (the kernel completes an entry in the task that
-//! submitted it) and `ENTRIES` entries: one buffer per entry, the 288-byte
+//! submitted it), pinned to the queue's CPU, and `ENTRIES` entries: one buffer per entry, the 288-byte
 //! `fuse_uring_req_header` and the payload after it. FORGET, INTERRUPT and
 //! notifications stay on /dev/fuse (fuser's threads).
 //!
@@ -132,6 +132,28 @@ impl Rings {
         }
         Ok(handles)
     }
+}
+
+/// Runs the calling thread on CPU `cpu` only. The kernel gives a request to
+/// the queue of the CPU its caller runs on (`fuse_uring_task_to_queue()`,
+/// fs/fuse/dev_uring.c: `qid = task_cpu(current)`) and hands it to the
+/// thread that submitted the queue's entry (`io_uring_cmd_complete_in_task`):
+/// pinned, that thread serves it on the CPU where the caller waits, without
+/// a wake-up across CPUs (libfuse pins its ring threads the same way).
+fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: cpu_set_t is plain data, valid when zeroed; CPU_SET writes
+    // bit `cpu` within it (checked above against CPU_SETSIZE);
+    // sched_setaffinity(0, ..) reads the set and applies it to the calling
+    // thread only.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    super::check(rc)
 }
 
 /// Makes the kernel give up the transport when a queue will have no entry
@@ -277,6 +299,14 @@ impl Queue {
     }
 
     fn run(mut self) {
+        if let Err(e) = pin_to_cpu(usize::from(self.qid)) {
+            // Another CPU than the queue's (an offline CPU, a cpuset that
+            // leaves it out): served as before, with a cross-CPU wake-up.
+            log::debug!(
+                "FUSE over io_uring queue {}: not pinned to its CPU: {e}",
+                self.qid
+            );
+        }
         if let Err(e) = self.serve() {
             log::warn!("FUSE over io_uring queue {} ended: {e}", self.qid);
             if !self.registered {
@@ -476,5 +506,23 @@ mod tests {
         assert_eq!(ENT_COMMIT_ID, 256 + 8);
         assert_eq!(ENT_PAYLOAD_SZ, 256 + 16);
         assert!(possible_cpus().is_ok_and(|n| n >= 1));
+    }
+
+    #[test]
+    fn a_thread_pinned_to_cpu_0_runs_there_only() {
+        let allowed = std::thread::spawn(|| {
+            pin_to_cpu(0).unwrap();
+            // SAFETY (test): reads the calling thread's mask into a zeroed set.
+            let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+            let size = std::mem::size_of::<libc::cpu_set_t>();
+            // SAFETY: `set` is a valid cpu_set_t of `size` bytes.
+            assert_eq!(unsafe { libc::sched_getaffinity(0, size, &mut set) }, 0);
+            // SAFETY: CPU_COUNT and CPU_ISSET read the set.
+            unsafe { (libc::CPU_COUNT(&set), libc::CPU_ISSET(0, &set)) }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(allowed, (1, true));
+        assert!(pin_to_cpu(libc::CPU_SETSIZE as usize).is_err());
     }
 }
