@@ -19,6 +19,12 @@
 # BENCH_URING=1 adds "kmsfs-uring": a kmsfs mount made with -o io_uring (FUSE over
 # io_uring), measured in the same rounds as the default (/dev/fuse); the run sets
 # /sys/module/fuse/parameters/enable_uring to Y and puts the old value back at the end.
+# BENCH_BASE=PATH adds "kmsfs-base": a kmsfs mount served by another kmsfs binary (an
+# older build), measured in the same rounds as this build's, for a change's before/after.
+# BENCH_ROWS (all) the rows to run, by name: seqwrite seqread randwrite randread untar
+# lsR catall rmtree (the random rows use the file seqwrite leaves, lsR, catall and rmtree
+# the tree untar leaves); BENCH_TARGETS (all) the targets to measure, by name: plain
+# kmsfs kmsfs-nowb gocryptfs and the optional ones above.
 #
 # Rows (the performance issue's table): fio psync QD1 sequential write bs=1M with
 # end_fsync, sequential read with caches dropped, random 4 KiB buffered writes with
@@ -115,6 +121,25 @@ if [[ ${BENCH_URING:-0} == 1 ]]; then
   targets+=(um); names+=(kmsfs-uring); pids+=("$(daemon "$work/um")")
 fi
 
+if [[ -n ${BENCH_BASE:-} ]]; then
+  mkdir -p "$work"/{bb,bm}
+  "$BENCH_BASE" mount "$work/bb" "$work/bm" 2>/dev/null; mounts+=("$work/bm")
+  targets+=(bm); names+=(kmsfs-base); pids+=("$(daemon "$work/bm")")
+fi
+
+# Only the targets and rows asked for.
+if [[ -n ${BENCH_TARGETS:-} ]]; then
+  keep_t=(); keep_n=(); keep_p=()
+  for i in "${!targets[@]}"; do
+    if [[ " $BENCH_TARGETS " == *" ${names[$i]} "* ]]; then
+      keep_t+=("${targets[$i]}"); keep_n+=("${names[$i]}"); keep_p+=("${pids[$i]}")
+    fi
+  done
+  targets=("${keep_t[@]}"); names=("${keep_n[@]}"); pids=("${keep_p[@]}")
+fi
+ROWS=" ${BENCH_ROWS:-seqwrite seqread randwrite randread untar lsR catall rmtree} "
+row() { [[ $ROWS == *" $1 "* ]]; }
+
 # The small-file tree: files every Debian machine has.
 read -r -a tree <<<"${BENCH_TREE:-/usr/include $(ls -d /usr/lib/python3.[0-9]* 2>/dev/null | head -1)}"
 tar -cf "$work/tree.tar" "${tree[@]}" 2>/dev/null || true
@@ -126,7 +151,7 @@ echo "== small-file tree: ${tree[*]}: $nfiles files, $ndirs directories, $tsize 
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 now() { date +%s%N; }
 # counts DIR: kmsfs's request counters (empty elsewhere).
-counts() { [[ $1 == "$work/km" || $1 == "$work/kn" || $1 == "$work/k1m" || $1 == "$work/pnm" || $1 == "$work/um" ]] && python3 -c 'import os,sys; print(os.getxattr(sys.argv[1], "trusted.kmsfs.requests").decode(), end="")' "$1" || true; }
+counts() { [[ $1 == "$work/km" || $1 == "$work/kn" || $1 == "$work/k1m" || $1 == "$work/pnm" || $1 == "$work/um" || $1 == "$work/bm" ]] && python3 -c 'import os,sys; print(os.getxattr(sys.argv[1], "trusted.kmsfs.requests").decode(), end="")' "$1" || true; }
 fio_json() { fio --output-format=json --ioengine=psync --iodepth=1 --fallocate=none "$@"; }
 iops() { python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; print(j[sys.argv[2]]["total_ios"])' "$@"; }
 
@@ -171,18 +196,20 @@ for ((r = 1; r <= ROUNDS; r++)); do
   for k in "${!targets[@]}"; do
     i=$(((k + r - 1) % ${#targets[@]}))
     d=$work/${targets[$i]}; n=${names[$i]}
-    drop; measure seqwrite MiB/s "$d" "$n" seqwrite
-    drop; measure seqread MiB/s "$d" "$n" seqread
-    measure randwrite IOPS "$d" "$n" randwrite
-    measure randread IOPS "$d" "$n" randread
+    if row seqwrite; then drop; measure seqwrite MiB/s "$d" "$n" seqwrite; fi
+    if row seqread; then drop; measure seqread MiB/s "$d" "$n" seqread; fi
+    if row randwrite; then measure randwrite IOPS "$d" "$n" randwrite; fi
+    if row randread; then measure randread IOPS "$d" "$n" randread; fi
     rm -f "$d/big"
-    drop; measure untar s "$d" "$n" untar
-    measure lsR s "$d" "$n" lsR
-    measure catall s "$d" "$n" catall
-    measure rmtree s "$d" "$n" rmtree
+    if row untar; then drop; measure untar s "$d" "$n" untar; fi
+    if row lsR; then measure lsR s "$d" "$n" lsR; fi
+    if row catall; then measure catall s "$d" "$n" catall; fi
+    if row rmtree; then measure rmtree s "$d" "$n" rmtree; fi
+    rm -rf "$d/usr"
   done
 done
-for ((i = 1; i < ${#targets[@]}; i++)); do
+for ((i = 0; i < ${#targets[@]}; i++)); do
+  if [[ ${names[$i]} == plain ]]; then continue; fi
   hwm=$(awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/${pids[$i]}/status" 2>/dev/null || echo NA)
   echo "0,${names[$i]},peakrss,$hwm,MiB" >> "$csv"
 done

@@ -7,7 +7,7 @@
 #   scripts/bench_requests.sh [KMSFS_BINARY]     # default target/debug/kmsfs
 #
 # Workloads: tar -x of the bench's small-file tree (/usr/include + /usr/lib/python3.*)
-# then sync; ls -lR of it twice (the second, warm, is reported); stat of every file
+# then sync; ls -lR of it three times (the second, warm, and the third are reported); stat of every file
 # (find -ls), warm; cat of every file, twice (the second is reported); rm -rf of it;
 # fio randwrite 4 KiB buffered, 20,000 writes, end_fsync (needs fio).
 # KMSFS_OPTS: -o options for the mount (e.g. sharedstorage).
@@ -50,6 +50,7 @@ PY
 row untar sh -c "tar -C '$m' -xf '$work/tree.tar' && sync"
 ls -lR "$m/usr" >/dev/null
 row lsR-warm ls -lR "$m/usr"
+row lsR-third ls -lR "$m/usr"
 row stat-warm find "$m/usr" -ls
 catall() { find "$m/usr" -type f -print0 | xargs -0 cat > /dev/null; }
 catall

@@ -100,6 +100,9 @@ def main():
     uring = pair(vals, med, fmt, "kmsfs", "kmsfs-uring",
                  "kmsfs through FUSE over io_uring (-o io_uring) against /dev/fuse (default)",
                  "/dev/fuse", "io_uring")
+    # BENCH_BASE=PATH: this build against another (kmsfs-base), both by default.
+    base = pair(vals, med, fmt, "kmsfs-base", "kmsfs",
+                "kmsfs, this build against BENCH_BASE's build", "base build", "this build")
 
     with open(f"{out}/summary-{stamp}.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -111,7 +114,7 @@ def main():
                    + ["" for _ in TARGETS[1:]])
     doc = {"note": note, "stamp": stamp, "rows": table, "peak_rss_mib": rss,
            "kmsfs_requests": requests, "block_formats": formats, "names": names,
-           "transport": uring}
+           "transport": uring, "base": base}
     with open(f"{out}/summary-{stamp}.json", "w") as f:
         json.dump(doc, f, indent=1)
     svg(table, f"{out}/chart-{stamp}.svg", note)
