@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
+use super::key::SealerState;
 use super::{EnvelopeError, FileKey, file_context};
 use crate::crypto::random_array;
 use crate::format::{self, BLOCK_SIZE, FileId, FormatError, HEADER_LEN, Header, Layout, Slot};
@@ -321,8 +322,28 @@ impl EncryptedFile {
     /// and re-encrypted; a gap past the old end reads as zeros. All blocks
     /// go to the backing file in one system call.
     pub fn write_at(&self, data: &[u8], offset: u64) -> Result<(), EnvelopeError> {
+        let whole = WholeBlocks::seal(&self.key, data, offset)?;
+        self.write_sealed(data, offset, whole)
+    }
+
+    /// `write_at` with the blocks that `data` covers whole already sealed
+    /// (`WholeBlocks::seal`, which needs no lock: the mount seals them
+    /// before it takes the file's exclusive lock, so that the WRITEs of one
+    /// flush seal on several threads). The partial blocks at either end
+    /// are read, merged and sealed here, under the caller's lock.
+    pub fn write_sealed(
+        &self,
+        data: &[u8],
+        offset: u64,
+        whole: WholeBlocks,
+    ) -> Result<(), EnvelopeError> {
         if data.is_empty() {
             return Ok(());
+        }
+        if whole.file_id != self.key.file_id || whole.offset != offset || whole.len != data.len() {
+            return Err(EnvelopeError::Mismatch(
+                "blocks sealed for another write".into(),
+            ));
         }
         let end = offset
             .checked_add(data.len() as u64)
@@ -336,17 +357,31 @@ impl EncryptedFile {
         }
         let first = format::block_of(offset);
         let new_size = size.max(end);
-        let mut out = Vec::with_capacity(data.len() + 2 * BLOCK_SIZE as usize);
+        let cbs = self.layout.cipher_block_size() as usize;
+        let head_slot = whole.head_slot;
+        let mut out = whole.out;
+        // The sealer of the whole blocks goes on: one first nonce half, and
+        // in layout 2 one key derivation, for the whole write.
+        let mut sealer = self.key.resume(whole.sealer)?;
+        let mut head = Vec::new();
         let mut plain = Zeroizing::new(Vec::with_capacity(BLOCK_SIZE as usize));
         let mut consumed = 0usize;
-        // One write, one sealer: in layout 2 one key derivation for all its blocks.
-        let mut sealer = self.key.sealer()?;
-        for s in format::split_range(offset, data.len() as u64) {
+        for (i, s) in format::split_range(offset, data.len() as u64).enumerate() {
             let new_len = format::block_plain_len(s.block, new_size);
             let piece = &data[consumed..consumed + s.len as usize];
             consumed += s.len as usize;
+            if s.is_full() && whole.blocks > 0 {
+                // Sealed already, in `out`.
+                continue;
+            }
+            // Before the whole blocks (into its slot) or after them.
+            let dest = if i == 0 && head_slot {
+                &mut head
+            } else {
+                &mut out
+            };
             if s.skip == 0 && s.len == new_len {
-                sealer.seal_block(s.block, piece, &mut out)?;
+                sealer.seal_block(s.block, piece, dest)?;
                 continue;
             }
             let old = self.read_block(s.block, size)?;
@@ -354,7 +389,19 @@ impl EncryptedFile {
             plain.extend_from_slice(&old);
             plain.resize(new_len as usize, 0);
             plain[s.skip as usize..(s.skip + s.len) as usize].copy_from_slice(piece);
-            sealer.seal_block(s.block, &plain, &mut out)?;
+            sealer.seal_block(s.block, &plain, dest)?;
+        }
+        if head_slot {
+            // A partial first block before whole ones is never final: it
+            // fills its slot exactly.
+            match out.get_mut(..cbs) {
+                Some(slot) if head.len() == cbs => slot.copy_from_slice(&head),
+                _ => {
+                    return Err(EnvelopeError::Mismatch(
+                        "a partial first block of another size".into(),
+                    ));
+                }
+            }
         }
         let result = self.write_stored(first, &out).and_then(|()| {
             // The final block before the written range stops being final
@@ -490,6 +537,73 @@ impl EncryptedFile {
             self.file.sync_all()?;
         }
         Ok(())
+    }
+}
+
+/// The blocks a write covers whole, sealed without the file: the stored
+/// form of a whole block depends only on the data key, the block's index
+/// and its 4 KiB of plaintext (a whole block is never a partial final
+/// block, whatever the file's size), so it needs neither the file's size
+/// nor its content, and no lock. `EncryptedFile::write_sealed` completes the
+/// write under the lock.
+#[derive(Debug)]
+pub struct WholeBlocks {
+    file_id: FileId,
+    offset: u64,
+    len: usize,
+    /// Whole blocks sealed.
+    blocks: u64,
+    /// `out` starts with a slot of one stored block for a partial first
+    /// block (sealed under the lock, from the file's old content).
+    head_slot: bool,
+    /// The stored blocks, from the first block of the write.
+    out: Vec<u8>,
+    /// The sealer that sealed them, for the partial blocks.
+    sealer: SealerState,
+}
+
+impl WholeBlocks {
+    /// Seals the blocks of `data` at plaintext `offset` that it covers whole.
+    /// Fails with EFBIG, as the write would, when the write ends past the
+    /// largest file the backing file system can hold.
+    pub fn seal(key: &FileKey, data: &[u8], offset: u64) -> Result<Self, EnvelopeError> {
+        let layout = key.layout();
+        let efbig = || EnvelopeError::Io(std::io::Error::from_raw_os_error(libc::EFBIG));
+        let end = offset.checked_add(data.len() as u64).ok_or_else(efbig)?;
+        if end > layout.max_plain_size() {
+            return Err(efbig());
+        }
+        let cbs = layout.cipher_block_size() as usize;
+        let spans = || format::split_range(offset, data.len() as u64);
+        let any_whole = spans().any(|s| s.is_full());
+        let mut out = Vec::with_capacity(if any_whole { data.len() + 2 * cbs } else { 0 });
+        let (mut blocks, mut head_slot) = (0, false);
+        let mut sealer = key.sealer()?;
+        let mut consumed = 0usize;
+        // Nothing to seal here when no block is whole: all goes under the lock.
+        for (i, s) in spans().enumerate() {
+            if !any_whole {
+                break;
+            }
+            let piece = &data[consumed..consumed + s.len as usize];
+            consumed += s.len as usize;
+            if s.is_full() {
+                sealer.seal_block(s.block, piece, &mut out)?;
+                blocks += 1;
+            } else if i == 0 {
+                out.resize(cbs, 0);
+                head_slot = true;
+            }
+        }
+        Ok(WholeBlocks {
+            file_id: key.file_id,
+            offset,
+            len: data.len(),
+            blocks,
+            head_slot,
+            out,
+            sealer: sealer.pause(),
+        })
     }
 }
 

@@ -201,6 +201,50 @@ impl Sealer<'_> {
     }
 }
 
+impl<'k> Sealer<'k> {
+    /// The sealer's state without its key: the blocks of one write sealed
+    /// in two goes (the mount seals a write's whole blocks before it takes
+    /// the file's lock, and its partial edge blocks under it) keep one
+    /// first nonce half and one derivation.
+    pub(super) fn pause(self) -> SealerState {
+        SealerState {
+            file_id: self.key.file_id,
+            derived: self.derived,
+            sealed: self.sealed,
+        }
+    }
+}
+
+/// A paused [`Sealer`] (see [`Sealer::pause`], [`FileKey::resume`]).
+pub(super) struct SealerState {
+    file_id: FileId,
+    derived: Option<([u8; NONCE_LEN], AeadKey)>,
+    sealed: u64,
+}
+
+impl std::fmt::Debug for SealerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealerState")
+            .field("sealed", &self.sealed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileKey {
+    /// Goes on sealing with a paused sealer of this key (a fresh sealer if
+    /// it was another key's).
+    pub(super) fn resume(&self, state: SealerState) -> Result<Sealer<'_>, EnvelopeError> {
+        if state.file_id != self.file_id {
+            return self.sealer();
+        }
+        Ok(Sealer {
+            key: self,
+            derived: state.derived,
+            sealed: state.sealed,
+        })
+    }
+}
+
 /// Opens the blocks of one read (see [`FileKey::opener`]).
 pub(super) struct Opener<'k> {
     key: &'k FileKey,

@@ -321,6 +321,76 @@ fn random_operations_match_a_model_in(l: Layout) {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// The mount seals the whole blocks of concurrent WRITEs on their own
+/// threads, before the file's lock, and commits them in whatever order the
+/// threads take the lock: the file is then what those writes, applied in
+/// commit order, make it (extensions, holes and partial edges included).
+#[test]
+fn writes_sealed_apart_commit_in_any_order() {
+    for l in LAYOUTS {
+        writes_sealed_apart_commit_in_any_order_in(l);
+    }
+}
+
+fn writes_sealed_apart_commit_in_any_order_in(l: Layout) {
+    let ks = TestKeys::new();
+    let dir = tempdir();
+    let f = EncryptedFile::create(temp_file(&dir, "w"), &ks, &CALLER, "k", l).unwrap();
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut model: Vec<u8> = Vec::new();
+    for round in 0..40 {
+        // Up to 1 MiB apart and up to 70 blocks long, block-aligned or not.
+        let writes: Vec<(u64, Vec<u8>)> = (0..4)
+            .map(|_| {
+                let aligned = rng.below(2) == 0;
+                let mut off = rng.below(256) * BLOCK_SIZE;
+                let mut len = (1 + rng.below(70)) * BLOCK_SIZE;
+                if !aligned {
+                    off += rng.below(BLOCK_SIZE);
+                    len = 1 + rng.below(len);
+                }
+                (off, (0..len).map(|_| rng.next() as u8).collect())
+            })
+            .collect();
+        let key = f.key().clone();
+        let sealed: Vec<WholeBlocks> = std::thread::scope(|s| {
+            let handles: Vec<_> = writes
+                .iter()
+                .map(|(off, data)| {
+                    let key = &key;
+                    s.spawn(move || WholeBlocks::seal(key, data, *off).unwrap())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        // Committed last first: later offsets usually extend first.
+        for ((off, data), whole) in writes.iter().zip(sealed).rev() {
+            f.write_sealed(data, *off, whole).unwrap();
+            let (off, len) = (*off as usize, data.len());
+            if model.len() < off + len {
+                model.resize(off + len, 0);
+            }
+            model[off..off + len].copy_from_slice(data);
+        }
+        check_model(&f, &model);
+        if round % 10 == 9 {
+            let cut = rng.below(model.len() as u64 + 1) as usize;
+            f.set_len(cut as u64).unwrap();
+            model.truncate(cut);
+        }
+    }
+    // Blocks sealed for one write are refused for another: nothing changes.
+    let data = vec![7u8; 3 * BLOCK_SIZE as usize];
+    let whole = WholeBlocks::seal(f.key(), &data, 0).unwrap();
+    let refused = f.write_sealed(&data, BLOCK_SIZE, whole);
+    assert!(
+        matches!(refused, Err(EnvelopeError::Mismatch(_))),
+        "{refused:?}"
+    );
+    check_model(&f, &model);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn sizes_round_trip_through_seal_and_unseal() {
     for l in LAYOUTS {

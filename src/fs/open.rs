@@ -1,6 +1,9 @@
 //! Open files: one `EncryptedFile` per inode over one read-write backing fd,
 //! shared by every handle of that inode (and by its hard links), behind a
 //! read-write lock: reads run in parallel, writes and truncates are exclusive.
+//! A write seals the blocks it covers whole before it takes the lock, so the
+//! WRITEs of one flush seal in parallel and hold the lock only to merge
+//! partial blocks and write.
 //! The state, its fd and its data key go when the last handle is released;
 //! what the backing file looked like then is remembered, so that the next
 //! open can tell the kernel to keep the pages it caches (`unchanged_since`).
@@ -11,13 +14,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::error::FsError;
-use crate::envelope::EncryptedFile;
+use crate::envelope::{EncryptedFile, FileKey, WholeBlocks};
 use crate::format::Header;
 
 /// The open state of one inode.
 #[derive(Debug)]
 pub struct OpenFile {
     ef: RwLock<EncryptedFile>,
+    /// `ef`'s data key, for sealing outside the lock.
+    key: Arc<FileKey>,
     /// The backing path at open time, for log messages only.
     backing: PathBuf,
     /// A handle wrote with O_DIRECT, past the kernel's pages: no open is
@@ -29,6 +34,7 @@ impl OpenFile {
     /// Wraps an opened encrypted file.
     pub fn new(ef: EncryptedFile, backing: PathBuf) -> Self {
         Self {
+            key: ef.key().clone(),
             ef: RwLock::new(ef),
             backing,
             direct_written: AtomicBool::new(false),
@@ -89,9 +95,11 @@ impl OpenFile {
     /// mtime and ctime (writeback cache), so the write leaves the times the
     /// mount shows as they were (`times::keeping`).
     pub fn write_at(&self, data: &[u8], offset: u64, keep_times: bool) -> Result<(), FsError> {
+        let whole = WholeBlocks::seal(&self.key, data, offset)
+            .map_err(|e| FsError::envelope(e, &self.backing))?;
         let ef = self.write();
         let write = || {
-            ef.write_at(data, offset)
+            ef.write_sealed(data, offset, whole)
                 .map_err(|e| FsError::envelope(e, &self.backing))
         };
         if keep_times {
