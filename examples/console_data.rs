@@ -46,6 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         uid: 0,
         gid: 0,
         pid: std::process::id(),
+        access_key: None,
     };
     // A change gives the keystore its trail signing key.
     ks.create_key(&caller, "scale key made through the service")?;
@@ -68,6 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         uid: 0,
         gid: 0,
         pid: 4242,
+        access_key: None,
     };
     let now = kmsfs::kms::clock::now()?;
     let t1 = Instant::now();

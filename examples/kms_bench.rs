@@ -40,6 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         uid: 0,
         gid: 0,
         pid: std::process::id(),
+        access_key: None,
     };
     let rc = RequestContext::cli(me);
     let key = ks.create_key(&me, "bench")?.key_id;

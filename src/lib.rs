@@ -27,7 +27,7 @@
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
-//! let caller = Caller { uid: 1000, gid: 1000, pid: std::process::id() };
+//! let caller = Caller::local(1000, 1000, std::process::id());
 //! let keystore = LocalKeyStore::create(&dir.path().join("keystore"), CreateMode::RootKeyFile)?;
 //! let key = keystore.create_key(&caller, "reports")?;
 //!

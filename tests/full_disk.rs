@@ -18,6 +18,7 @@ const CALLER: Caller = Caller {
     uid: 0,
     gid: 0,
     pid: 1,
+    access_key: None,
 };
 
 /// A tmpfs of `size` mounted on a fresh directory; unmounted on drop.

@@ -17,6 +17,7 @@ const ME: Caller = Caller {
     uid: 0,
     gid: 0,
     pid: 0,
+    access_key: None,
 };
 
 fn no_passphrase() -> Result<SecretBytes, KmsError> {

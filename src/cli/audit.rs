@@ -526,6 +526,7 @@ pub fn prune(g: &GlobalArgs, a: PruneArgs) -> Result<(), CliError> {
         uid,
         gid,
         pid: std::process::id(),
+        access_key: None,
     };
     let pruned = match ks.prune_audit_trail(&caller, before, a.archive.as_deref()) {
         Ok(p) => p,

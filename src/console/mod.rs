@@ -136,6 +136,7 @@ pub fn serve(
                 uid,
                 gid,
                 pid: std::process::id(),
+                access_key: None,
             },
             allowed,
             hosts,

@@ -97,6 +97,7 @@ pub fn this_process() -> Caller {
         uid,
         gid,
         pid: std::process::id(),
+        access_key: None,
     }
 }
 

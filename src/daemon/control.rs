@@ -95,6 +95,7 @@ impl MountState {
             uid,
             gid,
             pid: std::process::id(),
+            access_key: None,
         };
         // Asked of the keystore itself: not a call the mount made.
         let ctx = RequestContext::new(caller, Origin::Mount);

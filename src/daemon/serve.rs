@@ -206,6 +206,7 @@ fn name_key(req: &Serving, ks: &dyn crate::kms::KeyService) -> Result<Option<Vec
         uid,
         gid,
         pid: std::process::id(),
+        access_key: None,
     };
     let rc = crate::kms::RequestContext::new(me, crate::kms::Origin::Mount);
     let (_, wrapped) = crate::envelope::names::NameKey::generate(ks, &rc, &req.key_id)

@@ -178,6 +178,7 @@ const CALLER: RequestContext<'static> = RequestContext::cli(Caller {
     uid: 0,
     gid: 0,
     pid: 0,
+    access_key: None,
 });
 
 /// The test service is a whole one-key service: what it encrypts opens

@@ -131,6 +131,7 @@ fn me() -> Caller {
         uid,
         gid,
         pid: std::process::id(),
+        access_key: None,
     }
 }
 

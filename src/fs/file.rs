@@ -553,11 +553,13 @@ mod tests {
         uid: 0,
         gid: 0,
         pid: 1,
+        access_key: None,
     };
     const ALICE: Caller = Caller {
         uid: 1000,
         gid: 1000,
         pid: 2,
+        access_key: None,
     };
 
     fn fs() -> (tempfile::TempDir, Arc<Counting>, KmsFs) {

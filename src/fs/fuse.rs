@@ -41,6 +41,7 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
+        access_key: None,
     }
 }
 

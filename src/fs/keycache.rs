@@ -174,11 +174,13 @@ mod tests {
         uid: 1000,
         gid: 1000,
         pid: 1,
+        access_key: None,
     };
     const BOB: Caller = Caller {
         uid: 1001,
         gid: 1001,
         pid: 2,
+        access_key: None,
     };
 
     #[test]

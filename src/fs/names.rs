@@ -101,6 +101,7 @@ impl KmsFs {
             uid,
             gid,
             pid: std::process::id(),
+            access_key: None,
         };
         let rc = RequestContext::new(me, Origin::Mount);
         let held = lock(&n.wrapped).clone();

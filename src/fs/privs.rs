@@ -183,6 +183,7 @@ mod tests {
             uid: 0,
             gid: 0,
             pid: 1,
+            access_key: None,
         };
         // CapEff without bit 4 (0x...ef): no CAP_FSETID.
         assert!(!has_fsetid(&root, Some(STATUS)));

@@ -28,6 +28,7 @@ pub mod wire;
 pub use audit::{AuditEvent, AuditSink, CallerSource, FileAccess, Requester};
 pub use context::EncryptionContext;
 pub use error::{Existing, KmsError, Missing, RootKeyProblem, StateProblem, ValidationCode};
+pub use model::AccessKeyId;
 pub use operation::Operation;
 pub use request::{KeyService, KeyServiceExt, Origin, Request, RequestContext, Response};
 pub use service::{
@@ -50,6 +51,23 @@ pub struct Caller {
     pub gid: u32,
     /// Process id of the caller (0 when unknown).
     pub pid: u32,
+    /// The access key whose signature the protocol server verified for
+    /// this request (None for the command line, the mount and a Unix
+    /// socket peer): key policies and grants may name it
+    /// (`access-key:AKIA...`), and the trail records it.
+    pub access_key: Option<AccessKeyId>,
+}
+
+impl Caller {
+    /// A local caller (no access key).
+    pub const fn local(uid: u32, gid: u32, pid: u32) -> Self {
+        Self {
+            uid,
+            gid,
+            pid,
+            access_key: None,
+        }
+    }
 }
 
 /// Key states, named as in AWS KMS.

@@ -2,7 +2,8 @@
 //! evaluated (`KeyPolicy::allows`, from `service::authz`, the one
 //! decision) on every key operation for the caller: principals
 //! `uid:N`, `user:NAME`, `gid:N`, `group:NAME` (the caller's primary and
-//! supplementary groups) and `*`; conditions `StringEquals`/`StringLike` (also
+//! supplementary groups), `access-key:AKIA...` (a request to the protocol
+//! server signed with that access key, whose signature verified) and `*`; conditions `StringEquals`/`StringLike` (also
 //! `ForAnyValue:`/`ForAllValues:`) on `kms:EncryptionContext:KEY` and
 //! `kms:EncryptionContextKeys`. Explicit Deny wins, then any Allow, else deny.
 //! A key without a policy allows every caller of the command line and the
@@ -14,7 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::audit::{Operation, Requester};
-use super::{Caller, EncryptionContext, KmsError, accounts};
+use super::{AccessKeyId, Caller, EncryptionContext, KmsError, accounts};
 
 /// Longest policy document, in bytes (as AWS KMS).
 pub const MAX_POLICY_LEN: usize = 32 * 1024;
@@ -48,8 +49,9 @@ pub enum Verdict {
 }
 
 /// Reads a grant's grantee or retiring principal: `uid:N`, `user:NAME`,
-/// `gid:N`, `group:NAME` (as key policies name them; names must exist), or
-/// an IAM user ARN `arn:aws:iam::ACCOUNT:user/NAME`, read as `user:NAME`.
+/// `gid:N`, `group:NAME`, `access-key:AKIA...` (as key policies name them;
+/// names must exist), or an IAM user ARN `arn:aws:iam::ACCOUNT:user/NAME`,
+/// read as `user:NAME`.
 /// Returns the canonical form kept in the grant.
 pub fn parse_grant_principal(s: &str) -> Result<String, KmsError> {
     let s = match s
@@ -69,10 +71,12 @@ pub fn parse_grant_principal(s: &str) -> Result<String, KmsError> {
 }
 
 /// True when grant principal `p` (from `parse_grant_principal`) is the
-/// caller: its uid, or one of its groups (unknown groups do not match).
+/// caller: its uid, one of its groups (unknown groups do not match), or the
+/// access key that signed its request.
 pub fn grant_principal_is(p: &str, caller: &Caller, requester: &Requester) -> bool {
     match parse_principal(p, false) {
         Ok(Principal::Uid(u)) => u == caller.uid,
+        Ok(Principal::AccessKey(k)) => caller.access_key == Some(k),
         Ok(Principal::User(n)) => accounts::user_id(&n) == Some(caller.uid),
         Ok(Principal::Gid(g)) => requester.in_group(caller, g).unwrap_or(false),
         Ok(Principal::Group(n)) => {
@@ -92,6 +96,9 @@ enum Principal {
     User(String),
     /// A group by name, resolved when evaluated.
     Group(String),
+    /// An access key of the protocol server: requests it signed (whatever
+    /// else names their uid and groups applies to them too).
+    AccessKey(AccessKeyId),
 }
 
 /// How a condition compares.
@@ -210,7 +217,8 @@ fn invalid(why: impl std::fmt::Display) -> KmsError {
     KmsError::invalid(format!("the key policy is invalid: {why}"))
 }
 
-const PRINCIPAL_FORMS: &str = "expected uid:N, user:NAME, gid:N, group:NAME or *";
+const PRINCIPAL_FORMS: &str =
+    "expected uid:N, user:NAME, gid:N, group:NAME, access-key:AKIA... or *";
 
 fn parse_principal(s: &str, check_names: bool) -> Result<Principal, KmsError> {
     if s == "*" {
@@ -239,6 +247,14 @@ fn parse_principal(s: &str, check_names: bool) -> Result<Principal, KmsError> {
         Ok(Principal::User(name(v, accounts::user_id(v), "user")?))
     } else if let Some(v) = s.strip_prefix("group:") {
         Ok(Principal::Group(name(v, accounts::group_id(v), "group")?))
+    } else if let Some(v) = s.strip_prefix("access-key:") {
+        AccessKeyId::parse(v)
+            .map(Principal::AccessKey)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "principal {s:?}: an access key id is AKIA and 16 characters A-Z, 2-7"
+                ))
+            })
     } else {
         Err(invalid(format!("principal {s:?}: {PRINCIPAL_FORMS}")))
     }
@@ -379,7 +395,7 @@ fn principals(v: &Value, check_names: bool) -> Result<Vec<Principal>, KmsError> 
             for (k, v) in m {
                 if k != "kmsfs" {
                     return Err(invalid(format!(
-                        "principal type {k:?} is not supported; use {{\"kmsfs\": [\"uid:N\", \"user:NAME\", \"gid:N\", \"group:NAME\"]}} or \"*\""
+                        "principal type {k:?} is not supported; use {{\"kmsfs\": [\"uid:N\", \"user:NAME\", \"gid:N\", \"group:NAME\", \"access-key:AKIA...\"]}} or \"*\""
                     )));
                 }
                 let list: Vec<String> = match v {
@@ -404,7 +420,7 @@ fn principals(v: &Value, check_names: bool) -> Result<Vec<Principal>, KmsError> 
             Ok(out)
         }
         _ => Err(invalid(
-            "Principal must be \"*\" or {\"kmsfs\": [\"uid:N\", \"user:NAME\", \"gid:N\", \"group:NAME\", \"*\"]}",
+            "Principal must be \"*\" or {\"kmsfs\": [\"uid:N\", \"user:NAME\", \"gid:N\", \"group:NAME\", \"access-key:AKIA...\", \"*\"]}",
         )),
     }
 }
@@ -532,6 +548,8 @@ impl KeyPolicy {
                 Principal::Gid(g) => requester.in_group(caller, *g).unwrap_or(deny),
                 Principal::Group(n) => accounts::group_id(n)
                     .is_some_and(|g| requester.in_group(caller, g).unwrap_or(deny)),
+                // Set only from a verified signature (server::auth).
+                Principal::AccessKey(k) => caller.access_key == Some(*k),
             })
         };
         let applies = |s: &Statement| {
@@ -567,7 +585,12 @@ mod tests {
     use super::*;
 
     fn caller(uid: u32, gid: u32) -> Caller {
-        Caller { uid, gid, pid: 0 }
+        Caller {
+            uid,
+            gid,
+            pid: 0,
+            access_key: None,
+        }
     }
 
     fn groups(g: &[u32]) -> Requester {
@@ -614,6 +637,49 @@ mod tests {
                 );
             }
             assert_eq!(op.action(), format!("kms:{}", op.as_str()));
+        }
+    }
+
+    #[test]
+    fn access_key_principals_name_the_key_that_signed() {
+        let k1 = AccessKeyId::parse("AKIAAAAAAAAAAAAAAAA2").unwrap();
+        let k2 = AccessKeyId::parse("AKIAAAAAAAAAAAAAAAA3").unwrap();
+        let with = |k: Option<AccessKeyId>| Caller {
+            access_key: k,
+            ..caller(1000, 1000)
+        };
+        let p = policy(
+            r#"[{"Effect":"Allow","Principal":{"kmsfs":"uid:1000"},"Action":"kms:Decrypt"},
+                {"Effect":"Deny","Principal":{"kmsfs":"access-key:AKIAAAAAAAAAAAAAAAA3"},"Action":"kms:*"},
+                {"Effect":"Allow","Principal":{"kmsfs":"access-key:AKIAAAAAAAAAAAAAAAA2"},"Action":"kms:Encrypt"}]"#,
+        );
+        let v = |k, op| p.verdict(&with(k), &groups(&[]), op, None);
+        // The user's Allow holds for its access keys, save the denied one.
+        assert_eq!(v(None, Operation::Decrypt), Verdict::Allow);
+        assert_eq!(v(Some(k1), Operation::Decrypt), Verdict::Allow);
+        assert_eq!(v(Some(k2), Operation::Decrypt), Verdict::Deny);
+        // The key's Allow is the key's alone.
+        assert_eq!(v(Some(k1), Operation::Encrypt), Verdict::Allow);
+        assert_eq!(v(Some(k2), Operation::Encrypt), Verdict::Deny);
+        assert_eq!(v(None, Operation::Encrypt), Verdict::NoAllow);
+        // Grants name them the same way.
+        let g = parse_grant_principal("access-key:AKIAAAAAAAAAAAAAAAA2").unwrap();
+        assert!(grant_principal_is(&g, &with(Some(k1)), &groups(&[])));
+        assert!(!grant_principal_is(&g, &with(Some(k2)), &groups(&[])));
+        assert!(!grant_principal_is(&g, &with(None), &groups(&[])));
+        for bad in [
+            "access-key:",
+            "access-key:AKIA",
+            "access-key:akiaaaaaaaaaaaaaaaa2",
+        ] {
+            assert!(parse_grant_principal(bad).is_err(), "{bad}");
+            assert!(
+                KeyPolicy::parse(&format!(
+                    r#"{{"Statement":[{{"Effect":"Allow","Principal":{{"kmsfs":"{bad}"}},"Action":"kms:*"}}]}}"#
+                ))
+                .is_err(),
+                "{bad}"
+            );
         }
     }
 

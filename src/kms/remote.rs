@@ -687,6 +687,7 @@ mod tests {
             uid: 1,
             gid: 1,
             pid: 1,
+            access_key: None,
         };
         let e = k
             .decrypt(

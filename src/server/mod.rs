@@ -481,11 +481,17 @@ fn run(st: &State, caller: &Caller, op: Operation, body: &[u8]) -> Result<Reply,
     }
     let r = ops::dispatch(&st.ks, caller, op, body);
     log::info!(
-        "{} by uid {} gid {} pid {}: {}",
+        "{} by uid {} gid {} pid {}{}{}: {}",
         op.event_name(),
         caller.uid,
         caller.gid,
         caller.pid,
+        if caller.access_key.is_some() {
+            " access key "
+        } else {
+            ""
+        },
+        caller.access_key.as_ref().map_or("", |k| k.as_str()),
         match &r {
             Ok(_) => "ok",
             Err(e) => e.kind,
@@ -741,6 +747,7 @@ impl Listener for UnixListener {
             uid: cred.uid(),
             gid: cred.gid(),
             pid: cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+            access_key: None,
         };
         Ok(Some((std::future::ready(Ok(s)), Peer::Unix(caller))))
     }

@@ -1210,6 +1210,7 @@ mod tests {
             uid: 0,
             gid: 0,
             pid: 0,
+            access_key: None,
         };
         for (op, name) in Operation::served() {
             if let Err(e) = dispatch(&ks, &root, op, b"{}") {

@@ -83,6 +83,7 @@ impl Fixture {
             uid: 0,
             gid: 0,
             pid: std::process::id(),
+            access_key: None,
         };
         let key_id = ks.create_key(&caller, "fuzz").expect("key").key_id;
         let ctx = EncryptionContext::with("kmsfs:file", "00112233445566778899aabbccddeeff");
@@ -490,7 +491,12 @@ pub fn policy(data: &[u8]) {
     for op in OPERATIONS {
         for &uid in &ids {
             for &gid in &ids {
-                let caller = Caller { uid, gid, pid: 1 };
+                let caller = Caller {
+                    uid,
+                    gid,
+                    pid: 1,
+                    access_key: None,
+                };
                 let want = reference_allows(&value, uid, gid, op.action());
                 assert_eq!(
                     p.allows(&caller, &no_groups, op, None),

@@ -76,6 +76,11 @@ pub fn identity(caller: &Caller, requester: &Requester, source: CallerSource) ->
     ident.insert("processName".into(), json!(requester.process_name));
     ident.insert("executable".into(), json!(requester.executable));
     ident.insert("source".into(), json!(source.as_str()));
+    // The access key whose signature the server verified (CloudTrail's
+    // `userIdentity.accessKeyId`).
+    if let Some(k) = &caller.access_key {
+        ident.insert("accessKeyId".into(), json!(k.as_str()));
+    }
     Value::Object(ident)
 }
 
@@ -142,6 +147,7 @@ mod tests {
             uid: 0,
             gid: 0,
             pid: std::process::id(),
+            access_key: None,
         };
         let requester = Requester::of(&caller);
         let mut extra = Map::new();

@@ -49,9 +49,57 @@ pub fn valid_access_key_id(id: &str) -> bool {
             .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
 }
 
+/// A well-formed access key id, by value (`Caller` is `Copy`): who signed a
+/// request at the protocol server, once its signature verified. Not a
+/// secret: AWS's trail records access key ids too.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccessKeyId([u8; ACCESS_KEY_ID_LEN]);
+
+impl AccessKeyId {
+    /// The id in `s`, when it is well formed (`valid_access_key_id`).
+    pub fn parse(s: &str) -> Option<Self> {
+        if !valid_access_key_id(s) {
+            return None;
+        }
+        let mut b = [0u8; ACCESS_KEY_ID_LEN];
+        b.copy_from_slice(s.as_bytes());
+        Some(Self(b))
+    }
+
+    /// `AKIA...`.
+    pub fn as_str(&self) -> &str {
+        // Only `parse` makes one, from ASCII checked there.
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
+impl std::fmt::Debug for AccessKeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for AccessKeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_key_ids_by_value() {
+        let id = AccessKeyId::parse("AKIAABCDEFGHIJ234567").unwrap();
+        assert_eq!(id.as_str(), "AKIAABCDEFGHIJ234567");
+        assert_eq!(
+            format!("{id} {id:?}"),
+            "AKIAABCDEFGHIJ234567 AKIAABCDEFGHIJ234567"
+        );
+        assert!(AccessKeyId::parse("AKIAABCDEFGHIJ23456").is_none());
+        assert!(AccessKeyId::parse("uid:0").is_none());
+    }
 
     #[test]
     fn access_key_id_shape() {

@@ -19,7 +19,9 @@ mod import;
 mod key;
 mod state;
 
-pub use access_keys::{ACCESS_KEY_ID_LEN, AccessKeyRecord, MAX_ACCESS_KEYS, valid_access_key_id};
+pub use access_keys::{
+    ACCESS_KEY_ID_LEN, AccessKeyId, AccessKeyRecord, MAX_ACCESS_KEYS, valid_access_key_id,
+};
 pub use aliases::validate_alias_name;
 pub use grants::{
     GRANT_OPERATIONS, GrantConstraints, GrantRecord, MAX_GRANTS_PER_KEY, parse_grant_operations,

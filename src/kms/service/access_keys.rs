@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 
 use super::LocalKeyStore;
 use crate::crypto::{SecretBytes, random_array};
-use crate::kms::model::{AccessKeyRecord, MAX_ACCESS_KEYS, valid_access_key_id};
+use crate::kms::model::{AccessKeyId, AccessKeyRecord, MAX_ACCESS_KEYS, valid_access_key_id};
 use crate::kms::{Caller, KmsError, Missing};
 
 /// A new access key: the only time its secret is shown.
@@ -42,7 +42,8 @@ pub struct AccessKeyEntry {
 
 /// The principal and secret of an access key, for signature verification.
 pub struct AccessKeySecret {
-    /// The caller that requests signed with the key act as (pid 0).
+    /// The caller that requests signed with the key act as (pid 0, the
+    /// access key named: policies and grants may name it).
     pub caller: Caller,
     /// The secret access key, zeroized on drop.
     pub secret: Zeroizing<String>,
@@ -153,6 +154,7 @@ impl LocalKeyStore {
                     uid: r.uid,
                     gid: r.gid,
                     pid: 0,
+                    access_key: AccessKeyId::parse(&r.access_key_id),
                 },
                 secret,
             }
@@ -179,6 +181,10 @@ mod tests {
         let s = ks.access_key_secret(&k.access_key_id).unwrap().unwrap();
         assert_eq!(s.secret.as_bytes(), k.secret_access_key.expose());
         assert_eq!((s.caller.uid, s.caller.gid), (1000, 100));
+        assert_eq!(
+            s.caller.access_key.map(|a| a.to_string()).as_deref(),
+            Some(k.access_key_id.as_str())
+        );
         assert!(!format!("{s:?}").contains(s.secret.as_str()));
         assert!(
             ks.access_key_secret("AKIAAAAAAAAAAAAAAAAA")

@@ -391,6 +391,7 @@ impl LocalKeyStore {
             uid,
             gid,
             pid: std::process::id(),
+            access_key: None,
         };
         let mut extra = Map::new();
         extra.insert("automatic".into(), json!(true));

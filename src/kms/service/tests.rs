@@ -16,6 +16,7 @@ const ME: Caller = Caller {
     uid: 0,
     gid: 0,
     pid: 1,
+    access_key: None,
 };
 const RC: RequestContext<'static> = RequestContext::cli(ME);
 
@@ -242,11 +243,13 @@ fn key_policy_is_enforced_for_the_caller() {
         uid: 1000,
         gid: 100,
         pid: 2,
+        access_key: None,
     };
     let mallory = Caller {
         uid: 666,
         gid: 100,
         pid: 3,
+        access_key: None,
     };
     let blob = ks
         .encrypt(&RequestContext::cli(mallory), &id, b"x", &ctx())
