@@ -52,6 +52,25 @@ fn no_grant(grant: &str) -> KmsError {
     )
 }
 
+/// Refuses a grant principal naming an access key this keystore does not
+/// hold (its id is random: a typo would match no one, silently).
+fn held_access_keys<'p>(
+    s: &model::StoreState,
+    principals: impl Iterator<Item = &'p String>,
+) -> Result<(), KmsError> {
+    for p in principals {
+        if let Some(id) = p.strip_prefix("access-key:")
+            && !s.access_keys.contains_key(id)
+        {
+            return Err(KmsError::invalid(format!(
+                "the grant principal {p} names no access key of this keystore \
+                 (`kmsfs access-key list`)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl LocalKeyStore {
     /// CreateGrant: returns (grant id, grant token). With `dry_run`, stops
     /// after the authorization with DryRunOperation.
@@ -101,18 +120,7 @@ impl LocalKeyStore {
                     .map_err(|e| KmsError::internal(e.to_string()))?;
                 self.update(|s, now| {
                     let key_id = resolve(s, &self.ids(), &r.key_id)?.key_id.clone();
-                    // An access key named must be one of this keystore's
-                    // (its id is random: a typo would match no one, silently).
-                    for p in std::iter::once(&grantee).chain(retiring.as_ref()) {
-                        if let Some(id) = p.strip_prefix("access-key:")
-                            && !s.access_keys.contains_key(id)
-                        {
-                            return Err(KmsError::invalid(format!(
-                                "the grant principal {p} names no access key of this \
-                                 keystore (`kmsfs access-key list`)"
-                            )));
-                        }
-                    }
+                    held_access_keys(s, std::iter::once(&grantee).chain(retiring.as_ref()))?;
                     // The same name, grantee, operations and constraints:
                     // the grant that exists (AWS's idempotent CreateGrant).
                     if let Some(name) = &r.name
