@@ -1014,3 +1014,51 @@ fn names_of_every_byte_case_normalization_and_length_behave_as_on_ext4(names: Na
         serde_json::from_str(&py(NAME_STATE, &[m.mnt.as_os_str()])).unwrap();
     assert_eq!(again, ext4["state"], "{}: after a remount", names.word());
 }
+
+/// What a crash between mkdir's temporary directory and its rename leaves
+/// in the directory it was made in (docs/FORMAT.md, "Directory ids").
+fn leftover_of_a_crashed_mkdir(dir: &Path) {
+    let tmp = dir.join(".kmsfs.tmp.AAAAAAAAAAAAAAAA");
+    fs::create_dir(&tmp).unwrap();
+    fs::write(tmp.join(".kmsfs.dirid"), [7u8; 16]).unwrap();
+}
+
+/// A directory that lists empty but holds the temporary directory of a
+/// crashed mkdir (with its id) is removed by rmdir and replaced by a
+/// directory renamed over it, as an empty directory on ext4; one that also
+/// holds something that is not kmsfs's own is ENOTEMPTY and keeps its id
+/// (its entries still open after a remount, new ones can be made).
+#[test]
+fn a_crashed_mkdir_leaves_no_directory_that_cannot_be_removed() {
+    let Some(mut m) = Mount::with_names("names-leftover", Names::Encrypted, &[]) else {
+        return;
+    };
+    for d in ["p/d", "p/e", "p/f", "p/g"] {
+        fs::create_dir_all(m.p(d)).unwrap();
+    }
+    fs::write(m.p("p/f/x"), b"moved").unwrap();
+    fs::write(m.p("p/g/kept"), b"kept").unwrap();
+    let (d, e, g) = (
+        m.backing_of("p/d"),
+        m.backing_of("p/e"),
+        m.backing_of("p/g"),
+    );
+    for dir in [&d, &e, &g] {
+        leftover_of_a_crashed_mkdir(dir);
+    }
+    // Not kmsfs's own: nothing a crash leaves.
+    fs::write(g.join(".kmsfs.tmp.AAAAAAAAAAAAAAAA").join("stranger"), b"").unwrap();
+    m.remount();
+    assert_eq!(fs::read_dir(m.p("p/d")).unwrap().count(), 0);
+    fs::remove_dir(m.p("p/d")).unwrap();
+    assert!(!d.exists());
+    fs::rename(m.p("p/f"), m.p("p/e")).unwrap();
+    assert_eq!(fs::read(m.p("p/e/x")).unwrap(), b"moved");
+    let err = fs::remove_dir(m.p("p/g")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTEMPTY));
+    m.remount();
+    assert_eq!(fs::read(m.p("p/g/kept")).unwrap(), b"kept");
+    fs::write(m.p("p/g/new"), b"new").unwrap();
+    assert_eq!(fs::read(m.p("p/g/new")).unwrap(), b"new");
+    assert!(g.join(".kmsfs.dirid").exists());
+}

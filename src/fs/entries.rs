@@ -371,9 +371,11 @@ impl KmsFs {
 }
 
 /// Directory `e` of a tree with encrypted names, emptied of kmsfs's own
-/// files so that it can be removed or replaced: ENOTEMPTY (nothing
-/// removed) when it holds any entry, ENOTDIR when it is no directory.
-/// Returns it (opened) and the id it had.
+/// files (and of the temporary directory a crashed mkdir left, with its
+/// own files) so that it can be removed or replaced: ENOTEMPTY (nothing
+/// removed) when it holds any entry, ENOTDIR when it is no directory; its
+/// id is put back when a removal fails. Returns it (opened) and the id it
+/// had.
 fn empty_for_removal(e: &InDir) -> Result<(File, Option<names::DirId>), FsError> {
     let d = os::beneath::open_beneath(
         &e.dir,
@@ -386,16 +388,53 @@ fn empty_for_removal(e: &InDir) -> Result<(File, Option<names::DirId>), FsError>
         _ => FsError::Io(err),
     })?;
     let entries = os::at::list_dir(&d)?;
-    if entries.iter().any(|(n, _)| !names::is_internal(n)) {
-        return Err(FsError::Io(std::io::Error::from_raw_os_error(
-            libc::ENOTEMPTY,
-        )));
+    // kmsfs's own files only, and in a directory of its own (the temporary
+    // directory of a mkdir a crash interrupted), its own files only.
+    let mut inner = Vec::new();
+    for (n, kind) in &entries {
+        if !names::is_internal(n) {
+            return Err(not_empty());
+        }
+        if *kind == os::dir::EntryKind::Dir {
+            inner.push(own_files_of(&d, n)?);
+        }
     }
     let id = names::read_dir_id(&d).ok();
-    for (n, kind) in &entries {
-        os::beneath::unlinkat(&d, n, *kind == os::dir::EntryKind::Dir)?;
+    let removed = (|| {
+        for (sub, files) in &inner {
+            for f in files {
+                os::beneath::unlinkat(sub, f, false)?;
+            }
+        }
+        for (n, kind) in &entries {
+            os::beneath::unlinkat(&d, n, *kind == os::dir::EntryKind::Dir)?;
+        }
+        Ok::<_, std::io::Error>(())
+    })();
+    if let Err(err) = removed {
+        restore_id(&d, id);
+        return Err(err.into());
     }
     Ok((d, id))
+}
+
+fn not_empty() -> FsError {
+    FsError::Io(std::io::Error::from_raw_os_error(libc::ENOTEMPTY))
+}
+
+/// kmsfs's own directory `name` in `dir` and its files: all of them its
+/// own and none a directory, else ENOTEMPTY.
+fn own_files_of(dir: &File, name: &OsStr) -> Result<(File, Vec<std::ffi::OsString>), FsError> {
+    let sub =
+        os::beneath::open_beneath(dir, Path::new(name), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    let mut files = Vec::new();
+    for (n, kind) in os::at::list_dir(&sub)? {
+        if !names::is_internal(&n) || kind == os::dir::EntryKind::Dir {
+            return Err(not_empty());
+        }
+        files.push(n);
+    }
+    Ok((sub, files))
 }
 
 /// Puts a directory's id back after its removal failed.
