@@ -307,12 +307,19 @@ impl Scene {
     }
 }
 
-/// The backing tree of the plain source, imported as root, with its
-/// `shared/` group-writable as in the source (kmsfs-b may rename his
-/// directory in it).
+/// The backing tree of the plain source, imported as root with plain
+/// names, with its `shared/` group-writable as in the source (kmsfs-b may
+/// rename his directory in it, which he finds by its name).
 fn backing_of(s: &Scene, name: &str) -> PathBuf {
     let backing = s.p(name);
-    let o = s.import(&s.plain, &backing);
+    let o = s.kmsfs(&[
+        "--output",
+        "json",
+        "import",
+        s.plain.to_str().unwrap(),
+        backing.to_str().unwrap(),
+        "--plaintextnames",
+    ]);
     assert!(o.status.success(), "import: {}", common::describe(&o));
     let shared = backing.join("shared");
     assert_eq!(shared.metadata().unwrap().mode() & 0o7777, 0o2775);

@@ -62,6 +62,11 @@ pub struct ImportArgs {
     /// directory's default key, or the keystore's].
     #[arg(long, value_name = "K")]
     pub key_id: Option<String>,
+    /// A new backing directory keeps its names in clear (as `-o
+    /// plaintextnames` at a first mount) [default: encrypted names]. No
+    /// effect on a backing directory used before.
+    #[arg(long)]
+    pub plaintextnames: bool,
 }
 
 /// The key service for a whole-tree command: its thousands of records go to
@@ -368,27 +373,6 @@ fn reseal_old_targets(
         })
 }
 
-/// Refuses `what` on a tree with encrypted names, which it does not
-/// handle yet: nothing is read or changed.
-fn refuse_encrypted_names(t: &tree::Tree, what: &str, hint: &str) -> Result<(), CliError> {
-    match t.names_encrypted() {
-        Ok(false) => Ok(()),
-        Ok(true) => Err(CliError::new(
-            ErrorClass::Refused,
-            format!(
-                "{}: `kmsfs {what}` does not handle a tree with encrypted names yet; nothing \
-                 was read or changed",
-                t.path().display()
-            ),
-        )
-        .hint(hint.to_string())),
-        Err(e) => Err(CliError::new(
-            ErrorClass::Corrupt,
-            format!("{}: {e}", t.path().display()),
-        )),
-    }
-}
-
 /// After `rewrap --to-key-id TO`: makes TO the backing directory's default
 /// key (the one its new files get), when the rewrap moved every file or
 /// every file of the old default key, and says so. A backing directory
@@ -642,6 +626,7 @@ fn describe_status(s: &FileStatus) -> String {
     match s {
         FileStatus::Ok | FileStatus::Empty => "ok".into(),
         FileStatus::CorruptHeader { reason } => format!("corrupt header: {reason}"),
+        FileStatus::CorruptName { reason } => format!("refused: {reason}"),
         FileStatus::CorruptBlocks { offsets } => format!(
             "corrupt blocks at plaintext offsets {}",
             offsets
@@ -672,18 +657,85 @@ fn empty_dest(dest: &Path) -> Result<(tree::Tree, PathBuf), CliError> {
     Ok((t, existing_dir(dest, "destination")?))
 }
 
+/// The name key of the tree `t` with encrypted names (`empty`: it holds
+/// nothing, so a missing key is no error),
+/// unwrapped for the caller as the mount unwraps it (the key service checks
+/// the CMK's state and policy, and records it); None for plain names.
+fn name_key(
+    backing: &Path,
+    t: &tree::Tree,
+    empty: bool,
+    ks: &dyn crate::kms::KeyService,
+) -> Result<Option<crate::envelope::names::NameKey>, CliError> {
+    use crate::envelope::names::{NameError, NameKey};
+    let corrupt =
+        |e: String| CliError::new(ErrorClass::Corrupt, format!("{}: {e}", backing.display()));
+    if !t.names_encrypted().map_err(|e| corrupt(e.to_string()))? {
+        return Ok(None);
+    }
+    let Some(wrapped) = t.wrapped_name_key().map_err(|e| corrupt(e.to_string()))? else {
+        // Marked for encrypted names but never served: nothing was named yet.
+        if empty {
+            return Ok(None);
+        }
+        return Err(corrupt(
+            "marked for encrypted names but its binding file holds no name key".into(),
+        ));
+    };
+    NameKey::unwrap(ks, &super::cli_context(), &wrapped)
+        .map(Some)
+        .map_err(|e| match e {
+            NameError::Kms(k) => {
+                let c = CliError::from(k);
+                CliError {
+                    message: format!(
+                        "{}: its names do not open (the name key is refused): {}",
+                        backing.display(),
+                        c.message
+                    ),
+                    ..c
+                }
+            }
+            e => corrupt(format!("the name key: {e}")),
+        })
+}
+
+/// The tree's directory-key MAC key, unwrapped for the caller under the
+/// binding file's default key only (as the mount trusts it); None when the
+/// tree has none or it does not open (said on stderr: directories' key
+/// records are then refused, each listed).
+fn record_key(
+    backing: &Path,
+    m: Option<&crate::daemon::BackingMarker>,
+    ks: &dyn crate::kms::KeyService,
+) -> Option<tree::RecordKey> {
+    let m = m?;
+    let wrapped = match m.wrapped_dir_key_mac() {
+        Ok(w) => w?,
+        Err(e) => {
+            eprintln!("kmsfs: {}: {e}", backing.display());
+            return None;
+        }
+    };
+    match tree::RecordKey::unwrap(ks, &super::cli_context(), &wrapped, &m.default_key_id) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            eprintln!(
+                "kmsfs: {}: the directory-key MAC key does not open ({e}): directories' own \
+                 keys are refused",
+                backing.display()
+            );
+            None
+        }
+    }
+}
+
 /// `kmsfs export`.
 pub fn export(g: &GlobalArgs, a: ExportArgs) -> Result<(), CliError> {
     let backing = existing_dir(&a.backing, "backing directory")?;
     let _lock = lock_unmounted(&backing, "export")?;
-    let t = tree::Tree::open(&backing)?;
-    refuse_encrypted_names(
-        &t,
-        "export",
-        "mount it and copy out through the mount (`cp -a MOUNTPOINT/. DEST`)",
-    )?;
-    drop(t);
-    if let Some(m) = crate::daemon::read_marker(&backing)? {
+    let marker = crate::daemon::read_marker(&backing)?;
+    if let Some(m) = &marker {
         let ks = keystore::open_key_service(g)?;
         if ks.keystore_id() != m.keystore_id {
             return Err(CliError::new(
@@ -698,6 +750,24 @@ pub fn export(g: &GlobalArgs, a: ExportArgs) -> Result<(), CliError> {
             .hint("pass the --keystore DIR the directory was mounted with"));
         }
     }
+    let ks = bulk_key_service(g)?;
+    let (t, w) = open_and_walk(&backing, "backing directory")?;
+    // Names first: a caller the name key refuses gets no destination made.
+    let names = name_key(
+        &backing,
+        &t,
+        w.files.is_empty() && w.dirs.is_empty() && w.links.is_empty(),
+        &*ks,
+    );
+    let names = match names {
+        Ok(n) => n,
+        Err(e) => {
+            // The refusal is the answer; a trail that cannot be written
+            // (said on stderr) does not hide it.
+            let _ = finish_audit(g);
+            return Err(e);
+        }
+    };
     let (dest_tree, dest) = empty_dest(&a.dest)?;
     if dest.starts_with(&backing) {
         return Err(CliError::new(
@@ -705,13 +775,21 @@ pub fn export(g: &GlobalArgs, a: ExportArgs) -> Result<(), CliError> {
             "the destination must not be inside the backing directory",
         ));
     }
-    let ks = bulk_key_service(g)?;
-    let (t, w) = open_and_walk(&backing, "backing directory")?;
+    let keys = tree::TreeKeys {
+        names,
+        records: record_key(&backing, marker.as_ref(), &*ks),
+    };
     let progress = Progress::for_files(&t, &w.files);
     let start = std::time::Instant::now();
-    let report = tree::export_tree(&t, &w, &dest_tree, &*ks, &super::cli_context(), &mut || {
-        progress.tick()
-    });
+    let report = tree::export_tree(
+        &t,
+        &w,
+        &dest_tree,
+        &*ks,
+        &super::cli_context(),
+        keys,
+        &mut || progress.tick(),
+    );
     drop(progress);
     finish_audit(g)?;
     finish_copy(g, "export", &report, start)
@@ -735,35 +813,31 @@ pub fn import(g: &GlobalArgs, a: ImportArgs) -> Result<(), CliError> {
         ));
     }
     let _lock = lock_unmounted(&backing, "import")?;
-    let t = tree::Tree::open(&backing)?;
-    refuse_encrypted_names(
-        &t,
-        "import",
-        "mount it and copy in through the mount (`cp -a SRC/. MOUNTPOINT`)",
-    )?;
-    drop(t);
     let survey = crate::daemon::survey(&backing);
+    let fresh = survey.entries == 0 && crate::daemon::read_marker(&backing)?.is_none();
     let bound = crate::daemon::bind(
         &keystore::key_source(g),
         a.key_id.as_deref(),
         &backing,
         &survey,
     )?;
+    let keystore_dir = keystore::keystore_dir(g);
+    // Never encrypts names under a name key someone swapped into the
+    // binding file (the keystore recorded the tree's at its first use).
+    if !fresh {
+        crate::daemon::check_recorded(&keystore_dir, &backing, false)?;
+    }
     for n in &bound.notices {
         eprintln!("kmsfs: {n}");
     }
     let (ks, key_id, marker) = (bound.ks, bound.key_id, bound.new_marker);
     // The same (shared) keystore instance: batch its records.
     bulk_key_service(g)?;
+    let rc = super::cli_context();
     let layout = crate::daemon::tree_layout(&backing, &survey)?;
-    if let Some(m) = marker {
-        let m = crate::daemon::BackingMarker {
-            block_format: layout.version(),
-            ..m
-        };
-        crate::daemon::write_marker(&backing, &m)?;
-    }
-    crate::daemon::remember_backing(&keystore::keystore_dir(g), &backing);
+    let mut m = import_marker(&backing, &a, marker, layout, survey.entries, &*ks, &key_id)?;
+    crate::daemon::remember_backing(&keystore_dir, &backing);
+    crate::daemon::record_choices(&keystore_dir, &backing);
     let (src_tree, w) = open_and_walk(&src, "source directory")?;
     let backing_tree = tree::Tree::open(&backing).map_err(|e| {
         CliError::new(
@@ -771,6 +845,11 @@ pub fn import(g: &GlobalArgs, a: ImportArgs) -> Result<(), CliError> {
             format!("backing directory {}: {e}", backing.display()),
         )
     })?;
+    let records = import_record_key(&backing, m.as_mut(), &src_tree, &w, &*ks)?;
+    let keys = tree::TreeKeys {
+        names: name_key(&backing, &backing_tree, false, &*ks)?,
+        records,
+    };
     let progress = Progress::for_files(&src_tree, &w.files);
     let start = std::time::Instant::now();
     let report = tree::import_tree(
@@ -778,16 +857,85 @@ pub fn import(g: &GlobalArgs, a: ImportArgs) -> Result<(), CliError> {
         &w,
         &backing_tree,
         &*ks,
-        &super::cli_context(),
+        &rc,
         tree::NewFiles {
             key_id: &key_id,
             layout,
         },
+        keys,
         &mut || progress.tick(),
     );
     drop(progress);
     finish_audit(g)?;
     finish_copy(g, &format!("import under {key_id}"), &report, start)
+}
+
+/// The binding file of an import's backing directory: a new one (`new`)
+/// written as a first mount writes it (encrypted names for an empty
+/// directory unless --plaintextnames), and a name key made for a tree marked
+/// for encrypted names that has none yet (nothing was named in it).
+fn import_marker(
+    backing: &Path,
+    a: &ImportArgs,
+    new: Option<crate::daemon::BackingMarker>,
+    layout: crate::format::Layout,
+    entries: usize,
+    ks: &dyn crate::kms::KeyService,
+    key_id: &str,
+) -> Result<Option<crate::daemon::BackingMarker>, CliError> {
+    if let Some(m) = new {
+        let m = crate::daemon::BackingMarker {
+            block_format: layout.version(),
+            encrypted_names: Some(entries == 0 && !a.plaintextnames),
+            ..m
+        };
+        crate::daemon::write_marker(backing, &m)?;
+    } else if a.plaintextnames {
+        eprintln!(
+            "kmsfs: --plaintextnames has no effect on {}: its names stay as its first use chose",
+            backing.display()
+        );
+    }
+    let mut m = crate::daemon::read_marker(backing)?;
+    if let Some(m) = &mut m
+        && m.encrypted_names == Some(true)
+        && m.name_key.is_none()
+        && entries == 0
+    {
+        use base64::Engine;
+        let (_, wrapped) =
+            crate::envelope::names::NameKey::generate(ks, &super::cli_context(), key_id).map_err(
+                |e| match e {
+                    crate::envelope::names::NameError::Kms(k) => CliError::from(k),
+                    e => CliError::new(ErrorClass::Io, format!("making the name key: {e}")),
+                },
+            )?;
+        m.name_key = Some(base64::engine::general_purpose::STANDARD.encode(&wrapped));
+        crate::daemon::replace_marker(backing, m)?;
+    }
+    Ok(m)
+}
+
+/// The MAC key of the directory key records an import checks and makes:
+/// the tree's, or, when the source asks for a directory key and the tree
+/// has none, a new one under the tree's default key, stored in the binding
+/// file (as the mount's first `set-key` does).
+fn import_record_key(
+    backing: &Path,
+    m: Option<&mut crate::daemon::BackingMarker>,
+    src: &tree::Tree,
+    w: &tree::Walk,
+    ks: &dyn crate::kms::KeyService,
+) -> Result<Option<tree::RecordKey>, CliError> {
+    use base64::Engine;
+    let Some(m) = m else { return Ok(None) };
+    if m.dir_key_mac.is_some() || !tree::asks_dir_keys(src, w) {
+        return Ok(record_key(backing, Some(m), ks));
+    }
+    let (key, wrapped) = tree::RecordKey::generate(ks, &super::cli_context(), &m.default_key_id)?;
+    m.dir_key_mac = Some(base64::engine::general_purpose::STANDARD.encode(&wrapped));
+    crate::daemon::replace_marker(backing, m)?;
+    Ok(Some(key))
 }
 
 /// Prints what an export or import did and gives its exit status: 5 for
@@ -827,7 +975,8 @@ fn finish_copy(
         Err(CliError::new(
             ErrorClass::Refused,
             format!(
-                "{} files were not copied: their key is not usable",
+                "{} entries were not copied: their key is not usable (under a directory whose \
+                 own key refused, none is)",
                 report.unreadable
             ),
         ))

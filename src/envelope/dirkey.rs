@@ -12,6 +12,10 @@ use crate::crypto::{constant_time_eq, hex, hmac_sha256};
 /// The backing directory's xattr that holds the record (reserved: never
 /// seen or changed through the mount).
 pub const RECORD_XATTR: &str = "user.kmsfs.dirkey";
+/// The xattr of a plain directory that names its key outside kmsfs: what
+/// `kmsfs export` writes on an exported directory and `kmsfs import`
+/// reads (the same name a program reads and sets through a mount).
+pub const KEY_ID_XATTR: &str = "user.kmsfs.key-id";
 /// The first word of a record.
 const RECORD_VERSION: &str = "kmsfs-dirkey-v1";
 /// The label at the start of a record's MAC input.

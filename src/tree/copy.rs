@@ -11,8 +11,49 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::{FileStatus, Tree, Walk, apply_meta};
+use crate::envelope::names::{self, BackingName};
 use crate::os::beneath::{open_node, symlinkat};
 use crate::os::node::readlink_node;
+
+/// Where an entry of the tree copied from goes in the tree copied to.
+#[derive(Debug)]
+pub(super) struct Dest {
+    /// Its path there, relative to that tree's root.
+    pub(super) rel: PathBuf,
+    /// A long encrypted name: what its side file holds.
+    pub(super) long: Option<BackingName>,
+}
+
+/// How names and symbolic link targets change between the two trees of a
+/// copy: not at all (plain names on both sides), decrypted (an export of a
+/// tree with encrypted names) or encrypted (an import into one).
+pub(super) trait Names {
+    /// Where the entry `rel` of the tree copied from goes.
+    fn dest(&self, rel: &Path) -> Result<Dest, FileStatus>;
+    /// The target of the symbolic link `rel` (of the tree copied from) as
+    /// the destination stores it.
+    fn target(&self, rel: &Path, stored: Vec<u8>) -> Result<Vec<u8>, FileStatus>;
+    /// `rel` as a report shows it (its plaintext path where known).
+    fn shown(&self, rel: &Path) -> PathBuf {
+        rel.to_path_buf()
+    }
+}
+
+/// Plain names on both sides.
+pub(super) struct SameNames;
+
+impl Names for SameNames {
+    fn dest(&self, rel: &Path) -> Result<Dest, FileStatus> {
+        Ok(Dest {
+            rel: rel.to_path_buf(),
+            long: None,
+        })
+    }
+
+    fn target(&self, _: &Path, stored: Vec<u8>) -> Result<Vec<u8>, FileStatus> {
+        Ok(stored)
+    }
+}
 
 /// Plaintext is copied in pieces of this size.
 pub(super) const COPY_CHUNK: usize = 1 << 20;
@@ -43,6 +84,10 @@ pub struct CopyReport {
     /// Symbolic links made.
     #[serde(rename = "Links")]
     pub links: u64,
+    /// Directories' own keys carried: written on exported directories, or
+    /// set by an import (docs/TREE.md, "Keys per directory").
+    #[serde(rename = "DirectoryKeys")]
+    pub dir_keys: u64,
     /// Files with a corrupt header or corrupt blocks: not written.
     #[serde(rename = "Corrupt")]
     pub corrupt: u64,
@@ -68,9 +113,9 @@ impl CopyReport {
     /// that was not copied.
     pub(super) fn skip(&mut self, p: &Path, status: FileStatus) {
         match &status {
-            FileStatus::CorruptHeader { .. } | FileStatus::CorruptBlocks { .. } => {
-                self.corrupt += 1
-            }
+            FileStatus::CorruptHeader { .. }
+            | FileStatus::CorruptBlocks { .. }
+            | FileStatus::CorruptName { .. } => self.corrupt += 1,
             FileStatus::KeyUnusable { .. } => self.unreadable += 1,
             FileStatus::Io { .. } | FileStatus::Ok | FileStatus::Empty => self.io += 1,
         }
@@ -94,18 +139,24 @@ impl CopyReport {
     /// Copies the symbolic links of `walk` (of tree `from`) to the same
     /// places under `to`, never over an existing name; lists the special
     /// files, which are not copied.
-    pub(super) fn copy_links_and_list_special(&mut self, from: &Tree, walk: &Walk, to: &Tree) {
+    pub(super) fn copy_links_and_list_special(
+        &mut self,
+        from: &Tree,
+        walk: &Walk,
+        to: &Tree,
+        names: &dyn Names,
+    ) {
         for l in &walk.links {
-            match copy_link(from, l, to) {
+            match copy_link(from, l, to, names) {
                 Ok(true) => self.links += 1,
-                Ok(false) => self.exists(l),
-                Err(e) => self.skip(l, io_status(e)),
+                Ok(false) => self.exists(&names.shown(l)),
+                Err(s) => self.skip(&names.shown(l), s),
             }
         }
         for s in &walk.special {
             self.special += 1;
             self.skipped.push(Skipped {
-                path: s.clone(),
+                path: names.shown(s),
                 status: FileStatus::Io {
                     message: "a FIFO, socket or device node: not copied".into(),
                 },
@@ -114,31 +165,43 @@ impl CopyReport {
     }
 }
 
-/// Copies the symbolic link `rel` of `from` to `rel` in `to`, with its
-/// owner and times; Ok(false) when the name exists there.
-fn copy_link(from: &Tree, rel: &Path, to: &Tree) -> io::Result<bool> {
-    let node = from.node(rel)?;
-    let md = node.metadata()?;
+/// Copies the symbolic link `rel` of `from` to where `names` puts it in
+/// `to` (its target as `names` stores it there), with its owner and times;
+/// Ok(false) when the name exists there.
+fn copy_link(from: &Tree, rel: &Path, to: &Tree, names: &dyn Names) -> Result<bool, FileStatus> {
+    let node = from.node(rel).map_err(io_status)?;
+    let md = node.metadata().map_err(io_status)?;
     if !md.file_type().is_symlink() {
-        return Err(io::Error::other("no longer a symbolic link"));
+        return Err(io_status(io::Error::other("no longer a symbolic link")));
     }
-    let target = readlink_node(&node)?;
-    let (dir, name) = to.parent(rel)?;
+    let target = names.target(rel, readlink_node(&node).map_err(io_status)?)?;
+    let dest = names.dest(rel)?;
+    let (dir, name) = to.parent(&dest.rel).map_err(io_status)?;
+    if let Some(long) = &dest.long {
+        names::ensure_side_file(&dir, long).map_err(io_status)?;
+    }
     match symlinkat(Path::new(OsStr::from_bytes(&target)), &dir, name) {
+        // A long name's side file stays: it is the existing entry's too.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
-        r => r?,
+        r => r.map_err(io_status)?,
     }
+    finish_link(&md, &dir, name).map_err(io_status)
+}
+
+/// Gives the link `name` just made in `dir` the owner and times of `md`,
+/// while it is still the link made.
+fn finish_link(md: &std::fs::Metadata, dir: &std::fs::File, name: &OsStr) -> io::Result<bool> {
     // The link made here, still ours: in a directory another user can
     // write, the name may lead to something of theirs by now, which must
     // not be given this link's owner.
-    let made = open_node(&dir, name)?;
+    let made = open_node(dir, name)?;
     let m = made.metadata()?;
     if !m.file_type().is_symlink() || m.uid() != crate::os::ids::effective_uid() {
         return Err(io::Error::other(
             "replaced by someone else while it was copied: left as it is",
         ));
     }
-    apply_meta(&md, &made)?;
+    apply_meta(md, &made)?;
     Ok(true)
 }
 

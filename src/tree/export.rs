@@ -10,9 +10,12 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::copy::{CopyReport, Ranges, copy_ranges, io_status};
+use super::copy::{CopyReport, Names, Ranges, SameNames, copy_ranges, io_status};
+use super::copy_names::Decrypted;
+use super::dirkeys::{RecordKey, checked_record, write_asked};
 use super::fsck::status_of;
 use super::{FileStatus, Tree, Walk, apply_meta};
+use crate::envelope::names::NameKey;
 use crate::envelope::{EncryptedFile, EnvelopeError};
 use crate::format::BLOCK_SIZE;
 use crate::kms::{KeyService, RequestContext};
@@ -63,8 +66,22 @@ pub fn open_dest(dest: &Path) -> io::Result<Tree> {
     Ok(tree)
 }
 
+/// The keys a tree copy needs beyond files' data keys: the tree's name key
+/// (encrypted names) and its directory-key MAC key (directories with a key
+/// of their own), unwrapped by the caller through the key service.
+#[derive(Debug, Default)]
+pub struct TreeKeys {
+    /// The name key: names are encrypted (None: plain names).
+    pub names: Option<NameKey>,
+    /// The MAC key of directories' key records (None: none opened).
+    pub records: Option<RecordKey>,
+}
+
 /// Writes the plaintext of the tree `walk` found in `backing` into `dest`
-/// (from [`open_dest`]). Every directory is made 0700 and keeps that mode
+/// (from [`open_dest`]), names and symbolic link targets opened with the
+/// name key of `keys`, each directory's own key (its record checked with
+/// the MAC key of `keys`) written as the xattr `user.kmsfs.key-id` of the
+/// exported directory. Every directory is made 0700 and keeps that mode
 /// until every file, link and directory is written; then the directories
 /// get their own owners, modes and times, deepest first, `dest` last.
 /// `progress` is called after each regular file.
@@ -74,44 +91,72 @@ pub fn export_tree(
     dest: &Tree,
     ks: &dyn KeyService,
     rc: &RequestContext<'_>,
+    keys: TreeKeys,
     progress: &mut dyn FnMut(),
 ) -> CopyReport {
+    let TreeKeys { names, records } = keys;
+    let names: Box<dyn Names> = match names {
+        Some(key) => Box::new(Decrypted::new(backing, walk, key)),
+        None => Box::new(SameNames),
+    };
     let mut report = CopyReport::default();
     let mut made = Vec::new();
+    let root = (PathBuf::new(), PathBuf::new());
     for d in &walk.dirs {
-        let r = dest
-            .parent(d)
-            .and_then(|(dir, name)| mkdirat(&dir, name, 0o700));
+        let r = names.dest(d).and_then(|to| {
+            dest.parent(&to.rel)
+                .and_then(|(dir, name)| mkdirat(&dir, name, 0o700))
+                .map_err(io_status)
+                .map(|()| to.rel)
+        });
         match r {
-            Ok(()) => {
+            Ok(to) => {
                 report.dirs += 1;
-                made.push(d);
+                made.push((d.clone(), to));
             }
-            Err(e) => report.skip(d, io_status(e)),
+            Err(s) => report.skip(&names.shown(d), s),
+        }
+    }
+    for (from, to) in std::iter::once(&root).chain(&made) {
+        let r = match checked_record(backing, from, records.as_ref()) {
+            Ok(None) => continue,
+            Ok(Some(k)) => dest
+                .dir(to)
+                .and_then(|d| write_asked(&d, &k))
+                .map_err(io_status),
+            Err(why) => Err(FileStatus::CorruptName {
+                reason: format!("directory key record refused: {why}"),
+            }),
+        };
+        match r {
+            Ok(()) => report.dir_keys += 1,
+            Err(s) => report.skip(&names.shown(from), s),
         }
     }
     for f in &walk.files {
-        match export_file(backing, f, dest, ks, rc) {
+        match names
+            .dest(f)
+            .and_then(|to| export_file(backing, f, dest, &to.rel, ks, rc))
+        {
             Ok(bytes) => {
                 report.files += 1;
                 report.bytes += bytes;
             }
-            Err(status) => report.skip(f, status),
+            Err(status) => report.skip(&names.shown(f), status),
         }
         progress();
     }
-    report.copy_links_and_list_special(backing, walk, dest);
+    report.copy_links_and_list_special(backing, walk, dest, &*names);
     // Directories last, deepest first, the destination itself at the very
     // end: until then each is 0700 and this process's, so nothing written
     // is reachable by anyone else before the whole tree is.
-    let empty = PathBuf::new();
-    for d in made.into_iter().rev().chain(std::iter::once(&empty)) {
+    for (from, to) in made.iter().rev().chain(std::iter::once(&root)) {
         let r = backing
-            .dir(d)
-            .and_then(|from| from.metadata())
-            .and_then(|md| apply_meta(&md, &dest.dir(d)?));
+            .dir(from)
+            .and_then(|f| f.metadata())
+            .and_then(|md| apply_meta(&md, &dest.dir(to)?));
         if let Err(e) = r {
-            report.skip(d, io_status(e));
+            report.skip(&names.shown(from), io_status(e));
         }
     }
     // One flush (after the times, so they are durable too) for the whole tree.
@@ -121,18 +166,20 @@ pub fn export_tree(
     report
 }
 
-/// Exports one file; on failure nothing is left in `dest`.
+/// Exports the file `rel` of `backing` as `to` in `dest`; on failure
+/// nothing is left in `dest`.
 fn export_file(
     backing: &Tree,
     rel: &Path,
     dest: &Tree,
+    to: &Path,
     ks: &dyn KeyService,
     rc: &RequestContext<'_>,
 ) -> Result<u64, FileStatus> {
     let file = backing.open_file(rel, false).map_err(io_status)?;
     let md = file.metadata().map_err(io_status)?;
     let len = md.len();
-    let (dir, name) = dest.parent(rel).map_err(io_status)?;
+    let (dir, name) = dest.parent(to).map_err(io_status)?;
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
     let out = open_strictly_beneath(&dir, Path::new(name), flags, 0o600).map_err(io_status)?;
     let r = if len == 0 {

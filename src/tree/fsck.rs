@@ -33,6 +33,14 @@ pub enum FileStatus {
         #[serde(rename = "Offsets")]
         offsets: Vec<u64>,
     },
+    /// A name or symbolic link target of a tree with encrypted names that
+    /// does not open in its directory (moved, copied or edited in the
+    /// backing directory), or a directory whose key record does not hold.
+    CorruptName {
+        /// Why.
+        #[serde(rename = "Reason")]
+        reason: String,
+    },
     /// The key cannot unwrap the data key.
     KeyUnusable {
         /// Why.
@@ -252,9 +260,9 @@ pub fn fsck_tree(
         }
         match &check.status {
             FileStatus::Ok | FileStatus::Empty => {}
-            FileStatus::CorruptHeader { .. } | FileStatus::CorruptBlocks { .. } => {
-                report.corrupt += 1
-            }
+            FileStatus::CorruptHeader { .. }
+            | FileStatus::CorruptBlocks { .. }
+            | FileStatus::CorruptName { .. } => report.corrupt += 1,
             FileStatus::KeyUnusable { .. } => report.unreadable += 1,
             FileStatus::Io { .. } => report.io += 1,
         }

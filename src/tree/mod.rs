@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod copy;
+mod copy_names;
 mod dirkeys;
 mod export;
 mod fsck;
@@ -28,10 +29,10 @@ use crate::os::at::{list_dir, open_strictly_beneath, open_without_links};
 use crate::os::dir::EntryKind;
 
 pub use self::copy::{CopyReport, Skipped};
-pub use self::dirkeys::{dir_key_mismatches, recorded_dir_keys};
-pub use self::export::{export_tree, open_dest};
+pub use self::dirkeys::{RecordKey, dir_key_mismatches, recorded_dir_keys};
+pub use self::export::{TreeKeys, export_tree, open_dest};
 pub use self::fsck::{FileCheck, FileStatus, FsckReport, KeySummary, fsck_file, fsck_tree};
-pub use self::import::{NewFiles, import_tree};
+pub use self::import::{NewFiles, asks_dir_keys, import_tree};
 pub use self::known::{
     Choices, DirKeyList, known as known_backings, list_dir_key, listed_dir_keys, protected_by,
     record_choices, record_path, recorded_choices, remember as remember_backing,
