@@ -778,6 +778,7 @@ pub fn export(g: &GlobalArgs, a: ExportArgs) -> Result<(), CliError> {
     let keys = tree::TreeKeys {
         names,
         records: record_key(&backing, marker.as_ref(), &*ks),
+        dir_key_list: None,
     };
     let progress = Progress::for_files(&t, &w.files);
     let start = std::time::Instant::now();
@@ -849,6 +850,7 @@ pub fn import(g: &GlobalArgs, a: ImportArgs) -> Result<(), CliError> {
     let keys = tree::TreeKeys {
         names: name_key(&backing, &backing_tree, false, &*ks)?,
         records,
+        dir_key_list: Some(keystore_dir.clone()),
     };
     let progress = Progress::for_files(&src_tree, &w.files);
     let start = std::time::Instant::now();

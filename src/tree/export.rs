@@ -75,6 +75,10 @@ pub struct TreeKeys {
     pub names: Option<NameKey>,
     /// The MAC key of directories' key records (None: none opened).
     pub records: Option<RecordKey>,
+    /// Import: the local keystore's directory, whose list of the tree's
+    /// directory keys gets each record the import writes (as `set-key`
+    /// through a mount lists it); None for a remote KMS.
+    pub dir_key_list: Option<PathBuf>,
 }
 
 /// Writes the plaintext of the tree `walk` found in `backing` into `dest`
@@ -94,7 +98,7 @@ pub fn export_tree(
     keys: TreeKeys,
     progress: &mut dyn FnMut(),
 ) -> CopyReport {
-    let TreeKeys { names, records } = keys;
+    let TreeKeys { names, records, .. } = keys;
     let names: Box<dyn Names> = match names {
         Some(key) => Box::new(Decrypted::new(backing, walk, key)),
         None => Box::new(SameNames),

@@ -22,6 +22,7 @@ use super::copy_names::{Encrypted, import_temp};
 use super::dirkeys::{RecordKey, asked_key, authorize, checked_record, write_record};
 use super::export::TreeKeys;
 use super::fsck::status_of;
+use super::known::list_dir_key;
 use super::{FileStatus, KeyStatus, Tree, Walk, apply_meta};
 use crate::envelope::EncryptedFile;
 use crate::envelope::names::{self, BackingName};
@@ -121,7 +122,11 @@ pub fn import_tree(
     progress: &mut dyn FnMut(),
 ) -> CopyReport {
     let NewFiles { key_id, layout } = new;
-    let TreeKeys { names, records } = keys;
+    let TreeKeys {
+        names,
+        records,
+        dir_key_list,
+    } = keys;
     let enc = names.map(Encrypted::new);
     let sink: &dyn Names = match &enc {
         Some(e) => e,
@@ -146,7 +151,7 @@ pub fn import_tree(
             inherited,
             ks,
             rc,
-            records.as_ref(),
+            (records.as_ref(), dir_key_list.as_deref()),
             &mut report,
         );
         dir_keys.insert(m.rel, k);
@@ -239,7 +244,7 @@ fn dir_key(
     inherited: Result<String, FileStatus>,
     ks: &dyn KeyService,
     rc: &RequestContext<'_>,
-    records: Option<&RecordKey>,
+    (records, list): (Option<&RecordKey>, Option<&Path>),
     report: &mut CopyReport,
 ) -> Result<String, FileStatus> {
     let refused = |why: String| FileStatus::CorruptName {
@@ -264,11 +269,25 @@ fn dir_key(
                         "the tree's directory-key MAC key does not open",
                     )));
                 };
-                backing
-                    .dir(&m.to)
-                    .and_then(|d| write_record(&d, mac, &k))
-                    .map_err(io_status)?;
+                let dir = backing.dir(&m.to).map_err(io_status)?;
+                write_record(&dir, mac, &k).map_err(io_status)?;
                 report.dir_keys += 1;
+                // Listed as set-key lists it; a mount lists a record it
+                // does not know the first time it reads it, so a failure
+                // here is a warning.
+                if let Some(list) = list {
+                    let listed = dir
+                        .metadata()
+                        .and_then(|md| list_dir_key(list, backing.path(), &md, &k));
+                    if let Err(e) = listed {
+                        log::warn!(
+                            "{}: the key of {} is not listed in {}: {e}",
+                            crate::logtext::escaped(backing.path()),
+                            crate::logtext::escaped(m.rel),
+                            crate::logtext::escaped(list)
+                        );
+                    }
+                }
                 Ok(k)
             }),
     };
