@@ -229,12 +229,12 @@ fn no_read_returns_bytes_older_than_a_completed_direct_write() {
 }
 
 /// Four writers of one file, each rewriting its own 256 KiB with O_DIRECT
-/// (one WRITE each, in flight at once: the daemon seals them in parallel and
-/// writes each under the file's lock), while two readers read the whole file
-/// with O_DIRECT (every READ reaches the daemon): no read fails (a block
-/// written half-way would not authenticate: EIO) and every block read is
-/// whole, of one generation of its writer; after a remount each region holds
-/// its writer's last generation.
+/// (the kernel sends their WRITEs one at a time, under the inode's lock),
+/// while two readers read the whole file with O_DIRECT (every READ reaches
+/// the daemon, beside the WRITEs): no read fails (a block written half-way
+/// would not authenticate: EIO) and every block read is whole, of one
+/// generation of its writer; after a remount each region holds its writer's
+/// last generation.
 #[test]
 fn parallel_direct_writers_of_one_file_never_tear_a_block() {
     const WRITERS: usize = 4;
