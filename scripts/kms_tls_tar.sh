@@ -2,18 +2,22 @@
 # tar -x of the bench's small-file tree (default /usr/include) into a mount
 # whose CMK is in the local keystore, in `kmsfs kms serve` over plain HTTP on
 # loopback, and in the same server over TLS (certificates made here by
-# openssl), ROUNDS interleaved rounds; prints each time, the medians and the
-# ratio of each remote target to the local one. A remote mount pays one
-# GenerateDataKey round trip per created file. Asserts nothing.
+# openssl), the remote mounts without and with the pool of data keys
+# generated ahead (`-o datakey_pool`), ROUNDS interleaved rounds; prints each
+# time, the medians and the ratio of each remote target to the local one,
+# and the connections the TLS server accepted. Without the pool a remote
+# mount pays one GenerateDataKey round trip per created file. Asserts nothing.
 #
 #   scripts/kms_tls_tar.sh
 # Environment: TREE (/usr/include), ROUNDS (3), PROFILE (debug; release when
-# the machine's load allows), CARGO_TARGET_DIR.
+# the machine's load allows), TARGETS ("local plain tls tls+pool"; also
+# plain+pool), CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/cargo_env.sh
 TREE=${TREE:-/usr/include}
 ROUNDS=${ROUNDS:-3}
+TARGETS=${TARGETS:-local plain tls tls+pool}
 PROFILE=${PROFILE:-debug}
 if [[ $PROFILE == release ]]; then build --release --bins; else build --bins; fi
 kmsfs=$target/$PROFILE/kmsfs
@@ -63,25 +67,31 @@ nfiles=$(tar -tvf "$work/tree.tar" | grep -c '^-')
 echo "== tar -x of $TREE ($nfiles files), $PROFILE build, $ROUNDS rounds, load $(cut -d' ' -f1-3 /proc/loadavg)"
 declare -A times
 for r in $(seq "$ROUNDS"); do
-  for t in local plain tls; do
+  for t in $TARGETS; do
     b=$work/backing-$t-$r m=$work/mnt-$t-$r
     mkdir -p "$b" "$m"
     case $t in
       local) "$kmsfs" --keystore "$ks" mount "$b" "$m" --key-id "$key" --log-file "$work/m.log" ;;
-      plain) "$kmsfs" mount "$b" "$m" --kms-endpoint "$url_plain" --key-id "$key" --log-file "$work/m.log" ;;
-      tls) "$kmsfs" mount "$b" "$m" --kms-endpoint "$url_tls" --kms-ca-bundle "$c/ca.pem" --key-id "$key" --log-file "$work/m.log" ;;
+      plain) "$kmsfs" mount "$b" "$m" --kms-endpoint "$url_plain" --key-id "$key" --log-file "$work/m.log" -o datakey_pool=0 ;;
+      plain+pool) "$kmsfs" mount "$b" "$m" --kms-endpoint "$url_plain" --key-id "$key" --log-file "$work/m.log" ;;
+      tls) "$kmsfs" mount "$b" "$m" --kms-endpoint "$url_tls" --kms-ca-bundle "$c/ca.pem" --key-id "$key" --log-file "$work/m.log" -o datakey_pool=0 ;;
+      tls+pool) "$kmsfs" mount "$b" "$m" --kms-endpoint "$url_tls" --kms-ca-bundle "$c/ca.pem" --key-id "$key" --log-file "$work/m.log" ;;
     esac
     t0=$(date +%s.%N); tar -C "$m" -xf "$work/tree.tar"; sync; t1=$(date +%s.%N)
     s=$(echo "$t1 - $t0" | bc)
     times[$t]+="$s "
-    printf 'round %d %-6s %6.2f s\n' "$r" "$t" "$s"
+    printf 'round %d %-10s %6.2f s\n' "$r" "$t" "$s"
+    if [[ $t == *+pool ]]; then "$kmsfs" status "$m" | grep 'data-key pool' || true; fi
     "$kmsfs" unmount "$m"; rm -rf "$b"
   done
 done
 med() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 l=$(med "${times[local]}")
-for t in local plain tls; do
+for t in $TARGETS; do
   m=$(med "${times[$t]}")
-  printf 'median %-6s %6.2f s  %.2fx local\n' "$t" "$m" "$(echo "$m / $l" | bc -l)"
+  printf 'median %-10s %6.2f s  %.2fx local\n' "$t" "$m" "$(echo "$m / $l" | bc -l)"
 done
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+for p in "${servers[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+servers=()
+for n in plain tls; do echo "server $n: $(grep -h 'stopped' "$work/$n.err" || true)"; done

@@ -120,7 +120,8 @@ fn two_mounts_share_a_backing_directory_through_kmsfs_kms_serve() {
         &key,
         (&ak, &sk),
         &log_a,
-        &["-o", "sharedstorage"],
+        // No data keys generated ahead: the counts below are the creates'.
+        &["-o", "sharedstorage,datakey_pool=0"],
     );
     mounted_ok(&o, &log_a);
     let _gb = MountGuard(b.clone());
@@ -131,7 +132,7 @@ fn two_mounts_share_a_backing_directory_through_kmsfs_kms_serve() {
         &key,
         (&ak, &sk),
         &log_b,
-        &["-o", "sharedstorage"],
+        &["-o", "sharedstorage,datakey_pool=0"],
     );
     mounted_ok(&o, &log_b);
 
@@ -220,7 +221,8 @@ fn a_throttling_kms_gives_eio_after_bounded_retries() {
         &key,
         (&ak, &sk),
         &log,
-        &[],
+        // No filler retrying beside the create: the count below is its own.
+        &["-o", "datakey_pool=0"],
     );
     mounted_ok(&o, &log);
     let r = std::fs::write(mnt.join("t.txt"), b"never written");

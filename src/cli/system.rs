@@ -185,6 +185,19 @@ fn print_status(v: &Value) {
         s("KeyServiceErrors")
     );
     println!("  I/O errors (EIO):   {}", s("IoErrors"));
+    let p = &v["DataKeyPool"];
+    if !p.is_null() {
+        let n = |k: &str| p[k].as_u64().unwrap_or(0);
+        println!(
+            "  data-key pool:      {} of {} ready; {} generated, {} used, {} discarded, {} refusals",
+            n("Ready"),
+            n("Size"),
+            n("Generated"),
+            n("Used"),
+            n("Discarded"),
+            n("Refusals")
+        );
+    }
     println!("  log:                {}", s("LogFile"));
     print_trail_status(&v["AuditTrail"]);
 }

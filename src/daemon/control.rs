@@ -85,6 +85,8 @@ pub(super) struct MountState {
     pub(super) device: std::sync::OnceLock<String>,
     /// The directory keys the mount has read or set.
     pub(super) dir_keys: crate::fs::DirKeysSeen,
+    /// Data keys generated ahead (a remote KMS).
+    pub(super) datakey_pool: Option<Arc<crate::fs::DataKeyPool>>,
 }
 
 impl MountState {
@@ -127,6 +129,18 @@ impl MountState {
             "KeyServiceCalls": self.ks.calls.load(Ordering::Relaxed),
             "KeyServiceErrors": self.ks.errors.load(Ordering::Relaxed),
             "IoErrors": c.io_errors,
+            "DataKeyPool": self.datakey_pool.as_ref().map(|p| {
+                let (c, s) = (p.config(), p.stats());
+                json!({
+                    "Size": c.size,
+                    "MaxAgeSeconds": c.max_age.as_secs_f64(),
+                    "Ready": s.ready,
+                    "Generated": s.generated,
+                    "Used": s.used,
+                    "Discarded": s.discarded,
+                    "Refusals": s.refusals,
+                })
+            }),
             "LogFile": self.log_file.as_ref().map(|p| p.display().to_string()),
             "AuditTrail": crate::kms::audit::trail::current_status(),
         })

@@ -184,6 +184,10 @@ pub(crate) struct Serving {
     pub lock: Option<std::fs::File>,
     /// The backing directory cannot be written: serve read-only.
     pub backing_read_only: bool,
+    /// With a remote KMS: how long its data keys may be served from the
+    /// cache, which also bounds the age of a key from the data-key pool
+    /// (None: a local keystore, no pool).
+    pub remote_cache: Option<std::time::Duration>,
 }
 
 /// Mounts: in the foreground (returns after unmount) or as a daemon (returns

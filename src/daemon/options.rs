@@ -40,6 +40,9 @@ pub struct Options {
     pub remount: bool,
     /// `max_user_handles=N`: open handles one user (not root) may hold.
     pub max_user_handles: Option<usize>,
+    /// `datakey_pool=N`: data keys generated ahead for new files with a
+    /// remote KMS (0: none; not given: `fs::DEFAULT_POOL_SIZE`).
+    pub datakey_pool: Option<usize>,
     /// kmsfs's own settings as options, for fstab and mount(8).
     pub settings: Settings,
 }
@@ -61,6 +64,9 @@ pub struct Settings {
     /// `kms_ca_bundle=FILE`.
     pub kms_ca_bundle: Option<String>,
 }
+
+/// The most data keys `-o datakey_pool` may keep ready.
+const MAX_POOL: usize = 1024;
 
 /// Options fstab lines carry that kmsfs accepts and ignores, and why.
 fn ignored_option(opt: &str) -> Option<&'static str> {
@@ -144,14 +150,7 @@ pub fn parse_options(raw: &[String]) -> Result<Options, MountError> {
                 o.remount = true;
                 continue;
             }
-            s if let Some(n) = s.strip_prefix("max_user_handles=") => {
-                o.max_user_handles = Some(n.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
-                    MountError::Usage(format!(
-                        "max_user_handles={n}: a number of handles, at least 1"
-                    ))
-                })?);
-                continue;
-            }
+            s if take_number(&mut o, s)? => continue,
             s if let Some(why) = ignored_option(s) => {
                 o.ignored.push((s.to_string(), why));
                 continue;
@@ -202,6 +201,27 @@ fn kernel_only_flag(opt: &str) -> Option<u64> {
     })
 }
 
+/// Takes an option with a number (`max_user_handles=`, `datakey_pool=`);
+/// false if `opt` is not one, an error if its number is not allowed.
+fn take_number(o: &mut Options, opt: &str) -> Result<bool, MountError> {
+    if let Some(n) = opt.strip_prefix("max_user_handles=") {
+        o.max_user_handles = Some(n.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+            MountError::Usage(format!(
+                "max_user_handles={n}: a number of handles, at least 1"
+            ))
+        })?);
+    } else if let Some(n) = opt.strip_prefix("datakey_pool=") {
+        o.datakey_pool = Some(n.parse().ok().filter(|&n| n <= MAX_POOL).ok_or_else(|| {
+            MountError::Usage(format!(
+                "datakey_pool={n}: a number of data keys from 0 (none) to {MAX_POOL}"
+            ))
+        })?);
+    } else {
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 /// Takes one of kmsfs's own settings (`keystore=` ...); false if `opt` is
 /// not one.
 fn take_setting(settings: &mut Settings, opt: &str) -> bool {
@@ -225,7 +245,7 @@ fn unknown_option(other: &str) -> MountError {
         "unknown mount option {other:?} (known: allow_other, allow_root, \
          default_permissions, ro, rw, auto_unmount, [no]dev, [no]suid, [no]exec, \
          [no]atime, relatime, strictatime, nodiratime, lazytime, sync, async, \
-         dirsync, fsname=, subtype=, nonempty, sharedstorage, no_writeback_cache, io_uring, max_user_handles=, \
+         dirsync, fsname=, subtype=, nonempty, sharedstorage, no_writeback_cache, io_uring, max_user_handles=, datakey_pool=, \
          keystore=, key_id=, passphrase_file=, log_file=, kms_endpoint=, kms_ca_bundle=; ignored: defaults, [no]auto, [no]user, users, \
          _netdev, nofail, x-*, [no]acl, dax, inlinecrypt, ...)"
     ))
@@ -332,6 +352,13 @@ mod tests {
         );
         assert!(parse_options(&["bogus".into()]).is_err());
         assert!(parse_options(&["auto_unmount".into()]).is_err());
+        let pool = |s: &str| parse_options(&[s.into()]).map(|o| o.datakey_pool);
+        assert_eq!(pool("rw").unwrap(), None);
+        assert_eq!(pool("datakey_pool=0").unwrap(), Some(0));
+        assert_eq!(pool("datakey_pool=1024").unwrap(), Some(1024));
+        assert!(pool("datakey_pool=1025").is_err());
+        assert!(pool("datakey_pool=-1").is_err());
+        assert!(parse_options(&["max_user_handles=0".into()]).is_err());
     }
 
     #[test]

@@ -79,6 +79,14 @@ pub fn preflight(req: MountRequest) -> Result<Plan, MountError> {
                 .into(),
         ));
     }
+    if matches!(o.datakey_pool, Some(n) if n > 0) && matches!(req.keys, KeySource::Local { .. }) {
+        return Err(MountError::Usage(
+            "-o datakey_pool is for a mount over a remote KMS (--kms-endpoint): a local \
+             keystore makes each data key in-process, under the key policy of the user who \
+             creates the file"
+                .into(),
+        ));
+    }
     let (backing, mountpoint) = mount_paths(&req.backing, &req.mountpoint)?;
     let prepared = super::check_before_mount(&backing, &mountpoint, &req.options)?;
     let new_lock = prepared.new_lock;
@@ -110,6 +118,10 @@ fn bound(
     let keystore = match &keys {
         KeySource::Local { dir, .. } => Some(dir.clone()),
         KeySource::Remote { .. } => None,
+    };
+    let remote_cache = match &keys {
+        KeySource::Local { .. } => None,
+        KeySource::Remote { cache, .. } => Some(*cache),
     };
     if let Some(ks) = &b.local {
         ks.set_caller_source(CallerSource::Mount);
@@ -162,6 +174,7 @@ fn bound(
             log_file,
             lock: prepared.lock,
             backing_read_only: prepared.backing_read_only,
+            remote_cache,
         },
         new_lock: prepared.new_lock,
         notices,

@@ -150,6 +150,7 @@ fn build_filesystem(
     // yet, e.g. a read-only one, has plain names).
     let names = name_key(req, &*counting)?;
     let dir_keys = dir_keys(req, o)?;
+    let datakey_pool = datakey_pool(req, o, counting.clone());
     let mut fs = KmsFs::new(FsConfig {
         backing: req.backing.clone(),
         ks: counting.clone(),
@@ -167,12 +168,39 @@ fn build_filesystem(
         handles,
         names,
         dir_keys,
+        datakey_pool,
     })
     .map_err(|e| MountError::io(format!("{}", req.backing.display()), e))?;
     fs.enter_backing()
         .map_err(|e| MountError::io(format!("{}", req.backing.display()), e))?;
     fs.first_name_key();
     Ok((fs, counting))
+}
+
+/// The pool of data keys generated ahead for new files: with a remote KMS
+/// only, `-o datakey_pool=N` keys (default `fs::DEFAULT_POOL_SIZE`; 0: no
+/// pool), none older than the data-key cache's lifetime (no cache, no
+/// pool: the user asked that every use reach the KMS).
+fn datakey_pool(
+    req: &Serving,
+    o: &Options,
+    ks: Arc<CountingService>,
+) -> Option<Arc<crate::fs::DataKeyPool>> {
+    let max_age = req.remote_cache?;
+    let size = o.datakey_pool.unwrap_or(crate::fs::DEFAULT_POOL_SIZE);
+    if size == 0 || max_age.is_zero() {
+        return None;
+    }
+    log::info!(
+        "data-key pool: up to {size} keys under {} generated ahead, each used within {:?}",
+        req.key_id,
+        max_age
+    );
+    Some(Arc::new(crate::fs::DataKeyPool::new(
+        ks,
+        req.key_id.clone(),
+        crate::fs::PoolConfig { size, max_age },
+    )))
 }
 
 /// The tree's wrapped name key (None: plain names), from its binding
@@ -301,6 +329,7 @@ fn mount_state(
         backing_read_only: req.backing_read_only,
         shared_storage: o.shared_storage,
         ks: counting,
+        datakey_pool: fs.datakey_pool(),
     })
 }
 

@@ -12,8 +12,36 @@ use super::key::SealerState;
 use super::{EnvelopeError, FileKey, file_context};
 use crate::crypto::random_array;
 use crate::format::{self, BLOCK_SIZE, FileId, FormatError, HEADER_LEN, Header, Layout, Slot};
-use crate::kms::{DataKeySpec, KeyService, KeyServiceExt, RequestContext};
+use crate::kms::{DataKey, DataKeySpec, KeyService, KeyServiceExt, RequestContext};
 use crate::os;
+
+/// A data key made for one new file: a random file id and a data key bound
+/// to it by the encryption context (`file_context`), as `EncryptedFile::create`
+/// asks for one. Made ahead of the file it goes to by the mount's pool of
+/// data keys; either way it goes to one file only (`create_with` takes it).
+/// The plaintext key is zeroized on drop; Debug shows none of it.
+#[derive(Debug)]
+pub struct FreshKey {
+    /// The file id the key is bound to, and the new file's.
+    pub file_id: FileId,
+    /// The data key: plaintext and wrapped.
+    pub key: DataKey,
+}
+
+impl FreshKey {
+    /// A random file id and a data key for it under `key_id`, from `ks`
+    /// (GenerateDataKey, AES-256, in the file's encryption context).
+    pub fn generate(
+        ks: &dyn KeyService,
+        rc: &RequestContext<'_>,
+        key_id: &str,
+    ) -> Result<Self, EnvelopeError> {
+        let file_id: FileId =
+            random_array().map_err(|e| EnvelopeError::Io(std::io::Error::other(e)))?;
+        let key = ks.generate_data_key(rc, key_id, DataKeySpec::Aes256, &file_context(&file_id))?;
+        Ok(Self { file_id, key })
+    }
+}
 
 /// An open encrypted file: the backing file plus its data key, and the
 /// header that key was unwrapped from (or created with). Methods take
@@ -40,10 +68,14 @@ impl EncryptedFile {
         key_id: &str,
         layout: Layout,
     ) -> Result<Self, EnvelopeError> {
-        let file_id: FileId =
-            random_array().map_err(|e| EnvelopeError::Io(std::io::Error::other(e)))?;
-        let ctx = file_context(&file_id);
-        let dk = ks.generate_data_key(rc, key_id, DataKeySpec::Aes256, &ctx)?;
+        Self::create_with(file, FreshKey::generate(ks, rc, key_id)?, layout)
+    }
+
+    /// Makes `file` (empty, opened read-write) a new encrypted file of
+    /// `layout` with `fresh`, a data key made for it (its file id becomes
+    /// the file's): writes the header. `fresh` is used up.
+    pub fn create_with(file: File, fresh: FreshKey, layout: Layout) -> Result<Self, EnvelopeError> {
+        let FreshKey { file_id, key: dk } = fresh;
         let header = Header::new(
             layout,
             file_id,

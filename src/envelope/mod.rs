@@ -18,7 +18,7 @@ pub(crate) mod tests;
 use crate::format::{FileId, FormatError};
 use crate::kms::{EncryptionContext, KmsError};
 
-pub use self::file::{EncryptedFile, WholeBlocks};
+pub use self::file::{EncryptedFile, FreshKey, WholeBlocks};
 pub use self::key::FileKey;
 pub use self::seal::{seal, unseal};
 

@@ -14,7 +14,7 @@ use super::filesystem::{KmsFs, lock};
 use super::node::Checked;
 use super::open::OpenFile;
 use super::privs::{self, Kill};
-use crate::envelope::{EncryptedFile, FileKey, file_context};
+use crate::envelope::{EncryptedFile, EnvelopeError, FileKey, FreshKey, file_context};
 use crate::format::Header;
 use crate::kms::{Caller, FileAccess, KeyServiceExt, RequestContext, Requester};
 use crate::os;
@@ -29,6 +29,14 @@ fn same_key(a: &Header, b: &Header) -> bool {
         h.active().map(|s| s.wrapped_key.as_slice())
     }
     a.file_id == b.file_id && wrapped(a) == wrapped(b)
+}
+
+/// A refusal of the key service empties the pool of data keys: the key may
+/// have been disabled, and no key generated before serves a create.
+fn refusal(pool: &super::keypool::DataKeyPool, e: &EnvelopeError) {
+    if matches!(e, EnvelopeError::Kms(k) if k.is_access_refusal()) {
+        pool.refused();
+    }
 }
 
 /// Where lseek should look.
@@ -82,7 +90,16 @@ impl KmsFs {
             requester: &requester,
         };
         let rc = RequestContext::open(*caller, &access);
-        EncryptedFile::create(file, &*self.cfg.ks, &rc, key_id, self.cfg.layout)
+        let pool = self.cfg.datakey_pool.as_deref();
+        let fresh = match pool.and_then(|p| p.take(key_id)) {
+            Some(k) => k,
+            None => FreshKey::generate(&*self.cfg.ks, &rc, key_id).inspect_err(|e| {
+                if let Some(p) = pool {
+                    refusal(p, e);
+                }
+            })?,
+        };
+        EncryptedFile::create_with(file, fresh, self.cfg.layout)
     }
 
     /// The data key of a header for `caller`, from the cache or the key
@@ -128,6 +145,11 @@ impl KmsFs {
         }
         super::stats::key_cache(false);
         let key = EncryptedFile::unwrap_key(header, ks, &rc)
+            .inspect_err(|e| {
+                if let Some(p) = self.cfg.datakey_pool.as_deref() {
+                    refusal(p, e);
+                }
+            })
             .map_err(|e| FsError::envelope(e, backing))?;
         let key = Arc::new(key);
         self.keys.insert(
@@ -587,6 +609,7 @@ mod tests {
             handles: crate::fs::HandleLimits::unlimited(),
             names: None,
             dir_keys: Default::default(),
+            datakey_pool: None,
         })
         .unwrap();
         (dir, ks, fs)

@@ -50,6 +50,9 @@ pub struct FsConfig {
     pub names: Option<Vec<u8>>,
     /// Keys per directory: the tree's wrapped MAC key of their records.
     pub dir_keys: super::dirkeys::DirKeysConfig,
+    /// Data keys generated ahead for new files under `key_id` (a remote
+    /// key service; None: each create asks the key service).
+    pub datakey_pool: Option<Arc<super::keypool::DataKeyPool>>,
 }
 
 impl std::fmt::Debug for FsConfig {
@@ -65,6 +68,7 @@ impl std::fmt::Debug for FsConfig {
             .field("handles", &self.handles)
             .field("encrypted_names", &self.names.is_some())
             .field("dir_keys", &self.dir_keys)
+            .field("datakey_pool", &self.datakey_pool)
             .finish()
     }
 }
@@ -162,6 +166,13 @@ impl std::fmt::Debug for KernelCache {
 /// A mutex's guard, also after a panic poisoned it (the state stays usable).
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl KmsFs {
+    /// The pool of data keys generated ahead, if the mount has one.
+    pub fn datakey_pool(&self) -> Option<Arc<super::keypool::DataKeyPool>> {
+        self.cfg.datakey_pool.clone()
+    }
 }
 
 impl KmsFs {

@@ -107,6 +107,9 @@ struct Stats {
     errors: AtomicU64,
     auth_refused: AtomicU64,
     peer_refused: AtomicU64,
+    /// Connections accepted (clients keep theirs open between requests:
+    /// far fewer than requests).
+    connections: AtomicU64,
 }
 
 impl Default for Stats {
@@ -116,6 +119,7 @@ impl Default for Stats {
             errors: AtomicU64::new(0),
             auth_refused: AtomicU64::new(0),
             peer_refused: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
         }
     }
 }
@@ -138,6 +142,7 @@ impl Stats {
             ("errors", &self.errors),
             ("auth_refused", &self.auth_refused),
             ("peer_refused", &self.peer_refused),
+            ("connections", &self.connections),
         ] {
             parts.push(format!("{name}={}", n.load(Ordering::Relaxed)));
         }
@@ -514,6 +519,7 @@ fn serve_connection<R, S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let st = st.clone();
+    st.stats.connections.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         let id = peer.id();
         let Some(slot) = PeerSlot::take(&st, id) else {
