@@ -3,7 +3,8 @@
 //! alias onto his own key with a field the operation does not have, walk
 //! around a Deny on kms:Decrypt with ReEncrypt (through the server and from
 //! the command line as a real second user), create keys, use keys without
-//! a policy, starve the server with stalled connections, read its memory.
+//! a policy, starve the server with stalled connections, stop it by hanging up
+//! before its answers, read its memory.
 //! Requests are signed by tests/server/signed.py (SigV4 with the standard
 //! library only, so that it sends what boto3 would refuse to); the checks
 //! are on answers, keys and aliases, never on timings.
@@ -461,4 +462,44 @@ fn the_server_cannot_dump_core_or_be_traced() {
     let _ = Command::new("kill").arg(pid.to_string()).status();
     let _ = server.wait();
     let _ = std::io::stdout().flush();
+}
+
+#[test]
+fn a_client_that_hangs_up_before_its_answer_does_not_stop_the_server() {
+    let test = "a_client_that_hangs_up_before_its_answer_does_not_stop_the_server";
+    let (Some(python), Some(users)) = (python3(test), test_users(test)) else {
+        return;
+    };
+    let ks = Ks::new();
+    let key = ks.create_key();
+    let blob = ks.encrypt(&key, b"data key", "");
+    let root = access_key(&ks, 0);
+    let mut server = Server::start(&ks, "127.0.0.1:0", &[]);
+    let port = server.addr.rsplit(':').next().expect("port").to_string();
+    // kmsfs-b, without credentials, hangs up on 50 connections with 20
+    // requests each in flight: the answers meet closed sockets. Before the
+    // fix, SIGPIPE ended the server within a few connections.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/server");
+    let out = ok_as(
+        &users.b,
+        &dir,
+        &format!(
+            "{python} {} 127.0.0.1 {port} 50",
+            script("hangup.py").display()
+        ),
+    );
+    assert_eq!(out.trim(), "sent 50", "the server went away: {out}");
+    assert!(
+        matches!(server.child.try_wait(), Ok(None)),
+        "the server ended: {}",
+        server.stop()
+    );
+    let d = ok(
+        &python,
+        &server,
+        &root,
+        "Decrypt",
+        &json!({ "CiphertextBlob": blob }),
+    );
+    assert!(d["Plaintext"].is_string(), "{d}");
 }

@@ -103,6 +103,9 @@ pub fn serve(
     listen: &Listen,
     on_ready: &mut dyn FnMut(&Ready),
 ) -> Result<(), ConsoleError> {
+    // A browser that hangs up before its answer is written makes that write
+    // fail with EPIPE, not end the console (as for `kms serve`).
+    crate::os::process::sigpipe_kills(false);
     if let Listen::Tcp(a) = listen
         && !a.ip().is_loopback()
     {

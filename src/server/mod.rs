@@ -567,6 +567,10 @@ pub fn serve(
     opts: &ServeOptions,
     on_ready: &mut dyn FnMut(&str),
 ) -> Result<(), ServerError> {
+    // A client that hangs up before its answer is written makes that write
+    // fail with EPIPE, not end the server (the command line lets SIGPIPE
+    // end commands whose reader has gone: any client could stop the server).
+    crate::os::process::sigpipe_kills(false);
     if let Listen::Tcp(a) = &opts.listen
         && !is_loopback(a)
         && opts.tls.is_none()
