@@ -52,10 +52,13 @@ c=$work/certs; mkdir -p "$c"
   openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile ext
   chmod 600 srv.key ) >/dev/null 2>&1
 
-serve() { # NAME ARGS...: starts a server, sets url_NAME
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+daemon_of() { "$kmsfs" --output json status "$1" | python3 -c 'import json,sys;print(json.load(sys.stdin)["Mounts"][0]["Pid"])'; }
+serve() { # NAME ARGS...: starts a server, sets url_NAME, pid_NAME
   local name=$1; shift
   "$kmsfs" --keystore "$ks" kms serve --listen 127.0.0.1:0 "$@" >"$work/$name.out" 2>"$work/$name.err" &
   servers+=($!)
+  printf -v "pid_$name" '%s' "$!"
   for _ in $(seq 200); do grep -q listening "$work/$name.out" 2>/dev/null && break; sleep 0.05; done
   printf -v "url_$name" '%s' "$(sed -n 's/^listening on //p' "$work/$name.out")"
 }
@@ -77,10 +80,16 @@ for r in $(seq "$ROUNDS"); do
       tls) "$kmsfs" mount "$b" "$m" --kms-endpoint "$url_tls" --kms-ca-bundle "$c/ca.pem" --key-id "$key" --log-file "$work/m.log" -o datakey_pool=0 ;;
       tls+pool) "$kmsfs" mount "$b" "$m" --kms-endpoint "$url_tls" --kms-ca-bundle "$c/ca.pem" --key-id "$key" --log-file "$work/m.log" ;;
     esac
+    dpid=$(daemon_of "$m")
+    case $t in plain*) spid=$pid_plain ;; tls*) spid=$pid_tls ;; *) spid="" ;; esac
+    d0=$(ticks "$dpid"); s0=0; [[ -n $spid ]] && s0=$(ticks "$spid")
     t0=$(date +%s.%N); tar -C "$m" -xf "$work/tree.tar"; sync; t1=$(date +%s.%N)
+    d1=$(ticks "$dpid"); s1=0; [[ -n $spid ]] && s1=$(ticks "$spid")
     s=$(echo "$t1 - $t0" | bc)
     times[$t]+="$s "
-    printf 'round %d %-10s %6.2f s\n' "$r" "$t" "$s"
+    hz=$(getconf CLK_TCK)
+    printf 'round %d %-10s %6.2f s   cpu: daemon %5.2f s, server %5.2f s\n' "$r" "$t" "$s" \
+      "$(echo "($d1 - $d0) / $hz" | bc -l)" "$(echo "($s1 - $s0) / $hz" | bc -l)"
     if [[ $t == *+pool ]]; then "$kmsfs" status "$m" | grep 'data-key pool' || true; fi
     "$kmsfs" unmount "$m"; rm -rf "$b"
   done

@@ -256,25 +256,26 @@ impl LocalKeyStore {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Rate-limited freshness check: at most one stat per interval.
+    /// Rate-limited freshness check: one stat per interval while requests
+    /// come one at a time. Requests that arrive while a check is running
+    /// check too (one stat each; the reload itself is done once, under
+    /// `reload_lock`, and waited for): none is answered from the state held
+    /// before, which may be much older than the interval after an idle spell
+    /// (a key disabled meanwhile was served to the second of two concurrent
+    /// GenerateDataKey requests, tests/mount_datakey_pool.rs).
     pub(super) fn refresh_if_stale(&self) {
         let now = self.base.elapsed().as_nanos() as u64 + 1;
         let last = self.last_check_ns.load(Ordering::Relaxed);
         if last != 0 && now.saturating_sub(last) < FRESHNESS_INTERVAL_MS * 1_000_000 {
             return;
         }
-        if self
-            .last_check_ns
-            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
-            return; // another thread is checking
-        }
         match self.refresh() {
             Err(e) => self.warn_once(&format!("keystore refresh failed: {e}")),
             // Healthy again: a recurrence of the same problem is worth a new warning.
             Ok(()) => *self.last_warning.lock().unwrap_or_else(|p| p.into_inner()) = None,
         }
+        // Only once the check is done: a request arriving meanwhile checks too.
+        self.last_check_ns.fetch_max(now, Ordering::AcqRel);
     }
 
     /// Logs `msg` unless it is the same as the last warning (no repeats every
