@@ -132,11 +132,7 @@ impl Shared {
     /// The filler: one GenerateDataKey at a time while creates come.
     fn fill(self: Arc<Self>) {
         let (uid, gid) = crate::os::ids::ids();
-        let me = Caller {
-            uid,
-            gid,
-            pid: std::process::id(),
-        };
+        let me = Caller::local(uid, gid, std::process::id());
         let rc = RequestContext::new(me, Origin::Mount);
         let mut st = lock(&self.state);
         loop {
