@@ -374,3 +374,56 @@ fn a_removed_directory_key_record_is_refused() {
     common::ok_as(a, &m.p("shared"), "rmdir moved");
     assert!(!listed(&m).contains_key(&id), "{:?}", listed(&m));
 }
+
+/// Two daemons serve one tree (`-o sharedstorage`): a key one sets on a
+/// directory is used by the other from its next create on, even for a
+/// directory whose key it had looked up before; and the other refuses
+/// creates under a directory whose record was removed in the backing tree,
+/// as the keystore's list, which they share, says.
+#[test]
+fn shared_storage_mounts_share_the_list_of_directory_keys() {
+    let Some(m) = Mount::with_args("dirkeys-shared", &["-o", "sharedstorage"]) else {
+        return;
+    };
+    let other = m.tmp.path().join("mnt2");
+    fs::create_dir(&other).unwrap();
+    let _g = common::MountGuard(other.clone());
+    let o = common::kmsfs()
+        .arg("--keystore")
+        .arg(&m.keystore)
+        .arg("mount")
+        .arg(&m.backing)
+        .arg(&other)
+        .arg("--log-file")
+        .arg(m.tmp.path().join("log2"))
+        .args(["-o", "sharedstorage"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let default = m.key_id_of("alias/kmsfs/default");
+    let v: Value = serde_json::from_str(&m.ok(&["--output", "json", "kms", "create-key"])).unwrap();
+    let k = v["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    fs::create_dir_all(m.p("d")).unwrap();
+    fs::create_dir_all(m.p("e")).unwrap();
+    fs::write(other.join("d/before"), b"1").unwrap();
+    assert_eq!(key_of(&m, "d/before"), default);
+    for dir in ["d", "e"] {
+        let p = m.p(dir);
+        m.ok(&["set-key", p.to_str().unwrap(), "--key-id", &k]);
+    }
+    fs::write(other.join("d/after"), b"2").unwrap();
+    assert_eq!(
+        key_of(&m, "d/after"),
+        k,
+        "the other mount kept its cached key"
+    );
+    let e = m.b("e");
+    let o = common::command("setfattr")
+        .args(["-x", "user.kmsfs.dirkey"])
+        .arg(&e)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let err = fs::write(other.join("e/after-removal"), b"3").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+}

@@ -667,4 +667,8 @@ impl crate::fs::DirKeyList for crate::tree::DirKeyList {
     fn path(&self) -> &Path {
         crate::tree::DirKeyList::path(self)
     }
+
+    fn version(&self) -> std::io::Result<u64> {
+        crate::tree::DirKeyList::version(self)
+    }
 }

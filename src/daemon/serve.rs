@@ -298,11 +298,22 @@ fn dir_keys(req: &Serving, o: &Options) -> Result<crate::fs::DirKeysConfig, Moun
         )),
         None => None,
     };
+    let backing = req.backing.clone();
+    let load: crate::fs::LoadMacKey =
+        Arc::new(
+            move || match super::read_marker(&backing).map_err(|e| e.to_string())? {
+                Some(m) => m.wrapped_dir_key_mac().map_err(|e| e.to_string()),
+                None => Ok(None),
+            },
+        );
     Ok(crate::fs::DirKeysConfig {
         wrapped,
         trusted,
         save,
+        load: Some(load),
         list,
+        // Other daemons serve the tree too: their set-key must be seen.
+        shared: o.shared_storage,
     })
 }
 

@@ -55,7 +55,13 @@ pub trait DirKeyList: Send + Sync {
     fn set(&self, id: DirId, to: Option<Listed>) -> std::io::Result<Option<Listed>>;
     /// Where it is kept (for messages).
     fn path(&self) -> &Path;
+    /// A number that changes whenever the list does.
+    fn version(&self) -> std::io::Result<u64>;
 }
+
+/// Reads the wrapped MAC key from the binding file again (None: it has
+/// none): another daemon of a shared tree may have made it since.
+pub type LoadMacKey = Arc<dyn Fn() -> Result<Option<Vec<u8>>, String> + Send + Sync>;
 
 /// How the mount finds the tree's directory-key MAC key.
 #[derive(Clone, Default)]
@@ -70,9 +76,15 @@ pub struct DirKeysConfig {
     pub trusted: Vec<String>,
     /// Records a MAC key made at the first set-key (None: read-only).
     pub save: Option<SaveMacKey>,
+    /// Reads it again while the mount knows none.
+    pub load: Option<LoadMacKey>,
     /// The keystore's list of the tree's directory keys (None: a remote
     /// KMS, which keeps none; a removed record is not detected then).
     pub list: Option<Arc<dyn DirKeyList>>,
+    /// Other mounts serve the same tree (`-o sharedstorage`): the keys
+    /// cached are dropped whenever the list changed, so a key another
+    /// mount set or cleared is used from the next create on.
+    pub shared: bool,
 }
 
 impl std::fmt::Debug for DirKeysConfig {
@@ -110,6 +122,8 @@ pub(super) struct DirKeys {
     wrapped: Mutex<Option<Vec<u8>>>,
     mac: Mutex<Option<(u64, Arc<SecretBytes>)>>,
     cache: Mutex<HashMap<PathBuf, Effective>>,
+    /// The list's version the cache was filled under (shared trees).
+    cached_under: Mutex<u64>,
     pub(super) seen: DirKeysSeen,
 }
 
@@ -119,6 +133,7 @@ impl DirKeys {
             wrapped: Mutex::new(cfg.wrapped.clone()),
             mac: Mutex::new(None),
             cache: Mutex::new(HashMap::new()),
+            cached_under: Mutex::new(0),
             seen: DirKeysSeen::default(),
         }
     }
@@ -187,6 +202,14 @@ impl KmsFs {
         }
         let rc = RequestContext::new(me(), Origin::Mount);
         let mut wrapped = lock(&d.wrapped);
+        if wrapped.is_none()
+            && let Some(load) = &self.cfg.dir_keys.load
+        {
+            match load() {
+                Ok(w) => *wrapped = w,
+                Err(e) => log::warn!("reading the directory-key MAC key again: {e}"),
+            }
+        }
         let key = match &*wrapped {
             Some(w) => {
                 let mut last = None;
@@ -336,6 +359,16 @@ impl KmsFs {
     /// mount's key is not used instead.
     pub(super) fn dir_key(&self, rel: &Path) -> Result<Effective, FsError> {
         let d = self.dir_keys();
+        if let Some(list) = &self.cfg.dir_keys.list
+            && self.cfg.dir_keys.shared
+        {
+            let v = list.version().map_err(|e| list_failed(&**list, e))?;
+            let mut under = lock(&d.cached_under);
+            if *under != v {
+                lock(&d.cache).clear();
+                *under = v;
+            }
+        }
         if let Some(e) = lock(&d.cache).get(rel) {
             return Ok(e.clone());
         }

@@ -31,7 +31,7 @@ mod xattr;
 
 pub use self::budget::{DEFAULT_USER_HANDLES, HandleLimits};
 pub use self::dirkeys::{
-    DIR_KEY_XATTR, DirKeyList, DirKeysConfig, DirKeysSeen, SaveMacKey, lock_seen,
+    DIR_KEY_XATTR, DirKeyList, DirKeysConfig, DirKeysSeen, LoadMacKey, SaveMacKey, lock_seen,
 };
 pub use self::error::FsError;
 pub use self::filesystem::{FsConfig, KmsFs};

@@ -361,6 +361,27 @@ impl DirKeyList {
         Ok(l)
     }
 
+    /// A number that changes whenever the list does (0: no list yet), from
+    /// its file's inode, time and size: what another mount of the tree
+    /// checks before it trusts what it cached.
+    pub fn version(&self) -> io::Result<u64> {
+        use std::hash::{Hash, Hasher};
+        let f = match open_strictly_beneath(
+            &self.dir,
+            Path::new(&self.name),
+            libc::O_RDONLY | libc::O_NONBLOCK,
+            0,
+        ) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            r => r?,
+        };
+        let m = f.metadata()?;
+        let stamp: Stamp = (m.ino(), m.mtime(), m.mtime_nsec(), m.len());
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        stamp.hash(&mut h);
+        Ok(h.finish() | 1)
+    }
+
     /// The list's file (for messages).
     pub fn path(&self) -> &Path {
         &self.path
