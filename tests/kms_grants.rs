@@ -47,8 +47,7 @@ fn plaintext(o: &Output) -> Vec<u8> {
 }
 
 /// Fails, saying `code` on stderr. (The command line names a refusal by
-/// its class, ValidationException, and says which in words; the server
-/// answers InvalidGrantTokenException and the like: tests/server_grants.rs.)
+/// its AWS exception, as the server answers it: tests/server_grants.rs.)
 fn refused(o: &Output, code: &str) {
     assert!(!o.status.success(), "expected {code}: {}", describe(o));
     assert!(
@@ -141,7 +140,12 @@ fn grants_from_the_command_line_allow_what_they_name_until_retired() {
     let forged = format!("kmsfs-grant:{g1}:{}", "0".repeat(32));
     refused(
         &decrypt(&ks, &blob_a, "project=a", &[&forged]),
-        "the grant token is not one this keystore issued",
+        "InvalidGrantTokenException: the grant token is not one this keystore issued",
+    );
+    // A malformed token too, as the aws CLI would print it.
+    refused(
+        &decrypt(&ks, &blob_a, "project=a", &["not-a-token"]),
+        "InvalidGrantTokenException",
     );
     // The constraint: another context is refused.
     fails(
@@ -280,7 +284,7 @@ fn grants_from_the_command_line_allow_what_they_name_until_retired() {
     );
     refused(
         &decrypt(&ks, &blob_a, "project=a", &[&token1]),
-        "the grant token is not one this keystore issued",
+        "InvalidGrantTokenException: the grant token is not one this keystore issued",
     );
     ks.ok(&["kms", "revoke-grant", "--key-id", &key, "--grant-id", &g2]);
     fails(

@@ -243,7 +243,8 @@ impl KmsError {
             KmsError::AccessDenied { .. }
             | KmsError::OwnerOnly { .. }
             | KmsError::UntrustedKeystorePath { .. } => "AccessDeniedException",
-            KmsError::Validation { .. } => "ValidationException",
+            KmsError::Validation { code: Some(c), .. } => c.aws_exception(),
+            KmsError::Validation { code: None, .. } => "ValidationException",
             KmsError::AlreadyExists { .. } => "AlreadyExistsException",
             KmsError::KeystoreNotFound { .. } => "KeystoreNotFound",
             KmsError::WrongRootKey { .. } => "KeystoreAccessDenied",
@@ -487,6 +488,27 @@ pub enum ValidationCode {
 }
 
 impl ValidationCode {
+    /// The AWS exception this refusal is (what the server answers, the
+    /// command line prints and the trail records): its own exception where
+    /// AWS has one, else ValidationException.
+    pub fn aws_exception(self) -> &'static str {
+        match self {
+            ValidationCode::UnsupportedOperation => "UnsupportedOperationException",
+            ValidationCode::InvalidImportToken => "InvalidImportTokenException",
+            ValidationCode::ExpiredImportToken => "ExpiredImportTokenException",
+            ValidationCode::IncorrectKeyMaterial => "IncorrectKeyMaterialException",
+            ValidationCode::PolicyLockout | ValidationCode::MalformedPolicy => {
+                "MalformedPolicyDocumentException"
+            }
+            ValidationCode::LimitExceeded => "LimitExceededException",
+            ValidationCode::Tag => "TagException",
+            ValidationCode::DryRun => "DryRunOperationException",
+            ValidationCode::InvalidGrantToken => "InvalidGrantTokenException",
+            ValidationCode::InvalidGrantId => "InvalidGrantIdException",
+            ValidationCode::PlaintextTooLarge => "ValidationException",
+        }
+    }
+
     /// The AWS sub-code, when AWS has one.
     pub fn aws_sub_code(self) -> Option<&'static str> {
         match self {

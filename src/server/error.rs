@@ -68,24 +68,7 @@ impl From<KmsError> for ApiError {
         let (kind, status) = match &e {
             KmsError::Validation {
                 code: Some(code), ..
-            } => (
-                match code {
-                    ValidationCode::UnsupportedOperation => "UnsupportedOperationException",
-                    ValidationCode::InvalidImportToken => "InvalidImportTokenException",
-                    ValidationCode::ExpiredImportToken => "ExpiredImportTokenException",
-                    ValidationCode::IncorrectKeyMaterial => "IncorrectKeyMaterialException",
-                    ValidationCode::PolicyLockout | ValidationCode::MalformedPolicy => {
-                        "MalformedPolicyDocumentException"
-                    }
-                    ValidationCode::LimitExceeded => "LimitExceededException",
-                    ValidationCode::Tag => "TagException",
-                    ValidationCode::DryRun => "DryRunOperationException",
-                    ValidationCode::InvalidGrantToken => "InvalidGrantTokenException",
-                    ValidationCode::InvalidGrantId => "InvalidGrantIdException",
-                    _ => "ValidationException",
-                },
-                400,
-            ),
+            } => (code.aws_exception(), 400),
             KmsError::NotFound { .. }
             | KmsError::Disabled { .. }
             | KmsError::InvalidState { .. }

@@ -76,6 +76,16 @@ assert kms.list_grants(KeyId=key)["Grants"] == []
 refused("InvalidGrantTokenException", other.decrypt, CiphertextBlob=blob, EncryptionContext=ctx,
         GrantTokens=[g["GrantToken"]])
 
+step("a malformed or unknown grant token is InvalidGrantTokenException, as in AWS")
+for bad in ("not-a-token", "kmsfs-grant:xyz", "kmsfs-grant:" + "0" * 64 + ":" + "0" * 32):
+    refused("InvalidGrantTokenException", kms.decrypt, CiphertextBlob=blob, EncryptionContext=ctx,
+            GrantTokens=[bad])
+    refused("InvalidGrantTokenException", kms.retire_grant, GrantToken=bad)
+    refused("InvalidGrantTokenException", kms.generate_data_key, KeyId=key, KeySpec="AES_256",
+            GrantTokens=[bad])
+# The token of a grant that is gone.
+refused("InvalidGrantTokenException", kms.retire_grant, GrantToken=g["GrantToken"])
+
 step("a revoked grant refuses")
 r = kms.create_grant(KeyId=key, GranteePrincipal="uid:4242", Operations=["Decrypt"])
 assert other.decrypt(CiphertextBlob=blob, EncryptionContext=ctx)["Plaintext"] == b"secret"

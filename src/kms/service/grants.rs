@@ -239,7 +239,8 @@ impl LocalKeyStore {
         let g = match (token, key_id, grant_id) {
             (Some(t), _, _) => {
                 let (id, secret) = model::parse_grant_token(t)?;
-                let g = snap.state.grants.get(id).ok_or_else(|| no_grant(id))?;
+                // A token of a grant that is gone is not valid any more.
+                let g = snap.state.grants.get(id).ok_or_else(invalid_token)?;
                 if !crate::crypto::constant_time_eq(g.token.as_bytes(), secret.as_bytes()) {
                     return Err(invalid_token());
                 }
