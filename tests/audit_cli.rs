@@ -368,7 +368,7 @@ fn lockout_safety_check_and_create_key_with_policy() {
     ]);
     let put = records(&ks, &["--event", "PutKeyPolicy"]);
     assert_eq!(put.len(), 2);
-    assert_eq!(put[0]["errorCode"], "ValidationException");
+    assert_eq!(put[0]["errorCode"], "MalformedPolicyDocumentException");
     assert!(put[1].get("errorCode").is_none());
 }
 

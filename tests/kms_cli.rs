@@ -465,7 +465,7 @@ fn key_policy_refuses_the_calling_uid() {
         "--policy",
         r#"{"Statement":[]}"#,
     ]);
-    fails(&out, EXIT_USAGE, "ValidationException");
+    fails(&out, EXIT_USAGE, "MalformedPolicyDocumentException");
     let allow_all = r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*"}]}"#;
     ks.ok(&[
         "kms",
