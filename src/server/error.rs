@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::kms::{Existing, KmsError, Missing, ValidationCode};
+use crate::kms::{Existing, KmsError, Missing};
 
 /// An error answered to a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +105,7 @@ impl From<KmsError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kms::Missing;
+    use crate::kms::{Missing, ValidationCode};
 
     #[test]
     fn kms_errors_keep_their_aws_names() {
