@@ -181,7 +181,8 @@ fn a_handle_does_not_follow_a_swap_in_the_backing_directory(names: Names) {
     let victim = handle_of(&m, "shared/victim");
     let mine = handle_of(&m, "shared/mine");
     let deep = handle_of(&m, "shared/mine/f");
-    // The backing entries (encrypted names or not).
+    // The backing entries (encrypted names or not; "./" before each in the
+    // shell, as an encrypted name may start with '-').
     let name = |rel: &str| {
         m.backing_of(rel)
             .file_name()
@@ -202,7 +203,7 @@ fn a_handle_does_not_follow_a_swap_in_the_backing_directory(names: Names) {
     common::ok_as(
         b,
         &shared,
-        &format!("mv {victim_e} {victim_e}.old && mv {own_e} {victim_e}"),
+        &format!("mv ./{victim_e} ./{victim_e}.old && mv ./{own_e} ./{victim_e}"),
     );
     assert_eq!(open_handle(&m, "read", &victim, &[]), "ERR ESTALE");
 
@@ -215,7 +216,7 @@ fn a_handle_does_not_follow_a_swap_in_the_backing_directory(names: Names) {
         b,
         &shared,
         &format!(
-            "mv {mine_e} {0}/mine && ln -s {0}/mine {mine_e}",
+            "mv ./{mine_e} {0}/mine && ln -s {0}/mine ./{mine_e}",
             outside.display()
         ),
     );
@@ -226,7 +227,7 @@ fn a_handle_does_not_follow_a_swap_in_the_backing_directory(names: Names) {
     common::ok_as(
         b,
         &shared,
-        &format!("rm {mine_e} && mv {}/mine {mine_e}", outside.display()),
+        &format!("rm ./{mine_e} && mv {}/mine ./{mine_e}", outside.display()),
     );
     drop_caches();
     assert_eq!(open_handle(&m, "read", &deep, &[]), "OK KMSFS-B-DEEP");
