@@ -130,24 +130,36 @@ pub(super) fn checked_record(
     key: Option<&RecordKey>,
 ) -> Result<Option<String>, String> {
     let dir = tree.dir(rel).map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; RECORD_MAX];
-    let n = match os::xattr::getxattr_node(&dir, OsStr::new(RECORD_XATTR), &mut buf) {
-        Ok(n) => n,
-        Err(e)
-            if e.raw_os_error() == Some(libc::ENODATA)
-                || e.raw_os_error() == Some(libc::EOPNOTSUPP) =>
-        {
-            return Ok(None);
-        }
-        Err(e) => return Err(e.to_string()),
+    let Some(record) = dir_xattr(&dir, RECORD_XATTR)? else {
+        return Ok(None);
     };
     let Some(key) = key else {
         return Err("the tree's directory-key MAC key does not open".into());
     };
     let md = dir.metadata().map_err(|e| e.to_string())?;
-    check_record(key.0.expose(), &buf[..n], &md)
+    check_record(key.0.expose(), &record, &md)
         .map(Some)
         .map_err(str::to_string)
+}
+
+/// The value of the xattr `name` of the backing directory `dir` (at most
+/// `RECORD_MAX` bytes): None when it has none, or the file system keeps no
+/// user xattrs; Err says why it could not be read.
+fn dir_xattr(dir: &File, name: &str) -> Result<Option<Vec<u8>>, String> {
+    let mut buf = vec![0u8; RECORD_MAX];
+    match os::xattr::getxattr_node(dir, OsStr::new(name), &mut buf) {
+        Ok(n) => {
+            buf.truncate(n);
+            Ok(Some(buf))
+        }
+        Err(e)
+            if e.raw_os_error() == Some(libc::ENODATA)
+                || e.raw_os_error() == Some(libc::EOPNOTSUPP) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Writes the record naming `key_id` on the backing directory `dir` (a
@@ -177,18 +189,10 @@ pub(super) fn authorize(
 /// it holds something that is not a key id.
 pub(super) fn asked_key(tree: &Tree, rel: &Path) -> Result<Option<String>, String> {
     let dir = tree.dir(rel).map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; RECORD_MAX];
-    let n = match os::xattr::getxattr_node(&dir, OsStr::new(KEY_ID_XATTR), &mut buf) {
-        Ok(n) => n,
-        Err(e)
-            if e.raw_os_error() == Some(libc::ENODATA)
-                || e.raw_os_error() == Some(libc::EOPNOTSUPP) =>
-        {
-            return Ok(None);
-        }
-        Err(e) => return Err(e.to_string()),
+    let Some(asked) = dir_xattr(&dir, KEY_ID_XATTR)? else {
+        return Ok(None);
     };
-    let k = std::str::from_utf8(&buf[..n])
+    let k = std::str::from_utf8(&asked)
         .map(|s| s.trim_end_matches('\0').trim())
         .map_err(|_| format!("{KEY_ID_XATTR} is not text"))?;
     if k.is_empty() || k.len() > 512 || k.contains(char::is_whitespace) {
