@@ -151,12 +151,16 @@ fn no_read_returns_bytes_older_than_a_completed_direct_write() {
     std::fs::write(&path, vec![0u8; LEN]).unwrap();
     let done = Arc::new(AtomicBool::new(false));
     let completed = Arc::new(AtomicU64::new(0));
+    // Reads made by both readers, so that the writer lets at least one
+    // happen after each write whatever the machine's load.
+    let reads_made = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
     // One reader opens, reads and closes in a loop (each open may be told
     // to keep the cache), one keeps its handle open and reads through it
     // (the kernel's pages outlive every other handle's close).
     for keep_open in [false, true] {
         let (path, done, completed) = (path.clone(), done.clone(), completed.clone());
+        let reads_made = reads_made.clone();
         readers.push(thread::spawn(move || {
             let held = File::open(&path).unwrap();
             let mut reads = 0u64;
@@ -170,6 +174,7 @@ fn no_read_returns_bytes_older_than_a_completed_direct_write() {
                 };
                 got.truncate(n);
                 reads += 1;
+                reads_made.fetch_add(1, Ordering::SeqCst);
                 let who = if keep_open {
                     "held reader"
                 } else {
@@ -208,6 +213,15 @@ fn no_read_returns_bytes_older_than_a_completed_direct_write() {
             _ => assert_eq!(aio.pwrite(&dio, buf.buf(), 0), LEN as i64),
         }
         completed.store(u64::from(g), Ordering::SeqCst);
+        // A read after this write before the next one (bounded: a reader
+        // that failed has stopped reading, and its error is reported below).
+        let seen = reads_made.load(Ordering::SeqCst);
+        let waited = std::time::Instant::now();
+        while reads_made.load(Ordering::SeqCst) <= seen
+            && waited.elapsed() < std::time::Duration::from_secs(5)
+        {
+            thread::sleep(std::time::Duration::from_millis(1));
+        }
         if g % 40 == 0 {
             // A release of the direct handle while the readers go on.
             dio = direct(());
